@@ -1,0 +1,146 @@
+import NIOCore
+import NIOExtras
+import NIOPosix
+import QSBytes
+import QSStore
+import QSWire
+
+/// Why a call to a node failed.
+public enum ClientError: Error, Sendable, CustomStringConvertible, Equatable {
+    /// The node answered with an error response.
+    case server(code: UInt16, message: String)
+    /// The node answered with a response that does not fit the request.
+    case unexpected(String)
+    case connectionClosed
+
+    public var description: String {
+        switch self {
+        case let .server(code, message):
+            let name = ErrorCode(rawValue: code).map { "\($0)" } ?? "code \(code)"
+            return "node error (\(name)): \(message)"
+        case let .unexpected(what): return "unexpected response from node: \(what)"
+        case .connectionClosed: return "the node closed the connection"
+        }
+    }
+}
+
+/// A connection to a node speaking the QS write protocol. Requests may be issued
+/// concurrently: they are pipelined and answered in order.
+public final class QSClient: Sendable {
+    let channel: Channel
+    public let token: [UInt8]
+
+    init(channel: Channel, token: [UInt8]) {
+        self.channel = channel
+        self.token = token
+    }
+
+    /// Connects to `HOST:PORT` or `unix:PATH` (the address syntax of `Endpoint`).
+    public static func connect(host: String, port: Int, token: [UInt8] = [],
+                               maxFrameBytes: Int = defaultMaxFrameBytes,
+                               group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                               timeout: TimeAmount = .seconds(5)) async throws -> QSClient {
+        let channel = try await bootstrap(group: group, maxFrameBytes: maxFrameBytes, timeout: timeout)
+            .connect(host: host, port: port).get()
+        return QSClient(channel: channel, token: token)
+    }
+
+    public static func connect(unixPath: String, token: [UInt8] = [],
+                               maxFrameBytes: Int = defaultMaxFrameBytes,
+                               group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> QSClient {
+        let channel = try await bootstrap(group: group, maxFrameBytes: maxFrameBytes, timeout: .seconds(5))
+            .connect(unixDomainSocketPath: unixPath).get()
+        return QSClient(channel: channel, token: token)
+    }
+
+    static func bootstrap(group: any EventLoopGroup, maxFrameBytes: Int, timeout: TimeAmount) -> ClientBootstrap {
+        ClientBootstrap(group: group)
+            .connectTimeout(timeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let ops = channel.pipeline.syncOperations
+                    try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
+                    try ops.addHandler(MessageToByteHandler(FrameEncoder()))
+                    try ops.addHandler(RequestResponseHandler<Frame, Frame>())
+                }
+            }
+    }
+
+    /// Sends one request and waits for its response (error responses are returned, not
+    /// thrown; see the typed helpers for that).
+    public func send(_ request: Request) async throws -> Response {
+        let promise = channel.eventLoop.makePromise(of: Frame.self)
+        channel.writeAndFlush((request.frame(), promise), promise: nil)
+        let frame: Frame
+        do {
+            frame = try await promise.futureResult.get()
+        } catch is NIOExtrasErrors.ClosedBeforeReceivingResponse {
+            throw ClientError.connectionClosed
+        }
+        return try Response.decode(frame)
+    }
+
+    public func close() async {
+        try? await channel.close()
+    }
+
+    // MARK: typed helpers
+
+    /// Sends a compare-and-swap batch; returns `.applied` or `.conflict`, throws on errors.
+    public func batch(sourceID: String, expected: UInt64, new: UInt64, operations: [Operation]) async throws -> Response {
+        let r = try await send(.batch(.init(token: token, sourceID: sourceID, expected: expected, new: new, operations: operations)))
+        switch r {
+        case .applied, .conflict: return r
+        default: throw Self.failure(r)
+        }
+    }
+
+    public func checkpoint(sourceID: String) async throws -> UInt64? {
+        let r = try await send(.getCheckpoint(sourceID: sourceID))
+        guard case let .checkpoint(cp) = r else { throw Self.failure(r) }
+        return cp
+    }
+
+    public func head() async throws -> Head {
+        let r = try await send(.head)
+        guard case let .head(h) = r else { throw Self.failure(r) }
+        return h
+    }
+
+    public func entries(from: UInt64, count: UInt32) async throws -> [StoredEntry] {
+        let r = try await send(.readLog(from: from, count: count))
+        guard case let .entries(list) = r else { throw Self.failure(r) }
+        return list
+    }
+
+    public func get(_ key: [UInt8]) async throws -> Record? {
+        let r = try await send(.get(key: key))
+        guard case let .value(v) = r else { throw Self.failure(r) }
+        return v
+    }
+
+    public func scan(prefix: [UInt8] = [], cursor: [UInt8] = [], limit: UInt32 = 1000,
+                     asOf: UInt64 = 0) async throws -> (records: [Response.ScanRecord], next: [UInt8]?) {
+        let r = try await send(.scan(prefix: prefix, cursor: cursor, limit: limit, asOf: asOf))
+        guard case let .page(records, next) = r else { throw Self.failure(r) }
+        return (records, next)
+    }
+
+    /// Writes operations as source `sourceID` without knowing its checkpoint: reads it,
+    /// sends a batch at checkpoint+1, and retries on conflict (for operators and tests;
+    /// bridges track their positions themselves).
+    public func write(_ operations: [Operation], sourceID: String = "qsctl", attempts: Int = 10) async throws -> Response {
+        for _ in 0..<attempts {
+            let cp = try await checkpoint(sourceID: sourceID) ?? 0
+            let r = try await batch(sourceID: sourceID, expected: cp, new: cp + 1, operations: operations)
+            if case .applied = r { return r }
+        }
+        throw ClientError.unexpected("batch for \(sourceID) kept conflicting after \(attempts) attempts")
+    }
+
+    static func failure(_ r: Response) -> ClientError {
+        if case let .error(code, message) = r { return .server(code: code, message: message) }
+        return .unexpected("\(r)")
+    }
+}

@@ -1,0 +1,140 @@
+import Logging
+import NIOCore
+import NIOExtras
+import NIOPosix
+import QSBytes
+import QSWire
+
+/// Serves the QS write protocol on one connection: decodes each frame, checks the write
+/// token, runs the request on the thread pool and answers in order. Requests are handled
+/// one at a time per connection; reading pauses while `maxQueued` frames wait, so a client
+/// that pipelines faster than the store commits cannot grow the node's memory.
+final class WriteProtocolHandler: ChannelDuplexHandler {
+    typealias InboundIn = Frame
+    typealias OutboundIn = Frame
+    typealias OutboundOut = Frame
+
+    let core: NodeCore
+    let pool: NIOThreadPool
+    let logger: Logger
+    let maxQueued = 32
+
+    private var queue = CircularBuffer<Frame>()
+    private var busy = false
+    private var quiescing = false
+    private var closing = false
+    private var readPending = false
+    private var peer = "unknown"
+
+    init(core: NodeCore, pool: NIOThreadPool, logger: Logger) {
+        self.core = core
+        self.pool = pool
+        self.logger = logger
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        peer = context.remoteAddress?.peerDescription ?? context.channel.localAddress?.peerDescription ?? "unknown"
+        core.metrics.connections.increment()
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        core.metrics.connections.decrement()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !closing else { return }
+        queue.append(unwrapInboundIn(data))
+        processNext(context: context)
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if queue.count >= maxQueued {
+            readPending = true
+        } else {
+            context.read()
+        }
+    }
+
+    private func processNext(context: ChannelHandlerContext) {
+        guard !busy, !closing else { return }
+        guard let frame = queue.popFirst() else {
+            if quiescing { context.close(promise: nil) }
+            return
+        }
+        if readPending && queue.count < maxQueued {
+            readPending = false
+            context.read()
+        }
+        let request: Request
+        do {
+            request = try Request.decode(frame)
+        } catch {
+            refuse(context: context, code: .malformed, message: "malformed request: \(error)", error: error)
+            return
+        }
+        if let denial = core.authorize(request) {
+            logger.warning("write refused: bad token", metadata: ["peer": "\(peer)", "request": "\(request.name)"])
+            reply(context: context, denial, thenClose: true)
+            return
+        }
+        busy = true
+        let core = self.core
+        let peer = self.peer
+        pool.runIfActive(eventLoop: context.eventLoop) {
+            core.handle(request, peer: peer)
+        }.assumeIsolated().whenComplete { result in
+            self.busy = false
+            switch result {
+            case let .success(response):
+                self.reply(context: context, response, thenClose: false)
+                self.processNext(context: context)
+            case let .failure(error):
+                self.logger.error("request not run: node is stopping", metadata: ["peer": "\(peer)", "error": "\(error)"])
+                self.reply(context: context, .error(.shuttingDown, "the node is shutting down; retry against it once it is back"), thenClose: true)
+            }
+        }
+    }
+
+    private func reply(context: ChannelHandlerContext, _ response: Response, thenClose: Bool) {
+        if thenClose {
+            closing = true
+            context.writeAndFlush(wrapOutboundOut(response.frame())).assumeIsolated().whenComplete { _ in
+                context.close(promise: nil)
+            }
+        } else {
+            context.writeAndFlush(wrapOutboundOut(response.frame()), promise: nil)
+        }
+    }
+
+    /// A bad frame: error reply where the protocol allows, a counter, a log line, close.
+    private func refuse(context: ChannelHandlerContext, code: ErrorCode, message: String, error: any Error) {
+        core.metrics.badFrames.increment()
+        logger.warning("bad frame, closing connection", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        queue.removeAll()
+        reply(context: context, .error(code, message), thenClose: true)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if closing { return }
+        if let frameError = error as? FrameError {
+            let code: ErrorCode = if case .tooLarge = frameError { .frameTooLarge } else { .malformed }
+            refuse(context: context, code: code, message: "\(frameError)", error: error)
+        } else if error is ByteToMessageDecoderError {
+            refuse(context: context, code: .malformed, message: "malformed frame: \(error)", error: error)
+        } else {
+            logger.info("connection error", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            context.close(promise: nil)
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            quiescing = true
+            if !busy && queue.isEmpty { context.close(promise: nil) }
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}

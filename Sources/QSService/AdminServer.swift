@@ -1,0 +1,115 @@
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Prometheus
+import ServiceLifecycle
+
+/// What `/readyz` reports: ready or not, and why.
+public struct Readiness: Sendable {
+    public var ready: Bool
+    public var detail: String
+
+    public init(ready: Bool, detail: String) {
+        self.ready = ready
+        self.detail = detail
+    }
+}
+
+/// The admin HTTP server: `/healthz` (the process is up), `/readyz` (the daemon's own
+/// check) and `/metrics` (Prometheus text).
+public struct AdminServer: Service {
+    let endpoint: Endpoint
+    let registry: PrometheusCollectorRegistry
+    let readiness: @Sendable () -> Readiness
+    let logger: Logger
+    let group: any EventLoopGroup
+
+    public init(endpoint: Endpoint, registry: PrometheusCollectorRegistry, logger: Logger,
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                readiness: @escaping @Sendable () -> Readiness = { Readiness(ready: true, detail: "ok") }) {
+        self.endpoint = endpoint
+        self.registry = registry
+        self.readiness = readiness
+        self.logger = logger
+        self.group = group
+    }
+
+    public func run() async throws {
+        let registry = self.registry
+        let readiness = self.readiness
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+                    try channel.pipeline.syncOperations.addHandler(AdminHandler(registry: registry, readiness: readiness))
+                }
+            }
+        let channel = try await bind(bootstrap, to: endpoint)
+        logger.info("admin server listening", metadata: ["address": "\(endpoint)"])
+        try await runUntilGracefulShutdown(channel)
+    }
+}
+
+/// Binds a server bootstrap to a TCP or Unix endpoint.
+public func bind(_ bootstrap: ServerBootstrap, to endpoint: Endpoint) async throws -> Channel {
+    switch endpoint {
+    case let .tcp(host, port):
+        return try await bootstrap.bind(host: host, port: port).get()
+    case let .unix(path):
+        return try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+    }
+}
+
+/// Waits until the channel closes; on graceful shutdown or cancellation closes it.
+public func runUntilGracefulShutdown(_ channel: Channel) async throws {
+    try await withTaskCancellationOrGracefulShutdownHandler {
+        try await channel.closeFuture.get()
+    } onCancelOrGracefulShutdown: {
+        channel.close(promise: nil)
+    }
+}
+
+final class AdminHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    let registry: PrometheusCollectorRegistry
+    let readiness: @Sendable () -> Readiness
+
+    init(registry: PrometheusCollectorRegistry, readiness: @escaping @Sendable () -> Readiness) {
+        self.registry = registry
+        self.readiness = readiness
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case let .head(head) = unwrapInboundIn(data) else { return }
+        let (status, type, body): (HTTPResponseStatus, String, [UInt8])
+        let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+        switch (head.method, path) {
+        case (.GET, "/healthz"), (.HEAD, "/healthz"):
+            (status, type, body) = (.ok, "text/plain", Array("ok\n".utf8))
+        case (.GET, "/readyz"), (.HEAD, "/readyz"):
+            let r = readiness()
+            (status, type, body) = (r.ready ? .ok : .serviceUnavailable, "text/plain", Array((r.detail + "\n").utf8))
+        case (.GET, "/metrics"):
+            (status, type, body) = (.ok, "text/plain; version=0.0.4", registry.emitToBuffer())
+        default:
+            (status, type, body) = (.notFound, "text/plain", Array("not found: try /healthz, /readyz or /metrics\n".utf8))
+        }
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Type", value: type)
+        headers.add(name: "Content-Length", value: String(body.count))
+        if !head.isKeepAlive { headers.add(name: "Connection", value: "close") }
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
+        if head.method != .HEAD {
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
+        }
+        let keepAlive = head.isKeepAlive
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in
+            if !keepAlive { channel.close(promise: nil) }
+        }
+    }
+}

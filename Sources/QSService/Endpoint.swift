@@ -1,0 +1,53 @@
+import NIOCore
+
+/// Where to listen or connect: `HOST:PORT` (`[v6]:PORT` for IPv6) or `unix:PATH`.
+public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
+    case tcp(host: String, port: Int)
+    case unix(path: String)
+
+    /// Parses `HOST:PORT`, `[::1]:PORT`, `:PORT` (loopback) or `unix:PATH`.
+    public init(parsing text: String, defaultHost: String = "127.0.0.1") throws {
+        if text.hasPrefix("unix:") {
+            let path = String(text.dropFirst(5))
+            guard !path.isEmpty else { throw ConfigError("'\(text)': unix: needs a socket path, as in unix:/run/qs.sock") }
+            self = .unix(path: path)
+            return
+        }
+        guard let colon = text.lastIndex(of: ":") else {
+            throw ConfigError("'\(text)' is not HOST:PORT (for example 127.0.0.1:7400) or unix:PATH")
+        }
+        var host = String(text[..<colon])
+        let portText = text[text.index(after: colon)...]
+        guard let port = Int(portText), (0...65535).contains(port) else {
+            throw ConfigError("'\(text)': port '\(portText)' is not a number from 0 to 65535")
+        }
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        if host.isEmpty { host = defaultHost }
+        self = .tcp(host: host, port: port)
+    }
+
+    public var description: String {
+        switch self {
+        case let .tcp(host, port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        case let .unix(path): return "unix:\(path)"
+        }
+    }
+
+    /// True for loopback addresses and Unix sockets.
+    public var isLocalOnly: Bool {
+        switch self {
+        case .unix: return true
+        case let .tcp(host, _):
+            return host == "localhost" || host == "::1" || host.hasPrefix("127.")
+        }
+    }
+}
+
+extension SocketAddress {
+    /// A printable peer for log lines.
+    public var peerDescription: String {
+        if let ip = ipAddress, let port { return "\(ip):\(port)" }
+        if let path = pathname { return "unix:\(path)" }
+        return "\(self)"
+    }
+}

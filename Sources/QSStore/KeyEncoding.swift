@@ -1,0 +1,79 @@
+import QSBytes
+
+/// How user keys map to LMDB keys, so that keys of any length (including empty keys and
+/// keys longer than LMDB's 511-byte limit) are stored whole, never truncated.
+///
+/// - A key of up to `inlineLimit` (477) bytes is stored as `0x01 ‖ key`.
+/// - A longer key is stored as `0x01 ‖ key[0..<478] ‖ SHA-256(key)` (exactly 511 bytes), and
+///   the full key is kept in the record.
+///
+/// Short stored keys are at most 478 bytes and long ones exactly 511, so the two forms
+/// never collide. Order is preserved except among long keys sharing their first 478 bytes,
+/// which sort by hash. A prefix scan uses the stored form of the prefix's first 478 bytes
+/// and filters on the full key.
+public struct KeyEncoding: Sendable {
+    public static let tag: UInt8 = 0x01
+    public let inlineLimit: Int
+    public let prefixLength: Int
+
+    /// `maxKeySize` is LMDB's limit (`mdb_env_get_maxkeysize`).
+    public init(maxKeySize: Int) {
+        // tag + prefix + 32-byte hash must fit in maxKeySize.
+        prefixLength = maxKeySize - 1 - 32
+        inlineLimit = prefixLength - 1
+    }
+
+    public func isLong(_ key: [UInt8]) -> Bool { key.count > inlineLimit }
+
+    public func storedKey(_ key: [UInt8]) -> [UInt8] {
+        var out = [UInt8]()
+        if key.count <= inlineLimit {
+            out.reserveCapacity(key.count + 1)
+            out.append(Self.tag)
+            out.append(contentsOf: key)
+        } else {
+            out.reserveCapacity(1 + prefixLength + 32)
+            out.append(Self.tag)
+            out.append(contentsOf: key[0..<prefixLength])
+            out.append(contentsOf: ChainHash.digest(key))
+        }
+        return out
+    }
+
+    /// The stored-key range start for a prefix scan.
+    public func storedScanPrefix(_ prefix: [UInt8]) -> [UInt8] {
+        [Self.tag] + prefix.prefix(prefixLength)
+    }
+}
+
+/// Record layout in the kv database:
+/// `flags:u8 (bit0 expiry, bit1 long key) [expiry:u64] [fullKey:blob32] value`.
+enum RecordCodec {
+    static func encode(_ record: Record, fullKey: [UInt8]?) -> [UInt8] {
+        var w = ByteWriter(capacity: record.value.count + 16 + (fullKey?.count ?? 0))
+        var flags: UInt8 = 0
+        if record.expiry != nil { flags |= 1 }
+        if fullKey != nil { flags |= 2 }
+        w.writeU8(flags)
+        if let x = record.expiry { w.writeU64(x) }
+        if let fullKey { w.writeBlob32(fullKey) }
+        w.writeBytes(record.value)
+        return w.bytes
+    }
+
+    /// Decodes a stored record; returns the full key (recovered from the stored key when
+    /// it was stored inline).
+    static func decode(storedKey: [UInt8], _ bytes: [UInt8]) throws -> (key: [UInt8], record: Record) {
+        var r = ByteReader(bytes)
+        let flags = try r.readU8("record flags")
+        let expiry = flags & 1 != 0 ? try r.readU64("record expiry") : nil
+        let key: [UInt8]
+        if flags & 2 != 0 {
+            key = try r.readBlob32("record full key")
+        } else {
+            key = Array(storedKey.dropFirst())
+        }
+        let value = Array(bytes[r.offset...])
+        return (key, Record(value: value, expiry: expiry))
+    }
+}

@@ -1,0 +1,213 @@
+import CLMDB
+
+/// An LMDB return code turned into a Swift error, with LMDB's own message and what was
+/// being done.
+public struct LMDBError: Error, Sendable, CustomStringConvertible {
+    public let code: Int32
+    public let operation: String
+
+    public var message: String { String(cString: mdb_strerror(code)) }
+    public var isMapFull: Bool { code == MDB_MAP_FULL }
+    public var description: String { "LMDB \(operation) failed: \(message) (code \(code))" }
+
+    static func check(_ rc: Int32, _ operation: @autoclosure () -> String) throws {
+        if rc != MDB_SUCCESS { throw LMDBError(code: rc, operation: operation()) }
+    }
+}
+
+/// A named database inside an environment (an `MDB_dbi`), opened once at start-up.
+public struct LMDBDatabase: Sendable {
+    let dbi: MDB_dbi
+}
+
+/// An LMDB environment. The C handle never escapes: work happens in closure-scoped
+/// transactions that commit on return and abort on throw. LMDB environments are safe to
+/// use from any thread (opened with `MDB_NOTLS`, so read transactions are not tied to
+/// threads); LMDB serialises write transactions itself.
+public final class LMDBEnvironment: @unchecked Sendable {
+    private let env: OpaquePointer
+    public let path: String
+
+    public struct Options: Sendable {
+        public var mapSize: Int
+        public var maxDatabases: UInt32
+        public var maxReaders: UInt32
+        public var readOnly: Bool
+        /// Skip the fsync at commit. Only for benchmarks' comparisons: never for a node.
+        public var noSync: Bool
+
+        public init(mapSize: Int = 8 << 30, maxDatabases: UInt32 = 8, maxReaders: UInt32 = 256,
+                    readOnly: Bool = false, noSync: Bool = false) {
+            self.mapSize = mapSize
+            self.maxDatabases = maxDatabases
+            self.maxReaders = maxReaders
+            self.readOnly = readOnly
+            self.noSync = noSync
+        }
+    }
+
+    /// Opens (creating if needed) the environment in directory `path`.
+    public init(path: String, options: Options = .init()) throws {
+        var handle: OpaquePointer?
+        try LMDBError.check(mdb_env_create(&handle), "mdb_env_create")
+        guard let handle else { throw LMDBError(code: EINVAL_CODE, operation: "mdb_env_create") }
+        do {
+            try LMDBError.check(mdb_env_set_mapsize(handle, options.mapSize), "mdb_env_set_mapsize(\(options.mapSize))")
+            try LMDBError.check(mdb_env_set_maxdbs(handle, MDB_dbi(options.maxDatabases)), "mdb_env_set_maxdbs")
+            try LMDBError.check(mdb_env_set_maxreaders(handle, options.maxReaders), "mdb_env_set_maxreaders")
+            var flags = UInt32(MDB_NOTLS)
+            if options.readOnly { flags |= UInt32(MDB_RDONLY) }
+            if options.noSync { flags |= UInt32(MDB_NOSYNC) }
+            try LMDBError.check(mdb_env_open(handle, path, flags, 0o644), "mdb_env_open(\(path))")
+        } catch {
+            mdb_env_close(handle)
+            throw error
+        }
+        env = handle
+        self.path = path
+    }
+
+    deinit { mdb_env_close(env) }
+
+    /// The largest key LMDB accepts in this build (511 in Debian's liblmdb).
+    public var maxKeySize: Int { Int(mdb_env_get_maxkeysize(env)) }
+
+    /// Opens (creating when `create`) a named database. Call before concurrent use.
+    public func openDatabase(_ name: String, create: Bool = true) throws -> LMDBDatabase {
+        try write { txn in try txn.openDatabase(name, create: create) }
+    }
+
+    /// Runs `body` in a read-only transaction.
+    public func read<T>(_ body: (borrowing LMDBTransaction) throws -> T) throws -> T {
+        var txn: OpaquePointer?
+        try LMDBError.check(mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &txn), "mdb_txn_begin(read)")
+        guard let txn else { throw LMDBError(code: EINVAL_CODE, operation: "mdb_txn_begin") }
+        defer { mdb_txn_abort(txn) }
+        return try body(LMDBTransaction(txn: txn))
+    }
+
+    /// Runs `body` in a write transaction, committed (durably, unless `noSync`) when it
+    /// returns and aborted when it throws.
+    public func write<T>(_ body: (borrowing LMDBTransaction) throws -> T) throws -> T {
+        var txn: OpaquePointer?
+        try LMDBError.check(mdb_txn_begin(env, nil, 0, &txn), "mdb_txn_begin(write)")
+        guard let txn else { throw LMDBError(code: EINVAL_CODE, operation: "mdb_txn_begin") }
+        let result: T
+        do {
+            result = try body(LMDBTransaction(txn: txn))
+        } catch {
+            mdb_txn_abort(txn)
+            throw error
+        }
+        try LMDBError.check(mdb_txn_commit(txn), "mdb_txn_commit")
+        return result
+    }
+
+    /// Writes a consistent copy of the environment to an open file descriptor
+    /// (`mdb_env_copyfd2`, compacting), for snapshots.
+    public func copy(toFileDescriptor fd: Int32, compact: Bool = true) throws {
+        try LMDBError.check(mdb_env_copyfd2(env, fd, compact ? UInt32(MDB_CP_COMPACT) : 0), "mdb_env_copyfd2")
+    }
+
+    /// Forces a flush to disk (used by benchmarks' `noSync` loops to be fair).
+    public func sync() throws {
+        try LMDBError.check(mdb_env_sync(env, 1), "mdb_env_sync")
+    }
+}
+
+private let EINVAL_CODE: Int32 = 22
+
+/// A transaction, only valid inside the closure that received it.
+public struct LMDBTransaction: ~Copyable {
+    let txn: OpaquePointer
+
+    func openDatabase(_ name: String, create: Bool) throws -> LMDBDatabase {
+        var dbi: MDB_dbi = 0
+        try LMDBError.check(mdb_dbi_open(txn, name, create ? UInt32(MDB_CREATE) : 0, &dbi), "mdb_dbi_open(\(name))")
+        return LMDBDatabase(dbi: dbi)
+    }
+
+    /// The value stored under `key`, or nil.
+    public func get(_ db: LMDBDatabase, _ key: [UInt8]) throws -> [UInt8]? {
+        try key.withUnsafeBytes { kp in
+            var k = MDB_val(mv_size: kp.count, mv_data: UnsafeMutableRawPointer(mutating: kp.baseAddress))
+            var v = MDB_val()
+            let rc = mdb_get(txn, db.dbi, &k, &v)
+            if rc == MDB_NOTFOUND { return nil }
+            try LMDBError.check(rc, "mdb_get")
+            return copyBytes(v)
+        }
+    }
+
+    public func put(_ db: LMDBDatabase, _ key: [UInt8], _ value: [UInt8], append: Bool = false) throws {
+        try key.withUnsafeBytes { kp in
+            try value.withUnsafeBytes { vp in
+                var k = MDB_val(mv_size: kp.count, mv_data: UnsafeMutableRawPointer(mutating: kp.baseAddress))
+                var v = MDB_val(mv_size: vp.count, mv_data: UnsafeMutableRawPointer(mutating: vp.baseAddress))
+                try LMDBError.check(mdb_put(txn, db.dbi, &k, &v, append ? UInt32(MDB_APPEND) : 0), "mdb_put")
+            }
+        }
+    }
+
+    /// Deletes `key`; returns false when it was absent.
+    @discardableResult
+    public func delete(_ db: LMDBDatabase, _ key: [UInt8]) throws -> Bool {
+        try key.withUnsafeBytes { kp in
+            var k = MDB_val(mv_size: kp.count, mv_data: UnsafeMutableRawPointer(mutating: kp.baseAddress))
+            let rc = mdb_del(txn, db.dbi, &k, nil)
+            if rc == MDB_NOTFOUND { return false }
+            try LMDBError.check(rc, "mdb_del")
+            return true
+        }
+    }
+
+    /// Calls `body` for each record with key ≥ `from` (or from the first record) in key
+    /// order, until it returns false. The cursor cannot outlive this call.
+    public func forEach(_ db: LMDBDatabase, from: [UInt8]? = nil,
+                        _ body: (_ key: [UInt8], _ value: [UInt8]) throws -> Bool) throws {
+        var cursor: OpaquePointer?
+        try LMDBError.check(mdb_cursor_open(txn, db.dbi, &cursor), "mdb_cursor_open")
+        defer { mdb_cursor_close(cursor) }
+        var k = MDB_val()
+        var v = MDB_val()
+        var rc: Int32
+        if let from {
+            rc = from.withUnsafeBytes { fp in
+                k = MDB_val(mv_size: fp.count, mv_data: UnsafeMutableRawPointer(mutating: fp.baseAddress))
+                return mdb_cursor_get(cursor, &k, &v, MDB_SET_RANGE)
+            }
+        } else {
+            rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST)
+        }
+        while rc == MDB_SUCCESS {
+            if try !body(copyBytes(k), copyBytes(v)) { return }
+            rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)
+        }
+        if rc != MDB_NOTFOUND { try LMDBError.check(rc, "mdb_cursor_get") }
+    }
+
+    /// The last record of a database (used for the log's tail), or nil when empty.
+    public func last(_ db: LMDBDatabase) throws -> (key: [UInt8], value: [UInt8])? {
+        var cursor: OpaquePointer?
+        try LMDBError.check(mdb_cursor_open(txn, db.dbi, &cursor), "mdb_cursor_open")
+        defer { mdb_cursor_close(cursor) }
+        var k = MDB_val()
+        var v = MDB_val()
+        let rc = mdb_cursor_get(cursor, &k, &v, MDB_LAST)
+        if rc == MDB_NOTFOUND { return nil }
+        try LMDBError.check(rc, "mdb_cursor_get(last)")
+        return (copyBytes(k), copyBytes(v))
+    }
+
+    /// Number of records in a database.
+    public func count(_ db: LMDBDatabase) throws -> Int {
+        var stat = MDB_stat()
+        try LMDBError.check(mdb_stat(txn, db.dbi, &stat), "mdb_stat")
+        return Int(stat.ms_entries)
+    }
+}
+
+private func copyBytes(_ v: MDB_val) -> [UInt8] {
+    guard v.mv_size > 0, let p = v.mv_data else { return [] }
+    return Array(UnsafeRawBufferPointer(start: p, count: v.mv_size))
+}

@@ -1,0 +1,69 @@
+import Crypto
+import QSBytes
+
+/// One entry of the transaction log: what a single write transaction changed.
+///
+/// Encoding (version 1), the bytes that are stored, hashed and replicated verbatim:
+/// `version:u8=1 commitTimeNs:u64 sourceID:string16 position:u64 ops:list`.
+public struct LogEntry: Sendable, Equatable {
+    public static let version: UInt8 = 1
+
+    public var commitTimeNs: UInt64
+    public var origin: Origin
+    public var operations: [Operation]
+
+    public init(commitTimeNs: UInt64, origin: Origin, operations: [Operation]) {
+        self.commitTimeNs = commitTimeNs
+        self.origin = origin
+        self.operations = operations
+    }
+
+    public func encoded() -> [UInt8] {
+        var w = ByteWriter(capacity: 64 + operations.reduce(0) { $0 + $1.payloadBytes + 13 })
+        w.writeU8(Self.version)
+        w.writeU64(commitTimeNs)
+        w.writeString16(origin.sourceID)
+        w.writeU64(origin.position)
+        Operation.encodeList(operations, into: &w)
+        return w.bytes
+    }
+
+    public static func decode(_ bytes: [UInt8]) throws -> LogEntry {
+        var r = ByteReader(bytes)
+        let v = try r.readU8("entry version")
+        guard v == version else { throw DecodeError(offset: 0, reason: "unsupported log entry version \(v)") }
+        let t = try r.readU64("commit time")
+        let sid = try r.readString16("source id")
+        let pos = try r.readU64("position")
+        let ops = try Operation.decodeList(from: &r)
+        try r.expectEnd("log entry")
+        return LogEntry(commitTimeNs: t, origin: Origin(sourceID: sid, position: pos), operations: ops)
+    }
+}
+
+/// The chained hash: `h(i) = SHA-256(h(i-1) ‖ entry bytes)`, `h(0)` = 32 zero bytes.
+public enum ChainHash {
+    public static func next(previous: [UInt8], entry: [UInt8]) -> [UInt8] {
+        var hasher = SHA256()
+        hasher.update(data: previous)
+        hasher.update(data: entry)
+        return Array(hasher.finalize())
+    }
+
+    public static func digest(_ bytes: [UInt8]) -> [UInt8] {
+        Array(SHA256.hash(data: bytes))
+    }
+}
+
+/// An entry as read back from the log: its index, chained hash and stored bytes.
+public struct StoredEntry: Sendable, Equatable {
+    public var index: UInt64
+    public var hash: [UInt8]
+    public var bytes: [UInt8]
+
+    public init(index: UInt64, hash: [UInt8], bytes: [UInt8]) {
+        self.index = index
+        self.hash = hash
+        self.bytes = bytes
+    }
+}

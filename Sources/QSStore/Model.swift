@@ -1,0 +1,128 @@
+import QSBytes
+
+/// One change to the keyspace, as carried by a batch and stored in a log entry.
+public enum Operation: Sendable, Equatable, Hashable {
+    /// Store `value` under `key`; `expiry` is KT's `xt` in epoch seconds, nil for never.
+    case set(key: [UInt8], value: [UInt8], expiry: UInt64?)
+    /// Remove `key`.
+    case delete(key: [UInt8])
+    /// Remove every key that starts with `prefix` (the empty prefix clears everything).
+    case clearPrefix([UInt8])
+
+    static let setTag: UInt8 = 1
+    static let deleteTag: UInt8 = 2
+    static let clearTag: UInt8 = 3
+
+    /// Bytes of key and value this operation carries (for size caps and metrics).
+    public var payloadBytes: Int {
+        switch self {
+        case let .set(k, v, _): return k.count + v.count
+        case let .delete(k): return k.count
+        case let .clearPrefix(p): return p.count
+        }
+    }
+
+    /// The binary form shared by the write protocol and the log entry:
+    /// `1 flags:u8 [xt:u64] key:blob32 value:blob32` | `2 key:blob32` | `3 prefix:blob32`.
+    public func encode(into w: inout ByteWriter) {
+        switch self {
+        case let .set(key, value, expiry):
+            w.writeU8(Self.setTag)
+            w.writeU8(expiry == nil ? 0 : 1)
+            if let expiry { w.writeU64(expiry) }
+            w.writeBlob32(key)
+            w.writeBlob32(value)
+        case let .delete(key):
+            w.writeU8(Self.deleteTag)
+            w.writeBlob32(key)
+        case let .clearPrefix(prefix):
+            w.writeU8(Self.clearTag)
+            w.writeBlob32(prefix)
+        }
+    }
+
+    public static func decode(from r: inout ByteReader) throws -> Operation {
+        let at = r.offset
+        switch try r.readU8("operation tag") {
+        case setTag:
+            let flags = try r.readU8("set flags")
+            guard flags & ~1 == 0 else { throw DecodeError(offset: at + 1, reason: "unknown set flags \(flags)") }
+            let expiry = flags & 1 == 1 ? try r.readU64("expiry") : nil
+            let key = try r.readBlob32("key")
+            let value = try r.readBlob32("value")
+            return .set(key: key, value: value, expiry: expiry)
+        case deleteTag:
+            return .delete(key: try r.readBlob32("key"))
+        case clearTag:
+            return .clearPrefix(try r.readBlob32("prefix"))
+        case let tag:
+            throw DecodeError(offset: at, reason: "unknown operation tag \(tag)")
+        }
+    }
+
+    /// A list of operations: `count:u32` then each operation.
+    public static func encodeList(_ ops: [Operation], into w: inout ByteWriter) {
+        w.writeU32(UInt32(ops.count))
+        for op in ops { op.encode(into: &w) }
+    }
+
+    /// Decodes a list, refusing counts that could not fit in the remaining bytes.
+    public static func decodeList(from r: inout ByteReader) throws -> [Operation] {
+        let n = Int(try r.readU32("operation count"))
+        // Each operation takes at least 5 bytes: a count beyond that is hostile.
+        guard n <= r.remaining / 5 else {
+            throw DecodeError(offset: r.offset - 4, reason: "operation count \(n) exceeds what \(r.remaining) bytes can hold")
+        }
+        var ops = [Operation]()
+        ops.reserveCapacity(n)
+        for _ in 0..<n { ops.append(try decode(from: &r)) }
+        return ops
+    }
+}
+
+/// A stored value with its optional expiry (epoch seconds).
+public struct Record: Sendable, Equatable {
+    public var value: [UInt8]
+    public var expiry: UInt64?
+
+    public init(value: [UInt8], expiry: UInt64?) {
+        self.value = value
+        self.expiry = expiry
+    }
+
+    /// True when the record has expired at `now` (epoch seconds): KT hides a record whose
+    /// expiration time is not after the current time.
+    public func isExpired(at now: UInt64) -> Bool {
+        guard let expiry else { return false }
+        return expiry <= now
+    }
+}
+
+/// Where a log entry's change came from: the writing source and its position.
+public struct Origin: Sendable, Equatable {
+    public var sourceID: String
+    public var position: UInt64
+
+    public init(sourceID: String, position: UInt64) {
+        self.sourceID = sourceID
+        self.position = position
+    }
+}
+
+/// The head of a node's transaction log.
+public struct Head: Sendable, Equatable {
+    /// Index of the last entry, 0 for an empty log.
+    public var index: UInt64
+    /// Chained hash at `index` (32 zero bytes for an empty log).
+    public var hash: [UInt8]
+    /// Commit time of the last entry, nanoseconds since the epoch (0 for an empty log).
+    public var commitTimeNs: UInt64
+
+    public init(index: UInt64, hash: [UInt8], commitTimeNs: UInt64) {
+        self.index = index
+        self.hash = hash
+        self.commitTimeNs = commitTimeNs
+    }
+
+    public static let empty = Head(index: 0, hash: [UInt8](repeating: 0, count: 32), commitTimeNs: 0)
+}

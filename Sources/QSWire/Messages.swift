@@ -1,0 +1,291 @@
+import QSBytes
+import QSStore
+
+/// A request from a client to a node. Type bytes `0x01…0x7F`.
+public enum Request: Sendable, Equatable {
+    /// Compare-and-swap write: apply `operations` if `sourceID`'s checkpoint is `expected`,
+    /// then store `new` as the checkpoint.
+    case batch(Batch)
+    /// The source's checkpoint.
+    case getCheckpoint(sourceID: String)
+    /// The log head: index, chained hash, commit time.
+    case head
+    /// Log entries from `from`, at most `count`.
+    case readLog(from: UInt64, count: UInt32)
+    /// One key's live record.
+    case get(key: [UInt8])
+    /// One page of live records with `prefix`, continuing after `cursor` (empty: start),
+    /// expiry judged at `asOf` (epoch seconds; 0: the node's clock).
+    case scan(prefix: [UInt8], cursor: [UInt8], limit: UInt32, asOf: UInt64)
+
+    public struct Batch: Sendable, Equatable {
+        public var token: [UInt8]
+        public var sourceID: String
+        public var expected: UInt64
+        public var new: UInt64
+        public var operations: [Operation]
+
+        public init(token: [UInt8] = [], sourceID: String, expected: UInt64, new: UInt64, operations: [Operation]) {
+            self.token = token
+            self.sourceID = sourceID
+            self.expected = expected
+            self.new = new
+            self.operations = operations
+        }
+    }
+
+    enum Tag: UInt8 {
+        case batch = 0x01, getCheckpoint = 0x02, head = 0x03, readLog = 0x04, get = 0x05, scan = 0x06
+    }
+
+    /// True for requests that change state (and so must carry the write token).
+    public var isWrite: Bool {
+        if case .batch = self { return true }
+        return false
+    }
+
+    public var name: String {
+        switch self {
+        case .batch: return "batch"
+        case .getCheckpoint: return "get-checkpoint"
+        case .head: return "head"
+        case .readLog: return "read-log"
+        case .get: return "get"
+        case .scan: return "scan"
+        }
+    }
+
+    public func frame() -> Frame {
+        var w = ByteWriter()
+        let tag: Tag
+        switch self {
+        case let .batch(b):
+            tag = .batch
+            w.writeBlob32(b.token)
+            w.writeString16(b.sourceID)
+            w.writeU64(b.expected)
+            w.writeU64(b.new)
+            Operation.encodeList(b.operations, into: &w)
+        case let .getCheckpoint(sid):
+            tag = .getCheckpoint
+            w.writeString16(sid)
+        case .head:
+            tag = .head
+        case let .readLog(from, count):
+            tag = .readLog
+            w.writeU64(from)
+            w.writeU32(count)
+        case let .get(key):
+            tag = .get
+            w.writeBlob32(key)
+        case let .scan(prefix, cursor, limit, asOf):
+            tag = .scan
+            w.writeBlob32(prefix)
+            w.writeBlob32(cursor)
+            w.writeU32(limit)
+            w.writeU64(asOf)
+        }
+        return Frame(type: tag.rawValue, payload: w.bytes)
+    }
+
+    public static func decode(_ frame: Frame) throws -> Request {
+        guard let tag = Tag(rawValue: frame.type) else {
+            throw DecodeError(offset: 4, reason: "unknown request type 0x\(hexString([frame.type]))")
+        }
+        var r = ByteReader(frame.payload)
+        let req: Request
+        switch tag {
+        case .batch:
+            let token = try r.readBlob32("token")
+            let sid = try r.readString16("source id")
+            let expected = try r.readU64("expected position")
+            let new = try r.readU64("new position")
+            let ops = try Operation.decodeList(from: &r)
+            req = .batch(Batch(token: token, sourceID: sid, expected: expected, new: new, operations: ops))
+        case .getCheckpoint:
+            req = .getCheckpoint(sourceID: try r.readString16("source id"))
+        case .head:
+            req = .head
+        case .readLog:
+            req = .readLog(from: try r.readU64("from index"), count: try r.readU32("count"))
+        case .get:
+            req = .get(key: try r.readBlob32("key"))
+        case .scan:
+            req = .scan(prefix: try r.readBlob32("prefix"), cursor: try r.readBlob32("cursor"),
+                        limit: try r.readU32("limit"), asOf: try r.readU64("as-of time"))
+        }
+        try r.expectEnd("\(req.name) request")
+        return req
+    }
+}
+
+/// Error codes a node sends in an `error` response.
+public enum ErrorCode: UInt16, Sendable, CustomStringConvertible {
+    case malformed = 1
+    case frameTooLarge = 2
+    case unauthorized = 3
+    case invalidRequest = 4
+    case storageFull = 5
+    case storageError = 6
+    case unsupported = 7
+    case shuttingDown = 8
+
+    public var description: String {
+        switch self {
+        case .malformed: return "malformed"
+        case .frameTooLarge: return "frame-too-large"
+        case .unauthorized: return "unauthorized"
+        case .invalidRequest: return "invalid-request"
+        case .storageFull: return "storage-full"
+        case .storageError: return "storage-error"
+        case .unsupported: return "unsupported"
+        case .shuttingDown: return "shutting-down"
+        }
+    }
+}
+
+/// A node's answer. Type bytes `0x80…0xFF`.
+public enum Response: Sendable, Equatable {
+    case applied(logIndex: UInt64?, kept: UInt32, dropped: UInt32)
+    case conflict(current: UInt64)
+    case checkpoint(UInt64?)
+    case head(Head)
+    case entries([StoredEntry])
+    case value(Record?)
+    case page(records: [ScanRecord], next: [UInt8]?)
+    case error(code: UInt16, message: String)
+
+    public struct ScanRecord: Sendable, Equatable {
+        public var key: [UInt8]
+        public var record: Record
+
+        public init(key: [UInt8], record: Record) {
+            self.key = key
+            self.record = record
+        }
+    }
+
+    enum Tag: UInt8 {
+        case applied = 0x81, conflict = 0x82, checkpoint = 0x83, head = 0x84, entries = 0x85,
+             value = 0x86, page = 0x87, error = 0xEF
+    }
+
+    public static func error(_ code: ErrorCode, _ message: String) -> Response {
+        .error(code: code.rawValue, message: message)
+    }
+
+    public func frame() -> Frame {
+        var w = ByteWriter()
+        let tag: Tag
+        switch self {
+        case let .applied(index, kept, dropped):
+            tag = .applied
+            w.writeU64(index ?? 0)
+            w.writeU32(kept)
+            w.writeU32(dropped)
+        case let .conflict(current):
+            tag = .conflict
+            w.writeU64(current)
+        case let .checkpoint(cp):
+            tag = .checkpoint
+            w.writeU8(cp == nil ? 0 : 1)
+            w.writeU64(cp ?? 0)
+        case let .head(h):
+            tag = .head
+            w.writeU64(h.index)
+            w.writeBytes(h.hash)
+            w.writeU64(h.commitTimeNs)
+        case let .entries(list):
+            tag = .entries
+            w.writeU32(UInt32(list.count))
+            for e in list {
+                w.writeU64(e.index)
+                w.writeBytes(e.hash)
+                w.writeBlob32(e.bytes)
+            }
+        case let .value(record):
+            tag = .value
+            Self.writeRecord(record, &w)
+        case let .page(records, next):
+            tag = .page
+            w.writeU32(UInt32(records.count))
+            for r in records {
+                w.writeBlob32(r.key)
+                Self.writeRecord(r.record, &w)
+            }
+            w.writeU8(next == nil ? 0 : 1)
+            w.writeBlob32(next ?? [])
+        case let .error(code, message):
+            tag = .error
+            w.writeU16(code)
+            w.writeString16(message)
+        }
+        return Frame(type: tag.rawValue, payload: w.bytes)
+    }
+
+    /// `present:u8 [flags:u8 (bit0 expiry) [expiry:u64] value:blob32]`
+    static func writeRecord(_ record: Record?, _ w: inout ByteWriter) {
+        guard let record else {
+            w.writeU8(0)
+            return
+        }
+        w.writeU8(1)
+        w.writeU8(record.expiry == nil ? 0 : 1)
+        if let x = record.expiry { w.writeU64(x) }
+        w.writeBlob32(record.value)
+    }
+
+    static func readRecord(_ r: inout ByteReader) throws -> Record? {
+        guard try r.readU8("record presence") == 1 else { return nil }
+        let flags = try r.readU8("record flags")
+        let expiry = flags & 1 != 0 ? try r.readU64("expiry") : nil
+        return Record(value: try r.readBlob32("value"), expiry: expiry)
+    }
+
+    public static func decode(_ frame: Frame) throws -> Response {
+        guard let tag = Tag(rawValue: frame.type) else {
+            throw DecodeError(offset: 4, reason: "unknown response type 0x\(hexString([frame.type]))")
+        }
+        var r = ByteReader(frame.payload)
+        let resp: Response
+        switch tag {
+        case .applied:
+            let index = try r.readU64("log index")
+            resp = .applied(logIndex: index == 0 ? nil : index, kept: try r.readU32("kept"), dropped: try r.readU32("dropped"))
+        case .conflict:
+            resp = .conflict(current: try r.readU64("current position"))
+        case .checkpoint:
+            let present = try r.readU8("presence")
+            let cp = try r.readU64("checkpoint")
+            resp = .checkpoint(present == 1 ? cp : nil)
+        case .head:
+            resp = .head(Head(index: try r.readU64("index"), hash: try r.readBytes(32, "hash"), commitTimeNs: try r.readU64("commit time")))
+        case .entries:
+            let n = Int(try r.readU32("entry count"))
+            guard n <= r.remaining / 44 else { throw DecodeError(offset: r.offset - 4, reason: "entry count \(n) too large") }
+            var list = [StoredEntry]()
+            for _ in 0..<n {
+                list.append(StoredEntry(index: try r.readU64("index"), hash: try r.readBytes(32, "hash"), bytes: try r.readBlob32("entry")))
+            }
+            resp = .entries(list)
+        case .value:
+            resp = .value(try readRecord(&r))
+        case .page:
+            let n = Int(try r.readU32("record count"))
+            guard n <= r.remaining / 5 else { throw DecodeError(offset: r.offset - 4, reason: "record count \(n) too large") }
+            var records = [ScanRecord]()
+            for _ in 0..<n {
+                let key = try r.readBlob32("key")
+                guard let rec = try readRecord(&r) else { throw DecodeError(offset: r.offset, reason: "absent record in page") }
+                records.append(ScanRecord(key: key, record: rec))
+            }
+            let more = try r.readU8("continuation flag")
+            let next = try r.readBlob32("continuation")
+            resp = .page(records: records, next: more == 1 ? next : nil)
+        case .error:
+            resp = .error(code: try r.readU16("error code"), message: try r.readString16("error message"))
+        }
+        try r.expectEnd("response")
+        return resp
+    }
+}

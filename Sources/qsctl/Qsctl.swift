@@ -1,0 +1,112 @@
+import ArgumentParser
+import Foundation
+import QSClient
+import QSService
+
+/// Exit codes: 0 found/ok, 1 not found, 2 usage, 3 server or connection error.
+enum Exit {
+    static let notFound = ExitCode(1)
+    static let usage = ExitCode(2)
+    static let serverError = ExitCode(3)
+}
+
+@main
+struct Qsctl: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "qsctl",
+        abstract: "Operate Quicksilver nodes: read and write keys, inspect the log, dump the keyspace.",
+        discussion: """
+            Exit codes: 0 found/ok, 1 not found, 2 usage error, 3 server or connection error. \
+            Every option can also be set through its QS_ environment variable, as shown.
+            """,
+        subcommands: [Put.self, Get.self, Delete.self, HeadCommand.self, Checkpoint.self, Log.self, Dump.self]
+    )
+
+    @OptionGroup var options: NodeOptions
+
+    /// Parses and runs, mapping usage errors to exit code 2.
+    static func main() async {
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            let code = exitCode(for: error)
+            if code == .validationFailure || (code != .success && !(error is ExitCode) && !(error is CleanExit)) {
+                // argument parser's usage errors: print its message, exit 2
+                let message = fullMessage(for: error)
+                if !message.isEmpty { FileHandle.standardError.write(Data((message + "\n").utf8)) }
+                Foundation.exit(code == .success ? 0 : Exit.usage.rawValue)
+            }
+            exit(withError: error)
+        }
+    }
+}
+
+/// Options every subcommand shares: which node, and the write token.
+struct NodeOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("The node's write-protocol address, HOST:PORT or unix:PATH. (env: QS_NODE)", valueName: "host:port"))
+    var node: String = QSEnv.string("QS_NODE") ?? "127.0.0.1:7400"
+
+    @Option(help: ArgumentHelp("File holding the node's write token, for writes. (env: QS_WRITE_TOKEN_FILE)", valueName: "file"))
+    var writeTokenFile: String = QSEnv.string("QS_WRITE_TOKEN_FILE") ?? ""
+
+    @Flag(help: "Keys, values and prefixes given on the command line are base64 (for binary data). (env: QS_BASE64)")
+    var base64: Bool = QSEnv.flag("QS_BASE64")
+
+    func validate() throws {
+        do { _ = try Endpoint(parsing: node) } catch { throw ValidationError("--node: \(error)") }
+    }
+
+    func bytes(_ text: String, _ what: String) throws -> [UInt8] {
+        guard base64 else { return Array(text.utf8) }
+        guard let d = Data(base64Encoded: text) else { throw ValidationError("\(what) '\(text)' is not valid base64") }
+        return [UInt8](d)
+    }
+
+    func connect() async throws -> QSClient {
+        var token = [UInt8]()
+        if !writeTokenFile.isEmpty {
+            guard let raw = FileManager.default.contents(atPath: writeTokenFile) else {
+                fail("cannot read --write-token-file \(writeTokenFile)")
+                throw Exit.usage
+            }
+            token = [UInt8](raw)
+            while let last = token.last, last == 10 || last == 13 || last == 32 { token.removeLast() }
+        }
+        do {
+            switch try Endpoint(parsing: node) {
+            case let .tcp(host, port): return try await QSClient.connect(host: host, port: port, token: token)
+            case let .unix(path): return try await QSClient.connect(unixPath: path, token: token)
+            }
+        } catch {
+            fail("cannot connect to node \(node): \(error)")
+            throw Exit.serverError
+        }
+    }
+
+    /// Runs `body` with a connection; node errors exit 3 with the node's message.
+    func withClient<T>(_ body: (QSClient) async throws -> T) async throws -> T {
+        let client = try await connect()
+        defer { Task { await client.close() } }
+        do {
+            return try await body(client)
+        } catch let e as ExitCode {
+            throw e
+        } catch {
+            fail("\(error)")
+            throw Exit.serverError
+        }
+    }
+}
+
+func fail(_ message: String) {
+    FileHandle.standardError.write(Data(("qsctl: " + message + "\n").utf8))
+}
+
+func printLine(_ s: String) {
+    FileHandle.standardOutput.write(Data((s + "\n").utf8))
+}

@@ -1,0 +1,121 @@
+import ArgumentParser
+import Foundation
+import Logging
+import NIOPosix
+import QSBytes
+import QSNode
+import QSService
+import QSStore
+import QSWire
+import ServiceLifecycle
+
+@main
+struct QSNodeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "qsnode",
+        abstract: "A Quicksilver node: an LMDB-backed key-value store with a hash-chained transaction log.",
+        discussion: """
+            A root node (--role root) accepts compare-and-swap batch writes on the QS write protocol \
+            (docs/protocol.md) from bridges and operators. Every flag can also be set through the \
+            environment variable named after it (QS_ and the flag in capitals, as shown).
+            """
+    )
+
+    enum Role: String, ExpressibleByArgument, CaseIterable {
+        case root, replica
+    }
+
+    @Option(help: ArgumentHelp("The node's role: root accepts writes. (env: QS_ROLE)", valueName: "role"))
+    var role: Role = Role(rawValue: QSEnv.string("QS_ROLE") ?? "root") ?? .root
+
+    @Option(help: ArgumentHelp("Directory of the node's LMDB environment, created if missing. (env: QS_DATA)", valueName: "dir"))
+    var data: String = QSEnv.string("QS_DATA") ?? ""
+
+    @Option(help: ArgumentHelp("Address of the QS write protocol, HOST:PORT; loopback unless told otherwise. (env: QS_LISTEN)", valueName: "host:port"))
+    var listen: String = QSEnv.string("QS_LISTEN") ?? "127.0.0.1:7400"
+
+    @Option(help: ArgumentHelp("Also serve the QS write protocol on this Unix socket path. (env: QS_UNIX)", valueName: "path"))
+    var unix: String = QSEnv.string("QS_UNIX") ?? ""
+
+    @Option(help: ArgumentHelp("File holding the token every write must carry; without it writes are not authenticated. (env: QS_WRITE_TOKEN_FILE)", valueName: "file"))
+    var writeTokenFile: String = QSEnv.string("QS_WRITE_TOKEN_FILE") ?? ""
+
+    @Option(help: ArgumentHelp("LMDB map size: the most the store can hold, e.g. 8GiB. (env: QS_MAP_SIZE)", valueName: "size"))
+    var mapSize: String = QSEnv.string("QS_MAP_SIZE") ?? "8GiB"
+
+    @Option(help: ArgumentHelp("Largest protocol frame accepted, e.g. 64MiB; larger frames are refused. (env: QS_MAX_FRAME_BYTES)", valueName: "size"))
+    var maxFrameBytes: String = QSEnv.string("QS_MAX_FRAME_BYTES") ?? "64MiB"
+
+    @OptionGroup var service: ServiceOptions
+
+    func validate() throws {
+        guard !data.isEmpty else {
+            throw ValidationError("--data is required: the directory of the node's store (or set QS_DATA)")
+        }
+        if role == .replica {
+            throw ValidationError("--role replica is not available in this version: run a root (--role root)")
+        }
+        do { _ = try Endpoint(parsing: listen) } catch { throw ValidationError("--listen: \(error)") }
+        guard parseByteSize(mapSize) != nil else { throw ValidationError("--map-size '\(mapSize)' is not a size such as 8GiB") }
+        guard let m = parseByteSize(maxFrameBytes), m >= 1024 else {
+            throw ValidationError("--max-frame-bytes '\(maxFrameBytes)' is not a size of at least 1KiB, such as 64MiB")
+        }
+    }
+
+    func run() async throws {
+        let (logger, registry) = service.bootstrap(label: "qsnode")
+        let listenEndpoint = try Endpoint(parsing: listen)
+        var token: [UInt8]?
+        if !writeTokenFile.isEmpty {
+            token = try readToken(writeTokenFile)
+        } else if !listenEndpoint.isLocalOnly {
+            logger.warning("write port is not loopback and no --write-token-file is set: anyone who reaches it can write",
+                           metadata: ["address": "\(listenEndpoint)"])
+        }
+        let store: Store
+        do {
+            store = try Store(directory: data, mapSize: parseByteSize(mapSize)!)
+        } catch {
+            logger.critical("cannot open the store", metadata: ["data": "\(data)", "error": "\(error)"])
+            throw ExitCode(1)
+        }
+        let head = try store.head()
+        let nodeID = try store.identity()
+        logger.info("store open", metadata: ["data": "\(data)", "head-index": "\(head.index)",
+                                             "head-hash": "\(hexString(head.hash))", "node-id": "\(nodeID)"])
+        let pool = NIOThreadPool(numberOfThreads: 4)
+        pool.start()
+        let core = NodeCore(store: store, token: token, logger: logger)
+        var endpoints = [listenEndpoint]
+        if !unix.isEmpty { endpoints.append(.unix(path: unix)) }
+        var services: [any Service] = [
+            WriteServer(core: core, endpoints: endpoints, maxFrameBytes: parseByteSize(maxFrameBytes)!, pool: pool, logger: logger),
+        ]
+        if let admin = try service.adminEndpoint() {
+            services.append(AdminServer(endpoint: admin, registry: registry, logger: logger) {
+                Readiness(ready: true, detail: "root: store open")
+            })
+        }
+        let group = ServiceGroup(configuration: .init(
+            services: services.map { .init(service: $0) },
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
+        ))
+        try await group.run()
+        try await pool.shutdownGracefully()
+        let finalHead = try store.head()
+        logger.info("node stopped cleanly", metadata: ["head-index": "\(finalHead.index)"])
+    }
+
+    func readToken(_ path: String) throws -> [UInt8] {
+        guard let raw = FileManager.default.contents(atPath: path) else {
+            throw ValidationError("--write-token-file \(path) cannot be read: check the path and permissions")
+        }
+        var bytes = [UInt8](raw)
+        while let last = bytes.last, last == 10 || last == 13 || last == 32 { bytes.removeLast() }
+        guard bytes.count >= 16 else {
+            throw ValidationError("--write-token-file \(path) holds \(bytes.count) bytes: use a token of at least 16 bytes")
+        }
+        return bytes
+    }
+}
