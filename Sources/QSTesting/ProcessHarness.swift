@@ -1,1 +1,225 @@
-// Test helpers live here.
+import Foundation
+
+/// Test helpers shared by every suite: start the project's real executables on free
+/// loopback ports, wait for them with deadlines, stop them with a signal.
+public enum Harness {
+    /// Directory holding the built executables: `QS_BIN_DIR`, else the directory of the
+    /// running test bundle (SwiftPM puts both in the same build folder).
+    public static var binDir: URL {
+        if let d = ProcessInfo.processInfo.environment["QS_BIN_DIR"], !d.isEmpty {
+            return URL(fileURLWithPath: d)
+        }
+        var url = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        while url.path != "/" {
+            url.deleteLastPathComponent()
+            if FileManager.default.isExecutableFile(atPath: url.appendingPathComponent("qsnode").path) { return url }
+        }
+        return URL(fileURLWithPath: FileManager.default.currentDirectoryPath).appendingPathComponent(".build/debug")
+    }
+
+    /// The package root (for Fixtures/).
+    public static var packageRoot: URL {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url
+    }
+
+    /// A fresh temporary directory.
+    public static func tempDir(_ name: String = "qs") throws -> URL {
+        let url = FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        return url
+    }
+
+    /// A loopback TCP port that was free a moment ago (bound to port 0, then released).
+    public static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) }
+        }
+        _ = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+
+    /// True when something accepts TCP connections on 127.0.0.1:`port`.
+    public static func isListening(port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        let rc = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        return rc == 0
+    }
+
+    /// Polls `condition` until it holds or `timeout` passes; returns whether it held.
+    @discardableResult
+    public static func waitUntil(timeout: Duration = .seconds(10), pollEvery: Duration = .milliseconds(20),
+                                 _ condition: () throws -> Bool) rethrows -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if try condition() { return true }
+            Thread.sleep(forTimeInterval: pollEvery.seconds)
+        }
+        return try condition()
+    }
+
+    /// Runs an executable to completion; returns exit status, stdout and stderr.
+    public static func run(_ name: String, _ args: [String], env: [String: String] = [:],
+                           stdin: Data? = nil) throws -> (status: Int32, stdout: Data, stderr: Data) {
+        let p = Process()
+        p.executableURL = name.hasPrefix("/") ? URL(fileURLWithPath: name) : binDir.appendingPathComponent(name)
+        p.arguments = args
+        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("QS_") }
+        environment.merge(env) { _, new in new }
+        p.environment = environment
+        let out = Pipe(), err = Pipe(), input = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        p.standardInput = input
+        try p.run()
+        if let stdin { input.fileHandleForWriting.write(stdin) }
+        try? input.fileHandleForWriting.close()
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        let e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, o, e)
+    }
+}
+
+extension Duration {
+    var seconds: Double {
+        Double(components.seconds) + Double(components.attoseconds) / 1e18
+    }
+}
+
+/// A daemon of the project running as a real process, its stderr captured to a file.
+public final class DaemonProcess: @unchecked Sendable {
+    public let process: Process
+    public let logURL: URL
+    public let name: String
+
+    /// Starts `name` with `args`; does not wait for readiness (see `waitForPort`).
+    public init(_ name: String, _ args: [String], env: [String: String] = [:], logDir: URL) throws {
+        self.name = name
+        process = Process()
+        process.executableURL = Harness.binDir.appendingPathComponent(name)
+        process.arguments = args
+        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("QS_") }
+        environment.merge(env) { _, new in new }
+        process.environment = environment
+        logURL = logDir.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(6)).log")
+        FileManager.default.createFile(atPath: logURL.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: logURL)
+        process.standardError = handle
+        process.standardOutput = handle
+        try process.run()
+    }
+
+    public var pid: Int32 { process.processIdentifier }
+    public var isRunning: Bool { process.isRunning }
+
+    /// The captured log so far.
+    public var log: String {
+        (try? String(contentsOf: logURL, encoding: .utf8)) ?? ""
+    }
+
+    /// Waits until the process accepts connections on `port`; throws with its log if not.
+    public func waitForPort(_ port: Int, timeout: Duration = .seconds(15)) throws {
+        let ok = Harness.waitUntil(timeout: timeout) { !isRunning || Harness.isListening(port: port) }
+        guard ok, isRunning else {
+            throw HarnessError("\(name) did not listen on port \(port) within \(timeout); log:\n\(log)")
+        }
+    }
+
+    /// Sends `signal` and waits for the exit; returns the exit status.
+    @discardableResult
+    public func stop(signal: Int32 = SIGTERM, timeout: Duration = .seconds(15)) throws -> Int32 {
+        if isRunning { kill(pid, signal) }
+        guard Harness.waitUntil(timeout: timeout, { !isRunning }) else {
+            kill(pid, SIGKILL)
+            throw HarnessError("\(name) did not exit within \(timeout) after signal \(signal); log:\n\(log)")
+        }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+    }
+}
+
+public struct HarnessError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
+}
+
+/// A root node on free ports, for tests.
+public final class RootNode: @unchecked Sendable {
+    public let daemon: DaemonProcess
+    public let port: Int
+    public let adminPort: Int
+    public let data: URL
+    public let extraArgs: [String]
+
+    public init(data: URL, logDir: URL, extraArgs: [String] = [], env: [String: String] = [:]) throws {
+        port = Harness.freePort()
+        adminPort = Harness.freePort()
+        self.data = data
+        self.extraArgs = extraArgs
+        daemon = try DaemonProcess("qsnode", ["--role", "root", "--data", data.path, "--listen", "127.0.0.1:\(port)",
+                                              "--admin", "127.0.0.1:\(adminPort)"] + extraArgs, env: env, logDir: logDir)
+        try daemon.waitForPort(port)
+        try daemon.waitForPort(adminPort)
+    }
+
+    public var address: String { "127.0.0.1:\(port)" }
+
+    /// Fetches `/metrics` and returns the value of `name` (first sample), nil if absent.
+    public func metric(_ name: String) -> Double? {
+        guard let text = httpGet(port: adminPort, path: "/metrics")?.body else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix(name + " ") || line.hasPrefix(name + "{") {
+            if let v = line.split(separator: " ").last.flatMap({ Double($0) }) { return v }
+        }
+        return nil
+    }
+}
+
+/// A minimal HTTP/1.0 GET over a socket, for admin endpoints in tests.
+public func httpGet(port: Int, path: String) -> (status: Int, body: String)? {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = in_port_t(UInt16(port).bigEndian)
+    let rc = withUnsafeMutablePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard rc == 0 else { return nil }
+    let req = Array("GET \(path) HTTP/1.0\r\nHost: localhost\r\n\r\n".utf8)
+    _ = req.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+    var data = [UInt8]()
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        if n <= 0 { break }
+        data.append(contentsOf: buf[0..<n])
+    }
+    let text = String(decoding: data, as: UTF8.self)
+    guard let headEnd = text.range(of: "\r\n\r\n") else { return nil }
+    let statusLine = text[..<headEnd.lowerBound].split(separator: "\r\n").first ?? ""
+    let status = statusLine.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
+    return (status, String(text[headEnd.upperBound...]))
+}

@@ -18,11 +18,14 @@ public let defaultMaxFrameBytes = 64 << 20
 public enum FrameError: Error, Sendable, Equatable, CustomStringConvertible {
     case tooLarge(length: Int, limit: Int)
     case empty
+    /// The stream ended inside a frame.
+    case truncated(have: Int)
 
     public var description: String {
         switch self {
         case let .tooLarge(length, limit): return "frame of \(length) bytes exceeds the limit of \(limit) bytes"
         case .empty: return "frame of length 0 has no type byte"
+        case let .truncated(have): return "connection ended inside a frame (\(have) bytes of it received)"
         }
     }
 }
@@ -60,7 +63,13 @@ public struct FrameDecoder: ByteToMessageDecoder {
     }
 
     public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        try decode(context: context, buffer: &buffer)
+        let state = try decode(context: context, buffer: &buffer)
+        if state == .needMoreData && buffer.readableBytes > 0 {
+            let have = buffer.readableBytes
+            buffer.moveReaderIndex(forwardBy: have)
+            throw FrameError.truncated(have: have)
+        }
+        return state
     }
 }
 

@@ -1,0 +1,123 @@
+import Foundation
+import QSTesting
+import XCTest
+
+/// `qsctl` and the service layer, as a user runs them.
+final class QsctlTests: XCTestCase {
+    var tmp: URL!
+
+    override func setUpWithError() throws {
+        tmp = try Harness.tempDir("qsctl")
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: tmp)
+    }
+
+    func qsctl(_ node: RootNode, _ args: [String], env: [String: String] = [:]) throws -> (Int32, String, String) {
+        let r = try Harness.run("qsctl", ["--node", node.address] + args, env: env)
+        return (r.status, String(decoding: r.stdout, as: UTF8.self), String(decoding: r.stderr, as: UTF8.self))
+    }
+
+    func testCommandsAndExitCodes() throws {
+        let node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp)
+        XCTAssertEqual(try qsctl(node, ["put", "alpha", "one"]).0, 0)
+        XCTAssertEqual(try qsctl(node, ["put", "beta", "two", "--expires", "4102444800"]).0, 0)
+        XCTAssertEqual(try qsctl(node, ["put", "gone", "x", "--expires", "1000"]).0, 0)
+        let long = String(repeating: "k", count: 2000)
+        XCTAssertEqual(try qsctl(node, ["put", long, "long-key-value"]).0, 0)
+
+        var r = try qsctl(node, ["get", "alpha"])
+        XCTAssertEqual(r.0, 0)
+        XCTAssertEqual(r.1, "one")
+        r = try qsctl(node, ["get", long])
+        XCTAssertEqual(r.1, "long-key-value")
+        r = try qsctl(node, ["get", "gone"])
+        XCTAssertEqual(r.0, 1, "expired records are not found")
+        r = try qsctl(node, ["get", "missing"])
+        XCTAssertEqual(r.0, 1)
+        XCTAssertTrue(r.2.contains("not found"))
+        XCTAssertEqual(try qsctl(node, ["get"]).0, 2, "usage error")
+        XCTAssertEqual(try qsctl(node, ["frobnicate"]).0, 2)
+        XCTAssertEqual(try Harness.run("qsctl", ["--node", "nonsense", "head"]).status, 2)
+        XCTAssertEqual(try Harness.run("qsctl", ["--node", "127.0.0.1:\(Harness.freePort())", "head"]).status, 3, "unreachable node")
+
+        r = try qsctl(node, ["head"])
+        XCTAssertEqual(r.0, 0)
+        XCTAssertTrue(r.1.hasPrefix("{\"index\":4,\"hash\":\""), r.1)
+        r = try qsctl(node, ["checkpoint", "qsctl"])
+        XCTAssertEqual(r.1, "4\n")
+        XCTAssertEqual(try qsctl(node, ["checkpoint", "nobody"]).0, 1)
+
+        r = try qsctl(node, ["log", "--from", "2", "--count", "2"])
+        let lines = r.1.split(separator: "\n")
+        XCTAssertEqual(lines.count, 2)
+        let first = try JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as! [String: Any]
+        XCTAssertEqual(first["index"] as? Int, 2)
+        XCTAssertEqual(first["source_id"] as? String, "qsctl")
+        let ops = first["ops"] as! [[String: Any]]
+        XCTAssertEqual(ops[0]["key"] as? String, Data("beta".utf8).base64EncodedString())
+        XCTAssertEqual(ops[0]["xt"] as? Int, 4102444800)
+
+        r = try qsctl(node, ["dump", "--format", "jsonl"])
+        XCTAssertEqual(r.0, 0)
+        let dumped = r.1.split(separator: "\n").map { try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        let keys = dumped.map { String(decoding: Data(base64Encoded: $0["key"] as! String)!, as: UTF8.self) }
+        XCTAssertEqual(Set(keys), ["alpha", "beta", long])
+        let beta = dumped.first { ($0["key"] as! String) == Data("beta".utf8).base64EncodedString() }!
+        XCTAssertEqual(beta["xt"] as? Int, 4102444800)
+        XCTAssertTrue(dumped.first { ($0["key"] as! String) == Data("alpha".utf8).base64EncodedString() }!["xt"] is NSNull)
+        // Judged at an earlier instant, the expired record is live.
+        r = try qsctl(node, ["dump", "--at", "999"])
+        XCTAssertEqual(r.1.split(separator: "\n").count, 4)
+
+        XCTAssertEqual(try qsctl(node, ["delete", "alpha"]).0, 0)
+        XCTAssertEqual(try qsctl(node, ["delete", "alpha"]).0, 1)
+        // Binary keys through --base64.
+        XCTAssertEqual(try qsctl(node, ["--base64", "put", "AAEC/w==", "CQoN"]).0, 0)
+        r = try qsctl(node, ["--base64", "get", "AAEC/w==", "--json"])
+        XCTAssertEqual(r.1, "{\"key\":\"AAEC/w==\",\"value\":\"CQoN\",\"xt\":null}\n")
+    }
+
+    func testEnvironmentFallbacksConfigureTheNodeAndQsctl() throws {
+        let port = Harness.freePort()
+        let admin = Harness.freePort()
+        let node = try DaemonProcess("qsnode", [], env: ["QS_DATA": tmp.appendingPathComponent("d").path,
+                                                         "QS_LISTEN": "127.0.0.1:\(port)", "QS_ADMIN": "127.0.0.1:\(admin)",
+                                                         "QS_LOG_FORMAT": "text"], logDir: tmp)
+        try node.waitForPort(port)
+        try node.waitForPort(admin)
+        XCTAssertEqual(httpGet(port: admin, path: "/healthz")?.status, 200)
+        XCTAssertEqual(httpGet(port: admin, path: "/readyz")?.status, 200)
+        XCTAssertEqual(httpGet(port: admin, path: "/nope")?.status, 404)
+        let put = try Harness.run("qsctl", ["put", "k", "v"], env: ["QS_NODE": "127.0.0.1:\(port)"])
+        XCTAssertEqual(put.status, 0, String(decoding: put.stderr, as: UTF8.self))
+        let metrics = httpGet(port: admin, path: "/metrics")?.body ?? ""
+        for name in ["qs_batches_applied_total 1", "qs_conflicts_total", "qs_identical_writes_dropped_total", "qs_bad_frames_total",
+                     "qs_auth_failures_total", "qs_log_head_index 1"] {
+            XCTAssertTrue(metrics.contains(name), "missing \(name) in\n\(metrics)")
+        }
+        XCTAssertFalse(node.log.contains("{\"ts\""), "QS_LOG_FORMAT=text gives text logs")
+        XCTAssertEqual(try node.stop(signal: SIGINT), 0)
+    }
+
+    func testEveryFlagHasHelpAndAnEnvironmentVariable() throws {
+        for command in [["qsnode"], ["qsctl"], ["qsctl", "put"], ["qsctl", "dump"]] {
+            let r = try Harness.run(command[0], Array(command.dropFirst()) + ["--help"])
+            let help = String(decoding: r.stdout, as: UTF8.self)
+            XCTAssertEqual(r.status, 0)
+            // Each option line "  --flag ..." is followed by help text naming its variable.
+            let blocks = help.components(separatedBy: "\n  --").dropFirst()
+            XCTAssertFalse(blocks.isEmpty)
+            for block in blocks {
+                let flag = String(block.prefix { $0 != " " && $0 != "\n" })
+                if ["help", "expires", "json", "format", "prefix", "at", "page-size", "from", "count"].contains(flag) { continue }
+                let variable = "QS_" + flag.uppercased().replacingOccurrences(of: "-", with: "_")
+                XCTAssertTrue(block.contains(variable), "\(command.joined(separator: " ")) --\(flag) does not name \(variable)")
+            }
+        }
+        let missing = try Harness.run("qsnode", [])
+        XCTAssertNotEqual(missing.status, 0)
+        XCTAssertTrue(String(decoding: missing.stderr, as: UTF8.self).contains("--data is required"))
+    }
+}

@@ -1,0 +1,67 @@
+import NIOCore
+import NIOTestUtils
+import QSStore
+import QSWire
+import XCTest
+
+final class WireTests: XCTestCase {
+    func framed(_ f: Frame) -> ByteBuffer {
+        var b = ByteBuffer()
+        try? FrameEncoder().encode(data: f, out: &b)
+        return b
+    }
+
+    func testFrameDecoderHandlesEverySplit() throws {
+        let frames = [Frame(type: 1, payload: [1, 2, 3]), Frame(type: 0x81, payload: []), Frame(type: 5, payload: Array(repeating: 9, count: 300))]
+        let pairs = frames.map { (framed($0), [$0]) }
+        try ByteToMessageDecoderVerifier.verifyDecoder(inputOutputPairs: pairs) { FrameDecoder(maxFrameBytes: 1024) }
+    }
+
+    func testOversizedFrameIsRefusedFromItsLengthAlone() throws {
+        var decoder = FrameDecoder(maxFrameBytes: 100)
+        var buf = ByteBuffer(bytes: [0, 0, 1, 0])  // 256, nothing else sent
+        XCTAssertThrowsError(try decoder.decode(buffer: &buf)) { error in
+            XCTAssertEqual(error as? FrameError, .tooLarge(length: 256, limit: 100))
+        }
+        var empty = ByteBuffer(bytes: [0, 0, 0, 0])
+        XCTAssertThrowsError(try decoder.decode(buffer: &empty))
+    }
+
+    func testRequestsRoundTrip() throws {
+        let requests: [Request] = [
+            .batch(.init(token: [1, 2], sourceID: "kt:host:1978", expected: 5, new: 9,
+                         operations: [.set(key: [0, 1], value: [], expiry: 77), .set(key: [], value: [1], expiry: nil), .delete(key: [3]), .clearPrefix([4])])),
+            .getCheckpoint(sourceID: "x"), .head, .readLog(from: 3, count: 10), .get(key: [0xFF]),
+            .scan(prefix: [1], cursor: [2, 3], limit: 7, asOf: 99),
+        ]
+        for r in requests { XCTAssertEqual(try Request.decode(r.frame()), r) }
+    }
+
+    func testResponsesRoundTrip() throws {
+        let responses: [Response] = [
+            .applied(logIndex: 4, kept: 2, dropped: 1), .applied(logIndex: nil, kept: 0, dropped: 3), .conflict(current: 42),
+            .checkpoint(nil), .checkpoint(0), .checkpoint(17),
+            .head(Head(index: 3, hash: Array(repeating: 5, count: 32), commitTimeNs: 8)),
+            .entries([StoredEntry(index: 1, hash: Array(repeating: 1, count: 32), bytes: [1, 2, 3])]),
+            .value(nil), .value(Record(value: [1], expiry: 5)),
+            .page(records: [.init(key: [1], record: Record(value: [2], expiry: nil))], next: [9]), .page(records: [], next: nil),
+            .error(.unauthorized, "nope"),
+        ]
+        for r in responses { XCTAssertEqual(try Response.decode(r.frame()), r) }
+    }
+
+    func testMalformedPayloadsAreErrorsNotCrashes() {
+        XCTAssertThrowsError(try Request.decode(Frame(type: 0x7E, payload: [])))
+        XCTAssertThrowsError(try Request.decode(Frame(type: 0x01, payload: [0, 0, 0, 9])))
+        // Operation count claiming far more than the payload holds.
+        XCTAssertThrowsError(try Request.decode(Frame(type: 0x01, payload: [0, 0, 0, 0, 0, 1, 0x61] + Array(repeating: 0, count: 16) + [0xFF, 0xFF, 0xFF, 0xFF])))
+        XCTAssertThrowsError(try Request.decode(Frame(type: 0x03, payload: [1])), "trailing bytes are refused")
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<2000 {
+            let n = Int.random(in: 0..<64, using: &rng)
+            let payload = (0..<n).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            _ = try? Request.decode(Frame(type: UInt8.random(in: 0...8, using: &rng), payload: payload))
+            _ = try? Response.decode(Frame(type: UInt8.random(in: 0x80...0x88, using: &rng), payload: payload))
+        }
+    }
+}
