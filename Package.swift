@@ -107,7 +107,7 @@ let package = Package(
         .executableTarget(
             name: "qsbench",
             dependencies: [
-                "QSStore", "QSClient", "QSService",
+                "QSStore", "QSClient", "QSService", "QSTesting",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

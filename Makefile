@@ -1,0 +1,38 @@
+# Quicksilver migration toolkit. On a fresh Debian machine:
+#   make demo   installs what it needs, builds, runs the demo
+#   make test   installs what it needs, builds, runs every test
+#   make bench  installs what it needs, builds (release), runs the benchmarks
+
+SWIFT ?= swift
+APT_PACKAGES := liblmdb-dev lmdb-utils libcurl4-openssl-dev pkg-config python3 python3-pip memcached
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: deps build release test demo bench clean
+
+# Installs the Debian packages the build and the tests need (only those missing).
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	@command -v $(SWIFT) >/dev/null || { echo "swift not found: install Swift 6 (https://www.swift.org/install/linux/) and put it on PATH"; exit 1; }
+
+build: deps
+	$(SWIFT) build
+
+release: deps
+	$(SWIFT) build -c release
+
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --disable-swift-testing
+
+demo: build
+	./scripts/demo.sh .build/debug
+
+bench: release
+	.build/release/qsbench --out bench/results
+
+clean:
+	rm -rf .build .bench-scratch

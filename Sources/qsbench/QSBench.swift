@@ -1,0 +1,199 @@
+import ArgumentParser
+import Foundation
+import QSClient
+import QSService
+import QSStore
+import QSTesting
+
+/// `make bench`: how fast a root applies batches over the real protocol, against a plain
+/// LMDB write loop measured in the same run.
+@main
+struct QSBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "qsbench",
+        abstract: "Benchmark the root write path against a plain LMDB write loop in the same run.",
+        discussion: "Prints a table and writes JSON under --out. Figures are ratios against the reference, with peak RSS."
+    )
+
+    @Option(help: ArgumentHelp("Batch sizes (sets per batch), comma separated. (env: QS_BENCH_BATCH_SIZES)", valueName: "list"))
+    var batchSizes: String = QSEnv.string("QS_BENCH_BATCH_SIZES") ?? "1,100,5000"
+
+    @Option(help: ArgumentHelp("Time spent on each measurement, e.g. 3s. (env: QS_BENCH_DURATION)", valueName: "duration"))
+    var duration: String = QSEnv.string("QS_BENCH_DURATION") ?? "3s"
+
+    @Option(help: ArgumentHelp("Bytes per value. (env: QS_BENCH_VALUE_BYTES)", valueName: "n"))
+    var valueBytes: Int = Int(QSEnv.string("QS_BENCH_VALUE_BYTES") ?? "") ?? 100
+
+    @Option(help: ArgumentHelp("Directory for the JSON results. (env: QS_BENCH_OUT)", valueName: "dir"))
+    var out: String = QSEnv.string("QS_BENCH_OUT") ?? "bench/results"
+
+    @Option(help: ArgumentHelp("Scratch directory for the stores (a real disk, not tmpfs, for honest fsyncs). (env: QS_BENCH_SCRATCH)", valueName: "dir"))
+    var scratch: String = QSEnv.string("QS_BENCH_SCRATCH") ?? ".bench-scratch"
+
+    struct Row: Codable {
+        var batchSize: Int
+        var nodeOpsPerSec: Double
+        var lmdbOpsPerSec: Double
+        var ratio: Double
+        var nodeDiskBytesPerPayloadByte: Double
+        var lmdbDiskBytesPerPayloadByte: Double
+        var nodeBatches: Int
+        var lmdbBatches: Int
+        var nodePeakRSSBytes: Int
+    }
+
+    struct Report: Codable {
+        var benchmark = "root-write"
+        var recordedAt: String
+        var valueBytes: Int
+        var secondsPerMeasurement: Double
+        var rows: [Row]
+        var benchProcessPeakRSSBytes: Int
+        var note = "ratio = node ops/s over the real protocol (one durable LMDB transaction per batch, plus log entry and checkpoint) / plain LMDB loop ops/s (one durable transaction per batch, sets only)"
+    }
+
+    func run() async throws {
+        let sizes = batchSizes.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !sizes.isEmpty, sizes.allSatisfy({ $0 > 0 }) else { throw ValidationError("--batch-sizes needs positive integers, e.g. 1,100,5000") }
+        guard let d = parseDuration(duration) else { throw ValidationError("--duration '\(duration)' is not a duration such as 3s") }
+        try? FileManager.default.removeItem(atPath: scratch)
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        var rows = [Row]()
+        for size in sizes {
+            let lmdb = try runLMDB(batchSize: size, duration: d, dir: "\(scratch)/lmdb-\(size)")
+            let node = try await runNode(batchSize: size, duration: d, dir: "\(scratch)/node-\(size)")
+            rows.append(Row(batchSize: size, nodeOpsPerSec: node.opsPerSec, lmdbOpsPerSec: lmdb.opsPerSec,
+                            ratio: node.opsPerSec / lmdb.opsPerSec,
+                            nodeDiskBytesPerPayloadByte: node.diskPerPayload, lmdbDiskBytesPerPayloadByte: lmdb.diskPerPayload,
+                            nodeBatches: node.batches, lmdbBatches: lmdb.batches, nodePeakRSSBytes: node.peakRSS))
+        }
+        let report = Report(recordedAt: ISO8601DateFormatter().string(from: Date()), valueBytes: valueBytes,
+                            secondsPerMeasurement: d.seconds, rows: rows, benchProcessPeakRSSBytes: peakRSS(pid: nil))
+        printTable(report)
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        let json = try encoder.encode(report)
+        let stamp = report.recordedAt.replacingOccurrences(of: ":", with: "")
+        try json.write(to: URL(fileURLWithPath: "\(out)/root-write-\(stamp).json"))
+        try json.write(to: URL(fileURLWithPath: "\(out)/root-write-latest.json"))
+        print("results: \(out)/root-write-\(stamp).json")
+    }
+
+    struct Measurement {
+        var opsPerSec: Double
+        var diskPerPayload: Double
+        var batches: Int
+        var peakRSS: Int
+    }
+
+    func key(_ i: Int) -> [UInt8] { Array(String(format: "bench/%010d", i).utf8) }
+
+    func value(_ i: Int) -> [UInt8] {
+        var v = [UInt8](repeating: 0, count: valueBytes)
+        var x = UInt64(i) &* 0x9E37_79B9_7F4A_7C15
+        for j in v.indices {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17
+            v[j] = UInt8(truncatingIfNeeded: x)
+        }
+        return v
+    }
+
+    /// The reference: one durable LMDB transaction per batch of puts, in this process.
+    func runLMDB(batchSize: Int, duration: Duration, dir: String) throws -> Measurement {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let env = try LMDBEnvironment(path: dir, options: .init(mapSize: 8 << 30))
+        let db = try env.openDatabase("kv")
+        let ioBefore = writeBytes(pid: nil)
+        let start = ContinuousClock.now
+        var i = 0, batches = 0, payload = 0
+        while ContinuousClock.now - start < duration {
+            try env.write { txn in
+                for _ in 0..<batchSize {
+                    let k = key(i), v = value(i)
+                    try txn.put(db, k, v)
+                    payload += k.count + v.count
+                    i += 1
+                }
+            }
+            batches += 1
+        }
+        let elapsed = (ContinuousClock.now - start).seconds
+        let written = writeBytes(pid: nil) - ioBefore
+        return Measurement(opsPerSec: Double(i) / elapsed, diskPerPayload: Double(written) / Double(payload), batches: batches, peakRSS: 0)
+    }
+
+    /// The node: a real `qsnode` process, batches over the write protocol on loopback.
+    func runNode(batchSize: Int, duration: Duration, dir: String) async throws -> Measurement {
+        let port = Harness.freePort()
+        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("qsnode")
+        let p = Process()
+        p.executableURL = exe
+        p.arguments = ["--data", dir, "--listen", "127.0.0.1:\(port)", "--log-level", "warning"]
+        try p.run()
+        defer { p.terminate(); p.waitUntilExit() }
+        var client: QSClient?
+        let deadline = ContinuousClock.now + .seconds(15)
+        while client == nil && ContinuousClock.now < deadline {
+            client = try? await QSClient.connect(host: "127.0.0.1", port: port)
+            if client == nil { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        guard let client else { throw ValidationError("qsnode at \(exe.path) did not start") }
+        let ioBefore = writeBytes(pid: p.processIdentifier)
+        let start = ContinuousClock.now
+        var i = 0, batches = 0, payload = 0
+        while ContinuousClock.now - start < duration {
+            var ops = [QSStore.Operation]()
+            ops.reserveCapacity(batchSize)
+            for _ in 0..<batchSize {
+                let k = key(i), v = value(i)
+                ops.append(.set(key: k, value: v, expiry: nil))
+                payload += k.count + v.count
+                i += 1
+            }
+            let r = try await client.batch(sourceID: "bench", expected: UInt64(batches), new: UInt64(batches + 1), operations: ops)
+            guard case .applied = r else { throw ValidationError("unexpected response \(r)") }
+            batches += 1
+        }
+        let elapsed = (ContinuousClock.now - start).seconds
+        let written = writeBytes(pid: p.processIdentifier) - ioBefore
+        let rss = peakRSS(pid: p.processIdentifier)
+        await client.close()
+        return Measurement(opsPerSec: Double(i) / elapsed, diskPerPayload: Double(written) / Double(payload), batches: batches, peakRSS: rss)
+    }
+
+    func printTable(_ r: Report) {
+        print("root write path vs plain LMDB (\(r.valueBytes)-byte values, \(r.secondsPerMeasurement)s each)")
+        func pad(_ s: String, _ w: Int) -> String { String(repeating: " ", count: max(0, w - s.count)) + s }
+        print([pad("batch", 8), pad("node ops/s", 14), pad("lmdb ops/s", 14), pad("ratio", 8), pad("node disk/B", 12),
+               pad("lmdb disk/B", 12), pad("node RSS", 10)].joined(separator: " "))
+        for row in r.rows {
+            print(String(format: "%8d %14.0f %14.0f %8.3f %12.2f %12.2f %8.1fMB", row.batchSize, row.nodeOpsPerSec, row.lmdbOpsPerSec,
+                         row.ratio, row.nodeDiskBytesPerPayloadByte, row.lmdbDiskBytesPerPayloadByte, Double(row.nodePeakRSSBytes) / 1e6))
+        }
+        print(String(format: "bench process peak RSS: %.1fMB", Double(r.benchProcessPeakRSSBytes) / 1e6))
+    }
+}
+
+/// `write_bytes` of /proc/PID/io (bytes the process caused to be sent to storage).
+func writeBytes(pid: Int32?) -> Int {
+    let path = pid.map { "/proc/\($0)/io" } ?? "/proc/self/io"
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return 0 }
+    for line in text.split(separator: "\n") where line.hasPrefix("write_bytes:") {
+        return Int(line.split(separator: " ").last ?? "") ?? 0
+    }
+    return 0
+}
+
+/// Peak resident set size (VmHWM) in bytes.
+func peakRSS(pid: Int32?) -> Int {
+    let path = pid.map { "/proc/\($0)/status" } ?? "/proc/self/status"
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return 0 }
+    for line in text.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+        let kb = line.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
+        return kb * 1024
+    }
+    return 0
+}
