@@ -49,10 +49,10 @@ public enum Harness {
         return Int(UInt16(bigEndian: addr.sin_port))
     }
 
-    /// True when something accepts TCP connections on 127.0.0.1:`port`.
-    public static func isListening(port: Int) -> Bool {
+    /// A socket connected to 127.0.0.1:`port`, nil when nothing accepts there. The caller
+    /// closes it.
+    public static func connectLoopback(port: Int) -> Int32? {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -60,7 +60,18 @@ public enum Harness {
         let rc = withUnsafeMutablePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        return rc == 0
+        if rc != 0 {
+            close(fd)
+            return nil
+        }
+        return fd
+    }
+
+    /// True when something accepts TCP connections on 127.0.0.1:`port`.
+    public static func isListening(port: Int) -> Bool {
+        guard let fd = connectLoopback(port: port) else { return false }
+        close(fd)
+        return true
     }
 
     /// Polls `condition` until it holds or `timeout` passes; returns whether it held.
@@ -198,16 +209,8 @@ public final class RootNode: @unchecked Sendable {
 
 /// A minimal HTTP/1.0 GET over a socket, for admin endpoints in tests.
 public func httpGet(port: Int, path: String) -> (status: Int, body: String)? {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard let fd = Harness.connectLoopback(port: port) else { return nil }
     defer { close(fd) }
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    addr.sin_port = in_port_t(UInt16(port).bigEndian)
-    let rc = withUnsafeMutablePointer(to: &addr) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-    }
-    guard rc == 0 else { return nil }
     let req = Array("GET \(path) HTTP/1.0\r\nHost: localhost\r\n\r\n".utf8)
     _ = req.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
     var data = [UInt8]()
