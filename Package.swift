@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "qsnode", targets: ["qsnode"]),
         .executable(name: "qsctl", targets: ["qsctl"]),
         .executable(name: "qsbench", targets: ["qsbench"]),
+        .executable(name: "qsktbridge", targets: ["qsktbridge"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -84,6 +85,46 @@ let package = Package(
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The shared feed consumer of every bridge: source → batcher → root writer.
+        .target(
+            name: "QSFeed",
+            dependencies: [
+                "QSClient", "QSService", "QSStore", "QSWire",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Kyoto Tycoon formats: update-log messages, ulog files, replication and binary
+        // protocol frames, HTTP RPC TSV, expiration rules.
+        .target(
+            name: "KTFormats",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+        // The KT sources of the feed consumer: live replication, ulog directories, captures.
+        .target(
+            name: "QSKTFeed",
+            dependencies: [
+                "KTFormats", "QSFeed", "QSStore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "qsktbridge",
+            dependencies: [
+                "QSKTFeed", "QSFeed", "QSService",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings

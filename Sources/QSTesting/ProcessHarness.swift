@@ -131,7 +131,7 @@ public final class DaemonProcess: @unchecked Sendable {
         environment.merge(env) { _, new in new }
         process.environment = environment
         logURL = logDir.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(6)).log")
-        FileManager.default.createFile(atPath: logURL.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
         let handle = try FileHandle(forWritingTo: logURL)
         process.standardError = handle
         process.standardOutput = handle

@@ -1,0 +1,194 @@
+/// The column encodings of KT's TSV bodies (`colenc=B|Q|U` in the content type).
+public enum KTColumnEncoding: UInt8, Sendable, CaseIterable {
+    /// Base64, with `=` padding.
+    case base64 = 0x42 // "B"
+    /// Quoted-printable: `=XX` (upper-case hex) for `=`, control bytes and bytes ≥ 0x7F.
+    case quotedPrintable = 0x51 // "Q"
+    /// URL encoding: `%xx` (lower-case hex) for all but letters, digits and `_-.!~*'()`.
+    case url = 0x55 // "U"
+
+    /// The letter used in `colenc=`.
+    public var letter: Character { Character(Unicode.Scalar(rawValue)) }
+
+    /// Parses a `colenc` letter, either case.
+    public init?(letter: UInt8) {
+        switch letter {
+        case 0x42, 0x62: self = .base64
+        case 0x51, 0x71: self = .quotedPrintable
+        case 0x55, 0x75: self = .url
+        default: return nil
+        }
+    }
+
+    public func encode(_ bytes: [UInt8]) -> [UInt8] {
+        switch self {
+        case .base64: return Base64.encode(bytes)
+        case .quotedPrintable: return Self.quoteEncode(bytes)
+        case .url: return Self.urlEncode(bytes)
+        }
+    }
+
+    /// Decodes leniently, the way KT does: invalid characters are skipped, never fatal.
+    public func decode(_ text: [UInt8]) -> [UInt8] {
+        switch self {
+        case .base64: return Base64.decode(text)
+        case .quotedPrintable: return Self.quoteDecode(text)
+        case .url: return Self.urlDecode(text)
+        }
+    }
+
+    static let hexUpper = Array("0123456789ABCDEF".utf8)
+    static let hexLower = Array("0123456789abcdef".utf8)
+
+    /// Whether URL encoding leaves `c` as it is.
+    static func isURLSafe(_ c: UInt8) -> Bool {
+        switch c {
+        case 0x41...0x5A, 0x61...0x7A, 0x30...0x39: return true
+        case UInt8(ascii: "_"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "!"),
+             UInt8(ascii: "~"), UInt8(ascii: "*"), UInt8(ascii: "'"), UInt8(ascii: "("), UInt8(ascii: ")"):
+            return true
+        default: return false
+        }
+    }
+
+    public static func urlEncode(_ bytes: [UInt8]) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count)
+        for c in bytes {
+            if isURLSafe(c) {
+                out.append(c)
+            } else {
+                out.append(UInt8(ascii: "%"))
+                out.append(hexLower[Int(c >> 4)])
+                out.append(hexLower[Int(c & 0x0F)])
+            }
+        }
+        return out
+    }
+
+    static func hexValue(_ c: UInt8) -> UInt8? {
+        switch c {
+        case 0x30...0x39: return c - 0x30
+        case 0x41...0x46: return c - 0x41 + 10
+        case 0x61...0x66: return c - 0x61 + 10
+        default: return nil
+        }
+    }
+
+    /// URL decoding as KT does it: `%xx`, `+` as space, control bytes and spaces dropped.
+    public static func urlDecode<C: Collection>(_ text: C) -> [UInt8] where C.Element == UInt8 {
+        var out: [UInt8] = []
+        let t = Array(text)
+        var i = 0
+        while i < t.count {
+            let c = t[i]
+            if c == UInt8(ascii: "%") {
+                guard i + 1 < t.count else { break }
+                var num = hexValue(t[i + 1]) ?? 0
+                guard i + 2 < t.count else { break }
+                num = num &* 16 &+ (hexValue(t[i + 2]) ?? 0)
+                out.append(num)
+                i += 3
+            } else if c == UInt8(ascii: "+") {
+                out.append(0x20)
+                i += 1
+            } else if c <= 0x20 || c == 0x7F {
+                i += 1
+            } else {
+                out.append(c)
+                i += 1
+            }
+        }
+        return out
+    }
+
+    static func quoteEncode(_ bytes: [UInt8]) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count)
+        for c in bytes {
+            if c == UInt8(ascii: "=") || c < 0x20 || c > 0x7E {
+                out.append(UInt8(ascii: "="))
+                out.append(hexUpper[Int(c >> 4)])
+                out.append(hexUpper[Int(c & 0x0F)])
+            } else {
+                out.append(c)
+            }
+        }
+        return out
+    }
+
+    static func quoteDecode(_ t: [UInt8]) -> [UInt8] {
+        var out: [UInt8] = []
+        var i = 0
+        while i < t.count {
+            let c = t[i]
+            if c == UInt8(ascii: "=") {
+                if i + 1 < t.count, t[i + 1] == 0x0D || t[i + 1] == 0x0A {
+                    // soft line break
+                    i += 2
+                    if i < t.count, t[i - 1] == 0x0D, t[i] == 0x0A { i += 1 }
+                    continue
+                }
+                guard i + 2 < t.count, let h = hexValue(t[i + 1]), let l = hexValue(t[i + 2]) else { break }
+                out.append(h << 4 | l)
+                i += 3
+            } else if c == 0x0D || c == 0x0A {
+                i += 1
+            } else {
+                out.append(c)
+                i += 1
+            }
+        }
+        return out
+    }
+}
+
+/// Standard base64 with padding; decoding skips characters outside the alphabet.
+public enum Base64 {
+    static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+
+    public static func encode(_ bytes: [UInt8]) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity((bytes.count + 2) / 3 * 4)
+        var i = 0
+        while i < bytes.count {
+            let b0 = bytes[i]
+            let b1: UInt8 = i + 1 < bytes.count ? bytes[i + 1] : 0
+            let b2: UInt8 = i + 2 < bytes.count ? bytes[i + 2] : 0
+            out.append(alphabet[Int(b0 >> 2)])
+            out.append(alphabet[Int((b0 & 0x03) << 4 | b1 >> 4)])
+            out.append(i + 1 < bytes.count ? alphabet[Int((b1 & 0x0F) << 2 | b2 >> 6)] : UInt8(ascii: "="))
+            out.append(i + 2 < bytes.count ? alphabet[Int(b2 & 0x3F)] : UInt8(ascii: "="))
+            i += 3
+        }
+        return out
+    }
+
+    static func value(_ c: UInt8) -> UInt32? {
+        switch c {
+        case 0x41...0x5A: return UInt32(c - 0x41)
+        case 0x61...0x7A: return UInt32(c - 0x61 + 26)
+        case 0x30...0x39: return UInt32(c - 0x30 + 52)
+        case UInt8(ascii: "+"), UInt8(ascii: "-"): return 62
+        case UInt8(ascii: "/"), UInt8(ascii: "_"): return 63
+        default: return nil
+        }
+    }
+
+    public static func decode<C: Collection>(_ text: C) -> [UInt8] where C.Element == UInt8 {
+        var out: [UInt8] = []
+        var acc: UInt32 = 0
+        var bits = 0
+        for c in text {
+            if c == UInt8(ascii: "=") { break }
+            guard let v = value(c) else { continue }
+            acc = acc << 6 | v
+            bits += 6
+            if bits >= 8 {
+                bits -= 8
+                out.append(UInt8(truncatingIfNeeded: acc >> UInt32(bits)))
+            }
+        }
+        return out
+    }
+}

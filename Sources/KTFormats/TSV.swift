@@ -1,0 +1,127 @@
+/// KT's HTTP RPC bodies: tab-separated `name<TAB>value` lines, optionally with every column
+/// encoded (`text/tab-separated-values; colenc=B|Q|U`). Parameters form a map: a repeated
+/// name keeps its last value; replies list names in byte order.
+public enum KTTSV {
+    public static let mediaType = "text/tab-separated-values"
+    public static let formMediaType = "application/x-www-form-urlencoded"
+
+    /// How a request body is to be read, from its content type.
+    public enum BodyKind: Sendable, Equatable {
+        case tsv(KTColumnEncoding?)
+        case form
+        case other
+    }
+
+    /// Classifies a `Content-Type` value (KT matches prefixes, case-insensitively).
+    public static func bodyKind(contentType: String) -> BodyKind {
+        let lower = contentType.lowercased()
+        if lower.hasPrefix(formMediaType) { return .form }
+        guard lower.hasPrefix(mediaType) else { return .other }
+        var encoding: KTColumnEncoding?
+        for part in lower.dropFirst(mediaType.count).split(whereSeparator: { $0 == ";" || $0 == " " }) {
+            guard part.hasPrefix("colenc=") else { continue }
+            var value = part.dropFirst("colenc=".count)
+            if value.first == "\"" { value = value.dropFirst() }
+            if let c = value.utf8.first, let e = KTColumnEncoding(letter: c) { encoding = e }
+        }
+        return .tsv(encoding)
+    }
+
+    /// Parses a TSV body into `(name, value)` lines in order, decoding both columns.
+    /// Lines without a tab are skipped; a trailing CR is dropped.
+    public static func parse(_ body: [UInt8], encoding: KTColumnEncoding?) -> [(name: [UInt8], value: [UInt8])] {
+        var out: [(name: [UInt8], value: [UInt8])] = []
+        for rawLine in body.split(separator: 0x0A, omittingEmptySubsequences: true) {
+            var line = rawLine
+            if line.last == 0x0D { line = line.dropLast() }
+            guard let tab = line.firstIndex(of: 0x09) else { continue }
+            let name = Array(line[line.startIndex..<tab])
+            let value = Array(line[line.index(after: tab)...])
+            if let encoding {
+                out.append((encoding.decode(name), encoding.decode(value)))
+            } else {
+                out.append((name, value))
+            }
+        }
+        return out
+    }
+
+    /// Parses `a=b&c=d` (or `;`-separated) form data, URL-decoding names and values.
+    public static func parseForm<C: Collection>(_ text: C) -> [(name: [UInt8], value: [UInt8])] where C.Element == UInt8 {
+        var out: [(name: [UInt8], value: [UInt8])] = []
+        for var field in Array(text).split(whereSeparator: { $0 == UInt8(ascii: "&") || $0 == UInt8(ascii: ";") }) {
+            while let f = field.first, f > 0, f <= 0x20 { field = field.dropFirst() }
+            guard !field.isEmpty else { continue }
+            if let eq = field.firstIndex(of: UInt8(ascii: "=")) {
+                out.append((KTColumnEncoding.urlDecode(field[field.startIndex..<eq]),
+                            KTColumnEncoding.urlDecode(field[field.index(after: eq)...])))
+            } else {
+                out.append((KTColumnEncoding.urlDecode(field), []))
+            }
+        }
+        return out
+    }
+
+    /// The encoding KT picks for a reply: none while every byte is printable, otherwise
+    /// base64 or URL encoding, whichever is estimated shorter (KT's `checkmapenc`).
+    public static func bestEncoding<S: Sequence>(for pairs: S) -> KTColumnEncoding?
+    where S.Element == (key: [UInt8], value: [UInt8]) {
+        var binary = false
+        var base64Length = 0
+        var urlLength = 0
+        func account(_ bytes: [UInt8]) {
+            var size = bytes.count
+            if size > 255 {
+                size = 255
+                binary = true
+            }
+            base64Length += size * 6 / 4 + 3
+            for c in bytes.prefix(size) {
+                if c < 0x20 || c == 0x7F { binary = true }
+                urlLength += (KTColumnEncoding.isURLSafe(c) ? 1 : 3)
+            }
+        }
+        for (k, v) in pairs {
+            account(k)
+            account(v)
+        }
+        guard binary else { return nil }
+        return base64Length < urlLength ? .base64 : .url
+    }
+
+    /// Sorts pairs by name in byte order, as KT's reply maps are.
+    public static func sorted(_ map: [[UInt8]: [UInt8]]) -> [(key: [UInt8], value: [UInt8])] {
+        map.sorted { $0.key.lexicographicallyPrecedes($1.key) }
+    }
+
+    /// Serializes a reply: names in byte order, columns encoded with `encoding`.
+    public static func serialize(_ pairs: [(key: [UInt8], value: [UInt8])], encoding: KTColumnEncoding?) -> [UInt8] {
+        var out: [UInt8] = []
+        for (k, v) in pairs {
+            if let encoding {
+                out += encoding.encode(k)
+                out.append(0x09)
+                out += encoding.encode(v)
+            } else {
+                out += k
+                out.append(0x09)
+                out += v
+            }
+            out.append(0x0A)
+        }
+        return out
+    }
+
+    /// The content type of a reply in `encoding`.
+    public static func contentType(_ encoding: KTColumnEncoding?) -> String {
+        guard let encoding else { return mediaType }
+        return "\(mediaType); colenc=\(encoding.letter)"
+    }
+
+    /// Encodes a reply map the way KT does: sorted, with the best encoding.
+    public static func reply(_ map: [[UInt8]: [UInt8]]) -> (contentType: String, body: [UInt8]) {
+        let pairs = sorted(map)
+        let encoding = bestEncoding(for: pairs)
+        return (contentType(encoding), serialize(pairs, encoding: encoding))
+    }
+}

@@ -1,0 +1,165 @@
+import Logging
+import QSService
+import QSStore
+import QSWire
+
+/// Limits of one batch.
+public struct BatchLimits: Sendable {
+    public var interval: Duration
+    public var maxOps: Int
+    public var maxBytes: Int
+
+    public init(interval: Duration = .milliseconds(500), maxOps: Int = 10_000, maxBytes: Int = 16 << 20) {
+        self.interval = interval
+        self.maxOps = maxOps
+        self.maxBytes = maxBytes
+    }
+}
+
+/// Buffers changes read from the source and writes them to the root as compare-and-swap
+/// batches, one at a time and in order. `add` suspends while the buffer is full, which is
+/// what stops the source reading while the root is slow or down: at most two batches'
+/// worth of changes are held (one in flight, one filling).
+actor Batcher {
+    let sourceID: String
+    let limits: BatchLimits
+    let root: RootWriter
+    let logger: Logger
+    let metrics: FeedMetrics
+
+    /// The root's checkpoint for this source, as last confirmed.
+    private(set) var confirmed: UInt64
+    private var pending: [FeedChange] = []
+    private var pendingOps = 0
+    private var pendingBytes = 0
+    private var flushing = false
+    private var waiters: [CheckedContinuation<Void, Never>] = []
+    /// The newest position read from the source (for "caught up").
+    private(set) var lastRead: UInt64
+    private var appliedTimeNs: UInt64?
+    private var heartbeatTimeNs: UInt64?
+
+    init(sourceID: String, confirmed: UInt64, limits: BatchLimits, root: RootWriter, logger: Logger, metrics: FeedMetrics) {
+        self.sourceID = sourceID
+        self.confirmed = confirmed
+        self.lastRead = confirmed
+        self.limits = limits
+        self.root = root
+        self.logger = logger
+        self.metrics = metrics
+        metrics.checkpoint.record(Double(confirmed))
+    }
+
+    var isEmpty: Bool { pending.isEmpty }
+
+    func handle(_ event: FeedEvent) async throws {
+        switch event {
+        case let .heartbeat(t):
+            metrics.heartbeats.increment()
+            heartbeatTimeNs = t
+            updateLag()
+        case let .change(change):
+            try await add(change)
+        }
+    }
+
+    func add(_ change: FeedChange) async throws {
+        metrics.changesRead.increment()
+        let newest = pending.last?.position ?? confirmed
+        guard change.position > newest else {
+            // Already applied (a resume, or another bridge got there first) or out of order.
+            metrics.duplicatesSkipped.increment()
+            return
+        }
+        pending.append(change)
+        lastRead = change.position
+        pendingOps += max(change.operations.count, 1)
+        pendingBytes += change.payloadBytes
+        metrics.pendingChanges.record(Double(pending.count))
+        while pendingOps >= limits.maxOps || pendingBytes >= limits.maxBytes {
+            try await flush()
+        }
+    }
+
+    /// Writes what is buffered, waiting for any flush already running.
+    func flush() async throws {
+        while flushing {
+            await withCheckedContinuation { waiters.append($0) }
+        }
+        flushing = true
+        defer {
+            flushing = false
+            if !waiters.isEmpty { waiters.removeFirst().resume() }
+        }
+        while !pending.isEmpty {
+            try await flushOne()
+            if pendingOps < limits.maxOps && pendingBytes < limits.maxBytes { break }
+        }
+    }
+
+    /// Sends one batch: the oldest buffered changes up to the limits.
+    private func flushOne() async throws {
+        var count = 0, ops = 0, bytes = 0
+        for c in pending {
+            let o = max(c.operations.count, 1), b = c.payloadBytes
+            if count > 0 && (ops + o > limits.maxOps || bytes + b > limits.maxBytes) { break }
+            count += 1; ops += o; bytes += b
+        }
+        let batch = Array(pending.prefix(count))
+        guard let last = batch.last else { return }
+        let operations = coalesce(batch.flatMap(\.operations))
+        let expected = confirmed
+        let response = try await root.batch(sourceID: sourceID, expected: expected, new: last.position, operations: operations)
+        switch response {
+        case .applied:
+            metrics.batchesApplied.increment()
+            metrics.opsSent.increment(by: operations.count)
+            drop(through: last.position)
+            confirmed = last.position
+            if let t = last.sourceTimeNs { appliedTimeNs = t }
+        case let .conflict(current):
+            metrics.conflicts.increment()
+            guard current >= expected else {
+                throw FeedError.stop("root checkpoint for \(sourceID) went back from \(expected) to \(current): refusing to guess; restart the bridge to resume from the root's checkpoint")
+            }
+            logger.info("conflict: another writer applied this source further; skipping what it applied",
+                        metadata: ["source-id": "\(sourceID)", "expected": "\(expected)", "current": "\(current)"])
+            drop(through: current)
+            confirmed = current
+        default:
+            throw FeedError.stop("unexpected answer from root: \(response)")
+        }
+        metrics.checkpoint.record(Double(confirmed))
+        metrics.pendingChanges.record(Double(pending.count))
+        updateLag()
+    }
+
+    private func drop(through position: UInt64) {
+        var n = 0
+        for c in pending {
+            guard c.position <= position else { break }
+            n += 1
+            pendingOps -= max(c.operations.count, 1)
+            pendingBytes -= c.payloadBytes
+        }
+        pending.removeFirst(n)
+    }
+
+    /// Lag: now minus the source time of the last applied position; when everything read
+    /// is applied, the source's heartbeat clock counts as applied too.
+    private func updateLag() {
+        var t = appliedTimeNs ?? 0
+        if pending.isEmpty, let hb = heartbeatTimeNs { t = max(t, hb) }
+        guard t > 0 else { return }
+        let now = wallClockNanoseconds()
+        metrics.lagSeconds.record(now > t ? Double(now - t) / 1e9 : 0)
+    }
+
+    func lagSeconds() -> Double? {
+        var t = appliedTimeNs ?? 0
+        if pending.isEmpty, let hb = heartbeatTimeNs { t = max(t, hb) }
+        guard t > 0 else { return nil }
+        let now = wallClockNanoseconds()
+        return now > t ? Double(now - t) / 1e9 : 0
+    }
+}

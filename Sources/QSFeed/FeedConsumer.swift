@@ -1,0 +1,131 @@
+import Logging
+import QSService
+import QSStore
+import ServiceLifecycle
+import Synchronization
+
+/// The shared pipeline of every bridge: `source → batcher → root writer`.
+///
+/// It asks the root for the source's checkpoint, reads the source from there, writes
+/// batches with compare-and-swap, and on a source failure flushes what it has, waits with
+/// capped backoff and resumes from the root's checkpoint. On graceful shutdown it stops
+/// reading, flushes its pending batch and returns.
+public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
+    public let source: Source
+    public let sourceID: String
+    public let limits: BatchLimits
+    public let root: RootWriter
+    public let metrics: FeedMetrics
+    let logger: Logger
+    /// Position to start from when the root has no checkpoint for this source.
+    let initialPosition: UInt64
+    let state = Mutex(Status())
+
+    public struct Status: Sendable {
+        public var sourceConnected = false
+        public var checkpoint: UInt64?
+        public var lagSeconds: Double?
+        public var finished = false
+    }
+
+    public init(source: Source, sourceID: String, root: RootWriter, limits: BatchLimits = BatchLimits(),
+                initialPosition: UInt64 = 0, metrics: FeedMetrics = FeedMetrics(), logger: Logger) {
+        self.source = source
+        self.sourceID = sourceID
+        self.root = root
+        self.limits = limits
+        self.initialPosition = initialPosition
+        self.metrics = metrics
+        var l = logger
+        l[metadataKey: "source-id"] = "\(sourceID)"
+        self.logger = l
+    }
+
+    public var status: Status { state.withLock { $0 } }
+
+    public func run() async throws {
+        var backoff = Backoff()
+        while true {
+            let start = try await root.checkpoint(sourceID: sourceID) ?? initialPosition
+            let batcher = Batcher(sourceID: sourceID, confirmed: start, limits: limits, root: root, logger: logger, metrics: metrics)
+            state.withLock { $0.checkpoint = start }
+            logger.info("reading source", metadata: ["source": "\(source.name)", "after": "\(start)"])
+            let outcome = await readUntilDone(batcher)
+            // Whatever happened, write what was read (a stop still applies what came before it).
+            try await finalFlush(batcher)
+            let reached = await batcher.confirmed
+            switch outcome {
+            case .finished:
+                logger.info("source finished; everything read is applied", metadata: ["checkpoint": "\(reached)"])
+                state.withLock { $0.finished = true }
+                return
+            case .shutdown:
+                logger.info("stopped reading on shutdown; pending batch flushed", metadata: ["checkpoint": "\(reached)"])
+                return
+            case let .failed(error):
+                if let stop = error as? FeedError, case .stop = stop {
+                    logger.error("bridge stopped", metadata: ["reason": "\(stop)"])
+                    throw stop
+                }
+                metrics.sourceErrors.increment()
+                let delay = backoff.next()
+                logger.warning("source failed; resuming from the root's checkpoint",
+                               metadata: ["source": "\(source.name)", "error": "\(error)", "retry-in": "\(delay)"])
+                try await Task.sleep(for: delay)
+            }
+            if reached > start { backoff.reset() }
+        }
+    }
+
+    enum Outcome {
+        case finished, shutdown, failed(any Error)
+    }
+
+    /// Reads the source and feeds the batcher, with a ticker flushing every interval,
+    /// until the source ends or fails, or a graceful shutdown asks to stop reading.
+    private func readUntilDone(_ batcher: Batcher) async -> Outcome {
+        let source = self.source
+        let limits = self.limits
+        let start = await batcher.confirmed
+        do {
+            try await cancelWhenGracefulShutdown {
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        self.state.withLock { $0.sourceConnected = true }
+                        defer { self.state.withLock { $0.sourceConnected = false } }
+                        try await source.run(after: start) { event in
+                            try await batcher.handle(event)
+                        }
+                    }
+                    group.addTask {
+                        while true {
+                            try await Task.sleep(for: limits.interval)
+                            try await batcher.flush()
+                            let cp = await batcher.confirmed
+                            let lag = await batcher.lagSeconds()
+                            self.state.withLock {
+                                $0.checkpoint = cp
+                                $0.lagSeconds = lag
+                            }
+                        }
+                    }
+                    // The source task ends first (finite source or error); then stop the ticker.
+                    try await group.next()
+                    group.cancelAll()
+                }
+            }
+            return .finished
+        } catch is CancellationError {
+            return .shutdown
+        } catch {
+            if Task.isCancelled || Task.isShuttingDownGracefully { return .shutdown }
+            return .failed(error)
+        }
+    }
+
+    private func finalFlush(_ batcher: Batcher) async throws {
+        try await batcher.flush()
+        let cp = await batcher.confirmed
+        state.withLock { $0.checkpoint = cp }
+    }
+}

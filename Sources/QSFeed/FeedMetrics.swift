@@ -1,0 +1,18 @@
+import Metrics
+
+/// A bridge's metrics (labels `qs_bridge_*`), exported on its admin port.
+public struct FeedMetrics: Sendable {
+    public let changesRead = Counter(label: "qs_bridge_changes_read_total")
+    public let duplicatesSkipped = Counter(label: "qs_bridge_changes_already_applied_total")
+    public let batchesApplied = Counter(label: "qs_bridge_batches_applied_total")
+    public let opsSent = Counter(label: "qs_bridge_ops_sent_total")
+    public let conflicts = Counter(label: "qs_bridge_conflicts_total")
+    public let rootErrors = Counter(label: "qs_bridge_root_errors_total")
+    public let sourceErrors = Counter(label: "qs_bridge_source_errors_total")
+    public let heartbeats = Counter(label: "qs_bridge_source_heartbeats_total")
+    public let checkpoint = Gauge(label: "qs_bridge_checkpoint_position")
+    public let lagSeconds = Gauge(label: "qs_bridge_lag_seconds")
+    public let pendingChanges = Gauge(label: "qs_bridge_pending_changes")
+
+    public init() {}
+}

@@ -1,0 +1,59 @@
+import QSStore
+
+/// One change read from a source at its position. A change with no operations is a
+/// position without a change (a KT update skipped for its sid, an unmapped database in
+/// `count` mode): applying it only moves the checkpoint.
+public struct FeedChange: Sendable, Equatable {
+    /// The source position (a KT timestamp, a QS log index). Strictly increasing.
+    public var position: UInt64
+    public var operations: [Operation]
+    /// Wall time the position stands for, in nanoseconds since the epoch (for lag).
+    public var sourceTimeNs: UInt64?
+
+    public init(position: UInt64, operations: [Operation], sourceTimeNs: UInt64? = nil) {
+        self.position = position
+        self.operations = operations
+        self.sourceTimeNs = sourceTimeNs
+    }
+
+    public var payloadBytes: Int { operations.reduce(0) { $0 + $1.payloadBytes } }
+}
+
+/// What a source delivers, in order.
+public enum FeedEvent: Sendable, Equatable {
+    case change(FeedChange)
+    /// The source is alive and its clock (ns since the epoch) has reached this time.
+    case heartbeat(sourceTimeNs: UInt64)
+}
+
+/// A source of changes: KT live replication, a ulog directory, a recorded capture, a QS
+/// node's log. A new source is one new conforming type.
+public protocol FeedSource: Sendable {
+    /// A short description for logs, e.g. `kt://10.0.0.1:1978`.
+    var name: String { get }
+
+    /// Reads the source from just after `position`, calling `deliver` for each event in
+    /// order and awaiting it: while `deliver` is suspended the source must not read ahead,
+    /// so a slow root stops the reading and memory stays bounded. Returns at the end of a
+    /// finite source. Throws `FeedError.stop` for what must stop the bridge, any other
+    /// error for what a reconnect and a resume from the checkpoint can cure.
+    func run(after position: UInt64, deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws
+}
+
+/// Errors a source or the consumer raise on purpose.
+public enum FeedError: Error, Sendable, CustomStringConvertible, Equatable {
+    /// Stop the bridge: continuing would lose or corrupt data (an unmapped database in
+    /// `stop` mode, a KT clear without `--allow-clear`, an undecodable record in `stop`
+    /// mode, a root whose checkpoint went backwards).
+    case stop(String)
+    /// The source's data is damaged at this point (a corrupt frame): never applied;
+    /// the consumer reconnects and resumes from its checkpoint.
+    case corrupt(String)
+
+    public var description: String {
+        switch self {
+        case let .stop(why): return why
+        case let .corrupt(why): return "corrupt source data: \(why)"
+        }
+    }
+}

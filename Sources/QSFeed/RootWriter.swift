@@ -1,0 +1,84 @@
+import Logging
+import QSClient
+import QSService
+import QSStore
+import QSWire
+
+/// The bridge's side of the root: one connection, re-made with capped backoff whenever
+/// it fails, for as long as the task is not cancelled.
+public actor RootWriter {
+    public let endpoint: Endpoint
+    let token: [UInt8]
+    let logger: Logger
+    let metrics: FeedMetrics
+    private var client: QSClient?
+    public private(set) var connected = false
+
+    public init(endpoint: Endpoint, token: [UInt8], logger: Logger, metrics: FeedMetrics) {
+        self.endpoint = endpoint
+        self.token = token
+        self.logger = logger
+        self.metrics = metrics
+    }
+
+    private func connection() async throws -> QSClient {
+        if let client { return client }
+        let c: QSClient
+        switch endpoint {
+        case let .tcp(host, port): c = try await QSClient.connect(host: host, port: port, token: token)
+        case let .unix(path): c = try await QSClient.connect(unixPath: path, token: token)
+        }
+        client = c
+        connected = true
+        logger.info("connected to root", metadata: ["root": "\(endpoint)"])
+        return c
+    }
+
+    private func drop() async {
+        if let client { await client.close() }
+        client = nil
+        connected = false
+    }
+
+    /// Runs `call` against the root, retrying on connection failures with backoff. Node
+    /// errors that retrying cannot cure (unauthorized, invalid request) stop the bridge.
+    public func perform<T: Sendable>(_ what: String, _ call: @Sendable (QSClient) async throws -> T) async throws -> T {
+        var backoff = Backoff()
+        while true {
+            try Task.checkCancellation()
+            do {
+                return try await call(try await connection())
+            } catch let error as ClientError {
+                if case let .server(code, message) = error {
+                    switch ErrorCode(rawValue: code) {
+                    case .unauthorized, .invalidRequest, .unsupported, .malformed:
+                        throw FeedError.stop("root refused \(what): \(message)")
+                    default: break
+                    }
+                }
+                metrics.rootErrors.increment()
+                logger.warning("root call failed, retrying", metadata: ["call": "\(what)", "error": "\(error)", "root": "\(endpoint)"])
+                await drop()
+            } catch is CancellationError {
+                throw CancellationError()
+            } catch let error as FeedError {
+                throw error
+            } catch {
+                metrics.rootErrors.increment()
+                logger.warning("root unreachable, retrying", metadata: ["call": "\(what)", "error": "\(error)", "root": "\(endpoint)"])
+                await drop()
+            }
+            try await Task.sleep(for: backoff.next())
+        }
+    }
+
+    public func checkpoint(sourceID: String) async throws -> UInt64? {
+        try await perform("get-checkpoint") { try await $0.checkpoint(sourceID: sourceID) }
+    }
+
+    public func batch(sourceID: String, expected: UInt64, new: UInt64, operations: [Operation]) async throws -> Response {
+        try await perform("batch") { try await $0.batch(sourceID: sourceID, expected: expected, new: new, operations: operations) }
+    }
+
+    public func close() async { await drop() }
+}

@@ -1,0 +1,131 @@
+import KTFormats
+import Logging
+import Metrics
+import QSFeed
+import QSStore
+
+/// What to do with a KT update the bridge cannot carry.
+public enum KTPolicy: String, Sendable, CaseIterable {
+    /// Stop the bridge with a clear message (the default: nothing is silently dropped).
+    case stop
+    /// Count it (`qs_bridge_*_total`), log it, and move past its position.
+    case count
+}
+
+/// How KT updates become QS operations: which KT database goes to which key prefix, and
+/// what to do with updates that cannot be carried.
+public struct KTMapping: Sendable {
+    /// KT database index → key prefix in QS.
+    public var prefixes: [UInt16: [UInt8]]
+    public var onUnmapped: KTPolicy
+    public var onUndecodable: KTPolicy
+    public var allowClear: Bool
+
+    public init(prefixes: [UInt16: [UInt8]] = [0: []], onUnmapped: KTPolicy = .stop,
+                onUndecodable: KTPolicy = .stop, allowClear: Bool = false) {
+        self.prefixes = prefixes
+        self.onUnmapped = onUnmapped
+        self.onUndecodable = onUndecodable
+        self.allowClear = allowClear
+    }
+
+    /// With clears allowed, no database's prefix may contain another's: a KT clear of one
+    /// database must not wipe another's keys. Returns the problem, nil when there is none.
+    public func clearConflict() -> String? {
+        guard allowClear else { return nil }
+        for (a, pa) in prefixes {
+            for (b, pb) in prefixes where a != b && pb.starts(with: pa) {
+                let show = { (p: [UInt8]) in "'\(String(decoding: p, as: UTF8.self))'" }
+                return "--allow-clear with --db-map: a KT clear of database \(a) (prefix \(show(pa))) would also delete database \(b)'s keys (prefix \(show(pb))); give the databases prefixes that do not contain each other, e.g. 0=main/,1=aux/"
+            }
+        }
+        return nil
+    }
+
+    /// Parses `0=,1=aux/` (index=prefix, comma separated; the prefix may be empty).
+    public static func parseDBMap(_ text: String) throws -> [UInt16: [UInt8]] {
+        var out = [UInt16: [UInt8]]()
+        for part in text.split(separator: ",", omittingEmptySubsequences: true) {
+            guard let eq = part.firstIndex(of: "="), let index = UInt16(part[..<eq].trimmingCharacters(in: .whitespaces)) else {
+                throw FeedError.stop("--db-map entry '\(part)' is not INDEX=PREFIX (for example 0=,1=aux/)")
+            }
+            guard out[index] == nil else { throw FeedError.stop("--db-map maps database \(index) twice") }
+            out[index] = Array(part[part.index(after: eq)...].utf8)
+        }
+        guard !out.isEmpty else { throw FeedError.stop("--db-map maps no database: give at least one INDEX=PREFIX") }
+        return out
+    }
+}
+
+/// Counters of what the KT side met.
+public struct KTMetrics: Sendable {
+    public let unmapped = Counter(label: "qs_bridge_unmapped_updates_total")
+    public let undecodable = Counter(label: "qs_bridge_undecodable_updates_total")
+    public let clears = Counter(label: "qs_bridge_kt_clears_total")
+    public let skippedBySID = Counter(label: "qs_bridge_kt_sid_skipped_frames_total")
+    public let corruptFrames = Counter(label: "qs_bridge_corrupt_frames_total")
+
+    public init() {}
+}
+
+/// Turns KT update frames into feed changes under a mapping.
+public struct KTTranslator: Sendable {
+    public let mapping: KTMapping
+    public let metrics: KTMetrics
+    let logger: Logger
+
+    public init(mapping: KTMapping, metrics: KTMetrics = KTMetrics(), logger: Logger) {
+        self.mapping = mapping
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    /// The wall time a KT timestamp stands for (milliseconds × 10⁶ plus a counter).
+    public static func wallTimeNs(_ ts: UInt64) -> UInt64 {
+        (ts / 1_000_000) &* 1_000_000
+    }
+
+    /// One update frame → one change at its timestamp. Throws `FeedError.stop` where the
+    /// mapping says to stop.
+    public func change(timestamp ts: UInt64, message: [UInt8]) throws -> FeedChange {
+        let time = Self.wallTimeNs(ts)
+        if message.isEmpty {
+            // A position without a change: KT skipped updates whose origin sid is ours.
+            return FeedChange(position: ts, operations: [], sourceTimeNs: time)
+        }
+        let decoded: KTUpdateMessage
+        do {
+            decoded = try KTUpdateMessage(decoding: message)
+        } catch {
+            metrics.undecodable.increment()
+            let why = "undecodable KT update at timestamp \(ts): \(error)"
+            guard mapping.onUndecodable == .count else {
+                throw FeedError.stop(why + " (run with --on-undecodable count to count and skip such updates)")
+            }
+            logger.error("skipping undecodable update", metadata: ["ts": "\(ts)", "error": "\(error)"])
+            return FeedChange(position: ts, operations: [], sourceTimeNs: time)
+        }
+        guard let prefix = mapping.prefixes[decoded.db] else {
+            metrics.unmapped.increment()
+            guard mapping.onUnmapped == .count else {
+                throw FeedError.stop("KT update at timestamp \(ts) is for database \(decoded.db), which --db-map does not map (add \(decoded.db)=PREFIX to --db-map, or run with --on-unmapped count)")
+            }
+            logger.warning("skipping update for unmapped database", metadata: ["ts": "\(ts)", "db": "\(decoded.db)"])
+            return FeedChange(position: ts, operations: [], sourceTimeNs: time)
+        }
+        switch decoded.operation {
+        case let .set(key, value, expiration):
+            let xt: UInt64? = expiration >= KTExpiration.never ? nil : UInt64(max(0, expiration))
+            return FeedChange(position: ts, operations: [.set(key: prefix + key, value: value, expiry: xt)], sourceTimeNs: time)
+        case let .remove(key):
+            return FeedChange(position: ts, operations: [.delete(key: prefix + key)], sourceTimeNs: time)
+        case .clear:
+            metrics.clears.increment()
+            guard mapping.allowClear else {
+                throw FeedError.stop("KT cleared database \(decoded.db) at timestamp \(ts): refusing to wipe the keyspace under prefix '\(String(decoding: prefix, as: UTF8.self))' (run with --allow-clear to apply clears)")
+            }
+            logger.warning("applying KT clear", metadata: ["ts": "\(ts)", "db": "\(decoded.db)"])
+            return FeedChange(position: ts, operations: [.clearPrefix(prefix)], sourceTimeNs: time)
+        }
+    }
+}

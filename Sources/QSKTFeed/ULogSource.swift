@@ -1,0 +1,144 @@
+import Foundation
+import KTFormats
+import QSFeed
+
+/// A KT update-log directory (`NNNNNNNNNN.ulog` files): replays the records after the
+/// position in file order, then follows the directory as KT appends and rotates (or, with
+/// `once`, stops at its end). Files are read in chunks: memory does not grow with them.
+public struct KTULogSource: FeedSource {
+    public let directory: String
+    public let translator: KTTranslator
+    public let once: Bool
+    public let pollInterval: Duration
+    public var name: String { "ulog:\(directory)" }
+
+    public init(directory: String, translator: KTTranslator, once: Bool, pollInterval: Duration = .milliseconds(100)) {
+        self.directory = directory
+        self.translator = translator
+        self.once = once
+        self.pollInterval = pollInterval
+    }
+
+    /// The directory's ulog files, by number.
+    func files() throws -> [(number: UInt32, path: String)] {
+        let names: [String]
+        do {
+            names = try FileManager.default.contentsOfDirectory(atPath: directory)
+        } catch {
+            throw FeedError.stop("cannot read ulog directory \(directory): \(error.localizedDescription)")
+        }
+        return names.compactMap { n in ULogFile.fileNumber(of: n).map { ($0, directory + "/" + n) } }.sorted { $0.number < $1.number }
+    }
+
+    public func run(after position: UInt64, deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {
+        var current: UInt32?
+        var reader: ULogReader?
+        var last = position
+        while true {
+            try Task.checkCancellation()
+            let all = try files()
+            if reader == nil {
+                // Start with the first file that may hold records after `last`: skip files
+                // whose (up-to-date) header says their newest record is at or before it.
+                var pick: (UInt32, String)?
+                for (i, f) in all.enumerated() {
+                    if let c = current, f.number <= c { continue }
+                    let isNewest = i == all.count - 1
+                    if !isNewest, let h = try? ULogReader.header(of: f.path), h.timestamp <= last { continue }
+                    pick = (f.number, f.path)
+                    break
+                }
+                if let (n, p) = pick {
+                    reader = try ULogReader(path: p)
+                    current = n
+                }
+            }
+            if var r = reader {
+                while let record = try r.next() {
+                    guard record.timestamp > last else { continue }
+                    last = record.timestamp
+                    try await deliver(.change(try translator.change(timestamp: record.timestamp, message: record.message)))
+                }
+                reader = r
+                // At the end of this file: move on if a newer file exists.
+                if let c = current, all.contains(where: { $0.number > c }) {
+                    if r.partialBytes > 0 {
+                        throw FeedError.stop("ulog file \(r.path) ends inside a record at byte offset \(r.offset) although a newer file exists: the file is damaged")
+                    }
+                    reader = nil
+                    continue
+                }
+            }
+            if once {
+                if let r = reader, r.partialBytes > 0 {
+                    translator.logger.warning("ulog ends inside a record (still being written?); stopping before it",
+                                              metadata: ["file": "\(r.path)", "offset": "\(r.offset)"])
+                }
+                return
+            }
+            try await Task.sleep(for: pollInterval)
+        }
+    }
+}
+
+/// Reads one ulog file record by record, in chunks; `next()` returns nil at the current
+/// end of the file and may be called again once the file has grown.
+struct ULogReader {
+    let path: String
+    let handle: FileHandle
+    /// File offset of the next record.
+    private(set) var offset: Int
+    private var buffer: [UInt8] = []
+    /// Read position inside `buffer`.
+    private var pos = 0
+
+    static func header(of path: String) throws -> ULogFile.Header {
+        guard let h = FileHandle(forReadingAtPath: path) else { throw FeedError.stop("cannot open ulog file \(path)") }
+        defer { try? h.close() }
+        let bytes = [UInt8](try h.read(upToCount: ULogFile.headerSize) ?? Data())
+        do { return try ULogFile.Header(decoding: bytes) } catch { throw FeedError.stop("ulog file \(path) has a bad header: \(error)") }
+    }
+
+    init(path: String) throws {
+        self.path = path
+        guard let h = FileHandle(forReadingAtPath: path) else { throw FeedError.stop("cannot open ulog file \(path)") }
+        handle = h
+        _ = try Self.header(of: path)
+        offset = ULogFile.headerSize
+        try handle.seek(toOffset: UInt64(offset))
+    }
+
+    /// Bytes after the last complete record.
+    var partialBytes: Int { buffer.count - pos }
+
+    mutating func next() throws -> ULogFile.Record? {
+        while true {
+            if let record = try parse() { return record }
+            let chunk = try handle.read(upToCount: 1 << 20) ?? Data()
+            if chunk.isEmpty { return nil }
+            buffer.removeFirst(pos)
+            pos = 0
+            buffer.append(contentsOf: chunk)
+        }
+    }
+
+    private mutating func parse() throws -> ULogFile.Record? {
+        let avail = buffer.count - pos
+        guard avail >= 13 else { return nil }
+        guard buffer[pos] == ULogFile.recordBegin else {
+            throw FeedError.stop("ulog file \(path) is damaged at byte offset \(offset): expected a record (0xA1), found 0x\(String(buffer[pos], radix: 16))")
+        }
+        var ts: UInt64 = 0
+        for i in 1...8 { ts = ts << 8 | UInt64(buffer[pos + i]) }
+        var size = 0
+        for i in 9...12 { size = size << 8 | Int(buffer[pos + i]) }
+        guard avail >= 13 + size + 1 else { return nil }
+        guard buffer[pos + 13 + size] == ULogFile.recordEnd else {
+            throw FeedError.stop("ulog file \(path) is damaged at byte offset \(offset + 13 + size): expected a record end (0xA2)")
+        }
+        let record = ULogFile.Record(timestamp: ts, message: Array(buffer[(pos + 13)..<(pos + 13 + size)]))
+        pos += 14 + size
+        offset += 14 + size
+        return record
+    }
+}
