@@ -170,6 +170,16 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "QSFeedTests",
+            dependencies: ["QSFeed", "QSKTFeed", "KTFormats", "QSStore", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "BridgeTests",
+            dependencies: ["QSTesting", "QSClient", "QSStore", "KTFormats"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "QSNodeTests",
             dependencies: ["QSTesting", "QSClient", "QSStore"],
             swiftSettings: swiftSettings

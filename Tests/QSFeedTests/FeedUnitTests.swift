@@ -1,0 +1,88 @@
+import KTFormats
+import Logging
+import QSFeed
+import QSKTFeed
+import QSStore
+import XCTest
+
+final class FeedUnitTests: XCTestCase {
+    func k(_ s: String) -> [UInt8] { Array(s.utf8) }
+
+    func testCoalesceKeepsTheLastWritePerKeyAndRespectsClears() {
+        let ops: [QSStore.Operation] = [
+            .set(key: k("a"), value: [1], expiry: nil), .set(key: k("b"), value: [1], expiry: nil),
+            .set(key: k("a"), value: [2], expiry: 5), .delete(key: k("b")),
+            .set(key: k("x/1"), value: [1], expiry: nil), .clearPrefix(k("x/")), .set(key: k("x/2"), value: [2], expiry: nil),
+            .clearPrefix(k("x/y")),
+        ]
+        XCTAssertEqual(coalesce(ops), [
+            .set(key: k("a"), value: [2], expiry: 5), .delete(key: k("b")), .clearPrefix(k("x/")),
+            .set(key: k("x/2"), value: [2], expiry: nil), .clearPrefix(k("x/y")),
+        ])
+        XCTAssertEqual(coalesce([]), [])
+    }
+
+    /// Applying the coalesced batch leaves the same state as applying every operation.
+    func testCoalesceIsEquivalentToApplyingInOrder() throws {
+        var rng = SystemRandomNumberGenerator()
+        let keys = ["a", "ab", "abc", "b", "ba", ""].map { k($0) }
+        for round in 0..<200 {
+            var ops = [QSStore.Operation]()
+            for _ in 0..<Int.random(in: 1...12, using: &rng) {
+                let key = keys.randomElement(using: &rng)!
+                switch Int.random(in: 0..<5, using: &rng) {
+                case 0: ops.append(.delete(key: key))
+                case 1: ops.append(.clearPrefix(key))
+                default: ops.append(.set(key: key, value: [UInt8(round % 256), UInt8.random(in: 0...3, using: &rng)], expiry: nil))
+                }
+            }
+            XCTAssertEqual(apply(ops), apply(coalesce(ops)), "\(ops)")
+        }
+    }
+
+    func apply(_ ops: [QSStore.Operation]) -> [[UInt8]: [UInt8]] {
+        var state: [[UInt8]: [UInt8]] = [k("a"): [9], k("b"): [9], k("zz"): [9]]
+        for op in ops {
+            switch op {
+            case let .set(key, value, _): state[key] = value
+            case let .delete(key): state[key] = nil
+            case let .clearPrefix(p): state = state.filter { !$0.key.starts(with: p) }
+            }
+        }
+        return state
+    }
+
+    func testDBMapParsing() throws {
+        XCTAssertEqual(try KTMapping.parseDBMap("0=,1=aux/"), [0: [], 1: k("aux/")])
+        XCTAssertThrowsError(try KTMapping.parseDBMap("x=1"))
+        XCTAssertThrowsError(try KTMapping.parseDBMap("0=a,0=b"))
+        XCTAssertThrowsError(try KTMapping.parseDBMap(""))
+        XCTAssertNotNil(KTMapping(prefixes: [0: [], 1: k("aux/")], allowClear: true).clearConflict())
+        XCTAssertNil(KTMapping(prefixes: [0: k("main/"), 1: k("aux/")], allowClear: true).clearConflict())
+        XCTAssertNil(KTMapping(prefixes: [0: [], 1: k("aux/")], allowClear: false).clearConflict())
+    }
+
+    func testTranslatorCarriesExpiryPrefixesAndPolicies() throws {
+        let logger = Logger(label: "test")
+        let t = KTTranslator(mapping: KTMapping(prefixes: [0: [], 1: k("aux/")]), logger: logger)
+        let ts: UInt64 = 1_795_560_696_183_000_001
+        let set = KTUpdateMessage(sid: 7, db: 1, operation: .set(key: k("key"), value: k("v"), expiration: 1_800_000_000)).encoded()
+        XCTAssertEqual(try t.change(timestamp: ts, message: set),
+                       FeedChange(position: ts, operations: [.set(key: k("aux/key"), value: k("v"), expiry: 1_800_000_000)], sourceTimeNs: 1_795_560_696_183_000_000))
+        let never = KTUpdateMessage(sid: 7, db: 0, operation: .set(key: k("key"), value: [], expiration: KTExpiration.never)).encoded()
+        XCTAssertEqual(try t.change(timestamp: ts, message: never).operations, [.set(key: k("key"), value: [], expiry: nil)])
+        let remove = KTUpdateMessage(sid: 7, db: 0, operation: .remove(key: k("gone"))).encoded()
+        XCTAssertEqual(try t.change(timestamp: ts, message: remove).operations, [.delete(key: k("gone"))])
+        // Unmapped database, clear without permission, garbage: stop by default.
+        let unmapped = KTUpdateMessage(sid: 7, db: 2, operation: .remove(key: k("x"))).encoded()
+        XCTAssertThrowsError(try t.change(timestamp: ts, message: unmapped)) { XCTAssertTrue("\($0)".contains("database 2")) }
+        let clear = KTUpdateMessage(sid: 7, db: 1, operation: .clear).encoded()
+        XCTAssertThrowsError(try t.change(timestamp: ts, message: clear)) { XCTAssertTrue("\($0)".contains("--allow-clear")) }
+        XCTAssertThrowsError(try t.change(timestamp: ts, message: [0, 7, 0, 0, 0x77]))
+        // Counting mode: a position without a change; clears allowed: a prefix clear.
+        let lenient = KTTranslator(mapping: KTMapping(prefixes: [1: k("aux/")], onUnmapped: .count, onUndecodable: .count, allowClear: true), logger: logger)
+        XCTAssertEqual(try lenient.change(timestamp: ts, message: unmapped).operations, [])
+        XCTAssertEqual(try lenient.change(timestamp: ts, message: [0, 7, 0, 0, 0x77]).operations, [])
+        XCTAssertEqual(try lenient.change(timestamp: ts, message: clear).operations, [.clearPrefix(k("aux/"))])
+    }
+}
