@@ -86,6 +86,18 @@ public enum Harness {
         return try condition()
     }
 
+    /// The async form of `waitUntil`, for conditions that ask a node.
+    @discardableResult
+    public static func eventually(timeout: Duration = .seconds(10), pollEvery: Duration = .milliseconds(20),
+                                  _ condition: () async throws -> Bool) async rethrows -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if try await condition() { return true }
+            try? await Task.sleep(for: pollEvery)
+        }
+        return try await condition()
+    }
+
     /// Runs an executable to completion; returns exit status, stdout and stderr.
     public static func run(_ name: String, _ args: [String], env: [String: String] = [:],
                            stdin: Data? = nil) throws -> (status: Int32, stdout: Data, stderr: Data) {

@@ -1,0 +1,95 @@
+import Foundation
+import QSClient
+import QSStore
+import QSTesting
+import XCTest
+
+/// Resume after SIGKILL and duplicate bridges: nothing lost, nothing applied twice.
+final class ExactlyOnceTests: XCTestCase {
+    var tmp: URL!
+    let dbMap = "0=main/,1=aux/"
+    let prefixes = [0: "main/", 1: "aux/"]
+
+    override func setUpWithError() throws {
+        tmp = try Harness.tempDir("once")
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: tmp)
+    }
+
+    func bridgeArgs(_ node: RootNode, _ fx: KTFixture) -> [String] {
+        ["--root", node.address, "--source", "capture:\(fx.stream.path)", "--db-map", dbMap, "--allow-clear",
+         "--source-id", "kt-main", "--batch-max-ops", "25", "--log-format", "text"]
+    }
+
+    func testSIGKILLAtAnyMomentThenRestartLosesNothingAndAppliesNothingTwice() async throws {
+        let fx = try KTFixture("medium")
+        let node = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
+        var kills = 0
+        var lastCheckpoint: UInt64 = 0
+        // Kill three times at growing checkpoints, then let a last run finish.
+        for _ in 0..<3 {
+            let bridge = try DaemonProcess("qsktbridge", bridgeArgs(node, fx), logDir: tmp)
+            let target = lastCheckpoint
+            var seen: UInt64 = 0
+            let moved = await Harness.eventually(timeout: .seconds(30), pollEvery: .milliseconds(5)) {
+                seen = (try? await client.checkpoint(sourceID: "kt-main")) ?? 0
+                return seen > target || !bridge.isRunning
+            }
+            XCTAssertTrue(moved)
+            if !bridge.isRunning { break }
+            kill(bridge.pid, SIGKILL)
+            _ = Harness.waitUntil { !bridge.isRunning }
+            kills += 1
+            lastCheckpoint = seen
+        }
+        XCTAssertGreaterThan(kills, 0, "the bridge finished before it could be killed")
+        let final = try Harness.run("qsktbridge", bridgeArgs(node, fx))
+        XCTAssertEqual(final.status, 0, String(decoding: final.stderr, as: UTF8.self))
+        let got = try await dumpState(client, at: fx.recordedAt)
+        XCTAssertEqual(got, try fx.expectedState(prefixes: prefixes))
+        let positions = try await verifyLog(client, sourceID: "kt-main")
+        XCTAssertGreaterThan(positions.count, 1)
+        await client.close()
+    }
+
+    func testThreeBridgesWithOneSourceIDAreHarmless() async throws {
+        let fx = try KTFixture("medium")
+        let node = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let bridges = try (0..<3).map { _ in try DaemonProcess("qsktbridge", bridgeArgs(node, fx), logDir: tmp) }
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(60)) { bridges.allSatisfy { !$0.isRunning } })
+        for b in bridges {
+            b.process.waitUntilExit()
+            XCTAssertEqual(b.process.terminationStatus, 0, b.log)
+        }
+        let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
+        let got = try await dumpState(client, at: fx.recordedAt)
+        XCTAssertEqual(got, try fx.expectedState(prefixes: prefixes))
+        _ = try await verifyLog(client, sourceID: "kt-main")
+        // At least one bridge met another's writes (conflicts are how duplicates stay harmless).
+        let conflicted = bridges.contains { $0.log.contains("conflict") }
+        XCTAssertTrue(conflicted, "three bridges racing on one checkpoint should conflict at least once")
+        await client.close()
+    }
+
+    func testBridgeWaitsForARootThatIsDownThenCatchesUp() async throws {
+        let fx = try KTFixture("basic")
+        let port = Harness.freePort()
+        let bridge = try DaemonProcess("qsktbridge", ["--root", "127.0.0.1:\(port)", "--source", "capture:\(fx.stream.path)",
+                                                      "--db-map", "0=,1=aux/", "--source-id", "late", "--log-format", "text"], logDir: tmp)
+        XCTAssertTrue(Harness.waitUntil { bridge.log.contains("retrying") }, bridge.log)
+        XCTAssertTrue(bridge.isRunning, "the bridge waits for the root instead of giving up")
+        let data = tmp.appendingPathComponent("root")
+        let node = try DaemonProcess("qsnode", ["--data", data.path, "--listen", "127.0.0.1:\(port)"], logDir: tmp)
+        try node.waitForPort(port)
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(30)) { !bridge.isRunning }, bridge.log)
+        bridge.process.waitUntilExit()
+        XCTAssertEqual(bridge.process.terminationStatus, 0, bridge.log)
+        let client = try await QSClient.connect(host: "127.0.0.1", port: port)
+        let got = try await dumpState(client, at: fx.recordedAt)
+        XCTAssertEqual(got, try fx.expectedState(prefixes: [0: "", 1: "aux/"]))
+        await client.close()
+    }
+}
