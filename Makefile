@@ -7,7 +7,11 @@ SWIFT ?= swift
 APT_PACKAGES := liblmdb-dev lmdb-utils libcurl4-openssl-dev pkg-config python3 python3-pip memcached
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build release test demo bench clean
+.PHONY: deps build release test demo bench replay clean
+
+# A recorded feed to replay: a capture file, a ulog directory or a fixture directory.
+FEED ?= Fixtures/kt/basic
+DB_MAP ?= 0=,1=aux/
 
 # Installs the Debian packages the build and the tests need (only those missing).
 deps:
@@ -27,9 +31,15 @@ release: deps
 test: deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --disable-swift-testing
+	./scripts/replay.sh .build/debug Fixtures/kt/basic 0=,1=aux/
+	./scripts/replay.sh .build/debug Fixtures/kt/medium 0=main/,1=aux/ --allow-clear
 
 demo: build
 	./scripts/demo.sh .build/debug
+
+# Replays FEED through qsktbridge into a fresh root and compares with its final.jsonl.
+replay: build
+	./scripts/replay.sh .build/debug "$(FEED)" "$(DB_MAP)" $(REPLAY_FLAGS)
 
 bench: release
 	.build/release/qsbench --out bench/results
