@@ -1,8 +1,9 @@
 import Logging
-import QSService
 import QSBytes
+import QSService
 import QSStore
 import QSWire
+import Synchronization
 
 /// What the node does with each request, independent of sockets: the store, the write
 /// token and the metrics. Runs on the node's thread pool (LMDB calls block).
@@ -11,20 +12,68 @@ public final class NodeCore: Sendable {
     public let metrics: NodeMetrics
     let token: [UInt8]?
     let logger: Logger
+    /// Whether this node takes writes (a root) or only replicates (a replica).
+    public let writable: Bool
+    /// Wakes subscription streams when the log grows.
+    public let watcher = LogWatcher()
+    /// When the root last had word of this node's log (ns since the epoch): a root's own
+    /// clock, a replica's newest heartbeat from upstream.
+    private let rootWord = Mutex<UInt64>(0)
+    /// Snapshots are made one at a time.
+    let snapshots = SnapshotQueue()
     /// Caps on what one read request may ask for.
     public static let maxLogEntriesPerRead: UInt32 = 10_000
     public static let maxRecordsPerPage: UInt32 = 10_000
 
-    public init(store: Store, token: [UInt8]?, metrics: NodeMetrics = NodeMetrics(), logger: Logger) {
+    public init(store: Store, token: [UInt8]?, writable: Bool = true, metrics: NodeMetrics = NodeMetrics(), logger: Logger) {
         self.store = store
         self.token = token
+        self.writable = writable
         self.metrics = metrics
         self.logger = logger
         if let head = try? store.head() { metrics.logHead.record(Double(head.index)) }
     }
 
+    /// Time of the root's freshest word this node has (ns since the epoch).
+    public var rootTimeNs: UInt64 {
+        writable ? wallClockNanoseconds() : rootWord.withLock { $0 }
+    }
+
+    /// A replica records the root time its upstream reported.
+    public func noteRootTime(_ t: UInt64) {
+        rootWord.withLock { $0 = max($0, t) }
+    }
+
+    /// Checks a subscription's starting point: nil when the stream can start.
+    public func checkSubscription(from index: UInt64, hash: [UInt8], peer: String) -> Response? {
+        do {
+            let head = try store.head()
+            if index > head.index {
+                metrics.subscriptionsRefused.increment()
+                return .error(.behind, "the subscriber is at index \(index), ahead of this node's head \(head.index): subscribe to a node at least as recent")
+            }
+            guard let here = try store.hash(at: index) else {
+                let w = try store.logWindow()
+                metrics.subscriptionsRefused.increment()
+                return .error(.needsBootstrap, "this node retains log entries from index \(w.firstIndex) only; a subscriber at \(index) must bootstrap from a snapshot")
+            }
+            guard here == hash else {
+                metrics.divergedSubscribers.increment()
+                logger.warning("subscriber has another history: refused", metadata: ["peer": "\(peer)", "index": "\(index)",
+                                                                                     "their-hash": "\(hexString(hash))", "our-hash": "\(hexString(here))"])
+                return .error(.diverged, "diverged: at index \(index) this node's chained hash is \(hexString(here)), the subscriber's is \(hexString(hash)); the histories differ and will not be mixed")
+            }
+            return nil
+        } catch {
+            return .error(.storageError, "cannot check the subscription: \(error)")
+        }
+    }
+
     /// Checks a write's token in constant time; nil when it passes.
     public func authorize(_ request: Request) -> Response? {
+        if request.isWrite && !writable {
+            return .error(.notWritable, "this node is a replica and takes no writes: write to the root")
+        }
         guard let token, case let .batch(b) = request else { return nil }
         if constantTimeEqual(token, b.token) { return nil }
         metrics.authFailures.increment()
@@ -47,7 +96,10 @@ public final class NodeCore: Sendable {
                     metrics.batchesApplied.increment()
                     metrics.opsApplied.increment(by: kept)
                     metrics.identicalDropped.increment(by: dropped)
-                    if let index { metrics.logHead.record(Double(index)) }
+                    if let index {
+                        metrics.logHead.record(Double(index))
+                        watcher.publish()
+                    }
                     return .applied(logIndex: index, kept: UInt32(kept), dropped: UInt32(dropped))
                 case let .conflict(current):
                     metrics.conflicts.increment()
@@ -69,6 +121,8 @@ public final class NodeCore: Sendable {
                                           limit: Int(min(max(limit, 1), Self.maxRecordsPerPage)),
                                           now: asOf == 0 ? wallClockSeconds() : asOf)
                 return .page(records: page.records.map { .init(key: $0.key, record: $0.record) }, next: page.next)
+            case .subscribe, .snapshot:
+                return .error(.invalidRequest, "\(request.name) is a streaming request, handled by the connection")
             }
         } catch let error as StoreError {
             metrics.invalidRequests.increment()

@@ -14,6 +14,12 @@ public struct NodeMetrics: Sendable {
     public let batchApply = Metrics.Timer(label: "qs_batch_apply_seconds", preferredDisplayUnit: .seconds)
     public let connections = Meter(label: "qs_write_connections")
 
+    public let subscribers = Meter(label: "qs_replication_subscribers")
+    public let subscriptionsRefused = Counter(label: "qs_replication_subscriptions_refused_total")
+    public let divergedSubscribers = Counter(label: "qs_replication_diverged_subscribers_total")
+    public let snapshotsServed = Counter(label: "qs_snapshots_served_total")
+    public let entriesStreamed = Counter(label: "qs_replication_entries_sent_total")
+
     public init() {}
 
     public func request(_ type: String) -> Counter {

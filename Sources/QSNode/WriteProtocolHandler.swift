@@ -25,6 +25,8 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     private var closing = false
     private var readPending = false
     private var peer = "unknown"
+    /// Set once the connection carries a subscription or a snapshot.
+    private var stream: Task<Void, Never>?
 
     init(core: NodeCore, pool: NIOThreadPool, logger: Logger) {
         self.core = core
@@ -39,12 +41,19 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        stream?.cancel()
         core.metrics.connections.decrement()
         context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
+        if stream != nil {
+            // A streaming connection carries nothing more from the client.
+            refuse(context: context, code: .invalidRequest, message: "no request is accepted on a streaming connection",
+                   error: DecodeErrorNote("request after subscribe/snapshot"))
+            return
+        }
         queue.append(unwrapInboundIn(data))
         processNext(context: context)
     }
@@ -75,9 +84,21 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
             return
         }
         if let denial = core.authorize(request) {
-            logger.warning("write refused: bad token", metadata: ["peer": "\(peer)", "request": "\(request.name)"])
+            logger.warning("write refused", metadata: ["peer": "\(peer)", "request": "\(request.name)", "reason": "\(denial)"])
             reply(context: context, denial, thenClose: true)
             return
+        }
+        switch request {
+        case let .subscribe(from, hash):
+            startSubscription(context: context, from: from, hash: hash)
+            return
+        case .snapshot:
+            let channel = context.channel, core = self.core, pool = self.pool, logger = self.logger, peer = self.peer
+            queue.removeAll()
+            stream = Task { await ReplicationStreams.snapshot(channel: channel, core: core, pool: pool, logger: logger, peer: peer) }
+            return
+        default:
+            break
         }
         busy = true
         let core = self.core
@@ -93,6 +114,27 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
             case let .failure(error):
                 self.logger.error("request not run: node is stopping", metadata: ["peer": "\(peer)", "error": "\(error)"])
                 self.reply(context: context, .error(.shuttingDown, "the node is shutting down; retry against it once it is back"), thenClose: true)
+            }
+        }
+    }
+
+    private func startSubscription(context: ChannelHandlerContext, from: UInt64, hash: [UInt8]) {
+        busy = true
+        queue.removeAll()
+        let core = self.core, pool = self.pool, logger = self.logger, peer = self.peer, channel = context.channel
+        pool.runIfActive(eventLoop: context.eventLoop) {
+            core.checkSubscription(from: from, hash: hash, peer: peer)
+        }.assumeIsolated().whenComplete { result in
+            self.busy = false
+            switch result {
+            case let .success(refusal?):
+                self.reply(context: context, refusal, thenClose: true)
+            case .success(nil):
+                self.stream = Task {
+                    await ReplicationStreams.subscription(channel: channel, core: core, pool: pool, from: from, logger: logger, peer: peer)
+                }
+            case .failure:
+                self.reply(context: context, .error(.shuttingDown, "the node is shutting down"), thenClose: true)
             }
         }
     }
@@ -132,9 +174,19 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
             quiescing = true
+            if stream != nil {
+                stream?.cancel()
+                context.close(promise: nil)
+                return
+            }
             if !busy && queue.isEmpty { context.close(promise: nil) }
             return
         }
         context.fireUserInboundEventTriggered(event)
     }
+}
+
+struct DecodeErrorNote: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
 }

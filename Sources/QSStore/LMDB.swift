@@ -77,6 +77,23 @@ public final class LMDBEnvironment: @unchecked Sendable {
         try write { txn in try txn.openDatabase(name, create: create) }
     }
 
+    /// Opens existing named databases in a read-only environment. The handles must come
+    /// from a committed transaction (an aborted one closes them), hence this helper.
+    public func openExistingDatabases(_ names: [String]) throws -> [LMDBDatabase] {
+        var txn: OpaquePointer?
+        try LMDBError.check(mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &txn), "mdb_txn_begin(open)")
+        guard let txn else { throw LMDBError(code: EINVAL_CODE, operation: "mdb_txn_begin") }
+        do {
+            let t = LMDBTransaction(txn: txn)
+            let dbs = try names.map { try t.openDatabase($0, create: false) }
+            try LMDBError.check(mdb_txn_commit(txn), "mdb_txn_commit(open)")
+            return dbs
+        } catch {
+            mdb_txn_abort(txn)
+            throw error
+        }
+    }
+
     /// Runs `body` in a read-only transaction.
     public func read<T>(_ body: (borrowing LMDBTransaction) throws -> T) throws -> T {
         var txn: OpaquePointer?
@@ -210,4 +227,11 @@ public struct LMDBTransaction: ~Copyable {
 private func copyBytes(_ v: MDB_val) -> [UInt8] {
     guard v.mv_size > 0, let p = v.mv_data else { return [] }
     return Array(UnsafeRawBufferPointer(start: p, count: v.mv_size))
+}
+
+extension LMDBTransaction {
+    /// Deletes every record of a database (`mdb_drop` with del = 0).
+    public func removeAll(_ db: LMDBDatabase) throws {
+        try LMDBError.check(mdb_drop(txn, db.dbi, 0), "mdb_drop")
+    }
 }

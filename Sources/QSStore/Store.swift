@@ -54,9 +54,8 @@ public final class Store: Sendable {
         environment = try LMDBEnvironment(path: directory, options: .init(mapSize: mapSize, readOnly: readOnly))
         keys = KeyEncoding(maxKeySize: environment.maxKeySize)
         if readOnly {
-            kv = try environment.read { try $0.openDatabase("kv", create: false) }
-            log = try environment.read { try $0.openDatabase("log", create: false) }
-            meta = try environment.read { try $0.openDatabase("meta", create: false) }
+            let dbs = try environment.openExistingDatabases(["kv", "log", "meta"])
+            (kv, log, meta) = (dbs[0], dbs[1], dbs[2])
         } else {
             (kv, log, meta) = try environment.write { txn in
                 let kv = try txn.openDatabase("kv", create: true)
@@ -129,7 +128,7 @@ public final class Store: Sendable {
     }
 
     /// Applies one operation; returns false when it would not change the stored state.
-    private func apply(_ op: Operation, in txn: borrowing LMDBTransaction) throws -> Bool {
+    func apply(_ op: Operation, in txn: borrowing LMDBTransaction) throws -> Bool {
         switch op {
         case let .set(key, value, expiry):
             let sk = keys.storedKey(key)
@@ -263,8 +262,9 @@ public final class Store: Sendable {
     @discardableResult
     public func verifyChain() throws -> UInt64 {
         try environment.read { txn in
-            var previous = Head.empty.hash
-            var expectedIndex: UInt64 = 1
+            let window = try readWindow(txn)
+            var previous = window.baseHash
+            var expectedIndex = window.firstIndex
             try txn.forEach(log) { k, v in
                 let index = try Self.decodeU64(k, "log index")
                 guard index == expectedIndex, v.count >= 32 else { throw StoreError.brokenChain(index: index) }
@@ -278,13 +278,13 @@ public final class Store: Sendable {
             guard head.index == expectedIndex - 1, head.hash == previous else {
                 throw StoreError.brokenChain(index: head.index)
             }
-            return head.index
+            return head.index - window.firstIndex + 1
         }
     }
 
     // MARK: encoding helpers
 
-    private func readHead(_ txn: borrowing LMDBTransaction) throws -> Head {
+    func readHead(_ txn: borrowing LMDBTransaction) throws -> Head {
         guard let raw = try txn.get(meta, Self.headKey) else { return .empty }
         var r = ByteReader(raw)
         do {
@@ -297,7 +297,7 @@ public final class Store: Sendable {
         }
     }
 
-    private func writeHead(_ head: Head, _ txn: borrowing LMDBTransaction) throws {
+    func writeHead(_ head: Head, _ txn: borrowing LMDBTransaction) throws {
         var w = ByteWriter(capacity: 48)
         w.writeU64(head.index)
         w.writeBytes(head.hash)

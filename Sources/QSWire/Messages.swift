@@ -17,6 +17,12 @@ public enum Request: Sendable, Equatable {
     /// One page of live records with `prefix`, continuing after `cursor` (empty: start),
     /// expiry judged at `asOf` (epoch seconds; 0: the node's clock).
     case scan(prefix: [UInt8], cursor: [UInt8], limit: UInt32, asOf: UInt64)
+    /// Stream log entries after `fromIndex`, whose chained hash must be `hash` here too;
+    /// the connection then carries `entries` and `heartbeat` frames until closed.
+    case subscribe(fromIndex: UInt64, hash: [UInt8])
+    /// A snapshot of the whole environment, streamed as `snapshotBegin`, `snapshotChunk`s
+    /// and `snapshotEnd`.
+    case snapshot
 
     public struct Batch: Sendable, Equatable {
         public var token: [UInt8]
@@ -36,6 +42,7 @@ public enum Request: Sendable, Equatable {
 
     enum Tag: UInt8 {
         case batch = 0x01, getCheckpoint = 0x02, head = 0x03, readLog = 0x04, get = 0x05, scan = 0x06
+        case subscribe = 0x10, snapshot = 0x11
     }
 
     /// True for requests that change state (and so must carry the write token).
@@ -52,6 +59,8 @@ public enum Request: Sendable, Equatable {
         case .readLog: return "read-log"
         case .get: return "get"
         case .scan: return "scan"
+        case .subscribe: return "subscribe"
+        case .snapshot: return "snapshot"
         }
     }
 
@@ -84,6 +93,12 @@ public enum Request: Sendable, Equatable {
             w.writeBlob32(cursor)
             w.writeU32(limit)
             w.writeU64(asOf)
+        case let .subscribe(from, hash):
+            tag = .subscribe
+            w.writeU64(from)
+            w.writeBytes(hash)
+        case .snapshot:
+            tag = .snapshot
         }
         return Frame(type: tag.rawValue, payload: w.bytes)
     }
@@ -113,6 +128,10 @@ public enum Request: Sendable, Equatable {
         case .scan:
             req = .scan(prefix: try r.readBlob32("prefix"), cursor: try r.readBlob32("cursor"),
                         limit: try r.readU32("limit"), asOf: try r.readU64("as-of time"))
+        case .subscribe:
+            req = .subscribe(fromIndex: try r.readU64("from index"), hash: try r.readBytes(32, "hash"))
+        case .snapshot:
+            req = .snapshot
         }
         try r.expectEnd("\(req.name) request")
         return req
@@ -129,7 +148,14 @@ public enum ErrorCode: UInt16, Sendable, CustomStringConvertible {
     case storageError = 6
     case unsupported = 7
     case shuttingDown = 8
-
+    /// Subscribe: the hash at the replica's head differs here (another history).
+    case diverged = 9
+    /// Subscribe: this node no longer retains the entries after the replica's head.
+    case needsBootstrap = 10
+    /// Subscribe: the replica is ahead of this node.
+    case behind = 11
+    /// A write sent to a node that does not take writes (a replica).
+    case notWritable = 12
     public var description: String {
         switch self {
         case .malformed: return "malformed"
@@ -140,6 +166,10 @@ public enum ErrorCode: UInt16, Sendable, CustomStringConvertible {
         case .storageError: return "storage-error"
         case .unsupported: return "unsupported"
         case .shuttingDown: return "shutting-down"
+        case .diverged: return "diverged"
+        case .needsBootstrap: return "needs-bootstrap"
+        case .behind: return "behind"
+        case .notWritable: return "not-writable"
         }
     }
 }
@@ -154,6 +184,13 @@ public enum Response: Sendable, Equatable {
     case value(Record?)
     case page(records: [ScanRecord], next: [UInt8]?)
     case error(code: UInt16, message: String)
+    /// On a subscription: the upstream's head and when the root last had word of it
+    /// (ns since the epoch; for a root, its own clock).
+    case heartbeat(head: UInt64, rootTimeNs: UInt64)
+    /// A snapshot starts: it stands at `index`/`hash` and has `size` bytes.
+    case snapshotBegin(index: UInt64, hash: [UInt8], size: UInt64)
+    case snapshotChunk([UInt8])
+    case snapshotEnd
 
     public struct ScanRecord: Sendable, Equatable {
         public var key: [UInt8]
@@ -167,7 +204,8 @@ public enum Response: Sendable, Equatable {
 
     enum Tag: UInt8 {
         case applied = 0x81, conflict = 0x82, checkpoint = 0x83, head = 0x84, entries = 0x85,
-             value = 0x86, page = 0x87, error = 0xEF
+             value = 0x86, page = 0x87, heartbeat = 0x88, snapshotBegin = 0x89, snapshotChunk = 0x8A,
+             snapshotEnd = 0x8B, error = 0xEF
     }
 
     public static func error(_ code: ErrorCode, _ message: String) -> Response {
@@ -219,6 +257,20 @@ public enum Response: Sendable, Equatable {
             tag = .error
             w.writeU16(code)
             w.writeString16(message)
+        case let .heartbeat(head, rootTime):
+            tag = .heartbeat
+            w.writeU64(head)
+            w.writeU64(rootTime)
+        case let .snapshotBegin(index, hash, size):
+            tag = .snapshotBegin
+            w.writeU64(index)
+            w.writeBytes(hash)
+            w.writeU64(size)
+        case let .snapshotChunk(bytes):
+            tag = .snapshotChunk
+            w.writeBytes(bytes)
+        case .snapshotEnd:
+            tag = .snapshotEnd
         }
         return Frame(type: tag.rawValue, payload: w.bytes)
     }
@@ -284,6 +336,14 @@ public enum Response: Sendable, Equatable {
             resp = .page(records: records, next: more == 1 ? next : nil)
         case .error:
             resp = .error(code: try r.readU16("error code"), message: try r.readString16("error message"))
+        case .heartbeat:
+            resp = .heartbeat(head: try r.readU64("head"), rootTimeNs: try r.readU64("root time"))
+        case .snapshotBegin:
+            resp = .snapshotBegin(index: try r.readU64("index"), hash: try r.readBytes(32, "hash"), size: try r.readU64("size"))
+        case .snapshotChunk:
+            resp = .snapshotChunk(try r.readBytes(r.remaining, "chunk"))
+        case .snapshotEnd:
+            resp = .snapshotEnd
         }
         try r.expectEnd("response")
         return resp

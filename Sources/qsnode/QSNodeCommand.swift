@@ -25,7 +25,7 @@ struct QSNodeCommand: AsyncParsableCommand {
         case root, replica
     }
 
-    @Option(help: ArgumentHelp("The node's role: root accepts writes. (env: QS_ROLE)", valueName: "role"))
+    @Option(help: ArgumentHelp("The node's role: root accepts writes; replica follows --upstream. (env: QS_ROLE)", valueName: "role"))
     var role: Role = Role(rawValue: QSEnv.string("QS_ROLE") ?? "root") ?? .root
 
     @Option(help: ArgumentHelp("Directory of the node's LMDB environment, created if missing. (env: QS_DATA)", valueName: "dir"))
@@ -46,6 +46,15 @@ struct QSNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Largest protocol frame accepted, e.g. 64MiB; larger frames are refused. (env: QS_MAX_FRAME_BYTES)", valueName: "size"))
     var maxFrameBytes: String = QSEnv.string("QS_MAX_FRAME_BYTES") ?? "64MiB"
 
+    @Option(help: ArgumentHelp("A replica's upstream nodes, HOST:PORT[,HOST:PORT…], in order of preference. (env: QS_UPSTREAM)", valueName: "list"))
+    var upstream: String = QSEnv.string("QS_UPSTREAM") ?? ""
+
+    @Option(help: ArgumentHelp("A replica moves to its next upstream when the root's freshest word through the current one is older than this. (env: QS_STALE_AFTER)", valueName: "duration"))
+    var staleAfter: String = QSEnv.string("QS_STALE_AFTER") ?? "30s"
+
+    @Option(help: ArgumentHelp("Log entries kept for replicas to catch up from; older ones are trimmed, and a replica further behind bootstraps from a snapshot. (env: QS_LOG_RETENTION)", valueName: "entries"))
+    var logRetention: UInt64 = UInt64(QSEnv.string("QS_LOG_RETENTION") ?? "") ?? 1_000_000
+
     @OptionGroup var service: ServiceOptions
 
     func validate() throws {
@@ -53,8 +62,11 @@ struct QSNodeCommand: AsyncParsableCommand {
             throw ValidationError("--data is required: the directory of the node's store (or set QS_DATA)")
         }
         if role == .replica {
-            throw ValidationError("--role replica is not available in this version: run a root (--role root)")
+            guard !upstream.isEmpty else { throw ValidationError("--role replica needs --upstream HOST:PORT[,HOST:PORT…] (or QS_UPSTREAM)") }
+            _ = try upstreamEndpoints()
         }
+        guard parseDuration(staleAfter) != nil else { throw ValidationError("--stale-after '\(staleAfter)' is not a duration such as 30s") }
+        guard logRetention > 0 else { throw ValidationError("--log-retention must be at least 1 entry") }
         do { _ = try Endpoint(parsing: listen) } catch { throw ValidationError("--listen: \(error)") }
         guard parseByteSize(mapSize) != nil else { throw ValidationError("--map-size '\(mapSize)' is not a size such as 8GiB") }
         guard let m = parseByteSize(maxFrameBytes), m >= 1024 else {
@@ -85,15 +97,24 @@ struct QSNodeCommand: AsyncParsableCommand {
                                              "head-hash": "\(hexString(head.hash))", "node-id": "\(nodeID)"])
         let pool = NIOThreadPool(numberOfThreads: 4)
         pool.start()
-        let core = NodeCore(store: store, token: token, logger: logger)
+        let core = NodeCore(store: store, token: token, writable: role == .root, logger: logger)
         var endpoints = [listenEndpoint]
         if !unix.isEmpty { endpoints.append(.unix(path: unix)) }
         var services: [any Service] = [
             WriteServer(core: core, endpoints: endpoints, maxFrameBytes: parseByteSize(maxFrameBytes)!, pool: pool, logger: logger),
+            LogTrimmer(store: store, retain: logRetention, pool: pool, logger: logger),
         ]
+        let replica: ReplicaService? = role == .replica
+            ? ReplicaService(core: core, upstreams: try upstreamEndpoints(), staleAfter: parseDuration(staleAfter)!, pool: pool, logger: logger)
+            : nil
+        if let replica { services.append(replica) }
         if let admin = try service.adminEndpoint() {
             services.append(AdminServer(endpoint: admin, registry: registry, logger: logger) {
-                Readiness(ready: true, detail: "root: store open")
+                guard let replica else { return Readiness(ready: true, detail: "root: store open") }
+                let s = replica.status
+                return Readiness(ready: s.subscribed, detail: s.subscribed
+                    ? "replica: subscribed to \(s.upstream.map(\.description) ?? "?")"
+                    : "replica: not subscribed to an upstream")
             })
         }
         let group = ServiceGroup(configuration: .init(
@@ -105,6 +126,14 @@ struct QSNodeCommand: AsyncParsableCommand {
         try await pool.shutdownGracefully()
         let finalHead = try store.head()
         logger.info("node stopped cleanly", metadata: ["head-index": "\(finalHead.index)"])
+    }
+
+    func upstreamEndpoints() throws -> [Endpoint] {
+        do {
+            return try upstream.split(separator: ",").map { try Endpoint(parsing: $0.trimmingCharacters(in: .whitespaces)) }
+        } catch {
+            throw ValidationError("--upstream: \(error)")
+        }
     }
 
     func readToken(_ path: String) throws -> [UInt8] {

@@ -1,0 +1,269 @@
+import Foundation
+import Logging
+import Metrics
+import NIOCore
+import NIOPosix
+import QSService
+import QSStore
+import QSWire
+import ServiceLifecycle
+import Synchronization
+
+/// A replica's metrics.
+public struct ReplicaMetrics: Sendable {
+    public let head = Gauge(label: "qs_replica_head_index")
+    public let lagEntries = Gauge(label: "qs_replica_lag_entries")
+    public let rootAge = Gauge(label: "qs_replica_root_age_seconds")
+    public let switches = Counter(label: "qs_replica_upstream_switches_total")
+    public let diverged = Counter(label: "qs_replica_diverged_total")
+    public let bootstraps = Counter(label: "qs_replica_bootstraps_total")
+    public let entriesApplied = Counter(label: "qs_replica_entries_applied_total")
+
+    public init() {}
+}
+
+/// A replica's upstream follower: subscribes to the first healthy upstream of its list
+/// from its own head and hash, applies entries many per transaction, and moves to the
+/// next upstream when the current one is gone, refuses it (`diverged`, `behind`), or
+/// reports a root word older than `staleAfter`. An empty replica, or one behind what its
+/// upstream retains, bootstraps from a snapshot first. The node's own subscribers are
+/// served independently and stay connected while it changes upstream.
+public final class ReplicaService: Service, Sendable {
+    let core: NodeCore
+    let pool: NIOThreadPool
+    let group: any EventLoopGroup
+    let staleAfter: Duration
+    let logger: Logger
+    public let metrics = ReplicaMetrics()
+    private let upstreamList: Mutex<[Endpoint]>
+    private let state = Mutex(Status())
+
+    public struct Status: Sendable {
+        public var upstream: Endpoint?
+        public var subscribed = false
+        public var upstreamHead: UInt64 = 0
+        public var rootAgeSeconds: Double?
+    }
+
+    public init(core: NodeCore, upstreams: [Endpoint], staleAfter: Duration, pool: NIOThreadPool,
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) {
+        self.core = core
+        self.pool = pool
+        self.group = group
+        self.staleAfter = staleAfter
+        self.logger = logger
+        upstreamList = Mutex(upstreams)
+    }
+
+    public var status: Status { state.withLock { $0 } }
+    public var upstreams: [Endpoint] { upstreamList.withLock { $0 } }
+
+    /// Replaces the upstream list at run time. The current subscription continues if its
+    /// upstream is still listed; otherwise the replica moves at its next check.
+    public func setUpstreams(_ list: [Endpoint]) {
+        upstreamList.withLock { $0 = list }
+        logger.notice("upstream list changed", metadata: ["upstreams": "\(list.map(\.description).joined(separator: ","))"])
+    }
+
+    enum FollowEnd: Error, CustomStringConvertible {
+        case stale(Double)
+        case refused(ErrorCode?, String)
+        case closed
+        case delisted
+
+        var description: String {
+            switch self {
+            case let .stale(age): return "the root's freshest word through this upstream is \(Int(age)) s old"
+            case let .refused(code, message): return "upstream refused (\(code.map { "\($0)" } ?? "?")): \(message)"
+            case .closed: return "upstream closed the connection"
+            case .delisted: return "upstream no longer in the list"
+            }
+        }
+    }
+
+    public func run() async throws {
+        try await cancelWhenGracefulShutdown {
+            try await self.loop()
+        }
+    }
+
+    private func loop() async throws {
+        var position = 0
+        var backoff = Backoff(initial: .milliseconds(100), cap: .seconds(2))
+        var current: Endpoint?
+        while !Task.isCancelled {
+            let list = upstreams
+            guard !list.isEmpty else {
+                try await Task.sleep(for: .seconds(1))
+                continue
+            }
+            // Stay on the same upstream if it is still listed, else take the next.
+            let up: Endpoint
+            if let c = current, list.contains(c) {
+                up = c
+            } else {
+                up = list[position % list.count]
+            }
+            if current != nil && current != up { metrics.switches.increment() }
+            current = up
+            state.withLock { $0.upstream = up }
+            var moveOn = true
+            do {
+                if try core.store.head().index == 0 {
+                    try await bootstrap(from: up)
+                }
+                try await follow(up)
+            } catch FollowEnd.refused(.needsBootstrap, let message) {
+                logger.warning("behind what the upstream retains: bootstrapping", metadata: ["upstream": "\(up)", "detail": "\(message)"])
+                do {
+                    try await bootstrap(from: up)
+                    moveOn = false
+                } catch {
+                    logger.error("bootstrap failed", metadata: ["upstream": "\(up)", "error": "\(error)"])
+                }
+            } catch FollowEnd.refused(.diverged, let message) {
+                metrics.diverged.increment()
+                logger.error("upstream has another history: refused, moving on", metadata: ["upstream": "\(up)", "detail": "\(message)"])
+            } catch is CancellationError {
+                return
+            } catch {
+                if Task.isCancelled { return }
+                logger.warning("leaving upstream", metadata: ["upstream": "\(up)", "reason": "\(error)"])
+            }
+            state.withLock { $0.subscribed = false }
+            if moveOn {
+                position = ((list.firstIndex(of: up) ?? position) + 1) % max(list.count, 1)
+                current = nil
+                if position == 0 {
+                    try await Task.sleep(for: backoff.next())
+                }
+            } else {
+                backoff.reset()
+            }
+        }
+    }
+
+    private func connect(_ up: Endpoint) async throws -> NIOAsyncChannel<Frame, Frame> {
+        let bootstrap = ClientBootstrap(group: group).connectTimeout(.seconds(3))
+        let readTimeout = TimeAmount.seconds(5)
+        let initializer: @Sendable (Channel) -> EventLoopFuture<NIOAsyncChannel<Frame, Frame>> = { channel in
+            channel.eventLoop.makeCompletedFuture {
+                let ops = channel.pipeline.syncOperations
+                try ops.addHandler(IdleStateHandler(readTimeout: readTimeout))
+                try ops.addHandler(IdleCloser())
+                try ops.addHandler(ByteToMessageHandler(FrameDecoder()))
+                try ops.addHandler(MessageToByteHandler(FrameEncoder()))
+                return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel,
+                                                         configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8)))
+            }
+        }
+        switch up {
+        case let .tcp(host, port): return try await bootstrap.connect(host: host, port: port, channelInitializer: initializer)
+        case let .unix(path): return try await bootstrap.connect(unixDomainSocketPath: path, channelInitializer: initializer)
+        }
+    }
+
+    /// Subscribes from this node's head and applies what the upstream streams.
+    private func follow(_ up: Endpoint) async throws {
+        let channel = try await connect(up)
+        let core = self.core
+        try await channel.executeThenClose { inbound, outbound in
+            let head = try core.store.head()
+            try await outbound.write(Request.subscribe(fromIndex: head.index, hash: head.hash).frame())
+            self.logger.info("subscribing", metadata: ["upstream": "\(up)", "from": "\(head.index)"])
+            for try await frame in inbound {
+                guard self.upstreams.contains(up) else { throw FollowEnd.delisted }
+                switch try Response.decode(frame) {
+                case let .entries(list):
+                    let newHead = try await self.pool.runIfActive { try core.store.appendEntries(list) }
+                    core.watcher.publish()
+                    core.metrics.logHead.record(Double(newHead.index))
+                    self.metrics.head.record(Double(newHead.index))
+                    self.metrics.entriesApplied.increment(by: list.count)
+                    self.state.withLock { $0.subscribed = true }
+                case let .heartbeat(upHead, rootTime):
+                    core.noteRootTime(rootTime)
+                    let now = wallClockNanoseconds()
+                    let age = now > rootTime ? Double(now - rootTime) / 1e9 : 0
+                    let mine = try core.store.head().index
+                    self.metrics.rootAge.record(age)
+                    self.metrics.lagEntries.record(Double(upHead > mine ? upHead - mine : 0))
+                    self.state.withLock {
+                        $0.subscribed = true
+                        $0.upstreamHead = upHead
+                        $0.rootAgeSeconds = age
+                    }
+                    if age > self.staleAfter.seconds { throw FollowEnd.stale(age) }
+                case let .error(code, message):
+                    throw FollowEnd.refused(ErrorCode(rawValue: code), message)
+                default:
+                    throw FollowEnd.refused(nil, "unexpected frame on a subscription")
+                }
+            }
+            throw FollowEnd.closed
+        }
+    }
+
+    /// Pulls a snapshot from `up` into a scratch directory, checks it, and installs it in
+    /// one transaction.
+    func bootstrap(from up: Endpoint) async throws {
+        let dir = core.store.environment.path + "/.bootstrap-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let file = dir + "/data.mdb"
+        guard FileManager.default.createFile(atPath: file, contents: nil), let handle = FileHandle(forWritingAtPath: file) else {
+            throw StoreError.corrupt("cannot create \(file)")
+        }
+        logger.info("bootstrap: requesting a snapshot", metadata: ["upstream": "\(up)"])
+        let channel = try await connect(up)
+        let begin: (index: UInt64, hash: [UInt8], size: UInt64) = try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(Request.snapshot.frame())
+            var begin: (UInt64, [UInt8], UInt64)?
+            var received: UInt64 = 0
+            for try await frame in inbound {
+                switch try Response.decode(frame) {
+                case let .snapshotBegin(index, hash, size): begin = (index, hash, size)
+                case let .snapshotChunk(bytes):
+                    try handle.write(contentsOf: bytes)
+                    received += UInt64(bytes.count)
+                case .snapshotEnd:
+                    guard let begin, received == begin.2 else {
+                        throw FollowEnd.refused(nil, "snapshot ended after \(received) bytes, announced \(begin?.2 ?? 0)")
+                    }
+                    return begin
+                case let .error(code, message): throw FollowEnd.refused(ErrorCode(rawValue: code), message)
+                default: throw FollowEnd.refused(nil, "unexpected frame in a snapshot")
+                }
+            }
+            throw FollowEnd.closed
+        }
+        try handle.synchronize()
+        try handle.close()
+        let head = try await pool.runIfActive { [core] in
+            let snapshot = try Store(directory: dir, readOnly: true)
+            let h = try snapshot.head()
+            guard h.index == begin.index, h.hash == begin.hash else {
+                throw FollowEnd.refused(nil, "snapshot stands at \(h.index), announced \(begin.index)")
+            }
+            try snapshot.verifyChain()
+            return try core.store.replaceContents(with: snapshot)
+        }
+        core.watcher.publish()
+        metrics.bootstraps.increment()
+        metrics.head.record(Double(head.index))
+        logger.notice("bootstrap installed", metadata: ["upstream": "\(up)", "index": "\(head.index)", "bytes": "\(begin.size)"])
+    }
+}
+
+/// Closes a connection that has been silent past its read timeout.
+final class IdleCloser: ChannelInboundHandler, Sendable {
+    typealias InboundIn = NIOAny
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let e = event as? IdleStateHandler.IdleStateEvent, e == .read {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}

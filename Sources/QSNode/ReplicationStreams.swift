@@ -1,0 +1,91 @@
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import QSStore
+import QSWire
+
+/// The upstream side of replication: what a node streams on a connection that asked to
+/// subscribe or for a snapshot. Every node, root or replica, serves both, so trees of any
+/// depth can be built.
+enum ReplicationStreams {
+    /// Streams entries after `from` as they are committed, with a heartbeat every second
+    /// carrying this node's head and the time of the root's freshest word. Each write
+    /// waits for the socket to take it, so a slow subscriber slows only its own stream.
+    static func subscription(channel: Channel, core: NodeCore, pool: NIOThreadPool, from: UInt64, logger: Logger, peer: String) async {
+        core.metrics.subscribers.increment()
+        defer { core.metrics.subscribers.decrement() }
+        let (id, stream, wake) = core.watcher.subscribe()
+        defer { core.watcher.unsubscribe(id) }
+        let ticker = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                wake.yield()
+            }
+        }
+        defer { ticker.cancel() }
+        logger.info("subscriber connected", metadata: ["peer": "\(peer)", "from": "\(from)"])
+        var next = from + 1
+        var lastHeartbeat = ContinuousClock.now - .seconds(2)
+        var wakeups = stream.makeAsyncIterator()
+        do {
+            while channel.isActive && !Task.isCancelled {
+                let from = next
+                let batch = try await pool.runIfActive { try core.store.entries(from: from, count: 1000) }
+                if let first = batch.first, first.index != next {
+                    let w = try core.store.logWindow()
+                    try await channel.writeAndFlush(Response.error(.needsBootstrap,
+                        "this node no longer retains entry \(next) (it keeps entries from \(w.firstIndex)); bootstrap from a snapshot").frame())
+                    break
+                }
+                if let last = batch.last {
+                    try await channel.writeAndFlush(Response.entries(batch).frame())
+                    core.metrics.entriesStreamed.increment(by: batch.count)
+                    next = last.index + 1
+                }
+                if ContinuousClock.now - lastHeartbeat >= .seconds(1) {
+                    let head = try core.store.head()
+                    try await channel.writeAndFlush(Response.heartbeat(head: head.index, rootTimeNs: core.rootTimeNs).frame())
+                    lastHeartbeat = ContinuousClock.now
+                }
+                if batch.isEmpty {
+                    guard await wakeups.next() != nil else { break }
+                }
+            }
+        } catch {
+            logger.info("subscriber stream ended", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        }
+        logger.info("subscriber disconnected", metadata: ["peer": "\(peer)", "sent-up-to": "\(next - 1)"])
+        try? await channel.close()
+    }
+
+    /// Sends a consistent copy of the environment: `snapshotBegin(index, hash, size)`,
+    /// 1 MiB chunks, `snapshotEnd`. Concurrent requests wait in a queue.
+    static func snapshot(channel: Channel, core: NodeCore, pool: NIOThreadPool, logger: Logger, peer: String) async {
+        do {
+            let queued = await core.snapshots.queued
+            logger.info("snapshot requested", metadata: ["peer": "\(peer)", "queued-before-it": "\(queued)"])
+            try await core.snapshots.run {
+                let dir = core.store.environment.path + "/.snapshot-" + UUID().uuidString
+                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
+                defer { try? FileManager.default.removeItem(atPath: dir) }
+                let head = try await pool.runIfActive { try core.store.snapshot(into: dir) }
+                let file = dir + "/data.mdb"
+                let size = (try FileManager.default.attributesOfItem(atPath: file)[.size] as? NSNumber)?.uint64Value ?? 0
+                try await channel.writeAndFlush(Response.snapshotBegin(index: head.index, hash: head.hash, size: size).frame())
+                guard let handle = FileHandle(forReadingAtPath: file) else { throw StoreError.corrupt("snapshot file vanished") }
+                defer { try? handle.close() }
+                while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
+                    try await channel.writeAndFlush(Response.snapshotChunk([UInt8](chunk)).frame())
+                }
+                try await channel.writeAndFlush(Response.snapshotEnd.frame())
+                core.metrics.snapshotsServed.increment()
+                logger.info("snapshot sent", metadata: ["peer": "\(peer)", "index": "\(head.index)", "bytes": "\(size)"])
+            }
+        } catch {
+            logger.error("snapshot failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            try? await channel.writeAndFlush(Response.error(.storageError, "snapshot failed: \(error)").frame())
+        }
+        try? await channel.close()
+    }
+}

@@ -1,0 +1,160 @@
+import Foundation
+import QSBytes
+
+/// Why entries from elsewhere could not be appended.
+public enum AppendError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The first entry's index does not follow the head.
+    case notNext(head: UInt64, got: UInt64)
+    /// The chained hash does not continue this log: another history.
+    case diverged(index: UInt64)
+    /// The entry bytes do not decode.
+    case undecodable(index: UInt64, reason: String)
+
+    public var description: String {
+        switch self {
+        case let .notNext(head, got): return "entry \(got) does not follow the head \(head)"
+        case let .diverged(index): return "entry \(index) does not continue this log's hash chain: the histories diverged"
+        case let .undecodable(index, reason): return "entry \(index) does not decode: \(reason)"
+        }
+    }
+}
+
+/// The retained part of the log: entries from `firstIndex` to the head.
+public struct LogWindow: Sendable, Equatable {
+    /// Oldest retained entry (head + 1 when the log is empty).
+    public var firstIndex: UInt64
+    /// Chained hash just before `firstIndex`.
+    public var baseHash: [UInt8]
+}
+
+extension Store {
+    static let logStartKey = Array("log-start".utf8)
+
+    /// Appends entries made elsewhere (a replica's upstream, a compatible bridge's source)
+    /// byte for byte, in one transaction: each must follow the head and continue the hash
+    /// chain; its operations are applied as they are (no identical-write dropping).
+    /// Returns the new head. Nothing is written if any entry fails.
+    @discardableResult
+    public func appendEntries(_ entries: [StoredEntry]) throws -> Head {
+        try environment.write { txn in
+            var head = try readHead(txn)
+            for e in entries {
+                guard e.index == head.index + 1 else { throw AppendError.notNext(head: head.index, got: e.index) }
+                let hash = ChainHash.next(previous: head.hash, entry: e.bytes)
+                guard hash == e.hash else { throw AppendError.diverged(index: e.index) }
+                let entry: LogEntry
+                do { entry = try LogEntry.decode(e.bytes) } catch {
+                    throw AppendError.undecodable(index: e.index, reason: "\(error)")
+                }
+                for op in entry.operations { _ = try apply(op, in: txn) }
+                try txn.put(log, Self.encodeU64(e.index), e.hash + e.bytes, append: true)
+                head = Head(index: e.index, hash: e.hash, commitTimeNs: entry.commitTimeNs)
+                // The origin's checkpoint moves with the entry, so a replica's checkpoints
+                // equal its root's.
+                try txn.put(meta, Self.checkpointPrefix + Array(entry.origin.sourceID.utf8), Self.encodeU64(entry.origin.position))
+            }
+            try writeHead(head, txn)
+            return head
+        }
+    }
+
+    /// The retained window of the log.
+    public func logWindow() throws -> LogWindow {
+        try environment.read { txn in try readWindow(txn) }
+    }
+
+    func readWindow(_ txn: borrowing LMDBTransaction) throws -> LogWindow {
+        guard let raw = try txn.get(meta, Self.logStartKey) else {
+            return LogWindow(firstIndex: 1, baseHash: Head.empty.hash)
+        }
+        var r = ByteReader(raw)
+        return LogWindow(firstIndex: try r.readU64(), baseHash: try r.readBytes(32))
+    }
+
+    /// The chained hash at `index` if this node still knows it (the head, a retained
+    /// entry, or the base of the retained window), nil otherwise.
+    public func hash(at index: UInt64) throws -> [UInt8]? {
+        try environment.read { txn in
+            let head = try readHead(txn)
+            if index == head.index { return head.hash }
+            guard index < head.index else { return nil }
+            let w = try readWindow(txn)
+            if index + 1 == w.firstIndex { return w.baseHash }
+            guard index >= w.firstIndex, let v = try txn.get(log, Self.encodeU64(index)), v.count >= 32 else { return nil }
+            return Array(v[0..<32])
+        }
+    }
+
+    /// Drops log entries so that at most `retain` remain (the keyspace is untouched).
+    /// Removes at most `maxPerCall` entries per call so a write transaction stays short.
+    @discardableResult
+    public func trimLog(retain: UInt64, maxPerCall: Int = 10_000) throws -> Int {
+        try environment.write { txn in
+            let head = try readHead(txn)
+            var w = try readWindow(txn)
+            guard head.index > retain, w.firstIndex <= head.index - retain else { return 0 }
+            let until = min(head.index - retain, w.firstIndex + UInt64(maxPerCall) - 1)
+            var base = w.baseHash
+            var removed = 0
+            var i = w.firstIndex
+            while i <= until {
+                if let v = try txn.get(log, Self.encodeU64(i)), v.count >= 32 { base = Array(v[0..<32]) }
+                try txn.delete(log, Self.encodeU64(i))
+                removed += 1
+                i += 1
+            }
+            w = LogWindow(firstIndex: until + 1, baseHash: base)
+            try txn.put(meta, Self.logStartKey, Self.encodeU64(w.firstIndex) + w.baseHash)
+            return removed
+        }
+    }
+}
+
+extension Store {
+    /// Replaces this store's keyspace, log and checkpoints with another store's (a
+    /// downloaded snapshot), in one write transaction: readers see the old state or the
+    /// new one, never a mix. The node keeps its own identity. Returns the new head.
+    @discardableResult
+    public func replaceContents(with other: Store) throws -> Head {
+        try environment.write { txn in
+            try txn.removeAll(kv)
+            try txn.removeAll(log)
+            let identity = try txn.get(meta, Self.identityKey)
+            try txn.removeAll(meta)
+            try other.environment.read { src in
+                try src.forEach(other.kv) { k, v in
+                    try txn.put(kv, k, v, append: true)
+                    return true
+                }
+                try src.forEach(other.log) { k, v in
+                    try txn.put(log, k, v, append: true)
+                    return true
+                }
+                try src.forEach(other.meta) { k, v in
+                    if k != Self.identityKey { try txn.put(meta, k, v) }
+                    return true
+                }
+            }
+            if let identity { try txn.put(meta, Self.identityKey, identity) }
+            return try readHead(txn)
+        }
+    }
+
+    /// Writes a consistent, compacted copy of the environment into `directory` (which
+    /// must exist and be empty) as `data.mdb`, and returns the head it stands at.
+    public func snapshot(into directory: String) throws -> Head {
+        let path = directory + "/data.mdb"
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard fd >= 0 else { throw StoreError.corrupt("cannot create snapshot file \(path): errno \(errno)") }
+        do {
+            try environment.copy(toFileDescriptor: fd)
+            fsync(fd)
+            close(fd)
+        } catch {
+            close(fd)
+            throw error
+        }
+        let copy = try Store(directory: directory, readOnly: true)
+        return try copy.head()
+    }
+}
