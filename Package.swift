@@ -180,6 +180,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "ReplicationTests",
+            dependencies: ["QSTesting", "QSClient", "QSStore", "QSWire"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "QSNodeTests",
             dependencies: ["QSTesting", "QSClient", "QSStore"],
             swiftSettings: swiftSettings

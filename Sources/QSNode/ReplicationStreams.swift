@@ -66,6 +66,7 @@ enum ReplicationStreams {
             let queued = await core.snapshots.queued
             logger.info("snapshot requested", metadata: ["peer": "\(peer)", "queued-before-it": "\(queued)"])
             try await core.snapshots.run {
+                logger.info("snapshot started", metadata: ["peer": "\(peer)"])
                 let dir = core.store.environment.path + "/.snapshot-" + UUID().uuidString
                 try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
                 defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -211,12 +211,42 @@ public final class RootNode: @unchecked Sendable {
 
     /// Fetches `/metrics` and returns the value of `name` (first sample), nil if absent.
     public func metric(_ name: String) -> Double? {
-        guard let text = httpGet(port: adminPort, path: "/metrics")?.body else { return nil }
-        for line in text.split(separator: "\n") where line.hasPrefix(name + " ") || line.hasPrefix(name + "{") {
-            if let v = line.split(separator: " ").last.flatMap({ Double($0) }) { return v }
-        }
-        return nil
+        metricValue(port: adminPort, name)
     }
+}
+
+/// A replica node on free ports, following `upstreams` (addresses HOST:PORT).
+public final class ReplicaNode: @unchecked Sendable {
+    public let daemon: DaemonProcess
+    public let port: Int
+    public let adminPort: Int
+    public let data: URL
+
+    public init(data: URL, upstreams: [String], logDir: URL, extraArgs: [String] = [], port: Int? = nil) throws {
+        self.port = port ?? Harness.freePort()
+        adminPort = Harness.freePort()
+        self.data = data
+        daemon = try DaemonProcess("qsnode", ["--role", "replica", "--data", data.path, "--listen", "127.0.0.1:\(self.port)",
+                                              "--upstream", upstreams.joined(separator: ","), "--admin", "127.0.0.1:\(adminPort)",
+                                              "--log-format", "text"] + extraArgs, logDir: logDir)
+        try daemon.waitForPort(self.port)
+        try daemon.waitForPort(adminPort)
+    }
+
+    public var address: String { "127.0.0.1:\(port)" }
+
+    public func metric(_ name: String) -> Double? {
+        metricValue(port: adminPort, name)
+    }
+}
+
+/// The first sample of metric `name` on an admin port, nil if absent.
+public func metricValue(port: Int, _ name: String) -> Double? {
+    guard let text = httpGet(port: port, path: "/metrics")?.body else { return nil }
+    for line in text.split(separator: "\n") where line.hasPrefix(name + " ") || line.hasPrefix(name + "{") {
+        if let v = line.split(separator: " ").last.flatMap({ Double($0) }) { return v }
+    }
+    return nil
 }
 
 /// A minimal HTTP/1.0 GET over a socket, for admin endpoints in tests.
