@@ -19,6 +19,14 @@ public struct LogTrimmer: Service {
     }
 
     public func run() async throws {
+        do {
+            try await trimUntilShutdown()
+        } catch is CancellationError {
+            return
+        }
+    }
+
+    private func trimUntilShutdown() async throws {
         try await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 let store = self.store, retain = self.retain

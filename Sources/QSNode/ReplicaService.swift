@@ -82,8 +82,12 @@ public final class ReplicaService: Service, Sendable {
     }
 
     public func run() async throws {
-        try await cancelWhenGracefulShutdown {
-            try await self.loop()
+        do {
+            try await cancelWhenGracefulShutdown {
+                try await self.loop()
+            }
+        } catch is CancellationError {
+            logger.info("replication stopped")
         }
     }
 

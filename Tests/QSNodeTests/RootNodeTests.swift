@@ -87,7 +87,7 @@ final class RootNodeTests: XCTestCase {
             await c.close()
         }
         XCTAssertEqual(node.metric("qs_auth_failures_total"), 2)
-        XCTAssertTrue(node.daemon.log.contains("bad token"))
+        XCTAssertTrue(node.daemon.log.contains("write refused"))
         XCTAssertTrue(node.daemon.log.contains("\"peer\":\"127.0.0.1:"))
         let good = try await client(node, token: Array("s3cret-token-0123456789".utf8))
         let v3 = try await good.checkpoint(sourceID: "s")

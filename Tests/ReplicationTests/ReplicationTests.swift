@@ -75,7 +75,7 @@ final class ReplicationTests: XCTestCase {
         let aData = tmp.appendingPathComponent("a")
         var a: ReplicaNode? = try ReplicaNode(data: aData, upstreams: [root.address], logDir: tmp)
         try await waitForHead(a!.port, try await w.head())
-        try a!.daemon.stop()
+        XCTAssertEqual(try a!.daemon.stop(), 0, "a replica stops cleanly on SIGTERM")
         a = nil
         // Restarted with the other root first in its list.
         let a2 = try ReplicaNode(data: aData, upstreams: [other.address, root.address], logDir: tmp)
@@ -124,7 +124,7 @@ final class ReplicationTests: XCTestCase {
         let aData = tmp.appendingPathComponent("a")
         var a: ReplicaNode? = try ReplicaNode(data: aData, upstreams: [root.address], logDir: tmp)
         try await waitForHead(a!.port, try await w.head())
-        try a!.daemon.stop()
+        XCTAssertEqual(try a!.daemon.stop(), 0, "a replica stops cleanly on SIGTERM")
         a = nil
         try await write(w, 30, prefix: "more")
         // Wait for the root to trim past the replica's head.
