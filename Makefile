@@ -7,7 +7,7 @@ SWIFT ?= swift
 APT_PACKAGES := liblmdb-dev lmdb-utils libcurl4-openssl-dev pkg-config python3 python3-pip memcached
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build release test demo bench replay clean
+.PHONY: deps interop-deps build release test demo bench replay clean
 
 # A recorded feed to replay: a capture file, a ulog directory or a fixture directory.
 FEED ?= Fixtures/kt/basic
@@ -28,9 +28,18 @@ build: deps
 release: deps
 	$(SWIFT) build -c release
 
-test: deps
+PYTHON ?= python3
+PIP_PACKAGES := ukt pymemcache pytest
+
+# Python clients the interop tests use (PyPI): ukt for KT, pymemcache for memcached.
+interop-deps:
+	@$(PYTHON) -c "import ukt, pymemcache, pytest" 2>/dev/null || $(PYTHON) -m pip install --quiet $(PIP_PACKAGES) \
+		|| $(PYTHON) -m pip install --quiet --break-system-packages $(PIP_PACKAGES)
+
+test: deps interop-deps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --disable-swift-testing
+	QS_BIN_DIR=.build/debug $(PYTHON) -m pytest -q Tests/interop
 	./scripts/replay.sh .build/debug Fixtures/kt/basic 0=,1=aux/
 	./scripts/replay.sh .build/debug Fixtures/kt/medium 0=main/,1=aux/ --allow-clear
 

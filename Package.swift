@@ -11,6 +11,7 @@ let package = Package(
         .executable(name: "qsctl", targets: ["qsctl"]),
         .executable(name: "qsbench", targets: ["qsbench"]),
         .executable(name: "qsktbridge", targets: ["qsktbridge"]),
+        .executable(name: "fakekt", targets: ["fakekt"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -120,6 +121,30 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // A fake Kyoto Tycoon server, usable in-process, for tests and demos.
+        .target(
+            name: "FakeKT",
+            dependencies: [
+                "KTFormats",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "fakekt",
+            dependencies: [
+                "FakeKT",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "qsktbridge",
             dependencies: [
@@ -166,6 +191,27 @@ let package = Package(
                 "QSWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "KTFormatsTests",
+            dependencies: [
+                "KTFormats",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "FakeKTTests",
+            dependencies: [
+                "FakeKT",
+                "KTFormats",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

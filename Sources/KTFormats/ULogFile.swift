@@ -80,6 +80,12 @@ public enum ULogFile {
         public var records: [Record]
         /// Bytes after the last whole record (a record still being written); 0 normally.
         public var trailingBytes: Int
+
+        public init(header: Header, records: [Record], trailingBytes: Int = 0) {
+            self.header = header
+            self.records = records
+            self.trailingBytes = trailingBytes
+        }
     }
 
     /// Parses a whole file. A partial record at the end is reported in `trailingBytes`
@@ -105,6 +111,21 @@ public enum ULogFile {
             pos = end + 1
         }
         return Contents(header: header, records: records, trailingBytes: bytes.count - pos)
+    }
+
+    /// A whole file: the header (its size made to match) and the records.
+    public static func encode(records: [Record], timestamp: UInt64? = nil) -> [UInt8] {
+        var body: [UInt8] = []
+        for r in records { r.encode(into: &body) }
+        let header = Header(size: UInt64(headerSize + body.count),
+                            timestamp: timestamp ?? records.map(\.timestamp).max() ?? 0)
+        return header.encoded() + body
+    }
+
+    /// The records of several files (in file-number order) with a timestamp greater than
+    /// `timestamp`: what a replication client resuming from `timestamp` is owed.
+    public static func records(after timestamp: UInt64, in files: [Contents]) -> [Record] {
+        files.flatMap { $0.records.filter { $0.timestamp > timestamp } }
     }
 
     /// The file name for a file number: ten digits, zero padded, `.ulog`.

@@ -1,0 +1,111 @@
+import KTFormats
+import NIOCore
+
+/// Serves KT's binary protocol on a connection whose first byte is ≥ 0x80: bulk
+/// operations and script calls, or a replication session that takes the connection over.
+final class BinaryHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let core: FakeKTCore
+    private var buffer: ByteBuffer?
+    private var replication: ReplicationSession?
+
+    init(core: FakeKTCore) {
+        self.core = core
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        if let replication {
+            replication.received(&incoming, context: context)
+            return
+        }
+        if buffer == nil { buffer = incoming } else { buffer?.writeBuffer(&incoming) }
+        guard var buf = buffer else { return }
+        defer { buffer = buf.readableBytes > 0 ? buf : nil }
+        while replication == nil {
+            let request: KTBinaryRequest?
+            do {
+                request = try KTBinaryRequestDecoder.next(&buf)
+            } catch {
+                core.reportMalformed("binary: \(error)", peer: context.channel.remoteAddress?.description ?? "?")
+                // KT closes on an unknown command at once, and answers 0xBF to a bad one.
+                let known: Set<UInt8> = [KTBinaryMagic.replication, KTBinaryMagic.playScript, KTBinaryMagic.setBulk,
+                                         KTBinaryMagic.removeBulk, KTBinaryMagic.getBulk]
+                let first = buf.getInteger(at: buf.readerIndex, as: UInt8.self) ?? 0
+                buf.clear()
+                let reply: [UInt8] = known.contains(first) ? [KTBinaryMagic.error] : []
+                context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: reply)))
+                    .whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
+                return
+            }
+            guard let request else { return }
+            handle(request, context: context, rest: &buf)
+        }
+    }
+
+    private func handle(_ request: KTBinaryRequest, context: ChannelHandlerContext, rest: inout ByteBuffer) {
+        core.requestCounter.increment()
+        let reply: KTBinaryResponse
+        switch request {
+        case .setBulk(_, let records):
+            let dbCount = core.withStore { $0.databases.count }
+            let hits = core.withStore { store -> UInt32 in
+                var hits: UInt32 = 0
+                for r in records where Int(r.db) < dbCount {
+                    store.set(db: Int(r.db), key: r.key, value: r.value, xt: r.expiration)
+                    hits += 1
+                }
+                return hits
+            }
+            reply = .setBulk(hits: hits)
+        case .removeBulk(_, let keys):
+            let hits = core.withStore { store -> UInt32 in
+                var hits: UInt32 = 0
+                for k in keys where Int(k.db) < store.databases.count {
+                    if (try? store.remove(db: Int(k.db), key: k.key)) != nil { hits += 1 }
+                }
+                return hits
+            }
+            reply = .removeBulk(hits: hits)
+        case .getBulk(_, let keys):
+            let records = core.withStore { store -> [KTBinaryRecord] in
+                keys.compactMap { k in
+                    guard Int(k.db) < store.databases.count, let r = try? store.get(db: Int(k.db), key: k.key) else { return nil }
+                    return KTBinaryRecord(db: k.db, key: k.key, value: r.value, expiration: r.expiration)
+                }
+            }
+            reply = .getBulk(records: records)
+        case .playScript:
+            reply = .error
+        case .replication(let r):
+            guard core.configuration.ulogDirectory != nil else {
+                core.logger.info("no update log allows no replication", metadata: ["peer": "\(context.channel.remoteAddress?.description ?? "?")"])
+                context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: [KTBinaryMagic.error])))
+                    .whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
+                return
+            }
+            IdleCloser.remove(from: context.pipeline.syncOperations)
+            let session = ReplicationSession(core: core, request: r, context: context)
+            replication = session
+            session.start()
+            if rest.readableBytes > 0 { session.received(&rest, context: context) }
+            return
+        }
+        // get_bulk always answers; the others honour the no-reply flag.
+        if case .getBulk = request {} else if request.noReply { return }
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: reply.encoded())), promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        replication?.stop()
+        replication = nil
+        context.fireChannelInactive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { replication?.resume() }
+        context.fireChannelWritabilityChanged()
+    }
+}

@@ -1,0 +1,171 @@
+import ArgumentParser
+import Dispatch
+import FakeKT
+import Foundation
+import Logging
+
+/// `fakekt`: takes ktserver's command line (single-dash options) and serves a fake KT.
+/// Every option falls back to an environment variable `QS_FAKEKT_<NAME>`.
+@main
+struct FakeKTCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fakekt",
+        abstract: "A fake Kyoto Tycoon server (HTTP RPC, REST, binary protocol, replication, update log).",
+        discussion: """
+        Options mirror ktserver's. Each has an environment fallback QS_FAKEKT_<NAME>, e.g. QS_FAKEKT_PORT.
+        Faults can also be set at run time: POST /_fakekt/faults with close_after=N, stop_heartbeats=1,
+        delay_ms=N, corrupt_frame=N, cut_frame=N, refuse_ms=N, reset=1.
+        """
+    )
+
+    @Option(name: .customLong("host", withSingleDash: true), help: "Address to bind (QS_FAKEKT_HOST; default 127.0.0.1 here, all addresses for an empty value).")
+    var host: String?
+    @Option(name: .customLong("port", withSingleDash: true), help: "Port (QS_FAKEKT_PORT; default 1978; 0 picks one).")
+    var port: Int?
+    @Option(name: .customLong("tout", withSingleDash: true), help: "Connection timeout in seconds (QS_FAKEKT_TOUT).")
+    var tout: Double?
+    @Option(name: .customLong("th", withSingleDash: true), help: "Worker threads (QS_FAKEKT_TH).")
+    var th: Int?
+    @Option(name: .customLong("log", withSingleDash: true), help: "Log file; stderr if absent (QS_FAKEKT_LOG).")
+    var log: String?
+    @Flag(name: .customLong("li", withSingleDash: true), help: "Log level info (QS_FAKEKT_LI=1).")
+    var li = false
+    @Flag(name: .customLong("ls", withSingleDash: true), help: "Log level system (QS_FAKEKT_LS=1).")
+    var ls = false
+    @Flag(name: .customLong("le", withSingleDash: true), help: "Log errors only (QS_FAKEKT_LE=1).")
+    var le = false
+    @Flag(name: .customLong("lz", withSingleDash: true), help: "Log nothing (QS_FAKEKT_LZ=1).")
+    var lz = false
+    @Option(name: .customLong("ulog", withSingleDash: true), help: "Update-log directory (QS_FAKEKT_ULOG).")
+    var ulog: String?
+    @Option(name: .customLong("ulim", withSingleDash: true), help: "Update-log file size limit in bytes (QS_FAKEKT_ULIM).")
+    var ulim: String?
+    @Option(name: .customLong("sid", withSingleDash: true), help: "Server id (QS_FAKEKT_SID).")
+    var sid: UInt16?
+    @Option(name: .customLong("pid", withSingleDash: true), help: "Write the process id to this file (QS_FAKEKT_PID).")
+    var pid: String?
+    @Option(name: .customLong("fault-close-after", withSingleDash: true), help: "Close replication connections after N frames (QS_FAKEKT_FAULT_CLOSE_AFTER).")
+    var faultCloseAfter: Int?
+    @Flag(name: .customLong("fault-no-heartbeat", withSingleDash: true), help: "Send no heartbeats (QS_FAKEKT_FAULT_NO_HEARTBEAT=1).")
+    var faultNoHeartbeat = false
+    @Option(name: .customLong("fault-delay-ms", withSingleDash: true), help: "Delay every replication frame (QS_FAKEKT_FAULT_DELAY_MS).")
+    var faultDelayMs: Int?
+    @Option(name: .customLong("fault-corrupt-frame", withSingleDash: true), help: "Corrupt the Nth replication frame (QS_FAKEKT_FAULT_CORRUPT_FRAME).")
+    var faultCorruptFrame: Int?
+    @Option(name: .customLong("fault-cut-frame", withSingleDash: true), help: "Cut the Nth replication frame in half and close (QS_FAKEKT_FAULT_CUT_FRAME).")
+    var faultCutFrame: Int?
+    @Option(name: .customLong("fault-refuse-ms", withSingleDash: true), help: "Refuse connections for this long after start (QS_FAKEKT_FAULT_REFUSE_MS).")
+    var faultRefuseMs: Int?
+    @Argument(help: "Databases: *, %, or paths such as main.kch or aux.kct#opts (QS_FAKEKT_DBS, space separated).")
+    var databases: [String] = []
+
+    static let unsupported = ["-dmn", "-cmd", "-scr", "-bgs", "-bgsi", "-bgc", "-oat", "-oas", "-onl", "-otl", "-onr",
+                              "-asi", "-ash", "-mhost", "-mport", "-rts", "-riv", "-plsv", "-plex", "-pldb", "-ord", "-uasi",
+                              "-dtout", "-dtt", "-dto", "-rcomp", "-dbt"]
+
+    static func main() async {
+        let args = Array(CommandLine.arguments.dropFirst())
+        if let bad = args.first(where: { unsupported.contains($0) }) {
+            FileHandle.standardError.write(Data("fakekt: the ktserver option \(bad) is not supported by fakekt\n".utf8))
+            Foundation.exit(64)
+        }
+        do {
+            var command = try parseAsRoot(args)
+            if var c = command as? FakeKTCommand {
+                try await c.run()
+                command = c
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
+
+    static func env(_ name: String) -> String? {
+        ProcessInfo.processInfo.environment["QS_FAKEKT_" + name]
+    }
+
+    static func envFlag(_ name: String) -> Bool {
+        ["1", "true", "yes"].contains(env(name)?.lowercased() ?? "")
+    }
+
+    func makeConfiguration() throws -> FakeKTConfiguration {
+        var c = FakeKTConfiguration()
+        c.host = host ?? Self.env("HOST") ?? "127.0.0.1"
+        c.port = port ?? Self.env("PORT").flatMap(Int.init) ?? 1978
+        c.timeout = tout ?? Self.env("TOUT").flatMap(Double.init) ?? 30
+        c.threads = max(1, min(16, th ?? Self.env("TH").flatMap(Int.init) ?? 2))
+        c.ulogDirectory = ulog ?? Self.env("ULOG")
+        if let u = ulim ?? Self.env("ULIM") {
+            guard let v = Self.parseSize(u) else { throw ValidationError("-ulim: not a size: \(u)") }
+            c.ulogLimit = v
+        }
+        c.sid = sid ?? Self.env("SID").flatMap(UInt16.init) ?? 0
+        c.databases = databases.isEmpty ? (Self.env("DBS")?.split(separator: " ").map(String.init) ?? []) : databases
+        c.faults.closeAfterFrames = faultCloseAfter ?? Self.env("FAULT_CLOSE_AFTER").flatMap(Int.init)
+        c.faults.stopHeartbeats = faultNoHeartbeat || Self.envFlag("FAULT_NO_HEARTBEAT")
+        c.faults.frameDelayMillis = faultDelayMs ?? Self.env("FAULT_DELAY_MS").flatMap(Int.init) ?? 0
+        c.faults.corruptFrame = faultCorruptFrame ?? Self.env("FAULT_CORRUPT_FRAME").flatMap(Int.init)
+        c.faults.cutFrame = faultCutFrame ?? Self.env("FAULT_CUT_FRAME").flatMap(Int.init)
+        if let ms = faultRefuseMs ?? Self.env("FAULT_REFUSE_MS").flatMap(Int.init) {
+            c.faults.refuseUntilMillis = UInt64(Date().timeIntervalSince1970 * 1000) + UInt64(max(0, ms))
+        }
+        return c
+    }
+
+    /// Sizes as ktserver takes them: a number with an optional k/m/g suffix.
+    static func parseSize(_ s: String) -> UInt64? {
+        let lower = s.lowercased()
+        let units: [Character: UInt64] = ["k": 1 << 10, "m": 1 << 20, "g": 1 << 30]
+        if let last = lower.last, let unit = units[last], let n = UInt64(lower.dropLast()) { return n * unit }
+        return UInt64(lower)
+    }
+
+    func logLevel() -> Logger.Level {
+        if lz || Self.envFlag("LZ") { return .critical }
+        if le || Self.envFlag("LE") { return .error }
+        if ls || Self.envFlag("LS") { return .notice }
+        if li || Self.envFlag("LI") { return .info }
+        return .notice
+    }
+
+    mutating func run() async throws {
+        let level = logLevel()
+        let logPath = log ?? Self.env("LOG")
+        LoggingSystem.bootstrap { label in
+            var handler: StreamLogHandler = .standardError(label: label)
+            if let logPath, let stream = FileLogStream(path: logPath) {
+                handler = StreamLogHandler(label: label, stream: stream)
+            }
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "fakekt")
+        let config = try makeConfiguration()
+        let server = try FakeKTServer(configuration: config, logger: logger)
+        try await server.start()
+        if let pidPath = pid ?? Self.env("PID") {
+            try Data("\(ProcessInfo.processInfo.processIdentifier)\n".utf8).write(to: URL(fileURLWithPath: pidPath))
+        }
+        await waitForSignal()
+        try await server.shutdown()
+        if let pidPath = pid ?? Self.env("PID") { try? FileManager.default.removeItem(atPath: pidPath) }
+    }
+
+    /// Returns on SIGTERM or SIGINT.
+    func waitForSignal() async {
+        signal(SIGTERM, SIG_IGN)
+        signal(SIGINT, SIG_IGN)
+        let (stream, continuation) = AsyncStream<Void>.makeStream()
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGTERM, SIGINT] {
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { continuation.yield() }
+            source.resume()
+            sources.append(source)
+        }
+        for await _ in stream { break }
+        withExtendedLifetime(sources) {}
+    }
+}

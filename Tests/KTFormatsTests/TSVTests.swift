@@ -1,0 +1,42 @@
+import KTFormats
+import XCTest
+
+final class TSVTests: XCTestCase {
+    func testColumnEncodingsRoundTrip() {
+        let samples: [[UInt8]] = [[], Array("plain".utf8), [0, 9, 10, 13, 0x3D, 0x25, 0x2B, 0x20, 0x7F, 0x80, 0xFF], Array(0...255)]
+        for e in KTColumnEncoding.allCases {
+            for s in samples { XCTAssertEqual(e.decode(e.encode(s)), s, "\(e)") }
+        }
+    }
+
+    func testEncodingsMatchKT() {
+        XCTAssertEqual(String(decoding: KTColumnEncoding.url.encode(Array("v\t3\n".utf8)), as: UTF8.self), "v%093%0a")
+        XCTAssertEqual(String(decoding: KTColumnEncoding.quotedPrintable.encode([0x3D, 0x41, 0x0A, 0xFF]), as: UTF8.self), "=3DA=0A=FF")
+        XCTAssertEqual(String(decoding: KTColumnEncoding.base64.encode(Array("value".utf8)), as: UTF8.self), "dmFsdWU=")
+        XCTAssertEqual(KTColumnEncoding.url.decode(Array("a+b%41".utf8)), Array("a bA".utf8))
+    }
+
+    func testParseAndContentType() {
+        XCTAssertEqual(KTTSV.bodyKind(contentType: "text/tab-separated-values; colenc=B"), .tsv(.base64))
+        XCTAssertEqual(KTTSV.bodyKind(contentType: "text/tab-separated-values"), .tsv(nil))
+        XCTAssertEqual(KTTSV.bodyKind(contentType: "application/x-www-form-urlencoded"), .form)
+        let pairs = KTTSV.parse(Array("a2V5\tdC9h\r\nnoline\ndmFsdWU=\tMQ==\n".utf8), encoding: .base64)
+        XCTAssertEqual(pairs.map(\.name), [Array("key".utf8), Array("value".utf8)])
+        XCTAssertEqual(pairs.map(\.value), [Array("t/a".utf8), Array("1".utf8)])
+    }
+
+    func testReplyPicksKTEncoding() {
+        // From basic/rpc.jsonl: get_bulk answered with colenc=U.
+        let reply = KTTSV.reply([Array("_k1".utf8): Array("v1".utf8), Array("_k3".utf8): Array("v\t3\n".utf8), Array("num".utf8): Array("2".utf8)])
+        XCTAssertEqual(reply.contentType, "text/tab-separated-values; colenc=U")
+        XCTAssertEqual(String(decoding: reply.body, as: UTF8.self), "_k1\tv1\n_k3\tv%093%0a\nnum\t2\n")
+        let plain = KTTSV.reply([Array("b".utf8): Array("x y".utf8), Array("a".utf8): Array("1".utf8)])
+        XCTAssertEqual(plain.contentType, "text/tab-separated-values")
+        XCTAssertEqual(String(decoding: plain.body, as: UTF8.self), "a\t1\nb\tx y\n")
+        // Only control bytes count as binary; bytes >= 0x80 go out raw, as KT sends them.
+        let high = KTTSV.reply([Array("value".utf8): [UInt8](repeating: 0x80, count: 40)])
+        XCTAssertEqual(high.contentType, "text/tab-separated-values")
+        let binary = KTTSV.reply([Array("value".utf8): [UInt8](repeating: 0x01, count: 40)])
+        XCTAssertEqual(binary.contentType, "text/tab-separated-values; colenc=B")
+    }
+}
