@@ -255,16 +255,5 @@ public func httpGet(port: Int, path: String) -> (status: Int, body: String)? {
     defer { close(fd) }
     let req = Array("GET \(path) HTTP/1.0\r\nHost: localhost\r\n\r\n".utf8)
     _ = req.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
-    var data = [UInt8]()
-    var buf = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        if n <= 0 { break }
-        data.append(contentsOf: buf[0..<n])
-    }
-    let text = String(decoding: data, as: UTF8.self)
-    guard let headEnd = text.range(of: "\r\n\r\n") else { return nil }
-    let statusLine = text[..<headEnd.lowerBound].split(separator: "\r\n").first ?? ""
-    let status = statusLine.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
-    return (status, String(text[headEnd.upperBound...]))
+    return readHTTPResponse(fd)
 }

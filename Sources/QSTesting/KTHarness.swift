@@ -1,0 +1,79 @@
+import Foundation
+
+/// A `fakekt` process on a free port with an update log, for bridge tests.
+public final class FakeKTProcess: @unchecked Sendable {
+    public let daemon: DaemonProcess
+    public let port: Int
+    public let ulog: URL
+
+    /// `databases` as ktserver takes them (`*`, `%`, `main.kch`, …); `faults` are fakekt's
+    /// fault flags, e.g. `["-fault-close-after", "50"]`.
+    public init(logDir: URL, sid: Int = 7, databases: [String] = ["main.kch", "aux.kct"], ulog: URL? = nil,
+                faults: [String] = []) throws {
+        port = Harness.freePort()
+        self.ulog = ulog ?? logDir.appendingPathComponent("ulog-\(UUID().uuidString.prefix(6))")
+        try FileManager.default.createDirectory(at: self.ulog, withIntermediateDirectories: true)
+        daemon = try DaemonProcess("fakekt", ["-host", "127.0.0.1", "-port", "\(port)", "-ulog", self.ulog.path, "-sid", "\(sid)"]
+            + faults + databases, logDir: logDir)
+        try daemon.waitForPort(port)
+    }
+
+    public var address: String { "127.0.0.1:\(port)" }
+
+    /// Calls an HTTP RPC procedure with form-encoded parameters; returns status and body.
+    @discardableResult
+    public func rpc(_ procedure: String, _ params: [(String, [UInt8])]) -> (status: Int, body: String) {
+        let body = params.map { "\(formEncode(Array($0.0.utf8)))=\(formEncode($0.1))" }.joined(separator: "&")
+        return httpPost(port: port, path: "/rpc/\(procedure)", contentType: "application/x-www-form-urlencoded", body: Array(body.utf8))
+            ?? (0, "")
+    }
+
+    public func set(_ key: String, _ value: String, db: Int = 0, xt: Int? = nil) {
+        var p: [(String, [UInt8])] = [("key", Array(key.utf8)), ("value", Array(value.utf8)), ("DB", Array(String(db).utf8))]
+        if let xt { p.append(("xt", Array(String(xt).utf8))) }
+        rpc("set", p)
+    }
+
+    public func remove(_ key: String, db: Int = 0) {
+        rpc("remove", [("key", Array(key.utf8)), ("DB", Array(String(db).utf8))])
+    }
+}
+
+func formEncode(_ bytes: [UInt8]) -> String {
+    var out = ""
+    for b in bytes {
+        switch b {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+             UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."):
+            out.unicodeScalars.append(Unicode.Scalar(b))
+        default:
+            out += String(format: "%%%02X", b)
+        }
+    }
+    return out
+}
+
+/// A minimal HTTP/1.0 POST over a socket.
+public func httpPost(port: Int, path: String, contentType: String, body: [UInt8]) -> (status: Int, body: String)? {
+    guard let fd = Harness.connectLoopback(port: port) else { return nil }
+    defer { close(fd) }
+    let head = "POST \(path) HTTP/1.0\r\nHost: localhost\r\nContent-Type: \(contentType)\r\nContent-Length: \(body.count)\r\n\r\n"
+    let req = Array(head.utf8) + body
+    _ = req.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+    return readHTTPResponse(fd)
+}
+
+func readHTTPResponse(_ fd: Int32) -> (status: Int, body: String)? {
+    var data = [UInt8]()
+    var buf = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        if n <= 0 { break }
+        data.append(contentsOf: buf[0..<n])
+    }
+    let text = String(decoding: data, as: UTF8.self)
+    guard let headEnd = text.range(of: "\r\n\r\n") else { return nil }
+    let statusLine = text[..<headEnd.lowerBound].split(separator: "\r\n").first ?? ""
+    let status = statusLine.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
+    return (status, String(text[headEnd.upperBound...]))
+}

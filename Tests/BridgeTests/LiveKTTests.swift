@@ -1,0 +1,127 @@
+import Foundation
+import QSClient
+import QSStore
+import QSTesting
+import XCTest
+
+/// `qsktbridge` tailing a live (fake) KT over its replication protocol, with faults.
+final class LiveKTTests: XCTestCase {
+    var tmp: URL!
+
+    override func setUpWithError() throws {
+        tmp = try Harness.tempDir("live")
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: tmp)
+    }
+
+    func bridge(_ kt: FakeKTProcess, _ root: RootNode, extra: [String] = []) throws -> (DaemonProcess, Int) {
+        let admin = Harness.freePort()
+        let d = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--db-map", "0=,1=aux/",
+                                                 "--sid", "99", "--batch-interval", "100ms", "--admin", "127.0.0.1:\(admin)",
+                                                 "--log-format", "text"] + extra, logDir: tmp)
+        try d.waitForPort(admin)
+        return (d, admin)
+    }
+
+    /// Waits until the root holds `key` with `value` (nil: absent).
+    func waitFor(_ c: QSClient, _ key: String, _ value: String?, timeout: Duration = .seconds(20)) async -> Bool {
+        await Harness.eventually(timeout: timeout) {
+            let r = try? await c.get(Array(key.utf8))
+            return r?.value == value.map { Array($0.utf8) }
+        }
+    }
+
+    func testFollowsLiveKTAnswersHeartbeatsAndCarriesExpiry() async throws {
+        let kt = try FakeKTProcess(logDir: tmp)
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let (b, admin) = try bridge(kt, root)
+        for i in 0..<50 { kt.set("k\(i)", "v\(i)") }
+        kt.set("aux-key", "in-db-1", db: 1)
+        kt.set("expiring", "soon", xt: -4_102_444_800)  // KT: a negative xt is an absolute time
+        kt.remove("k3")
+        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let caughtUp = await waitFor(c, "k49", "v49")
+        XCTAssertTrue(caughtUp, b.log)
+        let k3 = try await c.get(Array("k3".utf8))
+        XCTAssertNil(k3)
+        let aux = try await c.get(Array("aux/aux-key".utf8))
+        XCTAssertEqual(aux?.value, Array("in-db-1".utf8))
+        let expiring = try await c.get(Array("expiring".utf8))
+        XCTAssertEqual(expiring?.expiry, 4_102_444_800)
+        // Idle: KT heartbeats, the bridge answers them and stays connected.
+        XCTAssertTrue(Harness.waitUntil { (metricValue(port: admin, "qs_bridge_source_heartbeats_total") ?? 0) >= 10 })
+        XCTAssertEqual(httpGet(port: admin, path: "/readyz")?.status, 200)
+        XCTAssertLessThan(metricValue(port: admin, "qs_bridge_lag_seconds") ?? 99, 5)
+        kt.set("after-idle", "yes")
+        let after = await waitFor(c, "after-idle", "yes")
+        XCTAssertTrue(after)
+        XCTAssertFalse(b.log.contains("source failed"), "the connection never dropped:\n\(b.log)")
+        XCTAssertEqual(try b.stop(), 0)
+        let cp = try await c.checkpoint(sourceID: "kt:127.0.0.1:\(kt.port)")
+        XCTAssertNotNil(cp)
+        _ = try await verifyLog(c, sourceID: "kt:127.0.0.1:\(kt.port)")
+        await c.close()
+    }
+
+    func testCorruptAndCutFramesAreNeverAppliedAndTheBridgeResumes() async throws {
+        for fault in [["-fault-corrupt-frame", "7"], ["-fault-cut-frame", "5"], ["-fault-close-after", "9"]] {
+            let kt = try FakeKTProcess(logDir: tmp, faults: fault)
+            let root = try RootNode(data: tmp.appendingPathComponent("root-\(fault[0])"), logDir: tmp)
+            for i in 0..<40 { kt.set("key\(i)", "value\(i)") }
+            let (b, _) = try bridge(kt, root)
+            let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+            let done = await waitFor(c, "key39", "value39", timeout: .seconds(60))
+            XCTAssertTrue(done, "\(fault): \(b.log)")
+            XCTAssertTrue(b.log.contains("source failed; resuming from the root's checkpoint"), "\(fault): \(b.log)")
+            let state = try await dumpState(c)
+            XCTAssertEqual(state.count, 40, "\(fault)")
+            for i in 0..<40 { XCTAssertEqual(state[Array("key\(i)".utf8)]?.value, Array("value\(i)".utf8)) }
+            _ = try await verifyLog(c, sourceID: "kt:127.0.0.1:\(kt.port)")
+            await c.close()
+            try b.stop()
+        }
+    }
+
+    func testASidEqualToAWritersStopsTheBridgeWithAClearError() async throws {
+        let kt = try FakeKTProcess(logDir: tmp, sid: 7)
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        for i in 0..<300 { kt.set("k\(i)", "v") }
+        let r = try Harness.run("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "7"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(String(decoding: r.stderr, as: UTF8.self).contains("--sid 7"), String(decoding: r.stderr, as: UTF8.self))
+    }
+
+    func testThreeLiveBridgesWithOneSourceIDUnderAWorkloadAreHarmless() async throws {
+        let kt = try FakeKTProcess(logDir: tmp)
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let bridges = try (0..<3).map { _ in try bridge(kt, root, extra: ["--source-id", "kt-live", "--batch-max-ops", "7"]).0 }
+        for i in 0..<300 {
+            kt.set("key\(i % 40)", "value\(i)")
+            if i % 7 == 0 { kt.remove("key\((i + 3) % 40)") }
+            if i % 11 == 0 { kt.set("aux\(i)", "a\(i)", db: 1) }
+        }
+        kt.set("last", "done")
+        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let done = await waitFor(c, "last", "done", timeout: .seconds(60))
+        XCTAssertTrue(done)
+        // KT's own state, read back over its RPC, equals the root's.
+        var want = [[UInt8]: [UInt8]]()
+        for db in [0, 1] {
+            let r = kt.rpc("match_prefix", [("prefix", []), ("DB", Array(String(db).utf8)), ("max", Array("10000".utf8))])
+            for line in r.body.split(separator: "\n") where line.hasPrefix("_") {
+                let key = String(line.split(separator: "\t")[0].dropFirst())
+                let v = kt.rpc("get", [("key", Array(key.utf8)), ("DB", Array(String(db).utf8))])
+                let value = v.body.split(separator: "\n").first { $0.hasPrefix("value\t") }.map { String($0.dropFirst(6)) } ?? ""
+                want[Array(((db == 1 ? "aux/" : "") + key).utf8)] = Array(value.utf8)
+            }
+        }
+        XCTAssertGreaterThan(want.count, 40, "KT holds the workload's keys")
+        let got = try await dumpState(c).mapValues(\.value)
+        XCTAssertEqual(got, want)
+        _ = try await verifyLog(c, sourceID: "kt-live")
+        for b in bridges { XCTAssertEqual(try b.stop(), 0, b.log) }
+        await c.close()
+    }
+}
