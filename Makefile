@@ -4,7 +4,7 @@
 #   make bench  installs what it needs, builds (release), runs the benchmarks
 
 SWIFT ?= swift
-APT_PACKAGES := liblmdb-dev lmdb-utils libcurl4-openssl-dev pkg-config python3 python3-pip memcached
+APT_PACKAGES := liblmdb-dev lmdb-utils libcurl4-openssl-dev pkg-config python3 python3-pip memcached curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps interop-deps build release test demo bench replay clean

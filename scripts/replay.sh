@@ -32,7 +32,7 @@ for src in "${sources[@]}"; do
   rm -rf "$WORK/root"
   "$BIN/qsnode" --data "$WORK/root" --listen 127.0.0.1:$PORT --log-level warning 2>"$WORK/node.log" &
   NODE_PID=$!
-  for _ in $(seq 1 200); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
+  for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
   echo "== replay $src (db map $DB_MAP)"
   "$BIN/qsktbridge" --root 127.0.0.1:$PORT --source "$src" --once --db-map "$DB_MAP" --source-id replay --log-format text "$@"
   "$BIN/qsctl" --node 127.0.0.1:$PORT dump --format jsonl ${AT:+--at $AT} > "$WORK/dump.jsonl"

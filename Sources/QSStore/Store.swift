@@ -278,7 +278,7 @@ public final class Store: Sendable {
             guard head.index == expectedIndex - 1, head.hash == previous else {
                 throw StoreError.brokenChain(index: head.index)
             }
-            return head.index - window.firstIndex + 1
+            return head.index + 1 - window.firstIndex
         }
     }
 

@@ -146,6 +146,37 @@ final class StoreTests: XCTestCase {
         XCTAssertEqual(try store.checkpoint(sourceID: "s"), 50)
     }
 
+    func testAnEmptyStoreVerifiesAndReplicatesItsEmptiness() throws {
+        XCTAssertEqual(try store.verifyChain(), 0)
+        let snap = dir.appendingPathComponent("snap")
+        try FileManager.default.createDirectory(at: snap, withIntermediateDirectories: true)
+        XCTAssertEqual(try store.snapshot(into: snap.path), Head.empty)
+        let copy = try Store(directory: snap.path, readOnly: true)
+        XCTAssertEqual(try copy.verifyChain(), 0)
+    }
+
+    func testAppendEntriesContinuesTheChainOrRefuses() throws {
+        let other = try Store(directory: dir.appendingPathComponent("other").path, mapSize: 64 << 20)
+        for i in 0..<5 {
+            _ = try store.applyBatch(sourceID: "s", expected: UInt64(i), new: UInt64(i + 1), operations: [set("k\(i)", "v")])
+        }
+        let entries = try store.entries(from: 1, count: 10)
+        XCTAssertThrowsError(try other.appendEntries(Array(entries[1...]))) { XCTAssertEqual($0 as? AppendError, .notNext(head: 0, got: 2)) }
+        var forged = entries
+        forged[2].bytes[forged[2].bytes.count - 1] ^= 1
+        XCTAssertThrowsError(try other.appendEntries(forged)) { XCTAssertEqual($0 as? AppendError, .diverged(index: 3)) }
+        XCTAssertEqual(try other.head(), Head.empty, "nothing written when any entry fails")
+        XCTAssertEqual(try other.appendEntries(entries), try store.head())
+        XCTAssertEqual(try other.checkpoint(sourceID: "s"), 5)
+        XCTAssertEqual(try other.scan(limit: 10, now: nil).records.count, 5)
+        // Trimming keeps the chain verifiable from the retained window.
+        XCTAssertEqual(try other.trimLog(retain: 2), 3)
+        XCTAssertEqual(try other.logWindow().firstIndex, 4)
+        XCTAssertEqual(try other.verifyChain(), 2)
+        XCTAssertEqual(try other.hash(at: 3), entries[2].hash)
+        XCTAssertNil(try other.hash(at: 2))
+    }
+
     func testMapFullIsAnErrorAndNothingIsWritten() throws {
         let small = dir.appendingPathComponent("small")
         let s = try Store(directory: small.path, mapSize: 1 << 20)
