@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "qsbench", targets: ["qsbench"]),
         .executable(name: "qsktbridge", targets: ["qsktbridge"]),
         .executable(name: "fakekt", targets: ["fakekt"]),
+        .executable(name: "qsqsbridge", targets: ["qsqsbridge"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -80,7 +81,7 @@ let package = Package(
         .target(
             name: "QSNode",
             dependencies: [
-                "QSStore", "QSWire", "QSService",
+                "QSStore", "QSWire", "QSService", "QSClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),
@@ -99,6 +100,8 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -151,6 +154,14 @@ let package = Package(
                 "QSKTFeed", "QSFeed", "QSService",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "qsqsbridge",
+            dependencies: [
+                "QSFeed", "QSService",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -8,11 +8,13 @@ public struct BatchLimits: Sendable {
     public var interval: Duration
     public var maxOps: Int
     public var maxBytes: Int
+    public var mode: WriteMode
 
-    public init(interval: Duration = .milliseconds(500), maxOps: Int = 10_000, maxBytes: Int = 16 << 20) {
+    public init(interval: Duration = .milliseconds(500), maxOps: Int = 10_000, maxBytes: Int = 16 << 20, mode: WriteMode = .batched) {
         self.interval = interval
         self.maxOps = maxOps
         self.maxBytes = maxBytes
+        self.mode = mode
     }
 }
 
@@ -107,9 +109,19 @@ actor Batcher {
         }
         let batch = Array(pending.prefix(count))
         guard let last = batch.last else { return }
-        let operations = coalesce(batch.flatMap(\.operations))
         let expected = confirmed
-        let response = try await root.batch(sourceID: sourceID, expected: expected, new: last.position, operations: operations)
+        let response: Response
+        let operations: [Operation]
+        switch limits.mode {
+        case .batched:
+            operations = coalesce(batch.flatMap(\.operations))
+            response = try await root.batch(sourceID: sourceID, expected: expected, new: last.position, operations: operations)
+        case .compatible:
+            operations = batch.flatMap(\.operations)
+            let entries = batch.compactMap(\.entry)
+            guard entries.count == batch.count else { throw FeedError.stop("compatible mode needs a QS log source (entries to append verbatim)") }
+            response = try await root.append(entries)
+        }
         switch response {
         case .applied:
             metrics.batchesApplied.increment()

@@ -46,7 +46,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
     public func run() async throws {
         var backoff = Backoff()
         while true {
-            let start = try await root.checkpoint(sourceID: sourceID) ?? initialPosition
+            let start = try await root.position(sourceID: sourceID, mode: limits.mode) ?? initialPosition
             let batcher = Batcher(sourceID: sourceID, confirmed: start, limits: limits, root: root, logger: logger, metrics: metrics)
             state.withLock { $0.checkpoint = start }
             logger.info("reading source", metadata: ["source": "\(source.name)", "after": "\(start)"])

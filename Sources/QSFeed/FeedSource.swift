@@ -9,14 +9,28 @@ public struct FeedChange: Sendable, Equatable {
     public var operations: [Operation]
     /// Wall time the position stands for, in nanoseconds since the epoch (for lag).
     public var sourceTimeNs: UInt64?
+    /// The source's log entry itself, when the source is a QS log (compatible mode
+    /// appends it verbatim).
+    public var entry: StoredEntry?
 
-    public init(position: UInt64, operations: [Operation], sourceTimeNs: UInt64? = nil) {
+    public init(position: UInt64, operations: [Operation], sourceTimeNs: UInt64? = nil, entry: StoredEntry? = nil) {
         self.position = position
         self.operations = operations
         self.sourceTimeNs = sourceTimeNs
+        self.entry = entry
     }
 
-    public var payloadBytes: Int { operations.reduce(0) { $0 + $1.payloadBytes } }
+    public var payloadBytes: Int { entry?.bytes.count ?? operations.reduce(0) { $0 + $1.payloadBytes } }
+}
+
+/// How a bridge writes into its root.
+public enum WriteMode: String, Sendable, CaseIterable {
+    /// Changes batched and applied with compare-and-swap on the source position (the
+    /// root's checkpoint for the source id).
+    case batched
+    /// Each source log entry appended verbatim at the same index with the same chained
+    /// hash; the position is the target's head.
+    case compatible
 }
 
 /// What a source delivers, in order.

@@ -80,5 +80,34 @@ public actor RootWriter {
         try await perform("batch") { try await $0.batch(sourceID: sourceID, expected: expected, new: new, operations: operations) }
     }
 
+    /// Compatible-mode write: entries appended verbatim.
+    public func append(_ entries: [StoredEntry]) async throws -> Response {
+        let token = self.token
+        return try await perform("append") { client in
+            let r = try await client.send(.append(token: token, entries: entries))
+            switch r {
+            case .applied, .conflict: return r
+            case let .error(code, message):
+                if ErrorCode(rawValue: code) == .diverged {
+                    throw FeedError.stop("the target root has another history than the source: \(message)")
+                }
+                throw ClientError.server(code: code, message: message)
+            default: throw ClientError.unexpected("\(r)")
+            }
+        }
+    }
+
+    public func head() async throws -> Head {
+        try await perform("head") { try await $0.head() }
+    }
+
+    /// Where a bridge resumes: its checkpoint (batched) or the root's head (compatible).
+    public func position(sourceID: String, mode: WriteMode) async throws -> UInt64? {
+        switch mode {
+        case .batched: return try await checkpoint(sourceID: sourceID)
+        case .compatible: return try await head().index
+        }
+    }
+
     public func close() async { await drop() }
 }

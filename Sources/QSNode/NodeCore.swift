@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import QSBytes
 import QSService
@@ -21,6 +22,12 @@ public final class NodeCore: Sendable {
     private let rootWord = Mutex<UInt64>(0)
     /// Snapshots are made one at a time.
     let snapshots = SnapshotQueue()
+    /// What a replica knows of its upstream, for `status`.
+    private let upstreamInfo = Mutex<(upstream: String, subscribed: Bool, upstreamHead: UInt64)?>(nil)
+
+    public func noteUpstream(_ upstream: String, subscribed: Bool, upstreamHead: UInt64) {
+        upstreamInfo.withLock { $0 = (upstream, subscribed, upstreamHead) }
+    }
     /// Caps on what one read request may ask for.
     public static let maxLogEntriesPerRead: UInt32 = 10_000
     public static let maxRecordsPerPage: UInt32 = 10_000
@@ -42,6 +49,42 @@ public final class NodeCore: Sendable {
     /// A replica records the root time its upstream reported.
     public func noteRootTime(_ t: UInt64) {
         rootWord.withLock { $0 = max($0, t) }
+    }
+
+    /// The node's status as JSON: role, head, log window, checkpoints with their lag where
+    /// the position is a KT timestamp, upstream and freshness.
+    func statusJSON() throws -> String {
+        let head = try store.head()
+        let window = try store.logWindow()
+        let nowNs = wallClockNanoseconds()
+        var sources = [[String: Any]]()
+        for (sid, cp) in try store.checkpoints().sorted(by: { $0.key < $1.key }) {
+            var s: [String: Any] = ["source_id": sid, "checkpoint": cp]
+            // KT timestamps are milliseconds × 10^6 plus a counter: a wall time.
+            if cp > 1_000_000_000_000_000_000 / 2 {
+                let t = (cp / 1_000_000) * 1_000_000
+                s["source_time_ns"] = t
+                s["lag_seconds"] = nowNs > t ? Double(nowNs - t) / 1e9 : 0
+            }
+            sources.append(s)
+        }
+        var out: [String: Any] = [
+            "node_id": try store.identity(),
+            "role": writable ? "root" : "replica",
+            "head": ["index": head.index, "hash": hexString(head.hash), "commit_time_ns": head.commitTimeNs],
+            "log_first_index": window.firstIndex,
+            "compatible_mirror": try store.isCompatibleMirror(),
+            "sources": sources,
+            "subscribers": watcher.subscriberCount,
+        ]
+        let rootTime = rootTimeNs
+        if rootTime > 0 { out["root_age_seconds"] = nowNs > rootTime ? Double(nowNs - rootTime) / 1e9 : 0 }
+        if let u = upstreamInfo.withLock({ $0 }) {
+            out["upstream"] = ["address": u.upstream, "subscribed": u.subscribed, "head": u.upstreamHead,
+                               "lag_entries": u.upstreamHead > head.index ? u.upstreamHead - head.index : 0]
+        }
+        let data = try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys])
+        return String(decoding: data, as: UTF8.self)
     }
 
     /// Checks a subscription's starting point: nil when the stream can start.
@@ -74,10 +117,10 @@ public final class NodeCore: Sendable {
         if request.isWrite && !writable {
             return .error(.notWritable, "this node is a replica and takes no writes: write to the root")
         }
-        guard let token, case let .batch(b) = request else { return nil }
-        if constantTimeEqual(token, b.token) { return nil }
+        guard let token, request.isWrite else { return nil }
+        if constantTimeEqual(token, request.token) { return nil }
         metrics.authFailures.increment()
-        let why = b.token.isEmpty ? "missing write token" : "wrong write token"
+        let why = request.token.isEmpty ? "missing write token" : "wrong write token"
         return .error(.unauthorized, "\(why): this node requires the token from its --write-token-file on every write")
     }
 
@@ -123,7 +166,32 @@ public final class NodeCore: Sendable {
                 return .page(records: page.records.map { .init(key: $0.key, record: $0.record) }, next: page.next)
             case .subscribe, .snapshot:
                 return .error(.invalidRequest, "\(request.name) is a streaming request, handled by the connection")
+            case let .append(_, entries):
+                do {
+                    let head = try store.appendEntries(entries, markCompatible: true)
+                    metrics.batchesApplied.increment()
+                    metrics.logHead.record(Double(head.index))
+                    watcher.publish()
+                    return .applied(logIndex: head.index, kept: UInt32(entries.count), dropped: 0)
+                } catch let AppendError.notNext(head, _) {
+                    metrics.conflicts.increment()
+                    return .conflict(current: head)
+                } catch let error as AppendError {
+                    metrics.invalidRequests.increment()
+                    logger.error("compatible append refused", metadata: ["error": "\(error)", "peer": "\(peer)"])
+                    if case .diverged = error { return .error(.diverged, "\(error)") }
+                    return .error(.invalidRequest, "\(error)")
+                }
+            case let .digest(after, through, limit, asOf):
+                let d = try store.digest(after: after.isEmpty ? nil : after, through: through.isEmpty ? nil : through,
+                                         limit: Int(min(max(limit, 1), 1_000_000)), now: asOf == 0 ? wallClockSeconds() : asOf)
+                return .digest(count: d.count, hash: d.hash, last: d.last, more: d.more)
+            case .status:
+                return .status(try statusJSON())
             }
+        } catch StoreError.compatibleOnly {
+            metrics.invalidRequests.increment()
+            return .error(.unsupported, "\(StoreError.compatibleOnly)")
         } catch let error as StoreError {
             metrics.invalidRequests.increment()
             logger.warning("request refused", metadata: ["request": "\(request.name)", "error": "\(error)", "peer": "\(peer)"])

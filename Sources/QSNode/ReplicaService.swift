@@ -3,6 +3,7 @@ import Logging
 import Metrics
 import NIOCore
 import NIOPosix
+import QSClient
 import QSService
 import QSStore
 import QSWire
@@ -148,22 +149,9 @@ public final class ReplicaService: Service, Sendable {
     }
 
     private func connect(_ up: Endpoint) async throws -> NIOAsyncChannel<Frame, Frame> {
-        let bootstrap = ClientBootstrap(group: group).connectTimeout(.seconds(3))
-        let readTimeout = TimeAmount.seconds(5)
-        let initializer: @Sendable (Channel) -> EventLoopFuture<NIOAsyncChannel<Frame, Frame>> = { channel in
-            channel.eventLoop.makeCompletedFuture {
-                let ops = channel.pipeline.syncOperations
-                try ops.addHandler(IdleStateHandler(readTimeout: readTimeout))
-                try ops.addHandler(IdleCloser())
-                try ops.addHandler(ByteToMessageHandler(FrameDecoder()))
-                try ops.addHandler(MessageToByteHandler(FrameEncoder()))
-                return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel,
-                                                         configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8)))
-            }
-        }
         switch up {
-        case let .tcp(host, port): return try await bootstrap.connect(host: host, port: port, channelInitializer: initializer)
-        case let .unix(path): return try await bootstrap.connect(unixDomainSocketPath: path, channelInitializer: initializer)
+        case let .tcp(host, port): return try await openFrameChannel(host: host, port: port, unixPath: nil, group: group)
+        case let .unix(path): return try await openFrameChannel(host: nil, port: 0, unixPath: path, group: group)
         }
     }
 
@@ -197,6 +185,7 @@ public final class ReplicaService: Service, Sendable {
                         $0.upstreamHead = upHead
                         $0.rootAgeSeconds = age
                     }
+                    core.noteUpstream(up.description, subscribed: true, upstreamHead: upHead)
                     if age > self.staleAfter.seconds { throw FollowEnd.stale(age) }
                 case let .error(code, message):
                     throw FollowEnd.refused(ErrorCode(rawValue: code), message)
@@ -256,18 +245,5 @@ public final class ReplicaService: Service, Sendable {
         metrics.bootstraps.increment()
         metrics.head.record(Double(head.index))
         logger.notice("bootstrap installed", metadata: ["upstream": "\(up)", "index": "\(head.index)", "bytes": "\(begin.size)"])
-    }
-}
-
-/// Closes a connection that has been silent past its read timeout.
-final class IdleCloser: ChannelInboundHandler, Sendable {
-    typealias InboundIn = NIOAny
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let e = event as? IdleStateHandler.IdleStateEvent, e == .read {
-            context.close(promise: nil)
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
     }
 }

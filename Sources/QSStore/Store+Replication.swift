@@ -35,8 +35,9 @@ extension Store {
     /// chain; its operations are applied as they are (no identical-write dropping).
     /// Returns the new head. Nothing is written if any entry fails.
     @discardableResult
-    public func appendEntries(_ entries: [StoredEntry]) throws -> Head {
+    public func appendEntries(_ entries: [StoredEntry], markCompatible: Bool = false) throws -> Head {
         try environment.write { txn in
+            if markCompatible { try txn.put(meta, Self.modeKey, Self.compatibleMode) }
             var head = try readHead(txn)
             for e in entries {
                 guard e.index == head.index + 1 else { throw AppendError.notNext(head: head.index, got: e.index) }
@@ -56,6 +57,11 @@ extension Store {
             try writeHead(head, txn)
             return head
         }
+    }
+
+    /// Whether this store mirrors another root's log (has accepted compatible appends).
+    public func isCompatibleMirror() throws -> Bool {
+        try environment.read { try $0.get(meta, Self.modeKey) == Self.compatibleMode }
     }
 
     /// The retained window of the log.

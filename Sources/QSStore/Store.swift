@@ -15,6 +15,8 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
     case invalidSourceID(String)
     case corrupt(String)
     case brokenChain(index: UInt64)
+    /// A batch sent to a root that mirrors another root's log (compatible mode).
+    case compatibleOnly
 
     public var description: String {
         switch self {
@@ -26,6 +28,8 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
             return "corrupt store: \(why)"
         case let .brokenChain(i):
             return "hash chain broken at log index \(i)"
+        case .compatibleOnly:
+            return "this root has accepted compatible appends (it mirrors another root's log entry for entry) and takes no other writes"
         }
     }
 }
@@ -44,6 +48,8 @@ public final class Store: Sendable {
     static let identityKey = Array("node-id".utf8)
     static let formatKey = Array("format".utf8)
     static let checkpointPrefix = Array("cp/".utf8)
+    static let modeKey = Array("mode".utf8)
+    static let compatibleMode = Array("compatible".utf8)
     public static let maxSourceIDBytes = 255
 
     /// Opens or creates the store in `directory` (created if missing).
@@ -90,6 +96,7 @@ public final class Store: Sendable {
         try Self.validate(sourceID: sourceID)
         guard new > expected else { throw StoreError.invalidPositions(expected: expected, new: new) }
         return try environment.write { txn in
+            if try txn.get(meta, Self.modeKey) == Self.compatibleMode { throw StoreError.compatibleOnly }
             let cpKey = Self.checkpointPrefix + Array(sourceID.utf8)
             let current = try txn.get(meta, cpKey).map { try Self.decodeU64($0, "checkpoint") } ?? 0
             guard current == expected else { return .conflict(current: current) }

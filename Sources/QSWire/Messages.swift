@@ -23,6 +23,14 @@ public enum Request: Sendable, Equatable {
     /// A snapshot of the whole environment, streamed as `snapshotBegin`, `snapshotChunk`s
     /// and `snapshotEnd`.
     case snapshot
+    /// Compatible-mode write: append these entries verbatim (the target's head must be the
+    /// first entry's index − 1 and the chained hash must continue).
+    case append(token: [UInt8], entries: [StoredEntry])
+    /// Digest of the live records after `after` (stored-key cursor; empty: start) up to and
+    /// including `through` (empty: no bound), at most `limit`, expiry judged at `asOf`.
+    case digest(after: [UInt8], through: [UInt8], limit: UInt32, asOf: UInt64)
+    /// The node's role, head, checkpoints, upstream and freshness.
+    case status
 
     public struct Batch: Sendable, Equatable {
         public var token: [UInt8]
@@ -42,13 +50,24 @@ public enum Request: Sendable, Equatable {
 
     enum Tag: UInt8 {
         case batch = 0x01, getCheckpoint = 0x02, head = 0x03, readLog = 0x04, get = 0x05, scan = 0x06
-        case subscribe = 0x10, snapshot = 0x11
+        case subscribe = 0x10, snapshot = 0x11, append = 0x12, digest = 0x13, status = 0x14
     }
 
     /// True for requests that change state (and so must carry the write token).
     public var isWrite: Bool {
-        if case .batch = self { return true }
-        return false
+        switch self {
+        case .batch, .append: return true
+        default: return false
+        }
+    }
+
+    /// The write token a request carries (empty for reads).
+    public var token: [UInt8] {
+        switch self {
+        case let .batch(b): return b.token
+        case let .append(token, _): return token
+        default: return []
+        }
     }
 
     public var name: String {
@@ -61,6 +80,9 @@ public enum Request: Sendable, Equatable {
         case .scan: return "scan"
         case .subscribe: return "subscribe"
         case .snapshot: return "snapshot"
+        case .append: return "append"
+        case .digest: return "digest"
+        case .status: return "status"
         }
     }
 
@@ -99,6 +121,18 @@ public enum Request: Sendable, Equatable {
             w.writeBytes(hash)
         case .snapshot:
             tag = .snapshot
+        case let .append(token, entries):
+            tag = .append
+            w.writeBlob32(token)
+            Response.writeEntries(entries, &w)
+        case let .digest(after, through, limit, asOf):
+            tag = .digest
+            w.writeBlob32(after)
+            w.writeBlob32(through)
+            w.writeU32(limit)
+            w.writeU64(asOf)
+        case .status:
+            tag = .status
         }
         return Frame(type: tag.rawValue, payload: w.bytes)
     }
@@ -132,6 +166,13 @@ public enum Request: Sendable, Equatable {
             req = .subscribe(fromIndex: try r.readU64("from index"), hash: try r.readBytes(32, "hash"))
         case .snapshot:
             req = .snapshot
+        case .append:
+            req = .append(token: try r.readBlob32("token"), entries: try Response.readEntries(&r))
+        case .digest:
+            req = .digest(after: try r.readBlob32("after"), through: try r.readBlob32("through"),
+                          limit: try r.readU32("limit"), asOf: try r.readU64("as-of time"))
+        case .status:
+            req = .status
         }
         try r.expectEnd("\(req.name) request")
         return req
@@ -191,6 +232,11 @@ public enum Response: Sendable, Equatable {
     case snapshotBegin(index: UInt64, hash: [UInt8], size: UInt64)
     case snapshotChunk([UInt8])
     case snapshotEnd
+    /// A digest of a key range: how many live records, SHA-256 over them, and the last
+    /// stored key covered (empty when none), with whether records remain after it.
+    case digest(count: UInt64, hash: [UInt8], last: [UInt8], more: Bool)
+    /// The node's status as a JSON object.
+    case status(String)
 
     public struct ScanRecord: Sendable, Equatable {
         public var key: [UInt8]
@@ -205,7 +251,7 @@ public enum Response: Sendable, Equatable {
     enum Tag: UInt8 {
         case applied = 0x81, conflict = 0x82, checkpoint = 0x83, head = 0x84, entries = 0x85,
              value = 0x86, page = 0x87, heartbeat = 0x88, snapshotBegin = 0x89, snapshotChunk = 0x8A,
-             snapshotEnd = 0x8B, error = 0xEF
+             snapshotEnd = 0x8B, digest = 0x8C, status = 0x8D, error = 0xEF
     }
 
     public static func error(_ code: ErrorCode, _ message: String) -> Response {
@@ -235,12 +281,7 @@ public enum Response: Sendable, Equatable {
             w.writeU64(h.commitTimeNs)
         case let .entries(list):
             tag = .entries
-            w.writeU32(UInt32(list.count))
-            for e in list {
-                w.writeU64(e.index)
-                w.writeBytes(e.hash)
-                w.writeBlob32(e.bytes)
-            }
+            Self.writeEntries(list, &w)
         case let .value(record):
             tag = .value
             Self.writeRecord(record, &w)
@@ -271,8 +312,38 @@ public enum Response: Sendable, Equatable {
             w.writeBytes(bytes)
         case .snapshotEnd:
             tag = .snapshotEnd
+        case let .digest(count, hash, last, more):
+            tag = .digest
+            w.writeU64(count)
+            w.writeBytes(hash)
+            w.writeBlob32(last)
+            w.writeU8(more ? 1 : 0)
+        case let .status(json):
+            tag = .status
+            w.writeBlob32(Array(json.utf8))
         }
         return Frame(type: tag.rawValue, payload: w.bytes)
+    }
+
+    /// `count:u32` then each entry as `index:u64 hash:32 entry:blob32`.
+    static func writeEntries(_ list: [StoredEntry], _ w: inout ByteWriter) {
+        w.writeU32(UInt32(list.count))
+        for e in list {
+            w.writeU64(e.index)
+            w.writeBytes(e.hash)
+            w.writeBlob32(e.bytes)
+        }
+    }
+
+    static func readEntries(_ r: inout ByteReader) throws -> [StoredEntry] {
+        let n = Int(try r.readU32("entry count"))
+        guard n <= r.remaining / 44 else { throw DecodeError(offset: r.offset - 4, reason: "entry count \(n) too large") }
+        var list = [StoredEntry]()
+        list.reserveCapacity(n)
+        for _ in 0..<n {
+            list.append(StoredEntry(index: try r.readU64("index"), hash: try r.readBytes(32, "hash"), bytes: try r.readBlob32("entry")))
+        }
+        return list
     }
 
     /// `present:u8 [flags:u8 (bit0 expiry) [expiry:u64] value:blob32]`
@@ -313,13 +384,7 @@ public enum Response: Sendable, Equatable {
         case .head:
             resp = .head(Head(index: try r.readU64("index"), hash: try r.readBytes(32, "hash"), commitTimeNs: try r.readU64("commit time")))
         case .entries:
-            let n = Int(try r.readU32("entry count"))
-            guard n <= r.remaining / 44 else { throw DecodeError(offset: r.offset - 4, reason: "entry count \(n) too large") }
-            var list = [StoredEntry]()
-            for _ in 0..<n {
-                list.append(StoredEntry(index: try r.readU64("index"), hash: try r.readBytes(32, "hash"), bytes: try r.readBlob32("entry")))
-            }
-            resp = .entries(list)
+            resp = .entries(try readEntries(&r))
         case .value:
             resp = .value(try readRecord(&r))
         case .page:
@@ -344,6 +409,11 @@ public enum Response: Sendable, Equatable {
             resp = .snapshotChunk(try r.readBytes(r.remaining, "chunk"))
         case .snapshotEnd:
             resp = .snapshotEnd
+        case .digest:
+            resp = .digest(count: try r.readU64("count"), hash: try r.readBytes(32, "hash"), last: try r.readBlob32("last"),
+                           more: try r.readU8("more") == 1)
+        case .status:
+            resp = .status(String(decoding: try r.readBlob32("status"), as: UTF8.self))
         }
         try r.expectEnd("response")
         return resp

@@ -21,26 +21,11 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(help: ArgumentHelp("The QS root's write address, HOST:PORT or unix:PATH. (env: QS_ROOT)", valueName: "host:port"))
-    var root: String = QSEnv.string("QS_ROOT") ?? "127.0.0.1:7400"
-
     @Option(help: ArgumentHelp("kt://HOST:PORT, ulog:DIR or capture:FILE. (env: QS_SOURCE)", valueName: "source"))
     var source: String = QSEnv.string("QS_SOURCE") ?? ""
 
-    @Option(help: ArgumentHelp("Checkpoint name at the root; bridges of one source share it. Default: derived from the source (kt:HOST:PORT, ulog:DIR, capture:FILE). (env: QS_SOURCE_ID)", valueName: "id"))
-    var sourceID: String = QSEnv.string("QS_SOURCE_ID") ?? ""
-
     @Option(help: ArgumentHelp("Server id the bridge presents to KT; must differ from the KT server's -sid and every writer's. (env: QS_SID)", valueName: "n"))
     var sid: UInt16 = UInt16(QSEnv.string("QS_SID") ?? "") ?? 65000
-
-    @Option(help: ArgumentHelp("Flush a batch this often, e.g. 500ms. (env: QS_BATCH_INTERVAL)", valueName: "duration"))
-    var batchInterval: String = QSEnv.string("QS_BATCH_INTERVAL") ?? "500ms"
-
-    @Option(help: ArgumentHelp("Flush sooner once a batch holds this many operations. (env: QS_BATCH_MAX_OPS)", valueName: "n"))
-    var batchMaxOps: Int = Int(QSEnv.string("QS_BATCH_MAX_OPS") ?? "") ?? 10_000
-
-    @Option(help: ArgumentHelp("Flush sooner once a batch holds this many key and value bytes, e.g. 16MiB. (env: QS_BATCH_MAX_BYTES)", valueName: "size"))
-    var batchMaxBytes: String = QSEnv.string("QS_BATCH_MAX_BYTES") ?? "16MiB"
 
     @Option(help: ArgumentHelp("KT database index → QS key prefix, as INDEX=PREFIX,…; default: database 0 only, unprefixed. (env: QS_DB_MAP)", valueName: "map"))
     var dbMap: String = QSEnv.string("QS_DB_MAP") ?? "0="
@@ -54,28 +39,18 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
     @Flag(help: "Apply KT clears (they delete every key under the database's prefix); without it a clear stops the bridge. (env: QS_ALLOW_CLEAR)")
     var allowClear: Bool = QSEnv.flag("QS_ALLOW_CLEAR")
 
-    @Flag(help: "With ulog:DIR, stop at the end of the directory instead of following it (capture:FILE always stops at its end). (env: QS_ONCE)")
-    var once: Bool = QSEnv.flag("QS_ONCE")
-
     @Option(help: ArgumentHelp("Re-make the KT connection after this long without a frame or heartbeat. (env: QS_SOURCE_TIMEOUT)", valueName: "duration"))
     var sourceTimeout: String = QSEnv.string("QS_SOURCE_TIMEOUT") ?? "10s"
 
     @Option(help: ArgumentHelp("Largest KT update message accepted; a larger one is treated as a corrupt frame. (env: QS_MAX_MESSAGE_BYTES)", valueName: "size"))
     var maxMessageBytes: String = QSEnv.string("QS_MAX_MESSAGE_BYTES") ?? "64MiB"
 
-    @Option(help: ArgumentHelp("File holding the root's write token. (env: QS_WRITE_TOKEN_FILE)", valueName: "file"))
-    var writeTokenFile: String = QSEnv.string("QS_WRITE_TOKEN_FILE") ?? ""
-
+    @OptionGroup var bridge: BridgeOptions
     @OptionGroup var service: ServiceOptions
 
     func validate() throws {
         guard !source.isEmpty else { throw ValidationError("--source is required: kt://HOST:PORT, ulog:DIR or capture:FILE (or set QS_SOURCE)") }
         _ = try parsedSource()
-        do { _ = try Endpoint(parsing: root) } catch { throw ValidationError("--root: \(error)") }
-        guard let i = parseDuration(batchInterval), i > .zero else { throw ValidationError("--batch-interval '\(batchInterval)' is not a duration such as 500ms") }
-        _ = i
-        guard batchMaxOps > 0 else { throw ValidationError("--batch-max-ops must be positive") }
-        guard parseByteSize(batchMaxBytes) ?? 0 > 0 else { throw ValidationError("--batch-max-bytes '\(batchMaxBytes)' is not a size such as 16MiB") }
         guard parseDuration(sourceTimeout) != nil else { throw ValidationError("--source-timeout '\(sourceTimeout)' is not a duration such as 10s") }
         guard parseByteSize(maxMessageBytes) ?? 0 > 0 else { throw ValidationError("--max-message-bytes '\(maxMessageBytes)' is not a size such as 64MiB") }
         for (flag, value) in [("--on-unmapped", onUnmapped), ("--on-undecodable", onUndecodable)] where KTPolicy(rawValue: value) == nil {
@@ -120,23 +95,16 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
     func run() async throws {
         let (logger, registry) = service.bootstrap(label: "qsktbridge")
         let spec = try parsedSource()
-        let id = sourceID.isEmpty ? defaultSourceID(spec) : sourceID
-        var token = [UInt8]()
-        if !writeTokenFile.isEmpty {
-            guard let raw = FileManager.default.contents(atPath: writeTokenFile) else {
-                throw ValidationError("--write-token-file \(writeTokenFile) cannot be read: check the path and permissions")
-            }
-            token = [UInt8](raw)
-            while let last = token.last, last == 10 || last == 13 || last == 32 { token.removeLast() }
-        }
+        let id = bridge.sourceID.isEmpty ? defaultSourceID(spec) : bridge.sourceID
+        let token = try bridge.token()
         let mapping = KTMapping(prefixes: try KTMapping.parseDBMap(dbMap), onUnmapped: KTPolicy(rawValue: onUnmapped)!,
                                 onUndecodable: KTPolicy(rawValue: onUndecodable)!, allowClear: allowClear)
         let translator = KTTranslator(mapping: mapping, logger: logger)
         let metrics = FeedMetrics()
-        let writer = RootWriter(endpoint: try Endpoint(parsing: root), token: token, logger: logger, metrics: metrics)
-        let limits = BatchLimits(interval: parseDuration(batchInterval)!, maxOps: batchMaxOps, maxBytes: parseByteSize(batchMaxBytes)!)
+        let writer = RootWriter(endpoint: try bridge.rootEndpoint(), token: token, logger: logger, metrics: metrics)
+        let limits = bridge.limits(mode: .batched)
         let maxMessage = parseByteSize(maxMessageBytes)!
-        logger.info("bridge starting", metadata: ["source": "\(source)", "source-id": "\(id)", "root": "\(root)",
+        logger.info("bridge starting", metadata: ["source": "\(source)", "source-id": "\(id)", "root": "\(bridge.root)",
                                                   "sid": "\(sid)", "db-map": "\(dbMap)"])
         switch spec {
         case let .kt(host, port):
@@ -144,7 +112,7 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
                                           timeout: parseDuration(sourceTimeout)!, maxMessageBytes: maxMessage)
             try await serve(FeedConsumer(source: src, sourceID: id, root: writer, limits: limits, metrics: metrics, logger: logger), registry, logger)
         case let .ulog(dir):
-            let src = KTULogSource(directory: dir, translator: translator, once: once)
+            let src = KTULogSource(directory: dir, translator: translator, once: bridge.once)
             try await serve(FeedConsumer(source: src, sourceID: id, root: writer, limits: limits, metrics: metrics, logger: logger), registry, logger)
         case let .capture(file):
             let src = KTCaptureSource(path: file, translator: translator, maxMessageBytes: maxMessage)

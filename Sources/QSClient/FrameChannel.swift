@@ -1,0 +1,41 @@
+import NIOCore
+import NIOPosix
+import QSWire
+
+/// Opens a streaming connection to a node (a subscription, a snapshot) as an async
+/// channel of frames, with back-pressure, closed by the node-side idle timeout when
+/// nothing (not even a heartbeat) arrives for `readTimeout`.
+public func openFrameChannel(host: String?, port: Int, unixPath: String?, readTimeout: TimeAmount = .seconds(5),
+                             group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> NIOAsyncChannel<Frame, Frame> {
+    let bootstrap = ClientBootstrap(group: group).connectTimeout(.seconds(3))
+    let initializer: @Sendable (Channel) -> EventLoopFuture<NIOAsyncChannel<Frame, Frame>> = { channel in
+        channel.eventLoop.makeCompletedFuture {
+            let ops = channel.pipeline.syncOperations
+            try ops.addHandler(IdleStateHandler(readTimeout: readTimeout))
+            try ops.addHandler(IdleCloser())
+            try ops.addHandler(ByteToMessageHandler(FrameDecoder()))
+            try ops.addHandler(MessageToByteHandler(FrameEncoder()))
+            return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel,
+                                                     configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8)))
+        }
+    }
+    if let unixPath {
+        return try await bootstrap.connect(unixDomainSocketPath: unixPath, channelInitializer: initializer)
+    }
+    return try await bootstrap.connect(host: host ?? "127.0.0.1", port: port, channelInitializer: initializer)
+}
+
+/// Closes a connection that has been silent past its read timeout.
+public final class IdleCloser: ChannelInboundHandler, Sendable {
+    public typealias InboundIn = NIOAny
+
+    public init() {}
+
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let e = event as? IdleStateHandler.IdleStateEvent, e == .read {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}

@@ -1,0 +1,54 @@
+import ArgumentParser
+import Foundation
+import QSService
+
+/// The options every bridge shares: where the root is, which checkpoint, how to batch.
+public struct BridgeOptions: ParsableArguments, Sendable {
+    @Option(help: ArgumentHelp("The QS root's write address, HOST:PORT or unix:PATH. (env: QS_ROOT)", valueName: "host:port"))
+    public var root: String = QSEnv.string("QS_ROOT") ?? "127.0.0.1:7400"
+
+    @Option(help: ArgumentHelp("Checkpoint name at the root; bridges of one source share it. Default: derived from the source. (env: QS_SOURCE_ID)", valueName: "id"))
+    public var sourceID: String = QSEnv.string("QS_SOURCE_ID") ?? ""
+
+    @Option(help: ArgumentHelp("Flush a batch this often, e.g. 500ms. (env: QS_BATCH_INTERVAL)", valueName: "duration"))
+    public var batchInterval: String = QSEnv.string("QS_BATCH_INTERVAL") ?? "500ms"
+
+    @Option(help: ArgumentHelp("Flush sooner once a batch holds this many operations (entries in compatible mode). (env: QS_BATCH_MAX_OPS)", valueName: "n"))
+    public var batchMaxOps: Int = Int(QSEnv.string("QS_BATCH_MAX_OPS") ?? "") ?? 10_000
+
+    @Option(help: ArgumentHelp("Flush sooner once a batch holds this many bytes, e.g. 16MiB. (env: QS_BATCH_MAX_BYTES)", valueName: "size"))
+    public var batchMaxBytes: String = QSEnv.string("QS_BATCH_MAX_BYTES") ?? "16MiB"
+
+    @Option(help: ArgumentHelp("File holding the root's write token. (env: QS_WRITE_TOKEN_FILE)", valueName: "file"))
+    public var writeTokenFile: String = QSEnv.string("QS_WRITE_TOKEN_FILE") ?? ""
+
+    @Flag(help: "Stop once the source's end (a ulog directory's, a capture's, a QS node's head at start) is applied, instead of following it. (env: QS_ONCE)")
+    public var once: Bool = QSEnv.flag("QS_ONCE")
+
+    public init() {}
+
+    public func validate() throws {
+        do { _ = try Endpoint(parsing: root) } catch { throw ValidationError("--root: \(error)") }
+        guard let i = parseDuration(batchInterval), i > .zero else { throw ValidationError("--batch-interval '\(batchInterval)' is not a duration such as 500ms") }
+        guard batchMaxOps > 0 else { throw ValidationError("--batch-max-ops must be positive") }
+        guard parseByteSize(batchMaxBytes) ?? 0 > 0 else { throw ValidationError("--batch-max-bytes '\(batchMaxBytes)' is not a size such as 16MiB") }
+    }
+
+    public func limits(mode: WriteMode) -> BatchLimits {
+        BatchLimits(interval: parseDuration(batchInterval) ?? .milliseconds(500), maxOps: batchMaxOps,
+                    maxBytes: parseByteSize(batchMaxBytes) ?? (16 << 20), mode: mode)
+    }
+
+    /// The write token from `--write-token-file` (trailing newline dropped).
+    public func token() throws -> [UInt8] {
+        guard !writeTokenFile.isEmpty else { return [] }
+        guard let raw = FileManager.default.contents(atPath: writeTokenFile) else {
+            throw ValidationError("--write-token-file \(writeTokenFile) cannot be read: check the path and permissions")
+        }
+        var token = [UInt8](raw)
+        while let last = token.last, last == 10 || last == 13 || last == 32 { token.removeLast() }
+        return token
+    }
+
+    public func rootEndpoint() throws -> Endpoint { try Endpoint(parsing: root) }
+}

@@ -1,0 +1,89 @@
+import NIOCore
+import QSClient
+import QSService
+import QSStore
+import QSWire
+
+/// A QS node's transaction log as a feed: subscribes after a log index (with the
+/// source's own hash there) and delivers each entry as a change at its index, carrying
+/// the entry itself for compatible-mode appends. Heartbeats carry the root's clock.
+public struct QSLogSource: FeedSource {
+    public let endpoint: Endpoint
+    /// With `stopAtHead`, the source ends once it has delivered the head the node had when
+    /// the subscription started (`--once`).
+    public let stopAtHead: Bool
+    public var name: String { "qs://\(endpoint)" }
+
+    public init(endpoint: Endpoint, stopAtHead: Bool = false) {
+        self.endpoint = endpoint
+        self.stopAtHead = stopAtHead
+    }
+
+    struct Closed: Error, CustomStringConvertible {
+        var description: String { "the source node closed the log stream" }
+    }
+
+    public func run(after position: UInt64, deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {
+        let client: QSClient
+        let channel: NIOAsyncChannel<Frame, Frame>
+        switch endpoint {
+        case let .tcp(host, port):
+            client = try await QSClient.connect(host: host, port: port)
+            channel = try await openFrameChannel(host: host, port: port, unixPath: nil)
+        case let .unix(path):
+            client = try await QSClient.connect(unixPath: path)
+            channel = try await openFrameChannel(host: nil, port: 0, unixPath: path)
+        }
+        var hash = Head.empty.hash
+        let stopAt: UInt64?
+        do {
+            if position > 0 {
+                guard let e = try await client.entries(from: position, count: 1).first, e.index == position else {
+                    let first = try await client.entries(from: 1, count: 1).first?.index ?? 0
+                    throw FeedError.stop("\(name) no longer retains entry \(position) (it keeps entries from \(first)): the target cannot resume from it; bootstrap the target from a snapshot of the source or raise the source's --log-retention")
+                }
+                hash = e.hash
+            }
+            stopAt = stopAtHead ? try await client.head().index : nil
+        } catch {
+            await client.close()
+            try? await channel.channel.close()
+            throw error
+        }
+        await client.close()
+        if let stopAt, stopAt <= position { 
+            try? await channel.channel.close()
+            return
+        }
+        let name = self.name
+        try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(Request.subscribe(fromIndex: position, hash: hash).frame())
+            for try await frame in inbound {
+                switch try Response.decode(frame) {
+                case let .entries(list):
+                    for e in list {
+                        let entry: LogEntry
+                        do { entry = try LogEntry.decode(e.bytes) } catch {
+                            throw FeedError.corrupt("\(name): entry \(e.index) does not decode: \(error)")
+                        }
+                        try await deliver(.change(FeedChange(position: e.index, operations: entry.operations,
+                                                             sourceTimeNs: entry.commitTimeNs, entry: e)))
+                        if let stopAt, e.index >= stopAt { return }
+                    }
+                case let .heartbeat(_, rootTime):
+                    try await deliver(.heartbeat(sourceTimeNs: rootTime))
+                case let .error(code, message):
+                    switch ErrorCode(rawValue: code) {
+                    case .diverged, .needsBootstrap, .behind:
+                        throw FeedError.stop("\(name) refused the subscription: \(message)")
+                    default:
+                        throw ClientError.server(code: code, message: message)
+                    }
+                default:
+                    throw FeedError.corrupt("\(name): unexpected frame on a log stream")
+                }
+            }
+            throw Closed()
+        }
+    }
+}
