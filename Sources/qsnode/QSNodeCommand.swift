@@ -4,6 +4,7 @@ import Logging
 import NIOPosix
 import QSBytes
 import QSNode
+import QSReads
 import QSService
 import QSStore
 import QSWire
@@ -45,6 +46,8 @@ struct QSNodeCommand: AsyncParsableCommand {
 
     @Option(help: ArgumentHelp("Largest protocol frame accepted, e.g. 64MiB; larger frames are refused. (env: QS_MAX_FRAME_BYTES)", valueName: "size"))
     var maxFrameBytes: String = QSEnv.string("QS_MAX_FRAME_BYTES") ?? "64MiB"
+
+    @OptionGroup var reads: ReadOptions
 
     @OptionGroup var service: ServiceOptions
 
@@ -91,6 +94,7 @@ struct QSNodeCommand: AsyncParsableCommand {
         var services: [any Service] = [
             WriteServer(core: core, endpoints: endpoints, maxFrameBytes: parseByteSize(maxFrameBytes)!, pool: pool, logger: logger),
         ]
+        services += try reads.services(store: store, pool: pool, logger: logger)
         if let admin = try service.adminEndpoint() {
             services.append(AdminServer(endpoint: admin, registry: registry, logger: logger) {
                 Readiness(ready: true, detail: "root: store open")
