@@ -197,7 +197,7 @@ let package = Package(
         .testTarget(
             name: "QSReadsTests",
             dependencies: [
-                "QSReads", "QSStore", "QSTesting", "QSClient",
+                "QSReads", "QSStore", "QSTesting", "QSClient", "KTFormats",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),
