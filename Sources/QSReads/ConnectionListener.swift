@@ -40,7 +40,18 @@ struct ConnectionListener<Inbound: Sendable, Outbound: Sendable>: Sendable {
             servers.append(server)
             logger.info("\(name) listening", metadata: ["address": "\(endpoint)"])
         }
-        let name = self.name, logger = self.logger, bound = servers
+        let bound = servers
+        // Graceful shutdown cancels the accept loops and every connection task; the
+        // cancellation that results is the normal way out.
+        do {
+            try await serve(bound, handle)
+        } catch is CancellationError {
+        }
+        logger.info("\(name) stopped")
+    }
+
+    private func serve(_ bound: [NIOAsyncChannel<Connection, Never>],
+                       _ handle: @escaping @Sendable (Connection, String) async -> Void) async throws {
         try await cancelWhenGracefulShutdown {
             try await withThrowingDiscardingTaskGroup { tasks in
                 for server in bound {
@@ -58,6 +69,5 @@ struct ConnectionListener<Inbound: Sendable, Outbound: Sendable>: Sendable {
                 }
             }
         }
-        logger.info("\(name) stopped")
     }
 }
