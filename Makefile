@@ -7,7 +7,7 @@ SWIFT ?= swift
 APT_PACKAGES := liblmdb-dev lmdb-utils libcurl4-openssl-dev pkg-config python3 python3-pip memcached
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps build release test demo bench replay clean
+.PHONY: deps build release test interop demo bench replay clean
 
 # A recorded feed to replay: a capture file, a ulog directory or a fixture directory.
 FEED ?= Fixtures/kt/basic
@@ -33,6 +33,12 @@ test: deps
 	$(SWIFT) test --skip-build --disable-swift-testing
 	./scripts/replay.sh .build/debug Fixtures/kt/basic 0=,1=aux/
 	./scripts/replay.sh .build/debug Fixtures/kt/medium 0=main/,1=aux/ --allow-clear
+	$(MAKE) interop
+
+# Real memcached and Kyoto Tycoon clients (pymemcache, ukt from PyPI) read from a qsnode.
+interop: build
+	python3 -m pip install -q pymemcache ukt pytest
+	QS_BIN_DIR=.build/debug python3 -m pytest -q Tests/interop/test_reads.py
 
 demo: build
 	./scripts/demo.sh .build/debug

@@ -7,14 +7,19 @@ import ServiceLifecycle
 /// Accepts connections on several endpoints (TCP and Unix sockets) and runs one async
 /// task per connection, until graceful shutdown or cancellation: then the listeners and
 /// every open connection are closed. Both read servers are built on it.
-struct ConnectionListener<Inbound: Sendable, Outbound: Sendable>: Sendable {
-    typealias Connection = NIOAsyncChannel<Inbound, Outbound>
+struct ConnectionListener<Connection: Sendable>: Sendable {
+    /// A configured connection and its peer, for log lines.
+    struct Accepted: Sendable {
+        var connection: Connection
+        var peer: String
+    }
 
     let name: String
     let endpoints: [Endpoint]
     let group: any EventLoopGroup
     let logger: Logger
-    /// Sets up a new connection's pipeline (runs on its event loop).
+    /// Sets up a new connection's pipeline (runs on its event loop) and returns what the
+    /// connection's task works with.
     let configure: @Sendable (Channel) throws -> Connection
 
     func run(_ handle: @escaping @Sendable (Connection, String) async -> Void) async throws {
@@ -22,12 +27,15 @@ struct ConnectionListener<Inbound: Sendable, Outbound: Sendable>: Sendable {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.autoRead, value: true)
-        var servers = [NIOAsyncChannel<Connection, Never>]()
+        var servers = [NIOAsyncChannel<Accepted, Never>]()
         for endpoint in endpoints {
-            let initializer: @Sendable (Channel) -> EventLoopFuture<Connection> = { channel in
-                channel.eventLoop.makeCompletedFuture { try configure(channel) }
+            let initializer: @Sendable (Channel) -> EventLoopFuture<Accepted> = { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
+                    return Accepted(connection: try configure(channel), peer: peer)
+                }
             }
-            let server: NIOAsyncChannel<Connection, Never>
+            let server: NIOAsyncChannel<Accepted, Never>
             switch endpoint {
             case let .tcp(host, port):
                 server = try await bootstrap
@@ -50,7 +58,7 @@ struct ConnectionListener<Inbound: Sendable, Outbound: Sendable>: Sendable {
         logger.info("\(name) stopped")
     }
 
-    private func serve(_ bound: [NIOAsyncChannel<Connection, Never>],
+    private func serve(_ bound: [NIOAsyncChannel<Accepted, Never>],
                        _ handle: @escaping @Sendable (Connection, String) async -> Void) async throws {
         try await cancelWhenGracefulShutdown {
             try await withThrowingDiscardingTaskGroup { tasks in
@@ -58,10 +66,8 @@ struct ConnectionListener<Inbound: Sendable, Outbound: Sendable>: Sendable {
                     tasks.addTask {
                         try await server.executeThenClose { inbound in
                             try await withThrowingDiscardingTaskGroup { connections in
-                                for try await connection in inbound {
-                                    let peer = connection.channel.remoteAddress?.peerDescription
-                                        ?? connection.channel.localAddress?.peerDescription ?? "unknown"
-                                    connections.addTask { await handle(connection, peer) }
+                                for try await accepted in inbound {
+                                    connections.addTask { await handle(accepted.connection, accepted.peer) }
                                 }
                             }
                         }

@@ -9,7 +9,8 @@ import QSStore
 import ServiceLifecycle
 
 /// KT's HTTP RPC read procedures and RESTful reads on TCP and Unix sockets (see
-/// `KTProcedures` and `KTRESTRead`). Malformed HTTP gets 400 from NIO's HTTP error
+/// `KTProcedures` and `KTRESTRead`), and on the same port KT's binary get_bulk
+/// (`KTBinarySession`), as KT serves both. Malformed HTTP gets 400 from NIO's HTTP error
 /// handler; every bad request is counted and logged with its peer.
 public struct KTHTTPReadServer: Service {
     public struct Configuration: Sendable {
@@ -28,15 +29,18 @@ public struct KTHTTPReadServer: Service {
         }
     }
 
-    let listener: ConnectionListener<HTTPServerRequestPart, HTTPServerResponsePart>
+    let listener: ConnectionListener<SniffedConnection>
     let session: KTHTTPSession
+    let binary: KTBinarySession
 
     public init(store: any ReadableStore, endpoints: [Endpoint], pool: NIOThreadPool, logger: Logger,
                 configuration: Configuration = Configuration(),
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+        let maxBody = configuration.maxBodyBytes
         listener = ConnectionListener(name: "KT HTTP", endpoints: endpoints, group: group, logger: logger) { channel in
-            try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-            return try NIOAsyncChannel(wrappingChannelSynchronously: channel)
+            let promise = channel.eventLoop.makePromise(of: KTConnection.self)
+            try channel.pipeline.syncOperations.addHandler(KTProtocolSniffer(promise: promise, maxBinaryBytes: maxBody))
+            return SniffedConnection(channel: channel, protocol: promise.futureResult)
         }
         let metrics = ReadMetrics(interface: "kt_http")
         let procedures = KTProcedures(store: store, databases: configuration.databases, clock: configuration.clock,
@@ -45,12 +49,24 @@ public struct KTHTTPReadServer: Service {
         session = KTHTTPSession(procedures: procedures,
                                 rest: KTRESTRead(store: store, databases: configuration.databases, clock: configuration.clock),
                                 pool: pool, metrics: metrics, logger: logger, maxBodyBytes: configuration.maxBodyBytes)
+        binary = KTBinarySession(store: store, databases: configuration.databases, clock: configuration.clock,
+                                 pool: pool, metrics: metrics, logger: logger)
     }
 
     public func run() async throws {
-        let session = self.session
-        try await listener.run { connection, peer in
-            await session.run(connection, peer: peer)
+        let session = self.session, binary = self.binary
+        try await listener.run { sniffed, peer in
+            // A client that connects and sends nothing is closed on shutdown.
+            let kind = await withTaskCancellationHandler {
+                try? await sniffed.protocol.get()
+            } onCancel: {
+                sniffed.channel.close(promise: nil)
+            }
+            switch kind {
+            case let .http(connection)?: await session.run(connection, peer: peer)
+            case let .binary(connection)?: await binary.run(connection, peer: peer)
+            case nil: break // closed before sending anything
+            }
         }
     }
 }

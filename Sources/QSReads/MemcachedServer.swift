@@ -34,7 +34,7 @@ public struct MemcachedServer: Service {
         }
     }
 
-    let listener: ConnectionListener<MemcachedCommand, ByteBuffer>
+    let listener: ConnectionListener<NIOAsyncChannel<MemcachedCommand, ByteBuffer>>
     let session: MemcachedSession
 
     public init(store: any ReadableStore, endpoints: [Endpoint], pool: NIOThreadPool, logger: Logger,
