@@ -33,8 +33,7 @@ struct KTBinarySession: Sendable {
             }
         } catch let error as KTBinaryProtocolError {
             metrics.requests("bad").increment()
-            metrics.badRequests.increment()
-            logger.warning("bad KT binary request", metadata: ["peer": "\(peer)", "reason": "\(error)"])
+            metrics.bad(logger, peer: peer, reason: "binary protocol: \(error)")
         } catch {
             logger.debug("KT binary connection ended with an error", metadata: ["peer": "\(peer)", "error": "\(error)"])
         }
@@ -58,12 +57,22 @@ struct KTBinarySession: Sendable {
         switch request {
         case .setBulk, .removeBulk:
             metrics.requests("write").increment()
-            metrics.writesRefused.increment()
-            logger.warning("KT binary write refused: this node is read-only", metadata: ["peer": "\(peer)"])
+            metrics.refusedWrite(logger, peer: peer, write: "binary \(request.name)")
         default:
             metrics.requests("unknown").increment()
-            metrics.badRequests.increment()
-            logger.warning("bad KT binary request", metadata: ["peer": "\(peer)", "reason": "not served: \(request)"])
+            metrics.bad(logger, peer: peer, reason: "binary \(request.name) is not served")
+        }
+    }
+}
+
+extension KTBinaryRequest {
+    var name: String {
+        switch self {
+        case .setBulk: return "set_bulk"
+        case .removeBulk: return "remove_bulk"
+        case .getBulk: return "get_bulk"
+        case .playScript: return "play_script"
+        case .replication: return "replication"
         }
     }
 }

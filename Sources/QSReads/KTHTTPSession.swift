@@ -56,8 +56,7 @@ struct KTHTTPSession: Sendable {
             }
         } catch let error as HTTPParserError {
             metrics.requests("bad").increment()
-            metrics.badRequests.increment()
-            logger.warning("bad KT HTTP request", metadata: ["peer": "\(peer)", "reason": "unparsable HTTP: \(error)"])
+            metrics.bad(logger, peer: peer, reason: "unparsable HTTP: \(error)")
         } catch {
             logger.debug("KT HTTP connection ended with an error", metadata: ["peer": "\(peer)", "error": "\(error)"])
         }
@@ -93,13 +92,10 @@ struct KTHTTPSession: Sendable {
     private func account(_ r: KTReply, peer: String, head: HTTPRequestHead) {
         metrics.requests(r.kind).increment()
         if let reason = r.badReason {
-            metrics.badRequests.increment()
-            logger.warning("bad KT HTTP request", metadata: ["peer": "\(peer)", "reason": "\(reason)", "status": "\(r.status)",
-                                                             "uri": "\(head.uri.prefix(200))"])
+            metrics.bad(logger, peer: peer, reason: reason, ["status": "\(r.status)", "uri": "\(head.uri.prefix(200))"])
         }
         if let what = r.refusedWrite {
-            metrics.writesRefused.increment()
-            logger.warning("KT HTTP write refused: this node is read-only", metadata: ["peer": "\(peer)", "write": "\(what)"])
+            metrics.refusedWrite(logger, peer: peer, write: what)
         }
     }
 

@@ -50,14 +50,11 @@ struct MemcachedSession: Sendable {
             return false
         case let .write(name, noreply):
             metrics.requests("write").increment()
-            metrics.writesRefused.increment()
-            logger.warning("memcached write refused: this node is read-only",
-                           metadata: ["peer": "\(peer)", "command": "\(name)", "noreply": "\(noreply)"])
+            metrics.refusedWrite(logger, peer: peer, write: noreply ? "\(name) noreply" : name)
             if !noreply { try await outbound.write(ByteBuffer(string: Self.readOnlyReply)) }
         case let .malformed(reply, reason, close):
             metrics.requests("bad").increment()
-            metrics.badRequests.increment()
-            logger.warning("bad memcached request", metadata: ["peer": "\(peer)", "reason": "\(reason)", "reply": "\(reply)"])
+            metrics.bad(logger, peer: peer, reason: reason, ["reply": "\(reply)"])
             try await outbound.write(ByteBuffer(string: reply + "\r\n"))
             return !close
         }

@@ -1,3 +1,4 @@
+import Logging
 import Metrics
 import NIOConcurrencyHelpers
 
@@ -32,6 +33,19 @@ public struct ReadMetrics: Sendable {
     func closed() {
         connections.decrement()
         active.add(-1)
+    }
+
+    /// A bogus request: counted and logged with its peer, never unnoticed.
+    func bad(_ logger: Logger, peer: String, reason: String, _ extra: Logger.Metadata = [:]) {
+        badRequests.increment()
+        logger.warning("bad \(interface) request", metadata: extra.merging(["peer": "\(peer)", "reason": "\(reason)"]) { a, _ in a })
+    }
+
+    /// A write sent to a read-only node: counted and logged with its peer.
+    func refusedWrite(_ logger: Logger, peer: String, write: String) {
+        writesRefused.increment()
+        logger.warning("\(interface) write refused: this node is read-only, write through the QS root",
+                       metadata: ["peer": "\(peer)", "write": "\(write)"])
     }
 
     /// The request counter for one command or procedure. Callers pass names from a fixed

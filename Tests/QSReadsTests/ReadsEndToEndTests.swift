@@ -98,15 +98,19 @@ final class ReadsEndToEndTests: XCTestCase {
         let set = try XCTUnwrap(kt("POST", "/rpc/set?key=a&value=b"))
         XCTAssertEqual(set.status, 501)
         XCTAssertEqual(kt("PUT", "/a", body: "v")?.status, 501)
+        // KT's binary protocol on the same port: an unknown magic byte, and a set_bulk (0xBF).
+        XCTAssertEqual(RawSocket.exchange(port: ktPort, [0xBE, 0, 0, 0, 0, 0, 0, 0, 0]), [])
+        XCTAssertEqual(RawSocket.exchange(port: ktPort, [0xB8, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1,
+                                                        0, 0, 0, 0, 0, 0, 0, 0, 0x6B, 0x76]), [0xBF])
 
         XCTAssertTrue(Harness.waitUntil { self.node.metric("qs_memcached_bad_requests_total") == 3 },
                       "memcached bad: \(node.metric("qs_memcached_bad_requests_total") ?? -1)")
-        XCTAssertTrue(Harness.waitUntil { self.node.metric("qs_kt_http_bad_requests_total") == 4 },
+        XCTAssertTrue(Harness.waitUntil { self.node.metric("qs_kt_http_bad_requests_total") == 5 },
                       "kt bad: \(node.metric("qs_kt_http_bad_requests_total") ?? -1)")
         XCTAssertEqual(node.metric("qs_memcached_writes_refused_total"), 2)
-        XCTAssertEqual(node.metric("qs_kt_http_writes_refused_total"), 2)
+        XCTAssertEqual(node.metric("qs_kt_http_writes_refused_total"), 3)
         XCTAssertTrue(node.daemon.log.contains("bad memcached request"), node.daemon.log)
-        XCTAssertTrue(node.daemon.log.contains("bad KT HTTP request"))
+        XCTAssertTrue(node.daemon.log.contains("bad kt_http request"))
         XCTAssertTrue(node.daemon.log.contains("\"peer\":\"127.0.0.1:"), "log lines name the peer")
         XCTAssertTrue(node.daemon.isRunning)
         XCTAssertEqual(mc("get m/a\r\n"), "VALUE m/a 5 3\r\nabc\r\nEND\r\n")
