@@ -14,6 +14,8 @@ struct ConnectionListener<Connection: Sendable>: Sendable {
         var peer: String
     }
 
+    typealias Server = NIOAsyncChannel<Accepted, Never>
+
     let name: String
     let endpoints: [Endpoint]
     let group: any EventLoopGroup
@@ -23,46 +25,52 @@ struct ConnectionListener<Connection: Sendable>: Sendable {
     let configure: @Sendable (Channel) throws -> Connection
 
     func run(_ handle: @escaping @Sendable (Connection, String) async -> Void) async throws {
-        let configure = self.configure
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.autoRead, value: true)
-        var servers = [NIOAsyncChannel<Accepted, Never>]()
+        var servers = [Server]()
         for endpoint in endpoints {
-            let initializer: @Sendable (Channel) -> EventLoopFuture<Accepted> = { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
-                    return Accepted(connection: try configure(channel), peer: peer)
-                }
+            do {
+                servers.append(try await bind(endpoint))
+            } catch {
+                // The endpoints already bound are closed again before the error goes up.
+                for server in servers { try? await server.channel.close() }
+                throw error
             }
-            let server: NIOAsyncChannel<Accepted, Never>
-            switch endpoint {
-            case let .tcp(host, port):
-                server = try await bootstrap
-                    .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                    .bind(host: host, port: port, childChannelInitializer: initializer)
-            case let .unix(path):
-                server = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true,
-                                                  childChannelInitializer: initializer)
-            }
-            servers.append(server)
             logger.info("\(name) listening", metadata: ["address": "\(endpoint)"])
         }
-        let bound = servers
         // Graceful shutdown cancels the accept loops and every connection task; the
         // cancellation that results is the normal way out.
         do {
-            try await serve(bound, handle)
+            try await serve(servers, handle)
         } catch is CancellationError {
         }
         logger.info("\(name) stopped")
     }
 
-    private func serve(_ bound: [NIOAsyncChannel<Accepted, Never>],
-                       _ handle: @escaping @Sendable (Connection, String) async -> Void) async throws {
+    private func bind(_ endpoint: Endpoint) async throws -> Server {
+        let configure = self.configure
+        let initializer: @Sendable (Channel) -> EventLoopFuture<Accepted> = { channel in
+            channel.eventLoop.makeCompletedFuture {
+                let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
+                return Accepted(connection: try configure(channel), peer: peer)
+            }
+        }
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.autoRead, value: true)
+        switch endpoint {
+        case let .tcp(host, port):
+            return try await bootstrap
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .bind(host: host, port: port, childChannelInitializer: initializer)
+        case let .unix(path):
+            return try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true,
+                                            childChannelInitializer: initializer)
+        }
+    }
+
+    private func serve(_ servers: [Server], _ handle: @escaping @Sendable (Connection, String) async -> Void) async throws {
         try await cancelWhenGracefulShutdown {
             try await withThrowingDiscardingTaskGroup { tasks in
-                for server in bound {
+                for server in servers {
                     tasks.addTask {
                         try await server.executeThenClose { inbound in
                             try await withThrowingDiscardingTaskGroup { connections in

@@ -14,7 +14,7 @@ import time
 import pytest
 from pymemcache.client.base import Client as MemcacheClient
 from pymemcache.exceptions import MemcacheServerError
-from ukt import KT_NONE, KyotoTycoon
+from ukt import KT_NONE, KyotoTycoon, ProtocolError
 
 BIN = os.environ.get("QS_BIN_DIR", ".build/debug")
 
@@ -67,6 +67,7 @@ def node():
         [os.path.join(BIN, "qsnode"), "--data", os.path.join(tmp, "data"),
          "--listen", "127.0.0.1:%d" % ports["write"],
          "--memcached", "127.0.0.1:%d" % ports["mc"], "--kt-http", "127.0.0.1:%d" % ports["kt"],
+         "--memcached-unix", os.path.join(tmp, "mc.sock"),
          "--kt-db-map", "0=,1=aux/"],
         stderr=open(os.path.join(tmp, "qsnode.log"), "w"), env=env)
     try:
@@ -74,6 +75,7 @@ def node():
             wait_port(p, proc)
         for key, (value, xt) in RECORDS.items():
             put("127.0.0.1:%d" % ports["write"], key, value, xt)
+        ports["mc_unix"] = os.path.join(tmp, "mc.sock")
         yield ports
     finally:
         proc.terminate()
@@ -100,6 +102,12 @@ def test_pymemcache_get_many_binary_values_and_flags(node):
     assert cas == c.gets("greeting")[1] and int(cas) > 0
     assert c.version() == b"KyotoTycoon/0.9.56b"
     assert b"curr_connections" in c.stats()
+    c.close()
+
+
+def test_pymemcache_over_a_unix_socket(node):
+    c = MemcacheClient(node["mc_unix"], serde=flags_serde(), timeout=5)
+    assert c.get_many(["greeting", "missing"]) == {"greeting": (b"hello", 7)}
     c.close()
 
 
@@ -142,6 +150,6 @@ def test_ukt_http_procedures(node):
 
 def test_ukt_writes_fail(node):
     kt = kt_client(node)
-    with pytest.raises(Exception):
-        kt.set(b"greeting", b"new")
+    with pytest.raises(ProtocolError):
+        kt.set(b"greeting", b"new")  # binary set_bulk: KT's error reply
     assert kt.get(b"greeting") == b"hello" + FLAGS
