@@ -7,7 +7,7 @@ SWIFT ?= swift
 APT_PACKAGES := liblmdb-dev lmdb-utils libcurl4-openssl-dev pkg-config python3 python3-pip memcached curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps interop-deps build release test demo bench replay clean
+.PHONY: deps interop-deps interop build release test demo bench replay clean
 
 # A recorded feed to replay: a capture file, a ulog directory or a fixture directory.
 FEED ?= Fixtures/kt/basic
@@ -42,6 +42,10 @@ test: deps interop-deps
 	QS_BIN_DIR=.build/debug $(PYTHON) -m pytest -q Tests/interop
 	./scripts/replay.sh .build/debug Fixtures/kt/basic 0=,1=aux/
 	./scripts/replay.sh .build/debug Fixtures/kt/medium 0=main/,1=aux/ --allow-clear
+
+# Real memcached and Kyoto Tycoon clients (pymemcache, ukt from PyPI) against the binaries.
+interop: build interop-deps
+	QS_BIN_DIR=.build/debug $(PYTHON) -m pytest -q Tests/interop
 
 demo: build
 	./scripts/demo.sh .build/debug

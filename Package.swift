@@ -91,6 +91,21 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The read side of a node: memcached text protocol and KT HTTP RPC/REST reads.
+        .target(
+            name: "QSReads",
+            dependencies: [
+                "QSStore", "KTFormats", "QSService",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The shared feed consumer of every bridge: source → batcher → root writer.
         .target(
             name: "QSFeed",
@@ -168,7 +183,7 @@ let package = Package(
         .executableTarget(
             name: "qsnode",
             dependencies: [
-                "QSNode", "QSService", "QSBytes",
+                "QSNode", "QSReads", "QSService", "QSBytes",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings
@@ -239,6 +254,18 @@ let package = Package(
         .testTarget(
             name: "ReplicationTests",
             dependencies: ["QSTesting", "QSClient", "QSStore", "QSWire"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "QSReadsTests",
+            dependencies: [
+                "QSReads", "QSStore", "QSTesting", "QSClient", "KTFormats",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -4,6 +4,7 @@ import Logging
 import NIOPosix
 import QSBytes
 import QSNode
+import QSReads
 import QSService
 import QSStore
 import QSWire
@@ -54,6 +55,8 @@ struct QSNodeCommand: AsyncParsableCommand {
 
     @Option(help: ArgumentHelp("Log entries kept for replicas to catch up from; older ones are trimmed, and a replica further behind bootstraps from a snapshot. (env: QS_LOG_RETENTION)", valueName: "entries"))
     var logRetention: UInt64 = UInt64(QSEnv.string("QS_LOG_RETENTION") ?? "") ?? 1_000_000
+
+    @OptionGroup var reads: ReadOptions
 
     @OptionGroup var service: ServiceOptions
 
@@ -108,6 +111,8 @@ struct QSNodeCommand: AsyncParsableCommand {
             ? ReplicaService(core: core, upstreams: try upstreamEndpoints(), staleAfter: parseDuration(staleAfter)!, pool: pool, logger: logger)
             : nil
         if let replica { services.append(replica) }
+
+        services += try reads.services(store: store, pool: pool, logger: logger)
         if let admin = try service.adminEndpoint() {
             services.append(AdminServer(endpoint: admin, registry: registry, logger: logger) {
                 guard let replica else { return Readiness(ready: true, detail: "root: store open") }

@@ -1,0 +1,78 @@
+import KTFormats
+import Logging
+import NIOCore
+import NIOPosix
+import QSStore
+
+/// Serves KT's binary protocol on the KT port: `get_bulk` (0xBA) is answered from the
+/// store; `set_bulk`, `remove_bulk` (writes) and `play_script`, replication (not served)
+/// get KT's error reply (0xBF), are counted and logged, and close the connection.
+struct KTBinarySession: Sendable {
+    let store: any ReadableStore
+    let databases: KTDatabaseMap
+    let clock: ReadClock
+    let pool: NIOThreadPool
+    let metrics: ReadMetrics
+    let logger: Logger
+
+    func run(_ connection: NIOAsyncChannel<KTBinaryRequest, ByteBuffer>, peer: String) async {
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                for try await request in inbound {
+                    guard case let .getBulk(flags, keys) = request else {
+                        refuse(request, peer: peer)
+                        try await outbound.write(ByteBuffer(bytes: KTBinaryResponse.error.encoded()))
+                        return
+                    }
+                    metrics.requests("bin_get_bulk").increment()
+                    let records = try await pool.runIfActive { try read(keys) }
+                    if flags & KTBinaryMagic.noReplyFlag == 0 {
+                        try await outbound.write(ByteBuffer(bytes: KTBinaryResponse.getBulk(records: records).encoded()))
+                    }
+                }
+            }
+        } catch let error as KTBinaryProtocolError {
+            metrics.requests("bad").increment()
+            metrics.bad(logger, peer: peer, reason: "binary protocol: \(error)")
+        } catch {
+            logger.debug("KT binary connection ended with an error", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        }
+    }
+
+    /// The live records among `keys`, in request order, with KT's stored expiration times.
+    private func read(_ keys: [KTBinaryKey]) throws -> [KTBinaryRecord] {
+        let now = clock()
+        var out = [KTBinaryRecord]()
+        for k in keys {
+            guard let db = databases.database(index: Int(k.db)) else { continue }
+            let full = db.prefix + k.key
+            guard databases.owns(db, key: full), let r = try store.get(full), !r.isExpired(at: now) else { continue }
+            let xt = r.expiry.map { Int64(clamping: $0) } ?? KTExpiration.never
+            out.append(KTBinaryRecord(db: k.db, key: k.key, value: r.value, expiration: xt))
+        }
+        return out
+    }
+
+    private func refuse(_ request: KTBinaryRequest, peer: String) {
+        switch request {
+        case .setBulk, .removeBulk:
+            metrics.requests("write").increment()
+            metrics.refusedWrite(logger, peer: peer, write: "binary \(request.name)")
+        default:
+            metrics.requests("unknown").increment()
+            metrics.bad(logger, peer: peer, reason: "binary \(request.name) is not served")
+        }
+    }
+}
+
+extension KTBinaryRequest {
+    var name: String {
+        switch self {
+        case .setBulk: return "set_bulk"
+        case .removeBulk: return "remove_bulk"
+        case .getBulk: return "get_bulk"
+        case .playScript: return "play_script"
+        case .replication: return "replication"
+        }
+    }
+}

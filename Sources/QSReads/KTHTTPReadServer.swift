@@ -1,0 +1,72 @@
+import Foundation
+import KTFormats
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import QSService
+import QSStore
+import ServiceLifecycle
+
+/// KT's HTTP RPC read procedures and RESTful reads on TCP and Unix sockets (see
+/// `KTProcedures` and `KTRESTRead`), and on the same port KT's binary get_bulk
+/// (`KTBinarySession`), as KT serves both. Malformed HTTP gets 400 from NIO's HTTP error
+/// handler; every bad request is counted and logged with its peer.
+public struct KTHTTPReadServer: Service {
+    public struct Configuration: Sendable {
+        public var databases: KTDatabaseMap
+        public var scanLimits: ScanLimits
+        /// Largest request body accepted (KT's own limit is far larger; QS caps memory).
+        public var maxBodyBytes: Int
+        public var clock: ReadClock
+
+        public init(databases: KTDatabaseMap = .single, scanLimits: ScanLimits = ScanLimits(),
+                    maxBodyBytes: Int = 32 << 20, clock: @escaping ReadClock = { wallClockSeconds() }) {
+            self.databases = databases
+            self.scanLimits = scanLimits
+            self.maxBodyBytes = maxBodyBytes
+            self.clock = clock
+        }
+    }
+
+    let listener: ConnectionListener<SniffedConnection>
+    let session: KTHTTPSession
+    let binary: KTBinarySession
+
+    public init(store: any ReadableStore, endpoints: [Endpoint], pool: NIOThreadPool, logger: Logger,
+                configuration: Configuration = Configuration(),
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+        let maxBody = configuration.maxBodyBytes
+        listener = ConnectionListener(name: "KT HTTP", endpoints: endpoints, group: group, logger: logger) { channel in
+            let promise = channel.eventLoop.makePromise(of: KTConnection.self)
+            try channel.pipeline.syncOperations.addHandler(KTProtocolSniffer(promise: promise, maxBinaryBytes: maxBody))
+            return SniffedConnection(channel: channel, protocol: promise.futureResult)
+        }
+        let metrics = ReadMetrics(interface: "kt_http")
+        let procedures = KTProcedures(store: store, databases: configuration.databases, clock: configuration.clock,
+                                      limits: configuration.scanLimits, started: Date(),
+                                      connections: { metrics.active.count })
+        session = KTHTTPSession(procedures: procedures,
+                                rest: KTRESTRead(store: store, databases: configuration.databases, clock: configuration.clock),
+                                pool: pool, metrics: metrics, logger: logger, maxBodyBytes: configuration.maxBodyBytes)
+        binary = KTBinarySession(store: store, databases: configuration.databases, clock: configuration.clock,
+                                 pool: pool, metrics: metrics, logger: logger)
+    }
+
+    public func run() async throws {
+        let session = self.session, binary = self.binary
+        try await listener.run { sniffed, peer in
+            // A client that connects and sends nothing is closed on shutdown.
+            let kind = await withTaskCancellationHandler {
+                try? await sniffed.protocol.get()
+            } onCancel: {
+                sniffed.channel.close(promise: nil)
+            }
+            switch kind {
+            case let .http(connection)?: await session.run(connection, peer: peer)
+            case let .binary(connection)?: await binary.run(connection, peer: peer)
+            case nil: break // closed before sending anything
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+/// One request of the memcached text protocol, as a read-only node understands it.
+public enum MemcachedCommand: Sendable, Equatable {
+    /// `get`/`gets` with one or more keys (none is allowed: KT answers `END`).
+    case get(keys: [[UInt8]], withCAS: Bool)
+    case version
+    case stats
+    case quit
+    /// A write (`set`, `delete`, `incr`, …): refused. A storage command's data block has
+    /// been consumed by the decoder. `noreply` suppresses the reply, as memcached does.
+    case write(command: String, noreply: Bool)
+    /// A malformed line: `reply` (without CRLF) is what the client gets, `reason` what the
+    /// log says; `close` ends the connection after the reply (the stream cannot be resynced).
+    case malformed(reply: String, reason: String, close: Bool)
+}
+
+/// Limits of the memcached interface.
+public struct MemcachedLimits: Sendable {
+    /// Longest command line, CRLF included. KT's plug-in reads lines into 8 KiB.
+    public var maxLineBytes: Int
+    /// Longest key of a `get`.
+    public var maxKeyBytes: Int
+    /// Largest data block of a (refused) storage command that is skipped to stay in sync;
+    /// larger ones close the connection.
+    public var maxDataBytes: Int
+
+    public init(maxLineBytes: Int = 8192, maxKeyBytes: Int = 8192, maxDataBytes: Int = 1 << 30) {
+        self.maxLineBytes = maxLineBytes
+        self.maxKeyBytes = maxKeyBytes
+        self.maxDataBytes = maxDataBytes
+    }
+}
+
+/// Parses one command line (without its line ending) into a command and, for storage
+/// commands, the number of data bytes (block plus CRLF) that follow it.
+enum MemcachedLineParser {
+    static let storage: Set<String> = ["set", "add", "replace", "append", "prepend", "cas"]
+    static let otherWrites: Set<String> = ["delete", "incr", "decr", "touch", "gat", "gats", "flush_all"]
+
+    static func parse(_ line: ArraySlice<UInt8>, limits: MemcachedLimits) -> (MemcachedCommand, skip: Int) {
+        let tokens = line.split(whereSeparator: { $0 == 0x20 || $0 == 0x09 }).map { Array($0) }
+        guard let first = tokens.first else {
+            return (.malformed(reply: "ERROR", reason: "empty command line", close: false), 0)
+        }
+        let name = String(decoding: first, as: UTF8.self)
+        switch name {
+        case "get", "gets":
+            let keys = Array(tokens.dropFirst())
+            if let long = keys.first(where: { $0.count > limits.maxKeyBytes }) {
+                return (.malformed(reply: "CLIENT_ERROR key too long",
+                                   reason: "key of \(long.count) bytes, the limit is \(limits.maxKeyBytes)", close: false), 0)
+            }
+            return (.get(keys: keys, withCAS: name == "gets"), 0)
+        case "version":
+            return (.version, 0)
+        case "stats":
+            return (.stats, 0)
+        case "quit":
+            return (.quit, 0)
+        case _ where storage.contains(name):
+            let needed = name == "cas" ? 6 : 5
+            guard tokens.count >= needed else {
+                return (.malformed(reply: "CLIENT_ERROR invalid parameters",
+                                   reason: "\(name) with \(tokens.count - 1) arguments", close: false), 0)
+            }
+            let noreply = tokens.count > needed && tokens.last == Array("noreply".utf8)
+            guard let size = decimal(tokens[4]) else {
+                return (.malformed(reply: "CLIENT_ERROR bad command line format",
+                                   reason: "\(name): data length is not a number", close: false), 0)
+            }
+            guard size <= limits.maxDataBytes else {
+                return (.malformed(reply: "SERVER_ERROR object too large for cache",
+                                   reason: "\(name): data block of \(size) bytes", close: true), 0)
+            }
+            return (.write(command: name, noreply: noreply), size + 2)
+        case _ where otherWrites.contains(name):
+            let noreply = tokens.count > 1 && tokens.last == Array("noreply".utf8)
+            return (.write(command: name, noreply: noreply), 0)
+        default:
+            return (.malformed(reply: "ERROR", reason: "unknown command '\(printable(first))'", close: false), 0)
+        }
+    }
+
+    /// A non-negative decimal that fits comfortably in an Int, nil otherwise.
+    static func decimal(_ bytes: [UInt8]) -> Int? {
+        guard !bytes.isEmpty, bytes.count <= 15 else { return nil }
+        var n = 0
+        for c in bytes {
+            guard c >= 0x30 && c <= 0x39 else { return nil }
+            n = n * 10 + Int(c - 0x30)
+        }
+        return n
+    }
+
+    /// At most 64 bytes of `bytes` for a log line, non-printable bytes escaped.
+    static func printable(_ bytes: [UInt8]) -> String {
+        var s = ""
+        for c in bytes.prefix(64) {
+            if c >= 0x20 && c < 0x7F { s.unicodeScalars.append(Unicode.Scalar(c)) } else { s += "\\x" + String(c, radix: 16) }
+        }
+        return bytes.count > 64 ? s + "…" : s
+    }
+}

@@ -1,0 +1,58 @@
+import Logging
+import NIOCore
+import NIOPosix
+import QSService
+import QSStore
+import ServiceLifecycle
+
+/// The memcached text protocol, read-only, on TCP and Unix sockets: `get`, `gets`,
+/// `version`, `stats`, `quit`; writes are refused with `SERVER_ERROR read-only: …` (their
+/// data block is consumed so the connection stays in sync). Keys are read from one KT
+/// database of the map (database 0 unless told otherwise), as KT's plug-in did.
+public struct MemcachedServer: Service {
+    public struct Configuration: Sendable {
+        public var databases: KTDatabaseMap
+        /// The KT database the plug-in served (its `dbidx`).
+        public var database: Int
+        public var valueFormat: MemcachedValueFormat
+        public var limits: MemcachedLimits
+        /// What `version` answers. KT's plug-in answered `KyotoTycoon/0.9.56b`; clients that
+        /// look at it keep seeing the same.
+        public var version: String
+        public var clock: ReadClock
+
+        public init(databases: KTDatabaseMap = .single, database: Int = 0,
+                    valueFormat: MemcachedValueFormat = MemcachedValueFormat(),
+                    limits: MemcachedLimits = MemcachedLimits(), version: String = "KyotoTycoon/0.9.56b",
+                    clock: @escaping ReadClock = { wallClockSeconds() }) {
+            self.databases = databases
+            self.database = database
+            self.valueFormat = valueFormat
+            self.limits = limits
+            self.version = version
+            self.clock = clock
+        }
+    }
+
+    let listener: ConnectionListener<NIOAsyncChannel<MemcachedCommand, ByteBuffer>>
+    let session: MemcachedSession
+
+    public init(store: any ReadableStore, endpoints: [Endpoint], pool: NIOThreadPool, logger: Logger,
+                configuration: Configuration = Configuration(),
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+        let limits = configuration.limits
+        listener = ConnectionListener(name: "memcached", endpoints: endpoints, group: group, logger: logger) { channel in
+            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MemcachedDecoder(limits: limits)))
+            return try NIOAsyncChannel(wrappingChannelSynchronously: channel)
+        }
+        session = MemcachedSession(config: configuration, store: store, pool: pool,
+                                   metrics: ReadMetrics(interface: "memcached"), logger: logger, stats: MemcachedStats())
+    }
+
+    public func run() async throws {
+        let session = self.session
+        try await listener.run { connection, peer in
+            await session.run(connection, peer: peer)
+        }
+    }
+}

@@ -1,0 +1,63 @@
+import Logging
+import Metrics
+import NIOConcurrencyHelpers
+
+/// The metrics of one read interface (`memcached` or `kt_http`), declared where the work
+/// happens and exported by the admin server:
+/// `qs_<interface>_requests_total{command}`, `qs_<interface>_bad_requests_total`,
+/// `qs_<interface>_writes_refused_total`, `qs_<interface>_connections`.
+public struct ReadMetrics: Sendable {
+    public let interface: String
+    public let badRequests: Counter
+    public let writesRefused: Counter
+    public let connections: Meter
+    public let hits: Counter
+    public let misses: Counter
+    /// Open connections, for the interfaces' own status replies.
+    let active = ActiveConnections()
+
+    public init(interface: String) {
+        self.interface = interface
+        badRequests = Counter(label: "qs_\(interface)_bad_requests_total")
+        writesRefused = Counter(label: "qs_\(interface)_writes_refused_total")
+        connections = Meter(label: "qs_\(interface)_connections")
+        hits = Counter(label: "qs_\(interface)_key_hits_total")
+        misses = Counter(label: "qs_\(interface)_key_misses_total")
+    }
+
+    func opened() {
+        connections.increment()
+        active.add(1)
+    }
+
+    func closed() {
+        connections.decrement()
+        active.add(-1)
+    }
+
+    /// A bogus request: counted and logged with its peer, never unnoticed.
+    func bad(_ logger: Logger, peer: String, reason: String, _ extra: Logger.Metadata = [:]) {
+        badRequests.increment()
+        logger.warning("bad \(interface) request", metadata: extra.merging(["peer": "\(peer)", "reason": "\(reason)"]) { a, _ in a })
+    }
+
+    /// A write sent to a read-only node: counted and logged with its peer.
+    func refusedWrite(_ logger: Logger, peer: String, write: String) {
+        writesRefused.increment()
+        logger.warning("\(interface) write refused: this node is read-only, write through the QS root",
+                       metadata: ["peer": "\(peer)", "write": "\(write)"])
+    }
+
+    /// The request counter for one command or procedure. Callers pass names from a fixed
+    /// set (unknown ones as "unknown") so the label's cardinality stays bounded.
+    public func requests(_ command: String) -> Counter {
+        Counter(label: "qs_\(interface)_requests_total", dimensions: [("command", command)])
+    }
+}
+
+/// A count of open connections.
+final class ActiveConnections: Sendable {
+    private let value = NIOLockedValueBox(0)
+    var count: Int { value.withLockedValue { $0 } }
+    func add(_ n: Int) { value.withLockedValue { $0 += n } }
+}
