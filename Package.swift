@@ -82,6 +82,7 @@ let package = Package(
             name: "QSNode",
             dependencies: [
                 "QSStore", "QSWire", "QSService", "QSClient",
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"),

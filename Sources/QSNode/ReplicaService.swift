@@ -131,6 +131,11 @@ public final class ReplicaService: Service, Sendable {
                 logger.error("upstream has another history: refused, moving on", metadata: ["upstream": "\(up)", "detail": "\(message)"])
             } catch is CancellationError {
                 return
+            } catch FollowEnd.delisted {
+                logger.notice("leaving upstream: no longer in the list", metadata: ["upstream": "\(up)"])
+                position = 0
+                current = nil
+                continue
             } catch {
                 if Task.isCancelled { return }
                 logger.warning("leaving upstream", metadata: ["upstream": "\(up)", "reason": "\(error)"])

@@ -16,21 +16,28 @@ public struct Readiness: Sendable {
     }
 }
 
+/// An admin operation behind `POST /PATH`: takes the request body, answers whether it
+/// worked and a message.
+public typealias AdminAction = @Sendable (_ body: String) -> (ok: Bool, message: String)
+
 /// The admin HTTP server: `/healthz` (the process is up), `/readyz` (the daemon's own
-/// check) and `/metrics` (Prometheus text).
+/// check), `/metrics` (Prometheus text) and the daemon's `POST` actions.
 public struct AdminServer: Service {
     let endpoint: Endpoint
     let registry: PrometheusCollectorRegistry
     let readiness: @Sendable () -> Readiness
+    let actions: [String: AdminAction]
     let logger: Logger
     let group: any EventLoopGroup
 
     public init(endpoint: Endpoint, registry: PrometheusCollectorRegistry, logger: Logger,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                actions: [String: AdminAction] = [:],
                 readiness: @escaping @Sendable () -> Readiness = { Readiness(ready: true, detail: "ok") }) {
         self.endpoint = endpoint
         self.registry = registry
         self.readiness = readiness
+        self.actions = actions
         self.logger = logger
         self.group = group
     }
@@ -38,12 +45,13 @@ public struct AdminServer: Service {
     public func run() async throws {
         let registry = self.registry
         let readiness = self.readiness
+        let actions = self.actions
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(AdminHandler(registry: registry, readiness: readiness))
+                    try channel.pipeline.syncOperations.addHandler(AdminHandler(registry: registry, readiness: readiness, actions: actions))
                 }
             }
         let channel = try await bind(bootstrap, to: endpoint)
@@ -71,20 +79,39 @@ public func runUntilGracefulShutdown(_ channel: Channel) async throws {
     }
 }
 
-final class AdminHandler: ChannelInboundHandler, Sendable {
+final class AdminHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     let registry: PrometheusCollectorRegistry
     let readiness: @Sendable () -> Readiness
+    let actions: [String: AdminAction]
+    private var head: HTTPRequestHead?
+    private var requestBody = [UInt8]()
+    static let maxBody = 64 << 10
 
-    init(registry: PrometheusCollectorRegistry, readiness: @escaping @Sendable () -> Readiness) {
+    init(registry: PrometheusCollectorRegistry, readiness: @escaping @Sendable () -> Readiness, actions: [String: AdminAction]) {
         self.registry = registry
         self.readiness = readiness
+        self.actions = actions
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard case let .head(head) = unwrapInboundIn(data) else { return }
+        switch unwrapInboundIn(data) {
+        case let .head(h):
+            head = h
+            requestBody = []
+        case var .body(buffer):
+            if requestBody.count + buffer.readableBytes <= Self.maxBody, let bytes = buffer.readBytes(length: buffer.readableBytes) {
+                requestBody += bytes
+            }
+        case .end:
+            if let head { respond(context: context, head) }
+            head = nil
+        }
+    }
+
+    private func respond(context: ChannelHandlerContext, _ head: HTTPRequestHead) {
         let (status, type, body): (HTTPResponseStatus, String, [UInt8])
         let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
         switch (head.method, path) {
@@ -95,6 +122,9 @@ final class AdminHandler: ChannelInboundHandler, Sendable {
             (status, type, body) = (r.ready ? .ok : .serviceUnavailable, "text/plain", Array((r.detail + "\n").utf8))
         case (.GET, "/metrics"):
             (status, type, body) = (.ok, "text/plain; version=0.0.4", registry.emitToBuffer())
+        case let (.POST, p) where actions[p] != nil:
+            let r = actions[p]!(String(decoding: requestBody, as: UTF8.self))
+            (status, type, body) = (r.ok ? .ok : .badRequest, "text/plain", Array((r.message + "\n").utf8))
         default:
             (status, type, body) = (.notFound, "text/plain", Array("not found: try /healthz, /readyz or /metrics\n".utf8))
         }

@@ -50,6 +50,9 @@ struct QSNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("A replica's upstream nodes, HOST:PORT[,HOST:PORT…], in order of preference. (env: QS_UPSTREAM)", valueName: "list"))
     var upstream: String = QSEnv.string("QS_UPSTREAM") ?? ""
 
+    @Option(help: ArgumentHelp("A file holding the replica's upstream list (as --upstream, or one per line); it wins over --upstream and is re-read on SIGHUP. (env: QS_UPSTREAM_FILE)", valueName: "file"))
+    var upstreamFile: String = QSEnv.string("QS_UPSTREAM_FILE") ?? ""
+
     @Option(help: ArgumentHelp("A replica moves to its next upstream when the root's freshest word through the current one is older than this. (env: QS_STALE_AFTER)", valueName: "duration"))
     var staleAfter: String = QSEnv.string("QS_STALE_AFTER") ?? "30s"
 
@@ -65,7 +68,9 @@ struct QSNodeCommand: AsyncParsableCommand {
             throw ValidationError("--data is required: the directory of the node's store (or set QS_DATA)")
         }
         if role == .replica {
-            guard !upstream.isEmpty else { throw ValidationError("--role replica needs --upstream HOST:PORT[,HOST:PORT…] (or QS_UPSTREAM)") }
+            guard !upstream.isEmpty || !upstreamFile.isEmpty else {
+                throw ValidationError("--role replica needs --upstream HOST:PORT[,HOST:PORT…] or --upstream-file FILE (or QS_UPSTREAM / QS_UPSTREAM_FILE)")
+            }
             _ = try upstreamEndpoints()
         }
         guard parseDuration(staleAfter) != nil else { throw ValidationError("--stale-after '\(staleAfter)' is not a duration such as 30s") }
@@ -110,11 +115,26 @@ struct QSNodeCommand: AsyncParsableCommand {
         let replica: ReplicaService? = role == .replica
             ? ReplicaService(core: core, upstreams: try upstreamEndpoints(), staleAfter: parseDuration(staleAfter)!, pool: pool, logger: logger)
             : nil
-        if let replica { services.append(replica) }
+        if let replica {
+            services.append(replica)
+            if !upstreamFile.isEmpty { services.append(UpstreamReloader(path: upstreamFile, replica: replica, logger: logger)) }
+        }
 
         services += try reads.services(store: store, pool: pool, logger: logger)
         if let admin = try service.adminEndpoint() {
-            services.append(AdminServer(endpoint: admin, registry: registry, logger: logger) {
+            var actions = [String: AdminAction]()
+            if let replica {
+                // POST /upstream with a list (as --upstream) replaces the upstream list.
+                actions["/upstream"] = { body in
+                    do {
+                        replica.setUpstreams(try UpstreamReloader.parse(body))
+                        return (true, "upstreams: " + replica.upstreams.map(\.description).joined(separator: ","))
+                    } catch {
+                        return (false, "upstream list not changed: \(error)")
+                    }
+                }
+            }
+            services.append(AdminServer(endpoint: admin, registry: registry, logger: logger, actions: actions) {
                 guard let replica else { return Readiness(ready: true, detail: "root: store open") }
                 let s = replica.status
                 return Readiness(ready: s.subscribed, detail: s.subscribed
@@ -134,6 +154,9 @@ struct QSNodeCommand: AsyncParsableCommand {
     }
 
     func upstreamEndpoints() throws -> [Endpoint] {
+        if !upstreamFile.isEmpty {
+            do { return try UpstreamReloader.read(upstreamFile) } catch { throw ValidationError("--upstream-file: \(error)") }
+        }
         do {
             return try upstream.split(separator: ",").map { try Endpoint(parsing: $0.trimmingCharacters(in: .whitespaces)) }
         } catch {
