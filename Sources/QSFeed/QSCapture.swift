@@ -58,9 +58,7 @@ public struct QSCaptureReader {
     public let fromIndex: UInt64
     public let fromHash: [UInt8]
     public let maxFrameBytes: Int
-    private let handle: FileHandle
-    private var buffer = ByteBuffer()
-    private var eof = false
+    private var file: CaptureFileBuffer
     /// Byte offset of the next frame.
     public private(set) var offset = QSCapture.headerSize
     /// Index and hash of the last entry returned (the header's before any).
@@ -81,7 +79,7 @@ public struct QSCaptureReader {
             throw CaptureDamage(path: path, offset: 8, reason: "unsupported QS capture version \(head[8])", truncated: false)
         }
         self.path = path
-        handle = h
+        file = CaptureFileBuffer(path: path, handle: h)
         self.maxFrameBytes = maxFrameBytes
         fromIndex = head[9..<17].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
         fromHash = Array(head[17..<49])
@@ -93,28 +91,20 @@ public struct QSCaptureReader {
     public mutating func next() throws -> (offset: Int, event: QSCaptureEvent)? {
         while true {
             let start = offset
-            if let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) {
+            if let length = file.buffer.getInteger(at: file.buffer.readerIndex, as: UInt32.self) {
                 let n = Int(length)
                 guard n > 0, n <= maxFrameBytes else {
                     throw CaptureDamage(path: path, offset: start, reason: "frame length \(n) is not between 1 and \(maxFrameBytes)", truncated: false)
                 }
-                if buffer.readableBytes >= 4 + n, let bytes = buffer.getBytes(at: buffer.readerIndex + 4, length: n) {
+                if file.buffer.readableBytes >= 4 + n, let bytes = file.buffer.getBytes(at: file.buffer.readerIndex + 4, length: n) {
                     let frame = Frame(type: bytes[0], payload: Array(bytes[1...]))
                     let event = try check(frame, at: start)
-                    buffer.moveReaderIndex(forwardBy: 4 + n)
+                    file.buffer.moveReaderIndex(forwardBy: 4 + n)
                     offset += 4 + n
                     return (start, event)
                 }
             }
-            if eof {
-                guard buffer.readableBytes == 0 else {
-                    throw CaptureDamage(path: path, offset: start, reason: "\(buffer.readableBytes) bytes of it present", truncated: true)
-                }
-                return nil
-            }
-            buffer.discardReadBytes()
-            let chunk = try handle.read(upToCount: 1 << 20) ?? Data()
-            if chunk.isEmpty { eof = true } else { buffer.writeBytes(chunk) }
+            guard try file.refill(frameOffset: start) else { return nil }
         }
     }
 
@@ -150,6 +140,6 @@ public struct QSCaptureReader {
     }
 
     public func close() {
-        try? handle.close()
+        file.close()
     }
 }

@@ -9,10 +9,8 @@ import QSFeed
 /// by `qsctl feed`, so both name the same byte offset when a recording is damaged.
 public struct KTCaptureReader {
     public let path: String
-    private let handle: FileHandle
+    private var file: CaptureFileBuffer
     private var decoder: BoundedReplicationDecoder
-    private var buffer = ByteBuffer()
-    private var eof = false
 
     public struct CannotOpen: Error, CustomStringConvertible, Sendable {
         public let path: String
@@ -22,7 +20,7 @@ public struct KTCaptureReader {
     public init(path: String, maxMessageBytes: Int = 64 << 20) throws {
         guard let h = FileHandle(forReadingAtPath: path) else { throw CannotOpen(path: path) }
         self.path = path
-        handle = h
+        file = CaptureFileBuffer(path: path, handle: h)
         decoder = BoundedReplicationDecoder(maxMessageBytes: maxMessageBytes)
     }
 
@@ -36,26 +34,18 @@ public struct KTCaptureReader {
             let start = decoder.consumed
             let frame: ReplicationFrame?
             do {
-                frame = try decoder.next(&buffer)
+                frame = try decoder.next(&file.buffer)
             } catch let e as DamagedStreamError {
                 throw CaptureDamage(path: path, offset: e.offset, reason: e.reason, truncated: false)
             } catch let e as ReplicationStreamError {
                 throw CaptureDamage(path: path, offset: e.offset, reason: "\(e)", truncated: false)
             }
             if let frame { return (start, frame) }
-            if eof {
-                guard buffer.readableBytes == 0 else {
-                    throw CaptureDamage(path: path, offset: start, reason: "\(buffer.readableBytes) bytes of it present", truncated: true)
-                }
-                return nil
-            }
-            buffer.discardReadBytes()
-            let chunk = try handle.read(upToCount: 1 << 20) ?? Data()
-            if chunk.isEmpty { eof = true } else { buffer.writeBytes(chunk) }
+            guard try file.refill(frameOffset: start) else { return nil }
         }
     }
 
     public func close() {
-        try? handle.close()
+        file.close()
     }
 }
