@@ -239,6 +239,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "RecordingTests",
+            dependencies: ["QSTesting", "QSClient", "QSStore", "QSFeed", "QSRecording"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "ReplicationTests",
             dependencies: ["QSTesting", "QSClient", "QSStore", "QSWire"],
             swiftSettings: swiftSettings
