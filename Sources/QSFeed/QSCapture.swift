@@ -143,3 +143,50 @@ public struct QSCaptureReader {
         file.close()
     }
 }
+
+/// A QS capture as a source of log entries, in the shape of `FeedSource.run(after:deliver:)`
+/// (entries carry their index, hash and bytes, which a compatible-mode replay appends
+/// verbatim, so the events are `QSCaptureEvent`s rather than `FeedChange`s).
+public struct QSCaptureEntries: Sendable {
+    public let path: String
+    public let maxFrameBytes: Int
+    public var name: String { "capture:\(path)" }
+
+    public init(path: String, maxFrameBytes: Int = defaultMaxFrameBytes) {
+        self.path = path
+        self.maxFrameBytes = maxFrameBytes
+    }
+
+    /// The recording does not reach back to the position asked for.
+    public struct Gap: Error, CustomStringConvertible, Sendable, Equatable {
+        public let path: String
+        public let asked: UInt64
+        public let recordingStartsAfter: UInt64
+        public var description: String {
+            "capture \(path) starts after log index \(recordingStartsAfter): it cannot continue a log at index \(asked) (entries \(asked + 1)…\(recordingStartsAfter) are missing)"
+        }
+    }
+
+    /// Delivers, in order and awaiting each, the entries with an index greater than
+    /// `index` (frames holding none are skipped, frames straddling it are trimmed) and
+    /// the heartbeats after them. Returns at the end of the file; throws `CaptureDamage`
+    /// at a cut or corrupt frame (after every complete frame before it) and `Gap` when
+    /// the recording starts after `index`.
+    public func run(after index: UInt64, deliver: @escaping @Sendable (QSCaptureEvent) async throws -> Void) async throws {
+        var reader = try QSCaptureReader(path: path, maxFrameBytes: maxFrameBytes)
+        defer { reader.close() }
+        guard reader.fromIndex <= index else {
+            throw Gap(path: path, asked: index, recordingStartsAfter: reader.fromIndex)
+        }
+        while let (_, event) = try reader.next() {
+            try Task.checkCancellation()
+            switch event {
+            case .heartbeat:
+                if reader.lastIndex > index { try await deliver(event) }
+            case let .entries(list):
+                let wanted = list.filter { $0.index > index }
+                if !wanted.isEmpty { try await deliver(.entries(wanted)) }
+            }
+        }
+    }
+}

@@ -3,6 +3,7 @@ import QSClient
 import QSFeed
 import QSStore
 import QSTesting
+import Synchronization
 import XCTest
 
 /// `qsctl record --source qs://…` against a real root node, read back with `QSCaptureReader`.
@@ -113,5 +114,31 @@ final class RecordQSTests: XCTestCase {
         XCTAssertTrue(badShown.stderr.contains("damaged at byte offset \(lastOffset)"), badShown.stderr)
         XCTAssertTrue(badShown.stderr.contains("chained hash"), badShown.stderr)
         XCTAssertEqual(badShown.lines.count, shown.lines.filter { ($0["offset"] as? Int ?? 0) < lastOffset }.count, "nothing of the bad frame is shown")
+    }
+}
+
+extension RecordQSTests {
+    func testCaptureEntriesResumeAfterAnIndexAndRefuseAGap() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        for i in 0..<6 { _ = try await c.write([.set(key: Array("k\(i)".utf8), value: [UInt8(i)], expiry: nil)], sourceID: "w") }
+        let log = try await c.entries(from: 1, count: 100)
+        await c.close()
+        let out = tmp.appendingPathComponent("qs.cap")
+        let rec = try DaemonProcess("qsctl", ["record", "--source", "qs://\(root.address)", "--out", out.path, "--from", "2", "--count", "4"], logDir: tmp)
+        XCTAssertEqual(rec.exitStatus(within: .seconds(30)), 0, rec.log)
+
+        let source = QSCaptureEntries(path: out.path)
+        let got = Mutex<[StoredEntry]>([])
+        try await source.run(after: 4) { event in
+            if case let .entries(list) = event { got.withLock { $0 += list } }
+        }
+        XCTAssertEqual(got.withLock { $0 }, Array(log[4...]))
+        do {
+            try await source.run(after: 1) { _ in }
+            XCTFail("a recording from index 2 cannot continue a log at 1")
+        } catch let gap as QSCaptureEntries.Gap {
+            XCTAssertEqual(gap.recordingStartsAfter, 2)
+        }
     }
 }
