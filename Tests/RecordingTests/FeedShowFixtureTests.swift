@@ -122,4 +122,39 @@ final class FeedShowFixtureTests: XCTestCase {
         let buckets = try XCTUnwrap(timeline["buckets"] as? [[String: Any]])
         XCTAssertEqual(buckets.reduce(0) { $0 + ($1["updates"] as? Int ?? 0) }, 903)
     }
+
+    func testDamagedAndUndecodableFramesAreReportedNeverShown() throws {
+        let fx = try KTFixture("basic")
+        let bytes = [UInt8](try Data(contentsOf: fx.stream))
+        let all = try feedShow(fx.stream).lines
+        let tmp = try Harness.tempDir("feed")
+        defer { try? FileManager.default.removeItem(at: tmp) }
+
+        // A byte that starts no frame, at the 101st update: 100 lines, then the offset.
+        var corrupt = bytes
+        let at = try XCTUnwrap(all[100]["offset"] as? Int)
+        corrupt[at] = 0x42
+        let bad = tmp.appendingPathComponent("bad.bin")
+        try Data(corrupt).write(to: bad)
+        let shown = try feedShow(bad)
+        XCTAssertEqual(shown.status, 4)
+        XCTAssertTrue(shown.stderr.contains("damaged at byte offset \(at)"), shown.stderr)
+        XCTAssertEqual(shown.lines.count, 100)
+        let stats = try Harness.run("qsctl", ["feed", "stats", bad.path])
+        XCTAssertEqual(stats.status, 4)
+        XCTAssertEqual((try JSONSerialization.jsonObject(with: stats.stdout) as? [String: Any])?["updates"] as? Int, 100)
+
+        // A whole frame whose message has an unknown operation: reported in its place.
+        var undecodable = bytes
+        undecodable[1 + 13 + 4] = 0x77  // the first message's operation byte
+        let odd = tmp.appendingPathComponent("odd.bin")
+        try Data(undecodable).write(to: odd)
+        let oddShown = try feedShow(odd)
+        XCTAssertEqual(oddShown.status, 4)
+        XCTAssertEqual(oddShown.lines.count, 903)
+        XCTAssertEqual(oddShown.lines[0]["offset"] as? Int, 1)
+        XCTAssertNotNil(oddShown.lines[0]["error"])
+        XCTAssertNil(oddShown.lines[0]["op"])
+        XCTAssertEqual(oddShown.lines[1]["offset"] as? Int, all[1]["offset"] as? Int)
+    }
 }
