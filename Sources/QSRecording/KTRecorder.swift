@@ -40,6 +40,7 @@ public struct KTRecorder: Sendable {
                         let reason: String?
                         switch frame {
                         case .accepted, .refused:
+                            session.connected = true
                             try session.writePreamble(frame.encoded())
                             reason = nil
                         case let .heartbeat(ts):
@@ -65,7 +66,7 @@ public struct KTRecorder: Sendable {
                 }
             } catch {
                 if Task.isCancelled { continue }
-                if !session.wrotePreamble {
+                if !session.connected {
                     _ = try session.finish(stoppedBy: "error", complete: false)
                     throw RecordingError("cannot replicate from \(client.name): \(error)")
                 }

@@ -63,6 +63,7 @@ public struct QSRecorder: Sendable {
             do {
                 try await withDeadline(session) {
                     try await subscription.stream(after: session.resumePosition, hash: session.resumeHash) { frame, response in
+                        session.connected = true
                         var reason: String?
                         switch response {
                         case .heartbeat:
@@ -90,6 +91,10 @@ public struct QSRecorder: Sendable {
                                metadata: ["source": "\(subscription.name)", "error": "\(failure)", "after": "\(session.resumePosition)"])
             } catch {
                 if Task.isCancelled { continue }
+                if !session.connected {
+                    _ = try session.finish(stoppedBy: "error", complete: false)
+                    throw RecordingError("cannot subscribe to \(subscription.name): \(error)")
+                }
                 logger.warning("subscription failed; retrying", metadata: ["source": "\(subscription.name)", "error": "\(error)"])
             }
             try? await Task.sleep(for: session.backoff.next())

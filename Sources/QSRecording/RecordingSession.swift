@@ -18,6 +18,9 @@ final class RecordingSession: @unchecked Sendable {
     /// not write it again.
     var wrotePreamble = false
     var backoff = Backoff()
+    /// Whether the source ever answered: a source that never did is an error to report,
+    /// not one to retry forever.
+    var connected = false
     /// QS recordings: the chained hash at `resumePosition`, to resubscribe after a reconnect.
     var resumeHash: [UInt8] = []
 

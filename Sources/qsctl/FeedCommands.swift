@@ -8,7 +8,7 @@ struct Feed: AsyncParsableCommand {
         discussion: """
             Both subcommands stream the file: a recording larger than memory works. A file \
             cut inside a frame or holding a corrupt frame: everything before it is shown, then \
-            the byte offset is reported and the exit code is 4.
+            the byte offset is reported and the exit code is 4. A missing file: exit code 1.
             """,
         subcommands: [FeedShow.self, FeedStats.self]
     )
@@ -18,6 +18,10 @@ struct Feed: AsyncParsableCommand {
 /// reported with its byte offset (exit code 4) after every complete frame.
 func readRecording(_ path: String, _ body: (RecordedItem) throws -> Bool) throws {
     var reader: RecordingReader
+    guard FileManager.default.fileExists(atPath: path) else {
+        fail("no such recording: \(path)")
+        throw Exit.notFound
+    }
     do {
         reader = try RecordingReader(path: path)
     } catch {

@@ -194,4 +194,14 @@ final class RecordKTTests: XCTestCase {
         XCTAssertEqual(meta["stopped_by"] as? String, "error")
         XCTAssertEqual(meta["updates"] as? Int, 0, "KT sent none of the server's own updates")
     }
+
+    func testAnUnreachableSourceIsAnErrorNotAnEndlessRetry() throws {
+        let port = Harness.freePort()
+        for source in ["kt://127.0.0.1:\(port)", "qs://127.0.0.1:\(port)"] {
+            let out = tmp.appendingPathComponent("none-\(source.prefix(2)).bin")
+            let rec = try DaemonProcess("qsctl", ["record", "--source", source, "--out", out.path], logDir: tmp)
+            XCTAssertEqual(rec.exitStatus(within: .seconds(20)), 3, rec.log)
+            XCTAssertTrue(rec.log.contains("127.0.0.1:\(port)"), rec.log)
+        }
+    }
 }
