@@ -204,4 +204,36 @@ final class RecordKTTests: XCTestCase {
             XCTAssertTrue(rec.log.contains("127.0.0.1:\(port)"), rec.log)
         }
     }
+
+    /// The update frames of a replication stream (acceptance byte first), heartbeats left out.
+    static func updateFrames(_ bytes: [UInt8]) -> [ArraySlice<UInt8>] {
+        var out = [ArraySlice<UInt8>]()
+        var i = 1
+        while i < bytes.count {
+            if bytes[i] == 0xB0 {
+                i += 9
+                continue
+            }
+            guard bytes[i] == 0xB1, i + 13 <= bytes.count else { break }
+            let size = bytes[(i + 9)..<(i + 13)].reduce(0) { $0 << 8 | Int($1) }
+            out.append(bytes[i..<min(bytes.count, i + 13 + size)])
+            i += 13 + size
+        }
+        return out
+    }
+
+    func testRecordingOfARealKTsUpdateLogIsByteIdenticalToTheFixture() throws {
+        let fx = try KTFixture("basic")
+        let ulog = tmp.appendingPathComponent("ulog")
+        try FileManager.default.copyItem(at: fx.ulog, to: ulog)
+        let kt = try FakeKTProcess(logDir: tmp, ulog: ulog)
+        let out = tmp.appendingPathComponent("again.bin")
+        let rec = try recorder(kt, out, ["--from", "0", "--count", "903"])
+        XCTAssertEqual(rec.exitStatus(), 0, rec.log)
+        let recorded = Self.updateFrames([UInt8](try Data(contentsOf: out)))
+        let fixture = Self.updateFrames([UInt8](try Data(contentsOf: fx.stream)))
+        XCTAssertEqual(recorded.count, 903)
+        XCTAssertTrue(recorded.elementsEqual(fixture), "the recorded update frames are the fixture's, byte for byte")
+        XCTAssertEqual([UInt8](try Data(contentsOf: out)).first, 0xB1)
+    }
 }
