@@ -63,11 +63,16 @@ public struct RecordingReader {
     /// The next item, nil at a clean end.
     public mutating func next() throws -> RecordedItem? {
         while pending.isEmpty {
-            if kt != nil {
-                guard let (offset, frame) = try kt!.next() else { return nil }
+            // Each reader is taken out while it reads, so its buffer is never shared (no copy).
+            if var r = kt {
+                kt = nil
+                defer { kt = r }
+                guard let (offset, frame) = try r.next() else { return nil }
                 if let item = Self.item(offset: offset, frame) { return item }
-            } else if qs != nil {
-                guard let (offset, event) = try qs!.next() else { return nil }
+            } else if var r = qs {
+                qs = nil
+                defer { qs = r }
+                guard let (offset, event) = try r.next() else { return nil }
                 pending = Self.items(offset: offset, event).reversed()
             } else {
                 return nil
