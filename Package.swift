@@ -140,6 +140,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Recording live feeds (KT replication, QS log) into files, and reading recordings
+        // back for `qsctl feed show|stats`.
+        .target(
+            name: "QSRecording",
+            dependencies: [
+                "KTFormats", "QSKTFeed", "QSFeed", "QSClient", "QSService", "QSStore", "QSWire",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // A fake Kyoto Tycoon server, usable in-process, for tests and demos.
         .target(
             name: "FakeKT",
@@ -192,8 +203,10 @@ let package = Package(
         .executableTarget(
             name: "qsctl",
             dependencies: [
-                "QSClient", "QSService", "QSBytes",
+                "QSClient", "QSService", "QSBytes", "QSRecording", "QSKTFeed", "QSFeed", "KTFormats",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -250,6 +263,11 @@ let package = Package(
         .testTarget(
             name: "BridgeTests",
             dependencies: ["QSTesting", "QSClient", "QSStore", "KTFormats"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RecordingTests",
+            dependencies: ["QSTesting", "QSClient", "QSStore", "QSFeed", "QSRecording"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

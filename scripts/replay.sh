@@ -7,7 +7,8 @@
 # FEED is a capture file (a recorded replication stream), a ulog directory, or a fixture
 # directory holding stream.bin and/or ulog/ plus meta.json and final.jsonl (the layout of
 # Fixtures/kt/*). With final.jsonl beside the feed the dump is compared with it, expiry
-# judged at meta.json's recorded_at (or $AT); otherwise the dump is printed.
+# judged at meta.json's recorded_at (or $AT); otherwise the dump is printed. A file
+# recorded by `qsctl record` takes its recorded_at from its sidecar FILE.meta.json.
 set -euo pipefail
 BIN=$1; FEED=$2; DB_MAP=${3:-0=}; shift $(( $# >= 3 ? 3 : $# ))
 WORK=$(mktemp -d /tmp/qs-replay.XXXXXX)
@@ -24,7 +25,9 @@ elif [ -d "$FEED" ]; then
 fi
 [ ${#sources[@]} -gt 0 ] || { echo "replay: $FEED is not a capture file, a ulog directory or a fixture directory" >&2; exit 2; }
 AT=${AT:-}
-if [ -z "$AT" ] && [ -f "$dir/meta.json" ]; then AT=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['recorded_at'])" "$dir/meta.json"); fi
+# A recording made by `qsctl record` has its sidecar FILE.meta.json; a fixture directory has meta.json.
+meta="$dir/meta.json"; [ -f "$FEED.meta.json" ] && meta="$FEED.meta.json"
+if [ -z "$AT" ] && [ -f "$meta" ]; then AT=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['recorded_at'])" "$meta"); fi
 
 PORT=$(python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])")
 status=0

@@ -1,12 +1,11 @@
 import Foundation
 import KTFormats
-import NIOCore
 import QSFeed
 
 /// A recorded KT replication stream (`stream.bin`: the acceptance byte, then update and
-/// heartbeat frames), read in chunks so a recording larger than memory works. Every
-/// complete frame is delivered; a file cut inside a frame, or a damaged frame, stops with
-/// an error naming the byte offset.
+/// heartbeat frames), read through `KTCaptureReader`. Every complete frame is delivered;
+/// a file cut inside a frame, or a damaged frame, stops with an error naming the byte
+/// offset, and the damaged frame is never applied.
 public struct KTCaptureSource: FeedSource {
     public let path: String
     public let translator: KTTranslator
@@ -20,37 +19,23 @@ public struct KTCaptureSource: FeedSource {
     }
 
     public func run(after position: UInt64, deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {
-        guard let handle = FileHandle(forReadingAtPath: path) else {
-            throw FeedError.stop("cannot open capture file \(path): check the path and permissions")
+        var reader: KTCaptureReader
+        do {
+            reader = try KTCaptureReader(path: path, maxMessageBytes: maxMessageBytes)
+        } catch {
+            throw FeedError.stop("\(error)")
         }
-        defer { try? handle.close() }
-        var decoder = BoundedReplicationDecoder(maxMessageBytes: maxMessageBytes)
-        var buffer = ByteBuffer()
-        var eof = false
+        defer { reader.close() }
         while true {
             try Task.checkCancellation()
-            let frame: ReplicationFrame?
+            let next: (offset: Int, frame: ReplicationFrame)?
             do {
-                frame = try decoder.next(&buffer)
-            } catch let e as DamagedStreamError {
-                translator.metrics.corruptFrames.increment()
-                throw FeedError.stop("capture \(path) is damaged at byte offset \(e.offset): \(e.reason); every complete frame before it was applied")
-            } catch let e as ReplicationStreamError {
-                translator.metrics.corruptFrames.increment()
-                throw FeedError.stop("capture \(path) is damaged at byte offset \(e.offset): \(e); every complete frame before it was applied")
+                next = try reader.next()
+            } catch let damage as CaptureDamage {
+                if !damage.truncated { translator.metrics.corruptFrames.increment() }
+                throw FeedError.stop("\(damage); every complete frame before it was applied")
             }
-            guard let frame else {
-                if eof {
-                    if buffer.readableBytes > 0 {
-                        throw FeedError.stop("capture \(path) ends inside a frame at byte offset \(decoder.consumed) (\(buffer.readableBytes) bytes of it present, the recording was cut short); every complete frame before it was applied")
-                    }
-                    return
-                }
-                buffer.discardReadBytes()
-                let chunk = try handle.read(upToCount: 1 << 20) ?? Data()
-                if chunk.isEmpty { eof = true } else { buffer.writeBytes(chunk) }
-                continue
-            }
+            guard let (_, frame) = next else { return }
             switch frame {
             case .accepted: continue
             case .refused: throw FeedError.stop("capture \(path) records a refused replication request (the server had no update log)")

@@ -37,6 +37,22 @@ public final class FakeKTProcess: @unchecked Sendable {
     public func remove(_ key: String, db: Int = 0) {
         rpc("remove", [("key", Array(key.utf8)), ("DB", Array(String(db).utf8))])
     }
+
+    /// KT's live records read back over its RPC (`match_prefix`, then `get` per key), as QS
+    /// keys: database `db`'s keys under `prefixes[db]`. For keys and values of plain text.
+    public func state(prefixes: [Int: String]) -> [[UInt8]: [UInt8]] {
+        var out = [[UInt8]: [UInt8]]()
+        for (db, prefix) in prefixes {
+            let r = rpc("match_prefix", [("prefix", []), ("DB", Array(String(db).utf8)), ("max", Array("100000".utf8))])
+            for line in r.body.split(separator: "\n") where line.hasPrefix("_") {
+                let key = String(line.split(separator: "\t")[0].dropFirst())
+                let v = rpc("get", [("key", Array(key.utf8)), ("DB", Array(String(db).utf8))])
+                let value = v.body.split(separator: "\n").first { $0.hasPrefix("value\t") }.map { String($0.dropFirst(6)) } ?? ""
+                out[Array((prefix + key).utf8)] = Array(value.utf8)
+            }
+        }
+        return out
+    }
 }
 
 func formEncode(_ bytes: [UInt8]) -> String {

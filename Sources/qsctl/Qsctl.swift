@@ -3,23 +3,26 @@ import Foundation
 import QSClient
 import QSService
 
-/// Exit codes: 0 found/ok, 1 not found, 2 usage, 3 server or connection error.
+/// Exit codes: 0 found/ok, 1 not found, 2 usage, 3 server or connection error, 4 a
+/// damaged recording.
 enum Exit {
     static let notFound = ExitCode(1)
     static let usage = ExitCode(2)
     static let serverError = ExitCode(3)
+    static let damaged = ExitCode(4)
 }
 
 @main
 struct Qsctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "qsctl",
-        abstract: "Operate Quicksilver nodes: read and write keys, inspect the log, dump the keyspace.",
+        abstract: "Operate Quicksilver nodes: read and write keys, inspect the log, dump the keyspace, record and inspect feeds.",
         discussion: """
-            Exit codes: 0 found/ok, 1 not found, 2 usage error, 3 server or connection error. \
+            Exit codes: 0 found/ok, 1 not found, 2 usage error, 3 server or connection error, \
+            4 damaged recording (qsctl feed). \
             Every option can also be set through its QS_ environment variable, as shown.
             """,
-        subcommands: [Put.self, Get.self, Delete.self, HeadCommand.self, Checkpoint.self, Log.self, Dump.self]
+        subcommands: [Put.self, Get.self, Delete.self, HeadCommand.self, Checkpoint.self, Log.self, Dump.self, RecordCommand.self, Feed.self]
     )
 
     @OptionGroup var options: NodeOptions

@@ -107,16 +107,7 @@ final class LiveKTTests: XCTestCase {
         let done = await waitFor(c, "last", "done", timeout: .seconds(60))
         XCTAssertTrue(done)
         // KT's own state, read back over its RPC, equals the root's.
-        var want = [[UInt8]: [UInt8]]()
-        for db in [0, 1] {
-            let r = kt.rpc("match_prefix", [("prefix", []), ("DB", Array(String(db).utf8)), ("max", Array("10000".utf8))])
-            for line in r.body.split(separator: "\n") where line.hasPrefix("_") {
-                let key = String(line.split(separator: "\t")[0].dropFirst())
-                let v = kt.rpc("get", [("key", Array(key.utf8)), ("DB", Array(String(db).utf8))])
-                let value = v.body.split(separator: "\n").first { $0.hasPrefix("value\t") }.map { String($0.dropFirst(6)) } ?? ""
-                want[Array(((db == 1 ? "aux/" : "") + key).utf8)] = Array(value.utf8)
-            }
-        }
+        let want = kt.state(prefixes: [0: "", 1: "aux/"])
         XCTAssertGreaterThan(want.count, 40, "KT holds the workload's keys")
         let got = try await dumpState(c).mapValues(\.value)
         XCTAssertEqual(got, want)

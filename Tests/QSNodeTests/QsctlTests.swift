@@ -102,7 +102,7 @@ final class QsctlTests: XCTestCase {
     }
 
     func testEveryFlagHasHelpAndAnEnvironmentVariable() throws {
-        for command in [["qsnode"], ["qsctl"], ["qsctl", "put"], ["qsctl", "dump"]] {
+        for command in [["qsnode"], ["qsctl"], ["qsctl", "put"], ["qsctl", "dump"], ["qsctl", "record"]] {
             let r = try Harness.run(command[0], Array(command.dropFirst()) + ["--help"])
             let help = String(decoding: r.stdout, as: UTF8.self)
             XCTAssertEqual(r.status, 0)

@@ -1,0 +1,80 @@
+import NIOCore
+import NIOPosix
+import QSStore
+import QSWire
+
+/// A read-only subscription to a node's log feed: sends `Subscribe{fromIndex, hash}` and
+/// hands each frame (`entries`, `heartbeat`) to its consumer as received, with its decoded
+/// form. Pull-driven: while the consumer is busy nothing more is read.
+public struct LogSubscription: Sendable {
+    public let host: String
+    public let port: Int
+    public let maxFrameBytes: Int
+    /// With no frame (the node heartbeats every second) for this long, the connection is
+    /// given up.
+    public let readTimeout: TimeAmount
+    let group: any EventLoopGroup
+
+    public var name: String { "qs://\(host):\(port)" }
+
+    public init(host: String, port: Int, maxFrameBytes: Int = defaultMaxFrameBytes, readTimeout: TimeAmount = .seconds(5),
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+        self.host = host
+        self.port = port
+        self.maxFrameBytes = maxFrameBytes
+        self.readTimeout = readTimeout
+        self.group = group
+    }
+
+    /// Why a subscription ended.
+    public enum Failure: Error, CustomStringConvertible, Sendable, Equatable {
+        /// The node refused the subscription or sent an error (`diverged`, `needs-bootstrap`, …).
+        case refused(server: String, code: UInt16, message: String)
+        case unexpected(server: String, String)
+        case closed(server: String)
+
+        public var description: String {
+            switch self {
+            case let .refused(s, code, message):
+                return "\(s) refused the subscription (\(ErrorCode(rawValue: code).map { "\($0)" } ?? "code \(code)")): \(message)"
+            case let .unexpected(s, what): return "\(s): unexpected frame on a subscription: \(what)"
+            case let .closed(s): return "\(s) closed the subscription"
+            }
+        }
+    }
+
+    /// Streams the log after `index`, whose chained hash must be `hash` on the node too
+    /// (32 zero bytes for index 0). Returns only when `frame` throws or the task is
+    /// cancelled; the node closing is `Failure.closed`.
+    public func stream(after index: UInt64, hash: [UInt8], _ frame: (Frame, Response) async throws -> Void) async throws {
+        let maxFrameBytes = self.maxFrameBytes
+        let readTimeout = self.readTimeout
+        let channel = try await ClientBootstrap(group: group)
+            .connectTimeout(.seconds(5))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connect(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let ops = channel.pipeline.syncOperations
+                    try ops.addHandler(IdleStateHandler(readTimeout: readTimeout))
+                    try ops.addHandler(IdleCloser())
+                    try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
+                    try ops.addHandler(MessageToByteHandler(FrameEncoder()))
+                    return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel,
+                                                             configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8)))
+                }
+            }
+        let name = self.name
+        try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(Request.subscribe(fromIndex: index, hash: hash).frame())
+            for try await received in inbound {
+                let response = try Response.decode(received)
+                switch response {
+                case .entries, .heartbeat: try await frame(received, response)
+                case let .error(code, message): throw Failure.refused(server: name, code: code, message: message)
+                default: throw Failure.unexpected(server: name, "\(response)".prefix(100).description)
+                }
+            }
+            throw Failure.closed(server: name)
+        }
+    }
+}

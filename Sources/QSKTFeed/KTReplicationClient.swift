@@ -1,0 +1,124 @@
+import KTFormats
+import NIOCore
+import NIOPosix
+import QSFeed
+
+/// A read-only KT replication client: connects, sends `0xB1 flags ts sid`, answers every
+/// heartbeat with one `0xB1`, and hands each frame to its consumer. It never writes
+/// anything else to the server. Reading is pull-driven (NIO async channel back-pressure):
+/// while the consumer is busy nothing more is read, and KT keeps its own log.
+///
+/// The bridge (`KTReplicationSource`) and the recorder (`KTRecorder`) are both consumers
+/// of this one client.
+public struct KTReplicationClient: Sendable {
+    public let host: String
+    public let port: Int
+    /// The sid presented to KT: updates whose origin sid equals it are not sent.
+    public let sid: UInt16
+    /// With nothing (not even a heartbeat) for this long, the connection is given up.
+    public let timeout: Duration
+    public let maxMessageBytes: Int
+    let group: any EventLoopGroup
+
+    public var name: String { "kt://\(host):\(port)" }
+
+    public init(host: String, port: Int, sid: UInt16, timeout: Duration = .seconds(10), maxMessageBytes: Int = 64 << 20,
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+        self.host = host
+        self.port = port
+        self.sid = sid
+        self.timeout = timeout
+        self.maxMessageBytes = maxMessageBytes
+        self.group = group
+    }
+
+    /// Why a replication connection ended.
+    public enum Failure: Error, CustomStringConvertible, Sendable {
+        /// The server answered `0xBF`: it runs without an update log.
+        case refused(server: String)
+        /// An empty update frame: KT skipped updates whose origin sid equals ours.
+        case sidClash(server: String, sid: UInt16, timestamp: UInt64)
+        /// A frame that cannot be decoded (bad magic, oversized message).
+        case damaged(server: String, reason: String)
+        /// The server closed the connection.
+        case closed(server: String)
+
+        public var description: String {
+            switch self {
+            case let .refused(s): return "\(s) refused replication: the KT server runs without an update log (start ktserver with -ulog DIR)"
+            case let .sidClash(s, sid, ts):
+                return "\(s) skipped updates whose origin sid equals the --sid \(sid) presented to it (at timestamp \(ts)): those changes would be missing. Give a --sid that differs from the KT server's own -sid and from every writer's"
+            case let .damaged(s, reason): return "\(s): \(reason)"
+            case let .closed(s): return "\(s) closed the replication connection"
+            }
+        }
+    }
+
+    /// Streams the updates after `timestamp`: `frame` gets the acceptance, then every update
+    /// and heartbeat frame in order (heartbeats already answered). An empty update frame (a sid clash) ends the
+    /// stream with `Failure.sidClash` before it reaches `frame`. Returns only when `frame`
+    /// throws or the task is cancelled; the server closing is `Failure.closed`.
+    public func stream(after timestamp: UInt64, _ frame: (ReplicationFrame) async throws -> Void) async throws {
+        let maxMessageBytes = self.maxMessageBytes
+        let readTimeout = TimeAmount.nanoseconds(Int64(timeout.seconds * 1e9))
+        let channel = try await ClientBootstrap(group: group)
+            .connectTimeout(.seconds(5))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connect(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let ops = channel.pipeline.syncOperations
+                    try ops.addHandler(IdleStateHandler(readTimeout: readTimeout))
+                    try ops.addHandler(ReadTimeoutHandler())
+                    try ops.addHandler(ByteToMessageHandler(BoundedReplicationDecoder(maxMessageBytes: maxMessageBytes)))
+                    return try NIOAsyncChannel<ReplicationFrame, ByteBuffer>(
+                        wrappingChannelSynchronously: channel,
+                        configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 16))
+                    )
+                }
+            }
+        let request = ReplicationRequest(flags: 0, timestamp: timestamp, sid: sid)
+        let name = self.name
+        let sid = self.sid
+        try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(ByteBuffer(bytes: request.encoded()))
+            do {
+                for try await received in inbound {
+                    switch received {
+                    case .accepted:
+                        break
+                    case .refused:
+                        throw Failure.refused(server: name)
+                    case .heartbeat:
+                        try await outbound.write(ByteBuffer(bytes: [KTBinaryMagic.replication]))
+                    case let .update(ts, message):
+                        if message.isEmpty { throw Failure.sidClash(server: name, sid: sid, timestamp: ts) }
+                    }
+                    try await frame(received)
+                }
+            } catch let e as DamagedStreamError {
+                throw Failure.damaged(server: name, reason: e.reason)
+            } catch let e as ReplicationStreamError {
+                throw Failure.damaged(server: name, reason: "\(e)")
+            }
+            throw Failure.closed(server: name)
+        }
+    }
+}
+
+/// Turns a read-idle event into an error that ends the replication stream.
+final class ReadTimeoutHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = NIOAny
+
+    struct Timeout: Error, CustomStringConvertible {
+        var description: String { "no frame (not even a heartbeat) from the KT server within the source timeout" }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
+            context.fireErrorCaught(Timeout())
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+}
