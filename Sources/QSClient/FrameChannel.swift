@@ -6,14 +6,15 @@ import QSWire
 /// channel of frames, with back-pressure, closed by the node-side idle timeout when
 /// nothing (not even a heartbeat) arrives for `readTimeout`.
 public func openFrameChannel(host: String?, port: Int, unixPath: String?, readTimeout: TimeAmount = .seconds(5),
+                             maxFrameBytes: Int = defaultMaxFrameBytes,
                              group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> NIOAsyncChannel<Frame, Frame> {
-    let bootstrap = ClientBootstrap(group: group).connectTimeout(.seconds(3))
+    let bootstrap = ClientBootstrap(group: group).connectTimeout(.seconds(3)).channelOption(.socketOption(.tcp_nodelay), value: 1)
     let initializer: @Sendable (Channel) -> EventLoopFuture<NIOAsyncChannel<Frame, Frame>> = { channel in
         channel.eventLoop.makeCompletedFuture {
             let ops = channel.pipeline.syncOperations
             try ops.addHandler(IdleStateHandler(readTimeout: readTimeout))
             try ops.addHandler(IdleCloser())
-            try ops.addHandler(ByteToMessageHandler(FrameDecoder()))
+            try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
             try ops.addHandler(MessageToByteHandler(FrameEncoder()))
             return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel,
                                                      configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8)))
@@ -23,19 +24,4 @@ public func openFrameChannel(host: String?, port: Int, unixPath: String?, readTi
         return try await bootstrap.connect(unixDomainSocketPath: unixPath, channelInitializer: initializer)
     }
     return try await bootstrap.connect(host: host ?? "127.0.0.1", port: port, channelInitializer: initializer)
-}
-
-/// Closes a connection that has been silent past its read timeout.
-public final class IdleCloser: ChannelInboundHandler, Sendable {
-    public typealias InboundIn = NIOAny
-
-    public init() {}
-
-    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let e = event as? IdleStateHandler.IdleStateEvent, e == .read {
-            context.close(promise: nil)
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
 }

@@ -47,22 +47,8 @@ public struct LogSubscription: Sendable {
     /// (32 zero bytes for index 0). Returns only when `frame` throws or the task is
     /// cancelled; the node closing is `Failure.closed`.
     public func stream(after index: UInt64, hash: [UInt8], _ frame: (Frame, Response) async throws -> Void) async throws {
-        let maxFrameBytes = self.maxFrameBytes
-        let readTimeout = self.readTimeout
-        let channel = try await ClientBootstrap(group: group)
-            .connectTimeout(.seconds(5))
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .connect(host: host, port: port) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let ops = channel.pipeline.syncOperations
-                    try ops.addHandler(IdleStateHandler(readTimeout: readTimeout))
-                    try ops.addHandler(IdleCloser())
-                    try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
-                    try ops.addHandler(MessageToByteHandler(FrameEncoder()))
-                    return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel,
-                                                             configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8)))
-                }
-            }
+        let channel = try await openFrameChannel(host: host, port: port, unixPath: nil, readTimeout: readTimeout,
+                                                 maxFrameBytes: maxFrameBytes, group: group)
         let name = self.name
         try await channel.executeThenClose { inbound, outbound in
             try await outbound.write(Request.subscribe(fromIndex: index, hash: hash).frame())
