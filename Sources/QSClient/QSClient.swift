@@ -127,6 +127,25 @@ public final class QSClient: Sendable {
         return (records, next)
     }
 
+    public func digest(after: [UInt8], through: [UInt8], limit: UInt32, asOf: UInt64) async throws -> (count: UInt64, hash: [UInt8], last: [UInt8], more: Bool) {
+        let r = try await send(.digest(after: after, through: through, limit: limit, asOf: asOf))
+        guard case let .digest(count, hash, last, more) = r else { throw Self.failure(r) }
+        return (count, hash, last, more)
+    }
+
+    public func rangeRecords(after: [UInt8], through: [UInt8], limit: UInt32, asOf: UInt64) async throws -> [Response.ScanRecord] {
+        let r = try await send(.rangeRecords(after: after, through: through, limit: limit, asOf: asOf))
+        guard case let .page(records, _) = r else { throw Self.failure(r) }
+        return records
+    }
+
+    /// The node's status (JSON object text).
+    public func status() async throws -> String {
+        let r = try await send(.status)
+        guard case let .status(json) = r else { throw Self.failure(r) }
+        return json
+    }
+
     /// Writes operations as source `sourceID` without knowing its checkpoint: reads it,
     /// sends a batch at checkpoint+1, and retries on conflict (for operators and tests;
     /// bridges track their positions themselves).

@@ -188,6 +188,10 @@ public final class NodeCore: Sendable {
                 return .digest(count: d.count, hash: d.hash, last: d.last, more: d.more)
             case .status:
                 return .status(try statusJSON())
+            case let .rangeRecords(after, through, limit, asOf):
+                let list = try store.records(after: after.isEmpty ? nil : after, through: through.isEmpty ? nil : through,
+                                             now: asOf == 0 ? wallClockSeconds() : asOf, limit: Int(min(max(limit, 1), Self.maxRecordsPerPage)))
+                return .page(records: list.map { .init(key: $0.key, record: $0.record) }, next: nil)
             }
         } catch StoreError.compatibleOnly {
             metrics.invalidRequests.increment()

@@ -31,6 +31,9 @@ public enum Request: Sendable, Equatable {
     case digest(after: [UInt8], through: [UInt8], limit: UInt32, asOf: UInt64)
     /// The node's role, head, checkpoints, upstream and freshness.
     case status
+    /// Live records in the stored-key range (`after`, `through`] (empty: unbounded), at most
+    /// `limit`, expiry judged at `asOf`: what `verify` lists when a range's digests differ.
+    case rangeRecords(after: [UInt8], through: [UInt8], limit: UInt32, asOf: UInt64)
 
     public struct Batch: Sendable, Equatable {
         public var token: [UInt8]
@@ -50,7 +53,7 @@ public enum Request: Sendable, Equatable {
 
     enum Tag: UInt8 {
         case batch = 0x01, getCheckpoint = 0x02, head = 0x03, readLog = 0x04, get = 0x05, scan = 0x06
-        case subscribe = 0x10, snapshot = 0x11, append = 0x12, digest = 0x13, status = 0x14
+        case subscribe = 0x10, snapshot = 0x11, append = 0x12, digest = 0x13, status = 0x14, rangeRecords = 0x15
     }
 
     /// True for requests that change state (and so must carry the write token).
@@ -83,6 +86,7 @@ public enum Request: Sendable, Equatable {
         case .append: return "append"
         case .digest: return "digest"
         case .status: return "status"
+        case .rangeRecords: return "range-records"
         }
     }
 
@@ -133,6 +137,12 @@ public enum Request: Sendable, Equatable {
             w.writeU64(asOf)
         case .status:
             tag = .status
+        case let .rangeRecords(after, through, limit, asOf):
+            tag = .rangeRecords
+            w.writeBlob32(after)
+            w.writeBlob32(through)
+            w.writeU32(limit)
+            w.writeU64(asOf)
         }
         return Frame(type: tag.rawValue, payload: w.bytes)
     }
@@ -173,6 +183,9 @@ public enum Request: Sendable, Equatable {
                           limit: try r.readU32("limit"), asOf: try r.readU64("as-of time"))
         case .status:
             req = .status
+        case .rangeRecords:
+            req = .rangeRecords(after: try r.readBlob32("after"), through: try r.readBlob32("through"),
+                                limit: try r.readU32("limit"), asOf: try r.readU64("as-of time"))
         }
         try r.expectEnd("\(req.name) request")
         return req

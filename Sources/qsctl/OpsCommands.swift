@@ -1,0 +1,86 @@
+import ArgumentParser
+import Foundation
+import QSBytes
+import QSClient
+import QSService
+
+/// Exit code of `wait` when the position was not reached in time.
+let timedOutExit = ExitCode(5)
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show a node's role, head, upstream and freshness, and each source's checkpoint and lag.")
+
+    enum Format: String, ExpressibleByArgument, CaseIterable { case table, json }
+
+    @ParentCommand var parent: Qsctl
+    var options: NodeOptions { parent.options }
+    @Option(help: "table or json.") var format: Format = .table
+
+    func run() async throws {
+        let json = try await options.withClient { try await $0.status() }
+        if format == .json {
+            printLine(json)
+            return
+        }
+        guard let s = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else {
+            fail("the node's status is not a JSON object")
+            throw Exit.serverError
+        }
+        let head = s["head"] as? [String: Any] ?? [:]
+        printLine("node     \(s["node_id"] ?? "?")  role \(s["role"] ?? "?")\((s["compatible_mirror"] as? Bool) == true ? " (compatible mirror)" : "")")
+        printLine("head     index \(head["index"] ?? "?")  hash \(head["hash"] ?? "?")")
+        printLine("log      retained from index \(s["log_first_index"] ?? "?"); \(s["subscribers"] ?? 0) subscriber(s)")
+        if let age = s["root_age_seconds"] as? Double { printLine(String(format: "freshness root word %.1f s old", age)) }
+        if let u = s["upstream"] as? [String: Any] {
+            printLine("upstream \(u["address"] ?? "?")  subscribed \(u["subscribed"] ?? false)  upstream head \(u["head"] ?? "?")  behind \(u["lag_entries"] ?? "?") entries")
+        }
+        let sources = s["sources"] as? [[String: Any]] ?? []
+        if !sources.isEmpty {
+            printLine("")
+            printLine("SOURCE".padding(toLength: 40, withPad: " ", startingAt: 0) + " CHECKPOINT".padding(toLength: 22, withPad: " ", startingAt: 0) + " LAG")
+            for src in sources {
+                let lag = (src["lag_seconds"] as? Double).map { String(format: "%.1f s", $0) } ?? "-"
+                printLine("\(src["source_id"] ?? "?")".padding(toLength: 40, withPad: " ", startingAt: 0) + " "
+                          + "\(src["checkpoint"] ?? "?")".padding(toLength: 21, withPad: " ", startingAt: 0) + " " + lag)
+            }
+        }
+    }
+}
+
+struct Wait: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Wait until a root has applied a source up to a position (a cut-over barrier).",
+        discussion: "Exits 0 once checkpoint(SOURCE_ID) ≥ POSITION, 5 when --timeout passes first.")
+
+    @ParentCommand var parent: Qsctl
+    var options: NodeOptions { parent.options }
+    @Option(help: ArgumentHelp("The source id whose checkpoint to watch. (env: QS_SOURCE_ID)", valueName: "id"))
+    var sourceID: String = QSEnv.string("QS_SOURCE_ID") ?? ""
+    @Option(help: ArgumentHelp("The position to reach (a KT timestamp, a QS log index).", valueName: "position"))
+    var until: UInt64
+    @Option(help: ArgumentHelp("Give up after this long, e.g. 30s. (env: QS_TIMEOUT)", valueName: "duration"))
+    var timeout: String = QSEnv.string("QS_TIMEOUT") ?? "60s"
+
+    func validate() throws {
+        guard !sourceID.isEmpty else { throw ValidationError("--source-id is required") }
+        guard parseDuration(timeout) != nil else { throw ValidationError("--timeout '\(timeout)' is not a duration such as 30s") }
+    }
+
+    func run() async throws {
+        let deadline = ContinuousClock.now + parseDuration(timeout)!
+        let reached = try await options.withClient { client -> UInt64 in
+            var last: UInt64 = 0
+            while true {
+                last = try await client.checkpoint(sourceID: sourceID) ?? 0
+                if last >= until || ContinuousClock.now >= deadline { return last }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        guard reached >= until else {
+            fail("timed out after \(timeout): \(sourceID) is at \(reached), not yet \(until)")
+            throw timedOutExit
+        }
+        printLine("\(sourceID) reached \(reached)")
+    }
+}
