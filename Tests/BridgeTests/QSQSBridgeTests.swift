@@ -1,0 +1,89 @@
+import Foundation
+import QSClient
+import QSStore
+import QSTesting
+import XCTest
+
+/// `qsqsbridge`: compatible and batched modes, resume after SIGKILL, duplicates.
+final class QSQSBridgeTests: XCTestCase {
+    var tmp: URL!
+
+    override func setUpWithError() throws {
+        tmp = try Harness.tempDir("qsqs")
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: tmp)
+    }
+
+    /// A source root with `n` entries of mixed operations.
+    func sourceRoot(entries n: Int) async throws -> (RootNode, QSClient) {
+        let src = try RootNode(data: tmp.appendingPathComponent("src"), logDir: tmp)
+        let c = try await QSClient.connect(host: "127.0.0.1", port: src.port)
+        for i in 0..<n {
+            var ops: [QSStore.Operation] = [.set(key: Array("k\(i % 97)".utf8), value: Array("v\(i)".utf8), expiry: i % 5 == 0 ? 4_102_444_800 : nil)]
+            if i % 7 == 0 { ops.append(.delete(key: Array("k\((i + 3) % 97)".utf8))) }
+            _ = try await c.write(ops, sourceID: "writer")
+        }
+        return (src, c)
+    }
+
+    func testCompatibleModeSurvivesSIGKILLAndDuplicatesAndReproducesTheLog() async throws {
+        let (src, sc) = try await sourceRoot(entries: 400)
+        let target = try RootNode(data: tmp.appendingPathComponent("target"), logDir: tmp)
+        let tc = try await QSClient.connect(host: "127.0.0.1", port: target.port)
+        let args = ["--source", "qs://\(src.address)", "--root", target.address, "--mode", "compatible", "--batch-max-ops", "7",
+                    "--log-format", "text"]
+        // Kill a bridge twice mid-run, then run three at once to the end.
+        for _ in 0..<2 {
+            let b = try DaemonProcess("qsqsbridge", args, logDir: tmp)
+            let before = try await tc.head().index
+            _ = await Harness.eventually(timeout: .seconds(20), pollEvery: .milliseconds(5)) { ((try? await tc.head().index) ?? 0) > before }
+            kill(b.pid, SIGKILL)
+            _ = Harness.waitUntil { !b.isRunning }
+        }
+        let bridges = try (0..<3).map { _ in try DaemonProcess("qsqsbridge", args + ["--once"], logDir: tmp) }
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(60)) { bridges.allSatisfy { !$0.isRunning } })
+        for b in bridges {
+            b.process.waitUntilExit()
+            XCTAssertEqual(b.process.terminationStatus, 0, b.log)
+        }
+        let sh = try await sc.head()
+        let th = try await tc.head()
+        XCTAssertEqual(th, sh, "same index, same chained hash")
+        let se = try await sc.entries(from: 1, count: 1000)
+        let te = try await tc.entries(from: 1, count: 1000)
+        XCTAssertEqual(te, se, "entry for entry, byte for byte")
+        let st = try await dumpState(sc), tt = try await dumpState(tc)
+        XCTAssertEqual(tt, st)
+        // The mirror takes no other writes.
+        let r = try await tc.send(.batch(.init(sourceID: "x", expected: 0, new: 1, operations: [.delete(key: [1])])))
+        guard case let .error(_, message) = r else { return XCTFail("\(r)") }
+        XCTAssertTrue(message.contains("compatible"), message)
+        await sc.close()
+        await tc.close()
+    }
+
+    func testBatchedModeAppliesWithCompareAndSwapOnTheSourceIndex() async throws {
+        let (src, sc) = try await sourceRoot(entries: 120)
+        let target = try RootNode(data: tmp.appendingPathComponent("target"), logDir: tmp)
+        let tc = try await QSClient.connect(host: "127.0.0.1", port: target.port)
+        _ = try await tc.write([.set(key: Array("own".utf8), value: [1], expiry: nil)], sourceID: "local")
+        let r = try Harness.run("qsqsbridge", ["--source", "qs://\(src.address)", "--root", target.address, "--mode", "batched",
+                                               "--source-id", "legacy", "--once"])
+        XCTAssertEqual(r.status, 0, String(decoding: r.stderr, as: UTF8.self))
+        let cp = try await tc.checkpoint(sourceID: "legacy")
+        let srcHead = try await sc.head().index
+        XCTAssertEqual(cp, srcHead)
+        var want = try await dumpState(sc)
+        want[Array("own".utf8)] = Record(value: [1], expiry: nil)
+        let got = try await dumpState(tc)
+        XCTAssertEqual(got, want)
+        // Batched: fewer entries than the source, its own writes still accepted.
+        let th = try await tc.head().index
+        XCTAssertLessThan(th, srcHead)
+        _ = try await tc.write([.set(key: Array("own2".utf8), value: [2], expiry: nil)], sourceID: "local")
+        await sc.close()
+        await tc.close()
+    }
+}
