@@ -53,11 +53,13 @@ public final class Store: Sendable {
     public static let maxSourceIDBytes = 255
 
     /// Opens or creates the store in `directory` (created if missing).
-    public init(directory: String, mapSize: Int = 8 << 30, readOnly: Bool = false) throws {
+    /// `noSync` skips fsync at commit: only for bulk loads that call `sync()` at the end
+    /// (benchmarks), never for a serving node.
+    public init(directory: String, mapSize: Int = 8 << 30, readOnly: Bool = false, noSync: Bool = false) throws {
         if !readOnly {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         }
-        environment = try LMDBEnvironment(path: directory, options: .init(mapSize: mapSize, readOnly: readOnly))
+        environment = try LMDBEnvironment(path: directory, options: .init(mapSize: mapSize, readOnly: readOnly, noSync: noSync))
         keys = KeyEncoding(maxKeySize: environment.maxKeySize)
         if readOnly {
             let dbs = try environment.openExistingDatabases(["kv", "log", "meta"])

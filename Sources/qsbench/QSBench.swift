@@ -27,6 +27,12 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Directory for the JSON results. (env: QS_BENCH_OUT)", valueName: "dir"))
     var out: String = QSEnv.string("QS_BENCH_OUT") ?? "bench/results"
 
+    @Option(help: ArgumentHelp("Benchmarks to run: root-write, mirror (comma separated). (env: QS_BENCH_SUITES)", valueName: "list"))
+    var suites: String = QSEnv.string("QS_BENCH_SUITES") ?? "root-write,mirror"
+
+    @Option(help: ArgumentHelp("Entries in the mirror benchmark's source root. (env: QS_BENCH_MIRROR_ENTRIES)", valueName: "n"))
+    var mirrorEntries: Int = Int(QSEnv.string("QS_BENCH_MIRROR_ENTRIES") ?? "") ?? 1_000_000
+
     @Option(help: ArgumentHelp("Scratch directory for the stores (a real disk, not tmpfs, for honest fsyncs). (env: QS_BENCH_SCRATCH)", valueName: "dir"))
     var scratch: String = QSEnv.string("QS_BENCH_SCRATCH") ?? ".bench-scratch"
 
@@ -59,6 +65,21 @@ struct QSBench: AsyncParsableCommand {
         try? FileManager.default.removeItem(atPath: scratch)
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let runSuites = Set(suites.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        if runSuites.contains("mirror") {
+            let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+            let m = try await MirrorBench(entries: mirrorEntries, keys: min(mirrorEntries, 100_000), valueBytes: valueBytes,
+                                          scratch: scratch, binDir: bin).run()
+            print(String(format: "mirror: qsqsbridge --mode compatible carried %d entries at %.0f entries/s; the target store applies them itself at %.0f entries/s (ratio %.3f); bridge peak RSS %.1f MB, target %.1f MB; verify %.0f keys/s",
+                         m.entries, m.bridgeEntriesPerSec, m.localApplyEntriesPerSec, m.ratio, Double(m.bridgePeakRSSBytes) / 1e6,
+                         Double(m.targetPeakRSSBytes) / 1e6, m.verifyKeysPerSec))
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            enc.keyEncodingStrategy = .convertToSnakeCase
+            try enc.encode(m).write(to: URL(fileURLWithPath: "\(out)/mirror-latest.json"))
+        }
+        guard runSuites.contains("root-write") else { return }
         var rows = [Row]()
         for size in sizes {
             let lmdb = try runLMDB(batchSize: size, duration: d, dir: "\(scratch)/lmdb-\(size)")

@@ -1,0 +1,96 @@
+import Foundation
+import QSClient
+import QSStore
+import QSTesting
+
+/// `qsqsbridge --mode compatible` carrying a root's whole log into an empty root, next to
+/// the target store's own apply rate for the same entries, and `qsctl verify` throughput.
+struct MirrorBench {
+    let entries: Int
+    let keys: Int
+    let valueBytes: Int
+    let scratch: String
+    let binDir: URL
+
+    struct Result: Codable {
+        var entries: Int
+        var keys: Int
+        var bridgeEntriesPerSec: Double
+        var localApplyEntriesPerSec: Double
+        var ratio: Double
+        var bridgePeakRSSBytes: Int
+        var targetPeakRSSBytes: Int
+        var verifyKeysPerSec: Double
+        var generateSeconds: Double
+    }
+
+    func run() async throws -> Result {
+        let src = scratch + "/mirror-src", dst = scratch + "/mirror-dst", local = scratch + "/mirror-local"
+        // 1. Build the source root's log directly (no fsync per entry), then sync.
+        let genStart = ContinuousClock.now
+        do {
+            let store = try Store(directory: src, mapSize: 16 << 30, noSync: true)
+            var value = [UInt8](repeating: 0, count: valueBytes)
+            for i in 0..<entries {
+                value[i % valueBytes] &+= 1
+                _ = try store.applyBatch(sourceID: "bench", expected: UInt64(i), new: UInt64(i + 1),
+                                         operations: [.set(key: Array(String(format: "key/%08d", i % keys).utf8), value: value, expiry: nil)])
+            }
+            try store.environment.sync()
+        }
+        let generate = (ContinuousClock.now - genStart).seconds
+        // 2. The reference: the target store applying the same entries itself, durably, 1,000 a transaction.
+        let localRate: Double = try {
+            let from = try Store(directory: src, readOnly: true)
+            let to = try Store(directory: local, mapSize: 16 << 30)
+            let start = ContinuousClock.now
+            var next: UInt64 = 1
+            while true {
+                let chunk = try from.entries(from: next, count: 1000)
+                guard let last = chunk.last else { break }
+                try to.appendEntries(chunk, markCompatible: true)
+                next = last.index + 1
+            }
+            return Double(entries) / (ContinuousClock.now - start).seconds
+        }()
+        // 3. Two real nodes and the bridge between them.
+        let srcPort = Harness.freePort(), dstPort = Harness.freePort()
+        let srcNode = try launch("qsnode", ["--data", src, "--listen", "127.0.0.1:\(srcPort)", "--log-level", "warning"])
+        let dstNode = try launch("qsnode", ["--data", dst, "--listen", "127.0.0.1:\(dstPort)", "--log-level", "warning", "--map-size", "16GiB"])
+        defer { for p in [srcNode, dstNode] { p.terminate(); p.waitUntilExit() } }
+        _ = Harness.waitUntil(timeout: .seconds(30)) { Harness.isListening(port: srcPort) && Harness.isListening(port: dstPort) }
+        let start = ContinuousClock.now
+        let bridge = try launch("qsqsbridge", ["--source", "qs://127.0.0.1:\(srcPort)", "--root", "127.0.0.1:\(dstPort)", "--mode", "compatible",
+                                               "--once", "--log-level", "warning"])
+        var bridgeRSS = 0
+        while bridge.isRunning {
+            bridgeRSS = max(bridgeRSS, peakRSS(pid: bridge.processIdentifier))
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        let bridgeRate = Double(entries) / (ContinuousClock.now - start).seconds
+        let targetRSS = peakRSS(pid: dstNode.processIdentifier)
+        // 4. verify: node against node, by range digests.
+        let vStart = ContinuousClock.now
+        let verify = try launch("qsctl", ["--node", "127.0.0.1:\(srcPort)", "verify", "--against", "127.0.0.1:\(dstPort)"])
+        verify.waitUntilExit()
+        let verifyRate = Double(keys) / (ContinuousClock.now - vStart).seconds
+        guard verify.terminationStatus == 0 else { throw BenchError("verify found differences after the mirror run") }
+        return Result(entries: entries, keys: keys, bridgeEntriesPerSec: bridgeRate, localApplyEntriesPerSec: localRate,
+                      ratio: bridgeRate / localRate, bridgePeakRSSBytes: bridgeRSS, targetPeakRSSBytes: targetRSS,
+                      verifyKeysPerSec: verifyRate, generateSeconds: generate)
+    }
+
+    func launch(_ name: String, _ args: [String]) throws -> Process {
+        let p = Process()
+        p.executableURL = binDir.appendingPathComponent(name)
+        p.arguments = args
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        return p
+    }
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
