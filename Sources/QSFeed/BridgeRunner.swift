@@ -11,8 +11,10 @@ public enum PrometheusRegistryBox {
 /// Runs a bridge: the consumer plus the admin server, stopping on SIGTERM/SIGINT after
 /// the consumer has flushed. Returns when a finite source is done; throws (after logging)
 /// when the bridge had to stop.
-public func runBridge<S: FeedSource>(consumer: FeedConsumer<S>, adminEndpoint: Endpoint?,
+public func runBridge<S: FeedSource>(consumer: FeedConsumer<S>, service: ServiceOptions,
                                      registry: PrometheusCollectorRegistry, logger: Logger) async throws {
+    let adminEndpoint = try service.adminEndpoint()
+    let readyLag = service.readyLagSeconds
     var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
         .init(service: consumer, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
     ]
@@ -21,10 +23,14 @@ public func runBridge<S: FeedSource>(consumer: FeedConsumer<S>, adminEndpoint: E
         services.append(.init(service: AdminServer(endpoint: adminEndpoint, registry: registry, logger: logger) {
             let s = consumer.status
             if s.finished { return Readiness(ready: true, detail: "source finished; everything read is applied") }
-            return Readiness(ready: s.sourceConnected, detail: s.sourceConnected ? "reading source; checkpoint \(s.checkpoint.map { String($0) } ?? "none")" : "not connected to the source")
+            guard s.sourceConnected else { return Readiness(ready: false, detail: "not connected to the source") }
+            guard let cp = s.checkpoint else { return Readiness(ready: false, detail: "no answer from the root yet") }
+            if let lag = s.lagSeconds, lag > readyLag {
+                return Readiness(ready: false, detail: String(format: "catching up: %.1f s behind the source (--ready-lag %.1f s)", lag, readyLag))
+            }
+            return Readiness(ready: true, detail: "reading source; checkpoint \(cp)\(s.lagSeconds.map { String(format: ", lag %.2f s", $0) } ?? "")")
         }))
         _ = root
     }
-    let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-    try await group.run()
+    try await service.serviceGroup(services, logger: logger).run()
 }

@@ -54,13 +54,14 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
             // Whatever happened, write what was read (a stop still applies what came before it).
             try await finalFlush(batcher)
             let reached = await batcher.confirmed
+            let readUpTo = await batcher.lastRead
             switch outcome {
             case .finished:
                 logger.info("source finished; everything read is applied", metadata: ["checkpoint": "\(reached)"])
                 state.withLock { $0.finished = true }
                 return
             case .shutdown:
-                logger.info("stopped reading on shutdown; pending batch flushed", metadata: ["checkpoint": "\(reached)"])
+                logger.info("stopped reading on shutdown; pending batch flushed", metadata: ["checkpoint": "\(reached)", "read-up-to": "\(readUpTo)"])
                 return
             case let .failed(error):
                 if let stop = error as? FeedError, case .stop = stop {

@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import Metrics
 import Prometheus
+import ServiceLifecycle
 
 public enum LogFormat: String, ExpressibleByArgument, CaseIterable, Sendable {
     case json, text
@@ -18,9 +19,27 @@ public struct ServiceOptions: ParsableArguments, Sendable {
     @Option(help: ArgumentHelp("Admin HTTP address serving /healthz, /readyz and /metrics, as HOST:PORT; empty for none. (env: QS_ADMIN)", valueName: "host:port"))
     public var admin: String = QSEnv.string("QS_ADMIN") ?? ""
 
+    @Option(help: ArgumentHelp("/readyz answers 503 while the daemon is further behind its source or upstream than this, e.g. 5s. (env: QS_READY_LAG)", valueName: "duration"))
+    public var readyLag: String = QSEnv.string("QS_READY_LAG") ?? "5s"
+
+    @Option(help: ArgumentHelp("On SIGTERM/SIGINT, how long to finish in-flight work (a bridge's last batch) before being cancelled. (env: QS_SHUTDOWN_TIMEOUT)", valueName: "duration"))
+    public var shutdownTimeout: String = QSEnv.string("QS_SHUTDOWN_TIMEOUT") ?? "10s"
+
     public init() {}
 
+    public var readyLagSeconds: Double { parseDuration(readyLag)?.seconds ?? 5 }
+    public var shutdownDuration: Duration { parseDuration(shutdownTimeout) ?? .seconds(10) }
+
+    /// A service group stopping on SIGTERM/SIGINT within `--shutdown-timeout`.
+    public func serviceGroup(_ services: [ServiceGroupConfiguration.ServiceConfiguration], logger: Logger) -> ServiceGroup {
+        var config = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        config.maximumGracefulShutdownDuration = shutdownDuration
+        return ServiceGroup(configuration: config)
+    }
+
     public func validate() throws {
+        guard parseDuration(readyLag) != nil else { throw ValidationError("--ready-lag '\(readyLag)' is not a duration such as 5s") }
+        guard parseDuration(shutdownTimeout) != nil else { throw ValidationError("--shutdown-timeout '\(shutdownTimeout)' is not a duration such as 10s") }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level '\(logLevel)' is not one of trace, debug, info, notice, warning, error, critical")
         }

@@ -121,6 +121,6 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
     }
 
     func serve<S: FeedSource>(_ consumer: FeedConsumer<S>, _ registry: PrometheusRegistryBox.Registry, _ logger: Logger) async throws {
-        try await runBridge(consumer: consumer, adminEndpoint: try service.adminEndpoint(), registry: registry, logger: logger)
+        try await runBridge(consumer: consumer, service: service, registry: registry, logger: logger)
     }
 }

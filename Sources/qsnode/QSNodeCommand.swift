@@ -121,6 +121,7 @@ struct QSNodeCommand: AsyncParsableCommand {
         }
 
         services += try reads.services(store: store, pool: pool, logger: logger)
+        let readyLag = service.readyLagSeconds
         if let admin = try service.adminEndpoint() {
             var actions = [String: AdminAction]()
             if let replica {
@@ -137,17 +138,13 @@ struct QSNodeCommand: AsyncParsableCommand {
             services.append(AdminServer(endpoint: admin, registry: registry, logger: logger, actions: actions) {
                 guard let replica else { return Readiness(ready: true, detail: "root: store open") }
                 let s = replica.status
-                return Readiness(ready: s.subscribed, detail: s.subscribed
-                    ? "replica: subscribed to \(s.upstream.map(\.description) ?? "?")"
-                    : "replica: not subscribed to an upstream")
+                guard s.subscribed else { return Readiness(ready: false, detail: "replica: not subscribed to an upstream") }
+                let age = s.rootAgeSeconds ?? .infinity
+                return Readiness(ready: age <= readyLag, detail: String(format: "replica: subscribed to %@, root word %.1f s old (--ready-lag %.1f s)",
+                                                                         s.upstream.map(\.description) ?? "?", age, readyLag))
             })
         }
-        let group = ServiceGroup(configuration: .init(
-            services: services.map { .init(service: $0) },
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger
-        ))
-        try await group.run()
+        try await service.serviceGroup(services.map { .init(service: $0) }, logger: logger).run()
         try await pool.shutdownGracefully()
         let finalHead = try store.head()
         logger.info("node stopped cleanly", metadata: ["head-index": "\(finalHead.index)"])

@@ -49,6 +49,6 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
         logger.info("bridge starting", metadata: ["source": "\(source)", "mode": "\(mode)", "source-id": "\(id)", "root": "\(bridge.root)"])
         let consumer = FeedConsumer(source: QSLogSource(endpoint: endpoint, stopAtHead: bridge.once), sourceID: id, root: writer,
                                     limits: bridge.limits(mode: writeMode), metrics: metrics, logger: logger)
-        try await runBridge(consumer: consumer, adminEndpoint: try service.adminEndpoint(), registry: registry, logger: logger)
+        try await runBridge(consumer: consumer, service: service, registry: registry, logger: logger)
     }
 }

@@ -115,4 +115,45 @@ final class LiveKTTests: XCTestCase {
         for b in bridges { XCTAssertEqual(try b.stop(), 0, b.log) }
         await c.close()
     }
+
+    func testSIGTERMUnderAWorkloadAppliesEverythingReadExactlyOnce() async throws {
+        let kt = try FakeKTProcess(logDir: tmp)
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let (b, admin) = try bridge(kt, root, extra: ["--source-id", "kt", "--batch-interval", "2s", "--shutdown-timeout", "20s"])
+        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        // Keep writing while the bridge is stopped, so it has read changes it has not yet written.
+        let writer = Task.detached {
+            for i in 0..<400 {
+                kt.set("w\(i % 50)", "v\(i)")
+                if Task.isCancelled { break }
+            }
+        }
+        XCTAssertTrue(Harness.waitUntil { (metricValue(port: admin, "qs_bridge_changes_read_total") ?? 0) >= 50 })
+        XCTAssertEqual(try b.stop(signal: SIGTERM), 0, b.log)
+        writer.cancel()
+        _ = await writer.value
+        // Everything read before the signal was applied: the checkpoint is the last position read.
+        let line = b.log.split(separator: "\n").first { $0.contains("pending batch flushed") }.map(String.init) ?? ""
+        let readUpTo = line.components(separatedBy: "read-up-to=").dropFirst().first?.split(separator: " ").first.flatMap { UInt64($0) }
+        let cp = try await c.checkpoint(sourceID: "kt")
+        XCTAssertNotNil(readUpTo, b.log)
+        XCTAssertEqual(cp, readUpTo, "every change read before SIGTERM is applied")
+        // A new bridge resumes from there; at the end the root equals KT and no position was applied twice.
+        kt.set("final", "yes")
+        let (b2, _) = try bridge(kt, root, extra: ["--source-id", "kt"])
+        let done = await waitFor(c, "final", "yes", timeout: .seconds(30))
+        XCTAssertTrue(done)
+        let positions = try await verifyLog(c, sourceID: "kt")
+        XCTAssertFalse(positions.isEmpty)
+        let r = kt.rpc("match_prefix", [("prefix", Array("w".utf8)), ("max", Array("1000".utf8))])
+        let count = r.body.split(separator: "\n").filter { $0.hasPrefix("_") }.count
+        let state = try await dumpState(c)
+        XCTAssertEqual(state.keys.filter { $0.starts(with: Array("w".utf8)) }.count, count)
+        for (k, v) in state where k.starts(with: Array("w".utf8)) {
+            let got = kt.rpc("get", [("key", k)]).body.split(separator: "\n").first { $0.hasPrefix("value\t") }.map { Array($0.dropFirst(6).utf8) }
+            XCTAssertEqual(got, v.value, String(decoding: k, as: UTF8.self))
+        }
+        XCTAssertEqual(try b2.stop(), 0)
+        await c.close()
+    }
 }
