@@ -33,7 +33,7 @@ struct Status: AsyncParsableCommand {
         printLine("log      retained from index \(s["log_first_index"] ?? "?"); \(s["subscribers"] ?? 0) subscriber(s)")
         if let age = s["root_age_seconds"] as? Double { printLine(String(format: "freshness root word %.1f s old", age)) }
         if let u = s["upstream"] as? [String: Any] {
-            printLine("upstream \(u["address"] ?? "?")  subscribed \(u["subscribed"] ?? false)  upstream head \(u["head"] ?? "?")  behind \(u["lag_entries"] ?? "?") entries")
+            printLine("upstream \(u["address"] ?? "?")  subscribed \((u["subscribed"] as? Bool) == true ? "yes" : "no")  upstream head \(u["head"] ?? "?")  behind \(u["lag_entries"] ?? "?") entries")
         }
         let sources = s["sources"] as? [[String: Any]] ?? []
         if !sources.isEmpty {
