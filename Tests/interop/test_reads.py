@@ -1,4 +1,6 @@
-"""Interop: real memcached and Kyoto Tycoon clients (pymemcache, ukt) read from a qsnode.
+"""Interop: real memcached and Kyoto Tycoon clients (pymemcache, ukt) read from a QS replica.
+
+The records are written to a root; the clients read from a replica that follows it.
 
 Run from the package root after `swift build`:
     python3 -m pytest Tests/interop/test_reads.py
@@ -58,28 +60,47 @@ RECORDS = {
 }
 
 
+def head(node):
+    out = subprocess.run([os.path.join(BIN, "qsctl"), "--node", node, "head"], check=True, capture_output=True,
+                         env={k: v for k, v in os.environ.items() if not k.startswith("QS_")}).stdout
+    return out.strip()
+
+
 @pytest.fixture(scope="module")
 def node():
     tmp = tempfile.mkdtemp(prefix="qs-interop-")
-    ports = {name: free_port() for name in ("write", "mc", "kt")}
+    ports = {name: free_port() for name in ("root", "write", "mc", "kt")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("QS_")}
+    root = subprocess.Popen(
+        [os.path.join(BIN, "qsnode"), "--role", "root", "--data", os.path.join(tmp, "root"),
+         "--listen", "127.0.0.1:%d" % ports["root"]],
+        stderr=open(os.path.join(tmp, "root.log"), "w"), env=env)
+    wait_port(ports["root"], root)
+    for key, (value, xt) in RECORDS.items():
+        put("127.0.0.1:%d" % ports["root"], key, value, xt)
     proc = subprocess.Popen(
-        [os.path.join(BIN, "qsnode"), "--data", os.path.join(tmp, "data"),
+        [os.path.join(BIN, "qsnode"), "--role", "replica", "--data", os.path.join(tmp, "replica"),
+         "--upstream", "127.0.0.1:%d" % ports["root"],
          "--listen", "127.0.0.1:%d" % ports["write"],
          "--memcached", "127.0.0.1:%d" % ports["mc"], "--kt-http", "127.0.0.1:%d" % ports["kt"],
          "--memcached-unix", os.path.join(tmp, "mc.sock"),
          "--kt-db-map", "0=,1=aux/"],
         stderr=open(os.path.join(tmp, "qsnode.log"), "w"), env=env)
     try:
-        for p in ports.values():
-            wait_port(p, proc)
-        for key, (value, xt) in RECORDS.items():
-            put("127.0.0.1:%d" % ports["write"], key, value, xt)
+        for p in ("write", "mc", "kt"):
+            wait_port(ports[p], proc)
+        want = head("127.0.0.1:%d" % ports["root"])
+        deadline = time.monotonic() + 30
+        while head("127.0.0.1:%d" % ports["write"]) != want:
+            assert time.monotonic() < deadline, "the replica did not catch up with the root"
+            time.sleep(0.05)
         ports["mc_unix"] = os.path.join(tmp, "mc.sock")
         yield ports
     finally:
         proc.terminate()
         assert proc.wait(timeout=15) == 0
+        root.terminate()
+        assert root.wait(timeout=15) == 0
 
 
 def flags_serde():
