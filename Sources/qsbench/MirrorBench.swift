@@ -20,6 +20,9 @@ struct MirrorBench {
         var ratio: Double
         var bridgePeakRSSBytes: Int
         var targetPeakRSSBytes: Int
+        /// The target node's own memory (RssAnon, sampled): its heap, without LMDB's map.
+        var targetPeakAnonBytes: Int
+        var bridgePeakAnonBytes: Int
         var verifyKeysPerSec: Double
         var generateSeconds: Double
     }
@@ -62,9 +65,11 @@ struct MirrorBench {
         let start = ContinuousClock.now
         let bridge = try launch("qsqsbridge", ["--source", "qs://127.0.0.1:\(srcPort)", "--root", "127.0.0.1:\(dstPort)", "--mode", "compatible",
                                                "--once", "--log-level", "warning"])
-        var bridgeRSS = 0
+        var bridgeRSS = 0, bridgeAnon = 0, targetAnon = 0
         while bridge.isRunning {
             bridgeRSS = max(bridgeRSS, peakRSS(pid: bridge.processIdentifier))
+            bridgeAnon = max(bridgeAnon, anonRSS(pid: bridge.processIdentifier))
+            targetAnon = max(targetAnon, anonRSS(pid: dstNode.processIdentifier))
             try await Task.sleep(for: .milliseconds(50))
         }
         let bridgeRate = Double(entries) / (ContinuousClock.now - start).seconds
@@ -77,6 +82,7 @@ struct MirrorBench {
         guard verify.terminationStatus == 0 else { throw BenchError("verify found differences after the mirror run") }
         return Result(entries: entries, keys: keys, bridgeEntriesPerSec: bridgeRate, localApplyEntriesPerSec: localRate,
                       ratio: bridgeRate / localRate, bridgePeakRSSBytes: bridgeRSS, targetPeakRSSBytes: targetRSS,
+                      targetPeakAnonBytes: targetAnon, bridgePeakAnonBytes: bridgeAnon,
                       verifyKeysPerSec: verifyRate, generateSeconds: generate)
     }
 

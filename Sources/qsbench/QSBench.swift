@@ -70,9 +70,10 @@ struct QSBench: AsyncParsableCommand {
             let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
             let m = try await MirrorBench(entries: mirrorEntries, keys: min(mirrorEntries, 100_000), valueBytes: valueBytes,
                                           scratch: scratch, binDir: bin).run()
-            print(String(format: "mirror: qsqsbridge --mode compatible carried %d entries at %.0f entries/s; the target store applies them itself at %.0f entries/s (ratio %.3f); bridge peak RSS %.1f MB, target %.1f MB; verify %.0f keys/s",
+            print(String(format: "mirror: qsqsbridge --mode compatible carried %d entries at %.0f entries/s; the target store applies them itself at %.0f entries/s (ratio %.3f); bridge peak RSS %.1f MB (own memory %.1f MB), target %.1f MB with LMDB's mapped pages (own memory %.1f MB); verify %.0f keys/s",
                          m.entries, m.bridgeEntriesPerSec, m.localApplyEntriesPerSec, m.ratio, Double(m.bridgePeakRSSBytes) / 1e6,
-                         Double(m.targetPeakRSSBytes) / 1e6, m.verifyKeysPerSec))
+                         Double(m.bridgePeakAnonBytes) / 1e6, Double(m.targetPeakRSSBytes) / 1e6, Double(m.targetPeakAnonBytes) / 1e6,
+                         m.verifyKeysPerSec))
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let enc = JSONEncoder()
             enc.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -208,7 +209,18 @@ func writeBytes(pid: Int32?) -> Int {
     return 0
 }
 
-/// Peak resident set size (VmHWM) in bytes.
+/// Anonymous resident memory (RssAnon: the process's own heap and stacks, not LMDB's
+/// file-backed map) in bytes.
+func anonRSS(pid: Int32?) -> Int {
+    let path = pid.map { "/proc/\($0)/status" } ?? "/proc/self/status"
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return 0 }
+    for line in text.split(separator: "\n") where line.hasPrefix("RssAnon:") {
+        return (line.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0) * 1024
+    }
+    return 0
+}
+
+/// Peak resident set size (VmHWM) in bytes, LMDB's mapped pages included.
 func peakRSS(pid: Int32?) -> Int {
     let path = pid.map { "/proc/\($0)/status" } ?? "/proc/self/status"
     guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return 0 }
