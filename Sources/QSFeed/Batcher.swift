@@ -39,6 +39,8 @@ actor Batcher {
     /// The newest position read from the source (for "caught up").
     private(set) var lastRead: UInt64
     private var appliedTimeNs: UInt64?
+    /// Changes written by this batcher (for progress).
+    private(set) var appliedChanges = 0
     private var heartbeatTimeNs: UInt64?
 
     init(sourceID: String, confirmed: UInt64, limits: BatchLimits, root: RootWriter, logger: Logger, metrics: FeedMetrics) {
@@ -124,6 +126,7 @@ actor Batcher {
         }
         switch response {
         case .applied:
+            appliedChanges += batch.count
             metrics.batchesApplied.increment()
             metrics.opsSent.increment(by: operations.count)
             drop(through: last.position)

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import QSService
 import QSStore
@@ -99,6 +100,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
                         }
                     }
                     group.addTask {
+                        var progress = Progress(start: start)
                         while true {
                             try await Task.sleep(for: limits.interval)
                             try await batcher.flush()
@@ -108,6 +110,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
                                 $0.checkpoint = cp
                                 $0.lagSeconds = lag
                             }
+                            progress.report(checkpoint: cp, applied: await batcher.appliedChanges, lag: lag, logger: self.logger)
                         }
                     }
                     // The source task ends first (finite source or error); then stop the ticker.
@@ -121,6 +124,33 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
         } catch {
             if Task.isCancelled || Task.isShuttingDownGracefully { return .shutdown }
             return .failed(error)
+        }
+    }
+
+    /// Progress of long work: a line rewritten in place on a terminal, a log line every
+    /// 10 s otherwise, with the applied position, the rate and the lag.
+    struct Progress {
+        let start: UInt64
+        var lastLog = ContinuousClock.now
+        let began = ContinuousClock.now
+        let terminal = isatty(2) == 1
+
+        init(start: UInt64) {
+            self.start = start
+        }
+
+        mutating func report(checkpoint: UInt64, applied: Int, lag: Double?, logger: Logger) {
+            let now = ContinuousClock.now
+            let lagText = lag.map { String(format: "%.1f s", $0) } ?? "?"
+            let rate = Double(applied) / max((now - began).seconds, 0.001)
+            if terminal {
+                let line = "\r\u{1B}[2Kposition \(checkpoint)  \(applied) changes applied  \(String(format: "%.0f", rate)) changes/s  lag \(lagText)"
+                FileHandle.standardError.write(Data(line.utf8))
+            } else if now - lastLog >= .seconds(10) {
+                logger.info("progress", metadata: ["checkpoint": "\(checkpoint)", "applied": "\(applied)",
+                                                   "changes-per-second": "\(Int(rate))", "lag-seconds": "\(lagText)"])
+                lastLog = now
+            }
         }
     }
 
