@@ -8,7 +8,7 @@ import QSWire
 public func openFrameChannel(host: String?, port: Int, unixPath: String?, readTimeout: TimeAmount = .seconds(5),
                              maxFrameBytes: Int = defaultMaxFrameBytes,
                              group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> NIOAsyncChannel<Frame, Frame> {
-    let bootstrap = ClientBootstrap(group: group).connectTimeout(.seconds(3)).channelOption(.socketOption(.tcp_nodelay), value: 1)
+    let bootstrap = ClientBootstrap(group: group).connectTimeout(.seconds(3)).channelOption(.tcpOption(.tcp_nodelay), value: 1)
     let initializer: @Sendable (Channel) -> EventLoopFuture<NIOAsyncChannel<Frame, Frame>> = { channel in
         channel.eventLoop.makeCompletedFuture {
             let ops = channel.pipeline.syncOperations

@@ -56,7 +56,7 @@ public final class QSClient: Sendable {
     static func bootstrap(group: any EventLoopGroup, maxFrameBytes: Int, timeout: TimeAmount) -> ClientBootstrap {
         ClientBootstrap(group: group)
             .connectTimeout(timeout)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let ops = channel.pipeline.syncOperations

@@ -63,7 +63,7 @@ public struct KTReplicationClient: Sendable {
         let readTimeout = TimeAmount.nanoseconds(Int64(timeout.seconds * 1e9))
         let channel = try await ClientBootstrap(group: group)
             .connectTimeout(.seconds(5))
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .connect(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let ops = channel.pipeline.syncOperations

@@ -59,7 +59,7 @@ struct ConnectionListener<Connection: Sendable>: Sendable {
         switch endpoint {
         case let .tcp(host, port):
             return try await bootstrap
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
                 .bind(host: host, port: port, childChannelInitializer: initializer)
         case let .unix(path):
             return try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true,
