@@ -27,8 +27,8 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Directory for the JSON results. (env: QS_BENCH_OUT)", valueName: "dir"))
     var out: String = QSEnv.string("QS_BENCH_OUT") ?? "bench/results"
 
-    @Option(help: ArgumentHelp("Benchmarks to run: root-write, mirror (comma separated). (env: QS_BENCH_SUITES)", valueName: "list"))
-    var suites: String = QSEnv.string("QS_BENCH_SUITES") ?? "root-write,mirror"
+    @Option(help: ArgumentHelp("Benchmarks to run: root-write, mirror, lag (comma separated). (env: QS_BENCH_SUITES)", valueName: "list"))
+    var suites: String = QSEnv.string("QS_BENCH_SUITES") ?? "root-write,mirror,lag"
 
     @Option(help: ArgumentHelp("Entries in the mirror benchmark's source root. (env: QS_BENCH_MIRROR_ENTRIES)", valueName: "n"))
     var mirrorEntries: Int = Int(QSEnv.string("QS_BENCH_MIRROR_ENTRIES") ?? "") ?? 1_000_000
@@ -79,6 +79,17 @@ struct QSBench: AsyncParsableCommand {
             enc.outputFormatting = [.prettyPrinted, .sortedKeys]
             enc.keyEncodingStrategy = .convertToSnakeCase
             try enc.encode(m).write(to: URL(fileURLWithPath: "\(out)/mirror-latest.json"))
+        }
+        if runSuites.contains("lag") {
+            let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            let l = try await LagBench(seconds: 20, writesPerSecond: 200, scratch: scratch, binDir: bin, out: out).run()
+            print(String(format: "lag: qsktbridge under %d KT writes/s for %.0f s: mean lag %.2f s, max %.2f s (%d samples), bridge peak RSS %.1f MB; chart %@",
+                         l.writesPerSecond, l.seconds, l.meanLagSeconds, l.maxLagSeconds, l.samples, Double(l.bridgePeakRSSBytes) / 1e6, l.chart))
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            enc.keyEncodingStrategy = .convertToSnakeCase
+            try enc.encode(l).write(to: URL(fileURLWithPath: "\(out)/lag-latest.json"))
         }
         guard runSuites.contains("root-write") else { return }
         var rows = [Row]()
