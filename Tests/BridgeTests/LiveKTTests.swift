@@ -58,6 +58,13 @@ final class LiveKTTests: XCTestCase {
         let after = await waitFor(c, "after-idle", "yes")
         XCTAssertTrue(after)
         XCTAssertFalse(b.log.contains("source failed"), "the connection never dropped:\n\(b.log)")
+        // The lag picture: samples printed, an SVG line chart written.
+        let svg = tmp.appendingPathComponent("lag.svg")
+        let lag = try Harness.run("qsctl", ["lag", "--admin", "127.0.0.1:\(admin)", "--duration", "1s", "--interval", "200ms", "--plot", svg.path])
+        XCTAssertEqual(lag.status, 0, String(decoding: lag.stderr, as: UTF8.self))
+        XCTAssertGreaterThanOrEqual(String(decoding: lag.stdout, as: UTF8.self).split(separator: "\n").filter { $0.contains("qs_bridge_lag_seconds") }.count, 3)
+        let chart = try String(contentsOf: svg, encoding: .utf8)
+        XCTAssertTrue(chart.hasPrefix("<svg") && chart.contains("<polyline"), chart)
         XCTAssertEqual(try b.stop(), 0)
         let cp = try await c.checkpoint(sourceID: "kt:127.0.0.1:\(kt.port)")
         XCTAssertNotNil(cp)
