@@ -1,3 +1,4 @@
+import QSService
 import ArgumentParser
 import Foundation
 import QSRecording
@@ -67,12 +68,14 @@ struct FeedShow: AsyncParsableCommand {
 
     @ParentCommand var parent: Qsctl
     @Argument(help: "The recording.") var file: String
-    @Option(help: ArgumentHelp("Only updates at or after this position (KT timestamp, QS log index).", valueName: "pos"))
-    var from: UInt64 = 0
-    @Option(help: ArgumentHelp("Print at most this many updates.", valueName: "n")) var count: Int?
-    @Option(help: ArgumentHelp("Only keys starting with this prefix (base64 with --base64).", valueName: "prefix"))
-    var prefix: String = ""
-    @Option(help: ArgumentHelp("Only this KT database.", valueName: "n")) var db: UInt16?
+    @Option(help: ArgumentHelp("Only updates at or after this position (KT timestamp, QS log index). (env: QS_FROM)", valueName: "pos"))
+    var from: UInt64 = UInt64(QSEnv.string("QS_FROM") ?? "") ?? 0
+    @Option(help: ArgumentHelp("Print at most this many updates. (env: QS_COUNT)", valueName: "n"))
+    var count: Int? = QSEnv.string("QS_COUNT").flatMap { Int($0) }
+    @Option(help: ArgumentHelp("Only keys starting with this prefix (base64 with --base64). (env: QS_PREFIX)", valueName: "prefix"))
+    var prefix: String = QSEnv.string("QS_PREFIX") ?? ""
+    @Option(help: ArgumentHelp("Only this KT database. (env: QS_DB)", valueName: "n"))
+    var db: UInt16? = QSEnv.string("QS_DB").flatMap { UInt16($0) }
 
     func run() async throws {
         let p = try parent.options.bytes(prefix, "--prefix")
@@ -122,8 +125,10 @@ struct FeedStats: AsyncParsableCommand {
     )
 
     @Argument(help: "The recording.") var file: String
-    @Option(help: ArgumentHelp("How many busiest keys to print.", valueName: "n")) var top: Int = 10
-    @Option(help: ArgumentHelp("Keys tracked for the busiest-keys estimate.", valueName: "n")) var keyCapacity: Int = 1024
+    @Option(help: ArgumentHelp("How many busiest keys to print. (env: QS_TOP)", valueName: "n"))
+    var top: Int = Int(QSEnv.string("QS_TOP") ?? "") ?? 10
+    @Option(help: ArgumentHelp("Keys tracked for the busiest-keys estimate. (env: QS_KEY_CAPACITY)", valueName: "n"))
+    var keyCapacity: Int = Int(QSEnv.string("QS_KEY_CAPACITY") ?? "") ?? 1024
 
     func run() async throws {
         var stats = FeedStatistics(keyCapacity: max(keyCapacity, top))

@@ -13,13 +13,13 @@ struct Put: AsyncParsableCommand {
     var options: NodeOptions { parent.options }
     @Argument(help: "The key.") var key: String
     @Argument(help: "The value.") var value: String
-    @Option(help: ArgumentHelp("Expiration time in epoch seconds (KT's xt); none by default.", valueName: "epoch"))
-    var expires: UInt64?
+    @Option(help: ArgumentHelp("Expiration time in epoch seconds (KT's xt); 0, the default, for none. (env: QS_EXPIRES)", valueName: "epoch"))
+    var expires: UInt64 = UInt64(QSEnv.string("QS_EXPIRES") ?? "") ?? 0
     @Option(help: ArgumentHelp("Source id the write is recorded under. (env: QS_SOURCE_ID)", valueName: "id"))
     var sourceID: String = QSEnv.string("QS_SOURCE_ID") ?? "qsctl"
 
     func run() async throws {
-        let op = Operation.set(key: try options.bytes(key, "KEY"), value: try options.bytes(value, "VALUE"), expiry: expires)
+        let op = Operation.set(key: try options.bytes(key, "KEY"), value: try options.bytes(value, "VALUE"), expiry: expires == 0 ? nil : expires)
         try await options.withClient { client in
             let r = try await client.write([op], sourceID: sourceID)
             if case let .applied(index, _, dropped) = r {
@@ -61,8 +61,8 @@ struct Get: AsyncParsableCommand {
     @ParentCommand var parent: Qsctl
     var options: NodeOptions { parent.options }
     @Argument(help: "The key.") var key: String
-    @Flag(help: "Print a JSON line {key, value, xt} with base64 key and value instead of the raw value.")
-    var json = false
+    @Flag(help: "Print a JSON line {key, value, xt} with base64 key and value instead of the raw value. (env: QS_JSON)")
+    var json = QSEnv.flag("QS_JSON")
 
     func run() async throws {
         let k = try options.bytes(key, "KEY")

@@ -14,9 +14,12 @@ struct Lag: AsyncParsableCommand {
 
     @Option(help: ArgumentHelp("The daemon's admin address, HOST:PORT. (env: QS_ADMIN)", valueName: "host:port"))
     var admin: String = QSEnv.string("QS_ADMIN") ?? "127.0.0.1:9400"
-    @Option(help: ArgumentHelp("How long to sample, e.g. 60s.", valueName: "duration")) var duration: String = "30s"
-    @Option(help: ArgumentHelp("Time between samples, e.g. 1s.", valueName: "duration")) var interval: String = "1s"
-    @Option(help: ArgumentHelp("Write the chart to this SVG file.", valueName: "file")) var plot: String = ""
+    @Option(help: ArgumentHelp("How long to sample, e.g. 60s. (env: QS_DURATION)", valueName: "duration"))
+    var duration: String = QSEnv.string("QS_DURATION") ?? "30s"
+    @Option(help: ArgumentHelp("Time between samples, e.g. 1s. (env: QS_INTERVAL)", valueName: "duration"))
+    var interval: String = QSEnv.string("QS_INTERVAL") ?? "1s"
+    @Option(help: ArgumentHelp("Write the chart to this SVG file. (env: QS_PLOT)", valueName: "file"))
+    var plot: String = QSEnv.string("QS_PLOT") ?? ""
 
     func validate() throws {
         guard parseDuration(duration) != nil, parseDuration(interval) ?? .zero > .zero else {

@@ -35,13 +35,15 @@ struct Log: AsyncParsableCommand {
 
     @ParentCommand var parent: Qsctl
     var options: NodeOptions { parent.options }
-    @Option(help: ArgumentHelp("First index to print.", valueName: "n")) var from: UInt64 = 1
-    @Option(help: ArgumentHelp("How many entries at most (default: to the head).", valueName: "m")) var count: UInt64?
+    @Option(help: ArgumentHelp("First index to print. (env: QS_FROM)", valueName: "n"))
+    var from: UInt64 = UInt64(QSEnv.string("QS_FROM") ?? "") ?? 1
+    @Option(help: ArgumentHelp("How many entries at most; 0, the default, to the head. (env: QS_COUNT)", valueName: "m"))
+    var count: UInt64 = UInt64(QSEnv.string("QS_COUNT") ?? "") ?? 0
 
     func run() async throws {
         try await options.withClient { client in
             var next = max(from, 1)
-            var left = count ?? UInt64.max
+            var left = count == 0 ? UInt64.max : count
             while left > 0 {
                 let list = try await client.entries(from: next, count: UInt32(min(left, 1000)))
                 if list.isEmpty { break }
@@ -73,18 +75,20 @@ struct Dump: AsyncParsableCommand {
 
     @ParentCommand var parent: Qsctl
     var options: NodeOptions { parent.options }
-    @Option(help: "Output format.") var format: Format = .jsonl
-    @Option(help: ArgumentHelp("Only keys starting with this prefix.", valueName: "prefix")) var prefix: String = ""
-    @Option(help: ArgumentHelp("Judge expiry at this instant (epoch seconds) instead of now.", valueName: "epoch"))
-    var at: UInt64?
-    @Option(help: ArgumentHelp("Records per page.", valueName: "n")) var pageSize: UInt32 = 1000
+    @Option(help: "Output format. (env: QS_FORMAT)") var format: Format = Format(rawValue: QSEnv.string("QS_FORMAT") ?? "") ?? .jsonl
+    @Option(help: ArgumentHelp("Only keys starting with this prefix. (env: QS_PREFIX)", valueName: "prefix"))
+    var prefix: String = QSEnv.string("QS_PREFIX") ?? ""
+    @Option(help: ArgumentHelp("Judge expiry at this instant (epoch seconds); 0, the default, for now. (env: QS_AT)", valueName: "epoch"))
+    var at: UInt64 = UInt64(QSEnv.string("QS_AT") ?? "") ?? 0
+    @Option(help: ArgumentHelp("Records per page. (env: QS_PAGE_SIZE)", valueName: "n"))
+    var pageSize: UInt32 = UInt32(QSEnv.string("QS_PAGE_SIZE") ?? "") ?? 1000
 
     func run() async throws {
         let p = try options.bytes(prefix, "--prefix")
         try await options.withClient { client in
             var cursor = [UInt8]()
             while true {
-                let page = try await client.scan(prefix: p, cursor: cursor, limit: pageSize, asOf: at ?? 0)
+                let page = try await client.scan(prefix: p, cursor: cursor, limit: pageSize, asOf: at)
                 var out = ""
                 for r in page.records { out += recordJSON(key: r.key, record: r.record) + "\n" }
                 FileHandle.standardOutput.write(Data(out.utf8))

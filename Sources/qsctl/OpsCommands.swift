@@ -15,7 +15,7 @@ struct Status: AsyncParsableCommand {
 
     @ParentCommand var parent: Qsctl
     var options: NodeOptions { parent.options }
-    @Option(help: "table or json.") var format: Format = .table
+    @Option(help: "table or json. (env: QS_FORMAT)") var format: Format = Format(rawValue: QSEnv.string("QS_FORMAT") ?? "") ?? .table
 
     func run() async throws {
         let json = try await options.withClient { try await $0.status() }
@@ -57,13 +57,14 @@ struct Wait: AsyncParsableCommand {
     var options: NodeOptions { parent.options }
     @Option(help: ArgumentHelp("The source id whose checkpoint to watch. (env: QS_SOURCE_ID)", valueName: "id"))
     var sourceID: String = QSEnv.string("QS_SOURCE_ID") ?? ""
-    @Option(help: ArgumentHelp("The position to reach (a KT timestamp, a QS log index).", valueName: "position"))
-    var until: UInt64
+    @Option(help: ArgumentHelp("The position to reach (a KT timestamp, a QS log index). (env: QS_UNTIL)", valueName: "position"))
+    var until: UInt64 = UInt64(QSEnv.string("QS_UNTIL") ?? "") ?? 0
     @Option(help: ArgumentHelp("Give up after this long, e.g. 30s. (env: QS_TIMEOUT)", valueName: "duration"))
     var timeout: String = QSEnv.string("QS_TIMEOUT") ?? "60s"
 
     func validate() throws {
         guard !sourceID.isEmpty else { throw ValidationError("--source-id is required") }
+        guard until > 0 else { throw ValidationError("--until POSITION is required (a KT timestamp or a QS log index)") }
         guard parseDuration(timeout) != nil else { throw ValidationError("--timeout '\(timeout)' is not a duration such as 30s") }
     }
 

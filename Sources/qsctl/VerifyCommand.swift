@@ -24,12 +24,12 @@ struct Verify: AsyncParsableCommand {
     var kt: String = QSEnv.string("QS_KT") ?? ""
     @Option(help: ArgumentHelp("With --kt: KT database index → QS key prefix, as qsktbridge's. (env: QS_DB_MAP)", valueName: "map"))
     var dbMap: String = QSEnv.string("QS_DB_MAP") ?? "0="
-    @Option(help: ArgumentHelp("Judge expiry at this instant (epoch seconds); default now.", valueName: "epoch"))
-    var at: UInt64?
-    @Option(help: ArgumentHelp("Records per compared range.", valueName: "n"))
-    var rangeSize: UInt32 = 10_000
-    @Flag(help: "Compare the keyspaces only, not the heads (for a target fed in batched mode).")
-    var keyspaceOnly = false
+    @Option(help: ArgumentHelp("Judge expiry at this instant (epoch seconds); 0, the default, for now. (env: QS_AT)", valueName: "epoch"))
+    var at: UInt64 = UInt64(QSEnv.string("QS_AT") ?? "") ?? 0
+    @Option(help: ArgumentHelp("Records per compared range. (env: QS_RANGE_SIZE)", valueName: "n"))
+    var rangeSize: UInt32 = UInt32(QSEnv.string("QS_RANGE_SIZE") ?? "") ?? 10_000
+    @Flag(help: "Compare the keyspaces only, not the heads (for a target fed in batched mode). (env: QS_KEYSPACE_ONLY)")
+    var keyspaceOnly = QSEnv.flag("QS_KEYSPACE_ONLY")
 
     func validate() throws {
         guard against.isEmpty != kt.isEmpty else { throw ValidationError("give exactly one of --against HOST:PORT or --kt HOST:PORT") }
@@ -37,7 +37,7 @@ struct Verify: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let instant = at ?? wallClockSeconds()
+        let instant = at == 0 ? wallClockSeconds() : at
         let differences: Int
         if !against.isEmpty {
             differences = try await verifyNodes(instant)

@@ -102,7 +102,10 @@ final class QsctlTests: XCTestCase {
     }
 
     func testEveryFlagHasHelpAndAnEnvironmentVariable() throws {
-        for command in [["qsnode"], ["qsctl"], ["qsctl", "put"], ["qsctl", "dump"], ["qsctl", "record"]] {
+        let commands: [[String]] = [["qsnode"], ["qsktbridge"], ["qsqsbridge"], ["qsbench"], ["qsctl"]]
+            + ["put", "get", "delete", "log", "dump", "status", "wait", "verify", "lag", "record"].map { ["qsctl", $0] }
+            + [["qsctl", "feed", "show"], ["qsctl", "feed", "stats"]]
+        for command in commands {
             let r = try Harness.run(command[0], Array(command.dropFirst()) + ["--help"])
             let help = String(decoding: r.stdout, as: UTF8.self)
             XCTAssertEqual(r.status, 0)
@@ -111,8 +114,9 @@ final class QsctlTests: XCTestCase {
             XCTAssertFalse(blocks.isEmpty)
             for block in blocks {
                 let flag = String(block.prefix { $0 != " " && $0 != "\n" })
-                if ["help", "expires", "json", "format", "prefix", "at", "page-size", "from", "count"].contains(flag) { continue }
-                let variable = "QS_" + flag.uppercased().replacingOccurrences(of: "-", with: "_")
+                if flag == "help" { continue }
+                // qsbench's variables carry its name: QS_BENCH_…
+                let variable = (command[0] == "qsbench" ? "QS_BENCH_" : "QS_") + flag.uppercased().replacingOccurrences(of: "-", with: "_")
                 XCTAssertTrue(block.contains(variable), "\(command.joined(separator: " ")) --\(flag) does not name \(variable)")
             }
         }
