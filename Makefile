@@ -38,10 +38,7 @@ interop-deps:
 
 test: deps interop-deps
 	$(SWIFT) build --build-tests
-	@# A hung run (seen once, not reproduced) is stopped after 15 minutes and run once more.
-	timeout -k 10 900 $(SWIFT) test --skip-build --disable-swift-testing || { rc=$$?; \
-		if [ $$rc = 124 ] || [ $$rc = 137 ]; then echo "swift test did not finish in 15 minutes; running it once more"; \
-		timeout -k 10 900 $(SWIFT) test --skip-build --disable-swift-testing; else exit $$rc; fi; }
+	SWIFT=$(SWIFT) ./scripts/swift-test.sh
 	QS_BIN_DIR=.build/debug $(PYTHON) -m pytest -q Tests/interop
 	./scripts/replay.sh .build/debug Fixtures/kt/basic 0=,1=aux/
 	./scripts/replay.sh .build/debug Fixtures/kt/medium 0=main/,1=aux/ --allow-clear
