@@ -114,11 +114,21 @@ public enum Harness {
         try p.run()
         if let stdin { input.fileHandleForWriting.write(stdin) }
         try? input.fileHandleForWriting.close()
+        // Read stderr on another thread: a child that fills one pipe while we wait on the
+        // other would otherwise block forever.
+        let errBox = DataBox()
+        let reader = Thread { errBox.data = err.fileHandleForReading.readDataToEndOfFile(); errBox.done.signal() }
+        reader.start()
         let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
+        errBox.done.wait()
         p.waitUntilExit()
-        return (p.terminationStatus, o, e)
+        return (p.terminationStatus, o, errBox.data)
     }
+}
+
+final class DataBox: @unchecked Sendable {
+    var data = Data()
+    let done = DispatchSemaphore(value: 0)
 }
 
 extension Duration {
