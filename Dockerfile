@@ -9,7 +9,8 @@
 #   BUILDER        "source" (default) compiles in SWIFT_IMAGE; "host" takes executables
 #                  already built and staged in the build context's staging/ directory by
 #                  scripts/stage-runtime.sh (what scripts/container-test.sh does), so the
-#                  runtime stage is the same either way.
+#                  runtime stage is the same either way. podman 4 (buildah) needs
+#                  BUILDER spelled out even for the default: --build-arg BUILDER=source.
 #   EXECUTABLES    the products built and shipped: adding an executable is adding its name.
 #
 # The runtime stage runs as the non-root user qs (uid 10001) and works with a read-only
@@ -30,6 +31,8 @@ WORKDIR /src
 COPY Package.swift Package.resolved* ./
 RUN swift package resolve
 COPY Sources ./Sources
+# The manifest declares the test targets too: SwiftPM wants their folders present.
+COPY Tests ./Tests
 COPY scripts/stage-runtime.sh ./scripts/
 COPY deploy/image ./deploy/image
 RUN swift build -c release \

@@ -7,7 +7,7 @@ SWIFT ?= swift
 APT_PACKAGES := liblmdb-dev lmdb-utils libcurl4-openssl-dev pkg-config python3 python3-pip python3-yaml memcached curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps interop-deps interop build release test container-test operations-doc demo bench replay clean
+.PHONY: deps interop-deps interop build release test container-test container-test-source operations-doc demo bench replay clean
 
 # A recorded feed to replay: a capture file, a ulog directory or a fixture directory.
 FEED ?= Fixtures/kt/basic
@@ -51,6 +51,10 @@ test: deps interop-deps
 # podman (root needed; skips with a message where podman cannot run). See docs/operations.md.
 container-test: build
 	./scripts/container-test.sh .build/debug
+
+# The same with the image compiled by the Dockerfile's own Swift build stage (some minutes).
+container-test-source:
+	./scripts/container-test.sh --from-source
 
 # Regenerates the flag and metric tables of docs/operations.md.
 operations-doc: build

@@ -5,6 +5,9 @@
 # from a live fakekt into the root, the image's own health check, a clean stop and restart.
 #
 #   scripts/container-test.sh [BIN_DIR]        (default .build/debug; make container-test)
+#   scripts/container-test.sh --from-source    the Dockerfile's own Swift build stage, run in a
+#                                              local image holding this host's toolchain
+#                                              (some minutes; make container-test-source)
 #
 # Needs root, podman, runc and debootstrap (installed with apt-get when missing). Where they
 # cannot work it prints why and exits 0 without testing. The base image is made once with
@@ -12,6 +15,8 @@
 # localhost/qs-toolkit:test; containers and volumes it made are removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+FROM_SOURCE=
+if [ "${1:-}" = "--from-source" ]; then FROM_SOURCE=1; shift; fi
 BIN=${1:-.build/debug}
 BASE=localhost/debian-bookworm-minbase
 IMAGE=localhost/qs-toolkit:test
@@ -64,13 +69,43 @@ trap cleanup EXIT
 # ---- the image: the Dockerfile's runtime stage with this host's executables ------------------
 read -r -a EXECUTABLES <<<"$(sed -n 's/^ARG EXECUTABLES="\(.*\)"$/\1/p' Dockerfile)"
 [ ${#EXECUTABLES[@]} -gt 0 ] || fail "no ARG EXECUTABLES=\"…\" line in the Dockerfile"
-step "staging ${EXECUTABLES[*]} from $BIN"
-scripts/stage-runtime.sh "$BIN" "$WORK/context/staging" "${EXECUTABLES[@]}" >/dev/null
-step "building $IMAGE (runtime stage, BUILDER=host)"
 old_id=$(podman image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
-podman build "${PODMAN_OPTS[@]}" --format docker --network host \
-  --build-arg BUILDER=host --build-arg RUNTIME_IMAGE="$BASE" --build-arg SWIFT_IMAGE="$BASE" \
-  -f Dockerfile -t "$IMAGE" "$WORK/context" >"$WORK/build.log" 2>&1 || { tail -n 30 "$WORK/build.log"; fail "podman build"; }
+if [ -z "$FROM_SOURCE" ]; then
+  step "staging ${EXECUTABLES[*]} from $BIN"
+  scripts/stage-runtime.sh "$BIN" "$WORK/context/staging" "${EXECUTABLES[@]}" >/dev/null
+  step "building $IMAGE (runtime stage, BUILDER=host)"
+  podman build "${PODMAN_OPTS[@]}" --format docker --network host \
+    --build-arg BUILDER=host --build-arg RUNTIME_IMAGE="$BASE" --build-arg SWIFT_IMAGE="$BASE" \
+    -f Dockerfile -t "$IMAGE" "$WORK/context" >"$WORK/build.log" 2>&1 || { tail -n 30 "$WORK/build.log"; fail "podman build"; }
+else
+  # No registry here: the build stage's Swift image is the base image with the packages the
+  # official Swift images install, and this host's toolchain mounted at the same path.
+  command -v swift >/dev/null || skip "--from-source needs swift on PATH (its toolchain is mounted into the build)"
+  TOOLCHAIN=$(dirname "$(dirname "$(dirname "$(readlink -f "$(command -v swift)")")")")
+  SWIFT_LOCAL=localhost/swift-host-toolchain
+  if ! podman image exists "$SWIFT_LOCAL"; then
+    step "making $SWIFT_LOCAL (once)"
+    mkdir -p "$WORK/swift-image"
+    cat >"$WORK/swift-image/Containerfile" <<CONTAINERFILE
+FROM $BASE
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \\
+    binutils git gnupg2 libc6-dev libcurl4-openssl-dev libedit2 libgcc-12-dev libpython3-dev libsqlite3-0 \\
+    libstdc++-12-dev libxml2-dev libncurses-dev libz3-dev pkg-config tzdata zlib1g-dev ca-certificates \\
+ && rm -rf /var/lib/apt/lists/*
+ENV PATH=$TOOLCHAIN/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+CONTAINERFILE
+    podman build "${PODMAN_OPTS[@]}" --format docker --network host -t "$SWIFT_LOCAL" "$WORK/swift-image" \
+      >"$WORK/build.log" 2>&1 || { tail -n 30 "$WORK/build.log"; fail "making $SWIFT_LOCAL"; }
+  fi
+  # SwiftPM's repository cache lets the build resolve the dependencies without the network.
+  mkdir -p "$WORK/swiftpm"
+  [ -d "$HOME/.cache/org.swift.swiftpm" ] && cp -a "$HOME/.cache/org.swift.swiftpm/." "$WORK/swiftpm/"
+  step "building $IMAGE (swift build -c release in the build stage, BUILDER=source)"
+  nice -n 10 podman build "${PODMAN_OPTS[@]}" --format docker --network host \
+    --build-arg BUILDER=source --build-arg RUNTIME_IMAGE="$BASE" --build-arg SWIFT_IMAGE="$SWIFT_LOCAL" \
+    -v "$TOOLCHAIN:$TOOLCHAIN:ro" -v "$WORK/swiftpm:/root/.cache/org.swift.swiftpm" \
+    -f Dockerfile -t "$IMAGE" . >"$WORK/build.log" 2>&1 || { tail -n 30 "$WORK/build.log"; fail "podman build"; }
+fi
 new_id=$(podman image inspect --format '{{.Id}}' "$IMAGE")
 [ -z "$old_id" ] || [ "$old_id" = "$new_id" ] || podman rmi "$old_id" >/dev/null 2>&1 || true
 
