@@ -67,10 +67,13 @@ def served():
             result[name] = scrape(ports[name], deadline)
         yield result
     finally:
-        for p in procs:
+        for p in reversed(procs):  # the bridge first, so it is not left retrying a stopped root
             p.terminate()
-        for p in procs:
-            p.wait(timeout=20)
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
         shutil.rmtree(work, ignore_errors=True)
 
 
