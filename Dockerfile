@@ -46,9 +46,12 @@ FROM build-${BUILDER} AS build
 
 # ---- runtime stage: Debian slim, the runtime libraries, the executables ---------------------
 FROM ${RUNTIME_IMAGE}
+# The Debian packages holding the libraries the executables load (liblmdb0, libcurl4, …),
+# as found by scripts/stage-runtime.sh with ldd and dpkg.
+COPY --from=build /staging/debian-packages /tmp/qs-debian-packages
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends liblmdb0 \
- && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(cat /tmp/qs-debian-packages) \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /tmp/qs-debian-packages \
  && groupadd --gid 10001 qs \
  && useradd --uid 10001 --gid qs --home-dir /data --no-create-home --shell /usr/sbin/nologin qs \
  && mkdir -p /data \

@@ -175,7 +175,7 @@ check "the root holds the capture's 134 records at recorded_at" equals "$(compar
 step "stop and restart the root on its volume"
 podman stop -t 20 "$TAG-root" >/dev/null 2>&1
 check "the root stops on SIGTERM with exit code 0" equals "$(podman inspect --format '{{.State.ExitCode}}' "$TAG-root")" "0"
-podman rm -v "$TAG-root" >/dev/null
+podman rm -v "$TAG-root" >/dev/null 2>&1
 start_root
 check "the restarted root is healthy" healthy "$TAG-root"
 check "qsctl dump after the restart" dump
@@ -196,6 +196,7 @@ curl -fsS "http://127.0.0.1:$KT_PORT/rpc/set?key=greeting&value=hello%20from%20k
 greeting() { [ "$(run "$IMAGE" qsctl --node "127.0.0.1:$ROOT_PORT" get live/greeting)" = "hello from kt" ]; }
 applied() { wait_for greeting || { podman logs "$TAG-bridge" 2>&1 | tail -n 5 >&2; return 1; }; }
 check "a set on KT reaches the root through the bridge" applied
+check "the live bridge is ready (/readyz: connected, caught up)" wait_for ready "$LIVE_ADMIN"
 check "the live bridge answers /metrics" sh -c "curl -fsS http://127.0.0.1:$LIVE_ADMIN/metrics | grep -q '^qs_bridge_batches_applied_total'"
 podman stop -t 20 "$TAG-bridge" >/dev/null 2>&1
 check "the live bridge stops on SIGTERM with exit code 0" equals "$(podman inspect --format '{{.State.ExitCode}}' "$TAG-bridge")" "0"

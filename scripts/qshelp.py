@@ -109,10 +109,11 @@ def read_all(bin_dir, executables=None):
     for exe in executables or dockerfile_executables():
         binary = os.path.join(bin_dir, exe)
         commands = {}
-        root, subs = read_command(binary, [])
-        commands[""] = root
-        for sub in subs:
-            commands[sub], _ = read_command(binary, [sub])
+        pending = [[]]
+        while pending:  # subcommands, and theirs (qsctl feed show)
+            path = pending.pop(0)
+            commands[" ".join(path)], subs = read_command(binary, path)
+            pending += [path + [sub] for sub in subs]
         result[exe] = commands
     return result
 
