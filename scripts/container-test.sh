@@ -55,6 +55,16 @@ if ! podman image exists "$BASE"; then
   rm -rf "$ROOTFS" "$ROOTFS.log"
 fi
 
+# Containers and volumes of an earlier run that was killed before it could clean up.
+for c in $(podman ps -a --filter "name=^qs-ct-" --format '{{.Names}}' 2>/dev/null); do
+  pid=${c#qs-ct-}; pid=${pid%%-*}
+  kill -0 "$pid" 2>/dev/null || podman rm -f -v -t 2 "$c" >/dev/null 2>&1 || true
+done
+for v in $(podman volume ls --format '{{.Name}}' 2>/dev/null | grep '^qs-ct-' || true); do
+  pid=${v#qs-ct-}; pid=${pid%%-*}
+  kill -0 "$pid" 2>/dev/null || podman volume rm -f "$v" >/dev/null 2>&1 || true
+done
+
 WORK=$(mktemp -d /tmp/qs-ct.XXXXXX)
 cleanup() {
   local c
