@@ -4,10 +4,10 @@
 #   make bench  installs what it needs, builds (release), runs the benchmarks
 
 SWIFT ?= swift
-APT_PACKAGES := liblmdb-dev lmdb-utils libcurl4-openssl-dev pkg-config python3 python3-pip memcached curl
+APT_PACKAGES := liblmdb-dev lmdb-utils libcurl4-openssl-dev pkg-config python3 python3-pip python3-yaml memcached curl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps interop-deps interop build release test demo bench replay clean
+.PHONY: deps interop-deps interop build release test container-test container-test-source operations-doc demo bench replay clean
 
 # A recorded feed to replay: a capture file, a ulog directory or a fixture directory.
 FEED ?= Fixtures/kt/basic
@@ -39,9 +39,23 @@ interop-deps:
 test: deps interop-deps
 	$(SWIFT) build --build-tests
 	SWIFT=$(SWIFT) ./scripts/swift-test.sh
-	QS_BIN_DIR=.build/debug $(PYTHON) -m pytest -q Tests/interop
+	QS_BIN_DIR=.build/debug $(PYTHON) -m pytest -q Tests/interop Tests/deploy
 	./scripts/replay.sh .build/debug Fixtures/kt/basic 0=,1=aux/
 	./scripts/replay.sh .build/debug Fixtures/kt/medium 0=main/,1=aux/ --allow-clear
+	./scripts/container-test.sh .build/debug
+
+# Builds the container image's runtime stage with this host's executables and runs it with
+# podman (root needed; skips with a message where podman cannot run). See docs/operations.md.
+container-test: build
+	./scripts/container-test.sh .build/debug
+
+# The same with the image compiled by the Dockerfile's own Swift build stage (some minutes).
+container-test-source:
+	./scripts/container-test.sh --from-source
+
+# Regenerates the flag and metric tables of docs/operations.md.
+operations-doc: build
+	./scripts/gen-operations-doc.sh .build/debug
 
 # Real memcached and Kyoto Tycoon clients (pymemcache, ukt from PyPI) against the binaries.
 interop: build interop-deps
