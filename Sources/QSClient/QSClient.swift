@@ -12,6 +12,8 @@ public enum ClientError: Error, Sendable, CustomStringConvertible, Equatable {
     /// The node answered with a response that does not fit the request.
     case unexpected(String)
     case connectionClosed
+    case connectionFailed(String)
+    case timedOut
 
     public var description: String {
         switch self {
@@ -20,6 +22,8 @@ public enum ClientError: Error, Sendable, CustomStringConvertible, Equatable {
             return "node error (\(name)): \(message)"
         case let .unexpected(what): return "unexpected response from node: \(what)"
         case .connectionClosed: return "the node closed the connection"
+        case let .connectionFailed(why): return "the connection to the node failed: \(why)"
+        case .timedOut: return "the node did not answer in time"
         }
     }
 }
@@ -69,14 +73,22 @@ public final class QSClient: Sendable {
 
     /// Sends one request and waits for its response (error responses are returned, not
     /// thrown; see the typed helpers for that).
-    public func send(_ request: Request) async throws -> Response {
+    public func send(_ request: Request, timeout: TimeAmount = .seconds(60)) async throws -> Response {
         let promise = channel.eventLoop.makePromise(of: Frame.self)
-        channel.writeAndFlush((request.frame(), promise), promise: nil)
+        // A write that fails (the connection closed meanwhile) fails the request too, and a
+        // node that never answers fails it after `timeout`: a caller never waits forever.
+        let written = channel.eventLoop.makePromise(of: Void.self)
+        written.futureResult.whenFailure { promise.fail($0) }
+        let deadline = channel.eventLoop.scheduleTask(in: timeout) { promise.fail(ClientError.timedOut) }
+        promise.futureResult.whenComplete { _ in deadline.cancel() }
+        channel.writeAndFlush((request.frame(), promise), promise: written)
         let frame: Frame
         do {
             frame = try await promise.futureResult.get()
         } catch is NIOExtrasErrors.ClosedBeforeReceivingResponse {
             throw ClientError.connectionClosed
+        } catch let error as ChannelError {
+            throw ClientError.connectionFailed("\(error)")
         }
         return try Response.decode(frame)
     }

@@ -92,4 +92,44 @@ final class ExactlyOnceTests: XCTestCase {
         XCTAssertEqual(got, try fx.expectedState(prefixes: [0: "", 1: "aux/"]))
         await client.close()
     }
+
+    func testRootRestartedWhileABatchIsInFlightDoesNotWedgeTheBridge() async throws {
+        let fx = try KTFixture("basic")
+        let data = tmp.appendingPathComponent("root")
+        let port = Harness.freePort()
+        var root: DaemonProcess? = try DaemonProcess("qsnode", ["--data", data.path, "--listen", "127.0.0.1:\(port)"], logDir: tmp)
+        try root!.waitForPort(port)
+        let bridge = try DaemonProcess("qsktbridge", ["--root", "127.0.0.1:\(port)", "--source", "ulog:\(fx.ulog.path)", "--db-map", "0=,1=aux/",
+                                                      "--source-id", "u", "--batch-max-ops", "20", "--log-format", "text"], logDir: tmp)
+        XCTAssertTrue(Harness.waitUntil { bridge.log.contains("reading source") }, bridge.log)
+        XCTAssertEqual(try root!.stop(signal: SIGTERM), 0)
+        root = try DaemonProcess("qsnode", ["--data", data.path, "--listen", "127.0.0.1:\(port)"], logDir: tmp)
+        try root!.waitForPort(port)
+        let c = try await QSClient.connect(host: "127.0.0.1", port: port)
+        let last = try ULogLast.timestamp(fx.ulog)
+        let done = await Harness.eventually(timeout: .seconds(30)) { (try? await c.checkpoint(sourceID: "u")) == last }
+        XCTAssertTrue(done, bridge.log)
+        let got = try await dumpState(c, at: fx.recordedAt)
+        XCTAssertEqual(got, try fx.expectedState(prefixes: [0: "", 1: "aux/"]))
+        XCTAssertEqual(try bridge.stop(), 0, "the bridge stops cleanly after the root came back")
+        await c.close()
+    }
+}
+
+/// The newest timestamp of a ulog directory (the last record of its last file).
+enum ULogLast {
+    static func timestamp(_ dir: URL) throws -> UInt64 {
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".ulog") }.sorted()
+        let bytes = [UInt8](try Data(contentsOf: dir.appendingPathComponent(files.last!)))
+        var pos = 17, last: UInt64 = 0
+        while pos + 13 <= bytes.count {
+            var ts: UInt64 = 0
+            for i in 1...8 { ts = ts << 8 | UInt64(bytes[pos + i]) }
+            var size = 0
+            for i in 9...12 { size = size << 8 | Int(bytes[pos + i]) }
+            last = ts
+            pos += 14 + size
+        }
+        return last
+    }
 }
