@@ -22,7 +22,7 @@ public struct BridgeOptions: ParsableArguments, Sendable {
     @Option(help: ArgumentHelp("File holding the root's write token. (env: QS_WRITE_TOKEN_FILE)", valueName: "file"))
     public var writeTokenFile: String = QSEnv.string("QS_WRITE_TOKEN_FILE") ?? ""
 
-    @Flag(help: "Stop once the source's end (a ulog directory's, a capture's, a QS node's head at start) is applied, instead of following it. (env: QS_ONCE)")
+    @Flag(inversion: .prefixedNo, help: "Stop once the source's end (a ulog directory's, a capture's, a QS node's head at start) is applied, instead of following it. (env: QS_ONCE)")
     public var once: Bool = QSEnv.flag("QS_ONCE")
 
     public init() {}

@@ -61,7 +61,7 @@ struct Get: AsyncParsableCommand {
     @ParentCommand var parent: Qsctl
     var options: NodeOptions { parent.options }
     @Argument(help: "The key.") var key: String
-    @Flag(help: "Print a JSON line {key, value, xt} with base64 key and value instead of the raw value. (env: QS_JSON)")
+    @Flag(inversion: .prefixedNo, help: "Print a JSON line {key, value, xt} with base64 key and value instead of the raw value. (env: QS_JSON)")
     var json = QSEnv.flag("QS_JSON")
 
     func run() async throws {

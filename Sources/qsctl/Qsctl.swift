@@ -57,7 +57,7 @@ struct NodeOptions: ParsableArguments {
     @Option(help: ArgumentHelp("File holding the node's write token, for writes. (env: QS_WRITE_TOKEN_FILE)", valueName: "file"))
     var writeTokenFile: String = QSEnv.string("QS_WRITE_TOKEN_FILE") ?? ""
 
-    @Flag(help: "Keys, values and prefixes given on the command line are base64 (for binary data). (env: QS_BASE64)")
+    @Flag(inversion: .prefixedNo, help: "Keys, values and prefixes given on the command line are base64 (for binary data). (env: QS_BASE64)")
     var base64: Bool = QSEnv.flag("QS_BASE64")
 
     func validate() throws {

@@ -28,7 +28,7 @@ struct Verify: AsyncParsableCommand {
     var at: UInt64 = UInt64(QSEnv.string("QS_AT") ?? "") ?? 0
     @Option(help: ArgumentHelp("Records per compared range. (env: QS_RANGE_SIZE)", valueName: "n"))
     var rangeSize: UInt32 = UInt32(QSEnv.string("QS_RANGE_SIZE") ?? "") ?? 10_000
-    @Flag(help: "Compare the keyspaces only, not the heads (for a target fed in batched mode). (env: QS_KEYSPACE_ONLY)")
+    @Flag(inversion: .prefixedNo, help: "Compare the keyspaces only, not the heads (for a target fed in batched mode). (env: QS_KEYSPACE_ONLY)")
     var keyspaceOnly = QSEnv.flag("QS_KEYSPACE_ONLY")
 
     func validate() throws {

@@ -36,7 +36,7 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("An update that cannot be decoded: stop the bridge, or count, log and skip it. (env: QS_ON_UNDECODABLE)", valueName: "stop|count"))
     var onUndecodable: String = QSEnv.string("QS_ON_UNDECODABLE") ?? "stop"
 
-    @Flag(help: "Apply KT clears (they delete every key under the database's prefix); without it a clear stops the bridge. (env: QS_ALLOW_CLEAR)")
+    @Flag(inversion: .prefixedNo, help: "Apply KT clears (they delete every key under the database's prefix); without it a clear stops the bridge. (env: QS_ALLOW_CLEAR)")
     var allowClear: Bool = QSEnv.flag("QS_ALLOW_CLEAR")
 
     @Option(help: ArgumentHelp("Re-make the KT connection after this long without a frame or heartbeat. (env: QS_SOURCE_TIMEOUT)", valueName: "duration"))

@@ -113,7 +113,7 @@ final class QsctlTests: XCTestCase {
             let blocks = help.components(separatedBy: "\n  --").dropFirst()
             XCTAssertFalse(blocks.isEmpty)
             for block in blocks {
-                let flag = String(block.prefix { $0 != " " && $0 != "\n" })
+                let flag = String(block.prefix { $0 != " " && $0 != "\n" && $0 != "/" })
                 if flag == "help" { continue }
                 // qsbench's variables carry its name: QS_BENCH_…
                 let variable = (command[0] == "qsbench" ? "QS_BENCH_" : "QS_") + flag.uppercased().replacingOccurrences(of: "-", with: "_")
