@@ -213,7 +213,7 @@ let package = Package(
         .executableTarget(
             name: "qsbench",
             dependencies: [
-                "QSStore", "QSClient", "QSService", "QSTesting",
+                "QSStore", "QSClient", "QSService", "QSTesting", "KTFormats",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: swiftSettings

@@ -218,12 +218,23 @@ public final class ReplicaService: Service, Sendable {
             try await outbound.write(Request.snapshot.frame())
             var begin: (UInt64, [UInt8], UInt64)?
             var received: UInt64 = 0
+            let started = ContinuousClock.now
+            var lastReport = started
             for try await frame in inbound {
                 switch try Response.decode(frame) {
                 case let .snapshotBegin(index, hash, size): begin = (index, hash, size)
                 case let .snapshotChunk(bytes):
                     try handle.write(contentsOf: bytes)
                     received += UInt64(bytes.count)
+                    if ContinuousClock.now - lastReport >= .seconds(5), let total = begin?.2, total > 0 {
+                        lastReport = ContinuousClock.now
+                        let rate = Double(received) / max((lastReport - started).seconds, 0.001)
+                        self.logger.info("bootstrap progress", metadata: [
+                            "received-bytes": "\(received)", "total-bytes": "\(total)",
+                            "percent": "\(received * 100 / total)", "bytes-per-second": "\(Int(rate))",
+                            "seconds-left": "\(Int(Double(total - min(received, total)) / max(rate, 1)))",
+                        ])
+                    }
                 case .snapshotEnd:
                     guard let begin, received == begin.2 else {
                         throw FollowEnd.refused(nil, "snapshot ended after \(received) bytes, announced \(begin?.2 ?? 0)")

@@ -144,27 +144,38 @@ struct FakeKTCommand: AsyncParsableCommand {
         let logger = Logger(label: "fakekt")
         let config = try makeConfiguration()
         let server = try FakeKTServer(configuration: config, logger: logger)
+        // Signals are caught before the port opens: a signal sent as soon as the server
+        // listens is never lost.
+        let signals = SignalWaiter()
         try await server.start()
         if let pidPath = pid ?? Self.env("PID") {
             try Data("\(ProcessInfo.processInfo.processIdentifier)\n".utf8).write(to: URL(fileURLWithPath: pidPath))
         }
-        await waitForSignal()
+        await signals.wait()
         try await server.shutdown()
         if let pidPath = pid ?? Self.env("PID") { try? FileManager.default.removeItem(atPath: pidPath) }
     }
+}
 
-    /// Returns on SIGTERM or SIGINT.
-    func waitForSignal() async {
+/// Catches SIGTERM and SIGINT from its creation on; `wait()` returns at the first one.
+final class SignalWaiter: @unchecked Sendable {
+    private let stream: AsyncStream<Void>
+    private let sources: [DispatchSourceSignal]
+
+    init() {
         signal(SIGTERM, SIG_IGN)
         signal(SIGINT, SIG_IGN)
         let (stream, continuation) = AsyncStream<Void>.makeStream()
-        var sources: [DispatchSourceSignal] = []
-        for sig in [SIGTERM, SIGINT] {
+        self.stream = stream
+        sources = [SIGTERM, SIGINT].map { sig in
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             source.setEventHandler { continuation.yield() }
             source.resume()
-            sources.append(source)
+            return source
         }
+    }
+
+    func wait() async {
         for await _ in stream { break }
         withExtendedLifetime(sources) {}
     }

@@ -27,8 +27,8 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Directory for the JSON results. (env: QS_BENCH_OUT)", valueName: "dir"))
     var out: String = QSEnv.string("QS_BENCH_OUT") ?? "bench/results"
 
-    @Option(help: ArgumentHelp("Benchmarks to run: root-write, mirror, lag (comma separated). (env: QS_BENCH_SUITES)", valueName: "list"))
-    var suites: String = QSEnv.string("QS_BENCH_SUITES") ?? "root-write,mirror,lag"
+    @Option(help: ArgumentHelp("Benchmarks to run: root-write, mirror, lag, backlog (comma separated). (env: QS_BENCH_SUITES)", valueName: "list"))
+    var suites: String = QSEnv.string("QS_BENCH_SUITES") ?? "root-write,mirror,lag,backlog"
 
     @Option(help: ArgumentHelp("Entries in the mirror benchmark's source root. (env: QS_BENCH_MIRROR_ENTRIES)", valueName: "n"))
     var mirrorEntries: Int = Int(QSEnv.string("QS_BENCH_MIRROR_ENTRIES") ?? "") ?? 1_000_000
@@ -90,6 +90,19 @@ struct QSBench: AsyncParsableCommand {
             enc.outputFormatting = [.prettyPrinted, .sortedKeys]
             enc.keyEncodingStrategy = .convertToSnakeCase
             try enc.encode(l).write(to: URL(fileURLWithPath: "\(out)/lag-latest.json"))
+        }
+        if runSuites.contains("backlog") {
+            let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            let b = try await BacklogBench(updates: mirrorEntries, keys: min(mirrorEntries, 100_000), valueBytes: valueBytes,
+                                           scratch: scratch, binDir: bin).run()
+            print(String(format: "backlog: qsktbridge replayed %d KT updates (%.0f MB capture) at %.0f updates/s; the store applies the same sets itself at %.0f/s (ratio %.3f); bridge peak RSS %.1f MB (own memory %.1f MB)",
+                         b.updates, Double(b.captureBytes) / 1e6, b.bridgeUpdatesPerSec, b.localApplyUpdatesPerSec, b.ratio,
+                         Double(b.bridgePeakRSSBytes) / 1e6, Double(b.bridgePeakAnonBytes) / 1e6))
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            enc.keyEncodingStrategy = .convertToSnakeCase
+            try enc.encode(b).write(to: URL(fileURLWithPath: "\(out)/backlog-latest.json"))
         }
         guard runSuites.contains("root-write") else { return }
         var rows = [Row]()
