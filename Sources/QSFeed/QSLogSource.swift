@@ -87,3 +87,42 @@ public struct QSLogSource: FeedSource {
         }
     }
 }
+
+/// A recorded QS log feed (`qsctl record --source qs://…`) as a feed source, so
+/// `qsqsbridge --source capture:FILE` replays it like the live log. Damage (a cut or
+/// corrupt frame) and a recording that starts too late stop the bridge, naming the
+/// offset; every complete frame before it is applied.
+public struct QSCaptureSource: FeedSource {
+    public let entries: QSCaptureEntries
+    public var name: String { entries.name }
+
+    public init(path: String) {
+        entries = QSCaptureEntries(path: path)
+    }
+
+    public func run(after position: UInt64, deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {
+        do {
+            try await entries.run(after: position) { event in
+                switch event {
+                case let .heartbeat(_, rootTimeNs):
+                    try await deliver(.heartbeat(sourceTimeNs: rootTimeNs))
+                case let .entries(list):
+                    for e in list {
+                        let entry: LogEntry
+                        do { entry = try LogEntry.decode(e.bytes) } catch {
+                            throw FeedError.stop("\(entries.name): entry \(e.index) does not decode: \(error)")
+                        }
+                        try await deliver(.change(FeedChange(position: e.index, operations: entry.operations,
+                                                             sourceTimeNs: entry.commitTimeNs, entry: e)))
+                    }
+                }
+            }
+        } catch let error as FeedError {
+            throw error
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            throw FeedError.stop("\(error)")
+        }
+    }
+}

@@ -18,7 +18,7 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(help: ArgumentHelp("The source node, qs://HOST:PORT. (env: QS_SOURCE)", valueName: "source"))
+    @Option(help: ArgumentHelp("The source: a node, qs://HOST:PORT, or a recording of one, capture:FILE (qsctl record --source qs://…). (env: QS_SOURCE)", valueName: "source"))
     var source: String = QSEnv.string("QS_SOURCE") ?? ""
 
     @Option(help: ArgumentHelp("compatible (entry for entry, same indexes and hashes) or batched. (env: QS_MODE)", valueName: "mode"))
@@ -28,24 +28,33 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
     @OptionGroup var service: ServiceOptions
 
     func validate() throws {
-        _ = try sourceEndpoint()
+        if !source.hasPrefix("capture:") { _ = try sourceEndpoint() }
         guard WriteMode(rawValue: mode) != nil else { throw ValidationError("--mode '\(mode)' must be compatible or batched") }
     }
 
     func sourceEndpoint() throws -> Endpoint {
         guard source.hasPrefix("qs://"), let e = try? Endpoint(parsing: String(source.dropFirst(5))) else {
-            throw ValidationError("--source '\(source)' is not qs://HOST:PORT (or set QS_SOURCE)")
+            throw ValidationError("--source '\(source)' is not qs://HOST:PORT or capture:FILE (or set QS_SOURCE)")
         }
         return e
     }
 
     func run() async throws {
         let (logger, registry) = service.bootstrap(label: "qsqsbridge")
-        let endpoint = try sourceEndpoint()
         let writeMode = WriteMode(rawValue: mode)!
-        let id = bridge.sourceID.isEmpty ? "qs:\(endpoint)" : bridge.sourceID
         let metrics = FeedMetrics()
         let writer = RootWriter(endpoint: try bridge.rootEndpoint(), token: try bridge.token(), logger: logger, metrics: metrics)
+        if source.hasPrefix("capture:") {
+            let path = String(source.dropFirst(8))
+            let id = bridge.sourceID.isEmpty ? "capture:" + URL(fileURLWithPath: path).standardizedFileURL.path : bridge.sourceID
+            logger.info("bridge starting", metadata: ["source": "\(source)", "mode": "\(mode)", "source-id": "\(id)", "root": "\(bridge.root)"])
+            let consumer = FeedConsumer(source: QSCaptureSource(path: path), sourceID: id, root: writer,
+                                        limits: bridge.limits(mode: writeMode), metrics: metrics, logger: logger)
+            try await runBridge(consumer: consumer, service: service, registry: registry, logger: logger)
+            return
+        }
+        let endpoint = try sourceEndpoint()
+        let id = bridge.sourceID.isEmpty ? "qs:\(endpoint)" : bridge.sourceID
         logger.info("bridge starting", metadata: ["source": "\(source)", "mode": "\(mode)", "source-id": "\(id)", "root": "\(bridge.root)"])
         let consumer = FeedConsumer(source: QSLogSource(endpoint: endpoint, stopAtHead: bridge.once), sourceID: id, root: writer,
                                     limits: bridge.limits(mode: writeMode), metrics: metrics, logger: logger)

@@ -86,4 +86,20 @@ final class QSQSBridgeTests: XCTestCase {
         await sc.close()
         await tc.close()
     }
+
+    func testARecordedQSFeedReplaysThroughQsqsbridgeEntryForEntry() async throws {
+        let (src, sc) = try await sourceRoot(entries: 60)
+        let file = tmp.appendingPathComponent("qs.cap")
+        let rec = try Harness.run("qsctl", ["record", "--source", "qs://\(src.address)", "--out", file.path, "--from", "0", "--until-ts", "60"])
+        XCTAssertEqual(rec.status, 0, String(decoding: rec.stderr, as: UTF8.self))
+        let target = try RootNode(data: tmp.appendingPathComponent("target"), logDir: tmp)
+        let r = try Harness.run("qsqsbridge", ["--source", "capture:\(file.path)", "--root", target.address, "--mode", "compatible"])
+        XCTAssertEqual(r.status, 0, String(decoding: r.stderr, as: UTF8.self))
+        let tc = try await QSClient.connect(host: "127.0.0.1", port: target.port)
+        let th = try await tc.head()
+        let sh = try await sc.head()
+        XCTAssertEqual(th, sh)
+        await tc.close()
+        await sc.close()
+    }
 }
