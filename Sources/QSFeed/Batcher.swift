@@ -125,10 +125,12 @@ actor Batcher {
             response = try await root.append(entries)
         }
         switch response {
-        case .applied:
+        case let .applied(_, _, dropped):
             appliedChanges += batch.count
             metrics.batchesApplied.increment()
             metrics.opsSent.increment(by: operations.count)
+            metrics.bytesSent.increment(by: operations.reduce(0) { $0 + $1.payloadBytes })
+            metrics.identicalDropped.increment(by: Int(dropped))
             drop(through: last.position)
             confirmed = last.position
             if let t = last.sourceTimeNs { appliedTimeNs = t }

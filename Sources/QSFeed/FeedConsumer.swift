@@ -70,6 +70,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
                     throw stop
                 }
                 metrics.sourceErrors.increment()
+                metrics.reconnects.increment()
                 let delay = backoff.next()
                 logger.warning("source failed; resuming from the root's checkpoint",
                                metadata: ["source": "\(source.name)", "error": "\(error)", "retry-in": "\(delay)"])

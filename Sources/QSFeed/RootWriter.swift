@@ -35,7 +35,10 @@ public actor RootWriter {
     }
 
     private func drop() async {
-        if let client { await client.close() }
+        if let client {
+            metrics.reconnects.increment()
+            await client.close()
+        }
         client = nil
         connected = false
     }
