@@ -163,4 +163,37 @@ final class LiveKTTests: XCTestCase {
         XCTAssertEqual(try b2.stop(), 0)
         await c.close()
     }
+
+    func testSilentSlowAndRefusingKTServersAreSurvived() async throws {
+        // No heartbeats: the source timeout re-makes the connection; delayed frames still arrive;
+        // refused connections are retried with backoff.
+        for (fault, extra) in [(["-fault-no-heartbeat"], ["--source-timeout", "1s"]), (["-fault-delay-ms", "20"], []),
+                               (["-fault-refuse-ms", "1500"], [])] {
+            let kt = try FakeKTProcess(logDir: tmp, faults: fault)
+            let root = try RootNode(data: tmp.appendingPathComponent("root-\(fault[0])"), logDir: tmp)
+            let (b, admin) = try bridge(kt, root, extra: extra)
+            // Writes are retried while fakekt refuses connections (its HTTP port included).
+            func set(_ k: String, _ v: String) {
+                _ = Harness.waitUntil(timeout: .seconds(10)) {
+                    kt.rpc("set", [("key", Array(k.utf8)), ("value", Array(v.utf8))]).status == 200
+                }
+            }
+            for i in 0..<20 { set("key\(i)", "value\(i)") }
+            let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+            let first = await waitFor(c, "key19", "value19", timeout: .seconds(60))
+            XCTAssertTrue(first, "\(fault): \(b.log)")
+            if fault[0] == "-fault-no-heartbeat" {
+                XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { b.log.contains("source failed") }, "\(fault): idle without heartbeats: \(b.log)")
+            }
+            if fault[0] == "-fault-refuse-ms" {
+                XCTAssertGreaterThanOrEqual(metricValue(port: admin, "qs_bridge_reconnects_total") ?? 0, 1, b.log)
+            }
+            set("after", "fault")
+            let after = await waitFor(c, "after", "fault", timeout: .seconds(60))
+            XCTAssertTrue(after, "\(fault): \(b.log)")
+            _ = try await verifyLog(c, sourceID: "kt:127.0.0.1:\(kt.port)")
+            await c.close()
+            XCTAssertEqual(try b.stop(), 0)
+        }
+    }
 }
