@@ -27,7 +27,7 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Directory for the JSON results. (env: QS_BENCH_OUT)", valueName: "dir"))
     var out: String = QSEnv.string("QS_BENCH_OUT") ?? "bench/results"
 
-    @Option(help: ArgumentHelp("Benchmarks to run: root-write, mirror, lag, backlog (comma separated). (env: QS_BENCH_SUITES)", valueName: "list"))
+    @Option(help: ArgumentHelp("Benchmarks to run: root-write, mirror, lag, backlog, reads (comma separated; reads is not in the default set yet). (env: QS_BENCH_SUITES)", valueName: "list"))
     var suites: String = QSEnv.string("QS_BENCH_SUITES") ?? "root-write,mirror,lag,backlog"
 
     @Option(help: ArgumentHelp("Entries in the mirror benchmark's source root. (env: QS_BENCH_MIRROR_ENTRIES)", valueName: "n"))
@@ -103,6 +103,25 @@ struct QSBench: AsyncParsableCommand {
             enc.outputFormatting = [.prettyPrinted, .sortedKeys]
             enc.keyEncodingStrategy = .convertToSnakeCase
             try enc.encode(b).write(to: URL(fileURLWithPath: "\(out)/backlog-latest.json"))
+        }
+        if runSuites.contains("reads") {
+            let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            let r = try await ReadBench(keys: 100_000, catchUpEntries: min(mirrorEntries, 200_000), valueBytes: valueBytes, seconds: 3,
+                                        scratch: scratch, binDir: bin).run()
+            print("reads on a replica (\(r.keys) keys of \(valueBytes) B) next to a real memcached, same run:")
+            for (i, q) in r.memcachedReplica.enumerated() {
+                let m = r.memcachedReal[i], k = r.ktHTTPReplica[i]
+                print(String(format: "  %d conn: memcached get %.0f/s (p50 %.0f µs, p99 %.0f µs) vs real memcached %.0f/s (p50 %.0f, p99 %.0f): ratio %.2f; KT HTTP GET %.0f/s (p50 %.0f, p99 %.0f): ratio %.2f",
+                             q.connections, q.opsPerSec, q.p50Micros, q.p99Micros, m.opsPerSec, m.p50Micros, m.p99Micros, q.opsPerSec / max(m.opsPerSec, 1),
+                             k.opsPerSec, k.p50Micros, k.p99Micros, k.opsPerSec / max(m.opsPerSec, 1)))
+            }
+            print(String(format: "  catch-up %.0f entries/s; bootstrap %.1f MB/s vs a plain file copy %.1f MB/s (%.1f MB environment); replica own memory %.1f MB",
+                         r.catchUpEntriesPerSec, r.bootstrapMBPerSec, r.fileCopyMBPerSec, Double(r.environmentBytes) / 1e6, Double(r.replicaPeakAnonBytes) / 1e6))
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            enc.keyEncodingStrategy = .convertToSnakeCase
+            try enc.encode(r).write(to: URL(fileURLWithPath: "\(out)/reads-latest.json"))
         }
         guard runSuites.contains("root-write") else { return }
         var rows = [Row]()

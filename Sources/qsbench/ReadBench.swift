@@ -1,0 +1,216 @@
+import Foundation
+import QSStore
+import QSTesting
+
+/// Reads on a replica next to a real memcached in the same run: memcached `get` and KT
+/// HTTP `GET /KEY` throughput with p50/p99 at 1 and 8 connections, replica catch-up in
+/// entries/s, and bootstrap in MB/s next to a plain file copy of the same environment.
+struct ReadBench {
+    let keys: Int
+    let catchUpEntries: Int
+    let valueBytes: Int
+    let seconds: Double
+    let scratch: String
+    let binDir: URL
+
+    struct Load: Codable {
+        var connections: Int
+        var opsPerSec: Double
+        var p50Micros: Double
+        var p99Micros: Double
+    }
+
+    struct Result: Codable {
+        var keys: Int
+        var memcachedReplica: [Load]
+        var memcachedReal: [Load]
+        var ktHTTPReplica: [Load]
+        var catchUpEntriesPerSec: Double
+        var bootstrapMBPerSec: Double
+        var fileCopyMBPerSec: Double
+        var environmentBytes: Int
+        var replicaPeakAnonBytes: Int
+    }
+
+    func key(_ i: Int) -> String { String(format: "key/%08d", i) }
+
+    func run() async throws -> Result {
+        let rootDir = scratch + "/read-root", behindDir = scratch + "/read-behind"
+        let value = [UInt8](repeating: 0x76, count: valueBytes)
+        // A root whose first entry a replica already has, then the rest of its log.
+        do {
+            let store = try Store(directory: rootDir, mapSize: 16 << 30, noSync: true)
+            _ = try store.applyBatch(sourceID: "load", expected: 0, new: 1, operations: [.set(key: Array(key(0).utf8), value: value, expiry: nil)])
+            try store.environment.sync()
+            try FileManager.default.createDirectory(atPath: behindDir, withIntermediateDirectories: true)
+            try store.environment.copy(toFileDescriptor: open(behindDir + "/data.mdb", O_WRONLY | O_CREAT | O_TRUNC, 0o644), compact: false)
+            for i in 1..<catchUpEntries {
+                let ops: [QSStore.Operation] = (0..<max(1, keys / catchUpEntries)).map { j in
+                    .set(key: Array(key((i * max(1, keys / catchUpEntries) + j) % keys).utf8), value: value, expiry: nil)
+                }
+                _ = try store.applyBatch(sourceID: "load", expected: UInt64(i), new: UInt64(i + 1), operations: ops)
+            }
+            try store.environment.sync()
+        }
+        let envBytes = (try FileManager.default.attributesOfItem(atPath: rootDir + "/data.mdb")[.size] as? NSNumber)?.intValue ?? 0
+        let copyStart = ContinuousClock.now
+        try FileManager.default.copyItem(atPath: rootDir + "/data.mdb", toPath: scratch + "/read-copy.mdb")
+        let fd = open(scratch + "/read-copy.mdb", O_RDONLY)
+        fsync(fd)
+        close(fd)
+        let copyRate = Double(envBytes) / 1e6 / (ContinuousClock.now - copyStart).seconds
+
+        let rootPort = Harness.freePort()
+        let root = try launch("qsnode", ["--data", rootDir, "--listen", "127.0.0.1:\(rootPort)", "--log-level", "warning"])
+        defer { root.terminate(); root.waitUntilExit() }
+        _ = Harness.waitUntil(timeout: .seconds(30)) { Harness.isListening(port: rootPort) }
+        let head = try Store(directory: rootDir, readOnly: true).head()
+        // Catch-up: a replica one entry in, following the rest of the log.
+        FileHandle.standardError.write(Data("reads: catch-up\n".utf8))
+        let (behind, behindPort, catchUp) = try await replica(behindDir, upstream: rootPort, until: head)
+        behind.terminate(); behind.waitUntilExit()
+        _ = behindPort
+        // Bootstrap: an empty replica pulls a snapshot, then serves the reads.
+        FileHandle.standardError.write(Data("reads: bootstrap\n".utf8))
+        let mcPort = Harness.freePort(), ktPort = Harness.freePort()
+        let (r, _, bootSeconds) = try await replica(scratch + "/read-boot", upstream: rootPort, until: head,
+                                                     extra: ["--memcached", "127.0.0.1:\(mcPort)", "--memcached-flags-in-value", "false",
+                                                             "--kt-http", "127.0.0.1:\(ktPort)"])
+        defer { r.terminate(); r.waitUntilExit() }
+        let realPort = Harness.freePort()
+        let memcached = Process()
+        memcached.executableURL = URL(fileURLWithPath: "/usr/bin/memcached")
+        memcached.arguments = ["-p", "\(realPort)", "-U", "0", "-l", "127.0.0.1", "-m", "1024", "-t", "2", "-u", "root"]
+        try memcached.run()
+        defer { memcached.terminate(); memcached.waitUntilExit() }
+        _ = Harness.waitUntil(timeout: .seconds(10)) { Harness.isListening(port: realPort) && Harness.isListening(port: mcPort) }
+        try fillMemcached(port: realPort, value: value)
+        var mcQS = [Load](), mcReal = [Load](), ktQS = [Load]()
+        var anon = 0
+        for conns in [1, 8] {
+            FileHandle.standardError.write(Data("reads: \(conns) connection(s)\n".utf8))
+            mcReal.append(load(port: realPort, connections: conns, request: { "get \(key($0))\r\n" }, done: isMemcachedDone))
+            mcQS.append(load(port: mcPort, connections: conns, request: { "get \(key($0))\r\n" }, done: isMemcachedDone))
+            ktQS.append(load(port: ktPort, connections: conns, request: { "GET /\(key($0).replacingOccurrences(of: "/", with: "%2F")) HTTP/1.1\r\nHost: bench\r\n\r\n" }, done: isHTTPDone))
+            anon = max(anon, anonRSS(pid: r.processIdentifier))
+        }
+        return Result(keys: keys, memcachedReplica: mcQS, memcachedReal: mcReal, ktHTTPReplica: ktQS,
+                      catchUpEntriesPerSec: Double(catchUpEntries - 1) / catchUp, bootstrapMBPerSec: Double(envBytes) / 1e6 / bootSeconds,
+                      fileCopyMBPerSec: copyRate, environmentBytes: envBytes, replicaPeakAnonBytes: anon)
+    }
+
+    /// Starts a replica and returns once it stands at `head`, with the seconds that took.
+    func replica(_ dir: String, upstream: Int, until head: Head, extra: [String] = []) async throws -> (Process, Int, Double) {
+        let port = Harness.freePort()
+        let start = ContinuousClock.now
+        let p = try launch("qsnode", ["--role", "replica", "--data", dir, "--listen", "127.0.0.1:\(port)", "--upstream", "127.0.0.1:\(upstream)",
+                                      "--log-level", "warning"] + extra)
+        _ = Harness.waitUntil(timeout: .seconds(30)) { Harness.isListening(port: port) }
+        let client = try await QSClientBox.connect(port)
+        let ok = await Harness.eventually(timeout: .seconds(120), pollEvery: .milliseconds(10)) { (try? await client.head()) == head }
+        guard ok else { throw BenchError("replica in \(dir) did not reach the root's head") }
+        return (p, port, (ContinuousClock.now - start).seconds)
+    }
+
+    func fillMemcached(port: Int, value: [UInt8]) throws {
+        guard let fd = Harness.connectLoopback(port: port) else { throw BenchError("memcached not reachable") }
+        defer { close(fd) }
+        var tv = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var batch = [UInt8]()
+        for i in 0..<keys {
+            batch += Array("set \(key(i)) 0 0 \(value.count) noreply\r\n".utf8) + value + [13, 10]
+            if batch.count > 1 << 16 || i == keys - 1 {
+                _ = batch.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+                batch.removeAll(keepingCapacity: true)
+            }
+        }
+        // A final get round-trips after every set.
+        _ = exchange(fd, Array("get \(key(0))\r\n".utf8), done: isMemcachedDone)
+    }
+
+    /// Closed-loop load: each connection sends one request and waits for its answer.
+    func load(port: Int, connections: Int, request: @escaping @Sendable (Int) -> String,
+              done: @escaping @Sendable ([UInt8]) -> Bool) -> Load {
+        let collected = Samples()
+        let end = Date().addingTimeInterval(seconds)
+        let group = DispatchGroup()
+        let keys = self.keys
+        for c in 0..<connections {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                guard let fd = Harness.connectLoopback(port: port) else { return }
+                defer { close(fd) }
+                var tv = timeval(tv_sec: 2, tv_usec: 0)
+                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+                var mine = [Double]()
+                var i = c * 7919
+                while Date() < end {
+                    let t0 = DispatchTime.now().uptimeNanoseconds
+                    guard exchange(fd, Array(request(i % keys).utf8), done: done) else { break }
+                    mine.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1000)
+                    i += 104_729
+                }
+                collected.add(mine)
+            }.start()
+        }
+        group.wait()
+        let latencies = collected.sorted
+        let total = latencies.count
+        func pct(_ p: Double) -> Double { latencies.isEmpty ? 0 : latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
+        return Load(connections: connections, opsPerSec: Double(total) / seconds, p50Micros: pct(0.5), p99Micros: pct(0.99))
+    }
+
+    func launch(_ name: String, _ args: [String]) throws -> Process {
+        let p = Process()
+        p.executableURL = binDir.appendingPathComponent(name)
+        p.arguments = args
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        return p
+    }
+}
+
+/// One request, read until `done` says the answer is whole.
+@discardableResult
+func exchange(_ fd: Int32, _ request: [UInt8], done: ([UInt8]) -> Bool) -> Bool {
+    guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, 0) }) == request.count else { return false }
+    var answer = [UInt8]()
+    var buf = [UInt8](repeating: 0, count: 16384)
+    while !done(answer) {
+        let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        if n <= 0 { return false }
+        answer += buf[0..<n]
+    }
+    return true
+}
+
+@Sendable func isMemcachedDone(_ b: [UInt8]) -> Bool {
+    b.count >= 5 && b[(b.count - 5)...].elementsEqual("END\r\n".utf8)
+}
+
+@Sendable func isHTTPDone(_ b: [UInt8]) -> Bool {
+    guard let headEnd = b.firstRange(of: [13, 10, 13, 10]) else { return false }
+    let head = String(decoding: b[..<headEnd.lowerBound], as: UTF8.self).lowercased()
+    guard let line = head.split(separator: "\r\n").first(where: { $0.hasPrefix("content-length:") }),
+          let n = Int(line.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) else { return true }
+    return b.count - headEnd.upperBound >= n
+}
+
+import QSClient
+
+/// A QS client for the benchmark's waits.
+enum QSClientBox {
+    static func connect(_ port: Int) async throws -> QSClient {
+        try await QSClient.connect(host: "127.0.0.1", port: port)
+    }
+}
+
+/// Latencies gathered from the load threads.
+final class Samples: @unchecked Sendable {
+    private let lock = NSLock()
+    private var values = [Double]()
+    func add(_ v: [Double]) { lock.withLock { values += v } }
+    var sorted: [Double] { lock.withLock { values.sorted() } }
+}
