@@ -82,7 +82,7 @@ struct ReadBench {
         memcached.executableURL = URL(fileURLWithPath: "/usr/bin/memcached")
         memcached.arguments = ["-p", "\(realPort)", "-U", "0", "-l", "127.0.0.1", "-m", "1024", "-t", "2", "-u", "root"]
         try memcached.run()
-        defer { memcached.terminate(); memcached.waitUntilExit() }
+        defer { kill(memcached.processIdentifier, SIGKILL); memcached.waitUntilExit() }  // it ignores SIGTERM here
         _ = Harness.waitUntil(timeout: .seconds(10)) { Harness.isListening(port: realPort) && Harness.isListening(port: mcPort) }
         try fillMemcached(port: realPort, value: value)
         var mcQS = [Load](), mcReal = [Load](), ktQS = [Load]()
