@@ -17,6 +17,9 @@ struct LagBench {
         var samples: Int
         var maxLagSeconds: Double
         var meanLagSeconds: Double
+        var p50LagSeconds: Double
+        var p99LagSeconds: Double
+        var updatesWritten: Int
         var bridgePeakRSSBytes: Int
         var chart: String
     }
@@ -33,17 +36,27 @@ struct LagBench {
                                                "--admin", "127.0.0.1:\(admin)", "--log-level", "warning"])
         defer { bridge.terminate(); bridge.waitUntilExit() }
         _ = Harness.waitUntil(timeout: .seconds(30)) { Harness.isListening(port: admin) }
-        // The workload: a writer thread at a steady rate, over KT's HTTP RPC.
+        // The workload: a writer thread at a steady rate over KT's HTTP RPC, 50 keys per
+        // set_bulk, paced against the clock (not sleeps that drift).
         let stop = StopFlag()
+        let written = Counter64()
         let rate = writesPerSecond
         let writer = Thread {
+            let perRequest = 50
+            let began = Date()
             var i = 0
-            let pause = 1.0 / Double(max(rate, 1))
+            let value = String(repeating: "v", count: 100)
             while !stop.isSet {
-                let body = Array("key=lag/\(i % 1000)&value=\(String(repeating: "v", count: 100))".utf8)
-                _ = httpPost(port: ktPort, path: "/rpc/set", contentType: "application/x-www-form-urlencoded", body: body)
-                i += 1
-                Thread.sleep(forTimeInterval: pause)
+                let due = Int(Date().timeIntervalSince(began) * Double(rate))
+                if i >= due {
+                    Thread.sleep(forTimeInterval: 0.001)
+                    continue
+                }
+                var body = ""
+                for j in 0..<perRequest { body += (j == 0 ? "" : "&") + "_lag%2F\((i + j) % 20000)=\(value)" }
+                _ = httpPost(port: ktPort, path: "/rpc/set_bulk", contentType: "application/x-www-form-urlencoded", body: Array(body.utf8))
+                i += perRequest
+                written.set(i)
             }
         }
         writer.start()
@@ -55,14 +68,16 @@ struct LagBench {
                 samples.append((Date().timeIntervalSince(began), lag))
             }
             rss = max(rss, peakRSS(pid: bridge.processIdentifier))
-            try await Task.sleep(for: .milliseconds(250))
+            try await Task.sleep(for: .milliseconds(100))
         }
         stop.set()
         let chart = out + "/bridge-lag.svg"
         try lineChartSVG(samples, title: "qsktbridge lag, \(writesPerSecond) KT writes/s").write(toFile: chart, atomically: true, encoding: .utf8)
-        let lags = samples.map(\.lag)
-        return Result(seconds: seconds, writesPerSecond: writesPerSecond, samples: samples.count, maxLagSeconds: lags.max() ?? 0,
-                      meanLagSeconds: lags.isEmpty ? 0 : lags.reduce(0, +) / Double(lags.count), bridgePeakRSSBytes: rss, chart: chart)
+        let lags = samples.map(\.lag).sorted()
+        func pct(_ p: Double) -> Double { lags.isEmpty ? 0 : lags[min(lags.count - 1, Int(Double(lags.count) * p))] }
+        return Result(seconds: seconds, writesPerSecond: writesPerSecond, samples: samples.count, maxLagSeconds: lags.last ?? 0,
+                      meanLagSeconds: lags.isEmpty ? 0 : lags.reduce(0, +) / Double(lags.count), p50LagSeconds: pct(0.5),
+                      p99LagSeconds: pct(0.99), updatesWritten: written.value, bridgePeakRSSBytes: rss, chart: chart)
     }
 
     func launch(_ name: String, _ args: [String]) throws -> Process {
@@ -81,4 +96,11 @@ final class StopFlag: @unchecked Sendable {
     private var value = false
     var isSet: Bool { lock.withLock { value } }
     func set() { lock.withLock { value = true } }
+}
+
+final class Counter64: @unchecked Sendable {
+    private let lock = NSLock()
+    private var v = 0
+    func set(_ x: Int) { lock.withLock { v = x } }
+    var value: Int { lock.withLock { v } }
 }
