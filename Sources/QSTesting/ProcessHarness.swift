@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Test helpers shared by every suite: start the project's real executables on free
 /// loopback ports, wait for them with deadlines, stop them with a signal.
@@ -31,8 +32,35 @@ public enum Harness {
         return url
     }
 
-    /// A loopback TCP port that was free a moment ago (bound to port 0, then released).
+    /// A loopback TCP port that is free now and was not handed out before in this process.
+    /// Ports come from 20000–32767, below the kernel's ephemeral range (32768–60999), so a
+    /// client connection made meanwhile cannot take the port before the daemon binds it.
     public static func freePort() -> Int {
+        for _ in 0..<2000 {
+            let candidate = Int.random(in: 20000...32767)
+            guard portsHandedOut.withLock({ $0.insert(candidate).inserted }) else { continue }
+            if canBind(candidate) { return candidate }
+        }
+        return ephemeralPort()
+    }
+
+    private static let portsHandedOut = Mutex<Set<Int>>([])
+
+    private static func canBind(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        let rc = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        return rc == 0
+    }
+
+    /// A port the kernel picks (bound to port 0, then released): the fallback.
+    private static func ephemeralPort() -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var addr = sockaddr_in()
