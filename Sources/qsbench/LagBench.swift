@@ -28,11 +28,11 @@ struct LagBench {
         let ktPort = Harness.freePort(), rootPort = Harness.freePort(), admin = Harness.freePort()
         let ulog = scratch + "/lag-ulog"
         try FileManager.default.createDirectory(atPath: ulog, withIntermediateDirectories: true)
-        let kt = try launch("fakekt", ["-host", "127.0.0.1", "-port", "\(ktPort)", "-ulog", ulog, "-sid", "7", "*"])
-        let root = try launch("qsnode", ["--data", scratch + "/lag-root", "--listen", "127.0.0.1:\(rootPort)", "--log-level", "warning"])
+        let kt = try launchExecutable(binDir, quiet: true, "fakekt", ["-host", "127.0.0.1", "-port", "\(ktPort)", "-ulog", ulog, "-sid", "7", "*"])
+        let root = try launchExecutable(binDir, quiet: true, "qsnode", ["--data", scratch + "/lag-root", "--listen", "127.0.0.1:\(rootPort)", "--log-level", "warning"])
         defer { for p in [kt, root] { p.terminate(); p.waitUntilExit() } }
         _ = Harness.waitUntil(timeout: .seconds(30)) { Harness.isListening(port: ktPort) && Harness.isListening(port: rootPort) }
-        let bridge = try launch("qsktbridge", ["--source", "kt://127.0.0.1:\(ktPort)", "--root", "127.0.0.1:\(rootPort)",
+        let bridge = try launchExecutable(binDir, quiet: true, "qsktbridge", ["--source", "kt://127.0.0.1:\(ktPort)", "--root", "127.0.0.1:\(rootPort)",
                                                "--admin", "127.0.0.1:\(admin)", "--log-level", "warning"])
         defer { bridge.terminate(); bridge.waitUntilExit() }
         _ = Harness.waitUntil(timeout: .seconds(30)) { Harness.isListening(port: admin) }
@@ -80,15 +80,6 @@ struct LagBench {
                       p99LagSeconds: pct(0.99), updatesWritten: written.value, bridgePeakRSSBytes: rss, chart: chart)
     }
 
-    func launch(_ name: String, _ args: [String]) throws -> Process {
-        let p = Process()
-        p.executableURL = binDir.appendingPathComponent(name)
-        p.arguments = args
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        return p
-    }
 }
 
 final class StopFlag: @unchecked Sendable {

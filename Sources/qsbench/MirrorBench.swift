@@ -58,12 +58,12 @@ struct MirrorBench {
         }()
         // 3. Two real nodes and the bridge between them.
         let srcPort = Harness.freePort(), dstPort = Harness.freePort()
-        let srcNode = try launch("qsnode", ["--data", src, "--listen", "127.0.0.1:\(srcPort)", "--log-level", "warning"])
-        let dstNode = try launch("qsnode", ["--data", dst, "--listen", "127.0.0.1:\(dstPort)", "--log-level", "warning", "--map-size", "16GiB"])
+        let srcNode = try launchExecutable(binDir, "qsnode", ["--data", src, "--listen", "127.0.0.1:\(srcPort)", "--log-level", "warning"])
+        let dstNode = try launchExecutable(binDir, "qsnode", ["--data", dst, "--listen", "127.0.0.1:\(dstPort)", "--log-level", "warning", "--map-size", "16GiB"])
         defer { for p in [srcNode, dstNode] { p.terminate(); p.waitUntilExit() } }
         _ = Harness.waitUntil(timeout: .seconds(30)) { Harness.isListening(port: srcPort) && Harness.isListening(port: dstPort) }
         let start = ContinuousClock.now
-        let bridge = try launch("qsqsbridge", ["--source", "qs://127.0.0.1:\(srcPort)", "--root", "127.0.0.1:\(dstPort)", "--mode", "compatible",
+        let bridge = try launchExecutable(binDir, "qsqsbridge", ["--source", "qs://127.0.0.1:\(srcPort)", "--root", "127.0.0.1:\(dstPort)", "--mode", "compatible",
                                                "--once", "--log-level", "warning"])
         var bridgeRSS = 0, bridgeAnon = 0, targetAnon = 0
         while bridge.isRunning {
@@ -76,7 +76,7 @@ struct MirrorBench {
         let targetRSS = peakRSS(pid: dstNode.processIdentifier)
         // 4. verify: node against node, by range digests.
         let vStart = ContinuousClock.now
-        let verify = try launch("qsctl", ["--node", "127.0.0.1:\(srcPort)", "verify", "--against", "127.0.0.1:\(dstPort)"])
+        let verify = try launchExecutable(binDir, "qsctl", ["--node", "127.0.0.1:\(srcPort)", "verify", "--against", "127.0.0.1:\(dstPort)"])
         verify.waitUntilExit()
         let verifyRate = Double(keys) / (ContinuousClock.now - vStart).seconds
         guard verify.terminationStatus == 0 else { throw BenchError("verify found differences after the mirror run") }
@@ -86,14 +86,18 @@ struct MirrorBench {
                       verifyKeysPerSec: verifyRate, generateSeconds: generate)
     }
 
-    func launch(_ name: String, _ args: [String]) throws -> Process {
-        let p = Process()
-        p.executableURL = binDir.appendingPathComponent(name)
-        p.arguments = args
-        p.standardOutput = FileHandle.nullDevice
-        try p.run()
-        return p
-    }
+}
+
+/// Starts one of the project's executables from `binDir`, its stdout discarded (and its
+/// stderr too when `quiet`).
+func launchExecutable(_ binDir: URL, quiet: Bool = false, _ name: String, _ args: [String]) throws -> Process {
+    let p = Process()
+    p.executableURL = binDir.appendingPathComponent(name)
+    p.arguments = args
+    p.standardOutput = FileHandle.nullDevice
+    if quiet { p.standardError = FileHandle.nullDevice }
+    try p.run()
+    return p
 }
 
 struct BenchError: Error, CustomStringConvertible {

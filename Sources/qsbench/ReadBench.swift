@@ -1,4 +1,5 @@
 import Foundation
+import QSClient
 import QSStore
 import QSTesting
 
@@ -61,7 +62,7 @@ struct ReadBench {
         let copyRate = Double(envBytes) / 1e6 / (ContinuousClock.now - copyStart).seconds
 
         let rootPort = Harness.freePort()
-        let root = try launch("qsnode", ["--data", rootDir, "--listen", "127.0.0.1:\(rootPort)", "--log-level", "warning"])
+        let root = try launchExecutable(binDir, "qsnode", ["--data", rootDir, "--listen", "127.0.0.1:\(rootPort)", "--log-level", "warning"])
         defer { root.terminate(); root.waitUntilExit() }
         _ = Harness.waitUntil(timeout: .seconds(30)) { Harness.isListening(port: rootPort) }
         let head = try Store(directory: rootDir, readOnly: true).head()
@@ -103,10 +104,10 @@ struct ReadBench {
     func replica(_ dir: String, upstream: Int, until head: Head, extra: [String] = []) async throws -> (Process, Int, Double) {
         let port = Harness.freePort()
         let start = ContinuousClock.now
-        let p = try launch("qsnode", ["--role", "replica", "--data", dir, "--listen", "127.0.0.1:\(port)", "--upstream", "127.0.0.1:\(upstream)",
+        let p = try launchExecutable(binDir, "qsnode", ["--role", "replica", "--data", dir, "--listen", "127.0.0.1:\(port)", "--upstream", "127.0.0.1:\(upstream)",
                                       "--log-level", "warning"] + extra)
         _ = Harness.waitUntil(timeout: .seconds(30)) { Harness.isListening(port: port) }
-        let client = try await QSClientBox.connect(port)
+        let client = try await QSClient.connect(host: "127.0.0.1", port: port)
         let ok = await Harness.eventually(timeout: .seconds(120), pollEvery: .milliseconds(10)) { (try? await client.head()) == head }
         guard ok else { throw BenchError("replica in \(dir) did not reach the root's head") }
         return (p, port, (ContinuousClock.now - start).seconds)
@@ -162,14 +163,6 @@ struct ReadBench {
         return Load(connections: connections, opsPerSec: Double(total) / seconds, p50Micros: pct(0.5), p99Micros: pct(0.99))
     }
 
-    func launch(_ name: String, _ args: [String]) throws -> Process {
-        let p = Process()
-        p.executableURL = binDir.appendingPathComponent(name)
-        p.arguments = args
-        p.standardOutput = FileHandle.nullDevice
-        try p.run()
-        return p
-    }
 }
 
 /// One request, read until `done` says the answer is whole.
@@ -198,14 +191,6 @@ func exchange(_ fd: Int32, _ request: [UInt8], done: ([UInt8]) -> Bool) -> Bool 
     return b.count - headEnd.upperBound >= n
 }
 
-import QSClient
-
-/// A QS client for the benchmark's waits.
-enum QSClientBox {
-    static func connect(_ port: Int) async throws -> QSClient {
-        try await QSClient.connect(host: "127.0.0.1", port: port)
-    }
-}
 
 /// Latencies gathered from the load threads.
 final class Samples: @unchecked Sendable {

@@ -17,31 +17,11 @@ import pytest
 from pymemcache.client.base import Client as MemcacheClient
 from pymemcache.exceptions import MemcacheServerError
 from ukt import KT_NONE, KyotoTycoon, ProtocolError
+from qs_ports import free_port  # noqa: E402  (Tests/ is on the path: Tests/conftest.py)
 
 BIN = os.environ.get("QS_BIN_DIR", ".build/debug")
 
 
-_HANDED_OUT = set()
-
-
-def free_port():
-    """A free loopback port below the kernel's ephemeral range (32768+), so a client
-    connection made meanwhile cannot take it before the server binds it."""
-    import random
-    for _ in range(2000):
-        port = random.randint(20000, 32767)
-        if port in _HANDED_OUT:
-            continue
-        _HANDED_OUT.add(port)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port, proc, timeout=15.0):
