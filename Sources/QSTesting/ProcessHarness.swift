@@ -295,3 +295,12 @@ public func httpGet(port: Int, path: String) -> (status: Int, body: String)? {
     _ = req.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
     return readHTTPResponse(fd)
 }
+
+/// A flag one thread sets and others read (to stop a workload thread).
+public final class StopFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    public init() {}
+    public var isSet: Bool { lock.withLock { value } }
+    public func set() { lock.withLock { value = true } }
+}

@@ -82,12 +82,6 @@ struct LagBench {
 
 }
 
-final class StopFlag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = false
-    var isSet: Bool { lock.withLock { value } }
-    func set() { lock.withLock { value = true } }
-}
 
 final class Counter64: @unchecked Sendable {
     private let lock = NSLock()

@@ -43,7 +43,7 @@ final class RollbackDrillTests: XCTestCase {
         let mirror = try DaemonProcess("qsqsbridge", ["--source", "qs://\(legacy.address)", "--root", new.address, "--mode", "compatible",
                                                       "--batch-interval", "100ms", "--log-format", "text"], logDir: tmp)
         // A continuous workload on KT for the whole drill.
-        let stop = Flag()
+        let stop = StopFlag()
         let writer = Thread {
             var i = 0
             while !stop.isSet {
@@ -146,9 +146,3 @@ final class RollbackDrillTests: XCTestCase {
     }
 }
 
-final class Flag: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = false
-    var isSet: Bool { lock.withLock { value } }
-    func set() { lock.withLock { value = true } }
-}
