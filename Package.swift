@@ -3,6 +3,12 @@ import PackageDescription
 
 let swiftSettings: [SwiftSetting] = [.swiftLanguageMode(.v6)]
 
+func nio(_ name: String) -> Target.Dependency { .product(name: name, package: "swift-nio") }
+func lifecycle(_ name: String) -> Target.Dependency { .product(name: name, package: "swift-service-lifecycle") }
+var log: Target.Dependency { .product(name: "Logging", package: "swift-log") }
+var metrics: Target.Dependency { .product(name: "Metrics", package: "swift-metrics") }
+var argumentParser: Target.Dependency { .product(name: "ArgumentParser", package: "swift-argument-parser") }
+
 let package = Package(
     name: "quicksilver-bridge",
     platforms: [.macOS(.v14)],
@@ -33,62 +39,48 @@ let package = Package(
         ),
         // Byte readers/writers and encodings shared by every binary format.
         .target(name: "QSBytes", swiftSettings: swiftSettings),
-        // The LMDB environment, keyspace, transaction log and checkpoints.
+        // The values every side shares: mutations, records, log entries and their bytes,
+        // heads, the chained hash, the wall clock. Pure: no LMDB, no NIO.
+        .target(
+            name: "QSModel",
+            dependencies: ["QSBytes", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: swiftSettings
+        ),
+        // The LMDB environment, keyspace, transaction log and checkpoints: the only module
+        // that touches a storage library.
         .target(
             name: "QSStore",
-            dependencies: [
-                "CLMDB", "QSBytes",
-                .product(name: "Crypto", package: "swift-crypto"),
-            ],
+            dependencies: ["CLMDB", "QSBytes", "QSModel", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
-        // The QS write protocol: frames and messages, pure codecs.
+        // The QS write and replication protocol: frames and messages, pure codecs.
         .target(
             name: "QSWire",
-            dependencies: [
-                "QSStore",
-                .product(name: "NIOCore", package: "swift-nio"),
-            ],
+            dependencies: ["QSBytes", "QSModel", nio("NIOCore")],
             swiftSettings: swiftSettings
         ),
-        // Configuration, logging, metrics, admin HTTP, lifecycle: shared by every executable.
+        // Networking basics: endpoints, backoff, binding a listener, graceful close.
         .target(
-            name: "QSService",
-            dependencies: [
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ],
+            name: "QSNet",
+            dependencies: [nio("NIOCore"), nio("NIOPosix"), lifecycle("ServiceLifecycle")],
             swiftSettings: swiftSettings
         ),
-        // A client of the QS write protocol (qsctl, bridges, benchmarks).
+        // A client of the QS write protocol (qsctl, bridges, benchmarks) and its log subscription.
         .target(
             name: "QSClient",
             dependencies: [
-                "QSWire",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOExtras", package: "swift-nio-extras"),
+                "QSBytes", "QSModel", "QSWire",
+                nio("NIOCore"), nio("NIOPosix"), .product(name: "NIOExtras", package: "swift-nio-extras"),
             ],
             swiftSettings: swiftSettings
         ),
-        // The node: root write handler (replication and reads to come).
+        // The node: root write handler, replication server and client, log trimming.
         .target(
             name: "QSNode",
             dependencies: [
-                "QSStore", "QSWire", "QSService", "QSClient",
-                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOExtras", package: "swift-nio-extras"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                "QSBytes", "QSClient", "QSModel", "QSNet", "QSStore", "QSWire",
+                nio("NIOCore"), nio("NIOPosix"), .product(name: "NIOExtras", package: "swift-nio-extras"),
+                log, metrics, lifecycle("ServiceLifecycle"), lifecycle("UnixSignals"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -96,14 +88,9 @@ let package = Package(
         .target(
             name: "QSReads",
             dependencies: [
-                "QSStore", "KTFormats", "QSService",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                "KTFormats", "QSModel", "QSNet", "QSStore",
+                nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"), nio("NIOConcurrencyHelpers"),
+                log, metrics, lifecycle("ServiceLifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -111,13 +98,8 @@ let package = Package(
         .target(
             name: "QSFeed",
             dependencies: [
-                "QSClient", "QSService", "QSStore", "QSWire",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "NIOCore", package: "swift-nio"),
+                "QSClient", "QSModel", "QSNet", "QSWire",
+                nio("NIOCore"), log, metrics, lifecycle("ServiceLifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -125,18 +107,15 @@ let package = Package(
         // protocol frames, HTTP RPC TSV, expiration rules.
         .target(
             name: "KTFormats",
-            dependencies: [.product(name: "NIOCore", package: "swift-nio")],
+            dependencies: [nio("NIOCore")],
             swiftSettings: swiftSettings
         ),
         // The KT sources of the feed consumer: live replication, ulog directories, captures.
         .target(
             name: "QSKTFeed",
             dependencies: [
-                "KTFormats", "QSFeed", "QSStore",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
+                "KTFormats", "QSFeed", "QSModel",
+                nio("NIOCore"), nio("NIOPosix"), log, metrics,
             ],
             swiftSettings: swiftSettings
         ),
@@ -145,9 +124,8 @@ let package = Package(
         .target(
             name: "QSRecording",
             dependencies: [
-                "KTFormats", "QSKTFeed", "QSFeed", "QSClient", "QSService", "QSStore", "QSWire",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
+                "KTFormats", "QSClient", "QSFeed", "QSKTFeed", "QSModel", "QSNet", "QSWire",
+                log,
             ],
             swiftSettings: swiftSettings
         ),
@@ -156,141 +134,117 @@ let package = Package(
             name: "FakeKT",
             dependencies: [
                 "KTFormats",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "Metrics", package: "swift-metrics"),
+                nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"), nio("NIOConcurrencyHelpers"),
+                log, metrics,
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Daemon wiring shared by the executables: option groups with QS_* fallbacks,
+        // logging and metrics bootstrap, the admin HTTP server, running a bridge.
+        .target(
+            name: "QSDaemon",
+            dependencies: [
+                "QSFeed", "QSNet",
+                nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"),
+                argumentParser, log, metrics, .product(name: "Prometheus", package: "swift-prometheus"),
+                lifecycle("ServiceLifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "fakekt",
-            dependencies: [
-                "FakeKT",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-            ],
+            dependencies: ["FakeKT", argumentParser, log, nio("NIOConcurrencyHelpers")],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "qsktbridge",
-            dependencies: [
-                "QSKTFeed", "QSFeed", "QSService",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-            ],
+            dependencies: ["QSDaemon", "QSFeed", "QSKTFeed", "QSNet", argumentParser, log, lifecycle("ServiceLifecycle")],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "qsqsbridge",
-            dependencies: [
-                "QSFeed", "QSService",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ],
+            dependencies: ["QSDaemon", "QSFeed", "QSNet", argumentParser, log],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "qsnode",
             dependencies: [
-                "QSNode", "QSReads", "QSService", "QSBytes",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "QSBytes", "QSDaemon", "QSModel", "QSNet", "QSNode", "QSReads", "QSStore", "QSWire",
+                argumentParser, log, nio("NIOPosix"), lifecycle("ServiceLifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "qsctl",
             dependencies: [
-                "QSClient", "QSService", "QSBytes", "QSRecording", "QSKTFeed", "QSFeed", "KTFormats",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+                "KTFormats", "QSBytes", "QSClient", "QSDaemon", "QSKTFeed", "QSModel", "QSNet", "QSRecording", "QSWire",
+                argumentParser, log, lifecycle("UnixSignals"),
             ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "qsbench",
             dependencies: [
-                "QSStore", "QSClient", "QSService", "QSTesting", "KTFormats",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "KTFormats", "QSClient", "QSDaemon", "QSModel", "QSNet", "QSStore", "QSTesting",
+                argumentParser,
             ],
             swiftSettings: swiftSettings
         ),
-        // Test helpers: start real processes on free ports and wait for readiness.
+        // Test helpers: start real processes on loopback and wait for readiness.
         .target(
             name: "QSTesting",
-            dependencies: ["QSClient"],
+            dependencies: ["QSClient", "QSModel"],
             swiftSettings: swiftSettings
         ),
-        .testTarget(name: "QSStoreTests", dependencies: ["QSStore"], swiftSettings: swiftSettings),
+        .testTarget(name: "QSStoreTests", dependencies: ["QSModel", "QSStore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "QSWireTests",
-            dependencies: [
-                "QSWire",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOTestUtils", package: "swift-nio"),
-            ],
+            dependencies: ["QSModel", "QSWire", nio("NIOCore"), nio("NIOTestUtils")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "KTFormatsTests",
-            dependencies: [
-                "KTFormats",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOTestUtils", package: "swift-nio"),
-                .product(name: "NIOEmbedded", package: "swift-nio"),
-            ],
+            dependencies: ["KTFormats", nio("NIOCore"), nio("NIOTestUtils"), nio("NIOEmbedded")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "FakeKTTests",
-            dependencies: [
-                "FakeKT",
-                "KTFormats",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
+            dependencies: ["FakeKT", "KTFormats", nio("NIOCore"), nio("NIOPosix"), log],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "QSFeedTests",
-            dependencies: ["QSFeed", "QSKTFeed", "KTFormats", "QSStore", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["KTFormats", "QSFeed", "QSKTFeed", "QSModel", log],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "BridgeTests",
-            dependencies: ["QSTesting", "QSClient", "QSStore", "KTFormats"],
+            dependencies: ["QSClient", "QSModel", "QSStore", "QSTesting"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "RecordingTests",
-            dependencies: ["QSTesting", "QSClient", "QSStore", "QSFeed", "QSRecording"],
+            dependencies: ["QSClient", "QSFeed", "QSModel", "QSRecording", "QSStore", "QSTesting"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "ReplicationTests",
-            dependencies: ["QSTesting", "QSClient", "QSStore", "QSWire"],
+            dependencies: ["QSClient", "QSModel", "QSStore", "QSTesting", "QSWire"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "QSReadsTests",
             dependencies: [
-                "QSReads", "QSStore", "QSTesting", "QSClient", "KTFormats",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOTestUtils", package: "swift-nio"),
-                .product(name: "NIOEmbedded", package: "swift-nio"),
-                .product(name: "Logging", package: "swift-log"),
+                "KTFormats", "QSClient", "QSModel", "QSNet", "QSReads", "QSStore", "QSTesting",
+                nio("NIOCore"), nio("NIOPosix"), nio("NIOTestUtils"), nio("NIOEmbedded"), log,
             ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "QSNodeTests",
-            dependencies: ["QSTesting", "QSClient", "QSStore"],
+            dependencies: ["QSClient", "QSModel", "QSStore", "QSTesting", "QSWire"],
             swiftSettings: swiftSettings
         ),
     ]
 )
+

@@ -47,7 +47,7 @@ struct Store: Sendable {
 
     // MARK: logging
 
-    mutating func logUpdate(db: Int, _ operation: KTUpdateMessage.Operation) {
+    mutating func logUpdate(db: Int, _ operation: KTUpdateMessage.Change) {
         let message = KTUpdateMessage(sid: sid, db: UInt16(truncatingIfNeeded: db), operation: operation)
         let record = ULogFile.Record(timestamp: clock.next(nowMillis: nowMillis), message: message.encoded())
         log.append(record)

@@ -6,7 +6,7 @@
 /// - `0xA5` clear: nothing more.
 public struct KTUpdateMessage: Sendable, Hashable {
     /// The operation a message carries.
-    public enum Operation: Sendable, Hashable {
+    public enum Change: Sendable, Hashable {
         /// Set `key` to `value`, expiring at `expiration` (epoch seconds, 40 bits).
         case set(key: [UInt8], value: [UInt8], expiration: Int64)
         /// Remove `key`.
@@ -30,9 +30,9 @@ public struct KTUpdateMessage: Sendable, Hashable {
     /// The database index.
     public var db: UInt16
     /// The change.
-    public var operation: Operation
+    public var operation: Change
 
-    public init(sid: UInt16, db: UInt16, operation: Operation) {
+    public init(sid: UInt16, db: UInt16, operation: Change) {
         self.sid = sid
         self.db = db
         self.operation = operation

@@ -1,6 +1,6 @@
 import NIOCore
 import NIOPosix
-import QSStore
+import QSModel
 import QSWire
 
 /// A read-only subscription to a node's log feed: sends `Subscribe{fromIndex, hash}` and

@@ -2,7 +2,7 @@ import NIOCore
 import NIOExtras
 import NIOPosix
 import QSBytes
-import QSStore
+import QSModel
 import QSWire
 
 /// Why a call to a node failed.
@@ -100,7 +100,7 @@ public final class QSClient: Sendable {
     // MARK: typed helpers
 
     /// Sends a compare-and-swap batch; returns `.applied` or `.conflict`, throws on errors.
-    public func batch(sourceID: String, expected: UInt64, new: UInt64, operations: [Operation]) async throws -> Response {
+    public func batch(sourceID: String, expected: UInt64, new: UInt64, operations: [Mutation]) async throws -> Response {
         let r = try await send(.batch(.init(token: token, sourceID: sourceID, expected: expected, new: new, operations: operations)))
         switch r {
         case .applied, .conflict: return r
@@ -161,7 +161,7 @@ public final class QSClient: Sendable {
     /// Writes operations as source `sourceID` without knowing its checkpoint: reads it,
     /// sends a batch at checkpoint+1, and retries on conflict (for operators and tests;
     /// bridges track their positions themselves).
-    public func write(_ operations: [Operation], sourceID: String = "qsctl", attempts: Int = 10) async throws -> Response {
+    public func write(_ operations: [Mutation], sourceID: String = "qsctl", attempts: Int = 10) async throws -> Response {
         for _ in 0..<attempts {
             let cp = try await checkpoint(sourceID: sourceID) ?? 0
             let r = try await batch(sourceID: sourceID, expected: cp, new: cp + 1, operations: operations)

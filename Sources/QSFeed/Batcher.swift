@@ -1,6 +1,6 @@
 import Logging
-import QSService
-import QSStore
+import QSNet
+import QSModel
 import QSWire
 
 /// Limits of one batch.
@@ -113,7 +113,7 @@ actor Batcher {
         guard let last = batch.last else { return }
         let expected = confirmed
         let response: Response
-        let operations: [Operation]
+        let operations: [Mutation]
         switch limits.mode {
         case .batched:
             operations = coalesce(batch.flatMap(\.operations))

@@ -1,12 +1,12 @@
-import QSStore
+import QSModel
 
 /// Merges a batch's operations so that later writes to a key win: the result applied in
 /// one transaction leaves the same state as applying every operation in order, with each
 /// key written at most once (a clear keeps its place and removes earlier writes it covers).
-public func coalesce(_ operations: [Operation]) -> [Operation] {
+public func coalesce(_ operations: [Mutation]) -> [Mutation] {
     var decided = Set<[UInt8]>()
     var clearedPrefixes = [[UInt8]]()
-    var kept = [Operation]()
+    var kept = [Mutation]()
     kept.reserveCapacity(operations.count)
     func coveredByLaterClear(_ key: [UInt8]) -> Bool {
         clearedPrefixes.contains { key.starts(with: $0) }

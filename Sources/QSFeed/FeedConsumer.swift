@@ -1,7 +1,7 @@
 import Foundation
 import Logging
-import QSService
-import QSStore
+import QSNet
+import QSModel
 import ServiceLifecycle
 import Synchronization
 

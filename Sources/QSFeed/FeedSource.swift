@@ -1,4 +1,4 @@
-import QSStore
+import QSModel
 
 /// One change read from a source at its position. A change with no operations is a
 /// position without a change (a KT update skipped for its sid, an unmapped database in
@@ -6,14 +6,14 @@ import QSStore
 public struct FeedChange: Sendable, Equatable {
     /// The source position (a KT timestamp, a QS log index). Strictly increasing.
     public var position: UInt64
-    public var operations: [Operation]
+    public var operations: [Mutation]
     /// Wall time the position stands for, in nanoseconds since the epoch (for lag).
     public var sourceTimeNs: UInt64?
     /// The source's log entry itself, when the source is a QS log (compatible mode
     /// appends it verbatim).
     public var entry: StoredEntry?
 
-    public init(position: UInt64, operations: [Operation], sourceTimeNs: UInt64? = nil, entry: StoredEntry? = nil) {
+    public init(position: UInt64, operations: [Mutation], sourceTimeNs: UInt64? = nil, entry: StoredEntry? = nil) {
         self.position = position
         self.operations = operations
         self.sourceTimeNs = sourceTimeNs

@@ -1,6 +1,6 @@
 import Foundation
 import NIOCore
-import QSStore
+import QSModel
 import QSWire
 
 /// The QS capture format: a recorded QS log feed (see docs/recordings.md).

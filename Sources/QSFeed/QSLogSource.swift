@@ -1,7 +1,7 @@
 import NIOCore
 import QSClient
-import QSService
-import QSStore
+import QSNet
+import QSModel
 import QSWire
 
 /// A QS node's transaction log as a feed: subscribes after a log index (with the

@@ -1,7 +1,7 @@
 import Logging
 import QSClient
-import QSService
-import QSStore
+import QSNet
+import QSModel
 import QSWire
 
 /// The bridge's side of the root: one connection, re-made with capped backoff whenever
@@ -79,7 +79,7 @@ public actor RootWriter {
         try await perform("get-checkpoint") { try await $0.checkpoint(sourceID: sourceID) }
     }
 
-    public func batch(sourceID: String, expected: UInt64, new: UInt64, operations: [Operation]) async throws -> Response {
+    public func batch(sourceID: String, expected: UInt64, new: UInt64, operations: [Mutation]) async throws -> Response {
         try await perform("batch") { try await $0.batch(sourceID: sourceID, expected: expected, new: new, operations: operations) }
     }
 

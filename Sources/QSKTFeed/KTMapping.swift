@@ -2,7 +2,7 @@ import KTFormats
 import Logging
 import Metrics
 import QSFeed
-import QSStore
+import QSModel
 
 /// What to do with a KT update the bridge cannot carry.
 public enum KTPolicy: String, Sendable, CaseIterable {

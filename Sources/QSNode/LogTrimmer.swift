@@ -1,5 +1,6 @@
 import Logging
 import NIOPosix
+import QSModel
 import QSStore
 import ServiceLifecycle
 

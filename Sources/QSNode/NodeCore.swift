@@ -1,7 +1,8 @@
 import Foundation
 import Logging
 import QSBytes
-import QSService
+import QSNet
+import QSModel
 import QSStore
 import QSWire
 import Synchronization

@@ -4,7 +4,8 @@ import Metrics
 import NIOCore
 import NIOPosix
 import QSClient
-import QSService
+import QSNet
+import QSModel
 import QSStore
 import QSWire
 import ServiceLifecycle

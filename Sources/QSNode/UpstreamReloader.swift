@@ -1,6 +1,6 @@
 import Foundation
 import Logging
-import QSService
+import QSNet
 import ServiceLifecycle
 import UnixSignals
 

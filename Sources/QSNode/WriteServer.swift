@@ -2,7 +2,7 @@ import Logging
 import NIOCore
 import NIOExtras
 import NIOPosix
-import QSService
+import QSNet
 import QSWire
 import ServiceLifecycle
 

@@ -1,7 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
-import QSService
+import QSNet
 import ServiceLifecycle
 
 /// Accepts connections on several endpoints (TCP and Unix sockets) and runs one async

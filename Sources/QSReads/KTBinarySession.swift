@@ -2,6 +2,7 @@ import KTFormats
 import Logging
 import NIOCore
 import NIOPosix
+import QSModel
 import QSStore
 
 /// Serves KT's binary protocol on the KT port: `get_bulk` (0xBA) is answered from the

@@ -4,7 +4,8 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import NIOPosix
-import QSService
+import QSNet
+import QSModel
 import QSStore
 import ServiceLifecycle
 

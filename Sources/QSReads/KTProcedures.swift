@@ -1,5 +1,6 @@
 import Foundation
 import KTFormats
+import QSModel
 import QSStore
 
 /// KT's RPC read procedures over a QS store. Runs on the thread pool (store reads block).

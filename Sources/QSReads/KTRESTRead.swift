@@ -1,4 +1,5 @@
 import KTFormats
+import QSModel
 import QSStore
 
 /// KT's RESTful interface, read side: `GET /KEY` and `HEAD /KEY`, the key URL-encoded,

@@ -1,7 +1,8 @@
 import Logging
 import NIOCore
 import NIOPosix
-import QSService
+import QSNet
+import QSModel
 import QSStore
 import ServiceLifecycle
 

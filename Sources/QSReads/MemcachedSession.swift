@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import QSModel
 import QSStore
 
 /// Serves one memcached connection: commands are answered in order; store reads run on the

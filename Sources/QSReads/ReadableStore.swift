@@ -1,3 +1,4 @@
+import QSModel
 import QSStore
 
 /// What the read servers need from a node's store. `Store` conforms, so a root's store and

@@ -2,7 +2,7 @@ import Foundation
 import Logging
 import QSClient
 import QSFeed
-import QSStore
+import QSModel
 import QSWire
 
 /// Records a QS node's log feed into a QS capture (`QSCapture`: a header, then the

@@ -2,7 +2,7 @@ import Foundation
 import KTFormats
 import QSFeed
 import QSKTFeed
-import QSStore
+import QSModel
 
 /// One update of a recording, as `qsctl feed show` prints it.
 public struct RecordedUpdate: Sendable, Equatable {

@@ -1,5 +1,5 @@
 import Foundation
-import QSService
+import QSNet
 
 /// The bookkeeping every recorder shares: the capture file, the sidecar, the stop
 /// conditions. A recorder hands it whole frames as they arrive; it writes them, counts

@@ -1,3 +1,4 @@
+import QSModel
 import QSBytes
 
 /// How user keys map to LMDB keys, so that keys of any length (including empty keys and

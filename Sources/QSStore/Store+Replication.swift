@@ -1,3 +1,4 @@
+import QSModel
 import Foundation
 import QSBytes
 

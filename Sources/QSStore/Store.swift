@@ -1,3 +1,4 @@
+import QSModel
 import Foundation
 import QSBytes
 
@@ -94,7 +95,7 @@ public final class Store: Sendable {
     /// operations that would not change the stored record, apply the rest, append one log
     /// entry (none if nothing is left) and store the checkpoint `new`.
     public func applyBatch(sourceID: String, expected: UInt64, new: UInt64,
-                           operations: [Operation], now: UInt64 = wallClockNanoseconds()) throws -> BatchOutcome {
+                           operations: [Mutation], now: UInt64 = wallClockNanoseconds()) throws -> BatchOutcome {
         try Self.validate(sourceID: sourceID)
         guard new > expected else { throw StoreError.invalidPositions(expected: expected, new: new) }
         return try environment.write { txn in
@@ -102,7 +103,7 @@ public final class Store: Sendable {
             let cpKey = Self.checkpointPrefix + Array(sourceID.utf8)
             let current = try txn.get(meta, cpKey).map { try Self.decodeU64($0, "checkpoint") } ?? 0
             guard current == expected else { return .conflict(current: current) }
-            var kept = [Operation]()
+            var kept = [Mutation]()
             kept.reserveCapacity(operations.count)
             for op in operations where try apply(op, in: txn) {
                 kept.append(op)
@@ -137,7 +138,7 @@ public final class Store: Sendable {
     }
 
     /// Applies one operation; returns false when it would not change the stored state.
-    func apply(_ op: Operation, in txn: borrowing LMDBTransaction) throws -> Bool {
+    func apply(_ op: Mutation, in txn: borrowing LMDBTransaction) throws -> Bool {
         switch op {
         case let .set(key, value, expiry):
             let sk = keys.storedKey(key)
@@ -326,13 +327,3 @@ public final class Store: Sendable {
         return try r.readU64()
     }
 }
-
-/// Nanoseconds since the epoch from the system's real-time clock.
-public func wallClockNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
-
-/// Seconds since the epoch.
-public func wallClockSeconds() -> UInt64 { wallClockNanoseconds() / 1_000_000_000 }

@@ -1,6 +1,6 @@
 import Foundation
 import QSClient
-import QSStore
+import QSModel
 
 /// The recorded KT feeds under `Fixtures/kt/NAME/` and what they should produce.
 public struct KTFixture: Sendable {

@@ -1,5 +1,5 @@
 import QSBytes
-import QSStore
+import QSModel
 
 /// A request from a client to a node. Type bytes `0x01…0x7F`.
 public enum Request: Sendable, Equatable {
@@ -40,9 +40,9 @@ public enum Request: Sendable, Equatable {
         public var sourceID: String
         public var expected: UInt64
         public var new: UInt64
-        public var operations: [Operation]
+        public var operations: [Mutation]
 
-        public init(token: [UInt8] = [], sourceID: String, expected: UInt64, new: UInt64, operations: [Operation]) {
+        public init(token: [UInt8] = [], sourceID: String, expected: UInt64, new: UInt64, operations: [Mutation]) {
             self.token = token
             self.sourceID = sourceID
             self.expected = expected
@@ -100,7 +100,7 @@ public enum Request: Sendable, Equatable {
             w.writeString16(b.sourceID)
             w.writeU64(b.expected)
             w.writeU64(b.new)
-            Operation.encodeList(b.operations, into: &w)
+            Mutation.encodeList(b.operations, into: &w)
         case let .getCheckpoint(sid):
             tag = .getCheckpoint
             w.writeString16(sid)
@@ -159,7 +159,7 @@ public enum Request: Sendable, Equatable {
             let sid = try r.readString16("source id")
             let expected = try r.readU64("expected position")
             let new = try r.readU64("new position")
-            let ops = try Operation.decodeList(from: &r)
+            let ops = try Mutation.decodeList(from: &r)
             req = .batch(Batch(token: token, sourceID: sid, expected: expected, new: new, operations: ops))
         case .getCheckpoint:
             req = .getCheckpoint(sourceID: try r.readString16("source id"))

@@ -1,5 +1,6 @@
 import Foundation
 import KTFormats
+import QSModel
 import QSStore
 import QSTesting
 
@@ -51,7 +52,7 @@ struct BacklogBench {
             let start = ContinuousClock.now
             var i = 0, batch: UInt64 = 0
             while i < updates {
-                var ops = [QSStore.Operation]()
+                var ops = [Mutation]()
                 for _ in 0..<min(10_000, updates - i) {
                     value[i % valueBytes] &+= 1
                     ops.append(.set(key: Array(String(format: "key/%08d", i % keys).utf8), value: value, expiry: nil))

@@ -1,9 +1,8 @@
 import Foundation
-import QSService
 import QSTesting
 
 /// A bridge's lag under a steady KT workload: fakekt → qsktbridge → root, the bridge's
-/// `qs_bridge_lag_seconds` sampled every 250 ms and drawn like `qsctl lag --plot`.
+/// `qs_bridge_lag_seconds` sampled every 100 ms and drawn by `qsctl lag --plot`.
 struct LagBench {
     let seconds: Double
     let writesPerSecond: Int
@@ -60,19 +59,28 @@ struct LagBench {
             }
         }
         writer.start()
-        let began = Date()
-        var samples = [(t: Double, lag: Double)]()
+        // qsctl lag samples the bridge's metric and draws the chart (the chart lives there);
+        // its stdout lines `T s  qs_bridge_lag_seconds LAG` are the samples.
+        let chart = out + "/bridge-lag.svg"
+        let sampler = Process()
+        sampler.executableURL = binDir.appendingPathComponent("qsctl")
+        sampler.arguments = ["lag", "--admin", "127.0.0.1:\(admin)", "--duration", "\(seconds)s", "--interval", "100ms", "--plot", chart]
+        let pipe = Pipe()
+        sampler.standardOutput = pipe
+        sampler.standardError = FileHandle.nullDevice
+        try sampler.run()
+        let output = ByteSink(pipe.fileHandleForReading)
         var rss = 0
-        while Date().timeIntervalSince(began) < seconds {
-            if let lag = metricValue(port: admin, "qs_bridge_lag_seconds") {
-                samples.append((Date().timeIntervalSince(began), lag))
-            }
+        while sampler.isRunning {
             rss = max(rss, peakRSS(pid: bridge.processIdentifier))
             try await Task.sleep(for: .milliseconds(100))
         }
         stop.set()
-        let chart = out + "/bridge-lag.svg"
-        try lineChartSVG(samples, title: "qsktbridge lag, \(writesPerSecond) KT writes/s").write(toFile: chart, atomically: true, encoding: .utf8)
+        let samples: [(t: Double, lag: Double)] = output.text().split(separator: "\n").compactMap { line in
+            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard f.count == 4, let t = Double(f[0]), let lag = Double(f[3]) else { return nil }
+            return (t, lag)
+        }
         let lags = samples.map(\.lag).sorted()
         func pct(_ p: Double) -> Double { lags.isEmpty ? 0 : lags[min(lags.count - 1, Int(Double(lags.count) * p))] }
         return Result(seconds: seconds, writesPerSecond: writesPerSecond, samples: samples.count, maxLagSeconds: lags.last ?? 0,
@@ -82,6 +90,30 @@ struct LagBench {
 
 }
 
+
+/// Collects a pipe's bytes on its own thread (a full pipe would block the writer).
+final class ByteSink: @unchecked Sendable {
+    private let lock = NSLock()
+    private var data = Data()
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ handle: FileHandle) {
+        Thread { [self] in
+            while true {
+                let chunk = handle.availableData
+                if chunk.isEmpty { break }
+                lock.withLock { data.append(chunk) }
+            }
+            done.signal()
+        }.start()
+    }
+
+    /// Everything written, once the writer closed its end.
+    func text() -> String {
+        done.wait()
+        return lock.withLock { String(decoding: data, as: UTF8.self) }
+    }
+}
 
 final class Counter64: @unchecked Sendable {
     private let lock = NSLock()

@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
 import QSClient
-import QSService
+import QSDaemon
+import QSNet
+import QSModel
 import QSStore
 import QSTesting
 
@@ -211,7 +213,7 @@ struct QSBench: AsyncParsableCommand {
         let start = ContinuousClock.now
         var i = 0, batches = 0, payload = 0
         while ContinuousClock.now - start < duration {
-            var ops = [QSStore.Operation]()
+            var ops = [Mutation]()
             ops.reserveCapacity(batchSize)
             for _ in 0..<batchSize {
                 let k = key(i), v = value(i)

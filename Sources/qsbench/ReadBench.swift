@@ -1,5 +1,6 @@
 import Foundation
 import QSClient
+import QSModel
 import QSStore
 import QSTesting
 
@@ -46,7 +47,7 @@ struct ReadBench {
             try FileManager.default.createDirectory(atPath: behindDir, withIntermediateDirectories: true)
             try store.environment.copy(toFileDescriptor: open(behindDir + "/data.mdb", O_WRONLY | O_CREAT | O_TRUNC, 0o644), compact: false)
             for i in 1..<catchUpEntries {
-                let ops: [QSStore.Operation] = (0..<max(1, keys / catchUpEntries)).map { j in
+                let ops: [Mutation] = (0..<max(1, keys / catchUpEntries)).map { j in
                     .set(key: Array(key((i * max(1, keys / catchUpEntries) + j) % keys).utf8), value: value, expiry: nil)
                 }
                 _ = try store.applyBatch(sourceID: "load", expected: UInt64(i), new: UInt64(i + 1), operations: ops)

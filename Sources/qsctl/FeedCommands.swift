@@ -1,4 +1,5 @@
-import QSService
+import QSDaemon
+import QSNet
 import ArgumentParser
 import Foundation
 import QSRecording

@@ -4,7 +4,7 @@ import FoundationNetworking
 #endif
 import KTFormats
 import QSClient
-import QSStore
+import QSModel
 
 /// Compares a QS node with a KT server's contents over KT's HTTP RPC: walks each mapped
 /// KT database with a cursor and looks every record up in QS, then walks each QS prefix

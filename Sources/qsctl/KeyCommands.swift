@@ -2,8 +2,9 @@ import ArgumentParser
 import Foundation
 import QSBytes
 import QSClient
-import QSService
-import QSStore
+import QSDaemon
+import QSNet
+import QSModel
 import QSWire
 
 struct Put: AsyncParsableCommand {
@@ -19,7 +20,7 @@ struct Put: AsyncParsableCommand {
     var sourceID: String = QSEnv.string("QS_SOURCE_ID") ?? "qsctl"
 
     func run() async throws {
-        let op = Operation.set(key: try options.bytes(key, "KEY"), value: try options.bytes(value, "VALUE"), expiry: expires == 0 ? nil : expires)
+        let op = Mutation.set(key: try options.bytes(key, "KEY"), value: try options.bytes(value, "VALUE"), expiry: expires == 0 ? nil : expires)
         try await options.withClient { client in
             let r = try await client.write([op], sourceID: sourceID)
             if case let .applied(index, _, dropped) = r {

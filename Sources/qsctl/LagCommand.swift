@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
-import QSService
+import QSDaemon
+import QSNet
 
 /// Samples a bridge's or replica's lag from its admin port and draws it over time.
 struct Lag: AsyncParsableCommand {

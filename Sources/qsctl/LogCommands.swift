@@ -2,8 +2,9 @@ import ArgumentParser
 import Foundation
 import QSBytes
 import QSClient
-import QSService
-import QSStore
+import QSDaemon
+import QSNet
+import QSModel
 import QSWire
 
 func b64(_ bytes: [UInt8]) -> String { Data(bytes).base64EncodedString() }
@@ -19,7 +20,7 @@ func recordJSON(key: [UInt8], record: Record) -> String {
     "{\"key\":\"\(b64(key))\",\"value\":\"\(b64(record.value))\",\"xt\":\(record.expiry.map { String($0) } ?? "null")}"
 }
 
-func operationJSON(_ op: QSStore.Operation) -> String {
+func operationJSON(_ op: Mutation) -> String {
     switch op {
     case let .set(k, v, x):
         return "{\"op\":\"set\",\"key\":\"\(b64(k))\",\"value\":\"\(b64(v))\",\"xt\":\(x.map { String($0) } ?? "null")}"

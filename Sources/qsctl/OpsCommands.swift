@@ -2,7 +2,8 @@ import ArgumentParser
 import Foundation
 import QSBytes
 import QSClient
-import QSService
+import QSDaemon
+import QSNet
 
 /// Exit code of `wait` when the position was not reached in time.
 let timedOutExit = ExitCode(5)

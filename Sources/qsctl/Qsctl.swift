@@ -1,7 +1,8 @@
 import ArgumentParser
 import Foundation
 import QSClient
-import QSService
+import QSDaemon
+import QSNet
 
 /// Exit codes: 0 found/ok, 1 not found, 2 usage, 3 server or connection error, 4 a
 /// damaged recording.

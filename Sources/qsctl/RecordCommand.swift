@@ -5,7 +5,8 @@ import Logging
 import QSClient
 import QSKTFeed
 import QSRecording
-import QSService
+import QSDaemon
+import QSNet
 import UnixSignals
 
 struct RecordCommand: AsyncParsableCommand {

@@ -2,8 +2,9 @@ import ArgumentParser
 import Foundation
 import QSBytes
 import QSClient
-import QSService
-import QSStore
+import QSDaemon
+import QSNet
+import QSModel
 import QSWire
 
 struct Verify: AsyncParsableCommand {

@@ -3,7 +3,8 @@ import Foundation
 import Logging
 import QSFeed
 import QSKTFeed
-import QSService
+import QSDaemon
+import QSNet
 import ServiceLifecycle
 
 @main

@@ -5,7 +5,9 @@ import NIOPosix
 import QSBytes
 import QSNode
 import QSReads
-import QSService
+import QSDaemon
+import QSNet
+import QSModel
 import QSStore
 import QSWire
 import ServiceLifecycle

@@ -2,7 +2,9 @@ import ArgumentParser
 import Logging
 import NIOPosix
 import QSReads
-import QSService
+import QSDaemon
+import QSNet
+import QSModel
 import QSStore
 import ServiceLifecycle
 

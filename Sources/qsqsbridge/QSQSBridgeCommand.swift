@@ -2,7 +2,8 @@ import ArgumentParser
 import Foundation
 import Logging
 import QSFeed
-import QSService
+import QSDaemon
+import QSNet
 
 @main
 struct QSQSBridgeCommand: AsyncParsableCommand {

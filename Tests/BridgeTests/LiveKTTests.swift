@@ -1,5 +1,6 @@
 import Foundation
 import QSClient
+import QSModel
 import QSStore
 import QSTesting
 import XCTest

@@ -1,5 +1,6 @@
 import Foundation
 import QSClient
+import QSModel
 import QSStore
 import QSTesting
 import XCTest
@@ -21,7 +22,7 @@ final class QSQSBridgeTests: XCTestCase {
         let src = try RootNode(data: tmp.appendingPathComponent("src"), logDir: tmp)
         let c = try await QSClient.connect(host: "127.0.0.1", port: src.port)
         for i in 0..<n {
-            var ops: [QSStore.Operation] = [.set(key: Array("k\(i % 97)".utf8), value: Array("v\(i)".utf8), expiry: i % 5 == 0 ? 4_102_444_800 : nil)]
+            var ops: [Mutation] = [.set(key: Array("k\(i % 97)".utf8), value: Array("v\(i)".utf8), expiry: i % 5 == 0 ? 4_102_444_800 : nil)]
             if i % 7 == 0 { ops.append(.delete(key: Array("k\((i + 3) % 97)".utf8))) }
             _ = try await c.write(ops, sourceID: "writer")
         }

@@ -2,14 +2,14 @@ import KTFormats
 import Logging
 import QSFeed
 import QSKTFeed
-import QSStore
+import QSModel
 import XCTest
 
 final class FeedUnitTests: XCTestCase {
     func k(_ s: String) -> [UInt8] { Array(s.utf8) }
 
     func testCoalesceKeepsTheLastWritePerKeyAndRespectsClears() {
-        let ops: [QSStore.Operation] = [
+        let ops: [Mutation] = [
             .set(key: k("a"), value: [1], expiry: nil), .set(key: k("b"), value: [1], expiry: nil),
             .set(key: k("a"), value: [2], expiry: 5), .delete(key: k("b")),
             .set(key: k("x/1"), value: [1], expiry: nil), .clearPrefix(k("x/")), .set(key: k("x/2"), value: [2], expiry: nil),
@@ -27,7 +27,7 @@ final class FeedUnitTests: XCTestCase {
         var rng = SystemRandomNumberGenerator()
         let keys = ["a", "ab", "abc", "b", "ba", ""].map { k($0) }
         for round in 0..<200 {
-            var ops = [QSStore.Operation]()
+            var ops = [Mutation]()
             for _ in 0..<Int.random(in: 1...12, using: &rng) {
                 let key = keys.randomElement(using: &rng)!
                 switch Int.random(in: 0..<5, using: &rng) {
@@ -40,7 +40,7 @@ final class FeedUnitTests: XCTestCase {
         }
     }
 
-    func apply(_ ops: [QSStore.Operation]) -> [[UInt8]: [UInt8]] {
+    func apply(_ ops: [Mutation]) -> [[UInt8]: [UInt8]] {
         var state: [[UInt8]: [UInt8]] = [k("a"): [9], k("b"): [9], k("zz"): [9]]
         for op in ops {
             switch op {

@@ -2,7 +2,8 @@ import Foundation
 import Logging
 import NIOPosix
 import QSReads
-import QSService
+import QSNet
+import QSModel
 import QSStore
 import QSTesting
 

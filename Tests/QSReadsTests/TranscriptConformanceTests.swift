@@ -1,5 +1,6 @@
 import Foundation
 import QSReads
+import QSModel
 import QSStore
 import QSTesting
 import XCTest
@@ -29,7 +30,7 @@ final class TranscriptConformanceTests: XCTestCase {
         try? FileManager.default.removeItem(at: tmp)
     }
 
-    func apply(_ ops: [QSStore.Operation]) throws {
+    func apply(_ ops: [Mutation]) throws {
         guard !ops.isEmpty else { return }
         _ = try store.applyBatch(sourceID: "transcript", expected: position, new: position + 1, operations: ops)
         position += 1

@@ -1,5 +1,6 @@
 import Foundation
 import KTFormats
+import QSModel
 import QSStore
 
 /// One recorded exchange of `rpc.jsonl` or `memcached.jsonl`.
@@ -54,7 +55,7 @@ struct TranscriptWriteModel {
     var state: [[UInt8]: Record] = [:]
 
     /// The operations for one RPC/REST exchange (empty for reads and failed writes).
-    mutating func operations(for x: RecordedExchange) -> [QSStore.Operation] {
+    mutating func operations(for x: RecordedExchange) -> [Mutation] {
         let ok = (200..<300).contains(x.status)
         guard ok else { return [] }
         let p = x.parameters
@@ -102,7 +103,7 @@ struct TranscriptWriteModel {
 
     /// The operations for one memcached exchange with KT's plug-in (`opts=f`: flags are
     /// the value's last 4 bytes, big-endian).
-    mutating func memcachedOperations(request: [UInt8], response: [UInt8]) -> [QSStore.Operation] {
+    mutating func memcachedOperations(request: [UInt8], response: [UInt8]) -> [Mutation] {
         guard let lf = request.firstIndex(of: 10) else { return [] }
         let tokens = request[..<lf].split(whereSeparator: { $0 == 32 || $0 == 13 }).map { Array($0) }
         guard let cmd = tokens.first.map({ String(decoding: $0, as: UTF8.self) }) else { return [] }
@@ -121,13 +122,13 @@ struct TranscriptWriteModel {
         }
     }
 
-    private mutating func set(_ key: [UInt8], _ value: [UInt8], _ xt: UInt64?) -> [QSStore.Operation] {
+    private mutating func set(_ key: [UInt8], _ value: [UInt8], _ xt: UInt64?) -> [Mutation] {
         let expiry = xt.flatMap { $0 >= UInt64(KTExpiration.never) ? nil : $0 }
         state[key] = Record(value: value, expiry: expiry)
         return [.set(key: key, value: value, expiry: expiry)]
     }
 
-    private mutating func remove(_ key: [UInt8]) -> [QSStore.Operation] {
+    private mutating func remove(_ key: [UInt8]) -> [Mutation] {
         state[key] = nil
         return [.delete(key: key)]
     }

@@ -1,4 +1,5 @@
 import Foundation
+import QSModel
 import QSStore
 import XCTest
 
@@ -16,7 +17,7 @@ final class StoreTests: XCTestCase {
         try? FileManager.default.removeItem(at: dir)
     }
 
-    func set(_ k: String, _ v: String, _ x: UInt64? = nil) -> QSStore.Operation {
+    func set(_ k: String, _ v: String, _ x: UInt64? = nil) -> Mutation {
         .set(key: Array(k.utf8), value: Array(v.utf8), expiry: x)
     }
 
@@ -74,7 +75,7 @@ final class StoreTests: XCTestCase {
     }
 
     func testClearPrefixRemovesOnlyMatchingKeys() throws {
-        var ops = [QSStore.Operation]()
+        var ops = [Mutation]()
         for i in 0..<5000 { ops.append(set("aux/\(i)", "v")) }
         ops.append(set("aux", "kept"))
         ops.append(set("b", "kept"))
@@ -92,7 +93,7 @@ final class StoreTests: XCTestCase {
         var k2 = base; k2[599] = 2
         let k3 = [UInt8](repeating: 0x62, count: 100_000)
         let boundary = [477, 478, 479, 510, 511, 512].map { [UInt8](repeating: 0x63, count: $0) }
-        var ops: [QSStore.Operation] = [.set(key: k1, value: [1], expiry: nil), .set(key: k2, value: [2], expiry: nil),
+        var ops: [Mutation] = [.set(key: k1, value: [1], expiry: nil), .set(key: k2, value: [2], expiry: nil),
                                         .set(key: k3, value: [3], expiry: 9), .set(key: [], value: [4], expiry: nil)]
         for (i, k) in boundary.enumerated() { ops.append(.set(key: k, value: [UInt8(10 + i)], expiry: nil)) }
         _ = try store.applyBatch(sourceID: "s", expected: 0, new: 1, operations: ops)
@@ -115,7 +116,7 @@ final class StoreTests: XCTestCase {
     }
 
     func testScanPagesHideExpiredAndCoverEverything() throws {
-        var ops = [QSStore.Operation]()
+        var ops = [Mutation]()
         for i in 0..<2500 { ops.append(set(String(format: "k%05d", i), "v\(i)", i % 10 == 0 ? 100 : nil)) }
         _ = try store.applyBatch(sourceID: "s", expected: 0, new: 1, operations: ops)
         var seen = [[UInt8]]()

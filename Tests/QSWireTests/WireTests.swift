@@ -1,6 +1,6 @@
 import NIOCore
 import NIOTestUtils
-import QSStore
+import QSModel
 import QSWire
 import XCTest
 
@@ -53,7 +53,7 @@ final class WireTests: XCTestCase {
     func testMalformedPayloadsAreErrorsNotCrashes() {
         XCTAssertThrowsError(try Request.decode(Frame(type: 0x7E, payload: [])))
         XCTAssertThrowsError(try Request.decode(Frame(type: 0x01, payload: [0, 0, 0, 9])))
-        // Operation count claiming far more than the payload holds.
+        // Mutation count claiming far more than the payload holds.
         XCTAssertThrowsError(try Request.decode(Frame(type: 0x01, payload: [0, 0, 0, 0, 0, 1, 0x61] + Array(repeating: 0, count: 16) + [0xFF, 0xFF, 0xFF, 0xFF])))
         XCTAssertThrowsError(try Request.decode(Frame(type: 0x03, payload: [1])), "trailing bytes are refused")
         var rng = SystemRandomNumberGenerator()

@@ -1,6 +1,7 @@
 import Foundation
 import QSClient
 import QSFeed
+import QSModel
 import QSStore
 import QSTesting
 import Synchronization

@@ -1,5 +1,6 @@
 import Foundation
 import QSClient
+import QSModel
 import QSStore
 import QSTesting
 import QSWire
@@ -149,7 +150,7 @@ final class ReplicationTests: XCTestCase {
         let w = try await client(root.port)
         // Some bulk so each snapshot takes a moment.
         for batch in 0..<20 {
-            let ops = (0..<200).map { QSStore.Operation.set(key: Array("bulk\(batch)-\($0)".utf8), value: [UInt8](repeating: UInt8(batch), count: 2000), expiry: nil) }
+            let ops = (0..<200).map { Mutation.set(key: Array("bulk\(batch)-\($0)".utf8), value: [UInt8](repeating: UInt8(batch), count: 2000), expiry: nil) }
             _ = try await w.write(ops, sourceID: "bulk")
         }
         let replicas = try (0..<3).map { try ReplicaNode(data: tmp.appendingPathComponent("r\($0)"), upstreams: [root.address], logDir: tmp) }

@@ -3,6 +3,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import Prometheus
+import QSNet
 import ServiceLifecycle
 
 /// What `/readyz` reports: ready or not, and why.
@@ -57,25 +58,6 @@ public struct AdminServer: Service {
         let channel = try await bind(bootstrap, to: endpoint)
         logger.info("admin server listening", metadata: ["address": "\(endpoint)"])
         try await runUntilGracefulShutdown(channel)
-    }
-}
-
-/// Binds a server bootstrap to a TCP or Unix endpoint.
-public func bind(_ bootstrap: ServerBootstrap, to endpoint: Endpoint) async throws -> Channel {
-    switch endpoint {
-    case let .tcp(host, port):
-        return try await bootstrap.bind(host: host, port: port).get()
-    case let .unix(path):
-        return try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
-    }
-}
-
-/// Waits until the channel closes; on graceful shutdown or cancellation closes it.
-public func runUntilGracefulShutdown(_ channel: Channel) async throws {
-    try await withTaskCancellationOrGracefulShutdownHandler {
-        try await channel.closeFuture.get()
-    } onCancelOrGracefulShutdown: {
-        channel.close(promise: nil)
     }
 }
 

@@ -10,9 +10,9 @@ public struct LogEntry: Sendable, Equatable {
 
     public var commitTimeNs: UInt64
     public var origin: Origin
-    public var operations: [Operation]
+    public var operations: [Mutation]
 
-    public init(commitTimeNs: UInt64, origin: Origin, operations: [Operation]) {
+    public init(commitTimeNs: UInt64, origin: Origin, operations: [Mutation]) {
         self.commitTimeNs = commitTimeNs
         self.origin = origin
         self.operations = operations
@@ -24,7 +24,7 @@ public struct LogEntry: Sendable, Equatable {
         w.writeU64(commitTimeNs)
         w.writeString16(origin.sourceID)
         w.writeU64(origin.position)
-        Operation.encodeList(operations, into: &w)
+        Mutation.encodeList(operations, into: &w)
         return w.bytes
     }
 
@@ -35,7 +35,7 @@ public struct LogEntry: Sendable, Equatable {
         let t = try r.readU64("commit time")
         let sid = try r.readString16("source id")
         let pos = try r.readU64("position")
-        let ops = try Operation.decodeList(from: &r)
+        let ops = try Mutation.decodeList(from: &r)
         try r.expectEnd("log entry")
         return LogEntry(commitTimeNs: t, origin: Origin(sourceID: sid, position: pos), operations: ops)
     }

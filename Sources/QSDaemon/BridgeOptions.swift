@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
-import QSService
+import QSFeed
+import QSNet
 
 /// The options every bridge shares: where the root is, which checkpoint, how to batch.
 public struct BridgeOptions: ParsableArguments, Sendable {

@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import Metrics
 import Prometheus
+import QSNet
 import ServiceLifecycle
 
 public enum LogFormat: String, ExpressibleByArgument, CaseIterable, Sendable {

@@ -1,6 +1,7 @@
 import Logging
 import Prometheus
-import QSService
+import QSFeed
+import QSNet
 import ServiceLifecycle
 
 /// Lets executables name the registry type without importing Prometheus.

@@ -1,4 +1,5 @@
 import Foundation
+import QSNet
 
 /// Environment fallbacks for command-line flags: every flag `--some-flag` of an executable
 /// can also be given as `QS_SOME_FLAG` (the flag wins when both are set).
@@ -18,13 +19,6 @@ public enum QSEnv {
         default: return def
         }
     }
-}
-
-/// A value parsed from a flag or its variable failed: names both and what is expected.
-public struct ConfigError: Error, CustomStringConvertible {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
 }
 
 /// Parses durations such as `500ms`, `2s`, `1.5s`, `3m`, `100us` (a bare number is seconds).
@@ -51,12 +45,4 @@ public func parseByteSize(_ text: String) -> Int? {
     }
     guard let n = Int(t), n >= 0 else { return nil }
     return n
-}
-
-extension Duration {
-    /// Seconds as a Double.
-    public var seconds: Double {
-        let c = components
-        return Double(c.seconds) + Double(c.attoseconds) / 1e18
-    }
 }

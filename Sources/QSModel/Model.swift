@@ -1,7 +1,7 @@
 import QSBytes
 
 /// One change to the keyspace, as carried by a batch and stored in a log entry.
-public enum Operation: Sendable, Equatable, Hashable {
+public enum Mutation: Sendable, Equatable, Hashable {
     /// Store `value` under `key`; `expiry` is KT's `xt` in epoch seconds, nil for never.
     case set(key: [UInt8], value: [UInt8], expiry: UInt64?)
     /// Remove `key`.
@@ -41,7 +41,7 @@ public enum Operation: Sendable, Equatable, Hashable {
         }
     }
 
-    public static func decode(from r: inout ByteReader) throws -> Operation {
+    public static func decode(from r: inout ByteReader) throws -> Mutation {
         let at = r.offset
         switch try r.readU8("operation tag") {
         case setTag:
@@ -61,19 +61,19 @@ public enum Operation: Sendable, Equatable, Hashable {
     }
 
     /// A list of operations: `count:u32` then each operation.
-    public static func encodeList(_ ops: [Operation], into w: inout ByteWriter) {
+    public static func encodeList(_ ops: [Mutation], into w: inout ByteWriter) {
         w.writeU32(UInt32(ops.count))
         for op in ops { op.encode(into: &w) }
     }
 
     /// Decodes a list, refusing counts that could not fit in the remaining bytes.
-    public static func decodeList(from r: inout ByteReader) throws -> [Operation] {
+    public static func decodeList(from r: inout ByteReader) throws -> [Mutation] {
         let n = Int(try r.readU32("operation count"))
         // Each operation takes at least 5 bytes: a count beyond that is hostile.
         guard n <= r.remaining / 5 else {
             throw DecodeError(offset: r.offset - 4, reason: "operation count \(n) exceeds what \(r.remaining) bytes can hold")
         }
-        var ops = [Operation]()
+        var ops = [Mutation]()
         ops.reserveCapacity(n)
         for _ in 0..<n { ops.append(try decode(from: &r)) }
         return ops
