@@ -144,7 +144,7 @@ let package = Package(
         .target(
             name: "QSDaemon",
             dependencies: [
-                "QSFeed", "QSNet",
+                "QSFeed", "QSKTFeed", "QSNet",
                 nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"),
                 argumentParser, log, metrics, .product(name: "Prometheus", package: "swift-prometheus"),
                 lifecycle("ServiceLifecycle"),

@@ -6,19 +6,19 @@ import QSNet
 /// The options every bridge shares: where the root is, which checkpoint, how to batch.
 public struct BridgeOptions: ParsableArguments, Sendable {
     @Option(help: ArgumentHelp("The QS root's write address, HOST:PORT or unix:PATH. (env: QS_ROOT)", valueName: "host:port"))
-    public var root: String = QSEnv.string("QS_ROOT") ?? "127.0.0.1:7400"
+    public var root: Address = QSEnv.value("QS_ROOT", Address(.tcp(host: "127.0.0.1", port: 7400)))
 
     @Option(help: ArgumentHelp("Checkpoint name at the root; bridges of one source share it. Default: derived from the source. (env: QS_SOURCE_ID)", valueName: "id"))
     public var sourceID: String = QSEnv.string("QS_SOURCE_ID") ?? ""
 
     @Option(help: ArgumentHelp("Flush a batch this often, e.g. 500ms. (env: QS_BATCH_INTERVAL)", valueName: "duration"))
-    public var batchInterval: String = QSEnv.string("QS_BATCH_INTERVAL") ?? "500ms"
+    public var batchInterval: Interval = QSEnv.value("QS_BATCH_INTERVAL", Interval(.milliseconds(500)))
 
     @Option(help: ArgumentHelp("Flush sooner once a batch holds this many operations (entries in compatible mode). (env: QS_BATCH_MAX_OPS)", valueName: "n"))
-    public var batchMaxOps: Int = Int(QSEnv.string("QS_BATCH_MAX_OPS") ?? "") ?? 10_000
+    public var batchMaxOps: Int = QSEnv.value("QS_BATCH_MAX_OPS", 10_000)
 
     @Option(help: ArgumentHelp("Flush sooner once a batch holds this many bytes, e.g. 16MiB. (env: QS_BATCH_MAX_BYTES)", valueName: "size"))
-    public var batchMaxBytes: String = QSEnv.string("QS_BATCH_MAX_BYTES") ?? "16MiB"
+    public var batchMaxBytes: ByteSize = QSEnv.value("QS_BATCH_MAX_BYTES", ByteSize(16 << 20))
 
     @Option(help: ArgumentHelp("File holding the root's write token. (env: QS_WRITE_TOKEN_FILE)", valueName: "file"))
     public var writeTokenFile: String = QSEnv.string("QS_WRITE_TOKEN_FILE") ?? ""
@@ -29,15 +29,13 @@ public struct BridgeOptions: ParsableArguments, Sendable {
     public init() {}
 
     public func validate() throws {
-        do { _ = try Endpoint(parsing: root) } catch { throw ValidationError("--root: \(error)") }
-        guard let i = parseDuration(batchInterval), i > .zero else { throw ValidationError("--batch-interval '\(batchInterval)' is not a duration such as 500ms") }
+        guard batchInterval.duration > .zero else { throw ValidationError("--batch-interval must be more than 0, e.g. 500ms") }
         guard batchMaxOps > 0 else { throw ValidationError("--batch-max-ops must be positive") }
-        guard parseByteSize(batchMaxBytes) ?? 0 > 0 else { throw ValidationError("--batch-max-bytes '\(batchMaxBytes)' is not a size such as 16MiB") }
+        guard batchMaxBytes.bytes > 0 else { throw ValidationError("--batch-max-bytes must be more than 0, e.g. 16MiB") }
     }
 
     public func limits(mode: WriteMode) -> BatchLimits {
-        BatchLimits(interval: parseDuration(batchInterval) ?? .milliseconds(500), maxOps: batchMaxOps,
-                    maxBytes: parseByteSize(batchMaxBytes) ?? (16 << 20), mode: mode)
+        BatchLimits(interval: batchInterval.duration, maxOps: batchMaxOps, maxBytes: batchMaxBytes.bytes, mode: mode)
     }
 
     /// The write token from `--write-token-file` (trailing newline dropped).
@@ -51,5 +49,7 @@ public struct BridgeOptions: ParsableArguments, Sendable {
         return token
     }
 
-    public func rootEndpoint() throws -> Endpoint { try Endpoint(parsing: root) }
+    public var rootEndpoint: Endpoint { root.endpoint }
 }
+
+extension WriteMode: ExpressibleByArgument {}

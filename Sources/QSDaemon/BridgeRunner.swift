@@ -14,7 +14,7 @@ public enum PrometheusRegistryBox {
 /// when the bridge had to stop.
 public func runBridge<S: FeedSource>(consumer: FeedConsumer<S>, service: ServiceOptions,
                                      registry: PrometheusCollectorRegistry, logger: Logger) async throws {
-    let adminEndpoint = try service.adminEndpoint()
+    let adminEndpoint = service.adminEndpoint()
     let readyLag = service.readyLagSeconds
     var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
         .init(service: consumer, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),

@@ -1,8 +1,17 @@
+import ArgumentParser
 import Foundation
 import QSNet
+import Synchronization
 
-/// Environment fallbacks for command-line flags: every flag `--some-flag` of an executable
-/// can also be given as `QS_SOME_FLAG` (the flag wins when both are set).
+/// Environment fallbacks for command-line flags: a flag `--some-flag` of a daemon can also
+/// be given as `QS_SOME_FLAG` (qsctl's as `QS_CTL_…`, fakekt's as `QS_FAKEKT_…`); the flag
+/// wins when both are set.
+///
+/// A flag's default is read through `QSEnv.value(_:_:)`, which parses the variable with the
+/// flag's own type (`ExpressibleByArgument`), so a variable is held to exactly the rules of
+/// its flag. A value that does not parse is not replaced by the default: it is recorded,
+/// and `QSEnv.checkRefusals()` (called by every executable right after parsing its command
+/// line, see `runCommand`) stops the process with a usage error naming the variable.
 public enum QSEnv {
     /// The variable's value, nil when unset or empty.
     public static func string(_ name: String) -> String? {
@@ -10,39 +19,118 @@ public enum QSEnv {
         return v
     }
 
-    /// A boolean variable: 1/true/yes/on are true, 0/false/no/off false, anything else
-    /// the default.
-    public static func flag(_ name: String, default def: Bool = false) -> Bool {
-        switch string(name)?.lowercased() {
+    /// The default of the flag `flag` (derived from `name`: `QS_MAP_SIZE` → `--map-size`):
+    /// the variable parsed as the flag would be, or `def` when the variable is unset.
+    public static func value<T: ExpressibleByArgument>(_ name: String, _ def: T, flag: String? = nil) -> T {
+        guard let text = string(name) else { return def }
+        if let v = T(argument: text) { return v }
+        refuse(name, flag: flag, value: text, expected: expected(T.self))
+        return def
+    }
+
+    /// An optional flag's default: the variable parsed as the flag would be, nil when unset.
+    public static func optional<T: ExpressibleByArgument>(_ name: String, as: T.Type = T.self, flag: String? = nil) -> T? {
+        guard let text = string(name) else { return nil }
+        if let v = T(argument: text) { return v }
+        refuse(name, flag: flag, value: text, expected: expected(T.self))
+        return nil
+    }
+
+    /// A boolean flag's default: 1/true/yes/on or 0/false/no/off; anything else is refused.
+    public static func flag(_ name: String, default def: Bool = false, flag: String? = nil) -> Bool {
+        guard let text = string(name) else { return def }
+        switch text.lowercased() {
         case "1", "true", "yes", "on": return true
         case "0", "false", "no", "off": return false
-        default: return def
+        default:
+            refuse(name, flag: flag, value: text, expected: "true or false (also 1/0, yes/no, on/off)")
+            return def
         }
     }
+
+    /// What a value of `T` looks like, for the refusal message.
+    public static func expected<T: ExpressibleByArgument>(_ type: T.Type) -> String {
+        if let described = type as? any DescribedArgument.Type { return described.expectation }
+        let all = type.allValueStrings
+        if !all.isEmpty { return "one of " + all.joined(separator: ", ") }
+        switch type {
+        case is Int.Type, is UInt64.Type, is UInt32.Type, is UInt16.Type, is Int64.Type: return "a whole number in range"
+        case is Double.Type: return "a number"
+        default: return "a valid value"
+        }
+    }
+
+    struct Refusal: Sendable, Hashable {
+        var variable: String
+        var flag: String
+        var value: String
+        var expected: String
+    }
+
+    private static let refusals = Mutex<[Refusal]>([])
+
+    private static func refuse(_ name: String, flag: String?, value: String, expected: String) {
+        let flag = flag ?? flagName(for: name)
+        let r = Refusal(variable: name, flag: flag, value: value, expected: expected)
+        refusals.withLock { if !$0.contains(r) { $0.append(r) } }
+    }
+
+    /// `QS_MAP_SIZE` → `--map-size`.
+    static func flagName(for variable: String) -> String {
+        var n = variable
+        if n.hasPrefix("QS_") { n.removeFirst(3) }
+        return "--" + n.lowercased().replacingOccurrences(of: "_", with: "-")
+    }
+
+    /// Throws a usage error naming every variable whose value did not parse, unless the
+    /// command line gave its flag (which wins). Call once, after parsing the command line.
+    public static func checkRefusals(arguments: [String] = CommandLine.arguments) throws {
+        let given = Set(arguments.map { $0.split(separator: "=", maxSplits: 1).first.map(String.init) ?? $0 })
+        let bad = refusals.withLock { $0 }.filter { !given.contains($0.flag) }
+        guard !bad.isEmpty else { return }
+        throw ValidationError(bad.map {
+            "\($0.variable)='\($0.value)' is not a valid value for \($0.flag): expected \($0.expected); fix or unset \($0.variable)"
+        }.joined(separator: "\n"))
+    }
 }
 
-/// Parses durations such as `500ms`, `2s`, `1.5s`, `3m`, `100us` (a bare number is seconds).
-public func parseDuration(_ text: String) -> Duration? {
-    let units: [(String, Double)] = [("ns", 1e-9), ("us", 1e-6), ("ms", 1e-3), ("s", 1), ("m", 60), ("h", 3600)]
-    let t = text.trimmingCharacters(in: .whitespaces).lowercased()
-    for (suffix, scale) in units.sorted(by: { $0.0.count > $1.0.count }) where t.hasSuffix(suffix) {
-        guard let n = Double(t.dropLast(suffix.count)), n >= 0, n.isFinite else { return nil }
-        return .nanoseconds(Int64(n * scale * 1e9))
-    }
-    guard let n = Double(t), n >= 0, n.isFinite else { return nil }
-    return .nanoseconds(Int64(n * 1e9))
+/// A value type whose refusal message says what it expects ("a duration such as 500ms").
+public protocol DescribedArgument {
+    static var expectation: String { get }
 }
 
-/// Parses sizes such as `4096`, `64KiB`, `64MiB`, `8GiB` (also KB/MB/GB as powers of 1000).
-public func parseByteSize(_ text: String) -> Int? {
-    let units: [(String, Int)] = [("kib", 1 << 10), ("mib", 1 << 20), ("gib", 1 << 30), ("tib", 1 << 40),
-                                  ("kb", 1000), ("mb", 1_000_000), ("gb", 1_000_000_000), ("k", 1 << 10),
-                                  ("m", 1 << 20), ("g", 1 << 30), ("b", 1)]
-    let t = text.trimmingCharacters(in: .whitespaces).lowercased()
-    for (suffix, scale) in units where t.hasSuffix(suffix) {
-        guard let n = Int(t.dropLast(suffix.count)), n >= 0 else { return nil }
-        return n.multipliedReportingOverflow(by: scale).overflow ? nil : n * scale
+extension ParsableCommand {
+    /// Parses the command line, refuses invalid `QS_*` variables exactly as invalid flags
+    /// (a usage error, exit code 64, naming the variable), then runs the command.
+    public static func runCommand() async {
+        do {
+            try await execute(parseCheckingEnvironment())
+        } catch {
+            exit(withError: error)
+        }
     }
-    guard let n = Int(t), n >= 0 else { return nil }
-    return n
+
+    /// Runs a parsed command, async or not.
+    public static func execute(_ parsed: ParsableCommand) async throws {
+        var command = parsed
+        if var asyncCommand = command as? AsyncParsableCommand {
+            try await asyncCommand.run()
+        } else {
+            try command.run()
+        }
+    }
+
+    /// Parses the command line; a `QS_*` variable that does not parse is reported first
+    /// (it is the cause when a validation that depends on it fails too).
+    public static func parseCheckingEnvironment() throws -> ParsableCommand {
+        let command: ParsableCommand
+        do {
+            command = try parseAsRoot()
+        } catch let error where !(error is CleanExit) {
+            try QSEnv.checkRefusals()
+            throw error
+        }
+        try QSEnv.checkRefusals()
+        return command
+    }
 }

@@ -9,52 +9,39 @@ public enum LogFormat: String, ExpressibleByArgument, CaseIterable, Sendable {
     case json, text
 }
 
-/// Options every daemon shares: logging and the admin HTTP port.
+/// Options every daemon shares: logging, the admin HTTP port, readiness and shutdown.
 public struct ServiceOptions: ParsableArguments, Sendable {
     @Option(help: ArgumentHelp("Log format on stderr: json or text. (env: QS_LOG_FORMAT)", valueName: "format"))
-    public var logFormat: LogFormat = LogFormat(rawValue: QSEnv.string("QS_LOG_FORMAT") ?? "json") ?? .json
+    public var logFormat: LogFormat = QSEnv.value("QS_LOG_FORMAT", .json)
 
     @Option(help: ArgumentHelp("Lowest level logged: trace, debug, info, notice, warning, error, critical. (env: QS_LOG_LEVEL)", valueName: "level"))
-    public var logLevel: String = QSEnv.string("QS_LOG_LEVEL") ?? "info"
+    public var logLevel: LogLevel = QSEnv.value("QS_LOG_LEVEL", .info)
 
-    @Option(help: ArgumentHelp("Admin HTTP address serving /healthz, /readyz and /metrics, as HOST:PORT; empty for none. (env: QS_ADMIN)", valueName: "host:port"))
-    public var admin: String = QSEnv.string("QS_ADMIN") ?? ""
+    @Option(help: ArgumentHelp("Admin HTTP address serving /healthz, /readyz and /metrics, as HOST:PORT; none when unset. (env: QS_ADMIN)", valueName: "host:port"))
+    public var admin: OrNone<Address> = QSEnv.value("QS_ADMIN", .none)
 
     @Option(help: ArgumentHelp("/readyz answers 503 while the daemon is further behind its source or upstream than this, e.g. 5s. (env: QS_READY_LAG)", valueName: "duration"))
-    public var readyLag: String = QSEnv.string("QS_READY_LAG") ?? "5s"
+    public var readyLag: Interval = QSEnv.value("QS_READY_LAG", Interval(.seconds(5)))
 
     @Option(help: ArgumentHelp("On SIGTERM/SIGINT, how long to finish in-flight work (a bridge's last batch) before being cancelled. (env: QS_SHUTDOWN_TIMEOUT)", valueName: "duration"))
-    public var shutdownTimeout: String = QSEnv.string("QS_SHUTDOWN_TIMEOUT") ?? "10s"
+    public var shutdownTimeout: Interval = QSEnv.value("QS_SHUTDOWN_TIMEOUT", Interval(.seconds(10)))
 
     public init() {}
 
-    public var readyLagSeconds: Double { parseDuration(readyLag)?.seconds ?? 5 }
-    public var shutdownDuration: Duration { parseDuration(shutdownTimeout) ?? .seconds(10) }
+    public var readyLagSeconds: Double { readyLag.seconds }
 
     /// A service group stopping on SIGTERM/SIGINT within `--shutdown-timeout`.
     public func serviceGroup(_ services: [ServiceGroupConfiguration.ServiceConfiguration], logger: Logger) -> ServiceGroup {
         var config = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
-        config.maximumGracefulShutdownDuration = shutdownDuration
+        config.maximumGracefulShutdownDuration = shutdownTimeout.duration
         return ServiceGroup(configuration: config)
     }
 
-    public func validate() throws {
-        guard parseDuration(readyLag) != nil else { throw ValidationError("--ready-lag '\(readyLag)' is not a duration such as 5s") }
-        guard parseDuration(shutdownTimeout) != nil else { throw ValidationError("--shutdown-timeout '\(shutdownTimeout)' is not a duration such as 10s") }
-        guard Logger.Level(rawValue: logLevel) != nil else {
-            throw ValidationError("--log-level '\(logLevel)' is not one of trace, debug, info, notice, warning, error, critical")
-        }
-        if !admin.isEmpty { _ = try adminEndpoint() }
-    }
-
-    public func adminEndpoint() throws -> Endpoint? {
-        if admin.isEmpty { return nil }
-        do { return try Endpoint(parsing: admin) } catch { throw ValidationError("--admin: \(error)") }
-    }
+    public func adminEndpoint() -> Endpoint? { admin.value?.endpoint }
 
     /// Sets up logging and metrics for the process (call once, first thing in `run`).
     public func bootstrap(label: String) -> (Logger, PrometheusCollectorRegistry) {
-        let level = Logger.Level(rawValue: logLevel) ?? .info
+        let level = logLevel.level
         let format = logFormat
         LoggingSystem.bootstrap { name in
             var h: any LogHandler

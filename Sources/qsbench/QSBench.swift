@@ -17,14 +17,16 @@ struct QSBench: AsyncParsableCommand {
         discussion: "Prints a table and writes JSON under --out. Figures are ratios against the reference, with peak RSS."
     )
 
+    static func main() async { await runCommand() }
+
     @Option(help: ArgumentHelp("Batch sizes (sets per batch), comma separated. (env: QS_BENCH_BATCH_SIZES)", valueName: "list"))
     var batchSizes: String = QSEnv.string("QS_BENCH_BATCH_SIZES") ?? "1,100,5000"
 
     @Option(help: ArgumentHelp("Time spent on each measurement, e.g. 3s. (env: QS_BENCH_DURATION)", valueName: "duration"))
-    var duration: String = QSEnv.string("QS_BENCH_DURATION") ?? "3s"
+    var duration: Interval = QSEnv.value("QS_BENCH_DURATION", Interval(.seconds(3)), flag: "--duration")
 
     @Option(help: ArgumentHelp("Bytes per value. (env: QS_BENCH_VALUE_BYTES)", valueName: "n"))
-    var valueBytes: Int = Int(QSEnv.string("QS_BENCH_VALUE_BYTES") ?? "") ?? 100
+    var valueBytes: Int = QSEnv.value("QS_BENCH_VALUE_BYTES", 100, flag: "--value-bytes")
 
     @Option(help: ArgumentHelp("Directory for the JSON results. (env: QS_BENCH_OUT)", valueName: "dir"))
     var out: String = QSEnv.string("QS_BENCH_OUT") ?? "bench/results"
@@ -33,7 +35,7 @@ struct QSBench: AsyncParsableCommand {
     var suites: String = QSEnv.string("QS_BENCH_SUITES") ?? "root-write,mirror,lag,backlog,reads"
 
     @Option(help: ArgumentHelp("Entries in the mirror benchmark's source root. (env: QS_BENCH_MIRROR_ENTRIES)", valueName: "n"))
-    var mirrorEntries: Int = Int(QSEnv.string("QS_BENCH_MIRROR_ENTRIES") ?? "") ?? 1_000_000
+    var mirrorEntries: Int = QSEnv.value("QS_BENCH_MIRROR_ENTRIES", 1_000_000, flag: "--mirror-entries")
 
     @Option(help: ArgumentHelp("Scratch directory for the stores (a real disk, not tmpfs, for honest fsyncs). (env: QS_BENCH_SCRATCH)", valueName: "dir"))
     var scratch: String = QSEnv.string("QS_BENCH_SCRATCH") ?? ".bench-scratch"
@@ -63,7 +65,7 @@ struct QSBench: AsyncParsableCommand {
     func run() async throws {
         let sizes = batchSizes.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         guard !sizes.isEmpty, sizes.allSatisfy({ $0 > 0 }) else { throw ValidationError("--batch-sizes needs positive integers, e.g. 1,100,5000") }
-        guard let d = parseDuration(duration) else { throw ValidationError("--duration '\(duration)' is not a duration such as 3s") }
+        let d = duration.duration
         try? FileManager.default.removeItem(atPath: scratch)
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: scratch) }

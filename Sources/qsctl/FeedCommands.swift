@@ -69,18 +69,18 @@ struct FeedShow: AsyncParsableCommand {
 
     @ParentCommand var parent: Qsctl
     @Argument(help: "The recording.") var file: String
-    @Option(help: ArgumentHelp("Only updates at or after this position (KT timestamp, QS log index). (env: QS_FROM)", valueName: "pos"))
-    var from: UInt64 = UInt64(QSEnv.string("QS_FROM") ?? "") ?? 0
-    @Option(help: ArgumentHelp("Print at most this many updates. (env: QS_COUNT)", valueName: "n"))
-    var count: Int? = QSEnv.string("QS_COUNT").flatMap { Int($0) }
-    @Option(help: ArgumentHelp("Only keys starting with this prefix (base64 with --base64). (env: QS_PREFIX)", valueName: "prefix"))
-    var prefix: String = QSEnv.string("QS_PREFIX") ?? ""
-    @Option(help: ArgumentHelp("Only this KT database. (env: QS_DB)", valueName: "n"))
-    var db: UInt16? = QSEnv.string("QS_DB").flatMap { UInt16($0) }
+    @Option(help: ArgumentHelp("Only updates at or after this position (KT timestamp, QS log index). (env: QS_CTL_FEED_SHOW_FROM)", valueName: "pos"))
+    var from: UInt64 = QSEnv.value("QS_CTL_FEED_SHOW_FROM", UInt64(0), flag: "--from")
+    @Option(help: ArgumentHelp("Print at most this many updates. (env: QS_CTL_FEED_SHOW_COUNT)", valueName: "n"))
+    var count: OrNone<Int> = QSEnv.value("QS_CTL_FEED_SHOW_COUNT", .none, flag: "--count")
+    @Option(help: ArgumentHelp("Only keys starting with this prefix (base64 with --base64). (env: QS_CTL_FEED_SHOW_PREFIX)", valueName: "prefix"))
+    var prefix: String = QSEnv.string("QS_CTL_FEED_SHOW_PREFIX") ?? ""
+    @Option(help: ArgumentHelp("Only this KT database. (env: QS_CTL_FEED_SHOW_DB)", valueName: "n"))
+    var db: OrNone<UInt16> = QSEnv.value("QS_CTL_FEED_SHOW_DB", .none, flag: "--db")
 
     func run() async throws {
         let p = try parent.options.bytes(prefix, "--prefix")
-        var left = count ?? Int.max
+        var left = count.value ?? Int.max
         var undecodable = 0
         var out = ""
         let stdout = FileHandle.standardOutput
@@ -94,7 +94,7 @@ struct FeedShow: AsyncParsableCommand {
                 undecodable += 1
                 out += "{\"offset\":\(offset),\"position\":\(position),\"error\":\(jsonString(reason))}\n"
             case let .update(u):
-                guard u.position >= from, u.key.starts(with: p), db == nil || u.db == db else { return true }
+                guard u.position >= from, u.key.starts(with: p), db.value == nil || u.db == db.value else { return true }
                 out += updateJSON(u) + "\n"
                 left -= 1
             }
@@ -126,10 +126,10 @@ struct FeedStats: AsyncParsableCommand {
     )
 
     @Argument(help: "The recording.") var file: String
-    @Option(help: ArgumentHelp("How many busiest keys to print. (env: QS_TOP)", valueName: "n"))
-    var top: Int = Int(QSEnv.string("QS_TOP") ?? "") ?? 10
-    @Option(help: ArgumentHelp("Keys tracked for the busiest-keys estimate. (env: QS_KEY_CAPACITY)", valueName: "n"))
-    var keyCapacity: Int = Int(QSEnv.string("QS_KEY_CAPACITY") ?? "") ?? 1024
+    @Option(help: ArgumentHelp("How many busiest keys to print. (env: QS_CTL_FEED_STATS_TOP)", valueName: "n"))
+    var top: Int = QSEnv.value("QS_CTL_FEED_STATS_TOP", Int(10), flag: "--top")
+    @Option(help: ArgumentHelp("Keys tracked for the busiest-keys estimate. (env: QS_CTL_FEED_STATS_KEY_CAPACITY)", valueName: "n"))
+    var keyCapacity: Int = QSEnv.value("QS_CTL_FEED_STATS_KEY_CAPACITY", Int(1024), flag: "--key-capacity")
 
     func run() async throws {
         var stats = FeedStatistics(keyCapacity: max(keyCapacity, top))

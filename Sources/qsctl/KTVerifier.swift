@@ -5,6 +5,7 @@ import FoundationNetworking
 import KTFormats
 import QSClient
 import QSModel
+import QSNet
 
 /// Compares a QS node with a KT server's contents over KT's HTTP RPC: walks each mapped
 /// KT database with a cursor and looks every record up in QS, then walks each QS prefix
@@ -12,8 +13,8 @@ import QSModel
 /// line and returns how many there were.
 struct KTVerifier {
     let node: NodeOptions
-    let kt: String
-    let dbMap: String
+    let kt: Endpoint
+    let prefixes: [UInt16: [UInt8]]
     let instant: UInt64
 
     struct KTError: Error, CustomStringConvertible {
@@ -40,7 +41,6 @@ struct KTVerifier {
     }
 
     func run() async throws -> Int {
-        let prefixes = try parseMap(dbMap)
         var differences = 0
         var checked = 0
         try await node.withClient { client in
@@ -86,16 +86,5 @@ struct KTVerifier {
         }
         fail("checked \(checked) KT records; \(differences) differences")
         return differences
-    }
-
-    func parseMap(_ text: String) throws -> [Int: [UInt8]] {
-        var out = [Int: [UInt8]]()
-        for part in text.split(separator: ",") {
-            guard let eq = part.firstIndex(of: "="), let i = Int(part[..<eq]) else {
-                throw KTError(description: "--db-map entry '\(part)' is not INDEX=PREFIX")
-            }
-            out[i] = Array(part[part.index(after: eq)...].utf8)
-        }
-        return out
     }
 }

@@ -14,10 +14,10 @@ struct Put: AsyncParsableCommand {
     var options: NodeOptions { parent.options }
     @Argument(help: "The key.") var key: String
     @Argument(help: "The value.") var value: String
-    @Option(help: ArgumentHelp("Expiration time in epoch seconds (KT's xt); 0, the default, for none. (env: QS_EXPIRES)", valueName: "epoch"))
-    var expires: UInt64 = UInt64(QSEnv.string("QS_EXPIRES") ?? "") ?? 0
-    @Option(help: ArgumentHelp("Source id the write is recorded under. (env: QS_SOURCE_ID)", valueName: "id"))
-    var sourceID: String = QSEnv.string("QS_SOURCE_ID") ?? "qsctl"
+    @Option(help: ArgumentHelp("Expiration time in epoch seconds (KT's xt); 0, the default, for none. (env: QS_CTL_PUT_EXPIRES)", valueName: "epoch"))
+    var expires: UInt64 = QSEnv.value("QS_CTL_PUT_EXPIRES", UInt64(0), flag: "--expires")
+    @Option(help: ArgumentHelp("Source id the write is recorded under. (env: QS_CTL_PUT_SOURCE_ID)", valueName: "id"))
+    var sourceID: String = QSEnv.string("QS_CTL_PUT_SOURCE_ID") ?? "qsctl"
 
     func run() async throws {
         let op = Mutation.set(key: try options.bytes(key, "KEY"), value: try options.bytes(value, "VALUE"), expiry: expires == 0 ? nil : expires)
@@ -36,8 +36,8 @@ struct Delete: AsyncParsableCommand {
     @ParentCommand var parent: Qsctl
     var options: NodeOptions { parent.options }
     @Argument(help: "The key.") var key: String
-    @Option(help: ArgumentHelp("Source id the write is recorded under. (env: QS_SOURCE_ID)", valueName: "id"))
-    var sourceID: String = QSEnv.string("QS_SOURCE_ID") ?? "qsctl"
+    @Option(help: ArgumentHelp("Source id the write is recorded under. (env: QS_CTL_DELETE_SOURCE_ID)", valueName: "id"))
+    var sourceID: String = QSEnv.string("QS_CTL_DELETE_SOURCE_ID") ?? "qsctl"
 
     func run() async throws {
         let k = try options.bytes(key, "KEY")
@@ -62,8 +62,8 @@ struct Get: AsyncParsableCommand {
     @ParentCommand var parent: Qsctl
     var options: NodeOptions { parent.options }
     @Argument(help: "The key.") var key: String
-    @Flag(inversion: .prefixedNo, help: "Print a JSON line {key, value, xt} with base64 key and value instead of the raw value. (env: QS_JSON)")
-    var json = QSEnv.flag("QS_JSON")
+    @Flag(inversion: .prefixedNo, help: "Print a JSON line {key, value, xt} with base64 key and value instead of the raw value. (env: QS_CTL_GET_JSON)")
+    var json = QSEnv.flag("QS_CTL_GET_JSON", flag: "--json")
 
     func run() async throws {
         let k = try options.bytes(key, "KEY")

@@ -13,25 +13,25 @@ struct Lag: AsyncParsableCommand {
             line chart a browser opens.
             """)
 
-    @Option(help: ArgumentHelp("The daemon's admin address, HOST:PORT. (env: QS_ADMIN)", valueName: "host:port"))
-    var admin: String = QSEnv.string("QS_ADMIN") ?? "127.0.0.1:9400"
-    @Option(help: ArgumentHelp("How long to sample, e.g. 60s. (env: QS_DURATION)", valueName: "duration"))
-    var duration: String = QSEnv.string("QS_DURATION") ?? "30s"
-    @Option(help: ArgumentHelp("Time between samples, e.g. 1s. (env: QS_INTERVAL)", valueName: "duration"))
-    var interval: String = QSEnv.string("QS_INTERVAL") ?? "1s"
-    @Option(help: ArgumentHelp("Write the chart to this SVG file. (env: QS_PLOT)", valueName: "file"))
-    var plot: String = QSEnv.string("QS_PLOT") ?? ""
+    @Option(help: ArgumentHelp("The daemon's admin address, HOST:PORT. (env: QS_CTL_LAG_ADMIN)", valueName: "host:port"))
+    var admin: TCPAddress = QSEnv.value("QS_CTL_LAG_ADMIN", TCPAddress(host: "127.0.0.1", port: 9400), flag: "--admin")
+    @Option(help: ArgumentHelp("How long to sample, e.g. 60s. (env: QS_CTL_LAG_DURATION)", valueName: "duration"))
+    var duration: Interval = QSEnv.value("QS_CTL_LAG_DURATION", Interval(.seconds(30)), flag: "--duration")
+    @Option(help: ArgumentHelp("Time between samples, e.g. 1s. (env: QS_CTL_LAG_INTERVAL)", valueName: "duration"))
+    var interval: Interval = QSEnv.value("QS_CTL_LAG_INTERVAL", Interval(.seconds(1)), flag: "--interval")
+    @Option(help: ArgumentHelp("Write the chart to this SVG file. (env: QS_CTL_LAG_PLOT)", valueName: "file"))
+    var plot: String = QSEnv.string("QS_CTL_LAG_PLOT") ?? ""
 
     func validate() throws {
-        guard parseDuration(duration) != nil, parseDuration(interval) ?? .zero > .zero else {
-            throw ValidationError("--duration and --interval take durations such as 30s and 1s")
+        guard interval.duration > .zero else {
+            throw ValidationError("--interval must be more than 0, e.g. 1s")
         }
     }
 
     func run() async throws {
         guard let url = URL(string: "http://\(admin)/metrics") else { throw ValidationError("--admin '\(admin)' is not HOST:PORT") }
-        let end = ContinuousClock.now + parseDuration(duration)!
-        let step = parseDuration(interval)!
+        let end = ContinuousClock.now + duration.duration
+        let step = interval.duration
         let start = Date()
         var samples = [(t: Double, lag: Double)]()
         var metric = ""

@@ -36,10 +36,10 @@ struct Log: AsyncParsableCommand {
 
     @ParentCommand var parent: Qsctl
     var options: NodeOptions { parent.options }
-    @Option(help: ArgumentHelp("First index to print. (env: QS_FROM)", valueName: "n"))
-    var from: UInt64 = UInt64(QSEnv.string("QS_FROM") ?? "") ?? 1
-    @Option(help: ArgumentHelp("How many entries at most; 0, the default, to the head. (env: QS_COUNT)", valueName: "m"))
-    var count: UInt64 = UInt64(QSEnv.string("QS_COUNT") ?? "") ?? 0
+    @Option(help: ArgumentHelp("First index to print. (env: QS_CTL_LOG_FROM)", valueName: "n"))
+    var from: UInt64 = QSEnv.value("QS_CTL_LOG_FROM", UInt64(1), flag: "--from")
+    @Option(help: ArgumentHelp("How many entries at most; 0, the default, to the head. (env: QS_CTL_LOG_COUNT)", valueName: "m"))
+    var count: UInt64 = QSEnv.value("QS_CTL_LOG_COUNT", UInt64(0), flag: "--count")
 
     func run() async throws {
         try await options.withClient { client in
@@ -76,13 +76,13 @@ struct Dump: AsyncParsableCommand {
 
     @ParentCommand var parent: Qsctl
     var options: NodeOptions { parent.options }
-    @Option(help: "Output format. (env: QS_FORMAT)") var format: Format = Format(rawValue: QSEnv.string("QS_FORMAT") ?? "") ?? .jsonl
-    @Option(help: ArgumentHelp("Only keys starting with this prefix. (env: QS_PREFIX)", valueName: "prefix"))
-    var prefix: String = QSEnv.string("QS_PREFIX") ?? ""
-    @Option(help: ArgumentHelp("Judge expiry at this instant (epoch seconds); 0, the default, for now. (env: QS_AT)", valueName: "epoch"))
-    var at: UInt64 = UInt64(QSEnv.string("QS_AT") ?? "") ?? 0
-    @Option(help: ArgumentHelp("Records per page. (env: QS_PAGE_SIZE)", valueName: "n"))
-    var pageSize: UInt32 = UInt32(QSEnv.string("QS_PAGE_SIZE") ?? "") ?? 1000
+    @Option(help: "Output format. (env: QS_CTL_DUMP_FORMAT)") var format: Format = QSEnv.value("QS_CTL_DUMP_FORMAT", Format.jsonl, flag: "--format")
+    @Option(help: ArgumentHelp("Only keys starting with this prefix. (env: QS_CTL_DUMP_PREFIX)", valueName: "prefix"))
+    var prefix: String = QSEnv.string("QS_CTL_DUMP_PREFIX") ?? ""
+    @Option(help: ArgumentHelp("Judge expiry at this instant (epoch seconds); 0, the default, for now. (env: QS_CTL_DUMP_AT)", valueName: "epoch"))
+    var at: UInt64 = QSEnv.value("QS_CTL_DUMP_AT", UInt64(0), flag: "--at")
+    @Option(help: ArgumentHelp("Records per page. (env: QS_CTL_DUMP_PAGE_SIZE)", valueName: "n"))
+    var pageSize: UInt32 = QSEnv.value("QS_CTL_DUMP_PAGE_SIZE", UInt32(1000), flag: "--page-size")
 
     func run() async throws {
         let p = try options.bytes(prefix, "--prefix")

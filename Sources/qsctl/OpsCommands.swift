@@ -16,7 +16,7 @@ struct Status: AsyncParsableCommand {
 
     @ParentCommand var parent: Qsctl
     var options: NodeOptions { parent.options }
-    @Option(help: "table or json. (env: QS_FORMAT)") var format: Format = Format(rawValue: QSEnv.string("QS_FORMAT") ?? "") ?? .table
+    @Option(help: "table or json. (env: QS_CTL_STATUS_FORMAT)") var format: Format = QSEnv.value("QS_CTL_STATUS_FORMAT", Format.table, flag: "--format")
 
     func run() async throws {
         let json = try await options.withClient { try await $0.status() }
@@ -56,21 +56,20 @@ struct Wait: AsyncParsableCommand {
 
     @ParentCommand var parent: Qsctl
     var options: NodeOptions { parent.options }
-    @Option(help: ArgumentHelp("The source id whose checkpoint to watch. (env: QS_SOURCE_ID)", valueName: "id"))
-    var sourceID: String = QSEnv.string("QS_SOURCE_ID") ?? ""
-    @Option(help: ArgumentHelp("The position to reach (a KT timestamp, a QS log index). (env: QS_UNTIL)", valueName: "position"))
-    var until: UInt64 = UInt64(QSEnv.string("QS_UNTIL") ?? "") ?? 0
-    @Option(help: ArgumentHelp("Give up after this long, e.g. 30s. (env: QS_TIMEOUT)", valueName: "duration"))
-    var timeout: String = QSEnv.string("QS_TIMEOUT") ?? "60s"
+    @Option(help: ArgumentHelp("The source id whose checkpoint to watch. (env: QS_CTL_WAIT_SOURCE_ID)", valueName: "id"))
+    var sourceID: String = QSEnv.string("QS_CTL_WAIT_SOURCE_ID") ?? ""
+    @Option(help: ArgumentHelp("The position to reach (a KT timestamp, a QS log index). (env: QS_CTL_WAIT_UNTIL)", valueName: "position"))
+    var until: UInt64 = QSEnv.value("QS_CTL_WAIT_UNTIL", UInt64(0), flag: "--until")
+    @Option(help: ArgumentHelp("Give up after this long, e.g. 30s. (env: QS_CTL_WAIT_TIMEOUT)", valueName: "duration"))
+    var timeout: Interval = QSEnv.value("QS_CTL_WAIT_TIMEOUT", Interval(.seconds(60)), flag: "--timeout")
 
     func validate() throws {
         guard !sourceID.isEmpty else { throw ValidationError("--source-id is required") }
         guard until > 0 else { throw ValidationError("--until POSITION is required (a KT timestamp or a QS log index)") }
-        guard parseDuration(timeout) != nil else { throw ValidationError("--timeout '\(timeout)' is not a duration such as 30s") }
     }
 
     func run() async throws {
-        let deadline = ContinuousClock.now + parseDuration(timeout)!
+        let deadline = ContinuousClock.now + timeout.duration
         let reached = try await options.withClient { client -> UInt64 in
             var last: UInt64 = 0
             while true {

@@ -31,12 +31,7 @@ struct Qsctl: AsyncParsableCommand {
     /// Parses and runs, mapping usage errors to exit code 2.
     static func main() async {
         do {
-            var command = try parseAsRoot()
-            if var asyncCommand = command as? AsyncParsableCommand {
-                try await asyncCommand.run()
-            } else {
-                try command.run()
-            }
+            try await execute(parseCheckingEnvironment())
         } catch {
             let code = exitCode(for: error)
             if code == .validationFailure || (code != .success && !(error is ExitCode) && !(error is CleanExit)) {
@@ -52,18 +47,14 @@ struct Qsctl: AsyncParsableCommand {
 
 /// Options every subcommand shares: which node, and the write token.
 struct NodeOptions: ParsableArguments {
-    @Option(help: ArgumentHelp("The node's write-protocol address, HOST:PORT or unix:PATH. (env: QS_NODE)", valueName: "host:port"))
-    var node: String = QSEnv.string("QS_NODE") ?? "127.0.0.1:7400"
+    @Option(help: ArgumentHelp("The node's write-protocol address, HOST:PORT or unix:PATH. (env: QS_CTL_NODE)", valueName: "host:port"))
+    var node: Address = QSEnv.value("QS_CTL_NODE", Address(.tcp(host: "127.0.0.1", port: 7400)), flag: "--node")
 
-    @Option(help: ArgumentHelp("File holding the node's write token, for writes. (env: QS_WRITE_TOKEN_FILE)", valueName: "file"))
-    var writeTokenFile: String = QSEnv.string("QS_WRITE_TOKEN_FILE") ?? ""
+    @Option(help: ArgumentHelp("File holding the node's write token, for writes. (env: QS_CTL_WRITE_TOKEN_FILE)", valueName: "file"))
+    var writeTokenFile: String = QSEnv.string("QS_CTL_WRITE_TOKEN_FILE") ?? ""
 
-    @Flag(inversion: .prefixedNo, help: "Keys, values and prefixes given on the command line are base64 (for binary data). (env: QS_BASE64)")
-    var base64: Bool = QSEnv.flag("QS_BASE64")
-
-    func validate() throws {
-        do { _ = try Endpoint(parsing: node) } catch { throw ValidationError("--node: \(error)") }
-    }
+    @Flag(inversion: .prefixedNo, help: "Keys, values and prefixes given on the command line are base64 (for binary data). (env: QS_CTL_BASE64)")
+    var base64: Bool = QSEnv.flag("QS_CTL_BASE64", flag: "--base64")
 
     func bytes(_ text: String, _ what: String) throws -> [UInt8] {
         guard base64 else { return Array(text.utf8) }
@@ -82,7 +73,7 @@ struct NodeOptions: ParsableArguments {
             while let last = token.last, last == 10 || last == 13 || last == 32 { token.removeLast() }
         }
         do {
-            switch try Endpoint(parsing: node) {
+            switch node.endpoint {
             case let .tcp(host, port): return try await QSClient.connect(host: host, port: port, token: token)
             case let .unix(path): return try await QSClient.connect(unixPath: path, token: token)
             }

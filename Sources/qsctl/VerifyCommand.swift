@@ -19,31 +19,33 @@ struct Verify: AsyncParsableCommand {
 
     @ParentCommand var parent: Qsctl
     var options: NodeOptions { parent.options }
-    @Option(help: ArgumentHelp("The other node, HOST:PORT. (env: QS_AGAINST)", valueName: "host:port"))
-    var against: String = QSEnv.string("QS_AGAINST") ?? ""
-    @Option(help: ArgumentHelp("A KT server's HTTP address, HOST:PORT. (env: QS_KT)", valueName: "host:port"))
-    var kt: String = QSEnv.string("QS_KT") ?? ""
-    @Option(help: ArgumentHelp("With --kt: KT database index → QS key prefix, as qsktbridge's. (env: QS_DB_MAP)", valueName: "map"))
-    var dbMap: String = QSEnv.string("QS_DB_MAP") ?? "0="
-    @Option(help: ArgumentHelp("Judge expiry at this instant (epoch seconds); 0, the default, for now. (env: QS_AT)", valueName: "epoch"))
-    var at: UInt64 = UInt64(QSEnv.string("QS_AT") ?? "") ?? 0
-    @Option(help: ArgumentHelp("Records per compared range. (env: QS_RANGE_SIZE)", valueName: "n"))
-    var rangeSize: UInt32 = UInt32(QSEnv.string("QS_RANGE_SIZE") ?? "") ?? 10_000
-    @Flag(inversion: .prefixedNo, help: "Compare the keyspaces only, not the heads (for a target fed in batched mode). (env: QS_KEYSPACE_ONLY)")
-    var keyspaceOnly = QSEnv.flag("QS_KEYSPACE_ONLY")
+    @Option(help: ArgumentHelp("The other node, HOST:PORT. (env: QS_CTL_VERIFY_AGAINST)", valueName: "host:port"))
+    var against: OrNone<Address> = QSEnv.value("QS_CTL_VERIFY_AGAINST", .none, flag: "--against")
+    @Option(help: ArgumentHelp("A KT server's HTTP address, HOST:PORT. (env: QS_CTL_VERIFY_KT)", valueName: "host:port"))
+    var kt: OrNone<TCPAddress> = QSEnv.value("QS_CTL_VERIFY_KT", .none, flag: "--kt")
+    @Option(help: ArgumentHelp("With --kt: KT database index → QS key prefix, as qsktbridge's. (env: QS_CTL_VERIFY_DB_MAP)", valueName: "map"))
+    var dbMap: KTDBMap = QSEnv.value("QS_CTL_VERIFY_DB_MAP", KTDBMap.single, flag: "--db-map")
+    @Option(help: ArgumentHelp("Judge expiry at this instant (epoch seconds); 0, the default, for now. (env: QS_CTL_VERIFY_AT)", valueName: "epoch"))
+    var at: UInt64 = QSEnv.value("QS_CTL_VERIFY_AT", UInt64(0), flag: "--at")
+    @Option(help: ArgumentHelp("Records per compared range. (env: QS_CTL_VERIFY_RANGE_SIZE)", valueName: "n"))
+    var rangeSize: UInt32 = QSEnv.value("QS_CTL_VERIFY_RANGE_SIZE", UInt32(10_000), flag: "--range-size")
+    @Flag(inversion: .prefixedNo, help: "Compare the keyspaces only, not the heads (for a target fed in batched mode). (env: QS_CTL_VERIFY_KEYSPACE_ONLY)")
+    var keyspaceOnly = QSEnv.flag("QS_CTL_VERIFY_KEYSPACE_ONLY", flag: "--keyspace-only")
 
     func validate() throws {
-        guard against.isEmpty != kt.isEmpty else { throw ValidationError("give exactly one of --against HOST:PORT or --kt HOST:PORT") }
+        guard (against.value == nil) != (kt.value == nil) else { throw ValidationError("give exactly one of --against HOST:PORT or --kt HOST:PORT") }
         guard rangeSize > 0 else { throw ValidationError("--range-size must be positive") }
     }
 
     func run() async throws {
         let instant = at == 0 ? wallClockSeconds() : at
         let differences: Int
-        if !against.isEmpty {
-            differences = try await verifyNodes(instant)
+        if let against = against.value {
+            differences = try await verifyNodes(against, instant)
+        } else if let kt = kt.value {
+            differences = try await KTVerifier(node: options, kt: kt.endpoint, prefixes: dbMap.prefixes, instant: instant).run()
         } else {
-            differences = try await KTVerifier(node: options, kt: kt, dbMap: dbMap, instant: instant).run()
+            throw ValidationError("give exactly one of --against HOST:PORT or --kt HOST:PORT")
         }
         if differences > 0 { throw Exit.notFound }
     }
@@ -56,7 +58,7 @@ struct Verify: AsyncParsableCommand {
         return "{\"key\":\"\(b64(key))\",\"node\":\(r(a)),\"other\":\(r(b))}"
     }
 
-    func verifyNodes(_ instant: UInt64) async throws -> Int {
+    func verifyNodes(_ against: Address, _ instant: UInt64) async throws -> Int {
         var other = NodeOptions()
         other.node = against
         other.writeTokenFile = ""

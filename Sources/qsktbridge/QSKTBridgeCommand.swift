@@ -22,95 +22,59 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
             """
     )
 
+    static func main() async { await runCommand() }
+
     @Option(help: ArgumentHelp("kt://HOST:PORT, ulog:DIR or capture:FILE. (env: QS_SOURCE)", valueName: "source"))
-    var source: String = QSEnv.string("QS_SOURCE") ?? ""
+    var source: OrNone<KTSource> = QSEnv.value("QS_SOURCE", .none)
 
     @Option(help: ArgumentHelp("Server id the bridge presents to KT; must differ from the KT server's -sid and every writer's. (env: QS_SID)", valueName: "n"))
-    var sid: UInt16 = UInt16(QSEnv.string("QS_SID") ?? "") ?? 65000
+    var sid: UInt16 = QSEnv.value("QS_SID", 65000)
 
     @Option(help: ArgumentHelp("KT database index → QS key prefix, as INDEX=PREFIX,…; default: database 0 only, unprefixed. (env: QS_DB_MAP)", valueName: "map"))
-    var dbMap: String = QSEnv.string("QS_DB_MAP") ?? "0="
+    var dbMap: KTDBMap = QSEnv.value("QS_DB_MAP", KTDBMap.single)
 
     @Option(help: ArgumentHelp("An update for a database --db-map does not map: stop the bridge, or count, log and skip it. (env: QS_ON_UNMAPPED)", valueName: "stop|count"))
-    var onUnmapped: String = QSEnv.string("QS_ON_UNMAPPED") ?? "stop"
+    var onUnmapped: KTPolicy = QSEnv.value("QS_ON_UNMAPPED", .stop)
 
     @Option(help: ArgumentHelp("An update that cannot be decoded: stop the bridge, or count, log and skip it. (env: QS_ON_UNDECODABLE)", valueName: "stop|count"))
-    var onUndecodable: String = QSEnv.string("QS_ON_UNDECODABLE") ?? "stop"
+    var onUndecodable: KTPolicy = QSEnv.value("QS_ON_UNDECODABLE", .stop)
 
     @Flag(inversion: .prefixedNo, help: "Apply KT clears (they delete every key under the database's prefix); without it a clear stops the bridge. (env: QS_ALLOW_CLEAR)")
     var allowClear: Bool = QSEnv.flag("QS_ALLOW_CLEAR")
 
     @Option(help: ArgumentHelp("Re-make the KT connection after this long without a frame or heartbeat. (env: QS_SOURCE_TIMEOUT)", valueName: "duration"))
-    var sourceTimeout: String = QSEnv.string("QS_SOURCE_TIMEOUT") ?? "10s"
+    var sourceTimeout: Interval = QSEnv.value("QS_SOURCE_TIMEOUT", Interval(.seconds(10)))
 
     @Option(help: ArgumentHelp("Largest KT update message accepted; a larger one is treated as a corrupt frame. (env: QS_MAX_MESSAGE_BYTES)", valueName: "size"))
-    var maxMessageBytes: String = QSEnv.string("QS_MAX_MESSAGE_BYTES") ?? "64MiB"
+    var maxMessageBytes: ByteSize = QSEnv.value("QS_MAX_MESSAGE_BYTES", ByteSize(64 << 20))
 
     @OptionGroup var bridge: BridgeOptions
     @OptionGroup var service: ServiceOptions
 
     func validate() throws {
-        guard !source.isEmpty else { throw ValidationError("--source is required: kt://HOST:PORT, ulog:DIR or capture:FILE (or set QS_SOURCE)") }
-        _ = try parsedSource()
-        guard parseDuration(sourceTimeout) != nil else { throw ValidationError("--source-timeout '\(sourceTimeout)' is not a duration such as 10s") }
-        guard parseByteSize(maxMessageBytes) ?? 0 > 0 else { throw ValidationError("--max-message-bytes '\(maxMessageBytes)' is not a size such as 64MiB") }
-        for (flag, value) in [("--on-unmapped", onUnmapped), ("--on-undecodable", onUndecodable)] where KTPolicy(rawValue: value) == nil {
-            throw ValidationError("\(flag) '\(value)' must be stop or count")
-        }
-        do {
-            let m = KTMapping(prefixes: try KTMapping.parseDBMap(dbMap), allowClear: allowClear)
-            if let conflict = m.clearConflict() { throw ValidationError(conflict) }
-        } catch let e as ValidationError {
-            throw e
-        } catch {
-            throw ValidationError("\(error)")
-        }
-    }
-
-    enum SourceSpec {
-        case kt(host: String, port: Int)
-        case ulog(String)
-        case capture(String)
-    }
-
-    func parsedSource() throws -> SourceSpec {
-        if source.hasPrefix("kt://") {
-            guard case let .tcp(host, port) = try? Endpoint(parsing: String(source.dropFirst(5))), port > 0 else {
-                throw ValidationError("--source '\(source)': expected kt://HOST:PORT")
-            }
-            return .kt(host: host, port: port)
-        }
-        if source.hasPrefix("ulog:") && source.count > 5 { return .ulog(String(source.dropFirst(5))) }
-        if source.hasPrefix("capture:") && source.count > 8 { return .capture(String(source.dropFirst(8))) }
-        throw ValidationError("--source '\(source)' is not kt://HOST:PORT, ulog:DIR or capture:FILE")
-    }
-
-    func defaultSourceID(_ spec: SourceSpec) -> String {
-        switch spec {
-        case let .kt(host, port): return "kt:\(host):\(port)"
-        case let .ulog(dir): return "ulog:" + URL(fileURLWithPath: dir).standardizedFileURL.path
-        case let .capture(file): return "capture:" + URL(fileURLWithPath: file).standardizedFileURL.path
-        }
+        guard source.value != nil else { throw ValidationError("--source is required: kt://HOST:PORT, ulog:DIR or capture:FILE (or set QS_SOURCE)") }
+        guard sourceTimeout.duration > .zero else { throw ValidationError("--source-timeout must be more than 0, e.g. 10s") }
+        guard maxMessageBytes.bytes > 0 else { throw ValidationError("--max-message-bytes must be more than 0, e.g. 64MiB") }
+        if let conflict = KTMapping(prefixes: dbMap.prefixes, allowClear: allowClear).clearConflict() { throw ValidationError(conflict) }
     }
 
     func run() async throws {
         let (logger, registry) = service.bootstrap(label: "qsktbridge")
-        let spec = try parsedSource()
-        let id = bridge.sourceID.isEmpty ? defaultSourceID(spec) : bridge.sourceID
+        guard let spec = source.value else { throw ValidationError("--source is required") }
+        let id = bridge.sourceID.isEmpty ? spec.defaultSourceID : bridge.sourceID
         let token = try bridge.token()
-        let mapping = KTMapping(prefixes: try KTMapping.parseDBMap(dbMap), onUnmapped: KTPolicy(rawValue: onUnmapped)!,
-                                onUndecodable: KTPolicy(rawValue: onUndecodable)!, allowClear: allowClear)
+        let mapping = KTMapping(prefixes: dbMap.prefixes, onUnmapped: onUnmapped, onUndecodable: onUndecodable, allowClear: allowClear)
         let translator = KTTranslator(mapping: mapping, logger: logger)
         let metrics = FeedMetrics()
-        let writer = RootWriter(endpoint: try bridge.rootEndpoint(), token: token, logger: logger, metrics: metrics)
+        let writer = RootWriter(endpoint: bridge.rootEndpoint, token: token, logger: logger, metrics: metrics)
         let limits = bridge.limits(mode: .batched)
-        let maxMessage = parseByteSize(maxMessageBytes)!
-        logger.info("bridge starting", metadata: ["source": "\(source)", "source-id": "\(id)", "root": "\(bridge.root)",
+        let maxMessage = maxMessageBytes.bytes
+        logger.info("bridge starting", metadata: ["source": "\(spec)", "source-id": "\(id)", "root": "\(bridge.root)",
                                                   "sid": "\(sid)", "db-map": "\(dbMap)"])
-        switch spec {
+        switch spec.kind {
         case let .kt(host, port):
             let src = KTReplicationSource(host: host, port: port, sid: sid, translator: translator,
-                                          timeout: parseDuration(sourceTimeout)!, maxMessageBytes: maxMessage)
+                                          timeout: sourceTimeout.duration, maxMessageBytes: maxMessage)
             try await serve(FeedConsumer(source: src, sourceID: id, root: writer, limits: limits, metrics: metrics, logger: logger), registry, logger)
         case let .ulog(dir):
             let src = KTULogSource(directory: dir, translator: translator, once: bridge.once)
@@ -125,3 +89,41 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
         try await runBridge(consumer: consumer, service: service, registry: registry, logger: logger)
     }
 }
+
+/// `--source`: where the KT feed comes from.
+struct KTSource: ExpressibleByArgument, DescribedArgument, CustomStringConvertible {
+    enum Kind {
+        case kt(host: String, port: Int)
+        case ulog(String)
+        case capture(String)
+    }
+
+    let kind: Kind
+    let description: String
+
+    init?(argument: String) {
+        description = argument
+        if argument.hasPrefix("kt://") {
+            guard case let .tcp(host, port) = try? Endpoint(parsing: String(argument.dropFirst(5))), port > 0 else { return nil }
+            kind = .kt(host: host, port: port)
+        } else if argument.hasPrefix("ulog:"), argument.count > 5 {
+            kind = .ulog(String(argument.dropFirst(5)))
+        } else if argument.hasPrefix("capture:"), argument.count > 8 {
+            kind = .capture(String(argument.dropFirst(8)))
+        } else {
+            return nil
+        }
+    }
+
+    static let expectation = "kt://HOST:PORT, ulog:DIR or capture:FILE"
+
+    /// The checkpoint name when --source-id is not given.
+    var defaultSourceID: String {
+        switch kind {
+        case let .kt(host, port): return "kt:\(host):\(port)"
+        case let .ulog(dir): return "ulog:" + URL(fileURLWithPath: dir).standardizedFileURL.path
+        case let .capture(file): return "capture:" + URL(fileURLWithPath: file).standardizedFileURL.path
+        }
+    }
+}
+

@@ -24,18 +24,20 @@ struct QSNodeCommand: AsyncParsableCommand {
             """
     )
 
+    static func main() async { await runCommand() }
+
     enum Role: String, ExpressibleByArgument, CaseIterable {
         case root, replica
     }
 
     @Option(help: ArgumentHelp("The node's role: root accepts writes; replica follows --upstream. (env: QS_ROLE)", valueName: "role"))
-    var role: Role = Role(rawValue: QSEnv.string("QS_ROLE") ?? "root") ?? .root
+    var role: Role = QSEnv.value("QS_ROLE", .root)
 
     @Option(help: ArgumentHelp("Directory of the node's LMDB environment, created if missing. (env: QS_DATA)", valueName: "dir"))
     var data: String = QSEnv.string("QS_DATA") ?? ""
 
     @Option(help: ArgumentHelp("Address of the QS write protocol, HOST:PORT; loopback unless told otherwise. (env: QS_LISTEN)", valueName: "host:port"))
-    var listen: String = QSEnv.string("QS_LISTEN") ?? "127.0.0.1:7400"
+    var listen: Address = QSEnv.value("QS_LISTEN", Address(.tcp(host: "127.0.0.1", port: 7400)))
 
     @Option(help: ArgumentHelp("Also serve the QS write protocol on this Unix socket path. (env: QS_UNIX)", valueName: "path"))
     var unix: String = QSEnv.string("QS_UNIX") ?? ""
@@ -44,22 +46,22 @@ struct QSNodeCommand: AsyncParsableCommand {
     var writeTokenFile: String = QSEnv.string("QS_WRITE_TOKEN_FILE") ?? ""
 
     @Option(help: ArgumentHelp("LMDB map size: the most the store can hold, e.g. 8GiB. (env: QS_MAP_SIZE)", valueName: "size"))
-    var mapSize: String = QSEnv.string("QS_MAP_SIZE") ?? "8GiB"
+    var mapSize: ByteSize = QSEnv.value("QS_MAP_SIZE", ByteSize(8 << 30))
 
     @Option(help: ArgumentHelp("Largest protocol frame accepted, e.g. 64MiB; larger frames are refused. (env: QS_MAX_FRAME_BYTES)", valueName: "size"))
-    var maxFrameBytes: String = QSEnv.string("QS_MAX_FRAME_BYTES") ?? "64MiB"
+    var maxFrameBytes: ByteSize = QSEnv.value("QS_MAX_FRAME_BYTES", ByteSize(64 << 20))
 
     @Option(help: ArgumentHelp("A replica's upstream nodes, HOST:PORT[,HOST:PORT…], in order of preference. (env: QS_UPSTREAM)", valueName: "list"))
-    var upstream: String = QSEnv.string("QS_UPSTREAM") ?? ""
+    var upstream: OrNone<AddressList> = QSEnv.value("QS_UPSTREAM", .none)
 
     @Option(help: ArgumentHelp("A file holding the replica's upstream list (as --upstream, or one per line); it wins over --upstream and is re-read on SIGHUP. (env: QS_UPSTREAM_FILE)", valueName: "file"))
     var upstreamFile: String = QSEnv.string("QS_UPSTREAM_FILE") ?? ""
 
     @Option(help: ArgumentHelp("A replica moves to its next upstream when the root's freshest word through the current one is older than this. (env: QS_STALE_AFTER)", valueName: "duration"))
-    var staleAfter: String = QSEnv.string("QS_STALE_AFTER") ?? "30s"
+    var staleAfter: Interval = QSEnv.value("QS_STALE_AFTER", Interval(.seconds(30)))
 
     @Option(help: ArgumentHelp("Log entries kept for replicas to catch up from; older ones are trimmed, and a replica further behind bootstraps from a snapshot. (env: QS_LOG_RETENTION)", valueName: "entries"))
-    var logRetention: UInt64 = UInt64(QSEnv.string("QS_LOG_RETENTION") ?? "") ?? 1_000_000
+    var logRetention: UInt64 = QSEnv.value("QS_LOG_RETENTION", 1_000_000)
 
     @OptionGroup var reads: ReadOptions
 
@@ -70,23 +72,22 @@ struct QSNodeCommand: AsyncParsableCommand {
             throw ValidationError("--data is required: the directory of the node's store (or set QS_DATA)")
         }
         if role == .replica {
-            guard !upstream.isEmpty || !upstreamFile.isEmpty else {
+            guard upstream.value != nil || !upstreamFile.isEmpty else {
                 throw ValidationError("--role replica needs --upstream HOST:PORT[,HOST:PORT…] or --upstream-file FILE (or QS_UPSTREAM / QS_UPSTREAM_FILE)")
             }
             _ = try upstreamEndpoints()
         }
-        guard parseDuration(staleAfter) != nil else { throw ValidationError("--stale-after '\(staleAfter)' is not a duration such as 30s") }
+        guard staleAfter.duration > .zero else { throw ValidationError("--stale-after must be more than 0, e.g. 30s") }
         guard logRetention > 0 else { throw ValidationError("--log-retention must be at least 1 entry") }
-        do { _ = try Endpoint(parsing: listen) } catch { throw ValidationError("--listen: \(error)") }
-        guard parseByteSize(mapSize) != nil else { throw ValidationError("--map-size '\(mapSize)' is not a size such as 8GiB") }
-        guard let m = parseByteSize(maxFrameBytes), m >= 1024 else {
-            throw ValidationError("--max-frame-bytes '\(maxFrameBytes)' is not a size of at least 1KiB, such as 64MiB")
+        guard mapSize.bytes >= 1 << 20 else { throw ValidationError("--map-size must be at least 1MiB, e.g. 8GiB") }
+        guard maxFrameBytes.bytes >= 1024 else {
+            throw ValidationError("--max-frame-bytes must be at least 1KiB, e.g. 64MiB")
         }
     }
 
     func run() async throws {
         let (logger, registry) = service.bootstrap(label: "qsnode")
-        let listenEndpoint = try Endpoint(parsing: listen)
+        let listenEndpoint = listen.endpoint
         var token: [UInt8]?
         if !writeTokenFile.isEmpty {
             token = try readToken(writeTokenFile)
@@ -96,7 +97,7 @@ struct QSNodeCommand: AsyncParsableCommand {
         }
         let store: Store
         do {
-            store = try Store(directory: data, mapSize: parseByteSize(mapSize)!)
+            store = try Store(directory: data, mapSize: mapSize.bytes)
         } catch {
             logger.critical("cannot open the store", metadata: ["data": "\(data)", "error": "\(error)"])
             throw ExitCode(1)
@@ -111,11 +112,11 @@ struct QSNodeCommand: AsyncParsableCommand {
         var endpoints = [listenEndpoint]
         if !unix.isEmpty { endpoints.append(.unix(path: unix)) }
         var services: [any Service] = [
-            WriteServer(core: core, endpoints: endpoints, maxFrameBytes: parseByteSize(maxFrameBytes)!, pool: pool, logger: logger),
+            WriteServer(core: core, endpoints: endpoints, maxFrameBytes: maxFrameBytes.bytes, pool: pool, logger: logger),
             LogTrimmer(store: store, retain: logRetention, pool: pool, logger: logger),
         ]
         let replica: ReplicaService? = role == .replica
-            ? ReplicaService(core: core, upstreams: try upstreamEndpoints(), staleAfter: parseDuration(staleAfter)!, pool: pool, logger: logger)
+            ? ReplicaService(core: core, upstreams: try upstreamEndpoints(), staleAfter: staleAfter.duration, pool: pool, logger: logger)
             : nil
         if let replica {
             services.append(replica)
@@ -124,7 +125,7 @@ struct QSNodeCommand: AsyncParsableCommand {
 
         services += try reads.services(store: store, pool: pool, logger: logger)
         let readyLag = service.readyLagSeconds
-        if let admin = try service.adminEndpoint() {
+        if let admin = service.adminEndpoint() {
             var actions = [String: AdminAction]()
             if let replica {
                 // POST /upstream with a list (as --upstream) replaces the upstream list.
@@ -156,11 +157,7 @@ struct QSNodeCommand: AsyncParsableCommand {
         if !upstreamFile.isEmpty {
             do { return try UpstreamReloader.read(upstreamFile) } catch { throw ValidationError("--upstream-file: \(error)") }
         }
-        do {
-            return try upstream.split(separator: ",").map { try Endpoint(parsing: $0.trimmingCharacters(in: .whitespaces)) }
-        } catch {
-            throw ValidationError("--upstream: \(error)")
-        }
+        return upstream.value?.endpoints ?? []
     }
 
     func readToken(_ path: String) throws -> [UInt8] {

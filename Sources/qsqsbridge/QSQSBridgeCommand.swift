@@ -19,46 +19,69 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
             """
     )
 
+    static func main() async { await runCommand() }
+
     @Option(help: ArgumentHelp("The source: a node, qs://HOST:PORT, or a recording of one, capture:FILE (qsctl record --source qs://…). (env: QS_SOURCE)", valueName: "source"))
-    var source: String = QSEnv.string("QS_SOURCE") ?? ""
+    var source: OrNone<QSSource> = QSEnv.value("QS_SOURCE", .none)
 
     @Option(help: ArgumentHelp("compatible (entry for entry, same indexes and hashes) or batched. (env: QS_MODE)", valueName: "mode"))
-    var mode: String = QSEnv.string("QS_MODE") ?? "compatible"
+    var mode: WriteMode = QSEnv.value("QS_MODE", .compatible)
 
     @OptionGroup var bridge: BridgeOptions
     @OptionGroup var service: ServiceOptions
 
     func validate() throws {
-        if !source.hasPrefix("capture:") { _ = try sourceEndpoint() }
-        guard WriteMode(rawValue: mode) != nil else { throw ValidationError("--mode '\(mode)' must be compatible or batched") }
-    }
-
-    func sourceEndpoint() throws -> Endpoint {
-        guard source.hasPrefix("qs://"), let e = try? Endpoint(parsing: String(source.dropFirst(5))) else {
-            throw ValidationError("--source '\(source)' is not qs://HOST:PORT or capture:FILE (or set QS_SOURCE)")
-        }
-        return e
+        guard source.value != nil else { throw ValidationError("--source is required: qs://HOST:PORT or capture:FILE (or set QS_SOURCE)") }
     }
 
     func run() async throws {
         let (logger, registry) = service.bootstrap(label: "qsqsbridge")
-        let writeMode = WriteMode(rawValue: mode)!
+        guard let spec = source.value else { throw ValidationError("--source is required") }
         let metrics = FeedMetrics()
-        let writer = RootWriter(endpoint: try bridge.rootEndpoint(), token: try bridge.token(), logger: logger, metrics: metrics)
-        if source.hasPrefix("capture:") {
-            let path = String(source.dropFirst(8))
-            let id = bridge.sourceID.isEmpty ? "capture:" + URL(fileURLWithPath: path).standardizedFileURL.path : bridge.sourceID
-            logger.info("bridge starting", metadata: ["source": "\(source)", "mode": "\(mode)", "source-id": "\(id)", "root": "\(bridge.root)"])
+        let writer = RootWriter(endpoint: bridge.rootEndpoint, token: try bridge.token(), logger: logger, metrics: metrics)
+        let id = bridge.sourceID.isEmpty ? spec.defaultSourceID : bridge.sourceID
+        logger.info("bridge starting", metadata: ["source": "\(spec)", "mode": "\(mode)", "source-id": "\(id)", "root": "\(bridge.root)"])
+        switch spec.kind {
+        case let .capture(path):
             let consumer = FeedConsumer(source: QSCaptureSource(path: path), sourceID: id, root: writer,
-                                        limits: bridge.limits(mode: writeMode), metrics: metrics, logger: logger)
+                                        limits: bridge.limits(mode: mode), metrics: metrics, logger: logger)
             try await runBridge(consumer: consumer, service: service, registry: registry, logger: logger)
-            return
+        case let .node(endpoint):
+            let consumer = FeedConsumer(source: QSLogSource(endpoint: endpoint, stopAtHead: bridge.once), sourceID: id, root: writer,
+                                        limits: bridge.limits(mode: mode), metrics: metrics, logger: logger)
+            try await runBridge(consumer: consumer, service: service, registry: registry, logger: logger)
         }
-        let endpoint = try sourceEndpoint()
-        let id = bridge.sourceID.isEmpty ? "qs:\(endpoint)" : bridge.sourceID
-        logger.info("bridge starting", metadata: ["source": "\(source)", "mode": "\(mode)", "source-id": "\(id)", "root": "\(bridge.root)"])
-        let consumer = FeedConsumer(source: QSLogSource(endpoint: endpoint, stopAtHead: bridge.once), sourceID: id, root: writer,
-                                    limits: bridge.limits(mode: writeMode), metrics: metrics, logger: logger)
-        try await runBridge(consumer: consumer, service: service, registry: registry, logger: logger)
+    }
+}
+
+/// `--source`: a QS node's log feed or a recording of one.
+struct QSSource: ExpressibleByArgument, DescribedArgument, CustomStringConvertible {
+    enum Kind {
+        case node(Endpoint)
+        case capture(String)
+    }
+
+    let kind: Kind
+    let description: String
+
+    init?(argument: String) {
+        description = argument
+        if argument.hasPrefix("capture:"), argument.count > 8 {
+            kind = .capture(String(argument.dropFirst(8)))
+        } else if argument.hasPrefix("qs://"), let e = try? Endpoint(parsing: String(argument.dropFirst(5))) {
+            kind = .node(e)
+        } else {
+            return nil
+        }
+    }
+
+    static let expectation = "qs://HOST:PORT or capture:FILE"
+
+    /// The checkpoint name when --source-id is not given.
+    var defaultSourceID: String {
+        switch kind {
+        case let .node(e): return "qs:\(e)"
+        case let .capture(path): return "capture:" + URL(fileURLWithPath: path).standardizedFileURL.path
+        }
     }
 }

@@ -90,7 +90,7 @@ final class QsctlTests: XCTestCase {
         XCTAssertEqual(httpGet(port: admin, path: "/healthz")?.status, 200)
         XCTAssertEqual(httpGet(port: admin, path: "/readyz")?.status, 200)
         XCTAssertEqual(httpGet(port: admin, path: "/nope")?.status, 404)
-        let put = try Harness.run("qsctl", ["put", "k", "v"], env: ["QS_NODE": "127.0.0.1:\(port)"])
+        let put = try Harness.run("qsctl", ["put", "k", "v"], env: ["QS_CTL_NODE": "127.0.0.1:\(port)"])
         XCTAssertEqual(put.status, 0, String(decoding: put.stderr, as: UTF8.self))
         let metrics = httpGet(port: admin, path: "/metrics")?.body ?? ""
         for name in ["qs_batches_applied_total 1", "qs_conflicts_total", "qs_identical_writes_dropped_total", "qs_bad_frames_total",
@@ -115,8 +115,15 @@ final class QsctlTests: XCTestCase {
             for block in blocks {
                 let flag = String(block.prefix { $0 != " " && $0 != "\n" && $0 != "/" })
                 if flag == "help" { continue }
-                // qsbench's variables carry its name: QS_BENCH_…
-                let variable = (command[0] == "qsbench" ? "QS_BENCH_" : "QS_") + flag.uppercased().replacingOccurrences(of: "-", with: "_")
+                // qsbench's variables carry its name (QS_BENCH_…), qsctl's its name and the
+                // subcommand's (QS_CTL_LOG_FROM, QS_CTL_NODE).
+                let prefix: String
+                switch command[0] {
+                case "qsbench": prefix = "QS_BENCH_"
+                case "qsctl": prefix = (["QS", "CTL"] + command.dropFirst().map { $0.uppercased() }).joined(separator: "_") + "_"
+                default: prefix = "QS_"
+                }
+                let variable = prefix + flag.uppercased().replacingOccurrences(of: "-", with: "_")
                 XCTAssertTrue(block.contains(variable), "\(command.joined(separator: " ")) --\(flag) does not name \(variable)")
             }
         }

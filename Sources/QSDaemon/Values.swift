@@ -1,0 +1,167 @@
+import ArgumentParser
+import Foundation
+import Logging
+import QSNet
+
+// Option value types: each parses itself once, as a flag or as its QS_* variable; a
+// command's `validate()` is left with rules between flags.
+
+/// A duration flag: `500ms`, `2s`, `1.5s`, `3m`, `100us`, `1h` (a bare number is seconds).
+public struct Interval: ExpressibleByArgument, DescribedArgument, Sendable, Equatable, CustomStringConvertible {
+    public let duration: Duration
+    public let description: String
+
+    public init?(argument: String) {
+        guard let d = parseDuration(argument) else { return nil }
+        duration = d
+        description = argument
+    }
+
+    /// A default given in code, printed in its shortest unit (`5s`, `500ms`).
+    public init(_ duration: Duration) {
+        self.duration = duration
+        let ns = duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000
+        if ns % 1_000_000_000 == 0 { description = "\(ns / 1_000_000_000)s" }
+        else if ns % 1_000_000 == 0 { description = "\(ns / 1_000_000)ms" }
+        else { description = "\(ns)ns" }
+    }
+
+    public static let expectation = "a duration such as 500ms, 10s or 5m"
+    public var seconds: Double { duration.seconds }
+    public var defaultValueDescription: String { description }
+}
+
+/// A size flag: `4096`, `64KiB`, `64MiB`, `8GiB` (KB/MB/GB are powers of 1000).
+public struct ByteSize: ExpressibleByArgument, DescribedArgument, Sendable, Equatable, CustomStringConvertible {
+    public let bytes: Int
+    public let description: String
+
+    public init?(argument: String) {
+        guard let n = parseByteSize(argument) else { return nil }
+        bytes = n
+        description = argument
+    }
+
+    /// A default given in code, printed in its largest whole binary unit (`64MiB`).
+    public init(_ bytes: Int) {
+        self.bytes = bytes
+        let units: [(Int, String)] = [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")]
+        description = units.first(where: { bytes > 0 && bytes % $0.0 == 0 }).map { "\(bytes / $0.0)\($0.1)" } ?? "\(bytes)"
+    }
+
+    public static let expectation = "a size such as 4096, 64KiB or 8GiB"
+    public var defaultValueDescription: String { description }
+}
+
+/// An address flag: `HOST:PORT`, `[::1]:PORT`, `:PORT` or `unix:PATH`.
+public struct Address: ExpressibleByArgument, DescribedArgument, Sendable, Equatable, CustomStringConvertible {
+    public let endpoint: Endpoint
+
+    public init?(argument: String) {
+        guard let e = try? Endpoint(parsing: argument) else { return nil }
+        endpoint = e
+    }
+
+    /// A default given in code.
+    public init(_ endpoint: Endpoint) { self.endpoint = endpoint }
+
+    public static let expectation = "HOST:PORT (for example 127.0.0.1:7400) or unix:PATH"
+    public var description: String { endpoint.description }
+    public var defaultValueDescription: String { description }
+}
+
+/// A TCP address flag: `HOST:PORT` only (memcached and HTTP listeners; the Unix socket has
+/// a flag of its own).
+public struct TCPAddress: ExpressibleByArgument, DescribedArgument, Sendable, Equatable, CustomStringConvertible {
+    public let endpoint: Endpoint
+
+    public init?(argument: String) {
+        guard let e = try? Endpoint(parsing: argument), case .tcp = e else { return nil }
+        endpoint = e
+    }
+
+    /// A default given in code.
+    public init(host: String, port: Int) { endpoint = .tcp(host: host, port: port) }
+
+    public static let expectation = "HOST:PORT (for example 127.0.0.1:11211)"
+    public var description: String { endpoint.description }
+    public var defaultValueDescription: String { description }
+}
+
+/// A list of addresses in order of preference: `HOST:PORT[,HOST:PORT…]`.
+public struct AddressList: ExpressibleByArgument, DescribedArgument, Sendable, Equatable, CustomStringConvertible {
+    public let endpoints: [Endpoint]
+
+    public init?(argument: String) {
+        guard let list = try? Self.parse(argument) else { return nil }
+        endpoints = list
+    }
+
+    /// Parses a comma- or newline-separated list, ignoring blanks and `#` comments.
+    public static func parse(_ text: String) throws -> [Endpoint] {
+        let parts = text.split(whereSeparator: { $0 == "," || $0 == "\n" })
+            .map { $0.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? "" }
+            .map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty }
+        guard !parts.isEmpty else { throw ConfigError("the address list is empty") }
+        return try parts.map { try Endpoint(parsing: $0) }
+    }
+
+    public static let expectation = "HOST:PORT[,HOST:PORT…]"
+    public var description: String { endpoints.map(\.description).joined(separator: ",") }
+    public var defaultValueDescription: String { description }
+}
+
+/// Log levels as swift-log names them.
+public enum LogLevel: String, ExpressibleByArgument, CaseIterable, Sendable {
+    case trace, debug, info, notice, warning, error, critical
+
+    public var level: Logger.Level { Logger.Level(rawValue: rawValue) ?? .info }
+}
+
+/// Parses durations such as `500ms`, `2s`, `1.5s`, `3m`, `100us` (a bare number is seconds).
+public func parseDuration(_ text: String) -> Duration? {
+    let units: [(String, Double)] = [("ns", 1e-9), ("us", 1e-6), ("ms", 1e-3), ("s", 1), ("m", 60), ("h", 3600)]
+    let t = text.trimmingCharacters(in: .whitespaces).lowercased()
+    for (suffix, scale) in units.sorted(by: { $0.0.count > $1.0.count }) where t.hasSuffix(suffix) {
+        guard let n = Double(t.dropLast(suffix.count)), n >= 0, n.isFinite, n * scale < 1e9 else { return nil }
+        return .nanoseconds(Int64(n * scale * 1e9))
+    }
+    guard let n = Double(t), n >= 0, n.isFinite, n < 1e9 else { return nil }
+    return .nanoseconds(Int64(n * 1e9))
+}
+
+/// Parses sizes such as `4096`, `64KiB`, `64MiB`, `8GiB` (also KB/MB/GB as powers of 1000).
+public func parseByteSize(_ text: String) -> Int? {
+    let units: [(String, Int)] = [("kib", 1 << 10), ("mib", 1 << 20), ("gib", 1 << 30), ("tib", 1 << 40),
+                                  ("kb", 1000), ("mb", 1_000_000), ("gb", 1_000_000_000), ("k", 1 << 10),
+                                  ("m", 1 << 20), ("g", 1 << 30), ("b", 1)]
+    let t = text.trimmingCharacters(in: .whitespaces).lowercased()
+    for (suffix, scale) in units where t.hasSuffix(suffix) {
+        guard let n = Int(t.dropLast(suffix.count)), n >= 0 else { return nil }
+        return n.multipliedReportingOverflow(by: scale).overflow ? nil : n * scale
+    }
+    guard let n = Int(t), n >= 0 else { return nil }
+    return n
+}
+
+/// A flag that may be left unset: the empty string (or no flag and no variable) is none.
+public struct OrNone<Wrapped: ExpressibleByArgument & Sendable>: ExpressibleByArgument, DescribedArgument, Sendable, CustomStringConvertible {
+    public let value: Wrapped?
+
+    public init(_ value: Wrapped?) { self.value = value }
+
+    public init?(argument: String) {
+        if argument.isEmpty {
+            value = nil
+        } else {
+            guard let v = Wrapped(argument: argument) else { return nil }
+            value = v
+        }
+    }
+
+    public static var none: OrNone { OrNone(nil) }
+    public static var expectation: String { QSEnv.expected(Wrapped.self) + ", or empty for none" }
+    public var description: String { value.map { "\($0)" } ?? "" }
+    public var defaultValueDescription: String { value.map { "\($0)" } ?? "none" }
+}
