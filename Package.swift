@@ -170,7 +170,7 @@ let package = Package(
             name: "qsnode",
             dependencies: [
                 "QSBytes", "QSDaemon", "QSModel", "QSNet", "QSNode", "QSReads", "QSStore", "QSWire",
-                argumentParser, log, nio("NIOPosix"), lifecycle("ServiceLifecycle"),
+                argumentParser, log, lifecycle("ServiceLifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -236,7 +236,7 @@ let package = Package(
             name: "QSReadsTests",
             dependencies: [
                 "KTFormats", "QSClient", "QSModel", "QSNet", "QSReads", "QSStore", "QSTesting",
-                nio("NIOCore"), nio("NIOPosix"), nio("NIOTestUtils"), nio("NIOEmbedded"), log,
+                nio("NIOCore"), nio("NIOTestUtils"), nio("NIOEmbedded"), log,
             ],
             swiftSettings: swiftSettings
         ),

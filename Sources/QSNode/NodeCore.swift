@@ -8,7 +8,7 @@ import QSWire
 import Synchronization
 
 /// What the node does with each request, independent of sockets: the store, the write
-/// token and the metrics. Runs on the node's thread pool (LMDB calls block).
+/// token and the metrics. Store work runs on the store's own threads.
 public final class NodeCore: Sendable {
     public let store: Store
     public let metrics: NodeMetrics
@@ -39,7 +39,6 @@ public final class NodeCore: Sendable {
         self.writable = writable
         self.metrics = metrics
         self.logger = logger
-        if let head = try? store.head() { metrics.logHead.record(Double(head.index)) }
     }
 
     /// Time of the root's freshest word this node has (ns since the epoch).
@@ -54,12 +53,13 @@ public final class NodeCore: Sendable {
 
     /// The node's status as JSON: role, head, log window, checkpoints with their lag where
     /// the position is a KT timestamp, upstream and freshness.
-    func statusJSON() throws -> String {
-        let head = try store.head()
-        let window = try store.logWindow()
+    func statusJSON() async throws -> String {
+        let (head, window, checkpoints, nodeID, mirror) = try await store.read { txn in
+            (try txn.head(), try txn.logWindow(), try txn.checkpoints(), try txn.identity(), try txn.isCompatibleMirror())
+        }
         let nowNs = wallClockNanoseconds()
         var sources = [[String: Any]]()
-        for (sid, cp) in try store.checkpoints().sorted(by: { $0.key < $1.key }) {
+        for (sid, cp) in checkpoints.sorted(by: { $0.key < $1.key }) {
             var s: [String: Any] = ["source_id": sid, "checkpoint": cp]
             // KT timestamps are milliseconds × 10^6 plus a counter: a wall time.
             if cp > 1_000_000_000_000_000_000 / 2 {
@@ -70,11 +70,11 @@ public final class NodeCore: Sendable {
             sources.append(s)
         }
         var out: [String: Any] = [
-            "node_id": try store.identity(),
+            "node_id": nodeID,
             "role": writable ? "root" : "replica",
             "head": ["index": head.index, "hash": hexString(head.hash), "commit_time_ns": head.commitTimeNs],
             "log_first_index": window.firstIndex,
-            "compatible_mirror": try store.isCompatibleMirror(),
+            "compatible_mirror": mirror,
             "sources": sources,
             "subscribers": watcher.subscriberCount,
         ]
@@ -89,15 +89,14 @@ public final class NodeCore: Sendable {
     }
 
     /// Checks a subscription's starting point: nil when the stream can start.
-    public func checkSubscription(from index: UInt64, hash: [UInt8], peer: String) -> Response? {
+    public func checkSubscription(from index: UInt64, hash: [UInt8], peer: String) async -> Response? {
         do {
-            let head = try store.head()
+            let (head, known, w) = try await store.read { txn in (try txn.head(), try txn.hash(at: index), try txn.logWindow()) }
             if index > head.index {
                 metrics.subscriptionsRefused.increment()
                 return .error(.behind, "the subscriber is at index \(index), ahead of this node's head \(head.index): subscribe to a node at least as recent")
             }
-            guard let here = try store.hash(at: index) else {
-                let w = try store.logWindow()
+            guard let here = known else {
                 metrics.subscriptionsRefused.increment()
                 return .error(.needsBootstrap, "this node retains log entries from index \(w.firstIndex) only; a subscriber at \(index) must bootstrap from a snapshot")
             }
@@ -127,13 +126,13 @@ public final class NodeCore: Sendable {
 
     /// Executes an authorized, decoded request. Never throws: failures become error
     /// responses (and are counted and logged).
-    public func handle(_ request: Request, peer: String) -> Response {
+    public func handle(_ request: Request, peer: String) async -> Response {
         metrics.request(request.name).increment()
         do {
             switch request {
             case let .batch(b):
                 let start = ContinuousClock.now
-                let outcome = try store.applyBatch(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.operations)
+                let outcome = try await store.applyBatch(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.operations)
                 metrics.batchApply.recordSeconds((ContinuousClock.now - start).seconds)
                 switch outcome {
                 case let .applied(index, kept, dropped):
@@ -152,16 +151,16 @@ public final class NodeCore: Sendable {
                     return .conflict(current: current)
                 }
             case let .getCheckpoint(sid):
-                return .checkpoint(try store.checkpoint(sourceID: sid))
+                return .checkpoint(try await store.checkpoint(sourceID: sid))
             case .head:
-                return .head(try store.head())
+                return .head(try await store.head())
             case let .readLog(from, count):
-                return .entries(try store.entries(from: from, count: Int(min(count, Self.maxLogEntriesPerRead))))
+                return .entries(try await store.entries(from: from, count: Int(min(count, Self.maxLogEntriesPerRead))))
             case let .get(key):
-                guard let record = try store.get(key), !record.isExpired(at: wallClockSeconds()) else { return .value(nil) }
+                guard let record = try await store.get(key), !record.isExpired(at: wallClockSeconds()) else { return .value(nil) }
                 return .value(record)
             case let .scan(prefix, cursor, limit, asOf):
-                let page = try store.scan(prefix: prefix, after: cursor.isEmpty ? nil : cursor,
+                let page = try await store.scan(prefix: prefix, after: cursor.isEmpty ? nil : cursor,
                                           limit: Int(min(max(limit, 1), Self.maxRecordsPerPage)),
                                           now: asOf == 0 ? wallClockSeconds() : asOf)
                 return .page(records: page.records.map { .init(key: $0.key, record: $0.record) }, next: page.next)
@@ -169,7 +168,7 @@ public final class NodeCore: Sendable {
                 return .error(.invalidRequest, "\(request.name) is a streaming request, handled by the connection")
             case let .append(_, entries):
                 do {
-                    let head = try store.appendEntries(entries, markCompatible: true)
+                    let head = try await store.appendEntries(entries, markCompatible: true)
                     metrics.batchesApplied.increment()
                     metrics.logHead.record(Double(head.index))
                     watcher.publish()
@@ -184,13 +183,13 @@ public final class NodeCore: Sendable {
                     return .error(.invalidRequest, "\(error)")
                 }
             case let .digest(after, through, limit, asOf):
-                let d = try store.digest(after: after.isEmpty ? nil : after, through: through.isEmpty ? nil : through,
+                let d = try await store.digest(after: after.isEmpty ? nil : after, through: through.isEmpty ? nil : through,
                                          limit: Int(min(max(limit, 1), 1_000_000)), now: asOf == 0 ? wallClockSeconds() : asOf)
                 return .digest(count: d.count, hash: d.hash, last: d.last, more: d.more)
             case .status:
-                return .status(try statusJSON())
+                return .status(try await statusJSON())
             case let .rangeRecords(after, through, limit, asOf):
-                let list = try store.records(after: after.isEmpty ? nil : after, through: through.isEmpty ? nil : through,
+                let list = try await store.records(after: after.isEmpty ? nil : after, through: through.isEmpty ? nil : through,
                                              now: asOf == 0 ? wallClockSeconds() : asOf, limit: Int(min(max(limit, 1), Self.maxRecordsPerPage)))
                 return .page(records: list.map { .init(key: $0.key, record: $0.record) }, next: nil)
             }

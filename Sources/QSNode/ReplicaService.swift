@@ -1,4 +1,3 @@
-import Foundation
 import Logging
 import Metrics
 import NIOCore
@@ -32,7 +31,6 @@ public struct ReplicaMetrics: Sendable {
 /// served independently and stay connected while it changes upstream.
 public final class ReplicaService: Service, Sendable {
     let core: NodeCore
-    let pool: NIOThreadPool
     let group: any EventLoopGroup
     let staleAfter: Duration
     let logger: Logger
@@ -47,10 +45,9 @@ public final class ReplicaService: Service, Sendable {
         public var rootAgeSeconds: Double?
     }
 
-    public init(core: NodeCore, upstreams: [Endpoint], staleAfter: Duration, pool: NIOThreadPool,
+    public init(core: NodeCore, upstreams: [Endpoint], staleAfter: Duration,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) {
         self.core = core
-        self.pool = pool
         self.group = group
         self.staleAfter = staleAfter
         self.logger = logger
@@ -115,7 +112,7 @@ public final class ReplicaService: Service, Sendable {
             state.withLock { $0.upstream = up }
             var moveOn = true
             do {
-                if try core.store.head().index == 0 {
+                if try await core.store.head().index == 0 {
                     try await bootstrap(from: up)
                 }
                 try await follow(up)
@@ -166,14 +163,14 @@ public final class ReplicaService: Service, Sendable {
         let channel = try await connect(up)
         let core = self.core
         try await channel.executeThenClose { inbound, outbound in
-            let head = try core.store.head()
+            let head = try await core.store.head()
             try await outbound.write(Request.subscribe(fromIndex: head.index, hash: head.hash).frame())
             self.logger.info("subscribing", metadata: ["upstream": "\(up)", "from": "\(head.index)"])
             for try await frame in inbound {
                 guard self.upstreams.contains(up) else { throw FollowEnd.delisted }
                 switch try Response.decode(frame) {
                 case let .entries(list):
-                    let newHead = try await self.pool.runIfActive { try core.store.appendEntries(list) }
+                    let newHead = try await core.store.appendEntries(list)
                     core.watcher.publish()
                     core.metrics.logHead.record(Double(newHead.index))
                     self.metrics.head.record(Double(newHead.index))
@@ -183,7 +180,7 @@ public final class ReplicaService: Service, Sendable {
                     core.noteRootTime(rootTime)
                     let now = wallClockNanoseconds()
                     let age = now > rootTime ? Double(now - rootTime) / 1e9 : 0
-                    let mine = try core.store.head().index
+                    let mine = try await core.store.head().index
                     self.metrics.rootAge.record(age)
                     self.metrics.lagEntries.record(Double(upHead > mine ? upHead - mine : 0))
                     self.state.withLock {
@@ -203,64 +200,51 @@ public final class ReplicaService: Service, Sendable {
         }
     }
 
-    /// Pulls a snapshot from `up` into a scratch directory, checks it, and installs it in
-    /// one transaction.
+    /// Pulls a snapshot from `up` into the store's scratch directory, which checks it and
+    /// installs it in one transaction.
     func bootstrap(from up: Endpoint) async throws {
-        let dir = core.store.environment.path + "/.bootstrap-" + UUID().uuidString
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let file = dir + "/data.mdb"
-        guard FileManager.default.createFile(atPath: file, contents: nil), let handle = FileHandle(forWritingAtPath: file) else {
-            throw StoreError.corrupt("cannot create \(file)")
-        }
         logger.info("bootstrap: requesting a snapshot", metadata: ["upstream": "\(up)"])
-        let channel = try await connect(up)
-        let begin: (index: UInt64, hash: [UInt8], size: UInt64) = try await channel.executeThenClose { inbound, outbound in
-            try await outbound.write(Request.snapshot.frame())
-            var begin: (UInt64, [UInt8], UInt64)?
-            var received: UInt64 = 0
-            let started = ContinuousClock.now
-            var lastReport = started
-            for try await frame in inbound {
-                switch try Response.decode(frame) {
-                case let .snapshotBegin(index, hash, size): begin = (index, hash, size)
-                case let .snapshotChunk(bytes):
-                    try handle.write(contentsOf: bytes)
-                    received += UInt64(bytes.count)
-                    if ContinuousClock.now - lastReport >= .seconds(5), let total = begin?.2, total > 0 {
-                        lastReport = ContinuousClock.now
-                        let rate = Double(received) / max((lastReport - started).seconds, 0.001)
-                        self.logger.info("bootstrap progress", metadata: [
-                            "received-bytes": "\(received)", "total-bytes": "\(total)",
-                            "percent": "\(received * 100 / total)", "bytes-per-second": "\(Int(rate))",
-                            "seconds-left": "\(Int(Double(total - min(received, total)) / max(rate, 1)))",
-                        ])
+        var announcedBytes: UInt64 = 0
+        let head = try await core.store.installSnapshot { file in
+            let channel = try await connect(up)
+            let begin: (index: UInt64, hash: [UInt8], size: UInt64) = try await channel.executeThenClose { inbound, outbound in
+                try await outbound.write(Request.snapshot.frame())
+                var begin: (UInt64, [UInt8], UInt64)?
+                var received: UInt64 = 0
+                let started = ContinuousClock.now
+                var lastReport = started
+                for try await frame in inbound {
+                    switch try Response.decode(frame) {
+                    case let .snapshotBegin(index, hash, size): begin = (index, hash, size)
+                    case let .snapshotChunk(bytes):
+                        try await file.write(bytes)
+                        received += UInt64(bytes.count)
+                        if ContinuousClock.now - lastReport >= .seconds(5), let total = begin?.2, total > 0 {
+                            lastReport = ContinuousClock.now
+                            let rate = Double(received) / max((lastReport - started).seconds, 0.001)
+                            self.logger.info("bootstrap progress", metadata: [
+                                "received-bytes": "\(received)", "total-bytes": "\(total)",
+                                "percent": "\(received * 100 / total)", "bytes-per-second": "\(Int(rate))",
+                                "seconds-left": "\(Int(Double(total - min(received, total)) / max(rate, 1)))",
+                            ])
+                        }
+                    case .snapshotEnd:
+                        guard let begin, received == begin.2 else {
+                            throw FollowEnd.refused(nil, "snapshot ended after \(received) bytes, announced \(begin?.2 ?? 0)")
+                        }
+                        return begin
+                    case let .error(code, message): throw FollowEnd.refused(ErrorCode(rawValue: code), message)
+                    default: throw FollowEnd.refused(nil, "unexpected frame in a snapshot")
                     }
-                case .snapshotEnd:
-                    guard let begin, received == begin.2 else {
-                        throw FollowEnd.refused(nil, "snapshot ended after \(received) bytes, announced \(begin?.2 ?? 0)")
-                    }
-                    return begin
-                case let .error(code, message): throw FollowEnd.refused(ErrorCode(rawValue: code), message)
-                default: throw FollowEnd.refused(nil, "unexpected frame in a snapshot")
                 }
+                throw FollowEnd.closed
             }
-            throw FollowEnd.closed
-        }
-        try handle.synchronize()
-        try handle.close()
-        let head = try await pool.runIfActive { [core] in
-            let snapshot = try Store(directory: dir, readOnly: true)
-            let h = try snapshot.head()
-            guard h.index == begin.index, h.hash == begin.hash else {
-                throw FollowEnd.refused(nil, "snapshot stands at \(h.index), announced \(begin.index)")
-            }
-            try snapshot.verifyChain()
-            return try core.store.replaceContents(with: snapshot)
+            announcedBytes = begin.size
+            return Head(index: begin.index, hash: begin.hash, commitTimeNs: 0)
         }
         core.watcher.publish()
         metrics.bootstraps.increment()
         metrics.head.record(Double(head.index))
-        logger.notice("bootstrap installed", metadata: ["upstream": "\(up)", "index": "\(head.index)", "bytes": "\(begin.size)"])
+        logger.notice("bootstrap installed", metadata: ["upstream": "\(up)", "index": "\(head.index)", "bytes": "\(announcedBytes)"])
     }
 }

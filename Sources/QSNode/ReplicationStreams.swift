@@ -1,7 +1,5 @@
-import Foundation
 import Logging
 import NIOCore
-import NIOPosix
 import QSModel
 import QSStore
 import QSWire
@@ -13,7 +11,7 @@ enum ReplicationStreams {
     /// Streams entries after `from` as they are committed, with a heartbeat every second
     /// carrying this node's head and the time of the root's freshest word. Each write
     /// waits for the socket to take it, so a slow subscriber slows only its own stream.
-    static func subscription(channel: Channel, core: NodeCore, pool: NIOThreadPool, from: UInt64, logger: Logger, peer: String) async {
+    static func subscription(channel: Channel, core: NodeCore, from: UInt64, logger: Logger, peer: String) async {
         core.metrics.subscribers.increment()
         defer { core.metrics.subscribers.decrement() }
         let (id, stream, wake) = core.watcher.subscribe()
@@ -32,9 +30,9 @@ enum ReplicationStreams {
         do {
             while channel.isActive && !Task.isCancelled {
                 let from = next
-                let batch = try await pool.runIfActive { try core.store.entries(from: from, count: 1000) }
+                let batch = try await core.store.entries(from: from, count: 1000)
                 if let first = batch.first, first.index != next {
-                    let w = try core.store.logWindow()
+                    let w = try await core.store.logWindow()
                     try await channel.writeAndFlush(Response.error(.needsBootstrap,
                         "this node no longer retains entry \(next) (it keeps entries from \(w.firstIndex)); bootstrap from a snapshot").frame())
                     break
@@ -45,7 +43,7 @@ enum ReplicationStreams {
                     next = last.index + 1
                 }
                 if ContinuousClock.now - lastHeartbeat >= .seconds(1) {
-                    let head = try core.store.head()
+                    let head = try await core.store.head()
                     try await channel.writeAndFlush(Response.heartbeat(head: head.index, rootTimeNs: core.rootTimeNs).frame())
                     lastHeartbeat = ContinuousClock.now
                 }
@@ -61,28 +59,27 @@ enum ReplicationStreams {
     }
 
     /// Sends a consistent copy of the environment: `snapshotBegin(index, hash, size)`,
-    /// 1 MiB chunks, `snapshotEnd`. Concurrent requests wait in a queue.
-    static func snapshot(channel: Channel, core: NodeCore, pool: NIOThreadPool, logger: Logger, peer: String) async {
+    /// 1 MiB chunks, `snapshotEnd`. Concurrent requests wait in a queue. The copy and the
+    /// file reads run on the store's background thread.
+    static func snapshot(channel: Channel, core: NodeCore, logger: Logger, peer: String) async {
         do {
             let queued = await core.snapshots.queued
             logger.info("snapshot requested", metadata: ["peer": "\(peer)", "queued-before-it": "\(queued)"])
             try await core.snapshots.run {
                 logger.info("snapshot started", metadata: ["peer": "\(peer)"])
-                let dir = core.store.environment.path + "/.snapshot-" + UUID().uuidString
-                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
-                defer { try? FileManager.default.removeItem(atPath: dir) }
-                let head = try await pool.runIfActive { try core.store.snapshot(into: dir) }
-                let file = dir + "/data.mdb"
-                let size = (try FileManager.default.attributesOfItem(atPath: file)[.size] as? NSNumber)?.uint64Value ?? 0
-                try await channel.writeAndFlush(Response.snapshotBegin(index: head.index, hash: head.hash, size: size).frame())
-                guard let handle = FileHandle(forReadingAtPath: file) else { throw StoreError.corrupt("snapshot file vanished") }
-                defer { try? handle.close() }
-                while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
-                    try await channel.writeAndFlush(Response.snapshotChunk([UInt8](chunk)).frame())
+                try await core.store.withSnapshot { file in
+                    try await channel.writeAndFlush(Response.snapshotBegin(index: file.head.index, hash: file.head.hash, size: file.size).frame())
+                    var offset: UInt64 = 0
+                    while true {
+                        let chunk = try await file.read(at: offset, upTo: 1 << 20)
+                        if chunk.isEmpty { break }
+                        offset += UInt64(chunk.count)
+                        try await channel.writeAndFlush(Response.snapshotChunk(chunk).frame())
+                    }
+                    try await channel.writeAndFlush(Response.snapshotEnd.frame())
+                    core.metrics.snapshotsServed.increment()
+                    logger.info("snapshot sent", metadata: ["peer": "\(peer)", "index": "\(file.head.index)", "bytes": "\(file.size)"])
                 }
-                try await channel.writeAndFlush(Response.snapshotEnd.frame())
-                core.metrics.snapshotsServed.increment()
-                logger.info("snapshot sent", metadata: ["peer": "\(peer)", "index": "\(head.index)", "bytes": "\(size)"])
             }
         } catch {
             logger.error("snapshot failed", metadata: ["peer": "\(peer)", "error": "\(error)"])

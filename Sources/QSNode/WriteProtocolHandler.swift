@@ -1,12 +1,12 @@
 import Logging
 import NIOCore
 import NIOExtras
-import NIOPosix
 import QSBytes
 import QSWire
 
 /// Serves the QS write protocol on one connection: decodes each frame, checks the write
-/// token, runs the request on the thread pool and answers in order. Requests are handled
+/// token, runs the request (its store work on the store's threads, never on the event
+/// loop) and answers in order. Requests are handled
 /// one at a time per connection; reading pauses while `maxQueued` frames wait, so a client
 /// that pipelines faster than the store commits cannot grow the node's memory.
 final class WriteProtocolHandler: ChannelDuplexHandler {
@@ -15,7 +15,6 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     typealias OutboundOut = Frame
 
     let core: NodeCore
-    let pool: NIOThreadPool
     let logger: Logger
     let maxQueued = 32
 
@@ -28,9 +27,8 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     /// Set once the connection carries a subscription or a snapshot.
     private var stream: Task<Void, Never>?
 
-    init(core: NodeCore, pool: NIOThreadPool, logger: Logger) {
+    init(core: NodeCore, logger: Logger) {
         self.core = core
-        self.pool = pool
         self.logger = logger
     }
 
@@ -93,9 +91,9 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
             startSubscription(context: context, from: from, hash: hash)
             return
         case .snapshot:
-            let channel = context.channel, core = self.core, pool = self.pool, logger = self.logger, peer = self.peer
+            let channel = context.channel, core = self.core, logger = self.logger, peer = self.peer
             queue.removeAll()
-            stream = Task { await ReplicationStreams.snapshot(channel: channel, core: core, pool: pool, logger: logger, peer: peer) }
+            stream = Task { await ReplicationStreams.snapshot(channel: channel, core: core, logger: logger, peer: peer) }
             return
         default:
             break
@@ -103,9 +101,9 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
         busy = true
         let core = self.core
         let peer = self.peer
-        pool.runIfActive(eventLoop: context.eventLoop) {
-            core.handle(request, peer: peer)
-        }.assumeIsolated().whenComplete { result in
+        let answer = context.eventLoop.makePromise(of: Response.self)
+        answer.completeWithTask { await core.handle(request, peer: peer) }
+        answer.futureResult.assumeIsolated().whenComplete { result in
             self.busy = false
             switch result {
             case let .success(response):
@@ -121,17 +119,17 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     private func startSubscription(context: ChannelHandlerContext, from: UInt64, hash: [UInt8]) {
         busy = true
         queue.removeAll()
-        let core = self.core, pool = self.pool, logger = self.logger, peer = self.peer, channel = context.channel
-        pool.runIfActive(eventLoop: context.eventLoop) {
-            core.checkSubscription(from: from, hash: hash, peer: peer)
-        }.assumeIsolated().whenComplete { result in
+        let core = self.core, logger = self.logger, peer = self.peer, channel = context.channel
+        let check = context.eventLoop.makePromise(of: Response?.self)
+        check.completeWithTask { await core.checkSubscription(from: from, hash: hash, peer: peer) }
+        check.futureResult.assumeIsolated().whenComplete { result in
             self.busy = false
             switch result {
             case let .success(refusal?):
                 self.reply(context: context, refusal, thenClose: true)
             case .success(nil):
                 self.stream = Task {
-                    await ReplicationStreams.subscription(channel: channel, core: core, pool: pool, from: from, logger: logger, peer: peer)
+                    await ReplicationStreams.subscription(channel: channel, core: core, from: from, logger: logger, peer: peer)
                 }
             case .failure:
                 self.reply(context: context, .error(.shuttingDown, "the node is shutting down"), thenClose: true)

@@ -13,23 +13,21 @@ public struct WriteServer: Service {
     let core: NodeCore
     let endpoints: [Endpoint]
     let maxFrameBytes: Int
-    let pool: NIOThreadPool
     let group: any EventLoopGroup
     let logger: Logger
 
-    public init(core: NodeCore, endpoints: [Endpoint], maxFrameBytes: Int, pool: NIOThreadPool,
+    public init(core: NodeCore, endpoints: [Endpoint], maxFrameBytes: Int,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) {
         self.core = core
         self.endpoints = endpoints
         self.maxFrameBytes = maxFrameBytes
-        self.pool = pool
         self.group = group
         self.logger = logger
     }
 
     public func run() async throws {
         let quiesce = ServerQuiescingHelper(group: group)
-        let core = self.core, pool = self.pool, logger = self.logger, maxFrameBytes = self.maxFrameBytes
+        let core = self.core, logger = self.logger, maxFrameBytes = self.maxFrameBytes
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelInitializer { channel in
@@ -44,7 +42,7 @@ public struct WriteServer: Service {
                     let ops = channel.pipeline.syncOperations
                     try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
                     try ops.addHandler(MessageToByteHandler(FrameEncoder()))
-                    try ops.addHandler(WriteProtocolHandler(core: core, pool: pool, logger: logger))
+                    try ops.addHandler(WriteProtocolHandler(core: core, logger: logger))
                 }
             }
         var channels = [Channel]()

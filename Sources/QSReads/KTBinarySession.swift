@@ -1,7 +1,6 @@
 import KTFormats
 import Logging
 import NIOCore
-import NIOPosix
 import QSModel
 import QSStore
 
@@ -9,10 +8,9 @@ import QSStore
 /// store; `set_bulk`, `remove_bulk` (writes) and `play_script`, replication (not served)
 /// get KT's error reply (0xBF), are counted and logged, and close the connection.
 struct KTBinarySession: Sendable {
-    let store: any ReadableStore
+    let store: Store
     let databases: KTDatabaseMap
     let clock: ReadClock
-    let pool: NIOThreadPool
     let metrics: ReadMetrics
     let logger: Logger
 
@@ -26,7 +24,7 @@ struct KTBinarySession: Sendable {
                         return
                     }
                     metrics.requests("bin_get_bulk").increment()
-                    let records = try await pool.runIfActive { try read(keys) }
+                    let records = try await store.read { txn in try read(keys, txn) }
                     if flags & KTBinaryMagic.noReplyFlag == 0 {
                         try await outbound.write(ByteBuffer(bytes: KTBinaryResponse.getBulk(records: records).encoded()))
                     }
@@ -41,13 +39,13 @@ struct KTBinarySession: Sendable {
     }
 
     /// The live records among `keys`, in request order, with KT's stored expiration times.
-    private func read(_ keys: [KTBinaryKey]) throws -> [KTBinaryRecord] {
+    private func read(_ keys: [KTBinaryKey], _ txn: borrowing StoreTransaction) throws -> [KTBinaryRecord] {
         let now = clock()
         var out = [KTBinaryRecord]()
         for k in keys {
             guard let db = databases.database(index: Int(k.db)) else { continue }
             let full = db.prefix + k.key
-            guard databases.owns(db, key: full), let r = try store.get(full), !r.isExpired(at: now) else { continue }
+            guard databases.owns(db, key: full), let r = try txn.get(full), !r.isExpired(at: now) else { continue }
             let xt = r.expiry.map { Int64(clamping: $0) } ?? KTExpiration.never
             out.append(KTBinaryRecord(db: k.db, key: k.key, value: r.value, expiration: xt))
         }

@@ -34,7 +34,7 @@ public struct KTHTTPReadServer: Service {
     let session: KTHTTPSession
     let binary: KTBinarySession
 
-    public init(store: any ReadableStore, endpoints: [Endpoint], pool: NIOThreadPool, logger: Logger,
+    public init(store: Store, endpoints: [Endpoint], logger: Logger,
                 configuration: Configuration = Configuration(),
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         let maxBody = configuration.maxBodyBytes
@@ -44,14 +44,14 @@ public struct KTHTTPReadServer: Service {
             return SniffedConnection(channel: channel, protocol: promise.futureResult)
         }
         let metrics = ReadMetrics(interface: "kt_http")
-        let procedures = KTProcedures(store: store, databases: configuration.databases, clock: configuration.clock,
+        let procedures = KTProcedures(databases: configuration.databases, clock: configuration.clock,
                                       limits: configuration.scanLimits, started: Date(),
                                       connections: { metrics.active.count })
-        session = KTHTTPSession(procedures: procedures,
-                                rest: KTRESTRead(store: store, databases: configuration.databases, clock: configuration.clock),
-                                pool: pool, metrics: metrics, logger: logger, maxBodyBytes: configuration.maxBodyBytes)
+        session = KTHTTPSession(store: store, procedures: procedures,
+                                rest: KTRESTRead(databases: configuration.databases, clock: configuration.clock),
+                                metrics: metrics, logger: logger, maxBodyBytes: configuration.maxBodyBytes)
         binary = KTBinarySession(store: store, databases: configuration.databases, clock: configuration.clock,
-                                 pool: pool, metrics: metrics, logger: logger)
+                                 metrics: metrics, logger: logger)
     }
 
     public func run() async throws {

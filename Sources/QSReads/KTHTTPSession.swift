@@ -2,15 +2,15 @@ import KTFormats
 import Logging
 import NIOCore
 import NIOHTTP1
-import NIOPosix
+import QSStore
 
 /// Serves one KT HTTP connection: requests in order (HTTP pipelining is kept in order by
 /// NIO's pipelining handler), bodies capped at `maxBodyBytes` (413 and close beyond),
-/// procedures run on the thread pool.
+/// each procedure runs in one read transaction on the store's reader threads.
 struct KTHTTPSession: Sendable {
+    let store: Store
     let procedures: KTProcedures
     let rest: KTRESTRead
-    let pool: NIOThreadPool
     let metrics: ReadMetrics
     let logger: Logger
     let maxBodyBytes: Int
@@ -73,7 +73,7 @@ struct KTHTTPSession: Sendable {
             if path.starts(with: rpcPrefix) {
                 let name = String(decoding: KTColumnEncoding.urlDecode(path.dropFirst(rpcPrefix.count)), as: UTF8.self)
                 let params = KTRPCParameters(query: query, contentType: head.headers.first(name: "content-type"), body: body)
-                return try await pool.runIfActive { try procedures.call(name, params) }
+                return try await store.read { txn in try procedures.call(name, params, in: txn) }
             }
             let method: KTRESTRead.Method = switch head.method {
             case .GET: .get
@@ -82,7 +82,7 @@ struct KTHTTPSession: Sendable {
             case .DELETE: .delete
             default: .other
             }
-            return try await pool.runIfActive { try rest.call(method, path: path) }
+            return try await store.read { txn in try rest.call(method, path: path, in: txn) }
         } catch {
             logger.error("KT HTTP request failed", metadata: ["peer": "\(peer)", "uri": "\(head.uri.prefix(200))", "error": "\(error)"])
             return KTReply(map: [Array("ERROR".utf8): Array("internal error: \(error)".utf8)], status: 500, kind: "error")

@@ -3,10 +3,10 @@ import KTFormats
 import QSModel
 import QSStore
 
-/// KT's RPC read procedures over a QS store. Runs on the thread pool (store reads block).
-/// Replies are KT's: a TSV map in the encoding KT would pick, status 200/400/450/501.
+/// KT's RPC read procedures over a QS store, each in one read transaction (on the store's
+/// reader threads). Replies are KT's: a TSV map in the encoding KT would pick, status
+/// 200/400/450/501.
 struct KTProcedures: Sendable {
-    let store: any ReadableStore
     let databases: KTDatabaseMap
     let clock: ReadClock
     let limits: ScanLimits
@@ -23,7 +23,7 @@ struct KTProcedures: Sendable {
     static let reads: Set<String> = ["void", "echo", "report", "status", "get", "check", "get_bulk",
                                      "match_prefix", "match_regex"]
 
-    func call(_ name: String, _ params: KTRPCParameters) throws -> KTReply {
+    func call(_ name: String, _ params: KTRPCParameters, in txn: borrowing StoreTransaction) throws -> KTReply {
         guard Self.reads.contains(name) else {
             let message = "not implemented: \(name)"
             if Self.writes.contains(name) {
@@ -34,7 +34,7 @@ struct KTProcedures: Sendable {
         switch name {
         case "void": return reply(200, [:], kind: name)
         case "echo": return KTReply(map: params.values, status: 200, kind: name)
-        case "report": return try report()
+        case "report": return try report(txn)
         default: break
         }
         guard let db = databases.database(forParameter: params["DB"]) else {
@@ -43,11 +43,11 @@ struct KTProcedures: Sendable {
         let now = clock()
         switch name {
         case "status":
-            let (count, size) = try totals(db)
+            let (count, size) = try totals(db, txn)
             return reply(200, ["count": "\(count)", "size": "\(size)"], kind: name)
         case "get", "check":
             guard let key = params["key"] else { return invalid(name) }
-            guard let record = try lookup(db, key, now: now) else { return reply(450, ["ERROR": KTMessages.noRecord], kind: name) }
+            guard let record = try lookup(db, key, now: now, txn) else { return reply(450, ["ERROR": KTMessages.noRecord], kind: name) }
             var out: [[UInt8]: [UInt8]] = [:]
             if name == "get" { out[Array("value".utf8)] = record.value } else { out[Array("vsiz".utf8)] = Array("\(record.value.count)".utf8) }
             if let xt = record.expiry, xt < UInt64(KTExpiration.never) { out[Array("xt".utf8)] = Array("\(xt)".utf8) }
@@ -56,7 +56,7 @@ struct KTProcedures: Sendable {
             var out: [[UInt8]: [UInt8]] = [:]
             var found = 0
             for (k, _) in params.values where k.first == UInt8(ascii: "_") {
-                if let record = try lookup(db, Array(k.dropFirst()), now: now) {
+                if let record = try lookup(db, Array(k.dropFirst()), now: now, txn) {
                     out[k] = record.value
                     found += 1
                 }
@@ -65,7 +65,7 @@ struct KTProcedures: Sendable {
             return KTReply(map: out, status: 200, kind: name)
         case "match_prefix":
             guard let prefix = params["prefix"] else { return invalid(name) }
-            return try match(db, prefix: prefix, max: params["max"], now: now, kind: name) { _ in true }
+            return try match(db, prefix: prefix, max: params["max"], now: now, kind: name, txn) { _ in true }
         default: // match_regex
             guard let pattern = params["regex"] else { return invalid(name) }
             let regex: NSRegularExpression
@@ -75,7 +75,7 @@ struct KTProcedures: Sendable {
                 return reply(450, ["ERROR": "DB: 8: logical inconsistency: invalid regular expression"], kind: name,
                              bad: "invalid regular expression")
             }
-            return try match(db, prefix: [], max: params["max"], now: now, kind: name) { key in
+            return try match(db, prefix: [], max: params["max"], now: now, kind: name, txn) { key in
                 let s = String(decoding: key, as: UTF8.self)
                 return regex.firstMatch(in: s, range: NSRange(s.startIndex..., in: s)) != nil
             }
@@ -83,16 +83,17 @@ struct KTProcedures: Sendable {
     }
 
     /// A live record of `db` under its KT key, nil when missing or expired.
-    private func lookup(_ db: KTDatabaseMap.Database, _ key: [UInt8], now: UInt64) throws -> Record? {
+    private func lookup(_ db: KTDatabaseMap.Database, _ key: [UInt8], now: UInt64,
+                        _ txn: borrowing StoreTransaction) throws -> Record? {
         let full = db.prefix + key
-        guard databases.owns(db, key: full), let r = try store.get(full), !r.isExpired(at: now) else { return nil }
+        guard databases.owns(db, key: full), let r = try txn.get(full), !r.isExpired(at: now) else { return nil }
         return r
     }
 
     /// match_prefix / match_regex: `_KEY` → ordinal, and `num`. Keys are listed in key order;
     /// `max` (when given and not negative) and `limits.maxResults` cap the list.
     private func match(_ db: KTDatabaseMap.Database, prefix: [UInt8], max: [UInt8]?, now: UInt64, kind: String,
-                       _ accept: ([UInt8]) -> Bool) throws -> KTReply {
+                       _ txn: borrowing StoreTransaction, _ accept: ([UInt8]) -> Bool) throws -> KTReply {
         var cap = limits.maxResults
         if let max {
             let m = KTExpiration.parseInteger(max)
@@ -101,7 +102,7 @@ struct KTProcedures: Sendable {
         var out: [[UInt8]: [UInt8]] = [:]
         var n = 0
         if cap > 0 {
-            try store.forEachRecord(prefix: db.prefix + prefix, now: now, pageSize: limits.pageSize) { full, _ in
+            try txn.forEachRecord(prefix: db.prefix + prefix, now: now, pageSize: limits.pageSize) { full, _ in
                 guard databases.owns(db, key: full) else { return true }
                 let key = Array(full.dropFirst(db.prefix.count))
                 guard accept(key) else { return true }
@@ -116,9 +117,9 @@ struct KTProcedures: Sendable {
 
     /// Records of `db` and their bytes (keys and values). Expired records not yet removed
     /// count, as they do in KT until its vacuum expunges them.
-    private func totals(_ db: KTDatabaseMap.Database) throws -> (count: Int, size: Int) {
+    private func totals(_ db: KTDatabaseMap.Database, _ txn: borrowing StoreTransaction) throws -> (count: Int, size: Int) {
         var count = 0, size = 0
-        try store.forEachRecord(prefix: db.prefix, now: nil, pageSize: limits.pageSize) { full, record in
+        try txn.forEachRecord(prefix: db.prefix, now: nil, pageSize: limits.pageSize) { full, record in
             if databases.owns(db, key: full) {
                 count += 1
                 size += full.count - db.prefix.count + record.value.count
@@ -128,11 +129,11 @@ struct KTProcedures: Sendable {
         return (count, size)
     }
 
-    private func report() throws -> KTReply {
+    private func report(_ txn: borrowing StoreTransaction) throws -> KTReply {
         var out = [String: String]()
         var totalCount = 0, totalSize = 0
         for db in databases.databases {
-            let (c, s) = try totals(db)
+            let (c, s) = try totals(db, txn)
             out["db_\(db.index)"] = "count=\(c) size=\(s) path=\(db.name ?? String(decoding: db.prefix, as: UTF8.self))"
             totalCount += c
             totalSize += s

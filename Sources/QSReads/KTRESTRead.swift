@@ -6,13 +6,12 @@ import QSStore
 /// optionally under a database (`/DB/KEY`, DB an index or a name). `PUT` and `DELETE` are
 /// refused; other methods get 501 with an empty body, as from KT.
 struct KTRESTRead: Sendable {
-    let store: any ReadableStore
     let databases: KTDatabaseMap
     let clock: ReadClock
 
     enum Method: Sendable { case get, head, put, delete, other }
 
-    func call(_ method: Method, path: ArraySlice<UInt8>) throws -> KTReply {
+    func call(_ method: Method, path: ArraySlice<UInt8>, in txn: borrowing StoreTransaction) throws -> KTReply {
         var rest = path
         if rest.first == UInt8(ascii: "/") { rest = rest.dropFirst() }
         var db = databases.database(index: 0)
@@ -31,7 +30,7 @@ struct KTRESTRead: Sendable {
         case .get, .head:
             let kind = method == .get ? "rest_get" : "rest_head"
             let full = db.prefix + key
-            guard databases.owns(db, key: full), let record = try store.get(full), !record.isExpired(at: clock()) else {
+            guard databases.owns(db, key: full), let record = try txn.get(full), !record.isExpired(at: clock()) else {
                 return KTReply(status: 404, headers: [("X-Kt-Error", KTMessages.noRecord)], kind: kind)
             }
             var headers = [(String, String)]()

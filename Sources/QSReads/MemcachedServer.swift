@@ -38,7 +38,7 @@ public struct MemcachedServer: Service {
     let listener: ConnectionListener<NIOAsyncChannel<MemcachedCommand, ByteBuffer>>
     let session: MemcachedSession
 
-    public init(store: any ReadableStore, endpoints: [Endpoint], pool: NIOThreadPool, logger: Logger,
+    public init(store: Store, endpoints: [Endpoint], logger: Logger,
                 configuration: Configuration = Configuration(),
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         let limits = configuration.limits
@@ -46,7 +46,7 @@ public struct MemcachedServer: Service {
             try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MemcachedDecoder(limits: limits)))
             return try NIOAsyncChannel(wrappingChannelSynchronously: channel)
         }
-        session = MemcachedSession(config: configuration, store: store, pool: pool,
+        session = MemcachedSession(config: configuration, store: store,
                                    metrics: ReadMetrics(interface: "memcached"), logger: logger, stats: MemcachedStats())
     }
 

@@ -1,17 +1,15 @@
 import Foundation
 import Logging
 import NIOCore
-import NIOPosix
 import QSModel
 import QSStore
 
 /// Serves one memcached connection: commands are answered in order; store reads run on the
-/// thread pool, replies are written with back-pressure, `get` keys are read in chunks, so
+/// store's reader threads, replies are written with back-pressure, `get` keys are read in chunks, so
 /// a connection holds at most one chunk of values at a time.
 struct MemcachedSession: Sendable {
     let config: MemcachedServer.Configuration
-    let store: any ReadableStore
-    let pool: NIOThreadPool
+    let store: Store
     let metrics: ReadMetrics
     let logger: Logger
     let stats: MemcachedStats
@@ -76,10 +74,10 @@ struct MemcachedSession: Sendable {
             let now = config.clock()
             let records: [Record?]
             do {
-                records = try await pool.runIfActive {
+                records = try await store.read { txn in
                     try chunk.map { key -> Record? in
                         let full = db.prefix + key
-                        guard config.databases.owns(db, key: full), let r = try store.get(full),
+                        guard config.databases.owns(db, key: full), let r = try txn.get(full),
                               !r.isExpired(at: now) else { return nil }
                         return r
                     }

@@ -23,7 +23,9 @@ public struct LMDBDatabase: Sendable {
 /// An LMDB environment. The C handle never escapes: work happens in closure-scoped
 /// transactions that commit on return and abort on throw. LMDB environments are safe to
 /// use from any thread (opened with `MDB_NOTLS`, so read transactions are not tied to
-/// threads); LMDB serialises write transactions itself.
+/// threads); LMDB serialises write transactions itself. Transactions run on the calling
+/// thread: a node reaches LMDB only through `Store`, which runs them on threads of its
+/// own; this type stays public for the write benchmark's raw-LMDB reference.
 public final class LMDBEnvironment: @unchecked Sendable {
     private let env: OpaquePointer
     public let path: String

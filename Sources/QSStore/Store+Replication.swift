@@ -30,48 +30,45 @@ public struct LogWindow: Sendable, Equatable {
 
 extension Store {
     static let logStartKey = Array("log-start".utf8)
+}
 
+extension StoreTransaction {
     /// Appends entries made elsewhere (a replica's upstream, a compatible bridge's source)
-    /// byte for byte, in one transaction: each must follow the head and continue the hash
-    /// chain; its operations are applied as they are (no identical-write dropping).
-    /// Returns the new head. Nothing is written if any entry fails.
+    /// byte for byte: each must follow the head and continue the hash chain; its
+    /// operations are applied as they are (no identical-write dropping). Returns the new
+    /// head. Throws (and so rolls the whole transaction back) if any entry fails.
     @discardableResult
     public func appendEntries(_ entries: [StoredEntry], markCompatible: Bool = false) throws -> Head {
-        try environment.write { txn in
-            if markCompatible { try txn.put(meta, Self.modeKey, Self.compatibleMode) }
-            var head = try readHead(txn)
-            for e in entries {
-                guard e.index == head.index + 1 else { throw AppendError.notNext(head: head.index, got: e.index) }
-                let hash = ChainHash.next(previous: head.hash, entry: e.bytes)
-                guard hash == e.hash else { throw AppendError.diverged(index: e.index) }
-                let entry: LogEntry
-                do { entry = try LogEntry.decode(e.bytes) } catch {
-                    throw AppendError.undecodable(index: e.index, reason: "\(error)")
-                }
-                for op in entry.operations { _ = try apply(op, in: txn) }
-                try txn.put(log, Self.encodeU64(e.index), e.hash + e.bytes, append: true)
-                head = Head(index: e.index, hash: e.hash, commitTimeNs: entry.commitTimeNs)
-                // The origin's checkpoint moves with the entry, so a replica's checkpoints
-                // equal its root's.
-                try txn.put(meta, Self.checkpointPrefix + Array(entry.origin.sourceID.utf8), Self.encodeU64(entry.origin.position))
+        try requireWritable()
+        if markCompatible { try txn.put(meta, Store.modeKey, Store.compatibleMode) }
+        var head = try head()
+        for e in entries {
+            guard e.index == head.index + 1 else { throw AppendError.notNext(head: head.index, got: e.index) }
+            let hash = ChainHash.next(previous: head.hash, entry: e.bytes)
+            guard hash == e.hash else { throw AppendError.diverged(index: e.index) }
+            let entry: LogEntry
+            do { entry = try LogEntry.decode(e.bytes) } catch {
+                throw AppendError.undecodable(index: e.index, reason: "\(error)")
             }
-            try writeHead(head, txn)
-            return head
+            for op in entry.operations { _ = try apply(op) }
+            try txn.put(log, Store.encodeU64(e.index), e.hash + e.bytes, append: true)
+            head = Head(index: e.index, hash: e.hash, commitTimeNs: entry.commitTimeNs)
+            // The origin's checkpoint moves with the entry, so a replica's checkpoints
+            // equal its root's.
+            try txn.put(meta, Store.checkpointPrefix + Array(entry.origin.sourceID.utf8), Store.encodeU64(entry.origin.position))
         }
+        try store.writeHead(head, txn)
+        return head
     }
 
     /// Whether this store mirrors another root's log (has accepted compatible appends).
     public func isCompatibleMirror() throws -> Bool {
-        try environment.read { try $0.get(meta, Self.modeKey) == Self.compatibleMode }
+        try txn.get(meta, Store.modeKey) == Store.compatibleMode
     }
 
     /// The retained window of the log.
     public func logWindow() throws -> LogWindow {
-        try environment.read { txn in try readWindow(txn) }
-    }
-
-    func readWindow(_ txn: borrowing LMDBTransaction) throws -> LogWindow {
-        guard let raw = try txn.get(meta, Self.logStartKey) else {
+        guard let raw = try txn.get(meta, Store.logStartKey) else {
             return LogWindow(firstIndex: 1, baseHash: Head.empty.hash)
         }
         var r = ByteReader(raw)
@@ -81,87 +78,96 @@ extension Store {
     /// The chained hash at `index` if this node still knows it (the head, a retained
     /// entry, or the base of the retained window), nil otherwise.
     public func hash(at index: UInt64) throws -> [UInt8]? {
-        try environment.read { txn in
-            let head = try readHead(txn)
-            if index == head.index { return head.hash }
-            guard index < head.index else { return nil }
-            let w = try readWindow(txn)
-            if index + 1 == w.firstIndex { return w.baseHash }
-            guard index >= w.firstIndex, let v = try txn.get(log, Self.encodeU64(index)), v.count >= 32 else { return nil }
-            return Array(v[0..<32])
-        }
+        let head = try head()
+        if index == head.index { return head.hash }
+        guard index < head.index else { return nil }
+        let w = try logWindow()
+        if index + 1 == w.firstIndex { return w.baseHash }
+        guard index >= w.firstIndex, let v = try txn.get(log, Store.encodeU64(index)), v.count >= 32 else { return nil }
+        return Array(v[0..<32])
     }
 
-    /// Drops log entries so that at most `retain` remain (the keyspace is untouched).
-    /// Removes at most `maxPerCall` entries per call so a write transaction stays short.
+    /// Drops log entries so that at most `retain` remain (the keyspace is untouched),
+    /// at most `maxPerCall` of them so the transaction stays short.
     @discardableResult
     public func trimLog(retain: UInt64, maxPerCall: Int = 10_000) throws -> Int {
-        try environment.write { txn in
-            let head = try readHead(txn)
-            var w = try readWindow(txn)
-            guard head.index > retain, w.firstIndex <= head.index - retain else { return 0 }
-            let until = min(head.index - retain, w.firstIndex + UInt64(maxPerCall) - 1)
-            var base = w.baseHash
-            var removed = 0
-            var i = w.firstIndex
-            while i <= until {
-                if let v = try txn.get(log, Self.encodeU64(i)), v.count >= 32 { base = Array(v[0..<32]) }
-                try txn.delete(log, Self.encodeU64(i))
-                removed += 1
-                i += 1
-            }
-            w = LogWindow(firstIndex: until + 1, baseHash: base)
-            try txn.put(meta, Self.logStartKey, Self.encodeU64(w.firstIndex) + w.baseHash)
-            return removed
+        try requireWritable()
+        let head = try head()
+        var w = try logWindow()
+        guard head.index > retain, w.firstIndex <= head.index - retain else { return 0 }
+        let until = min(head.index - retain, w.firstIndex + UInt64(maxPerCall) - 1)
+        var base = w.baseHash
+        var removed = 0
+        var i = w.firstIndex
+        while i <= until {
+            if let v = try txn.get(log, Store.encodeU64(i)), v.count >= 32 { base = Array(v[0..<32]) }
+            try txn.delete(log, Store.encodeU64(i))
+            removed += 1
+            i += 1
         }
+        w = LogWindow(firstIndex: until + 1, baseHash: base)
+        try txn.put(meta, Store.logStartKey, Store.encodeU64(w.firstIndex) + w.baseHash)
+        return removed
+    }
+
+    /// Replaces this store's keyspace, log and checkpoints with another store's (a
+    /// downloaded snapshot): readers see the old state or the new one, never a mix. The
+    /// node keeps its own identity. Returns the new head.
+    @discardableResult
+    public func replaceContents(with other: Store) throws -> Head {
+        try requireWritable()
+        try txn.removeAll(kv)
+        try txn.removeAll(log)
+        let identity = try txn.get(meta, Store.identityKey)
+        try txn.removeAll(meta)
+        try other.environment.read { src in
+            try src.forEach(other.kv) { k, v in
+                try txn.put(kv, k, v, append: true)
+                return true
+            }
+            try src.forEach(other.log) { k, v in
+                try txn.put(log, k, v, append: true)
+                return true
+            }
+            try src.forEach(other.meta) { k, v in
+                if k != Store.identityKey { try txn.put(meta, k, v) }
+                return true
+            }
+        }
+        if let identity { try txn.put(meta, Store.identityKey, identity) }
+        return try head()
     }
 }
 
 extension Store {
-    /// Replaces this store's keyspace, log and checkpoints with another store's (a
-    /// downloaded snapshot), in one write transaction: readers see the old state or the
-    /// new one, never a mix. The node keeps its own identity. Returns the new head.
+    /// Appends entries made elsewhere (see `StoreTransaction.appendEntries`) in one write
+    /// transaction on the writer thread; nothing is written if any entry fails.
     @discardableResult
-    public func replaceContents(with other: Store) throws -> Head {
-        try environment.write { txn in
-            try txn.removeAll(kv)
-            try txn.removeAll(log)
-            let identity = try txn.get(meta, Self.identityKey)
-            try txn.removeAll(meta)
-            try other.environment.read { src in
-                try src.forEach(other.kv) { k, v in
-                    try txn.put(kv, k, v, append: true)
-                    return true
-                }
-                try src.forEach(other.log) { k, v in
-                    try txn.put(log, k, v, append: true)
-                    return true
-                }
-                try src.forEach(other.meta) { k, v in
-                    if k != Self.identityKey { try txn.put(meta, k, v) }
-                    return true
-                }
-            }
-            if let identity { try txn.put(meta, Self.identityKey, identity) }
-            return try readHead(txn)
-        }
+    public func appendEntries(_ entries: [StoredEntry], markCompatible: Bool = false) async throws -> Head {
+        try await write { try $0.appendEntries(entries, markCompatible: markCompatible) }
     }
 
-    /// Writes a consistent, compacted copy of the environment into `directory` (which
-    /// must exist and be empty) as `data.mdb`, and returns the head it stands at.
-    public func snapshot(into directory: String) throws -> Head {
-        let path = directory + "/data.mdb"
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        guard fd >= 0 else { throw StoreError.corrupt("cannot create snapshot file \(path): errno \(errno)") }
-        do {
-            try environment.copy(toFileDescriptor: fd)
-            fsync(fd)
-            close(fd)
-        } catch {
-            close(fd)
-            throw error
-        }
-        let copy = try Store(directory: directory, readOnly: true)
-        return try copy.head()
+    /// Whether this store mirrors another root's log (has accepted compatible appends).
+    public func isCompatibleMirror() async throws -> Bool { try await read { try $0.isCompatibleMirror() } }
+
+    /// The retained window of the log.
+    public func logWindow() async throws -> LogWindow { try await read { try $0.logWindow() } }
+
+    /// See `StoreTransaction.hash(at:)`.
+    public func hash(at index: UInt64) async throws -> [UInt8]? { try await read { try $0.hash(at: index) } }
+
+    /// Trims the log to at most `retain` entries, `maxPerCall` at most, in one short write
+    /// transaction on the background thread: trimming never sits in the writer's queue
+    /// (LMDB still lets one write transaction run at a time).
+    @discardableResult
+    public func trimLog(retain: UInt64, maxPerCall: Int = 10_000) async throws -> Int {
+        try await background.run { try self.writeNow { try $0.trimLog(retain: retain, maxPerCall: maxPerCall) } }
+    }
+
+    /// Replaces this store's contents with another store's in one write transaction on
+    /// the writer thread (see `StoreTransaction.replaceContents`).
+    @discardableResult
+    public func replaceContents(with other: Store) async throws -> Head {
+        try await write { try $0.replaceContents(with: other) }
     }
 }

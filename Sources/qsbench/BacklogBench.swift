@@ -47,8 +47,9 @@ struct BacklogBench {
         try out.close()
         let size = (try FileManager.default.attributesOfItem(atPath: capture)[.size] as? NSNumber)?.intValue ?? 0
         // 2. The reference: the same sets applied by the store itself, 10,000 per durable batch.
-        let localRate: Double = try {
-            let store = try Store(directory: scratch + "/backlog-local", mapSize: 16 << 30)
+        let localRate: Double
+        do {
+            let store = try await Store.open(directory: scratch + "/backlog-local", mapSize: 16 << 30)
             let start = ContinuousClock.now
             var i = 0, batch: UInt64 = 0
             while i < updates {
@@ -58,11 +59,11 @@ struct BacklogBench {
                     ops.append(.set(key: Array(String(format: "key/%08d", i % keys).utf8), value: value, expiry: nil))
                     i += 1
                 }
-                _ = try store.applyBatch(sourceID: "local", expected: batch, new: batch + 1, operations: ops)
+                _ = try await store.applyBatch(sourceID: "local", expected: batch, new: batch + 1, operations: ops)
                 batch += 1
             }
-            return Double(updates) / (ContinuousClock.now - start).seconds
-        }()
+            localRate = Double(updates) / (ContinuousClock.now - start).seconds
+        }
         // 3. The bridge against a real root.
         let port = Harness.freePort()
         let root = Process()

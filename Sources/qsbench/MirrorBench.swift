@@ -33,30 +33,31 @@ struct MirrorBench {
         // 1. Build the source root's log directly (no fsync per entry), then sync.
         let genStart = ContinuousClock.now
         do {
-            let store = try Store(directory: src, mapSize: 16 << 30, noSync: true)
+            let store = try await Store.open(directory: src, mapSize: 16 << 30, noSync: true)
             var value = [UInt8](repeating: 0, count: valueBytes)
             for i in 0..<entries {
                 value[i % valueBytes] &+= 1
-                _ = try store.applyBatch(sourceID: "bench", expected: UInt64(i), new: UInt64(i + 1),
+                _ = try await store.applyBatch(sourceID: "bench", expected: UInt64(i), new: UInt64(i + 1),
                                          operations: [.set(key: Array(String(format: "key/%08d", i % keys).utf8), value: value, expiry: nil)])
             }
-            try store.environment.sync()
+            try await store.sync()
         }
         let generate = (ContinuousClock.now - genStart).seconds
         // 2. The reference: the target store applying the same entries itself, durably, 1,000 a transaction.
-        let localRate: Double = try {
-            let from = try Store(directory: src, readOnly: true)
-            let to = try Store(directory: local, mapSize: 16 << 30)
+        let localRate: Double
+        do {
+            let from = try await Store.open(directory: src, readOnly: true)
+            let to = try await Store.open(directory: local, mapSize: 16 << 30)
             let start = ContinuousClock.now
             var next: UInt64 = 1
             while true {
-                let chunk = try from.entries(from: next, count: 1000)
+                let chunk = try await from.entries(from: next, count: 1000)
                 guard let last = chunk.last else { break }
-                try to.appendEntries(chunk, markCompatible: true)
+                try await to.appendEntries(chunk, markCompatible: true)
                 next = last.index + 1
             }
-            return Double(entries) / (ContinuousClock.now - start).seconds
-        }()
+            localRate = Double(entries) / (ContinuousClock.now - start).seconds
+        }
         // 3. Two real nodes and the bridge between them.
         let srcPort = Harness.freePort(), dstPort = Harness.freePort()
         let srcNode = try launchExecutable(binDir, "qsnode", ["--data", src, "--listen", "127.0.0.1:\(srcPort)", "--log-level", "warning"])

@@ -41,18 +41,20 @@ struct ReadBench {
         let value = [UInt8](repeating: 0x76, count: valueBytes)
         // A root whose first entry a replica already has, then the rest of its log.
         do {
-            let store = try Store(directory: rootDir, mapSize: 16 << 30, noSync: true)
-            _ = try store.applyBatch(sourceID: "load", expected: 0, new: 1, operations: [.set(key: Array(key(0).utf8), value: value, expiry: nil)])
-            try store.environment.sync()
+            let store = try await Store.open(directory: rootDir, mapSize: 16 << 30, noSync: true)
+            _ = try await store.applyBatch(sourceID: "load", expected: 0, new: 1, operations: [.set(key: Array(key(0).utf8), value: value, expiry: nil)])
+            try await store.sync()
             try FileManager.default.createDirectory(atPath: behindDir, withIntermediateDirectories: true)
-            try store.environment.copy(toFileDescriptor: open(behindDir + "/data.mdb", O_WRONLY | O_CREAT | O_TRUNC, 0o644), compact: false)
+            let copy = open(behindDir + "/data.mdb", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+            defer { close(copy) }
+            try await store.copy(toFileDescriptor: copy, compact: false)
             for i in 1..<catchUpEntries {
                 let ops: [Mutation] = (0..<max(1, keys / catchUpEntries)).map { j in
                     .set(key: Array(key((i * max(1, keys / catchUpEntries) + j) % keys).utf8), value: value, expiry: nil)
                 }
-                _ = try store.applyBatch(sourceID: "load", expected: UInt64(i), new: UInt64(i + 1), operations: ops)
+                _ = try await store.applyBatch(sourceID: "load", expected: UInt64(i), new: UInt64(i + 1), operations: ops)
             }
-            try store.environment.sync()
+            try await store.sync()
         }
         let envBytes = (try FileManager.default.attributesOfItem(atPath: rootDir + "/data.mdb")[.size] as? NSNumber)?.intValue ?? 0
         let copyStart = ContinuousClock.now
@@ -66,7 +68,7 @@ struct ReadBench {
         let root = try launchExecutable(binDir, "qsnode", ["--data", rootDir, "--listen", "127.0.0.1:\(rootPort)", "--log-level", "warning"])
         defer { root.terminate(); root.waitUntilExit() }
         _ = Harness.waitUntil(timeout: .seconds(30)) { Harness.isListening(port: rootPort) }
-        let head = try Store(directory: rootDir, readOnly: true).head()
+        let head = try await Store.open(directory: rootDir, readOnly: true).head()
         // Catch-up: a replica one entry in, following the rest of the log.
         FileHandle.standardError.write(Data("reads: catch-up\n".utf8))
         let (behind, behindPort, catchUp) = try await replica(behindDir, upstream: rootPort, until: head)

@@ -1,7 +1,6 @@
 import ArgumentParser
 import Foundation
 import Logging
-import NIOPosix
 import QSBytes
 import QSNode
 import QSReads
@@ -97,33 +96,31 @@ struct QSNodeCommand: AsyncParsableCommand {
         }
         let store: Store
         do {
-            store = try Store(directory: data, mapSize: mapSize.bytes)
+            store = try await Store.open(directory: data, mapSize: mapSize.bytes)
         } catch {
             logger.critical("cannot open the store", metadata: ["data": "\(data)", "error": "\(error)"])
             throw ExitCode(1)
         }
-        let head = try store.head()
-        let nodeID = try store.identity()
+        let (head, nodeID) = try await store.read { txn in (try txn.head(), try txn.identity()) }
         logger.info("store open", metadata: ["data": "\(data)", "head-index": "\(head.index)",
                                              "head-hash": "\(hexString(head.hash))", "node-id": "\(nodeID)"])
-        let pool = NIOThreadPool(numberOfThreads: 4)
-        pool.start()
         let core = NodeCore(store: store, token: token, writable: role == .root, logger: logger)
+        core.metrics.logHead.record(Double(head.index))
         var endpoints = [listenEndpoint]
         if !unix.isEmpty { endpoints.append(.unix(path: unix)) }
         var services: [any Service] = [
-            WriteServer(core: core, endpoints: endpoints, maxFrameBytes: maxFrameBytes.bytes, pool: pool, logger: logger),
-            LogTrimmer(store: store, retain: logRetention, pool: pool, logger: logger),
+            WriteServer(core: core, endpoints: endpoints, maxFrameBytes: maxFrameBytes.bytes, logger: logger),
+            LogTrimmer(store: store, retain: logRetention, logger: logger),
         ]
         let replica: ReplicaService? = role == .replica
-            ? ReplicaService(core: core, upstreams: try upstreamEndpoints(), staleAfter: staleAfter.duration, pool: pool, logger: logger)
+            ? ReplicaService(core: core, upstreams: try upstreamEndpoints(), staleAfter: staleAfter.duration, logger: logger)
             : nil
         if let replica {
             services.append(replica)
             if !upstreamFile.isEmpty { services.append(UpstreamReloader(path: upstreamFile, replica: replica, logger: logger)) }
         }
 
-        services += try reads.services(store: store, pool: pool, logger: logger)
+        services += try reads.services(store: store, logger: logger)
         let readyLag = service.readyLagSeconds
         if let admin = service.adminEndpoint() {
             var actions = [String: AdminAction]()
@@ -148,8 +145,7 @@ struct QSNodeCommand: AsyncParsableCommand {
             })
         }
         try await service.serviceGroup(services.map { .init(service: $0) }, logger: logger).run()
-        try await pool.shutdownGracefully()
-        let finalHead = try store.head()
+        let finalHead = try await store.head()
         logger.info("node stopped cleanly", metadata: ["head-index": "\(finalHead.index)"])
     }
 

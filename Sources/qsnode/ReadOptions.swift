@@ -1,6 +1,5 @@
 import ArgumentParser
 import Logging
-import NIOPosix
 import QSReads
 import QSDaemon
 import QSNet
@@ -30,17 +29,17 @@ struct ReadOptions: ParsableArguments {
     var memcachedFlagsInValue: Bool = QSEnv.flag("QS_MEMCACHED_FLAGS_IN_VALUE", default: true)
 
     /// The read servers the flags ask for.
-    func services(store: Store, pool: NIOThreadPool, logger: Logger) throws -> [any Service] {
+    func services(store: Store, logger: Logger) throws -> [any Service] {
         let map = ktDbMap.map
         var out = [any Service]()
         let mc = endpoints(memcached, memcachedUnix)
         if !mc.isEmpty {
             let config = MemcachedServer.Configuration(databases: map, valueFormat: .init(flagsInValue: memcachedFlagsInValue))
-            out.append(MemcachedServer(store: store, endpoints: mc, pool: pool, logger: logger, configuration: config))
+            out.append(MemcachedServer(store: store, endpoints: mc, logger: logger, configuration: config))
         }
         let kt = endpoints(ktHttp, ktHttpUnix)
         if !kt.isEmpty {
-            out.append(KTHTTPReadServer(store: store, endpoints: kt, pool: pool, logger: logger,
+            out.append(KTHTTPReadServer(store: store, endpoints: kt, logger: logger,
                                         configuration: .init(databases: map)))
         }
         return out

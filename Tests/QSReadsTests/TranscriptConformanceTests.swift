@@ -30,23 +30,23 @@ final class TranscriptConformanceTests: XCTestCase {
         try? FileManager.default.removeItem(at: tmp)
     }
 
-    func apply(_ ops: [Mutation]) throws {
+    func apply(_ ops: [Mutation]) async throws {
         guard !ops.isEmpty else { return }
-        _ = try store.applyBatch(sourceID: "transcript", expected: position, new: position + 1, operations: ops)
+        _ = try await store.applyBatch(sourceID: "transcript", expected: position, new: position + 1, operations: ops)
         position += 1
     }
 
     static let rpcReads: Set<String> = ["void", "echo", "get", "check", "get_bulk", "match_prefix", "match_regex",
                                         "count", "nosuchproc"]
 
-    func testRPCAndRESTReadsGetKTsRecordedAnswers() throws {
+    func testRPCAndRESTReadsGetKTsRecordedAnswers() async throws {
         let exchanges = try RecordedExchange.loadRPC(Harness.packageRoot.appendingPathComponent("Fixtures/kt/basic/rpc.jsonl"))
         var compared = [String]()
         for (i, x) in exchanges.enumerated() {
             let isRPCRead = x.path.hasPrefix("/rpc/") && Self.rpcReads.contains(String(x.path.dropFirst(5)))
             let isRESTRead = !x.path.hasPrefix("/rpc/") && (x.method == "GET" || x.method == "HEAD")
             guard isRPCRead || isRESTRead else {
-                try apply(model.operations(for: x))
+                try await apply(model.operations(for: x))
                 continue
             }
             let raw = RawSocket.exchange(port: reads.ktPort, httpRequest(x.method, x.path, headers: x.headers, body: x.body))
@@ -67,14 +67,14 @@ final class TranscriptConformanceTests: XCTestCase {
         XCTAssertEqual(compared.count, 20, "compared: \(compared)")
     }
 
-    func testMemcachedReadsGetKTsRecordedAnswers() throws {
+    func testMemcachedReadsGetKTsRecordedAnswers() async throws {
         let exchanges = try RecordedExchange.loadMemcached(Harness.packageRoot.appendingPathComponent("Fixtures/kt/basic/memcached.jsonl"))
         var compared = 0
         for (request, response) in exchanges {
             let line = String(decoding: request.prefix { $0 != 13 && $0 != 10 }, as: UTF8.self)
             let command = line.split(separator: " ").first.map(String.init) ?? ""
             guard ["get", "gets", "version", "bogus"].contains(command) else {
-                try apply(model.memcachedOperations(request: request, response: response))
+                try await apply(model.memcachedOperations(request: request, response: response))
                 continue
             }
             let got = RawSocket.exchange(port: reads.memcachedPort, request + Array("quit\r\n".utf8))

@@ -104,6 +104,8 @@ final class ReplicationTests: XCTestCase {
         let b = try ReplicaNode(data: tmp.appendingPathComponent("b"), upstreams: [a.address], logDir: tmp)
         try await waitForHead(b.port, try await w.head())
         XCTAssertTrue(a.daemon.log.contains("subscribing from=5 upstream=\(m.address)") || a.daemon.log.contains("upstream=\(m.address)"))
+        // B's head can reach A's (by bootstrap) just before B logs its subscription.
+        XCTAssertTrue(Harness.waitUntil { b.daemon.log.contains("subscribing") }, b.daemon.log)
         let subscribingBefore = b.daemon.log.components(separatedBy: "subscribing").count
         // A loses its upstream.
         try m.daemon.stop(signal: SIGKILL)

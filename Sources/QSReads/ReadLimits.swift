@@ -1,18 +1,6 @@
 import QSModel
 import QSStore
 
-/// What the read servers need from a node's store. `Store` conforms, so a root's store and
-/// a replica's store are read the same way; tests may substitute their own.
-public protocol ReadableStore: Sendable {
-    /// The stored record for `key`, expired or not.
-    func get(_ key: [UInt8]) throws -> Record?
-    /// One page of a keyspace scan in stored-key order (see `Store.scan`).
-    func scan(prefix: [UInt8], after: [UInt8]?, limit: Int, maxBytes: Int,
-              now: UInt64?) throws -> (records: [(key: [UInt8], record: Record)], next: [UInt8]?)
-}
-
-extension Store: ReadableStore {}
-
 /// The read servers' clock: epoch seconds, against which expiry is judged.
 public typealias ReadClock = @Sendable () -> UInt64
 
@@ -31,7 +19,7 @@ public struct ScanLimits: Sendable {
     }
 }
 
-extension ReadableStore {
+extension StoreTransaction {
     /// Visits every record under `prefix` page by page (bounded memory) until `visit`
     /// returns false. Expired records are skipped when `now` is given.
     func forEachRecord(prefix: [UInt8], now: UInt64?, pageSize: Int,

@@ -1,0 +1,104 @@
+import Foundation
+
+/// Threads owned by the store that run its blocking jobs (LMDB transactions, file I/O) in
+/// submission order, so that no caller's thread — a NIO event loop, Swift's cooperative
+/// pool — ever waits on LMDB or the disk. The threads start with the first job and end
+/// once `stop()` was called and the queue is empty.
+final class StoreThreads: @unchecked Sendable {
+    private let name: String
+    private let count: Int
+    private let condition = NSCondition()
+    // Guarded by `condition`.
+    private var jobs: [() -> Void] = []
+    private var head = 0
+    private var started = false
+    private var stopping = false
+    private var running = 0
+
+    init(name: String, count: Int) {
+        precondition(count > 0, "a store needs at least one thread per role")
+        self.name = name
+        self.count = count
+    }
+
+    /// Jobs waiting for a thread (running ones excluded).
+    var queued: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return jobs.count - head
+    }
+
+    /// Jobs running right now.
+    var busy: Int {
+        condition.lock()
+        defer { condition.unlock() }
+        return running
+    }
+
+    /// Runs `body` on one of these threads and returns what it returned (or throws what
+    /// it threw). Jobs start in the order they were submitted.
+    func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+            let accepted = enqueue { continuation.resume(with: Result { try body() }) }
+            if !accepted { continuation.resume(throwing: StoreError.closed) }
+        }
+    }
+
+    /// Lets the threads end once the jobs already queued are done.
+    func stop() {
+        condition.lock()
+        stopping = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    private func enqueue(_ job: @escaping () -> Void) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        guard !stopping else { return false }
+        jobs.append(job)
+        if !started {
+            started = true
+            for i in 0..<count {
+                let thread = Thread { [self] in work() }
+                thread.name = count == 1 ? name : "\(name)-\(i)"
+                thread.start()
+            }
+        }
+        condition.signal()
+        return true
+    }
+
+    private func work() {
+        while true {
+            condition.lock()
+            while head == jobs.count && !stopping { condition.wait() }
+            if head == jobs.count {
+                condition.unlock()
+                return
+            }
+            let job = jobs[head]
+            head += 1
+            if head == jobs.count || head >= 1024 {
+                jobs.removeFirst(head)
+                head = 0
+            }
+            running += 1
+            condition.unlock()
+            job()
+            condition.lock()
+            running -= 1
+            condition.unlock()
+        }
+    }
+}
+
+extension StoreThreads {
+    /// Runs `body` on a thread of its own that ends with it: for opening a store from an
+    /// async context without blocking the caller's thread.
+    static func once<T: Sendable>(_ name: String, _ body: @escaping @Sendable () throws -> T) async throws -> T {
+        let thread = StoreThreads(name: name, count: 1)
+        defer { thread.stop() }
+        return try await thread.run(body)
+    }
+}

@@ -1,0 +1,255 @@
+import QSModel
+import Foundation
+import QSBytes
+
+/// A transaction on a `Store`, only valid inside the closure that received it (it cannot
+/// be copied or kept). A read transaction sees one committed state; a write transaction
+/// commits when its closure returns and rolls back when it throws.
+public struct StoreTransaction: ~Copyable {
+    let store: Store
+    let txn: LMDBTransaction
+    /// Whether this is a write transaction.
+    public let writable: Bool
+
+    var keys: KeyEncoding { store.keys }
+    var kv: LMDBDatabase { store.kv }
+    var log: LMDBDatabase { store.log }
+    var meta: LMDBDatabase { store.meta }
+
+    func requireWritable() throws {
+        guard writable else { throw StoreError.readOnlyTransaction }
+    }
+
+    // MARK: reads
+
+    /// The node's identity, made at creation.
+    public func identity() throws -> String {
+        String(decoding: try txn.get(meta, Store.identityKey) ?? [], as: UTF8.self)
+    }
+
+    /// The source's checkpoint (last applied position), nil if it never wrote.
+    public func checkpoint(sourceID: String) throws -> UInt64? {
+        try txn.get(meta, Store.checkpointPrefix + Array(sourceID.utf8)).map { try Store.decodeU64($0, "checkpoint") }
+    }
+
+    /// Every source's checkpoint.
+    public func checkpoints() throws -> [String: UInt64] {
+        var out = [String: UInt64]()
+        try txn.forEach(meta, from: Store.checkpointPrefix) { k, v in
+            guard k.starts(with: Store.checkpointPrefix) else { return false }
+            out[String(decoding: k.dropFirst(Store.checkpointPrefix.count), as: UTF8.self)] = try Store.decodeU64(v, "checkpoint")
+            return true
+        }
+        return out
+    }
+
+    public func head() throws -> Head {
+        try store.readHead(txn)
+    }
+
+    /// The stored record for `key`, expired or not (callers decide what to hide).
+    public func get(_ key: [UInt8]) throws -> Record? {
+        let sk = keys.storedKey(key)
+        guard let raw = try txn.get(kv, sk) else { return nil }
+        let (full, record) = try RecordCodec.decode(storedKey: sk, raw)
+        return full == key ? record : nil
+    }
+
+    /// Log entries from index `from`, at most `count` of them and about `maxBytes` (at
+    /// least one entry is returned if any exists).
+    public func entries(from: UInt64, count: Int, maxBytes: Int = 4 << 20) throws -> [StoredEntry] {
+        var out = [StoredEntry]()
+        var bytes = 0
+        try txn.forEach(log, from: Store.encodeU64(max(from, 1))) { k, v in
+            guard v.count >= 32 else { throw StoreError.corrupt("log entry shorter than its hash") }
+            let index = try Store.decodeU64(k, "log index")
+            out.append(StoredEntry(index: index, hash: Array(v[0..<32]), bytes: Array(v[32...])))
+            bytes += v.count
+            return out.count < count && bytes < maxBytes
+        }
+        return out
+    }
+
+    /// One page of a keyspace scan in stored-key order. `after` is the continuation a
+    /// previous page returned (nil to start). Expired records are hidden when `now`
+    /// (epoch seconds) is given. Returns the records and the continuation, nil at the end.
+    public func scan(prefix: [UInt8] = [], after: [UInt8]? = nil, limit: Int, maxBytes: Int = 4 << 20,
+                     now: UInt64?) throws -> (records: [(key: [UInt8], record: Record)], next: [UInt8]?) {
+        let start = keys.storedScanPrefix(prefix)
+        var out = [(key: [UInt8], record: Record)]()
+        var bytes = 0
+        var last: [UInt8]?
+        var more = false
+        try txn.forEach(kv, from: after ?? start) { sk, value in
+            if let after, sk == after { return true }
+            guard sk.starts(with: start) else { return false }
+            if out.count >= limit || bytes >= maxBytes {
+                more = true
+                return false
+            }
+            last = sk
+            let (full, record) = try RecordCodec.decode(storedKey: sk, value)
+            guard full.starts(with: prefix) else { return true }
+            if let now, record.isExpired(at: now) { return true }
+            out.append((full, record))
+            bytes += full.count + record.value.count
+            return true
+        }
+        return (out, more ? last : nil)
+    }
+
+    /// Number of stored records (expired ones included).
+    public func recordCount() throws -> Int {
+        try txn.count(kv)
+    }
+
+    /// Re-computes the hash chain over the whole log and checks it against the stored
+    /// hashes and the head. Returns the number of entries checked.
+    @discardableResult
+    public func verifyChain() throws -> UInt64 {
+        let window = try logWindow()
+        var previous = window.baseHash
+        var expectedIndex = window.firstIndex
+        try txn.forEach(log) { k, v in
+            let index = try Store.decodeU64(k, "log index")
+            guard index == expectedIndex, v.count >= 32 else { throw StoreError.brokenChain(index: index) }
+            let hash = ChainHash.next(previous: previous, entry: Array(v[32...]))
+            guard hash == Array(v[0..<32]) else { throw StoreError.brokenChain(index: index) }
+            previous = hash
+            expectedIndex += 1
+            return true
+        }
+        let head = try head()
+        guard head.index == expectedIndex - 1, head.hash == previous else {
+            throw StoreError.brokenChain(index: head.index)
+        }
+        return head.index + 1 - window.firstIndex
+    }
+
+    // MARK: writes
+
+    /// Applies a batch with compare-and-swap on the source's checkpoint: conflict if the
+    /// checkpoint is not `expected`; otherwise drop operations that would not change the
+    /// stored record, apply the rest, append one log entry (none if nothing is left) and
+    /// store the checkpoint `new`.
+    public func applyBatch(sourceID: String, expected: UInt64, new: UInt64,
+                           operations: [Mutation], now: UInt64 = wallClockNanoseconds()) throws -> BatchOutcome {
+        try requireWritable()
+        try Store.validate(sourceID: sourceID)
+        guard new > expected else { throw StoreError.invalidPositions(expected: expected, new: new) }
+        if try txn.get(meta, Store.modeKey) == Store.compatibleMode { throw StoreError.compatibleOnly }
+        let cpKey = Store.checkpointPrefix + Array(sourceID.utf8)
+        let current = try txn.get(meta, cpKey).map { try Store.decodeU64($0, "checkpoint") } ?? 0
+        guard current == expected else { return .conflict(current: current) }
+        var kept = [Mutation]()
+        kept.reserveCapacity(operations.count)
+        for op in operations where try apply(op) {
+            kept.append(op)
+        }
+        var index: UInt64?
+        if !kept.isEmpty {
+            let entry = LogEntry(commitTimeNs: 0, origin: Origin(sourceID: sourceID, position: new), operations: kept)
+            index = try appendEntry(entry, now: now)
+        }
+        try txn.put(meta, cpKey, Store.encodeU64(new))
+        return .applied(logIndex: index, kept: kept.count, dropped: operations.count - kept.count)
+    }
+
+    /// Appends an entry after the head with a commit time no earlier than the head's.
+    private func appendEntry(_ entry: LogEntry, now: UInt64) throws -> UInt64 {
+        let head = try head()
+        var e = entry
+        e.commitTimeNs = max(now, head.commitTimeNs)
+        let bytes = e.encoded()
+        let hash = ChainHash.next(previous: head.hash, entry: bytes)
+        let index = head.index + 1
+        try txn.put(log, Store.encodeU64(index), hash + bytes, append: true)
+        try store.writeHead(Head(index: index, hash: hash, commitTimeNs: e.commitTimeNs), txn)
+        return index
+    }
+
+    /// Applies one operation; returns false when it would not change the stored state.
+    func apply(_ op: Mutation) throws -> Bool {
+        switch op {
+        case let .set(key, value, expiry):
+            let sk = keys.storedKey(key)
+            let record = Record(value: value, expiry: expiry)
+            if let old = try txn.get(kv, sk), let decoded = try? RecordCodec.decode(storedKey: sk, old),
+               decoded.key == key, decoded.record == record {
+                return false
+            }
+            try txn.put(kv, sk, RecordCodec.encode(record, fullKey: keys.isLong(key) ? key : nil))
+            return true
+        case let .delete(key):
+            return try txn.delete(kv, keys.storedKey(key))
+        case let .clearPrefix(prefix):
+            return try clear(prefix: prefix) > 0
+        }
+    }
+
+    /// Deletes every key starting with `prefix`, in chunks so memory stays bounded.
+    private func clear(prefix: [UInt8]) throws -> Int {
+        let start = keys.storedScanPrefix(prefix)
+        var removed = 0
+        var from = start
+        while true {
+            var doomed = [[UInt8]]()
+            var lastSeen: [UInt8]?
+            try txn.forEach(kv, from: from) { sk, value in
+                guard sk.starts(with: start) else { return false }
+                lastSeen = sk
+                let full = try RecordCodec.decode(storedKey: sk, value).key
+                if full.starts(with: prefix) { doomed.append(sk) }
+                return doomed.count < 4096
+            }
+            for sk in doomed { try txn.delete(kv, sk) }
+            removed += doomed.count
+            guard let lastSeen, doomed.count >= 4096 else { break }
+            from = lastSeen
+        }
+        return removed
+    }
+}
+
+// MARK: typed operations, each in its own transaction on the right thread
+
+extension Store {
+    /// The node's identity, made at creation.
+    public func identity() async throws -> String { try await read { try $0.identity() } }
+
+    /// The source's checkpoint (last applied position), nil if it never wrote.
+    public func checkpoint(sourceID: String) async throws -> UInt64? { try await read { try $0.checkpoint(sourceID: sourceID) } }
+
+    /// Every source's checkpoint.
+    public func checkpoints() async throws -> [String: UInt64] { try await read { try $0.checkpoints() } }
+
+    public func head() async throws -> Head { try await read { try $0.head() } }
+
+    /// The stored record for `key`, expired or not (callers decide what to hide).
+    public func get(_ key: [UInt8]) async throws -> Record? { try await read { try $0.get(key) } }
+
+    /// See `StoreTransaction.entries`.
+    public func entries(from: UInt64, count: Int, maxBytes: Int = 4 << 20) async throws -> [StoredEntry] {
+        try await read { try $0.entries(from: from, count: count, maxBytes: maxBytes) }
+    }
+
+    /// See `StoreTransaction.scan`.
+    public func scan(prefix: [UInt8] = [], after: [UInt8]? = nil, limit: Int, maxBytes: Int = 4 << 20,
+                     now: UInt64?) async throws -> (records: [(key: [UInt8], record: Record)], next: [UInt8]?) {
+        try await read { try $0.scan(prefix: prefix, after: after, limit: limit, maxBytes: maxBytes, now: now) }
+    }
+
+    /// Number of stored records (expired ones included).
+    public func recordCount() async throws -> Int { try await read { try $0.recordCount() } }
+
+    /// See `StoreTransaction.verifyChain`.
+    @discardableResult
+    public func verifyChain() async throws -> UInt64 { try await read { try $0.verifyChain() } }
+
+    /// Applies a batch (see `StoreTransaction.applyBatch`) in one durable write transaction
+    /// on the writer thread.
+    public func applyBatch(sourceID: String, expected: UInt64, new: UInt64,
+                           operations: [Mutation], now: UInt64 = wallClockNanoseconds()) async throws -> BatchOutcome {
+        try await write { try $0.applyBatch(sourceID: sourceID, expected: expected, new: new, operations: operations, now: now) }
+    }
+}
