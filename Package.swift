@@ -246,7 +246,7 @@ let package = Package(
         ),
         .testTarget(
             name: "QSNodeTests",
-            dependencies: ["QSClient", "QSModel", "QSStore", "QSTesting", "QSWire"],
+            dependencies: ["QSClient", "QSModel", "QSNet", "QSStore", "QSTesting", "QSWire"],
             swiftSettings: swiftSettings
         ),
     ]
