@@ -59,17 +59,21 @@ let package = Package(
             dependencies: ["QSBytes", "QSModel", nio("NIOCore")],
             swiftSettings: swiftSettings
         ),
-        // Networking basics: endpoints, backoff, binding a listener, graceful close.
+        // Networking basics: endpoints, backoff, the one listener (graceful drain, protocol
+        // sniffing, idle timeouts), the ready file.
         .target(
             name: "QSNet",
-            dependencies: [nio("NIOCore"), nio("NIOPosix"), lifecycle("ServiceLifecycle")],
+            dependencies: [
+                nio("NIOCore"), nio("NIOPosix"), nio("NIOConcurrencyHelpers"),
+                .product(name: "NIOExtras", package: "swift-nio-extras"), log, lifecycle("ServiceLifecycle"),
+            ],
             swiftSettings: swiftSettings
         ),
         // A client of the QS write protocol (qsctl, bridges, benchmarks) and its log subscription.
         .target(
             name: "QSClient",
             dependencies: [
-                "QSBytes", "QSModel", "QSWire",
+                "QSBytes", "QSModel", "QSNet", "QSWire",
                 nio("NIOCore"), nio("NIOPosix"), .product(name: "NIOExtras", package: "swift-nio-extras"),
             ],
             swiftSettings: swiftSettings
@@ -114,7 +118,7 @@ let package = Package(
         .target(
             name: "QSKTFeed",
             dependencies: [
-                "KTFormats", "QSFeed", "QSModel",
+                "KTFormats", "QSFeed", "QSModel", "QSNet",
                 nio("NIOCore"), nio("NIOPosix"), log, metrics,
             ],
             swiftSettings: swiftSettings
@@ -133,9 +137,9 @@ let package = Package(
         .target(
             name: "FakeKT",
             dependencies: [
-                "KTFormats",
+                "KTFormats", "QSNet",
                 nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"), nio("NIOConcurrencyHelpers"),
-                log, metrics,
+                log, metrics, lifecycle("ServiceLifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -153,7 +157,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "fakekt",
-            dependencies: ["FakeKT", argumentParser, log, nio("NIOConcurrencyHelpers")],
+            dependencies: ["FakeKT", "QSNet", argumentParser, log, lifecycle("ServiceLifecycle")],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -193,7 +197,7 @@ let package = Package(
         // Test helpers: start real processes on loopback and wait for readiness.
         .target(
             name: "QSTesting",
-            dependencies: ["QSClient", "QSModel"],
+            dependencies: ["QSClient", "QSModel", "QSNet", log, lifecycle("ServiceLifecycle")],
             swiftSettings: swiftSettings
         ),
         .testTarget(name: "QSStoreTests", dependencies: ["QSModel", "QSStore"], swiftSettings: swiftSettings),
@@ -209,7 +213,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FakeKTTests",
-            dependencies: ["FakeKT", "KTFormats", nio("NIOCore"), nio("NIOPosix"), log],
+            dependencies: ["FakeKT", "KTFormats", "QSNet", "QSTesting", nio("NIOCore"), nio("NIOPosix"), log],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -242,7 +246,7 @@ let package = Package(
         ),
         .testTarget(
             name: "QSNodeTests",
-            dependencies: ["QSClient", "QSModel", "QSStore", "QSTesting", "QSWire"],
+            dependencies: ["QSClient", "QSModel", "QSNet", "QSStore", "QSTesting", "QSWire"],
             swiftSettings: swiftSettings
         ),
     ]

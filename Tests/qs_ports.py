@@ -1,25 +1,43 @@
-"""Helpers shared by the Python test suites (Tests/interop, Tests/deploy)."""
-import random
-import socket
+"""Helpers shared by the Python test suites (Tests/interop, Tests/deploy): daemons start on
+port 0 and tell their real addresses in their ready file (--ready-file, fakekt -ready-file),
+so no suite guesses a free port."""
+import json
+import os
+import subprocess
+import tempfile
+import time
 
-_HANDED_OUT = set()
+
+def start(cmd, ready_flag="--ready-file", timeout=20, **popen_kwargs):
+    """Starts `cmd` with a ready file and waits until the daemon has written it. Returns the
+    process and its listeners as {name: [address, ...]} (a name with a TCP and a Unix
+    endpoint has both). Raises with the daemon's exit status if it stops first."""
+    path = os.path.join(tempfile.mkdtemp(prefix="qs-ready-"), "ready.json")
+    proc = subprocess.Popen(list(cmd) + [ready_flag, path], **popen_kwargs)
+    return proc, wait_ready(path, proc, timeout)
 
 
-def free_port():
-    """A free loopback port below the kernel's ephemeral range (32768+), never the same
-    twice in a run, so a client connection made meanwhile cannot take it before the
-    server binds it."""
-    for _ in range(2000):
-        port = random.randint(20000, 32767)
-        if port in _HANDED_OUT:
-            continue
-        _HANDED_OUT.add(port)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def wait_ready(path, proc, timeout=20):
+    """Waits until `proc` has written its ready file `path`; returns its listeners."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if proc.poll() is not None:
+            raise RuntimeError("%s exited with %s before it was ready" % (proc.args[0], proc.returncode))
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("%s wrote no ready file within %s s" % (proc.args[0], timeout))
+        time.sleep(0.02)
+    with open(path) as f:
+        entries = json.load(f)["listeners"]
+    listeners = {}
+    for entry in entries:
+        listeners.setdefault(entry["name"], []).append(entry["address"])
+    return listeners
+
+
+def port(listeners, name):
+    """The TCP port of listener `name` (write, memcached, kt-http, admin, kt)."""
+    for address in listeners.get(name, []):
+        if not address.startswith("unix:"):
+            return int(address.rsplit(":", 1)[1])
+    raise KeyError("no TCP listener %r among %r" % (name, listeners))

@@ -1,5 +1,6 @@
 import KTFormats
 import NIOCore
+import QSNet
 
 /// Serves KT's binary protocol on a connection whose first byte is ≥ 0x80: bulk
 /// operations and script calls, or a replication session that takes the connection over.
@@ -86,7 +87,7 @@ final class BinaryHandler: ChannelInboundHandler {
                     .whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
                 return
             }
-            IdleCloser.remove(from: context.pipeline.syncOperations)
+            IdleTimeout.remove(from: context.pipeline.syncOperations)
             let session = ReplicationSession(core: core, request: r, context: context)
             replication = session
             session.start()
@@ -96,6 +97,18 @@ final class BinaryHandler: ChannelInboundHandler {
         // get_bulk always answers; the others honour the no-reply flag.
         if case .getBulk = request {} else if request.noReply { return }
         context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: reply.encoded())), promise: nil)
+    }
+
+    /// Graceful shutdown: requests are answered as they arrive, so nothing is in flight;
+    /// a replication stream ends and the connection closes.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent {
+            replication?.stop()
+            replication = nil
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -1,10 +1,14 @@
 import Logging
 import NIOCore
 import NIOPosix
-import NIOConcurrencyHelpers
+import QSNet
+import ServiceLifecycle
 
 /// A fake Kyoto Tycoon server: HTTP RPC, RESTful access, the binary protocol and the
-/// replication feed on one port, with an update log in KT's file format.
+/// replication feed on one port, with an update log in KT's file format. A `Service`:
+/// `run()` serves until graceful shutdown (connections drained, the update log flushed)
+/// or cancellation. Its listener is named `kt`; `listener.addresses` gives the real port
+/// when the configuration asks for port 0.
 ///
 /// ```swift
 /// var config = FakeKTConfiguration()
@@ -12,50 +16,59 @@ import NIOConcurrencyHelpers
 /// config.databases = ["main.kch", "aux.kct"]
 /// config.ulogDirectory = dir
 /// let server = try FakeKTServer(configuration: config)
-/// let port = try await server.start()
-/// ...
-/// try await server.shutdown()
+/// let group = ServiceGroup(services: [server], logger: logger)
+/// // run the group in a task; `try await server.listener.addresses` is the port;
+/// // `await group.triggerGracefulShutdown()` stops it.
 /// ```
-public final class FakeKTServer: Sendable {
+///
+/// A server runs once.
+public final class FakeKTServer: ListeningService {
     public let configuration: FakeKTConfiguration
+    public let listener: Listener
     let core: FakeKTCore
     private let group: MultiThreadedEventLoopGroup
-    private let channel: NIOLockedValueBoxChannel
 
     public init(configuration: FakeKTConfiguration, logger: Logger = Logger(label: "fakekt")) throws {
         self.configuration = configuration
-        self.core = try FakeKTCore(configuration: configuration, logger: logger)
-        self.group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
-        self.channel = NIOLockedValueBoxChannel()
-    }
-
-    /// Binds and starts serving; returns the port (useful with port 0).
-    @discardableResult
-    public func start() async throws -> Int {
-        let core = self.core
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 256)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let pipeline = channel.pipeline.syncOperations
-                    try IdleCloser.install(timeout: core.configuration.timeout, in: pipeline)
-                    try pipeline.addHandler(ProtocolSniffer(core: core))
-                }
-            }
+        core = try FakeKTCore(configuration: configuration, logger: logger)
+        group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
         let host = configuration.host.isEmpty ? "0.0.0.0" : configuration.host
-        let ch = try await bootstrap.bind(host: host, port: configuration.port).get()
-        channel.set(ch)
-        core.logger.info("starting the server", metadata: [
-            "host": "\(host)", "port": "\(ch.localAddress?.port ?? 0)",
-            "databases": "\(configuration.databases)", "sid": "\(configuration.sid)",
-        ])
-        return ch.localAddress?.port ?? configuration.port
+        // ktserver's session timeout (-tout): a connection that sends nothing that long is
+        // closed; replication connections take the timeout out (they only listen).
+        let timeout = configuration.timeout
+        let idle: TimeAmount? = timeout > 0 && timeout.isFinite ? .milliseconds(Int64(min(timeout, 86_400) * 1000)) : nil
+        listener = Listener(name: "kt", endpoints: [.tcp(host: host, port: configuration.port)], drain: .pipeline,
+                            idleTimeout: idle, group: group, logger: logger)
     }
 
-    /// The bound port, once started.
-    public var port: Int? { channel.get()?.localAddress?.port }
+    public func run() async throws {
+        let core = self.core
+        let served: Result<Void, any Error>
+        do {
+            try await withThrowingTaskGroup(of: Void.self) { tasks in
+                tasks.addTask {
+                    try await self.listener.run { channel in
+                        try ConnectionSetup.configure(channel, core: core)
+                    }
+                }
+                tasks.addTask {
+                    let address = try await self.listener.addresses.first
+                    core.logger.info("starting the server", metadata: [
+                        "address": "\(address.map(\.description) ?? "?")",
+                        "databases": "\(self.configuration.databases)", "sid": "\(self.configuration.sid)",
+                    ])
+                }
+                try await tasks.waitForAll()
+            }
+            served = .success(())
+        } catch {
+            served = .failure(error)
+        }
+        core.flushUpdateLog()
+        try await group.shutdownGracefully()
+        core.logger.info("the server finished")
+        try served.get()
+    }
 
     /// Changes the fault plan, as the admin call does.
     public func setFaults(_ plan: FaultPlan) {
@@ -66,21 +79,4 @@ public final class FakeKTServer: Sendable {
     public func flushUpdateLog() {
         core.flushUpdateLog()
     }
-
-    /// Stops listening, closes connections and flushes the update log.
-    public func shutdown() async throws {
-        if let ch = channel.get() {
-            try? await ch.close()
-        }
-        core.flushUpdateLog()
-        try await group.shutdownGracefully()
-        core.logger.info("the server finished")
-    }
-}
-
-/// The listening channel, set once started.
-final class NIOLockedValueBoxChannel: Sendable {
-    private let box = NIOLockedValueBox<Channel?>(nil)
-    func set(_ c: Channel) { box.withLockedValue { $0 = c } }
-    func get() -> Channel? { box.withLockedValue { $0 } }
 }

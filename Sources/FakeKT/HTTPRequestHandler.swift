@@ -30,6 +30,8 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     private let connection: UInt64
     private var head: HTTPRequestHead?
     private var body: [UInt8] = []
+    /// Graceful shutdown has begun: the request in flight is answered, then the connection closes.
+    private var quiescing = false
 
     init(core: FakeKTCore, connection: UInt64) {
         self.core = core
@@ -50,8 +52,17 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
             let request = KTHTTPRequest(method: head.method, uri: head.uri, headers: head.headers, body: body)
             let response = core.http(request, connection: connection, serverName: host,
                                      peer: context.channel.remoteAddress?.description ?? "?")
-            write(response, keepAlive: head.isKeepAlive, method: head.method, context: context)
+            write(response, keepAlive: head.isKeepAlive && !quiescing, method: head.method, context: context)
         }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is ChannelShouldQuiesceEvent else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        quiescing = true
+        if head == nil { context.close(promise: nil) }
     }
 
     /// Serializes the reply the way KT does (NIO's encoder would drop the Content-Length

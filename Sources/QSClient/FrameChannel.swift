@@ -1,5 +1,6 @@
 import NIOCore
 import NIOPosix
+import QSNet
 import QSWire
 
 /// Opens a streaming connection to a node (a subscription, a snapshot) as an async
@@ -12,8 +13,7 @@ public func openFrameChannel(host: String?, port: Int, unixPath: String?, readTi
     let initializer: @Sendable (Channel) -> EventLoopFuture<NIOAsyncChannel<Frame, Frame>> = { channel in
         channel.eventLoop.makeCompletedFuture {
             let ops = channel.pipeline.syncOperations
-            try ops.addHandler(IdleStateHandler(readTimeout: readTimeout))
-            try ops.addHandler(IdleCloser())
+            try IdleTimeout.install(readTimeout: readTimeout, in: ops)
             try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
             try ops.addHandler(MessageToByteHandler(FrameEncoder()))
             return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel,

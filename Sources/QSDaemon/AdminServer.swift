@@ -23,41 +23,32 @@ public typealias AdminAction = @Sendable (_ body: String) -> (ok: Bool, message:
 
 /// The admin HTTP server: `/healthz` (the process is up), `/readyz` (the daemon's own
 /// check), `/metrics` (Prometheus text) and the daemon's `POST` actions.
-public struct AdminServer: Service {
-    let endpoint: Endpoint
+public struct AdminServer: ListeningService {
+    public let listener: Listener
     let registry: PrometheusCollectorRegistry
     let readiness: @Sendable () -> Readiness
     let actions: [String: AdminAction]
-    let logger: Logger
-    let group: any EventLoopGroup
 
     public init(endpoint: Endpoint, registry: PrometheusCollectorRegistry, logger: Logger,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                 actions: [String: AdminAction] = [:],
                 readiness: @escaping @Sendable () -> Readiness = { Readiness(ready: true, detail: "ok") }) {
-        self.endpoint = endpoint
         self.registry = registry
         self.readiness = readiness
         self.actions = actions
-        self.logger = logger
-        self.group = group
+        // NIO's HTTP server pipeline drains on the listener's quiesce event: an idle
+        // connection closes, a request in flight gets its answer first.
+        listener = Listener(name: "admin", endpoints: [endpoint], drain: .pipeline, group: group, logger: logger)
     }
 
     public func run() async throws {
         let registry = self.registry
         let readiness = self.readiness
         let actions = self.actions
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-                    try channel.pipeline.syncOperations.addHandler(AdminHandler(registry: registry, readiness: readiness, actions: actions))
-                }
-            }
-        let channel = try await bind(bootstrap, to: endpoint)
-        logger.info("admin server listening", metadata: ["address": "\(endpoint)"])
-        try await runUntilGracefulShutdown(channel)
+        try await listener.run { channel in
+            try channel.pipeline.syncOperations.configureHTTPServerPipeline()
+            try channel.pipeline.syncOperations.addHandler(AdminHandler(registry: registry, readiness: readiness, actions: actions))
+        }
     }
 }
 

@@ -26,12 +26,22 @@ public struct ServiceOptions: ParsableArguments, Sendable {
     @Option(help: ArgumentHelp("On SIGTERM/SIGINT, how long to finish in-flight work (a bridge's last batch) before being cancelled. (env: QS_SHUTDOWN_TIMEOUT)", valueName: "duration"))
     public var shutdownTimeout: Interval = QSEnv.value("QS_SHUTDOWN_TIMEOUT", Interval(.seconds(10)))
 
+    @Option(help: ArgumentHelp("Once every listener is up, write their names and bound addresses (the real port where 0 was asked) to this file as JSON, atomically; removed on exit. (env: QS_READY_FILE)", valueName: "path"))
+    public var readyFile: String = QSEnv.string("QS_READY_FILE") ?? ""
+
     public init() {}
 
     public var readyLagSeconds: Double { readyLag.seconds }
 
-    /// A service group stopping on SIGTERM/SIGINT within `--shutdown-timeout`.
+    /// A service group stopping on SIGTERM/SIGINT within `--shutdown-timeout`; with
+    /// `--ready-file`, the file lists the listeners of every `ListeningService` among
+    /// `services` once they are all bound.
     public func serviceGroup(_ services: [ServiceGroupConfiguration.ServiceConfiguration], logger: Logger) -> ServiceGroup {
+        var services = services
+        if !readyFile.isEmpty {
+            let listeners = services.compactMap { ($0.service as? any ListeningService)?.listener }
+            services.append(.init(service: ReadyFile(path: readyFile, listeners: listeners, logger: logger)))
+        }
         var config = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         config.maximumGracefulShutdownDuration = shutdownTimeout.duration
         return ServiceGroup(configuration: config)

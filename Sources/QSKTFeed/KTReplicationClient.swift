@@ -2,6 +2,7 @@ import KTFormats
 import NIOCore
 import NIOPosix
 import QSFeed
+import QSNet
 
 /// A read-only KT replication client: connects, sends `0xB1 flags ts sid`, answers every
 /// heartbeat with one `0xB1`, and hands each frame to its consumer. It never writes
@@ -67,8 +68,7 @@ public struct KTReplicationClient: Sendable {
             .connect(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let ops = channel.pipeline.syncOperations
-                    try ops.addHandler(IdleStateHandler(readTimeout: readTimeout))
-                    try ops.addHandler(ReadTimeoutHandler())
+                    try IdleTimeout.install(readTimeout: readTimeout, in: ops, error: ReadTimeout())
                     try ops.addHandler(ByteToMessageHandler(BoundedReplicationDecoder(maxMessageBytes: maxMessageBytes)))
                     return try NIOAsyncChannel<ReplicationFrame, ByteBuffer>(
                         wrappingChannelSynchronously: channel,
@@ -105,20 +105,7 @@ public struct KTReplicationClient: Sendable {
     }
 }
 
-/// Turns a read-idle event into an error that ends the replication stream.
-final class ReadTimeoutHandler: ChannelInboundHandler, Sendable {
-    typealias InboundIn = NIOAny
-
-    struct Timeout: Error, CustomStringConvertible {
-        var description: String { "no frame (not even a heartbeat) from the KT server within the source timeout" }
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read {
-            context.fireErrorCaught(Timeout())
-            context.close(promise: nil)
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
+/// What ends a replication stream on which nothing (not even a heartbeat) arrived in time.
+struct ReadTimeout: Error, CustomStringConvertible {
+    var description: String { "no frame (not even a heartbeat) from the KT server within the source timeout" }
 }

@@ -51,3 +51,11 @@ extension SocketAddress {
         return "\(self)"
     }
 }
+
+extension Endpoint {
+    /// The TCP port; nil for a Unix socket.
+    public var port: Int? {
+        if case let .tcp(_, port) = self { return port }
+        return nil
+    }
+}

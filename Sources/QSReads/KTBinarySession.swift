@@ -2,6 +2,7 @@ import KTFormats
 import Logging
 import NIOCore
 import QSModel
+import QSNet
 import QSStore
 
 /// Serves KT's binary protocol on the KT port: `get_bulk` (0xBA) is answered from the
@@ -14,10 +15,12 @@ struct KTBinarySession: Sendable {
     let metrics: ReadMetrics
     let logger: Logger
 
-    func run(_ connection: NIOAsyncChannel<KTBinaryRequest, ByteBuffer>, peer: String) async {
+    func run(_ connection: NIOAsyncChannel<KTBinaryRequest, ByteBuffer>, peer: String, drain: RequestDrain?) async {
         do {
             try await connection.executeThenClose { inbound, outbound in
                 for try await request in inbound {
+                    drain?.begin()
+                    defer { drain?.end() }
                     guard case let .getBulk(flags, keys) = request else {
                         refuse(request, peer: peer)
                         try await outbound.write(ByteBuffer(bytes: KTBinaryResponse.error.encoded()))

@@ -13,7 +13,7 @@ import ServiceLifecycle
 /// `KTProcedures` and `KTRESTRead`), and on the same port KT's binary get_bulk
 /// (`KTBinarySession`), as KT serves both. Malformed HTTP gets 400 from NIO's HTTP error
 /// handler; every bad request is counted and logged with its peer.
-public struct KTHTTPReadServer: Service {
+public struct KTHTTPReadServer: ListeningService {
     public struct Configuration: Sendable {
         public var databases: KTDatabaseMap
         public var scanLimits: ScanLimits
@@ -30,19 +30,16 @@ public struct KTHTTPReadServer: Service {
         }
     }
 
-    let listener: ConnectionListener<SniffedConnection>
+    public let listener: Listener
     let session: KTHTTPSession
     let binary: KTBinarySession
+    let maxBodyBytes: Int
 
     public init(store: Store, endpoints: [Endpoint], logger: Logger,
                 configuration: Configuration = Configuration(),
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
-        let maxBody = configuration.maxBodyBytes
-        listener = ConnectionListener(name: "KT HTTP", endpoints: endpoints, group: group, logger: logger) { channel in
-            let promise = channel.eventLoop.makePromise(of: KTConnection.self)
-            try channel.pipeline.syncOperations.addHandler(KTProtocolSniffer(promise: promise, maxBinaryBytes: maxBody))
-            return SniffedConnection(channel: channel, protocol: promise.futureResult)
-        }
+        maxBodyBytes = configuration.maxBodyBytes
+        listener = Listener(name: "kt-http", endpoints: endpoints, drain: .requests, group: group, logger: logger)
         let metrics = ReadMetrics(interface: "kt_http")
         let procedures = KTProcedures(databases: configuration.databases, clock: configuration.clock,
                                       limits: configuration.scanLimits, started: Date(),
@@ -55,17 +52,15 @@ public struct KTHTTPReadServer: Service {
     }
 
     public func run() async throws {
-        let session = self.session, binary = self.binary
-        try await listener.run { sniffed, peer in
-            // A client that connects and sends nothing is closed on shutdown.
-            let kind = await withTaskCancellationHandler {
-                try? await sniffed.protocol.get()
-            } onCancel: {
-                sniffed.channel.close(promise: nil)
-            }
-            switch kind {
-            case let .http(connection)?: await session.run(connection, peer: peer)
-            case let .binary(connection)?: await binary.run(connection, peer: peer)
+        let session = self.session, binary = self.binary, maxBodyBytes = self.maxBodyBytes
+        try await listener.run { channel in
+            try SniffedConnection.sniff(channel, maxBinaryBytes: maxBodyBytes)
+        } handle: { accepted in
+            // A client that connects and sends nothing is closed on shutdown (idle) or
+            // cancellation (the listener closes the channel), which fails the sniff.
+            switch try? await accepted.connection.protocol.get() {
+            case let .http(connection)?: await session.run(connection, peer: accepted.peer, drain: accepted.drain)
+            case let .binary(connection)?: await binary.run(connection, peer: accepted.peer, drain: accepted.drain)
             case nil: break // closed before sending anything
             }
         }

@@ -2,6 +2,7 @@ import KTFormats
 import Logging
 import NIOCore
 import NIOHTTP1
+import QSNet
 import QSStore
 
 /// Serves one KT HTTP connection: requests in order (HTTP pipelining is kept in order by
@@ -17,7 +18,7 @@ struct KTHTTPSession: Sendable {
 
     typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
 
-    func run(_ connection: Connection, peer: String) async {
+    func run(_ connection: Connection, peer: String, drain: RequestDrain?) async {
         metrics.opened()
         defer { metrics.closed() }
         do {
@@ -28,6 +29,9 @@ struct KTHTTPSession: Sendable {
                 for try await part in inbound {
                     switch part {
                     case let .head(h):
+                        // In flight from its head to its answer: graceful shutdown closes
+                        // the connection after it.
+                        drain?.begin()
                         head = h
                         body.clear()
                         tooLarge = false
@@ -50,6 +54,7 @@ struct KTHTTPSession: Sendable {
                         let r = await answer(h, body: Array(body.readableBytesView), peer: peer)
                         account(r, peer: peer, head: h)
                         try await write(r, head: h, keepAlive: h.isKeepAlive, outbound: outbound)
+                        drain?.end()
                         if !h.isKeepAlive { return }
                     }
                 }

@@ -1,6 +1,7 @@
 import KTFormats
 import NIOCore
 import NIOHTTP1
+import QSNet
 
 /// A KT connection, once its first byte has told which protocol it speaks.
 enum KTConnection: Sendable {
@@ -15,51 +16,22 @@ enum KTConnection: Sendable {
 struct SniffedConnection: Sendable {
     let channel: any Channel
     let `protocol`: EventLoopFuture<KTConnection>
-}
 
-/// Looks at the first byte a KT client sends and sets up the pipeline for HTTP or for the
-/// binary protocol, then steps aside. A connection speaks one protocol for its lifetime.
-final class KTProtocolSniffer: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-
-    let promise: EventLoopPromise<KTConnection>
-    let maxBinaryBytes: Int
-    private var resolved = false
-
-    init(promise: EventLoopPromise<KTConnection>, maxBinaryBytes: Int) {
-        self.promise = promise
-        self.maxBinaryBytes = maxBinaryBytes
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let buffer = unwrapInboundIn(data)
-        guard !resolved, let first = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) else { return }
-        resolved = true
-        do {
-            let ops = context.pipeline.syncOperations
-            let connection: KTConnection
+    /// Puts the shared `ProtocolSniffer` in `channel`'s pipeline: a first byte ≥ 0x80 is
+    /// KT's binary protocol, anything else HTTP.
+    static func sniff(_ channel: any Channel, maxBinaryBytes: Int) throws -> SniffedConnection {
+        let promise = channel.eventLoop.makePromise(of: KTConnection.self)
+        let sniffer = ProtocolSniffer(promise: promise) { first, channel -> KTConnection in
+            let ops = channel.pipeline.syncOperations
             if first >= 0x80 {
                 try ops.addHandler(ByteToMessageHandler(KTBinaryFrameDecoder(maxBytes: maxBinaryBytes)))
-                connection = .binary(try NIOAsyncChannel(wrappingChannelSynchronously: context.channel))
-            } else {
-                try ops.configureHTTPServerPipeline(withErrorHandling: true)
-                connection = .http(try NIOAsyncChannel(wrappingChannelSynchronously: context.channel))
+                return .binary(try NIOAsyncChannel(wrappingChannelSynchronously: channel))
             }
-            promise.succeed(connection)
-            context.fireChannelRead(data)
-            ops.removeHandler(context: context, promise: nil)
-        } catch {
-            promise.fail(error)
-            context.close(promise: nil)
+            try ops.configureHTTPServerPipeline(withErrorHandling: true)
+            return .http(try NIOAsyncChannel(wrappingChannelSynchronously: channel))
         }
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        if !resolved {
-            resolved = true
-            promise.fail(ChannelError.eof)
-        }
-        context.fireChannelInactive()
+        try channel.pipeline.syncOperations.addHandler(sniffer)
+        return SniffedConnection(channel: channel, protocol: promise.futureResult)
     }
 }
 

@@ -10,7 +10,7 @@ import ServiceLifecycle
 /// `version`, `stats`, `quit`; writes are refused with `SERVER_ERROR read-only: …` (their
 /// data block is consumed so the connection stays in sync). Keys are read from one KT
 /// database of the map (database 0 unless told otherwise), as KT's plug-in did.
-public struct MemcachedServer: Service {
+public struct MemcachedServer: ListeningService {
     public struct Configuration: Sendable {
         public var databases: KTDatabaseMap
         /// The KT database the plug-in served (its `dbidx`).
@@ -35,25 +35,26 @@ public struct MemcachedServer: Service {
         }
     }
 
-    let listener: ConnectionListener<NIOAsyncChannel<MemcachedCommand, ByteBuffer>>
+    public let listener: Listener
     let session: MemcachedSession
+    let limits: MemcachedLimits
 
     public init(store: Store, endpoints: [Endpoint], logger: Logger,
                 configuration: Configuration = Configuration(),
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
-        let limits = configuration.limits
-        listener = ConnectionListener(name: "memcached", endpoints: endpoints, group: group, logger: logger) { channel in
-            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MemcachedDecoder(limits: limits)))
-            return try NIOAsyncChannel(wrappingChannelSynchronously: channel)
-        }
+        limits = configuration.limits
+        listener = Listener(name: "memcached", endpoints: endpoints, drain: .requests, group: group, logger: logger)
         session = MemcachedSession(config: configuration, store: store,
                                    metrics: ReadMetrics(interface: "memcached"), logger: logger, stats: MemcachedStats())
     }
 
     public func run() async throws {
-        let session = self.session
-        try await listener.run { connection, peer in
-            await session.run(connection, peer: peer)
+        let session = self.session, limits = self.limits
+        try await listener.run { channel in
+            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MemcachedDecoder(limits: limits)))
+            return try NIOAsyncChannel<MemcachedCommand, ByteBuffer>(wrappingChannelSynchronously: channel)
+        } handle: { accepted in
+            await session.run(accepted.connection, peer: accepted.peer, drain: accepted.drain)
         }
     }
 }

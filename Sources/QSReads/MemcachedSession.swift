@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import QSModel
+import QSNet
 import QSStore
 
 /// Serves one memcached connection: commands are answered in order; store reads run on the
@@ -17,12 +18,15 @@ struct MemcachedSession: Sendable {
     static let keysPerRead = 32
     static let readOnlyReply = "SERVER_ERROR read-only: write through the QS root\r\n"
 
-    func run(_ connection: NIOAsyncChannel<MemcachedCommand, ByteBuffer>, peer: String) async {
+    func run(_ connection: NIOAsyncChannel<MemcachedCommand, ByteBuffer>, peer: String, drain: RequestDrain?) async {
         metrics.opened()
         defer { metrics.closed() }
         do {
             try await connection.executeThenClose { inbound, outbound in
                 for try await command in inbound {
+                    // In flight until answered: graceful shutdown closes the connection after it.
+                    drain?.begin()
+                    defer { drain?.end() }
                     guard try await handle(command, outbound: outbound, peer: peer) else { return }
                 }
             }

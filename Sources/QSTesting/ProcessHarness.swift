@@ -1,4 +1,5 @@
 import Foundation
+import QSNet
 import Synchronization
 
 /// Test helpers shared by every suite: start the project's real executables on free
@@ -171,9 +172,19 @@ public final class DaemonProcess: @unchecked Sendable {
     public let logURL: URL
     public let name: String
 
-    /// Starts `name` with `args`; does not wait for readiness (see `waitForPort`).
-    public init(_ name: String, _ args: [String], env: [String: String] = [:], logDir: URL) throws {
+    /// The `--ready-file` the daemon writes once every listener is up, when asked for.
+    public let readyFile: URL?
+
+    /// Starts `name` with `args`. With `ready: true` the daemon is given a `--ready-file`
+    /// (fakekt: `-ready-file`) and `init` waits until it lists every listener, so daemons
+    /// can listen on port 0 and `address(_:)` tells the real ports; otherwise `init` does
+    /// not wait (see `waitForPort`).
+    public init(_ name: String, _ args: [String], env: [String: String] = [:], logDir: URL, ready: Bool = false,
+                timeout: Duration = .seconds(15)) throws {
         self.name = name
+        readyFile = ready ? logDir.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(6)).ready.json") : nil
+        var args = args
+        if let readyFile { args += [name == "fakekt" ? "-ready-file" : "--ready-file", readyFile.path] }
         process = Process()
         process.executableURL = Harness.binDir.appendingPathComponent(name)
         process.arguments = args
@@ -186,6 +197,26 @@ public final class DaemonProcess: @unchecked Sendable {
         process.standardError = handle
         process.standardOutput = handle
         try process.run()
+        if let readyFile {
+            let path = readyFile.path, process = self.process
+            let up = Harness.waitUntil(timeout: timeout) { !process.isRunning || FileManager.default.fileExists(atPath: path) }
+            guard up, process.isRunning, let entries = try? ReadyFile.read(path) else {
+                throw HarnessError("\(name) did not write its ready file within \(timeout); log:\n\(log)")
+            }
+            listeners = entries
+        }
+    }
+
+    /// What the ready file listed: each listener's name and bound address.
+    public private(set) var listeners: [ReadyFile.Entry] = []
+
+    /// The first TCP port of listener `name` (`write`, `memcached`, `kt-http`, `admin`,
+    /// `kt`) as the ready file gave it.
+    public func port(_ name: String) throws -> Int {
+        for entry in listeners where entry.name == name {
+            if let port = (try? Endpoint(parsing: entry.address))?.port { return port }
+        }
+        throw HarnessError("\(self.name) reported no TCP listener '\(name)' (it reported \(listeners.map(\.name))); log:\n\(log)")
     }
 
     public var pid: Int32 { process.processIdentifier }
@@ -226,7 +257,7 @@ public struct HarnessError: Error, CustomStringConvertible {
     public init(_ d: String) { description = d }
 }
 
-/// A root node on free ports, for tests.
+/// A root node on ports the kernel picks (port 0, learned from its ready file), for tests.
 public final class RootNode: @unchecked Sendable {
     public let daemon: DaemonProcess
     public let port: Int
@@ -234,15 +265,14 @@ public final class RootNode: @unchecked Sendable {
     public let data: URL
     public let extraArgs: [String]
 
-    public init(data: URL, logDir: URL, extraArgs: [String] = [], env: [String: String] = [:]) throws {
-        port = Harness.freePort()
-        adminPort = Harness.freePort()
+    /// Starts on port 0 unless `port` is given (a restart that must keep its address).
+    public init(data: URL, logDir: URL, extraArgs: [String] = [], env: [String: String] = [:], port: Int = 0) throws {
         self.data = data
         self.extraArgs = extraArgs
         daemon = try DaemonProcess("qsnode", ["--role", "root", "--data", data.path, "--listen", "127.0.0.1:\(port)",
-                                              "--admin", "127.0.0.1:\(adminPort)"] + extraArgs, env: env, logDir: logDir)
-        try daemon.waitForPort(port)
-        try daemon.waitForPort(adminPort)
+                                              "--admin", "127.0.0.1:0"] + extraArgs, env: env, logDir: logDir, ready: true)
+        self.port = try daemon.port("write")
+        adminPort = try daemon.port("admin")
     }
 
     public var address: String { "127.0.0.1:\(port)" }
@@ -253,22 +283,21 @@ public final class RootNode: @unchecked Sendable {
     }
 }
 
-/// A replica node on free ports, following `upstreams` (addresses HOST:PORT).
+/// A replica node on ports the kernel picks, following `upstreams` (addresses HOST:PORT).
 public final class ReplicaNode: @unchecked Sendable {
     public let daemon: DaemonProcess
     public let port: Int
     public let adminPort: Int
     public let data: URL
 
+    /// Starts on port 0 unless `port` is given (a restart that must keep its address).
     public init(data: URL, upstreams: [String], logDir: URL, extraArgs: [String] = [], port: Int? = nil) throws {
-        self.port = port ?? Harness.freePort()
-        adminPort = Harness.freePort()
         self.data = data
-        daemon = try DaemonProcess("qsnode", ["--role", "replica", "--data", data.path, "--listen", "127.0.0.1:\(self.port)",
-                                              "--upstream", upstreams.joined(separator: ","), "--admin", "127.0.0.1:\(adminPort)",
-                                              "--log-format", "text"] + extraArgs, logDir: logDir)
-        try daemon.waitForPort(self.port)
-        try daemon.waitForPort(adminPort)
+        daemon = try DaemonProcess("qsnode", ["--role", "replica", "--data", data.path, "--listen", "127.0.0.1:\(port ?? 0)",
+                                              "--upstream", upstreams.joined(separator: ","), "--admin", "127.0.0.1:0",
+                                              "--log-format", "text"] + extraArgs, logDir: logDir, ready: true)
+        self.port = try daemon.port("write")
+        adminPort = try daemon.port("admin")
     }
 
     public var address: String { "127.0.0.1:\(port)" }

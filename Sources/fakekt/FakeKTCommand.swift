@@ -1,8 +1,9 @@
 import ArgumentParser
-import Dispatch
 import FakeKT
 import Foundation
 import Logging
+import QSNet
+import ServiceLifecycle
 
 /// `fakekt`: takes ktserver's command line (single-dash options) and serves a fake KT.
 /// Every option falls back to an environment variable `QS_FAKEKT_<NAME>`.
@@ -44,6 +45,9 @@ struct FakeKTCommand: AsyncParsableCommand {
     var sid: UInt16?
     @Option(name: .customLong("pid", withSingleDash: true), help: "Write the process id to this file (QS_FAKEKT_PID).")
     var pid: String?
+    @Option(name: [.customLong("ready-file", withSingleDash: true), .customLong("ready-file")],
+            help: "Once listening, write {\"listeners\":[{\"name\":\"kt\",\"address\":HOST:PORT}]} to this file, atomically (QS_FAKEKT_READY_FILE); with -port 0 it tells the port picked.")
+    var readyFile: String?
     @Option(name: .customLong("fault-close-after", withSingleDash: true), help: "Close replication connections after N frames (QS_FAKEKT_FAULT_CLOSE_AFTER).")
     var faultCloseAfter: Int?
     @Flag(name: .customLong("fault-no-heartbeat", withSingleDash: true), help: "Send no heartbeats (QS_FAKEKT_FAULT_NO_HEARTBEAT=1).")
@@ -144,39 +148,17 @@ struct FakeKTCommand: AsyncParsableCommand {
         let logger = Logger(label: "fakekt")
         let config = try makeConfiguration()
         let server = try FakeKTServer(configuration: config, logger: logger)
-        // Signals are caught before the port opens: a signal sent as soon as the server
-        // listens is never lost.
-        let signals = SignalWaiter()
-        try await server.start()
-        if let pidPath = pid ?? Self.env("PID") {
-            try Data("\(ProcessInfo.processInfo.processIdentifier)\n".utf8).write(to: URL(fileURLWithPath: pidPath))
+        let pidPath = pid ?? Self.env("PID")
+        // The pid file is written once the port is open, as ktserver does.
+        let ready = ReadyFile(path: readyFile ?? Self.env("READY_FILE") ?? "", listeners: [server.listener], logger: logger) { _ in
+            if let pidPath {
+                try Data("\(ProcessInfo.processInfo.processIdentifier)\n".utf8).write(to: URL(fileURLWithPath: pidPath))
+            }
         }
-        await signals.wait()
-        try await server.shutdown()
-        if let pidPath = pid ?? Self.env("PID") { try? FileManager.default.removeItem(atPath: pidPath) }
-    }
-}
-
-/// Catches SIGTERM and SIGINT from its creation on; `wait()` returns at the first one.
-final class SignalWaiter: @unchecked Sendable {
-    private let stream: AsyncStream<Void>
-    private let sources: [DispatchSourceSignal]
-
-    init() {
-        signal(SIGTERM, SIG_IGN)
-        signal(SIGINT, SIG_IGN)
-        let (stream, continuation) = AsyncStream<Void>.makeStream()
-        self.stream = stream
-        sources = [SIGTERM, SIGINT].map { sig in
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler { continuation.yield() }
-            source.resume()
-            return source
-        }
-    }
-
-    func wait() async {
-        for await _ in stream { break }
-        withExtendedLifetime(sources) {}
+        var group = ServiceGroupConfiguration(services: [.init(service: server), .init(service: ready)],
+                                              gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        group.maximumGracefulShutdownDuration = .seconds(10)
+        try await ServiceGroup(configuration: group).run()
+        if let pidPath { try? FileManager.default.removeItem(atPath: pidPath) }
     }
 }

@@ -77,6 +77,8 @@ final class ExactlyOnceTests: XCTestCase {
 
     func testBridgeWaitsForARootThatIsDownThenCatchesUp() async throws {
         let fx = try KTFixture("basic")
+        // The bridge is pointed at the root before the root exists: the one place a port
+        // has to be chosen before a daemon starts.
         let port = Harness.freePort()
         let bridge = try DaemonProcess("qsktbridge", ["--root", "127.0.0.1:\(port)", "--source", "capture:\(fx.stream.path)",
                                                       "--db-map", "0=,1=aux/", "--source-id", "late", "--log-format", "text"], logDir: tmp)
@@ -97,9 +99,9 @@ final class ExactlyOnceTests: XCTestCase {
     func testRootRestartedWhileABatchIsInFlightDoesNotWedgeTheBridge() async throws {
         let fx = try KTFixture("basic")
         let data = tmp.appendingPathComponent("root")
-        let port = Harness.freePort()
-        var root: DaemonProcess? = try DaemonProcess("qsnode", ["--data", data.path, "--listen", "127.0.0.1:\(port)"], logDir: tmp)
-        try root!.waitForPort(port)
+        var root: DaemonProcess? = try DaemonProcess("qsnode", ["--data", data.path, "--listen", "127.0.0.1:0"], logDir: tmp, ready: true)
+        // The restarted root keeps the port the kernel picked for the first one.
+        let port = try root!.port("write")
         let bridge = try DaemonProcess("qsktbridge", ["--root", "127.0.0.1:\(port)", "--source", "ulog:\(fx.ulog.path)", "--db-map", "0=,1=aux/",
                                                       "--source-id", "u", "--batch-max-ops", "20", "--log-format", "text"], logDir: tmp)
         XCTAssertTrue(Harness.waitUntil { bridge.log.contains("reading source") }, bridge.log)

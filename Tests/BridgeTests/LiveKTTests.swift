@@ -18,12 +18,10 @@ final class LiveKTTests: XCTestCase {
     }
 
     func bridge(_ kt: FakeKTProcess, _ root: RootNode, extra: [String] = []) throws -> (DaemonProcess, Int) {
-        let admin = Harness.freePort()
         let d = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--db-map", "0=,1=aux/",
-                                                 "--sid", "99", "--batch-interval", "100ms", "--admin", "127.0.0.1:\(admin)",
-                                                 "--log-format", "text"] + extra, logDir: tmp)
-        try d.waitForPort(admin)
-        return (d, admin)
+                                                 "--sid", "99", "--batch-interval", "100ms", "--admin", "127.0.0.1:0",
+                                                 "--log-format", "text"] + extra, logDir: tmp, ready: true)
+        return (d, try d.port("admin"))
     }
 
     /// Waits until the root holds `key` with `value` (nil: absent).

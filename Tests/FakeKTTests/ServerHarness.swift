@@ -2,11 +2,14 @@ import FakeKT
 import Foundation
 import KTFormats
 import Logging
+import QSNet
+import QSTesting
 import XCTest
 
-/// Starts a fake KT in-process on a free loopback port, with a fresh ulog directory.
+/// Starts a fake KT in-process on a loopback port the kernel picks (port 0), with a fresh ulog directory.
 struct ServerHarness {
     let server: FakeKTServer
+    let running: InProcessServices
     let port: Int
     let ulogDirectory: String
 
@@ -37,12 +40,12 @@ struct ServerHarness {
         var logger = Logger(label: "fakekt-test")
         logger.logLevel = .error
         let server = try FakeKTServer(configuration: config, logger: logger)
-        let port = try await server.start()
-        return ServerHarness(server: server, port: port, ulogDirectory: dir)
+        let running = try await InProcessServices([server], logger: logger)
+        return ServerHarness(server: server, running: running, port: try await server.listener.port(), ulogDirectory: dir)
     }
 
     func stop() async throws {
-        try await server.shutdown()
+        try await running.stop()
         try? FileManager.default.removeItem(atPath: ulogDirectory)
     }
 

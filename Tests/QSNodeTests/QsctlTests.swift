@@ -1,4 +1,5 @@
 import Foundation
+import QSNet
 import QSTesting
 import XCTest
 
@@ -80,13 +81,17 @@ final class QsctlTests: XCTestCase {
     }
 
     func testEnvironmentFallbacksConfigureTheNodeAndQsctl() throws {
-        let port = Harness.freePort()
-        let admin = Harness.freePort()
+        let ready = tmp.appendingPathComponent("node.ready.json")
         let node = try DaemonProcess("qsnode", [], env: ["QS_DATA": tmp.appendingPathComponent("d").path,
-                                                         "QS_LISTEN": "127.0.0.1:\(port)", "QS_ADMIN": "127.0.0.1:\(admin)",
-                                                         "QS_LOG_FORMAT": "text"], logDir: tmp)
-        try node.waitForPort(port)
-        try node.waitForPort(admin)
+                                                         "QS_LISTEN": "127.0.0.1:0", "QS_ADMIN": "127.0.0.1:0",
+                                                         "QS_READY_FILE": ready.path, "QS_LOG_FORMAT": "text"], logDir: tmp)
+        XCTAssertTrue(Harness.waitUntil { !node.isRunning || FileManager.default.fileExists(atPath: ready.path) }, node.log)
+        let listeners = try ReadyFile.read(ready.path)
+        XCTAssertEqual(listeners.map(\.name), ["write", "admin"])
+        guard let port = listeners.first.flatMap({ try? Endpoint(parsing: $0.address) })?.port,
+              let admin = listeners.last.flatMap({ try? Endpoint(parsing: $0.address) })?.port else {
+            return XCTFail("ready file without ports: \(listeners)")
+        }
         XCTAssertEqual(httpGet(port: admin, path: "/healthz")?.status, 200)
         XCTAssertEqual(httpGet(port: admin, path: "/readyz")?.status, 200)
         XCTAssertEqual(httpGet(port: admin, path: "/nope")?.status, 404)

@@ -15,16 +15,14 @@ final class ReadsEndToEndTests: XCTestCase {
 
     override func setUp() async throws {
         tmp = try Harness.tempDir("reads-e2e")
-        mcPort = Harness.freePort()
-        ktPort = Harness.freePort()
         mcSocket = tmp.appendingPathComponent("mc.sock").path
         ktSocket = tmp.appendingPathComponent("kt.sock").path
         node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp, extraArgs: [
-            "--memcached", "127.0.0.1:\(mcPort)", "--memcached-unix", mcSocket,
-            "--kt-http", "127.0.0.1:\(ktPort)", "--kt-http-unix", ktSocket, "--kt-db-map", "0=,1:aux.kct=aux/",
+            "--memcached", "127.0.0.1:0", "--memcached-unix", mcSocket,
+            "--kt-http", "127.0.0.1:0", "--kt-http-unix", ktSocket, "--kt-db-map", "0=,1:aux.kct=aux/",
         ])
-        try node.daemon.waitForPort(mcPort)
-        try node.daemon.waitForPort(ktPort)
+        mcPort = try node.daemon.port("memcached")
+        ktPort = try node.daemon.port("kt-http")
         let now = wallClockSeconds()
         let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
         _ = try await client.write([

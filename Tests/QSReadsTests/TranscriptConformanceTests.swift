@@ -22,7 +22,7 @@ final class TranscriptConformanceTests: XCTestCase {
         store = try Store(directory: tmp.appendingPathComponent("data").path, mapSize: 64 << 20)
         model = TranscriptWriteModel(recordedAt: fixture.recordedAt)
         let at = fixture.recordedAt
-        reads = try InProcessReads(store: store, directory: tmp, clock: { at })
+        reads = try await InProcessReads(store: store, directory: tmp, clock: { at })
     }
 
     override func tearDown() async throws {

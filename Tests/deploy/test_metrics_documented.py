@@ -6,7 +6,6 @@ scripts/gen-operations-doc.sh writes from Sources/ and docs/metrics.tsv.
 """
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import operations_doc  # noqa: E402
-from qs_ports import free_port  # noqa: E402  (Tests/ is on the path: Tests/conftest.py)
+from qs_ports import port as listener_port, start  # noqa: E402  (Tests/ is on the path: Tests/conftest.py)
 
 BIN_DIR = os.environ.get("QS_BIN_DIR", os.path.join(ROOT, ".build", "debug"))
 
@@ -40,25 +39,27 @@ def scrape(port, deadline):
 @pytest.fixture(scope="module")
 def served():
     work = tempfile.mkdtemp(prefix="qs-metrics-")
-    ports = {name: free_port() for name in ("root", "root_admin", "replica", "replica_admin", "bridge_admin")}
     quiet = ["--log-level", "error"]
-    procs = [subprocess.Popen([os.path.join(BIN_DIR, "qsnode"), "--data", os.path.join(work, "root"),
-                               "--listen", "127.0.0.1:%d" % ports["root"],
-                               "--admin", "127.0.0.1:%d" % ports["root_admin"]] + quiet)]
+    ports = {}
+    procs = []
     try:
         deadline = time.time() + 20
-        scrape(ports["root_admin"], deadline)
-        procs.append(subprocess.Popen([os.path.join(BIN_DIR, "qsnode"), "--role", "replica",
-                                       "--upstream", "127.0.0.1:%d" % ports["root"],
-                                       "--data", os.path.join(work, "replica"),
-                                       "--listen", "127.0.0.1:%d" % ports["replica"],
-                                       "--memcached", "127.0.0.1:%d" % free_port(),
-                                       "--kt-http", "127.0.0.1:%d" % free_port(),
-                                       "--admin", "127.0.0.1:%d" % ports["replica_admin"]] + quiet))
-        procs.append(subprocess.Popen([os.path.join(BIN_DIR, "qsktbridge"), "--root", "127.0.0.1:%d" % ports["root"],
-                                       "--source", "ulog:" + os.path.join(ROOT, "Fixtures", "kt", "basic", "ulog"),
-                                       "--db-map", "0=,1=aux/",
-                                       "--admin", "127.0.0.1:%d" % ports["bridge_admin"]] + quiet))
+        proc, listeners = start([os.path.join(BIN_DIR, "qsnode"), "--data", os.path.join(work, "root"),
+                                 "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"] + quiet)
+        procs.append(proc)
+        ports.update(root=listener_port(listeners, "write"), root_admin=listener_port(listeners, "admin"))
+        proc, listeners = start([os.path.join(BIN_DIR, "qsnode"), "--role", "replica",
+                                 "--upstream", "127.0.0.1:%d" % ports["root"],
+                                 "--data", os.path.join(work, "replica"),
+                                 "--listen", "127.0.0.1:0", "--memcached", "127.0.0.1:0",
+                                 "--kt-http", "127.0.0.1:0", "--admin", "127.0.0.1:0"] + quiet)
+        procs.append(proc)
+        ports["replica_admin"] = listener_port(listeners, "admin")
+        proc, listeners = start([os.path.join(BIN_DIR, "qsktbridge"), "--root", "127.0.0.1:%d" % ports["root"],
+                                 "--source", "ulog:" + os.path.join(ROOT, "Fixtures", "kt", "basic", "ulog"),
+                                 "--db-map", "0=,1=aux/", "--admin", "127.0.0.1:0"] + quiet)
+        procs.append(proc)
+        ports["bridge_admin"] = listener_port(listeners, "admin")
         result = {}
         for name in ("root_admin", "replica_admin", "bridge_admin"):
             result[name] = scrape(ports[name], deadline)

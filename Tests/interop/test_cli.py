@@ -4,23 +4,11 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 
-from conftest import ROOT, free_port
+from conftest import ROOT
+from qs_ports import port as listener_port, start, wait_ready
 
 BIN = os.path.join(os.environ.get("QS_BIN_DIR", os.path.join(ROOT, ".build", "debug")), "fakekt")
-
-
-def wait_port(port, proc):
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read()
-            time.sleep(0.02)
-    raise AssertionError("fakekt did not listen on %d" % port)
 
 
 def test_unsupported_ktserver_option_is_refused():
@@ -30,12 +18,14 @@ def test_unsupported_ktserver_option_is_refused():
 
 
 def test_environment_fallbacks_pid_file_and_sigterm():
-    port = free_port()
-    pid_file = os.path.join(tempfile.mkdtemp(), "fakekt.pid")
-    env = dict(os.environ, QS_FAKEKT_PORT=str(port), QS_FAKEKT_PID=pid_file, QS_FAKEKT_LE="1")
+    work = tempfile.mkdtemp()
+    pid_file = os.path.join(work, "fakekt.pid")
+    ready_file = os.path.join(work, "ready.json")
+    env = dict(os.environ, QS_FAKEKT_PORT="0", QS_FAKEKT_PID=pid_file, QS_FAKEKT_READY_FILE=ready_file,
+               QS_FAKEKT_LE="1")
     proc = subprocess.Popen([BIN, "%"], env=env, stderr=subprocess.PIPE, text=True)
     try:
-        wait_port(port, proc)
+        port = listener_port(wait_ready(ready_file, proc), "kt")
         with open(pid_file) as f:
             assert int(f.read()) == proc.pid
         s = socket.create_connection(("127.0.0.1", port))
@@ -48,11 +38,10 @@ def test_environment_fallbacks_pid_file_and_sigterm():
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     assert not os.path.exists(pid_file)
+    assert not os.path.exists(ready_file)
 
 
 def test_sigint_exits_cleanly():
-    port = free_port()
-    proc = subprocess.Popen([BIN, "-port", str(port), "-lz", "*"], stderr=subprocess.PIPE, text=True)
-    wait_port(port, proc)
+    proc, _ = start([BIN, "-port", "0", "-lz", "*"], ready_flag="-ready-file", stderr=subprocess.PIPE, text=True)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=10) == 0

@@ -8,7 +8,6 @@ The binaries come from QS_BIN_DIR (default .build/debug).
 """
 import base64
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -17,24 +16,11 @@ import pytest
 from pymemcache.client.base import Client as MemcacheClient
 from pymemcache.exceptions import MemcacheServerError
 from ukt import KT_NONE, KyotoTycoon, ProtocolError
-from qs_ports import free_port  # noqa: E402  (Tests/ is on the path: Tests/conftest.py)
+from qs_ports import port as listener_port, start  # noqa: E402  (Tests/ is on the path: Tests/conftest.py)
 
 BIN = os.environ.get("QS_BIN_DIR", ".build/debug")
 
 
-
-
-def wait_port(port, proc, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("qsnode exited with %s" % proc.returncode)
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError("nothing listens on %d" % port)
 
 
 def put(node, key, value, expires=None):
@@ -66,26 +52,25 @@ def head(node):
 @pytest.fixture(scope="module")
 def node():
     tmp = tempfile.mkdtemp(prefix="qs-interop-")
-    ports = {name: free_port() for name in ("root", "write", "mc", "kt")}
     env = {k: v for k, v in os.environ.items() if not k.startswith("QS_")}
-    root = subprocess.Popen(
+    root, listeners = start(
         [os.path.join(BIN, "qsnode"), "--role", "root", "--data", os.path.join(tmp, "root"),
-         "--listen", "127.0.0.1:%d" % ports["root"]],
+         "--listen", "127.0.0.1:0"],
         stderr=open(os.path.join(tmp, "root.log"), "w"), env=env)
-    wait_port(ports["root"], root)
+    ports = {"root": listener_port(listeners, "write")}
     for key, (value, xt) in RECORDS.items():
         put("127.0.0.1:%d" % ports["root"], key, value, xt)
-    proc = subprocess.Popen(
+    proc, listeners = start(
         [os.path.join(BIN, "qsnode"), "--role", "replica", "--data", os.path.join(tmp, "replica"),
          "--upstream", "127.0.0.1:%d" % ports["root"],
-         "--listen", "127.0.0.1:%d" % ports["write"],
-         "--memcached", "127.0.0.1:%d" % ports["mc"], "--kt-http", "127.0.0.1:%d" % ports["kt"],
+         "--listen", "127.0.0.1:0",
+         "--memcached", "127.0.0.1:0", "--kt-http", "127.0.0.1:0",
          "--memcached-unix", os.path.join(tmp, "mc.sock"),
          "--kt-db-map", "0=,1=aux/"],
         stderr=open(os.path.join(tmp, "qsnode.log"), "w"), env=env)
+    ports.update(write=listener_port(listeners, "write"), mc=listener_port(listeners, "memcached"),
+                 kt=listener_port(listeners, "kt-http"))
     try:
-        for p in ("write", "mc", "kt"):
-            wait_port(ports[p], proc)
         want = head("127.0.0.1:%d" % ports["root"])
         deadline = time.monotonic() + 30
         while head("127.0.0.1:%d" % ports["write"]) != want:

@@ -1,0 +1,258 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOExtras
+import NIOPosix
+import ServiceLifecycle
+
+/// A connection a `Listener` accepted, as its task sees it.
+public struct AcceptedConnection<Connection: Sendable>: Sendable {
+    /// What the listener's `configure` made of the channel.
+    public let connection: Connection
+    /// The peer, for log lines.
+    public let peer: String
+    /// Marks requests in flight (`DrainStyle.requests`); nil for `.pipeline`.
+    public let drain: RequestDrain?
+    public let channel: any Channel
+}
+
+/// The one server shape: binds one or more endpoints (TCP and Unix sockets), runs each
+/// connection as a child task of `run`'s task, and on graceful shutdown stops accepting,
+/// lets requests in flight finish, closes idle connections and then returns. Task
+/// cancellation (the shutdown timeout) closes every connection at once.
+///
+/// Every server of the project is one: the write protocol (and the replication and
+/// snapshot streams it carries), memcached and KT HTTP reads, the admin server, fakekt.
+/// `addresses` gives the bound addresses once every endpoint is bound, so a server
+/// started on port 0 tells its real port (log line, `ReadyFile`, tests).
+public final class Listener: Sendable {
+    public let name: String
+    public let endpoints: [Endpoint]
+    let drainStyle: DrainStyle
+    let idleTimeout: TimeAmount?
+    let backlog: Int
+    let group: any EventLoopGroup
+    let logger: Logger
+    private let bound = BoundAddresses()
+
+    /// - Parameters:
+    ///   - name: what the listener serves (`write`, `memcached`, `kt-http`, `admin`, `kt`):
+    ///     its log lines and its entry in the ready file.
+    ///   - idleTimeout: closes a connection that sends nothing for this long (see `IdleTimeout`).
+    public init(name: String, endpoints: [Endpoint], drain: DrainStyle, idleTimeout: TimeAmount? = nil,
+                backlog: Int = 256, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) {
+        self.name = name
+        self.endpoints = endpoints
+        self.drainStyle = drain
+        self.idleTimeout = idleTimeout
+        self.backlog = backlog
+        self.group = group
+        self.logger = logger
+    }
+
+    /// The addresses bound, in the order of `endpoints`, with the real port where port 0
+    /// was asked for. Waits until `run` has bound them all; throws what binding threw.
+    public var addresses: [Endpoint] {
+        get async throws { try await bound.wait() }
+    }
+
+    /// Serves until graceful shutdown (drained) or cancellation (closed). `configure` sets
+    /// up a new connection's pipeline on its event loop and returns what `handle` works
+    /// with; `handle` runs as the connection's task and the connection is closed when it
+    /// returns.
+    public func run<Connection: Sendable>(configure: @escaping @Sendable (any Channel) throws -> Connection,
+                                          handle: @escaping @Sendable (AcceptedConnection<Connection>) async -> Void) async throws {
+        typealias Server = NIOAsyncChannel<AcceptedConnection<Connection>, Never>
+        var binding = [(server: Server, quiesce: ServerQuiescingHelper)]()
+        do {
+            for endpoint in endpoints {
+                binding.append(try await bind(endpoint, configure: configure))
+            }
+        } catch {
+            // The endpoints already bound are closed again before the error goes up.
+            for (server, _) in binding { try? await server.channel.close() }
+            bound.fail(error)
+            throw error
+        }
+        let servers = binding
+        let addresses = servers.map { Endpoint(boundTo: $0.server.channel) }
+        for address in addresses {
+            logger.info("\(name) listening", metadata: ["listener": "\(name)", "address": "\(address)"])
+        }
+        bound.succeed(addresses)
+
+        let name = self.name, logger = self.logger
+        await withGracefulShutdownHandler {
+            await withDiscardingTaskGroup { accepting in
+                for (server, _) in servers {
+                    accepting.addTask {
+                        await withDiscardingTaskGroup { connections in
+                            do {
+                                try await server.executeThenClose { inbound in
+                                    for try await accepted in inbound {
+                                        connections.addTask { await Self.serve(accepted, handle) }
+                                    }
+                                }
+                            } catch is CancellationError {
+                            } catch {
+                                logger.error("\(name) stopped accepting", metadata: ["listener": "\(name)", "error": "\(error)"])
+                            }
+                        }
+                    }
+                }
+            }
+        } onGracefulShutdown: {
+            logger.info("\(name) draining: no new connections, finishing requests in flight",
+                        metadata: ["listener": "\(name)"])
+            for (_, quiesce) in servers { quiesce.initiateShutdown(promise: nil) }
+        }
+        logger.info("\(name) stopped", metadata: ["listener": "\(name)"])
+    }
+
+    /// For servers whose pipeline handlers do all the work (`.pipeline` style): each
+    /// connection's task waits until the connection closes.
+    public func run(configure: @escaping @Sendable (any Channel) throws -> Void) async throws {
+        try await run(configure: configure) { (_: AcceptedConnection<Void>) in }
+    }
+
+    private static func serve<Connection>(_ accepted: AcceptedConnection<Connection>,
+                                          _ handle: @Sendable (AcceptedConnection<Connection>) async -> Void) async {
+        let channel = accepted.channel
+        await withTaskCancellationHandler {
+            await handle(accepted)
+            // A pipeline-served connection (or a task that returned early) lives until
+            // its channel closes.
+            try? await channel.closeFuture.get()
+        } onCancel: {
+            channel.close(promise: nil)
+        }
+    }
+
+    private func bind<Connection: Sendable>(_ endpoint: Endpoint, configure: @escaping @Sendable (any Channel) throws -> Connection)
+        async throws -> (server: NIOAsyncChannel<AcceptedConnection<Connection>, Never>, quiesce: ServerQuiescingHelper) {
+        let quiesce = ServerQuiescingHelper(group: group)
+        let idleTimeout = self.idleTimeout, style = drainStyle
+        let initializer: @Sendable (any Channel) -> EventLoopFuture<AcceptedConnection<Connection>> = { channel in
+            channel.eventLoop.makeCompletedFuture {
+                let ops = channel.pipeline.syncOperations
+                if let idleTimeout { try IdleTimeout.install(readTimeout: idleTimeout, in: ops) }
+                var drain: RequestDrain?
+                if case .requests = style {
+                    let d = RequestDrain(channel: channel)
+                    try ops.addHandler(d)
+                    drain = d
+                }
+                let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
+                return AcceptedConnection(connection: try configure(channel), peer: peer, drain: drain, channel: channel)
+            }
+        }
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: Int32(clamping: backlog))
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(quiesce.makeServerChannelHandler(channel: channel))
+                }
+            }
+            .childChannelOption(.autoRead, value: true)
+        do {
+            switch endpoint {
+            case let .tcp(host, port):
+                let server = try await bootstrap
+                    .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
+                    .bind(host: host, port: port, childChannelInitializer: initializer)
+                return (server, quiesce)
+            case let .unix(path):
+                let server = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true,
+                                                      childChannelInitializer: initializer)
+                return (server, quiesce)
+            }
+        } catch {
+            throw ListenError(listener: name, endpoint: endpoint, underlying: error)
+        }
+    }
+}
+
+/// An endpoint a listener could not bind.
+public struct ListenError: Error, CustomStringConvertible {
+    public let listener: String
+    public let endpoint: Endpoint
+    public let underlying: any Error
+
+    public var description: String {
+        "\(listener): cannot listen on \(endpoint): \(underlying) (is another process using it? port 0 picks a free port)"
+    }
+}
+
+extension Endpoint {
+    /// The address a bound server channel listens on (its real port when 0 was asked).
+    init(boundTo channel: any Channel) {
+        if let address = channel.localAddress {
+            if let path = address.pathname {
+                self = .unix(path: path)
+                return
+            }
+            if let ip = address.ipAddress, let port = address.port {
+                self = .tcp(host: ip, port: port)
+                return
+            }
+        }
+        self = .tcp(host: "unknown", port: 0)
+    }
+}
+
+/// A one-shot value many tasks can wait for: the listener's bound addresses.
+final class BoundAddresses: Sendable {
+    private enum State {
+        case waiting([UInt64: CheckedContinuation<[Endpoint], any Error>], next: UInt64)
+        case done(Result<[Endpoint], any Error>)
+    }
+
+    private let state = NIOLockedValueBox(State.waiting([:], next: 0))
+
+    func succeed(_ addresses: [Endpoint]) { complete(.success(addresses)) }
+    func fail(_ error: any Error) { complete(.failure(error)) }
+
+    private func complete(_ result: Result<[Endpoint], any Error>) {
+        let waiters = state.withLockedValue { s -> [CheckedContinuation<[Endpoint], any Error>] in
+            guard case let .waiting(waiters, _) = s else { return [] }
+            s = .done(result)
+            return Array(waiters.values)
+        }
+        for w in waiters { w.resume(with: result) }
+    }
+
+    func wait() async throws -> [Endpoint] {
+        let id = state.withLockedValue { s -> UInt64? in
+            guard case let .waiting(waiters, next) = s else { return nil }
+            s = .waiting(waiters, next: next + 1)
+            return next
+        }
+        guard let id else { return try state.withLockedValue { s in
+            guard case let .done(result) = s else { throw CancellationError() }
+            return try result.get()
+        } }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                let immediate = state.withLockedValue { s -> Result<[Endpoint], any Error>? in
+                    switch s {
+                    case let .done(result): return result
+                    case var .waiting(waiters, next):
+                        if Task.isCancelled { return .failure(CancellationError()) }
+                        waiters[id] = continuation
+                        s = .waiting(waiters, next: next)
+                        return nil
+                    }
+                }
+                if let immediate { continuation.resume(with: immediate) }
+            }
+        } onCancel: {
+            let waiter = state.withLockedValue { s -> CheckedContinuation<[Endpoint], any Error>? in
+                guard case var .waiting(waiters, next) = s, let w = waiters.removeValue(forKey: id) else { return nil }
+                s = .waiting(waiters, next: next)
+                return w
+            }
+            waiter?.resume(throwing: CancellationError())
+        }
+    }
+}

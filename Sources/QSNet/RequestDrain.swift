@@ -1,0 +1,71 @@
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// How a listener's connections finish on graceful shutdown. Either way the listener
+/// sends NIO's `ChannelShouldQuiesceEvent` to every open connection; what differs is who
+/// knows whether a request is in flight.
+public enum DrainStyle: Sendable {
+    /// The connection's task knows: it wraps each request in `RequestDrain.request` (or
+    /// `begin`/`end`), and the `RequestDrain` first in the pipeline closes an idle
+    /// connection at once and a busy one as its request ends. For `NIOAsyncChannel`
+    /// sessions (memcached, KT HTTP and binary reads).
+    case requests
+    /// The pipeline knows: its handlers act on `ChannelShouldQuiesceEvent` themselves
+    /// (NIO's HTTP server pipeline, the write-protocol handler, fakekt's handlers).
+    case pipeline
+}
+
+/// Tracks whether a connection is inside a request, so graceful shutdown can close it
+/// when it is idle and let a request in flight finish first. Thread-safe: the session's
+/// task marks requests, the event loop delivers the quiesce event.
+public final class RequestDrain: ChannelInboundHandler, Sendable {
+    public typealias InboundIn = NIOAny
+
+    private struct State {
+        var inFlight = 0
+        var quiescing = false
+    }
+
+    private let state = NIOLockedValueBox(State())
+    private let channel: any Channel
+
+    init(channel: any Channel) {
+        self.channel = channel
+    }
+
+    /// True once shutdown has begun: the connection closes after its current request.
+    public var isQuiescing: Bool { state.withLockedValue { $0.quiescing } }
+
+    /// A request has arrived.
+    public func begin() {
+        state.withLockedValue { $0.inFlight += 1 }
+    }
+
+    /// The request's answer is written; closes the connection if shutdown has begun.
+    public func end() {
+        let close = state.withLockedValue { s in
+            s.inFlight = max(0, s.inFlight - 1)
+            return s.quiescing && s.inFlight == 0
+        }
+        if close { channel.close(promise: nil) }
+    }
+
+    /// Runs one request (reading it from the store, writing its answer) as in flight.
+    public func request<T>(_ body: () async throws -> T) async rethrows -> T {
+        begin()
+        defer { end() }
+        return try await body()
+    }
+
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is ChannelShouldQuiesceEvent else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        let idle = state.withLockedValue { s in
+            s.quiescing = true
+            return s.inFlight == 0
+        }
+        if idle { context.close(promise: nil) }
+    }
+}
