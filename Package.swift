@@ -157,7 +157,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "fakekt",
-            dependencies: ["FakeKT", "QSNet", argumentParser, log, lifecycle("ServiceLifecycle")],
+            dependencies: ["FakeKT", "QSDaemon", "QSNet", argumentParser, log, lifecycle("ServiceLifecycle")],
             swiftSettings: swiftSettings
         ),
         .executableTarget(

@@ -2,6 +2,7 @@ import ArgumentParser
 import FakeKT
 import Foundation
 import Logging
+import QSDaemon
 import QSNet
 import ServiceLifecycle
 
@@ -74,45 +75,48 @@ struct FakeKTCommand: AsyncParsableCommand {
             Foundation.exit(64)
         }
         do {
-            var command = try parseAsRoot(args)
-            if var c = command as? FakeKTCommand {
-                try await c.run()
-                command = c
-            } else {
-                try command.run()
-            }
+            try await execute(parseAsRoot(args))
         } catch {
             exit(withError: error)
         }
     }
 
-    static func env(_ name: String) -> String? {
-        ProcessInfo.processInfo.environment["QS_FAKEKT_" + name]
+    /// `QS_FAKEKT_<NAME>` as typed, nil when unset or empty; a value that does not parse is
+    /// refused (`QSEnv.checkRefusals`) as the same value given as `-name` would be.
+    static func env<T: ExpressibleByArgument>(_ name: String, _ type: T.Type = String.self) -> T? {
+        QSEnv.optional("QS_FAKEKT_" + name, as: type, flag: "-" + name.lowercased().replacingOccurrences(of: "_", with: "-"))
     }
 
     static func envFlag(_ name: String) -> Bool {
-        ["1", "true", "yes"].contains(env(name)?.lowercased() ?? "")
+        QSEnv.flag("QS_FAKEKT_" + name, flag: "-" + name.lowercased().replacingOccurrences(of: "_", with: "-"))
+    }
+
+    func validate() throws {
+        _ = try makeConfiguration()
+        _ = logLevel()
+        try QSEnv.checkRefusals()
     }
 
     func makeConfiguration() throws -> FakeKTConfiguration {
         var c = FakeKTConfiguration()
-        c.host = host ?? Self.env("HOST") ?? "127.0.0.1"
-        c.port = port ?? Self.env("PORT").flatMap(Int.init) ?? 1978
-        c.timeout = tout ?? Self.env("TOUT").flatMap(Double.init) ?? 30
-        c.threads = max(1, min(16, th ?? Self.env("TH").flatMap(Int.init) ?? 2))
+        // An empty QS_FAKEKT_HOST means every address, as ktserver's empty -host.
+        c.host = host ?? ProcessInfo.processInfo.environment["QS_FAKEKT_HOST"] ?? "127.0.0.1"
+        c.port = port ?? Self.env("PORT", Int.self) ?? 1978
+        c.timeout = tout ?? Self.env("TOUT", Double.self) ?? 30
+        c.threads = max(1, min(16, th ?? Self.env("TH", Int.self) ?? 2))
         c.ulogDirectory = ulog ?? Self.env("ULOG")
         if let u = ulim ?? Self.env("ULIM") {
-            guard let v = Self.parseSize(u) else { throw ValidationError("-ulim: not a size: \(u)") }
+            guard let v = Self.parseSize(u) else { throw ValidationError("-ulim (or QS_FAKEKT_ULIM) '\(u)' is not a size such as 256m") }
             c.ulogLimit = v
         }
-        c.sid = sid ?? Self.env("SID").flatMap(UInt16.init) ?? 0
+        c.sid = sid ?? Self.env("SID", UInt16.self) ?? 0
         c.databases = databases.isEmpty ? (Self.env("DBS")?.split(separator: " ").map(String.init) ?? []) : databases
-        c.faults.closeAfterFrames = faultCloseAfter ?? Self.env("FAULT_CLOSE_AFTER").flatMap(Int.init)
+        c.faults.closeAfterFrames = faultCloseAfter ?? Self.env("FAULT_CLOSE_AFTER", Int.self)
         c.faults.stopHeartbeats = faultNoHeartbeat || Self.envFlag("FAULT_NO_HEARTBEAT")
-        c.faults.frameDelayMillis = faultDelayMs ?? Self.env("FAULT_DELAY_MS").flatMap(Int.init) ?? 0
-        c.faults.corruptFrame = faultCorruptFrame ?? Self.env("FAULT_CORRUPT_FRAME").flatMap(Int.init)
-        c.faults.cutFrame = faultCutFrame ?? Self.env("FAULT_CUT_FRAME").flatMap(Int.init)
-        if let ms = faultRefuseMs ?? Self.env("FAULT_REFUSE_MS").flatMap(Int.init) {
+        c.faults.frameDelayMillis = faultDelayMs ?? Self.env("FAULT_DELAY_MS", Int.self) ?? 0
+        c.faults.corruptFrame = faultCorruptFrame ?? Self.env("FAULT_CORRUPT_FRAME", Int.self)
+        c.faults.cutFrame = faultCutFrame ?? Self.env("FAULT_CUT_FRAME", Int.self)
+        if let ms = faultRefuseMs ?? Self.env("FAULT_REFUSE_MS", Int.self) {
             c.faults.refuseUntilMillis = UInt64(Date().timeIntervalSince1970 * 1000) + UInt64(max(0, ms))
         }
         return c
