@@ -214,7 +214,10 @@ let package = Package(
         ),
         .testTarget(
             name: "QSFeedTests",
-            dependencies: ["KTFormats", "QSFeed", "QSKTFeed", "QSModel", log],
+            dependencies: [
+                "KTFormats", "QSClient", "QSFeed", "QSKTFeed", "QSModel", "QSNet", "QSTesting", "QSWire",
+                nio("NIOCore"), log, lifecycle("ServiceLifecycleTestKit"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -242,7 +245,11 @@ let package = Package(
         ),
         .testTarget(
             name: "QSNodeTests",
-            dependencies: ["QSClient", "QSModel", "QSStore", "QSTesting", "QSWire"],
+            dependencies: [
+                "QSClient", "QSModel", "QSNode", "QSStore", "QSTesting", "QSWire",
+                nio("NIOCore"), nio("NIOEmbedded"), nio("NIOPosix"), log,
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ],
             swiftSettings: swiftSettings
         ),
     ]

@@ -5,7 +5,7 @@ import Logging
 import XCTest
 
 /// Starts a fake KT in-process on a free loopback port, with a fresh ulog directory.
-struct ServerHarness {
+struct ServerHarness: Sendable {
     let server: FakeKTServer
     let port: Int
     let ulogDirectory: String
