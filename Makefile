@@ -29,18 +29,17 @@ release: deps
 	$(SWIFT) build -c release
 
 PYTHON ?= python3
-PIP_PACKAGES := ukt pymemcache pytest pytest-rerunfailures
+PIP_PACKAGES := ukt pymemcache pytest
 
 # Python clients the interop tests use (PyPI): ukt for KT, pymemcache for memcached.
 interop-deps:
-	@$(PYTHON) -c "import ukt, pymemcache, pytest, pytest_rerunfailures" 2>/dev/null || $(PYTHON) -m pip install --quiet $(PIP_PACKAGES) \
+	@$(PYTHON) -c "import ukt, pymemcache, pytest" 2>/dev/null || $(PYTHON) -m pip install --quiet $(PIP_PACKAGES) \
 		|| $(PYTHON) -m pip install --quiet --break-system-packages $(PIP_PACKAGES)
 
 test: deps interop-deps
 	$(SWIFT) build --build-tests
 	SWIFT=$(SWIFT) ./scripts/swift-test.sh
-	@# End-to-end tests race real processes: a failing one runs once more and is reported as rerun.
-	QS_BIN_DIR=.build/debug $(PYTHON) -m pytest -q --reruns 1 Tests/interop Tests/deploy
+	QS_BIN_DIR=.build/debug $(PYTHON) -m pytest -q Tests/interop Tests/deploy
 	./scripts/replay.sh .build/debug Fixtures/kt/basic 0=,1=aux/
 	./scripts/replay.sh .build/debug Fixtures/kt/medium 0=main/,1=aux/ --allow-clear
 	./scripts/container-test.sh .build/debug

@@ -218,7 +218,10 @@ let package = Package(
         ),
         .testTarget(
             name: "QSFeedTests",
-            dependencies: ["KTFormats", "QSFeed", "QSKTFeed", "QSModel", log],
+            dependencies: [
+                "KTFormats", "QSClient", "QSFeed", "QSKTFeed", "QSModel", "QSNet", "QSTesting", "QSWire",
+                nio("NIOCore"), log, lifecycle("ServiceLifecycleTestKit"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -246,7 +249,11 @@ let package = Package(
         ),
         .testTarget(
             name: "QSNodeTests",
-            dependencies: ["QSClient", "QSModel", "QSNet", "QSStore", "QSTesting", "QSWire"],
+            dependencies: [
+                "QSClient", "QSModel", "QSNet", "QSNode", "QSStore", "QSTesting", "QSWire",
+                nio("NIOCore"), nio("NIOEmbedded"), nio("NIOPosix"), log,
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ],
             swiftSettings: swiftSettings
         ),
     ]

@@ -1,8 +1,23 @@
 import Logging
+import NIOCore
 import QSClient
 import QSNet
 import QSModel
 import QSWire
+
+/// One connection to a root, as the root writer uses it. `QSClient` is the one bridges
+/// use; tests pass a scripted root through `RootWriter.init(endpoint:token:logger:metrics:connect:)`.
+/// The typed calls throw `ClientError.server` for an error answer, like `QSClient`'s.
+public protocol RootConnection: Sendable {
+    func checkpoint(sourceID: String) async throws -> UInt64?
+    func batch(sourceID: String, expected: UInt64, new: UInt64, operations: [Mutation]) async throws -> Response
+    func head() async throws -> Head
+    /// Sends one request and returns its answer, error answers included.
+    func send(_ request: Request, timeout: TimeAmount) async throws -> Response
+    func close() async
+}
+
+extension QSClient: RootConnection {}
 
 /// The bridge's side of the root: one connection, re-made with capped backoff whenever
 /// it fails, for as long as the task is not cancelled.
@@ -11,23 +26,33 @@ public actor RootWriter {
     let token: [UInt8]
     let logger: Logger
     let metrics: FeedMetrics
-    private var client: QSClient?
+    let connect: @Sendable () async throws -> any RootConnection
+    private var client: (any RootConnection)?
     public private(set) var connected = false
 
+    /// A writer to the root at `endpoint`, over `QSClient`.
     public init(endpoint: Endpoint, token: [UInt8], logger: Logger, metrics: FeedMetrics) {
+        self.init(endpoint: endpoint, token: token, logger: logger, metrics: metrics) {
+            switch endpoint {
+            case let .tcp(host, port): try await QSClient.connect(host: host, port: port, token: token)
+            case let .unix(path): try await QSClient.connect(unixPath: path, token: token)
+            }
+        }
+    }
+
+    /// A writer whose connections come from `connect` (`endpoint` only names the root in logs).
+    public init(endpoint: Endpoint, token: [UInt8], logger: Logger, metrics: FeedMetrics,
+                connect: @escaping @Sendable () async throws -> any RootConnection) {
         self.endpoint = endpoint
         self.token = token
         self.logger = logger
         self.metrics = metrics
+        self.connect = connect
     }
 
-    private func connection() async throws -> QSClient {
+    private func connection() async throws -> any RootConnection {
         if let client { return client }
-        let c: QSClient
-        switch endpoint {
-        case let .tcp(host, port): c = try await QSClient.connect(host: host, port: port, token: token)
-        case let .unix(path): c = try await QSClient.connect(unixPath: path, token: token)
-        }
+        let c = try await connect()
         client = c
         connected = true
         logger.info("connected to root", metadata: ["root": "\(endpoint)"])
@@ -45,7 +70,7 @@ public actor RootWriter {
 
     /// Runs `call` against the root, retrying on connection failures with backoff. Node
     /// errors that retrying cannot cure (unauthorized, invalid request) stop the bridge.
-    public func perform<T: Sendable>(_ what: String, _ call: @Sendable (QSClient) async throws -> T) async throws -> T {
+    public func perform<T: Sendable>(_ what: String, _ call: @Sendable (any RootConnection) async throws -> T) async throws -> T {
         var backoff = Backoff()
         while true {
             try Task.checkCancellation()
@@ -87,7 +112,7 @@ public actor RootWriter {
     public func append(_ entries: [StoredEntry]) async throws -> Response {
         let token = self.token
         return try await perform("append") { client in
-            let r = try await client.send(.append(token: token, entries: entries))
+            let r = try await client.send(.append(token: token, entries: entries), timeout: .seconds(60))
             switch r {
             case .applied, .conflict: return r
             case let .error(code, message):

@@ -26,10 +26,15 @@ public struct WriteServer: ListeningService {
     public func run() async throws {
         let core = self.core, logger = self.logger, maxFrameBytes = self.maxFrameBytes
         try await listener.run { channel in
-            let ops = channel.pipeline.syncOperations
-            try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
-            try ops.addHandler(MessageToByteHandler(FrameEncoder()))
-            try ops.addHandler(WriteProtocolHandler(core: core, logger: logger))
+            try Self.configure(channel, core: core, maxFrameBytes: maxFrameBytes, logger: logger)
         }
+    }
+
+    /// One connection's pipeline: frames bounded at `maxFrameBytes`, then the handler.
+    public static func configure(_ channel: any Channel, core: NodeCore, maxFrameBytes: Int, logger: Logger) throws {
+        let ops = channel.pipeline.syncOperations
+        try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
+        try ops.addHandler(MessageToByteHandler(FrameEncoder()))
+        try ops.addHandler(WriteProtocolHandler(core: core, logger: logger))
     }
 }

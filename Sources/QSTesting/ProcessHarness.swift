@@ -247,8 +247,13 @@ public final class DaemonProcess: @unchecked Sendable {
         return process.terminationStatus
     }
 
+    /// A daemon a test did not stop is killed, and its exit awaited: nothing of it
+    /// outlives the test (its files, its ports).
     deinit {
-        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
     }
 }
 

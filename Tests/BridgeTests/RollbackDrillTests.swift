@@ -44,8 +44,9 @@ final class RollbackDrillTests: XCTestCase {
         let mirror = try DaemonProcess("qsqsbridge", ["--source", "qs://\(legacy.address)", "--root", new.address, "--mode", "compatible",
                                                       "--batch-interval", "100ms", "--log-format", "text"], logDir: tmp)
         // A continuous workload on KT for the whole drill.
-        let stop = StopFlag()
+        let stop = StopFlag(), stopped = StopFlag()
         let writer = Thread {
+            defer { stopped.set() }
             var i = 0
             while !stop.isSet {
                 kt.set("zone/\(i % 60)", "v\(i)")
@@ -56,7 +57,12 @@ final class RollbackDrillTests: XCTestCase {
             }
         }
         writer.start()
-        defer { stop.set() }
+        /// Stops the workload and waits until its last write is done.
+        func stopWorkload() {
+            stop.set()
+            XCTAssertTrue(Harness.waitUntil(timeout: .seconds(30)) { stopped.isSet }, "the workload thread did not stop")
+        }
+        defer { stopWorkload() }
 
         let list1 = tmp.appendingPathComponent("r1-upstreams")
         try legacy.address.write(to: list1, atomically: true, encoding: .utf8)
@@ -98,8 +104,9 @@ final class RollbackDrillTests: XCTestCase {
         XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { (r2.metric("qs_replica_diverged_total") ?? 0) >= 1 }, r2.daemon.log)
         _ = httpPost(port: r2.adminPort, path: "/upstream", contentType: "text/plain", body: Array(new.address.utf8))
 
-        // Stop the workload and let everything settle on L's head.
-        stop.set()
+        // Stop the workload (no write of it may follow the last one) and let everything
+        // settle on L's head.
+        stopWorkload()
         kt.set("drill/last", "done")
         let lc = try await client(legacy.port)
         let settled = await Harness.eventually(timeout: .seconds(30)) { ((try? await lc.get(Array("drill/last".utf8)))??.value) == Array("done".utf8) }

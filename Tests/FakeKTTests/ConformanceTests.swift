@@ -9,7 +9,7 @@ final class RPCConformanceTests: XCTestCase {
     func testEveryRecordedRequestGetsTheRecordedResponse() async throws {
         let recordedAt = try Self.recordedAt()
         let harness = try await ServerHarness.start(timeSource: { Double(recordedAt) + 0.5 })
-        defer { Task { try? await harness.stop() } }
+        addTeardownBlock { try await harness.stop() }
         let lines = String(decoding: try Data(contentsOf: ServerHarness.fixtures.appendingPathComponent("basic/rpc.jsonl")), as: UTF8.self)
             .split(separator: "\n")
         XCTAssertEqual(lines.count, 42)

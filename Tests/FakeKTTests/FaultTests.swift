@@ -12,7 +12,7 @@ final class FaultTests: XCTestCase {
         var plan = FaultPlan()
         plan.closeAfterFrames = 3
         let harness = try await seeded(plan)
-        defer { Task { try? await harness.stop() } }
+        addTeardownBlock { try await harness.stop() }
         let s = try ReplicationTests.subscribe(harness.port)
         var decoder = ReplicationFrameDecoder(expectAcceptance: false)
         var buffer = ByteBufferAllocatorShim.buffer(try s.readToEnd())
@@ -27,7 +27,7 @@ final class FaultTests: XCTestCase {
         plan.corruptFrame = 2
         plan.cutFrame = 4
         let harness = try await seeded(plan)
-        defer { Task { try? await harness.stop() } }
+        addTeardownBlock { try await harness.stop() }
         let s = try ReplicationTests.subscribe(harness.port)
         let bytes = try s.readToEnd()
         var buffer = ByteBufferAllocatorShim.buffer(bytes)
@@ -40,7 +40,7 @@ final class FaultTests: XCTestCase {
 
     func testStopHeartbeatsViaAdminCall() async throws {
         let harness = try await ServerHarness.start()
-        defer { Task { try? await harness.stop() } }
+        addTeardownBlock { try await harness.stop() }
         let r = try harness.http("POST", "/_fakekt/faults", headers: ["Content-Type": "application/x-www-form-urlencoded"], body: Array("stop_heartbeats=1".utf8))
         XCTAssertEqual(r.status, 200)
         XCTAssertTrue(String(decoding: r.body, as: UTF8.self).contains("stop_heartbeats=1"))
@@ -58,7 +58,7 @@ final class FaultTests: XCTestCase {
         var plan = FaultPlan()
         plan.frameDelayMillis = 50
         let harness = try await seeded(plan)
-        defer { Task { try? await harness.stop() } }
+        addTeardownBlock { try await harness.stop() }
         let s = try ReplicationTests.subscribe(harness.port)
         let start = Date()
         for _ in 0..<4 { _ = try ReplicationTests.frame(s) }
@@ -69,7 +69,7 @@ final class FaultTests: XCTestCase {
         var plan = FaultPlan()
         plan.refuseUntilMillis = UInt64(Date().timeIntervalSince1970 * 1000) + 300
         let harness = try await ServerHarness.start(faults: plan)
-        defer { Task { try? await harness.stop() } }
+        addTeardownBlock { try await harness.stop() }
         XCTAssertThrowsError(try harness.http("POST", "/rpc/void"))
         try waitUntil(3, "connections accepted again") { (try? harness.http("POST", "/rpc/void"))?.status == 200 }
     }

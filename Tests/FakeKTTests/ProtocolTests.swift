@@ -7,7 +7,7 @@ import XCTest
 final class ProtocolTests: XCTestCase {
     func testBinaryBulkOperations() async throws {
         let harness = try await ServerHarness.start()
-        defer { Task { try? await harness.stop() } }
+        addTeardownBlock { try await harness.stop() }
         let s = try TestSocket(port: harness.port)
         let records = [KTBinaryRecord(db: 0, key: [0, 0xFF], value: [9, 10], expiration: Int64.max),
                        KTBinaryRecord(db: 1, key: Array("b".utf8), value: Array("two".utf8), expiration: 600)]
@@ -36,7 +36,7 @@ final class ProtocolTests: XCTestCase {
 
     func testMalformedBinaryRequestIsAnsweredAndServerLives() async throws {
         let harness = try await ServerHarness.start()
-        defer { Task { try? await harness.stop() } }
+        addTeardownBlock { try await harness.stop() }
         let s = try TestSocket(port: harness.port)
         // An unknown command: KT hangs up without a word.
         try s.send([0xB7, 1, 2, 3, 4, 5])
@@ -53,7 +53,7 @@ final class ProtocolTests: XCTestCase {
 
     func testCursorsWalkTheTreeDatabase() async throws {
         let harness = try await ServerHarness.start()
-        defer { Task { try? await harness.stop() } }
+        addTeardownBlock { try await harness.stop() }
         for k in ["a", "b", "c"] {
             XCTAssertEqual(try harness.rpc("set", [("key", Array(k.utf8)), ("value", Array("v\(k)".utf8))], db: 1).status, 200)
         }
@@ -79,7 +79,7 @@ final class ProtocolTests: XCTestCase {
 
     func testIdleConnectionsCloseAfterTimeoutButReplicationStays() async throws {
         let harness = try await ServerHarness.start(timeout: 0.2)
-        defer { Task { try? await harness.stop() } }
+        addTeardownBlock { try await harness.stop() }
         let idle = try TestSocket(port: harness.port, timeout: 3)
         let start = Date()
         XCTAssertEqual(try idle.readToEnd(), [])
@@ -98,7 +98,7 @@ final class ProtocolTests: XCTestCase {
 
     func testDatabasesByNameAndRESTPrefix() async throws {
         let harness = try await ServerHarness.start()
-        defer { Task { try? await harness.stop() } }
+        addTeardownBlock { try await harness.stop() }
         XCTAssertEqual(try harness.http("PUT", "/aux.kct/k1", body: [1, 2]).status, 201)
         XCTAssertEqual(try harness.http("GET", "/1/k1").body, [1, 2])
         let r = try harness.http("POST", "/rpc/get?DB=aux.kct&key=k1")

@@ -28,7 +28,7 @@ final class ReplicationTests: XCTestCase {
 
     func testServesFixtureULogDirectoryLikeTheRecordedStream() async throws {
         let harness = try await ServerHarness.start(seedULog: ServerHarness.fixtures.appendingPathComponent("basic/ulog").path)
-        defer { Task { try? await harness.stop() } }
+        addTeardownBlock { try await harness.stop() }
         let recorded = try ULogFixtureRecords.basic()
         let s = try Self.subscribe(harness.port)
         var got: [ULogFile.Record] = []
@@ -64,7 +64,7 @@ final class ReplicationTests: XCTestCase {
 
     func testHeartbeatsWhenIdleRequireAcknowledgement() async throws {
         let harness = try await ServerHarness.start()
-        defer { Task { try? await harness.stop() } }
+        addTeardownBlock { try await harness.stop() }
         let s = try Self.subscribe(harness.port)
         let before = UInt64(Date().timeIntervalSince1970 * 1000) * 1_000_000
         guard case .heartbeat(let ts) = try Self.frame(s) else { return XCTFail("expected a heartbeat") }
@@ -78,7 +78,7 @@ final class ReplicationTests: XCTestCase {
 
     func testOwnSidIsSkippedAndEvery256SkipsSendAnEmptyFrame() async throws {
         let harness = try await ServerHarness.start()
-        defer { Task { try? await harness.stop() } }
+        addTeardownBlock { try await harness.stop() }
         var pairs: [([UInt8], [UInt8])] = []
         for i in 0..<300 { pairs.append(([UInt8(ascii: "_")] + Array("k\(i)".utf8), [1])) }
         XCTAssertEqual(try harness.rpc("set_bulk", raw: pairs).status, 200)

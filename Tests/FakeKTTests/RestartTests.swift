@@ -38,7 +38,7 @@ final class RestartTests: XCTestCase {
         let before = try WorkloadReplayTests.ulogRecords(first.ulogDirectory)
         let second = try await ServerHarness.start(seedULog: first.ulogDirectory)
         try await first.stop()
-        defer { Task { try? await second.stop() } }
+        addTeardownBlock { try await second.stop() }
         XCTAssertEqual(WorkloadReplayTests.parseReply(try second.rpc("get", [("key", [2])]))["value"], [2])
         XCTAssertEqual(try second.rpc("remove", [("key", [1])]).status, 200)
         second.server.flushUpdateLog()
@@ -51,7 +51,7 @@ final class RestartTests: XCTestCase {
 
     func testULogRotationListAndRemove() async throws {
         let harness = try await ServerHarness.start(ulim: 200)
-        defer { Task { try? await harness.stop() } }
+        addTeardownBlock { try await harness.stop() }
         for i in 0..<20 {
             XCTAssertEqual(try harness.rpc("set", [("key", Array("key-\(i)".utf8)), ("value", [UInt8](repeating: 0x41, count: 40))]).status, 200)
         }

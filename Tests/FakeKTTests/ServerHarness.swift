@@ -7,7 +7,7 @@ import QSTesting
 import XCTest
 
 /// Starts a fake KT in-process on a loopback port the kernel picks (port 0), with a fresh ulog directory.
-struct ServerHarness {
+struct ServerHarness: Sendable {
     let server: FakeKTServer
     let running: InProcessServices
     let port: Int

@@ -9,7 +9,7 @@ import XCTest
 final class WorkloadReplayTests: XCTestCase {
     func testReplayedWorkloadMatchesRecordedStateFeedAndULog() async throws {
         let harness = try await ServerHarness.start(ulim: 65536)
-        defer { Task { try? await harness.stop() } }
+        addTeardownBlock { try await harness.stop() }
         let started = Date().timeIntervalSince1970
 
         // 1. Replay the workload; every status is the recorded one.

@@ -1,0 +1,102 @@
+import QSClient
+import QSFeed
+import QSModel
+import QSTesting
+import QSWire
+import XCTest
+
+/// The root writer against a scripted root: what it retries, what stops the bridge.
+final class RootWriterTests: XCTestCase {
+    func testRetriesWhileTheRootIsDownThenAnswers() async throws {
+        let root = ScriptedRoot()
+        root.setCheckpoint("s", 42)
+        root.goDown()
+        let writer = root.writer()
+        let call = Task { try await writer.checkpoint(sourceID: "s") }
+        try await waitFor("two refused attempts") { root.snapshot.failedCalls >= 2 }
+        root.comeUp()
+        let checkpoint = try await within(.seconds(10), "checkpoint") { try await call.value }
+        XCTAssertEqual(checkpoint, 42)
+        let connected = await writer.connected
+        XCTAssertTrue(connected)
+        XCTAssertGreaterThanOrEqual(root.snapshot.connectAttempts, 3)
+    }
+
+    /// A dropped connection is re-made and the call sent again on the new one.
+    func testADroppedConnectionIsRemade() async throws {
+        let root = ScriptedRoot()
+        let writer = root.writer()
+        let before = try await writer.checkpoint(sourceID: "s")
+        XCTAssertEqual(before, nil)
+        root.goDown()
+        root.comeUp()
+        let answer = try await writer.batch(sourceID: "s", expected: 0, new: 1, operations: [.delete(key: [1])])
+        XCTAssertEqual(answer, .applied(logIndex: 1, kept: 1, dropped: 0))
+        XCTAssertEqual(root.snapshot.connectAttempts, 2)
+        XCTAssertEqual(root.snapshot.failedCalls, 1)
+    }
+
+    func testErrorsRetryingCannotCureStopTheBridge() async throws {
+        for code in [ErrorCode.unauthorized, .invalidRequest, .unsupported, .malformed] {
+            let root = ScriptedRoot()
+            root.state.withLock { $0.nextAnswer = .error(code: code.rawValue, message: "scripted \(code)") }
+            let writer = root.writer()
+            do {
+                _ = try await writer.batch(sourceID: "s", expected: 0, new: 1, operations: [])
+                XCTFail("\(code) did not stop the bridge")
+            } catch let error as FeedError {
+                XCTAssertEqual(error, .stop("root refused batch: scripted \(code)"))
+            }
+            XCTAssertEqual(root.snapshot.batches.count, 1, "\(code) sent once, not retried")
+        }
+    }
+
+    /// A storage error may pass (the operator frees space): the call is retried.
+    func testStorageErrorsAreRetried() async throws {
+        let root = ScriptedRoot()
+        root.state.withLock { $0.nextAnswer = .error(code: ErrorCode.storageError.rawValue, message: "scripted") }
+        let writer = root.writer()
+        let answer = try await within(.seconds(10), "batch") {
+            try await writer.batch(sourceID: "s", expected: 0, new: 1, operations: [.delete(key: [1])])
+        }
+        XCTAssertEqual(answer, .applied(logIndex: 1, kept: 1, dropped: 0))
+        XCTAssertEqual(root.snapshot.batches.map(\.new), [1, 1])
+    }
+
+    func testDivergedAppendStopsTheBridge() async throws {
+        let root = ScriptedRoot()
+        root.state.withLock { $0.nextAnswer = .error(code: ErrorCode.diverged.rawValue, message: "hash differs at 3") }
+        let writer = root.writer()
+        do {
+            _ = try await writer.append([])
+            XCTFail("a diverged target did not stop the bridge")
+        } catch let FeedError.stop(why) {
+            XCTAssertEqual(why, "the target root has another history than the source: hash differs at 3")
+        }
+    }
+
+    func testPositionIsTheCheckpointOrTheHead() async throws {
+        let root = ScriptedRoot()
+        root.setCheckpoint("s", 9)
+        root.state.withLock { $0.headIndex = 4 }
+        let writer = root.writer()
+        let batched = try await writer.position(sourceID: "s", mode: .batched)
+        XCTAssertEqual(batched, 9)
+        let compatible = try await writer.position(sourceID: "s", mode: .compatible)
+        XCTAssertEqual(compatible, 4)
+    }
+
+    /// Cancelling a call that waits for a down root ends it promptly.
+    func testCancellationEndsTheRetries() async throws {
+        let root = ScriptedRoot()
+        root.goDown()
+        let writer = root.writer()
+        let call = Task { try await writer.checkpoint(sourceID: "s") }
+        try await waitFor("a refused attempt") { root.snapshot.failedCalls >= 1 }
+        call.cancel()
+        do {
+            _ = try await within(.seconds(10), "cancelled call") { try await call.value }
+            XCTFail("a cancelled call answered")
+        } catch is CancellationError {}
+    }
+}

@@ -1,0 +1,241 @@
+import Foundation
+import Logging
+import MetricsTestKit
+import NIOCore
+import NIOEmbedded
+import NIOPosix
+import QSModel
+import QSStore
+import QSTesting
+import QSWire
+import XCTest
+@testable import QSNode
+
+/// The write-protocol handler on a testing channel: bytes in, bytes out, no sockets. Store
+/// work runs off the channel's loop, so every answer is awaited with a deadline.
+final class WriteProtocolHandlerTests: XCTestCase {
+    var tmp: URL!
+    let token: [UInt8] = Array("secret".utf8)
+
+    override func setUpWithError() throws {
+        tmp = try Harness.tempDir("handler")
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: tmp)
+    }
+
+    /// A root's request handling over a fresh store, with metrics the test can read.
+    struct Node {
+        let core: NodeCore
+        let metrics: TestMetrics
+
+        func bad() -> Int64 { metrics.counterTotal(label: "qs_bad_frames_total") }
+    }
+
+    func node(token: [UInt8]? = nil) throws -> Node {
+        let store = try Store(directory: tmp.appendingPathComponent("data").path, mapSize: 64 << 20)
+        let metrics = TestMetrics()
+        let logger = Logger(label: "handler-test") { _ in SwiftLogNoOpLogHandler() }
+        let core = NodeCore(store: store, token: token, metrics: NodeMetrics(factory: metrics), logger: logger)
+        return Node(core: core, metrics: metrics)
+    }
+
+    /// A connected channel with the write server's pipeline, for `maxFrameBytes`.
+    func connection(to node: Node, maxFrameBytes: Int = 1 << 20) async throws -> NIOAsyncTestingChannel {
+        let core = node.core
+        let channel = try await NIOAsyncTestingChannel { channel in
+            let logger = Logger(label: "handler-test") { _ in SwiftLogNoOpLogHandler() }
+            try WriteServer.configure(channel, core: core, maxFrameBytes: maxFrameBytes, logger: logger)
+        }
+        try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 4000)).get()
+        addTeardownBlock { _ = try? await channel.finish(acceptAlreadyClosed: true) }
+        return channel
+    }
+
+    /// `length:u32 type:u8 payload` for each request, in one buffer.
+    func bytes(_ requests: [Request]) -> ByteBuffer {
+        var buffer = ByteBuffer()
+        for r in requests {
+            let frame = r.frame()
+            buffer.writeInteger(UInt32(1 + frame.payload.count))
+            buffer.writeInteger(frame.type)
+            buffer.writeBytes(frame.payload)
+        }
+        return buffer
+    }
+
+    /// Reads `count` answers off the channel, waiting for each with a deadline.
+    func answers(_ count: Int, from channel: NIOAsyncTestingChannel, timeout: Duration = .seconds(10)) async throws -> [Response] {
+        var buffer = ByteBuffer()
+        var out = [Response]()
+        let deadline = ContinuousClock.now + timeout
+        while out.count < count {
+            if var chunk = try await channel.readOutbound(as: ByteBuffer.self) {
+                buffer.writeBuffer(&chunk)
+                while let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self),
+                      buffer.readableBytes >= 4 + Int(length) {
+                    buffer.moveReaderIndex(forwardBy: 4)
+                    guard length > 0, let type = buffer.readInteger(as: UInt8.self),
+                          let payload = buffer.readBytes(length: Int(length) - 1) else {
+                        throw TimedOut("an answer frame of length \(length)")
+                    }
+                    out.append(try Response.decode(Frame(type: type, payload: payload)))
+                }
+                continue
+            }
+            guard ContinuousClock.now < deadline else {
+                throw TimedOut("waited \(timeout) for \(count) answers; got \(out)")
+            }
+            try await Task.sleep(for: .milliseconds(1))
+        }
+        XCTAssertEqual(buffer.readableBytes, 0, "bytes after the last answer")
+        return out
+    }
+
+    func send(_ requests: [Request], to channel: NIOAsyncTestingChannel) async throws {
+        try await channel.writeInbound(bytes(requests))
+    }
+
+    func waitClosed(_ channel: NIOAsyncTestingChannel) async throws {
+        try await waitFor("the connection closed") { !channel.isActive }
+    }
+
+    func batch(_ expected: UInt64, _ new: UInt64, _ operations: [Mutation], token: [UInt8] = []) -> Request {
+        .batch(.init(token: token, sourceID: "src", expected: expected, new: new, operations: operations))
+    }
+
+    func errorCode(_ response: Response?) -> ErrorCode? {
+        guard case let .error(code, _) = response else { return nil }
+        return ErrorCode(rawValue: code)
+    }
+
+    // MARK: requests
+
+    func testValidBatchIsAppliedAndAnswered() async throws {
+        let node = try node()
+        let channel = try await connection(to: node)
+        try await send([batch(0, 3, [.set(key: [1], value: [10], expiry: 4_000_000_000), .set(key: [2], value: [20], expiry: nil)])], to: channel)
+        let applied = try await answers(1, from: channel)
+        XCTAssertEqual(applied, [.applied(logIndex: 1, kept: 2, dropped: 0)])
+        try await send([.get(key: [1]), .getCheckpoint(sourceID: "src")], to: channel)
+        let read = try await answers(2, from: channel)
+        XCTAssertEqual(read, [.value(Record(value: [10], expiry: 4_000_000_000)), .checkpoint(3)])
+        XCTAssertTrue(channel.isActive)
+        XCTAssertEqual(node.metrics.counterTotal(label: "qs_batches_applied_total"), 1)
+        XCTAssertEqual(node.metrics.counterTotal(label: "qs_ops_applied_total"), 2)
+    }
+
+    func testCASConflictAnswersTheCurrentCheckpoint() async throws {
+        let node = try node()
+        let channel = try await connection(to: node)
+        try await send([batch(0, 5, [.set(key: [1], value: [1], expiry: nil)])], to: channel)
+        let first = try await answers(1, from: channel)
+        XCTAssertEqual(first, [.applied(logIndex: 1, kept: 1, dropped: 0)])
+        try await send([batch(0, 7, [.set(key: [1], value: [2], expiry: nil)]), .get(key: [1])], to: channel)
+        let second = try await answers(2, from: channel)
+        XCTAssertEqual(second, [.conflict(current: 5), .value(Record(value: [1], expiry: nil))])
+        XCTAssertTrue(channel.isActive, "a conflict is an answer, not a reason to close")
+        XCTAssertEqual(node.metrics.counterTotal(label: "qs_conflicts_total"), 1)
+    }
+
+    /// Requests sent back to back, more than the handler queues, are answered in order.
+    func testPipelinedRequestsAreAnsweredInOrder() async throws {
+        let node = try node()
+        let channel = try await connection(to: node)
+        var requests = [Request]()
+        var expected = [Response]()
+        for i in UInt64(0)..<100 {
+            requests.append(batch(i, i + 1, [.set(key: [UInt8(i)], value: [UInt8(i)], expiry: nil)]))
+            expected.append(.applied(logIndex: i + 1, kept: 1, dropped: 0))
+            requests.append(.get(key: [UInt8(i)]))
+            expected.append(.value(Record(value: [UInt8(i)], expiry: nil)))
+        }
+        requests += [batch(7, 8, []), .getCheckpoint(sourceID: "src")]
+        expected += [.conflict(current: 100), .checkpoint(100)]
+        try await send(requests, to: channel)
+        let all = try await answers(expected.count, from: channel)
+        XCTAssertEqual(all, expected)
+        XCTAssertTrue(channel.isActive)
+    }
+
+    // MARK: refusals
+
+    func testWrongTokenIsRefusedAndTheConnectionClosed() async throws {
+        let node = try node(token: token)
+        for sent in [Array("wrong".utf8), []] {
+            let channel = try await connection(to: node)
+            try await send([batch(0, 1, [.set(key: [1], value: [1], expiry: nil)], token: sent), .head], to: channel)
+            let answer = try await answers(1, from: channel)
+            XCTAssertEqual(errorCode(answer.first), .unauthorized)
+            try await waitClosed(channel)
+            let after = try await channel.readOutbound(as: ByteBuffer.self)
+            XCTAssertNil(after, "nothing answered after the refusal")
+        }
+        XCTAssertEqual(node.metrics.counterTotal(label: "qs_auth_failures_total"), 2)
+        // Nothing was written; the right token is taken.
+        let channel = try await connection(to: node)
+        try await send([.getCheckpoint(sourceID: "src"), batch(0, 1, [.set(key: [1], value: [1], expiry: nil)], token: token)], to: channel)
+        let withToken = try await answers(2, from: channel)
+        XCTAssertEqual(withToken, [.checkpoint(nil), .applied(logIndex: 1, kept: 1, dropped: 0)])
+    }
+
+    /// Each bad frame: an error answer naming what was wrong, the bad-frame counter, a close.
+    func testBadFramesGetAnErrorReplyACountAndAClose() async throws {
+        let node = try node()
+        let cases: [(name: String, bytes: [UInt8], code: ErrorCode)] = [
+            ("unknown request type", [0, 0, 0, 3, 0x7E, 1, 2], .malformed),
+            ("batch payload cut short", [0, 0, 0, 5, 0x01, 0, 0, 0, 9], .malformed),
+            ("length over the limit", [0x00, 0x20, 0x00, 0x00, 0x01], .frameTooLarge),
+            ("length zero", [0, 0, 0, 0], .malformed),
+            ("HTTP", Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8), .frameTooLarge),
+        ]
+        for (n, c) in cases.enumerated() {
+            let channel = try await connection(to: node)
+            try await channel.writeInbound(ByteBuffer(bytes: c.bytes))
+            let answer = try await answers(1, from: channel)
+            XCTAssertEqual(errorCode(answer.first), c.code, c.name)
+            try await waitClosed(channel)
+            XCTAssertEqual(node.bad(), Int64(n + 1), c.name)
+        }
+        // A frame cut short by the end of the stream.
+        let channel = try await connection(to: node)
+        try await channel.writeInbound(ByteBuffer(bytes: [0, 0, 0, 50, 0x01, 1, 2]))
+        let early = try await channel.readOutbound(as: ByteBuffer.self)
+        XCTAssertNil(early, "half a frame is no request yet")
+        channel.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        let answer = try await answers(1, from: channel)
+        XCTAssertEqual(errorCode(answer.first), .malformed)
+        try await waitClosed(channel)
+        XCTAssertEqual(node.bad(), Int64(cases.count + 1))
+    }
+
+    /// Requests before a bad frame are answered; nothing after it is.
+    func testRequestsBeforeABadFrameAreAnswered() async throws {
+        let node = try node()
+        let channel = try await connection(to: node)
+        var buffer = bytes([batch(0, 1, [.set(key: [1], value: [1], expiry: nil)]), .getCheckpoint(sourceID: "src")])
+        buffer.writeBytes([0, 0, 0, 1, 0x7E])
+        buffer.writeImmutableBuffer(bytes([.head]))
+        try await channel.writeInbound(buffer)
+        let all = try await answers(3, from: channel)
+        XCTAssertEqual(Array(all.prefix(2)), [.applied(logIndex: 1, kept: 1, dropped: 0), .checkpoint(1)])
+        XCTAssertEqual(errorCode(all.last), .malformed)
+        try await waitClosed(channel)
+        let after = try await channel.readOutbound(as: ByteBuffer.self)
+        XCTAssertNil(after)
+    }
+
+    // MARK: shutdown
+
+    /// Asked to quiesce with a request in flight, the handler answers it, then closes.
+    func testQuiesceAnswersTheRequestInFlightThenCloses() async throws {
+        let node = try node()
+        let channel = try await connection(to: node)
+        try await send([batch(0, 1, [.set(key: [1], value: [1], expiry: nil)])], to: channel)
+        channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        let answered = try await answers(1, from: channel)
+        XCTAssertEqual(answered, [.applied(logIndex: 1, kept: 1, dropped: 0)])
+        try await waitClosed(channel)
+    }
+}
