@@ -1,7 +1,7 @@
 import KTFormats
 import NIOCore
 import NIOPosix
-import QSFeed
+import QSBytes
 
 /// A read-only KT replication client: connects, sends `0xB1 flags ts sid`, answers every
 /// heartbeat with one `0xB1`, and hands each frame to its consumer. It never writes
@@ -69,7 +69,8 @@ public struct KTReplicationClient: Sendable {
                     let ops = channel.pipeline.syncOperations
                     try ops.addHandler(IdleStateHandler(readTimeout: readTimeout))
                     try ops.addHandler(ReadTimeoutHandler())
-                    try ops.addHandler(ByteToMessageHandler(BoundedReplicationDecoder(maxMessageBytes: maxMessageBytes)))
+                    try ops.addHandler(ByteToMessageHandler(ReplicationFrameDecoder(maxMessageBytes: maxMessageBytes),
+                                                             maximumBufferSize: maxMessageBytes + 13))
                     return try NIOAsyncChannel<ReplicationFrame, ByteBuffer>(
                         wrappingChannelSynchronously: channel,
                         configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 16))
@@ -95,10 +96,12 @@ public struct KTReplicationClient: Sendable {
                     }
                     try await frame(received)
                 }
-            } catch let e as DamagedStreamError {
-                throw Failure.damaged(server: name, reason: e.reason)
-            } catch let e as ReplicationStreamError {
+            } catch let e as DecodeError {
+                // The server closing inside a frame is a closed connection, not damage.
+                if e.kind == .truncated { throw Failure.closed(server: name) }
                 throw Failure.damaged(server: name, reason: "\(e)")
+            } catch is ByteToMessageDecoderError.PayloadTooLargeError {
+                throw Failure.damaged(server: name, reason: "more than \(maxMessageBytes + 13) bytes without a whole frame")
             }
             throw Failure.closed(server: name)
         }
