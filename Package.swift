@@ -98,12 +98,21 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // The shared feed consumer of every bridge: source → batcher → root writer.
+        // Every recording format and its readers: KT replication captures, QS log captures,
+        // reading any recording back (`qsctl feed show|stats`), and the one helper that
+        // feeds a file in chunks to the decoder that reads the same format from a socket.
+        .target(
+            name: "QSCaptures",
+            dependencies: ["KTFormats", "QSBytes", "QSModel", "QSWire", nio("NIOCore")],
+            swiftSettings: swiftSettings
+        ),
+        // The shared feed consumer of every bridge: source → batcher → root writer; the QS
+        // log (live and captured) as a source.
         .target(
             name: "QSFeed",
             dependencies: [
-                "QSClient", "QSModel", "QSNet", "QSWire",
-                nio("NIOCore"), log, metrics, lifecycle("ServiceLifecycle"),
+                "QSCaptures", "QSClient", "QSModel", "QSNet", "QSWire",
+                log, metrics, lifecycle("ServiceLifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -111,24 +120,23 @@ let package = Package(
         // protocol frames, HTTP RPC TSV, expiration rules.
         .target(
             name: "KTFormats",
-            dependencies: [nio("NIOCore")],
+            dependencies: ["QSBytes", nio("NIOCore")],
             swiftSettings: swiftSettings
         ),
         // The KT sources of the feed consumer: live replication, ulog directories, captures.
         .target(
             name: "QSKTFeed",
             dependencies: [
-                "KTFormats", "QSFeed", "QSModel", "QSNet",
+                "KTFormats", "QSBytes", "QSCaptures", "QSFeed", "QSModel", "QSNet",
                 nio("NIOCore"), nio("NIOPosix"), log, metrics,
             ],
             swiftSettings: swiftSettings
         ),
-        // Recording live feeds (KT replication, QS log) into files, and reading recordings
-        // back for `qsctl feed show|stats`.
+        // Recording live feeds (KT replication, QS log) into capture files.
         .target(
             name: "QSRecording",
             dependencies: [
-                "KTFormats", "QSClient", "QSFeed", "QSKTFeed", "QSModel", "QSNet", "QSWire",
+                "KTFormats", "QSCaptures", "QSClient", "QSKTFeed", "QSModel", "QSNet", "QSWire",
                 log,
             ],
             swiftSettings: swiftSettings
@@ -181,7 +189,7 @@ let package = Package(
         .executableTarget(
             name: "qsctl",
             dependencies: [
-                "KTFormats", "QSBytes", "QSClient", "QSDaemon", "QSKTFeed", "QSModel", "QSNet", "QSRecording", "QSWire",
+                "KTFormats", "QSBytes", "QSCaptures", "QSClient", "QSDaemon", "QSKTFeed", "QSModel", "QSNet", "QSRecording", "QSWire",
                 argumentParser, log, lifecycle("UnixSignals"),
             ],
             swiftSettings: swiftSettings
@@ -203,17 +211,25 @@ let package = Package(
         .testTarget(name: "QSStoreTests", dependencies: ["QSModel", "QSStore"], swiftSettings: swiftSettings),
         .testTarget(
             name: "QSWireTests",
-            dependencies: ["QSModel", "QSWire", nio("NIOCore"), nio("NIOTestUtils")],
+            dependencies: ["QSBytes", "QSModel", "QSWire", nio("NIOCore"), nio("NIOTestUtils")],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "KTFormatsTests",
-            dependencies: ["KTFormats", nio("NIOCore"), nio("NIOTestUtils"), nio("NIOEmbedded")],
+            dependencies: ["KTFormats", "QSBytes", nio("NIOCore"), nio("NIOTestUtils"), nio("NIOEmbedded")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "QSCapturesTests",
+            dependencies: [
+                "KTFormats", "QSBytes", "QSCaptures", "QSWire",
+                nio("NIOCore"), nio("NIOEmbedded"), nio("NIOTestUtils"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "FakeKTTests",
-            dependencies: ["FakeKT", "KTFormats", "QSNet", "QSTesting", nio("NIOCore"), nio("NIOPosix"), log],
+            dependencies: ["FakeKT", "KTFormats", "QSBytes", "QSNet", "QSTesting", nio("NIOCore"), nio("NIOPosix"), log],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -231,7 +247,7 @@ let package = Package(
         ),
         .testTarget(
             name: "RecordingTests",
-            dependencies: ["QSClient", "QSFeed", "QSModel", "QSRecording", "QSStore", "QSTesting"],
+            dependencies: ["QSCaptures", "QSClient", "QSModel", "QSStore", "QSTesting"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

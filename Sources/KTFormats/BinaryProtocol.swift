@@ -1,4 +1,5 @@
 import NIOCore
+import QSBytes
 
 /// A record in binary set_bulk requests and get_bulk replies:
 /// `db:u16 ksiz:u32 vsiz:u32 xt:i64 key value`.
@@ -17,13 +18,13 @@ public struct KTBinaryRecord: Sendable, Hashable {
         self.expiration = expiration
     }
 
-    func encode(into out: inout [UInt8]) {
-        BE.append(db, 2, to: &out)
-        BE.append(UInt32(key.count), 4, to: &out)
-        BE.append(UInt32(value.count), 4, to: &out)
-        BE.append(expiration, 8, to: &out)
-        out.append(contentsOf: key)
-        out.append(contentsOf: value)
+    func encode(into w: inout ByteWriter) {
+        w.writeU16(db)
+        w.writeU32(UInt32(key.count))
+        w.writeU32(UInt32(value.count))
+        w.writeI64(expiration)
+        w.writeBytes(key)
+        w.writeBytes(value)
     }
 }
 
@@ -61,33 +62,33 @@ public enum KTBinaryRequest: Sendable, Hashable {
     }
 
     public func encoded() -> [UInt8] {
-        var out: [UInt8] = []
+        var w = ByteWriter()
         switch self {
         case .setBulk(let flags, let records):
-            out.append(KTBinaryMagic.setBulk)
-            BE.append(flags, 4, to: &out)
-            BE.append(UInt32(records.count), 4, to: &out)
-            for r in records { r.encode(into: &out) }
+            w.writeU8(KTBinaryMagic.setBulk)
+            w.writeU32(flags)
+            w.writeU32(UInt32(records.count))
+            for r in records { r.encode(into: &w) }
         case .removeBulk(let flags, let keys), .getBulk(let flags, let keys):
-            if case .removeBulk = self { out.append(KTBinaryMagic.removeBulk) } else { out.append(KTBinaryMagic.getBulk) }
-            BE.append(flags, 4, to: &out)
-            BE.append(UInt32(keys.count), 4, to: &out)
+            if case .removeBulk = self { w.writeU8(KTBinaryMagic.removeBulk) } else { w.writeU8(KTBinaryMagic.getBulk) }
+            w.writeU32(flags)
+            w.writeU32(UInt32(keys.count))
             for k in keys {
-                BE.append(k.db, 2, to: &out)
-                BE.append(UInt32(k.key.count), 4, to: &out)
-                out.append(contentsOf: k.key)
+                w.writeU16(k.db)
+                w.writeU32(UInt32(k.key.count))
+                w.writeBytes(k.key)
             }
         case .playScript(let flags, let name, let arguments):
-            out.append(KTBinaryMagic.playScript)
-            BE.append(flags, 4, to: &out)
-            BE.append(UInt32(name.count), 4, to: &out)
-            BE.append(UInt32(arguments.count), 4, to: &out)
-            out.append(contentsOf: name)
-            for a in arguments { a.encode(into: &out) }
+            w.writeU8(KTBinaryMagic.playScript)
+            w.writeU32(flags)
+            w.writeU32(UInt32(name.count))
+            w.writeU32(UInt32(arguments.count))
+            w.writeBytes(name)
+            for a in arguments { a.encode(into: &w) }
         case .replication(let request):
-            out = request.encoded()
+            return request.encoded()
         }
-        return out
+        return w.bytes
     }
 }
 
@@ -101,11 +102,11 @@ public struct KTPair: Sendable, Hashable {
         self.value = value
     }
 
-    func encode(into out: inout [UInt8]) {
-        BE.append(UInt32(key.count), 4, to: &out)
-        BE.append(UInt32(value.count), 4, to: &out)
-        out.append(contentsOf: key)
-        out.append(contentsOf: value)
+    func encode(into w: inout ByteWriter) {
+        w.writeU32(UInt32(key.count))
+        w.writeU32(UInt32(value.count))
+        w.writeBytes(key)
+        w.writeBytes(value)
     }
 }
 
@@ -123,174 +124,158 @@ public enum KTBinaryResponse: Sendable, Hashable {
     case error
 
     public func encoded() -> [UInt8] {
-        var out: [UInt8] = []
+        var w = ByteWriter()
         switch self {
         case .setBulk(let hits):
-            out.append(KTBinaryMagic.setBulk)
-            BE.append(hits, 4, to: &out)
+            w.writeU8(KTBinaryMagic.setBulk)
+            w.writeU32(hits)
         case .removeBulk(let hits):
-            out.append(KTBinaryMagic.removeBulk)
-            BE.append(hits, 4, to: &out)
+            w.writeU8(KTBinaryMagic.removeBulk)
+            w.writeU32(hits)
         case .getBulk(let records):
-            out.append(KTBinaryMagic.getBulk)
-            BE.append(UInt32(records.count), 4, to: &out)
-            for r in records { r.encode(into: &out) }
+            w.writeU8(KTBinaryMagic.getBulk)
+            w.writeU32(UInt32(records.count))
+            for r in records { r.encode(into: &w) }
         case .playScript(let results):
-            out.append(KTBinaryMagic.playScript)
-            BE.append(UInt32(results.count), 4, to: &out)
-            for p in results { p.encode(into: &out) }
+            w.writeU8(KTBinaryMagic.playScript)
+            w.writeU32(UInt32(results.count))
+            for p in results { p.encode(into: &w) }
         case .error:
-            out.append(KTBinaryMagic.error)
+            w.writeU8(KTBinaryMagic.error)
         }
+        return w.bytes
+    }
+}
+
+/// The binary protocol's decoders throw the one `DecodeError`; this name stays for the KT
+/// listener's protocol sniffer, which still wraps the request decoder.
+public typealias KTBinaryProtocolError = DecodeError
+
+extension DecodeError {
+    public init(reason: String, offset: Int) {
+        self.init(offset: offset, reason: reason)
+    }
+}
+
+extension ByteReader {
+    mutating func size(_ what: String, limit: UInt32) throws(DecodeError) -> Int {
+        let at = offset
+        let n = try readU32(what)
+        guard n <= limit else { throw DecodeError(offset: at, reason: "\(what) \(n) over \(limit)", kind: .tooLarge) }
+        return Int(n)
+    }
+
+    mutating func record(limit: UInt32) throws(DecodeError) -> KTBinaryRecord {
+        let db = try readU16("record db")
+        let ksiz = try size("record key size", limit: limit)
+        let vsiz = try size("record value size", limit: limit)
+        let xt = try readI64("record expiration")
+        return KTBinaryRecord(db: db, key: try readBytes(ksiz, "record key"), value: try readBytes(vsiz, "record value"), expiration: xt)
+    }
+
+    mutating func key(limit: UInt32) throws(DecodeError) -> KTBinaryKey {
+        let db = try readU16("key db")
+        let ksiz = try size("key size", limit: limit)
+        return KTBinaryKey(db: db, key: try readBytes(ksiz, "key"))
+    }
+
+    mutating func pair(limit: UInt32) throws(DecodeError) -> KTPair {
+        let ksiz = try size("pair key size", limit: limit)
+        let vsiz = try size("pair value size", limit: limit)
+        return KTPair(key: try readBytes(ksiz, "pair key"), value: try readBytes(vsiz, "pair value"))
+    }
+
+    /// `count` items read by `item`.
+    mutating func list<T>(_ count: UInt32, _ item: (inout Self) throws(DecodeError) -> T) throws(DecodeError) -> [T] {
+        var out: [T] = []
+        for _ in 0..<count { out.append(try item(&self)) }
         return out
     }
 }
 
-/// A malformed binary request or reply.
-public struct KTBinaryProtocolError: Error, Sendable, Equatable, CustomStringConvertible {
-    public var reason: String
-    /// Offset from the start of the frame.
-    public var offset: Int
-
-    public init(reason: String, offset: Int) {
-        self.reason = reason
-        self.offset = offset
-    }
-    public var description: String { "\(reason) at offset \(offset)" }
-}
-
-extension ByteCursor {
-    mutating func record(limit: UInt32) throws(KTBinaryProtocolError) -> KTBinaryRecord? {
-        guard let db = u16(), let ksiz = u32(), let vsiz = u32(), let xt = int(Int64.self) else { return nil }
-        guard ksiz <= limit, vsiz <= limit else {
-            throw KTBinaryProtocolError(reason: "record size over \(limit)", offset: offset)
-        }
-        guard let key = bytes(Int(ksiz)), let value = bytes(Int(vsiz)) else { return nil }
-        return KTBinaryRecord(db: db, key: key, value: value, expiration: xt)
-    }
-
-    mutating func key(limit: UInt32) throws(KTBinaryProtocolError) -> KTBinaryKey? {
-        guard let db = u16(), let ksiz = u32() else { return nil }
-        guard ksiz <= limit else { throw KTBinaryProtocolError(reason: "key size over \(limit)", offset: offset) }
-        guard let key = bytes(Int(ksiz)) else { return nil }
-        return KTBinaryKey(db: db, key: key)
-    }
-
-    mutating func pair(limit: UInt32) throws(KTBinaryProtocolError) -> KTPair? {
-        guard let ksiz = u32(), let vsiz = u32() else { return nil }
-        guard ksiz <= limit, vsiz <= limit else {
-            throw KTBinaryProtocolError(reason: "pair size over \(limit)", offset: offset)
-        }
-        guard let k = bytes(Int(ksiz)), let v = bytes(Int(vsiz)) else { return nil }
-        return KTPair(key: k, value: v)
-    }
-}
-
-/// Server side: decodes whole binary requests.
-public struct KTBinaryRequestDecoder: ByteToMessageDecoder, Sendable {
+/// Server side: decodes whole binary requests. A request declares no total length, so a
+/// listener bounds it with `ByteToMessageHandler(KTBinaryRequestDecoder(), maximumBufferSize:)`;
+/// a key, value or name over KT's own limit (`dataMaxSize`) is refused as soon as its size
+/// arrives. Errors name the offset from the start of the request.
+public struct KTBinaryRequestDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
     public typealias InboundOut = KTBinaryRequest
     public init() {}
 
-    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let request = try Self.next(&buffer) else { return .needMoreData }
-        context.fireChannelRead(wrapInboundOut(request))
-        return .continue
+    public mutating func decode(buffer: inout ByteBuffer) throws(DecodeError) -> KTBinaryRequest? {
+        try Self.next(&buffer)
     }
 
-    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        try decode(context: context, buffer: &buffer)
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws(DecodeError) -> KTBinaryRequest? {
+        try Self.next(&buffer)
     }
 
     /// Takes one whole request off `buffer`, or returns `nil` (consuming nothing).
-    public static func next(_ buffer: inout ByteBuffer) throws(KTBinaryProtocolError) -> KTBinaryRequest? {
-        var c = ByteCursor(buffer)
+    public static func next(_ buffer: inout ByteBuffer) throws(DecodeError) -> KTBinaryRequest? {
         let limit = KTBinaryMagic.dataMaxSize
-        guard let magic = c.u8(), let flags = c.u32() else { return nil }
-        let request: KTBinaryRequest
-        switch magic {
-        case KTBinaryMagic.setBulk:
-            guard let n = c.u32() else { return nil }
-            var records: [KTBinaryRecord] = []
-            for _ in 0..<n {
-                guard let r = try c.record(limit: limit) else { return nil }
-                records.append(r)
+        guard let (request, length) = try ByteReader.prefix(of: buffer.readableBytesView, { r throws(DecodeError) -> KTBinaryRequest in
+            let magic = try r.readU8("magic")
+            let known = [KTBinaryMagic.setBulk, KTBinaryMagic.removeBulk, KTBinaryMagic.getBulk, KTBinaryMagic.playScript, KTBinaryMagic.replication]
+            guard known.contains(magic) else { throw DecodeError(offset: 0, reason: "unknown magic 0x\(String(magic, radix: 16))") }
+            let flags = try r.readU32("flags")
+            switch magic {
+            case KTBinaryMagic.setBulk:
+                let n = try r.readU32("record count")
+                return .setBulk(flags: flags, records: try r.list(n) { r throws(DecodeError) in try r.record(limit: limit) })
+            case KTBinaryMagic.removeBulk, KTBinaryMagic.getBulk:
+                let n = try r.readU32("key count")
+                let keys = try r.list(n) { r throws(DecodeError) in try r.key(limit: limit) }
+                return magic == KTBinaryMagic.removeBulk ? .removeBulk(flags: flags, keys: keys) : .getBulk(flags: flags, keys: keys)
+            case KTBinaryMagic.playScript:
+                let nsiz = try r.size("name size", limit: limit)
+                let n = try r.readU32("argument count")
+                let name = try r.readBytes(nsiz, "name")
+                return .playScript(flags: flags, name: name, arguments: try r.list(n) { r throws(DecodeError) in try r.pair(limit: limit) })
+            default:
+                let ts = try r.readU64("replication timestamp")
+                let sid = try r.readU16("replication sid")
+                return .replication(ReplicationRequest(flags: flags, timestamp: ts, sid: sid))
             }
-            request = .setBulk(flags: flags, records: records)
-        case KTBinaryMagic.removeBulk, KTBinaryMagic.getBulk:
-            guard let n = c.u32() else { return nil }
-            var keys: [KTBinaryKey] = []
-            for _ in 0..<n {
-                guard let k = try c.key(limit: limit) else { return nil }
-                keys.append(k)
-            }
-            request = magic == KTBinaryMagic.removeBulk ? .removeBulk(flags: flags, keys: keys) : .getBulk(flags: flags, keys: keys)
-        case KTBinaryMagic.playScript:
-            guard let nsiz = c.u32(), let n = c.u32() else { return nil }
-            guard nsiz <= limit else { throw KTBinaryProtocolError(reason: "name size over \(limit)", offset: c.offset) }
-            guard let name = c.bytes(Int(nsiz)) else { return nil }
-            var args: [KTPair] = []
-            for _ in 0..<n {
-                guard let p = try c.pair(limit: limit) else { return nil }
-                args.append(p)
-            }
-            request = .playScript(flags: flags, name: name, arguments: args)
-        case KTBinaryMagic.replication:
-            guard let ts = c.u64(), let sid = c.u16() else { return nil }
-            request = .replication(ReplicationRequest(flags: flags, timestamp: ts, sid: sid))
-        default:
-            throw KTBinaryProtocolError(reason: "unknown magic 0x\(String(magic, radix: 16))", offset: 0)
-        }
-        buffer.moveReaderIndex(forwardBy: c.offset)
+        }) else { return nil }
+        buffer.moveReaderIndex(forwardBy: length)
         return request
     }
 }
 
-/// Client side: decodes whole binary replies.
-public struct KTBinaryResponseDecoder: ByteToMessageDecoder, Sendable {
+/// Client side: decodes whole binary replies (errors as `KTBinaryRequestDecoder`'s).
+public struct KTBinaryResponseDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
     public typealias InboundOut = KTBinaryResponse
     public init() {}
 
-    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let response = try Self.next(&buffer) else { return .needMoreData }
-        context.fireChannelRead(wrapInboundOut(response))
-        return .continue
+    public mutating func decode(buffer: inout ByteBuffer) throws(DecodeError) -> KTBinaryResponse? {
+        try Self.next(&buffer)
     }
 
-    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        try decode(context: context, buffer: &buffer)
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws(DecodeError) -> KTBinaryResponse? {
+        try Self.next(&buffer)
     }
 
-    public static func next(_ buffer: inout ByteBuffer) throws(KTBinaryProtocolError) -> KTBinaryResponse? {
-        var c = ByteCursor(buffer)
+    /// Takes one whole reply off `buffer`, or returns `nil` (consuming nothing).
+    public static func next(_ buffer: inout ByteBuffer) throws(DecodeError) -> KTBinaryResponse? {
         let limit = KTBinaryMagic.dataMaxSize
-        guard let magic = c.u8() else { return nil }
-        let response: KTBinaryResponse
-        switch magic {
-        case KTBinaryMagic.setBulk, KTBinaryMagic.removeBulk:
-            guard let hits = c.u32() else { return nil }
-            response = magic == KTBinaryMagic.setBulk ? .setBulk(hits: hits) : .removeBulk(hits: hits)
-        case KTBinaryMagic.getBulk:
-            guard let n = c.u32() else { return nil }
-            var records: [KTBinaryRecord] = []
-            for _ in 0..<n {
-                guard let r = try c.record(limit: limit) else { return nil }
-                records.append(r)
+        guard let (response, length) = try ByteReader.prefix(of: buffer.readableBytesView, { r throws(DecodeError) -> KTBinaryResponse in
+            let magic = try r.readU8("magic")
+            switch magic {
+            case KTBinaryMagic.setBulk, KTBinaryMagic.removeBulk:
+                let hits = try r.readU32("hits")
+                return magic == KTBinaryMagic.setBulk ? .setBulk(hits: hits) : .removeBulk(hits: hits)
+            case KTBinaryMagic.getBulk:
+                let n = try r.readU32("record count")
+                return .getBulk(records: try r.list(n) { r throws(DecodeError) in try r.record(limit: limit) })
+            case KTBinaryMagic.playScript:
+                let n = try r.readU32("pair count")
+                return .playScript(results: try r.list(n) { r throws(DecodeError) in try r.pair(limit: limit) })
+            case KTBinaryMagic.error:
+                return .error
+            default:
+                throw DecodeError(offset: 0, reason: "unknown magic 0x\(String(magic, radix: 16))")
             }
-            response = .getBulk(records: records)
-        case KTBinaryMagic.playScript:
-            guard let n = c.u32() else { return nil }
-            var pairs: [KTPair] = []
-            for _ in 0..<n {
-                guard let p = try c.pair(limit: limit) else { return nil }
-                pairs.append(p)
-            }
-            response = .playScript(results: pairs)
-        case KTBinaryMagic.error:
-            response = .error
-        default:
-            throw KTBinaryProtocolError(reason: "unknown magic 0x\(String(magic, radix: 16))", offset: 0)
-        }
-        buffer.moveReaderIndex(forwardBy: c.offset)
+        }) else { return nil }
+        buffer.moveReaderIndex(forwardBy: length)
         return response
     }
 }

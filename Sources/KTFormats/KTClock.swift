@@ -40,4 +40,10 @@ public struct KTClock: Sendable, Equatable {
     public static func millis(of timestamp: UInt64) -> UInt64 {
         timestamp / 1_000_000
     }
+
+    /// The wall time, in nanoseconds since the epoch, that a timestamp stands for (its
+    /// millisecond; the counter is dropped).
+    public static func wallTimeNs(of timestamp: UInt64) -> UInt64 {
+        millis(of: timestamp) &* 1_000_000
+    }
 }

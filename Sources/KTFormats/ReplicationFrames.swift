@@ -1,4 +1,5 @@
 import NIOCore
+import QSBytes
 
 /// Magic bytes of KT's binary protocol (`ktremotedb.h`).
 public enum KTBinaryMagic {
@@ -35,11 +36,12 @@ public struct ReplicationRequest: Sendable, Hashable {
     }
 
     public func encoded() -> [UInt8] {
-        var out: [UInt8] = [KTBinaryMagic.replication]
-        BE.append(flags, 4, to: &out)
-        BE.append(timestamp, 8, to: &out)
-        BE.append(sid, 2, to: &out)
-        return out
+        var w = ByteWriter(capacity: Self.size)
+        w.writeU8(KTBinaryMagic.replication)
+        w.writeU32(flags)
+        w.writeU64(timestamp)
+        w.writeU16(sid)
+        return w.bytes
     }
 }
 
@@ -59,91 +61,85 @@ public enum ReplicationFrame: Sendable, Hashable {
         case .accepted: return [KTBinaryMagic.replication]
         case .refused: return [KTBinaryMagic.error]
         case .update(let ts, let message):
-            var out: [UInt8] = [KTBinaryMagic.replication]
-            out.reserveCapacity(13 + message.count)
-            BE.append(ts, 8, to: &out)
-            BE.append(UInt32(message.count), 4, to: &out)
-            out.append(contentsOf: message)
-            return out
+            var w = ByteWriter(capacity: 13 + message.count)
+            w.writeU8(KTBinaryMagic.replication)
+            w.writeU64(ts)
+            w.writeU32(UInt32(message.count))
+            w.writeBytes(message)
+            return w.bytes
         case .heartbeat(let ts):
-            var out: [UInt8] = [KTBinaryMagic.nop]
-            BE.append(ts, 8, to: &out)
-            return out
+            var w = ByteWriter(capacity: 9)
+            w.writeU8(KTBinaryMagic.nop)
+            w.writeU64(ts)
+            return w.bytes
         }
-    }
-}
-
-/// A byte in the replication stream that starts no frame.
-public struct ReplicationStreamError: Error, Sendable, Equatable, CustomStringConvertible {
-    /// The offending byte.
-    public var found: UInt8
-    /// Its offset from the first byte of the stream.
-    public var offset: Int
-
-    public init(found: UInt8, offset: Int) {
-        self.found = found
-        self.offset = offset
-    }
-
-    public var description: String {
-        "bad replication frame magic 0x\(String(found, radix: 16)) at stream offset \(offset)"
     }
 }
 
 /// Decodes the server side of a replication connection into `ReplicationFrame`s: first the
-/// one-byte acceptance (or refusal), then update and heartbeat frames.
-public struct ReplicationFrameDecoder: ByteToMessageDecoder, Sendable {
+/// one-byte acceptance (or refusal), then update and heartbeat frames. The same decoder
+/// reads a live connection (`ByteToMessageHandler`) and a recorded stream (`stream.bin`,
+/// a `qsctl record` capture) fed in chunks through `NIOSingleStepByteToMessageProcessor`.
+///
+/// Errors are `DecodeError`s naming the stream offset of the frame: a byte that starts no
+/// frame, an update claiming a message over `maxMessageBytes` (refused as soon as its size
+/// arrives, before buffering it), or, at the end of the stream, a cut frame.
+public struct ReplicationFrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
     public typealias InboundOut = ReplicationFrame
 
     /// Whether the acceptance byte is still to come.
     public private(set) var awaitingAcceptance: Bool
-    /// Bytes consumed so far, for error offsets.
+    public let maxMessageBytes: Int
+    /// Bytes consumed so far: the stream offset of the next frame.
     public private(set) var streamOffset = 0
 
     /// - Parameter expectAcceptance: `false` to decode a stream whose acceptance byte has
     ///   already been consumed.
-    public init(expectAcceptance: Bool = true) {
+    public init(expectAcceptance: Bool = true, maxMessageBytes: Int = 64 << 20) {
         self.awaitingAcceptance = expectAcceptance
-    }
-
-    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let frame = try next(&buffer) else { return .needMoreData }
-        context.fireChannelRead(wrapInboundOut(frame))
-        return .continue
-    }
-
-    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        try decode(context: context, buffer: &buffer)
+        self.maxMessageBytes = maxMessageBytes
     }
 
     /// Takes one whole frame off `buffer`, or returns `nil` (consuming nothing) if the frame
     /// is not complete yet.
-    public mutating func next(_ buffer: inout ByteBuffer) throws(ReplicationStreamError) -> ReplicationFrame? {
-        var cursor = ByteCursor(buffer)
-        guard let magic = cursor.u8() else { return nil }
-        let frame: ReplicationFrame
-        if awaitingAcceptance {
-            switch magic {
-            case KTBinaryMagic.replication: frame = .accepted
-            case KTBinaryMagic.error: frame = .refused
-            default: throw ReplicationStreamError(found: magic, offset: streamOffset)
+    public mutating func decode(buffer: inout ByteBuffer) throws(DecodeError) -> ReplicationFrame? {
+        let acceptance = awaitingAcceptance, limit = maxMessageBytes
+        guard let (frame, length) = try ByteReader.prefix(of: buffer.readableBytesView, base: streamOffset, { r throws(DecodeError) in
+            let start = r.offset
+            let magic = try r.readU8("frame")
+            if acceptance {
+                switch magic {
+                case KTBinaryMagic.replication: return ReplicationFrame.accepted
+                case KTBinaryMagic.error: return .refused
+                default: throw .badMagic(magic, expected: "replication acceptance 0xB1 or refusal 0xBF", offset: start)
+                }
             }
-            awaitingAcceptance = false
-        } else {
             switch magic {
             case KTBinaryMagic.replication:
-                guard let ts = cursor.u64(), let size = cursor.u32(),
-                      let message = cursor.bytes(Int(size)) else { return nil }
-                frame = .update(timestamp: ts, message: message)
+                let ts = try r.readU64("update timestamp")
+                let size = Int(try r.readU32("update size"))
+                guard size <= limit else {
+                    throw DecodeError(offset: start, reason: "update frame claims a \(size)-byte message, over the \(limit)-byte limit",
+                                      kind: .tooLarge)
+                }
+                return .update(timestamp: ts, message: try r.readBytes(size, "update message"))
             case KTBinaryMagic.nop:
-                guard let ts = cursor.u64() else { return nil }
-                frame = .heartbeat(timestamp: ts)
+                return .heartbeat(timestamp: try r.readU64("heartbeat timestamp"))
             default:
-                throw ReplicationStreamError(found: magic, offset: streamOffset)
+                throw .badMagic(magic, expected: "replication frame 0xB1 or 0xB0", offset: start)
             }
-        }
-        buffer.moveReaderIndex(forwardBy: cursor.offset)
-        streamOffset += cursor.offset
+        }) else { return nil }
+        awaitingAcceptance = false
+        buffer.moveReaderIndex(forwardBy: length)
+        streamOffset += length
         return frame
+    }
+
+    /// At the end of the stream: the last whole frame, or a truncation error when the
+    /// stream ends inside one.
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws(DecodeError) -> ReplicationFrame? {
+        if let frame = try decode(buffer: &buffer) { return frame }
+        if buffer.readableBytes > 0 { throw .endsInside("frame", offset: streamOffset, present: buffer.readableBytes) }
+        return nil
     }
 }

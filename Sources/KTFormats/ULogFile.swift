@@ -1,3 +1,6 @@
+import NIOCore
+import QSBytes
+
 /// Kyoto Tycoon's update-log files, `NNNNNNNNNN.ulog` (ten decimal digits).
 ///
 /// A file is a 17-byte header, `0xA0 size:u64 ts:u64` (the file's size and the newest
@@ -25,20 +28,20 @@ public enum ULogFile {
         }
 
         public func encoded() -> [UInt8] {
-            var out: [UInt8] = [ULogFile.headerMagic]
-            BE.append(size, 8, to: &out)
-            BE.append(timestamp, 8, to: &out)
-            return out
+            var w = ByteWriter(capacity: ULogFile.headerSize)
+            w.writeU8(ULogFile.headerMagic)
+            w.writeU64(size)
+            w.writeU64(timestamp)
+            return w.bytes
         }
 
-        public init<C: Collection>(decoding bytes: C) throws(KTFormatError) where C.Element == UInt8 {
-            let b = ArraySlice(bytes)
-            guard b.count >= ULogFile.headerSize else { throw .truncated(what: "ulog header", offset: b.count) }
-            guard b[b.startIndex] == ULogFile.headerMagic else {
-                throw .badMagic(expected: "0xA0", found: b[b.startIndex], offset: 0)
-            }
-            size = BE.read(b, at: 1, width: 8) ?? 0
-            timestamp = BE.read(b, at: 9, width: 8) ?? 0
+        /// Decodes the header at the start of `bytes` (a file's first bytes).
+        public init(decoding bytes: [UInt8]) throws(DecodeError) {
+            var r = ByteReader(bytes)
+            let magic = try r.readU8("ulog header")
+            guard magic == ULogFile.headerMagic else { throw .badMagic(magic, expected: "ulog header 0xA0", offset: 0) }
+            size = try r.readU64("ulog header size")
+            timestamp = try r.readU64("ulog header timestamp")
         }
     }
 
@@ -61,15 +64,17 @@ public enum ULogFile {
         }
 
         public func encode(into out: inout [UInt8]) {
-            out.append(ULogFile.recordBegin)
-            BE.append(timestamp, 8, to: &out)
-            BE.append(UInt32(message.count), 4, to: &out)
-            out.append(contentsOf: message)
-            out.append(ULogFile.recordEnd)
+            var w = ByteWriter(capacity: message.count + ULogFile.recordOverhead)
+            w.writeU8(ULogFile.recordBegin)
+            w.writeU64(timestamp)
+            w.writeU32(UInt32(message.count))
+            w.writeBytes(message)
+            w.writeU8(ULogFile.recordEnd)
+            out.append(contentsOf: w.bytes)
         }
 
         /// The decoded message.
-        public func decodedMessage() throws(KTFormatError) -> KTUpdateMessage {
+        public func decodedMessage() throws(DecodeError) -> KTUpdateMessage {
             try KTUpdateMessage(decoding: message)
         }
     }
@@ -88,29 +93,22 @@ public enum ULogFile {
         }
     }
 
-    /// Parses a whole file. A partial record at the end is reported in `trailingBytes`
-    /// rather than thrown, since KT appends to the newest file while readers read it.
-    public static func parse(_ bytes: [UInt8]) throws(KTFormatError) -> Contents {
+    /// Parses a whole file held in memory, with the same decoder that reads a file in
+    /// chunks (`ULogRecordDecoder`). A partial record at the end is reported in
+    /// `trailingBytes` rather than thrown, since KT appends to the newest file while readers
+    /// read it.
+    public static func parse(_ bytes: [UInt8]) throws(DecodeError) -> Contents {
         let header = try Header(decoding: bytes)
+        let processor = NIOSingleStepByteToMessageProcessor(ULogRecordDecoder())
         var records: [Record] = []
-        var pos = headerSize
-        while pos < bytes.count {
-            guard bytes[pos] == recordBegin else {
-                throw .badMagic(expected: "record begin 0xA1", found: bytes[pos], offset: pos)
-            }
-            let slice = bytes[...]
-            guard let ts = BE.read(slice, at: pos + 1, width: 8),
-                  let size = BE.read(slice, at: pos + 9, width: 4),
-                  pos + recordOverhead + Int(size) <= bytes.count
-            else { break }
-            let end = pos + 13 + Int(size)
-            guard bytes[end] == recordEnd else {
-                throw .badMagic(expected: "record end 0xA2", found: bytes[end], offset: end)
-            }
-            records.append(Record(timestamp: ts, message: Array(bytes[(pos + 13)..<end])))
-            pos = end + 1
+        do {
+            try processor.process(buffer: ByteBuffer(bytes: bytes[headerSize...])) { records.append($0) }
+        } catch let error as DecodeError {
+            throw error.shifted(by: headerSize)
+        } catch {
+            throw DecodeError(offset: headerSize, reason: "\(error)")
         }
-        return Contents(header: header, records: records, trailingBytes: bytes.count - pos)
+        return Contents(header: header, records: records, trailingBytes: processor.unprocessedBytes)
     }
 
     /// A whole file: the header (its size made to match) and the records.
@@ -141,5 +139,49 @@ public enum ULogFile {
               parts[0].allSatisfy({ $0.isASCII && $0.isNumber })
         else { return nil }
         return UInt32(parts[0])
+    }
+}
+
+/// Splits the records of a ulog file (the bytes after its header) into `ULogFile.Record`s:
+/// `0xA1 ts:u64 size:u32 message 0xA2`. The same decoder reads a file in chunks
+/// (`ULogFile.parse`, the bridge's ulog source) and a socket. Offsets in errors count from
+/// the first byte decoded; a record claiming a message over `maxMessageBytes` is refused
+/// as soon as its size arrives, and input that ends inside a record is a truncation error
+/// at the end of the stream (`decodeLast`).
+public struct ULogRecordDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
+    public typealias InboundOut = ULogFile.Record
+    public let maxMessageBytes: Int
+    /// Bytes consumed so far: the offset of the next record.
+    public private(set) var consumed = 0
+
+    public init(maxMessageBytes: Int = Int(KTBinaryMagic.dataMaxSize)) {
+        self.maxMessageBytes = maxMessageBytes
+    }
+
+    public mutating func decode(buffer: inout ByteBuffer) throws(DecodeError) -> ULogFile.Record? {
+        let limit = maxMessageBytes
+        guard let (record, length) = try ByteReader.prefix(of: buffer.readableBytesView, base: consumed, { r throws(DecodeError) in
+            let start = r.offset
+            let begin = try r.readU8("record")
+            guard begin == ULogFile.recordBegin else { throw .badMagic(begin, expected: "record begin 0xA1", offset: start) }
+            let ts = try r.readU64("record timestamp")
+            let size = Int(try r.readU32("record size"))
+            guard size <= limit else {
+                throw DecodeError(offset: start, reason: "record claims a \(size)-byte message, over the \(limit)-byte limit", kind: .tooLarge)
+            }
+            let message = try r.readBytes(size, "record message")
+            let end = try r.readU8("record end")
+            guard end == ULogFile.recordEnd else { throw .badMagic(end, expected: "record end 0xA2", offset: r.offset - 1) }
+            return ULogFile.Record(timestamp: ts, message: message)
+        }) else { return nil }
+        buffer.moveReaderIndex(forwardBy: length)
+        consumed += length
+        return record
+    }
+
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws(DecodeError) -> ULogFile.Record? {
+        if let record = try decode(buffer: &buffer) { return record }
+        if buffer.readableBytes > 0 { throw .endsInside("record", offset: consumed, present: buffer.readableBytes) }
+        return nil
     }
 }

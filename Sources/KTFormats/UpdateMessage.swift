@@ -1,3 +1,5 @@
+import QSBytes
+
 /// One update-log message: `sid:u16 db:u16` then a Kyoto Cabinet update record.
 ///
 /// - `0xA1` set: `varnum ksiz, varnum vsiz, key, value`; the stored value starts with a
@@ -40,73 +42,64 @@ public struct KTUpdateMessage: Sendable, Hashable {
 
     /// The wire bytes of the message.
     public func encoded() -> [UInt8] {
-        var out: [UInt8] = []
-        BE.append(sid, 2, to: &out)
-        BE.append(db, 2, to: &out)
+        var w = ByteWriter(capacity: 16)
+        w.writeU16(sid)
+        w.writeU16(db)
         switch operation {
         case .set(let key, let value, let expiration):
-            out.append(OpCode.set)
-            VarNum.encode(UInt64(key.count), into: &out)
-            VarNum.encode(UInt64(value.count + Self.expirationWidth), into: &out)
-            out.append(contentsOf: key)
-            BE.append(UInt64(clamping: max(0, min(expiration, KTExpiration.never))), 5, to: &out)
-            out.append(contentsOf: value)
+            w.writeU8(OpCode.set)
+            w.writeVarNum(UInt64(key.count))
+            w.writeVarNum(UInt64(value.count + Self.expirationWidth))
+            w.writeBytes(key)
+            w.writeUInt(UInt64(clamping: max(0, min(expiration, KTExpiration.never))), width: Self.expirationWidth)
+            w.writeBytes(value)
         case .remove(let key):
-            out.append(OpCode.remove)
-            VarNum.encode(UInt64(key.count), into: &out)
-            out.append(contentsOf: key)
+            w.writeU8(OpCode.remove)
+            w.writeVarNum(UInt64(key.count))
+            w.writeBytes(key)
         case .clear:
-            out.append(OpCode.clear)
+            w.writeU8(OpCode.clear)
         }
-        return out
+        return w.bytes
     }
 
-    /// Decodes a whole message.
-    public init<C: Collection>(decoding bytes: C) throws(KTFormatError) where C.Element == UInt8 {
-        let b = ArraySlice(bytes)
-        guard b.count >= 5,
-              let sid = BE.read(b, at: 0, width: 2),
-              let db = BE.read(b, at: 2, width: 2)
-        else { throw .truncated(what: "update message", offset: b.count) }
-        self.sid = UInt16(sid)
-        self.db = UInt16(db)
-        let op = b[b.startIndex + 4]
-        var pos = b.startIndex + 5
-        func varnum(_ what: String) throws(KTFormatError) -> Int {
-            guard let (v, n) = VarNum.decode(b[pos...]), v <= UInt64(Int32.max) else {
-                throw .truncated(what: what, offset: pos - b.startIndex)
-            }
-            pos += n
+    /// Decodes a whole message; offsets in errors count from its first byte.
+    public init(decoding bytes: [UInt8]) throws(DecodeError) {
+        var r = ByteReader(bytes)
+        sid = try r.readU16("update message sid")
+        db = try r.readU16("update message db")
+        let op = try r.readU8("update operation")
+        func size(_ what: String) throws(DecodeError) -> Int {
+            let at = r.offset
+            let v = try r.readVarNum(what)
+            guard v <= UInt64(Int32.max) else { throw DecodeError(offset: at, reason: "\(what) \(v) over 2^31") }
             return Int(v)
         }
         switch op {
         case OpCode.set:
-            let ksiz = try varnum("key size")
-            let vsiz = try varnum("value size")
+            let ksiz = try size("key size")
+            let vsiz = try size("value size")
             guard vsiz >= Self.expirationWidth else {
-                throw .invalid(what: "set value shorter than its expiration time", offset: pos - b.startIndex)
+                throw DecodeError(offset: r.offset, reason: "invalid set value shorter than its expiration time")
             }
-            guard pos + ksiz + vsiz == b.endIndex else {
-                throw .invalid(what: "set message length", offset: pos - b.startIndex)
+            guard ksiz + vsiz == r.remaining else {
+                throw DecodeError(offset: r.offset, reason: "invalid set message length: \(ksiz + vsiz) bytes declared, \(r.remaining) present")
             }
-            let key = Array(b[pos..<(pos + ksiz)])
-            pos += ksiz
-            let xt = BE.read(b[pos...], at: 0, width: 5) ?? 0
-            let value = Array(b[(pos + 5)..<(pos + vsiz)])
+            let key = try r.readBytes(ksiz, "key")
+            let xt = try r.readUInt(width: Self.expirationWidth, "expiration time")
+            let value = try r.readBytes(vsiz - Self.expirationWidth, "value")
             operation = .set(key: key, value: value, expiration: Int64(xt))
         case OpCode.remove:
-            let ksiz = try varnum("key size")
-            guard pos + ksiz == b.endIndex else {
-                throw .invalid(what: "remove message length", offset: pos - b.startIndex)
+            let ksiz = try size("key size")
+            guard ksiz == r.remaining else {
+                throw DecodeError(offset: r.offset, reason: "invalid remove message length: \(ksiz) bytes declared, \(r.remaining) present")
             }
-            operation = .remove(key: Array(b[pos..<(pos + ksiz)]))
+            operation = .remove(key: try r.readBytes(ksiz, "key"))
         case OpCode.clear:
-            guard pos == b.endIndex else {
-                throw .invalid(what: "clear message length", offset: pos - b.startIndex)
-            }
+            try r.expectEnd("a clear message")
             operation = .clear
         default:
-            throw .badMagic(expected: "update operation 0xA1/0xA2/0xA5", found: op, offset: 4)
+            throw .badMagic(op, expected: "update operation 0xA1/0xA2/0xA5", offset: 4)
         }
     }
 }

@@ -1,78 +1,108 @@
-/// Why bytes could not be decoded: always names what was expected and where.
-public struct DecodeError: Error, Sendable, Equatable, CustomStringConvertible {
-    public let offset: Int
-    public let reason: String
-
-    public init(offset: Int, reason: String) {
-        self.offset = offset
-        self.reason = reason
-    }
-
-    public var description: String { "\(reason) at byte offset \(offset)" }
-}
-
-/// Reads big-endian integers and length-prefixed byte strings from a byte array,
+/// Reads big-endian integers, Kyoto varnums and length-prefixed byte strings from bytes,
 /// throwing `DecodeError` (never trapping) on truncated or inconsistent input.
-public struct ByteReader: Sendable {
-    public let bytes: [UInt8]
-    public private(set) var offset: Int
+///
+/// The one byte reader of every binary format. It reads any random-access collection of
+/// bytes indexed by `Int`: a `[UInt8]`, an `ArraySlice`, or (in the stream decoders) a
+/// `ByteBuffer`'s `readableBytesView`, so a decoder can parse a frame in place and, when it
+/// meets a `.truncated` error, wait for more bytes without having consumed any.
+public struct ByteReader<Bytes: RandomAccessCollection>: Sendable
+where Bytes.Element == UInt8, Bytes.Index == Int, Bytes: Sendable {
+    public let bytes: Bytes
+    /// Index in `bytes` of the next byte.
+    @usableFromInline var position: Int
+    /// Offset of `bytes.startIndex` in the input, so errors name input offsets.
+    public let base: Int
 
-    public init(_ bytes: [UInt8], offset: Int = 0) {
+    /// - Parameter base: the offset, in the whole input, of the first byte of `bytes`.
+    @inlinable
+    public init(_ bytes: Bytes, base: Int = 0) {
         self.bytes = bytes
-        self.offset = offset
+        self.position = bytes.startIndex
+        self.base = base
     }
 
-    public var remaining: Int { bytes.count - offset }
-    public var isAtEnd: Bool { offset >= bytes.count }
+    /// Bytes read so far, plus `base`: the input offset of the next byte.
+    @inlinable public var offset: Int { base + position - bytes.startIndex }
+    /// Bytes read so far.
+    @inlinable public var consumed: Int { position - bytes.startIndex }
+    @inlinable public var remaining: Int { bytes.endIndex - position }
+    @inlinable public var isAtEnd: Bool { position >= bytes.endIndex }
 
-    private mutating func need(_ n: Int, _ what: String) throws {
+    @inlinable
+    mutating func need(_ n: Int, _ what: String) throws(DecodeError) {
         if n < 0 || remaining < n {
-            throw DecodeError(offset: offset, reason: "truncated \(what): need \(n) bytes, have \(remaining)")
+            throw DecodeError(offset: offset, reason: "truncated \(what): need \(n) bytes, have \(remaining)", kind: .truncated)
         }
     }
 
-    public mutating func readU8(_ what: String = "u8") throws -> UInt8 {
+    /// The next byte without consuming it.
+    @inlinable
+    public func peekU8(_ what: String = "u8") throws(DecodeError) -> UInt8 {
+        guard position < bytes.endIndex else {
+            throw DecodeError(offset: offset, reason: "truncated \(what): need 1 bytes, have 0", kind: .truncated)
+        }
+        return bytes[position]
+    }
+
+    @inlinable
+    public mutating func readU8(_ what: String = "u8") throws(DecodeError) -> UInt8 {
         try need(1, what)
-        defer { offset += 1 }
-        return bytes[offset]
+        defer { position += 1 }
+        return bytes[position]
     }
 
-    public mutating func readU16(_ what: String = "u16") throws -> UInt16 {
-        try need(2, what)
-        defer { offset += 2 }
-        return UInt16(bytes[offset]) << 8 | UInt16(bytes[offset + 1])
-    }
-
-    public mutating func readU32(_ what: String = "u32") throws -> UInt32 {
-        try need(4, what)
-        var v: UInt32 = 0
-        for i in 0..<4 { v = v << 8 | UInt32(bytes[offset + i]) }
-        offset += 4
-        return v
-    }
-
-    public mutating func readU64(_ what: String = "u64") throws -> UInt64 {
-        try need(8, what)
+    /// A big-endian unsigned number of `width` bytes (1…8), such as KT's 40-bit times.
+    @inlinable
+    public mutating func readUInt(width: Int, _ what: String) throws(DecodeError) -> UInt64 {
+        try need(width, what)
         var v: UInt64 = 0
-        for i in 0..<8 { v = v << 8 | UInt64(bytes[offset + i]) }
-        offset += 8
+        for i in position..<(position + width) { v = v << 8 | UInt64(bytes[i]) }
+        position += width
         return v
     }
 
-    public mutating func readBytes(_ n: Int, _ what: String = "bytes") throws -> [UInt8] {
+    @inlinable
+    public mutating func readU16(_ what: String = "u16") throws(DecodeError) -> UInt16 {
+        UInt16(truncatingIfNeeded: try readUInt(width: 2, what))
+    }
+
+    @inlinable
+    public mutating func readU32(_ what: String = "u32") throws(DecodeError) -> UInt32 {
+        UInt32(truncatingIfNeeded: try readUInt(width: 4, what))
+    }
+
+    @inlinable
+    public mutating func readU64(_ what: String = "u64") throws(DecodeError) -> UInt64 {
+        try readUInt(width: 8, what)
+    }
+
+    @inlinable
+    public mutating func readI64(_ what: String = "i64") throws(DecodeError) -> Int64 {
+        Int64(bitPattern: try readUInt(width: 8, what))
+    }
+
+    @inlinable
+    public mutating func readBytes(_ n: Int, _ what: String = "bytes") throws(DecodeError) -> [UInt8] {
         try need(n, what)
-        defer { offset += n }
-        return Array(bytes[offset..<offset + n])
+        defer { position += n }
+        return Array(bytes[position..<(position + n)])
+    }
+
+    @inlinable
+    public mutating func skip(_ n: Int, _ what: String = "bytes") throws(DecodeError) {
+        try need(n, what)
+        position += n
     }
 
     /// A byte string preceded by its u32 length.
-    public mutating func readBlob32(_ what: String = "blob") throws -> [UInt8] {
+    @inlinable
+    public mutating func readBlob32(_ what: String = "blob") throws(DecodeError) -> [UInt8] {
         let n = Int(try readU32("\(what) length"))
         return try readBytes(n, what)
     }
 
     /// A UTF-8 string preceded by its u16 length.
-    public mutating func readString16(_ what: String = "string") throws -> String {
+    public mutating func readString16(_ what: String = "string") throws(DecodeError) -> String {
         let n = Int(try readU16("\(what) length"))
         let raw = try readBytes(n, what)
         guard let s = String(validating: raw, as: UTF8.self) else {
@@ -81,10 +111,50 @@ public struct ByteReader: Sendable {
         return s
     }
 
+    /// Kyoto Cabinet's variable-length number (see `VarNum`); a number that does not fit in
+    /// 64 bits is malformed, one cut by the end of the input truncated.
+    @inlinable
+    public mutating func readVarNum(_ what: String = "varnum") throws(DecodeError) -> UInt64 {
+        let start = offset
+        var value: UInt64 = 0
+        var length = 0
+        while true {
+            guard position < bytes.endIndex else {
+                throw DecodeError(offset: start, reason: "truncated \(what)", kind: .truncated)
+            }
+            let byte = bytes[position]
+            position += 1
+            length += 1
+            if length > 10 || value > (UInt64.max >> 7) {
+                throw DecodeError(offset: start, reason: "\(what) does not fit in 64 bits")
+            }
+            value = (value << 7) | UInt64(byte & 0x7F)
+            if byte & 0x80 == 0 { return value }
+        }
+    }
+
     /// Throws unless every byte was consumed: trailing garbage is an error, not ignored.
-    public func expectEnd(_ what: String) throws {
+    public func expectEnd(_ what: String) throws(DecodeError) {
         if !isAtEnd {
             throw DecodeError(offset: offset, reason: "\(remaining) unexpected trailing bytes after \(what)")
+        }
+    }
+}
+
+extension ByteReader {
+    /// Parses one whole structure at the start of `bytes` (a frame of a stream): the value
+    /// and the bytes it took, or nil when `bytes` ends inside it, so a stream decoder can
+    /// wait for more bytes without having consumed any. Other errors are thrown.
+    @inlinable
+    public static func prefix<T>(
+        of bytes: Bytes, base: Int = 0, _ parse: (inout ByteReader<Bytes>) throws(DecodeError) -> T
+    ) throws(DecodeError) -> (value: T, length: Int)? {
+        var r = ByteReader(bytes, base: base)
+        do {
+            let value = try parse(&r)
+            return (value, r.consumed)
+        } catch where error.kind == .truncated {
+            return nil
         }
     }
 }

@@ -1,7 +1,7 @@
 /// Appends big-endian integers and length-prefixed byte strings to a `[UInt8]`.
 ///
-/// Every binary format of the project (log entries, the QS write protocol) is built with
-/// this writer so that the same value always encodes to the same bytes.
+/// Every binary format of the project (log entries, the QS write protocol, KT messages and
+/// frames) is built with this writer so that the same value always encodes to the same bytes.
 public struct ByteWriter: Sendable {
     public private(set) var bytes: [UInt8]
 
@@ -12,20 +12,30 @@ public struct ByteWriter: Sendable {
 
     public mutating func writeU8(_ v: UInt8) { bytes.append(v) }
 
-    public mutating func writeU16(_ v: UInt16) {
-        bytes.append(UInt8(truncatingIfNeeded: v >> 8))
-        bytes.append(UInt8(truncatingIfNeeded: v))
-    }
+    public mutating func writeU16(_ v: UInt16) { writeUInt(UInt64(v), width: 2) }
+    public mutating func writeU32(_ v: UInt32) { writeUInt(UInt64(v), width: 4) }
+    public mutating func writeU64(_ v: UInt64) { writeUInt(v, width: 8) }
 
-    public mutating func writeU32(_ v: UInt32) {
-        for shift in stride(from: 24, through: 0, by: -8) {
-            bytes.append(UInt8(truncatingIfNeeded: v >> UInt32(shift)))
+    /// A big-endian unsigned number in `width` bytes (1…8), such as KT's 40-bit times.
+    public mutating func writeUInt(_ v: UInt64, width: Int) {
+        for shift in stride(from: (width - 1) * 8, through: 0, by: -8) {
+            bytes.append(UInt8(truncatingIfNeeded: v >> UInt64(shift)))
         }
     }
 
-    public mutating func writeU64(_ v: UInt64) {
-        for shift in stride(from: 56, through: 0, by: -8) {
-            bytes.append(UInt8(truncatingIfNeeded: v >> UInt64(shift)))
+    public mutating func writeI64(_ v: Int64) { writeU64(UInt64(bitPattern: v)) }
+
+    /// Kyoto Cabinet's variable-length number (see `VarNum`).
+    public mutating func writeVarNum(_ value: UInt64) {
+        var groups = 1
+        var rest = value >> 7
+        while rest > 0 {
+            groups += 1
+            rest >>= 7
+        }
+        for index in stride(from: groups - 1, through: 0, by: -1) {
+            let group = UInt8((value >> (7 * UInt64(index))) & 0x7F)
+            bytes.append(index == 0 ? group : group | 0x80)
         }
     }
 

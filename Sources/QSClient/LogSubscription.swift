@@ -9,18 +9,30 @@ import QSWire
 public struct LogSubscription: Sendable {
     public let host: String
     public let port: Int
+    /// A Unix-domain socket to connect to instead of `host`/`port`.
+    public let unixPath: String?
     public let maxFrameBytes: Int
     /// With no frame (the node heartbeats every second) for this long, the connection is
     /// given up.
     public let readTimeout: TimeAmount
     let group: any EventLoopGroup
 
-    public var name: String { "qs://\(host):\(port)" }
+    public var name: String { unixPath.map { "qs://unix:\($0)" } ?? "qs://\(host):\(port)" }
 
     public init(host: String, port: Int, maxFrameBytes: Int = defaultMaxFrameBytes, readTimeout: TimeAmount = .seconds(5),
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+        self.init(host: host, port: port, unixPath: nil, maxFrameBytes: maxFrameBytes, readTimeout: readTimeout, group: group)
+    }
+
+    public init(unixPath: String, maxFrameBytes: Int = defaultMaxFrameBytes, readTimeout: TimeAmount = .seconds(5),
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+        self.init(host: "", port: 0, unixPath: unixPath, maxFrameBytes: maxFrameBytes, readTimeout: readTimeout, group: group)
+    }
+
+    private init(host: String, port: Int, unixPath: String?, maxFrameBytes: Int, readTimeout: TimeAmount, group: any EventLoopGroup) {
         self.host = host
         self.port = port
+        self.unixPath = unixPath
         self.maxFrameBytes = maxFrameBytes
         self.readTimeout = readTimeout
         self.group = group
@@ -47,7 +59,7 @@ public struct LogSubscription: Sendable {
     /// (32 zero bytes for index 0). Returns only when `frame` throws or the task is
     /// cancelled; the node closing is `Failure.closed`.
     public func stream(after index: UInt64, hash: [UInt8], _ frame: (Frame, Response) async throws -> Void) async throws {
-        let channel = try await openFrameChannel(host: host, port: port, unixPath: nil, readTimeout: readTimeout,
+        let channel = try await openFrameChannel(host: host, port: port, unixPath: unixPath, readTimeout: readTimeout,
                                                  maxFrameBytes: maxFrameBytes, group: group)
         let name = self.name
         try await channel.executeThenClose { inbound, outbound in

@@ -1,7 +1,7 @@
-import NIOCore
+import QSCaptures
 import QSClient
-import QSNet
 import QSModel
+import QSNet
 import QSWire
 
 /// A QS node's transaction log as a feed: subscribes after a log index (with the
@@ -23,16 +23,19 @@ public struct QSLogSource: FeedSource {
         var description: String { "the source node closed the log stream" }
     }
 
+    /// Ends the subscription once the head asked for (`stopAtHead`) is delivered.
+    private struct ReachedHead: Error {}
+
     public func run(after position: UInt64, deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {
         let client: QSClient
-        let channel: NIOAsyncChannel<Frame, Frame>
+        let subscription: LogSubscription
         switch endpoint {
         case let .tcp(host, port):
             client = try await QSClient.connect(host: host, port: port)
-            channel = try await openFrameChannel(host: host, port: port, unixPath: nil)
+            subscription = LogSubscription(host: host, port: port)
         case let .unix(path):
             client = try await QSClient.connect(unixPath: path)
-            channel = try await openFrameChannel(host: nil, port: 0, unixPath: path)
+            subscription = LogSubscription(unixPath: path)
         }
         var hash = Head.empty.hash
         let stopAt: UInt64?
@@ -47,19 +50,14 @@ public struct QSLogSource: FeedSource {
             stopAt = stopAtHead ? try await client.head().index : nil
         } catch {
             await client.close()
-            try? await channel.channel.close()
             throw error
         }
         await client.close()
-        if let stopAt, stopAt <= position { 
-            try? await channel.channel.close()
-            return
-        }
+        if let stopAt, stopAt <= position { return }
         let name = self.name
-        try await channel.executeThenClose { inbound, outbound in
-            try await outbound.write(Request.subscribe(fromIndex: position, hash: hash).frame())
-            for try await frame in inbound {
-                switch try Response.decode(frame) {
+        do {
+            try await subscription.stream(after: position, hash: hash) { _, response in
+                switch response {
                 case let .entries(list):
                     for e in list {
                         let entry: LogEntry
@@ -68,22 +66,30 @@ public struct QSLogSource: FeedSource {
                         }
                         try await deliver(.change(FeedChange(position: e.index, operations: entry.operations,
                                                              sourceTimeNs: entry.commitTimeNs, entry: e)))
-                        if let stopAt, e.index >= stopAt { return }
+                        if let stopAt, e.index >= stopAt { throw ReachedHead() }
                     }
                 case let .heartbeat(_, rootTime):
                     try await deliver(.heartbeat(sourceTimeNs: rootTime))
-                case let .error(code, message):
-                    switch ErrorCode(rawValue: code) {
-                    case .diverged, .needsBootstrap, .behind:
-                        throw FeedError.stop("\(name) refused the subscription: \(message)")
-                    default:
-                        throw ClientError.server(code: code, message: message)
-                    }
                 default:
                     throw FeedError.corrupt("\(name): unexpected frame on a log stream")
                 }
             }
-            throw Closed()
+        } catch is ReachedHead {
+            return
+        } catch let failure as LogSubscription.Failure {
+            switch failure {
+            case let .refused(_, code, message):
+                switch ErrorCode(rawValue: code) {
+                case .diverged, .needsBootstrap, .behind:
+                    throw FeedError.stop("\(name) refused the subscription: \(message)")
+                default:
+                    throw ClientError.server(code: code, message: message)
+                }
+            case .unexpected:
+                throw FeedError.corrupt("\(name): unexpected frame on a log stream")
+            case .closed:
+                throw Closed()
+            }
         }
     }
 }

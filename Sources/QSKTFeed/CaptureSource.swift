@@ -1,5 +1,5 @@
-import Foundation
 import KTFormats
+import QSCaptures
 import QSFeed
 
 /// A recorded KT replication stream (`stream.bin`: the acceptance byte, then update and

@@ -82,7 +82,7 @@ public struct KTTranslator: Sendable {
 
     /// The wall time a KT timestamp stands for (milliseconds × 10⁶ plus a counter).
     public static func wallTimeNs(_ ts: UInt64) -> UInt64 {
-        (ts / 1_000_000) &* 1_000_000
+        KTClock.wallTimeNs(of: ts)
     }
 
     /// One update frame → one change at its timestamp. Throws `FeedError.stop` where the

@@ -1,6 +1,7 @@
 import KTFormats
 import NIOCore
 import NIOPosix
+import QSBytes
 import QSFeed
 import QSNet
 
@@ -69,7 +70,8 @@ public struct KTReplicationClient: Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     let ops = channel.pipeline.syncOperations
                     try IdleTimeout.install(readTimeout: readTimeout, in: ops, error: ReadTimeout())
-                    try ops.addHandler(ByteToMessageHandler(BoundedReplicationDecoder(maxMessageBytes: maxMessageBytes)))
+                    try ops.addHandler(ByteToMessageHandler(ReplicationFrameDecoder(maxMessageBytes: maxMessageBytes),
+                                                             maximumBufferSize: maxMessageBytes + 13))
                     return try NIOAsyncChannel<ReplicationFrame, ByteBuffer>(
                         wrappingChannelSynchronously: channel,
                         configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 16))
@@ -95,10 +97,12 @@ public struct KTReplicationClient: Sendable {
                     }
                     try await frame(received)
                 }
-            } catch let e as DamagedStreamError {
-                throw Failure.damaged(server: name, reason: e.reason)
-            } catch let e as ReplicationStreamError {
+            } catch let e as DecodeError {
+                // The server closing inside a frame is a closed connection, not damage.
+                if e.kind == .truncated { throw Failure.closed(server: name) }
                 throw Failure.damaged(server: name, reason: "\(e)")
+            } catch is ByteToMessageDecoderError.PayloadTooLargeError {
+                throw Failure.damaged(server: name, reason: "more than \(maxMessageBytes + 13) bytes without a whole frame")
             }
             throw Failure.closed(server: name)
         }

@@ -1,5 +1,7 @@
 import Foundation
 import KTFormats
+import QSBytes
+import QSCaptures
 import QSFeed
 
 /// A KT update-log directory (`NNNNNNNNNN.ulog` files): replays the records after the
@@ -53,7 +55,7 @@ public struct KTULogSource: FeedSource {
                     current = n
                 }
             }
-            if var r = reader {
+            if let r = reader {
                 while let record = try r.next() {
                     guard record.timestamp > last else { continue }
                     last = record.timestamp
@@ -81,16 +83,12 @@ public struct KTULogSource: FeedSource {
     }
 }
 
-/// Reads one ulog file record by record, in chunks; `next()` returns nil at the current
-/// end of the file and may be called again once the file has grown.
+/// Reads one ulog file record by record with `ULogRecordDecoder`, fed from the file in
+/// chunks; `next()` returns nil at the current end of the file and may be called again
+/// once the file has grown.
 struct ULogReader {
     let path: String
-    let handle: FileHandle
-    /// File offset of the next record.
-    private(set) var offset: Int
-    private var buffer: [UInt8] = []
-    /// Read position inside `buffer`.
-    private var pos = 0
+    let file: DecodingFileReader<ULogRecordDecoder>
 
     static func header(of path: String) throws -> ULogFile.Header {
         guard let h = FileHandle(forReadingAtPath: path) else { throw FeedError.stop("cannot open ulog file \(path)") }
@@ -99,46 +97,28 @@ struct ULogReader {
         do { return try ULogFile.Header(decoding: bytes) } catch { throw FeedError.stop("ulog file \(path) has a bad header: \(error)") }
     }
 
-    init(path: String) throws {
+    init(path: String, maxMessageBytes: Int = Int(KTBinaryMagic.dataMaxSize)) throws {
         self.path = path
-        guard let h = FileHandle(forReadingAtPath: path) else { throw FeedError.stop("cannot open ulog file \(path)") }
-        handle = h
         _ = try Self.header(of: path)
-        offset = ULogFile.headerSize
-        try handle.seek(toOffset: UInt64(offset))
+        do {
+            file = try DecodingFileReader(path: path, decoder: ULogRecordDecoder(maxMessageBytes: maxMessageBytes),
+                                          startOffset: ULogFile.headerSize,
+                                          maximumBufferSize: maxMessageBytes + ULogFile.recordOverhead)
+        } catch {
+            throw FeedError.stop("cannot open ulog file \(path)")
+        }
     }
 
+    /// File offset of the next record.
+    var offset: Int { file.offset }
     /// Bytes after the last complete record.
-    var partialBytes: Int { buffer.count - pos }
+    var partialBytes: Int { file.unprocessedBytes }
 
-    mutating func next() throws -> ULogFile.Record? {
-        while true {
-            if let record = try parse() { return record }
-            let chunk = try handle.read(upToCount: 1 << 20) ?? Data()
-            if chunk.isEmpty { return nil }
-            buffer.removeFirst(pos)
-            pos = 0
-            buffer.append(contentsOf: chunk)
+    func next() throws -> ULogFile.Record? {
+        do {
+            return try file.next()?.message
+        } catch let error as DecodeError {
+            throw FeedError.stop("ulog file \(path) is damaged: \(error)")
         }
-    }
-
-    private mutating func parse() throws -> ULogFile.Record? {
-        let avail = buffer.count - pos
-        guard avail >= 13 else { return nil }
-        guard buffer[pos] == ULogFile.recordBegin else {
-            throw FeedError.stop("ulog file \(path) is damaged at byte offset \(offset): expected a record (0xA1), found 0x\(String(buffer[pos], radix: 16))")
-        }
-        var ts: UInt64 = 0
-        for i in 1...8 { ts = ts << 8 | UInt64(buffer[pos + i]) }
-        var size = 0
-        for i in 9...12 { size = size << 8 | Int(buffer[pos + i]) }
-        guard avail >= 13 + size + 1 else { return nil }
-        guard buffer[pos + 13 + size] == ULogFile.recordEnd else {
-            throw FeedError.stop("ulog file \(path) is damaged at byte offset \(offset + 13 + size): expected a record end (0xA2)")
-        }
-        let record = ULogFile.Record(timestamp: ts, message: Array(buffer[(pos + 13)..<(pos + 13 + size)]))
-        pos += 14 + size
-        offset += 14 + size
-        return record
     }
 }

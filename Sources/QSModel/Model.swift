@@ -41,7 +41,7 @@ public enum Mutation: Sendable, Equatable, Hashable {
         }
     }
 
-    public static func decode(from r: inout ByteReader) throws -> Mutation {
+    public static func decode(from r: inout ByteReader<[UInt8]>) throws -> Mutation {
         let at = r.offset
         switch try r.readU8("operation tag") {
         case setTag:
@@ -67,7 +67,7 @@ public enum Mutation: Sendable, Equatable, Hashable {
     }
 
     /// Decodes a list, refusing counts that could not fit in the remaining bytes.
-    public static func decodeList(from r: inout ByteReader) throws -> [Mutation] {
+    public static func decodeList(from r: inout ByteReader<[UInt8]>) throws -> [Mutation] {
         let n = Int(try r.readU32("operation count"))
         // Each operation takes at least 5 bytes: a count beyond that is hostile.
         guard n <= r.remaining / 5 else {

@@ -158,8 +158,8 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if closing { return }
-        if let frameError = error as? FrameError {
-            let code: ErrorCode = if case .tooLarge = frameError { .frameTooLarge } else { .malformed }
+        if let frameError = error as? DecodeError {
+            let code: ErrorCode = frameError.kind == .tooLarge ? .frameTooLarge : .malformed
             refuse(context: context, code: code, message: "\(frameError)", error: error)
         } else if error is ByteToMessageDecoderError {
             refuse(context: context, code: .malformed, message: "malformed frame: \(error)", error: error)

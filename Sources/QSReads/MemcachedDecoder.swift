@@ -4,7 +4,7 @@ import NIOCore
 /// dropped); the data block after a storage command is skipped without being buffered. A
 /// line longer than the limit yields one `malformed(close: true)` and the rest of the
 /// stream is discarded, so memory per connection stays bounded.
-struct MemcachedDecoder: ByteToMessageDecoder {
+struct MemcachedDecoder: NIOSingleStepByteToMessageDecoder {
     typealias InboundOut = MemcachedCommand
 
     let limits: MemcachedLimits
@@ -15,47 +15,41 @@ struct MemcachedDecoder: ByteToMessageDecoder {
         self.limits = limits
     }
 
-    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+    mutating func decode(buffer: inout ByteBuffer) throws -> MemcachedCommand? {
         if failed {
             buffer.moveReaderIndex(to: buffer.writerIndex)
-            return .needMoreData
+            return nil
         }
         if skip > 0 {
             let n = min(skip, buffer.readableBytes)
             buffer.moveReaderIndex(forwardBy: n)
             skip -= n
-            return skip > 0 ? .needMoreData : .continue
+            if skip > 0 { return nil }
         }
         let view = buffer.readableBytesView
         guard let lf = view.firstIndex(of: 0x0A) else {
-            if view.count >= limits.maxLineBytes { fail(context: context, buffer: &buffer) }
-            return .needMoreData
+            return view.count >= limits.maxLineBytes ? fail(&buffer) : nil
         }
         let length = lf - view.startIndex + 1
-        guard length <= limits.maxLineBytes else {
-            fail(context: context, buffer: &buffer)
-            return .needMoreData
-        }
-        guard var line = buffer.readBytes(length: length)?[...] else { return .needMoreData }
+        guard length <= limits.maxLineBytes else { return fail(&buffer) }
+        guard var line = buffer.readBytes(length: length)?[...] else { return nil }
         line = line.dropLast()
         if line.last == 0x0D { line = line.dropLast() }
         let (command, skipBytes) = MemcachedLineParser.parse(line, limits: limits)
         skip = skipBytes
-        context.fireChannelRead(wrapInboundOut(command))
-        return .continue
+        return command
     }
 
-    private mutating func fail(context: ChannelHandlerContext, buffer: inout ByteBuffer) {
+    private mutating func fail(_ buffer: inout ByteBuffer) -> MemcachedCommand {
         failed = true
         buffer.moveReaderIndex(to: buffer.writerIndex)
-        context.fireChannelRead(wrapInboundOut(.malformed(
-            reply: "CLIENT_ERROR line too long",
-            reason: "command line longer than \(limits.maxLineBytes) bytes", close: true)))
+        return .malformed(reply: "CLIENT_ERROR line too long",
+                          reason: "command line longer than \(limits.maxLineBytes) bytes", close: true)
     }
 
-    mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        while try decode(context: context, buffer: &buffer) == .continue {}
+    mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> MemcachedCommand? {
+        if let command = try decode(buffer: &buffer) { return command }
         buffer.moveReaderIndex(to: buffer.writerIndex)
-        return .needMoreData
+        return nil
     }
 }

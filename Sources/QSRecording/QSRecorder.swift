@@ -1,7 +1,7 @@
 import Foundation
 import Logging
 import QSClient
-import QSFeed
+import QSCaptures
 import QSModel
 import QSWire
 

@@ -1,4 +1,5 @@
 import NIOCore
+import QSBytes
 
 /// A QS protocol frame: `length:u32 type:u8 payload`, where `length` counts the type byte
 /// and the payload (big endian).
@@ -15,61 +16,42 @@ public struct Frame: Sendable, Equatable {
 /// The default cap on a frame's length: 64 MiB.
 public let defaultMaxFrameBytes = 64 << 20
 
-public enum FrameError: Error, Sendable, Equatable, CustomStringConvertible {
-    case tooLarge(length: Int, limit: Int)
-    case empty
-    /// The stream ended inside a frame.
-    case truncated(have: Int)
-
-    public var description: String {
-        switch self {
-        case let .tooLarge(length, limit): return "frame of \(length) bytes exceeds the limit of \(limit) bytes"
-        case .empty: return "frame of length 0 has no type byte"
-        case let .truncated(have): return "connection ended inside a frame (\(have) bytes of it received)"
-        }
-    }
-}
-
-/// Splits a byte stream into frames. Refuses (throws) a frame longer than `maxFrameBytes`
-/// as soon as its length prefix arrives, before buffering it.
-public struct FrameDecoder: ByteToMessageDecoder {
+/// Splits a byte stream into frames: a live connection (`ByteToMessageHandler`) or a
+/// recorded one (a QS capture fed in chunks through `NIOSingleStepByteToMessageProcessor`).
+/// Refuses (throws `DecodeError` of kind `.tooLarge`) a frame longer than `maxFrameBytes`
+/// as soon as its length prefix arrives, before buffering it; a stream that ends inside a
+/// frame is a `.truncated` error. Offsets count from the first byte decoded.
+public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
     public typealias InboundOut = Frame
     public let maxFrameBytes: Int
+    /// Bytes consumed so far: the stream offset of the next frame.
+    public private(set) var consumed = 0
 
     public init(maxFrameBytes: Int = defaultMaxFrameBytes) {
         self.maxFrameBytes = maxFrameBytes
     }
 
-    public mutating func decode(buffer: inout ByteBuffer) throws -> Frame? {
-        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
-        let n = Int(length)
-        if n > maxFrameBytes { throw FrameError.tooLarge(length: n, limit: maxFrameBytes) }
-        if n == 0 { throw FrameError.empty }
-        guard buffer.readableBytes >= 4 + n else { return nil }
-        buffer.moveReaderIndex(forwardBy: 4)
-        guard let type = buffer.readInteger(as: UInt8.self),
-              let payload = buffer.readBytes(length: n - 1) else { return nil }
-        return Frame(type: type, payload: payload)
+    public mutating func decode(buffer: inout ByteBuffer) throws(DecodeError) -> Frame? {
+        let limit = maxFrameBytes
+        guard let (frame, length) = try ByteReader.prefix(of: buffer.readableBytesView, base: consumed, { r throws(DecodeError) in
+            let start = r.offset
+            let n = Int(try r.readU32("frame length"))
+            if n > limit {
+                throw DecodeError(offset: start, reason: "frame of \(n) bytes exceeds the limit of \(limit) bytes", kind: .tooLarge)
+            }
+            if n == 0 { throw DecodeError(offset: start, reason: "frame of length 0 has no type byte") }
+            let type = try r.readU8("frame type")
+            return Frame(type: type, payload: try r.readBytes(n - 1, "frame payload"))
+        }) else { return nil }
+        buffer.moveReaderIndex(forwardBy: length)
+        consumed += length
+        return frame
     }
 
-    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> Frame? {
-        try decode(buffer: &buffer)
-    }
-
-    public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let frame = try decode(buffer: &buffer) else { return .needMoreData }
-        context.fireChannelRead(Self.wrapInboundOut(frame))
-        return .continue
-    }
-
-    public mutating func decodeLast(context: ChannelHandlerContext, buffer: inout ByteBuffer, seenEOF: Bool) throws -> DecodingState {
-        let state = try decode(context: context, buffer: &buffer)
-        if state == .needMoreData && buffer.readableBytes > 0 {
-            let have = buffer.readableBytes
-            buffer.moveReaderIndex(forwardBy: have)
-            throw FrameError.truncated(have: have)
-        }
-        return state
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws(DecodeError) -> Frame? {
+        if let frame = try decode(buffer: &buffer) { return frame }
+        if buffer.readableBytes > 0 { throw .endsInside("frame", offset: consumed, present: buffer.readableBytes) }
+        return nil
     }
 }
 

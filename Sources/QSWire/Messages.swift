@@ -348,7 +348,7 @@ public enum Response: Sendable, Equatable {
         }
     }
 
-    static func readEntries(_ r: inout ByteReader) throws -> [StoredEntry] {
+    static func readEntries(_ r: inout ByteReader<[UInt8]>) throws -> [StoredEntry] {
         let n = Int(try r.readU32("entry count"))
         guard n <= r.remaining / 44 else { throw DecodeError(offset: r.offset - 4, reason: "entry count \(n) too large") }
         var list = [StoredEntry]()
@@ -371,7 +371,7 @@ public enum Response: Sendable, Equatable {
         w.writeBlob32(record.value)
     }
 
-    static func readRecord(_ r: inout ByteReader) throws -> Record? {
+    static func readRecord(_ r: inout ByteReader<[UInt8]>) throws -> Record? {
         guard try r.readU8("record presence") == 1 else { return nil }
         let flags = try r.readU8("record flags")
         let expiry = flags & 1 != 0 ? try r.readU64("expiry") : nil

@@ -2,7 +2,7 @@ import QSDaemon
 import QSNet
 import ArgumentParser
 import Foundation
-import QSRecording
+import QSCaptures
 
 struct Feed: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,6 +1,7 @@
 import FakeKT
 import Foundation
 import KTFormats
+import QSBytes
 import XCTest
 
 final class FaultTests: XCTestCase {
@@ -17,7 +18,7 @@ final class FaultTests: XCTestCase {
         var decoder = ReplicationFrameDecoder(expectAcceptance: false)
         var buffer = ByteBufferAllocatorShim.buffer(try s.readToEnd())
         var frames = 0
-        while try decoder.next(&buffer) != nil { frames += 1 }
+        while try decoder.decode(buffer: &buffer) != nil { frames += 1 }
         XCTAssertEqual(frames, 3)
         XCTAssertEqual(buffer.readableBytes, 0)
     }
@@ -32,9 +33,9 @@ final class FaultTests: XCTestCase {
         let bytes = try s.readToEnd()
         var buffer = ByteBufferAllocatorShim.buffer(bytes)
         var decoder = ReplicationFrameDecoder(expectAcceptance: false)
-        XCTAssertNotNil(try decoder.next(&buffer))
-        XCTAssertThrowsError(try decoder.next(&buffer)) { error in
-            XCTAssertEqual((error as? ReplicationStreamError)?.found, 0xEE)
+        XCTAssertNotNil(try decoder.decode(buffer: &buffer))
+        XCTAssertThrowsError(try decoder.decode(buffer: &buffer)) { error in
+            XCTAssertEqual((error as? DecodeError)?.reason.hasPrefix("bad magic 0xee"), true)
         }
     }
 

@@ -2,6 +2,7 @@ import KTFormats
 import NIOCore
 import NIOEmbedded
 import NIOTestUtils
+import QSBytes
 import XCTest
 
 final class StreamFixtureTests: XCTestCase {
@@ -9,7 +10,7 @@ final class StreamFixtureTests: XCTestCase {
         var buffer = ByteBuffer(bytes: try Fixtures.bytes("\(set)/stream.bin"))
         var decoder = ReplicationFrameDecoder()
         var frames: [ReplicationFrame] = []
-        while let f = try decoder.next(&buffer) { frames.append(f) }
+        while let f = try decoder.decode(buffer: &buffer) { frames.append(f) }
         XCTAssertEqual(buffer.readableBytes, 0)
         return frames
     }
@@ -71,7 +72,7 @@ final class StreamFixtureTests: XCTestCase {
             decoderFactory: { ReplicationFrameDecoder(expectAcceptance: false) })
         var refused = ByteBuffer(bytes: [KTBinaryMagic.error])
         var decoder = ReplicationFrameDecoder()
-        XCTAssertEqual(try decoder.next(&refused), .refused)
+        XCTAssertEqual(try decoder.decode(buffer: &refused), .refused)
     }
 
     func testBadMagicCarriesStreamOffset() throws {
@@ -79,10 +80,10 @@ final class StreamFixtureTests: XCTestCase {
         bytes.append(0x77)
         var buffer = ByteBuffer(bytes: bytes)
         var decoder = ReplicationFrameDecoder()
-        XCTAssertEqual(try decoder.next(&buffer), .accepted)
-        XCTAssertEqual(try decoder.next(&buffer), .heartbeat(timestamp: 5))
-        XCTAssertThrowsError(try decoder.next(&buffer)) { error in
-            XCTAssertEqual(error as? ReplicationStreamError, ReplicationStreamError(found: 0x77, offset: 10))
+        XCTAssertEqual(try decoder.decode(buffer: &buffer), .accepted)
+        XCTAssertEqual(try decoder.decode(buffer: &buffer), .heartbeat(timestamp: 5))
+        XCTAssertThrowsError(try decoder.decode(buffer: &buffer)) { error in
+            XCTAssertEqual(error as? DecodeError, .badMagic(0x77, expected: "replication frame 0xB1 or 0xB0", offset: 10))
         }
     }
 

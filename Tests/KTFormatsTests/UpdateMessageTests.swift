@@ -1,4 +1,5 @@
 import KTFormats
+import QSBytes
 import XCTest
 
 final class UpdateMessageTests: XCTestCase {
@@ -22,7 +23,7 @@ final class UpdateMessageTests: XCTestCase {
 
     func testRejectsUnknownOperation() {
         XCTAssertThrowsError(try KTUpdateMessage(decoding: [0, 7, 0, 0, 0xA9])) { error in
-            XCTAssertEqual(error as? KTFormatError, .badMagic(expected: "update operation 0xA1/0xA2/0xA5", found: 0xA9, offset: 4))
+            XCTAssertEqual(error as? DecodeError, .badMagic(0xA9, expected: "update operation 0xA1/0xA2/0xA5", offset: 4))
         }
     }
 

@@ -1,4 +1,5 @@
 import KTFormats
+import QSBytes
 import XCTest
 
 final class VarNumTests: XCTestCase {

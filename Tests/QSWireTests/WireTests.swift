@@ -1,5 +1,6 @@
 import NIOCore
 import NIOTestUtils
+import QSBytes
 import QSModel
 import QSWire
 import XCTest
@@ -21,7 +22,7 @@ final class WireTests: XCTestCase {
         var decoder = FrameDecoder(maxFrameBytes: 100)
         var buf = ByteBuffer(bytes: [0, 0, 1, 0])  // 256, nothing else sent
         XCTAssertThrowsError(try decoder.decode(buffer: &buf)) { error in
-            XCTAssertEqual(error as? FrameError, .tooLarge(length: 256, limit: 100))
+            XCTAssertEqual(error as? DecodeError, DecodeError(offset: 0, reason: "frame of 256 bytes exceeds the limit of 100 bytes", kind: .tooLarge))
         }
         var empty = ByteBuffer(bytes: [0, 0, 0, 0])
         XCTAssertThrowsError(try decoder.decode(buffer: &empty))

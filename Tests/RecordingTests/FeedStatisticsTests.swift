@@ -1,4 +1,4 @@
-import QSRecording
+import QSCaptures
 import XCTest
 
 /// The bounded structures behind `qsctl feed stats`.

@@ -1,6 +1,6 @@
 import Foundation
 import QSClient
-import QSFeed
+import QSCaptures
 import QSModel
 import QSStore
 import QSTesting

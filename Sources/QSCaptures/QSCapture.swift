@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import QSBytes
 import QSModel
 import QSWire
 
@@ -18,21 +19,21 @@ public enum QSCapture {
     public static let headerSize = 8 + 1 + 8 + 32
 
     public static func header(fromIndex: UInt64, hash: [UInt8]) -> [UInt8] {
-        var out = magic
-        out.append(version)
-        for i in (0..<8).reversed() { out.append(UInt8(truncatingIfNeeded: fromIndex >> (UInt64(i) * 8))) }
-        out.append(contentsOf: hash.count == 32 ? hash : [UInt8](repeating: 0, count: 32))
-        return out
+        var w = ByteWriter(capacity: headerSize)
+        w.writeBytes(magic)
+        w.writeU8(version)
+        w.writeU64(fromIndex)
+        w.writeBytes(hash.count == 32 ? hash : [UInt8](repeating: 0, count: 32))
+        return w.bytes
     }
 
-    /// A frame's bytes on the wire (and in the file).
+    /// A frame's bytes on the wire (and in the file), as `FrameEncoder` writes them.
     public static func bytes(of frame: Frame) -> [UInt8] {
-        var out = [UInt8]()
-        out.reserveCapacity(5 + frame.payload.count)
-        let n = UInt32(1 + frame.payload.count)
-        out.append(contentsOf: [UInt8(n >> 24), UInt8(n >> 16 & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n & 0xFF), frame.type])
-        out.append(contentsOf: frame.payload)
-        return out
+        var w = ByteWriter(capacity: 5 + frame.payload.count)
+        w.writeU32(UInt32(1 + frame.payload.count))
+        w.writeU8(frame.type)
+        w.writeBytes(frame.payload)
+        return w.bytes
     }
 
     /// True when `prefix` (a file's first bytes) starts a QS capture.
@@ -47,8 +48,8 @@ public enum QSCaptureEvent: Sendable, Equatable {
     case heartbeat(head: UInt64, rootTimeNs: UInt64)
 }
 
-/// Reads a QS capture file frame by frame, in 1 MiB chunks (a recording larger than
-/// memory works), checking every entry: indexes consecutive from the header's, each hash
+/// Reads a QS capture file frame by frame with the live subscription's own `FrameDecoder`,
+/// fed from the file in chunks (a recording larger than memory works), checking every entry: indexes consecutive from the header's, each hash
 /// continuing the chain. This is the reader a `capture:FILE` source of `qsqsbridge` wants:
 /// `fromIndex`/`fromHash` say where the recording starts, `next()` yields entries to
 /// append byte for byte. A damaged or cut file stops with `CaptureDamage` naming the byte offset
@@ -58,9 +59,9 @@ public struct QSCaptureReader {
     public let fromIndex: UInt64
     public let fromHash: [UInt8]
     public let maxFrameBytes: Int
-    private var file: CaptureFileBuffer
+    private let file: DecodingFileReader<FrameDecoder>
     /// Byte offset of the next frame.
-    public private(set) var offset = QSCapture.headerSize
+    public var offset: Int { file.offset }
     /// Index and hash of the last entry returned (the header's before any).
     public private(set) var lastIndex: UInt64
     public private(set) var lastHash: [UInt8]
@@ -70,42 +71,36 @@ public struct QSCaptureReader {
             throw CaptureDamage(path: path, offset: 0, reason: "cannot open the file: check the path and permissions", truncated: false)
         }
         let head = [UInt8](try h.read(upToCount: QSCapture.headerSize) ?? Data())
+        try? h.close()
         guard head.count == QSCapture.headerSize, QSCapture.isCapture(head) else {
-            try? h.close()
             throw CaptureDamage(path: path, offset: 0, reason: "not a QS capture (no QSLOGCAP header)", truncated: head.count < QSCapture.headerSize && QSCapture.isCapture(head))
         }
-        guard head[8] == QSCapture.version else {
-            try? h.close()
-            throw CaptureDamage(path: path, offset: 8, reason: "unsupported QS capture version \(head[8])", truncated: false)
+        var r = ByteReader(head, base: 0)
+        try r.skip(QSCapture.magic.count, "magic")
+        let version = try r.readU8("version")
+        guard version == QSCapture.version else {
+            throw CaptureDamage(path: path, offset: 8, reason: "unsupported QS capture version \(version)", truncated: false)
         }
         self.path = path
-        file = CaptureFileBuffer(path: path, handle: h)
         self.maxFrameBytes = maxFrameBytes
-        fromIndex = head[9..<17].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-        fromHash = Array(head[17..<49])
+        fromIndex = try r.readU64("from index")
+        fromHash = try r.readBytes(32, "from hash")
+        file = try DecodingFileReader(path: path, decoder: FrameDecoder(maxFrameBytes: maxFrameBytes),
+                                      startOffset: QSCapture.headerSize, maximumBufferSize: maxFrameBytes + 4)
         lastIndex = fromIndex
         lastHash = fromHash
     }
 
     /// The next frame's event with its byte offset, nil at a clean end of file.
     public mutating func next() throws -> (offset: Int, event: QSCaptureEvent)? {
-        while true {
-            let start = offset
-            if let length = file.buffer.getInteger(at: file.buffer.readerIndex, as: UInt32.self) {
-                let n = Int(length)
-                guard n > 0, n <= maxFrameBytes else {
-                    throw CaptureDamage(path: path, offset: start, reason: "frame length \(n) is not between 1 and \(maxFrameBytes)", truncated: false)
-                }
-                if file.buffer.readableBytes >= 4 + n, let bytes = file.buffer.getBytes(at: file.buffer.readerIndex + 4, length: n) {
-                    let frame = Frame(type: bytes[0], payload: Array(bytes[1...]))
-                    let event = try check(frame, at: start)
-                    file.buffer.moveReaderIndex(forwardBy: 4 + n)
-                    offset += 4 + n
-                    return (start, event)
-                }
-            }
-            guard try file.refill(frameOffset: start) else { return nil }
+        let next: (offset: Int, message: Frame)?
+        do {
+            next = try file.next() ?? file.finish().first
+        } catch let error as DecodeError {
+            throw CaptureDamage(path: path, error)
         }
+        guard let (start, frame) = next else { return nil }
+        return (start, try check(frame, at: start))
     }
 
     private mutating func check(_ frame: Frame, at start: Int) throws -> QSCaptureEvent {

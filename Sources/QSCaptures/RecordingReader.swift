@@ -1,7 +1,5 @@
 import Foundation
 import KTFormats
-import QSFeed
-import QSKTFeed
 import QSModel
 
 /// One update of a recording, as `qsctl feed show` prints it.
@@ -47,7 +45,7 @@ public struct RecordingReader {
 
     public init(path: String) throws {
         guard let h = FileHandle(forReadingAtPath: path) else {
-            throw RecordingError("cannot open recording \(path): check the path and permissions")
+            throw DecodingFileReader<ReplicationFrameDecoder>.CannotOpen(path: path)
         }
         let head = [UInt8](try h.read(upToCount: QSCapture.magic.count) ?? Data())
         try? h.close()
@@ -63,16 +61,11 @@ public struct RecordingReader {
     /// The next item, nil at a clean end.
     public mutating func next() throws -> RecordedItem? {
         while pending.isEmpty {
-            // Each reader is taken out while it reads, so its buffer is never shared (no copy).
-            if var r = kt {
-                kt = nil
-                defer { kt = r }
-                guard let (offset, frame) = try r.next() else { return nil }
+            if kt != nil {
+                guard let (offset, frame) = try kt?.next() else { return nil }
                 if let item = Self.item(offset: offset, frame) { return item }
-            } else if var r = qs {
-                qs = nil
-                defer { qs = r }
-                guard let (offset, event) = try r.next() else { return nil }
+            } else if qs != nil {
+                guard let (offset, event) = try qs?.next() else { return nil }
                 pending = Self.items(offset: offset, event).reversed()
             } else {
                 return nil
@@ -84,7 +77,7 @@ public struct RecordingReader {
     static func item(offset: Int, _ frame: ReplicationFrame) -> RecordedItem? {
         switch frame {
         case .accepted, .refused: return nil
-        case let .heartbeat(ts): return .heartbeat(offset: offset, timeNs: KTTranslator.wallTimeNs(ts))
+        case let .heartbeat(ts): return .heartbeat(offset: offset, timeNs: KTClock.wallTimeNs(of: ts))
         case let .update(ts, message):
             if message.isEmpty { return .undecodable(offset: offset, position: ts, reason: "empty message (updates skipped for the recorder's sid)") }
             let m: KTUpdateMessage
@@ -92,7 +85,7 @@ public struct RecordingReader {
                 return .undecodable(offset: offset, position: ts, reason: "\(error)")
             }
             var u = RecordedUpdate(offset: offset, position: ts, sid: m.sid, db: m.db, op: "clear", key: [], value: nil, xt: nil,
-                                   timeNs: KTTranslator.wallTimeNs(ts))
+                                   timeNs: KTClock.wallTimeNs(of: ts))
             switch m.operation {
             case let .set(key, value, xt):
                 u.op = "set"
