@@ -46,8 +46,8 @@ let package = Package(
             dependencies: ["QSBytes", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
-        // The LMDB environment, keyspace, transaction log and checkpoints: the only module
-        // that touches a storage library.
+        // The store: keyspace, hash-chained log, checkpoints over LMDB, on threads it owns
+        // (one writer, readers, a background thread); the only module that touches LMDB.
         .target(
             name: "QSStore",
             dependencies: ["CLMDB", "QSBytes", "QSModel", .product(name: "Crypto", package: "swift-crypto")],
@@ -112,7 +112,7 @@ let package = Package(
             name: "QSFeed",
             dependencies: [
                 "QSCaptures", "QSClient", "QSModel", "QSNet", "QSWire",
-                log, metrics, lifecycle("ServiceLifecycle"),
+                nio("NIOCore"), log, metrics, lifecycle("ServiceLifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -163,21 +163,25 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // A fake Kyoto Tycoon: ktserver's command line over the FakeKT library.
         .executableTarget(
             name: "fakekt",
             dependencies: ["FakeKT", "QSDaemon", "QSNet", argumentParser, log, lifecycle("ServiceLifecycle")],
             swiftSettings: swiftSettings
         ),
+        // KT update feed (live replication, ulog directory, capture) → QS root.
         .executableTarget(
             name: "qsktbridge",
             dependencies: ["QSDaemon", "QSFeed", "QSKTFeed", "QSNet", argumentParser, log, lifecycle("ServiceLifecycle")],
             swiftSettings: swiftSettings
         ),
+        // A QS node's log (or a capture of it) → another QS root, compatible or batched.
         .executableTarget(
             name: "qsqsbridge",
             dependencies: ["QSDaemon", "QSFeed", "QSNet", argumentParser, log],
             swiftSettings: swiftSettings
         ),
+        // A QS node: root or replica, with its write, replication and read servers.
         .executableTarget(
             name: "qsnode",
             dependencies: [
@@ -186,6 +190,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The operator CLI: keys, log, status, wait, verify, lag, record and inspect feeds.
         .executableTarget(
             name: "qsctl",
             dependencies: [
@@ -194,6 +199,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // `make bench`: every figure as a ratio against a reference measured in the same run.
         .executableTarget(
             name: "qsbench",
             dependencies: [
@@ -208,17 +214,21 @@ let package = Package(
             dependencies: ["QSClient", "QSModel", "QSNet", log, lifecycle("ServiceLifecycle")],
             swiftSettings: swiftSettings
         ),
+        // The store against real LMDB: batches, log, checkpoints, threads.
         .testTarget(name: "QSStoreTests", dependencies: ["QSModel", "QSStore"], swiftSettings: swiftSettings),
+        // QS frame and message codecs, byte by byte.
         .testTarget(
             name: "QSWireTests",
             dependencies: ["QSBytes", "QSModel", "QSWire", nio("NIOCore"), nio("NIOTestUtils")],
             swiftSettings: swiftSettings
         ),
+        // KT codecs against the recorded fixtures.
         .testTarget(
             name: "KTFormatsTests",
             dependencies: ["KTFormats", "QSBytes", nio("NIOCore"), nio("NIOTestUtils"), nio("NIOEmbedded")],
             swiftSettings: swiftSettings
         ),
+        // Capture readers: a file and a socket decode the same bytes to the same values.
         .testTarget(
             name: "QSCapturesTests",
             dependencies: [
@@ -227,11 +237,13 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // fakekt in-process: RPCs, binary protocol, replication, ulogs, faults.
         .testTarget(
             name: "FakeKTTests",
             dependencies: ["FakeKT", "KTFormats", "QSBytes", "QSNet", "QSTesting", nio("NIOCore"), nio("NIOPosix"), log],
             swiftSettings: swiftSettings
         ),
+        // The feed consumer with a scripted source and root; KT translation.
         .testTarget(
             name: "QSFeedTests",
             dependencies: [
@@ -240,21 +252,25 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Bridges as real processes: exactly-once, replays, live KT, rollback drill.
         .testTarget(
             name: "BridgeTests",
             dependencies: ["QSClient", "QSModel", "QSStore", "QSTesting"],
             swiftSettings: swiftSettings
         ),
+        // qsctl record and feed against live KT and QS feeds and fixtures.
         .testTarget(
             name: "RecordingTests",
             dependencies: ["QSCaptures", "QSClient", "QSModel", "QSStore", "QSTesting"],
             swiftSettings: swiftSettings
         ),
+        // Replicas as real processes: subscribe, bootstrap, move upstream.
         .testTarget(
             name: "ReplicationTests",
             dependencies: ["QSClient", "QSModel", "QSStore", "QSTesting", "QSWire"],
             swiftSettings: swiftSettings
         ),
+        // memcached and KT HTTP reads, in-process and against recorded transcripts.
         .testTarget(
             name: "QSReadsTests",
             dependencies: [
@@ -263,6 +279,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Root nodes as real processes, qsctl, the write-protocol handler on a test channel.
         .testTarget(
             name: "QSNodeTests",
             dependencies: [
