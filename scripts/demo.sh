@@ -12,7 +12,8 @@ MEMCACHED_PORT=${QS_DEMO_MEMCACHED_PORT:-11311}
 KT_HTTP_PORT=${QS_DEMO_KT_HTTP_PORT:-19780}
 BRIDGE_ADMIN=${QS_DEMO_BRIDGE_ADMIN:-9401}
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+BRIDGE_PIDS=()
+cleanup() { for p in "${BRIDGE_PIDS[@]}" "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 [ -n "${QS_DEMO_KEEP:-}" ] && trap - EXIT
 
@@ -38,11 +39,11 @@ wait_port $KT_PORT; wait_port $ROOT_PORT; wait_port $REPLICA_PORT; wait_port $NE
 
 step "bridge: qsktbridge --source kt://127.0.0.1:$KT_PORT --root 127.0.0.1:$ROOT_PORT --db-map 0=,1=aux/"
 "$BIN/qsktbridge" --source kt://127.0.0.1:$KT_PORT --root 127.0.0.1:$ROOT_PORT --db-map 0=,1=aux/ \
-  --admin 127.0.0.1:$BRIDGE_ADMIN --log-format text 2>"$WORK/bridge.log" & PIDS+=($!)
+  --admin 127.0.0.1:$BRIDGE_ADMIN --log-format text 2>"$WORK/bridge.log" & BRIDGE_PIDS+=($!)
 wait_port $BRIDGE_ADMIN
 step "mirror: qsqsbridge --source qs://127.0.0.1:$ROOT_PORT --root 127.0.0.1:$NEW_ROOT_PORT --mode compatible"
 "$BIN/qsqsbridge" --source qs://127.0.0.1:$ROOT_PORT --root 127.0.0.1:$NEW_ROOT_PORT --mode compatible \
-  --log-format text 2>"$WORK/mirror.log" & PIDS+=($!)
+  --log-format text 2>"$WORK/mirror.log" & BRIDGE_PIDS+=($!)
 
 step "writes to KT through its HTTP RPC (as the fleet's writers do today)"
 kt set 'key=config/zone/1&value=%7B%22waf%22%3Atrue%7D'
@@ -85,6 +86,9 @@ if [ -t 0 ]; then
   trap 'echo' INT; sleep infinity || true; trap - INT
 fi
 step "graceful stop (SIGTERM): the bridges flush, the nodes close their stores"
+# Bridges first (each flushes its last batch into a root that is still up), then the nodes.
+for p in "${BRIDGE_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+for p in "${BRIDGE_PIDS[@]}"; do wait "$p" || echo "a bridge exited $?"; done
 for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 wait || true; PIDS=()
 tail -n 1 "$WORK/bridge.log"; tail -n 1 "$WORK/root.log"

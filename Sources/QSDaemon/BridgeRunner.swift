@@ -1,3 +1,4 @@
+import ArgumentParser
 import Logging
 import Prometheus
 import QSFeed
@@ -20,7 +21,6 @@ public func runBridge<S: FeedSource>(consumer: FeedConsumer<S>, service: Service
         .init(service: consumer, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
     ]
     if let adminEndpoint {
-        let root = consumer.root
         services.append(.init(service: AdminServer(endpoint: adminEndpoint, registry: registry, logger: logger) {
             let s = consumer.status
             if s.finished { return Readiness(ready: true, detail: "source finished; everything read is applied") }
@@ -31,7 +31,16 @@ public func runBridge<S: FeedSource>(consumer: FeedConsumer<S>, service: Service
             }
             return Readiness(ready: true, detail: "reading source; checkpoint \(cp)\(s.lagSeconds.map { String(format: ", lag %.2f s", $0) } ?? "")")
         }))
-        _ = root
     }
-    try await service.serviceGroup(services, logger: logger).run()
+    do {
+        try await service.serviceGroup(services, logger: logger).run()
+    } catch is CancellationError {
+        // The group is cancelled when --shutdown-timeout passes before the consumer has
+        // flushed (the root is gone or slow). Nothing is lost: the changes not applied are
+        // still in the source, and the next start resumes from the root's checkpoint.
+        let s = consumer.status
+        logger.error("shutdown timeout passed before the pending batch reached the root: the changes after the checkpoint were not applied; they stay in the source and are read again from the checkpoint at the next start",
+                     metadata: ["shutdown-timeout": "\(service.shutdownTimeout)", "checkpoint": "\(s.checkpoint.map { "\($0)" } ?? "unknown")"])
+        throw ExitCode(75)
+    }
 }
