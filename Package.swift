@@ -83,7 +83,7 @@ let package = Package(
             name: "QSNode",
             dependencies: [
                 "QSBytes", "QSClient", "QSModel", "QSNet", "QSStore", "QSWire",
-                nio("NIOCore"), nio("NIOPosix"), .product(name: "NIOExtras", package: "swift-nio-extras"),
+                nio("NIOCore"), nio("NIOPosix"),
                 log, metrics, lifecycle("ServiceLifecycle"), lifecycle("UnixSignals"),
             ],
             swiftSettings: swiftSettings
@@ -92,7 +92,7 @@ let package = Package(
         .target(
             name: "QSReads",
             dependencies: [
-                "KTFormats", "QSModel", "QSNet", "QSStore",
+                "KTFormats", "QSBytes", "QSModel", "QSNet", "QSStore",
                 nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"), nio("NIOConcurrencyHelpers"),
                 log, metrics, lifecycle("ServiceLifecycle"),
             ],

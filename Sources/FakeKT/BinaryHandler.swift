@@ -4,6 +4,13 @@ import QSNet
 
 /// Serves KT's binary protocol on a connection whose first byte is ≥ 0x80: bulk
 /// operations and script calls, or a replication session that takes the connection over.
+///
+/// Requests are decoded with `KTBinaryRequestDecoder.next` from the handler's own buffer
+/// rather than in a `ByteToMessageHandler`, because a replication request switches the
+/// connection to another protocol mid-stream: the bytes after it (the client's heartbeat
+/// acknowledgements) go to the replication session, which NIO's decoder handlers cannot
+/// hand over. The buffer is bounded as theirs would be: more than
+/// `maxBinaryRequestBytes` without a whole request is refused and closes the connection.
 final class BinaryHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -11,6 +18,8 @@ final class BinaryHandler: ChannelInboundHandler {
     private let core: FakeKTCore
     private var buffer: ByteBuffer?
     private var replication: ReplicationSession?
+    /// Set once a request was refused: what still arrives before the close is dropped.
+    private var closing = false
 
     init(core: FakeKTCore) {
         self.core = core
@@ -18,6 +27,7 @@ final class BinaryHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
+        if closing { return }
         if let replication {
             replication.received(&incoming, context: context)
             return
@@ -30,20 +40,32 @@ final class BinaryHandler: ChannelInboundHandler {
             do {
                 request = try KTBinaryRequestDecoder.next(&buf)
             } catch {
-                core.reportMalformed("binary: \(error)", peer: context.channel.remoteAddress?.description ?? "?")
-                // KT closes on an unknown command at once, and answers 0xBF to a bad one.
-                let known: Set<UInt8> = [KTBinaryMagic.replication, KTBinaryMagic.playScript, KTBinaryMagic.setBulk,
-                                         KTBinaryMagic.removeBulk, KTBinaryMagic.getBulk]
-                let first = buf.getInteger(at: buf.readerIndex, as: UInt8.self) ?? 0
-                buf.clear()
-                let reply: [UInt8] = known.contains(first) ? [KTBinaryMagic.error] : []
-                context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: reply)))
-                    .whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
+                refuse("binary: \(error)", &buf, context: context)
                 return
             }
-            guard let request else { return }
+            guard let request else {
+                let limit = core.configuration.maxBinaryRequestBytes
+                if buf.readableBytes > limit {
+                    refuse("binary: \(buf.readableBytes) bytes without a whole request, the limit is \(limit)", &buf, context: context)
+                }
+                return
+            }
             handle(request, context: context, rest: &buf)
         }
+    }
+
+    /// A request that cannot be served: reported, then KT's answer and close. KT closes on
+    /// an unknown command at once, and answers 0xBF to a bad (or oversized) one.
+    private func refuse(_ reason: String, _ buf: inout ByteBuffer, context: ChannelHandlerContext) {
+        core.reportMalformed(reason, peer: context.channel.remoteAddress?.description ?? "?")
+        let known: Set<UInt8> = [KTBinaryMagic.replication, KTBinaryMagic.playScript, KTBinaryMagic.setBulk,
+                                 KTBinaryMagic.removeBulk, KTBinaryMagic.getBulk]
+        let first = buf.getInteger(at: buf.readerIndex, as: UInt8.self) ?? 0
+        buf.clear()
+        closing = true
+        let reply: [UInt8] = known.contains(first) ? [KTBinaryMagic.error] : []
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: reply)))
+            .whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
     }
 
     private func handle(_ request: KTBinaryRequest, context: ChannelHandlerContext, rest: inout ByteBuffer) {
@@ -83,6 +105,8 @@ final class BinaryHandler: ChannelInboundHandler {
         case .replication(let r):
             guard core.configuration.ulogDirectory != nil else {
                 core.logger.info("no update log allows no replication", metadata: ["peer": "\(context.channel.remoteAddress?.description ?? "?")"])
+                closing = true
+                rest.clear()
                 context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: [KTBinaryMagic.error])))
                     .whenComplete { [channel = context.channel] _ in channel.close(promise: nil) }
                 return

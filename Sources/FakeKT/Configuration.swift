@@ -16,6 +16,10 @@ public struct FakeKTConfiguration: Sendable {
     public var timeout: Double = 30
     /// Event-loop threads (`-th`).
     public var threads: Int = 2
+    /// Most bytes of one binary-protocol request held while it arrives; a request that is
+    /// not whole by then gets KT's error reply (0xBF) and the connection closes. KT reads
+    /// requests item by item and has no such total; the fake bounds its memory.
+    public var maxBinaryRequestBytes: Int = 32 << 20
     /// Faults to start with.
     public var faults = FaultPlan()
     /// The clock, in seconds since the epoch; the system clock when `nil`. Tests pin it to

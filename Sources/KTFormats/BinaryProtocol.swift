@@ -147,16 +147,6 @@ public enum KTBinaryResponse: Sendable, Hashable {
     }
 }
 
-/// The binary protocol's decoders throw the one `DecodeError`; this name stays for the KT
-/// listener's protocol sniffer, which still wraps the request decoder.
-public typealias KTBinaryProtocolError = DecodeError
-
-extension DecodeError {
-    public init(reason: String, offset: Int) {
-        self.init(offset: offset, reason: reason)
-    }
-}
-
 extension ByteReader {
     mutating func size(_ what: String, limit: UInt32) throws(DecodeError) -> Int {
         let at = offset

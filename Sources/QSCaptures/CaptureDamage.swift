@@ -22,9 +22,10 @@ public struct CaptureDamage: Error, CustomStringConvertible, Sendable, Equatable
         self.init(path: path, offset: error.offset, reason: error.reason, truncated: error.kind == .truncated)
     }
 
+    /// Says each thing once: "capture F is cut short at byte offset N: input ends inside a
+    /// frame (K bytes of it present)" for a recorder stopped mid-write, "capture F is
+    /// damaged at byte offset N: …" for a corrupt frame.
     public var description: String {
-        truncated
-            ? "capture \(path) ends inside a frame at byte offset \(offset) (\(reason)); the recording was cut short"
-            : "capture \(path) is damaged at byte offset \(offset): \(reason)"
+        "capture \(path) is \(truncated ? "cut short" : "damaged") at byte offset \(offset): \(reason)"
     }
 }

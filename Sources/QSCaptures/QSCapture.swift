@@ -72,8 +72,11 @@ public struct QSCaptureReader {
         }
         let head = [UInt8](try h.read(upToCount: QSCapture.headerSize) ?? Data())
         try? h.close()
-        guard head.count == QSCapture.headerSize, QSCapture.isCapture(head) else {
-            throw CaptureDamage(path: path, offset: 0, reason: "not a QS capture (no QSLOGCAP header)", truncated: head.count < QSCapture.headerSize && QSCapture.isCapture(head))
+        guard QSCapture.isCapture(head) else {
+            throw CaptureDamage(path: path, offset: 0, reason: "not a QS capture (no QSLOGCAP header)", truncated: false)
+        }
+        guard head.count == QSCapture.headerSize else {
+            throw CaptureDamage(path: path, offset: 0, reason: "input ends inside the header (\(head.count) of its \(QSCapture.headerSize) bytes present)", truncated: true)
         }
         var r = ByteReader(head, base: 0)
         try r.skip(QSCapture.magic.count, "magic")
@@ -85,8 +88,9 @@ public struct QSCaptureReader {
         self.maxFrameBytes = maxFrameBytes
         fromIndex = try r.readU64("from index")
         fromHash = try r.readBytes(32, "from hash")
-        file = try DecodingFileReader(path: path, decoder: FrameDecoder(maxFrameBytes: maxFrameBytes),
-                                      startOffset: QSCapture.headerSize, maximumBufferSize: maxFrameBytes + 4)
+        let decoder = FrameDecoder(maxFrameBytes: maxFrameBytes)
+        file = try DecodingFileReader(path: path, decoder: decoder,
+                                      startOffset: QSCapture.headerSize, maximumBufferSize: decoder.maximumBufferSize)
         lastIndex = fromIndex
         lastHash = fromHash
     }

@@ -14,7 +14,7 @@ public func openFrameChannel(host: String?, port: Int, unixPath: String?, readTi
         channel.eventLoop.makeCompletedFuture {
             let ops = channel.pipeline.syncOperations
             try IdleTimeout.install(readTimeout: readTimeout, in: ops)
-            try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
+            try ops.addHandler(FrameDecoder.handler(maxFrameBytes: maxFrameBytes))
             try ops.addHandler(MessageToByteHandler(FrameEncoder()))
             return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel,
                                                      configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8)))

@@ -64,7 +64,7 @@ public final class QSClient: Sendable {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let ops = channel.pipeline.syncOperations
-                    try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
+                    try ops.addHandler(FrameDecoder.handler(maxFrameBytes: maxFrameBytes))
                     try ops.addHandler(MessageToByteHandler(FrameEncoder()))
                     try ops.addHandler(RequestResponseHandler<Frame, Frame>())
                 }

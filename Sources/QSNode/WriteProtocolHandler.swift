@@ -1,6 +1,5 @@
 import Logging
 import NIOCore
-import NIOExtras
 import QSBytes
 import QSWire
 
@@ -99,20 +98,11 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
             break
         }
         busy = true
-        let core = self.core
-        let peer = self.peer
-        let answer = context.eventLoop.makePromise(of: Response.self)
-        answer.completeWithTask { await core.handle(request, peer: peer) }
-        answer.futureResult.assumeIsolated().whenComplete { result in
+        let core = self.core, peer = self.peer
+        run(context: context, { await core.handle(request, peer: peer) }) { response in
             self.busy = false
-            switch result {
-            case let .success(response):
-                self.reply(context: context, response, thenClose: false)
-                self.processNext(context: context)
-            case let .failure(error):
-                self.logger.error("request not run: node is stopping", metadata: ["peer": "\(peer)", "error": "\(error)"])
-                self.reply(context: context, .error(.shuttingDown, "the node is shutting down; retry against it once it is back"), thenClose: true)
-            }
+            self.reply(context: context, response, thenClose: false)
+            self.processNext(context: context)
         }
     }
 
@@ -120,21 +110,26 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
         busy = true
         queue.removeAll()
         let core = self.core, logger = self.logger, peer = self.peer, channel = context.channel
-        let check = context.eventLoop.makePromise(of: Response?.self)
-        check.completeWithTask { await core.checkSubscription(from: from, hash: hash, peer: peer) }
-        check.futureResult.assumeIsolated().whenComplete { result in
+        run(context: context, { await core.checkSubscription(from: from, hash: hash, peer: peer) }) { refusal in
             self.busy = false
-            switch result {
-            case let .success(refusal?):
+            if let refusal {
                 self.reply(context: context, refusal, thenClose: true)
-            case .success(nil):
+            } else {
                 self.stream = Task {
                     await ReplicationStreams.subscription(channel: channel, core: core, from: from, logger: logger, peer: peer)
                 }
-            case .failure:
-                self.reply(context: context, .error(.shuttingDown, "the node is shutting down"), thenClose: true)
             }
         }
+    }
+
+    /// Runs `work` off the event loop (the store's threads) and `then` back on it with its
+    /// result. `work` cannot throw, so every request gets its answer: there is no failure
+    /// to report.
+    private func run<T: Sendable>(context: ChannelHandlerContext, _ work: @escaping @Sendable () async -> T,
+                                  then: @escaping (T) -> Void) {
+        let promise = context.eventLoop.makePromise(of: T.self)
+        promise.completeWithTask(work)
+        promise.futureResult.assumeIsolated().whenSuccess(then)
     }
 
     private func reply(context: ChannelHandlerContext, _ response: Response, thenClose: Bool) {
@@ -161,6 +156,8 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
         if let frameError = error as? DecodeError {
             let code: ErrorCode = frameError.kind == .tooLarge ? .frameTooLarge : .malformed
             refuse(context: context, code: code, message: "\(frameError)", error: error)
+        } else if error is ByteToMessageDecoderError.PayloadTooLargeError {
+            refuse(context: context, code: .frameTooLarge, message: "more bytes than the largest frame without a whole frame", error: error)
         } else if error is ByteToMessageDecoderError {
             refuse(context: context, code: .malformed, message: "malformed frame: \(error)", error: error)
         } else {

@@ -30,10 +30,12 @@ public struct WriteServer: ListeningService {
         }
     }
 
-    /// One connection's pipeline: frames bounded at `maxFrameBytes`, then the handler.
+    /// One connection's pipeline: frames bounded at `maxFrameBytes` (a longer declared
+    /// length is refused with `frame-too-large` as soon as it arrives, and NIO bounds the
+    /// buffer behind that), then the handler.
     public static func configure(_ channel: any Channel, core: NodeCore, maxFrameBytes: Int, logger: Logger) throws {
         let ops = channel.pipeline.syncOperations
-        try ops.addHandler(ByteToMessageHandler(FrameDecoder(maxFrameBytes: maxFrameBytes)))
+        try ops.addHandler(FrameDecoder.handler(maxFrameBytes: maxFrameBytes))
         try ops.addHandler(MessageToByteHandler(FrameEncoder()))
         try ops.addHandler(WriteProtocolHandler(core: core, logger: logger))
     }

@@ -1,6 +1,7 @@
 import KTFormats
 import Logging
 import NIOCore
+import QSBytes
 import QSModel
 import QSNet
 import QSStore
@@ -12,6 +13,8 @@ struct KTBinarySession: Sendable {
     let store: Store
     let databases: KTDatabaseMap
     let clock: ReadClock
+    /// The connection's buffer limit (`maximumBufferSize` of its decoder), for log lines.
+    let maxRequestBytes: Int
     let metrics: ReadMetrics
     let logger: Logger
 
@@ -33,9 +36,12 @@ struct KTBinarySession: Sendable {
                     }
                 }
             }
-        } catch let error as KTBinaryProtocolError {
+        } catch let error as DecodeError {
             metrics.requests("bad").increment()
             metrics.bad(logger, peer: peer, reason: "binary protocol: \(error)")
+        } catch is ByteToMessageDecoderError.PayloadTooLargeError {
+            metrics.requests("bad").increment()
+            metrics.bad(logger, peer: peer, reason: "binary protocol: request larger than \(maxRequestBytes) bytes")
         } catch {
             logger.debug("KT binary connection ended with an error", metadata: ["peer": "\(peer)", "error": "\(error)"])
         }

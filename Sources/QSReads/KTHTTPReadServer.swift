@@ -17,7 +17,8 @@ public struct KTHTTPReadServer: ListeningService {
     public struct Configuration: Sendable {
         public var databases: KTDatabaseMap
         public var scanLimits: ScanLimits
-        /// Largest request body accepted (KT's own limit is far larger; QS caps memory).
+        /// Largest request body accepted, and largest binary-protocol request buffered (KT's
+        /// own limit is far larger; QS caps memory).
         public var maxBodyBytes: Int
         public var clock: ReadClock
 
@@ -48,17 +49,17 @@ public struct KTHTTPReadServer: ListeningService {
                                 rest: KTRESTRead(databases: configuration.databases, clock: configuration.clock),
                                 metrics: metrics, logger: logger, maxBodyBytes: configuration.maxBodyBytes)
         binary = KTBinarySession(store: store, databases: configuration.databases, clock: configuration.clock,
-                                 metrics: metrics, logger: logger)
+                                 maxRequestBytes: configuration.maxBodyBytes, metrics: metrics, logger: logger)
     }
 
     public func run() async throws {
         let session = self.session, binary = self.binary, maxBodyBytes = self.maxBodyBytes
         try await listener.run { channel in
-            try SniffedConnection.sniff(channel, maxBinaryBytes: maxBodyBytes)
+            try KTConnection.sniff(channel, maxBinaryBytes: maxBodyBytes)
         } handle: { accepted in
             // A client that connects and sends nothing is closed on shutdown (idle) or
             // cancellation (the listener closes the channel), which fails the sniff.
-            switch try? await accepted.connection.protocol.get() {
+            switch try? await accepted.connection.get() {
             case let .http(connection)?: await session.run(connection, peer: accepted.peer, drain: accepted.drain)
             case let .binary(connection)?: await binary.run(connection, peer: accepted.peer, drain: accepted.drain)
             case nil: break // closed before sending anything

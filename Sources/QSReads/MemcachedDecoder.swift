@@ -15,6 +15,12 @@ struct MemcachedDecoder: NIOSingleStepByteToMessageDecoder {
         self.limits = limits
     }
 
+    /// The most bytes a connection holds: less than one line of the longest length (a
+    /// longer line is refused as soon as that many bytes are in, and a data block is
+    /// skipped as it arrives). NIO's `maximumBufferSize` set to this bounds the buffer
+    /// behind the decoder's own refusal.
+    var maximumBufferSize: Int { limits.maxLineBytes }
+
     mutating func decode(buffer: inout ByteBuffer) throws -> MemcachedCommand? {
         if failed {
             buffer.moveReaderIndex(to: buffer.writerIndex)

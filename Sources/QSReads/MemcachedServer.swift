@@ -51,7 +51,8 @@ public struct MemcachedServer: ListeningService {
     public func run() async throws {
         let session = self.session, limits = self.limits
         try await listener.run { channel in
-            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MemcachedDecoder(limits: limits)))
+            let decoder = MemcachedDecoder(limits: limits)
+            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(decoder, maximumBufferSize: decoder.maximumBufferSize))
             return try NIOAsyncChannel<MemcachedCommand, ByteBuffer>(wrappingChannelSynchronously: channel)
         } handle: { accepted in
             await session.run(accepted.connection, peer: accepted.peer, drain: accepted.drain)

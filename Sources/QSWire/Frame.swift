@@ -53,6 +53,20 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
         if buffer.readableBytes > 0 { throw .endsInside("frame", offset: consumed, present: buffer.readableBytes) }
         return nil
     }
+
+    /// The most bytes a reader holds before a frame is whole: the longest frame with its
+    /// length prefix. The decoder refuses a longer declared length as soon as it arrives;
+    /// NIO's `maximumBufferSize` set to this is the bound behind that refusal.
+    public var maximumBufferSize: Int {
+        maxFrameBytes > Int.max - 4 ? Int.max : maxFrameBytes + 4
+    }
+
+    /// A connection's frame decoder: frames of at most `maxFrameBytes`, its buffer bounded
+    /// by NIO at `maximumBufferSize`.
+    public static func handler(maxFrameBytes: Int) -> ByteToMessageHandler<FrameDecoder> {
+        let decoder = FrameDecoder(maxFrameBytes: maxFrameBytes)
+        return ByteToMessageHandler(decoder, maximumBufferSize: decoder.maximumBufferSize)
+    }
 }
 
 /// Writes frames with their length prefix.

@@ -102,7 +102,7 @@ final class ReplayTests: XCTestCase {
         let r = try Harness.run("qsktbridge", ["--root", node.address, "--source", "capture:\(cut.path)", "--db-map", "0=,1=aux/", "--source-id", "cut"])
         XCTAssertNotEqual(r.status, 0)
         let err = String(decoding: r.stderr, as: UTF8.self)
-        XCTAssertTrue(err.contains("ends inside a frame at byte offset"), err)
+        XCTAssertTrue(err.contains("is cut short at byte offset"), err)
         // Every complete frame was applied: the checkpoint is the last whole update's timestamp.
         let lastTS = lastCompleteUpdate(in: [UInt8](bytes.prefix(bytes.count / 2)))
         let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)

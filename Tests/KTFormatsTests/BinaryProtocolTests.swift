@@ -1,6 +1,7 @@
 import KTFormats
 import NIOCore
 import NIOTestUtils
+import QSBytes
 import XCTest
 
 final class BinaryProtocolTests: XCTestCase {
@@ -41,7 +42,7 @@ final class BinaryProtocolTests: XCTestCase {
     func testUnknownMagicThrows() {
         var buffer = ByteBuffer(bytes: [0xB7, 0, 0, 0, 0])
         XCTAssertThrowsError(try KTBinaryRequestDecoder.next(&buffer)) { error in
-            XCTAssertEqual(error as? KTBinaryProtocolError, KTBinaryProtocolError(reason: "unknown magic 0xb7", offset: 0))
+            XCTAssertEqual(error as? DecodeError, DecodeError(offset: 0, reason: "unknown magic 0xb7"))
         }
     }
 

@@ -169,8 +169,8 @@ final class RecordKTTests: XCTestCase {
             print("the killed recorder left \(out.lastPathComponent) cut inside a frame")
         }
         XCTAssertEqual(shown.status, 4, shown.stderr)
-        let match = try XCTUnwrap(shown.stderr.range(of: #"ends inside a frame at byte offset (\d+)"#, options: .regularExpression))
-        let offset = try XCTUnwrap(Int(shown.stderr[match].split(separator: " ").last ?? ""))
+        let match = try XCTUnwrap(shown.stderr.range(of: #"is cut short at byte offset (\d+):"#, options: .regularExpression))
+        let offset = try XCTUnwrap(Int(shown.stderr[match].dropLast().split(separator: " ").last ?? ""))
         XCTAssertGreaterThan(shown.lines.count, 0)
         let lastWhole = try XCTUnwrap(shown.lines.last)
         XCTAssertLessThan(try XCTUnwrap(lastWhole["offset"] as? Int), offset)
@@ -178,7 +178,7 @@ final class RecordKTTests: XCTestCase {
         // The bridge replays every complete frame, then stops naming the same offset.
         let r = try await replay(cut)
         XCTAssertNotEqual(r.status, 0)
-        XCTAssertTrue(r.stderr.contains("ends inside a frame at byte offset \(offset)"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("is cut short at byte offset \(offset):"), r.stderr)
         XCTAssertEqual(r.state, applied(shown.lines, prefixes: [0: "", 1: "aux/"]))
         XCTAssertEqual(r.checkpoint, (lastWhole["position"] as? NSNumber)?.uint64Value)
     }

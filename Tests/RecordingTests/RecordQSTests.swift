@@ -103,7 +103,7 @@ final class RecordQSTests: XCTestCase {
         XCTAssertEqual(seen.count, shown.lines.filter { ($0["offset"] as? Int ?? 0) < lastOffset }.count, "every whole frame before the cut")
         let cutShown = try feedShow(cut)
         XCTAssertEqual(cutShown.status, 4)
-        XCTAssertTrue(cutShown.stderr.contains("ends inside a frame at byte offset \(lastOffset)"), cutShown.stderr)
+        XCTAssertTrue(cutShown.stderr.contains("is cut short at byte offset \(lastOffset): input ends inside a frame"), cutShown.stderr)
 
         // A flipped byte inside the last entry's value: the chain does not continue.
         var corrupt = bytes
