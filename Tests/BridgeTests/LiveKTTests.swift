@@ -134,6 +134,11 @@ final class LiveKTTests: XCTestCase {
                 if Task.isCancelled { break }
             }
         }
+        // Should a step below fail, the workload does not outlive the test.
+        addTeardownBlock {
+            writer.cancel()
+            _ = await writer.value
+        }
         XCTAssertTrue(Harness.waitUntil { (metricValue(port: admin, "qs_bridge_changes_read_total") ?? 0) >= 50 })
         XCTAssertEqual(try b.stop(signal: SIGTERM), 0, b.log)
         writer.cancel()
