@@ -1,7 +1,7 @@
 import Foundation
 
-/// A `fakekt` process on a port the kernel picks (port 0 unless told; learned from its
-/// ready file) with an update log, for bridge tests.
+/// A `fakekt` process on a port the kernel picks (port 0, learned from its ready file)
+/// with an update log, for bridge tests.
 public final class FakeKTProcess: @unchecked Sendable {
     public let daemon: DaemonProcess
     public let port: Int
@@ -10,10 +10,10 @@ public final class FakeKTProcess: @unchecked Sendable {
     /// `databases` as ktserver takes them (`*`, `%`, `main.kch`, …); `faults` are fakekt's
     /// fault flags, e.g. `["-fault-close-after", "50"]`.
     public init(logDir: URL, sid: Int = 7, databases: [String] = ["main.kch", "aux.kct"], ulog: URL? = nil,
-                faults: [String] = [], port: Int = 0) throws {
+                faults: [String] = []) throws {
         self.ulog = ulog ?? logDir.appendingPathComponent("ulog-\(UUID().uuidString.prefix(6))")
         try FileManager.default.createDirectory(at: self.ulog, withIntermediateDirectories: true)
-        daemon = try DaemonProcess("fakekt", ["-host", "127.0.0.1", "-port", "\(port)", "-ulog", self.ulog.path, "-sid", "\(sid)"]
+        daemon = try DaemonProcess("fakekt", ["-host", "127.0.0.1", "-port", "0", "-ulog", self.ulog.path, "-sid", "\(sid)"]
             + faults + databases, logDir: logDir, ready: true)
         self.port = try daemon.port("kt")
     }

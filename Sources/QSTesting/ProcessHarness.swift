@@ -1,9 +1,9 @@
 import Foundation
 import QSNet
-import Synchronization
 
-/// Test helpers shared by every suite: start the project's real executables on free
-/// loopback ports, wait for them with deadlines, stop them with a signal.
+/// Test helpers shared by every suite: start the project's real executables on loopback
+/// port 0 (the real ports come from their ready files), wait for them with deadlines, stop
+/// them with a signal.
 public enum Harness {
     /// Directory holding the built executables: `QS_BIN_DIR`, else the directory of the
     /// running test bundle (SwiftPM puts both in the same build folder).
@@ -31,51 +31,6 @@ public enum Harness {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
         return url
-    }
-
-    /// A loopback TCP port that is free now and was not handed out before in this process.
-    /// Ports come from 20000–32767, below the kernel's ephemeral range (32768–60999), so a
-    /// client connection made meanwhile cannot take the port before the daemon binds it.
-    public static func freePort() -> Int {
-        for _ in 0..<2000 {
-            let candidate = Int.random(in: 20000...32767)
-            guard portsHandedOut.withLock({ $0.insert(candidate).inserted }) else { continue }
-            if canBind(candidate) { return candidate }
-        }
-        return ephemeralPort()
-    }
-
-    private static let portsHandedOut = Mutex<Set<Int>>([])
-
-    private static func canBind(_ port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        let rc = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        return rc == 0
-    }
-
-    /// A port the kernel picks (bound to port 0, then released): the fallback.
-    private static func ephemeralPort() -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = 0
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) }
-        }
-        _ = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
-        }
-        return Int(UInt16(bigEndian: addr.sin_port))
     }
 
     /// A socket connected to 127.0.0.1:`port`, nil when nothing accepts there. The caller
@@ -177,16 +132,17 @@ public final class DaemonProcess: @unchecked Sendable {
 
     /// Starts `name` with `args`. With `ready: true` the daemon is given a `--ready-file`
     /// (fakekt: `-ready-file`) and `init` waits until it lists every listener, so daemons
-    /// can listen on port 0 and `address(_:)` tells the real ports; otherwise `init` does
-    /// not wait (see `waitForPort`).
+    /// can listen on port 0 and `port(_:)` tells the real ports; otherwise `init` does
+    /// not wait (a process without listeners: a bridge, a qsctl command).
+    /// `binDir` is where the executable is (default `Harness.binDir`).
     public init(_ name: String, _ args: [String], env: [String: String] = [:], logDir: URL, ready: Bool = false,
-                timeout: Duration = .seconds(15)) throws {
+                timeout: Duration = .seconds(15), binDir: URL = Harness.binDir) throws {
         self.name = name
         readyFile = ready ? logDir.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(6)).ready.json") : nil
         var args = args
         if let readyFile { args += [name == "fakekt" ? "-ready-file" : "--ready-file", readyFile.path] }
         process = Process()
-        process.executableURL = Harness.binDir.appendingPathComponent(name)
+        process.executableURL = binDir.appendingPathComponent(name)
         process.arguments = args
         var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("QS_") }
         environment.merge(env) { _, new in new }
@@ -201,6 +157,8 @@ public final class DaemonProcess: @unchecked Sendable {
             let path = readyFile.path, process = self.process
             let up = Harness.waitUntil(timeout: timeout) { !process.isRunning || FileManager.default.fileExists(atPath: path) }
             guard up, process.isRunning, let entries = try? ReadyFile.read(path) else {
+                if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+                process.waitUntilExit()
                 throw HarnessError("\(name) did not write its ready file within \(timeout); log:\n\(log)")
             }
             listeners = entries
@@ -227,14 +185,6 @@ public final class DaemonProcess: @unchecked Sendable {
         (try? String(contentsOf: logURL, encoding: .utf8)) ?? ""
     }
 
-    /// Waits until the process accepts connections on `port`; throws with its log if not.
-    public func waitForPort(_ port: Int, timeout: Duration = .seconds(15)) throws {
-        let ok = Harness.waitUntil(timeout: timeout) { !isRunning || Harness.isListening(port: port) }
-        guard ok, isRunning else {
-            throw HarnessError("\(name) did not listen on port \(port) within \(timeout); log:\n\(log)")
-        }
-    }
-
     /// Sends `signal` and waits for the exit; returns the exit status.
     @discardableResult
     public func stop(signal: Int32 = SIGTERM, timeout: Duration = .seconds(15)) throws -> Int32 {
@@ -257,6 +207,47 @@ public final class DaemonProcess: @unchecked Sendable {
     }
 }
 
+/// A loopback TCP port where every connection is refused for as long as this value is
+/// open: a socket bound to it that never listens. The port stays taken (no other process
+/// can bind it meanwhile) yet nothing accepts, so a test of an unreachable address cannot
+/// race with another listener. Close it when the test is done (`defer { port.close() }`,
+/// which also keeps it open until then).
+public final class RefusingPort {
+    public let port: Int
+    private var fd: Int32
+
+    public init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw HarnessError("socket() failed: errno \(errno)") }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+        }
+        guard bound else {
+            let error = errno
+            Foundation.close(fd)
+            throw HarnessError("binding a loopback socket to port 0 failed: errno \(error)")
+        }
+        self.fd = fd
+        port = Int(UInt16(bigEndian: addr.sin_port))
+    }
+
+    /// `127.0.0.1:PORT`.
+    public var address: String { "127.0.0.1:\(port)" }
+
+    /// Releases the port.
+    public func close() {
+        if fd >= 0 { Foundation.close(fd) }
+        fd = -1
+    }
+
+    deinit { close() }
+}
+
 public struct HarnessError: Error, CustomStringConvertible {
     public let description: String
     public init(_ d: String) { description = d }
@@ -270,11 +261,12 @@ public final class RootNode: @unchecked Sendable {
     public let data: URL
     public let extraArgs: [String]
 
-    /// Starts on port 0 unless `port` is given (a restart that must keep its address).
-    public init(data: URL, logDir: URL, extraArgs: [String] = [], env: [String: String] = [:], port: Int = 0) throws {
+    /// Starts on port 0. A test that restarts a node behind an address a client must keep
+    /// gives it a Unix socket too (`extraArgs: ["--unix", path]`), never a TCP port to reuse.
+    public init(data: URL, logDir: URL, extraArgs: [String] = [], env: [String: String] = [:]) throws {
         self.data = data
         self.extraArgs = extraArgs
-        daemon = try DaemonProcess("qsnode", ["--role", "root", "--data", data.path, "--listen", "127.0.0.1:\(port)",
+        daemon = try DaemonProcess("qsnode", ["--role", "root", "--data", data.path, "--listen", "127.0.0.1:0",
                                               "--admin", "127.0.0.1:0"] + extraArgs, env: env, logDir: logDir, ready: true)
         self.port = try daemon.port("write")
         adminPort = try daemon.port("admin")
@@ -295,10 +287,9 @@ public final class ReplicaNode: @unchecked Sendable {
     public let adminPort: Int
     public let data: URL
 
-    /// Starts on port 0 unless `port` is given (a restart that must keep its address).
-    public init(data: URL, upstreams: [String], logDir: URL, extraArgs: [String] = [], port: Int? = nil) throws {
+    public init(data: URL, upstreams: [String], logDir: URL, extraArgs: [String] = []) throws {
         self.data = data
-        daemon = try DaemonProcess("qsnode", ["--role", "replica", "--data", data.path, "--listen", "127.0.0.1:\(port ?? 0)",
+        daemon = try DaemonProcess("qsnode", ["--role", "replica", "--data", data.path, "--listen", "127.0.0.1:0",
                                               "--upstream", upstreams.joined(separator: ","), "--admin", "127.0.0.1:0",
                                               "--log-format", "text"] + extraArgs, logDir: logDir, ready: true)
         self.port = try daemon.port("write")

@@ -65,13 +65,10 @@ struct BacklogBench {
             localRate = Double(updates) / (ContinuousClock.now - start).seconds
         }
         // 3. The bridge against a real root.
-        let port = Harness.freePort()
-        let root = Process()
-        root.executableURL = binDir.appendingPathComponent("qsnode")
-        root.arguments = ["--data", scratch + "/backlog-root", "--listen", "127.0.0.1:\(port)", "--log-level", "warning", "--map-size", "16GiB"]
-        try root.run()
-        defer { root.terminate(); root.waitUntilExit() }
-        _ = Harness.waitUntil(timeout: .seconds(30)) { Harness.isListening(port: port) }
+        let root = try startDaemon(binDir, scratch, "qsnode", ["--data", scratch + "/backlog-root", "--listen", "127.0.0.1:0",
+                                                               "--log-level", "warning", "--map-size", "16GiB"])
+        defer { _ = try? root.stop() }
+        let port = try root.port("write")
         let bridge = Process()
         bridge.executableURL = binDir.appendingPathComponent("qsktbridge")
         bridge.arguments = ["--root", "127.0.0.1:\(port)", "--source", "capture:\(capture)", "--log-level", "warning"]

@@ -24,17 +24,17 @@ struct LagBench {
     }
 
     func run() async throws -> Result {
-        let ktPort = Harness.freePort(), rootPort = Harness.freePort(), admin = Harness.freePort()
         let ulog = scratch + "/lag-ulog"
         try FileManager.default.createDirectory(atPath: ulog, withIntermediateDirectories: true)
-        let kt = try launchExecutable(binDir, quiet: true, "fakekt", ["-host", "127.0.0.1", "-port", "\(ktPort)", "-ulog", ulog, "-sid", "7", "*"])
-        let root = try launchExecutable(binDir, quiet: true, "qsnode", ["--data", scratch + "/lag-root", "--listen", "127.0.0.1:\(rootPort)", "--log-level", "warning"])
-        defer { for p in [kt, root] { p.terminate(); p.waitUntilExit() } }
-        _ = Harness.waitUntil(timeout: .seconds(30)) { Harness.isListening(port: ktPort) && Harness.isListening(port: rootPort) }
-        let bridge = try launchExecutable(binDir, quiet: true, "qsktbridge", ["--source", "kt://127.0.0.1:\(ktPort)", "--root", "127.0.0.1:\(rootPort)",
-                                               "--admin", "127.0.0.1:\(admin)", "--log-level", "warning"])
-        defer { bridge.terminate(); bridge.waitUntilExit() }
-        _ = Harness.waitUntil(timeout: .seconds(30)) { Harness.isListening(port: admin) }
+        let kt = try startDaemon(binDir, scratch, "fakekt", ["-host", "127.0.0.1", "-port", "0", "-ulog", ulog, "-sid", "7", "*"])
+        defer { _ = try? kt.stop() }
+        let root = try startDaemon(binDir, scratch, "qsnode", ["--data", scratch + "/lag-root", "--listen", "127.0.0.1:0", "--log-level", "warning"])
+        defer { _ = try? root.stop() }
+        let ktPort = try kt.port("kt"), rootPort = try root.port("write")
+        let bridge = try startDaemon(binDir, scratch, "qsktbridge", ["--source", "kt://127.0.0.1:\(ktPort)", "--root", "127.0.0.1:\(rootPort)",
+                                                                     "--admin", "127.0.0.1:0", "--log-level", "warning"])
+        defer { _ = try? bridge.stop() }
+        let admin = try bridge.port("admin")
         // The workload: a writer thread at a steady rate over KT's HTTP RPC, 50 keys per
         // set_bulk, paced against the clock (not sleeps that drift).
         let stop = StopFlag()
@@ -72,7 +72,7 @@ struct LagBench {
         let output = ByteSink(pipe.fileHandleForReading)
         var rss = 0
         while sampler.isRunning {
-            rss = max(rss, peakRSS(pid: bridge.processIdentifier))
+            rss = max(rss, peakRSS(pid: bridge.pid))
             try await Task.sleep(for: .milliseconds(100))
         }
         stop.set()

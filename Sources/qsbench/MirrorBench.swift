@@ -59,11 +59,12 @@ struct MirrorBench {
             localRate = Double(entries) / (ContinuousClock.now - start).seconds
         }
         // 3. Two real nodes and the bridge between them.
-        let srcPort = Harness.freePort(), dstPort = Harness.freePort()
-        let srcNode = try launchExecutable(binDir, "qsnode", ["--data", src, "--listen", "127.0.0.1:\(srcPort)", "--log-level", "warning"])
-        let dstNode = try launchExecutable(binDir, "qsnode", ["--data", dst, "--listen", "127.0.0.1:\(dstPort)", "--log-level", "warning", "--map-size", "16GiB"])
-        defer { for p in [srcNode, dstNode] { p.terminate(); p.waitUntilExit() } }
-        _ = Harness.waitUntil(timeout: .seconds(30)) { Harness.isListening(port: srcPort) && Harness.isListening(port: dstPort) }
+        let srcNode = try startDaemon(binDir, scratch, "qsnode", ["--data", src, "--listen", "127.0.0.1:0", "--log-level", "warning"])
+        defer { _ = try? srcNode.stop() }
+        let dstNode = try startDaemon(binDir, scratch, "qsnode", ["--data", dst, "--listen", "127.0.0.1:0", "--log-level", "warning",
+                                                                  "--map-size", "16GiB"])
+        defer { _ = try? dstNode.stop() }
+        let srcPort = try srcNode.port("write"), dstPort = try dstNode.port("write")
         let start = ContinuousClock.now
         let bridge = try launchExecutable(binDir, "qsqsbridge", ["--source", "qs://127.0.0.1:\(srcPort)", "--root", "127.0.0.1:\(dstPort)", "--mode", "compatible",
                                                "--once", "--log-level", "warning"])
@@ -71,11 +72,11 @@ struct MirrorBench {
         while bridge.isRunning {
             bridgeRSS = max(bridgeRSS, peakRSS(pid: bridge.processIdentifier))
             bridgeAnon = max(bridgeAnon, anonRSS(pid: bridge.processIdentifier))
-            targetAnon = max(targetAnon, anonRSS(pid: dstNode.processIdentifier))
+            targetAnon = max(targetAnon, anonRSS(pid: dstNode.pid))
             try await Task.sleep(for: .milliseconds(50))
         }
         let bridgeRate = Double(entries) / (ContinuousClock.now - start).seconds
-        let targetRSS = peakRSS(pid: dstNode.processIdentifier)
+        let targetRSS = peakRSS(pid: dstNode.pid)
         // 4. verify: node against node, by range digests.
         let vStart = ContinuousClock.now
         let verify = try launchExecutable(binDir, "qsctl", ["--node", "127.0.0.1:\(srcPort)", "verify", "--against", "127.0.0.1:\(dstPort)"])
@@ -90,14 +91,21 @@ struct MirrorBench {
 
 }
 
-/// Starts one of the project's executables from `binDir`, its stdout discarded (and its
-/// stderr too when `quiet`).
-func launchExecutable(_ binDir: URL, quiet: Bool = false, _ name: String, _ args: [String]) throws -> Process {
+/// Starts one of the project's daemons from `binDir` on the ports its arguments give (port
+/// 0: the kernel picks) with a ready file, and returns once every listener is up; its log
+/// goes to `scratch` and is quoted in the error should it not start.
+func startDaemon(_ binDir: URL, _ scratch: String, _ name: String, _ args: [String],
+                 timeout: Duration = .seconds(60)) throws -> DaemonProcess {
+    try DaemonProcess(name, args, logDir: URL(fileURLWithPath: scratch), ready: true, timeout: timeout, binDir: binDir)
+}
+
+/// Starts one of the project's executables from `binDir` (a command that listens on
+/// nothing), its stdout discarded.
+func launchExecutable(_ binDir: URL, _ name: String, _ args: [String]) throws -> Process {
     let p = Process()
     p.executableURL = binDir.appendingPathComponent(name)
     p.arguments = args
     p.standardOutput = FileHandle.nullDevice
-    if quiet { p.standardError = FileHandle.nullDevice }
     try p.run()
     return p
 }

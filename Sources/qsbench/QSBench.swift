@@ -197,21 +197,11 @@ struct QSBench: AsyncParsableCommand {
 
     /// The node: a real `qsnode` process, batches over the write protocol on loopback.
     func runNode(batchSize: Int, duration: Duration, dir: String) async throws -> Measurement {
-        let port = Harness.freePort()
-        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("qsnode")
-        let p = Process()
-        p.executableURL = exe
-        p.arguments = ["--data", dir, "--listen", "127.0.0.1:\(port)", "--log-level", "warning"]
-        try p.run()
-        defer { p.terminate(); p.waitUntilExit() }
-        var client: QSClient?
-        let deadline = ContinuousClock.now + .seconds(15)
-        while client == nil && ContinuousClock.now < deadline {
-            client = try? await QSClient.connect(host: "127.0.0.1", port: port)
-            if client == nil { try await Task.sleep(for: .milliseconds(20)) }
-        }
-        guard let client else { throw ValidationError("qsnode at \(exe.path) did not start") }
-        let ioBefore = writeBytes(pid: p.processIdentifier)
+        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        let node = try startDaemon(bin, scratch, "qsnode", ["--data", dir, "--listen", "127.0.0.1:0", "--log-level", "warning"])
+        defer { _ = try? node.stop() }
+        let client = try await QSClient.connect(host: "127.0.0.1", port: try node.port("write"))
+        let ioBefore = writeBytes(pid: node.pid)
         let start = ContinuousClock.now
         var i = 0, batches = 0, payload = 0
         while ContinuousClock.now - start < duration {
@@ -228,8 +218,8 @@ struct QSBench: AsyncParsableCommand {
             batches += 1
         }
         let elapsed = (ContinuousClock.now - start).seconds
-        let written = writeBytes(pid: p.processIdentifier) - ioBefore
-        let rss = peakRSS(pid: p.processIdentifier)
+        let written = writeBytes(pid: node.pid) - ioBefore
+        let rss = peakRSS(pid: node.pid)
         await client.close()
         return Measurement(opsPerSec: Double(i) / elapsed, diskPerPayload: Double(written) / Double(payload), batches: batches, peakRSS: rss)
     }

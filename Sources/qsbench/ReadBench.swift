@@ -64,30 +64,24 @@ struct ReadBench {
         close(fd)
         let copyRate = Double(envBytes) / 1e6 / (ContinuousClock.now - copyStart).seconds
 
-        let rootPort = Harness.freePort()
-        let root = try launchExecutable(binDir, "qsnode", ["--data", rootDir, "--listen", "127.0.0.1:\(rootPort)", "--log-level", "warning"])
-        defer { root.terminate(); root.waitUntilExit() }
-        _ = Harness.waitUntil(timeout: .seconds(30)) { Harness.isListening(port: rootPort) }
+        let root = try startDaemon(binDir, scratch, "qsnode", ["--data", rootDir, "--listen", "127.0.0.1:0", "--log-level", "warning"])
+        defer { _ = try? root.stop() }
+        let rootPort = try root.port("write")
         let head = try await Store.open(directory: rootDir, readOnly: true).head()
         // Catch-up: a replica one entry in, following the rest of the log.
         FileHandle.standardError.write(Data("reads: catch-up\n".utf8))
-        let (behind, behindPort, catchUp) = try await replica(behindDir, upstream: rootPort, until: head)
-        behind.terminate(); behind.waitUntilExit()
-        _ = behindPort
+        let (behind, catchUp) = try await replica(behindDir, upstream: rootPort, until: head)
+        try behind.stop()
         // Bootstrap: an empty replica pulls a snapshot, then serves the reads.
         FileHandle.standardError.write(Data("reads: bootstrap\n".utf8))
-        let mcPort = Harness.freePort(), ktPort = Harness.freePort()
-        let (r, _, bootSeconds) = try await replica(scratch + "/read-boot", upstream: rootPort, until: head,
-                                                     extra: ["--memcached", "127.0.0.1:\(mcPort)", "--memcached-flags-in-value", "false",
-                                                             "--kt-http", "127.0.0.1:\(ktPort)"])
-        defer { r.terminate(); r.waitUntilExit() }
-        let realPort = Harness.freePort()
-        let memcached = Process()
-        memcached.executableURL = URL(fileURLWithPath: "/usr/bin/memcached")
-        memcached.arguments = ["-p", "\(realPort)", "-U", "0", "-l", "127.0.0.1", "-m", "1024", "-t", "2", "-u", "root"]
-        try memcached.run()
-        defer { kill(memcached.processIdentifier, SIGKILL); memcached.waitUntilExit() }  // it ignores SIGTERM here
-        _ = Harness.waitUntil(timeout: .seconds(10)) { Harness.isListening(port: realPort) && Harness.isListening(port: mcPort) }
+        let (r, bootSeconds) = try await replica(scratch + "/read-boot", upstream: rootPort, until: head,
+                                                 extra: ["--memcached", "127.0.0.1:0", "--memcached-flags-in-value", "false",
+                                                         "--kt-http", "127.0.0.1:0"])
+        defer { _ = try? r.stop() }
+        let mcPort = try r.port("memcached"), ktPort = try r.port("kt-http")
+        let memcached = try RealMemcached(logDir: scratch)
+        defer { memcached.stop() }
+        let realPort = memcached.port
         try fillMemcached(port: realPort, value: value)
         var mcQS = [Load](), mcReal = [Load](), ktQS = [Load]()
         var anon = 0
@@ -96,7 +90,7 @@ struct ReadBench {
             mcReal.append(load(port: realPort, connections: conns, request: { "get \(key($0))\r\n" }, done: isMemcachedDone))
             mcQS.append(load(port: mcPort, connections: conns, request: { "get \(key($0))\r\n" }, done: isMemcachedDone))
             ktQS.append(load(port: ktPort, connections: conns, request: { "GET /\(key($0).replacingOccurrences(of: "/", with: "%2F")) HTTP/1.1\r\nHost: bench\r\n\r\n" }, done: isHTTPDone))
-            anon = max(anon, anonRSS(pid: r.processIdentifier))
+            anon = max(anon, anonRSS(pid: r.pid))
         }
         return Result(keys: keys, memcachedReplica: mcQS, memcachedReal: mcReal, ktHTTPReplica: ktQS,
                       catchUpEntriesPerSec: Double(catchUpEntries - 1) / catchUp, bootstrapMBPerSec: Double(envBytes) / 1e6 / bootSeconds,
@@ -104,16 +98,16 @@ struct ReadBench {
     }
 
     /// Starts a replica and returns once it stands at `head`, with the seconds that took.
-    func replica(_ dir: String, upstream: Int, until head: Head, extra: [String] = []) async throws -> (Process, Int, Double) {
-        let port = Harness.freePort()
+    func replica(_ dir: String, upstream: Int, until head: Head, extra: [String] = []) async throws -> (DaemonProcess, Double) {
         let start = ContinuousClock.now
-        let p = try launchExecutable(binDir, "qsnode", ["--role", "replica", "--data", dir, "--listen", "127.0.0.1:\(port)", "--upstream", "127.0.0.1:\(upstream)",
-                                      "--log-level", "warning"] + extra)
-        _ = Harness.waitUntil(timeout: .seconds(30)) { Harness.isListening(port: port) }
-        let client = try await QSClient.connect(host: "127.0.0.1", port: port)
+        let p = try startDaemon(binDir, scratch, "qsnode", ["--role", "replica", "--data", dir, "--listen", "127.0.0.1:0",
+                                                           "--upstream", "127.0.0.1:\(upstream)", "--log-level", "warning"] + extra,
+                                timeout: .seconds(120))
+        let client = try await QSClient.connect(host: "127.0.0.1", port: try p.port("write"))
         let ok = await Harness.eventually(timeout: .seconds(120), pollEvery: .milliseconds(10)) { (try? await client.head()) == head }
-        guard ok else { throw BenchError("replica in \(dir) did not reach the root's head") }
-        return (p, port, (ContinuousClock.now - start).seconds)
+        await client.close()
+        guard ok else { throw BenchError("replica in \(dir) did not reach the root's head; log:\n\(p.log)") }
+        return (p, (ContinuousClock.now - start).seconds)
     }
 
     func fillMemcached(port: Int, value: [UInt8]) throws {
@@ -201,4 +195,64 @@ final class Samples: @unchecked Sendable {
     private var values = [Double]()
     func add(_ v: [Double]) { lock.withLock { values += v } }
     var sorted: [Double] { lock.withLock { values.sorted() } }
+}
+
+/// A real memcached, the reads benchmark's reference. memcached cannot report the port it
+/// bound, so one is chosen for it: a port the kernel hands out (bound to port 0 and
+/// released). Should another process take that port before memcached binds it, memcached
+/// exits; that is said on stderr and another port is tried.
+final class RealMemcached {
+    let process: Process
+    let port: Int
+
+    /// Its stderr goes to a file in `logDir`.
+    init(logDir: String, attempts: Int = 5) throws {
+        var failures = [String]()
+        for _ in 0..<attempts {
+            // A port the kernel picks, released for memcached to bind.
+            let picked = try RefusingPort()
+            let port = picked.port
+            picked.close()
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/memcached")
+            p.arguments = ["-p", "\(port)", "-U", "0", "-l", "127.0.0.1", "-m", "1024", "-t", "2", "-u", "root"]
+            let log = logDir + "/memcached-\(port).log"
+            _ = FileManager.default.createFile(atPath: log, contents: nil)
+            p.standardError = FileHandle(forWritingAtPath: log)
+            try p.run()
+            let up = Harness.waitUntil(timeout: .seconds(10)) { !p.isRunning || Self.answersVersion(port: port) }
+            if up && p.isRunning {
+                self.process = p
+                self.port = port
+                return
+            }
+            if p.isRunning { kill(p.processIdentifier, SIGKILL) }
+            p.waitUntilExit()
+            let said = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+            let failure = "memcached on 127.0.0.1:\(port) did not start (exit \(p.terminationStatus)): \(said)"
+            FileHandle.standardError.write(Data("reads: \(failure); trying another port\n".utf8))
+            failures.append(failure)
+        }
+        throw BenchError("real memcached did not start in \(attempts) attempts:\n" + failures.joined(separator: "\n"))
+    }
+
+    /// Stops it (SIGKILL: it ignores SIGTERM here) and waits for the exit.
+    func stop() {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+
+    /// True when a memcached answers `version` on `port`.
+    static func answersVersion(port: Int) -> Bool {
+        guard let fd = Harness.connectLoopback(port: port) else { return false }
+        defer { close(fd) }
+        var tv = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var answer = [UInt8]()
+        let ok = exchange(fd, Array("version\r\n".utf8)) { b in
+            answer = b
+            return b.last == 10
+        }
+        return ok && answer.starts(with: Array("VERSION ".utf8))
+    }
 }

@@ -41,8 +41,7 @@ final class ExactlyOnceTests: XCTestCase {
             }
             XCTAssertTrue(moved)
             if !bridge.isRunning { break }
-            kill(bridge.pid, SIGKILL)
-            _ = Harness.waitUntil { !bridge.isRunning }
+            try bridge.stop(signal: SIGKILL)
             kills += 1
             lastCheckpoint = seen
         }
@@ -77,20 +76,18 @@ final class ExactlyOnceTests: XCTestCase {
 
     func testBridgeWaitsForARootThatIsDownThenCatchesUp() async throws {
         let fx = try KTFixture("basic")
-        // The bridge is pointed at the root before the root exists: the one place a port
-        // has to be chosen before a daemon starts.
-        let port = Harness.freePort()
-        let bridge = try DaemonProcess("qsktbridge", ["--root", "127.0.0.1:\(port)", "--source", "capture:\(fx.stream.path)",
+        // The bridge is pointed at the root before the root exists: at a Unix socket path,
+        // which the root binds when it starts (no port has to be guessed in advance).
+        let socket = tmp.appendingPathComponent("root.sock").path
+        let bridge = try DaemonProcess("qsktbridge", ["--root", "unix:\(socket)", "--source", "capture:\(fx.stream.path)",
                                                       "--db-map", "0=,1=aux/", "--source-id", "late", "--log-format", "text"], logDir: tmp)
         XCTAssertTrue(Harness.waitUntil { bridge.log.contains("retrying") }, bridge.log)
         XCTAssertTrue(bridge.isRunning, "the bridge waits for the root instead of giving up")
-        let data = tmp.appendingPathComponent("root")
-        let node = try DaemonProcess("qsnode", ["--data", data.path, "--listen", "127.0.0.1:\(port)"], logDir: tmp)
-        try node.waitForPort(port)
+        let node = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--unix", socket])
         XCTAssertTrue(Harness.waitUntil(timeout: .seconds(30)) { !bridge.isRunning }, bridge.log)
         bridge.process.waitUntilExit()
         XCTAssertEqual(bridge.process.terminationStatus, 0, bridge.log)
-        let client = try await QSClient.connect(host: "127.0.0.1", port: port)
+        let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
         let got = try await dumpState(client, at: fx.recordedAt)
         XCTAssertEqual(got, try fx.expectedState(prefixes: [0: "", 1: "aux/"]))
         await client.close()
@@ -99,16 +96,16 @@ final class ExactlyOnceTests: XCTestCase {
     func testRootRestartedWhileABatchIsInFlightDoesNotWedgeTheBridge() async throws {
         let fx = try KTFixture("basic")
         let data = tmp.appendingPathComponent("root")
-        var root: DaemonProcess? = try DaemonProcess("qsnode", ["--data", data.path, "--listen", "127.0.0.1:0"], logDir: tmp, ready: true)
-        // The restarted root keeps the port the kernel picked for the first one.
-        let port = try root!.port("write")
-        let bridge = try DaemonProcess("qsktbridge", ["--root", "127.0.0.1:\(port)", "--source", "ulog:\(fx.ulog.path)", "--db-map", "0=,1=aux/",
+        // The bridge reaches the root at a Unix socket path, which the restarted root binds
+        // again (a TCP port given up could be taken by another process meanwhile).
+        let socket = tmp.appendingPathComponent("root.sock").path
+        var root = try RootNode(data: data, logDir: tmp, extraArgs: ["--unix", socket])
+        let bridge = try DaemonProcess("qsktbridge", ["--root", "unix:\(socket)", "--source", "ulog:\(fx.ulog.path)", "--db-map", "0=,1=aux/",
                                                       "--source-id", "u", "--batch-max-ops", "20", "--log-format", "text"], logDir: tmp)
         XCTAssertTrue(Harness.waitUntil { bridge.log.contains("reading source") }, bridge.log)
-        XCTAssertEqual(try root!.stop(signal: SIGTERM), 0)
-        root = try DaemonProcess("qsnode", ["--data", data.path, "--listen", "127.0.0.1:\(port)"], logDir: tmp)
-        try root!.waitForPort(port)
-        let c = try await QSClient.connect(host: "127.0.0.1", port: port)
+        XCTAssertEqual(try root.daemon.stop(signal: SIGTERM), 0)
+        root = try RootNode(data: data, logDir: tmp, extraArgs: ["--unix", socket])
+        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
         let last = try ULogLast.timestamp(fx.ulog)
         let done = await Harness.eventually(timeout: .seconds(30)) { (try? await c.checkpoint(sourceID: "u")) == last }
         XCTAssertTrue(done, bridge.log)

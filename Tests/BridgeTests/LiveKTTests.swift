@@ -40,8 +40,10 @@ final class LiveKTTests: XCTestCase {
         kt.set("aux-key", "in-db-1", db: 1)
         kt.set("expiring", "soon", xt: -4_102_444_800)  // KT: a negative xt is an absolute time
         kt.remove("k3")
+        kt.set("last", "written")
         let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
-        let caughtUp = await waitFor(c, "k49", "v49")
+        // The last write is applied, so is every one before it (updates apply in KT's order).
+        let caughtUp = await waitFor(c, "last", "written")
         XCTAssertTrue(caughtUp, b.log)
         let k3 = try await c.get(Array("k3".utf8))
         XCTAssertNil(k3)
@@ -133,6 +135,11 @@ final class LiveKTTests: XCTestCase {
                 kt.set("w\(i % 50)", "v\(i)")
                 if Task.isCancelled { break }
             }
+        }
+        // Should a step below fail, the workload does not outlive the test.
+        addTeardownBlock {
+            writer.cancel()
+            _ = await writer.value
         }
         XCTAssertTrue(Harness.waitUntil { (metricValue(port: admin, "qs_bridge_changes_read_total") ?? 0) >= 50 })
         XCTAssertEqual(try b.stop(signal: SIGTERM), 0, b.log)

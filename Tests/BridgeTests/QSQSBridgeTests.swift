@@ -40,8 +40,7 @@ final class QSQSBridgeTests: XCTestCase {
             let b = try DaemonProcess("qsqsbridge", args, logDir: tmp)
             let before = try await tc.head().index
             _ = await Harness.eventually(timeout: .seconds(20), pollEvery: .milliseconds(5)) { ((try? await tc.head().index) ?? 0) > before }
-            kill(b.pid, SIGKILL)
-            _ = Harness.waitUntil { !b.isRunning }
+            try b.stop(signal: SIGKILL)
         }
         let bridges = try (0..<3).map { _ in try DaemonProcess("qsqsbridge", args + ["--once"], logDir: tmp) }
         XCTAssertTrue(Harness.waitUntil(timeout: .seconds(60)) { bridges.allSatisfy { !$0.isRunning } })

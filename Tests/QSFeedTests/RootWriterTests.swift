@@ -13,6 +13,11 @@ final class RootWriterTests: XCTestCase {
         root.goDown()
         let writer = root.writer()
         let call = Task { try await writer.checkpoint(sourceID: "s") }
+        // Should a wait below fail, the call does not outlive the test.
+        addTeardownBlock {
+            call.cancel()
+            _ = try? await call.value
+        }
         try await waitFor("two refused attempts") { root.snapshot.failedCalls >= 2 }
         root.comeUp()
         let checkpoint = try await within(.seconds(10), "checkpoint") { try await call.value }
@@ -92,6 +97,10 @@ final class RootWriterTests: XCTestCase {
         root.goDown()
         let writer = root.writer()
         let call = Task { try await writer.checkpoint(sourceID: "s") }
+        addTeardownBlock {
+            call.cancel()
+            _ = try? await call.value
+        }
         try await waitFor("a refused attempt") { root.snapshot.failedCalls >= 1 }
         call.cancel()
         do {

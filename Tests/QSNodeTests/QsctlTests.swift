@@ -41,7 +41,9 @@ final class QsctlTests: XCTestCase {
         XCTAssertEqual(try qsctl(node, ["get"]).0, 2, "usage error")
         XCTAssertEqual(try qsctl(node, ["frobnicate"]).0, 2)
         XCTAssertEqual(try Harness.run("qsctl", ["--node", "nonsense", "head"]).status, 2)
-        XCTAssertEqual(try Harness.run("qsctl", ["--node", "127.0.0.1:\(Harness.freePort())", "head"]).status, 3, "unreachable node")
+        let refusing = try RefusingPort()
+        defer { refusing.close() }
+        XCTAssertEqual(try Harness.run("qsctl", ["--node", refusing.address, "head"]).status, 3, "unreachable node")
 
         r = try qsctl(node, ["head"])
         XCTAssertEqual(r.0, 0)

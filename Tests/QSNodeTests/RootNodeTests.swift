@@ -133,7 +133,7 @@ final class RootNodeTests: XCTestCase {
             for try await part in group { all += part }
             return all
         }
-        _ = Harness.waitUntil { !node.daemon.isRunning }
+        try node.daemon.stop(signal: SIGKILL)  // killed above: wait for the exit
         XCTAssertGreaterThanOrEqual(acked.count, 120)
 
         let restarted = try RootNode(data: data, logDir: tmp)

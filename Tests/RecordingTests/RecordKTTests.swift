@@ -197,12 +197,13 @@ final class RecordKTTests: XCTestCase {
     }
 
     func testAnUnreachableSourceIsAnErrorNotAnEndlessRetry() throws {
-        let port = Harness.freePort()
-        for source in ["kt://127.0.0.1:\(port)", "qs://127.0.0.1:\(port)"] {
+        let refusing = try RefusingPort()
+        defer { refusing.close() }
+        for source in ["kt://\(refusing.address)", "qs://\(refusing.address)"] {
             let out = tmp.appendingPathComponent("none-\(source.prefix(2)).bin")
             let rec = try DaemonProcess("qsctl", ["record", "--source", source, "--out", out.path], logDir: tmp)
             XCTAssertEqual(rec.exitStatus(within: .seconds(20)), 3, rec.log)
-            XCTAssertTrue(rec.log.contains("127.0.0.1:\(port)"), rec.log)
+            XCTAssertTrue(rec.log.contains(refusing.address), rec.log)
         }
     }
 

@@ -6,7 +6,6 @@ scripts/gen-operations-doc.sh writes from Sources/ and docs/metrics.tsv.
 """
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -17,7 +16,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import operations_doc  # noqa: E402
-from qs_ports import port as listener_port, start  # noqa: E402  (Tests/ is on the path: Tests/conftest.py)
+from qs_ports import port as listener_port, start, stop_all  # noqa: E402  (Tests/ is on the path: Tests/conftest.py)
 
 BIN_DIR = os.environ.get("QS_BIN_DIR", os.path.join(ROOT, ".build", "debug"))
 
@@ -65,14 +64,9 @@ def served():
             result[name] = scrape(ports[name], deadline)
         yield result
     finally:
-        for p in reversed(procs):  # the bridge first, so it is not left retrying a stopped root
-            p.terminate()
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        problems = stop_all(reversed(procs))  # the bridge first, so it is not left retrying a stopped root
         shutil.rmtree(work, ignore_errors=True)
+        assert not problems, problems
 
 
 def documented():

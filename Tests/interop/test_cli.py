@@ -6,7 +6,7 @@ import subprocess
 import tempfile
 
 from conftest import ROOT
-from qs_ports import port as listener_port, start, wait_ready
+from qs_ports import port as listener_port, start, stop, wait_ready
 
 BIN = os.path.join(os.environ.get("QS_BIN_DIR", os.path.join(ROOT, ".build", "debug")), "fakekt")
 
@@ -23,7 +23,7 @@ def test_environment_fallbacks_pid_file_and_sigterm():
     ready_file = os.path.join(work, "ready.json")
     env = dict(os.environ, QS_FAKEKT_PORT="0", QS_FAKEKT_PID=pid_file, QS_FAKEKT_READY_FILE=ready_file,
                QS_FAKEKT_LE="1")
-    proc = subprocess.Popen([BIN, "%"], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([BIN, "%"], env=env)
     try:
         port = listener_port(wait_ready(ready_file, proc), "kt")
         with open(pid_file) as f:
@@ -35,13 +35,11 @@ def test_environment_fallbacks_pid_file_and_sigterm():
         assert "path\t%" in reply
         s.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
+        assert stop(proc, signal.SIGTERM) == 0
     assert not os.path.exists(pid_file)
     assert not os.path.exists(ready_file)
 
 
 def test_sigint_exits_cleanly():
-    proc, _ = start([BIN, "-port", "0", "-lz", "*"], ready_flag="-ready-file", stderr=subprocess.PIPE, text=True)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=10) == 0
+    proc, _ = start([BIN, "-port", "0", "-lz", "*"], ready_flag="-ready-file")
+    assert stop(proc, signal.SIGINT) == 0

@@ -8,6 +8,7 @@ The binaries come from QS_BIN_DIR (default .build/debug).
 """
 import base64
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -16,7 +17,7 @@ import pytest
 from pymemcache.client.base import Client as MemcacheClient
 from pymemcache.exceptions import MemcacheServerError
 from ukt import KT_NONE, KyotoTycoon, ProtocolError
-from qs_ports import port as listener_port, start  # noqa: E402  (Tests/ is on the path: Tests/conftest.py)
+from qs_ports import port as listener_port, start, stop_all  # noqa: E402  (Tests/ is on the path: Tests/conftest.py)
 
 BIN = os.environ.get("QS_BIN_DIR", ".build/debug")
 
@@ -53,24 +54,29 @@ def head(node):
 def node():
     tmp = tempfile.mkdtemp(prefix="qs-interop-")
     env = {k: v for k, v in os.environ.items() if not k.startswith("QS_")}
-    root, listeners = start(
-        [os.path.join(BIN, "qsnode"), "--role", "root", "--data", os.path.join(tmp, "root"),
-         "--listen", "127.0.0.1:0"],
-        stderr=open(os.path.join(tmp, "root.log"), "w"), env=env)
-    ports = {"root": listener_port(listeners, "write")}
-    for key, (value, xt) in RECORDS.items():
-        put("127.0.0.1:%d" % ports["root"], key, value, xt)
-    proc, listeners = start(
-        [os.path.join(BIN, "qsnode"), "--role", "replica", "--data", os.path.join(tmp, "replica"),
-         "--upstream", "127.0.0.1:%d" % ports["root"],
-         "--listen", "127.0.0.1:0",
-         "--memcached", "127.0.0.1:0", "--kt-http", "127.0.0.1:0",
-         "--memcached-unix", os.path.join(tmp, "mc.sock"),
-         "--kt-db-map", "0=,1=aux/"],
-        stderr=open(os.path.join(tmp, "qsnode.log"), "w"), env=env)
-    ports.update(write=listener_port(listeners, "write"), mc=listener_port(listeners, "memcached"),
-                 kt=listener_port(listeners, "kt-http"))
+    procs = []
     try:
+        with open(os.path.join(tmp, "root.log"), "w") as log:
+            root, listeners = start(
+                [os.path.join(BIN, "qsnode"), "--role", "root", "--data", os.path.join(tmp, "root"),
+                 "--listen", "127.0.0.1:0"],
+                stderr=log, env=env)
+        procs.append(root)
+        ports = {"root": listener_port(listeners, "write")}
+        for key, (value, xt) in RECORDS.items():
+            put("127.0.0.1:%d" % ports["root"], key, value, xt)
+        with open(os.path.join(tmp, "qsnode.log"), "w") as log:
+            proc, listeners = start(
+                [os.path.join(BIN, "qsnode"), "--role", "replica", "--data", os.path.join(tmp, "replica"),
+                 "--upstream", "127.0.0.1:%d" % ports["root"],
+                 "--listen", "127.0.0.1:0",
+                 "--memcached", "127.0.0.1:0", "--kt-http", "127.0.0.1:0",
+                 "--memcached-unix", os.path.join(tmp, "mc.sock"),
+                 "--kt-db-map", "0=,1=aux/"],
+                stderr=log, env=env)
+        procs.append(proc)
+        ports.update(write=listener_port(listeners, "write"), mc=listener_port(listeners, "memcached"),
+                     kt=listener_port(listeners, "kt-http"))
         want = head("127.0.0.1:%d" % ports["root"])
         deadline = time.monotonic() + 30
         while head("127.0.0.1:%d" % ports["write"]) != want:
@@ -79,10 +85,9 @@ def node():
         ports["mc_unix"] = os.path.join(tmp, "mc.sock")
         yield ports
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=15) == 0
-        root.terminate()
-        assert root.wait(timeout=15) == 0
+        problems = stop_all(reversed(procs))  # the replica first, then the root
+        shutil.rmtree(tmp, ignore_errors=True)
+        assert not problems, problems
 
 
 def flags_serde():
