@@ -93,18 +93,8 @@ public struct AddressList: ExpressibleByArgument, DescribedArgument, Sendable, E
     public let endpoints: [Endpoint]
 
     public init?(argument: String) {
-        guard let list = try? Self.parse(argument) else { return nil }
+        guard let list = try? Endpoint.parseList(argument) else { return nil }
         endpoints = list
-    }
-
-    /// Parses a comma- or newline-separated list, ignoring blanks and `#` comments.
-    public static func parse(_ text: String) throws -> [Endpoint] {
-        let parts = text.split(whereSeparator: { $0 == "," || $0 == "\n" })
-            .map { $0.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? "" }
-            .map { $0.trimmingCharacters(in: .whitespaces) }
-            .filter { !$0.isEmpty }
-        guard !parts.isEmpty else { throw ConfigError("the address list is empty") }
-        return try parts.map { try Endpoint(parsing: $0) }
     }
 
     public static let expectation = "HOST:PORT[,HOST:PORT…]"

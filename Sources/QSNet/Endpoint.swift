@@ -26,6 +26,16 @@ public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
         self = .tcp(host: host, port: port)
     }
 
+    /// Parses a list of addresses separated by commas, spaces or new lines (`#` starts a
+    /// comment to the end of its line), in order of preference; an empty list is refused.
+    public static func parseList(_ text: String, what: String = "address list") throws -> [Endpoint] {
+        let cleaned = text.split(separator: "\n").map { $0.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? "" }
+            .joined(separator: ",")
+        let parts = cleaned.split(whereSeparator: { $0 == "," || $0 == " " || $0 == "\t" }).map(String.init).filter { !$0.isEmpty }
+        guard !parts.isEmpty else { throw ConfigError("the \(what) is empty") }
+        return try parts.map { try Endpoint(parsing: $0) }
+    }
+
     public var description: String {
         switch self {
         case let .tcp(host, port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"

@@ -20,11 +20,7 @@ public struct UpstreamReloader: Service {
     /// Parses a list of `HOST:PORT` separated by commas, spaces or new lines (`#` starts
     /// a comment).
     public static func parse(_ text: String) throws -> [Endpoint] {
-        let cleaned = text.split(separator: "\n").map { $0.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? "" }
-            .joined(separator: ",")
-        let parts = cleaned.split(whereSeparator: { $0 == "," || $0 == " " || $0 == "\t" }).map(String.init).filter { !$0.isEmpty }
-        guard !parts.isEmpty else { throw ConfigError("the upstream list is empty") }
-        return try parts.map { try Endpoint(parsing: $0) }
+        try Endpoint.parseList(text, what: "upstream list")
     }
 
     public static func read(_ path: String) throws -> [Endpoint] {
