@@ -50,6 +50,9 @@ struct RecordCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Largest KT update message accepted; a larger one is a corrupt frame, not recorded. (env: QS_CTL_RECORD_MAX_MESSAGE_BYTES)", valueName: "size"))
     var maxMessageBytes: ByteSize = QSEnv.value("QS_CTL_RECORD_MAX_MESSAGE_BYTES", ByteSize(64 << 20), flag: "--max-message-bytes")
 
+    @Option(help: outputHelp("QS_CTL_RECORD_OUTPUT", "table prints a summary line at the end; json the sidecar's contents."))
+    var output: OutputFormat = QSEnv.value("QS_CTL_RECORD_OUTPUT", OutputFormat.table, flag: "--output")
+
     func validate() throws {
         guard source.value != nil else { throw ValidationError("--source is required: kt://HOST:PORT or qs://HOST:PORT (or set QS_CTL_RECORD_SOURCE)") }
         guard !out.isEmpty else { throw ValidationError("--out FILE is required (or set QS_CTL_RECORD_OUT)") }
@@ -101,7 +104,12 @@ struct RecordCommand: AsyncParsableCommand {
             throw Exit.serverError
         }
         let span = meta.firstPosition.map { "positions \($0)…\(meta.lastPosition ?? $0)" } ?? "no updates"
-        printLine("recorded \(meta.updates) updates in \(meta.frames) frames (\(meta.bytes) bytes) from \(meta.source), \(span); stopped by \(meta.stoppedBy ?? "?"); sidecar \(RecordingMeta.path(for: out))")
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        var result = Output(output, listing: false)
+        result.item(json: (try? encoder.encode(meta)).map { String(decoding: $0, as: UTF8.self) } ?? "{}",
+                    table: "recorded \(meta.updates) updates in \(meta.frames) frames (\(meta.bytes) bytes) from \(meta.source), \(span); stopped by \(meta.stoppedBy ?? "?"); sidecar \(RecordingMeta.path(for: out))")
+        result.finish()
     }
 }
 

@@ -20,7 +20,7 @@ struct QSNodeCommand: AsyncParsableCommand {
             A root node (--role root) accepts compare-and-swap batch writes on the QS write protocol \
             (docs/protocol.md) from bridges and operators. Every flag can also be set through the \
             environment variable named after it (QS_ and the flag in capitals, as shown).
-            """
+            """ + "\n\n" + DaemonExitCodes.help
     )
 
     static func main() async { await runCommand() }

@@ -16,7 +16,7 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
             (and back) without a bootstrap; the target then takes no other writes. \
             --mode batched applies the source's changes in batches with compare-and-swap on \
             the source log index, like qsktbridge. Every flag has a QS_ environment fallback.
-            """
+            """ + "\n\n" + DaemonExitCodes.bridgeHelp
     )
 
     static func main() async { await runCommand() }
