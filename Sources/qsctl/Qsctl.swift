@@ -67,14 +67,12 @@ struct NodeOptions: ParsableArguments {
     }
 
     func connect() async throws -> QSClient {
-        var token = [UInt8]()
-        if !writeTokenFile.isEmpty {
-            guard let raw = FileManager.default.contents(atPath: writeTokenFile) else {
-                fail("cannot read --write-token-file \(writeTokenFile)")
-                throw Exit.usage
-            }
-            token = [UInt8](raw)
-            while let last = token.last, last == 10 || last == 13 || last == 32 { token.removeLast() }
+        let token: [UInt8]
+        do {
+            token = try TokenFile.optional(writeTokenFile, flag: "--write-token-file") ?? []
+        } catch {
+            fail("\(error)")
+            throw Exit.usage
         }
         do {
             switch node.endpoint {

@@ -50,6 +50,9 @@ struct RecordCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Largest KT update message accepted; a larger one is a corrupt frame, not recorded. (env: QS_CTL_RECORD_MAX_MESSAGE_BYTES)", valueName: "size"))
     var maxMessageBytes: ByteSize = QSEnv.value("QS_CTL_RECORD_MAX_MESSAGE_BYTES", ByteSize(64 << 20), flag: "--max-message-bytes")
 
+    @Option(help: ArgumentHelp("qs://: file holding the node's replication token (its --replication-token-file). (env: QS_CTL_RECORD_SOURCE_TOKEN_FILE)", valueName: "file"))
+    var sourceTokenFile: String = QSEnv.string("QS_CTL_RECORD_SOURCE_TOKEN_FILE") ?? ""
+
     @Option(help: outputHelp("QS_CTL_RECORD_OUTPUT", "table prints a summary line at the end; json the sidecar's contents."))
     var output: OutputFormat = QSEnv.value("QS_CTL_RECORD_OUTPUT", OutputFormat.table, flag: "--output")
 
@@ -83,7 +86,8 @@ struct RecordCommand: AsyncParsableCommand {
             case let .position(p): start = p
             case nil: start = 0
             }
-            let subscription = LogSubscription(host: host, port: port, readTimeout: .nanoseconds(Int64(timeout.seconds * 1e9)))
+            var subscription = LogSubscription(host: host, port: port, readTimeout: .nanoseconds(Int64(timeout.seconds * 1e9)))
+            subscription.token = try TokenFile.optional(sourceTokenFile, flag: "--source-token-file") ?? []
             let recorder = QSRecorder(subscription: subscription, path: out, stop: stop, logger: logger)
             recording = Task { try await recorder.run(from: start) }
         }
