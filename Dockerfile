@@ -61,11 +61,14 @@ RUN echo /usr/local/lib/qs > /etc/ld.so.conf.d/qs.conf && ldconfig
 COPY --from=build /staging/bin/ /usr/local/bin/
 
 # Defaults for containers (flags win over variables; docs/operations.md lists them all).
-# The admin port (health, readiness, metrics; read-only) listens on every address so probes
-# reach it. The write port stays on loopback (qsnode's own default): to open it to other
-# containers set QS_LISTEN=0.0.0.0:7400 together with QS_WRITE_TOKEN_FILE, as deploy/ does.
+# Nothing listens beyond the container's loopback without a token: the admin port (health,
+# readiness, metrics, and actions) is on 127.0.0.1, where the image's HEALTHCHECK reaches it;
+# the write port stays on loopback (qsnode's own default). To open them to other containers
+# and probes set QS_LISTEN=0.0.0.0:7400 with QS_WRITE_TOKEN_FILE and QS_REPLICATION_TOKEN_FILE,
+# and QS_ADMIN=0.0.0.0:9400 with QS_ADMIN_TOKEN_FILE, as deploy/ does: a daemon refuses to
+# start on a non-loopback address without its token.
 ENV QS_LOG_FORMAT=json \
-    QS_ADMIN=0.0.0.0:9400 \
+    QS_ADMIN=127.0.0.1:9400 \
     QS_DATA=/data
 VOLUME /data
 WORKDIR /data

@@ -60,10 +60,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // Networking basics: endpoints, backoff, the one listener (graceful drain, protocol
-        // sniffing, idle timeouts), the ready file.
+        // sniffing, idle timeouts), the ready file, token gates.
         .target(
             name: "QSNet",
             dependencies: [
+                "QSBytes", metrics,
                 nio("NIOCore"), nio("NIOPosix"), nio("NIOConcurrencyHelpers"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"), log, lifecycle("ServiceLifecycle"),
             ],

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Compares a `qsctl dump --format jsonl` with a KT `final.jsonl` under a db map.
+"""Compares a `qsctl dump --output jsonl` with a KT `final.jsonl` under a db map.
 
 usage: compare_dump.py DUMP.jsonl FINAL.jsonl [--db-map 0=,1=aux/] [--at EPOCH]
 

@@ -177,7 +177,7 @@ AT=$(python3 -c "import json;print(json.load(open('Fixtures/kt/basic/meta.json')
 check "the bridge replays the capture and exits 0" run -v "$PWD/Fixtures/kt/basic:/fixtures:ro" "${TOKEN[@]}" \
   -e QS_ROOT="127.0.0.1:$ROOT_PORT" -e QS_SOURCE=capture:/fixtures/stream.bin -e QS_DB_MAP=0=,1=aux/ \
   -e QS_ADMIN="127.0.0.1:$BRIDGE_ADMIN" -e QS_LOG_FORMAT=text "$IMAGE" qsktbridge --once
-dump() { run "$IMAGE" qsctl --node "127.0.0.1:$ROOT_PORT" dump --format jsonl --at "$AT" >"$WORK/dump.jsonl"; }
+dump() { run "$IMAGE" qsctl --node "127.0.0.1:$ROOT_PORT" dump --output jsonl --at "$AT" >"$WORK/dump.jsonl"; }
 compare() { python3 scripts/compare_dump.py "$WORK/dump.jsonl" Fixtures/kt/basic/final.jsonl --db-map 0=,1=aux/ --at "$AT" | tail -n 1; }
 check "qsctl dump from the image" dump
 check "the root holds the capture's 134 records at recorded_at" equals "$(compare)" "134 expected records, 134 dumped, 0 differences"

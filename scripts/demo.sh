@@ -59,7 +59,7 @@ eventually "${QR[@]}" get aux/rule/9
 printf 'config/zone/1 = '; "${QR[@]}" get config/zone/1; echo
 printf 'aux/rule/9    = '; "${QR[@]}" get aux/rule/9; echo
 "${QR[@]}" get config/zone/3 || echo "config/zone/3: not found (removed in KT)"
-"${QR[@]}" dump --format jsonl
+"${QR[@]}" dump --output jsonl
 
 step "a memcached client's read on the replica (get config/zone/1 rule/9)"
 exec 3<>/dev/tcp/127.0.0.1/$MEMCACHED_PORT; printf 'get config/zone/1\r\nquit\r\n' >&3; cat <&3; exec 3<&-

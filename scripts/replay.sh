@@ -38,7 +38,7 @@ for src in "${sources[@]}"; do
   for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
   echo "== replay $src (db map $DB_MAP)"
   "$BIN/qsktbridge" --root 127.0.0.1:$PORT --source "$src" --once --db-map "$DB_MAP" --source-id replay --log-format text "$@"
-  "$BIN/qsctl" --node 127.0.0.1:$PORT dump --format jsonl ${AT:+--at $AT} > "$WORK/dump.jsonl"
+  "$BIN/qsctl" --node 127.0.0.1:$PORT dump --output jsonl ${AT:+--at $AT} > "$WORK/dump.jsonl"
   "$BIN/qsctl" --node 127.0.0.1:$PORT head
   if [ -f "$dir/final.jsonl" ]; then
     python3 "$(dirname "$0")/compare_dump.py" "$WORK/dump.jsonl" "$dir/final.jsonl" --db-map "$DB_MAP" ${AT:+--at $AT} || status=1

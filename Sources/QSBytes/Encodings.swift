@@ -34,9 +34,9 @@ public func bytesFromHex(_ s: String) -> [UInt8]? {
 }
 
 /// Constant-time equality: the time taken depends on the lengths only, not on where the
-/// inputs differ. Used for write tokens.
+/// inputs differ. Used for every token.
 public func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-    var diff = UInt8(truncatingIfNeeded: a.count ^ b.count)
+    var diff: UInt8 = a.count == b.count ? 0 : 1
     let n = max(a.count, b.count)
     for i in 0..<n {
         let x = i < a.count ? a[i] : 0

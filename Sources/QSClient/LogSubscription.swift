@@ -15,6 +15,8 @@ public struct LogSubscription: Sendable {
     /// With no frame (the node heartbeats every second) for this long, the connection is
     /// given up.
     public let readTimeout: TimeAmount
+    /// The node's replication token (its `--replication-token-file`); empty when it has none.
+    public var token: [UInt8] = []
     let group: any EventLoopGroup
 
     public var name: String { unixPath.map { "qs://unix:\($0)" } ?? "qs://\(host):\(port)" }
@@ -63,7 +65,7 @@ public struct LogSubscription: Sendable {
                                                  maxFrameBytes: maxFrameBytes, group: group)
         let name = self.name
         try await channel.executeThenClose { inbound, outbound in
-            try await outbound.write(Request.subscribe(fromIndex: index, hash: hash).frame())
+            try await outbound.write(Request.subscribe(fromIndex: index, hash: hash, token: token).frame())
             for try await received in inbound {
                 let response = try Response.decode(received)
                 switch response {

@@ -22,20 +22,23 @@ public struct Readiness: Sendable {
 public typealias AdminAction = @Sendable (_ body: String) -> (ok: Bool, message: String)
 
 /// The admin HTTP server: `/healthz` (the process is up), `/readyz` (the daemon's own
-/// check), `/metrics` (Prometheus text) and the daemon's `POST` actions.
+/// check), `/metrics` (Prometheus text) and the daemon's `POST` actions, which need
+/// `Authorization: Bearer TOKEN` when `actionGate` holds a token (401 otherwise).
 public struct AdminServer: ListeningService {
     public let listener: Listener
     let registry: PrometheusCollectorRegistry
     let readiness: @Sendable () -> Readiness
     let actions: [String: AdminAction]
+    let actionGate: TokenGate?
 
     public init(endpoint: Endpoint, registry: PrometheusCollectorRegistry, logger: Logger,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-                actions: [String: AdminAction] = [:],
+                actions: [String: AdminAction] = [:], actionGate: TokenGate? = nil,
                 readiness: @escaping @Sendable () -> Readiness = { Readiness(ready: true, detail: "ok") }) {
         self.registry = registry
         self.readiness = readiness
         self.actions = actions
+        self.actionGate = actionGate
         // NIO's HTTP server pipeline drains on the listener's quiesce event: an idle
         // connection closes, a request in flight gets its answer first.
         listener = Listener(name: "admin", endpoints: [endpoint], drain: .pipeline, group: group, logger: logger)
@@ -45,9 +48,10 @@ public struct AdminServer: ListeningService {
         let registry = self.registry
         let readiness = self.readiness
         let actions = self.actions
+        let gate = self.actionGate
         try await listener.run { channel in
             try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-            try channel.pipeline.syncOperations.addHandler(AdminHandler(registry: registry, readiness: readiness, actions: actions))
+            try channel.pipeline.syncOperations.addHandler(AdminHandler(registry: registry, readiness: readiness, actions: actions, gate: gate))
         }
     }
 }
@@ -59,14 +63,26 @@ final class AdminHandler: ChannelInboundHandler {
     let registry: PrometheusCollectorRegistry
     let readiness: @Sendable () -> Readiness
     let actions: [String: AdminAction]
+    let gate: TokenGate?
     private var head: HTTPRequestHead?
     private var requestBody = [UInt8]()
     static let maxBody = 64 << 10
 
-    init(registry: PrometheusCollectorRegistry, readiness: @escaping @Sendable () -> Readiness, actions: [String: AdminAction]) {
+    init(registry: PrometheusCollectorRegistry, readiness: @escaping @Sendable () -> Readiness, actions: [String: AdminAction], gate: TokenGate?) {
         self.registry = registry
         self.readiness = readiness
         self.actions = actions
+        self.gate = gate
+    }
+
+    /// The token of an `Authorization: Bearer TOKEN` header, empty when there is none.
+    static func bearer(_ headers: HTTPHeaders) -> [UInt8] {
+        guard let value = headers.first(name: "Authorization") else { return [] }
+        let parts = value.split(separator: " ", maxSplits: 1, omittingEmptySubsequences: true)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else { return [] }
+        var token = Array(parts[1].utf8)
+        while let last = token.last, last == 32 || last == 9 { token.removeLast() }
+        return token
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -96,6 +112,11 @@ final class AdminHandler: ChannelInboundHandler {
         case (.GET, "/metrics"):
             (status, type, body) = (.ok, "text/plain; version=0.0.4", registry.emitToBuffer())
         case let (.POST, p) where actions[p] != nil:
+            let peer = context.remoteAddress?.peerDescription ?? "unknown"
+            if let refusal = gate?.check(Self.bearer(head.headers), peer: peer) {
+                (status, type, body) = (.unauthorized, "text/plain", Array((refusal + ", as 'Authorization: Bearer TOKEN'\n").utf8))
+                break
+            }
             let r = actions[p]!(String(decoding: requestBody, as: UTF8.self))
             (status, type, body) = (r.ok ? .ok : .badRequest, "text/plain", Array((r.message + "\n").utf8))
         default:

@@ -40,13 +40,7 @@ public struct BridgeOptions: ParsableArguments, Sendable {
 
     /// The write token from `--write-token-file` (trailing newline dropped).
     public func token() throws -> [UInt8] {
-        guard !writeTokenFile.isEmpty else { return [] }
-        guard let raw = FileManager.default.contents(atPath: writeTokenFile) else {
-            throw ValidationError("--write-token-file \(writeTokenFile) cannot be read: check the path and permissions")
-        }
-        var token = [UInt8](raw)
-        while let last = token.last, last == 10 || last == 13 || last == 32 { token.removeLast() }
-        return token
+        try TokenFile.optional(writeTokenFile, flag: "--write-token-file") ?? []
     }
 
     public var rootEndpoint: Endpoint { root.endpoint }

@@ -21,7 +21,8 @@ public func runBridge<S: FeedSource>(consumer: FeedConsumer<S>, service: Service
         .init(service: consumer, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
     ]
     if let adminEndpoint {
-        services.append(.init(service: AdminServer(endpoint: adminEndpoint, registry: registry, logger: logger) {
+        services.append(.init(service: AdminServer(endpoint: adminEndpoint, registry: registry, logger: logger,
+                                                   actionGate: try service.adminGate(logger: logger)) {
             let s = consumer.status
             if s.finished { return Readiness(ready: true, detail: "source finished; everything read is applied") }
             guard s.sourceConnected else { return Readiness(ready: false, detail: "not connected to the source") }

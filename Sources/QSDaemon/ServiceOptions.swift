@@ -20,6 +20,9 @@ public struct ServiceOptions: ParsableArguments, Sendable {
     @Option(help: ArgumentHelp("Admin HTTP address serving /healthz, /readyz and /metrics, as HOST:PORT; none when unset. (env: QS_ADMIN)", valueName: "host:port"))
     public var admin: OrNone<Address> = QSEnv.value("QS_ADMIN", .none)
 
+    @Option(help: ArgumentHelp("File holding the token the admin port's actions (POST /upstream, promote, demote) require as 'Authorization: Bearer TOKEN'; without it --admin must be loopback. (env: QS_ADMIN_TOKEN_FILE)", valueName: "file"))
+    public var adminTokenFile: String = QSEnv.string("QS_ADMIN_TOKEN_FILE") ?? ""
+
     @Option(help: ArgumentHelp("/readyz answers 503 while the daemon is further behind its source or upstream than this, e.g. 5s. (env: QS_READY_LAG)", valueName: "duration"))
     public var readyLag: Interval = QSEnv.value("QS_READY_LAG", Interval(.seconds(5)))
 
@@ -30,6 +33,19 @@ public struct ServiceOptions: ParsableArguments, Sendable {
     public var readyFile: String = QSEnv.string("QS_READY_FILE") ?? ""
 
     public init() {}
+
+    public func validate() throws {
+        if let admin = adminEndpoint(), !admin.isLocalOnly, adminTokenFile.isEmpty {
+            throw ValidationError("--admin \(admin) is not loopback and no --admin-token-file is set: anyone who reaches it could use its actions (POST /upstream, promote, demote). Give --admin-token-file FILE (or QS_ADMIN_TOKEN_FILE), or bind --admin to 127.0.0.1")
+        }
+    }
+
+    /// The admin port's token gate (`--admin-token-file`; open when there is none, which
+    /// `validate` allows on loopback only).
+    public func adminGate(logger: Logger) throws -> TokenGate {
+        TokenGate(guarding: "admin", token: try TokenFile.optional(adminTokenFile, flag: "--admin-token-file", minimumBytes: 16),
+                  flag: "--admin-token-file", logger: logger)
+    }
 
     public var readyLagSeconds: Double { readyLag.seconds }
 

@@ -12,11 +12,14 @@ public struct QSLogSource: FeedSource {
     /// With `stopAtHead`, the source ends once it has delivered the head the node had when
     /// the subscription started (`--once`).
     public let stopAtHead: Bool
+    /// The source node's replication token (its `--replication-token-file`); empty when it has none.
+    public let token: [UInt8]
     public var name: String { "qs://\(endpoint)" }
 
-    public init(endpoint: Endpoint, stopAtHead: Bool = false) {
+    public init(endpoint: Endpoint, stopAtHead: Bool = false, token: [UInt8] = []) {
         self.endpoint = endpoint
         self.stopAtHead = stopAtHead
+        self.token = token
     }
 
     struct Closed: Error, CustomStringConvertible {
@@ -28,7 +31,7 @@ public struct QSLogSource: FeedSource {
 
     public func run(after position: UInt64, deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {
         let client: QSClient
-        let subscription: LogSubscription
+        var subscription: LogSubscription
         switch endpoint {
         case let .tcp(host, port):
             client = try await QSClient.connect(host: host, port: port)
@@ -37,6 +40,7 @@ public struct QSLogSource: FeedSource {
             client = try await QSClient.connect(unixPath: path)
             subscription = LogSubscription(unixPath: path)
         }
+        subscription.token = token
         var hash = Head.empty.hash
         let stopAt: UInt64?
         do {
@@ -82,6 +86,8 @@ public struct QSLogSource: FeedSource {
                 switch ErrorCode(rawValue: code) {
                 case .diverged, .needsBootstrap, .behind:
                     throw FeedError.stop("\(name) refused the subscription: \(message)")
+                case .unauthorized:
+                    throw FeedError.stop("\(name) refused the subscription: \(message); give the bridge --source-token-file with the source's replication token")
                 default:
                     throw ClientError.server(code: code, message: message)
                 }

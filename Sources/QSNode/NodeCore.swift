@@ -8,11 +8,13 @@ import QSWire
 import Synchronization
 
 /// What the node does with each request, independent of sockets: the store, the write
-/// token and the metrics. Store work runs on the store's own threads.
+/// and replication tokens and the metrics. Store work runs on the store's own threads.
 public final class NodeCore: Sendable {
     public let store: Store
     public let metrics: NodeMetrics
-    let token: [UInt8]?
+    /// Writes (`--write-token-file`) and replication streams (`--replication-token-file`).
+    let writeGate: TokenGate
+    let replicationGate: TokenGate
     let logger: Logger
     /// Whether this node takes writes (a root) or only replicates (a replica).
     public let writable: Bool
@@ -33,9 +35,13 @@ public final class NodeCore: Sendable {
     public static let maxLogEntriesPerRead: UInt32 = 10_000
     public static let maxRecordsPerPage: UInt32 = 10_000
 
-    public init(store: Store, token: [UInt8]?, writable: Bool = true, metrics: NodeMetrics = NodeMetrics(), logger: Logger) {
+    public init(store: Store, token: [UInt8]?, replicationToken: [UInt8]? = nil, writable: Bool = true,
+                metrics: NodeMetrics = NodeMetrics(), logger: Logger) {
         self.store = store
-        self.token = token
+        writeGate = TokenGate(guarding: "write", token: token, flag: "--write-token-file on every write", logger: logger, factory: metrics.factory)
+        replicationGate = TokenGate(guarding: "replication", token: replicationToken,
+                                    flag: "--replication-token-file to subscribe or take a snapshot (a replica's --upstream-token-file)",
+                                    logger: logger, factory: metrics.factory)
         self.writable = writable
         self.metrics = metrics
         self.logger = logger
@@ -112,16 +118,16 @@ public final class NodeCore: Sendable {
         }
     }
 
-    /// Checks a write's token in constant time; nil when it passes.
-    public func authorize(_ request: Request) -> Response? {
+    /// Checks a write's or a replication stream's token in constant time (refusals are
+    /// counted and logged by the gate); nil when the request may run.
+    public func authorize(_ request: Request, peer: String) -> Response? {
         if request.isWrite && !writable {
+            logger.warning("write refused", metadata: ["peer": "\(peer)", "request": "\(request.name)", "reason": "not writable"])
             return .error(.notWritable, "this node is a replica and takes no writes: write to the root")
         }
-        guard let token, request.isWrite else { return nil }
-        if constantTimeEqual(token, request.token) { return nil }
-        metrics.authFailures.increment()
-        let why = request.token.isEmpty ? "missing write token" : "wrong write token"
-        return .error(.unauthorized, "\(why): this node requires the token from its --write-token-file on every write")
+        let gate = request.isWrite ? writeGate : request.isReplication ? replicationGate : nil
+        guard let gate, let refusal = gate.check(request.token, peer: peer) else { return nil }
+        return .error(.unauthorized, refusal)
     }
 
     /// Executes an authorized, decoded request. Never throws: failures become error

@@ -7,7 +7,6 @@ public struct NodeMetrics: Sendable {
     public let identicalDropped: Counter
     public let conflicts: Counter
     public let badFrames: Counter
-    public let authFailures: Counter
     public let storageErrors: Counter
     public let invalidRequests: Counter
     public let logHead: Gauge
@@ -29,7 +28,6 @@ public struct NodeMetrics: Sendable {
         identicalDropped = Counter(label: "qs_identical_writes_dropped_total", factory: factory)
         conflicts = Counter(label: "qs_conflicts_total", factory: factory)
         badFrames = Counter(label: "qs_bad_frames_total", factory: factory)
-        authFailures = Counter(label: "qs_auth_failures_total", factory: factory)
         storageErrors = Counter(label: "qs_storage_errors_total", factory: factory)
         invalidRequests = Counter(label: "qs_invalid_requests_total", factory: factory)
         logHead = Gauge(label: "qs_log_head_index", factory: factory)

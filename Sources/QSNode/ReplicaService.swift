@@ -33,6 +33,8 @@ public final class ReplicaService: Service, Sendable {
     let core: NodeCore
     let group: any EventLoopGroup
     let staleAfter: Duration
+    /// Presented to every upstream on subscribe and snapshot (`--upstream-token-file`).
+    let upstreamToken: [UInt8]
     let logger: Logger
     public let metrics = ReplicaMetrics()
     private let upstreamList: Mutex<[Endpoint]>
@@ -45,9 +47,10 @@ public final class ReplicaService: Service, Sendable {
         public var rootAgeSeconds: Double?
     }
 
-    public init(core: NodeCore, upstreams: [Endpoint], staleAfter: Duration,
+    public init(core: NodeCore, upstreams: [Endpoint], staleAfter: Duration, upstreamToken: [UInt8] = [],
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) {
         self.core = core
+        self.upstreamToken = upstreamToken
         self.group = group
         self.staleAfter = staleAfter
         self.logger = logger
@@ -164,7 +167,7 @@ public final class ReplicaService: Service, Sendable {
         let core = self.core
         try await channel.executeThenClose { inbound, outbound in
             let head = try await core.store.head()
-            try await outbound.write(Request.subscribe(fromIndex: head.index, hash: head.hash).frame())
+            try await outbound.write(Request.subscribe(fromIndex: head.index, hash: head.hash, token: self.upstreamToken).frame())
             self.logger.info("subscribing", metadata: ["upstream": "\(up)", "from": "\(head.index)"])
             for try await frame in inbound {
                 guard self.upstreams.contains(up) else { throw FollowEnd.delisted }
@@ -208,7 +211,7 @@ public final class ReplicaService: Service, Sendable {
         let head = try await core.store.installSnapshot { file in
             let channel = try await connect(up)
             let begin: (index: UInt64, hash: [UInt8], size: UInt64) = try await channel.executeThenClose { inbound, outbound in
-                try await outbound.write(Request.snapshot.frame())
+                try await outbound.write(Request.snapshot(token: self.upstreamToken).frame())
                 var begin: (UInt64, [UInt8], UInt64)?
                 var received: UInt64 = 0
                 let started = ContinuousClock.now

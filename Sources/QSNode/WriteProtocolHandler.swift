@@ -80,13 +80,12 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
             refuse(context: context, code: .malformed, message: "malformed request: \(error)", error: error)
             return
         }
-        if let denial = core.authorize(request) {
-            logger.warning("write refused", metadata: ["peer": "\(peer)", "request": "\(request.name)", "reason": "\(denial)"])
+        if let denial = core.authorize(request, peer: peer) {
             reply(context: context, denial, thenClose: true)
             return
         }
         switch request {
-        case let .subscribe(from, hash):
+        case let .subscribe(from, hash, _):
             startSubscription(context: context, from: from, hash: hash)
             return
         case .snapshot:

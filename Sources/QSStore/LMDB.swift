@@ -71,6 +71,15 @@ public final class LMDBEnvironment: @unchecked Sendable {
 
     deinit { mdb_env_close(env) }
 
+    /// The map's size and the bytes in use in it (every page up to the last one used; freed
+    /// pages inside are reused before the map grows). Reads the meta page: no transaction.
+    public func usage() -> (usedBytes: Int, mapSizeBytes: Int) {
+        var info = MDB_envinfo()
+        var stat = MDB_stat()
+        guard mdb_env_info(env, &info) == 0, mdb_env_stat(env, &stat) == 0 else { return (0, 0) }
+        return ((Int(info.me_last_pgno) + 1) * Int(stat.ms_psize), info.me_mapsize)
+    }
+
     /// The largest key LMDB accepts in this build (511 in Debian's liblmdb).
     public var maxKeySize: Int { Int(mdb_env_get_maxkeysize(env)) }
 

@@ -108,10 +108,10 @@ extension Store {
     }
 
     /// Makes a snapshot (a consistent, compacted copy of the store in a scratch directory
-    /// of the store's own) on the background thread, hands it to `body` and deletes it
+    /// under `stagingDirectory`) on the background thread, hands it to `body` and deletes it
     /// afterwards. The copy never holds up the writer or the readers.
     public func withSnapshot<T>(_ body: (SnapshotFile) async throws -> T) async throws -> T {
-        let dir = directory + "/.snapshot-" + UUID().uuidString
+        let dir = stagingDirectory + "/.snapshot-" + UUID().uuidString
         let file = try await background.run { () throws -> SnapshotFile in
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
             do {
@@ -153,7 +153,7 @@ extension Store {
     /// new head.
     @discardableResult
     public func installSnapshot(_ receive: (SnapshotWriter) async throws -> Head) async throws -> Head {
-        let dir = directory + "/.bootstrap-" + UUID().uuidString
+        let dir = stagingDirectory + "/.bootstrap-" + UUID().uuidString
         let path = dir + "/data.mdb"
         let writer = try await background.run { () throws -> SnapshotWriter in
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)

@@ -66,6 +66,10 @@ public final class Store: Sendable {
     let environment: LMDBEnvironment
     /// The directory of the environment.
     public let directory: String
+    /// Where snapshots being sent and received are staged (a scratch directory each):
+    /// `directory` unless the store was opened with another (`--staging-dir`), e.g. a
+    /// volume with room for a whole copy of the store.
+    public let stagingDirectory: String
     public let keys: KeyEncoding
     /// The largest key LMDB takes as it is (longer keys are stored whole, see `KeyEncoding`).
     public let maxKeySize: Int
@@ -92,10 +96,14 @@ public final class Store: Sendable {
     /// `noSync` skips fsync at commit: only for bulk loads that call `sync()` at the end
     /// (benchmarks), never for a serving node. `readers` is the number of reader threads.
     public init(directory: String, mapSize: Int = 8 << 30, readOnly: Bool = false, noSync: Bool = false,
-                readers: Int = 4) throws {
+                readers: Int = 4, stagingDirectory: String? = nil) throws {
         if !readOnly {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            if let stagingDirectory, !stagingDirectory.isEmpty {
+                try FileManager.default.createDirectory(atPath: stagingDirectory, withIntermediateDirectories: true)
+            }
         }
+        self.stagingDirectory = stagingDirectory.flatMap { $0.isEmpty ? nil : $0 } ?? directory
         environment = try LMDBEnvironment(path: directory, options: .init(mapSize: mapSize, readOnly: readOnly, noSync: noSync))
         self.directory = directory
         maxKeySize = environment.maxKeySize
@@ -124,9 +132,10 @@ public final class Store: Sendable {
 
     /// Opens or creates the store in `directory` without blocking the caller's thread.
     public static func open(directory: String, mapSize: Int = 8 << 30, readOnly: Bool = false, noSync: Bool = false,
-                            readers: Int = 4) async throws -> Store {
+                            readers: Int = 4, stagingDirectory: String? = nil) async throws -> Store {
         try await StoreThreads.once("qs-store-open") {
-            try Store(directory: directory, mapSize: mapSize, readOnly: readOnly, noSync: noSync, readers: readers)
+            try Store(directory: directory, mapSize: mapSize, readOnly: readOnly, noSync: noSync, readers: readers,
+                      stagingDirectory: stagingDirectory)
         }
     }
 

@@ -155,6 +155,50 @@ public struct StoreTransaction: ~Copyable {
         return .applied(logIndex: index, kept: kept.count, dropped: operations.count - kept.count)
     }
 
+    /// What one step of the expiry purge did.
+    public struct PurgeStep: Sendable, Equatable {
+        /// Records deleted (each one expired at `now`).
+        public var purged: Int
+        /// The log entry holding the deletes, nil when nothing was purged.
+        public var logIndex: UInt64?
+        /// Where the next step continues, nil when the keyspace's end was reached.
+        public var next: [UInt8]?
+    }
+
+    /// One step of the expiry purge: looks at up to `scanLimit` records after `after` (nil:
+    /// from the start) and deletes those expired at `now` (epoch seconds), at most
+    /// `maxDeletes`, as an ordinary batch of `sourceID` (its checkpoint counts the purge
+    /// batches), so the deletes are logged and every replica applies them. Checking and
+    /// deleting happen in this one transaction: a record rewritten meanwhile is not touched.
+    public func purgeExpired(after: [UInt8]?, scanLimit: Int, maxDeletes: Int, now: UInt64, sourceID: String,
+                             nowNs: UInt64 = wallClockNanoseconds()) throws -> PurgeStep {
+        try requireWritable()
+        var doomed = [Mutation]()
+        var last: [UInt8]?
+        var seen = 0
+        var more = false
+        try txn.forEach(kv, from: after ?? keys.storedScanPrefix([])) { sk, value in
+            if let after, sk == after { return true }
+            if seen >= scanLimit || doomed.count >= maxDeletes {
+                more = true
+                return false
+            }
+            seen += 1
+            last = sk
+            let (full, record) = try RecordCodec.decode(storedKey: sk, value)
+            if record.isExpired(at: now) { doomed.append(.delete(key: full)) }
+            return true
+        }
+        let next = more ? last : nil
+        guard !doomed.isEmpty else { return PurgeStep(purged: 0, logIndex: nil, next: next) }
+        let cp = try checkpoint(sourceID: sourceID) ?? 0
+        guard case let .applied(index, kept, _) = try applyBatch(sourceID: sourceID, expected: cp, new: cp + 1,
+                                                                   operations: doomed, now: nowNs) else {
+            throw StoreError.corrupt("the purge's own checkpoint moved inside its transaction")
+        }
+        return PurgeStep(purged: kept, logIndex: index, next: next)
+    }
+
     /// Appends an entry after the head with a commit time no earlier than the head's.
     private func appendEntry(_ entry: LogEntry, now: UInt64) throws -> UInt64 {
         let head = try head()
@@ -245,6 +289,18 @@ extension Store {
     /// See `StoreTransaction.verifyChain`.
     @discardableResult
     public func verifyChain() async throws -> UInt64 { try await read { try $0.verifyChain() } }
+
+    /// One step of the expiry purge (see `StoreTransaction.purgeExpired`) in one durable
+    /// write transaction on the writer thread.
+    public func purgeExpired(after: [UInt8]?, scanLimit: Int, maxDeletes: Int, now: UInt64,
+                             sourceID: String) async throws -> StoreTransaction.PurgeStep {
+        try await write { try $0.purgeExpired(after: after, scanLimit: scanLimit, maxDeletes: maxDeletes, now: now, sourceID: sourceID) }
+    }
+
+    /// The map's size and the bytes in use in it (`LMDBEnvironment.usage`).
+    public func usage() async throws -> (usedBytes: Int, mapSizeBytes: Int) {
+        try await read { txn in txn.store.environment.usage() }
+    }
 
     /// Applies a batch (see `StoreTransaction.applyBatch`) in one durable write transaction
     /// on the writer thread.

@@ -69,11 +69,13 @@ func formEncode(_ bytes: [UInt8]) -> String {
     return out
 }
 
-/// A minimal HTTP/1.0 POST over a socket.
-public func httpPost(port: Int, path: String, contentType: String, body: [UInt8]) -> (status: Int, body: String)? {
+/// A minimal HTTP/1.0 POST over a socket, with `headers` besides the content's.
+public func httpPost(port: Int, path: String, contentType: String, body: [UInt8],
+                     headers: [(String, String)] = []) -> (status: Int, body: String)? {
     guard let fd = Harness.connectLoopback(port: port) else { return nil }
     defer { close(fd) }
-    let head = "POST \(path) HTTP/1.0\r\nHost: localhost\r\nContent-Type: \(contentType)\r\nContent-Length: \(body.count)\r\n\r\n"
+    let extra = headers.map { "\($0.0): \($0.1)\r\n" }.joined()
+    let head = "POST \(path) HTTP/1.0\r\nHost: localhost\r\n\(extra)Content-Type: \(contentType)\r\nContent-Length: \(body.count)\r\n\r\n"
     let req = Array(head.utf8) + body
     _ = req.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
     return readHTTPResponse(fd)

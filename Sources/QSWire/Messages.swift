@@ -18,11 +18,12 @@ public enum Request: Sendable, Equatable {
     /// expiry judged at `asOf` (epoch seconds; 0: the node's clock).
     case scan(prefix: [UInt8], cursor: [UInt8], limit: UInt32, asOf: UInt64)
     /// Stream log entries after `fromIndex`, whose chained hash must be `hash` here too;
-    /// the connection then carries `entries` and `heartbeat` frames until closed.
-    case subscribe(fromIndex: UInt64, hash: [UInt8])
+    /// the connection then carries `entries` and `heartbeat` frames until closed. `token`:
+    /// the node's replication token (empty when it has none).
+    case subscribe(fromIndex: UInt64, hash: [UInt8], token: [UInt8])
     /// A snapshot of the whole environment, streamed as `snapshotBegin`, `snapshotChunk`s
-    /// and `snapshotEnd`.
-    case snapshot
+    /// and `snapshotEnd`; `token` as for subscribe.
+    case snapshot(token: [UInt8])
     /// Compatible-mode write: append these entries verbatim (the target's head must be the
     /// first entry's index − 1 and the chained hash must continue).
     case append(token: [UInt8], entries: [StoredEntry])
@@ -64,11 +65,21 @@ public enum Request: Sendable, Equatable {
         }
     }
 
-    /// The write token a request carries (empty for reads).
+    /// True for the replication streams (which carry the replication token).
+    public var isReplication: Bool {
+        switch self {
+        case .subscribe, .snapshot: return true
+        default: return false
+        }
+    }
+
+    /// The token a request carries: the write token of a write, the replication token of
+    /// a subscription or snapshot (empty for reads).
     public var token: [UInt8] {
         switch self {
         case let .batch(b): return b.token
         case let .append(token, _): return token
+        case let .subscribe(_, _, token), let .snapshot(token): return token
         default: return []
         }
     }
@@ -119,12 +130,15 @@ public enum Request: Sendable, Equatable {
             w.writeBlob32(cursor)
             w.writeU32(limit)
             w.writeU64(asOf)
-        case let .subscribe(from, hash):
+        case let .subscribe(from, hash, token):
             tag = .subscribe
             w.writeU64(from)
             w.writeBytes(hash)
-        case .snapshot:
+            // Without a token the frame is the one nodes before replication tokens read.
+            if !token.isEmpty { w.writeBlob32(token) }
+        case let .snapshot(token):
             tag = .snapshot
+            if !token.isEmpty { w.writeBlob32(token) }
         case let .append(token, entries):
             tag = .append
             w.writeBlob32(token)
@@ -173,9 +187,10 @@ public enum Request: Sendable, Equatable {
             req = .scan(prefix: try r.readBlob32("prefix"), cursor: try r.readBlob32("cursor"),
                         limit: try r.readU32("limit"), asOf: try r.readU64("as-of time"))
         case .subscribe:
-            req = .subscribe(fromIndex: try r.readU64("from index"), hash: try r.readBytes(32, "hash"))
+            let from = try r.readU64("from index"), hash = try r.readBytes(32, "hash")
+            req = .subscribe(fromIndex: from, hash: hash, token: r.remaining > 0 ? try r.readBlob32("token") : [])
         case .snapshot:
-            req = .snapshot
+            req = .snapshot(token: r.remaining > 0 ? try r.readBlob32("token") : [])
         case .append:
             req = .append(token: try r.readBlob32("token"), entries: try Response.readEntries(&r))
         case .digest:

@@ -17,7 +17,7 @@ struct FakeKTCommand: AsyncParsableCommand {
         Options mirror ktserver's. Each has an environment fallback QS_FAKEKT_<NAME>, e.g. QS_FAKEKT_PORT.
         Faults can also be set at run time: POST /_fakekt/faults with close_after=N, stop_heartbeats=1,
         delay_ms=N, corrupt_frame=N, cut_frame=N, refuse_ms=N, reset=1.
-        """
+        """ + "\n\n" + DaemonExitCodes.help
     )
 
     @Option(name: .customLong("host", withSingleDash: true), help: "Address to bind (QS_FAKEKT_HOST; default 127.0.0.1 here, all addresses for an empty value).")

@@ -54,10 +54,17 @@ func updateJSON(_ u: RecordedUpdate) -> String {
     return line + "}"
 }
 
+/// One update as a table line: offset, position, op, key, value (escaped), xt.
+func updateTable(_ u: RecordedUpdate) -> String {
+    var line = "\(u.offset)\t\(u.position)\t\(u.op)\t\(printable(u.key))"
+    if let v = u.value { line += "\t\(printable(v))\t\(u.xt.map { String($0) } ?? "-")" }
+    return line
+}
+
 struct FeedShow: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "show",
-        abstract: "Print a recording's updates, one JSON line each.",
+        abstract: "Print a recording's updates (JSON lines by default).",
         discussion: """
             A line: {"offset": byte offset of the frame, "position": KT timestamp or QS log index, \
             "sid": KT origin sid (QS: "origin" source id and "origin_position"), "db": KT \
@@ -77,14 +84,15 @@ struct FeedShow: AsyncParsableCommand {
     var prefix: String = QSEnv.string("QS_CTL_FEED_SHOW_PREFIX") ?? ""
     @Option(help: ArgumentHelp("Only this KT database. (env: QS_CTL_FEED_SHOW_DB)", valueName: "n"))
     var db: OrNone<UInt16> = QSEnv.value("QS_CTL_FEED_SHOW_DB", .none, flag: "--db")
+    @Option(help: outputHelp("QS_CTL_FEED_SHOW_OUTPUT", "jsonl an update a line; table offset, position, op, key and value (escaped), xt."))
+    var output: OutputFormat = QSEnv.value("QS_CTL_FEED_SHOW_OUTPUT", OutputFormat.jsonl, flag: "--output")
 
     func run() async throws {
         let p = try parent.options.bytes(prefix, "--prefix")
         var left = count.value ?? Int.max
         var undecodable = 0
-        var out = ""
-        let stdout = FileHandle.standardOutput
-        defer { stdout.write(Data(out.utf8)) }
+        var out = Output(output, listing: true)
+        defer { out.finish() }
         try readRecording(file) { item in
             guard left > 0 else { return false }
             switch item {
@@ -92,15 +100,12 @@ struct FeedShow: AsyncParsableCommand {
             case let .undecodable(offset, position, reason):
                 guard position >= from else { return true }
                 undecodable += 1
-                out += "{\"offset\":\(offset),\"position\":\(position),\"error\":\(jsonString(reason))}\n"
+                out.item(json: "{\"offset\":\(offset),\"position\":\(position),\"error\":\(jsonString(reason))}",
+                         table: "\(offset)\t\(position)\terror\t\(reason)")
             case let .update(u):
                 guard u.position >= from, u.key.starts(with: p), db.value == nil || u.db == db.value else { return true }
-                out += updateJSON(u) + "\n"
+                out.item(json: updateJSON(u), table: updateTable(u))
                 left -= 1
-            }
-            if out.utf8.count >= 1 << 16 {
-                stdout.write(Data(out.utf8))
-                out = ""
             }
             return true
         }
@@ -130,6 +135,8 @@ struct FeedStats: AsyncParsableCommand {
     var top: Int = QSEnv.value("QS_CTL_FEED_STATS_TOP", Int(10), flag: "--top")
     @Option(help: ArgumentHelp("Keys tracked for the busiest-keys estimate. (env: QS_CTL_FEED_STATS_KEY_CAPACITY)", valueName: "n"))
     var keyCapacity: Int = QSEnv.value("QS_CTL_FEED_STATS_KEY_CAPACITY", Int(1024), flag: "--key-capacity")
+    @Option(help: outputHelp("QS_CTL_FEED_STATS_OUTPUT", "json (or jsonl, the same one line) the statistics object; table a summary."))
+    var output: OutputFormat = QSEnv.value("QS_CTL_FEED_STATS_OUTPUT", OutputFormat.json, flag: "--output")
 
     func run() async throws {
         var stats = FeedStatistics(keyCapacity: max(keyCapacity, top))
@@ -139,8 +146,24 @@ struct FeedStats: AsyncParsableCommand {
         } catch let e as ExitCode {
             damage = e
         }
-        printLine(statsJSON(stats, top: top, damaged: damage != nil))
+        var out = Output(output, listing: false)
+        out.item(json: statsJSON(stats, top: top, damaged: damage != nil), table: statsTable(stats, top: top, damaged: damage != nil))
+        out.finish()
         if let damage { throw damage }
+    }
+
+    func statsTable(_ s: FeedStatistics, top: Int, damaged: Bool) -> String {
+        var lines = ["updates \(s.updates)  heartbeats \(s.heartbeats)  undecodable \(s.undecodable)\(damaged ? "  (damaged)" : "")",
+                     "positions \(s.firstPosition.map { String($0) } ?? "-") … \(s.lastPosition.map { String($0) } ?? "-")"]
+        for db in s.byDatabase.keys.sorted() {
+            let ops = (s.byDatabase[db] ?? [:]).sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+            lines.append("database \(printable(Array(db.utf8))): \(ops)")
+        }
+        for (name, h) in [("key", s.keySizes), ("value", s.valueSizes)] {
+            lines.append("\(name) sizes  p50 \(h.percentile(0.5))  p90 \(h.percentile(0.9))  p99 \(h.percentile(0.99))  max \(h.max)  total \(h.total)")
+        }
+        for k in s.busiestKeys.top(top) { lines.append("busy \(k.count)\t\(printable(Array(k.key.db.utf8)))\t\(printable(k.key.key))") }
+        return lines.joined(separator: "\n")
     }
 
     func statsJSON(_ s: FeedStatistics, top: Int, damaged: Bool) -> String {

@@ -16,6 +16,7 @@ struct KTVerifier {
     let kt: Endpoint
     let prefixes: [UInt16: [UInt8]]
     let instant: UInt64
+    let output: OutputFormat
 
     struct KTError: Error, CustomStringConvertible {
         let description: String
@@ -40,7 +41,20 @@ struct KTVerifier {
         return (status, out)
     }
 
+    /// A record on one side as JSON (value base64) and as text (value escaped).
+    func side(_ value: [UInt8]?, _ xt: UInt64?) -> (json: String, table: String) {
+        guard let value else { return ("null", "absent") }
+        return ("{\"value\":\"\(b64(value))\",\"xt\":\(xt.map { String($0) } ?? "null")}",
+                "\(printable(value))\(xt.map { " (xt \($0))" } ?? "")")
+    }
+
     func run() async throws -> Int {
+        var out = Output(output, listing: true)
+        defer { out.finish() }
+        func difference(_ key: [UInt8], kt: (json: String, table: String), qs: (json: String, table: String)) {
+            out.item(json: "{\"key\":\"\(b64(key))\",\"kt\":\(kt.json),\"qs\":\(qs.json)}",
+                     table: "\(printable(key))\tkt: \(kt.table)\tqs: \(qs.table)")
+        }
         var differences = 0
         var checked = 0
         try await node.withClient { client in
@@ -62,7 +76,7 @@ struct KTVerifier {
                     let want = Record(value: value, expiry: xt)
                     if qs != want {
                         differences += 1
-                        printLine("{\"key\":\"\(b64(prefix + key))\",\"kt\":{\"value\":\"\(b64(value))\",\"xt\":\(xt.map { String($0) } ?? "null")},\"qs\":\(qs.map { "{\"value\":\"\(b64($0.value))\",\"xt\":\($0.expiry.map { String($0) } ?? "null")}" } ?? "null")}")
+                        difference(prefix + key, kt: side(value, xt), qs: side(qs?.value, qs?.expiry))
                     }
                 }
             }
@@ -77,7 +91,7 @@ struct KTVerifier {
                         let (status, _) = try await rpc("check", [("DB", Array(String(db).utf8)), ("key", ktKey)])
                         if status == 450 {
                             differences += 1
-                            printLine("{\"key\":\"\(b64(r.key))\",\"kt\":null,\"qs\":{\"value\":\"\(b64(r.record.value))\"}}")
+                            difference(r.key, kt: side(nil, nil), qs: side(r.record.value, r.record.expiry))
                         }
                     }
                     cursor = page.next ?? []

@@ -18,13 +18,18 @@ struct Put: AsyncParsableCommand {
     var expires: UInt64 = QSEnv.value("QS_CTL_PUT_EXPIRES", UInt64(0), flag: "--expires")
     @Option(help: ArgumentHelp("Source id the write is recorded under. (env: QS_CTL_PUT_SOURCE_ID)", valueName: "id"))
     var sourceID: String = QSEnv.string("QS_CTL_PUT_SOURCE_ID") ?? "qsctl"
+    @Option(help: outputHelp("QS_CTL_PUT_OUTPUT", "table prints ok and the log index; json {\"index\": n or null, \"changed\": bool}."))
+    var output: OutputFormat = QSEnv.value("QS_CTL_PUT_OUTPUT", OutputFormat.table, flag: "--output")
 
     func run() async throws {
         let op = Mutation.set(key: try options.bytes(key, "KEY"), value: try options.bytes(value, "VALUE"), expiry: expires == 0 ? nil : expires)
         try await options.withClient { client in
             let r = try await client.write([op], sourceID: sourceID)
             if case let .applied(index, _, dropped) = r {
-                printLine(index.map { "ok (log index \($0))" } ?? (dropped > 0 ? "ok (identical write, nothing changed)" : "ok"))
+                var out = Output(output, listing: false)
+                out.item(json: "{\"index\":\(index.map { String($0) } ?? "null"),\"changed\":\(index != nil)}",
+                         table: index.map { "ok (log index \($0))" } ?? (dropped > 0 ? "ok (identical write, nothing changed)" : "ok"))
+                out.finish()
             }
         }
     }
@@ -38,13 +43,17 @@ struct Delete: AsyncParsableCommand {
     @Argument(help: "The key.") var key: String
     @Option(help: ArgumentHelp("Source id the write is recorded under. (env: QS_CTL_DELETE_SOURCE_ID)", valueName: "id"))
     var sourceID: String = QSEnv.string("QS_CTL_DELETE_SOURCE_ID") ?? "qsctl"
+    @Option(help: outputHelp("QS_CTL_DELETE_OUTPUT", "table prints the log index of the delete; json {\"index\": n}."))
+    var output: OutputFormat = QSEnv.value("QS_CTL_DELETE_OUTPUT", OutputFormat.table, flag: "--output")
 
     func run() async throws {
         let k = try options.bytes(key, "KEY")
         let found = try await options.withClient { client -> Bool in
             let r = try await client.write([.delete(key: k)], sourceID: sourceID)
             if case let .applied(index?, _, _) = r {
-                printLine("deleted (log index \(index))")
+                var out = Output(output, listing: false)
+                out.item(json: "{\"index\":\(index)}", table: "deleted (log index \(index))")
+                out.finish()
                 return true
             }
             return false
@@ -62,8 +71,8 @@ struct Get: AsyncParsableCommand {
     @ParentCommand var parent: Qsctl
     var options: NodeOptions { parent.options }
     @Argument(help: "The key.") var key: String
-    @Flag(inversion: .prefixedNo, help: "Print a JSON line {key, value, xt} with base64 key and value instead of the raw value. (env: QS_CTL_GET_JSON)")
-    var json = QSEnv.flag("QS_CTL_GET_JSON", flag: "--json")
+    @Option(help: outputHelp("QS_CTL_GET_OUTPUT", "table prints the raw value (ending with a newline on a terminal, not in a pipe); json {key, value, xt} with base64 key and value."))
+    var output: OutputFormat = QSEnv.value("QS_CTL_GET_OUTPUT", OutputFormat.table, flag: "--output")
 
     func run() async throws {
         let k = try options.bytes(key, "KEY")
@@ -72,11 +81,10 @@ struct Get: AsyncParsableCommand {
             fail("not found: \(key)")
             throw Exit.notFound
         }
-        if json {
-            printLine(recordJSON(key: k, record: record))
+        if output == .table {
+            Stdout.write(isatty(1) == 1 ? record.value + [10] : record.value)
         } else {
-            FileHandle.standardOutput.write(Data(record.value))
-            if isatty(1) == 1 { printLine("") }
+            printLine(recordJSON(key: k, record: record))
         }
     }
 }
@@ -86,10 +94,15 @@ struct HeadCommand: AsyncParsableCommand {
 
     @ParentCommand var parent: Qsctl
     var options: NodeOptions { parent.options }
+    @Option(help: outputHelp("QS_CTL_HEAD_OUTPUT", "json {index, hash, commit_time_ns}; table one line."))
+    var output: OutputFormat = QSEnv.value("QS_CTL_HEAD_OUTPUT", OutputFormat.json, flag: "--output")
 
     func run() async throws {
         let h = try await options.withClient { try await $0.head() }
-        printLine("{\"index\":\(h.index),\"hash\":\"\(hexString(h.hash))\",\"commit_time_ns\":\(h.commitTimeNs)}")
+        var out = Output(output, listing: false)
+        out.item(json: "{\"index\":\(h.index),\"hash\":\"\(hexString(h.hash))\",\"commit_time_ns\":\(h.commitTimeNs)}",
+                 table: "index \(h.index)  hash \(hexString(h.hash))  commit time \(h.commitTimeNs) ns")
+        out.finish()
     }
 }
 
@@ -99,6 +112,8 @@ struct Checkpoint: AsyncParsableCommand {
     @ParentCommand var parent: Qsctl
     var options: NodeOptions { parent.options }
     @Argument(help: "The source id.") var sourceID: String
+    @Option(help: outputHelp("QS_CTL_CHECKPOINT_OUTPUT", "table prints the position; json {source_id, checkpoint}."))
+    var output: OutputFormat = QSEnv.value("QS_CTL_CHECKPOINT_OUTPUT", OutputFormat.table, flag: "--output")
 
     func run() async throws {
         let cp = try await options.withClient { try await $0.checkpoint(sourceID: sourceID) }
@@ -106,6 +121,8 @@ struct Checkpoint: AsyncParsableCommand {
             fail("no checkpoint for source \(sourceID)")
             throw Exit.notFound
         }
-        printLine("\(cp)")
+        var out = Output(output, listing: false)
+        out.item(json: "{\"source_id\":\(jsonString(sourceID)),\"checkpoint\":\(cp)}", table: "\(cp)")
+        out.finish()
     }
 }

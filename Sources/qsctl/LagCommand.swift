@@ -21,6 +21,8 @@ struct Lag: AsyncParsableCommand {
     var interval: Interval = QSEnv.value("QS_CTL_LAG_INTERVAL", Interval(.seconds(1)), flag: "--interval")
     @Option(help: ArgumentHelp("Write the chart to this SVG file. (env: QS_CTL_LAG_PLOT)", valueName: "file"))
     var plot: String = QSEnv.string("QS_CTL_LAG_PLOT") ?? ""
+    @Option(help: outputHelp("QS_CTL_LAG_OUTPUT", "table a line a sample; json {t_seconds, metric, value} a sample."))
+    var output: OutputFormat = QSEnv.value("QS_CTL_LAG_OUTPUT", OutputFormat.table, flag: "--output")
 
     func validate() throws {
         guard interval.duration > .zero else {
@@ -35,6 +37,7 @@ struct Lag: AsyncParsableCommand {
         let start = Date()
         var samples = [(t: Double, lag: Double)]()
         var metric = ""
+        var out = Output(output, listing: true)
         while ContinuousClock.now < end {
             if let text = try? String(contentsOf: url, encoding: .utf8) {
                 for name in ["qs_bridge_lag_seconds", "qs_replica_root_age_seconds"] {
@@ -43,7 +46,9 @@ struct Lag: AsyncParsableCommand {
                         metric = name
                         let t = Date().timeIntervalSince(start)
                         samples.append((t, v))
-                        printLine(String(format: "%7.1f s  %@ %.3f", t, name, v))
+                        out.item(json: "{\"t_seconds\":\(t),\"metric\":\"\(name)\",\"value\":\(v)}",
+                                 table: String(format: "%7.1f s  %@ %.3f", t, name, v))
+                        out.flush()
                         break
                     }
                 }
@@ -52,6 +57,7 @@ struct Lag: AsyncParsableCommand {
             }
             try await Task.sleep(for: step)
         }
+        out.finish()
         guard !samples.isEmpty else {
             fail("no lag metric found at \(url): is it a bridge's or a replica's admin port?")
             throw Exit.serverError

@@ -12,15 +12,14 @@ struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show a node's role, head, upstream and freshness, and each source's checkpoint and lag.")
 
-    enum Format: String, ExpressibleByArgument, CaseIterable { case table, json }
-
     @ParentCommand var parent: Qsctl
     var options: NodeOptions { parent.options }
-    @Option(help: "table or json. (env: QS_CTL_STATUS_FORMAT)") var format: Format = QSEnv.value("QS_CTL_STATUS_FORMAT", Format.table, flag: "--format")
+    @Option(help: outputHelp("QS_CTL_STATUS_OUTPUT", "table for people; json (or jsonl, the same one line) the node's status object."))
+    var output: OutputFormat = QSEnv.value("QS_CTL_STATUS_OUTPUT", OutputFormat.table, flag: "--output")
 
     func run() async throws {
         let json = try await options.withClient { try await $0.status() }
-        if format == .json {
+        if output != .table {
             printLine(json)
             return
         }
@@ -62,6 +61,8 @@ struct Wait: AsyncParsableCommand {
     var until: UInt64 = QSEnv.value("QS_CTL_WAIT_UNTIL", UInt64(0), flag: "--until")
     @Option(help: ArgumentHelp("Give up after this long, e.g. 30s. (env: QS_CTL_WAIT_TIMEOUT)", valueName: "duration"))
     var timeout: Interval = QSEnv.value("QS_CTL_WAIT_TIMEOUT", Interval(.seconds(60)), flag: "--timeout")
+    @Option(help: outputHelp("QS_CTL_WAIT_OUTPUT", "table prints the position reached; json {source_id, reached}."))
+    var output: OutputFormat = QSEnv.value("QS_CTL_WAIT_OUTPUT", OutputFormat.table, flag: "--output")
 
     func validate() throws {
         guard !sourceID.isEmpty else { throw ValidationError("--source-id is required") }
@@ -82,6 +83,8 @@ struct Wait: AsyncParsableCommand {
             fail("timed out after \(timeout): \(sourceID) is at \(reached), not yet \(until)")
             throw timedOutExit
         }
-        printLine("\(sourceID) reached \(reached)")
+        var out = Output(output, listing: false)
+        out.item(json: "{\"source_id\":\(jsonString(sourceID)),\"reached\":\(reached)}", table: "\(sourceID) reached \(reached)")
+        out.finish()
     }
 }

@@ -4,8 +4,9 @@ import QSClient
 import QSDaemon
 import QSNet
 
-/// Exit codes: 0 found/ok, 1 not found, 2 usage, 3 server or connection error, 4 a
-/// damaged recording.
+/// Exit codes (also in `qsctl --help` and docs/operations.md): 0 found/ok, 1 not found or
+/// a difference, 2 usage, 3 server or connection error, 4 a damaged recording, 5 `wait`
+/// timed out; a reader that went away ends qsctl by SIGPIPE (141).
 enum Exit {
     static let notFound = ExitCode(1)
     static let usage = ExitCode(2)
@@ -19,8 +20,11 @@ struct Qsctl: AsyncParsableCommand {
         commandName: "qsctl",
         abstract: "Operate Quicksilver nodes: read and write keys, inspect the log, dump the keyspace, record and inspect feeds.",
         discussion: """
-            Exit codes: 0 found/ok, 1 not found, 2 usage error, 3 server or connection error, \
-            4 damaged recording (qsctl feed). \
+            Exit codes: 0 found/ok; 1 not found (get, delete, checkpoint) or a difference \
+            (verify); 2 usage error (a bad flag or QS_CTL_* variable); 3 server or connection \
+            error (a refused token included); 4 damaged recording (feed); 5 wait timed out; \
+            141 (SIGPIPE) the reader of its output went away, e.g. `qsctl dump | head -1`, \
+            quietly. Every subcommand that prints takes --output table|json|jsonl. \
             Every option can also be set through its QS_ environment variable, as shown.
             """,
         subcommands: [Put.self, Get.self, Delete.self, HeadCommand.self, Checkpoint.self, Log.self, Dump.self, Status.self, Wait.self, Verify.self, Lag.self, RecordCommand.self, Feed.self]
@@ -63,14 +67,12 @@ struct NodeOptions: ParsableArguments {
     }
 
     func connect() async throws -> QSClient {
-        var token = [UInt8]()
-        if !writeTokenFile.isEmpty {
-            guard let raw = FileManager.default.contents(atPath: writeTokenFile) else {
-                fail("cannot read --write-token-file \(writeTokenFile)")
-                throw Exit.usage
-            }
-            token = [UInt8](raw)
-            while let last = token.last, last == 10 || last == 13 || last == 32 { token.removeLast() }
+        let token: [UInt8]
+        do {
+            token = try TokenFile.optional(writeTokenFile, flag: "--write-token-file") ?? []
+        } catch {
+            fail("\(error)")
+            throw Exit.usage
         }
         do {
             switch node.endpoint {
@@ -103,5 +105,5 @@ func fail(_ message: String) {
 }
 
 func printLine(_ s: String) {
-    FileHandle.standardOutput.write(Data((s + "\n").utf8))
+    Stdout.write(Array((s + "\n").utf8))
 }

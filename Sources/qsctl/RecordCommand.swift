@@ -50,6 +50,12 @@ struct RecordCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Largest KT update message accepted; a larger one is a corrupt frame, not recorded. (env: QS_CTL_RECORD_MAX_MESSAGE_BYTES)", valueName: "size"))
     var maxMessageBytes: ByteSize = QSEnv.value("QS_CTL_RECORD_MAX_MESSAGE_BYTES", ByteSize(64 << 20), flag: "--max-message-bytes")
 
+    @Option(help: ArgumentHelp("qs://: file holding the node's replication token (its --replication-token-file). (env: QS_CTL_RECORD_SOURCE_TOKEN_FILE)", valueName: "file"))
+    var sourceTokenFile: String = QSEnv.string("QS_CTL_RECORD_SOURCE_TOKEN_FILE") ?? ""
+
+    @Option(help: outputHelp("QS_CTL_RECORD_OUTPUT", "table prints a summary line at the end; json the sidecar's contents."))
+    var output: OutputFormat = QSEnv.value("QS_CTL_RECORD_OUTPUT", OutputFormat.table, flag: "--output")
+
     func validate() throws {
         guard source.value != nil else { throw ValidationError("--source is required: kt://HOST:PORT or qs://HOST:PORT (or set QS_CTL_RECORD_SOURCE)") }
         guard !out.isEmpty else { throw ValidationError("--out FILE is required (or set QS_CTL_RECORD_OUT)") }
@@ -80,7 +86,8 @@ struct RecordCommand: AsyncParsableCommand {
             case let .position(p): start = p
             case nil: start = 0
             }
-            let subscription = LogSubscription(host: host, port: port, readTimeout: .nanoseconds(Int64(timeout.seconds * 1e9)))
+            var subscription = LogSubscription(host: host, port: port, readTimeout: .nanoseconds(Int64(timeout.seconds * 1e9)))
+            subscription.token = try TokenFile.optional(sourceTokenFile, flag: "--source-token-file") ?? []
             let recorder = QSRecorder(subscription: subscription, path: out, stop: stop, logger: logger)
             recording = Task { try await recorder.run(from: start) }
         }
@@ -101,7 +108,12 @@ struct RecordCommand: AsyncParsableCommand {
             throw Exit.serverError
         }
         let span = meta.firstPosition.map { "positions \($0)…\(meta.lastPosition ?? $0)" } ?? "no updates"
-        printLine("recorded \(meta.updates) updates in \(meta.frames) frames (\(meta.bytes) bytes) from \(meta.source), \(span); stopped by \(meta.stoppedBy ?? "?"); sidecar \(RecordingMeta.path(for: out))")
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        var result = Output(output, listing: false)
+        result.item(json: (try? encoder.encode(meta)).map { String(decoding: $0, as: UTF8.self) } ?? "{}",
+                    table: "recorded \(meta.updates) updates in \(meta.frames) frames (\(meta.bytes) bytes) from \(meta.source), \(span); stopped by \(meta.stoppedBy ?? "?"); sidecar \(RecordingMeta.path(for: out))")
+        result.finish()
     }
 }
 

@@ -11,10 +11,14 @@ struct Verify: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Compare a node with another node (--against) or with a KT server (--kt); exits 1 on any difference.",
         discussion: """
-            Against a node: heads and hashes, then a digest of each key range (about --range-size \
-            records), then the differing keys of differing ranges, one JSON line each. Against KT: \
-            every KT record is looked up in QS and every QS key under a mapped prefix in KT. Both \
-            stream, so keyspaces larger than memory work; expiry is judged at one instant (--at).
+            Against a node: heads and hashes — equal, the node behind (its head is in the \
+            other's history), ahead, or diverged (the logs part) —, then a digest of each key \
+            range (about --range-size records), then the differing keys of differing ranges. \
+            Against KT: every KT record is looked up in QS and every QS key under a mapped prefix \
+            in KT. Both stream, so keyspaces larger than memory work; expiry is judged at one \
+            instant (--at). In table output keys and values are escaped to printable text \
+            (\\xNN for other bytes); in json/jsonl they are base64, and the heads and the \
+            summary are objects of their own ("kind": "heads", "difference", "summary").
             """)
 
     @ParentCommand var parent: Qsctl
@@ -31,6 +35,8 @@ struct Verify: AsyncParsableCommand {
     var rangeSize: UInt32 = QSEnv.value("QS_CTL_VERIFY_RANGE_SIZE", UInt32(10_000), flag: "--range-size")
     @Flag(inversion: .prefixedNo, help: "Compare the keyspaces only, not the heads (for a target fed in batched mode). (env: QS_CTL_VERIFY_KEYSPACE_ONLY)")
     var keyspaceOnly = QSEnv.flag("QS_CTL_VERIFY_KEYSPACE_ONLY", flag: "--keyspace-only")
+    @Option(help: outputHelp("QS_CTL_VERIFY_OUTPUT", "table a difference a line, keys escaped; json/jsonl objects with base64 keys."))
+    var output: OutputFormat = QSEnv.value("QS_CTL_VERIFY_OUTPUT", OutputFormat.table, flag: "--output")
 
     func validate() throws {
         guard (against.value == nil) != (kt.value == nil) else { throw ValidationError("give exactly one of --against HOST:PORT or --kt HOST:PORT") }
@@ -43,35 +49,67 @@ struct Verify: AsyncParsableCommand {
         if let against = against.value {
             differences = try await verifyNodes(against, instant)
         } else if let kt = kt.value {
-            differences = try await KTVerifier(node: options, kt: kt.endpoint, prefixes: dbMap.prefixes, instant: instant).run()
+            differences = try await KTVerifier(node: options, kt: kt.endpoint, prefixes: dbMap.prefixes, instant: instant, output: output).run()
         } else {
             throw ValidationError("give exactly one of --against HOST:PORT or --kt HOST:PORT")
         }
         if differences > 0 { throw Exit.notFound }
     }
 
-    func diffLine(_ key: [UInt8], _ a: Record?, _ b: Record?) -> String {
-        func r(_ x: Record?) -> String {
-            guard let x else { return "null" }
-            return "{\"value\":\"\(b64(x.value))\",\"xt\":\(x.expiry.map { String($0) } ?? "null")}"
-        }
-        return "{\"key\":\"\(b64(key))\",\"node\":\(r(a)),\"other\":\(r(b))}"
+    /// How two heads relate: the same, one a prefix of the other's history, or diverged.
+    enum HeadRelation: String {
+        case equal, behind, ahead, diverged
+        /// The other's log no longer holds the shorter head's index (trimmed): cannot tell.
+        case unknown
     }
+
+    static func relation(_ a: QSClient, _ ha: Head, _ b: QSClient, _ hb: Head) async throws -> HeadRelation {
+        if ha.index == hb.index { return ha.hash == hb.hash ? .equal : .diverged }
+        let (shorter, longer) = ha.index < hb.index ? (ha, b) : (hb, a)
+        let behind: HeadRelation = ha.index < hb.index ? .behind : .ahead
+        if shorter.index == 0 { return behind }
+        guard let e = try await longer.entries(from: shorter.index, count: 1).first, e.index == shorter.index else { return .unknown }
+        return e.hash == shorter.hash ? behind : .diverged
+    }
+
+    func sideJSON(_ x: Record?) -> String {
+        guard let x else { return "null" }
+        return "{\"value\":\"\(b64(x.value))\",\"xt\":\(x.expiry.map { String($0) } ?? "null")}"
+    }
+
+    func sideTable(_ x: Record?) -> String {
+        guard let x else { return "absent" }
+        return printable(x.value) + (x.expiry.map { " (xt \($0))" } ?? "")
+    }
+
+    func headJSON(_ h: Head) -> String { "{\"index\":\(h.index),\"hash\":\"\(hexString(h.hash))\"}" }
 
     func verifyNodes(_ against: Address, _ instant: UInt64) async throws -> Int {
         var other = NodeOptions()
         other.node = against
         other.writeTokenFile = ""
         let b = try await other.connect()
+        var out = Output(output, listing: true)
+        defer { out.finish() }
+        func difference(_ key: [UInt8], _ a: Record?, _ b: Record?) {
+            out.item(json: "{\"kind\":\"difference\",\"key\":\"\(b64(key))\",\"node\":\(sideJSON(a)),\"other\":\(sideJSON(b))}",
+                     table: "\(printable(key))\tnode: \(sideTable(a))\tother: \(sideTable(b))")
+        }
         return try await options.withClient { a in
             let ha = try await a.head(), hb = try await b.head()
+            let relation = try await Self.relation(a, ha, b, hb)
             var differences = 0
-            if ha != hb {
-                fail("heads differ: node at \(ha.index) \(hexString(ha.hash)), other at \(hb.index) \(hexString(hb.hash))")
-                if !keyspaceOnly { differences += 1 }
-            } else {
-                fail("heads equal: index \(ha.index), hash \(hexString(ha.hash))")
+            let said: String
+            switch relation {
+            case .equal: said = "heads equal: index \(ha.index), hash \(hexString(ha.hash))"
+            case .behind: said = "the node is behind: its head (index \(ha.index)) is in the other's history, which is at \(hb.index)"
+            case .ahead: said = "the other is behind: its head (index \(hb.index)) is in the node's history, which is at \(ha.index)"
+            case .diverged: said = "heads diverged: node at \(ha.index) \(hexString(ha.hash)), other at \(hb.index) \(hexString(hb.hash)); the logs part"
+            case .unknown: said = "heads differ: node at \(ha.index), other at \(hb.index); the longer log no longer holds the shorter head's index, so behind or diverged cannot be told"
             }
+            if relation != .equal && !keyspaceOnly { differences += 1 }
+            fail(said)
+            if output != .table { out.item(json: "{\"kind\":\"heads\",\"relation\":\"\(relation)\",\"node\":\(headJSON(ha)),\"other\":\(headJSON(hb))}", table: "") }
             var cursor = [UInt8]()
             var keys: UInt64 = 0, ranges = 0, differingRanges = 0
             let started = ContinuousClock.now
@@ -91,12 +129,12 @@ struct Verify: AsyncParsableCommand {
                         let other = mapB.removeValue(forKey: r.key)
                         if other != r.record {
                             differences += 1
-                            printLine(diffLine(r.key, r.record, other))
+                            difference(r.key, r.record, other)
                         }
                     }
                     for (k, v) in mapB.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
                         differences += 1
-                        printLine(diffLine(k, nil, v))
+                        difference(k, nil, v)
                     }
                 }
                 if isatty(2) == 1 { FileHandle.standardError.write(Data("\rverified \(keys) keys in \(ranges) ranges".utf8)) }
@@ -109,8 +147,12 @@ struct Verify: AsyncParsableCommand {
                 }
             }
             let secs = max((ContinuousClock.now - started).seconds, 0.001)
+            if isatty(2) == 1 { FileHandle.standardError.write(Data("\n".utf8)) }
             fail(String(format: "compared %llu keys in %d ranges (%.0f keys/s); %d ranges differ; %d differences",
                         keys, ranges, Double(keys) / secs, differingRanges, differences))
+            if output != .table {
+                out.item(json: "{\"kind\":\"summary\",\"keys\":\(keys),\"ranges\":\(ranges),\"differing_ranges\":\(differingRanges),\"differences\":\(differences)}", table: "")
+            }
             await b.close()
             return differences
         }

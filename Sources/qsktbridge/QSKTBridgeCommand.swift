@@ -19,7 +19,7 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
             compare-and-swap on the source timestamp, so any number of bridges with the same \
             --source-id is harmless. The bridge resumes from the root's checkpoint. Every flag \
             has a QS_ environment fallback, as shown.
-            """
+            """ + "\n\n" + DaemonExitCodes.bridgeHelp
     )
 
     static func main() async { await runCommand() }

@@ -20,7 +20,7 @@ struct QSNodeCommand: AsyncParsableCommand {
             A root node (--role root) accepts compare-and-swap batch writes on the QS write protocol \
             (docs/protocol.md) from bridges and operators. Every flag can also be set through the \
             environment variable named after it (QS_ and the flag in capitals, as shown).
-            """
+            """ + "\n\n" + DaemonExitCodes.help
     )
 
     static func main() async { await runCommand() }
@@ -43,6 +43,21 @@ struct QSNodeCommand: AsyncParsableCommand {
 
     @Option(help: ArgumentHelp("File holding the token every write must carry; without it writes are not authenticated. (env: QS_WRITE_TOKEN_FILE)", valueName: "file"))
     var writeTokenFile: String = QSEnv.string("QS_WRITE_TOKEN_FILE") ?? ""
+
+    @Option(help: ArgumentHelp("File holding the token replicas (and qsqsbridge, qsctl record) must present to subscribe or take a snapshot; without it --listen must be loopback. (env: QS_REPLICATION_TOKEN_FILE)", valueName: "file"))
+    var replicationTokenFile: String = QSEnv.string("QS_REPLICATION_TOKEN_FILE") ?? ""
+
+    @Option(help: ArgumentHelp("A replica: file holding the upstreams' replication token, presented on subscribe and snapshot. (env: QS_UPSTREAM_TOKEN_FILE)", valueName: "file"))
+    var upstreamTokenFile: String = QSEnv.string("QS_UPSTREAM_TOKEN_FILE") ?? ""
+
+    @Option(help: ArgumentHelp("Where snapshots being sent to replicas and bootstraps being received are staged (room for a whole copy of the store); default: inside --data. (env: QS_STAGING_DIR)", valueName: "dir"))
+    var stagingDir: String = QSEnv.string("QS_STAGING_DIR") ?? ""
+
+    @Option(help: ArgumentHelp("A root deletes expired records in logged batches of at most this many (replicas apply them from the log); 0 turns the purge off. (env: QS_EXPIRY_PURGE_BATCH)", valueName: "n"))
+    var expiryPurgeBatch: Int = QSEnv.value("QS_EXPIRY_PURGE_BATCH", 1000)
+
+    @Option(help: ArgumentHelp("Pause between two purge batches (so at most --expiry-purge-batch records per interval); ten times this after a full pass over the keyspace. (env: QS_EXPIRY_PURGE_INTERVAL)", valueName: "duration"))
+    var expiryPurgeInterval: Interval = QSEnv.value("QS_EXPIRY_PURGE_INTERVAL", Interval(.seconds(1)))
 
     @Option(help: ArgumentHelp("LMDB map size: the most the store can hold, e.g. 8GiB. (env: QS_MAP_SIZE)", valueName: "size"))
     var mapSize: ByteSize = QSEnv.value("QS_MAP_SIZE", ByteSize(8 << 30))
@@ -76,6 +91,12 @@ struct QSNodeCommand: AsyncParsableCommand {
             }
             _ = try upstreamEndpoints()
         }
+        // Replication and admin actions are open to whoever reaches them without a token.
+        if !listen.endpoint.isLocalOnly && replicationTokenFile.isEmpty {
+            throw ValidationError("--listen \(listen) is not loopback and no --replication-token-file is set: anyone who reaches it could subscribe to the log or take a snapshot. Give --replication-token-file FILE (or QS_REPLICATION_TOKEN_FILE; replicas present it with --upstream-token-file), or listen on 127.0.0.1")
+        }
+        guard expiryPurgeBatch >= 0 else { throw ValidationError("--expiry-purge-batch must be 0 (off) or more, e.g. 1000") }
+        guard expiryPurgeInterval.duration > .zero else { throw ValidationError("--expiry-purge-interval must be more than 0, e.g. 1s") }
         guard staleAfter.duration > .zero else { throw ValidationError("--stale-after must be more than 0, e.g. 30s") }
         guard logRetention > 0 else { throw ValidationError("--log-retention must be at least 1 entry") }
         guard mapSize.bytes >= 1 << 20 else { throw ValidationError("--map-size must be at least 1MiB, e.g. 8GiB") }
@@ -87,16 +108,16 @@ struct QSNodeCommand: AsyncParsableCommand {
     func run() async throws {
         let (logger, registry) = service.bootstrap(label: "qsnode")
         let listenEndpoint = listen.endpoint
-        var token: [UInt8]?
-        if !writeTokenFile.isEmpty {
-            token = try readToken(writeTokenFile)
-        } else if !listenEndpoint.isLocalOnly {
+        let token = try TokenFile.optional(writeTokenFile, flag: "--write-token-file", minimumBytes: 16)
+        let replicationToken = try TokenFile.optional(replicationTokenFile, flag: "--replication-token-file", minimumBytes: 16)
+        let upstreamToken = try TokenFile.optional(upstreamTokenFile, flag: "--upstream-token-file") ?? []
+        if token == nil && role == .root && !listenEndpoint.isLocalOnly {
             logger.warning("write port is not loopback and no --write-token-file is set: anyone who reaches it can write",
                            metadata: ["address": "\(listenEndpoint)"])
         }
         let store: Store
         do {
-            store = try await Store.open(directory: data, mapSize: mapSize.bytes)
+            store = try await Store.open(directory: data, mapSize: mapSize.bytes, stagingDirectory: stagingDir)
         } catch {
             logger.critical("cannot open the store", metadata: ["data": "\(data)", "error": "\(error)"])
             throw ExitCode(1)
@@ -104,16 +125,21 @@ struct QSNodeCommand: AsyncParsableCommand {
         let (head, nodeID) = try await store.read { txn in (try txn.head(), try txn.identity()) }
         logger.info("store open", metadata: ["data": "\(data)", "head-index": "\(head.index)",
                                              "head-hash": "\(hexString(head.hash))", "node-id": "\(nodeID)"])
-        let core = NodeCore(store: store, token: token, writable: role == .root, logger: logger)
+        let core = NodeCore(store: store, token: token, replicationToken: replicationToken, writable: role == .root, logger: logger)
         core.metrics.logHead.record(Double(head.index))
         var endpoints = [listenEndpoint]
         if !unix.isEmpty { endpoints.append(.unix(path: unix)) }
         var services: [any Service] = [
             WriteServer(core: core, endpoints: endpoints, maxFrameBytes: maxFrameBytes.bytes, logger: logger),
             LogTrimmer(store: store, retain: logRetention, logger: logger),
+            StoreUsageGauges(store: store),
         ]
+        if role == .root && expiryPurgeBatch > 0 {
+            services.append(ExpiryPurger(store: store, batch: expiryPurgeBatch, interval: expiryPurgeInterval.duration, logger: logger))
+        }
         let replica: ReplicaService? = role == .replica
-            ? ReplicaService(core: core, upstreams: try upstreamEndpoints(), staleAfter: staleAfter.duration, logger: logger)
+            ? ReplicaService(core: core, upstreams: try upstreamEndpoints(), staleAfter: staleAfter.duration,
+                             upstreamToken: upstreamToken, logger: logger)
             : nil
         if let replica {
             services.append(replica)
@@ -135,7 +161,8 @@ struct QSNodeCommand: AsyncParsableCommand {
                     }
                 }
             }
-            services.append(AdminServer(endpoint: admin, registry: registry, logger: logger, actions: actions) {
+            services.append(AdminServer(endpoint: admin, registry: registry, logger: logger, actions: actions,
+                                        actionGate: try service.adminGate(logger: logger)) {
                 guard let replica else { return Readiness(ready: true, detail: "root: store open") }
                 let s = replica.status
                 guard s.subscribed else { return Readiness(ready: false, detail: "replica: not subscribed to an upstream") }
@@ -154,17 +181,5 @@ struct QSNodeCommand: AsyncParsableCommand {
             do { return try UpstreamReloader.read(upstreamFile) } catch { throw ValidationError("--upstream-file: \(error)") }
         }
         return upstream.value?.endpoints ?? []
-    }
-
-    func readToken(_ path: String) throws -> [UInt8] {
-        guard let raw = FileManager.default.contents(atPath: path) else {
-            throw ValidationError("--write-token-file \(path) cannot be read: check the path and permissions")
-        }
-        var bytes = [UInt8](raw)
-        while let last = bytes.last, last == 10 || last == 13 || last == 32 { bytes.removeLast() }
-        guard bytes.count >= 16 else {
-            throw ValidationError("--write-token-file \(path) holds \(bytes.count) bytes: use a token of at least 16 bytes")
-        }
-        return bytes
     }
 }

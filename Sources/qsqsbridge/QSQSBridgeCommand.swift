@@ -16,7 +16,7 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
             (and back) without a bootstrap; the target then takes no other writes. \
             --mode batched applies the source's changes in batches with compare-and-swap on \
             the source log index, like qsktbridge. Every flag has a QS_ environment fallback.
-            """
+            """ + "\n\n" + DaemonExitCodes.bridgeHelp
     )
 
     static func main() async { await runCommand() }
@@ -26,6 +26,9 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
 
     @Option(help: ArgumentHelp("compatible (entry for entry, same indexes and hashes) or batched. (env: QS_MODE)", valueName: "mode"))
     var mode: WriteMode = QSEnv.value("QS_MODE", .compatible)
+
+    @Option(help: ArgumentHelp("File holding the source node's replication token (its --replication-token-file). (env: QS_SOURCE_TOKEN_FILE)", valueName: "file"))
+    var sourceTokenFile: String = QSEnv.string("QS_SOURCE_TOKEN_FILE") ?? ""
 
     @OptionGroup var bridge: BridgeOptions
     @OptionGroup var service: ServiceOptions
@@ -47,7 +50,8 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
                                         limits: bridge.limits(mode: mode), metrics: metrics, logger: logger)
             try await runBridge(consumer: consumer, service: service, registry: registry, logger: logger)
         case let .node(endpoint):
-            let consumer = FeedConsumer(source: QSLogSource(endpoint: endpoint, stopAtHead: bridge.once), sourceID: id, root: writer,
+            let consumer = FeedConsumer(source: QSLogSource(endpoint: endpoint, stopAtHead: bridge.once,
+                                                                  token: try TokenFile.optional(sourceTokenFile, flag: "--source-token-file") ?? []), sourceID: id, root: writer,
                                         limits: bridge.limits(mode: mode), metrics: metrics, logger: logger)
             try await runBridge(consumer: consumer, service: service, registry: registry, logger: logger)
         }

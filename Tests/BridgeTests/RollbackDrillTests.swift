@@ -145,7 +145,7 @@ final class RollbackDrillTests: XCTestCase {
         XCTAssertEqual(verifyKT.0, 0, verifyKT.1 + verifyKT.2)
         // A difference is found and named.
         _ = try await oc.write([.set(key: Array("zone/1".utf8), value: [9], expiry: nil)])
-        let v = try qsctl(["--node", legacy.address, "verify", "--against", other.address])
+        let v = try qsctl(["--node", legacy.address, "verify", "--against", other.address, "--output", "jsonl"])
         XCTAssertEqual(v.0, 1)
         XCTAssertTrue(v.1.contains("\"key\":\"\(Data("zone/1".utf8).base64EncodedString())\""), v.1)
         for c in [c1, c2, cs, lc, oc] { await c.close() }

@@ -21,7 +21,8 @@ final class QsctlTests: XCTestCase {
     }
 
     func testCommandsAndExitCodes() throws {
-        let node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp)
+        // The purge would delete "gone" (expired) as log entry 5: this test counts entries.
+        let node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp, extraArgs: ["--expiry-purge-batch", "0"])
         XCTAssertEqual(try qsctl(node, ["put", "alpha", "one"]).0, 0)
         XCTAssertEqual(try qsctl(node, ["put", "beta", "two", "--expires", "4102444800"]).0, 0)
         XCTAssertEqual(try qsctl(node, ["put", "gone", "x", "--expires", "1000"]).0, 0)
@@ -62,7 +63,7 @@ final class QsctlTests: XCTestCase {
         XCTAssertEqual(ops[0]["key"] as? String, Data("beta".utf8).base64EncodedString())
         XCTAssertEqual(ops[0]["xt"] as? Int, 4102444800)
 
-        r = try qsctl(node, ["dump", "--format", "jsonl"])
+        r = try qsctl(node, ["dump", "--output", "jsonl"])
         XCTAssertEqual(r.0, 0)
         let dumped = r.1.split(separator: "\n").map { try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
         let keys = dumped.map { String(decoding: Data(base64Encoded: $0["key"] as! String)!, as: UTF8.self) }
@@ -78,7 +79,7 @@ final class QsctlTests: XCTestCase {
         XCTAssertEqual(try qsctl(node, ["delete", "alpha"]).0, 1)
         // Binary keys through --base64.
         XCTAssertEqual(try qsctl(node, ["--base64", "put", "AAEC/w==", "CQoN"]).0, 0)
-        r = try qsctl(node, ["--base64", "get", "AAEC/w==", "--json"])
+        r = try qsctl(node, ["--base64", "get", "AAEC/w==", "--output", "json"])
         XCTAssertEqual(r.1, "{\"key\":\"AAEC/w==\",\"value\":\"CQoN\",\"xt\":null}\n")
     }
 

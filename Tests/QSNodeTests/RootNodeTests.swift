@@ -87,7 +87,7 @@ final class RootNodeTests: XCTestCase {
             XCTAssertTrue(message.contains(bad.isEmpty ? "missing" : "wrong"), message)
             await c.close()
         }
-        XCTAssertEqual(node.metric("qs_auth_failures_total"), 2)
+        XCTAssertEqual(node.metric("qs_auth_failures_total{interface=\"write\"}"), 2)
         XCTAssertTrue(node.daemon.log.contains("write refused"))
         XCTAssertTrue(node.daemon.log.contains("\"peer\":\"127.0.0.1:"))
         let good = try await client(node, token: Array("s3cret-token-0123456789".utf8))

@@ -172,7 +172,7 @@ final class WriteProtocolHandlerTests: XCTestCase {
             let after = try await channel.readOutbound(as: ByteBuffer.self)
             XCTAssertNil(after, "nothing answered after the refusal")
         }
-        XCTAssertEqual(node.metrics.counterTotal(label: "qs_auth_failures_total"), 2)
+        XCTAssertEqual(node.metrics.counterTotal(label: "qs_auth_failures_total", dimensions: [("interface", "write")]), 2)
         // Nothing was written; the right token is taken.
         let channel = try await connection(to: node)
         try await send([.getCheckpoint(sourceID: "src"), batch(0, 1, [.set(key: [1], value: [1], expiry: nil)], token: token)], to: channel)

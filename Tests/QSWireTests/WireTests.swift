@@ -38,6 +38,25 @@ final class WireTests: XCTestCase {
         for r in requests { XCTAssertEqual(try Request.decode(r.frame()), r) }
     }
 
+    /// The replication token rides at the end of Subscribe and Snapshot; without one the
+    /// frames are byte for byte those older clients send.
+    func testReplicationTokenIsAnOptionalTail() throws {
+        let hash = [UInt8](repeating: 9, count: 32)
+        for r in [Request.subscribe(fromIndex: 7, hash: hash, token: Array("secret-token".utf8)), .subscribe(fromIndex: 7, hash: hash, token: []),
+                  .snapshot(token: [1, 2, 3]), .snapshot(token: [])] {
+            XCTAssertEqual(try Request.decode(r.frame()), r)
+            XCTAssertTrue(r.isReplication)
+        }
+        XCTAssertEqual(Request.subscribe(fromIndex: 7, hash: hash, token: []).frame().payload, [0, 0, 0, 0, 0, 0, 0, 7] + hash)
+        XCTAssertEqual(Request.snapshot(token: []).frame().payload, [])
+        XCTAssertEqual(Request.snapshot(token: [5]).token, [5])
+        XCTAssertThrowsError(try Request.decode(Frame(type: 0x11, payload: [0, 0, 0, 9, 1])), "a cut token is malformed")
+        // Lengths differing by a multiple of 256 are still different tokens.
+        XCTAssertFalse(constantTimeEqual([], [UInt8](repeating: 0, count: 256)))
+        XCTAssertTrue(constantTimeEqual(Array("secret-token".utf8), Array("secret-token".utf8)))
+        XCTAssertFalse(constantTimeEqual(Array("secret-token".utf8), Array("secret-tokeN".utf8)))
+    }
+
     func testResponsesRoundTrip() throws {
         let responses: [Response] = [
             .applied(logIndex: 4, kept: 2, dropped: 1), .applied(logIndex: nil, kept: 0, dropped: 3), .conflict(current: 42),

@@ -133,3 +133,66 @@ def test_operations_doc_is_current():
     p = subprocess.run([os.path.join(ROOT, "scripts", "gen-operations-doc.sh"), "--check", BIN_DIR],
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+
+
+def environments():
+    """(where, executable, {QS_NAME: value}, mounted secret paths) for every container deploy/ runs."""
+    found = []
+    with open(os.path.join(ROOT, "deploy", "compose.yaml")) as f:
+        compose = yaml.safe_load(f)
+    for name, service in compose["services"].items():
+        env = service.get("environment") or {}
+        if not isinstance(env, dict):
+            env = dict(e.split("=", 1) for e in env)
+        secrets = ["/run/secrets/%s" % s for s in service.get("secrets") or []]
+        found.append(("compose.yaml service %s" % name, (service.get("command") or ["qsnode"])[0], env, secrets, compose.get("secrets", {})))
+    for path in sorted(glob.glob(os.path.join(ROOT, "deploy", "k8s", "*.yaml"))):
+        with open(path) as f:
+            for doc in yaml.safe_load_all(f):
+                spec = (doc or {}).get("spec", {}).get("template", {}).get("spec", {})
+                volumes = {v["name"]: v for v in spec.get("volumes", [])}
+                for c in spec.get("containers", []):
+                    env = {e["name"]: e.get("value", "") for e in c.get("env", [])}
+                    mounts = [m["mountPath"] for m in c.get("volumeMounts", []) if "secret" in volumes.get(m["name"], {})]
+                    where = "k8s/%s %s/%s" % (os.path.basename(path), doc["metadata"]["name"], c["name"])
+                    found.append((where, c["command"][0], env, mounts, None))
+    return found
+
+
+def loopback(address):
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return address.startswith("unix:") or host in ("localhost", "::1") or host.startswith("127.")
+
+
+@pytest.mark.parametrize("where,exe,env,secrets,declared", environments(), ids=lambda v: v if isinstance(v, str) and " " in v else None)
+def test_deploy_binds_nothing_beyond_loopback_without_its_token(where, exe, env, secrets, declared):
+    if exe == "fakekt":
+        return  # the KT stand-in: Kyoto Tycoon has no tokens
+    def token(variable):
+        path = env.get(variable)
+        assert path, "%s: %s without %s" % (where, exe, variable)
+        assert any(path == s or path.startswith(s.rstrip("/") + "/") for s in secrets), \
+            "%s: %s=%s is not a mounted secret (%s)" % (where, variable, path, secrets)
+    if exe == "qsnode" and not loopback(env.get("QS_LISTEN", "127.0.0.1:7400")):
+        token("QS_REPLICATION_TOKEN_FILE")
+        if env.get("QS_ROLE", "root") == "root":
+            token("QS_WRITE_TOKEN_FILE")
+    if not loopback(env.get("QS_ADMIN", "127.0.0.1:9400")):
+        token("QS_ADMIN_TOKEN_FILE")
+    if env.get("QS_UPSTREAM"):
+        token("QS_UPSTREAM_TOKEN_FILE")
+        assert env["QS_UPSTREAM_TOKEN_FILE"] == env["QS_REPLICATION_TOKEN_FILE"], \
+            "%s: a replica presents upstream the replication token its own subscribers present" % where
+    if declared is not None:
+        for s in secrets:
+            assert os.path.basename(s) in declared, "%s: secret %s is not declared" % (where, s)
+
+
+def test_image_binds_nothing_beyond_loopback():
+    with open(os.path.join(ROOT, "Dockerfile")) as f:
+        runtime = f.read().replace("\\\n", " ")
+    runtime = runtime[runtime.rindex("\nFROM "):]
+    values = dict(re.findall(r"\b(QS_\w+)=(\S+)", " ".join(re.findall(r"^ENV (.*)$", runtime, re.M))))
+    for variable in ("QS_ADMIN", "QS_LISTEN"):
+        if variable in values:
+            assert loopback(values[variable]), "Dockerfile ENV %s=%s binds beyond loopback without a token" % (variable, values[variable])

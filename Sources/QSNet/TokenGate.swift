@@ -1,0 +1,55 @@
+import Logging
+import Metrics
+import QSBytes
+import Synchronization
+
+/// One interface's token (the write port's writes, its replication streams, the admin
+/// port's actions): what a peer presents is compared in constant time; a refusal is
+/// counted in `qs_auth_failures_total{interface=…}` (the series made once, here) and
+/// logged with the peer — one line per `logEvery` at most, saying how many were refused
+/// since, so a peer hammering with a wrong token cannot flood the log.
+public final class TokenGate: Sendable {
+    public let interface: String
+    let token: [UInt8]?
+    let flag: String
+    let failures: Counter
+    let logger: Logger
+    let logEvery: Duration
+    private let logState = Mutex<(last: ContinuousClock.Instant?, unlogged: Int)>((nil, 0))
+
+    /// `token` nil: the gate is open (the interface binds loopback only, see `Endpoint.isLocalOnly`).
+    public init(guarding interface: String, token: [UInt8]?, flag: String, logger: Logger,
+                factory: any MetricsFactory = MetricsSystem.factory, logEvery: Duration = .seconds(10)) {
+        self.interface = interface
+        self.token = token
+        self.flag = flag
+        self.logger = logger
+        self.logEvery = logEvery
+        failures = Counter(label: "qs_auth_failures_total", dimensions: [("interface", interface)], factory: factory)
+    }
+
+    /// Whether a token is required.
+    public var isClosed: Bool { token != nil }
+
+    /// nil when `presented` passes (or no token is required); else the refusal, for the peer.
+    public func check(_ presented: [UInt8], peer: String) -> String? {
+        guard let token else { return nil }
+        if constantTimeEqual(token, presented) { return nil }
+        failures.increment()
+        let why = presented.isEmpty ? "missing \(interface) token" : "wrong \(interface) token"
+        let now = ContinuousClock.now
+        let unlogged: Int? = logState.withLock { s in
+            if let last = s.last, now - last < logEvery {
+                s.unlogged += 1
+                return nil
+            }
+            defer { s = (now, 0) }
+            return s.unlogged
+        }
+        if let unlogged {
+            logger.warning("\(interface) refused", metadata: ["peer": "\(peer)", "reason": "\(why)",
+                                                              "refused-unlogged-before": "\(unlogged)"])
+        }
+        return "\(why): this node requires the token from its \(flag)"
+    }
+}
