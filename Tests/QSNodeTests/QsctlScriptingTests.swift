@@ -78,8 +78,10 @@ final class QsctlScriptingTests: XCTestCase {
         let replica = try ReplicaNode(data: tmp.appendingPathComponent("replica"), upstreams: [root.address], logDir: tmp)
         XCTAssertTrue(Harness.waitUntil(timeout: .seconds(15)) { replica.metric("qs_replica_head_index") == 3 })
         // Cut the replica off (its upstream list now names a port nothing listens on), then move the root on.
+        let refusing = try RefusingPort()
+        defer { refusing.close() }
         let moved = httpPost(port: replica.adminPort, path: "/upstream", contentType: "text/plain",
-                             body: Array("127.0.0.1:\(Harness.freePort())".utf8))
+                             body: Array(refusing.address.utf8))
         XCTAssertEqual(moved?.status, 200)
         XCTAssertTrue(Harness.waitUntil(timeout: .seconds(15)) { httpGet(port: replica.adminPort, path: "/readyz")?.status == 503 })
         XCTAssertEqual(try qsctl(root.address, ["put", "k\u{02}late", "w"]).status, 0)
