@@ -84,7 +84,7 @@ let package = Package(
             dependencies: [
                 "QSBytes", "QSClient", "QSModel", "QSNet", "QSStore", "QSWire",
                 nio("NIOCore"), nio("NIOPosix"), .product(name: "NIOExtras", package: "swift-nio-extras"),
-                log, metrics, lifecycle("ServiceLifecycle"), lifecycle("UnixSignals"),
+                log, metrics, lifecycle("ServiceLifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -159,7 +159,7 @@ let package = Package(
                 "QSFeed", "QSKTFeed", "QSNet",
                 nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"),
                 argumentParser, log, metrics, .product(name: "Prometheus", package: "swift-prometheus"),
-                lifecycle("ServiceLifecycle"),
+                lifecycle("ServiceLifecycle"), lifecycle("UnixSignals"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -22,20 +22,25 @@ public struct Readiness: Sendable {
 public typealias AdminAction = @Sendable (_ body: String) -> (ok: Bool, message: String)
 
 /// The admin HTTP server: `/healthz` (the process is up), `/readyz` (the daemon's own
-/// check), `/metrics` (Prometheus text) and the daemon's `POST` actions.
+/// check), `/metrics` (Prometheus text) and the daemon's `POST` actions. `beforeScrape`
+/// runs right before `/metrics` is rendered, so gauges that depend on the clock (lag,
+/// ages, connected) are recorded from the present rather than from the last event.
 public struct AdminServer: ListeningService {
     public let listener: Listener
     let registry: PrometheusCollectorRegistry
     let readiness: @Sendable () -> Readiness
     let actions: [String: AdminAction]
+    let beforeScrape: @Sendable () -> Void
 
     public init(endpoint: Endpoint, registry: PrometheusCollectorRegistry, logger: Logger,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                 actions: [String: AdminAction] = [:],
+                beforeScrape: @escaping @Sendable () -> Void = {},
                 readiness: @escaping @Sendable () -> Readiness = { Readiness(ready: true, detail: "ok") }) {
         self.registry = registry
         self.readiness = readiness
         self.actions = actions
+        self.beforeScrape = beforeScrape
         // NIO's HTTP server pipeline drains on the listener's quiesce event: an idle
         // connection closes, a request in flight gets its answer first.
         listener = Listener(name: "admin", endpoints: [endpoint], drain: .pipeline, group: group, logger: logger)
@@ -45,9 +50,11 @@ public struct AdminServer: ListeningService {
         let registry = self.registry
         let readiness = self.readiness
         let actions = self.actions
+        let beforeScrape = self.beforeScrape
         try await listener.run { channel in
             try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-            try channel.pipeline.syncOperations.addHandler(AdminHandler(registry: registry, readiness: readiness, actions: actions))
+            try channel.pipeline.syncOperations.addHandler(AdminHandler(registry: registry, readiness: readiness, actions: actions,
+                                                                        beforeScrape: beforeScrape))
         }
     }
 }
@@ -59,14 +66,17 @@ final class AdminHandler: ChannelInboundHandler {
     let registry: PrometheusCollectorRegistry
     let readiness: @Sendable () -> Readiness
     let actions: [String: AdminAction]
+    let beforeScrape: @Sendable () -> Void
     private var head: HTTPRequestHead?
     private var requestBody = [UInt8]()
     static let maxBody = 64 << 10
 
-    init(registry: PrometheusCollectorRegistry, readiness: @escaping @Sendable () -> Readiness, actions: [String: AdminAction]) {
+    init(registry: PrometheusCollectorRegistry, readiness: @escaping @Sendable () -> Readiness, actions: [String: AdminAction],
+         beforeScrape: @escaping @Sendable () -> Void) {
         self.registry = registry
         self.readiness = readiness
         self.actions = actions
+        self.beforeScrape = beforeScrape
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -94,6 +104,7 @@ final class AdminHandler: ChannelInboundHandler {
             let r = readiness()
             (status, type, body) = (r.ready ? .ok : .serviceUnavailable, "text/plain", Array((r.detail + "\n").utf8))
         case (.GET, "/metrics"):
+            beforeScrape()
             (status, type, body) = (.ok, "text/plain; version=0.0.4", registry.emitToBuffer())
         case let (.POST, p) where actions[p] != nil:
             let r = actions[p]!(String(decoding: requestBody, as: UTF8.self))
