@@ -85,7 +85,7 @@ let package = Package(
             dependencies: [
                 "QSBytes", "QSClient", "QSModel", "QSNet", "QSStore", "QSWire",
                 nio("NIOCore"), nio("NIOPosix"),
-                log, metrics, lifecycle("ServiceLifecycle"), lifecycle("UnixSignals"),
+                log, metrics, lifecycle("ServiceLifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -160,7 +160,7 @@ let package = Package(
                 "QSFeed", "QSKTFeed", "QSNet",
                 nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"),
                 argumentParser, log, metrics, .product(name: "Prometheus", package: "swift-prometheus"),
-                lifecycle("ServiceLifecycle"),
+                lifecycle("ServiceLifecycle"), lifecycle("UnixSignals"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -24,21 +24,26 @@ public typealias AdminAction = @Sendable (_ body: String) -> (ok: Bool, message:
 /// The admin HTTP server: `/healthz` (the process is up), `/readyz` (the daemon's own
 /// check), `/metrics` (Prometheus text) and the daemon's `POST` actions, which need
 /// `Authorization: Bearer TOKEN` when `actionGate` holds a token (401 otherwise).
+/// `beforeScrape` runs right before `/metrics` is rendered, so gauges that depend on the
+/// clock (lag, ages, connected) are recorded from the present rather than from the last event.
 public struct AdminServer: ListeningService {
     public let listener: Listener
     let registry: PrometheusCollectorRegistry
     let readiness: @Sendable () -> Readiness
     let actions: [String: AdminAction]
     let actionGate: TokenGate?
+    let beforeScrape: @Sendable () -> Void
 
     public init(endpoint: Endpoint, registry: PrometheusCollectorRegistry, logger: Logger,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                 actions: [String: AdminAction] = [:], actionGate: TokenGate? = nil,
+                beforeScrape: @escaping @Sendable () -> Void = {},
                 readiness: @escaping @Sendable () -> Readiness = { Readiness(ready: true, detail: "ok") }) {
         self.registry = registry
         self.readiness = readiness
         self.actions = actions
         self.actionGate = actionGate
+        self.beforeScrape = beforeScrape
         // NIO's HTTP server pipeline drains on the listener's quiesce event: an idle
         // connection closes, a request in flight gets its answer first.
         listener = Listener(name: "admin", endpoints: [endpoint], drain: .pipeline, group: group, logger: logger)
@@ -49,9 +54,11 @@ public struct AdminServer: ListeningService {
         let readiness = self.readiness
         let actions = self.actions
         let gate = self.actionGate
+        let beforeScrape = self.beforeScrape
         try await listener.run { channel in
             try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-            try channel.pipeline.syncOperations.addHandler(AdminHandler(registry: registry, readiness: readiness, actions: actions, gate: gate))
+            try channel.pipeline.syncOperations.addHandler(AdminHandler(registry: registry, readiness: readiness, actions: actions, gate: gate,
+                                                                        beforeScrape: beforeScrape))
         }
     }
 }
@@ -64,15 +71,18 @@ final class AdminHandler: ChannelInboundHandler {
     let readiness: @Sendable () -> Readiness
     let actions: [String: AdminAction]
     let gate: TokenGate?
+    let beforeScrape: @Sendable () -> Void
     private var head: HTTPRequestHead?
     private var requestBody = [UInt8]()
     static let maxBody = 64 << 10
 
-    init(registry: PrometheusCollectorRegistry, readiness: @escaping @Sendable () -> Readiness, actions: [String: AdminAction], gate: TokenGate?) {
+    init(registry: PrometheusCollectorRegistry, readiness: @escaping @Sendable () -> Readiness, actions: [String: AdminAction], gate: TokenGate?,
+         beforeScrape: @escaping @Sendable () -> Void) {
         self.registry = registry
         self.readiness = readiness
         self.actions = actions
         self.gate = gate
+        self.beforeScrape = beforeScrape
     }
 
     /// The token of an `Authorization: Bearer TOKEN` header, empty when there is none.
@@ -110,6 +120,7 @@ final class AdminHandler: ChannelInboundHandler {
             let r = readiness()
             (status, type, body) = (r.ready ? .ok : .serviceUnavailable, "text/plain", Array((r.detail + "\n").utf8))
         case (.GET, "/metrics"):
+            beforeScrape()
             (status, type, body) = (.ok, "text/plain; version=0.0.4", registry.emitToBuffer())
         case let (.POST, p) where actions[p] != nil:
             let peer = context.remoteAddress?.peerDescription ?? "unknown"

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Logging
 import QSFeed
 import QSNet
 
@@ -44,6 +45,13 @@ public struct BridgeOptions: ParsableArguments, Sendable {
     }
 
     public var rootEndpoint: Endpoint { root.endpoint }
+
+    /// The bridge's writer to `--root`, introducing itself as `client` (what it is and reads,
+    /// shown in the root's status); a refused token stops it at start-up naming its file.
+    public func rootWriter(client: String, logger: Logger, metrics: FeedMetrics) throws -> RootWriter {
+        let origin = writeTokenFile.isEmpty ? "an empty write token (no --write-token-file)" : "the token in --write-token-file \(writeTokenFile)"
+        return RootWriter(endpoint: rootEndpoint, token: try token(), logger: logger, metrics: metrics, client: client, tokenOrigin: origin)
+    }
 }
 
 extension WriteMode: ExpressibleByArgument {}

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import Logging
 import Prometheus
 import QSFeed
@@ -22,15 +23,9 @@ public func runBridge<S: FeedSource>(consumer: FeedConsumer<S>, service: Service
     ]
     if let adminEndpoint {
         services.append(.init(service: AdminServer(endpoint: adminEndpoint, registry: registry, logger: logger,
-                                                   actionGate: try service.adminGate(logger: logger)) {
-            let s = consumer.status
-            if s.finished { return Readiness(ready: true, detail: "source finished; everything read is applied") }
-            guard s.sourceConnected else { return Readiness(ready: false, detail: "not connected to the source") }
-            guard let cp = s.checkpoint else { return Readiness(ready: false, detail: "no answer from the root yet") }
-            if let lag = s.lagSeconds, lag > readyLag {
-                return Readiness(ready: false, detail: String(format: "catching up: %.1f s behind the source (--ready-lag %.1f s)", lag, readyLag))
-            }
-            return Readiness(ready: true, detail: "reading source; checkpoint \(cp)\(s.lagSeconds.map { String(format: ", lag %.2f s", $0) } ?? "")")
+                                                   actionGate: try service.adminGate(logger: logger),
+                                                   beforeScrape: { consumer.refreshGauges() }) {
+            bridgeReadiness(consumer.status, root: consumer.root.endpoint, readyLag: readyLag)
         }))
     }
     do {
@@ -44,4 +39,18 @@ public func runBridge<S: FeedSource>(consumer: FeedConsumer<S>, service: Service
                      metadata: ["shutdown-timeout": "\(service.shutdownTimeout)", "checkpoint": "\(s.checkpoint.map { "\($0)" } ?? "unknown")"])
         throw ExitCode(75)
     }
+}
+
+/// What a bridge's `/readyz` says, from its status as of now.
+func bridgeReadiness<S>(_ s: FeedConsumer<S>.Status, root: Endpoint, readyLag: Double) -> Readiness {
+    if s.finished { return Readiness(ready: true, detail: "source finished; everything read is applied") }
+    guard s.rootConnected else {
+        return Readiness(ready: false, detail: "not connected to the root \(root)\(s.rootError.map { ": \($0)" } ?? "")")
+    }
+    guard s.sourceConnected else { return Readiness(ready: false, detail: "not connected to the source") }
+    guard let cp = s.checkpoint else { return Readiness(ready: false, detail: "no answer from the root yet") }
+    if let lag = s.lagSeconds, lag > readyLag {
+        return Readiness(ready: false, detail: String(format: "catching up: %.1f s behind the source (--ready-lag %.1f s)", lag, readyLag))
+    }
+    return Readiness(ready: true, detail: "reading source; checkpoint \(cp)\(s.lagSeconds.map { String(format: ", lag %.2f s", $0) } ?? "")")
 }

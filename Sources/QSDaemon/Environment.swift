@@ -106,8 +106,15 @@ extension ParsableCommand {
         do {
             try await execute(parseCheckingEnvironment())
         } catch {
-            exit(withError: error)
+            exitReporting(error)
         }
+    }
+
+    /// Exits with `error`'s message and code; an address that cannot be bound is named
+    /// with the flag that gave it.
+    public static func exitReporting(_ error: any Error) -> Never {
+        if let listen = error as? ListenError { exit(withError: StartError(listen.messageNamingFlag)) }
+        exit(withError: error)
     }
 
     /// Runs a parsed command, async or not.
@@ -132,5 +139,33 @@ extension ParsableCommand {
         }
         try QSEnv.checkRefusals()
         return command
+    }
+}
+
+/// A daemon that cannot start (an address it cannot bind, a data directory in use): the
+/// message says what and what to do; the process exits 1.
+public struct StartError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+extension ListenError {
+    /// The flag that gave this listener its address (the daemons name their listeners
+    /// `write`, `admin`, `memcached`, `kt-http`; fakekt's is `kt`).
+    public var flag: String {
+        let unix: Bool
+        if case .unix = endpoint { unix = true } else { unix = false }
+        switch listener {
+        case "write": return unix ? "--unix" : "--listen"
+        case "admin": return "--admin"
+        case "memcached": return unix ? "--memcached-unix" : "--memcached"
+        case "kt-http": return unix ? "--kt-http-unix" : "--kt-http"
+        case "kt": return "-host/-port"
+        default: return "the \(listener) address"
+        }
+    }
+
+    public var messageNamingFlag: String {
+        "\(flag) \(endpoint): cannot listen: \(underlying); is another process using it? (port 0 picks a free port)"
     }
 }

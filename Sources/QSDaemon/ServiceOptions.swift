@@ -49,11 +49,14 @@ public struct ServiceOptions: ParsableArguments, Sendable {
 
     public var readyLagSeconds: Double { readyLag.seconds }
 
-    /// A service group stopping on SIGTERM/SIGINT within `--shutdown-timeout`; with
+    /// A service group stopping on SIGTERM/SIGINT within `--shutdown-timeout` and running
+    /// `reload` on SIGHUP (logging "nothing to reload" without one; never exiting); with
     /// `--ready-file`, the file lists the listeners of every `ListeningService` among
     /// `services` once they are all bound.
-    public func serviceGroup(_ services: [ServiceGroupConfiguration.ServiceConfiguration], logger: Logger) -> ServiceGroup {
+    public func serviceGroup(_ services: [ServiceGroupConfiguration.ServiceConfiguration], logger: Logger,
+                             reload: (@Sendable () -> Void)? = nil) async -> ServiceGroup {
         var services = services
+        services.append(.init(service: await HangupService(reload: reload, logger: logger)))
         if !readyFile.isEmpty {
             let listeners = services.compactMap { ($0.service as? any ListeningService)?.listener }
             services.append(.init(service: ReadyFile(path: readyFile, listeners: listeners, logger: logger)))
@@ -82,6 +85,7 @@ public struct ServiceOptions: ParsableArguments, Sendable {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         var logger = Logger(label: label)
         logger.logLevel = level
+        QSVersion.announce(label, logger: logger)
         return (logger, registry)
     }
 }

@@ -2,6 +2,7 @@ import Logging
 import QSNet
 import QSModel
 import QSWire
+import Synchronization
 
 /// Limits of one batch.
 public struct BatchLimits: Sendable {
@@ -28,6 +29,7 @@ actor Batcher {
     let root: RootWriter
     let logger: Logger
     let metrics: FeedMetrics
+    let freshness: Freshness
 
     /// The root's checkpoint for this source, as last confirmed.
     private(set) var confirmed: UInt64
@@ -43,7 +45,9 @@ actor Batcher {
     private(set) var appliedChanges = 0
     private var heartbeatTimeNs: UInt64?
 
-    init(sourceID: String, confirmed: UInt64, limits: BatchLimits, root: RootWriter, logger: Logger, metrics: FeedMetrics) {
+    init(sourceID: String, confirmed: UInt64, limits: BatchLimits, root: RootWriter, logger: Logger, metrics: FeedMetrics,
+         freshness: Freshness = Freshness()) {
+        self.freshness = freshness
         self.sourceID = sourceID
         self.confirmed = confirmed
         self.lastRead = confirmed
@@ -163,20 +167,29 @@ actor Batcher {
     }
 
     /// Lag: now minus the source time of the last applied position; when everything read
-    /// is applied, the source's heartbeat clock counts as applied too.
+    /// is applied, the source's heartbeat clock counts as applied too. The time is kept
+    /// in `freshness`, which the consumer's status reads, so the lag is computed whenever
+    /// it is asked (a scrape, `/readyz`) and grows while the source is silent.
     private func updateLag() {
         var t = appliedTimeNs ?? 0
         if pending.isEmpty, let hb = heartbeatTimeNs { t = max(t, hb) }
         guard t > 0 else { return }
-        let now = wallClockNanoseconds()
-        metrics.lagSeconds.record(now > t ? Double(now - t) / 1e9 : 0)
+        freshness.note(t)
+        metrics.lagSeconds.record(Freshness.age(of: t))
     }
+}
 
-    func lagSeconds() -> Double? {
-        var t = appliedTimeNs ?? 0
-        if pending.isEmpty, let hb = heartbeatTimeNs { t = max(t, hb) }
-        guard t > 0 else { return nil }
-        let now = wallClockNanoseconds()
-        return now > t ? Double(now - t) / 1e9 : 0
+/// The wall time (ns since the epoch) of the newest source position a bridge has applied
+/// or seen in a heartbeat with nothing pending: what its lag is measured against.
+final class Freshness: Sendable {
+    private let time = Mutex<UInt64>(0)
+
+    func note(_ t: UInt64) { time.withLock { $0 = max($0, t) } }
+
+    /// The time, nil while nothing is known.
+    var timeNs: UInt64? { time.withLock { $0 == 0 ? nil : $0 } }
+
+    static func age(of t: UInt64, now: UInt64 = wallClockNanoseconds()) -> Double {
+        now > t ? Double(now - t) / 1e9 : 0
     }
 }

@@ -21,12 +21,25 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
     /// Position to start from when the root has no checkpoint for this source.
     let initialPosition: UInt64
     let state = Mutex(Status())
+    let freshness = Freshness()
 
+    /// The bridge's state as of now: what `/readyz` and the scrape read.
     public struct Status: Sendable {
         public var sourceConnected = false
         public var checkpoint: UInt64?
-        public var lagSeconds: Double?
         public var finished = false
+        /// Whether the root answers (a keepalive runs every second while nothing is written).
+        public var rootConnected = false
+        /// Why the root is not connected, when a call or keepalive failed.
+        public var rootError: String?
+        /// The wall time of the newest source position applied or seen (ns since the epoch).
+        public var sourceTimeNs: UInt64?
+        /// When the status was taken (ns since the epoch).
+        public var nowNs: UInt64 = 0
+
+        /// Now minus the wall time of the newest source position applied (or seen in a
+        /// heartbeat with nothing pending): it grows while the source or the root is silent.
+        public var lagSeconds: Double? { sourceTimeNs.map { Freshness.age(of: $0, now: nowNs) } }
     }
 
     public init(source: Source, sourceID: String, root: RootWriter, limits: BatchLimits = BatchLimits(),
@@ -42,13 +55,44 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
         self.logger = l
     }
 
-    public var status: Status { state.withLock { $0 } }
+    public var status: Status {
+        var s = state.withLock { $0 }
+        let link = root.link.withLock { $0 }
+        s.rootConnected = link.connected
+        s.rootError = link.lastError
+        s.sourceTimeNs = freshness.timeNs
+        s.nowNs = wallClockNanoseconds()
+        return s
+    }
+
+    /// Records the gauges computed from the present (lag), right before a scrape.
+    public func refreshGauges() {
+        let s = status
+        if let lag = s.lagSeconds { metrics.lagSeconds.record(lag) }
+        metrics.rootConnected.record(s.rootConnected ? 1 : 0)
+    }
 
     public func run() async throws {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask {
+                // An idle source writes nothing, and a failed source leaves the root alone
+                // while it backs off: the keepalive is what notices a dead root then.
+                while true {
+                    try await Task.sleep(for: .milliseconds(500))
+                    await self.root.keepalive()
+                }
+            }
+            defer { group.cancelAll() }
+            try await self.consume()
+        }
+    }
+
+    private func consume() async throws {
         var backoff = Backoff()
         while true {
             let start = try await root.position(sourceID: sourceID, mode: limits.mode) ?? initialPosition
-            let batcher = Batcher(sourceID: sourceID, confirmed: start, limits: limits, root: root, logger: logger, metrics: metrics)
+            let batcher = Batcher(sourceID: sourceID, confirmed: start, limits: limits, root: root, logger: logger,
+                                  metrics: metrics, freshness: freshness)
             state.withLock { $0.checkpoint = start }
             logger.info("reading source", metadata: ["source": "\(source.name)", "after": "\(start)"])
             let outcome = await readUntilDone(batcher)
@@ -106,14 +150,11 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
                             try await Task.sleep(for: limits.interval)
                             try await batcher.flush()
                             let cp = await batcher.confirmed
-                            let lag = await batcher.lagSeconds()
-                            self.state.withLock {
-                                $0.checkpoint = cp
-                                $0.lagSeconds = lag
-                            }
-                            progress.report(checkpoint: cp, applied: await batcher.appliedChanges, lag: lag, logger: self.logger)
+                            self.state.withLock { $0.checkpoint = cp }
+                            progress.report(checkpoint: cp, applied: await batcher.appliedChanges, lag: self.status.lagSeconds, logger: self.logger)
                         }
                     }
+
                     // The source task ends first (finite source or error); then stop the ticker.
                     try await group.next()
                     group.cancelAll()

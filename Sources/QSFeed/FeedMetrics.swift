@@ -16,6 +16,7 @@ public struct FeedMetrics: Sendable {
     public let checkpoint = Gauge(label: "qs_bridge_checkpoint_position")
     public let lagSeconds = Gauge(label: "qs_bridge_lag_seconds")
     public let pendingChanges = Gauge(label: "qs_bridge_pending_changes")
+    public let rootConnected = Gauge(label: "qs_bridge_root_connected")
 
     public init() {}
 }

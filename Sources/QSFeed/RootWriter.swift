@@ -4,6 +4,7 @@ import QSClient
 import QSNet
 import QSModel
 import QSWire
+import Synchronization
 
 /// One connection to a root, as the root writer uses it. `QSClient` is the one bridges
 /// use; tests pass a scripted root through `RootWriter.init(endpoint:token:logger:metrics:connect:)`.
@@ -21,18 +22,40 @@ extension QSClient: RootConnection {}
 
 /// The bridge's side of the root: one connection, re-made with capped backoff whenever
 /// it fails, for as long as the task is not cancelled.
+///
+/// Every new connection starts with `hello`, so a wrong write token (or a root that is a
+/// replica) stops the bridge at start-up rather than at its first write; while nothing is
+/// written, `keepalive()` asks the root for its head so a dead or unreachable root is
+/// noticed within seconds even when the source is idle (`link`, `qs_bridge_root_connected`).
 public actor RootWriter {
-    public let endpoint: Endpoint
+    public nonisolated let endpoint: Endpoint
     let token: [UInt8]
     let logger: Logger
     let metrics: FeedMetrics
     let connect: @Sendable () async throws -> any RootConnection
-    private var client: (any RootConnection)?
-    public private(set) var connected = false
+    /// What the bridge says it is in its hello (shown in the root's status).
+    let greeting: String
+    /// Where the token came from, for the refusal message (e.g. `--write-token-file /etc/qs/token`).
+    let tokenOrigin: String
+    private var current: (any RootConnection)?
+    private var connecting: Task<any RootConnection, any Error>?
+    private var inFlight = 0
+    private var lastAnswer = ContinuousClock.now
+    /// Whether the root is connected, and the last failure: readable without waiting on
+    /// the actor (by `/readyz` and the scrape).
+    public nonisolated let link = Mutex(Link())
+
+    public struct Link: Sendable {
+        public var connected = false
+        public var lastError: String?
+    }
+
+    public nonisolated var connected: Bool { link.withLock { $0.connected } }
 
     /// A writer to the root at `endpoint`, over `QSClient`.
-    public init(endpoint: Endpoint, token: [UInt8], logger: Logger, metrics: FeedMetrics) {
-        self.init(endpoint: endpoint, token: token, logger: logger, metrics: metrics) {
+    public init(endpoint: Endpoint, token: [UInt8], logger: Logger, metrics: FeedMetrics,
+                client: String = "bridge", tokenOrigin: String = "the write token") {
+        self.init(endpoint: endpoint, token: token, logger: logger, metrics: metrics, client: client, tokenOrigin: tokenOrigin) {
             switch endpoint {
             case let .tcp(host, port): try await QSClient.connect(host: host, port: port, token: token)
             case let .unix(path): try await QSClient.connect(unixPath: path, token: token)
@@ -42,30 +65,102 @@ public actor RootWriter {
 
     /// A writer whose connections come from `connect` (`endpoint` only names the root in logs).
     public init(endpoint: Endpoint, token: [UInt8], logger: Logger, metrics: FeedMetrics,
+                client: String = "bridge", tokenOrigin: String = "the write token",
                 connect: @escaping @Sendable () async throws -> any RootConnection) {
         self.endpoint = endpoint
         self.token = token
         self.logger = logger
         self.metrics = metrics
+        self.greeting = client
+        self.tokenOrigin = tokenOrigin
         self.connect = connect
+        metrics.rootConnected.record(0)
     }
 
+    /// The connection, made (and introduced with hello) if there is none; concurrent
+    /// callers share one attempt.
     private func connection() async throws -> any RootConnection {
-        if let client { return client }
-        let c = try await connect()
-        client = c
-        connected = true
-        logger.info("connected to root", metadata: ["root": "\(endpoint)"])
-        return c
+        if let current { return current }
+        let attempt: Task<any RootConnection, any Error>
+        if let connecting {
+            attempt = connecting
+        } else {
+            let connect = self.connect, hello = Request.hello(token: token, client: greeting)
+            let endpoint = self.endpoint, tokenOrigin = self.tokenOrigin
+            attempt = Task {
+                let c = try await connect()
+                do {
+                    try Self.check(hello: try await c.send(hello, timeout: .seconds(10)), endpoint: endpoint, tokenOrigin: tokenOrigin)
+                } catch {
+                    await c.close()
+                    throw error
+                }
+                return c
+            }
+            connecting = attempt
+        }
+        defer { connecting = nil }
+        let c = try await attempt.value
+        if current == nil {
+            current = c
+            setLink(connected: true, error: nil)
+            logger.info("connected to root", metadata: ["root": "\(endpoint)"])
+        }
+        return current ?? c
     }
 
-    private func drop() async {
-        if let client {
-            metrics.reconnects.increment()
-            await client.close()
+    /// The root's answer to hello: its head when the token is accepted. A root that does
+    /// not know hello (older than it) is taken as it is: its first write checks the token.
+    static func check(hello answer: Response, endpoint: Endpoint, tokenOrigin: String) throws {
+        guard case let .error(code, message) = answer else { return }
+        switch ErrorCode(rawValue: code) {
+        case .unauthorized:
+            throw FeedError.stop("the root at \(endpoint) refused \(tokenOrigin): \(message); put the root's token (its --write-token-file) in it")
+        case .notWritable:
+            throw FeedError.stop("\(endpoint) takes no writes: \(message); point --root at the root")
+        default:
+            return
         }
-        client = nil
-        connected = false
+    }
+
+    private func setLink(connected: Bool, error: String?) {
+        link.withLock {
+            $0.connected = connected
+            if let error { $0.lastError = error } else if connected { $0.lastError = nil }
+        }
+        metrics.rootConnected.record(connected ? 1 : 0)
+    }
+
+    private func drop(_ why: String) async {
+        if let current {
+            metrics.reconnects.increment()
+            await current.close()
+        }
+        current = nil
+        setLink(connected: false, error: why)
+    }
+
+    /// Checks the root when nothing was asked of it for `idle`: asks for its head (or
+    /// connects, when there is no connection), waiting at most `timeout`. A failure drops
+    /// the connection and marks the root disconnected; the next keepalive or call tries
+    /// again. Calls in flight check the root themselves, so nothing is sent beside them.
+    public func keepalive(idle: Duration = .seconds(1), timeout: Duration = .seconds(2)) async {
+        guard inFlight == 0, connecting == nil, ContinuousClock.now - lastAnswer >= idle else { return }
+        inFlight += 1
+        defer { inFlight -= 1 }
+        do {
+            let c = try await connection()
+            let r = try await c.send(.head, timeout: .nanoseconds(Int64(timeout.seconds * 1e9)))
+            guard case .head = r else { throw ClientError.unexpected("\(r)") }
+            lastAnswer = .now
+        } catch is CancellationError {
+        } catch let error as FeedError {
+            // A refused hello: the next call stops the bridge with it.
+            await drop("\(error)")
+        } catch {
+            if connected { logger.warning("root not answering", metadata: ["root": "\(endpoint)", "error": "\(error)"]) }
+            await drop("\(error)")
+        }
     }
 
     /// Runs `call` against the root, retrying on connection failures with backoff. Node
@@ -75,7 +170,11 @@ public actor RootWriter {
         while true {
             try Task.checkCancellation()
             do {
-                return try await call(try await connection())
+                inFlight += 1
+                defer { inFlight -= 1 }
+                let answer = try await call(try await connection())
+                lastAnswer = .now
+                return answer
             } catch let error as ClientError {
                 if case let .server(code, message) = error {
                     switch ErrorCode(rawValue: code) {
@@ -86,7 +185,7 @@ public actor RootWriter {
                 }
                 metrics.rootErrors.increment()
                 logger.warning("root call failed, retrying", metadata: ["call": "\(what)", "error": "\(error)", "root": "\(endpoint)"])
-                await drop()
+                await drop("\(error)")
             } catch is CancellationError {
                 throw CancellationError()
             } catch let error as FeedError {
@@ -94,7 +193,7 @@ public actor RootWriter {
             } catch {
                 metrics.rootErrors.increment()
                 logger.warning("root unreachable, retrying", metadata: ["call": "\(what)", "error": "\(error)", "root": "\(endpoint)"])
-                await drop()
+                await drop("\(error)")
             }
             try await Task.sleep(for: backoff.next())
         }
@@ -137,5 +236,5 @@ public actor RootWriter {
         }
     }
 
-    public func close() async { await drop() }
+    public func close() async { await drop("closed") }
 }

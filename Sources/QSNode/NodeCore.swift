@@ -20,16 +20,24 @@ public final class NodeCore: Sendable {
     public let writable: Bool
     /// Wakes subscription streams when the log grows.
     public let watcher = LogWatcher()
-    /// When the root last had word of this node's log (ns since the epoch): a root's own
-    /// clock, a replica's newest heartbeat from upstream.
-    private let rootWord = Mutex<UInt64>(0)
+    /// What a replica knows of its upstream and of the root's freshest word: the one value
+    /// `status`, `/readyz` and the scrape all read.
+    private let following = Mutex(UpstreamStatus())
     /// Snapshots are made one at a time.
     let snapshots = SnapshotQueue()
-    /// What a replica knows of its upstream, for `status`.
-    private let upstreamInfo = Mutex<(upstream: String, subscribed: Bool, upstreamHead: UInt64)?>(nil)
+    /// The writers (bridges) connected, as their hello introduced them.
+    public let writers = Writers()
 
-    public func noteUpstream(_ upstream: String, subscribed: Bool, upstreamHead: UInt64) {
-        upstreamInfo.withLock { $0 = (upstream, subscribed, upstreamHead) }
+    /// What a replica knows of its upstream, as of now.
+    public var upstreamStatus: UpstreamStatus {
+        var s = following.withLock { $0 }
+        s.nowNs = wallClockNanoseconds()
+        return s
+    }
+
+    /// Changes what the replica knows of its upstream.
+    public func updateUpstream(_ change: (inout UpstreamStatus) -> Void) {
+        following.withLock { change(&$0) }
     }
     /// Caps on what one read request may ask for.
     public static let maxLogEntriesPerRead: UInt32 = 10_000
@@ -49,12 +57,7 @@ public final class NodeCore: Sendable {
 
     /// Time of the root's freshest word this node has (ns since the epoch).
     public var rootTimeNs: UInt64 {
-        writable ? wallClockNanoseconds() : rootWord.withLock { $0 }
-    }
-
-    /// A replica records the root time its upstream reported.
-    public func noteRootTime(_ t: UInt64) {
-        rootWord.withLock { $0 = max($0, t) }
+        writable ? wallClockNanoseconds() : following.withLock { $0.rootTimeNs }
     }
 
     /// The node's status as JSON: role, head, log window, checkpoints with their lag where
@@ -84,12 +87,18 @@ public final class NodeCore: Sendable {
             "sources": sources,
             "subscribers": watcher.subscriberCount,
         ]
-        let rootTime = rootTimeNs
-        if rootTime > 0 { out["root_age_seconds"] = nowNs > rootTime ? Double(nowNs - rootTime) / 1e9 : 0 }
-        if let u = upstreamInfo.withLock({ $0 }) {
-            out["upstream"] = ["address": u.upstream, "subscribed": u.subscribed, "head": u.upstreamHead,
-                               "lag_entries": u.upstreamHead > head.index ? u.upstreamHead - head.index : 0]
+        if writable {
+            out["root_age_seconds"] = 0
+        } else {
+            let u = upstreamStatus
+            if let age = u.rootAgeSeconds { out["root_age_seconds"] = age }
+            var up: [String: Any] = ["subscribed": u.subscribed, "head": u.upstreamHead,
+                                     "lag_entries": u.upstreamHead > head.index ? u.upstreamHead - head.index : 0]
+            if let a = u.upstream { up["address"] = a }
+            out["upstream"] = up
         }
+        out["writers"] = writers.json(nowNs: nowNs)
+        if mirror { out["mirror"] = writers.mirrorStatus(nowNs: nowNs) }
         let data = try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys])
         return String(decoding: data, as: UTF8.self)
     }
@@ -134,8 +143,13 @@ public final class NodeCore: Sendable {
     /// responses (and are counted and logged).
     public func handle(_ request: Request, peer: String) async -> Response {
         metrics.request(request.name).increment()
+        writers.touch(peer: peer)
         do {
             switch request {
+            case let .hello(_, client):
+                writers.hello(peer: peer, client: client)
+                logger.info("writer connected", metadata: ["peer": "\(peer)", "client": "\(client)"])
+                return .head(try await store.head())
             case let .batch(b):
                 let start = ContinuousClock.now
                 let outcome = try await store.applyBatch(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.operations)
@@ -175,6 +189,7 @@ public final class NodeCore: Sendable {
             case let .append(_, entries):
                 do {
                     let head = try await store.appendEntries(entries, markCompatible: true)
+                    writers.touch(peer: peer, append: true)
                     metrics.batchesApplied.increment()
                     metrics.logHead.record(Double(head.index))
                     watcher.publish()
@@ -216,4 +231,31 @@ public final class NodeCore: Sendable {
             return .error(.storageError, "storage error, nothing was written: \(error)")
         }
     }
+}
+
+/// What a replica knows of its upstream and of the root's freshest word. `status`,
+/// `/readyz` and `/metrics` read this one value, so they agree at every moment; the ages
+/// are computed from `nowNs`, the time the value was read.
+public struct UpstreamStatus: Sendable {
+    /// The upstream being followed (or tried).
+    public var upstream: String?
+    /// Whether a subscription is open and streaming.
+    public var subscribed = false
+    /// The upstream's head as of its last heartbeat.
+    public var upstreamHead: UInt64 = 0
+    /// The root's freshest word through the upstream (ns since the epoch), 0 if none yet.
+    public var rootTimeNs: UInt64 = 0
+    /// This node's head as last applied.
+    public var head: UInt64 = 0
+    public var nowNs: UInt64 = 0
+
+    public init() {}
+
+    /// How old the root's freshest word is: it grows while the upstream is silent or gone.
+    public var rootAgeSeconds: Double? {
+        guard rootTimeNs > 0 else { return nil }
+        return nowNs > rootTimeNs ? Double(nowNs - rootTimeNs) / 1e9 : 0
+    }
+
+    public var lagEntries: UInt64 { upstreamHead > head ? upstreamHead - head : 0 }
 }

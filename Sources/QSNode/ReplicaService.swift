@@ -15,6 +15,7 @@ public struct ReplicaMetrics: Sendable {
     public let head = Gauge(label: "qs_replica_head_index")
     public let lagEntries = Gauge(label: "qs_replica_lag_entries")
     public let rootAge = Gauge(label: "qs_replica_root_age_seconds")
+    public let subscribed = Gauge(label: "qs_replica_subscribed")
     public let switches = Counter(label: "qs_replica_upstream_switches_total")
     public let diverged = Counter(label: "qs_replica_diverged_total")
     public let bootstraps = Counter(label: "qs_replica_bootstraps_total")
@@ -38,14 +39,6 @@ public final class ReplicaService: Service, Sendable {
     let logger: Logger
     public let metrics = ReplicaMetrics()
     private let upstreamList: Mutex<[Endpoint]>
-    private let state = Mutex(Status())
-
-    public struct Status: Sendable {
-        public var upstream: Endpoint?
-        public var subscribed = false
-        public var upstreamHead: UInt64 = 0
-        public var rootAgeSeconds: Double?
-    }
 
     public init(core: NodeCore, upstreams: [Endpoint], staleAfter: Duration, upstreamToken: [UInt8] = [],
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) {
@@ -57,7 +50,17 @@ public final class ReplicaService: Service, Sendable {
         upstreamList = Mutex(upstreams)
     }
 
-    public var status: Status { state.withLock { $0 } }
+    /// What the replica knows of its upstream as of now (the node's one status value).
+    public var status: UpstreamStatus { core.upstreamStatus }
+
+    /// Records the gauges computed from the present (the root word's age, the lag,
+    /// subscribed), right before a scrape.
+    public func refreshGauges() {
+        let s = status
+        if let age = s.rootAgeSeconds { metrics.rootAge.record(age) }
+        metrics.lagEntries.record(Double(s.lagEntries))
+        metrics.subscribed.record(s.subscribed ? 1 : 0)
+    }
     public var upstreams: [Endpoint] { upstreamList.withLock { $0 } }
 
     /// Replaces the upstream list at run time. The current subscription continues if its
@@ -97,6 +100,7 @@ public final class ReplicaService: Service, Sendable {
         var position = 0
         var backoff = Backoff(initial: .milliseconds(100), cap: .seconds(2))
         var current: Endpoint?
+        var previous: Endpoint?
         while !Task.isCancelled {
             let list = upstreams
             guard !list.isEmpty else {
@@ -110,9 +114,13 @@ public final class ReplicaService: Service, Sendable {
             } else {
                 up = list[position % list.count]
             }
-            if current != nil && current != up { metrics.switches.increment() }
+            if let previous, previous != up {
+                metrics.switches.increment()
+                logger.notice("moving upstream", metadata: ["from": "\(previous)", "to": "\(up)"])
+            }
+            previous = up
             current = up
-            state.withLock { $0.upstream = up }
+            core.updateUpstream { $0.upstream = up.description }
             var moveOn = true
             do {
                 if try await core.store.head().index == 0 {
@@ -141,7 +149,7 @@ public final class ReplicaService: Service, Sendable {
                 if Task.isCancelled { return }
                 logger.warning("leaving upstream", metadata: ["upstream": "\(up)", "reason": "\(error)"])
             }
-            state.withLock { $0.subscribed = false }
+            core.updateUpstream { $0.subscribed = false }
             if moveOn {
                 position = ((list.firstIndex(of: up) ?? position) + 1) % max(list.count, 1)
                 current = nil
@@ -178,20 +186,22 @@ public final class ReplicaService: Service, Sendable {
                     core.metrics.logHead.record(Double(newHead.index))
                     self.metrics.head.record(Double(newHead.index))
                     self.metrics.entriesApplied.increment(by: list.count)
-                    self.state.withLock { $0.subscribed = true }
+                    core.updateUpstream {
+                        $0.subscribed = true
+                        $0.head = newHead.index
+                    }
                 case let .heartbeat(upHead, rootTime):
-                    core.noteRootTime(rootTime)
-                    let now = wallClockNanoseconds()
-                    let age = now > rootTime ? Double(now - rootTime) / 1e9 : 0
                     let mine = try await core.store.head().index
-                    self.metrics.rootAge.record(age)
-                    self.metrics.lagEntries.record(Double(upHead > mine ? upHead - mine : 0))
-                    self.state.withLock {
+                    core.updateUpstream {
                         $0.subscribed = true
                         $0.upstreamHead = upHead
-                        $0.rootAgeSeconds = age
+                        $0.head = mine
+                        $0.rootTimeNs = max($0.rootTimeNs, rootTime)
                     }
-                    core.noteUpstream(up.description, subscribed: true, upstreamHead: upHead)
+                    self.refreshGauges()
+                    // Staleness is judged on this upstream's own word, not the freshest ever seen.
+                    let now = wallClockNanoseconds()
+                    let age = now > rootTime ? Double(now - rootTime) / 1e9 : 0
                     if age > self.staleAfter.seconds { throw FollowEnd.stale(age) }
                 case let .error(code, message):
                     throw FollowEnd.refused(ErrorCode(rawValue: code), message)

@@ -1,12 +1,13 @@
 import Foundation
 import Logging
 import QSNet
-import ServiceLifecycle
-import UnixSignals
 
-/// Re-reads a replica's upstream list from its file on SIGHUP, so a data center can be
-/// moved under another root (and back) without restarting its replicas.
-public struct UpstreamReloader: Service {
+/// A replica's `--upstream-file`: re-read on SIGHUP (`reload()`), and rewritten (atomically)
+/// when the list is changed through the admin port (`apply(_:)`), so a data center can be
+/// moved under another root (and back) without restarting its replicas, and a move
+/// survives a restart.
+public struct UpstreamReloader: Sendable {
+    /// The file, or "" when the replica has none (then `apply` changes the list in memory only).
     let path: String
     let replica: ReplicaService
     let logger: Logger
@@ -30,16 +31,29 @@ public struct UpstreamReloader: Service {
         return try parse(String(decoding: data, as: UTF8.self))
     }
 
-    public func run() async throws {
-        let signals = await UnixSignalsSequence(trapping: .sighup)
-        try await cancelWhenGracefulShutdown {
-            for await _ in signals {
-                do {
-                    replica.setUpstreams(try Self.read(path))
-                } catch {
-                    logger.error("SIGHUP: upstream list not changed", metadata: ["file": "\(path)", "error": "\(error)"])
-                }
+    /// Re-reads the file (SIGHUP); a file that does not parse leaves the list as it was.
+    public func reload() {
+        do {
+            replica.setUpstreams(try Self.read(path))
+        } catch {
+            logger.error("SIGHUP: upstream list not changed", metadata: ["file": "\(path)", "error": "\(error)"])
+        }
+    }
+
+    /// Replaces the list with `text` (as --upstream, or one per line), writing it through
+    /// to the file first when there is one, so the file and the running list agree.
+    @discardableResult
+    public func apply(_ text: String) throws -> [Endpoint] {
+        let list = try Self.parse(text)
+        if !path.isEmpty {
+            let body = "# written by POST /upstream\n" + list.map(\.description).joined(separator: "\n") + "\n"
+            do {
+                try Data(body.utf8).write(to: URL(fileURLWithPath: path), options: .atomic)
+            } catch {
+                throw ConfigError("cannot write the upstream file \(path): \(error); the list was not changed")
             }
         }
+        replica.setUpstreams(list)
+        return list
     }
 }

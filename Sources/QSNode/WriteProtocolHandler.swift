@@ -39,6 +39,7 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         stream?.cancel()
+        core.writers.gone(peer: peer)
         core.metrics.connections.decrement()
         context.fireChannelInactive()
     }

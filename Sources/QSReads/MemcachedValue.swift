@@ -7,7 +7,7 @@
 public struct MemcachedValueFormat: Sendable, Equatable {
     public var flagsInValue: Bool
 
-    public init(flagsInValue: Bool = true) {
+    public init(flagsInValue: Bool = false) {
         self.flagsInValue = flagsInValue
     }
 

@@ -35,6 +35,11 @@ public enum Request: Sendable, Equatable {
     /// Live records in the stored-key range (`after`, `through`] (empty: unbounded), at most
     /// `limit`, expiry judged at `asOf`: what `verify` lists when a range's digests differ.
     case rangeRecords(after: [UInt8], through: [UInt8], limit: UInt32, asOf: UInt64)
+    /// A writer introduces itself: the write token is checked at once (a wrong one is
+    /// refused now, not at the first write) and `client` (what the writer is and reads,
+    /// e.g. `qsqsbridge mode=compatible source=qs://L`) is shown in the node's status.
+    /// Answered with the node's Head.
+    case hello(token: [UInt8], client: String)
 
     public struct Batch: Sendable, Equatable {
         public var token: [UInt8]
@@ -55,12 +60,13 @@ public enum Request: Sendable, Equatable {
     enum Tag: UInt8 {
         case batch = 0x01, getCheckpoint = 0x02, head = 0x03, readLog = 0x04, get = 0x05, scan = 0x06
         case subscribe = 0x10, snapshot = 0x11, append = 0x12, digest = 0x13, status = 0x14, rangeRecords = 0x15
+        case hello = 0x20
     }
 
     /// True for requests that change state (and so must carry the write token).
     public var isWrite: Bool {
         switch self {
-        case .batch, .append: return true
+        case .batch, .append, .hello: return true
         default: return false
         }
     }
@@ -80,6 +86,7 @@ public enum Request: Sendable, Equatable {
         case let .batch(b): return b.token
         case let .append(token, _): return token
         case let .subscribe(_, _, token), let .snapshot(token): return token
+        case let .hello(token, _): return token
         default: return []
         }
     }
@@ -98,6 +105,7 @@ public enum Request: Sendable, Equatable {
         case .digest: return "digest"
         case .status: return "status"
         case .rangeRecords: return "range-records"
+        case .hello: return "hello"
         }
     }
 
@@ -157,6 +165,10 @@ public enum Request: Sendable, Equatable {
             w.writeBlob32(through)
             w.writeU32(limit)
             w.writeU64(asOf)
+        case let .hello(token, client):
+            tag = .hello
+            w.writeBlob32(token)
+            w.writeString16(client)
         }
         return Frame(type: tag.rawValue, payload: w.bytes)
     }
@@ -201,6 +213,8 @@ public enum Request: Sendable, Equatable {
         case .rangeRecords:
             req = .rangeRecords(after: try r.readBlob32("after"), through: try r.readBlob32("through"),
                                 limit: try r.readU32("limit"), asOf: try r.readU64("as-of time"))
+        case .hello:
+            req = .hello(token: try r.readBlob32("token"), client: try r.readString16("client"))
         }
         try r.expectEnd("\(req.name) request")
         return req

@@ -17,7 +17,8 @@ struct FakeKTCommand: AsyncParsableCommand {
         Options mirror ktserver's. Each has an environment fallback QS_FAKEKT_<NAME>, e.g. QS_FAKEKT_PORT.
         Faults can also be set at run time: POST /_fakekt/faults with close_after=N, stop_heartbeats=1,
         delay_ms=N, corrupt_frame=N, cut_frame=N, refuse_ms=N, reset=1.
-        """ + "\n\n" + DaemonExitCodes.help
+        """ + "\n\n" + DaemonExitCodes.help,
+        version: QSVersion.string
     )
 
     @Option(name: .customLong("host", withSingleDash: true), help: "Address to bind (QS_FAKEKT_HOST; default 127.0.0.1 here, all addresses for an empty value).")
@@ -77,7 +78,7 @@ struct FakeKTCommand: AsyncParsableCommand {
         do {
             try await execute(parseAsRoot(args))
         } catch {
-            exit(withError: error)
+            exitReporting(error)
         }
     }
 
@@ -150,6 +151,7 @@ struct FakeKTCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "fakekt")
+        QSVersion.announce("fakekt", logger: logger)
         let config = try makeConfiguration()
         let server = try FakeKTServer(configuration: config, logger: logger)
         let pidPath = pid ?? Self.env("PID")
@@ -159,7 +161,8 @@ struct FakeKTCommand: AsyncParsableCommand {
                 try Data("\(ProcessInfo.processInfo.processIdentifier)\n".utf8).write(to: URL(fileURLWithPath: pidPath))
             }
         }
-        var group = ServiceGroupConfiguration(services: [.init(service: server), .init(service: ready)],
+        let hangup = await HangupService(reload: nil, logger: logger)
+        var group = ServiceGroupConfiguration(services: [.init(service: server), .init(service: ready), .init(service: hangup)],
                                               gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         group.maximumGracefulShutdownDuration = .seconds(10)
         try await ServiceGroup(configuration: group).run()

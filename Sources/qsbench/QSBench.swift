@@ -14,7 +14,8 @@ struct QSBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "qsbench",
         abstract: "Benchmark the root write path against a plain LMDB write loop in the same run.",
-        discussion: "Prints a table and writes JSON under --out. Figures are ratios against the reference, with peak RSS."
+        discussion: "Prints a table and writes JSON under --out. Figures are ratios against the reference, with peak RSS.",
+        version: QSVersion.string
     )
 
     static func main() async { await runCommand() }

@@ -35,6 +35,14 @@ struct Status: AsyncParsableCommand {
         if let u = s["upstream"] as? [String: Any] {
             printLine("upstream \(u["address"] ?? "?")  subscribed \((u["subscribed"] as? Bool) == true ? "yes" : "no")  upstream head \(u["head"] ?? "?")  behind \(u["lag_entries"] ?? "?") entries")
         }
+        if let m = s["mirror"] as? [String: Any] {
+            let by = (m["followed_by"] as? [[String: Any]] ?? []).map { "\($0["client"] ?? "?") from \($0["peer"] ?? "?")" }
+            printLine("mirror   following \((m["following"] as? Bool) == true ? "yes: " + by.joined(separator: "; ") : "no (no compatible bridge connected)")"
+                      + ((m["last_append_age_seconds"] as? Double).map { String(format: "; last append %.1f s ago", $0) } ?? ""))
+        }
+        for w in s["writers"] as? [[String: Any]] ?? [] {
+            printLine("writer   \(w["peer"] ?? "?")  \(w["client"] ?? "?")")
+        }
         let sources = s["sources"] as? [[String: Any]] ?? []
         if !sources.isEmpty {
             printLine("")

@@ -27,6 +27,7 @@ struct Qsctl: AsyncParsableCommand {
             quietly. Every subcommand that prints takes --output table|json|jsonl. \
             Every option can also be set through its QS_ environment variable, as shown.
             """,
+        version: QSVersion.string,
         subcommands: [Put.self, Get.self, Delete.self, HeadCommand.self, Checkpoint.self, Log.self, Dump.self, Status.self, Wait.self, Verify.self, Lag.self, RecordCommand.self, Feed.self]
     )
 

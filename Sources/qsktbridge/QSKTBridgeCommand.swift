@@ -19,7 +19,8 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
             compare-and-swap on the source timestamp, so any number of bridges with the same \
             --source-id is harmless. The bridge resumes from the root's checkpoint. Every flag \
             has a QS_ environment fallback, as shown.
-            """ + "\n\n" + DaemonExitCodes.bridgeHelp
+            """ + "\n\n" + DaemonExitCodes.bridgeHelp,
+        version: QSVersion.string
     )
 
     static func main() async { await runCommand() }
@@ -62,11 +63,10 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
         let (logger, registry) = service.bootstrap(label: "qsktbridge")
         guard let spec = source.value else { throw ValidationError("--source is required") }
         let id = bridge.sourceID.isEmpty ? spec.defaultSourceID : bridge.sourceID
-        let token = try bridge.token()
         let mapping = KTMapping(prefixes: dbMap.prefixes, onUnmapped: onUnmapped, onUndecodable: onUndecodable, allowClear: allowClear)
         let translator = KTTranslator(mapping: mapping, logger: logger)
         let metrics = FeedMetrics()
-        let writer = RootWriter(endpoint: bridge.rootEndpoint, token: token, logger: logger, metrics: metrics)
+        let writer = try bridge.rootWriter(client: "qsktbridge source=\(spec) source-id=\(id)", logger: logger, metrics: metrics)
         let limits = bridge.limits(mode: .batched)
         let maxMessage = maxMessageBytes.bytes
         logger.info("bridge starting", metadata: ["source": "\(spec)", "source-id": "\(id)", "root": "\(bridge.root)",

@@ -20,7 +20,8 @@ struct QSNodeCommand: AsyncParsableCommand {
             A root node (--role root) accepts compare-and-swap batch writes on the QS write protocol \
             (docs/protocol.md) from bridges and operators. Every flag can also be set through the \
             environment variable named after it (QS_ and the flag in capitals, as shown).
-            """ + "\n\n" + DaemonExitCodes.help
+            """ + "\n\n" + DaemonExitCodes.help,
+        version: QSVersion.string
     )
 
     static func main() async { await runCommand() }
@@ -115,6 +116,14 @@ struct QSNodeCommand: AsyncParsableCommand {
             logger.warning("write port is not loopback and no --write-token-file is set: anyone who reaches it can write",
                            metadata: ["address": "\(listenEndpoint)"])
         }
+        // One process per data directory: a second one would serve writes with the same node id.
+        let lock: DirectoryLock
+        do {
+            lock = try DirectoryLock(directory: data)
+        } catch {
+            logger.critical("cannot take the data directory", metadata: ["data": "\(data)", "error": "\(error)"])
+            throw StartError("--data \(data): \(error)")
+        }
         let store: Store
         do {
             store = try await Store.open(directory: data, mapSize: mapSize.bytes, stagingDirectory: stagingDir)
@@ -141,39 +150,50 @@ struct QSNodeCommand: AsyncParsableCommand {
             ? ReplicaService(core: core, upstreams: try upstreamEndpoints(), staleAfter: staleAfter.duration,
                              upstreamToken: upstreamToken, logger: logger)
             : nil
-        if let replica {
-            services.append(replica)
-            if !upstreamFile.isEmpty { services.append(UpstreamReloader(path: upstreamFile, replica: replica, logger: logger)) }
-        }
+        let upstreams = replica.map { UpstreamReloader(path: upstreamFile, replica: $0, logger: logger) }
+        if let replica { services.append(replica) }
+        // SIGHUP re-reads --upstream-file; without one there is nothing to reload.
+        var reload: (@Sendable () -> Void)?
+        if let upstreams, !upstreamFile.isEmpty { reload = { upstreams.reload() } }
 
         services += try reads.services(store: store, logger: logger)
         let readyLag = service.readyLagSeconds
         if let admin = service.adminEndpoint() {
             var actions = [String: AdminAction]()
-            if let replica {
-                // POST /upstream with a list (as --upstream) replaces the upstream list.
+            if let upstreams {
+                // POST /upstream with a list (as --upstream) replaces the upstream list, and
+                // rewrites --upstream-file when there is one, so the move survives a restart.
                 actions["/upstream"] = { body in
                     do {
-                        replica.setUpstreams(try UpstreamReloader.parse(body))
-                        return (true, "upstreams: " + replica.upstreams.map(\.description).joined(separator: ","))
+                        let list = try upstreams.apply(body)
+                        return (true, "upstreams: " + list.map(\.description).joined(separator: ",")
+                            + (upstreamFile.isEmpty ? " (not persisted: no --upstream-file)" : " (written to \(upstreamFile))"))
                     } catch {
                         return (false, "upstream list not changed: \(error)")
                     }
                 }
             }
             services.append(AdminServer(endpoint: admin, registry: registry, logger: logger, actions: actions,
-                                        actionGate: try service.adminGate(logger: logger)) {
+                                        actionGate: try service.adminGate(logger: logger),
+                                        beforeScrape: { replica?.refreshGauges() }) {
                 guard let replica else { return Readiness(ready: true, detail: "root: store open") }
-                let s = replica.status
-                guard s.subscribed else { return Readiness(ready: false, detail: "replica: not subscribed to an upstream") }
-                let age = s.rootAgeSeconds ?? .infinity
-                return Readiness(ready: age <= readyLag, detail: String(format: "replica: subscribed to %@, root word %.1f s old (--ready-lag %.1f s)",
-                                                                         s.upstream.map(\.description) ?? "?", age, readyLag))
+                return Self.readiness(replica.status, readyLag: readyLag)
             })
         }
-        try await service.serviceGroup(services.map { .init(service: $0) }, logger: logger).run()
+        try await service.serviceGroup(services.map { .init(service: $0) }, logger: logger, reload: reload).run()
         let finalHead = try await store.head()
         logger.info("node stopped cleanly", metadata: ["head-index": "\(finalHead.index)"])
+        withExtendedLifetime(lock) {}
+    }
+
+    /// A replica's `/readyz`, from the node's one upstream status (as `qsctl status` and
+    /// `/metrics` read it).
+    static func readiness(_ s: UpstreamStatus, readyLag: Double) -> Readiness {
+        let upstream = s.upstream ?? "?"
+        guard s.subscribed else { return Readiness(ready: false, detail: "replica: not subscribed to an upstream (trying \(upstream))") }
+        guard let age = s.rootAgeSeconds else { return Readiness(ready: false, detail: "replica: subscribed to \(upstream), no word from the root yet") }
+        return Readiness(ready: age <= readyLag, detail: String(format: "replica: subscribed to %@, root word %.1f s old (--ready-lag %.1f s)",
+                                                                 upstream, age, readyLag))
     }
 
     func upstreamEndpoints() throws -> [Endpoint] {

@@ -25,8 +25,8 @@ struct ReadOptions: ParsableArguments {
     @Option(help: ArgumentHelp("KT databases as key prefixes, INDEX[:NAME]=PREFIX,…, e.g. 0=,1:aux.kct=aux/; database 0 is what memcached reads. (env: QS_KT_DB_MAP)", valueName: "map"))
     var ktDbMap: KTDatabaseMapOption = QSEnv.value("QS_KT_DB_MAP", KTDatabaseMapOption(map: .single))
 
-    @Option(help: ArgumentHelp("Whether stored values end with 4 bytes of memcached flags, as KT's memcached plug-in with opts=f wrote them: true or false. (env: QS_MEMCACHED_FLAGS_IN_VALUE)", valueName: "bool"))
-    var memcachedFlagsInValue: Bool = QSEnv.flag("QS_MEMCACHED_FLAGS_IN_VALUE", default: true)
+    @Option(help: ArgumentHelp("Whether stored values end with 4 bytes of memcached flags, as KT's memcached plug-in with opts=f wrote them: true or false. Default false, as KT's plug-in without opts=f: values are served whole with flags 0. (env: QS_MEMCACHED_FLAGS_IN_VALUE)", valueName: "bool"))
+    var memcachedFlagsInValue: Bool = QSEnv.flag("QS_MEMCACHED_FLAGS_IN_VALUE", default: false)
 
     /// The read servers the flags ask for.
     func services(store: Store, logger: Logger) throws -> [any Service] {
@@ -35,6 +35,10 @@ struct ReadOptions: ParsableArguments {
         let mc = endpoints(memcached, memcachedUnix)
         if !mc.isEmpty {
             let config = MemcachedServer.Configuration(databases: map, valueFormat: .init(flagsInValue: memcachedFlagsInValue))
+            logger.notice(memcachedFlagsInValue
+                ? "memcached: values end with 4 bytes of flags (KT's plug-in with opts=f); a value without them is served short"
+                : "memcached: values served whole with flags 0 (KT's plug-in without opts=f); --memcached-flags-in-value true if KT ran with opts=f",
+                metadata: ["memcached-flags-in-value": "\(memcachedFlagsInValue)"])
             out.append(MemcachedServer(store: store, endpoints: mc, logger: logger, configuration: config))
         }
         let kt = endpoints(ktHttp, ktHttpUnix)

@@ -16,7 +16,8 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
             (and back) without a bootstrap; the target then takes no other writes. \
             --mode batched applies the source's changes in batches with compare-and-swap on \
             the source log index, like qsktbridge. Every flag has a QS_ environment fallback.
-            """ + "\n\n" + DaemonExitCodes.bridgeHelp
+            """ + "\n\n" + DaemonExitCodes.bridgeHelp,
+        version: QSVersion.string
     )
 
     static func main() async { await runCommand() }
@@ -41,8 +42,8 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
         let (logger, registry) = service.bootstrap(label: "qsqsbridge")
         guard let spec = source.value else { throw ValidationError("--source is required") }
         let metrics = FeedMetrics()
-        let writer = RootWriter(endpoint: bridge.rootEndpoint, token: try bridge.token(), logger: logger, metrics: metrics)
         let id = bridge.sourceID.isEmpty ? spec.defaultSourceID : bridge.sourceID
+        let writer = try bridge.rootWriter(client: "qsqsbridge mode=\(mode) source=\(spec) source-id=\(id)", logger: logger, metrics: metrics)
         logger.info("bridge starting", metadata: ["source": "\(spec)", "mode": "\(mode)", "source-id": "\(id)", "root": "\(bridge.root)"])
         switch spec.kind {
         case let .capture(path):

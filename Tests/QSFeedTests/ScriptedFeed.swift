@@ -114,6 +114,10 @@ final class ScriptedRoot: Sendable {
                 s.failedCalls += 1
                 throw ClientError.connectionClosed
             }
+            if case .hello = request {
+                // Every connection starts with hello; scripted answers are for the calls after it.
+                return .head(Head(index: s.headIndex, hash: [UInt8](repeating: 0, count: 32), commitTimeNs: 0))
+            }
             if let scripted = s.nextAnswer {
                 s.nextAnswer = nil
                 if case let .batch(b) = request {

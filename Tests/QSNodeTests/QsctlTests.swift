@@ -122,7 +122,8 @@ final class QsctlTests: XCTestCase {
             XCTAssertFalse(blocks.isEmpty)
             for block in blocks {
                 let flag = String(block.prefix { $0 != " " && $0 != "\n" && $0 != "/" })
-                if flag == "help" { continue }
+                // ArgumentParser's own flags (--version prints QSVersion).
+                if flag == "help" || flag == "version" { continue }
                 // qsbench's variables carry its name (QS_BENCH_…), qsctl's its name and the
                 // subcommand's (QS_CTL_LOG_FROM, QS_CTL_NODE).
                 let prefix: String

@@ -180,6 +180,22 @@ final class WriteProtocolHandlerTests: XCTestCase {
         XCTAssertEqual(withToken, [.checkpoint(nil), .applied(logIndex: 1, kept: 1, dropped: 0)])
     }
 
+    /// A writer's hello checks the token at once: the head with the right one, a refusal
+    /// and a close with a wrong one.
+    func testHelloChecksTheTokenBeforeAnyWrite() async throws {
+        let node = try node(token: token)
+        let refused = try await connection(to: node)
+        try await send([.hello(token: Array("wrong".utf8), client: "test"), .head], to: refused)
+        let answer = try await answers(1, from: refused)
+        XCTAssertEqual(errorCode(answer.first), .unauthorized)
+        try await waitClosed(refused)
+        let accepted = try await connection(to: node)
+        try await send([.hello(token: token, client: "test")], to: accepted)
+        let welcome = try await answers(1, from: accepted)
+        guard case let .head(h)? = welcome.first else { return XCTFail("hello answered \(welcome)") }
+        XCTAssertEqual(h.index, 0)
+    }
+
     /// Each bad frame: an error answer naming what was wrong, the bad-frame counter, a close.
     func testBadFramesGetAnErrorReplyACountAndAClose() async throws {
         let node = try node()

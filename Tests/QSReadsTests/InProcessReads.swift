@@ -23,7 +23,8 @@ final class InProcessReads: Sendable {
         logger.logLevel = .error
         let mc = MemcachedServer(store: store, endpoints: [.tcp(host: "127.0.0.1", port: 0), .unix(path: memcachedSocket)],
                                  logger: logger,
-                                 configuration: .init(databases: databases, clock: clock))
+                                 // The transcripts were recorded from KT's plug-in with opts=f.
+                                 configuration: .init(databases: databases, valueFormat: .init(flagsInValue: true), clock: clock))
         let kt = KTHTTPReadServer(store: store, endpoints: [.tcp(host: "127.0.0.1", port: 0), .unix(path: ktSocket)],
                                   logger: logger, configuration: .init(databases: databases, clock: clock))
         running = try await InProcessServices([mc, kt], logger: logger)

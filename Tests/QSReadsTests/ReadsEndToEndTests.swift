@@ -18,7 +18,8 @@ final class ReadsEndToEndTests: XCTestCase {
         mcSocket = tmp.appendingPathComponent("mc.sock").path
         ktSocket = tmp.appendingPathComponent("kt.sock").path
         node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp, extraArgs: [
-            "--memcached", "127.0.0.1:0", "--memcached-unix", mcSocket,
+            // The values below carry memcached flags in their last 4 bytes, as KT's plug-in with opts=f stored them.
+            "--memcached", "127.0.0.1:0", "--memcached-unix", mcSocket, "--memcached-flags-in-value", "true",
             "--kt-http", "127.0.0.1:0", "--kt-http-unix", ktSocket, "--kt-db-map", "0=,1:aux.kct=aux/",
         ])
         mcPort = try node.daemon.port("memcached")

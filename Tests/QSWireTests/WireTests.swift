@@ -34,6 +34,7 @@ final class WireTests: XCTestCase {
                          operations: [.set(key: [0, 1], value: [], expiry: 77), .set(key: [], value: [1], expiry: nil), .delete(key: [3]), .clearPrefix([4])])),
             .getCheckpoint(sourceID: "x"), .head, .readLog(from: 3, count: 10), .get(key: [0xFF]),
             .scan(prefix: [1], cursor: [2, 3], limit: 7, asOf: 99),
+            .hello(token: [9, 8], client: "qsqsbridge mode=compatible source=qs://l:7400"),
         ]
         for r in requests { XCTAssertEqual(try Request.decode(r.frame()), r) }
     }

@@ -71,7 +71,7 @@ def node():
                  "--upstream", "127.0.0.1:%d" % ports["root"],
                  "--listen", "127.0.0.1:0",
                  "--memcached", "127.0.0.1:0", "--kt-http", "127.0.0.1:0",
-                 "--memcached-unix", os.path.join(tmp, "mc.sock"),
+                 "--memcached-unix", os.path.join(tmp, "mc.sock"), "--memcached-flags-in-value", "true",
                  "--kt-db-map", "0=,1=aux/"],
                 stderr=log, env=env)
         procs.append(proc)

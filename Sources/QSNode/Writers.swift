@@ -1,0 +1,73 @@
+import QSModel
+import Synchronization
+
+/// The writers connected to a node that introduced themselves with `hello` (bridges):
+/// who they are, since when, and when they last spoke (a bridge sends a keepalive every
+/// second when it has nothing to write). What `status` reports, and how a compatible
+/// mirror knows whether it is being followed.
+public final class Writers: Sendable {
+    public struct Writer: Sendable {
+        public var peer: String
+        public var client: String
+        public var sinceNs: UInt64
+        public var lastRequestNs: UInt64
+        public var lastAppendNs: UInt64?
+
+        /// A `qsqsbridge --mode compatible` (its hello says so).
+        public var compatible: Bool { client.contains("mode=compatible") }
+    }
+
+    private let table = Mutex<[String: Writer]>([:])
+    /// The last compatible append any writer made (ns since the epoch), 0 if none.
+    private let lastAppend = Mutex<UInt64>(0)
+
+    public init() {}
+
+    func hello(peer: String, client: String) {
+        let now = wallClockNanoseconds()
+        table.withLock { $0[peer] = Writer(peer: peer, client: client, sinceNs: now, lastRequestNs: now) }
+    }
+
+    /// A request from `peer`: refreshes its last word if it said hello.
+    func touch(peer: String, append: Bool = false) {
+        let now = wallClockNanoseconds()
+        if append { lastAppend.withLock { $0 = now } }
+        table.withLock {
+            $0[peer]?.lastRequestNs = now
+            if append { $0[peer]?.lastAppendNs = now }
+        }
+    }
+
+    func gone(peer: String) {
+        _ = table.withLock { $0.removeValue(forKey: peer) }
+    }
+
+    public var list: [Writer] { table.withLock { Array($0.values) }.sorted { $0.sinceNs < $1.sinceNs } }
+    public var lastAppendNs: UInt64 { lastAppend.withLock { $0 } }
+
+    /// A writer is live while it spoke within this many seconds (keepalives come every second).
+    public static let liveSeconds = 5.0
+
+    /// The status of the node as a compatible mirror: which bridge follows which root,
+    /// whether it is live, and how old the last append is. A mirror cannot know more:
+    /// the root it follows is what its bridge announced, and an idle source root and a
+    /// dead one look alike from here (the bridge's own `/readyz` tells them apart).
+    func mirrorStatus(nowNs: UInt64) -> [String: Any] {
+        let live = list.filter { $0.compatible && age($0.lastRequestNs, nowNs) <= Self.liveSeconds }
+        var out: [String: Any] = ["following": !live.isEmpty, "followed_by": live.map { ["peer": $0.peer, "client": $0.client] }]
+        let last = lastAppendNs
+        if last > 0 { out["last_append_age_seconds"] = age(last, nowNs) }
+        return out
+    }
+
+    func json(nowNs: UInt64) -> [[String: Any]] {
+        list.map { w in
+            var o: [String: Any] = ["peer": w.peer, "client": w.client, "connected_seconds": age(w.sinceNs, nowNs),
+                                    "last_request_age_seconds": age(w.lastRequestNs, nowNs)]
+            if let a = w.lastAppendNs { o["last_append_age_seconds"] = age(a, nowNs) }
+            return o
+        }
+    }
+
+    private func age(_ t: UInt64, _ now: UInt64) -> Double { now > t ? Double(now - t) / 1e9 : 0 }
+}

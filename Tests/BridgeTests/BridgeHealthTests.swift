@@ -1,0 +1,85 @@
+import Foundation
+import QSClient
+import QSTesting
+import XCTest
+
+/// A bridge's signals tell the truth: a dead root is noticed while the source is idle, a
+/// wrong token stops it at start-up, and its lag grows while its source is gone.
+final class BridgeHealthTests: XCTestCase {
+    var tmp: URL!
+
+    override func setUpWithError() throws {
+        tmp = try Harness.tempDir("bridge-health")
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: tmp)
+    }
+
+    func testADeadRootIsNoticedWithinFiveSecondsWhileTheSourceIsIdle() async throws {
+        let kt = try FakeKTProcess(logDir: tmp)
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let bridge = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "99",
+                                                      "--admin", "127.0.0.1:0", "--log-format", "text"], logDir: tmp, ready: true)
+        let admin = try bridge.port("admin")
+        try await waitFor("the bridge ready and connected", timeout: .seconds(20)) {
+            httpGet(port: admin, path: "/readyz")?.status == 200 && metricValue(port: admin, "qs_bridge_root_connected") == 1
+        }
+        // Nothing is written to KT from here on: the bridge has nothing to send.
+        XCTAssertEqual(try root.daemon.stop(signal: SIGKILL), SIGKILL)
+        let killed = ContinuousClock.now
+        try await waitFor("/readyz 503 naming the root and qs_bridge_root_connected 0", timeout: .seconds(5)) {
+            guard let r = httpGet(port: admin, path: "/readyz"), r.status == 503 else { return false }
+            return r.body.contains("not connected to the root \(root.address)") && metricValue(port: admin, "qs_bridge_root_connected") == 0
+        }
+        print("dead root noticed after \(ContinuousClock.now - killed)")
+        XCTAssertTrue(bridge.isRunning, "the bridge keeps retrying the root")
+    }
+
+    func testAWrongWriteTokenStopsTheBridgeAtStartUpNamingTheTokenFile() async throws {
+        let rootToken = tmp.appendingPathComponent("root.token"), bridgeToken = tmp.appendingPathComponent("bridge.token")
+        try "0123456789abcdef0123456789abcdef\n".write(to: rootToken, atomically: true, encoding: .utf8)
+        try "not-the-root-token-at-all-000000\n".write(to: bridgeToken, atomically: true, encoding: .utf8)
+        let kt = try FakeKTProcess(logDir: tmp)
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--write-token-file", rootToken.path])
+        let bridge = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "99",
+                                                      "--write-token-file", bridgeToken.path, "--log-format", "text"], logDir: tmp)
+        // KT holds nothing and nobody writes to it: only the start-up check can stop the bridge.
+        try await waitFor("the bridge to exit", timeout: .seconds(10)) { !bridge.isRunning }
+        bridge.process.waitUntilExit()
+        XCTAssertNotEqual(bridge.process.terminationStatus, 0)
+        XCTAssertTrue(bridge.log.contains("--write-token-file \(bridgeToken.path)"), bridge.log)
+        XCTAssertEqual(root.metric("qs_auth_failures_total"), 1)
+    }
+
+    /// A mirror bridge's lag is computed when scraped: it grows while its source root is dead.
+    func testTheLagGrowsWhileTheSourceIsDead() async throws {
+        let legacy = try RootNode(data: tmp.appendingPathComponent("L"), logDir: tmp)
+        let new = try RootNode(data: tmp.appendingPathComponent("N"), logDir: tmp)
+        let writer = try await QSClient.connect(host: "127.0.0.1", port: legacy.port)
+        _ = try await writer.write([.set(key: Array("k".utf8), value: Array("v".utf8), expiry: nil)])
+        await writer.close()
+        let mirror = try DaemonProcess("qsqsbridge", ["--source", "qs://\(legacy.address)", "--root", new.address, "--mode", "compatible",
+                                                      "--batch-interval", "100ms", "--admin", "127.0.0.1:0", "--log-format", "text"],
+                                       logDir: tmp, ready: true)
+        let admin = try mirror.port("admin")
+        try await waitFor("the mirror ready", timeout: .seconds(20)) { httpGet(port: admin, path: "/readyz")?.status == 200 }
+        try legacy.daemon.stop(signal: SIGKILL)
+        let first = try XCTUnwrap(metricValue(port: admin, "qs_bridge_lag_seconds"))
+        try await waitFor("qs_bridge_lag_seconds to grow by 2 s past \(first)", timeout: .seconds(10), pollEvery: .milliseconds(100)) {
+            (metricValue(port: admin, "qs_bridge_lag_seconds") ?? 0) >= first + 2
+        }
+        let ready = try XCTUnwrap(httpGet(port: admin, path: "/readyz"))
+        XCTAssertEqual(ready.status, 503, ready.body)
+        XCTAssertTrue(ready.body.contains("source"), ready.body)
+        // The mirror root knows which bridge follows it, and what it reads.
+        let target = try await QSClient.connect(host: "127.0.0.1", port: new.port)
+        let status = try JSONSerialization.jsonObject(with: Data(try await target.status().utf8)) as? [String: Any]
+        await target.close()
+        let mirrorStatus = try XCTUnwrap(status?["mirror"] as? [String: Any], "\(String(describing: status))")
+        XCTAssertEqual(mirrorStatus["following"] as? Bool, true)
+        let followers = try XCTUnwrap(mirrorStatus["followed_by"] as? [[String: Any]])
+        XCTAssertEqual(followers.count, 1)
+        XCTAssertTrue((followers.first?["client"] as? String ?? "").contains("source=qs://\(legacy.address)"), "\(followers)")
+    }
+}

@@ -1,0 +1,103 @@
+import Foundation
+import QSTesting
+import XCTest
+
+/// What every daemon does the same way: SIGHUP never stops it, one process per data
+/// directory, bind errors name their flag, `--version` and `qs_build_info`.
+final class DaemonBasicsTests: XCTestCase {
+    var tmp: URL!
+
+    override func setUpWithError() throws {
+        tmp = try Harness.tempDir("daemon-basics")
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: tmp)
+    }
+
+    func testSIGHUPKeepsEveryDaemonRunning() async throws {
+        let kt = try FakeKTProcess(logDir: tmp)
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--log-format", "text"])
+        let replica = try ReplicaNode(data: tmp.appendingPathComponent("replica"), upstreams: [root.address], logDir: tmp)
+        let mirrorTarget = try RootNode(data: tmp.appendingPathComponent("mirror"), logDir: tmp)
+        let ktBridge = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "99",
+                                                        "--admin", "127.0.0.1:0", "--log-format", "text"], logDir: tmp, ready: true)
+        let qsBridge = try DaemonProcess("qsqsbridge", ["--source", "qs://\(root.address)", "--root", mirrorTarget.address,
+                                                        "--admin", "127.0.0.1:0", "--log-format", "text"], logDir: tmp, ready: true)
+        let daemons = [kt.daemon, root.daemon, replica.daemon, ktBridge, qsBridge]
+        for d in daemons { kill(d.pid, SIGHUP) }
+        for d in daemons {
+            try await waitFor("\(d.name) to log that it has nothing to reload", timeout: .seconds(10)) {
+                d.log.contains("SIGHUP: nothing to reload")
+            }
+            XCTAssertTrue(d.isRunning, "\(d.name) exited on SIGHUP:\n\(d.log)")
+        }
+        // And they still serve, then stop cleanly.
+        XCTAssertEqual(httpGet(port: root.adminPort, path: "/healthz")?.status, 200)
+        for d in [ktBridge, qsBridge, replica.daemon, mirrorTarget.daemon, root.daemon, kt.daemon] {
+            XCTAssertEqual(try d.stop(), 0, "\(d.name):\n\(d.log)")
+        }
+    }
+
+    func testASecondNodeOnTheSameDataDirectoryFailsAtOnce() async throws {
+        let data = tmp.appendingPathComponent("shared")
+        let first = try RootNode(data: data, logDir: tmp)
+        let second = try DaemonProcess("qsnode", ["--role", "root", "--data", data.path, "--listen", "127.0.0.1:0", "--log-format", "text"],
+                                       logDir: tmp)
+        try await waitFor("the second qsnode to exit", timeout: .seconds(10)) { !second.isRunning }
+        second.process.waitUntilExit()
+        XCTAssertEqual(second.process.terminationStatus, 1)
+        XCTAssertTrue(second.log.contains("the data directory \(data.path) is in use by process \(first.daemon.pid)"), second.log)
+        XCTAssertTrue(first.daemon.isRunning)
+    }
+
+    func testABindErrorNamesTheFlagAndTheAddress() async throws {
+        let first = try RootNode(data: tmp.appendingPathComponent("a"), logDir: tmp)
+        for (flag, args) in [("--listen", ["--listen", first.address]),
+                             ("--admin", ["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:\(first.adminPort)"])] {
+            let r = try Harness.run("qsnode", ["--role", "root", "--data", tmp.appendingPathComponent("b-\(flag)").path,
+                                               "--log-format", "text"] + args)
+            let err = String(decoding: r.stderr, as: UTF8.self)
+            XCTAssertEqual(r.status, 1, err)
+            XCTAssertTrue(err.contains("Error: \(flag) 127.0.0.1:"), err)
+            XCTAssertTrue(err.contains("cannot listen"), err)
+        }
+    }
+
+    func testEveryBinaryPrintsItsVersionAndDaemonsExportIt() async throws {
+        var versions = Set<String>()
+        for binary in ["qsnode", "qsktbridge", "qsqsbridge", "qsctl", "fakekt", "qsbench"] {
+            let r = try Harness.run(binary, ["--version"])
+            XCTAssertEqual(r.status, 0, binary)
+            versions.insert(String(decoding: r.stdout, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        XCTAssertEqual(versions.count, 1, "one version string: \(versions)")
+        let version = try XCTUnwrap(versions.first)
+        XCTAssertFalse(version.isEmpty)
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--log-format", "text"])
+        let metrics = try XCTUnwrap(httpGet(port: root.adminPort, path: "/metrics")).body
+        XCTAssertTrue(metrics.contains("qs_build_info{version=\"\(version)\"} 1"), metrics)
+        XCTAssertTrue(root.daemon.log.contains("version=\(version)"), root.daemon.log)
+    }
+
+    func testMemcachedServesWholeValuesByDefaultAndLogsTheMode() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp,
+                                extraArgs: ["--memcached", "127.0.0.1:0", "--log-format", "text"])
+        XCTAssertTrue(root.daemon.log.contains("memcached-flags-in-value=false"), root.daemon.log)
+        // A value written without memcached flags (qsctl put, KT's HTTP API) is served whole.
+        let put = try Harness.run("qsctl", ["--node", root.address, "put", "greeting", "hello"])
+        XCTAssertEqual(put.status, 0, String(decoding: put.stderr, as: UTF8.self))
+        let fd = try XCTUnwrap(Harness.connectLoopback(port: try root.daemon.port("memcached")))
+        defer { close(fd) }
+        let request = Array("get greeting\r\n".utf8)
+        _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+        var reply = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 512)
+        while !reply.suffix(5).elementsEqual(Array("END\r\n".utf8)) {
+            let n = recv(fd, &buffer, buffer.count, 0)
+            guard n > 0 else { break }
+            reply += buffer[0..<n]
+        }
+        XCTAssertEqual(String(decoding: reply, as: UTF8.self), "VALUE greeting 0 5\r\nhello\r\nEND\r\n")
+    }
+}

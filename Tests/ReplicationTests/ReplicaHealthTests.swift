@@ -1,0 +1,92 @@
+import Foundation
+import QSClient
+import QSTesting
+import XCTest
+
+/// A replica's signals come from one status value: `qsctl status`, `/readyz` and
+/// `/metrics` agree, and the root word's age grows while the upstream is dead.
+final class ReplicaHealthTests: XCTestCase {
+    var tmp: URL!
+
+    override func setUpWithError() throws {
+        tmp = try Harness.tempDir("replica-health")
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: tmp)
+    }
+
+    struct Signals {
+        var statusSubscribed: Bool?
+        var statusRootAge: Double?
+        var statusUpstream: String?
+        var ready: Int?
+        var readyBody: String
+        var metricSubscribed: Double?
+        var metricRootAge: Double?
+    }
+
+    func signals(_ node: ReplicaNode) async throws -> Signals {
+        let c = try await QSClient.connect(host: "127.0.0.1", port: node.port)
+        defer { Task { await c.close() } }
+        let status = try JSONSerialization.jsonObject(with: Data(try await c.status().utf8)) as? [String: Any] ?? [:]
+        let upstream = status["upstream"] as? [String: Any]
+        let ready = httpGet(port: node.adminPort, path: "/readyz")
+        return Signals(statusSubscribed: upstream?["subscribed"] as? Bool, statusRootAge: status["root_age_seconds"] as? Double,
+                       statusUpstream: upstream?["address"] as? String,
+                       ready: ready?.status, readyBody: ready?.body ?? "",
+                       metricSubscribed: node.metric("qs_replica_subscribed"), metricRootAge: node.metric("qs_replica_root_age_seconds"))
+    }
+
+    func testRootAgeGrowsWhileTheUpstreamIsDeadAndEverySignalAgrees() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let replica = try ReplicaNode(data: tmp.appendingPathComponent("r"), upstreams: [root.address], logDir: tmp)
+        try await waitFor("the replica subscribed and ready", timeout: .seconds(20)) {
+            let s = try await self.signals(replica)
+            return s.statusSubscribed == true && s.ready == 200 && s.metricSubscribed == 1
+        }
+        try root.daemon.stop(signal: SIGKILL)
+        try await waitFor("every signal to say 'not subscribed'", timeout: .seconds(10)) {
+            let s = try await self.signals(replica)
+            return s.statusSubscribed == false && s.ready == 503 && s.metricSubscribed == 0
+        }
+        let s = try await signals(replica)
+        XCTAssertTrue(s.readyBody.contains("not subscribed"), s.readyBody)
+        XCTAssertEqual(s.statusUpstream, root.address)
+        let first = try XCTUnwrap(s.metricRootAge)
+        try await waitFor("qs_replica_root_age_seconds to grow by 2 s past \(first)", timeout: .seconds(10), pollEvery: .milliseconds(100)) {
+            (replica.metric("qs_replica_root_age_seconds") ?? 0) >= first + 2
+        }
+        let later = try await signals(replica)
+        XCTAssertGreaterThanOrEqual(try XCTUnwrap(later.statusRootAge), first + 2, "qsctl status reads the same age")
+    }
+
+    func testPostUpstreamRewritesTheUpstreamFileAndCountsTheMove() async throws {
+        let a = try RootNode(data: tmp.appendingPathComponent("a"), logDir: tmp)
+        let b = try RootNode(data: tmp.appendingPathComponent("b"), logDir: tmp)
+        let file = tmp.appendingPathComponent("upstreams")
+        try "\(a.address)\n".write(to: file, atomically: true, encoding: .utf8)
+        let data = tmp.appendingPathComponent("r")
+        var replica = try ReplicaNode(data: data, upstreams: [a.address], logDir: tmp, extraArgs: ["--upstream-file", file.path])
+        try await waitFor("subscribed to A", timeout: .seconds(20)) {
+            let s = try await self.signals(replica)
+            return s.statusSubscribed == true && s.statusUpstream == a.address
+        }
+        let posted = try XCTUnwrap(httpPost(port: replica.adminPort, path: "/upstream", contentType: "text/plain", body: Array(b.address.utf8)))
+        XCTAssertEqual(posted.status, 200, posted.body)
+        let written = try String(contentsOf: file, encoding: .utf8)
+        XCTAssertEqual(written.split(separator: "\n").filter { !$0.hasPrefix("#") }, [Substring(b.address)])
+        try await waitFor("subscribed to B", timeout: .seconds(20)) {
+            let s = try await self.signals(replica)
+            return s.statusSubscribed == true && s.statusUpstream == b.address
+        }
+        XCTAssertEqual(replica.metric("qs_replica_upstream_switches_total"), 1)
+        // The move survives a restart: the file now names B.
+        XCTAssertEqual(try replica.daemon.stop(), 0)
+        replica = try ReplicaNode(data: data, upstreams: [a.address], logDir: tmp, extraArgs: ["--upstream-file", file.path])
+        try await waitFor("subscribed to B after the restart", timeout: .seconds(20)) {
+            let s = try await self.signals(replica)
+            return s.statusSubscribed == true && s.statusUpstream == b.address
+        }
+    }
+}
