@@ -34,6 +34,18 @@ public enum Request: Sendable, Equatable {
     /// Live records in the stored-key range (`after`, `through`] (empty: unbounded), at most
     /// `limit`, expiry judged at `asOf`: what `verify` lists when a range's digests differ.
     case rangeRecords(after: [UInt8], through: [UInt8], limit: UInt32, asOf: UInt64)
+    /// An operator's role change of a root (`qsctl promote|demote`), authenticated with the
+    /// write token; answered with the head the change happened at.
+    case changeRole(token: [UInt8], change: RoleChange)
+
+    /// What `changeRole` asks of a root.
+    public enum RoleChange: UInt8, Sendable, Equatable {
+        /// A compatible mirror becomes a writable root continuing the same log; it then
+        /// refuses compatible appends.
+        case promote = 1
+        /// A root becomes a compatible mirror continuing its own head; it then refuses batches.
+        case demote = 2
+    }
 
     public struct Batch: Sendable, Equatable {
         public var token: [UInt8]
@@ -54,12 +66,13 @@ public enum Request: Sendable, Equatable {
     enum Tag: UInt8 {
         case batch = 0x01, getCheckpoint = 0x02, head = 0x03, readLog = 0x04, get = 0x05, scan = 0x06
         case subscribe = 0x10, snapshot = 0x11, append = 0x12, digest = 0x13, status = 0x14, rangeRecords = 0x15
+        case changeRole = 0x16
     }
 
     /// True for requests that change state (and so must carry the write token).
     public var isWrite: Bool {
         switch self {
-        case .batch, .append: return true
+        case .batch, .append, .changeRole: return true
         default: return false
         }
     }
@@ -69,6 +82,7 @@ public enum Request: Sendable, Equatable {
         switch self {
         case let .batch(b): return b.token
         case let .append(token, _): return token
+        case let .changeRole(token, _): return token
         default: return []
         }
     }
@@ -87,6 +101,7 @@ public enum Request: Sendable, Equatable {
         case .digest: return "digest"
         case .status: return "status"
         case .rangeRecords: return "range-records"
+        case let .changeRole(_, change): return change == .promote ? "promote" : "demote"
         }
     }
 
@@ -143,6 +158,10 @@ public enum Request: Sendable, Equatable {
             w.writeBlob32(through)
             w.writeU32(limit)
             w.writeU64(asOf)
+        case let .changeRole(token, change):
+            tag = .changeRole
+            w.writeBlob32(token)
+            w.writeU8(change.rawValue)
         }
         return Frame(type: tag.rawValue, payload: w.bytes)
     }
@@ -186,6 +205,13 @@ public enum Request: Sendable, Equatable {
         case .rangeRecords:
             req = .rangeRecords(after: try r.readBlob32("after"), through: try r.readBlob32("through"),
                                 limit: try r.readU32("limit"), asOf: try r.readU64("as-of time"))
+        case .changeRole:
+            let token = try r.readBlob32("token")
+            let raw = try r.readU8("role change")
+            guard let change = RoleChange(rawValue: raw) else {
+                throw DecodeError(offset: 4, reason: "unknown role change \(raw): 1 promote, 2 demote")
+            }
+            req = .changeRole(token: token, change: change)
         }
         try r.expectEnd("\(req.name) request")
         return req

@@ -20,10 +20,10 @@ struct Qsctl: AsyncParsableCommand {
         abstract: "Operate Quicksilver nodes: read and write keys, inspect the log, dump the keyspace, record and inspect feeds.",
         discussion: """
             Exit codes: 0 found/ok, 1 not found, 2 usage error, 3 server or connection error, \
-            4 damaged recording (qsctl feed). \
+            4 damaged recording (qsctl feed), 5 timed out (wait; cutover, undone). \
             Every option can also be set through its QS_ environment variable, as shown.
             """,
-        subcommands: [Put.self, Get.self, Delete.self, HeadCommand.self, Checkpoint.self, Log.self, Dump.self, Status.self, Wait.self, Verify.self, Lag.self, RecordCommand.self, Feed.self]
+        subcommands: [Put.self, Get.self, Delete.self, HeadCommand.self, Checkpoint.self, Log.self, Dump.self, Status.self, Wait.self, Promote.self, Demote.self, Cutover.self, Verify.self, Lag.self, RecordCommand.self, Feed.self]
     )
 
     @OptionGroup var options: NodeOptions
