@@ -110,6 +110,12 @@ actor Batcher {
         // A quiet source: move the checkpoint to the position it vouched for, so a barrier
         // (`qsctl wait --until`) completes without a change to carry it. The ticker flushes
         // once per batch interval, which bounds these writes to one per interval.
+        // A quiet QS log source: ask the target whether it still takes appends (an empty
+        // Append writes nothing), so a mirror bridge whose target was promoted stops now
+        // rather than at the next entry.
+        if pending.isEmpty, limits.mode == .compatible {
+            _ = try await root.append([])
+        }
         if pending.isEmpty, let v = vouched, v > confirmed {
             vouched = nil
             pending.append(FeedChange(position: v, operations: [], sourceTimeNs: heartbeatTimeNs))

@@ -192,6 +192,12 @@ public final class NodeCore: Sendable {
                 return .page(records: page.records.map { .init(key: $0.key, record: $0.record) }, next: page.next)
             case .subscribe, .snapshot:
                 return .error(.invalidRequest, "\(request.name) is a streaming request, handled by the connection")
+            case let .append(_, entries) where entries.isEmpty:
+                // A mirror bridge's probe while its source is quiet: does this root still
+                // take appends? Nothing is written.
+                let (role, head) = try await store.read { txn in (try txn.writeRole(), try txn.head()) }
+                if role == .promoted { return .error(.unsupported, "\(StoreError.promoted)") }
+                return .applied(logIndex: head.index, kept: 0, dropped: 0)
             case let .append(_, entries):
                 do {
                     let head = try await store.appendEntries(entries, markCompatible: true)

@@ -66,6 +66,6 @@ final class HeartbeatAdvanceTests: XCTestCase {
         source.finish()
         try await within(.seconds(10), "run") { try await run.value }
         XCTAssertEqual(root.snapshot.batches.count, 0)
-        XCTAssertEqual(root.snapshot.appends.count, 0)
+        XCTAssertTrue(root.snapshot.appends.allSatisfy(\.isEmpty), "only probes: does the target still take appends?")
     }
 }
