@@ -51,6 +51,13 @@ final class RollbackDrillTests: XCTestCase {
         }
         defer { workload.stop() }
 
+        // Replicas start once L holds entries: a replica that bootstraps from an empty root
+        // and has received nothing when it moves bootstraps again (its head is still 0),
+        // which is not what the drill counts.
+        let lc0 = try await client(legacy.port)
+        let filled = await Harness.eventually(timeout: .seconds(30)) { ((try? await lc0.head().index) ?? 0) > 0 }
+        XCTAssertTrue(filled, ktBridge.log)
+        await lc0.close()
         let list1 = tmp.appendingPathComponent("r1-upstreams")
         try legacy.address.write(to: list1, atomically: true, encoding: .utf8)
         let r1 = try ReplicaNode(data: tmp.appendingPathComponent("R1"), upstreams: [legacy.address], logDir: tmp,
