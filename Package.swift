@@ -173,7 +173,7 @@ let package = Package(
         // KT update feed (live replication, ulog directory, capture) → QS root.
         .executableTarget(
             name: "qsktbridge",
-            dependencies: ["QSDaemon", "QSFeed", "QSKTFeed", "QSNet", argumentParser, log, lifecycle("ServiceLifecycle")],
+            dependencies: ["QSDaemon", "QSFeed", "QSKTFeed", "QSModel", "QSNet", argumentParser, log, lifecycle("ServiceLifecycle")],
             swiftSettings: swiftSettings
         ),
         // A QS node's log (or a capture of it) → another QS root, compatible or batched.

@@ -158,6 +158,15 @@ public final class QSClient: Sendable {
         return json
     }
 
+    /// Promotes a compatible mirror to a writable root, or demotes a root to a compatible
+    /// mirror (an operator's action, carrying the write token); returns the head the change
+    /// happened at.
+    public func changeRole(_ change: Request.RoleChange) async throws -> Head {
+        let r = try await send(.changeRole(token: token, change: change))
+        guard case let .head(h) = r else { throw Self.failure(r) }
+        return h
+    }
+
     /// Writes operations as source `sourceID` without knowing its checkpoint: reads it,
     /// sends a batch at checkpoint+1, and retries on conflict (for operators and tests;
     /// bridges track their positions themselves).

@@ -44,6 +44,10 @@ actor Batcher {
     /// Changes written by this batcher (for progress).
     private(set) var appliedChanges = 0
     private var heartbeatTimeNs: UInt64?
+    /// The newest position the source vouched for without a change (a KT heartbeat's
+    /// timestamp): every change at or before it was delivered. The next flush with nothing
+    /// pending moves the checkpoint there (one write, no log entry).
+    private var vouched: UInt64?
 
     init(sourceID: String, confirmed: UInt64, limits: BatchLimits, root: RootWriter, logger: Logger, metrics: FeedMetrics,
          freshness: Freshness = Freshness()) {
@@ -62,9 +66,13 @@ actor Batcher {
 
     func handle(_ event: FeedEvent) async throws {
         switch event {
-        case let .heartbeat(t):
+        case let .heartbeat(t, position):
             metrics.heartbeats.increment()
             heartbeatTimeNs = t
+            if let position, limits.mode == .batched, position > lastRead {
+                vouched = position
+                lastRead = position
+            }
             updateLag()
         case let .change(change):
             try await add(change)
@@ -102,6 +110,21 @@ actor Batcher {
         while !pending.isEmpty {
             try await flushOne()
             if pendingOps < limits.maxOps && pendingBytes < limits.maxBytes { break }
+        }
+        // A quiet source: move the checkpoint to the position it vouched for, so a barrier
+        // (`qsctl wait --until`) completes without a change to carry it. The ticker flushes
+        // once per batch interval, which bounds these writes to one per interval.
+        // A quiet QS log source: ask the target whether it still takes appends (an empty
+        // Append writes nothing), so a mirror bridge whose target was promoted stops now
+        // rather than at the next entry.
+        if pending.isEmpty, limits.mode == .compatible {
+            _ = try await root.append([])
+        }
+        if pending.isEmpty, let v = vouched, v > confirmed {
+            vouched = nil
+            pending.append(FeedChange(position: v, operations: [], sourceTimeNs: heartbeatTimeNs))
+            pendingOps += 1
+            try await flushOne()
         }
     }
 

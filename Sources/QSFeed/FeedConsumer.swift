@@ -20,6 +20,9 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
     let logger: Logger
     /// Position to start from when the root has no checkpoint for this source.
     let initialPosition: UInt64
+    /// Run once when the root holds no checkpoint for this source, before reading from
+    /// `initialPosition` (a KT bridge warns when the root holds other KT sources).
+    let onFirstStart: (@Sendable (RootWriter, Logger) async -> Void)?
     let state = Mutex(Status())
     let freshness = Freshness()
 
@@ -43,7 +46,9 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
     }
 
     public init(source: Source, sourceID: String, root: RootWriter, limits: BatchLimits = BatchLimits(),
-                initialPosition: UInt64 = 0, metrics: FeedMetrics = FeedMetrics(), logger: Logger) {
+                initialPosition: UInt64 = 0, metrics: FeedMetrics = FeedMetrics(), logger: Logger,
+                onFirstStart: (@Sendable (RootWriter, Logger) async -> Void)? = nil) {
+        self.onFirstStart = onFirstStart
         self.source = source
         self.sourceID = sourceID
         self.root = root
@@ -90,7 +95,9 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
     private func consume() async throws {
         var backoff = Backoff()
         while true {
-            let start = try await root.position(sourceID: sourceID, mode: limits.mode) ?? initialPosition
+            let known = try await root.position(sourceID: sourceID, mode: limits.mode)
+            if known == nil, let onFirstStart { await onFirstStart(root, logger) }
+            let start = known ?? initialPosition
             let batcher = Batcher(sourceID: sourceID, confirmed: start, limits: limits, root: root, logger: logger,
                                   metrics: metrics, freshness: freshness)
             state.withLock { $0.checkpoint = start }

@@ -36,8 +36,11 @@ public enum WriteMode: String, Sendable, CaseIterable {
 /// What a source delivers, in order.
 public enum FeedEvent: Sendable, Equatable {
     case change(FeedChange)
-    /// The source is alive and its clock (ns since the epoch) has reached this time.
-    case heartbeat(sourceTimeNs: UInt64)
+    /// The source is alive and its clock (ns since the epoch) has reached this time. With
+    /// `position`, the source also vouches that it has sent every change at or before that
+    /// position (KT: the heartbeat's timestamp, its clock minus 1 s, never below the last
+    /// timestamp sent), so the checkpoint may move there without a change.
+    case heartbeat(sourceTimeNs: UInt64, position: UInt64? = nil)
 }
 
 /// A source of changes: KT live replication, a ulog directory, a recorded capture, a QS

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOCore
 import QSClient
@@ -226,6 +227,24 @@ public actor RootWriter {
 
     public func head() async throws -> Head {
         try await perform("head") { try await $0.head() }
+    }
+
+    /// Every source's checkpoint at the root (from its status).
+    public func checkpoints() async throws -> [String: UInt64] {
+        let json = try await perform("status") { client -> String in
+            let r = try await client.send(.status, timeout: .seconds(30))
+            guard case let .status(json) = r else { throw ClientError.unexpected("\(r)") }
+            return json
+        }
+        guard let object = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
+              let sources = object["sources"] as? [[String: Any]] else {
+            throw FeedError.stop("the root's status does not list its sources")
+        }
+        var out = [String: UInt64]()
+        for s in sources {
+            if let id = s["source_id"] as? String, let cp = (s["checkpoint"] as? NSNumber)?.uint64Value { out[id] = cp }
+        }
+        return out
     }
 
     /// Where a bridge resumes: its checkpoint (batched) or the root's head (compatible).

@@ -63,15 +63,15 @@ public final class NodeCore: Sendable {
     /// The node's status as JSON: role, head, log window, checkpoints with their lag where
     /// the position is a KT timestamp, upstream and freshness.
     func statusJSON() async throws -> String {
-        let (head, window, checkpoints, nodeID, mirror) = try await store.read { txn in
-            (try txn.head(), try txn.logWindow(), try txn.checkpoints(), try txn.identity(), try txn.isCompatibleMirror())
+        let (head, window, checkpoints, nodeID, writeRole) = try await store.read { txn in
+            (try txn.head(), try txn.logWindow(), try txn.checkpoints(), try txn.identity(), try txn.writeRole())
         }
         let nowNs = wallClockNanoseconds()
         var sources = [[String: Any]]()
         for (sid, cp) in checkpoints.sorted(by: { $0.key < $1.key }) {
             var s: [String: Any] = ["source_id": sid, "checkpoint": cp]
             // KT timestamps are milliseconds × 10^6 plus a counter: a wall time.
-            if cp > 1_000_000_000_000_000_000 / 2 {
+            if SourcePosition.isKTTimestamp(cp) {
                 let t = (cp / 1_000_000) * 1_000_000
                 s["source_time_ns"] = t
                 s["lag_seconds"] = nowNs > t ? Double(nowNs - t) / 1e9 : 0
@@ -83,7 +83,8 @@ public final class NodeCore: Sendable {
             "role": writable ? "root" : "replica",
             "head": ["index": head.index, "hash": hexString(head.hash), "commit_time_ns": head.commitTimeNs],
             "log_first_index": window.firstIndex,
-            "compatible_mirror": mirror,
+            "compatible_mirror": writeRole == .mirror,
+            "write_role": writable ? writeRole.rawValue : "replica",
             "sources": sources,
             "subscribers": watcher.subscriberCount,
         ]
@@ -98,9 +99,31 @@ public final class NodeCore: Sendable {
             out["upstream"] = up
         }
         out["writers"] = writers.json(nowNs: nowNs)
-        if mirror { out["mirror"] = writers.mirrorStatus(nowNs: nowNs) }
+        if writeRole == .mirror { out["mirror"] = writers.mirrorStatus(nowNs: nowNs) }
         let data = try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys])
         return String(decoding: data, as: UTF8.self)
+    }
+
+    /// An operator's promote or demote: logged with the peer and the head it happened at.
+    func changeRole(_ change: Request.RoleChange, peer: String) async throws -> Response {
+        let target: WriteRole = change == .promote ? .promoted : .mirror
+        let (before, head) = try await store.write { txn in
+            let before = try txn.writeRole()
+            if change == .promote && before == .open {
+                return (before, try txn.head())
+            }
+            return (before, try txn.setWriteRole(target))
+        }
+        if change == .promote && before == .open {
+            logger.notice("promote: this root already takes writes (it never mirrored); nothing changed",
+                          metadata: ["peer": "\(peer)", "head-index": "\(head.index)"])
+        } else {
+            logger.notice(change == .promote ? "promoted: this root now takes writes and refuses compatible appends"
+                                             : "demoted: this root is now a compatible mirror; it refuses batches and takes appends continuing its head",
+                          metadata: ["peer": "\(peer)", "was": "\(before.rawValue)", "now": "\(target.rawValue)",
+                                     "head-index": "\(head.index)", "head-hash": "\(hexString(head.hash))"])
+        }
+        return .head(head)
     }
 
     /// Checks a subscription's starting point: nil when the stream can start.
@@ -131,6 +154,9 @@ public final class NodeCore: Sendable {
     /// counted and logged by the gate); nil when the request may run.
     public func authorize(_ request: Request, peer: String) -> Response? {
         if request.isWrite && !writable {
+            if case .changeRole = request {
+                return .error(.notWritable, "this node is a replica (qsnode --role replica): only a root can be promoted or demoted; a new root is a qsnode --role root fed by qsqsbridge --mode compatible")
+            }
             logger.warning("write refused", metadata: ["peer": "\(peer)", "request": "\(request.name)", "reason": "not writable"])
             return .error(.notWritable, "this node is a replica and takes no writes: write to the root")
         }
@@ -186,6 +212,12 @@ public final class NodeCore: Sendable {
                 return .page(records: page.records.map { .init(key: $0.key, record: $0.record) }, next: page.next)
             case .subscribe, .snapshot:
                 return .error(.invalidRequest, "\(request.name) is a streaming request, handled by the connection")
+            case let .append(_, entries) where entries.isEmpty:
+                // A mirror bridge's probe while its source is quiet: does this root still
+                // take appends? Nothing is written.
+                let (role, head) = try await store.read { txn in (try txn.writeRole(), try txn.head()) }
+                if role == .promoted { return .error(.unsupported, "\(StoreError.promoted)") }
+                return .applied(logIndex: head.index, kept: 0, dropped: 0)
             case let .append(_, entries):
                 do {
                     let head = try await store.appendEntries(entries, markCompatible: true)
@@ -194,6 +226,10 @@ public final class NodeCore: Sendable {
                     metrics.logHead.record(Double(head.index))
                     watcher.publish()
                     return .applied(logIndex: head.index, kept: UInt32(entries.count), dropped: 0)
+                } catch StoreError.promoted {
+                    metrics.invalidRequests.increment()
+                    logger.warning("compatible append refused: this root was promoted", metadata: ["peer": "\(peer)"])
+                    return .error(.unsupported, "\(StoreError.promoted)")
                 } catch let AppendError.notNext(head, _) {
                     metrics.conflicts.increment()
                     return .conflict(current: head)
@@ -203,6 +239,8 @@ public final class NodeCore: Sendable {
                     if case .diverged = error { return .error(.diverged, "\(error)") }
                     return .error(.invalidRequest, "\(error)")
                 }
+            case let .changeRole(_, change):
+                return try await changeRole(change, peer: peer)
             case let .digest(after, through, limit, asOf):
                 let d = try await store.digest(after: after.isEmpty ? nil : after, through: through.isEmpty ? nil : through,
                                          limit: Int(min(max(limit, 1), 1_000_000)), now: asOf == 0 ? wallClockSeconds() : asOf)
@@ -215,8 +253,10 @@ public final class NodeCore: Sendable {
                 return .page(records: list.map { .init(key: $0.key, record: $0.record) }, next: nil)
             }
         } catch StoreError.compatibleOnly {
+            // Not a stop for a bridge: a demoted root may be promoted again (a cut-over
+            // undone), and a bridge started against a mirror before its promotion waits.
             metrics.invalidRequests.increment()
-            return .error(.unsupported, "\(StoreError.compatibleOnly)")
+            return .error(.notWritable, "\(StoreError.compatibleOnly)")
         } catch let error as StoreError {
             metrics.invalidRequests.increment()
             logger.warning("request refused", metadata: ["request": "\(request.name)", "error": "\(error)", "peer": "\(peer)"])

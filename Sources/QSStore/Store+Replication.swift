@@ -32,6 +32,17 @@ extension Store {
     static let logStartKey = Array("log-start".utf8)
 }
 
+/// How a root takes writes.
+public enum WriteRole: String, Sendable, Equatable {
+    /// Takes batches; its first compatible append makes it a mirror (a fresh root).
+    case open
+    /// A compatible mirror: takes compatible appends only (it followed another root's log
+    /// from the start, or was demoted).
+    case mirror
+    /// Promoted from a mirror: takes batches, refuses compatible appends.
+    case promoted
+}
+
 extension StoreTransaction {
     /// Appends entries made elsewhere (a replica's upstream, a compatible bridge's source)
     /// byte for byte: each must follow the head and continue the hash chain; its
@@ -40,7 +51,10 @@ extension StoreTransaction {
     @discardableResult
     public func appendEntries(_ entries: [StoredEntry], markCompatible: Bool = false) throws -> Head {
         try requireWritable()
-        if markCompatible { try txn.put(meta, Store.modeKey, Store.compatibleMode) }
+        if markCompatible {
+            guard try writeRole() != .promoted else { throw StoreError.promoted }
+            try txn.put(meta, Store.modeKey, Store.compatibleMode)
+        }
         var head = try head()
         for e in entries {
             guard e.index == head.index + 1 else { throw AppendError.notNext(head: head.index, got: e.index) }
@@ -64,6 +78,30 @@ extension StoreTransaction {
     /// Whether this store mirrors another root's log (has accepted compatible appends).
     public func isCompatibleMirror() throws -> Bool {
         try txn.get(meta, Store.modeKey) == Store.compatibleMode
+    }
+
+    /// How this store, as a root, takes writes (see `WriteRole`).
+    public func writeRole() throws -> WriteRole {
+        switch try txn.get(meta, Store.modeKey) {
+        case nil: return .open
+        case Store.compatibleMode?: return .mirror
+        case Store.promotedMode?: return .promoted
+        case let other?: throw StoreError.corrupt("unknown write mode '\(String(decoding: other, as: UTF8.self))'")
+        }
+    }
+
+    /// Makes this root a writable root that refuses compatible appends (`.promoted`) or a
+    /// compatible mirror continuing its own head (`.mirror`). The log, the keyspace and the
+    /// checkpoints are untouched. Returns the head the change happened at.
+    @discardableResult
+    public func setWriteRole(_ role: WriteRole) throws -> Head {
+        try requireWritable()
+        switch role {
+        case .open: _ = try txn.delete(meta, Store.modeKey)
+        case .mirror: try txn.put(meta, Store.modeKey, Store.compatibleMode)
+        case .promoted: try txn.put(meta, Store.modeKey, Store.promotedMode)
+        }
+        return try head()
     }
 
     /// The retained window of the log.
@@ -152,6 +190,13 @@ extension Store {
 
     /// The retained window of the log.
     public func logWindow() async throws -> LogWindow { try await read { try $0.logWindow() } }
+
+    /// See `StoreTransaction.writeRole`.
+    public func writeRole() async throws -> WriteRole { try await read { try $0.writeRole() } }
+
+    /// See `StoreTransaction.setWriteRole`: one durable write transaction on the writer thread.
+    @discardableResult
+    public func setWriteRole(_ role: WriteRole) async throws -> Head { try await write { try $0.setWriteRole(role) } }
 
     /// See `StoreTransaction.hash(at:)`.
     public func hash(at index: UInt64) async throws -> [UInt8]? { try await read { try $0.hash(at: index) } }

@@ -18,6 +18,8 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
     case brokenChain(index: UInt64)
     /// A batch sent to a root that mirrors another root's log (compatible mode).
     case compatibleOnly
+    /// A compatible append sent to a root that was promoted (`qsctl promote`).
+    case promoted
     /// A write asked of a read transaction.
     case readOnlyTransaction
     /// The store's threads were stopped (the store is being released).
@@ -38,7 +40,9 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
         case let .brokenChain(i):
             return "hash chain broken at log index \(i)"
         case .compatibleOnly:
-            return "this root has accepted compatible appends (it mirrors another root's log entry for entry) and takes no other writes"
+            return "this root is a compatible mirror (it has accepted compatible appends or was demoted: it mirrors another root's log entry for entry) and takes no other writes: write to the root it mirrors, or promote it with qsctl promote"
+        case .promoted:
+            return "this root was promoted (qsctl promote): it takes writes and mirrors no other root; stop the qsqsbridge feeding it, or demote it (qsctl demote) to mirror again"
         case .readOnlyTransaction:
             return "a write was asked of a read transaction: use store.write { } for writes"
         case .closed:
@@ -89,6 +93,7 @@ public final class Store: Sendable {
     static let checkpointPrefix = Array("cp/".utf8)
     static let modeKey = Array("mode".utf8)
     static let compatibleMode = Array("compatible".utf8)
+    static let promotedMode = Array("promoted".utf8)
     public static let maxSourceIDBytes = 255
 
     /// Opens or creates the store in `directory` (created if missing), on the calling

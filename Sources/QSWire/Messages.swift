@@ -40,6 +40,18 @@ public enum Request: Sendable, Equatable {
     /// e.g. `qsqsbridge mode=compatible source=qs://L`) is shown in the node's status.
     /// Answered with the node's Head.
     case hello(token: [UInt8], client: String)
+    /// An operator's role change of a root (`qsctl promote|demote`), authenticated with the
+    /// write token; answered with the head the change happened at.
+    case changeRole(token: [UInt8], change: RoleChange)
+
+    /// What `changeRole` asks of a root.
+    public enum RoleChange: UInt8, Sendable, Equatable {
+        /// A compatible mirror becomes a writable root continuing the same log; it then
+        /// refuses compatible appends.
+        case promote = 1
+        /// A root becomes a compatible mirror continuing its own head; it then refuses batches.
+        case demote = 2
+    }
 
     public struct Batch: Sendable, Equatable {
         public var token: [UInt8]
@@ -61,12 +73,14 @@ public enum Request: Sendable, Equatable {
         case batch = 0x01, getCheckpoint = 0x02, head = 0x03, readLog = 0x04, get = 0x05, scan = 0x06
         case subscribe = 0x10, snapshot = 0x11, append = 0x12, digest = 0x13, status = 0x14, rangeRecords = 0x15
         case hello = 0x20
+        case changeRole = 0x16
     }
 
     /// True for requests that change state (and so must carry the write token).
     public var isWrite: Bool {
         switch self {
         case .batch, .append, .hello: return true
+        case .batch, .append, .changeRole: return true
         default: return false
         }
     }
@@ -87,6 +101,7 @@ public enum Request: Sendable, Equatable {
         case let .append(token, _): return token
         case let .subscribe(_, _, token), let .snapshot(token): return token
         case let .hello(token, _): return token
+        case let .changeRole(token, _): return token
         default: return []
         }
     }
@@ -106,6 +121,7 @@ public enum Request: Sendable, Equatable {
         case .status: return "status"
         case .rangeRecords: return "range-records"
         case .hello: return "hello"
+        case let .changeRole(_, change): return change == .promote ? "promote" : "demote"
         }
     }
 
@@ -169,6 +185,10 @@ public enum Request: Sendable, Equatable {
             tag = .hello
             w.writeBlob32(token)
             w.writeString16(client)
+        case let .changeRole(token, change):
+            tag = .changeRole
+            w.writeBlob32(token)
+            w.writeU8(change.rawValue)
         }
         return Frame(type: tag.rawValue, payload: w.bytes)
     }
@@ -215,6 +235,13 @@ public enum Request: Sendable, Equatable {
                                 limit: try r.readU32("limit"), asOf: try r.readU64("as-of time"))
         case .hello:
             req = .hello(token: try r.readBlob32("token"), client: try r.readString16("client"))
+        case .changeRole:
+            let token = try r.readBlob32("token")
+            let raw = try r.readU8("role change")
+            guard let change = RoleChange(rawValue: raw) else {
+                throw DecodeError(offset: 4, reason: "unknown role change \(raw): 1 promote, 2 demote")
+            }
+            req = .changeRole(token: token, change: change)
         }
         try r.expectEnd("\(req.name) request")
         return req

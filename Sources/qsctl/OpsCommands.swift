@@ -3,6 +3,7 @@ import Foundation
 import QSBytes
 import QSClient
 import QSDaemon
+import QSModel
 import QSNet
 
 /// Exit code of `wait` when the position was not reached in time.
@@ -59,14 +60,20 @@ struct Status: AsyncParsableCommand {
 struct Wait: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Wait until a root has applied a source up to a position (a cut-over barrier).",
-        discussion: "Exits 0 once checkpoint(SOURCE_ID) ≥ POSITION, 5 when --timeout passes first.")
+        discussion: """
+            Exits 0 once checkpoint(SOURCE_ID) ≥ the position, 5 when --timeout passes first, 1 at \
+            once when the root has no checkpoint of that name (the known ids are listed). A KT \
+            bridge moves its checkpoint on KT's heartbeats too (KT's clock minus 1 s), so \
+            '--until now' completes about a second and a batch interval later even when KT is \
+            quiet.
+            """)
 
     @ParentCommand var parent: Qsctl
     var options: NodeOptions { parent.options }
-    @Option(help: ArgumentHelp("The source id whose checkpoint to watch. (env: QS_CTL_WAIT_SOURCE_ID)", valueName: "id"))
+    @Option(help: ArgumentHelp("The source id whose checkpoint to watch (qsctl status lists them). (env: QS_CTL_WAIT_SOURCE_ID)", valueName: "id"))
     var sourceID: String = QSEnv.string("QS_CTL_WAIT_SOURCE_ID") ?? ""
-    @Option(help: ArgumentHelp("The position to reach (a KT timestamp, a QS log index). (env: QS_CTL_WAIT_UNTIL)", valueName: "position"))
-    var until: UInt64 = QSEnv.value("QS_CTL_WAIT_UNTIL", UInt64(0), flag: "--until")
+    @Option(help: ArgumentHelp("The position to reach: now, an RFC 3339 time or a KT timestamp (KT sources), index:N (QS log sources); a bare small number is refused as ambiguous. (env: QS_CTL_WAIT_UNTIL)", valueName: "position"))
+    var until: String = QSEnv.string("QS_CTL_WAIT_UNTIL") ?? ""
     @Option(help: ArgumentHelp("Give up after this long, e.g. 30s. (env: QS_CTL_WAIT_TIMEOUT)", valueName: "duration"))
     var timeout: Interval = QSEnv.value("QS_CTL_WAIT_TIMEOUT", Interval(.seconds(60)), flag: "--timeout")
     @Option(help: outputHelp("QS_CTL_WAIT_OUTPUT", "table prints the position reached; json {source_id, reached}."))
@@ -74,25 +81,47 @@ struct Wait: AsyncParsableCommand {
 
     func validate() throws {
         guard !sourceID.isEmpty else { throw ValidationError("--source-id is required") }
-        guard until > 0 else { throw ValidationError("--until POSITION is required (a KT timestamp or a QS log index)") }
+        guard !until.isEmpty else { throw ValidationError("--until is required: \(WaitTarget.forms)") }
+        do { _ = try WaitTarget(parsing: until) } catch { throw ValidationError("\(error)") }
     }
 
     func run() async throws {
+        let target = try WaitTarget(parsing: until)
+        let position = target.position()
         let deadline = ContinuousClock.now + timeout.duration
         let reached = try await options.withClient { client -> UInt64 in
-            var last: UInt64 = 0
-            while true {
-                last = try await client.checkpoint(sourceID: sourceID) ?? 0
-                if last >= until || ContinuousClock.now >= deadline { return last }
-                try await Task.sleep(for: .milliseconds(100))
+            guard var last = try await client.checkpoint(sourceID: sourceID) else {
+                let known = try await knownSourceIDs(client)
+                fail("\(options.node) holds no checkpoint named '\(sourceID)'; known source ids: \(known.isEmpty ? "none" : known.joined(separator: ", "))")
+                throw Exit.notFound
             }
+            if SourcePosition.isKTTimestamp(last) != target.isTimestamp {
+                fail(target.isTimestamp
+                     ? "\(sourceID) is positioned by log index (checkpoint \(last)), not by KT timestamp: give --until index:N"
+                     : "\(sourceID) is positioned by KT timestamp (checkpoint \(last)): give --until now, an RFC 3339 time or a KT timestamp")
+                throw Exit.usage
+            }
+            while last < position && ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(100))
+                last = try await client.checkpoint(sourceID: sourceID) ?? last
+            }
+            return last
         }
-        guard reached >= until else {
-            fail("timed out after \(timeout): \(sourceID) is at \(reached), not yet \(until)")
+        guard reached >= position else {
+            fail("timed out after \(timeout): \(sourceID) is at \(reached), not yet \(position) (--until \(target))")
             throw timedOutExit
         }
         var out = Output(output, listing: false)
-        out.item(json: "{\"source_id\":\(jsonString(sourceID)),\"reached\":\(reached)}", table: "\(sourceID) reached \(reached)")
+        out.item(json: "{\"source_id\":\(jsonString(sourceID)),\"reached\":\(reached),\"until\":\(jsonString(target.description)),\"position\":\(position)}",
+                 table: "\(sourceID) reached \(reached) (--until \(target) = \(position))")
         out.finish()
     }
+}
+
+/// The source ids a node holds checkpoints for, from its status.
+func knownSourceIDs(_ client: QSClient) async throws -> [String] {
+    let json = try await client.status()
+    let s = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
+    let sources = s?["sources"] as? [[String: Any]] ?? []
+    return sources.compactMap { $0["source_id"] as? String }.sorted()
 }

@@ -22,13 +22,13 @@ struct Qsctl: AsyncParsableCommand {
         discussion: """
             Exit codes: 0 found/ok; 1 not found (get, delete, checkpoint) or a difference \
             (verify); 2 usage error (a bad flag or QS_CTL_* variable); 3 server or connection \
-            error (a refused token included); 4 damaged recording (feed); 5 wait timed out; \
+            error (a refused token included); 4 damaged recording (feed); 5 timed out (wait; cutover, undone); \
             141 (SIGPIPE) the reader of its output went away, e.g. `qsctl dump | head -1`, \
             quietly. Every subcommand that prints takes --output table|json|jsonl. \
             Every option can also be set through its QS_ environment variable, as shown.
             """,
         version: QSVersion.string,
-        subcommands: [Put.self, Get.self, Delete.self, HeadCommand.self, Checkpoint.self, Log.self, Dump.self, Status.self, Wait.self, Verify.self, Lag.self, RecordCommand.self, Feed.self]
+        subcommands: [Put.self, Get.self, Delete.self, HeadCommand.self, Checkpoint.self, Log.self, Dump.self, Status.self, Wait.self, Promote.self, Demote.self, Cutover.self, Verify.self, Lag.self, RecordCommand.self, Feed.self]
     )
 
     @OptionGroup var options: NodeOptions

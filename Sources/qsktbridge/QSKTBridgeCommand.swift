@@ -62,7 +62,8 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
     func run() async throws {
         let (logger, registry) = service.bootstrap(label: "qsktbridge")
         guard let spec = source.value else { throw ValidationError("--source is required") }
-        let id = bridge.sourceID.isEmpty ? spec.defaultSourceID : bridge.sourceID
+        let id = bridge.sourceID.isEmpty ? await spec.resolvedSourceID(logger: logger) : bridge.sourceID
+        let firstStart = warnWhenOtherKTSources(sourceID: id)
         let mapping = KTMapping(prefixes: dbMap.prefixes, onUnmapped: onUnmapped, onUndecodable: onUndecodable, allowClear: allowClear)
         let translator = KTTranslator(mapping: mapping, logger: logger)
         let metrics = FeedMetrics()
@@ -75,13 +76,13 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
         case let .kt(host, port):
             let src = KTReplicationSource(host: host, port: port, sid: sid, translator: translator,
                                           timeout: sourceTimeout.duration, maxMessageBytes: maxMessage)
-            try await serve(FeedConsumer(source: src, sourceID: id, root: writer, limits: limits, metrics: metrics, logger: logger), registry, logger)
+            try await serve(FeedConsumer(source: src, sourceID: id, root: writer, limits: limits, metrics: metrics, logger: logger, onFirstStart: firstStart), registry, logger)
         case let .ulog(dir):
             let src = KTULogSource(directory: dir, translator: translator, once: bridge.once)
-            try await serve(FeedConsumer(source: src, sourceID: id, root: writer, limits: limits, metrics: metrics, logger: logger), registry, logger)
+            try await serve(FeedConsumer(source: src, sourceID: id, root: writer, limits: limits, metrics: metrics, logger: logger, onFirstStart: firstStart), registry, logger)
         case let .capture(file):
             let src = KTCaptureSource(path: file, translator: translator, maxMessageBytes: maxMessage)
-            try await serve(FeedConsumer(source: src, sourceID: id, root: writer, limits: limits, metrics: metrics, logger: logger), registry, logger)
+            try await serve(FeedConsumer(source: src, sourceID: id, root: writer, limits: limits, metrics: metrics, logger: logger, onFirstStart: firstStart), registry, logger)
         }
     }
 

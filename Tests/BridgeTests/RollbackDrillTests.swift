@@ -44,26 +44,20 @@ final class RollbackDrillTests: XCTestCase {
         let mirror = try DaemonProcess("qsqsbridge", ["--source", "qs://\(legacy.address)", "--root", new.address, "--mode", "compatible",
                                                       "--batch-interval", "100ms", "--log-format", "text"], logDir: tmp)
         // A continuous workload on KT for the whole drill.
-        let stop = StopFlag(), stopped = StopFlag()
-        let writer = Thread {
-            defer { stopped.set() }
-            var i = 0
-            while !stop.isSet {
-                kt.set("zone/\(i % 60)", "v\(i)")
-                if i % 9 == 0 { kt.remove("zone/\((i + 5) % 60)") }
-                if i % 13 == 0 { kt.set("rule/\(i % 7)", "r\(i)", db: 1) }
-                i += 1
-                Thread.sleep(forTimeInterval: 0.01)
-            }
+        let workload = KTWorkload { i in
+            kt.set("zone/\(i % 60)", "v\(i)")
+            if i % 9 == 0 { kt.remove("zone/\((i + 5) % 60)") }
+            if i % 13 == 0 { kt.set("rule/\(i % 7)", "r\(i)", db: 1) }
         }
-        writer.start()
-        /// Stops the workload and waits until its last write is done.
-        func stopWorkload() {
-            stop.set()
-            XCTAssertTrue(Harness.waitUntil(timeout: .seconds(30)) { stopped.isSet }, "the workload thread did not stop")
-        }
-        defer { stopWorkload() }
+        defer { workload.stop() }
 
+        // Replicas start once L holds entries: a replica that bootstraps from an empty root
+        // and has received nothing when it moves bootstraps again (its head is still 0),
+        // which is not what the drill counts.
+        let lc0 = try await client(legacy.port)
+        let filled = await Harness.eventually(timeout: .seconds(30)) { ((try? await lc0.head().index) ?? 0) > 0 }
+        XCTAssertTrue(filled, ktBridge.log)
+        await lc0.close()
         let list1 = tmp.appendingPathComponent("r1-upstreams")
         try legacy.address.write(to: list1, atomically: true, encoding: .utf8)
         let r1 = try ReplicaNode(data: tmp.appendingPathComponent("R1"), upstreams: [legacy.address], logDir: tmp,
@@ -106,7 +100,7 @@ final class RollbackDrillTests: XCTestCase {
 
         // Stop the workload (no write of it may follow the last one) and let everything
         // settle on L's head.
-        stopWorkload()
+        XCTAssertTrue(workload.stop(), "the workload thread did not stop")
         kt.set("drill/last", "done")
         let lc = try await client(legacy.port)
         let settled = await Harness.eventually(timeout: .seconds(30)) { ((try? await lc.get(Array("drill/last".utf8)))??.value) == Array("done".utf8) }
@@ -136,7 +130,19 @@ final class RollbackDrillTests: XCTestCase {
         // The cut-over tools on the same data.
         let cp = try await lc.checkpoint(sourceID: "kt:\(kt.address)") ?? 0
         XCTAssertEqual(try qsctl(["--node", legacy.address, "wait", "--source-id", "kt:\(kt.address)", "--until", "\(cp)", "--timeout", "5s"]).0, 0)
-        XCTAssertEqual(try qsctl(["--node", legacy.address, "wait", "--source-id", "kt:\(kt.address)", "--until", "\(cp + 1)", "--timeout", "300ms"]).0, 5)
+        let later = ISO8601DateFormatter().string(from: Date().addingTimeInterval(3600))
+        XCTAssertEqual(try qsctl(["--node", legacy.address, "wait", "--source-id", "kt:\(kt.address)", "--until", later, "--timeout", "300ms"]).0, 5)
+        // KT is quiet now: its heartbeats still carry the checkpoint past the present.
+        let now = try qsctl(["--node", legacy.address, "wait", "--source-id", "kt:\(kt.address)", "--until", "now", "--timeout", "10s"])
+        XCTAssertEqual(now.0, 0, now.1 + now.2)
+        let ambiguous = try qsctl(["--node", legacy.address, "wait", "--source-id", "kt:\(kt.address)", "--until", "1700000000"])
+        XCTAssertEqual(ambiguous.0, 2)
+        XCTAssertTrue(ambiguous.2.contains("ambiguous") && ambiguous.2.contains("index:N"), ambiguous.2)
+        let unknown = try qsctl(["--node", legacy.address, "wait", "--source-id", "kt:nowhere:1", "--until", "now", "--timeout", "30s"])
+        XCTAssertEqual(unknown.0, 1)
+        XCTAssertTrue(unknown.2.contains("kt:\(kt.address)"), "the known ids are listed: \(unknown.2)")
+        let wrongForm = try qsctl(["--node", legacy.address, "wait", "--source-id", "kt:\(kt.address)", "--until", "index:5"])
+        XCTAssertEqual(wrongForm.0, 2, wrongForm.2)
         let status = try qsctl(["--node", r1.address, "status"])
         XCTAssertEqual(status.0, 0)
         XCTAssertTrue(status.1.contains("role replica") && status.1.contains("upstream \(new.address)"), status.1)

@@ -35,8 +35,12 @@ final class WireTests: XCTestCase {
             .getCheckpoint(sourceID: "x"), .head, .readLog(from: 3, count: 10), .get(key: [0xFF]),
             .scan(prefix: [1], cursor: [2, 3], limit: 7, asOf: 99),
             .hello(token: [9, 8], client: "qsqsbridge mode=compatible source=qs://l:7400"),
+            .changeRole(token: [9, 9], change: .promote), .changeRole(token: [], change: .demote),
         ]
         for r in requests { XCTAssertEqual(try Request.decode(r.frame()), r) }
+        XCTAssertEqual(Request.changeRole(token: [1], change: .demote).frame().payload, [0, 0, 0, 1, 1, 2])
+        XCTAssertThrowsError(try Request.decode(Frame(type: 0x16, payload: [0, 0, 0, 0, 3])), "an unknown role change is refused")
+        XCTAssertTrue(Request.changeRole(token: [], change: .promote).isWrite, "carries the write token")
     }
 
     /// The replication token rides at the end of Subscribe and Snapshot; without one the

@@ -1,0 +1,171 @@
+import ArgumentParser
+import Foundation
+import QSBytes
+import QSClient
+import QSDaemon
+import QSModel
+import QSNet
+import QSWire
+
+// Moving the writers from one root to another: promote a compatible mirror, demote a
+// root to a mirror, and the cut-over that does both safely (docs/runbook.md).
+
+struct Promote: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Turn a compatible mirror into a writable root that continues the same log.",
+        discussion: """
+            The node keeps its log, keyspace and per-source checkpoints (they travelled with the \\
+            mirrored entries), so a bridge pointed at it resumes where it stopped on the old root. \\
+            It then refuses compatible appends: a qsqsbridge still feeding it stops. Carries the \\
+            write token (--write-token-file); the node logs the change. Prefer 'qsctl cutover', \\
+            which first makes sure the mirror holds the old root's head.
+            """)
+
+    @ParentCommand var parent: Qsctl
+
+    func run() async throws {
+        try await changeRole(.promote, parent.options, becomes: "a writable root")
+    }
+}
+
+struct Demote: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Turn a root into a compatible mirror continuing its own head.",
+        discussion: """
+            The node then refuses batches (bridges writing to it wait and retry) and takes \\
+            compatible appends that continue its head: 'qsqsbridge --source qs://NEW --root \\
+            THIS --mode compatible' keeps it in step with the new root, and replicas can move \\
+            back to it. Prints the head it was demoted at. Carries the write token; the node \\
+            logs the change.
+            """)
+
+    @ParentCommand var parent: Qsctl
+
+    func run() async throws {
+        try await changeRole(.demote, parent.options, becomes: "a compatible mirror")
+    }
+}
+
+/// Promotes or demotes `options.node` and prints what it became and at which head.
+func changeRole(_ change: Request.RoleChange, _ options: NodeOptions, becomes: String) async throws {
+    let head = try await options.withClient { try await $0.changeRole(change) }
+    printLine("\(options.node) is \(becomes) at index \(head.index) hash \(hexString(head.hash))")
+}
+
+struct Cutover: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Move the writes from root --from to its compatible mirror --to: demote, wait for the mirror to hold the head, promote.",
+        discussion: """
+            Checks that --to is a compatible mirror holding a prefix of --from's log, demotes \\
+            --from (it stops taking batches; its head is final), waits until --to holds that \\
+            head (same index, same chained hash), then promotes --to. If --to does not get \\
+            there within --timeout, --from is promoted back and the command exits 5: nothing \\
+            changed but a pause in writes. Exit 0: --to takes the writes; point the bridges at \\
+            it, and feed --from from it (qsqsbridge --source qs://TO --root FROM --mode \\
+            compatible) to keep the way back open. --write-token-file must hold the token of \\
+            both roots.
+            """)
+
+    @ParentCommand var parent: Qsctl
+
+    @Option(help: ArgumentHelp("The root that takes writes now, HOST:PORT. (env: QS_CTL_CUTOVER_FROM)", valueName: "host:port"))
+    var from: OrNone<Address> = QSEnv.value("QS_CTL_CUTOVER_FROM", .none, flag: "--from")
+
+    @Option(help: ArgumentHelp("Its compatible mirror, to take writes next, HOST:PORT. (env: QS_CTL_CUTOVER_TO)", valueName: "host:port"))
+    var to: OrNone<Address> = QSEnv.value("QS_CTL_CUTOVER_TO", .none, flag: "--to")
+
+    @Option(help: ArgumentHelp("How long the mirror may take to reach the demoted root's head, e.g. 30s. (env: QS_CTL_CUTOVER_TIMEOUT)", valueName: "duration"))
+    var timeout: Interval = QSEnv.value("QS_CTL_CUTOVER_TIMEOUT", Interval(.seconds(30)), flag: "--timeout")
+
+    func validate() throws {
+        guard let from = from.value, let to = to.value else { throw ValidationError("--from HOST:PORT and --to HOST:PORT are required") }
+        guard from != to else { throw ValidationError("--from and --to name the same node") }
+    }
+
+    func run() async throws {
+        guard let fromAddress = from.value, let toAddress = to.value else { throw Exit.usage }
+        var fromOptions = parent.options, toOptions = parent.options
+        fromOptions.node = fromAddress
+        toOptions.node = toAddress
+        let old = try await fromOptions.connect()
+        let new = try await toOptions.connect()
+        defer { Task { await old.close(); await new.close() } }
+        do {
+            try await checkReady(old: old, new: new, from: fromAddress, to: toAddress)
+        } catch let e as ExitCode {
+            throw e
+        } catch {
+            fail("nothing changed: \(error)")
+            throw Exit.serverError
+        }
+
+        let final: Head
+        do {
+            final = try await old.changeRole(.demote)
+        } catch {
+            fail("demoting \(fromAddress) failed, nothing changed: \(error)")
+            throw Exit.serverError
+        }
+        fail("\(fromAddress) demoted at index \(final.index) hash \(hexString(final.hash)); waiting for \(toAddress) to hold it")
+
+        let deadline = ContinuousClock.now + timeout.duration
+        var reached = (try? await new.head()) ?? .empty
+        while reached != final && reached.index <= final.index && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+            reached = (try? await new.head()) ?? reached
+        }
+        if reached.index == final.index && reached.hash == final.hash {
+            do {
+                let head = try await new.changeRole(.promote)
+                printLine("cut-over done: \(toAddress) is the writable root at index \(head.index) hash \(hexString(head.hash)); \(fromAddress) is a compatible mirror. Point the bridges at \(toAddress) and feed \(fromAddress) with: qsqsbridge --source qs://\(toAddress) --root \(fromAddress) --mode compatible")
+                return
+            } catch {
+                fail("promoting \(toAddress) failed: \(error)")
+            }
+        } else if reached.index >= final.index {
+            fail("\(toAddress) reached index \(reached.index) with hash \(hexString(reached.hash)), not \(fromAddress)'s head \(final.index) hash \(hexString(final.hash)): it does not mirror \(fromAddress)")
+        } else {
+            fail("\(toAddress) did not reach \(fromAddress)'s head \(final.index) within \(timeout) (it is at \(reached.index)): check the qsqsbridge feeding it (its log, qs_bridge_lag_seconds)")
+        }
+        // Undo: the old root takes writes again.
+        do {
+            _ = try await old.changeRole(.promote)
+        } catch {
+            fail("UNDO FAILED, NO ROOT TAKES WRITES: \(fromAddress) is still demoted (\(error)). Run: qsctl --node \(fromAddress) promote")
+            throw Exit.serverError
+        }
+        fail("cut-over undone: \(fromAddress) takes writes again, \(toAddress) is still a mirror")
+        throw timedOutExit
+    }
+
+    /// Refuses a cut-over that cannot succeed, before anything changes: `to` must be a
+    /// compatible mirror whose log is a prefix of `from`'s, and `from` must take writes.
+    func checkReady(old: QSClient, new: QSClient, from: Address, to: Address) async throws {
+        let oldRole = try await writeRole(old), newRole = try await writeRole(new)
+        guard oldRole != "mirror", oldRole != "replica" else {
+            fail("\(from) is a \(oldRole == "mirror" ? "compatible mirror" : "replica"), not the root taking writes: nothing changed")
+            throw Exit.usage
+        }
+        guard newRole == "mirror" else {
+            fail("\(to) is not a compatible mirror (it is \(newRole)): start qsqsbridge --source qs://\(from) --root \(to) --mode compatible first; nothing changed")
+            throw Exit.usage
+        }
+        let newHead = try await new.head()
+        guard newHead.index > 0 else { return }
+        let there = try await old.entries(from: newHead.index, count: 1).first
+        guard let there, there.index == newHead.index else {
+            fail("\(from) no longer retains entry \(newHead.index) (\(to)'s head) to compare histories, or is behind it: nothing changed")
+            throw Exit.usage
+        }
+        guard there.hash == newHead.hash else {
+            fail("\(to) has another history than \(from) (at index \(newHead.index) the hashes differ): nothing changed")
+            throw Exit.usage
+        }
+    }
+
+    func writeRole(_ client: QSClient) async throws -> String {
+        let json = try await client.status()
+        let s = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
+        return s?["write_role"] as? String ?? "unknown"
+    }
+}

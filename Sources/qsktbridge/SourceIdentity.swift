@@ -1,0 +1,39 @@
+import Foundation
+import Logging
+import QSFeed
+import QSModel
+import QSNet
+
+extension KTSource {
+    /// The checkpoint name when --source-id is not given. KT tells nothing stable about
+    /// itself (its report and replication stream carry no server identity), so a live
+    /// source is named by its resolved address: `kt:ADDRESS:PORT`, where ADDRESS is
+    /// 127.0.0.1 for any loopback name (`localhost`, `127.0.0.1`, `::1`), else the lowest
+    /// IPv4 address the name resolves to (else the lowest IPv6). Two bridges on one KT
+    /// thus share a checkpoint however its address is spelled. A name that does not
+    /// resolve is kept as written (lower case), with a warning.
+    func resolvedSourceID(logger: Logger) async -> String {
+        guard case let .kt(host, port) = kind else { return defaultSourceID }
+        if let address = await HostAddress.canonical(host) {
+            return "kt:\(address.contains(":") ? "[\(address)]" : address):\(port)"
+        }
+        logger.warning("cannot resolve the KT host to name the checkpoint by its address; using the name as written (give --source-id to be sure)",
+                       metadata: ["host": "\(host)"])
+        return "kt:\(host.lowercased()):\(port)"
+    }
+}
+
+/// What a KT bridge does when the root has no checkpoint for its source id: if the root
+/// holds checkpoints of other KT sources (positions that are KT timestamps), the bridge
+/// is probably reading a KT already migrated under another id (another spelling of its
+/// address, an id given by hand), and starting from position 0 would replay KT's whole
+/// log over newer values. It says so loudly, naming the ids, and carries on.
+func warnWhenOtherKTSources(sourceID: String) -> @Sendable (RootWriter, Logger) async -> Void {
+    { root, logger in
+        guard let all = try? await root.checkpoints() else { return }
+        let others = all.filter { $0.key != sourceID && SourcePosition.isKTTimestamp($0.value) }.keys.sorted()
+        guard !others.isEmpty else { return }
+        logger.error("the root has no checkpoint for this source id but holds other KT sources' checkpoints: starting from position 0 replays this KT's whole update log. If this KT is one of those sources under another name, stop this bridge and restart it with --source-id set to that id",
+                     metadata: ["source-id": "\(sourceID)", "other-kt-source-ids": "\(others.joined(separator: ","))"])
+    }
+}

@@ -1,0 +1,180 @@
+import Foundation
+import QSClient
+import QSModel
+import QSTesting
+import XCTest
+
+/// The new root takes over and hands back, under a live KT workload: `qsctl cutover`
+/// demotes L, waits for N to hold L's head and promotes N; a bridge pointed at N resumes
+/// from the checkpoint that travelled with the mirrored entries; L, demoted, follows N, and
+/// a replica moves back to it; then the writes go back to L the same way. Every node ends
+/// equal and KT's feed was applied exactly once.
+final class CutoverTests: XCTestCase {
+    var tmp: URL!
+    var token: URL!
+
+    override func setUpWithError() throws {
+        tmp = try Harness.tempDir("cutover")
+        token = tmp.appendingPathComponent("write-token")
+        try "cutover-test-token-0123456789\n".write(to: token, atomically: true, encoding: .utf8)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: tmp)
+    }
+
+    func qsctl(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+        let r = try Harness.run("qsctl", ["--write-token-file", token.path] + args)
+        return (r.status, String(decoding: r.stdout, as: UTF8.self), String(decoding: r.stderr, as: UTF8.self))
+    }
+
+    func root(_ name: String) throws -> RootNode {
+        try RootNode(data: tmp.appendingPathComponent(name), logDir: tmp, extraArgs: ["--write-token-file", token.path])
+    }
+
+    func ktBridge(_ kt: FakeKTProcess, host: String, root: RootNode) throws -> DaemonProcess {
+        try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(host):\(kt.port)", "--db-map", "0=,1=aux/", "--sid", "99",
+                                         "--write-token-file", token.path, "--batch-interval", "100ms",
+                                         "--shutdown-timeout", "3s", "--log-format", "text"], logDir: tmp)
+    }
+
+    func mirrorBridge(from source: RootNode, to target: RootNode) throws -> DaemonProcess {
+        try DaemonProcess("qsqsbridge", ["--source", "qs://\(source.address)", "--root", target.address, "--mode", "compatible",
+                                         "--write-token-file", token.path, "--batch-interval", "100ms", "--log-format", "text"], logDir: tmp)
+    }
+
+    func writeRole(_ c: QSClient) async -> String? {
+        await status(c)["write_role"] as? String
+    }
+
+    func status(_ c: QSClient) async -> [String: Any] {
+        guard let json = try? await c.status(),
+              let s = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else { return [:] }
+        return s
+    }
+
+    func subscribedUpstream(_ c: QSClient) async -> String? {
+        guard let u = await status(c)["upstream"] as? [String: Any], u["subscribed"] as? Bool == true else { return nil }
+        return u["address"] as? String
+    }
+
+    func testCutoverAndHandBackUnderALiveKTWorkload() async throws {
+        let kt = try FakeKTProcess(logDir: tmp)
+        let sourceID = "kt:127.0.0.1:\(kt.port)"
+        let legacy = try root("L"), new = try root("N")
+        // The bridge names KT "localhost"; the one on N later says 127.0.0.1: one source id.
+        var bridge = try ktBridge(kt, host: "localhost", root: legacy)
+        var mirror = try mirrorBridge(from: legacy, to: new)
+        let lc = try await QSClient.connect(host: "127.0.0.1", port: legacy.port)
+        let nc = try await QSClient.connect(host: "127.0.0.1", port: new.port)
+
+        let workload = KTWorkload { i in
+            kt.set("zone/\(i % 40)", "v\(i)")
+            if i % 7 == 0 { kt.set("rule/\(i % 5)", "r\(i)", db: 1) }
+        }
+        defer { workload.stop() }
+
+        let upstreams = tmp.appendingPathComponent("r-upstreams")
+        try legacy.address.write(to: upstreams, atomically: true, encoding: .utf8)
+        let replica = try ReplicaNode(data: tmp.appendingPathComponent("R"), upstreams: [legacy.address], logDir: tmp,
+                                      extraArgs: ["--upstream-file", upstreams.path])
+        let rc = try await QSClient.connect(host: "127.0.0.1", port: replica.port)
+        let flowing = await Harness.eventually(timeout: .seconds(30)) {
+            let upstream = await self.subscribedUpstream(rc)
+            return ((try? await nc.head().index) ?? 0) > 20 && upstream == legacy.address
+        }
+        XCTAssertTrue(flowing, "N mirrors L and the replica follows L:\n\(mirror.log)\n\(replica.daemon.log)")
+        let named = try await lc.checkpoint(sourceID: sourceID)
+        XCTAssertNotNil(named, "a localhost bridge names its source by address:\n\(bridge.log)")
+
+        // A cut-over whose mirror cannot catch up is undone: stop the mirror, let L move on.
+        XCTAssertEqual(try mirror.stop(), 0, mirror.log)
+        let stalled = try await nc.head().index
+        _ = await Harness.eventually(timeout: .seconds(20)) { ((try? await lc.head().index) ?? 0) > stalled + 2 }
+        let undone = try qsctl(["cutover", "--from", legacy.address, "--to", new.address, "--timeout", "1s"])
+        XCTAssertEqual(undone.status, 5, undone.out + undone.err)
+        XCTAssertTrue(undone.err.contains("cut-over undone"), undone.err)
+        let roleNCMirror = await writeRole(nc)
+        XCTAssertEqual(roleNCMirror, "mirror")
+        let afterUndo = try await lc.head().index
+        let lWrites = await Harness.eventually(timeout: .seconds(20)) { ((try? await lc.head().index) ?? 0) > afterUndo }
+        XCTAssertTrue(lWrites, "L takes the bridge's writes again after the undo:\n\(bridge.log)")
+
+        // The real cut-over.
+        mirror = try mirrorBridge(from: legacy, to: new)
+        let cut = try qsctl(["cutover", "--from", legacy.address, "--to", new.address, "--timeout", "30s"])
+        XCTAssertEqual(cut.status, 0, cut.out + cut.err)
+        XCTAssertTrue(cut.out.contains("cut-over done"), cut.out)
+        let lHead = try await lc.head(), nHead = try await nc.head()
+        XCTAssertEqual(nHead, lHead, "N holds L's head at the promotion")
+        let roleLCMirror = await writeRole(lc)
+        XCTAssertEqual(roleLCMirror, "mirror")
+        let roleNCPromoted = await writeRole(nc)
+        XCTAssertEqual(roleNCPromoted, "promoted")
+        // The checkpoint travelled with the entries: the bridge on N starts where L's stopped.
+        let cpL = try await lc.checkpoint(sourceID: sourceID)
+        let cpN = try await nc.checkpoint(sourceID: sourceID)
+        XCTAssertEqual(cpN, cpL)
+        // The mirror bridge stops on its next append, saying why.
+        let mirrorStopped = Harness.waitUntil(timeout: .seconds(20)) { !mirror.isRunning }
+        XCTAssertTrue(mirrorStopped, mirror.log)
+        if mirrorStopped { XCTAssertNotEqual(mirror.process.terminationStatus, 0) }
+        XCTAssertTrue(mirror.log.contains("this root was promoted"), mirror.log)
+        // L refuses the old bridge's batches (it waits, it does not stop); a bridge on N takes over.
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(10)) { bridge.log.contains("compatible mirror") }, bridge.log)
+        XCTAssertTrue(bridge.isRunning, "a bridge facing a demoted root waits:\n\(bridge.log)")
+        let oldBridge = bridge
+        bridge = try ktBridge(kt, host: "127.0.0.1", root: new)
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(10)) { bridge.log.contains("after=\(cpL ?? 0)") },
+                      "resumes from the travelled checkpoint \(cpL ?? 0):\n\(bridge.log)")
+        XCTAssertTrue([0, 75].contains(try oldBridge.stop()), oldBridge.log)
+        let nProgress = await Harness.eventually(timeout: .seconds(20)) { ((try? await nc.head().index) ?? 0) > nHead.index + 2 }
+        XCTAssertTrue(nProgress, "N takes the writes:\n\(bridge.log)")
+
+        // L follows N; the replica moves to N and back to L.
+        mirror = try mirrorBridge(from: new, to: legacy)
+        for target in [new, legacy] {
+            try target.address.write(to: upstreams, atomically: true, encoding: .utf8)
+            kill(replica.daemon.pid, SIGHUP)
+            let moved = await Harness.eventually(timeout: .seconds(30)) { await self.subscribedUpstream(rc) == target.address }
+            XCTAssertTrue(moved, "the replica moved to \(target.address):\n\(replica.daemon.log)")
+            let h = try await rc.head().index
+            let follows = await Harness.eventually(timeout: .seconds(30)) { ((try? await rc.head().index) ?? 0) > h }
+            XCTAssertTrue(follows, "the replica follows the writes through \(target.address):\n\(mirror.log)")
+        }
+
+        // Hand back: the writes return to L.
+        let back = try qsctl(["cutover", "--from", new.address, "--to", legacy.address, "--timeout", "30s"])
+        XCTAssertEqual(back.status, 0, back.out + back.err)
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { !mirror.isRunning }, mirror.log)
+        XCTAssertTrue([0, 75].contains(try bridge.stop()), bridge.log)
+        bridge = try ktBridge(kt, host: "localhost", root: legacy)
+        mirror = try mirrorBridge(from: legacy, to: new)
+
+        XCTAssertTrue(workload.stop(), "the workload thread did not stop")
+        kt.set("cutover/last", "done")
+        let settled = await Harness.eventually(timeout: .seconds(30)) {
+            ((try? await lc.get(Array("cutover/last".utf8)))??.value) == Array("done".utf8)
+        }
+        XCTAssertTrue(settled, bridge.log)
+        let final = try await lc.head()
+        for (name, c) in [("N", nc), ("R", rc)] {
+            let same = await Harness.eventually(timeout: .seconds(30)) { (try? await c.head()) == final }
+            XCTAssertTrue(same, "\(name) did not reach L's head \(final.index)")
+        }
+        for node in [new.address, replica.address] {
+            let v = try qsctl(["--node", legacy.address, "verify", "--against", node])
+            XCTAssertEqual(v.status, 0, "verify against \(node): \(v.out)\(v.err)")
+        }
+        let verifyKT = try qsctl(["--node", legacy.address, "verify", "--kt", kt.address, "--db-map", "0=,1=aux/"])
+        XCTAssertEqual(verifyKT.status, 0, verifyKT.out + verifyKT.err)
+        // Exactly once across both roots: the source's positions only increase along the log.
+        let positions = try await verifyLog(nc, sourceID: sourceID)
+        XCTAssertGreaterThan(positions.count, 30)
+        let positionsL = try await verifyLog(lc, sourceID: sourceID)
+        XCTAssertEqual(positionsL, positions)
+        for c in [lc, nc, rc] { await c.close() }
+        XCTAssertEqual(try mirror.stop(), 0, mirror.log)
+        XCTAssertEqual(try bridge.stop(), 0, bridge.log)
+    }
+}
