@@ -25,6 +25,9 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
     let onFirstStart: (@Sendable (RootWriter, Logger) async -> Void)?
     let state = Mutex(Status())
     let freshness = Freshness()
+    /// When the consumer was made: until the source has said anything, the lag counts from
+    /// here, so a bridge whose source never answers shows a growing lag, not 0.
+    let startedNs = wallClockNanoseconds()
 
     /// The bridge's state as of now: what `/readyz` and the scrape read.
     public struct Status: Sendable {
@@ -65,7 +68,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
         let link = root.link.withLock { $0 }
         s.rootConnected = link.connected
         s.rootError = link.lastError
-        s.sourceTimeNs = freshness.timeNs
+        s.sourceTimeNs = freshness.timeNs ?? startedNs
         s.nowNs = wallClockNanoseconds()
         return s
     }

@@ -49,7 +49,7 @@ final class BridgeHealthTests: XCTestCase {
         bridge.process.waitUntilExit()
         XCTAssertNotEqual(bridge.process.terminationStatus, 0)
         XCTAssertTrue(bridge.log.contains("--write-token-file \(bridgeToken.path)"), bridge.log)
-        XCTAssertEqual(root.metric("qs_auth_failures_total"), 1)
+        XCTAssertEqual(root.metric("qs_auth_failures_total{interface=\"write\"}"), 1)
     }
 
     /// A mirror bridge's lag is computed when scraped: it grows while its source root is dead.
@@ -64,6 +64,10 @@ final class BridgeHealthTests: XCTestCase {
                                        logDir: tmp, ready: true)
         let admin = try mirror.port("admin")
         try await waitFor("the mirror ready", timeout: .seconds(20)) { httpGet(port: admin, path: "/readyz")?.status == 200 }
+        // The mirror holds L's entry before L dies (ready alone says only that it reads L).
+        let probe = try await QSClient.connect(host: "127.0.0.1", port: new.port)
+        try await waitFor("N to hold L's entry", timeout: .seconds(20)) { (try? await probe.head().index) == 1 }
+        await probe.close()
         try legacy.daemon.stop(signal: SIGKILL)
         let first = try XCTUnwrap(metricValue(port: admin, "qs_bridge_lag_seconds"))
         try await waitFor("qs_bridge_lag_seconds to grow by 2 s past \(first)", timeout: .seconds(10), pollEvery: .milliseconds(100)) {

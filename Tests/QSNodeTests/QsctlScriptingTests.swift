@@ -109,7 +109,7 @@ final class QsctlScriptingTests: XCTestCase {
             String(decoding: try Harness.run(exe, ["--help"]).stdout, as: UTF8.self).split(whereSeparator: \.isWhitespace).joined(separator: " ")
         }
         let ctl = try help("qsctl")
-        for code in ["0 found/ok", "1 not found", "2 usage error", "3 server or connection", "4 damaged recording", "5 wait timed out", "141"] {
+        for code in ["0 found/ok", "1 not found", "2 usage error", "3 server or connection", "4 damaged recording", "5 timed out", "141"] {
             XCTAssertTrue(ctl.contains(code), "qsctl --help lacks '\(code)':\n\(ctl)")
         }
         for daemon in ["qsnode", "qsktbridge", "qsqsbridge", "fakekt"] {
