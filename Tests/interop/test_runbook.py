@@ -232,8 +232,11 @@ def test_runbook_runs_as_written(fakekt):
             quiet = any(" verify " in line for line in block)
             if quiet:
                 workload.pause()
+            before = workload.written
             for line in block:
                 runner.line(line)
+            if any("cutover" in line for line in block):
+                assert workload.written > before, "KT was written to while the writes moved"
             workload.resume()
 
         # The end state of the rollback: L the root fed by KT, N its mirror, the replica on L.
