@@ -70,6 +70,21 @@ def test_deploy_has_the_migration_layout():
         assert any(exe == "fakekt" for exe, _ in run), prefix + ": a KT server beside it"
         assert any(exe == "qsnode" and "QS_UPSTREAM" not in env for exe, env in run), prefix + ": a root"
         assert any(exe == "qsnode" and "QS_UPSTREAM" in env for exe, env in run), prefix + ": replicas"
+        assert sum(exe == "qsnode" and "QS_UPSTREAM" not in env for exe, env in run) == 2, \
+            prefix + ": the root L and the new root N of docs/runbook.md"
+
+
+def test_deploy_mirrors_the_root_into_the_new_root():
+    """The runbook's layout: N kept equal to L by a compatible mirror bridge, which presents
+    L's replication token and N's write token."""
+    for prefix in ("compose.yaml", "k8s/"):
+        mirrors = [env for where, exe, env, _, _ in environments() if where.startswith(prefix) and exe == "qsqsbridge"]
+        assert len(mirrors) == 1, prefix + ": one mirror bridge"
+        env = mirrors[0]
+        assert env.get("QS_MODE") == "compatible", prefix + ": the mirror bridge copies entry for entry"
+        assert env.get("QS_SOURCE", "").startswith("qs://"), prefix + ": it reads a QS node"
+        assert env["QS_SOURCE"][len("qs://"):] != env.get("QS_ROOT"), prefix + ": from L into N"
+        assert env.get("QS_SOURCE_TOKEN_FILE") and env.get("QS_WRITE_TOKEN_FILE"), prefix + ": with tokens"
 
 
 @pytest.mark.parametrize("where,exe,args,variables", containers(), ids=lambda v: v if isinstance(v, str) else None)
@@ -179,6 +194,9 @@ def test_deploy_binds_nothing_beyond_loopback_without_its_token(where, exe, env,
             token("QS_WRITE_TOKEN_FILE")
     if not loopback(env.get("QS_ADMIN", "127.0.0.1:9400")):
         token("QS_ADMIN_TOKEN_FILE")
+    if exe == "qsqsbridge":
+        token("QS_SOURCE_TOKEN_FILE")
+        token("QS_WRITE_TOKEN_FILE")
     if env.get("QS_UPSTREAM"):
         token("QS_UPSTREAM_TOKEN_FILE")
         assert env["QS_UPSTREAM_TOKEN_FILE"] == env["QS_REPLICATION_TOKEN_FILE"], \
