@@ -30,7 +30,7 @@ final class MemcachedDrainTests: XCTestCase {
         client.send("get \(keys.joined(separator: " "))\r\n")
         // The reply (6.5 MB) has begun: far more than the socket buffers hold is still queued.
         var first = [UInt8](repeating: 0, count: 6)
-        XCTAssertEqual(first.withUnsafeMutableBytes { recv(client.fd, $0.baseAddress, $0.count, MSG_WAITALL) }, 6)
+        XCTAssertEqual(first.withUnsafeMutableBytes { recv(client.fd, $0.baseAddress, $0.count, Int32(MSG_WAITALL)) }, 6)
         XCTAssertEqual(String(decoding: first, as: UTF8.self), "VALUE ")
 
         async let stopped: Void = running.stop()
