@@ -51,11 +51,85 @@ public struct MemcachedServer: ListeningService {
     public func run() async throws {
         let session = self.session, limits = self.limits
         try await listener.run { channel in
+            let ops = channel.pipeline.syncOperations
             let decoder = MemcachedDecoder(limits: limits)
-            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(decoder, maximumBufferSize: decoder.maximumBufferSize))
-            return try NIOAsyncChannel<MemcachedCommand, ByteBuffer>(wrappingChannelSynchronously: channel)
-        } handle: { accepted in
-            await session.run(accepted.connection, peer: accepted.peer, drain: accepted.drain)
+            let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
+            // Stops reading while the socket does not take the replies.
+            try ops.addHandler(BackPressureHandler())
+            try ops.addHandler(ByteToMessageHandler(decoder, maximumBufferSize: decoder.maximumBufferSize))
+            try ops.addHandler(MemcachedHandler(session: session, peer: peer, drain: try? ops.handler(type: RequestDrain.self)))
         }
+    }
+}
+
+/// One memcached connection, answered on its event loop: each command as it is decoded,
+/// into one output buffer written when the socket read is done (or when it holds
+/// `flushBytes`), so pipelined commands share a write. Commands are answered in order; a
+/// read burst is in flight for `RequestDrain` until its replies are written.
+final class MemcachedHandler: ChannelInboundHandler {
+    typealias InboundIn = MemcachedCommand
+    typealias OutboundOut = ByteBuffer
+
+    static let flushBytes = 64 << 10
+
+    private let session: MemcachedSession
+    private let peer: String
+    private let drain: RequestDrain?
+    private var out = ByteBuffer()
+    /// A request was answered into `out` since the last write (and `drain` knows).
+    private var answered = false
+    private var closing = false
+
+    init(session: MemcachedSession, peer: String, drain: RequestDrain?) {
+        self.session = session
+        self.peer = peer
+        self.drain = drain
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        session.metrics.opened()
+        out = context.channel.allocator.buffer(capacity: 4096)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        session.metrics.closed()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !closing else { return }
+        if !answered {
+            drain?.begin()
+            answered = true
+        }
+        if !session.answer(unwrapInboundIn(data), into: &out, peer: peer) {
+            closing = true
+            writeOut(context, thenClose: true)
+        } else if out.readableBytes >= Self.flushBytes {
+            writeOut(context)
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        writeOut(context)
+        context.fireChannelReadComplete()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        session.logger.debug("memcached connection ended with an error", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    /// Writes what was answered; the requests stop being in flight once it is written.
+    private func writeOut(_ context: ChannelHandlerContext, thenClose: Bool = false) {
+        guard answered else { return }
+        answered = false
+        let drain = self.drain, channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(out)).whenComplete { _ in
+            drain?.end()
+            if thenClose { channel.close(promise: nil) }
+        }
+        // Written already unless the socket is full: then the buffer stays with the write
+        // and `clear` starts a new one.
+        out.clear()
     }
 }

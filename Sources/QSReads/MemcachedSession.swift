@@ -1,116 +1,161 @@
-import Foundation
 import Logging
+import Metrics
 import NIOCore
 import QSModel
 import QSNet
 import QSStore
 
-/// Serves one memcached connection: commands are answered in order; store reads run on the
-/// store's reader threads, replies are written with back-pressure, `get` keys are read in chunks, so
-/// a connection holds at most one chunk of values at a time.
+/// Answers the memcached commands of every connection of one server, on the connection's
+/// event loop: a `get` reads the store inline (`Store.readInline`, one read transaction per
+/// `get`) and its reply is written straight into the connection's output buffer.
+///
+/// Reading inline is safe on an event loop because it is bounded and never waits: one `get`
+/// is at most one command line of keys (8 KiB by default), each an LMDB B-tree lookup in a
+/// read transaction, and LMDB readers never wait for the writer, a snapshot copy or log
+/// trimming (they read the last committed pages through the memory map). The only stall
+/// is a page fault on a cold page — the same a reader thread would take, minus two thread
+/// hops per request. Nothing here allocates per key: the value is copied from LMDB's map
+/// into the output buffer, counters are resolved once, numbers are written as ASCII digits.
 struct MemcachedSession: Sendable {
     let config: MemcachedServer.Configuration
     let store: Store
     let metrics: ReadMetrics
     let logger: Logger
     let stats: MemcachedStats
+    /// The database `get` reads and whether a key in it may also belong to a database with
+    /// a longer prefix (then each key is checked, as `KTDatabaseMap.owns` says).
+    let database: KTDatabaseMap.Database?
+    let sharesPrefix: Bool
+    let counters: Counters
 
-    static let keysPerRead = 32
-    static let readOnlyReply = "SERVER_ERROR read-only: write through the QS root\r\n"
-
-    func run(_ connection: NIOAsyncChannel<MemcachedCommand, ByteBuffer>, peer: String, drain: RequestDrain?) async {
-        metrics.opened()
-        defer { metrics.closed() }
-        do {
-            try await connection.executeThenClose { inbound, outbound in
-                for try await command in inbound {
-                    // In flight until answered: graceful shutdown closes the connection after it.
-                    drain?.begin()
-                    defer { drain?.end() }
-                    guard try await handle(command, outbound: outbound, peer: peer) else { return }
-                }
-            }
-        } catch {
-            logger.debug("memcached connection ended with an error", metadata: ["peer": "\(peer)", "error": "\(error)"])
+    /// `qs_memcached_requests_total{command}`, one counter per command, resolved once.
+    struct Counters: Sendable {
+        let get, gets, version, stats, quit, write, bad: Counter
+        init(_ metrics: ReadMetrics) {
+            get = metrics.requests("get")
+            gets = metrics.requests("gets")
+            version = metrics.requests("version")
+            stats = metrics.requests("stats")
+            quit = metrics.requests("quit")
+            write = metrics.requests("write")
+            bad = metrics.requests("bad")
         }
     }
 
-    /// Answers one command; false when the connection is to be closed.
-    private func handle(_ command: MemcachedCommand, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
-                        peer: String) async throws -> Bool {
+    static let readOnlyReply = "SERVER_ERROR read-only: write through the QS root\r\n"
+
+    init(config: MemcachedServer.Configuration, store: Store, metrics: ReadMetrics, logger: Logger, stats: MemcachedStats) {
+        self.config = config
+        self.store = store
+        self.metrics = metrics
+        self.logger = logger
+        self.stats = stats
+        let db = config.databases.database(index: config.database)
+        database = db
+        sharesPrefix = db.map { db in
+            config.databases.databases.contains { $0.prefix.count > db.prefix.count && $0.prefix.starts(with: db.prefix) }
+        } ?? false
+        counters = Counters(metrics)
+    }
+
+    /// Answers one command into `out`; false when the connection is to be closed after it.
+    func answer(_ command: MemcachedCommand, into out: inout ByteBuffer, peer: String) -> Bool {
         switch command {
         case let .get(keys, withCAS):
-            metrics.requests(withCAS ? "gets" : "get").increment()
-            try await get(keys, withCAS: withCAS, outbound: outbound, peer: peer)
+            (withCAS ? counters.gets : counters.get).increment()
+            get(keys, withCAS: withCAS, into: &out, peer: peer)
         case .version:
-            metrics.requests("version").increment()
-            try await outbound.write(ByteBuffer(string: "VERSION \(config.version)\r\n"))
+            counters.version.increment()
+            out.writeString("VERSION ")
+            out.writeString(config.version)
+            out.writeString("\r\n")
         case .stats:
-            metrics.requests("stats").increment()
-            try await outbound.write(ByteBuffer(string: stats.render(version: config.version, connections: metrics.active.count)))
+            counters.stats.increment()
+            out.writeString(stats.render(version: config.version, connections: metrics.active.count))
         case .quit:
-            metrics.requests("quit").increment()
+            counters.quit.increment()
             return false
         case let .write(name, noreply):
-            metrics.requests("write").increment()
+            counters.write.increment()
             metrics.refusedWrite(logger, peer: peer, write: noreply ? "\(name) noreply" : name)
-            if !noreply { try await outbound.write(ByteBuffer(string: Self.readOnlyReply)) }
+            if !noreply { out.writeString(Self.readOnlyReply) }
         case let .malformed(reply, reason, close):
-            metrics.requests("bad").increment()
+            counters.bad.increment()
             metrics.bad(logger, peer: peer, reason: reason, ["reply": "\(reply)"])
-            try await outbound.write(ByteBuffer(string: reply + "\r\n"))
+            out.writeString(reply)
+            out.writeString("\r\n")
             return !close
         }
         return true
     }
 
-    private func get(_ keys: [[UInt8]], withCAS: Bool, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
-                     peer: String) async throws {
-        let store = self.store, config = self.config
-        guard let db = config.databases.database(index: config.database) else {
-            try await outbound.write(ByteBuffer(string: "SERVER_ERROR no such database\r\n"))
+    private func get(_ keys: [[UInt8]], withCAS: Bool, into out: inout ByteBuffer, peer: String) {
+        guard let db = database else {
+            out.writeString("SERVER_ERROR no such database\r\n")
             return
         }
-        var start = 0
-        while start < keys.count {
-            let chunk = Array(keys[start..<min(start + Self.keysPerRead, keys.count)])
-            start += chunk.count
-            let now = config.clock()
-            let records: [Record?]
-            do {
-                records = try await store.read { txn in
-                    try chunk.map { key -> Record? in
-                        let full = db.prefix + key
-                        guard config.databases.owns(db, key: full), let r = try txn.get(full),
-                              !r.isExpired(at: now) else { return nil }
-                        return r
+        let now = config.clock()
+        let format = config.valueFormat, databases = config.databases, sharesPrefix = self.sharesPrefix
+        // Written after the last key, or dropped for a storage error.
+        let start = out.writerIndex
+        var hits = 0
+        do {
+            try store.readInline { txn in
+                for key in keys {
+                    let full = db.prefix.isEmpty ? key : db.prefix + key
+                    if sharesPrefix && !databases.owns(db, key: full) { continue }
+                    try txn.withRecord(full) { record in
+                        guard let record, !record.isExpired(at: now) else { return }
+                        hits += 1
+                        Self.writeValue(key: key, record: record, withCAS: withCAS, format: format, into: &out)
                     }
                 }
-            } catch {
-                logger.error("memcached get failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
-                try await outbound.write(ByteBuffer(string: "SERVER_ERROR storage error\r\n"))
-                return
             }
-            var out = ByteBuffer()
-            for (key, record) in zip(chunk, records) {
-                guard let record else {
-                    metrics.misses.increment()
-                    stats.count(hit: false)
-                    continue
-                }
-                metrics.hits.increment()
-                stats.count(hit: true)
-                let (flags, data) = config.valueFormat.split(record.value)
-                out.writeString("VALUE ")
-                out.writeBytes(key)
-                out.writeString(" \(flags) \(data.count)")
-                if withCAS { out.writeString(" \(MemcachedValueFormat.casUnique(value: record.value, expiry: record.expiry))") }
-                out.writeString("\r\n")
-                out.writeBytes(data)
-                out.writeString("\r\n")
-            }
-            if out.readableBytes > 0 { try await outbound.write(out) }
+        } catch {
+            out.moveWriterIndex(to: start)
+            logger.error("memcached get failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            out.writeString("SERVER_ERROR storage error\r\n")
+            return
         }
-        try await outbound.write(ByteBuffer(string: "END\r\n"))
+        if hits > 0 { metrics.hits.increment(by: Int64(hits)) }
+        if hits < keys.count { metrics.misses.increment(by: Int64(keys.count - hits)) }
+        stats.count(gets: keys.count, hits: hits)
+        out.writeString("END\r\n")
+    }
+
+    /// `VALUE <key> <flags> <bytes>[ <cas unique>]\r\n<data>\r\n`.
+    static func writeValue(key: [UInt8], record: RecordView, withCAS: Bool, format: MemcachedValueFormat,
+                           into out: inout ByteBuffer) {
+        let (flags, data) = format.split(record.value)
+        out.writeString("VALUE ")
+        out.writeBytes(key)
+        out.writeInteger(UInt8(ascii: " "))
+        out.writeDecimal(UInt64(flags))
+        out.writeInteger(UInt8(ascii: " "))
+        out.writeDecimal(UInt64(data.count))
+        if withCAS {
+            out.writeInteger(UInt8(ascii: " "))
+            out.writeDecimal(MemcachedValueFormat.casUnique(value: record.value, expiry: record.expiry))
+        }
+        out.writeString("\r\n")
+        out.writeBytes(data)
+        out.writeString("\r\n")
+    }
+}
+
+extension ByteBuffer {
+    /// `n` in decimal ASCII, without going through a String.
+    mutating func writeDecimal(_ n: UInt64) {
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 20 digits at most, on the stack
+        withUnsafeMutableBytes(of: &digits) { d in
+            var v = n
+            var i = 20
+            repeat {
+                i -= 1
+                d[i] = UInt8(truncatingIfNeeded: v % 10) + UInt8(ascii: "0")
+                v /= 10
+            } while v > 0
+            writeBytes(UnsafeRawBufferPointer(rebasing: d[i..<20]))
+        }
     }
 }

@@ -11,10 +11,11 @@ final class MemcachedStats: Sendable {
     private let counts = NIOLockedValueBox(Counts())
     let started = Date()
 
-    func count(hit: Bool) {
+    /// One `get` of `gets` keys, `hits` of them found.
+    func count(gets: Int, hits: Int) {
         counts.withLockedValue {
-            $0.gets += 1
-            if hit { $0.hits += 1 }
+            $0.gets += gets
+            $0.hits += hits
         }
     }
 

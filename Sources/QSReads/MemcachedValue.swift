@@ -12,18 +12,19 @@ public struct MemcachedValueFormat: Sendable, Equatable {
     }
 
     /// The flags and the data a client sees for a stored value.
-    public func split(_ value: [UInt8]) -> (flags: UInt32, data: ArraySlice<UInt8>) {
+    public func split<Bytes: RandomAccessCollection<UInt8>>(_ value: Bytes) -> (flags: UInt32, data: Bytes.SubSequence) {
         guard flagsInValue, value.count >= 4 else { return (0, value[...]) }
-        let n = value.count
-        let flags = UInt32(value[n - 4]) << 24 | UInt32(value[n - 3]) << 16 | UInt32(value[n - 2]) << 8 | UInt32(value[n - 1])
-        return (flags, value[..<(n - 4)])
+        let cut = value.index(value.endIndex, offsetBy: -4)
+        var flags: UInt32 = 0
+        for b in value[cut...] { flags = flags << 8 | UInt32(b) }
+        return (flags, value[..<cut])
     }
 
     /// The cas unique `gets` reports: FNV-1a (64 bits) of the stored value, flags included,
     /// and its expiry. It depends only on the record, so every node of a tree reports the
     /// same number for the same record, across restarts, and it changes when the record
     /// does. (QS accepts no `cas` writes; the number lets clients that require one work.)
-    public static func casUnique(value: [UInt8], expiry: UInt64?) -> UInt64 {
+    public static func casUnique<Bytes: Sequence<UInt8>>(value: Bytes, expiry: UInt64?) -> UInt64 {
         var h: UInt64 = 0xCBF2_9CE4_8422_2325
         for b in value {
             h ^= UInt64(b)

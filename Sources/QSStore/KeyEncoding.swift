@@ -62,6 +62,28 @@ enum RecordCodec {
         return w.bytes
     }
 
+    /// The record in `bytes` seen in place, nil when it keeps a full key other than `key`
+    /// (the layout of `decode`, without copying the value).
+    static func view(_ bytes: UnsafeRawBufferPointer, key: [UInt8]) throws -> RecordView? {
+        guard let flags = bytes.first else { throw StoreError.corrupt("record of 0 bytes") }
+        var at = 1
+        func u(_ width: Int, _ what: String) throws -> UInt64 {
+            guard bytes.count - at >= width else { throw StoreError.corrupt("record too short for its \(what)") }
+            var v: UInt64 = 0
+            for i in at..<(at + width) { v = v << 8 | UInt64(bytes[i]) }
+            at += width
+            return v
+        }
+        let expiry = flags & 1 != 0 ? try u(8, "expiry") : nil
+        if flags & 2 != 0 {
+            let n = Int(try u(4, "full key length"))
+            guard bytes.count - at >= n else { throw StoreError.corrupt("record too short for its full key") }
+            guard UnsafeRawBufferPointer(rebasing: bytes[at..<(at + n)]).elementsEqual(key) else { return nil }
+            at += n
+        }
+        return RecordView(expiry: expiry, value: UnsafeRawBufferPointer(rebasing: bytes[at...]))
+    }
+
     /// Decodes a stored record; returns the full key (recovered from the stored key when
     /// it was stored inline).
     static func decode(storedKey: [UInt8], _ bytes: [UInt8]) throws -> (key: [UInt8], record: Record) {
@@ -76,5 +98,18 @@ enum RecordCodec {
         }
         let value = Array(bytes[r.offset...])
         return (key, Record(value: value, expiry: expiry))
+    }
+}
+
+/// A stored record seen in place by `StoreTransaction.withRecord`: its expiry and its value
+/// bytes, valid only inside the closure that received it.
+public struct RecordView {
+    /// Absolute expiry in epoch seconds, nil for never.
+    public let expiry: UInt64?
+    public let value: UnsafeRawBufferPointer
+
+    public func isExpired(at now: UInt64) -> Bool {
+        guard let expiry else { return false }
+        return expiry <= now
     }
 }

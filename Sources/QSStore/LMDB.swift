@@ -167,6 +167,18 @@ public struct LMDBTransaction: ~Copyable {
         }
     }
 
+    /// Calls `body` with the bytes stored under `key`, or nil: LMDB's own (mapped) memory,
+    /// valid only inside `body`, so nothing is copied.
+    public func withValue<T>(_ db: LMDBDatabase, _ key: UnsafeRawBufferPointer,
+                             _ body: (UnsafeRawBufferPointer?) throws -> T) throws -> T {
+        var k = MDB_val(mv_size: key.count, mv_data: UnsafeMutableRawPointer(mutating: key.baseAddress))
+        var v = MDB_val()
+        let rc = mdb_get(txn, db.dbi, &k, &v)
+        if rc == MDB_NOTFOUND { return try body(nil) }
+        try LMDBError.check(rc, "mdb_get")
+        return try body(UnsafeRawBufferPointer(start: v.mv_data, count: v.mv_size))
+    }
+
     public func put(_ db: LMDBDatabase, _ key: [UInt8], _ value: [UInt8], append: Bool = false) throws {
         try key.withUnsafeBytes { kp in
             try value.withUnsafeBytes { vp in

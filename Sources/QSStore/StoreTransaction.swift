@@ -55,6 +55,24 @@ public struct StoreTransaction: ~Copyable {
         return full == key ? record : nil
     }
 
+    /// Calls `body` with the stored record for `key` seen in place (expired or not; callers
+    /// decide what to hide), nil when there is none. The value is LMDB's mapped memory, valid
+    /// only inside `body`: nothing is copied, and for a key of at most `KeyEncoding.inlineLimit`
+    /// bytes nothing is allocated. For the read servers' hot path.
+    public func withRecord<T>(_ key: [UInt8], _ body: (RecordView?) throws -> T) throws -> T {
+        guard !keys.isLong(key) else {
+            guard let record = try get(key) else { return try body(nil) }
+            return try record.value.withUnsafeBytes { try body(RecordView(expiry: record.expiry, value: $0)) }
+        }
+        return try withUnsafeTemporaryAllocation(byteCount: key.count + 1, alignment: 1) { stored in
+            stored[0] = KeyEncoding.tag
+            key.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: stored[1...]).copyMemory(from: $0) }
+            return try txn.withValue(kv, UnsafeRawBufferPointer(stored)) { raw in
+                try body(raw.flatMap { try RecordCodec.view($0, key: key) })
+            }
+        }
+    }
+
     /// Log entries from index `from`, at most `count` of them and about `maxBytes` (at
     /// least one entry is returned if any exists).
     public func entries(from: UInt64, count: Int, maxBytes: Int = 4 << 20) throws -> [StoredEntry] {
