@@ -147,9 +147,11 @@ head -c 24 /dev/urandom | base64 >"$WORK/token"
 chown 10001:10001 "$WORK/token"; chmod 0400 "$WORK/token"
 TOKEN=(-v "$WORK/token:/run/secrets/qs-write-token:ro" -e QS_WRITE_TOKEN_FILE=/run/secrets/qs-write-token)
 
+# The root's expiry purge is off: the checks compare the store with the capture at its
+# recorded instant, and the purge would (rightly) delete records expired since then.
 start_root() {
   podman run -d --name "$TAG-root" "${PODMAN_OPTS[@]}" --read-only --network host \
-    -v "$TAG-root:/data" "${TOKEN[@]}" \
+    -v "$TAG-root:/data" "${TOKEN[@]}" -e QS_EXPIRY_PURGE_BATCH=0 \
     -e QS_LISTEN="127.0.0.1:$ROOT_PORT" -e QS_ADMIN="127.0.0.1:$ROOT_ADMIN" \
     "$IMAGE" qsnode >/dev/null 2>"$WORK/run.err" || { cat "$WORK/run.err"; fail "starting the root"; }
 }

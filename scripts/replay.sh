@@ -33,7 +33,9 @@ PORT=$(python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print
 status=0
 for src in "${sources[@]}"; do
   rm -rf "$WORK/root"
-  "$BIN/qsnode" --data "$WORK/root" --listen 127.0.0.1:$PORT --log-level warning 2>"$WORK/node.log" &
+  # No expiry purge: the dump is compared at the recording's instant, and the purge would
+  # (rightly) delete records that expired since.
+  "$BIN/qsnode" --data "$WORK/root" --listen 127.0.0.1:$PORT --expiry-purge-batch 0 --log-level warning 2>"$WORK/node.log" &
   NODE_PID=$!
   for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
   echo "== replay $src (db map $DB_MAP)"

@@ -26,7 +26,7 @@ final class ExactlyOnceTests: XCTestCase {
 
     func testSIGKILLAtAnyMomentThenRestartLosesNothingAndAppliesNothingTwice() async throws {
         let fx = try KTFixture("medium")
-        let node = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let node = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ReplayTests.noPurge)
         let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
         var kills = 0
         var lastCheckpoint: UInt64 = 0
@@ -57,7 +57,7 @@ final class ExactlyOnceTests: XCTestCase {
 
     func testThreeBridgesWithOneSourceIDAreHarmless() async throws {
         let fx = try KTFixture("medium")
-        let node = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let node = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ReplayTests.noPurge)
         let bridges = try (0..<3).map { _ in try DaemonProcess("qsktbridge", bridgeArgs(node, fx), logDir: tmp) }
         XCTAssertTrue(Harness.waitUntil(timeout: .seconds(60)) { bridges.allSatisfy { !$0.isRunning } })
         for b in bridges {
@@ -83,7 +83,7 @@ final class ExactlyOnceTests: XCTestCase {
                                                       "--db-map", "0=,1=aux/", "--source-id", "late", "--log-format", "text"], logDir: tmp)
         XCTAssertTrue(Harness.waitUntil { bridge.log.contains("retrying") }, bridge.log)
         XCTAssertTrue(bridge.isRunning, "the bridge waits for the root instead of giving up")
-        let node = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--unix", socket])
+        let node = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--unix", socket] + ReplayTests.noPurge)
         XCTAssertTrue(Harness.waitUntil(timeout: .seconds(30)) { !bridge.isRunning }, bridge.log)
         bridge.process.waitUntilExit()
         XCTAssertEqual(bridge.process.terminationStatus, 0, bridge.log)
@@ -99,12 +99,12 @@ final class ExactlyOnceTests: XCTestCase {
         // The bridge reaches the root at a Unix socket path, which the restarted root binds
         // again (a TCP port given up could be taken by another process meanwhile).
         let socket = tmp.appendingPathComponent("root.sock").path
-        var root = try RootNode(data: data, logDir: tmp, extraArgs: ["--unix", socket])
+        var root = try RootNode(data: data, logDir: tmp, extraArgs: ["--unix", socket] + ReplayTests.noPurge)
         let bridge = try DaemonProcess("qsktbridge", ["--root", "unix:\(socket)", "--source", "ulog:\(fx.ulog.path)", "--db-map", "0=,1=aux/",
                                                       "--source-id", "u", "--batch-max-ops", "20", "--log-format", "text"], logDir: tmp)
         XCTAssertTrue(Harness.waitUntil { bridge.log.contains("reading source") }, bridge.log)
         XCTAssertEqual(try root.daemon.stop(signal: SIGTERM), 0)
-        root = try RootNode(data: data, logDir: tmp, extraArgs: ["--unix", socket])
+        root = try RootNode(data: data, logDir: tmp, extraArgs: ["--unix", socket] + ReplayTests.noPurge)
         let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
         let last = try ULogLast.timestamp(fx.ulog)
         let done = await Harness.eventually(timeout: .seconds(30)) { (try? await c.checkpoint(sourceID: "u")) == last }

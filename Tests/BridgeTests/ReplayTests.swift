@@ -7,6 +7,10 @@ import XCTest
 
 /// The recorded real-KT feeds replayed through `qsktbridge` into fresh roots.
 final class ReplayTests: XCTestCase {
+    /// The roots compare their keyspace with a capture at its recorded instant: no expiry
+    /// purge, which would (rightly) delete records expired since.
+    static let noPurge = ["--expiry-purge-batch", "0"]
+
     var tmp: URL!
 
     override func setUpWithError() throws {
@@ -19,7 +23,7 @@ final class ReplayTests: XCTestCase {
 
     func replay(_ fixture: String, source: (KTFixture) -> String, dbMap: String, prefixes: [Int: String], extra: [String] = []) async throws {
         let fx = try KTFixture(fixture)
-        let node = try RootNode(data: tmp.appendingPathComponent("root-\(UUID().uuidString.prefix(4))"), logDir: tmp)
+        let node = try RootNode(data: tmp.appendingPathComponent("root-\(UUID().uuidString.prefix(4))"), logDir: tmp, extraArgs: Self.noPurge)
         let r = try Harness.run("qsktbridge", ["--root", node.address, "--source", source(fx), "--db-map", dbMap, "--once",
                                                "--source-id", "replay", "--log-format", "text"] + extra)
         XCTAssertEqual(r.status, 0, String(decoding: r.stderr, as: UTF8.self))
@@ -60,7 +64,7 @@ final class ReplayTests: XCTestCase {
 
     func testClearWithoutPermissionStopsTheBridgeAndAppliesWhatCameBefore() async throws {
         let fx = try KTFixture("medium")
-        let node = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let node = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: Self.noPurge)
         let r = try Harness.run("qsktbridge", ["--root", node.address, "--source", "capture:\(fx.stream.path)",
                                                "--db-map", "0=main/,1=aux/", "--source-id", "s", "--log-format", "text"])
         XCTAssertNotEqual(r.status, 0)
@@ -80,7 +84,7 @@ final class ReplayTests: XCTestCase {
 
     func testUnmappedDatabaseStopsOrIsCounted() async throws {
         let fx = try KTFixture("basic")
-        let node = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let node = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: Self.noPurge)
         let stop = try Harness.run("qsktbridge", ["--root", node.address, "--source", "capture:\(fx.stream.path)", "--source-id", "a"])
         XCTAssertNotEqual(stop.status, 0)
         XCTAssertTrue(String(decoding: stop.stderr, as: UTF8.self).contains("database 1, which --db-map does not map"))
@@ -98,7 +102,7 @@ final class ReplayTests: XCTestCase {
         let bytes = try Data(contentsOf: fx.stream)
         let cut = tmp.appendingPathComponent("cut.bin")
         try bytes.prefix(bytes.count / 2).write(to: cut)
-        let node = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let node = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: Self.noPurge)
         let r = try Harness.run("qsktbridge", ["--root", node.address, "--source", "capture:\(cut.path)", "--db-map", "0=,1=aux/", "--source-id", "cut"])
         XCTAssertNotEqual(r.status, 0)
         let err = String(decoding: r.stderr, as: UTF8.self)
