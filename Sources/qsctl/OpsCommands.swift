@@ -29,7 +29,10 @@ struct Status: AsyncParsableCommand {
             throw Exit.serverError
         }
         let head = s["head"] as? [String: Any] ?? [:]
-        printLine("node     \(s["node_id"] ?? "?")  role \(s["role"] ?? "?")\((s["compatible_mirror"] as? Bool) == true ? " (compatible mirror)" : "")")
+        // A root's write role: open (takes writes), mirror (takes compatible appends only,
+        // after `qsctl demote` or while mirroring), promoted (a former mirror taking writes).
+        let writeRole = (s["write_role"] as? String).map { $0 == "replica" ? "" : "  writes \($0 == "mirror" ? "mirror (compatible appends only)" : $0 == "promoted" ? "promoted (takes writes)" : "open (takes writes)")" } ?? ""
+        printLine("node     \(s["node_id"] ?? "?")  role \(s["role"] ?? "?")\(writeRole)")
         printLine("head     index \(head["index"] ?? "?")  hash \(head["hash"] ?? "?")")
         printLine("log      retained from index \(s["log_first_index"] ?? "?"); \(s["subscribers"] ?? 0) subscriber(s)")
         if let age = s["root_age_seconds"] as? Double { printLine(String(format: "freshness root word %.1f s old", age)) }
