@@ -7,17 +7,22 @@ import XCTest
 
 /// The root writer against a scripted root: what it retries, what stops the bridge.
 final class RootWriterTests: XCTestCase {
+    /// A checkpoint call in flight; should a wait in the test fail, it does not outlive it.
+    func checkpointCall(_ writer: RootWriter) -> Task<UInt64?, any Error> {
+        let call = Task { try await writer.checkpoint(sourceID: "s") }
+        addTeardownBlock {
+            call.cancel()
+            _ = try? await call.value
+        }
+        return call
+    }
+
     func testRetriesWhileTheRootIsDownThenAnswers() async throws {
         let root = ScriptedRoot()
         root.setCheckpoint("s", 42)
         root.goDown()
         let writer = root.writer()
-        let call = Task { try await writer.checkpoint(sourceID: "s") }
-        // Should a wait below fail, the call does not outlive the test.
-        addTeardownBlock {
-            call.cancel()
-            _ = try? await call.value
-        }
+        let call = checkpointCall(writer)
         try await waitFor("two refused attempts") { root.snapshot.failedCalls >= 2 }
         root.comeUp()
         let checkpoint = try await within(.seconds(10), "checkpoint") { try await call.value }
@@ -96,11 +101,7 @@ final class RootWriterTests: XCTestCase {
         let root = ScriptedRoot()
         root.goDown()
         let writer = root.writer()
-        let call = Task { try await writer.checkpoint(sourceID: "s") }
-        addTeardownBlock {
-            call.cancel()
-            _ = try? await call.value
-        }
+        let call = checkpointCall(writer)
         try await waitFor("a refused attempt") { root.snapshot.failedCalls >= 1 }
         call.cancel()
         do {
