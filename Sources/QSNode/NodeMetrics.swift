@@ -19,6 +19,10 @@ public struct NodeMetrics: Sendable {
     public let snapshotsServed: Counter
     public let entriesStreamed: Counter
     let factory: any MetricsFactory
+    /// `qs_requests_total{type}` per request type, made once: no registry lookup per request.
+    let requestCounters: [String: Counter]
+    static let requestTypes = ["batch", "get-checkpoint", "head", "read-log", "get", "scan", "subscribe", "snapshot",
+                               "append", "digest", "status", "range-records", "hello", "promote", "demote"]
 
     /// Metrics made by `factory`: the process's bootstrapped one, or a test's own.
     public init(factory: any MetricsFactory = MetricsSystem.factory) {
@@ -38,9 +42,13 @@ public struct NodeMetrics: Sendable {
         divergedSubscribers = Counter(label: "qs_replication_diverged_subscribers_total", factory: factory)
         snapshotsServed = Counter(label: "qs_snapshots_served_total", factory: factory)
         entriesStreamed = Counter(label: "qs_replication_entries_sent_total", factory: factory)
+        requestCounters = Dictionary(uniqueKeysWithValues: Self.requestTypes.map {
+            ($0, Counter(label: "qs_requests_total", dimensions: [("type", $0)], factory: factory))
+        })
     }
 
+    /// The counter of requests of `type`.
     public func request(_ type: String) -> Counter {
-        Counter(label: "qs_requests_total", dimensions: [("type", type)], factory: factory)
+        requestCounters[type] ?? Counter(label: "qs_requests_total", dimensions: [("type", type)], factory: factory)
     }
 }
