@@ -159,10 +159,11 @@ public final class QSClient: Sendable {
     }
 
     /// Promotes a compatible mirror to a writable root, or demotes a root to a compatible
-    /// mirror (an operator's action, carrying the write token); returns the head the change
-    /// happened at.
-    public func changeRole(_ change: Request.RoleChange) async throws -> Head {
-        let r = try await send(.changeRole(token: token, change: change))
+    /// mirror (an operator's action, carrying `adminToken` — the node's `--admin-token-file`
+    /// — or, when nil, the write token the client was made with); returns the head the
+    /// change happened at.
+    public func changeRole(_ change: Request.RoleChange, adminToken: [UInt8]? = nil) async throws -> Head {
+        let r = try await send(.changeRole(token: adminToken ?? token, change: change))
         guard case let .head(h) = r else { throw Self.failure(r) }
         return h
     }

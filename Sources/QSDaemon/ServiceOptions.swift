@@ -20,7 +20,7 @@ public struct ServiceOptions: ParsableArguments, Sendable {
     @Option(help: ArgumentHelp("Admin HTTP address serving /healthz, /readyz and /metrics, as HOST:PORT; none when unset. (env: QS_ADMIN)", valueName: "host:port"))
     public var admin: OrNone<Address> = QSEnv.value("QS_ADMIN", .none)
 
-    @Option(help: ArgumentHelp("File holding the token the admin port's actions (POST /upstream, promote, demote) require as 'Authorization: Bearer TOKEN'; without it --admin must be loopback. (env: QS_ADMIN_TOKEN_FILE)", valueName: "file"))
+    @Option(help: ArgumentHelp("File holding the admin token: the admin port's actions (POST /upstream) require it as 'Authorization: Bearer TOKEN', and a root's promote and demote (qsctl --admin-token-file) carry it; without it --admin must be loopback and a root takes role changes from this machine only. (env: QS_ADMIN_TOKEN_FILE)", valueName: "file"))
     public var adminTokenFile: String = QSEnv.string("QS_ADMIN_TOKEN_FILE") ?? ""
 
     @Option(help: ArgumentHelp("/readyz answers 503 while the daemon is further behind its source or upstream than this, e.g. 5s. (env: QS_READY_LAG)", valueName: "duration"))
@@ -36,15 +36,19 @@ public struct ServiceOptions: ParsableArguments, Sendable {
 
     public func validate() throws {
         if let admin = adminEndpoint(), !admin.isLocalOnly, adminTokenFile.isEmpty {
-            throw ValidationError("--admin \(admin) is not loopback and no --admin-token-file is set: anyone who reaches it could use its actions (POST /upstream, promote, demote). Give --admin-token-file FILE (or QS_ADMIN_TOKEN_FILE), or bind --admin to 127.0.0.1")
+            throw ValidationError("--admin \(admin) is not loopback and no --admin-token-file is set: anyone who reaches it could use its actions (POST /upstream). Give --admin-token-file FILE (or QS_ADMIN_TOKEN_FILE), or bind --admin to 127.0.0.1")
         }
     }
 
     /// The admin port's token gate (`--admin-token-file`; open when there is none, which
     /// `validate` allows on loopback only).
     public func adminGate(logger: Logger) throws -> TokenGate {
-        TokenGate(guarding: "admin", token: try TokenFile.optional(adminTokenFile, flag: "--admin-token-file", minimumBytes: 16),
-                  flag: "--admin-token-file", logger: logger)
+        TokenGate(guarding: "admin", token: try adminToken(), flag: "--admin-token-file", logger: logger)
+    }
+
+    /// The admin token's bytes (`--admin-token-file`), nil without one.
+    public func adminToken() throws -> [UInt8]? {
+        try TokenFile.optional(adminTokenFile, flag: "--admin-token-file", minimumBytes: 16)
     }
 
     public var readyLagSeconds: Double { readyLag.seconds }

@@ -60,6 +60,13 @@ extension SocketAddress {
         if let path = pathname { return "unix:\(path)" }
         return "\(self)"
     }
+
+    /// Whether the peer is on this machine: a Unix socket or a loopback address.
+    public var isLocal: Bool {
+        if pathname != nil { return true }
+        guard let ip = ipAddress else { return false }
+        return ip.hasPrefix("127.") || ip == "::1" || ip.hasPrefix("::ffff:127.")
+    }
 }
 
 extension Endpoint {

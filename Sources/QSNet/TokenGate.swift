@@ -35,8 +35,14 @@ public final class TokenGate: Sendable {
     public func check(_ presented: [UInt8], peer: String) -> String? {
         guard let token else { return nil }
         if constantTimeEqual(token, presented) { return nil }
-        failures.increment()
         let why = presented.isEmpty ? "missing \(interface) token" : "wrong \(interface) token"
+        refuse(peer: peer, why: why)
+        return "\(why): this node requires the token from its \(flag)"
+    }
+
+    /// Counts a refusal and logs it (rate-limited) with the peer and the reason.
+    public func refuse(peer: String, why: String) {
+        failures.increment()
         let now = ContinuousClock.now
         let unlogged: Int? = logState.withLock { s in
             if let last = s.last, now - last < logEvery {
@@ -50,6 +56,5 @@ public final class TokenGate: Sendable {
             logger.warning("\(interface) refused", metadata: ["peer": "\(peer)", "reason": "\(why)",
                                                               "refused-unlogged-before": "\(unlogged)"])
         }
-        return "\(why): this node requires the token from its \(flag)"
     }
 }

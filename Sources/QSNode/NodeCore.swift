@@ -15,6 +15,9 @@ public final class NodeCore: Sendable {
     /// Writes (`--write-token-file`) and replication streams (`--replication-token-file`).
     let writeGate: TokenGate
     let replicationGate: TokenGate
+    /// Role changes (promote, demote): the admin token (`--admin-token-file`). Without one,
+    /// they are taken from local peers only (loopback, Unix socket), with the write token.
+    let adminGate: TokenGate
     let logger: Logger
     /// Whether this node takes writes (a root) or only replicates (a replica).
     public let writable: Bool
@@ -43,13 +46,15 @@ public final class NodeCore: Sendable {
     public static let maxLogEntriesPerRead: UInt32 = 10_000
     public static let maxRecordsPerPage: UInt32 = 10_000
 
-    public init(store: Store, token: [UInt8]?, replicationToken: [UInt8]? = nil, writable: Bool = true,
-                metrics: NodeMetrics = NodeMetrics(), logger: Logger) {
+    public init(store: Store, token: [UInt8]?, replicationToken: [UInt8]? = nil, adminToken: [UInt8]? = nil,
+                writable: Bool = true, metrics: NodeMetrics = NodeMetrics(), logger: Logger) {
         self.store = store
         writeGate = TokenGate(guarding: "write", token: token, flag: "--write-token-file on every write", logger: logger, factory: metrics.factory)
         replicationGate = TokenGate(guarding: "replication", token: replicationToken,
                                     flag: "--replication-token-file to subscribe or take a snapshot (a replica's --upstream-token-file)",
                                     logger: logger, factory: metrics.factory)
+        adminGate = TokenGate(guarding: "admin", token: adminToken, flag: "--admin-token-file to promote or demote it (qsctl --admin-token-file)",
+                              logger: logger, factory: metrics.factory)
         self.writable = writable
         self.metrics = metrics
         self.logger = logger
@@ -150,15 +155,26 @@ public final class NodeCore: Sendable {
         }
     }
 
-    /// Checks a write's or a replication stream's token in constant time (refusals are
-    /// counted and logged by the gate); nil when the request may run.
-    public func authorize(_ request: Request, peer: String) -> Response? {
+    /// Checks a write's, a replication stream's or a role change's token in constant time
+    /// (refusals are counted and logged by the gate); nil when the request may run.
+    /// `local`: the peer is on this machine (loopback or a Unix socket).
+    public func authorize(_ request: Request, peer: String, local: Bool) -> Response? {
         if request.isWrite && !writable {
             if case .changeRole = request {
                 return .error(.notWritable, "this node is a replica (qsnode --role replica): only a root can be promoted or demoted; a new root is a qsnode --role root fed by qsqsbridge --mode compatible")
             }
             logger.warning("write refused", metadata: ["peer": "\(peer)", "request": "\(request.name)", "reason": "not writable"])
             return .error(.notWritable, "this node is a replica and takes no writes: write to the root")
+        }
+        if case .changeRole = request {
+            if adminGate.isClosed {
+                guard let refusal = adminGate.check(request.token, peer: peer) else { return nil }
+                return .error(.unauthorized, refusal)
+            }
+            guard local else {
+                adminGate.refuse(peer: peer, why: "role change from a remote peer")
+                return .error(.unauthorized, "this node has no --admin-token-file: it takes promote and demote from this machine only (loopback or its --unix socket). Run qsctl on the node, or give the node --admin-token-file and qsctl the same file")
+            }
         }
         let gate = request.isWrite ? writeGate : request.isReplication ? replicationGate : nil
         guard let gate, let refusal = gate.check(request.token, peer: peer) else { return nil }

@@ -23,6 +23,7 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     private var closing = false
     private var readPending = false
     private var peer = "unknown"
+    private var peerIsLocal = false
     /// Set once the connection carries a subscription or a snapshot.
     private var stream: Task<Void, Never>?
 
@@ -33,6 +34,7 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         peer = context.remoteAddress?.peerDescription ?? context.channel.localAddress?.peerDescription ?? "unknown"
+        peerIsLocal = (context.remoteAddress ?? context.channel.localAddress)?.isLocal ?? false
         core.metrics.connections.increment()
         context.fireChannelActive()
     }
@@ -81,7 +83,7 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
             refuse(context: context, code: .malformed, message: "malformed request: \(error)", error: error)
             return
         }
-        if let denial = core.authorize(request, peer: peer) {
+        if let denial = core.authorize(request, peer: peer, local: peerIsLocal) {
             reply(context: context, denial, thenClose: true)
             return
         }

@@ -17,7 +17,8 @@ struct Promote: AsyncParsableCommand {
             The node keeps its log, keyspace and per-source checkpoints (they travelled with the \\
             mirrored entries), so a bridge pointed at it resumes where it stopped on the old root. \\
             It then refuses compatible appends: a qsqsbridge still feeding it stops. Carries the \\
-            write token (--write-token-file); the node logs the change. Prefer 'qsctl cutover', \\
+            node's admin token (--admin-token-file); a node without one takes role changes \\
+            from this machine only. The node logs the change. Prefer 'qsctl cutover', \\
             which first makes sure the mirror holds the old root's head.
             """)
 
@@ -35,8 +36,8 @@ struct Demote: AsyncParsableCommand {
             The node then refuses batches (bridges writing to it wait and retry) and takes \\
             compatible appends that continue its head: 'qsqsbridge --source qs://NEW --root \\
             THIS --mode compatible' keeps it in step with the new root, and replicas can move \\
-            back to it. Prints the head it was demoted at. Carries the write token; the node \\
-            logs the change.
+            back to it. Prints the head it was demoted at. Carries the admin token \\
+            (--admin-token-file), as promote does; the node logs the change.
             """)
 
     @ParentCommand var parent: Qsctl
@@ -48,7 +49,8 @@ struct Demote: AsyncParsableCommand {
 
 /// Promotes or demotes `options.node` and prints what it became and at which head.
 func changeRole(_ change: Request.RoleChange, _ options: NodeOptions, becomes: String) async throws {
-    let head = try await options.withClient { try await $0.changeRole(change) }
+    let admin = try options.adminToken()
+    let head = try await options.withClient { try await $0.changeRole(change, adminToken: admin) }
     printLine("\(options.node) is \(becomes) at index \(head.index) hash \(hexString(head.hash))")
 }
 
@@ -62,8 +64,8 @@ struct Cutover: AsyncParsableCommand {
             there within --timeout, --from is promoted back and the command exits 5: nothing \\
             changed but a pause in writes. Exit 0: --to takes the writes; point the bridges at \\
             it, and feed --from from it (qsqsbridge --source qs://TO --root FROM --mode \\
-            compatible) to keep the way back open. --write-token-file must hold the token of \\
-            both roots.
+            compatible) to keep the way back open. --admin-token-file must hold the admin \\
+            token of both roots (or run it on their machine when they have none).
             """)
 
     @ParentCommand var parent: Qsctl
@@ -87,6 +89,7 @@ struct Cutover: AsyncParsableCommand {
         var fromOptions = parent.options, toOptions = parent.options
         fromOptions.node = fromAddress
         toOptions.node = toAddress
+        let admin = try parent.options.adminToken()
         let old = try await fromOptions.connect()
         let new = try await toOptions.connect()
         defer { Task { await old.close(); await new.close() } }
@@ -101,7 +104,7 @@ struct Cutover: AsyncParsableCommand {
 
         let final: Head
         do {
-            final = try await old.changeRole(.demote)
+            final = try await old.changeRole(.demote, adminToken: admin)
         } catch {
             fail("demoting \(fromAddress) failed, nothing changed: \(error)")
             throw Exit.serverError
@@ -116,7 +119,7 @@ struct Cutover: AsyncParsableCommand {
         }
         if reached.index == final.index && reached.hash == final.hash {
             do {
-                let head = try await new.changeRole(.promote)
+                let head = try await new.changeRole(.promote, adminToken: admin)
                 printLine("cut-over done: \(toAddress) is the writable root at index \(head.index) hash \(hexString(head.hash)); \(fromAddress) is a compatible mirror. Point the bridges at \(toAddress) and feed \(fromAddress) with: qsqsbridge --source qs://\(toAddress) --root \(fromAddress) --mode compatible")
                 return
             } catch {
@@ -129,7 +132,7 @@ struct Cutover: AsyncParsableCommand {
         }
         // Undo: the old root takes writes again.
         do {
-            _ = try await old.changeRole(.promote)
+            _ = try await old.changeRole(.promote, adminToken: admin)
         } catch {
             fail("UNDO FAILED, NO ROOT TAKES WRITES: \(fromAddress) is still demoted (\(error)). Run: qsctl --node \(fromAddress) promote")
             throw Exit.serverError

@@ -50,13 +50,16 @@ struct Qsctl: AsyncParsableCommand {
     }
 }
 
-/// Options every subcommand shares: which node, and the write token.
+/// Options every subcommand shares: which node, the write token and the admin token.
 struct NodeOptions: ParsableArguments {
     @Option(help: ArgumentHelp("The node's write-protocol address, HOST:PORT or unix:PATH. (env: QS_CTL_NODE)", valueName: "host:port"))
     var node: Address = QSEnv.value("QS_CTL_NODE", Address(.tcp(host: "127.0.0.1", port: 7400)), flag: "--node")
 
     @Option(help: ArgumentHelp("File holding the node's write token, for writes. (env: QS_CTL_WRITE_TOKEN_FILE)", valueName: "file"))
     var writeTokenFile: String = QSEnv.string("QS_CTL_WRITE_TOKEN_FILE") ?? ""
+
+    @Option(help: ArgumentHelp("File holding the node's admin token (its --admin-token-file), for promote, demote and cutover. (env: QS_CTL_ADMIN_TOKEN_FILE)", valueName: "file"))
+    var adminTokenFile: String = QSEnv.string("QS_CTL_ADMIN_TOKEN_FILE") ?? ""
 
     @Flag(inversion: .prefixedNo, help: "Keys, values and prefixes given on the command line are base64 (for binary data). (env: QS_CTL_BASE64)")
     var base64: Bool = QSEnv.flag("QS_CTL_BASE64", flag: "--base64")
@@ -65,6 +68,17 @@ struct NodeOptions: ParsableArguments {
         guard base64 else { return Array(text.utf8) }
         guard let d = Data(base64Encoded: text) else { throw ValidationError("\(what) '\(text)' is not valid base64") }
         return [UInt8](d)
+    }
+
+    /// The admin token for role changes, nil without --admin-token-file (the node then
+    /// takes them from this machine only).
+    func adminToken() throws -> [UInt8]? {
+        do {
+            return try TokenFile.optional(adminTokenFile, flag: "--admin-token-file")
+        } catch {
+            fail("\(error)")
+            throw Exit.usage
+        }
     }
 
     func connect() async throws -> QSClient {

@@ -134,7 +134,8 @@ struct QSNodeCommand: AsyncParsableCommand {
         let (head, nodeID) = try await store.read { txn in (try txn.head(), try txn.identity()) }
         logger.info("store open", metadata: ["data": "\(data)", "head-index": "\(head.index)",
                                              "head-hash": "\(hexString(head.hash))", "node-id": "\(nodeID)"])
-        let core = NodeCore(store: store, token: token, replicationToken: replicationToken, writable: role == .root, logger: logger)
+        let core = NodeCore(store: store, token: token, replicationToken: replicationToken,
+                            adminToken: try service.adminToken(), writable: role == .root, logger: logger)
         core.metrics.logHead.record(Double(head.index))
         var endpoints = [listenEndpoint]
         if !unix.isEmpty { endpoints.append(.unix(path: unix)) }

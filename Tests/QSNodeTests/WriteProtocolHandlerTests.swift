@@ -33,22 +33,22 @@ final class WriteProtocolHandlerTests: XCTestCase {
         func bad() -> Int64 { metrics.counterTotal(label: "qs_bad_frames_total") }
     }
 
-    func node(token: [UInt8]? = nil) throws -> Node {
-        let store = try Store(directory: tmp.appendingPathComponent("data").path, mapSize: 64 << 20)
+    func node(token: [UInt8]? = nil, adminToken: [UInt8]? = nil, data: String = "data") throws -> Node {
+        let store = try Store(directory: tmp.appendingPathComponent(data).path, mapSize: 64 << 20)
         let metrics = TestMetrics()
         let logger = Logger(label: "handler-test") { _ in SwiftLogNoOpLogHandler() }
-        let core = NodeCore(store: store, token: token, metrics: NodeMetrics(factory: metrics), logger: logger)
+        let core = NodeCore(store: store, token: token, adminToken: adminToken, metrics: NodeMetrics(factory: metrics), logger: logger)
         return Node(core: core, metrics: metrics)
     }
 
     /// A connected channel with the write server's pipeline, for `maxFrameBytes`.
-    func connection(to node: Node, maxFrameBytes: Int = 1 << 20) async throws -> NIOAsyncTestingChannel {
+    func connection(to node: Node, maxFrameBytes: Int = 1 << 20, from peer: String = "127.0.0.1") async throws -> NIOAsyncTestingChannel {
         let core = node.core
         let channel = try await NIOAsyncTestingChannel { channel in
             let logger = Logger(label: "handler-test") { _ in SwiftLogNoOpLogHandler() }
             try WriteServer.configure(channel, core: core, maxFrameBytes: maxFrameBytes, logger: logger)
         }
-        try await channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 4000)).get()
+        try await channel.connect(to: SocketAddress(ipAddress: peer, port: 4000)).get()
         addTeardownBlock { _ = try? await channel.finish(acceptAlreadyClosed: true) }
         return channel
     }
@@ -124,6 +124,38 @@ final class WriteProtocolHandlerTests: XCTestCase {
         XCTAssertTrue(channel.isActive)
         XCTAssertEqual(node.metrics.counterTotal(label: "qs_batches_applied_total"), 1)
         XCTAssertEqual(node.metrics.counterTotal(label: "qs_ops_applied_total"), 2)
+    }
+
+    /// Promote and demote take the admin token when the node has one (the write token is
+    /// not enough); without one, only a local peer may change the role.
+    func testRoleChangesTakeTheAdminTokenOrALocalPeer() async throws {
+        let admin = Array("admin-token-0123456789".utf8)
+        let guarded = try node(token: token, adminToken: admin)
+        var channel = try await connection(to: guarded)
+        try await send([.changeRole(token: token, change: .demote)], to: channel)
+        let refused = try await answers(1, from: channel)
+        XCTAssertEqual(errorCode(refused.first), .unauthorized, "the write token does not change a role")
+        XCTAssertEqual(guarded.metrics.counterTotal(label: "qs_auth_failures_total"), 1)
+        let role1 = try await guarded.core.store.writeRole()
+        XCTAssertEqual(role1, .open)
+        channel = try await connection(to: guarded, from: "10.1.2.3")
+        try await send([.changeRole(token: admin, change: .demote)], to: channel)
+        guard case .head = try await answers(1, from: channel).first else { return XCTFail("the admin token demotes, from anywhere") }
+        let role2 = try await guarded.core.store.writeRole()
+        XCTAssertEqual(role2, .mirror)
+
+        let open = try node(token: token, data: "data2")
+        channel = try await connection(to: open, from: "10.1.2.3")
+        try await send([.changeRole(token: token, change: .demote)], to: channel)
+        let remote = try await answers(1, from: channel)
+        XCTAssertEqual(errorCode(remote.first), .unauthorized, "no admin token: a remote peer cannot change the role")
+        let role3 = try await open.core.store.writeRole()
+        XCTAssertEqual(role3, .open)
+        channel = try await connection(to: open)
+        try await send([.changeRole(token: token, change: .demote)], to: channel)
+        guard case .head = try await answers(1, from: channel).first else { return XCTFail("a local peer with the write token demotes") }
+        let role4 = try await open.core.store.writeRole()
+        XCTAssertEqual(role4, .mirror)
     }
 
     func testCASConflictAnswersTheCurrentCheckpoint() async throws {

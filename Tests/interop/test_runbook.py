@@ -214,7 +214,8 @@ def test_runbook_runs_as_written(fakekt):
         listeners = runner.start("NODE_L", named_line(blocks, "NODE_L"))
         env["L"] = "127.0.0.1:%d" % listener_port(listeners, "write")
         n = runner.start("NODE_N", "qsnode --role root --data $DATA/N --listen 127.0.0.1:0 "
-                                   "--write-token-file $TOKENS/write --replication-token-file $TOKENS/replication")
+                                   "--write-token-file $TOKENS/write --replication-token-file $TOKENS/replication "
+                                   "--admin-token-file $TOKENS/admin")
         env["N"] = "127.0.0.1:%d" % listener_port(n, "write")
         upstream_file = os.path.join(work, "upstreams")
         with open(upstream_file, "w") as f:
@@ -225,6 +226,10 @@ def test_runbook_runs_as_written(fakekt):
                                extra_env={"UPSTREAM_FILE": upstream_file})
         env.update(UPSTREAM_FILE=upstream_file, REPLICA="127.0.0.1:%d" % listener_port(replica, "write"),
                    REPLICA_ADMIN="127.0.0.1:%d" % listener_port(replica, "admin"))
+        # Role changes take the admin token: the write token alone is refused, nothing changes.
+        refused = subprocess.run(["qsctl", "--node", env["N"], "--write-token-file", os.path.join(tokens, "write"), "demote"],
+                                 env=env, capture_output=True, text=True, timeout=30)
+        assert refused.returncode == 3 and "admin token" in refused.stderr, (refused.returncode, refused.stderr)
         workload.thread.start()
         runner.start("KTBRIDGE_L", named_line(blocks, "KTBRIDGE_L"))
 
