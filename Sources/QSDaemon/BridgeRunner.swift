@@ -47,6 +47,9 @@ func bridgeReadiness<S>(_ s: FeedConsumer<S>.Status, root: Endpoint, readyLag: D
     guard s.rootConnected else {
         return Readiness(ready: false, detail: "not connected to the root \(root)\(s.rootError.map { ": \($0)" } ?? "")")
     }
+    if let stall = s.rootStall {
+        return Readiness(ready: false, detail: "the root \(root) is connected but not answering: \(stall)")
+    }
     guard s.sourceConnected else { return Readiness(ready: false, detail: "not connected to the source") }
     guard let cp = s.checkpoint else { return Readiness(ready: false, detail: "no answer from the root yet") }
     if let lag = s.lagSeconds, lag > readyLag {

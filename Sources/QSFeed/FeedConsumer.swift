@@ -38,6 +38,10 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
         public var rootConnected = false
         /// Why the root is not connected, when a call or keepalive failed.
         public var rootError: String?
+        /// Why the root, connected, is not answering (a call waits too long), if so.
+        public var rootStall: String?
+        /// Whether the root answers: connected and not stalled (`qs_bridge_root_connected`).
+        public var rootAnswering: Bool { rootConnected && rootStall == nil }
         /// The wall time of the newest source position applied or seen (ns since the epoch).
         public var sourceTimeNs: UInt64?
         /// When the status was taken (ns since the epoch).
@@ -68,6 +72,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
         let link = root.link.withLock { $0 }
         s.rootConnected = link.connected
         s.rootError = link.lastError
+        s.rootStall = link.stall()
         s.sourceTimeNs = freshness.timeNs ?? startedNs
         s.nowNs = wallClockNanoseconds()
         return s
@@ -77,7 +82,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
     public func refreshGauges() {
         let s = status
         if let lag = s.lagSeconds { metrics.lagSeconds.record(lag) }
-        metrics.rootConnected.record(s.rootConnected ? 1 : 0)
+        metrics.rootConnected.record(s.rootAnswering ? 1 : 0)
     }
 
     public func run() async throws {

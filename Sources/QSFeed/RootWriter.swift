@@ -49,7 +49,20 @@ public actor RootWriter {
     public struct Link: Sendable {
         public var connected = false
         public var lastError: String?
+        /// Since when a call has been waiting for the root's answer (nil: none waits).
+        public var waitingSince: ContinuousClock.Instant?
+
+        /// Why the root, connected, is not answering as of `now`: a call has waited longer
+        /// than `patience` (a root that accepts connections but hangs mid-batch, or is
+        /// overloaded; the call itself waits for its own timeout). nil when it answers.
+        public func stall(now: ContinuousClock.Instant = .now, patience: Duration = RootWriter.patience) -> String? {
+            guard connected, let since = waitingSince, now - since > patience else { return nil }
+            return "a call has waited \(Int((now - since).seconds)) s for its answer (hung or overloaded)"
+        }
     }
+
+    /// How long a call may wait for the root before the root counts as not answering.
+    public static let patience: Duration = .seconds(4)
 
     public nonisolated var connected: Bool { link.withLock { $0.connected } }
 
@@ -128,8 +141,21 @@ public actor RootWriter {
         link.withLock {
             $0.connected = connected
             if let error { $0.lastError = error } else if connected { $0.lastError = nil }
+            if !connected { $0.waitingSince = nil }
         }
         metrics.rootConnected.record(connected ? 1 : 0)
+    }
+
+    /// A call was sent: the root owes an answer from now (unless it already owed one).
+    private func startWaiting() {
+        link.withLock { if $0.waitingSince == nil { $0.waitingSince = .now } }
+    }
+
+    /// The root answered: it owes nothing more, or, with other calls in flight, from now.
+    private func answered() {
+        lastAnswer = .now
+        let others = inFlight > 1
+        link.withLock { $0.waitingSince = others ? .now : nil }
     }
 
     private func drop(_ why: String) async {
@@ -151,9 +177,10 @@ public actor RootWriter {
         defer { inFlight -= 1 }
         do {
             let c = try await connection()
+            startWaiting()
             let r = try await c.send(.head, timeout: .nanoseconds(Int64(timeout.seconds * 1e9)))
             guard case .head = r else { throw ClientError.unexpected("\(r)") }
-            lastAnswer = .now
+            answered()
         } catch is CancellationError {
         } catch let error as FeedError {
             // A refused hello: the next call stops the bridge with it.
@@ -173,8 +200,10 @@ public actor RootWriter {
             do {
                 inFlight += 1
                 defer { inFlight -= 1 }
-                let answer = try await call(try await connection())
-                lastAnswer = .now
+                let c = try await connection()
+                startWaiting()
+                let answer = try await call(c)
+                answered()
                 return answer
             } catch let error as ClientError {
                 if case let .server(code, message) = error {

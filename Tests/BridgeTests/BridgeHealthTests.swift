@@ -36,6 +36,36 @@ final class BridgeHealthTests: XCTestCase {
         XCTAssertTrue(bridge.isRunning, "the bridge keeps retrying the root")
     }
 
+    /// A root that keeps its connections but stops answering (here: SIGSTOP, as a hung
+    /// process or a stalled disk would) is noticed while a batch waits for it, long before
+    /// the batch's own timeout; once it answers again the bridge is ready again.
+    func testAHungRootIsNoticedWhileABatchWaits() async throws {
+        let kt = try FakeKTProcess(logDir: tmp)
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let bridge = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "99",
+                                                      "--batch-interval", "100ms", "--admin", "127.0.0.1:0", "--log-format", "text"],
+                                       logDir: tmp, ready: true)
+        let admin = try bridge.port("admin")
+        kt.set("before", "1")
+        try await waitFor("the bridge ready with the first write applied", timeout: .seconds(20)) {
+            httpGet(port: admin, path: "/readyz")?.status == 200 && root.metric("qs_ops_applied_total") == 1
+        }
+        kill(root.daemon.pid, SIGSTOP)
+        defer { kill(root.daemon.pid, SIGCONT) }
+        kt.set("during", "2")
+        let stopped = ContinuousClock.now
+        try await waitFor("/readyz 503: connected but not answering, qs_bridge_root_connected 0", timeout: .seconds(8)) {
+            guard let r = httpGet(port: admin, path: "/readyz"), r.status == 503 else { return false }
+            return r.body.contains("connected but not answering") && metricValue(port: admin, "qs_bridge_root_connected") == 0
+        }
+        print("hung root noticed after \(ContinuousClock.now - stopped)")
+        kill(root.daemon.pid, SIGCONT)
+        try await waitFor("the waiting batch applied and the bridge ready again", timeout: .seconds(20)) {
+            httpGet(port: admin, path: "/readyz")?.status == 200 && root.metric("qs_ops_applied_total") == 2
+                && metricValue(port: admin, "qs_bridge_root_connected") == 1
+        }
+    }
+
     func testAWrongWriteTokenStopsTheBridgeAtStartUpNamingTheTokenFile() async throws {
         let rootToken = tmp.appendingPathComponent("root.token"), bridgeToken = tmp.appendingPathComponent("bridge.token")
         try "0123456789abcdef0123456789abcdef\n".write(to: rootToken, atomically: true, encoding: .utf8)
