@@ -118,7 +118,7 @@ actor Batcher {
         // Append writes nothing), so a mirror bridge whose target was promoted stops now
         // rather than at the next entry.
         if pending.isEmpty, limits.mode == .compatible {
-            _ = try await root.append([])
+            _ = try await root.append([], sourceTimeNs: freshness.timeNs ?? 0)
         }
         if pending.isEmpty, let v = vouched, v > confirmed {
             vouched = nil
@@ -149,7 +149,7 @@ actor Batcher {
             operations = batch.flatMap(\.operations)
             let entries = batch.compactMap(\.entry)
             guard entries.count == batch.count else { throw FeedError.stop("compatible mode needs a QS log source (entries to append verbatim)") }
-            response = try await root.append(entries)
+            response = try await root.append(entries, sourceTimeNs: max(freshness.timeNs ?? 0, last.sourceTimeNs ?? 0))
         }
         switch response {
         case let .applied(_, _, dropped):

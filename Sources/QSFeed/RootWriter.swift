@@ -238,10 +238,11 @@ public actor RootWriter {
     }
 
     /// Compatible-mode write: entries appended verbatim.
-    public func append(_ entries: [StoredEntry]) async throws -> Response {
+    /// `sourceTimeNs`: the source root's freshest word, passed on (0: unknown).
+    public func append(_ entries: [StoredEntry], sourceTimeNs: UInt64 = 0) async throws -> Response {
         let token = self.token
         return try await perform("append") { client in
-            let r = try await client.send(.append(token: token, entries: entries), timeout: .seconds(60))
+            let r = try await client.send(.append(token: token, entries: entries, sourceTimeNs: sourceTimeNs), timeout: .seconds(60))
             switch r {
             case .applied, .conflict: return r
             case let .error(code, message):

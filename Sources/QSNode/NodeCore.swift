@@ -26,6 +26,10 @@ public final class NodeCore: Sendable {
     /// What a replica knows of its upstream and of the root's freshest word: the one value
     /// `status`, `/readyz` and the scrape all read.
     private let following = Mutex(UpstreamStatus())
+    /// A root that mirrors another (write role `mirror`): the source root's freshest word
+    /// its mirror bridge passed on with its appends — the root's time its replicas see, so
+    /// they age when the source root dies even though this node is alive.
+    private let mirroring = Mutex<(active: Bool, sourceTimeNs: UInt64)>((false, 0))
     /// Snapshots are made one at a time.
     let snapshots = SnapshotQueue()
     /// The writers (bridges) connected, as their hello introduced them.
@@ -62,7 +66,23 @@ public final class NodeCore: Sendable {
 
     /// Time of the root's freshest word this node has (ns since the epoch).
     public var rootTimeNs: UInt64 {
-        writable ? wallClockNanoseconds() : following.withLock { $0.rootTimeNs }
+        guard writable else { return following.withLock { $0.rootTimeNs } }
+        let m = mirroring.withLock { $0 }
+        return m.active ? m.sourceTimeNs : wallClockNanoseconds()
+    }
+
+    /// Reads the write role from the store (at start): a mirror's root time is its
+    /// source's until an append says more.
+    public func loadWriteRole() async throws {
+        let role = try await store.writeRole()
+        mirroring.withLock { $0.active = role == .mirror }
+    }
+
+    private func noteMirroring(_ active: Bool, sourceTimeNs: UInt64) {
+        mirroring.withLock { m in
+            if active != m.active { m = (active, 0) }
+            m.sourceTimeNs = max(m.sourceTimeNs, sourceTimeNs)
+        }
     }
 
     /// The node's status as JSON: role, head, log window, checkpoints with their lag where
@@ -94,7 +114,8 @@ public final class NodeCore: Sendable {
             "subscribers": watcher.subscriberCount,
         ]
         if writable {
-            out["root_age_seconds"] = 0
+            let t = rootTimeNs
+            if t > 0 { out["root_age_seconds"] = nowNs > t ? Double(nowNs - t) / 1e9 : 0 }
         } else {
             let u = upstreamStatus
             if let age = u.rootAgeSeconds { out["root_age_seconds"] = age }
@@ -119,6 +140,8 @@ public final class NodeCore: Sendable {
             }
             return (before, try txn.setWriteRole(target))
         }
+        // A demoted root was the root a moment ago: its time is now until appends say more.
+        noteMirroring(change == .demote, sourceTimeNs: wallClockNanoseconds())
         if change == .promote && before == .open {
             logger.notice("promote: this root already takes writes (it never mirrored); nothing changed",
                           metadata: ["peer": "\(peer)", "head-index": "\(head.index)"])
@@ -228,15 +251,17 @@ public final class NodeCore: Sendable {
                 return .page(records: page.records.map { .init(key: $0.key, record: $0.record) }, next: page.next)
             case .subscribe, .snapshot:
                 return .error(.invalidRequest, "\(request.name) is a streaming request, handled by the connection")
-            case let .append(_, entries) where entries.isEmpty:
+            case let .append(_, entries, sourceTime) where entries.isEmpty:
                 // A mirror bridge's probe while its source is quiet: does this root still
-                // take appends? Nothing is written.
+                // take appends? Nothing is written; the source root's time is noted.
                 let (role, head) = try await store.read { txn in (try txn.writeRole(), try txn.head()) }
                 if role == .promoted { return .error(.unsupported, "\(StoreError.promoted)") }
+                if role == .mirror { noteMirroring(true, sourceTimeNs: sourceTime) }
                 return .applied(logIndex: head.index, kept: 0, dropped: 0)
-            case let .append(_, entries):
+            case let .append(_, entries, sourceTime):
                 do {
                     let head = try await store.appendEntries(entries, markCompatible: true)
+                    noteMirroring(true, sourceTimeNs: sourceTime)
                     writers.touch(peer: peer, append: true)
                     metrics.batchesApplied.increment()
                     metrics.logHead.record(Double(head.index))

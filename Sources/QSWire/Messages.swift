@@ -25,8 +25,10 @@ public enum Request: Sendable, Equatable {
     /// and `snapshotEnd`; `token` as for subscribe.
     case snapshot(token: [UInt8])
     /// Compatible-mode write: append these entries verbatim (the target's head must be the
-    /// first entry's index − 1 and the chained hash must continue).
-    case append(token: [UInt8], entries: [StoredEntry])
+    /// first entry's index − 1 and the chained hash must continue). `sourceTimeNs`: the
+    /// source root's freshest word the sender has (ns since the epoch, 0 unknown), which a
+    /// mirror passes on to its replicas as the root's time.
+    case append(token: [UInt8], entries: [StoredEntry], sourceTimeNs: UInt64 = 0)
     /// Digest of the live records after `after` (stored-key cursor; empty: start) up to and
     /// including `through` (empty: no bound), at most `limit`, expiry judged at `asOf`.
     case digest(after: [UInt8], through: [UInt8], limit: UInt32, asOf: UInt64)
@@ -98,7 +100,7 @@ public enum Request: Sendable, Equatable {
     public var token: [UInt8] {
         switch self {
         case let .batch(b): return b.token
-        case let .append(token, _): return token
+        case let .append(token, _, _): return token
         case let .subscribe(_, _, token), let .snapshot(token): return token
         case let .hello(token, _): return token
         case let .changeRole(token, _): return token
@@ -163,10 +165,12 @@ public enum Request: Sendable, Equatable {
         case let .snapshot(token):
             tag = .snapshot
             if !token.isEmpty { w.writeBlob32(token) }
-        case let .append(token, entries):
+        case let .append(token, entries, sourceTimeNs):
             tag = .append
             w.writeBlob32(token)
             Response.writeEntries(entries, &w)
+            // Without a time the frame is the one nodes before it read.
+            if sourceTimeNs != 0 { w.writeU64(sourceTimeNs) }
         case let .digest(after, through, limit, asOf):
             tag = .digest
             w.writeBlob32(after)
@@ -224,7 +228,8 @@ public enum Request: Sendable, Equatable {
         case .snapshot:
             req = .snapshot(token: r.remaining > 0 ? try r.readBlob32("token") : [])
         case .append:
-            req = .append(token: try r.readBlob32("token"), entries: try Response.readEntries(&r))
+            let token = try r.readBlob32("token"), entries = try Response.readEntries(&r)
+            req = .append(token: token, entries: entries, sourceTimeNs: r.remaining > 0 ? try r.readU64("source time") : 0)
         case .digest:
             req = .digest(after: try r.readBlob32("after"), through: try r.readBlob32("through"),
                           limit: try r.readU32("limit"), asOf: try r.readU64("as-of time"))

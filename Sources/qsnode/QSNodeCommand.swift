@@ -137,6 +137,7 @@ struct QSNodeCommand: AsyncParsableCommand {
         let core = NodeCore(store: store, token: token, replicationToken: replicationToken,
                             adminToken: try service.adminToken(), writable: role == .root, logger: logger)
         core.metrics.logHead.record(Double(head.index))
+        try await core.loadWriteRole()
         var endpoints = [listenEndpoint]
         if !unix.isEmpty { endpoints.append(.unix(path: unix)) }
         var services: [any Service] = [

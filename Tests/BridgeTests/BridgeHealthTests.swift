@@ -82,7 +82,9 @@ final class BridgeHealthTests: XCTestCase {
         XCTAssertEqual(root.metric("qs_auth_failures_total{interface=\"write\"}"), 1)
     }
 
-    /// A mirror bridge's lag is computed when scraped: it grows while its source root is dead.
+    /// A mirror bridge's lag is computed when scraped: it grows while its source root is dead,
+    /// and so does the root age of the mirror's replicas (the mirror passes on its source
+    /// root's time; its own clock would tell them all is well).
     func testTheLagGrowsWhileTheSourceIsDead() async throws {
         let legacy = try RootNode(data: tmp.appendingPathComponent("L"), logDir: tmp)
         let new = try RootNode(data: tmp.appendingPathComponent("N"), logDir: tmp)
@@ -98,8 +100,13 @@ final class BridgeHealthTests: XCTestCase {
         let probe = try await QSClient.connect(host: "127.0.0.1", port: new.port)
         try await waitFor("N to hold L's entry", timeout: .seconds(20)) { (try? await probe.head().index) == 1 }
         await probe.close()
+        let replica = try ReplicaNode(data: tmp.appendingPathComponent("R"), upstreams: [new.address], logDir: tmp)
+        try await waitFor("N's replica fresh", timeout: .seconds(20)) { (replica.metric("qs_replica_root_age_seconds") ?? 99) < 2 }
         try legacy.daemon.stop(signal: SIGKILL)
         let first = try XCTUnwrap(metricValue(port: admin, "qs_bridge_lag_seconds"))
+        try await waitFor("the root age of N's replica to pass 3 s while L is dead", timeout: .seconds(10), pollEvery: .milliseconds(100)) {
+            (replica.metric("qs_replica_root_age_seconds") ?? 0) > 3
+        }
         try await waitFor("qs_bridge_lag_seconds to grow by 2 s past \(first)", timeout: .seconds(10), pollEvery: .milliseconds(100)) {
             (metricValue(port: admin, "qs_bridge_lag_seconds") ?? 0) >= first + 2
         }
@@ -110,6 +117,7 @@ final class BridgeHealthTests: XCTestCase {
         let target = try await QSClient.connect(host: "127.0.0.1", port: new.port)
         let status = try JSONSerialization.jsonObject(with: Data(try await target.status().utf8)) as? [String: Any]
         await target.close()
+        XCTAssertGreaterThan(status?["root_age_seconds"] as? Double ?? 0, 3, "N's own status ages with L")
         let mirrorStatus = try XCTUnwrap(status?["mirror"] as? [String: Any], "\(String(describing: status))")
         XCTAssertEqual(mirrorStatus["following"] as? Bool, true)
         let followers = try XCTUnwrap(mirrorStatus["followed_by"] as? [[String: Any]])

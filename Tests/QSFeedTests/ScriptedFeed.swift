@@ -161,7 +161,7 @@ final class ScriptedRoot: Sendable {
                     throw ClientError.connectionClosed
                 }
                 return answer
-            case let .append(_, entries):
+            case let .append(_, entries, _):
                 s.appends.append(entries)
                 s.headIndex += UInt64(entries.count)
                 return .applied(logIndex: s.headIndex, kept: UInt32(entries.count), dropped: 0)
