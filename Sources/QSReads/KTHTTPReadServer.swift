@@ -55,14 +55,17 @@ public struct KTHTTPReadServer: ListeningService {
     public func run() async throws {
         let session = self.session, binary = self.binary, maxBodyBytes = self.maxBodyBytes
         try await listener.run { channel in
-            try KTConnection.sniff(channel, maxBinaryBytes: maxBodyBytes)
+            let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
+            let drain = try? channel.pipeline.syncOperations.handler(type: RequestDrain.self)
+            return try KTConnection.sniff(channel, maxBinaryBytes: maxBodyBytes) { channel in
+                try channel.pipeline.syncOperations.addHandler(KTHTTPHandler(session: session, peer: peer, drain: drain))
+            }
         } handle: { accepted in
             // A client that connects and sends nothing is closed on shutdown (idle) or
-            // cancellation (the listener closes the channel), which fails the sniff.
-            switch try? await accepted.connection.get() {
-            case let .http(connection)?: await session.run(connection, peer: accepted.peer, drain: accepted.drain)
-            case let .binary(connection)?: await binary.run(connection, peer: accepted.peer, drain: accepted.drain)
-            case nil: break // closed before sending anything
+            // cancellation (the listener closes the channel), which fails the sniff. HTTP
+            // is answered by the pipeline; the connection's task waits for it to close.
+            if case let .binary(connection)? = try? await accepted.connection.get() {
+                await binary.run(connection, peer: accepted.peer, drain: accepted.drain)
             }
         }
     }

@@ -1,13 +1,16 @@
 import KTFormats
 import Logging
+import Metrics
 import NIOCore
 import NIOHTTP1
 import QSNet
 import QSStore
 
-/// Serves one KT HTTP connection: requests in order (HTTP pipelining is kept in order by
-/// NIO's pipelining handler), bodies capped at `maxBodyBytes` (413 and close beyond),
-/// each procedure runs in one read transaction on the store's reader threads.
+/// What the KT HTTP interface answers, shared by every connection of one server. A
+/// request is read in one read transaction: inline on the connection's event loop when it
+/// is a bounded lookup (`get`, `check`, `get_bulk`, `void`, `echo`, RESTful GET and HEAD:
+/// a few B-tree lookups that never wait, see `MemcachedSession`), on the store's reader
+/// threads when it scans (`match_prefix`, `match_regex`, `status`, `report`).
 struct KTHTTPSession: Sendable {
     let store: Store
     let procedures: KTProcedures
@@ -15,87 +18,56 @@ struct KTHTTPSession: Sendable {
     let metrics: ReadMetrics
     let logger: Logger
     let maxBodyBytes: Int
+    let counters: KindCounters
 
-    typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
-
-    func run(_ connection: Connection, peer: String, drain: RequestDrain?) async {
-        metrics.opened()
-        defer { metrics.closed() }
-        do {
-            try await connection.executeThenClose { inbound, outbound in
-                var head: HTTPRequestHead?
-                var body = ByteBuffer()
-                var tooLarge = false
-                for try await part in inbound {
-                    switch part {
-                    case let .head(h):
-                        // In flight from its head to its answer: graceful shutdown closes
-                        // the connection after it.
-                        drain?.begin()
-                        head = h
-                        body.clear()
-                        tooLarge = false
-                    case var .body(chunk):
-                        if body.readableBytes + chunk.readableBytes > maxBodyBytes {
-                            tooLarge = true
-                        } else if !tooLarge {
-                            body.writeBuffer(&chunk)
-                        }
-                    case .end:
-                        guard let h = head else { continue }
-                        head = nil
-                        if tooLarge {
-                            let r = KTReply(status: 413, body: Array("413 Request Entity Too Large (request entity too large)\n".utf8),
-                                            kind: "bad", badReason: "request body over \(maxBodyBytes) bytes")
-                            account(r, peer: peer, head: h)
-                            try await write(r, head: h, keepAlive: false, outbound: outbound)
-                            return
-                        }
-                        let r = await answer(h, body: Array(body.readableBytesView), peer: peer)
-                        account(r, peer: peer, head: h)
-                        try await write(r, head: h, keepAlive: h.isKeepAlive, outbound: outbound)
-                        drain?.end()
-                        if !h.isKeepAlive { return }
-                    }
-                }
-            }
-        } catch let error as HTTPParserError {
-            metrics.requests("bad").increment()
-            metrics.bad(logger, peer: peer, reason: "unparsable HTTP: \(error)")
-        } catch {
-            logger.debug("KT HTTP connection ended with an error", metadata: ["peer": "\(peer)", "error": "\(error)"])
-        }
+    init(store: Store, procedures: KTProcedures, rest: KTRESTRead, metrics: ReadMetrics, logger: Logger, maxBodyBytes: Int) {
+        self.store = store
+        self.procedures = procedures
+        self.rest = rest
+        self.metrics = metrics
+        self.logger = logger
+        self.maxBodyBytes = maxBodyBytes
+        counters = KindCounters(metrics, kinds: KTProcedures.reads.union(["write", "unknown", "bad", "error", "rest", "rest_get", "rest_head"]))
     }
 
-    private func answer(_ head: HTTPRequestHead, body: [UInt8], peer: String) async -> KTReply {
+    /// Procedures answered inline on the event loop (bounded lookups).
+    static let inlineProcedures: Set<String> = ["void", "echo", "get", "check", "get_bulk"]
+
+    /// One request's work in a read transaction, and whether it runs inline.
+    typealias Work = @Sendable (borrowing StoreTransaction) throws -> KTReply
+
+    func plan(_ head: HTTPRequestHead, body: [UInt8]) -> (inline: Bool, work: Work) {
         let uri = Array(head.uri.utf8)[...]
         let q = uri.firstIndex(of: UInt8(ascii: "?"))
         let path = q.map { uri[..<$0] } ?? uri
         let query = q.map { uri[uri.index(after: $0)...] }
-        let rpcPrefix = Array("/rpc/".utf8)
         let procedures = self.procedures, rest = self.rest
-        do {
-            if path.starts(with: rpcPrefix) {
-                let name = String(decoding: KTColumnEncoding.urlDecode(path.dropFirst(rpcPrefix.count)), as: UTF8.self)
-                let params = KTRPCParameters(query: query, contentType: head.headers.first(name: "content-type"), body: body)
-                return try await store.read { txn in try procedures.call(name, params, in: txn) }
-            }
-            let method: KTRESTRead.Method = switch head.method {
-            case .GET: .get
-            case .HEAD: .head
-            case .PUT: .put
-            case .DELETE: .delete
-            default: .other
-            }
-            return try await store.read { txn in try rest.call(method, path: path, in: txn) }
-        } catch {
-            logger.error("KT HTTP request failed", metadata: ["peer": "\(peer)", "uri": "\(head.uri.prefix(200))", "error": "\(error)"])
-            return KTReply(map: [Array("ERROR".utf8): Array("internal error: \(error)".utf8)], status: 500, kind: "error")
+        if path.starts(with: Self.rpcPrefix) {
+            let name = String(decoding: KTColumnEncoding.urlDecode(path.dropFirst(Self.rpcPrefix.count)), as: UTF8.self)
+            let params = KTRPCParameters(query: query, contentType: head.headers.first(name: "content-type"), body: body)
+            return (Self.inlineProcedures.contains(name) || !KTProcedures.reads.contains(name),
+                    { txn in try procedures.call(name, params, in: txn) })
         }
+        let method: KTRESTRead.Method = switch head.method {
+        case .GET: .get
+        case .HEAD: .head
+        case .PUT: .put
+        case .DELETE: .delete
+        default: .other
+        }
+        return (true, { txn in try rest.call(method, path: path, in: txn) })
     }
 
-    private func account(_ r: KTReply, peer: String, head: HTTPRequestHead) {
-        metrics.requests(r.kind).increment()
+    static let rpcPrefix = Array("/rpc/".utf8)
+
+    /// The reply to a request whose read failed.
+    func failure(_ error: any Error, head: HTTPRequestHead, peer: String) -> KTReply {
+        logger.error("KT HTTP request failed", metadata: ["peer": "\(peer)", "uri": "\(head.uri.prefix(200))", "error": "\(error)"])
+        return KTReply(map: [Array("ERROR".utf8): Array("internal error: \(error)".utf8)], status: 500, kind: "error")
+    }
+
+    func account(_ r: KTReply, peer: String, head: HTTPRequestHead) {
+        counters[r.kind].increment()
         if let reason = r.badReason {
             metrics.bad(logger, peer: peer, reason: reason, ["status": "\(r.status)", "uri": "\(head.uri.prefix(200))"])
         }
@@ -104,18 +76,16 @@ struct KTHTTPSession: Sendable {
         }
     }
 
-    private func write(_ r: KTReply, head: HTTPRequestHead, keepAlive: Bool,
-                       outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws {
+    /// The response's head: KT's status line and headers.
+    static func responseHead(_ r: KTReply, for head: HTTPRequestHead, keepAlive: Bool) -> HTTPResponseHead {
         var headers = HTTPHeaders()
         let isHead = head.method == .HEAD
-        if !isHead { headers.add(name: "Content-Length", value: "\(r.body.count)") }
+        if !isHead { headers.add(name: "Content-Length", value: String(r.body.count)) }
         for (n, v) in r.headers { headers.add(name: n, value: v) }
         if isHead && !headers.contains(name: "Content-Length") { headers.add(name: "Content-Length", value: "0") }
         if !keepAlive { headers.add(name: "Connection", value: "close") }
-        let status = HTTPResponseStatus(statusCode: r.status, reasonPhrase: Self.reason(r.status))
-        try await outbound.write(.head(HTTPResponseHead(version: head.version, status: status, headers: headers)))
-        if !isHead && !r.body.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: r.body)))) }
-        try await outbound.write(.end(nil))
+        return HTTPResponseHead(version: head.version, status: HTTPResponseStatus(statusCode: r.status, reasonPhrase: reason(r.status)),
+                                headers: headers)
     }
 
     /// KT's reason phrases (450 is KT's own).
@@ -130,5 +100,111 @@ struct KTHTTPSession: Sendable {
         case 501: return "Not Implemented"
         default: return "Unknown"
         }
+    }
+}
+
+/// `qs_<interface>_requests_total{command}` for a fixed set of kinds, resolved once (a
+/// kind outside the set is counted as "unknown").
+struct KindCounters: Sendable {
+    private let byKind: [String: Counter]
+    private let unknown: Counter
+
+    init(_ metrics: ReadMetrics, kinds: Set<String>) {
+        var m = [String: Counter]()
+        for k in kinds { m[k] = metrics.requests(k) }
+        byKind = m
+        unknown = m["unknown"] ?? metrics.requests("unknown")
+    }
+
+    subscript(kind: String) -> Counter { byKind[kind] ?? unknown }
+}
+
+/// One KT HTTP connection, behind NIO's HTTP server pipeline (which keeps pipelined
+/// requests in order: the next request arrives once this one's response has ended).
+/// Bodies are capped at `maxBodyBytes` (413 and close beyond). A request is in flight for
+/// `RequestDrain` from its head to its response.
+final class KTHTTPHandler: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let session: KTHTTPSession
+    private let peer: String
+    private let drain: RequestDrain?
+    private var head: HTTPRequestHead?
+    private var body = ByteBuffer()
+    private var tooLarge = false
+
+    init(session: KTHTTPSession, peer: String, drain: RequestDrain?) {
+        self.session = session
+        self.peer = peer
+        self.drain = drain
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { session.metrics.opened() }
+    func handlerRemoved(context: ChannelHandlerContext) { session.metrics.closed() }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case let .head(h):
+            drain?.begin()
+            head = h
+            body.clear()
+            tooLarge = false
+        case var .body(chunk):
+            if body.readableBytes + chunk.readableBytes > session.maxBodyBytes {
+                tooLarge = true
+            } else if !tooLarge {
+                body.writeBuffer(&chunk)
+            }
+        case .end:
+            guard let h = head else { return }
+            head = nil
+            if tooLarge {
+                respond(context, KTReply(status: 413, body: Array("413 Request Entity Too Large (request entity too large)\n".utf8),
+                                         kind: "bad", badReason: "request body over \(session.maxBodyBytes) bytes"),
+                        to: h, keepAlive: false)
+                return
+            }
+            let (inline, work) = session.plan(h, body: Array(body.readableBytesView))
+            if inline {
+                let r: KTReply
+                do { r = try session.store.readInline(work) } catch { r = session.failure(error, head: h, peer: peer) }
+                respond(context, r, to: h, keepAlive: h.isKeepAlive)
+            } else {
+                let store = session.store, session = self.session, peer = self.peer
+                let promise = context.eventLoop.makePromise(of: KTReply.self)
+                promise.completeWithTask {
+                    do { return try await store.read(work) } catch { return session.failure(error, head: h, peer: peer) }
+                }
+                promise.futureResult.assumeIsolated().whenSuccess { r in
+                    self.respond(context, r, to: h, keepAlive: h.isKeepAlive)
+                }
+            }
+        }
+    }
+
+    private func respond(_ context: ChannelHandlerContext, _ r: KTReply, to h: HTTPRequestHead, keepAlive: Bool) {
+        session.account(r, peer: peer, head: h)
+        context.write(wrapOutboundOut(.head(KTHTTPSession.responseHead(r, for: h, keepAlive: keepAlive))), promise: nil)
+        if h.method != .HEAD && !r.body.isEmpty {
+            var buffer = context.channel.allocator.buffer(capacity: r.body.count)
+            buffer.writeBytes(r.body)
+            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        }
+        let drain = self.drain
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
+            drain?.end()
+            if !keepAlive { context.close(promise: nil) }
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if let error = error as? HTTPParserError {
+            session.counters["bad"].increment()
+            session.metrics.bad(session.logger, peer: peer, reason: "unparsable HTTP: \(error)")
+        } else {
+            session.logger.debug("KT HTTP connection ended with an error", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        }
+        context.close(promise: nil)
     }
 }

@@ -5,8 +5,8 @@ import QSNet
 
 /// A KT connection, once its first byte has told which protocol it speaks.
 enum KTConnection: Sendable {
-    /// HTTP: RPC and RESTful requests.
-    case http(NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>)
+    /// HTTP: RPC and RESTful requests, answered by the pipeline's `KTHTTPHandler`.
+    case http
     /// KT's binary protocol (first byte ≥ 0x80, e.g. 0xBA get_bulk), which KT serves on its
     /// HTTP port too and which clients such as ukt use for get and get_bulk.
     case binary(NIOAsyncChannel<KTBinaryRequest, ByteBuffer>)
@@ -17,8 +17,8 @@ extension KTConnection {
     /// the first byte announces, once it is in: ≥ 0x80 is KT's binary protocol, its
     /// requests decoded by `KTBinaryRequestDecoder` with at most `maxBinaryBytes` buffered
     /// (a larger request fails the connection with NIO's `PayloadTooLargeError`); anything
-    /// else is HTTP.
-    static func sniff(_ channel: any Channel, maxBinaryBytes: Int) throws -> EventLoopFuture<KTConnection> {
+    /// else is HTTP, whose handler `http` adds after NIO's HTTP server pipeline.
+    static func sniff(_ channel: any Channel, maxBinaryBytes: Int, http: @escaping (any Channel) throws -> Void) throws -> EventLoopFuture<KTConnection> {
         let promise = channel.eventLoop.makePromise(of: KTConnection.self)
         let sniffer = ProtocolSniffer(promise: promise) { first, channel -> KTConnection in
             let ops = channel.pipeline.syncOperations
@@ -27,7 +27,8 @@ extension KTConnection {
                 return .binary(try NIOAsyncChannel(wrappingChannelSynchronously: channel))
             }
             try ops.configureHTTPServerPipeline(withErrorHandling: true)
-            return .http(try NIOAsyncChannel(wrappingChannelSynchronously: channel))
+            try http(channel)
+            return .http
         }
         try channel.pipeline.syncOperations.addHandler(sniffer)
         return promise.futureResult
