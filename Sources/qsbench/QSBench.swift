@@ -121,6 +121,10 @@ struct QSBench: AsyncParsableCommand {
                 print(String(format: "  %d conn: memcached get %.0f/s (p50 %.0f µs, p99 %.0f µs) vs real memcached %.0f/s (p50 %.0f, p99 %.0f): ratio %.2f; KT HTTP GET %.0f/s (p50 %.0f, p99 %.0f): ratio %.2f",
                              q.connections, q.opsPerSec, q.p50Micros, q.p99Micros, m.opsPerSec, m.p50Micros, m.p99Micros, q.opsPerSec / max(m.opsPerSec, 1),
                              k.opsPerSec, k.p50Micros, k.p99Micros, k.opsPerSec / max(m.opsPerSec, 1)))
+                let g = r.ktRPCGetReplica[i], mq = r.memcachedMultiReplica[i], mr = r.memcachedMultiReal[i]
+                print(String(format: "          KT /rpc/get %.0f/s (p50 %.0f, p99 %.0f): ratio %.2f; memcached 10-key get %.0f/s (p50 %.0f, p99 %.0f) vs real %.0f/s (p50 %.0f, p99 %.0f): ratio %.2f",
+                             g.opsPerSec, g.p50Micros, g.p99Micros, g.opsPerSec / max(m.opsPerSec, 1),
+                             mq.opsPerSec, mq.p50Micros, mq.p99Micros, mr.opsPerSec, mr.p50Micros, mr.p99Micros, mq.opsPerSec / max(mr.opsPerSec, 1)))
             }
             print(String(format: "  catch-up %.0f entries/s; bootstrap %.1f MB/s vs a plain file copy %.1f MB/s (%.1f MB environment); replica own memory %.1f MB",
                          r.catchUpEntriesPerSec, r.bootstrapMBPerSec, r.fileCopyMBPerSec, Double(r.environmentBytes) / 1e6, Double(r.replicaPeakAnonBytes) / 1e6))

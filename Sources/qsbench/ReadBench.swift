@@ -27,6 +27,11 @@ struct ReadBench {
         var memcachedReplica: [Load]
         var memcachedReal: [Load]
         var ktHTTPReplica: [Load]
+        /// KT HTTP RPC `GET /rpc/get?key=…`.
+        var ktRPCGetReplica: [Load]
+        /// memcached `get` of 10 keys at once (ops/s counts requests).
+        var memcachedMultiReplica: [Load]
+        var memcachedMultiReal: [Load]
         var catchUpEntriesPerSec: Double
         var bootstrapMBPerSec: Double
         var fileCopyMBPerSec: Double
@@ -83,16 +88,33 @@ struct ReadBench {
         defer { memcached.stop() }
         let realPort = memcached.port
         try fillMemcached(port: realPort, value: value)
-        var mcQS = [Load](), mcReal = [Load](), ktQS = [Load]()
+        var mcQS = [Load](), mcReal = [Load](), ktQS = [Load](), rpcQS = [Load](), multiQS = [Load](), multiReal = [Load]()
         var anon = 0
+        // Requests made before the clock starts: the client spends its time on the wire.
+        let n = keys
+        func made(_ request: (Int) -> String) -> Requests { Requests((0..<n).map { Array(request($0).utf8) }) }
+        func escaped(_ i: Int) -> String { key(i).replacingOccurrences(of: "/", with: "%2F") }
+        func tenKeys(_ i: Int) -> String {
+            var line = "get"
+            for j in 0..<10 { line += " " + key((i + j * 7_919) % n) }
+            return line + "\r\n"
+        }
+        let single = made { "get \(key($0))\r\n" }
+        let multi = made(tenKeys)
+        let rest = made { "GET /\(escaped($0)) HTTP/1.1\r\nHost: bench\r\n\r\n" }
+        let rpc = made { "GET /rpc/get?key=\(escaped($0)) HTTP/1.1\r\nHost: bench\r\n\r\n" }
         for conns in [1, 8] {
             FileHandle.standardError.write(Data("reads: \(conns) connection(s)\n".utf8))
-            mcReal.append(load(port: realPort, connections: conns, request: { "get \(key($0))\r\n" }, done: isMemcachedDone))
-            mcQS.append(load(port: mcPort, connections: conns, request: { "get \(key($0))\r\n" }, done: isMemcachedDone))
-            ktQS.append(load(port: ktPort, connections: conns, request: { "GET /\(key($0).replacingOccurrences(of: "/", with: "%2F")) HTTP/1.1\r\nHost: bench\r\n\r\n" }, done: isHTTPDone))
+            mcReal.append(load(port: realPort, connections: conns, requests: single, done: isMemcachedDone))
+            mcQS.append(load(port: mcPort, connections: conns, requests: single, done: isMemcachedDone))
+            multiReal.append(load(port: realPort, connections: conns, requests: multi, done: isMemcachedDone))
+            multiQS.append(load(port: mcPort, connections: conns, requests: multi, done: isMemcachedDone))
+            ktQS.append(load(port: ktPort, connections: conns, requests: rest, done: isHTTPDone))
+            rpcQS.append(load(port: ktPort, connections: conns, requests: rpc, done: isHTTPDone))
             anon = max(anon, anonRSS(pid: r.pid))
         }
         return Result(keys: keys, memcachedReplica: mcQS, memcachedReal: mcReal, ktHTTPReplica: ktQS,
+                      ktRPCGetReplica: rpcQS, memcachedMultiReplica: multiQS, memcachedMultiReal: multiReal,
                       catchUpEntriesPerSec: Double(catchUpEntries - 1) / catchUp, bootstrapMBPerSec: Double(envBytes) / 1e6 / bootSeconds,
                       fileCopyMBPerSec: copyRate, environmentBytes: envBytes, replicaPeakAnonBytes: anon)
     }
@@ -128,7 +150,7 @@ struct ReadBench {
     }
 
     /// Closed-loop load: each connection sends one request and waits for its answer.
-    func load(port: Int, connections: Int, request: @escaping @Sendable (Int) -> String,
+    func load(port: Int, connections: Int, requests: Requests,
               done: @escaping @Sendable ([UInt8]) -> Bool) -> Load {
         let collected = Samples()
         let end = Date().addingTimeInterval(seconds)
@@ -146,7 +168,7 @@ struct ReadBench {
                 var i = c * 7919
                 while Date() < end {
                     let t0 = DispatchTime.now().uptimeNanoseconds
-                    guard exchange(fd, Array(request(i % keys).utf8), done: done) else { break }
+                    guard exchange(fd, requests.list[i % keys], done: done) else { break }
                     mine.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1000)
                     i += 104_729
                 }
@@ -162,30 +184,47 @@ struct ReadBench {
 
 }
 
+/// Each key's request, made once.
+final class Requests: Sendable {
+    let list: [[UInt8]]
+    init(_ list: [[UInt8]]) { self.list = list }
+}
+
 /// One request, read until `done` says the answer is whole.
 @discardableResult
 func exchange(_ fd: Int32, _ request: [UInt8], done: ([UInt8]) -> Bool) -> Bool {
     guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, 0) }) == request.count else { return false }
     var answer = [UInt8]()
+    answer.reserveCapacity(4096)
     var buf = [UInt8](repeating: 0, count: 16384)
-    while !done(answer) {
+    while true {
         let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
         if n <= 0 { return false }
-        answer += buf[0..<n]
+        answer.append(contentsOf: buf[0..<n])
+        if done(answer) { return true }
     }
-    return true
 }
 
 @Sendable func isMemcachedDone(_ b: [UInt8]) -> Bool {
     b.count >= 5 && b[(b.count - 5)...].elementsEqual("END\r\n".utf8)
 }
 
+/// An HTTP response is whole: its head, and `Content-Length` bytes of body (matched
+/// without building strings, so the client costs the same for every server).
 @Sendable func isHTTPDone(_ b: [UInt8]) -> Bool {
     guard let headEnd = b.firstRange(of: [13, 10, 13, 10]) else { return false }
-    let head = String(decoding: b[..<headEnd.lowerBound], as: UTF8.self).lowercased()
-    guard let line = head.split(separator: "\r\n").first(where: { $0.hasPrefix("content-length:") }),
-          let n = Int(line.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) else { return true }
-    return b.count - headEnd.upperBound >= n
+    let name = Array("content-length:".utf8)
+    var i = 0
+    while i + name.count <= headEnd.lowerBound {
+        if (b[i] | 0x20) == name[0] && zip(b[i..<(i + name.count)], name).allSatisfy({ ($0 | 0x20) == ($1 | 0x20) }) {
+            var j = i + name.count, n = 0
+            while j < headEnd.lowerBound, b[j] == 32 { j += 1 }
+            while j < headEnd.lowerBound, b[j] >= 48, b[j] <= 57 { n = n * 10 + Int(b[j] - 48); j += 1 }
+            return b.count - headEnd.upperBound >= n
+        }
+        i += 1
+    }
+    return true
 }
 
 
