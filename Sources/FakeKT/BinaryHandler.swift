@@ -100,8 +100,14 @@ final class BinaryHandler: ChannelInboundHandler {
                 }
             }
             reply = .getBulk(records: records)
-        case .playScript:
-            reply = .error
+        case .playScript(_, let name, let arguments):
+            // Without a script file, or for any procedure but echo, KT answers its error byte.
+            if core.configuration.scriptFile != nil,
+               let results = ScriptProcessor.call(Array(name.prefix { $0 != 0 }), arguments.map { ($0.key, $0.value) }) {
+                reply = .playScript(results: results)
+            } else {
+                reply = .error
+            }
         case .replication(let r):
             guard core.configuration.ulogDirectory != nil else {
                 core.logger.info("no update log allows no replication", metadata: ["peer": "\(context.channel.remoteAddress?.description ?? "?")"])

@@ -4,7 +4,8 @@ public struct FakeKTConfiguration: Sendable {
     public var host: String = "127.0.0.1"
     /// Port (`-port`); 0 picks a free one.
     public var port: Int = 1978
-    /// Database arguments (`*`, `%`, paths with optional `#options`); none means one `*`.
+    /// Database arguments (`-`, `+`, `:`, `*`, `%`, paths such as `main.kch` with optional
+    /// `#options`); none means one stash database `:`, as in ktserver.
     public var databases: [String] = []
     /// Server id written into every update message (`-sid`).
     public var sid: UInt16 = 0
@@ -20,6 +21,10 @@ public struct FakeKTConfiguration: Sendable {
     /// not whole by then gets KT's error reply (0xBF) and the connection closes. KT reads
     /// requests item by item and has no such total; the fake bounds its memory.
     public var maxBinaryRequestBytes: Int = 32 << 20
+    /// The script file (`-scr`). ktserver built without Lua still takes one: `play_script`
+    /// then answers the procedure `echo` (its arguments back) and `not implemented` for
+    /// every other name; without a script file scripting is disabled.
+    public var scriptFile: String? = nil
     /// Faults to start with.
     public var faults = FaultPlan()
     /// The clock, in seconds since the epoch; the system clock when `nil`. Tests pin it to

@@ -10,26 +10,99 @@ public struct KTRecord: Sendable, Equatable {
 ///
 /// Records are kept in byte order of their keys, which is also the order cursors visit.
 struct Database: Sendable {
-    enum Kind: Sendable {
-        /// Hash databases (`*`, `.kch`): cursors cannot move backwards.
-        case hash
-        /// Tree databases (`%`, `.kct`, …): ordered both ways.
-        case tree
+    /// The Kyoto Cabinet database types a ktserver database argument names, with the type
+    /// numbers `status` reports.
+    enum Kind: Int, Sendable {
+        case prototypeHash = 0x10
+        case prototypeTree = 0x11
+        case stash = 0x18
+        case cache = 0x20
+        case grass = 0x21
+        case hash = 0x30
+        case tree = 0x31
+        case directory = 0x40
+        case forest = 0x41
+        case text = 0x50
+
+        /// Tree types keep keys in order and move cursors both ways; the others answer a
+        /// backward move with `not implemented`.
+        var ordered: Bool { self == .prototypeTree || self == .grass || self == .tree || self == .forest }
+
+        /// The type a file name gives: `-`, `+`, `:`, `*` or `%` as the whole name, else
+        /// the extension; `nil` for any other name (ktserver refuses those).
+        init?(fileName name: String) {
+            switch name {
+            case "-": self = .prototypeHash
+            case "+": self = .prototypeTree
+            case ":": self = .stash
+            case "*": self = .cache
+            case "%": self = .grass
+            default:
+                guard let dot = name.lastIndex(of: ".") else { return nil }
+                switch name[name.index(after: dot)...] {
+                case "kcph", "phdb": self = .prototypeHash
+                case "kcpt", "ptdb": self = .prototypeTree
+                case "kcs", "sdb": self = .stash
+                case "kcc", "cdb": self = .cache
+                case "kcg", "gdb": self = .grass
+                case "kch", "hdb": self = .hash
+                case "kct", "tdb": self = .tree
+                case "kcd", "ddb": self = .directory
+                case "kcf", "fdb": self = .forest
+                case "kcx", "xdb", "txt", "text", "tsv", "csv": self = .text
+                default: return nil
+                }
+            }
+        }
+
+        /// The type a `#type=` option names.
+        init?(typeOption value: String) {
+            switch value {
+            case "-", "kcph", "phdb", "phash": self = .prototypeHash
+            case "+", "kcpt", "ptdb", "ptree": self = .prototypeTree
+            case ":", "kcs", "sdb", "stash": self = .stash
+            case "*", "kcc", "cdb", "cache": self = .cache
+            case "%", "kcg", "gdb", "grass": self = .grass
+            case "kch", "hdb", "hash": self = .hash
+            case "kct", "tdb", "tree": self = .tree
+            case "kcd", "ddb", "dir", "directory": self = .directory
+            case "kcf", "fdb", "for", "forest": self = .forest
+            case "kcx", "xdb", "txt", "text": self = .text
+            default: return nil
+            }
+        }
     }
 
+    /// A database argument ktserver would not open.
+    struct UnknownType: Error, CustomStringConvertible {
+        var argument: String
+        var description: String {
+            "could not open a database file: \(argument): invalid operation: unknown database type "
+                + "(name one as -, +, :, *, % or a file ending in .kch, .kct, .kcd, .kcf, .kcx, or add #type=…)"
+        }
+    }
+
+    /// The path as given, `#` options stripped (what `report` and `status` show).
     let path: String
+    /// The last path component: the name `DB` selects the database by.
     let name: String
     let kind: Kind
     private(set) var records: [[UInt8]: KTRecord] = [:]
     private var sortedCache: [[UInt8]]? = nil
 
-    init(argument: String) {
-        let path = String(argument.split(separator: "#", maxSplits: 1).first ?? Substring(argument))
+    init(argument: String) throws(UnknownType) {
+        let parts = argument.split(separator: "#", omittingEmptySubsequences: false).map(String.init)
+        let path = parts.first ?? argument
         self.path = path
-        self.name = String(path.split(separator: "/").last ?? Substring(path))
-        let lower = path.lowercased()
-        let treeSuffixes = [".kct", ".kcf", ".kcd"]
-        kind = path == "%" || treeSuffixes.contains(where: { lower.hasSuffix($0) }) ? .tree : .hash
+        let name = String(path.split(separator: "/", omittingEmptySubsequences: false).last ?? Substring(path))
+        self.name = name
+        var kind = Kind(fileName: name)
+        for option in parts.dropFirst() {
+            let kv = option.split(separator: "=", maxSplits: 1).map(String.init)
+            if kv.count == 2, kv[0] == "type", let k = Kind(typeOption: kv[1]) { kind = k }
+        }
+        guard let kind else { throw UnknownType(argument: argument) }
+        self.kind = kind
     }
 
     /// A live (not expired) record.

@@ -23,8 +23,9 @@ public final class FakeKTCore: Sendable {
         self.startTime = Date()
         malformedCounter = Counter(label: "fakekt_malformed_requests_total")
         requestCounter = Counter(label: "fakekt_requests_total")
-        var store = Store(databaseArguments: configuration.databases.isEmpty ? ["*"] : configuration.databases,
-                          sid: configuration.sid)
+        // With no database named, ktserver opens one stash database (`:`).
+        var store = try Store(databaseArguments: configuration.databases.isEmpty ? [":"] : configuration.databases,
+                              sid: configuration.sid)
         if let dir = configuration.ulogDirectory {
             let existing = try ULogDirectory.load(dir)
             store.restore(existing.records, newestTimestamp: existing.newestTimestamp)

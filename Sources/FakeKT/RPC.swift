@@ -67,7 +67,7 @@ extension FakeKTCore {
             case "void": return .success
             case "echo": return RPCResult(status: 200, out: params.map)
             case "report": return report(&store)
-            case "play_script": return .error(501, "the scripting extention is disabled")
+            case "play_script": return playScript(params)
             case "tune_replication": return .error(501, "the RTS file is not set")
             case "ulog_list": return ulogList()
             case "ulog_remove": return ulogRemove(params)
@@ -193,7 +193,8 @@ extension FakeKTCore {
                     return regex.firstMatch(in: s, range: NSRange(s.startIndex..., in: s)) != nil
                 }
             default:
-                keys = store.matchKeys(db: db, max: max) { $0.starts(with: pattern) || pattern.starts(with: $0) }
+                let live = store.matchKeys(db: db, max: -1) { _ in true }
+                keys = SimilarKeys.match(origin: pattern, keys: live, range: p.int("range") ?? 1, utf: p.has("utf"), max: max)
             }
             var out: [[UInt8]: [UInt8]] = [:]
             for (i, k) in keys.enumerated() { out[[UInt8(ascii: "_")] + k] = Array(String(i).utf8) }
@@ -235,6 +236,22 @@ extension FakeKTCore {
         } catch {
             return .db(error, expected: [7])
         }
+    }
+
+    /// `play_script`: disabled without a script file; with one, a ktserver built without
+    /// Lua answers `echo` and nothing else. The name must be letters and digits.
+    private func playScript(_ p: RPCParams) -> RPCResult {
+        guard configuration.scriptFile != nil else { return .error(501, "the scripting extention is disabled") }
+        guard let name = p["name"], !name.isEmpty,
+              name.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) }) else {
+            return .invalidParameters
+        }
+        guard let results = ScriptProcessor.call(name, p.underscored) else {
+            return .error(501, "no such scripting procedure")
+        }
+        var out: [[UInt8]: [UInt8]] = [:]
+        for r in results { out[[UInt8(ascii: "_")] + r.key] = r.value }
+        return RPCResult(status: 200, out: out)
     }
 
     static func atof(_ s: String) -> Double {

@@ -35,21 +35,49 @@ extension FakeKTCore {
         return RPCResult(status: 200, out: Dictionary(uniqueKeysWithValues: out.map { (Array($0.key.utf8), Array($0.value.utf8)) }))
     }
 
+    /// `status` of one database: the fields Kyoto Cabinet's database of that type reports
+    /// (tuning values at its defaults), and TimedDB's `ktopts`, `ktcapcnt`, `ktcapsiz`.
     func status(_ store: inout Store, _ index: Int) -> RPCResult {
         let db = store.databases[index]
-        let type = db.kind == .tree ? (db.path == "%" ? "GrassDB" : "TreeDB") : (db.path == "*" ? "CacheDB" : "HashDB")
-        let realtype = db.kind == .tree ? (db.path == "%" ? "33" : "49") : (db.path == "*" ? "32" : "48")
-        let out: [String: String] = [
-            "count": String(db.count(now: store.now)),
+        let kind = db.kind
+        let count = String(db.count(now: store.now))
+        var out: [String: String] = [
+            "count": count,
             "size": String(db.size()),
             "path": db.path,
-            "realtype": realtype,
-            "type": realtype,
+            "type": String(kind.rawValue),
+            "realtype": String(kind.rawValue),
+            "opaque": String(repeating: "\u{0}", count: 16),
+            "ktopts": "0",
             "ktcapcnt": "-1",
             "ktcapsiz": "-1",
-            "ktopts": "0",
-            "class": type,
         ]
+        let library = ["libver": "16", "librev": "13", "recovered": "0", "reorganized": "0"]
+        switch kind {
+        case .prototypeHash, .prototypeTree, .text:
+            break
+        case .stash:
+            out["bnum"] = "1048583"
+            out["bnum_used"] = count
+        case .cache, .grass:
+            out.merge(library) { a, _ in a }
+            out.merge(["fmtver": "1", "chksum": "255", "opts": "0", "bnum": "1048583", "capcnt": "-1", "capsiz": "-1",
+                       "bnum_used": count]) { a, _ in a }
+        case .hash, .tree:
+            out.merge(library) { a, _ in a }
+            out.merge(["fmtver": "5", "chksum": "0", "flags": "0", "apow": kind == .tree ? "8" : "3", "fpow": "10", "opts": "0",
+                       "bnum": kind == .tree ? "65536" : "1048583", "msiz": String(64 << 20), "dfunit": "0", "frgcnt": "0",
+                       "realsize": String(db.size()), "trimmed": "0", "fbpnum_used": "0", "bnum_used": count]) { a, _ in a }
+        case .directory, .forest:
+            out.merge(library) { a, _ in a }
+            out.merge(["fmtver": "1", "chksum": "0", "flags": "0", "opts": "0"]) { a, _ in a }
+        }
+        if kind == .grass || kind == .tree || kind == .forest {
+            // A B+ tree over an inner cache, hash or directory database adds its own fields.
+            out.merge(["psiz": "8192", "pccap": String(64 << 20), "rcomp": "lexical", "root": "1", "first": "1", "last": "1",
+                       "lcnt": "1", "icnt": "0", "pnum": "1", "cusage": "0", "cusage_lcnt": "1", "cusage_lsiz": "0",
+                       "cusage_icnt": "0", "cusage_isiz": "0"]) { _, b in b }
+        }
         return RPCResult(status: 200, out: Dictionary(uniqueKeysWithValues: out.map { (Array($0.key.utf8), Array($0.value.utf8)) }))
     }
 

@@ -20,13 +20,15 @@ struct Store: Sendable {
 
     var now: Int64 { Int64(nowMillis / 1000) }
 
-    init(databaseArguments: [String], sid: UInt16) {
-        databases = databaseArguments.map(Database.init(argument:))
+    /// Opens the databases ktserver's arguments name; an argument of no known type is refused.
+    init(databaseArguments: [String], sid: UInt16) throws(Database.UnknownType) {
+        var databases: [Database] = []
+        for argument in databaseArguments { databases.append(try Database(argument: argument)) }
+        self.databases = databases
+        // `DB=name` selects by the last path component; of two with one name, the later wins,
+        // as in ktserver's map.
         var names: [String: Int] = [:]
-        for (i, db) in databases.enumerated() where names[db.name] == nil {
-            names[db.name] = i
-            if names[db.path] == nil { names[db.path] = i }
-        }
+        for (i, db) in databases.enumerated() { names[db.name] = i }
         self.names = names
         self.clock = KTClock()
         self.sid = sid
@@ -181,7 +183,7 @@ struct Store: Sendable {
             if let new {
                 store(db: db, key: key, value: new, xt: xt)
             } else {
-                databases[db].delete(key)
+                deleteRecord(db: db, key: key)
                 logUpdate(db: db, .remove(key: key))
             }
         case (nil, nil):
@@ -194,7 +196,7 @@ struct Store: Sendable {
     /// Removes a record. KT logs the removal even when there is nothing to remove.
     mutating func remove(db: Int, key: [UInt8]) throws(KTDBError) {
         let existed = databases[db].live(key, now: now) != nil
-        databases[db].delete(key)
+        deleteRecord(db: db, key: key)
         logUpdate(db: db, .remove(key: key))
         if !existed { throw .noRecord }
     }
@@ -214,7 +216,7 @@ struct Store: Sendable {
 
     mutating func seize(db: Int, key: [UInt8]) throws(KTDBError) -> KTRecord {
         guard let r = databases[db].live(key, now: now) else { throw .noRecord }
-        databases[db].delete(key)
+        deleteRecord(db: db, key: key)
         logUpdate(db: db, .remove(key: key))
         return r
     }

@@ -47,6 +47,32 @@ struct FakeKTCommand: AsyncParsableCommand {
     var sid: UInt16?
     @Option(name: .customLong("pid", withSingleDash: true), help: "Write the process id to this file (QS_FAKEKT_PID).")
     var pid: String?
+    @Option(name: .customLong("scr", withSingleDash: true), help: "Script file; it must exist. As a ktserver built without Lua, play_script then answers echo (its arguments back) and 501 for other names; without it scripting is disabled (QS_FAKEKT_SCR).")
+    var scr: String?
+    @Option(name: .customLong("cmd", withSingleDash: true), help: "ktserver's command directory; it must be a directory. fakekt runs no commands (QS_FAKEKT_CMD).")
+    var cmd: String?
+    @Option(name: .customLong("bgs", withSingleDash: true), help: "ktserver's snapshot directory; made if missing. fakekt writes no snapshots (QS_FAKEKT_BGS).")
+    var bgs: String?
+    @Option(name: .customLong("bgsi", withSingleDash: true), help: "Snapshot interval; taken and ignored, as -bgs.")
+    var bgsi: Double?
+    @Option(name: .customLong("bgsc", withSingleDash: true), help: "Snapshot compression; taken and ignored, as -bgs.")
+    var bgsc: String?
+    @Option(name: .customLong("asi", withSingleDash: true), help: "Auto-synchronization interval; taken and ignored (the databases are in memory).")
+    var asi: Double?
+    @Flag(name: .customLong("ash", withSingleDash: true), help: "Hard auto-synchronization; taken and ignored.")
+    var ash = false
+    @Option(name: .customLong("uasi", withSingleDash: true), help: "Update-log synchronization interval; taken and ignored (fakekt writes the log as it goes).")
+    var uasi: Double?
+    @Flag(name: .customLong("oat", withSingleDash: true), help: "Open option auto-transaction; taken and ignored.")
+    var oat = false
+    @Flag(name: .customLong("oas", withSingleDash: true), help: "Open option auto-synchronization; taken and ignored.")
+    var oas = false
+    @Flag(name: .customLong("onl", withSingleDash: true), help: "Open option no locking; taken and ignored.")
+    var onl = false
+    @Flag(name: .customLong("otl", withSingleDash: true), help: "Open option try locking; taken and ignored.")
+    var otl = false
+    @Flag(name: .customLong("onr", withSingleDash: true), help: "Open option no repair; taken and ignored.")
+    var onr = false
     @Option(name: [.customLong("ready-file", withSingleDash: true), .customLong("ready-file")],
             help: "Once listening, write {\"listeners\":[{\"name\":\"kt\",\"address\":HOST:PORT}]} to this file, atomically (QS_FAKEKT_READY_FILE); with -port 0 it tells the port picked.")
     var readyFile: String?
@@ -62,12 +88,12 @@ struct FakeKTCommand: AsyncParsableCommand {
     var faultCutFrame: Int?
     @Option(name: .customLong("fault-refuse-ms", withSingleDash: true), help: "Refuse connections for this long after start (QS_FAKEKT_FAULT_REFUSE_MS).")
     var faultRefuseMs: Int?
-    @Argument(help: "Databases: *, %, or paths such as main.kch or aux.kct#opts (QS_FAKEKT_DBS, space separated).")
+    @Argument(help: "Databases as ktserver names them: -, +, :, *, %, or paths such as main.kch, aux.kct#bnum=1000 or data#type=kct; none means one stash database ':' (QS_FAKEKT_DBS, space separated).")
     var databases: [String] = []
 
-    static let unsupported = ["-dmn", "-cmd", "-scr", "-bgs", "-bgsi", "-bgc", "-oat", "-oas", "-onl", "-otl", "-onr",
-                              "-asi", "-ash", "-mhost", "-mport", "-rts", "-riv", "-plsv", "-plex", "-pldb", "-ord", "-uasi",
-                              "-dtout", "-dtt", "-dto", "-rcomp", "-dbt"]
+    /// ktserver options that change what clients see in ways fakekt does not reproduce
+    /// (a daemon, a read-only database, a replication slave, plug-ins).
+    static let unsupported = ["-dmn", "-ord", "-mhost", "-mport", "-rts", "-riv", "-plsv", "-plex", "-pldb"]
 
     static func main() async {
         let args = Array(CommandLine.arguments.dropFirst())
@@ -110,7 +136,12 @@ struct FakeKTCommand: AsyncParsableCommand {
             guard let v = Self.parseSize(u) else { throw ValidationError("-ulim (or QS_FAKEKT_ULIM) '\(u)' is not a size such as 256m") }
             c.ulogLimit = v
         }
-        c.sid = sid ?? Self.env("SID", UInt16.self) ?? 0
+        let sid = sid ?? Self.env("SID", UInt16.self)
+        if c.ulogDirectory != nil && sid == nil {
+            throw ValidationError("update log requires the server ID: give -sid N (or QS_FAKEKT_SID) with -ulog, as ktserver requires")
+        }
+        c.sid = sid ?? 0
+        c.scriptFile = scr ?? Self.env("SCR")
         c.databases = databases.isEmpty ? (Self.env("DBS")?.split(separator: " ").map(String.init) ?? []) : databases
         c.faults.closeAfterFrames = faultCloseAfter ?? Self.env("FAULT_CLOSE_AFTER", Int.self)
         c.faults.stopHeartbeats = faultNoHeartbeat || Self.envFlag("FAULT_NO_HEARTBEAT")
@@ -121,6 +152,22 @@ struct FakeKTCommand: AsyncParsableCommand {
             c.faults.refuseUntilMillis = UInt64(Date().timeIntervalSince1970 * 1000) + UInt64(max(0, ms))
         }
         return c
+    }
+
+    /// The files and directories ktserver checks before it starts, with its messages.
+    static func checkFiles(script: String?, commands: String?, snapshots: String?) throws {
+        let fm = FileManager.default
+        var isDirectory: ObjCBool = false
+        if let snapshots, !fm.fileExists(atPath: snapshots),
+           (try? fm.createDirectory(atPath: snapshots, withIntermediateDirectories: false)) == nil {
+            throw StartError("\(snapshots): could not open the directory (-bgs needs a directory fakekt can make)")
+        }
+        if let commands, !(fm.fileExists(atPath: commands, isDirectory: &isDirectory) && isDirectory.boolValue) {
+            throw StartError("\(commands): no such directory (-cmd needs an existing directory)")
+        }
+        if let script, !fm.fileExists(atPath: script) {
+            throw StartError("\(script): no such file (-scr needs an existing script file)")
+        }
     }
 
     /// Sizes as ktserver takes them: a number with an optional k/m/g suffix.
@@ -153,6 +200,7 @@ struct FakeKTCommand: AsyncParsableCommand {
         let logger = Logger(label: "fakekt")
         QSVersion.announce("fakekt", logger: logger)
         let config = try makeConfiguration()
+        try Self.checkFiles(script: config.scriptFile, commands: cmd ?? Self.env("CMD"), snapshots: bgs ?? Self.env("BGS"))
         let server = try FakeKTServer(configuration: config, logger: logger)
         let pidPath = pid ?? Self.env("PID")
         // The pid file is written once the port is open, as ktserver does.

@@ -17,7 +17,7 @@ struct ServerHarness: Sendable {
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures/kt")
 
-    static func start(ulim: UInt64? = nil, seedULog: String? = nil, faults: FaultPlan = FaultPlan(), timeSource: (@Sendable () -> Double)? = nil, timeout: Double = 30) async throws -> ServerHarness {
+    static func start(databases: [String] = ["main.kch", "aux.kct"], ulim: UInt64? = nil, seedULog: String? = nil, faults: FaultPlan = FaultPlan(), timeSource: (@Sendable () -> Double)? = nil, timeout: Double = 30) async throws -> ServerHarness {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fakekt-\(UUID().uuidString)").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         if let seedULog {
@@ -29,7 +29,7 @@ struct ServerHarness: Sendable {
         var config = FakeKTConfiguration()
         config.host = "127.0.0.1"
         config.port = 0
-        config.databases = ["main.kch", "aux.kct"]
+        config.databases = databases
         config.sid = 7
         config.ulogDirectory = dir
         config.ulogLimit = ulim
