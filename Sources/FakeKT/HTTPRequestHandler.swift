@@ -114,20 +114,6 @@ enum HTTPDate {
         return "\(days[Int(tm.tm_wday) % 7]), \(two(tm.tm_mday)) \(months[Int(tm.tm_mon) % 12]) \(tm.tm_year + 1900) \(two(tm.tm_hour)):\(two(tm.tm_min)):\(two(tm.tm_sec)) GMT"
     }
 
-    /// Parses an RFC 1123 date or a decimal number of epoch seconds.
-    static func parse(_ s: String) -> Int64? {
-        let t = s.trimmingCharacters(in: .whitespaces)
-        if let n = Int64(t) { return n }
-        let f = DateFormatter()
-        f.locale = Locale(identifier: "en_US_POSIX")
-        f.timeZone = TimeZone(identifier: "GMT")
-        for format in ["EEE, dd MMM yyyy HH:mm:ss zzz", "yyyy-MM-dd'T'HH:mm:ssZ"] {
-            f.dateFormat = format
-            if let d = f.date(from: t) { return Int64(d.timeIntervalSince1970) }
-        }
-        return nil
-    }
-
     static func reason(_ code: Int) -> String {
         switch code {
         case 200: return "OK"
