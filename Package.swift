@@ -61,12 +61,12 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // Networking basics: endpoints, backoff, the one listener (graceful drain, protocol
-        // sniffing, idle timeouts), the ready file, token gates.
+        // sniffing, idle timeouts), the ready file, token gates, the HTTP request loop.
         .target(
             name: "QSNet",
             dependencies: [
                 "QSBytes", metrics,
-                nio("NIOCore"), nio("NIOPosix"), nio("NIOConcurrencyHelpers"),
+                nio("NIOCore"), nio("NIOPosix"), nio("NIOConcurrencyHelpers"), nio("NIOHTTP1"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"), log, lifecycle("ServiceLifecycle"),
             ],
             swiftSettings: swiftSettings

@@ -23,40 +23,16 @@ struct KTHTTPSession: Sendable {
         defer { metrics.closed() }
         do {
             try await connection.executeThenClose { inbound, outbound in
-                var head: HTTPRequestHead?
-                var body = ByteBuffer()
-                var tooLarge = false
-                for try await part in inbound {
-                    switch part {
-                    case let .head(h):
-                        // In flight from its head to its answer: graceful shutdown closes
-                        // the connection after it.
-                        drain?.begin()
-                        head = h
-                        body.clear()
-                        tooLarge = false
-                    case var .body(chunk):
-                        if body.readableBytes + chunk.readableBytes > maxBodyBytes {
-                            tooLarge = true
-                        } else if !tooLarge {
-                            body.writeBuffer(&chunk)
-                        }
-                    case .end:
-                        guard let h = head else { continue }
-                        head = nil
-                        if tooLarge {
-                            let r = KTReply(status: 413, body: Array("413 Request Entity Too Large (request entity too large)\n".utf8),
-                                            kind: "bad", badReason: "request body over \(maxBodyBytes) bytes")
-                            account(r, peer: peer, head: h)
-                            try await write(r, head: h, keepAlive: false, outbound: outbound)
-                            return
-                        }
-                        let r = await answer(h, body: Array(body.readableBytesView), peer: peer)
-                        account(r, peer: peer, head: h)
-                        try await write(r, head: h, keepAlive: h.isKeepAlive, outbound: outbound)
-                        drain?.end()
-                        if !h.isKeepAlive { return }
-                    }
+                try await HTTPRequests.serve(inbound, maxBodyBytes: maxBodyBytes, drain: drain) { h in
+                    let r = KTReply(status: 413, body: Array("413 Request Entity Too Large (request entity too large)\n".utf8),
+                                    kind: "bad", badReason: "request body over \(maxBodyBytes) bytes")
+                    account(r, peer: peer, head: h)
+                    try await write(r, head: h, keepAlive: false, outbound: outbound)
+                } answer: { h, body in
+                    let r = await answer(h, body: body, peer: peer)
+                    account(r, peer: peer, head: h)
+                    try await write(r, head: h, keepAlive: h.isKeepAlive, outbound: outbound)
+                    return h.isKeepAlive
                 }
             }
         } catch let error as HTTPParserError {
@@ -112,23 +88,9 @@ struct KTHTTPSession: Sendable {
         for (n, v) in r.headers { headers.add(name: n, value: v) }
         if isHead && !headers.contains(name: "Content-Length") { headers.add(name: "Content-Length", value: "0") }
         if !keepAlive { headers.add(name: "Connection", value: "close") }
-        let status = HTTPResponseStatus(statusCode: r.status, reasonPhrase: Self.reason(r.status))
+        let status = HTTPResponseStatus(statusCode: r.status, reasonPhrase: KTHTTPStatus.reason(r.status))
         try await outbound.write(.head(HTTPResponseHead(version: head.version, status: status, headers: headers)))
         if !isHead && !r.body.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: r.body)))) }
         try await outbound.write(.end(nil))
-    }
-
-    /// KT's reason phrases (450 is KT's own).
-    static func reason(_ code: Int) -> String {
-        switch code {
-        case 200: return "OK"
-        case 400: return "Bad Request"
-        case 404: return "Not Found"
-        case 413: return "Request Entity Too Large"
-        case 450: return "Logical Inconsistency"
-        case 500: return "Internal Server Error"
-        case 501: return "Not Implemented"
-        default: return "Unknown"
-        }
     }
 }

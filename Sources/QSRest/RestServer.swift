@@ -133,36 +133,14 @@ struct RequestHandler: Sendable {
     func serve(_ connection: Connection, peer: String, drain: RequestDrain?) async {
         do {
             try await connection.executeThenClose { inbound, outbound in
-                var head: HTTPRequestHead?
-                var body = ByteBuffer()
-                var tooLarge = false
-                for try await part in inbound {
-                    switch part {
-                    case let .head(h):
-                        drain?.begin()
-                        head = h
-                        body.clear()
-                        tooLarge = false
-                    case var .body(chunk):
-                        if body.readableBytes + chunk.readableBytes > configuration.maxBodyBytes {
-                            tooLarge = true
-                        } else if !tooLarge {
-                            body.writeBuffer(&chunk)
-                        }
-                    case .end:
-                        guard let h = head else { continue }
-                        head = nil
-                        if tooLarge {
-                            metrics.badRequests.increment()
-                            logger.warning("request refused: body too large", metadata: ["peer": "\(peer)", "limit": "\(configuration.maxBodyBytes)"])
-                            try await write(.text(413, "request body over \(configuration.maxBodyBytes) bytes (--max-body)"), head: h, keepAlive: false, outbound: outbound)
-                            return
-                        }
-                        let reply = await answer(h, body: Array(body.readableBytesView), peer: peer)
-                        try await write(reply, head: h, keepAlive: h.isKeepAlive, outbound: outbound)
-                        drain?.end()
-                        if !h.isKeepAlive { return }
-                    }
+                try await HTTPRequests.serve(inbound, maxBodyBytes: configuration.maxBodyBytes, drain: drain) { h in
+                    metrics.badRequests.increment()
+                    logger.warning("request refused: body too large", metadata: ["peer": "\(peer)", "limit": "\(configuration.maxBodyBytes)"])
+                    try await write(.text(413, "request body over \(configuration.maxBodyBytes) bytes (--max-body)"), head: h, keepAlive: false, outbound: outbound)
+                } answer: { h, body in
+                    let reply = await answer(h, body: body, peer: peer)
+                    try await write(reply, head: h, keepAlive: h.isKeepAlive, outbound: outbound)
+                    return h.isKeepAlive
                 }
             }
         } catch let error as HTTPParserError {
@@ -261,30 +239,10 @@ struct RequestHandler: Sendable {
         headers.add(name: "Content-Length", value: "\(r.body.count)")
         for (n, v) in r.headers { headers.add(name: n, value: v) }
         if !keepAlive { headers.add(name: "Connection", value: "close") }
-        let status = HTTPResponseStatus(statusCode: r.status, reasonPhrase: Self.reason(r.status))
+        let status = HTTPResponseStatus(statusCode: r.status, reasonPhrase: KTHTTPStatus.reason(r.status))
         try await outbound.write(.head(HTTPResponseHead(version: head.version, status: status, headers: headers)))
         if !r.body.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: r.body)))) }
         try await outbound.write(.end(nil))
-    }
-
-    /// KT's reason phrases (450 is KT's own).
-    static func reason(_ code: Int) -> String {
-        switch code {
-        case 200: return "OK"
-        case 201: return "Created"
-        case 204: return "No Content"
-        case 400: return "Bad Request"
-        case 401: return "Unauthorized"
-        case 403: return "Forbidden"
-        case 404: return "Not Found"
-        case 413: return "Request Entity Too Large"
-        case 429: return "Too Many Requests"
-        case 450: return "Logical Inconsistency"
-        case 500: return "Internal Server Error"
-        case 501: return "Not Implemented"
-        case 503: return "Service Unavailable"
-        default: return "Unknown"
-        }
     }
 }
 

@@ -27,7 +27,7 @@ struct QSRestCommand: AsyncParsableCommand {
 
     static func main() async { await runCommand() }
 
-    @Option(help: ArgumentHelp("The QS root's write address; several, tried in order, the first writable one used (after a cutover, the promoted root). (env: QS_ROOT)", valueName: "host:port[,host:port…]"))
+    @Option(help: ArgumentHelp("The QS root's write address, or several separated by commas (HOST:PORT,HOST:PORT), tried in order, the first writable one used (after a cutover, the promoted root). (env: QS_ROOT)", valueName: "host:port"))
     var root: AddressList = QSEnv.value("QS_ROOT", AddressList(argument: "127.0.0.1:7400")!)
 
     @Option(help: ArgumentHelp("Where producers connect (KT's HTTP port, 1978, if they keep their address). (env: QS_LISTEN)", valueName: "host:port"))

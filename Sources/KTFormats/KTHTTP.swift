@@ -46,3 +46,25 @@ public enum KTHTTPDate {
         return nil
     }
 }
+
+/// HTTP reason phrases as KT's server writes them (450 is KT's own), with those qsrest adds.
+public enum KTHTTPStatus {
+    public static func reason(_ code: Int) -> String {
+        switch code {
+        case 200: return "OK"
+        case 201: return "Created"
+        case 204: return "No Content"
+        case 400: return "Bad Request"
+        case 401: return "Unauthorized"
+        case 403: return "Forbidden"
+        case 404: return "Not Found"
+        case 413: return "Request Entity Too Large"
+        case 429: return "Too Many Requests"
+        case 450: return "Logical Inconsistency"
+        case 500: return "Internal Server Error"
+        case 501: return "Not Implemented"
+        case 503: return "Service Unavailable"
+        default: return "Unknown"
+        }
+    }
+}
