@@ -23,7 +23,7 @@ ARG BUILDER=source
 
 # ---- build stage: compile every executable in release mode -------------------------------
 FROM ${SWIFT_IMAGE} AS build-source
-ARG EXECUTABLES="qsnode qsktbridge qsqsbridge qsctl fakekt qsbench"
+ARG EXECUTABLES="qsnode qsktbridge qsqsbridge qsrest qsctl fakekt qsbench"
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends liblmdb-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*

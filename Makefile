@@ -70,6 +70,7 @@ replay: build
 
 bench: release
 	.build/release/qsbench --out bench/results
+	QS_BIN_DIR=.build/release python3 bench/qsrest_bench.py --out bench/results
 
 clean:
 	rm -rf .build .bench-scratch

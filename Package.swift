@@ -19,6 +19,7 @@ let package = Package(
         .executable(name: "qsktbridge", targets: ["qsktbridge"]),
         .executable(name: "fakekt", targets: ["fakekt"]),
         .executable(name: "qsqsbridge", targets: ["qsqsbridge"]),
+        .executable(name: "qsrest", targets: ["qsrest"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -60,12 +61,12 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // Networking basics: endpoints, backoff, the one listener (graceful drain, protocol
-        // sniffing, idle timeouts), the ready file, token gates.
+        // sniffing, idle timeouts), the ready file, token gates, the HTTP request loop.
         .target(
             name: "QSNet",
             dependencies: [
                 "QSBytes", metrics,
-                nio("NIOCore"), nio("NIOPosix"), nio("NIOConcurrencyHelpers"),
+                nio("NIOCore"), nio("NIOPosix"), nio("NIOConcurrencyHelpers"), nio("NIOHTTP1"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"), log, lifecycle("ServiceLifecycle"),
             ],
             swiftSettings: swiftSettings
@@ -152,6 +153,18 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The write service producers move to from KT: KT HTTP RPC/REST writes, the TOML ACL,
+        // per-producer quotas and metrics, batches of conditional writes into the root over
+        // the feed consumer's root writer, usage per producer.
+        .target(
+            name: "QSRest",
+            dependencies: [
+                "KTFormats", "QSBytes", "QSClient", "QSFeed", "QSModel", "QSNet", "QSWire",
+                nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"),
+                log, metrics, lifecycle("ServiceLifecycle"), .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Daemon wiring shared by the executables: option groups with QS_* fallbacks,
         // logging and metrics bootstrap, the admin HTTP server, running a bridge.
         .target(
@@ -182,6 +195,12 @@ let package = Package(
             dependencies: ["QSDaemon", "QSFeed", "QSNet", argumentParser, log],
             swiftSettings: swiftSettings
         ),
+        // qsrest: KT producers' writes → QS root, per-producer keyspaces and quotas.
+        .executableTarget(
+            name: "qsrest",
+            dependencies: ["QSDaemon", "QSFeed", "QSNet", "QSRest", argumentParser, log, lifecycle("ServiceLifecycle")],
+            swiftSettings: swiftSettings
+        ),
         // A QS node: root or replica, with its write, replication and read servers.
         .executableTarget(
             name: "qsnode",
@@ -191,11 +210,11 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // The operator CLI: keys, log, status, wait, verify, lag, record and inspect feeds.
+        // The operator CLI: keys, log, status, wait, verify, lag, record and inspect feeds, usage per producer.
         .executableTarget(
             name: "qsctl",
             dependencies: [
-                "KTFormats", "QSBytes", "QSCaptures", "QSClient", "QSDaemon", "QSKTFeed", "QSModel", "QSNet", "QSRecording", "QSWire",
+                "KTFormats", "QSBytes", "QSCaptures", "QSClient", "QSDaemon", "QSKTFeed", "QSModel", "QSNet", "QSRecording", "QSRest", "QSWire",
                 argumentParser, log, lifecycle("UnixSignals"),
             ],
             swiftSettings: swiftSettings
@@ -277,6 +296,16 @@ let package = Package(
             dependencies: [
                 "KTFormats", "QSClient", "QSModel", "QSNet", "QSReads", "QSStore", "QSTesting",
                 nio("NIOCore"), nio("NIOTestUtils"), nio("NIOEmbedded"), log,
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // qsrest: the ACL, conditional writes at the store, quotas; qsrest as a process with
+        // curl and raw HTTP producers, SIGKILL of qsrest and of the root under load.
+        .testTarget(
+            name: "QSRestTests",
+            dependencies: [
+                "QSBytes", "QSClient", "QSModel", "QSRest", "QSStore", "QSTesting", "QSWire",
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -22,8 +22,8 @@ METRICS_TSV = os.path.join(ROOT, "docs", "metrics.tsv")
 DECLARATION = re.compile(r'\b(Counter|Gauge|Meter|Timer|Recorder)\(label: "([^"]+)"(?:, dimensions: \[\("(\w+)")?')
 # Where each module's metrics are served (/metrics on --admin).
 EXPORTED_BY = {
-    "QSNode": "qsnode", "QSReads": "qsnode", "QSFeed": "qsktbridge, qsqsbridge",
-    "QSKTFeed": "qsktbridge", "FakeKT": "fakekt (reports only)",
+    "QSNode": "qsnode", "QSReads": "qsnode", "QSFeed": "qsktbridge, qsqsbridge, qsrest",
+    "QSKTFeed": "qsktbridge", "FakeKT": "fakekt (reports only)", "QSRest": "qsrest",
 }
 KIND = {"Counter": "counter", "Gauge": "gauge", "Meter": "gauge", "Timer": "histogram", "Recorder": "histogram"}
 

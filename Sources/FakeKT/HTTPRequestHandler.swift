@@ -68,7 +68,7 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Serializes the reply the way KT does (NIO's encoder would drop the Content-Length
     /// KT sends with 204 replies).
     private func write(_ r: KTHTTPResponse, keepAlive: Bool, method: HTTPMethod, context: ChannelHandlerContext) {
-        var text = "HTTP/1.1 \(r.status) \(HTTPDate.reason(r.status))\r\n"
+        var text = "HTTP/1.1 \(r.status) \(KTHTTPStatus.reason(r.status))\r\n"
         text += "Server: KyotoTycoon/\(FakeKTCore.version)\r\n"
         text += "Date: \(HTTPDate.format(Date()))\r\n"
         if !keepAlive { text += "Connection: close\r\n" }
@@ -98,7 +98,7 @@ final class HTTPRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 }
 
-/// HTTP dates and KT's reason phrases.
+/// HTTP dates as KT writes them.
 enum HTTPDate {
     static func format(_ date: Date) -> String {
         format(epochSeconds: Int64(date.timeIntervalSince1970))
@@ -112,34 +112,5 @@ enum HTTPDate {
         let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
         func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
         return "\(days[Int(tm.tm_wday) % 7]), \(two(tm.tm_mday)) \(months[Int(tm.tm_mon) % 12]) \(tm.tm_year + 1900) \(two(tm.tm_hour)):\(two(tm.tm_min)):\(two(tm.tm_sec)) GMT"
-    }
-
-    /// Parses an RFC 1123 date or a decimal number of epoch seconds.
-    static func parse(_ s: String) -> Int64? {
-        let t = s.trimmingCharacters(in: .whitespaces)
-        if let n = Int64(t) { return n }
-        let f = DateFormatter()
-        f.locale = Locale(identifier: "en_US_POSIX")
-        f.timeZone = TimeZone(identifier: "GMT")
-        for format in ["EEE, dd MMM yyyy HH:mm:ss zzz", "yyyy-MM-dd'T'HH:mm:ssZ"] {
-            f.dateFormat = format
-            if let d = f.date(from: t) { return Int64(d.timeIntervalSince1970) }
-        }
-        return nil
-    }
-
-    static func reason(_ code: Int) -> String {
-        switch code {
-        case 200: return "OK"
-        case 201: return "Created"
-        case 204: return "No Content"
-        case 400: return "Bad Request"
-        case 404: return "Not Found"
-        case 450: return "Logical Inconsistency"
-        case 500: return "Internal Server Error"
-        case 501: return "Not Implemented"
-        case 503: return "Service Unavailable"
-        default: return "Unknown"
-        }
     }
 }

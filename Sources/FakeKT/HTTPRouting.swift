@@ -83,7 +83,7 @@ extension FakeKTCore {
             }
         case .PUT:
             var xt: Int64? = nil
-            if let h = request.headers.first(name: "x-kt-xt"), let t = HTTPDate.parse(h), t > 0, t < KTExpiration.never {
+            if let h = request.headers.first(name: "x-kt-xt"), let t = KTHTTPDate.parse(h), t > 0, t < KTExpiration.never {
                 xt = -t
             }
             let mode = request.headers.first(name: "x-kt-mode")?.lowercased()

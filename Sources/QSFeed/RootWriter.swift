@@ -237,6 +237,27 @@ public actor RootWriter {
         try await perform("batch") { try await $0.batch(sourceID: sourceID, expected: expected, new: new, operations: operations) }
     }
 
+    /// Conditional writes with compare-and-swap on `sourceID`'s position (qsrest): the
+    /// root decides each write against its current state in the transaction that applies
+    /// the batch. Answers `written` or `conflict`. A batch whose answer was lost is sent
+    /// again by `perform` and then answered `conflict(current: new)`: the caller takes
+    /// that as applied, its outcomes unknown.
+    public func writes(sourceID: String, expected: UInt64, new: UInt64, writes: [ConditionalWrite]) async throws -> Response {
+        let request = Request.writes(.init(token: token, sourceID: sourceID, expected: expected, new: new, writes: writes))
+        return try await perform("writes") { client in
+            let r = try await client.send(request, timeout: .seconds(60))
+            switch r {
+            case .written, .conflict: return r
+            case let .error(code, message):
+                if ErrorCode(rawValue: code) == .notWritable {
+                    throw FeedError.stop("the root takes no writes: \(message); point --root at the writable root")
+                }
+                throw ClientError.server(code: code, message: message)
+            default: throw ClientError.unexpected("\(r)")
+            }
+        }
+    }
+
     /// Compatible-mode write: entries appended verbatim.
     /// `sourceTimeNs`: the source root's freshest word, passed on (0: unknown).
     public func append(_ entries: [StoredEntry], sourceTimeNs: UInt64 = 0) async throws -> Response {

@@ -235,6 +235,24 @@ public final class NodeCore: Sendable {
                                                               "current": "\(current)", "peer": "\(peer)"])
                     return .conflict(current: current)
                 }
+            case let .writes(b):
+                let start = ContinuousClock.now
+                let outcome = try await store.applyWrites(sourceID: b.sourceID, expected: b.expected, new: b.new, writes: b.writes)
+                metrics.batchApply.recordSeconds((ContinuousClock.now - start).seconds)
+                switch outcome {
+                case let .written(index, outcomes):
+                    metrics.batchesApplied.increment()
+                    if let index {
+                        metrics.logHead.record(Double(index))
+                        watcher.publish()
+                    }
+                    return .written(logIndex: index, outcomes: outcomes)
+                case let .conflict(current):
+                    metrics.conflicts.increment()
+                    logger.debug("writes conflict", metadata: ["source-id": "\(b.sourceID)", "expected": "\(b.expected)",
+                                                               "current": "\(current)", "peer": "\(peer)"])
+                    return .conflict(current: current)
+                }
             case let .getCheckpoint(sid):
                 return .checkpoint(try await store.checkpoint(sourceID: sid))
             case .head:

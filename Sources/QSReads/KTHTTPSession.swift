@@ -84,22 +84,8 @@ struct KTHTTPSession: Sendable {
         for (n, v) in r.headers { headers.add(name: n, value: v) }
         if isHead && !headers.contains(name: "Content-Length") { headers.add(name: "Content-Length", value: "0") }
         if !keepAlive { headers.add(name: "Connection", value: "close") }
-        return HTTPResponseHead(version: head.version, status: HTTPResponseStatus(statusCode: r.status, reasonPhrase: reason(r.status)),
+        return HTTPResponseHead(version: head.version, status: HTTPResponseStatus(statusCode: r.status, reasonPhrase: KTHTTPStatus.reason(r.status)),
                                 headers: headers)
-    }
-
-    /// KT's reason phrases (450 is KT's own).
-    static func reason(_ code: Int) -> String {
-        switch code {
-        case 200: return "OK"
-        case 400: return "Bad Request"
-        case 404: return "Not Found"
-        case 413: return "Request Entity Too Large"
-        case 450: return "Logical Inconsistency"
-        case 500: return "Internal Server Error"
-        case 501: return "Not Implemented"
-        default: return "Unknown"
-        }
     }
 }
 

@@ -11,6 +11,14 @@ public enum BatchOutcome: Sendable, Equatable {
     case conflict(current: UInt64)
 }
 
+/// What a batch of conditional writes did.
+public enum WritesOutcome: Sendable, Equatable {
+    /// Applied: the new entry's index (nil when nothing changed) and each write's outcome.
+    case written(logIndex: UInt64?, outcomes: [ConditionalWrite.Outcome])
+    /// The source's checkpoint is `current`, not the batch's expected position.
+    case conflict(current: UInt64)
+}
+
 public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
     case invalidPositions(expected: UInt64, new: UInt64)
     case invalidSourceID(String)

@@ -152,6 +152,58 @@ public struct StoreTransaction: ~Copyable {
     /// store the checkpoint `new`.
     public func applyBatch(sourceID: String, expected: UInt64, new: UInt64,
                            operations: [Mutation], now: UInt64 = wallClockNanoseconds()) throws -> BatchOutcome {
+        try compareAndSwap(sourceID: sourceID, expected: expected, new: new, now: now) {
+            var kept = [Mutation]()
+            kept.reserveCapacity(operations.count)
+            for op in operations where try apply(op) {
+                kept.append(op)
+            }
+            return kept
+        }.outcome(total: operations.count)
+    }
+
+    /// Applies conditional writes with compare-and-swap on the source's checkpoint, like
+    /// `applyBatch`: each write is decided against the key's live record at `now` as this
+    /// transaction sees it (earlier writes of the batch included), so the decision and the
+    /// change are one atomic step; the log entry holds the resulting plain mutations.
+    public func applyWrites(sourceID: String, expected: UInt64, new: UInt64, writes: [ConditionalWrite],
+                            now: UInt64 = wallClockNanoseconds()) throws -> WritesOutcome {
+        var outcomes = [ConditionalWrite.Outcome]()
+        outcomes.reserveCapacity(writes.count)
+        let seconds = now / 1_000_000_000
+        let step = try compareAndSwap(sourceID: sourceID, expected: expected, new: new, now: now) {
+            var kept = [Mutation]()
+            for w in writes {
+                let current = try get(w.key).flatMap { $0.isExpired(at: seconds) ? nil : $0 }
+                let (mutation, outcome) = w.evaluate(current: current)
+                outcomes.append(outcome)
+                if let mutation, try apply(mutation) { kept.append(mutation) }
+            }
+            return kept
+        }
+        switch step {
+        case let .conflict(current): return .conflict(current: current)
+        case let .applied(index, _): return .written(logIndex: index, outcomes: outcomes)
+        }
+    }
+
+    private enum CASStep {
+        case conflict(current: UInt64)
+        case applied(logIndex: UInt64?, kept: Int)
+
+        func outcome(total: Int) -> BatchOutcome {
+            switch self {
+            case let .conflict(current): return .conflict(current: current)
+            case let .applied(index, kept): return .applied(logIndex: index, kept: kept, dropped: total - kept)
+            }
+        }
+    }
+
+    /// The compare-and-swap every batched write goes through: checks the source's
+    /// checkpoint, runs `body` (which applies the changes and returns those that changed
+    /// something), appends one log entry for them (none if there are none) and stores `new`.
+    private func compareAndSwap(sourceID: String, expected: UInt64, new: UInt64, now: UInt64,
+                                _ body: () throws -> [Mutation]) throws -> CASStep {
         try requireWritable()
         try Store.validate(sourceID: sourceID)
         guard new > expected else { throw StoreError.invalidPositions(expected: expected, new: new) }
@@ -159,18 +211,14 @@ public struct StoreTransaction: ~Copyable {
         let cpKey = Store.checkpointPrefix + Array(sourceID.utf8)
         let current = try txn.get(meta, cpKey).map { try Store.decodeU64($0, "checkpoint") } ?? 0
         guard current == expected else { return .conflict(current: current) }
-        var kept = [Mutation]()
-        kept.reserveCapacity(operations.count)
-        for op in operations where try apply(op) {
-            kept.append(op)
-        }
+        let kept = try body()
         var index: UInt64?
         if !kept.isEmpty {
             let entry = LogEntry(commitTimeNs: 0, origin: Origin(sourceID: sourceID, position: new), operations: kept)
             index = try appendEntry(entry, now: now)
         }
         try txn.put(meta, cpKey, Store.encodeU64(new))
-        return .applied(logIndex: index, kept: kept.count, dropped: operations.count - kept.count)
+        return .applied(logIndex: index, kept: kept.count)
     }
 
     /// What one step of the expiry purge did.
@@ -325,5 +373,12 @@ extension Store {
     public func applyBatch(sourceID: String, expected: UInt64, new: UInt64,
                            operations: [Mutation], now: UInt64 = wallClockNanoseconds()) async throws -> BatchOutcome {
         try await write { try $0.applyBatch(sourceID: sourceID, expected: expected, new: new, operations: operations, now: now) }
+    }
+
+    /// Applies conditional writes (see `StoreTransaction.applyWrites`) in one durable write
+    /// transaction on the writer thread.
+    public func applyWrites(sourceID: String, expected: UInt64, new: UInt64, writes: [ConditionalWrite],
+                            now: UInt64 = wallClockNanoseconds()) async throws -> WritesOutcome {
+        try await write { try $0.applyWrites(sourceID: sourceID, expected: expected, new: new, writes: writes, now: now) }
     }
 }

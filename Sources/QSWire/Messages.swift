@@ -6,6 +6,10 @@ public enum Request: Sendable, Equatable {
     /// Compare-and-swap write: apply `operations` if `sourceID`'s checkpoint is `expected`,
     /// then store `new` as the checkpoint.
     case batch(Batch)
+    /// Compare-and-swap write of conditional writes (`ConditionalWrite`): like `batch`, but
+    /// the root decides each write against its current state in the same transaction and
+    /// answers `written` with each write's outcome.
+    case writes(Writes)
     /// The source's checkpoint.
     case getCheckpoint(sourceID: String)
     /// The log head: index, chained hash, commit time.
@@ -55,6 +59,22 @@ public enum Request: Sendable, Equatable {
         case demote = 2
     }
 
+    public struct Writes: Sendable, Equatable {
+        public var token: [UInt8]
+        public var sourceID: String
+        public var expected: UInt64
+        public var new: UInt64
+        public var writes: [ConditionalWrite]
+
+        public init(token: [UInt8] = [], sourceID: String, expected: UInt64, new: UInt64, writes: [ConditionalWrite]) {
+            self.token = token
+            self.sourceID = sourceID
+            self.expected = expected
+            self.new = new
+            self.writes = writes
+        }
+    }
+
     public struct Batch: Sendable, Equatable {
         public var token: [UInt8]
         public var sourceID: String
@@ -72,7 +92,7 @@ public enum Request: Sendable, Equatable {
     }
 
     enum Tag: UInt8 {
-        case batch = 0x01, getCheckpoint = 0x02, head = 0x03, readLog = 0x04, get = 0x05, scan = 0x06
+        case batch = 0x01, getCheckpoint = 0x02, head = 0x03, readLog = 0x04, get = 0x05, scan = 0x06, writes = 0x07
         case subscribe = 0x10, snapshot = 0x11, append = 0x12, digest = 0x13, status = 0x14, rangeRecords = 0x15
         case hello = 0x20
         case changeRole = 0x16
@@ -81,8 +101,7 @@ public enum Request: Sendable, Equatable {
     /// True for requests that change state (and so must carry the write token).
     public var isWrite: Bool {
         switch self {
-        case .batch, .append, .hello: return true
-        case .batch, .append, .changeRole: return true
+        case .batch, .writes, .append, .hello, .changeRole: return true
         default: return false
         }
     }
@@ -101,6 +120,7 @@ public enum Request: Sendable, Equatable {
         switch self {
         case let .batch(b): return b.token
         case let .append(token, _, _): return token
+        case let .writes(w): return w.token
         case let .subscribe(_, _, token), let .snapshot(token): return token
         case let .hello(token, _): return token
         case let .changeRole(token, _): return token
@@ -111,6 +131,7 @@ public enum Request: Sendable, Equatable {
     public var name: String {
         switch self {
         case .batch: return "batch"
+        case .writes: return "writes"
         case .getCheckpoint: return "get-checkpoint"
         case .head: return "head"
         case .readLog: return "read-log"
@@ -138,6 +159,13 @@ public enum Request: Sendable, Equatable {
             w.writeU64(b.expected)
             w.writeU64(b.new)
             Mutation.encodeList(b.operations, into: &w)
+        case let .writes(b):
+            tag = .writes
+            w.writeBlob32(b.token)
+            w.writeString16(b.sourceID)
+            w.writeU64(b.expected)
+            w.writeU64(b.new)
+            ConditionalWrite.encodeList(b.writes, into: &w)
         case let .getCheckpoint(sid):
             tag = .getCheckpoint
             w.writeString16(sid)
@@ -211,6 +239,13 @@ public enum Request: Sendable, Equatable {
             let new = try r.readU64("new position")
             let ops = try Mutation.decodeList(from: &r)
             req = .batch(Batch(token: token, sourceID: sid, expected: expected, new: new, operations: ops))
+        case .writes:
+            let token = try r.readBlob32("token")
+            let sid = try r.readString16("source id")
+            let expected = try r.readU64("expected position")
+            let new = try r.readU64("new position")
+            let writes = try ConditionalWrite.decodeList(from: &r)
+            req = .writes(Writes(token: token, sourceID: sid, expected: expected, new: new, writes: writes))
         case .getCheckpoint:
             req = .getCheckpoint(sourceID: try r.readString16("source id"))
         case .head:
@@ -292,6 +327,9 @@ public enum ErrorCode: UInt16, Sendable, CustomStringConvertible {
 /// A node's answer. Type bytes `0x80…0xFF`.
 public enum Response: Sendable, Equatable {
     case applied(logIndex: UInt64?, kept: UInt32, dropped: UInt32)
+    /// A `writes` request applied: the new entry's index (nil when nothing changed) and
+    /// each write's outcome, in order.
+    case written(logIndex: UInt64?, outcomes: [ConditionalWrite.Outcome])
     case conflict(current: UInt64)
     case checkpoint(UInt64?)
     case head(Head)
@@ -325,7 +363,7 @@ public enum Response: Sendable, Equatable {
     enum Tag: UInt8 {
         case applied = 0x81, conflict = 0x82, checkpoint = 0x83, head = 0x84, entries = 0x85,
              value = 0x86, page = 0x87, heartbeat = 0x88, snapshotBegin = 0x89, snapshotChunk = 0x8A,
-             snapshotEnd = 0x8B, digest = 0x8C, status = 0x8D, error = 0xEF
+             snapshotEnd = 0x8B, digest = 0x8C, status = 0x8D, written = 0x8E, error = 0xEF
     }
 
     public static func error(_ code: ErrorCode, _ message: String) -> Response {
@@ -341,6 +379,11 @@ public enum Response: Sendable, Equatable {
             w.writeU64(index ?? 0)
             w.writeU32(kept)
             w.writeU32(dropped)
+        case let .written(index, outcomes):
+            tag = .written
+            w.writeU64(index ?? 0)
+            w.writeU32(UInt32(outcomes.count))
+            for o in outcomes { o.encode(into: &w) }
         case let .conflict(current):
             tag = .conflict
             w.writeU64(current)
@@ -449,6 +492,14 @@ public enum Response: Sendable, Equatable {
         case .applied:
             let index = try r.readU64("log index")
             resp = .applied(logIndex: index == 0 ? nil : index, kept: try r.readU32("kept"), dropped: try r.readU32("dropped"))
+        case .written:
+            let index = try r.readU64("log index")
+            let n = Int(try r.readU32("outcome count"))
+            guard n <= r.remaining else { throw DecodeError(offset: r.offset - 4, reason: "outcome count \(n) too large") }
+            var outcomes = [ConditionalWrite.Outcome]()
+            outcomes.reserveCapacity(n)
+            for _ in 0..<n { outcomes.append(try ConditionalWrite.Outcome.decode(from: &r)) }
+            resp = .written(logIndex: index == 0 ? nil : index, outcomes: outcomes)
         case .conflict:
             resp = .conflict(current: try r.readU64("current position"))
         case .checkpoint:

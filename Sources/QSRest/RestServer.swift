@@ -1,0 +1,255 @@
+import Foundation
+import KTFormats
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import QSModel
+import QSNet
+import ServiceLifecycle
+import Synchronization
+
+/// The producers' side of qsrest: KT's HTTP RPC write procedures and RESTful PUT/DELETE
+/// (`KTWrites`), each request authenticated (HTTP Basic `producer:token` or
+/// `Authorization: Bearer token`) against the ACL, its keys checked against the
+/// producer's prefixes, its size against the producer's quota, and answered once the
+/// batch holding it is committed at the root (`WriteQueue`).
+public struct RestServer: ListeningService {
+    public struct Configuration: Sendable {
+        public var maxBodyBytes: Int
+        /// The longest a request over its soft quota is delayed; a request that would wait
+        /// longer is refused with 429 and Retry-After.
+        public var maxQuotaDelay: Duration
+
+        public init(maxBodyBytes: Int = 32 << 20, maxQuotaDelay: Duration = .seconds(2)) {
+            self.maxBodyBytes = maxBodyBytes
+            self.maxQuotaDelay = maxQuotaDelay
+        }
+    }
+
+    public let listener: Listener
+    let handler: RequestHandler
+
+    public init(endpoints: [Endpoint], access: Access, queue: WriteQueue, writes: KTWrites, metrics: RestMetrics,
+                logger: Logger, configuration: Configuration = Configuration(),
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+        listener = Listener(name: "rest", endpoints: endpoints, drain: .requests, group: group, logger: logger)
+        handler = RequestHandler(access: access, queue: queue, writes: writes, metrics: metrics, logger: logger,
+                                 configuration: configuration)
+    }
+
+    public func run() async throws {
+        let handler = self.handler
+        try await listener.run { channel in
+            try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+            return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
+        } handle: { accepted in
+            await handler.serve(accepted.connection, peer: accepted.peer, drain: accepted.drain)
+        }
+    }
+}
+
+/// The ACL in force and each producer's quota, replaced as a whole on reload.
+public final class Access: Sendable {
+    struct State {
+        var acl: ACL
+        var quotas: [String: Quota]
+    }
+
+    private let state: Mutex<State>
+    let maxQuotaDelay: Duration
+    let metrics: RestMetrics
+
+    public init(_ acl: ACL, maxQuotaDelay: Duration, metrics: RestMetrics) {
+        self.maxQuotaDelay = maxQuotaDelay
+        self.metrics = metrics
+        state = Mutex(State(acl: acl, quotas: Self.quotas(acl, maxDelay: maxQuotaDelay)))
+        for p in acl.producers { _ = metrics.producer(p.name) }
+    }
+
+    static func quotas(_ acl: ACL, maxDelay: Duration) -> [String: Quota] {
+        Dictionary(uniqueKeysWithValues: acl.producers.map {
+            ($0.name, Quota(writesPerSecond: $0.writesPerSecond, bytesPerSecond: $0.bytesPerSecond, maxDelay: maxDelay))
+        })
+    }
+
+    public var acl: ACL { state.withLock { $0.acl } }
+
+    /// Puts `acl` in force; producers whose quotas did not change keep their buckets.
+    public func replace(_ acl: ACL) {
+        let fresh = Self.quotas(acl, maxDelay: maxQuotaDelay)
+        state.withLock { s in
+            var quotas = fresh
+            for p in acl.producers {
+                if let old = s.acl.producers.first(where: { $0.name == p.name }),
+                   old.writesPerSecond == p.writesPerSecond, old.bytesPerSecond == p.bytesPerSecond {
+                    quotas[p.name] = s.quotas[p.name]
+                }
+            }
+            s = State(acl: acl, quotas: quotas)
+        }
+        for p in acl.producers { _ = metrics.producer(p.name) }
+    }
+
+    /// Reads `path` and puts it in force; on an error the ACL in force stays and the error
+    /// is returned (for the log).
+    public func reload(path: String) -> Result<ACL, any Error> {
+        do {
+            let acl = try ACL(parsing: try String(contentsOfFile: path, encoding: .utf8), origin: path)
+            replace(acl)
+            metrics.aclReloads.increment()
+            return .success(acl)
+        } catch {
+            metrics.aclReloadFailures.increment()
+            return .failure(error)
+        }
+    }
+
+    func authenticate(user: String?, token: [UInt8]) -> ACL.Producer? {
+        state.withLock { $0.acl }.authenticate(user: user, token: token)
+    }
+
+    func take(producer: String, writes: Int, bytes: Int) -> Quota.Decision {
+        state.withLock { s in
+            guard var q = s.quotas[producer] else { return .pass }
+            let d = q.take(writes: writes, bytes: bytes)
+            s.quotas[producer] = q
+            return d
+        }
+    }
+}
+
+/// Serves one connection's requests in order.
+struct RequestHandler: Sendable {
+    let access: Access
+    let queue: WriteQueue
+    let writes: KTWrites
+    let metrics: RestMetrics
+    let logger: Logger
+    let configuration: RestServer.Configuration
+
+    typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
+
+    func serve(_ connection: Connection, peer: String, drain: RequestDrain?) async {
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                try await HTTPRequests.serve(inbound, maxBodyBytes: configuration.maxBodyBytes, drain: drain) { h in
+                    metrics.badRequests.increment()
+                    logger.warning("request refused: body too large", metadata: ["peer": "\(peer)", "limit": "\(configuration.maxBodyBytes)"])
+                    try await write(.text(413, "request body over \(configuration.maxBodyBytes) bytes (--max-body)"), head: h, keepAlive: false, outbound: outbound)
+                } answer: { h, body in
+                    let reply = await answer(h, body: body, peer: peer)
+                    try await write(reply, head: h, keepAlive: h.isKeepAlive, outbound: outbound)
+                    return h.isKeepAlive
+                }
+            }
+        } catch let error as HTTPParserError {
+            metrics.badRequests.increment()
+            logger.warning("bad request: unparsable HTTP", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        } catch {
+            logger.debug("connection ended with an error", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        }
+    }
+
+    /// The credential a request carries: Basic `user:token` or Bearer `token`.
+    static func credential(_ headers: HTTPHeaders) -> (user: String?, token: [UInt8])? {
+        guard let value = headers.first(name: "authorization") else { return nil }
+        let parts = value.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2 else { return nil }
+        let scheme = parts[0].lowercased(), rest = parts[1].trimmingCharacters(in: .whitespaces)
+        if scheme == "bearer" { return (nil, Array(rest.utf8)) }
+        guard scheme == "basic", let decoded = Data(base64Encoded: rest) else { return nil }
+        let bytes = Array(decoded)
+        guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")) else { return nil }
+        return (String(decoding: bytes[..<colon], as: UTF8.self), Array(bytes[(colon + 1)...]))
+    }
+
+    func answer(_ head: HTTPRequestHead, body: [UInt8], peer: String) async -> RestReply {
+        let start = ContinuousClock.now
+        guard let (user, token) = Self.credential(head.headers), let producer = access.authenticate(user: user, token: token) else {
+            metrics.authFailures.increment()
+            logger.warning("request refused: no valid producer credential", metadata: ["peer": "\(peer)",
+                           "user": "\(Self.credential(head.headers)?.user ?? "-")"])
+            return .text(401, "a producer's credential is needed: HTTP Basic producer:token or Authorization: Bearer token",
+                         headers: [("WWW-Authenticate", "Basic realm=\"qsrest\"")])
+        }
+        let m = metrics.producer(producer.name)
+        m.requests.increment()
+        let uri = Array(head.uri.utf8)[...]
+        let q = uri.firstIndex(of: UInt8(ascii: "?"))
+        let path = q.map { uri[..<$0] } ?? uri
+        let query = q.map { uri[uri.index(after: $0)...] }
+        let rpcPrefix = Array("/rpc/".utf8)
+        let request: KTWriteRequest
+        if path.starts(with: rpcPrefix) {
+            let name = String(decoding: KTColumnEncoding.urlDecode(path.dropFirst(rpcPrefix.count)), as: UTF8.self)
+            request = writes.rpc(name, KTRPCParameters(query: query, contentType: head.headers.first(name: "content-type"), body: body))
+        } else {
+            request = writes.rest(method: head.method.rawValue, path: path, body: body,
+                                  mode: head.headers.first(name: "x-kt-mode"), xtHeader: head.headers.first(name: "x-kt-xt"))
+        }
+        switch request {
+        case let .immediate(reply, procedure, bad):
+            if let bad {
+                metrics.badRequests.increment()
+                logger.warning("bad request", metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "procedure": "\(procedure)", "reason": "\(bad)"])
+            }
+            return reply
+        case let .writes(list, procedure, reply):
+            if let outside = list.first(where: { !producer.may(write: $0.key) }) {
+                m.refusedKeyspace.increment()
+                let key = String(decoding: outside.key.prefix(200), as: UTF8.self)
+                let allowed = producer.prefixes.map { String(decoding: $0, as: UTF8.self) }.joined(separator: ", ")
+                logger.warning("write refused: outside the producer's keyspace", metadata: ["peer": "\(peer)", "producer": "\(producer.name)",
+                                                                                            "procedure": "\(procedure)", "key": "\(key)"])
+                return .error(403, "key '\(key)' is outside producer \(producer.name)'s keyspace (\(allowed)); nothing of this request was written")
+            }
+            let bytes = list.reduce(0) { $0 + $1.payloadBytes }
+            switch access.take(producer: producer.name, writes: max(list.count, 1), bytes: bytes) {
+            case .pass: break
+            case let .delay(d):
+                m.delayed.increment()
+                try? await Task.sleep(for: d)
+            case let .refuse(after):
+                m.refusedQuota.increment()
+                logger.notice("write refused: over quota", metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "retry-after": "\(after)"])
+                return .error(429, "producer \(producer.name) is over its quota (writes_per_second/bytes_per_second); retry after \(after) s")
+                    .adding(("Retry-After", "\(after)"))
+            }
+            do {
+                let answer = try await queue.submit(list)
+                m.writes.increment(by: list.count)
+                m.bytes.increment(by: bytes)
+                m.latency.recordSeconds((ContinuousClock.now - start).seconds)
+                return reply(answer)
+            } catch WriteQueue.Refusal.busy {
+                m.refusedQuota.increment()
+                return .error(503, "\(WriteQueue.Refusal.busy)").adding(("Retry-After", "1"))
+            } catch {
+                m.failed.increment()
+                logger.error("write failed", metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "procedure": "\(procedure)", "error": "\(error)"])
+                return .error(503, "\(error); nothing was acknowledged: retry").adding(("Retry-After", "1"))
+            }
+        }
+    }
+
+    private func write(_ r: RestReply, head: HTTPRequestHead, keepAlive: Bool,
+                       outbound: NIOAsyncChannelOutboundWriter<HTTPServerResponsePart>) async throws {
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Length", value: "\(r.body.count)")
+        for (n, v) in r.headers { headers.add(name: n, value: v) }
+        if !keepAlive { headers.add(name: "Connection", value: "close") }
+        let status = HTTPResponseStatus(statusCode: r.status, reasonPhrase: KTHTTPStatus.reason(r.status))
+        try await outbound.write(.head(HTTPResponseHead(version: head.version, status: status, headers: headers)))
+        if !r.body.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: r.body)))) }
+        try await outbound.write(.end(nil))
+    }
+}
+
+extension RestReply {
+    func adding(_ header: (String, String)) -> RestReply {
+        var r = self
+        r.headers.append(header)
+        return r
+    }
+}

@@ -1,0 +1,224 @@
+import Logging
+import QSFeed
+import QSModel
+import QSNet
+import QSWire
+import ServiceLifecycle
+import Synchronization
+
+/// Gathers the writes of every producer into batches and applies each at the root under
+/// compare-and-swap on qsrest's own source position, one batch at a time; a request is
+/// answered only once the batch holding it is committed at the root.
+///
+/// A batch is flushed every `interval`, sooner when it reaches `maxWrites` or `maxBytes`.
+/// Its position is the wall clock in nanoseconds (at least the last one + 1), so positions
+/// stay increasing across restarts. Answers:
+/// - `written`: committed; each request gets its writes' outcomes.
+/// - `conflict(current)` with `current` the batch's own new position: the batch was
+///   committed and its answer lost (the connection broke and `RootWriter` sent it again);
+///   its requests are answered as committed with outcomes unknown.
+/// - `conflict` otherwise: another writer moved this source id (two qsrest instances with
+///   one --source-id, which is a misconfiguration and logged); nothing of the batch was
+///   applied, so it is sent again from the root's position.
+/// - an error that retrying cannot cure: every request of the batch gets it, never a
+///   false success. Connection failures are retried by `RootWriter` while requests wait.
+public actor WriteQueue: Service {
+    public struct Limits: Sendable {
+        public var interval: Duration
+        public var maxWrites: Int
+        public var maxBytes: Int
+        /// Writes waiting for a batch beyond which new requests are refused (503).
+        public var maxPendingBytes: Int
+
+        public init(interval: Duration = .milliseconds(500), maxWrites: Int = 10_000, maxBytes: Int = 16 << 20,
+                    maxPendingBytes: Int = 256 << 20) {
+            self.interval = interval
+            self.maxWrites = maxWrites
+            self.maxBytes = maxBytes
+            self.maxPendingBytes = maxPendingBytes
+        }
+    }
+
+    /// What a request's writes came to.
+    public enum Answer: Sendable, Equatable {
+        /// Committed, with each write's outcome.
+        case committed([ConditionalWrite.Outcome])
+        /// Committed; the outcomes were lost with the root's answer.
+        case committedOutcomesUnknown
+    }
+
+    public enum Refusal: Error, CustomStringConvertible {
+        /// Too much is waiting for the root (it is slow or down): retry later.
+        case busy
+        /// The batch holding the request failed.
+        case failed(String)
+        /// qsrest is stopping and the batch could not be committed in time.
+        case stopping
+
+        public var description: String {
+            switch self {
+            case .busy: return "too many writes are waiting for the root; retry later"
+            case let .failed(why): return "the batch holding this write failed: \(why)"
+            case .stopping: return "qsrest is shutting down and could not commit this write"
+            }
+        }
+    }
+
+    struct Pending {
+        var writes: [ConditionalWrite]
+        var bytes: Int
+        var reply: CheckedContinuation<Answer, any Error>
+    }
+
+    public nonisolated let sourceID: String
+    let root: RootWriter
+    let limits: Limits
+    let logger: Logger
+    let metrics: RestMetrics
+    private var confirmed: UInt64?
+    private var pending: [Pending] = []
+    private var pendingWrites = 0
+    private var pendingBytes = 0
+    private var flushing = false
+    private var flushWaiters: [CheckedContinuation<Void, Never>] = []
+    private var stopped = false
+    /// The root's position for this source as last confirmed, readable without the actor.
+    public nonisolated let position = Mutex<UInt64?>(nil)
+
+    public init(sourceID: String, root: RootWriter, limits: Limits, metrics: RestMetrics, logger: Logger) {
+        self.sourceID = sourceID
+        self.root = root
+        self.limits = limits
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    /// Queues `writes` for the next batch and waits until it is committed.
+    public func submit(_ writes: [ConditionalWrite]) async throws -> Answer {
+        guard !stopped else { throw Refusal.stopping }
+        let bytes = writes.reduce(0) { $0 + $1.payloadBytes }
+        guard pendingBytes + bytes <= limits.maxPendingBytes || pending.isEmpty else {
+            metrics.busy.increment()
+            throw Refusal.busy
+        }
+        return try await withCheckedThrowingContinuation { reply in
+            pending.append(Pending(writes: writes, bytes: bytes, reply: reply))
+            pendingWrites += max(writes.count, 1)
+            pendingBytes += bytes
+            metrics.pendingWrites.record(Double(pendingWrites))
+            if pendingWrites >= limits.maxWrites || pendingBytes >= limits.maxBytes {
+                Task { await self.flush() }
+            }
+        }
+    }
+
+    /// Flushes every `interval` until graceful shutdown, then flushes what is left.
+    public func run() async throws {
+        await ensurePosition()
+        await cancelWhenGracefulShutdown {
+            while !Task.isCancelled {
+                do { try await Task.sleep(for: self.limits.interval) } catch { break }
+                await self.flush()
+            }
+        }
+        await flush()
+        stopped = true
+        for p in pending { p.reply.resume(throwing: Refusal.stopping) }
+        pending.removeAll()
+    }
+
+    /// Asks the root for this source's position once (retrying while it is unreachable).
+    func ensurePosition() async {
+        while confirmed == nil, !Task.isCancelled {
+            do {
+                let cp = try await root.checkpoint(sourceID: sourceID) ?? 0
+                setConfirmed(cp)
+                logger.info("resuming at the root's position", metadata: ["source-id": "\(sourceID)", "position": "\(cp)"])
+            } catch {
+                logger.error("cannot read this source's position at the root", metadata: ["error": "\(error)"])
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+    }
+
+    private func setConfirmed(_ p: UInt64) {
+        confirmed = p
+        position.withLock { $0 = p }
+    }
+
+    /// Sends what is pending, one batch after another, while batches are full.
+    func flush() async {
+        while flushing { await withCheckedContinuation { flushWaiters.append($0) } }
+        flushing = true
+        defer {
+            flushing = false
+            if !flushWaiters.isEmpty { flushWaiters.removeFirst().resume() }
+        }
+        while !pending.isEmpty {
+            await flushOne()
+            if pendingWrites < limits.maxWrites && pendingBytes < limits.maxBytes { break }
+        }
+    }
+
+    private func flushOne() async {
+        await ensurePosition()
+        guard let expected = confirmed else { return }
+        var count = 0, writes = 0, bytes = 0
+        for p in pending {
+            let w = max(p.writes.count, 1)
+            if count > 0 && (writes + w > limits.maxWrites || bytes + p.bytes > limits.maxBytes) { break }
+            count += 1; writes += w; bytes += p.bytes
+        }
+        let batch = Array(pending.prefix(count))
+        pending.removeFirst(count)
+        pendingWrites -= writes
+        pendingBytes -= bytes
+        metrics.pendingWrites.record(Double(pendingWrites))
+        let all = batch.flatMap(\.writes)
+        var from = expected
+        let start = ContinuousClock.now
+        while true {
+            let new = max(from &+ 1, wallClockNanoseconds())
+            let answer: Response
+            do {
+                answer = try await root.writes(sourceID: sourceID, expected: from, new: new, writes: all)
+            } catch {
+                let why = error is CancellationError ? "qsrest stopped before the root answered" : "\(error)"
+                logger.error("batch failed; its requests get an error", metadata: ["source-id": "\(sourceID)", "writes": "\(all.count)", "error": "\(why)"])
+                metrics.batchesFailed.increment()
+                for p in batch { p.reply.resume(throwing: Refusal.failed(why)) }
+                return
+            }
+            switch answer {
+            case let .written(_, outcomes) where outcomes.count == all.count:
+                setConfirmed(new)
+                metrics.batches.increment()
+                metrics.batchSeconds.recordSeconds((ContinuousClock.now - start).seconds)
+                var at = 0
+                for p in batch {
+                    p.reply.resume(returning: .committed(Array(outcomes[at..<(at + p.writes.count)])))
+                    at += p.writes.count
+                }
+                return
+            case let .conflict(current) where current == new:
+                setConfirmed(new)
+                metrics.batches.increment()
+                logger.warning("batch committed but its answer was lost; its requests are answered without outcomes",
+                               metadata: ["source-id": "\(sourceID)", "position": "\(new)"])
+                for p in batch { p.reply.resume(returning: .committedOutcomesUnknown) }
+                return
+            case let .conflict(current):
+                metrics.conflicts.increment()
+                logger.error("another writer moved this source id at the root: give every qsrest its own --source-id; sending the batch again from the root's position",
+                             metadata: ["source-id": "\(sourceID)", "expected": "\(from)", "current": "\(current)"])
+                from = current
+                setConfirmed(current)
+            default:
+                let why = "unexpected answer from the root: \(answer)"
+                metrics.batchesFailed.increment()
+                for p in batch { p.reply.resume(throwing: Refusal.failed(why)) }
+                return
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+import ArgumentParser
+import Foundation
+import Logging
+import QSDaemon
+import QSFeed
+import QSNet
+import QSRest
+import ServiceLifecycle
+
+@main
+struct QSRestCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "qsrest",
+        abstract: "The write service KT's producers move to: KT HTTP RPC and REST writes, per-producer keyspaces and quotas, batched into the QS root.",
+        discussion: """
+            Producers write with KT's HTTP RPC write procedures (set, add, replace, append, cas, \
+            increment, remove, set_bulk, remove_bulk) or RESTful PUT/DELETE, authenticated with \
+            HTTP Basic producer:token or a bearer token checked against --acl (TOML; tokens \
+            stored as SHA-256). Writes of every producer are gathered into one batch every \
+            --batch-interval and applied at the root with compare-and-swap on this instance's \
+            --source-id; conditional writes are decided by the root inside that transaction. A \
+            request is answered only once its batch is committed. SIGHUP re-reads --acl (a bad \
+            file keeps the ACL in force). Every flag has a QS_ environment fallback.
+            """ + "\n\n" + DaemonExitCodes.help,
+        version: QSVersion.string
+    )
+
+    static func main() async { await runCommand() }
+
+    @Option(help: ArgumentHelp("The QS root's write address, or several separated by commas (HOST:PORT,HOST:PORT), tried in order, the first writable one used (after a cutover, the promoted root). (env: QS_ROOT)", valueName: "host:port"))
+    var root: AddressList = QSEnv.value("QS_ROOT", AddressList(argument: "127.0.0.1:7400")!)
+
+    @Option(help: ArgumentHelp("Where producers connect (KT's HTTP port, 1978, if they keep their address). (env: QS_LISTEN)", valueName: "host:port"))
+    var listen: Address = QSEnv.value("QS_LISTEN", Address(.tcp(host: "127.0.0.1", port: 1978)))
+
+    @Option(help: ArgumentHelp("The producers' ACL (TOML: [producers.NAME] token_sha256, prefixes, quotas). (env: QS_ACL)", valueName: "file"))
+    var acl: String = QSEnv.string("QS_ACL") ?? ""
+
+    @Option(help: ArgumentHelp("KT database index → QS key prefix, as INDEX=PREFIX,…, as for qsktbridge. (env: QS_DB_MAP)", valueName: "map"))
+    var dbMap: KTDBMap = QSEnv.value("QS_DB_MAP", KTDBMap.single)
+
+    @Option(help: ArgumentHelp("This instance's checkpoint name at the root; every qsrest needs its own. Default: qsrest:HOSTNAME:LISTEN. (env: QS_SOURCE_ID)", valueName: "id"))
+    var sourceID: String = QSEnv.string("QS_SOURCE_ID") ?? ""
+
+    @Option(help: ArgumentHelp("File holding the root's write token. (env: QS_WRITE_TOKEN_FILE)", valueName: "file"))
+    var writeTokenFile: String = QSEnv.string("QS_WRITE_TOKEN_FILE") ?? ""
+
+    @Option(help: ArgumentHelp("Flush a batch this often, e.g. 500ms. (env: QS_BATCH_INTERVAL)", valueName: "duration"))
+    var batchInterval: Interval = QSEnv.value("QS_BATCH_INTERVAL", Interval(.milliseconds(500)))
+
+    @Option(help: ArgumentHelp("Flush sooner once a batch holds this many operations (entries in compatible mode). (env: QS_BATCH_MAX_OPS)", valueName: "n"))
+    var batchMaxOps: Int = QSEnv.value("QS_BATCH_MAX_OPS", 10_000)
+
+    @Option(help: ArgumentHelp("Flush sooner once a batch holds this many bytes, e.g. 16MiB. (env: QS_BATCH_MAX_BYTES)", valueName: "size"))
+    var batchMaxBytes: ByteSize = QSEnv.value("QS_BATCH_MAX_BYTES", ByteSize(16 << 20))
+
+    @Option(help: ArgumentHelp("Bytes of writes waiting for the root beyond which requests are refused with 503 and Retry-After, e.g. 256MiB. (env: QS_MAX_PENDING_BYTES)", valueName: "size"))
+    var maxPendingBytes: ByteSize = QSEnv.value("QS_MAX_PENDING_BYTES", ByteSize(256 << 20))
+
+    @Option(help: ArgumentHelp("Largest request body accepted, e.g. 32MiB. (env: QS_MAX_BODY)", valueName: "size"))
+    var maxBody: ByteSize = QSEnv.value("QS_MAX_BODY", ByteSize(32 << 20))
+
+    @Option(help: ArgumentHelp("The longest a request past its producer's soft quota is delayed; one that would wait longer is refused with 429 and Retry-After. (env: QS_QUOTA_MAX_DELAY)", valueName: "duration"))
+    var quotaMaxDelay: Interval = QSEnv.value("QS_QUOTA_MAX_DELAY", Interval(.seconds(2)))
+
+    @OptionGroup var service: ServiceOptions
+
+    func validate() throws {
+        guard !acl.isEmpty else { throw ValidationError("--acl is required: the producers' TOML file (or set QS_ACL)") }
+        guard batchInterval.duration > .zero else { throw ValidationError("--batch-interval must be more than 0, e.g. 500ms") }
+        guard batchMaxOps > 0 else { throw ValidationError("--batch-max-ops must be positive") }
+        guard batchMaxBytes.bytes > 0, maxPendingBytes.bytes > 0, maxBody.bytes > 0 else {
+            throw ValidationError("--batch-max-bytes, --max-pending-bytes and --max-body must be more than 0")
+        }
+    }
+
+    func run() async throws {
+        let (logger, registry) = service.bootstrap(label: "qsrest")
+        let initial: ACL
+        do {
+            initial = try ACL(parsing: try String(contentsOfFile: acl, encoding: .utf8), origin: acl)
+        } catch {
+            logger.critical("cannot load the ACL", metadata: ["acl": "\(acl)", "error": "\(error)"])
+            throw ExitCode(1)
+        }
+        let id = sourceID.isEmpty ? "qsrest:\(ProcessInfo.processInfo.hostName):\(listen)" : sourceID
+        let token = try TokenFile.optional(writeTokenFile, flag: "--write-token-file") ?? []
+        let origin = writeTokenFile.isEmpty ? "an empty write token (no --write-token-file)" : "the token in --write-token-file \(writeTokenFile)"
+        let feedMetrics = FeedMetrics()
+        let roots = root.endpoints
+        let writer = RootWriter(endpoint: roots[0], token: token, logger: logger, metrics: feedMetrics,
+                                client: "qsrest source-id=\(id)", tokenOrigin: origin, connect: RootList.connect(roots, token: token))
+        let metrics = RestMetrics()
+        let queue = WriteQueue(sourceID: id, root: writer,
+                               limits: .init(interval: batchInterval.duration, maxWrites: batchMaxOps, maxBytes: batchMaxBytes.bytes,
+                                             maxPendingBytes: maxPendingBytes.bytes),
+                               metrics: metrics, logger: logger)
+        let access = Access(initial, maxQuotaDelay: quotaMaxDelay.duration, metrics: metrics)
+        let server = RestServer(endpoints: [listen.endpoint], access: access, queue: queue,
+                                writes: KTWrites(databases: dbMap.prefixes), metrics: metrics, logger: logger,
+                                configuration: .init(maxBodyBytes: maxBody.bytes, maxQuotaDelay: quotaMaxDelay.duration))
+        logger.info("qsrest starting", metadata: ["roots": "\(root)", "source-id": "\(id)", "producers": "\(initial.producers.map(\.name))"])
+        // The queue is listed first so it stops last: the server drains (its requests wait
+        // for their batches) before the queue's final flush.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: queue, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
+            .init(service: server, failureTerminationBehavior: .gracefullyShutdownGroup),
+        ]
+        if let adminEndpoint = service.adminEndpoint() {
+            services.append(.init(service: AdminServer(endpoint: adminEndpoint, registry: registry, logger: logger,
+                                                       actionGate: try service.adminGate(logger: logger), readiness: {
+                guard writer.connected else {
+                    return Readiness(ready: false, detail: "not connected to a writable root (\(roots.map(\.description).joined(separator: ",")))\(writer.link.withLock { $0.lastError }.map { ": \($0)" } ?? "")")
+                }
+                guard let p = queue.position.withLock({ $0 }) else { return Readiness(ready: false, detail: "no answer from the root yet") }
+                return Readiness(ready: true, detail: "writing to the root; position \(p)")
+            })))
+        }
+        let path = acl
+        let keepalive = Task {
+            while !Task.isCancelled {
+                await writer.keepalive()
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
+        defer { keepalive.cancel() }
+        try await service.serviceGroup(services, logger: logger) {
+            switch access.reload(path: path) {
+            case let .success(acl):
+                logger.notice("ACL reloaded", metadata: ["acl": "\(path)", "producers": "\(acl.producers.map(\.name))"])
+            case let .failure(error):
+                logger.error("ACL reload refused; the ACL in force stays", metadata: ["acl": "\(path)", "error": "\(error)"])
+            }
+        }.run()
+    }
+}
