@@ -191,6 +191,7 @@ public final class Store: Sendable {
             writeHealth.succeeded()
             return result
         } catch {
+            let error = diskFullIfShortOfRoom(error)
             writeHealth.failed(error)
             throw error
         }

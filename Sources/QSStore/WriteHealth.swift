@@ -68,6 +68,14 @@ public final class WriteHealth: Sendable {
 }
 
 extension Store {
+    /// LMDB reports a short page write as EIO (`mdb_page_flush`), which is what a full
+    /// filesystem gives it (tmpfs and ext4 write what fits): an EIO while the store's
+    /// filesystem has less than 1 MiB free is a full disk.
+    func diskFullIfShortOfRoom(_ error: any Error) -> any Error {
+        guard let e = error as? LMDBError, e.code == EIO, let free = Store.freeBytes(at: directory), free < 1 << 20 else { return error }
+        return StoreError.diskFull("\(e.operation) could not write its pages to \(directory) (\(free) bytes free; LMDB reports the short write as an I/O error)")
+    }
+
     /// Bytes an unprivileged process may still write on the filesystem holding `path`
     /// (`statvfs`), nil when it cannot be asked.
     public static func freeBytes(at path: String) -> UInt64? {
