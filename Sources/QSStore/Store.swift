@@ -188,7 +188,7 @@ public final class Store: Sendable {
     func writeNow<T>(_ body: (borrowing StoreTransaction) throws -> T) throws -> T {
         do {
             let result = try environment.write { txn in try body(StoreTransaction(store: self, txn: LMDBTransaction(txn: txn.txn), writable: true)) }
-            writeHealth.succeeded()
+            writeHealth.succeeded { (Store.freeBytes(at: directory) ?? .max) < Store.roomAfterDiskFull }
             return result
         } catch {
             let error = diskFullIfShortOfRoom(error)

@@ -53,7 +53,13 @@ public final class WriteHealth: Sendable {
 
     public var failing: Failing? { state.withLock { $0 } }
 
-    func succeeded() { state.withLock { $0 = nil } }
+    /// A write committed. After a full disk, only once there is room again: a small write
+    /// can commit on pages LMDB reuses while every batch still fails (`stillFull`).
+    func succeeded(stillFull: () -> Bool) {
+        guard let failing else { return }
+        if failing.failure == .diskFull && stillFull() { return }
+        state.withLock { $0 = nil }
+    }
 
     func failed(_ error: any Error) {
         guard let kind = WriteFailure.classify(error) else { return }
@@ -68,11 +74,14 @@ public final class WriteHealth: Sendable {
 }
 
 extension Store {
+    /// Free bytes under which a filesystem counts as full (see `diskFullIfShortOfRoom`).
+    static let roomAfterDiskFull: UInt64 = 1 << 20
+
     /// LMDB reports a short page write as EIO (`mdb_page_flush`), which is what a full
     /// filesystem gives it (tmpfs and ext4 write what fits): an EIO while the store's
     /// filesystem has less than 1 MiB free is a full disk.
     func diskFullIfShortOfRoom(_ error: any Error) -> any Error {
-        guard let e = error as? LMDBError, e.code == EIO, let free = Store.freeBytes(at: directory), free < 1 << 20 else { return error }
+        guard let e = error as? LMDBError, e.code == EIO, let free = Store.freeBytes(at: directory), free < Store.roomAfterDiskFull else { return error }
         return StoreError.diskFull("\(e.operation) could not write its pages to \(directory) (\(free) bytes free; LMDB reports the short write as an I/O error)")
     }
 
