@@ -36,9 +36,9 @@ public final class FakeKTServer: ListeningService {
         // ktserver's session timeout (-tout): a connection that sends nothing that long is
         // closed; replication connections take the timeout out (they only listen).
         let timeout = configuration.timeout
-        let idle: TimeAmount? = timeout > 0 && timeout.isFinite ? .milliseconds(Int64(min(timeout, 86_400) * 1000)) : nil
+        let idle: TimeAmount = timeout > 0 && timeout.isFinite ? .milliseconds(Int64(min(timeout, 86_400) * 1000)) : .zero
         listener = Listener(name: "kt", endpoints: [.tcp(host: host, port: configuration.port)], drain: .pipeline,
-                            idleTimeout: idle, group: group, logger: logger)
+                            limits: ConnectionLimits(idleTimeout: idle, maxConnections: .max, maxPerPeer: .max), group: group, logger: logger)
     }
 
     public func run() async throws {

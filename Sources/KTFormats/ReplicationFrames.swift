@@ -119,7 +119,7 @@ public struct ReplicationFrameDecoder: NIOSingleStepByteToMessageDecoder, Sendab
                 let ts = try r.readU64("update timestamp")
                 let size = Int(try r.readU32("update size"))
                 guard size <= limit else {
-                    throw DecodeError(offset: start, reason: "update frame claims a \(size)-byte message, over the \(limit)-byte limit",
+                    throw DecodeError(offset: start, reason: "the update at timestamp \(ts) is a \(size)-byte message, over the \(limit)-byte limit",
                                       kind: .tooLarge)
                 }
                 return .update(timestamp: ts, message: try r.readBytes(size, "update message"))

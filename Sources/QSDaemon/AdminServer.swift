@@ -35,7 +35,7 @@ public struct AdminServer: ListeningService {
     let beforeScrape: @Sendable () -> Void
 
     public init(endpoint: Endpoint, registry: PrometheusCollectorRegistry, logger: Logger,
-                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, limits: ConnectionLimits = ConnectionLimits(),
                 actions: [String: AdminAction] = [:], actionGate: TokenGate? = nil,
                 beforeScrape: @escaping @Sendable () -> Void = {},
                 readiness: @escaping @Sendable () -> Readiness = { Readiness(ready: true, detail: "ok") }) {
@@ -46,7 +46,7 @@ public struct AdminServer: ListeningService {
         self.beforeScrape = beforeScrape
         // NIO's HTTP server pipeline drains on the listener's quiesce event: an idle
         // connection closes, a request in flight gets its answer first.
-        listener = Listener(name: "admin", endpoints: [endpoint], drain: .pipeline, group: group, logger: logger)
+        listener = Listener(name: "admin", endpoints: [endpoint], drain: .pipeline, limits: limits, group: group, logger: logger)
     }
 
     public func run() async throws {

@@ -21,6 +21,9 @@ public struct BridgeOptions: ParsableArguments, Sendable {
     @Option(help: ArgumentHelp("Flush sooner once a batch holds this many bytes, e.g. 16MiB. (env: QS_BATCH_MAX_BYTES)", valueName: "size"))
     public var batchMaxBytes: ByteSize = QSEnv.value("QS_BATCH_MAX_BYTES", ByteSize(16 << 20))
 
+    @Option(help: ArgumentHelp("A change too big to write (over --batch-max-bytes, or over the root's --max-frame-bytes when sent alone): stop the bridge naming its key and size, or skip it, counted and logged (batched mode only). (env: QS_ON_OVERSIZED)", valueName: "stop|skip"))
+    public var onOversized: OversizedPolicy = QSEnv.value("QS_ON_OVERSIZED", .stop)
+
     @Option(help: ArgumentHelp("File holding the root's write token. (env: QS_WRITE_TOKEN_FILE)", valueName: "file"))
     public var writeTokenFile: String = QSEnv.string("QS_WRITE_TOKEN_FILE") ?? ""
 
@@ -36,7 +39,7 @@ public struct BridgeOptions: ParsableArguments, Sendable {
     }
 
     public func limits(mode: WriteMode) -> BatchLimits {
-        BatchLimits(interval: batchInterval.duration, maxOps: batchMaxOps, maxBytes: batchMaxBytes.bytes, mode: mode)
+        BatchLimits(interval: batchInterval.duration, maxOps: batchMaxOps, maxBytes: batchMaxBytes.bytes, mode: mode, oversized: onOversized)
     }
 
     /// The write token from `--write-token-file` (trailing newline dropped).
@@ -55,3 +58,4 @@ public struct BridgeOptions: ParsableArguments, Sendable {
 }
 
 extension WriteMode: ExpressibleByArgument {}
+extension OversizedPolicy: ExpressibleByArgument {}

@@ -22,7 +22,7 @@ public func runBridge<S: FeedSource>(consumer: FeedConsumer<S>, service: Service
         .init(service: consumer, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
     ]
     if let adminEndpoint {
-        services.append(.init(service: AdminServer(endpoint: adminEndpoint, registry: registry, logger: logger,
+        services.append(.init(service: AdminServer(endpoint: adminEndpoint, registry: registry, logger: logger, limits: service.connectionLimits,
                                                    actionGate: try service.adminGate(logger: logger),
                                                    beforeScrape: { consumer.refreshGauges() }) {
             bridgeReadiness(consumer.status, root: consumer.root.endpoint, readyLag: readyLag)
@@ -44,6 +44,11 @@ public func runBridge<S: FeedSource>(consumer: FeedConsumer<S>, service: Service
 /// What a bridge's `/readyz` says, from its status as of now.
 func bridgeReadiness<S>(_ s: FeedConsumer<S>.Status, root: Endpoint, readyLag: Double) -> Readiness {
     if s.finished { return Readiness(ready: true, detail: "source finished; everything read is applied") }
+    if s.stalledSeconds > readyLag {
+        let why = s.rootError.map { "; last root error: \($0)" } ?? ""
+        return Readiness(ready: false, detail: String(format: "no progress: %d changes pending and nothing applied for %.1f s (--ready-lag %.1f s)",
+                                                      s.pendingChanges, s.stalledSeconds, readyLag) + why)
+    }
     guard s.rootConnected else {
         return Readiness(ready: false, detail: "not connected to the root \(root)\(s.rootError.map { ": \($0)" } ?? "")")
     }
@@ -52,6 +57,7 @@ func bridgeReadiness<S>(_ s: FeedConsumer<S>.Status, root: Endpoint, readyLag: D
     }
     guard s.sourceConnected else { return Readiness(ready: false, detail: "not connected to the source") }
     guard let cp = s.checkpoint else { return Readiness(ready: false, detail: "no answer from the root yet") }
+
     if let lag = s.lagSeconds, lag > readyLag {
         return Readiness(ready: false, detail: String(format: "catching up: %.1f s behind the source (--ready-lag %.1f s)", lag, readyLag))
     }

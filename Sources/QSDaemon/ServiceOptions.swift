@@ -32,9 +32,27 @@ public struct ServiceOptions: ParsableArguments, Sendable {
     @Option(help: ArgumentHelp("Once every listener is up, write their names and bound addresses (the real port where 0 was asked) to this file as JSON, atomically; removed on exit. (env: QS_READY_FILE)", valueName: "path"))
     public var readyFile: String = QSEnv.string("QS_READY_FILE") ?? ""
 
+    @Option(help: ArgumentHelp("Close a connection to any listener that sends nothing (a whole request included) or takes none of the bytes sent to it for this long; 0 turns it off. (env: QS_IDLE_TIMEOUT)", valueName: "duration"))
+    public var idleTimeout: Interval = QSEnv.value("QS_IDLE_TIMEOUT", Interval(.seconds(60)))
+
+    @Option(help: ArgumentHelp("Connections each listener holds at once; past it new ones are closed on arrival and counted (qs_connections_refused_total). The process also keeps a tenth of its open-file limit for its own work. (env: QS_MAX_CONNECTIONS)", valueName: "n"))
+    public var maxConnections: Int = QSEnv.value("QS_MAX_CONNECTIONS", 10_000)
+
+    @Option(help: ArgumentHelp("Connections one peer address holds at once on each listener; past it its new ones are closed on arrival and counted. (env: QS_MAX_CONNECTIONS_PER_PEER)", valueName: "n"))
+    public var maxConnectionsPerPeer: Int = QSEnv.value("QS_MAX_CONNECTIONS_PER_PEER", 1_000)
+
     public init() {}
 
+    /// What every listener of the daemon allows (`--idle-timeout`, `--max-connections`, `--max-connections-per-peer`).
+    public var connectionLimits: ConnectionLimits {
+        ConnectionLimits(idleTimeout: .nanoseconds(Int64(idleTimeout.seconds * 1e9)), maxConnections: maxConnections,
+                         maxPerPeer: maxConnectionsPerPeer)
+    }
+
     public func validate() throws {
+        guard maxConnections > 0 else { throw ValidationError("--max-connections must be positive") }
+        guard maxConnectionsPerPeer > 0 else { throw ValidationError("--max-connections-per-peer must be positive") }
+        guard idleTimeout.duration >= .zero else { throw ValidationError("--idle-timeout must be 0 (off) or more, e.g. 60s") }
         if let admin = adminEndpoint(), !admin.isLocalOnly, adminTokenFile.isEmpty {
             throw ValidationError("--admin \(admin) is not loopback and no --admin-token-file is set: anyone who reaches it could use its actions (POST /upstream). Give --admin-token-file FILE (or QS_ADMIN_TOKEN_FILE), or bind --admin to 127.0.0.1")
         }

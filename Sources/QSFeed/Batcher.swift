@@ -10,13 +10,28 @@ public struct BatchLimits: Sendable {
     public var maxOps: Int
     public var maxBytes: Int
     public var mode: WriteMode
+    /// What to do with one change bigger than `maxBytes` or than the root's largest frame.
+    public var oversized: OversizedPolicy
 
-    public init(interval: Duration = .milliseconds(500), maxOps: Int = 10_000, maxBytes: Int = 16 << 20, mode: WriteMode = .batched) {
+    public init(interval: Duration = .milliseconds(500), maxOps: Int = 10_000, maxBytes: Int = 16 << 20, mode: WriteMode = .batched,
+                oversized: OversizedPolicy = .stop) {
         self.interval = interval
         self.maxOps = maxOps
         self.maxBytes = maxBytes
         self.mode = mode
+        self.oversized = oversized
     }
+}
+
+/// What a bridge does with a change no batch can carry (over `--batch-max-bytes`, or
+/// refused by the root as `frame-too-large` when sent alone): retrying cannot cure it.
+public enum OversizedPolicy: String, Sendable, CaseIterable {
+    /// Stop the bridge, naming the key, its size and the flag to change (the default:
+    /// nothing is dropped without the operator's word).
+    case stop
+    /// Move the checkpoint past it without writing it; counted
+    /// (`qs_bridge_oversized_skipped_total`) and logged with its key and size.
+    case skip
 }
 
 /// Buffers changes read from the source and writes them to the root as compare-and-swap
@@ -87,11 +102,16 @@ actor Batcher {
             metrics.duplicatesSkipped.increment()
             return
         }
+        var change = change
+        if change.payloadBytes > limits.maxBytes {
+            change = try oversized(change, limit: "the bridge's limit of \(limits.maxBytes) bytes (--batch-max-bytes)")
+        }
         pending.append(change)
         lastRead = change.position
         pendingOps += max(change.operations.count, 1)
         pendingBytes += change.payloadBytes
         metrics.pendingChanges.record(Double(pending.count))
+        freshness.note(pending: pending.count)
         while pendingOps >= limits.maxOps || pendingBytes >= limits.maxBytes {
             try await flush()
         }
@@ -108,8 +128,8 @@ actor Batcher {
             if !waiters.isEmpty { waiters.removeFirst().resume() }
         }
         while !pending.isEmpty {
-            try await flushOne()
-            if pendingOps < limits.maxOps && pendingBytes < limits.maxBytes { break }
+            let whole = try await flushOne()
+            if whole && pendingOps < limits.maxOps && pendingBytes < limits.maxBytes { break }
         }
         // A quiet source: move the checkpoint to the position it vouched for, so a barrier
         // (`qsctl wait --until`) completes without a change to carry it. The ticker flushes
@@ -124,16 +144,72 @@ actor Batcher {
             vouched = nil
             pending.append(FeedChange(position: v, operations: [], sourceTimeNs: heartbeatTimeNs))
             pendingOps += 1
-            try await flushOne()
+            _ = try await flushOne()
         }
     }
 
-    /// Sends one batch: the oldest buffered changes up to the limits.
-    private func flushOne() async throws {
+    /// A change no batch can carry: stops the bridge (`FeedError.stop` naming the key, its
+    /// size and the flag to change) or, with `--on-oversized skip`, becomes a position
+    /// without a change (counted and logged), so the checkpoint moves past it.
+    func oversized(_ change: FeedChange, limit: String) throws -> FeedChange {
+        let what = Self.describe(change)
+        let flag = limits.mode == .compatible ? "" : " or start the bridge with --on-oversized skip to skip it"
+        guard limits.oversized == .skip, limits.mode == .batched else {
+            throw FeedError.stop("the change at source position \(change.position) is too big to write: \(what), over \(limit); raise that limit\(flag)")
+        }
+        metrics.oversizedSkipped.increment()
+        logger.warning("skipped a change too big to write (--on-oversized skip)",
+                       metadata: ["position": "\(change.position)", "change": "\(what)", "limit": "\(limit)"])
+        return FeedChange(position: change.position, operations: [], sourceTimeNs: change.sourceTimeNs)
+    }
+
+    /// The key of a change's biggest operation and the change's size, for the operator.
+    static func describe(_ change: FeedChange) -> String {
+        let biggest = change.operations.max { $0.payloadBytes < $1.payloadBytes }
+        let key: [UInt8]
+        switch biggest {
+        case let .set(k, _, _)?, let .delete(k)?, let .clearPrefix(k)?: key = k
+        case nil: key = []
+        }
+        let printable = key.prefix(200).map { b -> String in
+            (0x20..<0x7F).contains(b) && b != 0x5C ? String(UnicodeScalar(b)) : String(format: "\\x%02x", b)
+        }.joined()
+        let ops = change.operations.count == 1 ? "" : " (\(change.operations.count) operations)"
+        return "key '\(printable)\(key.count > 200 ? "…" : "")' with \(change.payloadBytes) bytes of key and value\(ops)"
+    }
+
+    /// Sends one batch: the oldest buffered changes up to the limits. A batch the root
+    /// refuses as too large (`frame-too-large`) is sent again in halves; a change refused
+    /// alone is handled as oversized (`OversizedPolicy`). Returns false when the batch
+    /// had to be split (the rest is still to send).
+    private func flushOne() async throws -> Bool {
+        var most = pending.count
+        let all = most
+        while true {
+            do {
+                try await flushOne(atMost: most)
+                return most >= all
+            } catch let refusal as RootRefusal where refusal.code == .frameTooLarge {
+                guard most > 1 else {
+                    guard let first = pending.first else { return true }
+                    let skipped = try oversized(first, limit: "the root's largest frame (its --max-frame-bytes): \(refusal.message)")
+                    pending[0] = skipped
+                    pendingOps += 1 - max(first.operations.count, 1)
+                    pendingBytes -= first.payloadBytes
+                    continue
+                }
+                most = min(most, pending.count) / 2
+                logger.info("the root refused a batch as too large; sending it in smaller batches",
+                            metadata: ["changes": "\(most)", "error": "\(refusal.message)"])
+            }
+        }
+    }
+
+    private func flushOne(atMost most: Int) async throws {
         var count = 0, ops = 0, bytes = 0
         for c in pending {
             let o = max(c.operations.count, 1), b = c.payloadBytes
-            if count > 0 && (ops + o > limits.maxOps || bytes + b > limits.maxBytes) { break }
+            if count >= most || count > 0 && (ops + o > limits.maxOps || bytes + b > limits.maxBytes) { break }
             count += 1; ops += o; bytes += b
         }
         let batch = Array(pending.prefix(count))
@@ -173,8 +249,10 @@ actor Batcher {
         default:
             throw FeedError.stop("unexpected answer from root: \(response)")
         }
+        freshness.noteProgress()
         metrics.checkpoint.record(Double(confirmed))
         metrics.pendingChanges.record(Double(pending.count))
+        freshness.note(pending: pending.count)
         updateLag()
     }
 
@@ -203,9 +281,26 @@ actor Batcher {
 }
 
 /// The wall time (ns since the epoch) of the newest source position a bridge has applied
-/// or seen in a heartbeat with nothing pending: what its lag is measured against.
+/// or seen in a heartbeat with nothing pending: what its lag is measured against. It also
+/// keeps how many changes wait for the root and when the checkpoint last moved, so
+/// `/readyz` can tell a bridge that has work and makes no progress.
 final class Freshness: Sendable {
     private let time = Mutex<UInt64>(0)
+    private let work = Mutex<(pending: Int, progressNs: UInt64)>((0, wallClockNanoseconds()))
+
+    /// Changes read and not yet applied; when the count was 0, the wait starts now.
+    func note(pending: Int) {
+        work.withLock {
+            if $0.pending == 0 && pending > 0 { $0.progressNs = wallClockNanoseconds() }
+            $0.pending = pending
+        }
+    }
+
+    /// The checkpoint moved (a batch applied, or another writer applied it).
+    func noteProgress() { work.withLock { $0.progressNs = wallClockNanoseconds() } }
+
+    /// Pending changes and the time of the last progress (or of the first pending change).
+    var pendingWork: (pending: Int, progressNs: UInt64) { work.withLock { $0 } }
 
     func note(_ t: UInt64) { time.withLock { $0 = max($0, t) } }
 

@@ -46,6 +46,13 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
         public var sourceTimeNs: UInt64?
         /// When the status was taken (ns since the epoch).
         public var nowNs: UInt64 = 0
+        /// Changes read from the source and not yet applied at the root.
+        public var pendingChanges = 0
+        /// When the checkpoint last moved, or the first pending change was read (ns since the epoch).
+        public var progressNs: UInt64 = 0
+
+        /// How long the bridge has held pending changes without applying any (0 with none pending).
+        public var stalledSeconds: Double { pendingChanges > 0 ? Freshness.age(of: progressNs, now: nowNs) : 0 }
 
         /// Now minus the wall time of the newest source position applied (or seen in a
         /// heartbeat with nothing pending): it grows while the source or the root is silent.
@@ -74,6 +81,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
         s.rootError = link.lastError
         s.rootStall = link.stall()
         s.sourceTimeNs = freshness.timeNs ?? startedNs
+        (s.pendingChanges, s.progressNs) = freshness.pendingWork
         s.nowNs = wallClockNanoseconds()
         return s
     }

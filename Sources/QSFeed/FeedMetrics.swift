@@ -17,6 +17,7 @@ public struct FeedMetrics: Sendable {
     public let lagSeconds = Gauge(label: "qs_bridge_lag_seconds")
     public let pendingChanges = Gauge(label: "qs_bridge_pending_changes")
     public let rootConnected = Gauge(label: "qs_bridge_root_connected")
+    public let oversizedSkipped = Counter(label: "qs_bridge_oversized_skipped_total")
 
     public init() {}
 }

@@ -21,6 +21,15 @@ public protocol RootConnection: Sendable {
 
 extension QSClient: RootConnection {}
 
+/// A root's answer that retrying the same request cannot change (`frame-too-large`):
+/// the caller sends something else (a smaller batch) or stops.
+public struct RootRefusal: Error, Sendable, CustomStringConvertible {
+    public let code: ErrorCode
+    public let message: String
+
+    public var description: String { "root refused: \(code): \(message)" }
+}
+
 /// The bridge's side of the root: one connection, re-made with capped backoff whenever
 /// it fails, for as long as the task is not cancelled.
 ///
@@ -210,6 +219,10 @@ public actor RootWriter {
                     switch ErrorCode(rawValue: code) {
                     case .unauthorized, .invalidRequest, .unsupported, .malformed:
                         throw FeedError.stop("root refused \(what): \(message)")
+                    case .frameTooLarge:
+                        // The same request would be refused again: the caller sends less.
+                        await drop("\(error)")
+                        throw RootRefusal(code: .frameTooLarge, message: message)
                     default: break
                     }
                 }

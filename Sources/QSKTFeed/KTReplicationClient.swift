@@ -44,6 +44,9 @@ public struct KTReplicationClient: Sendable {
         case damaged(server: String, reason: String)
         /// The server closed the connection.
         case closed(server: String)
+        /// An update message over `maxMessageBytes`: the same frame comes back after every
+        /// reconnect, so retrying cannot cure it.
+        case tooLarge(server: String, reason: String)
 
         public var description: String {
             switch self {
@@ -52,6 +55,7 @@ public struct KTReplicationClient: Sendable {
                 return "\(s) skipped updates whose origin sid equals the --sid \(sid) presented to it (at timestamp \(ts)): those changes would be missing. Give a --sid that differs from the KT server's own -sid and from every writer's"
             case let .damaged(s, reason): return "\(s): \(reason)"
             case let .closed(s): return "\(s) closed the replication connection"
+            case let .tooLarge(s, reason): return "\(s): \(reason); raise --max-message-bytes to read it"
             }
         }
     }
@@ -100,6 +104,7 @@ public struct KTReplicationClient: Sendable {
             } catch let e as DecodeError {
                 // The server closing inside a frame is a closed connection, not damage.
                 if e.kind == .truncated { throw Failure.closed(server: name) }
+                if e.kind == .tooLarge { throw Failure.tooLarge(server: name, reason: "\(e)") }
                 throw Failure.damaged(server: name, reason: "\(e)")
             } catch is ByteToMessageDecoderError.PayloadTooLargeError {
                 throw Failure.damaged(server: name, reason: "more than \(maxMessageBytes + 13) bytes without a whole frame")

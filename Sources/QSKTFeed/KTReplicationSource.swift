@@ -35,7 +35,7 @@ public struct KTReplicationSource: FeedSource {
             }
         } catch let failure as KTReplicationClient.Failure {
             switch failure {
-            case .refused:
+            case .refused, .tooLarge:
                 throw FeedError.stop("\(failure)")
             case .sidClash:
                 translator.metrics.skippedBySID.increment()

@@ -29,7 +29,8 @@ public final class Listener: Sendable {
     public let name: String
     public let endpoints: [Endpoint]
     let drainStyle: DrainStyle
-    let idleTimeout: TimeAmount?
+    public let limits: ConnectionLimits
+    let counter: ConnectionCounter
     let backlog: Int
     let group: any EventLoopGroup
     let logger: Logger
@@ -38,13 +39,16 @@ public final class Listener: Sendable {
     /// - Parameters:
     ///   - name: what the listener serves (`write`, `memcached`, `kt-http`, `admin`, `kt`):
     ///     its log lines and its entry in the ready file.
-    ///   - idleTimeout: closes a connection that sends nothing for this long (see `IdleTimeout`).
-    public init(name: String, endpoints: [Endpoint], drain: DrainStyle, idleTimeout: TimeAmount? = nil,
+    ///   - limits: the idle timeout (reads: `IdleTimeout`, writes: `WriteTimeout`) and the
+    ///     connection caps (`ConnectionLimits`); the process's file-descriptor reserve
+    ///     (`FileDescriptorBudget`) holds whatever they say.
+    public init(name: String, endpoints: [Endpoint], drain: DrainStyle, limits: ConnectionLimits = ConnectionLimits(),
                 backlog: Int = 256, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) {
         self.name = name
         self.endpoints = endpoints
         self.drainStyle = drain
-        self.idleTimeout = idleTimeout
+        self.limits = limits
+        self.counter = ConnectionCounter(listener: name, limits: limits)
         self.backlog = backlog
         self.group = group
         self.logger = logger
@@ -131,11 +135,23 @@ public final class Listener: Sendable {
     private func bind<Connection: Sendable>(_ endpoint: Endpoint, configure: @escaping @Sendable (any Channel) throws -> Connection)
         async throws -> (server: NIOAsyncChannel<AcceptedConnection<Connection>, Never>, quiesce: ServerQuiescingHelper) {
         let quiesce = ServerQuiescingHelper(group: group)
-        let idleTimeout = self.idleTimeout, style = drainStyle
+        let idleTimeout = limits.idleTimeout, style = drainStyle, counter = self.counter
+        let refusals = RateLimitedLog(), logger = self.logger
+        let name = self.name
         let initializer: @Sendable (any Channel) -> EventLoopFuture<AcceptedConnection<Connection>> = { channel in
-            channel.eventLoop.makeCompletedFuture {
+            // Caps first: a refused connection is closed before anything is set up for it.
+            let peerIP = channel.remoteAddress?.ipAddress
+            if let refusal = counter.admit(peer: peerIP) {
+                refusals.warning(logger, "\(name) refused a connection", peer: peerIP ?? "unix",
+                                 metadata: ["listener": "\(name)", "reason": "\(refusal.rawValue)", "limit": "\(Self.limit(refusal, counter))"])
+                channel.close(promise: nil)
+                return channel.eventLoop.makeFailedFuture(ConnectionRefused(reason: refusal))
+            }
+            channel.closeFuture.whenComplete { _ in counter.release(peer: peerIP) }
+            let set = channel.eventLoop.makeCompletedFuture {
                 let ops = channel.pipeline.syncOperations
-                if let idleTimeout { try IdleTimeout.install(readTimeout: idleTimeout, in: ops) }
+                try IdleTimeout.install(readTimeout: idleTimeout, in: ops)
+                if idleTimeout.nanoseconds > 0 { try ops.addHandler(WriteTimeout(timeout: idleTimeout), name: WriteTimeout.handlerName) }
                 var drain: RequestDrain?
                 if case .requests = style {
                     let d = RequestDrain(channel: channel)
@@ -145,6 +161,9 @@ public final class Listener: Sendable {
                 let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
                 return AcceptedConnection(connection: try configure(channel), peer: peer, drain: drain, channel: channel)
             }
+            // A connection that could not be set up is closed (and its place given back).
+            set.whenFailure { _ in channel.close(promise: nil) }
+            return set
         }
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: Int32(clamping: backlog))
@@ -169,6 +188,21 @@ public final class Listener: Sendable {
             }
         } catch {
             throw ListenError(listener: name, endpoint: endpoint, underlying: error)
+        }
+    }
+}
+
+/// A connection closed on arrival because a cap was reached.
+struct ConnectionRefused: Error {
+    let reason: RefusalReason
+}
+
+extension Listener {
+    static func limit(_ reason: RefusalReason, _ counter: ConnectionCounter) -> Int {
+        switch reason {
+        case .maxConnections: return counter.limits.maxConnections
+        case .perPeer: return counter.limits.maxPerPeer
+        case .fileDescriptors: return counter.processCap
         }
     }
 }

@@ -19,6 +19,8 @@ public final class NodeCore: Sendable {
     /// they are taken from local peers only (loopback, Unix socket), with the write token.
     let adminGate: TokenGate
     let logger: Logger
+    /// Warnings about what peers send, at most one per peer every 10 s (the rest counted).
+    let badInput = RateLimitedLog()
     /// Whether this node takes writes (a root) or only replicates (a replica).
     public let writable: Bool
     /// Wakes subscription streams when the log grows.
@@ -168,7 +170,7 @@ public final class NodeCore: Sendable {
             }
             guard here == hash else {
                 metrics.divergedSubscribers.increment()
-                logger.warning("subscriber has another history: refused", metadata: ["peer": "\(peer)", "index": "\(index)",
+                badInput.warning(logger, "subscriber has another history: refused", peer: peer, metadata: ["index": "\(index)",
                                                                                      "their-hash": "\(hexString(hash))", "our-hash": "\(hexString(here))"])
                 return .error(.diverged, "diverged: at index \(index) this node's chained hash is \(hexString(here)), the subscriber's is \(hexString(hash)); the histories differ and will not be mixed")
             }
@@ -186,7 +188,7 @@ public final class NodeCore: Sendable {
             if case .changeRole = request {
                 return .error(.notWritable, "this node is a replica (qsnode --role replica): only a root can be promoted or demoted; a new root is a qsnode --role root fed by qsqsbridge --mode compatible")
             }
-            logger.warning("write refused", metadata: ["peer": "\(peer)", "request": "\(request.name)", "reason": "not writable"])
+            badInput.warning(logger, "write refused", peer: peer, metadata: ["request": "\(request.name)", "reason": "not writable"])
             return .error(.notWritable, "this node is a replica and takes no writes: write to the root")
         }
         if case .changeRole = request {
@@ -316,14 +318,22 @@ public final class NodeCore: Sendable {
             // undone), and a bridge started against a mirror before its promotion waits.
             metrics.invalidRequests.increment()
             return .error(.notWritable, "\(StoreError.compatibleOnly)")
-        } catch let error as StoreError {
+        } catch let error as StoreError where WriteFailure.classify(error) == nil {
             metrics.invalidRequests.increment()
-            logger.warning("request refused", metadata: ["request": "\(request.name)", "error": "\(error)", "peer": "\(peer)"])
+            badInput.warning(logger, "request refused", peer: peer, metadata: ["request": "\(request.name)", "error": "\(error)"])
             return .error(.invalidRequest, "\(error)")
-        } catch let error as LMDBError where error.isMapFull {
+        } catch let error where WriteFailure.classify(error) != nil {
             metrics.storageErrors.increment()
-            logger.error("store is full: raise --map-size", metadata: ["request": "\(request.name)", "error": "\(error)", "peer": "\(peer)"])
-            return .error(.storageFull, "the node's store is full (LMDB map size reached); nothing was written: the operator must raise --map-size")
+            let kind = WriteFailure.classify(error) ?? .io
+            logger.error("\(kind.rawValue): \(kind.remedy)", metadata: ["request": "\(request.name)", "error": "\(error)", "peer": "\(peer)"])
+            switch kind {
+            case .mapFull:
+                return .error(.storageFull, "the node's store is full (LMDB map size reached); nothing was written: the operator must raise --map-size")
+            case .diskFull:
+                return .error(.diskFull, "disk full: the filesystem holding the node's store has no space left; nothing was written; retry once space is freed")
+            case .io:
+                return .error(.storageError, "I/O error on the node's disk, nothing was written: \(error)")
+            }
         } catch {
             metrics.storageErrors.increment()
             logger.error("storage error", metadata: ["request": "\(request.name)", "error": "\(error)", "peer": "\(peer)"])

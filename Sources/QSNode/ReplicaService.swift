@@ -20,6 +20,7 @@ public struct ReplicaMetrics: Sendable {
     public let diverged = Counter(label: "qs_replica_diverged_total")
     public let bootstraps = Counter(label: "qs_replica_bootstraps_total")
     public let entriesApplied = Counter(label: "qs_replica_entries_applied_total")
+    public let diskFullWaits = Counter(label: "qs_replica_disk_full_waits_total")
 
     public init() {}
 }
@@ -99,6 +100,8 @@ public final class ReplicaService: Service, Sendable {
     private func loop() async throws {
         var position = 0
         var backoff = Backoff(initial: .milliseconds(100), cap: .seconds(2))
+        // A full disk is not cured by another upstream: wait longer and longer (5 s to 5 min).
+        var roomBackoff = Backoff(initial: .seconds(5), cap: .seconds(300))
         var current: Endpoint?
         var previous: Endpoint?
         while !Task.isCancelled {
@@ -122,6 +125,7 @@ public final class ReplicaService: Service, Sendable {
             current = up
             core.updateUpstream { $0.upstream = up.description }
             var moveOn = true
+            var storageFailure: WriteFailure?
             do {
                 if try await core.store.head().index == 0 {
                     try await bootstrap(from: up)
@@ -133,6 +137,7 @@ public final class ReplicaService: Service, Sendable {
                     try await bootstrap(from: up)
                     moveOn = false
                 } catch {
+                    storageFailure = WriteFailure.classify(error)
                     logger.error("bootstrap failed", metadata: ["upstream": "\(up)", "error": "\(error)"])
                 }
             } catch FollowEnd.refused(.diverged, let message) {
@@ -147,9 +152,20 @@ public final class ReplicaService: Service, Sendable {
                 continue
             } catch {
                 if Task.isCancelled { return }
+                storageFailure = WriteFailure.classify(error)
                 logger.warning("leaving upstream", metadata: ["upstream": "\(up)", "reason": "\(error)"])
             }
             core.updateUpstream { $0.subscribed = false }
+            if let storageFailure {
+                // Every upstream would meet the same disk: stay on this one and wait.
+                let delay = roomBackoff.next()
+                metrics.diskFullWaits.increment()
+                logger.error("\(storageFailure.rawValue): waiting before trying again", metadata: [
+                    "upstream": "\(up)", "retry-in": "\(delay)", "remedy": "\(storageFailure.remedy)"])
+                try await Task.sleep(for: delay)
+                continue
+            }
+            roomBackoff.reset()
             if moveOn {
                 position = ((list.firstIndex(of: up) ?? position) + 1) % max(list.count, 1)
                 current = nil
@@ -213,6 +229,23 @@ public final class ReplicaService: Service, Sendable {
         }
     }
 
+    /// Refuses a snapshot of `size` bytes before any of it is written when there is not
+    /// room for it and a margin (a tenth, at least 1 MiB) twice over: once staged (in
+    /// `--staging-dir`), once installed in the data directory. The error is a disk-full
+    /// one, so the loop waits instead of fetching the snapshot again every second.
+    func checkRoom(for size: UInt64) throws {
+        let store = core.store
+        let one = size + max(size / 10, 1 << 20)
+        let places = store.stagingDirectory == store.directory ? [(store.directory, 2 * one)]
+            : [(store.stagingDirectory, one), (store.directory, one)]
+        for (dir, need) in places {
+            guard let free = Store.freeBytes(at: dir), free < need else { continue }
+            let error = StoreError.diskFull("a snapshot of \(size) bytes needs about \(need) bytes free in \(dir), which has \(free)")
+            store.writeHealth.note(error)
+            throw error
+        }
+    }
+
     /// Pulls a snapshot from `up` into the store's scratch directory, which checks it and
     /// installs it in one transaction.
     func bootstrap(from up: Endpoint) async throws {
@@ -228,7 +261,9 @@ public final class ReplicaService: Service, Sendable {
                 var lastReport = started
                 for try await frame in inbound {
                     switch try Response.decode(frame) {
-                    case let .snapshotBegin(index, hash, size): begin = (index, hash, size)
+                    case let .snapshotBegin(index, hash, size):
+                        try self.checkRoom(for: size)
+                        begin = (index, hash, size)
                     case let .snapshotChunk(bytes):
                         try await file.write(bytes)
                         received += UInt64(bytes.count)

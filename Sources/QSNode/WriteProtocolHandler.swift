@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import QSBytes
+import QSNet
 import QSWire
 
 /// Serves the QS write protocol on one connection: decodes each frame, checks the write
@@ -94,6 +95,9 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
         case .snapshot:
             let channel = context.channel, core = self.core, logger = self.logger, peer = self.peer
             queue.removeAll()
+            // A stream only sends: the peer's silence is no longer idleness (the write
+            // timeout still closes a peer that stops reading).
+            IdleTimeout.remove(from: context.pipeline.syncOperations)
             stream = Task { await ReplicationStreams.snapshot(channel: channel, core: core, logger: logger, peer: peer) }
             return
         default:
@@ -117,6 +121,7 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
             if let refusal {
                 self.reply(context: context, refusal, thenClose: true)
             } else {
+                IdleTimeout.remove(from: context.pipeline.syncOperations)
                 self.stream = Task {
                     await ReplicationStreams.subscription(channel: channel, core: core, from: from, logger: logger, peer: peer)
                 }
@@ -148,7 +153,7 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     /// A bad frame: error reply where the protocol allows, a counter, a log line, close.
     private func refuse(context: ChannelHandlerContext, code: ErrorCode, message: String, error: any Error) {
         core.metrics.badFrames.increment()
-        logger.warning("bad frame, closing connection", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        core.badInput.warning(logger, "bad frame, closing connection", peer: peer, metadata: ["error": "\(error)"])
         queue.removeAll()
         reply(context: context, .error(code, message), thenClose: true)
     }
@@ -163,7 +168,7 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
         } else if error is ByteToMessageDecoderError {
             refuse(context: context, code: .malformed, message: "malformed frame: \(error)", error: error)
         } else {
-            logger.info("connection error", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            core.badInput.log(logger, .info, "connection error", peer: peer, metadata: ["error": "\(error)"])
             context.close(promise: nil)
         }
     }

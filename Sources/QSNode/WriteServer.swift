@@ -15,12 +15,12 @@ public struct WriteServer: ListeningService {
     let maxFrameBytes: Int
     let logger: Logger
 
-    public init(core: NodeCore, endpoints: [Endpoint], maxFrameBytes: Int,
+    public init(core: NodeCore, endpoints: [Endpoint], maxFrameBytes: Int, limits: ConnectionLimits = ConnectionLimits(),
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) {
         self.core = core
         self.maxFrameBytes = maxFrameBytes
         self.logger = logger
-        listener = Listener(name: "write", endpoints: endpoints, drain: .pipeline, group: group, logger: logger)
+        listener = Listener(name: "write", endpoints: endpoints, drain: .pipeline, limits: limits, group: group, logger: logger)
     }
 
     public func run() async throws {

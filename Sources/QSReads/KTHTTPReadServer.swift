@@ -37,10 +37,10 @@ public struct KTHTTPReadServer: ListeningService {
     let maxBodyBytes: Int
 
     public init(store: Store, endpoints: [Endpoint], logger: Logger,
-                configuration: Configuration = Configuration(),
+                configuration: Configuration = Configuration(), connections: ConnectionLimits = ConnectionLimits(),
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         maxBodyBytes = configuration.maxBodyBytes
-        listener = Listener(name: "kt-http", endpoints: endpoints, drain: .requests, group: group, logger: logger)
+        listener = Listener(name: "kt-http", endpoints: endpoints, drain: .requests, limits: connections, group: group, logger: logger)
         let metrics = ReadMetrics(interface: "kt_http")
         let procedures = KTProcedures(databases: configuration.databases, clock: configuration.clock,
                                       limits: configuration.scanLimits, started: Date(),

@@ -40,10 +40,10 @@ public struct MemcachedServer: ListeningService {
     let limits: MemcachedLimits
 
     public init(store: Store, endpoints: [Endpoint], logger: Logger,
-                configuration: Configuration = Configuration(),
+                configuration: Configuration = Configuration(), connections: ConnectionLimits = ConnectionLimits(),
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         limits = configuration.limits
-        listener = Listener(name: "memcached", endpoints: endpoints, drain: .requests, group: group, logger: logger)
+        listener = Listener(name: "memcached", endpoints: endpoints, drain: .requests, limits: connections, group: group, logger: logger)
         session = MemcachedSession(config: configuration, store: store,
                                    metrics: ReadMetrics(interface: "memcached"), logger: logger, stats: MemcachedStats())
     }

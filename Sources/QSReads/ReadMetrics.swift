@@ -1,6 +1,7 @@
 import Logging
 import Metrics
 import NIOConcurrencyHelpers
+import QSNet
 
 /// The metrics of one read interface (`memcached` or `kt_http`), declared where the work
 /// happens and exported by the admin server:
@@ -15,6 +16,8 @@ public struct ReadMetrics: Sendable {
     public let misses: Counter
     /// Open connections, for the interfaces' own status replies.
     let active = ActiveConnections()
+    /// Bad-input warnings, at most one per peer every 10 s (the rest counted in the next).
+    let badInputLog = RateLimitedLog()
 
     public init(interface: String) {
         self.interface = interface
@@ -38,14 +41,14 @@ public struct ReadMetrics: Sendable {
     /// A bogus request: counted and logged with its peer, never unnoticed.
     func bad(_ logger: Logger, peer: String, reason: String, _ extra: Logger.Metadata = [:]) {
         badRequests.increment()
-        logger.warning("bad \(interface) request", metadata: extra.merging(["peer": "\(peer)", "reason": "\(reason)"]) { a, _ in a })
+        badInputLog.warning(logger, "bad \(interface) request", peer: peer, metadata: extra.merging(["reason": "\(reason)"]) { a, _ in a })
     }
 
     /// A write sent to a read-only node: counted and logged with its peer.
     func refusedWrite(_ logger: Logger, peer: String, write: String) {
         writesRefused.increment()
-        logger.warning("\(interface) write refused: this node is read-only, write through the QS root",
-                       metadata: ["peer": "\(peer)", "write": "\(write)"])
+        badInputLog.warning(logger, "\(interface) write refused: this node is read-only, write through the QS root",
+                            peer: peer, metadata: ["write": "\(write)"])
     }
 
     /// The request counter for one command or procedure. Callers pass names from a fixed

@@ -1,4 +1,5 @@
 import CLMDB
+import Foundation
 
 /// An LMDB return code turned into a Swift error, with LMDB's own message and what was
 /// being done.
@@ -8,6 +9,8 @@ public struct LMDBError: Error, Sendable, CustomStringConvertible {
 
     public var message: String { String(cString: mdb_strerror(code)) }
     public var isMapFull: Bool { code == MDB_MAP_FULL }
+    /// The filesystem has no room left (LMDB passes `errno` through).
+    public var isDiskFull: Bool { code == ENOSPC || code == EDQUOT }
     public var description: String { "LMDB \(operation) failed: \(message) (code \(code))" }
 
     static func check(_ rc: Int32, _ operation: @autoclosure () -> String) throws {

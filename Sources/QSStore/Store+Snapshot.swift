@@ -67,7 +67,10 @@ private func writeAll(_ fd: Int32, _ bytes: [UInt8], _ path: String) throws {
     while done < bytes.count {
         let n = bytes.withUnsafeBytes { p in Glibc.write(fd, p.baseAddress! + done, bytes.count - done) }
         if n < 0 && errno == EINTR { continue }
-        guard n > 0 else { throw StoreError.io("cannot write \(path): errno \(errno) (is the disk full?)") }
+        guard n > 0 else {
+            if errno == ENOSPC || errno == EDQUOT { throw StoreError.diskFull("cannot write \(path): no space left on its filesystem") }
+            throw StoreError.io("cannot write \(path): errno \(errno)")
+        }
         done += n
     }
 }

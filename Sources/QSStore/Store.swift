@@ -36,6 +36,8 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
     case snapshotMismatch(announced: Head, found: Head)
     /// A snapshot file could not be made, read or written (what, where and errno).
     case io(String)
+    /// The filesystem has no room left (ENOSPC): what could not be written.
+    case diskFull(String)
 
     public var description: String {
         switch self {
@@ -59,6 +61,8 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
             return "the received snapshot stands at index \(found.index) (hash \(hexString(found.hash))) but its sender announced index \(announced.index) (hash \(hexString(announced.hash))): it was not installed; request another snapshot"
         case let .io(why):
             return why
+        case let .diskFull(what):
+            return "disk full: \(what); free space on that filesystem (the node carries on by itself once there is room)"
         }
     }
 }
@@ -94,6 +98,9 @@ public final class Store: Sendable {
     let readers: StoreThreads
     /// Runs snapshot copies, snapshot file I/O and log trimming.
     let background: StoreThreads
+    /// Whether the last write transaction could be committed, and if not, which kind of
+    /// failure stops writes (disk full, map full, I/O error): what `/readyz` reads.
+    public let writeHealth = WriteHealth()
 
     static let headKey = Array("head".utf8)
     static let identityKey = Array("node-id".utf8)
@@ -187,7 +194,15 @@ public final class Store: Sendable {
     }
 
     func writeNow<T>(_ body: (borrowing StoreTransaction) throws -> T) throws -> T {
-        try environment.write { txn in try body(StoreTransaction(store: self, txn: LMDBTransaction(txn: txn.txn), writable: true)) }
+        do {
+            let result = try environment.write { txn in try body(StoreTransaction(store: self, txn: LMDBTransaction(txn: txn.txn), writable: true)) }
+            writeHealth.succeeded { (Store.freeBytes(at: directory) ?? .max) < Store.roomAfterDiskFull }
+            return result
+        } catch {
+            let error = diskFullIfShortOfRoom(error)
+            writeHealth.failed(error)
+            throw error
+        }
     }
 
     /// Write jobs queued behind the one running (for tests and metrics).

@@ -306,6 +306,9 @@ public enum ErrorCode: UInt16, Sendable, CustomStringConvertible {
     case behind = 11
     /// A write sent to a node that does not take writes (a replica).
     case notWritable = 12
+    /// The filesystem holding the node's store has no room left (ENOSPC): nothing was
+    /// written; the same request succeeds once there is room.
+    case diskFull = 13
     public var description: String {
         switch self {
         case .malformed: return "malformed"
@@ -320,6 +323,7 @@ public enum ErrorCode: UInt16, Sendable, CustomStringConvertible {
         case .needsBootstrap: return "needs-bootstrap"
         case .behind: return "behind"
         case .notWritable: return "not-writable"
+        case .diskFull: return "disk-full"
         }
     }
 }

@@ -141,7 +141,7 @@ struct QSNodeCommand: AsyncParsableCommand {
         var endpoints = [listenEndpoint]
         if !unix.isEmpty { endpoints.append(.unix(path: unix)) }
         var services: [any Service] = [
-            WriteServer(core: core, endpoints: endpoints, maxFrameBytes: maxFrameBytes.bytes, logger: logger),
+            WriteServer(core: core, endpoints: endpoints, maxFrameBytes: maxFrameBytes.bytes, limits: service.connectionLimits, logger: logger),
             LogTrimmer(store: store, retain: logRetention, logger: logger),
             StoreUsageGauges(store: store),
         ]
@@ -158,7 +158,7 @@ struct QSNodeCommand: AsyncParsableCommand {
         var reload: (@Sendable () -> Void)?
         if let upstreams, !upstreamFile.isEmpty { reload = { upstreams.reload() } }
 
-        services += try reads.services(store: store, logger: logger)
+        services += try reads.services(store: store, limits: service.connectionLimits, logger: logger)
         let readyLag = service.readyLagSeconds
         if let admin = service.adminEndpoint() {
             var actions = [String: AdminAction]()
@@ -175,9 +175,10 @@ struct QSNodeCommand: AsyncParsableCommand {
                     }
                 }
             }
-            services.append(AdminServer(endpoint: admin, registry: registry, logger: logger, actions: actions,
+            services.append(AdminServer(endpoint: admin, registry: registry, logger: logger, limits: service.connectionLimits, actions: actions,
                                         actionGate: try service.adminGate(logger: logger),
                                         beforeScrape: { replica?.refreshGauges() }) {
+                if let failing = store.writeHealth.failing { return Self.readiness(failing) }
                 guard let replica else { return Readiness(ready: true, detail: "root: store open") }
                 return Self.readiness(replica.status, readyLag: readyLag)
             })
@@ -186,6 +187,14 @@ struct QSNodeCommand: AsyncParsableCommand {
         let finalHead = try await store.head()
         logger.info("node stopped cleanly", metadata: ["head-index": "\(finalHead.index)"])
         withExtendedLifetime(lock) {}
+    }
+
+    /// `/readyz` while writes fail for want of room or of a working disk: the last write
+    /// failed, and a write that commits makes the node ready again by itself.
+    static func readiness(_ failing: WriteHealth.Failing) -> Readiness {
+        let since = Double(wallClockNanoseconds() &- failing.sinceNs) / 1e9
+        return Readiness(ready: false, detail: String(format: "writes failing for %.0f s: ", max(since, 0))
+                             + "\(failing.failure.rawValue): \(failing.failure.remedy) (\(failing.message))")
     }
 
     /// A replica's `/readyz`, from the node's one upstream status (as `qsctl status` and

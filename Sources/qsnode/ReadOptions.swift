@@ -29,7 +29,7 @@ struct ReadOptions: ParsableArguments {
     var memcachedFlagsInValue: Bool = QSEnv.flag("QS_MEMCACHED_FLAGS_IN_VALUE", default: false)
 
     /// The read servers the flags ask for.
-    func services(store: Store, logger: Logger) throws -> [any Service] {
+    func services(store: Store, limits: ConnectionLimits, logger: Logger) throws -> [any Service] {
         let map = ktDbMap.map
         var out = [any Service]()
         let mc = endpoints(memcached, memcachedUnix)
@@ -39,12 +39,12 @@ struct ReadOptions: ParsableArguments {
                 ? "memcached: values end with 4 bytes of flags (KT's plug-in with opts=f); a value without them is served short"
                 : "memcached: values served whole with flags 0 (KT's plug-in without opts=f); --memcached-flags-in-value true if KT ran with opts=f",
                 metadata: ["memcached-flags-in-value": "\(memcachedFlagsInValue)"])
-            out.append(MemcachedServer(store: store, endpoints: mc, logger: logger, configuration: config))
+            out.append(MemcachedServer(store: store, endpoints: mc, logger: logger, configuration: config, connections: limits))
         }
         let kt = endpoints(ktHttp, ktHttpUnix)
         if !kt.isEmpty {
             out.append(KTHTTPReadServer(store: store, endpoints: kt, logger: logger,
-                                        configuration: .init(databases: map)))
+                                        configuration: .init(databases: map), connections: limits))
         }
         return out
     }

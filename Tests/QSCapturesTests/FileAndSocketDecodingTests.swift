@@ -101,7 +101,7 @@ final class FileAndSocketDecodingTests: XCTestCase {
                        Result { try fromSocket(big, ReplicationFrameDecoder(maxMessageBytes: 1024)) }] {
             XCTAssertThrowsError(try result.get()) { error in
                 XCTAssertEqual(error as? DecodeError, DecodeError(
-                    offset: 1, reason: "update frame claims a 1073741824-byte message, over the 1024-byte limit", kind: .tooLarge))
+                    offset: 1, reason: "the update at timestamp 9 is a 1073741824-byte message, over the 1024-byte limit", kind: .tooLarge))
             }
         }
     }

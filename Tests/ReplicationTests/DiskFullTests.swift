@@ -1,0 +1,109 @@
+import Foundation
+import QSClient
+import QSModel
+import QSTesting
+import QSWire
+import XCTest
+
+/// Full disks say so: on a real filesystem that runs out of room (a small tmpfs, mounted
+/// when the tests may mount one), a write is refused as `disk-full` — not a full map, not an
+/// I/O error —, `/readyz` fails while writes cannot succeed, nothing acknowledged is lost,
+/// and the node recovers by itself once space returns. A replica checks the room a
+/// snapshot needs before fetching it, and waits instead of retrying every second.
+final class DiskFullTests: XCTestCase {
+    var tmp: URL!
+    var mounts: [URL] = []
+
+    override func setUpWithError() throws {
+        tmp = try Harness.tempDir("diskfull")
+    }
+
+    override func tearDownWithError() throws {
+        for m in mounts.reversed() { _ = try? Harness.run("/usr/bin/umount", ["-l", m.path]) }
+        try? FileManager.default.removeItem(at: tmp)
+    }
+
+    /// A tmpfs of `size` at a new directory; skips the test where mounting is not allowed.
+    func smallDisk(_ name: String, size: String) throws -> URL {
+        let dir = tmp.appendingPathComponent(name)
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let r = try Harness.run("/usr/bin/mount", ["-t", "tmpfs", "-o", "size=\(size)", "tmpfs", dir.path])
+        guard r.status == 0 else {
+            throw XCTSkip("cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): \(String(decoding: r.stderr, as: UTF8.self))")
+        }
+        mounts.append(dir)
+        return dir
+    }
+
+    func resize(_ dir: URL, to size: String) throws {
+        let r = try Harness.run("/usr/bin/mount", ["-o", "remount,size=\(size)", dir.path])
+        XCTAssertEqual(r.status, 0, String(decoding: r.stderr, as: UTF8.self))
+    }
+
+    func testARootOnAFullDiskRefusesAsDiskFullFailsReadyzAndRecoversByItself() async throws {
+        let disk = try smallDisk("root", size: "4m")
+        let root = try RootNode(data: disk.appendingPathComponent("data"), logDir: tmp, extraArgs: ["--map-size", "64MiB"])
+        let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        var acknowledged = [String]()
+        var refusal: String?
+        let value = [UInt8](repeating: 0x61, count: 64 << 10)
+        for i in 0..<200 {
+            do {
+                _ = try await client.write([.set(key: Array("k\(i)".utf8), value: value, expiry: nil)], sourceID: "t", attempts: 1)
+                acknowledged.append("k\(i)")
+            } catch let ClientError.server(code, message) {
+                XCTAssertEqual(ErrorCode(rawValue: code), .diskFull, message)
+                refusal = message
+                break
+            }
+        }
+        let message = try XCTUnwrap(refusal, "the 4 MiB disk filled")
+        XCTAssertTrue(message.contains("disk full"), message)
+        let ready = try XCTUnwrap(httpGet(port: root.adminPort, path: "/readyz"))
+        XCTAssertEqual(ready.status, 503)
+        XCTAssertTrue(ready.body.contains("disk full") && ready.body.contains("free space"), ready.body)
+        XCTAssertTrue(root.daemon.log.contains("disk full"), root.daemon.log)
+
+        // Room again: the next write succeeds without a restart and /readyz follows.
+        try resize(disk, to: "64m")
+        _ = try await client.write([.set(key: Array("after".utf8), value: value, expiry: nil)], sourceID: "t", attempts: 1)
+        XCTAssertEqual(httpGet(port: root.adminPort, path: "/readyz")?.status, 200)
+        // Nothing acknowledged was lost, across a restart too.
+        await client.close()
+        _ = try root.daemon.stop()
+        let again = try RootNode(data: root.data, logDir: tmp)
+        let c2 = try await QSClient.connect(host: "127.0.0.1", port: again.port)
+        let keys = Set(try await dumpState(c2).keys.map { String(decoding: $0, as: UTF8.self) })
+        XCTAssertEqual(keys, Set(acknowledged + ["after"]))
+        await c2.close()
+    }
+
+    func testAReplicaWithoutRoomForASnapshotWaitsWithoutFetchingItThenBootstrapsOnceThereIsRoom() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let value = [UInt8](repeating: 0x62, count: 512 << 10)
+        for i in 0..<8 { _ = try await client.write([.set(key: Array("k\(i)".utf8), value: value + [UInt8(i)], expiry: nil)], sourceID: "t") }
+        let head = try await client.head()
+        await client.close()
+
+        let disk = try smallDisk("replica", size: "2m")
+        let replica = try ReplicaNode(data: disk.appendingPathComponent("data"), upstreams: [root.address], logDir: tmp)
+        try await waitFor("the replica to find no room", timeout: .seconds(15), pollEvery: .milliseconds(100)) {
+            (replica.metric("qs_replica_disk_full_waits_total") ?? 0) >= 1
+        }
+        let ready = try XCTUnwrap(httpGet(port: replica.adminPort, path: "/readyz"))
+        XCTAssertEqual(ready.status, 503)
+        XCTAssertTrue(ready.body.contains("disk full"), ready.body)
+        XCTAssertTrue(replica.daemon.log.contains("a snapshot of"), replica.daemon.log)
+        // It waits (5 s first) instead of fetching again every second.
+        try await Task.sleep(for: .seconds(3))
+        XCTAssertEqual(replica.metric("qs_replica_disk_full_waits_total"), 1)
+        XCTAssertEqual(root.metric("qs_snapshots_served_total") ?? 0, 0, "no snapshot was taken whole by a replica without room for it")
+
+        try resize(disk, to: "64m")
+        try await waitFor("the replica bootstrapped by itself", timeout: .seconds(30), pollEvery: .milliseconds(100)) {
+            replica.metric("qs_replica_head_index") == Double(head.index)
+        }
+        XCTAssertEqual(httpGet(port: replica.adminPort, path: "/readyz")?.status, 200)
+    }
+}

@@ -1,0 +1,139 @@
+import Foundation
+import QSClient
+import QSModel
+import QSTesting
+import QSWire
+import XCTest
+
+/// Hostile or broken peers are contained: idle and half-sent connections are closed after
+/// --idle-timeout, caps refuse what is past them (counted), a flood of idle connections
+/// neither starves a real client nor burns the CPU, and a peer that never reads a
+/// snapshot does not hold the snapshot queue.
+final class HostilePeerTests: XCTestCase {
+    var tmp: URL!
+    var sockets: [Int32] = []
+
+    override func setUpWithError() throws {
+        tmp = try Harness.tempDir("hostile")
+    }
+
+    override func tearDownWithError() throws {
+        for fd in sockets { close(fd) }
+        try? FileManager.default.removeItem(at: tmp)
+    }
+
+    /// A TCP connection to 127.0.0.1:`port` from `source` (another loopback address is
+    /// another peer), with a small receive buffer; nil when refused.
+    func connect(port: Int, from source: String, receiveBuffer: Int32? = nil) -> Int32? {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        if var size = receiveBuffer { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size)) }
+        var local = sockaddr_in()
+        local.sin_family = sa_family_t(AF_INET)
+        inet_pton(AF_INET, source, &local.sin_addr)
+        var remote = sockaddr_in()
+        remote.sin_family = sa_family_t(AF_INET)
+        remote.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, "127.0.0.1", &remote.sin_addr)
+        let ok = withUnsafePointer(to: &local) { l in
+            l.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        } && withUnsafePointer(to: &remote) { r in
+            r.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
+        guard ok else { close(fd); return nil }
+        sockets.append(fd)
+        return fd
+    }
+
+    /// Whether the server closed `fd` (a read returns 0 or an error, without waiting).
+    func isClosedByServer(_ fd: Int32) -> Bool {
+        var byte: UInt8 = 0
+        let n = recv(fd, &byte, 1, Int32(MSG_DONTWAIT))
+        return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+    }
+
+    /// CPU seconds (user + system) the process has used, from /proc.
+    func cpuSeconds(_ pid: Int32) -> Double? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        guard fields.count > 13, let u = Double(fields[11]), let s = Double(fields[12]) else { return nil }
+        return (u + s) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    func testAFloodOfIdleConnectionsIsCappedCountedAndClosedWhileARealClientIsServed() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp,
+                                extraArgs: ["--idle-timeout", "2s", "--max-connections", "500", "--max-connections-per-peer", "200"])
+        // 2,000 connections that never send a byte, from two other peers: each holds at most
+        // 200, so 100 places stay for everyone else.
+        var opened = 0
+        for i in 0..<2_000 where connect(port: root.port, from: i % 2 == 0 ? "127.0.0.2" : "127.0.0.3") != nil { opened += 1 }
+        let cpuBefore = try XCTUnwrap(cpuSeconds(root.daemon.pid))
+        let flooded = ContinuousClock.now
+        try await waitFor("the refusals counted", timeout: .seconds(20), pollEvery: .milliseconds(100)) {
+            let perPeer = root.metric("qs_connections_refused_total{listener=\"write\",reason=\"per-peer\"}") ?? 0
+            let total = root.metric("qs_connections_refused_total{listener=\"write\",reason=\"max-connections\"}") ?? 0
+            // At most 400 held at once, the idle ones closed every 2 s while the flood goes on.
+            return perPeer + total >= 500
+        }
+        XCTAssertLessThanOrEqual(root.metric("qs_connections_open{listener=\"write\"}") ?? .infinity, 400)
+
+        // A real client from its own address is served at once, beside the flood.
+        let started = ContinuousClock.now
+        let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        _ = try await client.write([.set(key: Array("k".utf8), value: Array("v".utf8), expiry: nil)], sourceID: "t")
+        let served = ContinuousClock.now - started
+        XCTAssertLessThan(served, .seconds(2), "a real client served in \(served)")
+
+        // The idle ones are closed after --idle-timeout; the process stays far from a busy core.
+        try await waitFor("the idle connections closed", timeout: .seconds(10), pollEvery: .milliseconds(100)) {
+            (root.metric("qs_connections_open{listener=\"write\"}") ?? .infinity) <= 1
+        }
+        let cpu = try XCTUnwrap(cpuSeconds(root.daemon.pid)) - cpuBefore
+        let wall = (ContinuousClock.now - flooded).seconds
+        print("flood: \(opened) connections opened, CPU \(cpu) s over \(wall) s, real client served in \(served)")
+        XCTAssertLessThan(cpu / wall, 0.5, "the root used \(cpu) s of CPU in \(wall) s")
+        XCTAssertTrue(sockets.prefix(10).allSatisfy(isClosedByServer))
+        // The idle timeout closed the real client's quiet connection too; a new one is served.
+        await client.close()
+        let next = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let head = try await next.head()
+        XCTAssertEqual(head.index, 1)
+        await next.close()
+    }
+
+    func testAConnectionThatNeverSendsAWholeRequestIsClosedAfterTheIdleTimeout() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--idle-timeout", "1s"])
+        let fd = try XCTUnwrap(connect(port: root.port, from: "127.0.0.2"))
+        let half: [UInt8] = [0, 0, 0, 9, 1]  // a frame header announcing 9 bytes, then nothing
+        _ = half.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+        let start = ContinuousClock.now
+        try await waitFor("the half-sent connection closed", timeout: .seconds(5), pollEvery: .milliseconds(50)) { self.isClosedByServer(fd) }
+        XCTAssertGreaterThanOrEqual(ContinuousClock.now - start, .milliseconds(900))
+    }
+
+    func testAPeerThatNeverReadsASnapshotDoesNotHoldTheQueue() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--idle-timeout", "2s"])
+        // Enough data that a snapshot does not fit the socket buffers.
+        let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let value = [UInt8](repeating: 0x61, count: 1 << 20)
+        for i in 0..<24 { _ = try await client.write([.set(key: Array("big\(i)".utf8), value: value + [UInt8(i)], expiry: nil)], sourceID: "t") }
+        let head = try await client.head()
+        await client.close()
+
+        let stuck = try XCTUnwrap(connect(port: root.port, from: "127.0.0.2", receiveBuffer: 4096))
+        let request = Request.snapshot(token: []).frame()
+        let bytes = Self.bigEndian32(UInt32(1 + request.payload.count)) + [request.type] + request.payload
+        _ = bytes.withUnsafeBytes { send(stuck, $0.baseAddress, $0.count, 0) }
+        try await waitFor("the stuck snapshot started", timeout: .seconds(10), pollEvery: .milliseconds(50)) { root.daemon.log.contains("snapshot started") }
+
+        // A replica asking for its own snapshot gets it once the stuck peer is cut off.
+        let started = ContinuousClock.now
+        let replica = try ReplicaNode(data: tmp.appendingPathComponent("replica"), upstreams: [root.address], logDir: tmp)
+        try await waitFor("the replica bootstrapped", timeout: .seconds(30), pollEvery: .milliseconds(100)) { replica.metric("qs_replica_head_index") == Double(head.index) }
+        print("replica bootstrapped \(ContinuousClock.now - started) after a stuck snapshot reader")
+        XCTAssertTrue(root.daemon.log.contains("took none of the bytes sent to it"), root.daemon.log)
+    }
+
+    static func bigEndian32(_ v: UInt32) -> [UInt8] { [UInt8(v >> 24), UInt8(v >> 16 & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF)] }
+}
