@@ -44,6 +44,7 @@ public func runBridge<S: FeedSource>(consumer: FeedConsumer<S>, service: Service
 /// What a bridge's `/readyz` says, from its status as of now.
 func bridgeReadiness<S>(_ s: FeedConsumer<S>.Status, root: Endpoint, readyLag: Double) -> Readiness {
     if s.finished { return Readiness(ready: true, detail: "source finished; everything read is applied") }
+    if let preparing = s.preparing { return Readiness(ready: false, detail: preparing) }
     guard s.rootConnected else {
         return Readiness(ready: false, detail: "not connected to the root \(root)\(s.rootError.map { ": \($0)" } ?? "")")
     }
