@@ -221,7 +221,8 @@ public final class KTInitialCopy: FeedPreparation {
             var meter = Meter(startRecords: cursor.records, expected: total)
             for db in databases where db.index >= cursor.db {
                 if db.index != cursor.db { cursor.db = db.index; cursor.lastKey = nil }
-                let cur: [(String, [UInt8])] = [("DB", Array(String(db.index).utf8)), ("CUR", Array("1".utf8))]
+                // One cursor id per database: a KT cursor stays on the database it was made for.
+                let cur: [(String, [UInt8])] = [("DB", Array(String(db.index).utf8)), ("CUR", Array(String(1 + Int(db.index)).utf8))]
                 var start = try await jump(kt, db, cur, after: cursor.lastKey)
                 if case .lost = start {
                     logger.warning("the last key copied is gone from KT's hash database and its cursor cannot continue after it: copying this database again from its first record",

@@ -9,6 +9,9 @@ import XCTest
 final class InitialCopyTests: XCTestCase {
     var tmp: URL!
     static let floor: UInt64 = 500_000_000_000_000_000
+    /// Records in KT (nine tenths in database 0): 20,000 in `make test`; the full shape of
+    /// the problem with `INITIAL_COPY_TEST_RECORDS=100000` (docs/bridge.md).
+    static let records = ProcessInfo.processInfo.environment["INITIAL_COPY_TEST_RECORDS"].flatMap { Int($0) } ?? 20_000
 
     override func setUpWithError() throws {
         tmp = try Harness.tempDir("copy")
@@ -39,8 +42,9 @@ final class InitialCopyTests: XCTestCase {
     func testCopyOfAKTWhoseOldULogsWereRemovedSurvivesKillsUnderLoadAndVerifies() async throws {
         // Small ulog files, so the old ones can be removed as operators do.
         let kt = try FakeKTProcess(logDir: tmp, faults: ["-ulim", "65536"])
-        load(kt, db: 0, count: 90_000)
-        load(kt, db: 1, count: 10_000)
+        let main = Self.records * 9 / 10, aux = Self.records - main
+        load(kt, db: 0, count: main)
+        load(kt, db: 1, count: aux)
         XCTAssertEqual(kt.rpc("ulog_remove", [("ts", Array("now".utf8))]).status, 200)
         let files = try FileManager.default.contentsOfDirectory(atPath: kt.ulog.path).filter { $0.hasSuffix(".ulog") }
         XCTAssertEqual(files.count, 1, "only the newest ulog file is left: the log does not reach back to the first records")
@@ -51,20 +55,22 @@ final class InitialCopyTests: XCTestCase {
         // and records that expire while the copy runs.
         let workload = KTWorkload(every: 0.005) { i in
             kt.set("live\(i)", "w\(i)")
-            kt.set("k\(i * 13 % 90_000)", "rewritten\(i)")
-            kt.remove("k\(i * 7 % 90_000 + 1)")
+            kt.set("k\(i * 13 % main)", "rewritten\(i)")
+            kt.remove("k\(i * 7 % main + 1)")
             if i % 10 == 0 { kt.set("brief\(i)", "gone soon", xt: 1) }
-            if i % 25 == 0 { kt.remove("k\(i % 10_000)", db: 1) }
+            if i % 25 == 0 { kt.remove("k\(i % aux)", db: 1) }
         }
         defer { _ = workload.stop() }
 
         // Killed twice during the copy: each restart resumes after the last key copied.
-        let rate = ["--copy-rate", "15000/s"]
+        let rate = ["--copy-rate", "4000/s,4MiB/s"]
+        // Each run copies about a tenth of the records (batches of 500) before it is killed.
+        let step = UInt64(max(Self.records / 5000, 2))
         var copied: UInt64 = 0
         for round in 0..<2 {
             let b = try bridge(kt, root, rate)
             let admin = try b.port("admin")
-            let target = copied + 20
+            let target = copied + step
             let moved = await Harness.eventually(timeout: .seconds(60)) {
                 copied = (try? await client.checkpoint(sourceID: "kt")) ?? 0
                 return copied >= target
@@ -72,7 +78,7 @@ final class InitialCopyTests: XCTestCase {
             XCTAssertTrue(moved, b.log)
             XCTAssertLessThan(copied, Self.floor, "still copying: the checkpoint counts the copy's batches")
             XCTAssertEqual(metricValue(port: admin, "qs_bridge_copy_active"), 1)
-            XCTAssertGreaterThanOrEqual(metricValue(port: admin, "qs_bridge_copy_records_expected") ?? 0, 99_000)
+            XCTAssertGreaterThanOrEqual(metricValue(port: admin, "qs_bridge_copy_records_expected") ?? 0, Double(Self.records) * 0.95)
             XCTAssertEqual(httpGet(port: admin, path: "/readyz")?.status, 503)
             try b.stop(signal: SIGKILL)
             if round == 0 {
@@ -85,7 +91,7 @@ final class InitialCopyTests: XCTestCase {
         // A duplicate bridge joins the third run; then the copy finishes and the feed follows.
         let third = try bridge(kt, root)
         let duplicate = try bridge(kt, root)
-        let switched = await Harness.eventually(timeout: .seconds(120)) {
+        let switched = await Harness.eventually(timeout: .seconds(Double(Self.records) / 50)) {
             ((try? await client.checkpoint(sourceID: "kt")) ?? 0) >= Self.floor
         }
         XCTAssertTrue(switched, third.log)
