@@ -125,12 +125,12 @@ let package = Package(
             dependencies: ["QSBytes", nio("NIOCore")],
             swiftSettings: swiftSettings
         ),
-        // The KT sources of the feed consumer: live replication, ulog directories, captures.
+        // The KT sources of the feed consumer: live replication, ulog directories, captures, and the initial copy of a KT over its HTTP RPC.
         .target(
             name: "QSKTFeed",
             dependencies: [
-                "KTFormats", "QSBytes", "QSCaptures", "QSFeed", "QSModel", "QSNet",
-                nio("NIOCore"), nio("NIOPosix"), log, metrics,
+                "KTFormats", "QSBytes", "QSCaptures", "QSFeed", "QSModel", "QSNet", "QSWire",
+                nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"), log, metrics,
             ],
             swiftSettings: swiftSettings
         ),

@@ -114,12 +114,33 @@ struct Database: Sendable {
     /// The raw record, expired or not.
     func raw(_ key: [UInt8]) -> KTRecord? { records[key] }
 
+    // The sorted keys are kept up to date by each insert and delete (a binary search and
+    // one move), not rebuilt: a cursor walking a large database under a live workload
+    // (an initial copy) would otherwise sort every key again after each write.
     mutating func put(_ key: [UInt8], _ record: KTRecord) {
-        if records.updateValue(record, forKey: key) == nil { sortedCache = nil }
+        guard records.updateValue(record, forKey: key) == nil, var keys = sortedCache else { return }
+        sortedCache = nil  // `keys` is then the array's only owner: changed in place
+        keys.insert(key, at: Self.insertionIndex(of: key, in: keys))
+        sortedCache = keys
     }
 
     mutating func delete(_ key: [UInt8]) {
-        if records.removeValue(forKey: key) != nil { sortedCache = nil }
+        guard records.removeValue(forKey: key) != nil, var keys = sortedCache else { return }
+        sortedCache = nil
+        let i = Self.insertionIndex(of: key, in: keys)
+        guard i < keys.count, keys[i] == key else { return }
+        keys.remove(at: i)
+        sortedCache = keys
+    }
+
+    /// The index of the first key not before `key`.
+    static func insertionIndex(of key: [UInt8], in keys: [[UInt8]]) -> Int {
+        var low = 0, high = keys.count
+        while low < high {
+            let mid = (low + high) / 2
+            if keys[mid].lexicographicallyPrecedes(key) { low = mid + 1 } else { high = mid }
+        }
+        return low
     }
 
     mutating func removeAll() {

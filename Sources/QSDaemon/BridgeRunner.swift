@@ -55,6 +55,7 @@ func bridgeReadiness<S>(_ s: FeedConsumer<S>.Status, root: Endpoint, readyLag: D
     if let stall = s.rootStall {
         return Readiness(ready: false, detail: "the root \(root) is connected but not answering: \(stall)")
     }
+    if let preparing = s.preparing { return Readiness(ready: false, detail: preparing) }
     guard s.sourceConnected else { return Readiness(ready: false, detail: "not connected to the source") }
     guard let cp = s.checkpoint else { return Readiness(ready: false, detail: "no answer from the root yet") }
 

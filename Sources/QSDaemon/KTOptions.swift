@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import QSKTFeed
 
 /// `--db-map`: KT database index → QS key prefix.
@@ -25,4 +26,46 @@ extension KTPolicy: ExpressibleByArgument {}
 extension KTDBMap {
     /// Database 0 only, unprefixed.
     public static let single = KTDBMap(prefixes: [0: []], description: "0=")
+}
+
+extension InitialCopyMode: ExpressibleByArgument {}
+
+/// `--copy-rate`: `none`, or records and/or bytes per second, e.g. `5000/s`, `8MiB/s`,
+/// `5000/s,8MiB/s` (a number alone counts records; one with a size unit counts bytes).
+public struct CopyRateOption: ExpressibleByArgument, DescribedArgument, Sendable, CustomStringConvertible {
+    public let rate: CopyRate
+    public let description: String
+
+    public init?(argument: String) {
+        var rate = CopyRate()
+        if argument.lowercased() != "none" {
+            for part in argument.split(separator: ",") {
+                var text = part.trimmingCharacters(in: .whitespaces).lowercased()
+                guard text.hasSuffix("/s") else { return nil }
+                text.removeLast(2)
+                if let n = Double(text), n > 0 {
+                    guard rate.recordsPerSecond == nil else { return nil }
+                    rate.recordsPerSecond = n
+                } else if let n = parseByteSize(text), n > 0 {
+                    guard rate.bytesPerSecond == nil else { return nil }
+                    rate.bytesPerSecond = Double(n)
+                } else {
+                    return nil
+                }
+            }
+        }
+        self.rate = rate
+        description = argument
+    }
+
+    /// No limit.
+    public static let none = CopyRateOption(rate: CopyRate(), description: "none")
+
+    init(rate: CopyRate, description: String) {
+        self.rate = rate
+        self.description = description
+    }
+
+    public static let expectation = "none, or records and/or bytes per second such as 5000/s, 8MiB/s or 5000/s,8MiB/s"
+    public var defaultValueDescription: String { description }
 }

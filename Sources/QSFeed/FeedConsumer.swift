@@ -23,6 +23,8 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
     /// Run once when the root holds no checkpoint for this source, before reading from
     /// `initialPosition` (a KT bridge warns when the root holds other KT sources).
     let onFirstStart: (@Sendable (RootWriter, Logger) async -> Void)?
+    /// Run before each (re)start of the reading (a KT bridge's initial copy).
+    let preparation: (any FeedPreparation)?
     let state = Mutex(Status())
     let freshness = Freshness()
     /// When the consumer was made: until the source has said anything, the lag counts from
@@ -53,6 +55,8 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
 
         /// How long the bridge has held pending changes without applying any (0 with none pending).
         public var stalledSeconds: Double { pendingChanges > 0 ? Freshness.age(of: progressNs, now: nowNs) : 0 }
+        /// What the preparation (an initial copy) is doing, while it runs.
+        public var preparing: String?
 
         /// Now minus the wall time of the newest source position applied (or seen in a
         /// heartbeat with nothing pending): it grows while the source or the root is silent.
@@ -61,8 +65,10 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
 
     public init(source: Source, sourceID: String, root: RootWriter, limits: BatchLimits = BatchLimits(),
                 initialPosition: UInt64 = 0, metrics: FeedMetrics = FeedMetrics(), logger: Logger,
-                onFirstStart: (@Sendable (RootWriter, Logger) async -> Void)? = nil) {
+                onFirstStart: (@Sendable (RootWriter, Logger) async -> Void)? = nil,
+                preparation: (any FeedPreparation)? = nil) {
         self.onFirstStart = onFirstStart
+        self.preparation = preparation
         self.source = source
         self.sourceID = sourceID
         self.root = root
@@ -83,6 +89,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
         s.sourceTimeNs = freshness.timeNs ?? startedNs
         (s.pendingChanges, s.progressNs) = freshness.pendingWork
         s.nowNs = wallClockNanoseconds()
+        s.preparing = preparation?.activity
         return s
     }
 
@@ -111,6 +118,24 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
     private func consume() async throws {
         var backoff = Backoff()
         while true {
+            if let preparation {
+                do {
+                    try await cancelWhenGracefulShutdown { try await preparation.prepare(root: self.root, sourceID: self.sourceID) }
+                } catch let stop as FeedError {
+                    logger.error("bridge stopped", metadata: ["reason": "\(stop)"])
+                    throw stop
+                } catch {
+                    if error is CancellationError || Task.isCancelled || Task.isShuttingDownGracefully {
+                        logger.info("stopped on shutdown before reading the source")
+                        return
+                    }
+                    metrics.sourceErrors.increment()
+                    let delay = backoff.next()
+                    logger.warning("preparing to read the source failed; trying again", metadata: ["error": "\(error)", "retry-in": "\(delay)"])
+                    try await Task.sleep(for: delay)
+                    continue
+                }
+            }
             let known = try await root.position(sourceID: sourceID, mode: limits.mode)
             if known == nil, let onFirstStart { await onFirstStart(root, logger) }
             let start = known ?? initialPosition

@@ -74,3 +74,13 @@ public enum FeedError: Error, Sendable, CustomStringConvertible, Equatable {
         }
     }
 }
+
+/// Work a consumer does at the root before it reads its source from the checkpoint (a KT
+/// bridge's initial copy): run at the start and again before each resume after a failure.
+/// Errors are handled like the source's: `FeedError.stop` stops the bridge, anything else
+/// is retried with backoff.
+public protocol FeedPreparation: Sendable {
+    func prepare(root: RootWriter, sourceID: String) async throws
+    /// What it is doing now, for `/readyz` (nil: nothing).
+    var activity: String? { get }
+}

@@ -271,6 +271,34 @@ public actor RootWriter {
         }
     }
 
+    /// An initial copy's batch: a compare-and-swap batch like `batch` that also stores
+    /// `copyCursor` beside the checkpoint (nil: the copy ends with this batch).
+    public func copyBatch(sourceID: String, expected: UInt64, new: UInt64, operations: [Mutation],
+                          copyCursor: [UInt8]?) async throws -> Response {
+        let request = Request.batch(.init(token: token, sourceID: sourceID, expected: expected, new: new,
+                                          operations: operations, copyCursor: copyCursor))
+        return try await perform("batch") { client in
+            let r = try await client.send(request, timeout: .seconds(60))
+            switch r {
+            case .applied, .conflict: return r
+            case let .error(code, message): throw ClientError.server(code: code, message: message)
+            default: throw ClientError.unexpected("\(r)")
+            }
+        }
+    }
+
+    /// The cursor of the source's unfinished initial copy, nil when none is in progress.
+    public func copyCursor(sourceID: String) async throws -> [UInt8]? {
+        try await perform("get-copy-cursor") { client in
+            let r = try await client.send(.getCopyCursor(sourceID: sourceID), timeout: .seconds(30))
+            switch r {
+            case let .value(record): return record?.value
+            case let .error(code, message): throw ClientError.server(code: code, message: message)
+            default: throw ClientError.unexpected("\(r)")
+            }
+        }
+    }
+
     /// Compatible-mode write: entries appended verbatim.
     /// `sourceTimeNs`: the source root's freshest word, passed on (0: unknown).
     public func append(_ entries: [StoredEntry], sourceTimeNs: UInt64 = 0) async throws -> Response {

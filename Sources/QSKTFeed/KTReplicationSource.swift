@@ -2,6 +2,7 @@ import KTFormats
 import NIOCore
 import NIOPosix
 import QSFeed
+import QSModel
 
 /// Live replication from a KT server through `KTReplicationClient`: each update frame
 /// becomes a feed change, each heartbeat a feed heartbeat. While the bridge waits on the
@@ -17,6 +18,21 @@ public struct KTReplicationSource: FeedSource {
                 maxMessageBytes: Int = 64 << 20, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         client = KTReplicationClient(host: host, port: port, sid: sid, timeout: timeout, maxMessageBytes: maxMessageBytes, group: group)
         self.translator = translator
+    }
+
+    /// Checks that KT accepts a replication connection (it runs with an update log) without
+    /// reading any update: what an initial copy makes sure of before it starts.
+    public func probe() async throws {
+        struct Accepted: Error {}
+        do {
+            try await client.stream(after: KTClock.pure(nowMillis: wallClockNanoseconds() / 1_000_000)) { frame in
+                throw Accepted()
+            }
+        } catch is Accepted {
+        } catch let failure as KTReplicationClient.Failure {
+            if case .refused = failure { throw FeedError.stop("\(failure); the feed after the initial copy needs it") }
+            throw failure
+        }
     }
 
     public func run(after position: UInt64, deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {

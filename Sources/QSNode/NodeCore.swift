@@ -90,15 +90,19 @@ public final class NodeCore: Sendable {
     /// The node's status as JSON: role, head, log window, checkpoints with their lag where
     /// the position is a KT timestamp, upstream and freshness.
     func statusJSON() async throws -> String {
-        let (head, window, checkpoints, nodeID, writeRole) = try await store.read { txn in
-            (try txn.head(), try txn.logWindow(), try txn.checkpoints(), try txn.identity(), try txn.writeRole())
+        let (head, window, checkpoints, nodeID, writeRole, copying) = try await store.read { txn in
+            let cps = try txn.checkpoints()
+            let copying = Set(try cps.keys.filter { try txn.copyCursor(sourceID: $0) != nil })
+            return (try txn.head(), try txn.logWindow(), cps, try txn.identity(), try txn.writeRole(), copying)
         }
         let nowNs = wallClockNanoseconds()
         var sources = [[String: Any]]()
         for (sid, cp) in checkpoints.sorted(by: { $0.key < $1.key }) {
             var s: [String: Any] = ["source_id": sid, "checkpoint": cp]
+            // An initial copy in progress: the checkpoint counts its pages, not a source position.
+            if copying.contains(sid) { s["initial_copy"] = true }
             // KT timestamps are milliseconds × 10^6 plus a counter: a wall time.
-            if SourcePosition.isKTTimestamp(cp) {
+            if SourcePosition.isKTTimestamp(cp), !copying.contains(sid) {
                 let t = (cp / 1_000_000) * 1_000_000
                 s["source_time_ns"] = t
                 s["lag_seconds"] = nowNs > t ? Double(nowNs - t) / 1e9 : 0
@@ -219,7 +223,8 @@ public final class NodeCore: Sendable {
                 return .head(try await store.head())
             case let .batch(b):
                 let start = ContinuousClock.now
-                let outcome = try await store.applyBatch(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.operations)
+                let outcome = try await store.applyBatch(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.operations,
+                                                               copyCursor: b.copyCursor)
                 metrics.batchApply.recordSeconds((ContinuousClock.now - start).seconds)
                 switch outcome {
                 case let .applied(index, kept, dropped):
@@ -257,6 +262,8 @@ public final class NodeCore: Sendable {
                 }
             case let .getCheckpoint(sid):
                 return .checkpoint(try await store.checkpoint(sourceID: sid))
+            case let .getCopyCursor(sid):
+                return .value(try await store.copyCursor(sourceID: sid).map { Record(value: $0, expiry: nil) })
             case .head:
                 return .head(try await store.head())
             case let .readLog(from, count):

@@ -22,7 +22,8 @@ public struct NodeMetrics: Sendable {
     /// `qs_requests_total{type}` per request type, made once: no registry lookup per request.
     let requestCounters: [String: Counter]
     static let requestTypes = ["batch", "get-checkpoint", "head", "read-log", "get", "scan", "subscribe", "snapshot",
-                               "append", "digest", "status", "range-records", "hello", "promote", "demote"]
+                               "append", "digest", "status", "range-records", "hello", "promote", "demote",
+                               "get-copy-cursor"]
 
     /// Metrics made by `factory`: the process's bootstrapped one, or a test's own.
     public init(factory: any MetricsFactory = MetricsSystem.factory) {

@@ -106,6 +106,8 @@ public final class Store: Sendable {
     static let identityKey = Array("node-id".utf8)
     static let formatKey = Array("format".utf8)
     static let checkpointPrefix = Array("cp/".utf8)
+    /// `cc/<sourceID>`: an unfinished initial copy's cursor (`Request.Batch.copyCursor`).
+    static let copyCursorPrefix = Array("cc/".utf8)
     static let modeKey = Array("mode".utf8)
     static let compatibleMode = Array("compatible".utf8)
     static let promotedMode = Array("promoted".utf8)

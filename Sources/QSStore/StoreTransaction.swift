@@ -32,6 +32,11 @@ public struct StoreTransaction: ~Copyable {
         try txn.get(meta, Store.checkpointPrefix + Array(sourceID.utf8)).map { try Store.decodeU64($0, "checkpoint") }
     }
 
+    /// The source's unfinished initial copy's cursor, if a copy is in progress.
+    public func copyCursor(sourceID: String) throws -> [UInt8]? {
+        try txn.get(meta, Store.copyCursorPrefix + Array(sourceID.utf8))
+    }
+
     /// Every source's checkpoint.
     public func checkpoints() throws -> [String: UInt64] {
         var out = [String: UInt64]()
@@ -150,9 +155,12 @@ public struct StoreTransaction: ~Copyable {
     /// checkpoint is not `expected`; otherwise drop operations that would not change the
     /// stored record, apply the rest, append one log entry (none if nothing is left) and
     /// store the checkpoint `new`.
+    /// `copyCursor` is stored beside the checkpoint when given; a batch without one removes
+    /// the source's cursor (its initial copy, if any, is over).
     public func applyBatch(sourceID: String, expected: UInt64, new: UInt64,
-                           operations: [Mutation], now: UInt64 = wallClockNanoseconds()) throws -> BatchOutcome {
-        try compareAndSwap(sourceID: sourceID, expected: expected, new: new, now: now) {
+                           operations: [Mutation], copyCursor: [UInt8]? = nil,
+                           now: UInt64 = wallClockNanoseconds()) throws -> BatchOutcome {
+        try compareAndSwap(sourceID: sourceID, expected: expected, new: new, copyCursor: copyCursor, now: now) {
             var kept = [Mutation]()
             kept.reserveCapacity(operations.count)
             for op in operations where try apply(op) {
@@ -201,8 +209,9 @@ public struct StoreTransaction: ~Copyable {
 
     /// The compare-and-swap every batched write goes through: checks the source's
     /// checkpoint, runs `body` (which applies the changes and returns those that changed
-    /// something), appends one log entry for them (none if there are none) and stores `new`.
-    private func compareAndSwap(sourceID: String, expected: UInt64, new: UInt64, now: UInt64,
+    /// something), appends one log entry for them (none if there are none) and stores `new`,
+    /// with `copyCursor` beside it (none: the source's initial copy, if any, is over).
+    private func compareAndSwap(sourceID: String, expected: UInt64, new: UInt64, copyCursor: [UInt8]? = nil, now: UInt64,
                                 _ body: () throws -> [Mutation]) throws -> CASStep {
         try requireWritable()
         try Store.validate(sourceID: sourceID)
@@ -218,6 +227,8 @@ public struct StoreTransaction: ~Copyable {
             index = try appendEntry(entry, now: now)
         }
         try txn.put(meta, cpKey, Store.encodeU64(new))
+        let ccKey = Store.copyCursorPrefix + Array(sourceID.utf8)
+        if let copyCursor { try txn.put(meta, ccKey, copyCursor) } else { _ = try txn.delete(meta, ccKey) }
         return .applied(logIndex: index, kept: kept.count)
     }
 
@@ -371,8 +382,11 @@ extension Store {
     /// Applies a batch (see `StoreTransaction.applyBatch`) in one durable write transaction
     /// on the writer thread.
     public func applyBatch(sourceID: String, expected: UInt64, new: UInt64,
-                           operations: [Mutation], now: UInt64 = wallClockNanoseconds()) async throws -> BatchOutcome {
-        try await write { try $0.applyBatch(sourceID: sourceID, expected: expected, new: new, operations: operations, now: now) }
+                           operations: [Mutation], copyCursor: [UInt8]? = nil,
+                           now: UInt64 = wallClockNanoseconds()) async throws -> BatchOutcome {
+        try await write {
+            try $0.applyBatch(sourceID: sourceID, expected: expected, new: new, operations: operations, copyCursor: copyCursor, now: now)
+        }
     }
 
     /// Applies conditional writes (see `StoreTransaction.applyWrites`) in one durable write
@@ -381,4 +395,7 @@ extension Store {
                             now: UInt64 = wallClockNanoseconds()) async throws -> WritesOutcome {
         try await write { try $0.applyWrites(sourceID: sourceID, expected: expected, new: new, writes: writes, now: now) }
     }
+
+    /// The source's unfinished initial copy's cursor, if a copy is in progress.
+    public func copyCursor(sourceID: String) async throws -> [UInt8]? { try await read { try $0.copyCursor(sourceID: sourceID) } }
 }

@@ -49,6 +49,9 @@ public enum Request: Sendable, Equatable {
     /// An operator's role change of a root (`qsctl promote|demote`), authenticated with the
     /// write token; answered with the head the change happened at.
     case changeRole(token: [UInt8], change: RoleChange)
+    /// Where a source's unfinished initial copy stands (`Batch.copyCursor`), answered with
+    /// a Value holding the cursor bytes (absent: no copy in progress).
+    case getCopyCursor(sourceID: String)
 
     /// What `changeRole` asks of a root.
     public enum RoleChange: UInt8, Sendable, Equatable {
@@ -81,13 +84,20 @@ public enum Request: Sendable, Equatable {
         public var expected: UInt64
         public var new: UInt64
         public var operations: [Mutation]
+        /// An initial copy's resume point, stored with the checkpoint in the same
+        /// transaction (the bridge's own bytes: T0, database, last key copied). A batch
+        /// without one removes the source's cursor: the copy is over. Sent as a trailing
+        /// `cursor:blob32` only when present, so the frame is otherwise unchanged.
+        public var copyCursor: [UInt8]?
 
-        public init(token: [UInt8] = [], sourceID: String, expected: UInt64, new: UInt64, operations: [Mutation]) {
+        public init(token: [UInt8] = [], sourceID: String, expected: UInt64, new: UInt64, operations: [Mutation],
+                    copyCursor: [UInt8]? = nil) {
             self.token = token
             self.sourceID = sourceID
             self.expected = expected
             self.new = new
             self.operations = operations
+            self.copyCursor = copyCursor
         }
     }
 
@@ -95,7 +105,7 @@ public enum Request: Sendable, Equatable {
         case batch = 0x01, getCheckpoint = 0x02, head = 0x03, readLog = 0x04, get = 0x05, scan = 0x06, writes = 0x07
         case subscribe = 0x10, snapshot = 0x11, append = 0x12, digest = 0x13, status = 0x14, rangeRecords = 0x15
         case hello = 0x20
-        case changeRole = 0x16
+        case changeRole = 0x16, getCopyCursor = 0x17
     }
 
     /// True for requests that change state (and so must carry the write token).
@@ -133,6 +143,7 @@ public enum Request: Sendable, Equatable {
         case .batch: return "batch"
         case .writes: return "writes"
         case .getCheckpoint: return "get-checkpoint"
+        case .getCopyCursor: return "get-copy-cursor"
         case .head: return "head"
         case .readLog: return "read-log"
         case .get: return "get"
@@ -159,6 +170,7 @@ public enum Request: Sendable, Equatable {
             w.writeU64(b.expected)
             w.writeU64(b.new)
             Mutation.encodeList(b.operations, into: &w)
+            if let cursor = b.copyCursor { w.writeBlob32(cursor) }
         case let .writes(b):
             tag = .writes
             w.writeBlob32(b.token)
@@ -168,6 +180,9 @@ public enum Request: Sendable, Equatable {
             ConditionalWrite.encodeList(b.writes, into: &w)
         case let .getCheckpoint(sid):
             tag = .getCheckpoint
+            w.writeString16(sid)
+        case let .getCopyCursor(sid):
+            tag = .getCopyCursor
             w.writeString16(sid)
         case .head:
             tag = .head
@@ -238,7 +253,8 @@ public enum Request: Sendable, Equatable {
             let expected = try r.readU64("expected position")
             let new = try r.readU64("new position")
             let ops = try Mutation.decodeList(from: &r)
-            req = .batch(Batch(token: token, sourceID: sid, expected: expected, new: new, operations: ops))
+            let cursor = r.remaining > 0 ? try r.readBlob32("copy cursor") : nil
+            req = .batch(Batch(token: token, sourceID: sid, expected: expected, new: new, operations: ops, copyCursor: cursor))
         case .writes:
             let token = try r.readBlob32("token")
             let sid = try r.readString16("source id")
@@ -248,6 +264,8 @@ public enum Request: Sendable, Equatable {
             req = .writes(Writes(token: token, sourceID: sid, expected: expected, new: new, writes: writes))
         case .getCheckpoint:
             req = .getCheckpoint(sourceID: try r.readString16("source id"))
+        case .getCopyCursor:
+            req = .getCopyCursor(sourceID: try r.readString16("source id"))
         case .head:
             req = .head
         case .readLog:

@@ -17,8 +17,11 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
             followed as it grows; with --once, read to its end) or capture:FILE (a recorded \
             replication stream). Changes are batched every --batch-interval and written with \
             compare-and-swap on the source timestamp, so any number of bridges with the same \
-            --source-id is harmless. The bridge resumes from the root's checkpoint. Every flag \
-            has a QS_ environment fallback, as shown.
+            --source-id is harmless. The bridge resumes from the root's checkpoint. On a first \
+            start against kt:// (--initial-copy auto) it first copies every record of the mapped \
+            databases through KT's HTTP RPC cursors, resumably, then follows the update log from \
+            the KT time noted before the copy, so a KT whose old update logs were removed is \
+            migrated complete. Every flag has a QS_ environment fallback, as shown.
             """ + "\n\n" + DaemonExitCodes.bridgeHelp,
         version: QSVersion.string
     )
@@ -49,6 +52,15 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Largest KT update message accepted; a larger one is treated as a corrupt frame. (env: QS_MAX_MESSAGE_BYTES)", valueName: "size"))
     var maxMessageBytes: ByteSize = QSEnv.value("QS_MAX_MESSAGE_BYTES", ByteSize(64 << 20))
 
+    @Option(help: ArgumentHelp("Copy KT's records before following its update log (kt:// sources): auto when the root has no checkpoint for the source id or holds an unfinished copy, always (also over an existing checkpoint, to repair a root), never (replay the update log only). (env: QS_INITIAL_COPY)", valueName: "auto|always|never"))
+    var initialCopy: InitialCopyMode = QSEnv.value("QS_INITIAL_COPY", .auto)
+
+    @Option(help: ArgumentHelp("Most the initial copy reads from KT: records and/or bytes per second, e.g. 5000/s, 8MiB/s or 5000/s,8MiB/s; none for no limit. (env: QS_COPY_RATE)", valueName: "rate"))
+    var copyRate: CopyRateOption = QSEnv.value("QS_COPY_RATE", CopyRateOption.none)
+
+    @Option(help: ArgumentHelp("Records the initial copy asks KT for per round trip (pipelined cursor reads), 1 to 10000. (env: QS_COPY_PAGE)", valueName: "n"))
+    var copyPage: Int = QSEnv.value("QS_COPY_PAGE", 1000)
+
     @OptionGroup var bridge: BridgeOptions
     @OptionGroup var service: ServiceOptions
 
@@ -57,6 +69,12 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
         guard sourceTimeout.duration > .zero else { throw ValidationError("--source-timeout must be more than 0, e.g. 10s") }
         guard maxMessageBytes.bytes > 0 else { throw ValidationError("--max-message-bytes must be more than 0, e.g. 64MiB") }
         if let conflict = KTMapping(prefixes: dbMap.prefixes, allowClear: allowClear).clearConflict() { throw ValidationError(conflict) }
+        guard (1...10_000).contains(copyPage) else { throw ValidationError("--copy-page must be 1 to 10000, e.g. 1000") }
+        if initialCopy == .always {
+            guard let spec = source.value, case .kt = spec.kind else {
+                throw ValidationError("--initial-copy always needs a kt://HOST:PORT source: the copy reads KT through its HTTP RPC")
+            }
+        }
     }
 
     func run() async throws {
@@ -76,7 +94,15 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
         case let .kt(host, port):
             let src = KTReplicationSource(host: host, port: port, sid: sid, translator: translator,
                                           timeout: sourceTimeout.duration, maxMessageBytes: maxMessage)
-            try await serve(FeedConsumer(source: src, sourceID: id, root: writer, limits: limits, metrics: metrics, logger: logger, onFirstStart: firstStart), registry, logger)
+            let copy = initialCopy == .never ? nil : KTInitialCopy(
+                client: KTRPCClient(host: host, port: port, timeout: sourceTimeout.duration),
+                mapping: mapping, mode: initialCopy, pageSize: copyPage, rate: copyRate.rate,
+                maxBatchOps: bridge.batchMaxOps, maxBatchBytes: bridge.batchMaxBytes.bytes, logger: logger,
+                probeFeed: { try await src.probe() })
+            // A copy starts from no checkpoint itself: the warning about other KT sources
+            // concerns replaying the log from 0, which only `never` does.
+            try await serve(FeedConsumer(source: src, sourceID: id, root: writer, limits: limits, metrics: metrics, logger: logger,
+                                         onFirstStart: copy == nil ? firstStart : nil, preparation: copy), registry, logger)
         case let .ulog(dir):
             let src = KTULogSource(directory: dir, translator: translator, once: bridge.once)
             try await serve(FeedConsumer(source: src, sourceID: id, root: writer, limits: limits, metrics: metrics, logger: logger, onFirstStart: firstStart), registry, logger)

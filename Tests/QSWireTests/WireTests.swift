@@ -47,6 +47,20 @@ final class WireTests: XCTestCase {
         XCTAssertEqual(Request.append(token: [7], entries: [], sourceTimeNs: 0).frame().payload, [0, 0, 0, 1, 7, 0, 0, 0, 0])
     }
 
+    /// An initial copy's cursor rides at the end of a Batch; without one the frame is byte
+    /// for byte the Batch older nodes read.
+    func testCopyCursorIsAnOptionalTailOfABatch() throws {
+        let plain = Request.Batch(token: [1], sourceID: "kt", expected: 3, new: 4, operations: [.delete(key: [7])])
+        var copying = plain
+        copying.copyCursor = [1, 0, 0, 0, 9]
+        for r in [Request.batch(plain), .batch(copying), .getCopyCursor(sourceID: "kt:127.0.0.1:1978")] {
+            XCTAssertEqual(try Request.decode(r.frame()), r)
+        }
+        XCTAssertEqual(Request.batch(copying).frame().payload, Request.batch(plain).frame().payload + [0, 0, 0, 5, 1, 0, 0, 0, 9])
+        XCTAssertThrowsError(try Request.decode(Frame(type: 0x01, payload: Request.batch(plain).frame().payload + [0, 0, 0, 9, 1])),
+                             "a cut cursor is malformed")
+    }
+
     /// The replication token rides at the end of Subscribe and Snapshot; without one the
     /// frames are byte for byte those older clients send.
     func testReplicationTokenIsAnOptionalTail() throws {

@@ -1,0 +1,147 @@
+import Foundation
+import QSClient
+import QSModel
+import QSTesting
+import XCTest
+
+/// `qsktbridge --initial-copy`: a KT whose old update logs are gone is migrated complete,
+/// through kills, under a live workload; what cannot be copied is refused up front.
+final class InitialCopyTests: XCTestCase {
+    var tmp: URL!
+    static let floor: UInt64 = 500_000_000_000_000_000
+    /// Records in KT (nine tenths in database 0): 20,000 in `make test`; the full shape of
+    /// the problem with `INITIAL_COPY_TEST_RECORDS=100000` (docs/bridge.md).
+    static let records = ProcessInfo.processInfo.environment["INITIAL_COPY_TEST_RECORDS"].flatMap { Int($0) } ?? 20_000
+
+    override func setUpWithError() throws {
+        tmp = try Harness.tempDir("copy")
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: tmp)
+    }
+
+    /// `count` records in `db` through set_bulk, 1,000 per call: `k<i>` → `v<i>`.
+    func load(_ kt: FakeKTProcess, db: Int, count: Int, prefix: String = "k") {
+        var i = 0
+        while i < count {
+            var p: [(String, [UInt8])] = [("DB", Array(String(db).utf8))]
+            for j in i..<min(i + 1000, count) { p.append(("_\(prefix)\(j)", Array("v\(j)-\(String(repeating: "x", count: j % 50))".utf8))) }
+            XCTAssertEqual(kt.rpc("set_bulk", p).status, 200)
+            i += 1000
+        }
+    }
+
+    func bridge(_ kt: FakeKTProcess, _ root: RootNode, _ extra: [String] = []) throws -> DaemonProcess {
+        try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--db-map", "0=,1=aux/",
+                                         "--source-id", "kt", "--sid", "99", "--batch-interval", "100ms", "--copy-page", "500",
+                                         "--batch-max-ops", "500", "--admin", "127.0.0.1:0", "--log-format", "text"] + extra,
+                          logDir: tmp, ready: true)
+    }
+
+    func testCopyOfAKTWhoseOldULogsWereRemovedSurvivesKillsUnderLoadAndVerifies() async throws {
+        // Small ulog files, so the old ones can be removed as operators do.
+        let kt = try FakeKTProcess(logDir: tmp, faults: ["-ulim", "65536"])
+        let main = Self.records * 9 / 10, aux = Self.records - main
+        load(kt, db: 0, count: main)
+        load(kt, db: 1, count: aux)
+        XCTAssertEqual(kt.rpc("ulog_remove", [("ts", Array("now".utf8))]).status, 200)
+        let files = try FileManager.default.contentsOfDirectory(atPath: kt.ulog.path).filter { $0.hasSuffix(".ulog") }
+        XCTAssertEqual(files.count, 1, "only the newest ulog file is left: the log does not reach back to the first records")
+
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        // A live workload through the copy: new keys, overwrites, removes of copied keys,
+        // and records that expire while the copy runs.
+        let workload = KTWorkload(every: 0.005) { i in
+            kt.set("live\(i)", "w\(i)")
+            kt.set("k\(i * 13 % main)", "rewritten\(i)")
+            kt.remove("k\(i * 7 % main + 1)")
+            if i % 10 == 0 { kt.set("brief\(i)", "gone soon", xt: 1) }
+            if i % 25 == 0 { kt.remove("k\(i % aux)", db: 1) }
+        }
+        defer { _ = workload.stop() }
+
+        // Killed twice during the copy: each restart resumes after the last key copied.
+        let rate = ["--copy-rate", "4000/s,4MiB/s"]
+        // Each run copies about a tenth of the records (batches of 500) before it is killed.
+        let step = UInt64(max(Self.records / 5000, 2))
+        var copied: UInt64 = 0
+        for round in 0..<2 {
+            let b = try bridge(kt, root, rate)
+            let admin = try b.port("admin")
+            let target = copied + step
+            let moved = await Harness.eventually(timeout: .seconds(60)) {
+                copied = (try? await client.checkpoint(sourceID: "kt")) ?? 0
+                return copied >= target
+            }
+            XCTAssertTrue(moved, b.log)
+            XCTAssertLessThan(copied, Self.floor, "still copying: the checkpoint counts the copy's batches")
+            XCTAssertEqual(metricValue(port: admin, "qs_bridge_copy_active"), 1)
+            XCTAssertGreaterThanOrEqual(metricValue(port: admin, "qs_bridge_copy_records_expected") ?? 0, Double(Self.records) * 0.95)
+            XCTAssertEqual(httpGet(port: admin, path: "/readyz")?.status, 503)
+            try b.stop(signal: SIGKILL)
+            if round == 0 {
+                XCTAssertTrue(b.log.contains("initial copy starting"), b.log)
+            } else {
+                XCTAssertTrue(b.log.contains("initial copy resuming"), b.log)
+                XCTAssertFalse(b.log.contains("initial copy starting"), "a restarted copy resumes, it does not start again:\n\(b.log)")
+            }
+        }
+        // A duplicate bridge joins the third run; then the copy finishes and the feed follows.
+        let third = try bridge(kt, root)
+        let duplicate = try bridge(kt, root)
+        let switched = await Harness.eventually(timeout: .seconds(Double(Self.records) / 50)) {
+            ((try? await client.checkpoint(sourceID: "kt")) ?? 0) >= Self.floor
+        }
+        XCTAssertTrue(switched, third.log)
+        XCTAssertTrue(third.log.contains("initial copy resuming"), third.log)
+        // Killed once after the copy: the restart follows the feed, it copies nothing.
+        try third.stop(signal: SIGKILL)
+        try duplicate.stop(signal: SIGKILL)
+        let last = try bridge(kt, root)
+        XCTAssertTrue(workload.stop())
+        kt.set("marker", "end")
+        let caughtUp = await Harness.eventually(timeout: .seconds(60)) {
+            (try? await client.get(Array("marker".utf8)))?.value == Array("end".utf8)
+        }
+        XCTAssertTrue(caughtUp, last.log)
+        XCTAssertFalse(last.log.contains("initial copy"), "after the copy the bridge follows the feed:\n\(last.log)")
+
+        let verify = try Harness.run("qsctl", ["--node", root.address, "verify", "--kt", kt.address, "--db-map", "0=,1=aux/"])
+        XCTAssertEqual(verify.status, 0, String(decoding: verify.stdout + verify.stderr, as: UTF8.self))
+        XCTAssertEqual(try last.stop(), 0)
+        _ = try await verifyLog(client, sourceID: "kt")
+        await client.close()
+    }
+
+    func testWhatCannotBeCopiedIsRefusedBeforeAnythingIsWritten() async throws {
+        let kt = try FakeKTProcess(logDir: tmp)
+        load(kt, db: 0, count: 10)
+        load(kt, db: 1, count: 10)
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        // Database 1 holds records but is not mapped.
+        let unmapped = try Harness.run("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--db-map", "0=",
+                                                      "--source-id", "kt", "--sid", "99", "--log-format", "text"])
+        XCTAssertNotEqual(unmapped.status, 0)
+        XCTAssertTrue(String(decoding: unmapped.stderr, as: UTF8.self).contains("KT database 1 (aux.kct, 10 records) is not mapped by --db-map"),
+                      String(decoding: unmapped.stderr, as: UTF8.self))
+        let none = try await client.checkpoint(sourceID: "kt")
+        XCTAssertNil(none, "nothing was written")
+        // A mapped database KT does not have.
+        let missing = try Harness.run("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--db-map", "0=,1=aux/,2=x/",
+                                                     "--source-id", "kt", "--sid", "99", "--log-format", "text"])
+        XCTAssertNotEqual(missing.status, 0)
+        XCTAssertTrue(String(decoding: missing.stderr, as: UTF8.self).contains("maps KT database 2, which"), String(decoding: missing.stderr, as: UTF8.self))
+        // A record larger than a batch may carry: named, and its batch never written.
+        kt.set("big", String(repeating: "b", count: 4096))
+        let big = try Harness.run("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--db-map", "0=,1=aux/",
+                                                 "--source-id", "kt", "--sid", "99", "--batch-max-bytes", "1KiB", "--log-format", "text"])
+        XCTAssertNotEqual(big.status, 0)
+        XCTAssertTrue(String(decoding: big.stderr, as: UTF8.self).contains("key 'big' with 4099 bytes"), String(decoding: big.stderr, as: UTF8.self))
+        let bigRecord = try await client.get(Array("big".utf8))
+        XCTAssertNil(bigRecord)
+        await client.close()
+    }
+}
