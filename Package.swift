@@ -38,6 +38,12 @@ let package = Package(
             pkgConfig: "lmdb",
             providers: [.apt(["liblmdb-dev"])]
         ),
+        // libxxhash (XXH3) through pkg-config: the records' checksums; only QSStore imports it.
+        .systemLibrary(
+            name: "CXXHash",
+            pkgConfig: "libxxhash",
+            providers: [.apt(["libxxhash-dev"])]
+        ),
         // Byte readers/writers and encodings shared by every binary format.
         .target(name: "QSBytes", swiftSettings: swiftSettings),
         // The values every side shares: mutations, records, log entries and their bytes,
@@ -51,7 +57,8 @@ let package = Package(
         // (one writer, readers, a background thread); the only module that touches LMDB.
         .target(
             name: "QSStore",
-            dependencies: ["CLMDB", "QSBytes", "QSModel", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["CLMDB", "CXXHash", "QSBytes", "QSModel", .product(name: "Crypto", package: "swift-crypto"),
+                           metrics],
             swiftSettings: swiftSettings
         ),
         // The QS write and replication protocol: frames and messages, pure codecs.
@@ -235,7 +242,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // The store against real LMDB: batches, log, checkpoints, threads.
-        .testTarget(name: "QSStoreTests", dependencies: ["QSModel", "QSStore"], swiftSettings: swiftSettings),
+        .testTarget(name: "QSStoreTests", dependencies: ["QSModel", "QSStore", "QSTesting"], swiftSettings: swiftSettings),
         // QS frame and message codecs, byte by byte.
         .testTarget(
             name: "QSWireTests",

@@ -325,6 +325,10 @@ public final class NodeCore: Sendable {
             // undone), and a bridge started against a mirror before its promotion waits.
             metrics.invalidRequests.increment()
             return .error(.notWritable, "\(StoreError.compatibleOnly)")
+        } catch let error as StoreError where error.isDamage {
+            // Counted, and logged once, by the store's integrity; the node stops serving it.
+            metrics.storageErrors.increment()
+            return .error(.storageError, "not served: \(error)")
         } catch let error as StoreError where WriteFailure.classify(error) == nil {
             metrics.invalidRequests.increment()
             badInput.warning(logger, "request refused", peer: peer, metadata: ["request": "\(request.name)", "error": "\(error)"])

@@ -2,6 +2,7 @@ import Logging
 import Metrics
 import NIOCore
 import NIOPosix
+import QSBytes
 import QSClient
 import QSNet
 import QSModel
@@ -21,6 +22,8 @@ public struct ReplicaMetrics: Sendable {
     public let bootstraps = Counter(label: "qs_replica_bootstraps_total")
     public let entriesApplied = Counter(label: "qs_replica_entries_applied_total")
     public let diskFullWaits = Counter(label: "qs_replica_disk_full_waits_total")
+    public let repairs = Counter(label: "qs_replica_repairs_total")
+    public let rebootstraps = Counter(label: "qs_replica_rebootstraps_total")
 
     public init() {}
 }
@@ -40,6 +43,22 @@ public final class ReplicaService: Service, Sendable {
     let logger: Logger
     public let metrics = ReplicaMetrics()
     private let upstreamList: Mutex<[Endpoint]>
+    /// What the follower remembers between attempts (see `Memory`).
+    private let memory = Mutex(Memory())
+
+    /// Snapshots refused or failed, the one repair, and an operator's rebootstrap request.
+    struct Memory {
+        /// Upstreams whose snapshot did not contain this replica's head: not fetched again
+        /// (until an operator's rebootstrap or a restart).
+        var refused = Set<String>()
+        /// Upstreams whose snapshot failed (unreadable, damaged, cut): not fetched again
+        /// before the instant given, which backs off from 30 s to 10 min.
+        var failed = [String: (until: ContinuousClock.Instant, backoff: Backoff)]()
+        /// Whether the store's damage was already repaired from an upstream once.
+        var repairTried = false
+        /// An operator's `qsctl rebootstrap --from X`, not yet carried out.
+        var rebootstrap: Endpoint?
+    }
 
     public init(core: NodeCore, upstreams: [Endpoint], staleAfter: Duration, upstreamToken: [UInt8] = [],
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) {
@@ -76,6 +95,8 @@ public final class ReplicaService: Service, Sendable {
         case refused(ErrorCode?, String)
         case closed
         case delisted
+        case interrupted
+        case backingOff(String)
 
         var description: String {
             switch self {
@@ -83,6 +104,8 @@ public final class ReplicaService: Service, Sendable {
             case let .refused(code, message): return "upstream refused (\(code.map { "\($0)" } ?? "?")): \(message)"
             case .closed: return "upstream closed the connection"
             case .delisted: return "upstream no longer in the list"
+            case .interrupted: return "a repair or an operator's rebootstrap comes first"
+            case let .backingOff(why): return why
             }
         }
     }
@@ -127,24 +150,54 @@ public final class ReplicaService: Service, Sendable {
             var moveOn = true
             var storageFailure: WriteFailure?
             do {
+                if let target = memory.withLock({ m in defer { m.rebootstrap = nil }; return m.rebootstrap }) {
+                    try await rebootstrap(from: target)
+                    continue
+                }
+                if core.store.integrity.problem != nil, let mine = try await repairOnce(from: up) {
+                    try await bootstrap(from: up, continuing: mine)
+                    core.store.integrity.clear()
+                    logger.notice("repaired: the store's contents were replaced by a checked snapshot of the upstream",
+                                  metadata: ["upstream": "\(up)"])
+                }
                 if try await core.store.head().index == 0 {
-                    try await bootstrap(from: up)
+                    try await bootstrap(from: up, continuing: nil)
                 }
                 try await follow(up)
             } catch FollowEnd.refused(.needsBootstrap, let message) {
-                logger.warning("behind what the upstream retains: bootstrapping", metadata: ["upstream": "\(up)", "detail": "\(message)"])
-                do {
-                    try await bootstrap(from: up)
-                    moveOn = false
-                } catch {
-                    storageFailure = WriteFailure.classify(error)
-                    logger.error("bootstrap failed", metadata: ["upstream": "\(up)", "error": "\(error)"])
+                let mine = try await core.store.head()
+                if memory.withLock({ $0.refused.contains(up.description) }) {
+                    logger.debug("behind what the upstream retains, whose history was refused before", metadata: ["upstream": "\(up)"])
+                } else {
+                    logger.warning("behind what the upstream retains: bootstrapping", metadata: ["upstream": "\(up)", "detail": "\(message)"])
+                    do {
+                        try await bootstrap(from: up, continuing: mine.index > 0 ? mine : nil)
+                        moveOn = false
+                    } catch StoreError.snapshotDiverged(let mine, let theirs) {
+                        let error = StoreError.snapshotDiverged(mine: mine, theirs: theirs)
+                        memory.withLock { _ = $0.refused.insert(up.description) }
+                        metrics.diverged.increment()
+                        logger.error("upstream's snapshot is another history: refused, not fetched again; moving on (qsctl rebootstrap --from \(up) replaces this store with it)",
+                                     metadata: ["upstream": "\(up)", "detail": "\(error)"])
+                    } catch is CancellationError {
+                        return
+                    } catch FollowEnd.backingOff(let why) {
+                        logger.debug("bootstrap postponed", metadata: ["upstream": "\(up)", "reason": "\(why)"])
+                    } catch {
+                        storageFailure = WriteFailure.classify(error)
+                        logger.error("bootstrap failed", metadata: ["upstream": "\(up)", "error": "\(error)"])
+                    }
                 }
             } catch FollowEnd.refused(.diverged, let message) {
                 metrics.diverged.increment()
                 logger.error("upstream has another history: refused, moving on", metadata: ["upstream": "\(up)", "detail": "\(message)"])
             } catch is CancellationError {
                 return
+            } catch FollowEnd.interrupted {
+                core.updateUpstream { $0.subscribed = false }
+                continue
+            } catch FollowEnd.backingOff(let why) {
+                logger.debug("bootstrap postponed", metadata: ["upstream": "\(up)", "reason": "\(why)"])
             } catch FollowEnd.delisted {
                 logger.notice("leaving upstream: no longer in the list", metadata: ["upstream": "\(up)"])
                 position = 0
@@ -219,6 +272,7 @@ public final class ReplicaService: Service, Sendable {
                     let now = wallClockNanoseconds()
                     let age = now > rootTime ? Double(now - rootTime) / 1e9 : 0
                     if age > self.staleAfter.seconds { throw FollowEnd.stale(age) }
+                    if self.hasWorkBesidesFollowing() { throw FollowEnd.interrupted }
                 case let .error(code, message):
                     throw FollowEnd.refused(ErrorCode(rawValue: code), message)
                 default:
@@ -246,12 +300,84 @@ public final class ReplicaService: Service, Sendable {
         }
     }
 
-    /// Pulls a snapshot from `up` into the store's scratch directory, which checks it and
-    /// installs it in one transaction.
-    func bootstrap(from up: Endpoint) async throws {
+    /// Whether the follower must stop following to repair the store or carry out an
+    /// operator's rebootstrap.
+    func hasWorkBesidesFollowing() -> Bool {
+        let damaged = core.store.integrity.problem != nil
+        return memory.withLock { $0.rebootstrap != nil || (damaged && !$0.repairTried) }
+    }
+
+    /// The head to keep when the damaged store is repaired from `up`, nil when it was
+    /// repaired once already (a damaged upstream is not fetched from again and again: the
+    /// node stays unready and says so).
+    private func repairOnce(from up: Endpoint) async throws -> Head? {
+        let first = memory.withLock { m in
+            defer { m.repairTried = true }
+            return !m.repairTried
+        }
+        guard first else { return nil }
+        metrics.repairs.increment()
+        logger.error("store damaged: repairing once from the upstream", metadata: [
+            "upstream": "\(up)", "problem": "\(core.store.integrity.problem ?? "?")"])
+        return try await core.store.head()
+    }
+
+    /// Asks the follower to replace the store with `from`'s snapshot, whatever its history
+    /// (an operator's `qsctl rebootstrap`). Carried out within a second or so.
+    public func requestRebootstrap(from up: Endpoint) {
+        memory.withLock { $0.rebootstrap = up }
+        logger.notice("rebootstrap requested by an operator: this store will be replaced by the snapshot of \(up), whatever its history",
+                      metadata: ["from": "\(up)"])
+    }
+
+    private func rebootstrap(from up: Endpoint) async throws {
+        let before = try await core.store.head()
+        do {
+            try await bootstrap(from: up, continuing: nil, operatorAsked: true)
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch {
+            logger.error("rebootstrap failed: the store is unchanged", metadata: ["from": "\(up)", "error": "\(error)"])
+            return
+        }
+        memory.withLock { m in
+            m.refused.removeAll()
+            m.failed.removeAll()
+            m.repairTried = false
+        }
+        core.store.integrity.clear()
+        metrics.rebootstraps.increment()
+        let after = try await core.store.head()
+        logger.notice("rebootstrapped by an operator: this store's history was replaced", metadata: [
+            "from": "\(up)", "was-index": "\(before.index)", "was-hash": "\(hexString(before.hash))",
+            "now-index": "\(after.index)", "now-hash": "\(hexString(after.hash))"])
+    }
+
+    /// Pulls a snapshot from `up` into the store's scratch directory, which checks it
+    /// (with `continuing`, that its history contains that head) and installs it in one
+    /// transaction. A snapshot from `up` that failed is not fetched again before its
+    /// backoff (30 s doubling to 10 min) has passed, unless an operator asked.
+    func bootstrap(from up: Endpoint, continuing: Head?, operatorAsked: Bool = false) async throws {
+        if !operatorAsked, let until = memory.withLock({ $0.failed[up.description]?.until }), ContinuousClock.now < until {
+            throw FollowEnd.backingOff("a snapshot from \(up) failed; the next try is in \(Int((until - ContinuousClock.now).seconds)) s")
+        }
+        do {
+            try await fetchAndInstall(from: up, continuing: continuing)
+            memory.withLock { _ = $0.failed.removeValue(forKey: up.description) }
+        } catch let error as StoreError {
+            if case .snapshotDiverged = error { throw error }
+            memory.withLock { m in
+                var backoff = m.failed[up.description]?.backoff ?? Backoff(initial: .seconds(30), cap: .seconds(600))
+                m.failed[up.description] = (ContinuousClock.now + backoff.next(), backoff)
+            }
+            throw error
+        }
+    }
+
+    private func fetchAndInstall(from up: Endpoint, continuing: Head?) async throws {
         logger.info("bootstrap: requesting a snapshot", metadata: ["upstream": "\(up)"])
         var announcedBytes: UInt64 = 0
-        let head = try await core.store.installSnapshot { file in
+        let head = try await core.store.installSnapshot(continuing: continuing) { file in
             let channel = try await connect(up)
             let begin: (index: UInt64, hash: [UInt8], size: UInt64) = try await channel.executeThenClose { inbound, outbound in
                 try await outbound.write(Request.snapshot(token: self.upstreamToken).frame())

@@ -1,3 +1,4 @@
+import CXXHash
 import QSModel
 import QSBytes
 
@@ -47,28 +48,74 @@ public struct KeyEncoding: Sendable {
     }
 }
 
-/// Record layout in the kv database:
-/// `flags:u8 (bit0 expiry, bit1 long key) [expiry:u64] [fullKey:blob32] value`.
+/// Record layout in the kv database (store format 2, docs/storage.md):
+/// `flags:u8 (bit0 expiry, bit1 long key, bit2 checksum) [expiry:u64] [fullKey:blob32] value check:u64`,
+/// where `check` is XXH3-64 of every byte before it, seeded with XXH3-64 of the stored key:
+/// a flipped bit anywhere in the record (or a record found under another key) fails it.
+/// Format 1 records (before checksums) have no bit 2 and no `check`; a format 2 store
+/// refuses them.
 enum RecordCodec {
-    static func encode(_ record: Record, fullKey: [UInt8]?) -> [UInt8] {
-        var w = ByteWriter(capacity: record.value.count + 16 + (fullKey?.count ?? 0))
-        var flags: UInt8 = 0
+    static let checksumFlag: UInt8 = 4
+    static let checksumBytes = 8
+
+    /// The checksum of a record's `body` (its bytes before the checksum) under `storedKey`.
+    @inline(__always)
+    static func checksum(storedKey: UnsafeRawBufferPointer, body: UnsafeRawBufferPointer) -> UInt64 {
+        let seed = XXH3_64bits(storedKey.baseAddress, storedKey.count)
+        return XXH3_64bits_withSeed(body.baseAddress, body.count, seed)
+    }
+
+    static func encode(_ record: Record, storedKey: [UInt8], fullKey: [UInt8]?) -> [UInt8] {
+        var w = ByteWriter(capacity: record.value.count + 24 + (fullKey?.count ?? 0))
+        var flags: UInt8 = checksumFlag
         if record.expiry != nil { flags |= 1 }
         if fullKey != nil { flags |= 2 }
         w.writeU8(flags)
         if let x = record.expiry { w.writeU64(x) }
         if let fullKey { w.writeBlob32(fullKey) }
         w.writeBytes(record.value)
+        let check = storedKey.withUnsafeBytes { k in w.bytes.withUnsafeBytes { checksum(storedKey: k, body: $0) } }
+        w.writeU64(check)
         return w.bytes
     }
 
-    /// The record in `bytes` seen in place, nil when it keeps a full key other than `key`
-    /// (the layout of `decode`, without copying the value).
-    static func view(_ bytes: UnsafeRawBufferPointer, key: [UInt8]) throws -> RecordView? {
-        guard let flags = bytes.first else { throw StoreError.corrupt("record of 0 bytes") }
+    /// The bytes of `raw` that hold the record's fields (the checksum left out), after
+    /// checking the checksum; a record without one is refused when `requireChecksum`.
+    @inline(__always)
+    static func verified(_ raw: UnsafeRawBufferPointer, storedKey: UnsafeRawBufferPointer,
+                         requireChecksum: Bool) throws -> UnsafeRawBufferPointer {
+        guard let flags = raw.first else { throw StoreError.corruptRecord(storedKey: Array(storedKey), reason: "record of 0 bytes") }
+        guard flags & checksumFlag != 0 else {
+            if requireChecksum {
+                throw StoreError.corruptRecord(storedKey: Array(storedKey), reason: "record without its checksum (flags \(flags)) in a format 2 store")
+            }
+            return raw
+        }
+        guard raw.count >= 1 + checksumBytes else {
+            throw StoreError.corruptRecord(storedKey: Array(storedKey), reason: "record of \(raw.count) bytes, too short for its checksum")
+        }
+        let body = UnsafeRawBufferPointer(rebasing: raw[0..<(raw.count - checksumBytes)])
+        var stored: UInt64 = 0
+        for i in body.count..<raw.count { stored = stored << 8 | UInt64(raw[i]) }
+        let computed = checksum(storedKey: storedKey, body: body)
+        guard stored == computed else {
+            throw StoreError.corruptRecord(storedKey: Array(storedKey),
+                                           reason: "checksum mismatch (stored \(String(stored, radix: 16)), computed \(String(computed, radix: 16)))")
+        }
+        return body
+    }
+
+    /// The record in `bytes` seen in place after checking its checksum, nil when it keeps a
+    /// full key other than `key` (the layout of `decode`, without copying the value).
+    static func view(_ raw: UnsafeRawBufferPointer, storedKey: UnsafeRawBufferPointer, key: [UInt8],
+                     requireChecksum: Bool) throws -> RecordView? {
+        let bytes = try verified(raw, storedKey: storedKey, requireChecksum: requireChecksum)
+        let flags = bytes[0]
         var at = 1
         func u(_ width: Int, _ what: String) throws -> UInt64 {
-            guard bytes.count - at >= width else { throw StoreError.corrupt("record too short for its \(what)") }
+            guard bytes.count - at >= width else {
+                throw StoreError.corruptRecord(storedKey: Array(storedKey), reason: "record too short for its \(what)")
+            }
             var v: UInt64 = 0
             for i in at..<(at + width) { v = v << 8 | UInt64(bytes[i]) }
             at += width
@@ -77,27 +124,36 @@ enum RecordCodec {
         let expiry = flags & 1 != 0 ? try u(8, "expiry") : nil
         if flags & 2 != 0 {
             let n = Int(try u(4, "full key length"))
-            guard bytes.count - at >= n else { throw StoreError.corrupt("record too short for its full key") }
+            guard bytes.count - at >= n else { throw StoreError.corruptRecord(storedKey: Array(storedKey), reason: "record too short for its full key") }
             guard UnsafeRawBufferPointer(rebasing: bytes[at..<(at + n)]).elementsEqual(key) else { return nil }
             at += n
         }
         return RecordView(expiry: expiry, value: UnsafeRawBufferPointer(rebasing: bytes[at...]))
     }
 
-    /// Decodes a stored record; returns the full key (recovered from the stored key when
-    /// it was stored inline).
-    static func decode(storedKey: [UInt8], _ bytes: [UInt8]) throws -> (key: [UInt8], record: Record) {
-        var r = ByteReader(bytes)
-        let flags = try r.readU8("record flags")
-        let expiry = flags & 1 != 0 ? try r.readU64("record expiry") : nil
-        let key: [UInt8]
-        if flags & 2 != 0 {
-            key = try r.readBlob32("record full key")
-        } else {
-            key = Array(storedKey.dropFirst())
+    /// Decodes a stored record after checking its checksum; returns the full key
+    /// (recovered from the stored key when it was stored inline).
+    static func decode(storedKey: [UInt8], _ raw: [UInt8], requireChecksum: Bool) throws -> (key: [UInt8], record: Record) {
+        try storedKey.withUnsafeBytes { sk in
+            try raw.withUnsafeBytes { rawBytes in
+                let bytes = try verified(rawBytes, storedKey: sk, requireChecksum: requireChecksum)
+                var r = ByteReader(Array(bytes))
+                do {
+                    let flags = try r.readU8("record flags")
+                    let expiry = flags & 1 != 0 ? try r.readU64("record expiry") : nil
+                    let key: [UInt8]
+                    if flags & 2 != 0 {
+                        key = try r.readBlob32("record full key")
+                    } else {
+                        key = Array(storedKey.dropFirst())
+                    }
+                    let value = Array(bytes[r.offset...])
+                    return (key, Record(value: value, expiry: expiry))
+                } catch let error as DecodeError {
+                    throw StoreError.corruptRecord(storedKey: storedKey, reason: "\(error)")
+                }
+            }
         }
-        let value = Array(bytes[r.offset...])
-        return (key, Record(value: value, expiry: expiry))
     }
 }
 

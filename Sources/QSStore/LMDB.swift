@@ -1,5 +1,6 @@
 import CLMDB
 import Foundation
+import Glibc
 
 /// An LMDB return code turned into a Swift error, with LMDB's own message and what was
 /// being done.
@@ -64,6 +65,7 @@ public final class LMDBEnvironment: @unchecked Sendable {
             if options.readOnly { flags |= UInt32(MDB_RDONLY) }
             if options.noSync { flags |= UInt32(MDB_NOSYNC) }
             try LMDBError.check(mdb_env_open(handle, path, flags, 0o644), "mdb_env_open(\(path))")
+            try Self.checkFileLength(handle, path: path)
         } catch {
             mdb_env_close(handle)
             throw error
@@ -73,6 +75,28 @@ public final class LMDBEnvironment: @unchecked Sendable {
     }
 
     deinit { mdb_env_close(env) }
+
+    /// Before any page is touched: the data file must hold every page its newest meta page
+    /// says is in use (the meta pages themselves are read with `pread` by `mdb_env_open`).
+    /// A shorter file — truncated by a full disk, a bad copy or an operator — would crash
+    /// the process with SIGBUS at the first read of a missing page.
+    static func checkFileLength(_ env: OpaquePointer, path: String) throws {
+        var info = MDB_envinfo()
+        var dbStat = MDB_stat()
+        try LMDBError.check(mdb_env_info(env, &info), "mdb_env_info")
+        try LMDBError.check(mdb_env_stat(env, &dbStat), "mdb_env_stat")
+        let pageSize = Int(dbStat.ms_psize)
+        let needed = (Int(info.me_last_pgno) + 1) * pageSize
+        let file = path + "/data.mdb"
+        let fd = open(file, O_RDONLY)
+        guard fd >= 0 else { throw StoreError.io("cannot open \(file): errno \(errno)") }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { throw StoreError.io("cannot stat \(file): errno \(errno)") }
+        guard Int(st.st_size) >= needed else {
+            throw StoreError.corrupt("\(file) is \(st.st_size) bytes but its environment uses \(needed) bytes (\(Int(info.me_last_pgno) + 1) pages of \(pageSize)): the file was truncated (a full disk, an interrupted copy?). It was not opened. Restore it from a copy; on a replica, move the directory aside and start again (it bootstraps from its upstream)")
+        }
+    }
 
     /// The map's size and the bytes in use in it (every page up to the last one used; freed
     /// pages inside are reused before the map grows). Reads the meta page: no transaction.

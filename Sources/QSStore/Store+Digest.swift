@@ -33,7 +33,7 @@ extension StoreTransaction {
             }
             seen += 1
             last = sk
-            let (key, record) = try RecordCodec.decode(storedKey: sk, value)
+            let (key, record) = try decodeRecord(sk, value)
             if record.isExpired(at: now) { return true }
             var w = ByteWriter(capacity: key.count + record.value.count + 16)
             w.writeBlob32(key)
@@ -54,7 +54,7 @@ extension StoreTransaction {
             if let after, sk == after { return true }
             if let through, !sk.lexicographicallyPrecedes(through), sk != through { return false }
             guard out.count < limit else { return false }
-            let (key, record) = try RecordCodec.decode(storedKey: sk, value)
+            let (key, record) = try decodeRecord(sk, value)
             if !record.isExpired(at: now) { out.append((key, record)) }
             return true
         }

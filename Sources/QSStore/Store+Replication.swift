@@ -138,10 +138,25 @@ extension StoreTransaction {
         var removed = 0
         var i = w.firstIndex
         while i <= until {
-            if let v = try txn.get(log, Store.encodeU64(i)), v.count >= 32 { base = Array(v[0..<32]) }
+            if let v = try txn.get(log, Store.encodeU64(i)), v.count >= 32 {
+                base = Array(v[0..<32])
+                // The hash outlives the entry: a replica stopped at `i` can still prove
+                // that a snapshot of this store continues its history.
+                if let trail = store.trail { try txn.put(trail, Store.encodeU64(i), base, append: true) }
+            }
             try txn.delete(log, Store.encodeU64(i))
             removed += 1
             i += 1
+        }
+        // The trail keeps the newest `trailLimit` hashes.
+        if let trail = store.trail, until > Store.trailLimit {
+            var doomed = [[UInt8]]()
+            try txn.forEach(trail) { k, _ in
+                guard doomed.count < removed, try Store.decodeU64(k, "trail index") <= until - Store.trailLimit else { return false }
+                doomed.append(k)
+                return true
+            }
+            for k in doomed { try txn.delete(trail, k) }
         }
         w = LogWindow(firstIndex: until + 1, baseHash: base)
         try txn.put(meta, Store.logStartKey, Store.encodeU64(w.firstIndex) + w.baseHash)
@@ -150,28 +165,41 @@ extension StoreTransaction {
 
     /// Replaces this store's keyspace, log and checkpoints with another store's (a
     /// downloaded snapshot): readers see the old state or the new one, never a mix. The
-    /// node keeps its own identity. Returns the new head.
+    /// node keeps its own identity. Every record is checked against its checksum on the
+    /// way (a damaged snapshot is refused: nothing changes) and written in this store's
+    /// format (a format 1 snapshot's records get their checksums). Returns the new head.
     @discardableResult
     public func replaceContents(with other: Store) throws -> Head {
         try requireWritable()
         try txn.removeAll(kv)
         try txn.removeAll(log)
+        if let trail = store.trail { try txn.removeAll(trail) }
         let identity = try txn.get(meta, Store.identityKey)
         try txn.removeAll(meta)
         try other.environment.read { src in
             try src.forEach(other.kv) { k, v in
-                try txn.put(kv, k, v, append: true)
+                let (full, record) = try RecordCodec.decode(storedKey: k, v, requireChecksum: other.requireChecksums)
+                let checked = v.first.map { $0 & RecordCodec.checksumFlag != 0 } ?? false
+                try txn.put(kv, k, checked ? v : RecordCodec.encode(record, storedKey: k, fullKey: keys.isLong(full) ? full : nil),
+                            append: true)
                 return true
             }
             try src.forEach(other.log) { k, v in
                 try txn.put(log, k, v, append: true)
                 return true
             }
+            if let theirs = other.trail, let mine = store.trail {
+                try src.forEach(theirs) { k, v in
+                    try txn.put(mine, k, v, append: true)
+                    return true
+                }
+            }
             try src.forEach(other.meta) { k, v in
-                if k != Store.identityKey { try txn.put(meta, k, v) }
+                if k != Store.identityKey && k != Store.formatKey { try txn.put(meta, k, v) }
                 return true
             }
         }
+        try txn.put(meta, Store.formatKey, [UInt8(store.format)])
         if let identity { try txn.put(meta, Store.identityKey, identity) }
         return try head()
     }

@@ -154,8 +154,13 @@ extension Store {
     /// store's contents in one write transaction on the writer thread (readers see the
     /// old state or the new one). The scratch file is deleted in every case. Returns the
     /// new head.
+    ///
+    /// With `continuing`, the snapshot is installed only when its history contains that
+    /// head with the same chained hash (a retained entry, its window's base or its trail
+    /// of trimmed hashes); otherwise `snapshotDiverged` is thrown and nothing changes. A
+    /// non-empty replica passes its own head: it never trades its history away.
     @discardableResult
-    public func installSnapshot(_ receive: (SnapshotWriter) async throws -> Head) async throws -> Head {
+    public func installSnapshot(continuing mine: Head? = nil, _ receive: (SnapshotWriter) async throws -> Head) async throws -> Head {
         let dir = stagingDirectory + "/.bootstrap-" + UUID().uuidString
         let path = dir + "/data.mdb"
         let writer = try await background.run { () throws -> SnapshotWriter in
@@ -187,6 +192,10 @@ extension Store {
                     throw StoreError.snapshotMismatch(announced: announced, found: found)
                 }
                 _ = try snapshot.readNow { try $0.verifyChain() }
+                if let mine, mine.index > 0 {
+                    let theirs = try snapshot.readNow { try $0.provableHash(at: mine.index) }
+                    guard theirs == mine.hash else { throw StoreError.snapshotDiverged(mine: mine, theirs: theirs) }
+                }
                 return snapshot
             }
             let head = try await replaceContents(with: received)

@@ -38,6 +38,13 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
     case io(String)
     /// The filesystem has no room left (ENOSPC): what could not be written.
     case diskFull(String)
+    /// A record fails its checksum or does not decode: the store is damaged there.
+    case corruptRecord(storedKey: [UInt8], reason: String)
+    /// A received snapshot's history does not contain this store's head: installing it
+    /// would replace this store's history with another one.
+    case snapshotDiverged(mine: Head, theirs: [UInt8]?)
+    /// The store was written in a format this build does not read.
+    case unsupportedFormat(found: Int, readable: ClosedRange<Int>)
 
     public var description: String {
         switch self {
@@ -63,6 +70,13 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
             return why
         case let .diskFull(what):
             return "disk full: \(what); free space on that filesystem (the node carries on by itself once there is room)"
+        case let .corruptRecord(storedKey, reason):
+            return "damaged record for key \(Store.describeStoredKey(storedKey)): \(reason); this node does not serve it: a replica repairs itself from its upstream, a root must be restored (qsnode check --data DIR lists every damaged record)"
+        case let .snapshotDiverged(mine, theirs):
+            let found = theirs.map { "hash \(hexString($0))" } ?? "no hash (it does not know that index)"
+            return "the snapshot's history does not contain this store's head: index \(mine.index) has hash \(hexString(mine.hash)) here and \(found) there; it was not installed (replacing this store's history takes an operator's qsctl rebootstrap)"
+        case let .unsupportedFormat(found, readable):
+            return "the store is in format \(found) and this build reads formats \(readable.lowerBound) to \(readable.upperBound): it was written by a newer qsnode; run that version (or restore a copy made by this one)"
         }
     }
 }
@@ -92,6 +106,16 @@ public final class Store: Sendable {
     let kv: LMDBDatabase
     let log: LMDBDatabase
     let meta: LMDBDatabase
+    /// Index → chained hash of log entries trimmed away (at most `trailLimit`), so that a
+    /// replica far behind can still prove a snapshot continues its history; nil in a
+    /// read-only format 1 store opened without one.
+    let trail: LMDBDatabase?
+    /// The store's format (`meta/format`): 2 once every record carries its checksum.
+    public let format: Int
+    /// Whether records without a checksum are refused (format 2).
+    let requireChecksums: Bool
+    /// What the store found damaged (records, log entries) and who is told.
+    public let integrity = StoreIntegrity()
     /// Runs every write transaction, one at a time (LMDB serialises writers anyway).
     let writer: StoreThreads
     /// Run read transactions; LMDB readers never wait for writers.
@@ -112,6 +136,12 @@ public final class Store: Sendable {
     static let compatibleMode = Array("compatible".utf8)
     static let promotedMode = Array("promoted".utf8)
     public static let maxSourceIDBytes = 255
+    /// The format this build writes; it reads 1 (upgraded when opened read-write) and 2.
+    public static let currentFormat = 2
+    /// Chained hashes of trimmed entries kept in `trail`.
+    public static let trailLimit: UInt64 = 10_000_000
+    /// Log entries whose chain is checked when the store opens.
+    public static let tailCheckedAtOpen = 1000
 
     /// Opens or creates the store in `directory` (created if missing), on the calling
     /// thread: it does blocking file I/O, so async code uses `Store.open` instead.
@@ -130,26 +160,92 @@ public final class Store: Sendable {
         self.directory = directory
         maxKeySize = environment.maxKeySize
         keys = KeyEncoding(maxKeySize: maxKeySize)
+        var found: Int
         if readOnly {
             let dbs = try environment.openExistingDatabases(["kv", "log", "meta"])
             (kv, log, meta) = (dbs[0], dbs[1], dbs[2])
+            trail = try? environment.openExistingDatabases(["trail"])[0]
+            found = try environment.read { txn in try Self.decodeFormat(txn.get(dbs[2], Self.formatKey)) }
         } else {
-            (kv, log, meta) = try environment.write { txn in
+            (kv, log, meta, trail, found) = try environment.write { txn in
                 let kv = try txn.openDatabase("kv", create: true)
                 let log = try txn.openDatabase("log", create: true)
                 let meta = try txn.openDatabase("meta", create: true)
+                let trail = try txn.openDatabase("trail", create: true)
                 if try txn.get(meta, Self.formatKey) == nil {
-                    try txn.put(meta, Self.formatKey, [1])
+                    try txn.put(meta, Self.formatKey, [UInt8(Self.currentFormat)])
                     var id = [UInt8](repeating: 0, count: 16)
                     for i in id.indices { id[i] = UInt8.random(in: 0...255) }
                     try txn.put(meta, Self.identityKey, Array(hexString(id).utf8))
                 }
-                return (kv, log, meta)
+                return (kv, log, meta, trail, try Self.decodeFormat(txn.get(meta, Self.formatKey)))
             }
         }
+        guard (1...Self.currentFormat).contains(found) else {
+            throw StoreError.unsupportedFormat(found: found, readable: 1...Self.currentFormat)
+        }
+        if found < Self.currentFormat && !readOnly {
+            try Self.upgradeToChecksums(environment, kv: kv, meta: meta, keys: keys)
+            found = Self.currentFormat
+        }
+        format = found
+        requireChecksums = found >= 2
         writer = StoreThreads(name: "qs-store-writer", count: 1)
         self.readers = StoreThreads(name: "qs-store-reader", count: max(1, readers))
         background = StoreThreads(name: "qs-store-background", count: 1)
+        // The newest entries' chain, before anything is served: damage found here is
+        // reported (a root refuses to start, a replica repairs itself).
+        do {
+            _ = try readNow { try $0.verifyChainTail(entries: Self.tailCheckedAtOpen) }
+        } catch {
+            integrity.report(error)
+        }
+    }
+
+    static func decodeFormat(_ raw: [UInt8]?) throws -> Int {
+        guard let raw else { return 1 }
+        guard raw.count == 1 else { throw StoreError.corrupt("format record of \(raw.count) bytes, expected 1") }
+        return Int(raw[0])
+    }
+
+    /// Format 1 → 2: rewrites every record with its checksum, 10,000 per transaction (a
+    /// crash resumes: records already rewritten carry the checksum flag), then records
+    /// format 2 in the last transaction.
+    static func upgradeToChecksums(_ environment: LMDBEnvironment, kv: LMDBDatabase, meta: LMDBDatabase, keys: KeyEncoding) throws {
+        var from: [UInt8]?
+        repeat {
+            from = try environment.write { txn -> [UInt8]? in
+                var seen = 0
+                var last: [UInt8]?
+                var rewrites = [([UInt8], [UInt8])]()
+                try txn.forEach(kv, from: from) { k, v in
+                    if let from, k == from { return true }
+                    guard seen < 10_000 else { return false }
+                    seen += 1
+                    last = k
+                    if let flags = v.first, flags & RecordCodec.checksumFlag != 0 { return true }
+                    let (full, record) = try RecordCodec.decode(storedKey: k, v, requireChecksum: false)
+                    rewrites.append((k, RecordCodec.encode(record, storedKey: k, fullKey: keys.isLong(full) ? full : nil)))
+                    return true
+                }
+                for (k, v) in rewrites { try txn.put(kv, k, v) }
+                if seen < 10_000 {
+                    try txn.put(meta, formatKey, [UInt8(currentFormat)])
+                    return nil
+                }
+                return last
+            }
+        } while from != nil
+    }
+
+    /// A stored key as an operator reads it: the user key (printable, else hex), and for a
+    /// long key its first bytes.
+    public static func describeStoredKey(_ storedKey: [UInt8]) -> String {
+        let key = storedKey.dropFirst()
+        let shown = key.prefix(64)
+        let printable = shown.allSatisfy { $0 >= 0x20 && $0 < 0x7F }
+        let text = printable ? "'" + String(decoding: shown, as: UTF8.self) + "'" : "0x" + hexString(Array(shown))
+        return key.count > 64 ? text + "… (\(key.count) bytes stored)" : text
     }
 
     /// Opens or creates the store in `directory` without blocking the caller's thread.

@@ -56,7 +56,7 @@ public struct StoreTransaction: ~Copyable {
     public func get(_ key: [UInt8]) throws -> Record? {
         let sk = keys.storedKey(key)
         guard let raw = try txn.get(kv, sk) else { return nil }
-        let (full, record) = try RecordCodec.decode(storedKey: sk, raw)
+        let (full, record) = try decodeRecord(sk, raw)
         return full == key ? record : nil
     }
 
@@ -72,23 +72,43 @@ public struct StoreTransaction: ~Copyable {
         return try withUnsafeTemporaryAllocation(byteCount: key.count + 1, alignment: 1) { stored in
             stored[0] = KeyEncoding.tag
             key.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: stored[1...]).copyMemory(from: $0) }
-            return try txn.withValue(kv, UnsafeRawBufferPointer(stored)) { raw in
-                try body(raw.flatMap { try RecordCodec.view($0, key: key) })
+            let storedKey = UnsafeRawBufferPointer(stored)
+            return try txn.withValue(kv, storedKey) { raw in
+                let view: RecordView?
+                do {
+                    view = try raw.flatMap { try RecordCodec.view($0, storedKey: storedKey, key: key, requireChecksum: store.requireChecksums) }
+                } catch {
+                    store.integrity.report(error)
+                    throw error
+                }
+                return try body(view)
             }
         }
     }
 
     /// Log entries from index `from`, at most `count` of them and about `maxBytes` (at
-    /// least one entry is returned if any exists).
+    /// least one entry is returned if any exists). Each entry's chained hash is checked
+    /// against the one before it: a damaged entry is never served (it throws
+    /// `brokenChain`, reported to the store's integrity).
     public func entries(from: UInt64, count: Int, maxBytes: Int = 4 << 20) throws -> [StoredEntry] {
         var out = [StoredEntry]()
         var bytes = 0
-        try txn.forEach(log, from: Store.encodeU64(max(from, 1))) { k, v in
-            guard v.count >= 32 else { throw StoreError.corrupt("log entry shorter than its hash") }
-            let index = try Store.decodeU64(k, "log index")
-            out.append(StoredEntry(index: index, hash: Array(v[0..<32]), bytes: Array(v[32...])))
-            bytes += v.count
-            return out.count < count && bytes < maxBytes
+        let start = max(from, 1)
+        do {
+            var previous: [UInt8]?
+            try txn.forEach(log, from: Store.encodeU64(start)) { k, v in
+                let index = try Store.decodeU64(k, "log index")
+                guard v.count >= 32, let p = try previous ?? hash(at: index - 1) else { throw StoreError.brokenChain(index: index) }
+                let entry = StoredEntry(index: index, hash: Array(v[0..<32]), bytes: Array(v[32...]))
+                guard ChainHash.next(previous: p, entry: entry.bytes) == entry.hash else { throw StoreError.brokenChain(index: index) }
+                previous = entry.hash
+                out.append(entry)
+                bytes += v.count
+                return out.count < count && bytes < maxBytes
+            }
+        } catch {
+            store.integrity.report(error)
+            throw error
         }
         return out
     }
@@ -111,7 +131,7 @@ public struct StoreTransaction: ~Copyable {
                 return false
             }
             last = sk
-            let (full, record) = try RecordCodec.decode(storedKey: sk, value)
+            let (full, record) = try decodeRecord(sk, value)
             guard full.starts(with: prefix) else { return true }
             if let now, record.isExpired(at: now) { return true }
             out.append((full, record))
@@ -262,7 +282,7 @@ public struct StoreTransaction: ~Copyable {
             }
             seen += 1
             last = sk
-            let (full, record) = try RecordCodec.decode(storedKey: sk, value)
+            let (full, record) = try decodeRecord(sk, value)
             if record.isExpired(at: now) { doomed.append(.delete(key: full)) }
             return true
         }
@@ -295,11 +315,13 @@ public struct StoreTransaction: ~Copyable {
         case let .set(key, value, expiry):
             let sk = keys.storedKey(key)
             let record = Record(value: value, expiry: expiry)
-            if let old = try txn.get(kv, sk), let decoded = try? RecordCodec.decode(storedKey: sk, old),
+            // A damaged old record is simply replaced (the write repairs it).
+            if let old = try txn.get(kv, sk),
+               let decoded = try? RecordCodec.decode(storedKey: sk, old, requireChecksum: store.requireChecksums),
                decoded.key == key, decoded.record == record {
                 return false
             }
-            try txn.put(kv, sk, RecordCodec.encode(record, fullKey: keys.isLong(key) ? key : nil))
+            try txn.put(kv, sk, RecordCodec.encode(record, storedKey: sk, fullKey: keys.isLong(key) ? key : nil))
             return true
         case let .delete(key):
             return try txn.delete(kv, keys.storedKey(key))
@@ -319,7 +341,7 @@ public struct StoreTransaction: ~Copyable {
             try txn.forEach(kv, from: from) { sk, value in
                 guard sk.starts(with: start) else { return false }
                 lastSeen = sk
-                let full = try RecordCodec.decode(storedKey: sk, value).key
+                let full = try decodeRecord(sk, value).key
                 if full.starts(with: prefix) { doomed.append(sk) }
                 return doomed.count < 4096
             }

@@ -28,7 +28,7 @@ struct Qsctl: AsyncParsableCommand {
             Every option can also be set through its QS_ environment variable, as shown.
             """,
         version: QSVersion.string,
-        subcommands: [Put.self, Get.self, Delete.self, HeadCommand.self, Checkpoint.self, Log.self, Dump.self, Status.self, Wait.self, Promote.self, Demote.self, Cutover.self, Verify.self, Lag.self, RecordCommand.self, Feed.self, UsageCommand.self]
+        subcommands: [Put.self, Get.self, Delete.self, HeadCommand.self, Checkpoint.self, Log.self, Dump.self, Status.self, Wait.self, Promote.self, Demote.self, Cutover.self, Verify.self, Lag.self, RecordCommand.self, Feed.self, UsageCommand.self, Rebootstrap.self]
     )
 
     @OptionGroup var options: NodeOptions

@@ -20,11 +20,24 @@ struct QSNodeCommand: AsyncParsableCommand {
             A root node (--role root) accepts compare-and-swap batch writes on the QS write protocol \
             (docs/protocol.md) from bridges and operators. Every flag can also be set through the \
             environment variable named after it (QS_ and the flag in capitals, as shown).
+            `qsnode check --data DIR` verifies a store instead (its log's hash chain, every \
+            record's checksum, its checkpoints) and says what is wrong in words.
             """ + "\n\n" + DaemonExitCodes.help,
         version: QSVersion.string
     )
 
-    static func main() async { await runCommand() }
+    static func main() async {
+        // `qsnode check --data DIR` verifies a store; anything else runs a node.
+        let args = CommandLine.arguments.dropFirst()
+        guard args.first == "check" else { return await runCommand() }
+        do {
+            let command = try QSNodeCheck.parseAsRoot(Array(args.dropFirst()))
+            try QSEnv.checkRefusals()
+            try await execute(command)
+        } catch {
+            QSNodeCheck.exitReporting(error)
+        }
+    }
 
     enum Role: String, ExpressibleByArgument, CaseIterable {
         case root, replica
@@ -131,6 +144,12 @@ struct QSNodeCommand: AsyncParsableCommand {
             logger.critical("cannot open the store", metadata: ["data": "\(data)", "error": "\(error)"])
             throw ExitCode(1)
         }
+        store.integrity.onProblem { problem in
+            logger.critical("store damaged: not served", metadata: ["data": "\(data)", "problem": "\(problem)"])
+        }
+        if role == .root, let problem = store.integrity.problem {
+            throw StartError("--data \(data): the store is damaged (\(problem)); a root does not serve a damaged store. Run qsnode check --data \(data) to see everything that is wrong, then restore the directory from a copy or make this node a replica of a sound root")
+        }
         let (head, nodeID) = try await store.read { txn in (try txn.head(), try txn.identity()) }
         logger.info("store open", metadata: ["data": "\(data)", "head-index": "\(head.index)",
                                              "head-hash": "\(hexString(head.hash))", "node-id": "\(nodeID)"])
@@ -162,6 +181,18 @@ struct QSNodeCommand: AsyncParsableCommand {
         let readyLag = service.readyLagSeconds
         if let admin = service.adminEndpoint() {
             var actions = [String: AdminAction]()
+            if let replica {
+                // POST /rebootstrap with HOST:PORT replaces this store with that node's
+                // snapshot, whatever its history: the operator's explicit action.
+                actions["/rebootstrap"] = { body in
+                    let text = body.trimmingCharacters(in: .whitespacesAndNewlines)
+                    guard let endpoint = AddressList(argument: text)?.endpoints, endpoint.count == 1 else {
+                        return (false, "rebootstrap refused: the body must be one upstream address, HOST:PORT or unix:PATH (got '\(text.prefix(200))')")
+                    }
+                    replica.requestRebootstrap(from: endpoint[0])
+                    return (true, "rebootstrap from \(endpoint[0]) requested: this store will be replaced by its snapshot; watch qs_replica_rebootstraps_total and the log")
+                }
+            }
             if let upstreams {
                 // POST /upstream with a list (as --upstream) replaces the upstream list, and
                 // rewrites --upstream-file when there is one, so the move survives a restart.
@@ -178,6 +209,9 @@ struct QSNodeCommand: AsyncParsableCommand {
             services.append(AdminServer(endpoint: admin, registry: registry, logger: logger, limits: service.connectionLimits, actions: actions,
                                         actionGate: try service.adminGate(logger: logger),
                                         beforeScrape: { replica?.refreshGauges() }) {
+                if let problem = store.integrity.problem {
+                    return Readiness(ready: false, detail: "store damaged, not served: \(problem)")
+                }
                 if let failing = store.writeHealth.failing { return Self.readiness(failing) }
                 guard let replica else { return Readiness(ready: true, detail: "root: store open") }
                 return Self.readiness(replica.status, readyLag: readyLag)

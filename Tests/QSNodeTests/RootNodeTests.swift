@@ -181,7 +181,7 @@ final class RootNodeTests: XCTestCase {
         let list = try Harness.run("/usr/bin/mdb_dump", ["-l", data.path])
         XCTAssertEqual(list.status, 0, String(decoding: list.stderr, as: UTF8.self))
         let names = Set(String(decoding: list.stdout, as: UTF8.self).split(separator: "\n").map(String.init))
-        XCTAssertEqual(names, ["kv", "log", "meta"])
+        XCTAssertEqual(names, ["kv", "log", "meta", "trail"])
         let kv = try Harness.run("/usr/bin/mdb_dump", ["-p", "-s", "kv", data.path])
         XCTAssertEqual(kv.status, 0)
         let text = String(decoding: kv.stdout, as: UTF8.self)
