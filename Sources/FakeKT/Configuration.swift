@@ -49,6 +49,8 @@ public struct FaultPlan: Sendable, Equatable {
     public var cutFrame: Int? = nil
     /// Refuse (reset) new connections until this time, milliseconds since the epoch.
     public var refuseUntilMillis: UInt64 = 0
+    /// Refuse (reset) this many new connections, then accept again.
+    public var refuseConnections: Int = 0
 
     public init() {}
 
@@ -65,6 +67,7 @@ public struct FaultPlan: Sendable, Equatable {
             case "corrupt_frame": corruptFrame = number.flatMap { $0 > 0 ? $0 : nil }
             case "cut_frame": cutFrame = number.flatMap { $0 > 0 ? $0 : nil }
             case "refuse_ms": refuseUntilMillis = number.map { nowMillis + UInt64(max(0, $0)) } ?? 0
+            case "refuse_count": refuseConnections = max(0, number ?? 0)
             default: errors.append("unknown fault: \(key)")
             }
         }
@@ -80,6 +83,7 @@ public struct FaultPlan: Sendable, Equatable {
         corrupt_frame=\(corruptFrame.map(String.init) ?? "")
         cut_frame=\(cutFrame.map(String.init) ?? "")
         refuse_ms=\(refuseUntilMillis > nowMillis ? refuseUntilMillis - nowMillis : 0)
+        refuse_count=\(refuseConnections)
 
         """
     }

@@ -37,8 +37,14 @@ final class RefuseFault: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        let refuseUntil = core.faults.withLockedValue { $0.refuseUntilMillis }
-        if refuseUntil > core.nowMillis() {
+        let now = core.nowMillis()
+        let refuse = core.faults.withLockedValue { f in
+            if f.refuseUntilMillis > now { return true }
+            guard f.refuseConnections > 0 else { return false }
+            f.refuseConnections -= 1
+            return true
+        }
+        if refuse {
             core.logger.notice("fault: refusing a connection", metadata: ["peer": "\(context.channel.remoteAddress?.description ?? "?")"])
             // Reset rather than close politely, so the client sees a refused connection.
             _ = (context.channel as? SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0))

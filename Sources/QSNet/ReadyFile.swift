@@ -32,7 +32,7 @@ public struct ReadyFile: Service {
     let logger: Logger
     let onReady: @Sendable ([Entry]) throws -> Void
 
-    /// `onReady` runs once the file is written (fakekt writes its pid file there).
+    /// `onReady` runs once every listener is bound, just before the file is written (fakekt writes its pid file there, so a reader of the ready file finds it).
     public init(path: String, listeners: [Listener], logger: Logger, onReady: @escaping @Sendable ([Entry]) throws -> Void = { _ in }) {
         self.path = path
         self.listeners = listeners
@@ -55,11 +55,12 @@ public struct ReadyFile: Service {
         } catch is CancellationError {
             return // stopped before every listener was up: nothing to announce
         }
+        // What is done on ready (a pid file) is done before the ready file says so.
+        try onReady(entries)
         if !path.isEmpty {
             try Self.write(entries, to: path)
             logger.info("ready file written", metadata: ["path": "\(path)", "listeners": "\(entries.count)"])
         }
-        try onReady(entries)
         try? await gracefulShutdown()
         if !path.isEmpty { try? FileManager.default.removeItem(atPath: path) }
     }

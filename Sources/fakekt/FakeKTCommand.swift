@@ -16,7 +16,7 @@ struct FakeKTCommand: AsyncParsableCommand {
         discussion: """
         Options mirror ktserver's. Each has an environment fallback QS_FAKEKT_<NAME>, e.g. QS_FAKEKT_PORT.
         Faults can also be set at run time: POST /_fakekt/faults with close_after=N, stop_heartbeats=1,
-        delay_ms=N, corrupt_frame=N, cut_frame=N, refuse_ms=N, reset=1.
+        delay_ms=N, corrupt_frame=N, cut_frame=N, refuse_ms=N, refuse_count=N, reset=1.
         """ + "\n\n" + DaemonExitCodes.help,
         version: QSVersion.string
     )
@@ -88,6 +88,8 @@ struct FakeKTCommand: AsyncParsableCommand {
     var faultCutFrame: Int?
     @Option(name: .customLong("fault-refuse-ms", withSingleDash: true), help: "Refuse connections for this long after start (QS_FAKEKT_FAULT_REFUSE_MS).")
     var faultRefuseMs: Int?
+    @Option(name: .customLong("fault-refuse-count", withSingleDash: true), help: "Refuse the first N connections, then accept (QS_FAKEKT_FAULT_REFUSE_COUNT).")
+    var faultRefuseCount: Int?
     @Argument(help: "Databases as ktserver names them: -, +, :, *, %, or paths such as main.kch, aux.kct#bnum=1000 or data#type=kct; none means one stash database ':' (QS_FAKEKT_DBS, space separated).")
     var databases: [String] = []
 
@@ -148,6 +150,7 @@ struct FakeKTCommand: AsyncParsableCommand {
         c.faults.frameDelayMillis = faultDelayMs ?? Self.env("FAULT_DELAY_MS", Int.self) ?? 0
         c.faults.corruptFrame = faultCorruptFrame ?? Self.env("FAULT_CORRUPT_FRAME", Int.self)
         c.faults.cutFrame = faultCutFrame ?? Self.env("FAULT_CUT_FRAME", Int.self)
+        c.faults.refuseConnections = max(0, faultRefuseCount ?? Self.env("FAULT_REFUSE_COUNT", Int.self) ?? 0)
         if let ms = faultRefuseMs ?? Self.env("FAULT_REFUSE_MS", Int.self) {
             c.faults.refuseUntilMillis = UInt64(Date().timeIntervalSince1970 * 1000) + UInt64(max(0, ms))
         }

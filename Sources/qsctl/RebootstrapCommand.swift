@@ -26,8 +26,7 @@ struct Rebootstrap: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The node whose snapshot replaces the replica's store, HOST:PORT or unix:PATH. (env: QS_CTL_REBOOTSTRAP_FROM)", valueName: "host:port"))
     var from: String = QSEnv.string("QS_CTL_REBOOTSTRAP_FROM") ?? ""
 
-    @Option(help: ArgumentHelp("File holding the replica's admin token (its --admin-token-file). (env: QS_CTL_REBOOTSTRAP_ADMIN_TOKEN_FILE)", valueName: "file"))
-    var adminTokenFile: String = QSEnv.string("QS_CTL_REBOOTSTRAP_ADMIN_TOKEN_FILE") ?? ""
+    @ParentCommand var parent: Qsctl
 
     func validate() throws {
         guard !from.isEmpty else { throw ValidationError("--from HOST:PORT is required: the node whose snapshot replaces the replica's store") }
@@ -36,13 +35,8 @@ struct Rebootstrap: AsyncParsableCommand {
 
     func run() async throws {
         guard let from = Address(argument: from), let url = URL(string: "http://\(admin)/rebootstrap") else { throw Exit.usage }
-        let token: [UInt8]
-        do {
-            token = try TokenFile.optional(adminTokenFile, flag: "--admin-token-file") ?? []
-        } catch {
-            fail("\(error)")
-            throw Exit.usage
-        }
+        // qsctl's --admin-token-file (QS_CTL_ADMIN_TOKEN_FILE), as for promote and demote.
+        let token = try parent.options.adminToken() ?? []
         var request = URLRequest(url: url)
         request.httpMethod = "POST"
         request.httpBody = Data("\(from)".utf8)

