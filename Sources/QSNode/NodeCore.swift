@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import QSBytes
+import QSEtcd
 import QSNet
 import QSModel
 import QSStore
@@ -22,7 +23,7 @@ public final class NodeCore: Sendable {
     /// Whether this node takes writes (a root) or only replicates (a replica).
     public let writable: Bool
     /// Wakes subscription streams when the log grows.
-    public let watcher = LogWatcher()
+    public let watcher: LogWatcher
     /// What a replica knows of its upstream and of the root's freshest word: the one value
     /// `status`, `/readyz` and the scrape all read.
     private let following = Mutex(UpstreamStatus())
@@ -34,6 +35,8 @@ public final class NodeCore: Sendable {
     let snapshots = SnapshotQueue()
     /// The writers (bridges) connected, as their hello introduced them.
     public let writers = Writers()
+    /// A root cluster's member (`--etcd`): batches commit through etcd, not into the store.
+    public let cluster: ClusterMember?
 
     /// What a replica knows of its upstream, as of now.
     public var upstreamStatus: UpstreamStatus {
@@ -51,8 +54,11 @@ public final class NodeCore: Sendable {
     public static let maxRecordsPerPage: UInt32 = 10_000
 
     public init(store: Store, token: [UInt8]?, replicationToken: [UInt8]? = nil, adminToken: [UInt8]? = nil,
-                writable: Bool = true, metrics: NodeMetrics = NodeMetrics(), logger: Logger) {
+                writable: Bool = true, metrics: NodeMetrics = NodeMetrics(), watcher: LogWatcher = LogWatcher(),
+                cluster: ClusterMember? = nil, logger: Logger) {
         self.store = store
+        self.watcher = watcher
+        self.cluster = cluster
         writeGate = TokenGate(guarding: "write", token: token, flag: "--write-token-file on every write", logger: logger, factory: metrics.factory)
         replicationGate = TokenGate(guarding: "replication", token: replicationToken,
                                     flag: "--replication-token-file to subscribe or take a snapshot (a replica's --upstream-token-file)",
@@ -217,7 +223,11 @@ public final class NodeCore: Sendable {
                 return .head(try await store.head())
             case let .batch(b):
                 let start = ContinuousClock.now
-                let outcome = try await store.applyBatch(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.operations)
+                let outcome = if let cluster {
+                    try await cluster.commit(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.operations)
+                } else {
+                    try await store.applyBatch(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.operations)
+                }
                 metrics.batchApply.recordSeconds((ContinuousClock.now - start).seconds)
                 switch outcome {
                 case let .applied(index, kept, dropped):
@@ -236,6 +246,7 @@ public final class NodeCore: Sendable {
                     return .conflict(current: current)
                 }
             case let .getCheckpoint(sid):
+                if let cluster { return .checkpoint(try await cluster.checkpoint(sourceID: sid)) }
                 return .checkpoint(try await store.checkpoint(sourceID: sid))
             case .head:
                 return .head(try await store.head())
@@ -251,6 +262,9 @@ public final class NodeCore: Sendable {
                 return .page(records: page.records.map { .init(key: $0.key, record: $0.record) }, next: page.next)
             case .subscribe, .snapshot:
                 return .error(.invalidRequest, "\(request.name) is a streaming request, handled by the connection")
+            case .append where cluster != nil, .changeRole where cluster != nil:
+                metrics.invalidRequests.increment()
+                return .error(.unsupported, "this root is a member of a root cluster (--etcd): it takes batches only; compatible mirroring into a cluster and promote/demote are not built yet (docs/ha.md)")
             case let .append(_, entries, sourceTime) where entries.isEmpty:
                 // A mirror bridge's probe while its source is quiet: does this root still
                 // take appends? Nothing is written; the source root's time is noted.
@@ -302,6 +316,14 @@ public final class NodeCore: Sendable {
             metrics.invalidRequests.increment()
             logger.warning("request refused", metadata: ["request": "\(request.name)", "error": "\(error)", "peer": "\(peer)"])
             return .error(.invalidRequest, "\(error)")
+        } catch let error as EtcdError {
+            metrics.storageErrors.increment()
+            logger.error("etcd did not commit", metadata: ["request": "\(request.name)", "error": "\(error)", "peer": "\(peer)"])
+            return .error(.storageError, "the root cluster's etcd did not commit (no quorum, or unreachable?): \(error); the write is not acknowledged: resume from the checkpoint")
+        } catch let error as ClusterError {
+            metrics.storageErrors.increment()
+            logger.error("cluster commit failed", metadata: ["request": "\(request.name)", "error": "\(error)", "peer": "\(peer)"])
+            return .error(.storageError, "root cluster: \(error)")
         } catch let error as LMDBError where error.isMapFull {
             metrics.storageErrors.increment()
             logger.error("store is full: raise --map-size", metadata: ["request": "\(request.name)", "error": "\(error)", "peer": "\(peer)"])
