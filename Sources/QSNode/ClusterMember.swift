@@ -128,8 +128,16 @@ public final class ClusterMember: Service, Sendable {
         appliedIndex = Gauge(label: "qs_cluster_applied_index", factory: factory)
     }
 
-    /// Whether the member follows the cluster's log, for `/readyz`.
-    public var status: (following: Bool, detail: String) { state.withLock { $0 } }
+    /// Whether etcd committed this member's last `applied/` write (every 2 s): a watch can
+    /// stay open on an etcd member that lost its quorum, this cannot.
+    private let quorum = Mutex<String?>(nil)
+
+    /// Whether the member follows the cluster's log and etcd has a quorum, for `/readyz`.
+    public var status: (following: Bool, detail: String) {
+        let s = state.withLock { $0 }
+        guard s.following, let lost = quorum.withLock({ $0 }) else { return s }
+        return (false, "etcd did not commit this member's last write (no quorum?): \(lost)")
+    }
 
     public var revision: Int64 { appliedRevision.withLock { $0 } }
 
@@ -343,7 +351,7 @@ public final class ClusterMember: Service, Sendable {
     private func compactUntilCancelled() async {
         while !Task.isCancelled {
             try? await Task.sleep(for: .seconds(2))
-            guard status.following else { continue }
+            guard state.withLock({ $0.following }) else { continue }
             do {
                 let local = try await store.head()
                 let r = try await etcd.txn(compare: [], success: [
@@ -351,6 +359,7 @@ public final class ClusterMember: Service, Sendable {
                     .range(key: keys.appliedPrefix, end: etcdPrefixEnd(keys.appliedPrefix), limit: 0),
                     .range(key: keys.head, end: nil, limit: 1),
                 ], failure: [])
+                quorum.withLock { $0 = nil }
                 guard r.ranges.count == 3, let headKV = r.ranges[2].first else { continue }
                 let clusterHead = try ClusterKeys.head(headKV.value)
                 let lowest = try r.ranges[1].map { try ClusterKeys.u64($0.value, "applied index") }.min() ?? local.index
@@ -358,6 +367,9 @@ public final class ClusterMember: Service, Sendable {
                 if keepFrom > 1 {
                     _ = try await etcd.txn(compare: [], success: [.deleteRange(key: keys.log(0), end: keys.log(keepFrom))], failure: [])
                 }
+            } catch let error as EtcdError {
+                quorum.withLock { $0 = "\(error)" }
+                logger.warning("etcd did not commit this member's applied index", metadata: ["error": "\(error)"])
             } catch {
                 logger.debug("cluster log compaction skipped", metadata: ["error": "\(error)"])
             }
