@@ -87,11 +87,18 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // A client of etcd's v3 API over its JSON gateway (txn, range, watch), on NIO's HTTP/1:
+        // what a root cluster's members commit and follow the log through.
+        .target(
+            name: "QSEtcd",
+            dependencies: [nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1")],
+            swiftSettings: swiftSettings
+        ),
         // The node: root write handler, replication server and client, log trimming.
         .target(
             name: "QSNode",
             dependencies: [
-                "QSBytes", "QSClient", "QSModel", "QSNet", "QSStore", "QSWire",
+                "QSBytes", "QSClient", "QSEtcd", "QSModel", "QSNet", "QSStore", "QSWire",
                 nio("NIOCore"), nio("NIOPosix"),
                 log, metrics, lifecycle("ServiceLifecycle"),
             ],
@@ -212,7 +219,7 @@ let package = Package(
         .executableTarget(
             name: "qsnode",
             dependencies: [
-                "QSBytes", "QSDaemon", "QSModel", "QSNet", "QSNode", "QSReads", "QSStore", "QSWire",
+                "QSBytes", "QSDaemon", "QSEtcd", "QSModel", "QSNet", "QSNode", "QSReads", "QSStore", "QSWire",
                 argumentParser, log, lifecycle("ServiceLifecycle"),
             ],
             swiftSettings: swiftSettings
@@ -304,6 +311,12 @@ let package = Package(
                 "KTFormats", "QSClient", "QSModel", "QSNet", "QSReads", "QSStore", "QSTesting",
                 nio("NIOCore"), nio("NIOTestUtils"), nio("NIOEmbedded"), log,
             ],
+            swiftSettings: swiftSettings
+        ),
+        // A root cluster on a real etcd cluster: members, a bridge, a replica, etcd's leader killed.
+        .testTarget(
+            name: "ClusterTests",
+            dependencies: ["QSClient", "QSModel", "QSTesting"],
             swiftSettings: swiftSettings
         ),
         // qsrest: the ACL, conditional writes at the store, quotas; qsrest as a process with

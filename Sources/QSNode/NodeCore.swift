@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import QSBytes
+import QSEtcd
 import QSNet
 import QSModel
 import QSStore
@@ -24,7 +25,7 @@ public final class NodeCore: Sendable {
     /// Whether this node takes writes (a root) or only replicates (a replica).
     public let writable: Bool
     /// Wakes subscription streams when the log grows.
-    public let watcher = LogWatcher()
+    public let watcher: LogWatcher
     /// What a replica knows of its upstream and of the root's freshest word: the one value
     /// `status`, `/readyz` and the scrape all read.
     private let following = Mutex(UpstreamStatus())
@@ -36,6 +37,8 @@ public final class NodeCore: Sendable {
     let snapshots = SnapshotQueue()
     /// The writers (bridges) connected, as their hello introduced them.
     public let writers = Writers()
+    /// A root cluster's member (`--etcd`): batches commit through etcd, not into the store.
+    public let cluster: ClusterMember?
 
     /// What a replica knows of its upstream, as of now.
     public var upstreamStatus: UpstreamStatus {
@@ -53,8 +56,11 @@ public final class NodeCore: Sendable {
     public static let maxRecordsPerPage: UInt32 = 10_000
 
     public init(store: Store, token: [UInt8]?, replicationToken: [UInt8]? = nil, adminToken: [UInt8]? = nil,
-                writable: Bool = true, metrics: NodeMetrics = NodeMetrics(), logger: Logger) {
+                writable: Bool = true, metrics: NodeMetrics = NodeMetrics(), watcher: LogWatcher = LogWatcher(),
+                cluster: ClusterMember? = nil, logger: Logger) {
         self.store = store
+        self.watcher = watcher
+        self.cluster = cluster
         writeGate = TokenGate(guarding: "write", token: token, flag: "--write-token-file on every write", logger: logger, factory: metrics.factory)
         replicationGate = TokenGate(guarding: "replication", token: replicationToken,
                                     flag: "--replication-token-file to subscribe or take a snapshot (a replica's --upstream-token-file)",
@@ -223,8 +229,15 @@ public final class NodeCore: Sendable {
                 return .head(try await store.head())
             case let .batch(b):
                 let start = ContinuousClock.now
-                let outcome = try await store.applyBatch(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.operations,
-                                                               copyCursor: b.copyCursor)
+                if cluster != nil, b.copyCursor != nil {
+                    return .error(.unsupported, "an initial copy into a root cluster is not supported yet: run the bridge's initial copy into a single root (qsktbridge --initial-copy), then mirror it into the cluster")
+                }
+                let outcome = if let cluster {
+                    try await cluster.commit(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.operations)
+                } else {
+                    try await store.applyBatch(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.operations,
+                                               copyCursor: b.copyCursor)
+                }
                 metrics.batchApply.recordSeconds((ContinuousClock.now - start).seconds)
                 switch outcome {
                 case let .applied(index, kept, dropped):
@@ -261,6 +274,7 @@ public final class NodeCore: Sendable {
                     return .conflict(current: current)
                 }
             case let .getCheckpoint(sid):
+                if let cluster { return .checkpoint(try await cluster.checkpoint(sourceID: sid)) }
                 return .checkpoint(try await store.checkpoint(sourceID: sid))
             case let .getCopyCursor(sid):
                 return .value(try await store.copyCursor(sourceID: sid).map { Record(value: $0, expiry: nil) })
@@ -278,6 +292,9 @@ public final class NodeCore: Sendable {
                 return .page(records: page.records.map { .init(key: $0.key, record: $0.record) }, next: page.next)
             case .subscribe, .snapshot:
                 return .error(.invalidRequest, "\(request.name) is a streaming request, handled by the connection")
+            case .append where cluster != nil, .changeRole where cluster != nil:
+                metrics.invalidRequests.increment()
+                return .error(.unsupported, "this root is a member of a root cluster (--etcd): it takes batches only; compatible mirroring into a cluster and promote/demote are not built yet (docs/ha.md)")
             case let .append(_, entries, sourceTime) where entries.isEmpty:
                 // A mirror bridge's probe while its source is quiet: does this root still
                 // take appends? Nothing is written; the source root's time is noted.
@@ -333,6 +350,14 @@ public final class NodeCore: Sendable {
             metrics.invalidRequests.increment()
             badInput.warning(logger, "request refused", peer: peer, metadata: ["request": "\(request.name)", "error": "\(error)"])
             return .error(.invalidRequest, "\(error)")
+        } catch let error as EtcdError {
+            metrics.storageErrors.increment()
+            logger.error("etcd did not commit", metadata: ["request": "\(request.name)", "error": "\(error)", "peer": "\(peer)"])
+            return .error(.storageError, "the root cluster's etcd did not commit (no quorum, or unreachable?): \(error); the write is not acknowledged: resume from the checkpoint")
+        } catch let error as ClusterError {
+            metrics.storageErrors.increment()
+            logger.error("cluster commit failed", metadata: ["request": "\(request.name)", "error": "\(error)", "peer": "\(peer)"])
+            return .error(.storageError, "root cluster: \(error)")
         } catch let error where WriteFailure.classify(error) != nil {
             metrics.storageErrors.increment()
             let kind = WriteFailure.classify(error) ?? .io

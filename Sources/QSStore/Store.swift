@@ -322,11 +322,7 @@ public final class Store: Sendable {
     }
 
     func writeHead(_ head: Head, _ txn: borrowing LMDBTransaction) throws {
-        var w = ByteWriter(capacity: 48)
-        w.writeU64(head.index)
-        w.writeBytes(head.hash)
-        w.writeU64(head.commitTimeNs)
-        try txn.put(meta, Self.headKey, w.bytes)
+        try txn.put(meta, Self.headKey, head.encoded())
     }
 
     static func validate(sourceID: String) throws {

@@ -5,6 +5,7 @@ import QSBytes
 import QSNode
 import QSReads
 import QSDaemon
+import QSEtcd
 import QSNet
 import QSModel
 import QSStore
@@ -91,6 +92,18 @@ struct QSNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Log entries kept for replicas to catch up from; older ones are trimmed, and a replica further behind bootstraps from a snapshot. (env: QS_LOG_RETENTION)", valueName: "entries"))
     var logRetention: UInt64 = QSEnv.value("QS_LOG_RETENTION", 1_000_000)
 
+    @Option(help: ArgumentHelp("A root cluster member: the etcd client URLs, http://HOST:PORT[,…]; batches commit through etcd and the member applies the cluster's log from it (docs/ha.md). Needs --cluster. (env: QS_ETCD)", valueName: "urls"))
+    var etcd: String = QSEnv.string("QS_ETCD") ?? ""
+
+    @Option(help: ArgumentHelp("With --etcd: the root cluster's name, the prefix /qs/NAME/ of its keys in etcd; every member of one cluster gives the same. (env: QS_CLUSTER)", valueName: "name"))
+    var cluster: String = QSEnv.string("QS_CLUSTER") ?? ""
+
+    @Option(help: ArgumentHelp("With --etcd: how long an etcd request may take before the write is refused as not committed (outcome unknown). (env: QS_ETCD_TIMEOUT)", valueName: "duration"))
+    var etcdTimeout: Interval = QSEnv.value("QS_ETCD_TIMEOUT", Interval(.seconds(5)))
+
+    @Option(help: ArgumentHelp("With --etcd: log entries kept in etcd behind the head (and behind every member's applied index); a member further behind catches up from a snapshot. (env: QS_ETCD_LOG_WINDOW)", valueName: "entries"))
+    var etcdLogWindow: UInt64 = QSEnv.value("QS_ETCD_LOG_WINDOW", 10_000)
+
     @OptionGroup var reads: ReadOptions
 
     @OptionGroup var service: ServiceOptions
@@ -112,6 +125,18 @@ struct QSNodeCommand: AsyncParsableCommand {
         guard expiryPurgeBatch >= 0 else { throw ValidationError("--expiry-purge-batch must be 0 (off) or more, e.g. 1000") }
         guard expiryPurgeInterval.duration > .zero else { throw ValidationError("--expiry-purge-interval must be more than 0, e.g. 1s") }
         guard staleAfter.duration > .zero else { throw ValidationError("--stale-after must be more than 0, e.g. 30s") }
+        if !etcd.isEmpty || !cluster.isEmpty {
+            guard role == .root else { throw ValidationError("--etcd and --cluster make a root cluster member: use them with --role root") }
+            guard !etcd.isEmpty, !cluster.isEmpty else {
+                throw ValidationError("a root cluster member needs both --etcd http://HOST:PORT[,…] and --cluster NAME (or QS_ETCD and QS_CLUSTER)")
+            }
+            guard cluster.utf8.allSatisfy({ $0 < 0x80 && (Character(UnicodeScalar($0)).isLetter || Character(UnicodeScalar($0)).isNumber || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ".")) }) else {
+                throw ValidationError("--cluster '\(cluster)': use letters, digits, '-', '_' and '.' only")
+            }
+            do { _ = try etcdURLs.map(EtcdClient.parse) } catch { throw ValidationError("--etcd: \(error)") }
+            guard etcdTimeout.duration > .zero else { throw ValidationError("--etcd-timeout must be more than 0, e.g. 5s") }
+            guard etcdLogWindow > 0 else { throw ValidationError("--etcd-log-window must be at least 1 entry, e.g. 10000") }
+        }
         guard logRetention > 0 else { throw ValidationError("--log-retention must be at least 1 entry") }
         guard mapSize.bytes >= 1 << 20 else { throw ValidationError("--map-size must be at least 1MiB, e.g. 8GiB") }
         guard maxFrameBytes.bytes >= 1024 else {
@@ -153,8 +178,12 @@ struct QSNodeCommand: AsyncParsableCommand {
         let (head, nodeID) = try await store.read { txn in (try txn.head(), try txn.identity()) }
         logger.info("store open", metadata: ["data": "\(data)", "head-index": "\(head.index)",
                                              "head-hash": "\(hexString(head.hash))", "node-id": "\(nodeID)"])
+        let watcher = LogWatcher()
+        let member = etcd.isEmpty ? nil : ClusterMember(etcd: try EtcdClient(urls: etcdURLs, timeout: etcdTimeout.duration), cluster: cluster,
+                                                        store: store, watcher: watcher, nodeID: nodeID, window: etcdLogWindow, logger: logger)
         let core = NodeCore(store: store, token: token, replicationToken: replicationToken,
-                            adminToken: try service.adminToken(), writable: role == .root, logger: logger)
+                            adminToken: try service.adminToken(), writable: role == .root, watcher: watcher,
+                            cluster: member, logger: logger)
         core.metrics.logHead.record(Double(head.index))
         try await core.loadWriteRole()
         var endpoints = [listenEndpoint]
@@ -164,7 +193,12 @@ struct QSNodeCommand: AsyncParsableCommand {
             LogTrimmer(store: store, retain: logRetention, logger: logger),
             StoreUsageGauges(store: store),
         ]
-        if role == .root && expiryPurgeBatch > 0 {
+        if let member {
+            services.append(member)
+            logger.info("root cluster member", metadata: ["cluster": "\(cluster)", "etcd": "\(etcd)"])
+        }
+        // The purge writes into the store directly: a cluster member's writes go through etcd.
+        if role == .root && expiryPurgeBatch > 0 && member == nil {
             services.append(ExpiryPurger(store: store, batch: expiryPurgeBatch, interval: expiryPurgeInterval.duration, logger: logger))
         }
         let replica: ReplicaService? = role == .replica
@@ -213,6 +247,10 @@ struct QSNodeCommand: AsyncParsableCommand {
                     return Readiness(ready: false, detail: "store damaged, not served: \(problem)")
                 }
                 if let failing = store.writeHealth.failing { return Self.readiness(failing) }
+                if let member {
+                    let s = member.status
+                    return Readiness(ready: s.following, detail: "root cluster member: \(s.detail)")
+                }
                 guard let replica else { return Readiness(ready: true, detail: "root: store open") }
                 return Self.readiness(replica.status, readyLag: readyLag)
             })
@@ -240,6 +278,8 @@ struct QSNodeCommand: AsyncParsableCommand {
         return Readiness(ready: age <= readyLag, detail: String(format: "replica: subscribed to %@, root word %.1f s old (--ready-lag %.1f s)",
                                                                  upstream, age, readyLag))
     }
+
+    var etcdURLs: [String] { etcd.split(separator: ",").map(String.init) }
 
     func upstreamEndpoints() throws -> [Endpoint] {
         if !upstreamFile.isEmpty {

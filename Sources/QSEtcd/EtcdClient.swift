@@ -1,0 +1,320 @@
+import Foundation
+import NIOCore
+import Synchronization
+
+/// Why an etcd request failed.
+public enum EtcdError: Error, Sendable, CustomStringConvertible {
+    /// No URL accepted a connection: nothing was sent.
+    case unreachable(String)
+    /// The connection was lost or the answer did not come in time after the request was
+    /// sent: etcd may or may not have committed it.
+    case outcomeUnknown(String)
+    case connectionLost(String)
+    /// etcd answered with an error (no leader, request timed out, …).
+    case server(status: Int, message: String)
+    /// The answer is not what the gateway sends.
+    case malformed(String)
+    /// A watch was cancelled by etcd because its start revision was compacted away.
+    case compacted(revision: Int64)
+
+    public var description: String {
+        switch self {
+        case let .unreachable(m): return "etcd unreachable: \(m)"
+        case let .outcomeUnknown(m): return "etcd did not answer (outcome unknown, resolve through the checkpoint): \(m)"
+        case let .connectionLost(m): return "connection to etcd lost: \(m)"
+        case let .server(status, m): return "etcd refused the request (HTTP \(status)): \(m)"
+        case let .malformed(m): return "etcd's answer is not understood: \(m)"
+        case let .compacted(r): return "etcd compacted its history up to revision \(r)"
+        }
+    }
+}
+
+/// A key and its value as etcd holds them.
+public struct EtcdKV: Sendable, Equatable {
+    public var key: [UInt8]
+    public var value: [UInt8]
+    public var modRevision: Int64
+    public var createRevision: Int64
+
+    init(json: [String: Any]) throws {
+        key = try EtcdJSON.bytes(json["key"], "key")
+        value = try EtcdJSON.bytes(json["value"], "value", optional: true)
+        modRevision = EtcdJSON.int(json["mod_revision"])
+        createRevision = EtcdJSON.int(json["create_revision"])
+    }
+}
+
+/// A condition of a transaction.
+public enum EtcdCompare: Sendable {
+    /// The key holds exactly these bytes.
+    case value(key: [UInt8], equals: [UInt8])
+    /// The key does not exist.
+    case absent(key: [UInt8])
+
+    var json: [String: Any] {
+        switch self {
+        case let .value(key, v):
+            return ["key": EtcdJSON.b64(key), "target": "VALUE", "result": "EQUAL", "value": EtcdJSON.b64(v)]
+        case let .absent(key):
+            return ["key": EtcdJSON.b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"]
+        }
+    }
+}
+
+/// An operation of a transaction.
+public enum EtcdOp: Sendable {
+    case put(key: [UInt8], value: [UInt8])
+    /// Keys from `key` up to `end` excluded (nil: `key` alone); at most `limit` (0: all).
+    case range(key: [UInt8], end: [UInt8]?, limit: Int)
+    case deleteRange(key: [UInt8], end: [UInt8])
+
+    var json: [String: Any] {
+        switch self {
+        case let .put(key, value):
+            return ["request_put": ["key": EtcdJSON.b64(key), "value": EtcdJSON.b64(value)]]
+        case let .range(key, end, limit):
+            return ["request_range": Self.rangeBody(key: key, end: end, limit: limit)]
+        case let .deleteRange(key, end):
+            return ["request_delete_range": ["key": EtcdJSON.b64(key), "range_end": EtcdJSON.b64(end)]]
+        }
+    }
+
+    static func rangeBody(key: [UInt8], end: [UInt8]?, limit: Int) -> [String: Any] {
+        var r: [String: Any] = ["key": EtcdJSON.b64(key)]
+        if let end { r["range_end"] = EtcdJSON.b64(end) }
+        if limit > 0 { r["limit"] = "\(limit)" }
+        return r
+    }
+}
+
+/// What a transaction did.
+public struct EtcdTxnResult: Sendable {
+    public var succeeded: Bool
+    /// The store's revision after the transaction (its own, when it wrote).
+    public var revision: Int64
+    /// The keys each range operation of the branch taken found, in order (empty for puts
+    /// and deletes).
+    public var ranges: [[EtcdKV]]
+}
+
+/// One revision's changes seen by a watch: every event of one etcd transaction.
+public struct EtcdWatchEvent: Sendable {
+    public enum Kind: Sendable { case put, delete }
+    public var kind: Kind
+    public var kv: EtcdKV
+}
+
+/// A client of etcd's v3 API through its JSON gateway (`/v3/kv/txn`, `/v3/kv/range`,
+/// `/v3/watch`; keys and values base64). Each request opens a connection to the first of
+/// the URLs that accepts one; a request that was sent is never sent again by this client
+/// (its outcome may be unknown: the caller resolves it through what it compared).
+public final class EtcdClient: Sendable {
+    public struct Endpoint: Sendable, CustomStringConvertible {
+        public var host: String
+        public var port: Int
+        public var description: String { "http://\(host):\(port)" }
+    }
+
+    public let endpoints: [Endpoint]
+    /// How long a request may take before its outcome is taken as unknown.
+    public let timeout: Duration
+    /// The endpoint that answered last: tried first next time.
+    private let preferred = Mutex(0)
+
+    /// `urls`: `http://host:port` (or `host:port`) of the etcd members' client ports.
+    public init(urls: [String], timeout: Duration = .seconds(5)) throws {
+        endpoints = try urls.map(Self.parse)
+        guard !endpoints.isEmpty else { throw EtcdError.unreachable("no etcd URL given") }
+        self.timeout = timeout
+    }
+
+    /// Parses `http://host:port` or `host:port`.
+    public static func parse(_ url: String) throws -> Endpoint {
+        var s = Substring(url.trimmingCharacters(in: .whitespaces))
+        if s.hasPrefix("http://") { s = s.dropFirst(7) }
+        if s.hasPrefix("https://") { throw EtcdError.unreachable("\(url): TLS to etcd is not supported; give its plain http:// client URL on a trusted network") }
+        while s.hasSuffix("/") { s = s.dropLast() }
+        guard let colon = s.lastIndex(of: ":"), let port = Int(s[s.index(after: colon)...]), (1...65535).contains(port),
+              colon > s.startIndex else {
+            throw EtcdError.unreachable("'\(url)' is not an etcd client URL: give http://HOST:PORT, e.g. http://127.0.0.1:2379")
+        }
+        return Endpoint(host: String(s[..<colon]), port: port)
+    }
+
+    // MARK: requests
+
+    /// One transaction: if every compare holds, `success` runs, otherwise `failure`.
+    public func txn(compare: [EtcdCompare], success: [EtcdOp], failure: [EtcdOp]) async throws -> EtcdTxnResult {
+        let body: [String: Any] = ["compare": compare.map(\.json), "success": success.map(\.json), "failure": failure.map(\.json)]
+        let json = try await call("/v3/kv/txn", body)
+        let responses = json["responses"] as? [[String: Any]] ?? []
+        var ranges = [[EtcdKV]]()
+        for r in responses {
+            if let range = r["response_range"] as? [String: Any] {
+                ranges.append(try (range["kvs"] as? [[String: Any]] ?? []).map(EtcdKV.init(json:)))
+            } else {
+                ranges.append([])
+            }
+        }
+        return EtcdTxnResult(succeeded: json["succeeded"] as? Bool ?? false, revision: try Self.revision(json), ranges: ranges)
+    }
+
+    /// Keys from `key` up to `end` excluded (nil: `key` alone), at most `limit` (0: all),
+    /// and the store's revision they were read at.
+    public func range(_ key: [UInt8], end: [UInt8]? = nil, limit: Int = 0) async throws -> (kvs: [EtcdKV], revision: Int64) {
+        let json = try await call("/v3/kv/range", EtcdOp.rangeBody(key: key, end: end, limit: limit))
+        return (try (json["kvs"] as? [[String: Any]] ?? []).map(EtcdKV.init(json:)), try Self.revision(json))
+    }
+
+    /// Watches keys from `key` up to `end` excluded from `revision` on, calling `onEvents`
+    /// with the events of each revision in order, until `onEvents` returns false or the
+    /// watch breaks (throws: `.compacted` when `revision` is no longer in etcd's history).
+    public func watch(_ key: [UInt8], end: [UInt8], fromRevision revision: Int64,
+                      onEvents: @Sendable (_ revision: Int64, _ events: [EtcdWatchEvent]) async throws -> Bool) async throws {
+        let body: [String: Any] = ["create_request": ["key": EtcdJSON.b64(key), "range_end": EtcdJSON.b64(end),
+                                                      "start_revision": "\(revision)"]]
+        let (channel, endpoint) = try await connect()
+        var buffer = [UInt8]()
+        let status = try await EtcdHTTP.post(channel, host: endpoint.host, path: "/v3/watch", body: try EtcdJSON.encode(body)) { piece in
+            buffer += piece.readableBytesView
+            while let nl = buffer.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = Array(buffer[..<nl])
+                buffer.removeSubrange(...nl)
+                guard let object = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] else {
+                    throw EtcdError.malformed("watch message: \(String(decoding: line.prefix(200), as: UTF8.self))")
+                }
+                if let error = object["error"] as? [String: Any] {
+                    throw EtcdError.server(status: 200, message: error["message"] as? String ?? "\(error)")
+                }
+                guard let result = object["result"] as? [String: Any] else { continue }
+                if result["canceled"] as? Bool == true {
+                    let compacted = EtcdJSON.int(result["compact_revision"])
+                    if compacted > 0 { throw EtcdError.compacted(revision: compacted) }
+                    throw EtcdError.connectionLost("etcd cancelled the watch: \(result["cancel_reason"] as? String ?? "no reason given")")
+                }
+                let events = result["events"] as? [[String: Any]] ?? []
+                guard !events.isEmpty else { continue }
+                // One message may carry several revisions: hand them over one revision at a time.
+                var group = [EtcdWatchEvent]()
+                var groupRevision: Int64 = 0
+                for e in events {
+                    guard let kvJSON = e["kv"] as? [String: Any] else { throw EtcdError.malformed("watch event without kv") }
+                    let kv = try EtcdKV(json: kvJSON)
+                    if kv.modRevision != groupRevision, !group.isEmpty {
+                        if try await !onEvents(groupRevision, group) { return false }
+                        group = []
+                    }
+                    groupRevision = kv.modRevision
+                    group.append(EtcdWatchEvent(kind: e["type"] as? String == "DELETE" ? .delete : .put, kv: kv))
+                }
+                if try await !onEvents(groupRevision, group) { return false }
+            }
+            return true
+        }
+        guard status == .ok else { throw EtcdError.server(status: Int(status.code), message: "watch refused") }
+    }
+
+    // MARK: plumbing
+
+    /// Connects to the preferred endpoint, then the others in order.
+    private func connect() async throws -> (EtcdHTTP.Channel, Endpoint) {
+        let first = preferred.withLock { $0 }
+        var reasons = [String]()
+        for i in 0..<endpoints.count {
+            let n = (first + i) % endpoints.count
+            let e = endpoints[n]
+            do {
+                let c = try await EtcdHTTP.connect(host: e.host, port: e.port, timeout: .seconds(1))
+                preferred.withLock { $0 = n }
+                return (c, e)
+            } catch {
+                reasons.append("\(e): \(error)")
+            }
+        }
+        throw EtcdError.unreachable(reasons.joined(separator: "; "))
+    }
+
+    /// POSTs `body` to `path` on the first endpoint that accepts a connection, within the
+    /// client's timeout, and returns the answer's JSON object.
+    private func call(_ path: String, _ body: [String: Any]) async throws -> [String: Any] {
+        let bytes = try EtcdJSON.encode(body)
+        let (channel, endpoint) = try await connect()
+        let timeout = self.timeout
+        let (status, answer) = try await withThrowingTaskGroup(of: (HTTPStatusCode, [UInt8])?.self) { group in
+            group.addTask {
+                var answer = [UInt8]()
+                do {
+                    let status = try await EtcdHTTP.post(channel, host: endpoint.host, path: path, body: bytes) { piece in
+                        answer += piece.readableBytesView
+                        return true
+                    }
+                    return (HTTPStatusCode(status.code), answer)
+                } catch {
+                    throw EtcdError.outcomeUnknown("\(endpoint)\(path): \(error)")
+                }
+            }
+            group.addTask {
+                try await Task.sleep(for: timeout)
+                return nil
+            }
+            guard let first = try await group.next(), let done = first else {
+                group.cancelAll()
+                throw EtcdError.outcomeUnknown("\(endpoint)\(path): no answer within \(timeout) (no quorum, or the member is stuck)")
+            }
+            group.cancelAll()
+            return done
+        }
+        guard let object = try? JSONSerialization.jsonObject(with: Data(answer)) as? [String: Any] else {
+            throw EtcdError.malformed("\(endpoint)\(path) answered HTTP \(status) with \(String(decoding: answer.prefix(200), as: UTF8.self))")
+        }
+        guard status == 200 else {
+            let message = object["error"] as? String ?? object["message"] as? String ?? "\(object)"
+            throw EtcdError.server(status: Int(status), message: "\(endpoint)\(path): \(message)")
+        }
+        return object
+    }
+
+    static func revision(_ json: [String: Any]) throws -> Int64 {
+        guard let header = json["header"] as? [String: Any] else { throw EtcdError.malformed("an answer without header") }
+        return EtcdJSON.int(header["revision"])
+    }
+}
+
+typealias HTTPStatusCode = UInt
+
+/// The gateway's JSON: bytes are base64, 64-bit integers are strings, zero values are left out.
+enum EtcdJSON {
+    static func b64(_ bytes: [UInt8]) -> String { Data(bytes).base64EncodedString() }
+
+    static func bytes(_ any: Any?, _ what: String, optional: Bool = false) throws -> [UInt8] {
+        guard let s = any as? String else {
+            if any == nil && optional { return [] }
+            throw EtcdError.malformed("\(what) missing")
+        }
+        guard let d = Data(base64Encoded: s) else { throw EtcdError.malformed("\(what) is not base64") }
+        return Array(d)
+    }
+
+    static func int(_ any: Any?) -> Int64 {
+        if let s = any as? String { return Int64(s) ?? 0 }
+        if let n = any as? NSNumber { return n.int64Value }
+        return 0
+    }
+
+    static func encode(_ object: [String: Any]) throws -> [UInt8] {
+        Array(try JSONSerialization.data(withJSONObject: object))
+    }
+}
+
+/// The key just after every key starting with `prefix` (etcd's range end for a prefix).
+public func etcdPrefixEnd(_ prefix: [UInt8]) -> [UInt8] {
+    var end = prefix
+    while let last = end.last {
+        if last < 0xFF {
+            end[end.count - 1] = last + 1
+            return end
+        }
+        end.removeLast()
+    }
+    return [0]
+}

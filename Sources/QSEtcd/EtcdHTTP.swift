@@ -1,0 +1,47 @@
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+
+/// One HTTP/1.1 exchange with an etcd member's JSON gateway: a POST with a JSON body, the
+/// answer's status and body delivered as it arrives (a watch is an answer that does not end).
+enum EtcdHTTP {
+    typealias Channel = NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
+
+    /// Connects to `host:port` (refused or unreachable: throws before anything was sent).
+    static func connect(host: String, port: Int, timeout: TimeAmount) async throws -> Channel {
+        try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connectTimeout(timeout)
+            .channelOption(.tcpOption(.tcp_nodelay), value: 1)
+            .connect(host: host, port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    return try Channel(wrappingChannelSynchronously: channel)
+                }
+            }
+    }
+
+    /// Sends one POST of `body` to `path` and calls `onBody` with each piece of the answer's
+    /// body; returns the status once the answer ends (or `onBody` returns false).
+    static func post(_ channel: Channel, host: String, path: String, body: [UInt8],
+                     onBody: (ByteBuffer) async throws -> Bool) async throws -> HTTPResponseStatus {
+        try await channel.executeThenClose { inbound, outbound in
+            var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path)
+            head.headers.add(name: "Host", value: host)
+            head.headers.add(name: "Content-Type", value: "application/json")
+            head.headers.add(name: "Content-Length", value: "\(body.count)")
+            head.headers.add(name: "Connection", value: "close")
+            try await outbound.write(.head(head))
+            try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body))))
+            try await outbound.write(.end(nil))
+            var status = HTTPResponseStatus.ok
+            for try await part in inbound {
+                switch part {
+                case let .head(h): status = h.status
+                case let .body(b): if try await !onBody(b) { return status }
+                case .end: return status
+                }
+            }
+            throw EtcdError.connectionLost("the answer ended before it was complete")
+        }
+    }
+}

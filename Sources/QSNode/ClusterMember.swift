@@ -1,0 +1,378 @@
+import Logging
+import Metrics
+import QSBytes
+import QSEtcd
+import QSModel
+import QSNet
+import QSStore
+import ServiceLifecycle
+import Synchronization
+
+/// The keys a root cluster keeps in etcd, all under `/qs/NAME/` (docs/ha.md).
+public struct ClusterKeys: Sendable {
+    public let prefix: [UInt8]
+
+    public init(cluster: String) {
+        prefix = Array("/qs/\(cluster)/".utf8)
+    }
+
+    public var head: [UInt8] { prefix + Array("head".utf8) }
+    public var logPrefix: [UInt8] { prefix + Array("log/".utf8) }
+    public var checkpointPrefix: [UInt8] { prefix + Array("cp/".utf8) }
+    public var appliedPrefix: [UInt8] { prefix + Array("applied/".utf8) }
+
+    /// `log/` and the index in 16 lower-case hex digits, so keys sort by index.
+    public func log(_ index: UInt64) -> [UInt8] {
+        let hex = String(index, radix: 16)
+        return logPrefix + Array((String(repeating: "0", count: max(0, 16 - hex.count)) + hex).utf8)
+    }
+
+    public func checkpoint(_ sourceID: String) -> [UInt8] { checkpointPrefix + Array(sourceID.utf8) }
+    public func applied(_ nodeID: String) -> [UInt8] { appliedPrefix + Array(nodeID.utf8) }
+
+    /// The index of a `log/` key, nil for any other key.
+    func logIndex(_ key: [UInt8]) -> UInt64? {
+        guard key.count == logPrefix.count + 16, key.starts(with: logPrefix) else { return nil }
+        return UInt64(String(decoding: key[logPrefix.count...], as: UTF8.self), radix: 16)
+    }
+
+    /// The source id of a `cp/` key, nil for any other key.
+    func sourceID(_ key: [UInt8]) -> String? {
+        guard key.count > checkpointPrefix.count, key.starts(with: checkpointPrefix) else { return nil }
+        return String(decoding: key[checkpointPrefix.count...], as: UTF8.self)
+    }
+
+    /// A stored log value (`hash(32) ‖ entry bytes`) as an entry.
+    func entry(index: UInt64, value: [UInt8]) throws -> StoredEntry {
+        guard value.count > 32 else { throw ClusterError.corrupt("log entry \(index) in etcd is \(value.count) bytes, shorter than its hash") }
+        return StoredEntry(index: index, hash: Array(value[..<32]), bytes: Array(value[32...]))
+    }
+
+    static func u64(_ bytes: [UInt8], _ what: String) throws -> UInt64 {
+        guard bytes.count == 8 else { throw ClusterError.corrupt("\(what) in etcd is \(bytes.count) bytes, expected 8") }
+        return bytes.reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
+    static func u64Bytes(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (56 - 8 * $0)) } }
+
+    static func head(_ bytes: [UInt8]) throws -> Head {
+        var r = ByteReader(bytes)
+        do {
+            return Head(index: try r.readU64(), hash: try r.readBytes(32), commitTimeNs: try r.readU64())
+        } catch {
+            throw ClusterError.corrupt("the head in etcd does not decode: \(error)")
+        }
+    }
+}
+
+/// Why a member cannot commit or apply.
+public enum ClusterError: Error, Sendable, CustomStringConvertible {
+    case corrupt(String)
+    /// This member's store holds another history than the cluster's log.
+    case diverged(String)
+    /// This member is behind the log etcd retains: it must catch up from a snapshot.
+    case behind(String)
+    /// Committed in etcd, but this member has not applied it in time.
+    case notApplied(String)
+
+    public var description: String {
+        switch self {
+        case let .corrupt(m): return "corrupt cluster state: \(m)"
+        case let .diverged(m): return "diverged: \(m)"
+        case let .behind(m): return "behind the cluster's retained log: \(m)"
+        case let .notApplied(m): return m
+        }
+    }
+}
+
+/// One member of a root cluster (`qsnode --role root --etcd … --cluster NAME`): commits
+/// batches through one etcd transaction each, and — as a service — applies the cluster's
+/// committed log from etcd into its store in order (docs/ha.md). While it runs, it is the
+/// only writer of the store's log.
+public final class ClusterMember: Service, Sendable {
+    public let etcd: EtcdClient
+    public let keys: ClusterKeys
+    let store: Store
+    /// Wakes the member's subscription streams when entries are applied.
+    let watcher: LogWatcher
+    let nodeID: String
+    /// `log/` keys kept in etcd behind the head (and behind every member's applied index).
+    let window: UInt64
+    let logger: Logger
+
+    /// The etcd revision applied into the store; batches wait for their own.
+    private let appliedRevision = Mutex<Int64>(0)
+    private let revisionWatcher = LogWatcher()
+    /// Whether the applier follows etcd (watch open) and why not.
+    private let state = Mutex<(following: Bool, detail: String)>((false, "starting"))
+
+    let commits: Counter
+    let commitRetries: Counter
+    let etcdErrors: Counter
+    let commitSeconds: Metrics.Timer
+    let appliedIndex: Gauge
+
+    public init(etcd: EtcdClient, cluster: String, store: Store, watcher: LogWatcher, nodeID: String,
+                window: UInt64, logger: Logger, factory: any MetricsFactory = MetricsSystem.factory) {
+        self.etcd = etcd
+        keys = ClusterKeys(cluster: cluster)
+        self.store = store
+        self.watcher = watcher
+        self.nodeID = nodeID
+        self.window = window
+        self.logger = logger
+        commits = Counter(label: "qs_cluster_commits_total", factory: factory)
+        commitRetries = Counter(label: "qs_cluster_commit_retries_total", factory: factory)
+        etcdErrors = Counter(label: "qs_cluster_etcd_errors_total", factory: factory)
+        commitSeconds = Metrics.Timer(label: "qs_cluster_commit_seconds", preferredDisplayUnit: .seconds, factory: factory)
+        appliedIndex = Gauge(label: "qs_cluster_applied_index", factory: factory)
+    }
+
+    /// Whether etcd committed this member's last `applied/` write (every 2 s): a watch can
+    /// stay open on an etcd member that lost its quorum, this cannot.
+    private let quorum = Mutex<String?>(nil)
+
+    /// Whether the member follows the cluster's log and etcd has a quorum, for `/readyz`.
+    public var status: (following: Bool, detail: String) {
+        let s = state.withLock { $0 }
+        guard s.following, let lost = quorum.withLock({ $0 }) else { return s }
+        return (false, "etcd did not commit this member's last write (no quorum?): \(lost)")
+    }
+
+    public var revision: Int64 { appliedRevision.withLock { $0 } }
+
+    // MARK: committing
+
+    /// Commits a batch through one etcd transaction (compare the source's checkpoint and
+    /// the head the entry was prepared at; store the entry, the head and the checkpoint),
+    /// then waits until this member has applied it. Throws when etcd does not commit or
+    /// answer (`EtcdError`: the outcome may be unknown; the checkpoint resolves it).
+    public func commit(sourceID: String, expected: UInt64, new: UInt64, operations: [Mutation]) async throws -> BatchOutcome {
+        let start = ContinuousClock.now
+        let cpKey = keys.checkpoint(sourceID)
+        // Each round waits for the revision that beat it; a member that keeps losing to
+        // others says so rather than spinning.
+        for _ in 0..<1000 {
+            try Task.checkCancellation()
+            let p = try await store.prepareBatch(sourceID: sourceID, expected: expected, new: new, operations: operations)
+            guard case let .applied(index, kept, dropped) = p.outcome else {
+                // The local checkpoint differs: etcd's is the truth (this member may lag).
+                let (kvs, _) = try await counted { try await self.etcd.range(cpKey) }
+                let current = try kvs.first.map { try ClusterKeys.u64($0.value, "checkpoint") } ?? 0
+                if current != expected { return .conflict(current: current) }
+                try await waitApplied(kvs.first?.modRevision ?? 0)
+                commitRetries.increment()
+                continue
+            }
+            var success: [EtcdOp] = [.put(key: cpKey, value: ClusterKeys.u64Bytes(new))]
+            if let e = p.entry {
+                success = [.put(key: keys.log(e.index), value: e.hash + e.bytes), .put(key: keys.head, value: p.head.encoded())] + success
+            }
+            let compare: [EtcdCompare] = [
+                expected == 0 ? .absent(key: cpKey) : .value(key: cpKey, equals: ClusterKeys.u64Bytes(expected)),
+                p.base.index == 0 ? .absent(key: keys.head) : .value(key: keys.head, equals: p.base.encoded()),
+            ]
+            let r = try await counted {
+                try await self.etcd.txn(compare: compare, success: success,
+                                        failure: [.range(key: cpKey, end: nil, limit: 1), .range(key: self.keys.head, end: nil, limit: 1)])
+            }
+            if r.succeeded {
+                commits.increment()
+                do {
+                    try await waitApplied(r.revision)
+                } catch {
+                    throw ClusterError.notApplied("committed in etcd at revision \(r.revision) but not applied by this member within \(etcd.timeout): \(error); ask for the checkpoint to go on")
+                }
+                commitSeconds.recordSeconds((ContinuousClock.now - start).seconds)
+                return .applied(logIndex: index, kept: kept, dropped: dropped)
+            }
+            let cp = r.ranges.first?.first, head = r.ranges.count > 1 ? r.ranges[1].first : nil
+            let current = try cp.map { try ClusterKeys.u64($0.value, "checkpoint") } ?? 0
+            if current != expected { return .conflict(current: current) }
+            // Another member committed first: apply its entry, then prepare again at the new head.
+            commitRetries.increment()
+            try await waitApplied(max(cp?.modRevision ?? 0, head?.modRevision ?? 0))
+        }
+        throw ClusterError.notApplied("the batch lost 1000 rounds to other members' commits; nothing of it was committed: retry")
+    }
+
+    /// The source's checkpoint as etcd holds it (a member may lag behind it).
+    public func checkpoint(sourceID: String) async throws -> UInt64? {
+        let (kvs, _) = try await counted { try await self.etcd.range(self.keys.checkpoint(sourceID)) }
+        return try kvs.first.map { try ClusterKeys.u64($0.value, "checkpoint") }
+    }
+
+    private func counted<T>(_ body: () async throws -> T) async throws -> T {
+        do { return try await body() } catch let e as EtcdError {
+            etcdErrors.increment()
+            throw e
+        }
+    }
+
+    /// Returns once the store has applied etcd revision `revision`; throws after the etcd
+    /// timeout.
+    func waitApplied(_ revision: Int64) async throws {
+        let (id, stream, _) = revisionWatcher.subscribe()
+        defer { revisionWatcher.unsubscribe(id) }
+        if self.revision >= revision { return }
+        let timeout = etcd.timeout
+        let done = await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                for await _ in stream where self.revision >= revision { return true }
+                return false
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return false
+            }
+            let first = await group.next() ?? false
+            group.cancelAll()
+            return first
+        }
+        guard done else {
+            throw ClusterError.notApplied("this member has applied etcd revision \(self.revision), not \(revision), within \(timeout): its applier is behind or not following (\(status.detail))")
+        }
+    }
+
+    private func noteApplied(_ revision: Int64, head: Head?) {
+        appliedRevision.withLock { $0 = max($0, revision) }
+        revisionWatcher.publish()
+        if let head {
+            appliedIndex.record(Double(head.index))
+            watcher.publish()
+        }
+    }
+
+    // MARK: applying
+
+    public func run() async throws {
+        await cancelWhenGracefulShutdown {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await self.applyUntilCancelled() }
+                group.addTask { await self.compactUntilCancelled() }
+            }
+        }
+    }
+
+    private func applyUntilCancelled() async {
+        while !Task.isCancelled {
+            do {
+                let revision = try await catchUp()
+                state.withLock { $0 = (true, "following the cluster's log from etcd revision \(revision)") }
+                try await follow(from: revision + 1)
+            } catch is CancellationError {
+                return
+            } catch let error as ClusterError {
+                state.withLock { $0 = (false, "\(error)") }
+                logger.critical("cluster member cannot apply the cluster's log: it serves what it has and takes no writes",
+                                metadata: ["error": "\(error)"])
+                if case .corrupt = error {} else { return }
+            } catch {
+                if Task.isCancelled { return }
+                etcdErrors.increment()
+                state.withLock { $0 = (false, "not following etcd: \(error)") }
+                logger.warning("cluster log: lost etcd, catching up again", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: .milliseconds(500))
+        }
+    }
+
+    /// Reads what the store lacks by range (head, checkpoints and log entries at one
+    /// revision) and applies it; returns the revision the store then stands at.
+    func catchUp() async throws -> Int64 {
+        while true {
+            let local = try await store.head()
+            let r = try await etcd.txn(compare: [], success: [
+                .range(key: keys.head, end: nil, limit: 1),
+                .range(key: keys.checkpointPrefix, end: etcdPrefixEnd(keys.checkpointPrefix), limit: 0),
+                .range(key: keys.log(local.index + 1), end: etcdPrefixEnd(keys.logPrefix), limit: 1000),
+            ], failure: [])
+            guard r.ranges.count == 3 else { throw EtcdError.malformed("catch-up read: \(r.ranges.count) answers, expected 3") }
+            let clusterHead = try r.ranges[0].first.map { try ClusterKeys.head($0.value) } ?? .empty
+            if clusterHead.index < local.index || (clusterHead.index == local.index && clusterHead.hash != local.hash) {
+                throw ClusterError.diverged("this member's store stands at index \(local.index) (hash \(hexString(local.hash))), the cluster's head is \(clusterHead.index) (hash \(hexString(clusterHead.hash))): start the member on an empty --data, or on a copy of a member's")
+            }
+            let entries = try r.ranges[2].compactMap { kv in try keys.logIndex(kv.key).map { try keys.entry(index: $0, value: kv.value) } }
+            if let first = entries.first, first.index != local.index + 1 {
+                throw ClusterError.behind("this member stands at index \(local.index), etcd keeps entries from \(first.index) on: catch up from a member's snapshot (docs/ha.md)")
+            }
+            if entries.isEmpty && clusterHead.index > local.index {
+                throw ClusterError.behind("this member stands at index \(local.index), the cluster's head is \(clusterHead.index) and etcd keeps no entry after it: catch up from a member's snapshot (docs/ha.md)")
+            }
+            let complete = (entries.last?.index ?? local.index) >= clusterHead.index
+            var checkpoints = [String: UInt64]()
+            if complete {
+                for kv in r.ranges[1] { if let sid = keys.sourceID(kv.key) { checkpoints[sid] = try ClusterKeys.u64(kv.value, "checkpoint of \(sid)") } }
+            }
+            let head = try await applyCommitted(entries, checkpoints)
+            if complete {
+                noteApplied(r.revision, head: head)
+                logger.info("cluster log caught up", metadata: ["head-index": "\(head.index)", "revision": "\(r.revision)"])
+                return r.revision
+            }
+        }
+    }
+
+    /// Applies each revision the watch delivers in one store transaction, in order.
+    func follow(from revision: Int64) async throws {
+        try await etcd.watch(keys.prefix, end: etcdPrefixEnd(keys.prefix), fromRevision: revision) { rev, events in
+            var entries = [StoredEntry]()
+            var checkpoints = [String: UInt64]()
+            for e in events where e.kind == .put {
+                if let i = self.keys.logIndex(e.kv.key) {
+                    entries.append(try self.keys.entry(index: i, value: e.kv.value))
+                } else if let sid = self.keys.sourceID(e.kv.key) {
+                    checkpoints[sid] = try ClusterKeys.u64(e.kv.value, "checkpoint of \(sid)")
+                }
+            }
+            entries.sort { $0.index < $1.index }
+            if entries.isEmpty && checkpoints.isEmpty {
+                self.noteApplied(rev, head: nil)
+            } else {
+                self.noteApplied(rev, head: try await self.applyCommitted(entries, checkpoints))
+            }
+            return !Task.isCancelled
+        }
+    }
+
+    private func applyCommitted(_ entries: [StoredEntry], _ checkpoints: [String: UInt64]) async throws -> Head {
+        do {
+            return try await store.applyCommitted(entries: entries, checkpoints: checkpoints)
+        } catch let e as AppendError {
+            if case .notNext = e { throw ClusterError.behind("\(e)") }
+            throw ClusterError.diverged("\(e)")
+        }
+    }
+
+    // MARK: compaction
+
+    /// Every few seconds: says how far this member has applied, and deletes the `log/`
+    /// keys every member has applied and that are older than the window.
+    private func compactUntilCancelled() async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(2))
+            guard state.withLock({ $0.following }) else { continue }
+            do {
+                let local = try await store.head()
+                let r = try await etcd.txn(compare: [], success: [
+                    .put(key: keys.applied(nodeID), value: ClusterKeys.u64Bytes(local.index)),
+                    .range(key: keys.appliedPrefix, end: etcdPrefixEnd(keys.appliedPrefix), limit: 0),
+                    .range(key: keys.head, end: nil, limit: 1),
+                ], failure: [])
+                quorum.withLock { $0 = nil }
+                guard r.ranges.count == 3, let headKV = r.ranges[2].first else { continue }
+                let clusterHead = try ClusterKeys.head(headKV.value)
+                let lowest = try r.ranges[1].map { try ClusterKeys.u64($0.value, "applied index") }.min() ?? local.index
+                let keepFrom = min(lowest + 1, clusterHead.index > window ? clusterHead.index - window + 1 : 1)
+                if keepFrom > 1 {
+                    _ = try await etcd.txn(compare: [], success: [.deleteRange(key: keys.log(0), end: keys.log(keepFrom))], failure: [])
+                }
+            } catch let error as EtcdError {
+                quorum.withLock { $0 = "\(error)" }
+                logger.warning("etcd did not commit this member's applied index", metadata: ["error": "\(error)"])
+            } catch {
+                logger.debug("cluster log compaction skipped", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+}

@@ -1,0 +1,114 @@
+import Foundation
+
+/// A real etcd cluster (Debian's `etcd-server`, 3.4) of `size` members on loopback, for
+/// root cluster tests. etcd cannot listen on port 0 and report its port, so its ports are
+/// chosen before it starts: the kernel hands out `2 × size` distinct free ports (every
+/// socket bound to port 0 and held until all are known, then closed). Another process could
+/// take one in the moment between the close and etcd's bind; etcd then exits with "address
+/// already in use", which `start` reports in its error with the member's log, rather than
+/// hiding it behind a retry.
+public final class EtcdCluster: @unchecked Sendable {
+    public struct Member {
+        public let name: String
+        public let clientPort: Int
+        public let peerPort: Int
+        public let data: URL
+        public var clientURL: String { "http://127.0.0.1:\(clientPort)" }
+        public var peerURL: String { "http://127.0.0.1:\(peerPort)" }
+    }
+
+    public let members: [Member]
+    public private(set) var processes: [DaemonProcess?]
+    let logDir: URL
+    let initialCluster: String
+
+    /// The members' client URLs, comma separated (qsnode's `--etcd`).
+    public var urls: String { members.map(\.clientURL).joined(separator: ",") }
+
+    public static var binary: String { ProcessInfo.processInfo.environment["QS_ETCD_BIN"] ?? "/usr/bin/etcd" }
+    public static var isInstalled: Bool { FileManager.default.isExecutableFile(atPath: binary) }
+
+    /// Starts `size` members in `dir` and waits until the cluster has a leader.
+    public init(size: Int = 3, dir: URL, logDir: URL) throws {
+        let ports = try Self.freePorts(2 * size)
+        members = (0..<size).map { i in
+            Member(name: "e\(i)", clientPort: ports[2 * i], peerPort: ports[2 * i + 1], data: dir.appendingPathComponent("etcd\(i)"))
+        }
+        initialCluster = members.map { "\($0.name)=\($0.peerURL)" }.joined(separator: ",")
+        self.logDir = logDir
+        processes = Array(repeating: nil, count: size)
+        for i in 0..<size { try start(i, wait: false) }
+        guard Harness.waitUntil(timeout: .seconds(30), pollEvery: .milliseconds(50), { leader() != nil }) else {
+            throw HarnessError("etcd elected no leader within 30 s:\n" + processes.compactMap { $0.map { "\($0.name): \($0.log.suffix(2000))" } }.joined(separator: "\n"))
+        }
+    }
+
+    /// Starts member `i` (again, on its data directory: a restart rejoins with its data).
+    public func start(_ i: Int, wait: Bool = true) throws {
+        let m = members[i]
+        let args = [
+            "--name", m.name, "--data-dir", m.data.path,
+            "--listen-client-urls", m.clientURL, "--advertise-client-urls", m.clientURL,
+            "--listen-peer-urls", m.peerURL, "--initial-advertise-peer-urls", m.peerURL,
+            "--initial-cluster", initialCluster, "--initial-cluster-state", "new",
+            "--initial-cluster-token", "qs-test-\(members[0].peerPort)",
+            // Fast elections on loopback: the leader's death is noticed in half a second.
+            "--heartbeat-interval", "50", "--election-timeout", "500",
+            "--auto-compaction-mode", "revision", "--auto-compaction-retention", "1000",
+            "--log-level", "warn",
+        ]
+        let binary = URL(fileURLWithPath: Self.binary)
+        let p = try DaemonProcess(binary.lastPathComponent, args, logDir: logDir, binDir: binary.deletingLastPathComponent())
+        processes[i] = p
+        guard wait else { return }
+        guard Harness.waitUntil(timeout: .seconds(20), { Harness.isListening(port: m.clientPort) || !p.isRunning }), p.isRunning else {
+            throw HarnessError("etcd member \(m.name) did not start on \(m.clientURL) (a port taken meanwhile?):\n\(p.log.suffix(3000))")
+        }
+    }
+
+    /// SIGKILLs member `i`.
+    public func kill(_ i: Int) throws {
+        guard let p = processes[i] else { return }
+        _ = try p.stop(signal: SIGKILL)
+        processes[i] = nil
+    }
+
+    /// The index of the member that is the leader, as a running member says; nil when none
+    /// answers or they have none.
+    public func leader() -> Int? {
+        for (i, m) in members.enumerated() where processes[i]?.isRunning == true {
+            guard let status = Self.post(port: m.clientPort, path: "/v3/maintenance/status", body: "{}"),
+                  let leader = status["leader"] as? String, leader != "0" else { continue }
+            for (j, other) in members.enumerated() where processes[j]?.isRunning == true {
+                if let s = Self.post(port: other.clientPort, path: "/v3/maintenance/status", body: "{}"),
+                   let header = s["header"] as? [String: Any], header["member_id"] as? String == leader {
+                    return j
+                }
+            }
+        }
+        return nil
+    }
+
+    /// Stops every member.
+    public func stop() {
+        for i in processes.indices { try? kill(i) }
+    }
+
+    deinit { stop() }
+
+    /// A POST to the JSON gateway of the member on `port` (through curl, which the project's
+    /// machines have), its JSON answer; nil when it does not answer.
+    static func post(port: Int, path: String, body: String) -> [String: Any]? {
+        guard let r = try? Harness.run("/usr/bin/curl", ["-s", "-m", "2", "-X", "POST", "http://127.0.0.1:\(port)\(path)", "-d", body]),
+              r.status == 0 else { return nil }
+        return (try? JSONSerialization.jsonObject(with: r.stdout)) as? [String: Any]
+    }
+
+    /// `n` distinct loopback ports free right now: each bound to port 0 by the kernel and held
+    /// until all are known.
+    static func freePorts(_ n: Int) throws -> [Int] {
+        let held = try (0..<n).map { _ in try RefusingPort() }
+        defer { held.forEach { $0.close() } }
+        return held.map(\.port)
+    }
+}
