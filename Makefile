@@ -39,6 +39,7 @@ interop-deps:
 test: deps interop-deps
 	$(SWIFT) build --build-tests
 	SWIFT=$(SWIFT) ./scripts/swift-test.sh
+	.build/debug/qsfuzz seeds Fixtures .fuzz/seeds >/dev/null && .build/debug/qsfuzz mutate .fuzz/seeds 3000
 	QS_BIN_DIR=.build/debug $(PYTHON) -m pytest -q Tests/interop Tests/deploy
 	./scripts/replay.sh .build/debug Fixtures/kt/basic 0=,1=aux/
 	./scripts/replay.sh .build/debug Fixtures/kt/medium 0=main/,1=aux/ --allow-clear

@@ -42,8 +42,10 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
 #else
 
 /// Without the fuzzer: `qsfuzz list`, `qsfuzz run TARGET FILE…` (replays inputs, e.g. a
-/// crash the fuzzer saved, through a target) and `qsfuzz seeds FIXTURES OUT` (writes the
-/// seed corpus of every target from the recorded fixtures).
+/// crash the fuzzer saved, through a target), `qsfuzz seeds FIXTURES OUT` (writes the
+/// seed corpus of every target from the recorded fixtures) and `qsfuzz mutate SEEDS RUNS`
+/// (every target, RUNS inputs mutated from its seeds with a fixed random sequence: the
+/// ordinary build's short, repeatable fuzz run that `make test` does).
 @main
 enum QSFuzz {
     static func main() {
@@ -58,6 +60,12 @@ enum QSFuzz {
                 target.run([UInt8](data))
             }
             print("\(target.rawValue): \(args.count - 2) inputs, no failure")
+        case "mutate" where args.count == 3:
+            guard let runs = Int(args[2]), runs > 0 else { usage("mutate: RUNS must be a positive number, not '\(args[2])'") }
+            for t in FuzzTarget.allCases {
+                let n = Mutator.run(t, seedDirectory: args[1] + "/" + t.rawValue, runs: runs)
+                print("\(t.rawValue): \(n) mutated inputs, no failure")
+            }
         case "seeds" where args.count == 3:
             do {
                 let counts = try Seeds(fixtures: args[1]).write(to: args[2])
@@ -73,7 +81,7 @@ enum QSFuzz {
     static func usage(_ problem: String?) -> Never {
         if let problem { FileHandle.standardError.write(Data("qsfuzz: \(problem)\n".utf8)) }
         FileHandle.standardError.write(Data("""
-            usage: qsfuzz list | run TARGET FILE... | seeds FIXTURES_DIR OUT_DIR
+            usage: qsfuzz list | run TARGET FILE... | seeds FIXTURES_DIR OUT_DIR | mutate SEEDS_DIR RUNS
             The fuzzing build (make fuzz) runs a target with QS_FUZZ_TARGET=TARGET; see docs/reliability.md.
 
             """.utf8))
