@@ -254,16 +254,10 @@ public actor RootWriter {
         try await perform("get-checkpoint") { try await $0.checkpoint(sourceID: sourceID) }
     }
 
+    /// A compare-and-swap batch: `applied` or `conflict` (a batch without a copy cursor
+    /// also ends the source's initial copy, if any).
     public func batch(sourceID: String, expected: UInt64, new: UInt64, operations: [Mutation]) async throws -> Response {
-        let request = Request.batch(.init(token: token, sourceID: sourceID, expected: expected, new: new, operations: operations))
-        return try await perform("batch") { client in
-            let r = try await client.send(request, timeout: Self.callTimeout)
-            switch r {
-            case .applied, .conflict: return r
-            case let .error(code, message): throw ClientError.server(code: code, message: message)
-            default: throw ClientError.unexpected("\(r)")
-            }
-        }
+        try await copyBatch(sourceID: sourceID, expected: expected, new: new, operations: operations, copyCursor: nil)
     }
 
     /// Conditional writes with compare-and-swap on `sourceID`'s position (qsrest): the
