@@ -320,10 +320,11 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // A root cluster on a real etcd cluster: members, a bridge, a replica, etcd's leader killed.
+        // A root cluster on a real etcd cluster: members, bridges failing over between them, a replica, etcd's leader
+        // killed, a member behind etcd's window, a member partitioned from etcd.
         .testTarget(
             name: "ClusterTests",
-            dependencies: ["QSClient", "QSModel", "QSTesting"],
+            dependencies: ["QSClient", "QSModel", "QSTesting", "QSWire"],
             swiftSettings: swiftSettings
         ),
         // qsrest: the ACL, conditional writes at the store, quotas; qsrest as a process with

@@ -6,8 +6,8 @@ import QSNet
 
 /// The options every bridge shares: where the root is, which checkpoint, how to batch.
 public struct BridgeOptions: ParsableArguments, Sendable {
-    @Option(help: ArgumentHelp("The QS root's write address, HOST:PORT or unix:PATH. (env: QS_ROOT)", valueName: "host:port"))
-    public var root: Address = QSEnv.value("QS_ROOT", Address(.tcp(host: "127.0.0.1", port: 7400)))
+    @Option(help: ArgumentHelp("The QS root's write address, HOST:PORT or unix:PATH, or several separated by commas (a root cluster's members, or a root and the one it is cut over to): one is written to, the next taken when it is unreachable, fails, takes no writes or is stale. (env: QS_ROOT)", valueName: "host:port[,…]"))
+    public var root: AddressList = QSEnv.value("QS_ROOT", AddressList(.tcp(host: "127.0.0.1", port: 7400)))
 
     @Option(help: ArgumentHelp("Checkpoint name at the root; bridges of one source share it. Default: derived from the source. (env: QS_SOURCE_ID)", valueName: "id"))
     public var sourceID: String = QSEnv.string("QS_SOURCE_ID") ?? ""
@@ -47,13 +47,11 @@ public struct BridgeOptions: ParsableArguments, Sendable {
         try TokenFile.optional(writeTokenFile, flag: "--write-token-file") ?? []
     }
 
-    public var rootEndpoint: Endpoint { root.endpoint }
-
-    /// The bridge's writer to `--root`, introducing itself as `client` (what it is and reads,
+    /// The bridge's writer to `--root` (failing over along its list), introducing itself as `client` (what it is and reads,
     /// shown in the root's status); a refused token stops it at start-up naming its file.
     public func rootWriter(client: String, logger: Logger, metrics: FeedMetrics) throws -> RootWriter {
         let origin = writeTokenFile.isEmpty ? "an empty write token (no --write-token-file)" : "the token in --write-token-file \(writeTokenFile)"
-        return RootWriter(endpoint: rootEndpoint, token: try token(), logger: logger, metrics: metrics, client: client, tokenOrigin: origin)
+        return RootWriter(endpoints: root.endpoints, token: try token(), logger: logger, metrics: metrics, client: client, tokenOrigin: origin)
     }
 }
 

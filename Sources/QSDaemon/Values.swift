@@ -97,6 +97,9 @@ public struct AddressList: ExpressibleByArgument, DescribedArgument, Sendable, E
         endpoints = list
     }
 
+    /// A default given in code.
+    public init(_ endpoints: Endpoint...) { self.endpoints = endpoints }
+
     public static let expectation = "HOST:PORT[,HOST:PORT…]"
     public var description: String { endpoints.map(\.description).joined(separator: ",") }
     public var defaultValueDescription: String { description }

@@ -64,6 +64,8 @@ public enum EtcdCompare: Sendable {
 /// An operation of a transaction.
 public enum EtcdOp: Sendable {
     case put(key: [UInt8], value: [UInt8])
+    /// A put whose key lives only as long as lease `lease` (`EtcdClient.grantLease`).
+    case putLeased(key: [UInt8], value: [UInt8], lease: Int64)
     /// Keys from `key` up to `end` excluded (nil: `key` alone); at most `limit` (0: all).
     case range(key: [UInt8], end: [UInt8]?, limit: Int)
     case deleteRange(key: [UInt8], end: [UInt8])
@@ -72,6 +74,8 @@ public enum EtcdOp: Sendable {
         switch self {
         case let .put(key, value):
             return ["request_put": ["key": EtcdJSON.b64(key), "value": EtcdJSON.b64(value)]]
+        case let .putLeased(key, value, lease):
+            return ["request_put": ["key": EtcdJSON.b64(key), "value": EtcdJSON.b64(value), "lease": "\(lease)"]]
         case let .range(key, end, limit):
             return ["request_range": Self.rangeBody(key: key, end: end, limit: limit)]
         case let .deleteRange(key, end):
@@ -157,6 +161,15 @@ public final class EtcdClient: Sendable {
             }
         }
         return EtcdTxnResult(succeeded: json["succeeded"] as? Bool ?? false, revision: try Self.revision(json), ranges: ranges)
+    }
+
+    /// A new lease of `ttl` (whole seconds, at least 1): keys put with it are deleted by
+    /// etcd once it expires. Returns its id.
+    public func grantLease(ttl: Duration) async throws -> Int64 {
+        let json = try await call("/v3/lease/grant", ["TTL": "\(max(1, ttl.components.seconds))"])
+        let id = EtcdJSON.int(json["ID"])
+        guard id != 0 else { throw EtcdError.malformed("lease grant answered without an ID: \(json)") }
+        return id
     }
 
     /// Keys from `key` up to `end` excluded (nil: `key` alone), at most `limit` (0: all),

@@ -18,6 +18,12 @@ public struct FeedMetrics: Sendable {
     public let pendingChanges = Gauge(label: "qs_bridge_pending_changes")
     public let rootConnected = Gauge(label: "qs_bridge_root_connected")
     public let oversizedSkipped = Counter(label: "qs_bridge_oversized_skipped_total")
+    public let failovers = Counter(label: "qs_bridge_root_failovers_total")
+
+    /// 1 for the root address in use, 0 for the others of `--root A,B,…`.
+    func rootInUse(address: String) -> Gauge {
+        Gauge(label: "qs_bridge_root_in_use", dimensions: [("address", address)])
+    }
 
     public init() {}
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import NIOCore
 import QSClient
 import QSNet
@@ -33,33 +34,59 @@ public struct RootRefusal: Error, Sendable, CustomStringConvertible {
 /// The bridge's side of the root: one connection, re-made with capped backoff whenever
 /// it fails, for as long as the task is not cancelled.
 ///
+/// The root may be given as several addresses (`--root A,B,C`: the members of a root
+/// cluster, or a legacy root and the root it is cut over to). One is in use at a time;
+/// when its connection fails, a call to it fails, it says it takes no writes
+/// (`not-writable`, or a cluster member that is not following the cluster's log), or it
+/// is stale (its head stands still while another address's has gone past it), the writer
+/// moves to the next address that answers (`qs_bridge_root_failovers_total`, a log line
+/// naming both addresses and the reason). A call whose answer was lost is sent again to
+/// the next address: compare-and-swap on the source's position resolves it (a batch
+/// already committed answers `conflict(current: new)`), so nothing is applied twice.
+///
 /// Every new connection starts with `hello`, so a wrong write token (or a root that is a
 /// replica) stops the bridge at start-up rather than at its first write; while nothing is
 /// written, `keepalive()` asks the root for its head so a dead or unreachable root is
 /// noticed within seconds even when the source is idle (`link`, `qs_bridge_root_connected`).
 public actor RootWriter {
-    public nonisolated let endpoint: Endpoint
+    /// Every root address, in order of preference.
+    public nonisolated let endpoints: [Endpoint]
     let token: [UInt8]
     let logger: Logger
     let metrics: FeedMetrics
-    let connect: @Sendable () async throws -> any RootConnection
+    let connect: @Sendable (Endpoint) async throws -> any RootConnection
     /// What the bridge says it is in its hello (shown in the root's status).
     let greeting: String
     /// Where the token came from, for the refusal message (e.g. `--write-token-file /etc/qs/token`).
     let tokenOrigin: String
     private var current: (any RootConnection)?
-    private var connecting: Task<any RootConnection, any Error>?
+    private var connecting: Task<Connected, any Error>?
     private var inFlight = 0
     private var lastAnswer = ContinuousClock.now
+    /// The address in use (or tried first at the next connection).
+    private var position = 0
+    /// The address of the last connection made (nil before the first).
+    private var lastUsed: Int?
+    /// Why the address in use was left, for the failover's log line.
+    private var leaving: String?
+    /// The head of the address in use, and since when it has stood still.
+    private var headSeen: (index: UInt64, since: ContinuousClock.Instant)?
+    private let inUse: [Gauge]
+    /// See `RootWriter.staleAfter`.
+    let staleAfter: Duration
     /// Whether the root is connected, and the last failure: readable without waiting on
     /// the actor (by `/readyz` and the scrape).
-    public nonisolated let link = Mutex(Link())
+    public nonisolated let link: Mutex<Link>
 
     public struct Link: Sendable {
         public var connected = false
         public var lastError: String?
         /// Since when a call has been waiting for the root's answer (nil: none waits).
         public var waitingSince: ContinuousClock.Instant?
+        /// The address in use, or the one tried first at the next connection.
+        public var root: Endpoint
+
+        public init(root: Endpoint) { self.root = root }
 
         /// Why the root, connected, is not answering as of `now`: a call has waited longer
         /// than `patience` (a root that accepts connections but hangs mid-batch, or is
@@ -68,6 +95,13 @@ public actor RootWriter {
             guard connected, let since = waitingSince, now - since > patience else { return nil }
             return "a call has waited \(Int((now - since).seconds)) s for its answer (hung or overloaded)"
         }
+    }
+
+    private struct Connected: Sendable {
+        let index: Int
+        let connection: any RootConnection
+        /// Why the addresses tried before it were passed over.
+        let passedOver: [String]
     }
 
     /// How long a write call (batch, append, writes) waits for its answer before the
@@ -81,12 +115,19 @@ public actor RootWriter {
     /// How long a call may wait for the root before the root counts as not answering.
     public static let patience: Duration = .seconds(4)
 
+    /// How long the head of the address in use may stand still while another address's
+    /// is ahead of it before the writer leaves it as stale (several addresses only).
+    public static let staleAfter: Duration = .seconds(5)
+
     public nonisolated var connected: Bool { link.withLock { $0.connected } }
 
-    /// A writer to the root at `endpoint`, over `QSClient`.
-    public init(endpoint: Endpoint, token: [UInt8], logger: Logger, metrics: FeedMetrics,
+    /// The address in use (or tried first at the next connection).
+    public nonisolated var endpoint: Endpoint { link.withLock { $0.root } }
+
+    /// A writer to the root at `endpoints` (several: failover in that order), over `QSClient`.
+    public init(endpoints: [Endpoint], token: [UInt8], logger: Logger, metrics: FeedMetrics,
                 client: String = "bridge", tokenOrigin: String = "the write token") {
-        self.init(endpoint: endpoint, token: token, logger: logger, metrics: metrics, client: client, tokenOrigin: tokenOrigin) {
+        self.init(endpoints: endpoints, token: token, logger: logger, metrics: metrics, client: client, tokenOrigin: tokenOrigin) { endpoint in
             switch endpoint {
             case let .tcp(host, port): try await QSClient.connect(host: host, port: port, token: token)
             case let .unix(path): try await QSClient.connect(unixPath: path, token: token)
@@ -94,61 +135,101 @@ public actor RootWriter {
         }
     }
 
-    /// A writer whose connections come from `connect` (`endpoint` only names the root in logs).
-    public init(endpoint: Endpoint, token: [UInt8], logger: Logger, metrics: FeedMetrics,
-                client: String = "bridge", tokenOrigin: String = "the write token",
-                connect: @escaping @Sendable () async throws -> any RootConnection) {
-        self.endpoint = endpoint
+    /// A writer whose connections to each address come from `connect`.
+    public init(endpoints: [Endpoint], token: [UInt8], logger: Logger, metrics: FeedMetrics,
+                client: String = "bridge", tokenOrigin: String = "the write token", staleAfter: Duration = RootWriter.staleAfter,
+                connect: @escaping @Sendable (Endpoint) async throws -> any RootConnection) {
+        precondition(!endpoints.isEmpty, "a root writer needs at least one address")
+        self.endpoints = endpoints
         self.token = token
         self.logger = logger
         self.metrics = metrics
         self.greeting = client
         self.tokenOrigin = tokenOrigin
         self.connect = connect
+        self.staleAfter = staleAfter
+        link = Mutex(Link(root: endpoints[0]))
+        inUse = endpoints.map { metrics.rootInUse(address: $0.description) }
         metrics.rootConnected.record(0)
+        for g in inUse { g.record(0) }
     }
 
     /// The connection, made (and introduced with hello) if there is none; concurrent
-    /// callers share one attempt.
+    /// callers share one attempt. The attempt tries every address once, from the one in
+    /// use, and takes the first that accepts the hello.
     private func connection() async throws -> any RootConnection {
         if let current { return current }
-        let attempt: Task<any RootConnection, any Error>
+        let attempt: Task<Connected, any Error>
         if let connecting {
             attempt = connecting
         } else {
             let connect = self.connect, hello = Request.hello(token: token, client: greeting)
-            let endpoint = self.endpoint, tokenOrigin = self.tokenOrigin
+            let endpoints = self.endpoints, start = position, tokenOrigin = self.tokenOrigin
             attempt = Task {
-                let c = try await connect()
-                do {
-                    try Self.check(hello: try await c.send(hello, timeout: .seconds(10)), endpoint: endpoint, tokenOrigin: tokenOrigin)
-                } catch {
-                    await c.close()
-                    throw error
+                var passedOver = [String]()
+                var last: (any Error)?
+                for step in 0..<endpoints.count {
+                    let i = (start + step) % endpoints.count, endpoint = endpoints[i]
+                    do {
+                        let c = try await connect(endpoint)
+                        do {
+                            try Self.check(hello: try await c.send(hello, timeout: .seconds(10)), endpoint: endpoint,
+                                           tokenOrigin: tokenOrigin, alternatives: endpoints.count > 1)
+                        } catch {
+                            await c.close()
+                            throw error
+                        }
+                        return Connected(index: i, connection: c, passedOver: passedOver)
+                    } catch let error as FeedError {
+                        throw error
+                    } catch {
+                        passedOver.append("\(endpoint): \(error)")
+                        last = error
+                    }
                 }
-                return c
+                if endpoints.count == 1, let last { throw last }
+                throw ClientError.connectionFailed("no root address answered: " + passedOver.joined(separator: "; "))
             }
             connecting = attempt
         }
         defer { connecting = nil }
-        let c = try await attempt.value
-        if current == nil {
-            current = c
-            setLink(connected: true, error: nil)
-            logger.info("connected to root", metadata: ["root": "\(endpoint)"])
+        let made = try await attempt.value
+        if let current { return current }
+        current = made.connection
+        let to = endpoints[made.index]
+        if let previous = lastUsed, previous != made.index {
+            let why = ([leaving].compactMap { $0 } + made.passedOver).joined(separator: "; ")
+            metrics.failovers.increment()
+            logger.notice("root failover: moved to another root address",
+                          metadata: ["from": "\(endpoints[previous])", "to": "\(to)", "reason": "\(why)"])
         }
-        return current ?? c
+        leaving = nil
+        position = made.index
+        lastUsed = made.index
+        headSeen = nil
+        link.withLock { $0.root = to }
+        for (i, g) in inUse.enumerated() { g.record(i == position ? 1 : 0) }
+        setLink(connected: true, error: nil)
+        logger.info("connected to root", metadata: ["root": "\(to)"])
+        return made.connection
     }
 
     /// The root's answer to hello: its head when the token is accepted. A root that does
     /// not know hello (older than it) is taken as it is: its first write checks the token.
-    static func check(hello answer: Response, endpoint: Endpoint, tokenOrigin: String) throws {
+    /// A node that takes no writes stops the bridge when it is the only address, and is
+    /// passed over (a `ClientError`) when there are others; one that cannot take writes
+    /// now (a cluster member not following its log: `storage-error`) is passed over.
+    static func check(hello answer: Response, endpoint: Endpoint, tokenOrigin: String, alternatives: Bool = false) throws {
         guard case let .error(code, message) = answer else { return }
         switch ErrorCode(rawValue: code) {
         case .unauthorized:
             throw FeedError.stop("the root at \(endpoint) refused \(tokenOrigin): \(message); put the root's token (its --write-token-file) in it")
+        case .notWritable where alternatives:
+            throw ClientError.server(code: code, message: "takes no writes: \(message)")
         case .notWritable:
             throw FeedError.stop("\(endpoint) takes no writes: \(message); point --root at the root")
+        case .storageError, .shuttingDown:
+            throw ClientError.server(code: code, message: message)
         default:
             return
         }
@@ -175,13 +256,46 @@ public actor RootWriter {
         link.withLock { $0.waitingSince = others ? .now : nil }
     }
 
-    private func drop(_ why: String) async {
+    /// Closes the connection after a failure. With several addresses, the next connection
+    /// starts at the next one (`to`, when known: a fresher address), so a root that
+    /// accepts connections but fails its calls is not tried first again.
+    private func drop(_ why: String, moveTo: Int? = nil) async {
         if let current {
             metrics.reconnects.increment()
             await current.close()
+            if endpoints.count > 1 {
+                leaving = why
+                position = moveTo ?? (position + 1) % endpoints.count
+                link.withLock { $0.root = endpoints[position] }
+            }
         }
         current = nil
         setLink(connected: false, error: why)
+    }
+
+    /// Whether the address in use is stale: its head (`index`) has stood still for
+    /// `staleAfter` while another address's head is past it. Returns that address's
+    /// position and the reason; asks the others only once the head has stood still.
+    private func stale(head index: UInt64) async -> (Int, String)? {
+        guard endpoints.count > 1 else { return nil }
+        let now = ContinuousClock.now
+        guard let seen = headSeen, seen.index == index else {
+            headSeen = (index, now)
+            return nil
+        }
+        guard now - seen.since >= staleAfter else { return nil }
+        let connect = self.connect, endpoints = self.endpoints, position = self.position
+        for step in 1..<endpoints.count {
+            let i = (position + step) % endpoints.count
+            guard let other = try? await connect(endpoints[i]) else { continue }
+            let theirs = try? await other.head()
+            await other.close()
+            if let theirs, theirs.index > index {
+                return (i, "stale: its head stood at \(index) for \(Int((now - seen.since).seconds)) s while \(endpoints[i]) is at \(theirs.index)")
+            }
+        }
+        headSeen = (index, now)
+        return nil
     }
 
     /// Checks the root when nothing was asked of it for `idle`: asks for its head (or
@@ -196,8 +310,12 @@ public actor RootWriter {
             let c = try await connection()
             startWaiting()
             let r = try await c.send(.head, timeout: .nanoseconds(Int64(timeout.seconds * 1e9)))
-            guard case .head = r else { throw ClientError.unexpected("\(r)") }
+            guard case let .head(head) = r else { throw ClientError.unexpected("\(r)") }
             answered()
+            if let (fresher, why) = await stale(head: head.index), current != nil {
+                logger.warning("root stale", metadata: ["root": "\(endpoint)", "reason": "\(why)"])
+                await drop(why, moveTo: fresher)
+            }
         } catch is CancellationError {
         } catch let error as FeedError {
             // A refused hello: the next call stops the bridge with it.
@@ -267,12 +385,13 @@ public actor RootWriter {
     /// that as applied, its outcomes unknown.
     public func writes(sourceID: String, expected: UInt64, new: UInt64, writes: [ConditionalWrite]) async throws -> Response {
         let request = Request.writes(.init(token: token, sourceID: sourceID, expected: expected, new: new, writes: writes))
+        let endpoints = self.endpoints
         return try await perform("writes") { client in
             let r = try await client.send(request, timeout: Self.callTimeout)
             switch r {
             case .written, .conflict: return r
             case let .error(code, message):
-                if ErrorCode(rawValue: code) == .notWritable {
+                if ErrorCode(rawValue: code) == .notWritable, endpoints.count == 1 {
                     throw FeedError.stop("the root takes no writes: \(message); point --root at the writable root")
                 }
                 throw ClientError.server(code: code, message: message)

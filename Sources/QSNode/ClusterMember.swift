@@ -1,5 +1,7 @@
 import Logging
 import Metrics
+import NIOCore
+import NIOPosix
 import QSBytes
 import QSEtcd
 import QSModel
@@ -98,6 +100,11 @@ public final class ClusterMember: Service, Sendable {
     let nodeID: String
     /// `log/` keys kept in etcd behind the head (and behind every member's applied index).
     let window: UInt64
+    /// The other members' write addresses: a member behind etcd's window catches up from
+    /// a snapshot of one of them (`--cluster-peers`).
+    let peers: [Endpoint]
+    /// Presented to a peer for its snapshot (its `--replication-token-file`).
+    let peerToken: [UInt8]
     let logger: Logger
 
     /// The etcd revision applied into the store; batches wait for their own.
@@ -112,8 +119,14 @@ public final class ClusterMember: Service, Sendable {
     let commitSeconds: Metrics.Timer
     let appliedIndex: Gauge
 
+    let snapshotCatchUps: Counter
+
     public init(etcd: EtcdClient, cluster: String, store: Store, watcher: LogWatcher, nodeID: String,
-                window: UInt64, logger: Logger, factory: any MetricsFactory = MetricsSystem.factory) {
+                window: UInt64, peers: [Endpoint] = [], peerToken: [UInt8] = [], logger: Logger,
+                factory: any MetricsFactory = MetricsSystem.factory) {
+        self.peers = peers
+        self.peerToken = peerToken
+        snapshotCatchUps = Counter(label: "qs_cluster_snapshot_catchups_total", factory: factory)
         self.etcd = etcd
         keys = ClusterKeys(cluster: cluster)
         self.store = store
@@ -148,18 +161,34 @@ public final class ClusterMember: Service, Sendable {
     /// then waits until this member has applied it. Throws when etcd does not commit or
     /// answer (`EtcdError`: the outcome may be unknown; the checkpoint resolves it).
     public func commit(sourceID: String, expected: UInt64, new: UInt64, operations: [Mutation]) async throws -> BatchOutcome {
+        try await commit(sourceID: sourceID, expected: expected, new: new) {
+            try await self.store.prepareBatch(sourceID: sourceID, expected: expected, new: new, operations: operations)
+        }
+    }
+
+    /// Commits conditional writes (qsrest) like a batch: each write is decided against the
+    /// state at the head the entry follows, and the decisions hold because the transaction
+    /// compares that head.
+    public func commit(sourceID: String, expected: UInt64, new: UInt64, writes: [ConditionalWrite]) async throws -> WritesOutcome {
+        try await commit(sourceID: sourceID, expected: expected, new: new) {
+            try await self.store.prepareWrites(sourceID: sourceID, expected: expected, new: new, writes: writes)
+        }
+    }
+
+    private func commit<Outcome: CASOutcome>(sourceID: String, expected: UInt64, new: UInt64,
+                                             prepare: () async throws -> Prepared<Outcome>) async throws -> Outcome {
         let start = ContinuousClock.now
         let cpKey = keys.checkpoint(sourceID)
         // Each round waits for the revision that beat it; a member that keeps losing to
         // others says so rather than spinning.
         for _ in 0..<1000 {
             try Task.checkCancellation()
-            let p = try await store.prepareBatch(sourceID: sourceID, expected: expected, new: new, operations: operations)
-            guard case let .applied(index, kept, dropped) = p.outcome else {
+            let p = try await prepare()
+            guard p.outcome.conflictPosition == nil else {
                 // The local checkpoint differs: etcd's is the truth (this member may lag).
                 let (kvs, _) = try await counted { try await self.etcd.range(cpKey) }
                 let current = try kvs.first.map { try ClusterKeys.u64($0.value, "checkpoint") } ?? 0
-                if current != expected { return .conflict(current: current) }
+                if current != expected { return .conflict(at: current) }
                 try await waitApplied(kvs.first?.modRevision ?? 0)
                 commitRetries.increment()
                 continue
@@ -184,11 +213,11 @@ public final class ClusterMember: Service, Sendable {
                     throw ClusterError.notApplied("committed in etcd at revision \(r.revision) but not applied by this member within \(etcd.timeout): \(error); ask for the checkpoint to go on")
                 }
                 commitSeconds.recordSeconds((ContinuousClock.now - start).seconds)
-                return .applied(logIndex: index, kept: kept, dropped: dropped)
+                return p.outcome
             }
             let cp = r.ranges.first?.first, head = r.ranges.count > 1 ? r.ranges[1].first : nil
             let current = try cp.map { try ClusterKeys.u64($0.value, "checkpoint") } ?? 0
-            if current != expected { return .conflict(current: current) }
+            if current != expected { return .conflict(at: current) }
             // Another member committed first: apply its entry, then prepare again at the new head.
             commitRetries.increment()
             try await waitApplied(max(cp?.modRevision ?? 0, head?.modRevision ?? 0))
@@ -234,7 +263,21 @@ public final class ClusterMember: Service, Sendable {
         }
     }
 
+    /// When this member last heard from etcd's quorum (ns since the epoch): a catch-up
+    /// read, a watch event (every member's `applied/` write makes one every 2 s), or its
+    /// own `applied/` write committed. It is the root time the member's replicas judge
+    /// staleness by, so a member cut off from etcd goes stale for them as it would for a
+    /// writer (docs/ha.md).
+    public var lastWordNs: UInt64 { lastWord.withLock { $0 } }
+    private let lastWord = Mutex<UInt64>(0)
+
+    private func heard() {
+        let now = wallClockNanoseconds()
+        lastWord.withLock { $0 = max($0, now) }
+    }
+
     private func noteApplied(_ revision: Int64, head: Head?) {
+        heard()
         appliedRevision.withLock { $0 = max($0, revision) }
         revisionWatcher.publish()
         if let head {
@@ -263,6 +306,15 @@ public final class ClusterMember: Service, Sendable {
             } catch is CancellationError {
                 return
             } catch let error as ClusterError {
+                if case .behind = error, !peers.isEmpty {
+                    state.withLock { $0 = (false, "\(error); catching up from a peer's snapshot") }
+                    logger.warning("cluster member behind etcd's retained log: catching up from a peer's snapshot",
+                                   metadata: ["error": "\(error)", "peers": "\(peers.map(\.description).joined(separator: ","))"])
+                    if await catchUpFromPeer() { continue }
+                    // No peer could give a snapshot: try again in a while.
+                    try? await Task.sleep(for: .seconds(5))
+                    continue
+                }
                 state.withLock { $0 = (false, "\(error)") }
                 logger.critical("cluster member cannot apply the cluster's log: it serves what it has and takes no writes",
                                 metadata: ["error": "\(error)"])
@@ -275,6 +327,34 @@ public final class ClusterMember: Service, Sendable {
             }
             try? await Task.sleep(for: .milliseconds(500))
         }
+    }
+
+    /// Replaces the store's contents with the snapshot of the first peer that gives one
+    /// continuing this member's history (`Store.installSnapshot` checks the chain and that
+    /// the snapshot holds this member's head); the applier then catches up from etcd from
+    /// the snapshot's head. False when no peer gave one.
+    func catchUpFromPeer() async -> Bool {
+        for peer in peers {
+            do {
+                let mine = try await store.head()
+                let head = try await store.installSnapshot(continuing: mine.index > 0 ? mine : nil) { file in
+                    let begin = try await receiveSnapshot(from: peer, token: self.peerToken, group: MultiThreadedEventLoopGroup.singleton,
+                                                          into: file, checkRoom: { try checkSnapshotRoom(self.store, for: $0) }, logger: self.logger)
+                    return Head(index: begin.index, hash: begin.hash, commitTimeNs: 0)
+                }
+                snapshotCatchUps.increment()
+                watcher.publish()
+                appliedIndex.record(Double(head.index))
+                logger.notice("cluster member caught up from a peer's snapshot; following etcd from there",
+                              metadata: ["peer": "\(peer)", "was-index": "\(mine.index)", "now-index": "\(head.index)"])
+                return true
+            } catch is CancellationError {
+                return false
+            } catch {
+                logger.warning("snapshot from a peer failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            }
+        }
+        return false
     }
 
     /// Reads what the store lacks by range (head, checkpoints and log entries at one
@@ -346,6 +426,9 @@ public final class ClusterMember: Service, Sendable {
 
     // MARK: compaction
 
+    /// How long a member's `applied/` key outlives its last write (written every 2 s).
+    public static let appliedTTL: Duration = .seconds(10)
+
     /// Every few seconds: says how far this member has applied, and deletes the `log/`
     /// keys every member has applied and that are older than the window.
     private func compactUntilCancelled() async {
@@ -354,12 +437,17 @@ public final class ClusterMember: Service, Sendable {
             guard state.withLock({ $0.following }) else { continue }
             do {
                 let local = try await store.head()
+                // The key lives on a lease: a member stopped (or cut off) for longer than
+                // its TTL no longer holds the window open, and catches up from a peer's
+                // snapshot when it returns behind it.
+                let lease = try await etcd.grantLease(ttl: Self.appliedTTL)
                 let r = try await etcd.txn(compare: [], success: [
-                    .put(key: keys.applied(nodeID), value: ClusterKeys.u64Bytes(local.index)),
+                    .putLeased(key: keys.applied(nodeID), value: ClusterKeys.u64Bytes(local.index), lease: lease),
                     .range(key: keys.appliedPrefix, end: etcdPrefixEnd(keys.appliedPrefix), limit: 0),
                     .range(key: keys.head, end: nil, limit: 1),
                 ], failure: [])
                 quorum.withLock { $0 = nil }
+                heard()
                 guard r.ranges.count == 3, let headKV = r.ranges[2].first else { continue }
                 let clusterHead = try ClusterKeys.head(headKV.value)
                 let lowest = try r.ranges[1].map { try ClusterKeys.u64($0.value, "applied index") }.min() ?? local.index

@@ -75,6 +75,7 @@ public final class NodeCore: Sendable {
     /// Time of the root's freshest word this node has (ns since the epoch).
     public var rootTimeNs: UInt64 {
         guard writable else { return following.withLock { $0.rootTimeNs } }
+        if let cluster { return cluster.lastWordNs }
         let m = mirroring.withLock { $0 }
         return m.active ? m.sourceTimeNs : wallClockNanoseconds()
     }
@@ -226,6 +227,12 @@ public final class NodeCore: Sendable {
             case let .hello(_, client):
                 writers.hello(peer: peer, client: client)
                 logger.info("writer connected", metadata: ["peer": "\(peer)", "client": "\(client)"])
+                // A cluster member that does not follow the cluster's log (etcd unreachable
+                // or without quorum, behind etcd's window) cannot commit: a writer with
+                // other members' addresses moves on to one of them.
+                if let cluster, case let (false, why) = cluster.status {
+                    return .error(.storageError, "this root cluster member cannot take writes now: \(why)")
+                }
                 return .head(try await store.head())
             case let .batch(b):
                 let start = ContinuousClock.now
@@ -257,7 +264,11 @@ public final class NodeCore: Sendable {
                 }
             case let .writes(b):
                 let start = ContinuousClock.now
-                let outcome = try await store.applyWrites(sourceID: b.sourceID, expected: b.expected, new: b.new, writes: b.writes)
+                let outcome = if let cluster {
+                    try await cluster.commit(sourceID: b.sourceID, expected: b.expected, new: b.new, writes: b.writes)
+                } else {
+                    try await store.applyWrites(sourceID: b.sourceID, expected: b.expected, new: b.new, writes: b.writes)
+                }
                 metrics.batchApply.recordSeconds((ContinuousClock.now - start).seconds)
                 switch outcome {
                 case let .written(index, outcomes):

@@ -232,10 +232,7 @@ public final class ReplicaService: Service, Sendable {
     }
 
     private func connect(_ up: Endpoint) async throws -> NIOAsyncChannel<Frame, Frame> {
-        switch up {
-        case let .tcp(host, port): return try await openFrameChannel(host: host, port: port, unixPath: nil, group: group)
-        case let .unix(path): return try await openFrameChannel(host: nil, port: 0, unixPath: path, group: group)
-        }
+        try await openFrameChannel(to: up, group: group)
     }
 
     /// Subscribes from this node's head and applies what the upstream streams.
@@ -288,16 +285,7 @@ public final class ReplicaService: Service, Sendable {
     /// `--staging-dir`), once installed in the data directory. The error is a disk-full
     /// one, so the loop waits instead of fetching the snapshot again every second.
     func checkRoom(for size: UInt64) throws {
-        let store = core.store
-        let one = size + max(size / 10, 1 << 20)
-        let places = store.stagingDirectory == store.directory ? [(store.directory, 2 * one)]
-            : [(store.stagingDirectory, one), (store.directory, one)]
-        for (dir, need) in places {
-            guard let free = Store.freeBytes(at: dir), free < need else { continue }
-            let error = StoreError.diskFull("a snapshot of \(size) bytes needs about \(need) bytes free in \(dir), which has \(free)")
-            store.writeHealth.note(error)
-            throw error
-        }
+        try checkSnapshotRoom(core.store, for: size)
     }
 
     /// Whether the follower must stop following to repair the store or carry out an
@@ -378,41 +366,8 @@ public final class ReplicaService: Service, Sendable {
         logger.info("bootstrap: requesting a snapshot", metadata: ["upstream": "\(up)"])
         var announcedBytes: UInt64 = 0
         let head = try await core.store.installSnapshot(continuing: continuing) { file in
-            let channel = try await connect(up)
-            let begin: (index: UInt64, hash: [UInt8], size: UInt64) = try await channel.executeThenClose { inbound, outbound in
-                try await outbound.write(Request.snapshot(token: self.upstreamToken).frame())
-                var begin: (UInt64, [UInt8], UInt64)?
-                var received: UInt64 = 0
-                let started = ContinuousClock.now
-                var lastReport = started
-                for try await frame in inbound {
-                    switch try Response.decode(frame) {
-                    case let .snapshotBegin(index, hash, size):
-                        try self.checkRoom(for: size)
-                        begin = (index, hash, size)
-                    case let .snapshotChunk(bytes):
-                        try await file.write(bytes)
-                        received += UInt64(bytes.count)
-                        if ContinuousClock.now - lastReport >= .seconds(5), let total = begin?.2, total > 0 {
-                            lastReport = ContinuousClock.now
-                            let rate = Double(received) / max((lastReport - started).seconds, 0.001)
-                            self.logger.info("bootstrap progress", metadata: [
-                                "received-bytes": "\(received)", "total-bytes": "\(total)",
-                                "percent": "\(received * 100 / total)", "bytes-per-second": "\(Int(rate))",
-                                "seconds-left": "\(Int(Double(total - min(received, total)) / max(rate, 1)))",
-                            ])
-                        }
-                    case .snapshotEnd:
-                        guard let begin, received == begin.2 else {
-                            throw FollowEnd.refused(nil, "snapshot ended after \(received) bytes, announced \(begin?.2 ?? 0)")
-                        }
-                        return begin
-                    case let .error(code, message): throw FollowEnd.refused(ErrorCode(rawValue: code), message)
-                    default: throw FollowEnd.refused(nil, "unexpected frame in a snapshot")
-                    }
-                }
-                throw FollowEnd.closed
-            }
+            let begin = try await receiveSnapshot(from: up, token: self.upstreamToken, group: self.group, into: file,
+                                                  checkRoom: { try self.checkRoom(for: $0) }, logger: self.logger)
             announcedBytes = begin.size
             return Head(index: begin.index, hash: begin.hash, commitTimeNs: 0)
         }

@@ -62,7 +62,7 @@ struct QSNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("File holding the token replicas (and qsqsbridge, qsctl record) must present to subscribe or take a snapshot; without it --listen must be loopback. (env: QS_REPLICATION_TOKEN_FILE)", valueName: "file"))
     var replicationTokenFile: String = QSEnv.string("QS_REPLICATION_TOKEN_FILE") ?? ""
 
-    @Option(help: ArgumentHelp("A replica: file holding the upstreams' replication token, presented on subscribe and snapshot. (env: QS_UPSTREAM_TOKEN_FILE)", valueName: "file"))
+    @Option(help: ArgumentHelp("A replica: file holding the upstreams' replication token, presented on subscribe and snapshot (a root cluster member presents it to --cluster-peers for a snapshot). (env: QS_UPSTREAM_TOKEN_FILE)", valueName: "file"))
     var upstreamTokenFile: String = QSEnv.string("QS_UPSTREAM_TOKEN_FILE") ?? ""
 
     @Option(help: ArgumentHelp("Where snapshots being sent to replicas and bootstraps being received are staged (room for a whole copy of the store); default: inside --data. (env: QS_STAGING_DIR)", valueName: "dir"))
@@ -104,6 +104,9 @@ struct QSNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("With --etcd: log entries kept in etcd behind the head (and behind every member's applied index); a member further behind catches up from a snapshot. (env: QS_ETCD_LOG_WINDOW)", valueName: "entries"))
     var etcdLogWindow: UInt64 = QSEnv.value("QS_ETCD_LOG_WINDOW", 10_000)
 
+    @Option(help: ArgumentHelp("With --etcd: the other members' write addresses, HOST:PORT[,…]; a member further behind than the log etcd keeps catches up from a snapshot of the first that gives one, then from etcd. (env: QS_CLUSTER_PEERS)", valueName: "list"))
+    var clusterPeers: OrNone<AddressList> = QSEnv.value("QS_CLUSTER_PEERS", .none)
+
     @OptionGroup var reads: ReadOptions
 
     @OptionGroup var service: ServiceOptions
@@ -136,6 +139,8 @@ struct QSNodeCommand: AsyncParsableCommand {
             do { _ = try etcdURLs.map(EtcdClient.parse) } catch { throw ValidationError("--etcd: \(error)") }
             guard etcdTimeout.duration > .zero else { throw ValidationError("--etcd-timeout must be more than 0, e.g. 5s") }
             guard etcdLogWindow > 0 else { throw ValidationError("--etcd-log-window must be at least 1 entry, e.g. 10000") }
+        } else if clusterPeers.value != nil {
+            throw ValidationError("--cluster-peers names a root cluster member's peers: use it with --etcd and --cluster")
         }
         guard logRetention > 0 else { throw ValidationError("--log-retention must be at least 1 entry") }
         guard mapSize.bytes >= 1 << 20 else { throw ValidationError("--map-size must be at least 1MiB, e.g. 8GiB") }
@@ -180,7 +185,8 @@ struct QSNodeCommand: AsyncParsableCommand {
                                              "head-hash": "\(hexString(head.hash))", "node-id": "\(nodeID)"])
         let watcher = LogWatcher()
         let member = etcd.isEmpty ? nil : ClusterMember(etcd: try EtcdClient(urls: etcdURLs, timeout: etcdTimeout.duration), cluster: cluster,
-                                                        store: store, watcher: watcher, nodeID: nodeID, window: etcdLogWindow, logger: logger)
+                                                        store: store, watcher: watcher, nodeID: nodeID, window: etcdLogWindow,
+                                                        peers: clusterPeers.value?.endpoints ?? [], peerToken: upstreamToken, logger: logger)
         let core = NodeCore(store: store, token: token, replicationToken: replicationToken,
                             adminToken: try service.adminToken(), writable: role == .root, watcher: watcher,
                             cluster: member, logger: logger)

@@ -27,8 +27,8 @@ struct QSRestCommand: AsyncParsableCommand {
 
     static func main() async { await runCommand() }
 
-    @Option(help: ArgumentHelp("The QS root's write address, or several separated by commas (HOST:PORT,HOST:PORT), tried in order, the first writable one used (after a cutover, the promoted root). (env: QS_ROOT)", valueName: "host:port"))
-    var root: AddressList = QSEnv.value("QS_ROOT", AddressList(argument: "127.0.0.1:7400")!)
+    @Option(help: ArgumentHelp("The QS root's write address, or several separated by commas (HOST:PORT,HOST:PORT: a root cluster's members, or a root and the one it is cut over to): one is written to, the next taken when it is unreachable, fails, takes no writes (after a cutover, the promoted root is found) or is stale. (env: QS_ROOT)", valueName: "host:port[,…]"))
+    var root: AddressList = QSEnv.value("QS_ROOT", AddressList(.tcp(host: "127.0.0.1", port: 7400)))
 
     @Option(help: ArgumentHelp("Where producers connect (KT's HTTP port, 1978, if they keep their address). (env: QS_LISTEN)", valueName: "host:port"))
     var listen: Address = QSEnv.value("QS_LISTEN", Address(.tcp(host: "127.0.0.1", port: 1978)))
@@ -88,8 +88,8 @@ struct QSRestCommand: AsyncParsableCommand {
         let origin = writeTokenFile.isEmpty ? "an empty write token (no --write-token-file)" : "the token in --write-token-file \(writeTokenFile)"
         let feedMetrics = FeedMetrics()
         let roots = root.endpoints
-        let writer = RootWriter(endpoint: roots[0], token: token, logger: logger, metrics: feedMetrics,
-                                client: "qsrest source-id=\(id)", tokenOrigin: origin, connect: RootList.connect(roots, token: token))
+        let writer = RootWriter(endpoints: roots, token: token, logger: logger, metrics: feedMetrics,
+                                client: "qsrest source-id=\(id)", tokenOrigin: origin)
         let metrics = RestMetrics()
         let queue = WriteQueue(sourceID: id, root: writer,
                                limits: .init(interval: batchInterval.duration, maxWrites: batchMaxOps, maxBytes: batchMaxBytes.bytes,

@@ -1,6 +1,7 @@
 import QSClient
 import QSFeed
 import QSModel
+import QSNet
 import QSTesting
 import QSWire
 import XCTest
@@ -108,5 +109,76 @@ final class RootWriterTests: XCTestCase {
             _ = try await within(.seconds(10), "cancelled call") { try await call.value }
             XCTFail("a cancelled call answered")
         } catch is CancellationError {}
+    }
+}
+
+/// A root writer given several addresses (`--root A,B`): it moves on when the one in use
+/// dies, says it takes no writes, or stands still while another goes ahead.
+final class RootFailoverTests: XCTestCase {
+    func writer(_ roots: [ScriptedRoot], staleAfter: Duration = .seconds(60)) -> RootWriter {
+        let endpoints = roots.indices.map { Endpoint.unix(path: "root\($0)") }
+        return RootWriter(endpoints: endpoints, token: [7], logger: quietLogger, metrics: FeedMetrics(), staleAfter: staleAfter) { endpoint in
+            guard let i = endpoints.firstIndex(of: endpoint) else { throw ClientError.connectionFailed("unknown \(endpoint)") }
+            return try roots[i].connect()
+        }
+    }
+
+    func testMovesToTheNextAddressWhenTheOneInUseDies() async throws {
+        let a = ScriptedRoot(), b = ScriptedRoot()
+        a.setCheckpoint("s", 3)
+        b.setCheckpoint("s", 3)
+        let w = writer([a, b])
+        let first = try await w.checkpoint(sourceID: "s")
+        XCTAssertEqual(first, 3)
+        XCTAssertEqual(w.endpoint, .unix(path: "root0"))
+        a.goDown()
+        let answer = try await within(.seconds(10), "batch after failover") {
+            try await w.batch(sourceID: "s", expected: 3, new: 4, operations: [.delete(key: [1])])
+        }
+        XCTAssertEqual(answer, .applied(logIndex: 1, kept: 1, dropped: 0))
+        XCTAssertEqual(w.endpoint, .unix(path: "root1"))
+        XCTAssertEqual(a.snapshot.batches.count, 0)
+        XCTAssertEqual(b.snapshot.batches.map(\.new), [4])
+    }
+
+    /// A batch whose answer was lost is sent again to the next address, which holds the
+    /// same checkpoint (a cluster's): it answers conflict at the batch's own position.
+    func testABatchWhoseAnswerWasLostIsResolvedByTheNextAddress() async throws {
+        let a = ScriptedRoot(), b = ScriptedRoot()
+        let w = writer([a, b])
+        _ = try await w.checkpoint(sourceID: "s")
+        a.state.withLock { $0.loseNextAnswer = true }
+        // What the cluster committed through `a` is what `b` sees.
+        b.setCheckpoint("s", 1)
+        let answer = try await w.batch(sourceID: "s", expected: 0, new: 1, operations: [.delete(key: [1])])
+        XCTAssertEqual(answer, .conflict(current: 1))
+        XCTAssertEqual(w.endpoint, .unix(path: "root1"))
+        XCTAssertEqual(a.snapshot.batches.map(\.new), [1])
+        XCTAssertEqual(b.snapshot.batches.map(\.answer), [.conflict(current: 1)])
+    }
+
+    func testPassesOverAnAddressThatTakesNoWrites() async throws {
+        let a = ScriptedRoot(), b = ScriptedRoot()
+        a.state.withLock { $0.helloAnswer = .error(code: ErrorCode.notWritable.rawValue, message: "replica") }
+        let w = writer([a, b])
+        _ = try await w.checkpoint(sourceID: "s")
+        XCTAssertEqual(w.endpoint, .unix(path: "root1"))
+        XCTAssertEqual(a.snapshot.checkpointReads, 0)
+        XCTAssertEqual(b.snapshot.checkpointReads, 1)
+    }
+
+    func testLeavesAnAddressWhoseHeadStandsStillWhileAnothersMoves() async throws {
+        let a = ScriptedRoot(), b = ScriptedRoot()
+        a.state.withLock { $0.headIndex = 5 }
+        b.state.withLock { $0.headIndex = 9 }
+        let w = writer([a, b], staleAfter: .milliseconds(200))
+        await w.keepalive(idle: .zero)
+        XCTAssertEqual(w.endpoint, .unix(path: "root0"))
+        try await Task.sleep(for: .milliseconds(250))
+        await w.keepalive(idle: .zero)
+        XCTAssertEqual(w.endpoint, .unix(path: "root1"))
+        await w.keepalive(idle: .zero)
+        XCTAssertTrue(w.connected)
+        XCTAssertEqual(w.endpoint, .unix(path: "root1"))
     }
 }

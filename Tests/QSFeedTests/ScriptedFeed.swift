@@ -38,6 +38,8 @@ final class ScriptedRoot: Sendable {
         var heldBatches = 0
         var releases: [CheckedContinuation<Void, Never>] = []
         var loseNextAnswer = false
+        /// What hello is answered (default: the head).
+        var helloAnswer: Response?
         var nextAnswer: Response?
     }
 
@@ -58,7 +60,7 @@ final class ScriptedRoot: Sendable {
     }
 
     func writer(metrics: FeedMetrics = FeedMetrics()) -> RootWriter {
-        RootWriter(endpoint: .unix(path: "scripted-root"), token: [7], logger: quietLogger, metrics: metrics) { [self] in
+        RootWriter(endpoints: [.unix(path: "scripted-root")], token: [7], logger: quietLogger, metrics: metrics) { [self] _ in
             try connect()
         }
     }
@@ -116,6 +118,7 @@ final class ScriptedRoot: Sendable {
             }
             if case .hello = request {
                 // Every connection starts with hello; scripted answers are for the calls after it.
+                if let answer = s.helloAnswer { return answer }
                 return .head(Head(index: s.headIndex, hash: [UInt8](repeating: 0, count: 32), commitTimeNs: 0))
             }
             if let scripted = s.nextAnswer {
