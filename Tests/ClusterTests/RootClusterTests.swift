@@ -341,9 +341,22 @@ final class RootClusterTests: XCTestCase {
         XCTAssertTrue([5, 6, 7].contains(cp), "checkpoint \(cp)")
         let r = try await c0.batch(sourceID: "a", expected: cp, new: 8, operations: op(8))
         guard case .applied = r else { return XCTFail("after the partition: \(r)") }
-        let head = try await c0.head()
+
+        // Conditional writes (qsrest's) commit through etcd too: the second member decides
+        // against the state the first one committed.
+        let cw = { (expected: UInt64) -> Request in
+            .writes(.init(token: [], sourceID: "cw", expected: expected, new: expected + 1, writes: [
+                ConditionalWrite(.add, key: Array("cw".utf8), value: Array("first".utf8)),
+                ConditionalWrite(.increment(by: 5, origin: 0), key: Array("n".utf8)),
+            ]))
+        }
+        guard case let .written(_, first) = try await c0.send(cw(0)) else { return XCTFail("conditional writes on m0") }
+        XCTAssertEqual(first, [.done, .number(5)])
+        guard case let .written(_, second) = try await c1.send(cw(1)) else { return XCTFail("conditional writes on m1") }
+        XCTAssertEqual(second, [.exists, .number(10)])
+        let head = try await c1.head()
         let c2 = try await QSClient.connect(host: "127.0.0.1", port: m2.port)
-        for c in [c1, c2] {
+        for c in [c0, c2] {
             let same = await Harness.eventually(timeout: .seconds(10)) { (try? await c.head()) == head }
             XCTAssertTrue(same)
         }
@@ -354,6 +367,8 @@ final class RootClusterTests: XCTestCase {
             if entry.origin.sourceID == "a" { positions.append(entry.origin.position) }
         }
         XCTAssertEqual(positions, Array(1...5) + (cp > 5 ? [cp] : []) + [8])
+        let n = try await c2.get(Array("n".utf8))
+        XCTAssertEqual(n?.value, [0, 0, 0, 0, 0, 0, 0, 10])
         for c in [c0, c1, c2] { await c.close() }
     }
 }
