@@ -77,7 +77,6 @@ fuzz: deps
 
 bench: release
 	.build/release/qsbench --out bench/results
-	QS_BIN_DIR=.build/release python3 bench/qsrest_bench.py --out bench/results
 
 clean:
 	rm -rf .build .bench-scratch .build-fuzz .fuzz

@@ -238,7 +238,7 @@ let package = Package(
             name: "qsbench",
             dependencies: [
                 "KTFormats", "QSClient", "QSDaemon", "QSModel", "QSNet", "QSStore", "QSTesting",
-                argumentParser,
+                argumentParser, .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -3,6 +3,7 @@ import NIOExtras
 import NIOPosix
 import QSBytes
 import QSModel
+import QSNet
 import QSWire
 
 /// Why a call to a node failed.
@@ -55,6 +56,14 @@ public final class QSClient: Sendable {
         let channel = try await bootstrap(group: group, maxFrameBytes: maxFrameBytes, timeout: .seconds(5))
             .connect(unixDomainSocketPath: unixPath).get()
         return QSClient(channel: channel, token: token)
+    }
+
+    /// Connects to `endpoint`, TCP or a Unix socket.
+    public static func connect(to endpoint: Endpoint, token: [UInt8] = []) async throws -> QSClient {
+        switch endpoint {
+        case let .tcp(host, port): return try await connect(host: host, port: port, token: token)
+        case let .unix(path): return try await connect(unixPath: path, token: token)
+        }
     }
 
     static func bootstrap(group: any EventLoopGroup, maxFrameBytes: Int, timeout: TimeAmount) -> ClientBootstrap {

@@ -21,9 +21,15 @@ public struct Readiness: Sendable {
 /// worked and a message.
 public typealias AdminAction = @Sendable (_ body: String) -> (ok: Bool, message: String)
 
+/// A report behind `GET /PATH` that takes a while to make (a scan): runs off the event
+/// loop, takes the query string (after `?`, empty without one) and answers a status, a
+/// content type and a body. Gated like the actions.
+public typealias AdminReport = @Sendable (_ query: String) async -> (status: Int, contentType: String, body: String)
+
 /// The admin HTTP server: `/healthz` (the process is up), `/readyz` (the daemon's own
 /// check), `/metrics` (Prometheus text) and the daemon's `POST` actions, which need
-/// `Authorization: Bearer TOKEN` when `actionGate` holds a token (401 otherwise).
+/// `Authorization: Bearer TOKEN` when `actionGate` holds a token (401 otherwise), as do
+/// its `GET` reports (`reports`, e.g. qsrest's `/usage`).
 /// `beforeScrape` runs right before `/metrics` is rendered, so gauges that depend on the
 /// clock (lag, ages, connected) are recorded from the present rather than from the last event.
 public struct AdminServer: ListeningService {
@@ -31,17 +37,19 @@ public struct AdminServer: ListeningService {
     let registry: PrometheusCollectorRegistry
     let readiness: @Sendable () -> Readiness
     let actions: [String: AdminAction]
+    let reports: [String: AdminReport]
     let actionGate: TokenGate?
     let beforeScrape: @Sendable () -> Void
 
     public init(endpoint: Endpoint, registry: PrometheusCollectorRegistry, logger: Logger,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, limits: ConnectionLimits = ConnectionLimits(),
-                actions: [String: AdminAction] = [:], actionGate: TokenGate? = nil,
+                actions: [String: AdminAction] = [:], reports: [String: AdminReport] = [:], actionGate: TokenGate? = nil,
                 beforeScrape: @escaping @Sendable () -> Void = {},
                 readiness: @escaping @Sendable () -> Readiness = { Readiness(ready: true, detail: "ok") }) {
         self.registry = registry
         self.readiness = readiness
         self.actions = actions
+        self.reports = reports
         self.actionGate = actionGate
         self.beforeScrape = beforeScrape
         // NIO's HTTP server pipeline drains on the listener's quiesce event: an idle
@@ -53,11 +61,12 @@ public struct AdminServer: ListeningService {
         let registry = self.registry
         let readiness = self.readiness
         let actions = self.actions
+        let reports = self.reports
         let gate = self.actionGate
         let beforeScrape = self.beforeScrape
         try await listener.run { channel in
             try channel.pipeline.syncOperations.configureHTTPServerPipeline()
-            try channel.pipeline.syncOperations.addHandler(AdminHandler(registry: registry, readiness: readiness, actions: actions, gate: gate,
+            try channel.pipeline.syncOperations.addHandler(AdminHandler(registry: registry, readiness: readiness, actions: actions, reports: reports, gate: gate,
                                                                         beforeScrape: beforeScrape))
         }
     }
@@ -70,17 +79,19 @@ final class AdminHandler: ChannelInboundHandler {
     let registry: PrometheusCollectorRegistry
     let readiness: @Sendable () -> Readiness
     let actions: [String: AdminAction]
+    let reports: [String: AdminReport]
     let gate: TokenGate?
     let beforeScrape: @Sendable () -> Void
     private var head: HTTPRequestHead?
     private var requestBody = [UInt8]()
     static let maxBody = 64 << 10
 
-    init(registry: PrometheusCollectorRegistry, readiness: @escaping @Sendable () -> Readiness, actions: [String: AdminAction], gate: TokenGate?,
-         beforeScrape: @escaping @Sendable () -> Void) {
+    init(registry: PrometheusCollectorRegistry, readiness: @escaping @Sendable () -> Readiness, actions: [String: AdminAction],
+         reports: [String: AdminReport] = [:], gate: TokenGate?, beforeScrape: @escaping @Sendable () -> Void) {
         self.registry = registry
         self.readiness = readiness
         self.actions = actions
+        self.reports = reports
         self.gate = gate
         self.beforeScrape = beforeScrape
     }
@@ -112,7 +123,8 @@ final class AdminHandler: ChannelInboundHandler {
 
     private func respond(context: ChannelHandlerContext, _ head: HTTPRequestHead) {
         let (status, type, body): (HTTPResponseStatus, String, [UInt8])
-        let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+        let parts = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        let path = parts.first.map(String.init) ?? head.uri
         switch (head.method, path) {
         case (.GET, "/healthz"), (.HEAD, "/healthz"):
             (status, type, body) = (.ok, "text/plain", Array("ok\n".utf8))
@@ -122,17 +134,38 @@ final class AdminHandler: ChannelInboundHandler {
         case (.GET, "/metrics"):
             beforeScrape()
             (status, type, body) = (.ok, "text/plain; version=0.0.4", registry.emitToBuffer())
-        case let (.POST, p) where actions[p] != nil:
+        case let (.POST, p) where actions[p] != nil, let (.GET, p) where reports[p] != nil:
             let peer = context.remoteAddress?.peerDescription ?? "unknown"
             if let refusal = gate?.check(Self.bearer(head.headers), peer: peer) {
                 (status, type, body) = (.unauthorized, "text/plain", Array((refusal + ", as 'Authorization: Bearer TOKEN'\n").utf8))
                 break
             }
-            let r = actions[p]!(String(decoding: requestBody, as: UTF8.self))
-            (status, type, body) = (r.ok ? .ok : .badRequest, "text/plain", Array((r.message + "\n").utf8))
+            if let action = actions[p], head.method == .POST {
+                let r = action(String(decoding: requestBody, as: UTF8.self))
+                (status, type, body) = (r.ok ? .ok : .badRequest, "text/plain", Array((r.message + "\n").utf8))
+                break
+            }
+            guard let report = reports[p] else { return }
+            // Made on Swift's pool, answered on the connection's event loop: NIO's HTTP
+            // pipeline holds the connection's next request until this answer's end.
+            let query = parts.count > 1 ? String(parts[1]) : ""
+            let promise = context.eventLoop.makePromise(of: (status: Int, contentType: String, body: String).self)
+            promise.completeWithTask { await report(query) }
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            promise.futureResult.whenSuccess { r in
+                let (handler, context) = bound.value
+                handler.send(context: context, head, status: HTTPResponseStatus(statusCode: r.status), type: r.contentType,
+                             body: Array(r.body.utf8))
+            }
+            return
         default:
-            (status, type, body) = (.notFound, "text/plain", Array("not found: try /healthz, /readyz or /metrics\n".utf8))
+            let more = reports.keys.sorted().map { ", GET \($0)" }.joined()
+            (status, type, body) = (.notFound, "text/plain", Array("not found: try /healthz, /readyz or /metrics\(more)\n".utf8))
         }
+        send(context: context, head, status: status, type: type, body: body)
+    }
+
+    private func send(context: ChannelHandlerContext, _ head: HTTPRequestHead, status: HTTPResponseStatus, type: String, body: [UInt8]) {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: type)
         headers.add(name: "Content-Length", value: String(body.count))

@@ -12,6 +12,7 @@ public final class RestMetrics: Sendable {
     public let busy = Counter(label: "qs_rest_busy_refusals_total")
     public let authFailures = Counter(label: "qs_rest_auth_failures_total")
     public let badRequests = Counter(label: "qs_rest_bad_requests_total")
+    public let binaryRefused = Counter(label: "qs_rest_binary_refused_total")
     public let aclReloads = Counter(label: "qs_rest_acl_reloads_total", dimensions: [("result", "ok")])
     public let aclReloadFailures = Counter(label: "qs_rest_acl_reloads_total", dimensions: [("result", "error")])
 

@@ -14,6 +14,11 @@ import Synchronization
 /// `Authorization: Bearer token`) against the ACL, its keys checked against the
 /// producer's prefixes, its size against the producer's quota, and answered once the
 /// batch holding it is committed at the root (`WriteQueue`).
+///
+/// KT's binary protocol (a connection whose first byte is ≥ 0x80, e.g. ukt's default
+/// `set_bulk`, 0xB8) carries no credential, so it is refused: the connection gets KT's
+/// binary error reply (0xBF) and is closed, counted in `qs_rest_binary_refused_total` and
+/// logged (once per peer every 10 s) with what to do instead: HTTP RPC with a credential.
 public struct RestServer: ListeningService {
     public struct Configuration: Sendable {
         public var maxBodyBytes: Int
@@ -38,13 +43,54 @@ public struct RestServer: ListeningService {
                                  configuration: configuration)
     }
 
+    /// What a connection's first byte said it speaks.
+    enum Speaks: Sendable {
+        case http(RequestHandler.Connection)
+        /// KT's binary protocol, refused; the byte is its magic (0xB8 set_bulk, …).
+        case binary(UInt8)
+    }
+
     public func run() async throws {
         let handler = self.handler
         try await listener.run { channel in
-            try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-            return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
+            let promise = channel.eventLoop.makePromise(of: Speaks.self)
+            try channel.pipeline.syncOperations.addHandler(ProtocolSniffer(promise: promise) { first, channel -> Speaks in
+                let ops = channel.pipeline.syncOperations
+                if first >= 0x80 {
+                    try ops.addHandler(BinaryRefusal())
+                    return .binary(first)
+                }
+                try ops.configureHTTPServerPipeline(withErrorHandling: true)
+                return .http(try NIOAsyncChannel(wrappingChannelSynchronously: channel))
+            })
+            return promise.futureResult
         } handle: { accepted in
-            await handler.serve(accepted.connection, peer: accepted.peer, drain: accepted.drain)
+            // A connection that sends nothing fails the sniff when it is closed (idle,
+            // shutdown): there is nothing to answer.
+            switch try? await accepted.connection.get() {
+            case let .http(connection)?:
+                await handler.serve(connection, peer: accepted.peer, drain: accepted.drain)
+            case let .binary(magic)?:
+                handler.refuseBinary(magic: magic, peer: accepted.peer)
+            case nil:
+                break
+            }
+        }
+    }
+}
+
+/// Answers KT's binary protocol with its error reply (0xBF) and closes the connection.
+final class BinaryRefusal: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    private var answered = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !answered else { return }
+        answered = true
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: [KTBinaryMagic.error]))).whenComplete { _ in
+            channel.close(promise: nil)
         }
     }
 }
@@ -127,6 +173,10 @@ struct RequestHandler: Sendable {
     let metrics: RestMetrics
     let logger: Logger
     let configuration: RestServer.Configuration
+    /// Warnings about what a peer sent, a line per peer and kind every 10 s at most, the
+    /// next one counting the rest (every refusal is counted in the metrics): no or a
+    /// refused credential, a bad request, a key outside the keyspace, the binary protocol.
+    let authLog = RateLimitedLog(), badLog = RateLimitedLog(), keyspaceLog = RateLimitedLog(), binaryLog = RateLimitedLog()
 
     typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
 
@@ -135,7 +185,7 @@ struct RequestHandler: Sendable {
             try await connection.executeThenClose { inbound, outbound in
                 try await HTTPRequests.serve(inbound, maxBodyBytes: configuration.maxBodyBytes, drain: drain) { h in
                     metrics.badRequests.increment()
-                    logger.warning("request refused: body too large", metadata: ["peer": "\(peer)", "limit": "\(configuration.maxBodyBytes)"])
+                    badLog.warning(logger, "request refused: body too large", peer: peer, metadata: ["limit": "\(configuration.maxBodyBytes)"])
                     try await write(.text(413, "request body over \(configuration.maxBodyBytes) bytes (--max-body)"), head: h, keepAlive: false, outbound: outbound)
                 } answer: { h, body in
                     let reply = await answer(h, body: body, peer: peer)
@@ -145,7 +195,7 @@ struct RequestHandler: Sendable {
             }
         } catch let error as HTTPParserError {
             metrics.badRequests.increment()
-            logger.warning("bad request: unparsable HTTP", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            badLog.warning(logger, "bad request: unparsable HTTP", peer: peer, metadata: ["error": "\(error)"])
         } catch {
             logger.debug("connection ended with an error", metadata: ["peer": "\(peer)", "error": "\(error)"])
         }
@@ -169,8 +219,8 @@ struct RequestHandler: Sendable {
         let credential = Self.credential(head.headers)
         guard let (user, token) = credential, let producer = access.authenticate(user: user, token: token) else {
             metrics.authFailures.increment()
-            logger.warning("request refused: no valid producer credential", metadata: ["peer": "\(peer)",
-                           "user": "\(credential?.user ?? "-")"])
+            authLog.warning(logger, "request refused: no valid producer credential", peer: peer,
+                            metadata: ["user": "\(credential?.user ?? "-")", "credential": "\(credential == nil ? "missing" : "refused")"])
             let why = credential == nil ? "a producer's credential is needed" : "the producer's credential is not accepted (unknown producer or wrong token)"
             return .text(401, "\(why): HTTP Basic producer:token or Authorization: Bearer token, as in the ACL (token_sha256 is the SHA-256 of the token)",
                          headers: [("WWW-Authenticate", "Basic realm=\"qsrest\"")])
@@ -194,7 +244,7 @@ struct RequestHandler: Sendable {
         case let .immediate(reply, procedure, bad):
             if let bad {
                 metrics.badRequests.increment()
-                logger.warning("bad request", metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "procedure": "\(procedure)", "reason": "\(bad)"])
+                badLog.warning(logger, "bad request", peer: peer, metadata: ["producer": "\(producer.name)", "procedure": "\(procedure)", "reason": "\(bad)"])
             }
             return reply
         case let .writes(list, procedure, reply):
@@ -202,8 +252,8 @@ struct RequestHandler: Sendable {
                 m.refusedKeyspace.increment()
                 let key = String(decoding: outside.key.prefix(200), as: UTF8.self)
                 let allowed = producer.prefixes.map { String(decoding: $0, as: UTF8.self) }.joined(separator: ", ")
-                logger.warning("write refused: outside the producer's keyspace", metadata: ["peer": "\(peer)", "producer": "\(producer.name)",
-                                                                                            "procedure": "\(procedure)", "key": "\(key)"])
+                keyspaceLog.warning(logger, "write refused: outside the producer's keyspace", peer: peer,
+                                metadata: ["producer": "\(producer.name)", "procedure": "\(procedure)", "key": "\(key)"])
                 return .error(403, "key '\(key)' is outside producer \(producer.name)'s keyspace (\(allowed)); nothing of this request was written")
             }
             let bytes = list.reduce(0) { $0 + $1.payloadBytes }
@@ -233,6 +283,13 @@ struct RequestHandler: Sendable {
                 return .error(503, "\(error); nothing was acknowledged: retry").adding(("Retry-After", "1"))
             }
         }
+    }
+
+    /// A connection that spoke KT's binary protocol (already answered 0xBF and closed).
+    func refuseBinary(magic: UInt8, peer: String) {
+        metrics.binaryRefused.increment()
+        binaryLog.warning(logger, "KT binary protocol refused: it carries no producer credential; use HTTP RPC with a credential (docs/runbook.md, section 9)",
+                        peer: peer, metadata: ["magic": "0x\(String(magic, radix: 16, uppercase: true))"])
     }
 
     private func write(_ r: RestReply, head: HTTPRequestHead, keepAlive: Bool,

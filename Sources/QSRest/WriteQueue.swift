@@ -84,6 +84,9 @@ public actor WriteQueue: Service {
     private var stopped = false
     /// The root's position for this source as last confirmed, readable without the actor.
     public nonisolated let position = Mutex<UInt64?>(nil)
+    /// Why the last batch failed, nil once one commits: `/readyz` says it (a demoted root,
+    /// a root refusing the token) until writes go through again.
+    public nonisolated let lastFailure = Mutex<String?>(nil)
 
     public init(sourceID: String, root: RootWriter, limits: Limits, metrics: RestMetrics, logger: Logger) {
         self.sourceID = sourceID
@@ -144,6 +147,14 @@ public actor WriteQueue: Service {
     private func setConfirmed(_ p: UInt64) {
         confirmed = p
         position.withLock { $0 = p }
+        lastFailure.withLock { $0 = nil }
+    }
+
+    /// Every request of `batch` gets an error: nothing of it was acknowledged.
+    private func fail(_ batch: [Pending], _ why: String) {
+        metrics.batchesFailed.increment()
+        lastFailure.withLock { $0 = why }
+        for p in batch { p.reply.resume(throwing: Refusal.failed(why)) }
     }
 
     /// Sends what is pending, one batch after another, while batches are full.
@@ -185,8 +196,7 @@ public actor WriteQueue: Service {
             } catch {
                 let why = error is CancellationError ? "qsrest stopped before the root answered" : "\(error)"
                 logger.error("batch failed; its requests get an error", metadata: ["source-id": "\(sourceID)", "writes": "\(all.count)", "error": "\(why)"])
-                metrics.batchesFailed.increment()
-                for p in batch { p.reply.resume(throwing: Refusal.failed(why)) }
+                fail(batch, why)
                 return
             }
             switch answer {
@@ -214,9 +224,7 @@ public actor WriteQueue: Service {
                 from = current
                 setConfirmed(current)
             default:
-                let why = "unexpected answer from the root: \(answer)"
-                metrics.batchesFailed.increment()
-                for p in batch { p.reply.resume(throwing: Refusal.failed(why)) }
+                fail(batch, "unexpected answer from the root: \(answer)")
                 return
             }
         }

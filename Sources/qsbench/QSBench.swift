@@ -32,11 +32,14 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Directory for the JSON results. (env: QS_BENCH_OUT)", valueName: "dir"))
     var out: String = QSEnv.string("QS_BENCH_OUT") ?? "bench/results"
 
-    @Option(help: ArgumentHelp("Benchmarks to run: root-write, mirror, lag, backlog, reads (comma separated). (env: QS_BENCH_SUITES)", valueName: "list"))
-    var suites: String = QSEnv.string("QS_BENCH_SUITES") ?? "root-write,mirror,lag,backlog,reads"
+    @Option(help: ArgumentHelp("Benchmarks to run: root-write, mirror, lag, backlog, reads, rest (comma separated). (env: QS_BENCH_SUITES)", valueName: "list"))
+    var suites: String = QSEnv.string("QS_BENCH_SUITES") ?? "root-write,mirror,lag,backlog,reads,rest"
 
     @Option(help: ArgumentHelp("Entries in the mirror benchmark's source root. (env: QS_BENCH_MIRROR_ENTRIES)", valueName: "n"))
     var mirrorEntries: Int = QSEnv.value("QS_BENCH_MIRROR_ENTRIES", 1_000_000, flag: "--mirror-entries")
+
+    @Option(help: ArgumentHelp("The rest suite's reference: a real ktserver listening on 127.0.0.1:PORT, measured instead of fakekt (its database must take set). (env: QS_BENCH_REST_KT_PORT)", valueName: "port"))
+    var restKTPort: Int = QSEnv.value("QS_BENCH_REST_KT_PORT", 0, flag: "--rest-kt-port")
 
     @Option(help: ArgumentHelp("Scratch directory for the stores (a real disk, not tmpfs, for honest fsyncs). (env: QS_BENCH_SCRATCH)", valueName: "dir"))
     var scratch: String = QSEnv.string("QS_BENCH_SCRATCH") ?? ".bench-scratch"
@@ -132,6 +135,24 @@ struct QSBench: AsyncParsableCommand {
             enc.outputFormatting = [.prettyPrinted, .sortedKeys]
             enc.keyEncodingStrategy = .convertToSnakeCase
             try enc.encode(r).write(to: URL(fileURLWithPath: "\(out)/reads-latest.json"))
+        }
+        if runSuites.contains("rest") {
+            let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            let r = try await RestBench(valueBytes: valueBytes, seconds: max(d.seconds, 5), scratch: scratch, binDir: bin,
+                                      ktPort: restKTPort > 0 ? restKTPort : nil).run()
+            print("rest: producers' /rpc/set through qsrest (acknowledged once committed at a root) next to \(r.reference)'s, same run:")
+            for (i, n) in r.producers.enumerated() {
+                let k = r.kt[i], slow = r.qsrest500ms[i], fast = r.qsrest20ms[i]
+                print(String(format: "  %2d producers: KT %.0f writes/s (p99 %.1f ms); qsrest 500ms %.0f/s (p99 %.0f ms): ratio %.3f; qsrest 20ms %.0f/s (p99 %.1f ms): ratio %.3f",
+                             n, k.opsPerSec, k.p99Micros / 1000, slow.opsPerSec, slow.p99Micros / 1000, slow.opsPerSec / max(k.opsPerSec, 1),
+                             fast.opsPerSec, fast.p99Micros / 1000, fast.opsPerSec / max(k.opsPerSec, 1)))
+            }
+            print(String(format: "  qsrest own memory %.1f MB", Double(r.qsrestPeakAnonBytes) / 1e6))
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            enc.keyEncodingStrategy = .convertToSnakeCase
+            try enc.encode(r).write(to: URL(fileURLWithPath: "\(out)/rest-latest.json"))
         }
         guard runSuites.contains("root-write") else { return }
         var rows = [Row]()

@@ -149,39 +149,44 @@ struct ReadBench {
         _ = exchange(fd, Array("get \(key(0))\r\n".utf8), done: isMemcachedDone)
     }
 
-    /// Closed-loop load: each connection sends one request and waits for its answer.
     func load(port: Int, connections: Int, requests: Requests,
               done: @escaping @Sendable ([UInt8]) -> Bool) -> Load {
-        let collected = Samples()
-        let end = Date().addingTimeInterval(seconds)
-        let group = DispatchGroup()
-        let keys = self.keys
-        for c in 0..<connections {
-            group.enter()
-            Thread {
-                defer { group.leave() }
-                guard let fd = Harness.connectLoopback(port: port) else { return }
-                defer { close(fd) }
-                var tv = timeval(tv_sec: 2, tv_usec: 0)
-                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-                var mine = [Double]()
-                var i = c * 7919
-                while Date() < end {
-                    let t0 = DispatchTime.now().uptimeNanoseconds
-                    guard exchange(fd, requests.list[i % keys], done: done) else { break }
-                    mine.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1000)
-                    i += 104_729
-                }
-                collected.add(mine)
-            }.start()
-        }
-        group.wait()
-        let latencies = collected.sorted
-        let total = latencies.count
-        func pct(_ p: Double) -> Double { latencies.isEmpty ? 0 : latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
-        return Load(connections: connections, opsPerSec: Double(total) / seconds, p50Micros: pct(0.5), p99Micros: pct(0.99))
+        closedLoop(port: port, connections: connections, seconds: seconds, requests: requests, done: done)
     }
 
+}
+
+/// Closed-loop load for `seconds`: each connection sends one request (walking `requests`
+/// with its own stride) and waits for its answer; throughput and latency percentiles.
+func closedLoop(port: Int, connections: Int, seconds: Double, requests: Requests,
+                done: @escaping @Sendable ([UInt8]) -> Bool) -> ReadBench.Load {
+    let collected = Samples()
+    let end = Date().addingTimeInterval(seconds)
+    let group = DispatchGroup()
+    let count = requests.list.count
+    for c in 0..<connections {
+        group.enter()
+        Thread {
+            defer { group.leave() }
+            guard let fd = Harness.connectLoopback(port: port) else { return }
+            defer { close(fd) }
+            var tv = timeval(tv_sec: 5, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            var mine = [Double]()
+            var i = c * 7919
+            while Date() < end {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                guard exchange(fd, requests.list[i % count], done: done) else { break }
+                mine.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1000)
+                i += 104_729
+            }
+            collected.add(mine)
+        }.start()
+    }
+    group.wait()
+    let latencies = collected.sorted
+    func pct(_ p: Double) -> Double { latencies.isEmpty ? 0 : latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
+    return ReadBench.Load(connections: connections, opsPerSec: Double(latencies.count) / seconds, p50Micros: pct(0.5), p99Micros: pct(0.99))
 }
 
 /// Each key's request, made once.

@@ -90,10 +90,7 @@ struct NodeOptions: ParsableArguments {
             throw Exit.usage
         }
         do {
-            switch node.endpoint {
-            case let .tcp(host, port): return try await QSClient.connect(host: host, port: port, token: token)
-            case let .unix(path): return try await QSClient.connect(unixPath: path, token: token)
-            }
+            return try await QSClient.connect(to: node.endpoint, token: token)
         } catch {
             fail("cannot connect to node \(node): \(error)")
             throw Exit.serverError

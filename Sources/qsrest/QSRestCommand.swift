@@ -20,7 +20,10 @@ struct QSRestCommand: AsyncParsableCommand {
             --batch-interval and applied at the root with compare-and-swap on this instance's \
             --source-id; conditional writes are decided by the root inside that transaction. A \
             request is answered only once its batch is committed. SIGHUP re-reads --acl (a bad \
-            file keeps the ACL in force). Every flag has a QS_ environment fallback.
+            file keeps the ACL in force). The admin port serves GET /usage (keys and bytes \
+            per producer, as qsctl usage; behind --admin-token-file like its other actions). \
+            KT's binary protocol carries no credential and is refused: producers write over \
+            HTTP. Every flag has a QS_ environment fallback.
             """ + "\n\n" + DaemonExitCodes.help,
         version: QSVersion.string
     )
@@ -63,11 +66,18 @@ struct QSRestCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The longest a request past its producer's soft quota is delayed; one that would wait longer is refused with 429 and Retry-After. (env: QS_QUOTA_MAX_DELAY)", valueName: "duration"))
     var quotaMaxDelay: Interval = QSEnv.value("QS_QUOTA_MAX_DELAY", Interval(.seconds(2)))
 
+    @Option(help: ArgumentHelp("The node the admin port's GET /usage scans (a replica keeps the scan off the root), HOST:PORT or unix:PATH; none: the --root list, the first that answers. (env: QS_USAGE_NODE)", valueName: "host:port"))
+    var usageNode: OrNone<Address> = QSEnv.value("QS_USAGE_NODE", .none)
+
+    @Option(help: ArgumentHelp("GET /usage serves a report this young without scanning again (?fresh=1 scans anyway), e.g. 60s. (env: QS_USAGE_MAX_AGE)", valueName: "duration"))
+    var usageMaxAge: Interval = QSEnv.value("QS_USAGE_MAX_AGE", Interval(.seconds(60)))
+
     @OptionGroup var service: ServiceOptions
 
     func validate() throws {
         guard !acl.isEmpty else { throw ValidationError("--acl is required: the producers' TOML file (or set QS_ACL)") }
         guard batchInterval.duration > .zero else { throw ValidationError("--batch-interval must be more than 0, e.g. 500ms") }
+        guard usageMaxAge.duration >= .zero else { throw ValidationError("--usage-max-age must be 0 (always scan) or more, e.g. 60s") }
         guard batchMaxOps > 0 else { throw ValidationError("--batch-max-ops must be positive") }
         guard batchMaxBytes.bytes > 0, maxPendingBytes.bytes > 0, maxBody.bytes > 0 else {
             throw ValidationError("--batch-max-bytes, --max-pending-bytes and --max-body must be more than 0")
@@ -107,8 +117,13 @@ struct QSRestCommand: AsyncParsableCommand {
             .init(service: server, failureTerminationBehavior: .gracefullyShutdownGroup),
         ]
         if let adminEndpoint = service.adminEndpoint() {
-            services.append(.init(service: AdminServer(endpoint: adminEndpoint, registry: registry, logger: logger,
-                                                       actionGate: try service.adminGate(logger: logger), readiness: {
+            let usage = UsageReporter(nodes: usageNode.value.map { [$0.endpoint] } ?? roots, token: token, maxAge: usageMaxAge.duration)
+            let reports: [String: AdminReport] = ["/usage": { query in await usage.answer(query: query, acl: access.acl) }]
+            services.append(.init(service: AdminServer(endpoint: adminEndpoint, registry: registry, logger: logger, limits: service.connectionLimits,
+                                                       reports: reports, actionGate: try service.adminGate(logger: logger), readiness: {
+                if let failure = queue.lastFailure.withLock({ $0 }) {
+                    return Readiness(ready: false, detail: "the last batch failed, its writes were answered 503 and none since committed: \(failure)")
+                }
                 guard writer.connected else {
                     return Readiness(ready: false, detail: "not connected to a writable root (\(roots.map(\.description).joined(separator: ",")))\(writer.link.withLock { $0.lastError }.map { ": \($0)" } ?? "")")
                 }

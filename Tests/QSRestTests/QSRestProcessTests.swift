@@ -169,6 +169,136 @@ final class QSRestProcessTests: XCTestCase {
         await client.close()
         XCTAssertEqual(try rest.stop(), 0)
     }
+
+    /// GET /usage on the admin port: behind the admin token, the same figures as `qsctl
+    /// usage --acl` (keys, values, per-record overhead; the keys no producer owns), kept
+    /// for --usage-max-age and measured again on ?fresh=1.
+    func testUsageEndpointAnswersAsQsctlUsageBehindTheAdminToken() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let acl = try writeACL()
+        let adminToken = tmp.appendingPathComponent("admin-token")
+        try Data("0123456789abcdef-admin".utf8).write(to: adminToken)
+        let (rest, port, admin) = try startRest(root: root.address, acl: acl, extra: ["--admin-token-file", adminToken.path])
+        let base = "http://127.0.0.1:\(port)"
+        XCTAssertEqual(try curl(["-u", "dns:dns-token", "\(base)/rpc/set?key=dns%2Fa&value=12345"]).status, 200)
+        XCTAssertEqual(try curl(["-u", "dns:dns-token", "\(base)/rpc/set?key=dns%2Fb&value=1&xt=4000000000"]).status, 200)
+        XCTAssertEqual(try curl(["-u", "waf:waf-token", "\(base)/rpc/set?key=waf%2Fz&value=abc"]).status, 200)
+        let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        _ = try await client.write([.set(key: Array("stray/1".utf8), value: Array("v".utf8), expiry: nil)], sourceID: "t")
+        await client.close()
+
+        let url = "http://127.0.0.1:\(admin)/usage"
+        XCTAssertEqual(try curl([url]).status, 401)
+        XCTAssertEqual(try curl(["-H", "Authorization: Bearer wrong-token-wrong-token", url]).status, 401)
+        let auth = ["-H", "Authorization: Bearer 0123456789abcdef-admin"]
+        let first = try curl(auth + [url])
+        XCTAssertEqual(first.status, 200, first.body)
+        let cli = try Harness.run("qsctl", ["--node", root.address, "usage", "--acl", acl.path, "--output", "json"])
+        XCTAssertEqual(cli.status, 0, String(decoding: cli.stderr, as: UTF8.self))
+        func object(_ text: String) throws -> [String: Any] {
+            try XCTUnwrap(JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], text)
+        }
+        let endpoint = try object(first.body), qsctl = try object(String(decoding: cli.stdout, as: UTF8.self))
+        XCTAssertEqual(endpoint["producers"] as? NSDictionary, qsctl["producers"] as? NSDictionary)
+        XCTAssertEqual(endpoint["unowned"] as? NSDictionary, qsctl["unowned"] as? NSDictionary)
+        let dns = try XCTUnwrap((endpoint["producers"] as? [String: Any])?["dns"] as? [String: Int])
+        // Two records: 10 key bytes, 6 value bytes; overhead 12 each, 8 more for the expiry.
+        XCTAssertEqual(dns, ["keys": 2, "key_bytes": 10, "value_bytes": 6, "overhead_bytes": 32, "total_bytes": 48])
+        XCTAssertEqual((endpoint["unowned"] as? [String: Any])?["keys"] as? Int, 1)
+        XCTAssertEqual(endpoint["node"] as? String, root.address)
+
+        // Kept: a new write is not seen until the report is older than --usage-max-age or
+        // ?fresh=1 asks for a scan.
+        XCTAssertEqual(try curl(["-u", "dns:dns-token", "\(base)/rpc/set?key=dns%2Fc&value=1"]).status, 200)
+        let kept = try object(try curl(auth + [url]).body)
+        XCTAssertEqual(((kept["producers"] as? [String: Any])?["dns"] as? [String: Int])?["keys"], 2)
+        let fresh = try object(try curl(auth + [url + "?fresh=1"]).body)
+        XCTAssertEqual(((fresh["producers"] as? [String: Any])?["dns"] as? [String: Int])?["keys"], 3)
+        let table = try curl(auth + [url + "?format=table"])
+        XCTAssertTrue(table.body.contains("dns\t3\t15\t7\t44\t66"), table.body)
+        XCTAssertEqual(metricValue(port: admin, "qs_auth_failures_total{interface=\"admin\"}"), 2)
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
+    /// KT's binary protocol (ukt's default set_bulk, 0xB8) carries no credential: the
+    /// connection gets KT's error reply 0xBF and is closed, counted and logged once per peer
+    /// with what to do; refused credentials are logged once per peer too, every one counted.
+    func testBinaryProtocolAndRefusedCredentialsAreAnsweredCountedAndLoggedOncePerPeer() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL())
+        // ukt's set_bulk of one record: magic, flags, count, then db, key size, value size, xt, key, value.
+        let setBulk: [UInt8] = [0xB8, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 5, 0, 0, 0, 1] + [0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]
+            + Array("dns/x".utf8) + [0x31]
+        for _ in 0..<3 {
+            let fd = try XCTUnwrap(Harness.connectLoopback(port: port))
+            _ = setBulk.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+            var answer = [UInt8](repeating: 0, count: 8)
+            let n = answer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            XCTAssertEqual(n, 1)
+            XCTAssertEqual(answer[0], 0xBF)
+            XCTAssertEqual(answer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }, 0, "closed after the error reply")
+            close(fd)
+        }
+        XCTAssertEqual(metricValue(port: admin, "qs_rest_binary_refused_total"), 3)
+        let base = "http://127.0.0.1:\(port)"
+        for _ in 0..<3 { XCTAssertEqual(try curl(["-u", "dns:not-the-token", "\(base)/rpc/set?key=dns%2Fx&value=1"]).status, 401) }
+        XCTAssertEqual(metricValue(port: admin, "qs_rest_auth_failures_total"), 3)
+        XCTAssertEqual(try rest.stop(), 0)
+        let log = rest.log
+        XCTAssertEqual(log.components(separatedBy: "use HTTP RPC with a credential").count - 1, 1, log)
+        XCTAssertTrue(log.contains("magic=0xB8"), log)
+        XCTAssertEqual(log.components(separatedBy: "no valid producer credential").count - 1, 1, log)
+    }
+
+    /// The root demoted while producers write: every request gets an error (never a false
+    /// success), /readyz says why, and nothing acknowledged is lost; promoted again, writes
+    /// go through again on their own.
+    func testARootDemotedUnderLoadGetsErrorsNotFalseSuccessAndWritesResumeOnPromote() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL())
+        let acked = AckedKeys(), refused = AckedKeys()
+        let stop = StopFlag()
+        let producers = (0..<4).map { p in
+            JoinableThread {
+                var i = 0
+                while !stop.isSet {
+                    let key = "dns/p\(p)-\(i)"
+                    let r = httpPost(port: port, path: "/rpc/set", contentType: "application/x-www-form-urlencoded",
+                                     body: Array("key=\(key.replacingOccurrences(of: "/", with: "%2F"))&value=\(i)".utf8),
+                                     headers: [("Authorization", "Bearer dns-token")])
+                    if r?.status == 200 { acked.add(key) } else { refused.add(key) }
+                    i += 1
+                }
+            }
+        }
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { acked.count >= 50 })
+        let demote = try Harness.run("qsctl", ["--node", root.address, "demote"])
+        XCTAssertEqual(demote.status, 0, String(decoding: demote.stderr, as: UTF8.self))
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { refused.count >= 20 }, rest.log)
+        let ready = httpGet(port: admin, path: "/readyz")
+        XCTAssertEqual(ready?.status, 503)
+        XCTAssertTrue(ready?.body.contains("takes no writes") ?? false, ready?.body ?? "no answer")
+        let ackedWhileDemoted = acked.count
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(5)) { refused.count >= 40 })
+        let promote = try Harness.run("qsctl", ["--node", root.address, "promote"])
+        XCTAssertEqual(promote.status, 0, String(decoding: promote.stderr, as: UTF8.self))
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { acked.count >= ackedWhileDemoted + 50 }, rest.log)
+        stop.set()
+        for t in producers { t.wait() }
+        XCTAssertTrue(Harness.waitUntil { httpGet(port: admin, path: "/readyz")?.status == 200 })
+
+        let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        var missing = [String]()
+        for key in acked.all where try await client.get(Array(key.utf8)) == nil { missing.append(key) }
+        XCTAssertEqual(missing, [], "acknowledged writes missing at the root")
+        // A refused write was never applied: none of them is at the root.
+        var applied = [String]()
+        for key in refused.all where try await client.get(Array(key.utf8)) != nil { applied.append(key) }
+        XCTAssertEqual(applied, [], "writes answered with an error are at the root")
+        await client.close()
+        XCTAssertGreaterThan(metricValue(port: admin, "qs_rest_batches_failed_total") ?? 0, 0)
+        XCTAssertEqual(try rest.stop(), 0)
+    }
 }
 
 final class AckedKeys: @unchecked Sendable {

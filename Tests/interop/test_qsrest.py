@@ -38,7 +38,7 @@ def qsrest():
                                  "--batch-interval", "20ms", "--source-id", "qsrest:ukt"],
                                 stdout=subprocess.DEVNULL, stderr=log)
         procs.append(rest)
-        yield {"port": listener_port(listeners, "rest")}
+        yield {"port": listener_port(listeners, "rest"), "root_port": root_port}
     finally:
         for p in reversed(procs):
             stop(p)
@@ -99,3 +99,36 @@ def test_a_producer_writes_only_its_own_keyspace(qsrest):
         wrong.set_http("app/3", "x")
     for c in (app, other, wrong):
         c.close_all()
+
+
+def stored(root_port, key):
+    """Whether the root holds `key` (qsctl get exits 0)."""
+    return subprocess.run([os.path.join(BIN, "qsctl"), "--node", "127.0.0.1:%d" % root_port, "get", key],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+
+
+def test_ukt_binary_writes_are_refused_and_their_http_forms_go_through(qsrest):
+    """ukt's set, set_bulk, remove and dict-style writes use KT's binary protocol, which
+    carries no credential: qsrest answers KT's binary error (ukt raises ProtocolError) and
+    writes nothing. The same writes through ukt's HTTP calls (set_http, set_bulk_http,
+    remove_http, remove_bulk_http) are accepted, as docs/runbook.md section 9 says."""
+    rest = producer(qsrest["port"], "app", "app-token")
+    binary = [lambda: rest.set("app/bin1", "x"),
+              lambda: rest.set_bulk({"app/bin2": "1", "app/bin3": "2"}),
+              lambda: rest.update({"app/bin4": "1"}),
+              lambda: rest.remove("app/bin1")]
+    for call in binary:
+        # A fresh connection per call: the refused one was closed by qsrest.
+        rest.close_all()
+        with pytest.raises(ProtocolError):
+            call()
+    for key in ("app/bin1", "app/bin2", "app/bin3", "app/bin4"):
+        assert not stored(qsrest["root_port"], key)
+    rest.close_all()
+    assert rest.set_http("app/http1", "x")
+    assert rest.set_bulk_http({"app/http2": "1", "app/http3": "2"}) == 2
+    assert rest.remove_http("app/http1")
+    assert rest.remove_bulk_http(["app/http2"]) == 1
+    assert not stored(qsrest["root_port"], "app/http1")
+    assert stored(qsrest["root_port"], "app/http3")
+    rest.close_all()
