@@ -153,14 +153,31 @@ extension Store {
         }
     }
 
-    /// The live record under the cursor; with `step`, the cursor then moves forwards (also
-    /// after a backward move, as Kyoto Cabinet's `accept` with step does), skipping expired
-    /// records forwards.
+    /// Whether the cursor's `step` (and the move after a remove) goes backwards: after a
+    /// backward move on a B+ tree of Kyoto Cabinet's (`.kct`, `%`, `.kcf`), whose cursor
+    /// keeps the direction of its last jump or step (`PlantDB::Cursor::back_`). A prototype
+    /// tree (`+`, a `std::map`) and the hash types always step forwards.
+    func movesBackward(_ c: Cursor) -> Bool {
+        guard c.backward else { return false }
+        switch databases[c.db].kind {
+        case .tree, .grass, .forest: return true
+        default: return false
+        }
+    }
+
+    /// The key a cursor moves to from `key` when it steps (or its record is removed).
+    mutating func nextKey(_ c: Cursor, from key: [UInt8]) -> [UInt8]? {
+        movesBackward(c) ? storedKey(db: c.db, before: key, orAt: false) : storedKey(db: c.db, after: key)
+    }
+
+    /// The live record under the cursor; with `step`, the cursor then moves on: forwards,
+    /// or backwards after a backward move on a B+ tree (`movesBackward`), skipping expired
+    /// records the same way.
     mutating func cursorGet(_ id: CursorID, step: Bool) throws(KTDBError) -> (key: [UInt8], record: KTRecord) {
         guard step else { return try cursorCurrent(id) }
         while true {
             guard var c = cursors[id], let key = c.key, let r = databases[c.db].raw(key) else { throw .noRecord }
-            c.key = storedKey(db: c.db, after: key)
+            c.key = nextKey(c, from: key)
             cursors[id] = c
             if !KTExpiration.isExpired(r.expiration, at: now) { return (key, r) }
         }
@@ -173,10 +190,14 @@ extension Store {
     }
 
     /// `cur_remove` and `cur_seize`: removes the live record under the cursor, which moves
-    /// on to the next key.
+    /// on to the next key (the previous one after a backward move on a B+ tree).
     mutating func cursorRemove(_ id: CursorID) throws(KTDBError) -> (key: [UInt8], record: KTRecord) {
         let (key, record) = try cursorCurrent(id)
-        guard let c = cursors[id] else { throw .noRecord }
+        guard var c = cursors[id] else { throw .noRecord }
+        if movesBackward(c) {
+            c.key = nextKey(c, from: key)
+            cursors[id] = c
+        }
         deleteRecord(db: c.db, key: key)
         logUpdate(db: c.db, .remove(key: key))
         return (key, record)

@@ -186,7 +186,7 @@ extension FakeKTCore {
                 keys = store.matchPrefix(db: db, prefix: pattern, max: max)
             case "match_regex":
                 guard let regex = try? NSRegularExpression(pattern: String(decoding: pattern, as: UTF8.self)) else {
-                    return .error(450, KTDBError(code: 8, name: "logical inconsistency", message: "invalid regular expression").text)
+                    return .error(450, KTDBError(code: 8, name: "logical inconsistency", message: "compilation failed").text)
                 }
                 keys = store.matchKeys(db: db, max: max) { key in
                     let s = String(decoding: key, as: UTF8.self)

@@ -28,15 +28,42 @@ extension FakeKTCore {
             out[key] = "0"
         }
         out["conf_kt_version"] = "\(Self.version) (2.19)"
-        out["conf_kt_features"] = ""
+        out["conf_kt_features"] = "(epoll)"
         out["conf_kc_version"] = "1.2.76 (16.13)"
-        out["conf_kc_features"] = ""
+        out["conf_kc_features"] = "(atomic)(zlib)"
         out["conf_os_name"] = "Linux"
+        out.merge(Self.systemReport()) { a, _ in a }
         return RPCResult(status: 200, out: Dictionary(uniqueKeysWithValues: out.map { (Array($0.key.utf8), Array($0.value.utf8)) }))
     }
 
-    /// `status` of one database: the fields Kyoto Cabinet's database of that type reports
-    /// (tuning values at its defaults), and TimedDB's `ktopts`, `ktcapcnt`, `ktcapsiz`.
+    /// ktserver's `sys_*` entries (Kyoto Cabinet's `getsysinfo` on Linux): the process's
+    /// memory from /proc/self/status, the machine's from /proc/meminfo, CPU times from
+    /// getrusage. An entry that cannot be read is left out, as Kyoto Cabinet leaves it.
+    static func systemReport() -> [String: String] {
+        var out: [String: String] = [:]
+        var usage = rusage()
+        if getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &usage) == 0 {
+            out["sys_ru_utime"] = String(format: "%.6f", Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6)
+            out["sys_ru_stime"] = String(format: "%.6f", Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6)
+        }
+        /// "Name:   1234 kB" lines as bytes.
+        func kilobytes(_ path: String, _ names: [String: String]) {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return }
+            for line in text.split(separator: "\n") {
+                let parts = line.split(whereSeparator: { $0 == ":" || $0.isWhitespace })
+                guard parts.count >= 2, let entry = names[String(parts[0])], let kb = Int64(parts[1]) else { continue }
+                out[entry] = String(kb * 1024)
+            }
+        }
+        kilobytes("/proc/self/status", ["VmPeak": "sys_mem_peak", "VmSize": "sys_mem_size", "VmRSS": "sys_mem_rss"])
+        kilobytes("/proc/meminfo", ["MemTotal": "sys_mem_total", "MemFree": "sys_mem_free", "Cached": "sys_mem_cached"])
+        return out
+    }
+
+    /// `status` of one database: the fields ktserver reports for Kyoto Cabinet's database of
+    /// that type (tuning values at its defaults; a B+ tree's page counts as for one leaf), and
+    /// TimedDB's `ktopts`, `ktcapcnt`, `ktcapsiz`. Not `opaque`, nor the fields Kyoto Cabinet
+    /// fills only when a caller asks for them (`bnum_used`, `fbpnum_used`, `cusage_*`).
     func status(_ store: inout Store, _ index: Int) -> RPCResult {
         let db = store.databases[index]
         let kind = db.kind
@@ -47,7 +74,6 @@ extension FakeKTCore {
             "path": db.path,
             "type": String(kind.rawValue),
             "realtype": String(kind.rawValue),
-            "opaque": String(repeating: "\u{0}", count: 16),
             "ktopts": "0",
             "ktcapcnt": "-1",
             "ktcapsiz": "-1",
@@ -57,17 +83,15 @@ extension FakeKTCore {
         case .prototypeHash, .prototypeTree, .text:
             break
         case .stash:
-            out["bnum"] = "1048583"
-            out["bnum_used"] = count
+            break
         case .cache, .grass:
             out.merge(library) { a, _ in a }
-            out.merge(["fmtver": "1", "chksum": "255", "opts": "0", "bnum": "1048583", "capcnt": "-1", "capsiz": "-1",
-                       "bnum_used": count]) { a, _ in a }
+            out.merge(["fmtver": "1", "chksum": "255", "opts": "0", "bnum": "1048583", "capcnt": "-1", "capsiz": "-1"]) { a, _ in a }
         case .hash, .tree:
             out.merge(library) { a, _ in a }
             out.merge(["fmtver": "5", "chksum": "0", "flags": "0", "apow": kind == .tree ? "8" : "3", "fpow": "10", "opts": "0",
                        "bnum": kind == .tree ? "65536" : "1048583", "msiz": String(64 << 20), "dfunit": "0", "frgcnt": "0",
-                       "realsize": String(db.size()), "trimmed": "0", "fbpnum_used": "0", "bnum_used": count]) { a, _ in a }
+                       "realsize": String(db.size()), "trimmed": "0"]) { a, _ in a }
         case .directory, .forest:
             out.merge(library) { a, _ in a }
             out.merge(["fmtver": "1", "chksum": "0", "flags": "0", "opts": "0"]) { a, _ in a }
@@ -75,8 +99,7 @@ extension FakeKTCore {
         if kind == .grass || kind == .tree || kind == .forest {
             // A B+ tree over an inner cache, hash or directory database adds its own fields.
             out.merge(["psiz": "8192", "pccap": String(64 << 20), "rcomp": "lexical", "root": "1", "first": "1", "last": "1",
-                       "lcnt": "1", "icnt": "0", "pnum": "1", "cusage": "0", "cusage_lcnt": "1", "cusage_lsiz": "0",
-                       "cusage_icnt": "0", "cusage_isiz": "0"]) { _, b in b }
+                       "lcnt": "1", "icnt": "0", "pnum": "2", "cusage": "0"]) { _, b in b }
         }
         return RPCResult(status: 200, out: Dictionary(uniqueKeysWithValues: out.map { (Array($0.key.utf8), Array($0.value.utf8)) }))
     }

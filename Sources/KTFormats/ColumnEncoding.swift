@@ -4,7 +4,8 @@ public enum KTColumnEncoding: UInt8, Sendable, CaseIterable {
     case base64 = 0x42 // "B"
     /// Quoted-printable: `=XX` (upper-case hex) for `=`, control bytes and bytes ≥ 0x7F.
     case quotedPrintable = 0x51 // "Q"
-    /// URL encoding: `%xx` (lower-case hex) for all but letters, digits and `_-.!~*'()`.
+    /// URL encoding: `%xx` (lower-case hex) for all but letters, digits and `_-.~`
+    /// (Kyoto Cabinet's `urlencode`).
     case url = 0x55 // "U"
 
     /// The letter used in `colenc=`.
@@ -40,14 +41,22 @@ public enum KTColumnEncoding: UInt8, Sendable, CaseIterable {
     static let hexUpper = Array("0123456789ABCDEF".utf8)
     static let hexLower = Array("0123456789abcdef".utf8)
 
-    /// Whether URL encoding leaves `c` as it is.
+    /// Whether URL encoding leaves `c` as it is (Kyoto Cabinet's `urlencode`: letters,
+    /// digits and `_-.~`; a `*` is sent as `%2a`).
     static func isURLSafe(_ c: UInt8) -> Bool {
         switch c {
         case 0x41...0x5A, 0x61...0x7A, 0x30...0x39: return true
-        case UInt8(ascii: "_"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "!"),
-             UInt8(ascii: "~"), UInt8(ascii: "*"), UInt8(ascii: "'"), UInt8(ascii: "("), UInt8(ascii: ")"):
-            return true
+        case UInt8(ascii: "_"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "~"): return true
         default: return false
+        }
+    }
+
+    /// Whether KT's estimate of a reply's URL-encoded length (`checkmapenc`) counts `c` as
+    /// one byte: letters, digits and `_-.!~*'()`, a wider set than `urlencode` leaves alone.
+    static func countsAsURLSafe(_ c: UInt8) -> Bool {
+        switch c {
+        case UInt8(ascii: "!"), UInt8(ascii: "*"), UInt8(ascii: "'"), UInt8(ascii: "("), UInt8(ascii: ")"): return true
+        default: return isURLSafe(c)
         }
     }
 

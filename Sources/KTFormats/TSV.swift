@@ -78,7 +78,7 @@ public enum KTTSV {
             base64Length += size * 6 / 4 + 3
             for c in bytes.prefix(size) {
                 if c < 0x20 || c == 0x7F { binary = true }
-                urlLength += (KTColumnEncoding.isURLSafe(c) ? 1 : 3)
+                urlLength += (KTColumnEncoding.countsAsURLSafe(c) ? 1 : 3)
             }
         }
         for (k, v) in pairs {
@@ -118,10 +118,14 @@ public enum KTTSV {
         return "\(mediaType); colenc=\(encoding.letter)"
     }
 
-    /// Encodes a reply map the way KT does: sorted, with the best encoding.
+    /// Encodes a reply map the way KT does: sorted, with the best encoding. KT encodes its
+    /// reply map into a new map (`tsvmapencode`), so an encoded reply is in the order of the
+    /// encoded names: in URL encoding `%e3%82%ad` comes before `ab`.
     public static func reply(_ map: [[UInt8]: [UInt8]]) -> (contentType: String, body: [UInt8]) {
         let pairs = sorted(map)
-        let encoding = bestEncoding(for: pairs)
-        return (contentType(encoding), serialize(pairs, encoding: encoding))
+        guard let encoding = bestEncoding(for: pairs) else { return (contentType(nil), serialize(pairs, encoding: nil)) }
+        let encoded = pairs.map { (key: encoding.encode($0.key), value: encoding.encode($0.value)) }
+            .sorted { $0.key.lexicographicallyPrecedes($1.key) }
+        return (contentType(encoding), serialize(encoded, encoding: nil))
     }
 }

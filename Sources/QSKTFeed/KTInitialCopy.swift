@@ -165,8 +165,8 @@ public final class KTInitialCopy: FeedPreparation {
             } else if mode == .never {
                 return
             } else if let checkpoint, checkpoint > 0, !SourcePosition.isKTTimestamp(checkpoint) {
-                // A copy's batch count without its cursor: a root that mirrored another
-                // (cursors are not carried by the log). Start the copy again above it.
+                // A copy's batch count without its cursor: a root that mirrored a copy made
+                // before log entries carried cursors. Start the copy again above it.
                 logger.warning("the root's checkpoint for this source is an initial copy's batch count but holds no copy cursor (a mirrored root?): copying again from the start",
                                metadata: ["checkpoint": "\(checkpoint)"])
                 state = (checkpoint, nil)

@@ -3,41 +3,52 @@ import QSBytes
 
 /// One entry of the transaction log: what a single write transaction changed.
 ///
-/// Encoding (version 1), the bytes that are stored, hashed and replicated verbatim:
-/// `version:u8=1 commitTimeNs:u64 sourceID:string16 position:u64 ops:list`.
+/// Encoding, the bytes that are stored, hashed and replicated verbatim:
+/// version 1 `version:u8=1 commitTimeNs:u64 sourceID:string16 position:u64 ops:list`;
+/// version 2, an initial copy's batch, adds the copy cursor stored beside the checkpoint:
+/// `version:u8=2 … ops:list copyCursor:blob32`. An entry is written as version 1 unless it
+/// carries a cursor, so logs without initial copies are byte for byte what they were.
 public struct LogEntry: Sendable, Equatable {
     public static let version: UInt8 = 1
+    /// The version of an entry that carries an initial copy's cursor.
+    public static let copyVersion: UInt8 = 2
 
     public var commitTimeNs: UInt64
     public var origin: Origin
     public var operations: [Mutation]
+    /// The source's initial-copy cursor after this entry (`meta cc/<sourceID>`); nil: the
+    /// entry's batch carried none, which removes the source's cursor.
+    public var copyCursor: [UInt8]?
 
-    public init(commitTimeNs: UInt64, origin: Origin, operations: [Mutation]) {
+    public init(commitTimeNs: UInt64, origin: Origin, operations: [Mutation], copyCursor: [UInt8]? = nil) {
         self.commitTimeNs = commitTimeNs
         self.origin = origin
         self.operations = operations
+        self.copyCursor = copyCursor
     }
 
     public func encoded() -> [UInt8] {
-        var w = ByteWriter(capacity: 64 + operations.reduce(0) { $0 + $1.payloadBytes + 13 })
-        w.writeU8(Self.version)
+        var w = ByteWriter(capacity: 64 + (copyCursor?.count ?? 0) + operations.reduce(0) { $0 + $1.payloadBytes + 13 })
+        w.writeU8(copyCursor == nil ? Self.version : Self.copyVersion)
         w.writeU64(commitTimeNs)
         w.writeString16(origin.sourceID)
         w.writeU64(origin.position)
         Mutation.encodeList(operations, into: &w)
+        if let copyCursor { w.writeBlob32(copyCursor) }
         return w.bytes
     }
 
     public static func decode(_ bytes: [UInt8]) throws -> LogEntry {
         var r = ByteReader(bytes)
         let v = try r.readU8("entry version")
-        guard v == version else { throw DecodeError(offset: 0, reason: "unsupported log entry version \(v)") }
+        guard v == version || v == copyVersion else { throw DecodeError(offset: 0, reason: "unsupported log entry version \(v)") }
         let t = try r.readU64("commit time")
         let sid = try r.readString16("source id")
         let pos = try r.readU64("position")
         let ops = try Mutation.decodeList(from: &r)
+        let cursor = v == copyVersion ? try r.readBlob32("copy cursor") : nil
         try r.expectEnd("log entry")
-        return LogEntry(commitTimeNs: t, origin: Origin(sourceID: sid, position: pos), operations: ops)
+        return LogEntry(commitTimeNs: t, origin: Origin(sourceID: sid, position: pos), operations: ops, copyCursor: cursor)
     }
 }
 

@@ -72,7 +72,7 @@ struct KTProcedures: Sendable {
             do {
                 regex = try NSRegularExpression(pattern: String(decoding: pattern, as: UTF8.self))
             } catch {
-                return reply(450, ["ERROR": "DB: 8: logical inconsistency: invalid regular expression"], kind: name,
+                return reply(450, ["ERROR": "DB: 8: logical inconsistency: compilation failed"], kind: name,
                              bad: "invalid regular expression")
             }
             return try match(db, prefix: [], max: params["max"], now: now, kind: name, txn) { key in

@@ -67,9 +67,9 @@ extension StoreTransaction {
             for op in entry.operations { _ = try apply(op) }
             try txn.put(log, Store.encodeU64(e.index), e.hash + e.bytes, append: true)
             head = Head(index: e.index, hash: e.hash, commitTimeNs: entry.commitTimeNs)
-            // The origin's checkpoint moves with the entry, so a replica's checkpoints
-            // equal its root's.
-            try txn.put(meta, Store.checkpointPrefix + Array(entry.origin.sourceID.utf8), Store.encodeU64(entry.origin.position))
+            // The origin's checkpoint (and initial-copy cursor) moves with the entry, so a
+            // replica's or a mirror's checkpoints equal its root's.
+            try storePosition(sourceID: entry.origin.sourceID, position: entry.origin.position, copyCursor: entry.copyCursor)
         }
         try store.writeHead(head, txn)
         return head

@@ -243,13 +243,21 @@ public struct StoreTransaction: ~Copyable {
         let kept = try body()
         var index: UInt64?
         if !kept.isEmpty {
-            let entry = LogEntry(commitTimeNs: 0, origin: Origin(sourceID: sourceID, position: new), operations: kept)
+            let entry = LogEntry(commitTimeNs: 0, origin: Origin(sourceID: sourceID, position: new), operations: kept,
+                                 copyCursor: copyCursor)
             index = try appendEntry(entry, now: now)
         }
-        try txn.put(meta, cpKey, Store.encodeU64(new))
+        try storePosition(sourceID: sourceID, position: new, copyCursor: copyCursor)
+        return .applied(logIndex: index, kept: kept.count)
+    }
+
+    /// Stores a source's checkpoint with its initial-copy cursor beside it (nil removes the
+    /// cursor: the source's copy, if any, is over). A batch does this at its root; applying
+    /// its log entry elsewhere (a replica, a compatible mirror) does the same, so both travel.
+    func storePosition(sourceID: String, position: UInt64, copyCursor: [UInt8]?) throws {
+        try txn.put(meta, Store.checkpointPrefix + Array(sourceID.utf8), Store.encodeU64(position))
         let ccKey = Store.copyCursorPrefix + Array(sourceID.utf8)
         if let copyCursor { try txn.put(meta, ccKey, copyCursor) } else { _ = try txn.delete(meta, ccKey) }
-        return .applied(logIndex: index, kept: kept.count)
     }
 
     /// What one step of the expiry purge did.

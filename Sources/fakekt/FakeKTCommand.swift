@@ -53,25 +53,25 @@ struct FakeKTCommand: AsyncParsableCommand {
     var cmd: String?
     @Option(name: .customLong("bgs", withSingleDash: true), help: "ktserver's snapshot directory; made if missing. fakekt writes no snapshots (QS_FAKEKT_BGS).")
     var bgs: String?
-    @Option(name: .customLong("bgsi", withSingleDash: true), help: "Snapshot interval; taken and ignored, as -bgs.")
+    @Option(name: .customLong("bgsi", withSingleDash: true), help: "Snapshot interval in seconds; taken and ignored, as -bgs (QS_FAKEKT_BGSI).")
     var bgsi: Double?
-    @Option(name: .customLong("bgsc", withSingleDash: true), help: "Snapshot compression; taken and ignored, as -bgs.")
+    @Option(name: .customLong("bgsc", withSingleDash: true), help: "Snapshot compression (zlib, lzo, lzma; other names mean none, as in ktserver); taken and ignored, as -bgs (QS_FAKEKT_BGSC).")
     var bgsc: String?
-    @Option(name: .customLong("asi", withSingleDash: true), help: "Auto-synchronization interval; taken and ignored (the databases are in memory).")
+    @Option(name: .customLong("asi", withSingleDash: true), help: "Auto-synchronization interval in seconds; taken and ignored: the databases are in memory (QS_FAKEKT_ASI).")
     var asi: Double?
-    @Flag(name: .customLong("ash", withSingleDash: true), help: "Hard auto-synchronization; taken and ignored.")
+    @Flag(name: .customLong("ash", withSingleDash: true), help: "Hard auto-synchronization; taken and ignored (QS_FAKEKT_ASH=1).")
     var ash = false
-    @Option(name: .customLong("uasi", withSingleDash: true), help: "Update-log synchronization interval; taken and ignored (fakekt writes the log as it goes).")
+    @Option(name: .customLong("uasi", withSingleDash: true), help: "Update-log synchronization interval in seconds; taken and ignored: fakekt writes the log as it goes (QS_FAKEKT_UASI).")
     var uasi: Double?
-    @Flag(name: .customLong("oat", withSingleDash: true), help: "Open option auto-transaction; taken and ignored.")
+    @Flag(name: .customLong("oat", withSingleDash: true), help: "Open option auto-transaction; taken and ignored (QS_FAKEKT_OAT=1).")
     var oat = false
-    @Flag(name: .customLong("oas", withSingleDash: true), help: "Open option auto-synchronization; taken and ignored.")
+    @Flag(name: .customLong("oas", withSingleDash: true), help: "Open option auto-synchronization; taken and ignored (QS_FAKEKT_OAS=1).")
     var oas = false
-    @Flag(name: .customLong("onl", withSingleDash: true), help: "Open option no locking; taken and ignored.")
+    @Flag(name: .customLong("onl", withSingleDash: true), help: "Open option no locking; taken and ignored (QS_FAKEKT_ONL=1).")
     var onl = false
-    @Flag(name: .customLong("otl", withSingleDash: true), help: "Open option try locking; taken and ignored.")
+    @Flag(name: .customLong("otl", withSingleDash: true), help: "Open option try locking; taken and ignored (QS_FAKEKT_OTL=1).")
     var otl = false
-    @Flag(name: .customLong("onr", withSingleDash: true), help: "Open option no repair; taken and ignored.")
+    @Flag(name: .customLong("onr", withSingleDash: true), help: "Open option no repair; taken and ignored (QS_FAKEKT_ONR=1).")
     var onr = false
     @Option(name: [.customLong("ready-file", withSingleDash: true), .customLong("ready-file")],
             help: "Once listening, write {\"listeners\":[{\"name\":\"kt\",\"address\":HOST:PORT}]} to this file, atomically (QS_FAKEKT_READY_FILE); with -port 0 it tells the port picked.")
@@ -154,6 +154,11 @@ struct FakeKTCommand: AsyncParsableCommand {
         if let ms = faultRefuseMs ?? Self.env("FAULT_REFUSE_MS", Int.self) {
             c.faults.refuseUntilMillis = UInt64(Date().timeIntervalSince1970 * 1000) + UInt64(max(0, ms))
         }
+        // ktserver's persistence tuning: nothing here to tune, but a variable is checked as
+        // its flag would be, so a value ktserver would take is taken and a malformed one refused.
+        _ = (bgsi ?? Self.env("BGSI", Double.self), bgsc ?? Self.env("BGSC"), asi ?? Self.env("ASI", Double.self),
+             uasi ?? Self.env("UASI", Double.self))
+        _ = ["ASH", "OAT", "OAS", "ONL", "OTL", "ONR"].map { Self.envFlag($0) }
         return c
     }
 

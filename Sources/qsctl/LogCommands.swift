@@ -72,6 +72,7 @@ struct Log: AsyncParsableCommand {
                         if let entry {
                             line += ",\"commit_time_ns\":\(entry.commitTimeNs),\"source_id\":\(jsonString(entry.origin.sourceID))"
                             line += ",\"position\":\(entry.origin.position),\"ops\":[" + entry.operations.map(operationJSON).joined(separator: ",") + "]"
+                            if let cursor = entry.copyCursor { line += ",\"copy_cursor\":\"\(b64(cursor))\"" }
                         } else {
                             line += ",\"undecodable\":\"\(b64(e.bytes))\""
                         }

@@ -118,6 +118,58 @@ final class InitialCopyTests: XCTestCase {
         await fresh.close()
     }
 
+    /// The copy cursor travels with the copy's log entries: a bridge moved to a compatible
+    /// mirror of its root (a cut-over in the middle of a copy) resumes the copy there.
+    func testACopyMovedToACompatibleMirrorResumesThere() async throws {
+        let kt = try FakeKTProcess(logDir: tmp)
+        load(kt, db: 0, count: 4000)
+        load(kt, db: 1, count: 10)
+        let legacy = try RootNode(data: tmp.appendingPathComponent("L"), logDir: tmp)
+        let new = try RootNode(data: tmp.appendingPathComponent("N"), logDir: tmp)
+        let lc = try await QSClient.connect(host: "127.0.0.1", port: legacy.port)
+        let nc = try await QSClient.connect(host: "127.0.0.1", port: new.port)
+        // Paced to take some four seconds; killed after its second batch of records.
+        let first = try bridge(kt, legacy, ["--copy-rate", "1000/s"])
+        let started = await Harness.eventually(timeout: .seconds(60)) { ((try? await lc.checkpoint(sourceID: "kt")) ?? 0) >= 3 }
+        XCTAssertTrue(started, first.log)
+        try first.stop(signal: SIGKILL)
+        let stopped = try await lc.checkpoint(sourceID: "kt") ?? 0
+        XCTAssertLessThan(stopped, Self.floor, "killed during the copy")
+        let mirror = try DaemonProcess("qsqsbridge", ["--source", "qs://\(legacy.address)", "--root", new.address, "--mode", "compatible",
+                                                      "--batch-interval", "100ms", "--log-format", "text"], logDir: tmp)
+        let legacyHead = try await lc.head()
+        let mirrored = await Harness.eventually(timeout: .seconds(30)) { (try? await nc.head()) == legacyHead }
+        XCTAssertTrue(mirrored, mirror.log)
+        let mirroredCheckpoint = try await nc.checkpoint(sourceID: "kt")
+        XCTAssertEqual(mirroredCheckpoint, stopped, "the checkpoint travelled")
+        let copying = await initialCopy(nc)
+        XCTAssertTrue(copying, "the copy cursor travelled: N says a copy is in progress")
+        try mirror.stop()
+        let promote = try Harness.run("qsctl", ["--node", new.address, "promote"])
+        XCTAssertEqual(promote.status, 0, String(decoding: promote.stdout + promote.stderr, as: UTF8.self))
+
+        let moved = try bridge(kt, new)
+        let finished = await Harness.eventually(timeout: .seconds(60)) { ((try? await nc.checkpoint(sourceID: "kt")) ?? 0) >= Self.floor }
+        XCTAssertTrue(finished, moved.log)
+        XCTAssertTrue(moved.log.contains("initial copy resuming"), moved.log)
+        XCTAssertFalse(moved.log.contains("copying again"), "the bridge resumed the copy, it did not start over:\n\(moved.log)")
+        let done = await initialCopy(nc)
+        XCTAssertFalse(done)
+        let verify = try Harness.run("qsctl", ["--node", new.address, "verify", "--kt", kt.address, "--db-map", "0=,1=aux/"])
+        XCTAssertEqual(verify.status, 0, String(decoding: verify.stdout + verify.stderr, as: UTF8.self))
+        XCTAssertEqual(try moved.stop(), 0)
+        await lc.close()
+        await nc.close()
+    }
+
+    /// Whether the node's status shows an initial copy in progress for source id "kt".
+    func initialCopy(_ c: QSClient) async -> Bool {
+        guard let json = try? await c.status(),
+              let s = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
+              let sources = s["sources"] as? [[String: Any]] else { return false }
+        return sources.contains { $0["source_id"] as? String == "kt" && $0["initial_copy"] as? Bool == true }
+    }
+
     func testWhatCannotBeCopiedIsRefusedBeforeAnythingIsWritten() async throws {
         let kt = try FakeKTProcess(logDir: tmp)
         load(kt, db: 0, count: 10)

@@ -136,6 +136,17 @@ final class QsctlTests: XCTestCase {
                 XCTAssertTrue(block.contains(variable), "\(command.joined(separator: " ")) --\(flag) does not name \(variable)")
             }
         }
+        // fakekt takes ktserver's single-dash options; each names QS_FAKEKT_<NAME>, the tuning
+        // flags it takes and ignores included.
+        let fakekt = String(decoding: try Harness.run("fakekt", ["--help"]).stdout, as: UTF8.self)
+        let options = fakekt.components(separatedBy: "\n  -").dropFirst()
+            .map { block in (String(block.prefix { $0.isLetter || $0.isNumber || $0 == "-" }), block) }
+            .filter { !["h", "-help", "-version"].contains($0.0) }
+        XCTAssertTrue(options.contains { $0.0 == "bgsi" } && options.contains { $0.0 == "onr" }, fakekt)
+        for (flag, block) in options {
+            let variable = "QS_FAKEKT_" + flag.uppercased().replacingOccurrences(of: "-", with: "_")
+            XCTAssertTrue(block.contains(variable), "fakekt -\(flag) does not name \(variable)")
+        }
         let missing = try Harness.run("qsnode", [])
         XCTAssertNotEqual(missing.status, 0)
         XCTAssertTrue(String(decoding: missing.stderr, as: UTF8.self).contains("--data is required"))

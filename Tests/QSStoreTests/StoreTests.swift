@@ -236,5 +236,10 @@ final class StoreTests: XCTestCase {
         XCTAssertThrowsError(try LogEntry.decode(bytes))
         XCTAssertThrowsError(try LogEntry.decode(Array(e.encoded().dropLast())))
         XCTAssertThrowsError(try LogEntry.decode([1, 0, 0]))
+        var copied = e
+        copied.copyCursor = [9, 8, 7]
+        XCTAssertEqual(try LogEntry.decode(copied.encoded()), copied)
+        XCTAssertEqual(copied.encoded().count, e.encoded().count + 4 + 3)
+        XCTAssertThrowsError(try LogEntry.decode([LogEntry.copyVersion] + e.encoded().dropFirst()), "a version-2 entry needs its cursor")
     }
 }

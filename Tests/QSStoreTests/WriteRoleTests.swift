@@ -22,6 +22,38 @@ final class WriteRoleTests: XCTestCase {
 
     func set(_ k: String, _ v: String) -> Mutation { .set(key: Array(k.utf8), value: Array(v.utf8), expiry: nil) }
 
+    /// An initial copy's cursor travels with its batches' entries: a bridge moved to the
+    /// mirror resumes the copy where it stood instead of copying again.
+    func testMirroredEntriesCarryTheInitialCopyCursor() async throws {
+        let legacy = try await open("L"), mirror = try await open("N")
+        let sid = "kt:127.0.0.1:1978", other = "qsctl"
+        _ = try await legacy.applyBatch(sourceID: other, expected: 0, new: 1, operations: [set("z", "1")])
+        _ = try await legacy.applyBatch(sourceID: sid, expected: 0, new: 1, operations: [set("a", "1")], copyCursor: [1, 2])
+        _ = try await legacy.applyBatch(sourceID: sid, expected: 1, new: 2, operations: [set("b", "1")], copyCursor: [1, 3])
+        let entries = try await legacy.entries(from: 1, count: 10)
+        XCTAssertEqual(try entries.map { try LogEntry.decode($0.bytes).copyCursor }, [nil, [1, 2], [1, 3]])
+        XCTAssertEqual(entries.map { $0.bytes[0] }, [LogEntry.version, LogEntry.copyVersion, LogEntry.copyVersion],
+                       "only an entry carrying a cursor changes its encoding")
+        _ = try await mirror.appendEntries(Array(entries[0...1]), markCompatible: true)
+        await equal(try await mirror.copyCursor(sourceID: sid), [1, 2])
+        _ = try await mirror.appendEntries([entries[2]])
+        await equal(try await mirror.copyCursor(sourceID: sid), [1, 3])
+        await equal(try await mirror.checkpoints(), ["kt:127.0.0.1:1978": 2, "qsctl": 1])
+        // Another source's entry leaves the cursor; the source's own entry without one (the
+        // feed after the copy) removes it, as its batch did at the root.
+        _ = try await legacy.applyBatch(sourceID: other, expected: 1, new: 2, operations: [set("z", "2")])
+        _ = try await mirror.appendEntries(try await legacy.entries(from: 4, count: 1))
+        await equal(try await mirror.copyCursor(sourceID: sid), [1, 3])
+        let t0: UInt64 = 1_790_000_000_000_000_000
+        _ = try await legacy.applyBatch(sourceID: sid, expected: 2, new: t0, operations: [set("c", "1")])
+        await isNil(try await legacy.copyCursor(sourceID: sid))
+        _ = try await mirror.appendEntries(try await legacy.entries(from: 5, count: 1))
+        await isNil(try await mirror.copyCursor(sourceID: sid))
+        await equal(try await mirror.checkpoint(sourceID: sid), t0)
+        let legacyHead = try await legacy.head()
+        await equal(try await mirror.head(), legacyHead)
+    }
+
     func testMirroredEntriesCarryEverySourcesCheckpoint() async throws {
         let legacy = try await open("L"), mirror = try await open("N")
         let kt: UInt64 = 1_790_000_000_000_000_000
