@@ -90,8 +90,12 @@ public struct StoreUsageGauges: Service {
             try await cancelWhenGracefulShutdown {
                 while !Task.isCancelled {
                     let u = try await store.usage()
-                    used.record(u.usedBytes)
-                    size.record(u.mapSizeBytes)
+                    // A RocksDB store has no map (its size is 0): both stay 0, so the
+                    // "map filling" ratio is 0/0 and never fires there.
+                    if u.mapSizeBytes > 0 {
+                        used.record(u.usedBytes)
+                        size.record(u.mapSizeBytes)
+                    }
                     try await Task.sleep(for: interval)
                 }
             }

@@ -86,8 +86,8 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
 }
 
 /// A node's storage: the keyspace (`kv`), the transaction log (`log`) and metadata
-/// (`meta`: head, per-source checkpoints, identity) in one LMDB environment. This type and
-/// `LMDBEnvironment` are the only code that touches LMDB.
+/// (`meta`: head, per-source checkpoints, identity) in one LMDB environment or one RocksDB
+/// database (`Engine`, docs/storage.md "Engines"); nothing outside this module knows which.
 ///
 /// The store owns its threads (docs/storage.md, "Threads"): every write transaction runs
 /// on its one writer thread, in submission order; reads run on a small pool of reader
