@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs the XCTest suites once. A test that fails is a bug to fix, not a run to repeat:
 # there is no rerun. A run that hangs is stopped after 15 minutes and counts as failed.
-# The store's own tests run a second time on RocksDB (QS_STORE_ENGINE, docs/storage.md
-# "Engines"); the first run is on LMDB, the default engine.
+# The store's, the node's and replication's tests run a second time on RocksDB
+# (QS_STORE_ENGINE, which the harness passes to the nodes it starts as QS_ENGINE;
+# docs/storage.md "Engines"); the first run is on LMDB, the default engine.
 set -uo pipefail
 SWIFT=${SWIFT:-swift}
 timeout -k 10 900 "$SWIFT" test --skip-build --disable-swift-testing
 first=$?
-QS_STORE_ENGINE=rocksdb timeout -k 10 300 "$SWIFT" test --skip-build --disable-swift-testing --filter QSStoreTests
+QS_STORE_ENGINE=rocksdb timeout -k 10 600 "$SWIFT" test --skip-build --disable-swift-testing --filter 'QSStoreTests|QSNodeTests|ReplicationTests'
 second=$?
 [ "$first" -eq 0 ] && [ "$second" -eq 0 ]

@@ -71,6 +71,11 @@ final class RocksDBEngine: @unchecked Sendable {
     private let cache: OpaquePointer
     private let writeOptions: OpaquePointer
     private let writeLock = NSLock()
+    /// The first failed write's error (guarded by `writeLock`). After a failed WAL write
+    /// RocksDB is in an error state in which another write trips an assertion in Debian's
+    /// build (and the C API of 7.8 has no `Resume`): the engine refuses every later write
+    /// itself, with the same error, until the node is restarted (docs/storage.md, "Engines").
+    private var failedWrite: RocksDBError?
     let readOnly: Bool
 
     /// Whether `directory` holds a RocksDB store.
@@ -164,6 +169,10 @@ final class RocksDBEngine: @unchecked Sendable {
         guard !readOnly else { throw StoreError.readOnlyTransaction }
         writeLock.lock()
         defer { writeLock.unlock() }
+        if let failedWrite {
+            throw RocksDBError(operation: failedWrite.operation,
+                               message: failedWrite.message + " (earlier: this RocksDB store takes no writes until the node is restarted)")
+        }
         let batch = rocksdb_writebatch_wi_create(0, 1)
         let ro = rocksdb_readoptions_create()
         defer {
@@ -173,7 +182,12 @@ final class RocksDBEngine: @unchecked Sendable {
         let result = try body(RocksDBTransaction(db: db, families: families, readOptions: ro!, batch: batch))
         var err: UnsafeMutablePointer<CChar>?
         rocksdb_write_writebatch_wi(db, writeOptions, batch, &err)
-        try RocksDBError.check(err, "write")
+        do {
+            try RocksDBError.check(err, "write")
+        } catch let error as RocksDBError {
+            failedWrite = error
+            throw error
+        }
         return result
     }
 
