@@ -7,7 +7,7 @@ SWIFT ?= swift
 APT_PACKAGES := liblmdb-dev librocksdb-dev libxxhash-dev lmdb-utils libcurl4-openssl-dev pkg-config python3 python3-pip python3-yaml memcached curl etcd-server etcd-client
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps interop-deps interop build release test container-test container-test-source operations-doc demo bench replay clean
+.PHONY: deps interop-deps interop build release test fuzz container-test container-test-source operations-doc demo bench replay clean
 
 # A recorded feed to replay: a capture file, a ulog directory or a fixture directory.
 FEED ?= Fixtures/kt/basic
@@ -39,6 +39,7 @@ interop-deps:
 test: deps interop-deps
 	$(SWIFT) build --build-tests
 	SWIFT=$(SWIFT) ./scripts/swift-test.sh
+	.build/debug/qsfuzz seeds Fixtures .fuzz/seeds >/dev/null && .build/debug/qsfuzz mutate .fuzz/seeds 3000
 	QS_BIN_DIR=.build/debug $(PYTHON) -m pytest -q Tests/interop Tests/deploy
 	./scripts/replay.sh .build/debug Fixtures/kt/basic 0=,1=aux/
 	./scripts/replay.sh .build/debug Fixtures/kt/medium 0=main/,1=aux/ --allow-clear
@@ -68,9 +69,15 @@ demo: build
 replay: build
 	./scripts/replay.sh .build/debug "$(FEED)" "$(DB_MAP)" $(REPLAY_FLAGS)
 
+# Fuzzes every decoder of outside bytes for FUZZ_SECONDS each (libFuzzer + AddressSanitizer,
+# its own build in .build-fuzz); see docs/reliability.md.
+FUZZ_SECONDS ?= 120
+fuzz: deps
+	./scripts/fuzz.sh --seconds $(FUZZ_SECONDS)
+
 bench: release
 	.build/release/qsbench --out bench/results
 	QS_BIN_DIR=.build/release python3 bench/qsrest_bench.py --out bench/results
 
 clean:
-	rm -rf .build .bench-scratch
+	rm -rf .build .bench-scratch .build-fuzz .fuzz

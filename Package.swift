@@ -250,6 +250,13 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // `make fuzz`: one libFuzzer entry over every decoder of outside bytes (built with
+        // -sanitize=fuzzer,address -DQS_FUZZ); without the fuzzer it replays inputs and writes seeds.
+        .executableTarget(
+            name: "qsfuzz",
+            dependencies: ["KTFormats", "QSBytes", "QSCaptures", "QSModel", "QSReads", "QSWire", nio("NIOCore")],
+            swiftSettings: swiftSettings
+        ),
         // Test helpers: start real processes on loopback and wait for readiness.
         .target(
             name: "QSTesting",

@@ -158,3 +158,20 @@ extension ByteReader {
         }
     }
 }
+
+extension ByteReader {
+    /// `count:u32` then `count` elements read by `element`. A count that `remaining` bytes
+    /// could not hold at `minimumBytesEach` per element is refused before anything is
+    /// allocated (a hostile count must not reserve gigabytes).
+    public mutating func readList<T>(_ what: String, minimumBytesEach: Int,
+                                     _ element: (inout ByteReader<Bytes>) throws -> T) throws -> [T] {
+        let n = Int(try readU32("\(what) count"))
+        guard n <= remaining / max(minimumBytesEach, 1) else {
+            throw DecodeError(offset: offset - 4, reason: "\(what) count \(n) exceeds what \(remaining) bytes can hold")
+        }
+        var out = [T]()
+        out.reserveCapacity(n)
+        for _ in 0..<n { out.append(try element(&self)) }
+        return out
+    }
+}

@@ -70,6 +70,14 @@ public actor RootWriter {
         }
     }
 
+    /// How long a write call (batch, append, writes) waits for its answer before the
+    /// connection is given up and re-made: a connection gone half-open (the root never got
+    /// the call, or its answer never came) would otherwise hold the bridge. The call is then
+    /// sent again; compare-and-swap on the position makes that harmless (a batch the root
+    /// did apply answers `conflict` at its own position). A sound root applies the largest
+    /// batch in well under a second.
+    public static let callTimeout: TimeAmount = .seconds(15)
+
     /// How long a call may wait for the root before the root counts as not answering.
     public static let patience: Duration = .seconds(4)
 
@@ -246,8 +254,10 @@ public actor RootWriter {
         try await perform("get-checkpoint") { try await $0.checkpoint(sourceID: sourceID) }
     }
 
+    /// A compare-and-swap batch: `applied` or `conflict` (a batch without a copy cursor
+    /// also ends the source's initial copy, if any).
     public func batch(sourceID: String, expected: UInt64, new: UInt64, operations: [Mutation]) async throws -> Response {
-        try await perform("batch") { try await $0.batch(sourceID: sourceID, expected: expected, new: new, operations: operations) }
+        try await copyBatch(sourceID: sourceID, expected: expected, new: new, operations: operations, copyCursor: nil)
     }
 
     /// Conditional writes with compare-and-swap on `sourceID`'s position (qsrest): the
@@ -258,7 +268,7 @@ public actor RootWriter {
     public func writes(sourceID: String, expected: UInt64, new: UInt64, writes: [ConditionalWrite]) async throws -> Response {
         let request = Request.writes(.init(token: token, sourceID: sourceID, expected: expected, new: new, writes: writes))
         return try await perform("writes") { client in
-            let r = try await client.send(request, timeout: .seconds(60))
+            let r = try await client.send(request, timeout: Self.callTimeout)
             switch r {
             case .written, .conflict: return r
             case let .error(code, message):
@@ -278,7 +288,7 @@ public actor RootWriter {
         let request = Request.batch(.init(token: token, sourceID: sourceID, expected: expected, new: new,
                                           operations: operations, copyCursor: copyCursor))
         return try await perform("batch") { client in
-            let r = try await client.send(request, timeout: .seconds(60))
+            let r = try await client.send(request, timeout: Self.callTimeout)
             switch r {
             case .applied, .conflict: return r
             case let .error(code, message): throw ClientError.server(code: code, message: message)
@@ -304,7 +314,7 @@ public actor RootWriter {
     public func append(_ entries: [StoredEntry], sourceTimeNs: UInt64 = 0) async throws -> Response {
         let token = self.token
         return try await perform("append") { client in
-            let r = try await client.send(.append(token: token, entries: entries, sourceTimeNs: sourceTimeNs), timeout: .seconds(60))
+            let r = try await client.send(.append(token: token, entries: entries, sourceTimeNs: sourceTimeNs), timeout: Self.callTimeout)
             switch r {
             case .applied, .conflict: return r
             case let .error(code, message):

@@ -164,15 +164,8 @@ public struct ConditionalWrite: Sendable, Equatable {
     }
 
     public static func decodeList(from r: inout ByteReader<[UInt8]>) throws -> [ConditionalWrite] {
-        let n = Int(try r.readU32("write count"))
         // Each write takes at least 10 bytes.
-        guard n <= r.remaining / 10 else {
-            throw DecodeError(offset: r.offset - 4, reason: "write count \(n) exceeds what \(r.remaining) bytes can hold")
-        }
-        var out = [ConditionalWrite]()
-        out.reserveCapacity(n)
-        for _ in 0..<n { out.append(try decode(from: &r)) }
-        return out
+        try r.readList("write", minimumBytesEach: 10) { try decode(from: &$0) }
     }
 }
 

@@ -68,15 +68,8 @@ public enum Mutation: Sendable, Equatable, Hashable {
 
     /// Decodes a list, refusing counts that could not fit in the remaining bytes.
     public static func decodeList(from r: inout ByteReader<[UInt8]>) throws -> [Mutation] {
-        let n = Int(try r.readU32("operation count"))
         // Each operation takes at least 5 bytes: a count beyond that is hostile.
-        guard n <= r.remaining / 5 else {
-            throw DecodeError(offset: r.offset - 4, reason: "operation count \(n) exceeds what \(r.remaining) bytes can hold")
-        }
-        var ops = [Mutation]()
-        ops.reserveCapacity(n)
-        for _ in 0..<n { ops.append(try decode(from: &r)) }
-        return ops
+        try r.readList("operation", minimumBytesEach: 5) { try decode(from: &$0) }
     }
 }
 

@@ -3,15 +3,16 @@ import NIOCore
 /// Splits the memcached byte stream into commands: a line ends with LF (a CR before it is
 /// dropped); the data block after a storage command is skipped without being buffered. A
 /// line longer than the limit yields one `malformed(close: true)` and the rest of the
-/// stream is discarded, so memory per connection stays bounded.
-struct MemcachedDecoder: NIOSingleStepByteToMessageDecoder {
-    typealias InboundOut = MemcachedCommand
+/// stream is discarded, so memory per connection stays bounded. Public for the fuzz
+/// target (`qsfuzz`), which runs it on any bytes.
+public struct MemcachedDecoder: NIOSingleStepByteToMessageDecoder {
+    public typealias InboundOut = MemcachedCommand
 
     let limits: MemcachedLimits
     private var skip = 0
     private var failed = false
 
-    init(limits: MemcachedLimits) {
+    public init(limits: MemcachedLimits) {
         self.limits = limits
     }
 
@@ -21,7 +22,7 @@ struct MemcachedDecoder: NIOSingleStepByteToMessageDecoder {
     /// behind the decoder's own refusal.
     var maximumBufferSize: Int { limits.maxLineBytes }
 
-    mutating func decode(buffer: inout ByteBuffer) throws -> MemcachedCommand? {
+    public mutating func decode(buffer: inout ByteBuffer) throws -> MemcachedCommand? {
         if failed {
             buffer.moveReaderIndex(to: buffer.writerIndex)
             return nil
@@ -53,7 +54,7 @@ struct MemcachedDecoder: NIOSingleStepByteToMessageDecoder {
                           reason: "command line longer than \(limits.maxLineBytes) bytes", close: true)
     }
 
-    mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> MemcachedCommand? {
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> MemcachedCommand? {
         if let command = try decode(buffer: &buffer) { return command }
         buffer.moveReaderIndex(to: buffer.writerIndex)
         return nil

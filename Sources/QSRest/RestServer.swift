@@ -166,11 +166,13 @@ struct RequestHandler: Sendable {
 
     func answer(_ head: HTTPRequestHead, body: [UInt8], peer: String) async -> RestReply {
         let start = ContinuousClock.now
-        guard let (user, token) = Self.credential(head.headers), let producer = access.authenticate(user: user, token: token) else {
+        let credential = Self.credential(head.headers)
+        guard let (user, token) = credential, let producer = access.authenticate(user: user, token: token) else {
             metrics.authFailures.increment()
             logger.warning("request refused: no valid producer credential", metadata: ["peer": "\(peer)",
-                           "user": "\(Self.credential(head.headers)?.user ?? "-")"])
-            return .text(401, "a producer's credential is needed: HTTP Basic producer:token or Authorization: Bearer token",
+                           "user": "\(credential?.user ?? "-")"])
+            let why = credential == nil ? "a producer's credential is needed" : "the producer's credential is not accepted (unknown producer or wrong token)"
+            return .text(401, "\(why): HTTP Basic producer:token or Authorization: Bearer token, as in the ACL (token_sha256 is the SHA-256 of the token)",
                          headers: [("WWW-Authenticate", "Basic realm=\"qsrest\"")])
         }
         let m = metrics.producer(producer.name)

@@ -475,14 +475,10 @@ public enum Response: Sendable, Equatable {
     }
 
     static func readEntries(_ r: inout ByteReader<[UInt8]>) throws -> [StoredEntry] {
-        let n = Int(try r.readU32("entry count"))
-        guard n <= r.remaining / 44 else { throw DecodeError(offset: r.offset - 4, reason: "entry count \(n) too large") }
-        var list = [StoredEntry]()
-        list.reserveCapacity(n)
-        for _ in 0..<n {
-            list.append(StoredEntry(index: try r.readU64("index"), hash: try r.readBytes(32, "hash"), bytes: try r.readBlob32("entry")))
+        // index:u64 hash:32 entry:blob32: at least 44 bytes each.
+        try r.readList("entry", minimumBytesEach: 44) {
+            StoredEntry(index: try $0.readU64("index"), hash: try $0.readBytes(32, "hash"), bytes: try $0.readBlob32("entry"))
         }
-        return list
     }
 
     /// `present:u8 [flags:u8 (bit0 expiry) [expiry:u64] value:blob32]`

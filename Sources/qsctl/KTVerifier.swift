@@ -5,12 +5,14 @@ import FoundationNetworking
 import KTFormats
 import QSClient
 import QSModel
+import QSKTFeed
 import QSNet
 
 /// Compares a QS node with a KT server's contents over KT's HTTP RPC: walks each mapped
 /// KT database with a cursor and looks every record up in QS, then walks each QS prefix
-/// and checks every key exists in KT. Streams both ways; prints each difference as a JSON
-/// line and returns how many there were.
+/// and checks every key exists in KT. Streams both ways, KT's calls pipelined a page at a
+/// time on one keep-alive connection; prints each difference as a JSON line and returns
+/// how many there were.
 struct KTVerifier {
     let node: NodeOptions
     let kt: Endpoint
@@ -22,24 +24,8 @@ struct KTVerifier {
         let description: String
     }
 
-    func rpc(_ procedure: String, _ params: [(String, [UInt8])]) async throws -> (Int, [[UInt8]: [UInt8]]) {
-        var request = URLRequest(url: URL(string: "http://\(kt)/rpc/\(procedure)")!)
-        request.httpMethod = "POST"
-        request.setValue("text/tab-separated-values; colenc=B", forHTTPHeaderField: "Content-Type")
-        var body = [UInt8]()
-        for (k, v) in params {
-            body += KTColumnEncoding.base64.encode(Array(k.utf8)) + [9] + KTColumnEncoding.base64.encode(v) + [10]
-        }
-        request.httpBody = Data(body)
-        let (data, response) = try await URLSession.shared.data(for: request)
-        let status = (response as? HTTPURLResponse)?.statusCode ?? 0
-        let contentType = (response as? HTTPURLResponse)?.value(forHTTPHeaderField: "Content-Type") ?? ""
-        var out = [[UInt8]: [UInt8]]()
-        if case let .tsv(encoding) = KTTSV.bodyKind(contentType: contentType) {
-            for (name, value) in KTTSV.parse([UInt8](data), encoding: encoding) { out[name] = value }
-        }
-        return (status, out)
-    }
+    /// KT calls pipelined per round trip.
+    static let page = 500
 
     /// A record on one side as JSON (value base64) and as text (value escaped).
     func side(_ value: [UInt8]?, _ xt: UInt64?) -> (json: String, table: String) {
@@ -57,45 +43,53 @@ struct KTVerifier {
         }
         var differences = 0
         var checked = 0
+        guard case let .tcp(host, port) = kt else { throw KTError(description: "--kt \(kt) is not HOST:PORT: KT's RPC is reached over TCP") }
+        let rpc = KTRPCClient(host: host, port: port, timeout: .seconds(30))
         try await node.withClient { client in
-            // KT → QS: every KT record must be in QS with the same value and expiry.
-            for (db, prefix) in prefixes.sorted(by: { $0.key < $1.key }) {
-                let dbParam = ("DB", Array(String(db).utf8))
-                // One cursor id per database: a KT cursor stays on the database it was made for.
-                let cur = ("CUR", Array(String(1 + db).utf8))
-                var (status, _) = try await rpc("cur_jump", [dbParam, cur])
-                while status == 200 {
-                    let (s, rec) = try await rpc("cur_get", [dbParam, cur, ("step", Array("true".utf8))])
-                    status = s
-                    guard s == 200, let key = rec[Array("key".utf8)], let value = rec[Array("value".utf8)] else { break }
-                    var xt = rec[Array("xt".utf8)].flatMap { UInt64(String(decoding: $0, as: UTF8.self)) }
-                    if let x = xt, x >= KTExpiration.never { xt = nil }
-                    if let x = xt, x <= instant { continue }
-                    checked += 1
-                    let qs = try await client.get(prefix + key)
-                    let want = Record(value: value, expiry: xt)
-                    if qs != want {
-                        differences += 1
-                        difference(prefix + key, kt: side(value, xt), qs: side(qs?.value, qs?.expiry))
+            try await rpc.withConnection { kt in
+                // KT → QS: every KT record must be in QS with the same value and expiry.
+                for (db, prefix) in prefixes.sorted(by: { $0.key < $1.key }) {
+                    let dbParam = ("DB", Array(String(db).utf8))
+                    // One cursor id per database: a KT cursor stays on the database it was made for.
+                    let cur = ("CUR", Array(String(1 + db).utf8))
+                    var more = try await kt.call("cur_jump", [dbParam, cur]).status == 200
+                    let step = KTRPCCall("cur_get", [dbParam, cur, ("step", Array("true".utf8))])
+                    while more {
+                        for rec in try await kt.pipeline(Array(repeating: step, count: Self.page)) {
+                            guard rec.status == 200, let key = rec["key"], let value = rec["value"] else {
+                                more = false
+                                break
+                            }
+                            var xt = rec.string("xt").flatMap { UInt64($0) }
+                            if let x = xt, x >= KTExpiration.never { xt = nil }
+                            if let x = xt, x <= instant { continue }
+                            checked += 1
+                            let qs = try await client.get(prefix + key)
+                            let want = Record(value: value, expiry: xt)
+                            if qs != want {
+                                differences += 1
+                                difference(prefix + key, kt: side(value, xt), qs: side(qs?.value, qs?.expiry))
+                            }
+                        }
                     }
                 }
-            }
-            // QS → KT: every QS key under a mapped prefix must exist in KT.
-            for (db, prefix) in prefixes {
-                let longer = prefixes.values.filter { $0.count > prefix.count && $0.starts(with: prefix) }
-                var cursor = [UInt8]()
-                repeat {
-                    let page = try await client.scan(prefix: prefix, cursor: cursor, limit: 1000, asOf: instant)
-                    for r in page.records where !longer.contains(where: { r.key.starts(with: $0) }) {
-                        let ktKey = Array(r.key.dropFirst(prefix.count))
-                        let (status, _) = try await rpc("check", [("DB", Array(String(db).utf8)), ("key", ktKey)])
-                        if status == 450 {
+                // QS → KT: every QS key under a mapped prefix must exist in KT.
+                for (db, prefix) in prefixes {
+                    let longer = prefixes.values.filter { $0.count > prefix.count && $0.starts(with: prefix) }
+                    var cursor = [UInt8]()
+                    repeat {
+                        let page = try await client.scan(prefix: prefix, cursor: cursor, limit: UInt32(Self.page), asOf: instant)
+                        let records = page.records.filter { r in !longer.contains(where: { r.key.starts(with: $0) }) }
+                        let checks = records.map { r in
+                            KTRPCCall("check", [("DB", Array(String(db).utf8)), ("key", Array(r.key.dropFirst(prefix.count)))])
+                        }
+                        for (r, answer) in zip(records, try await kt.pipeline(checks)) where answer.status == 450 {
                             differences += 1
                             difference(r.key, kt: side(nil, nil), qs: side(r.record.value, r.record.expiry))
                         }
-                    }
-                    cursor = page.next ?? []
-                } while !cursor.isEmpty
+                        cursor = page.next ?? []
+                    } while !cursor.isEmpty
+                }
             }
         }
         fail("checked \(checked) KT records; \(differences) differences")

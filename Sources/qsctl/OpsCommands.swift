@@ -98,6 +98,19 @@ struct Wait: AsyncParsableCommand {
                 fail("\(options.node) holds no checkpoint named '\(sourceID)'; known source ids: \(known.isEmpty ? "none" : known.joined(separator: ", "))")
                 throw Exit.notFound
             }
+            // A KT source in its initial copy counts the copy's batches (small numbers) until
+            // the copy ends at the KT timestamp it started from: wait through it.
+            if target.isTimestamp && !SourcePosition.isKTTimestamp(last), try await copying(client) {
+                fail("\(sourceID) is in its initial copy (\(last) batches so far); waiting for it to end and the feed to pass \(target)")
+                while !SourcePosition.isKTTimestamp(last) && ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(200))
+                    last = try await client.checkpoint(sourceID: sourceID) ?? last
+                }
+                guard SourcePosition.isKTTimestamp(last) else {
+                    fail("timed out after \(timeout): \(sourceID) is still in its initial copy (\(last) batches); see the bridge's qs_bridge_copy_* metrics for its progress and ETA")
+                    throw timedOutExit
+                }
+            }
             if SourcePosition.isKTTimestamp(last) != target.isTimestamp {
                 fail(target.isTimestamp
                      ? "\(sourceID) is positioned by log index (checkpoint \(last)), not by KT timestamp: give --until index:N"
@@ -118,6 +131,14 @@ struct Wait: AsyncParsableCommand {
         out.item(json: "{\"source_id\":\(jsonString(sourceID)),\"reached\":\(reached),\"until\":\(jsonString(target.description)),\"position\":\(position)}",
                  table: "\(sourceID) reached \(reached) (--until \(target) = \(position))")
         out.finish()
+    }
+}
+
+extension Wait {
+    /// Whether the source's initial copy is in progress (the node holds its copy cursor).
+    func copying(_ client: QSClient) async throws -> Bool {
+        guard case let .value(record) = try await client.send(.getCopyCursor(sourceID: sourceID), timeout: .seconds(30)) else { return false }
+        return record != nil
     }
 }
 

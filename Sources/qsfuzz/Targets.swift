@@ -1,0 +1,144 @@
+import Foundation
+import KTFormats
+import NIOCore
+import QSBytes
+import QSCaptures
+import QSModel
+import QSReads
+import QSWire
+
+/// One decoder that takes bytes from outside (a socket, a file), and what must hold for
+/// any input: no crash, no hang, the same result however the stream is split, and a
+/// value that encodes back to bytes decoding to the same value.
+enum FuzzTarget: String, CaseIterable {
+    case ktUpdate = "kt-update"
+    case ktReplication = "kt-replication"
+    case ulog
+    case ktBinaryRequest = "kt-binary-request"
+    case ktBinaryResponse = "kt-binary-response"
+    case ktHTTP = "kt-http"
+    case memcached
+    case qsFrames = "qs-frames"
+    case qsRequest = "qs-request"
+    case qsResponse = "qs-response"
+    case capture
+    case logEntry = "log-entry"
+
+    /// Input lengths the targets are run with (`-max_len`): the longest seed is cut there.
+    static let maxInputBytes = 4096
+
+    func run(_ bytes: [UInt8]) {
+        let name = rawValue
+        switch self {
+        case .ktUpdate:
+            Self.updateMessage(bytes, name)
+        case .ktReplication:
+            let expectAcceptance = bytes.first == KTBinaryMagic.replication || bytes.first == KTBinaryMagic.error
+            let out = decodeAnySplit(ReplicationFrameDecoder(expectAcceptance: expectAcceptance, maxMessageBytes: 1 << 20), bytes, name)
+            for frame in out.messages {
+                guard case let .update(_, message) = frame else { continue }
+                if !message.isEmpty { Self.updateMessage(message, name) }
+                check(decodeStream(ReplicationFrameDecoder(expectAcceptance: false), frame.encoded(), chunk: 0).messages == [frame],
+                      name, "an update frame does not decode back from its encoding")
+            }
+        case .ulog:
+            let whole: ULogFile.Contents
+            do { whole = try ULogFile.parse(bytes) } catch { return }
+            let records = decodeAnySplit(ULogRecordDecoder(maxMessageBytes: 1 << 20), Array(bytes.dropFirst(ULogFile.headerSize)), name)
+            check(records.messages.starts(with: whole.records), name, "the record decoder and ULogFile.parse disagree")
+            for record in whole.records {
+                if let message = try? record.decodedMessage() { Self.updateMessage(message.encoded(), name) }
+                check((try? ULogFile.parse(ULogFile.encode(records: [record])).records) == [record], name,
+                      "a record does not decode back from its encoding")
+            }
+        case .ktBinaryRequest:
+            for request in decodeAnySplit(KTBinaryRequestDecoder(), bytes, name).messages {
+                var again = ByteBuffer(bytes: request.encoded())
+                check((try? KTBinaryRequestDecoder.next(&again)) == request, name, "a request does not decode back from its encoding")
+            }
+        case .ktBinaryResponse:
+            for response in decodeAnySplit(KTBinaryResponseDecoder(), bytes, name).messages {
+                var again = ByteBuffer(bytes: response.encoded())
+                check((try? KTBinaryResponseDecoder.next(&again)) == response, name, "a reply does not decode back from its encoding")
+            }
+        case .ktHTTP:
+            Self.ktHTTP(bytes, name)
+        case .memcached:
+            _ = decodeAnySplit(MemcachedDecoder(limits: MemcachedLimits(maxLineBytes: 512, maxKeyBytes: 250, maxDataBytes: 1024)),
+                               bytes, name)
+        case .qsFrames:
+            let frames = decodeAnySplit(FrameDecoder(maxFrameBytes: 1 << 20), bytes, name)
+            for frame in frames.messages { Self.qsMessage(frame, name) }
+        case .qsRequest, .qsResponse:
+            guard let type = bytes.first else { return }
+            let tag = self == .qsRequest ? type & 0x7F : type | 0x80
+            Self.qsMessage(Frame(type: tag, payload: Array(bytes.dropFirst())), name)
+        case .capture:
+            Self.capture(bytes, name)
+        case .logEntry:
+            guard let entry = try? LogEntry.decode(bytes) else { return }
+            check((try? LogEntry.decode(entry.encoded())) == entry, name, "an entry does not decode back from its encoding")
+        }
+    }
+
+    private static func updateMessage(_ bytes: [UInt8], _ name: String) {
+        guard let message = try? KTUpdateMessage(decoding: bytes) else { return }
+        check((try? KTUpdateMessage(decoding: message.encoded())) == message, name,
+              "an update message does not decode back from its encoding")
+    }
+
+    /// KT's HTTP parameters: the first line is a Content-Type, the second a URL query,
+    /// the rest the body; each is read as the read server reads it.
+    private static func ktHTTP(_ bytes: [UInt8], _ name: String) {
+        let lines = bytes.split(separator: 0x0A, maxSplits: 2, omittingEmptySubsequences: false)
+        let contentType = String(decoding: lines.first ?? [], as: UTF8.self)
+        let query = lines.count > 1 ? Array(lines[1]) : []
+        let body = lines.count > 2 ? Array(lines[2]) : []
+        _ = KTTSV.parseForm(query)
+        _ = KTColumnEncoding.urlDecode(query)
+        switch KTTSV.bodyKind(contentType: contentType) {
+        case .form: _ = KTTSV.parseForm(body)
+        case let .tsv(encoding): _ = KTTSV.parse(body, encoding: encoding)
+        case .other: break
+        }
+        // Every column encoding gives back what it encoded, and TSV what it serialized.
+        for encoding in KTColumnEncoding.allCases {
+            _ = encoding.decode(body)
+            check(encoding.decode(encoding.encode(body)) == body, name, "colenc=\(encoding) does not decode what it encoded")
+        }
+        check(KTColumnEncoding.urlDecode(KTColumnEncoding.urlEncode(body)) == body, name, "URL decoding does not give back what was encoded")
+        var pairs: [[UInt8]: [UInt8]] = [:]
+        for (n, v) in KTTSV.parse(body, encoding: nil) { pairs[n] = v }
+        let sorted = KTTSV.sorted(pairs)
+        let encoding = KTTSV.bestEncoding(for: sorted)
+        let parsed = KTTSV.parse(KTTSV.serialize(sorted, encoding: encoding), encoding: encoding)
+        check(parsed.map(\.name) == sorted.map(\.key) && parsed.map(\.value) == sorted.map(\.value), name,
+              "a TSV reply does not parse back to its pairs")
+    }
+
+    private static func qsMessage(_ frame: Frame, _ name: String) {
+        if frame.type < 0x80 {
+            guard let request = try? Request.decode(frame) else { return }
+            check((try? Request.decode(request.frame())) == request, name, "a request does not decode back from its frame")
+        } else {
+            guard let response = try? Response.decode(frame) else { return }
+            check((try? Response.decode(response.frame())) == response, name, "a response does not decode back from its frame")
+            if case let .entries(list) = response {
+                for e in list { _ = try? LogEntry.decode(e.bytes) }
+            }
+        }
+    }
+
+    /// A capture file (KT's stream.bin format or a QS capture) read back as `qsctl feed` reads it.
+    private static func capture(_ bytes: [UInt8], _ name: String) {
+        let path = scratchFile
+        guard FileManager.default.createFile(atPath: path, contents: Data(bytes)) else {
+            fatalError("cannot write \(path): set TMPDIR to a writable directory")
+        }
+        guard var reader = try? RecordingReader(path: path) else { return }
+        var statistics = FeedStatistics()
+        while let item = try? reader.next() { statistics.add(item) }
+    }
+
+    private static let scratchFile = NSTemporaryDirectory() + "/qsfuzz-capture-\(getpid())"
+}
