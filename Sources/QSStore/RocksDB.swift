@@ -25,7 +25,8 @@ public struct RocksDBError: Error, Sendable, CustomStringConvertible {
 public struct RocksDBOptions: Sendable, Equatable {
     /// The block cache shared by the tables (LRU), in bytes.
     public var blockCacheBytes: Int
-    /// Each table's memtable size before it is flushed, in bytes.
+    /// Each table's memtable size before it is flushed, in bytes. All memtables together
+    /// are bounded by `memtableBudgetBytes`.
     public var writeBufferBytes: Int
     /// Whether SST blocks are compressed (LZ4).
     public var compression: Bool
@@ -35,6 +36,29 @@ public struct RocksDBOptions: Sendable, Equatable {
         self.writeBufferBytes = writeBufferBytes
         self.compression = compression
     }
+
+    /// The bound on all memtables together (RocksDB's `db_write_buffer_size`): four write
+    /// buffers; past it the largest memtable is flushed.
+    public var memtableBudgetBytes: Int { 4 * writeBufferBytes }
+}
+
+/// What a RocksDB store holds in the process's own memory (its heap, unlike LMDB's pages,
+/// which are the kernel's page cache), so the node can report its own memory apart from it.
+public struct EngineMemory: Sendable, Equatable {
+    /// Bytes in the block cache (data blocks, indexes, filters) and its capacity.
+    public var blockCacheBytes: Int
+    public var blockCacheCapacityBytes: Int
+    /// Bytes in memtables (not yet flushed) and their bound.
+    public var memtableBytes: Int
+    public var memtableBudgetBytes: Int
+    /// Table readers' memory outside the cache (RocksDB's estimate).
+    public var tableReadersBytes: Int
+    /// Bytes of SST files and of live WAL files on disk.
+    public var sstBytes: Int
+    public var walBytes: Int
+
+    /// Everything above that sits in memory.
+    public var inMemoryBytes: Int { blockCacheBytes + memtableBytes + tableReadersBytes }
 }
 
 /// The column families of the store's tables.
@@ -69,6 +93,7 @@ final class RocksDBEngine: @unchecked Sendable {
     private let options: OpaquePointer
     private let tableOptions: OpaquePointer
     private let cache: OpaquePointer
+    private let tuning: RocksDBOptions
     private let writeOptions: OpaquePointer
     private let writeLock = NSLock()
     /// The first failed write's error (guarded by `writeLock`). After a failed WAL write
@@ -77,6 +102,10 @@ final class RocksDBEngine: @unchecked Sendable {
     /// itself, with the same error, until the node is restarted (docs/storage.md, "Engines").
     private var failedWrite: RocksDBError?
     let readOnly: Bool
+    let directory: String
+    /// Free bytes always kept beyond a batch's own needs: RocksDB's MANIFEST, info LOG,
+    /// OPTIONS and a new WAL file when one is switched (see `checkRoom`).
+    static let reservedBytes: UInt64 = 1 << 20
 
     /// Whether `directory` holds a RocksDB store.
     static func exists(at directory: String) -> Bool {
@@ -96,6 +125,7 @@ final class RocksDBEngine: @unchecked Sendable {
         rocksdb_options_set_block_based_table_factory(options, tableOptions)
         rocksdb_options_set_write_buffer_size(options, tuning.writeBufferBytes)
         rocksdb_options_set_max_write_buffer_number(options, 2)
+        rocksdb_options_set_db_write_buffer_size(options, tuning.memtableBudgetBytes)
         rocksdb_options_set_max_open_files(options, 512)
         rocksdb_options_set_compression(options, Int32(tuning.compression ? rocksdb_lz4_compression : rocksdb_no_compression))
         let writeOptions = rocksdb_writeoptions_create()!
@@ -139,6 +169,8 @@ final class RocksDBEngine: @unchecked Sendable {
         self.options = options
         self.writeOptions = writeOptions
         self.readOnly = readOnly
+        self.directory = directory
+        self.tuning = tuning
         families = RocksDBFamilies(kv: handles[1], log: handles[2], meta: handles[3], trail: handles[4])
     }
 
@@ -180,6 +212,7 @@ final class RocksDBEngine: @unchecked Sendable {
             rocksdb_writebatch_wi_destroy(batch)
         }
         let result = try body(RocksDBTransaction(db: db, families: families, readOptions: ro!, batch: batch))
+        try checkRoom(for: batch)
         var err: UnsafeMutablePointer<CChar>?
         rocksdb_write_writebatch_wi(db, writeOptions, batch, &err)
         do {
@@ -189,6 +222,23 @@ final class RocksDBEngine: @unchecked Sendable {
             throw error
         }
         return result
+    }
+
+    /// Refuses a batch the filesystem may not have room for, before RocksDB sees it.
+    /// RocksDB 7.8 as Debian builds it aborts the process on an assertion when a WAL write
+    /// meets ENOSPC (`WritableFileWriter::AssertFalseAndGetStatusForPrevError`, in the
+    /// failing write itself), and its C API has no `Resume`: so a RocksDB store must never
+    /// hit a full disk. Room needed: the batch twice (its WAL record, then its share of a
+    /// flush), every memtable flushed (at most their size in SST bytes, less compressed),
+    /// and `reservedBytes`. The refusal is a `diskFull` like LMDB's ENOSPC: nothing was
+    /// written, `/readyz` fails, and the next batch succeeds once there is room.
+    private func checkRoom(for batch: OpaquePointer?) throws {
+        guard let free = Store.freeBytes(at: directory) else { return }
+        var size = 0
+        _ = rocksdb_writebatch_wi_data(batch, &size)
+        let need = 2 * UInt64(size) + UInt64(property("rocksdb.cur-size-all-mem-tables")) + Self.reservedBytes
+        guard free < need else { return }
+        throw StoreError.diskFull("a batch of \(size) bytes needs about \(need) bytes free in \(directory) (the batch twice, the memtables to flush, 1 MiB for RocksDB's own files), which has \(free); RocksDB is not given a write it may not have room for")
     }
 
     /// A checkpoint of the DB in `directory` (which must not exist): hard links to its
@@ -222,6 +272,20 @@ final class RocksDBEngine: @unchecked Sendable {
     /// Bytes on disk (SST files) plus the memtables.
     func usage() -> (usedBytes: Int, mapSizeBytes: Int) {
         (property("rocksdb.total-sst-files-size") + property("rocksdb.cur-size-all-mem-tables"), 0)
+    }
+
+    /// The cache, the memtables and the files, as `EngineMemory`.
+    func memory() -> EngineMemory {
+        var wal = 0
+        if let names = try? FileManager.default.contentsOfDirectory(atPath: directory) {
+            for name in names where name.hasSuffix(".log") {
+                wal += ((try? FileManager.default.attributesOfItem(atPath: directory + "/" + name))?[.size] as? NSNumber)?.intValue ?? 0
+            }
+        }
+        return EngineMemory(blockCacheBytes: Int(rocksdb_cache_get_usage(cache)), blockCacheCapacityBytes: tuning.blockCacheBytes,
+                            memtableBytes: property("rocksdb.cur-size-all-mem-tables"), memtableBudgetBytes: tuning.memtableBudgetBytes,
+                            tableReadersBytes: property("rocksdb.estimate-table-readers-mem"),
+                            sstBytes: property("rocksdb.total-sst-files-size"), walBytes: wal)
     }
 }
 

@@ -402,6 +402,15 @@ extension Store {
         try await read { txn in txn.store.engine.usage() }
     }
 
+    /// A RocksDB store's cache, memtables and files (`EngineMemory`); nil on LMDB, whose
+    /// pages are the kernel's page cache, not the process's memory.
+    public func engineMemory() async throws -> EngineMemory? {
+        try await readers.run {
+            guard case let .rocksdb(e) = self.engine else { return nil }
+            return e.memory()
+        }
+    }
+
     /// Applies a batch (see `StoreTransaction.applyBatch`) in one durable write transaction
     /// on the writer thread.
     public func applyBatch(sourceID: String, expected: UInt64, new: UInt64,

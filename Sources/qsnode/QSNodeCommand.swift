@@ -91,7 +91,7 @@ struct QSNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("RocksDB only: the block cache's size, the bound on cached data blocks, indexes and filters, e.g. 64MiB. (env: QS_ROCKSDB_BLOCK_CACHE)", valueName: "size"))
     var rocksdbBlockCache: ByteSize = QSEnv.value("QS_ROCKSDB_BLOCK_CACHE", ByteSize(64 << 20))
 
-    @Option(help: ArgumentHelp("RocksDB only: each table's memtable size before it is flushed (at most two per table), e.g. 16MiB. (env: QS_ROCKSDB_WRITE_BUFFER)", valueName: "size"))
+    @Option(help: ArgumentHelp("RocksDB only: each table's memtable size before it is flushed; all memtables together are bounded by four times this, e.g. 16MiB (64MiB in all). (env: QS_ROCKSDB_WRITE_BUFFER)", valueName: "size"))
     var rocksdbWriteBuffer: ByteSize = QSEnv.value("QS_ROCKSDB_WRITE_BUFFER", ByteSize(16 << 20))
 
     @Option(help: ArgumentHelp("RocksDB only: whether data blocks are compressed with LZ4: true or false. (env: QS_ROCKSDB_COMPRESSION)", valueName: "bool"))
