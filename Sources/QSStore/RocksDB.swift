@@ -259,6 +259,19 @@ final class RocksDBEngine: @unchecked Sendable {
         try RocksDBError.check(err, "flush_wal")
     }
 
+    /// Flushes every memtable (waiting for it) and compacts every table.
+    func flushAndCompact() throws {
+        let fo = rocksdb_flushoptions_create()
+        defer { rocksdb_flushoptions_destroy(fo) }
+        rocksdb_flushoptions_set_wait(fo, 1)
+        for h in handles {
+            var err: UnsafeMutablePointer<CChar>?
+            rocksdb_flush_cf(db, fo, h, &err)
+            try RocksDBError.check(err, "flush")
+        }
+        for h in handles { rocksdb_compact_range_cf(db, h, nil, 0, nil, 0) }
+    }
+
     /// An integer property summed over the tables.
     func property(_ name: String) -> Int {
         var total = 0

@@ -94,6 +94,18 @@ extension Store {
         try await background.run { try self.engine.sync() }
     }
 
+    /// Writes what the engine holds in memory to its files and, on RocksDB, compacts them
+    /// (memtables flushed, every table compacted), so the files are what a store of this
+    /// data settles into; on LMDB, a sync. For measurements (qsbench's `engines` suite).
+    public func settle() async throws {
+        try await background.run {
+            switch self.engine {
+            case .lmdb: try self.engine.sync()
+            case let .rocksdb(e): try e.flushAndCompact()
+            }
+        }
+    }
+
     /// Writes the snapshot into `directory`; returns where it stands and its one file:
     /// LMDB's compacted copy (`data.mdb`, an environment of its own), or a RocksDB
     /// checkpoint packed into `checkpoint.qsr` (`RocksDBCheckpointPack`), or, not `packed`,
