@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """CPU seconds of a root qsnode serving memcached gets (10-key get lines) from 2 client
-processes, per 100,000 keys read. Usage: cpu.py QSNODE QSCTL REQUESTS OUTDIR"""
+processes, per 100,000 keys read: main against a branch, alternated, for a change on the read
+path (docs/benchmarks.md). Usage: read_cpu.py QSNODE QSCTL REQUESTS OUTDIR"""
 import json, os, random, signal, subprocess, sys, time
 node, qsctl, requests, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 os.makedirs(out, exist_ok=True)
