@@ -4,7 +4,7 @@
 #   make bench  installs what it needs, builds (release), runs the benchmarks
 
 SWIFT ?= swift
-APT_PACKAGES := liblmdb-dev libxxhash-dev lmdb-utils libcurl4-openssl-dev pkg-config python3 python3-pip python3-yaml memcached curl etcd-server etcd-client
+APT_PACKAGES := liblmdb-dev librocksdb-dev libxxhash-dev lmdb-utils libcurl4-openssl-dev pkg-config python3 python3-pip python3-yaml memcached curl etcd-server etcd-client
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps interop-deps interop build release test fuzz container-test container-test-source operations-doc demo bench replay clean

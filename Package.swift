@@ -38,6 +38,13 @@ let package = Package(
             pkgConfig: "lmdb",
             providers: [.apt(["liblmdb-dev"])]
         ),
+        // librocksdb through pkg-config (its C API, rocksdb/c.h): the second storage engine;
+        // only QSStore imports it.
+        .systemLibrary(
+            name: "CRocksDB",
+            pkgConfig: "rocksdb",
+            providers: [.apt(["librocksdb-dev"])]
+        ),
         // libxxhash (XXH3) through pkg-config: the records' checksums; only QSStore imports it.
         .systemLibrary(
             name: "CXXHash",
@@ -53,11 +60,12 @@ let package = Package(
             dependencies: ["QSBytes", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
-        // The store: keyspace, hash-chained log, checkpoints over LMDB, on threads it owns
-        // (one writer, readers, a background thread); the only module that touches LMDB.
+        // The store: keyspace, hash-chained log, checkpoints over LMDB or RocksDB (one enum
+        // seam, Engine.swift), on threads it owns (one writer, readers, a background thread);
+        // the only module that touches either engine.
         .target(
             name: "QSStore",
-            dependencies: ["CLMDB", "CXXHash", "QSBytes", "QSModel", .product(name: "Crypto", package: "swift-crypto"),
+            dependencies: ["CLMDB", "CRocksDB", "CXXHash", "QSBytes", "QSModel", .product(name: "Crypto", package: "swift-crypto"),
                            metrics],
             swiftSettings: swiftSettings
         ),

@@ -176,15 +176,15 @@ extension StoreTransaction {
         if let trail = store.trail { try txn.removeAll(trail) }
         let identity = try txn.get(meta, Store.identityKey)
         try txn.removeAll(meta)
-        try other.environment.read { src in
-            try src.forEach(other.kv) { k, v in
+        try other.engine.read { src in
+            try src.forEach(.kv) { k, v in
                 let (full, record) = try RecordCodec.decode(storedKey: k, v, requireChecksum: other.requireChecksums)
                 let checked = v.first.map { $0 & RecordCodec.checksumFlag != 0 } ?? false
                 try txn.put(kv, k, checked ? v : RecordCodec.encode(record, storedKey: k, fullKey: keys.isLong(full) ? full : nil),
                             append: true)
                 return true
             }
-            try src.forEach(other.log) { k, v in
+            try src.forEach(.log) { k, v in
                 try txn.put(log, k, v, append: true)
                 return true
             }
@@ -194,7 +194,7 @@ extension StoreTransaction {
                     return true
                 }
             }
-            try src.forEach(other.meta) { k, v in
+            try src.forEach(.meta) { k, v in
                 if k != Store.identityKey && k != Store.formatKey { try txn.put(meta, k, v) }
                 return true
             }

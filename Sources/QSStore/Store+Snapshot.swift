@@ -80,26 +80,57 @@ extension Store {
     /// must exist and be empty) as `data.mdb`, on the background thread, and returns the
     /// head it stands at. Readers and the writer go on meanwhile.
     public func snapshot(into directory: String) async throws -> Head {
-        try await background.run { try self.snapshotNow(into: directory) }
+        try await background.run { try self.snapshotNow(into: directory, packed: false).head }
     }
 
     /// Writes a consistent copy of the environment to an open file descriptor (a file or
     /// a pipe) on the background thread (`mdb_env_copyfd2`, compacting unless told not to).
     public func copy(toFileDescriptor fd: Int32, compact: Bool = true) async throws {
-        try await background.run { try self.environment.copy(toFileDescriptor: fd, compact: compact) }
+        try await background.run { try self.engine.copy(toFileDescriptor: fd, compact: compact) }
     }
 
     /// Flushes to disk what `noSync` commits left in memory (benchmarks' bulk loads).
     public func sync() async throws {
-        try await background.run { try self.environment.sync() }
+        try await background.run { try self.engine.sync() }
     }
 
-    func snapshotNow(into directory: String) throws -> Head {
+    /// Writes what the engine holds in memory to its files and, on RocksDB, compacts them
+    /// (memtables flushed, every table compacted), so the files are what a store of this
+    /// data settles into; on LMDB, a sync. For measurements (qsbench's `engines` suite).
+    public func settle() async throws {
+        try await background.run {
+            switch self.engine {
+            case .lmdb: try self.engine.sync()
+            case let .rocksdb(e): try e.flushAndCompact()
+            }
+        }
+    }
+
+    /// Writes the snapshot into `directory`; returns where it stands and its one file:
+    /// LMDB's compacted copy (`data.mdb`, an environment of its own), or a RocksDB
+    /// checkpoint packed into `checkpoint.qsr` (`RocksDBCheckpointPack`), or, not `packed`,
+    /// the checkpoint's files themselves (a store of its own; the path is the directory).
+    func snapshotNow(into directory: String, packed: Bool = true) throws -> (head: Head, path: String) {
+        if case let .rocksdb(rocks) = engine, !packed {
+            // RocksDB makes the checkpoint's directory itself: the empty one goes first.
+            guard rmdir(directory) == 0 else { throw StoreError.io("cannot use \(directory) for a snapshot (it must exist and be empty): errno \(errno)") }
+            try rocks.checkpoint(into: directory)
+            return (try Store(directory: directory, readOnly: true).readNow { try $0.head() }, directory)
+        }
+        if case let .rocksdb(rocks) = engine {
+            let checkpoint = directory + "/checkpoint"
+            try rocks.checkpoint(into: checkpoint)
+            let head = try Store(directory: checkpoint, readOnly: true).readNow { try $0.head() }
+            let path = directory + "/checkpoint.qsr"
+            try RocksDBCheckpointPack.pack(directory: checkpoint, into: path)
+            try FileManager.default.removeItem(atPath: checkpoint)
+            return (head, path)
+        }
         let path = directory + "/data.mdb"
         let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         guard fd >= 0 else { throw StoreError.io("cannot create snapshot file \(path): errno \(errno)") }
         do {
-            try environment.copy(toFileDescriptor: fd)
+            try engine.copy(toFileDescriptor: fd, compact: true)
             fsync(fd)
             close(fd)
         } catch {
@@ -107,7 +138,7 @@ extension Store {
             throw error
         }
         let copy = try Store(directory: directory, readOnly: true)
-        return try copy.readNow { try $0.head() }
+        return (try copy.readNow { try $0.head() }, path)
     }
 
     /// Makes a snapshot (a consistent, compacted copy of the store in a scratch directory
@@ -118,8 +149,7 @@ extension Store {
         let file = try await background.run { () throws -> SnapshotFile in
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
             do {
-                let head = try self.snapshotNow(into: dir)
-                let path = dir + "/data.mdb"
+                let (head, path) = try self.snapshotNow(into: dir)
                 let fd = Glibc.open(path, O_RDONLY)
                 guard fd >= 0 else { throw StoreError.io("cannot open the snapshot file \(path): errno \(errno)") }
                 var st = stat()
@@ -186,7 +216,16 @@ extension Store {
                 let syncErrno = errno
                 close(writer.fd)
                 guard synced else { throw StoreError.io("cannot flush \(path) to disk: errno \(syncErrno)") }
-                let snapshot = try Store(directory: dir, readOnly: true)
+                // The sender's engine decides the format: LMDB's copy is an environment
+                // of its own, a RocksDB checkpoint is unpacked first. Either is installed
+                // record by record, so the engines may differ.
+                var received = dir
+                if RocksDBCheckpointPack.isPack(path) {
+                    received = dir + "/checkpoint"
+                    try RocksDBCheckpointPack.unpack(path, into: received)
+                    try FileManager.default.removeItem(atPath: path)
+                }
+                let snapshot = try Store(directory: received, readOnly: true)
                 let found = try snapshot.readNow { try $0.head() }
                 guard found.index == announced.index, found.hash == announced.hash else {
                     throw StoreError.snapshotMismatch(announced: announced, found: found)

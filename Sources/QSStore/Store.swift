@@ -45,6 +45,8 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
     case snapshotDiverged(mine: Head, theirs: [UInt8]?)
     /// The store was written in a format this build does not read.
     case unsupportedFormat(found: Int, readable: ClosedRange<Int>)
+    /// The directory holds a store of another engine than the one asked for.
+    case wrongEngine(directory: String, found: String, asked: String)
 
     public var description: String {
         switch self {
@@ -75,6 +77,8 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
         case let .snapshotDiverged(mine, theirs):
             let found = theirs.map { "hash \(hexString($0))" } ?? "no hash (it does not know that index)"
             return "the snapshot's history does not contain this store's head: index \(mine.index) has hash \(hexString(mine.hash)) here and \(found) there; it was not installed (replacing this store's history takes an operator's qsctl rebootstrap)"
+        case let .wrongEngine(directory, found, asked):
+            return "\(directory) holds a \(found) store but \(asked) was asked for (--engine): an existing store is opened with the engine that wrote it; leave --engine out or set it to \(found), or move to \(asked) with a new replica (docs/storage.md, \"Engines\")"
         case let .unsupportedFormat(found, readable):
             return "the store is in format \(found) and this build reads formats \(readable.lowerBound) to \(readable.upperBound): it was written by a newer qsnode; run that version (or restore a copy made by this one)"
         }
@@ -82,8 +86,8 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
 }
 
 /// A node's storage: the keyspace (`kv`), the transaction log (`log`) and metadata
-/// (`meta`: head, per-source checkpoints, identity) in one LMDB environment. This type and
-/// `LMDBEnvironment` are the only code that touches LMDB.
+/// (`meta`: head, per-source checkpoints, identity) in one LMDB environment or one RocksDB
+/// database (`Engine`, docs/storage.md "Engines"); nothing outside this module knows which.
 ///
 /// The store owns its threads (docs/storage.md, "Threads"): every write transaction runs
 /// on its one writer thread, in submission order; reads run on a small pool of reader
@@ -93,7 +97,9 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
 /// method such as `applyBatch`) and never choose a thread; the transaction is only valid
 /// inside the closure, and the LMDB handle never leaves the store.
 public final class Store: Sendable {
-    let environment: LMDBEnvironment
+    /// The engine holding the tables (docs/storage.md, "Engines"); nothing outside
+    /// `QSStore` knows which one runs.
+    let engine: Engine
     /// The directory of the environment.
     public let directory: String
     /// Where snapshots being sent and received are staged (a scratch directory each):
@@ -103,13 +109,13 @@ public final class Store: Sendable {
     public let keys: KeyEncoding
     /// The largest key LMDB takes as it is (longer keys are stored whole, see `KeyEncoding`).
     public let maxKeySize: Int
-    let kv: LMDBDatabase
-    let log: LMDBDatabase
-    let meta: LMDBDatabase
+    let kv = Table.kv
+    let log = Table.log
+    let meta = Table.meta
     /// Index → chained hash of log entries trimmed away (at most `trailLimit`), so that a
     /// replica far behind can still prove a snapshot continues its history; nil in a
     /// read-only format 1 store opened without one.
-    let trail: LMDBDatabase?
+    let trail: Table?
     /// The store's format (`meta/format`): 2 once every record carries its checksum.
     public let format: Int
     /// Whether records without a checksum are refused (format 2).
@@ -136,6 +142,17 @@ public final class Store: Sendable {
     static let compatibleMode = Array("compatible".utf8)
     static let promotedMode = Array("promoted".utf8)
     public static let maxSourceIDBytes = 255
+    /// The engine of a new store opened without naming one: `QS_STORE_ENGINE` when set
+    /// (`lmdb` or `rocksdb`: how the test suites run against each engine), else LMDB.
+    public static let defaultEngine: EngineKind = {
+        guard let name = ProcessInfo.processInfo.environment["QS_STORE_ENGINE"], !name.isEmpty else { return .lmdb }
+        guard let kind = EngineKind(rawValue: name) else {
+            preconditionFailure("QS_STORE_ENGINE is '\(name)': set it to lmdb or rocksdb, or unset it")
+        }
+        return kind
+    }()
+    /// The engine this store runs on.
+    public var engineKind: EngineKind { engine.kind }
     /// The format this build writes; it reads 1 (upgraded when opened read-write) and 2.
     public static let currentFormat = 2
     /// Chained hashes of trimmed entries kept in `trail`.
@@ -147,8 +164,11 @@ public final class Store: Sendable {
     /// thread: it does blocking file I/O, so async code uses `Store.open` instead.
     /// `noSync` skips fsync at commit: only for bulk loads that call `sync()` at the end
     /// (benchmarks), never for a serving node. `readers` is the number of reader threads.
+    /// `engine` is the engine of a new store (nil: `Store.defaultEngine`); an existing store
+    /// is opened with the engine that wrote it, and naming the other one is refused.
     public init(directory: String, mapSize: Int = 8 << 30, readOnly: Bool = false, noSync: Bool = false,
-                readers: Int = 4, stagingDirectory: String? = nil) throws {
+                readers: Int = 4, stagingDirectory: String? = nil, engine kind: EngineKind? = nil,
+                rocksDB: RocksDBOptions = .init()) throws {
         if !readOnly {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             if let stagingDirectory, !stagingDirectory.isEmpty {
@@ -156,40 +176,41 @@ public final class Store: Sendable {
             }
         }
         self.stagingDirectory = stagingDirectory.flatMap { $0.isEmpty ? nil : $0 } ?? directory
-        environment = try LMDBEnvironment(path: directory, options: .init(mapSize: mapSize, readOnly: readOnly, noSync: noSync))
+        let found = EngineKind.found(in: directory)
+        if let kind, let found, kind != found {
+            throw StoreError.wrongEngine(directory: directory, found: found.rawValue, asked: kind.rawValue)
+        }
+        switch found ?? kind ?? Self.defaultEngine {
+        case .lmdb: engine = .lmdb(try LMDBEngine(directory: directory, mapSize: mapSize, readOnly: readOnly, noSync: noSync))
+        case .rocksdb: engine = .rocksdb(try RocksDBEngine(directory: directory, readOnly: readOnly, noSync: noSync, options: rocksDB))
+        }
         self.directory = directory
-        maxKeySize = environment.maxKeySize
+        maxKeySize = engine.maxKeySize
         keys = KeyEncoding(maxKeySize: maxKeySize)
-        var found: Int
+        trail = engine.hasTrail ? .trail : nil
+        var format: Int
         if readOnly {
-            let dbs = try environment.openExistingDatabases(["kv", "log", "meta"])
-            (kv, log, meta) = (dbs[0], dbs[1], dbs[2])
-            trail = try? environment.openExistingDatabases(["trail"])[0]
-            found = try environment.read { txn in try Self.decodeFormat(txn.get(dbs[2], Self.formatKey)) }
+            format = try engine.read { txn in try Self.decodeFormat(txn.get(.meta, Self.formatKey)) }
         } else {
-            (kv, log, meta, trail, found) = try environment.write { txn in
-                let kv = try txn.openDatabase("kv", create: true)
-                let log = try txn.openDatabase("log", create: true)
-                let meta = try txn.openDatabase("meta", create: true)
-                let trail = try txn.openDatabase("trail", create: true)
-                if try txn.get(meta, Self.formatKey) == nil {
-                    try txn.put(meta, Self.formatKey, [UInt8(Self.currentFormat)])
+            format = try engine.write { txn in
+                if try txn.get(.meta, Self.formatKey) == nil {
+                    try txn.put(.meta, Self.formatKey, [UInt8(Self.currentFormat)])
                     var id = [UInt8](repeating: 0, count: 16)
                     for i in id.indices { id[i] = UInt8.random(in: 0...255) }
-                    try txn.put(meta, Self.identityKey, Array(hexString(id).utf8))
+                    try txn.put(.meta, Self.identityKey, Array(hexString(id).utf8))
                 }
-                return (kv, log, meta, trail, try Self.decodeFormat(txn.get(meta, Self.formatKey)))
+                return try Self.decodeFormat(txn.get(.meta, Self.formatKey))
             }
         }
-        guard (1...Self.currentFormat).contains(found) else {
-            throw StoreError.unsupportedFormat(found: found, readable: 1...Self.currentFormat)
+        guard (1...Self.currentFormat).contains(format) else {
+            throw StoreError.unsupportedFormat(found: format, readable: 1...Self.currentFormat)
         }
-        if found < Self.currentFormat && !readOnly {
-            try Self.upgradeToChecksums(environment, kv: kv, meta: meta, keys: keys)
-            found = Self.currentFormat
+        if format < Self.currentFormat && !readOnly {
+            try Self.upgradeToChecksums(engine, keys: keys)
+            format = Self.currentFormat
         }
-        format = found
-        requireChecksums = found >= 2
+        self.format = format
+        requireChecksums = format >= 2
         writer = StoreThreads(name: "qs-store-writer", count: 1)
         self.readers = StoreThreads(name: "qs-store-reader", count: max(1, readers))
         background = StoreThreads(name: "qs-store-background", count: 1)
@@ -211,14 +232,14 @@ public final class Store: Sendable {
     /// Format 1 → 2: rewrites every record with its checksum, 10,000 per transaction (a
     /// crash resumes: records already rewritten carry the checksum flag), then records
     /// format 2 in the last transaction.
-    static func upgradeToChecksums(_ environment: LMDBEnvironment, kv: LMDBDatabase, meta: LMDBDatabase, keys: KeyEncoding) throws {
+    static func upgradeToChecksums(_ engine: Engine, keys: KeyEncoding) throws {
         var from: [UInt8]?
         repeat {
-            from = try environment.write { txn -> [UInt8]? in
+            from = try engine.write { txn -> [UInt8]? in
                 var seen = 0
                 var last: [UInt8]?
                 var rewrites = [([UInt8], [UInt8])]()
-                try txn.forEach(kv, from: from) { k, v in
+                try txn.forEach(.kv, from: from) { k, v in
                     if let from, k == from { return true }
                     guard seen < 10_000 else { return false }
                     seen += 1
@@ -228,9 +249,9 @@ public final class Store: Sendable {
                     rewrites.append((k, RecordCodec.encode(record, storedKey: k, fullKey: keys.isLong(full) ? full : nil)))
                     return true
                 }
-                for (k, v) in rewrites { try txn.put(kv, k, v) }
+                for (k, v) in rewrites { try txn.put(.kv, k, v) }
                 if seen < 10_000 {
-                    try txn.put(meta, formatKey, [UInt8(currentFormat)])
+                    try txn.put(.meta, formatKey, [UInt8(currentFormat)])
                     return nil
                 }
                 return last
@@ -250,10 +271,11 @@ public final class Store: Sendable {
 
     /// Opens or creates the store in `directory` without blocking the caller's thread.
     public static func open(directory: String, mapSize: Int = 8 << 30, readOnly: Bool = false, noSync: Bool = false,
-                            readers: Int = 4, stagingDirectory: String? = nil) async throws -> Store {
+                            readers: Int = 4, stagingDirectory: String? = nil, engine: EngineKind? = nil,
+                            rocksDB: RocksDBOptions = .init()) async throws -> Store {
         try await StoreThreads.once("qs-store-open") {
             try Store(directory: directory, mapSize: mapSize, readOnly: readOnly, noSync: noSync, readers: readers,
-                      stagingDirectory: stagingDirectory)
+                      stagingDirectory: stagingDirectory, engine: engine, rocksDB: rocksDB)
         }
     }
 
@@ -288,12 +310,12 @@ public final class Store: Sendable {
     }
 
     func readNow<T>(_ body: (borrowing StoreTransaction) throws -> T) throws -> T {
-        try environment.read { txn in try body(StoreTransaction(store: self, txn: LMDBTransaction(txn: txn.txn), writable: false)) }
+        try engine.read { txn in try body(StoreTransaction(store: self, txn: EngineTransaction(handle: txn.handle), writable: false)) }
     }
 
     func writeNow<T>(_ body: (borrowing StoreTransaction) throws -> T) throws -> T {
         do {
-            let result = try environment.write { txn in try body(StoreTransaction(store: self, txn: LMDBTransaction(txn: txn.txn), writable: true)) }
+            let result = try engine.write { txn in try body(StoreTransaction(store: self, txn: EngineTransaction(handle: txn.handle), writable: true)) }
             writeHealth.succeeded { (Store.freeBytes(at: directory) ?? .max) < Store.roomAfterDiskFull }
             return result
         } catch {
@@ -308,7 +330,7 @@ public final class Store: Sendable {
 
     // MARK: encoding helpers
 
-    func readHead(_ txn: borrowing LMDBTransaction) throws -> Head {
+    func readHead(_ txn: borrowing EngineTransaction) throws -> Head {
         guard let raw = try txn.get(meta, Self.headKey) else { return .empty }
         var r = ByteReader(raw)
         do {
@@ -321,7 +343,7 @@ public final class Store: Sendable {
         }
     }
 
-    func writeHead(_ head: Head, _ txn: borrowing LMDBTransaction) throws {
+    func writeHead(_ head: Head, _ txn: borrowing EngineTransaction) throws {
         try txn.put(meta, Self.headKey, head.encoded())
     }
 

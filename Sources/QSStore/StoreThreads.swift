@@ -8,8 +8,11 @@ final class StoreThreads: @unchecked Sendable {
     private let name: String
     private let count: Int
     private let condition = NSCondition()
-    // Guarded by `condition`.
-    private var jobs: [() -> Void] = []
+    // Guarded by `condition`. A job runs its body and returns what resumes its caller: the
+    // body (and what it captured, the store itself) is released before the caller resumes,
+    // so a caller that drops its last reference to a store right after an `await` closes
+    // it there and then (RocksDB's lock on its directory is released with it).
+    private var jobs: [(() -> () -> Void)?] = []
     private var head = 0
     private var started = false
     private var stopping = false
@@ -39,7 +42,10 @@ final class StoreThreads: @unchecked Sendable {
     /// it threw). Jobs start in the order they were submitted.
     func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
-            let accepted = enqueue { continuation.resume(with: Result { try body() }) }
+            let accepted = enqueue {
+                let result = Result { try body() }
+                return { continuation.resume(with: result) }
+            }
             if !accepted { continuation.resume(throwing: StoreError.closed) }
         }
     }
@@ -52,7 +58,7 @@ final class StoreThreads: @unchecked Sendable {
         condition.unlock()
     }
 
-    private func enqueue(_ job: @escaping () -> Void) -> Bool {
+    private func enqueue(_ job: @escaping () -> () -> Void) -> Bool {
         condition.lock()
         defer { condition.unlock() }
         guard !stopping else { return false }
@@ -77,7 +83,8 @@ final class StoreThreads: @unchecked Sendable {
                 condition.unlock()
                 return
             }
-            let job = jobs[head]
+            var job = jobs[head]
+            jobs[head] = nil
             head += 1
             if head == jobs.count || head >= 1024 {
                 jobs.removeFirst(head)
@@ -85,7 +92,9 @@ final class StoreThreads: @unchecked Sendable {
             }
             running += 1
             condition.unlock()
-            job()
+            let resume = job?() ?? {}
+            job = nil
+            resume()
             condition.lock()
             running -= 1
             condition.unlock()

@@ -7,14 +7,14 @@ import QSBytes
 /// commits when its closure returns and rolls back when it throws.
 public struct StoreTransaction: ~Copyable {
     let store: Store
-    let txn: LMDBTransaction
+    let txn: EngineTransaction
     /// Whether this is a write transaction.
     public let writable: Bool
 
     var keys: KeyEncoding { store.keys }
-    var kv: LMDBDatabase { store.kv }
-    var log: LMDBDatabase { store.log }
-    var meta: LMDBDatabase { store.meta }
+    var kv: Table { .kv }
+    var log: Table { .log }
+    var meta: Table { .meta }
 
     func requireWritable() throws {
         guard writable else { throw StoreError.readOnlyTransaction }
@@ -404,9 +404,19 @@ extension Store {
         try await write { try $0.purgeExpired(after: after, scanLimit: scanLimit, maxDeletes: maxDeletes, now: now, sourceID: sourceID) }
     }
 
-    /// The map's size and the bytes in use in it (`LMDBEnvironment.usage`).
+    /// The bytes the store takes and the most it may take (LMDB: the map's size and the
+    /// bytes in use in it, `LMDBEnvironment.usage`).
     public func usage() async throws -> (usedBytes: Int, mapSizeBytes: Int) {
-        try await read { txn in txn.store.environment.usage() }
+        try await read { txn in txn.store.engine.usage() }
+    }
+
+    /// A RocksDB store's cache, memtables and files (`EngineMemory`); nil on LMDB, whose
+    /// pages are the kernel's page cache, not the process's memory.
+    public func engineMemory() async throws -> EngineMemory? {
+        try await readers.run {
+            guard case let .rocksdb(e) = self.engine else { return nil }
+            return e.memory()
+        }
     }
 
     /// Applies a batch (see `StoreTransaction.applyBatch`) in one durable write transaction

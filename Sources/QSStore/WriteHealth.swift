@@ -23,6 +23,11 @@ public enum WriteFailure: String, Sendable, Equatable {
             if e.code == EIO { return .io }
             return nil
         }
+        if let e = error as? RocksDBError {
+            if e.isDiskFull { return .diskFull }
+            if e.isIOError { return .io }
+            return nil
+        }
         if case .diskFull? = error as? StoreError { return .diskFull }
         return nil
     }

@@ -82,15 +82,24 @@ public enum Harness {
         return try await condition()
     }
 
+    /// The environment of a child process: this process's without its `QS_` variables (a
+    /// test says what it means), plus `env`. A suite run with `QS_STORE_ENGINE=rocksdb`
+    /// (scripts/swift-test.sh) gives the nodes it starts `QS_ENGINE=rocksdb`.
+    static func childEnvironment(_ env: [String: String]) -> [String: String] {
+        let mine = ProcessInfo.processInfo.environment
+        var environment = mine.filter { !$0.key.hasPrefix("QS_") }
+        if let engine = mine["QS_STORE_ENGINE"], !engine.isEmpty { environment["QS_ENGINE"] = engine }
+        environment.merge(env) { _, new in new }
+        return environment
+    }
+
     /// Runs an executable to completion; returns exit status, stdout and stderr.
     public static func run(_ name: String, _ args: [String], env: [String: String] = [:],
                            stdin: Data? = nil) throws -> (status: Int32, stdout: Data, stderr: Data) {
         let p = Process()
         p.executableURL = name.hasPrefix("/") ? URL(fileURLWithPath: name) : binDir.appendingPathComponent(name)
         p.arguments = args
-        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("QS_") }
-        environment.merge(env) { _, new in new }
-        p.environment = environment
+        p.environment = Harness.childEnvironment(env)
         let out = Pipe(), err = Pipe(), input = Pipe()
         p.standardOutput = out
         p.standardError = err
@@ -144,9 +153,7 @@ public final class DaemonProcess: @unchecked Sendable {
         process = Process()
         process.executableURL = binDir.appendingPathComponent(name)
         process.arguments = args
-        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("QS_") }
-        environment.merge(env) { _, new in new }
-        process.environment = environment
+        process.environment = Harness.childEnvironment(env)
         logURL = logDir.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(6)).log")
         _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
         let handle = try FileHandle(forWritingTo: logURL)

@@ -32,8 +32,11 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Directory for the JSON results. (env: QS_BENCH_OUT)", valueName: "dir"))
     var out: String = QSEnv.string("QS_BENCH_OUT") ?? "bench/results"
 
-    @Option(help: ArgumentHelp("Benchmarks to run: root-write, mirror, lag, backlog, reads, rest (comma separated). (env: QS_BENCH_SUITES)", valueName: "list"))
-    var suites: String = QSEnv.string("QS_BENCH_SUITES") ?? "root-write,mirror,lag,backlog,reads,rest"
+    @Option(help: ArgumentHelp("Benchmarks to run: root-write, mirror, lag, backlog, reads, rest, engines (comma separated). (env: QS_BENCH_SUITES)", valueName: "list"))
+    var suites: String = QSEnv.string("QS_BENCH_SUITES") ?? "root-write,mirror,lag,backlog,reads,rest,engines"
+
+    @Option(help: ArgumentHelp("Records the engines suite writes at batches of 100 and 5,000 (batches of 1 write at most 2,000). (env: QS_BENCH_ENGINE_RECORDS)", valueName: "n"))
+    var engineRecords: Int = QSEnv.value("QS_BENCH_ENGINE_RECORDS", 100_000, flag: "--engine-records")
 
     @Option(help: ArgumentHelp("Entries in the mirror benchmark's source root. (env: QS_BENCH_MIRROR_ENTRIES)", valueName: "n"))
     var mirrorEntries: Int = QSEnv.value("QS_BENCH_MIRROR_ENTRIES", 1_000_000, flag: "--mirror-entries")
@@ -83,10 +86,7 @@ struct QSBench: AsyncParsableCommand {
                          Double(m.bridgePeakAnonBytes) / 1e6, Double(m.targetPeakRSSBytes) / 1e6, Double(m.targetPeakAnonBytes) / 1e6,
                          m.verifyKeysPerSec))
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-            let enc = JSONEncoder()
-            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-            enc.keyEncodingStrategy = .convertToSnakeCase
-            try enc.encode(m).write(to: URL(fileURLWithPath: "\(out)/mirror-latest.json"))
+            try writeResult(m, "mirror")
         }
         if runSuites.contains("lag") {
             let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
@@ -95,10 +95,7 @@ struct QSBench: AsyncParsableCommand {
             print(String(format: "lag: KT write → applied on the root, target %d updates/s (%d written in %.0f s): p50 %.2f s, p99 %.2f s, max %.2f s (%d samples of qs_bridge_lag_seconds), bridge peak RSS %.1f MB; chart %@",
                          l.writesPerSecond, l.updatesWritten, l.seconds, l.p50LagSeconds, l.p99LagSeconds, l.maxLagSeconds, l.samples,
                          Double(l.bridgePeakRSSBytes) / 1e6, l.chart))
-            let enc = JSONEncoder()
-            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-            enc.keyEncodingStrategy = .convertToSnakeCase
-            try enc.encode(l).write(to: URL(fileURLWithPath: "\(out)/lag-latest.json"))
+            try writeResult(l, "lag")
         }
         if runSuites.contains("backlog") {
             let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
@@ -108,10 +105,7 @@ struct QSBench: AsyncParsableCommand {
             print(String(format: "backlog: qsktbridge replayed %d KT updates (%.0f MB capture) at %.0f updates/s; the store applies the same sets itself at %.0f/s (ratio %.3f); bridge peak RSS %.1f MB (own memory %.1f MB)",
                          b.updates, Double(b.captureBytes) / 1e6, b.bridgeUpdatesPerSec, b.localApplyUpdatesPerSec, b.ratio,
                          Double(b.bridgePeakRSSBytes) / 1e6, Double(b.bridgePeakAnonBytes) / 1e6))
-            let enc = JSONEncoder()
-            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-            enc.keyEncodingStrategy = .convertToSnakeCase
-            try enc.encode(b).write(to: URL(fileURLWithPath: "\(out)/backlog-latest.json"))
+            try writeResult(b, "backlog")
         }
         if runSuites.contains("reads") {
             let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
@@ -131,10 +125,18 @@ struct QSBench: AsyncParsableCommand {
             }
             print(String(format: "  catch-up %.0f entries/s; bootstrap %.1f MB/s vs a plain file copy %.1f MB/s (%.1f MB environment); replica own memory %.1f MB",
                          r.catchUpEntriesPerSec, r.bootstrapMBPerSec, r.fileCopyMBPerSec, Double(r.environmentBytes) / 1e6, Double(r.replicaPeakAnonBytes) / 1e6))
-            let enc = JSONEncoder()
-            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-            enc.keyEncodingStrategy = .convertToSnakeCase
-            try enc.encode(r).write(to: URL(fileURLWithPath: "\(out)/reads-latest.json"))
+            try writeResult(r, "reads")
+        }
+        if runSuites.contains("engines") {
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            let e = try await EnginesBench(records: engineRecords, scratch: scratch).run()
+            print("engines: \(e.records) configuration-shaped records through the store (keys zone:NNNN/rule:NNNNNN, values 20 B to 10 KB, a tenth expiring)")
+            print("  engine          disk/payload   written/payload at batch 1    100   5000   load s (batch 5000)")
+            for r in e.engines {
+                print("  " + r.name.padding(toLength: 14, withPad: " ", startingAt: 0) + String(format: " %12.2f %27.2f %6.2f %6.2f %8.2f", r.diskPerPayload, r.writeAmplification["1"] ?? 0,
+                             r.writeAmplification["100"] ?? 0, r.writeAmplification["5000"] ?? 0, r.loadSeconds))
+            }
+            try writeResult(e, "engines")
         }
         if runSuites.contains("rest") {
             let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
@@ -149,10 +151,7 @@ struct QSBench: AsyncParsableCommand {
                              fast.opsPerSec, fast.p99Micros / 1000, fast.opsPerSec / max(k.opsPerSec, 1)))
             }
             print(String(format: "  qsrest own memory %.1f MB", Double(r.qsrestPeakAnonBytes) / 1e6))
-            let enc = JSONEncoder()
-            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-            enc.keyEncodingStrategy = .convertToSnakeCase
-            try enc.encode(r).write(to: URL(fileURLWithPath: "\(out)/rest-latest.json"))
+            try writeResult(r, "rest")
         }
         guard runSuites.contains("root-write") else { return }
         var rows = [Row]()
@@ -250,6 +249,14 @@ struct QSBench: AsyncParsableCommand {
         return Measurement(opsPerSec: Double(i) / elapsed, diskPerPayload: Double(written) / Double(payload), batches: batches, peakRSS: rss)
     }
 
+    /// Writes a suite's result as `<out>/<suite>-latest.json` (snake-case keys, sorted).
+    func writeResult(_ value: some Encodable, _ suite: String) throws {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+        enc.keyEncodingStrategy = .convertToSnakeCase
+        try enc.encode(value).write(to: URL(fileURLWithPath: "\(out)/\(suite)-latest.json"))
+    }
+
     func printTable(_ r: Report) {
         print("root write path vs plain LMDB (\(r.valueBytes)-byte values, \(r.secondsPerMeasurement)s each)")
         func pad(_ s: String, _ w: Int) -> String { String(repeating: " ", count: max(0, w - s.count)) + s }
@@ -275,22 +282,7 @@ func writeBytes(pid: Int32?) -> Int {
 
 /// Anonymous resident memory (RssAnon: the process's own heap and stacks, not LMDB's
 /// file-backed map) in bytes.
-func anonRSS(pid: Int32?) -> Int {
-    let path = pid.map { "/proc/\($0)/status" } ?? "/proc/self/status"
-    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return 0 }
-    for line in text.split(separator: "\n") where line.hasPrefix("RssAnon:") {
-        return (line.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0) * 1024
-    }
-    return 0
-}
+func anonRSS(pid: Int32?) -> Int { ProcessMemory.statusBytes("RssAnon", pid: pid) ?? 0 }
 
 /// Peak resident set size (VmHWM) in bytes, LMDB's mapped pages included.
-func peakRSS(pid: Int32?) -> Int {
-    let path = pid.map { "/proc/\($0)/status" } ?? "/proc/self/status"
-    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return 0 }
-    for line in text.split(separator: "\n") where line.hasPrefix("VmHWM:") {
-        let kb = line.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0
-        return kb * 1024
-    }
-    return 0
-}
+func peakRSS(pid: Int32?) -> Int { ProcessMemory.statusBytes("VmHWM", pid: pid) ?? 0 }

@@ -16,7 +16,7 @@ struct QSNodeCheck: AsyncParsableCommand {
             unreadable (the message says what and what to do); 64 usage.
             """)
 
-    @Option(help: ArgumentHelp("Directory of the node's LMDB environment. (env: QS_DATA)", valueName: "dir"))
+    @Option(help: ArgumentHelp("Directory of the node's store (LMDB or RocksDB, found by its files). (env: QS_DATA)", valueName: "dir"))
     var data: String = QSEnv.string("QS_DATA") ?? ""
 
     @Option(help: ArgumentHelp("Damaged records listed one by one; the rest are counted. (env: QS_CHECK_LIST)", valueName: "n"))

@@ -44,10 +44,21 @@ struct QSNodeCommand: AsyncParsableCommand {
         case root, replica
     }
 
+    enum Engine: String, ExpressibleByArgument, CaseIterable {
+        case lmdb, rocksdb
+
+        var kind: EngineKind {
+            switch self {
+            case .lmdb: return .lmdb
+            case .rocksdb: return .rocksdb
+            }
+        }
+    }
+
     @Option(help: ArgumentHelp("The node's role: root accepts writes; replica follows --upstream. (env: QS_ROLE)", valueName: "role"))
     var role: Role = QSEnv.value("QS_ROLE", .root)
 
-    @Option(help: ArgumentHelp("Directory of the node's LMDB environment, created if missing. (env: QS_DATA)", valueName: "dir"))
+    @Option(help: ArgumentHelp("Directory of the node's store (an LMDB environment or a RocksDB database, see --engine), created if missing. (env: QS_DATA)", valueName: "dir"))
     var data: String = QSEnv.string("QS_DATA") ?? ""
 
     @Option(help: ArgumentHelp("Address of the QS write protocol, HOST:PORT; loopback unless told otherwise. (env: QS_LISTEN)", valueName: "host:port"))
@@ -73,6 +84,18 @@ struct QSNodeCommand: AsyncParsableCommand {
 
     @Option(help: ArgumentHelp("Pause between two purge batches (so at most --expiry-purge-batch records per interval); ten times this after a full pass over the keyspace. (env: QS_EXPIRY_PURGE_INTERVAL)", valueName: "duration"))
     var expiryPurgeInterval: Interval = QSEnv.value("QS_EXPIRY_PURGE_INTERVAL", Interval(.seconds(1)))
+
+    @Option(help: ArgumentHelp("Storage engine of a new store: lmdb (the default) or rocksdb. An existing store is opened with the engine that wrote it; naming the other one is refused (docs/storage.md, \"Engines\"). (env: QS_ENGINE)", valueName: "engine"))
+    var engine: Engine? = QSEnv.optional("QS_ENGINE")
+
+    @Option(help: ArgumentHelp("RocksDB only: the block cache's size, the bound on cached data blocks, indexes and filters, e.g. 64MiB. (env: QS_ROCKSDB_BLOCK_CACHE)", valueName: "size"))
+    var rocksdbBlockCache: ByteSize = QSEnv.value("QS_ROCKSDB_BLOCK_CACHE", ByteSize(64 << 20))
+
+    @Option(help: ArgumentHelp("RocksDB only: each table's memtable size before it is flushed; all memtables together are bounded by four times this, e.g. 16MiB (64MiB in all). (env: QS_ROCKSDB_WRITE_BUFFER)", valueName: "size"))
+    var rocksdbWriteBuffer: ByteSize = QSEnv.value("QS_ROCKSDB_WRITE_BUFFER", ByteSize(16 << 20))
+
+    @Option(help: ArgumentHelp("RocksDB only: whether data blocks are compressed with LZ4: true or false. (env: QS_ROCKSDB_COMPRESSION)", valueName: "bool"))
+    var rocksdbCompression: Bool = QSEnv.flag("QS_ROCKSDB_COMPRESSION", default: true)
 
     @Option(help: ArgumentHelp("LMDB map size: the most the store can hold, e.g. 8GiB. (env: QS_MAP_SIZE)", valueName: "size"))
     var mapSize: ByteSize = QSEnv.value("QS_MAP_SIZE", ByteSize(8 << 30))
@@ -143,6 +166,9 @@ struct QSNodeCommand: AsyncParsableCommand {
             throw ValidationError("--cluster-peers names a root cluster member's peers: use it with --etcd and --cluster")
         }
         guard logRetention > 0 else { throw ValidationError("--log-retention must be at least 1 entry") }
+        guard rocksdbBlockCache.bytes >= 1 << 20, rocksdbWriteBuffer.bytes >= 1 << 20 else {
+            throw ValidationError("--rocksdb-block-cache and --rocksdb-write-buffer must be at least 1MiB each, e.g. 64MiB and 16MiB")
+        }
         guard mapSize.bytes >= 1 << 20 else { throw ValidationError("--map-size must be at least 1MiB, e.g. 8GiB") }
         guard maxFrameBytes.bytes >= 1024 else {
             throw ValidationError("--max-frame-bytes must be at least 1KiB, e.g. 64MiB")
@@ -169,7 +195,9 @@ struct QSNodeCommand: AsyncParsableCommand {
         }
         let store: Store
         do {
-            store = try await Store.open(directory: data, mapSize: mapSize.bytes, stagingDirectory: stagingDir)
+            store = try await Store.open(directory: data, mapSize: mapSize.bytes, stagingDirectory: stagingDir, engine: engine?.kind ?? EngineKind.found(in: data) ?? .lmdb,
+                                         rocksDB: RocksDBOptions(blockCacheBytes: rocksdbBlockCache.bytes, writeBufferBytes: rocksdbWriteBuffer.bytes,
+                                                                 compression: rocksdbCompression))
         } catch {
             logger.critical("cannot open the store", metadata: ["data": "\(data)", "error": "\(error)"])
             throw ExitCode(1)

@@ -44,8 +44,11 @@ final class AccessTokenTests: XCTestCase {
         XCTAssertTrue(root.daemon.log.contains("replication refused"), root.daemon.log)
         XCTAssertTrue(root.daemon.log.contains("\"peer\":\"127.0.0.1:"), "the refusal names the peer")
         XCTAssertEqual(root.metric("qs_auth_failures_total{interface=\"write\"}"), 0)
-        XCTAssertTrue(stranger.daemon.log.contains("missing replication token"), stranger.daemon.log)
-        XCTAssertTrue(impostor.daemon.log.contains("wrong replication token"), impostor.daemon.log)
+        // The root counts a refusal before the replica has read and logged it.
+        let strangerLogged = await Harness.eventually(timeout: .seconds(5)) { stranger.daemon.log.contains("missing replication token") }
+        XCTAssertTrue(strangerLogged, stranger.daemon.log)
+        let impostorLogged = await Harness.eventually(timeout: .seconds(5)) { impostor.daemon.log.contains("wrong replication token") }
+        XCTAssertTrue(impostorLogged, impostor.daemon.log)
         XCTAssertEqual(stranger.metric("qs_replica_head_index") ?? 0, 0, "nothing replicated without the token")
         XCTAssertEqual(httpGet(port: stranger.adminPort, path: "/readyz")?.status, 503)
 

@@ -81,8 +81,10 @@ final class DiskFullTests: XCTestCase {
     func testAReplicaWithoutRoomForASnapshotWaitsWithoutFetchingItThenBootstrapsOnceThereIsRoom() async throws {
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
         let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
-        let value = [UInt8](repeating: 0x62, count: 512 << 10)
-        for i in 0..<8 { _ = try await client.write([.set(key: Array("k\(i)".utf8), value: value + [UInt8(i)], expiry: nil)], sourceID: "t") }
+        // Incompressible: a RocksDB snapshot (compressed SST files) is then as large as LMDB's.
+        for i in 0..<8 {
+            _ = try await client.write([.set(key: Array("k\(i)".utf8), value: incompressibleBytes(512 << 10, seed: UInt64(i) + 1), expiry: nil)], sourceID: "t")
+        }
         let head = try await client.head()
         await client.close()
 
@@ -104,6 +106,9 @@ final class DiskFullTests: XCTestCase {
         try await waitFor("the replica bootstrapped by itself", timeout: .seconds(30), pollEvery: .milliseconds(100)) {
             replica.metric("qs_replica_head_index") == Double(head.index)
         }
-        XCTAssertEqual(httpGet(port: replica.adminPort, path: "/readyz")?.status, 200)
+        // Ready follows the head (the follower reports it after its next poll).
+        try await waitFor("the replica ready", timeout: .seconds(15), pollEvery: .milliseconds(100)) {
+            httpGet(port: replica.adminPort, path: "/readyz")?.status == 200
+        }
     }
 }
