@@ -2,6 +2,7 @@
 #   make demo   installs what it needs, builds, runs the demo
 #   make test   installs what it needs, builds, runs every test
 #   make bench  installs what it needs, builds (release), runs the benchmarks
+#               (one suite: make bench-writes, bench-reads, bench-reads-busy, bench-propagation, ...)
 
 SWIFT ?= swift
 APT_PACKAGES := liblmdb-dev librocksdb-dev libxxhash-dev lmdb-utils libcurl4-openssl-dev pkg-config python3 python3-pip python3-yaml memcached curl etcd-server etcd-client
@@ -77,6 +78,15 @@ fuzz: deps
 
 bench: release
 	.build/release/qsbench --out bench/results
+
+# One qsbench suite (writes, reads, reads-busy, propagation, lag, backlog, mirror, read-loop);
+# QS_BENCH_* variables tune it (qsbench --help).
+bench-%: release
+	.build/release/qsbench --suites $* --out bench/results
+
+# Instruction counts under callgrind (needs valgrind): profile-writes, profile-read-loop.
+profile-%: release
+	./scripts/profile.sh $*
 
 clean:
 	rm -rf .build .bench-scratch .build-fuzz .fuzz

@@ -94,16 +94,29 @@ where Bytes.Element == UInt8, Bytes.Index == Int, Bytes: Sendable {
         position += n
     }
 
+    /// A length prefix of `width` bytes before `what`. Its error says "truncated WHAT
+    /// length", a string built only on that path (decoding runs per key and value).
+    @inlinable
+    mutating func readLength(width: Int, of what: String) throws(DecodeError) -> Int {
+        guard remaining >= width else {
+            throw DecodeError(offset: offset, reason: "truncated \(what) length: need \(width) bytes, have \(remaining)", kind: .truncated)
+        }
+        var v = 0
+        for i in position..<(position + width) { v = v << 8 | Int(bytes[i]) }
+        position += width
+        return v
+    }
+
     /// A byte string preceded by its u32 length.
     @inlinable
     public mutating func readBlob32(_ what: String = "blob") throws(DecodeError) -> [UInt8] {
-        let n = Int(try readU32("\(what) length"))
+        let n = try readLength(width: 4, of: what)
         return try readBytes(n, what)
     }
 
     /// A UTF-8 string preceded by its u16 length.
     public mutating func readString16(_ what: String = "string") throws(DecodeError) -> String {
-        let n = Int(try readU16("\(what) length"))
+        let n = try readLength(width: 2, of: what)
         let raw = try readBytes(n, what)
         guard let s = String(validating: raw, as: UTF8.self) else {
             throw DecodeError(offset: offset - n, reason: "\(what) is not valid UTF-8")

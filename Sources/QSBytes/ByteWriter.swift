@@ -18,9 +18,9 @@ public struct ByteWriter: Sendable {
 
     /// A big-endian unsigned number in `width` bytes (1…8), such as KT's 40-bit times.
     public mutating func writeUInt(_ v: UInt64, width: Int) {
-        for shift in stride(from: (width - 1) * 8, through: 0, by: -8) {
-            bytes.append(UInt8(truncatingIfNeeded: v >> UInt64(shift)))
-        }
+        // The low `width` bytes moved to the top, stored big-endian: one append, not `width`.
+        let be = (v << UInt64((8 - width) * 8)).bigEndian
+        withUnsafeBytes(of: be) { bytes.append(contentsOf: $0[0..<width]) }
     }
 
     public mutating func writeI64(_ v: Int64) { writeU64(UInt64(bitPattern: v)) }

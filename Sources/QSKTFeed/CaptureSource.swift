@@ -39,7 +39,7 @@ public struct KTCaptureSource: FeedSource {
             switch frame {
             case .accepted: continue
             case .refused: throw FeedError.stop("capture \(path) records a refused replication request (the server had no update log)")
-            case let .heartbeat(ts): try await deliver(.heartbeat(sourceTimeNs: KTTranslator.wallTimeNs(ts)))
+            case let .heartbeat(ts): try await deliver(.heartbeat(sourceTimeNs: KTTranslator.heartbeatWallTimeNs(ts)))
             case let .update(ts, message):
                 guard ts > position else { continue }
                 try await deliver(.change(try translator.change(timestamp: ts, message: message)))

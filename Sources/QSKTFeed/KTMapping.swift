@@ -85,6 +85,18 @@ public struct KTTranslator: Sendable {
         KTClock.wallTimeNs(of: ts)
     }
 
+    /// The wall time of KT's state a heartbeat vouches for, which the bridge's lag is
+    /// measured from. KT sends a heartbeat when it has nothing newer to send, stamped one
+    /// second behind its clock (never behind the last update sent): taken as is, an idle
+    /// bridge would show a lag of a second or more while a busy one shows its batch delay.
+    /// So the second is added back, and the result is never later than `now` (its arrival:
+    /// KT had nothing newer then). Lag then means the same at idle and under load: how
+    /// long ago, by KT's clock, the newest KT state the root holds was current.
+    /// Only the lag and the root's freshness use it; the checkpoint keeps the stamp itself.
+    public static func heartbeatWallTimeNs(_ ts: UInt64, now: UInt64 = wallClockNanoseconds()) -> UInt64 {
+        min(wallTimeNs(ts) &+ 1_000_000_000, now)
+    }
+
     /// One update frame → one change at its timestamp. Throws `FeedError.stop` where the
     /// mapping says to stop.
     public func change(timestamp ts: UInt64, message: [UInt8]) throws -> FeedChange {

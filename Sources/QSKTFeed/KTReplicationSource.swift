@@ -41,7 +41,7 @@ public struct KTReplicationSource: FeedSource {
             try await client.stream(after: position) { frame in
                 switch frame {
                 case let .heartbeat(ts):
-                    try await deliver(.heartbeat(sourceTimeNs: KTTranslator.wallTimeNs(ts), position: ts))
+                    try await deliver(.heartbeat(sourceTimeNs: KTTranslator.heartbeatWallTimeNs(ts), position: ts))
                 case let .update(ts, message):
                     guard ts > position else { return }
                     try await deliver(.change(try translator.change(timestamp: ts, message: message)))

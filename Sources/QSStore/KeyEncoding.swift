@@ -65,6 +65,12 @@ enum RecordCodec {
         return XXH3_64bits_withSeed(body.baseAddress, body.count, seed)
     }
 
+    /// Whether a stored record has an expiry (its flags byte says so; an empty, damaged
+    /// record counts as one, left to the decoder to report).
+    static func mayExpire(_ raw: [UInt8]) -> Bool {
+        raw.first.map { $0 & 1 != 0 } ?? true
+    }
+
     static func encode(_ record: Record, storedKey: [UInt8], fullKey: [UInt8]?) -> [UInt8] {
         var w = ByteWriter(capacity: record.value.count + 24 + (fullKey?.count ?? 0))
         var flags: UInt8 = checksumFlag

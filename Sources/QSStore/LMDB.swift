@@ -216,6 +216,44 @@ public struct LMDBTransaction: ~Copyable {
         }
     }
 
+    /// Stores `value` under `key` unless the stored value is already byte for byte `value`;
+    /// returns whether it wrote. One B-tree descent whatever the case: the insert is tried
+    /// with `MDB_NOOVERWRITE` on a cursor, which on an existing key leaves the cursor there
+    /// with the stored value, so a different value replaces it in place (`MDB_CURRENT`).
+    /// Not for `MDB_DUPSORT` databases.
+    public func putIfChanged(_ db: LMDBDatabase, _ key: [UInt8], _ value: [UInt8]) throws -> Bool {
+        var cursor: OpaquePointer?
+        try LMDBError.check(mdb_cursor_open(txn, db.dbi, &cursor), "mdb_cursor_open")
+        defer { mdb_cursor_close(cursor) }
+        return try key.withUnsafeBytes { kp in
+            try value.withUnsafeBytes { vp in
+                var k = MDB_val(mv_size: kp.count, mv_data: UnsafeMutableRawPointer(mutating: kp.baseAddress))
+                var v = MDB_val(mv_size: vp.count, mv_data: UnsafeMutableRawPointer(mutating: vp.baseAddress))
+                let rc = mdb_cursor_put(cursor, &k, &v, UInt32(MDB_NOOVERWRITE))
+                if rc == 0 { return true }
+                guard rc == MDB_KEYEXIST else { try LMDBError.check(rc, "mdb_cursor_put"); return true }
+                // `v` is now the stored value.
+                if v.mv_size == vp.count, vp.count == 0 || vp.baseAddress.map({ memcmp(v.mv_data, $0, vp.count) == 0 }) == true { return false }
+                v = MDB_val(mv_size: vp.count, mv_data: UnsafeMutableRawPointer(mutating: vp.baseAddress))
+                try LMDBError.check(mdb_cursor_put(cursor, &k, &v, UInt32(MDB_CURRENT)), "mdb_cursor_put(current)")
+                return true
+            }
+        }
+    }
+
+    /// Stores `count` bytes under `key`, written in place by `fill` into the space LMDB
+    /// reserves for them (`MDB_RESERVE`): no intermediate copy of a large value.
+    public func put(_ db: LMDBDatabase, _ key: [UInt8], reserving count: Int, append: Bool = false,
+                    _ fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws {
+        try key.withUnsafeBytes { kp in
+            var k = MDB_val(mv_size: kp.count, mv_data: UnsafeMutableRawPointer(mutating: kp.baseAddress))
+            var v = MDB_val(mv_size: count, mv_data: nil)
+            let flags = UInt32(MDB_RESERVE) | (append ? UInt32(MDB_APPEND) : 0)
+            try LMDBError.check(mdb_put(txn, db.dbi, &k, &v, flags), "mdb_put(reserve)")
+            try fill(UnsafeMutableRawBufferPointer(start: v.mv_data, count: count))
+        }
+    }
+
     /// Deletes `key`; returns false when it was absent.
     @discardableResult
     public func delete(_ db: LMDBDatabase, _ key: [UInt8]) throws -> Bool {

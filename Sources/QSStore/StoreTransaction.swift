@@ -290,6 +290,8 @@ public struct StoreTransaction: ~Copyable {
             }
             seen += 1
             last = sk
+            // A record without an expiry cannot have expired: skip it undecoded.
+            guard RecordCodec.mayExpire(value) else { return true }
             let (full, record) = try decodeRecord(sk, value)
             if record.isExpired(at: now) { doomed.append(.delete(key: full)) }
             return true
@@ -312,7 +314,11 @@ public struct StoreTransaction: ~Copyable {
         let bytes = e.encoded()
         let hash = ChainHash.next(previous: head.hash, entry: bytes)
         let index = head.index + 1
-        try txn.put(log, Store.encodeU64(index), hash + bytes, append: true)
+        // `hash ‖ bytes`, written straight into the page LMDB reserves (no joined copy).
+        try txn.put(log, Store.encodeU64(index), reserving: hash.count + bytes.count, append: true) { out in
+            hash.withUnsafeBytes { out.copyMemory(from: $0) }
+            bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[hash.count...]).copyMemory(from: $0) }
+        }
         try store.writeHead(Head(index: index, hash: hash, commitTimeNs: e.commitTimeNs), txn)
         return index
     }
@@ -322,15 +328,11 @@ public struct StoreTransaction: ~Copyable {
         switch op {
         case let .set(key, value, expiry):
             let sk = keys.storedKey(key)
-            let record = Record(value: value, expiry: expiry)
-            // A damaged old record is simply replaced (the write repairs it).
-            if let old = try txn.get(kv, sk),
-               let decoded = try? RecordCodec.decode(storedKey: sk, old, requireChecksum: store.requireChecksums),
-               decoded.key == key, decoded.record == record {
-                return false
-            }
-            try txn.put(kv, sk, RecordCodec.encode(record, storedKey: sk, fullKey: keys.isLong(key) ? key : nil))
-            return true
+            // The encoding is a function of the key and the record (checksum included), and a
+            // writable store holds only this format: equal bytes are an identical write,
+            // dropped; a different or damaged old record is replaced (the write repairs it).
+            let encoded = RecordCodec.encode(Record(value: value, expiry: expiry), storedKey: sk, fullKey: keys.isLong(key) ? key : nil)
+            return try txn.putIfChanged(kv, sk, encoded)
         case let .delete(key):
             return try txn.delete(kv, keys.storedKey(key))
         case let .clearPrefix(prefix):

@@ -32,8 +32,8 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Directory for the JSON results. (env: QS_BENCH_OUT)", valueName: "dir"))
     var out: String = QSEnv.string("QS_BENCH_OUT") ?? "bench/results"
 
-    @Option(help: ArgumentHelp("Benchmarks to run: root-write, mirror, lag, backlog, reads, rest, engines (comma separated). (env: QS_BENCH_SUITES)", valueName: "list"))
-    var suites: String = QSEnv.string("QS_BENCH_SUITES") ?? "root-write,mirror,lag,backlog,reads,rest,engines"
+    @Option(help: ArgumentHelp("Benchmarks to run: root-write (alias writes), mirror, lag, backlog, reads, reads-busy, propagation, rest, engines, read-loop (comma separated; read-loop is not in the default list). (env: QS_BENCH_SUITES)", valueName: "list"))
+    var suites: String = QSEnv.string("QS_BENCH_SUITES") ?? "root-write,mirror,lag,backlog,reads,reads-busy,propagation,rest,engines"
 
     @Option(help: ArgumentHelp("Records the engines suite writes at batches of 100 and 5,000 (batches of 1 write at most 2,000). (env: QS_BENCH_ENGINE_RECORDS)", valueName: "n"))
     var engineRecords: Int = QSEnv.value("QS_BENCH_ENGINE_RECORDS", 100_000, flag: "--engine-records")
@@ -47,27 +47,26 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Scratch directory for the stores (a real disk, not tmpfs, for honest fsyncs). (env: QS_BENCH_SCRATCH)", valueName: "dir"))
     var scratch: String = QSEnv.string("QS_BENCH_SCRATCH") ?? ".bench-scratch"
 
-    struct Row: Codable {
-        var batchSize: Int
-        var nodeOpsPerSec: Double
-        var lmdbOpsPerSec: Double
-        var ratio: Double
-        var nodeDiskBytesPerPayloadByte: Double
-        var lmdbDiskBytesPerPayloadByte: Double
-        var nodeBatches: Int
-        var lmdbBatches: Int
-        var nodePeakRSSBytes: Int
-    }
+    @Option(help: ArgumentHelp("Rounds of each measurement in writes (node and plain LMDB alternating, fresh stores each round), reads and reads-busy (loads taking turns); the median round is reported with every round in the JSON. (env: QS_BENCH_ROUNDS)", valueName: "n"))
+    var rounds: Int = QSEnv.value("QS_BENCH_ROUNDS", 5, flag: "--rounds")
 
-    struct Report: Codable {
-        var benchmark = "root-write"
-        var recordedAt: String
-        var valueBytes: Int
-        var secondsPerMeasurement: Double
-        var rows: [Row]
-        var benchProcessPeakRSSBytes: Int
-        var note = "ratio = node ops/s over the real protocol (one durable LMDB transaction per batch, plus log entry and checkpoint) / plain LMDB loop ops/s (one durable transaction per batch, sets only)"
-    }
+    @Option(help: ArgumentHelp("Batches per write measurement instead of --duration (a fixed amount of work, for instruction counts under callgrind); 0 = run for --duration. (env: QS_BENCH_BATCHES)", valueName: "n"))
+    var batches: Int = QSEnv.value("QS_BENCH_BATCHES", 0, flag: "--batches")
+
+    @Option(help: ArgumentHelp("Measure the root already listening at HOST:PORT (its write port) instead of starting one, e.g. a qsnode under valgrind; its disk bytes and memory are then not read. (env: QS_BENCH_WRITE_TARGET)", valueName: "host:port"))
+    var writeTarget: String?
+
+    @Option(help: ArgumentHelp("Lookups in the read-loop suite. (env: QS_BENCH_READS)", valueName: "n"))
+    var reads: Int = QSEnv.value("QS_BENCH_READS", 1_000_000, flag: "--reads")
+
+    @Option(help: ArgumentHelp("Updates/s the root takes while reads-busy measures the replica applying them. (env: QS_BENCH_BUSY_RATE)", valueName: "n"))
+    var busyRate: Int = QSEnv.value("QS_BENCH_BUSY_RATE", 10_000, flag: "--busy-rate")
+
+    @Option(help: ArgumentHelp("Seconds of each read load in reads and reads-busy (each load runs --rounds times; the median is reported). (env: QS_BENCH_LOAD_SECONDS)", valueName: "s"))
+    var loadSeconds: Double = QSEnv.value("QS_BENCH_LOAD_SECONDS", 5.0, flag: "--load-seconds")
+
+    @Option(help: ArgumentHelp("The bridge's --batch-interval values the propagation suite runs with, comma separated. (env: QS_BENCH_BATCH_INTERVALS)", valueName: "list"))
+    var batchIntervals: String = QSEnv.string("QS_BENCH_BATCH_INTERVALS") ?? "500ms,50ms"
 
     func run() async throws {
         let sizes = batchSizes.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
@@ -85,8 +84,7 @@ struct QSBench: AsyncParsableCommand {
                          m.entries, m.bridgeEntriesPerSec, m.localApplyEntriesPerSec, m.ratio, Double(m.bridgePeakRSSBytes) / 1e6,
                          Double(m.bridgePeakAnonBytes) / 1e6, Double(m.targetPeakRSSBytes) / 1e6, Double(m.targetPeakAnonBytes) / 1e6,
                          m.verifyKeysPerSec))
-            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-            try writeResult(m, "mirror")
+            try writeJSON(m, "mirror-latest.json")
         }
         if runSuites.contains("lag") {
             let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
@@ -95,7 +93,7 @@ struct QSBench: AsyncParsableCommand {
             print(String(format: "lag: KT write → applied on the root, target %d updates/s (%d written in %.0f s): p50 %.2f s, p99 %.2f s, max %.2f s (%d samples of qs_bridge_lag_seconds), bridge peak RSS %.1f MB; chart %@",
                          l.writesPerSecond, l.updatesWritten, l.seconds, l.p50LagSeconds, l.p99LagSeconds, l.maxLagSeconds, l.samples,
                          Double(l.bridgePeakRSSBytes) / 1e6, l.chart))
-            try writeResult(l, "lag")
+            try writeJSON(l, "lag-latest.json")
         }
         if runSuites.contains("backlog") {
             let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
@@ -105,14 +103,14 @@ struct QSBench: AsyncParsableCommand {
             print(String(format: "backlog: qsktbridge replayed %d KT updates (%.0f MB capture) at %.0f updates/s; the store applies the same sets itself at %.0f/s (ratio %.3f); bridge peak RSS %.1f MB (own memory %.1f MB)",
                          b.updates, Double(b.captureBytes) / 1e6, b.bridgeUpdatesPerSec, b.localApplyUpdatesPerSec, b.ratio,
                          Double(b.bridgePeakRSSBytes) / 1e6, Double(b.bridgePeakAnonBytes) / 1e6))
-            try writeResult(b, "backlog")
+            try writeJSON(b, "backlog-latest.json")
         }
         if runSuites.contains("reads") {
             let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-            let r = try await ReadBench(keys: 100_000, catchUpEntries: min(mirrorEntries, 200_000), valueBytes: valueBytes, seconds: 3,
-                                        scratch: scratch, binDir: bin).run()
-            print("reads on a replica (\(r.keys) keys of \(valueBytes) B) next to a real memcached, same run:")
+            let r = try await ReadBench(keys: 100_000, catchUpEntries: min(mirrorEntries, 200_000), valueBytes: valueBytes, seconds: loadSeconds,
+                                        scratch: scratch, binDir: bin, rounds: rounds).run()
+            print("reads on a replica (\(r.keys) keys of \(valueBytes) B) next to a real memcached, same run, median of \(rounds) rounds of \(loadSeconds) s:")
             for (i, q) in r.memcachedReplica.enumerated() {
                 let m = r.memcachedReal[i], k = r.ktHTTPReplica[i]
                 print(String(format: "  %d conn: memcached get %.0f/s (p50 %.0f µs, p99 %.0f µs) vs real memcached %.0f/s (p50 %.0f, p99 %.0f): ratio %.2f; KT HTTP GET %.0f/s (p50 %.0f, p99 %.0f): ratio %.2f",
@@ -125,10 +123,9 @@ struct QSBench: AsyncParsableCommand {
             }
             print(String(format: "  catch-up %.0f entries/s; bootstrap %.1f MB/s vs a plain file copy %.1f MB/s (%.1f MB environment); replica own memory %.1f MB",
                          r.catchUpEntriesPerSec, r.bootstrapMBPerSec, r.fileCopyMBPerSec, Double(r.environmentBytes) / 1e6, Double(r.replicaPeakAnonBytes) / 1e6))
-            try writeResult(r, "reads")
+            try writeJSON(r, "reads-latest.json")
         }
         if runSuites.contains("engines") {
-            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let e = try await EnginesBench(records: engineRecords, scratch: scratch).run()
             print("engines: \(e.records) configuration-shaped records through the store (keys zone:NNNN/rule:NNNNNN, values 20 B to 10 KB, a tenth expiring)")
             print("  engine          disk/payload   written/payload at batch 1    100   5000   load s (batch 5000)")
@@ -136,11 +133,10 @@ struct QSBench: AsyncParsableCommand {
                 print("  " + r.name.padding(toLength: 14, withPad: " ", startingAt: 0) + String(format: " %12.2f %27.2f %6.2f %6.2f %8.2f", r.diskPerPayload, r.writeAmplification["1"] ?? 0,
                              r.writeAmplification["100"] ?? 0, r.writeAmplification["5000"] ?? 0, r.loadSeconds))
             }
-            try writeResult(e, "engines")
+            try writeJSON(e, "engines-latest.json")
         }
         if runSuites.contains("rest") {
             let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let r = try await RestBench(valueBytes: valueBytes, seconds: max(d.seconds, 5), scratch: scratch, binDir: bin,
                                       ktPort: restKTPort > 0 ? restKTPort : nil).run()
             print("rest: producers' /rpc/set through qsrest (acknowledged once committed at a root) next to \(r.reference)'s, same run:")
@@ -151,122 +147,56 @@ struct QSBench: AsyncParsableCommand {
                              fast.opsPerSec, fast.p99Micros / 1000, fast.opsPerSec / max(k.opsPerSec, 1)))
             }
             print(String(format: "  qsrest own memory %.1f MB", Double(r.qsrestPeakAnonBytes) / 1e6))
-            try writeResult(r, "rest")
+            try writeJSON(r, "rest-latest.json")
         }
-        guard runSuites.contains("root-write") else { return }
-        var rows = [Row]()
-        for size in sizes {
-            let lmdb = try runLMDB(batchSize: size, duration: d, dir: "\(scratch)/lmdb-\(size)")
-            let node = try await runNode(batchSize: size, duration: d, dir: "\(scratch)/node-\(size)")
-            rows.append(Row(batchSize: size, nodeOpsPerSec: node.opsPerSec, lmdbOpsPerSec: lmdb.opsPerSec,
-                            ratio: node.opsPerSec / lmdb.opsPerSec,
-                            nodeDiskBytesPerPayloadByte: node.diskPerPayload, lmdbDiskBytesPerPayloadByte: lmdb.diskPerPayload,
-                            nodeBatches: node.batches, lmdbBatches: lmdb.batches, nodePeakRSSBytes: node.peakRSS))
+        if runSuites.contains("reads-busy") {
+            let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+            let r = try await BusyReadBench(keys: 100_000, rate: busyRate, rounds: rounds, seconds: loadSeconds, valueBytes: valueBytes,
+                                            scratch: scratch, binDir: bin).run()
+            print("memcached get at 8 connections on a busy replica (\(r.keys) keys), median of \(rounds) loads of \(loadSeconds) s, ratio to idle:")
+            print("  phase          get/s     p99 µs  ratio  work")
+            for p in r.phases {
+                print(String(format: "  %-10@ %9.0f %10.0f %6.2f  %@", p.name as NSString, p.opsPerSec, p.p99Micros, p.ratio,
+                             p.workUnit.isEmpty ? "" : String(format: "%.0f %@", p.work, p.workUnit)))
+            }
+            print(String(format: "  replica peak RSS %.1f MB, own memory %.1f MB", Double(r.replicaPeakRSSBytes) / 1e6, Double(r.replicaPeakAnonBytes) / 1e6))
+            try writeJSON(r, "reads-busy-latest.json")
         }
-        let report = Report(recordedAt: ISO8601DateFormatter().string(from: Date()), valueBytes: valueBytes,
-                            secondsPerMeasurement: d.seconds, rows: rows, benchProcessPeakRSSBytes: peakRSS(pid: nil))
-        printTable(report)
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.keyEncodingStrategy = .convertToSnakeCase
-        let json = try encoder.encode(report)
+        if runSuites.contains("propagation") {
+            let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+            let intervals = batchIntervals.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            let r = try PropagationBench(seconds: 20, rate: busyRate, batchIntervals: intervals, scratch: scratch, binDir: bin).run()
+            print("propagation: KT write → readable through memcached two replicas down, fakekt at \(r.targetUpdatesPerSec) updates/s:")
+            for p in r.runs {
+                print(String(format: "  --batch-interval %@: %d probes (%d lost), p50 %.0f ms, p99 %.0f ms, max %.0f ms; bridge lag median %.2f s under load, %.2f s idle",
+                             p.batchInterval, p.probes, p.lost, p.p50Millis, p.p99Millis, p.maxMillis, p.bridgeLagUnderLoadSeconds, p.bridgeLagIdleSeconds))
+            }
+            try writeJSON(r, "propagation-latest.json")
+        }
+        if runSuites.contains("read-loop") {
+            let r = try await ReadLoopBench(keys: 100_000, reads: reads, valueBytes: valueBytes, scratch: scratch).run()
+            print(String(format: "read-loop: %d lookups of %d keys in this process: store %.0f/s (checksum checked), plain mdb_get %.0f/s: ratio %.3f",
+                         r.reads, r.keys, r.storeReadsPerSec, r.lmdbReadsPerSec, r.ratio))
+            try writeJSON(r, "read-loop-latest.json")
+        }
+        guard runSuites.contains("root-write") || runSuites.contains("writes") else { return }
+        guard rounds > 0, batches >= 0 else { throw ValidationError("--rounds must be positive and --batches not negative") }
+        let report = try await WriteBench(sizes: sizes, duration: d, batches: batches, rounds: rounds, valueBytes: valueBytes,
+                                          scratch: scratch, target: writeTarget ?? QSEnv.string("QS_BENCH_WRITE_TARGET")).run()
+        report.printTable()
         let stamp = report.recordedAt.replacingOccurrences(of: ":", with: "")
-        try json.write(to: URL(fileURLWithPath: "\(out)/root-write-\(stamp).json"))
-        try json.write(to: URL(fileURLWithPath: "\(out)/root-write-latest.json"))
+        try writeJSON(report, "root-write-\(stamp).json")
+        try writeJSON(report, "root-write-latest.json")
         print("results: \(out)/root-write-\(stamp).json")
     }
 
-    struct Measurement {
-        var opsPerSec: Double
-        var diskPerPayload: Double
-        var batches: Int
-        var peakRSS: Int
-    }
-
-    func key(_ i: Int) -> [UInt8] { Array(String(format: "bench/%010d", i).utf8) }
-
-    func value(_ i: Int) -> [UInt8] {
-        var v = [UInt8](repeating: 0, count: valueBytes)
-        var x = UInt64(i) &* 0x9E37_79B9_7F4A_7C15
-        for j in v.indices {
-            x ^= x << 13; x ^= x >> 7; x ^= x << 17
-            v[j] = UInt8(truncatingIfNeeded: x)
-        }
-        return v
-    }
-
-    /// The reference: one durable LMDB transaction per batch of puts, in this process.
-    func runLMDB(batchSize: Int, duration: Duration, dir: String) throws -> Measurement {
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        let env = try LMDBEnvironment(path: dir, options: .init(mapSize: 8 << 30))
-        let db = try env.openDatabase("kv")
-        let ioBefore = writeBytes(pid: nil)
-        let start = ContinuousClock.now
-        var i = 0, batches = 0, payload = 0
-        while ContinuousClock.now - start < duration {
-            try env.write { txn in
-                for _ in 0..<batchSize {
-                    let k = key(i), v = value(i)
-                    try txn.put(db, k, v)
-                    payload += k.count + v.count
-                    i += 1
-                }
-            }
-            batches += 1
-        }
-        let elapsed = (ContinuousClock.now - start).seconds
-        let written = writeBytes(pid: nil) - ioBefore
-        return Measurement(opsPerSec: Double(i) / elapsed, diskPerPayload: Double(written) / Double(payload), batches: batches, peakRSS: 0)
-    }
-
-    /// The node: a real `qsnode` process, batches over the write protocol on loopback.
-    func runNode(batchSize: Int, duration: Duration, dir: String) async throws -> Measurement {
-        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
-        let node = try startDaemon(bin, scratch, "qsnode", ["--data", dir, "--listen", "127.0.0.1:0", "--log-level", "warning"])
-        defer { _ = try? node.stop() }
-        let client = try await QSClient.connect(host: "127.0.0.1", port: try node.port("write"))
-        let ioBefore = writeBytes(pid: node.pid)
-        let start = ContinuousClock.now
-        var i = 0, batches = 0, payload = 0
-        while ContinuousClock.now - start < duration {
-            var ops = [Mutation]()
-            ops.reserveCapacity(batchSize)
-            for _ in 0..<batchSize {
-                let k = key(i), v = value(i)
-                ops.append(.set(key: k, value: v, expiry: nil))
-                payload += k.count + v.count
-                i += 1
-            }
-            let r = try await client.batch(sourceID: "bench", expected: UInt64(batches), new: UInt64(batches + 1), operations: ops)
-            guard case .applied = r else { throw ValidationError("unexpected response \(r)") }
-            batches += 1
-        }
-        let elapsed = (ContinuousClock.now - start).seconds
-        let written = writeBytes(pid: node.pid) - ioBefore
-        let rss = peakRSS(pid: node.pid)
-        await client.close()
-        return Measurement(opsPerSec: Double(i) / elapsed, diskPerPayload: Double(written) / Double(payload), batches: batches, peakRSS: rss)
-    }
-
-    /// Writes a suite's result as `<out>/<suite>-latest.json` (snake-case keys, sorted).
-    func writeResult(_ value: some Encodable, _ suite: String) throws {
+    /// Writes `value` as JSON to `<out>/<file>`.
+    func writeJSON<T: Encodable>(_ value: T, _ file: String) throws {
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         let enc = JSONEncoder()
         enc.outputFormatting = [.prettyPrinted, .sortedKeys]
         enc.keyEncodingStrategy = .convertToSnakeCase
-        try enc.encode(value).write(to: URL(fileURLWithPath: "\(out)/\(suite)-latest.json"))
-    }
-
-    func printTable(_ r: Report) {
-        print("root write path vs plain LMDB (\(r.valueBytes)-byte values, \(r.secondsPerMeasurement)s each)")
-        func pad(_ s: String, _ w: Int) -> String { String(repeating: " ", count: max(0, w - s.count)) + s }
-        print([pad("batch", 8), pad("node ops/s", 14), pad("lmdb ops/s", 14), pad("ratio", 8), pad("node disk/B", 12),
-               pad("lmdb disk/B", 12), pad("node RSS", 10)].joined(separator: " "))
-        for row in r.rows {
-            print(String(format: "%8d %14.0f %14.0f %8.3f %12.2f %12.2f %8.1fMB", row.batchSize, row.nodeOpsPerSec, row.lmdbOpsPerSec,
-                         row.ratio, row.nodeDiskBytesPerPayloadByte, row.lmdbDiskBytesPerPayloadByte, Double(row.nodePeakRSSBytes) / 1e6))
-        }
-        print(String(format: "bench process peak RSS: %.1fMB", Double(r.benchProcessPeakRSSBytes) / 1e6))
+        try enc.encode(value).write(to: URL(fileURLWithPath: "\(out)/\(file)"))
     }
 }
 

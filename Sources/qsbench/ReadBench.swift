@@ -14,12 +14,24 @@ struct ReadBench {
     let seconds: Double
     let scratch: String
     let binDir: URL
+    /// Rounds of each load (the median is reported).
+    var rounds = 1
 
     struct Load: Codable {
         var connections: Int
         var opsPerSec: Double
         var p50Micros: Double
         var p99Micros: Double
+        /// Every round's ops/s, when this is the median of several.
+        var roundsOpsPerSec: [Double]?
+
+        /// The round with the median throughput, carrying every round's figure.
+        static func median(_ rounds: [Load]) -> Load {
+            let sorted = rounds.sorted { $0.opsPerSec < $1.opsPerSec }
+            var m = sorted[sorted.count / 2]
+            m.roundsOpsPerSec = rounds.map(\.opsPerSec)
+            return m
+        }
     }
 
     struct Result: Codable {
@@ -104,14 +116,21 @@ struct ReadBench {
         let rest = made { "GET /\(escaped($0)) HTTP/1.1\r\nHost: bench\r\n\r\n" }
         let rpc = made { "GET /rpc/get?key=\(escaped($0)) HTTP/1.1\r\nHost: bench\r\n\r\n" }
         for conns in [1, 8] {
-            FileHandle.standardError.write(Data("reads: \(conns) connection(s)\n".utf8))
-            mcReal.append(load(port: realPort, connections: conns, requests: single, done: isMemcachedDone))
-            mcQS.append(load(port: mcPort, connections: conns, requests: single, done: isMemcachedDone))
-            multiReal.append(load(port: realPort, connections: conns, requests: multi, done: isMemcachedDone))
-            multiQS.append(load(port: mcPort, connections: conns, requests: multi, done: isMemcachedDone))
-            ktQS.append(load(port: ktPort, connections: conns, requests: rest, done: isHTTPDone))
-            rpcQS.append(load(port: ktPort, connections: conns, requests: rpc, done: isHTTPDone))
-            anon = max(anon, anonRSS(pid: r.pid))
+            FileHandle.standardError.write(Data("reads: \(conns) connection(s), \(rounds) rounds\n".utf8))
+            // The loads take turns round by round (a drifting machine weighs on all alike);
+            // each figure is the median round.
+            var taken = [[Load]](repeating: [], count: 6)
+            for _ in 0..<rounds {
+                taken[0].append(load(port: realPort, connections: conns, requests: single, done: isMemcachedDone))
+                taken[1].append(load(port: mcPort, connections: conns, requests: single, done: isMemcachedDone))
+                taken[2].append(load(port: realPort, connections: conns, requests: multi, done: isMemcachedDone))
+                taken[3].append(load(port: mcPort, connections: conns, requests: multi, done: isMemcachedDone))
+                taken[4].append(load(port: ktPort, connections: conns, requests: rest, done: isHTTPDone))
+                taken[5].append(load(port: ktPort, connections: conns, requests: rpc, done: isHTTPDone))
+                anon = max(anon, anonRSS(pid: r.pid))
+            }
+            let m = taken.map(Load.median)
+            mcReal.append(m[0]); mcQS.append(m[1]); multiReal.append(m[2]); multiQS.append(m[3]); ktQS.append(m[4]); rpcQS.append(m[5])
         }
         return Result(keys: keys, memcachedReplica: mcQS, memcachedReal: mcReal, ktHTTPReplica: ktQS,
                       ktRPCGetReplica: rpcQS, memcachedMultiReplica: multiQS, memcachedMultiReal: multiReal,

@@ -108,6 +108,27 @@ final class StoreTests: XCTestCase {
         XCTAssertEqual(r2, .applied(logIndex: 2, kept: 1, dropped: 1))
     }
 
+    /// A changed value replaces the stored one in place whatever the sizes (inline in the
+    /// page, on overflow pages, empty), for short and long keys; the same write again is dropped.
+    func testChangedValuesOfAnySizeReplaceAndRepeatsAreDropped() async throws {
+        let long = [UInt8](repeating: 0x6c, count: 600)
+        var position: UInt64 = 0
+        for n in [1, 5000, 3, 100_000, 0, 7] {
+            let v = [UInt8](repeating: UInt8(n % 251), count: n)
+            for key in [Array("k".utf8), long] {
+                let op = Mutation.set(key: key, value: v, expiry: nil)
+                let r = try await store.applyBatch(sourceID: "s", expected: position, new: position + 1, operations: [op, op])
+                position += 1
+                guard case let .applied(index, kept, dropped) = r else { return XCTFail("\(r)") }
+                XCTAssertNotNil(index)
+                XCTAssertEqual([kept, dropped], [1, 1], "value of \(n) bytes, key of \(key.count)")
+                await equal(try await store.get(key)?.value, v)
+            }
+        }
+        await equal(try await store.recordCount(), 2)
+        try await store.verifyChain()
+    }
+
     func testNewPositionMustExceedExpected() async throws {
         await throwsError(try await store.applyBatch(sourceID: "s", expected: 5, new: 5, operations: [])) { error in
             XCTAssertEqual(error as? StoreError, .invalidPositions(expected: 5, new: 5))

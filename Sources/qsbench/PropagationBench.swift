@@ -1,0 +1,138 @@
+import Foundation
+import QSTesting
+
+/// The `propagation` suite: per-write latency from KT to a reader two replication levels
+/// down. fakekt takes `rate` updates/s (set_bulk of 50 keys, paced); probe keys are written
+/// to it at random moments (50–150 ms apart) and timed until memcached on the second-level
+/// replica answers them: KT → qsktbridge → root → replica → replica. One run per
+/// `--batch-interval` of the bridge. The bridge's `qs_bridge_lag_seconds` is also read under
+/// load and at idle, to show what it means in both.
+struct PropagationBench {
+    let seconds: Double
+    let rate: Int
+    let batchIntervals: [String]
+    let scratch: String
+    let binDir: URL
+
+    struct Run: Codable {
+        var batchInterval: String
+        var probes: Int
+        var lost: Int
+        var p50Millis: Double
+        var p99Millis: Double
+        var maxMillis: Double
+        var updatesWritten: Int
+        /// Medians of the bridge's lag gauge, sampled every 100 ms.
+        var bridgeLagUnderLoadSeconds: Double
+        var bridgeLagIdleSeconds: Double
+    }
+
+    struct Result: Codable {
+        var targetUpdatesPerSec: Int
+        var secondsPerRun: Double
+        var runs: [Run]
+    }
+
+    func run() throws -> Result {
+        var runs = [Run]()
+        for interval in batchIntervals { runs.append(try measure(batchInterval: interval)) }
+        return Result(targetUpdatesPerSec: rate, secondsPerRun: seconds, runs: runs)
+    }
+
+    func measure(batchInterval: String) throws -> Run {
+        let tag = batchInterval.replacingOccurrences(of: " ", with: "")
+        let ulog = scratch + "/prop-ulog-\(tag)"
+        try FileManager.default.createDirectory(atPath: ulog, withIntermediateDirectories: true)
+        let kt = try startDaemon(binDir, scratch, "fakekt", ["-host", "127.0.0.1", "-port", "0", "-ulog", ulog, "-sid", "7", "*"])
+        defer { _ = try? kt.stop() }
+        let root = try startDaemon(binDir, scratch, "qsnode", ["--data", scratch + "/prop-root-\(tag)", "--listen", "127.0.0.1:0", "--log-level", "warning"])
+        defer { _ = try? root.stop() }
+        let first = try startDaemon(binDir, scratch, "qsnode", ["--role", "replica", "--data", scratch + "/prop-r1-\(tag)", "--listen", "127.0.0.1:0",
+                                                               "--upstream", "127.0.0.1:\(try root.port("write"))", "--log-level", "warning"])
+        defer { _ = try? first.stop() }
+        let second = try startDaemon(binDir, scratch, "qsnode", ["--role", "replica", "--data", scratch + "/prop-r2-\(tag)", "--listen", "127.0.0.1:0",
+                                                                "--upstream", "127.0.0.1:\(try first.port("write"))", "--memcached", "127.0.0.1:0",
+                                                                "--memcached-flags-in-value", "false", "--log-level", "warning"])
+        defer { _ = try? second.stop() }
+        let ktPort = try kt.port("kt"), mcPort = try second.port("memcached")
+        let bridge = try startDaemon(binDir, scratch, "qsktbridge", ["--source", "kt://127.0.0.1:\(ktPort)", "--root", "127.0.0.1:\(try root.port("write"))",
+                                                                     "--admin", "127.0.0.1:0", "--batch-interval", batchInterval, "--log-level", "warning"])
+        defer { _ = try? bridge.stop() }
+        let admin = try bridge.port("admin")
+        guard let mc = Harness.connectLoopback(port: mcPort) else { throw BenchError("propagation: the replica's memcached is not reachable") }
+        defer { close(mc) }
+        var tv = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(mc, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+
+        // The load: a writer thread at a steady rate (paced against the clock).
+        let stop = StopFlag()
+        let written = Counter64()
+        let writer = Thread {
+            let perRequest = 50
+            let began = Date()
+            var i = 0
+            let filler = String(repeating: "v", count: 90)
+            while !stop.isSet {
+                if i >= Int(Date().timeIntervalSince(began) * Double(rate)) {
+                    Thread.sleep(forTimeInterval: 0.001)
+                    continue
+                }
+                var body = ""
+                for j in 0..<perRequest { body += (j == 0 ? "" : "&") + "_load%2F\((i + j) % 20000)=\(filler)\(i)" }
+                _ = httpPost(port: ktPort, path: "/rpc/set_bulk", contentType: "application/x-www-form-urlencoded", body: Array(body.utf8))
+                i += perRequest
+                written.set(i)
+            }
+        }
+        writer.start()
+        // The probes: written at random moments, each polled on the second replica until seen.
+        var latencies = [Double]()
+        var lost = 0
+        var lagUnderLoad = [Double]()
+        let end = Date().addingTimeInterval(seconds)
+        var n = 0
+        var nextLagSample = Date()
+        while Date() < end {
+            Thread.sleep(forTimeInterval: Double.random(in: 0.05...0.15))
+            let key = "_probe/\(tag)/\(n)"
+            n += 1
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            guard httpPost(port: ktPort, path: "/rpc/set", contentType: "application/x-www-form-urlencoded",
+                           body: Array("key=\(key.replacingOccurrences(of: "/", with: "%2F"))&value=p".utf8))?.status == 200 else {
+                throw BenchError("propagation: fakekt refused a probe write")
+            }
+            let request = Array("get \(key)\r\n".utf8)
+            var seen = false
+            while DispatchTime.now().uptimeNanoseconds - t0 < 5_000_000_000 {
+                var answer = [UInt8]()
+                guard exchange(mc, request, done: { b in answer = b; return isMemcachedDone(b) }) else {
+                    throw BenchError("propagation: the replica's memcached stopped answering")
+                }
+                if answer.count > 5 {
+                    seen = true
+                    break
+                }
+                usleep(500)
+            }
+            if seen { latencies.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6) } else { lost += 1 }
+            if Date() >= nextLagSample, let lag = metricValue(port: admin, "qs_bridge_lag_seconds") {
+                lagUnderLoad.append(lag)
+                nextLagSample = Date().addingTimeInterval(0.1)
+            }
+        }
+        stop.set()
+        while !writer.isFinished { Thread.sleep(forTimeInterval: 0.01) }
+        // Idle: the bridge's lag once nothing is written (after the backlog drained).
+        Thread.sleep(forTimeInterval: 3)
+        var lagIdle = [Double]()
+        for _ in 0..<30 {
+            if let lag = metricValue(port: admin, "qs_bridge_lag_seconds") { lagIdle.append(lag) }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        let sorted = latencies.sorted()
+        func pct(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] }
+        return Run(batchInterval: batchInterval, probes: latencies.count, lost: lost, p50Millis: pct(0.5), p99Millis: pct(0.99),
+                   maxMillis: sorted.last ?? 0, updatesWritten: written.value,
+                   bridgeLagUnderLoadSeconds: median(lagUnderLoad), bridgeLagIdleSeconds: median(lagIdle))
+    }
+}

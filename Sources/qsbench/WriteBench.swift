@@ -1,0 +1,223 @@
+import Foundation
+import QSClient
+import QSModel
+import QSNet
+import QSStore
+import QSTesting
+
+/// The `root-write` suite (alias `writes`): a root applying batches of sets over the real
+/// protocol against a plain LMDB loop in this process with the same durability (one fsynced
+/// transaction per batch), the same keys and values; disk bytes per payload byte for both
+/// (`write_bytes` of /proc/PID/io). Each round starts both from empty stores, the two
+/// alternate, and the median round is reported with the spread.
+struct WriteBench {
+    let sizes: [Int]
+    let duration: Duration
+    /// Batches per measurement; 0 = run for `duration`.
+    let batches: Int
+    let rounds: Int
+    let valueBytes: Int
+    let scratch: String
+    /// A root already listening (`HOST:PORT`), e.g. under valgrind; nil = start one per round.
+    let target: String?
+
+    struct Round: Codable {
+        var nodeOpsPerSec: Double
+        var lmdbOpsPerSec: Double
+        var ratio: Double
+        var nodeDiskBytesPerPayloadByte: Double
+        var lmdbDiskBytesPerPayloadByte: Double
+        var diskRatio: Double
+        var nodeBatches: Int
+        var lmdbBatches: Int
+    }
+
+    struct Row: Codable {
+        var batchSize: Int
+        var rounds: [Round]
+        /// Medians over the rounds.
+        var ratio: Double
+        var minRatio: Double
+        var maxRatio: Double
+        var nodeOpsPerSec: Double
+        var lmdbOpsPerSec: Double
+        var nodeDiskBytesPerPayloadByte: Double
+        var lmdbDiskBytesPerPayloadByte: Double
+        var diskRatio: Double
+        var nodePeakRSSBytes: Int
+        var nodePeakAnonBytes: Int
+    }
+
+    struct Report: Codable {
+        var benchmark = "root-write"
+        var recordedAt: String
+        var valueBytes: Int
+        var secondsPerMeasurement: Double
+        var batchesPerMeasurement: Int
+        var rounds: Int
+        var rows: [Row]
+        var benchProcessPeakRSSBytes: Int
+        var note = "ratio = node ops/s over the real protocol (one durable LMDB transaction per batch, with its log entry and checkpoint) / plain LMDB loop ops/s (one durable transaction per batch, sets only, same keys and values); disk ratio = node disk bytes per payload byte / LMDB's; medians over the rounds"
+
+        func printTable() {
+            let how = batchesPerMeasurement > 0 ? "\(batchesPerMeasurement) batches" : "\(secondsPerMeasurement) s"
+            print("root write path vs plain LMDB (\(valueBytes)-byte values, \(how) a measurement, median of \(rounds) rounds)")
+            func pad(_ s: String, _ w: Int) -> String { String(repeating: " ", count: max(0, w - s.count)) + s }
+            print([pad("batch", 6), pad("node ops/s", 11), pad("lmdb ops/s", 11), pad("ratio", 6), pad("min-max", 11),
+                   pad("node disk/B", 11), pad("lmdb disk/B", 11), pad("disk x", 7), pad("node RSS", 9), pad("own mem", 8)].joined(separator: " "))
+            for r in rows {
+                print(String(format: "%6d %11.0f %11.0f %6.3f %5.2f-%5.2f %11.2f %11.2f %7.2f %7.1fMB %6.1fMB", r.batchSize, r.nodeOpsPerSec,
+                             r.lmdbOpsPerSec, r.ratio, r.minRatio, r.maxRatio, r.nodeDiskBytesPerPayloadByte, r.lmdbDiskBytesPerPayloadByte,
+                             r.diskRatio, Double(r.nodePeakRSSBytes) / 1e6, Double(r.nodePeakAnonBytes) / 1e6))
+            }
+            print(String(format: "bench process peak RSS: %.1fMB", Double(benchProcessPeakRSSBytes) / 1e6))
+        }
+    }
+
+    struct Measurement {
+        var opsPerSec: Double
+        var diskPerPayload: Double
+        var batches: Int
+        var peakRSS = 0
+        var peakAnon = 0
+    }
+
+    func run() async throws -> Report {
+        var rows = [Row]()
+        for (s, size) in sizes.enumerated() {
+            var done = [Round]()
+            var rss = 0, anon = 0
+            for round in 0..<rounds {
+                // Keys unique to this size and round: a reused target root never sees them twice.
+                let prefix = Array(String(format: "b%d%03d/", s % 10, round % 1000).utf8)
+                let lmdb = try runLMDB(batchSize: size, prefix: prefix, dir: "\(scratch)/lmdb-\(size)-\(round)")
+                let node = try await runNode(batchSize: size, prefix: prefix, sourceID: "bench-\(size)-\(round)", dir: "\(scratch)/node-\(size)-\(round)")
+                try? FileManager.default.removeItem(atPath: "\(scratch)/lmdb-\(size)-\(round)")
+                try? FileManager.default.removeItem(atPath: "\(scratch)/node-\(size)-\(round)")
+                rss = max(rss, node.peakRSS)
+                anon = max(anon, node.peakAnon)
+                done.append(Round(nodeOpsPerSec: node.opsPerSec, lmdbOpsPerSec: lmdb.opsPerSec, ratio: node.opsPerSec / lmdb.opsPerSec,
+                                  nodeDiskBytesPerPayloadByte: node.diskPerPayload, lmdbDiskBytesPerPayloadByte: lmdb.diskPerPayload,
+                                  diskRatio: lmdb.diskPerPayload > 0 ? node.diskPerPayload / lmdb.diskPerPayload : 0,
+                                  nodeBatches: node.batches, lmdbBatches: lmdb.batches))
+                FileHandle.standardError.write(Data(String(format: "root-write: batch %d round %d/%d: ratio %.3f, disk %.2f vs %.2f\n", size, round + 1,
+                                                           rounds, done.last!.ratio, node.diskPerPayload, lmdb.diskPerPayload).utf8))
+            }
+            let ratios = done.map(\.ratio)
+            rows.append(Row(batchSize: size, rounds: done, ratio: median(ratios), minRatio: ratios.min() ?? 0, maxRatio: ratios.max() ?? 0,
+                            nodeOpsPerSec: median(done.map(\.nodeOpsPerSec)), lmdbOpsPerSec: median(done.map(\.lmdbOpsPerSec)),
+                            nodeDiskBytesPerPayloadByte: median(done.map(\.nodeDiskBytesPerPayloadByte)),
+                            lmdbDiskBytesPerPayloadByte: median(done.map(\.lmdbDiskBytesPerPayloadByte)),
+                            diskRatio: median(done.map(\.diskRatio)), nodePeakRSSBytes: rss, nodePeakAnonBytes: anon))
+        }
+        return Report(recordedAt: ISO8601DateFormatter().string(from: Date()), valueBytes: valueBytes, secondsPerMeasurement: duration.seconds,
+                      batchesPerMeasurement: batches, rounds: rounds, rows: rows, benchProcessPeakRSSBytes: peakRSS(pid: nil))
+    }
+
+    /// Whether a measurement goes on: a fixed number of batches, or until the duration is up.
+    func more(_ batchesDone: Int, since start: ContinuousClock.Instant) -> Bool {
+        batches > 0 ? batchesDone < batches : ContinuousClock.now - start < duration
+    }
+
+    /// `prefix` then `i` in ten ASCII digits (16 bytes with the 6-byte prefix).
+    func key(_ prefix: [UInt8], _ i: Int) -> [UInt8] {
+        var k = prefix
+        k.reserveCapacity(prefix.count + 10)
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        withUnsafeMutableBytes(of: &digits) { d in
+            var x = i
+            for j in stride(from: 9, through: 0, by: -1) {
+                d[j] = UInt8(48 + x % 10)
+                x /= 10
+            }
+            k.append(contentsOf: d)
+        }
+        return k
+    }
+
+    /// 1,024 pseudo-random (incompressible) values, made once; value `i` is `values[i % 1024]`.
+    var values: [[UInt8]] {
+        (0..<1024).map { i in
+            var v = [UInt8](repeating: 0, count: valueBytes)
+            var x = UInt64(i + 1) &* 0x9E37_79B9_7F4A_7C15
+            for j in v.indices {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17
+                v[j] = UInt8(truncatingIfNeeded: x)
+            }
+            return v
+        }
+    }
+
+    /// The reference: one durable LMDB transaction per batch of puts, in this process.
+    func runLMDB(batchSize: Int, prefix: [UInt8], dir: String) throws -> Measurement {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let env = try LMDBEnvironment(path: dir, options: .init(mapSize: 8 << 30))
+        let db = try env.openDatabase("kv")
+        let values = self.values
+        let ioBefore = writeBytes(pid: nil)
+        let start = ContinuousClock.now
+        var i = 0, done = 0, payload = 0
+        while more(done, since: start) {
+            try env.write { txn in
+                for _ in 0..<batchSize {
+                    let k = key(prefix, i), v = values[i & 1023]
+                    try txn.put(db, k, v)
+                    payload += k.count + v.count
+                    i += 1
+                }
+            }
+            done += 1
+        }
+        let elapsed = (ContinuousClock.now - start).seconds
+        let written = writeBytes(pid: nil) - ioBefore
+        return Measurement(opsPerSec: Double(i) / elapsed, diskPerPayload: Double(written) / Double(payload), batches: done)
+    }
+
+    /// The node: a real `qsnode` process (or `target`), batches over the write protocol on loopback.
+    func runNode(batchSize: Int, prefix: [UInt8], sourceID: String, dir: String) async throws -> Measurement {
+        let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        var node: DaemonProcess?
+        let host: String, port: Int
+        if let target {
+            guard case let .tcp(h, p) = try Endpoint(parsing: target) else { throw BenchError("--write-target needs HOST:PORT, got \(target)") }
+            (host, port) = (h, p)
+        } else {
+            let started = try startDaemon(bin, scratch, "qsnode", ["--data", dir, "--listen", "127.0.0.1:0", "--log-level", "warning"])
+            node = started
+            (host, port) = ("127.0.0.1", try started.port("write"))
+        }
+        defer { _ = try? node?.stop() }
+        let client = try await QSClient.connect(host: host, port: port)
+        let values = self.values
+        let ioBefore = node.map { writeBytes(pid: $0.pid) } ?? 0
+        let start = ContinuousClock.now
+        var i = 0, done = 0, payload = 0
+        while more(done, since: start) {
+            var ops = [Mutation]()
+            ops.reserveCapacity(batchSize)
+            for _ in 0..<batchSize {
+                let k = key(prefix, i), v = values[i & 1023]
+                ops.append(.set(key: k, value: v, expiry: nil))
+                payload += k.count + v.count
+                i += 1
+            }
+            let r = try await client.batch(sourceID: sourceID, expected: UInt64(done), new: UInt64(done + 1), operations: ops)
+            guard case .applied = r else { throw BenchError("unexpected response \(r)") }
+            done += 1
+        }
+        let elapsed = (ContinuousClock.now - start).seconds
+        let written = node.map { writeBytes(pid: $0.pid) - ioBefore } ?? 0
+        let rss = node.map { peakRSS(pid: $0.pid) } ?? 0
+        let anon = node.map { anonRSS(pid: $0.pid) } ?? 0
+        await client.close()
+        return Measurement(opsPerSec: Double(i) / elapsed, diskPerPayload: Double(written) / Double(payload), batches: done,
+                           peakRSS: rss, peakAnon: anon)
+    }
+}
+
+/// The median of `values` (0 for none).
+func median(_ values: [Double]) -> Double {
+    let s = values.sorted()
+    guard !s.isEmpty else { return 0 }
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+}
