@@ -180,6 +180,37 @@ struct EngineTransaction: ~Copyable {
         }
     }
 
+    /// Stores `value` under `key` unless the stored value is already byte for byte `value`;
+    /// returns whether it wrote. On LMDB one B-tree descent whatever the case.
+    func putIfChanged(_ table: Table, _ key: [UInt8], _ value: [UInt8]) throws -> Bool {
+        switch handle {
+        case let .lmdb(txn, t): return try LMDBTransaction(txn: txn).putIfChanged(t[table], key, value)
+        case let .rocksdb(txn):
+            let same = try key.withUnsafeBytes { kp in
+                try txn.withValue(table, kp) { old in
+                    guard let old, old.count == value.count else { return false }
+                    return value.withUnsafeBytes { old.elementsEqual($0) }
+                }
+            }
+            if same { return false }
+            try txn.put(table, key, value)
+            return true
+        }
+    }
+
+    /// Stores `count` bytes under `key`, written by `fill`: on LMDB straight into the space
+    /// it reserves (no intermediate copy); `append` says the key sorts after every key.
+    func put(_ table: Table, _ key: [UInt8], reserving count: Int, append: Bool = false,
+             _ fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws {
+        switch handle {
+        case let .lmdb(txn, t): try LMDBTransaction(txn: txn).put(t[table], key, reserving: count, append: append, fill)
+        case let .rocksdb(txn):
+            var bytes = [UInt8](repeating: 0, count: count)
+            try bytes.withUnsafeMutableBytes { try fill($0) }
+            try txn.put(table, key, bytes)
+        }
+    }
+
     /// Deletes `key`; returns false when it was absent.
     @discardableResult
     func delete(_ table: Table, _ key: [UInt8]) throws -> Bool {
