@@ -52,7 +52,12 @@ final class SoakTests: XCTestCase {
 
         let workload = SeqWorkload(kt: kt, writers: s.writers, keysPerWriter: s.keys / s.writers, valueBytes: s.valueBytes,
                                    bulk: s.bulk, every: s.writeEvery)
-        addTeardownBlock { _ = workload.stop() }
+        // The workload's threads hold on to `kt`, so its process is stopped here rather than
+        // left to a deinit that would come too late.
+        addTeardownBlock {
+            _ = workload.stop()
+            _ = try? kt.daemon.stop()
+        }
 
         // 1. A bridge killed again and again, alone.
         var recoveries = [Duration]()
