@@ -3,12 +3,13 @@
 #   make test   installs what it needs, builds, runs every test
 #   make bench  installs what it needs, builds (release), runs the benchmarks
 #               (one suite: make bench-writes, bench-reads, bench-reads-busy, bench-propagation, ...)
+#   make soak   the kill loops at scale (minutes); make tsan  the tests under ThreadSanitizer
 
 SWIFT ?= swift
 APT_PACKAGES := liblmdb-dev librocksdb-dev libxxhash-dev lmdb-utils libcurl4-openssl-dev pkg-config python3 python3-pip python3-yaml memcached curl etcd-server etcd-client
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps interop-deps interop build release test fuzz container-test container-test-source operations-doc demo bench replay clean
+.PHONY: deps interop-deps interop build release test fuzz soak tsan container-test container-test-source operations-doc demo bench replay clean
 
 # A recorded feed to replay: a capture file, a ulog directory or a fixture directory.
 FEED ?= Fixtures/kt/basic
@@ -76,6 +77,26 @@ FUZZ_SECONDS ?= 120
 fuzz: deps
 	./scripts/fuzz.sh --seconds $(FUZZ_SECONDS)
 
+# The kill loops at scale (Tests/BridgeTests/SoakTests.swift, docs/reliability.md): under a
+# live KT workload, 100 SIGKILLs of a bridge, 20 of the root under two duplicate bridges,
+# 10 of a replica during its bootstrap; prints lost / duplicated / differing keys (all 0)
+# and the time to converge. Any QS_SOAK_* variable set in the environment wins; `make test`
+# runs the same test with the short defaults.
+soak: deps
+	$(SWIFT) build --build-tests
+	QS_SOAK_BRIDGE_KILLS=$${QS_SOAK_BRIDGE_KILLS:-100} QS_SOAK_ROOT_KILLS=$${QS_SOAK_ROOT_KILLS:-20} \
+	QS_SOAK_REPLICA_KILLS=$${QS_SOAK_REPLICA_KILLS:-10} QS_SOAK_KEYS=$${QS_SOAK_KEYS:-2000} \
+	QS_SOAK_VALUE_BYTES=$${QS_SOAK_VALUE_BYTES:-200} QS_SOAK_WRITERS=$${QS_SOAK_WRITERS:-2} \
+	QS_SOAK_BULK=$${QS_SOAK_BULK:-16} QS_SOAK_WRITE_EVERY_MS=$${QS_SOAK_WRITE_EVERY_MS:-2} \
+	QS_SOAK_REPORT=$(CURDIR)/.build/soak-report.txt QS_TEST_TIMEOUT=3600 SWIFT=$(SWIFT) \
+		./scripts/swift-test.sh --filter SoakTests
+	@cat .build/soak-report.txt
+
+# The XCTest suites, and every daemon they start, under ThreadSanitizer (its own build in
+# .build-tsan); fails on any report. See docs/reliability.md.
+tsan: deps
+	SWIFT=$(SWIFT) ./scripts/tsan.sh
+
 bench: release
 	.build/release/qsbench --out bench/results
 
@@ -89,4 +110,4 @@ profile-%: release
 	./scripts/profile.sh $*
 
 clean:
-	rm -rf .build .bench-scratch .build-fuzz .fuzz
+	rm -rf .build .bench-scratch .build-fuzz .build-tsan .fuzz

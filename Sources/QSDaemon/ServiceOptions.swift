@@ -32,7 +32,7 @@ public struct ServiceOptions: ParsableArguments, Sendable {
     @Option(help: ArgumentHelp("Once every listener is up, write their names and bound addresses (the real port where 0 was asked) to this file as JSON, atomically; removed on exit. (env: QS_READY_FILE)", valueName: "path"))
     public var readyFile: String = QSEnv.string("QS_READY_FILE") ?? ""
 
-    @Option(help: ArgumentHelp("Close a connection to any listener that sends nothing (a whole request included) or takes none of the bytes sent to it for this long; 0 turns it off. (env: QS_IDLE_TIMEOUT)", valueName: "duration"))
+    @Option(help: ArgumentHelp("Close a connection to any listener that sends nothing for this long, whose request is not whole and answered this long after its first byte (a peer trickling bytes), or that takes none of the bytes sent to it for this long; each is counted (qs_connections_closed_total). 0 turns it off. (env: QS_IDLE_TIMEOUT)", valueName: "duration"))
     public var idleTimeout: Interval = QSEnv.value("QS_IDLE_TIMEOUT", Interval(.seconds(60)))
 
     @Option(help: ArgumentHelp("Connections each listener holds at once; past it new ones are closed on arrival and counted (qs_connections_refused_total). The process also keeps a tenth of its open-file limit for its own work. (env: QS_MAX_CONNECTIONS)", valueName: "n"))

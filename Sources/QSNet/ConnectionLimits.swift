@@ -27,6 +27,17 @@ public struct ConnectionLimits: Sendable, Equatable {
     public static let unlimited = ConnectionLimits(idleTimeout: .zero, maxConnections: .max, maxPerPeer: .max)
 }
 
+/// Why an open connection was closed by its listener (the `reason` label of
+/// `qs_connections_closed_total`).
+enum CloseReason: String, CaseIterable {
+    /// Nothing received for the idle timeout.
+    case idleTimeout = "idle-timeout"
+    /// A request not whole and answered within the idle timeout of its first byte (a trickling peer).
+    case requestTimeout = "request-timeout"
+    /// None of the bytes sent taken for the idle timeout (a peer that stopped reading).
+    case writeTimeout = "write-timeout"
+}
+
 /// Why a connection was refused (the `reason` label of `qs_connections_refused_total`).
 enum RefusalReason: String, CaseIterable {
     case maxConnections = "max-connections"
@@ -66,6 +77,7 @@ final class ConnectionCounter: Sendable {
     private let state = NIOLockedValueBox((total: 0, perPeer: [String: Int]()))
     let open: Gauge
     private let refused: [RefusalReason: Counter]
+    private let closes: [CloseReason: Counter]
 
     init(listener: String, limits: ConnectionLimits, processCap: Int = FileDescriptorBudget.connections) {
         self.limits = limits
@@ -74,7 +86,15 @@ final class ConnectionCounter: Sendable {
         refused = Dictionary(uniqueKeysWithValues: RefusalReason.allCases.map {
             ($0, Counter(label: "qs_connections_refused_total", dimensions: [("listener", listener), ("reason", $0.rawValue)]))
         })
+        closes = Dictionary(uniqueKeysWithValues: CloseReason.allCases.map {
+            ($0, Counter(label: "qs_connections_closed_total", dimensions: [("listener", listener), ("reason", $0.rawValue)]))
+        })
         open.record(0)
+    }
+
+    /// Counts a connection the listener closed for `reason`.
+    func closed(_ reason: CloseReason) {
+        closes[reason]?.increment()
     }
 
     /// Takes a place for a connection from `peer` (nil: not told apart), or says why not
@@ -120,10 +140,13 @@ public final class WriteTimeout: ChannelInboundHandler, RemovableChannelHandler 
 
     static let handlerName = "qsnet.write-timeout"
     let timeout: TimeAmount
+    let onTimeout: (@Sendable () -> Void)?
     private var timer: Scheduled<Void>?
 
-    public init(timeout: TimeAmount) {
+    /// `onTimeout` is told before the close (a listener counts it).
+    public init(timeout: TimeAmount, onTimeout: (@Sendable () -> Void)? = nil) {
         self.timeout = timeout
+        self.onTimeout = onTimeout
     }
 
     public func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -132,8 +155,9 @@ public final class WriteTimeout: ChannelInboundHandler, RemovableChannelHandler 
             timer = nil
         } else if timer == nil {
             let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            let timeout = self.timeout
+            let timeout = self.timeout, onTimeout = self.onTimeout
             timer = context.eventLoop.scheduleTask(in: timeout) {
+                onTimeout?()
                 loopBound.value.fireErrorCaught(WriteTimeoutError(timeout: timeout))
                 loopBound.value.close(promise: nil)
             }

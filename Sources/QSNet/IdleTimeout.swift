@@ -13,13 +13,17 @@ public final class IdleTimeout: ChannelInboundHandler, RemovableChannelHandler, 
 
     /// Fired down the pipeline before the close, so the reader learns why it ended.
     let error: (any Error & Sendable)?
+    /// Told before the close (a listener counts it).
+    let onTimeout: (@Sendable () -> Void)?
 
-    init(error: (any Error & Sendable)?) {
+    init(error: (any Error & Sendable)?, onTimeout: (@Sendable () -> Void)? = nil) {
         self.error = error
+        self.onTimeout = onTimeout
     }
 
     public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let e = event as? IdleStateHandler.IdleStateEvent, e == .read {
+            onTimeout?()
             if let error { context.fireErrorCaught(error) }
             context.close(promise: nil)
             return
@@ -30,16 +34,83 @@ public final class IdleTimeout: ChannelInboundHandler, RemovableChannelHandler, 
     /// Adds the idle handlers to `pipeline` (no-op for a zero or negative timeout);
     /// `error`, if given, is fired before the connection is closed.
     public static func install(readTimeout: TimeAmount, in pipeline: ChannelPipeline.SynchronousOperations,
-                               error: (any Error & Sendable)? = nil) throws {
+                               error: (any Error & Sendable)? = nil, onTimeout: (@Sendable () -> Void)? = nil) throws {
         guard readTimeout.nanoseconds > 0 else { return }
         try pipeline.addHandler(IdleStateHandler(readTimeout: readTimeout), name: stateName)
-        try pipeline.addHandler(IdleTimeout(error: error), name: closerName)
+        try pipeline.addHandler(IdleTimeout(error: error, onTimeout: onTimeout), name: closerName)
     }
 
-    /// Takes the idle handlers out of `pipeline`, if present.
+    /// Takes the idle handlers (and a server's `RequestDeadline`) out of `pipeline`, if present.
     public static func remove(from pipeline: ChannelPipeline.SynchronousOperations) {
-        for name in [stateName, closerName] where (try? pipeline.context(name: name)) != nil {
+        for name in [stateName, closerName, RequestDeadline.handlerName] where (try? pipeline.context(name: name)) != nil {
             pipeline.removeHandler(name: name, promise: nil)
         }
+    }
+}
+
+/// Bounds how long one request may take to arrive, on a server's connection: from the
+/// first byte received while no request is pending an answer, the server must have written
+/// something back within `timeout`, or the connection is closed. The idle timeout alone
+/// restarts at every byte, so a peer trickling one byte per timeout would hold its
+/// connection (and its place under the caps) forever; with this, a request that is not
+/// whole and answered within the timeout of its first byte costs the peer its connection.
+/// Answers reset it; a connection that becomes a stream takes it out (`IdleTimeout.remove`).
+/// Installed by `Listener` with the listener's idle timeout; clients do not use it (a
+/// client reads answers it need not reply to).
+final class RequestDeadline: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    typealias OutboundIn = NIOAny
+
+    static let handlerName = "qsnet.request-deadline"
+    let timeout: TimeAmount
+    let onExpiry: (ChannelHandlerContext) -> Void
+    private var timer: Scheduled<Void>?
+
+    /// `onExpiry` runs on the event loop just before the close (to count it and say so).
+    init(timeout: TimeAmount, onExpiry: @escaping (ChannelHandlerContext) -> Void) {
+        self.timeout = timeout
+        self.onExpiry = onExpiry
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if timer == nil {
+            let loopBound = NIOLoopBound((context, self), eventLoop: context.eventLoop)
+            let timeout = self.timeout
+            timer = context.eventLoop.scheduleTask(in: timeout) {
+                let (context, handler) = loopBound.value
+                handler.timer = nil
+                handler.onExpiry(context)
+                context.fireErrorCaught(RequestTimeoutError(timeout: timeout))
+                context.close(promise: nil)
+            }
+        }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        cancel()
+        context.write(data, promise: promise)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        cancel()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        cancel()
+    }
+
+    private func cancel() {
+        timer?.cancel()
+        timer = nil
+    }
+}
+
+/// Why a connection whose request did not arrive whole in time was closed.
+public struct RequestTimeoutError: Error, CustomStringConvertible {
+    public let timeout: TimeAmount
+    public var description: String {
+        "no whole request within \(Double(timeout.nanoseconds) / 1e9) s of its first byte (--idle-timeout): connection closed"
     }
 }

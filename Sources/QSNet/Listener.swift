@@ -150,8 +150,17 @@ public final class Listener: Sendable {
             channel.closeFuture.whenComplete { _ in counter.release(peer: peerIP) }
             let set = channel.eventLoop.makeCompletedFuture {
                 let ops = channel.pipeline.syncOperations
-                try IdleTimeout.install(readTimeout: idleTimeout, in: ops)
-                if idleTimeout.nanoseconds > 0 { try ops.addHandler(WriteTimeout(timeout: idleTimeout), name: WriteTimeout.handlerName) }
+                try IdleTimeout.install(readTimeout: idleTimeout, in: ops, onTimeout: { counter.closed(.idleTimeout) })
+                if idleTimeout.nanoseconds > 0 {
+                    try ops.addHandler(WriteTimeout(timeout: idleTimeout, onTimeout: { counter.closed(.writeTimeout) }),
+                                       name: WriteTimeout.handlerName)
+                    // The idle timeout restarts at every byte; this bounds one request from its first byte.
+                    try ops.addHandler(RequestDeadline(timeout: idleTimeout) { _ in
+                        counter.closed(.requestTimeout)
+                        refusals.warning(logger, "\(name) closed a connection: no whole request within --idle-timeout of its first byte",
+                                         peer: peerIP ?? "unix", metadata: ["listener": "\(name)", "reason": "\(CloseReason.requestTimeout.rawValue)"])
+                    }, name: RequestDeadline.handlerName)
+                }
                 var drain: RequestDrain?
                 if case .requests = style {
                     let d = RequestDrain(channel: channel)

@@ -48,14 +48,12 @@ public func dumpState(_ client: QSClient, at: UInt64 = 0) async throws -> [[UInt
     }
 }
 
-/// Reads a node's whole log and checks it: consecutive indexes, an unbroken hash chain,
-/// and for `sourceID` strictly increasing positions (each applied at most once). Returns
-/// the positions of `sourceID`'s entries.
-public func verifyLog(_ client: QSClient, sourceID: String) async throws -> [UInt64] {
+/// Reads a node's whole log and checks it: consecutive indexes, an unbroken hash chain
+/// that ends at the head. `visit` sees each entry, decoded, in order.
+public func walkLog(_ client: QSClient, _ visit: (_ index: UInt64, _ entry: LogEntry) throws -> Void) async throws {
     let head = try await client.head()
     var previous = Head.empty.hash
     var index: UInt64 = 1
-    var positions = [UInt64]()
     while index <= head.index {
         let list = try await client.entries(from: index, count: 1000)
         guard !list.isEmpty else { throw HarnessError("log ends at \(index - 1), head says \(head.index)") }
@@ -63,17 +61,25 @@ public func verifyLog(_ client: QSClient, sourceID: String) async throws -> [UIn
             guard e.index == index else { throw HarnessError("log index \(e.index) where \(index) was expected") }
             let h = ChainHash.next(previous: previous, entry: e.bytes)
             guard h == e.hash else { throw HarnessError("hash chain broken at \(index)") }
-            let entry = try LogEntry.decode(e.bytes)
-            if entry.origin.sourceID == sourceID {
-                if let last = positions.last, entry.origin.position <= last {
-                    throw HarnessError("position \(entry.origin.position) of \(sourceID) applied after \(last) (index \(index))")
-                }
-                positions.append(entry.origin.position)
-            }
+            try visit(index, try LogEntry.decode(e.bytes))
             previous = h
             index += 1
         }
     }
     guard previous == head.hash else { throw HarnessError("head hash does not match the chain") }
+}
+
+/// Reads a node's whole log and checks it (`walkLog`), and for `sourceID` strictly
+/// increasing positions (each applied at most once). Returns the positions of
+/// `sourceID`'s entries.
+public func verifyLog(_ client: QSClient, sourceID: String) async throws -> [UInt64] {
+    var positions = [UInt64]()
+    try await walkLog(client) { index, entry in
+        guard entry.origin.sourceID == sourceID else { return }
+        if let last = positions.last, entry.origin.position <= last {
+            throw HarnessError("position \(entry.origin.position) of \(sourceID) applied after \(last) (index \(index))")
+        }
+        positions.append(entry.origin.position)
+    }
     return positions
 }

@@ -114,6 +114,40 @@ final class HostilePeerTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(ContinuousClock.now - start, .milliseconds(900))
     }
 
+    func testAPeerTricklingOneByteAtATimeIsClosedOneIdleTimeoutAfterItsFirstByte() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--idle-timeout", "1s"])
+        let fd = try XCTUnwrap(connect(port: root.port, from: "127.0.0.2"))
+        // A frame announcing 4,096 bytes, sent a byte every 300 ms: each byte restarts the idle
+        // timer, so only the request deadline can end it.
+        let frame: [UInt8] = [0, 0, 16, 0, 1] + [UInt8](repeating: 0, count: 4_091)
+        let start = ContinuousClock.now
+        var sent = 0
+        while sent < frame.count, !isClosedByServer(fd), ContinuousClock.now - start < .seconds(10) {
+            guard send(fd, [frame[sent]], 1, Int32(MSG_NOSIGNAL)) == 1 else { break }
+            sent += 1
+            try await Task.sleep(for: .milliseconds(300))
+        }
+        let held = ContinuousClock.now - start
+        XCTAssertTrue(isClosedByServer(fd), "the trickling peer still holds its connection after \(held) (\(sent) bytes)")
+        XCTAssertGreaterThanOrEqual(held, .milliseconds(900))
+        XCTAssertLessThan(held, .seconds(4), "closed one idle timeout after the first byte, not later")
+        try await waitFor("the close counted", timeout: .seconds(5), pollEvery: .milliseconds(50)) {
+            root.metric("qs_connections_closed_total{listener=\"write\",reason=\"request-timeout\"}") == 1
+        }
+        XCTAssertTrue(root.daemon.log.contains("no whole request within --idle-timeout of its first byte"), root.daemon.log)
+
+        // A client whose requests are answered keeps its connection past the timeout.
+        let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let busy = ContinuousClock.now
+        while ContinuousClock.now - busy < .milliseconds(2_500) {
+            _ = try await client.head()
+            try await Task.sleep(for: .milliseconds(300))
+        }
+        await client.close()
+        XCTAssertEqual(root.metric("qs_connections_closed_total{listener=\"write\",reason=\"request-timeout\"}"), 1)
+        XCTAssertEqual(root.metric("qs_connections_closed_total{listener=\"write\",reason=\"idle-timeout\"}"), 0)
+    }
+
     func testAPeerThatNeverReadsASnapshotDoesNotHoldTheQueue() async throws {
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--idle-timeout", "2s"])
         // Enough data that a snapshot does not fit the socket buffers.
