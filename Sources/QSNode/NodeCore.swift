@@ -370,6 +370,9 @@ public final class NodeCore: Sendable {
         } catch let error as EtcdError {
             metrics.storageErrors.increment()
             logger.error("etcd did not commit", metadata: ["request": "\(request.name)", "error": "\(error)", "peer": "\(peer)"])
+            if case .changeRole = request {
+                return .error(.storageError, "the root cluster's etcd did not commit the role change (no quorum, or unreachable?): \(error); it may still take effect: read write_role in qsctl status once etcd answers, and run the command again if it did not change")
+            }
             return .error(.storageError, "the root cluster's etcd did not commit (no quorum, or unreachable?): \(error); the write is not acknowledged: resume from the checkpoint")
         } catch let error as ClusterError {
             metrics.storageErrors.increment()
