@@ -564,8 +564,13 @@ public final class ClusterMember: Service, Sendable {
         do {
             let head = try await store.applyCommitted(entries: entries, checkpoints: checkpoints, role: role?.0)
             if let role {
-                roleState.withLock { $0 = (role.0, role.1) }
-                if role.1 > 0 { logger.info("cluster write role applied", metadata: ["role": "\(role.0.rawValue)", "revision": "\(role.1)"]) }
+                let was = roleState.withLock { state in
+                    defer { state = (role.0, role.1) }
+                    return state.role
+                }
+                if was != role.0 {
+                    logger.notice("cluster write role applied", metadata: ["role": "\(role.0.rawValue)", "was": "\(was.rawValue)", "revision": "\(role.1)"])
+                }
             }
             return head
         } catch let e as AppendError {
