@@ -50,6 +50,8 @@ public enum EtcdCompare: Sendable {
     case value(key: [UInt8], equals: [UInt8])
     /// The key does not exist.
     case absent(key: [UInt8])
+    /// The key was last written at revision `equals` (0: the key does not exist).
+    case modRevision(key: [UInt8], equals: Int64)
 
     var json: [String: Any] {
         switch self {
@@ -57,6 +59,8 @@ public enum EtcdCompare: Sendable {
             return ["key": EtcdJSON.b64(key), "target": "VALUE", "result": "EQUAL", "value": EtcdJSON.b64(v)]
         case let .absent(key):
             return ["key": EtcdJSON.b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"]
+        case let .modRevision(key, revision):
+            return ["key": EtcdJSON.b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": "\(revision)"]
         }
     }
 }

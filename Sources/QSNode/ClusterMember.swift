@@ -22,6 +22,8 @@ public struct ClusterKeys: Sendable {
     public var logPrefix: [UInt8] { prefix + Array("log/".utf8) }
     public var checkpointPrefix: [UInt8] { prefix + Array("cp/".utf8) }
     public var appliedPrefix: [UInt8] { prefix + Array("applied/".utf8) }
+    /// The cluster's write role (`mirror`, `promoted`; absent: `open`), compared by every write.
+    public var role: [UInt8] { prefix + Array("role".utf8) }
 
     /// `log/` and the index in 16 lower-case hex digits, so keys sort by index.
     public func log(_ index: UInt64) -> [UInt8] {
@@ -50,12 +52,24 @@ public struct ClusterKeys: Sendable {
         return StoredEntry(index: index, hash: Array(value[..<32]), bytes: Array(value[32...]))
     }
 
+    /// The compare that `head` still holds `base` (is absent when `base` is the empty log).
+    func headIs(_ base: Head) -> EtcdCompare {
+        base.index == 0 ? .absent(key: head) : .value(key: head, equals: base.encoded())
+    }
+
     static func u64(_ bytes: [UInt8], _ what: String) throws -> UInt64 {
         guard bytes.count == 8 else { throw ClusterError.corrupt("\(what) in etcd is \(bytes.count) bytes, expected 8") }
         return bytes.reduce(0) { $0 << 8 | UInt64($1) }
     }
 
     static func u64Bytes(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (56 - 8 * $0)) } }
+
+    static func role(_ bytes: [UInt8]) throws -> WriteRole {
+        guard let role = WriteRole(rawValue: String(decoding: bytes, as: UTF8.self)) else {
+            throw ClusterError.corrupt("the write role in etcd is '\(String(decoding: bytes, as: UTF8.self))', not open, mirror or promoted")
+        }
+        return role
+    }
 
     static func head(_ bytes: [UInt8]) throws -> Head {
         var r = ByteReader(bytes)
@@ -110,6 +124,9 @@ public final class ClusterMember: Service, Sendable {
     /// The etcd revision applied into the store; batches wait for their own.
     private let appliedRevision = Mutex<Int64>(0)
     private let revisionWatcher = LogWatcher()
+    /// The cluster's write role as applied into the store, and the etcd revision it was
+    /// written at (0: never written, the cluster is `open`): every write compares it.
+    private let roleState = Mutex<(role: WriteRole, revision: Int64)>((.open, 0))
     /// Whether the applier follows etcd (watch open) and why not.
     private let state = Mutex<(following: Bool, detail: String)>((false, "starting"))
 
@@ -183,6 +200,9 @@ public final class ClusterMember: Service, Sendable {
         // others says so rather than spinning.
         for _ in 0..<1000 {
             try Task.checkCancellation()
+            // Read before preparing: the store holds this role or a later one, and a later
+            // one fails the compare below.
+            let roleRevision = roleState.withLock { $0.revision }
             let p = try await prepare()
             guard p.outcome.conflictPosition == nil else {
                 // The local checkpoint differs: etcd's is the truth (this member may lag).
@@ -199,30 +219,147 @@ public final class ClusterMember: Service, Sendable {
             }
             let compare: [EtcdCompare] = [
                 expected == 0 ? .absent(key: cpKey) : .value(key: cpKey, equals: ClusterKeys.u64Bytes(expected)),
-                p.base.index == 0 ? .absent(key: keys.head) : .value(key: keys.head, equals: p.base.encoded()),
+                keys.headIs(p.base),
+                .modRevision(key: keys.role, equals: roleRevision),
             ]
             let r = try await counted {
                 try await self.etcd.txn(compare: compare, success: success,
-                                        failure: [.range(key: cpKey, end: nil, limit: 1), .range(key: self.keys.head, end: nil, limit: 1)])
+                                        failure: [.range(key: cpKey, end: nil, limit: 1), .range(key: self.keys.head, end: nil, limit: 1),
+                                                  .range(key: self.keys.role, end: nil, limit: 1)])
             }
             if r.succeeded {
-                commits.increment()
-                do {
-                    try await waitApplied(r.revision)
-                } catch {
-                    throw ClusterError.notApplied("committed in etcd at revision \(r.revision) but not applied by this member within \(etcd.timeout): \(error); ask for the checkpoint to go on")
-                }
+                try await committed(at: r.revision, resume: "ask for the checkpoint to go on")
                 commitSeconds.recordSeconds((ContinuousClock.now - start).seconds)
                 return p.outcome
             }
             let cp = r.ranges.first?.first, head = r.ranges.count > 1 ? r.ranges[1].first : nil
+            let role = r.ranges.count > 2 ? r.ranges[2].first : nil
             let current = try cp.map { try ClusterKeys.u64($0.value, "checkpoint") } ?? 0
             if current != expected { return .conflict(at: current) }
-            // Another member committed first: apply its entry, then prepare again at the new head.
+            // Another member committed first, or the role changed: apply that, then prepare
+            // again (a demoted cluster's store refuses the batch).
             commitRetries.increment()
-            try await waitApplied(max(cp?.modRevision ?? 0, head?.modRevision ?? 0))
+            try await waitApplied(max(cp?.modRevision ?? 0, head?.modRevision ?? 0, role?.modRevision ?? 0))
         }
         throw ClusterError.notApplied("the batch lost 1000 rounds to other members' commits; nothing of it was committed: retry")
+    }
+
+    /// The most entries, and bytes of them, one append's etcd transaction carries (etcd's
+    /// defaults: 128 operations, 1.5 MiB a request).
+    static let appendChunkEntries = 100
+    static let appendChunkBytes = 1 << 20
+
+    /// A compatible append (`qsqsbridge --mode compatible` into the cluster): the source's
+    /// entries, byte for byte. Each chunk is checked at this member's head with the store's
+    /// `appendEntries` (rolled back) and committed through one etcd transaction comparing
+    /// the head it follows and the write role; it puts the entries, the head, the
+    /// checkpoints their origins carry and the role `mirror`. Returns the head after the
+    /// last entry. Throws `AppendError.notNext` with the cluster's head when the entries do
+    /// not follow it, `StoreError.promoted` when the cluster takes writes.
+    public func append(_ entries: [StoredEntry]) async throws -> Head {
+        let start = ContinuousClock.now
+        var head = try await store.head()
+        var rest = entries[...]
+        while !rest.isEmpty {
+            var n = 0, bytes = 0
+            for e in rest {
+                guard n < Self.appendChunkEntries, n == 0 || bytes + e.bytes.count <= Self.appendChunkBytes else { break }
+                n += 1
+                bytes += e.bytes.count
+            }
+            head = try await appendChunk(Array(rest.prefix(n)))
+            rest = rest.dropFirst(n)
+        }
+        commitSeconds.recordSeconds((ContinuousClock.now - start).seconds)
+        return head
+    }
+
+    private func appendChunk(_ entries: [StoredEntry]) async throws -> Head {
+        var caughtUp = false
+        for _ in 0..<1000 {
+            try Task.checkCancellation()
+            let (role, roleRevision) = roleState.withLock { ($0.role, $0.revision) }
+            if role == .promoted { throw StoreError.promoted }
+            let prepared: (base: Head, head: Head)
+            do {
+                prepared = try await store.prepareAppend(entries)
+            } catch AppendError.notNext {
+                // This member may lag the cluster: apply up to etcd's head, then judge again.
+                guard !caughtUp else { throw AppendError.notNext(head: try await store.head().index, got: entries.first?.index ?? 0) }
+                caughtUp = true
+                let (kvs, _) = try await counted { try await self.etcd.range(self.keys.head) }
+                try await waitApplied(kvs.first?.modRevision ?? 0)
+                continue
+            }
+            var success: [EtcdOp] = entries.map { .put(key: keys.log($0.index), value: $0.hash + $0.bytes) }
+            success.append(.put(key: keys.head, value: prepared.head.encoded()))
+            var checkpoints = [String: UInt64]()
+            for e in entries {
+                let origin = try LogEntry.decode(e.bytes).origin
+                checkpoints[origin.sourceID] = origin.position
+            }
+            success += checkpoints.map { .put(key: keys.checkpoint($0.key), value: ClusterKeys.u64Bytes($0.value)) }
+            if role != .mirror { success.append(.put(key: keys.role, value: Array(WriteRole.mirror.rawValue.utf8))) }
+            let base = prepared.base
+            let r = try await counted {
+                try await self.etcd.txn(compare: [
+                    self.keys.headIs(base),
+                    .modRevision(key: self.keys.role, equals: roleRevision),
+                ], success: success, failure: [.range(key: self.keys.head, end: nil, limit: 1), .range(key: self.keys.role, end: nil, limit: 1)])
+            }
+            if r.succeeded {
+                try await committed(at: r.revision, resume: "ask for the head to go on")
+                return prepared.head
+            }
+            // Another append (a second mirror bridge) or a role change came first: apply it
+            // and judge again (the entries then no longer follow the head: a conflict).
+            commitRetries.increment()
+            try await waitApplied(r.ranges.flatMap { $0.map(\.modRevision) }.max() ?? 0)
+        }
+        throw ClusterError.notApplied("the append lost 1000 rounds to other commits; nothing more of it was committed: retry from the head")
+    }
+
+    /// Promote (`promoted`) or demote (`mirror`) the whole cluster: one etcd transaction
+    /// that writes the role key if it has not changed since it was read; every write's
+    /// transaction compares that key, so no batch commits under the old role after it.
+    /// Returns the role before and the cluster's head at the change, once this member has
+    /// applied it. Promoting an `open` cluster changes nothing.
+    public func changeRole(to target: WriteRole) async throws -> (before: WriteRole, head: Head) {
+        for _ in 0..<100 {
+            let read = try await counted {
+                try await self.etcd.txn(compare: [], success: [.range(key: self.keys.role, end: nil, limit: 1),
+                                                             .range(key: self.keys.head, end: nil, limit: 1)], failure: [])
+            }
+            guard read.ranges.count == 2 else { throw EtcdError.malformed("role read: \(read.ranges.count) answers, expected 2") }
+            let roleKV = read.ranges[0].first
+            let before = try roleKV.map { try ClusterKeys.role($0.value) } ?? .open
+            let head = try read.ranges[1].first.map { try ClusterKeys.head($0.value) } ?? .empty
+            if target == .promoted && before == .open {
+                try await waitApplied(read.revision)
+                return (before, head)
+            }
+            let r = try await counted {
+                try await self.etcd.txn(compare: [.modRevision(key: self.keys.role, equals: roleKV?.modRevision ?? 0)],
+                                        success: [.put(key: self.keys.role, value: Array(target.rawValue.utf8)),
+                                                  .range(key: self.keys.head, end: nil, limit: 1)], failure: [])
+            }
+            guard r.succeeded else { continue }
+            let at = try r.ranges.last?.first.map { try ClusterKeys.head($0.value) } ?? .empty
+            try await waitApplied(r.revision)
+            return (before, at)
+        }
+        throw ClusterError.notApplied("the role changed under 100 attempts to change it; nothing was changed by this one: retry")
+    }
+
+    /// Counts a write etcd committed at `revision` and waits until this member has applied
+    /// it; says how the writer goes on when it has not in time (`resume`).
+    private func committed(at revision: Int64, resume: String) async throws {
+        commits.increment()
+        do {
+            try await waitApplied(revision)
+        } catch {
+            throw ClusterError.notApplied("committed in etcd at revision \(revision) but not applied by this member within \(etcd.timeout): \(error); \(resume)")
+        }
     }
 
     /// The source's checkpoint as etcd holds it (a member may lag behind it).
@@ -366,8 +503,9 @@ public final class ClusterMember: Service, Sendable {
                 .range(key: keys.head, end: nil, limit: 1),
                 .range(key: keys.checkpointPrefix, end: etcdPrefixEnd(keys.checkpointPrefix), limit: 0),
                 .range(key: keys.log(local.index + 1), end: etcdPrefixEnd(keys.logPrefix), limit: 1000),
+                .range(key: keys.role, end: nil, limit: 1),
             ], failure: [])
-            guard r.ranges.count == 3 else { throw EtcdError.malformed("catch-up read: \(r.ranges.count) answers, expected 3") }
+            guard r.ranges.count == 4 else { throw EtcdError.malformed("catch-up read: \(r.ranges.count) answers, expected 4") }
             let clusterHead = try r.ranges[0].first.map { try ClusterKeys.head($0.value) } ?? .empty
             if clusterHead.index < local.index || (clusterHead.index == local.index && clusterHead.hash != local.hash) {
                 throw ClusterError.diverged("this member's store stands at index \(local.index) (hash \(hexString(local.hash))), the cluster's head is \(clusterHead.index) (hash \(hexString(clusterHead.hash))): start the member on an empty --data, or on a copy of a member's")
@@ -381,10 +519,13 @@ public final class ClusterMember: Service, Sendable {
             }
             let complete = (entries.last?.index ?? local.index) >= clusterHead.index
             var checkpoints = [String: UInt64]()
+            var role: (WriteRole, Int64)?
             if complete {
                 for kv in r.ranges[1] { if let sid = keys.sourceID(kv.key) { checkpoints[sid] = try ClusterKeys.u64(kv.value, "checkpoint of \(sid)") } }
+                let kv = r.ranges[3].first
+                role = (try kv.map { try ClusterKeys.role($0.value) } ?? .open, kv?.modRevision ?? 0)
             }
-            let head = try await applyCommitted(entries, checkpoints)
+            let head = try await applyCommitted(entries, checkpoints, role: role)
             if complete {
                 noteApplied(r.revision, head: head)
                 logger.info("cluster log caught up", metadata: ["head-index": "\(head.index)", "revision": "\(r.revision)"])
@@ -398,6 +539,10 @@ public final class ClusterMember: Service, Sendable {
         try await etcd.watch(keys.prefix, end: etcdPrefixEnd(keys.prefix), fromRevision: revision) { rev, events in
             var entries = [StoredEntry]()
             var checkpoints = [String: UInt64]()
+            var role: (WriteRole, Int64)?
+            for e in events where e.kv.key == self.keys.role {
+                role = (e.kind == .put ? try ClusterKeys.role(e.kv.value) : .open, e.kind == .put ? e.kv.modRevision : 0)
+            }
             for e in events where e.kind == .put {
                 if let i = self.keys.logIndex(e.kv.key) {
                     entries.append(try self.keys.entry(index: i, value: e.kv.value))
@@ -406,18 +551,28 @@ public final class ClusterMember: Service, Sendable {
                 }
             }
             entries.sort { $0.index < $1.index }
-            if entries.isEmpty && checkpoints.isEmpty {
+            if entries.isEmpty && checkpoints.isEmpty && role == nil {
                 self.noteApplied(rev, head: nil)
             } else {
-                self.noteApplied(rev, head: try await self.applyCommitted(entries, checkpoints))
+                self.noteApplied(rev, head: try await self.applyCommitted(entries, checkpoints, role: role))
             }
             return !Task.isCancelled
         }
     }
 
-    private func applyCommitted(_ entries: [StoredEntry], _ checkpoints: [String: UInt64]) async throws -> Head {
+    private func applyCommitted(_ entries: [StoredEntry], _ checkpoints: [String: UInt64], role: (WriteRole, Int64)? = nil) async throws -> Head {
         do {
-            return try await store.applyCommitted(entries: entries, checkpoints: checkpoints)
+            let head = try await store.applyCommitted(entries: entries, checkpoints: checkpoints, role: role?.0)
+            if let role {
+                let was = roleState.withLock { state in
+                    defer { state = (role.0, role.1) }
+                    return state.role
+                }
+                if was != role.0 {
+                    logger.notice("cluster write role applied", metadata: ["role": "\(role.0.rawValue)", "was": "\(was.rawValue)", "revision": "\(role.1)"])
+                }
+            }
+            return head
         } catch let e as AppendError {
             if case .notNext = e { throw ClusterError.behind("\(e)") }
             throw ClusterError.diverged("\(e)")

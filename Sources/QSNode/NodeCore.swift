@@ -146,12 +146,18 @@ public final class NodeCore: Sendable {
     /// An operator's promote or demote: logged with the peer and the head it happened at.
     func changeRole(_ change: Request.RoleChange, peer: String) async throws -> Response {
         let target: WriteRole = change == .promote ? .promoted : .mirror
-        let (before, head) = try await store.write { txn in
-            let before = try txn.writeRole()
-            if change == .promote && before == .open {
-                return (before, try txn.head())
+        let before: WriteRole, head: Head
+        if let cluster {
+            // A cluster member changes the whole cluster's role, in etcd.
+            (before, head) = try await cluster.changeRole(to: target)
+        } else {
+            (before, head) = try await store.write { txn in
+                let before = try txn.writeRole()
+                if change == .promote && before == .open {
+                    return (before, try txn.head())
+                }
+                return (before, try txn.setWriteRole(target))
             }
-            return (before, try txn.setWriteRole(target))
         }
         // A demoted root was the root a moment ago: its time is now until appends say more.
         noteMirroring(change == .demote, sourceTimeNs: wallClockNanoseconds())
@@ -303,9 +309,6 @@ public final class NodeCore: Sendable {
                 return .page(records: page.records.map { .init(key: $0.key, record: $0.record) }, next: page.next)
             case .subscribe, .snapshot:
                 return .error(.invalidRequest, "\(request.name) is a streaming request, handled by the connection")
-            case .append where cluster != nil, .changeRole where cluster != nil:
-                metrics.invalidRequests.increment()
-                return .error(.unsupported, "this root is a member of a root cluster (--etcd): it takes batches only; compatible mirroring into a cluster and promote/demote are not built yet (docs/ha.md)")
             case let .append(_, entries, sourceTime) where entries.isEmpty:
                 // A mirror bridge's probe while its source is quiet: does this root still
                 // take appends? Nothing is written; the source root's time is noted.
@@ -315,7 +318,10 @@ public final class NodeCore: Sendable {
                 return .applied(logIndex: head.index, kept: 0, dropped: 0)
             case let .append(_, entries, sourceTime):
                 do {
-                    let head = try await store.appendEntries(entries, markCompatible: true)
+                    // A cluster member commits the entries through etcd (docs/ha.md).
+                    let head = if let cluster { try await cluster.append(entries) } else {
+                        try await store.appendEntries(entries, markCompatible: true)
+                    }
                     noteMirroring(true, sourceTimeNs: sourceTime)
                     writers.touch(peer: peer, append: true)
                     metrics.batchesApplied.increment()
@@ -364,6 +370,9 @@ public final class NodeCore: Sendable {
         } catch let error as EtcdError {
             metrics.storageErrors.increment()
             logger.error("etcd did not commit", metadata: ["request": "\(request.name)", "error": "\(error)", "peer": "\(peer)"])
+            if case .changeRole = request {
+                return .error(.storageError, "the root cluster's etcd did not commit the role change (no quorum, or unreachable?): \(error); it may still take effect: read write_role in qsctl status once etcd answers, and run the command again if it did not change")
+            }
             return .error(.storageError, "the root cluster's etcd did not commit (no quorum, or unreachable?): \(error); the write is not acknowledged: resume from the checkpoint")
         } catch let error as ClusterError {
             metrics.storageErrors.increment()

@@ -55,9 +55,9 @@ extension WritesOutcome: CASOutcome {
     public static func conflict(at position: UInt64) -> WritesOutcome { .conflict(current: position) }
 }
 
-/// Carries a prepared write out of the write transaction it rolls back.
-private struct RolledBack<Outcome: CASOutcome>: Error {
-    var prepared: Prepared<Outcome>
+/// Carries what a prepared write found out of the write transaction it rolls back.
+private struct RolledBack<Value: Sendable>: Error {
+    var value: Value
 }
 
 extension Head {
@@ -98,31 +98,47 @@ extension Store {
     }
 
     private func prepare<Outcome: CASOutcome>(_ apply: @escaping @Sendable (borrowing StoreTransaction) throws -> Outcome) async throws -> Prepared<Outcome> {
-        do {
-            _ = try await write { txn -> Int in
-                let base = try txn.head()
-                let outcome = try apply(txn)
-                var entry: StoredEntry?
-                if let index = outcome.entryIndex {
-                    entry = try txn.entries(from: index, count: 1).first
-                    guard entry?.index == index else { throw StoreError.corrupt("the entry just appended at \(index) is not there") }
-                }
-                throw RolledBack(prepared: Prepared(base: base, outcome: outcome, entry: entry, head: try txn.head()))
+        try await rolledBack { txn in
+            let base = try txn.head()
+            let outcome = try apply(txn)
+            var entry: StoredEntry?
+            if let index = outcome.entryIndex {
+                entry = try txn.entries(from: index, count: 1).first
+                guard entry?.index == index else { throw StoreError.corrupt("the entry just appended at \(index) is not there") }
             }
-            throw StoreError.corrupt("a prepared batch was committed")
-        } catch let r as RolledBack<Outcome> {
-            return r.prepared
+            return Prepared(base: base, outcome: outcome, entry: entry, head: try txn.head())
+        }
+    }
+
+    /// Checks a compatible append at the current head with `appendEntries` (each entry must
+    /// follow the head, continue its hash chain and decode), rolled back: returns the head
+    /// it follows and the head after it. Throws `AppendError` as `appendEntries` does.
+    public func prepareAppend(_ entries: [StoredEntry]) async throws -> (base: Head, head: Head) {
+        try await rolledBack { txn in
+            let base = try txn.head()
+            return (base, try txn.appendEntries(entries))
+        }
+    }
+
+    /// Runs `body` in a write transaction that is always rolled back, and returns its value.
+    private func rolledBack<Value: Sendable>(_ body: @escaping @Sendable (borrowing StoreTransaction) throws -> Value) async throws -> Value {
+        do {
+            _ = try await write { txn -> Int in throw RolledBack(value: try body(txn)) }
+            throw StoreError.corrupt("a prepared write was committed")
+        } catch let r as RolledBack<Value> {
+            return r.value
         }
     }
 
     /// Applies what a root cluster committed: `entries` must follow the head and continue
-    /// its hash chain (see `appendEntries`); then the checkpoints are set. One durable
-    /// transaction; returns the new head.
+    /// its hash chain (see `appendEntries`); then the checkpoints are set, and the cluster's
+    /// write role when it is given. One durable transaction; returns the new head.
     @discardableResult
-    public func applyCommitted(entries: [StoredEntry], checkpoints: [String: UInt64]) async throws -> Head {
+    public func applyCommitted(entries: [StoredEntry], checkpoints: [String: UInt64], role: WriteRole? = nil) async throws -> Head {
         try await write { txn in
             let head = entries.isEmpty ? try txn.head() : try txn.appendEntries(entries)
             for (sid, cp) in checkpoints { try txn.setCheckpoint(sourceID: sid, position: cp) }
+            if let role, try txn.writeRole() != role { try txn.setWriteRole(role) }
             return head
         }
     }

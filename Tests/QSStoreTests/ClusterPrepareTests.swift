@@ -47,4 +47,31 @@ final class ClusterPrepareTests: XCTestCase {
         let conflict = try await member.prepareBatch(sourceID: "s", expected: 0, new: 9, operations: batches[0])
         XCTAssertEqual(conflict.outcome, .conflict(current: UInt64(batches.count)))
     }
+
+    /// A compatible append prepared at a member's head: checked by `appendEntries`, the
+    /// head after it as a mirror's, nothing written; entries that do not follow are refused.
+    func testAPreparedAppendIsCheckedAndWritesNothing() async throws {
+        let source = try open(), member = try open(), mirror = try open()
+        for i in 0..<3 {
+            _ = try await source.applyBatch(sourceID: "s", expected: UInt64(i), new: UInt64(i + 1),
+                                            operations: [.set(key: Array("k\(i)".utf8), value: [UInt8(i)], expiry: nil)])
+        }
+        let entries = try await source.entries(from: 1, count: 10)
+        let p = try await member.prepareAppend(entries)
+        XCTAssertEqual(p.base, .empty)
+        let memberHead = try await member.head()
+        XCTAssertEqual(memberHead, .empty, "preparing writes nothing")
+        let mirrored = try await mirror.appendEntries(entries, markCompatible: true)
+        XCTAssertEqual(p.head, mirrored)
+        do {
+            _ = try await member.prepareAppend(Array(entries.dropFirst()))
+            XCTFail("entries not following the head were taken")
+        } catch let e as AppendError {
+            XCTAssertEqual(e, .notNext(head: 0, got: 2))
+        }
+        try await member.applyCommitted(entries: entries, checkpoints: [:], role: .mirror)
+        let role = try await member.writeRole(), cp = try await member.checkpoint(sourceID: "s")
+        XCTAssertEqual(role, .mirror)
+        XCTAssertEqual(cp, 3, "the checkpoint travels with the entries")
+    }
 }

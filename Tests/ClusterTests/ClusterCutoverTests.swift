@@ -1,0 +1,170 @@
+import Foundation
+import QSClient
+import QSModel
+import QSTesting
+import QSWire
+import XCTest
+
+/// From a legacy root to a root cluster, and back (docs/ha.md, "Mirroring, promote and
+/// cut-over"): the cluster mirrors the legacy root through `qsqsbridge --mode compatible`
+/// given every member, `qsctl cutover` moves the writes to the cluster, a writer goes on
+/// through another member from the checkpoint that travelled with the entries, and the
+/// writes are handed back to the legacy root the same way. Every node ends equal and each
+/// position of the writer is in the log exactly once.
+final class ClusterCutoverTests: XCTestCase {
+    var tmp: URL!
+
+    override func setUpWithError() throws {
+        tmp = try Harness.tempDir("cluster-cutover")
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: tmp)
+    }
+
+    func qsctl(_ args: [String]) throws -> (status: Int32, out: String) {
+        let r = try Harness.run("qsctl", args)
+        return (r.status, String(decoding: r.stdout + r.stderr, as: UTF8.self))
+    }
+
+    func mirror(from source: String, to targets: [String]) throws -> DaemonProcess {
+        try DaemonProcess("qsqsbridge", ["--source", "qs://\(source)", "--root", targets.joined(separator: ","), "--mode", "compatible",
+                                         "--batch-interval", "20ms", "--log-format", "text"], logDir: tmp)
+    }
+
+    func writeRole(_ c: QSClient) async -> String? {
+        guard let json = try? await c.status(),
+              let s = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else { return nil }
+        return s["write_role"] as? String
+    }
+
+    /// Writes positions `from+1 … through` of source "app" as one batch each, every batch
+    /// expecting the position before it: a conflict or refusal fails the test.
+    func write(_ c: QSClient, from: UInt64, through: UInt64, line: UInt = #line) async throws {
+        for p in (from + 1)...through {
+            let r = try await c.batch(sourceID: "app", expected: p - 1, new: p,
+                                      operations: [.set(key: Array("k\(p % 25)".utf8), value: Array("v\(p)".utf8), expiry: nil)])
+            guard case .applied = r else { return XCTFail("batch at \(p): \(r)", line: line) }
+        }
+    }
+
+    /// A batch to `c` is refused with `not-writable`.
+    func assertRefused(_ c: QSClient, expected: UInt64, _ what: String, line: UInt = #line) async {
+        do {
+            let r = try await c.batch(sourceID: "app", expected: expected, new: expected + 1, operations: [])
+            XCTFail("\(what) took a batch: \(r)", line: line)
+        } catch let ClientError.server(code, message) {
+            XCTAssertEqual(code, ErrorCode.notWritable.rawValue, "\(what): \(message)", line: line)
+        } catch {
+            XCTFail("\(what): \(error)", line: line)
+        }
+    }
+
+    func assertEqualHeads(_ clients: [QSClient], _ head: Head, _ what: String, line: UInt = #line) async {
+        for (i, c) in clients.enumerated() {
+            let same = await Harness.eventually(timeout: .seconds(20)) { (try? await c.head()) == head }
+            XCTAssertTrue(same, "\(what): node \(i) did not reach head \(head.index)", line: line)
+        }
+    }
+
+    func assertVerified(_ node: String, against others: [String], line: UInt = #line) throws {
+        for other in others {
+            let v = try qsctl(["--node", node, "verify", "--against", other])
+            XCTAssertEqual(v.status, 0, "verify \(node) against \(other): \(v.out)", line: line)
+        }
+    }
+
+    func testTheClusterMirrorsALegacyRootTakesTheWritesAndHandsThemBack() async throws {
+        try XCTSkipUnless(EtcdCluster.isInstalled, "etcd is not installed (apt-get install etcd-server)")
+        let etcd = try EtcdCluster(dir: tmp, logDir: tmp)
+        defer { etcd.stop() }
+        let members = try (0..<2).map {
+            try RootNode(data: tmp.appendingPathComponent("m\($0)"), logDir: tmp,
+                         extraArgs: ["--etcd", etcd.urls, "--cluster", "t", "--etcd-timeout", "3s", "--log-format", "text"])
+        }
+        for m in members {
+            XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { httpGet(port: m.adminPort, path: "/readyz")?.status == 200 },
+                          "member not following: \(m.daemon.log)")
+        }
+        let legacy = try RootNode(data: tmp.appendingPathComponent("L"), logDir: tmp)
+        let lc = try await QSClient.connect(host: "127.0.0.1", port: legacy.port)
+        let mc = try await members.asyncMap { try await QSClient.connect(host: "127.0.0.1", port: $0.port) }
+        let addresses = members.map(\.address)
+
+        // 1. The cluster mirrors L, entry for entry, through a bridge given both members
+        //    (its first append carries 150 entries: two etcd transactions).
+        try await write(lc, from: 0, through: 150)
+        var toCluster = try mirror(from: legacy.address, to: addresses)
+        await assertEqualHeads(mc, try await lc.head(), "mirroring L")
+        try assertVerified(legacy.address, against: addresses)
+        for c in mc {
+            let role = await writeRole(c)
+            XCTAssertEqual(role, "mirror")
+        }
+        // A mirror refuses batches, on every member.
+        await assertRefused(mc[1], expected: 150, "a mirroring cluster")
+
+        // 2. Cut-over: L demoted, the cluster promoted (through member 0); member 1 says so too.
+        let cut = try qsctl(["cutover", "--from", legacy.address, "--to", addresses[0], "--timeout", "20s"])
+        XCTAssertEqual(cut.status, 0, cut.out)
+        for c in mc {
+            let role = await writeRole(c)
+            XCTAssertEqual(role, "promoted")
+        }
+        // The mirror bridge into the cluster stops by itself ("this root was promoted").
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(10)) { !toCluster.isRunning }, "mirror into the promoted cluster still runs: \(toCluster.log.suffix(2000))")
+
+        // 3. Writes through the other member, from the checkpoint that travelled with the entries.
+        let cp = try await mc[1].checkpoint(sourceID: "app")
+        XCTAssertEqual(cp, 150)
+        try await write(mc[1], from: 150, through: 180)
+
+        // 4. Hand back, while a writer goes on through member 0: L, demoted, mirrors the
+        //    cluster; cut over from member 1 to L. The demote (one etcd put through member 1)
+        //    stops member 0's writes at once: every write it acknowledged is in the head L
+        //    must reach, and none after it.
+        let toLegacy = try mirror(from: addresses[1], to: [legacy.address])
+        let writer = mc[0]
+        let onward = Task { () -> (UInt64, String) in
+            var p: UInt64 = 180
+            while true {
+                do {
+                    _ = try await writer.batch(sourceID: "app", expected: p, new: p + 1,
+                                               operations: [.set(key: Array("w\(p % 25)".utf8), value: Array("v\(p + 1)".utf8), expiry: nil)])
+                    p += 1
+                } catch {
+                    return (p, "\(error)")
+                }
+            }
+        }
+        let writing = await Harness.eventually(timeout: .seconds(10)) { ((try? await writer.checkpoint(sourceID: "app")) ?? nil ?? 0) >= 185 }
+        XCTAssertTrue(writing, "the writer through member 0 did not get going")
+        let back = try qsctl(["cutover", "--from", addresses[1], "--to", legacy.address, "--timeout", "20s"])
+        XCTAssertEqual(back.status, 0, back.out)
+        let (last, stoppedBy) = await onward.value
+        XCTAssertTrue(stoppedBy.contains("not-writable"), "the writer through member 0 stopped with: \(stoppedBy)")
+        for c in mc {
+            let role = await writeRole(c)
+            XCTAssertEqual(role, "mirror")
+        }
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(10)) { !toLegacy.isRunning }, "mirror into the promoted L still runs")
+        let legacyCP = try await lc.checkpoint(sourceID: "app")
+        XCTAssertEqual(legacyCP, last, "L holds every write the cluster acknowledged, and nothing after")
+        await assertRefused(mc[1], expected: last, "the demoted cluster")
+        try await write(lc, from: last, through: last + 20)
+
+        // 5. The cluster mirrors L again (runbook section 8), and every node ends equal.
+        toCluster = try mirror(from: legacy.address, to: addresses)
+        let head = try await lc.head()
+        await assertEqualHeads(mc, head, "mirroring L again")
+        try assertVerified(legacy.address, against: addresses)
+        _ = try toCluster.stop()
+
+        // Nothing lost or doubled: every position of "app", each once, in order.
+        let entries = try await mc[1].entries(from: 1, count: 1000)
+        XCTAssertEqual(entries.count, Int(head.index))
+        let positions = try entries.map { try LogEntry.decode($0.bytes).origin.position }
+        XCTAssertEqual(positions, Array(1...(last + 20)))
+        for c in mc + [lc] { await c.close() }
+    }
+}
