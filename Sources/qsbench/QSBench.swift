@@ -13,8 +13,8 @@ import QSTesting
 struct QSBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "qsbench",
-        abstract: "Benchmark the root write path against a plain LMDB write loop in the same run.",
-        discussion: "Prints a table and writes JSON under --out. Figures are ratios against the reference, with peak RSS.",
+        abstract: "The project's benchmarks (--suites), each against a reference measured in the same run.",
+        discussion: "Prints a table per suite and writes JSON under --out. Figures are ratios against the reference (a plain LMDB loop, a real memcached, a file copy, KT or fakekt, the store itself), with peak RSS and own memory. docs/benchmarks.md says what each suite measures.",
         version: QSVersion.string
     )
 
