@@ -143,6 +143,7 @@ check "the root filesystem is read-only" equals "$(run "$IMAGE" sh -c 'touch /us
 free_port() { python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])"; }
 ROOT_PORT=$(free_port); ROOT_ADMIN=$(free_port); BRIDGE_ADMIN=$(free_port); KT_PORT=$(free_port); LIVE_ADMIN=$(free_port)
 ROOT2_PORT=$(free_port); ROOT2_ADMIN=$(free_port); QSBRIDGE_ADMIN=$(free_port)
+REST_PORT=$(free_port); REST_ADMIN=$(free_port)
 head -c 24 /dev/urandom | base64 >"$WORK/token"
 chown 10001:10001 "$WORK/token"; chmod 0400 "$WORK/token"
 TOKEN=(-v "$WORK/token:/run/secrets/qs-write-token:ro" -e QS_WRITE_TOKEN_FILE=/run/secrets/qs-write-token)
@@ -212,6 +213,22 @@ check "the live bridge is ready (/readyz: connected, caught up)" wait_for ready 
 check "the live bridge answers /metrics" sh -c "curl -fsS http://127.0.0.1:$LIVE_ADMIN/metrics | grep -q '^qs_bridge_batches_applied_total'"
 podman stop -t 20 "$TAG-bridge" >/dev/null 2>&1
 check "the live bridge stops on SIGTERM with exit code 0" equals "$(podman inspect --format '{{.State.ExitCode}}' "$TAG-bridge")" "0"
+
+step "qsrest from the image with deploy/qsrest-acl.toml (its example producer)"
+podman run -d --name "$TAG-rest" "${PODMAN_OPTS[@]}" --read-only --network host "${TOKEN[@]}" \
+  -v "$PWD/deploy/qsrest-acl.toml:/etc/qsrest/acl.toml:ro" -e QS_ACL=/etc/qsrest/acl.toml \
+  -e QS_ROOT="127.0.0.1:$ROOT_PORT" -e QS_LISTEN="127.0.0.1:$REST_PORT" -e QS_ADMIN="127.0.0.1:$REST_ADMIN" \
+  -e QS_SOURCE_ID=qsrest-ct -e QS_BATCH_INTERVAL=100ms \
+  "$IMAGE" qsrest >/dev/null 2>"$WORK/run.err" || { cat "$WORK/run.err"; fail "starting qsrest"; }
+check "qsrest passes the image's health check (/healthz)" healthy "$TAG-rest"
+check "qsrest is ready (/readyz: writing to the root)" wait_for ready "$REST_ADMIN"
+rest_set() { curl -fsS -u example:example-token "http://127.0.0.1:$REST_PORT/rpc/set?key=example%2Fct&value=from%20qsrest" >/dev/null; }
+check "a producer's set through qsrest is acknowledged" rest_set
+check "the acknowledged set is at the root" equals "$(run "$IMAGE" qsctl --node "127.0.0.1:$ROOT_PORT" get example/ct)" "from qsrest"
+refused() { [ "$(curl -s -o /dev/null -w '%{http_code}' -u example:example-token "http://127.0.0.1:$REST_PORT/rpc/set?key=other%2Fx&value=1")" = 403 ]; }
+check "a set outside the producer's keyspace is refused (403)" refused
+podman stop -t 20 "$TAG-rest" >/dev/null 2>&1
+check "qsrest stops on SIGTERM with exit code 0" equals "$(podman inspect --format '{{.State.ExitCode}}' "$TAG-rest")" "0"
 
 step "qsqsbridge: the root's log into a second root, entry for entry"
 podman run -d --name "$TAG-root2" "${PODMAN_OPTS[@]}" --read-only --network host -v "$TAG-root2:/data" "${TOKEN[@]}" \
