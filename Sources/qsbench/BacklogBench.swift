@@ -35,7 +35,7 @@ struct BacklogBench {
         for i in 0..<updates {
             value[i % valueBytes] &+= 1
             ts += 1
-            let msg = KTUpdateMessage(sid: 7, db: 0, operation: .set(key: Array(String(format: "key/%08d", i % keys).utf8), value: value,
+            let msg = KTUpdateMessage(sid: 7, db: 0, operation: .set(key: Array(benchKey(i % keys).utf8), value: value,
                                                                      expiration: KTExpiration.never)).encoded()
             buffer += ReplicationFrame.update(timestamp: ts, message: msg).encoded()
             if buffer.count > 1 << 20 {
@@ -56,7 +56,7 @@ struct BacklogBench {
                 var ops = [Mutation]()
                 for _ in 0..<min(10_000, updates - i) {
                     value[i % valueBytes] &+= 1
-                    ops.append(.set(key: Array(String(format: "key/%08d", i % keys).utf8), value: value, expiry: nil))
+                    ops.append(.set(key: Array(benchKey(i % keys).utf8), value: value, expiry: nil))
                     i += 1
                 }
                 _ = try await store.applyBatch(sourceID: "local", expected: batch, new: batch + 1, operations: ops)

@@ -42,7 +42,7 @@ struct BusyReadBench {
         var replicaPeakAnonBytes: Int
     }
 
-    func key(_ i: Int) -> String { String(format: "key/%08d", i) }
+    func key(_ i: Int) -> String { benchKey(i) }
 
     func run() async throws -> Result {
         let rootDir = scratch + "/busy-root", behindDir = scratch + "/busy-behind"
@@ -193,7 +193,7 @@ final class PacedWriter: @unchecked Sendable {
                     var v = [UInt8](repeating: 0x61, count: valueBytes)
                     withUnsafeBytes(of: UInt64(batch)) { b in for (i, x) in b.enumerated() where i < v.count { v[i] = x } }
                     let ops: [Mutation] = (0..<perBatch).map { j in
-                        .set(key: Array(String(format: "key/%08d", (n + j) % keys).utf8), value: v, expiry: nil)
+                        .set(key: Array(benchKey((n + j) % keys).utf8), value: v, expiry: nil)
                     }
                     let r = try await client.batch(sourceID: "busy", expected: UInt64(batch), new: UInt64(batch + 1), operations: ops)
                     guard case .applied = r else { throw BenchError("unexpected response \(r)") }

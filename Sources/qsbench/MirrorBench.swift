@@ -38,7 +38,7 @@ struct MirrorBench {
             for i in 0..<entries {
                 value[i % valueBytes] &+= 1
                 _ = try await store.applyBatch(sourceID: "bench", expected: UInt64(i), new: UInt64(i + 1),
-                                         operations: [.set(key: Array(String(format: "key/%08d", i % keys).utf8), value: value, expiry: nil)])
+                                         operations: [.set(key: Array(benchKey(i % keys).utf8), value: value, expiry: nil)])
             }
             try await store.sync()
         }

@@ -216,3 +216,11 @@ func anonRSS(pid: Int32?) -> Int { ProcessMemory.statusBytes("RssAnon", pid: pid
 
 /// Peak resident set size (VmHWM) in bytes, LMDB's mapped pages included.
 func peakRSS(pid: Int32?) -> Int { ProcessMemory.statusBytes("VmHWM", pid: pid) ?? 0 }
+
+/// The benches' key for record `i`: `key/` and eight zero-padded digits (`key/00000042`),
+/// the same in every suite so their stores and loads line up. Built without
+/// `String(format:)`, which costs more than a store write in a load generator's loop.
+func benchKey(_ i: Int) -> String {
+    let digits = String(i)
+    return "key/" + String(repeating: "0", count: max(0, 8 - digits.count)) + digits
+}

@@ -51,7 +51,7 @@ struct ReadBench {
         var replicaPeakAnonBytes: Int
     }
 
-    func key(_ i: Int) -> String { String(format: "key/%08d", i) }
+    func key(_ i: Int) -> String { benchKey(i) }
 
     func run() async throws -> Result {
         let rootDir = scratch + "/read-root", behindDir = scratch + "/read-behind"

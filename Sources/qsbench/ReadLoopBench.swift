@@ -23,7 +23,7 @@ struct ReadLoopBench {
         var note = "store = Store.readInline + StoreTransaction.withRecord (checksum checked), one read transaction per lookup; lmdb = mdb_txn_begin + mdb_get + mdb_txn_abort per lookup"
     }
 
-    func key(_ i: Int) -> [UInt8] { Array(String(format: "key/%08d", i).utf8) }
+    func key(_ i: Int) -> [UInt8] { Array(benchKey(i).utf8) }
 
     func run() async throws -> Result {
         let storeDir = scratch + "/loop-store", lmdbDir = scratch + "/loop-lmdb"
