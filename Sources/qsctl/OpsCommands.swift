@@ -53,8 +53,11 @@ struct Status: AsyncParsableCommand {
             printLine("SOURCE".padding(toLength: 40, withPad: " ", startingAt: 0) + " CHECKPOINT".padding(toLength: 22, withPad: " ", startingAt: 0) + " LAG")
             for src in sources {
                 let lag = (src["lag_seconds"] as? Double).map { String(format: "%.1f s", $0) } ?? "-"
+                // A source still in its initial copy has a checkpoint that is the copy's cursor,
+                // not a feed position: its lag says nothing yet about how current the data is.
+                let copying = (src["initial_copy"] as? Bool) == true ? "  (initial copy in progress)" : ""
                 printLine("\(src["source_id"] ?? "?")".padding(toLength: 40, withPad: " ", startingAt: 0) + " "
-                          + "\(src["checkpoint"] ?? "?")".padding(toLength: 21, withPad: " ", startingAt: 0) + " " + lag)
+                          + "\(src["checkpoint"] ?? "?")".padding(toLength: 21, withPad: " ", startingAt: 0) + " " + lag + copying)
             }
         }
     }

@@ -144,6 +144,9 @@ final class InitialCopyTests: XCTestCase {
         XCTAssertEqual(mirroredCheckpoint, stopped, "the checkpoint travelled")
         let copying = await initialCopy(nc)
         XCTAssertTrue(copying, "the copy cursor travelled: N says a copy is in progress")
+        let table = try Harness.run("qsctl", ["--node", new.address, "status"])
+        XCTAssertTrue(String(decoding: table.stdout, as: UTF8.self).contains("(initial copy in progress)"),
+                      "the table says so too:\n" + String(decoding: table.stdout, as: UTF8.self))
         try mirror.stop()
         let promote = try Harness.run("qsctl", ["--node", new.address, "promote"])
         XCTAssertEqual(promote.status, 0, String(decoding: promote.stdout + promote.stderr, as: UTF8.self))
