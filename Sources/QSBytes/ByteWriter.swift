@@ -39,6 +39,13 @@ public struct ByteWriter: Sendable {
         }
     }
 
+    /// Grows the bytes by `count` and lets `fill` write them in place (see `writeRaw`).
+    mutating func appendUninitialized(_ count: Int, _ fill: (UnsafeMutableRawBufferPointer) -> Void) {
+        let start = bytes.count
+        bytes.append(contentsOf: repeatElement(0, count: count))
+        bytes.withUnsafeMutableBytes { fill(UnsafeMutableRawBufferPointer(rebasing: $0[start...])) }
+    }
+
     public mutating func writeBytes<C: Collection>(_ b: C) where C.Element == UInt8 {
         bytes.append(contentsOf: b)
     }

@@ -28,14 +28,24 @@ public struct LogEntry: Sendable, Equatable {
     }
 
     public func encoded() -> [UInt8] {
-        var w = ByteWriter(capacity: 64 + (copyCursor?.count ?? 0) + operations.reduce(0) { $0 + $1.payloadBytes + 13 })
+        [UInt8](encodedCount: encodedCount) { encode(into: &$0) }
+    }
+
+    /// The bytes `encoded()` returns.
+    public var encodedCount: Int {
+        1 + 8 + RawByteWriter.string16Count(origin.sourceID) + 8 + Mutation.listCount(operations)
+            + (copyCursor.map { 4 + $0.count } ?? 0)
+    }
+
+    /// Writes the entry's bytes into memory sized by `encodedCount` (the page LMDB reserved
+    /// for it, so a root's batch is encoded once, in place).
+    public func encode(into w: inout RawByteWriter) {
         w.writeU8(copyCursor == nil ? Self.version : Self.copyVersion)
         w.writeU64(commitTimeNs)
         w.writeString16(origin.sourceID)
         w.writeU64(origin.position)
         Mutation.encodeList(operations, into: &w)
         if let copyCursor { w.writeBlob32(copyCursor) }
-        return w.bytes
     }
 
     public static func decode(_ bytes: [UInt8]) throws -> LogEntry {
@@ -55,9 +65,14 @@ public struct LogEntry: Sendable, Equatable {
 /// The chained hash: `h(i) = SHA-256(h(i-1) ‖ entry bytes)`, `h(0)` = 32 zero bytes.
 public enum ChainHash {
     public static func next(previous: [UInt8], entry: [UInt8]) -> [UInt8] {
+        entry.withUnsafeBytes { next(previous: previous, entry: $0) }
+    }
+
+    /// The same over entry bytes in place (a page LMDB reserved).
+    public static func next(previous: [UInt8], entry: UnsafeRawBufferPointer) -> [UInt8] {
         var hasher = SHA256()
         hasher.update(data: previous)
-        hasher.update(data: entry)
+        hasher.update(bufferPointer: entry)
         return Array(hasher.finalize())
     }
 

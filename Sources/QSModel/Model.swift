@@ -9,9 +9,9 @@ public enum Mutation: Sendable, Equatable, Hashable {
     /// Remove every key that starts with `prefix` (the empty prefix clears everything).
     case clearPrefix([UInt8])
 
-    static let setTag: UInt8 = 1
-    static let deleteTag: UInt8 = 2
-    static let clearTag: UInt8 = 3
+    @usableFromInline static let setTag: UInt8 = 1
+    @usableFromInline static let deleteTag: UInt8 = 2
+    @usableFromInline static let clearTag: UInt8 = 3
 
     /// Bytes of key and value this operation carries (for size caps and metrics).
     public var payloadBytes: Int {
@@ -25,6 +25,22 @@ public enum Mutation: Sendable, Equatable, Hashable {
     /// The binary form shared by the write protocol and the log entry:
     /// `1 flags:u8 [xt:u64] key:blob32 value:blob32` | `2 key:blob32` | `3 prefix:blob32`.
     public func encode(into w: inout ByteWriter) {
+        w.writeRaw(count: encodedCount) { encode(into: &$0) }
+    }
+
+    /// The bytes `encode` writes.
+    @inlinable
+    public var encodedCount: Int {
+        switch self {
+        case let .set(key, value, expiry): return 2 + (expiry == nil ? 0 : 8) + 4 + key.count + 4 + value.count
+        case let .delete(key): return 1 + 4 + key.count
+        case let .clearPrefix(prefix): return 1 + 4 + prefix.count
+        }
+    }
+
+    /// `encode` into memory sized by `encodedCount` (a log entry's reserved page).
+    @inlinable
+    public func encode(into w: inout RawByteWriter) {
         switch self {
         case let .set(key, value, expiry):
             w.writeU8(Self.setTag)
@@ -62,6 +78,17 @@ public enum Mutation: Sendable, Equatable, Hashable {
 
     /// A list of operations: `count:u32` then each operation.
     public static func encodeList(_ ops: [Mutation], into w: inout ByteWriter) {
+        w.writeRaw(count: listCount(ops)) { encodeList(ops, into: &$0) }
+    }
+
+    /// The bytes `encodeList` writes.
+    @inlinable
+    public static func listCount(_ ops: [Mutation]) -> Int {
+        ops.reduce(4) { $0 + $1.encodedCount }
+    }
+
+    @inlinable
+    public static func encodeList(_ ops: [Mutation], into w: inout RawByteWriter) {
         w.writeU32(UInt32(ops.count))
         for op in ops { op.encode(into: &w) }
     }

@@ -72,17 +72,18 @@ enum RecordCodec {
     }
 
     static func encode(_ record: Record, storedKey: [UInt8], fullKey: [UInt8]?) -> [UInt8] {
-        var w = ByteWriter(capacity: record.value.count + 24 + (fullKey?.count ?? 0))
-        var flags: UInt8 = checksumFlag
-        if record.expiry != nil { flags |= 1 }
-        if fullKey != nil { flags |= 2 }
-        w.writeU8(flags)
-        if let x = record.expiry { w.writeU64(x) }
-        if let fullKey { w.writeBlob32(fullKey) }
-        w.writeBytes(record.value)
-        let check = storedKey.withUnsafeBytes { k in w.bytes.withUnsafeBytes { checksum(storedKey: k, body: $0) } }
-        w.writeU64(check)
-        return w.bytes
+        let count = 1 + (record.expiry == nil ? 0 : 8) + (fullKey.map { 4 + $0.count } ?? 0) + record.value.count + checksumBytes
+        return [UInt8](encodedCount: count) { w in
+            var flags: UInt8 = checksumFlag
+            if record.expiry != nil { flags |= 1 }
+            if fullKey != nil { flags |= 2 }
+            w.writeU8(flags)
+            if let x = record.expiry { w.writeU64(x) }
+            if let fullKey { w.writeBlob32(fullKey) }
+            w.writeBytes(record.value)
+            let body = w.written
+            w.writeU64(storedKey.withUnsafeBytes { checksum(storedKey: $0, body: body) })
+        }
     }
 
     /// The bytes of `raw` that hold the record's fields (the checksum left out), after

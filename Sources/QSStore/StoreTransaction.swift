@@ -181,12 +181,17 @@ public struct StoreTransaction: ~Copyable {
                            operations: [Mutation], copyCursor: [UInt8]? = nil,
                            now: UInt64 = wallClockNanoseconds()) throws -> BatchOutcome {
         try compareAndSwap(sourceID: sourceID, expected: expected, new: new, copyCursor: copyCursor, now: now) {
-            var kept = [Mutation]()
-            kept.reserveCapacity(operations.count)
-            for op in operations where try apply(op) {
-                kept.append(op)
+            // The batch itself is the entry's list unless something is dropped: only then
+            // is a list of the kept operations built.
+            var kept: [Mutation]?
+            for (i, op) in operations.enumerated() {
+                if try apply(op) {
+                    kept?.append(op)
+                } else if kept == nil {
+                    kept = Array(operations[..<i])
+                }
             }
-            return kept
+            return kept ?? operations
         }.outcome(total: operations.count)
     }
 
@@ -311,13 +316,19 @@ public struct StoreTransaction: ~Copyable {
         let head = try head()
         var e = entry
         e.commitTimeNs = max(now, head.commitTimeNs)
-        let bytes = e.encoded()
-        let hash = ChainHash.next(previous: head.hash, entry: bytes)
         let index = head.index + 1
-        // `hash ‖ bytes`, written straight into the page LMDB reserves (no joined copy).
-        try txn.put(log, Store.encodeU64(index), reserving: hash.count + bytes.count, append: true) { out in
+        let hashCount = head.hash.count
+        var hash = [UInt8]()
+        // `hash ‖ bytes`: the entry is encoded straight into the page LMDB reserves and
+        // hashed there (no array of it, no joined copy).
+        try txn.put(log, Store.encodeU64(index), reserving: hashCount + e.encodedCount, append: true) { out in
+            let body = UnsafeMutableRawBufferPointer(rebasing: out[hashCount...])
+            var w = RawByteWriter(body)
+            e.encode(into: &w)
+            precondition(w.remaining == 0, "a log entry announced \(body.count) bytes and wrote \(w.offset)")
+            hash = ChainHash.next(previous: head.hash, entry: UnsafeRawBufferPointer(body))
+            precondition(hash.count == hashCount, "a chained hash of \(hash.count) bytes after one of \(hashCount)")
             hash.withUnsafeBytes { out.copyMemory(from: $0) }
-            bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[hash.count...]).copyMemory(from: $0) }
         }
         try store.writeHead(Head(index: index, hash: hash, commitTimeNs: e.commitTimeNs), txn)
         return index
