@@ -245,8 +245,8 @@ let package = Package(
         .executableTarget(
             name: "qsbench",
             dependencies: [
-                "KTFormats", "QSClient", "QSDaemon", "QSModel", "QSNet", "QSStore", "QSTesting",
-                argumentParser, .product(name: "Crypto", package: "swift-crypto"),
+                "KTFormats", "QSClient", "QSDaemon", "QSModel", "QSNet", "QSStore", "QSTesting", "QSWire",
+                argumentParser, .product(name: "Crypto", package: "swift-crypto"), nio("NIOCore"),
             ],
             swiftSettings: swiftSettings
         ),

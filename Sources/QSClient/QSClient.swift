@@ -83,6 +83,13 @@ public final class QSClient: Sendable {
     /// Sends one request and waits for its response (error responses are returned, not
     /// thrown; see the typed helpers for that).
     public func send(_ request: Request, timeout: TimeAmount = .seconds(60)) async throws -> Response {
+        try await Self.response(start(request, timeout: timeout))
+    }
+
+    /// Sends `request` without waiting for its answer: requests started one after another
+    /// from one task reach the node in that order and are answered in that order (a
+    /// pipelined writer keeps several batches in flight). `response(_:)` waits for one.
+    public func start(_ request: Request, timeout: TimeAmount = .seconds(60)) -> EventLoopFuture<Frame> {
         let promise = channel.eventLoop.makePromise(of: Frame.self)
         // A write that fails (the connection closed meanwhile) fails the request too, and a
         // node that never answers fails it after `timeout`: a caller never waits forever.
@@ -91,9 +98,14 @@ public final class QSClient: Sendable {
         let deadline = channel.eventLoop.scheduleTask(in: timeout) { promise.fail(ClientError.timedOut) }
         promise.futureResult.whenComplete { _ in deadline.cancel() }
         channel.writeAndFlush((request.frame(), promise), promise: written)
+        return promise.futureResult
+    }
+
+    /// The answer to a request `start` sent (error responses are returned, not thrown).
+    public static func response(_ pending: EventLoopFuture<Frame>) async throws -> Response {
         let frame: Frame
         do {
-            frame = try await promise.futureResult.get()
+            frame = try await pending.get()
         } catch is NIOExtrasErrors.ClosedBeforeReceivingResponse {
             throw ClientError.connectionClosed
         } catch let error as ChannelError {

@@ -4,9 +4,10 @@ import QSBytes
 import QSNet
 import QSWire
 
-/// Serves the QS write protocol on one connection: decodes each frame, checks the write
-/// token, runs the request (its store work on the store's threads, never on the event
-/// loop) and answers in order. Requests are handled
+/// Serves the QS write protocol on one connection: decodes each frame as it arrives (so a
+/// pipelining client's next batch is decoded while the store commits the one before),
+/// checks the write token, runs the request (its store work on the store's threads, never
+/// on the event loop) and answers in order. Requests are handled
 /// one at a time per connection; reading pauses while `maxQueued` frames wait, so a client
 /// that pipelines faster than the store commits cannot grow the node's memory.
 final class WriteProtocolHandler: ChannelDuplexHandler {
@@ -18,7 +19,7 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     let logger: Logger
     let maxQueued = 32
 
-    private var queue = CircularBuffer<Frame>()
+    private var queue = CircularBuffer<Result<Request, any Error>>()
     private var busy = false
     private var quiescing = false
     private var closing = false
@@ -55,7 +56,8 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
                    error: DecodeErrorNote("request after subscribe/snapshot"))
             return
         }
-        queue.append(unwrapInboundIn(data))
+        let frame = unwrapInboundIn(data)
+        queue.append(Result { try Request.decode(frame) })
         processNext(context: context)
     }
 
@@ -69,7 +71,7 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
 
     private func processNext(context: ChannelHandlerContext) {
         guard !busy, !closing else { return }
-        guard let frame = queue.popFirst() else {
+        guard let decoded = queue.popFirst() else {
             if quiescing { context.close(promise: nil) }
             return
         }
@@ -79,7 +81,7 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
         }
         let request: Request
         do {
-            request = try Request.decode(frame)
+            request = try decoded.get()
         } catch {
             refuse(context: context, code: .malformed, message: "malformed request: \(error)", error: error)
             return

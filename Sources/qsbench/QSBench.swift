@@ -53,6 +53,9 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Batches per write measurement instead of --duration (a fixed amount of work, for instruction counts under callgrind); 0 = run for --duration. (env: QS_BENCH_BATCHES)", valueName: "n"))
     var batches: Int = QSEnv.value("QS_BENCH_BATCHES", 0, flag: "--batches")
 
+    @Option(help: ArgumentHelp("Batches the root-write client keeps in flight on its connection: 1 waits for each answer (a bridge's way), 2 or more pipelines, so the client's encoding and the node's decoding overlap the commit before (the node's capacity). (env: QS_BENCH_WRITE_WINDOW)", valueName: "n"))
+    var writeWindow: Int = QSEnv.value("QS_BENCH_WRITE_WINDOW", 1, flag: "--write-window")
+
     @Option(help: ArgumentHelp("Measure the root already listening at HOST:PORT (its write port) instead of starting one, e.g. a qsnode under valgrind; its disk bytes and memory are then not read. (env: QS_BENCH_WRITE_TARGET)", valueName: "host:port"))
     var writeTarget: String?
 
@@ -181,8 +184,10 @@ struct QSBench: AsyncParsableCommand {
         }
         guard runSuites.contains("root-write") || runSuites.contains("writes") else { return }
         guard rounds > 0, batches >= 0 else { throw ValidationError("--rounds must be positive and --batches not negative") }
+        guard (1...64).contains(writeWindow) else { throw ValidationError("--write-window must be 1 to 64, got \(writeWindow)") }
         let report = try await WriteBench(sizes: sizes, duration: d, batches: batches, rounds: rounds, valueBytes: valueBytes,
-                                          scratch: scratch, target: writeTarget ?? QSEnv.string("QS_BENCH_WRITE_TARGET")).run()
+                                          scratch: scratch, target: writeTarget ?? QSEnv.string("QS_BENCH_WRITE_TARGET"),
+                                          window: writeWindow).run()
         report.printTable()
         let stamp = report.recordedAt.replacingOccurrences(of: ":", with: "")
         try writeJSON(report, "root-write-\(stamp).json")

@@ -4,6 +4,8 @@ import QSModel
 import QSNet
 import QSStore
 import QSTesting
+import QSWire
+import NIOCore
 
 /// The `root-write` suite (alias `writes`): a root applying batches of sets over the real
 /// protocol against a plain LMDB loop in this process with the same durability (one fsynced
@@ -20,6 +22,8 @@ struct WriteBench {
     let scratch: String
     /// A root already listening (`HOST:PORT`), e.g. under valgrind; nil = start one per round.
     let target: String?
+    /// Batches in flight on the connection (1: wait for each answer).
+    var window = 1
 
     struct Round: Codable {
         var nodeOpsPerSec: Double
@@ -191,8 +195,15 @@ struct WriteBench {
         let values = self.values
         let ioBefore = node.map { writeBytes(pid: $0.pid) } ?? 0
         let start = ContinuousClock.now
-        var i = 0, done = 0, payload = 0
-        while more(done, since: start) {
+        var i = 0, done = 0, sent = 0, payload = 0
+        // Up to `window` batches in flight, answered in order; each continues the one before.
+        var inFlight = [EventLoopFuture<Frame>]()
+        func settleOne() async throws {
+            let r = try await QSClient.response(inFlight.removeFirst())
+            guard case .applied = r else { throw BenchError("unexpected response \(r)") }
+            done += 1
+        }
+        while more(sent, since: start) {
             var ops = [Mutation]()
             ops.reserveCapacity(batchSize)
             for _ in 0..<batchSize {
@@ -201,10 +212,12 @@ struct WriteBench {
                 payload += k.count + v.count
                 i += 1
             }
-            let r = try await client.batch(sourceID: sourceID, expected: UInt64(done), new: UInt64(done + 1), operations: ops)
-            guard case .applied = r else { throw BenchError("unexpected response \(r)") }
-            done += 1
+            if inFlight.count == window { try await settleOne() }
+            inFlight.append(client.start(.batch(.init(token: client.token, sourceID: sourceID, expected: UInt64(sent),
+                                                      new: UInt64(sent + 1), operations: ops))))
+            sent += 1
         }
+        while !inFlight.isEmpty { try await settleOne() }
         let elapsed = (ContinuousClock.now - start).seconds
         let written = node.map { writeBytes(pid: $0.pid) - ioBefore } ?? 0
         let rss = node.map { peakRSS(pid: $0.pid) } ?? 0
