@@ -2,7 +2,7 @@
 #   make demo   installs what it needs, builds, runs the demo
 #   make test   installs what it needs, builds, runs every test
 #   make bench  installs what it needs, builds (release), runs the benchmarks
-#               (one suite: make bench-writes, bench-reads, bench-reads-busy, bench-propagation, ...)
+#               (one suite: make bench-writes, bench-reads, bench-reads-busy, bench-propagation, bench-cluster, ...)
 #   make soak   the kill loops at scale (minutes); make tsan  the tests under ThreadSanitizer
 
 SWIFT ?= swift
@@ -100,7 +100,7 @@ tsan: deps
 bench: release
 	.build/release/qsbench --out bench/results
 
-# One qsbench suite (writes, reads, reads-busy, propagation, lag, backlog, mirror, read-loop);
+# One qsbench suite (writes, reads, reads-busy, propagation, lag, backlog, mirror, cluster, read-loop);
 # QS_BENCH_* variables tune it (qsbench --help).
 bench-%: release
 	.build/release/qsbench --suites $* --out bench/results

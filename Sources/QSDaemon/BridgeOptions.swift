@@ -9,6 +9,9 @@ public struct BridgeOptions: ParsableArguments, Sendable {
     @Option(help: ArgumentHelp("The QS root's write address, HOST:PORT or unix:PATH, or several separated by commas (a root cluster's members, or a root and the one it is cut over to): one is written to, the next taken when it is unreachable, fails, takes no writes or is stale. (env: QS_ROOT)", valueName: "host:port[,…]"))
     public var root: AddressList = QSEnv.value("QS_ROOT", AddressList(.tcp(host: "127.0.0.1", port: 7400)))
 
+    @Option(help: ArgumentHelp("With several --root addresses: leave the one in use as stale when its head stands still this long while another address's head is past it, e.g. 5s. (env: QS_ROOT_STALE_AFTER)", valueName: "duration"))
+    public var rootStaleAfter: Interval = QSEnv.value("QS_ROOT_STALE_AFTER", Interval(RootWriter.staleAfter))
+
     @Option(help: ArgumentHelp("Checkpoint name at the root; bridges of one source share it. Default: derived from the source. (env: QS_SOURCE_ID)", valueName: "id"))
     public var sourceID: String = QSEnv.string("QS_SOURCE_ID") ?? ""
 
@@ -36,6 +39,7 @@ public struct BridgeOptions: ParsableArguments, Sendable {
         guard batchInterval.duration > .zero else { throw ValidationError("--batch-interval must be more than 0, e.g. 500ms") }
         guard batchMaxOps > 0 else { throw ValidationError("--batch-max-ops must be positive") }
         guard batchMaxBytes.bytes > 0 else { throw ValidationError("--batch-max-bytes must be more than 0, e.g. 16MiB") }
+        try validateRootStaleAfter(rootStaleAfter)
     }
 
     public func limits(mode: WriteMode) -> BatchLimits {
@@ -51,7 +55,16 @@ public struct BridgeOptions: ParsableArguments, Sendable {
     /// shown in the root's status); a refused token stops it at start-up naming its file.
     public func rootWriter(client: String, logger: Logger, metrics: FeedMetrics) throws -> RootWriter {
         let origin = writeTokenFile.isEmpty ? "an empty write token (no --write-token-file)" : "the token in --write-token-file \(writeTokenFile)"
-        return RootWriter(endpoints: root.endpoints, token: try token(), logger: logger, metrics: metrics, client: client, tokenOrigin: origin)
+        return RootWriter(endpoints: root.endpoints, token: try token(), logger: logger, metrics: metrics, client: client, tokenOrigin: origin,
+                          staleAfter: rootStaleAfter.duration)
+    }
+}
+
+/// Refuses a `--root-stale-after` too short to tell a stale root from a busy one
+/// (qsktbridge, qsqsbridge, qsrest).
+public func validateRootStaleAfter(_ value: Interval) throws {
+    guard value.duration >= .milliseconds(100) else {
+        throw ValidationError("--root-stale-after \(value) (or QS_ROOT_STALE_AFTER) must be at least 100ms, e.g. 5s: how long the root's head may stand still while another --root address's is ahead")
     }
 }
 

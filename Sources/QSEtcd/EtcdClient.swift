@@ -113,9 +113,11 @@ public struct EtcdWatchEvent: Sendable {
 }
 
 /// A client of etcd's v3 API through its JSON gateway (`/v3/kv/txn`, `/v3/kv/range`,
-/// `/v3/watch`; keys and values base64). Each request opens a connection to the first of
-/// the URLs that accepts one; a request that was sent is never sent again by this client
-/// (its outcome may be unknown: the caller resolves it through what it compared).
+/// `/v3/watch`; keys and values base64). Each request opens a connection to the URL that
+/// answered last, or the next that accepts one; a URL whose answer did not come in time is
+/// left for the next one (a stopped etcd process still accepts connections). A request
+/// that was sent is never sent again by this client (its outcome may be unknown: the caller
+/// resolves it through what it compared).
 public final class EtcdClient: Sendable {
     public struct Endpoint: Sendable, CustomStringConvertible {
         public var host: String
@@ -186,13 +188,42 @@ public final class EtcdClient: Sendable {
     /// Watches keys from `key` up to `end` excluded from `revision` on, calling `onEvents`
     /// with the events of each revision in order, until `onEvents` returns false or the
     /// watch breaks (throws: `.compacted` when `revision` is no longer in etcd's history).
-    public func watch(_ key: [UInt8], end: [UInt8], fromRevision revision: Int64,
-                      onEvents: @Sendable (_ revision: Int64, _ events: [EtcdWatchEvent]) async throws -> Bool) async throws {
+    /// `quietLimit`: a watch that delivers nothing for this long is taken as stuck on an
+    /// etcd member that stopped answering (a stopped process still accepts connections):
+    /// it throws `connectionLost` and the next request goes to another member. Only for
+    /// keys something writes more often than that.
+    public func watch(_ key: [UInt8], end: [UInt8], fromRevision revision: Int64, quietLimit: Duration? = nil,
+                      onEvents: @escaping @Sendable (_ revision: Int64, _ events: [EtcdWatchEvent]) async throws -> Bool) async throws {
         let body: [String: Any] = ["create_request": ["key": EtcdJSON.b64(key), "range_end": EtcdJSON.b64(end),
                                                       "start_revision": "\(revision)"]]
-        let (channel, endpoint) = try await connect()
+        let bytes = try EtcdJSON.encode(body)
+        let (channel, endpoint, index) = try await connect()
+        guard let quietLimit else {
+            return try await Self.watch(channel, endpoint: endpoint, body: bytes, lastMessage: nil, onEvents: onEvents)
+        }
+        let lastMessage = LastMessage()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await Self.watch(channel, endpoint: endpoint, body: bytes, lastMessage: lastMessage, onEvents: onEvents) }
+            group.addTask {
+                while true {
+                    try await Task.sleep(for: .milliseconds(250))
+                    let quiet = lastMessage.quiet
+                    if quiet >= quietLimit {
+                        self.avoid(index)
+                        throw EtcdError.connectionLost("\(endpoint)/v3/watch: nothing for \(quiet) (the member stopped answering?)")
+                    }
+                }
+            }
+            defer { group.cancelAll() }
+            _ = try await group.next()
+        }
+    }
+
+    private static func watch(_ channel: EtcdHTTP.Channel, endpoint: Endpoint, body: [UInt8], lastMessage: LastMessage?,
+                              onEvents: @Sendable (_ revision: Int64, _ events: [EtcdWatchEvent]) async throws -> Bool) async throws {
         var buffer = [UInt8]()
-        let status = try await EtcdHTTP.post(channel, host: endpoint.host, path: "/v3/watch", body: try EtcdJSON.encode(body)) { piece in
+        let status = try await EtcdHTTP.post(channel, host: endpoint.host, path: "/v3/watch", body: body) { piece in
+            lastMessage?.touch()
             buffer += piece.readableBytesView
             while let nl = buffer.firstIndex(of: UInt8(ascii: "\n")) {
                 let line = Array(buffer[..<nl])
@@ -233,8 +264,14 @@ public final class EtcdClient: Sendable {
 
     // MARK: plumbing
 
+    /// The endpoint `index` did not answer in time: the next request starts at the one
+    /// after it (unless another request already moved on).
+    private func avoid(_ index: Int) {
+        preferred.withLock { if $0 == index { $0 = (index + 1) % endpoints.count } }
+    }
+
     /// Connects to the preferred endpoint, then the others in order.
-    private func connect() async throws -> (EtcdHTTP.Channel, Endpoint) {
+    private func connect() async throws -> (EtcdHTTP.Channel, Endpoint, Int) {
         let first = preferred.withLock { $0 }
         var reasons = [String]()
         for i in 0..<endpoints.count {
@@ -243,7 +280,7 @@ public final class EtcdClient: Sendable {
             do {
                 let c = try await EtcdHTTP.connect(host: e.host, port: e.port, timeout: .seconds(1))
                 preferred.withLock { $0 = n }
-                return (c, e)
+                return (c, e, n)
             } catch {
                 reasons.append("\(e): \(error)")
             }
@@ -255,7 +292,7 @@ public final class EtcdClient: Sendable {
     /// client's timeout, and returns the answer's JSON object.
     private func call(_ path: String, _ body: [String: Any]) async throws -> [String: Any] {
         let bytes = try EtcdJSON.encode(body)
-        let (channel, endpoint) = try await connect()
+        let (channel, endpoint, index) = try await connect()
         let timeout = self.timeout
         let (status, answer) = try await withThrowingTaskGroup(of: (HTTPStatusCode, [UInt8])?.self) { group in
             group.addTask {
@@ -267,6 +304,7 @@ public final class EtcdClient: Sendable {
                     }
                     return (HTTPStatusCode(status.code), answer)
                 } catch {
+                    self.avoid(index)
                     throw EtcdError.outcomeUnknown("\(endpoint)\(path): \(error)")
                 }
             }
@@ -276,6 +314,9 @@ public final class EtcdClient: Sendable {
             }
             guard let first = try await group.next(), let done = first else {
                 group.cancelAll()
+                // A member that stopped answering (a stopped process still accepts
+                // connections): the next request tries another.
+                avoid(index)
                 throw EtcdError.outcomeUnknown("\(endpoint)\(path): no answer within \(timeout) (no quorum, or the member is stuck)")
             }
             group.cancelAll()
@@ -298,6 +339,13 @@ public final class EtcdClient: Sendable {
 }
 
 typealias HTTPStatusCode = UInt
+
+/// When a watch last received anything.
+final class LastMessage: Sendable {
+    private let time = Mutex(ContinuousClock.now)
+    func touch() { time.withLock { $0 = .now } }
+    var quiet: Duration { ContinuousClock.now - time.withLock { $0 } }
+}
 
 /// The gateway's JSON: bytes are base64, 64-bit integers are strings, zero values are left out.
 enum EtcdJSON {

@@ -116,7 +116,8 @@ public actor RootWriter {
     public static let patience: Duration = .seconds(4)
 
     /// How long the head of the address in use may stand still while another address's
-    /// is ahead of it before the writer leaves it as stale (several addresses only).
+    /// is ahead of it before the writer leaves it as stale (several addresses only): the
+    /// default of `--root-stale-after`.
     public static let staleAfter: Duration = .seconds(5)
 
     public nonisolated var connected: Bool { link.withLock { $0.connected } }
@@ -126,8 +127,9 @@ public actor RootWriter {
 
     /// A writer to the root at `endpoints` (several: failover in that order), over `QSClient`.
     public init(endpoints: [Endpoint], token: [UInt8], logger: Logger, metrics: FeedMetrics,
-                client: String = "bridge", tokenOrigin: String = "the write token") {
-        self.init(endpoints: endpoints, token: token, logger: logger, metrics: metrics, client: client, tokenOrigin: tokenOrigin) { endpoint in
+                client: String = "bridge", tokenOrigin: String = "the write token", staleAfter: Duration = RootWriter.staleAfter) {
+        self.init(endpoints: endpoints, token: token, logger: logger, metrics: metrics, client: client, tokenOrigin: tokenOrigin,
+                  staleAfter: staleAfter) { endpoint in
             switch endpoint {
             case let .tcp(host, port): try await QSClient.connect(host: host, port: port, token: token)
             case let .unix(path): try await QSClient.connect(unixPath: path, token: token)

@@ -24,6 +24,10 @@ public struct ClusterKeys: Sendable {
     public var appliedPrefix: [UInt8] { prefix + Array("applied/".utf8) }
     /// The cluster's write role (`mirror`, `promoted`; absent: `open`), compared by every write.
     public var role: [UInt8] { prefix + Array("role".utf8) }
+    /// A mirroring cluster's source root's freshest word (ns since the epoch, u64), put with
+    /// the appends and a quiet mirror bridge's probes: every member's replicas judge the
+    /// source by it, as a single mirror's do.
+    public var sourceTime: [UInt8] { prefix + Array("source-time".utf8) }
 
     /// `log/` and the index in 16 lower-case hex digits, so keys sort by index.
     public func log(_ index: UInt64) -> [UInt8] {
@@ -114,6 +118,8 @@ public final class ClusterMember: Service, Sendable {
     let nodeID: String
     /// `log/` keys kept in etcd behind the head (and behind every member's applied index).
     let window: UInt64
+    /// How long this member's `applied/` key outlives its last write (`--etcd-applied-ttl`).
+    let appliedTTL: Duration
     /// The other members' write addresses: a member behind etcd's window catches up from
     /// a snapshot of one of them (`--cluster-peers`).
     let peers: [Endpoint]
@@ -139,7 +145,7 @@ public final class ClusterMember: Service, Sendable {
     let snapshotCatchUps: Counter
 
     public init(etcd: EtcdClient, cluster: String, store: Store, watcher: LogWatcher, nodeID: String,
-                window: UInt64, peers: [Endpoint] = [], peerToken: [UInt8] = [], logger: Logger,
+                window: UInt64, appliedTTL: Duration = ClusterMember.appliedTTL, peers: [Endpoint] = [], peerToken: [UInt8] = [], logger: Logger,
                 factory: any MetricsFactory = MetricsSystem.factory) {
         self.peers = peers
         self.peerToken = peerToken
@@ -150,6 +156,7 @@ public final class ClusterMember: Service, Sendable {
         self.watcher = watcher
         self.nodeID = nodeID
         self.window = window
+        self.appliedTTL = appliedTTL
         self.logger = logger
         commits = Counter(label: "qs_cluster_commits_total", factory: factory)
         commitRetries = Counter(label: "qs_cluster_commit_retries_total", factory: factory)
@@ -192,7 +199,31 @@ public final class ClusterMember: Service, Sendable {
         }
     }
 
-    private func commit<Outcome: CASOutcome>(sourceID: String, expected: UInt64, new: UInt64,
+    /// One step of the expiry purge (`ExpiryPurger`) through the committed log: the expired
+    /// records are found at this member's head and their deletes committed like a batch of
+    /// `qs:expiry` comparing that head, so every member applies the same deletes from the
+    /// log and a record written again meanwhile is never deleted. Members purge at once
+    /// without harm: the first commit wins, the others find nothing left at the new head.
+    /// Nothing is committed when nothing has expired.
+    public func purgeExpired(after: [UInt8]?, scanLimit: Int, maxDeletes: Int, now: UInt64,
+                             sourceID: String) async throws -> StoreTransaction.PurgeStep {
+        let expected = try await store.checkpoint(sourceID: sourceID) ?? 0
+        var step = StoreTransaction.PurgeStep(purged: 0, logIndex: nil, next: after)
+        let outcome = try await commit(sourceID: sourceID, expected: expected, new: expected + 1, skipWithoutEntry: true) {
+            let p = try await self.store.preparePurge(after: after, scanLimit: scanLimit, maxDeletes: maxDeletes, now: now,
+                                                      sourceID: sourceID, expected: expected)
+            step = p.step
+            return p.prepared
+        }
+        // Another member's purge committed first: this step is taken again once applied.
+        guard case let .applied(index, _, _) = outcome else { return StoreTransaction.PurgeStep(purged: 0, logIndex: nil, next: after) }
+        step.logIndex = index
+        return step
+    }
+
+    /// `skipWithoutEntry`: a prepared batch that appends no entry commits nothing (the
+    /// purge, which moves no checkpoint when nothing expired).
+    private func commit<Outcome: CASOutcome>(sourceID: String, expected: UInt64, new: UInt64, skipWithoutEntry: Bool = false,
                                              prepare: () async throws -> Prepared<Outcome>) async throws -> Outcome {
         let start = ContinuousClock.now
         let cpKey = keys.checkpoint(sourceID)
@@ -213,6 +244,7 @@ public final class ClusterMember: Service, Sendable {
                 commitRetries.increment()
                 continue
             }
+            if skipWithoutEntry && p.entry == nil { return p.outcome }
             var success: [EtcdOp] = [.put(key: cpKey, value: ClusterKeys.u64Bytes(new))]
             if let e = p.entry {
                 success = [.put(key: keys.log(e.index), value: e.hash + e.bytes), .put(key: keys.head, value: p.head.encoded())] + success
@@ -256,7 +288,7 @@ public final class ClusterMember: Service, Sendable {
     /// checkpoints their origins carry and the role `mirror`. Returns the head after the
     /// last entry. Throws `AppendError.notNext` with the cluster's head when the entries do
     /// not follow it, `StoreError.promoted` when the cluster takes writes.
-    public func append(_ entries: [StoredEntry]) async throws -> Head {
+    public func append(_ entries: [StoredEntry], sourceTimeNs: UInt64 = 0) async throws -> Head {
         let start = ContinuousClock.now
         var head = try await store.head()
         var rest = entries[...]
@@ -267,14 +299,14 @@ public final class ClusterMember: Service, Sendable {
                 n += 1
                 bytes += e.bytes.count
             }
-            head = try await appendChunk(Array(rest.prefix(n)))
+            head = try await appendChunk(Array(rest.prefix(n)), sourceTimeNs: sourceTimeNs)
             rest = rest.dropFirst(n)
         }
         commitSeconds.recordSeconds((ContinuousClock.now - start).seconds)
         return head
     }
 
-    private func appendChunk(_ entries: [StoredEntry]) async throws -> Head {
+    private func appendChunk(_ entries: [StoredEntry], sourceTimeNs: UInt64) async throws -> Head {
         var caughtUp = false
         for _ in 0..<1000 {
             try Task.checkCancellation()
@@ -300,6 +332,7 @@ public final class ClusterMember: Service, Sendable {
             }
             success += checkpoints.map { .put(key: keys.checkpoint($0.key), value: ClusterKeys.u64Bytes($0.value)) }
             if role != .mirror { success.append(.put(key: keys.role, value: Array(WriteRole.mirror.rawValue.utf8))) }
+            if sourceTimeNs > 0 { success.append(.put(key: keys.sourceTime, value: ClusterKeys.u64Bytes(sourceTimeNs))) }
             let base = prepared.base
             let r = try await counted {
                 try await self.etcd.txn(compare: [
@@ -340,8 +373,12 @@ public final class ClusterMember: Service, Sendable {
             }
             let r = try await counted {
                 try await self.etcd.txn(compare: [.modRevision(key: self.keys.role, equals: roleKV?.modRevision ?? 0)],
-                                        success: [.put(key: self.keys.role, value: Array(target.rawValue.utf8)),
-                                                  .range(key: self.keys.head, end: nil, limit: 1)], failure: [])
+                                        success: [.put(key: self.keys.role, value: Array(target.rawValue.utf8))]
+                                            // A demoted cluster was the root a moment ago: its replicas'
+                                            // root time is now until appends say more.
+                                            + (target == .mirror ? [.put(key: self.keys.sourceTime, value: ClusterKeys.u64Bytes(wallClockNanoseconds()))] : [])
+                                            + [.range(key: self.keys.head, end: nil, limit: 1)],
+                                        failure: [])
             }
             guard r.succeeded else { continue }
             let at = try r.ranges.last?.first.map { try ClusterKeys.head($0.value) } ?? .empty
@@ -407,6 +444,33 @@ public final class ClusterMember: Service, Sendable {
     /// writer (docs/ha.md).
     public var lastWordNs: UInt64 { lastWord.withLock { $0 } }
     private let lastWord = Mutex<UInt64>(0)
+
+    /// The root time this member's replicas see: while the cluster mirrors a source root,
+    /// the source's freshest word as etcd carries it (`source-time`), so they age when the
+    /// source dies, as a single mirror's replicas do; otherwise `lastWordNs`.
+    public var rootTimeNs: UInt64 {
+        roleState.withLock { $0.role } == .mirror ? sourceTimeState.withLock { $0.applied } : lastWordNs
+    }
+
+    /// The source root's time applied from etcd, and the last this member put there.
+    private let sourceTimeState = Mutex<(applied: UInt64, put: UInt64)>((0, 0))
+
+    private func applySourceTime(_ kv: EtcdKV) throws {
+        let t = try ClusterKeys.u64(kv.value, "source time")
+        sourceTimeState.withLock { $0.applied = max($0.applied, t) }
+    }
+
+    /// A quiet mirror bridge's probe passes on its source root's time: put in etcd for
+    /// every member, at most once a second from this member.
+    public func noteSourceTime(_ ns: UInt64) async throws {
+        let due = sourceTimeState.withLock { s -> Bool in
+            guard ns >= s.put + 1_000_000_000 else { return false }
+            s.put = ns
+            return true
+        }
+        guard due, roleState.withLock({ $0.role }) == .mirror else { return }
+        _ = try await counted { try await self.etcd.txn(compare: [], success: [.put(key: self.keys.sourceTime, value: ClusterKeys.u64Bytes(ns))], failure: []) }
+    }
 
     private func heard() {
         let now = wallClockNanoseconds()
@@ -504,8 +568,10 @@ public final class ClusterMember: Service, Sendable {
                 .range(key: keys.checkpointPrefix, end: etcdPrefixEnd(keys.checkpointPrefix), limit: 0),
                 .range(key: keys.log(local.index + 1), end: etcdPrefixEnd(keys.logPrefix), limit: 1000),
                 .range(key: keys.role, end: nil, limit: 1),
+                .range(key: keys.sourceTime, end: nil, limit: 1),
             ], failure: [])
-            guard r.ranges.count == 4 else { throw EtcdError.malformed("catch-up read: \(r.ranges.count) answers, expected 4") }
+            guard r.ranges.count == 5 else { throw EtcdError.malformed("catch-up read: \(r.ranges.count) answers, expected 5") }
+            if let kv = r.ranges[4].first { try applySourceTime(kv) }
             let clusterHead = try r.ranges[0].first.map { try ClusterKeys.head($0.value) } ?? .empty
             if clusterHead.index < local.index || (clusterHead.index == local.index && clusterHead.hash != local.hash) {
                 throw ClusterError.diverged("this member's store stands at index \(local.index) (hash \(hexString(local.hash))), the cluster's head is \(clusterHead.index) (hash \(hexString(clusterHead.hash))): start the member on an empty --data, or on a copy of a member's")
@@ -536,13 +602,17 @@ public final class ClusterMember: Service, Sendable {
 
     /// Applies each revision the watch delivers in one store transaction, in order.
     func follow(from revision: Int64) async throws {
-        try await etcd.watch(keys.prefix, end: etcdPrefixEnd(keys.prefix), fromRevision: revision) { rev, events in
+        // Every member writes its applied/ key every appliedInterval: a watch quiet for three
+        // of them is stuck on an etcd member that stopped answering.
+        try await etcd.watch(keys.prefix, end: etcdPrefixEnd(keys.prefix), fromRevision: revision,
+                             quietLimit: Self.appliedInterval * 3 + etcd.timeout) { rev, events in
             var entries = [StoredEntry]()
             var checkpoints = [String: UInt64]()
             var role: (WriteRole, Int64)?
             for e in events where e.kv.key == self.keys.role {
                 role = (e.kind == .put ? try ClusterKeys.role(e.kv.value) : .open, e.kind == .put ? e.kv.modRevision : 0)
             }
+            for e in events where e.kind == .put && e.kv.key == self.keys.sourceTime { try self.applySourceTime(e.kv) }
             for e in events where e.kind == .put {
                 if let i = self.keys.logIndex(e.kv.key) {
                     entries.append(try self.keys.entry(index: i, value: e.kv.value))
@@ -581,21 +651,24 @@ public final class ClusterMember: Service, Sendable {
 
     // MARK: compaction
 
-    /// How long a member's `applied/` key outlives its last write (written every 2 s).
+    /// How long a member's `applied/` key outlives its last write: the default of
+    /// `--etcd-applied-ttl`.
     public static let appliedTTL: Duration = .seconds(10)
+    /// How often a member writes its `applied/` key (and compacts etcd's log keys).
+    public static let appliedInterval: Duration = .seconds(2)
 
     /// Every few seconds: says how far this member has applied, and deletes the `log/`
     /// keys every member has applied and that are older than the window.
     private func compactUntilCancelled() async {
         while !Task.isCancelled {
-            try? await Task.sleep(for: .seconds(2))
+            try? await Task.sleep(for: Self.appliedInterval)
             guard state.withLock({ $0.following }) else { continue }
             do {
                 let local = try await store.head()
                 // The key lives on a lease: a member stopped (or cut off) for longer than
                 // its TTL no longer holds the window open, and catches up from a peer's
                 // snapshot when it returns behind it.
-                let lease = try await etcd.grantLease(ttl: Self.appliedTTL)
+                let lease = try await etcd.grantLease(ttl: appliedTTL)
                 let r = try await etcd.txn(compare: [], success: [
                     .putLeased(key: keys.applied(nodeID), value: ClusterKeys.u64Bytes(local.index), lease: lease),
                     .range(key: keys.appliedPrefix, end: etcdPrefixEnd(keys.appliedPrefix), limit: 0),

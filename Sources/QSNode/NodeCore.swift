@@ -75,7 +75,7 @@ public final class NodeCore: Sendable {
     /// Time of the root's freshest word this node has (ns since the epoch).
     public var rootTimeNs: UInt64 {
         guard writable else { return following.withLock { $0.rootTimeNs } }
-        if let cluster { return cluster.lastWordNs }
+        if let cluster { return cluster.rootTimeNs }
         let m = mirroring.withLock { $0 }
         return m.active ? m.sourceTimeNs : wallClockNanoseconds()
     }
@@ -314,12 +314,16 @@ public final class NodeCore: Sendable {
                 // take appends? Nothing is written; the source root's time is noted.
                 let (role, head) = try await store.read { txn in (try txn.writeRole(), try txn.head()) }
                 if role == .promoted { return .error(.unsupported, "\(StoreError.promoted)") }
-                if role == .mirror { noteMirroring(true, sourceTimeNs: sourceTime) }
+                if role == .mirror {
+                    noteMirroring(true, sourceTimeNs: sourceTime)
+                    // A cluster's members learn the source's time through etcd.
+                    try await cluster?.noteSourceTime(sourceTime)
+                }
                 return .applied(logIndex: head.index, kept: 0, dropped: 0)
             case let .append(_, entries, sourceTime):
                 do {
                     // A cluster member commits the entries through etcd (docs/ha.md).
-                    let head = if let cluster { try await cluster.append(entries) } else {
+                    let head = if let cluster { try await cluster.append(entries, sourceTimeNs: sourceTime) } else {
                         try await store.appendEntries(entries, markCompatible: true)
                     }
                     noteMirroring(true, sourceTimeNs: sourceTime)

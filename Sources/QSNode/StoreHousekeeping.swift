@@ -11,16 +11,21 @@ import ServiceLifecycle
 /// deletes from the log like any other, so every node reclaims the space and stays
 /// identical. After a full pass it waits `interval` × 10 before the next.
 /// A compatible mirror does not purge: its source's purges reach it through the log.
+/// A root cluster's member commits each step through etcd (`ClusterMember.purgeExpired`):
+/// the members apply the same deletes from the committed log.
 public struct ExpiryPurger: Service {
     public static let sourceID = "qs:expiry"
     let store: Store
+    let cluster: ClusterMember?
     let batch: Int
     let interval: Duration
     let logger: Logger
     let purged: Counter
 
-    public init(store: Store, batch: Int, interval: Duration, logger: Logger, factory: any MetricsFactory = MetricsSystem.factory) {
+    public init(store: Store, cluster: ClusterMember? = nil, batch: Int, interval: Duration, logger: Logger,
+                factory: any MetricsFactory = MetricsSystem.factory) {
         self.store = store
+        self.cluster = cluster
         self.batch = batch
         self.interval = interval
         self.logger = logger
@@ -41,8 +46,13 @@ public struct ExpiryPurger: Service {
         while !Task.isCancelled {
             let step: StoreTransaction.PurgeStep
             do {
-                step = try await store.purgeExpired(after: cursor, scanLimit: batch * 10, maxDeletes: batch,
-                                                    now: wallClockSeconds(), sourceID: Self.sourceID)
+                step = if let cluster {
+                    try await cluster.purgeExpired(after: cursor, scanLimit: batch * 10, maxDeletes: batch,
+                                                   now: wallClockSeconds(), sourceID: Self.sourceID)
+                } else {
+                    try await store.purgeExpired(after: cursor, scanLimit: batch * 10, maxDeletes: batch,
+                                                 now: wallClockSeconds(), sourceID: Self.sourceID)
+                }
             } catch StoreError.compatibleOnly {
                 // A mirror: its source purges, and the deletes arrive through the log.
                 try await Task.sleep(for: interval * 10)

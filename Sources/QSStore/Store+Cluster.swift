@@ -97,6 +97,30 @@ extension Store {
         try await prepare { try $0.applyWrites(sourceID: sourceID, expected: expected, new: new, writes: writes, now: now) }
     }
 
+    /// Works out one step of the expiry purge (`purgeExpired`) at the current head, rolled
+    /// back like `prepareBatch`: the deletes are a batch of `sourceID` from `expected` to
+    /// `expected + 1`, whose entry (nil when nothing expired) a cluster member commits
+    /// through etcd. A conflict when the local checkpoint is not `expected`.
+    public func preparePurge(after: [UInt8]?, scanLimit: Int, maxDeletes: Int, now: UInt64, sourceID: String,
+                             expected: UInt64) async throws -> (prepared: PreparedBatch, step: StoreTransaction.PurgeStep) {
+        try await rolledBack { txn in
+            let base = try txn.head()
+            let cp = try txn.checkpoint(sourceID: sourceID) ?? 0
+            guard cp == expected else {
+                return (Prepared(base: base, outcome: .conflict(current: cp), entry: nil, head: base),
+                        StoreTransaction.PurgeStep(purged: 0, logIndex: nil, next: after))
+            }
+            let step = try txn.purgeExpired(after: after, scanLimit: scanLimit, maxDeletes: maxDeletes, now: now, sourceID: sourceID)
+            guard let index = step.logIndex else {
+                return (Prepared(base: base, outcome: .applied(logIndex: nil, kept: 0, dropped: 0), entry: nil, head: base), step)
+            }
+            let entry = try txn.entries(from: index, count: 1).first
+            guard entry?.index == index else { throw StoreError.corrupt("the entry just appended at \(index) is not there") }
+            return (Prepared(base: base, outcome: .applied(logIndex: index, kept: step.purged, dropped: 0), entry: entry,
+                             head: try txn.head()), step)
+        }
+    }
+
     private func prepare<Outcome: CASOutcome>(_ apply: @escaping @Sendable (borrowing StoreTransaction) throws -> Outcome) async throws -> Prepared<Outcome> {
         try await rolledBack { txn in
             let base = try txn.head()

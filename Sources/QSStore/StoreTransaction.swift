@@ -273,6 +273,12 @@ public struct StoreTransaction: ~Copyable {
         public var logIndex: UInt64?
         /// Where the next step continues, nil when the keyspace's end was reached.
         public var next: [UInt8]?
+
+        public init(purged: Int, logIndex: UInt64?, next: [UInt8]?) {
+            self.purged = purged
+            self.logIndex = logIndex
+            self.next = next
+        }
     }
 
     /// One step of the expiry purge: looks at up to `scanLimit` records after `after` (nil:

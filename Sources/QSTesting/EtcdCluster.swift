@@ -19,6 +19,8 @@ public final class EtcdCluster: @unchecked Sendable {
 
     public let members: [Member]
     public private(set) var processes: [DaemonProcess?]
+    /// Members `pause`d: not asked who leads (they would not answer).
+    private var paused = Set<Int>()
     let logDir: URL
     let initialCluster: String
 
@@ -71,15 +73,29 @@ public final class EtcdCluster: @unchecked Sendable {
         guard let p = processes[i] else { return }
         _ = try p.stop(signal: SIGKILL)
         processes[i] = nil
+        paused.remove(i)
+    }
+
+    /// SIGSTOPs member `i`: it keeps its ports and accepts connections but answers nothing,
+    /// like a hung process or host; `resume` continues it.
+    public func pause(_ i: Int) {
+        if let p = processes[i] { sendSignal(p.pid, SIGSTOP) }
+        paused.insert(i)
+    }
+
+    /// SIGCONTs member `i` after `pause`.
+    public func resume(_ i: Int) {
+        if let p = processes[i] { sendSignal(p.pid, SIGCONT) }
+        paused.remove(i)
     }
 
     /// The index of the member that is the leader, as a running member says; nil when none
     /// answers or they have none.
     public func leader() -> Int? {
-        for (i, m) in members.enumerated() where processes[i]?.isRunning == true {
+        for (i, m) in members.enumerated() where processes[i]?.isRunning == true && !paused.contains(i) {
             guard let status = Self.post(port: m.clientPort, path: "/v3/maintenance/status", body: "{}"),
                   let leader = status["leader"] as? String, leader != "0" else { continue }
-            for (j, other) in members.enumerated() where processes[j]?.isRunning == true {
+            for (j, other) in members.enumerated() where processes[j]?.isRunning == true && !paused.contains(j) {
                 if let s = Self.post(port: other.clientPort, path: "/v3/maintenance/status", body: "{}"),
                    let header = s["header"] as? [String: Any], header["member_id"] as? String == leader {
                     return j
@@ -87,6 +103,28 @@ public final class EtcdCluster: @unchecked Sendable {
             }
         }
         return nil
+    }
+
+    /// The keys and values under `prefix` (at most `limit`, 0: all), read from the first
+    /// running member that answers (paused ones are not asked); empty when none does.
+    public func keys(_ prefix: String, limit: Int = 0) -> [(key: String, value: [UInt8])] {
+        var end = Array(prefix.utf8)
+        end[end.count - 1] += 1
+        let body = "{\"key\":\"\(Data(prefix.utf8).base64EncodedString())\",\"range_end\":\"\(Data(end).base64EncodedString())\",\"limit\":\"\(limit)\"}"
+        for (i, m) in members.enumerated() where processes[i]?.isRunning == true && !paused.contains(i) {
+            guard let json = Self.post(port: m.clientPort, path: "/v3/kv/range", body: body) else { continue }
+            return (json["kvs"] as? [[String: Any]] ?? []).compactMap { kv in
+                guard let k = (kv["key"] as? String).flatMap({ Data(base64Encoded: $0) }) else { return nil }
+                return (String(decoding: k, as: UTF8.self), Array((kv["value"] as? String).flatMap { Data(base64Encoded: $0) } ?? Data()))
+            }
+        }
+        return []
+    }
+
+    /// The first `log/` index etcd keeps for root cluster `cluster` (0: none).
+    public func firstLogIndex(cluster: String) -> UInt64 {
+        guard let first = keys("/qs/\(cluster)/log/", limit: 1).first else { return 0 }
+        return UInt64(first.key.suffix(16), radix: 16) ?? 0
     }
 
     /// Stops every member.
@@ -111,4 +149,9 @@ public final class EtcdCluster: @unchecked Sendable {
         defer { held.forEach { $0.close() } }
         return held.map(\.port)
     }
+}
+
+/// Sends `sig` to process `pid` (outside `EtcdCluster`, whose `kill` is a member's SIGKILL).
+private func sendSignal(_ pid: Int32, _ sig: Int32) {
+    _ = kill(pid, sig)
 }

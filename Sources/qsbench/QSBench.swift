@@ -32,7 +32,7 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Directory for the JSON results. (env: QS_BENCH_OUT)", valueName: "dir"))
     var out: String = QSEnv.string("QS_BENCH_OUT") ?? "bench/results"
 
-    @Option(help: ArgumentHelp("Benchmarks to run: root-write (alias writes), mirror, lag, backlog, reads, reads-busy, propagation, rest, engines, read-loop (comma separated; read-loop is not in the default list). (env: QS_BENCH_SUITES)", valueName: "list"))
+    @Option(help: ArgumentHelp("Benchmarks to run: root-write (alias writes), mirror, lag, backlog, reads, reads-busy, propagation, rest, engines, cluster, read-loop (comma separated; cluster and read-loop are not in the default list). (env: QS_BENCH_SUITES)", valueName: "list"))
     var suites: String = QSEnv.string("QS_BENCH_SUITES") ?? "root-write,mirror,lag,backlog,reads,reads-busy,propagation,rest,engines"
 
     @Option(help: ArgumentHelp("Records the engines suite writes at batches of 100 and 5,000 (batches of 1 write at most 2,000). (env: QS_BENCH_ENGINE_RECORDS)", valueName: "n"))
@@ -175,6 +175,19 @@ struct QSBench: AsyncParsableCommand {
                              p.batchInterval, p.probes, p.lost, p.p50Millis, p.p99Millis, p.maxMillis, p.bridgeLagUnderLoadSeconds, p.bridgeLagIdleSeconds))
             }
             try writeJSON(r, "propagation-latest.json")
+        }
+        if runSuites.contains("cluster") {
+            let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+            let r = try await ClusterBench(sizes: sizes, duration: d, rounds: rounds, valueBytes: valueBytes, scratch: scratch,
+                                           binDir: bin, failovers: 5).run()
+            print("cluster: one writer, batches acknowledged by a 3-member root cluster on 3-member etcd vs a single root, same run, median of \(rounds) rounds of \(d):")
+            for row in r.rows {
+                print(String(format: "  batch %5d: single %8.0f ops/s (p50 %6.1f ms, p99 %6.1f ms); cluster %8.0f ops/s (p50 %6.1f ms, p99 %6.1f ms): ratio %.3f",
+                             row.batchSize, row.single.opsPerSec, row.single.p50Millis, row.single.p99Millis,
+                             row.cluster.opsPerSec, row.cluster.p50Millis, row.cluster.p99Millis, row.ratio))
+            }
+            print("  bridge failover when its member is SIGKILLed: \(r.failoverMillis.map { String(format: "%.0f", $0) }.joined(separator: ", ")) ms")
+            try writeJSON(r, "cluster-latest.json")
         }
         if runSuites.contains("read-loop") {
             let r = try await ReadLoopBench(keys: 100_000, reads: reads, valueBytes: valueBytes, scratch: scratch).run()

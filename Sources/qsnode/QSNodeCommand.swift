@@ -127,6 +127,9 @@ struct QSNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("With --etcd: log entries kept in etcd behind the head (and behind every member's applied index); a member further behind catches up from a snapshot. (env: QS_ETCD_LOG_WINDOW)", valueName: "entries"))
     var etcdLogWindow: UInt64 = QSEnv.value("QS_ETCD_LOG_WINDOW", 10_000)
 
+    @Option(help: ArgumentHelp("With --etcd: how long a member's applied/ key outlives its last write (written every 2 s), whole seconds, at least 3s: a member stopped or cut off for longer no longer holds etcd's log window open, and catches up from a peer's snapshot if it returns behind it. (env: QS_ETCD_APPLIED_TTL)", valueName: "duration"))
+    var etcdAppliedTTL: Interval = QSEnv.value("QS_ETCD_APPLIED_TTL", Interval(ClusterMember.appliedTTL))
+
     @Option(help: ArgumentHelp("With --etcd: the other members' write addresses, HOST:PORT[,…]; a member further behind than the log etcd keeps catches up from a snapshot of the first that gives one, then from etcd. (env: QS_CLUSTER_PEERS)", valueName: "list"))
     var clusterPeers: OrNone<AddressList> = QSEnv.value("QS_CLUSTER_PEERS", .none)
 
@@ -155,6 +158,9 @@ struct QSNodeCommand: AsyncParsableCommand {
             guard role == .root else { throw ValidationError("--etcd and --cluster make a root cluster member: use them with --role root") }
             guard !etcd.isEmpty, !cluster.isEmpty else {
                 throw ValidationError("a root cluster member needs both --etcd http://HOST:PORT[,…] and --cluster NAME (or QS_ETCD and QS_CLUSTER)")
+            }
+            guard etcdAppliedTTL.duration >= ClusterMember.appliedInterval + .seconds(1), etcdAppliedTTL.duration.components.attoseconds == 0 else {
+                throw ValidationError("--etcd-applied-ttl \(etcdAppliedTTL) (or QS_ETCD_APPLIED_TTL) must be whole seconds and at least 3s, e.g. 10s: the member rewrites its applied/ key every 2 s, and etcd's leases count in seconds")
             }
             guard cluster.utf8.allSatisfy({ $0 < 0x80 && (Character(UnicodeScalar($0)).isLetter || Character(UnicodeScalar($0)).isNumber || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ".")) }) else {
                 throw ValidationError("--cluster '\(cluster)': use letters, digits, '-', '_' and '.' only")
@@ -213,7 +219,7 @@ struct QSNodeCommand: AsyncParsableCommand {
                                              "head-hash": "\(hexString(head.hash))", "node-id": "\(nodeID)"])
         let watcher = LogWatcher()
         let member = etcd.isEmpty ? nil : ClusterMember(etcd: try EtcdClient(urls: etcdURLs, timeout: etcdTimeout.duration), cluster: cluster,
-                                                        store: store, watcher: watcher, nodeID: nodeID, window: etcdLogWindow,
+                                                        store: store, watcher: watcher, nodeID: nodeID, window: etcdLogWindow, appliedTTL: etcdAppliedTTL.duration,
                                                         peers: clusterPeers.value?.endpoints ?? [], peerToken: upstreamToken, logger: logger)
         let core = NodeCore(store: store, token: token, replicationToken: replicationToken,
                             adminToken: try service.adminToken(), writable: role == .root, watcher: watcher,
@@ -231,9 +237,9 @@ struct QSNodeCommand: AsyncParsableCommand {
             services.append(member)
             logger.info("root cluster member", metadata: ["cluster": "\(cluster)", "etcd": "\(etcd)"])
         }
-        // The purge writes into the store directly: a cluster member's writes go through etcd.
-        if role == .root && expiryPurgeBatch > 0 && member == nil {
-            services.append(ExpiryPurger(store: store, batch: expiryPurgeBatch, interval: expiryPurgeInterval.duration, logger: logger))
+        // A cluster member's purge commits through etcd like its other writes.
+        if role == .root && expiryPurgeBatch > 0 {
+            services.append(ExpiryPurger(store: store, cluster: member, batch: expiryPurgeBatch, interval: expiryPurgeInterval.duration, logger: logger))
         }
         let replica: ReplicaService? = role == .replica
             ? ReplicaService(core: core, upstreams: try upstreamEndpoints(), staleAfter: staleAfter.duration,

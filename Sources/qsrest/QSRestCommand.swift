@@ -42,6 +42,9 @@ struct QSRestCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("KT database index → QS key prefix, as INDEX=PREFIX,…, as for qsktbridge. (env: QS_DB_MAP)", valueName: "map"))
     var dbMap: KTDBMap = QSEnv.value("QS_DB_MAP", KTDBMap.single)
 
+    @Option(help: ArgumentHelp("With several --root addresses: leave the one in use as stale when its head stands still this long while another address's head is past it, e.g. 5s. (env: QS_ROOT_STALE_AFTER)", valueName: "duration"))
+    var rootStaleAfter: Interval = QSEnv.value("QS_ROOT_STALE_AFTER", Interval(RootWriter.staleAfter))
+
     @Option(help: ArgumentHelp("This instance's checkpoint name at the root; every qsrest needs its own. Default: qsrest:HOSTNAME:LISTEN. (env: QS_SOURCE_ID)", valueName: "id"))
     var sourceID: String = QSEnv.string("QS_SOURCE_ID") ?? ""
 
@@ -79,6 +82,7 @@ struct QSRestCommand: AsyncParsableCommand {
         guard batchInterval.duration > .zero else { throw ValidationError("--batch-interval must be more than 0, e.g. 500ms") }
         guard usageMaxAge.duration >= .zero else { throw ValidationError("--usage-max-age must be 0 (always scan) or more, e.g. 60s") }
         guard batchMaxOps > 0 else { throw ValidationError("--batch-max-ops must be positive") }
+        try validateRootStaleAfter(rootStaleAfter)
         guard batchMaxBytes.bytes > 0, maxPendingBytes.bytes > 0, maxBody.bytes > 0 else {
             throw ValidationError("--batch-max-bytes, --max-pending-bytes and --max-body must be more than 0")
         }
@@ -99,7 +103,7 @@ struct QSRestCommand: AsyncParsableCommand {
         let feedMetrics = FeedMetrics()
         let roots = root.endpoints
         let writer = RootWriter(endpoints: roots, token: token, logger: logger, metrics: feedMetrics,
-                                client: "qsrest source-id=\(id)", tokenOrigin: origin)
+                                client: "qsrest source-id=\(id)", tokenOrigin: origin, staleAfter: rootStaleAfter.duration)
         let metrics = RestMetrics()
         let queue = WriteQueue(sourceID: id, root: writer,
                                limits: .init(interval: batchInterval.duration, maxWrites: batchMaxOps, maxBytes: batchMaxBytes.bytes,

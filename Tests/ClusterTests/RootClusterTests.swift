@@ -204,28 +204,10 @@ final class RootClusterTests: XCTestCase {
         for c in clients + [m1, sc] { await c.close() }
     }
 
-    /// The keys and values etcd holds under `/qs/t/<prefix>` (first member that answers).
-    func etcdKeys(_ etcd: EtcdCluster, _ prefix: String, limit: Int = 0) -> [(key: String, value: [UInt8])] {
-        let b64 = { (s: String) in Data(s.utf8).base64EncodedString() }
-        var end = Array("/qs/t/\(prefix)".utf8)
-        end[end.count - 1] += 1
-        for m in etcd.members {
-            guard let r = try? Harness.run("/usr/bin/curl", ["-s", "-m", "2", "-X", "POST", "\(m.clientURL)/v3/kv/range", "-d",
-                                                             "{\"key\":\"\(b64("/qs/t/\(prefix)"))\",\"range_end\":\"\(Data(end).base64EncodedString())\",\"limit\":\"\(limit)\"}"]),
-                  r.status == 0, let json = (try? JSONSerialization.jsonObject(with: r.stdout)) as? [String: Any] else { continue }
-            return (json["kvs"] as? [[String: Any]] ?? []).compactMap { kv in
-                guard let k = (kv["key"] as? String).flatMap({ Data(base64Encoded: $0) }) else { return nil }
-                return (String(decoding: k, as: UTF8.self), Array((kv["value"] as? String).flatMap { Data(base64Encoded: $0) } ?? Data()))
-            }
-        }
-        return []
-    }
+    /// The keys and values etcd holds under `/qs/t/<prefix>`.
+    func etcdKeys(_ etcd: EtcdCluster, _ prefix: String) -> [(key: String, value: [UInt8])] { etcd.keys("/qs/t/\(prefix)") }
 
-    /// The first `log/` index etcd still keeps for cluster `t` (0: none).
-    func firstLogIndexInEtcd(_ etcd: EtcdCluster) -> UInt64 {
-        guard let first = etcdKeys(etcd, "log/", limit: 1).first else { return 0 }
-        return UInt64(first.key.suffix(16), radix: 16) ?? 0
-    }
+    func firstLogIndexInEtcd(_ etcd: EtcdCluster) -> UInt64 { etcd.firstLogIndex(cluster: "t") }
 
     /// A member stopped while the cluster writes past etcd's window (`--etcd-log-window
     /// 20`) comes back behind it: it takes a peer's snapshot, then follows etcd, and ends

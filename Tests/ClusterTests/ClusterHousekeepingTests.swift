@@ -1,0 +1,110 @@
+import Foundation
+import QSClient
+import QSModel
+import QSTesting
+import QSWire
+import XCTest
+
+/// What a single root does by itself, done by a root cluster's members through etcd: the
+/// expiry purge, and a mirror's source freshness passed on to its replicas (docs/ha.md).
+final class ClusterHousekeepingTests: XCTestCase {
+    var tmp: URL!
+
+    override func setUpWithError() throws {
+        tmp = try Harness.tempDir("cluster-housekeeping")
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: tmp)
+    }
+
+    func member(_ name: String, etcd: EtcdCluster, _ extra: [String] = []) throws -> RootNode {
+        try RootNode(data: tmp.appendingPathComponent(name), logDir: tmp,
+                     extraArgs: ["--etcd", etcd.urls, "--cluster", "t", "--etcd-timeout", "3s", "--log-format", "text"] + extra)
+    }
+
+    /// Three members purge at once (every 100 ms): the expired records leave every member's
+    /// store through entries of `qs:expiry` committed in etcd, each record deleted once,
+    /// each purge position once; records written again before the purge, and records without
+    /// an expiry, stay; the members verify equal.
+    func testExpiredRecordsArePurgedOnEveryMemberThroughTheCommittedLog() async throws {
+        let etcd = try EtcdCluster(dir: tmp, logDir: tmp)
+        defer { etcd.stop() }
+        let members = try (0..<3).map { try member("m\($0)", etcd: etcd, ["--expiry-purge-interval", "100ms", "--expiry-purge-batch", "7"]) }
+        for m in members {
+            try await waitFor("member ready", timeout: .seconds(20)) { httpGet(port: m.adminPort, path: "/readyz")?.status == 200 }
+        }
+        let clients = try await members.asyncMap { try await QSClient.connect(host: "127.0.0.1", port: $0.port) }
+        let soon = UInt64(Date().timeIntervalSince1970) + 2
+        var ops: [Mutation] = (0..<30).map { .set(key: Array("e\($0)".utf8), value: Array("gone".utf8), expiry: soon) }
+        ops += (0..<10).map { .set(key: Array("k\($0)".utf8), value: Array("kept".utf8), expiry: nil) }
+        let r = try await clients[0].batch(sourceID: "w", expected: 0, new: 1, operations: ops)
+        guard case .applied = r else { return XCTFail("\(r)") }
+        // e0 is written again without an expiry through another member before it expires.
+        let again = try await clients[1].batch(sourceID: "w", expected: 1, new: 2,
+                                               operations: [.set(key: Array("e0".utf8), value: Array("again".utf8), expiry: nil)])
+        guard case .applied = again else { return XCTFail("\(again)") }
+
+        // Physically gone (a scan as of epoch second 1 shows expired records still stored).
+        for c in clients {
+            try await waitFor("the expired records purged", timeout: .seconds(20), pollEvery: .milliseconds(100)) {
+                let page = try await c.scan(prefix: Array("e".utf8), asOf: 1)
+                return page.records.count == 1
+            }
+        }
+        let head = try await clients[0].head()
+        for c in clients { try await waitFor("one head", timeout: .seconds(10)) { (try? await c.head()) == head } }
+        for other in members.dropFirst() {
+            let v = try Harness.run("qsctl", ["--node", members[0].address, "verify", "--against", other.address])
+            XCTAssertEqual(v.status, 0, String(decoding: v.stdout + v.stderr, as: UTF8.self))
+        }
+        var purgePositions = [UInt64](), deleted = [String]()
+        for e in try await clients[2].entries(from: 1, count: 1000) {
+            let entry = try LogEntry.decode(e.bytes)
+            guard entry.origin.sourceID == "qs:expiry" else { continue }
+            purgePositions.append(entry.origin.position)
+            for case let .delete(key) in entry.operations { deleted.append(String(decoding: key, as: UTF8.self)) }
+        }
+        XCTAssertEqual(purgePositions, Array(1...UInt64(purgePositions.count)), "each purge position once")
+        XCTAssertEqual(deleted.sorted(), (1..<30).map { "e\($0)" }.sorted(), "each expired record deleted once")
+        XCTAssertGreaterThanOrEqual(purgePositions.count, 5, "--expiry-purge-batch 7: at least five steps")
+        let e0 = try await clients[2].get(Array("e0".utf8))
+        XCTAssertEqual(e0?.value, Array("again".utf8))
+        let kept = try await clients[2].scan(prefix: Array("k".utf8))
+        XCTAssertEqual(kept.records.count, 10)
+        let purged = members.compactMap { $0.metric("qs_expired_purged_total") }.reduce(0, +)
+        XCTAssertEqual(purged, 29, "the members count each purged record once between them")
+        for c in clients { await c.close() }
+    }
+
+    /// A cluster mirroring a legacy root through one member passes the source's freshness
+    /// to every member's replicas, through etcd: a replica of the other member is fresh
+    /// while the source lives, and ages once it dies, like a single mirror's replicas.
+    func testReplicasOfAMirroringClusterAgeWhenTheSourceDies() async throws {
+        let etcd = try EtcdCluster(dir: tmp, logDir: tmp)
+        defer { etcd.stop() }
+        let a = try member("a", etcd: etcd), b = try member("b", etcd: etcd)
+        let legacy = try RootNode(data: tmp.appendingPathComponent("L"), logDir: tmp)
+        let lc = try await QSClient.connect(host: "127.0.0.1", port: legacy.port)
+        _ = try await lc.write([.set(key: Array("k".utf8), value: Array("v".utf8), expiry: nil)])
+        await lc.close()
+        // The mirror bridge writes to member a only; the replica follows member b.
+        let mirror = try DaemonProcess("qsqsbridge", ["--source", "qs://\(legacy.address)", "--root", a.address, "--mode", "compatible",
+                                                      "--batch-interval", "100ms", "--log-format", "text"], logDir: tmp)
+        let bc = try await QSClient.connect(host: "127.0.0.1", port: b.port)
+        try await waitFor("member b to hold L's entry", timeout: .seconds(20)) { (try? await bc.head().index) == 1 }
+        let replica = try ReplicaNode(data: tmp.appendingPathComponent("R"), upstreams: [b.address], logDir: tmp)
+        try await waitFor("b's replica fresh", timeout: .seconds(20), pollEvery: .milliseconds(100)) {
+            (replica.metric("qs_replica_root_age_seconds") ?? 99) < 2
+        }
+        try legacy.daemon.stop(signal: SIGKILL)
+        try await waitFor("the root age of b's replica to pass 3 s while L is dead", timeout: .seconds(15), pollEvery: .milliseconds(100)) {
+            (replica.metric("qs_replica_root_age_seconds") ?? 0) > 3
+        }
+        let status = try JSONSerialization.jsonObject(with: Data(try await bc.status().utf8)) as? [String: Any]
+        XCTAssertEqual(status?["write_role"] as? String, "mirror")
+        XCTAssertGreaterThan(status?["root_age_seconds"] as? Double ?? 0, 3, "b's own status ages with L")
+        try mirror.stop()
+        await bc.close()
+    }
+}
