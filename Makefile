@@ -105,7 +105,7 @@ bench: release
 bench-%: release
 	.build/release/qsbench --suites $* --out bench/results
 
-# Instruction counts under callgrind (needs valgrind): profile-writes, profile-read-loop.
+# Instruction counts under callgrind (needs valgrind): profile-writes, profile-read-loop, profile-reads.
 profile-%: release
 	./scripts/profile.sh $*
 

@@ -7,6 +7,10 @@
 #       LMDB loop doing the same sets in qsbench (its runLMDB, collected alone).
 #   scripts/profile.sh read-loop [READS]               qsbench's read-loop suite: store reads
 #       (checksum checked) and plain mdb_get, in one process.
+#   scripts/profile.sh reads [REQUESTS]                a replica (qsnode) under callgrind serving
+#       memcached get (1 and 8 connections, 10-key get) and KT GET /KEY and /rpc/get, REQUESTS
+#       each (scripts/read_load.py, closed loop), from a root loaded with 100,000 keys of 100 B;
+#       one dump per load, its total divided by the requests is the instructions per request.
 #
 # Profiles and their annotations go to $QS_PROFILE_OUT (default bench/profiles).
 # Two workarounds for valgrind 3.19 with the Swift 6.3 toolchain: its DWARF reader gives up
@@ -18,11 +22,11 @@ cd "$(dirname "$0")/.."
 BIN=${QS_BIN_DIR:-.build/release}
 OUT=${QS_PROFILE_OUT:-bench/profiles}
 what=${1:-}
-for tool in valgrind callgrind_annotate cc strip python3; do
+for tool in valgrind callgrind_annotate callgrind_control cc strip python3; do
     command -v $tool >/dev/null || { echo "profile.sh needs $tool (apt-get install valgrind gcc binutils python3)" >&2; exit 1; }
 done
 mkdir -p "$OUT"
-work=$(mktemp -d)
+work=$(mktemp -d /tmp/qs-profile.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 cc -shared -fPIC -O2 -o "$work/sigsuspend.so" scripts/valgrind-sigsuspend.c
 # QS_PROFILE_NODE: another qsnode to profile (e.g. an older build, for a before/after pair).
@@ -58,6 +62,56 @@ read-loop)
         --scratch "$work/scratch" --out "$work/results" 2> "$work/bench.log"
     annotate "$OUT/read-loop.cg"
     ;;
+reads)
+    requests=${2:-20000}
+    listener() { python3 -c 'import json,sys; print([e["address"] for e in json.load(open(sys.argv[1]))["listeners"] if e["name"]==sys.argv[2]][0])' "$1" "$2"; }
+    waitready() { for _ in $(seq 600); do [ -s "$1" ] && return 0; sleep 0.5; done; echo "no ready file $1" >&2; exit 1; }
+    # The root runs natively; it takes 1,000 batches of 100 sets (keys b0000/0000000000 …).
+    "$work/qsnode" --data "$work/root" --listen 127.0.0.1:0 --ready-file "$work/root.json" --log-level warning 2> "$work/root.log" &
+    root=$!
+    waitready "$work/root.json"
+    "$work/qsbench" --suites writes --write-target "$(listener "$work/root.json" write)" --batches 1000 --batch-sizes 100 \
+        --rounds 1 --scratch "$work/scratch" --out "$work/results" > "$work/load.log" 2>&1
+    cg_file="$OUT/reads.cg"
+    rm -f "$cg_file" "$cg_file".*
+    # The replica bootstraps natively first (a snapshot install under valgrind takes minutes),
+    # then runs again under callgrind from its caught-up store.
+    replica_args=(--role replica --data "$work/replica" --listen 127.0.0.1:0 --upstream "$(listener "$work/root.json" write)"
+                  --memcached 127.0.0.1:0 --kt-http 127.0.0.1:0 --memcached-flags-in-value false
+                  --ready-file "$work/replica.json" --log-level warning)
+    caught_up() { # the last key is there
+        python3 -c 'import socket,sys; h,p=sys.argv[1].rsplit(":",1); s=socket.create_connection((h,int(p))); s.sendall(b"get b0000/0000099999\r\n"); sys.exit(0 if s.recv(4096).startswith(b"VALUE") else 1)' "$1"
+    }
+    for pass in native callgrind; do
+        rm -f "$work/replica.json"
+        if [ $pass = native ]; then
+            "$work/qsnode" "${replica_args[@]}" 2> "$work/replica.log" &
+        else
+            # valgrind itself in the background ($! is its pid, for callgrind_control)
+            LD_PRELOAD="$work/sigsuspend.so" valgrind --tool=callgrind --callgrind-out-file="$cg_file" \
+                "$work/qsnode" "${replica_args[@]}" 2> "$work/replica.log" &
+        fi
+        replica=$!
+        waitready "$work/replica.json"
+        mc=$(listener "$work/replica.json" memcached); kt=$(listener "$work/replica.json" kt-http)
+        for _ in $(seq 1200); do caught_up "$mc" 2>/dev/null && break; sleep 0.5; done
+        caught_up "$mc" || { echo "the replica did not catch up" >&2; cat "$work/replica.log" >&2; exit 1; }
+        if [ $pass = native ]; then kill -TERM $replica; wait $replica || true; fi
+    done
+    callgrind_control -z $replica | grep -q OK # start-up and catch-up are left out
+    printf "%-22s %12s %12s\n" load instructions per-request
+    n=0
+    for load in "mc 1 $mc" "mc 8 $mc" "mc10 1 $mc" "rest 1 $kt" "rpc 1 $kt"; do
+        set -- $load
+        python3 scripts/read_load.py "$3" "$1" "$2" "$requests" 100000 >> "$work/loads.log" || { echo "load $1 failed" >&2; cat "$work/loads.log" >&2; }
+        callgrind_control -d "$1-$2" $replica | grep -q OK
+        n=$((n + 1))
+        total=$(grep -m1 -E '^(summary|totals):' "$cg_file.$n" | awk '{print $2}')
+        printf "%-22s %12s %12s\n" "$1 x$2 conn" "$total" "$((total / requests))"
+        cp "$cg_file.$n" "$OUT/reads-$1-$2.cg"; annotate "$OUT/reads-$1-$2.cg" >/dev/null
+    done
+    kill -TERM $replica $root; wait $replica $root || true
+    ;;
 *)
-    sed -n '2,14p' "$0" >&2; exit 2 ;;
+    sed -n '2,18p' "$0" >&2; exit 2 ;;
 esac

@@ -86,8 +86,18 @@ public enum KTColumnEncoding: UInt8, Sendable, CaseIterable {
 
     /// URL decoding as KT does it: `%xx`, `+` as space, control bytes and spaces dropped.
     public static func urlDecode<C: Collection>(_ text: C) -> [UInt8] where C.Element == UInt8 {
-        var out: [UInt8] = []
         let t = Array(text)
+        return t.withUnsafeBytes { input in
+            [UInt8](unsafeUninitializedCapacity: input.count) { out, count in
+                count = urlDecode(input, into: UnsafeMutableRawBufferPointer(out))
+            }
+        }
+    }
+
+    /// `urlDecode` into `out` (at least `text.count` bytes, the most it can take): the
+    /// number of bytes written. Nothing is allocated (the read servers' hot path).
+    public static func urlDecode(_ t: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) -> Int {
+        var n = 0
         var i = 0
         while i < t.count {
             let c = t[i]
@@ -96,19 +106,22 @@ public enum KTColumnEncoding: UInt8, Sendable, CaseIterable {
                 var num = hexValue(t[i + 1]) ?? 0
                 guard i + 2 < t.count else { break }
                 num = num &* 16 &+ (hexValue(t[i + 2]) ?? 0)
-                out.append(num)
+                out[n] = num
+                n += 1
                 i += 3
             } else if c == UInt8(ascii: "+") {
-                out.append(0x20)
+                out[n] = 0x20
+                n += 1
                 i += 1
             } else if c <= 0x20 || c == 0x7F {
                 i += 1
             } else {
-                out.append(c)
+                out[n] = c
+                n += 1
                 i += 1
             }
         }
-        return out
+        return n
     }
 
     static func quoteEncode(_ bytes: [UInt8]) -> [UInt8] {

@@ -62,6 +62,12 @@ public enum KTTSV {
         return out
     }
 
+    /// Whether a reply holding `bytes` gets a column encoding (`bestEncoding` is not nil):
+    /// over 255 bytes, or a control byte among them.
+    public static func needsEncoding(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        bytes.count > 255 || bytes.contains { $0 < 0x20 || $0 == 0x7F }
+    }
+
     /// The encoding KT picks for a reply: none while every byte is printable, otherwise
     /// base64 or URL encoding, whichever is estimated shorter (KT's `checkmapenc`).
     public static func bestEncoding<S: Sequence>(for pairs: S) -> KTColumnEncoding?

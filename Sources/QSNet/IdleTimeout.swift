@@ -57,6 +57,12 @@ public final class IdleTimeout: ChannelInboundHandler, RemovableChannelHandler, 
 /// Answers reset it; a connection that becomes a stream takes it out (`IdleTimeout.remove`).
 /// Installed by `Listener` with the listener's idle timeout; clients do not use it (a
 /// client reads answers it need not reply to).
+///
+/// A request costs a clock read, not a timer: the one timer, armed when a request starts
+/// and none is armed, fires at that request's deadline; by then the request has been
+/// answered (the timer re-arms at the deadline of the request pending now, if any) or the
+/// connection is closed. A connection answering request after request arms about one timer
+/// per timeout, not one per request (a scheduled task, a promise and a cancel each).
 final class RequestDeadline: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
     typealias OutboundIn = NIOAny
@@ -65,6 +71,8 @@ final class RequestDeadline: ChannelDuplexHandler, RemovableChannelHandler {
     let timeout: TimeAmount
     let onExpiry: (ChannelHandlerContext) -> Void
     private var timer: Scheduled<Void>?
+    /// When the request pending an answer began (its first byte), nil when none is.
+    private var pendingSince: NIODeadline?
 
     /// `onExpiry` runs on the event loop just before the close (to count it and say so).
     init(timeout: TimeAmount, onExpiry: @escaping (ChannelHandlerContext) -> Void) {
@@ -73,22 +81,37 @@ final class RequestDeadline: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if timer == nil {
-            let loopBound = NIOLoopBound((context, self), eventLoop: context.eventLoop)
-            let timeout = self.timeout
-            timer = context.eventLoop.scheduleTask(in: timeout) {
-                let (context, handler) = loopBound.value
-                handler.timer = nil
-                handler.onExpiry(context)
-                context.fireErrorCaught(RequestTimeoutError(timeout: timeout))
-                context.close(promise: nil)
-            }
+        if pendingSince == nil {
+            let now = NIODeadline.now()
+            pendingSince = now
+            if timer == nil { arm(context, at: now + timeout) }
         }
         context.fireChannelRead(data)
     }
 
+    private func arm(_ context: ChannelHandlerContext, at deadline: NIODeadline) {
+        let loopBound = NIOLoopBound((context, self), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(deadline: deadline) {
+            let (context, handler) = loopBound.value
+            handler.fired(context)
+        }
+    }
+
+    private func fired(_ context: ChannelHandlerContext) {
+        timer = nil
+        guard let since = pendingSince else { return }
+        let deadline = since + timeout
+        if deadline > .now() {
+            arm(context, at: deadline)  // a later request, pending for less than the timeout
+            return
+        }
+        onExpiry(context)
+        context.fireErrorCaught(RequestTimeoutError(timeout: timeout))
+        context.close(promise: nil)
+    }
+
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        cancel()
+        pendingSince = nil
         context.write(data, promise: promise)
     }
 
@@ -102,6 +125,7 @@ final class RequestDeadline: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func cancel() {
+        pendingSince = nil
         timer?.cancel()
         timer = nil
     }

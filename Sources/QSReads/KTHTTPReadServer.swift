@@ -54,11 +54,13 @@ public struct KTHTTPReadServer: ListeningService {
 
     public func run() async throws {
         let session = self.session, binary = self.binary, maxBodyBytes = self.maxBodyBytes
+        let slots = LoopReadSlots(store: session.store)
         try await listener.run { channel in
             let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
             let drain = try? channel.pipeline.syncOperations.handler(type: RequestDrain.self)
             return try KTConnection.sniff(channel, maxBinaryBytes: maxBodyBytes) { channel in
-                try channel.pipeline.syncOperations.addHandler(KTHTTPHandler(session: session, peer: peer, drain: drain))
+                try channel.pipeline.syncOperations.addHandler(KTHTTPHandler(session: session, peer: peer, slot: slots.slot(for: channel.eventLoop),
+                                                                             drain: drain))
             }
         } handle: { accepted in
             // A client that connects and sends nothing is closed on shutdown (idle) or

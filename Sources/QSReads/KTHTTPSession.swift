@@ -19,6 +19,10 @@ struct KTHTTPSession: Sendable {
     let logger: Logger
     let maxBodyBytes: Int
     let counters: KindCounters
+    /// The counters of the requests `answerInPlace` answers, resolved once.
+    let restGetCounter, rpcGetCounter: Counter
+    /// One KT database, unprefixed (`KTDatabaseMap.single`): a key is the stored key.
+    let plainKeys: Bool
 
     init(store: Store, procedures: KTProcedures, rest: KTRESTRead, metrics: ReadMetrics, logger: Logger, maxBodyBytes: Int) {
         self.store = store
@@ -28,6 +32,56 @@ struct KTHTTPSession: Sendable {
         self.logger = logger
         self.maxBodyBytes = maxBodyBytes
         counters = KindCounters(metrics, kinds: KTProcedures.reads.union(["write", "unknown", "bad", "error", "rest", "rest_get", "rest_head"]))
+        restGetCounter = counters["rest_get"]
+        rpcGetCounter = counters["get"]
+        plainKeys = rest.databases.databases.count == 1 && rest.databases.databases[0].index == 0 && rest.databases.databases[0].prefix.isEmpty
+    }
+
+    static let rpcGetPrefix = Array("/rpc/get?key=".utf8)
+    static let valueColumn = Array("value\t".utf8)
+
+    /// The two reads that matter for speed, answered in place: `GET /KEY` and
+    /// `GET /rpc/get?key=KEY` (the key URL-encoded, nothing else in the query) of a live
+    /// record without an expiry, on a node serving one unprefixed KT database, keep-alive.
+    /// The key is decoded on the stack, read in the event loop's transaction (`slot`) and
+    /// the value copied from LMDB's map straight into the body. Anything else — another
+    /// request, a missing or expiring record, a value KT would column-encode — gives nil
+    /// and the general path (`plan`) answers it, the same way as before.
+    func answerInPlace(_ head: HTTPRequestHead, slot: ReadSlot, allocator: ByteBufferAllocator) -> (HTTPResponseHead, ByteBuffer, Counter)? {
+        guard plainKeys, head.method == .GET, head.isKeepAlive else { return nil }
+        var uri = head.uri
+        return uri.withUTF8 { u -> (HTTPResponseHead, ByteBuffer, Counter)? in
+            let raw = UnsafeRawBufferPointer(u)
+            let rpc = raw.starts(with: Self.rpcGetPrefix)
+            let encoded: UnsafeRawBufferPointer
+            if rpc {
+                encoded = UnsafeRawBufferPointer(rebasing: raw[Self.rpcGetPrefix.count...])
+                guard !encoded.contains(where: { $0 == UInt8(ascii: "&") || $0 == UInt8(ascii: ";") }) else { return nil }
+            } else {
+                guard raw.count > 1, raw[0] == UInt8(ascii: "/") else { return nil }
+                encoded = UnsafeRawBufferPointer(rebasing: raw[1...])
+                guard !encoded.contains(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") }) else { return nil }
+            }
+            return withUnsafeTemporaryAllocation(byteCount: encoded.count, alignment: 1) { space -> (HTTPResponseHead, ByteBuffer, Counter)? in
+                let key = UnsafeRawBufferPointer(rebasing: space[..<KTColumnEncoding.urlDecode(encoded, into: space)])
+                let body = try? store.readInline(in: slot) { txn in
+                    try txn.withRecord(bytes: key) { record -> ByteBuffer? in
+                        guard let record, record.expiry == nil else { return nil }
+                        if rpc && KTTSV.needsEncoding(record.value) { return nil }
+                        var body = allocator.buffer(capacity: record.value.count + (rpc ? 7 : 0))
+                        if rpc { body.writeBytes(Self.valueColumn) }
+                        body.writeBytes(record.value)
+                        if rpc { body.writeInteger(UInt8(ascii: "\n")) }
+                        return body
+                    }
+                }
+                guard let body else { return nil }
+                var headers = HTTPHeaders()
+                headers.add(name: "Content-Length", value: String(body.readableBytes))
+                if rpc { headers.add(name: "Content-Type", value: KTTSV.mediaType) }
+                return (HTTPResponseHead(version: head.version, status: .ok, headers: headers), body, rpc ? rpcGetCounter : restGetCounter)
+            }
+        }
     }
 
     /// Procedures answered inline on the event loop (bounded lookups).
@@ -116,13 +170,16 @@ final class KTHTTPHandler: ChannelInboundHandler {
     private let session: KTHTTPSession
     private let peer: String
     private let drain: RequestDrain?
+    /// The event loop's read transaction, renewed for each inline read.
+    private let slot: ReadSlot
     private var head: HTTPRequestHead?
     private var body = ByteBuffer()
     private var tooLarge = false
 
-    init(session: KTHTTPSession, peer: String, drain: RequestDrain?) {
+    init(session: KTHTTPSession, peer: String, slot: ReadSlot, drain: RequestDrain?) {
         self.session = session
         self.peer = peer
+        self.slot = slot
         self.drain = drain
     }
 
@@ -151,10 +208,15 @@ final class KTHTTPHandler: ChannelInboundHandler {
                         to: h, keepAlive: false)
                 return
             }
+            if body.readableBytes == 0, let (responseHead, reply, counter) = session.answerInPlace(h, slot: slot, allocator: context.channel.allocator) {
+                counter.increment()
+                send(context, responseHead, body: reply, keepAlive: true)
+                return
+            }
             let (inline, work) = session.plan(h, body: Array(body.readableBytesView))
             if inline {
                 let r: KTReply
-                do { r = try session.store.readInline(work) } catch { r = session.failure(error, head: h, peer: peer) }
+                do { r = try session.store.readInline(in: slot, work) } catch { r = session.failure(error, head: h, peer: peer) }
                 respond(context, r, to: h, keepAlive: h.isKeepAlive)
             } else {
                 let store = session.store, session = self.session, peer = self.peer
@@ -171,12 +233,18 @@ final class KTHTTPHandler: ChannelInboundHandler {
 
     private func respond(_ context: ChannelHandlerContext, _ r: KTReply, to h: HTTPRequestHead, keepAlive: Bool) {
         session.account(r, peer: peer, head: h)
-        context.write(wrapOutboundOut(.head(KTHTTPSession.responseHead(r, for: h, keepAlive: keepAlive))), promise: nil)
+        var buffer: ByteBuffer?
         if h.method != .HEAD && !r.body.isEmpty {
-            var buffer = context.channel.allocator.buffer(capacity: r.body.count)
-            buffer.writeBytes(r.body)
-            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+            buffer = context.channel.allocator.buffer(capacity: r.body.count)
+            buffer?.writeBytes(r.body)
         }
+        send(context, KTHTTPSession.responseHead(r, for: h, keepAlive: keepAlive), body: buffer, keepAlive: keepAlive)
+    }
+
+    /// Writes a response and flushes it once; the request stops being in flight when it is written.
+    private func send(_ context: ChannelHandlerContext, _ head: HTTPResponseHead, body: ByteBuffer?, keepAlive: Bool) {
+        context.write(wrapOutboundOut(.head(head)), promise: nil)
+        if let body { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
         let drain = self.drain
         context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
             drain?.end()

@@ -37,19 +37,22 @@ enum MemcachedLineParser {
     static let otherWrites: Set<String> = ["delete", "incr", "decr", "touch", "gat", "gats", "flush_all"]
 
     static func parse(_ line: ArraySlice<UInt8>, limits: MemcachedLimits) -> (MemcachedCommand, skip: Int) {
+        line.withUnsafeBytes { parse($0, limits: limits) }
+    }
+
+    static func parse(_ line: UnsafeRawBufferPointer, limits: MemcachedLimits) -> (MemcachedCommand, skip: Int) {
+        if let get = Get(line) {
+            if let bad = get.refusal(limits) { return (bad, 0) }
+            var keys = [[UInt8]]()
+            get.forEachKey { keys.append(Array($0)) }
+            return (.get(keys: keys, withCAS: get.withCAS), 0)
+        }
         let tokens = line.split(whereSeparator: { $0 == 0x20 || $0 == 0x09 }).map { Array($0) }
         guard let first = tokens.first else {
             return (.malformed(reply: "ERROR", reason: "empty command line", close: false), 0)
         }
         let name = String(decoding: first, as: UTF8.self)
         switch name {
-        case "get", "gets":
-            let keys = Array(tokens.dropFirst())
-            if let long = keys.first(where: { $0.count > limits.maxKeyBytes }) {
-                return (.malformed(reply: "CLIENT_ERROR key too long",
-                                   reason: "key of \(long.count) bytes, the limit is \(limits.maxKeyBytes)", close: false), 0)
-            }
-            return (.get(keys: keys, withCAS: name == "gets"), 0)
         case "version":
             return (.version, 0)
         case "stats":
@@ -77,6 +80,53 @@ enum MemcachedLineParser {
             return (.write(command: name, noreply: noreply), 0)
         default:
             return (.malformed(reply: "ERROR", reason: "unknown command '\(printable(first))'", close: false), 0)
+        }
+    }
+
+    /// A `get` or `gets` line, its keys read in place (nothing allocated): how the server
+    /// answers the commands that matter for speed without building a `MemcachedCommand`.
+    struct Get {
+        let line: UnsafeRawBufferPointer
+        let withCAS: Bool
+        /// Where the keys start (after the command name).
+        let keysFrom: Int
+
+        /// nil when `line` is not `get`/`gets` followed by its end, a space or a tab.
+        @inline(__always)
+        init?(_ line: UnsafeRawBufferPointer) {
+            var at = 0
+            while at < line.count && (line[at] == 0x20 || line[at] == 0x09) { at += 1 }
+            guard line.count - at >= 3, line[at] == UInt8(ascii: "g"), line[at + 1] == UInt8(ascii: "e"),
+                  line[at + 2] == UInt8(ascii: "t") else { return nil }
+            at += 3
+            let cas = at < line.count && line[at] == UInt8(ascii: "s")
+            if cas { at += 1 }
+            guard at == line.count || line[at] == 0x20 || line[at] == 0x09 else { return nil }
+            self.line = line
+            withCAS = cas
+            keysFrom = at
+        }
+
+        /// Calls `body` with each key (separated by spaces or tabs), in order.
+        @inline(__always)
+        func forEachKey(_ body: (UnsafeRawBufferPointer) throws -> Void) rethrows {
+            var at = keysFrom
+            let n = line.count
+            while at < n {
+                while at < n && (line[at] == 0x20 || line[at] == 0x09) { at += 1 }
+                let start = at
+                while at < n && line[at] != 0x20 && line[at] != 0x09 { at += 1 }
+                if at > start { try body(UnsafeRawBufferPointer(rebasing: line[start..<at])) }
+            }
+        }
+
+        /// The reply for a key over the limit, nil when every key is within it.
+        func refusal(_ limits: MemcachedLimits) -> MemcachedCommand? {
+            var first = 0
+            forEachKey { if first == 0 && $0.count > limits.maxKeyBytes { first = $0.count } }
+            guard first > 0 else { return nil }
+            return .malformed(reply: "CLIENT_ERROR key too long",
+                              reason: "key of \(first) bytes, the limit is \(limits.maxKeyBytes)", close: false)
         }
     }
 

@@ -49,25 +49,26 @@ public struct MemcachedServer: ListeningService {
     }
 
     public func run() async throws {
-        let session = self.session, limits = self.limits
+        let session = self.session, limits = self.limits, slots = LoopReadSlots(store: session.store)
         try await listener.run { channel in
-            let ops = channel.pipeline.syncOperations
-            let decoder = MemcachedDecoder(limits: limits)
             let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
-            // Stops reading while the socket does not take the replies.
-            try ops.addHandler(BackPressureHandler())
-            try ops.addHandler(ByteToMessageHandler(decoder, maximumBufferSize: decoder.maximumBufferSize))
-            try ops.addHandler(MemcachedHandler(session: session, peer: peer, drain: try? ops.handler(type: RequestDrain.self)))
+            let ops = channel.pipeline.syncOperations
+            try ops.addHandler(MemcachedHandler(session: session, limits: limits, peer: peer, slot: slots.slot(for: channel.eventLoop),
+                                                drain: try? ops.handler(type: RequestDrain.self)))
         }
     }
 }
 
-/// One memcached connection, answered on its event loop: each command as it is decoded,
-/// into one output buffer written when the socket read is done (or when it holds
-/// `flushBytes`), so pipelined commands share a write. Commands are answered in order; a
-/// read burst is in flight for `RequestDrain` until its replies are written.
-final class MemcachedHandler: ChannelInboundHandler {
-    typealias InboundIn = MemcachedCommand
+/// One memcached connection, framed, decoded and answered by this one handler on the
+/// connection's event loop (no decoder stage, no command values for `get`): each line as
+/// it is found in the socket's bytes, into one output buffer written and flushed once when
+/// the socket read is done (or when it holds `flushBytes`), so pipelined commands share a
+/// write. Commands are answered in order; a read burst is in flight for `RequestDrain`
+/// until its replies are written. It stops reading while the socket does not take the
+/// replies (as NIO's `BackPressureHandler`), and holds at most one incomplete line.
+final class MemcachedHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     static let flushBytes = 64 << 10
@@ -75,15 +76,24 @@ final class MemcachedHandler: ChannelInboundHandler {
     private let session: MemcachedSession
     private let peer: String
     private let drain: RequestDrain?
+    /// The event loop's read transaction, renewed for each `get`.
+    private let slot: ReadSlot
+    private var framing: MemcachedFraming
+    /// The bytes of a line not yet whole.
+    private var pending: ByteBuffer?
     private var out = ByteBuffer()
     /// A request was answered into `out` since the last write (and `drain` knows).
     private var answered = false
     private var closing = false
+    /// A read was asked for while the socket did not take the replies.
+    private var readHeld = false
 
-    init(session: MemcachedSession, peer: String, drain: RequestDrain?) {
+    init(session: MemcachedSession, limits: MemcachedLimits, peer: String, slot: ReadSlot, drain: RequestDrain?) {
         self.session = session
         self.peer = peer
+        self.slot = slot
         self.drain = drain
+        framing = MemcachedFraming(limits: limits)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -97,21 +107,59 @@ final class MemcachedHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
-        if !answered {
-            drain?.begin()
-            answered = true
+        var input = unwrapInboundIn(data)
+        if var held = pending {
+            pending = nil
+            held.writeBuffer(&input)
+            input = held
         }
-        if !session.answer(unwrapInboundIn(data), into: &out, peer: peer) {
-            closing = true
-            writeOut(context, thenClose: true)
-        } else if out.readableBytes >= Self.flushBytes {
-            writeOut(context)
+        while !closing, let next = framing.next(&input) {
+            if !answered {
+                drain?.begin()
+                answered = true
+            }
+            switch next {
+            case let .failure(command):
+                _ = session.answer(command, into: &out, peer: peer, slot: slot)
+                closing = true
+            case let .line(start, count):
+                let (open, skip) = input.withBytes(at: start, count: count) { line in
+                    session.answer(line: line, into: &out, peer: peer, slot: slot)
+                }
+                framing.skip = skip
+                closing = !open
+            }
+            if closing {
+                writeOut(context, thenClose: true)
+            } else if out.readableBytes >= Self.flushBytes {
+                writeOut(context)
+            }
+        }
+        if !closing && input.readableBytes > 0 {
+            input.discardReadBytes()
+            pending = input
         }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
         writeOut(context)
         context.fireChannelReadComplete()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            context.read()
+        } else {
+            readHeld = true
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if readHeld && context.channel.isWritable {
+            readHeld = false
+            context.read()
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

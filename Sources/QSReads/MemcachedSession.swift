@@ -6,8 +6,10 @@ import QSNet
 import QSStore
 
 /// Answers the memcached commands of every connection of one server, on the connection's
-/// event loop: a `get` reads the store inline (`Store.readInline`, one read transaction per
-/// `get`) and its reply is written straight into the connection's output buffer.
+/// event loop: a `get` line is answered in place (its keys read from the request's bytes),
+/// in one read transaction per `get` — the event loop's, kept and renewed
+/// (`Store.readInline(in:)`, `ReadSlot`) — and its reply is written straight from LMDB's map
+/// into the connection's output buffer.
 ///
 /// Reading inline is safe on an event loop because it is bounded and never waits: one `get`
 /// is at most one command line of keys (8 KiB by default), each an LMDB B-tree lookup in a
@@ -59,11 +61,16 @@ struct MemcachedSession: Sendable {
     }
 
     /// Answers one command into `out`; false when the connection is to be closed after it.
-    func answer(_ command: MemcachedCommand, into out: inout ByteBuffer, peer: String) -> Bool {
+    func answer(_ command: MemcachedCommand, into out: inout ByteBuffer, peer: String, slot: ReadSlot) -> Bool {
         switch command {
         case let .get(keys, withCAS):
-            (withCAS ? counters.gets : counters.get).increment()
-            get(keys, withCAS: withCAS, into: &out, peer: peer)
+            // Commands arrive here from `MemcachedDecoder`'s callers; the server answers
+            // `get` lines in place (`answer(get:)`), the one implementation.
+            var line = Array((withCAS ? "gets" : "get").utf8)
+            for key in keys { line.append(0x20); line += key }
+            line.withUnsafeBytes { bytes in
+                if let get = MemcachedLineParser.Get(bytes) { answer(get: get, into: &out, peer: peer, slot: slot) }
+            }
         case .version:
             counters.version.increment()
             out.writeString("VERSION ")
@@ -89,22 +96,36 @@ struct MemcachedSession: Sendable {
         return true
     }
 
-    private func get(_ keys: [[UInt8]], withCAS: Bool, into out: inout ByteBuffer, peer: String) {
+    /// Answers one command line (without its line ending) into `out`: a `get` in place,
+    /// anything else through `MemcachedLineParser`; returns whether the connection stays
+    /// open and how many data bytes (of a refused storage command) follow the line.
+    func answer(line: UnsafeRawBufferPointer, into out: inout ByteBuffer, peer: String, slot: ReadSlot) -> (open: Bool, skip: Int) {
+        if let get = MemcachedLineParser.Get(line), get.refusal(config.limits) == nil {
+            answer(get: get, into: &out, peer: peer, slot: slot)
+            return (true, 0)
+        }
+        let (command, skip) = MemcachedLineParser.parse(line, limits: config.limits)
+        return (answer(command, into: &out, peer: peer, slot: slot), skip)
+    }
+
+    /// `get`/`gets`: every key read in one read transaction (the event loop's `slot`), each
+    /// value written from LMDB's map straight into `out`, then `END`.
+    func answer(get: MemcachedLineParser.Get, into out: inout ByteBuffer, peer: String, slot: ReadSlot) {
+        (get.withCAS ? counters.gets : counters.get).increment()
         guard let db = database else {
             out.writeString("SERVER_ERROR no such database\r\n")
             return
         }
         let now = config.clock()
-        let format = config.valueFormat, databases = config.databases, sharesPrefix = self.sharesPrefix
+        let withCAS = get.withCAS, format = config.valueFormat
         // Written after the last key, or dropped for a storage error.
         let start = out.writerIndex
-        var hits = 0
+        var hits = 0, asked = 0
         do {
-            try store.readInline { txn in
-                for key in keys {
-                    let full = db.prefix.isEmpty ? key : db.prefix + key
-                    if sharesPrefix && !databases.owns(db, key: full) { continue }
-                    try txn.withRecord(full) { record in
+            try store.readInline(in: slot) { txn in
+                try get.forEachKey { key in
+                    asked += 1
+                    try lookup(key, in: db, txn) { record in
                         guard let record, !record.isExpired(at: now) else { return }
                         hits += 1
                         Self.writeValue(key: key, record: record, withCAS: withCAS, format: format, into: &out)
@@ -118,13 +139,24 @@ struct MemcachedSession: Sendable {
             return
         }
         if hits > 0 { metrics.hits.increment(by: Int64(hits)) }
-        if hits < keys.count { metrics.misses.increment(by: Int64(keys.count - hits)) }
-        stats.count(gets: keys.count, hits: hits)
+        if hits < asked { metrics.misses.increment(by: Int64(asked - hits)) }
+        stats.count(gets: asked, hits: hits)
         out.writeString("END\r\n")
     }
 
+    /// The record of `key` in database `db` (its prefix in front), nil when there is none
+    /// or it belongs to a database with a longer prefix.
+    @inline(__always)
+    private func lookup(_ key: UnsafeRawBufferPointer, in db: KTDatabaseMap.Database, _ txn: borrowing StoreTransaction,
+                        _ body: (RecordView?) throws -> Void) throws {
+        if db.prefix.isEmpty && !sharesPrefix { return try txn.withRecord(bytes: key, body) }
+        let full = db.prefix + key
+        if sharesPrefix && !config.databases.owns(db, key: full) { return }
+        try txn.withRecord(full, body)
+    }
+
     /// `VALUE <key> <flags> <bytes>[ <cas unique>]\r\n<data>\r\n`.
-    static func writeValue(key: [UInt8], record: RecordView, withCAS: Bool, format: MemcachedValueFormat,
+    static func writeValue(key: UnsafeRawBufferPointer, record: RecordView, withCAS: Bool, format: MemcachedValueFormat,
                            into out: inout ByteBuffer) {
         let (flags, data) = format.split(record.value)
         out.writeString("VALUE ")

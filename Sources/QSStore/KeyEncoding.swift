@@ -114,7 +114,7 @@ enum RecordCodec {
 
     /// The record in `bytes` seen in place after checking its checksum, nil when it keeps a
     /// full key other than `key` (the layout of `decode`, without copying the value).
-    static func view(_ raw: UnsafeRawBufferPointer, storedKey: UnsafeRawBufferPointer, key: [UInt8],
+    static func view(_ raw: UnsafeRawBufferPointer, storedKey: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer,
                      requireChecksum: Bool) throws -> RecordView? {
         let bytes = try verified(raw, storedKey: storedKey, requireChecksum: requireChecksum)
         let flags = bytes[0]

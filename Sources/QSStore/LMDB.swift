@@ -141,6 +141,29 @@ public final class LMDBEnvironment: @unchecked Sendable {
         return try body(LMDBTransaction(txn: txn))
     }
 
+    /// Runs `body` in a read-only transaction kept in `slot` between calls: renewed
+    /// (`mdb_txn_renew`: the newest committed state, the same reader-table slot and
+    /// allocation) when `slot` holds one, begun otherwise, and reset (`mdb_txn_reset`) when
+    /// `body` returns, so between calls it pins no pages. One thread at a time per `slot`.
+    func read<T>(reusing slot: inout OpaquePointer?, _ body: (borrowing LMDBTransaction) throws -> T) throws -> T {
+        var txn: OpaquePointer
+        if let kept = slot, mdb_txn_renew(kept) == MDB_SUCCESS {
+            txn = kept
+        } else {
+            if let kept = slot { mdb_txn_abort(kept) }
+            slot = nil
+            var fresh: OpaquePointer?
+            try LMDBError.check(mdb_txn_begin(env, nil, UInt32(MDB_RDONLY), &fresh), "mdb_txn_begin(read)")
+            guard let fresh else { throw LMDBError(code: EINVAL_CODE, operation: "mdb_txn_begin") }
+            txn = fresh
+        }
+        defer {
+            mdb_txn_reset(txn)
+            slot = txn
+        }
+        return try body(LMDBTransaction(txn: txn))
+    }
+
     /// Runs `body` in a write transaction, committed (durably, unless `noSync`) when it
     /// returns and aborted when it throws.
     public func write<T>(_ body: (borrowing LMDBTransaction) throws -> T) throws -> T {

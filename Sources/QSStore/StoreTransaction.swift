@@ -65,13 +65,20 @@ public struct StoreTransaction: ~Copyable {
     /// only inside `body`: nothing is copied, and for a key of at most `KeyEncoding.inlineLimit`
     /// bytes nothing is allocated. For the read servers' hot path.
     public func withRecord<T>(_ key: [UInt8], _ body: (RecordView?) throws -> T) throws -> T {
-        guard !keys.isLong(key) else {
-            guard let record = try get(key) else { return try body(nil) }
+        try key.withUnsafeBytes { try withRecord(bytes: $0, body) }
+    }
+
+    /// `withRecord` for a key seen in place (e.g. in a request's bytes): nothing is copied
+    /// or allocated for a key of at most `KeyEncoding.inlineLimit` bytes; the record's
+    /// checksum is checked as on every read.
+    public func withRecord<T>(bytes key: UnsafeRawBufferPointer, _ body: (RecordView?) throws -> T) throws -> T {
+        guard key.count <= keys.inlineLimit else {
+            guard let record = try get(Array(key)) else { return try body(nil) }
             return try record.value.withUnsafeBytes { try body(RecordView(expiry: record.expiry, value: $0)) }
         }
         return try withUnsafeTemporaryAllocation(byteCount: key.count + 1, alignment: 1) { stored in
             stored[0] = KeyEncoding.tag
-            key.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: stored[1...]).copyMemory(from: $0) }
+            UnsafeMutableRawBufferPointer(rebasing: stored[1...]).copyMemory(from: key)
             let storedKey = UnsafeRawBufferPointer(stored)
             return try txn.withValue(kv, storedKey) { raw in
                 let view: RecordView?

@@ -2,7 +2,8 @@ import Foundation
 import QSTesting
 
 /// A bridge's lag under a steady KT workload: fakekt → qsktbridge → root, the bridge's
-/// `qs_bridge_lag_seconds` sampled every 100 ms and drawn by `qsctl lag --plot`.
+/// `qs_bridge_lag_seconds` sampled every 100 ms and drawn by `qsctl lag --plot`. Every
+/// write carries a new value (100 bytes), so the root applies each one.
 struct LagBench {
     let seconds: Double
     let writesPerSecond: Int
@@ -44,7 +45,10 @@ struct LagBench {
             let perRequest = 50
             let began = Date()
             var i = 0
-            let value = String(repeating: "v", count: 100)
+            // Every write changes its key's value (the write's number leads it): a constant
+            // value would be dropped by the root as an identical write from the second
+            // pass over the 20,000 keys on, and the lag would measure nothing.
+            let padding = String(repeating: "v", count: 100)
             while !stop.isSet {
                 let due = Int(Date().timeIntervalSince(began) * Double(rate))
                 if i >= due {
@@ -52,7 +56,10 @@ struct LagBench {
                     continue
                 }
                 var body = ""
-                for j in 0..<perRequest { body += (j == 0 ? "" : "&") + "_lag%2F\((i + j) % 20000)=\(value)" }
+                for j in 0..<perRequest {
+                    let n = String(i + j)
+                    body += (j == 0 ? "" : "&") + "_lag%2F\((i + j) % 20000)=" + n + padding.dropLast(n.count)
+                }
                 _ = httpPost(port: ktPort, path: "/rpc/set_bulk", contentType: "application/x-www-form-urlencoded", body: Array(body.utf8))
                 i += perRequest
                 written.set(i)
