@@ -20,6 +20,8 @@ public struct ReplicaMetrics: Sendable {
     public let switches = Counter(label: "qs_replica_upstream_switches_total")
     public let diverged = Counter(label: "qs_replica_diverged_total")
     public let bootstraps = Counter(label: "qs_replica_bootstraps_total")
+    public let bootstrapBytes = Counter(label: "qs_replica_bootstrap_bytes_received_total")
+    public let bootstrapsResumed = Counter(label: "qs_replica_bootstraps_resumed_total")
     public let entriesApplied = Counter(label: "qs_replica_entries_applied_total")
     public let diskFullWaits = Counter(label: "qs_replica_disk_full_waits_total")
     public let repairs = Counter(label: "qs_replica_repairs_total")
@@ -364,16 +366,22 @@ public final class ReplicaService: Service, Sendable {
 
     private func fetchAndInstall(from up: Endpoint, continuing: Head?) async throws {
         logger.info("bootstrap: requesting a snapshot", metadata: ["upstream": "\(up)"])
-        var announcedBytes: UInt64 = 0
+        var announcedBytes: UInt64 = 0, resumedFrom: UInt64 = 0
+        let started = ContinuousClock.now
         let head = try await core.store.installSnapshot(continuing: continuing) { file in
             let begin = try await receiveSnapshot(from: up, token: self.upstreamToken, group: self.group, into: file,
-                                                  checkRoom: { try self.checkRoom(for: $0) }, logger: self.logger)
+                                                  checkRoom: { try self.checkRoom(for: $0) }, logger: self.logger,
+                                                  tally: SnapshotTally(self.metrics.bootstrapBytes))
             announcedBytes = begin.size
+            resumedFrom = begin.resumedFrom
             return Head(index: begin.index, hash: begin.hash, commitTimeNs: 0)
         }
         core.watcher.publish()
         metrics.bootstraps.increment()
+        if resumedFrom > 0 { metrics.bootstrapsResumed.increment() }
         metrics.head.record(Double(head.index))
-        logger.notice("bootstrap installed", metadata: ["upstream": "\(up)", "index": "\(head.index)", "bytes": "\(announcedBytes)"])
+        logger.notice("bootstrap installed", metadata: ["upstream": "\(up)", "index": "\(head.index)", "bytes": "\(announcedBytes)",
+                                                       "resumed-at-bytes": "\(resumedFrom)",
+                                                       "milliseconds": "\(Int((ContinuousClock.now - started).seconds * 1000))"])
     }
 }
