@@ -402,13 +402,14 @@ extension Store {
         return try await threads.run { () throws -> Head? in
             defer { try? FileManager.default.removeItem(atPath: dir) }
             guard let head = checked else { return nil }
-            // Opened for writing once, in place: a node id of its own (the sender's is not
-            // this node's), and whatever an open does to an older format.
+            // A node id of its own (the sender's is not this node's), written in place. The
+            // node's own open then does what an open does (an older format upgraded, the
+            // chain's tail checked once more).
             do {
-                let store = try Store(directory: dir, readers: 1)
+                let engine = try LMDBEngine(directory: dir, mapSize: 8 << 30, readOnly: false, noSync: false)
                 var id = [UInt8](repeating: 0, count: 16)
                 for i in id.indices { id[i] = UInt8.random(in: 0...255) }
-                try store.engine.write { try $0.put(.meta, Self.identityKey, Array(hexString(id).utf8)) }
+                try Engine.lmdb(engine).write { try $0.put(.meta, Self.identityKey, Array(hexString(id).utf8)) }
             }
             guard rename(dir + "/data.mdb", directory + "/data.mdb") == 0 else {
                 throw StoreError.io("cannot move the checked snapshot \(dir)/data.mdb into \(directory): errno \(errno)")

@@ -19,6 +19,10 @@ struct BootstrapBench {
     let binDir: URL
 
     struct Run: Codable {
+        /// `data-dir`: the empty replica's snapshot written straight into --data before
+        /// its store opens (the default); `in-store`: installed into the open empty store in
+        /// one transaction (`--bootstrap-into-data-dir false`, measured at the first size).
+        var path: String
         var environmentBytes: Int
         var copyMBPerSec: Double
         var bootstrapMBPerSec: Double
@@ -65,16 +69,19 @@ struct BootstrapBench {
             defer { _ = try? root.stop() }
             let port = try root.port("write")
             let head = try await headOf(port: port)
-            let one = try await replica(scratch + "/boot-replica-\(mb)", upstream: port, until: head)
-            let seconds = one.seconds
-            let transfer = logSeconds(one.log, "bootstrap installed", "transfer-milliseconds")
-            let check = logSeconds(one.log, "bootstrap installed", "check-milliseconds")
-            runs.append(Run(environmentBytes: envBytes, copyMBPerSec: Double(envBytes) / 1e6 / copySeconds,
-                            bootstrapMBPerSec: Double(envBytes) / 1e6 / seconds, ratio: copySeconds / seconds,
-                            bootstrapSeconds: seconds, transferSeconds: transfer, checkSeconds: check,
-                            otherSeconds: max(0, seconds - transfer - check), replicaPeakAnonBytes: one.peakAnon,
-                            replicaPeakRSSBytes: one.peakRSS, rootPeakAnonBytes: anonRSS(pid: root.pid)))
-            try? FileManager.default.removeItem(atPath: scratch + "/boot-replica-\(mb)")
+            for path in i == 0 ? ["data-dir", "in-store"] : ["data-dir"] {
+                let one = try await replica(scratch + "/boot-replica-\(mb)", upstream: port, until: head,
+                                            extra: path == "in-store" ? ["--bootstrap-into-data-dir", "false"] : [])
+                let seconds = one.seconds
+                let transfer = logSeconds(one.log, "bootstrap installed", "transfer-milliseconds")
+                let check = logSeconds(one.log, "bootstrap installed", "check-milliseconds")
+                runs.append(Run(path: path, environmentBytes: envBytes, copyMBPerSec: Double(envBytes) / 1e6 / copySeconds,
+                                bootstrapMBPerSec: Double(envBytes) / 1e6 / seconds, ratio: copySeconds / seconds,
+                                bootstrapSeconds: seconds, transferSeconds: transfer, checkSeconds: check,
+                                otherSeconds: max(0, seconds - transfer - check), replicaPeakAnonBytes: one.peakAnon,
+                                replicaPeakRSSBytes: one.peakRSS, rootPeakAnonBytes: anonRSS(pid: root.pid)))
+                try? FileManager.default.removeItem(atPath: scratch + "/boot-replica-\(mb)")
+            }
             if i == 0 && concurrent > 1 {
                 turns = try await takeTurns(upstream: port, head: head, envBytes: envBytes, mb: mb)
             }
@@ -108,12 +115,12 @@ struct BootstrapBench {
     }
 
     /// A root environment of about `megabytes` MB: 1 KB values in batches of 1,000, its
-    /// log trimmed to the last 100 entries (so the records make the size, as in a store
-    /// that has run a while), flushed to disk.
+    /// log trimmed to the last 100 entries (about 100 MB of it: each entry carries its
+    /// batch), flushed to disk. About 2.6 KB of file per record, log and B-tree included.
     func load(_ dir: String, megabytes: Int) async throws {
         let store = try await Store.open(directory: dir, mapSize: 64 << 30, noSync: true)
         let value = [UInt8]((0..<1000).map { UInt8(truncatingIfNeeded: $0 &* 31) })
-        let batches = max(1, megabytes * 1_000_000 / 1_200 / 1000)
+        let batches = max(1, megabytes * 1_000_000 / 2_600 / 1000)
         for b in 0..<batches {
             let ops: [Mutation] = (0..<1000).map { .set(key: Array(benchKey(b * 1000 + $0).utf8), value: value, expiry: nil) }
             _ = try await store.applyBatch(sourceID: "load", expected: UInt64(b), new: UInt64(b + 1), operations: ops)
@@ -158,11 +165,11 @@ struct BootstrapBench {
 
     /// Starts an empty replica of `upstream` and waits until it serves `head`; its memory
     /// is sampled every 20 ms from its start (the bootstrap runs before its ready file).
-    func replica(_ dir: String, upstream: Int, until head: Head) async throws -> (seconds: Double, peakAnon: Int, peakRSS: Int, log: String) {
+    func replica(_ dir: String, upstream: Int, until head: Head, extra: [String] = []) async throws -> (seconds: Double, peakAnon: Int, peakRSS: Int, log: String) {
         let ready = scratch + "/\(UUID().uuidString.prefix(8)).ready.json"
         let start = ContinuousClock.now
         let p = try DaemonProcess("qsnode", ["--role", "replica", "--data", dir, "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:\(upstream)",
-                                             "--log-format", "text", "--ready-file", ready],
+                                             "--log-format", "text", "--ready-file", ready] + extra,
                                   logDir: URL(fileURLWithPath: scratch), ready: false, binDir: binDir)
         defer { _ = try? p.stop() }
         let sampler = MemorySampler(pid: p.pid)
@@ -219,9 +226,9 @@ final class MemorySampler: @unchecked Sendable {
 extension BootstrapBench.Result {
     func printTable() {
         print("bootstrap: an empty replica from a root, MB/s of the environment next to cp of the same file (warm cache, fsynced):")
-        print("  env MB   cp MB/s   boot MB/s  ratio   transfer s  checks s  other s   replica own MB  peak RSS MB  root own MB")
+        print("  path      env MB   cp MB/s   boot MB/s  ratio   transfer s  checks+install s  other s   replica own MB  peak RSS MB  root own MB")
         for r in runs {
-            print(String(format: "  %6.0f %9.0f %11.0f %6.2f %12.2f %9.2f %8.2f %16.1f %12.1f %12.1f", Double(r.environmentBytes) / 1e6, r.copyMBPerSec,
+            print(String(format: "  %-8@ %6.0f %9.0f %11.0f %6.2f %12.2f %17.2f %8.2f %16.1f %12.1f %12.1f", r.path as NSString, Double(r.environmentBytes) / 1e6, r.copyMBPerSec,
                          r.bootstrapMBPerSec, r.ratio, r.transferSeconds, r.checkSeconds, r.otherSeconds, Double(r.replicaPeakAnonBytes) / 1e6,
                          Double(r.replicaPeakRSSBytes) / 1e6, Double(r.rootPeakAnonBytes) / 1e6))
         }
