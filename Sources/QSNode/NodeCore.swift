@@ -307,7 +307,7 @@ public final class NodeCore: Sendable {
                                           limit: Int(min(max(limit, 1), Self.maxRecordsPerPage)),
                                           now: asOf == 0 ? wallClockSeconds() : asOf)
                 return .page(records: page.records.map { .init(key: $0.key, record: $0.record) }, next: page.next)
-            case .subscribe, .snapshot:
+            case .subscribe, .snapshot, .snapshotFrom:
                 return .error(.invalidRequest, "\(request.name) is a streaming request, handled by the connection")
             case let .append(_, entries, sourceTime) where entries.isEmpty:
                 // A mirror bridge's probe while its source is quiet: does this root still

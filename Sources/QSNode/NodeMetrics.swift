@@ -17,6 +17,9 @@ public struct NodeMetrics: Sendable {
     public let subscriptionsRefused: Counter
     public let divergedSubscribers: Counter
     public let snapshotsServed: Counter
+    public let snapshotBytesSent: Counter
+    public let snapshotResumes: Counter
+    public let snapshotResumesRefused: Counter
     public let entriesStreamed: Counter
     let factory: any MetricsFactory
     /// `qs_requests_total{type}` per request type, made once: no registry lookup per request.
@@ -42,6 +45,9 @@ public struct NodeMetrics: Sendable {
         subscriptionsRefused = Counter(label: "qs_replication_subscriptions_refused_total", factory: factory)
         divergedSubscribers = Counter(label: "qs_replication_diverged_subscribers_total", factory: factory)
         snapshotsServed = Counter(label: "qs_snapshots_served_total", factory: factory)
+        snapshotBytesSent = Counter(label: "qs_snapshot_bytes_sent_total", factory: factory)
+        snapshotResumes = Counter(label: "qs_snapshot_resumes_total", factory: factory)
+        snapshotResumesRefused = Counter(label: "qs_snapshot_resumes_refused_total", factory: factory)
         entriesStreamed = Counter(label: "qs_replication_entries_sent_total", factory: factory)
         requestCounters = Dictionary(uniqueKeysWithValues: Self.requestTypes.map {
             ($0, Counter(label: "qs_requests_total", dimensions: [("type", $0)], factory: factory))

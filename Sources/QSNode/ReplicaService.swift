@@ -20,6 +20,8 @@ public struct ReplicaMetrics: Sendable {
     public let switches = Counter(label: "qs_replica_upstream_switches_total")
     public let diverged = Counter(label: "qs_replica_diverged_total")
     public let bootstraps = Counter(label: "qs_replica_bootstraps_total")
+    public let bootstrapBytes = Counter(label: "qs_replica_bootstrap_bytes_received_total")
+    public let bootstrapsResumed = Counter(label: "qs_replica_bootstraps_resumed_total")
     public let entriesApplied = Counter(label: "qs_replica_entries_applied_total")
     public let diskFullWaits = Counter(label: "qs_replica_disk_full_waits_total")
     public let repairs = Counter(label: "qs_replica_repairs_total")
@@ -243,6 +245,9 @@ public final class ReplicaService: Service, Sendable {
             let head = try await core.store.head()
             try await outbound.write(Request.subscribe(fromIndex: head.index, hash: head.hash, token: self.upstreamToken).frame())
             self.logger.info("subscribing", metadata: ["upstream": "\(up)", "from": "\(head.index)"])
+            // A store installed before the node started (or reopened) reports its head now,
+            // not at the first entry applied.
+            self.metrics.head.record(Double(head.index))
             for try await frame in inbound {
                 guard self.upstreams.contains(up) else { throw FollowEnd.delisted }
                 switch try Response.decode(frame) {
@@ -364,16 +369,25 @@ public final class ReplicaService: Service, Sendable {
 
     private func fetchAndInstall(from up: Endpoint, continuing: Head?) async throws {
         logger.info("bootstrap: requesting a snapshot", metadata: ["upstream": "\(up)"])
-        var announcedBytes: UInt64 = 0
+        var announcedBytes: UInt64 = 0, resumedFrom: UInt64 = 0
+        let started = ContinuousClock.now
+        var transferred = started
         let head = try await core.store.installSnapshot(continuing: continuing) { file in
             let begin = try await receiveSnapshot(from: up, token: self.upstreamToken, group: self.group, into: file,
-                                                  checkRoom: { try self.checkRoom(for: $0) }, logger: self.logger)
+                                                  checkRoom: { try self.checkRoom(for: $0) }, logger: self.logger,
+                                                  tally: SnapshotTally(self.metrics.bootstrapBytes))
             announcedBytes = begin.size
+            resumedFrom = begin.resumedFrom
+            transferred = ContinuousClock.now
             return Head(index: begin.index, hash: begin.hash, commitTimeNs: 0)
         }
         core.watcher.publish()
         metrics.bootstraps.increment()
+        if resumedFrom > 0 { metrics.bootstrapsResumed.increment() }
         metrics.head.record(Double(head.index))
-        logger.notice("bootstrap installed", metadata: ["upstream": "\(up)", "index": "\(head.index)", "bytes": "\(announcedBytes)"])
+        logger.notice("bootstrap installed", metadata: ["upstream": "\(up)", "index": "\(head.index)", "bytes": "\(announcedBytes)",
+                                                       "resumed-at-bytes": "\(resumedFrom)",
+                                                       "transfer-milliseconds": "\(Int((transferred - started).seconds * 1000))",
+                                                       "check-milliseconds": "\(Int((ContinuousClock.now - transferred).seconds * 1000))"])
     }
 }

@@ -58,28 +58,67 @@ enum ReplicationStreams {
         try? await channel.close()
     }
 
-    /// Sends a consistent copy of the environment: `snapshotBegin(index, hash, size)`,
-    /// 1 MiB chunks, `snapshotEnd`. Concurrent requests wait in a queue. The copy and the
-    /// file reads run on the store's background thread.
-    static func snapshot(channel: Channel, core: NodeCore, logger: Logger, peer: String) async {
+    /// Sends a consistent copy of the environment (`Store.streamSnapshot`: LMDB's
+    /// compacted copy straight from a pipe, no file). To a `snapshot` request:
+    /// `snapshotBegin(index, hash, size)`, 1 MiB chunks, `snapshotEnd`. To `snapshotFrom`:
+    /// `snapshotStart(index, hash, size, offset)`, the chunks from `offset` (the client's,
+    /// when this node's copy is the one it holds part of, else 0), `snapshotDone(digest)`.
+    /// Concurrent requests take turns in a queue, so several bootstrapping replicas do not
+    /// thrash this node's page cache. Two chunks are in flight at most: the next one is
+    /// read from the copy while the socket sends the last.
+    static func snapshot(channel: Channel, core: NodeCore, resume: SnapshotResume?, resumable: Bool, logger: Logger, peer: String) async {
+        // A `snapshotFrom` client hears every second that its snapshot is coming (older
+        // clients would not know the frame): it may wait its turn longer than its idle timeout.
+        let waiting: Task<Void, Never>? = !resumable ? nil : Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                if Task.isCancelled { break }
+                let queued = await core.snapshots.queued
+                try? await channel.writeAndFlush(Response.snapshotWaiting(queued: UInt32(queued)).frame())
+            }
+        }
+        defer { waiting?.cancel() }
         do {
             let queued = await core.snapshots.queued
-            logger.info("snapshot requested", metadata: ["peer": "\(peer)", "queued-before-it": "\(queued)"])
+            logger.info("snapshot requested", metadata: ["peer": "\(peer)", "queued-before-it": "\(queued)",
+                                                        "resume-at-bytes": "\(resume?.offset ?? 0)"])
             try await core.snapshots.run {
                 logger.info("snapshot started", metadata: ["peer": "\(peer)"])
-                try await core.store.withSnapshot { file in
-                    try await channel.writeAndFlush(Response.snapshotBegin(index: file.head.index, hash: file.head.hash, size: file.size).frame())
-                    var offset: UInt64 = 0
-                    while true {
-                        let chunk = try await file.read(at: offset, upTo: 1 << 20)
-                        if chunk.isEmpty { break }
-                        offset += UInt64(chunk.count)
-                        try await channel.writeAndFlush(Response.snapshotChunk(chunk).frame())
+                let started = ContinuousClock.now
+                var head = Head(index: 0, hash: [], commitTimeNs: 0)
+                var from: UInt64 = 0, sent: UInt64 = 0
+                var inFlight: EventLoopFuture<Void>?
+                let digest = try await core.store.streamSnapshot(resume: resume, start: { s in
+                    waiting?.cancel()
+                    await waiting?.value
+                    head = s.head
+                    from = s.offset
+                    if let why = s.refused {
+                        core.metrics.snapshotResumesRefused.increment()
+                        logger.notice("snapshot resume refused: sending it from the start", metadata: [
+                            "peer": "\(peer)", "reason": "\(why)"])
+                    } else if s.offset > 0 {
+                        core.metrics.snapshotResumes.increment()
+                        logger.info("snapshot resumed", metadata: ["peer": "\(peer)", "at-bytes": "\(s.offset)", "total-bytes": "\(s.size)"])
                     }
-                    try await channel.writeAndFlush(Response.snapshotEnd.frame())
-                    core.metrics.snapshotsServed.increment()
-                    logger.info("snapshot sent", metadata: ["peer": "\(peer)", "index": "\(file.head.index)", "bytes": "\(file.size)"])
-                }
+                    let begin = resumable ? Response.snapshotStart(index: s.head.index, hash: s.head.hash, size: s.size, offset: s.offset)
+                        : Response.snapshotBegin(index: s.head.index, hash: s.head.hash, size: s.size)
+                    try await channel.writeAndFlush(begin.frame())
+                }, chunk: { bytes in
+                    let written = channel.eventLoop.makePromise(of: Void.self)
+                    channel.writeAndFlush(Response.snapshotChunk(bytes).frame(), promise: written)
+                    try await inFlight?.get()
+                    inFlight = written.futureResult
+                    sent += UInt64(bytes.count)
+                    core.metrics.snapshotBytesSent.increment(by: bytes.count)
+                })
+                try await inFlight?.get()
+                try await channel.writeAndFlush((resumable ? Response.snapshotDone(digest: digest) : .snapshotEnd).frame())
+                core.metrics.snapshotsServed.increment()
+                let seconds = max((ContinuousClock.now - started).seconds, 0.001)
+                logger.info("snapshot sent", metadata: ["peer": "\(peer)", "index": "\(head.index)", "from-bytes": "\(from)",
+                                                       "bytes": "\(sent)", "milliseconds": "\(Int(seconds * 1000))",
+                                                       "bytes-per-second": "\(Int(Double(sent) / seconds))"])
             }
         } catch {
             logger.error("snapshot failed", metadata: ["peer": "\(peer)", "error": "\(error)"])

@@ -1,9 +1,11 @@
 import Logging
+import Metrics
 import NIOCore
 import QSClient
 import QSNet
 import QSStore
 import QSWire
+import Synchronization
 
 /// A frame channel to `up` (TCP or Unix socket).
 func openFrameChannel(to up: Endpoint, group: any EventLoopGroup) async throws -> NIOAsyncChannel<Frame, Frame> {
@@ -13,48 +15,120 @@ func openFrameChannel(to up: Endpoint, group: any EventLoopGroup) async throws -
     }
 }
 
-/// Receives `up`'s snapshot (the write protocol's `snapshot` request, with `token`) into
-/// `file`, checking with `checkRoom` that its announced size fits before any of it is
-/// written, and logging progress every 5 s. Returns the index and hash it stands at and
-/// its size. The one snapshot client: a replica's bootstrap and a root cluster member's
-/// catch-up from a peer (`Store.installSnapshot` checks and installs what it received).
+/// Receives `up`'s snapshot (the write protocol's `snapshotFrom` request, with `token`)
+/// into `file`, checking with `checkRoom` that its announced size fits before any of it is
+/// written, and logging progress every 5 s. When `file` holds part of a snapshot from a
+/// transfer cut off, asks for the rest of it: the upstream continues when its copy is the
+/// same (same head, size and first bytes), else it sends its snapshot from the start and
+/// the part held is dropped (logged). An upstream that predates `snapshotFrom` is asked
+/// with `snapshot` instead. Returns the index and hash it stands at, its size, and the
+/// offset it resumed from (0: the whole). The one snapshot client: a replica's bootstrap
+/// and a root cluster member's catch-up from a peer (`Store.installSnapshot` checks and
+/// installs what it received).
 func receiveSnapshot(from up: Endpoint, token: [UInt8], group: any EventLoopGroup, into file: SnapshotWriter,
-                     checkRoom: @Sendable (UInt64) throws -> Void, logger: Logger) async throws -> (index: UInt64, hash: [UInt8], size: UInt64) {
-    let channel = try await openFrameChannel(to: up, group: group)
-    return try await channel.executeThenClose { inbound, outbound in
-        try await outbound.write(Request.snapshot(token: token).frame())
-        var begin: (UInt64, [UInt8], UInt64)?
-        var received: UInt64 = 0
-        let started = ContinuousClock.now
-        var lastReport = started
-        for try await frame in inbound {
-            switch try Response.decode(frame) {
-            case let .snapshotBegin(index, hash, size):
-                try checkRoom(size)
-                begin = (index, hash, size)
-            case let .snapshotChunk(bytes):
-                try await file.write(bytes)
-                received += UInt64(bytes.count)
-                if ContinuousClock.now - lastReport >= .seconds(5), let total = begin?.2, total > 0 {
-                    lastReport = ContinuousClock.now
-                    let rate = Double(received) / max((lastReport - started).seconds, 0.001)
-                    logger.info("snapshot progress", metadata: [
-                        "from": "\(up)", "received-bytes": "\(received)", "total-bytes": "\(total)",
-                        "percent": "\(received * 100 / total)", "bytes-per-second": "\(Int(rate))",
-                        "seconds-left": "\(Int(Double(total - min(received, total)) / max(rate, 1)))",
-                    ])
-                }
-            case .snapshotEnd:
-                guard let begin, received == begin.2 else {
-                    throw ReplicaService.FollowEnd.refused(nil, "snapshot ended after \(received) bytes, announced \(begin?.2 ?? 0)")
-                }
-                return begin
-            case let .error(code, message): throw ReplicaService.FollowEnd.refused(ErrorCode(rawValue: code), message)
-            default: throw ReplicaService.FollowEnd.refused(nil, "unexpected frame in a snapshot")
-            }
-        }
-        throw ReplicaService.FollowEnd.closed
+                     checkRoom: @Sendable (UInt64) throws -> Void, logger: Logger,
+                     tally: SnapshotTally? = nil) async throws -> (index: UInt64, hash: [UInt8], size: UInt64, resumedFrom: UInt64) {
+    let held = await file.held()
+    if let held {
+        logger.info("snapshot: asking the upstream to resume the one held", metadata: [
+            "from": "\(up)", "index": "\(held.index)", "held-bytes": "\(held.offset)", "total-bytes": "\(held.size)"])
     }
+    var request = Request.snapshotFrom(token: token, resume: held)
+    while true {
+        let channel = try await openFrameChannel(to: up, group: group)
+        let outcome: (index: UInt64, hash: [UInt8], size: UInt64, resumedFrom: UInt64)? = try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(request.frame())
+            var begin: (index: UInt64, hash: [UInt8], size: UInt64, resumedFrom: UInt64)?
+            var received: UInt64 = 0
+            let started = ContinuousClock.now
+            var lastReport = started
+            var toldWaiting = false
+            for try await frame in inbound {
+                switch try Response.decode(frame) {
+                case let .snapshotStart(index, hash, size, offset):
+                    if offset > 0 {
+                        guard let held, held.index == index, held.hash == hash, held.size == size, held.offset == offset else {
+                            throw ReplicaService.FollowEnd.refused(nil, "the upstream resumed at \(offset) bytes a snapshot that is not the one held")
+                        }
+                        logger.notice("snapshot resumed", metadata: [
+                            "from": "\(up)", "index": "\(index)", "resumed-at-bytes": "\(offset)", "total-bytes": "\(size)"])
+                    } else if let held {
+                        let why = held.index != index || held.hash != hash
+                            ? "it now stands at index \(index), the snapshot held at \(held.index)"
+                            : "its copy at index \(index) is not the same bytes (\(size) bytes, the one held \(held.size))"
+                        logger.notice("snapshot: the upstream cannot resume the one held: starting over", metadata: [
+                            "from": "\(up)", "reason": "\(why)", "dropped-bytes": "\(held.offset)"])
+                    }
+                    try checkRoom(size)
+                    try await file.begin(index: index, hash: hash, size: size, offset: offset)
+                    begin = (index, hash, size, offset)
+                    received = offset
+                case let .snapshotBegin(index, hash, size):
+                    try checkRoom(size)
+                    try await file.begin(index: index, hash: hash, size: size, offset: 0)
+                    begin = (index, hash, size, 0)
+                case let .snapshotWaiting(queued):
+                    if begin == nil && !toldWaiting {
+                        toldWaiting = true
+                        logger.info("snapshot: waiting for the upstream (it serves one snapshot at a time)",
+                                    metadata: ["from": "\(up)", "queued-there": "\(queued)"])
+                    }
+                case let .snapshotChunk(bytes):
+                    guard let total = begin?.size else { throw ReplicaService.FollowEnd.refused(nil, "a snapshot chunk before its start") }
+                    try await file.write(bytes)
+                    received += UInt64(bytes.count)
+                    tally?.add(bytes.count)
+                    if ContinuousClock.now - lastReport >= .seconds(5), total > 0 {
+                        lastReport = ContinuousClock.now
+                        let fetched = received - (begin?.resumedFrom ?? 0)
+                        let rate = Double(fetched) / max((lastReport - started).seconds, 0.001)
+                        logger.info("snapshot progress", metadata: [
+                            "from": "\(up)", "received-bytes": "\(received)", "total-bytes": "\(total)",
+                            "percent": "\(received * 100 / total)", "bytes-per-second": "\(Int(rate))",
+                            "seconds-left": "\(Int(Double(total - min(received, total)) / max(rate, 1)))",
+                        ])
+                    }
+                case let .snapshotDone(digest):
+                    guard let begin, received == begin.size else {
+                        throw ReplicaService.FollowEnd.refused(nil, "snapshot ended after \(received) bytes, announced \(begin?.size ?? 0)")
+                    }
+                    try await file.expect(digest: digest)
+                    return begin
+                case .snapshotEnd:
+                    guard let begin, received == begin.size else {
+                        throw ReplicaService.FollowEnd.refused(nil, "snapshot ended after \(received) bytes, announced \(begin?.size ?? 0)")
+                    }
+                    return begin
+                case let .error(code, message):
+                    if case .snapshotFrom = request, begin == nil, code == ErrorCode.malformed.rawValue {
+                        // A node older than resumable snapshots: ask it the old way.
+                        logger.info("snapshot: the upstream predates resumable snapshots; asking for a whole one", metadata: ["from": "\(up)"])
+                        return nil
+                    }
+                    throw ReplicaService.FollowEnd.refused(ErrorCode(rawValue: code), message)
+                default: throw ReplicaService.FollowEnd.refused(nil, "unexpected frame in a snapshot")
+                }
+            }
+            throw ReplicaService.FollowEnd.closed
+        }
+        if let outcome { return outcome }
+        request = .snapshot(token: token)
+    }
+}
+
+/// Bytes of snapshot chunks received: counted into a metric and kept for the caller.
+final class SnapshotTally: Sendable {
+    private let counter: Counter
+    private let bytes = Mutex(0)
+
+    init(_ counter: Counter) { self.counter = counter }
+
+    func add(_ n: Int) {
+        counter.increment(by: n)
+        bytes.withLock { $0 += n }
+    }
+
+    var total: Int { bytes.withLock { $0 } }
 }
 
 /// Refuses a snapshot of `size` bytes before any of it is written when there is not

@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import QSBytes
+import QSModel
 import QSNet
 import QSWire
 
@@ -94,13 +95,17 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
         case let .subscribe(from, hash, _):
             startSubscription(context: context, from: from, hash: hash)
             return
-        case .snapshot:
+        case .snapshot, .snapshotFrom:
             let channel = context.channel, core = self.core, logger = self.logger, peer = self.peer
             queue.removeAll()
             // A stream only sends: the peer's silence is no longer idleness (the write
             // timeout still closes a peer that stops reading).
             IdleTimeout.remove(from: context.pipeline.syncOperations)
-            stream = Task { await ReplicationStreams.snapshot(channel: channel, core: core, logger: logger, peer: peer) }
+            var resume: SnapshotResume?, resumable = false
+            if case let .snapshotFrom(_, r) = request { (resume, resumable) = (r, true) }
+            stream = Task { [resume, resumable] in
+                await ReplicationStreams.snapshot(channel: channel, core: core, resume: resume, resumable: resumable, logger: logger, peer: peer)
+            }
             return
         default:
             break

@@ -107,6 +107,13 @@ public final class LMDBEnvironment: @unchecked Sendable {
         return ((Int(info.me_last_pgno) + 1) * Int(stat.ms_psize), info.me_mapsize)
     }
 
+    /// The environment's page size in bytes.
+    public var pageSize: Int {
+        var stat = MDB_stat()
+        guard mdb_env_stat(env, &stat) == 0 else { return Int(getpagesize()) }
+        return Int(stat.ms_psize)
+    }
+
     /// The largest key LMDB accepts in this build (511 in Debian's liblmdb).
     public var maxKeySize: Int { Int(mdb_env_get_maxkeysize(env)) }
 

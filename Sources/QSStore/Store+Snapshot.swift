@@ -1,4 +1,5 @@
 import Foundation
+import QSBytes
 import QSModel
 
 /// A consistent, compacted copy of a store in a file of its own, made by
@@ -42,23 +43,125 @@ public final class SnapshotFile: Sendable {
     }
 }
 
-/// Where a snapshot received from another node is written, by `Store.installSnapshot`.
-/// Writes run on the store's background thread.
-public final class SnapshotWriter: Sendable {
+/// Where a snapshot received from another node is written, by `Store.installSnapshot`:
+/// the staging directory's `.bootstrap-partial/data.mdb`, kept when a transfer is cut off
+/// so the next one can resume it (`held()`). Writes run on the store's
+/// background thread, one after another; bytes are written as they arrive and flushed to
+/// disk once, before the copy is checked.
+public final class SnapshotWriter: @unchecked Sendable {
     let fd: Int32
     let path: String
+    let idPath: String
     let threads: StoreThreads
+    // Touched only on `threads` (one background thread), in order.
+    private var digest = SnapshotDigest()
+    private var named = false
+    private var expected: [UInt8]?
 
-    init(fd: Int32, path: String, threads: StoreThreads) {
+    init(fd: Int32, path: String, idPath: String, threads: StoreThreads) {
         self.fd = fd
         self.path = path
+        self.idPath = idPath
         self.threads = threads
+    }
+
+    /// Names the snapshot being received (its head and size) and where its bytes start:
+    /// at 0 the file is emptied; at `offset` > 0 (a resumed transfer) the file must hold
+    /// that snapshot's first `offset` bytes, which are kept (the sender compared their
+    /// digest). The name is written beside the file, so a transfer cut off, even by a
+    /// restart, can be resumed.
+    public func begin(index: UInt64, hash: [UInt8], size: UInt64, offset: UInt64) async throws {
+        try await threads.run { [self] in
+            if offset > 0 {
+                guard let held = PartialSnapshotID.read(idPath), held == PartialSnapshotID(index: index, hash: hash, size: size) else {
+                    throw StoreError.io("the sender resumed at \(offset) bytes a snapshot that is not the one held in \(path)")
+                }
+            }
+            guard ftruncate(fd, off_t(offset)) == 0, lseek(fd, off_t(offset), SEEK_SET) == off_t(offset) else {
+                throw StoreError.io("cannot cut \(path) to \(offset) bytes: errno \(errno)")
+            }
+            digest = SnapshotDigest()
+            if offset > 0 { try digestFile(fd, upTo: offset, path, into: digest) }
+            try PartialSnapshotID(index: index, hash: hash, size: size).write(idPath)
+            named = true
+        }
+    }
+
+    /// What is held of a snapshot whose transfer was cut off (its name, how many bytes
+    /// and their digest), to ask the sender for the rest; nil when nothing is. Reads the
+    /// bytes held once.
+    public func held() async -> SnapshotResume? {
+        try? await threads.run { [self] () throws -> SnapshotResume? in
+            guard let id = PartialSnapshotID.read(idPath) else { return nil }
+            var st = stat()
+            guard fstat(fd, &st) == 0, st.st_size > 0, UInt64(st.st_size) <= id.size else { return nil }
+            let digest = SnapshotDigest()
+            try digestFile(fd, upTo: UInt64(st.st_size), path, into: digest)
+            return SnapshotResume(index: id.index, hash: id.hash, size: id.size, offset: UInt64(st.st_size), digest: digest.bytes)
+        }
     }
 
     /// Appends `bytes` to the file.
     public func write(_ bytes: [UInt8]) async throws {
-        let fd = self.fd, path = self.path
-        try await threads.run { try writeAll(fd, bytes, path) }
+        try await threads.run { [self] in
+            try writeAll(fd, bytes, path)
+            digest.update(bytes)
+        }
+    }
+
+    /// The sender's digest of the whole file (`snapshotDone`): `Store.installSnapshot`
+    /// refuses a copy whose bytes do not have it.
+    public func expect(digest: [UInt8]) async throws {
+        try await threads.run { [self] in expected = digest }
+    }
+
+    /// Whether the file is worth keeping for a resume (it was named) and, when the sender
+    /// gave one, whether its digest matches. Background thread only.
+    func state() -> (named: Bool, digestMatches: Bool?) {
+        (named, expected.map { $0 == digest.bytes })
+    }
+}
+
+/// The name of a partly received snapshot, kept beside it (`snapshot-id`): the head it
+/// stands at and its size, as `index hash-hex size`.
+struct PartialSnapshotID: Equatable {
+    var index: UInt64
+    var hash: [UInt8]
+    var size: UInt64
+
+    static func read(_ path: String) -> PartialSnapshotID? {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return nil }
+        let parts = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
+        guard parts.count == 3, let index = UInt64(parts[0]), let size = UInt64(parts[2]), parts[1].count == 64 else { return nil }
+        var hash = [UInt8]()
+        var chars = parts[1].makeIterator()
+        while let a = chars.next(), let b = chars.next() {
+            guard let byte = UInt8(String([a, b]), radix: 16) else { return nil }
+            hash.append(byte)
+        }
+        return PartialSnapshotID(index: index, hash: hash, size: size)
+    }
+
+    func write(_ path: String) throws {
+        do {
+            try "\(index) \(hexString(hash)) \(size)\n".write(toFile: path, atomically: true, encoding: .utf8)
+        } catch {
+            throw StoreError.io("cannot write \(path): \(error)")
+        }
+    }
+}
+
+/// Feeds the first `count` bytes of the file `fd` into `digest`.
+private func digestFile(_ fd: Int32, upTo count: UInt64, _ path: String, into digest: SnapshotDigest) throws {
+    var buffer = [UInt8](repeating: 0, count: 1 << 20)
+    var done: UInt64 = 0
+    while done < count {
+        let want = Int(min(UInt64(buffer.count), count - done))
+        let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress!, want, off_t(done)) }
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { throw StoreError.io("cannot read \(path) back at \(done): \(n < 0 ? "errno \(errno)" : "it ends there")") }
+        buffer.withUnsafeBytes { digest.update(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+        done += UInt64(n)
     }
 }
 
@@ -76,6 +179,9 @@ private func writeAll(_ fd: Int32, _ bytes: [UInt8], _ path: String) throws {
 }
 
 extension Store {
+    /// Where a snapshot being received is written and kept when cut off.
+    var partialSnapshotDirectory: String { stagingDirectory + "/.bootstrap-partial" }
+
     /// Writes a consistent, compacted copy of the environment into `directory` (which
     /// must exist and be empty) as `data.mdb`, on the background thread, and returns the
     /// head it stands at. Readers and the writer go on meanwhile.
@@ -191,31 +297,58 @@ extension Store {
     /// non-empty replica passes its own head: it never trades its history away.
     @discardableResult
     public func installSnapshot(continuing mine: Head? = nil, _ receive: (SnapshotWriter) async throws -> Head) async throws -> Head {
-        let dir = stagingDirectory + "/.bootstrap-" + UUID().uuidString
+        let dir = partialSnapshotDirectory
+        let received = try await Self.receiveChecked(into: dir, threads: background, continuing: mine, receive)
+        let cleanUp: @Sendable () -> Void = { try? FileManager.default.removeItem(atPath: dir) }
+        do {
+            let head = try await replaceContents(with: received)
+            try await background.run(cleanUp)
+            return head
+        } catch {
+            try? await background.run(cleanUp)
+            throw error
+        }
+    }
+
+    /// Receives a snapshot into `dir` (its `data.mdb`, created with the directory when
+    /// absent, kept when the transfer is cut off) through `receive`, flushes it to disk
+    /// once, and checks it on `threads`: the sender's digest of the whole file when it gave
+    /// one, the head against the announcement, the whole hash chain, and with `mine` that
+    /// its history holds that head. Returns the copy opened read-only; a copy that fails
+    /// a check is deleted.
+    static func receiveChecked(into dir: String, threads: StoreThreads, continuing mine: Head?,
+                               _ receive: (SnapshotWriter) async throws -> Head) async throws -> Store {
         let path = dir + "/data.mdb"
-        let writer = try await background.run { () throws -> SnapshotWriter in
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false)
-            let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        let writer = try await threads.run { () throws -> SnapshotWriter in
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            let fd = Glibc.open(path, O_RDWR | O_CREAT, 0o600)
             guard fd >= 0 else {
                 try? FileManager.default.removeItem(atPath: dir)
                 throw StoreError.io("cannot create \(path): errno \(errno)")
             }
-            return SnapshotWriter(fd: fd, path: path, threads: self.background)
+            return SnapshotWriter(fd: fd, path: path, idPath: dir + "/snapshot-id", threads: threads)
         }
         let cleanUp: @Sendable () -> Void = { try? FileManager.default.removeItem(atPath: dir) }
+        let announced: Head
         do {
-            let announced: Head
-            do {
-                announced = try await receive(writer)
-            } catch {
-                _ = try? await background.run { close(writer.fd) }
-                throw error
+            announced = try await receive(writer)
+        } catch {
+            // A transfer cut off keeps what arrived of a named snapshot, to be resumed.
+            _ = try? await threads.run {
+                close(writer.fd)
+                if !writer.state().named { cleanUp() }
             }
-            let received = try await background.run { () throws -> Store in
+            throw error
+        }
+        do {
+            return try await threads.run { () throws -> Store in
                 let synced = fsync(writer.fd) == 0
                 let syncErrno = errno
                 close(writer.fd)
                 guard synced else { throw StoreError.io("cannot flush \(path) to disk: errno \(syncErrno)") }
+                if writer.state().digestMatches == false {
+                    throw StoreError.corrupt("the snapshot received in \(path) does not have the digest its sender announced: it was not installed")
+                }
                 // The sender's engine decides the format: LMDB's copy is an environment
                 // of its own, a RocksDB checkpoint is unpacked first. Either is installed
                 // record by record, so the engines may differ.
@@ -237,12 +370,63 @@ extension Store {
                 }
                 return snapshot
             }
-            let head = try await replaceContents(with: received)
-            try await background.run(cleanUp)
-            return head
         } catch {
-            try? await background.run(cleanUp)
+            try? await threads.run(cleanUp)
             throw error
         }
+    }
+
+    /// Bootstraps a data directory that holds no store yet (an empty replica, before its
+    /// store is opened): receives the snapshot into `staging`'s `.bootstrap-partial`
+    /// (resuming what a transfer cut off left there), checks it as `installSnapshot`
+    /// does, gives it a node id of its own and moves it into place as `directory`'s
+    /// `data.mdb`. The snapshot's bytes are written once, as they arrive, and none of it
+    /// is held in memory: what `installSnapshot`'s one big transaction cannot offer.
+    /// `staging` must be on `directory`'s filesystem (`canBootstrapEmpty`). Returns the
+    /// head, or nil when the snapshot is not an LMDB environment (a RocksDB sender's
+    /// checkpoint): it is dropped and the store is bootstrapped once open.
+    public static func bootstrapEmpty(directory: String, staging: String,
+                                      _ receive: (SnapshotWriter) async throws -> Head) async throws -> Head? {
+        let dir = staging + "/.bootstrap-partial"
+        let threads = StoreThreads(name: "qs-store-bootstrap", count: 1)
+        defer { threads.stop() }
+        let checked: Head?
+        do {
+            // Closed at the end of this block: LMDB must not have one environment open twice.
+            let received = try await receiveChecked(into: dir, threads: threads, continuing: nil, receive)
+            checked = try await threads.run { () throws -> Head? in
+                guard case .lmdb = received.engine else { return nil }
+                return try received.readNow { try $0.head() }
+            }
+        }
+        return try await threads.run { () throws -> Head? in
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            guard let head = checked else { return nil }
+            // A node id of its own (the sender's is not this node's), written in place. The
+            // node's own open then does what an open does (an older format upgraded, the
+            // chain's tail checked once more).
+            do {
+                let engine = try LMDBEngine(directory: dir, mapSize: 8 << 30, readOnly: false, noSync: false)
+                var id = [UInt8](repeating: 0, count: 16)
+                for i in id.indices { id[i] = UInt8.random(in: 0...255) }
+                try Engine.lmdb(engine).write { try $0.put(.meta, Self.identityKey, Array(hexString(id).utf8)) }
+            }
+            guard rename(dir + "/data.mdb", directory + "/data.mdb") == 0 else {
+                throw StoreError.io("cannot move the checked snapshot \(dir)/data.mdb into \(directory): errno \(errno)")
+            }
+            let dfd = Glibc.open(directory, O_RDONLY | O_DIRECTORY)
+            if dfd >= 0 {
+                fsync(dfd)
+                close(dfd)
+            }
+            return head
+        }
+    }
+
+    /// Whether `bootstrapEmpty` can move a snapshot from `staging` into `directory`: both
+    /// exist on one filesystem.
+    public static func canBootstrapEmpty(directory: String, staging: String) -> Bool {
+        var a = stat(), b = stat()
+        return stat(directory, &a) == 0 && stat(staging, &b) == 0 && a.st_dev == b.st_dev
     }
 }

@@ -28,6 +28,11 @@ public enum Request: Sendable, Equatable {
     /// A snapshot of the whole environment, streamed as `snapshotBegin`, `snapshotChunk`s
     /// and `snapshotEnd`; `token` as for subscribe.
     case snapshot(token: [UInt8])
+    /// A snapshot that continues one the client holds part of (`resume`), or from the start
+    /// (nil). Answered with `snapshotStart` (where the chunks that follow begin),
+    /// `snapshotChunk`s and `snapshotDone` (the digest of the whole file). Nodes that
+    /// predate it refuse it as malformed; the client then asks with `snapshot`.
+    case snapshotFrom(token: [UInt8], resume: SnapshotResume?)
     /// Compatible-mode write: append these entries verbatim (the target's head must be the
     /// first entry's index − 1 and the chained hash must continue). `sourceTimeNs`: the
     /// source root's freshest word the sender has (ns since the epoch, 0 unknown), which a
@@ -105,7 +110,7 @@ public enum Request: Sendable, Equatable {
         case batch = 0x01, getCheckpoint = 0x02, head = 0x03, readLog = 0x04, get = 0x05, scan = 0x06, writes = 0x07
         case subscribe = 0x10, snapshot = 0x11, append = 0x12, digest = 0x13, status = 0x14, rangeRecords = 0x15
         case hello = 0x20
-        case changeRole = 0x16, getCopyCursor = 0x17
+        case changeRole = 0x16, getCopyCursor = 0x17, snapshotFrom = 0x18
     }
 
     /// True for requests that change state (and so must carry the write token).
@@ -119,7 +124,7 @@ public enum Request: Sendable, Equatable {
     /// True for the replication streams (which carry the replication token).
     public var isReplication: Bool {
         switch self {
-        case .subscribe, .snapshot: return true
+        case .subscribe, .snapshot, .snapshotFrom: return true
         default: return false
         }
     }
@@ -131,7 +136,7 @@ public enum Request: Sendable, Equatable {
         case let .batch(b): return b.token
         case let .append(token, _, _): return token
         case let .writes(w): return w.token
-        case let .subscribe(_, _, token), let .snapshot(token): return token
+        case let .subscribe(_, _, token), let .snapshot(token), let .snapshotFrom(token, _): return token
         case let .hello(token, _): return token
         case let .changeRole(token, _): return token
         default: return []
@@ -149,7 +154,7 @@ public enum Request: Sendable, Equatable {
         case .get: return "get"
         case .scan: return "scan"
         case .subscribe: return "subscribe"
-        case .snapshot: return "snapshot"
+        case .snapshot, .snapshotFrom: return "snapshot"
         case .append: return "append"
         case .digest: return "digest"
         case .status: return "status"
@@ -208,6 +213,16 @@ public enum Request: Sendable, Equatable {
         case let .snapshot(token):
             tag = .snapshot
             if !token.isEmpty { w.writeBlob32(token) }
+        case let .snapshotFrom(token, resume):
+            tag = .snapshotFrom
+            w.writeBlob32(token)
+            w.writeU64(resume?.offset ?? 0)
+            if let resume, resume.offset > 0 {
+                w.writeU64(resume.index)
+                w.writeBytes(resume.hash)
+                w.writeU64(resume.size)
+                w.writeBytes(resume.digest)
+            }
         case let .append(token, entries, sourceTimeNs):
             tag = .append
             w.writeBlob32(token)
@@ -280,6 +295,15 @@ public enum Request: Sendable, Equatable {
             req = .subscribe(fromIndex: from, hash: hash, token: r.remaining > 0 ? try r.readBlob32("token") : [])
         case .snapshot:
             req = .snapshot(token: r.remaining > 0 ? try r.readBlob32("token") : [])
+        case .snapshotFrom:
+            let token = try r.readBlob32("token")
+            let offset = try r.readU64("offset")
+            var resume: SnapshotResume?
+            if offset > 0 {
+                resume = SnapshotResume(index: try r.readU64("index"), hash: try r.readBytes(32, "hash"), size: try r.readU64("size"),
+                                        offset: offset, digest: try r.readBytes(16, "digest"))
+            }
+            req = .snapshotFrom(token: token, resume: resume)
         case .append:
             let token = try r.readBlob32("token"), entries = try Response.readEntries(&r)
             req = .append(token: token, entries: entries, sourceTimeNs: r.remaining > 0 ? try r.readU64("source time") : 0)
@@ -366,6 +390,17 @@ public enum Response: Sendable, Equatable {
     case snapshotBegin(index: UInt64, hash: [UInt8], size: UInt64)
     case snapshotChunk([UInt8])
     case snapshotEnd
+    /// The answer to `snapshotFrom`: the snapshot stands at `index`/`hash`, has `size`
+    /// bytes, and the chunks that follow start at `offset` (0: from the start, and the
+    /// client drops whatever it held).
+    case snapshotStart(index: UInt64, hash: [UInt8], size: UInt64, offset: UInt64)
+    /// The end of a `snapshotFrom` stream: XXH3-128 of the whole snapshot, 16 bytes.
+    case snapshotDone(digest: [UInt8])
+    /// Sent every second to a `snapshotFrom` client until its snapshot starts (waiting its
+    /// turn, or while the sender digests the prefix a resume holds): `queued` snapshot
+    /// requests wait at the node. Keeps the client's idle timeout from closing a
+    /// connection that is only waiting.
+    case snapshotWaiting(queued: UInt32)
     /// A digest of a key range: how many live records, SHA-256 over them, and the last
     /// stored key covered (empty when none), with whether records remain after it.
     case digest(count: UInt64, hash: [UInt8], last: [UInt8], more: Bool)
@@ -385,7 +420,8 @@ public enum Response: Sendable, Equatable {
     enum Tag: UInt8 {
         case applied = 0x81, conflict = 0x82, checkpoint = 0x83, head = 0x84, entries = 0x85,
              value = 0x86, page = 0x87, heartbeat = 0x88, snapshotBegin = 0x89, snapshotChunk = 0x8A,
-             snapshotEnd = 0x8B, digest = 0x8C, status = 0x8D, written = 0x8E, error = 0xEF
+             snapshotEnd = 0x8B, digest = 0x8C, status = 0x8D, written = 0x8E, snapshotStart = 0x8F,
+             snapshotDone = 0x90, snapshotWaiting = 0x91, error = 0xEF
     }
 
     public static func error(_ code: ErrorCode, _ message: String) -> Response {
@@ -393,6 +429,8 @@ public enum Response: Sendable, Equatable {
     }
 
     public func frame() -> Frame {
+        // A snapshot chunk's bytes are the frame's payload as they are: no copy.
+        if case let .snapshotChunk(bytes) = self { return Frame(type: Tag.snapshotChunk.rawValue, payload: bytes) }
         var w = ByteWriter()
         let tag: Tag
         switch self {
@@ -451,6 +489,18 @@ public enum Response: Sendable, Equatable {
             w.writeBytes(bytes)
         case .snapshotEnd:
             tag = .snapshotEnd
+        case let .snapshotStart(index, hash, size, offset):
+            tag = .snapshotStart
+            w.writeU64(index)
+            w.writeBytes(hash)
+            w.writeU64(size)
+            w.writeU64(offset)
+        case let .snapshotDone(digest):
+            tag = .snapshotDone
+            w.writeBytes(digest)
+        case let .snapshotWaiting(queued):
+            tag = .snapshotWaiting
+            w.writeU32(queued)
         case let .digest(count, hash, last, more):
             tag = .digest
             w.writeU64(count)
@@ -504,6 +554,8 @@ public enum Response: Sendable, Equatable {
         guard let tag = Tag(rawValue: frame.type) else {
             throw DecodeError(offset: 4, reason: "unknown response type 0x\(hexString([frame.type]))")
         }
+        // A snapshot chunk's payload is its bytes as they are: no copy.
+        if tag == .snapshotChunk { return .snapshotChunk(frame.payload) }
         var r = ByteReader(frame.payload)
         let resp: Response
         switch tag {
@@ -552,6 +604,13 @@ public enum Response: Sendable, Equatable {
             resp = .snapshotChunk(try r.readBytes(r.remaining, "chunk"))
         case .snapshotEnd:
             resp = .snapshotEnd
+        case .snapshotStart:
+            resp = .snapshotStart(index: try r.readU64("index"), hash: try r.readBytes(32, "hash"), size: try r.readU64("size"),
+                                  offset: try r.readU64("offset"))
+        case .snapshotDone:
+            resp = .snapshotDone(digest: try r.readBytes(16, "digest"))
+        case .snapshotWaiting:
+            resp = .snapshotWaiting(queued: try r.readU32("queued"))
         case .digest:
             resp = .digest(count: try r.readU64("count"), hash: try r.readBytes(32, "hash"), last: try r.readBlob32("last"),
                            more: try r.readU8("more") == 1)

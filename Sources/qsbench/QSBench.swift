@@ -32,8 +32,14 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Directory for the JSON results. (env: QS_BENCH_OUT)", valueName: "dir"))
     var out: String = QSEnv.string("QS_BENCH_OUT") ?? "bench/results"
 
-    @Option(help: ArgumentHelp("Benchmarks to run: root-write (alias writes), mirror, lag, backlog, reads, reads-busy, propagation, rest, engines, cluster, read-loop (comma separated; cluster and read-loop are not in the default list). (env: QS_BENCH_SUITES)", valueName: "list"))
-    var suites: String = QSEnv.string("QS_BENCH_SUITES") ?? "root-write,mirror,lag,backlog,reads,reads-busy,propagation,rest,engines"
+    @Option(help: ArgumentHelp("Benchmarks to run: root-write (alias writes), mirror, lag, backlog, reads, reads-busy, propagation, rest, engines, bootstrap, cluster, read-loop (comma separated; cluster and read-loop are not in the default list). (env: QS_BENCH_SUITES)", valueName: "list"))
+    var suites: String = QSEnv.string("QS_BENCH_SUITES") ?? "root-write,mirror,lag,backlog,reads,reads-busy,propagation,rest,engines,bootstrap"
+
+    @Option(help: ArgumentHelp("Root environment sizes in MB the bootstrap suite measures, comma separated; the first also runs replicas at once against in turn (e.g. 100,500,1000 for the full figures). (env: QS_BENCH_BOOTSTRAP_SIZES)", valueName: "list"))
+    var bootstrapSizes: String = QSEnv.string("QS_BENCH_BOOTSTRAP_SIZES") ?? "100"
+
+    @Option(help: ArgumentHelp("Replicas the bootstrap suite starts at once, then one after another (0 or 1: skip). (env: QS_BENCH_BOOTSTRAP_REPLICAS)", valueName: "n"))
+    var bootstrapReplicas: Int = QSEnv.value("QS_BENCH_BOOTSTRAP_REPLICAS", 4, flag: "--bootstrap-replicas")
 
     @Option(help: ArgumentHelp("Records the engines suite writes at batches of 100 and 5,000 (batches of 1 write at most 2,000). (env: QS_BENCH_ENGINE_RECORDS)", valueName: "n"))
     var engineRecords: Int = QSEnv.value("QS_BENCH_ENGINE_RECORDS", 100_000, flag: "--engine-records")
@@ -188,6 +194,14 @@ struct QSBench: AsyncParsableCommand {
             }
             print("  bridge failover when its member is SIGKILLed: \(r.failoverMillis.map { String(format: "%.0f", $0) }.joined(separator: ", ")) ms")
             try writeJSON(r, "cluster-latest.json")
+        }
+        if runSuites.contains("bootstrap") {
+            let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+            let mbs = bootstrapSizes.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+            guard !mbs.isEmpty, mbs.allSatisfy({ $0 > 0 }) else { throw ValidationError("--bootstrap-sizes needs sizes in MB, e.g. 100,500,1000") }
+            let r = try await BootstrapBench(sizesMB: mbs, concurrent: bootstrapReplicas, scratch: scratch, binDir: bin).run()
+            r.printTable()
+            try writeJSON(r, "bootstrap-latest.json")
         }
         if runSuites.contains("read-loop") {
             let r = try await ReadLoopBench(keys: 100_000, reads: reads, valueBytes: valueBytes, scratch: scratch).run()

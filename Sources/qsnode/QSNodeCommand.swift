@@ -76,8 +76,11 @@ struct QSNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("A replica: file holding the upstreams' replication token, presented on subscribe and snapshot (a root cluster member presents it to --cluster-peers for a snapshot). (env: QS_UPSTREAM_TOKEN_FILE)", valueName: "file"))
     var upstreamTokenFile: String = QSEnv.string("QS_UPSTREAM_TOKEN_FILE") ?? ""
 
-    @Option(help: ArgumentHelp("Where snapshots being sent to replicas and bootstraps being received are staged (room for a whole copy of the store); default: inside --data. (env: QS_STAGING_DIR)", valueName: "dir"))
+    @Option(help: ArgumentHelp("Where bootstraps being received are written (room for a whole copy of the store; a transfer cut off is kept there and resumed) and a RocksDB node's snapshots for replicas are staged (an LMDB node streams its copy without a file); default: inside --data. (env: QS_STAGING_DIR)", valueName: "dir"))
     var stagingDir: String = QSEnv.string("QS_STAGING_DIR") ?? ""
+
+    @Option(help: ArgumentHelp("An empty LMDB replica takes its first snapshot straight into --data before its store opens and its listeners start: written once, as it arrives, in flat memory, resumed after a cut (docs/replication.md, \"Bootstrapping an empty replica\"). Its ready file, /readyz and /metrics appear once it is installed. false: open the empty store at once and install the snapshot into it in one transaction (memory grows with the snapshot). (env: QS_BOOTSTRAP_INTO_DATA_DIR)", valueName: "bool"))
+    var bootstrapIntoDataDir: Bool = QSEnv.flag("QS_BOOTSTRAP_INTO_DATA_DIR", default: true)
 
     @Option(help: ArgumentHelp("A root deletes expired records in logged batches of at most this many (replicas apply them from the log); 0 turns the purge off. (env: QS_EXPIRY_PURGE_BATCH)", valueName: "n"))
     var expiryPurgeBatch: Int = QSEnv.value("QS_EXPIRY_PURGE_BATCH", 1000)
@@ -198,6 +201,14 @@ struct QSNodeCommand: AsyncParsableCommand {
         } catch {
             logger.critical("cannot take the data directory", metadata: ["data": "\(data)", "error": "\(error)"])
             throw StartError("--data \(data): \(error)")
+        }
+        // An empty LMDB replica takes its first snapshot straight into the data directory,
+        // before the store opens (written once, in flat memory; docs/replication.md).
+        let staging = stagingDir.isEmpty ? data : stagingDir
+        if role == .replica, bootstrapIntoDataDir, EngineKind.found(in: data) == nil, (engine?.kind ?? .lmdb) == .lmdb,
+           Store.canBootstrapEmpty(directory: data, staging: staging) {
+            _ = await EmptyReplicaBootstrap.run(data: data, staging: staging, upstreams: try upstreamEndpoints(), token: upstreamToken,
+                                                metrics: ReplicaMetrics(), logger: logger)
         }
         let store: Store
         do {

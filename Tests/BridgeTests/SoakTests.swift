@@ -100,7 +100,10 @@ final class SoakTests: XCTestCase {
         let replicaData = tmp.appendingPathComponent("replica")
         var replicaKills = 0, killedMidBootstrap = 0
         for i in 0..<s.replicaKills {
-            let r = try ReplicaNode(data: replicaData, upstreams: [proxy.address], logDir: tmp)
+            // The in-store bootstrap: the node serves while its snapshot arrives, so it can be
+            // killed mid-way (the into-data-dir bootstrap is tested in BootstrapResumeTests).
+            let r = try ReplicaNode(data: replicaData, upstreams: [proxy.address], logDir: tmp,
+                                    extraArgs: ["--bootstrap-into-data-dir", "false"])
             try await waitFor("replica run \(i) requesting a snapshot", timeout: .seconds(60), pollEvery: .milliseconds(5)) {
                 r.daemon.log.contains("bootstrap: requesting a snapshot")
             }

@@ -61,6 +61,27 @@ final class WireTests: XCTestCase {
                              "a cut cursor is malformed")
     }
 
+    /// SnapshotFrom names the snapshot held in part only when it resumes one; its answers
+    /// (start, waiting, done) round-trip, and a chunk's bytes are the frame's payload as they are.
+    func testSnapshotFromAndItsAnswersRoundTrip() throws {
+        let hash = [UInt8](repeating: 3, count: 32), digest = [UInt8](repeating: 0xAB, count: 16)
+        let resume = SnapshotResume(index: 42, hash: hash, size: 1 << 30, offset: 5 << 20, digest: digest)
+        for r in [Request.snapshotFrom(token: [], resume: nil), .snapshotFrom(token: [1, 2], resume: resume)] {
+            XCTAssertEqual(try Request.decode(r.frame()), r)
+            XCTAssertTrue(r.isReplication)
+            XCTAssertEqual(r.name, "snapshot")
+        }
+        XCTAssertEqual(Request.snapshotFrom(token: [], resume: nil).frame().payload, [UInt8](repeating: 0, count: 12),
+                       "no resume: an empty token and offset 0")
+        XCTAssertThrowsError(try Request.decode(Frame(type: 0x18, payload: Array(Request.snapshotFrom(token: [], resume: resume).frame().payload.dropLast()))),
+                             "a cut digest is malformed")
+        for r in [Response.snapshotStart(index: 42, hash: hash, size: 1 << 30, offset: 5 << 20), .snapshotDone(digest: digest),
+                  .snapshotWaiting(queued: 3), .snapshotChunk([1, 2, 3])] {
+            XCTAssertEqual(try Response.decode(r.frame()), r)
+        }
+        XCTAssertEqual(Response.snapshotChunk([9, 8, 7]).frame(), Frame(type: 0x8A, payload: [9, 8, 7]))
+    }
+
     /// The replication token rides at the end of Subscribe and Snapshot; without one the
     /// frames are byte for byte those older clients send.
     func testReplicationTokenIsAnOptionalTail() throws {

@@ -1,0 +1,96 @@
+import Foundation
+import QSClient
+import QSModel
+import QSTesting
+import XCTest
+
+/// An empty replica's bootstrap cut off half-way (a reset on the wire, `FaultProxy`):
+/// it resumes from the bytes it holds when the upstream's snapshot is the same, and starts
+/// over cleanly, saying so, when the upstream moved on. Either way the store it installs
+/// is the root's.
+final class BootstrapResumeTests: XCTestCase {
+    var tmp: URL!
+
+    override func setUpWithError() throws {
+        tmp = try Harness.tempDir("repl-resume")
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: tmp)
+    }
+
+    /// A root holding about 8 MB, a proxy letting 2 MB/s through, and an empty replica
+    /// behind it whose bootstrap is reset once about 3 MB have passed; `whileCut` runs
+    /// while the wire is down. Returns the replica (ready once its bootstrap is installed),
+    /// the bytes that passed after the wire came back, and the snapshot's size.
+    func bootstrapCutOnce(whileCut: (QSClient) async throws -> Void) async throws
+        -> (root: RootNode, replica: ReplicaNode, w: QSClient, afterCut: Int, size: Int) {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let w = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let value = [UInt8](repeating: 0x5A, count: 4000)
+        for b in 0..<20 {
+            _ = try await w.write((0..<100).map { .set(key: Array("k\(b)-\($0)".utf8), value: value, expiry: nil) }, sourceID: "t")
+        }
+        let proxy = try FaultProxy(upstreamPort: root.port)
+        proxy.fault = .bandwidth(bytesPerSecond: 2 << 20)
+        let data = tmp.appendingPathComponent("replica"), logDir = tmp!, upstream = proxy.address
+        // The replica's ready file appears once its bootstrap is installed: start it aside.
+        let starting = Task.detached { try ReplicaNode(data: data, upstreams: [upstream], logDir: logDir) }
+        try await waitFor("3 MB of the snapshot through the proxy", timeout: .seconds(20), pollEvery: .milliseconds(5)) {
+            proxy.bytesForwarded > 3 << 20
+        }
+        proxy.fault = .reset
+        try await waitFor("the cut connection closed", timeout: .seconds(5), pollEvery: .milliseconds(5)) { proxy.openConnections == 0 }
+        try await whileCut(w)
+        let atCut = proxy.bytesForwarded
+        proxy.fault = .none
+        let replica = try await starting.value
+        let afterCut = proxy.bytesForwarded - atCut
+        proxy.close()
+        let installed = try XCTUnwrap(replica.daemon.log.split(separator: "\n").first { $0.contains("bootstrap installed") },
+                                      replica.daemon.log)
+        let size = try XCTUnwrap(installed.split(separator: " ").first { $0.hasPrefix("bytes=") }.flatMap { Int($0.dropFirst(6)) },
+                                 String(installed))
+        return (root, replica, w, afterCut, size)
+    }
+
+    func assertSameAsRoot(_ w: QSClient, _ replica: ReplicaNode) async throws {
+        let r = try await QSClient.connect(host: "127.0.0.1", port: replica.port)
+        try await waitFor("the replica at the root's head", timeout: .seconds(20), pollEvery: .milliseconds(20)) {
+            (try? await r.head()) == (try? await w.head())
+        }
+        let (mine, theirs) = (try await dumpState(r), try await dumpState(w))
+        XCTAssertEqual(mine.count, theirs.count)
+        XCTAssertTrue(mine == theirs, "the replica's records are the root's")
+        await r.close()
+    }
+
+    func testABootstrapResetHalfWayResumesFromTheBytesItHolds() async throws {
+        try XCTSkipIf(ProcessInfo.processInfo.environment["QS_STORE_ENGINE"] == "rocksdb", "LMDB only: a RocksDB upstream's snapshots are not resumable")
+        let (root, replica, w, afterCut, size) = try await bootstrapCutOnce { _ in }
+        XCTAssertGreaterThan(size, 6 << 20)
+        XCTAssertLessThan(afterCut, size - (2 << 20), "after the cut only the rest of the snapshot was fetched")
+        XCTAssertEqual(replica.metric("qs_replica_bootstraps_resumed_total"), 1)
+        XCTAssertEqual(root.metric("qs_snapshot_resumes_total"), 1)
+        XCTAssertTrue(replica.daemon.log.contains("snapshot resumed"), replica.daemon.log)
+        try await assertSameAsRoot(w, replica)
+        await w.close()
+    }
+
+    func testABootstrapWhoseUpstreamMovedOnStartsOverCleanly() async throws {
+        try XCTSkipIf(ProcessInfo.processInfo.environment["QS_STORE_ENGINE"] == "rocksdb", "LMDB only: a RocksDB upstream's snapshots are not resumable")
+        let (root, replica, w, afterCut, size) = try await bootstrapCutOnce { w in
+            _ = try await w.write([.set(key: Array("written-while-cut".utf8), value: [1], expiry: nil)], sourceID: "t")
+        }
+        XCTAssertGreaterThanOrEqual(afterCut, size, "the whole new snapshot was fetched")
+        XCTAssertEqual(root.metric("qs_snapshot_resumes_refused_total"), 1)
+        XCTAssertEqual(replica.metric("qs_replica_bootstraps_resumed_total"), 0)
+        XCTAssertTrue(replica.daemon.log.contains("cannot resume the one held: starting over"), replica.daemon.log)
+        try await assertSameAsRoot(w, replica)
+        let r = try await QSClient.connect(host: "127.0.0.1", port: replica.port)
+        let written = try await r.get(Array("written-while-cut".utf8))
+        XCTAssertEqual(written?.value, [1])
+        await r.close()
+        await w.close()
+    }
+}
