@@ -25,7 +25,7 @@ ARG BUILDER=source
 FROM ${SWIFT_IMAGE} AS build-source
 ARG EXECUTABLES="qsnode qsktbridge qsqsbridge qsrest qsctl fakekt qsbench"
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends liblmdb-dev libxxhash-dev pkg-config \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends liblmdb-dev librocksdb-dev libxxhash-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Package.swift Package.resolved* ./

@@ -9,7 +9,7 @@ SWIFT ?= swift
 APT_PACKAGES := liblmdb-dev librocksdb-dev libxxhash-dev lmdb-utils libcurl4-openssl-dev pkg-config python3 python3-pip python3-yaml memcached curl etcd-server etcd-client
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps interop-deps interop build release test fuzz soak tsan container-test container-test-source operations-doc demo bench replay clean
+.PHONY: deps interop-deps interop build release test fuzz soak tsan container-test container-test-source container-memory operations-doc demo bench replay clean
 
 # A recorded feed to replay: a capture file, a ulog directory or a fixture directory.
 FEED ?= Fixtures/kt/basic
@@ -55,6 +55,11 @@ container-test: build
 # The same with the image compiled by the Dockerfile's own Swift build stage (some minutes).
 container-test-source:
 	./scripts/container-test.sh --from-source
+
+# A 1 GB store in a container with 512 MiB, on LMDB and on RocksDB (minutes; needs root and
+# podman, and container-test's base image): peak memory, own memory vs cache, no OOM kill.
+container-memory: release
+	./scripts/container-memory.sh .build/release
 
 # Regenerates the flag and metric tables of docs/operations.md.
 operations-doc: build

@@ -28,10 +28,10 @@ public struct RocksDBOptions: Sendable, Equatable {
     /// Each table's memtable size before it is flushed, in bytes. All memtables together
     /// are bounded by `memtableBudgetBytes`.
     public var writeBufferBytes: Int
-    /// Whether SST blocks are compressed (LZ4).
-    public var compression: Bool
+    /// How SST blocks are compressed.
+    public var compression: RocksDBCompression
 
-    public init(blockCacheBytes: Int = 64 << 20, writeBufferBytes: Int = 16 << 20, compression: Bool = true) {
+    public init(blockCacheBytes: Int = 64 << 20, writeBufferBytes: Int = 16 << 20, compression: RocksDBCompression = .lz4) {
         self.blockCacheBytes = blockCacheBytes
         self.writeBufferBytes = writeBufferBytes
         self.compression = compression
@@ -40,6 +40,27 @@ public struct RocksDBOptions: Sendable, Equatable {
     /// The bound on all memtables together (RocksDB's `db_write_buffer_size`): four write
     /// buffers; past it the largest memtable is flushed.
     public var memtableBudgetBytes: Int { 4 * writeBufferBytes }
+}
+
+/// How a RocksDB store compresses its SST blocks (`qsnode --rocksdb-compression`). Debian's
+/// librocksdb 7.8 is linked with liblz4 and libzstd; a type the library was built without
+/// would make the store refuse to open ("Compression type … is not linked with the binary").
+public enum RocksDBCompression: String, Sendable, CaseIterable {
+    /// LZ4: fast, about half the bytes on configuration-shaped data (the default).
+    case lz4
+    /// Zstandard at RocksDB's default level: fewer bytes than LZ4 for more CPU per block.
+    case zstd
+    /// Blocks stored as they are.
+    case none
+
+    /// RocksDB's code for it (`rocksdb_*_compression` in `rocksdb/c.h`).
+    var code: Int32 {
+        switch self {
+        case .lz4: return Int32(rocksdb_lz4_compression)
+        case .zstd: return Int32(rocksdb_zstd_compression)
+        case .none: return Int32(rocksdb_no_compression)
+        }
+    }
 }
 
 /// What a RocksDB store holds in the process's own memory (its heap, unlike LMDB's pages,
@@ -127,7 +148,7 @@ final class RocksDBEngine: @unchecked Sendable {
         rocksdb_options_set_max_write_buffer_number(options, 2)
         rocksdb_options_set_db_write_buffer_size(options, tuning.memtableBudgetBytes)
         rocksdb_options_set_max_open_files(options, 512)
-        rocksdb_options_set_compression(options, Int32(tuning.compression ? rocksdb_lz4_compression : rocksdb_no_compression))
+        rocksdb_options_set_compression(options, tuning.compression.code)
         let writeOptions = rocksdb_writeoptions_create()!
         rocksdb_writeoptions_set_sync(writeOptions, noSync ? 0 : 1)
 

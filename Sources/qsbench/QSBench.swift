@@ -32,7 +32,7 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Directory for the JSON results. (env: QS_BENCH_OUT)", valueName: "dir"))
     var out: String = QSEnv.string("QS_BENCH_OUT") ?? "bench/results"
 
-    @Option(help: ArgumentHelp("Benchmarks to run: root-write (alias writes), mirror, lag, backlog, reads, reads-busy, propagation, rest, engines, bootstrap, cluster, read-loop (comma separated; cluster and read-loop are not in the default list). (env: QS_BENCH_SUITES)", valueName: "list"))
+    @Option(help: ArgumentHelp("Benchmarks to run: root-write (alias writes), mirror, lag, backlog, reads, reads-busy, propagation, rest, engines, bootstrap, cluster, read-loop, fill (comma separated; cluster, read-loop and fill are not in the default list). (env: QS_BENCH_SUITES)", valueName: "list"))
     var suites: String = QSEnv.string("QS_BENCH_SUITES") ?? "root-write,mirror,lag,backlog,reads,reads-busy,propagation,rest,engines,bootstrap"
 
     @Option(help: ArgumentHelp("Root environment sizes in MB the bootstrap suite measures, comma separated; the first also runs replicas at once against in turn (e.g. 100,500,1000 for the full figures). (env: QS_BENCH_BOOTSTRAP_SIZES)", valueName: "list"))
@@ -43,6 +43,9 @@ struct QSBench: AsyncParsableCommand {
 
     @Option(help: ArgumentHelp("Records the engines suite writes at batches of 100 and 5,000 (batches of 1 write at most 2,000). (env: QS_BENCH_ENGINE_RECORDS)", valueName: "n"))
     var engineRecords: Int = QSEnv.value("QS_BENCH_ENGINE_RECORDS", 100_000, flag: "--engine-records")
+
+    @Option(help: ArgumentHelp("Updates the engines suite sends a root of each engine while it reads the CPU seconds of the root and of a replica applying them. (env: QS_BENCH_ENGINE_UPDATES)", valueName: "n"))
+    var engineUpdates: Int = QSEnv.value("QS_BENCH_ENGINE_UPDATES", 100_000, flag: "--engine-updates")
 
     @Option(help: ArgumentHelp("Entries in the mirror benchmark's source root. (env: QS_BENCH_MIRROR_ENTRIES)", valueName: "n"))
     var mirrorEntries: Int = QSEnv.value("QS_BENCH_MIRROR_ENTRIES", 1_000_000, flag: "--mirror-entries")
@@ -64,6 +67,12 @@ struct QSBench: AsyncParsableCommand {
 
     @Option(help: ArgumentHelp("Measure the root already listening at HOST:PORT (its write port) instead of starting one, e.g. a qsnode under valgrind; its disk bytes and memory are then not read. (env: QS_BENCH_WRITE_TARGET)", valueName: "host:port"))
     var writeTarget: String?
+
+    @Option(help: ArgumentHelp("The fill suite: payload bytes written to the root at --write-target, then read back through --memcached-target, e.g. 1GiB. (env: QS_BENCH_FILL_BYTES)", valueName: "size"))
+    var fillBytes: ByteSize = QSEnv.value("QS_BENCH_FILL_BYTES", ByteSize(1 << 30), flag: "--fill-bytes")
+
+    @Option(help: ArgumentHelp("The fill suite: the memcached port (HOST:PORT, on loopback) of the root at --write-target, started with --memcached-flags-in-value false. (env: QS_BENCH_MEMCACHED_TARGET)", valueName: "host:port"))
+    var memcachedTarget: String?
 
     @Option(help: ArgumentHelp("Lookups in the read-loop suite. (env: QS_BENCH_READS)", valueName: "n"))
     var reads: Int = QSEnv.value("QS_BENCH_READS", 1_000_000, flag: "--reads")
@@ -135,13 +144,10 @@ struct QSBench: AsyncParsableCommand {
             try writeJSON(r, "reads-latest.json")
         }
         if runSuites.contains("engines") {
-            let e = try await EnginesBench(records: engineRecords, scratch: scratch).run()
-            print("engines: \(e.records) configuration-shaped records through the store (keys zone:NNNN/rule:NNNNNN, values 20 B to 10 KB, a tenth expiring)")
-            print("  engine          disk/payload   written/payload at batch 1    100   5000   load s (batch 5000)")
-            for r in e.engines {
-                print("  " + r.name.padding(toLength: 14, withPad: " ", startingAt: 0) + String(format: " %12.2f %27.2f %6.2f %6.2f %8.2f", r.diskPerPayload, r.writeAmplification["1"] ?? 0,
-                             r.writeAmplification["100"] ?? 0, r.writeAmplification["5000"] ?? 0, r.loadSeconds))
-            }
+            let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+            let e = try await EnginesBench(records: engineRecords, scratch: scratch, binDir: bin, loadSeconds: loadSeconds,
+                                           rounds: rounds, updates: engineUpdates).run()
+            e.printTable()
             try writeJSON(e, "engines-latest.json")
         }
         if runSuites.contains("rest") {
@@ -202,6 +208,18 @@ struct QSBench: AsyncParsableCommand {
             let r = try await BootstrapBench(sizesMB: mbs, concurrent: bootstrapReplicas, scratch: scratch, binDir: bin).run()
             r.printTable()
             try writeJSON(r, "bootstrap-latest.json")
+        }
+        if runSuites.contains("fill") {
+            // Not in the default list: it measures a root started elsewhere (scripts/container-memory.sh).
+            guard let w = writeTarget ?? QSEnv.string("QS_BENCH_WRITE_TARGET"), case let .tcp(host, port) = try Endpoint(parsing: w),
+                  let m = memcachedTarget ?? QSEnv.string("QS_BENCH_MEMCACHED_TARGET"), case let .tcp(_, mcPort) = try Endpoint(parsing: m) else {
+                throw ValidationError("the fill suite needs --write-target HOST:PORT and --memcached-target HOST:PORT of a running root")
+            }
+            let f = try await FillBench(bytes: fillBytes.bytes, writeHost: host, writePort: port, memcachedPort: mcPort).run()
+            print(String(format: "fill: %d records, %.1f MB of payload written in %.1f s; read back through memcached in %.1f s: %d equal, %d missing or different",
+                         f.records, Double(f.payloadBytes) / 1e6, f.writeSeconds, f.readSeconds, f.recordsRead, f.mismatches))
+            try writeJSON(f, "fill-latest.json")
+            guard f.mismatches == 0 else { throw BenchError("fill: \(f.mismatches) records did not read back as written") }
         }
         if runSuites.contains("read-loop") {
             let r = try await ReadLoopBench(keys: 100_000, reads: reads, valueBytes: valueBytes, scratch: scratch).run()

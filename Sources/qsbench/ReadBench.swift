@@ -140,15 +140,7 @@ struct ReadBench {
 
     /// Starts a replica and returns once it stands at `head`, with the seconds that took.
     func replica(_ dir: String, upstream: Int, until head: Head, extra: [String] = []) async throws -> (DaemonProcess, Double) {
-        let start = ContinuousClock.now
-        let p = try startDaemon(binDir, scratch, "qsnode", ["--role", "replica", "--data", dir, "--listen", "127.0.0.1:0",
-                                                           "--upstream", "127.0.0.1:\(upstream)", "--log-level", "warning"] + extra,
-                                timeout: .seconds(120))
-        let client = try await QSClient.connect(host: "127.0.0.1", port: try p.port("write"))
-        let ok = await Harness.eventually(timeout: .seconds(120), pollEvery: .milliseconds(10)) { (try? await client.head()) == head }
-        await client.close()
-        guard ok else { throw BenchError("replica in \(dir) did not reach the root's head; log:\n\(p.log)") }
-        return (p, (ContinuousClock.now - start).seconds)
+        try await startReplica(binDir, scratch, dir, upstream: upstream, until: head, extra: extra)
     }
 
     func fillMemcached(port: Int, value: [UInt8]) throws {
@@ -173,6 +165,22 @@ struct ReadBench {
         closedLoop(port: port, connections: connections, seconds: seconds, requests: requests, done: done)
     }
 
+}
+
+
+/// Starts a replica of the root at `upstream` in `dir` and returns once it stands at
+/// `head`, with the seconds that took (start-up and bootstrap or catch-up).
+func startReplica(_ binDir: URL, _ scratch: String, _ dir: String, upstream: Int, until head: Head,
+                  extra: [String] = []) async throws -> (DaemonProcess, Double) {
+    let start = ContinuousClock.now
+    let p = try startDaemon(binDir, scratch, "qsnode", ["--role", "replica", "--data", dir, "--listen", "127.0.0.1:0",
+                                                       "--upstream", "127.0.0.1:\(upstream)", "--log-level", "warning"] + extra,
+                            timeout: .seconds(120))
+    let client = try await QSClient.connect(host: "127.0.0.1", port: try p.port("write"))
+    let ok = await Harness.eventually(timeout: .seconds(120), pollEvery: .milliseconds(10)) { (try? await client.head()) == head }
+    await client.close()
+    guard ok else { throw BenchError("replica in \(dir) did not reach the root's head; log:\n\(p.log)") }
+    return (p, (ContinuousClock.now - start).seconds)
 }
 
 /// Closed-loop load for `seconds`: each connection sends one request (walking `requests`

@@ -55,6 +55,28 @@ struct QSNodeCommand: AsyncParsableCommand {
         }
     }
 
+    /// `--rocksdb-compression`: RocksDB's block compression; `true`/`false` (the flag was a
+    /// boolean for LZ4) still mean lz4 and none.
+    enum Compression: String, ExpressibleByArgument, CaseIterable {
+        case lz4, zstd, none
+
+        init?(argument: String) {
+            switch argument.lowercased() {
+            case "true": self = .lz4
+            case "false": self = .none
+            default: self.init(rawValue: argument.lowercased())
+            }
+        }
+
+        var kind: RocksDBCompression {
+            switch self {
+            case .lz4: return .lz4
+            case .zstd: return .zstd
+            case .none: return .none
+            }
+        }
+    }
+
     @Option(help: ArgumentHelp("The node's role: root accepts writes; replica follows --upstream. (env: QS_ROLE)", valueName: "role"))
     var role: Role = QSEnv.value("QS_ROLE", .root)
 
@@ -97,8 +119,8 @@ struct QSNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("RocksDB only: each table's memtable size before it is flushed; all memtables together are bounded by four times this, e.g. 16MiB (64MiB in all). (env: QS_ROCKSDB_WRITE_BUFFER)", valueName: "size"))
     var rocksdbWriteBuffer: ByteSize = QSEnv.value("QS_ROCKSDB_WRITE_BUFFER", ByteSize(16 << 20))
 
-    @Option(help: ArgumentHelp("RocksDB only: whether data blocks are compressed with LZ4: true or false. (env: QS_ROCKSDB_COMPRESSION)", valueName: "bool"))
-    var rocksdbCompression: Bool = QSEnv.flag("QS_ROCKSDB_COMPRESSION", default: true)
+    @Option(help: ArgumentHelp("RocksDB only: how data blocks are compressed: lz4 (the default), zstd (fewer bytes, more CPU) or none; true and false mean lz4 and none. (env: QS_ROCKSDB_COMPRESSION)", valueName: "kind"))
+    var rocksdbCompression: Compression = QSEnv.value("QS_ROCKSDB_COMPRESSION", .lz4)
 
     @Option(help: ArgumentHelp("LMDB map size: the most the store can hold, e.g. 8GiB. (env: QS_MAP_SIZE)", valueName: "size"))
     var mapSize: ByteSize = QSEnv.value("QS_MAP_SIZE", ByteSize(8 << 30))
@@ -214,7 +236,7 @@ struct QSNodeCommand: AsyncParsableCommand {
         do {
             store = try await Store.open(directory: data, mapSize: mapSize.bytes, stagingDirectory: stagingDir, engine: engine?.kind ?? EngineKind.found(in: data) ?? .lmdb,
                                          rocksDB: RocksDBOptions(blockCacheBytes: rocksdbBlockCache.bytes, writeBufferBytes: rocksdbWriteBuffer.bytes,
-                                                                 compression: rocksdbCompression))
+                                                                 compression: rocksdbCompression.kind))
         } catch {
             logger.critical("cannot open the store", metadata: ["data": "\(data)", "error": "\(error)"])
             throw ExitCode(1)
