@@ -1,6 +1,6 @@
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
-import Synchronization
 
 /// Why an etcd request failed.
 public enum EtcdError: Error, Sendable, CustomStringConvertible {
@@ -127,7 +127,7 @@ public final class EtcdClient: Sendable {
     /// How long a request may take before its outcome is taken as unknown.
     public let timeout: Duration
     /// The endpoint that answered last: tried first next time.
-    private let preferred = Mutex(0)
+    private let preferred = NIOLockedValueBox(0)
 
     /// `urls`: `http://host:port` (or `host:port`) of the etcd members' client ports.
     public init(urls: [String], timeout: Duration = .seconds(5)) throws {
@@ -235,14 +235,14 @@ public final class EtcdClient: Sendable {
 
     /// Connects to the preferred endpoint, then the others in order.
     private func connect() async throws -> (EtcdHTTP.Channel, Endpoint) {
-        let first = preferred.withLock { $0 }
+        let first = preferred.withLockedValue { $0 }
         var reasons = [String]()
         for i in 0..<endpoints.count {
             let n = (first + i) % endpoints.count
             let e = endpoints[n]
             do {
                 let c = try await EtcdHTTP.connect(host: e.host, port: e.port, timeout: .seconds(1))
-                preferred.withLock { $0 = n }
+                preferred.withLockedValue { $0 = n }
                 return (c, e)
             } catch {
                 reasons.append("\(e): \(error)")
