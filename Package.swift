@@ -66,7 +66,7 @@ let package = Package(
         .target(
             name: "QSStore",
             dependencies: ["CLMDB", "CRocksDB", "CXXHash", "QSBytes", "QSModel", .product(name: "Crypto", package: "swift-crypto"),
-                           metrics],
+                           metrics, nio("NIOConcurrencyHelpers")],
             swiftSettings: swiftSettings
         ),
         // The QS write and replication protocol: frames and messages, pure codecs.
@@ -99,7 +99,7 @@ let package = Package(
         // what a root cluster's members commit and follow the log through.
         .target(
             name: "QSEtcd",
-            dependencies: [nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1")],
+            dependencies: [nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"), nio("NIOConcurrencyHelpers")],
             swiftSettings: swiftSettings
         ),
         // The node: root write handler, replication server and client, log trimming.
@@ -107,7 +107,7 @@ let package = Package(
             name: "QSNode",
             dependencies: [
                 "QSBytes", "QSClient", "QSEtcd", "QSModel", "QSNet", "QSStore", "QSWire",
-                nio("NIOCore"), nio("NIOPosix"),
+                nio("NIOConcurrencyHelpers"), nio("NIOCore"), nio("NIOPosix"),
                 log, metrics, lifecycle("ServiceLifecycle"),
             ],
             swiftSettings: swiftSettings
@@ -136,7 +136,7 @@ let package = Package(
             name: "QSFeed",
             dependencies: [
                 "QSCaptures", "QSClient", "QSModel", "QSNet", "QSWire",
-                nio("NIOCore"), log, metrics, lifecycle("ServiceLifecycle"),
+                nio("NIOConcurrencyHelpers"), nio("NIOCore"), log, metrics, lifecycle("ServiceLifecycle"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -152,7 +152,7 @@ let package = Package(
             name: "QSKTFeed",
             dependencies: [
                 "KTFormats", "QSBytes", "QSCaptures", "QSFeed", "QSModel", "QSNet", "QSWire",
-                nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"), log, metrics,
+                nio("NIOConcurrencyHelpers"), nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"), log, metrics,
             ],
             swiftSettings: swiftSettings
         ),
@@ -182,7 +182,7 @@ let package = Package(
             name: "QSRest",
             dependencies: [
                 "KTFormats", "QSBytes", "QSClient", "QSFeed", "QSModel", "QSNet", "QSWire",
-                nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"),
+                nio("NIOConcurrencyHelpers"), nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"),
                 log, metrics, lifecycle("ServiceLifecycle"), .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: swiftSettings
@@ -193,7 +193,7 @@ let package = Package(
             name: "QSDaemon",
             dependencies: [
                 "QSFeed", "QSKTFeed", "QSNet",
-                nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"),
+                nio("NIOConcurrencyHelpers"), nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"),
                 argumentParser, log, metrics, .product(name: "Prometheus", package: "swift-prometheus"),
                 lifecycle("ServiceLifecycle"), lifecycle("UnixSignals"),
             ],
@@ -264,7 +264,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // The store against real LMDB: batches, log, checkpoints, threads.
-        .testTarget(name: "QSStoreTests", dependencies: ["QSModel", "QSStore", "QSTesting"], swiftSettings: swiftSettings),
+        .testTarget(name: "QSStoreTests", dependencies: ["QSModel", "QSStore", "QSTesting", nio("NIOConcurrencyHelpers")], swiftSettings: swiftSettings),
         // QS frame and message codecs, byte by byte.
         .testTarget(
             name: "QSWireTests",
@@ -297,7 +297,7 @@ let package = Package(
             name: "QSFeedTests",
             dependencies: [
                 "KTFormats", "QSClient", "QSFeed", "QSKTFeed", "QSModel", "QSNet", "QSTesting", "QSWire",
-                nio("NIOCore"), log, lifecycle("ServiceLifecycleTestKit"),
+                nio("NIOConcurrencyHelpers"), nio("NIOCore"), log, lifecycle("ServiceLifecycleTestKit"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -310,13 +310,13 @@ let package = Package(
         // qsctl record and feed against live KT and QS feeds and fixtures.
         .testTarget(
             name: "RecordingTests",
-            dependencies: ["QSCaptures", "QSClient", "QSModel", "QSStore", "QSTesting"],
+            dependencies: ["QSCaptures", "QSClient", "QSModel", "QSStore", "QSTesting", nio("NIOConcurrencyHelpers")],
             swiftSettings: swiftSettings
         ),
         // Replicas as real processes: subscribe, bootstrap, move upstream.
         .testTarget(
             name: "ReplicationTests",
-            dependencies: ["QSClient", "QSModel", "QSStore", "QSTesting", "QSWire"],
+            dependencies: ["QSClient", "QSModel", "QSStore", "QSTesting", "QSWire", nio("NIOConcurrencyHelpers")],
             swiftSettings: swiftSettings
         ),
         // memcached and KT HTTP reads, in-process and against recorded transcripts.

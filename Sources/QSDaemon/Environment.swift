@@ -1,7 +1,7 @@
 import ArgumentParser
 import Foundation
+import NIOConcurrencyHelpers
 import QSNet
-import Synchronization
 
 /// Environment fallbacks for command-line flags: a flag `--some-flag` of a daemon can also
 /// be given as `QS_SOME_FLAG` (qsctl's as `QS_CTL_…`, fakekt's as `QS_FAKEKT_…`); the flag
@@ -67,12 +67,12 @@ public enum QSEnv {
         var expected: String
     }
 
-    private static let refusals = Mutex<[Refusal]>([])
+    private static let refusals = NIOLockedValueBox<[Refusal]>([])
 
     private static func refuse(_ name: String, flag: String?, value: String, expected: String) {
         let flag = flag ?? flagName(for: name)
         let r = Refusal(variable: name, flag: flag, value: value, expected: expected)
-        refusals.withLock { if !$0.contains(r) { $0.append(r) } }
+        refusals.withLockedValue { if !$0.contains(r) { $0.append(r) } }
     }
 
     /// `QS_MAP_SIZE` → `--map-size`.
@@ -86,7 +86,7 @@ public enum QSEnv {
     /// command line gave its flag (which wins). Call once, after parsing the command line.
     public static func checkRefusals(arguments: [String] = CommandLine.arguments) throws {
         let given = Set(arguments.map { $0.split(separator: "=", maxSplits: 1).first.map(String.init) ?? $0 })
-        let bad = refusals.withLock { $0 }.filter { !given.contains($0.flag) }
+        let bad = refusals.withLockedValue { $0 }.filter { !given.contains($0.flag) }
         guard !bad.isEmpty else { return }
         throw ValidationError(bad.map {
             "\($0.variable)='\($0.value)' is not a valid value for \($0.flag): expected \($0.expected); fix or unset \($0.variable)"

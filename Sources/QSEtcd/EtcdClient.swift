@@ -1,6 +1,6 @@
 import Foundation
+import NIOConcurrencyHelpers
 import NIOCore
-import Synchronization
 
 /// Why an etcd request failed.
 public enum EtcdError: Error, Sendable, CustomStringConvertible {
@@ -129,7 +129,7 @@ public final class EtcdClient: Sendable {
     /// How long a request may take before its outcome is taken as unknown.
     public let timeout: Duration
     /// The endpoint that answered last: tried first next time.
-    private let preferred = Mutex(0)
+    private let preferred = NIOLockedValueBox(0)
 
     /// `urls`: `http://host:port` (or `host:port`) of the etcd members' client ports.
     public init(urls: [String], timeout: Duration = .seconds(5)) throws {
@@ -267,19 +267,19 @@ public final class EtcdClient: Sendable {
     /// The endpoint `index` did not answer in time: the next request starts at the one
     /// after it (unless another request already moved on).
     private func avoid(_ index: Int) {
-        preferred.withLock { if $0 == index { $0 = (index + 1) % endpoints.count } }
+        preferred.withLockedValue { if $0 == index { $0 = (index + 1) % endpoints.count } }
     }
 
     /// Connects to the preferred endpoint, then the others in order.
     private func connect() async throws -> (EtcdHTTP.Channel, Endpoint, Int) {
-        let first = preferred.withLock { $0 }
+        let first = preferred.withLockedValue { $0 }
         var reasons = [String]()
         for i in 0..<endpoints.count {
             let n = (first + i) % endpoints.count
             let e = endpoints[n]
             do {
                 let c = try await EtcdHTTP.connect(host: e.host, port: e.port, timeout: .seconds(1))
-                preferred.withLock { $0 = n }
+                preferred.withLockedValue { $0 = n }
                 return (c, e, n)
             } catch {
                 reasons.append("\(e): \(error)")
@@ -342,9 +342,9 @@ typealias HTTPStatusCode = UInt
 
 /// When a watch last received anything.
 final class LastMessage: Sendable {
-    private let time = Mutex(ContinuousClock.now)
-    func touch() { time.withLock { $0 = .now } }
-    var quiet: Duration { ContinuousClock.now - time.withLock { $0 } }
+    private let time = NIOLockedValueBox(ContinuousClock.now)
+    func touch() { time.withLockedValue { $0 = .now } }
+    var quiet: Duration { ContinuousClock.now - time.withLockedValue { $0 } }
 }
 
 /// The gateway's JSON: bytes are base64, 64-bit integers are strings, zero values are left out.

@@ -1,8 +1,8 @@
 import Logging
+import NIOConcurrencyHelpers
 import QSNet
 import QSModel
 import QSWire
-import Synchronization
 
 /// Limits of one batch.
 public struct BatchLimits: Sendable {
@@ -285,27 +285,27 @@ actor Batcher {
 /// keeps how many changes wait for the root and when the checkpoint last moved, so
 /// `/readyz` can tell a bridge that has work and makes no progress.
 final class Freshness: Sendable {
-    private let time = Mutex<UInt64>(0)
-    private let work = Mutex<(pending: Int, progressNs: UInt64)>((0, wallClockNanoseconds()))
+    private let time = NIOLockedValueBox<UInt64>(0)
+    private let work = NIOLockedValueBox<(pending: Int, progressNs: UInt64)>((0, wallClockNanoseconds()))
 
     /// Changes read and not yet applied; when the count was 0, the wait starts now.
     func note(pending: Int) {
-        work.withLock {
+        work.withLockedValue {
             if $0.pending == 0 && pending > 0 { $0.progressNs = wallClockNanoseconds() }
             $0.pending = pending
         }
     }
 
     /// The checkpoint moved (a batch applied, or another writer applied it).
-    func noteProgress() { work.withLock { $0.progressNs = wallClockNanoseconds() } }
+    func noteProgress() { work.withLockedValue { $0.progressNs = wallClockNanoseconds() } }
 
     /// Pending changes and the time of the last progress (or of the first pending change).
-    var pendingWork: (pending: Int, progressNs: UInt64) { work.withLock { $0 } }
+    var pendingWork: (pending: Int, progressNs: UInt64) { work.withLockedValue { $0 } }
 
-    func note(_ t: UInt64) { time.withLock { $0 = max($0, t) } }
+    func note(_ t: UInt64) { time.withLockedValue { $0 = max($0, t) } }
 
     /// The time, nil while nothing is known.
-    var timeNs: UInt64? { time.withLock { $0 == 0 ? nil : $0 } }
+    var timeNs: UInt64? { time.withLockedValue { $0 == 0 ? nil : $0 } }
 
     static func age(of t: UInt64, now: UInt64 = wallClockNanoseconds()) -> Double {
         now > t ? Double(now - t) / 1e9 : 0

@@ -1,9 +1,9 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import QSNet
 import QSModel
 import ServiceLifecycle
-import Synchronization
 
 /// The shared pipeline of every bridge: `source → batcher → root writer`.
 ///
@@ -25,7 +25,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
     let onFirstStart: (@Sendable (RootWriter, Logger) async -> Void)?
     /// Run before each (re)start of the reading (a KT bridge's initial copy).
     let preparation: (any FeedPreparation)?
-    let state = Mutex(Status())
+    let state = NIOLockedValueBox(Status())
     let freshness = Freshness()
     /// When the consumer was made: until the source has said anything, the lag counts from
     /// here, so a bridge whose source never answers shows a growing lag, not 0.
@@ -81,8 +81,8 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
     }
 
     public var status: Status {
-        var s = state.withLock { $0 }
-        let link = root.link.withLock { $0 }
+        var s = state.withLockedValue { $0 }
+        let link = root.link.withLockedValue { $0 }
         s.rootConnected = link.connected
         s.rootError = link.lastError
         s.rootStall = link.stall()
@@ -141,7 +141,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
             let start = known ?? initialPosition
             let batcher = Batcher(sourceID: sourceID, confirmed: start, limits: limits, root: root, logger: logger,
                                   metrics: metrics, freshness: freshness)
-            state.withLock { $0.checkpoint = start }
+            state.withLockedValue { $0.checkpoint = start }
             logger.info("reading source", metadata: ["source": "\(source.name)", "after": "\(start)"])
             let outcome = await readUntilDone(batcher)
             // Whatever happened, write what was read (a stop still applies what came before it).
@@ -151,7 +151,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
             switch outcome {
             case .finished:
                 logger.info("source finished; everything read is applied", metadata: ["checkpoint": "\(reached)"])
-                state.withLock { $0.finished = true }
+                state.withLockedValue { $0.finished = true }
                 return
             case .shutdown:
                 logger.info("stopped reading on shutdown; pending batch flushed", metadata: ["checkpoint": "\(reached)", "read-up-to": "\(readUpTo)"])
@@ -186,8 +186,8 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
             try await cancelWhenGracefulShutdown {
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
-                        self.state.withLock { $0.sourceConnected = true }
-                        defer { self.state.withLock { $0.sourceConnected = false } }
+                        self.state.withLockedValue { $0.sourceConnected = true }
+                        defer { self.state.withLockedValue { $0.sourceConnected = false } }
                         try await source.run(after: start) { event in
                             try await batcher.handle(event)
                         }
@@ -198,7 +198,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
                             try await Task.sleep(for: limits.interval)
                             try await batcher.flush()
                             let cp = await batcher.confirmed
-                            self.state.withLock { $0.checkpoint = cp }
+                            self.state.withLockedValue { $0.checkpoint = cp }
                             progress.report(checkpoint: cp, applied: await batcher.appliedChanges, lag: self.status.lagSeconds, logger: self.logger)
                         }
                     }
@@ -247,6 +247,6 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
     private func finalFlush(_ batcher: Batcher) async throws {
         try await batcher.flush()
         let cp = await batcher.confirmed
-        state.withLock { $0.checkpoint = cp }
+        state.withLockedValue { $0.checkpoint = cp }
     }
 }

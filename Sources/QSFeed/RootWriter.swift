@@ -1,12 +1,12 @@
 import Foundation
 import Logging
 import Metrics
+import NIOConcurrencyHelpers
 import NIOCore
 import QSClient
 import QSNet
 import QSModel
 import QSWire
-import Synchronization
 
 /// One connection to a root, as the root writer uses it. `QSClient` is the one bridges
 /// use; tests pass a scripted root through `RootWriter.init(endpoint:token:logger:metrics:connect:)`.
@@ -76,7 +76,7 @@ public actor RootWriter {
     let staleAfter: Duration
     /// Whether the root is connected, and the last failure: readable without waiting on
     /// the actor (by `/readyz` and the scrape).
-    public nonisolated let link: Mutex<Link>
+    public nonisolated let link: NIOLockedValueBox<Link>
 
     public struct Link: Sendable {
         public var connected = false
@@ -120,10 +120,10 @@ public actor RootWriter {
     /// default of `--root-stale-after`.
     public static let staleAfter: Duration = .seconds(5)
 
-    public nonisolated var connected: Bool { link.withLock { $0.connected } }
+    public nonisolated var connected: Bool { link.withLockedValue { $0.connected } }
 
     /// The address in use (or tried first at the next connection).
-    public nonisolated var endpoint: Endpoint { link.withLock { $0.root } }
+    public nonisolated var endpoint: Endpoint { link.withLockedValue { $0.root } }
 
     /// A writer to the root at `endpoints` (several: failover in that order), over `QSClient`.
     public init(endpoints: [Endpoint], token: [UInt8], logger: Logger, metrics: FeedMetrics,
@@ -150,7 +150,7 @@ public actor RootWriter {
         self.tokenOrigin = tokenOrigin
         self.connect = connect
         self.staleAfter = staleAfter
-        link = Mutex(Link(root: endpoints[0]))
+        link = NIOLockedValueBox(Link(root: endpoints[0]))
         inUse = endpoints.map { metrics.rootInUse(address: $0.description) }
         metrics.rootConnected.record(0)
         for g in inUse { g.record(0) }
@@ -209,7 +209,7 @@ public actor RootWriter {
         position = made.index
         lastUsed = made.index
         headSeen = nil
-        link.withLock { $0.root = to }
+        link.withLockedValue { $0.root = to }
         for (i, g) in inUse.enumerated() { g.record(i == position ? 1 : 0) }
         setLink(connected: true, error: nil)
         logger.info("connected to root", metadata: ["root": "\(to)"])
@@ -238,7 +238,7 @@ public actor RootWriter {
     }
 
     private func setLink(connected: Bool, error: String?) {
-        link.withLock {
+        link.withLockedValue {
             $0.connected = connected
             if let error { $0.lastError = error } else if connected { $0.lastError = nil }
             if !connected { $0.waitingSince = nil }
@@ -248,14 +248,14 @@ public actor RootWriter {
 
     /// A call was sent: the root owes an answer from now (unless it already owed one).
     private func startWaiting() {
-        link.withLock { if $0.waitingSince == nil { $0.waitingSince = .now } }
+        link.withLockedValue { if $0.waitingSince == nil { $0.waitingSince = .now } }
     }
 
     /// The root answered: it owes nothing more, or, with other calls in flight, from now.
     private func answered() {
         lastAnswer = .now
         let others = inFlight > 1
-        link.withLock { $0.waitingSince = others ? .now : nil }
+        link.withLockedValue { $0.waitingSince = others ? .now : nil }
     }
 
     /// Closes the connection after a failure. With several addresses, the next connection
@@ -268,7 +268,7 @@ public actor RootWriter {
             if endpoints.count > 1 {
                 leaving = why
                 position = moveTo ?? (position + 1) % endpoints.count
-                link.withLock { $0.root = endpoints[position] }
+                link.withLockedValue { $0.root = endpoints[position] }
             }
         }
         current = nil

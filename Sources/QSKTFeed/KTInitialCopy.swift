@@ -2,11 +2,11 @@ import Foundation
 import KTFormats
 import Logging
 import Metrics
+import NIOConcurrencyHelpers
 import QSBytes
 import QSFeed
 import QSModel
 import QSWire
-import Synchronization
 
 /// `--initial-copy`: whether a KT bridge copies KT's records before following its feed.
 public enum InitialCopyMode: String, Sendable, CaseIterable {
@@ -126,10 +126,10 @@ public final class KTInitialCopy: FeedPreparation {
     public let metrics: CopyMetrics
     let logger: Logger
     /// `always` copies once per process, not again after a source failure.
-    let copiedHere = Mutex(false)
+    let copiedHere = NIOLockedValueBox(false)
     /// The copy's progress as of now: what `/readyz` says while it runs.
-    let progress = Mutex<String?>(nil)
-    public var activity: String? { progress.withLock { $0 } }
+    let progress = NIOLockedValueBox<String?>(nil)
+    public var activity: String? { progress.withLockedValue { $0 } }
 
     public init(client: KTRPCClient, mapping: KTMapping, mode: InitialCopyMode, pageSize: Int = 1000, rate: CopyRate = CopyRate(),
                 maxBatchOps: Int = 10_000, maxBatchBytes: Int = 16 << 20, metrics: CopyMetrics = CopyMetrics(), logger: Logger,
@@ -170,16 +170,16 @@ public final class KTInitialCopy: FeedPreparation {
                 logger.warning("the root's checkpoint for this source is an initial copy's batch count but holds no copy cursor (a mirrored root?): copying again from the start",
                                metadata: ["checkpoint": "\(checkpoint)"])
                 state = (checkpoint, nil)
-            } else if checkpoint == nil || (mode == .always && !copiedHere.withLock { $0 }) {
+            } else if checkpoint == nil || (mode == .always && !copiedHere.withLockedValue { $0 }) {
                 state = (checkpoint ?? 0, nil)
             } else {
                 return
             }
             metrics.active.record(1)
-            progress.withLock { $0 = "initial copy of \(client.name) starting" }
-            defer { metrics.active.record(0); progress.withLock { $0 = nil } }
+            progress.withLockedValue { $0 = "initial copy of \(client.name) starting" }
+            defer { metrics.active.record(0); progress.withLockedValue { $0 = nil } }
             if try await copy(root: root, sourceID: sourceID, expected: state.expected, resume: state.cursor) {
-                copiedHere.withLock { $0 = true }
+                copiedHere.withLockedValue { $0 = true }
                 return
             }
             // Another bridge with the same source id moved the copy: read where it stands.
@@ -382,7 +382,7 @@ public final class KTInitialCopy: FeedPreparation {
         metrics.rate.record(rate)
         if let eta { metrics.eta.record(eta) }
         let line = "copied \(cursor.records) of about \(meter.expected) records (\(cursor.bytes) bytes) at \(Int(rate)) records/s, ETA \(eta.map { "\(Int($0)) s" } ?? "?")"
-        progress.withLock { $0 = line }
+        progress.withLockedValue { $0 = line }
         if ContinuousClock.now - meter.lastLog >= .seconds(10) {
             meter.lastLog = .now
             logger.info("initial copy progress", metadata: ["records": "\(cursor.records)", "records-expected": "\(meter.expected)",

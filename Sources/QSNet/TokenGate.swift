@@ -1,7 +1,7 @@
 import Logging
 import Metrics
+import NIOConcurrencyHelpers
 import QSBytes
-import Synchronization
 
 /// One interface's token (the write port's writes, its replication streams, the admin
 /// port's actions): what a peer presents is compared in constant time; a refusal is
@@ -15,7 +15,7 @@ public final class TokenGate: Sendable {
     let failures: Counter
     let logger: Logger
     let logEvery: Duration
-    private let logState = Mutex<(last: ContinuousClock.Instant?, unlogged: Int)>((nil, 0))
+    private let logState = NIOLockedValueBox<(last: ContinuousClock.Instant?, unlogged: Int)>((nil, 0))
 
     /// `token` nil: the gate is open (the interface binds loopback only, see `Endpoint.isLocalOnly`).
     public init(guarding interface: String, token: [UInt8]?, flag: String, logger: Logger,
@@ -44,7 +44,7 @@ public final class TokenGate: Sendable {
     public func refuse(peer: String, why: String) {
         failures.increment()
         let now = ContinuousClock.now
-        let unlogged: Int? = logState.withLock { s in
+        let unlogged: Int? = logState.withLockedValue { s in
             if let last = s.last, now - last < logEvery {
                 s.unlogged += 1
                 return nil

@@ -1,5 +1,6 @@
 import Logging
 import Metrics
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import QSBytes
@@ -8,7 +9,6 @@ import QSModel
 import QSNet
 import QSStore
 import ServiceLifecycle
-import Synchronization
 
 /// The keys a root cluster keeps in etcd, all under `/qs/NAME/` (docs/ha.md).
 public struct ClusterKeys: Sendable {
@@ -128,13 +128,13 @@ public final class ClusterMember: Service, Sendable {
     let logger: Logger
 
     /// The etcd revision applied into the store; batches wait for their own.
-    private let appliedRevision = Mutex<Int64>(0)
+    private let appliedRevision = NIOLockedValueBox<Int64>(0)
     private let revisionWatcher = LogWatcher()
     /// The cluster's write role as applied into the store, and the etcd revision it was
     /// written at (0: never written, the cluster is `open`): every write compares it.
-    private let roleState = Mutex<(role: WriteRole, revision: Int64)>((.open, 0))
+    private let roleState = NIOLockedValueBox<(role: WriteRole, revision: Int64)>((.open, 0))
     /// Whether the applier follows etcd (watch open) and why not.
-    private let state = Mutex<(following: Bool, detail: String)>((false, "starting"))
+    private let state = NIOLockedValueBox<(following: Bool, detail: String)>((false, "starting"))
 
     let commits: Counter
     let commitRetries: Counter
@@ -167,16 +167,16 @@ public final class ClusterMember: Service, Sendable {
 
     /// Whether etcd committed this member's last `applied/` write (every 2 s): a watch can
     /// stay open on an etcd member that lost its quorum, this cannot.
-    private let quorum = Mutex<String?>(nil)
+    private let quorum = NIOLockedValueBox<String?>(nil)
 
     /// Whether the member follows the cluster's log and etcd has a quorum, for `/readyz`.
     public var status: (following: Bool, detail: String) {
-        let s = state.withLock { $0 }
-        guard s.following, let lost = quorum.withLock({ $0 }) else { return s }
+        let s = state.withLockedValue { $0 }
+        guard s.following, let lost = quorum.withLockedValue({ $0 }) else { return s }
         return (false, "etcd did not commit this member's last write (no quorum?): \(lost)")
     }
 
-    public var revision: Int64 { appliedRevision.withLock { $0 } }
+    public var revision: Int64 { appliedRevision.withLockedValue { $0 } }
 
     // MARK: committing
 
@@ -233,7 +233,7 @@ public final class ClusterMember: Service, Sendable {
             try Task.checkCancellation()
             // Read before preparing: the store holds this role or a later one, and a later
             // one fails the compare below.
-            let roleRevision = roleState.withLock { $0.revision }
+            let roleRevision = roleState.withLockedValue { $0.revision }
             let p = try await prepare()
             guard p.outcome.conflictPosition == nil else {
                 // The local checkpoint differs: etcd's is the truth (this member may lag).
@@ -310,7 +310,7 @@ public final class ClusterMember: Service, Sendable {
         var caughtUp = false
         for _ in 0..<1000 {
             try Task.checkCancellation()
-            let (role, roleRevision) = roleState.withLock { ($0.role, $0.revision) }
+            let (role, roleRevision) = roleState.withLockedValue { ($0.role, $0.revision) }
             if role == .promoted { throw StoreError.promoted }
             let prepared: (base: Head, head: Head)
             do {
@@ -442,44 +442,44 @@ public final class ClusterMember: Service, Sendable {
     /// own `applied/` write committed. It is the root time the member's replicas judge
     /// staleness by, so a member cut off from etcd goes stale for them as it would for a
     /// writer (docs/ha.md).
-    public var lastWordNs: UInt64 { lastWord.withLock { $0 } }
-    private let lastWord = Mutex<UInt64>(0)
+    public var lastWordNs: UInt64 { lastWord.withLockedValue { $0 } }
+    private let lastWord = NIOLockedValueBox<UInt64>(0)
 
     /// The root time this member's replicas see: while the cluster mirrors a source root,
     /// the source's freshest word as etcd carries it (`source-time`), so they age when the
     /// source dies, as a single mirror's replicas do; otherwise `lastWordNs`.
     public var rootTimeNs: UInt64 {
-        roleState.withLock { $0.role } == .mirror ? sourceTimeState.withLock { $0.applied } : lastWordNs
+        roleState.withLockedValue { $0.role } == .mirror ? sourceTimeState.withLockedValue { $0.applied } : lastWordNs
     }
 
     /// The source root's time applied from etcd, and the last this member put there.
-    private let sourceTimeState = Mutex<(applied: UInt64, put: UInt64)>((0, 0))
+    private let sourceTimeState = NIOLockedValueBox<(applied: UInt64, put: UInt64)>((0, 0))
 
     private func applySourceTime(_ kv: EtcdKV) throws {
         let t = try ClusterKeys.u64(kv.value, "source time")
-        sourceTimeState.withLock { $0.applied = max($0.applied, t) }
+        sourceTimeState.withLockedValue { $0.applied = max($0.applied, t) }
     }
 
     /// A quiet mirror bridge's probe passes on its source root's time: put in etcd for
     /// every member, at most once a second from this member.
     public func noteSourceTime(_ ns: UInt64) async throws {
-        let due = sourceTimeState.withLock { s -> Bool in
+        let due = sourceTimeState.withLockedValue { s -> Bool in
             guard ns >= s.put + 1_000_000_000 else { return false }
             s.put = ns
             return true
         }
-        guard due, roleState.withLock({ $0.role }) == .mirror else { return }
+        guard due, roleState.withLockedValue({ $0.role }) == .mirror else { return }
         _ = try await counted { try await self.etcd.txn(compare: [], success: [.put(key: self.keys.sourceTime, value: ClusterKeys.u64Bytes(ns))], failure: []) }
     }
 
     private func heard() {
         let now = wallClockNanoseconds()
-        lastWord.withLock { $0 = max($0, now) }
+        lastWord.withLockedValue { $0 = max($0, now) }
     }
 
     private func noteApplied(_ revision: Int64, head: Head?) {
         heard()
-        appliedRevision.withLock { $0 = max($0, revision) }
+        appliedRevision.withLockedValue { $0 = max($0, revision) }
         revisionWatcher.publish()
         if let head {
             appliedIndex.record(Double(head.index))
@@ -502,13 +502,13 @@ public final class ClusterMember: Service, Sendable {
         while !Task.isCancelled {
             do {
                 let revision = try await catchUp()
-                state.withLock { $0 = (true, "following the cluster's log from etcd revision \(revision)") }
+                state.withLockedValue { $0 = (true, "following the cluster's log from etcd revision \(revision)") }
                 try await follow(from: revision + 1)
             } catch is CancellationError {
                 return
             } catch let error as ClusterError {
                 if case .behind = error, !peers.isEmpty {
-                    state.withLock { $0 = (false, "\(error); catching up from a peer's snapshot") }
+                    state.withLockedValue { $0 = (false, "\(error); catching up from a peer's snapshot") }
                     logger.warning("cluster member behind etcd's retained log: catching up from a peer's snapshot",
                                    metadata: ["error": "\(error)", "peers": "\(peers.map(\.description).joined(separator: ","))"])
                     if await catchUpFromPeer() { continue }
@@ -516,14 +516,14 @@ public final class ClusterMember: Service, Sendable {
                     try? await Task.sleep(for: .seconds(5))
                     continue
                 }
-                state.withLock { $0 = (false, "\(error)") }
+                state.withLockedValue { $0 = (false, "\(error)") }
                 logger.critical("cluster member cannot apply the cluster's log: it serves what it has and takes no writes",
                                 metadata: ["error": "\(error)"])
                 if case .corrupt = error {} else { return }
             } catch {
                 if Task.isCancelled { return }
                 etcdErrors.increment()
-                state.withLock { $0 = (false, "not following etcd: \(error)") }
+                state.withLockedValue { $0 = (false, "not following etcd: \(error)") }
                 logger.warning("cluster log: lost etcd, catching up again", metadata: ["error": "\(error)"])
             }
             try? await Task.sleep(for: .milliseconds(500))
@@ -634,7 +634,7 @@ public final class ClusterMember: Service, Sendable {
         do {
             let head = try await store.applyCommitted(entries: entries, checkpoints: checkpoints, role: role?.0)
             if let role {
-                let was = roleState.withLock { state in
+                let was = roleState.withLockedValue { state in
                     defer { state = (role.0, role.1) }
                     return state.role
                 }
@@ -662,7 +662,7 @@ public final class ClusterMember: Service, Sendable {
     private func compactUntilCancelled() async {
         while !Task.isCancelled {
             try? await Task.sleep(for: Self.appliedInterval)
-            guard state.withLock({ $0.following }) else { continue }
+            guard state.withLockedValue({ $0.following }) else { continue }
             do {
                 let local = try await store.head()
                 // The key lives on a lease: a member stopped (or cut off) for longer than
@@ -674,7 +674,7 @@ public final class ClusterMember: Service, Sendable {
                     .range(key: keys.appliedPrefix, end: etcdPrefixEnd(keys.appliedPrefix), limit: 0),
                     .range(key: keys.head, end: nil, limit: 1),
                 ], failure: [])
-                quorum.withLock { $0 = nil }
+                quorum.withLockedValue { $0 = nil }
                 heard()
                 guard r.ranges.count == 3, let headKV = r.ranges[2].first else { continue }
                 let clusterHead = try ClusterKeys.head(headKV.value)
@@ -684,7 +684,7 @@ public final class ClusterMember: Service, Sendable {
                     _ = try await etcd.txn(compare: [], success: [.deleteRange(key: keys.log(0), end: keys.log(keepFrom))], failure: [])
                 }
             } catch let error as EtcdError {
-                quorum.withLock { $0 = "\(error)" }
+                quorum.withLockedValue { $0 = "\(error)" }
                 logger.warning("etcd did not commit this member's applied index", metadata: ["error": "\(error)"])
             } catch {
                 logger.debug("cluster log compaction skipped", metadata: ["error": "\(error)"])

@@ -1,4 +1,4 @@
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// Tells subscription streams that the log grew. Each stream holds a continuation that
 /// keeps only the newest wake-up, so a slow subscriber never queues memory here.
@@ -8,14 +8,14 @@ public final class LogWatcher: Sendable {
         var waiters: [Int: AsyncStream<Void>.Continuation] = [:]
     }
 
-    private let state = Mutex(State())
+    private let state = NIOLockedValueBox(State())
 
     public init() {}
 
     /// A stream of wake-ups (the log grew, or `poke` was called) and its id.
     public func subscribe() -> (id: Int, stream: AsyncStream<Void>, continuation: AsyncStream<Void>.Continuation) {
         let (stream, continuation) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
-        let id = state.withLock { s in
+        let id = state.withLockedValue { s in
             s.nextID += 1
             s.waiters[s.nextID] = continuation
             return s.nextID
@@ -24,15 +24,15 @@ public final class LogWatcher: Sendable {
     }
 
     public func unsubscribe(_ id: Int) {
-        let c = state.withLock { $0.waiters.removeValue(forKey: id) }
+        let c = state.withLockedValue { $0.waiters.removeValue(forKey: id) }
         c?.finish()
     }
 
     /// Wakes every stream: new entries are there.
     public func publish() {
-        let all = state.withLock { Array($0.waiters.values) }
+        let all = state.withLockedValue { Array($0.waiters.values) }
         for c in all { c.yield() }
     }
 
-    public var subscriberCount: Int { state.withLock { $0.waiters.count } }
+    public var subscriberCount: Int { state.withLockedValue { $0.waiters.count } }
 }

@@ -1,12 +1,12 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import QSBytes
 import QSEtcd
 import QSNet
 import QSModel
 import QSStore
 import QSWire
-import Synchronization
 
 /// What the node does with each request, independent of sockets: the store, the write
 /// and replication tokens and the metrics. Store work runs on the store's own threads.
@@ -28,11 +28,11 @@ public final class NodeCore: Sendable {
     public let watcher: LogWatcher
     /// What a replica knows of its upstream and of the root's freshest word: the one value
     /// `status`, `/readyz` and the scrape all read.
-    private let following = Mutex(UpstreamStatus())
+    private let following = NIOLockedValueBox(UpstreamStatus())
     /// A root that mirrors another (write role `mirror`): the source root's freshest word
     /// its mirror bridge passed on with its appends — the root's time its replicas see, so
     /// they age when the source root dies even though this node is alive.
-    private let mirroring = Mutex<(active: Bool, sourceTimeNs: UInt64)>((false, 0))
+    private let mirroring = NIOLockedValueBox<(active: Bool, sourceTimeNs: UInt64)>((false, 0))
     /// Snapshots are made one at a time.
     let snapshots = SnapshotQueue()
     /// The writers (bridges) connected, as their hello introduced them.
@@ -42,14 +42,14 @@ public final class NodeCore: Sendable {
 
     /// What a replica knows of its upstream, as of now.
     public var upstreamStatus: UpstreamStatus {
-        var s = following.withLock { $0 }
+        var s = following.withLockedValue { $0 }
         s.nowNs = wallClockNanoseconds()
         return s
     }
 
     /// Changes what the replica knows of its upstream.
     public func updateUpstream(_ change: (inout UpstreamStatus) -> Void) {
-        following.withLock { change(&$0) }
+        following.withLockedValue { change(&$0) }
     }
     /// Caps on what one read request may ask for.
     public static let maxLogEntriesPerRead: UInt32 = 10_000
@@ -74,9 +74,9 @@ public final class NodeCore: Sendable {
 
     /// Time of the root's freshest word this node has (ns since the epoch).
     public var rootTimeNs: UInt64 {
-        guard writable else { return following.withLock { $0.rootTimeNs } }
+        guard writable else { return following.withLockedValue { $0.rootTimeNs } }
         if let cluster { return cluster.rootTimeNs }
-        let m = mirroring.withLock { $0 }
+        let m = mirroring.withLockedValue { $0 }
         return m.active ? m.sourceTimeNs : wallClockNanoseconds()
     }
 
@@ -84,11 +84,11 @@ public final class NodeCore: Sendable {
     /// source's until an append says more.
     public func loadWriteRole() async throws {
         let role = try await store.writeRole()
-        mirroring.withLock { $0.active = role == .mirror }
+        mirroring.withLockedValue { $0.active = role == .mirror }
     }
 
     private func noteMirroring(_ active: Bool, sourceTimeNs: UInt64) {
-        mirroring.withLock { m in
+        mirroring.withLockedValue { m in
             if active != m.active { m = (active, 0) }
             m.sourceTimeNs = max(m.sourceTimeNs, sourceTimeNs)
         }

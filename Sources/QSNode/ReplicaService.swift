@@ -1,5 +1,6 @@
 import Logging
 import Metrics
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import QSBytes
@@ -9,7 +10,6 @@ import QSModel
 import QSStore
 import QSWire
 import ServiceLifecycle
-import Synchronization
 
 /// A replica's metrics.
 public struct ReplicaMetrics: Sendable {
@@ -44,9 +44,9 @@ public final class ReplicaService: Service, Sendable {
     let upstreamToken: [UInt8]
     let logger: Logger
     public let metrics = ReplicaMetrics()
-    private let upstreamList: Mutex<[Endpoint]>
+    private let upstreamList: NIOLockedValueBox<[Endpoint]>
     /// What the follower remembers between attempts (see `Memory`).
-    private let memory = Mutex(Memory())
+    private let memory = NIOLockedValueBox(Memory())
 
     /// Snapshots refused or failed, the one repair, and an operator's rebootstrap request.
     struct Memory {
@@ -69,7 +69,7 @@ public final class ReplicaService: Service, Sendable {
         self.group = group
         self.staleAfter = staleAfter
         self.logger = logger
-        upstreamList = Mutex(upstreams)
+        upstreamList = NIOLockedValueBox(upstreams)
     }
 
     /// What the replica knows of its upstream as of now (the node's one status value).
@@ -83,12 +83,12 @@ public final class ReplicaService: Service, Sendable {
         metrics.lagEntries.record(Double(s.lagEntries))
         metrics.subscribed.record(s.subscribed ? 1 : 0)
     }
-    public var upstreams: [Endpoint] { upstreamList.withLock { $0 } }
+    public var upstreams: [Endpoint] { upstreamList.withLockedValue { $0 } }
 
     /// Replaces the upstream list at run time. The current subscription continues if its
     /// upstream is still listed; otherwise the replica moves at its next check.
     public func setUpstreams(_ list: [Endpoint]) {
-        upstreamList.withLock { $0 = list }
+        upstreamList.withLockedValue { $0 = list }
         logger.notice("upstream list changed", metadata: ["upstreams": "\(list.map(\.description).joined(separator: ","))"])
     }
 
@@ -152,7 +152,7 @@ public final class ReplicaService: Service, Sendable {
             var moveOn = true
             var storageFailure: WriteFailure?
             do {
-                if let target = memory.withLock({ m in defer { m.rebootstrap = nil }; return m.rebootstrap }) {
+                if let target = memory.withLockedValue({ m in defer { m.rebootstrap = nil }; return m.rebootstrap }) {
                     try await rebootstrap(from: target)
                     continue
                 }
@@ -168,7 +168,7 @@ public final class ReplicaService: Service, Sendable {
                 try await follow(up)
             } catch FollowEnd.refused(.needsBootstrap, let message) {
                 let mine = try await core.store.head()
-                if memory.withLock({ $0.refused.contains(up.description) }) {
+                if memory.withLockedValue({ $0.refused.contains(up.description) }) {
                     logger.debug("behind what the upstream retains, whose history was refused before", metadata: ["upstream": "\(up)"])
                 } else {
                     logger.warning("behind what the upstream retains: bootstrapping", metadata: ["upstream": "\(up)", "detail": "\(message)"])
@@ -177,7 +177,7 @@ public final class ReplicaService: Service, Sendable {
                         moveOn = false
                     } catch StoreError.snapshotDiverged(let mine, let theirs) {
                         let error = StoreError.snapshotDiverged(mine: mine, theirs: theirs)
-                        memory.withLock { _ = $0.refused.insert(up.description) }
+                        memory.withLockedValue { _ = $0.refused.insert(up.description) }
                         metrics.diverged.increment()
                         logger.error("upstream's snapshot is another history: refused, not fetched again; moving on (qsctl rebootstrap --from \(up) replaces this store with it)",
                                      metadata: ["upstream": "\(up)", "detail": "\(error)"])
@@ -297,14 +297,14 @@ public final class ReplicaService: Service, Sendable {
     /// operator's rebootstrap.
     func hasWorkBesidesFollowing() -> Bool {
         let damaged = core.store.integrity.problem != nil
-        return memory.withLock { $0.rebootstrap != nil || (damaged && !$0.repairTried) }
+        return memory.withLockedValue { $0.rebootstrap != nil || (damaged && !$0.repairTried) }
     }
 
     /// The head to keep when the damaged store is repaired from `up`, nil when it was
     /// repaired once already (a damaged upstream is not fetched from again and again: the
     /// node stays unready and says so).
     private func repairOnce(from up: Endpoint) async throws -> Head? {
-        let first = memory.withLock { m in
+        let first = memory.withLockedValue { m in
             defer { m.repairTried = true }
             return !m.repairTried
         }
@@ -318,7 +318,7 @@ public final class ReplicaService: Service, Sendable {
     /// Asks the follower to replace the store with `from`'s snapshot, whatever its history
     /// (an operator's `qsctl rebootstrap`). Carried out within a second or so.
     public func requestRebootstrap(from up: Endpoint) {
-        memory.withLock { $0.rebootstrap = up }
+        memory.withLockedValue { $0.rebootstrap = up }
         logger.notice("rebootstrap requested by an operator: this store will be replaced by the snapshot of \(up), whatever its history",
                       metadata: ["from": "\(up)"])
     }
@@ -333,7 +333,7 @@ public final class ReplicaService: Service, Sendable {
             logger.error("rebootstrap failed: the store is unchanged", metadata: ["from": "\(up)", "error": "\(error)"])
             return
         }
-        memory.withLock { m in
+        memory.withLockedValue { m in
             m.refused.removeAll()
             m.failed.removeAll()
             m.repairTried = false
@@ -351,15 +351,15 @@ public final class ReplicaService: Service, Sendable {
     /// transaction. A snapshot from `up` that failed is not fetched again before its
     /// backoff (30 s doubling to 10 min) has passed, unless an operator asked.
     func bootstrap(from up: Endpoint, continuing: Head?, operatorAsked: Bool = false) async throws {
-        if !operatorAsked, let until = memory.withLock({ $0.failed[up.description]?.until }), ContinuousClock.now < until {
+        if !operatorAsked, let until = memory.withLockedValue({ $0.failed[up.description]?.until }), ContinuousClock.now < until {
             throw FollowEnd.backingOff("a snapshot from \(up) failed; the next try is in \(Int((until - ContinuousClock.now).seconds)) s")
         }
         do {
             try await fetchAndInstall(from: up, continuing: continuing)
-            memory.withLock { _ = $0.failed.removeValue(forKey: up.description) }
+            memory.withLockedValue { _ = $0.failed.removeValue(forKey: up.description) }
         } catch let error as StoreError {
             if case .snapshotDiverged = error { throw error }
-            memory.withLock { m in
+            memory.withLockedValue { m in
                 var backoff = m.failed[up.description]?.backoff ?? Backoff(initial: .seconds(30), cap: .seconds(600))
                 m.failed[up.description] = (ContinuousClock.now + backoff.next(), backoff)
             }

@@ -5,7 +5,7 @@ import QSClient
 import QSNet
 import QSStore
 import QSWire
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// A frame channel to `up` (TCP or Unix socket).
 func openFrameChannel(to up: Endpoint, group: any EventLoopGroup) async throws -> NIOAsyncChannel<Frame, Frame> {
@@ -119,16 +119,16 @@ func receiveSnapshot(from up: Endpoint, token: [UInt8], group: any EventLoopGrou
 /// Bytes of snapshot chunks received: counted into a metric and kept for the caller.
 final class SnapshotTally: Sendable {
     private let counter: Counter
-    private let bytes = Mutex(0)
+    private let bytes = NIOLockedValueBox(0)
 
     init(_ counter: Counter) { self.counter = counter }
 
     func add(_ n: Int) {
         counter.increment(by: n)
-        bytes.withLock { $0 += n }
+        bytes.withLockedValue { $0 += n }
     }
 
-    var total: Int { bytes.withLock { $0 } }
+    var total: Int { bytes.withLockedValue { $0 } }
 }
 
 /// Refuses a snapshot of `size` bytes before any of it is written when there is not

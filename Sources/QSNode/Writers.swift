@@ -1,5 +1,5 @@
+import NIOConcurrencyHelpers
 import QSModel
-import Synchronization
 
 /// The writers connected to a node that introduced themselves with `hello` (bridges):
 /// who they are, since when, and when they last spoke (a bridge sends a keepalive every
@@ -17,33 +17,33 @@ public final class Writers: Sendable {
         public var compatible: Bool { client.contains("mode=compatible") }
     }
 
-    private let table = Mutex<[String: Writer]>([:])
+    private let table = NIOLockedValueBox<[String: Writer]>([:])
     /// The last compatible append any writer made (ns since the epoch), 0 if none.
-    private let lastAppend = Mutex<UInt64>(0)
+    private let lastAppend = NIOLockedValueBox<UInt64>(0)
 
     public init() {}
 
     func hello(peer: String, client: String) {
         let now = wallClockNanoseconds()
-        table.withLock { $0[peer] = Writer(peer: peer, client: client, sinceNs: now, lastRequestNs: now) }
+        table.withLockedValue { $0[peer] = Writer(peer: peer, client: client, sinceNs: now, lastRequestNs: now) }
     }
 
     /// A request from `peer`: refreshes its last word if it said hello.
     func touch(peer: String, append: Bool = false) {
         let now = wallClockNanoseconds()
-        if append { lastAppend.withLock { $0 = now } }
-        table.withLock {
+        if append { lastAppend.withLockedValue { $0 = now } }
+        table.withLockedValue {
             $0[peer]?.lastRequestNs = now
             if append { $0[peer]?.lastAppendNs = now }
         }
     }
 
     func gone(peer: String) {
-        _ = table.withLock { $0.removeValue(forKey: peer) }
+        _ = table.withLockedValue { $0.removeValue(forKey: peer) }
     }
 
-    public var list: [Writer] { table.withLock { Array($0.values) }.sorted { $0.sinceNs < $1.sinceNs } }
-    public var lastAppendNs: UInt64 { lastAppend.withLock { $0 } }
+    public var list: [Writer] { table.withLockedValue { Array($0.values) }.sorted { $0.sinceNs < $1.sinceNs } }
+    public var lastAppendNs: UInt64 { lastAppend.withLockedValue { $0 } }
 
     /// A writer is live while it spoke within this many seconds (keepalives come every second).
     public static let liveSeconds = 5.0

@@ -1,5 +1,5 @@
 import Metrics
-import Synchronization
+import NIOConcurrencyHelpers
 
 /// qsrest's metrics (`qs_rest_*`), exported on its admin port. Per-producer series are
 /// made once per producer name (when an ACL naming it is loaded), never per request.
@@ -40,13 +40,13 @@ public final class RestMetrics: Sendable {
         }
     }
 
-    private let producers = Mutex<[String: Producer]>([:])
+    private let producers = NIOLockedValueBox<[String: Producer]>([:])
 
     public init() {}
 
     /// The series of `name`, made on first use.
     public func producer(_ name: String) -> Producer {
-        producers.withLock { all in
+        producers.withLockedValue { all in
             if let p = all[name] { return p }
             let p = Producer(name)
             all[name] = p

@@ -1,13 +1,13 @@
 import Foundation
 import KTFormats
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
 import QSModel
 import QSNet
 import ServiceLifecycle
-import Synchronization
 
 /// The producers' side of qsrest: KT's HTTP RPC write procedures and RESTful PUT/DELETE
 /// (`KTWrites`), each request authenticated (HTTP Basic `producer:token` or
@@ -102,14 +102,14 @@ public final class Access: Sendable {
         var quotas: [String: Quota]
     }
 
-    private let state: Mutex<State>
+    private let state: NIOLockedValueBox<State>
     let maxQuotaDelay: Duration
     let metrics: RestMetrics
 
     public init(_ acl: ACL, maxQuotaDelay: Duration, metrics: RestMetrics) {
         self.maxQuotaDelay = maxQuotaDelay
         self.metrics = metrics
-        state = Mutex(State(acl: acl, quotas: Self.quotas(acl, maxDelay: maxQuotaDelay)))
+        state = NIOLockedValueBox(State(acl: acl, quotas: Self.quotas(acl, maxDelay: maxQuotaDelay)))
         for p in acl.producers { _ = metrics.producer(p.name) }
     }
 
@@ -119,12 +119,12 @@ public final class Access: Sendable {
         })
     }
 
-    public var acl: ACL { state.withLock { $0.acl } }
+    public var acl: ACL { state.withLockedValue { $0.acl } }
 
     /// Puts `acl` in force; producers whose quotas did not change keep their buckets.
     public func replace(_ acl: ACL) {
         let fresh = Self.quotas(acl, maxDelay: maxQuotaDelay)
-        state.withLock { s in
+        state.withLockedValue { s in
             var quotas = fresh
             for p in acl.producers {
                 if let old = s.acl.producers.first(where: { $0.name == p.name }),
@@ -152,11 +152,11 @@ public final class Access: Sendable {
     }
 
     func authenticate(user: String?, token: [UInt8]) -> ACL.Producer? {
-        state.withLock { $0.acl }.authenticate(user: user, token: token)
+        state.withLockedValue { $0.acl }.authenticate(user: user, token: token)
     }
 
     func take(producer: String, writes: Int, bytes: Int) -> Quota.Decision {
-        state.withLock { s in
+        state.withLockedValue { s in
             guard var q = s.quotas[producer] else { return .pass }
             let d = q.take(writes: writes, bytes: bytes)
             s.quotas[producer] = q

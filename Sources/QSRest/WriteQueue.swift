@@ -1,10 +1,10 @@
 import Logging
+import NIOConcurrencyHelpers
 import QSFeed
 import QSModel
 import QSNet
 import QSWire
 import ServiceLifecycle
-import Synchronization
 
 /// Gathers the writes of every producer into batches and applies each at the root under
 /// compare-and-swap on qsrest's own source position, one batch at a time; a request is
@@ -83,10 +83,10 @@ public actor WriteQueue: Service {
     private var flushWaiters: [CheckedContinuation<Void, Never>] = []
     private var stopped = false
     /// The root's position for this source as last confirmed, readable without the actor.
-    public nonisolated let position = Mutex<UInt64?>(nil)
+    public nonisolated let position = NIOLockedValueBox<UInt64?>(nil)
     /// Why the last batch failed, nil once one commits: `/readyz` says it (a demoted root,
     /// a root refusing the token) until writes go through again.
-    public nonisolated let lastFailure = Mutex<String?>(nil)
+    public nonisolated let lastFailure = NIOLockedValueBox<String?>(nil)
 
     public init(sourceID: String, root: RootWriter, limits: Limits, metrics: RestMetrics, logger: Logger) {
         self.sourceID = sourceID
@@ -146,14 +146,14 @@ public actor WriteQueue: Service {
 
     private func setConfirmed(_ p: UInt64) {
         confirmed = p
-        position.withLock { $0 = p }
-        lastFailure.withLock { $0 = nil }
+        position.withLockedValue { $0 = p }
+        lastFailure.withLockedValue { $0 = nil }
     }
 
     /// Every request of `batch` gets an error: nothing of it was acknowledged.
     private func fail(_ batch: [Pending], _ why: String) {
         metrics.batchesFailed.increment()
-        lastFailure.withLock { $0 = why }
+        lastFailure.withLockedValue { $0 = why }
         for p in batch { p.reply.resume(throwing: Refusal.failed(why)) }
     }
 

@@ -1,8 +1,8 @@
 import Foundation
 import Metrics
+import NIOConcurrencyHelpers
 import QSBytes
 import QSModel
-import Synchronization
 
 /// What a store found damaged: the first problem (kept until a repair clears it), a
 /// counter, and whoever is told (the node's log). Reads of a damaged record or log entry
@@ -16,23 +16,23 @@ public final class StoreIntegrity: Sendable {
         var told = Set<String>()
     }
 
-    private let state = Mutex(State())
-    private let reporter = Mutex<(@Sendable (String) -> Void)?>(nil)
+    private let state = NIOLockedValueBox(State())
+    private let reporter = NIOLockedValueBox<(@Sendable (String) -> Void)?>(nil)
     /// `qs_store_corruption_detected_total`: reads that met a damaged record or log entry.
     let detected = Counter(label: "qs_store_corruption_detected_total")
 
     init() {}
 
     /// The first damage found since the store opened or was last repaired, nil when none.
-    public var problem: String? { state.withLock { $0.problem } }
+    public var problem: String? { state.withLockedValue { $0.problem } }
 
     /// How many reads met damage.
-    public var found: Int { state.withLock { $0.found } }
+    public var found: Int { state.withLockedValue { $0.found } }
 
     /// Tells `report` (once per distinct problem) what is found from now on, and what was
     /// found before it was set (at open).
     public func onProblem(_ report: @escaping @Sendable (String) -> Void) {
-        reporter.withLock { $0 = report }
+        reporter.withLockedValue { $0 = report }
         if let problem { report(problem) }
     }
 
@@ -40,19 +40,19 @@ public final class StoreIntegrity: Sendable {
     func report(_ error: any Error) {
         guard let error = error as? StoreError, error.isDamage else { return }
         let text = "\(error)"
-        let tell = state.withLock { s -> Bool in
+        let tell = state.withLockedValue { s -> Bool in
             s.found += 1
             if s.problem == nil { s.problem = text }
             guard s.told.count < 1000 else { return false }
             return s.told.insert(text).inserted
         }
         detected.increment()
-        if tell, let report = reporter.withLock({ $0 }) { report(text) }
+        if tell, let report = reporter.withLockedValue({ $0 }) { report(text) }
     }
 
     /// Forgets what was found: the store's contents were replaced (a replica's repair).
     public func clear() {
-        state.withLock { $0 = State() }
+        state.withLockedValue { $0 = State() }
     }
 }
 

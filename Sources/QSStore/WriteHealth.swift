@@ -1,7 +1,7 @@
 import CLMDB
 import Foundation
+import NIOConcurrencyHelpers
 import QSModel
-import Synchronization
 
 /// A failure that stops every write until the operator (or the filesystem) changes
 /// something, told apart because each has its own remedy.
@@ -52,24 +52,24 @@ public final class WriteHealth: Sendable {
         public var sinceNs: UInt64
     }
 
-    private let state = Mutex<Failing?>(nil)
+    private let state = NIOLockedValueBox<Failing?>(nil)
 
     public init() {}
 
-    public var failing: Failing? { state.withLock { $0 } }
+    public var failing: Failing? { state.withLockedValue { $0 } }
 
     /// A write committed. After a full disk, only once there is room again: a small write
     /// can commit on pages LMDB reuses while every batch still fails (`stillFull`).
     func succeeded(stillFull: () -> Bool) {
         guard let failing else { return }
         if failing.failure == .diskFull && stillFull() { return }
-        state.withLock { $0 = nil }
+        state.withLockedValue { $0 = nil }
     }
 
     func failed(_ error: any Error) {
         guard let kind = WriteFailure.classify(error) else { return }
         let now = wallClockNanoseconds()
-        state.withLock {
+        state.withLockedValue {
             if $0?.failure != kind { $0 = Failing(failure: kind, message: "\(error)", sinceNs: now) } else { $0?.message = "\(error)" }
         }
     }

@@ -125,13 +125,13 @@ struct QSRestCommand: AsyncParsableCommand {
             let reports: [String: AdminReport] = ["/usage": { query in await usage.answer(query: query, acl: access.acl) }]
             services.append(.init(service: AdminServer(endpoint: adminEndpoint, registry: registry, logger: logger, limits: service.connectionLimits,
                                                        reports: reports, actionGate: try service.adminGate(logger: logger), readiness: {
-                if let failure = queue.lastFailure.withLock({ $0 }) {
+                if let failure = queue.lastFailure.withLockedValue({ $0 }) {
                     return Readiness(ready: false, detail: "the last batch failed, its writes were answered 503 and none since committed: \(failure)")
                 }
                 guard writer.connected else {
-                    return Readiness(ready: false, detail: "not connected to a writable root (\(roots.map(\.description).joined(separator: ",")))\(writer.link.withLock { $0.lastError }.map { ": \($0)" } ?? "")")
+                    return Readiness(ready: false, detail: "not connected to a writable root (\(roots.map(\.description).joined(separator: ",")))\(writer.link.withLockedValue { $0.lastError }.map { ": \($0)" } ?? "")")
                 }
-                guard let p = queue.position.withLock({ $0 }) else { return Readiness(ready: false, detail: "no answer from the root yet") }
+                guard let p = queue.position.withLockedValue({ $0 }) else { return Readiness(ready: false, detail: "no answer from the root yet") }
                 return Readiness(ready: true, detail: "writing to the root; position \(p)")
             })))
         }

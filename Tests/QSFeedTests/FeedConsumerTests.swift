@@ -1,8 +1,8 @@
+import NIOConcurrencyHelpers
 import QSFeed
 import QSModel
 import QSTesting
 import ServiceLifecycleTestKit
-import Synchronization
 import XCTest
 
 /// The feed consumer in process — scripted source, batcher, root writer, scripted root —
@@ -154,10 +154,10 @@ final class FeedConsumerTests: XCTestCase {
     func testChangesHeldStayWithinTwoBatches() async throws {
         let maxOps = 8
         let root = ScriptedRoot()
-        let widest = Mutex<UInt64>(0)
+        let widest = NIOLockedValueBox<UInt64>(0)
         let source = ScriptedSource { change in
             let applied = root.snapshot.checkpoints["test-source"] ?? 0
-            widest.withLock { $0 = max($0, change.position - 1 - applied) }
+            widest.withLockedValue { $0 = max($0, change.position - 1 - applied) }
         }
         let run = start(consumer(source, root, interval: .milliseconds(1), maxOps: maxOps))
         source.send((1...400).map { change($0) })
@@ -166,7 +166,7 @@ final class FeedConsumerTests: XCTestCase {
         XCTAssertEqual(root.snapshot.checkpoints[sid], 400)
         XCTAssertEqual(root.snapshot.writes.count, 400)
         XCTAssertEqual(Set(root.snapshot.writes.values), [1], "each change applied once")
-        XCTAssertLessThanOrEqual(widest.withLock { $0 }, UInt64(2 * maxOps))
+        XCTAssertLessThanOrEqual(widest.withLockedValue { $0 }, UInt64(2 * maxOps))
         XCTAssertTrue(root.snapshot.batches.allSatisfy { $0.operations.count <= maxOps })
     }
 
@@ -234,7 +234,7 @@ final class FeedConsumerTests: XCTestCase {
     /// same batch, gets `conflict` at its own end, and nothing is applied twice.
     func testLostAnswerIsNotAppliedTwice() async throws {
         let source = ScriptedSource(), root = ScriptedRoot()
-        root.state.withLock { $0.loseNextAnswer = true }
+        root.state.withLockedValue { $0.loseNextAnswer = true }
         let run = start(consumer(source, root, maxOps: 4))
         source.send((1...8).map { change($0) })
         source.finish()

@@ -50,7 +50,7 @@ final class RootWriterTests: XCTestCase {
     func testErrorsRetryingCannotCureStopTheBridge() async throws {
         for code in [ErrorCode.unauthorized, .invalidRequest, .unsupported, .malformed] {
             let root = ScriptedRoot()
-            root.state.withLock { $0.nextAnswer = .error(code: code.rawValue, message: "scripted \(code)") }
+            root.state.withLockedValue { $0.nextAnswer = .error(code: code.rawValue, message: "scripted \(code)") }
             let writer = root.writer()
             do {
                 _ = try await writer.batch(sourceID: "s", expected: 0, new: 1, operations: [])
@@ -65,7 +65,7 @@ final class RootWriterTests: XCTestCase {
     /// A storage error may pass (the operator frees space): the call is retried.
     func testStorageErrorsAreRetried() async throws {
         let root = ScriptedRoot()
-        root.state.withLock { $0.nextAnswer = .error(code: ErrorCode.storageError.rawValue, message: "scripted") }
+        root.state.withLockedValue { $0.nextAnswer = .error(code: ErrorCode.storageError.rawValue, message: "scripted") }
         let writer = root.writer()
         let answer = try await within(.seconds(10), "batch") {
             try await writer.batch(sourceID: "s", expected: 0, new: 1, operations: [.delete(key: [1])])
@@ -76,7 +76,7 @@ final class RootWriterTests: XCTestCase {
 
     func testDivergedAppendStopsTheBridge() async throws {
         let root = ScriptedRoot()
-        root.state.withLock { $0.nextAnswer = .error(code: ErrorCode.diverged.rawValue, message: "hash differs at 3") }
+        root.state.withLockedValue { $0.nextAnswer = .error(code: ErrorCode.diverged.rawValue, message: "hash differs at 3") }
         let writer = root.writer()
         do {
             _ = try await writer.append([])
@@ -89,7 +89,7 @@ final class RootWriterTests: XCTestCase {
     func testPositionIsTheCheckpointOrTheHead() async throws {
         let root = ScriptedRoot()
         root.setCheckpoint("s", 9)
-        root.state.withLock { $0.headIndex = 4 }
+        root.state.withLockedValue { $0.headIndex = 4 }
         let writer = root.writer()
         let batched = try await writer.position(sourceID: "s", mode: .batched)
         XCTAssertEqual(batched, 9)
@@ -147,7 +147,7 @@ final class RootFailoverTests: XCTestCase {
         let a = ScriptedRoot(), b = ScriptedRoot()
         let w = writer([a, b])
         _ = try await w.checkpoint(sourceID: "s")
-        a.state.withLock { $0.loseNextAnswer = true }
+        a.state.withLockedValue { $0.loseNextAnswer = true }
         // What the cluster committed through `a` is what `b` sees.
         b.setCheckpoint("s", 1)
         let answer = try await w.batch(sourceID: "s", expected: 0, new: 1, operations: [.delete(key: [1])])
@@ -159,7 +159,7 @@ final class RootFailoverTests: XCTestCase {
 
     func testPassesOverAnAddressThatTakesNoWrites() async throws {
         let a = ScriptedRoot(), b = ScriptedRoot()
-        a.state.withLock { $0.helloAnswer = .error(code: ErrorCode.notWritable.rawValue, message: "replica") }
+        a.state.withLockedValue { $0.helloAnswer = .error(code: ErrorCode.notWritable.rawValue, message: "replica") }
         let w = writer([a, b])
         _ = try await w.checkpoint(sourceID: "s")
         XCTAssertEqual(w.endpoint, .unix(path: "root1"))
@@ -169,8 +169,8 @@ final class RootFailoverTests: XCTestCase {
 
     func testLeavesAnAddressWhoseHeadStandsStillWhileAnothersMoves() async throws {
         let a = ScriptedRoot(), b = ScriptedRoot()
-        a.state.withLock { $0.headIndex = 5 }
-        b.state.withLock { $0.headIndex = 9 }
+        a.state.withLockedValue { $0.headIndex = 5 }
+        b.state.withLockedValue { $0.headIndex = 9 }
         let w = writer([a, b], staleAfter: .milliseconds(200))
         await w.keepalive(idle: .zero)
         XCTAssertEqual(w.endpoint, .unix(path: "root0"))

@@ -1,11 +1,11 @@
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import QSClient
 import QSFeed
 import QSModel
 import QSNet
 import QSWire
-import Synchronization
 
 /// A root in memory, behind `RootWriter`'s connection seam: checkpoints per source id and a
 /// key-value state with compare-and-swap batches like a node's, every batch it was sent
@@ -43,13 +43,13 @@ final class ScriptedRoot: Sendable {
         var nextAnswer: Response?
     }
 
-    let state = Mutex(State())
+    let state = NIOLockedValueBox(State())
 
-    var snapshot: State { state.withLock { $0 } }
+    var snapshot: State { state.withLockedValue { $0 } }
 
     /// The root writer's connection factory.
     func connect() throws -> any RootConnection {
-        try state.withLock { s in
+        try state.withLockedValue { s in
             s.connectAttempts += 1
             if s.down {
                 s.failedCalls += 1
@@ -67,19 +67,19 @@ final class ScriptedRoot: Sendable {
 
     /// Takes the root down: open connections fail, new ones are refused.
     func goDown() {
-        state.withLock {
+        state.withLockedValue {
             $0.down = true
             $0.generation += 1
         }
     }
 
-    func comeUp() { state.withLock { $0.down = false } }
+    func comeUp() { state.withLockedValue { $0.down = false } }
 
-    func holdBatches() { state.withLock { $0.holdBatches = true } }
+    func holdBatches() { state.withLockedValue { $0.holdBatches = true } }
 
     /// Lets held batches through and stops holding.
     func releaseBatches() {
-        let waiting = state.withLock { s in
+        let waiting = state.withLockedValue { s in
             s.holdBatches = false
             defer { s.releases = [] }
             return s.releases
@@ -89,20 +89,20 @@ final class ScriptedRoot: Sendable {
 
     /// Another writer applies `sourceID` through `position` (keys `k<n>` set to `other`).
     func applyElsewhere(sourceID: String, from: UInt64, through position: UInt64) {
-        state.withLock { s in
+        state.withLockedValue { s in
             for n in from...position { s.values[key(n)] = Array("other".utf8) }
             s.checkpoints[sourceID] = position
         }
     }
 
     func setCheckpoint(_ sourceID: String, _ position: UInt64) {
-        state.withLock { $0.checkpoints[sourceID] = position }
+        state.withLockedValue { $0.checkpoints[sourceID] = position }
     }
 
     func answer(_ request: Request, generation: Int) async throws -> Response {
         if case .batch = request {
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                let held = state.withLock { s in
+                let held = state.withLockedValue { s in
                     guard s.holdBatches else { return false }
                     s.heldBatches += 1
                     s.releases.append(c)
@@ -111,7 +111,7 @@ final class ScriptedRoot: Sendable {
                 if !held { c.resume() }
             }
         }
-        return try state.withLock { s in
+        return try state.withLockedValue { s in
             guard !s.down, generation == s.generation else {
                 s.failedCalls += 1
                 throw ClientError.connectionClosed
@@ -232,7 +232,7 @@ final class ScriptedSource: FeedSource {
     }
 
     let name = "scripted"
-    let state = Mutex(State())
+    let state = NIOLockedValueBox(State())
     /// Called before each delivery (to observe the root at that moment).
     let probe: (@Sendable (FeedChange) -> Void)?
 
@@ -240,10 +240,10 @@ final class ScriptedSource: FeedSource {
         self.probe = probe
     }
 
-    var snapshot: State { state.withLock { $0 } }
+    var snapshot: State { state.withLockedValue { $0 } }
 
     func send(_ items: [Item]) {
-        let waiter = state.withLock { s in
+        let waiter = state.withLockedValue { s in
             s.queue += items
             defer { s.waiter = nil }
             return s.waiter
@@ -256,7 +256,7 @@ final class ScriptedSource: FeedSource {
     func finish() { send([Item.finish]) }
 
     func run(after position: UInt64, deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {
-        state.withLock { $0.runs.append(position) }
+        state.withLockedValue { $0.runs.append(position) }
         while true {
             switch try await next() {
             case let .event(event):
@@ -265,9 +265,9 @@ final class ScriptedSource: FeedSource {
                     probe?(c)
                     at = c.position
                 }
-                state.withLock { $0.delivering = at }
+                state.withLockedValue { $0.delivering = at }
                 try await deliver(event)
-                state.withLock { s in
+                state.withLockedValue { s in
                     s.delivering = nil
                     if let at { s.delivered.append(at) }
                 }
@@ -282,10 +282,10 @@ final class ScriptedSource: FeedSource {
     private func next() async throws -> Item {
         while true {
             try Task.checkCancellation()
-            if let item = state.withLock({ $0.queue.isEmpty ? nil : $0.queue.removeFirst() }) { return item }
+            if let item = state.withLockedValue({ $0.queue.isEmpty ? nil : $0.queue.removeFirst() }) { return item }
             await withTaskCancellationHandler {
                 await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-                    let now = state.withLock { s in
+                    let now = state.withLockedValue { s in
                         if !s.queue.isEmpty || Task.isCancelled { return true }
                         s.waiter = c
                         return false
@@ -293,7 +293,7 @@ final class ScriptedSource: FeedSource {
                     if now { c.resume() }
                 }
             } onCancel: {
-                let waiter = state.withLock { s in
+                let waiter = state.withLockedValue { s in
                     defer { s.waiter = nil }
                     return s.waiter
                 }

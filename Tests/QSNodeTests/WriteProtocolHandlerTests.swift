@@ -286,4 +286,22 @@ final class WriteProtocolHandlerTests: XCTestCase {
         XCTAssertEqual(answered, [.applied(logIndex: 1, kept: 1, dropped: 0)])
         try await waitClosed(channel)
     }
+
+    // MARK: threads
+
+    /// Every write-protocol request touches the writers' table from whichever event loop
+    /// carries its connection. Four threads at once keep it whole, and under `make tsan` the
+    /// lock is one ThreadSanitizer sees (`Synchronization.Mutex`'s futex was reported here).
+    func testWritersTakeRequestsFromManyThreadsAtOnce() {
+        let writers = Writers()
+        DispatchQueue.concurrentPerform(iterations: 4) { i in
+            let peer = "127.0.0.1:\(5000 + i)"
+            writers.hello(peer: peer, client: "bridge-\(i)")
+            for n in 0..<2_000 { writers.touch(peer: peer, append: n % 2 == 0) }
+            if i == 3 { writers.gone(peer: peer) }
+        }
+        XCTAssertEqual(writers.list.map(\.client).sorted(), ["bridge-0", "bridge-1", "bridge-2"])
+        XCTAssertTrue(writers.list.allSatisfy { $0.lastAppendNs != nil })
+        XCTAssertGreaterThan(writers.lastAppendNs, 0)
+    }
 }

@@ -1,7 +1,7 @@
 import Foundation
+import NIOConcurrencyHelpers
 import QSModel
 import QSStore
-import Synchronization
 import XCTest
 
 /// The store's threads: reads never wait behind a write or a snapshot copy, writes run in
@@ -33,14 +33,14 @@ final class StoreThreadingTests: XCTestCase {
     func result<T: Sendable>(of what: String, within seconds: Double = 10,
                              _ body: @escaping @Sendable () async throws -> T) throws -> T {
         let done = DispatchSemaphore(value: 0)
-        let box = Mutex<Result<T, any Error>?>(nil)
+        let box = NIOLockedValueBox<Result<T, any Error>?>(nil)
         Task {
             let r: Result<T, any Error>
             do { r = .success(try await body()) } catch { r = .failure(error) }
-            box.withLock { $0 = r }
+            box.withLockedValue { $0 = r }
             done.signal()
         }
-        guard done.wait(timeout: .now() + seconds) == .success, let r = box.withLock({ $0 }) else {
+        guard done.wait(timeout: .now() + seconds) == .success, let r = box.withLockedValue({ $0 }) else {
             throw Timeout(what: what)
         }
         return try r.get()
@@ -92,9 +92,9 @@ final class StoreThreadingTests: XCTestCase {
         let (readEnd, writeEnd) = (fds[0], fds[1])
         defer { close(readEnd) }
         let copied = DispatchSemaphore(value: 0)
-        let copyError = Mutex<(any Error)?>(nil)
+        let copyError = NIOLockedValueBox<(any Error)?>(nil)
         Task {
-            do { try await store.copy(toFileDescriptor: writeEnd) } catch { copyError.withLock { $0 = error } }
+            do { try await store.copy(toFileDescriptor: writeEnd) } catch { copyError.withLockedValue { $0 = error } }
             copied.signal()
         }
         // The copy has started writing, and is stuck on the full pipe.
@@ -125,7 +125,7 @@ final class StoreThreadingTests: XCTestCase {
             drained.signal()
         }
         XCTAssertEqual(copied.wait(timeout: .now() + 30), .success, "the copy did not finish once read")
-        XCTAssertNil(copyError.withLock { $0 })
+        XCTAssertNil(copyError.withLockedValue { $0 })
         close(writeEnd)
         XCTAssertEqual(drained.wait(timeout: .now() + 10), .success)
         let copy = try Store(directory: snapshot.path, readOnly: true)

@@ -1,10 +1,10 @@
 import Foundation
+import NIOConcurrencyHelpers
 import QSClient
 import QSCaptures
 import QSModel
 import QSStore
 import QSTesting
-import Synchronization
 import XCTest
 
 /// `qsctl record --source qs://…` against a real root node, read back with `QSCaptureReader`.
@@ -130,11 +130,11 @@ extension RecordQSTests {
         XCTAssertEqual(rec.exitStatus(within: .seconds(30)), 0, rec.log)
 
         let source = QSCaptureEntries(path: out.path)
-        let got = Mutex<[StoredEntry]>([])
+        let got = NIOLockedValueBox<[StoredEntry]>([])
         try await source.run(after: 4) { event in
-            if case let .entries(list) = event { got.withLock { $0 += list } }
+            if case let .entries(list) = event { got.withLockedValue { $0 += list } }
         }
-        XCTAssertEqual(got.withLock { $0 }, Array(log[4...]))
+        XCTAssertEqual(got.withLockedValue { $0 }, Array(log[4...]))
         do {
             try await source.run(after: 1) { _ in }
             XCTFail("a recording from index 2 cannot continue a log at 1")

@@ -1,9 +1,9 @@
 import Foundation
+import NIOConcurrencyHelpers
 import QSClient
 import QSModel
 import QSStore
 import QSTesting
-import Synchronization
 import XCTest
 
 /// Trees that mix storage engines (docs/storage.md, "Engines"): a node of either engine
@@ -118,8 +118,8 @@ final class MixedEngineTests: XCTestCase {
         let newPort = Shared(0)
         let writer = Task { () -> Int in
             var n = 0
-            while !state.lock.withLock({ $0.stop }) {
-                if state.lock.withLock({ $0.writesHeld = $0.holdWrites; return $0.holdWrites }) {
+            while !state.lock.withLockedValue({ $0.stop }) {
+                if state.lock.withLockedValue({ $0.writesHeld = $0.holdWrites; return $0.holdWrites }) {
                     try await Task.sleep(for: .milliseconds(10))  // pacing while held, not synchronisation
                     continue
                 }
@@ -132,8 +132,8 @@ final class MixedEngineTests: XCTestCase {
             var reads = 0
             var port = 0
             var c: QSClient?
-            while !state.lock.withLock({ $0.stop }) {
-                let now = state.lock.withLock { $0.serving }
+            while !state.lock.withLockedValue({ $0.stop }) {
+                let now = state.lock.withLockedValue { $0.serving }
                 if now != port {
                     await c?.close()
                     c = try await QSClient.connect(host: "127.0.0.1", port: now)
@@ -142,7 +142,7 @@ final class MixedEngineTests: XCTestCase {
                 let r = try await c?.get(Array("zone:0/rule:1".utf8))
                 XCTAssertNotNil(r)
                 reads += 1
-                if port == newPort.lock.withLock({ $0 }) { state.lock.withLock { $0.readsOnNew += 1 } }
+                if port == newPort.lock.withLockedValue({ $0 }) { state.lock.withLockedValue { $0.readsOnNew += 1 } }
             }
             await c?.close()
             return reads
@@ -150,26 +150,26 @@ final class MixedEngineTests: XCTestCase {
 
         let new = try ReplicaNode(data: tmp.appendingPathComponent("new"), upstreams: [root.address], logDir: tmp,
                                   extraArgs: ["--engine", "rocksdb"])
-        newPort.lock.withLock { $0 = new.port }
+        newPort.lock.withLockedValue { $0 = new.port }
         let ready = await Harness.eventually(timeout: .seconds(30)) { httpGet(port: new.adminPort, path: "/readyz")?.status == 200 }
         XCTAssertTrue(ready, "the new replica bootstrapped and is ready")
         XCTAssertEqual(new.metric("qs_replica_bootstraps_total"), 1)
 
-        state.lock.withLock { $0.holdWrites = true }
-        let held = await Harness.eventually(timeout: .seconds(10)) { state.lock.withLock { $0.writesHeld } }
+        state.lock.withLockedValue { $0.holdWrites = true }
+        let held = await Harness.eventually(timeout: .seconds(10)) { state.lock.withLockedValue { $0.writesHeld } }
         XCTAssertTrue(held)
         try await waitForHead(new.port, try await w.head())
         try verify(new.address, against: root.address)
-        state.lock.withLock { $0.holdWrites = false }
+        state.lock.withLockedValue { $0.holdWrites = false }
 
         // The swap: reads go to the new replica, then the old one stops.
-        state.lock.withLock { $0.serving = new.port }
-        let moved = await Harness.eventually(timeout: .seconds(10)) { state.lock.withLock { $0.readsOnNew } > 0 }
+        state.lock.withLockedValue { $0.serving = new.port }
+        let moved = await Harness.eventually(timeout: .seconds(10)) { state.lock.withLockedValue { $0.readsOnNew } > 0 }
         XCTAssertTrue(moved, "the reader reads from the new replica")
         XCTAssertEqual(try old.daemon.stop(), 0, "the old replica stops cleanly")
-        let more = await Harness.eventually(timeout: .seconds(10)) { state.lock.withLock { $0.readsOnNew } > 100 }
+        let more = await Harness.eventually(timeout: .seconds(10)) { state.lock.withLockedValue { $0.readsOnNew } > 100 }
         XCTAssertTrue(more)
-        state.lock.withLock { $0.stop = true }
+        state.lock.withLockedValue { $0.stop = true }
         let written = try await writer.value
         let reads = try await reader.value
         XCTAssertGreaterThan(written, 0)
@@ -197,7 +197,7 @@ struct Workload {
 
 /// A value behind a lock, shared between tasks.
 final class Shared<Value: Sendable>: Sendable {
-    let lock: Mutex<Value>
-    init(_ value: Value) { lock = Mutex(value) }
+    let lock: NIOLockedValueBox<Value>
+    init(_ value: Value) { lock = NIOLockedValueBox(value) }
 }
 
