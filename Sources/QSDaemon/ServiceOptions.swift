@@ -76,13 +76,25 @@ public struct ServiceOptions: ParsableArguments, Sendable {
     /// `--ready-file`, the file lists the listeners of every `ListeningService` among
     /// `services` once they are all bound.
     public func serviceGroup(_ services: [ServiceGroupConfiguration.ServiceConfiguration], logger: Logger,
-                             reload: (@Sendable () -> Void)? = nil) async -> ServiceGroup {
+                             reload: (@Sendable () -> Void)? = nil, nested: Bool = false, alsoListening: [Listener] = []) async -> ServiceGroup {
         var services = services
         services.append(.init(service: await HangupService(reload: reload, logger: logger)))
         if !readyFile.isEmpty {
-            let listeners = services.compactMap { ($0.service as? any ListeningService)?.listener }
+            let listeners = services.compactMap { ($0.service as? any ListeningService)?.listener } + alsoListening
             services.append(.init(service: ReadyFile(path: readyFile, listeners: listeners, logger: logger)))
         }
+        // A nested group stops when the group running it does (that one traps the signals).
+        var config = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: nested ? [] : [.sigterm, .sigint], logger: logger)
+        config.maximumGracefulShutdownDuration = shutdownTimeout.duration
+        return ServiceGroup(configuration: config)
+    }
+
+    /// The outer group of a daemon whose admin server must answer before its other
+    /// services can be built (a replica bootstrapping its empty store): `first` (the admin
+    /// server) starts at once and stops last; `body` builds and runs the rest, as a group
+    /// made with `serviceGroup(…, nested: true)`.
+    public func phasedGroup(first: [any Service], body: @escaping @Sendable () async throws -> Void, logger: Logger) -> ServiceGroup {
+        let services = first.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) } + [.init(service: BodyService(body: body))]
         var config = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         config.maximumGracefulShutdownDuration = shutdownTimeout.duration
         return ServiceGroup(configuration: config)
@@ -110,4 +122,10 @@ public struct ServiceOptions: ParsableArguments, Sendable {
         QSVersion.announce(label, logger: logger)
         return (logger, registry)
     }
+}
+
+/// A service that runs a closure (a daemon's phases, in `ServiceOptions.phasedGroup`).
+struct BodyService: Service {
+    let body: @Sendable () async throws -> Void
+    func run() async throws { try await body() }
 }

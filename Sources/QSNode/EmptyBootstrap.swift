@@ -4,6 +4,7 @@ import NIOPosix
 import QSModel
 import QSNet
 import QSStore
+import NIOConcurrencyHelpers
 
 /// An empty LMDB replica's first bootstrap, before its store is opened
 /// (docs/replication.md, "Bootstrapping an empty replica"): the upstream's snapshot is
@@ -18,6 +19,7 @@ public enum EmptyReplicaBootstrap {
     /// its empty store and its follower bootstraps as a non-empty one would (resuming the
     /// same partial file).
     public static func run(data: String, staging: String, upstreams: [Endpoint], token: [UInt8], metrics: ReplicaMetrics,
+                           progress: EmptyBootstrapProgress = EmptyBootstrapProgress(),
                            group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) async -> Head? {
         guard !upstreams.isEmpty else { return nil }
         var idleRounds = 0
@@ -30,6 +32,7 @@ public enum EmptyReplicaBootstrap {
                 var size: UInt64 = 0, resumedFrom: UInt64 = 0
                 var transferred = started
                 let tally = SnapshotTally(metrics.bootstrapBytes)
+                progress.attempt(up, tally: tally)
                 do {
                     let head = try await Store.bootstrapEmpty(directory: data, staging: staging) { file in
                         let begin = try await receiveSnapshot(from: up, token: token, group: group, into: file,
@@ -38,6 +41,7 @@ public enum EmptyReplicaBootstrap {
                         size = begin.size
                         resumedFrom = begin.resumedFrom
                         transferred = ContinuousClock.now
+                        progress.checking()
                         return Head(index: begin.index, hash: begin.hash, commitTimeNs: 0)
                     }
                     guard let head else {
@@ -57,10 +61,12 @@ public enum EmptyReplicaBootstrap {
                     // A snapshot that failed its checks, or no room: the follower deals
                     // with it (backoff, disk-full waits) once the store is open.
                     logger.error("bootstrap of the empty store failed", metadata: ["upstream": "\(up)", "error": "\(error)"])
+                    progress.failed("\(error)")
                     return nil
                 } catch {
                     if Task.isCancelled { return nil }
                     logger.warning("bootstrap of the empty store cut off", metadata: ["upstream": "\(up)", "error": "\(error)"])
+                    progress.failed("\(error)")
                 }
                 if tally.total > 0 { progressed = true }
             }
@@ -84,5 +90,68 @@ public enum EmptyReplicaBootstrap {
         if let free = Store.freeBytes(at: staging), free < need {
             throw StoreError.diskFull("a snapshot of \(size) bytes needs about \(need) bytes free in \(staging), which has \(free)")
         }
+    }
+}
+
+/// Where an empty replica's bootstrap into its data directory stands, in words for
+/// `/readyz` (the store is not open yet, so nothing else can say it): which upstream, how
+/// much of the snapshot has arrived, its turn in the upstream's queue, the checks, and
+/// why the last attempt failed.
+public final class EmptyBootstrapProgress: Sendable {
+    struct State {
+        var upstream: Endpoint?
+        var tally: SnapshotTally?
+        var attempts = 0
+        var lastFailure: String?
+        var checking = false
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    public init() {}
+
+    func attempt(_ upstream: Endpoint, tally: SnapshotTally) {
+        state.withLockedValue {
+            $0.upstream = upstream
+            $0.tally = tally
+            $0.attempts += 1
+            $0.checking = false
+        }
+    }
+
+    func checking() { state.withLockedValue { $0.checking = true } }
+
+    func failed(_ why: String) {
+        state.withLockedValue {
+            $0.lastFailure = why
+            $0.checking = false
+        }
+    }
+
+    /// One line: "bootstrapping the empty store from 10.0.0.5:7000: 120.5 of 512.0 MB (23 %), attempt 2, the last cut off: …".
+    public var detail: String {
+        let s = state.withLockedValue { $0 }
+        guard let upstream = s.upstream else { return "bootstrapping the empty store: no upstream asked yet" }
+        var text = "bootstrapping the empty store from \(upstream): "
+        let t = s.tally?.current ?? SnapshotTally.State()
+        if let size = t.size {
+            let held = t.resumedFrom + UInt64(t.fetched)
+            let percent = size > 0 ? held * 100 / size : 100
+            text += s.checking
+                ? "\(Self.mb(size)) MB received, checking it (digest, hash chain) before it is installed"
+                : "\(Self.mb(held)) of \(Self.mb(size)) MB (\(percent) %)" + (t.resumedFrom > 0 ? ", resumed at \(Self.mb(t.resumedFrom)) MB" : "")
+        } else if let queued = t.queuedThere {
+            text += "waiting for its turn (the upstream serves one snapshot at a time; \(queued) queued there)"
+        } else {
+            text += "asking for a snapshot"
+        }
+        if s.attempts > 1 { text += ", attempt \(s.attempts)" }
+        if let failure = s.lastFailure { text += "; the last attempt: \(failure)" }
+        return text
+    }
+
+    static func mb(_ bytes: UInt64) -> String {
+        let tenths = (bytes * 10 + (1 << 19)) >> 20
+        return "\(tenths / 10).\(tenths % 10)"
     }
 }

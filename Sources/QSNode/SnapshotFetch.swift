@@ -62,12 +62,15 @@ func receiveSnapshot(from up: Endpoint, token: [UInt8], group: any EventLoopGrou
                     try checkRoom(size)
                     try await file.begin(index: index, hash: hash, size: size, offset: offset)
                     begin = (index, hash, size, offset)
+                    tally?.began(size: size, offset: offset)
                     received = offset
                 case let .snapshotBegin(index, hash, size):
                     try checkRoom(size)
                     try await file.begin(index: index, hash: hash, size: size, offset: 0)
                     begin = (index, hash, size, 0)
+                    tally?.began(size: size, offset: 0)
                 case let .snapshotWaiting(queued):
+                    if begin == nil { tally?.waiting(queued: Int(queued)) }
                     if begin == nil && !toldWaiting {
                         toldWaiting = true
                         logger.info("snapshot: waiting for the upstream (it serves one snapshot at a time)",
@@ -118,17 +121,39 @@ func receiveSnapshot(from up: Endpoint, token: [UInt8], group: any EventLoopGrou
 
 /// Bytes of snapshot chunks received: counted into a metric and kept for the caller.
 final class SnapshotTally: Sendable {
+    /// Where one transfer stands: bytes fetched by it, the snapshot's size once announced,
+    /// the offset it resumed from, and the upstream's queue while it waits its turn.
+    struct State: Sendable {
+        var fetched = 0
+        var size: UInt64?
+        var resumedFrom: UInt64 = 0
+        var queuedThere: Int?
+    }
+
     private let counter: Counter
-    private let bytes = NIOLockedValueBox(0)
+    private let state = NIOLockedValueBox(State())
 
     init(_ counter: Counter) { self.counter = counter }
 
     func add(_ n: Int) {
         counter.increment(by: n)
-        bytes.withLockedValue { $0 += n }
+        state.withLockedValue { $0.fetched += n }
     }
 
-    var total: Int { bytes.withLockedValue { $0 } }
+    func began(size: UInt64, offset: UInt64) {
+        state.withLockedValue {
+            $0.size = size
+            $0.resumedFrom = offset
+            $0.queuedThere = nil
+        }
+    }
+
+    func waiting(queued: Int) {
+        state.withLockedValue { $0.queuedThere = queued }
+    }
+
+    var total: Int { state.withLockedValue { $0.fetched } }
+    var current: State { state.withLockedValue { $0 } }
 }
 
 /// Refuses a snapshot of `size` bytes before any of it is written when there is not

@@ -81,6 +81,16 @@ public func httpPost(port: Int, path: String, contentType: String, body: [UInt8]
     return readHTTPResponse(fd)
 }
 
+/// A minimal HTTP/1.0 request over a Unix socket (an admin server on `--admin unix:PATH`,
+/// reachable before the daemon writes its ready file).
+public func httpRequest(unixPath: String, method: String = "GET", path: String, body: [UInt8] = []) -> (status: Int, body: String)? {
+    guard let fd = Harness.connectUnix(path: unixPath) else { return nil }
+    defer { close(fd) }
+    let req = Array("\(method) \(path) HTTP/1.0\r\nHost: localhost\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body
+    _ = req.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+    return readHTTPResponse(fd)
+}
+
 func readHTTPResponse(_ fd: Int32) -> (status: Int, body: String)? {
     var data = [UInt8]()
     var buf = [UInt8](repeating: 0, count: 65536)

@@ -35,6 +35,30 @@ public enum Harness {
 
     /// A socket connected to 127.0.0.1:`port`, nil when nothing accepts there. The caller
     /// closes it.
+    /// A connected Unix stream socket to `path`, nil when nothing listens there.
+    public static func connectUnix(path: String) -> Int32? {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            close(fd)
+            return nil
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+        }
+        let rc = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if rc != 0 {
+            close(fd)
+            return nil
+        }
+        return fd
+    }
+
     public static func connectLoopback(port: Int) -> Int32? {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var addr = sockaddr_in()
@@ -312,7 +336,11 @@ public final class ReplicaNode: @unchecked Sendable {
 
 /// The first sample of metric `name` on an admin port, nil if absent.
 public func metricValue(port: Int, _ name: String) -> Double? {
-    guard let text = httpGet(port: port, path: "/metrics")?.body else { return nil }
+    httpGet(port: port, path: "/metrics").flatMap { metricValue(in: $0.body, name) }
+}
+
+/// The first sample of metric `name` in a `/metrics` text, nil if absent.
+public func metricValue(in text: String, _ name: String) -> Double? {
     for line in text.split(separator: "\n") where line.hasPrefix(name + " ") || line.hasPrefix(name + "{") {
         if let v = line.split(separator: " ").last.flatMap({ Double($0) }) { return v }
     }

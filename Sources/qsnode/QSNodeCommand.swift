@@ -101,7 +101,7 @@ struct QSNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Where bootstraps being received are written (room for a whole copy of the store; a transfer cut off is kept there and resumed) and a RocksDB node's snapshots for replicas are staged (an LMDB node streams its copy without a file); default: inside --data. (env: QS_STAGING_DIR)", valueName: "dir"))
     var stagingDir: String = QSEnv.string("QS_STAGING_DIR") ?? ""
 
-    @Option(help: ArgumentHelp("An empty LMDB replica takes its first snapshot straight into --data before its store opens and its listeners start: written once, as it arrives, in flat memory, resumed after a cut (docs/replication.md, \"Bootstrapping an empty replica\"). Its ready file, /readyz and /metrics appear once it is installed. false: open the empty store at once and install the snapshot into it in one transaction (memory grows with the snapshot). (env: QS_BOOTSTRAP_INTO_DATA_DIR)", valueName: "bool"))
+    @Option(help: ArgumentHelp("An empty LMDB replica takes its first snapshot straight into --data before its store opens and its read and write listeners start: written once, as it arrives, in flat memory, resumed after a cut (docs/replication.md, \"Bootstrapping an empty replica\"). Meanwhile --admin already answers: /healthz 200, /metrics, /readyz 503 with the bootstrap's progress; the ready file is written once it is installed and every listener is up. false: open the empty store at once and install the snapshot into it in one transaction (memory grows with the snapshot). (env: QS_BOOTSTRAP_INTO_DATA_DIR)", valueName: "bool"))
     var bootstrapIntoDataDir: Bool = QSEnv.flag("QS_BOOTSTRAP_INTO_DATA_DIR", default: true)
 
     @Option(help: ArgumentHelp("A root deletes expired records in logged batches of at most this many (replicas apply them from the log); 0 turns the purge off. (env: QS_EXPIRY_PURGE_BATCH)", valueName: "n"))
@@ -224,14 +224,51 @@ struct QSNodeCommand: AsyncParsableCommand {
             logger.critical("cannot take the data directory", metadata: ["data": "\(data)", "error": "\(error)"])
             throw StartError("--data \(data): \(error)")
         }
+        // The admin server starts first and keeps its address for the process's life: while
+        // an empty replica bootstraps (minutes for a large store) it already answers
+        // /healthz, /metrics and /readyz (503, saying how far the bootstrap is), and it stops
+        // last. Each phase below installs its own readiness check and actions.
+        let phase = AdminPhase(starting: "\(role.rawValue): starting, the store is not open yet")
+        let admin = try service.adminEndpoint().map {
+            AdminServer(endpoint: $0, registry: registry, logger: logger, limits: service.connectionLimits,
+                        actions: phase.actions(role == .replica ? ["/rebootstrap", "/upstream"] : []),
+                        actionGate: try service.adminGate(logger: logger),
+                        beforeScrape: { phase.beforeScrape() }) { phase.readiness() }
+        }
+        let group = service.phasedGroup(first: admin.map { [$0] } ?? [], body: {
+            try await self.serve(phase: phase, admin: admin, tokens: (token, replicationToken, upstreamToken), logger: logger)
+        }, logger: logger)
+        try await group.run()
+        withExtendedLifetime(lock) {}
+    }
+
+    /// Everything after the admin server: an empty replica's bootstrap, the store, and the
+    /// node's services, run as a group nested in the one the admin server runs in.
+    func serve(phase: AdminPhase, admin: AdminServer?, tokens: (write: [UInt8]?, replication: [UInt8]?, upstream: [UInt8]),
+               logger: Logger) async throws {
+        let (token, replicationToken, upstreamToken) = tokens
         // An empty LMDB replica takes its first snapshot straight into the data directory,
         // before the store opens (written once, in flat memory; docs/replication.md).
         let staging = stagingDir.isEmpty ? data : stagingDir
         if role == .replica, bootstrapIntoDataDir, EngineKind.found(in: data) == nil, (engine?.kind ?? .lmdb) == .lmdb,
            Store.canBootstrapEmpty(directory: data, staging: staging) {
-            _ = await EmptyReplicaBootstrap.run(data: data, staging: staging, upstreams: try upstreamEndpoints(), token: upstreamToken,
-                                                metrics: ReplicaMetrics(), logger: logger)
+            let progress = EmptyBootstrapProgress()
+            let unavailable = "is not available while the empty store bootstraps: wait until /readyz says the store is open, or stop the node and restart it with other --upstream addresses"
+            phase.enter(readiness: { Readiness(ready: false, detail: "replica: " + progress.detail + " (nothing is served until it is installed)") },
+                        unavailable: unavailable)
+            let upstreams = try upstreamEndpoints()
+            _ = await cancelWhenGracefulShutdown {
+                await EmptyReplicaBootstrap.run(data: data, staging: staging, upstreams: upstreams, token: upstreamToken,
+                                                metrics: ReplicaMetrics(), progress: progress, logger: logger)
+            }
+            if Task.isShuttingDownGracefully {
+                logger.info("stopped during the bootstrap of the empty store; what arrived is kept for the next start to resume",
+                            metadata: ["data": "\(data)"])
+                return
+            }
         }
+        phase.enter(readiness: { Readiness(ready: false, detail: "\(role.rawValue): opening the store") },
+                    unavailable: "is not available yet: the store is opening")
         let store: Store
         do {
             store = try await Store.open(directory: data, mapSize: mapSize.bytes, stagingDirectory: stagingDir, engine: engine?.kind ?? EngineKind.found(in: data) ?? .lmdb,
@@ -259,7 +296,7 @@ struct QSNodeCommand: AsyncParsableCommand {
                             cluster: member, logger: logger)
         core.metrics.logHead.record(Double(head.index))
         try await core.loadWriteRole()
-        var endpoints = [listenEndpoint]
+        var endpoints = [listen.endpoint]
         if !unix.isEmpty { endpoints.append(.unix(path: unix)) }
         var services: [any Service] = [
             WriteServer(core: core, endpoints: endpoints, maxFrameBytes: maxFrameBytes.bytes, limits: service.connectionLimits, logger: logger),
@@ -286,7 +323,7 @@ struct QSNodeCommand: AsyncParsableCommand {
 
         services += try reads.services(store: store, limits: service.connectionLimits, logger: logger)
         let readyLag = service.readyLagSeconds
-        if let admin = service.adminEndpoint() {
+        do {
             var actions = [String: AdminAction]()
             if let replica {
                 // POST /rebootstrap with HOST:PORT replaces this store with that node's
@@ -313,9 +350,8 @@ struct QSNodeCommand: AsyncParsableCommand {
                     }
                 }
             }
-            services.append(AdminServer(endpoint: admin, registry: registry, logger: logger, limits: service.connectionLimits, actions: actions,
-                                        actionGate: try service.adminGate(logger: logger),
-                                        beforeScrape: { replica?.refreshGauges() }) {
+            // The node is serving: its own checks from here on.
+            phase.enter(readiness: {
                 if let problem = store.integrity.problem {
                     return Readiness(ready: false, detail: "store damaged, not served: \(problem)")
                 }
@@ -326,12 +362,15 @@ struct QSNodeCommand: AsyncParsableCommand {
                 }
                 guard let replica else { return Readiness(ready: true, detail: "root: store open") }
                 return Self.readiness(replica.status, readyLag: readyLag)
-            })
+            }, beforeScrape: { replica?.refreshGauges() }, actions: actions,
+            unavailable: "is not offered by a \(role.rawValue)")
         }
-        try await service.serviceGroup(services.map { .init(service: $0) }, logger: logger, reload: reload).run()
+        try await service.serviceGroup(services.map { .init(service: $0) }, logger: logger, reload: reload,
+                                       nested: true, alsoListening: admin.map { [$0.listener] } ?? []).run()
+        phase.enter(readiness: { Readiness(ready: false, detail: "\(role.rawValue): stopped, the store is closed") },
+                    unavailable: "is not available: the node is stopping")
         let finalHead = try await store.head()
         logger.info("node stopped cleanly", metadata: ["head-index": "\(finalHead.index)"])
-        withExtendedLifetime(lock) {}
     }
 
     /// `/readyz` while writes fail for want of room or of a working disk: the last write

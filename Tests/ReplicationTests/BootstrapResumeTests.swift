@@ -25,12 +25,7 @@ final class BootstrapResumeTests: XCTestCase {
     /// the bytes that passed after the wire came back, and the snapshot's size.
     func bootstrapCutOnce(whileCut: (QSClient) async throws -> Void) async throws
         -> (root: RootNode, replica: ReplicaNode, w: QSClient, afterCut: Int, size: Int) {
-        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
-        let w = try await QSClient.connect(host: "127.0.0.1", port: root.port)
-        let value = [UInt8](repeating: 0x5A, count: 4000)
-        for b in 0..<20 {
-            _ = try await w.write((0..<100).map { .set(key: Array("k\(b)-\($0)".utf8), value: value, expiry: nil) }, sourceID: "t")
-        }
+        let (root, w) = try await rootWith8MB()
         let proxy = try FaultProxy(upstreamPort: root.port)
         proxy.fault = .bandwidth(bytesPerSecond: 2 << 20)
         let data = tmp.appendingPathComponent("replica"), logDir = tmp!, upstream = proxy.address
@@ -52,6 +47,17 @@ final class BootstrapResumeTests: XCTestCase {
         let size = try XCTUnwrap(installed.split(separator: " ").first { $0.hasPrefix("bytes=") }.flatMap { Int($0.dropFirst(6)) },
                                  String(installed))
         return (root, replica, w, afterCut, size)
+    }
+
+    /// A root holding about 8 MB (2,000 records of 4,000 bytes) and a client to it.
+    func rootWith8MB() async throws -> (RootNode, QSClient) {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let w = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let value = [UInt8](repeating: 0x5A, count: 4000)
+        for b in 0..<20 {
+            _ = try await w.write((0..<100).map { .set(key: Array("k\(b)-\($0)".utf8), value: value, expiry: nil) }, sourceID: "t")
+        }
+        return (root, w)
     }
 
     func assertSameAsRoot(_ w: QSClient, _ replica: ReplicaNode) async throws {
@@ -91,6 +97,59 @@ final class BootstrapResumeTests: XCTestCase {
         let written = try await r.get(Array("written-while-cut".utf8))
         XCTAssertEqual(written?.value, [1])
         await r.close()
+        await w.close()
+    }
+
+    /// While an empty replica bootstraps into its data directory (its store not open, its
+    /// read and write ports not up), its admin server already answers: `/healthz` 200,
+    /// `/readyz` 503 saying how far the bootstrap is, `/metrics` counting the bytes, actions
+    /// refused with the reason; no ready file until every listener is up. SIGTERM during
+    /// the bootstrap stops the node cleanly, keeping what arrived, and the next start
+    /// resumes it.
+    func testAnEmptyReplicaSaysHowFarItsBootstrapIsAndStopsCleanlyDuringIt() async throws {
+        try XCTSkipIf(ProcessInfo.processInfo.environment["QS_STORE_ENGINE"] == "rocksdb", "LMDB only: a RocksDB replica bootstraps once its store is open")
+        let (root, w) = try await rootWith8MB()
+        let proxy = try FaultProxy(upstreamPort: root.port)
+        proxy.fault = .blackhole
+        let data = tmp.appendingPathComponent("replica"), socket = tmp.appendingPathComponent("admin.sock").path
+        let readyFile = tmp.appendingPathComponent("replica.ready.json").path
+        let node = try DaemonProcess("qsnode", ["--role", "replica", "--data", data.path, "--listen", "127.0.0.1:0", "--upstream", proxy.address,
+                                                "--admin", "unix:" + socket, "--ready-file", readyFile, "--log-format", "text"], logDir: tmp)
+        func get(_ path: String) -> (status: Int, body: String)? { httpRequest(unixPath: socket, path: path) }
+        try await waitFor("the admin server answering while the replica asks for its snapshot", timeout: .seconds(15), pollEvery: .milliseconds(20)) {
+            guard let r = get("/readyz") else { return false }
+            return r.status == 503 && r.body.contains("bootstrapping the empty store from \(proxy.address): asking for a snapshot")
+        }
+        XCTAssertEqual(get("/healthz")?.status, 200)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: readyFile), "no ready file while nothing but the admin port is up")
+        let moved = httpRequest(unixPath: socket, method: "POST", path: "/upstream", body: Array("127.0.0.1:1".utf8))
+        XCTAssertEqual(moved?.status, 400)
+        XCTAssertTrue(moved?.body.contains("not available while the empty store bootstraps") ?? false, moved?.body ?? "no answer")
+
+        proxy.fault = .bandwidth(bytesPerSecond: 2 << 20)
+        var detail = ""
+        let progressing = try await Harness.eventually(timeout: .seconds(15), pollEvery: .milliseconds(20)) {
+            guard let r = get("/readyz"), r.status == 503, let m = get("/metrics") else { return false }
+            detail = r.body
+            return r.body.range(of: #"[0-9.]+ of [0-9.]+ MB \([0-9]+ %\)"#, options: .regularExpression) != nil
+                && (metricValue(in: m.body, "qs_replica_bootstrap_bytes_received_total") ?? 0) > Double(1 << 20)
+        }
+        XCTAssertTrue(progressing, "/readyz and /metrics show the bootstrap's progress; /readyz said: \(detail); log:\n\(node.log)")
+        XCTAssertTrue(detail.contains("nothing is served until it is installed"), detail)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: readyFile))
+
+        XCTAssertEqual(try node.stop(), 0, "SIGTERM during the bootstrap is a clean stop: \(node.log)")
+        XCTAssertTrue(node.log.contains("stopped during the bootstrap of the empty store"), node.log)
+        XCTAssertNil(get("/healthz"), "the admin server stopped with the node")
+
+        proxy.fault = .none
+        let replica = try ReplicaNode(data: data, upstreams: [proxy.address], logDir: tmp)
+        XCTAssertEqual(replica.metric("qs_replica_bootstraps_resumed_total"), 1, replica.daemon.log)
+        try await waitFor("the resumed replica ready", timeout: .seconds(15), pollEvery: .milliseconds(20)) {
+            httpGet(port: replica.adminPort, path: "/readyz")?.status == 200
+        }
+        try await assertSameAsRoot(w, replica)
+        proxy.close()
         await w.close()
     }
 }
