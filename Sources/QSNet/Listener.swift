@@ -39,7 +39,7 @@ public final class Listener: Sendable {
     /// - Parameters:
     ///   - name: what the listener serves (`write`, `memcached`, `kt-http`, `admin`, `kt`):
     ///     its log lines and its entry in the ready file.
-    ///   - limits: the idle timeout (reads: `IdleTimeout`, writes: `WriteTimeout`) and the
+    ///   - limits: the idle timeout (reads, request deadlines and writes: `ConnectionGuard`) and the
     ///     connection caps (`ConnectionLimits`); the process's file-descriptor reserve
     ///     (`FileDescriptorBudget`) holds whatever they say.
     public init(name: String, endpoints: [Endpoint], drain: DrainStyle, limits: ConnectionLimits = ConnectionLimits(),
@@ -150,22 +150,16 @@ public final class Listener: Sendable {
             channel.closeFuture.whenComplete { _ in counter.release(peer: peerIP) }
             let set = channel.eventLoop.makeCompletedFuture {
                 let ops = channel.pipeline.syncOperations
-                try IdleTimeout.install(readTimeout: idleTimeout, in: ops, onTimeout: { counter.closed(.idleTimeout) })
-                if idleTimeout.nanoseconds > 0 {
-                    try ops.addHandler(WriteTimeout(timeout: idleTimeout, onTimeout: { counter.closed(.writeTimeout) }),
-                                       name: WriteTimeout.handlerName)
-                    // The idle timeout restarts at every byte; this bounds one request from its first byte.
-                    try ops.addHandler(RequestDeadline(timeout: idleTimeout) { _ in
-                        counter.closed(.requestTimeout)
-                        refusals.warning(logger, "\(name) closed a connection: no whole request within --idle-timeout of its first byte",
-                                         peer: peerIP ?? "unix", metadata: ["listener": "\(name)", "reason": "\(CloseReason.requestTimeout.rawValue)"])
-                    }, name: RequestDeadline.handlerName)
-                }
                 var drain: RequestDrain?
-                if case .requests = style {
-                    let d = RequestDrain(channel: channel)
-                    try ops.addHandler(d)
-                    drain = d
+                if case .requests = style { drain = RequestDrain(channel: channel) }
+                if idleTimeout.nanoseconds > 0 || drain != nil {
+                    try ops.addHandler(ConnectionGuard(timeout: max(idleTimeout, .zero), drain: drain) { reason, _ in
+                        counter.closed(reason)
+                        if reason == .requestTimeout {
+                            refusals.warning(logger, "\(name) closed a connection: no whole request within --idle-timeout of its first byte",
+                                             peer: peerIP ?? "unix", metadata: ["listener": "\(name)", "reason": "\(reason.rawValue)"])
+                        }
+                    }, name: ConnectionGuard.handlerName)
                 }
                 let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
                 return AcceptedConnection(connection: try configure(channel), peer: peer, drain: drain, channel: channel)

@@ -17,9 +17,9 @@ public enum DrainStyle: Sendable {
 
 /// Tracks whether a connection is inside a request, so graceful shutdown can close it
 /// when it is idle and let a request in flight finish first. Thread-safe: the session's
-/// task marks requests, the event loop delivers the quiesce event.
-public final class RequestDrain: ChannelInboundHandler, Sendable {
-    public typealias InboundIn = NIOAny
+/// task marks requests, the event loop delivers the quiesce event (to the connection's
+/// `ConnectionGuard`, which hands it here).
+public final class RequestDrain: Sendable {
 
     private struct State {
         var inFlight = 0
@@ -57,15 +57,19 @@ public final class RequestDrain: ChannelInboundHandler, Sendable {
         return try await body()
     }
 
-    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        guard event is ChannelShouldQuiesceEvent else {
-            context.fireUserInboundEventTriggered(event)
-            return
-        }
+    /// Graceful shutdown has begun: closes the connection now when it is idle, else as
+    /// its request ends.
+    func quiesce() {
         let idle = state.withLockedValue { s in
             s.quiescing = true
             return s.inFlight == 0
         }
-        if idle { context.close(promise: nil) }
+        if idle { channel.close(promise: nil) }
+    }
+
+    /// The drain of a connection a `.requests` listener accepted (its `ConnectionGuard`'s),
+    /// for a pipeline set up in the listener's `configure`.
+    public static func installed(in pipeline: ChannelPipeline.SynchronousOperations) -> RequestDrain? {
+        (try? pipeline.handler(type: ConnectionGuard.self))?.drain
     }
 }

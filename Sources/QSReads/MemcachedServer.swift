@@ -43,7 +43,9 @@ public struct MemcachedServer: ListeningService {
                 configuration: Configuration = Configuration(), connections: ConnectionLimits = ConnectionLimits(),
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         limits = configuration.limits
-        listener = Listener(name: "memcached", endpoints: endpoints, drain: .requests, limits: connections, group: group, logger: logger)
+        // The handler answers every request within the socket read that brought it, so it
+        // drains itself: on shutdown it closes once what it wrote is sent.
+        listener = Listener(name: "memcached", endpoints: endpoints, drain: .pipeline, limits: connections, group: group, logger: logger)
         session = MemcachedSession(config: configuration, store: store,
                                    metrics: ReadMetrics(interface: "memcached"), logger: logger, stats: MemcachedStats())
     }
@@ -53,8 +55,7 @@ public struct MemcachedServer: ListeningService {
         try await listener.run { channel in
             let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
             let ops = channel.pipeline.syncOperations
-            try ops.addHandler(MemcachedHandler(session: session, limits: limits, peer: peer, slot: slots.slot(for: channel.eventLoop),
-                                                drain: try? ops.handler(type: RequestDrain.self)))
+            try ops.addHandler(MemcachedHandler(session: session, limits: limits, peer: peer, slot: slots.slot(for: channel.eventLoop)))
         }
     }
 }
@@ -63,8 +64,9 @@ public struct MemcachedServer: ListeningService {
 /// connection's event loop (no decoder stage, no command values for `get`): each line as
 /// it is found in the socket's bytes, into one output buffer written and flushed once when
 /// the socket read is done (or when it holds `flushBytes`), so pipelined commands share a
-/// write. Commands are answered in order; a read burst is in flight for `RequestDrain`
-/// until its replies are written. It stops reading while the socket does not take the
+/// write, without a promise. Commands are answered in order. On graceful shutdown it reads
+/// no more and closes once what it answered is sent (it has no request in flight between
+/// socket reads). It stops reading while the socket does not take the
 /// replies (as NIO's `BackPressureHandler`), and holds at most one incomplete line.
 final class MemcachedHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
@@ -75,24 +77,20 @@ final class MemcachedHandler: ChannelDuplexHandler {
 
     private let session: MemcachedSession
     private let peer: String
-    private let drain: RequestDrain?
     /// The event loop's read transaction, renewed for each `get`.
     private let slot: ReadSlot
     private var framing: MemcachedFraming
     /// The bytes of a line not yet whole.
     private var pending: ByteBuffer?
     private var out = ByteBuffer()
-    /// A request was answered into `out` since the last write (and `drain` knows).
-    private var answered = false
     private var closing = false
     /// A read was asked for while the socket did not take the replies.
     private var readHeld = false
 
-    init(session: MemcachedSession, limits: MemcachedLimits, peer: String, slot: ReadSlot, drain: RequestDrain?) {
+    init(session: MemcachedSession, limits: MemcachedLimits, peer: String, slot: ReadSlot) {
         self.session = session
         self.peer = peer
         self.slot = slot
-        self.drain = drain
         framing = MemcachedFraming(limits: limits)
     }
 
@@ -114,10 +112,6 @@ final class MemcachedHandler: ChannelDuplexHandler {
             input = held
         }
         while !closing, let next = framing.next(&input) {
-            if !answered {
-                drain?.begin()
-                answered = true
-            }
             switch next {
             case let .failure(command):
                 _ = session.answer(command, into: &out, peer: peer, slot: slot)
@@ -167,14 +161,28 @@ final class MemcachedHandler: ChannelDuplexHandler {
         context.close(promise: nil)
     }
 
-    /// Writes what was answered; the requests stop being in flight once it is written.
+    /// Graceful shutdown: no more requests are read; the connection closes once what was
+    /// answered is sent (an empty write completes after every write before it).
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is ChannelShouldQuiesceEvent else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        guard !closing else { return }
+        closing = true
+        pending = nil
+        writeOut(context, thenClose: true)
+    }
+
+    /// Writes what was answered (and closes after it, `thenClose`). Without a close there
+    /// is no promise: nothing waits for the write.
     private func writeOut(_ context: ChannelHandlerContext, thenClose: Bool = false) {
-        guard answered else { return }
-        answered = false
-        let drain = self.drain, channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(out)).whenComplete { _ in
-            drain?.end()
-            if thenClose { channel.close(promise: nil) }
+        guard out.readableBytes > 0 || thenClose else { return }
+        if thenClose {
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(out)).whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            context.writeAndFlush(wrapOutboundOut(out), promise: nil)
         }
         // Written already unless the socket is full: then the buffer stays with the write
         // and `clear` starts a new one.

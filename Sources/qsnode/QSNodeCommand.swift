@@ -254,7 +254,7 @@ struct QSNodeCommand: AsyncParsableCommand {
            Store.canBootstrapEmpty(directory: data, staging: staging) {
             let progress = EmptyBootstrapProgress()
             let unavailable = "is not available while the empty store bootstraps: wait until /readyz says the store is open, or stop the node and restart it with other --upstream addresses"
-            phase.enter(readiness: { Readiness(ready: false, detail: "replica: " + progress.detail + " (nothing is served until it is installed)") },
+            phase.enter(readiness: { Readiness(ready: false, detail: "replica: " + progress.detail + "; reads and writes start once it is installed") },
                         unavailable: unavailable)
             let upstreams = try upstreamEndpoints()
             _ = await cancelWhenGracefulShutdown {

@@ -135,7 +135,7 @@ final class BootstrapResumeTests: XCTestCase {
                 && (metricValue(in: m.body, "qs_replica_bootstrap_bytes_received_total") ?? 0) > Double(1 << 20)
         }
         XCTAssertTrue(progressing, "/readyz and /metrics show the bootstrap's progress; /readyz said: \(detail); log:\n\(node.log)")
-        XCTAssertTrue(detail.contains("nothing is served until it is installed"), detail)
+        XCTAssertTrue(detail.contains("reads and writes start once it is installed"), detail)
         XCTAssertFalse(FileManager.default.fileExists(atPath: readyFile))
 
         XCTAssertEqual(try node.stop(), 0, "SIGTERM during the bootstrap is a clean stop: \(node.log)")

@@ -1,0 +1,160 @@
+import NIOCore
+
+/// Every server connection's one guard, first in its pipeline (`Listener` installs it), in
+/// place of a handler per concern, so each request, answer and read passes one handler
+/// instead of five (docs/benchmarks.md, "Reads"):
+///
+/// - **Idle timeout.** A connection that has received nothing for `timeout` is closed,
+///   one that never sends a whole request too.
+/// - **Request deadline.** From the first byte received while no request is pending an
+///   answer, something must be written back within `timeout`, or the connection is closed:
+///   the idle timeout alone restarts at every byte, so a peer trickling one byte per
+///   timeout would hold its connection (and its place under the caps) forever.
+/// - **Write timeout.** While the channel is not writable (its peer takes none of the
+///   bytes written), a timer runs; writability back cancels it. A peer that never reads
+///   cannot hold a stream (a snapshot, a subscription) or the queue behind it.
+/// - **Drain.** For `DrainStyle.requests`, NIO's `ChannelShouldQuiesceEvent` goes to the
+///   connection's `RequestDrain` (closed at once when idle, after its request otherwise);
+///   `.pipeline` servers get the event themselves.
+///
+/// Idle and deadline share one timer, armed when the connection is added and re-armed at
+/// the due time when it fires early: a request costs a clock read, not a timer. A
+/// connection that becomes a stream (it only sends) turns both off with `streaming()`
+/// (`IdleTimeout.remove`); the write timeout stays.
+final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    typealias OutboundIn = NIOAny
+
+    static let handlerName = "qsnet.connection-guard"
+
+    /// Zero: no timeouts (the guard only drains).
+    let timeout: TimeAmount
+    let drain: RequestDrain?
+    /// Told why, on the event loop, just before the guard closes the connection.
+    let onClose: (CloseReason, ChannelHandlerContext) -> Void
+    private var lastRead = NIODeadline.now()
+    /// When the request pending an answer began (its first byte), nil when none is.
+    private var pendingSince: NIODeadline?
+    private var idleChecks: Bool
+    private var timer: Scheduled<Void>?
+    private var writeTimer: Scheduled<Void>?
+
+    init(timeout: TimeAmount, drain: RequestDrain?, onClose: @escaping (CloseReason, ChannelHandlerContext) -> Void) {
+        self.timeout = timeout
+        self.drain = drain
+        self.onClose = onClose
+        idleChecks = timeout.nanoseconds > 0
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        lastRead = .now()
+        if idleChecks { arm(context, at: lastRead + timeout) }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        cancelTimers()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if idleChecks {
+            let now = NIODeadline.now()
+            lastRead = now
+            if pendingSince == nil { pendingSince = now }
+        }
+        context.fireChannelRead(data)
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        pendingSince = nil
+        context.write(data, promise: promise)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let drain, event is ChannelShouldQuiesceEvent {
+            drain.quiesce()
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            writeTimer?.cancel()
+            writeTimer = nil
+        } else if writeTimer == nil, timeout.nanoseconds > 0 {
+            let bound = NIOLoopBound((context, self), eventLoop: context.eventLoop)
+            writeTimer = context.eventLoop.scheduleTask(in: timeout) {
+                let (context, guardian) = bound.value
+                guardian.writeTimer = nil
+                guardian.close(context, .writeTimeout, error: WriteTimeoutError(timeout: guardian.timeout))
+            }
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        cancelTimers()
+        context.fireChannelInactive()
+    }
+
+    /// The connection only sends from now on (a replication or snapshot stream): its
+    /// peer's silence is no longer idleness, and no request is pending.
+    func streaming() {
+        idleChecks = false
+        pendingSince = nil
+        timer?.cancel()
+        timer = nil
+    }
+
+    private func arm(_ context: ChannelHandlerContext, at deadline: NIODeadline) {
+        let bound = NIOLoopBound((context, self), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(deadline: deadline) {
+            let (context, guardian) = bound.value
+            guardian.fired(context)
+        }
+    }
+
+    private func fired(_ context: ChannelHandlerContext) {
+        timer = nil
+        guard idleChecks else { return }
+        let due = (pendingSince ?? lastRead) + timeout
+        if due > .now() {
+            arm(context, at: due)
+            return
+        }
+        if pendingSince != nil {
+            close(context, .requestTimeout, error: RequestTimeoutError(timeout: timeout))
+        } else {
+            close(context, .idleTimeout, error: nil)
+        }
+    }
+
+    private func close(_ context: ChannelHandlerContext, _ reason: CloseReason, error: (any Error)?) {
+        onClose(reason, context)
+        if let error { context.fireErrorCaught(error) }
+        context.close(promise: nil)
+    }
+
+    private func cancelTimers() {
+        timer?.cancel()
+        timer = nil
+        writeTimer?.cancel()
+        writeTimer = nil
+    }
+}
+
+/// Why a connection whose request did not arrive whole in time was closed.
+public struct RequestTimeoutError: Error, CustomStringConvertible {
+    public let timeout: TimeAmount
+    public var description: String {
+        "no whole request within \(Double(timeout.nanoseconds) / 1e9) s of its first byte (--idle-timeout): connection closed"
+    }
+}
+
+/// Why a connection whose peer stopped reading was closed.
+public struct WriteTimeoutError: Error, CustomStringConvertible {
+    public let timeout: TimeAmount
+    public var description: String {
+        "the peer took none of the bytes sent to it for \(Double(timeout.nanoseconds) / 1e9) s (--idle-timeout): connection closed"
+    }
+}
