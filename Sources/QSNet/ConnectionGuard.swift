@@ -15,7 +15,8 @@ import NIOCore
 ///   cannot hold a stream (a snapshot, a subscription) or the queue behind it.
 /// - **Drain.** For `DrainStyle.requests`, NIO's `ChannelShouldQuiesceEvent` goes to the
 ///   connection's `RequestDrain` (closed at once when idle, after its request otherwise);
-///   `.pipeline` servers get the event themselves.
+///   `.pipeline` servers get the event themselves, as does a connection whose drain was
+///   handed over to its pipeline (KT HTTP behind NIO's HTTP server pipeline).
 ///
 /// Idle and deadline share one timer, armed when the connection is added and re-armed at
 /// the due time when it fires early: a request costs a clock read, not a timer. A
@@ -70,8 +71,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let drain, event is ChannelShouldQuiesceEvent {
-            drain.quiesce()
+        if let drain, event is ChannelShouldQuiesceEvent, drain.quiesce() {
             return
         }
         context.fireUserInboundEventTriggered(event)

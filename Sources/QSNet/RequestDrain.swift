@@ -24,6 +24,8 @@ public final class RequestDrain: Sendable {
     private struct State {
         var inFlight = 0
         var quiescing = false
+        /// The pipeline drains itself (NIO's HTTP server pipeline): the quiesce event goes to it.
+        var pipelineDrains = false
     }
 
     private let state = NIOLockedValueBox(State())
@@ -57,14 +59,23 @@ public final class RequestDrain: Sendable {
         return try await body()
     }
 
+    /// From now on the connection's pipeline acts on `ChannelShouldQuiesceEvent` itself (a
+    /// connection that turned out to speak HTTP, behind NIO's HTTP server pipeline): the
+    /// event is passed down to it instead of handled here.
+    public func handOverToPipeline() {
+        state.withLockedValue { $0.pipelineDrains = true }
+    }
+
     /// Graceful shutdown has begun: closes the connection now when it is idle, else as
-    /// its request ends.
-    func quiesce() {
-        let idle = state.withLockedValue { s in
+    /// its request ends. False when the pipeline drains itself (the event is for it).
+    func quiesce() -> Bool {
+        let (handled, idle) = state.withLockedValue { s -> (Bool, Bool) in
+            guard !s.pipelineDrains else { return (false, false) }
             s.quiescing = true
-            return s.inFlight == 0
+            return (true, s.inFlight == 0)
         }
         if idle { channel.close(promise: nil) }
+        return handled
     }
 
     /// The drain of a connection a `.requests` listener accepted (its `ConnectionGuard`'s),

@@ -57,10 +57,8 @@ public struct KTHTTPReadServer: ListeningService {
         let slots = LoopReadSlots(store: session.store)
         try await listener.run { channel in
             let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
-            let drain = RequestDrain.installed(in: channel.pipeline.syncOperations)
             return try KTConnection.sniff(channel, maxBinaryBytes: maxBodyBytes) { channel in
-                try channel.pipeline.syncOperations.addHandler(KTHTTPHandler(session: session, peer: peer, slot: slots.slot(for: channel.eventLoop),
-                                                                             drain: drain))
+                try channel.pipeline.syncOperations.addHandler(KTHTTPHandler(session: session, peer: peer, slot: slots.slot(for: channel.eventLoop)))
             }
         } handle: { accepted in
             // A client that connects and sends nothing is closed on shutdown (idle) or

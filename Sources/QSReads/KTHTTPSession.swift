@@ -160,27 +160,25 @@ struct KindCounters: Sendable {
 }
 
 /// One KT HTTP connection, behind NIO's HTTP server pipeline (which keeps pipelined
-/// requests in order: the next request arrives once this one's response has ended).
-/// Bodies are capped at `maxBodyBytes` (413 and close beyond). A request is in flight for
-/// `RequestDrain` from its head to its response.
+/// requests in order: the next request arrives once this one's response has ended, and
+/// drains the connection on shutdown). Bodies are capped at `maxBodyBytes` (413 and close
+/// beyond); a request that does not parse is answered 400 and the connection closed.
 final class KTHTTPHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     private let session: KTHTTPSession
     private let peer: String
-    private let drain: RequestDrain?
     /// The event loop's read transaction, renewed for each inline read.
     private let slot: ReadSlot
     private var head: HTTPRequestHead?
     private var body = ByteBuffer()
     private var tooLarge = false
 
-    init(session: KTHTTPSession, peer: String, slot: ReadSlot, drain: RequestDrain?) {
+    init(session: KTHTTPSession, peer: String, slot: ReadSlot) {
         self.session = session
         self.peer = peer
         self.slot = slot
-        self.drain = drain
     }
 
     func handlerAdded(context: ChannelHandlerContext) { session.metrics.opened() }
@@ -189,7 +187,6 @@ final class KTHTTPHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case let .head(h):
-            drain?.begin()
             head = h
             body.clear()
             tooLarge = false
@@ -241,14 +238,14 @@ final class KTHTTPHandler: ChannelInboundHandler {
         send(context, KTHTTPSession.responseHead(r, for: h, keepAlive: keepAlive), body: buffer, keepAlive: keepAlive)
     }
 
-    /// Writes a response and flushes it once; the request stops being in flight when it is written.
+    /// Writes a response and flushes it once (closing the connection after it unless kept alive).
     private func send(_ context: ChannelHandlerContext, _ head: HTTPResponseHead, body: ByteBuffer?, keepAlive: Bool) {
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         if let body { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
-        let drain = self.drain
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in
-            drain?.end()
-            if !keepAlive { context.close(promise: nil) }
+        if keepAlive {
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        } else {
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
         }
     }
 
@@ -256,6 +253,11 @@ final class KTHTTPHandler: ChannelInboundHandler {
         if let error = error as? HTTPParserError {
             session.counters["bad"].increment()
             session.metrics.bad(session.logger, peer: peer, reason: "unparsable HTTP: \(error)")
+            // What NIO's HTTPServerProtocolErrorHandler answers (no response is under way:
+            // the pipeline handler delivers a parse error after the responses before it).
+            let headers = HTTPHeaders([("Connection", "close"), ("Content-Length", "0")])
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         } else {
             session.logger.debug("KT HTTP connection ended with an error", metadata: ["peer": "\(peer)", "error": "\(error)"])
         }

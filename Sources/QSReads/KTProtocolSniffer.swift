@@ -26,7 +26,12 @@ extension KTConnection {
                 try ops.addHandler(ByteToMessageHandler(KTBinaryRequestDecoder(), maximumBufferSize: maxBinaryBytes))
                 return .binary(try NIOAsyncChannel(wrappingChannelSynchronously: channel))
             }
-            try ops.configureHTTPServerPipeline(withErrorHandling: true)
+            // No error handler and no outbound header check in every request's path: the
+            // handler answers a parse error with 400 itself, and writes only headers it
+            // made. NIO's pipeline handler keeps pipelined requests in order and drains the
+            // connection on shutdown (the listener's drain is handed over to it).
+            try ops.configureHTTPServerPipeline(withErrorHandling: false, withOutboundHeaderValidation: false)
+            RequestDrain.installed(in: ops)?.handOverToPipeline()
             try http(channel)
             return .http
         }
