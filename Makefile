@@ -109,7 +109,7 @@ tsan: deps
 bench: release
 	.build/release/qsbench --out bench/results
 
-# One qsbench suite (writes, reads, reads-busy, propagation, lag, backlog, mirror, cluster, bootstrap, read-loop);
+# One qsbench suite (writes, reads, reads-busy, propagation, lag, backlog, mirror, cluster, bootstrap, read-loop, scale);
 # bench-bootstrap measures 100 MB; QS_BENCH_BOOTSTRAP_SIZES=100,500,1000 adds the 500 MB and 1 GB runs.
 # QS_BENCH_* variables tune it (qsbench --help).
 bench-%: release

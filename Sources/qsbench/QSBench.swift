@@ -32,7 +32,7 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Directory for the JSON results. (env: QS_BENCH_OUT)", valueName: "dir"))
     var out: String = QSEnv.string("QS_BENCH_OUT") ?? "bench/results"
 
-    @Option(help: ArgumentHelp("Benchmarks to run: root-write (alias writes), mirror, lag, backlog, reads, reads-busy, propagation, rest, engines, bootstrap, cluster, read-loop, fill (comma separated; cluster, read-loop and fill are not in the default list). (env: QS_BENCH_SUITES)", valueName: "list"))
+    @Option(help: ArgumentHelp("Benchmarks to run: root-write (alias writes), mirror, lag, backlog, reads, reads-busy, propagation, rest, engines, bootstrap, cluster, read-loop, fill, scale (comma separated; cluster, read-loop, fill and scale are not in the default list). (env: QS_BENCH_SUITES)", valueName: "list"))
     var suites: String = QSEnv.string("QS_BENCH_SUITES") ?? "root-write,mirror,lag,backlog,reads,reads-busy,propagation,rest,engines,bootstrap"
 
     @Option(help: ArgumentHelp("Root environment sizes in MB the bootstrap suite measures, comma separated; the first also runs replicas at once against in turn (e.g. 100,500,1000 for the full figures). (env: QS_BENCH_BOOTSTRAP_SIZES)", valueName: "list"))
@@ -76,6 +76,9 @@ struct QSBench: AsyncParsableCommand {
 
     @Option(help: ArgumentHelp("Lookups in the read-loop suite. (env: QS_BENCH_READS)", valueName: "n"))
     var reads: Int = QSEnv.value("QS_BENCH_READS", 1_000_000, flag: "--reads")
+
+    @Option(help: ArgumentHelp("Key counts the scale suite measures reads, catch-up, bootstrap and root writes at, comma separated. (env: QS_BENCH_SCALE_KEYS)", valueName: "list"))
+    var scaleKeys: String = QSEnv.string("QS_BENCH_SCALE_KEYS") ?? "100000,1000000,5000000"
 
     @Option(help: ArgumentHelp("Updates/s the root takes while reads-busy measures the replica applying them. (env: QS_BENCH_BUSY_RATE)", valueName: "n"))
     var busyRate: Int = QSEnv.value("QS_BENCH_BUSY_RATE", 10_000, flag: "--busy-rate")
@@ -220,6 +223,18 @@ struct QSBench: AsyncParsableCommand {
                          f.records, Double(f.payloadBytes) / 1e6, f.writeSeconds, f.readSeconds, f.recordsRead, f.mismatches))
             try writeJSON(f, "fill-latest.json")
             guard f.mismatches == 0 else { throw BenchError("fill: \(f.mismatches) records did not read back as written") }
+        }
+        if runSuites.contains("scale") {
+            // Not in the default list: the 5,000,000-key row alone takes minutes.
+            let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+            let counts = scaleKeys.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+            guard !counts.isEmpty, counts.allSatisfy({ $0 >= 1_000 }) else {
+                throw ValidationError("--scale-keys needs key counts of at least 1000, e.g. 100000,1000000,5000000")
+            }
+            let r = try await ScaleBench(keyCounts: counts, valueBytes: valueBytes, seconds: loadSeconds, writeDuration: d, rounds: rounds,
+                                         scratch: scratch, binDir: bin).run()
+            r.printTable()
+            try writeJSON(r, "scale-latest.json")
         }
         if runSuites.contains("read-loop") {
             let r = try await ReadLoopBench(keys: 100_000, reads: reads, valueBytes: valueBytes, scratch: scratch).run()

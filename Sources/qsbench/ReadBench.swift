@@ -104,7 +104,11 @@ struct ReadBench {
         var anon = 0
         // Requests made before the clock starts: the client spends its time on the wire.
         let n = keys
-        func made(_ request: (Int) -> String) -> Requests { Requests((0..<n).map { Array(request($0).utf8) }) }
+        // At most 1,000,000 requests made ahead, spread over every key (a stride prime to
+        // the key count) when there are more keys than that (the scale suite).
+        let ahead = min(n, 1_000_000)
+        func spread(_ i: Int) -> Int { n <= ahead ? i : (i &* 1_000_003) % n }
+        func made(_ request: (Int) -> String) -> Requests { Requests((0..<ahead).map { Array(request(spread($0)).utf8) }) }
         func escaped(_ i: Int) -> String { key(i).replacingOccurrences(of: "/", with: "%2F") }
         func tenKeys(_ i: Int) -> String {
             var line = "get"
@@ -286,7 +290,7 @@ final class RealMemcached {
             picked.close()
             let p = Process()
             p.executableURL = URL(fileURLWithPath: "/usr/bin/memcached")
-            p.arguments = ["-p", "\(port)", "-U", "0", "-l", "127.0.0.1", "-m", "1024", "-t", "2", "-u", "root"]
+            p.arguments = ["-p", "\(port)", "-U", "0", "-l", "127.0.0.1", "-m", "4096", "-t", "2", "-u", "root"]
             let log = logDir + "/memcached-\(port).log"
             _ = FileManager.default.createFile(atPath: log, contents: nil)
             p.standardError = FileHandle(forWritingAtPath: log)

@@ -24,6 +24,9 @@ struct WriteBench {
     let target: String?
     /// Batches in flight on the connection (1: wait for each answer).
     var window = 1
+    /// Keys each store holds before the measurement (the scale suite): the node's and the
+    /// plain LMDB loop's alike, written without fsync and synced once.
+    var prefill = 0
 
     struct Round: Codable {
         var nodeOpsPerSec: Double
@@ -158,6 +161,13 @@ struct WriteBench {
         let env = try LMDBEnvironment(path: dir, options: .init(mapSize: 8 << 30))
         let db = try env.openDatabase("kv")
         let values = self.values
+        var filled = 0
+        while filled < prefill {
+            try env.write { txn in
+                for j in filled..<min(prefill, filled + 10_000) { try txn.put(db, key(Self.prefillPrefix, j), values[j & 1023]) }
+            }
+            filled = min(prefill, filled + 10_000)
+        }
         let ioBefore = writeBytes(pid: nil)
         let start = ContinuousClock.now
         var i = 0, done = 0, payload = 0
@@ -186,6 +196,7 @@ struct WriteBench {
             guard case let .tcp(h, p) = try Endpoint(parsing: target) else { throw BenchError("--write-target needs HOST:PORT, got \(target)") }
             (host, port) = (h, p)
         } else {
+            if prefill > 0 { try await fill(dir) }
             let started = try startDaemon(bin, scratch, "qsnode", ["--data", dir, "--listen", "127.0.0.1:0", "--log-level", "warning"])
             node = started
             (host, port) = ("127.0.0.1", try started.port("write"))
@@ -225,6 +236,25 @@ struct WriteBench {
         await client.close()
         return Measurement(opsPerSec: Double(i) / elapsed, diskPerPayload: Double(written) / Double(payload), batches: done,
                            peakRSS: rss, peakAnon: anon)
+    }
+}
+
+extension WriteBench {
+    static let prefillPrefix = Array("p/".utf8)
+
+    /// The node's store in `dir` holding `prefill` keys before the node starts, written
+    /// as a root would (records, log entries, checkpoint) without fsync, synced once.
+    func fill(_ dir: String) async throws {
+        let store = try await Store.open(directory: dir, mapSize: 8 << 30, noSync: true)
+        let values = self.values
+        var filled = 0, batch: UInt64 = 0
+        while filled < prefill {
+            let ops: [Mutation] = (filled..<min(prefill, filled + 10_000)).map { .set(key: key(Self.prefillPrefix, $0), value: values[$0 & 1023], expiry: nil) }
+            _ = try await store.applyBatch(sourceID: "prefill", expected: batch, new: batch + 1, operations: ops)
+            batch += 1
+            filled += ops.count
+        }
+        try await store.sync()
     }
 }
 
