@@ -70,17 +70,29 @@ public struct StoreTransaction: ~Copyable {
 
     /// `withRecord` for a key seen in place (e.g. in a request's bytes): nothing is copied
     /// or allocated for a key of at most `KeyEncoding.inlineLimit` bytes; the record's
-    /// checksum is checked as on every read.
+    /// checksum is checked as on every read. Inlinable, so a caller in another module gets
+    /// it specialised to its `T` (the generic form costs a `Result` and metadata lookups
+    /// per read); the work is `viewRecord`'s.
+    @inlinable
     public func withRecord<T>(bytes key: UnsafeRawBufferPointer, _ body: (RecordView?) throws -> T) throws -> T {
+        var result: T?
+        try viewRecord(bytes: key) { result = try body($0) }
+        guard let result else { preconditionFailure("viewRecord returned without calling its body") }
+        return result
+    }
+
+    /// Runs `body` once with the record of `key` (nil when there is none), its value seen
+    /// in place in the store's memory for the duration of the call.
+    public func viewRecord(bytes key: UnsafeRawBufferPointer, _ body: (RecordView?) throws -> Void) throws {
         guard key.count <= keys.inlineLimit else {
             guard let record = try get(Array(key)) else { return try body(nil) }
             return try record.value.withUnsafeBytes { try body(RecordView(expiry: record.expiry, value: $0)) }
         }
-        return try withUnsafeTemporaryAllocation(byteCount: key.count + 1, alignment: 1) { stored in
+        try withUnsafeTemporaryAllocation(byteCount: key.count + 1, alignment: 1) { stored in
             stored[0] = KeyEncoding.tag
             UnsafeMutableRawBufferPointer(rebasing: stored[1...]).copyMemory(from: key)
             let storedKey = UnsafeRawBufferPointer(stored)
-            return try txn.withValue(kv, storedKey) { raw in
+            try txn.withValue(kv, storedKey) { raw in
                 let view: RecordView?
                 do {
                     view = try raw.flatMap { try RecordCodec.view($0, storedKey: storedKey, key: key, requireChecksum: store.requireChecksums) }
@@ -88,7 +100,7 @@ public struct StoreTransaction: ~Copyable {
                     store.integrity.report(error)
                     throw error
                 }
-                return try body(view)
+                try body(view)
             }
         }
     }
