@@ -28,10 +28,18 @@ public final class NetworkNamespace: @unchecked Sendable {
     static let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].first { FileManager.default.isExecutableFile(atPath: $0) }
     static let iptables = ["/usr/sbin/iptables", "/sbin/iptables", "/usr/bin/iptables"].first { FileManager.default.isExecutableFile(atPath: $0) }
 
-    /// Why namespaces cannot be made here (nil: they can): not root, or iproute2 or iptables
+    /// Why namespaces cannot be made here (nil: they can): not root (or root without
+    /// CAP_NET_ADMIN and CAP_SYS_ADMIN, as in a default container), or iproute2 or iptables
     /// missing.
     public static var unavailable: String? {
-        if geteuid() != 0 { return "network namespaces need root (CAP_NET_ADMIN); this test runs as uid \(geteuid())" }
+        if geteuid() != 0 { return "network namespaces need root (CAP_NET_ADMIN, CAP_SYS_ADMIN); this test runs as uid \(geteuid())" }
+        // CAP_NET_ADMIN is bit 12 of the effective set, CAP_SYS_ADMIN bit 21.
+        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+        if let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
+           let caps = UInt64(line.dropFirst("CapEff:".count).trimmingCharacters(in: .whitespaces), radix: 16),
+           caps & (1 << 12) == 0 || caps & (1 << 21) == 0 {
+            return "network namespaces need CAP_NET_ADMIN and CAP_SYS_ADMIN, which this root process lacks (effective capabilities \(String(caps, radix: 16)))"
+        }
         if ip == nil { return "iproute2's ip is not installed" }
         if iptables == nil { return "iptables is not installed" }
         return nil
