@@ -6,7 +6,7 @@
 #   make soak   the kill loops at scale (minutes); make tsan  the tests under ThreadSanitizer
 
 SWIFT ?= swift
-APT_PACKAGES := liblmdb-dev librocksdb-dev libxxhash-dev lmdb-utils libcurl4-openssl-dev pkg-config python3 python3-pip python3-yaml memcached curl etcd-server etcd-client
+APT_PACKAGES := liblmdb-dev librocksdb-dev libxxhash-dev lmdb-utils libcurl4-openssl-dev pkg-config python3 python3-pip python3-yaml memcached curl etcd-server etcd-client iproute2 iptables
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: deps interop-deps interop build release test fuzz soak tsan container-test container-test-source container-memory operations-doc demo bench replay clean

@@ -172,8 +172,34 @@ public final class ClusterMember: Service, Sendable {
     /// Whether the member follows the cluster's log and etcd has a quorum, for `/readyz`.
     public var status: (following: Bool, detail: String) {
         let s = state.withLockedValue { $0 }
-        guard s.following, let lost = quorum.withLockedValue({ $0 }) else { return s }
-        return (false, "etcd did not commit this member's last write (no quorum?): \(lost)")
+        guard s.following else { return s }
+        if let lost = quorum.withLockedValue({ $0 }) {
+            return (false, "etcd did not commit this member's last write (no quorum?): \(lost)")
+        }
+        if let problem = lagProblem() { return (false, problem) }
+        return s
+    }
+
+    /// Revisions etcd committed for this member that its watch has not delivered (a watch
+    /// stuck on an etcd member that stopped answering): `/readyz` says so without waiting
+    /// for the stuck watch to be left.
+    private let lag = NIOLockedValueBox(ApplyLag())
+
+    private func lagProblem() -> String? {
+        let applied = revision
+        return lag.withLockedValue {
+            $0.problem(applied: applied, grace: Self.appliedInterval / 4, quietLimit: Self.appliedInterval, behindLimit: etcd.timeout,
+                       leftAfter: Self.watchQuietLimit(etcd.timeout))
+        }
+    }
+
+    /// etcd committed a write of this member at `revision` (`appliedWrite`: its `applied/`
+    /// write, which counts from a failed one before it).
+    private func noteCommitted(_ revision: Int64, appliedWrite: Bool = false) {
+        lag.withLockedValue { lag in
+            let applied = self.revision
+            if appliedWrite { lag.appliedWriteCommitted(revision, applied: applied) } else { lag.committed(revision, applied: applied) }
+        }
     }
 
     public var revision: Int64 { appliedRevision.withLockedValue { $0 } }
@@ -392,6 +418,7 @@ public final class ClusterMember: Service, Sendable {
     /// it; says how the writer goes on when it has not in time (`resume`).
     private func committed(at revision: Int64, resume: String) async throws {
         commits.increment()
+        noteCommitted(revision)
         do {
             try await waitApplied(revision)
         } catch {
@@ -479,7 +506,11 @@ public final class ClusterMember: Service, Sendable {
 
     private func noteApplied(_ revision: Int64, head: Head?) {
         heard()
-        appliedRevision.withLockedValue { $0 = max($0, revision) }
+        let (was, now) = appliedRevision.withLockedValue { r in
+            defer { r = max(r, revision) }
+            return (r, max(r, revision))
+        }
+        lag.withLockedValue { $0.applied(now, advanced: now > was) }
         revisionWatcher.publish()
         if let head {
             appliedIndex.record(Double(head.index))
@@ -605,7 +636,7 @@ public final class ClusterMember: Service, Sendable {
         // Every member writes its applied/ key every appliedInterval: a watch quiet for three
         // of them is stuck on an etcd member that stopped answering.
         try await etcd.watch(keys.prefix, end: etcdPrefixEnd(keys.prefix), fromRevision: revision,
-                             quietLimit: Self.appliedInterval * 3 + etcd.timeout) { rev, events in
+                             quietLimit: Self.watchQuietLimit(etcd.timeout)) { rev, events in
             var entries = [StoredEntry]()
             var checkpoints = [String: UInt64]()
             var role: (WriteRole, Int64)?
@@ -657,6 +688,10 @@ public final class ClusterMember: Service, Sendable {
     /// How often a member writes its `applied/` key (and compacts etcd's log keys).
     public static let appliedInterval: Duration = .seconds(2)
 
+    /// A watch that delivers nothing this long is stuck (every member writes its `applied/`
+    /// key every `appliedInterval`) and is left for the next etcd URL.
+    static func watchQuietLimit(_ timeout: Duration) -> Duration { appliedInterval * 3 + timeout }
+
     /// Every few seconds: says how far this member has applied, and deletes the `log/`
     /// keys every member has applied and that are older than the window.
     private func compactUntilCancelled() async {
@@ -674,6 +709,9 @@ public final class ClusterMember: Service, Sendable {
                     .range(key: keys.appliedPrefix, end: etcdPrefixEnd(keys.appliedPrefix), limit: 0),
                     .range(key: keys.head, end: nil, limit: 1),
                 ], failure: [])
+                // Known before the quorum flag goes, so /readyz has no moment of 200 while
+                // the watch has yet to deliver it.
+                noteCommitted(r.revision, appliedWrite: true)
                 quorum.withLockedValue { $0 = nil }
                 heard()
                 guard r.ranges.count == 3, let headKV = r.ranges[2].first else { continue }
@@ -684,6 +722,7 @@ public final class ClusterMember: Service, Sendable {
                     _ = try await etcd.txn(compare: [], success: [.deleteRange(key: keys.log(0), end: keys.log(keepFrom))], failure: [])
                 }
             } catch let error as EtcdError {
+                lag.withLockedValue { $0.appliedWriteFailed() }
                 quorum.withLockedValue { $0 = "\(error)" }
                 logger.warning("etcd did not commit this member's applied index", metadata: ["error": "\(error)"])
             } catch {

@@ -14,6 +14,8 @@ public final class EtcdCluster: @unchecked Sendable {
         public let peerPort: Int
         public let data: URL
         public var clientURL: String { "http://127.0.0.1:\(clientPort)" }
+        /// Its client URL on another address it listens on (`EtcdCluster(alsoListenOn:)`).
+        public func clientURL(on host: String) -> String { "http://\(host):\(clientPort)" }
         public var peerURL: String { "http://127.0.0.1:\(peerPort)" }
     }
 
@@ -23,15 +25,23 @@ public final class EtcdCluster: @unchecked Sendable {
     private var paused = Set<Int>()
     let logDir: URL
     let initialCluster: String
+    /// Addresses besides loopback every member takes clients on (a network namespace's
+    /// host side), with the same client port.
+    let alsoListenOn: [String]
 
     /// The members' client URLs, comma separated (qsnode's `--etcd`).
     public var urls: String { members.map(\.clientURL).joined(separator: ",") }
 
+    /// The members' client URLs on `host`, one of `alsoListenOn`.
+    public func urls(on host: String) -> String { members.map { $0.clientURL(on: host) }.joined(separator: ",") }
+
     public static var binary: String { ProcessInfo.processInfo.environment["QS_ETCD_BIN"] ?? "/usr/bin/etcd" }
     public static var isInstalled: Bool { FileManager.default.isExecutableFile(atPath: binary) }
 
-    /// Starts `size` members in `dir` and waits until the cluster has a leader.
-    public init(size: Int = 3, dir: URL, logDir: URL) throws {
+    /// Starts `size` members in `dir` and waits until the cluster has a leader. Each takes
+    /// clients on loopback and on each address of `alsoListenOn` (which must exist).
+    public init(size: Int = 3, dir: URL, logDir: URL, alsoListenOn: [String] = []) throws {
+        self.alsoListenOn = alsoListenOn
         let ports = try Self.freePorts(2 * size)
         members = (0..<size).map { i in
             Member(name: "e\(i)", clientPort: ports[2 * i], peerPort: ports[2 * i + 1], data: dir.appendingPathComponent("etcd\(i)"))
@@ -50,7 +60,8 @@ public final class EtcdCluster: @unchecked Sendable {
         let m = members[i]
         let args = [
             "--name", m.name, "--data-dir", m.data.path,
-            "--listen-client-urls", m.clientURL, "--advertise-client-urls", m.clientURL,
+            "--listen-client-urls", ([m.clientURL] + alsoListenOn.map(m.clientURL(on:))).joined(separator: ","),
+            "--advertise-client-urls", m.clientURL,
             "--listen-peer-urls", m.peerURL, "--initial-advertise-peer-urls", m.peerURL,
             "--initial-cluster", initialCluster, "--initial-cluster-state", "new",
             "--initial-cluster-token", "qs-test-\(members[0].peerPort)",

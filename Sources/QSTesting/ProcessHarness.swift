@@ -60,10 +60,16 @@ public enum Harness {
     }
 
     public static func connectLoopback(port: Int) -> Int32? {
+        connectTCP(host: "127.0.0.1", port: port)
+    }
+
+    /// A socket connected to `host` (an IPv4 address):`port`, nil when nothing accepts there.
+    /// The caller closes it.
+    public static func connectTCP(host: String, port: Int) -> Int32? {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_addr.s_addr = inet_addr(host)
         addr.sin_port = in_port_t(UInt16(port).bigEndian)
         let rc = withUnsafeMutablePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
@@ -167,16 +173,23 @@ public final class DaemonProcess: @unchecked Sendable {
     /// (fakekt: `-ready-file`) and `init` waits until it lists every listener, so daemons
     /// can listen on port 0 and `port(_:)` tells the real ports; otherwise `init` does
     /// not wait (a process without listeners: a bridge, a qsctl command).
-    /// `binDir` is where the executable is (default `Harness.binDir`).
+    /// `binDir` is where the executable is (default `Harness.binDir`). `launcher` runs it
+    /// (`["/usr/sbin/ip", "netns", "exec", NS]`: `NetworkNamespace.launcher`); the launcher
+    /// must exec it, so `pid` and signals are the daemon's.
     public init(_ name: String, _ args: [String], env: [String: String] = [:], logDir: URL, ready: Bool = false,
-                timeout: Duration = .seconds(15), binDir: URL = Harness.binDir) throws {
+                timeout: Duration = .seconds(15), binDir: URL = Harness.binDir, launcher: [String] = []) throws {
         self.name = name
         readyFile = ready ? logDir.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(6)).ready.json") : nil
         var args = args
         if let readyFile { args += [name == "fakekt" ? "-ready-file" : "--ready-file", readyFile.path] }
         process = Process()
-        process.executableURL = binDir.appendingPathComponent(name)
-        process.arguments = args
+        if let first = launcher.first {
+            process.executableURL = URL(fileURLWithPath: first)
+            process.arguments = launcher.dropFirst() + [binDir.appendingPathComponent(name).path] + args
+        } else {
+            process.executableURL = binDir.appendingPathComponent(name)
+            process.arguments = args
+        }
         process.environment = Harness.childEnvironment(env)
         logURL = logDir.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(6)).log")
         _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
@@ -291,23 +304,41 @@ public final class RootNode: @unchecked Sendable {
     public let adminPort: Int
     public let data: URL
     public let extraArgs: [String]
+    /// The address it listens on (`namespace`'s when it runs in one).
+    public let host: String
 
     /// Starts on port 0. A test that restarts a node behind an address a client must keep
     /// gives it a Unix socket too (`extraArgs: ["--unix", path]`), never a TCP port to reuse.
-    public init(data: URL, logDir: URL, extraArgs: [String] = [], env: [String: String] = [:]) throws {
+    /// In `namespace` it runs there and listens on the namespace's address.
+    public init(data: URL, logDir: URL, extraArgs: [String] = [], env: [String: String] = [:], namespace: NetworkNamespace? = nil) throws {
         self.data = data
         self.extraArgs = extraArgs
-        daemon = try DaemonProcess("qsnode", ["--role", "root", "--data", data.path, "--listen", "127.0.0.1:0",
-                                              "--admin", "127.0.0.1:0"] + extraArgs, env: env, logDir: logDir, ready: true)
+        host = namespace?.address ?? "127.0.0.1"
+        var tokens = [String]()
+        if namespace != nil {
+            // Listening on another address than loopback, qsnode wants tokens on its admin
+            // actions and its replication streams (neither is used by reads and writes).
+            let file = logDir.appendingPathComponent("token-\(UUID().uuidString.prefix(8))")
+            try Data(UUID().uuidString.utf8).write(to: file)
+            tokens = ["--admin-token-file", file.path, "--replication-token-file", file.path]
+        }
+        daemon = try DaemonProcess("qsnode", ["--role", "root", "--data", data.path, "--listen", "\(host):0",
+                                              "--admin", "\(host):0"] + tokens + extraArgs, env: env, logDir: logDir, ready: true,
+                                   launcher: namespace?.launcher ?? [])
         self.port = try daemon.port("write")
         adminPort = try daemon.port("admin")
     }
 
-    public var address: String { "127.0.0.1:\(port)" }
+    public var address: String { "\(host):\(port)" }
 
     /// Fetches `/metrics` and returns the value of `name` (first sample), nil if absent.
     public func metric(_ name: String) -> Double? {
-        metricValue(port: adminPort, name)
+        httpGet(host: host, port: adminPort, path: "/metrics").flatMap { metricValue(in: $0.body, name) }
+    }
+
+    /// `GET /readyz` on its admin port: the status and the detail; nil when it does not answer.
+    public func readyz() -> (status: Int, body: String)? {
+        httpGet(host: host, port: adminPort, path: "/readyz")
     }
 }
 
@@ -349,7 +380,12 @@ public func metricValue(in text: String, _ name: String) -> Double? {
 
 /// A minimal HTTP/1.0 GET over a socket, for admin endpoints in tests.
 public func httpGet(port: Int, path: String) -> (status: Int, body: String)? {
-    guard let fd = Harness.connectLoopback(port: port) else { return nil }
+    httpGet(host: "127.0.0.1", port: port, path: path)
+}
+
+/// The same GET to `host` (an IPv4 address).
+public func httpGet(host: String, port: Int, path: String) -> (status: Int, body: String)? {
+    guard let fd = Harness.connectTCP(host: host, port: port) else { return nil }
     defer { close(fd) }
     let req = Array("GET \(path) HTTP/1.0\r\nHost: localhost\r\n\r\n".utf8)
     _ = req.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }

@@ -5,10 +5,10 @@ import QSTesting
 import QSWire
 import XCTest
 
-/// `client`, or a new connection to `port` when there is none (the last one failed).
-private func reconnected(_ client: inout QSClient?, port: Int) async throws -> QSClient {
+/// `client`, or a new connection to `host`:`port` when there is none (the last one failed).
+private func reconnected(_ client: inout QSClient?, host: String = "127.0.0.1", port: Int) async throws -> QSClient {
     if let client { return client }
-    let c = try await QSClient.connect(host: "127.0.0.1", port: port)
+    let c = try await QSClient.connect(host: host, port: port)
     client = c
     return c
 }
@@ -56,18 +56,20 @@ final class ClusterFaultTests: XCTestCase {
 
     /// A writer through one member: positions 1, 2, … each resolved through the
     /// checkpoint when its outcome is unknown, until stopped; returns the last acknowledged.
+    /// `refused` counts the batches the member answered with `storage-error`.
     final class DirectWriter: @unchecked Sendable {
         let stop = StopFlag()
         let acknowledged = Position()
+        let refused = Position()
         var task: Task<UInt64, Never>!
 
-        init(port: Int, sourceID: String) {
+        init(host: String = "127.0.0.1", port: Int, sourceID: String) {
             task = Task {
                 var position: UInt64 = 0
                 var client: QSClient?
                 while !self.stop.isSet {
                     do {
-                        let c = try await reconnected(&client, port: port)
+                        let c = try await reconnected(&client, host: host, port: port)
                         let r = try await c.batch(sourceID: sourceID, expected: position, new: position + 1,
                                                   operations: [.set(key: Array("\(sourceID)\(position + 1)".utf8), value: Array("x".utf8), expiry: nil)])
                         switch r {
@@ -78,6 +80,9 @@ final class ClusterFaultTests: XCTestCase {
                         default: break
                         }
                     } catch {
+                        if case let ClientError.server(code, _) = error, ErrorCode(rawValue: code) == .storageError {
+                            self.refused.set(self.refused.current + 1)
+                        }
                         // Outcome unknown or refused: the checkpoint tells.
                         if let cp = try? await client?.checkpoint(sourceID: sourceID) { position = cp ?? 0 } else {
                             await client?.close()
@@ -171,6 +176,143 @@ final class ClusterFaultTests: XCTestCase {
         // Nothing lost or applied twice: the writer's positions are 1…last, each once.
         let logged = try await positions(c1, of: "w")
         XCTAssertEqual(logged, Array(1...last))
+        for c in [c0, c1, c2] { await c.close() }
+    }
+
+    /// `/readyz` must not say 200 while a member cannot apply. m1 lists etcd member 0 first,
+    /// so its watch and its requests go there; etcd member 0 is SIGSTOPped. m1's requests
+    /// move on to etcd member 1 after `--etcd-timeout` and commit there, while its watch
+    /// stays on the stopped member until it has been quiet for 8 s. m1 must say 503 well
+    /// before that and keep saying it — also once its requests commit again — until its
+    /// watch delivers: here after SIGCONT, before the watch is left; then 200, having
+    /// applied what m2's writer wrote meanwhile (docs/ha.md, "A member's etcd stops").
+    func testReadinessSays503WhileAMembersWatchIsStuck() async throws {
+        let etcd = try EtcdCluster(dir: tmp, logDir: tmp)
+        defer { etcd.stop() }
+        let common = ["--cluster", "t", "--etcd-timeout", "2s", "--log-format", "text"]
+        let m1 = try RootNode(data: tmp.appendingPathComponent("m1"), logDir: tmp, extraArgs: ["--etcd", urls(etcd, from: 0)] + common)
+        let m2 = try RootNode(data: tmp.appendingPathComponent("m2"), logDir: tmp, extraArgs: ["--etcd", urls(etcd, from: 1)] + common)
+        for m in [m1, m2] {
+            try await waitFor("member ready", timeout: .seconds(20)) { m.readyz()?.status == 200 }
+        }
+        let writer = DirectWriter(port: m2.port, sourceID: "w")
+        try await waitFor("the writer to start", timeout: .seconds(20)) { writer.acknowledged.current >= 5 }
+
+        etcd.pause(0)
+        let paused = ContinuousClock.now
+        try await waitFor("m1 not ready", timeout: .seconds(6), pollEvery: .milliseconds(20)) { m1.readyz()?.status == 503 }
+        let to503 = ContinuousClock.now - paused
+        // From then on 503, through the moment m1's own writes commit through another etcd
+        // member while its watch is still stuck (what used to say 200).
+        var answers = [(status: Int, body: String)]()
+        try await waitFor("m1 to say its watch is stuck", timeout: .seconds(6), pollEvery: .milliseconds(20)) {
+            guard let r = m1.readyz() else { return false }
+            answers.append(r)
+            return r.body.contains("its watch has delivered nothing")
+        }
+        XCTAssertEqual(answers.filter { $0.status != 503 }.map(\.body), [], "m1 said ready while its watch was stuck")
+        let watchLeft = m1.daemon.log.contains("the member stopped answering?")
+        etcd.resume(0)
+        let resumed = ContinuousClock.now
+        let clusterHead = try await QSClient.connect(host: "127.0.0.1", port: m2.port).head().index
+        try await waitFor("m1 ready after SIGCONT", timeout: .seconds(10), pollEvery: .milliseconds(20)) { m1.readyz()?.status == 200 }
+        let to200 = ContinuousClock.now - resumed
+        let c1 = try await QSClient.connect(host: "127.0.0.1", port: m1.port)
+        let m1Head = try await c1.head().index
+        XCTAssertGreaterThanOrEqual(m1Head, clusterHead, "m1 said ready before applying what was committed while it was stuck")
+        print("m1: 503 \(Int(to503.seconds * 1000)) ms after its etcd member stopped (\(answers.last?.body ?? "")); "
+              + "200 \(Int(to200.seconds * 1000)) ms after SIGCONT (watch left before: \(watchLeft))")
+
+        let acknowledged = await writer.finish()
+        let c2 = try await QSClient.connect(host: "127.0.0.1", port: m2.port)
+        let head = try await c2.head()
+        try await waitFor("m1 at \(head.index)", timeout: .seconds(10)) { (try? await c1.head()) == head }
+        try verify(m2.address, against: [m1.address])
+        // The checkpoint resolves the writer's last batch if its answer was lost.
+        let last = try await c2.checkpoint(sourceID: "w") ?? 0
+        XCTAssertGreaterThanOrEqual(last, acknowledged)
+        let logged = try await positions(c2, of: "w")
+        XCTAssertEqual(logged, Array(1...last))
+        for c in [c1, c2] { await c.close() }
+    }
+
+    /// A real network partition (docs/ha.md, "Partitions"): member m0 runs in a network
+    /// namespace and reaches the three etcd members through a veth pair; a writer goes on
+    /// through m0 and another through m1. m0 is cut off from etcd (every packet to and from
+    /// etcd's ports dropped, both ways): m0 acknowledges nothing and says 503, its reads
+    /// go on, the others go on writing. Healed, m0 catches up, says 200, takes writes again;
+    /// the members verify equal and each writer's positions are in the log once. Needs
+    /// root (skipped without).
+    func testAMemberInANetworkNamespaceCutOffFromEtcdAcknowledgesNothingAndCatchesUp() async throws {
+        if let why = NetworkNamespace.unavailable { throw XCTSkip("no network namespace for the partition: \(why)") }
+        let ns = try NetworkNamespace()
+        defer { ns.close() }
+        let etcd = try EtcdCluster(dir: tmp, logDir: tmp, alsoListenOn: [ns.hostAddress])
+        defer { etcd.stop() }
+        let common = ["--cluster", "t", "--etcd-timeout", "2s", "--log-format", "text"]
+        let m0 = try RootNode(data: tmp.appendingPathComponent("m0"), logDir: tmp, extraArgs: ["--etcd", etcd.urls(on: ns.hostAddress)] + common,
+                              namespace: ns)
+        let m1 = try RootNode(data: tmp.appendingPathComponent("m1"), logDir: tmp, extraArgs: ["--etcd", urls(etcd, from: 1)] + common)
+        let m2 = try RootNode(data: tmp.appendingPathComponent("m2"), logDir: tmp, extraArgs: ["--etcd", urls(etcd, from: 2)] + common)
+        for m in [m0, m1, m2] {
+            try await waitFor("member \(m.address) ready", timeout: .seconds(20)) { m.readyz()?.status == 200 }
+        }
+        let w0 = DirectWriter(host: m0.host, port: m0.port, sourceID: "w0")
+        let w1 = DirectWriter(port: m1.port, sourceID: "w1")
+        try await waitFor("both writers to start", timeout: .seconds(20)) { w0.acknowledged.current >= 5 && w1.acknowledged.current >= 5 }
+
+        try ns.cutOff(hostPorts: etcd.members.map(\.clientPort))
+        let cut = ContinuousClock.now
+        try await waitFor("m0 not ready", timeout: .seconds(10), pollEvery: .milliseconds(20)) { m0.readyz()?.status == 503 }
+        let to503 = ContinuousClock.now - cut
+        let detail = m0.readyz()?.body ?? ""
+        // Nothing is acknowledged from here on: a batch of its own is refused, the writer's
+        // acknowledged position stands while the other writer goes on 20 positions.
+        let c0 = try await QSClient.connect(host: m0.host, port: m0.port)
+        do {
+            let r = try await c0.batch(sourceID: "z", expected: 0, new: 1, operations: [.set(key: Array("z".utf8), value: Array("z".utf8), expiry: nil)])
+            XCTFail("a partitioned member acknowledged \(r)")
+        } catch let ClientError.server(code, message) {
+            XCTAssertEqual(ErrorCode(rawValue: code), .storageError, message)
+        }
+        let frozen = w0.acknowledged.current, other = w1.acknowledged.current
+        try await waitFor("m1's writer to go on while m0 is cut off", timeout: .seconds(20)) { w1.acknowledged.current >= other + 20 }
+        XCTAssertEqual(w0.acknowledged.current, frozen, "the partitioned member acknowledged a write")
+        XCTAssertGreaterThan(w0.refused.current, 0, "m0's writer was never refused")
+        _ = try await c0.get(Array("w01".utf8))
+        XCTAssertEqual(m0.readyz()?.status, 503)
+
+        let c1 = try await QSClient.connect(host: "127.0.0.1", port: m1.port)
+        let clusterHead = try await c1.head().index
+        try ns.heal()
+        let healed = ContinuousClock.now
+        try await waitFor("m0 to apply the cluster's head \(clusterHead)", timeout: .seconds(20), pollEvery: .milliseconds(20)) {
+            ((try? await c0.head().index) ?? 0) >= clusterHead
+        }
+        let toCatchUp = ContinuousClock.now - healed
+        try await waitFor("m0 ready", timeout: .seconds(20), pollEvery: .milliseconds(20)) { m0.readyz()?.status == 200 }
+        let to200 = ContinuousClock.now - healed
+        try await waitFor("m0's writer to go on", timeout: .seconds(20)) { w0.acknowledged.current >= frozen + 5 }
+        print("partition: m0 503 \(Int(to503.seconds * 1000)) ms after the cut (\(detail)); "
+              + "healed after \(Int((healed - cut).seconds * 1000)) ms: caught up in \(Int(toCatchUp.seconds * 1000)) ms, 200 in \(Int(to200.seconds * 1000)) ms")
+
+        let last0 = await w0.finish(), last1 = await w1.finish()
+        let head = try await c1.head()
+        let c2 = try await QSClient.connect(host: "127.0.0.1", port: m2.port)
+        for c in [c0, c2] {
+            try await waitFor("every member at \(head.index)", timeout: .seconds(10)) { (try? await c.head()) == head }
+        }
+        try verify(m1.address, against: [m0.address, m2.address])
+        // Nothing lost or applied twice: each writer's positions 1…last once (a last batch
+        // whose answer was lost is there once too: the checkpoint says so).
+        for (source, acknowledged) in [("w0", last0), ("w1", last1)] {
+            let cp = try await c1.checkpoint(sourceID: source) ?? 0
+            XCTAssertGreaterThanOrEqual(cp, acknowledged, source)
+            let logged = try await positions(c1, of: source)
+            XCTAssertEqual(logged, Array(1...cp), source)
+        }
+        let refusedBatch = try await positions(c1, of: "z")
+        XCTAssertEqual(refusedBatch, [], "the batch m0 refused was committed")
         for c in [c0, c1, c2] { await c.close() }
     }
 
