@@ -94,7 +94,12 @@ final class HostilePeerTests: XCTestCase {
         let cpu = try XCTUnwrap(cpuSeconds(root.daemon.pid)) - cpuBefore
         let wall = (ContinuousClock.now - flooded).seconds
         print("flood: \(opened) connections opened, CPU \(cpu) s over \(wall) s, real client served in \(served)")
-        XCTAssertLessThan(cpu / wall, 0.5, "the root used \(cpu) s of CPU in \(wall) s")
+        // Half a core; under ThreadSanitizer, whose instrumented root does the same work
+        // several times slower, below nine tenths of one: a busy loop (the bug this bounds)
+        // still holds a whole core.
+        let bound = Harness.sanitizer == nil ? 0.5 : 0.9
+        XCTAssertLessThan(cpu / wall, bound, "the root used \(cpu) s of CPU in \(wall) s, more than \(bound) of a core"
+                          + (Harness.sanitizer.map { " (bound widened from 0.5 under the \($0) sanitizer)" } ?? ""))
         XCTAssertTrue(sockets.prefix(10).allSatisfy(isClosedByServer))
         // The idle timeout closed the real client's quiet connection too; a new one is served.
         await client.close()
