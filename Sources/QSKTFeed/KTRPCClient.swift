@@ -1,4 +1,5 @@
 import KTFormats
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -50,6 +51,7 @@ public struct KTRPCClient: Sendable {
     /// The connection `body` calls through; closed when `body` returns or throws.
     public func withConnection<T: Sendable>(_ body: (KTRPCConnection) async throws -> T) async throws -> T {
         let readTimeout = TimeAmount.nanoseconds(Int64(timeout.seconds * 1e9))
+        let answers = KTRPCAnswers(), limit = maxAnswerBytes
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connectTimeout(.seconds(5))
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
@@ -58,12 +60,13 @@ public struct KTRPCClient: Sendable {
                     let ops = channel.pipeline.syncOperations
                     try IdleTimeout.install(readTimeout: readTimeout, in: ops, error: KTRPCError.timeout)
                     try ops.addHTTPClientHandlers()
-                    return try NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
+                    try ops.addHandler(KTRPCAnswerAssembler(answers: answers, limit: limit))
+                    return try NIOAsyncChannel<KTRPCAnswerReady, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
                 }
             }
-        let host = self.host, port = self.port, limit = maxAnswerBytes
+        let host = self.host, port = self.port
         return try await channel.executeThenClose { inbound, outbound in
-            let connection = KTRPCConnection(host: host, port: port, limit: limit, inbound: inbound.makeAsyncIterator(), outbound: outbound)
+            let connection = KTRPCConnection(host: host, port: port, answers: answers, inbound: inbound.makeAsyncIterator(), outbound: outbound)
             return try await body(connection)
         }
     }
@@ -90,15 +93,15 @@ public enum KTRPCError: Error, CustomStringConvertible, Sendable {
 public final class KTRPCConnection {
     let host: String
     let port: Int
-    let limit: Int
-    var inbound: NIOAsyncChannelInboundStream<HTTPClientResponsePart>.AsyncIterator
+    let answers: KTRPCAnswers
+    var inbound: NIOAsyncChannelInboundStream<KTRPCAnswerReady>.AsyncIterator
     let outbound: NIOAsyncChannelOutboundWriter<HTTPClientRequestPart>
 
-    init(host: String, port: Int, limit: Int, inbound: NIOAsyncChannelInboundStream<HTTPClientResponsePart>.AsyncIterator,
+    init(host: String, port: Int, answers: KTRPCAnswers, inbound: NIOAsyncChannelInboundStream<KTRPCAnswerReady>.AsyncIterator,
          outbound: NIOAsyncChannelOutboundWriter<HTTPClientRequestPart>) {
         self.host = host
         self.port = port
-        self.limit = limit
+        self.answers = answers
         self.inbound = inbound
         self.outbound = outbound
     }
@@ -132,27 +135,75 @@ public final class KTRPCConnection {
         return answers
     }
 
+    /// The next answer: the channel says one is ready, `answers` holds it.
     private func readAnswer() async throws -> KTRPCAnswer {
-        var status = 0
-        var contentType = ""
-        var body = [UInt8]()
-        while let part = try await inbound.next() {
-            switch part {
-            case let .head(h):
-                status = Int(h.status.code)
-                contentType = h.headers.first(name: "Content-Type") ?? ""
-            case let .body(buffer):
-                guard body.count + buffer.readableBytes <= limit else { throw KTRPCError.tooLarge(limit) }
-                body += buffer.readableBytesView
-            case .end:
-                guard status != 0 else { throw KTRPCError.unexpected("an answer without a status line") }
-                var columns = [[UInt8]: [UInt8]]()
-                if case let .tsv(encoding) = KTTSV.bodyKind(contentType: contentType) {
-                    for (name, value) in KTTSV.parse(body, encoding: encoding) { columns[name] = value }
-                }
-                return KTRPCAnswer(status: status, columns: columns)
+        guard try await inbound.next() != nil, let answer = answers.take() else { throw KTRPCError.closed }
+        return answer
+    }
+}
+
+/// Says that `KTRPCAnswerAssembler` put one more answer in the connection's `KTRPCAnswers`.
+struct KTRPCAnswerReady: Sendable {}
+
+/// Answers assembled on the event loop, in order, until the connection's reader takes them.
+final class KTRPCAnswers: Sendable {
+    private let queue = NIOLockedValueBox(CircularBuffer<KTRPCAnswer>())
+
+    func put(_ answer: KTRPCAnswer) { queue.withLockedValue { $0.append(answer) } }
+    func take() -> KTRPCAnswer? { queue.withLockedValue { $0.popFirst() } }
+}
+
+/// Assembles each of KT's HTTP answers on the event loop (head, body up to `limit` bytes,
+/// end; the TSV columns decoded), puts it in `answers` and passes on only a
+/// `KTRPCAnswerReady`. The answer crosses from the event loop to the reading task through
+/// `answers`' lock, an order ThreadSanitizer sees. A value handed over in the channel's
+/// inbound stream itself crosses through a continuation, which the Swift runtime completes
+/// without telling ThreadSanitizer when the resume comes before the reader awaits: its
+/// fields, written here, were reported as a race when read (docs/reliability.md).
+/// A bad answer fails the stream with the error (`tooLarge`, `unexpected`); what follows
+/// it is dropped.
+final class KTRPCAnswerAssembler: ChannelInboundHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias InboundOut = KTRPCAnswerReady
+
+    let answers: KTRPCAnswers
+    let limit: Int
+    private var status = 0
+    private var contentType = ""
+    private var body = [UInt8]()
+    private var failed = false
+
+    init(answers: KTRPCAnswers, limit: Int) {
+        self.answers = answers
+        self.limit = limit
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !failed else { return }
+        switch unwrapInboundIn(data) {
+        case let .head(h):
+            status = Int(h.status.code)
+            contentType = h.headers.first(name: "Content-Type") ?? ""
+            body.removeAll(keepingCapacity: true)
+        case let .body(buffer):
+            guard body.count + buffer.readableBytes <= limit else { return fail(context, KTRPCError.tooLarge(limit)) }
+            body += buffer.readableBytesView
+        case .end:
+            guard status != 0 else { return fail(context, KTRPCError.unexpected("an answer without a status line")) }
+            var columns = [[UInt8]: [UInt8]]()
+            if case let .tsv(encoding) = KTTSV.bodyKind(contentType: contentType) {
+                for (name, value) in KTTSV.parse(body, encoding: encoding) { columns[name] = value }
             }
+            answers.put(KTRPCAnswer(status: status, columns: columns))
+            status = 0
+            contentType = ""
+            body.removeAll(keepingCapacity: true)
+            context.fireChannelRead(wrapInboundOut(KTRPCAnswerReady()))
         }
-        throw KTRPCError.closed
+    }
+
+    private func fail(_ context: ChannelHandlerContext, _ error: any Error) {
+        failed = true
+        context.fireErrorCaught(error)
     }
 }

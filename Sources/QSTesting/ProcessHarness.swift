@@ -26,6 +26,14 @@ public enum Harness {
         return url
     }
 
+    /// The sanitizer the suites and the daemons they start were built with:
+    /// `QS_TEST_SANITIZER` (`thread` under scripts/tsan.sh), nil in ordinary runs. A bound on
+    /// CPU or time that instrumented code cannot meet is widened under it, and its failure
+    /// message says so; every other assertion stays as it is.
+    public static var sanitizer: String? {
+        ProcessInfo.processInfo.environment["QS_TEST_SANITIZER"].flatMap { $0.isEmpty ? nil : $0 }
+    }
+
     /// A fresh temporary directory.
     public static func tempDir(_ name: String = "qs") throws -> URL {
         let url = FileManager.default.temporaryDirectory.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(8))")
