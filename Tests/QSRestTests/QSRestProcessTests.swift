@@ -227,7 +227,11 @@ final class QSRestProcessTests: XCTestCase {
             XCTAssertEqual(answer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }, 0, "closed after the error reply")
             close(fd)
         }
-        XCTAssertEqual(metricValue(port: admin, "qs_rest_binary_refused_total"), 3)
+        // Counted by the connection's task once the sniff has told it, which may come after
+        // the client saw the reply and the close.
+        try await waitFor("the three binary connections counted", timeout: .seconds(10), pollEvery: .milliseconds(10)) {
+            metricValue(port: admin, "qs_rest_binary_refused_total") == 3
+        }
         let base = "http://127.0.0.1:\(port)"
         for _ in 0..<3 { XCTAssertEqual(try curl(["-u", "dns:not-the-token", "\(base)/rpc/set?key=dns%2Fx&value=1"]).status, 401) }
         XCTAssertEqual(metricValue(port: admin, "qs_rest_auth_failures_total"), 3)
