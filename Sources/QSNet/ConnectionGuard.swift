@@ -22,51 +22,39 @@ import NIOCore
 /// the due time when it fires early: a request costs a clock read, not a timer. A
 /// connection that becomes a stream (it only sends) turns both off with `streaming()`
 /// (`IdleTimeout.remove`); the write timeout stays.
+///
+/// The guard's logic lives in `ConnectionWatch`; a handler that answers every request
+/// itself (memcached) keeps the watch inline instead (`Listener.run(watched:)`), which
+/// saves the guard's hop on each of a request's five pipeline events.
 final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = NIOAny
     typealias OutboundIn = NIOAny
 
     static let handlerName = "qsnet.connection-guard"
 
-    /// Zero: no timeouts (the guard only drains).
-    let timeout: TimeAmount
+    let watch: ConnectionWatch
     let drain: RequestDrain?
-    /// Told why, on the event loop, just before the guard closes the connection.
-    let onClose: (CloseReason, ChannelHandlerContext) -> Void
-    private var lastRead = NIODeadline.now()
-    /// When the request pending an answer began (its first byte), nil when none is.
-    private var pendingSince: NIODeadline?
-    private var idleChecks: Bool
-    private var timer: Scheduled<Void>?
-    private var writeTimer: Scheduled<Void>?
 
     init(timeout: TimeAmount, drain: RequestDrain?, onClose: @escaping (CloseReason, ChannelHandlerContext) -> Void) {
-        self.timeout = timeout
+        watch = ConnectionWatch(timeout: timeout, reportsErrors: true, onClose: onClose)
         self.drain = drain
-        self.onClose = onClose
-        idleChecks = timeout.nanoseconds > 0
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        lastRead = .now()
-        if idleChecks { arm(context, at: lastRead + timeout) }
+        watch.added(context)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        cancelTimers()
+        watch.removed()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if idleChecks {
-            let now = NIODeadline.now()
-            lastRead = now
-            if pendingSince == nil { pendingSince = now }
-        }
+        watch.received()
         context.fireChannelRead(data)
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        pendingSince = nil
+        watch.answered()
         context.write(data, promise: promise)
     }
 
@@ -78,27 +66,89 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
+        watch.writabilityChanged(context)
+        context.fireChannelWritabilityChanged()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        watch.removed()
+        context.fireChannelInactive()
+    }
+
+    /// The connection only sends from now on (a replication or snapshot stream): its
+    /// peer's silence is no longer idleness, and no request is pending.
+    func streaming() {
+        watch.streaming()
+    }
+}
+
+/// A connection's idle timeout, request deadline and write timeout (`ConnectionGuard`'s
+/// logic), driven by whoever sees the connection's events: the guard, or a handler that
+/// keeps it inline (`Listener.run(watched:)`). Event-loop bound, like a handler.
+public final class ConnectionWatch {
+    /// Zero: no timeouts.
+    let timeout: TimeAmount
+    /// A timeout's error goes down the pipeline from the context before the close (the
+    /// guard, first in its pipeline); an inline watch only closes.
+    let reportsErrors: Bool
+    /// Told why, on the event loop, just before the watch closes the connection.
+    let onClose: (CloseReason, ChannelHandlerContext) -> Void
+    private var lastRead = NIODeadline.now()
+    /// When the request pending an answer began (its first byte), nil when none is.
+    private var pendingSince: NIODeadline?
+    private var idleChecks: Bool
+    private var timer: Scheduled<Void>?
+    private var writeTimer: Scheduled<Void>?
+
+    init(timeout: TimeAmount, reportsErrors: Bool, onClose: @escaping (CloseReason, ChannelHandlerContext) -> Void) {
+        self.timeout = timeout
+        self.reportsErrors = reportsErrors
+        self.onClose = onClose
+        idleChecks = timeout.nanoseconds > 0
+    }
+
+    /// The handler holding the watch was added: the idle timer starts.
+    public func added(_ context: ChannelHandlerContext) {
+        lastRead = .now()
+        if idleChecks { arm(context, at: lastRead + timeout) }
+    }
+
+    /// The handler was removed or the channel went inactive: timers stop.
+    public func removed() {
+        cancelTimers()
+    }
+
+    /// Bytes arrived.
+    @inline(__always)
+    public func received() {
+        if idleChecks {
+            let now = NIODeadline.now()
+            lastRead = now
+            if pendingSince == nil { pendingSince = now }
+        }
+    }
+
+    /// Something was written back: no request is pending.
+    @inline(__always)
+    public func answered() {
+        pendingSince = nil
+    }
+
+    /// The channel's writability changed: the write timer starts or stops.
+    public func writabilityChanged(_ context: ChannelHandlerContext) {
         if context.channel.isWritable {
             writeTimer?.cancel()
             writeTimer = nil
         } else if writeTimer == nil, timeout.nanoseconds > 0 {
             let bound = NIOLoopBound((context, self), eventLoop: context.eventLoop)
             writeTimer = context.eventLoop.scheduleTask(in: timeout) {
-                let (context, guardian) = bound.value
-                guardian.writeTimer = nil
-                guardian.close(context, .writeTimeout, error: WriteTimeoutError(timeout: guardian.timeout))
+                let (context, watch) = bound.value
+                watch.writeTimer = nil
+                watch.close(context, .writeTimeout, error: WriteTimeoutError(timeout: watch.timeout))
             }
         }
-        context.fireChannelWritabilityChanged()
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
-        cancelTimers()
-        context.fireChannelInactive()
-    }
-
-    /// The connection only sends from now on (a replication or snapshot stream): its
-    /// peer's silence is no longer idleness, and no request is pending.
     func streaming() {
         idleChecks = false
         pendingSince = nil
@@ -109,8 +159,8 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private func arm(_ context: ChannelHandlerContext, at deadline: NIODeadline) {
         let bound = NIOLoopBound((context, self), eventLoop: context.eventLoop)
         timer = context.eventLoop.scheduleTask(deadline: deadline) {
-            let (context, guardian) = bound.value
-            guardian.fired(context)
+            let (context, watch) = bound.value
+            watch.fired(context)
         }
     }
 
@@ -131,7 +181,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func close(_ context: ChannelHandlerContext, _ reason: CloseReason, error: (any Error)?) {
         onClose(reason, context)
-        if let error { context.fireErrorCaught(error) }
+        if reportsErrors, let error { context.fireErrorCaught(error) }
         context.close(promise: nil)
     }
 

@@ -66,6 +66,27 @@ public final class Listener: Sendable {
     /// returns.
     public func run<Connection: Sendable>(configure: @escaping @Sendable (any Channel) throws -> Connection,
                                           handle: @escaping @Sendable (AcceptedConnection<Connection>) async -> Void) async throws {
+        try await run(.guarded(configure), handle: handle)
+    }
+
+    /// For a `.pipeline` server whose one handler answers every request itself: the
+    /// listener installs no `ConnectionGuard`; `configure` gets the connection's
+    /// `ConnectionWatch` (the same idle timeout, request deadline and write timeout, and the
+    /// same counting and logging of the closes) for that handler to drive from its own
+    /// events, which saves the guard's hop on each of them.
+    public func run(watched configure: @escaping @Sendable (any Channel, ConnectionWatch) throws -> Void) async throws {
+        precondition(drainStyle == .pipeline, "a watched listener drains through its pipeline")
+        try await run(.watched(configure)) { (_: AcceptedConnection<Void>) in }
+    }
+
+    /// What `configure` makes of a connection, with or without the guard in its pipeline.
+    enum Configure<Connection: Sendable>: Sendable {
+        case guarded(@Sendable (any Channel) throws -> Connection)
+        case watched(@Sendable (any Channel, ConnectionWatch) throws -> Connection)
+    }
+
+    private func run<Connection: Sendable>(_ configure: Configure<Connection>,
+                                           handle: @escaping @Sendable (AcceptedConnection<Connection>) async -> Void) async throws {
         typealias Server = NIOAsyncChannel<AcceptedConnection<Connection>, Never>
         var binding = [(server: Server, quiesce: ServerQuiescingHelper)]()
         do {
@@ -132,7 +153,7 @@ public final class Listener: Sendable {
         }
     }
 
-    private func bind<Connection: Sendable>(_ endpoint: Endpoint, configure: @escaping @Sendable (any Channel) throws -> Connection)
+    private func bind<Connection: Sendable>(_ endpoint: Endpoint, configure: Configure<Connection>)
         async throws -> (server: NIOAsyncChannel<AcceptedConnection<Connection>, Never>, quiesce: ServerQuiescingHelper) {
         let quiesce = ServerQuiescingHelper(group: group)
         let idleTimeout = limits.idleTimeout, style = drainStyle, counter = self.counter
@@ -152,17 +173,26 @@ public final class Listener: Sendable {
                 let ops = channel.pipeline.syncOperations
                 var drain: RequestDrain?
                 if case .requests = style { drain = RequestDrain(channel: channel) }
-                if idleTimeout.nanoseconds > 0 || drain != nil {
-                    try ops.addHandler(ConnectionGuard(timeout: max(idleTimeout, .zero), drain: drain) { reason, _ in
-                        counter.closed(reason)
-                        if reason == .requestTimeout {
-                            refusals.warning(logger, "\(name) closed a connection: no whole request within --idle-timeout of its first byte",
-                                             peer: peerIP ?? "unix", metadata: ["listener": "\(name)", "reason": "\(reason.rawValue)"])
-                        }
-                    }, name: ConnectionGuard.handlerName)
+                let onClose: (CloseReason, ChannelHandlerContext) -> Void = { reason, _ in
+                    counter.closed(reason)
+                    if reason == .requestTimeout {
+                        refusals.warning(logger, "\(name) closed a connection: no whole request within --idle-timeout of its first byte",
+                                         peer: peerIP ?? "unix", metadata: ["listener": "\(name)", "reason": "\(reason.rawValue)"])
+                    }
+                }
+                let connection: Connection
+                switch configure {
+                case let .guarded(configure):
+                    if idleTimeout.nanoseconds > 0 || drain != nil {
+                        try ops.addHandler(ConnectionGuard(timeout: max(idleTimeout, .zero), drain: drain, onClose: onClose),
+                                           name: ConnectionGuard.handlerName)
+                    }
+                    connection = try configure(channel)
+                case let .watched(configure):
+                    connection = try configure(channel, ConnectionWatch(timeout: max(idleTimeout, .zero), reportsErrors: false, onClose: onClose))
                 }
                 let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
-                return AcceptedConnection(connection: try configure(channel), peer: peer, drain: drain, channel: channel)
+                return AcceptedConnection(connection: connection, peer: peer, drain: drain, channel: channel)
             }
             // A connection that could not be set up is closed (and its place given back).
             set.whenFailure { _ in channel.close(promise: nil) }

@@ -52,11 +52,14 @@ public struct MemcachedServer: ListeningService {
 
     public func run() async throws {
         let session = self.session, limits = self.limits, slots = LoopReadSlots(store: session.store)
-        try await listener.run { channel in
+        // The handler keeps the connection's watch (idle timeout, request deadline, write
+        // timeout) itself: no guard handler in front of it.
+        try await listener.run(watched: { channel, watch in
             let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
             let ops = channel.pipeline.syncOperations
-            try ops.addHandler(MemcachedHandler(session: session, limits: limits, peer: peer, slot: slots.slot(for: channel.eventLoop)))
-        }
+            try ops.addHandler(MemcachedHandler(session: session, limits: limits, peer: peer,
+                                                slot: slots.slot(for: channel.eventLoop), watch: watch))
+        })
     }
 }
 
@@ -86,25 +89,40 @@ final class MemcachedHandler: ChannelDuplexHandler {
     private var closing = false
     /// A read was asked for while the socket did not take the replies.
     private var readHeld = false
+    /// The channel's writability as its events said (asking the channel is an atomic load
+    /// and a few calls per read).
+    private var writable = true
 
-    init(session: MemcachedSession, limits: MemcachedLimits, peer: String, slot: ReadSlot) {
+    /// The connection's idle timeout, request deadline and write timeout.
+    private let watch: ConnectionWatch
+
+    init(session: MemcachedSession, limits: MemcachedLimits, peer: String, slot: ReadSlot, watch: ConnectionWatch) {
         self.session = session
         self.peer = peer
         self.slot = slot
+        self.watch = watch
         framing = MemcachedFraming(limits: limits)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
         session.metrics.opened()
         out = context.channel.allocator.buffer(capacity: 4096)
+        watch.added(context)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        watch.removed()
         session.metrics.closed()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        watch.removed()
+        context.fireChannelInactive()
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard !closing else { return }
+        watch.received()
         var input = unwrapInboundIn(data)
         if var held = pending {
             pending = nil
@@ -141,7 +159,7 @@ final class MemcachedHandler: ChannelDuplexHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if context.channel.isWritable {
+        if writable {
             context.read()
         } else {
             readHeld = true
@@ -149,7 +167,9 @@ final class MemcachedHandler: ChannelDuplexHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if readHeld && context.channel.isWritable {
+        watch.writabilityChanged(context)
+        writable = context.channel.isWritable
+        if readHeld && writable {
             readHeld = false
             context.read()
         }
@@ -178,6 +198,7 @@ final class MemcachedHandler: ChannelDuplexHandler {
     /// is no promise: nothing waits for the write.
     private func writeOut(_ context: ChannelHandlerContext, thenClose: Bool = false) {
         guard out.readableBytes > 0 || thenClose else { return }
+        watch.answered()
         if thenClose {
             let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(out)).whenComplete { _ in channel.close(promise: nil) }
