@@ -10,101 +10,6 @@ import QSNet
 import QSStore
 import ServiceLifecycle
 
-/// The keys a root cluster keeps in etcd, all under `/qs/NAME/` (docs/ha.md).
-public struct ClusterKeys: Sendable {
-    public let prefix: [UInt8]
-
-    public init(cluster: String) {
-        prefix = Array("/qs/\(cluster)/".utf8)
-    }
-
-    public var head: [UInt8] { prefix + Array("head".utf8) }
-    public var logPrefix: [UInt8] { prefix + Array("log/".utf8) }
-    public var checkpointPrefix: [UInt8] { prefix + Array("cp/".utf8) }
-    public var appliedPrefix: [UInt8] { prefix + Array("applied/".utf8) }
-    /// The cluster's write role (`mirror`, `promoted`; absent: `open`), compared by every write.
-    public var role: [UInt8] { prefix + Array("role".utf8) }
-    /// A mirroring cluster's source root's freshest word (ns since the epoch, u64), put with
-    /// the appends and a quiet mirror bridge's probes: every member's replicas judge the
-    /// source by it, as a single mirror's do.
-    public var sourceTime: [UInt8] { prefix + Array("source-time".utf8) }
-
-    /// `log/` and the index in 16 lower-case hex digits, so keys sort by index.
-    public func log(_ index: UInt64) -> [UInt8] {
-        let hex = String(index, radix: 16)
-        return logPrefix + Array((String(repeating: "0", count: max(0, 16 - hex.count)) + hex).utf8)
-    }
-
-    public func checkpoint(_ sourceID: String) -> [UInt8] { checkpointPrefix + Array(sourceID.utf8) }
-    public func applied(_ nodeID: String) -> [UInt8] { appliedPrefix + Array(nodeID.utf8) }
-
-    /// The index of a `log/` key, nil for any other key.
-    func logIndex(_ key: [UInt8]) -> UInt64? {
-        guard key.count == logPrefix.count + 16, key.starts(with: logPrefix) else { return nil }
-        return UInt64(String(decoding: key[logPrefix.count...], as: UTF8.self), radix: 16)
-    }
-
-    /// The source id of a `cp/` key, nil for any other key.
-    func sourceID(_ key: [UInt8]) -> String? {
-        guard key.count > checkpointPrefix.count, key.starts(with: checkpointPrefix) else { return nil }
-        return String(decoding: key[checkpointPrefix.count...], as: UTF8.self)
-    }
-
-    /// A stored log value (`hash(32) ‖ entry bytes`) as an entry.
-    func entry(index: UInt64, value: [UInt8]) throws -> StoredEntry {
-        guard value.count > 32 else { throw ClusterError.corrupt("log entry \(index) in etcd is \(value.count) bytes, shorter than its hash") }
-        return StoredEntry(index: index, hash: Array(value[..<32]), bytes: Array(value[32...]))
-    }
-
-    /// The compare that `head` still holds `base` (is absent when `base` is the empty log).
-    func headIs(_ base: Head) -> EtcdCompare {
-        base.index == 0 ? .absent(key: head) : .value(key: head, equals: base.encoded())
-    }
-
-    static func u64(_ bytes: [UInt8], _ what: String) throws -> UInt64 {
-        guard bytes.count == 8 else { throw ClusterError.corrupt("\(what) in etcd is \(bytes.count) bytes, expected 8") }
-        return bytes.reduce(0) { $0 << 8 | UInt64($1) }
-    }
-
-    static func u64Bytes(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (56 - 8 * $0)) } }
-
-    static func role(_ bytes: [UInt8]) throws -> WriteRole {
-        guard let role = WriteRole(rawValue: String(decoding: bytes, as: UTF8.self)) else {
-            throw ClusterError.corrupt("the write role in etcd is '\(String(decoding: bytes, as: UTF8.self))', not open, mirror or promoted")
-        }
-        return role
-    }
-
-    static func head(_ bytes: [UInt8]) throws -> Head {
-        var r = ByteReader(bytes)
-        do {
-            return Head(index: try r.readU64(), hash: try r.readBytes(32), commitTimeNs: try r.readU64())
-        } catch {
-            throw ClusterError.corrupt("the head in etcd does not decode: \(error)")
-        }
-    }
-}
-
-/// Why a member cannot commit or apply.
-public enum ClusterError: Error, Sendable, CustomStringConvertible {
-    case corrupt(String)
-    /// This member's store holds another history than the cluster's log.
-    case diverged(String)
-    /// This member is behind the log etcd retains: it must catch up from a snapshot.
-    case behind(String)
-    /// Committed in etcd, but this member has not applied it in time.
-    case notApplied(String)
-
-    public var description: String {
-        switch self {
-        case let .corrupt(m): return "corrupt cluster state: \(m)"
-        case let .diverged(m): return "diverged: \(m)"
-        case let .behind(m): return "behind the cluster's retained log: \(m)"
-        case let .notApplied(m): return m
-        }
-    }
-}
-
 /// One member of a root cluster (`qsnode --role root --etcd … --cluster NAME`): commits
 /// batches through one etcd transaction each, and — as a service — applies the cluster's
 /// committed log from etcd into its store in order (docs/ha.md). While it runs, it is the
@@ -132,9 +37,9 @@ public final class ClusterMember: Service, Sendable {
     private let revisionWatcher = LogWatcher()
     /// The cluster's write role as applied into the store, and the etcd revision it was
     /// written at (0: never written, the cluster is `open`): every write compares it.
-    private let roleState = NIOLockedValueBox<(role: WriteRole, revision: Int64)>((.open, 0))
+    let roleState = NIOLockedValueBox<(role: WriteRole, revision: Int64)>((.open, 0))
     /// Whether the applier follows etcd (watch open) and why not.
-    private let state = NIOLockedValueBox<(following: Bool, detail: String)>((false, "starting"))
+    let state = NIOLockedValueBox<(following: Bool, detail: String)>((false, "starting"))
 
     let commits: Counter
     let commitRetries: Counter
@@ -167,7 +72,7 @@ public final class ClusterMember: Service, Sendable {
 
     /// Whether etcd committed this member's last `applied/` write (every 2 s): a watch can
     /// stay open on an etcd member that lost its quorum, this cannot.
-    private let quorum = NIOLockedValueBox<String?>(nil)
+    let quorum = NIOLockedValueBox<String?>(nil)
 
     /// Whether the member follows the cluster's log and etcd has a quorum, for `/readyz`.
     public var status: (following: Bool, detail: String) {
@@ -183,7 +88,7 @@ public final class ClusterMember: Service, Sendable {
     /// Revisions etcd committed for this member that its watch has not delivered (a watch
     /// stuck on an etcd member that stopped answering): `/readyz` says so without waiting
     /// for the stuck watch to be left.
-    private let lag = NIOLockedValueBox(ApplyLag())
+    let lag = NIOLockedValueBox(ApplyLag())
 
     private func lagProblem() -> String? {
         let applied = revision
@@ -195,7 +100,7 @@ public final class ClusterMember: Service, Sendable {
 
     /// etcd committed a write of this member at `revision` (`appliedWrite`: its `applied/`
     /// write, which counts from a failed one before it).
-    private func noteCommitted(_ revision: Int64, appliedWrite: Bool = false) {
+    func noteCommitted(_ revision: Int64, appliedWrite: Bool = false) {
         lag.withLockedValue { lag in
             let applied = self.revision
             if appliedWrite { lag.appliedWriteCommitted(revision, applied: applied) } else { lag.committed(revision, applied: applied) }
@@ -482,7 +387,7 @@ public final class ClusterMember: Service, Sendable {
     /// The source root's time applied from etcd, and the last this member put there.
     private let sourceTimeState = NIOLockedValueBox<(applied: UInt64, put: UInt64)>((0, 0))
 
-    private func applySourceTime(_ kv: EtcdKV) throws {
+    func applySourceTime(_ kv: EtcdKV) throws {
         let t = try ClusterKeys.u64(kv.value, "source time")
         sourceTimeState.withLockedValue { $0.applied = max($0.applied, t) }
     }
@@ -499,12 +404,12 @@ public final class ClusterMember: Service, Sendable {
         _ = try await counted { try await self.etcd.txn(compare: [], success: [.put(key: self.keys.sourceTime, value: ClusterKeys.u64Bytes(ns))], failure: []) }
     }
 
-    private func heard() {
+    func heard() {
         let now = wallClockNanoseconds()
         lastWord.withLockedValue { $0 = max($0, now) }
     }
 
-    private func noteApplied(_ revision: Int64, head: Head?) {
+    func noteApplied(_ revision: Int64, head: Head?) {
         heard()
         let (was, now) = appliedRevision.withLockedValue { r in
             defer { r = max(r, revision) }
@@ -515,219 +420,6 @@ public final class ClusterMember: Service, Sendable {
         if let head {
             appliedIndex.record(Double(head.index))
             watcher.publish()
-        }
-    }
-
-    // MARK: applying
-
-    public func run() async throws {
-        await cancelWhenGracefulShutdown {
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask { await self.applyUntilCancelled() }
-                group.addTask { await self.compactUntilCancelled() }
-            }
-        }
-    }
-
-    private func applyUntilCancelled() async {
-        while !Task.isCancelled {
-            do {
-                let revision = try await catchUp()
-                state.withLockedValue { $0 = (true, "following the cluster's log from etcd revision \(revision)") }
-                try await follow(from: revision + 1)
-            } catch is CancellationError {
-                return
-            } catch let error as ClusterError {
-                if case .behind = error, !peers.isEmpty {
-                    state.withLockedValue { $0 = (false, "\(error); catching up from a peer's snapshot") }
-                    logger.warning("cluster member behind etcd's retained log: catching up from a peer's snapshot",
-                                   metadata: ["error": "\(error)", "peers": "\(peers.map(\.description).joined(separator: ","))"])
-                    if await catchUpFromPeer() { continue }
-                    // No peer could give a snapshot: try again in a while.
-                    try? await Task.sleep(for: .seconds(5))
-                    continue
-                }
-                state.withLockedValue { $0 = (false, "\(error)") }
-                logger.critical("cluster member cannot apply the cluster's log: it serves what it has and takes no writes",
-                                metadata: ["error": "\(error)"])
-                if case .corrupt = error {} else { return }
-            } catch {
-                if Task.isCancelled { return }
-                etcdErrors.increment()
-                state.withLockedValue { $0 = (false, "not following etcd: \(error)") }
-                logger.warning("cluster log: lost etcd, catching up again", metadata: ["error": "\(error)"])
-            }
-            try? await Task.sleep(for: .milliseconds(500))
-        }
-    }
-
-    /// Replaces the store's contents with the snapshot of the first peer that gives one
-    /// continuing this member's history (`Store.installSnapshot` checks the chain and that
-    /// the snapshot holds this member's head); the applier then catches up from etcd from
-    /// the snapshot's head. False when no peer gave one.
-    func catchUpFromPeer() async -> Bool {
-        for peer in peers {
-            do {
-                let mine = try await store.head()
-                let head = try await store.installSnapshot(continuing: mine.index > 0 ? mine : nil) { file in
-                    let begin = try await receiveSnapshot(from: peer, token: self.peerToken, group: MultiThreadedEventLoopGroup.singleton,
-                                                          into: file, checkRoom: { try checkSnapshotRoom(self.store, for: $0) }, logger: self.logger)
-                    return Head(index: begin.index, hash: begin.hash, commitTimeNs: 0)
-                }
-                snapshotCatchUps.increment()
-                watcher.publish()
-                appliedIndex.record(Double(head.index))
-                logger.notice("cluster member caught up from a peer's snapshot; following etcd from there",
-                              metadata: ["peer": "\(peer)", "was-index": "\(mine.index)", "now-index": "\(head.index)"])
-                return true
-            } catch is CancellationError {
-                return false
-            } catch {
-                logger.warning("snapshot from a peer failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
-            }
-        }
-        return false
-    }
-
-    /// Reads what the store lacks by range (head, checkpoints and log entries at one
-    /// revision) and applies it; returns the revision the store then stands at.
-    func catchUp() async throws -> Int64 {
-        while true {
-            let local = try await store.head()
-            let r = try await etcd.txn(compare: [], success: [
-                .range(key: keys.head, end: nil, limit: 1),
-                .range(key: keys.checkpointPrefix, end: etcdPrefixEnd(keys.checkpointPrefix), limit: 0),
-                .range(key: keys.log(local.index + 1), end: etcdPrefixEnd(keys.logPrefix), limit: 1000),
-                .range(key: keys.role, end: nil, limit: 1),
-                .range(key: keys.sourceTime, end: nil, limit: 1),
-            ], failure: [])
-            guard r.ranges.count == 5 else { throw EtcdError.malformed("catch-up read: \(r.ranges.count) answers, expected 5") }
-            if let kv = r.ranges[4].first { try applySourceTime(kv) }
-            let clusterHead = try r.ranges[0].first.map { try ClusterKeys.head($0.value) } ?? .empty
-            if clusterHead.index < local.index || (clusterHead.index == local.index && clusterHead.hash != local.hash) {
-                throw ClusterError.diverged("this member's store stands at index \(local.index) (hash \(hexString(local.hash))), the cluster's head is \(clusterHead.index) (hash \(hexString(clusterHead.hash))): start the member on an empty --data, or on a copy of a member's")
-            }
-            let entries = try r.ranges[2].compactMap { kv in try keys.logIndex(kv.key).map { try keys.entry(index: $0, value: kv.value) } }
-            if let first = entries.first, first.index != local.index + 1 {
-                throw ClusterError.behind("this member stands at index \(local.index), etcd keeps entries from \(first.index) on: catch up from a member's snapshot (docs/ha.md)")
-            }
-            if entries.isEmpty && clusterHead.index > local.index {
-                throw ClusterError.behind("this member stands at index \(local.index), the cluster's head is \(clusterHead.index) and etcd keeps no entry after it: catch up from a member's snapshot (docs/ha.md)")
-            }
-            let complete = (entries.last?.index ?? local.index) >= clusterHead.index
-            var checkpoints = [String: UInt64]()
-            var role: (WriteRole, Int64)?
-            if complete {
-                for kv in r.ranges[1] { if let sid = keys.sourceID(kv.key) { checkpoints[sid] = try ClusterKeys.u64(kv.value, "checkpoint of \(sid)") } }
-                let kv = r.ranges[3].first
-                role = (try kv.map { try ClusterKeys.role($0.value) } ?? .open, kv?.modRevision ?? 0)
-            }
-            let head = try await applyCommitted(entries, checkpoints, role: role)
-            if complete {
-                noteApplied(r.revision, head: head)
-                logger.info("cluster log caught up", metadata: ["head-index": "\(head.index)", "revision": "\(r.revision)"])
-                return r.revision
-            }
-        }
-    }
-
-    /// Applies each revision the watch delivers in one store transaction, in order.
-    func follow(from revision: Int64) async throws {
-        // Every member writes its applied/ key every appliedInterval: a watch quiet for three
-        // of them is stuck on an etcd member that stopped answering.
-        try await etcd.watch(keys.prefix, end: etcdPrefixEnd(keys.prefix), fromRevision: revision,
-                             quietLimit: Self.watchQuietLimit(etcd.timeout)) { rev, events in
-            var entries = [StoredEntry]()
-            var checkpoints = [String: UInt64]()
-            var role: (WriteRole, Int64)?
-            for e in events where e.kv.key == self.keys.role {
-                role = (e.kind == .put ? try ClusterKeys.role(e.kv.value) : .open, e.kind == .put ? e.kv.modRevision : 0)
-            }
-            for e in events where e.kind == .put && e.kv.key == self.keys.sourceTime { try self.applySourceTime(e.kv) }
-            for e in events where e.kind == .put {
-                if let i = self.keys.logIndex(e.kv.key) {
-                    entries.append(try self.keys.entry(index: i, value: e.kv.value))
-                } else if let sid = self.keys.sourceID(e.kv.key) {
-                    checkpoints[sid] = try ClusterKeys.u64(e.kv.value, "checkpoint of \(sid)")
-                }
-            }
-            entries.sort { $0.index < $1.index }
-            if entries.isEmpty && checkpoints.isEmpty && role == nil {
-                self.noteApplied(rev, head: nil)
-            } else {
-                self.noteApplied(rev, head: try await self.applyCommitted(entries, checkpoints, role: role))
-            }
-            return !Task.isCancelled
-        }
-    }
-
-    private func applyCommitted(_ entries: [StoredEntry], _ checkpoints: [String: UInt64], role: (WriteRole, Int64)? = nil) async throws -> Head {
-        do {
-            let head = try await store.applyCommitted(entries: entries, checkpoints: checkpoints, role: role?.0)
-            if let role {
-                let was = roleState.withLockedValue { state in
-                    defer { state = (role.0, role.1) }
-                    return state.role
-                }
-                if was != role.0 {
-                    logger.notice("cluster write role applied", metadata: ["role": "\(role.0.rawValue)", "was": "\(was.rawValue)", "revision": "\(role.1)"])
-                }
-            }
-            return head
-        } catch let e as AppendError {
-            if case .notNext = e { throw ClusterError.behind("\(e)") }
-            throw ClusterError.diverged("\(e)")
-        }
-    }
-
-    // MARK: compaction
-
-    /// How long a member's `applied/` key outlives its last write: the default of
-    /// `--etcd-applied-ttl`.
-    public static let appliedTTL: Duration = .seconds(10)
-    /// How often a member writes its `applied/` key (and compacts etcd's log keys).
-    public static let appliedInterval: Duration = .seconds(2)
-
-    /// A watch that delivers nothing this long is stuck (every member writes its `applied/`
-    /// key every `appliedInterval`) and is left for the next etcd URL.
-    static func watchQuietLimit(_ timeout: Duration) -> Duration { appliedInterval * 3 + timeout }
-
-    /// Every few seconds: says how far this member has applied, and deletes the `log/`
-    /// keys every member has applied and that are older than the window.
-    private func compactUntilCancelled() async {
-        while !Task.isCancelled {
-            try? await Task.sleep(for: Self.appliedInterval)
-            guard state.withLockedValue({ $0.following }) else { continue }
-            do {
-                let local = try await store.head()
-                // The key lives on a lease: a member stopped (or cut off) for longer than
-                // its TTL no longer holds the window open, and catches up from a peer's
-                // snapshot when it returns behind it.
-                let lease = try await etcd.grantLease(ttl: appliedTTL)
-                let r = try await etcd.txn(compare: [], success: [
-                    .putLeased(key: keys.applied(nodeID), value: ClusterKeys.u64Bytes(local.index), lease: lease),
-                    .range(key: keys.appliedPrefix, end: etcdPrefixEnd(keys.appliedPrefix), limit: 0),
-                    .range(key: keys.head, end: nil, limit: 1),
-                ], failure: [])
-                // Known before the quorum flag goes, so /readyz has no moment of 200 while
-                // the watch has yet to deliver it.
-                noteCommitted(r.revision, appliedWrite: true)
-                quorum.withLockedValue { $0 = nil }
-                heard()
-                guard r.ranges.count == 3, let headKV = r.ranges[2].first else { continue }
-                let clusterHead = try ClusterKeys.head(headKV.value)
-                let lowest = try r.ranges[1].map { try ClusterKeys.u64($0.value, "applied index") }.min() ?? local.index
-                let keepFrom = min(lowest + 1, clusterHead.index > window ? clusterHead.index - window + 1 : 1)
-                if keepFrom > 1 {
-                    _ = try await etcd.txn(compare: [], success: [.deleteRange(key: keys.log(0), end: keys.log(keepFrom))], failure: [])
-                }
-            } catch let error as EtcdError {
-                lag.withLockedValue { $0.appliedWriteFailed() }
-                quorum.withLockedValue { $0 = "\(error)" }
-                logger.warning("etcd did not commit this member's applied index", metadata: ["error": "\(error)"])
-            } catch {
-                logger.debug("cluster log compaction skipped", metadata: ["error": "\(error)"])
-            }
         }
     }
 }
