@@ -110,8 +110,12 @@ struct QSNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Pause between two purge batches (so at most --expiry-purge-batch records per interval); ten times this after a full pass over the keyspace. (env: QS_EXPIRY_PURGE_INTERVAL)", valueName: "duration"))
     var expiryPurgeInterval: Interval = QSEnv.value("QS_EXPIRY_PURGE_INTERVAL", Interval(.seconds(1)))
 
-    @Option(help: ArgumentHelp("Storage engine of a new store: lmdb (the default) or rocksdb. An existing store is opened with the engine that wrote it; naming the other one is refused (docs/storage.md, \"Engines\"). (env: QS_ENGINE)", valueName: "engine"))
-    var engine: Engine? = QSEnv.optional("QS_ENGINE")
+    @Option(name: .customLong("engine"), help: ArgumentHelp("Storage engine of a new store: lmdb (the default) or rocksdb. An existing store is opened with the engine that wrote it; naming the other one is refused (docs/storage.md, \"Engines\"). (env: QS_ENGINE)", valueName: "engine"))
+    var engineOption: Engine?
+
+    /// `--engine`, else `QS_ENGINE` (refused in `validate` when not an engine, as the flag is).
+    /// nil: the engine that wrote the store, LMDB for a new one.
+    var engine: Engine? { engineOption ?? QSEnv.optional("QS_ENGINE") }
 
     @Option(help: ArgumentHelp("RocksDB only: the block cache's size, the bound on cached data blocks, indexes and filters, e.g. 64MiB. (env: QS_ROCKSDB_BLOCK_CACHE)", valueName: "size"))
     var rocksdbBlockCache: ByteSize = QSEnv.value("QS_ROCKSDB_BLOCK_CACHE", ByteSize(64 << 20))
@@ -163,6 +167,7 @@ struct QSNodeCommand: AsyncParsableCommand {
     @OptionGroup var service: ServiceOptions
 
     func validate() throws {
+        _ = engine
         guard !data.isEmpty else {
             throw ValidationError("--data is required: the directory of the node's store (or set QS_DATA)")
         }
