@@ -172,11 +172,12 @@ public struct StoreTransaction: ~Copyable {
         let window = try logWindow()
         var previous = window.baseHash
         var expectedIndex = window.firstIndex
-        try txn.forEach(log) { k, v in
-            let index = try Store.decodeU64(k, "log index")
+        // In place: the entries (a large one is megabytes) are hashed where the engine holds them.
+        try txn.forEachInPlace(log) { k, v in
+            let index = try Store.decodeU64(Array(k), "log index")
             guard index == expectedIndex, v.count >= 32 else { throw StoreError.brokenChain(index: index) }
-            let hash = ChainHash.next(previous: previous, entry: Array(v[32...]))
-            guard hash == Array(v[0..<32]) else { throw StoreError.brokenChain(index: index) }
+            let hash = ChainHash.next(previous: previous, entry: UnsafeRawBufferPointer(rebasing: v[32...]))
+            guard hash.elementsEqual(v[0..<32]) else { throw StoreError.brokenChain(index: index) }
             previous = hash
             expectedIndex += 1
             return true
