@@ -1,5 +1,6 @@
 import CLinux
 import Foundation
+import NIOConcurrencyHelpers
 import QSBytes
 import QSModel
 
@@ -60,7 +61,7 @@ public final class SnapshotWriter: @unchecked Sendable {
     /// that order: the fd stays open until every job queued on it has run.
     let flusher = StoreThreads(name: "qs-snapshot-flush", count: 1)
     /// Bytes written between two starts of writeback.
-    static let writeBehindBytes: UInt64 = 32 << 20
+    static let writeBehindBytes: UInt64 = 8 << 20
     // Touched only on `threads` (one background thread), in order.
     private var digest = SnapshotDigest()
     private var named = false
@@ -124,7 +125,7 @@ public final class SnapshotWriter: @unchecked Sendable {
                 let fd = self.fd, from = Int64(writtenBack), count = Int64(written - writtenBack)
                 writtenBack = written
                 // Best effort: an error here shows again at the final fsync, which is checked.
-                flusher.submit { _ = sync_file_range(fd, from, count, UInt32(QS_SYNC_FILE_RANGE_WRITE | QS_SYNC_FILE_RANGE_WAIT_AFTER)) }
+                flusher.submit { _ = sync_file_range(fd, from, count, UInt32(QS_SYNC_FILE_RANGE_WRITE)) }
             }
         }
     }
@@ -405,7 +406,7 @@ extension Store {
                 guard found.index == announced.index, found.hash == announced.hash else {
                     throw StoreError.snapshotMismatch(announced: announced, found: found)
                 }
-                _ = try snapshot.readNow { try $0.verifyChain() }
+                try snapshot.verifyChainInHalves()
                 if let mine, mine.index > 0 {
                     let theirs = try snapshot.readNow { try $0.provableHash(at: mine.index) }
                     guard theirs == mine.hash else { throw StoreError.snapshotDiverged(mine: mine, theirs: theirs) }
@@ -422,6 +423,35 @@ extension Store {
             try? await threads.run(cleanUp)
             throw error
         }
+    }
+
+    /// `verifyChain` of a store nothing writes (a snapshot received, opened read-only): the
+    /// log in two halves at once, each on a thread of its own in its own read transaction,
+    /// the second from the stored hash at which the first ends (which the first checks).
+    /// The same check as `verifyChain`, in about half the time on two cores.
+    public func verifyChainInHalves() throws {
+        let (window, head) = try readNow { (try $0.logWindow(), try $0.head()) }
+        let count = head.index >= window.firstIndex ? head.index + 1 - window.firstIndex : 0
+        guard count >= 2 else {
+            _ = try readNow { try $0.verifyChain() }
+            return
+        }
+        let mid = window.firstIndex + count / 2
+        let halves = NIOLockedValueBox([Int: Result<(next: UInt64, hash: [UInt8]), any Error>]())
+        DispatchQueue.concurrentPerform(iterations: 2) { half in
+            let outcome = Result {
+                try self.readNow { txn in
+                    if half == 0 { return try txn.verifyLinks(from: window.firstIndex, through: mid - 1, previous: window.baseHash) }
+                    guard let previous = try txn.hash(at: mid - 1) else { throw StoreError.brokenChain(index: mid - 1) }
+                    return try txn.verifyLinks(from: mid, through: nil, previous: previous)
+                }
+            }
+            halves.withLockedValue { $0[half] = outcome }
+        }
+        let (first, second) = halves.withLockedValue { ($0[0], $0[1]) }
+        guard let first, let second else { throw StoreError.brokenChain(index: window.firstIndex) }
+        let a = try first.get(), b = try second.get()
+        guard a.next == mid, b.next == head.index + 1, b.hash == head.hash else { throw StoreError.brokenChain(index: head.index) }
     }
 
     /// Bootstraps a data directory that holds no store yet (an empty replica, before its

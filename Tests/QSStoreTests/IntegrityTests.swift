@@ -94,6 +94,29 @@ final class IntegrityTests: XCTestCase {
         await throwsError(try await store.verifyChain())
     }
 
+    /// The whole chain checked in two halves at once (a snapshot received) passes a sound
+    /// log and finds a damaged entry in either half, naming it.
+    func testTheChainCheckedInHalvesFindsADamagedEntryInEitherHalf() async throws {
+        try onlyOnLMDB("damage is made by flipping bytes of data.mdb")
+        for damaged in [2, 5] {
+            let path = dir.appendingPathComponent("\(damaged)")
+            do {
+                let store = try Store(directory: path.path)
+                for i in 1...6 {
+                    let value = i == damaged ? Self.marker : Array("v\(i)".utf8)
+                    _ = try await store.applyBatch(sourceID: "s", expected: UInt64(i - 1), new: UInt64(i),
+                                                   operations: [.set(key: Array("k\(i)".utf8), value: value, expiry: nil)])
+                }
+            }
+            do { try Store(directory: path.path, readOnly: true).verifyChainInHalves() }
+            try flipByte(in: path.appendingPathComponent("data.mdb"), of: Self.marker)
+            let copy = try Store(directory: path.path, readOnly: true)
+            XCTAssertThrowsError(try copy.verifyChainInHalves(), "entry \(damaged) of 6") { error in
+                XCTAssertTrue("\(error)".contains("hash chain broken at log index \(damaged)"), "\(error)")
+            }
+        }
+    }
+
     func testATruncatedDataFileIsRefusedAtOpenInWordsNotWithSIGBUS() async throws {
         try onlyOnLMDB("the data file is data.mdb")
         let store = try Store(directory: dir.path)
