@@ -51,6 +51,9 @@ let package = Package(
             pkgConfig: "libxxhash",
             providers: [.apt(["libxxhash-dev"])]
         ),
+        // Linux calls Swift's Glibc module leaves out (sync_file_range: a received snapshot
+        // written back to disk while it arrives); only QSStore imports it.
+        .systemLibrary(name: "CLinux"),
         // Byte readers/writers and encodings shared by every binary format.
         .target(name: "QSBytes", swiftSettings: swiftSettings),
         // The values every side shares: mutations, records, log entries and their bytes,
@@ -65,7 +68,7 @@ let package = Package(
         // the only module that touches either engine.
         .target(
             name: "QSStore",
-            dependencies: ["CLMDB", "CRocksDB", "CXXHash", "QSBytes", "QSModel", .product(name: "Crypto", package: "swift-crypto"),
+            dependencies: ["CLinux", "CLMDB", "CRocksDB", "CXXHash", "QSBytes", "QSModel", .product(name: "Crypto", package: "swift-crypto"),
                            metrics, nio("NIOConcurrencyHelpers")],
             swiftSettings: swiftSettings
         ),

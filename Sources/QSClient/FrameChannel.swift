@@ -5,11 +5,14 @@ import QSWire
 
 /// Opens a streaming connection to a node (a subscription, a snapshot) as an async
 /// channel of frames, with back-pressure, closed by the node-side idle timeout when
-/// nothing (not even a heartbeat) arrives for `readTimeout`.
+/// nothing (not even a heartbeat) arrives for `readTimeout`. `maxReadBytes` bounds one
+/// read from the socket (NIO's adaptive buffer grows to it while reads fill it): a
+/// snapshot's 1 MiB chunks arrive in fewer, larger reads with a bigger one.
 public func openFrameChannel(host: String?, port: Int, unixPath: String?, readTimeout: TimeAmount = .seconds(5),
-                             maxFrameBytes: Int = defaultMaxFrameBytes,
+                             maxFrameBytes: Int = defaultMaxFrameBytes, maxReadBytes: Int = 64 << 10,
                              group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> NIOAsyncChannel<Frame, Frame> {
     let bootstrap = ClientBootstrap(group: group).connectTimeout(.seconds(3)).channelOption(.tcpOption(.tcp_nodelay), value: 1)
+        .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: maxReadBytes))
     let initializer: @Sendable (Channel) -> EventLoopFuture<NIOAsyncChannel<Frame, Frame>> = { channel in
         channel.eventLoop.makeCompletedFuture {
             let ops = channel.pipeline.syncOperations

@@ -13,8 +13,10 @@ import NIOConcurrencyHelpers
 /// transaction (which writes it twice and holds its dirty pages in memory).
 public enum EmptyReplicaBootstrap {
     /// Tries the upstreams in turn until one gives a checked snapshot. A transfer cut off
-    /// is tried again (resuming what arrived) for as long as attempts make progress; after
-    /// three rounds over the list without progress it gives up. Returns the head the data
+    /// is tried again (resuming what arrived) for as long as attempts make progress; a
+    /// snapshot that failed its checks (digest, head, hash chain) is counted
+    /// (`qs_replica_bootstraps_refused_total`) and fetched again whole; after three rounds
+    /// over the list without progress it gives up. Returns the head the data
     /// directory now stands at, or nil when no snapshot was installed: the node then opens
     /// its empty store and its follower bootstraps as a non-empty one would (resuming the
     /// same partial file).
@@ -57,9 +59,18 @@ public enum EmptyReplicaBootstrap {
                         "check-milliseconds": "\(Int((ContinuousClock.now - transferred).seconds * 1000))",
                         "into": "the data directory, before the store opened"])
                     return head
+                } catch let error as StoreError where error.refusesSnapshot {
+                    // Damaged in transit or on the sender: deleted, fetched again whole.
+                    metrics.bootstrapsRefused.increment()
+                    logger.error("bootstrap of the empty store: the snapshot received failed its checks; it was deleted and is fetched again",
+                                 metadata: ["upstream": "\(up)", "error": "\(error)"])
+                    progress.failed("\(error)")
+                    // Not progress: an upstream whose snapshots keep failing is given up
+                    // after three rounds, and its follower backs off as it does.
+                    continue
                 } catch let error as StoreError {
-                    // A snapshot that failed its checks, or no room: the follower deals
-                    // with it (backoff, disk-full waits) once the store is open.
+                    // No room, or a file this node cannot write: the follower deals with it
+                    // (backoff, disk-full waits) once the store is open.
                     logger.error("bootstrap of the empty store failed", metadata: ["upstream": "\(up)", "error": "\(error)"])
                     progress.failed("\(error)")
                     return nil

@@ -22,6 +22,7 @@ public struct ReplicaMetrics: Sendable {
     public let bootstraps = Counter(label: "qs_replica_bootstraps_total")
     public let bootstrapBytes = Counter(label: "qs_replica_bootstrap_bytes_received_total")
     public let bootstrapsResumed = Counter(label: "qs_replica_bootstraps_resumed_total")
+    public let bootstrapsRefused = Counter(label: "qs_replica_bootstraps_refused_total")
     public let entriesApplied = Counter(label: "qs_replica_entries_applied_total")
     public let diskFullWaits = Counter(label: "qs_replica_disk_full_waits_total")
     public let repairs = Counter(label: "qs_replica_repairs_total")
@@ -359,6 +360,7 @@ public final class ReplicaService: Service, Sendable {
             memory.withLockedValue { _ = $0.failed.removeValue(forKey: up.description) }
         } catch let error as StoreError {
             if case .snapshotDiverged = error { throw error }
+            if error.refusesSnapshot { metrics.bootstrapsRefused.increment() }
             memory.withLockedValue { m in
                 var backoff = m.failed[up.description]?.backoff ?? Backoff(initial: .seconds(30), cap: .seconds(600))
                 m.failed[up.description] = (ContinuousClock.now + backoff.next(), backoff)

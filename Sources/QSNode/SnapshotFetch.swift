@@ -7,11 +7,11 @@ import QSStore
 import QSWire
 import NIOConcurrencyHelpers
 
-/// A frame channel to `up` (TCP or Unix socket).
-func openFrameChannel(to up: Endpoint, group: any EventLoopGroup) async throws -> NIOAsyncChannel<Frame, Frame> {
+/// A frame channel to `up` (TCP or Unix socket), reading up to `maxReadBytes` at a time.
+func openFrameChannel(to up: Endpoint, maxReadBytes: Int = 64 << 10, group: any EventLoopGroup) async throws -> NIOAsyncChannel<Frame, Frame> {
     switch up {
-    case let .tcp(host, port): return try await openFrameChannel(host: host, port: port, unixPath: nil, group: group)
-    case let .unix(path): return try await openFrameChannel(host: nil, port: 0, unixPath: path, group: group)
+    case let .tcp(host, port): return try await openFrameChannel(host: host, port: port, unixPath: nil, maxReadBytes: maxReadBytes, group: group)
+    case let .unix(path): return try await openFrameChannel(host: nil, port: 0, unixPath: path, maxReadBytes: maxReadBytes, group: group)
     }
 }
 
@@ -35,7 +35,8 @@ func receiveSnapshot(from up: Endpoint, token: [UInt8], group: any EventLoopGrou
     }
     var request = Request.snapshotFrom(token: token, resume: held)
     while true {
-        let channel = try await openFrameChannel(to: up, group: group)
+        // Reads of up to a chunk and a bit (1 MiB chunks and their headers).
+        let channel = try await openFrameChannel(to: up, maxReadBytes: 2 * Store.snapshotChunkBytes, group: group)
         let outcome: (index: UInt64, hash: [UInt8], size: UInt64, resumedFrom: UInt64)? = try await channel.executeThenClose { inbound, outbound in
             try await outbound.write(request.frame())
             var begin: (index: UInt64, hash: [UInt8], size: UInt64, resumedFrom: UInt64)?

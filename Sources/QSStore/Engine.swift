@@ -229,6 +229,16 @@ struct EngineTransaction: ~Copyable {
         }
     }
 
+    /// `forEach` over the engine's own bytes, uncopied: valid only inside `body`.
+    func forEachInPlace(_ table: Table, from: [UInt8]? = nil,
+                        _ body: (_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) throws -> Bool) throws {
+        switch handle {
+        case let .lmdb(txn, t): try LMDBTransaction(txn: txn).forEachInPlace(t[table], from: from, body)
+        case let .rocksdb(txn):
+            try txn.forEach(table, from: from) { k, v in try k.withUnsafeBytes { k in try v.withUnsafeBytes { v in try body(k, v) } } }
+        }
+    }
+
     /// Number of records in `table`.
     func count(_ table: Table) throws -> Int {
         switch handle {

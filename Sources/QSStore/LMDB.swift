@@ -300,6 +300,12 @@ public struct LMDBTransaction: ~Copyable {
     /// order, until it returns false. The cursor cannot outlive this call.
     public func forEach(_ db: LMDBDatabase, from: [UInt8]? = nil,
                         _ body: (_ key: [UInt8], _ value: [UInt8]) throws -> Bool) throws {
+        try forEachInPlace(db, from: from) { k, v in try body(Array(k), Array(v)) }
+    }
+
+    /// `forEach` over the bytes in the map, uncopied: valid only inside `body`.
+    public func forEachInPlace(_ db: LMDBDatabase, from: [UInt8]? = nil,
+                               _ body: (_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) throws -> Bool) throws {
         var cursor: OpaquePointer?
         try LMDBError.check(mdb_cursor_open(txn, db.dbi, &cursor), "mdb_cursor_open")
         defer { mdb_cursor_close(cursor) }
@@ -315,7 +321,8 @@ public struct LMDBTransaction: ~Copyable {
             rc = mdb_cursor_get(cursor, &k, &v, MDB_FIRST)
         }
         while rc == MDB_SUCCESS {
-            if try !body(copyBytes(k), copyBytes(v)) { return }
+            if try !body(UnsafeRawBufferPointer(start: k.mv_data, count: k.mv_size),
+                         UnsafeRawBufferPointer(start: v.mv_data, count: v.mv_size)) { return }
             rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)
         }
         if rc != MDB_NOTFOUND { try LMDBError.check(rc, "mdb_cursor_get") }

@@ -64,6 +64,14 @@ extension StoreError {
         default: return false
         }
     }
+
+    /// Whether a snapshot received was refused for what it holds (its digest, head or
+    /// hash chain is not what was announced): damaged on the way or at its sender, worth
+    /// fetching again. Another history (`snapshotDiverged`) is not.
+    public var refusesSnapshot: Bool {
+        if case .snapshotMismatch = self { return true }
+        return isDamage
+    }
 }
 
 /// What `Store.check()` found, in words.
@@ -107,11 +115,11 @@ extension StoreTransaction {
         let first = max(window.firstIndex, head.index >= UInt64(entries) ? head.index - UInt64(entries) + 1 : 1)
         guard var previous = try hash(at: first - 1) else { throw StoreError.brokenChain(index: first - 1) }
         var expected = first
-        try txn.forEach(log, from: Store.encodeU64(first)) { k, v in
-            let index = try Store.decodeU64(k, "log index")
+        try txn.forEachInPlace(log, from: Store.encodeU64(first)) { k, v in
+            let index = try Store.decodeU64(Array(k), "log index")
             guard index == expected, v.count >= 32 else { throw StoreError.brokenChain(index: expected) }
-            let hash = ChainHash.next(previous: previous, entry: Array(v[32...]))
-            guard hash == Array(v[0..<32]) else { throw StoreError.brokenChain(index: index) }
+            let hash = ChainHash.next(previous: previous, entry: UnsafeRawBufferPointer(rebasing: v[32...]))
+            guard hash.elementsEqual(v[0..<32]) else { throw StoreError.brokenChain(index: index) }
             previous = hash
             expected += 1
             return true

@@ -1,4 +1,6 @@
+import CLinux
 import Foundation
+import NIOConcurrencyHelpers
 import QSBytes
 import QSModel
 
@@ -46,17 +48,26 @@ public final class SnapshotFile: Sendable {
 /// Where a snapshot received from another node is written, by `Store.installSnapshot`:
 /// the staging directory's `.bootstrap-partial/data.mdb`, kept when a transfer is cut off
 /// so the next one can resume it (`held()`). Writes run on the store's
-/// background thread, one after another; bytes are written as they arrive and flushed to
-/// disk once, before the copy is checked.
+/// background thread, one after another; bytes are written as they arrive, and their
+/// digest is computed as they are written. Every `writeBehindBytes` the disk's writeback
+/// of what arrived is started on a thread of its own (`flusher`), so the one fsync at the
+/// end, before the copy is installed, finds little left to write.
 public final class SnapshotWriter: @unchecked Sendable {
     let fd: Int32
     let path: String
     let idPath: String
     let threads: StoreThreads
+    /// Runs the write-behind (`sync_file_range`), then the final fsync and the close, in
+    /// that order: the fd stays open until every job queued on it has run.
+    let flusher = StoreThreads(name: "qs-snapshot-flush", count: 1)
+    /// Bytes written between two starts of writeback.
+    static let writeBehindBytes: UInt64 = 8 << 20
     // Touched only on `threads` (one background thread), in order.
     private var digest = SnapshotDigest()
     private var named = false
     private var expected: [UInt8]?
+    private var written: UInt64 = 0
+    private var writtenBack: UInt64 = 0
 
     init(fd: Int32, path: String, idPath: String, threads: StoreThreads) {
         self.fd = fd
@@ -82,6 +93,8 @@ public final class SnapshotWriter: @unchecked Sendable {
             }
             digest = SnapshotDigest()
             if offset > 0 { try digestFile(fd, upTo: offset, path, into: digest) }
+            written = offset
+            writtenBack = 0
             try PartialSnapshotID(index: index, hash: hash, size: size).write(idPath)
             named = true
         }
@@ -101,11 +114,39 @@ public final class SnapshotWriter: @unchecked Sendable {
         }
     }
 
-    /// Appends `bytes` to the file.
+    /// Appends `bytes` to the file, and starts the writeback of the last
+    /// `writeBehindBytes` written once that many are.
     public func write(_ bytes: [UInt8]) async throws {
         try await threads.run { [self] in
             try writeAll(fd, bytes, path)
             digest.update(bytes)
+            written += UInt64(bytes.count)
+            if written - writtenBack >= Self.writeBehindBytes {
+                let fd = self.fd, from = Int64(writtenBack), count = Int64(written - writtenBack)
+                writtenBack = written
+                // Best effort: an error here shows again at the final fsync, which is checked.
+                flusher.submit { _ = sync_file_range(fd, from, count, UInt32(QS_SYNC_FILE_RANGE_WRITE)) }
+            }
+        }
+    }
+
+    /// Flushes the file to disk (fsync: what the write-behind left, and its metadata) when
+    /// `sync`, then closes it, after the write-behind queued; the error when the flush
+    /// failed. Called once, after the last write.
+    func close(sync: Bool) async -> StoreError? {
+        defer { flusher.stop() }
+        let fd = self.fd, path = self.path
+        do {
+            return try await flusher.run { () -> StoreError? in
+                let synced = !sync || fsync(fd) == 0
+                let syncErrno = errno
+                Glibc.close(fd)
+                return synced ? nil : StoreError.io("cannot flush \(path) to disk: errno \(syncErrno)")
+            }
+        } catch {
+            // Only a stopped flusher refuses a job, and it stops here.
+            Glibc.close(fd)
+            return StoreError.io("cannot flush \(path) to disk: \(error)")
         }
     }
 
@@ -313,9 +354,11 @@ extension Store {
     /// Receives a snapshot into `dir` (its `data.mdb`, created with the directory when
     /// absent, kept when the transfer is cut off) through `receive`, flushes it to disk
     /// once, and checks it on `threads`: the sender's digest of the whole file when it gave
-    /// one, the head against the announcement, the whole hash chain, and with `mine` that
-    /// its history holds that head. Returns the copy opened read-only; a copy that fails
-    /// a check is deleted.
+    /// one (computed as the bytes were written), the head against the announcement, the
+    /// whole hash chain, and with `mine` that its history holds that head. The flush and
+    /// the checks run at once (the checks read the pages just written, from memory); the
+    /// copy is returned only when both succeeded, opened read-only. A copy that fails a
+    /// check is deleted.
     static func receiveChecked(into dir: String, threads: StoreThreads, continuing mine: Head?,
                                _ receive: (SnapshotWriter) async throws -> Head) async throws -> Store {
         let path = dir + "/data.mdb"
@@ -334,18 +377,16 @@ extension Store {
             announced = try await receive(writer)
         } catch {
             // A transfer cut off keeps what arrived of a named snapshot, to be resumed.
+            _ = await writer.close(sync: false)
             _ = try? await threads.run {
-                close(writer.fd)
                 if !writer.state().named { cleanUp() }
             }
             throw error
         }
+        async let flushFailure = writer.close(sync: true)
+        let checked: Result<Store, any Error>
         do {
-            return try await threads.run { () throws -> Store in
-                let synced = fsync(writer.fd) == 0
-                let syncErrno = errno
-                close(writer.fd)
-                guard synced else { throw StoreError.io("cannot flush \(path) to disk: errno \(syncErrno)") }
+            checked = .success(try await threads.run { () throws -> Store in
                 if writer.state().digestMatches == false {
                     throw StoreError.corrupt("the snapshot received in \(path) does not have the digest its sender announced: it was not installed")
                 }
@@ -358,22 +399,59 @@ extension Store {
                     try RocksDBCheckpointPack.unpack(path, into: received)
                     try FileManager.default.removeItem(atPath: path)
                 }
-                let snapshot = try Store(directory: received, readOnly: true)
+                // The whole chain is checked below: the open's check of its newest entries
+                // would read the same entries once more.
+                let snapshot = try Store(directory: received, readOnly: true, chainCheckedAt: announced)
                 let found = try snapshot.readNow { try $0.head() }
                 guard found.index == announced.index, found.hash == announced.hash else {
                     throw StoreError.snapshotMismatch(announced: announced, found: found)
                 }
-                _ = try snapshot.readNow { try $0.verifyChain() }
+                try snapshot.verifyChainInHalves()
                 if let mine, mine.index > 0 {
                     let theirs = try snapshot.readNow { try $0.provableHash(at: mine.index) }
                     guard theirs == mine.hash else { throw StoreError.snapshotDiverged(mine: mine, theirs: theirs) }
                 }
                 return snapshot
-            }
+            })
+        } catch {
+            checked = .failure(error)
+        }
+        do {
+            if let failure = await flushFailure { throw failure }
+            return try checked.get()
         } catch {
             try? await threads.run(cleanUp)
             throw error
         }
+    }
+
+    /// `verifyChain` of a store nothing writes (a snapshot received, opened read-only): the
+    /// log in two halves at once, each on a thread of its own in its own read transaction,
+    /// the second from the stored hash at which the first ends (which the first checks).
+    /// The same check as `verifyChain`, in about half the time on two cores.
+    public func verifyChainInHalves() throws {
+        let (window, head) = try readNow { (try $0.logWindow(), try $0.head()) }
+        let count = head.index >= window.firstIndex ? head.index + 1 - window.firstIndex : 0
+        guard count >= 2 else {
+            _ = try readNow { try $0.verifyChain() }
+            return
+        }
+        let mid = window.firstIndex + count / 2
+        let halves = NIOLockedValueBox([Int: Result<(next: UInt64, hash: [UInt8]), any Error>]())
+        DispatchQueue.concurrentPerform(iterations: 2) { half in
+            let outcome = Result {
+                try self.readNow { txn in
+                    if half == 0 { return try txn.verifyLinks(from: window.firstIndex, through: mid - 1, previous: window.baseHash) }
+                    guard let previous = try txn.hash(at: mid - 1) else { throw StoreError.brokenChain(index: mid - 1) }
+                    return try txn.verifyLinks(from: mid, through: nil, previous: previous)
+                }
+            }
+            halves.withLockedValue { $0[half] = outcome }
+        }
+        let (first, second) = halves.withLockedValue { ($0[0], $0[1]) }
+        guard let first, let second else { throw StoreError.brokenChain(index: window.firstIndex) }
+        let a = try first.get(), b = try second.get()
+        guard a.next == mid, b.next == head.index + 1, b.hash == head.hash else { throw StoreError.brokenChain(index: head.index) }
     }
 
     /// Bootstraps a data directory that holds no store yet (an empty replica, before its
@@ -403,8 +481,9 @@ extension Store {
             defer { try? FileManager.default.removeItem(atPath: dir) }
             guard let head = checked else { return nil }
             // A node id of its own (the sender's is not this node's), written in place. The
-            // node's own open then does what an open does (an older format upgraded, the
-            // chain's tail checked once more).
+            // node's own open then does what an open does (an older format upgraded); given
+            // the head returned (`chainCheckedAt`), it skips the check of the chain's tail,
+            // which `receiveChecked` has just checked whole in this file.
             do {
                 let engine = try LMDBEngine(directory: dir, mapSize: 8 << 30, readOnly: false, noSync: false)
                 var id = [UInt8](repeating: 0, count: 16)

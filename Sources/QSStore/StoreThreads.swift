@@ -50,6 +50,15 @@ final class StoreThreads: @unchecked Sendable {
         }
     }
 
+    /// Queues `body` to run on one of these threads without waiting for it: work whose
+    /// outcome nobody waits for (a later `run` on a one-thread instance runs after it).
+    func submit(_ body: @escaping @Sendable () -> Void) {
+        _ = enqueue {
+            body()
+            return {}
+        }
+    }
+
     /// Lets the threads end once the jobs already queued are done.
     func stop() {
         condition.lock()

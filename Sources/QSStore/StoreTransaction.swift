@@ -170,22 +170,35 @@ public struct StoreTransaction: ~Copyable {
     @discardableResult
     public func verifyChain() throws -> UInt64 {
         let window = try logWindow()
-        var previous = window.baseHash
-        var expectedIndex = window.firstIndex
-        try txn.forEach(log) { k, v in
-            let index = try Store.decodeU64(k, "log index")
+        let (next, last) = try verifyLinks(from: window.firstIndex, through: nil, previous: window.baseHash)
+        let head = try head()
+        guard head.index == next - 1, head.hash == last else {
+            throw StoreError.brokenChain(index: head.index)
+        }
+        return head.index + 1 - window.firstIndex
+    }
+
+    /// Checks the log entries from `first` (which must be the log's first when `first` is
+    /// the window's: entries before it count as missing ones) through `last` (nil: the
+    /// log's end), each against its stored chained hash, the first computed from
+    /// `previous`, in order and without gaps. Returns the index after the last entry
+    /// checked and its hash (`first` and `previous` when there was none). Entries are
+    /// hashed in place: a large one is megabytes.
+    func verifyLinks(from first: UInt64, through last: UInt64?, previous: [UInt8]) throws -> (next: UInt64, hash: [UInt8]) {
+        var previous = previous
+        var expectedIndex = first
+        let start = try first == logWindow().firstIndex ? nil : Store.encodeU64(first)
+        try txn.forEachInPlace(log, from: start) { k, v in
+            let index = try Store.decodeU64(Array(k), "log index")
+            if let last, index > last { return false }
             guard index == expectedIndex, v.count >= 32 else { throw StoreError.brokenChain(index: index) }
-            let hash = ChainHash.next(previous: previous, entry: Array(v[32...]))
-            guard hash == Array(v[0..<32]) else { throw StoreError.brokenChain(index: index) }
+            let hash = ChainHash.next(previous: previous, entry: UnsafeRawBufferPointer(rebasing: v[32...]))
+            guard hash.elementsEqual(v[0..<32]) else { throw StoreError.brokenChain(index: index) }
             previous = hash
             expectedIndex += 1
             return true
         }
-        let head = try head()
-        guard head.index == expectedIndex - 1, head.hash == previous else {
-            throw StoreError.brokenChain(index: head.index)
-        }
-        return head.index + 1 - window.firstIndex
+        return (expectedIndex, previous)
     }
 
     // MARK: writes

@@ -28,6 +28,10 @@ public final class FaultProxy: @unchecked Sendable {
         case blackhole
         /// At most this many bytes per second in each direction of each connection.
         case bandwidth(bytesPerSecond: Int)
+        /// Bytes pass as they come, but the byte at this offset of what the upstream sends
+        /// on a connection arrives inverted, once in the proxy's life (the first connection
+        /// to get that far): damage in transit that TCP's checksum missed.
+        case flipByte(at: Int)
 
         public var description: String {
             switch self {
@@ -38,6 +42,7 @@ public final class FaultProxy: @unchecked Sendable {
             case .halfOpen: return "half-open"
             case .blackhole: return "blackhole"
             case let .bandwidth(rate): return "bandwidth \(rate) B/s"
+            case let .flipByte(at): return "byte \(at) from the upstream flipped, once"
             }
         }
     }
@@ -54,6 +59,7 @@ public final class FaultProxy: @unchecked Sendable {
     private var accepted = 0
     private var open = 0
     private var forwarded = 0
+    private var flipped = false
 
     /// Listens on 127.0.0.1, port 0, and forwards each connection to `upstreamHost:upstreamPort`.
     public init(upstreamHost: String = "127.0.0.1", upstreamPort: Int) throws {
@@ -178,6 +184,17 @@ public final class FaultProxy: @unchecked Sendable {
 
     fileprivate func delivered(_ n: Int) { lock.withLock { forwarded += n } }
 
+    /// Whether a `flipByte` fault may flip its byte now (true once).
+    fileprivate func takeFlip() -> Bool {
+        lock.withLock {
+            defer { flipped = true }
+            return !flipped
+        }
+    }
+
+    /// Whether the `flipByte` fault has flipped its byte.
+    public var hasFlipped: Bool { lock.withLock { flipped } }
+
     /// One connection: both directions, on one thread.
     private struct Pump {
         let proxy: FaultProxy
@@ -193,6 +210,7 @@ public final class FaultProxy: @unchecked Sendable {
             var endSent = false    // and it was passed on
             var lastDue = ContinuousClock.now
             var nextSend = ContinuousClock.now
+            var read = 0           // bytes read from `from` so far
             var queued: Int { queue.reduce(0) { $0 + $1.bytes.count } }
         }
 
@@ -267,6 +285,10 @@ public final class FaultProxy: @unchecked Sendable {
                             up.lastDue = max(up.lastDue, at + delay)
                             up.queue.append((up.lastDue, Array(buffer[0..<n])))
                         } else {
+                            if case let .flipByte(offset) = fault, (down.read..<down.read + n).contains(offset), proxy.takeFlip() {
+                                buffer[offset - down.read] ^= 0xFF
+                            }
+                            down.read += n
                             down.lastDue = max(down.lastDue, at + delay)
                             down.queue.append((down.lastDue, Array(buffer[0..<n])))
                         }

@@ -255,6 +255,8 @@ struct QSNodeCommand: AsyncParsableCommand {
         // An empty LMDB replica takes its first snapshot straight into the data directory,
         // before the store opens (written once, in flat memory; docs/replication.md).
         let staging = stagingDir.isEmpty ? data : stagingDir
+        // The head an empty replica's bootstrap installed, its whole chain checked by it.
+        var bootstrapped: Head?
         if role == .replica, bootstrapIntoDataDir, EngineKind.found(in: data) == nil, (engine?.kind ?? .lmdb) == .lmdb,
            Store.canBootstrapEmpty(directory: data, staging: staging) {
             let progress = EmptyBootstrapProgress()
@@ -262,7 +264,7 @@ struct QSNodeCommand: AsyncParsableCommand {
             phase.enter(readiness: { Readiness(ready: false, detail: "replica: " + progress.detail + "; reads and writes start once it is installed") },
                         unavailable: unavailable)
             let upstreams = try upstreamEndpoints()
-            _ = await cancelWhenGracefulShutdown {
+            bootstrapped = await cancelWhenGracefulShutdown {
                 await EmptyReplicaBootstrap.run(data: data, staging: staging, upstreams: upstreams, token: upstreamToken,
                                                 metrics: ReplicaMetrics(), progress: progress, logger: logger)
             }
@@ -278,7 +280,8 @@ struct QSNodeCommand: AsyncParsableCommand {
         do {
             store = try await Store.open(directory: data, mapSize: mapSize.bytes, stagingDirectory: stagingDir, engine: engine?.kind ?? EngineKind.found(in: data) ?? .lmdb,
                                          rocksDB: RocksDBOptions(blockCacheBytes: rocksdbBlockCache.bytes, writeBufferBytes: rocksdbWriteBuffer.bytes,
-                                                                 compression: rocksdbCompression.kind))
+                                                                 compression: rocksdbCompression.kind),
+                                         chainCheckedAt: bootstrapped)
         } catch {
             logger.critical("cannot open the store", metadata: ["data": "\(data)", "error": "\(error)"])
             throw ExitCode(1)

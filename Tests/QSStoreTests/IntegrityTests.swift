@@ -75,6 +75,48 @@ final class IntegrityTests: XCTestCase {
         XCTAssertEqual(head.index, 2)
     }
 
+    /// An open whose caller checks the whole chain itself (`chainCheckedAt`, a bootstrap
+    /// just received) skips its own check of the newest entries at that very head only:
+    /// at any other head a damaged entry is found at open as always, and the caller's
+    /// whole check finds it at the head it named.
+    func testAnOpenSkipsItsTailCheckOnlyAtTheHeadItsCallerChecks() async throws {
+        try onlyOnLMDB("damage is made by flipping bytes of data.mdb")
+        let head = try await storeWithMarker(trim: false)
+        try flipByte(in: dir.appendingPathComponent("data.mdb"), of: Self.marker)
+        do {
+            let another = Head(index: head.index, hash: [UInt8](repeating: 7, count: 32), commitTimeNs: 0)
+            let store = try Store(directory: dir.path, chainCheckedAt: another)
+            let problem = try XCTUnwrap(store.integrity.problem, "another head: the tail is checked at open")
+            XCTAssertTrue(problem.contains("hash chain broken at log index 1"), problem)
+        }
+        let store = try Store(directory: dir.path, chainCheckedAt: head)
+        XCTAssertNil(store.integrity.problem, "at the head named, the caller checks")
+        await throwsError(try await store.verifyChain())
+    }
+
+    /// The whole chain checked in two halves at once (a snapshot received) passes a sound
+    /// log and finds a damaged entry in either half, naming it.
+    func testTheChainCheckedInHalvesFindsADamagedEntryInEitherHalf() async throws {
+        try onlyOnLMDB("damage is made by flipping bytes of data.mdb")
+        for damaged in [2, 5] {
+            let path = dir.appendingPathComponent("\(damaged)")
+            do {
+                let store = try Store(directory: path.path)
+                for i in 1...6 {
+                    let value = i == damaged ? Self.marker : Array("v\(i)".utf8)
+                    _ = try await store.applyBatch(sourceID: "s", expected: UInt64(i - 1), new: UInt64(i),
+                                                   operations: [.set(key: Array("k\(i)".utf8), value: value, expiry: nil)])
+                }
+            }
+            do { try Store(directory: path.path, readOnly: true).verifyChainInHalves() }
+            try flipByte(in: path.appendingPathComponent("data.mdb"), of: Self.marker)
+            let copy = try Store(directory: path.path, readOnly: true)
+            XCTAssertThrowsError(try copy.verifyChainInHalves(), "entry \(damaged) of 6") { error in
+                XCTAssertTrue("\(error)".contains("hash chain broken at log index \(damaged)"), "\(error)")
+            }
+        }
+    }
+
     func testATruncatedDataFileIsRefusedAtOpenInWordsNotWithSIGBUS() async throws {
         try onlyOnLMDB("the data file is data.mdb")
         let store = try Store(directory: dir.path)

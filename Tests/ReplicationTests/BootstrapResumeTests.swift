@@ -100,6 +100,27 @@ final class BootstrapResumeTests: XCTestCase {
         await w.close()
     }
 
+    /// A snapshot damaged on the wire (one byte inverted, past TCP's checksum) does not
+    /// have the digest its sender announced, computed as its bytes arrived: the empty
+    /// replica refuses it in words, counts it, deletes it and fetches it again, and the
+    /// store it installs is the root's.
+    func testASnapshotWithAByteFlippedInTransitIsRefusedCountedAndFetchedAgain() async throws {
+        try XCTSkipIf(ProcessInfo.processInfo.environment["QS_STORE_ENGINE"] == "rocksdb", "LMDB only: a RocksDB replica bootstraps once its store is open")
+        let (root, w) = try await rootWith8MB()
+        let proxy = try FaultProxy(upstreamPort: root.port)
+        // Inside the fourth 1 MiB chunk's bytes, past the frames' headers.
+        proxy.fault = .flipByte(at: (3 << 20) + 4096)
+        let replica = try ReplicaNode(data: tmp.appendingPathComponent("replica"), upstreams: [proxy.address], logDir: tmp)
+        XCTAssertTrue(proxy.hasFlipped)
+        XCTAssertEqual(replica.metric("qs_replica_bootstraps_refused_total"), 1)
+        XCTAssertEqual(replica.metric("qs_replica_bootstraps_total"), 1)
+        XCTAssertTrue(replica.daemon.log.contains("does not have the digest its sender announced: it was not installed"), replica.daemon.log)
+        XCTAssertTrue(replica.daemon.log.contains("it was deleted and is fetched again"), replica.daemon.log)
+        try await assertSameAsRoot(w, replica)
+        proxy.close()
+        await w.close()
+    }
+
     /// While an empty replica bootstraps into its data directory (its store not open, its
     /// read and write ports not up), its admin server already answers: `/healthz` 200,
     /// `/readyz` 503 saying how far the bootstrap is, `/metrics` counting the bytes, actions
