@@ -8,10 +8,11 @@ import QSStore
 /// reads (`KTFastRequest`: `GET`/`HEAD /KEY`, `GET /rpc/get?…`, no body) straight from the
 /// socket's bytes, the way `MemcachedHandler` answers memcached — the request parsed in
 /// place, read in the event loop's transaction, every reply of a socket read written into
-/// one buffer and flushed once — without NIO's HTTP decoder, request head, pipeline
-/// handler or response encoder. The bytes of the replies are those the NIO path writes
-/// (`KTHTTPSession.write`, `writeOKHead`; tested side by side), and the counters, the
-/// bad-request log and the expiry and database rules are the same code's.
+/// one buffer and flushed once (or whenever it holds `MemcachedHandler.flushBytes`) —
+/// without NIO's HTTP decoder, request head, pipeline handler or response encoder. The
+/// bytes of the replies are those the NIO path writes (`KTHTTPSession.write`,
+/// `writeOKHead`; tested side by side), and the counters, the bad-request log and the
+/// expiry and database rules are the same code's.
 ///
 /// At the first request it does not take whole (`KTFastRequest.Parse.handOver`, or a head
 /// split across socket reads), it writes what it answered, puts NIO's HTTP server
@@ -72,6 +73,8 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
             if !request.keepAlive {
                 closing = true
                 writeOut(context, thenClose: true)
+            } else if out.readableBytes >= MemcachedHandler.flushBytes {
+                writeOut(context)
             }
         }
     }

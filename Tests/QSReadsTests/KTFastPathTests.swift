@@ -126,6 +126,7 @@ final class KTFastPathTests: XCTestCase {
             .set(key: Array("gone".utf8), value: Array("old".utf8), expiry: Self.now - 10),
             .set(key: Array("aux/k".utf8), value: Array("in aux".utf8), expiry: nil),
             .set(key: Array("empty".utf8), value: [], expiry: nil),
+            .set(key: Array("big".utf8), value: [UInt8](repeating: 0x62, count: 70_000), expiry: nil),
         ])
     }
 
@@ -256,6 +257,12 @@ final class KTFastPathTests: XCTestCase {
         let pipelined = try XCTUnwrap(TestClient(port: reads.ktPort))
         pipelined.send(get + get + echo + get + close)
         XCTAssertEqual(pipelined.readToEOF(), getReply + getReply + echoReply + getReply + closeReply)
+
+        // Replies larger than the output buffer's flush mark, pipelined.
+        let big = try XCTUnwrap(TestClient(port: reads.ktPort))
+        big.send(String(repeating: "GET /big HTTP/1.1\r\n\r\n", count: 3) + close)
+        let bigReply = "HTTP/1.1 200 OK\r\nContent-Length: 70000\r\n\r\n" + String(repeating: "b", count: 70_000)
+        XCTAssertEqual(big.readToEOF(), String(repeating: bigReply, count: 3) + closeReply)
 
         // Byte by byte: the first byte is no whole request, NIO's pipeline reads the rest.
         let trickled = try XCTUnwrap(TestClient(port: reads.ktPort))
