@@ -279,4 +279,20 @@ final class KTFastPathTests: XCTestCase {
         XCTAssertEqual(String(decoding: pending, as: UTF8.self) + (split.readToEOF() ?? "<timeout>"), closeReply)
         await reads.stop()
     }
+
+    func testGracefulShutdownClosesIdleConnectionsOnBothPaths() async throws {
+        let reads = try await InProcessReads(store: store, directory: tmp, clock: { Self.now })
+        var pending = [UInt8]()
+        let fast = try XCTUnwrap(TestClient(port: reads.ktPort))
+        fast.send("GET /k%2F1 HTTP/1.1\r\n\r\n")
+        XCTAssertEqual(response(fast, head: false, pending: &pending), "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+        let slow = try XCTUnwrap(TestClient(port: reads.ktPort))
+        slow.send(Self.slowFirst)
+        XCTAssertEqual(response(slow, head: false, pending: &pending), Self.voidReply)
+        // Both idle: the shutdown closes them (before the hand-over the fast path drains
+        // itself, after it NIO's pipeline handler) and returns.
+        await reads.stop()
+        XCTAssertEqual(fast.readToEOF(), "", "the fast path's idle connection is closed on shutdown")
+        XCTAssertEqual(slow.readToEOF(), "", "a handed-over idle connection is closed on shutdown")
+    }
 }
