@@ -257,7 +257,8 @@ let package = Package(
         // -sanitize=fuzzer,address -DQS_FUZZ); without the fuzzer it replays inputs and writes seeds.
         .executableTarget(
             name: "qsfuzz",
-            dependencies: ["KTFormats", "QSBytes", "QSCaptures", "QSModel", "QSReads", "QSWire", nio("NIOCore")],
+            dependencies: ["KTFormats", "QSBytes", "QSCaptures", "QSModel", "QSReads", "QSWire", nio("NIOCore"), nio("NIOEmbedded"),
+                           nio("NIOHTTP1")],
             swiftSettings: swiftSettings
         ),
         // Test helpers: start real processes on loopback and wait for readiness.
@@ -327,7 +328,7 @@ let package = Package(
             name: "QSReadsTests",
             dependencies: [
                 "KTFormats", "QSClient", "QSModel", "QSNet", "QSReads", "QSStore", "QSTesting",
-                nio("NIOCore"), nio("NIOTestUtils"), nio("NIOEmbedded"), log,
+                nio("NIOCore"), nio("NIOHTTP1"), nio("NIOTestUtils"), nio("NIOEmbedded"), log,
             ],
             swiftSettings: swiftSettings
         ),

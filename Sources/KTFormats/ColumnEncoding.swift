@@ -22,12 +22,52 @@ public enum KTColumnEncoding: UInt8, Sendable, CaseIterable {
     }
 
     public func encode(_ bytes: [UInt8]) -> [UInt8] {
-        switch self {
-        case .base64: return Base64.encode(bytes)
-        case .quotedPrintable: return Self.quoteEncode(bytes)
-        case .url: return Self.urlEncode(bytes)
+        bytes.withUnsafeBytes { input in
+            [UInt8](unsafeUninitializedCapacity: encodedCount(input)) { out, count in
+                count = encode(input, into: UnsafeMutableRawBufferPointer(out))
+            }
         }
     }
+
+    /// How many bytes `bytes` take encoded.
+    public func encodedCount(_ bytes: UnsafeRawBufferPointer) -> Int {
+        switch self {
+        case .base64: return (bytes.count + 2) / 3 * 4
+        case .quotedPrintable: return bytes.reduce(0) { $0 + (Self.quotes($1) ? 3 : 1) }
+        case .url: return bytes.reduce(0) { $0 + (Self.isURLSafe($1) ? 1 : 3) }
+        }
+    }
+
+    /// Encodes `bytes` into `out` (at least `encodedCount(bytes)` bytes): the number of
+    /// bytes written. Nothing is allocated (the read servers' hot path).
+    public func encode(_ bytes: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) -> Int {
+        switch self {
+        case .base64: return Base64.encode(bytes, into: out)
+        case .quotedPrintable: return Self.escape(bytes, into: out, marker: UInt8(ascii: "="), hex: Self.hexUpper, keep: { !Self.quotes($0) })
+        case .url: return Self.escape(bytes, into: out, marker: UInt8(ascii: "%"), hex: Self.hexLower, keep: Self.isURLSafe)
+        }
+    }
+
+    /// Quoted-printable's and URL encoding's shape: a byte kept, or `marker` and two hex digits.
+    private static func escape(_ bytes: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer, marker: UInt8,
+                               hex: [UInt8], keep: (UInt8) -> Bool) -> Int {
+        var n = 0
+        for c in bytes {
+            if keep(c) {
+                out[n] = c
+                n += 1
+            } else {
+                out[n] = marker
+                out[n + 1] = hex[Int(c >> 4)]
+                out[n + 2] = hex[Int(c & 0x0F)]
+                n += 3
+            }
+        }
+        return n
+    }
+
+    /// Whether quoted-printable escapes `c`.
+    static func quotes(_ c: UInt8) -> Bool { c == UInt8(ascii: "=") || c < 0x20 || c > 0x7E }
 
     /// Decodes leniently, the way KT does: invalid characters are skipped, never fatal.
     public func decode(_ text: [UInt8]) -> [UInt8] {
@@ -60,20 +100,7 @@ public enum KTColumnEncoding: UInt8, Sendable, CaseIterable {
         }
     }
 
-    public static func urlEncode(_ bytes: [UInt8]) -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(bytes.count)
-        for c in bytes {
-            if isURLSafe(c) {
-                out.append(c)
-            } else {
-                out.append(UInt8(ascii: "%"))
-                out.append(hexLower[Int(c >> 4)])
-                out.append(hexLower[Int(c & 0x0F)])
-            }
-        }
-        return out
-    }
+    public static func urlEncode(_ bytes: [UInt8]) -> [UInt8] { Self.url.encode(bytes) }
 
     static func hexValue(_ c: UInt8) -> UInt8? {
         switch c {
@@ -124,21 +151,6 @@ public enum KTColumnEncoding: UInt8, Sendable, CaseIterable {
         return n
     }
 
-    static func quoteEncode(_ bytes: [UInt8]) -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(bytes.count)
-        for c in bytes {
-            if c == UInt8(ascii: "=") || c < 0x20 || c > 0x7E {
-                out.append(UInt8(ascii: "="))
-                out.append(hexUpper[Int(c >> 4)])
-                out.append(hexUpper[Int(c & 0x0F)])
-            } else {
-                out.append(c)
-            }
-        }
-        return out
-    }
-
     static func quoteDecode(_ t: [UInt8]) -> [UInt8] {
         var out: [UInt8] = []
         var i = 0
@@ -169,21 +181,24 @@ public enum KTColumnEncoding: UInt8, Sendable, CaseIterable {
 public enum Base64 {
     static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
 
-    public static func encode(_ bytes: [UInt8]) -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity((bytes.count + 2) / 3 * 4)
-        var i = 0
+    public static func encode(_ bytes: [UInt8]) -> [UInt8] { KTColumnEncoding.base64.encode(bytes) }
+
+    /// Encodes `bytes` into `out` (at least `(bytes.count + 2) / 3 * 4` bytes): the number
+    /// of bytes written.
+    static func encode(_ bytes: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) -> Int {
+        var i = 0, n = 0
         while i < bytes.count {
             let b0 = bytes[i]
             let b1: UInt8 = i + 1 < bytes.count ? bytes[i + 1] : 0
             let b2: UInt8 = i + 2 < bytes.count ? bytes[i + 2] : 0
-            out.append(alphabet[Int(b0 >> 2)])
-            out.append(alphabet[Int((b0 & 0x03) << 4 | b1 >> 4)])
-            out.append(i + 1 < bytes.count ? alphabet[Int((b1 & 0x0F) << 2 | b2 >> 6)] : UInt8(ascii: "="))
-            out.append(i + 2 < bytes.count ? alphabet[Int(b2 & 0x3F)] : UInt8(ascii: "="))
+            out[n] = alphabet[Int(b0 >> 2)]
+            out[n + 1] = alphabet[Int((b0 & 0x03) << 4 | b1 >> 4)]
+            out[n + 2] = i + 1 < bytes.count ? alphabet[Int((b1 & 0x0F) << 2 | b2 >> 6)] : UInt8(ascii: "=")
+            out[n + 3] = i + 2 < bytes.count ? alphabet[Int(b2 & 0x3F)] : UInt8(ascii: "=")
             i += 3
+            n += 4
         }
-        return out
+        return n
     }
 
     static func value(_ c: UInt8) -> UInt32? {

@@ -72,10 +72,23 @@ public enum KTTSV {
     /// base64 or URL encoding, whichever is estimated shorter (KT's `checkmapenc`).
     public static func bestEncoding<S: Sequence>(for pairs: S) -> KTColumnEncoding?
     where S.Element == (key: [UInt8], value: [UInt8]) {
-        var binary = false
-        var base64Length = 0
-        var urlLength = 0
-        func account(_ bytes: [UInt8]) {
+        var estimate = EncodingEstimate()
+        for (k, v) in pairs {
+            k.withUnsafeBytes { estimate.account($0) }
+            v.withUnsafeBytes { estimate.account($0) }
+        }
+        return estimate.encoding
+    }
+
+    /// KT's estimate (`checkmapenc`) of a reply's columns, one column at a time, in place.
+    public struct EncodingEstimate: Sendable {
+        private var binary = false
+        private var base64Length = 0
+        private var urlLength = 0
+
+        public init() {}
+
+        public mutating func account(_ bytes: UnsafeRawBufferPointer) {
             var size = bytes.count
             if size > 255 {
                 size = 255
@@ -87,12 +100,12 @@ public enum KTTSV {
                 urlLength += (KTColumnEncoding.countsAsURLSafe(c) ? 1 : 3)
             }
         }
-        for (k, v) in pairs {
-            account(k)
-            account(v)
+
+        /// The encoding KT picks for the columns accounted for.
+        public var encoding: KTColumnEncoding? {
+            guard binary else { return nil }
+            return base64Length < urlLength ? .base64 : .url
         }
-        guard binary else { return nil }
-        return base64Length < urlLength ? .base64 : .url
     }
 
     /// Sorts pairs by name in byte order, as KT's reply maps are.
@@ -120,8 +133,12 @@ public enum KTTSV {
 
     /// The content type of a reply in `encoding`.
     public static func contentType(_ encoding: KTColumnEncoding?) -> String {
-        guard let encoding else { return mediaType }
-        return "\(mediaType); colenc=\(encoding.letter)"
+        switch encoding {
+        case nil: return mediaType
+        case .base64?: return "text/tab-separated-values; colenc=B"
+        case .quotedPrintable?: return "text/tab-separated-values; colenc=Q"
+        case .url?: return "text/tab-separated-values; colenc=U"
+        }
     }
 
     /// Encodes a reply map the way KT does: sorted, with the best encoding. KT encodes its

@@ -11,8 +11,10 @@ import ServiceLifecycle
 
 /// KT's HTTP RPC read procedures and RESTful reads on TCP and Unix sockets (see
 /// `KTProcedures` and `KTRESTRead`), and on the same port KT's binary get_bulk
-/// (`KTBinarySession`), as KT serves both. Malformed HTTP gets 400 from NIO's HTTP error
-/// handler; every bad request is counted and logged with its peer.
+/// (`KTBinarySession`), as KT serves both. Simple reads are answered from the socket's
+/// bytes (`KTFastHTTPHandler`); the first request it does not take whole hands the
+/// connection to NIO's HTTP pipeline. Malformed HTTP gets 400 (`KTHTTPHandler`); every
+/// bad request is counted and logged with its peer.
 public struct KTHTTPReadServer: ListeningService {
     public struct Configuration: Sendable {
         public var databases: KTDatabaseMap
@@ -58,7 +60,7 @@ public struct KTHTTPReadServer: ListeningService {
         try await listener.run { channel in
             let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
             return try KTConnection.sniff(channel, maxBinaryBytes: maxBodyBytes) { channel in
-                try channel.pipeline.syncOperations.addHandler(KTHTTPHandler(session: session, peer: peer, slot: slots.slot(for: channel.eventLoop)))
+                try channel.pipeline.syncOperations.addHandler(KTFastHTTPHandler(session: session, peer: peer, slot: slots.slot(for: channel.eventLoop)))
             }
         } handle: { accepted in
             // A client that connects and sends nothing is closed on shutdown (idle) or

@@ -10,8 +10,10 @@ import QSStore
 /// request is read in one read transaction: inline on the connection's event loop when it
 /// is a bounded lookup (`get`, `check`, `get_bulk`, `void`, `echo`, RESTful GET and HEAD:
 /// a few B-tree lookups that never wait, see `MemcachedSession`), on the store's reader
-/// threads when it scans (`match_prefix`, `match_regex`, `status`, `report`).
-struct KTHTTPSession: Sendable {
+/// threads when it scans (`match_prefix`, `match_regex`, `status`, `report`). A class: a
+/// handler calling into a struct stored in it copies it, a retain and a release for each
+/// of its references on every request (about 3,700 instructions under callgrind).
+final class KTHTTPSession: Sendable {
     let store: Store
     let procedures: KTProcedures
     let rest: KTRESTRead
@@ -20,7 +22,9 @@ struct KTHTTPSession: Sendable {
     let maxBodyBytes: Int
     let counters: KindCounters
     /// The counters of the requests `answerInPlace` answers, resolved once.
-    let restGetCounter, rpcGetCounter: Counter
+    let restGetCounter, restHeadCounter, rpcGetCounter: Counter
+    /// `qs_kt_http_handovers_total`: connections `KTFastHTTPHandler` gave to NIO's pipeline.
+    let handovers = Counter(label: "qs_kt_http_handovers_total")
     /// One KT database, unprefixed (`KTDatabaseMap.single`): a key is the stored key.
     let plainKeys: Bool
 
@@ -33,55 +37,91 @@ struct KTHTTPSession: Sendable {
         self.maxBodyBytes = maxBodyBytes
         counters = KindCounters(metrics, kinds: KTProcedures.reads.union(["write", "unknown", "bad", "error", "rest", "rest_get", "rest_head"]))
         restGetCounter = counters["rest_get"]
+        restHeadCounter = counters["rest_head"]
         rpcGetCounter = counters["get"]
         plainKeys = rest.databases.databases.count == 1 && rest.databases.databases[0].index == 0 && rest.databases.databases[0].prefix.isEmpty
     }
 
     static let rpcGetPrefix = Array("/rpc/get?key=".utf8)
-    static let valueColumn = Array("value\t".utf8)
+    static let valueName = Array("value".utf8)
 
-    /// The two reads that matter for speed, answered in place: `GET /KEY` and
+    /// The reads that matter for speed, answered in place: `GET`/`HEAD /KEY` and
     /// `GET /rpc/get?key=KEY` (the key URL-encoded, nothing else in the query) of a live
-    /// record without an expiry, on a node serving one unprefixed KT database, keep-alive.
-    /// The key is decoded on the stack, read in the event loop's transaction (`slot`) and
-    /// the value copied from LMDB's map straight into the body. Anything else — another
-    /// request, a missing or expiring record, a value KT would column-encode — gives nil
-    /// and the general path (`plan`) answers it, the same way as before.
-    func answerInPlace(_ head: HTTPRequestHead, slot: ReadSlot, allocator: ByteBufferAllocator) -> (HTTPResponseHead, ByteBuffer, Counter)? {
-        guard plainKeys, head.method == .GET, head.isKeepAlive else { return nil }
-        var uri = head.uri
-        return uri.withUTF8 { u -> (HTTPResponseHead, ByteBuffer, Counter)? in
-            let raw = UnsafeRawBufferPointer(u)
-            let rpc = raw.starts(with: Self.rpcGetPrefix)
-            let encoded: UnsafeRawBufferPointer
-            if rpc {
-                encoded = UnsafeRawBufferPointer(rebasing: raw[Self.rpcGetPrefix.count...])
-                guard !encoded.contains(where: { $0 == UInt8(ascii: "&") || $0 == UInt8(ascii: ";") }) else { return nil }
-            } else {
-                guard raw.count > 1, raw[0] == UInt8(ascii: "/") else { return nil }
-                encoded = UnsafeRawBufferPointer(rebasing: raw[1...])
-                guard !encoded.contains(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") }) else { return nil }
-            }
-            return withUnsafeTemporaryAllocation(byteCount: encoded.count, alignment: 1) { space -> (HTTPResponseHead, ByteBuffer, Counter)? in
-                let key = UnsafeRawBufferPointer(rebasing: space[..<KTColumnEncoding.urlDecode(encoded, into: space)])
-                let body = try? store.readInline(in: slot) { txn in
-                    try txn.withRecord(bytes: key) { record -> ByteBuffer? in
-                        guard let record, record.expiry == nil else { return nil }
-                        if rpc && KTTSV.needsEncoding(record.value) { return nil }
-                        var body = allocator.buffer(capacity: record.value.count + (rpc ? 7 : 0))
-                        if rpc { body.writeBytes(Self.valueColumn) }
-                        body.writeBytes(record.value)
-                        if rpc { body.writeInteger(UInt8(ascii: "\n")) }
-                        return body
-                    }
-                }
-                guard let body else { return nil }
-                var headers = HTTPHeaders()
-                headers.add(name: "Content-Length", value: String(body.readableBytes))
-                if rpc { headers.add(name: "Content-Type", value: KTTSV.mediaType) }
-                return (HTTPResponseHead(version: head.version, status: .ok, headers: headers), body, rpc ? rpcGetCounter : restGetCounter)
-            }
+    /// record without an expiry, on a node serving one unprefixed KT database. The key is
+    /// decoded on the stack and read in the event loop's transaction (`slot`); `head`
+    /// writes what comes before the body into `out` (told the body's length and content
+    /// type), then the value is copied from LMDB's map into `out` (column-encoded as KT
+    /// would for `/rpc/get`). Anything else — another request, a missing or expiring
+    /// record — gives nil with `out` as it was, and the general path (`plan`) answers it.
+    func answerInPlace(_ kind: KTFastRequest.Kind, target: UnsafeRawBufferPointer, slot: ReadSlot, into out: inout ByteBuffer,
+                       head: (inout ByteBuffer, _ contentLength: Int, _ contentType: String?) -> Void) -> Counter? {
+        guard plainKeys else { return nil }
+        let encoded: UnsafeRawBufferPointer
+        switch kind {
+        case .rpcGet:
+            guard target.starts(with: Self.rpcGetPrefix) else { return nil }
+            encoded = UnsafeRawBufferPointer(rebasing: target[Self.rpcGetPrefix.count...])
+            guard !encoded.contains(where: { $0 == UInt8(ascii: "&") || $0 == UInt8(ascii: ";") }) else { return nil }
+        case .restGet, .restHead:
+            guard target.count > 1, target[0] == UInt8(ascii: "/") else { return nil }
+            encoded = UnsafeRawBufferPointer(rebasing: target[1...])
+            guard !encoded.contains(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") }) else { return nil }
         }
+        let start = out.writerIndex
+        let found = withUnsafeTemporaryAllocation(byteCount: encoded.count, alignment: 1) { space -> Bool in
+            let key = UnsafeRawBufferPointer(rebasing: space[..<KTColumnEncoding.urlDecode(encoded, into: space)])
+            return (try? store.readInline(in: slot) { txn in
+                try txn.withRecord(bytes: key) { record -> Bool in
+                    guard let record, record.expiry == nil else { return false }
+                    switch kind {
+                    case .restGet:
+                        head(&out, record.value.count, nil)
+                        out.writeBytes(record.value)
+                    case .restHead:
+                        head(&out, record.value.count, nil)
+                    case .rpcGet:
+                        Self.writeValueReply(record.value, into: &out, head: head)
+                    }
+                    return true
+                }
+            }) ?? false
+        }
+        guard found else {
+            out.moveWriterIndex(to: start)
+            return nil
+        }
+        switch kind {
+        case .restGet: return restGetCounter
+        case .restHead: return restHeadCounter
+        case .rpcGet: return rpcGetCounter
+        }
+    }
+
+    /// `/rpc/get`'s reply of a record without an expiry, as `KTTSV.reply` makes it of
+    /// `["value": value]`, written in place: `value<TAB>VALUE<LF>`, both columns encoded
+    /// when KT would.
+    static func writeValueReply(_ value: UnsafeRawBufferPointer, into out: inout ByteBuffer,
+                                head: (inout ByteBuffer, Int, String?) -> Void) {
+        var estimate = KTTSV.EncodingEstimate()
+        valueName.withUnsafeBytes { estimate.account($0) }
+        estimate.account(value)
+        guard let encoding = estimate.encoding else {
+            head(&out, valueName.count + value.count + 2, KTTSV.mediaType)
+            out.writeBytes(valueName)
+            out.writeInteger(UInt8(ascii: "\t"))
+            out.writeBytes(value)
+            out.writeInteger(UInt8(ascii: "\n"))
+            return
+        }
+        let nameCount = valueName.withUnsafeBytes { encoding.encodedCount($0) }
+        let valueCount = encoding.encodedCount(value)
+        head(&out, nameCount + valueCount + 2, KTTSV.contentType(encoding))
+        valueName.withUnsafeBytes { name in
+            _ = out.writeWithUnsafeMutableBytes(minimumWritableBytes: nameCount) { encoding.encode(name, into: $0) }
+        }
+        out.writeInteger(UInt8(ascii: "\t"))
+        out.writeWithUnsafeMutableBytes(minimumWritableBytes: valueCount) { encoding.encode(value, into: $0) }
+        out.writeInteger(UInt8(ascii: "\n"))
     }
 
     /// Procedures answered inline on the event loop (bounded lookups).
@@ -90,19 +130,18 @@ struct KTHTTPSession: Sendable {
     /// One request's work in a read transaction, and whether it runs inline.
     typealias Work = @Sendable (borrowing StoreTransaction) throws -> KTReply
 
-    func plan(_ head: HTTPRequestHead, body: [UInt8]) -> (inline: Bool, work: Work) {
-        let uri = Array(head.uri.utf8)[...]
+    func plan(_ method: HTTPMethod, uri: ArraySlice<UInt8>, contentType: String?, body: [UInt8]) -> (inline: Bool, work: Work) {
         let q = uri.firstIndex(of: UInt8(ascii: "?"))
         let path = q.map { uri[..<$0] } ?? uri
         let query = q.map { uri[uri.index(after: $0)...] }
         let procedures = self.procedures, rest = self.rest
         if path.starts(with: Self.rpcPrefix) {
             let name = String(decoding: KTColumnEncoding.urlDecode(path.dropFirst(Self.rpcPrefix.count)), as: UTF8.self)
-            let params = KTRPCParameters(query: query, contentType: head.headers.first(name: "content-type"), body: body)
+            let params = KTRPCParameters(query: query, contentType: contentType, body: body)
             return (Self.inlineProcedures.contains(name) || !KTProcedures.reads.contains(name),
                     { txn in try procedures.call(name, params, in: txn) })
         }
-        let method: KTRESTRead.Method = switch head.method {
+        let method: KTRESTRead.Method = switch method {
         case .GET: .get
         case .HEAD: .head
         case .PUT: .put
@@ -115,15 +154,17 @@ struct KTHTTPSession: Sendable {
     static let rpcPrefix = Array("/rpc/".utf8)
 
     /// The reply to a request whose read failed.
-    func failure(_ error: any Error, head: HTTPRequestHead, peer: String) -> KTReply {
-        logger.error("KT HTTP request failed", metadata: ["peer": "\(peer)", "uri": "\(head.uri.prefix(200))", "error": "\(error)"])
+    func failure(_ error: any Error, uri: String, peer: String) -> KTReply {
+        logger.error("KT HTTP request failed", metadata: ["peer": "\(peer)", "uri": "\(uri.prefix(200))", "error": "\(error)"])
         return KTReply(map: [Array("ERROR".utf8): Array("internal error: \(error)".utf8)], status: 500, kind: "error")
     }
 
-    func account(_ r: KTReply, peer: String, head: HTTPRequestHead) {
+    /// Counts a reply, and logs it when it refuses a bogus request or a write (`uri` is
+    /// made only then).
+    func account(_ r: KTReply, peer: String, uri: () -> String) {
         counters[r.kind].increment()
         if let reason = r.badReason {
-            metrics.bad(logger, peer: peer, reason: reason, ["status": "\(r.status)", "uri": "\(head.uri.prefix(200))"])
+            metrics.bad(logger, peer: peer, reason: reason, ["status": "\(r.status)", "uri": "\(uri().prefix(200))"])
         }
         if let what = r.refusedWrite {
             metrics.refusedWrite(logger, peer: peer, write: what)
@@ -132,14 +173,54 @@ struct KTHTTPSession: Sendable {
 
     /// The response's head: KT's status line and headers.
     static func responseHead(_ r: KTReply, for head: HTTPRequestHead, keepAlive: Bool) -> HTTPResponseHead {
-        var headers = HTTPHeaders()
-        let isHead = head.method == .HEAD
-        if !isHead { headers.add(name: "Content-Length", value: String(r.body.count)) }
-        for (n, v) in r.headers { headers.add(name: n, value: v) }
-        if isHead && !headers.contains(name: "Content-Length") { headers.add(name: "Content-Length", value: "0") }
-        if !keepAlive { headers.add(name: "Connection", value: "close") }
-        return HTTPResponseHead(version: head.version, status: HTTPResponseStatus(statusCode: r.status, reasonPhrase: KTHTTPStatus.reason(r.status)),
-                                headers: headers)
+        HTTPResponseHead(version: head.version, status: status(r),
+                         headers: HTTPHeaders(responseHeaders(r, isHead: head.method == .HEAD, keepAlive: keepAlive)))
+    }
+
+    static func status(_ r: KTReply) -> HTTPResponseStatus {
+        HTTPResponseStatus(statusCode: r.status, reasonPhrase: KTHTTPStatus.reason(r.status))
+    }
+
+    /// The response's headers, in the order they are written.
+    static func responseHeaders(_ r: KTReply, isHead: Bool, keepAlive: Bool) -> [(String, String)] {
+        var headers = [(String, String)]()
+        if !isHead { headers.append(("Content-Length", String(r.body.count))) }
+        headers += r.headers
+        if isHead && !headers.contains(where: { $0.0.lowercased() == "content-length" }) { headers.append(("Content-Length", "0")) }
+        if !keepAlive { headers.append(("Connection", "close")) }
+        return headers
+    }
+
+    /// The whole response (for the fast path), in the bytes NIO's `HTTPResponseEncoder`
+    /// writes for `responseHead` and the body.
+    static func write(_ r: KTReply, minorVersion: UInt8, isHead: Bool, keepAlive: Bool, into out: inout ByteBuffer) {
+        let status = status(r)
+        out.writeStaticString(minorVersion == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
+        out.writeDecimal(UInt64(status.code))
+        out.writeInteger(UInt8(ascii: " "))
+        out.writeString(status.reasonPhrase)
+        out.writeStaticString("\r\n")
+        for (name, value) in responseHeaders(r, isHead: isHead, keepAlive: keepAlive) {
+            out.writeString(name)
+            out.writeStaticString(": ")
+            out.writeString(value)
+            out.writeStaticString("\r\n")
+        }
+        out.writeStaticString("\r\n")
+        if !isHead { out.writeBytes(r.body) }
+    }
+
+    /// The head of an in-place 200 reply (for the fast path), as `write` would make it.
+    static func writeOKHead(minorVersion: UInt8, keepAlive: Bool, contentLength: Int, contentType: String?,
+                            into out: inout ByteBuffer) {
+        out.writeStaticString(minorVersion == 0 ? "HTTP/1.0 200 OK\r\nContent-Length: " : "HTTP/1.1 200 OK\r\nContent-Length: ")
+        out.writeDecimal(UInt64(contentLength))
+        if let contentType {
+            out.writeStaticString("\r\nContent-Type: ")
+            out.writeString(contentType)
+        }
+        if !keepAlive { out.writeStaticString("\r\nConnection: close") }
+        out.writeStaticString("\r\n\r\n")
     }
 }
 
@@ -159,7 +240,8 @@ struct KindCounters: Sendable {
     subscript(kind: String) -> Counter { byKind[kind] ?? unknown }
 }
 
-/// One KT HTTP connection, behind NIO's HTTP server pipeline (which keeps pipelined
+/// One KT HTTP connection once `KTFastHTTPHandler` has handed it over, behind NIO's HTTP
+/// server pipeline (which keeps pipelined
 /// requests in order: the next request arrives once this one's response has ended, and
 /// drains the connection on shutdown). Bodies are capped at `maxBodyBytes` (413 and close
 /// beyond); a request that does not parse is answered 400 and the connection closed.
@@ -180,9 +262,6 @@ final class KTHTTPHandler: ChannelInboundHandler {
         self.peer = peer
         self.slot = slot
     }
-
-    func handlerAdded(context: ChannelHandlerContext) { session.metrics.opened() }
-    func handlerRemoved(context: ChannelHandlerContext) { session.metrics.closed() }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
@@ -205,21 +284,18 @@ final class KTHTTPHandler: ChannelInboundHandler {
                         to: h, keepAlive: false)
                 return
             }
-            if body.readableBytes == 0, let (responseHead, reply, counter) = session.answerInPlace(h, slot: slot, allocator: context.channel.allocator) {
-                counter.increment()
-                send(context, responseHead, body: reply, keepAlive: true)
-                return
-            }
-            let (inline, work) = session.plan(h, body: Array(body.readableBytesView))
+            if body.readableBytes == 0, answerInPlace(context, h) { return }
+            let (inline, work) = session.plan(h.method, uri: Array(h.uri.utf8)[...], contentType: h.headers.first(name: "content-type"),
+                                              body: Array(body.readableBytesView))
             if inline {
                 let r: KTReply
-                do { r = try session.store.readInline(in: slot, work) } catch { r = session.failure(error, head: h, peer: peer) }
+                do { r = try session.store.readInline(in: slot, work) } catch { r = session.failure(error, uri: h.uri, peer: peer) }
                 respond(context, r, to: h, keepAlive: h.isKeepAlive)
             } else {
                 let store = session.store, session = self.session, peer = self.peer
                 let promise = context.eventLoop.makePromise(of: KTReply.self)
                 promise.completeWithTask {
-                    do { return try await store.read(work) } catch { return session.failure(error, head: h, peer: peer) }
+                    do { return try await store.read(work) } catch { return session.failure(error, uri: h.uri, peer: peer) }
                 }
                 promise.futureResult.assumeIsolated().whenSuccess { r in
                     self.respond(context, r, to: h, keepAlive: h.isKeepAlive)
@@ -228,8 +304,35 @@ final class KTHTTPHandler: ChannelInboundHandler {
         }
     }
 
+    /// `KTHTTPSession.answerInPlace` for a request NIO's pipeline decoded.
+    private func answerInPlace(_ context: ChannelHandlerContext, _ h: HTTPRequestHead) -> Bool {
+        guard h.method == .GET || h.method == .HEAD else { return false }
+        var uri = h.uri
+        var body = context.channel.allocator.buffer(capacity: 0)
+        var length = 0
+        var type: String?
+        let counter = uri.withUTF8 { u -> Counter? in
+            let target = UnsafeRawBufferPointer(u)
+            guard let kind = KTFastRequest.kind(target: target, head: h.method == .HEAD) else { return nil }
+            return session.answerInPlace(kind, target: target, slot: slot, into: &body) { _, l, t in
+                length = l
+                type = t
+            }
+        }
+        guard let counter else { return false }
+        counter.increment()
+        var headers = HTTPHeaders()
+        headers.add(name: "Content-Length", value: String(length))
+        if let type { headers.add(name: "Content-Type", value: type) }
+        let keepAlive = h.isKeepAlive
+        if !keepAlive { headers.add(name: "Connection", value: "close") }
+        send(context, HTTPResponseHead(version: h.version, status: .ok, headers: headers),
+             body: body.readableBytes > 0 ? body : nil, keepAlive: keepAlive)
+        return true
+    }
+
     private func respond(_ context: ChannelHandlerContext, _ r: KTReply, to h: HTTPRequestHead, keepAlive: Bool) {
-        session.account(r, peer: peer, head: h)
+        session.account(r, peer: peer, uri: { h.uri })
         var buffer: ByteBuffer?
         if h.method != .HEAD && !r.body.isEmpty {
             buffer = context.channel.allocator.buffer(capacity: r.body.count)

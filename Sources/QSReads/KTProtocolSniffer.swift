@@ -5,7 +5,8 @@ import QSNet
 
 /// A KT connection, once its first byte has told which protocol it speaks.
 enum KTConnection: Sendable {
-    /// HTTP: RPC and RESTful requests, answered by the pipeline's `KTHTTPHandler`.
+    /// HTTP: RPC and RESTful requests, answered by the pipeline's `KTFastHTTPHandler` (and
+    /// `KTHTTPHandler` behind NIO's HTTP pipeline, once the fast path hands over).
     case http
     /// KT's binary protocol (first byte ≥ 0x80, e.g. 0xBA get_bulk), which KT serves on its
     /// HTTP port too and which clients such as ukt use for get and get_bulk.
@@ -17,7 +18,7 @@ extension KTConnection {
     /// the first byte announces, once it is in: ≥ 0x80 is KT's binary protocol, its
     /// requests decoded by `KTBinaryRequestDecoder` with at most `maxBinaryBytes` buffered
     /// (a larger request fails the connection with NIO's `PayloadTooLargeError`); anything
-    /// else is HTTP, whose handler `http` adds after NIO's HTTP server pipeline.
+    /// else is HTTP, whose handler `http` adds.
     static func sniff(_ channel: any Channel, maxBinaryBytes: Int, http: @escaping (any Channel) throws -> Void) throws -> EventLoopFuture<KTConnection> {
         let promise = channel.eventLoop.makePromise(of: KTConnection.self)
         let sniffer = ProtocolSniffer(promise: promise) { first, channel -> KTConnection in
@@ -26,11 +27,9 @@ extension KTConnection {
                 try ops.addHandler(ByteToMessageHandler(KTBinaryRequestDecoder(), maximumBufferSize: maxBinaryBytes))
                 return .binary(try NIOAsyncChannel(wrappingChannelSynchronously: channel))
             }
-            // No error handler and no outbound header check in every request's path: the
-            // handler answers a parse error with 400 itself, and writes only headers it
-            // made. NIO's pipeline handler keeps pipelined requests in order and drains the
-            // connection on shutdown (the listener's drain is handed over to it).
-            try ops.configureHTTPServerPipeline(withErrorHandling: false, withOutboundHeaderValidation: false)
+            // The HTTP handlers drain the connection themselves (the fast path, then NIO's
+            // pipeline handler once it has the connection): the listener's drain is
+            // handed over to them.
             RequestDrain.installed(in: ops)?.handOverToPipeline()
             try http(channel)
             return .http

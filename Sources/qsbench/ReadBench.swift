@@ -245,22 +245,40 @@ func exchange(_ fd: Int32, _ request: [UInt8], done: ([UInt8]) -> Bool) -> Bool 
     b.count >= 5 && b[(b.count - 5)...].elementsEqual("END\r\n".utf8)
 }
 
-/// An HTTP response is whole: its head, and `Content-Length` bytes of body (matched
-/// without building strings, so the client costs the same for every server).
-@Sendable func isHTTPDone(_ b: [UInt8]) -> Bool {
-    guard let headEnd = b.firstRange(of: [13, 10, 13, 10]) else { return false }
-    let name = Array("content-length:".utf8)
-    var i = 0
-    while i + name.count <= headEnd.lowerBound {
-        if (b[i] | 0x20) == name[0] && zip(b[i..<(i + name.count)], name).allSatisfy({ ($0 | 0x20) == ($1 | 0x20) }) {
-            var j = i + name.count, n = 0
-            while j < headEnd.lowerBound, b[j] == 32 { j += 1 }
-            while j < headEnd.lowerBound, b[j] >= 48, b[j] <= 57 { n = n * 10 + Int(b[j] - 48); j += 1 }
-            return b.count - headEnd.upperBound >= n
+/// An HTTP response is whole: its head, and `Content-Length` bytes of body (matched on
+/// the bytes in place, so the client costs about what `isMemcachedDone` does: the
+/// generic `firstRange(of:)` this used took 5.6 µs a call, more than the server's work).
+@Sendable func isHTTPDone(_ bytes: [UInt8]) -> Bool {
+    bytes.withUnsafeBufferPointer { b in
+        var headEnd = -1
+        var k = 3
+        while k < b.count {
+            if b[k] == 10 && b[k - 1] == 13 && b[k - 2] == 10 && b[k - 3] == 13 {
+                headEnd = k - 3
+                break
+            }
+            k += 1
         }
-        i += 1
+        guard headEnd >= 0 else { return false }
+        let name: StaticString = "content-length:"
+        let count = name.utf8CodeUnitCount
+        var i = 0
+        while i + count <= headEnd {
+            var same = true
+            for m in 0..<count where (b[i + m] | 0x20) != name.utf8Start[m] {
+                same = false
+                break
+            }
+            if same {
+                var j = i + count, n = 0
+                while j < headEnd, b[j] == 32 { j += 1 }
+                while j < headEnd, b[j] >= 48, b[j] <= 57 { n = n * 10 + Int(b[j] - 48); j += 1 }
+                return b.count - (headEnd + 4) >= n
+            }
+            i += 1
+        }
+        return true
     }
-    return true
 }
 
 

@@ -101,6 +101,13 @@ struct Seeds {
             let query = path.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
             let body = (request["body_b64"] as? String).flatMap { Data(base64Encoded: $0) } ?? Data()
             add(.ktHTTP, Array("\(headers["Content-Type"] ?? "")\n\(query)\n".utf8) + [UInt8](body))
+            // The whole request as it came on the socket, and as the fast path's GET.
+            let method = request["method"] as? String ?? "GET"
+            var head = "\(method) \(path) HTTP/1.1\r\nHost: kt\r\n"
+            for (name, value) in headers.sorted(by: { $0.key < $1.key }) { head += "\(name): \(value)\r\n" }
+            if !body.isEmpty { head += "Content-Length: \(body.count)\r\n" }
+            add(.ktHTTPRequest, Array((head + "\r\n").utf8) + [UInt8](body))
+            add(.ktHTTPRequest, Array("GET \(path) HTTP/1.1\r\nConnection: close\r\n\r\nHEAD \(path) HTTP/1.0\r\n\r\n".utf8))
         }
     }
 

@@ -1,6 +1,8 @@
 import Foundation
 import KTFormats
 import NIOCore
+import NIOEmbedded
+import NIOHTTP1
 import QSBytes
 import QSCaptures
 import QSModel
@@ -17,6 +19,7 @@ enum FuzzTarget: String, CaseIterable {
     case ktBinaryRequest = "kt-binary-request"
     case ktBinaryResponse = "kt-binary-response"
     case ktHTTP = "kt-http"
+    case ktHTTPRequest = "kt-http-request"
     case memcached
     case qsFrames = "qs-frames"
     case qsRequest = "qs-request"
@@ -63,6 +66,8 @@ enum FuzzTarget: String, CaseIterable {
             }
         case .ktHTTP:
             Self.ktHTTP(bytes, name)
+        case .ktHTTPRequest:
+            Self.ktHTTPRequest(bytes, name)
         case .memcached:
             _ = decodeAnySplit(MemcachedDecoder(limits: MemcachedLimits(maxLineBytes: 512, maxKeyBytes: 250, maxDataBytes: 1024)),
                                bytes, name)
@@ -114,6 +119,41 @@ enum FuzzTarget: String, CaseIterable {
         let parsed = KTTSV.parse(KTTSV.serialize(sorted, encoding: encoding), encoding: encoding)
         check(parsed.map(\.name) == sorted.map(\.key) && parsed.map(\.value) == sorted.map(\.value), name,
               "a TSV reply does not parse back to its pairs")
+    }
+
+    /// The KT HTTP fast path's parser (`KTFastRequest`): a request it takes is whole (a
+    /// shorter prefix waits for more, more bytes after it change nothing) and reads in
+    /// NIO's HTTP decoder as the same method, target, version and keep-alive, without a
+    /// body — so whatever it answers, the NIO path would have answered alike.
+    private static func ktHTTPRequest(_ bytes: [UInt8], _ name: String) {
+        func parse(_ b: ArraySlice<UInt8>) -> KTFastRequest.Parse { b.withUnsafeBytes { KTFastRequest.parse($0) } }
+        let parsed = parse(bytes[...])
+        guard case let .request(r) = parsed else {
+            if parsed == .incomplete { check(bytes.count < KTFastRequest.maxHeadBytes, name, "a head past the limit waits for more") }
+            return
+        }
+        check(r.length <= bytes.count && r.target.upperBound < r.length && r.length <= KTFastRequest.maxHeadBytes, name,
+              "a request's bounds lie outside its bytes")
+        check(parse(bytes[..<r.length]) == parsed, name, "a request reads differently without what follows it")
+        check(parse(bytes[..<(r.length - 1)]) == .incomplete, name, "a request cut short does not wait for more")
+        check(parse(bytes[..<r.length] + Array("GET / HTTP/1.1\r\n".utf8)) == parsed, name, "bytes after a request change it")
+        let channel = EmbeddedChannel(handler: ByteToMessageHandler(HTTPRequestDecoder()))
+        defer { _ = try? channel.finish() }
+        let head: HTTPRequestHead?
+        var end = false
+        do {
+            try channel.writeInbound(ByteBuffer(bytes: bytes[..<r.length]))
+            if case let .head(h)? = try channel.readInbound(as: HTTPServerRequestPart.self) { head = h } else { head = nil }
+            if case .end? = try channel.readInbound(as: HTTPServerRequestPart.self) { end = true }
+        } catch {
+            check(false, name, "NIO refuses a request the fast path takes: \(error)")
+            return
+        }
+        guard let head else { return check(false, name, "NIO reads no head from a request the fast path takes") }
+        let target = String(decoding: bytes[r.target], as: UTF8.self)
+        check(head.method == (r.kind == .restHead ? .HEAD : .GET) && head.uri == target && head.version.minor == Int(r.minorVersion)
+              && head.isKeepAlive == r.keepAlive && end, name,
+              "NIO reads \(head.method) \(head.uri) 1.\(head.version.minor) keep-alive \(head.isKeepAlive) end \(end), the fast path \(r)")
     }
 
     private static func qsMessage(_ frame: Frame, _ name: String) {

@@ -84,6 +84,20 @@ final class ReadsEndToEndTests: XCTestCase {
         XCTAssertNotNil(head.headers["x-kt-xt"])
     }
 
+    func testSimpleReadsStayOnTheFastPathAndOthersAreHandedOver() throws {
+        XCTAssertEqual(kt("GET", "/m%2Fa")?.body, Array("abc".utf8) + [0, 0, 0, 5])
+        XCTAssertEqual(kt("GET", "/rpc/get?key=k&DB=aux.kct")?.body, Array("value\tin aux\n".utf8))
+        XCTAssertEqual(kt("HEAD", "/gone")?.status, 404)
+        XCTAssertEqual(node.metric("qs_kt_http_handovers_total") ?? 0, 0, "simple reads are answered by the fast path")
+        // A body, and a procedure other than get: NIO's pipeline answers, one hand-over each.
+        XCTAssertEqual(kt("POST", "/rpc/get", headers: ["Content-Type": "application/x-www-form-urlencoded"], body: "key=m%2Fa")?.status, 200)
+        XCTAssertEqual(kt("GET", "/rpc/void")?.status, 200)
+        XCTAssertTrue(Harness.waitUntil { self.node.metric("qs_kt_http_handovers_total") == 2 },
+                      "hand-overs: \(node.metric("qs_kt_http_handovers_total") ?? -1)")
+        XCTAssertTrue(Harness.waitUntil { self.node.metric("qs_kt_http_connections") == 0 },
+                      "open connections: \(node.metric("qs_kt_http_connections") ?? -1)")
+    }
+
     func testBogusRequestsAreAnsweredCountedLoggedAndTheNodeStaysUp() throws {
         XCTAssertEqual(mc("bogus\r\n"), "ERROR\r\n")
         XCTAssertEqual(mc("set k 0 0 x\r\n"), "CLIENT_ERROR bad command line format\r\n")

@@ -1,0 +1,184 @@
+import KTFormats
+import Metrics
+import NIOCore
+import NIOHTTP1
+import QSStore
+
+/// A KT HTTP connection's first handler (after the connection guard): answers the simple
+/// reads (`KTFastRequest`: `GET`/`HEAD /KEY`, `GET /rpc/get?…`, no body) straight from the
+/// socket's bytes, the way `MemcachedHandler` answers memcached — the request parsed in
+/// place, read in the event loop's transaction, every reply of a socket read written into
+/// one buffer and flushed once (or whenever it holds `MemcachedHandler.flushBytes`) —
+/// without NIO's HTTP decoder, request head, pipeline handler or response encoder. The
+/// bytes of the replies are those the NIO path writes (`KTHTTPSession.write`,
+/// `writeOKHead`; tested side by side), and the counters, the bad-request log and the
+/// expiry and database rules are the same code's.
+///
+/// At the first request it does not take whole (`KTFastRequest.Parse.handOver`, or a head
+/// split across socket reads), it writes what it answered, puts NIO's HTTP server
+/// pipeline and `KTHTTPHandler` behind itself and passes the rest of the bytes on, as they
+/// came: the connection is NIO's from then on, and this handler only passes events
+/// through. Replies stay in request order (its own are written before NIO sees a byte).
+///
+/// Before the hand-over it drains itself (the listener's drain is handed to the
+/// pipeline): it answers every request in the socket read that brought it, so on
+/// graceful shutdown it reads no more and closes once what it answered is sent; after,
+/// NIO's pipeline handler drains. It stops reading while the socket does not take the
+/// replies, as `MemcachedHandler` does.
+final class KTFastHTTPHandler: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    private let session: KTHTTPSession
+    private let peer: String
+    private let slot: ReadSlot
+    private var out = ByteBuffer()
+    private var handedOver = false
+    private var closing = false
+    /// A read was asked for while the socket did not take the replies.
+    private var readHeld = false
+
+    init(session: KTHTTPSession, peer: String, slot: ReadSlot) {
+        self.session = session
+        self.peer = peer
+        self.slot = slot
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        session.metrics.opened()
+        out = context.channel.allocator.buffer(capacity: 4096)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        session.metrics.closed()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if handedOver {
+            context.fireChannelRead(data)
+            return
+        }
+        guard !closing else { return }
+        var input = unwrapInboundIn(data)
+        while !closing && input.readableBytes > 0 {
+            let parsed = input.withUnsafeReadableBytes { KTFastRequest.parse($0) }
+            guard case let .request(request) = parsed else {
+                handOver(context, rest: input)
+                return
+            }
+            input.withUnsafeReadableBytes { answer(request, in: $0) }
+            input.moveReaderIndex(forwardBy: request.length)
+            if !request.keepAlive {
+                closing = true
+                writeOut(context, thenClose: true)
+            } else if out.readableBytes >= MemcachedHandler.flushBytes {
+                writeOut(context)
+            }
+        }
+    }
+
+    /// One request, its reply into `out`: in place when `answerInPlace` takes it, else the
+    /// general path's reply (`plan`, read inline: both kinds are bounded lookups).
+    private func answer(_ request: KTFastRequest, in bytes: UnsafeRawBufferPointer) {
+        let target = UnsafeRawBufferPointer(rebasing: bytes[request.target])
+        let minor = request.minorVersion, keepAlive = request.keepAlive
+        if let counter = session.answerInPlace(request.kind, target: target, slot: slot, into: &out, head: { out, length, type in
+            KTHTTPSession.writeOKHead(minorVersion: minor, keepAlive: keepAlive, contentLength: length, contentType: type, into: &out)
+        }) {
+            counter.increment()
+            return
+        }
+        let isHead = request.kind == .restHead
+        let uri = Array(target)[...]
+        let (_, work) = session.plan(isHead ? .HEAD : .GET, uri: uri, contentType: nil, body: [])
+        let r: KTReply
+        do {
+            r = try session.store.readInline(in: slot, work)
+        } catch {
+            r = session.failure(error, uri: String(decoding: uri, as: UTF8.self), peer: peer)
+        }
+        session.account(r, peer: peer, uri: { String(decoding: uri, as: UTF8.self) })
+        KTHTTPSession.write(r, minorVersion: minor, isHead: isHead, keepAlive: keepAlive, into: &out)
+    }
+
+    /// From here on NIO's HTTP pipeline reads the connection: what was answered is
+    /// written first, then `rest` goes to NIO's decoder.
+    private func handOver(_ context: ChannelHandlerContext, rest: ByteBuffer) {
+        handedOver = true
+        session.handovers.increment()
+        writeOut(context)
+        do {
+            let ops = context.pipeline.syncOperations
+            // As before the fast path: no error handler and no outbound header check in
+            // every request's path (`KTHTTPHandler` answers a parse error with 400 itself
+            // and writes only headers it made).
+            try ops.configureHTTPServerPipeline(withErrorHandling: false, withOutboundHeaderValidation: false)
+            try ops.addHandler(KTHTTPHandler(session: session, peer: peer, slot: slot))
+        } catch {
+            session.logger.error("KT HTTP: could not set up the HTTP pipeline", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            context.close(promise: nil)
+            return
+        }
+        context.fireChannelRead(wrapInboundOut(rest))
+        if readHeld {
+            readHeld = false
+            context.read()
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if !handedOver { writeOut(context) }
+        context.fireChannelReadComplete()
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if handedOver || context.channel.isWritable {
+            context.read()
+        } else {
+            readHeld = true
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if readHeld && context.channel.isWritable {
+            readHeld = false
+            context.read()
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        if handedOver {
+            context.fireErrorCaught(error)
+            return
+        }
+        session.logger.debug("KT HTTP connection ended with an error", metadata: ["peer": "\(peer)", "error": "\(error)"])
+        context.close(promise: nil)
+    }
+
+    /// Graceful shutdown: before the hand-over no request is half read, so the connection
+    /// closes once what was answered is sent; after it, NIO's pipeline handler drains.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard !handedOver, event is ChannelShouldQuiesceEvent else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        guard !closing else { return }
+        closing = true
+        writeOut(context, thenClose: true)
+    }
+
+    /// Writes what was answered (and closes after it, `thenClose`), as `MemcachedHandler`.
+    private func writeOut(_ context: ChannelHandlerContext, thenClose: Bool = false) {
+        guard out.readableBytes > 0 || thenClose else { return }
+        if thenClose {
+            let channel = context.channel
+            context.writeAndFlush(wrapOutboundOut(out)).whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+        }
+        out.clear()
+    }
+}
