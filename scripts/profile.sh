@@ -11,6 +11,11 @@
 #       memcached get (1 and 8 connections, 10-key get) and KT GET /KEY and /rpc/get, REQUESTS
 #       each (scripts/read_load.py, closed loop), from a root loaded with 100,000 keys of 100 B;
 #       one dump per load, its total divided by the requests is the instructions per request.
+#   scripts/profile.sh bridges [ENTRIES]               the bridges under callgrind, per change: qsqsbridge
+#       --mode compatible mirroring a root of ENTRIES one-set entries (default 20,000) into an
+#       empty root, and qsktbridge replaying a capture of ENTRIES KT sets (100 B values) into
+#       an empty root; the target roots under callgrind too (their share of the two cores). A
+#       second bridge run with nothing to do gives the start-up, which is subtracted.
 #
 # Profiles and their annotations go to $QS_PROFILE_OUT (default bench/profiles).
 # Two workarounds for valgrind 3.19 with the Swift 6.3 toolchain: its DWARF reader gives up
@@ -112,6 +117,81 @@ reads)
     done
     kill -TERM $replica $root; wait $replica $root || true
     ;;
+bridges)
+    n=${2:-20000}
+    rm -f "$OUT"/mirror-* "$OUT"/backlog-*
+    listener() { python3 -c 'import json,sys; print([e["address"] for e in json.load(open(sys.argv[1]))["listeners"] if e["name"]==sys.argv[2]][0])' "$1" "$2"; }
+    waitready() { for _ in $(seq 600); do [ -s "$1" ] && return 0; sleep 0.5; done; echo "no ready file $1" >&2; exit 1; }
+    total() { grep -m1 -E '^(summary|totals):' "$1" | awk '{print $2}'; }
+    for b in qsqsbridge qsktbridge; do strip --strip-debug -o "$work/$b" "$BIN/$b"; done
+    node() { # name [valgrind out] → pid in $pid, write address in $addr
+        local name=$1 cgout=${2:-}
+        rm -f "$work/$name.json"
+        if [ -n "$cgout" ]; then
+            LD_PRELOAD="$work/sigsuspend.so" valgrind --tool=callgrind --callgrind-out-file="$cgout" \
+                "$work/qsnode" --data "$work/$name" --listen 127.0.0.1:0 --ready-file "$work/$name.json" --log-level warning 2> "$work/$name.log" &
+        else
+            "$work/qsnode" --data "$work/$name" --listen 127.0.0.1:0 --ready-file "$work/$name.json" --log-level warning 2> "$work/$name.log" &
+        fi
+        pid=$!
+        waitready "$work/$name.json"
+        addr=$(listener "$work/$name.json" write)
+    }
+    # The mirror's source: N batches of one set, one log entry each.
+    node src; src=$pid; src_addr=$addr
+    "$work/qsbench" --suites writes --write-target "$src_addr" --batches "$n" --batch-sizes 1 --write-window 16 \
+        --rounds 1 --scratch "$work/scratch" --out "$work/results" > "$work/fill.log" 2>&1
+    node mirror-dst "$OUT/mirror-target.cg"; dst=$pid; dst_addr=$addr
+    callgrind_control -z $dst | grep -q OK
+    cg --callgrind-out-file="$OUT/mirror-bridge.cg" "$work/qsqsbridge" --source "qs://$src_addr" --root "$dst_addr" \
+        --mode compatible --once --log-level warning 2> "$work/mirror-bridge.log"
+    callgrind_control -d mirror $dst | grep -q OK
+    cg --callgrind-out-file="$OUT/mirror-bridge-idle.cg" "$work/qsqsbridge" --source "qs://$src_addr" --root "$dst_addr" \
+        --mode compatible --once --log-level warning 2> "$work/mirror-bridge-idle.log"
+    kill -TERM $dst $src; wait $dst $src || true
+    # The backlog: a KT replication capture (acceptance byte, update frames) of N sets.
+    python3 - "$work/backlog.bin" "$n" <<'PY'
+import struct, sys
+path, n = sys.argv[1], int(sys.argv[2])
+keys = min(n, 100000)
+value = bytearray(b"a" * 100)
+ts = 1_700_000_000_000 * 1_000_000
+def varnum(v):
+    out = [v & 0x7F]; v >>= 7
+    while v: out.append(0x80 | (v & 0x7F)); v >>= 7
+    return bytes(reversed(out))
+with open(path, "wb") as f:
+    f.write(b"\xb1")
+    for i in range(n):
+        value[i % 100] = (value[i % 100] + 1) & 0xFF
+        ts += 1
+        key = b"key/%08d" % (i % keys)
+        v = b"\xff" * 5 + bytes(value)
+        msg = struct.pack(">HHB", 7, 0, 0xA1) + varnum(len(key)) + varnum(len(v)) + key + v
+        f.write(b"\xb1" + struct.pack(">QI", ts, len(msg)) + msg)
+PY
+    node backlog-root "$OUT/backlog-target.cg"; root=$pid; root_addr=$addr
+    callgrind_control -z $root | grep -q OK
+    cg --callgrind-out-file="$OUT/backlog-bridge.cg" "$work/qsktbridge" --source "capture:$work/backlog.bin" --root "$root_addr" \
+        --log-level warning 2> "$work/backlog-bridge.log"
+    callgrind_control -d backlog $root | grep -q OK
+    printf '\xb1' > "$work/empty.bin" # start-up: a capture with no update
+    cg --callgrind-out-file="$OUT/backlog-bridge-idle.cg" "$work/qsktbridge" --source "capture:$work/empty.bin" --root "$root_addr" \
+        --log-level warning 2> "$work/backlog-bridge-idle.log"
+    kill -TERM $root; wait $root || true
+    printf "%-32s %14s %12s\n" run instructions per-change
+    for pair in "mirror-bridge mirror-bridge-idle" "backlog-bridge backlog-bridge-idle"; do
+        set -- $pair
+        busy=$(total "$OUT/$1.cg"); idle=$(total "$OUT/$2.cg")
+        printf "%-32s %14s %12s\n" "$1 (less start-up $idle)" "$((busy - idle))" "$(((busy - idle) / n))"
+        annotate "$OUT/$1.cg" >/dev/null
+    done
+    for t in mirror-target backlog-target; do
+        f=$(ls "$OUT/$t.cg".* | head -1); mv "$f" "$OUT/$t-dump.cg"; rm -f "$OUT/$t.cg" "$OUT/$t.cg".*
+        printf "%-32s %14s %12s\n" "$t (node)" "$(total "$OUT/$t-dump.cg")" "$(($(total "$OUT/$t-dump.cg") / n))"
+        annotate "$OUT/$t-dump.cg" >/dev/null
+    done
+    ;;
 *)
-    sed -n '2,18p' "$0" >&2; exit 2 ;;
+    sed -n '2,23p' "$0" >&2; exit 2 ;;
 esac

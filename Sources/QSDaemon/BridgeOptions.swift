@@ -24,6 +24,12 @@ public struct BridgeOptions: ParsableArguments, Sendable {
     @Option(help: ArgumentHelp("Flush sooner once a batch holds this many bytes, e.g. 16MiB. (env: QS_BATCH_MAX_BYTES)", valueName: "size"))
     public var batchMaxBytes: ByteSize = QSEnv.value("QS_BATCH_MAX_BYTES", ByteSize(16 << 20))
 
+    @Option(help: ArgumentHelp("Batches sent to the root before the bridge waits for the oldest one's answer, 1 to \(BridgeOptions.maxBatchesInFlight): with 2 the next batch reaches the root while it commits the one before (each batch's expected position is the new position of the one before it, so compare-and-swap still applies each position once); 1 waits for each answer. The bridge holds at most this many batches of changes. (env: QS_BATCHES_IN_FLIGHT)", valueName: "n"))
+    public var batchesInFlight: Int = QSEnv.value("QS_BATCHES_IN_FLIGHT", BatchLimits.defaultBatchesInFlight, flag: "--batches-in-flight")
+
+    /// The most `--batches-in-flight` takes: the root reads no more than 32 requests ahead on a connection.
+    public static let maxBatchesInFlight = 8
+
     @Option(help: ArgumentHelp("A change too big to write (over --batch-max-bytes, or over the root's --max-frame-bytes when sent alone): stop the bridge naming its key and size, or skip it, counted and logged (batched mode only). (env: QS_ON_OVERSIZED)", valueName: "stop|skip"))
     public var onOversized: OversizedPolicy = QSEnv.value("QS_ON_OVERSIZED", .stop)
 
@@ -39,11 +45,15 @@ public struct BridgeOptions: ParsableArguments, Sendable {
         guard batchInterval.duration > .zero else { throw ValidationError("--batch-interval must be more than 0, e.g. 500ms") }
         guard batchMaxOps > 0 else { throw ValidationError("--batch-max-ops must be positive") }
         guard batchMaxBytes.bytes > 0 else { throw ValidationError("--batch-max-bytes must be more than 0, e.g. 16MiB") }
+        guard (1...Self.maxBatchesInFlight).contains(batchesInFlight) else {
+            throw ValidationError("--batches-in-flight \(batchesInFlight) (or QS_BATCHES_IN_FLIGHT) must be between 1 and \(Self.maxBatchesInFlight): 2 keeps the root busy while the bridge prepares the next batch, 1 waits for each answer")
+        }
         try validateRootStaleAfter(rootStaleAfter)
     }
 
     public func limits(mode: WriteMode) -> BatchLimits {
-        BatchLimits(interval: batchInterval.duration, maxOps: batchMaxOps, maxBytes: batchMaxBytes.bytes, mode: mode, oversized: onOversized)
+        BatchLimits(interval: batchInterval.duration, maxOps: batchMaxOps, maxBytes: batchMaxBytes.bytes, mode: mode, oversized: onOversized,
+                    batchesInFlight: batchesInFlight)
     }
 
     /// The write token from `--write-token-file` (trailing newline dropped).

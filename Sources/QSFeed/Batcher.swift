@@ -12,14 +12,23 @@ public struct BatchLimits: Sendable {
     public var mode: WriteMode
     /// What to do with one change bigger than `maxBytes` or than the root's largest frame.
     public var oversized: OversizedPolicy
+    /// Batches sent to the root before the bridge waits for the oldest one's answer
+    /// (`--batches-in-flight`): 1 sends a batch and waits for its answer; 2 sends the next
+    /// full batch while the root still commits the one before (its expected position is
+    /// that batch's new one), so the root never waits for the bridge.
+    public var batchesInFlight: Int
+
+    /// The default of `--batches-in-flight`.
+    public static let defaultBatchesInFlight = 2
 
     public init(interval: Duration = .milliseconds(500), maxOps: Int = 10_000, maxBytes: Int = 16 << 20, mode: WriteMode = .batched,
-                oversized: OversizedPolicy = .stop) {
+                oversized: OversizedPolicy = .stop, batchesInFlight: Int = BatchLimits.defaultBatchesInFlight) {
         self.interval = interval
         self.maxOps = maxOps
         self.maxBytes = maxBytes
         self.mode = mode
         self.oversized = oversized
+        self.batchesInFlight = max(1, batchesInFlight)
     }
 }
 
@@ -35,9 +44,24 @@ public enum OversizedPolicy: String, Sendable, CaseIterable {
 }
 
 /// Buffers changes read from the source and writes them to the root as compare-and-swap
-/// batches, one at a time and in order. `add` suspends while the buffer is full, which is
-/// what stops the source reading while the root is slow or down: at most two batches'
-/// worth of changes are held (one in flight, one filling).
+/// batches, in order, with up to `batchesInFlight` sent and not yet answered. When a full
+/// batch is sent and that many are in flight, `add` suspends until the oldest is answered,
+/// which is what stops the source reading while the root is slow or down: at most
+/// `batchesInFlight` batches' worth of changes are held, plus the change being delivered.
+/// Answers are taken as they arrive (the checkpoint, lag and metrics move then), whether or
+/// not anyone waits for them.
+///
+/// Batches in flight chain: each one's expected position is the new position of the one
+/// before. Their answers are taken in order. An applied batch moves the checkpoint; a
+/// conflict (another bridge wrote the source further, or a batch before it was not
+/// applied) tells the root's checkpoint, and every change at or before it is dropped; a
+/// lost answer leaves the outcome unknown. After a conflict that is not at the batch's own
+/// end, or an unknown outcome, the batches still in flight are answered (each answer is
+/// true of the root when it was given: an `applied` means the root's checkpoint was that
+/// batch's expected position, so the changes before it were applied by someone), and then
+/// everything still buffered is sent again from the checkpoint last confirmed: a batch
+/// that did commit answers `conflict` at its own end or further, so nothing is applied twice
+/// and nothing is skipped.
 actor Batcher {
     let sourceID: String
     let limits: BatchLimits
@@ -48,10 +72,26 @@ actor Batcher {
 
     /// The root's checkpoint for this source, as last confirmed.
     private(set) var confirmed: UInt64
+    /// Every change read and not yet confirmed, in order: the first `sent` are in batches in flight.
     private var pending: [FeedChange] = []
     private var pendingOps = 0
     private var pendingBytes = 0
-    private var flushing = false
+    private var sent = 0
+    private var sentOps = 0
+    private var sentBytes = 0
+    /// Batches sent and not yet answered, oldest first.
+    private var inFlight: [InFlight] = []
+    /// Set by a conflict short of a batch's end or an unknown outcome: the batches in flight
+    /// are answered, then what is buffered is sent again from `confirmed`.
+    private var resync = false
+    /// The resync follows a failure: it waits this backoff first.
+    private var failureBackoff: Backoff?
+    /// After the root refused a batch as too large: at most this many changes a batch, until one is applied.
+    private var splitAt: Int?
+    /// After a `frame-too-large` refusal with several batches in flight: one batch at a
+    /// time until the checkpoint passes this position (see `settleOldest`).
+    private var serialThrough: UInt64?
+    private var busy = false
     private var waiters: [CheckedContinuation<Void, Never>] = []
     /// The newest position read from the source (for "caught up").
     private(set) var lastRead: UInt64
@@ -63,6 +103,29 @@ actor Batcher {
     /// timestamp): every change at or before it was delivered. The next flush with nothing
     /// pending moves the checkpoint there (one write, no log entry).
     private var vouched: UInt64?
+
+    /// A batch sent and not yet answered.
+    private struct InFlight {
+        let expected: UInt64
+        let new: UInt64
+        let changes: Int
+        let operations: Int
+        let bytes: Int
+        let sourceTimeNs: UInt64?
+        let sent: RootWriter.Sent
+        /// Set when its answer (or its failure) has arrived.
+        let arrived: Arrival
+    }
+
+    final class Arrival: Sendable {
+        private let box = NIOLockedValueBox(false)
+        var value: Bool { box.withLockedValue { $0 } }
+        func set() { box.withLockedValue { $0 = true } }
+    }
+
+    /// What an answer taken as it arrived said that stops the bridge (a checkpoint gone
+    /// back): thrown by the next `add`, `tick` or `flush`.
+    private var failure: (any Error)?
 
     init(sourceID: String, confirmed: UInt64, limits: BatchLimits, root: RootWriter, logger: Logger, metrics: FeedMetrics,
          freshness: Freshness = Freshness()) {
@@ -79,6 +142,10 @@ actor Batcher {
 
     var isEmpty: Bool { pending.isEmpty }
 
+    private var unsentOps: Int { pendingOps - sentOps }
+    private var unsentBytes: Int { pendingBytes - sentBytes }
+    private var full: Bool { unsentOps >= limits.maxOps || unsentBytes >= limits.maxBytes }
+
     func handle(_ event: FeedEvent) async throws {
         switch event {
         case let .heartbeat(t, position):
@@ -91,6 +158,8 @@ actor Batcher {
             updateLag()
         case let .change(change):
             try await add(change)
+        case let .changes(list):
+            for change in list { try await add(change) }
         }
     }
 
@@ -106,31 +175,52 @@ actor Batcher {
         if change.payloadBytes > limits.maxBytes {
             change = try oversized(change, limit: "the bridge's limit of \(limits.maxBytes) bytes (--batch-max-bytes)")
         }
-        pending.append(change)
-        lastRead = change.position
-        pendingOps += max(change.operations.count, 1)
+        pendingOps += max(change.operationCount, 1)
         pendingBytes += change.payloadBytes
-        metrics.pendingChanges.record(Double(pending.count))
-        freshness.note(pending: pending.count)
-        while pendingOps >= limits.maxOps || pendingBytes >= limits.maxBytes {
-            try await flush()
+        lastRead = change.position
+        pending.append(change)
+        // The pending count is told when it leaves 0 (the wait for the root starts) and at
+        // every batch sent or answered, not at every change.
+        if pending.count == 1 { notePending() }
+        while full {
+            await acquire()
+            defer { release() }
+            if let failure { throw failure }
+            if full { try await sendOne() }
         }
     }
 
-    /// Writes what is buffered, waiting for any flush already running.
-    func flush() async throws {
-        while flushing {
-            await withCheckedContinuation { waiters.append($0) }
+    /// The ticker's flush: sends what is buffered, waiting for answers only as
+    /// `batchesInFlight` asks; the others are taken as they arrive.
+    func tick() async throws { try await write(waitForAnswers: false) }
+
+    /// Writes what is buffered and waits for every answer, waiting for any flush already
+    /// running. Changes added meanwhile go in a later flush (or when a batch fills).
+    func flush() async throws { try await write(waitForAnswers: true) }
+
+    private func write(waitForAnswers: Bool) async throws {
+        await acquire()
+        defer { release() }
+        if let failure { throw failure }
+        let through = pending.last?.position ?? confirmed
+        while true {
+            if resync {
+                try await settleAll()
+                continue
+            }
+            if sent < pending.count, pending[sent].position <= through {
+                try await sendOne()
+            } else if waitForAnswers, !inFlight.isEmpty {
+                try await settleOldest()
+            } else {
+                break
+            }
         }
-        flushing = true
-        defer {
-            flushing = false
-            if !waiters.isEmpty { waiters.removeFirst().resume() }
-        }
-        while !pending.isEmpty {
-            let whole = try await flushOne()
-            if whole && pendingOps < limits.maxOps && pendingBytes < limits.maxBytes { break }
-        }
+        if inFlight.isEmpty { try await quiet() }
+    }
+
+    /// Nothing buffered, nothing in flight: the checkpoint may move without a change.
+    private func quiet() async throws {
         // A quiet source: move the checkpoint to the position it vouched for, so a barrier
         // (`qsctl wait --until`) completes without a change to carry it. The ticker flushes
         // once per batch interval, which bounds these writes to one per interval.
@@ -144,8 +234,22 @@ actor Batcher {
             vouched = nil
             pending.append(FeedChange(position: v, operations: [], sourceTimeNs: heartbeatTimeNs))
             pendingOps += 1
-            _ = try await flushOne()
+            try await sendOne()
+            try await settleAll()
         }
+    }
+
+    /// One sender at a time: sending and taking answers happen in order.
+    private func acquire() async {
+        while busy {
+            await withCheckedContinuation { waiters.append($0) }
+        }
+        busy = true
+    }
+
+    private func release() {
+        busy = false
+        if !waiters.isEmpty { waiters.removeFirst().resume() }
     }
 
     /// A change no batch can carry: stops the bridge (`FeedError.stop` naming the key, its
@@ -165,7 +269,9 @@ actor Batcher {
 
     /// The key of a change's biggest operation and the change's size, for the operator.
     static func describe(_ change: FeedChange) -> String {
-        let biggest = change.operations.max { $0.payloadBytes < $1.payloadBytes }
+        // A verbatim entry's operations are decoded only here, for the message.
+        let operations = change.operations.isEmpty ? change.entry.flatMap { try? LogEntry.decode($0.bytes).operations } ?? [] : change.operations
+        let biggest = operations.max { $0.payloadBytes < $1.payloadBytes }
         let key: [UInt8]
         switch biggest {
         case let .set(k, _, _)?, let .delete(k)?, let .clearPrefix(k)?: key = k
@@ -174,97 +280,206 @@ actor Batcher {
         let printable = key.prefix(200).map { b -> String in
             (0x20..<0x7F).contains(b) && b != 0x5C ? String(UnicodeScalar(b)) : String(format: "\\x%02x", b)
         }.joined()
-        let ops = change.operations.count == 1 ? "" : " (\(change.operations.count) operations)"
+        let ops = change.operationCount == 1 ? "" : " (\(change.operationCount) operations)"
         return "key '\(printable)\(key.count > 200 ? "…" : "")' with \(change.payloadBytes) bytes of key and value\(ops)"
     }
 
-    /// Sends one batch: the oldest buffered changes up to the limits. A batch the root
-    /// refuses as too large (`frame-too-large`) is sent again in halves; a change refused
-    /// alone is handled as oversized (`OversizedPolicy`). Returns false when the batch
-    /// had to be split (the rest is still to send).
-    private func flushOne() async throws -> Bool {
-        var most = pending.count
-        let all = most
-        while true {
-            do {
-                try await flushOne(atMost: most)
-                return most >= all
-            } catch let refusal as RootRefusal where refusal.code == .frameTooLarge {
-                guard most > 1 else {
-                    guard let first = pending.first else { return true }
-                    let skipped = try oversized(first, limit: "the root's largest frame (its --max-frame-bytes): \(refusal.message)")
-                    pending[0] = skipped
-                    pendingOps += 1 - max(first.operations.count, 1)
-                    pendingBytes -= first.payloadBytes
-                    continue
-                }
-                most = min(most, pending.count) / 2
-                logger.info("the root refused a batch as too large; sending it in smaller batches",
-                            metadata: ["changes": "\(most)", "error": "\(refusal.message)"])
-            }
-        }
-    }
-
-    private func flushOne(atMost most: Int) async throws {
+    /// Sends the oldest unsent changes, up to the limits, as one batch chained on the batch
+    /// before (or on `confirmed`), then takes answers until fewer than `batchesInFlight`
+    /// batches are in flight. A resync first answers every batch in flight.
+    private func sendOne() async throws {
+        if resync { try await settleAll() }
+        guard sent < pending.count else { return }
         var count = 0, ops = 0, bytes = 0
-        for c in pending {
-            let o = max(c.operations.count, 1), b = c.payloadBytes
+        let most = splitAt ?? Int.max
+        for c in pending[sent...] {
+            let o = max(c.operationCount, 1), b = c.payloadBytes
             if count >= most || count > 0 && (ops + o > limits.maxOps || bytes + b > limits.maxBytes) { break }
             count += 1; ops += o; bytes += b
         }
-        let batch = Array(pending.prefix(count))
+        let batch = pending[sent..<(sent + count)]
         guard let last = batch.last else { return }
-        let expected = confirmed
-        let response: Response
-        let operations: [Mutation]
+        let expected = inFlight.last?.new ?? confirmed
+        let request: Request
+        let operations: Int, operationBytes: Int
         switch limits.mode {
         case .batched:
-            operations = coalesce(batch.flatMap(\.operations))
-            response = try await root.batch(sourceID: sourceID, expected: expected, new: last.position, operations: operations)
+            let merged = coalesce(batch.flatMap(\.operations))
+            (operations, operationBytes) = (merged.count, merged.reduce(0) { $0 + $1.payloadBytes })
+            request = .batch(.init(token: root.token, sourceID: sourceID, expected: expected, new: last.position, operations: merged))
         case .compatible:
-            operations = batch.flatMap(\.operations)
-            let entries = batch.compactMap(\.entry)
-            guard entries.count == batch.count else { throw FeedError.stop("compatible mode needs a QS log source (entries to append verbatim)") }
-            response = try await root.append(entries, sourceTimeNs: max(freshness.timeNs ?? 0, last.sourceTimeNs ?? 0))
+            var entries = [StoredEntry]()
+            entries.reserveCapacity(count)
+            var n = 0, m = 0
+            for c in batch {
+                guard let e = c.entry else { throw FeedError.stop("compatible mode needs a QS log source (entries to append verbatim)") }
+                entries.append(e)
+                n += c.operationCount
+                m += c.operationBytes
+            }
+            (operations, operationBytes) = (n, m)
+            request = .append(token: root.token, entries: entries, sourceTimeNs: max(freshness.timeNs ?? 0, last.sourceTimeNs ?? 0))
         }
+        let what = limits.mode == .batched ? "batch" : "append"
+        let handle = try await root.send(what, request)
+        let arrival = Arrival()
+        notePending()
+        inFlight.append(InFlight(expected: expected, new: last.position, changes: count, operations: operations, bytes: operationBytes,
+                                 sourceTimeNs: last.sourceTimeNs, sent: handle, arrived: arrival))
+        // Its answer is taken as soon as it arrives, whoever waits (or nobody).
+        Task {
+            _ = try? await handle.answer.wait()
+            arrival.set()
+            await answerArrived()
+        }
+        sent += count; sentOps += ops; sentBytes += bytes
+        while inFlight.count >= batchesAllowed() {
+            try await settleOldest()
+        }
+        if resync { try await settleAll() }
+    }
+
+    /// Takes the answers that have arrived, in order (an answer arrives after those before it).
+    private func answerArrived() async {
+        await acquire()
+        defer { release() }
+        do {
+            while let first = inFlight.first, first.arrived.value { try await settleOldest() }
+        } catch {
+            if failure == nil { failure = error }
+        }
+    }
+
+    /// How many batches may be in flight now: `batchesInFlight`, or one while a refusal
+    /// is told apart (`serialThrough`).
+    private func batchesAllowed() -> Int {
+        guard let through = serialThrough else { return limits.batchesInFlight }
+        if confirmed < through { return 1 }
+        serialThrough = nil
+        return limits.batchesInFlight
+    }
+
+    /// Takes every answer still owed, then, after a resync, marks everything buffered unsent.
+    private func settleAll() async throws {
+        while !inFlight.isEmpty { try await settleOldest() }
+        guard resync else { return }
+        resync = false
+        sent = 0; sentOps = 0; sentBytes = 0
+        if var backoff = failureBackoff {
+            try await Task.sleep(for: backoff.next())
+            failureBackoff = backoff
+        }
+    }
+
+    /// Waits for the oldest batch's answer and acts on it.
+    private func settleOldest() async throws {
+        guard let b = inFlight.first else { return }
+        let response: Response
+        do {
+            response = try await root.answer(b.sent)
+        } catch let refusal as RootRefusal where refusal.code == .frameTooLarge {
+            let others = inFlight.count > 1, lastSent = inFlight.last?.new ?? b.new
+            inFlight.removeFirst()
+            resync = true
+            guard !others else {
+                // A root refuses a frame too large as soon as it reads it, and closes, ahead
+                // of the answers it owes for the requests before it: with several batches
+                // in flight the refusal may be any one's. Sent again one at a time until
+                // past them, the batch it is for is told apart.
+                serialThrough = max(serialThrough ?? 0, lastSent)
+                return
+            }
+            try tooLarge(b, refusal)
+            return
+        } catch let error as FeedError {
+            inFlight.removeFirst()
+            resync = true
+            throw error
+        } catch is CancellationError {
+            inFlight.removeFirst()
+            resync = true
+            throw CancellationError()
+        } catch {
+            // Lost with its connection (logged and counted by the root writer): unknown.
+            inFlight.removeFirst()
+            resync = true
+            if failureBackoff == nil { failureBackoff = Backoff() }
+            return
+        }
+        inFlight.removeFirst()
         switch response {
         case let .applied(_, _, dropped):
-            appliedChanges += batch.count
+            appliedChanges += b.changes
             metrics.batchesApplied.increment()
-            metrics.opsSent.increment(by: operations.count)
-            metrics.bytesSent.increment(by: operations.reduce(0) { $0 + $1.payloadBytes })
+            metrics.opsSent.increment(by: b.operations)
+            metrics.bytesSent.increment(by: b.bytes)
             metrics.identicalDropped.increment(by: Int(dropped))
-            drop(through: last.position)
-            confirmed = last.position
-            if let t = last.sourceTimeNs { appliedTimeNs = t }
+            drop(through: b.new)
+            confirmed = max(confirmed, b.new)
+            if let t = b.sourceTimeNs { appliedTimeNs = t }
+            splitAt = nil
+            failureBackoff = nil
         case let .conflict(current):
             metrics.conflicts.increment()
-            guard current >= expected else {
-                throw FeedError.stop("root checkpoint for \(sourceID) went back from \(expected) to \(current): refusing to guess; restart the bridge to resume from the root's checkpoint")
+            guard current >= confirmed else {
+                resync = true
+                throw FeedError.stop("root checkpoint for \(sourceID) went back from \(confirmed) to \(current): refusing to guess; restart the bridge to resume from the root's checkpoint")
             }
-            logger.info("conflict: another writer applied this source further; skipping what it applied",
-                        metadata: ["source-id": "\(sourceID)", "expected": "\(expected)", "current": "\(current)"])
+            if current != b.new {
+                logger.info("conflict: another writer applied this source further; skipping what it applied",
+                            metadata: ["source-id": "\(sourceID)", "expected": "\(b.expected)", "current": "\(current)"])
+                resync = true
+            }
             drop(through: current)
             confirmed = current
         default:
+            resync = true
             throw FeedError.stop("unexpected answer from root: \(response)")
         }
         freshness.noteProgress()
         metrics.checkpoint.record(Double(confirmed))
+        notePending()
+        updateLag()
+    }
+
+    /// The root refused batch `b` as too large (`frame-too-large`): what is buffered is sent
+    /// again in batches of half as many changes; a change refused alone is handled as
+    /// oversized (`OversizedPolicy`).
+    private func tooLarge(_ b: InFlight, _ refusal: RootRefusal) throws {
+        guard b.changes == 1 else {
+            splitAt = max(1, b.changes / 2)
+            logger.info("the root refused a batch as too large; sending it in smaller batches",
+                        metadata: ["changes": "\(b.changes / 2)", "error": "\(refusal.message)"])
+            return
+        }
+        splitAt = 1
+        guard let first = pending.first, first.position == b.new else { return }
+        let skipped = try oversized(first, limit: "the root's largest frame (its --max-frame-bytes): \(refusal.message)")
+        pending[0] = skipped
+        pendingOps += 1 - max(first.operationCount, 1)
+        pendingBytes -= first.payloadBytes
+    }
+
+    private func notePending() {
         metrics.pendingChanges.record(Double(pending.count))
         freshness.note(pending: pending.count)
-        updateLag()
     }
 
     private func drop(through position: UInt64) {
         var n = 0
         for c in pending {
             guard c.position <= position else { break }
+            let o = max(c.operationCount, 1), b = c.payloadBytes
+            if n < sent {
+                sentOps -= o
+                sentBytes -= b
+            }
             n += 1
-            pendingOps -= max(c.operations.count, 1)
-            pendingBytes -= c.payloadBytes
+            pendingOps -= o
+            pendingBytes -= b
         }
         pending.removeFirst(n)
+        sent = max(0, sent - n)
     }
 
     /// Lag: now minus the source time of the last applied position; when everything read

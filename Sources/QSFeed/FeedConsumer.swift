@@ -196,7 +196,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
                         var progress = Progress(start: start)
                         while true {
                             try await Task.sleep(for: limits.interval)
-                            try await batcher.flush()
+                            try await batcher.tick()
                             let cp = await batcher.confirmed
                             self.state.withLockedValue { $0.checkpoint = cp }
                             progress.report(checkpoint: cp, applied: await batcher.appliedChanges, lag: self.status.lagSeconds, logger: self.logger)

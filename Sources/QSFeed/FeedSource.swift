@@ -6,21 +6,44 @@ import QSModel
 public struct FeedChange: Sendable, Equatable {
     /// The source position (a KT timestamp, a QS log index). Strictly increasing.
     public var position: UInt64
-    public var operations: [Mutation]
+    public var operations: [Mutation] {
+        didSet {
+            operationCount = operations.count
+            operationBytes = Self.bytes(of: operations)
+        }
+    }
     /// Wall time the position stands for, in nanoseconds since the epoch (for lag).
     public var sourceTimeNs: UInt64?
     /// The source's log entry itself, when the source is a QS log (compatible mode
     /// appends it verbatim).
     public var entry: StoredEntry?
+    /// How many operations the change holds: `operations.count`, or the entry's count when
+    /// a QS log entry is forwarded verbatim without its operations decoded (compatible mode).
+    public private(set) var operationCount: Int
+    /// Key and value bytes of those operations (counted once, not at every look).
+    public private(set) var operationBytes: Int
 
-    public init(position: UInt64, operations: [Mutation], sourceTimeNs: UInt64? = nil, entry: StoredEntry? = nil) {
+    /// `operationCount` and `operationBytes` describe an entry whose operations are not
+    /// decoded (`operations` empty); by default they are counted from `operations`.
+    public init(position: UInt64, operations: [Mutation], sourceTimeNs: UInt64? = nil, entry: StoredEntry? = nil,
+                operationCount: Int? = nil, operationBytes: Int? = nil) {
         self.position = position
         self.operations = operations
         self.sourceTimeNs = sourceTimeNs
         self.entry = entry
+        self.operationCount = operationCount ?? operations.count
+        self.operationBytes = operationBytes ?? Self.bytes(of: operations)
     }
 
-    public var payloadBytes: Int { entry?.bytes.count ?? operations.reduce(0) { $0 + $1.payloadBytes } }
+    /// What the change weighs in a batch: the entry's bytes when it is appended verbatim,
+    /// else its operations' key and value bytes.
+    public var payloadBytes: Int { entry?.bytes.count ?? operationBytes }
+
+    static func bytes(of operations: [Mutation]) -> Int {
+        var n = 0
+        for op in operations { n += op.payloadBytes }
+        return n
+    }
 }
 
 /// How a bridge writes into its root.
@@ -36,6 +59,9 @@ public enum WriteMode: String, Sendable, CaseIterable {
 /// What a source delivers, in order.
 public enum FeedEvent: Sendable, Equatable {
     case change(FeedChange)
+    /// Several changes in order, delivered at once (the entries of one QS log frame): the
+    /// same as each delivered alone, without a hop to the consumer for each.
+    case changes([FeedChange])
     /// The source is alive and its clock (ns since the epoch) has reached this time. With
     /// `position`, the source also vouches that it has sent every change at or before that
     /// position (KT: the heartbeat's timestamp, its clock minus 1 s, never below the last

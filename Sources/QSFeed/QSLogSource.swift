@@ -14,12 +14,16 @@ public struct QSLogSource: FeedSource {
     public let stopAtHead: Bool
     /// The source node's replication token (its `--replication-token-file`); empty when it has none.
     public let token: [UInt8]
+    /// Whether each change carries its entry's operations (batched mode applies them);
+    /// false for compatible mode, which appends the entries verbatim: see `LogEntryChange`.
+    public let decodeOperations: Bool
     public var name: String { "qs://\(endpoint)" }
 
-    public init(endpoint: Endpoint, stopAtHead: Bool = false, token: [UInt8] = []) {
+    public init(endpoint: Endpoint, stopAtHead: Bool = false, token: [UInt8] = [], decodeOperations: Bool = true) {
         self.endpoint = endpoint
         self.stopAtHead = stopAtHead
         self.token = token
+        self.decodeOperations = decodeOperations
     }
 
     struct Closed: Error, CustomStringConvertible {
@@ -58,20 +62,15 @@ public struct QSLogSource: FeedSource {
         }
         await client.close()
         if let stopAt, stopAt <= position { return }
-        let name = self.name
+        let name = self.name, decodeOperations = self.decodeOperations
         do {
             try await subscription.stream(after: position, hash: hash) { _, response in
                 switch response {
                 case let .entries(list):
-                    for e in list {
-                        let entry: LogEntry
-                        do { entry = try LogEntry.decode(e.bytes) } catch {
-                            throw FeedError.corrupt("\(name): entry \(e.index) does not decode: \(error)")
-                        }
-                        try await deliver(.change(FeedChange(position: e.index, operations: entry.operations,
-                                                             sourceTimeNs: entry.commitTimeNs, entry: e)))
-                        if let stopAt, e.index >= stopAt { throw ReachedHead() }
+                    let reached = try await LogEntryChange.deliver(list, decodeOperations: decodeOperations, stopAt: stopAt, deliver) { e, error in
+                        FeedError.corrupt("\(name): entry \(e.index) does not decode: \(error)")
                     }
+                    if reached { throw ReachedHead() }
                 case let .heartbeat(_, rootTime):
                     try await deliver(.heartbeat(sourceTimeNs: rootTime))
                 default:
@@ -106,26 +105,25 @@ public struct QSLogSource: FeedSource {
 /// offset; every complete frame before it is applied.
 public struct QSCaptureSource: FeedSource {
     public let entries: QSCaptureEntries
+    /// As `QSLogSource.decodeOperations`.
+    public let decodeOperations: Bool
     public var name: String { entries.name }
 
-    public init(path: String) {
+    public init(path: String, decodeOperations: Bool = true) {
         entries = QSCaptureEntries(path: path)
+        self.decodeOperations = decodeOperations
     }
 
     public func run(after position: UInt64, deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {
+        let decodeOperations = self.decodeOperations
         do {
             try await entries.run(after: position) { event in
                 switch event {
                 case let .heartbeat(_, rootTimeNs):
                     try await deliver(.heartbeat(sourceTimeNs: rootTimeNs))
                 case let .entries(list):
-                    for e in list {
-                        let entry: LogEntry
-                        do { entry = try LogEntry.decode(e.bytes) } catch {
-                            throw FeedError.stop("\(entries.name): entry \(e.index) does not decode: \(error)")
-                        }
-                        try await deliver(.change(FeedChange(position: e.index, operations: entry.operations,
-                                                             sourceTimeNs: entry.commitTimeNs, entry: e)))
+                    _ = try await LogEntryChange.deliver(list, decodeOperations: decodeOperations, stopAt: nil, deliver) { e, error in
+                        FeedError.stop("\(entries.name): entry \(e.index) does not decode: \(error)")
                     }
                 }
             }
@@ -136,5 +134,46 @@ public struct QSCaptureSource: FeedSource {
         } catch {
             throw FeedError.stop("\(error)")
         }
+    }
+}
+
+/// A QS log entry as a change at its index. With its operations decoded for batched mode;
+/// for compatible mode, which appends the entry's bytes verbatim, only checked and
+/// summarised (`LogEntry.summary`: commit time, operation count and bytes), which spares the
+/// bridge building every key and value it would only forward (about half its work per
+/// entry, docs/benchmarks.md). Either way an entry that does not decode is refused.
+enum LogEntryChange {
+    static func make(_ e: StoredEntry, decodeOperations: Bool) throws -> FeedChange {
+        if decodeOperations {
+            let entry = try LogEntry.decode(e.bytes)
+            return FeedChange(position: e.index, operations: entry.operations, sourceTimeNs: entry.commitTimeNs, entry: e)
+        }
+        let summary = try LogEntry.summary(of: e.bytes)
+        return FeedChange(position: e.index, operations: [], sourceTimeNs: summary.commitTimeNs, entry: e,
+                          operationCount: summary.operations, operationBytes: summary.operationBytes)
+    }
+
+    /// Delivers a frame's entries as one event, through `stopAt` (the rest are left).
+    /// An entry that does not decode is thrown as `refusal` makes it, after the entries
+    /// before it are delivered. Returns whether `stopAt` was reached.
+    static func deliver(_ list: [StoredEntry], decodeOperations: Bool, stopAt: UInt64?,
+                        _ deliver: @Sendable (FeedEvent) async throws -> Void,
+                        refusal: (StoredEntry, any Error) -> FeedError) async throws -> Bool {
+        var changes = [FeedChange]()
+        changes.reserveCapacity(list.count)
+        for e in list {
+            do {
+                changes.append(try make(e, decodeOperations: decodeOperations))
+            } catch {
+                if !changes.isEmpty { try await deliver(.changes(changes)) }
+                throw refusal(e, error)
+            }
+            if let stopAt, e.index >= stopAt {
+                try await deliver(.changes(changes))
+                return true
+            }
+        }
+        if !changes.isEmpty { try await deliver(.changes(changes)) }
+        return false
     }
 }

@@ -17,10 +17,29 @@ public protocol RootConnection: Sendable {
     func head() async throws -> Head
     /// Sends one request and returns its answer, error answers included.
     func send(_ request: Request, timeout: TimeAmount) async throws -> Response
+    /// Sends `request` without waiting for its answer: requests started one after another
+    /// reach the root in that order and are answered in that order, so a writer can keep
+    /// several batches in flight on one connection.
+    func start(_ request: Request, timeout: TimeAmount) -> PendingAnswer
     func close() async
 }
 
-extension QSClient: RootConnection {}
+/// The answer a request sent with `RootConnection.start` will get (error answers
+/// included); it may be awaited more than once.
+public struct PendingAnswer: Sendable {
+    public let wait: @Sendable () async throws -> Response
+
+    public init(wait: @escaping @Sendable () async throws -> Response) {
+        self.wait = wait
+    }
+}
+
+extension QSClient: RootConnection {
+    public func start(_ request: Request, timeout: TimeAmount) -> PendingAnswer {
+        let answer: EventLoopFuture<Frame> = start(request, timeout: timeout)
+        return PendingAnswer { try await QSClient.response(answer) }
+    }
+}
 
 /// A root's answer that retrying the same request cannot change (`frame-too-large`):
 /// the caller sends something else (a smaller batch) or stops.
@@ -60,6 +79,9 @@ public actor RootWriter {
     /// Where the token came from, for the refusal message (e.g. `--write-token-file /etc/qs/token`).
     let tokenOrigin: String
     private var current: (any RootConnection)?
+    /// Counts the connections made, so the failure of a call sent on an older one does not
+    /// close a newer one.
+    private var generation = 0
     private var connecting: Task<Connected, any Error>?
     private var inFlight = 0
     private var lastAnswer = ContinuousClock.now
@@ -198,6 +220,7 @@ public actor RootWriter {
         let made = try await attempt.value
         if let current { return current }
         current = made.connection
+        generation += 1
         let to = endpoints[made.index]
         if let previous = lastUsed, previous != made.index {
             let why = ([leaving].compactMap { $0 } + made.passedOver).joined(separator: "; ")
@@ -342,31 +365,101 @@ public actor RootWriter {
                 let answer = try await call(c)
                 answered()
                 return answer
-            } catch let error as ClientError {
-                if case let .server(code, message) = error {
-                    switch ErrorCode(rawValue: code) {
-                    case .unauthorized, .invalidRequest, .unsupported, .malformed:
-                        throw FeedError.stop("root refused \(what): \(message)")
-                    case .frameTooLarge:
-                        // The same request would be refused again: the caller sends less.
-                        await drop("\(error)")
-                        throw RootRefusal(code: .frameTooLarge, message: message)
-                    default: break
-                    }
-                }
-                metrics.rootErrors.increment()
-                logger.warning("root call failed, retrying", metadata: ["call": "\(what)", "error": "\(error)", "root": "\(endpoint)"])
-                await drop("\(error)")
-            } catch is CancellationError {
-                throw CancellationError()
-            } catch let error as FeedError {
-                throw error
             } catch {
-                metrics.rootErrors.increment()
-                logger.warning("root unreachable, retrying", metadata: ["call": "\(what)", "error": "\(error)", "root": "\(endpoint)"])
-                await drop("\(error)")
+                try await failed(what, error)
             }
             try await Task.sleep(for: backoff.next())
+        }
+    }
+
+    /// What a failed call means. Throws what retrying cannot cure: `FeedError.stop` (a node
+    /// error such as unauthorized or an invalid request), `RootRefusal` (frame-too-large: the
+    /// caller sends less), cancellation. Anything else is counted and logged, and the
+    /// connection is dropped (`generation`: the connection the call went on; nil, the
+    /// current one) so the next call makes a new one.
+    private func failed(_ what: String, _ error: any Error, generation: Int? = nil) async throws {
+        let mine = generation.map { $0 == self.generation } ?? true
+        switch error {
+        case let error as ClientError:
+            if case let .server(code, message) = error {
+                switch ErrorCode(rawValue: code) {
+                case .unauthorized, .invalidRequest, .unsupported, .malformed:
+                    throw FeedError.stop("root refused \(what): \(message)")
+                case .frameTooLarge:
+                    // The same request would be refused again: the caller sends less.
+                    if mine { await drop("\(error)") }
+                    throw RootRefusal(code: .frameTooLarge, message: message)
+                default: break
+                }
+            }
+            metrics.rootErrors.increment()
+            logger.warning("root call failed, retrying", metadata: ["call": "\(what)", "error": "\(error)", "root": "\(endpoint)"])
+        case is CancellationError:
+            throw CancellationError()
+        case let error as FeedError:
+            throw error
+        default:
+            metrics.rootErrors.increment()
+            logger.warning("root unreachable, retrying", metadata: ["call": "\(what)", "error": "\(error)", "root": "\(endpoint)"])
+        }
+        if mine { await drop("\(error)") }
+    }
+
+    /// A write sent without waiting for its answer (`send(_:_:)`), on the connection it went on.
+    public struct Sent: Sendable {
+        let what: String
+        let answer: PendingAnswer
+        let generation: Int
+    }
+
+    /// Sends a batch or an append without waiting for its answer, connecting first (with
+    /// backoff, for as long as the task is not cancelled) if there is no connection.
+    /// Writes sent one after another reach the root in that order. Every `Sent` must be
+    /// passed to `answer(_:)` once.
+    public func send(_ what: String, _ request: Request) async throws -> Sent {
+        var backoff = Backoff()
+        while true {
+            try Task.checkCancellation()
+            do {
+                let c = try await connection()
+                inFlight += 1
+                startWaiting()
+                return Sent(what: what, answer: c.start(request, timeout: Self.callTimeout), generation: generation)
+            } catch {
+                try await failed(what, error)
+            }
+            try await Task.sleep(for: backoff.next())
+        }
+    }
+
+    /// The answer to a write `send(_:_:)` sent: `applied` or `conflict`. Throws what
+    /// `failed` throws, and, for an answer lost with its connection (or an error answer
+    /// retrying may cure), the error itself after dropping that connection: the write's
+    /// outcome is then unknown, and compare-and-swap on the position resolves it when the
+    /// caller sends again.
+    public func answer(_ sent: Sent) async throws -> Response {
+        defer { inFlight -= 1 }
+        do {
+            let r = try Self.writeAnswer(try await sent.answer.wait())
+            answered()
+            return r
+        } catch {
+            try await failed(sent.what, error, generation: sent.generation)
+            throw error
+        }
+    }
+
+    /// A write's answer: `applied` and `conflict` returned, error answers thrown
+    /// (`diverged` stops the bridge: the target has another history).
+    static func writeAnswer(_ r: Response) throws -> Response {
+        switch r {
+        case .applied, .conflict: return r
+        case let .error(code, message):
+            if ErrorCode(rawValue: code) == .diverged {
+                throw FeedError.stop("the target root has another history than the source: \(message)")
+            }
+            throw ClientError.server(code: code, message: message)
+        default: throw ClientError.unexpected("\(r)")
         }
     }
 
@@ -409,12 +502,7 @@ public actor RootWriter {
         let request = Request.batch(.init(token: token, sourceID: sourceID, expected: expected, new: new,
                                           operations: operations, copyCursor: copyCursor))
         return try await perform("batch") { client in
-            let r = try await client.send(request, timeout: Self.callTimeout)
-            switch r {
-            case .applied, .conflict: return r
-            case let .error(code, message): throw ClientError.server(code: code, message: message)
-            default: throw ClientError.unexpected("\(r)")
-            }
+            try Self.writeAnswer(try await client.send(request, timeout: Self.callTimeout))
         }
     }
 
@@ -435,16 +523,7 @@ public actor RootWriter {
     public func append(_ entries: [StoredEntry], sourceTimeNs: UInt64 = 0) async throws -> Response {
         let token = self.token
         return try await perform("append") { client in
-            let r = try await client.send(.append(token: token, entries: entries, sourceTimeNs: sourceTimeNs), timeout: Self.callTimeout)
-            switch r {
-            case .applied, .conflict: return r
-            case let .error(code, message):
-                if ErrorCode(rawValue: code) == .diverged {
-                    throw FeedError.stop("the target root has another history than the source: \(message)")
-                }
-                throw ClientError.server(code: code, message: message)
-            default: throw ClientError.unexpected("\(r)")
-            }
+            try Self.writeAnswer(try await client.send(.append(token: token, entries: entries, sourceTimeNs: sourceTimeNs), timeout: Self.callTimeout))
         }
     }
 

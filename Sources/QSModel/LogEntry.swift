@@ -62,6 +62,59 @@ public struct LogEntry: Sendable, Equatable {
     }
 }
 
+extension LogEntry {
+    /// What a bridge appending an entry verbatim needs of it (`qsqsbridge --mode
+    /// compatible`): its commit time, how many operations it holds and their key and value
+    /// bytes (`Mutation.payloadBytes`), read without building the operations, their keys and
+    /// values, or the source id. It checks the entry as `decode` does (version, UTF-8 source id, every operation's tag, flags and
+    /// lengths, no trailing bytes): it accepts exactly the entries `decode` accepts.
+    public static func summary(of bytes: [UInt8]) throws -> (commitTimeNs: UInt64, operations: Int, operationBytes: Int) {
+        var r = ByteReader(bytes)
+        let v = try r.readU8("entry version")
+        guard v == version || v == copyVersion else { throw DecodeError(offset: 0, reason: "unsupported log entry version \(v)") }
+        let t = try r.readU64("commit time")
+        let idLength = Int(try r.readU16("source id length"))
+        let idStart = r.consumed
+        try r.skip(idLength, "source id")
+        let id = bytes[idStart..<(idStart + idLength)]
+        if !id.allSatisfy({ $0 < 0x80 }), String(validating: id, as: UTF8.self) == nil {
+            throw DecodeError(offset: idStart, reason: "source id is not valid UTF-8")
+        }
+        _ = try r.readU64("position")
+        let count = Int(try r.readU32("operation count"))
+        // Each operation takes at least 5 bytes, as `Mutation.decodeList` requires.
+        guard count <= r.remaining / 5 else {
+            throw DecodeError(offset: r.offset - 4, reason: "operation count \(count) exceeds what \(r.remaining) bytes can hold")
+        }
+        var payload = 0
+        func blob(_ length: String, _ what: String) throws {
+            let n = Int(try r.readU32(length))
+            try r.skip(n, what)
+            payload += n
+        }
+        for _ in 0..<count {
+            let at = r.offset
+            switch try r.readU8("operation tag") {
+            case Mutation.setTag:
+                let flags = try r.readU8("set flags")
+                guard flags & ~1 == 0 else { throw DecodeError(offset: at + 1, reason: "unknown set flags \(flags)") }
+                if flags & 1 == 1 { try r.skip(8, "expiry") }
+                try blob("key length", "key")
+                try blob("value length", "value")
+            case Mutation.deleteTag:
+                try blob("key length", "key")
+            case Mutation.clearTag:
+                try blob("prefix length", "prefix")
+            case let tag:
+                throw DecodeError(offset: at, reason: "unknown operation tag \(tag)")
+            }
+        }
+        if v == copyVersion { try r.skip(Int(try r.readU32("copy cursor length")), "copy cursor") }
+        try r.expectEnd("log entry")
+        return (t, count, payload)
+    }
+}
+
 /// The chained hash: `h(i) = SHA-256(h(i-1) ‖ entry bytes)`, `h(0)` = 32 zero bytes.
 public enum ChainHash {
     public static func next(previous: [UInt8], entry: [UInt8]) -> [UInt8] {

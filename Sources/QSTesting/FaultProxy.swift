@@ -32,6 +32,10 @@ public final class FaultProxy: @unchecked Sendable {
         /// on a connection arrives inverted, once in the proxy's life (the first connection
         /// to get that far): damage in transit that TCP's checksum missed.
         case flipByte(at: Int)
+        /// The upstream's answers wait in the proxy (none lost) until the fault is lifted;
+        /// what the client sends passes: a server whose answers are slow to come back, so a
+        /// test can see what a client sends before it has an answer.
+        case holdReplies
 
         public var description: String {
             switch self {
@@ -43,6 +47,7 @@ public final class FaultProxy: @unchecked Sendable {
             case .blackhole: return "blackhole"
             case let .bandwidth(rate): return "bandwidth \(rate) B/s"
             case let .flipByte(at): return "byte \(at) from the upstream flipped, once"
+            case .holdReplies: return "hold replies"
             }
         }
     }
@@ -262,6 +267,7 @@ public final class FaultProxy: @unchecked Sendable {
                     usleep(20_000)
                     continue
                 }
+                let holding = fault == .holdReplies
                 let delay: Duration = if case let .delay(d) = fault { d } else { .zero }
                 let rate: Int? = if case let .bandwidth(r) = fault { max(1, r) } else { nil }
                 let now = ContinuousClock.now
@@ -269,7 +275,7 @@ public final class FaultProxy: @unchecked Sendable {
                 var timeout = Duration.milliseconds(50)
                 for (i, d) in [up, down].enumerated() {
                     if !d.ended && d.queued < 1 << 20 { fds[i].events |= Int16(POLLIN) }
-                    if let head = d.queue.first {
+                    if let head = d.queue.first, !(holding && i == 1) {
                         let at = max(head.due, d.nextSend)
                         if at <= now { fds[1 - i].events |= Int16(POLLOUT) } else { timeout = min(timeout, at - now) }
                     }
@@ -300,7 +306,7 @@ public final class FaultProxy: @unchecked Sendable {
                     }
                 }
                 // Writes.
-                for i in 0..<2 {
+                for i in 0..<2 where !(holding && i == 1) {
                     var d = i == 0 ? up : down
                     if !send(&d, rate: rate) { return finish(reset: true) }
                     if d.ended && d.queue.isEmpty && !d.endSent {

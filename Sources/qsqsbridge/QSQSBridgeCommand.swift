@@ -47,12 +47,13 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
         logger.info("bridge starting", metadata: ["source": "\(spec)", "mode": "\(mode)", "source-id": "\(id)", "root": "\(bridge.root)"])
         switch spec.kind {
         case let .capture(path):
-            let consumer = FeedConsumer(source: QSCaptureSource(path: path), sourceID: id, root: writer,
+            let consumer = FeedConsumer(source: QSCaptureSource(path: path, decodeOperations: mode == .batched), sourceID: id, root: writer,
                                         limits: bridge.limits(mode: mode), metrics: metrics, logger: logger)
             try await runBridge(consumer: consumer, service: service, registry: registry, logger: logger)
         case let .node(endpoint):
             let consumer = FeedConsumer(source: QSLogSource(endpoint: endpoint, stopAtHead: bridge.once,
-                                                                  token: try TokenFile.optional(sourceTokenFile, flag: "--source-token-file") ?? []), sourceID: id, root: writer,
+                                                                  token: try TokenFile.optional(sourceTokenFile, flag: "--source-token-file") ?? [],
+                                                                  decodeOperations: mode == .batched), sourceID: id, root: writer,
                                         limits: bridge.limits(mode: mode), metrics: metrics, logger: logger)
             try await runBridge(consumer: consumer, service: service, registry: registry, logger: logger)
         }

@@ -14,10 +14,12 @@ final class FeedConsumerTests: XCTestCase {
     /// end of the source or on shutdown.
     let never = Duration.seconds(3600)
 
+    /// A consumer sending one batch at a time (`inFlight` 1) unless told otherwise: most
+    /// tests here assert the exact batches of that shape; the pipelined ones say 2.
     func consumer(_ source: ScriptedSource, _ root: ScriptedRoot, interval: Duration? = nil,
-                  maxOps: Int = 1000, maxBytes: Int = 1 << 20) -> FeedConsumer<ScriptedSource> {
+                  maxOps: Int = 1000, maxBytes: Int = 1 << 20, inFlight: Int = 1) -> FeedConsumer<ScriptedSource> {
         FeedConsumer(source: source, sourceID: sid, root: root.writer(),
-                     limits: BatchLimits(interval: interval ?? never, maxOps: maxOps, maxBytes: maxBytes),
+                     limits: BatchLimits(interval: interval ?? never, maxOps: maxOps, maxBytes: maxBytes, batchesInFlight: inFlight),
                      logger: quietLogger)
     }
 
@@ -152,6 +154,13 @@ final class FeedConsumerTests: XCTestCase {
     /// A root that answers slowly, a timer that fires often: at every delivery the changes
     /// read but not yet applied by the root stay within two batches.
     func testChangesHeldStayWithinTwoBatches() async throws {
+        try await changesHeldStayWithinTwoBatches(inFlight: 1)
+    }
+
+    /// At every delivery the changes read and not yet applied stay within two batches (one
+    /// in flight and one filling, or two in flight while the source waits), and each batch
+    /// goes out once, in order.
+    func changesHeldStayWithinTwoBatches(inFlight: Int) async throws {
         let maxOps = 8
         let root = ScriptedRoot()
         let widest = NIOLockedValueBox<UInt64>(0)
@@ -159,7 +168,7 @@ final class FeedConsumerTests: XCTestCase {
             let applied = root.snapshot.checkpoints["test-source"] ?? 0
             widest.withLockedValue { $0 = max($0, change.position - 1 - applied) }
         }
-        let run = start(consumer(source, root, interval: .milliseconds(1), maxOps: maxOps))
+        let run = start(consumer(source, root, interval: .milliseconds(1), maxOps: maxOps, inFlight: inFlight))
         source.send((1...400).map { change($0) })
         source.finish()
         try await within(.seconds(30), "run") { try await run.value }
@@ -168,6 +177,8 @@ final class FeedConsumerTests: XCTestCase {
         XCTAssertEqual(Set(root.snapshot.writes.values), [1], "each change applied once")
         XCTAssertLessThanOrEqual(widest.withLockedValue { $0 }, UInt64(2 * maxOps))
         XCTAssertTrue(root.snapshot.batches.allSatisfy { $0.operations.count <= maxOps })
+        let b = root.snapshot.batches
+        XCTAssertEqual(zip(b, b.dropFirst()).filter { $0.new != $1.expected }.count, 0, "each batch chained on the one before")
     }
 
     /// While the root is down the reading stops at one batch; when it is back everything
@@ -264,6 +275,77 @@ final class FeedConsumerTests: XCTestCase {
         XCTAssertTrue(root.snapshot.batches.allSatisfy { [$0.expected, $0.new] == [5, 7] && $0.answer == .conflict(current: 3) })
         XCTAssertEqual(root.snapshot.writes, [:])
         XCTAssertEqual(root.snapshot.checkpoints[sid], 3)
+    }
+
+    // MARK: two batches in flight
+
+    /// With two batches in flight the second is sent while the root still holds the first
+    /// (its expected position is the first's new one); the source reads until a third batch
+    /// is full and waits there. Released, every change is applied once, in order.
+    func testSecondBatchIsSentBeforeTheFirstIsAnswered() async throws {
+        let source = ScriptedSource(), root = ScriptedRoot()
+        let run = start(consumer(source, root, maxOps: 4, inFlight: 2))
+        try await waitFor("the checkpoint read") { root.snapshot.checkpointReads == 1 }
+        root.holdBatches()
+        source.send((1...20).map { change($0) })
+        try await waitFor("two batches sent, the first held") { root.snapshot.startedBatches == 2 && root.snapshot.heldBatches == 1 }
+        try await waitFor("the source waiting with two batches in flight") { source.snapshot.delivering == 8 }
+        XCTAssertEqual(source.snapshot.delivered, Array(1...7), "change 8 filled the second batch; its delivery waits for the first's answer")
+        XCTAssertEqual(root.snapshot.batches, [], "nothing answered while the root holds the first batch")
+        root.releaseBatches()
+        source.finish()
+        try await within(.seconds(10), "run") { try await run.value }
+        XCTAssertEqual(positions(root.snapshot.batches), [[0, 4], [4, 8], [8, 12], [12, 16], [16, 20]])
+        XCTAssertTrue(root.snapshot.batches.allSatisfy { if case .applied = $0.answer { true } else { false } })
+        XCTAssertEqual(root.snapshot.writes.values.sorted(), Array(repeating: 1, count: 20), "each change applied once")
+    }
+
+    /// Two in flight, another writer ahead inside the first: the first conflicts, the second
+    /// (chained on the first's end) conflicts too and is harmless; the rest is sent again
+    /// from the root's checkpoint, never re-sending what the other writer applied.
+    func testConflictWithTwoInFlightResendsFromTheRootsCheckpoint() async throws {
+        let source = ScriptedSource(), root = ScriptedRoot()
+        let run = start(consumer(source, root, maxOps: 4, inFlight: 2))
+        try await waitFor("the checkpoint read") { root.snapshot.checkpointReads == 1 }
+        root.applyElsewhere(sourceID: sid, from: 1, through: 2)
+        root.holdBatches()
+        source.send((1...12).map { change($0) })
+        try await waitFor("two batches sent, the first held") { root.snapshot.startedBatches == 2 && root.snapshot.heldBatches == 1 }
+        root.releaseBatches()
+        source.finish()
+        try await within(.seconds(10), "run") { try await run.value }
+        let batches = root.snapshot.batches
+        XCTAssertEqual(Array(positions(batches).prefix(2)), [[0, 4], [4, 8]])
+        XCTAssertEqual(batches.prefix(2).map(\.answer), [.conflict(current: 2), .conflict(current: 2)])
+        XCTAssertEqual(batches.first { if case .applied = $0.answer { true } else { false } }.map { [$0.expected, $0.new] }, [UInt64(2), 6])
+        XCTAssertEqual(root.snapshot.writes.keys.sorted { $0.lexicographicallyPrecedes($1) },
+                       (3...12).map { key($0) }.sorted { $0.lexicographicallyPrecedes($1) }, "1 and 2 never re-sent, nothing skipped")
+        XCTAssertEqual(Set(root.snapshot.writes.values), [1])
+        XCTAssertEqual(root.snapshot.checkpoints[sid], 12)
+    }
+
+    /// The connection drops after the root applied the first of two batches in flight and
+    /// before either answer arrived: both outcomes are unknown; sent again from the checkpoint
+    /// the writer confirmed (0), the first answers `conflict` at its own end and the rest is
+    /// applied once.
+    func testLostAnswersWithTwoInFlightAreNotAppliedTwice() async throws {
+        let source = ScriptedSource(), root = ScriptedRoot()
+        root.state.withLockedValue { $0.loseNextAnswer = true }
+        let run = start(consumer(source, root, maxOps: 4, inFlight: 2))
+        source.send((1...12).map { change($0) })
+        source.finish()
+        try await within(.seconds(10), "run") { try await run.value }
+        let batches = root.snapshot.batches
+        XCTAssertEqual(batches.first.map { [$0.expected, $0.new] }, [0, 4])
+        XCTAssertTrue(batches.contains { [$0.expected, $0.new] == [0, 4] && $0.answer == .conflict(current: 4) }, "\(batches)")
+        XCTAssertEqual(Set(root.snapshot.writes.values), [1], "nothing applied twice")
+        XCTAssertEqual(root.snapshot.writes.count, 12, "nothing skipped")
+        XCTAssertEqual(root.snapshot.checkpoints[sid], 12)
+        XCTAssertGreaterThanOrEqual(root.snapshot.connectAttempts, 2, "a new connection after the lost one")
+    }
+
+    func testChangesHeldStayWithinTwoBatchesWithTwoInFlight() async throws {
+        try await changesHeldStayWithinTwoBatches(inFlight: 2)
     }
 
     // MARK: source failures

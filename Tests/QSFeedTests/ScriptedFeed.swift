@@ -36,6 +36,8 @@ final class ScriptedRoot: Sendable {
         var generation = 0
         var holdBatches = false
         var heldBatches = 0
+        /// Batches sent (pipelined calls included), whether answered yet or not.
+        var startedBatches = 0
         var releases: [CheckedContinuation<Void, Never>] = []
         var loseNextAnswer = false
         /// What hello is answered (default: the head).
@@ -55,7 +57,7 @@ final class ScriptedRoot: Sendable {
                 s.failedCalls += 1
                 throw ClientError.connectionFailed("connection refused (scripted root is down)")
             }
-            return ScriptedConnection(root: self, generation: s.generation)
+            return ScriptedConnection(root: self, generation: s.generation, order: CallOrder())
         }
     }
 
@@ -175,13 +177,35 @@ final class ScriptedRoot: Sendable {
     }
 }
 
+/// The calls of one scripted connection, answered one after another in the order they
+/// were sent, as a node answers a pipelining client.
+final class CallOrder: Sendable {
+    let last = NIOLockedValueBox<Task<Void, Never>?>(nil)
+}
+
 /// A connection to a `ScriptedRoot`; the typed calls throw on error answers like `QSClient`'s.
 struct ScriptedConnection: RootConnection {
     let root: ScriptedRoot
     let generation: Int
+    let order: CallOrder
 
     func send(_ request: Request, timeout: TimeAmount) async throws -> Response {
-        try await root.answer(request, generation: generation)
+        try await start(request, timeout: timeout).wait()
+    }
+
+    func start(_ request: Request, timeout: TimeAmount) -> PendingAnswer {
+        if case .batch = request { root.state.withLockedValue { $0.startedBatches += 1 } }
+        let root = self.root, generation = self.generation
+        let answer = order.last.withLockedValue { last -> Task<Response, any Error> in
+            let before = last
+            let answer = Task {
+                await before?.value
+                return try await root.answer(request, generation: generation)
+            }
+            last = Task { _ = try? await answer.value }
+            return answer
+        }
+        return PendingAnswer { try await answer.value }
     }
 
     func checkpoint(sourceID: String) async throws -> UInt64? {
