@@ -128,9 +128,9 @@ public struct KTTranslator: Sendable {
         switch decoded.operation {
         case let .set(key, value, expiration):
             let xt: UInt64? = expiration >= KTExpiration.never ? nil : UInt64(max(0, expiration))
-            return FeedChange(position: ts, operations: [.set(key: prefix + key, value: value, expiry: xt)], sourceTimeNs: time)
+            return FeedChange(position: ts, operations: [.set(key: prefixed(prefix, key), value: value, expiry: xt)], sourceTimeNs: time)
         case let .remove(key):
-            return FeedChange(position: ts, operations: [.delete(key: prefix + key)], sourceTimeNs: time)
+            return FeedChange(position: ts, operations: [.delete(key: prefixed(prefix, key))], sourceTimeNs: time)
         case .clear:
             metrics.clears.increment()
             guard mapping.allowClear else {
@@ -140,4 +140,10 @@ public struct KTTranslator: Sendable {
             return FeedChange(position: ts, operations: [.clearPrefix(prefix)], sourceTimeNs: time)
         }
     }
+}
+
+/// `prefix + key`, without a new array when the prefix is empty (database 0's usual map).
+@inline(__always)
+private func prefixed(_ prefix: [UInt8], _ key: [UInt8]) -> [UInt8] {
+    prefix.isEmpty ? key : prefix + key
 }
