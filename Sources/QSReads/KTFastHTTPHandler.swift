@@ -172,13 +172,6 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
 
     /// Writes what was answered (and closes after it, `thenClose`), as `MemcachedHandler`.
     private func writeOut(_ context: ChannelHandlerContext, thenClose: Bool = false) {
-        guard out.readableBytes > 0 || thenClose else { return }
-        if thenClose {
-            let channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(out)).whenComplete { _ in channel.close(promise: nil) }
-        } else {
-            context.writeAndFlush(wrapOutboundOut(out), promise: nil)
-        }
-        out.clear()
+        _ = context.writeReplies(&out, thenClose: thenClose)
     }
 }
