@@ -234,7 +234,10 @@ public final class DaemonProcess: @unchecked Sendable {
 
     /// The captured log so far.
     public var log: String {
-        (try? String(contentsOf: logURL, encoding: .utf8)) ?? ""
+        // Decoded leniently: read while the process writes, the file can end inside a
+        // multi-byte character, and a strict decode would fail whole (an empty log, so a
+        // check for a line already written would fail once in a while).
+        (try? Data(contentsOf: logURL)).map { String(decoding: $0, as: UTF8.self) } ?? ""
     }
 
     /// Sends `signal` and waits for the exit; returns the exit status.
