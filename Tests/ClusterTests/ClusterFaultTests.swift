@@ -185,7 +185,8 @@ final class ClusterFaultTests: XCTestCase {
     /// stays on the stopped member until it has been quiet for 8 s. m1 must say 503 well
     /// before that and keep saying it — also once its requests commit again — until its
     /// watch delivers: here after SIGCONT, before the watch is left; then 200, having
-    /// applied what m2's writer wrote meanwhile (docs/ha.md, "A member's etcd stops").
+    /// applied what m2's writer wrote before m1's newest own write (docs/ha.md, "A
+    /// member's etcd stops").
     func testReadinessSays503WhileAMembersWatchIsStuck() async throws {
         let etcd = try EtcdCluster(dir: tmp, logDir: tmp)
         defer { etcd.stop() }
@@ -212,9 +213,21 @@ final class ClusterFaultTests: XCTestCase {
         }
         XCTAssertEqual(answers.filter { $0.status != 503 }.map(\.body), [], "m1 said ready while its watch was stuck")
         let watchLeft = m1.daemon.log.contains("the member stopped answering?")
+        // m1 knows of the etcd revisions of its own writes only: it says 200 once its watch
+        // has delivered those, so what m2 committed after m1's newest own write may still be
+        // on its way then. The writer stops here, and SIGCONT waits until m1 names an own
+        // write committed after that (its `applied/` write, every 2 s): then everything
+        // the writer committed lies below a revision m1 knows of.
+        let acknowledged = await writer.finish()
+        let clusterHead = try await QSClient.connect(host: "127.0.0.1", port: m2.port).head().index
+        let stopped = ownRevision(m1.readyz()?.body) ?? 0
+        // (Or m1 left its quiet watch for another etcd URL meanwhile and caught up.)
+        try await waitFor("m1 to know of an own write after the writer's last", timeout: .seconds(8), pollEvery: .milliseconds(20)) {
+            guard let r = m1.readyz() else { return false }
+            return r.status == 200 || (self.ownRevision(r.body) ?? 0) > stopped
+        }
         etcd.resume(0)
         let resumed = ContinuousClock.now
-        let clusterHead = try await QSClient.connect(host: "127.0.0.1", port: m2.port).head().index
         try await waitFor("m1 ready after SIGCONT", timeout: .seconds(10), pollEvery: .milliseconds(20)) { m1.readyz()?.status == 200 }
         let to200 = ContinuousClock.now - resumed
         let c1 = try await QSClient.connect(host: "127.0.0.1", port: m1.port)
@@ -223,7 +236,6 @@ final class ClusterFaultTests: XCTestCase {
         print("m1: 503 \(Int(to503.seconds * 1000)) ms after its etcd member stopped (\(answers.last?.body ?? "")); "
               + "200 \(Int(to200.seconds * 1000)) ms after SIGCONT (watch left before: \(watchLeft))")
 
-        let acknowledged = await writer.finish()
         let c2 = try await QSClient.connect(host: "127.0.0.1", port: m2.port)
         let head = try await c2.head()
         try await waitFor("m1 at \(head.index)", timeout: .seconds(10)) { (try? await c1.head()) == head }
@@ -234,6 +246,13 @@ final class ClusterFaultTests: XCTestCase {
         let logged = try await positions(c2, of: "w")
         XCTAssertEqual(logged, Array(1...last))
         for c in [c1, c2] { await c.close() }
+    }
+
+    /// The etcd revision of the member's own newest committed write that a `/readyz` detail
+    /// names ("… committed this member's own write at revision N"), nil when it names none.
+    func ownRevision(_ body: String?) -> Int64? {
+        guard let body, let r = body.range(of: "own write at revision ") else { return nil }
+        return Int64(body[r.upperBound...].prefix { $0.isNumber })
     }
 
     /// A real network partition (docs/ha.md, "Partitions"): member m0 runs in a network
