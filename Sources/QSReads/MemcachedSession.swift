@@ -162,8 +162,8 @@ struct MemcachedSession: Sendable {
                            into out: inout ByteBuffer) {
         let (flags, data) = format.split(record.value)
         let cas = withCAS ? MemcachedValueFormat.casUnique(value: record.value, expiry: record.expiry) : 0
-        let length = 6 + key.count + 1 + decimalDigits(UInt64(flags)) + 1 + decimalDigits(UInt64(data.count))
-            + (withCAS ? 1 + decimalDigits(cas) : 0) + 2 + data.count + 2
+        let length = 6 + key.count + 1 + DecimalASCII.digits(UInt64(flags)) + 1 + DecimalASCII.digits(UInt64(data.count))
+            + (withCAS ? 1 + DecimalASCII.digits(cas) : 0) + 2 + data.count + 2
         out.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { buffer in
             guard let base = buffer.baseAddress else { return 0 }
             var at = base
@@ -176,15 +176,7 @@ struct MemcachedSession: Sendable {
                 at += 1
             }
             @inline(__always) func put(decimal n: UInt64) {
-                let digits = decimalDigits(n)
-                var v = n
-                var i = digits
-                repeat {
-                    i -= 1
-                    (at + i).storeBytes(of: UInt8(truncatingIfNeeded: v % 10) &+ UInt8(ascii: "0"), as: UInt8.self)
-                    v /= 10
-                } while i > 0
-                at += digits
+                at += storeDecimal(n, at: at)
             }
             put(UInt8(ascii: "V")); put(UInt8(ascii: "A")); put(UInt8(ascii: "L")); put(UInt8(ascii: "U")); put(UInt8(ascii: "E"))
             put(UInt8(ascii: " "))
@@ -204,15 +196,4 @@ struct MemcachedSession: Sendable {
         }
     }
 
-    /// How many decimal digits `n` takes (1 for 0).
-    @inline(__always)
-    static func decimalDigits(_ n: UInt64) -> Int {
-        var digits = 1
-        var v = n
-        while v >= 10 {
-            v /= 10
-            digits += 1
-        }
-        return digits
-    }
 }
