@@ -27,6 +27,9 @@ public struct BridgeOptions: ParsableArguments, Sendable {
     @Option(help: ArgumentHelp("Batches sent to the root before the bridge waits for the oldest one's answer, 1 to \(BridgeOptions.maxBatchesInFlight): with 2 the next batch reaches the root while it commits the one before (each batch's expected position is the new position of the one before it, so compare-and-swap still applies each position once); 1 waits for each answer. The bridge holds at most this many batches of changes. (env: QS_BATCHES_IN_FLIGHT)", valueName: "n"))
     public var batchesInFlight: Int = QSEnv.value("QS_BATCHES_IN_FLIGHT", BatchLimits.defaultBatchesInFlight, flag: "--batches-in-flight")
 
+    @Flag(inversion: .prefixedNo, help: "Flush a batch as soon as the source says it has sent everything it has (a KT heartbeat, sent each time KT's update-log reader reaches its end, at most every 0.1 s), so --batch-interval is an upper bound: a change waits for the next tick only while the source is busy. Off: batches go every --batch-interval or when full. (env: QS_FLUSH_WHEN_CAUGHT_UP)")
+    public var flushWhenCaughtUp: Bool = QSEnv.flag("QS_FLUSH_WHEN_CAUGHT_UP", default: true, flag: "--flush-when-caught-up")
+
     /// The most `--batches-in-flight` takes: the root reads no more than 32 requests ahead on a connection.
     public static let maxBatchesInFlight = 8
 
@@ -53,7 +56,7 @@ public struct BridgeOptions: ParsableArguments, Sendable {
 
     public func limits(mode: WriteMode) -> BatchLimits {
         BatchLimits(interval: batchInterval.duration, maxOps: batchMaxOps, maxBytes: batchMaxBytes.bytes, mode: mode, oversized: onOversized,
-                    batchesInFlight: batchesInFlight)
+                    batchesInFlight: batchesInFlight, flushWhenCaughtUp: flushWhenCaughtUp)
     }
 
     /// The write token from `--write-token-file` (trailing newline dropped).

@@ -17,18 +17,26 @@ public struct BatchLimits: Sendable {
     /// full batch while the root still commits the one before (its expected position is
     /// that batch's new one), so the root never waits for the bridge.
     public var batchesInFlight: Int
+    /// Flush as soon as the source says it has sent everything it has (`--flush-when-caught-up`):
+    /// a heartbeat that vouches for a position (KT's NOP, sent each time its update-log reader
+    /// reaches the end) ends the batch then, so `interval` becomes an upper bound. A busy source
+    /// that never reaches its end still batches by `interval` and the caps; a KT source sends
+    /// at most one such heartbeat every 0.1 s, which bounds these flushes.
+    public var flushWhenCaughtUp: Bool
 
     /// The default of `--batches-in-flight`.
     public static let defaultBatchesInFlight = 2
 
     public init(interval: Duration = .milliseconds(500), maxOps: Int = 10_000, maxBytes: Int = 16 << 20, mode: WriteMode = .batched,
-                oversized: OversizedPolicy = .stop, batchesInFlight: Int = BatchLimits.defaultBatchesInFlight) {
+                oversized: OversizedPolicy = .stop, batchesInFlight: Int = BatchLimits.defaultBatchesInFlight,
+                flushWhenCaughtUp: Bool = true) {
         self.interval = interval
         self.maxOps = maxOps
         self.maxBytes = maxBytes
         self.mode = mode
         self.oversized = oversized
         self.batchesInFlight = max(1, batchesInFlight)
+        self.flushWhenCaughtUp = flushWhenCaughtUp
     }
 }
 
@@ -156,6 +164,9 @@ actor Batcher {
                 lastRead = position
             }
             updateLag()
+            if position != nil, limits.flushWhenCaughtUp, sent < pending.count {
+                try await flushCaughtUp()
+            }
         case let .change(change):
             try await add(change)
         case let .changes(list):
@@ -217,6 +228,20 @@ actor Batcher {
             }
         }
         if inFlight.isEmpty { try await quiet() }
+    }
+
+    /// The source has sent everything it has (a heartbeat vouching for a position): what is
+    /// buffered goes now rather than at the next tick. Answers are taken as they arrive, as
+    /// for a tick; a position-only write (`quiet`) is left to the ticker, so an idle source's
+    /// heartbeats cost the root nothing more than before.
+    private func flushCaughtUp() async throws {
+        await acquire()
+        defer { release() }
+        if let failure { throw failure }
+        metrics.caughtUpFlushes.increment()
+        while sent < pending.count || resync {
+            if resync { try await settleAll() } else { try await sendOne() }
+        }
     }
 
     /// Nothing buffered, nothing in flight: the checkpoint may move without a change.

@@ -13,6 +13,7 @@ public struct FeedMetrics: Sendable {
     public let rootErrors = Counter(label: "qs_bridge_root_errors_total")
     public let sourceErrors = Counter(label: "qs_bridge_source_errors_total")
     public let heartbeats = Counter(label: "qs_bridge_source_heartbeats_total")
+    public let caughtUpFlushes = Counter(label: "qs_bridge_caught_up_flushes_total")
     public let checkpoint = Gauge(label: "qs_bridge_checkpoint_position")
     public let lagSeconds = Gauge(label: "qs_bridge_lag_seconds")
     public let pendingChanges = Gauge(label: "qs_bridge_pending_changes")

@@ -6,15 +6,20 @@ import QSTesting
 /// to it at random moments (50–150 ms apart) and timed until memcached on the second-level
 /// replica answers them: KT → qsktbridge → root → replica → replica. One run per
 /// `--batch-interval` of the bridge. The bridge's `qs_bridge_lag_seconds` is also read under
-/// load and at idle, to show what it means in both.
+/// load and at idle, to show what it means in both. With `ktserver` (a real ktserver
+/// binary), every interval runs a second time with it as the KT: its own update logger and
+/// replication loop in the path, the floor the bridge cannot go below.
 struct PropagationBench {
     let seconds: Double
     let rate: Int
     let batchIntervals: [String]
     let scratch: String
     let binDir: URL
+    var ktserver: String?
 
     struct Run: Codable {
+        /// "fakekt" or "ktserver".
+        var source: String
         var batchInterval: String
         var probes: Int
         var lost: Int
@@ -35,16 +40,30 @@ struct PropagationBench {
 
     func run() throws -> Result {
         var runs = [Run]()
-        for interval in batchIntervals { runs.append(try measure(batchInterval: interval)) }
+        for interval in batchIntervals { runs.append(try measure(batchInterval: interval, ktserver: nil)) }
+        if let ktserver {
+            for interval in batchIntervals { runs.append(try measure(batchInterval: interval, ktserver: ktserver)) }
+        }
         return Result(targetUpdatesPerSec: rate, secondsPerRun: seconds, runs: runs)
     }
 
-    func measure(batchInterval: String) throws -> Run {
-        let tag = batchInterval.replacingOccurrences(of: " ", with: "")
+    func measure(batchInterval: String, ktserver: String?) throws -> Run {
+        let tag = batchInterval.replacingOccurrences(of: " ", with: "") + (ktserver == nil ? "" : "-ktserver")
         let ulog = scratch + "/prop-ulog-\(tag)"
         try FileManager.default.createDirectory(atPath: ulog, withIntermediateDirectories: true)
-        let kt = try startDaemon(binDir, scratch, "fakekt", ["-host", "127.0.0.1", "-port", "0", "-ulog", ulog, "-sid", "7", "*"])
-        defer { _ = try? kt.stop() }
+        let ktPort: Int
+        var fake: DaemonProcess?, real: KTServerProcess?
+        if let ktserver {
+            real = try KTServerProcess(path: ktserver, ulog: ulog, log: scratch + "/ktserver-\(tag).log")
+            ktPort = real!.port
+        } else {
+            fake = try startDaemon(binDir, scratch, "fakekt", ["-host", "127.0.0.1", "-port", "0", "-ulog", ulog, "-sid", "7", "*"])
+            ktPort = try fake!.port("kt")
+        }
+        defer {
+            _ = try? fake?.stop()
+            real?.stop()
+        }
         let root = try startDaemon(binDir, scratch, "qsnode", ["--data", scratch + "/prop-root-\(tag)", "--listen", "127.0.0.1:0", "--log-level", "warning"])
         defer { _ = try? root.stop() }
         let first = try startDaemon(binDir, scratch, "qsnode", ["--role", "replica", "--data", scratch + "/prop-r1-\(tag)", "--listen", "127.0.0.1:0",
@@ -54,7 +73,7 @@ struct PropagationBench {
                                                                 "--upstream", "127.0.0.1:\(try first.port("write"))", "--memcached", "127.0.0.1:0",
                                                                 "--memcached-flags-in-value", "false", "--log-level", "warning"])
         defer { _ = try? second.stop() }
-        let ktPort = try kt.port("kt"), mcPort = try second.port("memcached")
+        let mcPort = try second.port("memcached")
         let bridge = try startDaemon(binDir, scratch, "qsktbridge", ["--source", "kt://127.0.0.1:\(ktPort)", "--root", "127.0.0.1:\(try root.port("write"))",
                                                                      "--admin", "127.0.0.1:0", "--batch-interval", batchInterval, "--log-level", "warning"])
         defer { _ = try? bridge.stop() }
@@ -99,7 +118,7 @@ struct PropagationBench {
             let t0 = DispatchTime.now().uptimeNanoseconds
             guard httpPost(port: ktPort, path: "/rpc/set", contentType: "application/x-www-form-urlencoded",
                            body: Array("key=\(key.replacingOccurrences(of: "/", with: "%2F"))&value=p".utf8))?.status == 200 else {
-                throw BenchError("propagation: fakekt refused a probe write")
+                throw BenchError("propagation: \(ktserver == nil ? "fakekt" : "ktserver") refused a probe write")
             }
             let request = Array("get \(key)\r\n".utf8)
             var seen = false
@@ -131,8 +150,47 @@ struct PropagationBench {
         }
         let sorted = latencies.sorted()
         func pct(_ p: Double) -> Double { sorted.isEmpty ? 0 : sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))] }
-        return Run(batchInterval: batchInterval, probes: latencies.count, lost: lost, p50Millis: pct(0.5), p99Millis: pct(0.99),
+        return Run(source: ktserver == nil ? "fakekt" : "ktserver", batchInterval: batchInterval, probes: latencies.count, lost: lost, p50Millis: pct(0.5), p99Millis: pct(0.99),
                    maxMillis: sorted.last ?? 0, updatesWritten: written.value,
                    bridgeLagUnderLoadSeconds: median(lagUnderLoad), bridgeLagIdleSeconds: median(lagIdle))
+    }
+}
+
+/// A real ktserver for one propagation run: started from the binary the operator names
+/// (`--propagation-ktserver`; its libraries found as the operator's environment says), on a
+/// free loopback port, with its update log in `ulog` and server id 7 like fakekt's, one
+/// in-memory hash database; stopped with SIGTERM.
+final class KTServerProcess {
+    let port: Int
+    let process = Process()
+
+    init(path: String, ulog: String, log: String) throws {
+        let held = try RefusingPort()
+        port = held.port
+        held.close()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = ["-host", "127.0.0.1", "-port", "\(port)", "-ulog", ulog, "-sid", "7", "-log", log, "-ls", "*"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        do { try process.run() } catch { throw BenchError("propagation: cannot start ktserver at \(path): \(error)") }
+        let deadline = Date().addingTimeInterval(15)
+        while Date() < deadline {
+            if let fd = Harness.connectLoopback(port: port) {
+                close(fd)
+                return
+            }
+            guard process.isRunning else {
+                throw BenchError("propagation: ktserver at \(path) exited with status \(process.terminationStatus) before listening (its log: \(log); are its libraries on LD_LIBRARY_PATH?)")
+            }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        stop()
+        throw BenchError("propagation: ktserver at \(path) did not listen on 127.0.0.1:\(port) within 15 s (its log: \(log))")
+    }
+
+    func stop() {
+        guard process.isRunning else { return }
+        process.terminate()
+        process.waitUntilExit()
     }
 }

@@ -89,6 +89,9 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The bridge's --batch-interval values the propagation suite runs with, comma separated. (env: QS_BENCH_BATCH_INTERVALS)", valueName: "list"))
     var batchIntervals: String = QSEnv.string("QS_BENCH_BATCH_INTERVALS") ?? "500ms,50ms"
 
+    @Option(help: ArgumentHelp("A real ktserver binary: the propagation suite runs each --batch-intervals value a second time with it as the KT (started on a free loopback port with its own update log), besides fakekt. Its shared libraries must be found (LD_LIBRARY_PATH). (env: QS_BENCH_PROPAGATION_KTSERVER)", valueName: "path"))
+    var propagationKtserver: String = QSEnv.string("QS_BENCH_PROPAGATION_KTSERVER") ?? ""
+
     func run() async throws {
         let sizes = batchSizes.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         guard !sizes.isEmpty, sizes.allSatisfy({ $0 > 0 }) else { throw ValidationError("--batch-sizes needs positive integers, e.g. 1,100,5000") }
@@ -183,11 +186,12 @@ struct QSBench: AsyncParsableCommand {
         if runSuites.contains("propagation") {
             let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
             let intervals = batchIntervals.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-            let r = try PropagationBench(seconds: 20, rate: busyRate, batchIntervals: intervals, scratch: scratch, binDir: bin).run()
-            print("propagation: KT write → readable through memcached two replicas down, fakekt at \(r.targetUpdatesPerSec) updates/s:")
+            let r = try PropagationBench(seconds: 20, rate: busyRate, batchIntervals: intervals, scratch: scratch, binDir: bin,
+                                         ktserver: propagationKtserver.isEmpty ? nil : propagationKtserver).run()
+            print("propagation: KT write → readable through memcached two replicas down, KT at \(r.targetUpdatesPerSec) updates/s:")
             for p in r.runs {
-                print(String(format: "  --batch-interval %@: %d probes (%d lost), p50 %.0f ms, p99 %.0f ms, max %.0f ms; bridge lag median %.2f s under load, %.2f s idle",
-                             p.batchInterval, p.probes, p.lost, p.p50Millis, p.p99Millis, p.maxMillis, p.bridgeLagUnderLoadSeconds, p.bridgeLagIdleSeconds))
+                print(String(format: "  %@ --batch-interval %@: %d probes (%d lost), p50 %.0f ms, p99 %.0f ms, max %.0f ms; bridge lag median %.2f s under load, %.2f s idle",
+                             p.source, p.batchInterval, p.probes, p.lost, p.p50Millis, p.p99Millis, p.maxMillis, p.bridgeLagUnderLoadSeconds, p.bridgeLagIdleSeconds))
             }
             try writeJSON(r, "propagation-latest.json")
         }

@@ -9,9 +9,11 @@ import XCTest
 final class HeartbeatAdvanceTests: XCTestCase {
     let sid = "kt-source"
 
-    func start(_ source: ScriptedSource, _ root: ScriptedRoot, interval: Duration, mode: WriteMode = .batched) -> Task<Void, any Error> {
+    func start(_ source: ScriptedSource, _ root: ScriptedRoot, interval: Duration, mode: WriteMode = .batched,
+               flushWhenCaughtUp: Bool = true) -> Task<Void, any Error> {
         let consumer = FeedConsumer(source: source, sourceID: sid, root: root.writer(),
-                                    limits: BatchLimits(interval: interval, maxOps: 1000, maxBytes: 1 << 20, mode: mode),
+                                    limits: BatchLimits(interval: interval, maxOps: 1000, maxBytes: 1 << 20, mode: mode,
+                                                        flushWhenCaughtUp: flushWhenCaughtUp),
                                     logger: quietLogger)
         let run = Task { try await consumer.run() }
         addTeardownBlock {
@@ -67,5 +69,39 @@ final class HeartbeatAdvanceTests: XCTestCase {
         try await within(.seconds(10), "run") { try await run.value }
         XCTAssertEqual(root.snapshot.batches.count, 0)
         XCTAssertTrue(root.snapshot.appends.allSatisfy(\.isEmpty), "only probes: does the target still take appends?")
+    }
+
+    /// `--flush-when-caught-up` (the default): a heartbeat with a position (KT's NOP: its
+    /// reader reached the end) ends the batch at once; the interval (an hour here) never
+    /// comes. A heartbeat without a position (a capture's, a QS node's) does not.
+    func testACaughtUpSourceFlushesWithoutWaitingForTheInterval() async throws {
+        let source = ScriptedSource(), root = ScriptedRoot()
+        let run = start(source, root, interval: .seconds(3600))
+        source.send((1...5).map { .event(.change(change($0))) } + [heartbeat(5)])
+        try await waitFor("changes 1-5 applied at the heartbeat") { root.snapshot.checkpoints[sid] == 5 }
+        XCTAssertEqual(root.snapshot.batches.map { [$0.expected, $0.new] }, [[0, 5]], "one batch, all five")
+        source.send([.event(.change(change(6))), .event(.change(change(7))), heartbeat(nil)])
+        try await waitFor("6, 7 and the heartbeat handled") { source.snapshot.handled == 9 }
+        XCTAssertEqual(root.snapshot.startedBatches, 1, "a heartbeat without a position does not flush")
+        source.send([heartbeat(9)])
+        try await waitFor("changes 6-7 applied at the heartbeat") { root.snapshot.checkpoints[sid] == 7 }
+        XCTAssertEqual(root.snapshot.batches.last.map { [$0.expected, $0.new] }, [5, 7], "the changes, not the vouched position")
+        XCTAssertEqual(root.snapshot.batches.count, 2)
+        // The vouched position is a position-only write, left to the ticker (or the end).
+        source.finish()
+        try await within(.seconds(10), "run") { try await run.value }
+        XCTAssertEqual(root.snapshot.checkpoints[sid], 9)
+        XCTAssertEqual((1...7).map { root.snapshot.writes[key($0)] }, Array(repeating: 1, count: 7))
+    }
+
+    func testWithoutFlushWhenCaughtUpTheBatchWaitsForTheInterval() async throws {
+        let source = ScriptedSource(), root = ScriptedRoot()
+        let run = start(source, root, interval: .seconds(3600), flushWhenCaughtUp: false)
+        source.send((1...3).map { .event(.change(change($0))) } + [heartbeat(3)])
+        try await waitFor("changes and heartbeat handled") { source.snapshot.handled == 4 }
+        XCTAssertEqual(root.snapshot.startedBatches, 0, "nothing sent before the interval")
+        source.finish()
+        try await within(.seconds(10), "run") { try await run.value }
+        XCTAssertEqual(root.snapshot.checkpoints[sid], 3)
     }
 }

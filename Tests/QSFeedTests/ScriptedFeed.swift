@@ -253,6 +253,8 @@ final class ScriptedSource: FeedSource {
         var runs: [UInt64] = []
         var delivered: [UInt64] = []
         var delivering: UInt64?
+        /// Events whose delivery has returned (changes and heartbeats).
+        var handled = 0
     }
 
     let name = "scripted"
@@ -293,6 +295,7 @@ final class ScriptedSource: FeedSource {
                 try await deliver(event)
                 state.withLockedValue { s in
                     s.delivering = nil
+                    s.handled += 1
                     if let at { s.delivered.append(at) }
                 }
             case .finish:
