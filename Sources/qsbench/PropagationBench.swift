@@ -159,19 +159,19 @@ struct PropagationBench {
 /// A real ktserver for one propagation run: started from the binary the operator names
 /// (`--propagation-ktserver`; its libraries found as the operator's environment says), on a
 /// free loopback port, with its update log in `ulog` and server id 7 like fakekt's, one
-/// in-memory hash database; stopped with SIGTERM.
+/// in-memory hash database.
 final class KTServerProcess {
     let port: Int
     let process = Process()
 
     init(path: String, ulog: String, log: String) throws {
-        let held = try RefusingPort()
-        port = held.port
-        held.close()
+        port = try Self.freePort()
         process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = ["-host", "127.0.0.1", "-port", "\(port)", "-ulog", ulog, "-sid", "7", "-log", log, "-ls", "*"]
+        let absolute = { (p: String) in URL(fileURLWithPath: p).standardizedFileURL.path }
+        process.arguments = ["-host", "127.0.0.1", "-port", "\(port)", "-ulog", absolute(ulog), "-sid", "7", "-log", absolute(log), "-ls", "*"]
         process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
+        FileManager.default.createFile(atPath: log + ".stderr", contents: nil)
+        process.standardError = FileHandle(forWritingAtPath: log + ".stderr") ?? FileHandle.nullDevice
         do { try process.run() } catch { throw BenchError("propagation: cannot start ktserver at \(path): \(error)") }
         let deadline = Date().addingTimeInterval(15)
         while Date() < deadline {
@@ -180,7 +180,8 @@ final class KTServerProcess {
                 return
             }
             guard process.isRunning else {
-                throw BenchError("propagation: ktserver at \(path) exited with status \(process.terminationStatus) before listening (its log: \(log); are its libraries on LD_LIBRARY_PATH?)")
+                let said = [log, log + ".stderr"].compactMap { try? String(contentsOfFile: $0, encoding: .utf8) }.joined()
+                throw BenchError("propagation: ktserver at \(path) exited with status \(process.terminationStatus) before listening (are its libraries on LD_LIBRARY_PATH?); it said: \(said.suffix(600))")
             }
             Thread.sleep(forTimeInterval: 0.02)
         }
@@ -188,9 +189,31 @@ final class KTServerProcess {
         throw BenchError("propagation: ktserver at \(path) did not listen on 127.0.0.1:\(port) within 15 s (its log: \(log))")
     }
 
+    /// A free loopback port below 32768: ktserver refuses a higher one ("invalid address
+    /// expression"), and the kernel's port 0 picks from above it.
+    static func freePort() throws -> Int {
+        for _ in 0..<200 {
+            let port = Int.random(in: 20_000...32_000)
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            guard fd >= 0 else { break }
+            defer { close(fd) }
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            addr.sin_port = UInt16(port).bigEndian
+            let bound = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+            }
+            if bound { return port }
+        }
+        throw BenchError("propagation: found no free loopback port between 20000 and 32000 for ktserver")
+    }
+
+    /// SIGKILL: its one database is in memory, and a child of this process starts with
+    /// SIGTERM blocked (the spawning thread's mask is inherited), which ktserver never unblocks.
     func stop() {
         guard process.isRunning else { return }
-        process.terminate()
+        kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
     }
 }
