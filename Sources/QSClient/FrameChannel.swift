@@ -11,16 +11,34 @@ import QSWire
 public func openFrameChannel(host: String?, port: Int, unixPath: String?, readTimeout: TimeAmount = .seconds(5),
                              maxFrameBytes: Int = defaultMaxFrameBytes, maxReadBytes: Int = 64 << 10,
                              group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> NIOAsyncChannel<Frame, Frame> {
+    try await openStreamChannel(host: host, port: port, unixPath: unixPath, readTimeout: readTimeout, maxReadBytes: maxReadBytes,
+                                group: group, decoder: FrameDecoder.handler(maxFrameBytes: maxFrameBytes))
+}
+
+/// `openFrameChannel` for a snapshot stream: the frames come as `SnapshotStreamPart`s,
+/// each chunk's payload as slices of the buffers the socket filled
+/// (`SnapshotStreamDecoder`), so a receiver writes them to its file without a copy.
+public func openSnapshotChannel(host: String?, port: Int, unixPath: String?, readTimeout: TimeAmount = .seconds(5),
+                                maxFrameBytes: Int = defaultMaxFrameBytes, maxReadBytes: Int = 64 << 10,
+                                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> NIOAsyncChannel<SnapshotStreamPart, Frame> {
+    try await openStreamChannel(host: host, port: port, unixPath: unixPath, readTimeout: readTimeout, maxReadBytes: maxReadBytes,
+                                group: group, decoder: SnapshotStreamDecoder.handler(maxFrameBytes: maxFrameBytes))
+}
+
+private func openStreamChannel<Decoder: NIOSingleStepByteToMessageDecoder>(
+    host: String?, port: Int, unixPath: String?, readTimeout: TimeAmount, maxReadBytes: Int, group: any EventLoopGroup,
+    decoder: @autoclosure @escaping @Sendable () -> ByteToMessageHandler<Decoder>
+) async throws -> NIOAsyncChannel<Decoder.InboundOut, Frame> where Decoder.InboundOut: Sendable {
     let bootstrap = ClientBootstrap(group: group).connectTimeout(.seconds(3)).channelOption(.tcpOption(.tcp_nodelay), value: 1)
         .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 2048, maximum: maxReadBytes))
-    let initializer: @Sendable (Channel) -> EventLoopFuture<NIOAsyncChannel<Frame, Frame>> = { channel in
+    let initializer: @Sendable (Channel) -> EventLoopFuture<NIOAsyncChannel<Decoder.InboundOut, Frame>> = { channel in
         channel.eventLoop.makeCompletedFuture {
             let ops = channel.pipeline.syncOperations
             try IdleTimeout.install(readTimeout: readTimeout, in: ops)
-            try ops.addHandler(FrameDecoder.handler(maxFrameBytes: maxFrameBytes))
+            try ops.addHandler(decoder())
             try ops.addHandler(MessageToByteHandler(FrameEncoder()))
-            return try NIOAsyncChannel<Frame, Frame>(wrappingChannelSynchronously: channel,
-                                                     configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8)))
+            return try NIOAsyncChannel<Decoder.InboundOut, Frame>(wrappingChannelSynchronously: channel,
+                                                                  configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8)))
         }
     }
     if let unixPath {

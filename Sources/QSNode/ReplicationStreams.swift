@@ -65,7 +65,9 @@ enum ReplicationStreams {
     /// when this node's copy is the one it holds part of, else 0), `snapshotDone(digest)`.
     /// Concurrent requests take turns in a queue, so several bootstrapping replicas do not
     /// thrash this node's page cache. Two chunks are in flight at most: the next one is
-    /// read from the copy while the socket sends the last.
+    /// read from the copy while the socket sends the last. Each chunk is read from the
+    /// copy's pipe straight into the frame that is written to the socket
+    /// (`EncodedSnapshotChunk`, `writeEncoded`): no copy between the pipe and the socket.
     static func snapshot(channel: Channel, core: NodeCore, resume: SnapshotResume?, resumable: Bool, logger: Logger, peer: String) async {
         // A `snapshotFrom` client hears every second that its snapshot is coming (older
         // clients would not know the frame): it may wait its turn longer than its idle timeout.
@@ -88,7 +90,10 @@ enum ReplicationStreams {
                 var head = Head(index: 0, hash: [], commitTimeNs: 0)
                 var from: UInt64 = 0, sent: UInt64 = 0
                 var inFlight: EventLoopFuture<Void>?
-                let digest = try await core.store.streamSnapshot(resume: resume, start: { s in
+                let allocator = channel.allocator
+                let digest = try await core.store.streamSnapshot(resume: resume, buffers: {
+                    ChunkFrame(EncodedSnapshotChunk(capacity: Store.snapshotChunkBytes, allocator: allocator))
+                }, start: { s in
                     waiting?.cancel()
                     await waiting?.value
                     head = s.head
@@ -104,13 +109,12 @@ enum ReplicationStreams {
                     let begin = resumable ? Response.snapshotStart(index: s.head.index, hash: s.head.hash, size: s.size, offset: s.offset)
                         : Response.snapshotBegin(index: s.head.index, hash: s.head.hash, size: s.size)
                     try await channel.writeAndFlush(begin.frame())
-                }, chunk: { bytes in
-                    let written = channel.eventLoop.makePromise(of: Void.self)
-                    channel.writeAndFlush(Response.snapshotChunk(bytes).frame(), promise: written)
+                }, chunk: { chunk in
+                    let written = writeEncoded(chunk.encoded.frame, on: channel)
                     try await inFlight?.get()
-                    inFlight = written.futureResult
-                    sent += UInt64(bytes.count)
-                    core.metrics.snapshotBytesSent.increment(by: bytes.count)
+                    inFlight = written
+                    sent += UInt64(chunk.encoded.payloadCount)
+                    core.metrics.snapshotBytesSent.increment(by: chunk.encoded.payloadCount)
                 })
                 try await inFlight?.get()
                 try await channel.writeAndFlush((resumable ? Response.snapshotDone(digest: digest) : .snapshotEnd).frame())
@@ -125,5 +129,46 @@ enum ReplicationStreams {
             try? await channel.writeAndFlush(Response.error(.storageError, "snapshot failed: \(error)").frame())
         }
         try? await channel.close()
+    }
+
+    /// Writes `frame`, a frame encoded already (`EncodedSnapshotChunk`), as it is: from the
+    /// place of the channel's `FrameEncoder` in the pipeline, so it goes on to the socket
+    /// past the encoder, in order with the frames written before it.
+    static func writeEncoded(_ frame: ByteBuffer, on channel: Channel) -> EventLoopFuture<Void> {
+        channel.eventLoop.flatSubmit {
+            let promise = channel.eventLoop.makePromise(of: Void.self)
+            do {
+                let encoder = try channel.pipeline.syncOperations.context(handlerType: MessageToByteHandler<FrameEncoder>.self)
+                encoder.writeAndFlush(NIOAny(frame), promise: promise)
+            } catch {
+                promise.fail(error)
+            }
+            return promise.futureResult
+        }
+    }
+}
+
+/// A snapshot chunk read from the copy into the frame that goes to the socket as it is.
+struct ChunkFrame: SnapshotBuffer {
+    var encoded: EncodedSnapshotChunk
+
+    init(_ encoded: EncodedSnapshotChunk) { self.encoded = encoded }
+
+    func withSnapshotBytes<T>(_ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+        try encoded.withPayload(body)
+    }
+
+    mutating func appendSnapshotBytes(upTo count: Int, _ fill: (UnsafeMutableRawBufferPointer) throws -> Int) rethrows {
+        try encoded.appendPayload(upTo: count, fill)
+    }
+}
+
+/// Bytes of a snapshot chunk as the socket delivered them (`SnapshotStreamPart.chunkBytes`):
+/// written to the file from there.
+struct SocketSnapshotBytes: SnapshotBytes {
+    let buffer: ByteBuffer
+
+    func withSnapshotBytes<T>(_ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+        try buffer.withUnsafeReadableBytes(body)
     }
 }

@@ -7,11 +7,19 @@ import QSStore
 import QSWire
 import NIOConcurrencyHelpers
 
-/// A frame channel to `up` (TCP or Unix socket), reading up to `maxReadBytes` at a time.
-func openFrameChannel(to up: Endpoint, maxReadBytes: Int = 64 << 10, group: any EventLoopGroup) async throws -> NIOAsyncChannel<Frame, Frame> {
+/// A frame channel to `up` (TCP or Unix socket).
+func openFrameChannel(to up: Endpoint, group: any EventLoopGroup) async throws -> NIOAsyncChannel<Frame, Frame> {
     switch up {
-    case let .tcp(host, port): return try await openFrameChannel(host: host, port: port, unixPath: nil, maxReadBytes: maxReadBytes, group: group)
-    case let .unix(path): return try await openFrameChannel(host: nil, port: 0, unixPath: path, maxReadBytes: maxReadBytes, group: group)
+    case let .tcp(host, port): return try await openFrameChannel(host: host, port: port, unixPath: nil, group: group)
+    case let .unix(path): return try await openFrameChannel(host: nil, port: 0, unixPath: path, group: group)
+    }
+}
+
+/// A snapshot stream channel to `up` (TCP or Unix socket), reading up to `maxReadBytes` at a time.
+func openSnapshotChannel(to up: Endpoint, maxReadBytes: Int, group: any EventLoopGroup) async throws -> NIOAsyncChannel<SnapshotStreamPart, Frame> {
+    switch up {
+    case let .tcp(host, port): return try await openSnapshotChannel(host: host, port: port, unixPath: nil, maxReadBytes: maxReadBytes, group: group)
+    case let .unix(path): return try await openSnapshotChannel(host: nil, port: 0, unixPath: path, maxReadBytes: maxReadBytes, group: group)
     }
 }
 
@@ -36,7 +44,7 @@ func receiveSnapshot(from up: Endpoint, token: [UInt8], group: any EventLoopGrou
     var request = Request.snapshotFrom(token: token, resume: held)
     while true {
         // Reads of up to a chunk and a bit (1 MiB chunks and their headers).
-        let channel = try await openFrameChannel(to: up, maxReadBytes: 2 * Store.snapshotChunkBytes, group: group)
+        let channel = try await openSnapshotChannel(to: up, maxReadBytes: 2 * Store.snapshotChunkBytes, group: group)
         let outcome: (index: UInt64, hash: [UInt8], size: UInt64, resumedFrom: UInt64)? = try await channel.executeThenClose { inbound, outbound in
             try await outbound.write(request.frame())
             var begin: (index: UInt64, hash: [UInt8], size: UInt64, resumedFrom: UInt64)?
@@ -44,7 +52,37 @@ func receiveSnapshot(from up: Endpoint, token: [UInt8], group: any EventLoopGrou
             let started = ContinuousClock.now
             var lastReport = started
             var toldWaiting = false
-            for try await frame in inbound {
+            /// Writes bytes of the snapshot to the file, from the socket's buffer.
+            func took(_ bytes: some SnapshotBytes, count: Int) async throws {
+                guard let total = begin?.size else { throw ReplicaService.FollowEnd.refused(nil, "a snapshot chunk before its start") }
+                guard UInt64(count) <= total - received else {
+                    throw ReplicaService.FollowEnd.refused(nil, "the snapshot goes on past the \(total) bytes announced")
+                }
+                if count == 0 { return }
+                try await file.write(bytes)
+                received += UInt64(count)
+                tally?.add(count)
+                if ContinuousClock.now - lastReport >= .seconds(5), total > 0 {
+                    lastReport = ContinuousClock.now
+                    let fetched = received - (begin?.resumedFrom ?? 0)
+                    let rate = Double(fetched) / max((lastReport - started).seconds, 0.001)
+                    logger.info("snapshot progress", metadata: [
+                        "from": "\(up)", "received-bytes": "\(received)", "total-bytes": "\(total)",
+                        "percent": "\(received * 100 / total)", "bytes-per-second": "\(Int(rate))",
+                        "seconds-left": "\(Int(Double(total - min(received, total)) / max(rate, 1)))",
+                    ])
+                }
+            }
+            for try await part in inbound {
+                let frame: Frame
+                switch part {
+                case let .chunkBytes(bytes):
+                    // A chunk's payload as it arrives: written from the socket's buffer.
+                    try await took(SocketSnapshotBytes(buffer: bytes), count: bytes.readableBytes)
+                    continue
+                case let .frame(whole):
+                    frame = whole
+                }
                 switch try Response.decode(frame) {
                 case let .snapshotStart(index, hash, size, offset):
                     if offset > 0 {
@@ -78,20 +116,7 @@ func receiveSnapshot(from up: Endpoint, token: [UInt8], group: any EventLoopGrou
                                     metadata: ["from": "\(up)", "queued-there": "\(queued)"])
                     }
                 case let .snapshotChunk(bytes):
-                    guard let total = begin?.size else { throw ReplicaService.FollowEnd.refused(nil, "a snapshot chunk before its start") }
-                    try await file.write(bytes)
-                    received += UInt64(bytes.count)
-                    tally?.add(bytes.count)
-                    if ContinuousClock.now - lastReport >= .seconds(5), total > 0 {
-                        lastReport = ContinuousClock.now
-                        let fetched = received - (begin?.resumedFrom ?? 0)
-                        let rate = Double(fetched) / max((lastReport - started).seconds, 0.001)
-                        logger.info("snapshot progress", metadata: [
-                            "from": "\(up)", "received-bytes": "\(received)", "total-bytes": "\(total)",
-                            "percent": "\(received * 100 / total)", "bytes-per-second": "\(Int(rate))",
-                            "seconds-left": "\(Int(Double(total - min(received, total)) / max(rate, 1)))",
-                        ])
-                    }
+                    try await took(bytes, count: bytes.count)
                 case let .snapshotDone(digest):
                     guard let begin, received == begin.size else {
                         throw ReplicaService.FollowEnd.refused(nil, "snapshot ended after \(received) bytes, announced \(begin?.size ?? 0)")

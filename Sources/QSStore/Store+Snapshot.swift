@@ -26,20 +26,16 @@ public final class SnapshotFile: Sendable {
 
     /// Up to `count` bytes from `offset`; fewer only at the end of the file.
     public func read(at offset: UInt64, upTo count: Int) async throws -> [UInt8] {
+        try await read(at: offset, upTo: count, into: { [UInt8]() })
+    }
+
+    /// Up to `count` bytes from `offset` in a buffer `make` gives (filled in place on the
+    /// background thread); fewer only at the end of the file.
+    public func read<B: SnapshotBuffer>(at offset: UInt64, upTo count: Int, into make: @escaping @Sendable () -> B) async throws -> B {
         let fd = self.fd, path = self.path
         return try await threads.run {
-            var out = [UInt8](repeating: 0, count: count)
-            var got = 0
-            while got < count {
-                let n = out.withUnsafeMutableBytes { p in
-                    pread(fd, p.baseAddress! + got, count - got, off_t(offset) + off_t(got))
-                }
-                if n < 0 && errno == EINTR { continue }
-                guard n >= 0 else { throw StoreError.io("cannot read the snapshot file \(path): errno \(errno)") }
-                if n == 0 { break }
-                got += n
-            }
-            out.removeLast(count - got)
+            var out = make()
+            _ = try fill(&out, from: fd, at: offset, upTo: count, "the snapshot file \(path)")
             return out
         }
     }
@@ -114,13 +110,17 @@ public final class SnapshotWriter: @unchecked Sendable {
         }
     }
 
-    /// Appends `bytes` to the file, and starts the writeback of the last
+    /// Appends `bytes` to the file (written from the memory they are in: a socket's
+    /// buffer is not copied first), and starts the writeback of the last
     /// `writeBehindBytes` written once that many are.
-    public func write(_ bytes: [UInt8]) async throws {
+    public func write<B: SnapshotBytes>(_ bytes: B) async throws {
         try await threads.run { [self] in
-            try writeAll(fd, bytes, path)
-            digest.update(bytes)
-            written += UInt64(bytes.count)
+            let count = try bytes.withSnapshotBytes { p in
+                try writeAll(fd, p, path)
+                digest.update(p)
+                return p.count
+            }
+            written += UInt64(count)
             if written - writtenBack >= Self.writeBehindBytes {
                 let fd = self.fd, from = Int64(writtenBack), count = Int64(written - writtenBack)
                 writtenBack = written
@@ -206,10 +206,10 @@ private func digestFile(_ fd: Int32, upTo count: UInt64, _ path: String, into di
     }
 }
 
-private func writeAll(_ fd: Int32, _ bytes: [UInt8], _ path: String) throws {
+private func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, _ path: String) throws {
     var done = 0
     while done < bytes.count {
-        let n = bytes.withUnsafeBytes { p in Glibc.write(fd, p.baseAddress! + done, bytes.count - done) }
+        let n = Glibc.write(fd, bytes.baseAddress! + done, bytes.count - done)
         if n < 0 && errno == EINTR { continue }
         guard n > 0 else {
             if errno == ENOSPC || errno == EDQUOT { throw StoreError.diskFull("cannot write \(path): no space left on its filesystem") }

@@ -95,20 +95,21 @@ final class CopyStream: @unchecked Sendable {
         while poll(&p, 1, -1) < 0 && errno == EINTR {}
     }
 
-    /// Up to `count` bytes, fewer only at the end of the copy (empty: the end).
-    func read(upTo count: Int) async throws -> [UInt8] {
+    /// `prefix` and then up to `count` bytes of the copy in a buffer `make` gives, fewer
+    /// only at the end of the copy (none: the end). The buffer is made and filled on the
+    /// reading thread, so it is filled in place, never copied.
+    func read<B: SnapshotBuffer>(into make: @escaping @Sendable () -> B, after prefix: ArraySlice<UInt8> = [],
+                                 upTo count: Int) async throws -> B {
         let fd = readFD
         return try await reader.run {
-            var out = [UInt8](repeating: 0, count: count)
-            var got = 0
-            while got < count {
-                let n = out.withUnsafeMutableBytes { p in Glibc.read(fd, p.baseAddress! + got, count - got) }
-                if n < 0 && errno == EINTR { continue }
-                guard n >= 0 else { throw StoreError.io("cannot read the snapshot copy's pipe: errno \(errno)") }
-                if n == 0 { break }
-                got += n
+            var out = make()
+            if !prefix.isEmpty {
+                out.appendSnapshotBytes(upTo: prefix.count) { p in
+                    prefix.withUnsafeBytes { p.copyMemory(from: $0) }
+                    return prefix.count
+                }
             }
-            out.removeLast(count - got)
+            _ = try fill(&out, from: fd, upTo: count, "the snapshot copy's pipe")
             return out
         }
     }
@@ -169,6 +170,15 @@ extension Store {
     /// checkpoint (a file in the staging directory) and never resumes.
     public func streamSnapshot(resume: SnapshotResume?, start: (SnapshotStreamStart) async throws -> Void,
                                chunk: ([UInt8]) async throws -> Void) async throws -> [UInt8] {
+        try await streamSnapshot(resume: resume, buffers: { [UInt8]() }, start: start, chunk: chunk)
+    }
+
+    /// `streamSnapshot`, each chunk read straight into a buffer `buffers` makes (a frame
+    /// the caller sends as it is), on the thread that reads the copy: the bytes reach the
+    /// caller's memory once, from the copy's pipe, and are not copied again here.
+    public func streamSnapshot<B: SnapshotBuffer>(resume: SnapshotResume?, buffers make: @escaping @Sendable () -> B,
+                                                  start: (SnapshotStreamStart) async throws -> Void,
+                                                  chunk: (B) async throws -> Void) async throws -> [UInt8] {
         guard case let .lmdb(lmdb) = engine else {
             return try await withSnapshot { file in
                 try await start(SnapshotStreamStart(head: file.head, size: file.size, offset: 0,
@@ -176,10 +186,10 @@ extension Store {
                 let whole = SnapshotDigest()
                 var offset: UInt64 = 0
                 while true {
-                    let bytes = try await file.read(at: offset, upTo: Self.snapshotChunkBytes)
-                    if bytes.isEmpty { break }
-                    whole.update(bytes)
-                    offset += UInt64(bytes.count)
+                    let bytes = try await file.read(at: offset, upTo: Self.snapshotChunkBytes, into: make)
+                    let count = bytes.withSnapshotBytes { whole.update($0); return $0.count }
+                    if count == 0 { break }
+                    offset += UInt64(count)
                     try await chunk(bytes)
                 }
                 return whole.bytes
@@ -195,7 +205,7 @@ extension Store {
                     return try self.readNow { try $0.head() }
                 }
                 let pageSize = lmdb.environment.pageSize
-                let metas = try await copy.read(upTo: 2 * pageSize)
+                let metas = try await copy.read(into: { [UInt8]() }, upTo: 2 * pageSize)
                 let size = try Self.compactCopySize(metas: metas, pageSize: pageSize)
                 var target: UInt64 = 0
                 if let r = resume {
@@ -218,18 +228,15 @@ extension Store {
                 var mismatch = false
                 while true {
                     let limit = position < target ? Int(min(UInt64(Self.snapshotChunkBytes), target - position)) : Self.snapshotChunkBytes
-                    let bytes: [UInt8]
-                    if !leftover.isEmpty {
-                        bytes = Array(leftover.prefix(limit))
-                        leftover = leftover.dropFirst(bytes.count)
-                    } else {
-                        bytes = try await copy.read(upTo: limit)
-                    }
-                    if bytes.isEmpty { break }
-                    whole.update(bytes)
+                    // The meta pages read first lead the first chunk.
+                    let lead = leftover.prefix(limit)
+                    leftover = leftover.dropFirst(lead.count)
+                    let bytes = try await copy.read(into: make, after: lead, upTo: limit - lead.count)
+                    let count = bytes.withSnapshotBytes { whole.update($0); return $0.count }
+                    if count == 0 { break }
                     if position < target {
-                        prefix.update(bytes)
-                        position += UInt64(bytes.count)
+                        bytes.withSnapshotBytes { prefix.update($0) }
+                        position += UInt64(count)
                         if position == target {
                             guard prefix.bytes == resume?.digest else {
                                 mismatch = true
@@ -238,7 +245,7 @@ extension Store {
                             try await start(SnapshotStreamStart(head: head, size: size, offset: target, refused: nil))
                         }
                     } else {
-                        position += UInt64(bytes.count)
+                        position += UInt64(count)
                         try await chunk(bytes)
                     }
                 }

@@ -25,7 +25,7 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
     public typealias InboundOut = Frame
     public let maxFrameBytes: Int
     /// Bytes consumed so far: the stream offset of the next frame.
-    public private(set) var consumed = 0
+    public internal(set) var consumed = 0
 
     public init(maxFrameBytes: Int = defaultMaxFrameBytes) {
         self.maxFrameBytes = maxFrameBytes

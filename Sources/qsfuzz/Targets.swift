@@ -74,6 +74,7 @@ enum FuzzTarget: String, CaseIterable {
         case .qsFrames:
             let frames = decodeAnySplit(FrameDecoder(maxFrameBytes: 1 << 20), bytes, name)
             for frame in frames.messages { Self.qsMessage(frame, name) }
+            Self.snapshotStream(bytes, frames, name)
         case .qsRequest, .qsResponse:
             guard let type = bytes.first else { return }
             let tag = self == .qsRequest ? type & 0x7F : type | 0x80
@@ -165,6 +166,35 @@ enum FuzzTarget: String, CaseIterable {
             check((try? Response.decode(response.frame())) == response, name, "a response does not decode back from its frame")
             if case let .entries(list) = response {
                 for e in list { _ = try? LogEntry.decode(e.bytes) }
+            }
+        }
+    }
+
+    /// A snapshot receiver's decoder reads the same stream as the frame decoder, however it
+    /// is split: the same frames, each chunk frame's payload passed on in parts, the same error.
+    private static func snapshotStream(_ bytes: [UInt8], _ frames: Decoded<Frame>, _ name: String) {
+        // Chunks' bytes as one run between other frames: what a receiver writes.
+        func joined(_ parts: [SnapshotStreamPart]) -> [SnapshotStreamPart] {
+            var out = [SnapshotStreamPart]()
+            for part in parts {
+                if case let .chunkBytes(more) = part, case var .chunkBytes(run)? = out.last {
+                    run.writeImmutableBuffer(more)
+                    out[out.count - 1] = .chunkBytes(run)
+                } else {
+                    out.append(part)
+                }
+            }
+            return out
+        }
+        let expected = joined(frames.messages.map { frame in
+            frame.type == 0x8A ? .chunkBytes(ByteBuffer(bytes: frame.payload)) : .frame(frame)
+        })
+        for piece in [0, 1, max(1, (bytes.count + 7) / 8)] where piece == 0 || (bytes.count > piece && (piece > 1 || bytes.count <= 64)) {
+            let parts = decodeStream(SnapshotStreamDecoder(maxFrameBytes: 1 << 20), bytes, chunk: piece)
+            check(parts.error == frames.error, name,
+                  "the snapshot stream decoder ended with \(parts.error ?? "no error"), the frame decoder with \(frames.error ?? "no error")")
+            if frames.error == nil {
+                check(joined(parts.messages) == expected, name, "the snapshot stream decoder read other frames than the frame decoder")
             }
         }
     }
