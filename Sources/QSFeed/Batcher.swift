@@ -159,13 +159,20 @@ actor Batcher {
         case let .change(change):
             try await add(change)
         case let .changes(list):
-            for change in list { try await add(change) }
+            // Counted once for the run, not at every change.
+            metrics.changesRead.increment(by: list.count)
+            for change in list { try await buffer(change) }
         }
     }
 
     func add(_ change: FeedChange) async throws {
         metrics.changesRead.increment()
-        let newest = pending.last?.position ?? confirmed
+        try await buffer(change)
+    }
+
+    /// Buffers one change read (already counted), sending a batch when the buffer is full.
+    private func buffer(_ change: FeedChange) async throws {
+        let newest = pending.isEmpty ? confirmed : pending[pending.count - 1].position
         guard change.position > newest else {
             // Already applied (a resume, or another bridge got there first) or out of order.
             metrics.duplicatesSkipped.increment()
