@@ -299,8 +299,8 @@ actor Batcher {
         guard sent < pending.count else { return }
         var count = 0, ops = 0, bytes = 0
         let most = splitAt ?? Int.max
-        for c in pending[sent...] {
-            let o = max(c.operationCount, 1), b = c.payloadBytes
+        for i in sent..<pending.count { // by index: no copy of each change
+            let o = max(pending[i].operationCount, 1), b = pending[i].payloadBytes
             if count >= most || count > 0 && (ops + o > limits.maxOps || bytes + b > limits.maxBytes) { break }
             count += 1; ops += o; bytes += b
         }
@@ -311,7 +311,10 @@ actor Batcher {
         let operations: Int, operationBytes: Int
         switch limits.mode {
         case .batched:
-            let merged = coalesce(batch.flatMap(\.operations))
+            var all = [Mutation]()
+            all.reserveCapacity(ops)
+            for i in batch.indices { all.append(contentsOf: pending[i].operations) }
+            let merged = coalesce(all)
             (operations, operationBytes) = (merged.count, merged.reduce(0) { $0 + $1.payloadBytes })
             request = .batch(.init(token: root.token, sourceID: sourceID, expected: expected, new: last.position, operations: merged))
         case .compatible:
