@@ -104,6 +104,18 @@ public struct ReplicationFrameDecoder: NIOSingleStepByteToMessageDecoder, Sendab
     /// is not complete yet.
     public mutating func decode(buffer: inout ByteBuffer) throws(DecodeError) -> ReplicationFrame? {
         let acceptance = awaitingAcceptance, limit = maxMessageBytes
+        // The common frame, a whole update within the limit, read with NIO's own integer
+        // reads; anything else (and every error) takes the general path below.
+        if !acceptance, buffer.readableBytes >= 13, let at = Optional(buffer.readerIndex),
+           buffer.getInteger(at: at, as: UInt8.self) == KTBinaryMagic.replication,
+           let ts = buffer.getInteger(at: at + 1, as: UInt64.self),
+           let size = buffer.getInteger(at: at + 9, as: UInt32.self).map(Int.init),
+           size <= limit, buffer.readableBytes - 13 >= size,
+           let message = buffer.getBytes(at: at + 13, length: size) {
+            buffer.moveReaderIndex(forwardBy: 13 + size)
+            streamOffset += 13 + size
+            return .update(timestamp: ts, message: message)
+        }
         guard let (frame, length) = try ByteReader.prefix(of: buffer.readableBytesView, base: streamOffset, { r throws(DecodeError) in
             let start = r.offset
             let magic = try r.readU8("frame")

@@ -65,6 +65,10 @@ public struct KTUpdateMessage: Sendable, Hashable {
 
     /// Decodes a whole message; offsets in errors count from its first byte.
     public init(decoding bytes: [UInt8]) throws(DecodeError) {
+        if let set = Self.decodeSet(bytes) {
+            self = set
+            return
+        }
         var r = ByteReader(bytes)
         sid = try r.readU16("update message sid")
         db = try r.readU16("update message db")
@@ -100,6 +104,33 @@ public struct KTUpdateMessage: Sendable, Hashable {
             operation = .clear
         default:
             throw .badMagic(op, expected: "update operation 0xA1/0xA2/0xA5", offset: 4)
+        }
+    }
+
+    /// A well-formed set message (the bulk of a backlog) read straight from its bytes; nil
+    /// for anything else, which `init(decoding:)` then reads (and refuses) the general way.
+    private static func decodeSet(_ bytes: [UInt8]) -> KTUpdateMessage? {
+        bytes.withUnsafeBufferPointer { p -> KTUpdateMessage? in
+            guard p.count >= 5, p[4] == OpCode.set else { return nil }
+            var i = 5
+            func varnum() -> Int? {
+                var v = 0
+                for _ in 0..<4 { // at most 28 bits: within the general path's 2^31 limit
+                    guard i < p.count else { return nil }
+                    let b = p[i]
+                    i += 1
+                    v = v << 7 | Int(b & 0x7F)
+                    if b < 0x80 { return v }
+                }
+                return nil
+            }
+            guard let ksiz = varnum(), let vsiz = varnum(), vsiz >= expirationWidth, ksiz + vsiz == p.count - i else { return nil }
+            let k = i, x = i + ksiz, v = x + expirationWidth
+            var xt: UInt64 = 0
+            for j in x..<v { xt = xt << 8 | UInt64(p[j]) }
+            return KTUpdateMessage(sid: UInt16(p[0]) << 8 | UInt16(p[1]), db: UInt16(p[2]) << 8 | UInt16(p[3]),
+                                   operation: .set(key: Array(UnsafeBufferPointer(rebasing: p[k..<x])),
+                                                    value: Array(UnsafeBufferPointer(rebasing: p[v...])), expiration: Int64(xt)))
         }
     }
 }

@@ -170,13 +170,20 @@ actor Batcher {
         case let .change(change):
             try await add(change)
         case let .changes(list):
-            for change in list { try await add(change) }
+            // Counted once for the run, not at every change.
+            metrics.changesRead.increment(by: list.count)
+            for change in list { try await buffer(change) }
         }
     }
 
     func add(_ change: FeedChange) async throws {
         metrics.changesRead.increment()
-        let newest = pending.last?.position ?? confirmed
+        try await buffer(change)
+    }
+
+    /// Buffers one change read (already counted), sending a batch when the buffer is full.
+    private func buffer(_ change: FeedChange) async throws {
+        let newest = pending.isEmpty ? confirmed : pending[pending.count - 1].position
         guard change.position > newest else {
             // Already applied (a resume, or another bridge got there first) or out of order.
             metrics.duplicatesSkipped.increment()
@@ -317,8 +324,8 @@ actor Batcher {
         guard sent < pending.count else { return }
         var count = 0, ops = 0, bytes = 0
         let most = splitAt ?? Int.max
-        for c in pending[sent...] {
-            let o = max(c.operationCount, 1), b = c.payloadBytes
+        for i in sent..<pending.count { // by index: no copy of each change
+            let o = max(pending[i].operationCount, 1), b = pending[i].payloadBytes
             if count >= most || count > 0 && (ops + o > limits.maxOps || bytes + b > limits.maxBytes) { break }
             count += 1; ops += o; bytes += b
         }
@@ -329,7 +336,10 @@ actor Batcher {
         let operations: Int, operationBytes: Int
         switch limits.mode {
         case .batched:
-            let merged = coalesce(batch.flatMap(\.operations))
+            var all = [Mutation]()
+            all.reserveCapacity(ops)
+            for i in batch.indices { all.append(contentsOf: pending[i].operations) }
+            let merged = coalesce(all)
             (operations, operationBytes) = (merged.count, merged.reduce(0) { $0 + $1.payloadBytes })
             request = .batch(.init(token: root.token, sourceID: sourceID, expected: expected, new: last.position, operations: merged))
         case .compatible:

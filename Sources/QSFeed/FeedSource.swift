@@ -110,3 +110,62 @@ public protocol FeedPreparation: Sendable {
     /// What it is doing now, for `/readyz` (nil: nothing).
     var activity: String? { get }
 }
+
+/// Changes a source has read and not yet delivered, handed to the consumer as one
+/// `FeedEvent.changes` (one hop to the batcher for many changes, not one each). A source
+/// appends what it reads and delivers the run when `append` says it is full, before any
+/// other event (a heartbeat keeps its place after the changes read before it), before it
+/// waits for more input, and before it throws (every change read before a failure is
+/// delivered, as when each went alone). The bound keeps the back-pressure contract: while
+/// a run is delivered the source reads nothing, and it holds at most `maxChanges` changes
+/// or about `maxBytes` of payload more than before.
+public struct ChangeRun: Sendable {
+    /// The default bounds: enough changes that the hop costs next to nothing per change,
+    /// few enough bytes that the memory held does not matter.
+    public static let defaultMaxChanges = 1024
+    public static let defaultMaxBytes = 1 << 20
+
+    public let maxChanges: Int
+    public let maxBytes: Int
+    private var changes: [FeedChange] = []
+    private var bytes = 0
+
+    public init(maxChanges: Int = ChangeRun.defaultMaxChanges, maxBytes: Int = ChangeRun.defaultMaxBytes) {
+        self.maxChanges = max(1, maxChanges)
+        self.maxBytes = max(1, maxBytes)
+    }
+
+    public var isEmpty: Bool { changes.isEmpty }
+
+    /// Adds a change; true when the run is full and should be delivered now.
+    public mutating func append(_ change: FeedChange) -> Bool {
+        if changes.isEmpty { changes.reserveCapacity(maxChanges) }
+        changes.append(change)
+        bytes += change.payloadBytes
+        return changes.count >= maxChanges || bytes >= maxBytes
+    }
+
+    /// Runs `body` with an empty run to append to, then delivers what it holds: at the
+    /// end, and when `body` throws (except on cancellation), before the error goes on.
+    public static func reading(maxChanges: Int = ChangeRun.defaultMaxChanges, maxBytes: Int = ChangeRun.defaultMaxBytes,
+                               _ deliver: @Sendable (FeedEvent) async throws -> Void,
+                               _ body: (inout ChangeRun) async throws -> Void) async throws {
+        var run = ChangeRun(maxChanges: maxChanges, maxBytes: maxBytes)
+        do {
+            try await body(&run)
+        } catch {
+            if !(error is CancellationError) { try await run.deliver(deliver) }
+            throw error
+        }
+        try await run.deliver(deliver)
+    }
+
+    /// Delivers what is held (nothing when empty) and empties the run.
+    public mutating func deliver(_ deliver: @Sendable (FeedEvent) async throws -> Void) async throws {
+        guard !changes.isEmpty else { return }
+        let run = changes
+        changes = []
+        bytes = 0
+        try await deliver(run.count == 1 ? .change(run[0]) : .changes(run))
+    }
+}

@@ -26,23 +26,29 @@ public struct KTCaptureSource: FeedSource {
             throw FeedError.stop("\(error)")
         }
         defer { reader.close() }
-        while true {
-            try Task.checkCancellation()
-            let next: (offset: Int, frame: ReplicationFrame)?
-            do {
-                next = try reader.next()
-            } catch let damage as CaptureDamage {
-                if !damage.truncated { translator.metrics.corruptFrames.increment() }
-                throw FeedError.stop("\(damage); every complete frame before it was applied")
-            }
-            guard let (_, frame) = next else { return }
-            switch frame {
-            case .accepted: continue
-            case .refused: throw FeedError.stop("capture \(path) records a refused replication request (the server had no update log)")
-            case let .heartbeat(ts): try await deliver(.heartbeat(sourceTimeNs: KTTranslator.heartbeatWallTimeNs(ts)))
-            case let .update(ts, message):
-                guard ts > position else { continue }
-                try await deliver(.change(try translator.change(timestamp: ts, message: message)))
+        // Updates go to the consumer in runs (one hop for many); the run is delivered
+        // before a heartbeat, at the end, and before any error is thrown.
+        try await ChangeRun.reading(deliver) { run in
+            while true {
+                try Task.checkCancellation()
+                let next: (offset: Int, frame: ReplicationFrame)?
+                do {
+                    next = try reader.next()
+                } catch let damage as CaptureDamage {
+                    if !damage.truncated { translator.metrics.corruptFrames.increment() }
+                    throw FeedError.stop("\(damage); every complete frame before it was applied")
+                }
+                guard let (_, frame) = next else { break }
+                switch frame {
+                case .accepted: continue
+                case .refused: throw FeedError.stop("capture \(path) records a refused replication request (the server had no update log)")
+                case let .heartbeat(ts):
+                    try await run.deliver(deliver)
+                    try await deliver(.heartbeat(sourceTimeNs: KTTranslator.heartbeatWallTimeNs(ts)))
+                case let .update(ts, message):
+                    guard ts > position else { continue }
+                    if run.append(try translator.change(timestamp: ts, message: message)) { try await run.deliver(deliver) }
+                }
             }
         }
     }

@@ -73,11 +73,14 @@ public struct KTTranslator: Sendable {
     public let mapping: KTMapping
     public let metrics: KTMetrics
     let logger: Logger
+    /// Database 0's prefix (nil: unmapped), looked up once: nearly every update is for it.
+    private let prefix0: [UInt8]?
 
     public init(mapping: KTMapping, metrics: KTMetrics = KTMetrics(), logger: Logger) {
         self.mapping = mapping
         self.metrics = metrics
         self.logger = logger
+        prefix0 = mapping.prefixes[0]
     }
 
     /// The wall time a KT timestamp stands for (milliseconds × 10⁶ plus a counter).
@@ -117,7 +120,7 @@ public struct KTTranslator: Sendable {
             logger.error("skipping undecodable update", metadata: ["ts": "\(ts)", "error": "\(error)"])
             return FeedChange(position: ts, operations: [], sourceTimeNs: time)
         }
-        guard let prefix = mapping.prefixes[decoded.db] else {
+        guard let prefix = decoded.db == 0 ? prefix0 : mapping.prefixes[decoded.db] else {
             metrics.unmapped.increment()
             guard mapping.onUnmapped == .count else {
                 throw FeedError.stop("KT update at timestamp \(ts) is for database \(decoded.db), which --db-map does not map (add \(decoded.db)=PREFIX to --db-map, or run with --on-unmapped count)")

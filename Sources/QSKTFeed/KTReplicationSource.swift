@@ -38,15 +38,23 @@ public struct KTReplicationSource: FeedSource {
     public func run(after position: UInt64, deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {
         let translator = self.translator
         do {
-            try await client.stream(after: position) { frame in
-                switch frame {
-                case let .heartbeat(ts):
-                    try await deliver(.heartbeat(sourceTimeNs: KTTranslator.heartbeatWallTimeNs(ts), position: ts))
-                case let .update(ts, message):
-                    guard ts > position else { return }
-                    try await deliver(.change(try translator.change(timestamp: ts, message: message)))
-                case .accepted, .refused:
-                    return
+            // The frames of one read go to the consumer as one run of changes (a heartbeat
+            // keeps its place after the changes before it); those read before an error
+            // are delivered before it is thrown.
+            try await client.streamRuns(after: position) { frames in
+                try await ChangeRun.reading(maxChanges: frames.count, deliver) { run in
+                    for frame in frames {
+                        switch frame {
+                        case let .heartbeat(ts):
+                            try await run.deliver(deliver)
+                            try await deliver(.heartbeat(sourceTimeNs: KTTranslator.heartbeatWallTimeNs(ts), position: ts))
+                        case let .update(ts, message):
+                            guard ts > position else { continue }
+                            if run.append(try translator.change(timestamp: ts, message: message)) { try await run.deliver(deliver) }
+                        case .accepted, .refused:
+                            continue
+                        }
+                    }
                 }
             }
         } catch let failure as KTReplicationClient.Failure {

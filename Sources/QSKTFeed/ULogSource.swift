@@ -33,6 +33,15 @@ public struct KTULogSource: FeedSource {
     }
 
     public func run(after position: UInt64, deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {
+        // Records go to the consumer in runs (one hop for many), delivered whenever the
+        // run is full, at the end of the records there are now, and before an error.
+        try await ChangeRun.reading(deliver) { run in
+            try await follow(after: position, run: &run, deliver: deliver)
+        }
+    }
+
+    private func follow(after position: UInt64, run: inout ChangeRun,
+                        deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {
         var current: UInt32?
         var reader: ULogReader?
         var last = position
@@ -59,8 +68,11 @@ public struct KTULogSource: FeedSource {
                 while let record = try r.next() {
                     guard record.timestamp > last else { continue }
                     last = record.timestamp
-                    try await deliver(.change(try translator.change(timestamp: record.timestamp, message: record.message)))
+                    if run.append(try translator.change(timestamp: record.timestamp, message: record.message)) {
+                        try await run.deliver(deliver)
+                    }
                 }
+                try await run.deliver(deliver)
                 reader = r
                 // At the end of this file: move on if a newer file exists.
                 if let c = current, all.contains(where: { $0.number > c }) {

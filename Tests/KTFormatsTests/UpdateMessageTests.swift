@@ -21,6 +21,24 @@ final class UpdateMessageTests: XCTestCase {
         for m in messages { XCTAssertEqual(try KTUpdateMessage(decoding: m.encoded()), m) }
     }
 
+    /// Set messages are read by a direct path; whatever it does not take (a varnum of five
+    /// bytes, a cut or inconsistent message) goes the general way, with the same result.
+    func testSetDirectPathAgreesWithGeneralPath() throws {
+        let key = [UInt8](repeating: 0x6B, count: 200), value = [UInt8](repeating: 0x76, count: 20_000)
+        let m = KTUpdateMessage(sid: 0x1234, db: 0x0102, operation: .set(key: key, value: value, expiration: 0x12_3456_789A))
+        let bytes = m.encoded()
+        XCTAssertEqual(try KTUpdateMessage(decoding: bytes), m)
+        // Sizes written with more bytes than needed (five for the key size).
+        let padded: [UInt8] = [0, 7, 0, 0, 0xA1, 0x80, 0x80, 0x80, 0x80, 0x02, 0x80, 0x06] + [0x41, 0x42] + [0, 0, 0, 0, 9] + [0x43]
+        XCTAssertEqual(try KTUpdateMessage(decoding: padded),
+                       KTUpdateMessage(sid: 7, db: 0, operation: .set(key: [0x41, 0x42], value: [0x43], expiration: 9)))
+        // Every cut, and one byte too many, is refused.
+        for cut in [4, 5, 6, 7, 100, 205, 206, bytes.count - 1] {
+            XCTAssertThrowsError(try KTUpdateMessage(decoding: Array(bytes[..<cut])), "cut at \(cut)")
+        }
+        XCTAssertThrowsError(try KTUpdateMessage(decoding: bytes + [0]))
+    }
+
     func testRejectsUnknownOperation() {
         XCTAssertThrowsError(try KTUpdateMessage(decoding: [0, 7, 0, 0, 0xA9])) { error in
             XCTAssertEqual(error as? DecodeError, .badMagic(0xA9, expected: "update operation 0xA1/0xA2/0xA5", offset: 4))

@@ -40,6 +40,24 @@ final class FeedUnitTests: XCTestCase {
         }
     }
 
+    /// Thousands of distinct keys (of every length from 0 to 24 bytes, keys that differ
+    /// in one byte) come back as they are; the same key written twice, however far apart,
+    /// is merged.
+    func testCoalesceFindsTheOneRepeatedKeyInALargeBatch() {
+        var ops = [Mutation]()
+        for i in 0..<5_000 {
+            let key = [UInt8](repeating: 0x6B, count: i % 25) + withUnsafeBytes(of: UInt32(i).bigEndian, Array.init)
+            ops.append(i % 7 == 0 ? .delete(key: key) : .set(key: key, value: [UInt8(i % 256)], expiry: nil))
+        }
+        ops.append(.set(key: [], value: [1], expiry: nil))
+        XCTAssertEqual(coalesce(ops), ops)
+        let again = Mutation.set(key: [UInt8](repeating: 0x6B, count: 17) + withUnsafeBytes(of: UInt32(17).bigEndian, Array.init),
+                                 value: [9], expiry: 3)
+        var expected = ops
+        expected.remove(at: 17)
+        XCTAssertEqual(coalesce(ops + [again]), expected + [again])
+    }
+
     func apply(_ ops: [Mutation]) -> [[UInt8]: [UInt8]] {
         var state: [[UInt8]: [UInt8]] = [k("a"): [9], k("b"): [9], k("zz"): [9]]
         for op in ops {
