@@ -5,7 +5,7 @@ import NIOPosix
 /// One HTTP/1.1 exchange with an etcd member's JSON gateway: a POST with a JSON body, the
 /// answer's status and body delivered as it arrives (a watch is an answer that does not end).
 enum EtcdHTTP {
-    typealias Channel = NIOAsyncChannel<HTTPClientResponsePart, HTTPClientRequestPart>
+    typealias Channel = NIOAsyncChannel<EtcdResponsePart, HTTPClientRequestPart>
 
     /// Connects to `host:port` (refused or unreachable: throws before anything was sent).
     static func connect(host: String, port: Int, timeout: TimeAmount) async throws -> Channel {
@@ -15,6 +15,7 @@ enum EtcdHTTP {
             .connect(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                    try channel.pipeline.syncOperations.addHandler(EtcdResponseParts())
                     return try Channel(wrappingChannelSynchronously: channel)
                 }
             }
@@ -36,12 +37,37 @@ enum EtcdHTTP {
             var status = HTTPResponseStatus.ok
             for try await part in inbound {
                 switch part {
-                case let .head(h): status = h.status
+                case let .status(code): status = HTTPResponseStatus(statusCode: code)
                 case let .body(b): if try await !onBody(b) { return status }
                 case .end: return status
                 }
             }
             throw EtcdError.connectionLost("the answer ended before it was complete")
+        }
+    }
+}
+
+/// An answer's parts as they cross from the event loop to the reading task: the head is
+/// reduced to its status code on the event loop. An `HTTPResponseHead` would carry heap
+/// storage written there, and a value resumed into the reader's continuation before it
+/// reaches its await crosses with no order ThreadSanitizer sees (docs/reliability.md,
+/// "Continuations"); a bare code has nothing to race on.
+enum EtcdResponsePart: Sendable {
+    case status(Int)
+    case body(ByteBuffer)
+    case end
+}
+
+/// Turns NIO's response parts into `EtcdResponsePart`s, on the event loop.
+final class EtcdResponseParts: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias InboundOut = EtcdResponsePart
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case let .head(head): context.fireChannelRead(wrapInboundOut(.status(Int(head.status.code))))
+        case let .body(body): context.fireChannelRead(wrapInboundOut(.body(body)))
+        case .end: context.fireChannelRead(wrapInboundOut(.end))
         }
     }
 }

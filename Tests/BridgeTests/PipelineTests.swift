@@ -51,7 +51,8 @@ final class PipelineTests: XCTestCase {
         }
     }
 
-    /// `interval`: the bridges' `--batch-interval` (an hour: only the ops cap sends a batch).
+    /// `interval`: the bridges' `--batch-interval` (an hour: only the ops cap sends a batch;
+    /// `--no-flush-when-caught-up`, or a KT NOP between two writes would end a batch short).
     func start(interval: String = "1h") async throws -> Setup {
         let kt = try FakeKTProcess(logDir: tmp)
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
@@ -68,7 +69,7 @@ final class PipelineTests: XCTestCase {
 
     func bridgeArgs(kt: FakeKTProcess, root: String, interval: String) -> [String] {
         ["--root", root, "--source", "kt://\(kt.address)", "--source-id", "kt", "--db-map", "0=", "--sid", "99",
-         "--initial-copy", "never", "--batch-max-ops", "10", "--batch-interval", interval, "--admin", "127.0.0.1:0", "--log-format", "text"]
+         "--initial-copy", "never", "--batch-max-ops", "10", "--batch-interval", interval, "--no-flush-when-caught-up", "--admin", "127.0.0.1:0", "--log-format", "text"]
     }
 
     /// While the root's answers are held, the root still receives and commits the next two
