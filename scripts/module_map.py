@@ -14,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +29,11 @@ LIBRARIES_WITHOUT_CLI = ["QSModel", "QSBytes", "QSStore", "QSWire", "QSNet", "QS
 
 
 def package():
-    out = subprocess.run(["swift", "package", "dump-package"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    # A scratch path of its own: with the default one, `dump-package` waits for the lock of a
+    # build running in .build (minutes), though it only reads the manifest.
+    with tempfile.TemporaryDirectory(prefix="module-map-") as scratch:
+        out = subprocess.run(["swift", "package", "--scratch-path", scratch, "dump-package"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
     return json.loads(out)
 
 
