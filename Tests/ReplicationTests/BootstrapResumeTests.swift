@@ -149,7 +149,7 @@ final class BootstrapResumeTests: XCTestCase {
 
         proxy.fault = .bandwidth(bytesPerSecond: 2 << 20)
         var detail = ""
-        let progressing = try await Harness.eventually(timeout: .seconds(15), pollEvery: .milliseconds(20)) {
+        let progressing = await Harness.eventually(timeout: .seconds(15), pollEvery: .milliseconds(20)) {
             guard let r = get("/readyz"), r.status == 503, let m = get("/metrics") else { return false }
             detail = r.body
             return r.body.range(of: #"[0-9.]+ of [0-9.]+ MB \([0-9]+ %\)"#, options: .regularExpression) != nil
