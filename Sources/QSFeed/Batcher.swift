@@ -216,7 +216,9 @@ actor Batcher {
     /// running. Changes added meanwhile go in a later flush (or when a batch fills).
     func flush() async throws { try await write(waitForAnswers: true) }
 
-    private func write(waitForAnswers: Bool) async throws {
+    /// `moveQuietCheckpoint`: with nothing left in flight, let `quiet` move the checkpoint
+    /// to a vouched position (the ticker's and a final flush's work, not a caught-up flush's).
+    private func write(waitForAnswers: Bool, moveQuietCheckpoint: Bool = true) async throws {
         await acquire()
         defer { release() }
         if let failure { throw failure }
@@ -234,7 +236,7 @@ actor Batcher {
                 break
             }
         }
-        if inFlight.isEmpty { try await quiet() }
+        if moveQuietCheckpoint, inFlight.isEmpty { try await quiet() }
     }
 
     /// The source has sent everything it has (a heartbeat vouching for a position): what is
@@ -242,13 +244,8 @@ actor Batcher {
     /// for a tick; a position-only write (`quiet`) is left to the ticker, so an idle source's
     /// heartbeats cost the root nothing more than before.
     private func flushCaughtUp() async throws {
-        await acquire()
-        defer { release() }
-        if let failure { throw failure }
         metrics.caughtUpFlushes.increment()
-        while sent < pending.count || resync {
-            if resync { try await settleAll() } else { try await sendOne() }
-        }
+        try await write(waitForAnswers: false, moveQuietCheckpoint: false)
     }
 
     /// Nothing buffered, nothing in flight: the checkpoint may move without a change.
