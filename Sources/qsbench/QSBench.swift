@@ -56,7 +56,7 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Scratch directory for the stores (a real disk, not tmpfs, for honest fsyncs). (env: QS_BENCH_SCRATCH)", valueName: "dir"))
     var scratch: String = QSEnv.string("QS_BENCH_SCRATCH") ?? ".bench-scratch"
 
-    @Option(help: ArgumentHelp("Rounds of each measurement in writes (node and plain LMDB alternating, fresh stores each round), reads and reads-busy (loads taking turns); the median round is reported with every round in the JSON. (env: QS_BENCH_ROUNDS)", valueName: "n"))
+    @Option(help: ArgumentHelp("Rounds of each measurement in writes (node and plain LMDB alternating, fresh stores each round), backlog (the store itself and the bridge alternating, fresh stores each round), reads and reads-busy (loads taking turns); the median round is reported with every round in the JSON. (env: QS_BENCH_ROUNDS)", valueName: "n"))
     var rounds: Int = QSEnv.value("QS_BENCH_ROUNDS", 5, flag: "--rounds")
 
     @Option(help: ArgumentHelp("Batches per write measurement instead of --duration (a fixed amount of work, for instruction counts under callgrind); 0 = run for --duration. (env: QS_BENCH_BATCHES)", valueName: "n"))
@@ -123,9 +123,10 @@ struct QSBench: AsyncParsableCommand {
             let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let b = try await BacklogBench(updates: mirrorEntries, keys: min(mirrorEntries, 100_000), valueBytes: valueBytes,
-                                           scratch: scratch, binDir: bin).run()
-            print(String(format: "backlog: qsktbridge replayed %d KT updates (%.0f MB capture) at %.0f updates/s; the store applies the same sets itself at %.0f/s (ratio %.3f); bridge peak RSS %.1f MB (own memory %.1f MB)",
+                                           scratch: scratch, binDir: bin, rounds: rounds).run()
+            print(String(format: "backlog: qsktbridge replayed %d KT updates (%.0f MB capture) at %.0f updates/s; the store applies the same sets itself at %.0f/s (ratio %.3f, the median of %d rounds taking turns: %@); bridge peak RSS %.1f MB (own memory %.1f MB)",
                          b.updates, Double(b.captureBytes) / 1e6, b.bridgeUpdatesPerSec, b.localApplyUpdatesPerSec, b.ratio,
+                         b.rounds.count, b.rounds.map { String(format: "%.2f", $0.ratio) }.joined(separator: " "),
                          Double(b.bridgePeakRSSBytes) / 1e6, Double(b.bridgePeakAnonBytes) / 1e6))
             try writeJSON(b, "backlog-latest.json")
         }
