@@ -107,10 +107,33 @@ public struct KTUpdateMessage: Sendable, Hashable {
         }
     }
 
+    /// Decodes a whole message it takes, as `init(decoding:)` does. A well-formed set's
+    /// value keeps the message's storage (its bytes moved to the front when the message is
+    /// not shared): one array made for a set, its key, rather than two.
+    public init(taking bytes: consuming [UInt8]) throws(DecodeError) {
+        guard let set = Self.setLayout(bytes) else {
+            try self.init(decoding: bytes)
+            return
+        }
+        var value = consume bytes
+        let key = Array(value[set.key])
+        value.removeSubrange(0..<set.value)
+        self.init(sid: set.sid, db: set.db, operation: .set(key: key, value: value, expiration: set.expiration))
+    }
+
     /// A well-formed set message (the bulk of a backlog) read straight from its bytes; nil
     /// for anything else, which `init(decoding:)` then reads (and refuses) the general way.
     private static func decodeSet(_ bytes: [UInt8]) -> KTUpdateMessage? {
-        bytes.withUnsafeBufferPointer { p -> KTUpdateMessage? in
+        guard let set = setLayout(bytes) else { return nil }
+        return KTUpdateMessage(sid: set.sid, db: set.db,
+                               operation: .set(key: Array(bytes[set.key]), value: Array(bytes[set.value...]), expiration: set.expiration))
+    }
+
+    /// Where a well-formed set message's parts are, in one pass over its bytes (nil for
+    /// anything else): the key's range, the value's start (it runs to the end), the
+    /// expiration time.
+    private static func setLayout(_ bytes: [UInt8]) -> (sid: UInt16, db: UInt16, key: Range<Int>, value: Int, expiration: Int64)? {
+        bytes.withUnsafeBufferPointer { p -> (sid: UInt16, db: UInt16, key: Range<Int>, value: Int, expiration: Int64)? in
             guard p.count >= 5, p[4] == OpCode.set else { return nil }
             var i = 5
             func varnum() -> Int? {
@@ -128,9 +151,7 @@ public struct KTUpdateMessage: Sendable, Hashable {
             let k = i, x = i + ksiz, v = x + expirationWidth
             var xt: UInt64 = 0
             for j in x..<v { xt = xt << 8 | UInt64(p[j]) }
-            return KTUpdateMessage(sid: UInt16(p[0]) << 8 | UInt16(p[1]), db: UInt16(p[2]) << 8 | UInt16(p[3]),
-                                   operation: .set(key: Array(UnsafeBufferPointer(rebasing: p[k..<x])),
-                                                    value: Array(UnsafeBufferPointer(rebasing: p[v...])), expiration: Int64(xt)))
+            return (UInt16(p[0]) << 8 | UInt16(p[1]), UInt16(p[2]) << 8 | UInt16(p[3]), k..<x, v, Int64(xt))
         }
     }
 }

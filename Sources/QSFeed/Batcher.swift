@@ -172,34 +172,42 @@ actor Batcher {
         case let .changes(list):
             // Counted once for the run, not at every change.
             metrics.changesRead.increment(by: list.count)
-            for change in list { try await buffer(change) }
+            for change in list {
+                if try buffer(change) { try await sendWhileFull() }
+            }
         }
     }
 
-    func add(_ change: FeedChange) async throws {
+    func add(_ change: consuming FeedChange) async throws {
         metrics.changesRead.increment()
-        try await buffer(change)
+        if try buffer(change) { try await sendWhileFull() }
     }
 
-    /// Buffers one change read (already counted), sending a batch when the buffer is full.
-    private func buffer(_ change: FeedChange) async throws {
+    /// Buffers one change read (already counted); true when the buffer is full and a batch
+    /// must go (`sendWhileFull`) before the next change. Not async: a change that fills
+    /// nothing costs no suspension point.
+    private func buffer(_ change: consuming FeedChange) throws -> Bool {
         let newest = pending.isEmpty ? confirmed : pending[pending.count - 1].position
         guard change.position > newest else {
             // Already applied (a resume, or another bridge got there first) or out of order.
             metrics.duplicatesSkipped.increment()
-            return
+            return false
         }
-        var change = change
         if change.payloadBytes > limits.maxBytes {
             change = try oversized(change, limit: "the bridge's limit of \(limits.maxBytes) bytes (--batch-max-bytes)")
         }
         pendingOps += max(change.operationCount, 1)
         pendingBytes += change.payloadBytes
         lastRead = change.position
-        pending.append(change)
+        pending.append(consume change)
         // The pending count is told when it leaves 0 (the wait for the root starts) and at
         // every batch sent or answered, not at every change.
         if pending.count == 1 { notePending() }
+        return full
+    }
+
+    /// Sends batches while the buffer is full.
+    private func sendWhileFull() async throws {
         while full {
             await acquire()
             defer { release() }
@@ -326,8 +334,11 @@ actor Batcher {
             if count >= most || count > 0 && (ops + o > limits.maxOps || bytes + b > limits.maxBytes) { break }
             count += 1; ops += o; bytes += b
         }
-        let batch = pending[sent..<(sent + count)]
-        guard let last = batch.last else { return }
+        guard count > 0 else { return }
+        // By index, with no slice of `pending` kept: a slice alive across the awaits below
+        // would make the answer's `drop` copy every change left.
+        let batch = sent..<(sent + count)
+        let newPosition = pending[batch.upperBound - 1].position, newTimeNs = pending[batch.upperBound - 1].sourceTimeNs
         let expected = inFlight.last?.new ?? confirmed
         let request: Request
         let operations: Int, operationBytes: Int
@@ -335,29 +346,29 @@ actor Batcher {
         case .batched:
             var all = [Mutation]()
             all.reserveCapacity(ops)
-            for i in batch.indices { all.append(contentsOf: pending[i].operations) }
+            for i in batch { pending[i].ops.append(to: &all) } // in place: no copy of the change
             let merged = coalesce(all)
             (operations, operationBytes) = (merged.count, merged.reduce(0) { $0 + $1.payloadBytes })
-            request = .batch(.init(token: root.token, sourceID: sourceID, expected: expected, new: last.position, operations: merged))
+            request = .batch(.init(token: root.token, sourceID: sourceID, expected: expected, new: newPosition, operations: merged))
         case .compatible:
             var entries = [StoredEntry]()
             entries.reserveCapacity(count)
             var n = 0, m = 0
-            for c in batch {
-                guard let e = c.entry else { throw FeedError.stop("compatible mode needs a QS log source (entries to append verbatim)") }
+            for i in batch {
+                guard let e = pending[i].entry else { throw FeedError.stop("compatible mode needs a QS log source (entries to append verbatim)") }
                 entries.append(e)
-                n += c.operationCount
-                m += c.operationBytes
+                n += pending[i].operationCount
+                m += pending[i].operationBytes
             }
             (operations, operationBytes) = (n, m)
-            request = .append(token: root.token, entries: entries, sourceTimeNs: max(freshness.timeNs ?? 0, last.sourceTimeNs ?? 0))
+            request = .append(token: root.token, entries: entries, sourceTimeNs: max(freshness.timeNs ?? 0, newTimeNs ?? 0))
         }
         let what = limits.mode == .batched ? "batch" : "append"
         let handle = try await root.send(what, request)
         let arrival = Arrival()
         notePending()
-        inFlight.append(InFlight(expected: expected, new: last.position, changes: count, operations: operations, bytes: operationBytes,
-                                 sourceTimeNs: last.sourceTimeNs, sent: handle, arrived: arrival))
+        inFlight.append(InFlight(expected: expected, new: newPosition, changes: count, operations: operations, bytes: operationBytes,
+                                 sourceTimeNs: newTimeNs, sent: handle, arrived: arrival))
         // Its answer is taken as soon as it arrives, whoever waits (or nobody).
         Task {
             _ = try? await handle.answer.wait()

@@ -51,26 +51,29 @@ func writesDistinctKeys(_ operations: [Mutation]) -> Bool {
     while size < operations.count * 2 { size <<= 1 }
     let mask = size - 1
     var slots = [(hash: UInt64, index: Int)](repeating: (0, -1), count: size)
-    for (i, op) in operations.enumerated() {
-        let h: UInt64
-        switch op {
-        case let .set(key, _, _), let .delete(key): h = KeyHash.of(key)
-        case .clearPrefix: return false
-        }
-        var at = Int(truncatingIfNeeded: h) & mask, probes = 0
-        while true {
-            let slot = slots[at]
-            if slot.index < 0 {
-                slots[at] = (h, i)
-                break
+    // Through the buffer: each operation read in place, not copied (and released) in turn.
+    return operations.withUnsafeBufferPointer { ops in
+        for i in ops.indices {
+            let h: UInt64
+            switch ops[i] {
+            case let .set(key, _, _), let .delete(key): h = KeyHash.of(key)
+            case .clearPrefix: return false
             }
-            if slot.hash == h, KeyHash.key(of: operations[slot.index]) == KeyHash.key(of: op) { return false }
-            probes += 1
-            if probes > maxProbe { return false }
-            at = (at + 1) & mask
+            var at = Int(truncatingIfNeeded: h) & mask, probes = 0
+            while true {
+                let slot = slots[at]
+                if slot.index < 0 {
+                    slots[at] = (h, i)
+                    break
+                }
+                if slot.hash == h, KeyHash.key(of: ops[slot.index]) == KeyHash.key(of: ops[i]) { return false }
+                probes += 1
+                if probes > maxProbe { return false }
+                at = (at + 1) & mask
+            }
         }
+        return true
     }
-    return true
 }
 
 /// A seeded 64-bit hash of a key's bytes (8 at a time, multiply and rotate), for

@@ -3,15 +3,28 @@ import QSModel
 /// One change read from a source at its position. A change with no operations is a
 /// position without a change (a KT update skipped for its sid, an unmapped database in
 /// `count` mode): applying it only moves the checkpoint.
+///
+/// A change of one operation (every KT update) holds it inline: no one-element array is
+/// made, copied and freed for each change a KT bridge carries.
 public struct FeedChange: Sendable, Equatable {
     /// The source position (a KT timestamp, a QS log index). Strictly increasing.
     public var position: UInt64
+    /// The operations: `ops` read as an array (one made on each read of a change of one).
     public var operations: [Mutation] {
-        didSet {
-            operationCount = operations.count
-            operationBytes = Self.bytes(of: operations)
+        get {
+            switch ops {
+            case let .one(op): return [op]
+            case let .list(list): return list
+            }
+        }
+        set {
+            ops = .list(newValue)
+            operationCount = newValue.count
+            operationBytes = Self.bytes(of: newValue)
         }
     }
+    /// Internal: the batcher gathers a batch's operations from it in place.
+    var ops: Operations
     /// Wall time the position stands for, in nanoseconds since the epoch (for lag).
     public var sourceTimeNs: UInt64?
     /// The source's log entry itself, when the source is a QS log (compatible mode
@@ -23,16 +36,40 @@ public struct FeedChange: Sendable, Equatable {
     /// Key and value bytes of those operations (counted once, not at every look).
     public private(set) var operationBytes: Int
 
+    enum Operations: Sendable {
+        case one(Mutation)
+        case list([Mutation])
+
+        /// Appends the operations to `list` (a batch's), with no array made for one.
+        func append(to list: inout [Mutation]) {
+            switch self {
+            case let .one(op): list.append(op)
+            case let .list(ops): list.append(contentsOf: ops)
+            }
+        }
+    }
+
     /// `operationCount` and `operationBytes` describe an entry whose operations are not
     /// decoded (`operations` empty); by default they are counted from `operations`.
     public init(position: UInt64, operations: [Mutation], sourceTimeNs: UInt64? = nil, entry: StoredEntry? = nil,
                 operationCount: Int? = nil, operationBytes: Int? = nil) {
         self.position = position
-        self.operations = operations
+        self.ops = .list(operations)
         self.sourceTimeNs = sourceTimeNs
         self.entry = entry
         self.operationCount = operationCount ?? operations.count
         self.operationBytes = operationBytes ?? Self.bytes(of: operations)
+    }
+
+    /// A change of one operation, held inline.
+    public init(position: UInt64, operation: Mutation, sourceTimeNs: UInt64? = nil) {
+        let bytes = operation.payloadBytes
+        self.position = position
+        self.ops = .one(operation)
+        self.sourceTimeNs = sourceTimeNs
+        self.entry = nil
+        self.operationCount = 1
+        self.operationBytes = bytes
     }
 
     /// What the change weighs in a batch: the entry's bytes when it is appended verbatim,
@@ -43,6 +80,12 @@ public struct FeedChange: Sendable, Equatable {
         var n = 0
         for op in operations { n += op.payloadBytes }
         return n
+    }
+
+    /// Equal when they stand for the same change, however the operations are held.
+    public static func == (a: FeedChange, b: FeedChange) -> Bool {
+        a.position == b.position && a.sourceTimeNs == b.sourceTimeNs && a.entry == b.entry
+            && a.operationCount == b.operationCount && a.operationBytes == b.operationBytes && a.operations == b.operations
     }
 }
 
@@ -138,10 +181,10 @@ public struct ChangeRun: Sendable {
     public var isEmpty: Bool { changes.isEmpty }
 
     /// Adds a change; true when the run is full and should be delivered now.
-    public mutating func append(_ change: FeedChange) -> Bool {
+    public mutating func append(_ change: consuming FeedChange) -> Bool {
         if changes.isEmpty { changes.reserveCapacity(maxChanges) }
-        changes.append(change)
         bytes += change.payloadBytes
+        changes.append(change)
         return changes.count >= maxChanges || bytes >= maxBytes
     }
 

@@ -38,8 +38,10 @@ public struct KTCaptureSource: FeedSource {
                     if !damage.truncated { translator.metrics.corruptFrames.increment() }
                     throw FeedError.stop("\(damage); every complete frame before it was applied")
                 }
-                guard let (_, frame) = next else { break }
-                switch frame {
+                // Consumed, so that a set's message reaches the translator unshared (its
+                // value keeps the message's storage).
+                guard let (_, frame) = consume next else { break }
+                switch consume frame {
                 case .accepted: continue
                 case .refused: throw FeedError.stop("capture \(path) records a refused replication request (the server had no update log)")
                 case let .heartbeat(ts):

@@ -101,8 +101,9 @@ public struct KTTranslator: Sendable {
     }
 
     /// One update frame → one change at its timestamp. Throws `FeedError.stop` where the
-    /// mapping says to stop.
-    public func change(timestamp ts: UInt64, message: [UInt8]) throws -> FeedChange {
+    /// mapping says to stop. The message is taken: a set's value keeps its storage
+    /// (`KTUpdateMessage(taking:)`).
+    public func change(timestamp ts: UInt64, message: consuming [UInt8]) throws -> FeedChange {
         let time = Self.wallTimeNs(ts)
         if message.isEmpty {
             // A position without a change: KT skipped updates whose origin sid is ours.
@@ -110,7 +111,7 @@ public struct KTTranslator: Sendable {
         }
         let decoded: KTUpdateMessage
         do {
-            decoded = try KTUpdateMessage(decoding: message)
+            decoded = try KTUpdateMessage(taking: message)
         } catch {
             metrics.undecodable.increment()
             let why = "undecodable KT update at timestamp \(ts): \(error)"
@@ -131,16 +132,16 @@ public struct KTTranslator: Sendable {
         switch decoded.operation {
         case let .set(key, value, expiration):
             let xt: UInt64? = expiration >= KTExpiration.never ? nil : UInt64(max(0, expiration))
-            return FeedChange(position: ts, operations: [.set(key: prefixed(prefix, key), value: value, expiry: xt)], sourceTimeNs: time)
+            return FeedChange(position: ts, operation: .set(key: prefixed(prefix, key), value: value, expiry: xt), sourceTimeNs: time)
         case let .remove(key):
-            return FeedChange(position: ts, operations: [.delete(key: prefixed(prefix, key))], sourceTimeNs: time)
+            return FeedChange(position: ts, operation: .delete(key: prefixed(prefix, key)), sourceTimeNs: time)
         case .clear:
             metrics.clears.increment()
             guard mapping.allowClear else {
                 throw FeedError.stop("KT cleared database \(decoded.db) at timestamp \(ts): refusing to wipe the keyspace under prefix '\(String(decoding: prefix, as: UTF8.self))' (run with --allow-clear to apply clears)")
             }
             logger.warning("applying KT clear", metadata: ["ts": "\(ts)", "db": "\(decoded.db)"])
-            return FeedChange(position: ts, operations: [.clearPrefix(prefix)], sourceTimeNs: time)
+            return FeedChange(position: ts, operation: .clearPrefix(prefix), sourceTimeNs: time)
         }
     }
 }

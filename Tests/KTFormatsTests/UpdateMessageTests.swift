@@ -39,6 +39,33 @@ final class UpdateMessageTests: XCTestCase {
         XCTAssertThrowsError(try KTUpdateMessage(decoding: bytes + [0]))
     }
 
+    /// `init(taking:)` reads every message as `init(decoding:)` does, refuses what it
+    /// refuses with the same error, and leaves a message someone else holds as it was.
+    func testTakingAgreesWithDecoding() throws {
+        let messages: [[UInt8]] = [
+            KTUpdateMessage(sid: 1, db: 0, operation: .set(key: Array("k".utf8), value: Array("value".utf8), expiration: 77)).encoded(),
+            KTUpdateMessage(sid: 1, db: 3, operation: .set(key: [], value: [], expiration: KTExpiration.never)).encoded(),
+            KTUpdateMessage(sid: 2, db: 1, operation: .remove(key: Array("gone".utf8))).encoded(),
+            KTUpdateMessage(sid: 2, db: 1, operation: .clear).encoded(),
+            [0, 7, 0, 0, 0xA1, 0x80, 0x80, 0x80, 0x80, 0x02, 0x80, 0x06] + [0x41, 0x42] + [0, 0, 0, 0, 9] + [0x43],
+        ]
+        let refused: [[UInt8]] = [[0, 7, 0, 0, 0xA9], [0, 7, 0, 0, 0xA1, 1, 2, 0x41, 0, 0], [0, 7, 0], messages[0] + [0], Array(messages[0].dropLast())]
+        for bytes in messages {
+            let expected = try KTUpdateMessage(decoding: bytes)
+            XCTAssertEqual(try KTUpdateMessage(taking: Array(bytes)), expected) // unshared: the value keeps its storage
+            let shared = bytes
+            XCTAssertEqual(try KTUpdateMessage(taking: shared), expected)
+            XCTAssertEqual(shared, bytes, "a shared message is left as it was")
+        }
+        for bytes in refused {
+            var general: DecodeError?, taking: DecodeError?
+            do { _ = try KTUpdateMessage(decoding: bytes) } catch { general = error }
+            do { _ = try KTUpdateMessage(taking: Array(bytes)) } catch { taking = error }
+            XCTAssertNotNil(general, "\(bytes)")
+            XCTAssertEqual(taking, general, "\(bytes)")
+        }
+    }
+
     func testRejectsUnknownOperation() {
         XCTAssertThrowsError(try KTUpdateMessage(decoding: [0, 7, 0, 0, 0xA9])) { error in
             XCTAssertEqual(error as? DecodeError, .badMagic(0xA9, expected: "update operation 0xA1/0xA2/0xA5", offset: 4))

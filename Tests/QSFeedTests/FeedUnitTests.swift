@@ -103,4 +103,22 @@ final class FeedUnitTests: XCTestCase {
         XCTAssertEqual(try lenient.change(timestamp: ts, message: [0, 7, 0, 0, 0x77]).operations, [])
         XCTAssertEqual(try lenient.change(timestamp: ts, message: clear).operations, [.clearPrefix(k("aux/"))])
     }
+
+    /// A change of one operation held inline is the change of that one-element list: same
+    /// operations, counts and bytes, equal either way; replacing its operations recounts.
+    func testOneOperationChangeIsTheOneElementListChange() {
+        let op = Mutation.set(key: k("key"), value: k("value"), expiry: 9)
+        var one = FeedChange(position: 5, operation: op, sourceTimeNs: 7)
+        let list = FeedChange(position: 5, operations: [op], sourceTimeNs: 7)
+        XCTAssertEqual(one, list)
+        XCTAssertEqual(one.operations, [op])
+        XCTAssertEqual(one.operationCount, 1)
+        XCTAssertEqual(one.operationBytes, 8)
+        XCTAssertEqual(one.payloadBytes, list.payloadBytes)
+        XCTAssertNotEqual(one, FeedChange(position: 5, operation: .delete(key: k("key")), sourceTimeNs: 7))
+        one.operations = [op, .delete(key: k("other"))]
+        XCTAssertEqual(one.operationCount, 2)
+        XCTAssertEqual(one.operationBytes, 13)
+        XCTAssertEqual(one, FeedChange(position: 5, operations: [op, .delete(key: k("other"))], sourceTimeNs: 7))
+    }
 }
