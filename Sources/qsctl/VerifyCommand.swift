@@ -16,7 +16,9 @@ struct Verify: AsyncParsableCommand {
             range (about --range-size records), then the differing keys of differing ranges. \
             Against KT: every KT record is looked up in QS and every QS key under a mapped prefix \
             in KT. Both stream, so keyspaces larger than memory work; expiry is judged at one \
-            instant (--at). In table output keys and values are escaped to printable text \
+            instant (--at), and against KT a record that expires while it is being compared \
+            (KT and the node each judge by their own clock) is not a difference. In table \
+            output keys and values are escaped to printable text \
             (\\xNN for other bytes); in json/jsonl they are base64, and the heads and the \
             summary are objects of their own ("kind": "heads", "difference", "summary").
             """)
