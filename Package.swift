@@ -52,7 +52,7 @@ let package = Package(
             providers: [.apt(["libxxhash-dev"])]
         ),
         // Linux calls Swift's Glibc module leaves out (sync_file_range: a received snapshot
-        // written back to disk while it arrives); only QSStore imports it.
+        // written back to disk while it arrives; epoll and eventfd: the threaded listener).
         .systemLibrary(name: "CLinux"),
         // Byte readers/writers and encodings shared by every binary format.
         .target(name: "QSBytes", swiftSettings: swiftSettings),
@@ -83,7 +83,7 @@ let package = Package(
         .target(
             name: "QSNet",
             dependencies: [
-                "QSBytes", metrics,
+                "CLinux", "QSBytes", metrics,
                 nio("NIOCore"), nio("NIOPosix"), nio("NIOConcurrencyHelpers"), nio("NIOHTTP1"),
                 .product(name: "NIOExtras", package: "swift-nio-extras"), log, lifecycle("ServiceLifecycle"),
             ],

@@ -34,7 +34,7 @@ public final class Listener: Sendable {
     let backlog: Int
     let group: any EventLoopGroup
     let logger: Logger
-    private let bound = BoundAddresses()
+    let bound = BoundAddresses()
 
     /// - Parameters:
     ///   - name: what the listener serves (`write`, `memcached`, `kt-http`, `admin`, `kt`):

@@ -8,7 +8,7 @@ import QSStore
 /// reads (`KTFastRequest`: `GET`/`HEAD /KEY`, `GET /rpc/get?…`, no body) straight from the
 /// socket's bytes, the way `MemcachedHandler` answers memcached — the request parsed in
 /// place, read in the event loop's transaction, every reply of a socket read written into
-/// one buffer and flushed once (or whenever it holds `MemcachedHandler.flushBytes`) —
+/// one buffer and flushed once (or whenever it holds `MemcachedSession.flushBytes`) —
 /// without NIO's HTTP decoder, request head, pipeline handler or response encoder. The
 /// bytes of the replies are those the NIO path writes (`KTHTTPSession.write`,
 /// `writeOKHead`; tested side by side), and the counters, the bad-request log and the
@@ -73,7 +73,7 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
             if !request.keepAlive {
                 closing = true
                 writeOut(context, thenClose: true)
-            } else if out.readableBytes >= MemcachedHandler.flushBytes {
+            } else if out.readableBytes >= MemcachedSession.flushBytes {
                 writeOut(context)
             }
         }

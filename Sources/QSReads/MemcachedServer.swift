@@ -21,28 +21,34 @@ public struct MemcachedServer: ListeningService {
         /// look at it keep seeing the same.
         public var version: String
         public var clock: ReadClock
+        /// Reader threads that serve busy connections with blocking reads
+        /// (`Listener.runThreaded`); 0 serves every connection on the event loops.
+        public var threads: Int
 
         public init(databases: KTDatabaseMap = .single, database: Int = 0,
                     valueFormat: MemcachedValueFormat = MemcachedValueFormat(),
                     limits: MemcachedLimits = MemcachedLimits(), version: String = "KyotoTycoon/0.9.56b",
-                    clock: @escaping ReadClock = { wallClockSeconds() }) {
+                    clock: @escaping ReadClock = { wallClockSeconds() }, threads: Int = 0) {
             self.databases = databases
             self.database = database
             self.valueFormat = valueFormat
             self.limits = limits
             self.version = version
             self.clock = clock
+            self.threads = threads
         }
     }
 
     public let listener: Listener
     let session: MemcachedSession
     let limits: MemcachedLimits
+    let threads: Int
 
     public init(store: Store, endpoints: [Endpoint], logger: Logger,
                 configuration: Configuration = Configuration(), connections: ConnectionLimits = ConnectionLimits(),
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         limits = configuration.limits
+        threads = configuration.threads
         // The handler answers every request within the socket read that brought it, so it
         // drains itself: on shutdown it closes once what it wrote is sent.
         listener = Listener(name: "memcached", endpoints: endpoints, drain: .pipeline, limits: connections, group: group, logger: logger)
@@ -51,7 +57,12 @@ public struct MemcachedServer: ListeningService {
     }
 
     public func run() async throws {
-        let session = self.session, limits = self.limits, slots = LoopReadSlots(store: session.store)
+        let session = self.session, limits = self.limits
+        if threads > 0 {
+            try await listener.runThreaded(MemcachedThreads(session: session, limits: limits), serving: ThreadedServing(threads: threads))
+            return
+        }
+        let slots = LoopReadSlots(store: session.store)
         // The handler keeps the connection's watch (idle timeout, request deadline, write
         // timeout) itself: no guard handler in front of it.
         try await listener.run(watched: { channel, watch in
@@ -75,8 +86,6 @@ final class MemcachedHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
-
-    static let flushBytes = 64 << 10
 
     private let session: MemcachedSession
     private let peer: String
@@ -129,25 +138,15 @@ final class MemcachedHandler: ChannelDuplexHandler {
             held.writeBuffer(&input)
             input = held
         }
-        while !closing, let next = framing.next(&input) {
-            switch next {
-            case let .failure(command):
-                _ = session.answer(command, into: &out, peer: peer, slot: slot)
-                closing = true
-            case let .line(start, count):
-                let (open, skip) = input.withBytes(at: start, count: count) { line in
-                    session.answer(line: line, into: &out, peer: peer, slot: slot)
-                }
-                framing.skip = skip
-                closing = !open
-            }
-            if closing {
-                writeOut(context, thenClose: true)
-            } else if out.readableBytes >= Self.flushBytes {
-                writeOut(context)
-            }
+        let watch = self.watch
+        let open = session.answerLines(&input, framing: &framing, into: &out, peer: peer, slot: slot) { out in
+            if context.writeReplies(&out, thenClose: false) { watch.answered() }
+            return true
         }
-        if !closing && input.readableBytes > 0 {
+        if !open {
+            closing = true
+            writeOut(context, thenClose: true)
+        } else if input.readableBytes > 0 {
             input.discardReadBytes()
             pending = input
         }
@@ -198,6 +197,62 @@ final class MemcachedHandler: ChannelDuplexHandler {
     private func writeOut(_ context: ChannelHandlerContext, thenClose: Bool = false) {
         if context.writeReplies(&out, thenClose: thenClose) { watch.answered() }
     }
+}
+
+extension MemcachedSession {
+    /// Replies gathered past this many bytes are written before the next line is answered.
+    static let flushBytes = 64 << 10
+
+    /// Answers the whole lines of `input` into `out`, in order (a line not yet whole stays
+    /// in `input`); `flush` writes `out` whenever it holds `flushBytes` (false: the
+    /// connection broke). False when the connection is to close once `out` is written.
+    /// (The event-loop handler's and the reader threads' one loop.)
+    @inline(__always)
+    func answerLines(_ input: inout ByteBuffer, framing: inout MemcachedFraming, into out: inout ByteBuffer,
+                     peer: String, slot: ReadSlot, flush: (inout ByteBuffer) -> Bool) -> Bool {
+        while let next = framing.next(&input) {
+            switch next {
+            case let .failure(command):
+                _ = answer(command, into: &out, peer: peer, slot: slot)
+                return false
+            case let .line(start, count):
+                let (open, skip) = input.withBytes(at: start, count: count) { line in
+                    answer(line: line, into: &out, peer: peer, slot: slot)
+                }
+                framing.skip = skip
+                if !open { return false }
+            }
+            if out.readableBytes >= Self.flushBytes && !flush(&out) { return false }
+        }
+        return true
+    }
+}
+
+/// The memcached protocol on a threaded listener (`--memcached-threads`): each reader thread
+/// keeps a read transaction of its own (`ReadSlot`), each connection its framing; the
+/// answers are the event-loop handler's (`MemcachedSession.answerLines`).
+struct MemcachedThreads: ThreadedProtocol {
+    let session: MemcachedSession
+    let limits: MemcachedLimits
+
+    struct Connection {
+        var framing: MemcachedFraming
+        let peer: String
+    }
+
+    func makeWorker() -> ReadSlot { session.store.makeReadSlot() }
+
+    func open(peer: String) -> Connection {
+        session.metrics.opened()
+        return Connection(framing: MemcachedFraming(limits: limits), peer: peer)
+    }
+
+    func received(_ input: inout ByteBuffer, connection: inout Connection, into out: inout ByteBuffer,
+                  worker: ReadSlot, flush: (inout ByteBuffer) -> Bool) -> Bool {
+        session.answerLines(&input, framing: &connection.framing, into: &out, peer: connection.peer, slot: worker, flush: flush)
+    }
+
+    func closed(_ connection: Connection) { session.metrics.closed() }
 }
 
 extension ChannelHandlerContext {

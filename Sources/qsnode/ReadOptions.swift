@@ -28,13 +28,25 @@ struct ReadOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Whether stored values end with 4 bytes of memcached flags, as KT's memcached plug-in with opts=f wrote them: true or false. Default false, as KT's plug-in without opts=f: values are served whole with flags 0. (env: QS_MEMCACHED_FLAGS_IN_VALUE)", valueName: "bool"))
     var memcachedFlagsInValue: Bool = QSEnv.flag("QS_MEMCACHED_FLAGS_IN_VALUE", default: false)
 
+    @Option(help: ArgumentHelp("Threads that answer memcached connections: each serves one busy connection with blocking reads (a get costs a read and a write, no epoll wait or thread hop), and a connection quiet for 200 ms waits on one epoll thread until it sends again; past this many busy connections they take turns. 0: serve memcached on the event loops like the other listeners. At most \(Self.maxMemcachedThreads) (each holds one of LMDB's reader slots). (env: QS_MEMCACHED_THREADS)", valueName: "n"))
+    var memcachedThreads: Int = QSEnv.value("QS_MEMCACHED_THREADS", 32)
+
+    static let maxMemcachedThreads = 128
+
+    func validate() throws {
+        guard (0...Self.maxMemcachedThreads).contains(memcachedThreads) else {
+            throw ValidationError("--memcached-threads \(memcachedThreads) (or QS_MEMCACHED_THREADS) must be 0 (serve on the event loops) to \(Self.maxMemcachedThreads), e.g. 32")
+        }
+    }
+
     /// The read servers the flags ask for.
     func services(store: Store, limits: ConnectionLimits, logger: Logger) throws -> [any Service] {
         let map = ktDbMap.map
         var out = [any Service]()
         let mc = endpoints(memcached, memcachedUnix)
         if !mc.isEmpty {
-            let config = MemcachedServer.Configuration(databases: map, valueFormat: .init(flagsInValue: memcachedFlagsInValue))
+            let config = MemcachedServer.Configuration(databases: map, valueFormat: .init(flagsInValue: memcachedFlagsInValue),
+                                                       threads: memcachedThreads)
             logger.notice(memcachedFlagsInValue
                 ? "memcached: values end with 4 bytes of flags (KT's plug-in with opts=f); a value without them is served short"
                 : "memcached: values served whole with flags 0 (KT's plug-in without opts=f); --memcached-flags-in-value true if KT ran with opts=f",

@@ -50,26 +50,31 @@ final class InPlaceReadTests: XCTestCase {
     func testMemcachedLinesSplitAnywhereArePipelinedAndSeeEveryCommittedWrite() async throws {
         try await set("a", "one")
         try await set("b", "two")
-        let client = try XCTUnwrap(TestClient(port: reads.memcachedPort))
+        // The event-loop server and the reader threads' alike.
+        let clients = [try XCTUnwrap(TestClient(port: reads.memcachedPort)), try XCTUnwrap(TestClient(port: reads.memcachedThreadedPort))]
         // Byte by byte: a get, a refused set whose data block holds a command-like line, a
         // gets, a get of a missing key among present ones, a version.
         let stream = "get a b\r\nset k 0 0 7\r\nget b\r\n\r\ngets a\r\nget x a\r\nversion\r\n"
-        for byte in stream.utf8 { client.send(String(UnicodeScalar(byte))) }
+        for byte in stream.utf8 {
+            for client in clients { client.send(String(UnicodeScalar(byte))) }
+        }
         let cas = MemcachedValueFormat.casUnique(value: Array("one".utf8) + [0, 0, 0, 7], expiry: nil)
         let expected = "VALUE a 7 3\r\none\r\nVALUE b 7 3\r\ntwo\r\nEND\r\n"
             + "SERVER_ERROR read-only: write through the QS root\r\n"
             + "VALUE a 7 3 \(cas)\r\none\r\nEND\r\n"
             + "VALUE a 7 3\r\none\r\nEND\r\n"
             + "VERSION KyotoTycoon/0.9.56b\r\n"
-        XCTAssertEqual(read(client, expected.utf8.count), expected)
-        // The same connection (the same event loop's kept transaction) sees a new write,
-        // a new key and an expired record hidden.
+        for client in clients { XCTAssertEqual(read(client, expected.utf8.count), expected) }
+        // The same connection (the same event loop's or thread's kept transaction) sees a
+        // new write, a new key and an expired record hidden.
         try await set("a", "ONE")
         try await set("c", "three")
         try await set("b", "gone", expiry: 1_000)
-        client.send("get a c b\r\n")
         let next = "VALUE a 7 3\r\nONE\r\nVALUE c 7 5\r\nthree\r\nEND\r\n"
-        XCTAssertEqual(read(client, next.utf8.count), next)
+        for client in clients {
+            client.send("get a c b\r\n")
+            XCTAssertEqual(read(client, next.utf8.count), next)
+        }
     }
 
     func testKTGetAndRPCGetInPlaceMatchTheGeneralPathAndSeeNewWrites() async throws {

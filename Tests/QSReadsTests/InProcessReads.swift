@@ -10,6 +10,8 @@ import QSTesting
 /// sockets, with an injected clock (so expiry can be judged at a recorded time).
 final class InProcessReads: Sendable {
     let memcachedPort: Int
+    /// The same memcached server on reader threads (`--memcached-threads`): tests compare both.
+    let memcachedThreadedPort: Int
     let ktPort: Int
     let memcachedSocket: String
     let ktSocket: String
@@ -25,10 +27,14 @@ final class InProcessReads: Sendable {
                                  logger: logger,
                                  // The transcripts were recorded from KT's plug-in with opts=f.
                                  configuration: .init(databases: databases, valueFormat: .init(flagsInValue: true), clock: clock))
+        let threaded = MemcachedServer(store: store, endpoints: [.tcp(host: "127.0.0.1", port: 0)], logger: logger,
+                                       configuration: .init(databases: databases, valueFormat: .init(flagsInValue: true),
+                                                            clock: clock, threads: 2))
         let kt = KTHTTPReadServer(store: store, endpoints: [.tcp(host: "127.0.0.1", port: 0), .unix(path: ktSocket)],
                                   logger: logger, configuration: .init(databases: databases, clock: clock))
-        running = try await InProcessServices([mc, kt], logger: logger)
+        running = try await InProcessServices([mc, threaded, kt], logger: logger)
         memcachedPort = try await mc.listener.port()
+        memcachedThreadedPort = try await threaded.listener.port()
         ktPort = try await kt.listener.port()
     }
 

@@ -12,6 +12,16 @@ import XCTest
 /// after the whole of it is written.
 final class MemcachedDrainTests: XCTestCase {
     func testReplyLargerThanTheSocketBufferIsWrittenWholeBeforeTheDrainCloses() async throws {
+        try await replyIsWrittenWhole(threads: 0)
+    }
+
+    /// The same on reader threads: the thread blocked in its write finishes it, then its
+    /// read sees the end of input and it closes.
+    func testReplyLargerThanTheSocketBufferIsWrittenWholeBeforeTheDrainClosesOnReaderThreads() async throws {
+        try await replyIsWrittenWhole(threads: 2)
+    }
+
+    private func replyIsWrittenWhole(threads: Int) async throws {
         let tmp = try Harness.tempDir("mc-drain")
         defer { try? FileManager.default.removeItem(at: tmp) }
         let store = try await Store.open(directory: tmp.appendingPathComponent("data").path, noSync: true)
@@ -22,7 +32,7 @@ final class MemcachedDrainTests: XCTestCase {
         var logger = Logger(label: "mc-drain-test")
         logger.logLevel = .error
         let server = MemcachedServer(store: store, endpoints: [.tcp(host: "127.0.0.1", port: 0)], logger: logger,
-                                     configuration: .init(valueFormat: .init(flagsInValue: false)))
+                                     configuration: .init(valueFormat: .init(flagsInValue: false), threads: threads))
         let running = try await InProcessServices([server], logger: logger)
         let port = try await server.listener.port()
 

@@ -9,7 +9,9 @@ import QSTesting
 import XCTest
 
 /// memcached keeps its connection's watch inline (no guard handler in its pipeline,
-/// `Listener.run(watched:)`): the idle timeout and the request deadline still hold.
+/// `Listener.run(watched:)`): the idle timeout and the request deadline still hold; and on
+/// reader threads (`Listener.runThreaded`), where a quiet connection is parked on the
+/// epoll thread in between.
 final class MemcachedTimeoutTests: XCTestCase {
     private var tmp: URL!
     private var running: InProcessServices?
@@ -19,8 +21,9 @@ final class MemcachedTimeoutTests: XCTestCase {
         if let tmp { try? FileManager.default.removeItem(at: tmp) }
     }
 
-    /// A memcached server over a store holding `k` = `v`, idle timeout 1 s.
-    private func server() async throws -> Int {
+    /// A memcached server over a store holding `k` = `v`, idle timeout 1 s (on `threads`
+    /// reader threads; 0: the event loops).
+    private func server(threads: Int) async throws -> Int {
         tmp = try Harness.tempDir("mc-timeout")
         let store = try await Store.open(directory: tmp.appendingPathComponent("data").path, noSync: true)
         _ = try await store.applyBatch(sourceID: "test", expected: 0, new: 1,
@@ -28,22 +31,46 @@ final class MemcachedTimeoutTests: XCTestCase {
         var logger = Logger(label: "mc-timeout-test")
         logger.logLevel = .error
         let server = MemcachedServer(store: store, endpoints: [.tcp(host: "127.0.0.1", port: 0)], logger: logger,
-                                     configuration: .init(valueFormat: .init(flagsInValue: false)),
+                                     configuration: .init(valueFormat: .init(flagsInValue: false), threads: threads),
                                      connections: ConnectionLimits(idleTimeout: .seconds(1)))
         running = try await InProcessServices([server], logger: logger)
         return try await server.listener.port()
     }
 
     func testAnIdleConnectionIsClosedAfterTheIdleTimeout() async throws {
-        let port = try await server()
+        try await idleConnectionIsClosed(threads: 0)
+    }
+
+    func testAnIdleConnectionIsClosedAfterTheIdleTimeoutOnReaderThreads() async throws {
+        try await idleConnectionIsClosed(threads: 2)
+    }
+
+    func testAPeerTricklingAGetLineIsClosedOneIdleTimeoutAfterItsFirstByte() async throws {
+        try await tricklingPeerIsClosed(threads: 0)
+    }
+
+    func testAPeerTricklingAGetLineIsClosedOneIdleTimeoutAfterItsFirstByteOnReaderThreads() async throws {
+        try await tricklingPeerIsClosed(threads: 2)
+    }
+
+    func testAClientWhoseRequestsAreAnsweredKeepsItsConnectionPastTheTimeout() async throws {
+        try await answeredClientStays(threads: 0)
+    }
+
+    func testAClientWhoseRequestsAreAnsweredKeepsItsConnectionPastTheTimeoutOnReaderThreads() async throws {
+        try await answeredClientStays(threads: 2)
+    }
+
+    private func idleConnectionIsClosed(threads: Int) async throws {
+        let port = try await server(threads: threads)
         let client = try XCTUnwrap(TestClient(port: port))
         let start = ContinuousClock.now
         XCTAssertEqual(client.readToEOF(), "", "closed without an answer")
         XCTAssertGreaterThanOrEqual(ContinuousClock.now - start, .milliseconds(900))
     }
 
-    func testAPeerTricklingAGetLineIsClosedOneIdleTimeoutAfterItsFirstByte() async throws {
-        let port = try await server()
+    private func tricklingPeerIsClosed(threads: Int) async throws {
+        let port = try await server(threads: threads)
         let client = try XCTUnwrap(TestClient(port: port))
         // Each byte restarts the idle timer: only the request deadline can end it.
         let line = Array("get " + String(repeating: "x", count: 200) + "\r\n")
@@ -60,8 +87,8 @@ final class MemcachedTimeoutTests: XCTestCase {
         XCTAssertLessThan(held, .seconds(4), "closed one idle timeout after the first byte, not later")
     }
 
-    func testAClientWhoseRequestsAreAnsweredKeepsItsConnectionPastTheTimeout() async throws {
-        let port = try await server()
+    private func answeredClientStays(threads: Int) async throws {
+        let port = try await server(threads: threads)
         let client = try XCTUnwrap(TestClient(port: port))
         let start = ContinuousClock.now
         var answered = 0

@@ -77,16 +77,19 @@ final class TranscriptConformanceTests: XCTestCase {
                 try await apply(model.memcachedOperations(request: request, response: response))
                 continue
             }
-            let got = RawSocket.exchange(port: reads.memcachedPort, request + Array("quit\r\n".utf8))
-            var expected = String(decoding: response, as: UTF8.self)
-            var answer = String(decoding: got, as: UTF8.self)
-            if command == "gets" {
-                // KT's plug-in answers gets like get, without the cas unique; QS adds one.
-                answer = answer.replacingOccurrences(of: #"(VALUE \S+ \d+ \d+) \d+\r\n"#, with: "$1\r\n", options: .regularExpression)
-                XCTAssertNotEqual(String(decoding: got, as: UTF8.self), answer, "gets carries a cas unique")
+            // The event-loop server and the reader threads' alike.
+            for port in [reads.memcachedPort, reads.memcachedThreadedPort] {
+                let got = RawSocket.exchange(port: port, request + Array("quit\r\n".utf8))
+                var expected = String(decoding: response, as: UTF8.self)
+                var answer = String(decoding: got, as: UTF8.self)
+                if command == "gets" {
+                    // KT's plug-in answers gets like get, without the cas unique; QS adds one.
+                    answer = answer.replacingOccurrences(of: #"(VALUE \S+ \d+ \d+) \d+\r\n"#, with: "$1\r\n", options: .regularExpression)
+                    XCTAssertNotEqual(String(decoding: got, as: UTF8.self), answer, "gets carries a cas unique")
+                }
+                if expected.isEmpty { expected = "(none)" }
+                XCTAssertEqual(answer, expected, "\(line) (port \(port == reads.memcachedPort ? "event loop" : "threads"))")
             }
-            if expected.isEmpty { expected = "(none)" }
-            XCTAssertEqual(answer, expected, line)
             compared += 1
         }
         XCTAssertEqual(compared, 8)

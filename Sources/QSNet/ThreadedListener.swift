@@ -1,0 +1,605 @@
+import CLinux
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import ServiceLifecycle
+import Synchronization
+
+/// What a threaded listener's connections speak: requests read from a blocking socket by
+/// one of the listener's threads and answered in place. Everything here runs on that
+/// thread; a connection moves between threads only through the listener's lock.
+public protocol ThreadedProtocol: Sendable {
+    /// One thread's own state (a read transaction kept for reuse), made once per thread.
+    associatedtype Worker
+    /// One connection's own state (its framing), made when it is accepted.
+    associatedtype Connection
+
+    func makeWorker() -> Worker
+    func open(peer: String) -> Connection
+    /// Answers the whole requests in `input` into `out` (left unread: a request not yet
+    /// whole); `flush` writes `out` when it grows large. False: close once `out` is written.
+    func received(_ input: inout ByteBuffer, connection: inout Connection, into out: inout ByteBuffer,
+                  worker: Worker, flush: (inout ByteBuffer) -> Bool) -> Bool
+    func closed(_ connection: Connection)
+}
+
+/// Tuning of a threaded listener.
+public struct ThreadedServing: Sendable, Equatable {
+    /// Threads that each serve one busy connection at a time, made as connections need them.
+    public var threads: Int
+    /// A connection that sends nothing for this long gives its thread back and waits on the
+    /// listener's epoll (parked) until it sends again.
+    public var parkAfter: TimeAmount
+
+    public init(threads: Int, parkAfter: TimeAmount = .milliseconds(200)) {
+        self.threads = threads
+        self.parkAfter = parkAfter
+    }
+}
+
+extension Listener {
+    /// Serves on threads of its own instead of the event loops, for a read protocol whose
+    /// answers never wait: each busy connection is read by a thread in blocking `read`s and
+    /// answered by that thread (a request costs a `read` and a `write`, no `epoll_wait`
+    /// and no hop between threads); a connection that goes quiet for
+    /// `serving.parkAfter` is parked on one epoll thread (which also accepts) and handed to
+    /// a free thread when it sends again. At most `serving.threads` connections are served
+    /// at once; past that a thread whose connection has another request ready parks it
+    /// behind the ones waiting (round robin), so no connection starves.
+    ///
+    /// The listener's caps, idle timeout (idle, request deadline and write timeout), its
+    /// counters and log lines, the ready file's addresses and the graceful drain are those of
+    /// the event-loop listener: on shutdown no connection is accepted or read any more, and
+    /// each closes once what it answered is written.
+    public func runThreaded<P: ThreadedProtocol>(_ proto: P, serving: ThreadedServing) async throws {
+        let name = self.name, logger = self.logger, backlog = self.backlog
+        let sockets: [ListeningSocket]
+        do {
+            sockets = try endpoints.map { try ListeningSocket(listener: name, endpoint: $0, backlog: backlog) }
+        } catch {
+            bound.fail(error)
+            throw error
+        }
+        let server: ThreadedServer<P>
+        do {
+            server = try ThreadedServer(listener: self, proto: proto, sockets: sockets, serving: serving)
+        } catch {
+            for s in sockets { s.close() }
+            bound.fail(error)
+            throw error
+        }
+        for s in sockets {
+            logger.info("\(name) listening", metadata: ["listener": "\(name)", "address": "\(s.address)", "threads": "\(serving.threads)"])
+        }
+        bound.succeed(sockets.map(\.address))
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                await server.run()
+            } onGracefulShutdown: {
+                logger.info("\(name) draining: no new connections, finishing requests in flight",
+                            metadata: ["listener": "\(name)"])
+                server.stop(abort: false)
+            }
+        } onCancel: {
+            server.stop(abort: true)
+        }
+        logger.info("\(name) stopped", metadata: ["listener": "\(name)"])
+    }
+}
+
+/// A bound, listening socket of a threaded listener (non-blocking, so the epoll thread's
+/// accepts never wait).
+struct ListeningSocket: Sendable {
+    let fd: Int32
+    let address: Endpoint
+    let isTCP: Bool
+
+    init(listener: String, endpoint: Endpoint, backlog: Int) throws {
+        do {
+            switch endpoint {
+            case let .tcp(host, port):
+                let address = try SocketAddress.makeAddressResolvingHost(host, port: port)
+                fd = try Self.bind(address, family: address.protocol.rawValue)
+                isTCP = true
+            case let .unix(path):
+                if let st = try? FileManager.default.attributesOfItem(atPath: path), st[.type] as? FileAttributeType == .typeSocket {
+                    unlink(path)
+                }
+                fd = try Self.bind(try SocketAddress(unixDomainSocketPath: path), family: AF_UNIX)
+                isTCP = false
+            }
+            guard listen(fd, Int32(clamping: backlog)) == 0 else { throw IOError(errnoCode: errno, reason: "listen") }
+            address = try Self.boundAddress(fd, endpoint)
+        } catch {
+            throw ListenError(listener: listener, endpoint: endpoint, underlying: error)
+        }
+    }
+
+    private static func bind(_ address: SocketAddress, family: Int32) throws -> Int32 {
+        let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+        guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "socket") }
+        var one: Int32 = 1
+        if family != AF_UNIX {
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        }
+        let rc = address.withSockAddr { sa, len in Glibc.bind(fd, sa, socklen_t(len)) }
+        guard rc == 0 else {
+            let e = errno
+            Glibc.close(fd)
+            throw IOError(errnoCode: e, reason: "bind")
+        }
+        return fd
+    }
+
+    private static func boundAddress(_ fd: Int32, _ endpoint: Endpoint) throws -> Endpoint {
+        guard case .tcp = endpoint else { return endpoint }
+        var storage = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        guard rc == 0 else { throw IOError(errnoCode: errno, reason: "getsockname") }
+        let address = SocketAddress(storage)
+        return .tcp(host: address.ipAddress ?? "unknown", port: address.port ?? 0)
+    }
+
+    func close() {
+        Glibc.close(fd)
+        if case let .unix(path) = address { unlink(path) }
+    }
+}
+
+extension SocketAddress {
+    /// The address in `storage` (IPv4, IPv6 or a Unix path).
+    init(_ storage: sockaddr_storage) {
+        var storage = storage
+        switch Int32(storage.ss_family) {
+        case AF_INET:
+            let sin = withUnsafeBytes(of: &storage) { $0.load(as: sockaddr_in.self) }
+            self = SocketAddress(sin, host: "")
+        case AF_INET6:
+            let sin6 = withUnsafeBytes(of: &storage) { $0.load(as: sockaddr_in6.self) }
+            self = SocketAddress(sin6, host: "")
+        default:
+            let sun = withUnsafeBytes(of: &storage) { $0.load(as: sockaddr_un.self) }
+            self = SocketAddress(sun)
+        }
+    }
+}
+
+/// One accepted connection of a threaded listener: owned by one thread at a time (a
+/// worker serving it, the epoll thread while it is parked, the queue in between).
+final class ThreadedConnection<P: ThreadedProtocol>: @unchecked Sendable {
+    let fd: Int32
+    let peer: String
+    let peerIP: String?
+    var state: P.Connection
+    var input: ByteBuffer
+    /// Registered with the epoll thread (re-armed on each park; `EPOLLONESHOT`).
+    var registered = false
+    var lastRead: NIODeadline
+    /// When the request not yet whole began (its first byte), nil when none is.
+    var partialSince: NIODeadline?
+
+    init(fd: Int32, peer: String, peerIP: String?, state: P.Connection) {
+        self.fd = fd
+        self.peer = peer
+        self.peerIP = peerIP
+        self.state = state
+        input = ByteBufferAllocator().buffer(capacity: 4096)
+        lastRead = .now()
+    }
+}
+
+/// The threads, the queue and the epoll of one `runThreaded`.
+final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
+    typealias Conn = ThreadedConnection<P>
+
+    private let proto: P
+    private let serving: ThreadedServing
+    private let sockets: [ListeningSocket]
+    private let listenerName: String
+    private let logger: Logger
+    private let counter: ConnectionCounter
+    private let timeout: TimeAmount
+    private let refusals = RateLimitedLog()
+    private let epoll: Int32
+    private let wake: Int32
+
+    private struct State {
+        var ready: [Conn] = []
+        var readyHead = 0
+        var parked: [Int32: Conn] = [:]
+        /// Connections a worker holds, by descriptor (for the drain's `shutdown`).
+        var active: [Int32: Conn] = [:]
+        var workers = 0
+        /// Workers waiting for a connection, and wake-ups sent to them not yet taken.
+        var idleWorkers = 0
+        var wakeups = 0
+        var stopping = false
+        var aborting = false
+        var epollDone = false
+        var finished: CheckedContinuation<Void, Never>?
+
+        var readyCount: Int { ready.count - readyHead }
+        var done: Bool { stopping && epollDone && workers == 0 && active.isEmpty && parked.isEmpty }
+    }
+
+    /// Guards `state`; idle workers wait on it for a connection.
+    private let lock = NSCondition()
+    private var state = State()
+    /// Connections waiting for a thread (read without the lock, to decide whether to yield).
+    private let waiting = Atomic<Int>(0)
+
+    init(listener: Listener, proto: P, sockets: [ListeningSocket], serving: ThreadedServing) throws {
+        self.proto = proto
+        self.serving = serving
+        self.sockets = sockets
+        listenerName = listener.name
+        logger = listener.logger
+        counter = listener.counter
+        timeout = listener.limits.idleTimeout
+        epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
+        guard epoll >= 0 else { throw IOError(errnoCode: errno, reason: "epoll_create1") }
+        wake = eventfd(0, Int32(EFD_CLOEXEC) | Int32(EFD_NONBLOCK))
+        guard wake >= 0 else {
+            Glibc.close(epoll)
+            throw IOError(errnoCode: errno, reason: "eventfd")
+        }
+        var ev = epoll_event()
+        ev.events = EPOLLIN.rawValue
+        ev.data.u64 = UInt64(UInt32(bitPattern: wake))
+        epoll_ctl(epoll, EPOLL_CTL_ADD, wake, &ev)
+        for s in sockets {
+            ev.data.u64 = UInt64(UInt32(bitPattern: s.fd))
+            epoll_ctl(epoll, EPOLL_CTL_ADD, s.fd, &ev)
+        }
+    }
+
+    /// Runs the epoll thread and returns once every connection is closed after `stop`.
+    func run() async {
+        let t = Thread { [self] in epollLoop() }
+        t.name = "\(listenerName)-epoll"
+        t.stackSize = 512 << 10
+        t.start()
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = lock.withLock { () -> Bool in
+                if state.done { return true }
+                state.finished = c
+                return false
+            }
+            if now { c.resume() }
+        }
+        Glibc.close(wake)
+        Glibc.close(epoll)
+    }
+
+    /// Graceful (`abort` false): accepts and reads no more; each connection closes once what
+    /// it answered is written. Abort: every connection is shut down at once.
+    func stop(abort: Bool) {
+        lock.withLock {
+            state.stopping = true
+            if abort { state.aborting = true }
+            // A worker blocked in `read` sees the end of its input and closes the connection.
+            for fd in state.active.keys { shutdown(fd, Int32(abort ? SHUT_RDWR : SHUT_RD)) }
+            lock.broadcast()
+        }
+        var one: UInt64 = 1
+        _ = write(wake, &one, 8)
+    }
+
+    // MARK: the epoll thread: accepts, parked connections, idle timeouts, the drain
+
+    private func epollLoop() {
+        var events = [epoll_event](repeating: epoll_event(), count: 64)
+        var lastSweep = NIODeadline.now()
+        var listening = true
+        while true {
+            let n = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, 64, 1000) }
+            if n < 0 && errno != EINTR {
+                logger.error("\(listenerName): epoll_wait failed", metadata: ["listener": "\(listenerName)", "errno": "\(errno)"])
+            }
+            let stopping = lock.withLock { state.stopping }
+            if stopping {
+                if listening {
+                    listening = false
+                    for s in sockets { s.close() }
+                }
+                let parked = lock.withLock { () -> [Conn] in
+                    let all = Array(state.parked.values)
+                    state.parked.removeAll()
+                    return all
+                }
+                for c in parked { close(c, reason: nil) }
+                let done = lock.withLock { () -> CheckedContinuation<Void, Never>? in
+                    state.epollDone = true
+                    return finishIfDone()
+                }
+                done?.resume()
+                return
+            }
+            for i in 0..<max(Int(n), 0) {
+                let fd = Int32(truncatingIfNeeded: events[i].data.u64)
+                if fd == wake {
+                    var v: UInt64 = 0
+                    _ = read(wake, &v, 8)
+                } else if let s = sockets.first(where: { $0.fd == fd }) {
+                    accept(on: s)
+                } else {
+                    let c = lock.withLock { state.parked.removeValue(forKey: fd) }
+                    if let c { enqueue(c) }
+                }
+            }
+            let now = NIODeadline.now()
+            if timeout.nanoseconds > 0 && now - lastSweep >= .milliseconds(500) {
+                lastSweep = now
+                sweep(now)
+            }
+        }
+    }
+
+    private func accept(on socket: ListeningSocket) {
+        while true {
+            var storage = sockaddr_storage()
+            var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let fd = withUnsafeMutablePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { accept4(socket.fd, $0, &len, Int32(SOCK_CLOEXEC.rawValue)) }
+            }
+            if fd < 0 {
+                let e = errno
+                if e == EAGAIN || e == EWOULDBLOCK { return }
+                if e == EINTR || e == ECONNABORTED { continue }
+                refusals.warning(logger, "\(listenerName): accept failed: \(String(cString: strerror(e)))", peer: "accept",
+                                 metadata: ["listener": "\(listenerName)"])
+                // Out of descriptors: let the epoll wait breathe instead of spinning.
+                usleep(10_000)
+                return
+            }
+            var peerIP: String?
+            var peer = "unix"
+            if socket.isTCP {
+                let address = SocketAddress(storage)
+                peerIP = address.ipAddress
+                peer = address.peerDescription
+                var one: Int32 = 1
+                setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+            } else if case let .unix(path) = socket.address {
+                peer = path
+            }
+            if let refusal = counter.admit(peer: peerIP) {
+                refusals.warning(logger, "\(listenerName) refused a connection", peer: peerIP ?? "unix",
+                                 metadata: ["listener": "\(listenerName)", "reason": "\(refusal.rawValue)",
+                                            "limit": "\(Listener.limit(refusal, counter))"])
+                Glibc.close(fd)
+                continue
+            }
+            Self.setTimeout(fd, SO_RCVTIMEO, serving.parkAfter)
+            if timeout.nanoseconds > 0 { Self.setTimeout(fd, SO_SNDTIMEO, timeout) }
+            enqueue(Conn(fd: fd, peer: peer, peerIP: peerIP, state: proto.open(peer: peer)))
+        }
+    }
+
+    /// Closes parked connections past the idle timeout (or with a request not whole within it).
+    private func sweep(_ now: NIODeadline) {
+        let expired = lock.withLock { () -> [(Conn, CloseReason)] in
+            var out = [(Conn, CloseReason)]()
+            for (fd, c) in state.parked {
+                if let since = c.partialSince, now - since >= timeout {
+                    out.append((c, .requestTimeout))
+                } else if now - c.lastRead >= timeout {
+                    out.append((c, .idleTimeout))
+                } else {
+                    continue
+                }
+                state.parked[fd] = nil
+            }
+            return out
+        }
+        for (c, reason) in expired { close(c, reason: reason) }
+    }
+
+    // MARK: the queue and the workers
+
+    private func enqueue(_ c: Conn) {
+        let spawn = lock.withLock { () -> Bool in
+            state.ready.append(c)
+            waiting.add(1, ordering: .relaxed)
+            if state.idleWorkers > state.wakeups {
+                state.wakeups += 1
+                lock.signal()
+                return false
+            }
+            guard state.workers < serving.threads else { return false }
+            state.workers += 1
+            return true
+        }
+        if spawn {
+            let t = Thread { [self] in workerLoop() }
+            t.name = "\(listenerName)-reader"
+            t.stackSize = 512 << 10
+            t.start()
+        }
+    }
+
+    /// The next connection to serve; nil when the thread is to end (stopping, or idle long).
+    private func take() -> Conn? {
+        let idleSince = NIODeadline.now()
+        lock.lock()
+        while true {
+            if state.readyCount > 0 {
+                let c = state.ready[state.readyHead]
+                state.readyHead += 1
+                if state.readyHead == state.ready.count {
+                    state.ready.removeAll(keepingCapacity: true)
+                    state.readyHead = 0
+                } else if state.readyHead >= 1024 {
+                    state.ready.removeFirst(state.readyHead)
+                    state.readyHead = 0
+                }
+                waiting.subtract(1, ordering: .relaxed)
+                state.active[c.fd] = c
+                if state.stopping { shutdown(c.fd, Int32(state.aborting ? SHUT_RDWR : SHUT_RD)) }
+                lock.unlock()
+                return c
+            }
+            // Idle threads beyond two end after ten seconds without work.
+            if state.stopping || (state.workers > 2 && NIODeadline.now() - idleSince >= .seconds(10)) {
+                state.workers -= 1
+                let done = finishIfDone()
+                lock.unlock()
+                done?.resume()
+                return nil
+            }
+            state.idleWorkers += 1
+            _ = lock.wait(until: Date(timeIntervalSinceNow: 1))
+            state.idleWorkers -= 1
+            if state.wakeups > 0 { state.wakeups -= 1 }
+        }
+    }
+
+    private func workerLoop() {
+        let worker = proto.makeWorker()
+        var out = ByteBufferAllocator().buffer(capacity: 4096)
+        while let c = take() {
+            serve(c, worker: worker, out: &out)
+        }
+    }
+
+    private enum Outcome {
+        case park
+        case close(CloseReason?)
+    }
+
+    private func serve(_ c: Conn, worker: P.Worker, out: inout ByteBuffer) {
+        while true {
+            let outcome = step(c, worker: worker, out: &out)
+            switch outcome {
+            case nil:
+                continue
+            case .park?:
+                park(c)
+                return
+            case let .close(reason)?:
+                lock.withLock { _ = state.active.removeValue(forKey: c.fd) }
+                close(c, reason: reason)
+                let done = lock.withLock { finishIfDone() }
+                done?.resume()
+                return
+            }
+        }
+    }
+
+    /// One read and its answers; nil: go on reading.
+    private func step(_ c: Conn, worker: P.Worker, out: inout ByteBuffer) -> Outcome? {
+        c.input.reserveCapacity(minimumWritableBytes: 4096)
+        let n = c.input.withUnsafeMutableWritableBytes { read(c.fd, $0.baseAddress, $0.count) }
+        if n > 0 {
+            c.input.moveWriterIndex(forwardBy: n)
+            c.lastRead = .now()
+            var flushFailed = false
+            let open = proto.received(&c.input, connection: &c.state, into: &out, worker: worker) { buffer in
+                if !self.writeAll(c.fd, &buffer) { flushFailed = true }
+                return !flushFailed
+            }
+            if flushFailed || (out.readableBytes > 0 && !writeAll(c.fd, &out)) { return .close(.writeTimeout) }
+            if !open { return .close(nil) }
+            if c.input.readableBytes == 0 {
+                c.input.clear()
+                c.partialSince = nil
+            } else {
+                c.input.discardReadBytes()
+                if c.partialSince == nil { c.partialSince = c.lastRead }
+            }
+            // Others wait for a thread and none is free: this one goes to the back.
+            if waiting.load(ordering: .relaxed) > 0 { return .park }
+            return nil
+        }
+        if n == 0 { return .close(nil) }
+        switch errno {
+        case EINTR:
+            return nil
+        case EAGAIN, EWOULDBLOCK:
+            // Quiet for `parkAfter`: past the request deadline or the idle timeout it
+            // closes, else the thread is given back.
+            let now = NIODeadline.now()
+            if timeout.nanoseconds > 0 {
+                if let since = c.partialSince, now - since >= timeout { return .close(.requestTimeout) }
+                if now - c.lastRead >= timeout { return .close(.idleTimeout) }
+            }
+            return .park
+        default:
+            return .close(nil)
+        }
+    }
+
+    /// Writes all of `buffer` (blocking, bounded by the socket's send timeout); false when
+    /// the peer took nothing for the idle timeout or the connection broke.
+    private func writeAll(_ fd: Int32, _ buffer: inout ByteBuffer) -> Bool {
+        while buffer.readableBytes > 0 {
+            let n = buffer.withUnsafeReadableBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n > 0 {
+                buffer.moveReaderIndex(forwardBy: n)
+            } else if n < 0 && errno == EINTR {
+                continue
+            } else {
+                buffer.clear()
+                return false
+            }
+        }
+        buffer.clear()
+        return true
+    }
+
+    private func park(_ c: Conn) {
+        let closeNow = lock.withLock { () -> Bool in
+            state.active.removeValue(forKey: c.fd)
+            if state.stopping { return true }
+            state.parked[c.fd] = c
+            var ev = epoll_event()
+            ev.events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLONESHOT.rawValue
+            ev.data.u64 = UInt64(UInt32(bitPattern: c.fd))
+            let rc = epoll_ctl(epoll, c.registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, c.fd, &ev)
+            if rc != 0 {
+                state.parked[c.fd] = nil
+                return true
+            }
+            c.registered = true
+            return false
+        }
+        if closeNow {
+            close(c, reason: nil)
+            let done = lock.withLock { finishIfDone() }
+            done?.resume()
+        }
+    }
+
+    private func close(_ c: Conn, reason: CloseReason?) {
+        if let reason {
+            counter.closed(reason)
+            if reason == .requestTimeout {
+                refusals.warning(logger, "\(listenerName) closed a connection: no whole request within --idle-timeout of its first byte",
+                                 peer: c.peerIP ?? "unix", metadata: ["listener": "\(listenerName)", "reason": "\(reason.rawValue)"])
+            }
+        }
+        proto.closed(c.state)
+        Glibc.close(c.fd)
+        counter.release(peer: c.peerIP)
+    }
+
+    /// Under the lock: the continuation to resume when the drain is complete.
+    private func finishIfDone() -> CheckedContinuation<Void, Never>? {
+        guard state.done, let c = state.finished else { return nil }
+        state.finished = nil
+        return c
+    }
+
+    private static func setTimeout(_ fd: Int32, _ option: Int32, _ amount: TimeAmount) {
+        let ns = max(amount.nanoseconds, 1_000)
+        var tv = timeval(tv_sec: Int(ns / 1_000_000_000), tv_usec: Int((ns % 1_000_000_000) / 1_000))
+        setsockopt(fd, SOL_SOCKET, option, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+}

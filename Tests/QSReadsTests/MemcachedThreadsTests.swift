@@ -1,0 +1,104 @@
+import Foundation
+import Logging
+import NIOCore
+import QSModel
+import QSNet
+import QSReads
+import QSStore
+import QSTesting
+import XCTest
+
+/// memcached on reader threads (`Listener.runThreaded`, `--memcached-threads`): more busy
+/// connections than threads take turns, the listener's caps hold, and a graceful shutdown
+/// closes parked and busy connections and returns.
+final class MemcachedThreadsTests: XCTestCase {
+    private var tmp: URL!
+    private var running: InProcessServices?
+
+    override func tearDown() async throws {
+        try? await running?.stop()
+        if let tmp { try? FileManager.default.removeItem(at: tmp) }
+    }
+
+    /// A server on `threads` reader threads over a store holding `k0`…`k99` = `v0`…`v99`.
+    private func server(threads: Int, limits: ConnectionLimits = ConnectionLimits()) async throws -> Int {
+        tmp = try Harness.tempDir("mc-threads")
+        let store = try await Store.open(directory: tmp.appendingPathComponent("data").path, noSync: true)
+        _ = try await store.applyBatch(sourceID: "test", expected: 0, new: 1, operations: (0..<100).map {
+            .set(key: Array("k\($0)".utf8), value: Array("v\($0)".utf8), expiry: nil)
+        })
+        var logger = Logger(label: "mc-threads-test")
+        logger.logLevel = .error
+        let server = MemcachedServer(store: store, endpoints: [.tcp(host: "127.0.0.1", port: 0)], logger: logger,
+                                     configuration: .init(valueFormat: .init(flagsInValue: false), threads: threads),
+                                     connections: limits)
+        running = try await InProcessServices([server], logger: logger)
+        return try await server.listener.port()
+    }
+
+    /// Six clients each keep one connection busy (a new request as soon as the answer is in)
+    /// on two threads: every client gets all its answers, and right ones.
+    func testMoreBusyConnectionsThanThreadsTakeTurns() async throws {
+        let port = try await server(threads: 2)
+        let results = try await withThrowingTaskGroup(of: Int.self) { group in
+            for c in 0..<6 {
+                group.addTask {
+                    try await Task.detached {
+                        let client = try XCTUnwrap(TestClient(port: port))
+                        var right = 0
+                        for i in 0..<300 {
+                            let k = (c * 31 + i) % 100
+                            client.send("get k\(k)\r\n")
+                            let expected = "VALUE k\(k) 0 \("v\(k)".utf8.count)\r\nv\(k)\r\nEND\r\n"
+                            if client.read(until: "END\r\n") == expected { right += 1 }
+                        }
+                        return right
+                    }.value
+                }
+            }
+            return try await group.reduce(into: [Int]()) { $0.append($1) }
+        }
+        XCTAssertEqual(results, Array(repeating: 300, count: 6))
+    }
+
+    /// Past --max-connections a connection is closed on arrival; once one closes, a new one
+    /// is served.
+    func testTheConnectionCapHolds() async throws {
+        let port = try await server(threads: 2, limits: ConnectionLimits(idleTimeout: .seconds(60), maxConnections: 2, maxPerPeer: 100))
+        let a = try XCTUnwrap(TestClient(port: port)), b = try XCTUnwrap(TestClient(port: port))
+        for client in [a, b] {
+            client.send("get k1\r\n")
+            XCTAssertEqual(client.read(until: "END\r\n"), "VALUE k1 0 2\r\nv1\r\nEND\r\n")
+        }
+        let refused = try XCTUnwrap(TestClient(port: port))
+        XCTAssertEqual(refused.readToEOF(), "", "the third connection is closed without an answer")
+        a.send("quit\r\n")
+        XCTAssertEqual(a.readToEOF(), "")
+        try await waitFor("a connection past the cap once one closed", timeout: .seconds(10)) {
+            guard let c = TestClient(port: port) else { return false }
+            c.send("get k2\r\n")
+            return c.read(until: "END\r\n") == "VALUE k2 0 2\r\nv2\r\nEND\r\n"
+        }
+    }
+
+    /// A graceful shutdown closes a parked (quiet) connection and a busy one after its answer,
+    /// and returns.
+    func testGracefulShutdownClosesParkedAndBusyConnections() async throws {
+        let port = try await server(threads: 2)
+        let quiet = try XCTUnwrap(TestClient(port: port))
+        quiet.send("get k3\r\n")
+        XCTAssertEqual(quiet.read(until: "END\r\n"), "VALUE k3 0 2\r\nv3\r\nEND\r\n")
+        let busy = try XCTUnwrap(TestClient(port: port))
+        busy.send("get k4\r\n")
+        XCTAssertEqual(busy.read(until: "END\r\n"), "VALUE k4 0 2\r\nv4\r\nEND\r\n")
+        // Each is parked or still on its thread (200 ms without a request parks it): both close.
+        busy.send("get k5\r\n")
+        let stopping = ContinuousClock.now
+        try await running?.stop()
+        running = nil
+        XCTAssertLessThan(ContinuousClock.now - stopping, .seconds(5))
+        XCTAssertEqual(quiet.readToEOF(), "")
+        let rest = busy.readToEOF()
+        XCTAssertTrue(rest == "" || rest == "VALUE k5 0 2\r\nv5\r\nEND\r\n", "answered whole or not at all: \(rest ?? "nil")")
+    }
+}
