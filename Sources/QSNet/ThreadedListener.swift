@@ -181,6 +181,8 @@ final class ThreadedConnection<P: ThreadedProtocol>: @unchecked Sendable {
     var input: ByteBuffer
     /// Registered with the epoll thread (re-armed on each park; `EPOLLONESHOT`).
     var registered = false
+    /// Queued while every thread was busy (counted in `waiting`).
+    var starving = false
     var lastRead: NIODeadline
     /// When the request not yet whole began (its first byte), nil when none is.
     var partialSince: NIODeadline?
@@ -226,13 +228,14 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         var finished: CheckedContinuation<Void, Never>?
 
         var readyCount: Int { ready.count - readyHead }
-        var done: Bool { stopping && epollDone && workers == 0 && active.isEmpty && parked.isEmpty }
+        var done: Bool { stopping && epollDone && workers == 0 && active.isEmpty && parked.isEmpty && readyCount == 0 }
     }
 
     /// Guards `state`; idle workers wait on it for a connection.
     private let lock = NSCondition()
     private var state = State()
-    /// Connections waiting for a thread (read without the lock, to decide whether to yield).
+    /// Connections queued while every thread was busy: a thread whose connection has more to
+    /// read parks it behind them instead (read without the lock after each request).
     private let waiting = Atomic<Int>(0)
 
     init(listener: Listener, proto: P, sockets: [ListeningSocket], serving: ThreadedServing) throws {
@@ -405,19 +408,27 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
     // MARK: the queue and the workers
 
     private func enqueue(_ c: Conn) {
-        let spawn = lock.withLock { () -> Bool in
+        let next = lock.withLock { () -> EnqueueOutcome in
+            if state.stopping { return .close }
             state.ready.append(c)
-            waiting.add(1, ordering: .relaxed)
             if state.idleWorkers > state.wakeups {
                 state.wakeups += 1
                 lock.signal()
-                return false
+                return .queued
             }
-            guard state.workers < serving.threads else { return false }
+            guard state.workers < serving.threads else {
+                c.starving = true
+                waiting.add(1, ordering: .relaxed)
+                return .queued
+            }
             state.workers += 1
-            return true
+            return .spawn
         }
-        if spawn {
+        if case .close = next {
+            close(c, reason: nil)
+            let done = lock.withLock { finishIfDone() }
+            done?.resume()
+        } else if case .spawn = next {
             let t = Thread { [self] in workerLoop() }
             t.name = "\(listenerName)-reader"
             t.stackSize = 512 << 10
@@ -440,7 +451,10 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                     state.ready.removeFirst(state.readyHead)
                     state.readyHead = 0
                 }
-                waiting.subtract(1, ordering: .relaxed)
+                if c.starving {
+                    c.starving = false
+                    waiting.subtract(1, ordering: .relaxed)
+                }
                 state.active[c.fd] = c
                 if state.stopping { shutdown(c.fd, Int32(state.aborting ? SHUT_RDWR : SHUT_RD)) }
                 lock.unlock()
@@ -468,6 +482,8 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             serve(c, worker: worker, out: &out)
         }
     }
+
+    private enum EnqueueOutcome { case queued, spawn, close }
 
     private enum Outcome {
         case park
@@ -555,6 +571,8 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
     }
 
     private func park(_ c: Conn) {
+        // A parked connection holds no buffer unless it holds part of a request.
+        if c.input.readableBytes == 0 && c.input.capacity > 0 { c.input = ByteBuffer() }
         let closeNow = lock.withLock { () -> Bool in
             state.active.removeValue(forKey: c.fd)
             if state.stopping { return true }
