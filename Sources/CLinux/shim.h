@@ -14,3 +14,28 @@ extern int sync_file_range(int fd, int64_t offset, int64_t nbytes, unsigned int 
 
 // accept4(2) (glibc 2.10): accept with flags (SOCK_CLOEXEC) in one call.
 extern int accept4(int fd, struct sockaddr *addr, socklen_t *addrlen, int flags);
+
+// A signal that only interrupts a blocking call (the threaded listener's `read` of a quiet
+// connection when another connection waits for a thread): its handler does nothing and it
+// is installed without SA_RESTART, so the call returns EINTR.
+#include <signal.h>
+#include <string.h>
+#include <pthread.h>
+static void qs_interrupt_handler(int sig) { (void)sig; }
+static inline int qs_interrupt_signal(void) { return SIGRTMIN + 4; }
+static inline int qs_install_interrupt_signal(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = qs_interrupt_handler;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;
+    return sigaction(qs_interrupt_signal(), &sa, NULL);
+}
+// Threads inherit their creator's signal mask (a dispatch or cooperative-pool thread
+// blocks most signals): a thread that is to be interrupted unblocks the signal itself.
+static inline int qs_unblock_interrupt_signal(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, qs_interrupt_signal());
+    return pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+}

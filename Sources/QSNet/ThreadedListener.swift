@@ -35,7 +35,9 @@ public struct ThreadedServing: Sendable, Equatable {
     /// listener's epoll (parked) until it sends again.
     public var parkAfter: TimeAmount
 
-    public init(threads: Int, parkAfter: TimeAmount = .milliseconds(200)) {
+    public static let defaultParkAfter = TimeAmount.milliseconds(200)
+
+    public init(threads: Int, parkAfter: TimeAmount = defaultParkAfter) {
         self.threads = threads
         self.parkAfter = parkAfter
     }
@@ -197,6 +199,21 @@ final class ThreadedConnection<P: ThreadedProtocol>: @unchecked Sendable {
     }
 }
 
+/// A worker thread as the epoll thread sees it: the thread, to interrupt its `read` of a
+/// quiet connection when another connection waits for a thread, and since when that
+/// connection has been quiet (uptime nanoseconds; 0 while the thread is not in `read`).
+final class ThreadedWorker: Sendable {
+    let thread: pthread_t
+    let quietSince = Atomic<UInt64>(0)
+
+    init(thread: pthread_t) {
+        self.thread = thread
+    }
+}
+
+/// The interrupt signal's handler, installed once per process.
+private let interruptSignalInstalled: Bool = qs_install_interrupt_signal() == 0
+
 /// The threads, the queue and the epoll of one `runThreaded`.
 final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
     typealias Conn = ThreadedConnection<P>
@@ -218,6 +235,8 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         var parked: [Int32: Conn] = [:]
         /// Connections a worker holds, by descriptor (for the drain's `shutdown`).
         var active: [Int32: Conn] = [:]
+        /// The live workers, for the epoll thread to interrupt.
+        var threads: [ObjectIdentifier: ThreadedWorker] = [:]
         var workers = 0
         /// Workers waiting for a connection, and wake-ups sent to them not yet taken.
         var idleWorkers = 0
@@ -246,6 +265,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         logger = listener.logger
         counter = listener.counter
         timeout = listener.limits.idleTimeout
+        _ = interruptSignalInstalled
         epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
         guard epoll >= 0 else { throw IOError(errnoCode: errno, reason: "epoll_create1") }
         wake = eventfd(0, Int32(EFD_CLOEXEC) | Int32(EFD_NONBLOCK))
@@ -302,7 +322,10 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         var lastSweep = NIODeadline.now()
         var listening = true
         while true {
-            let n = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, 64, 1000) }
+            // While connections wait for a thread, look again soon: a thread in `read` of a
+            // quiet connection may have missed its interrupt.
+            let wait: Int32 = waiting.load(ordering: .relaxed) > 0 ? 5 : 1000
+            let n = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, 64, wait) }
             if n < 0 && errno != EINTR {
                 logger.error("\(listenerName): epoll_wait failed", metadata: ["listener": "\(listenerName)", "errno": "\(errno)"])
             }
@@ -337,6 +360,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                     if let c { enqueue(c) }
                 }
             }
+            if waiting.load(ordering: .relaxed) > 0 { interruptQuietest() }
             let now = NIODeadline.now()
             if timeout.nanoseconds > 0 && now - lastSweep >= .milliseconds(500) {
                 lastSweep = now
@@ -405,6 +429,23 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         for (c, reason) in expired { close(c, reason: reason) }
     }
 
+    /// Connections wait for a thread while every thread is busy: the threads in `read` of
+    /// the connections quiet longest are interrupted, one per waiting connection, and park
+    /// them (a thread answering a request parks its connection after the answer anyway).
+    private func interruptQuietest() {
+        lock.withLock {
+            let n = waiting.load(ordering: .relaxed)
+            guard n > 0 else { return }
+            var quiet = [(since: UInt64, worker: ThreadedWorker)]()
+            for w in state.threads.values {
+                let since = w.quietSince.load(ordering: .relaxed)
+                if since != 0 { quiet.append((since, w)) }
+            }
+            quiet.sort { $0.since < $1.since }
+            for q in quiet.prefix(n) { pthread_kill(q.worker.thread, qs_interrupt_signal()) }
+        }
+    }
+
     // MARK: the queue and the workers
 
     private func enqueue(_ c: Conn) {
@@ -437,7 +478,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
     }
 
     /// The next connection to serve; nil when the thread is to end (stopping, or idle long).
-    private func take() -> Conn? {
+    private func take(_ me: ThreadedWorker) -> Conn? {
         let idleSince = NIODeadline.now()
         lock.lock()
         while true {
@@ -463,6 +504,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             // Idle threads beyond two end after ten seconds without work.
             if state.stopping || (state.workers > 2 && NIODeadline.now() - idleSince >= .seconds(10)) {
                 state.workers -= 1
+                state.threads[ObjectIdentifier(me)] = nil
                 let done = finishIfDone()
                 lock.unlock()
                 done?.resume()
@@ -477,9 +519,12 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
 
     private func workerLoop() {
         let worker = proto.makeWorker()
+        _ = qs_unblock_interrupt_signal()
+        let me = ThreadedWorker(thread: pthread_self())
+        lock.withLock { state.threads[ObjectIdentifier(me)] = me }
         var out = ByteBufferAllocator().buffer(capacity: 4096)
-        while let c = take() {
-            serve(c, worker: worker, out: &out)
+        while let c = take(me) {
+            serve(c, worker: worker, me: me, out: &out)
         }
     }
 
@@ -490,9 +535,9 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         case close(CloseReason?)
     }
 
-    private func serve(_ c: Conn, worker: P.Worker, out: inout ByteBuffer) {
+    private func serve(_ c: Conn, worker: P.Worker, me: ThreadedWorker, out: inout ByteBuffer) {
         while true {
-            let outcome = step(c, worker: worker, out: &out)
+            let outcome = step(c, worker: worker, me: me, out: &out)
             switch outcome {
             case nil:
                 continue
@@ -510,9 +555,11 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
     }
 
     /// One read and its answers; nil: go on reading.
-    private func step(_ c: Conn, worker: P.Worker, out: inout ByteBuffer) -> Outcome? {
+    private func step(_ c: Conn, worker: P.Worker, me: ThreadedWorker, out: inout ByteBuffer) -> Outcome? {
         c.input.reserveCapacity(minimumWritableBytes: 4096)
+        me.quietSince.store(c.lastRead.uptimeNanoseconds, ordering: .relaxed)
         let n = c.input.withUnsafeMutableWritableBytes { read(c.fd, $0.baseAddress, $0.count) }
+        me.quietSince.store(0, ordering: .relaxed)
         if n > 0 {
             c.input.moveWriterIndex(forwardBy: n)
             c.lastRead = .now()
@@ -537,7 +584,8 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         if n == 0 { return .close(nil) }
         switch errno {
         case EINTR:
-            return nil
+            // Interrupted because another connection waits for a thread: this quiet one parks.
+            return waiting.load(ordering: .relaxed) > 0 ? .park : nil
         case EAGAIN, EWOULDBLOCK:
             // Quiet for `parkAfter`: past the request deadline or the idle timeout it
             // closes, else the thread is given back.

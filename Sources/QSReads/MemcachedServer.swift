@@ -24,6 +24,8 @@ public struct MemcachedServer: ListeningService {
         /// Reader threads that serve busy connections with blocking reads
         /// (`Listener.runThreaded`); 0 serves every connection on the event loops.
         public var threads: Int
+        /// How long a connection on a reader thread may send nothing before it is parked.
+        public var parkAfter: TimeAmount = ThreadedServing.defaultParkAfter
 
         public init(databases: KTDatabaseMap = .single, database: Int = 0,
                     valueFormat: MemcachedValueFormat = MemcachedValueFormat(),
@@ -42,13 +44,13 @@ public struct MemcachedServer: ListeningService {
     public let listener: Listener
     let session: MemcachedSession
     let limits: MemcachedLimits
-    let threads: Int
+    let threads: ThreadedServing
 
     public init(store: Store, endpoints: [Endpoint], logger: Logger,
                 configuration: Configuration = Configuration(), connections: ConnectionLimits = ConnectionLimits(),
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         limits = configuration.limits
-        threads = configuration.threads
+        threads = ThreadedServing(threads: configuration.threads, parkAfter: configuration.parkAfter)
         // The handler answers every request within the socket read that brought it, so it
         // drains itself: on shutdown it closes once what it wrote is sent.
         listener = Listener(name: "memcached", endpoints: endpoints, drain: .pipeline, limits: connections, group: group, logger: logger)
@@ -58,8 +60,8 @@ public struct MemcachedServer: ListeningService {
 
     public func run() async throws {
         let session = self.session, limits = self.limits
-        if threads > 0 {
-            try await listener.runThreaded(MemcachedThreads(session: session, limits: limits), serving: ThreadedServing(threads: threads))
+        if threads.threads > 0 {
+            try await listener.runThreaded(MemcachedThreads(session: session, limits: limits), serving: threads)
             return
         }
         let slots = LoopReadSlots(store: session.store)

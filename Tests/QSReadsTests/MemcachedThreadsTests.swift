@@ -21,7 +21,8 @@ final class MemcachedThreadsTests: XCTestCase {
     }
 
     /// A server on `threads` reader threads over a store holding `k0`…`k99` = `v0`…`v99`.
-    private func server(threads: Int, limits: ConnectionLimits = ConnectionLimits()) async throws -> Int {
+    private func server(threads: Int, limits: ConnectionLimits = ConnectionLimits(),
+                        parkAfter: TimeAmount = ThreadedServing.defaultParkAfter) async throws -> Int {
         tmp = try Harness.tempDir("mc-threads")
         let store = try await Store.open(directory: tmp.appendingPathComponent("data").path, noSync: true)
         _ = try await store.applyBatch(sourceID: "test", expected: 0, new: 1, operations: (0..<100).map {
@@ -29,9 +30,10 @@ final class MemcachedThreadsTests: XCTestCase {
         })
         var logger = Logger(label: "mc-threads-test")
         logger.logLevel = .error
+        var configuration = MemcachedServer.Configuration(valueFormat: .init(flagsInValue: false), threads: threads)
+        configuration.parkAfter = parkAfter
         let server = MemcachedServer(store: store, endpoints: [.tcp(host: "127.0.0.1", port: 0)], logger: logger,
-                                     configuration: .init(valueFormat: .init(flagsInValue: false), threads: threads),
-                                     connections: limits)
+                                     configuration: configuration, connections: limits)
         running = try await InProcessServices([server], logger: logger)
         return try await server.listener.port()
     }
@@ -59,6 +61,26 @@ final class MemcachedThreadsTests: XCTestCase {
             return try await group.reduce(into: [Int]()) { $0.append($1) }
         }
         XCTAssertEqual(results, Array(repeating: 300, count: 6))
+    }
+
+    /// Two connections that went quiet hold both threads (in `read`, and they would for a
+    /// minute before parking here): a third connection's request is still answered, the
+    /// quiet ones interrupted and parked for it, and they are answered again afterwards.
+    func testQuietConnectionsOnEveryThreadDoNotHoldOffANewOne() async throws {
+        let port = try await server(threads: 2, parkAfter: .seconds(60))
+        let quiet = [try XCTUnwrap(TestClient(port: port)), try XCTUnwrap(TestClient(port: port))]
+        for client in quiet {
+            client.send("get k1\r\n")
+            XCTAssertEqual(client.read(until: "END\r\n"), "VALUE k1 0 2\r\nv1\r\nEND\r\n")
+        }
+        // The test client gives up after 10 s; without the interrupt this waits 60 s.
+        let third = try XCTUnwrap(TestClient(port: port))
+        third.send("get k2\r\n")
+        XCTAssertEqual(third.read(until: "END\r\n"), "VALUE k2 0 2\r\nv2\r\nEND\r\n")
+        for client in quiet {
+            client.send("get k3\r\n")
+            XCTAssertEqual(client.read(until: "END\r\n"), "VALUE k3 0 2\r\nv3\r\nEND\r\n")
+        }
     }
 
     /// Past --max-connections a connection is closed on arrival; once one closes, a new one
