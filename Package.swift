@@ -336,7 +336,7 @@ let package = Package(
         // killed, a member behind etcd's window, a member partitioned from etcd.
         .testTarget(
             name: "ClusterTests",
-            dependencies: ["QSClient", "QSModel", "QSTesting", "QSWire"],
+            dependencies: ["QSClient", "QSEtcd", "QSModel", "QSTesting", "QSWire"],
             swiftSettings: swiftSettings
         ),
         // qsrest: the ACL, conditional writes at the store, quotas; qsrest as a process with

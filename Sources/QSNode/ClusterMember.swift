@@ -68,6 +68,8 @@ public final class ClusterMember: Service, Sendable {
         etcdErrors = Counter(label: "qs_cluster_etcd_errors_total", factory: factory)
         commitSeconds = Metrics.Timer(label: "qs_cluster_commit_seconds", preferredDisplayUnit: .seconds, factory: factory)
         appliedIndex = Gauge(label: "qs_cluster_applied_index", factory: factory)
+        lag = NIOLockedValueBox(ApplyLag(limits: .init(grace: Self.appliedInterval / 4, quietLimit: Self.appliedInterval,
+                                                       behindLimit: etcd.timeout, leftAfter: Self.watchQuietLimit(etcd.timeout))))
     }
 
     /// Whether etcd committed this member's last `applied/` write (every 2 s): a watch can
@@ -88,14 +90,11 @@ public final class ClusterMember: Service, Sendable {
     /// Revisions etcd committed for this member that its watch has not delivered (a watch
     /// stuck on an etcd member that stopped answering): `/readyz` says so without waiting
     /// for the stuck watch to be left.
-    let lag = NIOLockedValueBox(ApplyLag())
+    let lag: NIOLockedValueBox<ApplyLag>
 
     private func lagProblem() -> String? {
         let applied = revision
-        return lag.withLockedValue {
-            $0.problem(applied: applied, grace: Self.appliedInterval / 4, quietLimit: Self.appliedInterval, behindLimit: etcd.timeout,
-                       leftAfter: Self.watchQuietLimit(etcd.timeout))
-        }
+        return lag.withLockedValue { $0.problem(applied: applied) }
     }
 
     /// etcd committed a write of this member at `revision` (`appliedWrite`: its `applied/`

@@ -1,5 +1,6 @@
 import Foundation
 import QSClient
+import QSEtcd
 import QSModel
 import QSTesting
 import QSWire
@@ -184,9 +185,9 @@ final class ClusterFaultTests: XCTestCase {
     /// move on to etcd member 1 after `--etcd-timeout` and commit there, while its watch
     /// stays on the stopped member until it has been quiet for 8 s. m1 must say 503 well
     /// before that and keep saying it — also once its requests commit again — until its
-    /// watch delivers: here after SIGCONT, before the watch is left; then 200, having
-    /// applied what m2's writer wrote before m1's newest own write (docs/ha.md, "A
-    /// member's etcd stops").
+    /// watch delivers: here after SIGCONT, before the watch is left; then 200 only once it
+    /// has applied the newest own write it knew of, and so everything m2's writer — writing
+    /// throughout — committed before that write (docs/ha.md, "A member's etcd stops").
     func testReadinessSays503WhileAMembersWatchIsStuck() async throws {
         let etcd = try EtcdCluster(dir: tmp, logDir: tmp)
         defer { etcd.stop() }
@@ -213,30 +214,49 @@ final class ClusterFaultTests: XCTestCase {
         }
         XCTAssertEqual(answers.filter { $0.status != 503 }.map(\.body), [], "m1 said ready while its watch was stuck")
         let watchLeft = m1.daemon.log.contains("the member stopped answering?")
-        // m1 knows of the etcd revisions of its own writes only: it says 200 once its watch
-        // has delivered those, so what m2 committed after m1's newest own write may still be
-        // on its way then. The writer stops here, and SIGCONT waits until m1 names an own
-        // write committed after that (its `applied/` write, every 2 s): then everything
-        // the writer committed lies below a revision m1 knows of.
-        let acknowledged = await writer.finish()
-        let clusterHead = try await QSClient.connect(host: "127.0.0.1", port: m2.port).head().index
-        let stopped = ownRevision(m1.readyz()?.body) ?? 0
-        // (Or m1 left its quiet watch for another etcd URL meanwhile and caught up.)
-        try await waitFor("m1 to know of an own write after the writer's last", timeout: .seconds(8), pollEvery: .milliseconds(20)) {
+        // m1 knows of the etcd revisions of its own writes (its `applied/` write every 2 s):
+        // once its watch delivers again it must go on saying 503 until it has applied the
+        // newest it knew of, and with it everything committed below it. The writer goes on;
+        // the cluster's head is read again and again, each time followed by etcd's revision
+        // (every entry of that head lies at or below it), until m1 names an own write above
+        // one of those revisions: SIGCONT then, and m1 must have applied that head when it
+        // says 200 — two seconds of the writer's entries past the older own write it knew of.
+        let c2 = try await QSClient.connect(host: "127.0.0.1", port: m2.port)
+        let others = try EtcdClient(urls: [etcd.members[1].clientURL, etcd.members[2].clientURL])
+        var heads = [(index: UInt64, revision: Int64)]()
+        var clusterHead: UInt64 = 0
+        try await waitFor("m1 to know of an own write after a head read", timeout: .seconds(8), pollEvery: .milliseconds(20)) {
+            let index = try await c2.head().index
+            heads.append((index, try await others.range(Array("/".utf8)).revision))
             guard let r = m1.readyz() else { return false }
-            return r.status == 200 || (self.ownRevision(r.body) ?? 0) > stopped
+            if r.status == 200 {
+                // m1 left its quiet watch for another etcd URL and caught up by reading etcd,
+                // after the first head was read.
+                clusterHead = heads[0].index
+                return true
+            }
+            guard let own = self.ownRevision(r.body), let below = heads.last(where: { $0.revision < own }) else { return false }
+            clusterHead = below.index
+            return true
         }
         etcd.resume(0)
         let resumed = ContinuousClock.now
-        try await waitFor("m1 ready after SIGCONT", timeout: .seconds(10), pollEvery: .milliseconds(20)) { m1.readyz()?.status == 200 }
+        var caughtUp = [String]()
+        try await waitFor("m1 ready after SIGCONT", timeout: .seconds(10), pollEvery: .milliseconds(20)) {
+            guard let r = m1.readyz() else { return false }
+            if r.body.contains("catching up with etcd") { caughtUp.append(r.body) }
+            return r.status == 200
+        }
         let to200 = ContinuousClock.now - resumed
         let c1 = try await QSClient.connect(host: "127.0.0.1", port: m1.port)
         let m1Head = try await c1.head().index
-        XCTAssertGreaterThanOrEqual(m1Head, clusterHead, "m1 said ready before applying what was committed while it was stuck")
+        XCTAssertGreaterThanOrEqual(m1Head, clusterHead, "m1 said ready before applying what was committed before its newest own write it knew of")
         print("m1: 503 \(Int(to503.seconds * 1000)) ms after its etcd member stopped (\(answers.last?.body ?? "")); "
-              + "200 \(Int(to200.seconds * 1000)) ms after SIGCONT (watch left before: \(watchLeft))")
+              + "200 \(Int(to200.seconds * 1000)) ms after SIGCONT at index \(m1Head), the cluster's head before its newest own write \(clusterHead) "
+              + "(watch left before: \(watchLeft)), having said 'catching up' \(caughtUp.count) times "
+              + "(\(caughtUp.last ?? ""))")
 
-        let c2 = try await QSClient.connect(host: "127.0.0.1", port: m2.port)
+        let acknowledged = await writer.finish()
         let head = try await c2.head()
         try await waitFor("m1 at \(head.index)", timeout: .seconds(10)) { (try? await c1.head()) == head }
         try verify(m2.address, against: [m1.address])
