@@ -188,6 +188,13 @@ final class ThreadedConnection<P: ThreadedProtocol>: @unchecked Sendable {
     var lastRead: NIODeadline
     /// When the request not yet whole began (its first byte), nil when none is.
     var partialSince: NIODeadline?
+    /// Replies the socket did not take yet: the connection waits for it to be writable
+    /// (parked for `EPOLLOUT`) and reads nothing meanwhile.
+    var pendingOut: ByteBuffer?
+    /// When the socket last took bytes of `pendingOut` (the write timeout's start).
+    var lastWrite: NIODeadline
+    /// Close once `pendingOut` is written (`quit`, a line too long).
+    var closeAfterWrite = false
 
     init(fd: Int32, peer: String, peerIP: String?, state: P.Connection) {
         self.fd = fd
@@ -196,6 +203,7 @@ final class ThreadedConnection<P: ThreadedProtocol>: @unchecked Sendable {
         self.state = state
         input = ByteBufferAllocator().buffer(capacity: 4096)
         lastRead = .now()
+        lastWrite = lastRead
     }
 }
 
@@ -243,6 +251,8 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         var wakeups = 0
         var stopping = false
         var aborting = false
+        /// `run` closed the epoll and wake descriptors.
+        var closedDescriptors = false
         var epollDone = false
         var finished: CheckedContinuation<Void, Never>?
 
@@ -256,6 +266,8 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
     /// Connections queued while every thread was busy: a thread whose connection has more to
     /// read parks it behind them instead (read without the lock after each request).
     private let waiting = Atomic<Int>(0)
+    /// `state.stopping`, read without the lock after each request.
+    private let stopped = Atomic<Bool>(false)
 
     init(listener: Listener, proto: P, sockets: [ListeningSocket], serving: ThreadedServing) throws {
         self.proto = proto
@@ -297,8 +309,11 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             }
             if now { c.resume() }
         }
-        Glibc.close(wake)
-        Glibc.close(epoll)
+        lock.withLock {
+            state.closedDescriptors = true
+            Glibc.close(wake)
+            Glibc.close(epoll)
+        }
     }
 
     /// Graceful (`abort` false): accepts and reads no more; each connection closes once what
@@ -306,13 +321,16 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
     func stop(abort: Bool) {
         lock.withLock {
             state.stopping = true
+            stopped.store(true, ordering: .relaxed)
             if abort { state.aborting = true }
             // A worker blocked in `read` sees the end of its input and closes the connection.
             for fd in state.active.keys { shutdown(fd, Int32(abort ? SHUT_RDWR : SHUT_RD)) }
             lock.broadcast()
+            if !state.closedDescriptors {
+                var one: UInt64 = 1
+                _ = write(wake, &one, 8)
+            }
         }
-        var one: UInt64 = 1
-        _ = write(wake, &one, 8)
     }
 
     // MARK: the epoll thread: accepts, parked connections, idle timeouts, the drain
@@ -335,12 +353,23 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                     listening = false
                     for s in sockets { s.close() }
                 }
+                // Parked connections close; one still owed replies gets them first, in
+                // blocking writes bounded by the send timeout (held as active meanwhile, so
+                // an abort shuts it down).
                 let parked = lock.withLock { () -> [Conn] in
                     let all = Array(state.parked.values)
                     state.parked.removeAll()
+                    for c in all where c.pendingOut != nil { state.active[c.fd] = c }
                     return all
                 }
-                for c in parked { close(c, reason: nil) }
+                for c in parked {
+                    if var pending = c.pendingOut {
+                        c.pendingOut = nil
+                        _ = blockingWrite(c.fd, &pending)
+                        lock.withLock { _ = state.active.removeValue(forKey: c.fd) }
+                    }
+                    close(c, reason: nil)
+                }
                 let done = lock.withLock { () -> CheckedContinuation<Void, Never>? in
                     state.epollDone = true
                     return finishIfDone()
@@ -406,7 +435,8 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             }
             Self.setTimeout(fd, SO_RCVTIMEO, serving.parkAfter)
             if timeout.nanoseconds > 0 { Self.setTimeout(fd, SO_SNDTIMEO, timeout) }
-            enqueue(Conn(fd: fd, peer: peer, peerIP: peerIP, state: proto.open(peer: peer)))
+            // Parked until it sends: a connection that sends nothing holds no thread.
+            park(Conn(fd: fd, peer: peer, peerIP: peerIP, state: proto.open(peer: peer)))
         }
     }
 
@@ -415,7 +445,10 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         let expired = lock.withLock { () -> [(Conn, CloseReason)] in
             var out = [(Conn, CloseReason)]()
             for (fd, c) in state.parked {
-                if let since = c.partialSince, now - since >= timeout {
+                if c.pendingOut != nil {
+                    guard now - c.lastWrite >= timeout else { continue }
+                    out.append((c, .writeTimeout))
+                } else if let since = c.partialSince, now - since >= timeout {
                     out.append((c, .requestTimeout))
                 } else if now - c.lastRead >= timeout {
                     out.append((c, .idleTimeout))
@@ -532,6 +565,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
 
     private enum Outcome {
         case park
+        case parkForWrite
         case close(CloseReason?)
     }
 
@@ -544,6 +578,9 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             case .park?:
                 park(c)
                 return
+            case .parkForWrite?:
+                park(c, forWrite: true)
+                return
             case let .close(reason)?:
                 lock.withLock { _ = state.active.removeValue(forKey: c.fd) }
                 close(c, reason: reason)
@@ -554,34 +591,65 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         }
     }
 
-    /// One read and its answers; nil: go on reading.
+    /// One read and its answers (or, when replies are owed, a write); nil: go on reading.
     private func step(_ c: Conn, worker: P.Worker, me: ThreadedWorker, out: inout ByteBuffer) -> Outcome? {
+        if c.pendingOut != nil { return resumeWrite(c) }
+        // Draining: what has arrived is answered (one read without waiting), then it closes.
+        let draining = stopped.load(ordering: .relaxed)
         c.input.reserveCapacity(minimumWritableBytes: 4096)
         me.quietSince.store(c.lastRead.uptimeNanoseconds, ordering: .relaxed)
-        let n = c.input.withUnsafeMutableWritableBytes { read(c.fd, $0.baseAddress, $0.count) }
+        let n = c.input.withUnsafeMutableWritableBytes { recv(c.fd, $0.baseAddress, $0.count, draining ? Int32(MSG_DONTWAIT) : 0) }
         me.quietSince.store(0, ordering: .relaxed)
         if n > 0 {
             c.input.moveWriterIndex(forwardBy: n)
             c.lastRead = .now()
-            var flushFailed = false
+            let before = c.input.readerIndex
+            var broken = false, full = false
             let open = proto.received(&c.input, connection: &c.state, into: &out, worker: worker) { buffer in
-                if !self.writeAll(c.fd, &buffer) { flushFailed = true }
-                return !flushFailed
+                // Written as far as the socket takes it now; the rest waits in the buffer
+                // (and once the socket is full, everything after it until the read is done).
+                guard !full else { return true }
+                switch self.writeSome(c.fd, &buffer) {
+                case .broken: broken = true
+                case .blocked: full = true
+                case .done: break
+                }
+                return !broken
             }
-            if flushFailed || (out.readableBytes > 0 && !writeAll(c.fd, &out)) { return .close(.writeTimeout) }
-            if !open { return .close(nil) }
+            if broken { return .close(nil) }
             if c.input.readableBytes == 0 {
                 c.input.clear()
                 c.partialSince = nil
             } else {
+                // What is left began in this read if a request before it was whole.
+                if c.partialSince == nil || c.input.readerIndex != before { c.partialSince = c.lastRead }
                 c.input.discardReadBytes()
-                if c.partialSince == nil { c.partialSince = c.lastRead }
             }
+            if out.readableBytes > 0 {
+                switch writeSome(c.fd, &out) {
+                case .broken:
+                    return .close(nil)
+                case .blocked:
+                    // The peer does not take the replies now: the thread is given back and
+                    // the connection waits for the socket to be writable, reading nothing.
+                    c.pendingOut = out
+                    c.lastWrite = .now()
+                    c.closeAfterWrite = !open
+                    out = ByteBufferAllocator().buffer(capacity: 4096)
+                    return .parkForWrite
+                case .done:
+                    break
+                }
+            }
+            // A reply buffer grown large is not kept for the thread's life.
+            if out.capacity > Self.keptOutputBytes { out = ByteBufferAllocator().buffer(capacity: 4096) }
+            if !open || draining { return .close(nil) }
+            if timeout.nanoseconds > 0, let since = c.partialSince, c.lastRead - since >= timeout { return .close(.requestTimeout) }
             // Others wait for a thread and none is free: this one goes to the back.
             if waiting.load(ordering: .relaxed) > 0 { return .park }
             return nil
         }
-        if n == 0 { return .close(nil) }
+        if n == 0 || draining { return .close(nil) }
         switch errno {
         case EINTR:
             // Interrupted because another connection waits for a thread: this quiet one parks.
@@ -600,9 +668,58 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         }
     }
 
-    /// Writes all of `buffer` (blocking, bounded by the socket's send timeout); false when
-    /// the peer took nothing for the idle timeout or the connection broke.
-    private func writeAll(_ fd: Int32, _ buffer: inout ByteBuffer) -> Bool {
+    /// Reply bytes a thread keeps room for between requests.
+    static var keptOutputBytes: Int { 1 << 20 }
+
+    /// The socket became writable (or broke) for a connection owed replies.
+    private func resumeWrite(_ c: Conn) -> Outcome? {
+        guard var pending = c.pendingOut else { return nil }
+        if stopped.load(ordering: .relaxed) {
+            // Draining: what was answered is written (blocking, bounded by the send timeout), then it closes.
+            c.pendingOut = nil
+            _ = blockingWrite(c.fd, &pending)
+            return .close(nil)
+        }
+        let before = pending.readableBytes
+        let result = writeSome(c.fd, &pending)
+        if pending.readableBytes < before { c.lastWrite = .now() }
+        switch result {
+        case .broken:
+            c.pendingOut = nil
+            return .close(nil)
+        case .blocked:
+            c.pendingOut = pending
+            return .parkForWrite
+        case .done:
+            c.pendingOut = nil
+            return c.closeAfterWrite ? .close(nil) : nil
+        }
+    }
+
+    private enum WriteResult { case done, blocked, broken }
+
+    /// Writes as much of `buffer` as the socket takes without waiting.
+    private func writeSome(_ fd: Int32, _ buffer: inout ByteBuffer) -> WriteResult {
+        while buffer.readableBytes > 0 {
+            let n = buffer.withUnsafeReadableBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            if n > 0 {
+                buffer.moveReaderIndex(forwardBy: n)
+            } else if n < 0 && errno == EINTR {
+                continue
+            } else if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                return .blocked
+            } else {
+                buffer.clear()
+                return .broken
+            }
+        }
+        buffer.clear()
+        return .done
+    }
+
+    /// Writes all of `buffer`, waiting (bounded by the socket's send timeout): the drain's
+    /// last replies. False when the peer took nothing for the idle timeout or broke.
+    private func blockingWrite(_ fd: Int32, _ buffer: inout ByteBuffer) -> Bool {
         while buffer.readableBytes > 0 {
             let n = buffer.withUnsafeReadableBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
             if n > 0 {
@@ -610,15 +727,14 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             } else if n < 0 && errno == EINTR {
                 continue
             } else {
-                buffer.clear()
                 return false
             }
         }
-        buffer.clear()
         return true
     }
 
-    private func park(_ c: Conn) {
+    /// Hands `c` to the epoll thread until it is readable (or, `forWrite`, writable).
+    private func park(_ c: Conn, forWrite: Bool = false) {
         // A parked connection holds no buffer unless it holds part of a request.
         if c.input.readableBytes == 0 && c.input.capacity > 0 { c.input = ByteBuffer() }
         let closeNow = lock.withLock { () -> Bool in
@@ -626,7 +742,9 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             if state.stopping { return true }
             state.parked[c.fd] = c
             var ev = epoll_event()
-            ev.events = EPOLLIN.rawValue | EPOLLRDHUP.rawValue | EPOLLONESHOT.rawValue
+            // (Not `EPOLLRDHUP` while owed replies: a peer that shut its side down but still
+            // reads would wake it at once, again and again.)
+            ev.events = (forWrite ? EPOLLOUT.rawValue : EPOLLIN.rawValue | EPOLLRDHUP.rawValue) | EPOLLONESHOT.rawValue
             ev.data.u64 = UInt64(UInt32(bitPattern: c.fd))
             let rc = epoll_ctl(epoll, c.registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, c.fd, &ev)
             if rc != 0 {
@@ -637,6 +755,11 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             return false
         }
         if closeNow {
+            // Draining began meanwhile: what was answered is still written first.
+            if var pending = c.pendingOut {
+                c.pendingOut = nil
+                _ = blockingWrite(c.fd, &pending)
+            }
             close(c, reason: nil)
             let done = lock.withLock { finishIfDone() }
             done?.resume()

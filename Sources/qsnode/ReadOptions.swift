@@ -29,7 +29,7 @@ struct ReadOptions: ParsableArguments {
     var memcachedFlagsInValue: Bool = QSEnv.flag("QS_MEMCACHED_FLAGS_IN_VALUE", default: false)
 
     @Option(help: ArgumentHelp("Threads that answer memcached connections: each serves one busy connection with blocking reads (a get costs a read and a write, no epoll wait or thread hop), and a connection quiet for 200 ms waits on one epoll thread until it sends again; past this many busy connections they take turns. 0: serve memcached on the event loops like the other listeners. At most \(Self.maxMemcachedThreads) (each holds one of LMDB's reader slots). (env: QS_MEMCACHED_THREADS)", valueName: "n"))
-    var memcachedThreads: Int = QSEnv.value("QS_MEMCACHED_THREADS", 32)
+    var memcachedThreads: Int = QSEnv.value("QS_MEMCACHED_THREADS", 0)
 
     static let maxMemcachedThreads = 128
 

@@ -20,14 +20,15 @@ final class MemcachedThreadsTests: XCTestCase {
         if let tmp { try? FileManager.default.removeItem(at: tmp) }
     }
 
-    /// A server on `threads` reader threads over a store holding `k0`…`k99` = `v0`…`v99`.
+    /// A server on `threads` reader threads over a store holding `k0`…`k99` = `v0`…`v99` and
+    /// `big` = 1 MiB of `b`.
     private func server(threads: Int, limits: ConnectionLimits = ConnectionLimits(),
                         parkAfter: TimeAmount = ThreadedServing.defaultParkAfter) async throws -> Int {
         tmp = try Harness.tempDir("mc-threads")
         let store = try await Store.open(directory: tmp.appendingPathComponent("data").path, noSync: true)
         _ = try await store.applyBatch(sourceID: "test", expected: 0, new: 1, operations: (0..<100).map {
             .set(key: Array("k\($0)".utf8), value: Array("v\($0)".utf8), expiry: nil)
-        })
+        } + [.set(key: Array("big".utf8), value: Array(repeating: 0x62, count: 1 << 20), expiry: nil)])
         var logger = Logger(label: "mc-threads-test")
         logger.logLevel = .error
         var configuration = MemcachedServer.Configuration(valueFormat: .init(flagsInValue: false), threads: threads)
@@ -81,6 +82,67 @@ final class MemcachedThreadsTests: XCTestCase {
             client.send("get k3\r\n")
             XCTAssertEqual(client.read(until: "END\r\n"), "VALUE k3 0 2\r\nv3\r\nEND\r\n")
         }
+    }
+
+    /// A peer that asks for a large reply and never reads it holds no thread: on one
+    /// thread, another client is answered at once (the reply waits, parked for writability).
+    func testAPeerThatDoesNotReadItsReplyHoldsNoThread() async throws {
+        let port = try await server(threads: 1)
+        let big = try XCTUnwrap(TestClient(port: port))
+        // 16 MiB of replies, far more than the socket buffers hold.
+        for _ in 0..<2 { big.send("get " + Array(repeating: "big", count: 8).joined(separator: " ") + "\r\n") }
+        let other = try XCTUnwrap(TestClient(port: port))
+        other.send("get k9\r\n")
+        XCTAssertEqual(other.read(until: "END\r\n"), "VALUE k9 0 2\r\nv9\r\nEND\r\n")
+        // The reader then gets its whole replies.
+        let one = (0..<8).map { _ in "VALUE big 0 \(1 << 20)\r\n" + String(repeating: "b", count: 1 << 20) + "\r\n" }.joined() + "END\r\n"
+        var all = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while all.count < 2 * one.utf8.count {
+            let n = buffer.withUnsafeMutableBytes { recv(big.fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { break }
+            all += buffer[0..<n]
+        }
+        XCTAssertEqual(all.count, 2 * one.utf8.count)
+        XCTAssertTrue(all.elementsEqual(Array((one + one).utf8)), "the replies arrive whole and in order")
+    }
+
+    /// A client that keeps sending does not keep a graceful shutdown from ending: its
+    /// connection closes after the answers to what it sent before the drain.
+    func testTheDrainEndsWhileAClientKeepsSending() async throws {
+        let port = try await server(threads: 2)
+        let client = try XCTUnwrap(TestClient(port: port))
+        client.send("get k1\r\n")
+        XCTAssertEqual(client.read(until: "END\r\n"), "VALUE k1 0 2\r\nv1\r\nEND\r\n")
+        let sending = Task.detached {
+            while !Task.isCancelled {
+                let line = Array("get k2\r\n".utf8)
+                if line.withUnsafeBytes({ send(client.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) < 0 { return }
+                try? await Task.sleep(for: .milliseconds(1))
+            }
+        }
+        let stopping = ContinuousClock.now
+        try await running?.stop()
+        running = nil
+        sending.cancel()
+        XCTAssertLessThan(ContinuousClock.now - stopping, .seconds(5), "the drain ended while the client kept sending")
+    }
+
+    /// A peer trickling a line a byte per 100 ms (faster than a thread parks it) is closed
+    /// one idle timeout after its first byte.
+    func testAFastTricklerIsClosedAtTheRequestDeadline() async throws {
+        let port = try await server(threads: 2, limits: ConnectionLimits(idleTimeout: .seconds(1)))
+        let client = try XCTUnwrap(TestClient(port: port))
+        let start = ContinuousClock.now
+        var sent = 0
+        while !client.isClosedByServer, ContinuousClock.now - start < .seconds(10) {
+            client.send("x")
+            sent += 1
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let held = ContinuousClock.now - start
+        XCTAssertTrue(client.isClosedByServer, "the trickling peer still holds its connection after \(held) (\(sent) bytes)")
+        XCTAssertLessThan(held, .seconds(4))
     }
 
     /// Past --max-connections a connection is closed on arrival; once one closes, a new one
