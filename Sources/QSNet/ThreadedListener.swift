@@ -297,10 +297,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
 
     /// Runs the epoll thread and returns once every connection is closed after `stop`.
     func run() async {
-        let t = Thread { [self] in epollLoop() }
-        t.name = "\(listenerName)-epoll"
-        t.stackSize = 512 << 10
-        t.start()
+        startThread("epoll") { [self] in epollLoop() }
         await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
             let now = lock.withLock { () -> Bool in
                 if state.done { return true }
@@ -499,14 +496,9 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             return .spawn
         }
         if case .close = next {
-            close(c, reason: nil)
-            let done = lock.withLock { finishIfDone() }
-            done?.resume()
+            closeAndFinish(c, reason: nil)
         } else if case .spawn = next {
-            let t = Thread { [self] in workerLoop() }
-            t.name = "\(listenerName)-reader"
-            t.stackSize = 512 << 10
-            t.start()
+            startThread("reader") { [self] in workerLoop() }
         }
     }
 
@@ -583,9 +575,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                 return
             case let .close(reason)?:
                 lock.withLock { _ = state.active.removeValue(forKey: c.fd) }
-                close(c, reason: reason)
-                let done = lock.withLock { finishIfDone() }
-                done?.resume()
+                closeAndFinish(c, reason: reason)
                 return
             }
         }
@@ -760,9 +750,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                 c.pendingOut = nil
                 _ = blockingWrite(c.fd, &pending)
             }
-            close(c, reason: nil)
-            let done = lock.withLock { finishIfDone() }
-            done?.resume()
+            closeAndFinish(c, reason: nil)
         }
     }
 
@@ -777,6 +765,22 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         proto.closed(c.state)
         Glibc.close(c.fd)
         counter.release(peer: c.peerIP)
+    }
+
+    /// Closes `c` (its worker or the epoll thread gave it up) and ends `run` if that was the
+    /// drain's last connection.
+    private func closeAndFinish(_ c: Conn, reason: CloseReason?) {
+        close(c, reason: reason)
+        let done = lock.withLock { finishIfDone() }
+        done?.resume()
+    }
+
+    /// A thread of this listener, named after it, with a small stack.
+    private func startThread(_ role: String, _ body: @escaping @Sendable () -> Void) {
+        let t = Thread(block: body)
+        t.name = "\(listenerName)-\(role)"
+        t.stackSize = 512 << 10
+        t.start()
     }
 
     /// Under the lock: the continuation to resume when the drain is complete.
