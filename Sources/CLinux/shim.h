@@ -39,3 +39,7 @@ static inline int qs_unblock_interrupt_signal(void) {
     sigaddset(&set, qs_interrupt_signal());
     return pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 }
+
+// pthread_setname_np(3) (glibc 2.12): the thread's name as `ps -L`, top and /proc show it
+// (at most 15 bytes and the terminator).
+extern int pthread_setname_np(pthread_t thread, const char *name);

@@ -498,7 +498,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         if case .close = next {
             closeAndFinish(c, reason: nil)
         } else if case .spawn = next {
-            startThread("reader") { [self] in workerLoop() }
+            startThread("read") { [self] in workerLoop() }
         }
     }
 
@@ -763,8 +763,24 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             }
         }
         proto.closed(c.state)
+        discardUnread(c.fd)
         Glibc.close(c.fd)
         counter.release(peer: c.peerIP)
+    }
+
+    /// Reads and drops what the peer sent and nobody will read (a request after a `quit`, the
+    /// rest of a line too long), at most 256 KiB and without waiting: closed with unread bytes,
+    /// the socket would answer with a reset, and the peer could lose the reply it has not
+    /// read yet; emptied, it ends with a FIN after the reply, as on the event loops.
+    private func discardUnread(_ fd: Int32) {
+        withUnsafeTemporaryAllocation(byteCount: 16 << 10, alignment: 1) { scratch in
+            var total = 0
+            while total < 256 << 10 {
+                let n = recv(fd, scratch.baseAddress, scratch.count, Int32(MSG_DONTWAIT))
+                if n <= 0 { break }
+                total += n
+            }
+        }
     }
 
     /// Closes `c` (its worker or the epoll thread gave it up) and ends `run` if that was the
@@ -775,10 +791,15 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         done?.resume()
     }
 
-    /// A thread of this listener, named after it, with a small stack.
+    /// A thread of this listener, named after it (as `ps -L` and /proc show it: the kernel
+    /// keeps 15 bytes of a name), with a small stack.
     private func startThread(_ role: String, _ body: @escaping @Sendable () -> Void) {
-        let t = Thread(block: body)
-        t.name = "\(listenerName)-\(role)"
+        let name = String(decoding: Array("\(listenerName)-\(role)".utf8.prefix(15)), as: UTF8.self)
+        let t = Thread {
+            _ = pthread_setname_np(pthread_self(), name)
+            body()
+        }
+        t.name = name
         t.stackSize = 512 << 10
         t.start()
     }

@@ -185,4 +185,26 @@ final class MemcachedThreadsTests: XCTestCase {
         let rest = busy.readToEOF()
         XCTAssertTrue(rest == "" || rest == "VALUE k5 0 2\r\nv5\r\nEND\r\n", "answered whole or not at all: \(rest ?? "nil")")
     }
+
+    /// A line too long is answered and the connection ends with a FIN after the reply (as on
+    /// the event loops), not a reset for the bytes of the line nobody read.
+    func testALineTooLongEndsWithTheReplyAndEOF() async throws {
+        let port = try await server(threads: 2)
+        let client = try XCTUnwrap(TestClient(port: port))
+        client.send("get " + String(repeating: "k", count: 20_000))
+        XCTAssertEqual(client.readToEOF(), "CLIENT_ERROR line too long\r\n")
+    }
+
+    /// The threads carry the listener's name where `ps -L` and /proc show it.
+    func testTheThreadsAreNamedInProc() async throws {
+        let port = try await server(threads: 2)
+        let client = try XCTUnwrap(TestClient(port: port))
+        client.send("get k1\r\n")
+        XCTAssertEqual(client.read(until: "END\r\n"), "VALUE k1 0 2\r\nv1\r\nEND\r\n")
+        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")
+        let names = tasks.compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8) }
+            .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        XCTAssertTrue(names.contains("memcached-epoll"), "\(names)")
+        XCTAssertTrue(names.contains("memcached-read"), "\(names)")
+    }
 }
