@@ -147,6 +147,30 @@ struct LMDBTables: Sendable {
 
 /// A transaction of whichever engine runs, only valid inside the closure that received
 /// it. Its operations are the tables' get, put, delete, cursor and count.
+/// Writes into one table of a write transaction (see `EngineTransaction.withWriter`); valid
+/// only inside the `withWriter` call that made it.
+struct TableWriter: ~Copyable {
+    enum Kind {
+        case lmdb(OpaquePointer)
+        case rocksdb(RocksDBTransaction, Table)
+    }
+
+    let kind: Kind
+
+    /// Stores `value` under `key` unless the stored value is already byte for byte `value`;
+    /// returns whether it wrote. On LMDB one B-tree descent whatever the case.
+    func putIfChanged(_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) throws -> Bool {
+        switch kind {
+        case let .lmdb(cursor): return try LMDBTransaction.putIfChanged(cursor: cursor, key, value)
+        case let .rocksdb(txn, table):
+            let same = try txn.withValue(table, key) { old in old.map { $0.elementsEqual(value) } ?? false }
+            if same { return false }
+            try txn.put(table, key, value)
+            return true
+        }
+    }
+}
+
 struct EngineTransaction: ~Copyable {
     enum Handle {
         case lmdb(OpaquePointer, LMDBTables)
@@ -180,21 +204,15 @@ struct EngineTransaction: ~Copyable {
         }
     }
 
-    /// Stores `value` under `key` unless the stored value is already byte for byte `value`;
-    /// returns whether it wrote. On LMDB one B-tree descent whatever the case.
-    func putIfChanged(_ table: Table, _ key: [UInt8], _ value: [UInt8]) throws -> Bool {
+    /// Runs `body` with a writer into `table` for a run of writes (a batch's sets): on LMDB
+    /// one cursor serves them all instead of one opened and closed per write.
+    func withWriter<T>(_ table: Table, _ body: (borrowing TableWriter) throws -> T) throws -> T {
         switch handle {
-        case let .lmdb(txn, t): return try LMDBTransaction(txn: txn).putIfChanged(t[table], key, value)
-        case let .rocksdb(txn):
-            let same = try key.withUnsafeBytes { kp in
-                try txn.withValue(table, kp) { old in
-                    guard let old, old.count == value.count else { return false }
-                    return value.withUnsafeBytes { old.elementsEqual($0) }
-                }
-            }
-            if same { return false }
-            try txn.put(table, key, value)
-            return true
+        case let .lmdb(txn, t):
+            let cursor = try LMDBTransaction(txn: txn).writeCursor(t[table])
+            defer { mdb_cursor_close(cursor) }
+            return try body(TableWriter(kind: .lmdb(cursor)))
+        case let .rocksdb(txn): return try body(TableWriter(kind: .rocksdb(txn, table)))
         }
     }
 

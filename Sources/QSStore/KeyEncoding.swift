@@ -28,18 +28,31 @@ public struct KeyEncoding: Sendable {
     public func isLong(_ key: [UInt8]) -> Bool { key.count > inlineLimit }
 
     public func storedKey(_ key: [UInt8]) -> [UInt8] {
-        var out = [UInt8]()
-        if key.count <= inlineLimit {
-            out.reserveCapacity(key.count + 1)
-            out.append(Self.tag)
-            out.append(contentsOf: key)
-        } else {
-            out.reserveCapacity(1 + prefixLength + 32)
-            out.append(Self.tag)
-            out.append(contentsOf: key[0..<prefixLength])
-            out.append(contentsOf: ChainHash.digest(key))
+        withStoredKey(key) { Array($0) }
+    }
+
+    /// The stored key's length for `key`.
+    @inline(__always)
+    func storedKeyCount(_ key: [UInt8]) -> Int {
+        key.count <= inlineLimit ? 1 + key.count : 1 + prefixLength + 32
+    }
+
+    /// Calls `body` with `key`'s stored key, in a buffer on the stack (at most LMDB's
+    /// 511 bytes): a write path needs no array per key.
+    @inline(__always)
+    public func withStoredKey<T>(_ key: [UInt8], _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+        try withUnsafeTemporaryAllocation(byteCount: storedKeyCount(key), alignment: 1) { out in
+            var w = RawByteWriter(out)
+            w.writeU8(Self.tag)
+            if key.count <= inlineLimit {
+                key.withUnsafeBytes { w.writeBytes($0) }
+            } else {
+                key.withUnsafeBytes { w.writeBytes(UnsafeRawBufferPointer(rebasing: $0[0..<prefixLength])) }
+                ChainHash.digest(key).withUnsafeBytes { w.writeBytes($0) }
+            }
+            precondition(w.remaining == 0, "a stored key announced \(out.count) bytes and wrote \(w.offset)")
+            return try body(UnsafeRawBufferPointer(out))
         }
-        return out
     }
 
     /// The stored-key range start for a prefix scan.
@@ -72,18 +85,39 @@ enum RecordCodec {
     }
 
     static func encode(_ record: Record, storedKey: [UInt8], fullKey: [UInt8]?) -> [UInt8] {
-        let count = 1 + (record.expiry == nil ? 0 : 8) + (fullKey.map { 4 + $0.count } ?? 0) + record.value.count + checksumBytes
-        return [UInt8](encodedCount: count) { w in
-            var flags: UInt8 = checksumFlag
-            if record.expiry != nil { flags |= 1 }
-            if fullKey != nil { flags |= 2 }
-            w.writeU8(flags)
-            if let x = record.expiry { w.writeU64(x) }
-            if let fullKey { w.writeBlob32(fullKey) }
-            w.writeBytes(record.value)
-            let body = w.written
-            w.writeU64(storedKey.withUnsafeBytes { checksum(storedKey: $0, body: body) })
+        storedKey.withUnsafeBytes { sk in
+            [UInt8](encodedCount: encodedCount(record, fullKey: fullKey)) { encode(record, storedKey: sk, fullKey: fullKey, into: &$0) }
         }
+    }
+
+    /// Calls `body` with the record's encoding in a temporary buffer (on the stack when it
+    /// is small): the write path needs no array per record.
+    @inline(__always)
+    static func withEncoded<T>(_ record: Record, storedKey: UnsafeRawBufferPointer, fullKey: [UInt8]?,
+                               _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+        try withUnsafeTemporaryAllocation(byteCount: encodedCount(record, fullKey: fullKey), alignment: 8) { out in
+            var w = RawByteWriter(out)
+            encode(record, storedKey: storedKey, fullKey: fullKey, into: &w)
+            precondition(w.remaining == 0, "a record announced \(out.count) bytes and wrote \(w.offset)")
+            return try body(UnsafeRawBufferPointer(out))
+        }
+    }
+
+    @inline(__always)
+    static func encodedCount(_ record: Record, fullKey: [UInt8]?) -> Int {
+        1 + (record.expiry == nil ? 0 : 8) + (fullKey.map { 4 + $0.count } ?? 0) + record.value.count + checksumBytes
+    }
+
+    @inline(__always)
+    static func encode(_ record: Record, storedKey: UnsafeRawBufferPointer, fullKey: [UInt8]?, into w: inout RawByteWriter) {
+        var flags: UInt8 = checksumFlag
+        if record.expiry != nil { flags |= 1 }
+        if fullKey != nil { flags |= 2 }
+        w.writeU8(flags)
+        if let x = record.expiry { w.writeU64(x) }
+        if let fullKey { w.writeBlob32(fullKey) }
+        w.writeBytes(record.value)
+        w.writeU64(checksum(storedKey: storedKey, body: w.written))
     }
 
     /// The bytes of `raw` that hold the record's fields (the checksum left out), after

@@ -246,29 +246,35 @@ public struct LMDBTransaction: ~Copyable {
         }
     }
 
-    /// Stores `value` under `key` unless the stored value is already byte for byte `value`;
-    /// returns whether it wrote. One B-tree descent whatever the case: the insert is tried
-    /// with `MDB_NOOVERWRITE` on a cursor, which on an existing key leaves the cursor there
-    /// with the stored value, so a different value replaces it in place (`MDB_CURRENT`).
-    /// Not for `MDB_DUPSORT` databases.
-    public func putIfChanged(_ db: LMDBDatabase, _ key: [UInt8], _ value: [UInt8]) throws -> Bool {
+    /// A cursor on `db` for a run of writes in this (write) transaction, e.g. a batch's sets
+    /// through `putIfChanged`: LMDB frees it when the transaction commits or aborts, so it
+    /// must not be used (or closed) after that. Other writes to `db` meanwhile are fine: LMDB
+    /// keeps its cursors right across them.
+    public func writeCursor(_ db: LMDBDatabase) throws -> OpaquePointer {
         var cursor: OpaquePointer?
         try LMDBError.check(mdb_cursor_open(txn, db.dbi, &cursor), "mdb_cursor_open")
-        defer { mdb_cursor_close(cursor) }
-        return try key.withUnsafeBytes { kp in
-            try value.withUnsafeBytes { vp in
-                var k = MDB_val(mv_size: kp.count, mv_data: UnsafeMutableRawPointer(mutating: kp.baseAddress))
-                var v = MDB_val(mv_size: vp.count, mv_data: UnsafeMutableRawPointer(mutating: vp.baseAddress))
-                let rc = mdb_cursor_put(cursor, &k, &v, UInt32(MDB_NOOVERWRITE))
-                if rc == 0 { return true }
-                guard rc == MDB_KEYEXIST else { try LMDBError.check(rc, "mdb_cursor_put"); return true }
-                // `v` is now the stored value.
-                if v.mv_size == vp.count, vp.count == 0 || vp.baseAddress.map({ memcmp(v.mv_data, $0, vp.count) == 0 }) == true { return false }
-                v = MDB_val(mv_size: vp.count, mv_data: UnsafeMutableRawPointer(mutating: vp.baseAddress))
-                try LMDBError.check(mdb_cursor_put(cursor, &k, &v, UInt32(MDB_CURRENT)), "mdb_cursor_put(current)")
-                return true
-            }
+        guard let cursor else { throw LMDBError(code: MDB_PANIC, operation: "mdb_cursor_open returned no cursor") }
+        return cursor
+    }
+
+    /// Stores `value` under `key` through `cursor` (from `writeCursor`) unless the stored
+    /// value is already byte for byte `value`; returns whether it wrote. One B-tree descent
+    /// whatever the case: the insert is tried with `MDB_NOOVERWRITE`, which on an existing
+    /// key leaves the cursor there with the stored value, so a different value replaces it
+    /// in place (`MDB_CURRENT`). Not for `MDB_DUPSORT` databases.
+    public static func putIfChanged(cursor: OpaquePointer, _ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) throws -> Bool {
+        var k = MDB_val(mv_size: key.count, mv_data: UnsafeMutableRawPointer(mutating: key.baseAddress))
+        var v = MDB_val(mv_size: value.count, mv_data: UnsafeMutableRawPointer(mutating: value.baseAddress))
+        let rc = mdb_cursor_put(cursor, &k, &v, UInt32(MDB_NOOVERWRITE))
+        if rc == 0 { return true }
+        guard rc == MDB_KEYEXIST else { try LMDBError.check(rc, "mdb_cursor_put"); return true }
+        // `v` is now the stored value.
+        if v.mv_size == value.count, value.count == 0 || value.baseAddress.map({ memcmp(v.mv_data, $0, value.count) == 0 }) == true {
+            return false
         }
+        v = MDB_val(mv_size: value.count, mv_data: UnsafeMutableRawPointer(mutating: value.baseAddress))
+        try LMDBError.check(mdb_cursor_put(cursor, &k, &v, UInt32(MDB_CURRENT)), "mdb_cursor_put(current)")
+        return true
     }
 
     /// Stores `count` bytes under `key`, written in place by `fill` into the space LMDB

@@ -38,13 +38,13 @@ struct RocksDBTransaction {
     }
 
     func put(_ table: Table, _ key: [UInt8], _ value: [UInt8]) throws {
+        try key.withUnsafeBytes { k in try value.withUnsafeBytes { v in try put(table, k, v) } }
+    }
+
+    func put(_ table: Table, _ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) throws {
         guard let batch else { throw StoreError.readOnlyTransaction }
-        key.withUnsafeBytes { k in
-            value.withUnsafeBytes { v in
-                rocksdb_writebatch_wi_put_cf(batch, families[table], k.baseAddress?.assumingMemoryBound(to: CChar.self), k.count,
-                                             v.baseAddress?.assumingMemoryBound(to: CChar.self), v.count)
-            }
-        }
+        rocksdb_writebatch_wi_put_cf(batch, families[table], key.baseAddress?.assumingMemoryBound(to: CChar.self), key.count,
+                                     value.baseAddress?.assumingMemoryBound(to: CChar.self), value.count)
     }
 
     func delete(_ table: Table, _ key: [UInt8]) throws -> Bool {

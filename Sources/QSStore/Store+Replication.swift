@@ -56,20 +56,22 @@ extension StoreTransaction {
             try txn.put(meta, Store.modeKey, Store.compatibleMode)
         }
         var head = try head()
-        for e in entries {
-            guard e.index == head.index + 1 else { throw AppendError.notNext(head: head.index, got: e.index) }
-            let hash = ChainHash.next(previous: head.hash, entry: e.bytes)
-            guard hash == e.hash else { throw AppendError.diverged(index: e.index) }
-            let entry: LogEntry
-            do { entry = try LogEntry.decode(e.bytes) } catch {
-                throw AppendError.undecodable(index: e.index, reason: "\(error)")
+        try withKeyspaceWriter { writer in
+            for e in entries {
+                guard e.index == head.index + 1 else { throw AppendError.notNext(head: head.index, got: e.index) }
+                let hash = ChainHash.next(previous: head.hash, entry: e.bytes)
+                guard hash == e.hash else { throw AppendError.diverged(index: e.index) }
+                let entry: LogEntry
+                do { entry = try LogEntry.decode(e.bytes) } catch {
+                    throw AppendError.undecodable(index: e.index, reason: "\(error)")
+                }
+                for op in entry.operations { _ = try apply(op, writer) }
+                try txn.put(log, Store.encodeU64(e.index), e.hash + e.bytes, append: true)
+                head = Head(index: e.index, hash: e.hash, commitTimeNs: entry.commitTimeNs)
+                // The origin's checkpoint (and initial-copy cursor) moves with the entry, so a
+                // replica's or a mirror's checkpoints equal its root's.
+                try storePosition(sourceID: entry.origin.sourceID, position: entry.origin.position, copyCursor: entry.copyCursor)
             }
-            for op in entry.operations { _ = try apply(op) }
-            try txn.put(log, Store.encodeU64(e.index), e.hash + e.bytes, append: true)
-            head = Head(index: e.index, hash: e.hash, commitTimeNs: entry.commitTimeNs)
-            // The origin's checkpoint (and initial-copy cursor) moves with the entry, so a
-            // replica's or a mirror's checkpoints equal its root's.
-            try storePosition(sourceID: entry.origin.sourceID, position: entry.origin.position, copyCursor: entry.copyCursor)
         }
         try store.writeHead(head, txn)
         return head

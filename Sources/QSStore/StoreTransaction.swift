@@ -216,11 +216,13 @@ public struct StoreTransaction: ~Copyable {
             // The batch itself is the entry's list unless something is dropped: only then
             // is a list of the kept operations built.
             var kept: [Mutation]?
-            for (i, op) in operations.enumerated() {
-                if try apply(op) {
-                    kept?.append(op)
-                } else if kept == nil {
-                    kept = Array(operations[..<i])
+            try withKeyspaceWriter { writer in
+                for (i, op) in operations.enumerated() {
+                    if try apply(op, writer) {
+                        kept?.append(op)
+                    } else if kept == nil {
+                        kept = Array(operations[..<i])
+                    }
                 }
             }
             return kept ?? operations
@@ -238,11 +240,13 @@ public struct StoreTransaction: ~Copyable {
         let seconds = now / 1_000_000_000
         let step = try compareAndSwap(sourceID: sourceID, expected: expected, new: new, now: now) {
             var kept = [Mutation]()
-            for w in writes {
-                let current = try get(w.key).flatMap { $0.isExpired(at: seconds) ? nil : $0 }
-                let (mutation, outcome) = w.evaluate(current: current)
-                outcomes.append(outcome)
-                if let mutation, try apply(mutation) { kept.append(mutation) }
+            try withKeyspaceWriter { writer in
+                for w in writes {
+                    let current = try get(w.key).flatMap { $0.isExpired(at: seconds) ? nil : $0 }
+                    let (mutation, outcome) = w.evaluate(current: current)
+                    outcomes.append(outcome)
+                    if let mutation, try apply(mutation, writer) { kept.append(mutation) }
+                }
             }
             return kept
         }
@@ -372,16 +376,26 @@ public struct StoreTransaction: ~Copyable {
         return index
     }
 
-    /// Applies one operation; returns false when it would not change the stored state.
-    func apply(_ op: Mutation) throws -> Bool {
+    /// Runs `body` with a writer into the keyspace for a run of `apply` calls (one cursor for
+    /// them all on LMDB).
+    func withKeyspaceWriter<T>(_ body: (borrowing TableWriter) throws -> T) throws -> T {
+        try txn.withWriter(kv, body)
+    }
+
+    /// Applies one operation through `writer` (from `withKeyspaceWriter`); returns false when
+    /// it would not change the stored state.
+    func apply(_ op: Mutation, _ writer: borrowing TableWriter) throws -> Bool {
         switch op {
         case let .set(key, value, expiry):
-            let sk = keys.storedKey(key)
             // The encoding is a function of the key and the record (checksum included), and a
             // writable store holds only this format: equal bytes are an identical write,
             // dropped; a different or damaged old record is replaced (the write repairs it).
-            let encoded = RecordCodec.encode(Record(value: value, expiry: expiry), storedKey: sk, fullKey: keys.isLong(key) ? key : nil)
-            return try txn.putIfChanged(kv, sk, encoded)
+            // Stored key and record are encoded on the stack, not into arrays.
+            return try keys.withStoredKey(key) { sk in
+                try RecordCodec.withEncoded(Record(value: value, expiry: expiry), storedKey: sk, fullKey: keys.isLong(key) ? key : nil) {
+                    try writer.putIfChanged(sk, $0)
+                }
+            }
         case let .delete(key):
             return try txn.delete(kv, keys.storedKey(key))
         case let .clearPrefix(prefix):

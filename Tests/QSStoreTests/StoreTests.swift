@@ -148,6 +148,41 @@ final class StoreTests: XCTestCase {
         await isNotNil(try await store.get(Array("aux".utf8)))
     }
 
+    /// One cursor serves a whole batch's sets: it must stay right across the batch's own
+    /// deletes, prefix clears and page splits. Random keys, mixed operations, checked against
+    /// a dictionary; then the same sets again are all dropped as identical.
+    func testABatchOfMixedOperationsMatchesAModel() async throws {
+        var rng = SystemRandomNumberGenerator()
+        var model = [[UInt8]: [UInt8]]()
+        var ops = [Mutation]()
+        var sets = [Mutation]()
+        for i in 0..<20_000 {
+            let key = Array(String(format: "%@/%08x", ["a", "b", "c"][i % 3], UInt32.random(in: 0...0xFFFF, using: &rng)).utf8)
+            switch i % 10 {
+            case 7 where !model.isEmpty:
+                let victim = model.keys.first!
+                ops.append(.delete(key: victim))
+                model[victim] = nil
+            case 9 where i % 5000 == 4999:
+                ops.append(.clearPrefix(Array("b/".utf8)))
+                for k in model.keys where k.starts(with: Array("b/".utf8)) { model[k] = nil }
+            default:
+                let value = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: 1 + i % 300)
+                let op = Mutation.set(key: key, value: value, expiry: nil)
+                ops.append(op)
+                model[key] = value
+            }
+        }
+        _ = try await store.applyBatch(sourceID: "s", expected: 0, new: 1, operations: ops)
+        let all = try await store.scan(limit: 100_000, now: nil).records
+        XCTAssertEqual(all.count, model.count)
+        for (k, r) in all { XCTAssertEqual(r.value, model[k], String(decoding: k, as: UTF8.self)) }
+        for (k, v) in model { sets.append(.set(key: k, value: v, expiry: nil)) }
+        await equal(try await store.applyBatch(sourceID: "s", expected: 1, new: 2, operations: sets),
+                    .applied(logIndex: nil, kept: 0, dropped: sets.count))
+        try await store.verifyChain()
+    }
+
     func testLongKeysAreStoredWholeAndDistinct() async throws {
         XCTAssertEqual(store.maxKeySize, 511)
         let base = [UInt8](repeating: 0x61, count: 600)
