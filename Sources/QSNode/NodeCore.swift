@@ -251,23 +251,7 @@ public final class NodeCore: Sendable {
                     try await store.applyBatch(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.operations,
                                                copyCursor: b.copyCursor)
                 }
-                metrics.batchApply.recordSeconds((ContinuousClock.now - start).seconds)
-                switch outcome {
-                case let .applied(index, kept, dropped):
-                    metrics.batchesApplied.increment()
-                    metrics.opsApplied.increment(by: kept)
-                    metrics.identicalDropped.increment(by: dropped)
-                    if let index {
-                        metrics.logHead.record(Double(index))
-                        watcher.publish()
-                    }
-                    return .applied(logIndex: index, kept: UInt32(kept), dropped: UInt32(dropped))
-                case let .conflict(current):
-                    metrics.conflicts.increment()
-                    logger.debug("batch conflict", metadata: ["source-id": "\(b.sourceID)", "expected": "\(b.expected)",
-                                                              "current": "\(current)", "peer": "\(peer)"])
-                    return .conflict(current: current)
-                }
+                return batchResponse(outcome, b, peer: peer, since: start)
             case let .writes(b):
                 let start = ContinuousClock.now
                 let outcome = if let cluster {
@@ -358,6 +342,55 @@ public final class NodeCore: Sendable {
                                              now: asOf == 0 ? wallClockSeconds() : asOf, limit: Int(min(max(limit, 1), Self.maxRecordsPerPage)))
                 return .page(records: list.map { .init(key: $0.key, record: $0.record) }, next: nil)
             }
+        } catch {
+            return failure(error, request: request, peer: peer)
+        }
+    }
+
+    /// A batch's answer, counted (and its log entry announced to subscribers).
+    private func batchResponse(_ outcome: BatchOutcome, _ b: Request.Batch, peer: String, since start: ContinuousClock.Instant) -> Response {
+        metrics.batchApply.recordSeconds((ContinuousClock.now - start).seconds)
+        switch outcome {
+        case let .applied(index, kept, dropped):
+            metrics.batchesApplied.increment()
+            metrics.opsApplied.increment(by: kept)
+            metrics.identicalDropped.increment(by: dropped)
+            if let index {
+                metrics.logHead.record(Double(index))
+                watcher.publish()
+            }
+            return .applied(logIndex: index, kept: UInt32(kept), dropped: UInt32(dropped))
+        case let .conflict(current):
+            metrics.conflicts.increment()
+            logger.debug("batch conflict", metadata: ["source-id": "\(b.sourceID)", "expected": "\(b.expected)",
+                                                      "current": "\(current)", "peer": "\(peer)"])
+            return .conflict(current: current)
+        }
+    }
+
+    /// Takes a batch for a single root (not a cluster member) straight to the store's writer
+    /// thread, without a task on the cooperative pool: `done` gets the answer on the writer
+    /// thread, counted and logged as `handle` would. Two thread hops a batch (event loop to
+    /// writer and back) instead of four. Returns false, having done nothing, for any other
+    /// request or node: those go through `handle`.
+    public func handleBatchDirectly(_ request: Request, peer: String, done: @escaping @Sendable (Response) -> Void) -> Bool {
+        guard cluster == nil, case let .batch(b) = request else { return false }
+        metrics.request(request.name).increment()
+        writers.touch(peer: peer)
+        let start = ContinuousClock.now
+        store.applyBatch(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.operations, copyCursor: b.copyCursor) {
+            switch $0 {
+            case let .success(outcome): done(self.batchResponse(outcome, b, peer: peer, since: start))
+            case let .failure(error): done(self.failure(error, request: request, peer: peer))
+            }
+        }
+        return true
+    }
+
+    /// A failed request's answer, counted and logged by what failed.
+    private func failure(_ error: any Error, request: Request, peer: String) -> Response {
+        do {
+            throw error
         } catch StoreError.compatibleOnly {
             // Not a stop for a bridge: a demoted root may be promoted again (a cut-over
             // undone), and a bridge started against a mirror before its promotion waits.

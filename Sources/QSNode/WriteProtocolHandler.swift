@@ -112,11 +112,23 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
         }
         busy = true
         let core = self.core, peer = self.peer
-        run(context: context, { await core.handle(request, peer: peer) }) { response in
-            self.busy = false
-            self.reply(context: context, response, thenClose: false)
-            self.processNext(context: context)
+        // A batch to a single root goes to the writer thread and back without a task.
+        let loop = context.eventLoop
+        let handler = NIOLoopBound(self, eventLoop: loop), bound = NIOLoopBound(context, eventLoop: loop)
+        if core.handleBatchDirectly(request, peer: peer, done: { response in
+            loop.execute { handler.value.answered(context: bound.value, response) }
+        }) {
+            return
         }
+        run(context: context, { await core.handle(request, peer: peer) }) { response in
+            self.answered(context: context, response)
+        }
+    }
+
+    private func answered(context: ChannelHandlerContext, _ response: Response) {
+        busy = false
+        reply(context: context, response, thenClose: false)
+        processNext(context: context)
     }
 
     private func startSubscription(context: ChannelHandlerContext, from: UInt64, hash: [UInt8]) {

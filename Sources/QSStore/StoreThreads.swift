@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 
 /// Threads owned by the store that run its blocking jobs (LMDB transactions, file I/O) in
@@ -53,10 +54,16 @@ final class StoreThreads: @unchecked Sendable {
     /// Queues `body` to run on one of these threads without waiting for it: work whose
     /// outcome nobody waits for (a later `run` on a one-thread instance runs after it).
     func submit(_ body: @escaping @Sendable () -> Void) {
-        _ = enqueue {
+        submit(orElse: {}, body)
+    }
+
+    /// `submit`, with `refused` called instead when the threads are stopping.
+    func submit(orElse refused: () -> Void, _ body: @escaping @Sendable () -> Void) {
+        let accepted = enqueue {
             body()
             return {}
         }
+        if !accepted { refused() }
     }
 
     /// Lets the threads end once the jobs already queued are done.
@@ -75,8 +82,15 @@ final class StoreThreads: @unchecked Sendable {
         if !started {
             started = true
             for i in 0..<count {
-                let thread = Thread { [self] in work() }
-                thread.name = count == 1 ? name : "\(name)-\(i)"
+                let threadName = count == 1 ? name : "\(name)-\(i)"
+                let thread = Thread { [self] in
+                    // Named where `ps -L`, top and /proc show it, in the kernel's 15 bytes:
+                    // qs-writer, qs-reader-N, qs-background.
+                    let short = threadName.replacingOccurrences(of: "qs-store-", with: "qs-")
+                    _ = pthread_setname_np(pthread_self(), String(decoding: Array(short.utf8.prefix(15)), as: UTF8.self))
+                    work()
+                }
+                thread.name = threadName
                 thread.start()
             }
         }

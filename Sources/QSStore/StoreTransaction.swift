@@ -494,6 +494,20 @@ extension Store {
         }
     }
 
+    /// `applyBatch` for a caller that is not a task (an event loop): queued for the writer
+    /// thread, `completion` runs there with the outcome.
+    public func applyBatch(sourceID: String, expected: UInt64, new: UInt64, operations: [Mutation], copyCursor: [UInt8]? = nil,
+                           completion: @escaping @Sendable (Result<BatchOutcome, any Error>) -> Void) {
+        writer.submit(orElse: { completion(.failure(StoreError.closed)) }) { [self] in
+            completion(Result {
+                try writeNow {
+                    try $0.applyBatch(sourceID: sourceID, expected: expected, new: new, operations: operations, copyCursor: copyCursor,
+                                      now: wallClockNanoseconds())
+                }
+            })
+        }
+    }
+
     /// Applies conditional writes (see `StoreTransaction.applyWrites`) in one durable write
     /// transaction on the writer thread.
     public func applyWrites(sourceID: String, expected: UInt64, new: UInt64, writes: [ConditionalWrite],
