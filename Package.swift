@@ -268,7 +268,7 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         // The store against real LMDB: batches, log, checkpoints, threads.
-        .testTarget(name: "QSStoreTests", dependencies: ["QSModel", "QSStore", "QSTesting", nio("NIOConcurrencyHelpers")], swiftSettings: swiftSettings),
+        .testTarget(name: "QSStoreTests", dependencies: ["QSBytes", "QSModel", "QSStore", "QSTesting", nio("NIOConcurrencyHelpers")], swiftSettings: swiftSettings),
         // QS frame and message codecs, byte by byte.
         .testTarget(
             name: "QSWireTests",

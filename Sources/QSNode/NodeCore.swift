@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import NIOCore
 import QSBytes
 import QSEtcd
 import QSNet
@@ -369,19 +370,23 @@ public final class NodeCore: Sendable {
     }
 
     /// Takes a batch for a single root (not a cluster member) straight to the store's writer
-    /// thread, without a task on the cooperative pool: `done` gets the answer on the writer
-    /// thread, counted and logged as `handle` would. Two thread hops a batch (event loop to
-    /// writer and back) instead of four. Returns false, having done nothing, for any other
-    /// request or node: those go through `handle`.
-    public func handleBatchDirectly(_ request: Request, peer: String, done: @escaping @Sendable (Response) -> Void) -> Bool {
+    /// thread, without a task on the cooperative pool; the writer hands back only the outcome,
+    /// and `done` gets the answer on `loop`, counted and logged there as `handle` would (the
+    /// writer thread does nothing but commit). Two thread hops a batch (event loop to writer
+    /// and back) instead of four. Returns false, having done nothing, for any other request
+    /// or node: those go through `handle`.
+    public func handleBatchDirectly(_ request: Request, peer: String, on loop: any EventLoop,
+                                    done: @escaping @Sendable (Response) -> Void) -> Bool {
         guard cluster == nil, case let .batch(b) = request else { return false }
         metrics.request(request.name).increment()
         writers.touch(peer: peer)
         let start = ContinuousClock.now
-        store.applyBatch(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.operations, copyCursor: b.copyCursor) {
-            switch $0 {
-            case let .success(outcome): done(self.batchResponse(outcome, b, peer: peer, since: start))
-            case let .failure(error): done(self.failure(error, request: request, peer: peer))
+        store.applyBatch(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.operations, copyCursor: b.copyCursor) { result in
+            loop.execute {
+                switch result {
+                case let .success(outcome): done(self.batchResponse(outcome, b, peer: peer, since: start))
+                case let .failure(error): done(self.failure(error, request: request, peer: peer))
+                }
             }
         }
         return true

@@ -25,6 +25,9 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     private var quiescing = false
     private var closing = false
     private var readPending = false
+    /// Set once the peer is gone: what it pipelined and nobody will read the answer to is
+    /// dropped, not run (it was never acknowledged).
+    private var inactive = false
     private var peer = "unknown"
     private var peerIsLocal = false
     /// Set once the connection carries a subscription or a snapshot.
@@ -43,6 +46,8 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        inactive = true
+        queue.removeAll()
         stream?.cancel()
         core.writers.gone(peer: peer)
         core.metrics.connections.decrement()
@@ -71,7 +76,7 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     }
 
     private func processNext(context: ChannelHandlerContext) {
-        guard !busy, !closing else { return }
+        guard !busy, !closing, !inactive else { return }
         guard let decoded = queue.popFirst() else {
             if quiescing { context.close(promise: nil) }
             return
@@ -115,8 +120,8 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
         // A batch to a single root goes to the writer thread and back without a task.
         let loop = context.eventLoop
         let handler = NIOLoopBound(self, eventLoop: loop), bound = NIOLoopBound(context, eventLoop: loop)
-        if core.handleBatchDirectly(request, peer: peer, done: { response in
-            loop.execute { handler.value.answered(context: bound.value, response) }
+        if core.handleBatchDirectly(request, peer: peer, on: loop, done: { response in
+            handler.value.answered(context: bound.value, response)
         }) {
             return
         }

@@ -145,8 +145,6 @@ struct LMDBTables: Sendable {
     }
 }
 
-/// A transaction of whichever engine runs, only valid inside the closure that received
-/// it. Its operations are the tables' get, put, delete, cursor and count.
 /// Writes into one table of a write transaction (see `EngineTransaction.withWriter`); valid
 /// only inside the `withWriter` call that made it.
 struct TableWriter: ~Copyable {
@@ -163,7 +161,10 @@ struct TableWriter: ~Copyable {
         switch kind {
         case let .lmdb(cursor): return try LMDBTransaction.putIfChanged(cursor: cursor, key, value)
         case let .rocksdb(txn, table):
-            let same = try txn.withValue(table, key) { old in old.map { $0.elementsEqual(value) } ?? false }
+            let same = try txn.withValue(table, key) { old in
+                guard let old, old.count == value.count else { return false }
+                return value.count == 0 || memcmp(old.baseAddress!, value.baseAddress!, value.count) == 0
+            }
             if same { return false }
             try txn.put(table, key, value)
             return true
@@ -171,6 +172,8 @@ struct TableWriter: ~Copyable {
     }
 }
 
+/// A transaction of whichever engine runs, only valid inside the closure that received
+/// it. Its operations are the tables' get, put, delete, cursor and count.
 struct EngineTransaction: ~Copyable {
     enum Handle {
         case lmdb(OpaquePointer, LMDBTables)

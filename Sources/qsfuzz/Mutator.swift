@@ -1,4 +1,5 @@
 import Foundation
+import QSBytes
 
 /// The ordinary build's fuzzing: inputs mutated from a target's seeds with a fixed random
 /// sequence (the same inputs on every run), through the same checks as libFuzzer's run.
@@ -6,25 +7,15 @@ import Foundation
 /// thousands of damaged inputs (bits flipped, bytes inserted, removed, repeated, lengths
 /// made huge, seeds spliced, truncated) in every `make test`.
 enum Mutator {
-    /// A small, fast, seeded generator (SplitMix64): the sequence is the same on every run.
-    struct Random {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        mutating func below(_ n: Int) -> Int { n <= 1 ? 0 : Int(next() % UInt64(n)) }
-    }
+    /// The seeded generator: the sequence is the same on every run.
+    typealias Random = SplitMix64
 
     /// Runs `runs` mutated inputs through `target`; returns how many ran.
     static func run(_ target: FuzzTarget, seedDirectory: String, runs: Int) -> Int {
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: seedDirectory)) ?? []).sorted()
         var seeds = names.compactMap { FileManager.default.contents(atPath: seedDirectory + "/" + $0).map { [UInt8]($0) } }
         if seeds.isEmpty { seeds = [[]] }
-        var random = Random(state: target.rawValue.utf8.reduce(UInt64(0x5153_4655_5A5A)) { $0 &* 31 &+ UInt64($1) })
+        var random = Random(seed: target.rawValue.utf8.reduce(UInt64(0x5153_4655_5A5A)) { $0 &* 31 &+ UInt64($1) })
         for seed in seeds { target.run(seed) }
         for _ in 0..<runs {
             var input = seeds[random.below(seeds.count)]
@@ -66,4 +57,9 @@ enum Mutator {
             b.append(UInt8(truncatingIfNeeded: r.next()))
         }
     }
+}
+
+extension SplitMix64 {
+    /// A number in 0..<n (0 when n <= 1).
+    mutating func below(_ n: Int) -> Int { n <= 1 ? 0 : Int(next() % UInt64(n)) }
 }

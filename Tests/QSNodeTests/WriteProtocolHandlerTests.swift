@@ -191,6 +191,34 @@ final class WriteProtocolHandlerTests: XCTestCase {
         XCTAssertTrue(channel.isActive)
     }
 
+    /// A peer that pipelines batches and goes away: the batch already at the writer is
+    /// committed, what was still queued behind it is dropped (never acknowledged, nobody
+    /// to answer), not run after the peer is gone.
+    func testBatchesQueuedBehindAGonePeerAreDropped() async throws {
+        let node = try node()
+        let store = node.core.store
+        // Hold the writer thread so the first batch waits there while the peer leaves.
+        let gate = DispatchSemaphore(value: 0), holding = StopFlag()
+        let held = Task { try await store.write { _ in holding.set(); gate.wait() } }
+        try await waitFor("the writer is held") { holding.isSet }
+        let channel = try await connection(to: node)
+        try await send([batch(0, 1, [.set(key: [1], value: [1], expiry: nil)]),
+                        batch(1, 2, [.set(key: [2], value: [2], expiry: nil)]),
+                        batch(2, 3, [.set(key: [3], value: [3], expiry: nil)])], to: channel)
+        try await channel.close()
+        gate.signal()
+        try await held.value
+        try await waitFor("the first batch is answered") { node.metrics.counterTotal(label: "qs_batches_applied_total") == 1 }
+        // Whatever the answer's task queued on the loop has run; a write after it is behind
+        // any batch the handler sent on.
+        try await channel.testingEventLoop.executeInContext {}
+        try await store.write { _ in }
+        let checkpoint = try await store.checkpoint(sourceID: "src")
+        XCTAssertEqual(checkpoint, 1, "the batches queued behind the gone peer were not run")
+        let value = try await store.get([2])
+        XCTAssertNil(value)
+    }
+
     // MARK: refusals
 
     func testWrongTokenIsRefusedAndTheConnectionClosed() async throws {

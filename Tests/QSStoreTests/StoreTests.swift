@@ -1,4 +1,5 @@
 import Foundation
+import QSBytes
 import QSModel
 import QSStore
 import XCTest
@@ -149,38 +150,73 @@ final class StoreTests: XCTestCase {
     }
 
     /// One cursor serves a whole batch's sets: it must stay right across the batch's own
-    /// deletes, prefix clears and page splits. Random keys, mixed operations, checked against
-    /// a dictionary; then the same sets again are all dropped as identical.
-    func testABatchOfMixedOperationsMatchesAModel() async throws {
-        var rng = SystemRandomNumberGenerator()
+    /// deletes, prefix clears and page splits, values that move onto and off overflow pages
+    /// within the batch, and keys past the stored prefix. Random keys (seeded: a failure
+    /// names its seed), mixed operations over several batches, checked against a dictionary;
+    /// the entries appended to a second store (the replica's path, one cursor across log and
+    /// meta puts) give the same records; the same sets again are all dropped as identical.
+    func testBatchesOfMixedOperationsMatchAModel() async throws {
+        let seed = UInt64.random(in: 1...UInt64.max)
+        var rng = SplitMix64(seed: seed)
         var model = [[UInt8]: [UInt8]]()
-        var ops = [Mutation]()
-        var sets = [Mutation]()
-        for i in 0..<20_000 {
-            let key = Array(String(format: "%@/%08x", ["a", "b", "c"][i % 3], UInt32.random(in: 0...0xFFFF, using: &rng)).utf8)
-            switch i % 10 {
-            case 7 where !model.isEmpty:
-                let victim = model.keys.first!
-                ops.append(.delete(key: victim))
-                model[victim] = nil
-            case 9 where i % 5000 == 4999:
-                ops.append(.clearPrefix(Array("b/".utf8)))
-                for k in model.keys where k.starts(with: Array("b/".utf8)) { model[k] = nil }
-            default:
-                let value = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: 1 + i % 300)
-                let op = Mutation.set(key: key, value: value, expiry: nil)
-                ops.append(op)
-                model[key] = value
+        let root = try Store(directory: dir.appendingPathComponent("root").path, mapSize: 512 << 20)
+        func key(_ i: Int) -> [UInt8] {
+            let id = String(format: "%@/%04x", ["a", "b", "c"][i % 3], UInt32.random(in: 0...0x7FF, using: &rng))
+            // One key in 13 is longer than the stored key (past the prefix, hashed).
+            let pad = i % 13 == 0 ? String(repeating: "p", count: 470 + Int.random(in: 0...230, using: &rng)) : ""
+            return Array((id + pad).utf8)
+        }
+        func value(_ i: Int) -> [UInt8] {
+            // Inline, empty, and one in 11 on overflow pages (LMDB: above about 2 KB).
+            let n = i % 11 == 0 ? Int.random(in: 1_500...9_000, using: &rng) : (i % 97 == 0 ? 0 : Int.random(in: 1...300, using: &rng))
+            return [UInt8](repeating: UInt8(truncatingIfNeeded: i &* 31 &+ n), count: n)
+        }
+        for batch in 0..<4 {
+            var ops = [Mutation]()
+            for i in batch * 6_000 ..< (batch + 1) * 6_000 {
+                switch i % 10 {
+                case 7 where !model.isEmpty:
+                    let victim = model.keys.randomElement(using: &rng)!
+                    ops.append(.delete(key: victim))
+                    model[victim] = nil
+                case 9 where i % 3000 == 2999:
+                    ops.append(.clearPrefix(Array("b/".utf8)))
+                    for k in model.keys where k.starts(with: Array("b/".utf8)) { model[k] = nil }
+                case 3 where !model.isEmpty:
+                    // The same key again in this batch, its value growing or shrinking across
+                    // the overflow threshold.
+                    let k = model.keys.randomElement(using: &rng)!
+                    let v = [UInt8](repeating: UInt8(truncatingIfNeeded: i), count: (model[k]!.count > 1_000) ? 5 : 4_000)
+                    ops.append(.set(key: k, value: v, expiry: nil))
+                    model[k] = v
+                default:
+                    let (k, v) = (key(i), value(i))
+                    ops.append(.set(key: k, value: v, expiry: nil))
+                    model[k] = v
+                }
+            }
+            let r = try await root.applyBatch(sourceID: "s", expected: UInt64(batch), new: UInt64(batch + 1), operations: ops)
+            guard case .applied(.some, _, _) = r else { return XCTFail("seed \(seed), batch \(batch): \(r)") }
+        }
+        func check(_ s: Store, _ what: String) async throws {
+            let all = try await s.scan(limit: 100_000, maxBytes: 1 << 30, now: nil).records
+            XCTAssertEqual(all.count, model.count, "\(what), seed \(seed)")
+            for (k, r) in all where r.value != model[k] {
+                return XCTFail("\(what), seed \(seed): key of \(k.count) bytes holds \(r.value.count) bytes, not \(model[k]?.count ?? -1)")
             }
         }
-        _ = try await store.applyBatch(sourceID: "s", expected: 0, new: 1, operations: ops)
-        let all = try await store.scan(limit: 100_000, now: nil).records
-        XCTAssertEqual(all.count, model.count)
-        for (k, r) in all { XCTAssertEqual(r.value, model[k], String(decoding: k, as: UTF8.self)) }
-        for (k, v) in model { sets.append(.set(key: k, value: v, expiry: nil)) }
-        await equal(try await store.applyBatch(sourceID: "s", expected: 1, new: 2, operations: sets),
+        try await check(root, "root")
+        let replica = try await Store.open(directory: dir.appendingPathComponent("replica").path, mapSize: 512 << 20)
+        let entries = try await root.entries(from: 1, count: 10, maxBytes: 1 << 30)
+        XCTAssertEqual(entries.count, 4)
+        let rootHead = try await root.head()
+        await equal(try await replica.appendEntries(entries), rootHead)
+        try await check(replica, "replica")
+        let sets = model.map { Mutation.set(key: $0.key, value: $0.value, expiry: nil) }
+        await equal(try await root.applyBatch(sourceID: "s", expected: 4, new: 5, operations: sets),
                     .applied(logIndex: nil, kept: 0, dropped: sets.count))
-        try await store.verifyChain()
+        try await root.verifyChain()
+        try await replica.verifyChain()
     }
 
     func testLongKeysAreStoredWholeAndDistinct() async throws {
