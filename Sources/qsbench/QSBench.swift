@@ -62,7 +62,7 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Batches per write measurement instead of --duration (a fixed amount of work, for instruction counts under callgrind); 0 = run for --duration. (env: QS_BENCH_BATCHES)", valueName: "n"))
     var batches: Int = QSEnv.value("QS_BENCH_BATCHES", 0, flag: "--batches")
 
-    @Option(help: ArgumentHelp("Batches the root-write client keeps in flight on its connection: 1 waits for each answer (a bridge's way), 2 or more pipelines, so the client's encoding and the node's decoding overlap the commit before (the node's capacity). (env: QS_BENCH_WRITE_WINDOW)", valueName: "n"))
+    @Option(help: ArgumentHelp("Batches the root-write client keeps in flight on its connection: 1 waits for each answer (the figures recorded so far), 2 is what qsktbridge keeps in flight by default (its --batches-in-flight), so the client's encoding and the node's decoding overlap the commit before. (env: QS_BENCH_WRITE_WINDOW)", valueName: "n"))
     var writeWindow: Int = QSEnv.value("QS_BENCH_WRITE_WINDOW", 1, flag: "--write-window")
 
     @Option(help: ArgumentHelp("Measure the root already listening at HOST:PORT (its write port) instead of starting one, e.g. a qsnode under valgrind; its disk bytes and memory are then not read. (env: QS_BENCH_WRITE_TARGET)", valueName: "host:port"))
