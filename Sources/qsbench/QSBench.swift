@@ -270,11 +270,22 @@ struct QSBench: AsyncParsableCommand {
     }
 }
 
-/// `write_bytes` of /proc/PID/io (bytes the process caused to be sent to storage).
-func writeBytes(pid: Int32?) -> Int {
+/// `write_bytes` of /proc/PID/io (bytes the process caused to be sent to storage). The
+/// kernel counts it per page-cache folio dirtied, so on a kernel with large folios (ext4
+/// on Linux 6.x) it can exceed what reaches the device: a root's run here counted 1.37x
+/// its `wchar`, which the device's own sector count matched (docs/benchmarks.md).
+func writeBytes(pid: Int32?) -> Int { ioCounter("write_bytes", pid: pid) }
+
+/// Bytes the process handed to `write`-family system calls (`wchar` of /proc/PID/io):
+/// what LMDB's `pwrite`s asked for, page by page, whatever the page cache's folio size.
+/// Includes socket writes (a root's answers: tens of bytes a batch).
+func syscallWriteBytes(pid: Int32?) -> Int { ioCounter("wchar", pid: pid) }
+
+/// One counter of /proc/PID/io (/proc/self/io for nil), 0 when unreadable.
+func ioCounter(_ name: String, pid: Int32?) -> Int {
     let path = pid.map { "/proc/\($0)/io" } ?? "/proc/self/io"
     guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return 0 }
-    for line in text.split(separator: "\n") where line.hasPrefix("write_bytes:") {
+    for line in text.split(separator: "\n") where line.hasPrefix(name + ":") {
         return Int(line.split(separator: " ").last ?? "") ?? 0
     }
     return 0

@@ -35,6 +35,10 @@ struct WriteBench {
         var nodeDiskBytesPerPayloadByte: Double
         var lmdbDiskBytesPerPayloadByte: Double
         var diskRatio: Double
+        /// Bytes handed to write system calls (`wchar`) per payload byte, and their ratio.
+        var nodeSyscallBytesPerPayloadByte: Double
+        var lmdbSyscallBytesPerPayloadByte: Double
+        var syscallRatio: Double
         var nodeBatches: Int
         var lmdbBatches: Int
     }
@@ -51,6 +55,9 @@ struct WriteBench {
         var nodeDiskBytesPerPayloadByte: Double
         var lmdbDiskBytesPerPayloadByte: Double
         var diskRatio: Double
+        var nodeSyscallBytesPerPayloadByte: Double
+        var lmdbSyscallBytesPerPayloadByte: Double
+        var syscallRatio: Double
         var nodePeakRSSBytes: Int
         var nodePeakAnonBytes: Int
     }
@@ -64,18 +71,18 @@ struct WriteBench {
         var rounds: Int
         var rows: [Row]
         var benchProcessPeakRSSBytes: Int
-        var note = "ratio = node ops/s over the real protocol (one durable LMDB transaction per batch, with its log entry and checkpoint) / plain LMDB loop ops/s (one durable transaction per batch, sets only, same keys and values); disk ratio = node disk bytes per payload byte / LMDB's; medians over the rounds"
+        var note = "ratio = node ops/s over the real protocol (one durable LMDB transaction per batch, with its log entry and checkpoint) / plain LMDB loop ops/s (one durable transaction per batch, sets only, same keys and values); disk ratio = node disk bytes (write_bytes, counted per page-cache folio dirtied) per payload byte / LMDB's; syscall ratio = the same with the bytes handed to write system calls (wchar, what LMDB's pwrites asked for); medians over the rounds"
 
         func printTable() {
             let how = batchesPerMeasurement > 0 ? "\(batchesPerMeasurement) batches" : "\(secondsPerMeasurement) s"
             print("root write path vs plain LMDB (\(valueBytes)-byte values, \(how) a measurement, median of \(rounds) rounds)")
             func pad(_ s: String, _ w: Int) -> String { String(repeating: " ", count: max(0, w - s.count)) + s }
             print([pad("batch", 6), pad("node ops/s", 11), pad("lmdb ops/s", 11), pad("ratio", 6), pad("min-max", 11),
-                   pad("node disk/B", 11), pad("lmdb disk/B", 11), pad("disk x", 7), pad("node RSS", 9), pad("own mem", 8)].joined(separator: " "))
+                   pad("node disk/B", 11), pad("lmdb disk/B", 11), pad("disk x", 7), pad("sys x", 6), pad("node RSS", 9), pad("own mem", 8)].joined(separator: " "))
             for r in rows {
-                print(String(format: "%6d %11.0f %11.0f %6.3f %5.2f-%5.2f %11.2f %11.2f %7.2f %7.1fMB %6.1fMB", r.batchSize, r.nodeOpsPerSec,
+                print(String(format: "%6d %11.0f %11.0f %6.3f %5.2f-%5.2f %11.2f %11.2f %7.2f %6.2f %7.1fMB %6.1fMB", r.batchSize, r.nodeOpsPerSec,
                              r.lmdbOpsPerSec, r.ratio, r.minRatio, r.maxRatio, r.nodeDiskBytesPerPayloadByte, r.lmdbDiskBytesPerPayloadByte,
-                             r.diskRatio, Double(r.nodePeakRSSBytes) / 1e6, Double(r.nodePeakAnonBytes) / 1e6))
+                             r.diskRatio, r.syscallRatio, Double(r.nodePeakRSSBytes) / 1e6, Double(r.nodePeakAnonBytes) / 1e6))
             }
             print(String(format: "bench process peak RSS: %.1fMB", Double(benchProcessPeakRSSBytes) / 1e6))
         }
@@ -84,6 +91,7 @@ struct WriteBench {
     struct Measurement {
         var opsPerSec: Double
         var diskPerPayload: Double
+        var syscallPerPayload: Double
         var batches: Int
         var peakRSS = 0
         var peakAnon = 0
@@ -106,16 +114,22 @@ struct WriteBench {
                 done.append(Round(nodeOpsPerSec: node.opsPerSec, lmdbOpsPerSec: lmdb.opsPerSec, ratio: node.opsPerSec / lmdb.opsPerSec,
                                   nodeDiskBytesPerPayloadByte: node.diskPerPayload, lmdbDiskBytesPerPayloadByte: lmdb.diskPerPayload,
                                   diskRatio: lmdb.diskPerPayload > 0 ? node.diskPerPayload / lmdb.diskPerPayload : 0,
+                                  nodeSyscallBytesPerPayloadByte: node.syscallPerPayload, lmdbSyscallBytesPerPayloadByte: lmdb.syscallPerPayload,
+                                  syscallRatio: lmdb.syscallPerPayload > 0 ? node.syscallPerPayload / lmdb.syscallPerPayload : 0,
                                   nodeBatches: node.batches, lmdbBatches: lmdb.batches))
-                FileHandle.standardError.write(Data(String(format: "root-write: batch %d round %d/%d: ratio %.3f, disk %.2f vs %.2f\n", size, round + 1,
-                                                           rounds, done.last!.ratio, node.diskPerPayload, lmdb.diskPerPayload).utf8))
+                FileHandle.standardError.write(Data(String(format: "root-write: batch %d round %d/%d: ratio %.3f, disk %.2f vs %.2f, syscalls %.2f vs %.2f\n",
+                                                           size, round + 1, rounds, done.last!.ratio, node.diskPerPayload, lmdb.diskPerPayload,
+                                                           node.syscallPerPayload, lmdb.syscallPerPayload).utf8))
             }
             let ratios = done.map(\.ratio)
             rows.append(Row(batchSize: size, rounds: done, ratio: median(ratios), minRatio: ratios.min() ?? 0, maxRatio: ratios.max() ?? 0,
                             nodeOpsPerSec: median(done.map(\.nodeOpsPerSec)), lmdbOpsPerSec: median(done.map(\.lmdbOpsPerSec)),
                             nodeDiskBytesPerPayloadByte: median(done.map(\.nodeDiskBytesPerPayloadByte)),
                             lmdbDiskBytesPerPayloadByte: median(done.map(\.lmdbDiskBytesPerPayloadByte)),
-                            diskRatio: median(done.map(\.diskRatio)), nodePeakRSSBytes: rss, nodePeakAnonBytes: anon))
+                            diskRatio: median(done.map(\.diskRatio)),
+                            nodeSyscallBytesPerPayloadByte: median(done.map(\.nodeSyscallBytesPerPayloadByte)),
+                            lmdbSyscallBytesPerPayloadByte: median(done.map(\.lmdbSyscallBytesPerPayloadByte)),
+                            syscallRatio: median(done.map(\.syscallRatio)), nodePeakRSSBytes: rss, nodePeakAnonBytes: anon))
         }
         return Report(recordedAt: ISO8601DateFormatter().string(from: Date()), valueBytes: valueBytes, secondsPerMeasurement: duration.seconds,
                       batchesPerMeasurement: batches, rounds: rounds, rows: rows, benchProcessPeakRSSBytes: peakRSS(pid: nil))
@@ -168,7 +182,7 @@ struct WriteBench {
             }
             filled = min(prefill, filled + 10_000)
         }
-        let ioBefore = writeBytes(pid: nil)
+        let ioBefore = writeBytes(pid: nil), sysBefore = syscallWriteBytes(pid: nil)
         let start = ContinuousClock.now
         var i = 0, done = 0, payload = 0
         while more(done, since: start) {
@@ -183,8 +197,9 @@ struct WriteBench {
             done += 1
         }
         let elapsed = (ContinuousClock.now - start).seconds
-        let written = writeBytes(pid: nil) - ioBefore
-        return Measurement(opsPerSec: Double(i) / elapsed, diskPerPayload: Double(written) / Double(payload), batches: done)
+        let written = writeBytes(pid: nil) - ioBefore, handed = syscallWriteBytes(pid: nil) - sysBefore
+        return Measurement(opsPerSec: Double(i) / elapsed, diskPerPayload: Double(written) / Double(payload),
+                           syscallPerPayload: Double(handed) / Double(payload), batches: done)
     }
 
     /// The node: a real `qsnode` process (or `target`), batches over the write protocol on loopback.
@@ -204,7 +219,7 @@ struct WriteBench {
         defer { _ = try? node?.stop() }
         let client = try await QSClient.connect(host: host, port: port)
         let values = self.values
-        let ioBefore = node.map { writeBytes(pid: $0.pid) } ?? 0
+        let ioBefore = node.map { writeBytes(pid: $0.pid) } ?? 0, sysBefore = node.map { syscallWriteBytes(pid: $0.pid) } ?? 0
         let start = ContinuousClock.now
         var i = 0, done = 0, sent = 0, payload = 0
         // Up to `window` batches in flight, answered in order; each continues the one before.
@@ -231,10 +246,12 @@ struct WriteBench {
         while !inFlight.isEmpty { try await settleOne() }
         let elapsed = (ContinuousClock.now - start).seconds
         let written = node.map { writeBytes(pid: $0.pid) - ioBefore } ?? 0
+        let handed = node.map { syscallWriteBytes(pid: $0.pid) - sysBefore } ?? 0
         let rss = node.map { peakRSS(pid: $0.pid) } ?? 0
         let anon = node.map { anonRSS(pid: $0.pid) } ?? 0
         await client.close()
-        return Measurement(opsPerSec: Double(i) / elapsed, diskPerPayload: Double(written) / Double(payload), batches: done,
+        return Measurement(opsPerSec: Double(i) / elapsed, diskPerPayload: Double(written) / Double(payload),
+                           syscallPerPayload: Double(handed) / Double(payload), batches: done,
                            peakRSS: rss, peakAnon: anon)
     }
 }
