@@ -27,6 +27,10 @@ struct WriteBench {
     /// Keys each store holds before the measurement (the scale suite): the node's and the
     /// plain LMDB loop's alike, written without fsync and synced once.
     var prefill = 0
+    /// Tells this run's batches from an earlier run's on a reused `target`: part of the
+    /// source id (so its checkpoints start at 0) and a shift of the values (so the same
+    /// keys get other values, not identical writes a root drops).
+    let runTag = UInt32.random(in: 1..<1024)
 
     struct Round: Codable {
         var nodeOpsPerSec: Double
@@ -106,7 +110,7 @@ struct WriteBench {
                 // Keys unique to this size and round: a reused target root never sees them twice.
                 let prefix = Array(String(format: "b%d%03d/", s % 10, round % 1000).utf8)
                 let lmdb = try runLMDB(batchSize: size, prefix: prefix, dir: "\(scratch)/lmdb-\(size)-\(round)")
-                let node = try await runNode(batchSize: size, prefix: prefix, sourceID: "bench-\(size)-\(round)", dir: "\(scratch)/node-\(size)-\(round)")
+                let node = try await runNode(batchSize: size, prefix: prefix, sourceID: "bench-\(size)-\(round)-\(runTag)", dir: "\(scratch)/node-\(size)-\(round)")
                 try? FileManager.default.removeItem(atPath: "\(scratch)/lmdb-\(size)-\(round)")
                 try? FileManager.default.removeItem(atPath: "\(scratch)/node-\(size)-\(round)")
                 rss = max(rss, node.peakRSS)
@@ -219,21 +223,31 @@ struct WriteBench {
         defer { _ = try? node?.stop() }
         let client = try await QSClient.connect(host: host, port: port)
         let values = self.values
+        // A started node is empty: the same values as the LMDB loop. A reused target may
+        // hold these keys from an earlier run: other values, so every set is a write.
+        let shift = target == nil ? 0 : Int(runTag)
         let ioBefore = node.map { writeBytes(pid: $0.pid) } ?? 0, sysBefore = node.map { syscallWriteBytes(pid: $0.pid) } ?? 0
         let start = ContinuousClock.now
         var i = 0, done = 0, sent = 0, payload = 0
         // Up to `window` batches in flight, answered in order; each continues the one before.
         var inFlight = [EventLoopFuture<Frame>]()
         func settleOne() async throws {
-            let r = try await QSClient.response(inFlight.removeFirst())
-            guard case .applied = r else { throw BenchError("unexpected response \(r)") }
-            done += 1
+            switch try await QSClient.response(inFlight.removeFirst()) {
+            case let .applied(_, _, dropped) where dropped > 0:
+                throw BenchError("the root dropped \(dropped) sets of a batch as identical writes: it already holds these keys with these values, so the figure would not measure writes; point --write-target at a root that did not take this run's keys")
+            case .applied:
+                done += 1
+            case let .conflict(current):
+                throw BenchError("the root answered a conflict: source \(sourceID) stands at \(current), not \(done) (another writer uses this source id?)")
+            case let r:
+                throw BenchError("unexpected response \(r)")
+            }
         }
         while more(sent, since: start) {
             var ops = [Mutation]()
             ops.reserveCapacity(batchSize)
             for _ in 0..<batchSize {
-                let k = key(prefix, i), v = values[i & 1023]
+                let k = key(prefix, i), v = values[(i &+ shift) & 1023]
                 ops.append(.set(key: k, value: v, expiry: nil))
                 payload += k.count + v.count
                 i += 1
