@@ -9,7 +9,7 @@ import NIOCore
 
 /// The `root-write` suite (alias `writes`): a root applying batches of sets over the real
 /// protocol against a plain LMDB loop in this process with the same durability (one fsynced
-/// transaction per batch), the same keys and values; disk bytes per payload byte for both
+/// transaction per batch), the same keys and values (against a reused `--write-target`, values of the run's own); disk bytes per payload byte for both
 /// (`write_bytes` of /proc/PID/io). Each round starts both from empty stores, the two
 /// alternate, and the median round is reported with the spread.
 struct WriteBench {
@@ -28,9 +28,10 @@ struct WriteBench {
     /// plain LMDB loop's alike, written without fsync and synced once.
     var prefill = 0
     /// Tells this run's batches from an earlier run's on a reused `target`: part of the
-    /// source id (so its checkpoints start at 0) and a shift of the values (so the same
-    /// keys get other values, not identical writes a root drops).
-    let runTag = UInt32.random(in: 1..<1024)
+    /// source id (so its checkpoints start at 0) and mixed into the values' first bytes (so
+    /// the same keys get other values, not identical writes a root drops). 64 random bits:
+    /// two runs meet only by a 2^-64 chance.
+    let runTag = UInt64.random(in: 1...UInt64.max)
 
     struct Round: Codable {
         var nodeOpsPerSec: Double
@@ -75,7 +76,7 @@ struct WriteBench {
         var rounds: Int
         var rows: [Row]
         var benchProcessPeakRSSBytes: Int
-        var note = "ratio = node ops/s over the real protocol (one durable LMDB transaction per batch, with its log entry and checkpoint) / plain LMDB loop ops/s (one durable transaction per batch, sets only, same keys and values); disk ratio = node disk bytes (write_bytes, counted per page-cache folio dirtied) per payload byte / LMDB's; syscall ratio = the same with the bytes handed to write system calls (wchar, what LMDB's pwrites asked for); medians over the rounds"
+        var note = "ratio = node ops/s over the real protocol (one durable LMDB transaction per batch, with its log entry and checkpoint) / plain LMDB loop ops/s (one durable transaction per batch, sets only, same keys, values of the same sizes: the same values unless --write-target, where each run's are its own); disk ratio = node disk bytes (write_bytes, counted per page-cache folio dirtied) per payload byte / LMDB's; syscall ratio = the same with the bytes handed to write system calls (wchar, what LMDB's pwrites asked for); medians over the rounds"
 
         func printTable() {
             let how = batchesPerMeasurement > 0 ? "\(batchesPerMeasurement) batches" : "\(secondsPerMeasurement) s"
@@ -107,10 +108,11 @@ struct WriteBench {
             var done = [Round]()
             var rss = 0, anon = 0
             for round in 0..<rounds {
-                // Keys unique to this size and round: a reused target root never sees them twice.
+                // Keys unique to this size and round within a run; a rerun against a reused
+                // target writes the same keys with values of its own (`runTag`).
                 let prefix = Array(String(format: "b%d%03d/", s % 10, round % 1000).utf8)
                 let lmdb = try runLMDB(batchSize: size, prefix: prefix, dir: "\(scratch)/lmdb-\(size)-\(round)")
-                let node = try await runNode(batchSize: size, prefix: prefix, sourceID: "bench-\(size)-\(round)-\(runTag)", dir: "\(scratch)/node-\(size)-\(round)")
+                let node = try await runNode(batchSize: size, prefix: prefix, sourceID: "bench-\(size)-\(round)-\(String(runTag, radix: 16))", dir: "\(scratch)/node-\(size)-\(round)")
                 try? FileManager.default.removeItem(atPath: "\(scratch)/lmdb-\(size)-\(round)")
                 try? FileManager.default.removeItem(atPath: "\(scratch)/node-\(size)-\(round)")
                 rss = max(rss, node.peakRSS)
@@ -222,10 +224,14 @@ struct WriteBench {
         }
         defer { _ = try? node?.stop() }
         let client = try await QSClient.connect(host: host, port: port)
-        let values = self.values
         // A started node is empty: the same values as the LMDB loop. A reused target may
-        // hold these keys from an earlier run: other values, so every set is a write.
-        let shift = target == nil ? 0 : Int(runTag)
+        // hold these keys from an earlier run: values of this run's own (the tag mixed into
+        // their first bytes, the sizes unchanged), so every set is a write.
+        let values = target == nil ? self.values : self.values.map { v in
+            var v = v
+            for j in 0..<min(8, v.count) { v[j] ^= UInt8(truncatingIfNeeded: runTag >> (8 * UInt64(j))) }
+            return v
+        }
         let ioBefore = node.map { writeBytes(pid: $0.pid) } ?? 0, sysBefore = node.map { syscallWriteBytes(pid: $0.pid) } ?? 0
         let start = ContinuousClock.now
         var i = 0, done = 0, sent = 0, payload = 0
@@ -238,7 +244,7 @@ struct WriteBench {
             case .applied:
                 done += 1
             case let .conflict(current):
-                throw BenchError("the root answered a conflict: source \(sourceID) stands at \(current), not \(done) (another writer uses this source id?)")
+                throw BenchError("the root answered a conflict: source \(sourceID) stands at \(current), not \(done) (another writer uses this run's source id, or its batches were answered out of order)")
             case let r:
                 throw BenchError("unexpected response \(r)")
             }
@@ -247,7 +253,7 @@ struct WriteBench {
             var ops = [Mutation]()
             ops.reserveCapacity(batchSize)
             for _ in 0..<batchSize {
-                let k = key(prefix, i), v = values[(i &+ shift) & 1023]
+                let k = key(prefix, i), v = values[i & 1023]
                 ops.append(.set(key: k, value: v, expiry: nil))
                 payload += k.count + v.count
                 i += 1
