@@ -9,8 +9,9 @@ import NIOCore
 
 /// The `root-write` suite (alias `writes`): a root applying batches of sets over the real
 /// protocol against a plain LMDB loop in this process with the same durability (one fsynced
-/// transaction per batch), the same keys and values (against a reused `--write-target`, values of the run's own); disk bytes per payload byte for both
-/// (`write_bytes` of /proc/PID/io). Each round starts both from empty stores, the two
+/// transaction per batch), the same keys and values (against a reused `--write-target`,
+/// values of the run's own); disk bytes per payload byte for both (`write_bytes` and `wchar`
+/// of /proc/PID/io). Each round starts both from empty stores, the two
 /// alternate, and the median round is reported with the spread.
 struct WriteBench {
     let sizes: [Int]
@@ -119,9 +120,9 @@ struct WriteBench {
                 anon = max(anon, node.peakAnon)
                 done.append(Round(nodeOpsPerSec: node.opsPerSec, lmdbOpsPerSec: lmdb.opsPerSec, ratio: node.opsPerSec / lmdb.opsPerSec,
                                   nodeDiskBytesPerPayloadByte: node.diskPerPayload, lmdbDiskBytesPerPayloadByte: lmdb.diskPerPayload,
-                                  diskRatio: lmdb.diskPerPayload > 0 ? node.diskPerPayload / lmdb.diskPerPayload : 0,
+                                  diskRatio: Self.ratio(node.diskPerPayload, lmdb.diskPerPayload),
                                   nodeSyscallBytesPerPayloadByte: node.syscallPerPayload, lmdbSyscallBytesPerPayloadByte: lmdb.syscallPerPayload,
-                                  syscallRatio: lmdb.syscallPerPayload > 0 ? node.syscallPerPayload / lmdb.syscallPerPayload : 0,
+                                  syscallRatio: Self.ratio(node.syscallPerPayload, lmdb.syscallPerPayload),
                                   nodeBatches: node.batches, lmdbBatches: lmdb.batches))
                 FileHandle.standardError.write(Data(String(format: "root-write: batch %d round %d/%d: ratio %.3f, disk %.2f vs %.2f, syscalls %.2f vs %.2f\n",
                                                            size, round + 1, rounds, done.last!.ratio, node.diskPerPayload, lmdb.diskPerPayload,
@@ -140,6 +141,9 @@ struct WriteBench {
         return Report(recordedAt: ISO8601DateFormatter().string(from: Date()), valueBytes: valueBytes, secondsPerMeasurement: duration.seconds,
                       batchesPerMeasurement: batches, rounds: rounds, rows: rows, benchProcessPeakRSSBytes: peakRSS(pid: nil))
     }
+
+    /// `node / lmdb`, 0 when the reference read nothing (no /proc/PID/io here).
+    static func ratio(_ node: Double, _ lmdb: Double) -> Double { lmdb > 0 ? node / lmdb : 0 }
 
     /// Whether a measurement goes on: a fixed number of batches, or until the duration is up.
     func more(_ batchesDone: Int, since start: ContinuousClock.Instant) -> Bool {
