@@ -415,7 +415,12 @@ public final class NodeCore: Sendable {
             if case .changeRole = request {
                 return .error(.storageError, "the root cluster's etcd did not commit the role change (no quorum, or unreachable?): \(error); it may still take effect: read write_role in qsctl status once etcd answers, and run the command again if it did not change")
             }
-            return .error(.storageError, "the root cluster's etcd did not commit (no quorum, or unreachable?): \(error); the write is not acknowledged: resume from the checkpoint")
+            if case .unreachable = error {
+                return .error(.storageError, "the root cluster's etcd did not commit (no quorum, or unreachable?): \(error); the write is not acknowledged: resume from the checkpoint")
+            }
+            // Sent, but no answer or an error answer ("leader changed", "request timed
+            // out"): etcd may still have committed it.
+            return .error(.storageError, "the root cluster's etcd did not confirm the commit (no quorum, or unreachable?): \(error); the write is not acknowledged and may or may not have been committed: resume from the checkpoint")
         } catch let error as ClusterError {
             metrics.storageErrors.increment()
             logger.error("cluster commit failed", metadata: ["request": "\(request.name)", "error": "\(error)", "peer": "\(peer)"])
