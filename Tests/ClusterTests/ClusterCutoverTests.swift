@@ -38,13 +38,42 @@ final class ClusterCutoverTests: XCTestCase {
         return s["write_role"] as? String
     }
 
+    /// Writes position `p` of source "app" (expecting `p - 1`) and returns where the source
+    /// stands after it. A batch whose outcome is unknown (etcd did not answer in time, say,
+    /// on a loaded machine) is resolved through the checkpoint, as a bridge resolves it, and
+    /// sent again if it did not commit. Throws `not-writable` and whatever cannot be resolved.
+    static func put(_ c: QSClient, at p: UInt64, key: String) async throws -> UInt64 {
+        while true {
+            do {
+                let r = try await c.batch(sourceID: "app", expected: p - 1, new: p,
+                                          operations: [.set(key: Array(key.utf8), value: Array("v\(p)".utf8), expiry: nil)])
+                guard case .applied = r else { throw ClientError.unexpected("batch at \(p): \(r)") }
+                return p
+            } catch let ClientError.server(code, message) where code == ErrorCode.notWritable.rawValue {
+                throw ClientError.server(code: code, message: message)
+            } catch let error as ClientError {
+                if case .unexpected = error { throw error }
+                print("batch at \(p): \(error); resolving it through the checkpoint")
+                let deadline = ContinuousClock.now + .seconds(20)
+                var resolved: UInt64?
+                while resolved == nil, ContinuousClock.now < deadline {
+                    if let cp = try? await c.checkpoint(sourceID: "app") { resolved = cp ?? 0 } else {
+                        try? await Task.sleep(for: .milliseconds(50))
+                    }
+                }
+                guard let cp = resolved, cp == p - 1 || cp == p else {
+                    throw ClientError.unexpected("batch at \(p): \(error); then the checkpoint: \(resolved.map(String.init) ?? "no answer")")
+                }
+                if cp == p { return p }
+            }
+        }
+    }
+
     /// Writes positions `from+1 … through` of source "app" as one batch each, every batch
     /// expecting the position before it: a conflict or refusal fails the test.
     func write(_ c: QSClient, from: UInt64, through: UInt64, line: UInt = #line) async throws {
         for p in (from + 1)...through {
-            let r = try await c.batch(sourceID: "app", expected: p - 1, new: p,
-                                      operations: [.set(key: Array("k\(p % 25)".utf8), value: Array("v\(p)".utf8), expiry: nil)])
-            guard case .applied = r else { return XCTFail("batch at \(p): \(r)", line: line) }
+            do { _ = try await ClusterCutoverTests.put(c, at: p, key: "k\(p % 25)") } catch { return XCTFail("\(error)", line: line) }
         }
     }
 
@@ -125,32 +154,10 @@ final class ClusterCutoverTests: XCTestCase {
         //    must reach, and none after it.
         let toLegacy = try mirror(from: addresses[1], to: [legacy.address])
         let writer = mc[0]
-        // A batch whose outcome is unknown (etcd did not answer in time, say, on a loaded
-        // machine) is resolved through the checkpoint, as a bridge resolves it.
         let onward = Task { () -> (UInt64, String) in
             var p: UInt64 = 180
             while true {
-                do {
-                    let r = try await writer.batch(sourceID: "app", expected: p, new: p + 1,
-                                                   operations: [.set(key: Array("w\(p % 25)".utf8), value: Array("v\(p + 1)".utf8), expiry: nil)])
-                    guard case .applied = r else { return (p, "batch at \(p + 1): \(r)") }
-                    p += 1
-                } catch let ClientError.server(code, message) where code == ErrorCode.notWritable.rawValue {
-                    return (p, "not-writable: \(message)")
-                } catch {
-                    print("the writer's batch at \(p + 1): \(error); resolving it through the checkpoint")
-                    let deadline = ContinuousClock.now + .seconds(20)
-                    var resolved: UInt64?
-                    while resolved == nil, ContinuousClock.now < deadline {
-                        if let cp = try? await writer.checkpoint(sourceID: "app") { resolved = cp ?? 0 } else {
-                            try? await Task.sleep(for: .milliseconds(50))
-                        }
-                    }
-                    guard let cp = resolved, cp == p || cp == p + 1 else {
-                        return (p, "batch at \(p + 1): \(error); then the checkpoint: \(resolved.map(String.init) ?? "no answer")")
-                    }
-                    p = cp
-                }
+                do { p = try await ClusterCutoverTests.put(writer, at: p + 1, key: "w\(p % 25)") } catch { return (p, "\(error)") }
             }
         }
         let writing = await Harness.eventually(timeout: .seconds(10)) { ((try? await writer.checkpoint(sourceID: "app")) ?? nil ?? 0) >= 185 }
