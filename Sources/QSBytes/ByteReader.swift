@@ -27,6 +27,8 @@ where Bytes.Element == UInt8, Bytes.Index == Int, Bytes: Sendable {
     @inlinable public var consumed: Int { position - bytes.startIndex }
     @inlinable public var remaining: Int { bytes.endIndex - position }
     @inlinable public var isAtEnd: Bool { position >= bytes.endIndex }
+    /// The index in `bytes` of the next byte.
+    @inlinable public var index: Int { position }
 
     @inlinable
     mutating func need(_ n: Int, _ what: String) throws(DecodeError) {
@@ -110,8 +112,17 @@ where Bytes.Element == UInt8, Bytes.Index == Int, Bytes: Sendable {
     /// A byte string preceded by its u32 length.
     @inlinable
     public mutating func readBlob32(_ what: String = "blob") throws(DecodeError) -> [UInt8] {
+        Array(bytes[try skipBlob32(what)])
+    }
+
+    /// Passes over a byte string preceded by its u32 length, checked as `readBlob32` checks
+    /// it (the same errors), and returns where its bytes are in `bytes`: nothing is copied.
+    @inlinable
+    public mutating func skipBlob32(_ what: String = "blob") throws(DecodeError) -> Range<Int> {
         let n = try readLength(width: 4, of: what)
-        return try readBytes(n, what)
+        try need(n, what)
+        defer { position += n }
+        return position..<(position + n)
     }
 
     /// A UTF-8 string preceded by its u16 length.

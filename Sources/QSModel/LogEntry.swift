@@ -33,32 +33,59 @@ public struct LogEntry: Sendable, Equatable {
 
     /// The bytes `encoded()` returns.
     public var encodedCount: Int {
-        1 + 8 + RawByteWriter.string16Count(origin.sourceID) + 8 + Mutation.listCount(operations)
-            + (copyCursor.map { 4 + $0.count } ?? 0)
+        Self.encodedCount(origin: origin, operations: operations, copyCursor: copyCursor)
     }
 
     /// Writes the entry's bytes into memory sized by `encodedCount` (the page LMDB reserved
     /// for it, so a root's batch is encoded once, in place).
     public func encode(into w: inout RawByteWriter) {
-        w.writeU8(copyCursor == nil ? Self.version : Self.copyVersion)
+        Self.encode(commitTimeNs: commitTimeNs, origin: origin, operations: operations, copyCursor: copyCursor, into: &w)
+    }
+
+    /// The bytes of the entry these parts make, its operations decoded or packed.
+    public static func encodedCount(origin: Origin, operations: some MutationList, copyCursor: [UInt8]?) -> Int {
+        1 + 8 + RawByteWriter.string16Count(origin.sourceID) + 8 + operations.encodedListCount
+            + (copyCursor.map { 4 + $0.count } ?? 0)
+    }
+
+    /// Writes the entry these parts make (a packed list's bytes are copied whole).
+    public static func encode(commitTimeNs: UInt64, origin: Origin, operations: some MutationList, copyCursor: [UInt8]?,
+                              into w: inout RawByteWriter) {
+        w.writeU8(copyCursor == nil ? version : copyVersion)
         w.writeU64(commitTimeNs)
         w.writeString16(origin.sourceID)
         w.writeU64(origin.position)
-        Mutation.encodeList(operations, into: &w)
+        operations.encodeList(into: &w)
         if let copyCursor { w.writeBlob32(copyCursor) }
     }
 
     public static func decode(_ bytes: [UInt8]) throws -> LogEntry {
+        let p = try decodePacked(bytes)
+        return LogEntry(commitTimeNs: p.commitTimeNs, origin: p.origin, operations: p.operations.mutations, copyCursor: p.copyCursor)
+    }
+
+    /// An entry with its operations left as its bytes hold them (read in place): what a
+    /// replica applies.
+    public struct Packed: Sendable {
+        public var commitTimeNs: UInt64
+        public var origin: Origin
+        public var operations: PackedMutations
+        public var copyCursor: [UInt8]?
+    }
+
+    /// Decodes an entry as `decode` does (the same checks and errors) but leaves its
+    /// operations packed, sharing `bytes`.
+    public static func decodePacked(_ bytes: [UInt8]) throws -> Packed {
         var r = ByteReader(bytes)
         let v = try r.readU8("entry version")
         guard v == version || v == copyVersion else { throw DecodeError(offset: 0, reason: "unsupported log entry version \(v)") }
         let t = try r.readU64("commit time")
         let sid = try r.readString16("source id")
         let pos = try r.readU64("position")
-        let ops = try Mutation.decodeList(from: &r)
+        let ops = try PackedMutations.read(from: &r)
         let cursor = v == copyVersion ? try r.readBlob32("copy cursor") : nil
         try r.expectEnd("log entry")
-        return LogEntry(commitTimeNs: t, origin: Origin(sourceID: sid, position: pos), operations: ops, copyCursor: cursor)
+        return Packed(commitTimeNs: t, origin: Origin(sourceID: sid, position: pos), operations: ops, copyCursor: cursor)
     }
 }
 
@@ -81,34 +108,7 @@ extension LogEntry {
             throw DecodeError(offset: idStart, reason: "source id is not valid UTF-8")
         }
         _ = try r.readU64("position")
-        let count = Int(try r.readU32("operation count"))
-        // Each operation takes at least 5 bytes, as `Mutation.decodeList` requires.
-        guard count <= r.remaining / 5 else {
-            throw DecodeError(offset: r.offset - 4, reason: "operation count \(count) exceeds what \(r.remaining) bytes can hold")
-        }
-        var payload = 0
-        func blob(_ length: String, _ what: String) throws {
-            let n = Int(try r.readU32(length))
-            try r.skip(n, what)
-            payload += n
-        }
-        for _ in 0..<count {
-            let at = r.offset
-            switch try r.readU8("operation tag") {
-            case Mutation.setTag:
-                let flags = try r.readU8("set flags")
-                guard flags & ~1 == 0 else { throw DecodeError(offset: at + 1, reason: "unknown set flags \(flags)") }
-                if flags & 1 == 1 { try r.skip(8, "expiry") }
-                try blob("key length", "key")
-                try blob("value length", "value")
-            case Mutation.deleteTag:
-                try blob("key length", "key")
-            case Mutation.clearTag:
-                try blob("prefix length", "prefix")
-            case let tag:
-                throw DecodeError(offset: at, reason: "unknown operation tag \(tag)")
-            }
-        }
+        let (count, payload) = try Mutation.skipList(from: &r)
         if v == copyVersion { try r.skip(Int(try r.readU32("copy cursor length")), "copy cursor") }
         try r.expectEnd("log entry")
         return (t, count, payload)
@@ -131,6 +131,12 @@ public enum ChainHash {
 
     public static func digest(_ bytes: [UInt8]) -> [UInt8] {
         Array(SHA256.hash(data: bytes))
+    }
+
+    public static func digest(_ bytes: UnsafeRawBufferPointer) -> [UInt8] {
+        var hasher = SHA256()
+        hasher.update(bufferPointer: bytes)
+        return Array(hasher.finalize())
     }
 }
 

@@ -114,7 +114,7 @@ public final class ClusterMember: Service, Sendable {
     /// the head the entry was prepared at; store the entry, the head and the checkpoint),
     /// then waits until this member has applied it. Throws when etcd does not commit or
     /// answer (`EtcdError`: the outcome may be unknown; the checkpoint resolves it).
-    public func commit(sourceID: String, expected: UInt64, new: UInt64, operations: [Mutation]) async throws -> BatchOutcome {
+    public func commit(sourceID: String, expected: UInt64, new: UInt64, operations: PackedMutations) async throws -> BatchOutcome {
         try await commit(sourceID: sourceID, expected: expected, new: new) {
             try await self.store.prepareBatch(sourceID: sourceID, expected: expected, new: new, operations: operations)
         }

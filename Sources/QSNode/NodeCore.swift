@@ -247,9 +247,9 @@ public final class NodeCore: Sendable {
                     return .error(.unsupported, "an initial copy into a root cluster is not supported yet: run the bridge's initial copy into a single root (qsktbridge --initial-copy), then mirror it into the cluster")
                 }
                 let outcome = if let cluster {
-                    try await cluster.commit(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.operations)
+                    try await cluster.commit(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.packed)
                 } else {
-                    try await store.applyBatch(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.operations,
+                    try await store.applyBatch(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.packed,
                                                copyCursor: b.copyCursor)
                 }
                 return batchResponse(outcome, b, peer: peer, since: start)
@@ -381,7 +381,7 @@ public final class NodeCore: Sendable {
         metrics.request(request.name).increment()
         writers.touch(peer: peer)
         let start = ContinuousClock.now
-        store.applyBatch(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.operations, copyCursor: b.copyCursor) { result in
+        store.applyBatch(sourceID: b.sourceID, expected: b.expected, new: b.new, operations: b.packed, copyCursor: b.copyCursor) { result in
             loop.execute {
                 switch result {
                 case let .success(outcome): done(self.batchResponse(outcome, b, peer: peer, since: start))

@@ -26,6 +26,7 @@ public struct KeyEncoding: Sendable {
     }
 
     public func isLong(_ key: [UInt8]) -> Bool { key.count > inlineLimit }
+    public func isLong(_ key: UnsafeRawBufferPointer) -> Bool { key.count > inlineLimit }
 
     public func storedKey(_ key: [UInt8]) -> [UInt8] {
         withStoredKey(key) { Array($0) }
@@ -33,21 +34,27 @@ public struct KeyEncoding: Sendable {
 
     /// The stored key's length for `key`.
     @inline(__always)
-    func storedKeyCount(_ key: [UInt8]) -> Int {
-        key.count <= inlineLimit ? 1 + key.count : 1 + prefixLength + 32
+    func storedKeyCount(_ keyCount: Int) -> Int {
+        keyCount <= inlineLimit ? 1 + keyCount : 1 + prefixLength + 32
     }
 
     /// Calls `body` with `key`'s stored key, in a buffer on the stack (at most LMDB's
     /// 511 bytes): a write path needs no array per key.
     @inline(__always)
     public func withStoredKey<T>(_ key: [UInt8], _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
-        try withUnsafeTemporaryAllocation(byteCount: storedKeyCount(key), alignment: 1) { out in
+        try key.withUnsafeBytes { try withStoredKey($0, body) }
+    }
+
+    /// `withStoredKey` of a key in place (a packed batch's).
+    @inline(__always)
+    public func withStoredKey<T>(_ key: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+        try withUnsafeTemporaryAllocation(byteCount: storedKeyCount(key.count), alignment: 1) { out in
             var w = RawByteWriter(out)
             w.writeU8(Self.tag)
             if key.count <= inlineLimit {
-                key.withUnsafeBytes { w.writeBytes($0) }
+                w.writeBytes(key)
             } else {
-                key.withUnsafeBytes { w.writeBytes(UnsafeRawBufferPointer(rebasing: $0[0..<prefixLength])) }
+                w.writeBytes(UnsafeRawBufferPointer(rebasing: key[0..<prefixLength]))
                 ChainHash.digest(key).withUnsafeBytes { w.writeBytes($0) }
             }
             precondition(w.remaining == 0, "a stored key announced \(out.count) bytes and wrote \(w.offset)")
@@ -93,11 +100,12 @@ enum RecordCodec {
     /// Calls `body` with the record's encoding in a temporary buffer (on the stack when it
     /// is small): the write path needs no array per record.
     @inline(__always)
-    static func withEncoded<T>(_ record: Record, storedKey: UnsafeRawBufferPointer, fullKey: [UInt8]?,
-                               _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
-        try withUnsafeTemporaryAllocation(byteCount: encodedCount(record, fullKey: fullKey), alignment: 8) { out in
+    static func withEncoded<T>(value: UnsafeRawBufferPointer, expiry: UInt64?, storedKey: UnsafeRawBufferPointer,
+                               fullKey: UnsafeRawBufferPointer?, _ body: (UnsafeRawBufferPointer) throws -> T) rethrows -> T {
+        try withUnsafeTemporaryAllocation(byteCount: encodedCount(valueCount: value.count, expiry: expiry, fullKey: fullKey?.count),
+                                          alignment: 8) { out in
             var w = RawByteWriter(out)
-            encode(record, storedKey: storedKey, fullKey: fullKey, into: &w)
+            encode(value: value, expiry: expiry, storedKey: storedKey, fullKey: fullKey, into: &w)
             precondition(w.remaining == 0, "a record announced \(out.count) bytes and wrote \(w.offset)")
             return try body(UnsafeRawBufferPointer(out))
         }
@@ -105,18 +113,38 @@ enum RecordCodec {
 
     @inline(__always)
     static func encodedCount(_ record: Record, fullKey: [UInt8]?) -> Int {
-        1 + (record.expiry == nil ? 0 : 8) + (fullKey.map { 4 + $0.count } ?? 0) + record.value.count + checksumBytes
+        encodedCount(valueCount: record.value.count, expiry: record.expiry, fullKey: fullKey?.count)
+    }
+
+    @inline(__always)
+    static func encodedCount(valueCount: Int, expiry: UInt64?, fullKey: Int?) -> Int {
+        1 + (expiry == nil ? 0 : 8) + (fullKey.map { 4 + $0 } ?? 0) + valueCount + checksumBytes
     }
 
     @inline(__always)
     static func encode(_ record: Record, storedKey: UnsafeRawBufferPointer, fullKey: [UInt8]?, into w: inout RawByteWriter) {
+        record.value.withUnsafeBytes { value in
+            if let fullKey {
+                fullKey.withUnsafeBytes { encode(value: value, expiry: record.expiry, storedKey: storedKey, fullKey: $0, into: &w) }
+            } else {
+                encode(value: value, expiry: record.expiry, storedKey: storedKey, fullKey: nil, into: &w)
+            }
+        }
+    }
+
+    @inline(__always)
+    static func encode(value: UnsafeRawBufferPointer, expiry: UInt64?, storedKey: UnsafeRawBufferPointer,
+                       fullKey: UnsafeRawBufferPointer?, into w: inout RawByteWriter) {
         var flags: UInt8 = checksumFlag
-        if record.expiry != nil { flags |= 1 }
+        if expiry != nil { flags |= 1 }
         if fullKey != nil { flags |= 2 }
         w.writeU8(flags)
-        if let x = record.expiry { w.writeU64(x) }
-        if let fullKey { w.writeBlob32(fullKey) }
-        w.writeBytes(record.value)
+        if let expiry { w.writeU64(expiry) }
+        if let fullKey {
+            w.writeU32(UInt32(fullKey.count))
+            w.writeBytes(fullKey)
+        }
+        w.writeBytes(value)
         w.writeU64(checksum(storedKey: storedKey, body: w.written))
     }
 

@@ -85,7 +85,7 @@ extension Store {
     /// Works out what `applyBatch` would write at the current head — the entry's bytes,
     /// index and chained hash, exactly as a single root's — in a write transaction that is
     /// rolled back: nothing is written.
-    public func prepareBatch(sourceID: String, expected: UInt64, new: UInt64, operations: [Mutation],
+    public func prepareBatch(sourceID: String, expected: UInt64, new: UInt64, operations: PackedMutations,
                              now: UInt64 = wallClockNanoseconds()) async throws -> PreparedBatch {
         try await prepare { try $0.applyBatch(sourceID: sourceID, expected: expected, new: new, operations: operations, now: now) }
     }

@@ -61,12 +61,15 @@ extension StoreTransaction {
                 guard e.index == head.index + 1 else { throw AppendError.notNext(head: head.index, got: e.index) }
                 let hash = ChainHash.next(previous: head.hash, entry: e.bytes)
                 guard hash == e.hash else { throw AppendError.diverged(index: e.index) }
-                let entry: LogEntry
-                do { entry = try LogEntry.decode(e.bytes) } catch {
+                let entry: LogEntry.Packed
+                do { entry = try LogEntry.decodePacked(e.bytes) } catch {
                     throw AppendError.undecodable(index: e.index, reason: "\(error)")
                 }
-                for op in entry.operations { _ = try apply(op, writer) }
-                try txn.put(log, Store.encodeU64(e.index), e.hash + e.bytes, append: true)
+                try entry.operations.forEach { _ = try apply($0, writer) }
+                try txn.put(log, Store.encodeU64(e.index), reserving: e.hash.count + e.bytes.count, append: true) { out in
+                    e.hash.withUnsafeBytes { out.copyMemory(from: $0) }
+                    e.bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[e.hash.count...]).copyMemory(from: $0) }
+                }
                 head = Head(index: e.index, hash: e.hash, commitTimeNs: entry.commitTimeNs)
                 // The origin's checkpoint (and initial-copy cursor) moves with the entry, so a
                 // replica's or a mirror's checkpoints equal its root's.

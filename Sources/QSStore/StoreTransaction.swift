@@ -212,20 +212,38 @@ public struct StoreTransaction: ~Copyable {
     public func applyBatch(sourceID: String, expected: UInt64, new: UInt64,
                            operations: [Mutation], copyCursor: [UInt8]? = nil,
                            now: UInt64 = wallClockNanoseconds()) throws -> BatchOutcome {
+        try applyBatch(sourceID: sourceID, expected: expected, new: new, operations: PackedMutations(operations),
+                       copyCursor: copyCursor, now: now)
+    }
+
+    /// `applyBatch` of operations read in place (a request's bytes): no array per key and
+    /// value, and the batch's bytes become the entry's list whole unless something is dropped.
+    public func applyBatch(sourceID: String, expected: UInt64, new: UInt64,
+                           operations: PackedMutations, copyCursor: [UInt8]? = nil,
+                           now: UInt64 = wallClockNanoseconds()) throws -> BatchOutcome {
         try compareAndSwap(sourceID: sourceID, expected: expected, new: new, copyCursor: copyCursor, now: now) {
             // The batch itself is the entry's list unless something is dropped: only then
-            // is a list of the kept operations built.
-            var kept: [Mutation]?
+            // is a list of the kept operations built (from runs of their bytes).
+            var kept: (runs: [Range<Int>], count: Int)?
+            var i = 0
             try withKeyspaceWriter { writer in
-                for (i, op) in operations.enumerated() {
+                try operations.forEach { op in
+                    defer { i += 1 }
                     if try apply(op, writer) {
-                        kept?.append(op)
+                        guard kept != nil else { return }
+                        if let last = kept!.runs.last, last.upperBound == op.range.lowerBound {
+                            kept!.runs[kept!.runs.count - 1] = last.lowerBound..<op.range.upperBound
+                        } else {
+                            kept!.runs.append(op.range)
+                        }
+                        kept!.count += 1
                     } else if kept == nil {
-                        kept = Array(operations[..<i])
+                        // The first dropped: the operations before it are kept, one run.
+                        kept = (i > 0 ? [PackedMutations.firstOperation..<op.range.lowerBound] : [], i)
                     }
                 }
             }
-            return kept ?? operations
+            return kept.map { operations.selecting($0.runs, count: $0.count) } ?? operations
         }.outcome(total: operations.count)
     }
 
@@ -272,8 +290,8 @@ public struct StoreTransaction: ~Copyable {
     /// checkpoint, runs `body` (which applies the changes and returns those that changed
     /// something), appends one log entry for them (none if there are none) and stores `new`,
     /// with `copyCursor` beside it (none: the source's initial copy, if any, is over).
-    private func compareAndSwap(sourceID: String, expected: UInt64, new: UInt64, copyCursor: [UInt8]? = nil, now: UInt64,
-                                _ body: () throws -> [Mutation]) throws -> CASStep {
+    private func compareAndSwap<Kept: MutationList>(sourceID: String, expected: UInt64, new: UInt64, copyCursor: [UInt8]? = nil,
+                                                    now: UInt64, _ body: () throws -> Kept) throws -> CASStep {
         try requireWritable()
         try Store.validate(sourceID: sourceID)
         guard new > expected else { throw StoreError.invalidPositions(expected: expected, new: new) }
@@ -283,13 +301,11 @@ public struct StoreTransaction: ~Copyable {
         guard current == expected else { return .conflict(current: current) }
         let kept = try body()
         var index: UInt64?
-        if !kept.isEmpty {
-            let entry = LogEntry(commitTimeNs: 0, origin: Origin(sourceID: sourceID, position: new), operations: kept,
-                                 copyCursor: copyCursor)
-            index = try appendEntry(entry, now: now)
+        if kept.operationCount > 0 {
+            index = try appendEntry(origin: Origin(sourceID: sourceID, position: new), operations: kept, copyCursor: copyCursor, now: now)
         }
         try storePosition(sourceID: sourceID, position: new, copyCursor: copyCursor)
-        return .applied(logIndex: index, kept: kept.count)
+        return .applied(logIndex: index, kept: kept.operationCount)
     }
 
     /// Stores a source's checkpoint with its initial-copy cursor beside it (nil removes the
@@ -354,25 +370,25 @@ public struct StoreTransaction: ~Copyable {
     }
 
     /// Appends an entry after the head with a commit time no earlier than the head's.
-    private func appendEntry(_ entry: LogEntry, now: UInt64) throws -> UInt64 {
+    private func appendEntry(origin: Origin, operations: some MutationList, copyCursor: [UInt8]?, now: UInt64) throws -> UInt64 {
         let head = try head()
-        var e = entry
-        e.commitTimeNs = max(now, head.commitTimeNs)
+        let commitTimeNs = max(now, head.commitTimeNs)
         let index = head.index + 1
         let hashCount = head.hash.count
         var hash = [UInt8]()
+        let count = LogEntry.encodedCount(origin: origin, operations: operations, copyCursor: copyCursor)
         // `hash ‖ bytes`: the entry is encoded straight into the page LMDB reserves and
         // hashed there (no array of it, no joined copy).
-        try txn.put(log, Store.encodeU64(index), reserving: hashCount + e.encodedCount, append: true) { out in
+        try txn.put(log, Store.encodeU64(index), reserving: hashCount + count, append: true) { out in
             let body = UnsafeMutableRawBufferPointer(rebasing: out[hashCount...])
             var w = RawByteWriter(body)
-            e.encode(into: &w)
+            LogEntry.encode(commitTimeNs: commitTimeNs, origin: origin, operations: operations, copyCursor: copyCursor, into: &w)
             precondition(w.remaining == 0, "a log entry announced \(body.count) bytes and wrote \(w.offset)")
             hash = ChainHash.next(previous: head.hash, entry: UnsafeRawBufferPointer(body))
             precondition(hash.count == hashCount, "a chained hash of \(hash.count) bytes after one of \(hashCount)")
             hash.withUnsafeBytes { out.copyMemory(from: $0) }
         }
-        try store.writeHead(Head(index: index, hash: hash, commitTimeNs: e.commitTimeNs), txn)
+        try store.writeHead(Head(index: index, hash: hash, commitTimeNs: commitTimeNs), txn)
         return index
     }
 
@@ -387,19 +403,33 @@ public struct StoreTransaction: ~Copyable {
     func apply(_ op: Mutation, _ writer: borrowing TableWriter) throws -> Bool {
         switch op {
         case let .set(key, value, expiry):
-            // The encoding is a function of the key and the record (checksum included), and a
-            // writable store holds only this format: equal bytes are an identical write,
-            // dropped; a different or damaged old record is replaced (the write repairs it).
-            // Stored key and record are encoded on the stack, not into arrays.
-            return try keys.withStoredKey(key) { sk in
-                try RecordCodec.withEncoded(Record(value: value, expiry: expiry), storedKey: sk, fullKey: keys.isLong(key) ? key : nil) {
-                    try writer.putIfChanged(sk, $0)
-                }
-            }
+            return try key.withUnsafeBytes { k in try value.withUnsafeBytes { v in try set(key: k, value: v, expiry: expiry, writer) } }
         case let .delete(key):
             return try txn.delete(kv, keys.storedKey(key))
         case let .clearPrefix(prefix):
             return try clear(prefix: prefix) > 0
+        }
+    }
+
+    /// `apply` of an operation read in place.
+    func apply(_ op: MutationView, _ writer: borrowing TableWriter) throws -> Bool {
+        switch op.kind {
+        case .set: return try set(key: op.key, value: op.value, expiry: op.expiry, writer)
+        case .delete: return try keys.withStoredKey(op.key) { try txn.delete(kv, Array($0)) }
+        case .clearPrefix: return try clear(prefix: Array(op.key)) > 0
+        }
+    }
+
+    private func set(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer, expiry: UInt64?,
+                     _ writer: borrowing TableWriter) throws -> Bool {
+        // The encoding is a function of the key and the record (checksum included), and a
+        // writable store holds only this format: equal bytes are an identical write,
+        // dropped; a different or damaged old record is replaced (the write repairs it).
+        // Stored key and record are encoded on the stack, not into arrays.
+        try keys.withStoredKey(key) { sk in
+            try RecordCodec.withEncoded(value: value, expiry: expiry, storedKey: sk, fullKey: keys.isLong(key) ? key : nil) {
+                try writer.putIfChanged(sk, $0)
+            }
         }
     }
 
@@ -489,6 +519,14 @@ extension Store {
     public func applyBatch(sourceID: String, expected: UInt64, new: UInt64,
                            operations: [Mutation], copyCursor: [UInt8]? = nil,
                            now: UInt64 = wallClockNanoseconds()) async throws -> BatchOutcome {
+        try await applyBatch(sourceID: sourceID, expected: expected, new: new, operations: PackedMutations(operations),
+                             copyCursor: copyCursor, now: now)
+    }
+
+    /// `applyBatch` of operations read in place (a request's bytes).
+    public func applyBatch(sourceID: String, expected: UInt64, new: UInt64,
+                           operations: PackedMutations, copyCursor: [UInt8]? = nil,
+                           now: UInt64 = wallClockNanoseconds()) async throws -> BatchOutcome {
         try await write {
             try $0.applyBatch(sourceID: sourceID, expected: expected, new: new, operations: operations, copyCursor: copyCursor, now: now)
         }
@@ -496,7 +534,7 @@ extension Store {
 
     /// `applyBatch` for a caller that is not a task (an event loop): queued for the writer
     /// thread, `completion` runs there with the outcome.
-    public func applyBatch(sourceID: String, expected: UInt64, new: UInt64, operations: [Mutation], copyCursor: [UInt8]? = nil,
+    public func applyBatch(sourceID: String, expected: UInt64, new: UInt64, operations: PackedMutations, copyCursor: [UInt8]? = nil,
                            completion: @escaping @Sendable (Result<BatchOutcome, any Error>) -> Void) {
         writer.submit(orElse: { completion(.failure(StoreError.closed)) }) { [self] in
             completion(Result {

@@ -88,7 +88,9 @@ public enum Request: Sendable, Equatable {
         public var sourceID: String
         public var expected: UInt64
         public var new: UInt64
-        public var operations: [Mutation]
+        /// The operations as the frame carries them (a decoded request's share the frame's
+        /// bytes): a root applies them in place.
+        public var packed: PackedMutations
         /// An initial copy's resume point, stored with the checkpoint in the same
         /// transaction (the bridge's own bytes: T0, database, last key copied). A batch
         /// without one removes the source's cursor: the copy is over. Sent as a trailing
@@ -97,13 +99,22 @@ public enum Request: Sendable, Equatable {
 
         public init(token: [UInt8] = [], sourceID: String, expected: UInt64, new: UInt64, operations: [Mutation],
                     copyCursor: [UInt8]? = nil) {
+            self.init(token: token, sourceID: sourceID, expected: expected, new: new, packed: PackedMutations(operations),
+                      copyCursor: copyCursor)
+        }
+
+        public init(token: [UInt8] = [], sourceID: String, expected: UInt64, new: UInt64, packed: PackedMutations,
+                    copyCursor: [UInt8]? = nil) {
             self.token = token
             self.sourceID = sourceID
             self.expected = expected
             self.new = new
-            self.operations = operations
+            self.packed = packed
             self.copyCursor = copyCursor
         }
+
+        /// The operations decoded, each key and value an array of its own.
+        public var operations: [Mutation] { packed.mutations }
     }
 
     enum Tag: UInt8 {
@@ -174,7 +185,7 @@ public enum Request: Sendable, Equatable {
             w.writeString16(b.sourceID)
             w.writeU64(b.expected)
             w.writeU64(b.new)
-            Mutation.encodeList(b.operations, into: &w)
+            w.writeBytes(b.packed.bytes)
             if let cursor = b.copyCursor { w.writeBlob32(cursor) }
         case let .writes(b):
             tag = .writes
@@ -267,9 +278,9 @@ public enum Request: Sendable, Equatable {
             let sid = try r.readString16("source id")
             let expected = try r.readU64("expected position")
             let new = try r.readU64("new position")
-            let ops = try Mutation.decodeList(from: &r)
+            let ops = try PackedMutations.read(from: &r)
             let cursor = r.remaining > 0 ? try r.readBlob32("copy cursor") : nil
-            req = .batch(Batch(token: token, sourceID: sid, expected: expected, new: new, operations: ops, copyCursor: cursor))
+            req = .batch(Batch(token: token, sourceID: sid, expected: expected, new: new, packed: ops, copyCursor: cursor))
         case .writes:
             let token = try r.readBlob32("token")
             let sid = try r.readString16("source id")

@@ -28,9 +28,9 @@ final class ClusterPrepareTests: XCTestCase {
         ]
         for (i, ops) in batches.enumerated() {
             let now = UInt64(1_000 + i)
-            let want = try await single.applyBatch(sourceID: "s", expected: UInt64(i), new: UInt64(i + 1), operations: ops, now: now)
+            let want = try await single.applyBatch(sourceID: "s", expected: UInt64(i), new: UInt64(i + 1), operations: PackedMutations(ops), now: now)
             let before = try await member.head()
-            let p = try await member.prepareBatch(sourceID: "s", expected: UInt64(i), new: UInt64(i + 1), operations: ops, now: now)
+            let p = try await member.prepareBatch(sourceID: "s", expected: UInt64(i), new: UInt64(i + 1), operations: PackedMutations(ops), now: now)
             let after = try await member.head()
             XCTAssertEqual(after, before, "preparing writes nothing")
             XCTAssertEqual(p.outcome, want)
@@ -44,7 +44,7 @@ final class ClusterPrepareTests: XCTestCase {
         XCTAssertEqual(memberLog, singleLog)
         let memberCP = try await member.checkpoints(), singleCP = try await single.checkpoints()
         XCTAssertEqual(memberCP, singleCP)
-        let conflict = try await member.prepareBatch(sourceID: "s", expected: 0, new: 9, operations: batches[0])
+        let conflict = try await member.prepareBatch(sourceID: "s", expected: 0, new: 9, operations: PackedMutations(batches[0]))
         XCTAssertEqual(conflict.outcome, .conflict(current: UInt64(batches.count)))
     }
 

@@ -109,6 +109,52 @@ final class StoreTests: XCTestCase {
         XCTAssertEqual(r2, .applied(logIndex: 2, kept: 1, dropped: 1))
     }
 
+    /// A batch applied from its bytes keeps the operations that change something and its log
+    /// entry is exactly the entry of those, in order, whichever are dropped (the first, the
+    /// last, runs in between): random batches over a few keys, seeded.
+    func testTheEntryOfABatchWithDropsHoldsExactlyTheKeptOperations() async throws {
+        let seed = UInt64.random(in: 1...UInt64.max)
+        var rng = SplitMix64(seed: seed)
+        var model = [[UInt8]: [UInt8]]()
+        for batch in 0..<60 {
+            var ops = [Mutation](), kept = [Mutation]()
+            for _ in 0..<Int.random(in: 1...12, using: &rng) {
+                let k = Array("k\(Int.random(in: 0..<6, using: &rng))".utf8)
+                let op: Mutation
+                switch Int.random(in: 0..<6, using: &rng) {
+                case 0: op = .delete(key: k)
+                case 1: op = .set(key: k, value: model[k] ?? [1], expiry: nil) // identical when stored
+                default: op = .set(key: k, value: [UInt8(Int.random(in: 0..<3, using: &rng))], expiry: nil)
+                }
+                ops.append(op)
+                switch op {
+                case let .set(_, v, _) where model[k] != v:
+                    model[k] = v
+                    kept.append(op)
+                case .delete where model[k] != nil:
+                    model[k] = nil
+                    kept.append(op)
+                default: break
+                }
+            }
+            let before = try await store.head()
+            let r = try await store.applyBatch(sourceID: "s", expected: UInt64(batch), new: UInt64(batch + 1), operations: ops)
+            guard case let .applied(index, k, dropped) = r else { return XCTFail("seed \(seed), batch \(batch): \(r)") }
+            XCTAssertEqual([k, dropped], [kept.count, ops.count - kept.count], "seed \(seed), batch \(batch)")
+            guard !kept.isEmpty else {
+                XCTAssertNil(index)
+                continue
+            }
+            XCTAssertEqual(index, before.index + 1)
+            let entry = try await store.entries(from: before.index + 1, count: 1)
+            let decoded = try LogEntry.decode(entry[0].bytes)
+            XCTAssertEqual(decoded.operations, kept, "seed \(seed), batch \(batch)")
+            XCTAssertEqual(entry[0].bytes, LogEntry(commitTimeNs: decoded.commitTimeNs, origin: Origin(sourceID: "s", position: UInt64(batch + 1)),
+                                                    operations: kept).encoded())
+        }
+        try await store.verifyChain()
+    }
+
     /// A changed value replaces the stored one in place whatever the sizes (inline in the
     /// page, on overflow pages, empty), for short and long keys; the same write again is dropped.
     func testChangedValuesOfAnySizeReplaceAndRepeatsAreDropped() async throws {
