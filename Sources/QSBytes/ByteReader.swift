@@ -87,7 +87,11 @@ where Bytes.Element == UInt8, Bytes.Index == Int, Bytes: Sendable {
     public mutating func readBytes(_ n: Int, _ what: String = "bytes") throws(DecodeError) -> [UInt8] {
         try need(n, what)
         defer { position += n }
-        return Array(bytes[position..<(position + n)])
+        // One copy from contiguous bytes (an array, a slice, a buffer's view), not the
+        // generic element-by-element path.
+        let start = position - bytes.startIndex
+        return bytes.withContiguousStorageIfAvailable { Array(UnsafeBufferPointer(rebasing: $0[start..<(start + n)])) }
+            ?? Array(bytes[position..<(position + n)])
     }
 
     @inlinable
@@ -126,10 +130,19 @@ where Bytes.Element == UInt8, Bytes.Index == Int, Bytes: Sendable {
     }
 
     /// A UTF-8 string preceded by its u16 length.
+    @inlinable
     public mutating func readString16(_ what: String = "string") throws(DecodeError) -> String {
         let n = try readLength(width: 2, of: what)
-        let raw = try readBytes(n, what)
-        guard let s = String(validating: raw, as: UTF8.self) else {
+        try need(n, what)
+        let start = position - bytes.startIndex
+        position += n
+        // Validated where the bytes are, without an array of them first; ASCII (every
+        // source id so far) needs no validation.
+        let decoded = bytes.withContiguousStorageIfAvailable { all -> String? in
+            let raw = UnsafeBufferPointer(rebasing: all[start..<(start + n)])
+            return raw.allSatisfy { $0 < 0x80 } ? String(decoding: raw, as: UTF8.self) : String(validating: raw, as: UTF8.self)
+        } ?? String(validating: bytes[(position - n)..<position], as: UTF8.self)
+        guard let s = decoded else {
             throw DecodeError(offset: offset - n, reason: "\(what) is not valid UTF-8")
         }
         return s

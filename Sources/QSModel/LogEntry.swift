@@ -124,19 +124,24 @@ public enum ChainHash {
     /// The same over entry bytes in place (a page LMDB reserved).
     public static func next(previous: [UInt8], entry: UnsafeRawBufferPointer) -> [UInt8] {
         var hasher = SHA256()
-        hasher.update(data: previous)
+        previous.withUnsafeBytes { hasher.update(bufferPointer: $0) }
         hasher.update(bufferPointer: entry)
-        return Array(hasher.finalize())
+        return bytes(of: hasher.finalize())
     }
 
     public static func digest(_ bytes: [UInt8]) -> [UInt8] {
-        Array(SHA256.hash(data: bytes))
+        bytes.withUnsafeBytes { digest($0) }
     }
 
     public static func digest(_ bytes: UnsafeRawBufferPointer) -> [UInt8] {
         var hasher = SHA256()
         hasher.update(bufferPointer: bytes)
-        return Array(hasher.finalize())
+        return Self.bytes(of: hasher.finalize())
+    }
+
+    /// The digest's 32 bytes in one copy (`Array(digest)` walks it as a generic sequence).
+    private static func bytes(of digest: SHA256.Digest) -> [UInt8] {
+        digest.withUnsafeBytes { Array($0) }
     }
 }
 

@@ -56,6 +56,9 @@ extension StoreTransaction {
             try txn.put(meta, Store.modeKey, Store.compatibleMode)
         }
         var head = try head()
+        // Each origin's checkpoint (and initial-copy cursor) as of its last entry here:
+        // stored once a source, after the entries, in this same transaction.
+        var positions = [String: (position: UInt64, copyCursor: [UInt8]?)]()
         try withKeyspaceWriter { writer in
             for e in entries {
                 guard e.index == head.index + 1 else { throw AppendError.notNext(head: head.index, got: e.index) }
@@ -73,9 +76,10 @@ extension StoreTransaction {
                 head = Head(index: e.index, hash: e.hash, commitTimeNs: entry.commitTimeNs)
                 // The origin's checkpoint (and initial-copy cursor) moves with the entry, so a
                 // replica's or a mirror's checkpoints equal its root's.
-                try storePosition(sourceID: entry.origin.sourceID, position: entry.origin.position, copyCursor: entry.copyCursor)
+                positions[entry.origin.sourceID] = (entry.origin.position, entry.copyCursor)
             }
         }
+        for (sourceID, p) in positions { try storePosition(sourceID: sourceID, position: p.position, copyCursor: p.copyCursor) }
         try store.writeHead(head, txn)
         return head
     }

@@ -114,3 +114,31 @@ final class PackedMutationsTests: XCTestCase {
         XCTAssertGreaterThan(refused, 1_000)
     }
 }
+
+/// `readBytes` and `readString16` copy from contiguous storage: offsets must hold for a
+/// slice that does not start at 0, and a string that is not UTF-8 is refused where it starts.
+final class ByteReaderStringTests: XCTestCase {
+    func testStringsAndBytesFromASliceThatDoesNotStartAtZero() throws {
+        let text = Array("héllo, kt:1978".utf8)
+        let whole: [UInt8] = [9, 9, 9] + [0, UInt8(text.count)] + text + [0, 0, 0, 2, 0xAB, 0xCD]
+        for bytes in [whole, Array(whole[3...])] {
+            let slice = bytes[(bytes.count - text.count - 8)...]
+            var r = ByteReader(slice, base: 100)
+            XCTAssertEqual(try r.readString16("source id"), "héllo, kt:1978")
+            XCTAssertEqual(try r.readBlob32("value"), [0xAB, 0xCD])
+            XCTAssertTrue(r.isAtEnd)
+        }
+    }
+
+    func testInvalidUTF8IsRefusedAtItsOffset() {
+        let bad: [UInt8] = [7] + [0, 3, 0x61, 0xC3, 0x28]
+        var r = ByteReader(bad[1...], base: 10)
+        XCTAssertThrowsError(try r.readString16("source id")) { error in
+            XCTAssertEqual("\(error)", "source id is not valid UTF-8 at byte offset 12")
+        }
+        var cut = ByteReader([0, 5, 0x61, 0x62])
+        XCTAssertThrowsError(try cut.readString16("source id")) { error in
+            XCTAssertEqual("\(error)", "truncated source id: need 5 bytes, have 2 at byte offset 2")
+        }
+    }
+}
