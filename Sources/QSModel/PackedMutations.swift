@@ -45,8 +45,9 @@ public struct PackedMutations: Sendable, Hashable {
     }
 
     /// Calls `body` with each operation in order, its key and value pointing into `bytes`
-    /// (valid only during the call).
-    public func forEach(_ body: (MutationView) throws -> Void) rethrows {
+    /// (valid only during the call: a view must not be kept, which is why this is for the
+    /// package's own code only).
+    package func forEach(_ body: (MutationView) throws -> Void) rethrows {
         try bytes.withUnsafeBytes { raw in
             // Checked when the list was built: a length here never runs past the end.
             func u32(_ at: Int) -> Int {
@@ -87,12 +88,12 @@ public struct PackedMutations: Sendable, Hashable {
     }
 
     /// Where the first operation's bytes start (after the count).
-    public static let firstOperation = 4
+    package static let firstOperation = 4
 
     /// The list of the `count` operations in `runs` (each a run of whole operations of this
     /// list: one `MutationView.range` or adjacent ones joined), in that order: a batch's kept
     /// operations when some were dropped.
-    public func selecting(_ runs: [Range<Int>], count: Int) -> PackedMutations {
+    package func selecting(_ runs: [Range<Int>], count: Int) -> PackedMutations {
         let total = runs.reduce(Self.firstOperation) { $0 + $1.count }
         let bytes = [UInt8](encodedCount: total) { w in
             w.writeU32(UInt32(count))
@@ -100,6 +101,11 @@ public struct PackedMutations: Sendable, Hashable {
                 for r in runs { w.writeBytes(UnsafeRawBufferPointer(rebasing: raw[r])) }
             }
         }
+        // `forEach` trusts a list's bytes: runs that are not `count` whole operations would
+        // make it read past them. Checked here (only a batch with drops comes this way).
+        var r = ByteReader(bytes)
+        precondition((try? Mutation.skipList(from: &r))?.count == count && r.isAtEnd,
+                     "kept runs of \(total) bytes are not \(count) whole operations")
         return PackedMutations(checked: bytes[...], count: count)
     }
 
@@ -130,22 +136,22 @@ extension Array: MutationList where Element == Mutation {
     public func encodeList(into w: inout RawByteWriter) { Mutation.encodeList(self, into: &w) }
 }
 
-/// One operation of a `PackedMutations`, read in place.
-public struct MutationView {
-    public enum Kind: Sendable { case set, delete, clearPrefix }
+/// One operation of a `PackedMutations`, read in place (valid only inside `forEach`).
+package struct MutationView {
+    package enum Kind: Sendable { case set, delete, clearPrefix }
 
-    public let kind: Kind
+    package let kind: Kind
     /// The key (of a set or delete) or the prefix (of a clear).
-    public let key: UnsafeRawBufferPointer
+    package let key: UnsafeRawBufferPointer
     /// A set's value; empty otherwise.
-    public let value: UnsafeRawBufferPointer
+    package let value: UnsafeRawBufferPointer
     /// A set's expiry (epoch seconds), nil for never.
-    public let expiry: UInt64?
+    package let expiry: UInt64?
     /// Where the operation's bytes are, as offsets from the start of the list's bytes.
-    public let range: Range<Int>
+    package let range: Range<Int>
 
     /// The operation with its key and value copied into arrays.
-    public var mutation: Mutation {
+    package var mutation: Mutation {
         switch kind {
         case .set: return .set(key: Array(key), value: Array(value), expiry: expiry)
         case .delete: return .delete(key: Array(key))

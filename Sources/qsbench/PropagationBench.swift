@@ -170,7 +170,7 @@ final class KTServerProcess {
         let absolute = { (p: String) in URL(fileURLWithPath: p).standardizedFileURL.path }
         process.arguments = ["-host", "127.0.0.1", "-port", "\(port)", "-ulog", absolute(ulog), "-sid", "7", "-log", absolute(log), "-ls", "*"]
         process.standardOutput = FileHandle.nullDevice
-        FileManager.default.createFile(atPath: log + ".stderr", contents: nil)
+        _ = FileManager.default.createFile(atPath: log + ".stderr", contents: nil)
         process.standardError = FileHandle(forWritingAtPath: log + ".stderr") ?? FileHandle.nullDevice
         do { try process.run() } catch { throw BenchError("propagation: cannot start ktserver at \(path): \(error)") }
         let deadline = Date().addingTimeInterval(15)

@@ -111,28 +111,36 @@ final class StoreTests: XCTestCase {
 
     /// A batch applied from its bytes keeps the operations that change something and its log
     /// entry is exactly the entry of those, in order, whichever are dropped (the first, the
-    /// last, runs in between): random batches over a few keys, seeded.
+    /// last, runs in between): random batches over a few keys, short and past the stored
+    /// prefix, with and without expiries, and prefix clears; seeded.
     func testTheEntryOfABatchWithDropsHoldsExactlyTheKeptOperations() async throws {
         let seed = UInt64.random(in: 1...UInt64.max)
         var rng = SplitMix64(seed: seed)
-        var model = [[UInt8]: [UInt8]]()
-        for batch in 0..<60 {
+        var model = [[UInt8]: Record]()
+        let long = String(repeating: "p", count: 490)
+        for batch in 0..<80 {
             var ops = [Mutation](), kept = [Mutation]()
             for _ in 0..<Int.random(in: 1...12, using: &rng) {
-                let k = Array("k\(Int.random(in: 0..<6, using: &rng))".utf8)
+                let n = Int.random(in: 0..<8, using: &rng)
+                let k = Array((n < 2 ? "k\(n)\(long)\(Int.random(in: 0..<2, using: &rng))" : "k\(n)").utf8)
+                let expiry: UInt64? = Bool.random(using: &rng) ? nil : 4_000_000_000 + UInt64(Int.random(in: 0..<2, using: &rng))
                 let op: Mutation
-                switch Int.random(in: 0..<6, using: &rng) {
+                switch Int.random(in: 0..<8, using: &rng) {
                 case 0: op = .delete(key: k)
-                case 1: op = .set(key: k, value: model[k] ?? [1], expiry: nil) // identical when stored
-                default: op = .set(key: k, value: [UInt8(Int.random(in: 0..<3, using: &rng))], expiry: nil)
+                case 1: op = .clearPrefix(Array("k\(Int.random(in: 0..<8, using: &rng))".utf8))
+                case 2: op = .set(key: k, value: model[k]?.value ?? [1], expiry: model[k]?.expiry) // identical when stored
+                default: op = .set(key: k, value: [UInt8(Int.random(in: 0..<3, using: &rng))], expiry: expiry)
                 }
                 ops.append(op)
                 switch op {
-                case let .set(_, v, _) where model[k] != v:
-                    model[k] = v
+                case let .set(_, v, x) where model[k] != Record(value: v, expiry: x):
+                    model[k] = Record(value: v, expiry: x)
                     kept.append(op)
                 case .delete where model[k] != nil:
                     model[k] = nil
+                    kept.append(op)
+                case let .clearPrefix(p) where model.keys.contains { $0.starts(with: p) }:
+                    for key in model.keys where key.starts(with: p) { model[key] = nil }
                     kept.append(op)
                 default: break
                 }
@@ -152,6 +160,9 @@ final class StoreTests: XCTestCase {
             XCTAssertEqual(entry[0].bytes, LogEntry(commitTimeNs: decoded.commitTimeNs, origin: Origin(sourceID: "s", position: UInt64(batch + 1)),
                                                     operations: kept).encoded())
         }
+        let all = try await store.scan(limit: 1_000, now: nil).records
+        XCTAssertEqual(Dictionary(uniqueKeysWithValues: all.map { ($0.key, $0.record) }), model,
+                       "seed \(seed)")
         try await store.verifyChain()
     }
 
