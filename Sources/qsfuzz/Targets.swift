@@ -161,6 +161,14 @@ enum FuzzTarget: String, CaseIterable {
         if frame.type < 0x80 {
             guard let request = try? Request.decode(frame) else { return }
             check((try? Request.decode(request.frame())) == request, name, "a request does not decode back from its frame")
+            if case let .batch(b) = request {
+                // A root walks an accepted batch's operations unchecked: the walk must read
+                // exactly what the decoder reads.
+                var r = ByteReader(Array(b.packed.bytes))
+                let decoded = try? Mutation.decodeList(from: &r)
+                check(decoded == b.operations && PackedMutations(b.operations) == b.packed, name,
+                      "a batch's operations read in place differ from the decoder's")
+            }
         } else {
             guard let response = try? Response.decode(frame) else { return }
             check((try? Response.decode(response.frame())) == response, name, "a response does not decode back from its frame")
