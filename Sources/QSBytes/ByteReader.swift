@@ -87,11 +87,16 @@ where Bytes.Element == UInt8, Bytes.Index == Int, Bytes: Sendable {
     public mutating func readBytes(_ n: Int, _ what: String = "bytes") throws(DecodeError) -> [UInt8] {
         try need(n, what)
         defer { position += n }
-        // One copy from contiguous bytes (an array, a slice, a buffer's view), not the
-        // generic element-by-element path.
-        let start = position - bytes.startIndex
-        return bytes.withContiguousStorageIfAvailable { Array(UnsafeBufferPointer(rebasing: $0[start..<(start + n)])) }
-            ?? Array(bytes[position..<(position + n)])
+        return copy(position..<(position + n))
+    }
+
+    /// The bytes at `range` (indices of `bytes`) in one copy from contiguous storage (an
+    /// array, a slice, a buffer's view), not the generic element-by-element path.
+    @inlinable
+    func copy(_ range: Range<Int>) -> [UInt8] {
+        let start = range.lowerBound - bytes.startIndex
+        return bytes.withContiguousStorageIfAvailable { Array(UnsafeBufferPointer(rebasing: $0[start..<(start + range.count)])) }
+            ?? Array(bytes[range])
     }
 
     @inlinable
@@ -116,7 +121,7 @@ where Bytes.Element == UInt8, Bytes.Index == Int, Bytes: Sendable {
     /// A byte string preceded by its u32 length.
     @inlinable
     public mutating func readBlob32(_ what: String = "blob") throws(DecodeError) -> [UInt8] {
-        Array(bytes[try skipBlob32(what)])
+        copy(try skipBlob32(what))
     }
 
     /// Passes over a byte string preceded by its u32 length, checked as `readBlob32` checks
