@@ -90,6 +90,12 @@ public final class QSClient: Sendable {
     /// from one task reach the node in that order and are answered in that order (a
     /// pipelined writer keeps several batches in flight). `response(_:)` waits for one.
     public func start(_ request: Request, timeout: TimeAmount = .seconds(60)) -> EventLoopFuture<Frame> {
+        start(frame: request.frame(), timeout: timeout)
+    }
+
+    /// `start` for a request already encoded (`Request.frame()`): a pipelined writer can
+    /// encode its next batch while the one before is in flight, off the path that waits.
+    public func start(frame: Frame, timeout: TimeAmount = .seconds(60)) -> EventLoopFuture<Frame> {
         let promise = channel.eventLoop.makePromise(of: Frame.self)
         // A write that fails (the connection closed meanwhile) fails the request too, and a
         // node that never answers fails it after `timeout`: a caller never waits forever.
@@ -97,7 +103,7 @@ public final class QSClient: Sendable {
         written.futureResult.whenFailure { promise.fail($0) }
         let deadline = channel.eventLoop.scheduleTask(in: timeout) { promise.fail(ClientError.timedOut) }
         promise.futureResult.whenComplete { _ in deadline.cancel() }
-        channel.writeAndFlush((request.frame(), promise), promise: written)
+        channel.writeAndFlush((frame, promise), promise: written)
         return promise.futureResult
     }
 

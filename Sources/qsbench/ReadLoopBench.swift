@@ -1,12 +1,14 @@
 import Foundation
 import QSModel
 import QSStore
+import CLMDB
 
 /// The `read-loop` suite: a fixed number of lookups of uniform random keys in this process,
-/// through the store's read path (`readInline` + `withRecord`: one read transaction per
-/// lookup, the record's checksum checked, as a memcached `get` does) and, as the reference,
-/// a plain `mdb_get` loop on an LMDB environment of the same shape (same stored keys, values
-/// of the same size). No sockets: under callgrind this isolates what the store adds to a
+/// through the store's read path (`readInline(in:)` + `withRecord`: a kept read transaction
+/// renewed and reset per lookup, the record's checksum checked, as a memcached `get` on an
+/// event loop does) and, as the reference, a plain `mdb_get` loop on an LMDB environment of
+/// the same shape (same stored keys, values of the same size), its kept transaction renewed
+/// and reset the same way. No sockets: under callgrind this isolates what the store adds to a
 /// read, the XXH3 check among it (`XXH3_64bits*` in the profile).
 struct ReadLoopBench {
     let keys: Int
@@ -20,7 +22,7 @@ struct ReadLoopBench {
         var storeReadsPerSec: Double
         var lmdbReadsPerSec: Double
         var ratio: Double
-        var note = "store = Store.readInline + StoreTransaction.withRecord (checksum checked), one read transaction per lookup; lmdb = mdb_txn_begin + mdb_get + mdb_txn_abort per lookup"
+        var note = "store = Store.readInline(in: slot) + StoreTransaction.withRecord (checksum checked), a kept read transaction renewed and reset per lookup; lmdb = mdb_txn_renew + mdb_get + mdb_txn_reset per lookup"
     }
 
     func key(_ i: Int) -> [UInt8] { Array(benchKey(i).utf8) }
@@ -49,14 +51,17 @@ struct ReadLoopBench {
         }
         let stored = order.map { [KeyEncoding.tag] + $0 }
         var found = 0
+        let slot = store.makeReadSlot()
+        var kept: OpaquePointer?
+        defer { if let kept { mdb_txn_abort(kept) } }
         var start = ContinuousClock.now
         for i in 0..<reads {
-            found += try store.readInline { txn in try txn.withRecord(order[i & 0xFFFF]) { $0?.value.count ?? 0 } }
+            found += try store.readInline(in: slot) { txn in try txn.withRecord(order[i & 0xFFFF]) { $0?.value.count ?? 0 } }
         }
         let storeSeconds = (ContinuousClock.now - start).seconds
         start = ContinuousClock.now
         for i in 0..<reads {
-            found += try env.read { txn in try stored[i & 0xFFFF].withUnsafeBytes { k in try txn.withValue(db, k) { $0?.count ?? 0 } } }
+            found += try env.read(reusing: &kept) { txn in try stored[i & 0xFFFF].withUnsafeBytes { k in try txn.withValue(db, k) { $0?.count ?? 0 } } }
         }
         let lmdbSeconds = (ContinuousClock.now - start).seconds
         guard found == 2 * reads * valueBytes else { throw BenchError("read-loop: \(found) bytes read, expected \(2 * reads * valueBytes): keys missing") }
