@@ -63,7 +63,9 @@ public struct StoreTransaction: ~Copyable {
     /// Calls `body` with the stored record for `key` seen in place (expired or not; callers
     /// decide what to hide), nil when there is none. The value is LMDB's mapped memory, valid
     /// only inside `body`: nothing is copied, and for a key of at most `KeyEncoding.inlineLimit`
-    /// bytes nothing is allocated. For the read servers' hot path.
+    /// bytes nothing is allocated. For the read servers' hot path. Inlinable, as
+    /// `withRecord(bytes:)` is, so a caller in another module gets it specialised to its `T`.
+    @inlinable
     public func withRecord<T>(_ key: [UInt8], _ body: (RecordView?) throws -> T) throws -> T {
         try key.withUnsafeBytes { try withRecord(bytes: $0, body) }
     }
