@@ -27,7 +27,7 @@ cd "$(dirname "$0")/.."
 BIN=${QS_BIN_DIR:-.build/release}
 OUT=${QS_PROFILE_OUT:-bench/profiles}
 what=${1:-}
-for tool in valgrind callgrind_annotate callgrind_control cc strip python3; do
+for tool in valgrind callgrind_annotate callgrind_control cc strip nm python3; do
     command -v $tool >/dev/null || { echo "profile.sh needs $tool (apt-get install valgrind gcc binutils python3)" >&2; exit 1; }
 done
 mkdir -p "$OUT"
@@ -35,6 +35,15 @@ work=$(mktemp -d /tmp/qs-profile.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 cc -shared -fPIC -O2 -o "$work/sigsuspend.so" scripts/valgrind-sigsuspend.c
 # QS_PROFILE_NODE: another qsnode to profile (e.g. an older build, for a before/after pair).
+# `make release` builds without the run-time exclusivity checks (Makefile: RELEASE_FLAGS);
+# a plain `swift build -c release` keeps them, and they are about a quarter of a memcached
+# get's instructions: counts from such a binary are not comparable with the recorded ones.
+for b in "${QS_PROFILE_NODE:-$BIN/qsnode}" "$BIN/qsbench"; do
+    if nm -D --undefined-only "$b" 2>/dev/null | grep swift_beginAccess >/dev/null; then
+        echo "profile.sh: $b was built with run-time exclusivity checks (swift_beginAccess): build it with 'make release' (or QS_PROFILE_CHECKED=1 to profile it anyway)" >&2
+        [ "${QS_PROFILE_CHECKED:-0}" = 1 ] || exit 1
+    fi
+done
 strip --strip-debug -o "$work/qsnode" "${QS_PROFILE_NODE:-$BIN/qsnode}"
 strip --strip-debug -o "$work/qsbench" "$BIN/qsbench"
 cg() { LD_PRELOAD="$work/sigsuspend.so" valgrind --tool=callgrind "$@"; }
