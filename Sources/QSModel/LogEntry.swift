@@ -75,7 +75,11 @@ public struct LogEntry: Sendable, Equatable {
 
     /// Decodes an entry as `decode` does (the same checks and errors) but leaves its
     /// operations packed, sharing `bytes`.
-    public static func decodePacked(_ bytes: [UInt8]) throws -> Packed {
+    public static func decodePacked(_ bytes: [UInt8]) throws -> Packed { try decodePacked(bytes[...]) }
+
+    /// `decodePacked` of an entry seen in a larger buffer (a frame's bytes): its operations
+    /// share that buffer; errors name offsets from the entry's first byte.
+    public static func decodePacked(_ bytes: ArraySlice<UInt8>) throws -> Packed {
         var r = ByteReader(bytes)
         let v = try r.readU8("entry version")
         guard v == version || v == copyVersion else { throw DecodeError(offset: 0, reason: "unsupported log entry version \(v)") }
@@ -155,5 +159,94 @@ public struct StoredEntry: Sendable, Equatable {
         self.index = index
         self.hash = hash
         self.bytes = bytes
+    }
+}
+
+/// Log entries as the replication protocol carries them (`count:u32`, then each entry as
+/// `index:u64 hash:32 entry:blob32`), checked once and then read in place: a replica
+/// applies its upstream's entries straight from the frame's bytes, with no array per hash
+/// and per entry (docs/benchmarks.md, "Fourteenth session").
+///
+/// Built only by `init(_:)` (encoding) or `read(from:)` (with exactly the checks and errors
+/// of reading the list as `[StoredEntry]`), so `forEach` walks the bytes without checking
+/// again.
+public struct PackedEntries: Sendable, Equatable {
+    /// The encoded list, its count included. A slice: read from a frame, it shares the
+    /// frame's storage.
+    public let bytes: ArraySlice<UInt8>
+    /// How many entries the list holds.
+    public let count: Int
+
+    /// `index:u64 hash:32 entry-length:u32`: the least an entry takes.
+    public static let minimumBytesEach = 44
+
+    private init(checked bytes: ArraySlice<UInt8>, count: Int) {
+        self.bytes = bytes
+        self.count = count
+    }
+
+    /// A list the store wrote from its own checked log (`count` entries in `encoded`, laid
+    /// out as `read(from:)` reads them).
+    package init(encoded: [UInt8], count: Int) {
+        self.init(checked: encoded[...], count: count)
+    }
+
+    public init(_ entries: [StoredEntry]) {
+        let total = entries.reduce(4) { $0 + Self.minimumBytesEach + $1.bytes.count }
+        bytes = [UInt8](encodedCount: total) { w in
+            w.writeU32(UInt32(entries.count))
+            for e in entries {
+                w.writeU64(e.index)
+                e.hash.withUnsafeBytes { w.writeBytes($0) }
+                w.writeU32(UInt32(e.bytes.count))
+                e.bytes.withUnsafeBytes { w.writeBytes($0) }
+            }
+        }[...]
+        count = entries.count
+    }
+
+    /// Reads a list at `r`, checked as reading it into `[StoredEntry]` checks it (the same
+    /// errors at the same offsets: `ByteReader.readList` of `index`, `hash`, `entry`),
+    /// copying nothing. Each hash must be 32 bytes, so an entry is at least 44.
+    public static func read(from r: inout ByteReader<[UInt8]>) throws -> PackedEntries {
+        let start = r.index
+        let n = Int(try r.readU32("entry count"))
+        guard n <= r.remaining / minimumBytesEach else {
+            throw DecodeError(offset: r.offset - 4, reason: "entry count \(n) exceeds what \(r.remaining) bytes can hold")
+        }
+        for _ in 0..<n {
+            _ = try r.readU64("index")
+            try r.skip(32, "hash")
+            _ = try r.skipBlob32("entry")
+        }
+        return PackedEntries(checked: r.bytes[start..<r.index], count: n)
+    }
+
+    public var isEmpty: Bool { count == 0 }
+
+    /// Calls `body` with each entry in order: its index, its chained hash (32 bytes) and its
+    /// bytes, both slices of `bytes` (no copy).
+    public func forEach(_ body: (_ index: UInt64, _ hash: ArraySlice<UInt8>, _ entry: ArraySlice<UInt8>) throws -> Void) rethrows {
+        // Checked when the list was built: every length here stays inside `bytes`.
+        func uint(_ at: Int, _ width: Int) -> UInt64 {
+            var v: UInt64 = 0
+            for i in at..<(at + width) { v = v << 8 | UInt64(bytes[i]) }
+            return v
+        }
+        var at = bytes.startIndex + 4
+        for _ in 0..<count {
+            let index = uint(at, 8)
+            let n = Int(uint(at + 40, 4))
+            try body(index, bytes[(at + 8)..<(at + 40)], bytes[(at + 44)..<(at + 44 + n)])
+            at += Self.minimumBytesEach + n
+        }
+    }
+
+    /// The entries, each hash and entry in an array of its own.
+    public var entries: [StoredEntry] {
+        var out = [StoredEntry]()
+        out.reserveCapacity(count)
+        forEach { out.append(StoredEntry(index: $0, hash: Array($1), bytes: Array($2))) }
+        return out
     }
 }

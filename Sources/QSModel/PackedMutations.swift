@@ -27,7 +27,13 @@ public struct PackedMutations: Sendable, Hashable {
 
     /// Reads a list at `r`, checked as `Mutation.decodeList` checks it (the same errors at
     /// the same offsets), copying nothing.
-    public static func read(from r: inout ByteReader<[UInt8]>) throws -> PackedMutations {
+    public static func read(from r: inout ByteReader<[UInt8]>) throws -> PackedMutations { try readChecked(from: &r) }
+
+    /// `read(from:)` from a slice (a log entry seen in a frame's bytes), sharing its storage.
+    public static func read(from r: inout ByteReader<ArraySlice<UInt8>>) throws -> PackedMutations { try readChecked(from: &r) }
+
+    static func readChecked<Bytes>(from r: inout ByteReader<Bytes>) throws -> PackedMutations
+    where Bytes.SubSequence == ArraySlice<UInt8> {
         let start = r.index
         let n = try Mutation.skipList(from: &r).count
         return PackedMutations(checked: r.bytes[start..<r.index], count: n)
@@ -163,7 +169,7 @@ package struct MutationView {
 extension Mutation {
     /// Passes over one encoded operation, checked as `decode` checks it (the same errors at
     /// the same offsets), and returns its key and value bytes (`payloadBytes`); builds nothing.
-    static func skip(from r: inout ByteReader<[UInt8]>) throws -> Int {
+    static func skip<Bytes>(from r: inout ByteReader<Bytes>) throws -> Int {
         let at = r.offset
         switch try r.readU8("operation tag") {
         case setTag:
@@ -183,7 +189,7 @@ extension Mutation {
 
     /// Passes over a list as `decodeList` reads it (the same checks and errors): how many
     /// operations it holds and their key and value bytes.
-    static func skipList(from r: inout ByteReader<[UInt8]>) throws -> (count: Int, payloadBytes: Int) {
+    static func skipList<Bytes>(from r: inout ByteReader<Bytes>) throws -> (count: Int, payloadBytes: Int) {
         let n = Int(try r.readU32("operation count"))
         // Each operation takes at least 5 bytes, as `decodeList` requires.
         guard n <= r.remaining / 5 else {

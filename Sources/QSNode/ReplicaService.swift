@@ -251,8 +251,8 @@ public final class ReplicaService: Service, Sendable {
             self.metrics.head.record(Double(head.index))
             for try await frame in inbound {
                 guard self.upstreams.contains(up) else { throw FollowEnd.delisted }
-                switch try Response.decode(frame) {
-                case let .entries(list):
+                // Entries are applied from the frame's bytes as they are (`PackedEntries`).
+                if let list = try Response.packedEntries(frame) {
                     let newHead = try await core.store.appendEntries(list)
                     core.watcher.publish()
                     core.metrics.logHead.record(Double(newHead.index))
@@ -262,6 +262,9 @@ public final class ReplicaService: Service, Sendable {
                         $0.subscribed = true
                         $0.head = newHead.index
                     }
+                    continue
+                }
+                switch try Response.decode(frame) {
                 case let .heartbeat(upHead, rootTime):
                     let mine = try await core.store.head().index
                     core.updateUpstream {

@@ -30,17 +30,23 @@ enum ReplicationStreams {
         do {
             while channel.isActive && !Task.isCancelled {
                 let from = next
-                let batch = try await core.store.entries(from: from, count: 1000)
-                if let first = batch.first, first.index != next {
+                // The entries as the frame carries them, written from the log's pages.
+                let batch = try await core.store.packedEntries(from: from, count: 1000)
+                var first: UInt64?, last: UInt64?
+                batch.forEach { index, _, _ in
+                    if first == nil { first = index }
+                    last = index
+                }
+                if let first, first != next {
                     let w = try await core.store.logWindow()
                     try await channel.writeAndFlush(Response.error(.needsBootstrap,
                         "this node no longer retains entry \(next) (it keeps entries from \(w.firstIndex)); bootstrap from a snapshot").frame())
                     break
                 }
-                if let last = batch.last {
-                    try await channel.writeAndFlush(Response.entries(batch).frame())
+                if let last {
+                    try await channel.writeAndFlush(Response.entriesFrame(batch))
                     core.metrics.entriesStreamed.increment(by: batch.count)
-                    next = last.index + 1
+                    next = last + 1
                 }
                 if ContinuousClock.now - lastHeartbeat >= .seconds(1) {
                     let head = try await core.store.head()

@@ -50,6 +50,20 @@ extension StoreTransaction {
     /// head. Throws (and so rolls the whole transaction back) if any entry fails.
     @discardableResult
     public func appendEntries(_ entries: [StoredEntry], markCompatible: Bool = false) throws -> Head {
+        try appendEntries(markCompatible: markCompatible) { each in
+            for e in entries { try each(e.index, e.hash[...], e.bytes[...]) }
+        }
+    }
+
+    /// `appendEntries` of a list read in place from a frame (a replica's catch-up): the
+    /// same checks and the same bytes stored, with no array per hash and entry.
+    @discardableResult
+    public func appendEntries(_ entries: PackedEntries, markCompatible: Bool = false) throws -> Head {
+        try appendEntries(markCompatible: markCompatible) { each in try entries.forEach(each) }
+    }
+
+    private func appendEntries(markCompatible: Bool,
+                               _ walk: ((UInt64, ArraySlice<UInt8>, ArraySlice<UInt8>) throws -> Void) throws -> Void) throws -> Head {
         try requireWritable()
         if markCompatible {
             guard try writeRole() != .promoted else { throw StoreError.promoted }
@@ -60,20 +74,20 @@ extension StoreTransaction {
         // stored once a source, after the entries, in this same transaction.
         var positions = [String: (position: UInt64, copyCursor: [UInt8]?)]()
         try withKeyspaceWriter { writer in
-            for e in entries {
-                guard e.index == head.index + 1 else { throw AppendError.notNext(head: head.index, got: e.index) }
-                let hash = ChainHash.next(previous: head.hash, entry: e.bytes)
-                guard hash == e.hash else { throw AppendError.diverged(index: e.index) }
+            try walk { index, hash, bytes in
+                guard index == head.index + 1 else { throw AppendError.notNext(head: head.index, got: index) }
+                let computed = bytes.withUnsafeBytes { ChainHash.next(previous: head.hash, entry: $0) }
+                guard computed[...] == hash else { throw AppendError.diverged(index: index) }
                 let entry: LogEntry.Packed
-                do { entry = try LogEntry.decodePacked(e.bytes) } catch {
-                    throw AppendError.undecodable(index: e.index, reason: "\(error)")
+                do { entry = try LogEntry.decodePacked(bytes) } catch {
+                    throw AppendError.undecodable(index: index, reason: "\(error)")
                 }
                 try entry.operations.forEach { _ = try apply($0, writer) }
-                try txn.put(log, Store.encodeU64(e.index), reserving: e.hash.count + e.bytes.count, append: true) { out in
-                    e.hash.withUnsafeBytes { out.copyMemory(from: $0) }
-                    e.bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[e.hash.count...]).copyMemory(from: $0) }
+                try txn.put(log, Store.encodeU64(index), reserving: computed.count + bytes.count, append: true) { out in
+                    computed.withUnsafeBytes { out.copyMemory(from: $0) }
+                    bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: out[computed.count...]).copyMemory(from: $0) }
                 }
-                head = Head(index: e.index, hash: e.hash, commitTimeNs: entry.commitTimeNs)
+                head = Head(index: index, hash: computed, commitTimeNs: entry.commitTimeNs)
                 // The origin's checkpoint (and initial-copy cursor) moves with the entry, so a
                 // replica's or a mirror's checkpoints equal its root's.
                 positions[entry.origin.sourceID] = (entry.origin.position, entry.copyCursor)
@@ -219,6 +233,12 @@ extension Store {
     /// transaction on the writer thread; nothing is written if any entry fails.
     @discardableResult
     public func appendEntries(_ entries: [StoredEntry], markCompatible: Bool = false) async throws -> Head {
+        try await write { try $0.appendEntries(entries, markCompatible: markCompatible) }
+    }
+
+    /// `appendEntries` of a list read in place (see `StoreTransaction.appendEntries(_:markCompatible:)`).
+    @discardableResult
+    public func appendEntries(_ entries: PackedEntries, markCompatible: Bool = false) async throws -> Head {
         try await write { try $0.appendEntries(entries, markCompatible: markCompatible) }
     }
 

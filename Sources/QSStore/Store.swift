@@ -368,6 +368,11 @@ public final class Store: Sendable {
         return w.bytes
     }
 
+    static func decodeU64(_ b: UnsafeRawBufferPointer, _ what: String) throws -> UInt64 {
+        guard b.count == 8 else { throw StoreError.corrupt("\(what) is \(b.count) bytes, expected 8") }
+        return b.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+    }
+
     static func decodeU64(_ b: [UInt8], _ what: String) throws -> UInt64 {
         guard b.count == 8 else { throw StoreError.corrupt("\(what) is \(b.count) bytes, expected 8") }
         var r = ByteReader(b)

@@ -113,25 +113,55 @@ public struct StoreTransaction: ~Copyable {
     /// `brokenChain`, reported to the store's integrity).
     public func entries(from: UInt64, count: Int, maxBytes: Int = 4 << 20) throws -> [StoredEntry] {
         var out = [StoredEntry]()
-        var bytes = 0
+        try walkEntries(from: from, count: count, maxBytes: maxBytes) { index, hash, entry in
+            out.append(StoredEntry(index: index, hash: Array(hash), bytes: Array(entry)))
+        }
+        return out
+    }
+
+    /// `entries(from:count:maxBytes:)` as the protocol carries them (`PackedEntries`): the
+    /// same entries, checked the same way, written from the log's pages into one list with
+    /// no array per entry. What an upstream streams to its replicas.
+    public func packedEntries(from: UInt64, count: Int, maxBytes: Int = 4 << 20) throws -> PackedEntries {
+        var out = [UInt8](repeating: 0, count: 4)
+        var n = 0
+        try walkEntries(from: from, count: count, maxBytes: maxBytes) { index, hash, entry in
+            out.reserveCapacity(out.count + PackedEntries.minimumBytesEach + entry.count)
+            for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: index >> UInt64(shift))) }
+            out.append(contentsOf: hash)
+            for shift in stride(from: 24, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: entry.count >> shift)) }
+            out.append(contentsOf: entry)
+            n += 1
+        }
+        for i in 0..<4 { out[i] = UInt8(truncatingIfNeeded: n >> (24 - 8 * i)) }
+        return PackedEntries(encoded: out, count: n)
+    }
+
+    /// Walks the log from `from` as `entries` reads it: each entry's chained hash checked
+    /// against the one before it, `body` given its index, hash and bytes in place (valid
+    /// only during the call), at most `count` entries and about `maxBytes`.
+    private func walkEntries(from: UInt64, count: Int, maxBytes: Int,
+                             _ body: (UInt64, UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws -> Void) throws {
+        var bytes = 0, seen = 0
         let start = max(from, 1)
         do {
             var previous: [UInt8]?
-            try txn.forEach(log, from: Store.encodeU64(start)) { k, v in
+            try txn.forEachInPlace(log, from: Store.encodeU64(start)) { k, v in
                 let index = try Store.decodeU64(k, "log index")
                 guard v.count >= 32, let p = try previous ?? hash(at: index - 1) else { throw StoreError.brokenChain(index: index) }
-                let entry = StoredEntry(index: index, hash: Array(v[0..<32]), bytes: Array(v[32...]))
-                guard ChainHash.next(previous: p, entry: entry.bytes) == entry.hash else { throw StoreError.brokenChain(index: index) }
-                previous = entry.hash
-                out.append(entry)
+                let hash = UnsafeRawBufferPointer(rebasing: v[0..<32]), entry = UnsafeRawBufferPointer(rebasing: v[32...])
+                let computed = ChainHash.next(previous: p, entry: entry)
+                guard computed.elementsEqual(hash) else { throw StoreError.brokenChain(index: index) }
+                previous = computed
+                try body(index, hash, entry)
+                seen += 1
                 bytes += v.count
-                return out.count < count && bytes < maxBytes
+                return seen < count && bytes < maxBytes
             }
         } catch {
             store.integrity.report(error)
             throw error
         }
-        return out
     }
 
     /// One page of a keyspace scan in stored-key order. `after` is the continuation a
@@ -191,7 +221,7 @@ public struct StoreTransaction: ~Copyable {
         var expectedIndex = first
         let start = try first == logWindow().firstIndex ? nil : Store.encodeU64(first)
         try txn.forEachInPlace(log, from: start) { k, v in
-            let index = try Store.decodeU64(Array(k), "log index")
+            let index = try Store.decodeU64(k, "log index")
             if let last, index > last { return false }
             guard index == expectedIndex, v.count >= 32 else { throw StoreError.brokenChain(index: index) }
             let hash = ChainHash.next(previous: previous, entry: UnsafeRawBufferPointer(rebasing: v[32...]))
@@ -479,6 +509,11 @@ extension Store {
     /// See `StoreTransaction.entries`.
     public func entries(from: UInt64, count: Int, maxBytes: Int = 4 << 20) async throws -> [StoredEntry] {
         try await read { try $0.entries(from: from, count: count, maxBytes: maxBytes) }
+    }
+
+    /// See `StoreTransaction.packedEntries`.
+    public func packedEntries(from: UInt64, count: Int, maxBytes: Int = 4 << 20) async throws -> PackedEntries {
+        try await read { try $0.packedEntries(from: from, count: count, maxBytes: maxBytes) }
     }
 
     /// See `StoreTransaction.scan`.

@@ -561,6 +561,23 @@ public enum Response: Sendable, Equatable {
         return Record(value: try r.readBlob32("value"), expiry: expiry)
     }
 
+    /// An `entries` response read in place (`PackedEntries`: checked as `decode` checks it,
+    /// the same errors), nil for any other response: a replica's catch-up applies the
+    /// entries from the frame's bytes without an array per hash and entry.
+    public static func packedEntries(_ frame: Frame) throws -> PackedEntries? {
+        guard frame.type == Tag.entries.rawValue else { return nil }
+        var r = ByteReader(frame.payload)
+        let list = try PackedEntries.read(from: &r)
+        try r.expectEnd("response")
+        return list
+    }
+
+    /// The frame of an `entries` response holding `list` (the bytes `.entries(list.entries)`
+    /// encodes to), written from the list's bytes as they are.
+    public static func entriesFrame(_ list: PackedEntries) -> Frame {
+        Frame(type: Tag.entries.rawValue, payload: Array(list.bytes))
+    }
+
     public static func decode(_ frame: Frame) throws -> Response {
         guard let tag = Tag(rawValue: frame.type) else {
             throw DecodeError(offset: 4, reason: "unknown response type 0x\(hexString([frame.type]))")

@@ -104,4 +104,72 @@ final class WriteRoleTests: XCTestCase {
         await equal(try await new.writeRole(), .promoted)
         await equal(try await legacy.writeRole(), .mirror)
     }
+
+    /// A replica applies its upstream's entries from the frame's bytes (`PackedEntries`), and
+    /// an upstream writes them from its log's pages (`packedEntries(from:)`): the same entries,
+    /// the same store afterwards, the same refusals as the `[StoredEntry]` paths.
+    func testPackedEntriesAreTheEntriesAndApplyAsThem() async throws {
+        let root = try await open("root"), a = try await open("a"), b = try await open("b")
+        for p in 1...40 as ClosedRange<UInt64> {
+            let ops: [Mutation] = p % 7 == 0 ? [.delete(key: Array("k\(p - 1)".utf8))]
+                : [.set(key: Array("k\(p)".utf8), value: Array(repeating: UInt8(p), count: Int(p) * 10), expiry: p % 5 == 0 ? 4_000_000_000 : nil),
+                   .set(key: Array("j\(p % 3)".utf8), value: Array("v\(p)".utf8), expiry: nil)]
+            _ = try await root.applyBatch(sourceID: p % 2 == 0 ? "even" : "odd", expected: p % 2 == 0 ? p - 2 : (p == 1 ? 0 : p - 2), new: p,
+                                          operations: ops, copyCursor: p == 9 ? [7] : nil)
+        }
+        // The same entries either way, in pages of every size the store cuts them at.
+        for (from, count, maxBytes) in [(1, 1000, 4 << 20), (5, 3, 4 << 20), (1, 1000, 700), (41, 10, 4 << 20), (0, 2, 4 << 20)] as [(UInt64, Int, Int)] {
+            let list = try await root.entries(from: from, count: count, maxBytes: maxBytes)
+            let packed = try await root.packedEntries(from: from, count: count, maxBytes: maxBytes)
+            XCTAssertEqual(packed, PackedEntries(list), "from \(from), count \(count), maxBytes \(maxBytes)")
+            XCTAssertEqual(packed.entries, list)
+        }
+        // Applied packed on one replica and decoded on the other: the same head, log, keyspace
+        // and checkpoints.
+        var next: UInt64 = 1
+        while true {
+            let packed = try await root.packedEntries(from: next, count: 6)
+            guard !packed.isEmpty else { break }
+            _ = try await a.appendEntries(packed)
+            _ = try await b.appendEntries(packed.entries)
+            next += UInt64(packed.count)
+        }
+        let rootHead = try await root.head()
+        let headA = try await a.head(), headB = try await b.head()
+        XCTAssertEqual(headA, rootHead)
+        XCTAssertEqual(headB, rootHead)
+        let logA = try await a.entries(from: 1, count: 1000), logB = try await b.entries(from: 1, count: 1000)
+        XCTAssertEqual(logA, logB)
+        let scanA = try await a.scan(limit: 1000, now: nil), scanB = try await b.scan(limit: 1000, now: nil)
+        XCTAssertEqual(scanA.records.map(\.key), scanB.records.map(\.key))
+        XCTAssertEqual(scanA.records.map(\.record), scanB.records.map(\.record))
+        let cpA = try await a.checkpoints(), cpB = try await b.checkpoints()
+        XCTAssertEqual(cpA, cpB)
+        XCTAssertEqual(cpA, ["even": 40, "odd": 39])
+        let cursorA = try await a.copyCursor(sourceID: "odd"), cursorB = try await b.copyCursor(sourceID: "odd")
+        XCTAssertEqual(cursorA, cursorB)
+
+        // Refusals: an entry that does not follow the head, one whose hash does not chain,
+        // one that does not decode; nothing of the list is applied.
+        let c = try await open("c")
+        let first = try await root.entries(from: 1, count: 3)
+        func refusal(_ list: [StoredEntry]) async -> String {
+            do { _ = try await c.appendEntries(PackedEntries(list)); return "applied" } catch { return "\(error)" }
+        }
+        func refusalDecoded(_ list: [StoredEntry]) async -> String {
+            do { _ = try await c.appendEntries(list); return "applied" } catch { return "\(error)" }
+        }
+        var badHash = first
+        badHash[1].hash[0] ^= 1
+        var badBytes = first
+        badBytes[2].bytes = [LogEntry.version, 1, 2]
+        badBytes[2].hash = ChainHash.next(previous: first[1].hash, entry: badBytes[2].bytes)
+        for list in [Array(first[1...]), badHash, badBytes] {
+            let packedError = await refusal(list), decodedError = await refusalDecoded(list)
+            XCTAssertNotEqual(packedError, "applied")
+            XCTAssertEqual(packedError, decodedError)
+            let head = try await c.head()
+            XCTAssertEqual(head.index, 0, "a refused list leaves nothing applied")
+        }
+    }
 }
