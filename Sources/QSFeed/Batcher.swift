@@ -361,7 +361,7 @@ actor Batcher {
                 m += pending[i].operationBytes
             }
             (operations, operationBytes) = (n, m)
-            request = .append(token: root.token, entries: entries, sourceTimeNs: max(freshness.timeNs ?? 0, newTimeNs ?? 0))
+            request = .append(token: root.token, entries: PackedEntries(entries), sourceTimeNs: max(freshness.timeNs ?? 0, newTimeNs ?? 0))
         }
         let what = limits.mode == .batched ? "batch" : "append"
         let handle = try await root.send(what, request)

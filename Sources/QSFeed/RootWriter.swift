@@ -523,7 +523,7 @@ public actor RootWriter {
     public func append(_ entries: [StoredEntry], sourceTimeNs: UInt64 = 0) async throws -> Response {
         let token = self.token
         return try await perform("append") { client in
-            try Self.writeAnswer(try await client.send(.append(token: token, entries: entries, sourceTimeNs: sourceTimeNs), timeout: Self.callTimeout))
+            try Self.writeAnswer(try await client.send(.append(token: token, entries: PackedEntries(entries), sourceTimeNs: sourceTimeNs), timeout: Self.callTimeout))
         }
     }
 

@@ -308,7 +308,7 @@ public final class NodeCore: Sendable {
             case let .append(_, entries, sourceTime):
                 do {
                     // A cluster member commits the entries through etcd (docs/ha.md).
-                    let head = if let cluster { try await cluster.append(entries, sourceTimeNs: sourceTime) } else {
+                    let head = if let cluster { try await cluster.append(entries.entries, sourceTimeNs: sourceTime) } else {
                         try await store.appendEntries(entries, markCompatible: true)
                     }
                     noteMirroring(true, sourceTimeNs: sourceTime)

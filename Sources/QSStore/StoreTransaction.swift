@@ -125,12 +125,16 @@ public struct StoreTransaction: ~Copyable {
     public func packedEntries(from: UInt64, count: Int, maxBytes: Int = 4 << 20) throws -> PackedEntries {
         var out = [UInt8](repeating: 0, count: 4)
         var n = 0
+        // Appended as the array grows (geometrically): no exact reserve per entry, which
+        // would reallocate and copy the whole list at every entry.
+        func append(_ bytes: UnsafeRawBufferPointer) {
+            out.append(contentsOf: UnsafeBufferPointer(start: bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), count: bytes.count))
+        }
         try walkEntries(from: from, count: count, maxBytes: maxBytes) { index, hash, entry in
-            out.reserveCapacity(out.count + PackedEntries.minimumBytesEach + entry.count)
-            for shift in stride(from: 56, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: index >> UInt64(shift))) }
-            out.append(contentsOf: hash)
-            for shift in stride(from: 24, through: 0, by: -8) { out.append(UInt8(truncatingIfNeeded: entry.count >> shift)) }
-            out.append(contentsOf: entry)
+            withUnsafeBytes(of: index.bigEndian) { append($0) }
+            append(hash)
+            withUnsafeBytes(of: UInt32(entry.count).bigEndian) { append($0) }
+            append(entry)
             n += 1
         }
         for i in 0..<4 { out[i] = UInt8(truncatingIfNeeded: n >> (24 - 8 * i)) }

@@ -36,8 +36,9 @@ public enum Request: Sendable, Equatable {
     /// Compatible-mode write: append these entries verbatim (the target's head must be the
     /// first entry's index − 1 and the chained hash must continue). `sourceTimeNs`: the
     /// source root's freshest word the sender has (ns since the epoch, 0 unknown), which a
-    /// mirror passes on to its replicas as the root's time.
-    case append(token: [UInt8], entries: [StoredEntry], sourceTimeNs: UInt64 = 0)
+    /// mirror passes on to its replicas as the root's time. The entries stay as the frame
+    /// carries them (`PackedEntries`): a root appends them from the request's bytes.
+    case append(token: [UInt8], entries: PackedEntries, sourceTimeNs: UInt64 = 0)
     /// Digest of the live records after `after` (stored-key cursor; empty: start) up to and
     /// including `through` (empty: no bound), at most `limit`, expiry judged at `asOf`.
     case digest(after: [UInt8], through: [UInt8], limit: UInt32, asOf: UInt64)
@@ -237,7 +238,7 @@ public enum Request: Sendable, Equatable {
         case let .append(token, entries, sourceTimeNs):
             tag = .append
             w.writeBlob32(token)
-            Response.writeEntries(entries, &w)
+            w.writeBytes(entries.bytes)
             // Without a time the frame is the one nodes before it read.
             if sourceTimeNs != 0 { w.writeU64(sourceTimeNs) }
         case let .digest(after, through, limit, asOf):
@@ -316,7 +317,7 @@ public enum Request: Sendable, Equatable {
             }
             req = .snapshotFrom(token: token, resume: resume)
         case .append:
-            let token = try r.readBlob32("token"), entries = try Response.readEntries(&r)
+            let token = try r.readBlob32("token"), entries = try PackedEntries.read(from: &r)
             req = .append(token: token, entries: entries, sourceTimeNs: r.remaining > 0 ? try r.readU64("source time") : 0)
         case .digest:
             req = .digest(after: try r.readBlob32("after"), through: try r.readBlob32("through"),

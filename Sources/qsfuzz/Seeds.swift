@@ -185,7 +185,7 @@ struct Seeds {
             .getCheckpoint(sourceID: "kt:basic"), .head, .readLog(from: 1, count: 10), .get(key: key),
             .scan(prefix: Array("zone:".utf8), cursor: [], limit: 100, asOf: 0),
             .subscribe(fromIndex: 0, hash: [UInt8](repeating: 0, count: 32), token: []),
-            .snapshot(token: Array("t".utf8)), .append(token: [], entries: Array(stored.prefix(2)), sourceTimeNs: 5),
+            .snapshot(token: Array("t".utf8)), .append(token: [], entries: PackedEntries(Array(stored.prefix(2))), sourceTimeNs: 5),
             .digest(after: [], through: key, limit: 1000, asOf: 0), .status,
             .rangeRecords(after: [], through: [], limit: 10, asOf: 0), .hello(token: [], client: "qsfuzz"),
             .changeRole(token: [], change: .promote),

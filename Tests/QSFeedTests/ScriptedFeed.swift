@@ -167,7 +167,7 @@ final class ScriptedRoot: Sendable {
                 }
                 return answer
             case let .append(_, entries, _):
-                s.appends.append(entries)
+                s.appends.append(entries.entries)
                 s.headIndex += UInt64(entries.count)
                 return .applied(logIndex: s.headIndex, kept: UInt32(entries.count), dropped: 0)
             default:

@@ -36,15 +36,15 @@ final class WireTests: XCTestCase {
             .scan(prefix: [1], cursor: [2, 3], limit: 7, asOf: 99),
             .hello(token: [9, 8], client: "qsqsbridge mode=compatible source=qs://l:7400"),
             .changeRole(token: [9, 9], change: .promote), .changeRole(token: [], change: .demote),
-            .append(token: [1], entries: [StoredEntry(index: 4, hash: [UInt8](repeating: 2, count: 32), bytes: [5, 6])], sourceTimeNs: 1_700_000_000_000_000_000),
-            .append(token: [], entries: [], sourceTimeNs: 0),
+            .append(token: [1], entries: PackedEntries([StoredEntry(index: 4, hash: [UInt8](repeating: 2, count: 32), bytes: [5, 6])]), sourceTimeNs: 1_700_000_000_000_000_000),
+            .append(token: [], entries: PackedEntries([]), sourceTimeNs: 0),
         ]
         for r in requests { XCTAssertEqual(try Request.decode(r.frame()), r) }
         XCTAssertEqual(Request.changeRole(token: [1], change: .demote).frame().payload, [0, 0, 0, 1, 1, 2])
         XCTAssertThrowsError(try Request.decode(Frame(type: 0x16, payload: [0, 0, 0, 0, 3])), "an unknown role change is refused")
         XCTAssertTrue(Request.changeRole(token: [], change: .promote).isWrite, "carries the write token")
         // An Append without a source time is byte for byte the frame older bridges send.
-        XCTAssertEqual(Request.append(token: [7], entries: [], sourceTimeNs: 0).frame().payload, [0, 0, 0, 1, 7, 0, 0, 0, 0])
+        XCTAssertEqual(Request.append(token: [7], entries: PackedEntries([]), sourceTimeNs: 0).frame().payload, [0, 0, 0, 1, 7, 0, 0, 0, 0])
     }
 
     /// An initial copy's cursor rides at the end of a Batch; without one the frame is byte
