@@ -191,7 +191,12 @@ public struct PackedEntries: Sendable, Equatable {
         self.init(checked: encoded[...], count: count)
     }
 
+    /// Every entry's hash must be 32 bytes (a SHA-256, as every `StoredEntry` the code makes
+    /// holds): the list's layout, which `forEach` walks, has no length for it.
     public init(_ entries: [StoredEntry]) {
+        for e in entries {
+            precondition(e.hash.count == 32, "log entry \(e.index): a chained hash is 32 bytes, not \(e.hash.count)")
+        }
         let total = entries.reduce(4) { $0 + Self.minimumBytesEach + $1.bytes.count }
         bytes = [UInt8](encodedCount: total) { w in
             w.writeU32(UInt32(entries.count))
