@@ -169,11 +169,29 @@ enum FuzzTarget: String, CaseIterable {
                 check(decoded == b.operations && PackedMutations(b.operations) == b.packed, name,
                       "a batch's operations read in place differ from the decoder's")
             }
+            if case let .append(_, entries, _) = request {
+                // A root appends an accepted list walking it unchecked: the walk must read
+                // the entries the list encodes.
+                check(PackedEntries(entries.entries) == entries, name, "an append's entries read in place differ from their encoding")
+            }
         } else {
-            guard let response = try? Response.decode(frame) else { return }
+            // A replica reads an entries response in place: it must accept and refuse what
+            // the decoder does, with the same error, and read the same entries.
+            let packed = Result { try Response.packedEntries(frame) }
+            guard let response = try? Response.decode(frame) else {
+                if frame.type == Response.entries([]).frame().type, case .success = packed {
+                    check(false, name, "an entries response the decoder refuses is read in place")
+                }
+                return
+            }
             check((try? Response.decode(response.frame())) == response, name, "a response does not decode back from its frame")
             if case let .entries(list) = response {
-                for e in list { _ = try? LogEntry.decode(e.bytes) }
+                check((try? packed.get())??.entries == list, name, "an entries response read in place differs from the decoder's")
+                for e in list {
+                    _ = try? LogEntry.decode(e.bytes)
+                    let inPlace = try? LogEntry.decodePacked(e.bytes[...]), copied = try? LogEntry.decodePacked(e.bytes)
+                    check(inPlace?.operations.mutations == copied?.operations.mutations, name, "an entry read in a slice differs from the entry read in its array")
+                }
             }
         }
     }
