@@ -152,7 +152,7 @@ public final class LMDBEnvironment: @unchecked Sendable {
     /// (`mdb_txn_renew`: the newest committed state, the same reader-table slot and
     /// allocation) when `slot` holds one, begun otherwise, and reset (`mdb_txn_reset`) when
     /// `body` returns, so between calls it pins no pages. One thread at a time per `slot`.
-    public func read<T>(reusing slot: inout OpaquePointer?, _ body: (borrowing LMDBTransaction) throws -> T) throws -> T {
+    func read<T>(reusing slot: inout OpaquePointer?, _ body: (borrowing LMDBTransaction) throws -> T) throws -> T {
         var txn: OpaquePointer
         if let kept = slot, mdb_txn_renew(kept) == MDB_SUCCESS {
             txn = kept

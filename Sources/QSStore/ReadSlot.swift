@@ -47,3 +47,19 @@ extension Store {
         }
     }
 }
+
+extension LMDBEnvironment {
+    /// A slot for `read(in:)`: a read transaction kept and renewed, for one thread at a time
+    /// (see `ReadSlot`).
+    public func makeReadSlot() -> ReadSlot { ReadSlot(environment: self) }
+
+    /// `read` in the transaction kept in `slot` (renewed before `body`, reset after it), as
+    /// the read servers read through `Store.readInline(in:)`. `slot` must be this
+    /// environment's, used by one thread at a time.
+    public func read<T>(in slot: ReadSlot, _ body: (borrowing LMDBTransaction) throws -> T) throws -> T {
+        precondition(slot.environment === self && !slot.busy, "a read slot is used by its own environment, one read at a time")
+        slot.busy = true
+        defer { slot.busy = false }
+        return try read(reusing: &slot.txn, body)
+    }
+}

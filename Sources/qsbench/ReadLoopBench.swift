@@ -1,7 +1,6 @@
 import Foundation
 import QSModel
 import QSStore
-import CLMDB
 
 /// The `read-loop` suite: a fixed number of lookups of uniform random keys in this process,
 /// through the store's read path (`readInline(in:)` + `withRecord`: a kept read transaction
@@ -52,8 +51,7 @@ struct ReadLoopBench {
         let stored = order.map { [KeyEncoding.tag] + $0 }
         var found = 0
         let slot = store.makeReadSlot()
-        var kept: OpaquePointer?
-        defer { if let kept { mdb_txn_abort(kept) } }
+        let kept = env.makeReadSlot()
         var start = ContinuousClock.now
         for i in 0..<reads {
             found += try store.readInline(in: slot) { txn in try txn.withRecord(order[i & 0xFFFF]) { $0?.value.count ?? 0 } }
@@ -61,7 +59,7 @@ struct ReadLoopBench {
         let storeSeconds = (ContinuousClock.now - start).seconds
         start = ContinuousClock.now
         for i in 0..<reads {
-            found += try env.read(reusing: &kept) { txn in try stored[i & 0xFFFF].withUnsafeBytes { k in try txn.withValue(db, k) { $0?.count ?? 0 } } }
+            found += try env.read(in: kept) { txn in try stored[i & 0xFFFF].withUnsafeBytes { k in try txn.withValue(db, k) { $0?.count ?? 0 } } }
         }
         let lmdbSeconds = (ContinuousClock.now - start).seconds
         guard found == 2 * reads * valueBytes else { throw BenchError("read-loop: \(found) bytes read, expected \(2 * reads * valueBytes): keys missing") }
