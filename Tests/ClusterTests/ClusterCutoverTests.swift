@@ -43,30 +43,10 @@ final class ClusterCutoverTests: XCTestCase {
     /// on a loaded machine) is resolved through the checkpoint, as a bridge resolves it, and
     /// sent again if it did not commit. Throws `not-writable` and whatever cannot be resolved.
     static func put(_ c: QSClient, at p: UInt64, key: String) async throws -> UInt64 {
-        while true {
-            do {
-                let r = try await c.batch(sourceID: "app", expected: p - 1, new: p,
-                                          operations: [.set(key: Array(key.utf8), value: Array("v\(p)".utf8), expiry: nil)])
-                guard case .applied = r else { throw ClientError.unexpected("batch at \(p): \(r)") }
-                return p
-            } catch let ClientError.server(code, message) where code == ErrorCode.notWritable.rawValue {
-                throw ClientError.server(code: code, message: message)
-            } catch let error as ClientError {
-                if case .unexpected = error { throw error }
-                print("batch at \(p): \(error); resolving it through the checkpoint")
-                let deadline = ContinuousClock.now + .seconds(20)
-                var resolved: UInt64?
-                while resolved == nil, ContinuousClock.now < deadline {
-                    if let cp = try? await c.checkpoint(sourceID: "app") { resolved = cp ?? 0 } else {
-                        try? await Task.sleep(for: .milliseconds(50))
-                    }
-                }
-                guard let cp = resolved, cp == p - 1 || cp == p else {
-                    throw ClientError.unexpected("batch at \(p): \(error); then the checkpoint: \(resolved.map(String.init) ?? "no answer")")
-                }
-                if cp == p { return p }
-            }
-        }
+        let r = try await ClusterWrites.put(c, sourceID: "app", expected: p - 1, new: p,
+                                            operations: [.set(key: Array(key.utf8), value: Array("v\(p)".utf8), expiry: nil)])
+        if let r, case .applied = r {} else if let r { throw ClientError.unexpected("batch at \(p): \(r)") }
+        return p
     }
 
     /// Writes positions `from+1 … through` of source "app" as one batch each, every batch
