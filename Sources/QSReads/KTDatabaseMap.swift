@@ -81,7 +81,7 @@ public struct KTDatabaseMap: Sendable, Equatable, CustomStringConvertible {
 
     /// Whether the full QS key `key` is a record of `db` (its longest matching prefix is
     /// `db`'s).
-    public func owns(_ db: Database, key: [UInt8]) -> Bool {
+    public func owns<Key: Collection<UInt8>>(_ db: Database, key: Key) -> Bool {
         guard key.starts(with: db.prefix) else { return false }
         for other in databases where other.prefix.count > db.prefix.count && key.starts(with: other.prefix) {
             return false

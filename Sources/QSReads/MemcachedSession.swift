@@ -150,9 +150,14 @@ struct MemcachedSession: Sendable {
     private func lookup(_ key: UnsafeRawBufferPointer, in db: KTDatabaseMap.Database, _ txn: borrowing StoreTransaction,
                         _ body: (RecordView?) throws -> Void) throws {
         if db.prefix.isEmpty && !sharesPrefix { return try txn.withRecord(bytes: key, body) }
-        let full = db.prefix + key
-        if sharesPrefix && !config.databases.owns(db, key: full) { return }
-        try txn.withRecord(full, body)
+        // The stored key (prefix, then key) on the stack: nothing allocated per key.
+        try withUnsafeTemporaryAllocation(byteCount: db.prefix.count + key.count, alignment: 1) { buf in
+            db.prefix.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: buf[..<db.prefix.count]).copyMemory(from: $0) }
+            UnsafeMutableRawBufferPointer(rebasing: buf[db.prefix.count...]).copyMemory(from: key)
+            let full = UnsafeRawBufferPointer(buf)
+            if sharesPrefix && !config.databases.owns(db, key: full) { return }
+            try txn.withRecord(bytes: full, body)
+        }
     }
 
     /// `VALUE <key> <flags> <bytes>[ <cas unique>]\r\n<data>\r\n`, written in one piece: its

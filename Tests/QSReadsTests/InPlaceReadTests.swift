@@ -77,6 +77,24 @@ final class InPlaceReadTests: XCTestCase {
         }
     }
 
+    /// Database 0 under a prefix (`--kt-db-map 0=main/,…`): memcached reads `main/KEY`, its
+    /// stored key built on the stack, and leaves a longer prefix's keys to their database.
+    func testMemcachedReadsDatabaseZerosPrefixAndNotALongerOnes() async throws {
+        await reads.stop()
+        reads = try await InProcessReads(store: store, directory: tmp,
+                                         databases: try KTDatabaseMap(parsing: "0=main/,1=main/aux/"), clock: { 2_000_000_000 })
+        try await set("main/a", "one")
+        try await set("a", "bare")
+        try await set("main/aux/b", "aux")
+        try await set("main/" + String(repeating: "k", count: 240), "long")
+        let clients = [try XCTUnwrap(TestClient(port: reads.memcachedPort)), try XCTUnwrap(TestClient(port: reads.memcachedThreadedPort))]
+        let expected = "VALUE a 7 3\r\none\r\nVALUE \(String(repeating: "k", count: 240)) 7 4\r\nlong\r\nEND\r\n"
+        for client in clients {
+            client.send("get a aux/b \(String(repeating: "k", count: 240)) x\r\n")
+            XCTAssertEqual(read(client, expected.utf8.count), expected)
+        }
+    }
+
     func testKTGetAndRPCGetInPlaceMatchTheGeneralPathAndSeeNewWrites() async throws {
         try await set("k/1", "first")
         let client = try XCTUnwrap(TestClient(port: reads.ktPort))
