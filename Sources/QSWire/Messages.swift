@@ -470,7 +470,8 @@ public enum Response: Sendable, Equatable {
             w.writeU64(h.commitTimeNs)
         case let .entries(list):
             tag = .entries
-            Self.writeEntries(list, &w)
+            // `count:u32` then each entry as `index:u64 hash:32 entry:blob32` (`PackedEntries`).
+            w.writeBytes(PackedEntries(list).bytes)
         case let .value(record):
             tag = .value
             Self.writeRecord(record, &w)
@@ -524,23 +525,6 @@ public enum Response: Sendable, Equatable {
             w.writeBlob32(Array(json.utf8))
         }
         return Frame(type: tag.rawValue, payload: w.bytes)
-    }
-
-    /// `count:u32` then each entry as `index:u64 hash:32 entry:blob32`.
-    static func writeEntries(_ list: [StoredEntry], _ w: inout ByteWriter) {
-        w.writeU32(UInt32(list.count))
-        for e in list {
-            w.writeU64(e.index)
-            w.writeBytes(e.hash)
-            w.writeBlob32(e.bytes)
-        }
-    }
-
-    static func readEntries(_ r: inout ByteReader<[UInt8]>) throws -> [StoredEntry] {
-        // index:u64 hash:32 entry:blob32: at least 44 bytes each.
-        try r.readList("entry", minimumBytesEach: 44) {
-            StoredEntry(index: try $0.readU64("index"), hash: try $0.readBytes(32, "hash"), bytes: try $0.readBlob32("entry"))
-        }
     }
 
     /// `present:u8 [flags:u8 (bit0 expiry) [expiry:u64] value:blob32]`
@@ -608,7 +592,7 @@ public enum Response: Sendable, Equatable {
         case .head:
             resp = .head(Head(index: try r.readU64("index"), hash: try r.readBytes(32, "hash"), commitTimeNs: try r.readU64("commit time")))
         case .entries:
-            resp = .entries(try readEntries(&r))
+            resp = .entries(try PackedEntries.read(from: &r).entries)
         case .value:
             resp = .value(try readRecord(&r))
         case .page:

@@ -51,8 +51,20 @@ final class PackedEntriesTests: XCTestCase {
         XCTAssertNil(try Response.packedEntries(Response.heartbeat(head: 1, rootTimeNs: 2).frame()))
     }
 
-    /// Cut, corrupted and hostile `entries` payloads: the packed reader refuses exactly what
-    /// the decoder refuses, with the same error, and reads the same entries when it accepts.
+    /// The list as the protocol defines it, read entry by entry with `ByteReader`'s own
+    /// checks (the decoder `Response.decode` had before it read through `PackedEntries`).
+    static func referenceDecode(_ payload: [UInt8]) throws -> [StoredEntry] {
+        var r = ByteReader(payload)
+        let list = try r.readList("entry", minimumBytesEach: 44) {
+            StoredEntry(index: try $0.readU64("index"), hash: try $0.readBytes(32, "hash"), bytes: try $0.readBlob32("entry"))
+        }
+        try r.expectEnd("response")
+        return list
+    }
+
+    /// Cut, corrupted and hostile `entries` payloads: the packed reader (and `Response.decode`,
+    /// which reads through it) refuses exactly what the reference decoder refuses, with the
+    /// same error, and reads the same entries when it accepts.
     func testTheReaderAcceptsAndRefusesExactlyWhatTheDecoderDoes() {
         let seed = UInt64.random(in: 1...UInt64.max)
         var rng = SplitMix64(seed: seed)
@@ -71,10 +83,11 @@ final class PackedEntriesTests: XCTestCase {
             default: bytes += Bool.random(using: &rng) ? [0] : []
             }
             let frame = Frame(type: type, payload: bytes)
-            let decoded = Result { try Response.decode(frame) }
+            let decoded = Result { try Self.referenceDecode(bytes) }
             let packed = Result { try Response.packedEntries(frame) }
+            XCTAssertEqual("\(Result { try Response.decode(frame) })", "\(decoded.map { Response.entries($0) })", "seed \(seed), round \(round)")
             switch (decoded, packed) {
-            case let (.success(.entries(list)), .success(p?)):
+            case let (.success(list), .success(p?)):
                 XCTAssertEqual(p.entries, list, "seed \(seed), round \(round)")
             case let (.failure(e1), .failure(e2)):
                 XCTAssertEqual("\(e1)", "\(e2)", "seed \(seed), round \(round)")
