@@ -65,6 +65,12 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Batches the root-write client keeps in flight on its connection: 1 waits for each answer (the figures recorded so far), 2 is what qsktbridge keeps in flight by default (its --batches-in-flight), so the client's encoding and the node's decoding overlap the commit before. (env: QS_BENCH_WRITE_WINDOW)", valueName: "n"))
     var writeWindow: Int = QSEnv.value("QS_BENCH_WRITE_WINDOW", 1, flag: "--write-window")
 
+    @Option(help: ArgumentHelp("Which keys root-write sets: new (keys neither store holds, in ascending order: the log's copy of each value is as large a share of the bytes as it can be; the figures recorded so far) or overwrite (uniformly random keys of --write-keyspace keys both stores hold first, each a new value: an update workload's steady state). (env: QS_BENCH_WRITE_KEYS)", valueName: "new|overwrite"))
+    var writeKeys: WriteBench.Keys = QSEnv.value("QS_BENCH_WRITE_KEYS", .new, flag: "--write-keys")
+
+    @Option(help: ArgumentHelp("Keys both stores hold before root-write measures --write-keys overwrite (written without fsync, synced once, before each round). (env: QS_BENCH_WRITE_KEYSPACE)", valueName: "n"))
+    var writeKeyspace: Int = QSEnv.value("QS_BENCH_WRITE_KEYSPACE", 1_000_000, flag: "--write-keyspace")
+
     @Option(help: ArgumentHelp("Measure the root already listening at HOST:PORT (its write port) instead of starting one, e.g. a qsnode under valgrind; its disk bytes and memory are then not read. (env: QS_BENCH_WRITE_TARGET)", valueName: "host:port"))
     var writeTarget: String?
 
@@ -250,9 +256,16 @@ struct QSBench: AsyncParsableCommand {
         guard runSuites.contains("root-write") || runSuites.contains("writes") else { return }
         guard rounds > 0, batches >= 0 else { throw ValidationError("--rounds must be positive and --batches not negative") }
         guard (1...64).contains(writeWindow) else { throw ValidationError("--write-window must be 1 to 64, got \(writeWindow)") }
+        let target = writeTarget ?? QSEnv.string("QS_BENCH_WRITE_TARGET")
+        if writeKeys == .overwrite {
+            guard writeKeyspace > 0 else { throw ValidationError("--write-keyspace must be positive, got \(writeKeyspace)") }
+            guard target == nil else {
+                throw ValidationError("--write-keys overwrite fills each round's stores before it measures, so it starts its own roots: drop --write-target (or measure --write-keys new against it)")
+            }
+        }
         let report = try await WriteBench(sizes: sizes, duration: d, batches: batches, rounds: rounds, valueBytes: valueBytes,
-                                          scratch: scratch, target: writeTarget ?? QSEnv.string("QS_BENCH_WRITE_TARGET"),
-                                          window: writeWindow).run()
+                                          scratch: scratch, target: target, window: writeWindow,
+                                          prefill: writeKeys == .overwrite ? writeKeyspace : 0, keys: writeKeys).run()
         report.printTable()
         let stamp = report.recordedAt.replacingOccurrences(of: ":", with: "")
         try writeJSON(report, "root-write-\(stamp).json")

@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 import QSClient
 import QSModel
@@ -13,7 +14,17 @@ import NIOCore
 /// values of the run's own); disk bytes per payload byte for both (`write_bytes` and `wchar`
 /// of /proc/PID/io). Each round starts both from empty stores, the two
 /// alternate, and the median round is reported with the spread.
+///
+/// Two workloads (`keys`): `.new`, keys neither store holds, in ascending order (every set
+/// an insert at the end of a run of keys: the plain loop's pages fill densely, so the log
+/// entry's second copy of each value is as large a share of the bytes as it can be), and
+/// `.overwrite`, uniformly random keys of a keyspace both stores hold before the measurement,
+/// each set a new value (an update workload's steady state: the keyspace's pages a batch
+/// dirties are most of what either store writes).
 struct WriteBench {
+    enum Keys: String, ExpressibleByArgument, CaseIterable, Codable {
+        case new, overwrite
+    }
     let sizes: [Int]
     let duration: Duration
     /// Batches per measurement; 0 = run for `duration`.
@@ -25,9 +36,13 @@ struct WriteBench {
     let target: String?
     /// Batches in flight on the connection (1: wait for each answer).
     var window = 1
-    /// Keys each store holds before the measurement (the scale suite): the node's and the
-    /// plain LMDB loop's alike, written without fsync and synced once.
+    /// Keys each store holds before the measurement (the scale suite, and the keyspace
+    /// `.overwrite` sets): the node's and the plain LMDB loop's alike, written without fsync
+    /// and synced once.
     var prefill = 0
+    /// Which keys the measured batches set: see the type's comment. `.overwrite` picks among
+    /// the `prefill` keys.
+    var keys = Keys.new
     /// Tells this run's batches from an earlier run's on a reused `target`: part of the
     /// source id (so its checkpoints start at 0) and mixed into the values' first bytes (so
     /// the same keys get other values, not identical writes a root drops). 64 random bits:
@@ -71,6 +86,10 @@ struct WriteBench {
     struct Report: Codable {
         var benchmark = "root-write"
         var recordedAt: String
+        /// The workload: `new` keys in ascending order, or `overwrite` of random keys of a
+        /// `keyspace`-key store.
+        var keys: Keys
+        var keyspace: Int
         var valueBytes: Int
         var secondsPerMeasurement: Double
         var batchesPerMeasurement: Int
@@ -81,7 +100,8 @@ struct WriteBench {
 
         func printTable() {
             let how = batchesPerMeasurement > 0 ? "\(batchesPerMeasurement) batches" : "\(secondsPerMeasurement) s"
-            print("root write path vs plain LMDB (\(valueBytes)-byte values, \(how) a measurement, median of \(rounds) rounds)")
+            let workload = keys == .new ? "new keys in order" : "random overwrites of \(keyspace) keys"
+            print("root write path vs plain LMDB (\(valueBytes)-byte values, \(workload), \(how) a measurement, median of \(rounds) rounds)")
             func pad(_ s: String, _ w: Int) -> String { String(repeating: " ", count: max(0, w - s.count)) + s }
             print([pad("batch", 6), pad("node ops/s", 11), pad("lmdb ops/s", 11), pad("ratio", 6), pad("min-max", 11),
                    pad("node disk/B", 11), pad("lmdb disk/B", 11), pad("disk x", 7), pad("sys x", 6), pad("node RSS", 9), pad("own mem", 8)].joined(separator: " "))
@@ -138,7 +158,7 @@ struct WriteBench {
                             lmdbSyscallBytesPerPayloadByte: median(done.map(\.lmdbSyscallBytesPerPayloadByte)),
                             syscallRatio: median(done.map(\.syscallRatio)), nodePeakRSSBytes: rss, nodePeakAnonBytes: anon))
         }
-        return Report(recordedAt: ISO8601DateFormatter().string(from: Date()), valueBytes: valueBytes, secondsPerMeasurement: duration.seconds,
+        return Report(recordedAt: ISO8601DateFormatter().string(from: Date()), keys: keys, keyspace: keys == .overwrite ? prefill : 0, valueBytes: valueBytes, secondsPerMeasurement: duration.seconds,
                       batchesPerMeasurement: batches, rounds: rounds, rows: rows, benchProcessPeakRSSBytes: peakRSS(pid: nil))
     }
 
@@ -182,23 +202,18 @@ struct WriteBench {
     /// The reference: one durable LMDB transaction per batch of puts, in this process.
     func runLMDB(batchSize: Int, prefix: [UInt8], dir: String) throws -> Measurement {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let values = self.values
+        if prefill > 0 { try fillLMDB(dir) }
         let env = try LMDBEnvironment(path: dir, options: .init(mapSize: 8 << 30))
         let db = try env.openDatabase("kv")
-        let values = self.values
-        var filled = 0
-        while filled < prefill {
-            try env.write { txn in
-                for j in filled..<min(prefill, filled + 10_000) { try txn.put(db, key(Self.prefillPrefix, j), values[j & 1023]) }
-            }
-            filled = min(prefill, filled + 10_000)
-        }
+        var sets = SetStream(bench: self, prefix: prefix, values: values)
         let ioBefore = writeBytes(pid: nil), sysBefore = syscallWriteBytes(pid: nil)
         let start = ContinuousClock.now
         var i = 0, done = 0, payload = 0
         while more(done, since: start) {
             try env.write { txn in
                 for _ in 0..<batchSize {
-                    let k = key(prefix, i), v = values[i & 1023]
+                    let (k, v) = sets.next()
                     try txn.put(db, k, v)
                     payload += k.count + v.count
                     i += 1
@@ -236,6 +251,7 @@ struct WriteBench {
             for j in 0..<min(8, v.count) { v[j] ^= UInt8(truncatingIfNeeded: runTag >> (8 * UInt64(j))) }
             return v
         }
+        var sets = SetStream(bench: self, prefix: prefix, values: values)
         let ioBefore = node.map { writeBytes(pid: $0.pid) } ?? 0, sysBefore = node.map { syscallWriteBytes(pid: $0.pid) } ?? 0
         let start = ContinuousClock.now
         var i = 0, done = 0, sent = 0, payload = 0
@@ -257,7 +273,7 @@ struct WriteBench {
             var ops = [Mutation]()
             ops.reserveCapacity(batchSize)
             for _ in 0..<batchSize {
-                let k = key(prefix, i), v = values[i & 1023]
+                let (k, v) = sets.next()
                 ops.append(.set(key: k, value: v, expiry: nil))
                 payload += k.count + v.count
                 i += 1
@@ -285,6 +301,59 @@ struct WriteBench {
 
 extension WriteBench {
     static let prefillPrefix = Array("p/".utf8)
+
+    /// The measured sets of a round, the same sequence for the node and the plain loop.
+    /// `.new`: `prefix` and the set's number, in order, value `values[i % 1024]`.
+    /// `.overwrite`: a key of the prefilled keyspace drawn uniformly (SplitMix64 seeded by
+    /// `prefix`, so by the round), and a value of the set's own (the set's number mixed into
+    /// the first 8 bytes of `values[i % 1024]`): never the value the key holds, so no set is
+    /// an identical write a root drops.
+    struct SetStream {
+        let bench: WriteBench
+        let prefix: [UInt8]
+        let values: [[UInt8]]
+        var i = 0
+        var state: UInt64
+
+        init(bench: WriteBench, prefix: [UInt8], values: [[UInt8]]) {
+            self.bench = bench
+            self.prefix = prefix
+            self.values = values
+            state = prefix.reduce(0xCBF2_9CE4_8422_2325) { ($0 ^ UInt64($1)) &* 0x100_0000_01B3 }
+        }
+
+        mutating func next() -> (key: [UInt8], value: [UInt8]) {
+            defer { i += 1 }
+            guard bench.keys == .overwrite, bench.prefill > 0 else { return (bench.key(prefix, i), values[i & 1023]) }
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            z ^= z >> 31
+            let j = Int(z % UInt64(bench.prefill))
+            var v = values[i & 1023]
+            let mix = UInt64(i + 1) &* 0x9E37_79B9_7F4A_7C15
+            for b in 0..<min(8, v.count) { v[b] ^= UInt8(truncatingIfNeeded: mix >> (8 * UInt64(b))) }
+            return (bench.key(WriteBench.prefillPrefix, j), v)
+        }
+    }
+
+    /// The plain loop's environment in `dir` holding `prefill` keys, written as the node's
+    /// store is (`fill`): transactions of 10,000 without fsync, synced once, the environment
+    /// closed before the measured one opens.
+    func fillLMDB(_ dir: String) throws {
+        let env = try LMDBEnvironment(path: dir, options: .init(mapSize: 8 << 30, noSync: true))
+        let db = try env.openDatabase("kv")
+        let values = self.values
+        var filled = 0
+        while filled < prefill {
+            try env.write { txn in
+                for j in filled..<min(prefill, filled + 10_000) { try txn.put(db, key(Self.prefillPrefix, j), values[j & 1023]) }
+            }
+            filled = min(prefill, filled + 10_000)
+        }
+        try env.sync()
+    }
 
     /// The node's store in `dir` holding `prefill` keys before the node starts, written
     /// as a root would (records, log entries, checkpoint) without fsync, synced once.
