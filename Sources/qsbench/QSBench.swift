@@ -83,7 +83,7 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Lookups in the read-loop suite. (env: QS_BENCH_READS)", valueName: "n"))
     var reads: Int = QSEnv.value("QS_BENCH_READS", 1_000_000, flag: "--reads")
 
-    @Option(help: ArgumentHelp("Key counts the scale suite measures reads, catch-up, bootstrap and root writes at, comma separated. (env: QS_BENCH_SCALE_KEYS)", valueName: "list"))
+    @Option(help: ArgumentHelp("Key counts the scale suite measures reads, catch-up, bootstrap, root writes of new keys and root updates of the keys held at, comma separated. (env: QS_BENCH_SCALE_KEYS)", valueName: "list"))
     var scaleKeys: String = QSEnv.string("QS_BENCH_SCALE_KEYS") ?? "100000,1000000,5000000"
 
     @Option(help: ArgumentHelp("Updates/s the root takes while reads-busy measures the replica applying them. (env: QS_BENCH_BUSY_RATE)", valueName: "n"))
