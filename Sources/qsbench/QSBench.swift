@@ -65,8 +65,8 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Batches the root-write client keeps in flight on its connection: 1 waits for each answer (the figures recorded so far), 2 is what qsktbridge keeps in flight by default (its --batches-in-flight), so the client's encoding and the node's decoding overlap the commit before. (env: QS_BENCH_WRITE_WINDOW)", valueName: "n"))
     var writeWindow: Int = QSEnv.value("QS_BENCH_WRITE_WINDOW", 1, flag: "--write-window")
 
-    @Option(help: ArgumentHelp("Which keys root-write sets: new (keys neither store holds, in ascending order: the log's copy of each value is as large a share of the bytes as it can be; the figures recorded so far) or overwrite (uniformly random keys of --write-keyspace keys both stores hold first, each a new value: an update workload's steady state). (env: QS_BENCH_WRITE_KEYS)", valueName: "new|overwrite"))
-    var writeKeys: WriteBench.Keys = QSEnv.value("QS_BENCH_WRITE_KEYS", .new, flag: "--write-keys")
+    @Option(help: ArgumentHelp("Which keys root-write sets, one workload or both in turn (comma separated): new (keys neither store holds, in ascending order: the log's copy of each value is as large a share of the bytes as it can be) and overwrite (uniformly random keys of --write-keyspace keys both stores hold first, each a new value: an update workload's steady state). Default new,overwrite; new alone against --write-target, which cannot be prefilled. (env: QS_BENCH_WRITE_KEYS)", valueName: "list"))
+    var writeKeys: WriteKeysList? = QSEnv.optional("QS_BENCH_WRITE_KEYS", as: WriteKeysList.self, flag: "--write-keys")
 
     @Option(help: ArgumentHelp("Keys both stores hold before root-write measures --write-keys overwrite (written without fsync, synced once, before each round). (env: QS_BENCH_WRITE_KEYSPACE)", valueName: "n"))
     var writeKeyspace: Int = QSEnv.value("QS_BENCH_WRITE_KEYSPACE", 1_000_000, flag: "--write-keyspace")
@@ -257,20 +257,25 @@ struct QSBench: AsyncParsableCommand {
         guard rounds > 0, batches >= 0 else { throw ValidationError("--rounds must be positive and --batches not negative") }
         guard (1...64).contains(writeWindow) else { throw ValidationError("--write-window must be 1 to 64, got \(writeWindow)") }
         let target = writeTarget ?? QSEnv.string("QS_BENCH_WRITE_TARGET")
-        if writeKeys == .overwrite {
+        let workloads = writeKeys?.workloads ?? (target == nil ? [.new, .overwrite] : [.new])
+        if workloads.contains(.overwrite) {
             guard writeKeyspace > 0 else { throw ValidationError("--write-keyspace must be positive, got \(writeKeyspace)") }
             guard target == nil else {
                 throw ValidationError("--write-keys overwrite fills each round's stores before it measures, so it starts its own roots: drop --write-target (or measure --write-keys new against it)")
             }
         }
-        let report = try await WriteBench(sizes: sizes, duration: d, batches: batches, rounds: rounds, valueBytes: valueBytes,
-                                          scratch: scratch, target: target, window: writeWindow,
-                                          prefill: writeKeys == .overwrite ? writeKeyspace : 0, keys: writeKeys).run()
-        report.printTable()
-        let stamp = report.recordedAt.replacingOccurrences(of: ":", with: "")
-        try writeJSON(report, "root-write-\(stamp).json")
-        try writeJSON(report, "root-write-latest.json")
-        print("results: \(out)/root-write-\(stamp).json")
+        for keys in workloads {
+            let report = try await WriteBench(sizes: sizes, duration: d, batches: batches, rounds: rounds, valueBytes: valueBytes,
+                                              scratch: scratch, target: target, window: writeWindow,
+                                              prefill: keys == .overwrite ? writeKeyspace : 0, keys: keys).run()
+            report.printTable()
+            // New keys keep the file names the figures so far were recorded under.
+            let name = keys == .new ? "root-write" : "root-write-overwrite"
+            let stamp = report.recordedAt.replacingOccurrences(of: ":", with: "")
+            try writeJSON(report, "\(name)-\(stamp).json")
+            try writeJSON(report, "\(name)-latest.json")
+            print("results: \(out)/\(name)-\(stamp).json")
+        }
     }
 
     /// Writes `value` as JSON to `<out>/<file>`.
@@ -317,4 +322,20 @@ func peakRSS(pid: Int32?) -> Int { ProcessMemory.statusBytes("VmHWM", pid: pid) 
 func benchKey(_ i: Int) -> String {
     let digits = String(i)
     return "key/" + String(repeating: "0", count: max(0, 8 - digits.count)) + digits
+}
+
+/// `--write-keys`: one or both root-write workloads, in the order given, each once.
+struct WriteKeysList: ExpressibleByArgument, DescribedArgument, Sendable {
+    let workloads: [WriteBench.Keys]
+
+    init?(argument: String) {
+        var list = [WriteBench.Keys]()
+        for part in argument.split(separator: ",", omittingEmptySubsequences: false) {
+            guard let k = WriteBench.Keys(rawValue: part.trimmingCharacters(in: .whitespaces)), !list.contains(k) else { return nil }
+            list.append(k)
+        }
+        workloads = list
+    }
+
+    static var expectation: String { "new, overwrite or both comma separated (new,overwrite)" }
 }
