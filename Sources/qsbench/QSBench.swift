@@ -65,8 +65,8 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Batches the root-write client keeps in flight on its connection: 1 waits for each answer (the figures recorded so far), 2 is what qsktbridge keeps in flight by default (its --batches-in-flight), so the client's encoding and the node's decoding overlap the commit before. (env: QS_BENCH_WRITE_WINDOW)", valueName: "n"))
     var writeWindow: Int = QSEnv.value("QS_BENCH_WRITE_WINDOW", 1, flag: "--write-window")
 
-    @Option(help: ArgumentHelp("Which keys root-write sets, one workload or both in turn (comma separated): new (keys neither store holds, in ascending order: the log's copy of each value is as large a share of the bytes as it can be) and overwrite (uniformly random keys of --write-keyspace keys both stores hold first, each a new value: an update workload's steady state). Default new,overwrite; new alone against --write-target, which cannot be prefilled. (env: QS_BENCH_WRITE_KEYS)", valueName: "list"))
-    var writeKeys: WriteKeysList? = QSEnv.optional("QS_BENCH_WRITE_KEYS", as: WriteKeysList.self, flag: "--write-keys")
+    @Option(help: ArgumentHelp("Which keys root-write sets, one workload or both in turn (comma separated): new (keys neither store holds, in ascending order: the log's copy of each value is as large a share of the bytes as it can be) and overwrite (uniformly random keys of --write-keyspace keys both stores hold first, each a new value: an update workload's steady state). Unset (none): new,overwrite, or new alone against --write-target, which cannot be prefilled. overwrite needs --value-bytes of at least 8 (each set's value is made its own in its first 8 bytes). (env: QS_BENCH_WRITE_KEYS)", valueName: "list"))
+    var writeKeys: OrNone<WriteKeysList> = QSEnv.value("QS_BENCH_WRITE_KEYS", .none, flag: "--write-keys")
 
     @Option(help: ArgumentHelp("Keys both stores hold before root-write measures --write-keys overwrite (written without fsync, synced once, before each round). (env: QS_BENCH_WRITE_KEYSPACE)", valueName: "n"))
     var writeKeyspace: Int = QSEnv.value("QS_BENCH_WRITE_KEYSPACE", 1_000_000, flag: "--write-keyspace")
@@ -101,11 +101,28 @@ struct QSBench: AsyncParsableCommand {
     func run() async throws {
         let sizes = batchSizes.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         guard !sizes.isEmpty, sizes.allSatisfy({ $0 > 0 }) else { throw ValidationError("--batch-sizes needs positive integers, e.g. 1,100,5000") }
+        let runSuites = Set(suites.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        // root-write runs last: its settings are checked before any suite starts.
+        let target = writeTarget ?? QSEnv.string("QS_BENCH_WRITE_TARGET")
+        let workloads = writeKeys.value?.workloads ?? (target == nil ? [.new, .overwrite] : [.new])
+        let writes = runSuites.contains("root-write") || runSuites.contains("writes")
+        guard (1...64).contains(writeWindow) else { throw ValidationError("--write-window must be 1 to 64, got \(writeWindow)") }
+        if runSuites.contains("scale"), valueBytes < 8 {
+            throw ValidationError("the scale suite measures root updates, whose values are made their own in their first 8 bytes: it needs --value-bytes of at least 8 (got \(valueBytes))")
+        }
+        if writes, workloads.contains(.overwrite) {
+            guard writeKeyspace > 0 else { throw ValidationError("--write-keyspace must be positive, got \(writeKeyspace)") }
+            guard target == nil else {
+                throw ValidationError("--write-keys overwrite fills each round's stores before it measures, so it starts its own roots: drop --write-target (or measure --write-keys new against it)")
+            }
+            guard valueBytes >= 8 else {
+                throw ValidationError("--write-keys overwrite makes each set's value its own in its first 8 bytes, so it needs --value-bytes of at least 8 (got \(valueBytes)); raise it or pass --write-keys new")
+            }
+        }
         let d = duration.duration
         try? FileManager.default.removeItem(atPath: scratch)
         try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: scratch) }
-        let runSuites = Set(suites.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
         if runSuites.contains("mirror") {
             let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
             let m = try await MirrorBench(entries: mirrorEntries, keys: min(mirrorEntries, 100_000), valueBytes: valueBytes,
@@ -253,17 +270,8 @@ struct QSBench: AsyncParsableCommand {
                          r.reads, r.keys, r.storeReadsPerSec, r.lmdbReadsPerSec, r.ratio))
             try writeJSON(r, "read-loop-latest.json")
         }
-        guard runSuites.contains("root-write") || runSuites.contains("writes") else { return }
+        guard writes else { return }
         guard rounds > 0, batches >= 0 else { throw ValidationError("--rounds must be positive and --batches not negative") }
-        guard (1...64).contains(writeWindow) else { throw ValidationError("--write-window must be 1 to 64, got \(writeWindow)") }
-        let target = writeTarget ?? QSEnv.string("QS_BENCH_WRITE_TARGET")
-        let workloads = writeKeys?.workloads ?? (target == nil ? [.new, .overwrite] : [.new])
-        if workloads.contains(.overwrite) {
-            guard writeKeyspace > 0 else { throw ValidationError("--write-keyspace must be positive, got \(writeKeyspace)") }
-            guard target == nil else {
-                throw ValidationError("--write-keys overwrite fills each round's stores before it measures, so it starts its own roots: drop --write-target (or measure --write-keys new against it)")
-            }
-        }
         for keys in workloads {
             let report = try await WriteBench(sizes: sizes, duration: d, batches: batches, rounds: rounds, valueBytes: valueBytes,
                                               scratch: scratch, target: target, window: writeWindow,
@@ -325,7 +333,7 @@ func benchKey(_ i: Int) -> String {
 }
 
 /// `--write-keys`: one or both root-write workloads, in the order given, each once.
-struct WriteKeysList: ExpressibleByArgument, DescribedArgument, Sendable {
+struct WriteKeysList: ExpressibleByArgument, DescribedArgument, Sendable, CustomStringConvertible {
     let workloads: [WriteBench.Keys]
 
     init?(argument: String) {
@@ -338,4 +346,6 @@ struct WriteKeysList: ExpressibleByArgument, DescribedArgument, Sendable {
     }
 
     static var expectation: String { "new, overwrite or both comma separated (new,overwrite)" }
+    var description: String { workloads.map(\.rawValue).joined(separator: ",") }
+    var defaultValueDescription: String { description }
 }

@@ -260,7 +260,9 @@ struct WriteBench {
         func settleOne() async throws {
             switch try await QSClient.response(inFlight.removeFirst()) {
             case let .applied(_, _, dropped) where dropped > 0:
-                throw BenchError("the root dropped \(dropped) sets of a batch as identical writes: it already holds these keys with these values, so the figure would not measure writes; point --write-target at a root that did not take this run's keys")
+                throw BenchError(keys == .overwrite
+                    ? "the root dropped \(dropped) sets of a batch as identical writes: an overwrite set repeated the value its key held, so the figure would not measure writes (each set's value differs in its first 8 bytes: check --value-bytes)"
+                    : "the root dropped \(dropped) sets of a batch as identical writes: it already holds these keys with these values, so the figure would not measure writes; point --write-target at a root that did not take this run's keys")
             case .applied:
                 done += 1
             case let .conflict(current):
