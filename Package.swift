@@ -248,7 +248,7 @@ let package = Package(
         .executableTarget(
             name: "qsbench",
             dependencies: [
-                "KTFormats", "QSClient", "QSDaemon", "QSModel", "QSNet", "QSStore", "QSTesting", "QSWire",
+                "KTFormats", "QSBytes", "QSClient", "QSDaemon", "QSModel", "QSNet", "QSStore", "QSTesting", "QSWire",
                 argumentParser, .product(name: "Crypto", package: "swift-crypto"), nio("NIOCore"),
             ],
             swiftSettings: swiftSettings

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import QSBytes
 import QSClient
 import QSModel
 import QSNet
@@ -315,24 +316,19 @@ extension WriteBench {
         let prefix: [UInt8]
         let values: [[UInt8]]
         var i = 0
-        var state: UInt64
+        var random: SplitMix64
 
         init(bench: WriteBench, prefix: [UInt8], values: [[UInt8]]) {
             self.bench = bench
             self.prefix = prefix
             self.values = values
-            state = prefix.reduce(0xCBF2_9CE4_8422_2325) { ($0 ^ UInt64($1)) &* 0x100_0000_01B3 }
+            random = SplitMix64(seed: prefix.reduce(0xCBF2_9CE4_8422_2325) { ($0 ^ UInt64($1)) &* 0x100_0000_01B3 })
         }
 
         mutating func next() -> (key: [UInt8], value: [UInt8]) {
             defer { i += 1 }
             guard bench.keys == .overwrite, bench.prefill > 0 else { return (bench.key(prefix, i), values[i & 1023]) }
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            z ^= z >> 31
-            let j = Int(z % UInt64(bench.prefill))
+            let j = Int(random.next() % UInt64(bench.prefill))
             var v = values[i & 1023]
             let mix = UInt64(i + 1) &* 0x9E37_79B9_7F4A_7C15
             for b in 0..<min(8, v.count) { v[b] ^= UInt8(truncatingIfNeeded: mix >> (8 * UInt64(b))) }
