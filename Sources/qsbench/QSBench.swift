@@ -168,6 +168,11 @@ struct QSBench: AsyncParsableCommand {
                 print(String(format: "          KT /rpc/get %.0f/s (p50 %.0f, p99 %.0f): ratio %.2f; memcached 10-key get %.0f/s (p50 %.0f, p99 %.0f) vs real %.0f/s (p50 %.0f, p99 %.0f): ratio %.2f",
                              g.opsPerSec, g.p50Micros, g.p99Micros, g.opsPerSec / max(m.opsPerSec, 1),
                              mq.opsPerSec, mq.p50Micros, mq.p99Micros, mr.opsPerSec, mr.p50Micros, mr.p99Micros, mq.opsPerSec / max(mr.opsPerSec, 1)))
+                if let qc = q.serverCPUMicros, let mc = m.serverCPUMicros, let mqc = mq.serverCPUMicros, let mrc = mr.serverCPUMicros,
+                   let kc = k.serverCPUMicros, let gc = g.serverCPUMicros {
+                    print(String(format: "          server CPU a request (all its threads, user + kernel): get %.1f µs vs real %.1f (×%.2f); 10-key %.1f vs %.1f (×%.2f); KT GET %.1f, /rpc/get %.1f",
+                                 qc, mc, qc / max(mc, 0.001), mqc, mrc, mqc / max(mrc, 0.001), kc, gc))
+                }
             }
             print(String(format: "  catch-up %.0f entries/s; bootstrap %.1f MB/s vs a plain file copy %.1f MB/s (%.1f MB environment); replica own memory %.1f MB",
                          r.catchUpEntriesPerSec, r.bootstrapMBPerSec, r.fileCopyMBPerSec, Double(r.environmentBytes) / 1e6, Double(r.replicaPeakAnonBytes) / 1e6))

@@ -24,6 +24,11 @@ struct ReadBench {
         var p99Micros: Double
         /// Every round's ops/s, when this is the median of several.
         var roundsOpsPerSec: [Double]?
+        /// The server's CPU time a request during the load, µs: every thread's on-CPU time
+        /// (`/proc/PID/task/*/schedstat`, user and kernel, the system calls' share of the
+        /// loopback round trip included) over the requests answered. What the server spent,
+        /// which the rate hides when wake-ups on shared cores decide the round trip.
+        var serverCPUMicros: Double?
 
         /// The round with the median throughput, carrying every round's figure.
         static func median(_ rounds: [Load]) -> Load {
@@ -125,12 +130,13 @@ struct ReadBench {
             // each figure is the median round.
             var taken = [[Load]](repeating: [], count: 6)
             for _ in 0..<rounds {
-                taken[0].append(load(port: realPort, connections: conns, requests: single, done: isMemcachedDone))
-                taken[1].append(load(port: mcPort, connections: conns, requests: single, done: isMemcachedDone))
-                taken[2].append(load(port: realPort, connections: conns, requests: multi, done: isMemcachedDone))
-                taken[3].append(load(port: mcPort, connections: conns, requests: multi, done: isMemcachedDone))
-                taken[4].append(load(port: ktPort, connections: conns, requests: rest, done: isHTTPDone))
-                taken[5].append(load(port: ktPort, connections: conns, requests: rpc, done: isHTTPDone))
+                let real = memcached.process.processIdentifier
+                taken[0].append(load(port: realPort, connections: conns, requests: single, done: isMemcachedDone, server: real))
+                taken[1].append(load(port: mcPort, connections: conns, requests: single, done: isMemcachedDone, server: r.pid))
+                taken[2].append(load(port: realPort, connections: conns, requests: multi, done: isMemcachedDone, server: real))
+                taken[3].append(load(port: mcPort, connections: conns, requests: multi, done: isMemcachedDone, server: r.pid))
+                taken[4].append(load(port: ktPort, connections: conns, requests: rest, done: isHTTPDone, server: r.pid))
+                taken[5].append(load(port: ktPort, connections: conns, requests: rpc, done: isHTTPDone, server: r.pid))
                 anon = max(anon, anonRSS(pid: r.pid))
             }
             let m = taken.map(Load.median)
@@ -165,8 +171,8 @@ struct ReadBench {
     }
 
     func load(port: Int, connections: Int, requests: Requests,
-              done: @escaping @Sendable ([UInt8]) -> Bool) -> Load {
-        closedLoop(port: port, connections: connections, seconds: seconds, requests: requests, done: done)
+              done: @escaping @Sendable ([UInt8]) -> Bool, server: Int32? = nil) -> Load {
+        closedLoop(port: port, connections: connections, seconds: seconds, requests: requests, done: done, server: server)
     }
 
 }
@@ -188,10 +194,12 @@ func startReplica(_ binDir: URL, _ scratch: String, _ dir: String, upstream: Int
 }
 
 /// Closed-loop load for `seconds`: each connection sends one request (walking `requests`
-/// with its own stride) and waits for its answer; throughput and latency percentiles.
+/// with its own stride) and waits for its answer; throughput and latency percentiles, and
+/// with `server` (its process) the server's CPU time a request.
 func closedLoop(port: Int, connections: Int, seconds: Double, requests: Requests,
-                done: @escaping @Sendable ([UInt8]) -> Bool) -> ReadBench.Load {
+                done: @escaping @Sendable ([UInt8]) -> Bool, server: Int32? = nil) -> ReadBench.Load {
     let collected = Samples()
+    let cpuBefore = server.map(threadsCPUNanoseconds)
     let end = Date().addingTimeInterval(seconds)
     let group = DispatchGroup()
     let count = requests.list.count
@@ -215,9 +223,29 @@ func closedLoop(port: Int, connections: Int, seconds: Double, requests: Requests
         }.start()
     }
     group.wait()
+    let cpuAfter = server.map(threadsCPUNanoseconds)
     let latencies = collected.sorted
     func pct(_ p: Double) -> Double { latencies.isEmpty ? 0 : latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
-    return ReadBench.Load(connections: connections, opsPerSec: Double(latencies.count) / seconds, p50Micros: pct(0.5), p99Micros: pct(0.99))
+    var load = ReadBench.Load(connections: connections, opsPerSec: Double(latencies.count) / seconds, p50Micros: pct(0.5), p99Micros: pct(0.99))
+    if let before = cpuBefore, let after = cpuAfter, !latencies.isEmpty {
+        load.serverCPUMicros = Double(after &- before) / 1000 / Double(latencies.count)
+    }
+    return load
+}
+
+/// The on-CPU nanoseconds of every thread `pid` has now (the first field of each
+/// `/proc/PID/task/TID/schedstat`): finer than `/proc/PID/stat`'s clock ticks, so a few
+/// seconds of load give a per-request figure. A thread that ends between two readings
+/// takes its time with it; the servers measured keep theirs.
+func threadsCPUNanoseconds(pid: Int32) -> UInt64 {
+    let dir = "/proc/\(pid)/task"
+    var total: UInt64 = 0
+    for tid in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
+        guard let text = try? String(contentsOfFile: "\(dir)/\(tid)/schedstat", encoding: .utf8),
+              let first = text.split(separator: " ").first, let ns = UInt64(first) else { continue }
+        total &+= ns
+    }
+    return total
 }
 
 /// Each key's request, made once.
