@@ -200,7 +200,7 @@ func closedLoop(port: Int, connections: Int, seconds: Double, requests: Requests
                 done: @escaping @Sendable ([UInt8]) -> Bool, server: Int32? = nil) -> ReadBench.Load {
     let collected = Samples()
     let cpuBefore = server.map(threadsCPUNanoseconds)
-    let end = Date().addingTimeInterval(seconds)
+    let end = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
     let group = DispatchGroup()
     let count = requests.list.count
     for c in 0..<connections {
@@ -212,11 +212,15 @@ func closedLoop(port: Int, connections: Int, seconds: Double, requests: Requests
             var tv = timeval(tv_sec: 5, tv_usec: 0)
             setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
             var mine = [Double]()
+            mine.reserveCapacity(1 << 17)
+            var exchanger = Exchanger()
             var i = c * 7919
-            while Date() < end {
-                let t0 = DispatchTime.now().uptimeNanoseconds
-                guard exchange(fd, requests.list[i % count], done: done) else { break }
-                mine.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1000)
+            var t0 = DispatchTime.now().uptimeNanoseconds
+            while t0 < end {
+                guard exchanger.exchange(fd, requests.list[i % count], done: done) else { break }
+                let t1 = DispatchTime.now().uptimeNanoseconds
+                mine.append(Double(t1 - t0) / 1000)
+                t0 = t1
                 i += 104_729
             }
             collected.add(mine)
@@ -257,15 +261,30 @@ final class Requests: Sendable {
 /// One request, read until `done` says the answer is whole.
 @discardableResult
 func exchange(_ fd: Int32, _ request: [UInt8], done: ([UInt8]) -> Bool) -> Bool {
-    guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, 0) }) == request.count else { return false }
-    var answer = [UInt8]()
-    answer.reserveCapacity(4096)
-    var buf = [UInt8](repeating: 0, count: 16384)
-    while true {
-        let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        if n <= 0 { return false }
-        answer.append(contentsOf: buf[0..<n])
-        if done(answer) { return true }
+    var exchanger = Exchanger()
+    return exchanger.exchange(fd, request, done: done)
+}
+
+/// A connection's buffers for `exchange`, kept from one request to the next: a closed-loop
+/// load's client allocates and clears nothing a request (it made a 16 KiB receive buffer
+/// and an answer array for every request until the sixteenth session).
+struct Exchanger {
+    private var answer = [UInt8]()
+    private var buffer = [UInt8](repeating: 0, count: 16384)
+
+    init() { answer.reserveCapacity(4096) }
+
+    /// Sends `request` and reads until `done` says the answer is whole; false if the
+    /// connection failed or ended first.
+    mutating func exchange(_ fd: Int32, _ request: [UInt8], done: ([UInt8]) -> Bool) -> Bool {
+        guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, 0) }) == request.count else { return false }
+        answer.removeAll(keepingCapacity: true)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { return false }
+            buffer.withUnsafeBufferPointer { answer.append(contentsOf: UnsafeBufferPointer(rebasing: $0[0..<n])) }
+            if done(answer) { return true }
+        }
     }
 }
 
