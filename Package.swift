@@ -240,7 +240,7 @@ let package = Package(
             name: "qsctl",
             dependencies: [
                 "KTFormats", "QSBytes", "QSCaptures", "QSClient", "QSDaemon", "QSKTFeed", "QSModel", "QSNet", "QSRecording", "QSRest", "QSWire",
-                argumentParser, log, lifecycle("UnixSignals"),
+                argumentParser, log, lifecycle("UnixSignals"), nio("NIOCore"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -34,35 +34,43 @@ public enum ClientError: Error, Sendable, CustomStringConvertible, Equatable {
 public final class QSClient: Sendable {
     let channel: Channel
     public let token: [UInt8]
+    /// How long a request waits for its answer when the call names no timeout of its own:
+    /// a node that stops answering (stopped, overloaded, cut off) fails the call with
+    /// `ClientError.timedOut` after this long.
+    public let requestTimeout: TimeAmount
 
-    init(channel: Channel, token: [UInt8]) {
+    init(channel: Channel, token: [UInt8], requestTimeout: TimeAmount = .seconds(60)) {
         self.channel = channel
         self.token = token
+        self.requestTimeout = requestTimeout
     }
 
     /// Connects to `HOST:PORT` or `unix:PATH` (the address syntax of `Endpoint`).
     public static func connect(host: String, port: Int, token: [UInt8] = [],
                                maxFrameBytes: Int = defaultMaxFrameBytes,
                                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-                               timeout: TimeAmount = .seconds(5)) async throws -> QSClient {
+                               timeout: TimeAmount = .seconds(5),
+                               requestTimeout: TimeAmount = .seconds(60)) async throws -> QSClient {
         let channel = try await bootstrap(group: group, maxFrameBytes: maxFrameBytes, timeout: timeout)
             .connect(host: host, port: port).get()
-        return QSClient(channel: channel, token: token)
+        return QSClient(channel: channel, token: token, requestTimeout: requestTimeout)
     }
 
     public static func connect(unixPath: String, token: [UInt8] = [],
                                maxFrameBytes: Int = defaultMaxFrameBytes,
-                               group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) async throws -> QSClient {
+                               group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                               requestTimeout: TimeAmount = .seconds(60)) async throws -> QSClient {
         let channel = try await bootstrap(group: group, maxFrameBytes: maxFrameBytes, timeout: .seconds(5))
             .connect(unixDomainSocketPath: unixPath).get()
-        return QSClient(channel: channel, token: token)
+        return QSClient(channel: channel, token: token, requestTimeout: requestTimeout)
     }
 
     /// Connects to `endpoint`, TCP or a Unix socket.
-    public static func connect(to endpoint: Endpoint, token: [UInt8] = []) async throws -> QSClient {
+    public static func connect(to endpoint: Endpoint, token: [UInt8] = [],
+                               requestTimeout: TimeAmount = .seconds(60)) async throws -> QSClient {
         switch endpoint {
-        case let .tcp(host, port): return try await connect(host: host, port: port, token: token)
-        case let .unix(path): return try await connect(unixPath: path, token: token)
+        case let .tcp(host, port): return try await connect(host: host, port: port, token: token, requestTimeout: requestTimeout)
+        case let .unix(path): return try await connect(unixPath: path, token: token, requestTimeout: requestTimeout)
         }
     }
 
@@ -81,21 +89,22 @@ public final class QSClient: Sendable {
     }
 
     /// Sends one request and waits for its response (error responses are returned, not
-    /// thrown; see the typed helpers for that).
-    public func send(_ request: Request, timeout: TimeAmount = .seconds(60)) async throws -> Response {
+    /// thrown; see the typed helpers for that); `timeout` nil is `requestTimeout`.
+    public func send(_ request: Request, timeout: TimeAmount? = nil) async throws -> Response {
         try await Self.response(start(request, timeout: timeout))
     }
 
     /// Sends `request` without waiting for its answer: requests started one after another
     /// from one task reach the node in that order and are answered in that order (a
     /// pipelined writer keeps several batches in flight). `response(_:)` waits for one.
-    public func start(_ request: Request, timeout: TimeAmount = .seconds(60)) -> EventLoopFuture<Frame> {
+    public func start(_ request: Request, timeout: TimeAmount? = nil) -> EventLoopFuture<Frame> {
         start(frame: request.frame(), timeout: timeout)
     }
 
     /// `start` for a request already encoded (`Request.frame()`): a pipelined writer can
     /// encode its next batch while the one before is in flight, off the path that waits.
-    public func start(frame: Frame, timeout: TimeAmount = .seconds(60)) -> EventLoopFuture<Frame> {
+    public func start(frame: Frame, timeout: TimeAmount? = nil) -> EventLoopFuture<Frame> {
+        let timeout = timeout ?? requestTimeout
         let promise = channel.eventLoop.makePromise(of: Frame.self)
         // A write that fails (the connection closed meanwhile) fails the request too, and a
         // node that never answers fails it after `timeout`: a caller never waits forever.
@@ -141,8 +150,8 @@ public final class QSClient: Sendable {
         return cp
     }
 
-    public func head() async throws -> Head {
-        let r = try await send(.head)
+    public func head(timeout: TimeAmount? = nil) async throws -> Head {
+        let r = try await send(.head, timeout: timeout)
         guard case let .head(h) = r else { throw Self.failure(r) }
         return h
     }
@@ -179,8 +188,8 @@ public final class QSClient: Sendable {
     }
 
     /// The node's status (JSON object text).
-    public func status() async throws -> String {
-        let r = try await send(.status)
+    public func status(timeout: TimeAmount? = nil) async throws -> String {
+        let r = try await send(.status, timeout: timeout)
         guard case let .status(json) = r else { throw Self.failure(r) }
         return json
     }
@@ -189,8 +198,8 @@ public final class QSClient: Sendable {
     /// mirror (an operator's action, carrying `adminToken` — the node's `--admin-token-file`
     /// — or, when nil, the write token the client was made with); returns the head the
     /// change happened at.
-    public func changeRole(_ change: Request.RoleChange, adminToken: [UInt8]? = nil) async throws -> Head {
-        let r = try await send(.changeRole(token: adminToken ?? token, change: change))
+    public func changeRole(_ change: Request.RoleChange, adminToken: [UInt8]? = nil, timeout: TimeAmount? = nil) async throws -> Head {
+        let r = try await send(.changeRole(token: adminToken ?? token, change: change), timeout: timeout)
         guard case let .head(h) = r else { throw Self.failure(r) }
         return h
     }

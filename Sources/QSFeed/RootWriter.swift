@@ -35,6 +35,12 @@ public struct PendingAnswer: Sendable {
 }
 
 extension QSClient: RootConnection {
+    public func send(_ request: Request, timeout: TimeAmount) async throws -> Response {
+        try await send(request, timeout: Optional(timeout))
+    }
+
+    public func head() async throws -> Head { try await head(timeout: nil) }
+
     public func start(_ request: Request, timeout: TimeAmount) -> PendingAnswer {
         let answer: EventLoopFuture<Frame> = start(request, timeout: timeout)
         return PendingAnswer { try await QSClient.response(answer) }

@@ -131,9 +131,11 @@ public enum Harness {
         return environment
     }
 
-    /// Runs an executable to completion; returns exit status, stdout and stderr.
+    /// Runs an executable to completion; returns exit status, stdout and stderr. With
+    /// `killAfter`, a child still running then is SIGKILLed (its status is then 9 and
+    /// stderr says so): a test of something that must not hang fails instead of hanging.
     public static func run(_ name: String, _ args: [String], env: [String: String] = [:],
-                           stdin: Data? = nil) throws -> (status: Int32, stdout: Data, stderr: Data) {
+                           stdin: Data? = nil, killAfter: Duration? = nil) throws -> (status: Int32, stdout: Data, stderr: Data) {
         let p = Process()
         p.executableURL = name.hasPrefix("/") ? URL(fileURLWithPath: name) : binDir.appendingPathComponent(name)
         p.arguments = args
@@ -145,6 +147,15 @@ public enum Harness {
         try p.run()
         if let stdin { input.fileHandleForWriting.write(stdin) }
         try? input.fileHandleForWriting.close()
+        let killed = DataBox()
+        if let killAfter {
+            let pid = p.processIdentifier
+            DispatchQueue.global().asyncAfter(deadline: .now() + killAfter.seconds) {
+                guard p.isRunning else { return }
+                killed.data = Data("\n[killed by the test harness: still running after \(killAfter)]\n".utf8)
+                kill(pid, SIGKILL)
+            }
+        }
         // Read stderr on another thread: a child that fills one pipe while we wait on the
         // other would otherwise block forever.
         let errBox = DataBox()
@@ -153,7 +164,7 @@ public enum Harness {
         let o = out.fileHandleForReading.readDataToEndOfFile()
         errBox.done.wait()
         p.waitUntilExit()
-        return (p.terminationStatus, o, errBox.data)
+        return (p.terminationStatus, o, errBox.data + killed.data)
     }
 }
 

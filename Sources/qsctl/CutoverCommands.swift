@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import NIOCore
 import QSBytes
 import QSClient
 import QSDaemon
@@ -98,53 +99,110 @@ struct Cutover: AsyncParsableCommand {
         } catch let e as ExitCode {
             throw e
         } catch {
-            fail("nothing changed: \(error)")
+            let (address, cause) = (error as? Unanswered).map { ($0.address, $0.error) } ?? (nil, error)
+            fail("nothing changed: \(parent.options.describe(cause, address))")
             throw Exit.serverError
         }
 
+        // Every call below waits at most --request-timeout, and the wait for the mirror at
+        // most --timeout in all: a node that stops answering ends the cut-over, undone,
+        // instead of hanging it with the old root demoted.
+        let request = parent.options.requestTimeAmount
         let final: Head
         do {
             final = try await old.changeRole(.demote, adminToken: admin)
+        } catch ClientError.server(let code, let message) {
+            fail("demoting \(fromAddress) was refused, nothing changed: \(ClientError.server(code: code, message: message))")
+            throw Exit.serverError
         } catch {
-            fail("demoting \(fromAddress) failed, nothing changed: \(error)")
+            // No answer: the demote may have happened. Ask, and undo it if it did.
+            fail("demoting \(fromAddress) got no answer (\(parent.options.describe(error, fromAddress))); finding out whether it happened")
+            try await undo(old, fromAddress, admin, request, ifRole: "mirror", otherwise: "nothing changed")
             throw Exit.serverError
         }
         fail("\(fromAddress) demoted at index \(final.index) hash \(hexString(final.hash)); waiting for \(toAddress) to hold it")
 
         let deadline = ContinuousClock.now + timeout.duration
-        var reached = (try? await new.head()) ?? .empty
+        func bounded() -> TimeAmount {
+            let left = deadline - ContinuousClock.now
+            let ns = max(Int64(left.seconds * 1e9), 100_000_000)
+            return .nanoseconds(min(ns, request.nanoseconds))
+        }
+        var reached = (try? await new.head(timeout: bounded())) ?? .empty
         while reached != final && reached.index <= final.index && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(50))
-            reached = (try? await new.head()) ?? reached
+            reached = (try? await new.head(timeout: bounded())) ?? reached
         }
         if reached.index == final.index && reached.hash == final.hash {
             do {
                 let head = try await new.changeRole(.promote, adminToken: admin)
-                printLine("cut-over done: \(toAddress) is the writable root at index \(head.index) hash \(hexString(head.hash)); \(fromAddress) is a compatible mirror. Point the bridges at \(toAddress) and feed \(fromAddress) with: qsqsbridge --source qs://\(toAddress) --root \(fromAddress) --mode compatible")
+                printDone(head)
                 return
+            } catch ClientError.server(let code, let message) {
+                fail("promoting \(toAddress) was refused: \(ClientError.server(code: code, message: message))")
             } catch {
-                fail("promoting \(toAddress) failed: \(error)")
+                // No answer: the promote may have happened, and promoting the old root back
+                // then would leave two roots taking writes. Ask first.
+                fail("promoting \(toAddress) got no answer (\(parent.options.describe(error, toAddress))); finding out whether it happened")
+                switch try? await writeRole(new, timeout: request) {
+                case "mirror"?:
+                    break // not promoted: undo below
+                case "promoted"?, "open"?:
+                    let head = (try? await new.head(timeout: request)) ?? final
+                    printDone(head)
+                    return
+                default:
+                    fail("NO ROOT TAKES WRITES: \(fromAddress) is demoted and \(toAddress) does not answer, so whether it was promoted is unknown. Run 'qsctl --node \(toAddress) status' once it answers: if it takes writes, it is the new root; if it is a mirror, run 'qsctl --node \(fromAddress) promote'. Never promote both.")
+                    throw Exit.serverError
+                }
             }
         } else if reached.index >= final.index {
             fail("\(toAddress) reached index \(reached.index) with hash \(hexString(reached.hash)), not \(fromAddress)'s head \(final.index) hash \(hexString(final.hash)): it does not mirror \(fromAddress)")
         } else {
-            fail("\(toAddress) did not reach \(fromAddress)'s head \(final.index) within \(timeout) (it is at \(reached.index)): check the qsqsbridge feeding it (its log, qs_bridge_lag_seconds)")
+            fail("\(toAddress) did not reach \(fromAddress)'s head \(final.index) within \(timeout) (it is at \(reached.index)): check the qsqsbridge feeding it (its log, qs_bridge_lag_seconds) and that \(toAddress) answers")
         }
         // Undo: the old root takes writes again.
         do {
-            _ = try await old.changeRole(.promote, adminToken: admin)
+            _ = try await old.changeRole(.promote, adminToken: admin, timeout: request)
         } catch {
-            fail("UNDO FAILED, NO ROOT TAKES WRITES: \(fromAddress) is still demoted (\(error)). Run: qsctl --node \(fromAddress) promote")
+            fail("UNDO FAILED, NO ROOT TAKES WRITES: \(fromAddress) is still demoted (\(parent.options.describe(error, fromAddress))). Run: qsctl --node \(fromAddress) promote")
             throw Exit.serverError
         }
         fail("cut-over undone: \(fromAddress) takes writes again, \(toAddress) is still a mirror")
         throw timedOutExit
     }
 
+    func printDone(_ head: Head) {
+        guard let fromAddress = from.value, let toAddress = to.value else { return }
+        printLine("cut-over done: \(toAddress) is the writable root at index \(head.index) hash \(hexString(head.hash)); \(fromAddress) is a compatible mirror. Point the bridges at \(toAddress) and feed \(fromAddress) with: qsqsbridge --source qs://\(toAddress) --root \(fromAddress) --mode compatible")
+    }
+
+    /// After a role change that got no answer: when `client` now has `ifRole`, the change
+    /// happened and is undone (the node promoted back); when it has another role, it did
+    /// not happen (`otherwise` says so); when the node still does not answer, the operator
+    /// is told what to check.
+    func undo(_ client: QSClient, _ address: Address, _ admin: [UInt8]?, _ request: TimeAmount,
+              ifRole: String, otherwise: String) async throws {
+        switch try? await writeRole(client, timeout: request) {
+        case ifRole?:
+            do {
+                _ = try await client.changeRole(.promote, adminToken: admin, timeout: request)
+                fail("\(address) had been demoted; promoted back: it takes writes again, nothing else changed")
+            } catch {
+                fail("UNDO FAILED, NO ROOT TAKES WRITES: \(address) is demoted (\(parent.options.describe(error, address))). Run: qsctl --node \(address) promote")
+            }
+        case _?:
+            fail("\(address) was not demoted: \(otherwise)")
+        case nil:
+            fail("\(address) does not answer: it may have been demoted. Once it answers, run 'qsctl --node \(address) status'; if it says mirror, run 'qsctl --node \(address) promote'")
+        }
+    }
+
     /// Refuses a cut-over that cannot succeed, before anything changes: `to` must be a
     /// compatible mirror whose log is a prefix of `from`'s, and `from` must take writes.
     func checkReady(old: QSClient, new: QSClient, from: Address, to: Address) async throws {
-        let oldRole = try await writeRole(old), newRole = try await writeRole(new)
+        let oldRole = try await Unanswered.naming(from) { try await writeRole(old) }
+        let newRole = try await Unanswered.naming(to) { try await writeRole(new) }
         guard oldRole != "mirror", oldRole != "replica" else {
             fail("\(from) is a \(oldRole == "mirror" ? "compatible mirror" : "replica"), not the root taking writes: nothing changed")
             throw Exit.usage
@@ -153,9 +211,9 @@ struct Cutover: AsyncParsableCommand {
             fail("\(to) is not a compatible mirror (it is \(newRole)): start qsqsbridge --source qs://\(from) --root \(to) --mode compatible first; nothing changed")
             throw Exit.usage
         }
-        let newHead = try await new.head()
+        let newHead = try await Unanswered.naming(to) { try await new.head() }
         guard newHead.index > 0 else { return }
-        let there = try await old.entries(from: newHead.index, count: 1).first
+        let there = try await Unanswered.naming(from) { try await old.entries(from: newHead.index, count: 1).first }
         guard let there, there.index == newHead.index else {
             fail("\(from) no longer retains entry \(newHead.index) (\(to)'s head) to compare histories, or is behind it: nothing changed")
             throw Exit.usage
@@ -166,9 +224,19 @@ struct Cutover: AsyncParsableCommand {
         }
     }
 
-    func writeRole(_ client: QSClient) async throws -> String {
-        let json = try await client.status()
+    func writeRole(_ client: QSClient, timeout: TimeAmount? = nil) async throws -> String {
+        let json = try await client.status(timeout: timeout)
         let s = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
         return s?["write_role"] as? String ?? "unknown"
+    }
+}
+
+/// A call to `address` that failed with `error`: which of two nodes did not answer.
+struct Unanswered: Error {
+    let address: Address
+    let error: any Error
+
+    static func naming<T>(_ address: Address, _ body: () async throws -> T) async throws -> T {
+        do { return try await body() } catch { throw Unanswered(address: address, error: error) }
     }
 }

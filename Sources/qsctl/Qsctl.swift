@@ -1,4 +1,5 @@
 import ArgumentParser
+import NIOCore
 import Foundation
 import QSClient
 import QSDaemon
@@ -64,6 +65,16 @@ struct NodeOptions: ParsableArguments {
     @Flag(inversion: .prefixedNo, help: "Keys, values and prefixes given on the command line are base64 (for binary data). (env: QS_CTL_BASE64)")
     var base64: Bool = QSEnv.flag("QS_CTL_BASE64", flag: "--base64")
 
+    @Option(help: ArgumentHelp("How long each request waits for the node's answer before qsctl gives up (exit 3): a stopped, overloaded or cut-off node fails the command instead of hanging it, e.g. 10s. (env: QS_CTL_REQUEST_TIMEOUT)", valueName: "duration"))
+    var requestTimeout: Interval = QSEnv.value("QS_CTL_REQUEST_TIMEOUT", Interval(.seconds(10)), flag: "--request-timeout")
+
+    func validate() throws {
+        guard requestTimeout.duration > .zero else { throw ValidationError("--request-timeout must be more than 0, e.g. 10s") }
+    }
+
+    /// `requestTimeout` as NIO's.
+    var requestTimeAmount: TimeAmount { .nanoseconds(Int64(requestTimeout.seconds * 1e9)) }
+
     func bytes(_ text: String, _ what: String) throws -> [UInt8] {
         guard base64 else { return Array(text.utf8) }
         guard let d = Data(base64Encoded: text) else { throw ValidationError("\(what) '\(text)' is not valid base64") }
@@ -90,7 +101,7 @@ struct NodeOptions: ParsableArguments {
             throw Exit.usage
         }
         do {
-            return try await QSClient.connect(to: node.endpoint, token: token)
+            return try await QSClient.connect(to: node.endpoint, token: token, requestTimeout: requestTimeAmount)
         } catch {
             fail("cannot connect to node \(node): \(error)")
             throw Exit.serverError
@@ -106,9 +117,16 @@ struct NodeOptions: ParsableArguments {
         } catch let e as ExitCode {
             throw e
         } catch {
-            fail("\(error)")
+            fail(describe(error))
             throw Exit.serverError
         }
+    }
+
+    /// An error of a call to `address` (default: --node), in words that say what to do
+    /// about a timeout.
+    func describe(_ error: any Error, _ address: Address? = nil) -> String {
+        guard let e = error as? ClientError, e == .timedOut else { return "\(error)" }
+        return "node \(address ?? node) did not answer within \(requestTimeout) (--request-timeout): it is stopped, overloaded or cut off; check its process and /healthz"
     }
 }
 

@@ -87,7 +87,7 @@ struct Verify: AsyncParsableCommand {
     func headJSON(_ h: Head) -> String { "{\"index\":\(h.index),\"hash\":\"\(hexString(h.hash))\"}" }
 
     func verifyNodes(_ against: Address, _ instant: UInt64) async throws -> Int {
-        var other = NodeOptions()
+        var other = options  // its --request-timeout too
         other.node = against
         other.writeTokenFile = ""
         let b = try await other.connect()

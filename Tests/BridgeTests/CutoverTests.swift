@@ -58,6 +58,80 @@ final class CutoverTests: XCTestCase {
         return u["address"] as? String
     }
 
+    /// L with a few entries and N, its compatible mirror holding them all.
+    func mirroredPair() async throws -> (legacy: RootNode, new: RootNode, mirror: DaemonProcess, lc: QSClient, nc: QSClient) {
+        let legacy = try root("L"), new = try root("N")
+        for i in 0..<5 {
+            let put = try qsctl(["--node", legacy.address, "put", "k\(i)", "v\(i)"])
+            XCTAssertEqual(put.status, 0, put.err)
+        }
+        let mirror = try mirrorBridge(from: legacy, to: new)
+        let lc = try await QSClient.connect(host: "127.0.0.1", port: legacy.port)
+        let nc = try await QSClient.connect(host: "127.0.0.1", port: new.port)
+        let head = try await lc.head()
+        let held = await Harness.eventually(timeout: .seconds(30)) { (try? await nc.head()) == head }
+        XCTAssertTrue(held, "N did not mirror L:\n\(mirror.log)")
+        return (legacy, new, mirror, lc, nc)
+    }
+
+    /// The mirror stops answering after L is demoted (a hung process keeps its
+    /// connections): the cut-over ends within its --timeout and a request timeout, L takes
+    /// writes again, and it says so. Before, it waited for N's answer for a minute a call.
+    func testCutoverWhoseMirrorHangsEndsInTimeAndIsUndone() async throws {
+        let (legacy, new, mirror, lc, nc) = try await mirroredPair()
+        // N holds L's head, but the mirror bridge stops: L's next entry never reaches N.
+        XCTAssertEqual(try mirror.stop(), 0, mirror.log)
+        let put = try qsctl(["--node", legacy.address, "put", "after", "stop"])
+        XCTAssertEqual(put.status, 0, put.err)
+        // N answers the cut-over's checks, then hangs: SIGSTOP once the demote is logged.
+        let stopper = Thread {
+            _ = Harness.waitUntil(timeout: .seconds(30)) { legacy.daemon.log.contains("demoted") }
+            kill(new.daemon.pid, SIGSTOP)
+        }
+        stopper.start()
+        defer { kill(new.daemon.pid, SIGCONT) }
+        let r = try Harness.run("qsctl", ["--write-token-file", token.path, "--request-timeout", "1s",
+                                          "cutover", "--from", legacy.address, "--to", new.address, "--timeout", "3s"],
+                                killAfter: .seconds(60))
+        let err = String(decoding: r.stderr, as: UTF8.self)
+        XCTAssertEqual(r.status, 5, err)
+        XCTAssertTrue(err.contains("cut-over undone"), err)
+        let role = await writeRole(lc)
+        XCTAssertEqual(role, "promoted", "L takes writes again")
+        let again = try qsctl(["--node", legacy.address, "put", "again", "yes"])
+        XCTAssertEqual(again.status, 0, again.err)
+        kill(new.daemon.pid, SIGCONT)
+        let roleN = await writeRole(nc)
+        XCTAssertEqual(roleN, "mirror", "N was never promoted")
+        for c in [lc, nc] { await c.close() }
+    }
+
+    /// A mirror that does not answer before anything changes: the cut-over gives up after
+    /// the request timeout, exit 3, and L was never demoted. qsctl's other commands end the
+    /// same way against a hung node, naming the flag.
+    func testCutoverToAHungMirrorChangesNothing() async throws {
+        let (legacy, new, mirror, lc, nc) = try await mirroredPair()
+        kill(new.daemon.pid, SIGSTOP)
+        defer { kill(new.daemon.pid, SIGCONT) }
+        let r = try Harness.run("qsctl", ["--write-token-file", token.path, "--request-timeout", "1s",
+                                          "cutover", "--from", legacy.address, "--to", new.address, "--timeout", "3s"],
+                                killAfter: .seconds(60))
+        let err = String(decoding: r.stderr, as: UTF8.self)
+        XCTAssertEqual(r.status, 3, err)
+        XCTAssertTrue(err.contains("nothing changed") && err.contains("--request-timeout"), err)
+        let role = await writeRole(lc)
+        XCTAssertEqual(role, "open")
+        let head = try Harness.run("qsctl", ["--node", new.address, "--request-timeout", "1s", "head"], killAfter: .seconds(60))
+        let headErr = String(decoding: head.stderr, as: UTF8.self)
+        XCTAssertEqual(head.status, 3, headErr)
+        XCTAssertTrue(headErr.contains("did not answer within 1s (--request-timeout)"), headErr)
+        let bad = try Harness.run("qsctl", ["--node", new.address, "head"], env: ["QS_CTL_REQUEST_TIMEOUT": "0s"])
+        XCTAssertEqual(bad.status, 2, String(decoding: bad.stderr, as: UTF8.self))
+        kill(new.daemon.pid, SIGCONT)
+        XCTAssertEqual(try mirror.stop(), 0, mirror.log)
+        for c in [lc, nc] { await c.close() }
+    }
+
     func testCutoverAndHandBackUnderALiveKTWorkload() async throws {
         let kt = try FakeKTProcess(logDir: tmp)
         let sourceID = "kt:127.0.0.1:\(kt.port)"
