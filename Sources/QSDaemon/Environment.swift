@@ -15,14 +15,28 @@ import QSNet
 public enum QSEnv {
     /// The variable's value, nil when unset or empty.
     public static func string(_ name: String) -> String? {
+        read.withLockedValue { _ = $0.insert(name) }
         guard let v = ProcessInfo.processInfo.environment[name], !v.isEmpty else { return nil }
         return v
+    }
+
+    /// A typed flag's variable: nil when unset or empty. Empty is refused when the flag
+    /// would refuse an empty value (`QS_ROLE=` is a mistake, not "use the default"); where
+    /// the flag takes empty (an address that is off when empty) it means the default, as
+    /// it always has.
+    private static func typed(_ name: String, flag: String?, acceptsEmpty: Bool, expected: @autoclosure () -> String) -> String? {
+        if let raw = ProcessInfo.processInfo.environment[name], raw.isEmpty, !acceptsEmpty {
+            read.withLockedValue { _ = $0.insert(name) }
+            refuse(name, flag: flag, value: "", expected: expected() + " (it is set but empty: give it a value or unset it)")
+            return nil
+        }
+        return string(name)
     }
 
     /// The default of the flag `flag` (derived from `name`: `QS_MAP_SIZE` → `--map-size`):
     /// the variable parsed as the flag would be, or `def` when the variable is unset.
     public static func value<T: ExpressibleByArgument>(_ name: String, _ def: T, flag: String? = nil) -> T {
-        guard let text = string(name) else { return def }
+        guard let text = typed(name, flag: flag, acceptsEmpty: T(argument: "") != nil, expected: expected(T.self)) else { return def }
         if let v = T(argument: text) { return v }
         refuse(name, flag: flag, value: text, expected: expected(T.self))
         return def
@@ -30,7 +44,7 @@ public enum QSEnv {
 
     /// An optional flag's default: the variable parsed as the flag would be, nil when unset.
     public static func optional<T: ExpressibleByArgument>(_ name: String, as: T.Type = T.self, flag: String? = nil) -> T? {
-        guard let text = string(name) else { return nil }
+        guard let text = typed(name, flag: flag, acceptsEmpty: T(argument: "") != nil, expected: expected(T.self)) else { return nil }
         if let v = T(argument: text) { return v }
         refuse(name, flag: flag, value: text, expected: expected(T.self))
         return nil
@@ -38,7 +52,7 @@ public enum QSEnv {
 
     /// A boolean flag's default: 1/true/yes/on or 0/false/no/off; anything else is refused.
     public static func flag(_ name: String, default def: Bool = false, flag: String? = nil) -> Bool {
-        guard let text = string(name) else { return def }
+        guard let text = typed(name, flag: flag, acceptsEmpty: false, expected: "true or false (also 1/0, yes/no, on/off)") else { return def }
         switch text.lowercased() {
         case "1", "true", "yes", "on": return true
         case "0", "false", "no", "off": return false
@@ -68,11 +82,66 @@ public enum QSEnv {
     }
 
     private static let refusals = NIOLockedValueBox<[Refusal]>([])
+    /// Every variable this process asked for (the defaults of the flags of its commands).
+    private static let read = NIOLockedValueBox<Set<String>>([])
+    /// While set, defaults are evaluated only to learn which variables exist: nothing is refused.
+    private static let probing = NIOLockedValueBox<Bool>(false)
 
     private static func refuse(_ name: String, flag: String?, value: String, expected: String) {
+        guard !probing.withLockedValue({ $0 }) else { return }
         let flag = flag ?? flagName(for: name)
         let r = Refusal(variable: name, flag: flag, value: value, expected: expected)
         refusals.withLockedValue { if !$0.contains(r) { $0.append(r) } }
+    }
+
+    /// Variables read outside the flags' defaults (the test harness's and the store's
+    /// engine override for test runs): never reported as unknown.
+    static let readElsewhere: Set<String> = ["QS_STORE_ENGINE", "QS_BIN_DIR", "QS_TEST_SANITIZER", "QS_TEST_TIMEOUT",
+                                             "QS_ETCD_BIN", "QS_FUZZ_TARGET"]
+
+    /// The `QS_*` variables set in the environment that no flag of `command` (and of its
+    /// subcommands) reads, each with the name it most likely meant: a misspelled variable
+    /// would otherwise be ignored without a word (`QS_MEMCACHE` starting a node with no
+    /// memcached listener).
+    public static func unknownVariables(of command: ParsableCommand.Type,
+                                        environment: [String: String] = ProcessInfo.processInfo.environment) -> [(name: String, meant: String?)] {
+        probing.withLockedValue { $0 = true }
+        defer { probing.withLockedValue { $0 = false } }
+        func visit(_ type: ParsableCommand.Type) {
+            _ = type.init()
+            for sub in type.configuration.subcommands { visit(sub) }
+        }
+        visit(command)
+        let known = read.withLockedValue { $0 }.union(readElsewhere)
+        return environment.keys.filter { $0.hasPrefix("QS_") && !known.contains($0) }.sorted().map { name in
+            let close = known.map { ($0, editDistance($0, name)) }.filter { $0.1 <= 2 }.min { $0.1 < $1.1 }
+            return (name, close?.0)
+        }
+    }
+
+    /// One line a variable for `unknownVariables`, to print at start-up (stderr): a
+    /// warning, since an environment shared by several executables holds others' variables.
+    public static func warnUnknownVariables(of command: ParsableCommand.Type) {
+        let name = command.configuration.commandName ?? "\(command)"
+        for (variable, meant) in unknownVariables(of: command) {
+            let hint = meant.map { "; did you mean \($0)?" } ?? "; it is ignored (another executable's variable, or a typo)"
+            FileHandle.standardError.write(Data("\(name): warning: \(variable) is set but \(name) reads no such variable\(hint)\n".utf8))
+        }
+    }
+
+    static func editDistance(_ a: String, _ b: String) -> Int {
+        let x = Array(a.utf8), y = Array(b.utf8)
+        var row = Array(0...y.count)
+        for i in 1...max(x.count, 1) where !x.isEmpty {
+            var previous = row[0]
+            row[0] = i
+            for j in 1...max(y.count, 1) where !y.isEmpty {
+                let current = row[j]
+                row[j] = min(row[j] + 1, row[j - 1] + 1, previous + (x[i - 1] == y[j - 1] ? 0 : 1))
+                previous = current
+            }
+        }
+        return x.isEmpty ? y.count : row[y.count]
     }
 
     /// `QS_MAP_SIZE` → `--map-size`.
@@ -138,6 +207,7 @@ extension ParsableCommand {
             throw error
         }
         try QSEnv.checkRefusals()
+        QSEnv.warnUnknownVariables(of: self)
         return command
     }
 }

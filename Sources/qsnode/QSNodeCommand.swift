@@ -176,6 +176,10 @@ struct QSNodeCommand: AsyncParsableCommand {
                 throw ValidationError("--role replica needs --upstream HOST:PORT[,HOST:PORT…] or --upstream-file FILE (or QS_UPSTREAM / QS_UPSTREAM_FILE)")
             }
             _ = try upstreamEndpoints()
+        } else if upstream.value != nil || !upstreamFile.isEmpty {
+            // A replica's flags on a root: most likely a replica whose --role was left out
+            // (root is the default), which would otherwise start writable, following nothing.
+            throw ValidationError("--upstream / --upstream-file (or QS_UPSTREAM / QS_UPSTREAM_FILE) name what a replica follows, but this node's role is root (--role, QS_ROLE; root is the default): add --role replica to make it a replica, or drop the upstream to run a root")
         }
         // Replication and admin actions are open to whoever reaches them without a token.
         if !listen.endpoint.isLocalOnly && replicationTokenFile.isEmpty {

@@ -109,6 +109,34 @@ final class QsctlTests: XCTestCase {
         XCTAssertEqual(try node.stop(signal: SIGINT), 0)
     }
 
+    /// Configuration mistakes that used to start a node anyway: an empty QS_ROLE started a
+    /// writable root, an upstream on a root (its --role left out) was ignored, and a
+    /// misspelled variable (QS_MEMCACHE) was ignored without a word.
+    func testConfigurationMistakesAreRefusedOrNamed() throws {
+        let data = tmp.appendingPathComponent("d").path
+        let empty = try Harness.run("qsnode", ["--data", data, "--listen", "127.0.0.1:0"], env: ["QS_ROLE": "", "QS_UPSTREAM": "127.0.0.1:1"])
+        XCTAssertEqual(empty.status, 64)
+        XCTAssertTrue(String(decoding: empty.stderr, as: UTF8.self).contains("QS_ROLE='' is not a valid value for --role"),
+                      String(decoding: empty.stderr, as: UTF8.self))
+        let upstream = try Harness.run("qsnode", ["--data", data, "--listen", "127.0.0.1:0", "--upstream", "127.0.0.1:1"])
+        XCTAssertEqual(upstream.status, 64)
+        XCTAssertTrue(String(decoding: upstream.stderr, as: UTF8.self).contains("add --role replica"),
+                      String(decoding: upstream.stderr, as: UTF8.self))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: data + "/data.mdb"), "refused before the store is made")
+        let typo = try Harness.run("qsnode", ["--help"], env: ["QS_MEMCACHE": "127.0.0.1:0", "QS_STORE_ENGINE": "lmdb"])
+        let warned = String(decoding: typo.stderr, as: UTF8.self)
+        XCTAssertEqual(typo.status, 0)
+        XCTAssertTrue(warned.contains("QS_MEMCACHE is set but qsnode reads no such variable; did you mean QS_MEMCACHED?"), warned)
+        XCTAssertFalse(warned.contains("QS_STORE_ENGINE"), warned)
+        // qsctl knows every subcommand's variables: another subcommand's is not unknown, and
+        // its bad value does not stop this one.
+        let ctl = try Harness.run("qsctl", ["--node", "127.0.0.1:1", "head"], env: ["QS_CTL_CUTOVER_TIMEOUT": "soon", "QS_CTL_NOD": "x"])
+        let ctlErr = String(decoding: ctl.stderr, as: UTF8.self)
+        XCTAssertEqual(ctl.status, 3, ctlErr)
+        XCTAssertFalse(ctlErr.contains("QS_CTL_CUTOVER_TIMEOUT"), ctlErr)
+        XCTAssertTrue(ctlErr.contains("QS_CTL_NOD is set but qsctl reads no such variable; did you mean QS_CTL_NODE?"), ctlErr)
+    }
+
     func testEveryFlagHasHelpAndAnEnvironmentVariable() throws {
         let commands: [[String]] = [["qsnode"], ["qsktbridge"], ["qsqsbridge"], ["qsbench"], ["qsctl"]]
             + ["put", "get", "delete", "log", "dump", "status", "wait", "verify", "lag", "record"].map { ["qsctl", $0] }

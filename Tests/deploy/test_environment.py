@@ -70,6 +70,8 @@ REFUSED = [
     ("fakekt", ["-port", "0"], "QS_FAKEKT_FAULT_NO_HEARTBEAT", "perhaps", 64),
     ("fakekt", ["-port", "0"], "QS_FAKEKT_BGSI", "hourly", 64),
     ("fakekt", ["-port", "0"], "QS_FAKEKT_ONR", "perhaps", 64),
+    ("qsnode", ["--data", "{tmp}/n"], "QS_ROLE", "", 64),
+    ("qsktbridge", ["--source", "kt://127.0.0.1:1"], "QS_ONCE", "", 64),
     ("qsctl", ["log"], "QS_CTL_LOG_FROM", "first", 2),
     ("qsctl", ["head"], "QS_CTL_NODE", "127.0.0.1", 2),
     ("qsctl", ["wait", "--source-id", "x", "--until", "5"], "QS_CTL_WAIT_TIMEOUT", "soon", 2),
