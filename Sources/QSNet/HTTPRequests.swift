@@ -6,15 +6,23 @@ import NIOHTTP1
 /// flight on `drain` from its head to its answer (graceful shutdown closes the connection
 /// after it). A body over the limit is answered by `tooLarge` and the connection closed;
 /// otherwise `answer` writes the reply (`true`: keep the connection open).
+///
+/// `refuse` sees each request's head before its body: when it answers (and returns true),
+/// the body is read and dropped, not gathered, and the connection closes after it. So is a
+/// body whose `Content-Length` is over the limit, answered by `tooLarge` at once: nothing
+/// is held for a request that will be refused (qsrest: no credential, no buffered body).
 public enum HTTPRequests {
     public static func serve(
         _ inbound: NIOAsyncChannelInboundStream<HTTPServerRequestPart>, maxBodyBytes: Int, drain: RequestDrain?,
+        refuse: (HTTPRequestHead) async throws -> Bool = { _ in false },
         tooLarge: (HTTPRequestHead) async throws -> Void,
         answer: (HTTPRequestHead, [UInt8]) async throws -> Bool
     ) async throws {
         var head: HTTPRequestHead?
         var body = ByteBuffer()
         var over = false
+        /// This request was answered from its head; its body is dropped.
+        var answered = false
         for try await part in inbound {
             switch part {
             case let .head(h):
@@ -22,7 +30,15 @@ public enum HTTPRequests {
                 head = h
                 body.clear()
                 over = false
+                answered = false
+                if try await refuse(h) {
+                    answered = true
+                } else if let declared = h.headers.first(name: "content-length").flatMap(Int.init), declared > maxBodyBytes {
+                    try await tooLarge(h)
+                    answered = true
+                }
             case var .body(chunk):
+                if answered { continue }
                 if body.readableBytes + chunk.readableBytes > maxBodyBytes {
                     over = true
                 } else if !over {
@@ -31,6 +47,10 @@ public enum HTTPRequests {
             case .end:
                 guard let h = head else { continue }
                 head = nil
+                if answered {
+                    drain?.end()
+                    return
+                }
                 if over {
                     try await tooLarge(h)
                     return

@@ -184,6 +184,12 @@ struct RequestHandler: Sendable {
         do {
             try await connection.executeThenClose { inbound, outbound in
                 try await HTTPRequests.serve(inbound, maxBodyBytes: configuration.maxBodyBytes, drain: drain) { h in
+                    // No producer, no body: a request without a valid credential is answered
+                    // from its head, and its body is dropped as it arrives, never held.
+                    guard case let .failure(refusal) = authenticate(h, peer: peer) else { return false }
+                    try await write(refusal.reply, head: h, keepAlive: false, outbound: outbound)
+                    return true
+                } tooLarge: { h in
                     metrics.badRequests.increment()
                     badLog.warning(logger, "request refused: body too large", peer: peer, metadata: ["limit": "\(configuration.maxBodyBytes)"])
                     try await write(.text(413, "request body over \(configuration.maxBodyBytes) bytes (--max-body)"), head: h, keepAlive: false, outbound: outbound)
@@ -214,16 +220,31 @@ struct RequestHandler: Sendable {
         return (String(decoding: bytes[..<colon], as: UTF8.self), Array(bytes[(colon + 1)...]))
     }
 
-    func answer(_ head: HTTPRequestHead, body: [UInt8], peer: String) async -> RestReply {
-        let start = ContinuousClock.now
+    /// A request's refusal for want of a valid credential (counted and logged once).
+    struct Refusal: Error {
+        let reply: RestReply
+    }
+
+    /// The producer a request's head names with a valid credential, or its 401.
+    func authenticate(_ head: HTTPRequestHead, peer: String) -> Result<ACL.Producer, Refusal> {
         let credential = Self.credential(head.headers)
         guard let (user, token) = credential, let producer = access.authenticate(user: user, token: token) else {
             metrics.authFailures.increment()
             authLog.warning(logger, "request refused: no valid producer credential", peer: peer,
                             metadata: ["user": "\(credential?.user ?? "-")", "credential": "\(credential == nil ? "missing" : "refused")"])
             let why = credential == nil ? "a producer's credential is needed" : "the producer's credential is not accepted (unknown producer or wrong token)"
-            return .text(401, "\(why): HTTP Basic producer:token or Authorization: Bearer token, as in the ACL (token_sha256 is the SHA-256 of the token)",
-                         headers: [("WWW-Authenticate", "Basic realm=\"qsrest\"")])
+            return .failure(Refusal(reply: .text(401, "\(why): HTTP Basic producer:token or Authorization: Bearer token, as in the ACL (token_sha256 is the SHA-256 of the token)",
+                                                 headers: [("WWW-Authenticate", "Basic realm=\"qsrest\"")])))
+        }
+        return .success(producer)
+    }
+
+    func answer(_ head: HTTPRequestHead, body: [UInt8], peer: String) async -> RestReply {
+        let start = ContinuousClock.now
+        let producer: ACL.Producer
+        switch authenticate(head, peer: peer) {
+        case let .success(p): producer = p
+        case let .failure(refusal): return refusal.reply  // the ACL changed since the head (a reload)
         }
         let m = metrics.producer(producer.name)
         m.requests.increment()

@@ -242,6 +242,35 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(log.components(separatedBy: "no valid producer credential").count - 1, 1, log)
     }
 
+    /// A request without a valid credential is answered from its head: its body (here 30 MB
+    /// announced, 64 KiB sent) is never gathered, so unauthenticated peers cannot make
+    /// qsrest hold bodies; a declared body over --max-body is answered 413 the same way.
+    func testRequestsAreRefusedFromTheirHeadsBeforeTheirBodies() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL(), extra: ["--max-body", "1MiB"])
+        func answerBeforeTheBody(_ head: String) throws -> String {
+            let fd = try XCTUnwrap(Harness.connectLoopback(port: port))
+            defer { close(fd) }
+            var tv = timeval(tv_sec: 10, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            let bytes = Array(head.utf8) + [UInt8](repeating: 0x61, count: 65536)
+            _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+            var answer = [UInt8](repeating: 0, count: 4096)
+            let n = answer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            return n > 0 ? String(decoding: answer[..<n], as: UTF8.self) : "no answer (\(n))"
+        }
+        let anonymous = try answerBeforeTheBody("POST /rpc/set?key=dns%2Fx HTTP/1.1\r\nHost: q\r\nContent-Length: 30000000\r\n\r\n")
+        XCTAssertTrue(anonymous.hasPrefix("HTTP/1.1 401"), anonymous)
+        XCTAssertTrue(anonymous.lowercased().contains("connection: close"), anonymous)
+        let basic = Data("dns:dns-token".utf8).base64EncodedString()
+        let large = try answerBeforeTheBody("POST /rpc/set?key=dns%2Fx HTTP/1.1\r\nHost: q\r\nAuthorization: Basic \(basic)\r\nContent-Length: 30000000\r\n\r\n")
+        XCTAssertTrue(large.hasPrefix("HTTP/1.1 413"), large)
+        XCTAssertEqual(metricValue(port: admin, "qs_rest_auth_failures_total"), 1)
+        // A producer with its credential still writes.
+        XCTAssertEqual(try curl(["-u", "dns:dns-token", "http://127.0.0.1:\(port)/rpc/set?key=dns%2Fy&value=1"]).status, 200)
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
     /// The root demoted while producers write: every request gets an error (never a false
     /// success), /readyz says why, and nothing acknowledged is lost; promoted again, writes
     /// go through again on their own.
