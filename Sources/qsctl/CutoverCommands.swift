@@ -20,13 +20,58 @@ struct Promote: AsyncParsableCommand {
             It then refuses compatible appends: a qsqsbridge still feeding it stops. Carries the \\
             node's admin token (--admin-token-file); a node without one takes role changes \\
             from this machine only. The node logs the change. Prefer 'qsctl cutover', \\
-            which first makes sure the mirror holds the old root's head.
+            which first demotes the old root and makes sure the mirror holds its head. A \\
+            mirror a live qsqsbridge still feeds is refused (exit 2) without --force: its \\
+            source root most likely still takes writes, and two roots would fork the history.
             """)
 
     @ParentCommand var parent: Qsctl
 
+    @Flag(help: "Promote even while a qsqsbridge still feeds the mirror (its source root is gone for good). (env: QS_CTL_PROMOTE_FORCE)")
+    var force: Bool = QSEnv.flag("QS_CTL_PROMOTE_FORCE", flag: "--force")
+
     func run() async throws {
+        if !force { try await refuseWhileTheSourceTakesWrites() }
         try await changeRole(.promote, parent.options, becomes: "a writable root")
+    }
+
+    /// A mirror that a live compatible bridge feeds is promoted only when the root that
+    /// bridge reads from (its hello names it: `source=qs://HOST:PORT`) answers that it no
+    /// longer takes writes (demoted, as `cutover` and the runbook's manual steps do first).
+    func refuseWhileTheSourceTakesWrites() async throws {
+        let options = parent.options
+        let status = try await options.withClient { try await $0.status() }
+        let s = (try? JSONSerialization.jsonObject(with: Data(status.utf8))) as? [String: Any]
+        guard let mirror = s?["mirror"] as? [String: Any], mirror["following"] as? Bool == true else { return }
+        let clients = (mirror["followed_by"] as? [[String: Any]] ?? []).compactMap { $0["client"] as? String }
+        let sources = clients.compactMap { client in
+            client.split(separator: " ").first { $0.hasPrefix("source=qs://") }.flatMap { Address(argument: String($0.dropFirst(12))) }
+        }
+        var writable = [String](), silent = [String]()
+        for source in sources {
+            var o = options
+            o.node = source
+            do {
+                let token = (try? TokenFile.optional(options.writeTokenFile, flag: "--write-token-file")) ?? []
+                let client = try await QSClient.connect(to: source.endpoint, token: token, requestTimeout: options.requestTimeAmount)
+                defer { Task { await client.close() } }
+                let json = try await client.status()
+                let role = ((try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: Any])?["write_role"] as? String
+                if role == "open" || role == "promoted" { writable.append("\(source)") }
+            } catch {
+                silent.append("\(source) (\(o.describe(error)))")
+            }
+        }
+        let node = options.node
+        if !writable.isEmpty {
+            fail("\(node) is a compatible mirror that a qsqsbridge still feeds from \(writable.joined(separator: ", ")), which still takes writes: promoting \(node) would make two roots whose histories fork. Run 'qsctl cutover --from \(writable[0]) --to \(node)' (it demotes the source first and waits for the mirror to hold its head). Nothing changed")
+            throw Exit.usage
+        }
+        if !silent.isEmpty || sources.isEmpty {
+            let what = silent.isEmpty ? "a source it does not name" : silent.joined(separator: ", ")
+            fail("\(node) is a compatible mirror that a qsqsbridge still feeds, and whether its source takes writes is unknown: \(what). If that root is gone for good, run again with --force; otherwise demote it first ('qsctl --node SOURCE demote') or use 'qsctl cutover'. Nothing changed")
+            throw Exit.usage
+        }
     }
 }
 

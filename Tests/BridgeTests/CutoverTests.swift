@@ -132,6 +132,29 @@ final class CutoverTests: XCTestCase {
         for c in [lc, nc] { await c.close() }
     }
 
+    /// `qsctl promote` of a mirror whose bridge still reads from a root taking writes would
+    /// make two roots whose histories fork: refused (exit 2), nothing changed. Once that
+    /// root is demoted (the manual cut-over), the same command promotes.
+    func testPromoteOfAMirrorWhoseSourceStillTakesWritesIsRefused() async throws {
+        let (legacy, new, mirror, lc, nc) = try await mirroredPair()
+        let refused = try qsctl(["--node", new.address, "promote"])
+        XCTAssertEqual(refused.status, 2, refused.err)
+        XCTAssertTrue(refused.err.contains("still takes writes") && refused.err.contains("qsctl cutover --from \(legacy.address)"), refused.err)
+        let stillMirror = await writeRole(nc)
+        XCTAssertEqual(stillMirror, "mirror")
+        let demoted = try qsctl(["--node", legacy.address, "demote"])
+        XCTAssertEqual(demoted.status, 0, demoted.err)
+        let head = try await lc.head()
+        let held = await Harness.eventually(timeout: .seconds(30)) { (try? await nc.head()) == head }
+        XCTAssertTrue(held)
+        let promoted = try qsctl(["--node", new.address, "promote"])
+        XCTAssertEqual(promoted.status, 0, promoted.err)
+        let role = await writeRole(nc)
+        XCTAssertEqual(role, "promoted")
+        _ = try? mirror.stop()
+        for c in [lc, nc] { await c.close() }
+    }
+
     func testCutoverAndHandBackUnderALiveKTWorkload() async throws {
         let kt = try FakeKTProcess(logDir: tmp)
         let sourceID = "kt:127.0.0.1:\(kt.port)"
