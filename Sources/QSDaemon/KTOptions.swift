@@ -17,7 +17,7 @@ public struct KTDBMap: ExpressibleByArgument, DescribedArgument, Sendable, Custo
         self.init(prefixes: p, description: argument)
     }
 
-    public static let expectation = "INDEX=PREFIX[,INDEX=PREFIX…], for example 0=,1=aux/"
+    public static let expectation = "INDEX=PREFIX[,INDEX=PREFIX…] separated by commas, each index once, a prefix without '=', spaces or control characters, for example 0=,1=aux/"
     public var defaultValueDescription: String { description }
 }
 

@@ -50,7 +50,13 @@ public struct KTMapping: Sendable {
                 throw FeedError.stop("--db-map entry '\(part)' is not INDEX=PREFIX (for example 0=,1=aux/)")
             }
             guard out[index] == nil else { throw FeedError.stop("--db-map maps database \(index) twice") }
-            out[index] = Array(part[part.index(after: eq)...].utf8)
+            let prefix = part[part.index(after: eq)...]
+            // A space or a second '=' is a list written with the wrong separator (`0= 1=aux/`),
+            // which would otherwise put every key of database 0 under " 1=aux/".
+            guard !prefix.unicodeScalars.contains(where: { $0 == "=" || $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7F }) else {
+                throw FeedError.stop("--db-map entry '\(part)': a prefix holds no '=', space or control character; entries are separated by commas (for example 0=,1=aux/)")
+            }
+            out[index] = Array(prefix.utf8)
         }
         guard !out.isEmpty else { throw FeedError.stop("--db-map maps no database: give at least one INDEX=PREFIX") }
         return out

@@ -74,6 +74,10 @@ final class FeedUnitTests: XCTestCase {
         XCTAssertEqual(try KTMapping.parseDBMap("0=,1=aux/"), [0: [], 1: k("aux/")])
         XCTAssertThrowsError(try KTMapping.parseDBMap("x=1"))
         XCTAssertThrowsError(try KTMapping.parseDBMap("0=a,0=b"))
+        // The wrong separator would put every key under " 1=aux/".
+        XCTAssertThrowsError(try KTMapping.parseDBMap("0= 1=aux/"))
+        XCTAssertThrowsError(try KTMapping.parseDBMap("0=a\tb"))
+        XCTAssertEqual(try KTMapping.parseDBMap("0=zone:,2=a/b.c-"), [0: k("zone:"), 2: k("a/b.c-")])
         XCTAssertThrowsError(try KTMapping.parseDBMap(""))
         XCTAssertNotNil(KTMapping(prefixes: [0: [], 1: k("aux/")], allowClear: true).clearConflict())
         XCTAssertNil(KTMapping(prefixes: [0: k("main/"), 1: k("aux/")], allowClear: true).clearConflict())

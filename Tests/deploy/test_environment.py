@@ -72,6 +72,7 @@ REFUSED = [
     ("fakekt", ["-port", "0"], "QS_FAKEKT_ONR", "perhaps", 64),
     ("qsnode", ["--data", "{tmp}/n"], "QS_ROLE", "", 64),
     ("qsktbridge", ["--source", "kt://127.0.0.1:1"], "QS_ONCE", "", 64),
+    ("qsktbridge", ["--source", "kt://127.0.0.1:1"], "QS_DB_MAP", "0= 1=aux/", 64),
     ("qsctl", ["log"], "QS_CTL_LOG_FROM", "first", 2),
     ("qsctl", ["head"], "QS_CTL_NODE", "127.0.0.1", 2),
     ("qsctl", ["wait", "--source-id", "x", "--until", "5"], "QS_CTL_WAIT_TIMEOUT", "soon", 2),
