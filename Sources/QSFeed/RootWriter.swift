@@ -102,6 +102,11 @@ public actor RootWriter {
     private let inUse: [Gauge]
     /// See `RootWriter.staleAfter`.
     let staleAfter: Duration
+    /// Node errors thrown to the caller as `RootRefusal` instead of retried: a bridge waits
+    /// out a root that is out of room (nothing is lost, the feed waits), while qsrest,
+    /// whose producers wait with open requests, answers them instead (`storage-full`,
+    /// `disk-full`: nothing was written).
+    let unretried: Set<ErrorCode>
     /// Whether the root is connected, and the last failure: readable without waiting on
     /// the actor (by `/readyz` and the scrape).
     public nonisolated let link: NIOLockedValueBox<Link>
@@ -111,6 +116,9 @@ public actor RootWriter {
         public var lastError: String?
         /// Since when a call has been waiting for the root's answer (nil: none waits).
         public var waitingSince: ContinuousClock.Instant?
+        /// The last call that failed and is being retried, and when (kept after the
+        /// connection is made again: a root out of room answers every retry the same way).
+        public var lastCallFailure: (at: ContinuousClock.Instant, why: String)?
         /// The address in use, or the one tried first at the next connection.
         public var root: Endpoint
 
@@ -155,9 +163,10 @@ public actor RootWriter {
 
     /// A writer to the root at `endpoints` (several: failover in that order), over `QSClient`.
     public init(endpoints: [Endpoint], token: [UInt8], logger: Logger, metrics: FeedMetrics,
-                client: String = "bridge", tokenOrigin: String = "the write token", staleAfter: Duration = RootWriter.staleAfter) {
+                client: String = "bridge", tokenOrigin: String = "the write token", staleAfter: Duration = RootWriter.staleAfter,
+                unretried: Set<ErrorCode> = []) {
         self.init(endpoints: endpoints, token: token, logger: logger, metrics: metrics, client: client, tokenOrigin: tokenOrigin,
-                  staleAfter: staleAfter) { endpoint in
+                  staleAfter: staleAfter, unretried: unretried) { endpoint in
             switch endpoint {
             case let .tcp(host, port): try await QSClient.connect(host: host, port: port, token: token)
             case let .unix(path): try await QSClient.connect(unixPath: path, token: token)
@@ -168,8 +177,10 @@ public actor RootWriter {
     /// A writer whose connections to each address come from `connect`.
     public init(endpoints: [Endpoint], token: [UInt8], logger: Logger, metrics: FeedMetrics,
                 client: String = "bridge", tokenOrigin: String = "the write token", staleAfter: Duration = RootWriter.staleAfter,
+                unretried: Set<ErrorCode> = [],
                 connect: @escaping @Sendable (Endpoint) async throws -> any RootConnection) {
         precondition(!endpoints.isEmpty, "a root writer needs at least one address")
+        self.unretried = unretried
         self.endpoints = endpoints
         self.token = token
         self.logger = logger
@@ -385,6 +396,9 @@ public actor RootWriter {
     /// current one) so the next call makes a new one.
     private func failed(_ what: String, _ error: any Error, generation: Int? = nil) async throws {
         let mine = generation.map { $0 == self.generation } ?? true
+        if !(error is CancellationError) {
+            link.withLockedValue { $0.lastCallFailure = (.now, "\(error)") }
+        }
         switch error {
         case let error as ClientError:
             if case let .server(code, message) = error {
@@ -395,6 +409,9 @@ public actor RootWriter {
                     // The same request would be refused again: the caller sends less.
                     if mine { await drop("\(error)") }
                     throw RootRefusal(code: .frameTooLarge, message: message)
+                case let code? where unretried.contains(code):
+                    metrics.rootErrors.increment()
+                    throw RootRefusal(code: code, message: message)
                 default: break
                 }
             }

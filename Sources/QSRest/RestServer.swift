@@ -298,6 +298,9 @@ struct RequestHandler: Sendable {
             } catch WriteQueue.Refusal.busy {
                 m.refusedQuota.increment()
                 return .error(503, "\(WriteQueue.Refusal.busy)").adding(("Retry-After", "1"))
+            } catch let refusal as WriteQueue.Refusal where refusal.isTooLarge {
+                m.failed.increment()
+                return .error(413, "\(refusal); nothing was acknowledged")
             } catch {
                 m.failed.increment()
                 logger.error("write failed", metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "procedure": "\(procedure)", "error": "\(error)"])

@@ -54,12 +54,21 @@ public actor WriteQueue: Service {
         case failed(String)
         /// qsrest is stopping and the batch could not be committed in time.
         case stopping
+        /// The root refused the batch as larger than its frame limit: sending it again
+        /// cannot help, and it says nothing about the root's health.
+        case tooLarge(String)
+
+        var isTooLarge: Bool {
+            if case .tooLarge = self { return true }
+            return false
+        }
 
         public var description: String {
             switch self {
             case .busy: return "too many writes are waiting for the root; retry later"
             case let .failed(why): return "the batch holding this write failed: \(why)"
             case .stopping: return "qsrest is shutting down and could not commit this write"
+            case let .tooLarge(why): return "the batch holding this write is larger than the root takes in one frame (\(why)): send smaller writes, or lower qsrest's --batch-max-bytes below the root's --max-frame-bytes"
             }
         }
     }
@@ -87,6 +96,19 @@ public actor WriteQueue: Service {
     /// Why the last batch failed, nil once one commits: `/readyz` says it (a demoted root,
     /// a root refusing the token) until writes go through again.
     public nonisolated let lastFailure = NIOLockedValueBox<String?>(nil)
+    /// Since when the batch at the root has waited for its commit (nil: none is there):
+    /// `/readyz` says so once it is longer than `RootWriter.patience` (a root out of room
+    /// that the writer keeps retrying, a hung root), while its requests wait.
+    public nonisolated let committingSince = NIOLockedValueBox<ContinuousClock.Instant?>(nil)
+
+    /// Why the queue is not ready as of `now`, given the root writer's last error: a batch
+    /// that has waited more than `patience` for its commit. nil when none has.
+    public nonisolated func stalled(now: ContinuousClock.Instant = .now, patience: Duration = RootWriter.patience,
+                                    lastFailure: (at: ContinuousClock.Instant, why: String)?) -> String? {
+        guard let since = committingSince.withLockedValue({ $0 }), now - since > patience else { return nil }
+        let why = lastFailure.flatMap { $0.at >= since ? $0.why : nil }
+        return "a batch has waited \(Int((now - since).seconds)) s for the root to commit it, its requests unanswered\(why.map { "; the root answers every try with: \($0)" } ?? " (no answer from the root)")"
+    }
 
     public init(sourceID: String, root: RootWriter, limits: Limits, metrics: RestMetrics, logger: Logger) {
         self.sourceID = sourceID
@@ -191,8 +213,16 @@ public actor WriteQueue: Service {
         while true {
             let new = max(from &+ 1, wallClockNanoseconds())
             let answer: Response
+            committingSince.withLockedValue { if $0 == nil { $0 = start } }
+            defer { committingSince.withLockedValue { $0 = nil } }
             do {
                 answer = try await root.writes(sourceID: sourceID, expected: from, new: new, writes: all)
+            } catch let refusal as RootRefusal where refusal.code == .frameTooLarge {
+                // The batch's own size, not the root's state: /readyz stays as it was.
+                logger.error("batch refused by the root as too large; its requests get 413", metadata: ["source-id": "\(sourceID)", "writes": "\(all.count)", "bytes": "\(bytes)"])
+                metrics.batchesFailed.increment()
+                for p in batch { p.reply.resume(throwing: Refusal.tooLarge(refusal.message)) }
+                return
             } catch {
                 let why = error is CancellationError ? "qsrest stopped before the root answered" : "\(error)"
                 logger.error("batch failed; its requests get an error", metadata: ["source-id": "\(sourceID)", "writes": "\(all.count)", "error": "\(why)"])

@@ -103,7 +103,8 @@ struct QSRestCommand: AsyncParsableCommand {
         let feedMetrics = FeedMetrics()
         let roots = root.endpoints
         let writer = RootWriter(endpoints: roots, token: token, logger: logger, metrics: feedMetrics,
-                                client: "qsrest source-id=\(id)", tokenOrigin: origin, staleAfter: rootStaleAfter.duration)
+                                client: "qsrest source-id=\(id)", tokenOrigin: origin, staleAfter: rootStaleAfter.duration,
+                                unretried: [.storageFull, .diskFull])
         let metrics = RestMetrics()
         let queue = WriteQueue(sourceID: id, root: writer,
                                limits: .init(interval: batchInterval.duration, maxWrites: batchMaxOps, maxBytes: batchMaxBytes.bytes,
@@ -128,8 +129,15 @@ struct QSRestCommand: AsyncParsableCommand {
                 if let failure = queue.lastFailure.withLockedValue({ $0 }) {
                     return Readiness(ready: false, detail: "the last batch failed, its writes were answered 503 and none since committed: \(failure)")
                 }
+                let link = writer.link.withLockedValue { $0 }
                 guard writer.connected else {
-                    return Readiness(ready: false, detail: "not connected to a writable root (\(roots.map(\.description).joined(separator: ",")))\(writer.link.withLockedValue { $0.lastError }.map { ": \($0)" } ?? "")")
+                    return Readiness(ready: false, detail: "not connected to a writable root (\(roots.map(\.description).joined(separator: ",")))\(link.lastError.map { ": \($0)" } ?? "")")
+                }
+                if let stall = link.stall() {
+                    return Readiness(ready: false, detail: "the root at \(link.root) does not answer: \(stall)")
+                }
+                if let stalled = queue.stalled(lastFailure: link.lastCallFailure) {
+                    return Readiness(ready: false, detail: stalled)
                 }
                 guard let p = queue.position.withLockedValue({ $0 }) else { return Readiness(ready: false, detail: "no answer from the root yet") }
                 return Readiness(ready: true, detail: "writing to the root; position \(p)")

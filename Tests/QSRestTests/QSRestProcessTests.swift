@@ -271,6 +271,72 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try rest.stop(), 0)
     }
 
+    /// A write the root refuses as larger than its frame limit is answered 413 to its
+    /// producer, and /readyz stays ready (it says nothing about the root); a root that
+    /// stops answering with a batch in flight makes /readyz say so while the request waits,
+    /// and the write commits once the root answers again.
+    func testReadinessTellsABatchTooLargeFromARootThatStoppedAnswering() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--max-frame-bytes", "64KiB"])
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL())
+        let base = "http://127.0.0.1:\(port)"
+        XCTAssertEqual(try curl(["-u", "dns:dns-token", "\(base)/rpc/set?key=dns%2Fsmall&value=1"]).status, 200)
+        let big = tmp.appendingPathComponent("big")
+        try Data(repeating: 0x61, count: 100_000).write(to: big)
+        let tooLarge = try curl(["-u", "dns:dns-token", "-X", "PUT", "--data-binary", "@\(big.path)", "\(base)/dns%2Fbig"])
+        XCTAssertEqual(tooLarge.status, 413, tooLarge.body)
+        XCTAssertTrue(tooLarge.body.contains("--max-frame-bytes"), tooLarge.body)
+        // The root closes a connection that sent a frame over its limit; the writer's
+        // keepalive connects again at once, and nothing marks the root as failing.
+        let readyAgain = await Harness.eventually(timeout: .seconds(10), pollEvery: .milliseconds(100)) {
+            httpGet(port: admin, path: "/readyz")?.status == 200
+        }
+        XCTAssertTrue(readyAgain, httpGet(port: admin, path: "/readyz")?.body ?? "")
+
+        kill(root.daemon.pid, SIGSTOP)
+        var resumed = false
+        defer { if !resumed { kill(root.daemon.pid, SIGCONT) } }
+        let waiting = Task.detached {
+            try Harness.run("/usr/bin/curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", "-u", "dns:dns-token", "--max-time", "60",
+                                              "\(base)/rpc/set?key=dns%2Fwaited&value=1"]).stdout
+        }
+        let unready = await Harness.eventually(timeout: .seconds(30), pollEvery: .milliseconds(200)) {
+            guard let r = httpGet(port: admin, path: "/readyz") else { return false }
+            return r.status == 503 && (r.body.contains("answer") || r.body.contains("has waited"))
+        }
+        XCTAssertTrue(unready, httpGet(port: admin, path: "/readyz")?.body ?? "")
+        kill(root.daemon.pid, SIGCONT)
+        resumed = true
+        let answered = String(decoding: try await waiting.value, as: UTF8.self)
+        XCTAssertEqual(answered, "200")
+        let ready = await Harness.eventually(timeout: .seconds(30)) { httpGet(port: admin, path: "/readyz")?.status == 200 }
+        XCTAssertTrue(ready, httpGet(port: admin, path: "/readyz")?.body ?? "")
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
+    /// A root out of room answers every try with storage-full (nothing written): qsrest
+    /// answers the batch's requests 503 at once, naming it, and /readyz says so, instead of
+    /// retrying while its producers wait for a minute; a write that fits goes through.
+    func testARootOutOfRoomIsAnswered503AtOnceAndReadinessSaysIt() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--map-size", "4MiB"])
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL())
+        let value = tmp.appendingPathComponent("value")
+        try Data((0..<700_000).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 13) }).write(to: value)
+        var refused: (status: Int, body: String)?
+        for i in 0..<12 {
+            let r = try curl(["-u", "dns:dns-token", "--max-time", "30", "-X", "PUT", "--data-binary", "@\(value.path)",
+                              "http://127.0.0.1:\(port)/dns%2Fk\(i)"])
+            if r.status != 201 { refused = r; break }
+        }
+        XCTAssertEqual(refused?.status, 503, refused?.body ?? "the store never filled")
+        XCTAssertTrue(refused?.body.contains("storage-full") == true, refused?.body ?? "")
+        let unready = httpGet(port: admin, path: "/readyz")
+        XCTAssertEqual(unready?.status, 503)
+        XCTAssertTrue(unready?.body.contains("storage-full") == true, unready?.body ?? "")
+        XCTAssertEqual(try curl(["-u", "dns:dns-token", "http://127.0.0.1:\(port)/rpc/set?key=dns%2Fsmall&value=1"]).status, 200)
+        XCTAssertEqual(httpGet(port: admin, path: "/readyz")?.status, 200)
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
     /// The root demoted while producers write: every request gets an error (never a false
     /// success), /readyz says why, and nothing acknowledged is lost; promoted again, writes
     /// go through again on their own.
