@@ -79,6 +79,7 @@ public struct ACL: Sendable, Equatable {
             var prefixes: [[UInt8]]?
             var writes: Int?, bytes: Int?
             var shared = false
+            var emptyPrefixLine: Int?
             for key in table.order {
                 guard let entry = table.entries[key] else { continue }
                 switch (key, entry.value) {
@@ -94,9 +95,7 @@ public struct ACL: Sendable, Equatable {
                         list.append(Array(p.utf8))
                     }
                     guard !list.isEmpty else { throw fail(entry.line, "prefixes is empty: give the producer at least one prefix") }
-                    if list.contains([]) {
-                        throw fail(entry.line, "the empty prefix gives the whole keyspace; write it with shared = true if that is meant")
-                    }
+                    if list.contains([]) { emptyPrefixLine = entry.line }
                     prefixes = list
                 case let ("writes_per_second", .integer(n)), let ("bytes_per_second", .integer(n)):
                     guard n > 0, n <= Int64(Int32.max) * 1024 else { throw fail(entry.line, "\(key) must be a positive number") }
@@ -111,6 +110,11 @@ public struct ACL: Sendable, Equatable {
             }
             guard let hash else { throw fail(table.line, "producer '\(name)' has no token_sha256") }
             guard let prefixes else { throw fail(table.line, "producer '\(name)' has no prefixes") }
+            // The empty prefix is the whole keyspace: only on purpose (shared = true), and
+            // then every other producer overlaps it and must be shared too.
+            if let line = emptyPrefixLine, !shared {
+                throw fail(line, "the empty prefix gives producer '\(name)' the whole keyspace; add shared = true to it if that is meant")
+            }
             lines[name] = table.line
             producers.append(Producer(name: name, tokenHash: hash, prefixes: prefixes, writesPerSecond: writes,
                                       bytesPerSecond: bytes, shared: shared))

@@ -59,6 +59,11 @@ final class ACLAndWriteTests: XCTestCase {
         XCTAssertEqual(error("[producers.a]\ntoken_sha256 = \"\(h)\"\nprefixes = [\"a/\"]\nwrites_per_second = 1.5\n"),
                        "acl.toml: line 4: only whole numbers are used in this file")
         XCTAssertEqual(error("[users.a]\n"), "acl.toml: line 1: unknown table [users.a]: only [producers.NAME] tables are read")
+        // The whole keyspace only on purpose, whichever order the keys come in.
+        XCTAssertEqual(error("[producers.a]\ntoken_sha256 = \"\(h)\"\nprefixes = [\"\"]\n"),
+                       "acl.toml: line 3: the empty prefix gives producer 'a' the whole keyspace; add shared = true to it if that is meant")
+        XCTAssertEqual(error("[producers.a]\nshared = true\ntoken_sha256 = \"\(h)\"\nprefixes = [\"\"]\n"), "no error")
+        XCTAssertEqual(error("[producers.a]\ntoken_sha256 = \"\(h)\"\nprefixes = [\"\"]\nshared = true\n"), "no error")
     }
 
     func testOverlappingPrefixesAreRefusedUnlessBothAreShared() throws {
