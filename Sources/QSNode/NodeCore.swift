@@ -140,6 +140,12 @@ public final class NodeCore: Sendable {
         }
         out["writers"] = writers.json(nowNs: nowNs)
         if writeRole == .mirror { out["mirror"] = writers.mirrorStatus(nowNs: nowNs) }
+        // What /readyz says about the store's writes, so the two never disagree: a root
+        // whose disk is full keeps its write role but commits nothing.
+        if let failing = store.writeHealth.failing {
+            out["writes_failing"] = ["failure": failing.failure.rawValue, "message": failing.message,
+                                     "since_ns": failing.sinceNs, "remedy": failing.failure.remedy]
+        }
         let data = try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys])
         return String(decoding: data, as: UTF8.self)
     }

@@ -33,6 +33,10 @@ struct Status: AsyncParsableCommand {
         // after `qsctl demote` or while mirroring), promoted (a former mirror taking writes).
         let writeRole = (s["write_role"] as? String).map { $0 == "replica" ? "" : "  writes \($0 == "mirror" ? "mirror (compatible appends only)" : $0 == "promoted" ? "promoted (takes writes)" : "open (takes writes)")" } ?? ""
         printLine("node     \(s["node_id"] ?? "?")  role \(s["role"] ?? "?")\(writeRole)")
+        if let f = s["writes_failing"] as? [String: Any] {
+            let since = (f["since_ns"] as? NSNumber).map { String(format: " for %.0f s", max(0, Double(wallClockNanoseconds() &- $0.uint64Value) / 1e9)) } ?? ""
+            printLine("writes   FAILING\(since): \(f["failure"] ?? "?") (\(f["message"] ?? "")): \(f["remedy"] ?? "")")
+        }
         printLine("head     index \(head["index"] ?? "?")  hash \(head["hash"] ?? "?")")
         printLine("log      retained from index \(s["log_first_index"] ?? "?"); \(s["subscribers"] ?? 0) subscriber(s)")
         if let age = s["root_age_seconds"] as? Double { printLine(String(format: "freshness root word %.1f s old", age)) }

@@ -63,11 +63,17 @@ final class DiskFullTests: XCTestCase {
         XCTAssertEqual(ready.status, 503)
         XCTAssertTrue(ready.body.contains("disk full") && ready.body.contains("free space"), ready.body)
         XCTAssertTrue(root.daemon.log.contains("disk full"), root.daemon.log)
+        // qsctl status says the same as /readyz: the root keeps its role, its writes fail.
+        let status = try Harness.run("qsctl", ["--node", root.address, "status"])
+        let table = String(decoding: status.stdout, as: UTF8.self)
+        XCTAssertTrue(table.contains("writes   FAILING") && table.contains("disk full") && table.contains("free space"), table)
 
         // Room again: the next write succeeds without a restart and /readyz follows.
         try resize(disk, to: "64m")
         _ = try await client.write([.set(key: Array("after".utf8), value: value, expiry: nil)], sourceID: "t", attempts: 1)
         XCTAssertEqual(httpGet(port: root.adminPort, path: "/readyz")?.status, 200)
+        let healthy = String(decoding: try Harness.run("qsctl", ["--node", root.address, "status"]).stdout, as: UTF8.self)
+        XCTAssertFalse(healthy.contains("FAILING"), healthy)
         // Nothing acknowledged was lost, across a restart too.
         await client.close()
         _ = try root.daemon.stop()
