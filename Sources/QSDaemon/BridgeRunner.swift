@@ -55,6 +55,12 @@ func bridgeReadiness<S>(_ s: FeedConsumer<S>.Status, root: Endpoint, readyLag: D
     if let stall = s.rootStall {
         return Readiness(ready: false, detail: "the root \(root) is connected but not answering: \(stall)")
     }
+    // Before the copy's progress and the lag: a root refusing every write (out of room, a
+    // failing disk) makes both stand still, and they would not say why.
+    if let refusing = s.rootRefusing {
+        return Readiness(ready: false, detail: String(format: "the root %@ refuses the bridge's writes (retrying; the last refusal %.0f s ago): %@",
+                                                      "\(root)", refusing.seconds, refusing.why))
+    }
     if let preparing = s.preparing { return Readiness(ready: false, detail: preparing) }
     guard s.sourceConnected else { return Readiness(ready: false, detail: "not connected to the source") }
     guard let cp = s.checkpoint else { return Readiness(ready: false, detail: "no answer from the root yet") }

@@ -42,6 +42,10 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
         public var rootError: String?
         /// Why the root, connected, is not answering (a call waits too long), if so.
         public var rootStall: String?
+        /// The root's answer to the last write call, when it failed and no call has
+        /// succeeded since (a root out of room, demoted, or failing its disk), and how long
+        /// ago: it refuses what the bridge writes while it still answers keepalives.
+        public var rootRefusing: (why: String, seconds: Double)?
         /// Whether the root answers: connected and not stalled (`qs_bridge_root_connected`).
         public var rootAnswering: Bool { rootConnected && rootStall == nil }
         /// The wall time of the newest source position applied or seen (ns since the epoch).
@@ -86,6 +90,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
         s.rootConnected = link.connected
         s.rootError = link.lastError
         s.rootStall = link.stall()
+        s.rootRefusing = link.lastCallFailure.map { ($0.why, (ContinuousClock.now - $0.at).seconds) }
         s.sourceTimeNs = freshness.timeNs ?? startedNs
         (s.pendingChanges, s.progressNs) = freshness.pendingWork
         s.nowNs = wallClockNanoseconds()

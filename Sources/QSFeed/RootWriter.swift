@@ -117,7 +117,8 @@ public actor RootWriter {
         /// Since when a call has been waiting for the root's answer (nil: none waits).
         public var waitingSince: ContinuousClock.Instant?
         /// The last call that failed and is being retried, and when (kept after the
-        /// connection is made again: a root out of room answers every retry the same way).
+        /// connection is made again: a root out of room answers every retry the same way,
+        /// and its keepalives succeed); cleared when a call succeeds.
         public var lastCallFailure: (at: ContinuousClock.Instant, why: String)?
         /// The address in use, or the one tried first at the next connection.
         public var root: Endpoint
@@ -381,6 +382,7 @@ public actor RootWriter {
                 startWaiting()
                 let answer = try await call(c)
                 answered()
+                link.withLockedValue { $0.lastCallFailure = nil }
                 return answer
             } catch {
                 try await failed(what, error)
@@ -465,6 +467,7 @@ public actor RootWriter {
         do {
             let r = try Self.writeAnswer(try await sent.answer.wait())
             answered()
+            link.withLockedValue { $0.lastCallFailure = nil }
             return r
         } catch {
             try await failed(sent.what, error, generation: sent.generation)

@@ -39,6 +39,26 @@ final class BridgeHealthTests: XCTestCase {
     /// A root that keeps its connections but stops answering (here: SIGSTOP, as a hung
     /// process or a stalled disk would) is noticed while a batch waits for it, long before
     /// the batch's own timeout; once it answers again the bridge is ready again.
+    /// A root out of room answers the bridge's keepalives and refuses every batch: /readyz
+    /// names the refusal (it said "catching up", or the copy's progress, frozen) while the
+    /// bridge keeps retrying.
+    func testARootRefusingEveryBatchIsNamedByReadyz() async throws {
+        let kt = try FakeKTProcess(logDir: tmp)
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--map-size", "2MiB"])
+        let bridge = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "99",
+                                                      "--batch-interval", "50ms", "--admin", "127.0.0.1:0", "--log-format", "text"],
+                                       logDir: tmp, ready: true)
+        let admin = try bridge.port("admin")
+        try await waitFor("the bridge ready", timeout: .seconds(20)) { httpGet(port: admin, path: "/readyz")?.status == 200 }
+        let value = String(repeating: "v", count: 60_000)
+        for i in 0..<60 { kt.set("big/\(i)", value) }
+        try await waitFor("/readyz 503 naming the root's refusal", timeout: .seconds(30)) {
+            guard let r = httpGet(port: admin, path: "/readyz"), r.status == 503 else { return false }
+            return r.body.contains("refuses the bridge's writes") && r.body.contains("storage-full")
+        }
+        XCTAssertTrue(bridge.isRunning, "the bridge keeps retrying: nothing is lost, KT keeps the changes")
+    }
+
     func testAHungRootIsNoticedWhileABatchWaits() async throws {
         let kt = try FakeKTProcess(logDir: tmp)
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
