@@ -38,6 +38,15 @@ struct MemcachedFraming {
             skip -= n
             if skip > 0 { return nil }
         }
+        // A request of the binary protocol (magic 0x80) holds no newline to wait for: its
+        // client would wait for its own timeout. Answered in text (a binary client reads an
+        // error either way) and closed.
+        if buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) == 0x80 {
+            failed = true
+            buffer.moveReaderIndex(to: buffer.writerIndex)
+            return .failure(.malformed(reply: "SERVER_ERROR the binary protocol is not served: use the text protocol",
+                                       reason: "binary protocol request (magic 0x80)", close: true))
+        }
         let lf: Int? = buffer.withUnsafeReadableBytes { bytes in
             guard let base = bytes.baseAddress, let p = memchr(base, 0x0A, bytes.count) else { return nil }
             return UnsafeRawPointer(p) - base

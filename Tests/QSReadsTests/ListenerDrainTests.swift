@@ -74,8 +74,9 @@ final class TestClient: @unchecked Sendable {
 
     deinit { close(fd) }
 
-    func send(_ text: String) {
-        let bytes = Array(text.utf8)
+    func send(_ text: String) { sendBytes(Array(text.utf8)) }
+
+    func sendBytes(_ bytes: [UInt8]) {
         _ = bytes.withUnsafeBytes { Foundation.send(fd, $0.baseAddress, $0.count, 0) }
     }
 

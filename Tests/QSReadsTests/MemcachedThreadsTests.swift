@@ -195,6 +195,21 @@ final class MemcachedThreadsTests: XCTestCase {
         XCTAssertEqual(client.readToEOF(), "CLIENT_ERROR line too long\r\n")
     }
 
+    /// A binary-protocol request (magic 0x80, no newline to wait for) is answered and closed
+    /// at once, on the threads and on the event loops alike: its client waited for its own
+    /// timeout.
+    func testABinaryProtocolRequestIsAnsweredAndClosed() async throws {
+        for threads in [2, 0] {
+            let port = try await server(threads: threads)
+            let client = try XCTUnwrap(TestClient(port: port))
+            // A binary GET of "k1": magic, opcode 0, key length 2, extras 0, …, the key.
+            client.sendBytes([0x80, 0x00, 0x00, 0x02, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] + Array("k1".utf8))
+            XCTAssertEqual(client.readToEOF(), "SERVER_ERROR the binary protocol is not served: use the text protocol\r\n", "threads \(threads)")
+            try await running?.stop()
+            running = nil
+        }
+    }
+
     /// The threads carry the listener's name where `ps -L` and /proc show it.
     func testTheThreadsAreNamedInProc() async throws {
         let port = try await server(threads: 2)
