@@ -194,6 +194,21 @@ public final class ReplicaService: Service, Sendable {
             } catch FollowEnd.refused(.diverged, let message) {
                 metrics.diverged.increment()
                 logger.error("upstream has another history: refused, moving on", metadata: ["upstream": "\(up)", "detail": "\(message)"])
+            } catch FollowEnd.refused(.behind, let message) {
+                // This replica is ahead of the upstream: the upstream is behind, or it is
+                // another history altogether (a foreign or forked root), which "behind"
+                // would hide. This replica's entry at the upstream's head tells them apart.
+                let theirs = try? await upstreamHead(up)
+                var mine: [UInt8]?
+                if let theirs { mine = (try? await core.store.hash(at: theirs.index)) ?? nil }
+                if let theirs, let mine, mine != theirs.hash {
+                    metrics.diverged.increment()
+                    logger.error("upstream has another history: its head differs from this replica's entry at the same index, so it is not merely behind; refused, moving on (qsctl rebootstrap --from \(up) replaces this store with it)",
+                                 metadata: ["upstream": "\(up)", "index": "\(theirs.index)", "theirs": "\(hexString(theirs.hash))", "mine": "\(hexString(mine))"])
+                } else {
+                    let compared = theirs == nil ? "its head could not be read" : mine == nil ? "this replica no longer retains the entry at its head to compare" : "same history"
+                    logger.warning("upstream is behind this replica: moving on", metadata: ["upstream": "\(up)", "detail": "\(message)", "history": "\(compared)"])
+                }
             } catch is CancellationError {
                 return
             } catch FollowEnd.interrupted {
@@ -370,6 +385,13 @@ public final class ReplicaService: Service, Sendable {
             }
             throw error
         }
+    }
+
+    /// The upstream's head, asked on a connection of its own (a `head` takes no token).
+    private func upstreamHead(_ up: Endpoint) async throws -> Head {
+        let client = try await QSClient.connect(to: up, requestTimeout: .seconds(5))
+        defer { Task { await client.close() } }
+        return try await client.head()
     }
 
     private func fetchAndInstall(from up: Endpoint, continuing: Head?) async throws {

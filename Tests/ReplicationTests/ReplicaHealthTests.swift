@@ -61,6 +61,37 @@ final class ReplicaHealthTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(try XCTUnwrap(later.statusRootAge), first + 2, "qsctl status reads the same age")
     }
 
+    /// A replica pointed at a root of another history that is shorter than its own (a
+    /// foreign root, a fork) was told "behind" and said so: it now compares its own entry at
+    /// that root's head, counts the divergence and says it is another history.
+    func testAnUpstreamOfAnotherHistoryIsNotCalledBehind() async throws {
+        let a = try RootNode(data: tmp.appendingPathComponent("a"), logDir: tmp)
+        let b = try RootNode(data: tmp.appendingPathComponent("b"), logDir: tmp)
+        for i in 0..<6 {
+            XCTAssertEqual(try Harness.run("qsctl", ["--node", a.address, "put", "a\(i)", "v"]).status, 0)
+        }
+        for i in 0..<2 {
+            XCTAssertEqual(try Harness.run("qsctl", ["--node", b.address, "put", "b\(i)", "v"]).status, 0)
+        }
+        let data = tmp.appendingPathComponent("r")
+        var replica = try ReplicaNode(data: data, upstreams: [a.address], logDir: tmp)
+        let ac = try await QSClient.connect(host: "127.0.0.1", port: a.port)
+        let head = try await ac.head()
+        await ac.close()
+        try await waitFor("the replica holds A's head", timeout: .seconds(20)) {
+            let c = try await QSClient.connect(host: "127.0.0.1", port: replica.port)
+            defer { Task { await c.close() } }
+            return try await c.head() == head
+        }
+        XCTAssertEqual(try replica.daemon.stop(), 0)
+        replica = try ReplicaNode(data: data, upstreams: [b.address], logDir: tmp)
+        try await waitFor("the divergence counted", timeout: .seconds(20)) {
+            (replica.metric("qs_replica_diverged_total") ?? 0) >= 1
+        }
+        XCTAssertTrue(replica.daemon.log.contains("upstream has another history: its head differs"), replica.daemon.log)
+        XCTAssertFalse(replica.daemon.log.contains("upstream is behind this replica"), replica.daemon.log)
+    }
+
     func testPostUpstreamRewritesTheUpstreamFileAndCountsTheMove() async throws {
         let a = try RootNode(data: tmp.appendingPathComponent("a"), logDir: tmp)
         let b = try RootNode(data: tmp.appendingPathComponent("b"), logDir: tmp)
