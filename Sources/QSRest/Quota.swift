@@ -45,6 +45,9 @@ public struct Quota: Sendable {
         case delay(Duration)
         /// Refuse; retry after this many seconds (at least 1).
         case refuse(retryAfter: Int)
+        /// Refuse for good: even a full bucket and the longest delay would not cover it
+        /// (what it needs, what one request can have); retrying the same request cannot pass.
+        case neverFits(String)
     }
 
     /// Takes `writes` writes and `bytes` bytes from the buckets, or says to refuse (taking
@@ -52,6 +55,11 @@ public struct Quota: Sendable {
     public mutating func take(writes n: Int, bytes size: Int, now: ContinuousClock.Instant = .now) -> Decision {
         writes?.refill(now)
         bytes?.refill(now)
+        for (bucket, need, unit) in [(writes, Double(n), "writes"), (bytes, Double(size), "bytes")] {
+            guard let bucket, need > bucket.burst + bucket.rate * maxDelay else { continue }
+            let most = Int(bucket.burst + bucket.rate * maxDelay)
+            return .neverFits("this request needs \(Int(need)) \(unit) and one request can have at most \(most) (the quota's one-second burst plus --quota-max-delay at its rate): split it")
+        }
         let wait = max(writes?.wait(for: Double(n)) ?? 0, bytes?.wait(for: Double(size)) ?? 0)
         if wait > maxDelay {
             return .refuse(retryAfter: max(1, Int((wait - maxDelay).rounded(.up))))

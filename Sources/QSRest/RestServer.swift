@@ -288,6 +288,10 @@ struct RequestHandler: Sendable {
                 logger.notice("write refused: over quota", metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "retry-after": "\(after)"])
                 return .error(429, "producer \(producer.name) is over its quota (writes_per_second/bytes_per_second); retry after \(after) s")
                     .adding(("Retry-After", "\(after)"))
+            case let .neverFits(why):
+                m.refusedQuota.increment()
+                logger.notice("write refused: larger than the quota allows one request", metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "reason": "\(why)"])
+                return .error(413, "producer \(producer.name)'s quota: \(why); nothing of this request was written")
             }
             do {
                 let answer = try await queue.submit(list)

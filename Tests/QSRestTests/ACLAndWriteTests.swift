@@ -151,5 +151,10 @@ final class ACLAndWriteTests: XCTestCase {
         XCTAssertEqual(Double(d.components.seconds) + Double(d.components.attoseconds) / 1e18, 0.5, accuracy: 0.01)
         XCTAssertEqual(q.take(writes: 10, bytes: 0, now: t0), .refuse(retryAfter: 1))
         XCTAssertEqual(q.take(writes: 1, bytes: 0, now: t0 + .seconds(2)), .pass)
+        // More than a full bucket and the longest delay cover: refused for good, not "retry
+        // after" a time after which it would be refused again.
+        guard case let .neverFits(why) = q.take(writes: 21, bytes: 0, now: t0 + .seconds(10)) else { return XCTFail("expected neverFits") }
+        XCTAssertTrue(why.contains("needs 21 writes") && why.contains("at most 20"), why)
+        XCTAssertEqual(q.take(writes: 20, bytes: 0, now: t0 + .seconds(10)), .delay(.seconds(1)))
     }
 }
