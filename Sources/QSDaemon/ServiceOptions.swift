@@ -110,7 +110,7 @@ public struct ServiceOptions: ParsableArguments, Sendable {
             var h: any LogHandler
             switch format {
             case .json: h = JSONLogHandler(label: name)
-            case .text: h = StreamLogHandler.standardError(label: name)
+            case .text: h = TextLogHandler(label: name)
             }
             h.logLevel = level
             return h

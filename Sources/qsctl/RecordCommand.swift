@@ -65,7 +65,7 @@ struct RecordCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
+        LoggingSystem.bootstrap { TextLogHandler(label: $0) }
         let logger = Logger(label: "qsctl-record")
         guard let spec = source.value else { throw ValidationError("--source is required") }
         let stop = StopConditions(count: count.value, untilPosition: untilTs.value, duration: duration.value?.duration)

@@ -242,6 +242,20 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(log.components(separatedBy: "no valid producer credential").count - 1, 1, log)
     }
 
+    /// A key a producer chose, logged with its refusal, cannot split or forge a text log
+    /// line: its control characters are written as escapes.
+    func testTextLogsEscapeWhatPeersSend() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let (rest, port, _) = try startRest(root: root.address, acl: try writeACL())
+        let r = try curl(["-u", "dns:dns-token", "-G", "--data-urlencode", "key=waf/x\tforged\nlevel=critical", "--data-urlencode", "value=1",
+                          "http://127.0.0.1:\(port)/rpc/set"])
+        XCTAssertEqual(r.status, 403, r.body)
+        XCTAssertEqual(try rest.stop(), 0)
+        let log = rest.log
+        XCTAssertTrue(log.contains("waf/x\\tforged\\nlevel=critical"), log)
+        XCTAssertFalse(log.split(separator: "\n").contains { $0.hasPrefix("level=critical") }, log)
+    }
+
     /// A request without a valid credential is answered from its head: its body (here 30 MB
     /// announced, 64 KiB sent) is never gathered, so unauthenticated peers cannot make
     /// qsrest hold bodies; a declared body over --max-body is answered 413 the same way.
