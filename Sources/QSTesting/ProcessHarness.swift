@@ -122,11 +122,14 @@ public enum Harness {
 
     /// The environment of a child process: this process's without its `QS_` variables (a
     /// test says what it means), plus `env`. A suite run with `QS_STORE_ENGINE=rocksdb`
-    /// (scripts/swift-test.sh) gives the nodes it starts `QS_ENGINE=rocksdb`.
-    static func childEnvironment(_ env: [String: String]) -> [String: String] {
+    /// (scripts/swift-test.sh) gives the nodes it starts `QS_ENGINE=rocksdb` (only the
+    /// nodes: another executable would name it as a variable it does not read).
+    static func childEnvironment(_ env: [String: String], for name: String) -> [String: String] {
         let mine = ProcessInfo.processInfo.environment
         var environment = mine.filter { !$0.key.hasPrefix("QS_") }
-        if let engine = mine["QS_STORE_ENGINE"], !engine.isEmpty { environment["QS_ENGINE"] = engine }
+        if let engine = mine["QS_STORE_ENGINE"], !engine.isEmpty, (name as NSString).lastPathComponent == "qsnode" {
+            environment["QS_ENGINE"] = engine
+        }
         environment.merge(env) { _, new in new }
         return environment
     }
@@ -139,7 +142,7 @@ public enum Harness {
         let p = Process()
         p.executableURL = name.hasPrefix("/") ? URL(fileURLWithPath: name) : binDir.appendingPathComponent(name)
         p.arguments = args
-        p.environment = Harness.childEnvironment(env)
+        p.environment = Harness.childEnvironment(env, for: name)
         let out = Pipe(), err = Pipe(), input = Pipe()
         p.standardOutput = out
         p.standardError = err
@@ -209,7 +212,7 @@ public final class DaemonProcess: @unchecked Sendable {
             process.executableURL = binDir.appendingPathComponent(name)
             process.arguments = args
         }
-        process.environment = Harness.childEnvironment(env)
+        process.environment = Harness.childEnvironment(env, for: name)
         logURL = logDir.appendingPathComponent("\(name)-\(UUID().uuidString.prefix(6)).log")
         _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
         let handle = try FileHandle(forWritingTo: logURL)
