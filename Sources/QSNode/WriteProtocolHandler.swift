@@ -126,6 +126,9 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
             return
         }
         run(context: context, { await core.handle(request, peer: peer) }) { response in
+            // A hello handled after the connection closed registered a writer nobody will
+            // remove (status listed such ghosts for good): forget it now.
+            if self.inactive, case .hello = request { self.core.writers.gone(peer: self.peer) }
             self.answered(context: context, response)
         }
     }
