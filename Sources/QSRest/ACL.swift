@@ -1,3 +1,4 @@
+import Foundation
 import Crypto
 import QSBytes
 
@@ -40,6 +41,8 @@ public struct ACL: Sendable, Equatable {
 
     public struct LoadError: Error, CustomStringConvertible {
         public let description: String
+
+        public init(description: String) { self.description = description }
     }
 
     public init(producers: [Producer]) throws {
@@ -48,6 +51,26 @@ public struct ACL: Sendable, Equatable {
     }
 
     /// Reads an ACL file's text; errors name the line (and `origin`, the file).
+    /// Reads and parses the ACL file at `path`; an unreadable file is an error naming the
+    /// path and the reason (not Foundation's error domain and code).
+    public static func load(path: String) throws -> ACL {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            let why: String
+            if !FileManager.default.fileExists(atPath: path) {
+                why = "no such file"
+            } else if !FileManager.default.isReadableFile(atPath: path) {
+                why = "not readable by this user"
+            } else {
+                why = "not UTF-8 text"
+            }
+            throw LoadError(description: "\(path): \(why): give --acl the TOML file of the producers (docs/operations.md, \"Producers and their keyspaces\")")
+        }
+        return try ACL(parsing: text, origin: path)
+    }
+
     public init(parsing text: String, origin: String = "the ACL") throws {
         let tables: [TOMLSubset.Table]
         do {

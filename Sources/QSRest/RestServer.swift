@@ -141,7 +141,7 @@ public final class Access: Sendable {
     /// is returned (for the log).
     public func reload(path: String) -> Result<ACL, any Error> {
         do {
-            let acl = try ACL(parsing: try String(contentsOfFile: path, encoding: .utf8), origin: path)
+            let acl = try ACL.load(path: path)
             replace(acl)
             metrics.aclReloads.increment()
             return .success(acl)

@@ -92,7 +92,11 @@ struct QSRestCommand: AsyncParsableCommand {
         let (logger, registry) = service.bootstrap(label: "qsrest")
         let initial: ACL
         do {
-            initial = try ACL(parsing: try String(contentsOfFile: acl, encoding: .utf8), origin: acl)
+            initial = try ACL.load(path: acl)
+            // Every request would be refused 401 while /readyz said ready.
+            guard !initial.producers.isEmpty else {
+                throw ACL.LoadError(description: "\(acl) names no producer: add a [producers.NAME] table for each producer (docs/operations.md)")
+            }
         } catch {
             logger.critical("cannot load the ACL", metadata: ["acl": "\(acl)", "error": "\(error)"])
             throw ExitCode(1)
