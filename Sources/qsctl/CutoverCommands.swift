@@ -96,7 +96,14 @@ struct Demote: AsyncParsableCommand {
 /// Promotes or demotes `options.node` and prints what it became and at which head.
 func changeRole(_ change: Request.RoleChange, _ options: NodeOptions, becomes: String) async throws {
     let admin = try options.adminToken()
-    let head = try await options.withClient { try await $0.changeRole(change, adminToken: admin) }
+    let head = try await options.withClient { client in
+        do {
+            return try await client.changeRole(change, adminToken: admin)
+        } catch ClientError.server(let code, let message) where ErrorCode(rawValue: code) == .unauthorized && admin == nil {
+            // Without --admin-token-file the write token went in its place.
+            throw ClientError.server(code: code, message: message + " (qsctl had no --admin-token-file, QS_CTL_ADMIN_TOKEN_FILE, and sent its write token instead: give it the node's admin token file)")
+        }
+    }
     printLine("\(options.node) is \(becomes) at index \(head.index) hash \(hexString(head.hash))")
 }
 
