@@ -41,7 +41,10 @@ struct Status: AsyncParsableCommand {
         printLine("log      retained from index \(s["log_first_index"] ?? "?"); \(s["subscribers"] ?? 0) subscriber(s)")
         if let age = s["root_age_seconds"] as? Double { printLine(String(format: "freshness root word %.1f s old", age)) }
         if let u = s["upstream"] as? [String: Any] {
-            printLine("upstream \(u["address"] ?? "?")  subscribed \((u["subscribed"] as? Bool) == true ? "yes" : "no")  upstream head \(u["head"] ?? "?")  behind \(u["lag_entries"] ?? "?") entries")
+            // The upstream's head is what it last said: a silent upstream (stopped, cut off)
+            // says nothing new, so "behind 0" is only as fresh as the root word.
+            let heard = (s["root_age_seconds"] as? Double).flatMap { $0 > 5 ? String(format: " (as last heard, %.0f s ago)", $0) : nil } ?? ""
+            printLine("upstream \(u["address"] ?? "?")  subscribed \((u["subscribed"] as? Bool) == true ? "yes" : "no")  upstream head \(u["head"] ?? "?")  behind \(u["lag_entries"] ?? "?") entries\(heard)")
         }
         if let m = s["mirror"] as? [String: Any] {
             let by = (m["followed_by"] as? [[String: Any]] ?? []).map { "\($0["client"] ?? "?") from \($0["peer"] ?? "?")" }

@@ -59,6 +59,12 @@ final class ReplicaHealthTests: XCTestCase {
         }
         let later = try await signals(replica)
         XCTAssertGreaterThanOrEqual(try XCTUnwrap(later.statusRootAge), first + 2, "qsctl status reads the same age")
+        // The table's "behind N entries" is the upstream's last word: it says how old.
+        try await waitFor("the root word over 5 s old", timeout: .seconds(15), pollEvery: .milliseconds(200)) {
+            (replica.metric("qs_replica_root_age_seconds") ?? 0) > 6
+        }
+        let table = String(decoding: try Harness.run("qsctl", ["--node", "127.0.0.1:\(replica.port)", "status"]).stdout, as: UTF8.self)
+        XCTAssertTrue(table.contains("entries (as last heard,"), table)
     }
 
     /// A replica pointed at a root of another history that is shorter than its own (a
