@@ -504,10 +504,14 @@ public actor RootWriter {
     /// the batch. Answers `written` or `conflict`. A batch whose answer was lost is sent
     /// again by `perform` and then answered `conflict(current: new)`: the caller takes
     /// that as applied, its outcomes unknown.
-    public func writes(sourceID: String, expected: UInt64, new: UInt64, writes: [ConditionalWrite]) async throws -> Response {
+    /// `sent` turns true once the request has been handed to a connection: after that its
+    /// outcome is unknown until an answer comes (a caller that gives up must say so).
+    public func writes(sourceID: String, expected: UInt64, new: UInt64, writes: [ConditionalWrite],
+                       sent: NIOLockedValueBox<Bool>? = nil) async throws -> Response {
         let request = Request.writes(.init(token: token, sourceID: sourceID, expected: expected, new: new, writes: writes))
         let endpoints = self.endpoints
         return try await perform("writes") { client in
+            sent?.withLockedValue { $0 = true }
             let r = try await client.send(request, timeout: Self.callTimeout)
             switch r {
             case .written, .conflict: return r

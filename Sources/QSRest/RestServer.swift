@@ -305,6 +305,10 @@ struct RequestHandler: Sendable {
             } catch let refusal as WriteQueue.Refusal where refusal.isTooLarge {
                 m.failed.increment()
                 return .error(413, "\(refusal); nothing was acknowledged")
+            } catch let refusal as WriteQueue.Refusal where refusal.isNotCommitted {
+                m.failed.increment()
+                logger.error("write not committed in time", metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "procedure": "\(procedure)", "error": "\(refusal)"])
+                return .error(503, "\(refusal)").adding(("Retry-After", "1"))
             } catch {
                 m.failed.increment()
                 logger.error("write failed", metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "procedure": "\(procedure)", "error": "\(error)"])

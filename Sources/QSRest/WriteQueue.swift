@@ -29,13 +29,17 @@ public actor WriteQueue: Service {
         public var maxBytes: Int
         /// Writes waiting for a batch beyond which new requests are refused (503).
         public var maxPendingBytes: Int
+        /// How long a batch may take to be committed at the root before its requests are
+        /// answered 503 (not applied when it was never sent, outcome unknown when it was).
+        public var commitTimeout: Duration
 
         public init(interval: Duration = .milliseconds(500), maxWrites: Int = 10_000, maxBytes: Int = 16 << 20,
-                    maxPendingBytes: Int = 256 << 20) {
+                    maxPendingBytes: Int = 256 << 20, commitTimeout: Duration = .seconds(20)) {
             self.interval = interval
             self.maxWrites = maxWrites
             self.maxBytes = maxBytes
             self.maxPendingBytes = maxPendingBytes
+            self.commitTimeout = commitTimeout
         }
     }
 
@@ -52,6 +56,9 @@ public actor WriteQueue: Service {
         case busy
         /// The batch holding the request failed.
         case failed(String)
+        /// The batch was not committed within `commitTimeout`: never sent (not applied), or
+        /// sent and not answered (it may still be applied).
+        case notCommitted(sent: Bool, why: String)
         /// qsrest is stopping and the batch could not be committed in time.
         case stopping
         /// The root refused the batch as larger than its frame limit: sending it again
@@ -63,10 +70,17 @@ public actor WriteQueue: Service {
             return false
         }
 
+        var isNotCommitted: Bool {
+            if case .notCommitted = self { return true }
+            return false
+        }
+
         public var description: String {
             switch self {
             case .busy: return "too many writes are waiting for the root; retry later"
             case let .failed(why): return "the batch holding this write failed: \(why)"
+            case let .notCommitted(false, why): return "not applied: no root took the batch holding this write within --commit-timeout (\(why)); retry"
+            case let .notCommitted(true, why): return "outcome unknown: the batch holding this write was sent to the root and not answered within --commit-timeout (\(why)); it may still be applied: read the key before retrying a write that is not idempotent (increment, append, add)"
             case .stopping: return "qsrest is shutting down and could not commit this write"
             case let .tooLarge(why): return "the batch holding this write is larger than the root takes in one frame (\(why)): send smaller writes, or lower qsrest's --batch-max-bytes below the root's --max-frame-bytes"
             }
@@ -91,6 +105,9 @@ public actor WriteQueue: Service {
     private var flushing = false
     private var flushWaiters: [CheckedContinuation<Void, Never>] = []
     private var stopped = false
+    /// Positions of batches given up after `commitTimeout` that had been sent: one of them
+    /// found committed later is not another writer.
+    private var abandoned: Set<UInt64> = []
     /// The root's position for this source as last confirmed, readable without the actor.
     public nonisolated let position = NIOLockedValueBox<UInt64?>(nil)
     /// Why the last batch failed, nil once one commits: `/readyz` says it (a demoted root,
@@ -139,7 +156,10 @@ public actor WriteQueue: Service {
 
     /// Flushes every `interval` until graceful shutdown, then flushes what is left.
     public func run() async throws {
-        await ensurePosition()
+        // The position is read at once, but not waited for: with no root, the requests of
+        // the first batches are answered within --commit-timeout (flushOne), not held.
+        let reading = Task { await self.ensurePosition() }
+        defer { reading.cancel() }
         await cancelWhenGracefulShutdown {
             while !Task.isCancelled {
                 do { try await Task.sleep(for: self.limits.interval) } catch { break }
@@ -157,6 +177,8 @@ public actor WriteQueue: Service {
         while confirmed == nil, !Task.isCancelled {
             do {
                 let cp = try await root.checkpoint(sourceID: sourceID) ?? 0
+                // A batch may have committed (and set the position) while this read waited.
+                guard confirmed == nil else { return }
                 setConfirmed(cp)
                 logger.info("resuming at the root's position", metadata: ["source-id": "\(sourceID)", "position": "\(cp)"])
             } catch {
@@ -194,29 +216,52 @@ public actor WriteQueue: Service {
     }
 
     private func flushOne() async {
-        await ensurePosition()
-        guard let expected = confirmed else { return }
-        var count = 0, writes = 0, bytes = 0
-        for p in pending {
-            let w = max(p.writes.count, 1)
-            if count > 0 && (writes + w > limits.maxWrites || bytes + p.bytes > limits.maxBytes) { break }
-            count += 1; writes += w; bytes += p.bytes
+        let start = ContinuousClock.now
+        if confirmed == nil {
+            do {
+                let cp = try await Self.within(start + limits.commitTimeout) { [root, sourceID] in
+                    try await root.checkpoint(sourceID: sourceID) ?? 0
+                }
+                if confirmed == nil { setConfirmed(cp) }
+            } catch is CancellationError {
+                return
+            } catch {
+                // No root answered: nothing of the next batch was sent.
+                let why = root.link.withLockedValue { $0.lastCallFailure?.why ?? $0.lastError } ?? "\(error)"
+                let batch = takeBatch()
+                logger.error("no root answered within --commit-timeout; the batch's requests get 503 (not applied)",
+                             metadata: ["source-id": "\(sourceID)", "requests": "\(batch.count)", "reason": "\(why)"])
+                metrics.batchesFailed.increment()
+                lastFailure.withLockedValue { $0 = "no root answered within --commit-timeout: \(why)" }
+                for p in batch { p.reply.resume(throwing: Refusal.notCommitted(sent: false, why: why)) }
+                return
+            }
         }
-        let batch = Array(pending.prefix(count))
-        pending.removeFirst(count)
-        pendingWrites -= writes
-        pendingBytes -= bytes
-        metrics.pendingWrites.record(Double(pendingWrites))
+        guard let expected = confirmed else { return }
+        let batch = takeBatch()
+        let bytes = batch.reduce(0) { $0 + $1.bytes }
         let all = batch.flatMap(\.writes)
         var from = expected
-        let start = ContinuousClock.now
         while true {
             let new = max(from &+ 1, wallClockNanoseconds())
             let answer: Response
             committingSince.withLockedValue { if $0 == nil { $0 = start } }
             defer { committingSince.withLockedValue { $0 = nil } }
+            let sent = NIOLockedValueBox(false)
             do {
-                answer = try await root.writes(sourceID: sourceID, expected: from, new: new, writes: all)
+                answer = try await Self.within(start + limits.commitTimeout) { [root, sourceID, from] in
+                    try await root.writes(sourceID: sourceID, expected: from, new: new, writes: all, sent: sent)
+                }
+            } catch is CommitTimeout {
+                let wasSent = sent.withLockedValue { $0 }
+                if wasSent { abandoned.insert(new) }
+                let why = root.link.withLockedValue { $0.lastCallFailure?.why ?? $0.lastError } ?? "no answer from the root"
+                logger.error("batch not committed within --commit-timeout; its requests get 503", metadata: [
+                    "source-id": "\(sourceID)", "writes": "\(all.count)", "sent": "\(wasSent)", "reason": "\(why)"])
+                metrics.batchesFailed.increment()
+                lastFailure.withLockedValue { $0 = "a batch was not committed within --commit-timeout: \(why)" }
+                for p in batch { p.reply.resume(throwing: Refusal.notCommitted(sent: wasSent, why: why)) }
+                return
             } catch let refusal as RootRefusal where refusal.code == .frameTooLarge {
                 // The batch's own size, not the root's state: /readyz stays as it was.
                 logger.error("batch refused by the root as too large; its requests get 413", metadata: ["source-id": "\(sourceID)", "writes": "\(all.count)", "bytes": "\(bytes)"])
@@ -247,6 +292,12 @@ public actor WriteQueue: Service {
                                metadata: ["source-id": "\(sourceID)", "position": "\(new)"])
                 for p in batch { p.reply.resume(returning: .committedOutcomesUnknown) }
                 return
+            case let .conflict(current) where abandoned.contains(current):
+                abandoned.remove(current)
+                logger.warning("a batch given up after --commit-timeout was committed after all (its requests were answered 'outcome unknown'); sending this batch from there",
+                               metadata: ["source-id": "\(sourceID)", "position": "\(current)"])
+                from = current
+                setConfirmed(current)
             case let .conflict(current):
                 metrics.conflicts.increment()
                 logger.error("another writer moved this source id at the root: give every qsrest its own --source-id; sending the batch again from the root's position",
@@ -258,5 +309,48 @@ public actor WriteQueue: Service {
                 return
             }
         }
+    }
+
+    /// The next batch's requests, taken from `pending`: as many as fit the batch limits
+    /// (at least one).
+    private func takeBatch() -> [Pending] {
+        var count = 0, writes = 0, bytes = 0
+        for p in pending {
+            let w = max(p.writes.count, 1)
+            if count > 0 && (writes + w > limits.maxWrites || bytes + p.bytes > limits.maxBytes) { break }
+            count += 1; writes += w; bytes += p.bytes
+        }
+        let batch = Array(pending.prefix(count))
+        pending.removeFirst(count)
+        pendingWrites -= writes
+        pendingBytes -= bytes
+        metrics.pendingWrites.record(Double(pendingWrites))
+        return batch
+    }
+
+    struct CommitTimeout: Error {}
+
+    /// `work`'s answer, or `CommitTimeout` at `deadline`, whichever comes first: `work` runs
+    /// in a task of its own, cancelled when the deadline wins (a call blocked on the root's
+    /// answer is not waited for; compare-and-swap on the position settles it if it lands).
+    static func within<T: Sendable>(_ deadline: ContinuousClock.Instant,
+                                    _ work: @escaping @Sendable () async throws -> T) async throws -> T {
+        let task = Task { try await work() }
+        let winner = NIOLockedValueBox(false)
+        let outcome: Result<T, any Error>? = await withCheckedContinuation { (done: CheckedContinuation<Result<T, any Error>?, Never>) in
+            @Sendable func finish(_ r: Result<T, any Error>?) {
+                if winner.withLockedValue({ let first = !$0; $0 = true; return first }) { done.resume(returning: r) }
+            }
+            Task { finish(await task.result) }
+            Task {
+                try? await Task.sleep(until: deadline)
+                finish(nil)
+            }
+        }
+        guard let outcome else {
+            task.cancel()
+            throw CommitTimeout()
+        }
+        return try outcome.get()
     }
 }

@@ -75,11 +75,15 @@ struct QSRestCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("GET /usage serves a report this young without scanning again (?fresh=1 scans anyway), e.g. 60s. (env: QS_USAGE_MAX_AGE)", valueName: "duration"))
     var usageMaxAge: Interval = QSEnv.value("QS_USAGE_MAX_AGE", Interval(.seconds(60)))
 
+    @Option(help: ArgumentHelp("How long a request waits for its batch to be committed at the root before it is answered 503: 'not applied' when no root took the batch, 'outcome unknown' when it was sent and not answered; keep it under the producers' own timeouts, e.g. 20s. (env: QS_COMMIT_TIMEOUT)", valueName: "duration"))
+    var commitTimeout: Interval = QSEnv.value("QS_COMMIT_TIMEOUT", Interval(.seconds(20)))
+
     @OptionGroup var service: ServiceOptions
 
     func validate() throws {
         guard !acl.isEmpty else { throw ValidationError("--acl is required: the producers' TOML file (or set QS_ACL)") }
         guard batchInterval.duration > .zero else { throw ValidationError("--batch-interval must be more than 0, e.g. 500ms") }
+        guard commitTimeout.duration > .zero else { throw ValidationError("--commit-timeout must be more than 0, e.g. 20s") }
         guard usageMaxAge.duration >= .zero else { throw ValidationError("--usage-max-age must be 0 (always scan) or more, e.g. 60s") }
         guard batchMaxOps > 0 else { throw ValidationError("--batch-max-ops must be positive") }
         try validateRootStaleAfter(rootStaleAfter)
@@ -112,7 +116,7 @@ struct QSRestCommand: AsyncParsableCommand {
         let metrics = RestMetrics()
         let queue = WriteQueue(sourceID: id, root: writer,
                                limits: .init(interval: batchInterval.duration, maxWrites: batchMaxOps, maxBytes: batchMaxBytes.bytes,
-                                             maxPendingBytes: maxPendingBytes.bytes),
+                                             maxPendingBytes: maxPendingBytes.bytes, commitTimeout: commitTimeout.duration),
                                metrics: metrics, logger: logger)
         let access = Access(initial, maxQuotaDelay: quotaMaxDelay.duration, metrics: metrics)
         let server = RestServer(endpoints: [listen.endpoint], access: access, queue: queue,

@@ -242,6 +242,30 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(log.components(separatedBy: "no valid producer credential").count - 1, 1, log)
     }
 
+    /// With no root to take it, a write is answered 503 "not applied" within
+    /// --commit-timeout (it waited for the connection's idle timeout, unanswered, and was
+    /// committed when a root appeared: a producer's retry applied it twice); once a root
+    /// answers, writes go through, and the refused one was never applied.
+    func testWithNoRootAWriteIsAnsweredNotAppliedAndStaysUnapplied() async throws {
+        let socket = tmp.appendingPathComponent("root.sock").path
+        let (rest, port, admin) = try startRest(root: "unix:\(socket)", acl: try writeACL(), extra: ["--commit-timeout", "2s"])
+        let refused = try curl(["-u", "dns:dns-token", "--max-time", "30", "http://127.0.0.1:\(port)/rpc/increment?key=dns%2Fcounter&num=1"])
+        XCTAssertEqual(refused.status, 503, refused.body)
+        XCTAssertTrue(refused.body.contains("not applied"), refused.body)
+        XCTAssertEqual(httpGet(port: admin, path: "/readyz")?.status, 503)
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--unix", socket])
+        try await waitFor("a write through the root that appeared", timeout: .seconds(30), pollEvery: .milliseconds(200)) {
+            try self.curl(["-u", "dns:dns-token", "--max-time", "30", "http://127.0.0.1:\(port)/rpc/set?key=dns%2Fafter&value=1"]).status == 200
+        }
+        let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let counter = try await client.get(Array("dns/counter".utf8))
+        XCTAssertNil(counter, "the write answered 'not applied' was not applied later")
+        let after = try await client.get(Array("dns/after".utf8))
+        XCTAssertNotNil(after)
+        await client.close()
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
     /// A key a producer chose, logged with its refusal, cannot split or forge a text log
     /// line: its control characters are written as escapes.
     func testTextLogsEscapeWhatPeersSend() async throws {
