@@ -47,6 +47,11 @@ extension QSClient: RootConnection {
     }
 }
 
+/// Whether a write was handed to the root (see `RootWriter.writes(sending:)`).
+public enum SendState: Sendable, Equatable {
+    case notSent, sent, abandoned
+}
+
 /// A root's answer that retrying the same request cannot change (`frame-too-large`):
 /// the caller sends something else (a smaller batch) or stops.
 public struct RootRefusal: Error, Sendable, CustomStringConvertible {
@@ -504,14 +509,23 @@ public actor RootWriter {
     /// the batch. Answers `written` or `conflict`. A batch whose answer was lost is sent
     /// again by `perform` and then answered `conflict(current: new)`: the caller takes
     /// that as applied, its outcomes unknown.
-    /// `sent` turns true once the request has been handed to a connection: after that its
-    /// outcome is unknown until an answer comes (a caller that gives up must say so).
+    /// `sending` turns `.sent` once the request is handed to a connection: after that its
+    /// outcome is unknown until an answer comes. A caller that gives up sets it to
+    /// `.abandoned` under the same lock, and the request is then never sent: so a write
+    /// answered "not applied" cannot be applied later.
     public func writes(sourceID: String, expected: UInt64, new: UInt64, writes: [ConditionalWrite],
-                       sent: NIOLockedValueBox<Bool>? = nil) async throws -> Response {
+                       sending: NIOLockedValueBox<SendState>? = nil) async throws -> Response {
         let request = Request.writes(.init(token: token, sourceID: sourceID, expected: expected, new: new, writes: writes))
         let endpoints = self.endpoints
         return try await perform("writes") { client in
-            sent?.withLockedValue { $0 = true }
+            if let sending {
+                let go = sending.withLockedValue { state -> Bool in
+                    guard state != .abandoned else { return false }
+                    state = .sent
+                    return true
+                }
+                guard go else { throw CancellationError() }
+            }
             let r = try await client.send(request, timeout: Self.callTimeout)
             switch r {
             case .written, .conflict: return r

@@ -247,13 +247,19 @@ public actor WriteQueue: Service {
             let answer: Response
             committingSince.withLockedValue { if $0 == nil { $0 = start } }
             defer { committingSince.withLockedValue { $0 = nil } }
-            let sent = NIOLockedValueBox(false)
+            let sending = NIOLockedValueBox(SendState.notSent)
             do {
                 answer = try await Self.within(start + limits.commitTimeout) { [root, sourceID, from] in
-                    try await root.writes(sourceID: sourceID, expected: from, new: new, writes: all, sent: sent)
+                    try await root.writes(sourceID: sourceID, expected: from, new: new, writes: all, sending: sending)
                 }
             } catch is CommitTimeout {
-                let wasSent = sent.withLockedValue { $0 }
+                // Decided under the lock the writer takes before it sends: not sent now means
+                // never sent.
+                let wasSent = sending.withLockedValue { state -> Bool in
+                    if state == .sent { return true }
+                    state = .abandoned
+                    return false
+                }
                 if wasSent { abandoned.insert(new) }
                 let why = root.link.withLockedValue { $0.lastCallFailure?.why ?? $0.lastError } ?? "no answer from the root"
                 logger.error("batch not committed within --commit-timeout; its requests get 503", metadata: [
