@@ -266,6 +266,37 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try rest.stop(), 0)
     }
 
+    /// A root that stops answering with a batch in flight: the request is answered 503
+    /// within --commit-timeout, saying whether its batch was sent ("outcome unknown") or not
+    /// ("not applied"); once the root answers again the write is there at most once, and
+    /// not at all when the answer said "not applied".
+    func testAHungRootGetsAnHonestAnswerWithinTheCommitTimeout() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let (rest, port, _) = try startRest(root: root.address, acl: try writeACL(), extra: ["--commit-timeout", "1s"])
+        let base = "http://127.0.0.1:\(port)"
+        XCTAssertEqual(try curl(["-u", "dns:dns-token", "\(base)/rpc/set?key=dns%2Fwarm&value=1"]).status, 200)
+        kill(root.daemon.pid, SIGSTOP)
+        var resumed = false
+        defer { if !resumed { kill(root.daemon.pid, SIGCONT) } }
+        let answer = try curl(["-u", "dns:dns-token", "--max-time", "30", "\(base)/rpc/increment?key=dns%2Fcounter&num=1"])
+        kill(root.daemon.pid, SIGCONT)
+        resumed = true
+        XCTAssertEqual(answer.status, 503, answer.body)
+        let unknown = answer.body.contains("outcome unknown"), notApplied = answer.body.contains("not applied")
+        XCTAssertTrue(unknown || notApplied, answer.body)
+        try await waitFor("writes going through again", timeout: .seconds(30), pollEvery: .milliseconds(200)) {
+            try self.curl(["-u", "dns:dns-token", "--max-time", "30", "\(base)/rpc/set?key=dns%2Fafter&value=1"]).status == 200
+        }
+        let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let counter = try await client.get(Array("dns/counter".utf8))
+        await client.close()
+        if let counter {
+            XCTAssertFalse(notApplied, "answered 'not applied' but applied")
+            XCTAssertEqual(counter.value, [0, 0, 0, 0, 0, 0, 0, 1], "applied once")
+        }
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
     /// A key a producer chose, logged with its refusal, cannot split or forge a text log
     /// line: its control characters are written as escapes.
     func testTextLogsEscapeWhatPeersSend() async throws {
