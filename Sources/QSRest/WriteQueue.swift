@@ -108,6 +108,8 @@ public actor WriteQueue: Service {
     /// Positions of batches given up after `commitTimeout` that had been sent: one of them
     /// found committed later is not another writer.
     private var abandoned: Set<UInt64> = []
+    /// The highest position a batch was sent at (see `flushOne`).
+    private var lastTried: UInt64 = 0
     /// The root's position for this source as last confirmed, readable without the actor.
     public nonisolated let position = NIOLockedValueBox<UInt64?>(nil)
     /// Why the last batch failed, nil once one commits: `/readyz` says it (a demoted root,
@@ -229,10 +231,10 @@ public actor WriteQueue: Service {
                 // No root answered: nothing of the next batch was sent.
                 let why = root.link.withLockedValue { $0.lastCallFailure?.why ?? $0.lastError } ?? "\(error)"
                 let batch = takeBatch()
-                logger.error("no root answered within --commit-timeout; the batch's requests get 503 (not applied)",
+                logger.error("the root's position for this source could not be read within --commit-timeout; the batch's requests get 503 (not applied)",
                              metadata: ["source-id": "\(sourceID)", "requests": "\(batch.count)", "reason": "\(why)"])
                 metrics.batchesFailed.increment()
-                lastFailure.withLockedValue { $0 = "no root answered within --commit-timeout: \(why)" }
+                lastFailure.withLockedValue { $0 = "the root's position could not be read within --commit-timeout: \(why)" }
                 for p in batch { p.reply.resume(throwing: Refusal.notCommitted(sent: false, why: why)) }
                 return
             }
@@ -243,7 +245,12 @@ public actor WriteQueue: Service {
         let all = batch.flatMap(\.writes)
         var from = expected
         while true {
-            let new = max(from &+ 1, wallClockNanoseconds())
+            // Never a position tried before: a batch given up after --commit-timeout may
+            // still land at its position, and a later batch at the same one would take that
+            // landing for its own commit (a 200 for writes never applied) when the clock
+            // stands at or behind the stored position.
+            let new = max(from &+ 1, wallClockNanoseconds(), lastTried &+ 1)
+            lastTried = new
             let answer: Response
             committingSince.withLockedValue { if $0 == nil { $0 = start } }
             defer { committingSince.withLockedValue { $0 = nil } }

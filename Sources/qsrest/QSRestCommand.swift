@@ -75,7 +75,7 @@ struct QSRestCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("GET /usage serves a report this young without scanning again (?fresh=1 scans anyway), e.g. 60s. (env: QS_USAGE_MAX_AGE)", valueName: "duration"))
     var usageMaxAge: Interval = QSEnv.value("QS_USAGE_MAX_AGE", Interval(.seconds(60)))
 
-    @Option(help: ArgumentHelp("How long a request waits for its batch to be committed at the root before it is answered 503: 'not applied' when no root took the batch, 'outcome unknown' when it was sent and not answered; keep it under the producers' own timeouts, e.g. 20s. (env: QS_COMMIT_TIMEOUT)", valueName: "duration"))
+    @Option(help: ArgumentHelp("How long a batch may take to be committed at the root before its requests are answered 503: 'not applied' when no root took the batch, 'outcome unknown' when it was sent and not answered (a request queued behind such a batch waits for it first); keep it under the producers' own timeouts, e.g. 20s. (env: QS_COMMIT_TIMEOUT)", valueName: "duration"))
     var commitTimeout: Interval = QSEnv.value("QS_COMMIT_TIMEOUT", Interval(.seconds(20)))
 
     @OptionGroup var service: ServiceOptions
