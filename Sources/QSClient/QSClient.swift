@@ -27,6 +27,33 @@ public enum ClientError: Error, Sendable, CustomStringConvertible, Equatable {
         case .timedOut: return "the node did not answer in time"
         }
     }
+
+    /// A connection-level failure from SwiftNIO as `connectionFailed`, in words an operator
+    /// reads ("Connection refused") instead of NIO's type dumps (callers name the node).
+    /// Other errors are returned as they are.
+    static func connection(_ error: any Error) -> any Error {
+        switch error {
+        case let error as NIOConnectionError:
+            let reasons = error.connectionErrors.map { Self.words($0.error) }
+            let dns = [error.dnsAError, error.dnsAAAAError].compactMap { $0 }.map { "name lookup: \($0)" }
+            let all = Array(Set(reasons + dns)).sorted()
+            return ClientError.connectionFailed((all.isEmpty ? "no address to connect to" : all.joined(separator: "; ")))
+        case let error as IOError:
+            return ClientError.connectionFailed(Self.words(error))
+        case let error as ChannelError:
+            if case let .connectTimeout(t) = error {
+                return ClientError.connectionFailed("no connection within \(t.nanoseconds / 1_000_000) ms")
+            }
+            return ClientError.connectionFailed("\(error)")
+        default:
+            return error
+        }
+    }
+
+    private static func words(_ error: any Error) -> String {
+        if let io = error as? IOError { return String(cString: strerror(io.errnoCode)) }
+        return "\(error)"
+    }
 }
 
 /// A connection to a node speaking the QS write protocol. Requests may be issued
@@ -51,8 +78,13 @@ public final class QSClient: Sendable {
                                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                                timeout: TimeAmount = .seconds(5),
                                requestTimeout: TimeAmount = .seconds(60)) async throws -> QSClient {
-        let channel = try await bootstrap(group: group, maxFrameBytes: maxFrameBytes, timeout: timeout)
-            .connect(host: host, port: port).get()
+        let channel: Channel
+        do {
+            channel = try await bootstrap(group: group, maxFrameBytes: maxFrameBytes, timeout: timeout)
+                .connect(host: host, port: port).get()
+        } catch {
+            throw ClientError.connection(error)
+        }
         return QSClient(channel: channel, token: token, requestTimeout: requestTimeout)
     }
 
@@ -60,8 +92,13 @@ public final class QSClient: Sendable {
                                maxFrameBytes: Int = defaultMaxFrameBytes,
                                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                                requestTimeout: TimeAmount = .seconds(60)) async throws -> QSClient {
-        let channel = try await bootstrap(group: group, maxFrameBytes: maxFrameBytes, timeout: .seconds(5))
-            .connect(unixDomainSocketPath: unixPath).get()
+        let channel: Channel
+        do {
+            channel = try await bootstrap(group: group, maxFrameBytes: maxFrameBytes, timeout: .seconds(5))
+                .connect(unixDomainSocketPath: unixPath).get()
+        } catch {
+            throw ClientError.connection(error)
+        }
         return QSClient(channel: channel, token: token, requestTimeout: requestTimeout)
     }
 
@@ -124,7 +161,9 @@ public final class QSClient: Sendable {
         } catch is NIOExtrasErrors.ClosedBeforeReceivingResponse {
             throw ClientError.connectionClosed
         } catch let error as ChannelError {
-            throw ClientError.connectionFailed("\(error)")
+            throw ClientError.connection(error)
+        } catch let error as IOError {
+            throw ClientError.connection(error)
         }
         return try Response.decode(frame)
     }

@@ -93,6 +93,10 @@ public actor RootWriter {
     /// Counts the connections made, so the failure of a call sent on an older one does not
     /// close a newer one.
     private var generation = 0
+    /// Why this writer dropped the connection of that generation: a call whose answer was
+    /// lost with it reports this reason, not "the node closed the connection" (a keepalive
+    /// that gave up on a silent root closed it, not the root).
+    private var droppedGeneration: (generation: Int, why: String)?
     private var connecting: Task<Connected, any Error>?
     private var inFlight = 0
     private var lastAnswer = ContinuousClock.now
@@ -307,9 +311,10 @@ public actor RootWriter {
     /// Closes the connection after a failure. With several addresses, the next connection
     /// starts at the next one (`to`, when known: a fresher address), so a root that
     /// accepts connections but fails its calls is not tried first again.
-    private func drop(_ why: String, moveTo: Int? = nil) async {
+    private func drop(_ why: String, moveTo: Int? = nil, byNode: Bool = false) async {
         if let current {
             metrics.reconnects.increment()
+            droppedGeneration = byNode ? nil : (generation, why)
             await current.close()
             if endpoints.count > 1 {
                 leaving = why
@@ -400,9 +405,16 @@ public actor RootWriter {
     /// error such as unauthorized or an invalid request), `RootRefusal` (frame-too-large: the
     /// caller sends less), cancellation. Anything else is counted and logged, and the
     /// connection is dropped (`generation`: the connection the call went on; nil, the
-    /// current one) so the next call makes a new one.
-    private func failed(_ what: String, _ error: any Error, generation: Int? = nil) async throws {
+    /// current one) so the next call makes a new one. Returns the error as reported: a call
+    /// whose answer was lost with a connection this writer closed names why it was closed.
+    @discardableResult
+    private func failed(_ what: String, _ error: any Error, generation: Int? = nil) async throws -> any Error {
         let mine = generation.map { $0 == self.generation } ?? true
+        var error = error
+        let closedByNode = error as? ClientError == .connectionClosed
+        if closedByNode, let dropped = droppedGeneration, dropped.generation == generation ?? self.generation {
+            error = ClientError.connectionFailed("closed here because \(dropped.why)")
+        }
         if !(error is CancellationError) {
             link.withLockedValue { $0.lastCallFailure = (.now, "\(error)") }
         }
@@ -432,7 +444,8 @@ public actor RootWriter {
             metrics.rootErrors.increment()
             logger.warning("root unreachable, retrying", metadata: ["call": "\(what)", "error": "\(error)", "root": "\(endpoint)"])
         }
-        if mine { await drop("\(error)") }
+        if mine { await drop("\(error)", byNode: closedByNode) }
+        return error
     }
 
     /// A write sent without waiting for its answer (`send(_:_:)`), on the connection it went on.
@@ -475,8 +488,7 @@ public actor RootWriter {
             link.withLockedValue { $0.lastCallFailure = nil }
             return r
         } catch {
-            try await failed(sent.what, error, generation: sent.generation)
-            throw error
+            throw try await failed(sent.what, error, generation: sent.generation)
         }
     }
 
@@ -601,5 +613,5 @@ public actor RootWriter {
         }
     }
 
-    public func close() async { await drop("closed") }
+    public func close() async { await drop("this process is stopping") }
 }

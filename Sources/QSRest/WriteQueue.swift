@@ -192,6 +192,8 @@ public actor WriteQueue: Service {
 
     private func setConfirmed(_ p: UInt64) {
         confirmed = p
+        // A batch given up at or below the root's position can no longer land there.
+        abandoned = abandoned.filter { $0 > p }
         position.withLockedValue { $0 = p }
         lastFailure.withLockedValue { $0 = nil }
     }

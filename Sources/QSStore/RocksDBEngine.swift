@@ -153,6 +153,10 @@ final class RocksDBEngine: @unchecked Sendable {
             rocksdb_writebatch_wi_destroy(batch)
         }
         let result = try body(RocksDBTransaction(db: db, families: families, readOptions: ro!, batch: batch))
+        // Nothing to write (a compare-and-swap that answered conflict, an identical write
+        // dropped): no write, so no room check, which would answer a full disk for a batch
+        // that writes nothing (a resent batch must get its conflict, not disk-full).
+        guard rocksdb_writebatch_wi_count(batch) > 0 else { return result }
         try checkRoom(for: batch)
         var err: UnsafeMutablePointer<CChar>?
         rocksdb_write_writebatch_wi(db, writeOptions, batch, &err)

@@ -134,13 +134,15 @@ struct QSRestCommand: AsyncParsableCommand {
             let reports: [String: AdminReport] = ["/usage": { query in await usage.answer(query: query, acl: access.acl) }]
             services.append(.init(service: AdminServer(endpoint: adminEndpoint, registry: registry, logger: logger, limits: service.connectionLimits,
                                                        reports: reports, actionGate: try service.adminGate(logger: logger), readiness: {
-                if let failure = queue.lastFailure.withLockedValue({ $0 }) {
-                    return Readiness(ready: false, detail: "the last batch failed, its writes were answered 503 and none since committed: \(failure)")
-                }
+                // The present state first: a root gone since the last batch failed reads as
+                // not connected, with that failure after it.
+                let lastBatch = queue.lastFailure.withLockedValue({ $0 }).map { "the last batch failed, its writes were answered 503 and none since committed: \($0)" }
                 let link = writer.link.withLockedValue { $0 }
-                guard writer.connected else {
-                    return Readiness(ready: false, detail: "not connected to a writable root (\(roots.map(\.description).joined(separator: ",")))\(link.lastError.map { ": \($0)" } ?? "")")
+                guard link.connected else {
+                    let notConnected = "not connected to a writable root (\(roots.map(\.description).joined(separator: ",")))\(link.lastError.map { ": \($0)" } ?? "")"
+                    return Readiness(ready: false, detail: [notConnected, lastBatch].compactMap { $0 }.joined(separator: "; "))
                 }
+                if let lastBatch { return Readiness(ready: false, detail: lastBatch) }
                 if let stall = link.stall() {
                     return Readiness(ready: false, detail: "the root at \(link.root) does not answer: \(stall)")
                 }

@@ -297,6 +297,33 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try rest.stop(), 0)
     }
 
+    /// The reasons qsrest gives name what happened: a root stopped (not closing anything)
+    /// is never said to have closed the connection, and a root gone for good after a batch
+    /// failed reads first as not connected, with that failure after it.
+    func testReasonsNameWhatHappenedToTheRoot() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL(), extra: ["--commit-timeout", "1s"])
+        let base = "http://127.0.0.1:\(port)"
+        XCTAssertEqual(try curl(["-u", "dns:dns-token", "\(base)/rpc/set?key=dns%2Fwarm&value=1"]).status, 200)
+        kill(root.daemon.pid, SIGSTOP)
+        var killed = false
+        defer { if !killed { kill(root.daemon.pid, SIGCONT) } }
+        for i in 0..<3 {
+            let answer = try curl(["-u", "dns:dns-token", "--max-time", "30", "\(base)/rpc/set?key=dns%2Fk\(i)&value=1"])
+            XCTAssertEqual(answer.status, 503, answer.body)
+            XCTAssertFalse(answer.body.contains("the node closed the connection"), answer.body)
+        }
+        kill(root.daemon.pid, SIGKILL)
+        killed = true
+        let notConnected = await Harness.eventually(timeout: .seconds(30), pollEvery: .milliseconds(100)) {
+            httpGet(port: admin, path: "/readyz")?.body.hasPrefix("not connected") == true
+        }
+        let body = httpGet(port: admin, path: "/readyz")?.body ?? ""
+        XCTAssertTrue(notConnected, body)
+        XCTAssertTrue(body.contains("the last batch failed"), body)
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
     /// A key a producer chose, logged with its refusal, cannot split or forge a text log
     /// line: its control characters are written as escapes.
     func testTextLogsEscapeWhatPeersSend() async throws {

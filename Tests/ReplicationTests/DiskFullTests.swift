@@ -67,6 +67,18 @@ final class DiskFullTests: XCTestCase {
         let status = try Harness.run("qsctl", ["--node", root.address, "status"])
         let table = String(decoding: status.stdout, as: UTF8.self)
         XCTAssertTrue(table.contains("writes   FAILING") && table.contains("disk full") && table.contains("free space"), table)
+        // A batch resent after its answer was lost (compare-and-swap at a position already
+        // passed) writes nothing: it gets its conflict, which tells the writer it committed,
+        // not a disk-full that would have it answer a committed write as failed.
+        // With the disk filled to the last byte.
+        let filler = disk.appendingPathComponent("filler")
+        _ = try Harness.run("/usr/bin/dd", ["if=/dev/zero", "of=\(filler.path)", "bs=4096"])
+        let stored = try await client.checkpoint(sourceID: "t")
+        let position = try XCTUnwrap(stored)
+        let resent = try await client.batch(sourceID: "t", expected: position - 1, new: position,
+                                            operations: [.set(key: Array("k0".utf8), value: value, expiry: nil)])
+        XCTAssertEqual(resent, .conflict(current: position))
+        try FileManager.default.removeItem(at: filler)
 
         // Room again: the next write succeeds without a restart and /readyz follows.
         try resize(disk, to: "64m")
