@@ -15,18 +15,20 @@ public struct LogSubscription: Sendable {
     /// With no frame (the node heartbeats every second) for this long, the connection is
     /// given up.
     public let readTimeout: TimeAmount
+    /// With no frame for this long a subscription is given up (heartbeats come every second).
+    public static let defaultReadTimeout: TimeAmount = .seconds(5)
     /// The node's replication token (its `--replication-token-file`); empty when it has none.
     public var token: [UInt8] = []
     let group: any EventLoopGroup
 
     public var name: String { unixPath.map { "qs://unix:\($0)" } ?? "qs://\(host):\(port)" }
 
-    public init(host: String, port: Int, maxFrameBytes: Int = defaultMaxFrameBytes, readTimeout: TimeAmount = .seconds(5),
+    public init(host: String, port: Int, maxFrameBytes: Int = defaultMaxFrameBytes, readTimeout: TimeAmount = LogSubscription.defaultReadTimeout,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         self.init(host: host, port: port, unixPath: nil, maxFrameBytes: maxFrameBytes, readTimeout: readTimeout, group: group)
     }
 
-    public init(unixPath: String, maxFrameBytes: Int = defaultMaxFrameBytes, readTimeout: TimeAmount = .seconds(5),
+    public init(unixPath: String, maxFrameBytes: Int = defaultMaxFrameBytes, readTimeout: TimeAmount = LogSubscription.defaultReadTimeout,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         self.init(host: "", port: 0, unixPath: unixPath, maxFrameBytes: maxFrameBytes, readTimeout: readTimeout, group: group)
     }

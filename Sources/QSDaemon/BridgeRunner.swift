@@ -62,10 +62,20 @@ func bridgeReadiness<S>(_ s: FeedConsumer<S>.Status, root: Endpoint, readyLag: D
                                                       "\(root)", refusing.seconds, refusing.why))
     }
     if let preparing = s.preparing { return Readiness(ready: false, detail: preparing) }
-    guard s.sourceConnected else { return Readiness(ready: false, detail: "not connected to the source") }
+    guard s.sourceConnected else {
+        let silent = s.sourceSilent ? s.sourceSilentSeconds.map { String(format: " (it has sent nothing for %.1f s; connecting again)", $0) } ?? "" : ""
+        return Readiness(ready: false, detail: "not connected to the source" + silent)
+    }
     guard let cp = s.checkpoint else { return Readiness(ready: false, detail: "no answer from the root yet") }
 
     if let lag = s.lagSeconds, lag > readyLag {
+        // Behind because the source says nothing at all: it hangs or the network drops
+        // its packets, which is not catching up.
+        if s.sourceSilent, let silent = s.sourceSilentSeconds, let beat = s.sourceHeartbeat {
+            let retry = s.sourceSilenceTimeout.map { String(format: "; the connection is made again after %.0f s of silence", $0.seconds) } ?? ""
+            return Readiness(ready: false, detail: String(format: "the source has sent nothing, not even a heartbeat, for %.1f s (it sends one every %.0f s when idle): it hangs or the network drops its traffic%@; %.1f s behind (--ready-lag %.1f s)",
+                                                          silent, beat.seconds, retry, lag, readyLag))
+        }
         return Readiness(ready: false, detail: String(format: "catching up: %.1f s behind the source (--ready-lag %.1f s)", lag, readyLag))
     }
     return Readiness(ready: true, detail: "reading source; checkpoint \(cp)\(s.lagSeconds.map { String(format: ", lag %.2f s", $0) } ?? "")")

@@ -4,6 +4,7 @@ import NIOConcurrencyHelpers
 import QSNet
 import QSModel
 import ServiceLifecycle
+import Synchronization
 
 /// The shared pipeline of every bridge: `source → batcher → root writer`.
 ///
@@ -30,6 +31,10 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
     /// When the consumer was made: until the source has said anything, the lag counts from
     /// here, so a bridge whose source never answers shows a growing lag, not 0.
     let startedNs = wallClockNanoseconds()
+    /// When the source last delivered anything, a heartbeat included (ns since the epoch;
+    /// 0 before it has): kept across reconnections, so a source that accepts connections
+    /// and then says nothing reads as silent since it last spoke.
+    let lastHeardNs = Atomic<UInt64>(0)
 
     /// The bridge's state as of now: what `/readyz` and the scrape read.
     public struct Status: Sendable {
@@ -65,6 +70,18 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
         /// Now minus the wall time of the newest source position applied (or seen in a
         /// heartbeat with nothing pending): it grows while the source or the root is silent.
         public var lagSeconds: Double? { sourceTimeNs.map { Freshness.age(of: $0, now: nowNs) } }
+        /// How long the source has said nothing, not even a heartbeat (since the first
+        /// reading began, before it has said anything): nil for a source silent when idle,
+        /// and before the first reading.
+        public var sourceSilentSeconds: Double?
+        /// The source's heartbeat interval and silence timeout (`FeedSource`).
+        public var sourceHeartbeat: Duration?
+        public var sourceSilenceTimeout: Duration?
+        /// Whether the source has been silent for two heartbeats or more: hung or cut off.
+        public var sourceSilent: Bool {
+            guard let silent = sourceSilentSeconds, let beat = sourceHeartbeat else { return false }
+            return silent >= 2 * beat.seconds
+        }
     }
 
     public init(source: Source, sourceID: String, root: RootWriter, limits: BatchLimits = BatchLimits(),
@@ -94,6 +111,12 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
         s.sourceTimeNs = freshness.timeNs ?? startedNs
         (s.pendingChanges, s.progressNs) = freshness.pendingWork
         s.nowNs = wallClockNanoseconds()
+        if let beat = source.heartbeatInterval {
+            let heard = lastHeardNs.load(ordering: .relaxed)
+            s.sourceSilentSeconds = heard == 0 ? nil : Freshness.age(of: heard, now: s.nowNs)
+            s.sourceHeartbeat = beat
+            s.sourceSilenceTimeout = source.silenceTimeout
+        }
         s.preparing = preparation?.activity
         return s
     }
@@ -102,6 +125,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
     public func refreshGauges() {
         let s = status
         if let lag = s.lagSeconds { metrics.lagSeconds.record(lag) }
+        if let silent = s.sourceSilentSeconds { metrics.sourceSilentSeconds.record(silent) }
         metrics.rootConnected.record(s.rootAnswering ? 1 : 0)
     }
 
@@ -192,8 +216,12 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
                 try await withThrowingTaskGroup(of: Void.self) { group in
                     group.addTask {
                         self.state.withLockedValue { $0.sourceConnected = true }
+                        // Silence counts from the first reading, not from the bridge's start
+                        // (an initial copy may have taken hours).
+                        _ = self.lastHeardNs.compareExchange(expected: 0, desired: wallClockNanoseconds(), ordering: .relaxed)
                         defer { self.state.withLockedValue { $0.sourceConnected = false } }
                         try await source.run(after: start) { event in
+                            self.lastHeardNs.store(wallClockNanoseconds(), ordering: .relaxed)
                             try await batcher.handle(event)
                         }
                     }

@@ -16,6 +16,7 @@ public struct FeedMetrics: Sendable {
     public let caughtUpFlushes = Counter(label: "qs_bridge_caught_up_flushes_total")
     public let checkpoint = Gauge(label: "qs_bridge_checkpoint_position")
     public let lagSeconds = Gauge(label: "qs_bridge_lag_seconds")
+    public let sourceSilentSeconds = Gauge(label: "qs_bridge_source_silent_seconds")
     public let pendingChanges = Gauge(label: "qs_bridge_pending_changes")
     public let rootConnected = Gauge(label: "qs_bridge_root_connected")
     public let oversizedSkipped = Counter(label: "qs_bridge_oversized_skipped_total")

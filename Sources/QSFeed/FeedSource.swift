@@ -124,6 +124,19 @@ public protocol FeedSource: Sendable {
     /// finite source. Throws `FeedError.stop` for what must stop the bridge, any other
     /// error for what a reconnect and a resume from the checkpoint can cure.
     func run(after position: UInt64, deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws
+
+    /// How often the source says something when it has nothing new (a KT server's and a
+    /// QS node's heartbeats: every second); nil for a source silent when idle (a ulog
+    /// directory, a capture). A source silent for several of these hangs or is cut off.
+    var heartbeatInterval: Duration? { get }
+    /// How long the source may stay silent before its connection is given up and made
+    /// again (nil: never).
+    var silenceTimeout: Duration? { get }
+}
+
+extension FeedSource {
+    public var heartbeatInterval: Duration? { nil }
+    public var silenceTimeout: Duration? { nil }
 }
 
 /// Errors a source or the consumer raise on purpose.

@@ -18,6 +18,9 @@ public struct QSLogSource: FeedSource {
     /// false for compatible mode, which appends the entries verbatim: see `LogEntryChange`.
     public let decodeOperations: Bool
     public var name: String { "qs://\(endpoint)" }
+    /// A QS node heartbeats every second on a log subscription with nothing new.
+    public var heartbeatInterval: Duration? { .seconds(1) }
+    public var silenceTimeout: Duration? { .nanoseconds(LogSubscription.defaultReadTimeout.nanoseconds) }
 
     public init(endpoint: Endpoint, stopAtHead: Bool = false, token: [UInt8] = [], decodeOperations: Bool = true) {
         self.endpoint = endpoint

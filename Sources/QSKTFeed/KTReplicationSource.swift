@@ -12,6 +12,9 @@ public struct KTReplicationSource: FeedSource {
     public let translator: KTTranslator
 
     public var name: String { client.name }
+    /// KT sends a heartbeat every second when it has no update to send.
+    public var heartbeatInterval: Duration? { .seconds(1) }
+    public var silenceTimeout: Duration? { client.timeout }
     public var sid: UInt16 { client.sid }
 
     public init(host: String, port: Int, sid: UInt16, translator: KTTranslator, timeout: Duration = .seconds(10),

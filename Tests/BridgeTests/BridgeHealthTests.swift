@@ -103,6 +103,38 @@ final class BridgeHealthTests: XCTestCase {
         XCTAssertEqual(root.metric("qs_auth_failures_total{interface=\"write\"}"), 1)
     }
 
+    /// A KT that hangs (SIGSTOP: it keeps its connections and accepts new ones) is named as
+    /// silent, not as "catching up": it heartbeats every second when idle, and the bridge
+    /// counts the silence across its reconnections; once KT speaks again the bridge is ready.
+    func testAHungKTIsNamedSilentNotCatchingUp() async throws {
+        let kt = try FakeKTProcess(logDir: tmp)
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let bridge = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "99",
+                                                      "--admin", "127.0.0.1:0", "--log-format", "text"],
+                                       logDir: tmp, ready: true)
+        let admin = try bridge.port("admin")
+        try await waitFor("the bridge ready", timeout: .seconds(20)) { httpGet(port: admin, path: "/readyz")?.status == 200 }
+        // The lag (--ready-lag, 5 s) passes when KT has been silent for 4 s or more, past
+        // the two heartbeats that make a source silent.
+        XCTAssertLessThan(try XCTUnwrap(metricValue(port: admin, "qs_bridge_source_silent_seconds")), 2.5, "KT heartbeats every second")
+        kill(kt.daemon.pid, SIGSTOP)
+        var resumed = false
+        defer { if !resumed { kill(kt.daemon.pid, SIGCONT) } }
+        try await waitFor("/readyz 503 naming the source's silence", timeout: .seconds(20), pollEvery: .milliseconds(100)) {
+            guard let r = httpGet(port: admin, path: "/readyz"), r.status == 503 else { return false }
+            XCTAssertFalse(r.body.contains("catching up"), r.body)
+            return r.body.contains("has sent nothing, not even a heartbeat")
+        }
+        // Past KT's silence timeout (10 s) the bridge connects again: the silence still counts.
+        try await waitFor("the silence counted past a reconnection", timeout: .seconds(30), pollEvery: .milliseconds(200)) {
+            (metricValue(port: admin, "qs_bridge_source_silent_seconds") ?? 0) > 11
+        }
+        kill(kt.daemon.pid, SIGCONT)
+        resumed = true
+        try await waitFor("the bridge ready again", timeout: .seconds(30)) { httpGet(port: admin, path: "/readyz")?.status == 200 }
+        XCTAssertLessThan(try XCTUnwrap(metricValue(port: admin, "qs_bridge_source_silent_seconds")), 2.5)
+    }
+
     /// A mirror bridge's lag is computed when scraped: it grows while its source root is dead,
     /// and so does the root age of the mirror's replicas (the mirror passes on its source
     /// root's time; its own clock would tell them all is well).
