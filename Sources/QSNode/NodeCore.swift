@@ -133,8 +133,11 @@ public final class NodeCore: Sendable {
         } else {
             let u = upstreamStatus
             if let age = u.rootAgeSeconds { out["root_age_seconds"] = age }
+            // The distance as last heard: a replica cut off keeps its last figure, and
+            // `heard_seconds_ago` (the age of the upstream's last word) says how old it is.
             var up: [String: Any] = ["subscribed": u.subscribed, "head": u.upstreamHead,
                                      "lag_entries": u.upstreamHead > head.index ? u.upstreamHead - head.index : 0]
+            if let age = u.rootAgeSeconds { up["heard_seconds_ago"] = age }
             if let a = u.upstream { up["address"] = a }
             out["upstream"] = up
         }

@@ -43,7 +43,7 @@ struct Status: AsyncParsableCommand {
         if let u = s["upstream"] as? [String: Any] {
             // The upstream's head is what it last said: a silent upstream (stopped, cut off)
             // says nothing new, so "behind 0" is only as fresh as the root word.
-            let heard = (s["root_age_seconds"] as? Double).flatMap { $0 > 5 ? String(format: " (as last heard, %.0f s ago)", $0) : nil } ?? ""
+            let heard = (u["heard_seconds_ago"] as? Double).flatMap { $0 > 5 ? String(format: " (as last heard, %.0f s ago)", $0) : nil } ?? ""
             printLine("upstream \(u["address"] ?? "?")  subscribed \((u["subscribed"] as? Bool) == true ? "yes" : "no")  upstream head \(u["head"] ?? "?")  behind \(u["lag_entries"] ?? "?") entries\(heard)")
         }
         if let m = s["mirror"] as? [String: Any] {
