@@ -36,17 +36,19 @@ public enum QSEnv {
     /// The default of the flag `flag` (derived from `name`: `QS_MAP_SIZE` → `--map-size`):
     /// the variable parsed as the flag would be, or `def` when the variable is unset.
     public static func value<T: ExpressibleByArgument>(_ name: String, _ def: T, flag: String? = nil) -> T {
+        explain(flag ?? flagName(for: name), T.self)
         guard let text = typed(name, flag: flag, acceptsEmpty: T(argument: "") != nil, expected: expected(T.self)) else { return def }
         if let v = T(argument: text) { return v }
-        refuse(name, flag: flag, value: text, expected: expected(T.self))
+        refuse(name, flag: flag, value: text, expected: expected(T.self, refusing: text))
         return def
     }
 
     /// An optional flag's default: the variable parsed as the flag would be, nil when unset.
     public static func optional<T: ExpressibleByArgument>(_ name: String, as: T.Type = T.self, flag: String? = nil) -> T? {
+        explain(flag ?? flagName(for: name), T.self)
         guard let text = typed(name, flag: flag, acceptsEmpty: T(argument: "") != nil, expected: expected(T.self)) else { return nil }
         if let v = T(argument: text) { return v }
-        refuse(name, flag: flag, value: text, expected: expected(T.self))
+        refuse(name, flag: flag, value: text, expected: expected(T.self, refusing: text))
         return nil
     }
 
@@ -60,6 +62,14 @@ public enum QSEnv {
             refuse(name, flag: flag, value: text, expected: "true or false (also 1/0, yes/no, on/off)")
             return def
         }
+    }
+
+    /// Why `argument` is refused as a `T`, or what a `T` looks like.
+    static func expected<T: ExpressibleByArgument>(_ type: T.Type, refusing argument: String) -> String {
+        if let described = type as? any DescribedArgument.Type, let why = described.refusal(of: argument) {
+            return "\(described.expectation) (\(why))"
+        }
+        return expected(type)
     }
 
     /// What a value of `T` looks like, for the refusal message.
@@ -86,6 +96,28 @@ public enum QSEnv {
     private static let read = NIOLockedValueBox<Set<String>>([])
     /// While set, defaults are evaluated only to learn which variables exist: nothing is refused.
     private static let probing = NIOLockedValueBox<Bool>(false)
+
+    /// Per flag and type, why a value given on the command line is refused (types that can
+    /// say), for `explaining`; a flag that two commands give different types is left out.
+    private static let explainers = NIOLockedValueBox<[String: [String: @Sendable (String) -> String?]]>([:])
+
+    private static func explain<T: ExpressibleByArgument>(_ flag: String, _ type: T.Type) {
+        guard let described = type as? any DescribedArgument.Type else { return }
+        explainers.withLockedValue { $0[flag, default: [:]]["\(type)"] = { described.refusal(of: $0) } }
+    }
+
+    /// ArgumentParser's "The value 'X' is invalid for '--flag <v>'" with why, where the
+    /// flag's type can say (a duplicate --db-map index); nil when it cannot.
+    public static func explaining(_ message: String) -> String? {
+        guard let value = message.range(of: "The value '"), let end = message.range(of: "' is invalid for '", range: value.upperBound..<message.endIndex) else { return nil }
+        let argument = String(message[value.upperBound..<end.lowerBound])
+        let rest = message[end.upperBound...]
+        let flag = String(rest.prefix { $0 != " " && $0 != "'" })
+        guard let types = explainers.withLockedValue({ $0[flag] }), types.count == 1, let why = types.values.first?(argument) else { return nil }
+        let line = message[value.lowerBound...].prefix { $0 != "\n" }
+        let help = message.split(separator: "\n").first { $0.hasPrefix("Help:") }.map { "\n\($0)" } ?? ""
+        return "\(line): \(why)\(help)"
+    }
 
     private static func refuse(_ name: String, flag: String?, value: String, expected: String) {
         guard !probing.withLockedValue({ $0 }) else { return }
@@ -164,8 +196,15 @@ public enum QSEnv {
 }
 
 /// A value type whose refusal message says what it expects ("a duration such as 500ms").
-public protocol DescribedArgument {
+public protocol DescribedArgument: SendableMetatype {
     static var expectation: String { get }
+    /// Why `argument` is refused, where the type can say more than its expectation (a
+    /// duplicate database index, a port out of range); nil otherwise.
+    static func refusal(of argument: String) -> String?
+}
+
+extension DescribedArgument {
+    public static func refusal(of argument: String) -> String? { nil }
 }
 
 extension ParsableCommand {
@@ -204,6 +243,7 @@ extension ParsableCommand {
             command = try parseAsRoot()
         } catch let error where !(error is CleanExit) {
             try QSEnv.checkRefusals()
+            if let explained = QSEnv.explaining(fullMessage(for: error)) { throw ValidationError(explained) }
             throw error
         }
         try QSEnv.checkRefusals()

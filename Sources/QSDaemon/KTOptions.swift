@@ -17,6 +17,11 @@ public struct KTDBMap: ExpressibleByArgument, DescribedArgument, Sendable, Custo
         self.init(prefixes: p, description: argument)
     }
 
+    public static func refusal(of argument: String) -> String? {
+        do { _ = try KTMapping.parseDBMap(argument) } catch { return "\(error)" }
+        return nil
+    }
+
     public static let expectation = "INDEX=PREFIX[,INDEX=PREFIX…] separated by commas, each index once, a prefix without '=', spaces or control characters, for example 0=,1=aux/"
     public var defaultValueDescription: String { description }
 }

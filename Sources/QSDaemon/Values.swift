@@ -66,6 +66,7 @@ public struct Address: ExpressibleByArgument, DescribedArgument, Sendable, Equat
     public init(_ endpoint: Endpoint) { self.endpoint = endpoint }
 
     public static let expectation = "HOST:PORT (for example 127.0.0.1:7400) or unix:PATH"
+    public static func refusal(of argument: String) -> String? { endpointRefusal(argument) }
     public var description: String { endpoint.description }
     public var defaultValueDescription: String { description }
 }
@@ -84,6 +85,10 @@ public struct TCPAddress: ExpressibleByArgument, DescribedArgument, Sendable, Eq
     public init(host: String, port: Int) { endpoint = .tcp(host: host, port: port) }
 
     public static let expectation = "HOST:PORT (for example 127.0.0.1:11211)"
+    public static func refusal(of argument: String) -> String? {
+        if argument.hasPrefix("unix:") { return "this listener is TCP only; its Unix socket has a flag of its own" }
+        return endpointRefusal(argument)
+    }
     public var description: String { endpoint.description }
     public var defaultValueDescription: String { description }
 }
@@ -101,6 +106,10 @@ public struct AddressList: ExpressibleByArgument, DescribedArgument, Sendable, E
     public init(_ endpoints: Endpoint...) { self.endpoints = endpoints }
 
     public static let expectation = "HOST:PORT[,HOST:PORT…]"
+    public static func refusal(of argument: String) -> String? {
+        do { _ = try Endpoint.parseList(argument) } catch { return "\(error)" }
+        return nil
+    }
     public var description: String { endpoints.map(\.description).joined(separator: ",") }
     public var defaultValueDescription: String { description }
 }
@@ -155,6 +164,15 @@ public struct OrNone<Wrapped: ExpressibleByArgument & Sendable>: ExpressibleByAr
 
     public static var none: OrNone { OrNone(nil) }
     public static var expectation: String { QSEnv.expected(Wrapped.self) + ", or empty for none" }
+    public static func refusal(of argument: String) -> String? {
+        (Wrapped.self as? any DescribedArgument.Type)?.refusal(of: argument)
+    }
     public var description: String { value.map { "\($0)" } ?? "" }
     public var defaultValueDescription: String { value.map { "\($0)" } ?? "none" }
+}
+
+/// Why `Endpoint(parsing:)` refuses `argument`, nil when it does not.
+func endpointRefusal(_ argument: String) -> String? {
+    do { _ = try Endpoint(parsing: argument) } catch { return "\(error)" }
+    return nil
 }

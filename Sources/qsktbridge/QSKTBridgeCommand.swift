@@ -144,6 +144,14 @@ struct KTSource: ExpressibleByArgument, DescribedArgument, CustomStringConvertib
 
     static let expectation = "kt://HOST:PORT, ulog:DIR or capture:FILE"
 
+    static func refusal(of argument: String) -> String? {
+        if argument.hasPrefix("kt://") {
+            return "kt:// takes the KT server's HOST:PORT with a port from 1 to 65535, as in kt://10.0.0.1:1978"
+        }
+        if argument == "ulog:" || argument == "capture:" { return "\(argument) needs a path after the colon" }
+        return "'\(argument)' names no source kind: start it with kt://, ulog: or capture:"
+    }
+
     /// The checkpoint name when --source-id is not given.
     var defaultSourceID: String {
         switch kind {

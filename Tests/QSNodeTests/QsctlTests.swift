@@ -135,6 +135,20 @@ final class QsctlTests: XCTestCase {
         XCTAssertEqual(ctl.status, 3, ctlErr)
         XCTAssertFalse(ctlErr.contains("QS_CTL_CUTOVER_TIMEOUT"), ctlErr)
         XCTAssertTrue(ctlErr.contains("QS_CTL_NOD is set but qsctl reads no such variable; did you mean QS_CTL_NODE?"), ctlErr)
+        // A flag's refused value says why, where its type can (ArgumentParser alone said
+        // only "is invalid"); the exit codes stay usage errors.
+        let cases: [(command: String, args: [String], status: Int32, why: String)] = [
+            ("qsktbridge", ["--source", "10.0.0.1:1978"], 64, "names no source kind: start it with kt://, ulog: or capture:"),
+            ("qsktbridge", ["--source", "kt://a:1", "--db-map", "0=,0=x/"], 64, "--db-map maps database 0 twice"),
+            ("qsnode", ["--memcached", "unix:/tmp/m.sock"], 64, "its Unix socket has a flag of its own"),
+            ("qsctl", ["--node", "localhost", "head"], 2, "'localhost' is not HOST:PORT"),
+        ]
+        for c in cases {
+            let r = try Harness.run(c.command, c.args)
+            let err = String(decoding: r.stderr, as: UTF8.self)
+            XCTAssertEqual(r.status, c.status, err)
+            XCTAssertTrue(err.contains("is invalid for") && err.contains(c.why), err)
+        }
     }
 
     func testEveryFlagHasHelpAndAnEnvironmentVariable() throws {
