@@ -29,17 +29,28 @@ public actor WriteQueue: Service {
         public var maxBytes: Int
         /// Writes waiting for a batch beyond which new requests are refused (503).
         public var maxPendingBytes: Int
-        /// How long a batch may take to be committed at the root before its requests are
-        /// answered 503 (not applied when it was never sent, outcome unknown when it was).
+        /// How long a request may wait for its commit at the root, from its arrival, before
+        /// it is answered 503 (not applied when its batch was never sent, outcome unknown
+        /// when it was).
         public var commitTimeout: Duration
+        /// On graceful shutdown, how long what waits may still take to commit: the requests
+        /// left are answered before it passes, while their connections are still served
+        /// (qsrest's --shutdown-timeout less a margin for the answers to be written).
+        public var stopWithin: Duration
 
         public init(interval: Duration = .milliseconds(500), maxWrites: Int = 10_000, maxBytes: Int = 16 << 20,
-                    maxPendingBytes: Int = 256 << 20, commitTimeout: Duration = .seconds(20)) {
+                    maxPendingBytes: Int = 256 << 20, commitTimeout: Duration = .seconds(20), stopWithin: Duration = .seconds(8)) {
             self.interval = interval
             self.maxWrites = maxWrites
             self.maxBytes = maxBytes
             self.maxPendingBytes = maxPendingBytes
             self.commitTimeout = commitTimeout
+            self.stopWithin = stopWithin
+        }
+
+        /// `stopWithin` for a process whose graceful shutdown is cancelled after `shutdownTimeout`.
+        public static func stopWithin(shutdownTimeout: Duration) -> Duration {
+            max(shutdownTimeout * 0.8, shutdownTimeout - .seconds(1))
         }
     }
 
@@ -91,6 +102,8 @@ public actor WriteQueue: Service {
         var writes: [ConditionalWrite]
         var bytes: Int
         var reply: CheckedContinuation<Answer, any Error>
+        /// When the request was queued: it is answered within `commitTimeout` of this.
+        var arrived: ContinuousClock.Instant = .now
     }
 
     public nonisolated let sourceID: String
@@ -108,6 +121,33 @@ public actor WriteQueue: Service {
     /// Positions of batches given up after `commitTimeout` that had been sent: one of them
     /// found committed later is not another writer.
     private var abandoned: Set<UInt64> = []
+    /// Fired `stopWithin` after graceful shutdown began: every wait on the root ends then.
+    let stopSignal = StopSignal()
+
+    /// Starts the clock of `Limits.stopWithin` (once): what waits on the root is answered
+    /// when it runs out. Called when the process's graceful shutdown begins (`StopClock`),
+    /// which comes to the queue itself only after the server has drained, and the server's
+    /// requests wait on the queue.
+    public nonisolated func beginStop() {
+        let signal = stopSignal, after = limits.stopWithin
+        guard signal.arm() else { return }
+        Task {
+            try? await Task.sleep(for: after)
+            signal.fire()
+        }
+    }
+
+    /// A service that calls `beginStop()` when graceful shutdown begins: list it after the
+    /// server, so that it is told first.
+    public nonisolated var stopClock: some Service { StopClock(queue: self) }
+
+    struct StopClock: Service {
+        let queue: WriteQueue
+        func run() async throws {
+            try? await gracefulShutdown()
+            queue.beginStop()
+        }
+    }
     /// The highest position a batch was sent at (see `flushOne`).
     private var lastTried: UInt64 = 0
     /// The root's position for this source as last confirmed, readable without the actor.
@@ -168,6 +208,7 @@ public actor WriteQueue: Service {
                 await self.flush()
             }
         }
+        beginStop()
         await flush()
         stopped = true
         for p in pending { p.reply.resume(throwing: Refusal.stopping) }
@@ -221,9 +262,12 @@ public actor WriteQueue: Service {
 
     private func flushOne() async {
         let start = ContinuousClock.now
+        // The oldest request waiting sets the deadline: --commit-timeout is how long a write
+        // waits, including behind a batch the root did not answer.
+        let deadline = (pending.first?.arrived ?? start) + limits.commitTimeout
         if confirmed == nil {
             do {
-                let cp = try await Self.within(start + limits.commitTimeout) { [root, sourceID] in
+                let cp = try await Self.within(deadline, stop: stopSignal) { [root, sourceID] in
                     try await root.checkpoint(sourceID: sourceID) ?? 0
                 }
                 if confirmed == nil { setConfirmed(cp) }
@@ -231,7 +275,8 @@ public actor WriteQueue: Service {
                 return
             } catch {
                 // No root answered: nothing of the next batch was sent.
-                let why = root.link.withLockedValue { $0.lastCallFailure?.why ?? $0.lastError } ?? "\(error)"
+                let why = (error as? CommitTimeout)?.stopping == true ? "qsrest stopped before the root answered"
+                    : root.link.withLockedValue { $0.lastCallFailure?.why ?? $0.lastError } ?? "\(error)"
                 let batch = takeBatch()
                 logger.error("the root's position for this source could not be read within --commit-timeout; the batch's requests get 503 (not applied)",
                              metadata: ["source-id": "\(sourceID)", "requests": "\(batch.count)", "reason": "\(why)"])
@@ -258,10 +303,10 @@ public actor WriteQueue: Service {
             defer { committingSince.withLockedValue { $0 = nil } }
             let sending = NIOLockedValueBox(SendState.notSent)
             do {
-                answer = try await Self.within(start + limits.commitTimeout) { [root, sourceID, from] in
+                answer = try await Self.within(deadline, stop: stopSignal) { [root, sourceID, from] in
                     try await root.writes(sourceID: sourceID, expected: from, new: new, writes: all, sending: sending)
                 }
-            } catch is CommitTimeout {
+            } catch let timeout as CommitTimeout {
                 // Decided under the lock the writer takes before it sends: not sent now means
                 // never sent.
                 let wasSent = sending.withLockedValue { state -> Bool in
@@ -270,7 +315,8 @@ public actor WriteQueue: Service {
                     return false
                 }
                 if wasSent { abandoned.insert(new) }
-                let why = root.link.withLockedValue { $0.lastCallFailure?.why ?? $0.lastError } ?? "no answer from the root"
+                let why = timeout.stopping ? "qsrest stopped before the root answered"
+                    : root.link.withLockedValue { $0.lastCallFailure?.why ?? $0.lastError } ?? "no answer from the root"
                 logger.error("batch not committed within --commit-timeout; its requests get 503", metadata: [
                     "source-id": "\(sourceID)", "writes": "\(all.count)", "sent": "\(wasSent)", "reason": "\(why)"])
                 metrics.batchesFailed.increment()
@@ -343,29 +389,106 @@ public actor WriteQueue: Service {
         return batch
     }
 
-    struct CommitTimeout: Error {}
+    struct CommitTimeout: Error {
+        /// Given up because qsrest is stopping (the caller's task was cancelled), not at the deadline.
+        var stopping = false
+    }
 
-    /// `work`'s answer, or `CommitTimeout` at `deadline`, whichever comes first: `work` runs
-    /// in a task of its own, cancelled when the deadline wins (a call blocked on the root's
-    /// answer is not waited for; compare-and-swap on the position settles it if it lands).
-    static func within<T: Sendable>(_ deadline: ContinuousClock.Instant,
+    /// `work`'s answer, or `CommitTimeout` at `deadline` (or when the caller is cancelled:
+    /// qsrest stopping), whichever comes first: `work` runs in a task of its own, cancelled
+    /// when it does not win (a call blocked on the root's answer is not waited for;
+    /// compare-and-swap on the position settles it if it lands). A deadline already passed
+    /// does not start `work`.
+    static func within<T: Sendable>(_ deadline: ContinuousClock.Instant, stop: StopSignal = StopSignal(),
                                     _ work: @escaping @Sendable () async throws -> T) async throws -> T {
+        guard ContinuousClock.now < deadline else { throw CommitTimeout() }
+        guard !Task.isCancelled, !stop.fired else { throw CommitTimeout(stopping: true) }
         let task = Task { try await work() }
         let winner = NIOLockedValueBox(false)
-        let outcome: Result<T, any Error>? = await withCheckedContinuation { (done: CheckedContinuation<Result<T, any Error>?, Never>) in
-            @Sendable func finish(_ r: Result<T, any Error>?) {
-                if winner.withLockedValue({ let first = !$0; $0 = true; return first }) { done.resume(returning: r) }
+        typealias Outcome = WithinOutcome<T>
+        let cancelled = NIOLockedValueBox<(@Sendable (Outcome) -> Void)?>(nil)
+        let registered = NIOLockedValueBox<Int?>(nil)
+        defer { stop.remove(registered.withLockedValue { $0 }) }
+        let outcome: Outcome = await withTaskCancellationHandler {
+            await withCheckedContinuation { (done: CheckedContinuation<Outcome, Never>) in
+                @Sendable func finish(_ r: Outcome) {
+                    if winner.withLockedValue({ let first = !$0; $0 = true; return first }) { done.resume(returning: r) }
+                }
+                Task { finish(.done(await task.result)) }
+                Task {
+                    try? await Task.sleep(until: deadline)
+                    finish(.deadline)
+                }
+                cancelled.withLockedValue { $0 = finish }
+                // The handler may have run before `finish` was there to call.
+                if Task.isCancelled { finish(.cancelled) }
+                registered.withLockedValue { $0 = stop.onFire { finish(.cancelled) } }
             }
-            Task { finish(await task.result) }
-            Task {
-                try? await Task.sleep(until: deadline)
-                finish(nil)
-            }
+        } onCancel: {
+            cancelled.withLockedValue { $0 }?(.cancelled)
         }
-        guard let outcome else {
+        switch outcome {
+        case let .done(result): return try result.get()
+        case .deadline:
             task.cancel()
             throw CommitTimeout()
+        case .cancelled:
+            task.cancel()
+            throw CommitTimeout(stopping: true)
         }
-        return try outcome.get()
+    }
+}
+
+/// How `WriteQueue.within` ended.
+enum WithinOutcome<T: Sendable>: Sendable {
+    case done(Result<T, any Error>), deadline, cancelled
+}
+
+/// Fired once (qsrest stopping): every action registered with `onFire` and not yet
+/// removed runs then, or at once when registered after.
+final class StopSignal: Sendable {
+    private struct State {
+        var fired = false
+        var armed = false
+        var next = 0
+        var actions: [Int: @Sendable () -> Void] = [:]
+    }
+    private let state = NIOLockedValueBox(State())
+
+    var fired: Bool { state.withLockedValue { $0.fired } }
+
+    /// True the first time only: the caller then arranges the firing.
+    func arm() -> Bool {
+        state.withLockedValue { s in
+            defer { s.armed = true }
+            return !s.armed
+        }
+    }
+
+    /// Registers `action`; returns its id for `remove`, nil when it ran at once.
+    @discardableResult
+    func onFire(_ action: @escaping @Sendable () -> Void) -> Int? {
+        let id = state.withLockedValue { s -> Int? in
+            if s.fired { return nil }
+            s.next += 1
+            s.actions[s.next] = action
+            return s.next
+        }
+        if id == nil { action() }
+        return id
+    }
+
+    func remove(_ id: Int?) {
+        guard let id else { return }
+        _ = state.withLockedValue { $0.actions.removeValue(forKey: id) }
+    }
+
+    func fire() {
+        let actions = state.withLockedValue { s -> [@Sendable () -> Void] in
+            s.fired = true
+            defer { s.actions = [:] }
+            return Array(s.actions.values)
+        }
+        for action in actions { action() }
     }
 }

@@ -75,7 +75,7 @@ struct QSRestCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("GET /usage serves a report this young without scanning again (?fresh=1 scans anyway), e.g. 60s. (env: QS_USAGE_MAX_AGE)", valueName: "duration"))
     var usageMaxAge: Interval = QSEnv.value("QS_USAGE_MAX_AGE", Interval(.seconds(60)))
 
-    @Option(help: ArgumentHelp("How long a batch may take to be committed at the root before its requests are answered 503: 'not applied' when no root took the batch, 'outcome unknown' when it was sent and not answered (a request queued behind such a batch waits for it first); keep it under the producers' own timeouts, e.g. 20s. (env: QS_COMMIT_TIMEOUT)", valueName: "duration"))
+    @Option(help: ArgumentHelp("How long a write may wait for its commit at the root, counted from its arrival (also behind a batch the root did not answer), before it is answered 503: 'not applied' when no root took its batch, 'outcome unknown' when the batch was sent and not answered; keep it under the producers' own timeouts, e.g. 20s. (env: QS_COMMIT_TIMEOUT)", valueName: "duration"))
     var commitTimeout: Interval = QSEnv.value("QS_COMMIT_TIMEOUT", Interval(.seconds(20)))
 
     @OptionGroup var service: ServiceOptions
@@ -116,7 +116,8 @@ struct QSRestCommand: AsyncParsableCommand {
         let metrics = RestMetrics()
         let queue = WriteQueue(sourceID: id, root: writer,
                                limits: .init(interval: batchInterval.duration, maxWrites: batchMaxOps, maxBytes: batchMaxBytes.bytes,
-                                             maxPendingBytes: maxPendingBytes.bytes, commitTimeout: commitTimeout.duration),
+                                             maxPendingBytes: maxPendingBytes.bytes, commitTimeout: commitTimeout.duration,
+                                             stopWithin: WriteQueue.Limits.stopWithin(shutdownTimeout: service.shutdownTimeout.duration)),
                                metrics: metrics, logger: logger)
         let access = Access(initial, maxQuotaDelay: quotaMaxDelay.duration, metrics: metrics)
         let server = RestServer(endpoints: [listen.endpoint], access: access, queue: queue,
@@ -128,6 +129,9 @@ struct QSRestCommand: AsyncParsableCommand {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: queue, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
             .init(service: server, failureTerminationBehavior: .gracefullyShutdownGroup),
+            // Told of the shutdown first: the queue's clock for what waits on the root starts
+            // while the server still drains, so those requests are answered, not cut off.
+            .init(service: queue.stopClock),
         ]
         if let adminEndpoint = service.adminEndpoint() {
             let usage = UsageReporter(nodes: usageNode.value.map { [$0.endpoint] } ?? roots, token: token, maxAge: usageMaxAge.duration)

@@ -297,6 +297,32 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try rest.stop(), 0)
     }
 
+    /// --commit-timeout counts from a request's arrival, and SIGTERM ends the wait: with the
+    /// root hung and a long commit timeout, qsrest stopped within --shutdown-timeout answers
+    /// the waiting request ("qsrest stopped before the root answered") and exits, instead of
+    /// holding it (and itself) until the commit timeout passed twice.
+    func testAStopWhileTheRootHangsAnswersTheWaitingRequestAndExits() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL(),
+                                                extra: ["--commit-timeout", "120s", "--shutdown-timeout", "2s"])
+        let base = "http://127.0.0.1:\(port)"
+        XCTAssertEqual(try curl(["-u", "dns:dns-token", "\(base)/rpc/set?key=dns%2Fwarm&value=1"]).status, 200)
+        kill(root.daemon.pid, SIGSTOP)
+        defer { kill(root.daemon.pid, SIGCONT) }
+        let waiting = Task.detached {
+            try Harness.run("/usr/bin/curl", ["-s", "-w", "\n%{http_code}", "-u", "dns:dns-token", "--max-time", "100",
+                                              "\(base)/rpc/set?key=dns%2Fwaited&value=1"]).stdout
+        }
+        // "has waited": a call to the root (the write's batch) has been waiting over 4 s.
+        try await waitFor("the write's batch waiting on the hung root", timeout: .seconds(30), pollEvery: .milliseconds(100)) {
+            httpGet(port: admin, path: "/readyz")?.body.contains("has waited") == true
+        }
+        XCTAssertEqual(try rest.stop(signal: SIGTERM, timeout: .seconds(20)), 0, "stopped within --shutdown-timeout, not --commit-timeout")
+        let answer = String(decoding: try await waiting.value, as: UTF8.self)
+        XCTAssertTrue(answer.hasSuffix("503"), answer)
+        XCTAssertTrue((answer.removingPercentEncoding ?? answer).contains("qsrest stopped before the root answered"), answer)
+    }
+
     /// The reasons qsrest gives name what happened: a root stopped (not closing anything)
     /// is never said to have closed the connection, and a root gone for good after a batch
     /// failed reads first as not connected, with that failure after it.
