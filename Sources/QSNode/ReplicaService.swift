@@ -163,7 +163,9 @@ public final class ReplicaService: Service, Sendable {
                     logger.notice("repaired: the store's contents were replaced by a checked snapshot of the upstream",
                                   metadata: ["upstream": "\(up)"])
                 }
-                if try await core.store.head().index == 0 {
+                // An empty store takes a snapshot rather than the whole log, unless the
+                // upstream is empty too (its snapshot holds nothing: following it is enough).
+                if try await core.store.head().index == 0, (try? await upstreamHead(up))?.index != 0 {
                     try await bootstrap(from: up, continuing: nil)
                 }
                 try await follow(up)

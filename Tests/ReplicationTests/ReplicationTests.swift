@@ -66,6 +66,19 @@ final class ReplicationTests: XCTestCase {
         await w.close()
     }
 
+    /// A replica of an empty root takes at most one (empty) snapshot: it counted two, the
+    /// second fetched because its head was still 0 after the first.
+    func testAReplicaOfAnEmptyRootBootstrapsAtMostOnceAndFollows() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let a = try ReplicaNode(data: tmp.appendingPathComponent("a"), upstreams: [root.address], logDir: tmp)
+        try await waitFor("the replica ready", timeout: .seconds(20)) { httpGet(port: a.adminPort, path: "/readyz")?.status == 200 }
+        let w = try await client(root.port)
+        try await write(w, 3)
+        try await waitForHead(a.port, try await w.head())
+        XCTAssertLessThanOrEqual(try XCTUnwrap(a.metric("qs_replica_bootstraps_total")), 1, a.daemon.log)
+        await w.close()
+    }
+
     func testAnUpstreamWithAnotherHistoryIsRefusedAndTheReplicaMovesOn() async throws {
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
         let other = try RootNode(data: tmp.appendingPathComponent("other"), logDir: tmp)
