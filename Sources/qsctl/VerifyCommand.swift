@@ -14,6 +14,9 @@ struct Verify: AsyncParsableCommand {
             Against a node: heads and hashes — equal, the node behind (its head is in the \
             other's history), ahead, or diverged (the logs part) —, then a digest of each key \
             range (about --range-size records), then the differing keys of differing ranges. \
+            Under write load the two heads seldom meet: a node behind is reported so, with the \
+            writes it has yet to apply as differences; for an exact answer compare while the \
+            writes are stopped (as at a cut-over, the old root demoted). \
             Against KT: every KT record is looked up in QS and every QS key under a mapped prefix \
             in KT. Both stream, so keyspaces larger than memory work; expiry is judged at one \
             instant (--at), and against KT a record that expires while it is being compared \
