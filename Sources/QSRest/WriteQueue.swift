@@ -275,14 +275,8 @@ public actor WriteQueue: Service {
                 return
             } catch {
                 // No root answered: nothing of the next batch was sent.
-                let why = (error as? CommitTimeout)?.stopping == true ? "qsrest stopped before the root answered"
-                    : root.link.withLockedValue { $0.lastCallFailure?.why ?? $0.lastError } ?? "\(error)"
-                let batch = takeBatch()
-                logger.error("the root's position for this source could not be read within --commit-timeout; the batch's requests get 503 (not applied)",
-                             metadata: ["source-id": "\(sourceID)", "requests": "\(batch.count)", "reason": "\(why)"])
-                metrics.batchesFailed.increment()
-                lastFailure.withLockedValue { $0 = "the root's position could not be read within --commit-timeout: \(why)" }
-                for p in batch { p.reply.resume(throwing: Refusal.notCommitted(sent: false, why: why)) }
+                giveUp(takeBatch(), sent: false, why: whyNotCommitted(error, otherwise: "\(error)"),
+                       what: "the root's position could not be read within --commit-timeout")
                 return
             }
         }
@@ -315,13 +309,8 @@ public actor WriteQueue: Service {
                     return false
                 }
                 if wasSent { abandoned.insert(new) }
-                let why = timeout.stopping ? "qsrest stopped before the root answered"
-                    : root.link.withLockedValue { $0.lastCallFailure?.why ?? $0.lastError } ?? "no answer from the root"
-                logger.error("batch not committed within --commit-timeout; its requests get 503", metadata: [
-                    "source-id": "\(sourceID)", "writes": "\(all.count)", "sent": "\(wasSent)", "reason": "\(why)"])
-                metrics.batchesFailed.increment()
-                lastFailure.withLockedValue { $0 = "a batch was not committed within --commit-timeout: \(why)" }
-                for p in batch { p.reply.resume(throwing: Refusal.notCommitted(sent: wasSent, why: why)) }
+                giveUp(batch, sent: wasSent, why: whyNotCommitted(timeout, otherwise: "no answer from the root"),
+                       what: "a batch was not committed within --commit-timeout")
                 return
             } catch let refusal as RootRefusal where refusal.code == .frameTooLarge {
                 // The batch's own size, not the root's state: /readyz stays as it was.
@@ -370,6 +359,24 @@ public actor WriteQueue: Service {
                 return
             }
         }
+    }
+
+    /// Why a wait on the root (`within`) ended without a commit: qsrest stopping, or the
+    /// root's last failure.
+    private func whyNotCommitted(_ error: any Error, otherwise: String) -> String {
+        if (error as? CommitTimeout)?.stopping == true { return "qsrest stopped before the root answered" }
+        return root.link.withLockedValue { $0.lastCallFailure?.why ?? $0.lastError } ?? otherwise
+    }
+
+    /// Answers every request of `batch` 503, not committed (`sent`: its batch may still
+    /// land, "outcome unknown"; otherwise "not applied"), logs `what` and counts it.
+    private func giveUp(_ batch: [Pending], sent: Bool, why: String, what: String) {
+        logger.error("\(what); its requests get 503", metadata: [
+            "source-id": "\(sourceID)", "requests": "\(batch.count)", "writes": "\(batch.reduce(0) { $0 + $1.writes.count })",
+            "sent": "\(sent)", "reason": "\(why)"])
+        metrics.batchesFailed.increment()
+        lastFailure.withLockedValue { $0 = "\(what): \(why)" }
+        for p in batch { p.reply.resume(throwing: Refusal.notCommitted(sent: sent, why: why)) }
     }
 
     /// The next batch's requests, taken from `pending`: as many as fit the batch limits
