@@ -75,7 +75,7 @@ public struct ServiceOptions: ParsableArguments, Sendable {
     /// `reload` on SIGHUP (logging "nothing to reload" without one; never exiting); with
     /// `--ready-file`, the file lists the listeners of every `ListeningService` among
     /// `services` once they are all bound.
-    public func serviceGroup(_ services: [ServiceGroupConfiguration.ServiceConfiguration], logger: Logger,
+    public func serviceGroup(_ services: [ServiceGroupConfiguration.ServiceConfiguration], logger: Logger, toldFirst: [any Service] = [],
                              reload: (@Sendable () -> Void)? = nil, nested: Bool = false, alsoListening: [Listener] = []) async -> ServiceGroup {
         var services = services
         services.append(.init(service: await HangupService(reload: reload, logger: logger)))
@@ -83,6 +83,9 @@ public struct ServiceOptions: ParsableArguments, Sendable {
             let listeners = services.compactMap { ($0.service as? any ListeningService)?.listener } + alsoListening
             services.append(.init(service: ReadyFile(path: readyFile, listeners: listeners, logger: logger)))
         }
+        // Last in the list: the group tells services of a graceful shutdown in reverse
+        // order, each after the one before it has finished.
+        services += toldFirst.map { .init(service: $0) }
         // A nested group stops when the group running it does (that one traps the signals).
         var config = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: nested ? [] : [.sigterm, .sigint], logger: logger)
         config.maximumGracefulShutdownDuration = shutdownTimeout.duration

@@ -35,6 +35,9 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
     /// 0 before it has): kept across reconnections, so a source that accepts connections
     /// and then says nothing reads as silent since it last spoke.
     let lastHeardNs = Atomic<UInt64>(0)
+    /// Whether an event is being handed on (it waits while the root applies a batch, and
+    /// the source is not read meanwhile): that wait is the root's, not the source's silence.
+    let delivering = Atomic<Bool>(false)
 
     /// The bridge's state as of now: what `/readyz` and the scrape read.
     public struct Status: Sendable {
@@ -71,8 +74,9 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
         /// heartbeat with nothing pending): it grows while the source or the root is silent.
         public var lagSeconds: Double? { sourceTimeNs.map { Freshness.age(of: $0, now: nowNs) } }
         /// How long the source has said nothing, not even a heartbeat (since the first
-        /// reading began, before it has said anything): nil for a source silent when idle,
-        /// and before the first reading.
+        /// reading began, before it has said anything; 0 while an event waits for the root,
+        /// which holds the reading): nil for a source silent when idle, and before the first
+        /// reading.
         public var sourceSilentSeconds: Double?
         /// The source's heartbeat interval and silence timeout (`FeedSource`).
         public var sourceHeartbeat: Duration?
@@ -113,7 +117,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
         s.nowNs = wallClockNanoseconds()
         if let beat = source.heartbeatInterval {
             let heard = lastHeardNs.load(ordering: .relaxed)
-            s.sourceSilentSeconds = heard == 0 ? nil : Freshness.age(of: heard, now: s.nowNs)
+            s.sourceSilentSeconds = heard == 0 ? nil : delivering.load(ordering: .relaxed) ? 0 : Freshness.age(of: heard, now: s.nowNs)
             s.sourceHeartbeat = beat
             s.sourceSilenceTimeout = source.silenceTimeout
         }
@@ -222,6 +226,11 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
                         defer { self.state.withLockedValue { $0.sourceConnected = false } }
                         try await source.run(after: start) { event in
                             self.lastHeardNs.store(wallClockNanoseconds(), ordering: .relaxed)
+                            self.delivering.store(true, ordering: .relaxed)
+                            defer {
+                                self.lastHeardNs.store(wallClockNanoseconds(), ordering: .relaxed)
+                                self.delivering.store(false, ordering: .relaxed)
+                            }
                             try await batcher.handle(event)
                         }
                     }

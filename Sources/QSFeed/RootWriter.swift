@@ -385,17 +385,19 @@ public actor RootWriter {
         var backoff = Backoff()
         while true {
             try Task.checkCancellation()
+            var on: Int?
             do {
                 inFlight += 1
                 defer { inFlight -= 1 }
                 let c = try await connection()
+                on = generation
                 startWaiting()
                 let answer = try await call(c)
                 answered()
                 link.withLockedValue { $0.lastCallFailure = nil }
                 return answer
             } catch {
-                try await failed(what, error)
+                try await failed(what, error, generation: on)
             }
             try await Task.sleep(for: backoff.next())
         }
@@ -412,7 +414,9 @@ public actor RootWriter {
         let mine = generation.map { $0 == self.generation } ?? true
         var error = error
         let closedByNode = error as? ClientError == .connectionClosed
-        if closedByNode, let dropped = droppedGeneration, dropped.generation == generation ?? self.generation {
+        // Only for a call known to have gone on that connection: a new connection's hello
+        // closed by the node is the node's doing.
+        if closedByNode, let generation, let dropped = droppedGeneration, dropped.generation == generation {
             error = ClientError.connectionFailed("closed here because \(dropped.why)")
         }
         if !(error is CancellationError) {

@@ -134,10 +134,10 @@ public final class NodeCore: Sendable {
             let u = upstreamStatus
             if let age = u.rootAgeSeconds { out["root_age_seconds"] = age }
             // The distance as last heard: a replica cut off keeps its last figure, and
-            // `heard_seconds_ago` (the age of the upstream's last word) says how old it is.
-            var up: [String: Any] = ["subscribed": u.subscribed, "head": u.upstreamHead,
-                                     "lag_entries": u.upstreamHead > head.index ? u.upstreamHead - head.index : 0]
-            if let age = u.rootAgeSeconds { up["heard_seconds_ago"] = age }
+            // `heard_seconds_ago` (when the upstream's head last came, by this node's clock)
+            // says how old it is.
+            var up: [String: Any] = ["subscribed": u.subscribed, "head": u.upstreamHead, "lag_entries": u.lagEntries]
+            if u.upstreamHeardNs > 0 { up["heard_seconds_ago"] = nowNs > u.upstreamHeardNs ? Double(nowNs - u.upstreamHeardNs) / 1e9 : 0 }
             if let a = u.upstream { up["address"] = a }
             out["upstream"] = up
         }
@@ -464,6 +464,8 @@ public struct UpstreamStatus: Sendable {
     public var subscribed = false
     /// The upstream's head as of its last heartbeat.
     public var upstreamHead: UInt64 = 0
+    /// When that heartbeat arrived, by this node's clock (ns since the epoch), 0 if none yet.
+    public var upstreamHeardNs: UInt64 = 0
     /// The root's freshest word through the upstream (ns since the epoch), 0 if none yet.
     public var rootTimeNs: UInt64 = 0
     /// This node's head as last applied.

@@ -278,6 +278,9 @@ public final class ReplicaService: Service, Sendable {
                     core.updateUpstream {
                         $0.subscribed = true
                         $0.head = newHead.index
+                        // The upstream holds at least what it sent: heard now.
+                        $0.upstreamHead = max($0.upstreamHead, newHead.index)
+                        $0.upstreamHeardNs = wallClockNanoseconds()
                     }
                     continue
                 }
@@ -287,6 +290,7 @@ public final class ReplicaService: Service, Sendable {
                     core.updateUpstream {
                         $0.subscribed = true
                         $0.upstreamHead = upHead
+                        $0.upstreamHeardNs = wallClockNanoseconds()
                         $0.head = mine
                         $0.rootTimeNs = max($0.rootTimeNs, rootTime)
                     }

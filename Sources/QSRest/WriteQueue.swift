@@ -134,6 +134,8 @@ public actor WriteQueue: Service {
         Task {
             try? await Task.sleep(for: after)
             signal.fire()
+            // Every request still queued is answered now, not a batch a tick.
+            await self.flush(untilEmpty: true)
         }
     }
 
@@ -179,7 +181,7 @@ public actor WriteQueue: Service {
 
     /// Queues `writes` for the next batch and waits until it is committed.
     public func submit(_ writes: [ConditionalWrite]) async throws -> Answer {
-        guard !stopped else { throw Refusal.stopping }
+        guard !stopped, !stopSignal.fired else { throw Refusal.stopping }
         let bytes = writes.reduce(0) { $0 + $1.payloadBytes }
         guard pendingBytes + bytes <= limits.maxPendingBytes || pending.isEmpty else {
             metrics.busy.increment()
@@ -247,7 +249,7 @@ public actor WriteQueue: Service {
     }
 
     /// Sends what is pending, one batch after another, while batches are full.
-    func flush() async {
+    func flush(untilEmpty: Bool = false) async {
         while flushing { await withCheckedContinuation { flushWaiters.append($0) } }
         flushing = true
         defer {
@@ -256,7 +258,7 @@ public actor WriteQueue: Service {
         }
         while !pending.isEmpty {
             await flushOne()
-            if pendingWrites < limits.maxWrites && pendingBytes < limits.maxBytes { break }
+            if !untilEmpty && pendingWrites < limits.maxWrites && pendingBytes < limits.maxBytes { break }
         }
     }
 

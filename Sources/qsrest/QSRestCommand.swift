@@ -129,9 +129,6 @@ struct QSRestCommand: AsyncParsableCommand {
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
             .init(service: queue, successTerminationBehavior: .gracefullyShutdownGroup, failureTerminationBehavior: .gracefullyShutdownGroup),
             .init(service: server, failureTerminationBehavior: .gracefullyShutdownGroup),
-            // Told of the shutdown first: the queue's clock for what waits on the root starts
-            // while the server still drains, so those requests are answered, not cut off.
-            .init(service: queue.stopClock),
         ]
         if let adminEndpoint = service.adminEndpoint() {
             let usage = UsageReporter(nodes: usageNode.value.map { [$0.endpoint] } ?? roots, token: token, maxAge: usageMaxAge.duration)
@@ -165,7 +162,10 @@ struct QSRestCommand: AsyncParsableCommand {
             }
         }
         defer { keepalive.cancel() }
-        try await service.serviceGroup(services, logger: logger) {
+        // The queue's stop clock is told of the shutdown before any other service (the
+        // admin server and the REST server drain first): what waits on the root is answered
+        // within --shutdown-timeout while its connection is still served, not cut off.
+        try await service.serviceGroup(services, logger: logger, toldFirst: [queue.stopClock]) {
             switch access.reload(path: path) {
             case let .success(acl):
                 logger.notice("ACL reloaded", metadata: ["acl": "\(path)", "producers": "\(acl.producers.map(\.name))"])
