@@ -129,6 +129,11 @@ public actor RootWriter {
         /// connection is made again: a root out of room answers every retry the same way,
         /// and its keepalives succeed); cleared when a call succeeds.
         public var lastCallFailure: (at: ContinuousClock.Instant, why: String)?
+        /// Whether that failure was the node's answer (an error response: out of room, not
+        /// writable), which a keepalive's answer does not cure, rather than the connection's.
+        public var lastCallFailureByNode = false
+        /// When the root last answered anything (a keepalive included).
+        public var lastAnswerAt: ContinuousClock.Instant?
         /// The address in use, or the one tried first at the next connection.
         public var root: Endpoint
 
@@ -305,7 +310,10 @@ public actor RootWriter {
     private func answered() {
         lastAnswer = .now
         let others = inFlight > 1
-        link.withLockedValue { $0.waitingSince = others ? .now : nil }
+        link.withLockedValue {
+            $0.waitingSince = others ? .now : nil
+            $0.lastAnswerAt = .now
+        }
     }
 
     /// Closes the connection after a failure. With several addresses, the next connection
@@ -365,6 +373,9 @@ public actor RootWriter {
             let r = try await c.send(.head, timeout: .nanoseconds(Int64(timeout.seconds * 1e9)))
             guard case let .head(head) = r else { throw ClientError.unexpected("\(r)") }
             answered()
+            // The root answers again: a call that failed for the connection's sake (a hang,
+            // a restart) is cured; one the node refused is not, until a call succeeds.
+            link.withLockedValue { if !$0.lastCallFailureByNode { $0.lastCallFailure = nil } }
             if let (fresher, why) = await stale(head: head.index), current != nil {
                 logger.warning("root stale", metadata: ["root": "\(endpoint)", "reason": "\(why)"])
                 await drop(why, moveTo: fresher)
@@ -420,7 +431,12 @@ public actor RootWriter {
             error = ClientError.connectionFailed("closed here because \(dropped.why)")
         }
         if !(error is CancellationError) {
-            link.withLockedValue { $0.lastCallFailure = (.now, "\(error)") }
+            var byNode = false
+            if case .server = error as? ClientError { byNode = true }
+            link.withLockedValue {
+                $0.lastCallFailure = (.now, "\(error)")
+                $0.lastCallFailureByNode = byNode
+            }
         }
         switch error {
         case let error as ClientError:

@@ -156,7 +156,7 @@ public actor WriteQueue: Service {
     public nonisolated let position = NIOLockedValueBox<UInt64?>(nil)
     /// Why the last batch failed, nil once one commits: `/readyz` says it (a demoted root,
     /// a root refusing the token) until writes go through again.
-    public nonisolated let lastFailure = NIOLockedValueBox<String?>(nil)
+    public nonisolated let lastFailure = NIOLockedValueBox<(why: String, at: ContinuousClock.Instant)?>(nil)
     /// Since when the batch at the root has waited for its commit (nil: none is there):
     /// `/readyz` says so once it is longer than `RootWriter.patience` (a root out of room
     /// that the writer keeps retrying, a hung root), while its requests wait.
@@ -244,7 +244,7 @@ public actor WriteQueue: Service {
     /// Every request of `batch` gets an error: nothing of it was acknowledged.
     private func fail(_ batch: [Pending], _ why: String) {
         metrics.batchesFailed.increment()
-        lastFailure.withLockedValue { $0 = why }
+        lastFailure.withLockedValue { $0 = (why, .now) }
         for p in batch { p.reply.resume(throwing: Refusal.failed(why)) }
     }
 
@@ -377,7 +377,7 @@ public actor WriteQueue: Service {
             "source-id": "\(sourceID)", "requests": "\(batch.count)", "writes": "\(batch.reduce(0) { $0 + $1.writes.count })",
             "sent": "\(sent)", "reason": "\(why)"])
         metrics.batchesFailed.increment()
-        lastFailure.withLockedValue { $0 = "\(what): \(why)" }
+        lastFailure.withLockedValue { $0 = ("\(what): \(why)", .now) }
         for p in batch { p.reply.resume(throwing: Refusal.notCommitted(sent: sent, why: why)) }
     }
 

@@ -137,8 +137,14 @@ struct QSRestCommand: AsyncParsableCommand {
                                                        reports: reports, actionGate: try service.adminGate(logger: logger), readiness: {
                 // The present state first: a root gone since the last batch failed reads as
                 // not connected, with that failure after it.
-                let lastBatch = queue.lastFailure.withLockedValue({ $0 }).map { "the last batch failed, its writes were answered 503 and none since committed: \($0)" }
                 let link = writer.link.withLockedValue { $0 }
+                // A failed batch keeps /readyz 503 until a batch commits or, where the failure
+                // was the connection's (a hang, a restart), the root answers again: behind a
+                // readiness-gated balancer no write would come to clear it.
+                let lastBatch = queue.lastFailure.withLockedValue({ $0 }).flatMap { failure -> String? in
+                    if link.lastCallFailure == nil, let answered = link.lastAnswerAt, answered > failure.at { return nil }
+                    return "the last batch failed, its writes were answered 503 and none since committed: \(failure.why)"
+                }
                 guard link.connected else {
                     let notConnected = "not connected to a writable root (\(roots.map(\.description).joined(separator: ",")))\(link.lastError.map { ": \($0)" } ?? "")"
                     return Readiness(ready: false, detail: [notConnected, lastBatch].compactMap { $0 }.joined(separator: "; "))

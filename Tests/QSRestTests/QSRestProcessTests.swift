@@ -272,18 +272,24 @@ final class QSRestProcessTests: XCTestCase {
     /// not at all when the answer said "not applied".
     func testAHungRootGetsAnHonestAnswerWithinTheCommitTimeout() async throws {
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
-        let (rest, port, _) = try startRest(root: root.address, acl: try writeACL(), extra: ["--commit-timeout", "1s"])
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL(), extra: ["--commit-timeout", "1s"])
         let base = "http://127.0.0.1:\(port)"
         XCTAssertEqual(try curl(["-u", "dns:dns-token", "\(base)/rpc/set?key=dns%2Fwarm&value=1"]).status, 200)
         kill(root.daemon.pid, SIGSTOP)
         var resumed = false
         defer { if !resumed { kill(root.daemon.pid, SIGCONT) } }
         let answer = try curl(["-u", "dns:dns-token", "--max-time", "30", "\(base)/rpc/increment?key=dns%2Fcounter&num=1"])
+        XCTAssertEqual(httpGet(port: admin, path: "/readyz")?.status, 503)
         kill(root.daemon.pid, SIGCONT)
         resumed = true
         XCTAssertEqual(answer.status, 503, answer.body)
         let unknown = answer.body.contains("outcome unknown"), notApplied = answer.body.contains("not applied")
         XCTAssertTrue(unknown || notApplied, answer.body)
+        // Ready again once the root answers, before any write: behind a readiness-gated
+        // balancer no write would come to clear it.
+        try await waitFor("/readyz 200 with no write since", timeout: .seconds(40), pollEvery: .milliseconds(200)) {
+            httpGet(port: admin, path: "/readyz")?.status == 200
+        }
         try await waitFor("writes going through again", timeout: .seconds(30), pollEvery: .milliseconds(200)) {
             try self.curl(["-u", "dns:dns-token", "--max-time", "30", "\(base)/rpc/set?key=dns%2Fafter&value=1"]).status == 200
         }
