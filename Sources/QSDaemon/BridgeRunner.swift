@@ -44,11 +44,8 @@ public func runBridge<S: FeedSource>(consumer: FeedConsumer<S>, service: Service
 /// What a bridge's `/readyz` says, from its status as of now.
 func bridgeReadiness<S>(_ s: FeedConsumer<S>.Status, root: Endpoint, readyLag: Double) -> Readiness {
     if s.finished { return Readiness(ready: true, detail: "source finished; everything read is applied") }
-    if s.stalledSeconds > readyLag {
-        let why = s.rootError.map { "; last root error: \($0)" } ?? ""
-        return Readiness(ready: false, detail: String(format: "no progress: %d changes pending and nothing applied for %.1f s (--ready-lag %.1f s)",
-                                                      s.pendingChanges, s.stalledSeconds, readyLag) + why)
-    }
+    // The root's state first: a root dead, hung or refusing is why nothing is applied, and
+    // "no progress" alone would not say so.
     guard s.rootConnected else {
         return Readiness(ready: false, detail: "not connected to the root \(root)\(s.rootError.map { ": \($0)" } ?? "")")
     }
@@ -60,6 +57,11 @@ func bridgeReadiness<S>(_ s: FeedConsumer<S>.Status, root: Endpoint, readyLag: D
     if let refusing = s.rootRefusing {
         return Readiness(ready: false, detail: String(format: "the root %@ refuses the bridge's writes (retrying; the last refusal %.0f s ago): %@",
                                                       "\(root)", refusing.seconds, refusing.why))
+    }
+    if s.stalledSeconds > readyLag {
+        let why = s.rootError.map { "; last root error: \($0)" } ?? ""
+        return Readiness(ready: false, detail: String(format: "no progress: %d changes pending and nothing applied for %.1f s (--ready-lag %.1f s)",
+                                                      s.pendingChanges, s.stalledSeconds, readyLag) + why)
     }
     if let preparing = s.preparing { return Readiness(ready: false, detail: preparing) }
     guard s.sourceConnected else {

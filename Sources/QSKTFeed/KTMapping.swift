@@ -56,6 +56,10 @@ public struct KTMapping: Sendable {
             guard !prefix.unicodeScalars.contains(where: { $0 == "=" || $0.properties.isWhitespace || $0.value < 0x20 || $0.value == 0x7F }) else {
                 throw FeedError.stop("--db-map entry '\(part)': a prefix holds no '=', space or control character; entries are separated by commas (for example 0=,1=aux/)")
             }
+            // Two databases under one prefix would merge their keys: one overwrites the other's.
+            if let other = out.first(where: { $0.value == Array(prefix.utf8) })?.key {
+                throw FeedError.stop("--db-map maps databases \(other) and \(index) to the same prefix '\(prefix)': their keys would overwrite each other; give each its own")
+            }
             out[index] = Array(prefix.utf8)
         }
         guard !out.isEmpty else { throw FeedError.stop("--db-map maps no database: give at least one INDEX=PREFIX") }

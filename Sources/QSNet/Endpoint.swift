@@ -17,6 +17,11 @@ public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
             throw ConfigError("'\(text)' is not HOST:PORT (for example 127.0.0.1:7400) or unix:PATH")
         }
         var host = String(text[..<colon])
+        // `qs://HOST:PORT` (qsqsbridge's --source) or `kt://…` given where an address is:
+        // the host would be "qs://HOST", failing its name lookup for ever.
+        if let scheme = host.range(of: "://") {
+            throw ConfigError("'\(text)': an address takes no scheme ('\(host[..<scheme.upperBound])'): give HOST:PORT, as in \(String(host[scheme.upperBound...])):\(text[text.index(after: colon)...])")
+        }
         let portText = text[text.index(after: colon)...]
         guard let port = Int(portText), (0...65535).contains(port) else {
             throw ConfigError("'\(text)': port '\(portText)' is not a number from 0 to 65535")

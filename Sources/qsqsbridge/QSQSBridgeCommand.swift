@@ -83,6 +83,15 @@ struct QSSource: ExpressibleByArgument, DescribedArgument, CustomStringConvertib
 
     static let expectation = "qs://HOST:PORT or capture:FILE"
 
+    static func refusal(of argument: String) -> String? {
+        if argument.hasPrefix("qs://") {
+            return (try? Endpoint(parsing: String(argument.dropFirst(5)))) == nil ? "qs:// takes the source node's HOST:PORT, as in qs://10.0.0.1:7400" : nil
+        }
+        if argument == "capture:" { return "capture: needs a path after the colon" }
+        if argument.hasPrefix("kt://") { return "a KT source is qsktbridge's; qsqsbridge reads a QS node (qs://HOST:PORT)" }
+        return "'\(argument)' names no source kind: start it with qs:// or capture:"
+    }
+
     /// The checkpoint name when --source-id is not given.
     var defaultSourceID: String {
         switch kind {

@@ -84,6 +84,11 @@ struct QSRestCommand: AsyncParsableCommand {
         guard !acl.isEmpty else { throw ValidationError("--acl is required: the producers' TOML file (or set QS_ACL)") }
         guard batchInterval.duration > .zero else { throw ValidationError("--batch-interval must be more than 0, e.g. 500ms") }
         guard commitTimeout.duration > .zero else { throw ValidationError("--commit-timeout must be more than 0, e.g. 20s") }
+        // A write waits up to --batch-interval for its batch to start, and its deadline counts
+        // from its arrival: a shorter commit timeout would answer writes 503 with the root fine.
+        guard commitTimeout.duration > batchInterval.duration * 2 else {
+            throw ValidationError("--commit-timeout (\(commitTimeout)) must be more than twice --batch-interval (\(batchInterval)): a write waits up to a batch interval before its batch is sent; e.g. --commit-timeout 20s")
+        }
         guard usageMaxAge.duration >= .zero else { throw ValidationError("--usage-max-age must be 0 (always scan) or more, e.g. 60s") }
         guard batchMaxOps > 0 else { throw ValidationError("--batch-max-ops must be positive") }
         try validateRootStaleAfter(rootStaleAfter)

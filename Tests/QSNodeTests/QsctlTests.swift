@@ -142,6 +142,9 @@ final class QsctlTests: XCTestCase {
             ("qsktbridge", ["--source", "kt://a:1", "--db-map", "0=,0=x/"], 64, "--db-map maps database 0 twice"),
             ("qsnode", ["--memcached", "unix:/tmp/m.sock"], 64, "its Unix socket has a flag of its own"),
             ("qsctl", ["--node", "localhost", "head"], 2, "'localhost' is not HOST:PORT"),
+            ("qsktbridge", ["--source", "kt://a:1", "--db-map", "0=a/,1=a/"], 64, "to the same prefix 'a/'"),
+            ("qsktbridge", ["--source", "kt://a:1", "--root", "qs://127.0.0.1:7400"], 64, "an address takes no scheme ('qs://')"),
+            ("qsqsbridge", ["--source", "127.0.0.1:7400", "--root", "127.0.0.1:7401"], 64, "start it with qs:// or capture:"),
         ]
         for c in cases {
             let r = try Harness.run(c.command, c.args)
@@ -149,6 +152,10 @@ final class QsctlTests: XCTestCase {
             XCTAssertEqual(r.status, c.status, err)
             XCTAssertTrue(err.contains("is invalid for") && err.contains(c.why), err)
         }
+        let short = try Harness.run("qsrest", ["--root", "127.0.0.1:1", "--acl", "/nonexistent", "--commit-timeout", "100ms", "--batch-interval", "500ms"])
+        XCTAssertEqual(short.status, 64)
+        XCTAssertTrue(String(decoding: short.stderr, as: UTF8.self).contains("must be more than twice --batch-interval"),
+                      String(decoding: short.stderr, as: UTF8.self))
     }
 
     func testEveryFlagHasHelpAndAnEnvironmentVariable() throws {
