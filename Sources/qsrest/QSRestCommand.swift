@@ -139,7 +139,13 @@ struct QSRestCommand: AsyncParsableCommand {
             let usage = UsageReporter(nodes: usageNode.value.map { [$0.endpoint] } ?? roots, token: token, maxAge: usageMaxAge.duration)
             let reports: [String: AdminReport] = ["/usage": { query in await usage.answer(query: query, acl: access.acl) }]
             services.append(.init(service: AdminServer(endpoint: adminEndpoint, registry: registry, logger: logger, limits: service.connectionLimits,
-                                                       reports: reports, actionGate: try service.adminGate(logger: logger), readiness: {
+                                                       reports: reports, actionGate: try service.adminGate(logger: logger),
+                                                       beforeScrape: {
+                // As a bridge's: 0 also while a call has waited past the root's patience (a
+                // root hung with batches in flight keeps its connection).
+                let link = writer.link.withLockedValue { $0 }
+                feedMetrics.rootConnected.record(link.connected && link.stall() == nil ? 1 : 0)
+            }, readiness: {
                 // The present state first: a root gone since the last batch failed reads as
                 // not connected, with that failure after it.
                 let link = writer.link.withLockedValue { $0 }
