@@ -31,7 +31,8 @@ extension KTSource {
 func warnWhenOtherKTSources(sourceID: String) -> @Sendable (RootWriter, Logger) async -> Void {
     { root, logger in
         guard let all = try? await root.checkpoints() else { return }
-        let others = all.filter { $0.key != sourceID && SourcePosition.isKTTimestamp($0.value) }.keys.sorted()
+        // qsrest's positions are wall-clock times too; its default ids say what they are.
+        let others = all.filter { $0.key != sourceID && !$0.key.hasPrefix("qsrest:") && SourcePosition.isKTTimestamp($0.value) }.keys.sorted()
         guard !others.isEmpty else { return }
         logger.error("the root has no checkpoint for this source id but holds other KT sources' checkpoints: starting from position 0 replays this KT's whole update log. If this KT is one of those sources under another name, stop this bridge and restart it with --source-id set to that id",
                      metadata: ["source-id": "\(sourceID)", "other-kt-source-ids": "\(others.joined(separator: ","))"])
