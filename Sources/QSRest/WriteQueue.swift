@@ -90,11 +90,19 @@ public actor WriteQueue: Service {
             switch self {
             case .busy: return "too many writes are waiting for the root; retry later"
             case let .failed(why): return "the batch holding this write failed: \(why)"
-            case let .notCommitted(false, why): return "not applied: no root took the batch holding this write within --commit-timeout (\(why)); retry"
-            case let .notCommitted(true, why): return "outcome unknown: the batch holding this write was sent to the root and not answered within --commit-timeout (\(why)); it may still be applied: read the key before retrying a write that is not idempotent (increment, append, add)"
+            case let .notCommitted(false, why): return "not applied: no root took the batch holding this write \(Self.when(why)) (\(why)); retry"
+            case let .notCommitted(true, why): return "outcome unknown: the batch holding this write was sent to the root and not answered \(Self.when(why)) (\(why)); it may still be applied: read the key before retrying a write that is not idempotent (increment, append, add)"
             case .stopping: return "qsrest is shutting down and could not commit this write"
             case let .tooLarge(why): return "the batch holding this write is larger than the root takes in one frame (\(why)): send smaller writes, or lower qsrest's --batch-max-bytes below the root's --max-frame-bytes"
             }
+        }
+
+        /// The reason given when qsrest stops with the write waiting (`whyNotCommitted`).
+        static let stoppingReason = "qsrest stopped before the root answered"
+
+        /// What the write was not committed within: qsrest's stop or --commit-timeout.
+        static func when(_ why: String) -> String {
+            why == stoppingReason ? "before qsrest stopped" : "within --commit-timeout"
         }
     }
 
@@ -321,7 +329,7 @@ public actor WriteQueue: Service {
                 for p in batch { p.reply.resume(throwing: Refusal.tooLarge(refusal.message)) }
                 return
             } catch {
-                let why = error is CancellationError ? "qsrest stopped before the root answered" : "\(error)"
+                let why = error is CancellationError ? Refusal.stoppingReason : "\(error)"
                 logger.error("batch failed; its requests get an error", metadata: ["source-id": "\(sourceID)", "writes": "\(all.count)", "error": "\(why)"])
                 fail(batch, why)
                 return
@@ -366,7 +374,7 @@ public actor WriteQueue: Service {
     /// Why a wait on the root (`within`) ended without a commit: qsrest stopping, or the
     /// root's last failure.
     private func whyNotCommitted(_ error: any Error, otherwise: String) -> String {
-        if (error as? CommitTimeout)?.stopping == true { return "qsrest stopped before the root answered" }
+        if (error as? CommitTimeout)?.stopping == true { return Refusal.stoppingReason }
         return root.link.withLockedValue { $0.lastCallFailure?.why ?? $0.lastError } ?? otherwise
     }
 
