@@ -276,6 +276,6 @@ extension ListenError {
     }
 
     public var messageNamingFlag: String {
-        "\(flag) \(endpoint): cannot listen: \(underlying); is another process using it? (port 0 picks a free port)"
+        "\(flag) \(endpoint): cannot listen: \(reason); is another process using it? (port 0 picks a free port)"
     }
 }

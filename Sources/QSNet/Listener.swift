@@ -247,7 +247,14 @@ public struct ListenError: Error, CustomStringConvertible {
     public let underlying: any Error
 
     public var description: String {
-        "\(listener): cannot listen on \(endpoint): \(underlying) (is another process using it? port 0 picks a free port)"
+        "\(listener): cannot listen on \(endpoint): \(reason) (is another process using it? port 0 picks a free port)"
+    }
+
+    /// The system's words for the failure ("Address already in use"), not NIO's
+    /// `bind(descriptor:ptr:bytes:)` wrapping.
+    public var reason: String {
+        if let io = underlying as? IOError { return String(cString: strerror(io.errnoCode)) }
+        return "\(underlying)"
     }
 }
 
