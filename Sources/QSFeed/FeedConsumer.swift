@@ -225,7 +225,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
                         _ = self.lastHeardNs.compareExchange(expected: 0, desired: wallClockNanoseconds(), ordering: .relaxed)
                         defer { self.state.withLockedValue { $0.sourceConnected = false } }
                         try await source.run(after: start) { event in
-                            self.lastHeardNs.store(wallClockNanoseconds(), ordering: .relaxed)
+                            // Heard: silence reads 0 while the event is handed on, and counts from its end.
                             self.delivering.store(true, ordering: .relaxed)
                             defer {
                                 self.lastHeardNs.store(wallClockNanoseconds(), ordering: .relaxed)
