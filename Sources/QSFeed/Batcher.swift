@@ -111,6 +111,9 @@ actor Batcher {
     /// timestamp): every change at or before it was delivered. The next flush with nothing
     /// pending moves the checkpoint there (one write, no log entry).
     private var vouched: UInt64?
+    /// The ends of batches sent since the last confirmation whose answers were lost: a
+    /// conflict at one of them is (most likely) that send having committed, not another writer.
+    private var lostAnswers: Set<UInt64> = []
 
     /// A batch sent and not yet answered.
     private struct InFlight {
@@ -445,6 +448,7 @@ actor Batcher {
         } catch {
             // Lost with its connection (logged and counted by the root writer): unknown.
             inFlight.removeFirst()
+            lostAnswers.insert(b.new)
             resync = true
             if failureBackoff == nil { failureBackoff = Backoff() }
             return
@@ -469,8 +473,13 @@ actor Batcher {
                 throw FeedError.stop("root checkpoint for \(sourceID) went back from \(confirmed) to \(current): refusing to guess; restart the bridge to resume from the root's checkpoint")
             }
             if current != b.new {
-                logger.info("conflict: another writer applied this source further; skipping what it applied",
-                            metadata: ["source-id": "\(sourceID)", "expected": "\(b.expected)", "current": "\(current)"])
+                if lostAnswers.contains(current) {
+                    logger.info("a batch sent before, whose answer was lost, had committed; going on from it",
+                                metadata: ["source-id": "\(sourceID)", "expected": "\(b.expected)", "current": "\(current)"])
+                } else {
+                    logger.info("conflict: another writer applied this source further; skipping what it applied",
+                                metadata: ["source-id": "\(sourceID)", "expected": "\(b.expected)", "current": "\(current)"])
+                }
                 resync = true
             }
             drop(through: current)
@@ -479,6 +488,7 @@ actor Batcher {
             resync = true
             throw FeedError.stop("unexpected answer from root: \(response)")
         }
+        lostAnswers = lostAnswers.filter { $0 > confirmed }
         freshness.noteProgress()
         metrics.checkpoint.record(Double(confirmed))
         notePending()

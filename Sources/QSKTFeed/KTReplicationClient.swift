@@ -10,6 +10,15 @@ import QSNet
 /// anything else to the server. Reading is pull-driven (NIO async channel back-pressure):
 /// while the consumer is busy nothing more is read, and KT keeps its own log.
 ///
+/// Heartbeats are answered as they are read (`HeartbeatAnswers`), not once the consumer
+/// has taken them: KT sends nothing after a heartbeat until it is answered, so answers
+/// held behind a busy consumer would make KT fall silent while the client still reads,
+/// and the silence timeout would end a healthy connection (a bridge waiting a while on
+/// its root). The silence timeout counts only while a read is wanted (`IdleTimeout`):
+/// once the consumer's buffer is full nothing is read and nothing is counted. KT's own
+/// session timeout may still close a connection whose last heartbeat stays unread that
+/// long; the source then reconnects from its position.
+///
 /// The bridge (`KTReplicationSource`) and the recorder (`KTRecorder`) are both consumers
 /// of this one client.
 public struct KTReplicationClient: Sendable {
@@ -72,9 +81,10 @@ public struct KTReplicationClient: Sendable {
 
     /// `stream`, with the frames handed over in runs: the whole frames of one read from
     /// the socket (at most `FrameRuns.maxFrames`), in order, so a consumer pays one hop
-    /// per run rather than per frame. The heartbeats in a run are answered before it is
-    /// handed over (an answer only tells KT the connection is alive); a run never holds a
-    /// frame after a sid clash. While `run` is busy nothing more is read.
+    /// per run rather than per frame. The heartbeats in a run were answered when they were
+    /// read (an answer only tells KT the connection is alive); a run never holds a
+    /// frame after a sid clash. While `run` is busy nothing more is read once the
+    /// channel's buffer is full.
     public func streamRuns(after timestamp: UInt64, _ run: ([ReplicationFrame]) async throws -> Void) async throws {
         let maxMessageBytes = self.maxMessageBytes
         let readTimeout = TimeAmount.nanoseconds(Int64(timeout.seconds * 1e9))
@@ -87,6 +97,7 @@ public struct KTReplicationClient: Sendable {
                     try IdleTimeout.install(readTimeout: readTimeout, in: ops, error: ReadTimeout())
                     try ops.addHandler(ByteToMessageHandler(ReplicationFrameDecoder(maxMessageBytes: maxMessageBytes),
                                                              maximumBufferSize: maxMessageBytes + 13))
+                    try ops.addHandler(HeartbeatAnswers())
                     try ops.addHandler(FrameRuns())
                     return try NIOAsyncChannel<[ReplicationFrame], ByteBuffer>(
                         wrappingChannelSynchronously: channel,
@@ -101,7 +112,6 @@ public struct KTReplicationClient: Sendable {
             try await outbound.write(ByteBuffer(bytes: request.encoded()))
             do {
                 for try await received in inbound {
-                    var heartbeats = 0
                     var clash: Failure?
                     var whole = received.endIndex
                     for (i, frame) in received.enumerated() {
@@ -111,7 +121,7 @@ public struct KTReplicationClient: Sendable {
                         case .refused:
                             clash = Failure.refused(server: name)
                         case .heartbeat:
-                            heartbeats += 1
+                            break
                         case let .update(ts, message):
                             if message.isEmpty { clash = Failure.sidClash(server: name, sid: sid, timestamp: ts) }
                         }
@@ -119,9 +129,6 @@ public struct KTReplicationClient: Sendable {
                             whole = i
                             break
                         }
-                    }
-                    if heartbeats > 0 {
-                        try await outbound.write(ByteBuffer(repeating: KTBinaryMagic.replication, count: heartbeats))
                     }
                     if whole > 0 { try await run(whole == received.endIndex ? received : Array(received[..<whole])) }
                     if let clash { throw clash }
@@ -136,6 +143,29 @@ public struct KTReplicationClient: Sendable {
             }
             throw Failure.closed(server: name)
         }
+    }
+}
+
+/// Answers each heartbeat as it is read with one `0xB1`, the answers of one read of the
+/// socket in one write at the read's end.
+final class HeartbeatAnswers: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ReplicationFrame
+    typealias InboundOut = ReplicationFrame
+    typealias OutboundOut = ByteBuffer
+
+    private var owed = 0
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .heartbeat = unwrapInboundIn(data) { owed += 1 }
+        context.fireChannelRead(data)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if owed > 0 {
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(repeating: KTBinaryMagic.replication, count: owed)), promise: nil)
+            owed = 0
+        }
+        context.fireChannelReadComplete()
     }
 }
 

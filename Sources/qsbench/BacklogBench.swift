@@ -44,7 +44,7 @@ struct BacklogBench {
     func run() async throws -> Result {
         // 1. A capture file as a KT server would send it: acceptance byte, update frames.
         let capture = scratch + "/backlog.bin"
-        FileManager.default.createFile(atPath: capture, contents: nil)
+        _ = FileManager.default.createFile(atPath: capture, contents: nil)
         guard let out = FileHandle(forWritingAtPath: capture) else { throw BenchError("cannot write \(capture)") }
         var buffer: [UInt8] = [KTBinaryMagic.replication]
         var ts: UInt64 = 1_700_000_000_000 * 1_000_000

@@ -46,7 +46,7 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Apply KT clears (they delete every key under the database's prefix); without it a clear stops the bridge. (env: QS_ALLOW_CLEAR)")
     var allowClear: Bool = QSEnv.flag("QS_ALLOW_CLEAR")
 
-    @Option(help: ArgumentHelp("Re-make the KT connection after this long without a frame or heartbeat. (env: QS_SOURCE_TIMEOUT)", valueName: "duration"))
+    @Option(help: ArgumentHelp("Re-make the KT connection after this long without a frame or heartbeat while the bridge is reading (time spent waiting on the root does not count). (env: QS_SOURCE_TIMEOUT)", valueName: "duration"))
     var sourceTimeout: Interval = QSEnv.value("QS_SOURCE_TIMEOUT", Interval(.seconds(10)))
 
     @Option(help: ArgumentHelp("Largest KT update message accepted; a larger one is treated as a corrupt frame. (env: QS_MAX_MESSAGE_BYTES)", valueName: "size"))

@@ -60,17 +60,24 @@ final class BridgeHealthTests: XCTestCase {
         XCTAssertTrue(bridge.isRunning, "the bridge keeps retrying: nothing is lost, KT keeps the changes")
     }
 
-    func testAHungRootIsNoticedWhileABatchWaits() async throws {
+    /// KT, a root and a bridge (batches every 100 ms) with one write applied: the start of
+    /// the hung-root tests.
+    func startWithOneWriteApplied(_ extra: [String] = []) async throws -> (FakeKTProcess, RootNode, DaemonProcess, Int) {
         let kt = try FakeKTProcess(logDir: tmp)
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
         let bridge = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "99",
-                                                      "--batch-interval", "100ms", "--admin", "127.0.0.1:0", "--log-format", "text"],
+                                                      "--batch-interval", "100ms", "--admin", "127.0.0.1:0", "--log-format", "text"] + extra,
                                        logDir: tmp, ready: true)
         let admin = try bridge.port("admin")
         kt.set("before", "1")
         try await waitFor("the bridge ready with the first write applied", timeout: .seconds(20)) {
             httpGet(port: admin, path: "/readyz")?.status == 200 && root.metric("qs_ops_applied_total") == 1
         }
+        return (kt, root, bridge, admin)
+    }
+
+    func testAHungRootIsNoticedWhileABatchWaits() async throws {
+        let (kt, root, bridge, admin) = try await startWithOneWriteApplied()
         kill(root.daemon.pid, SIGSTOP)
         defer { kill(root.daemon.pid, SIGCONT) }
         kt.set("during", "2")
@@ -85,6 +92,43 @@ final class BridgeHealthTests: XCTestCase {
             httpGet(port: admin, path: "/readyz")?.status == 200 && root.metric("qs_ops_applied_total") == 2
                 && metricValue(port: admin, "qs_bridge_root_connected") == 1
         }
+        XCTAssertEqual(try bridge.stop(), 0, bridge.log)
+    }
+
+    /// A root hung for longer than the source timeout does not cost the KT connection:
+    /// heartbeats are answered as they are read and the silence timeout counts only while
+    /// the bridge wants to read (it ended a healthy connection while the bridge waited on the
+    /// root, and the bridge met "I/O on closed channel" once the root came back). The batch
+    /// sent again after the hang found committed is not blamed on another writer.
+    func testARootHungLongerThanTheSourceTimeoutKeepsTheKTConnection() async throws {
+        let (kt, root, bridge, admin) = try await startWithOneWriteApplied(["--batches-in-flight", "1", "--source-timeout", "1s"])
+        kill(root.daemon.pid, SIGSTOP)
+        defer { kill(root.daemon.pid, SIGCONT) }
+        // KT keeps taking writes: with one batch in flight the bridge stops reading KT
+        // (the next batch waits for the hung one's answer). Noticed after 4 s of waiting,
+        // four times the source timeout; then held as long again.
+        var during = 0
+        try await waitFor("/readyz 503: the root connected but not answering", timeout: .seconds(10), pollEvery: .milliseconds(200)) {
+            kt.set("during-\(during)", "2")
+            during += 1
+            guard let r = httpGet(port: admin, path: "/readyz"), r.status == 503 else { return false }
+            return r.body.contains("connected but not answering")
+        }
+        let noticed = ContinuousClock.now
+        try await waitFor("four more seconds of the hang", timeout: .seconds(10), pollEvery: .milliseconds(200)) {
+            kt.set("during-\(during)", "2")
+            during += 1
+            return ContinuousClock.now - noticed >= .seconds(4)
+        }
+        kill(root.daemon.pid, SIGCONT)
+        let written = during
+        try await waitFor("the waiting changes applied and the bridge ready again", timeout: .seconds(20)) {
+            httpGet(port: admin, path: "/readyz")?.status == 200 && root.metric("qs_ops_applied_total") == Double(1 + written)
+        }
+        XCTAssertEqual(metricValue(port: admin, "qs_bridge_reconnects_total"), 0, bridge.log)
+        XCTAssertFalse(bridge.log.contains("source failed"), bridge.log)
+        XCTAssertFalse(bridge.log.contains("another writer"), bridge.log)
+        XCTAssertEqual(try bridge.stop(), 0, bridge.log)
     }
 
     func testAWrongWriteTokenStopsTheBridgeAtStartUpNamingTheTokenFile() async throws {

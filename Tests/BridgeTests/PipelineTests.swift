@@ -105,6 +105,7 @@ final class PipelineTests: XCTestCase {
         s.writeKT(10)
         try await waitFor("the root equal to KT after the cut", timeout: .seconds(30), pollEvery: .milliseconds(20)) { await s.equalToKT() }
         XCTAssertGreaterThanOrEqual(s.metric(s.bridge, "qs_bridge_conflicts_total"), 1, "the batches sent again met the root's checkpoint")
+        XCTAssertFalse(s.bridge.log.contains("another writer"), "its own batches, not another writer's: \(s.bridge.log)")
         let positions = try await verifyLog(s.client, sourceID: "kt"), head = try await s.head()
         XCTAssertEqual(UInt64(positions.count), head, "every entry a new position of the source")
         try verifyKT(s)
