@@ -67,7 +67,8 @@ public enum QSEnv {
     /// Why `argument` is refused as a `T`, or what a `T` looks like.
     static func expected<T: ExpressibleByArgument>(_ type: T.Type, refusing argument: String) -> String {
         if let described = type as? any DescribedArgument.Type, let why = described.refusal(of: argument) {
-            return "\(described.expectation) (\(why))"
+            // An integer's reason is its range, which the expectation says already.
+            return described.expectation.contains(why.replacingOccurrences(of: "give ", with: "")) ? described.expectation : "\(described.expectation) (\(why))"
         }
         return expected(type)
     }
@@ -77,12 +78,12 @@ public enum QSEnv {
         if let described = type as? any DescribedArgument.Type { return described.expectation }
         let all = type.allValueStrings
         if !all.isEmpty { return "one of " + all.joined(separator: ", ") }
-        switch type {
-        case is Int.Type, is UInt64.Type, is UInt32.Type, is UInt16.Type, is Int64.Type: return "a whole number in range"
-        case is Double.Type: return "a number"
-        default: return "a valid value"
-        }
+        if let integer = type as? any FixedWidthInteger.Type { return range(integer) }
+        if type is Double.Type { return "a number" }
+        return "a valid value"
     }
+
+    private static func range<I: FixedWidthInteger>(_: I.Type) -> String { "a whole number from \(I.min) to \(I.max)" }
 
     struct Refusal: Sendable, Hashable {
         var variable: String
@@ -102,13 +103,32 @@ public enum QSEnv {
     private static let explainers = NIOLockedValueBox<[String: [String: @Sendable (String) -> String?]]>([:])
 
     private static func explain<T: ExpressibleByArgument>(_ flag: String, _ type: T.Type) {
-        guard let described = type as? any DescribedArgument.Type else { return }
-        explainers.withLockedValue { $0[flag, default: [:]]["\(type)"] = { described.refusal(of: $0) } }
+        let why: @Sendable (String) -> String?
+        if let described = type as? any DescribedArgument.Type {
+            why = { described.refusal(of: $0, flag: flag) }
+        } else if let integer = type as? any FixedWidthInteger.Type {
+            why = integerRefusal(integer)
+        } else {
+            return
+        }
+        explainers.withLockedValue { $0[flag, default: [:]]["\(type)"] = why }
+    }
+
+    /// Why `argument` is refused as a `T` given to `flag`, where the type can say.
+    public static func refusal<T>(_ type: T.Type, of argument: String, flag: String) -> String? {
+        if let described = type as? any DescribedArgument.Type { return described.refusal(of: argument, flag: flag) }
+        if let integer = type as? any FixedWidthInteger.Type { return integerRefusal(integer)(argument) }
+        return nil
+    }
+
+    static func integerRefusal<I: FixedWidthInteger>(_: I.Type) -> @Sendable (String) -> String? {
+        { I($0) == nil ? "give a whole number from \(I.min) to \(I.max)" : nil }
     }
 
     /// ArgumentParser's "The value 'X' is invalid for '--flag <v>'" with why, where the
     /// flag's type can say (a duplicate --db-map index); nil when it cannot.
-    public static func explaining(_ message: String) -> String? {
+    public static func explaining(_ message: String, arguments: [String] = CommandLine.arguments) -> String? {
+        if let missing = missingValue(message, arguments: arguments) { return missing }
         guard let value = message.range(of: "The value '"), let end = message.range(of: "' is invalid for '", range: value.upperBound..<message.endIndex) else { return nil }
         let argument = String(message[value.upperBound..<end.lowerBound])
         let rest = message[end.upperBound...]
@@ -117,6 +137,19 @@ public enum QSEnv {
         let line = message[value.lowerBound...].prefix { $0 != "\n" }
         let help = message.split(separator: "\n").first { $0.hasPrefix("Help:") }.map { "\n\($0)" } ?? ""
         return "\(line): \(why)\(help)"
+    }
+
+    /// ArgumentParser's "Missing value for '--flag <v>'" when the value was there but began
+    /// with '-' (`--idle-timeout -5s`): it was taken for a flag.
+    static func missingValue(_ message: String, arguments: [String]) -> String? {
+        guard let start = message.range(of: "Missing value for '") else { return nil }
+        let flag = String(message[start.upperBound...].prefix { $0 != " " && $0 != "'" })
+        guard let i = arguments.firstIndex(of: flag), i + 1 < arguments.count else { return nil }
+        let next = arguments[i + 1]
+        guard next.hasPrefix("-"), next.count > 1, next.dropFirst().first.map({ $0.isNumber || $0 == "." }) == true else { return nil }
+        let line = message[start.lowerBound...].prefix { $0 != "\n" }
+        let help = message.split(separator: "\n").first { $0.hasPrefix("Help:") }.map { "\n\($0)" } ?? ""
+        return "\(line): '\(next)' after it was read as a flag, as a value starting with '-' is; give it as \(flag)=\(next)\(help)"
     }
 
     private static func refuse(_ name: String, flag: String?, value: String, expected: String) {
@@ -201,10 +234,13 @@ public protocol DescribedArgument: SendableMetatype {
     /// Why `argument` is refused, where the type can say more than its expectation (a
     /// duplicate database index, a port out of range); nil otherwise.
     static func refusal(of argument: String) -> String?
+    /// `refusal(of:)` for the flag `flag` (a reason that names the flag to use instead).
+    static func refusal(of argument: String, flag: String) -> String?
 }
 
 extension DescribedArgument {
     public static func refusal(of argument: String) -> String? { nil }
+    public static func refusal(of argument: String, flag: String) -> String? { refusal(of: argument) }
 }
 
 extension ParsableCommand {
@@ -268,6 +304,7 @@ extension ListenError {
         switch listener {
         case "write": return unix ? "--unix" : "--listen"
         case "admin": return "--admin"
+        case "rest": return "--listen"
         case "memcached": return unix ? "--memcached-unix" : "--memcached"
         case "kt-http": return unix ? "--kt-http-unix" : "--kt-http"
         case "kt": return "-host/-port"
@@ -276,6 +313,6 @@ extension ListenError {
     }
 
     public var messageNamingFlag: String {
-        "\(flag) \(endpoint): cannot listen: \(reason); is another process using it? (port 0 picks a free port)"
+        "\(flag) \(endpoint): cannot listen: \(reason); \(hint)"
     }
 }

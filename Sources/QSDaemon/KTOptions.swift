@@ -72,5 +72,25 @@ public struct CopyRateOption: ExpressibleByArgument, DescribedArgument, Sendable
     }
 
     public static let expectation = "none, or records and/or bytes per second such as 5000/s, 8MiB/s or 5000/s,8MiB/s"
+    public static func refusal(of argument: String) -> String? {
+        var records = 0, bytes = 0
+        for part in argument.split(separator: ",", omittingEmptySubsequences: false) {
+            var text = part.trimmingCharacters(in: .whitespaces).lowercased()
+            guard text.hasSuffix("/s") else { return "'\(part)' has no '/s': a rate is per second, as in \(part)/s" }
+            text.removeLast(2)
+            if let n = Double(text) {
+                guard n > 0 else { return "a rate must be more than 0 (none for no limit)" }
+                records += 1
+            } else if let n = parseByteSize(text) {
+                guard n > 0 else { return "a rate must be more than 0 (none for no limit)" }
+                bytes += 1
+            } else {
+                return "'\(text)' is neither a number of records nor a size such as 8MiB"
+            }
+        }
+        if records > 1 { return "a records rate is given twice" }
+        if bytes > 1 { return "a bytes rate is given twice" }
+        return nil
+    }
     public var defaultValueDescription: String { description }
 }

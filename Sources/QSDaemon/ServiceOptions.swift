@@ -105,6 +105,15 @@ public struct ServiceOptions: ParsableArguments, Sendable {
 
     public func adminEndpoint() -> Endpoint? { admin.value?.endpoint }
 
+    /// Refuses a start bound to fail for want of an address (`Listener.checkAvailable`):
+    /// the admin address and `others`, checked before the daemon creates, downloads or
+    /// writes anything. The error names the flag, as the listener's own would.
+    public func checkListenersAvailable(_ others: [(listener: String, endpoints: [Endpoint])] = []) throws {
+        var all = others
+        if let admin = adminEndpoint() { all.append(("admin", [admin])) }
+        for (listener, endpoints) in all { try Listener.checkAvailable(listener: listener, endpoints: endpoints) }
+    }
+
     /// Sets up logging and metrics for the process (call once, first thing in `run`).
     public func bootstrap(label: String) -> (Logger, PrometheusCollectorRegistry) {
         let level = logLevel.level

@@ -27,6 +27,16 @@ public struct Interval: ExpressibleByArgument, DescribedArgument, Sendable, Equa
     }
 
     public static let expectation = "a duration such as 500ms, 10s or 5m"
+    public static func refusal(of argument: String) -> String? {
+        let t = argument.trimmingCharacters(in: .whitespaces)
+        if t.hasPrefix("-") { return "a duration cannot be negative" }
+        if let n = Double(t.prefix { $0.isNumber || $0 == "." }), !t.isEmpty, t.first?.isNumber == true || t.first == "." {
+            let unit = t.drop { $0.isNumber || $0 == "." }
+            if !unit.isEmpty, !["ns", "us", "ms", "s", "m", "h"].contains(unit.lowercased()) { return "'\(unit)' is not a unit: use ns, us, ms, s, m or h" }
+            if n >= 1e9 { return "too long: give less than a billion seconds" }
+        }
+        return nil
+    }
     public var seconds: Double { duration.seconds }
     public var defaultValueDescription: String { description }
 }
@@ -87,6 +97,10 @@ public struct TCPAddress: ExpressibleByArgument, DescribedArgument, Sendable, Eq
     public static let expectation = "HOST:PORT (for example 127.0.0.1:11211)"
     public static func refusal(of argument: String) -> String? {
         if argument.hasPrefix("unix:") { return "this listener is TCP only; its Unix socket has a flag of its own" }
+        return endpointRefusal(argument)
+    }
+    public static func refusal(of argument: String, flag: String) -> String? {
+        if argument.hasPrefix("unix:") { return "this listener is TCP only; give its socket path to \(flag)-unix" }
         return endpointRefusal(argument)
     }
     public var description: String { endpoint.description }
@@ -165,14 +179,49 @@ public struct OrNone<Wrapped: ExpressibleByArgument & Sendable>: ExpressibleByAr
     public static var none: OrNone { OrNone(nil) }
     public static var expectation: String { QSEnv.expected(Wrapped.self) + ", or empty for none" }
     public static func refusal(of argument: String) -> String? {
-        (Wrapped.self as? any DescribedArgument.Type)?.refusal(of: argument)
+        QSEnv.refusal(Wrapped.self, of: argument, flag: "")
+    }
+    public static func refusal(of argument: String, flag: String) -> String? {
+        QSEnv.refusal(Wrapped.self, of: argument, flag: flag)
     }
     public var description: String { value.map { "\($0)" } ?? "" }
     public var defaultValueDescription: String { value.map { "\($0)" } ?? "none" }
 }
 
+/// A flag without a default that the command requires (a bridge's `--source`): nil only
+/// when neither the flag nor its variable is given; an empty value is refused like any value
+/// that does not parse (`QS_SOURCE=` is a mistake, not "none").
+public struct Required<Wrapped: ExpressibleByArgument & Sendable>: ExpressibleByArgument, DescribedArgument, Sendable, CustomStringConvertible {
+    public let value: Wrapped?
+
+    init(_ value: Wrapped?) { self.value = value }
+
+    public init?(argument: String) {
+        guard !argument.isEmpty, let v = Wrapped(argument: argument) else { return nil }
+        value = v
+    }
+
+    /// Not given (the command says it is required).
+    public static var missing: Required { Required(nil) }
+    public static var expectation: String { QSEnv.expected(Wrapped.self) }
+    public static func refusal(of argument: String) -> String? {
+        refusal(of: argument, flag: "")
+    }
+    public static func refusal(of argument: String, flag: String) -> String? {
+        if argument.isEmpty { return "it is empty" }
+        return QSEnv.refusal(Wrapped.self, of: argument, flag: flag)
+    }
+    public var description: String { value.map { "\($0)" } ?? "" }
+    /// Empty: the help shows no default for a flag that has none.
+    public var defaultValueDescription: String { "" }
+}
+
 /// Why `Endpoint(parsing:)` refuses `argument`, nil when it does not.
 func endpointRefusal(_ argument: String) -> String? {
-    do { _ = try Endpoint(parsing: argument) } catch { return "\(error)" }
+    do { _ = try Endpoint(parsing: argument) } catch {
+        // The message names the argument, which the "is invalid for" line has named already.
+        let text = "\(error)", named = "'\(argument)': "
+        return text.hasPrefix(named) ? String(text.dropFirst(named.count)) : text
+    }
     return nil
 }

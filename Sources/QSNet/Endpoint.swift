@@ -1,4 +1,7 @@
 import NIOCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Where to listen or connect: `HOST:PORT` (`[v6]:PORT` for IPv6) or `unix:PATH`.
 public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
@@ -27,6 +30,12 @@ public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
             throw ConfigError("'\(text)': port '\(portText)' is not a number from 0 to 65535")
         }
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        // Digits and dots only is meant as an IPv4 address, never a name: 999.1.1.1 would
+        // otherwise be looked up as a host name, failing later with a less direct error.
+        var v4 = in_addr()
+        if !host.isEmpty, host.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }), inet_aton(host, &v4) == 0 {
+            throw ConfigError("'\(text)': '\(host)' is not an IPv4 address (four numbers from 0 to 255, as in 10.0.0.1)")
+        }
         if host.isEmpty { host = defaultHost }
         self = .tcp(host: host, port: port)
     }

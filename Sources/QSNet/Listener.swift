@@ -225,6 +225,57 @@ public final class Listener: Sendable {
     }
 }
 
+extension Listener {
+    /// Checks, before a daemon sets anything up, that each of `endpoints` can be listened
+    /// on, and throws the `ListenError` the listener would: a start that is bound to fail
+    /// (a port another process holds) fails before it creates a store, downloads a snapshot
+    /// or writes to a root. A TCP address (port 0 aside) is bound as the listener binds it
+    /// (SO_REUSEADDR) and let go at once; a Unix path that is a socket something accepts
+    /// on belongs to another process (the listener would remove it and take its clients),
+    /// any other file there is refused, and a free path is bound and removed (its directory
+    /// must exist and be writable). An address taken between this check and the listen
+    /// still fails then.
+    public static func checkAvailable(listener: String, endpoints: [Endpoint]) throws {
+        for endpoint in endpoints {
+            do {
+                try probe(endpoint)
+            } catch let error as ListenError {
+                throw error
+            } catch {
+                throw ListenError(listener: listener, endpoint: endpoint, underlying: error)
+            }
+        }
+    }
+
+    private static func probe(_ endpoint: Endpoint) throws {
+        switch endpoint {
+        case let .tcp(host, port):
+            guard port != 0 else { return }
+            let address = try SocketAddress.makeAddressResolvingHost(host, port: port)
+            close(try ListeningSocket.bind(address, family: address.protocol.rawValue))
+        case let .unix(path):
+            let address = try SocketAddress(unixDomainSocketPath: path)
+            var st = stat()
+            if lstat(path, &st) == 0 {
+                guard st.st_mode & S_IFMT == S_IFSOCK else { throw ProbeRefusal("the path exists and is not a socket: remove it or give another path") }
+                let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+                guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "socket") }
+                defer { close(fd) }
+                let rc = address.withSockAddr { sa, len in connect(fd, sa, socklen_t(len)) }
+                if rc == 0 { throw IOError(errnoCode: EADDRINUSE, reason: "connect") }
+                return  // a socket nobody accepts on: left over, the listener replaces it
+            }
+            close(try ListeningSocket.bind(address, family: AF_UNIX))
+            unlink(path)
+        }
+    }
+
+    struct ProbeRefusal: Error, CustomStringConvertible {
+        let description: String
+        init(_ description: String) { self.description = description }
+    }
+}
+
 /// A connection closed on arrival because a cap was reached.
 struct ConnectionRefused: Error {
     let reason: RefusalReason
@@ -247,14 +298,34 @@ public struct ListenError: Error, CustomStringConvertible {
     public let underlying: any Error
 
     public var description: String {
-        "\(listener): cannot listen on \(endpoint): \(reason) (is another process using it? port 0 picks a free port)"
+        "\(listener): cannot listen on \(endpoint): \(reason) (\(hint))"
+    }
+
+    /// What to do about it, by the failure's kind.
+    public var hint: String {
+        let unix: Bool
+        if case .unix = endpoint { unix = true } else { unix = false }
+        switch (underlying as? IOError)?.errnoCode {
+        case EADDRINUSE: return unix ? "is another process listening on it? give another path" : "is another process using it? port 0 picks a free port"
+        case EADDRNOTAVAIL: return "the address is not one of this machine's: give one of its addresses, 0.0.0.0 for all, or 127.0.0.1"
+        case EACCES: return unix ? "the directory must be writable by this user" : "ports below 1024 need privileges (CAP_NET_BIND_SERVICE): give a port from 1024 up"
+        case ENOENT: return "the directory must exist"
+        default: return unix ? "give a path in a directory this user can write" : "give an address of this machine, as in 127.0.0.1:PORT"
+        }
     }
 
     /// The system's words for the failure ("Address already in use"), not NIO's
     /// `bind(descriptor:ptr:bytes:)` wrapping.
     public var reason: String {
         if let io = underlying as? IOError { return String(cString: strerror(io.errnoCode)) }
-        return "\(underlying)"
+        if let unknown = underlying as? SocketAddressError.UnknownHost {
+            return "the host name '\(unknown.host)' does not resolve (\(unknown.errorDescription))"
+        }
+        switch underlying as? SocketAddressError {
+        case let .unknown(host, _): return "the host name '\(host)' does not resolve"
+        case .unixDomainSocketPathTooLong: return "the path is too long for a Unix socket (at most 107 bytes)"
+        default: return "\(underlying)"
+        }
     }
 }
 

@@ -121,7 +121,7 @@ struct ListeningSocket: Sendable {
         }
     }
 
-    private static func bind(_ address: SocketAddress, family: Int32) throws -> Int32 {
+    static func bind(_ address: SocketAddress, family: Int32) throws -> Int32 {
         let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "socket") }
         var one: Int32 = 1

@@ -131,6 +131,12 @@ struct FakeKTCommand: AsyncParsableCommand {
         // An empty QS_FAKEKT_HOST means every address, as ktserver's empty -host.
         c.host = host ?? ProcessInfo.processInfo.environment["QS_FAKEKT_HOST"] ?? "127.0.0.1"
         c.port = port ?? Self.env("PORT", Int.self) ?? 1978
+        guard (0...65535).contains(c.port) else {
+            throw ValidationError("-port (or QS_FAKEKT_PORT) \(c.port) is not a port: give 0 to 65535 (0 picks a free one)")
+        }
+        if c.host.contains(":"), !c.host.contains("::"), c.host.split(separator: ":").count == 2, let p = c.host.split(separator: ":").last, Int(p) != nil {
+            throw ValidationError("-host (or QS_FAKEKT_HOST) '\(c.host)' holds a port: give the host alone and the port with -port, as in -host \(c.host.split(separator: ":")[0]) -port \(p)")
+        }
         c.timeout = tout ?? Self.env("TOUT", Double.self) ?? 30
         c.threads = max(1, min(16, th ?? Self.env("TH", Int.self) ?? 2))
         c.ulogDirectory = ulog ?? Self.env("ULOG")

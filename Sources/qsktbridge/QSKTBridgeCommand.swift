@@ -29,7 +29,7 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
     static func main() async { await runCommand() }
 
     @Option(help: ArgumentHelp("kt://HOST:PORT, ulog:DIR or capture:FILE. (env: QS_SOURCE)", valueName: "source"))
-    var source: OrNone<KTSource> = QSEnv.value("QS_SOURCE", .none)
+    var source: Required<KTSource> = QSEnv.value("QS_SOURCE", .missing)
 
     @Option(help: ArgumentHelp("Server id the bridge presents to KT; must differ from the KT server's -sid and every writer's. (env: QS_SID)", valueName: "n"))
     var sid: UInt16 = QSEnv.value("QS_SID", 65000)
@@ -79,6 +79,7 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
 
     func run() async throws {
         let (logger, registry) = service.bootstrap(label: "qsktbridge")
+        try service.checkListenersAvailable()
         guard let spec = source.value else { throw ValidationError("--source is required") }
         let id = bridge.sourceID.isEmpty ? await spec.resolvedSourceID(logger: logger) : bridge.sourceID
         let firstStart = warnWhenOtherKTSources(sourceID: id)

@@ -233,6 +233,9 @@ struct QSNodeCommand: AsyncParsableCommand {
             logger.critical("cannot take the data directory", metadata: ["data": "\(data)", "error": "\(error)"])
             throw StartError("--data \(data): \(error)")
         }
+        // Every address is checked before the store is created or a snapshot downloaded (a
+        // second node on this directory was told so by the lock, before its ports).
+        try service.checkListenersAvailable([("write", [listenEndpoint] + (unix.isEmpty ? [] : [.unix(path: unix)]))] + reads.listeners)
         // The admin server starts first and keeps its address for the process's life: while
         // an empty replica bootstraps (minutes for a large store) it already answers
         // /healthz, /metrics and /readyz (503, saying how far the bootstrap is), and it stops

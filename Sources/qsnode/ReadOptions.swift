@@ -61,6 +61,11 @@ struct ReadOptions: ParsableArguments {
         return out
     }
 
+    /// The read listeners the flags ask for, by listener name.
+    var listeners: [(listener: String, endpoints: [Endpoint])] {
+        [("memcached", endpoints(memcached, memcachedUnix)), ("kt-http", endpoints(ktHttp, ktHttpUnix))].filter { !$0.endpoints.isEmpty }
+    }
+
     private func endpoints(_ tcp: OrNone<TCPAddress>, _ unix: String) -> [Endpoint] {
         var out = [Endpoint]()
         if let e = tcp.value?.endpoint { out.append(e) }

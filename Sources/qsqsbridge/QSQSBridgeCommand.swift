@@ -23,7 +23,7 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
     static func main() async { await runCommand() }
 
     @Option(help: ArgumentHelp("The source: a node, qs://HOST:PORT, or a recording of one, capture:FILE (qsctl record --source qs://…). (env: QS_SOURCE)", valueName: "source"))
-    var source: OrNone<QSSource> = QSEnv.value("QS_SOURCE", .none)
+    var source: Required<QSSource> = QSEnv.value("QS_SOURCE", .missing)
 
     @Option(help: ArgumentHelp("compatible (entry for entry, same indexes and hashes) or batched. (env: QS_MODE)", valueName: "mode"))
     var mode: WriteMode = QSEnv.value("QS_MODE", .compatible)
@@ -40,6 +40,7 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
 
     func run() async throws {
         let (logger, registry) = service.bootstrap(label: "qsqsbridge")
+        try service.checkListenersAvailable()
         guard let spec = source.value else { throw ValidationError("--source is required") }
         let metrics = FeedMetrics()
         let id = bridge.sourceID.isEmpty ? spec.defaultSourceID : bridge.sourceID

@@ -99,6 +99,7 @@ struct QSRestCommand: AsyncParsableCommand {
 
     func run() async throws {
         let (logger, registry) = service.bootstrap(label: "qsrest")
+        try service.checkListenersAvailable([("rest", [listen.endpoint])])
         let initial: ACL
         do {
             initial = try ACL.load(path: acl)

@@ -1,4 +1,5 @@
 import Foundation
+import QSClient
 import QSTesting
 import XCTest
 
@@ -51,18 +52,43 @@ final class DaemonBasicsTests: XCTestCase {
         XCTAssertTrue(first.daemon.isRunning)
     }
 
-    func testABindErrorNamesTheFlagAndTheAddress() async throws {
-        let first = try RootNode(data: tmp.appendingPathComponent("a"), logDir: tmp)
-        for (flag, args) in [("--listen", ["--listen", first.address]),
-                             ("--admin", ["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:\(first.adminPort)"])] {
-            let r = try Harness.run("qsnode", ["--role", "root", "--data", tmp.appendingPathComponent("b-\(flag)").path,
-                                               "--log-format", "text"] + args)
+    /// An address another process holds fails the start before anything is made: no store
+    /// for a root, no snapshot downloaded for an empty replica, no write to a bridge's root.
+    func testABindErrorNamesTheFlagAndTheAddressBeforeAnythingIsMade() async throws {
+        let socket = tmp.appendingPathComponent("first.sock").path
+        let first = try RootNode(data: tmp.appendingPathComponent("a"), logDir: tmp, extraArgs: ["--unix", socket])
+        let put = try Harness.run("qsctl", ["--node", first.address, "put", "k", "v"])
+        XCTAssertEqual(put.status, 0, String(decoding: put.stderr, as: UTF8.self))
+        let taken = "127.0.0.1:\(first.adminPort)"
+        let cases: [(flag: String, binary: String, args: [String])] = [
+            ("--listen", "qsnode", ["--role", "root", "--listen", first.address]),
+            ("--admin", "qsnode", ["--role", "root", "--listen", "127.0.0.1:0", "--admin", taken]),
+            ("--memcached", "qsnode", ["--role", "root", "--listen", "127.0.0.1:0", "--memcached", taken]),
+            ("--kt-http-unix", "qsnode", ["--role", "root", "--listen", "127.0.0.1:0", "--kt-http-unix", socket]),
+            ("--listen", "qsnode", ["--role", "replica", "--upstream", first.address, "--listen", taken]),
+            ("--admin", "qsktbridge", ["--root", first.address, "--source", "capture:\(try KTFixture("basic").stream.path)",
+                                       "--source-id", "never-written", "--admin", taken]),
+        ]
+        for (i, c) in cases.enumerated() {
+            let data = tmp.appendingPathComponent("b-\(i)")
+            let r = try Harness.run(c.binary, (c.binary == "qsnode" ? ["--data", data.path] : []) + ["--log-format", "text"] + c.args)
             let err = String(decoding: r.stderr, as: UTF8.self)
-            XCTAssertEqual(r.status, 1, err)
-            XCTAssertTrue(err.contains("Error: \(flag) 127.0.0.1:"), err)
-            XCTAssertTrue(err.contains("cannot listen: Address already in use;"), err)
+            XCTAssertEqual(r.status, 1, "\(c): \(err)")
+            XCTAssertTrue(err.contains("Error: \(c.flag) "), "\(c): \(err)")
+            XCTAssertTrue(err.contains("cannot listen: Address already in use;"), "\(c): \(err)")
             XCTAssertFalse(err.contains("bind(descriptor"), err)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: data.appendingPathComponent("data.mdb").path), "\(c): a store was made")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: data.appendingPathComponent("CURRENT").path), "\(c): a store was made")
         }
+        XCTAssertEqual(first.metric("qs_snapshots_served_total"), 0, "no snapshot was taken for the replica")
+        let c = try await QSClient.connect(host: "127.0.0.1", port: first.port)
+        let checkpoint = try await c.checkpoint(sourceID: "never-written")
+        XCTAssertNil(checkpoint, "the bridge wrote nothing")
+        await c.close()
+        XCTAssertTrue(first.daemon.isRunning)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: socket), "the first node's socket was left in place")
+        let again = try Harness.run("qsctl", ["--node", "unix:\(socket)", "get", "k"])
+        XCTAssertEqual(again.status, 0, "the first node still answers on its socket: \(String(decoding: again.stderr, as: UTF8.self))")
     }
 
     func testEveryBinaryPrintsItsVersionAndDaemonsExportIt() async throws {

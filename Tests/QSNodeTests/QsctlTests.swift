@@ -140,17 +140,37 @@ final class QsctlTests: XCTestCase {
         let cases: [(command: String, args: [String], status: Int32, why: String)] = [
             ("qsktbridge", ["--source", "10.0.0.1:1978"], 64, "names no source kind: start it with kt://, ulog: or capture:"),
             ("qsktbridge", ["--source", "kt://a:1", "--db-map", "0=,0=x/"], 64, "--db-map maps database 0 twice"),
-            ("qsnode", ["--memcached", "unix:/tmp/m.sock"], 64, "its Unix socket has a flag of its own"),
+            ("qsnode", ["--memcached", "unix:/tmp/m.sock"], 64, "give its socket path to --memcached-unix"),
             ("qsctl", ["--node", "localhost", "head"], 2, "'localhost' is not HOST:PORT"),
             ("qsktbridge", ["--source", "kt://a:1", "--db-map", "0=a/,1=a/"], 64, "to the same prefix 'a/'"),
             ("qsktbridge", ["--source", "kt://a:1", "--root", "qs://127.0.0.1:7400"], 64, "an address takes no scheme ('qs://')"),
             ("qsqsbridge", ["--source", "127.0.0.1:7400", "--root", "127.0.0.1:7401"], 64, "start it with qs:// or capture:"),
+            ("qsktbridge", ["--source", "kt://a:1", "--sid", "70000"], 64, "give a whole number from 0 to 65535"),
+            ("qsktbridge", ["--source", "kt://a:1", "--copy-rate", "5000"], 64, "'5000' has no '/s'"),
+            ("qsnode", ["--idle-timeout=-5s"], 64, "a duration cannot be negative"),
+            ("qsnode", ["--idle-timeout", "5x"], 64, "'x' is not a unit"),
+            ("qsnode", ["--listen", "999.1.1.1:7400"], 64, "'999.1.1.1' is not an IPv4 address"),
+            ("qsnode", ["--kt-http", "unix:/tmp/k.sock"], 64, "give its socket path to --kt-http-unix"),
+            ("qsktbridge", ["--source", ""], 64, "it is empty"),
+            ("qsctl", ["--node", "127.0.0.1:1", "feed", "show", "--db", "99999", "x"], 2, "give a whole number from 0 to 65535"),
         ]
         for c in cases {
             let r = try Harness.run(c.command, c.args)
             let err = String(decoding: r.stderr, as: UTF8.self)
             XCTAssertEqual(r.status, c.status, err)
             XCTAssertTrue(err.contains("is invalid for") && err.contains(c.why), err)
+        }
+        // A value starting with '-' is read as a flag: the message says so.
+        let dash = try Harness.run("qsnode", ["--idle-timeout", "-5s"])
+        XCTAssertEqual(dash.status, 64)
+        XCTAssertTrue(String(decoding: dash.stderr, as: UTF8.self).contains("'-5s' after it was read as a flag"), String(decoding: dash.stderr, as: UTF8.self))
+        let emptySource = try Harness.run("qsktbridge", [], env: ["QS_SOURCE": ""])
+        XCTAssertEqual(emptySource.status, 64)
+        XCTAssertTrue(String(decoding: emptySource.stderr, as: UTF8.self).contains("it is set but empty"), String(decoding: emptySource.stderr, as: UTF8.self))
+        for (args, why) in [(["-port", "99999"], "is not a port: give 0 to 65535"), (["-host", "127.0.0.1:5000"], "holds a port: give the host alone")] {
+            let r = try Harness.run("fakekt", args)
+            XCTAssertEqual(r.status, 64, "\(args)")
+            XCTAssertTrue(String(decoding: r.stderr, as: UTF8.self).contains(why), String(decoding: r.stderr, as: UTF8.self))
         }
         let short = try Harness.run("qsrest", ["--root", "127.0.0.1:1", "--acl", "/nonexistent", "--commit-timeout", "100ms", "--batch-interval", "500ms"])
         XCTAssertEqual(short.status, 64)
