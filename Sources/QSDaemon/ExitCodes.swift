@@ -13,4 +13,9 @@ public enum DaemonExitCodes {
          75 stopped (--shutdown-timeout) before its last batch reached the root: the \
         changes after the checkpoint it names are read again at the next start.
         """
+    /// qsrest: the same, and 75.
+    public static let restHelp = help + """
+         75 stopped (--shutdown-timeout) before the root answered some writes: they were \
+        answered 503, not acknowledged, and their producers send them again.
+        """
 }

@@ -221,9 +221,14 @@ public actor WriteQueue: Service {
         beginStop()
         await flush()
         stopped = true
+        answeredAtStop += pending.count
         for p in pending { p.reply.resume(throwing: Refusal.stopping) }
         pending.removeAll()
     }
+
+    /// Requests taken in and answered 503 because qsrest stopped before the root answered
+    /// (not acknowledged; their producers send them again): qsrest then exits 75.
+    public private(set) var answeredAtStop = 0
 
     /// Asks the root for this source's position once (retrying while it is unreachable).
     func ensurePosition() async {
@@ -253,6 +258,7 @@ public actor WriteQueue: Service {
     private func fail(_ batch: [Pending], _ why: String) {
         metrics.batchesFailed.increment()
         lastFailure.withLockedValue { $0 = (why, .now) }
+        if why == Refusal.stoppingReason { answeredAtStop += batch.count }
         for p in batch { p.reply.resume(throwing: Refusal.failed(why)) }
     }
 
@@ -386,6 +392,7 @@ public actor WriteQueue: Service {
             "sent": "\(sent)", "reason": "\(why)"])
         metrics.batchesFailed.increment()
         lastFailure.withLockedValue { $0 = ("\(what): \(why)", .now) }
+        if why == Refusal.stoppingReason { answeredAtStop += batch.count }
         for p in batch { p.reply.resume(throwing: Refusal.notCommitted(sent: sent, why: why)) }
     }
 

@@ -402,8 +402,12 @@ struct QSNodeCommand: AsyncParsableCommand {
         let upstream = s.upstream ?? "?"
         guard s.subscribed else { return Readiness(ready: false, detail: "replica: not subscribed to an upstream (trying \(upstream))") }
         guard let age = s.rootAgeSeconds else { return Readiness(ready: false, detail: "replica: subscribed to \(upstream), no word from the root yet") }
-        return Readiness(ready: age <= readyLag, detail: String(format: "replica: subscribed to %@, root word %.1f s old (--ready-lag %.1f s)",
-                                                                 upstream, age, readyLag))
+        guard age <= readyLag else {
+            return Readiness(ready: false, detail: String(format: "replica: too stale to serve: the root's last word is %.1f s old, more than --ready-lag %.1f s (subscribed to %@)",
+                                                          age, readyLag, upstream))
+        }
+        return Readiness(ready: true, detail: String(format: "replica: subscribed to %@, root word %.1f s old (--ready-lag %.1f s)",
+                                                     upstream, age, readyLag))
     }
 
     var etcdURLs: [String] { etcd.split(separator: ",").map(String.init) }

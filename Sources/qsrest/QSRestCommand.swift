@@ -24,7 +24,7 @@ struct QSRestCommand: AsyncParsableCommand {
             per producer, as qsctl usage; behind --admin-token-file like its other actions). \
             KT's binary protocol carries no credential and is refused: producers write over \
             HTTP. Every flag has a QS_ environment fallback.
-            """ + "\n\n" + DaemonExitCodes.help,
+            """ + "\n\n" + DaemonExitCodes.restHelp,
         version: QSVersion.string
     )
 
@@ -191,5 +191,11 @@ struct QSRestCommand: AsyncParsableCommand {
                 logger.error("ACL reload refused; the ACL in force stays", metadata: ["acl": "\(path)", "error": "\(error)"])
             }
         }.run()
+        let unanswered = await queue.answeredAtStop
+        if unanswered > 0 {
+            logger.error("stopped before the root answered some writes: they were answered 503 (not acknowledged) and their producers send them again",
+                         metadata: ["requests": "\(unanswered)", "shutdown-timeout": "\(service.shutdownTimeout)"])
+            throw ExitCode(75)
+        }
     }
 }

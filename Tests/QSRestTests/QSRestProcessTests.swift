@@ -331,7 +331,9 @@ final class QSRestProcessTests: XCTestCase {
         try await waitFor("the second write queued", timeout: .seconds(30), pollEvery: .milliseconds(100)) {
             metricValue(port: admin, "qs_rest_pending_writes") == 1
         }
-        XCTAssertEqual(try rest.stop(signal: SIGTERM, timeout: .seconds(20)), 0, "stopped within --shutdown-timeout, not --commit-timeout")
+        XCTAssertEqual(try rest.stop(signal: SIGTERM, timeout: .seconds(20)), 75,
+                       "stopped within --shutdown-timeout, not --commit-timeout, saying (75) that writes went unanswered by the root")
+        XCTAssertTrue(rest.log.contains("stopped before the root answered some writes") && rest.log.contains("requests=2"), rest.log)
         for answer in [String(decoding: try await waiting.value, as: UTF8.self), String(decoding: try await queued.value, as: UTF8.self)] {
             XCTAssertTrue(answer.hasSuffix("503"), answer)
             let text = answer.removingPercentEncoding ?? answer

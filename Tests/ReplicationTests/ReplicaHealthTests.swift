@@ -65,6 +65,26 @@ final class ReplicaHealthTests: XCTestCase {
         }
         let table = String(decoding: try Harness.run("qsctl", ["--node", "127.0.0.1:\(replica.port)", "status"]).stdout, as: UTF8.self)
         XCTAssertTrue(table.contains("entries (as last heard,"), table)
+
+    }
+
+    /// A replica of a replica whose root is gone stays subscribed while the root's word
+    /// ages: its /readyz says it is too stale, not the words it says when ready.
+    func testAStaleReplicaSaysSoInReadyz() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let first = try ReplicaNode(data: tmp.appendingPathComponent("r1"), upstreams: [root.address], logDir: tmp)
+        let second = try ReplicaNode(data: tmp.appendingPathComponent("r2"), upstreams: [first.address], logDir: tmp)
+        try await waitFor("the second replica ready", timeout: .seconds(20)) {
+            httpGet(port: second.adminPort, path: "/readyz")?.status == 200
+        }
+        let fresh = try XCTUnwrap(httpGet(port: second.adminPort, path: "/readyz"))
+        XCTAssertTrue(fresh.body.contains("root word") && !fresh.body.contains("too stale"), fresh.body)
+        try root.daemon.stop(signal: SIGKILL)
+        try await waitFor("the second replica's /readyz 503, too stale, still subscribed", timeout: .seconds(20), pollEvery: .milliseconds(100)) {
+            guard let r = httpGet(port: second.adminPort, path: "/readyz"), r.status == 503 else { return false }
+            return r.body.contains("too stale to serve: the root's last word is") && r.body.contains("more than --ready-lag")
+                && r.body.contains("subscribed to \(first.address)")
+        }
     }
 
     /// A replica pointed at a root of another history that is shorter than its own (a
