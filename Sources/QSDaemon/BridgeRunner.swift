@@ -74,7 +74,11 @@ func bridgeReadiness<S>(_ s: FeedConsumer<S>.Status, root: Endpoint, readyLag: D
         // Behind because the source says nothing at all: it hangs or the network drops
         // its packets, which is not catching up.
         if s.sourceSilent, let silent = s.sourceSilentSeconds, let beat = s.sourceHeartbeat {
-            let retry = s.sourceSilenceTimeout.map { String(format: "; the connection is made again after %.0f s of silence", $0.seconds) } ?? ""
+            // Silence counts across reconnections: past the timeout the connection has been made again already.
+            let retry = s.sourceSilenceTimeout.map {
+                silent < $0.seconds ? String(format: "; the connection is made again after %.0f s of silence", $0.seconds)
+                    : String(format: "; connecting again after each %.0f s of silence has not helped", $0.seconds)
+            } ?? ""
             return Readiness(ready: false, detail: String(format: "the source has sent nothing, not even a heartbeat, for %.1f s (it sends one every %.0f s when idle): it hangs or the network drops its traffic%@; %.1f s behind (--ready-lag %.1f s)",
                                                           silent, beat.seconds, retry, lag, readyLag))
         }

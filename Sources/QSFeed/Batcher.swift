@@ -120,6 +120,9 @@ actor Batcher {
         let expected: UInt64
         let new: UInt64
         let changes: Int
+        /// Its changes that carry something (not a checkpoint move a heartbeat vouched for,
+        /// nor an oversized change skipped): what progress counts as applied.
+        let carrying: Int
         let operations: Int
         let bytes: Int
         let sourceTimeNs: UInt64?
@@ -370,7 +373,9 @@ actor Batcher {
         let handle = try await root.send(what, request)
         let arrival = Arrival()
         notePending()
-        inFlight.append(InFlight(expected: expected, new: newPosition, changes: count, operations: operations, bytes: operationBytes,
+        var carrying = 0
+        for i in batch where pending[i].operationCount > 0 || pending[i].entry != nil { carrying += 1 }
+        inFlight.append(InFlight(expected: expected, new: newPosition, changes: count, carrying: carrying, operations: operations, bytes: operationBytes,
                                  sourceTimeNs: newTimeNs, sent: handle, arrived: arrival))
         // Its answer is taken as soon as it arrives, whoever waits (or nobody).
         Task {
@@ -456,7 +461,7 @@ actor Batcher {
         inFlight.removeFirst()
         switch response {
         case let .applied(_, _, dropped):
-            appliedChanges += b.changes
+            appliedChanges += b.carrying
             metrics.batchesApplied.increment()
             metrics.opsSent.increment(by: b.operations)
             metrics.bytesSent.increment(by: b.bytes)

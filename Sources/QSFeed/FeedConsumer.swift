@@ -150,6 +150,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
 
     private func consume() async throws {
         var backoff = Backoff()
+        var failuresInARow = 0
         while true {
             if let preparation {
                 do {
@@ -175,7 +176,9 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
             let batcher = Batcher(sourceID: sourceID, confirmed: start, limits: limits, root: root, logger: logger,
                                   metrics: metrics, freshness: freshness)
             state.withLockedValue { $0.checkpoint = start }
-            logger.info("reading source", metadata: ["source": "\(source.name)", "after": "\(start)"])
+            // Once per run of failures: a source refusing every connection says "source
+            // failed" each time (with the backoff), not also this.
+            logger.log(level: failuresInARow < 2 ? .info : .debug, "reading source", metadata: ["source": "\(source.name)", "after": "\(start)"])
             let outcome = await readUntilDone(batcher)
             // Whatever happened, write what was read (a stop still applies what came before it).
             try await finalFlush(batcher)
@@ -196,12 +199,16 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
                 }
                 metrics.sourceErrors.increment()
                 metrics.reconnects.increment()
+                failuresInARow += 1
                 let delay = backoff.next()
                 logger.warning("source failed; resuming from the root's checkpoint",
                                metadata: ["source": "\(source.name)", "error": "\(error)", "retry-in": "\(delay)"])
                 try await Task.sleep(for: delay)
             }
-            if reached > start { backoff.reset() }
+            if reached > start {
+                backoff.reset()
+                failuresInARow = 0
+            }
         }
     }
 

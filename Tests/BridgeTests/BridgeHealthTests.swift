@@ -173,6 +173,9 @@ final class BridgeHealthTests: XCTestCase {
         try await waitFor("the silence counted past a reconnection", timeout: .seconds(30), pollEvery: .milliseconds(200)) {
             (metricValue(port: admin, "qs_bridge_source_silent_seconds") ?? 0) > 11
         }
+        try await waitFor("/readyz saying the reconnection has not helped", timeout: .seconds(10), pollEvery: .milliseconds(100)) {
+            httpGet(port: admin, path: "/readyz")?.body.contains("connecting again after each 10 s of silence has not helped") == true
+        }
         kill(kt.daemon.pid, SIGCONT)
         resumed = true
         try await waitFor("the bridge ready again", timeout: .seconds(30)) { httpGet(port: admin, path: "/readyz")?.status == 200 }
