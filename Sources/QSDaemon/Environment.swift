@@ -186,6 +186,29 @@ public enum QSEnv {
 
     /// One line a variable for `unknownVariables`, to print at start-up (stderr): a
     /// warning, since an environment shared by several executables holds others' variables.
+    /// The flags given more than once on `arguments` (none takes a list: the last is
+    /// used), with how many times, in order of first appearance.
+    public static func repeatedFlags(_ arguments: [String]) -> [(flag: String, times: Int)] {
+        var counts = [String: Int](), order = [String]()
+        for a in arguments.dropFirst() {
+            if a == "--" { break }
+            guard a.hasPrefix("--"), a.count > 2 else { continue }
+            let name = String(a.prefix { $0 != "=" })
+            if counts[name] == nil { order.append(name) }
+            counts[name, default: 0] += 1
+        }
+        return order.compactMap { counts[$0]! > 1 ? ($0, counts[$0]!) : nil }
+    }
+
+    /// Warns of each flag given more than once: the last is used, which a wrapper adding
+    /// an override means, and a copied command line with a stale flag does not.
+    public static func warnRepeatedFlags(of command: ParsableCommand.Type, arguments: [String] = CommandLine.arguments) {
+        let name = command.configuration.commandName ?? "\(command)"
+        for (flag, times) in repeatedFlags(arguments) {
+            FileHandle.standardError.write(Data("\(name): warning: \(flag) is given \(times) times; the last one is used\n".utf8))
+        }
+    }
+
     public static func warnUnknownVariables(of command: ParsableCommand.Type) {
         let name = command.configuration.commandName ?? "\(command)"
         for (variable, meant) in unknownVariables(of: command) {
@@ -284,6 +307,7 @@ extension ParsableCommand {
         }
         try QSEnv.checkRefusals()
         QSEnv.warnUnknownVariables(of: self)
+        QSEnv.warnRepeatedFlags(of: self)
         return command
     }
 }

@@ -217,7 +217,7 @@ public struct Required<Wrapped: ExpressibleByArgument & Sendable>: ExpressibleBy
 }
 
 /// Why `Endpoint(parsing:)` refuses `argument`, nil when it does not.
-func endpointRefusal(_ argument: String) -> String? {
+public func endpointRefusal(_ argument: String) -> String? {
     do { _ = try Endpoint(parsing: argument) } catch {
         // The message names the argument, which the "is invalid for" line has named already.
         let text = "\(error)", named = "'\(argument)': "

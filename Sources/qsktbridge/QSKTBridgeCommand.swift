@@ -147,6 +147,9 @@ struct KTSource: ExpressibleByArgument, DescribedArgument, CustomStringConvertib
 
     static func refusal(of argument: String) -> String? {
         if argument.hasPrefix("kt://") {
+            let address = String(argument.dropFirst(5))
+            if address.hasPrefix("unix:") { return "KT's replication is TCP only: give kt://HOST:PORT, as in kt://10.0.0.1:1978" }
+            if address.contains(":"), let why = endpointRefusal(address) { return "kt://\(address): \(why)" }
             return "kt:// takes the KT server's HOST:PORT with a port from 1 to 65535, as in kt://10.0.0.1:1978"
         }
         if argument == "ulog:" || argument == "capture:" { return "\(argument) needs a path after the colon" }

@@ -152,6 +152,7 @@ final class QsctlTests: XCTestCase {
             ("qsnode", ["--listen", "999.1.1.1:7400"], 64, "'999.1.1.1' is not an IPv4 address"),
             ("qsnode", ["--kt-http", "unix:/tmp/k.sock"], 64, "give its socket path to --kt-http-unix"),
             ("qsktbridge", ["--source", ""], 64, "it is empty"),
+            ("qsktbridge", ["--source", "kt://unix:/tmp/kt.sock"], 64, "KT's replication is TCP only"),
             ("qsctl", ["--node", "127.0.0.1:1", "feed", "show", "--db", "99999", "x"], 2, "give a whole number from 0 to 65535"),
         ]
         for c in cases {
@@ -160,6 +161,11 @@ final class QsctlTests: XCTestCase {
             XCTAssertEqual(r.status, c.status, err)
             XCTAssertTrue(err.contains("is invalid for") && err.contains(c.why), err)
         }
+        // A flag given twice: the last is used, with a word.
+        let twice = try Harness.run("qsnode", ["--log-level", "info", "--log-level=debug", "--help"])
+        XCTAssertEqual(twice.status, 0)
+        XCTAssertTrue(String(decoding: twice.stderr, as: UTF8.self).contains("--log-level is given 2 times; the last one is used"),
+                      String(decoding: twice.stderr, as: UTF8.self))
         // A value starting with '-' is read as a flag: the message says so.
         let dash = try Harness.run("qsnode", ["--idle-timeout", "-5s"])
         XCTAssertEqual(dash.status, 64)
