@@ -40,6 +40,7 @@ public struct KTReplicationSource: FeedSource {
 
     public func run(after position: UInt64, deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {
         let translator = self.translator
+        var watch = WithheldUpdateWatch(after: position)
         do {
             // The frames of one read go to the consumer as one run of changes (a heartbeat
             // keeps its place after the changes before it); those read before an error
@@ -50,8 +51,12 @@ public struct KTReplicationSource: FeedSource {
                         switch frame {
                         case let .heartbeat(ts):
                             try await run.deliver(deliver)
-                            try await deliver(.heartbeat(sourceTimeNs: KTTranslator.heartbeatWallTimeNs(ts), position: ts))
+                            guard case let .vouches(vouched) = watch.heartbeat(ts) else {
+                                throw KTReplicationClient.Failure.sidClash(server: client.name, sid: client.sid, timestamp: ts)
+                            }
+                            try await deliver(.heartbeat(sourceTimeNs: KTTranslator.heartbeatWallTimeNs(ts), position: vouched))
                         case let .update(ts, message):
+                            watch.update(ts)
                             guard ts > position else { continue }
                             if run.append(try translator.change(timestamp: ts, message: message)) { try await run.deliver(deliver) }
                         case .accepted, .refused:
@@ -74,5 +79,49 @@ public struct KTReplicationSource: FeedSource {
                 throw failure
             }
         }
+    }
+}
+
+/// Tells from KT's heartbeats that it read an update it did not send: one whose origin sid
+/// equals the client's (KT withholds those; its empty update frame says so only after 256
+/// in a row, and a few withheld writes would otherwise pass under a heartbeat's position,
+/// lost for good).
+///
+/// An idle heartbeat is stamped `max(clock_pure − 1 s, rts)`, where `clock_pure` is KT's
+/// wall clock in whole milliseconds (a multiple of 1,000,000) and `rts` the newest
+/// timestamp its reader has read, sent or withheld. A heartbeat stamped after the last
+/// update sent is therefore either the clock (a whole millisecond, moving on by 0.1 s or
+/// more from one heartbeat to the next) or an update withheld: a stamp with a counter
+/// part, or the same stamp twice in a row, is the latter. A withheld update in the first
+/// slot of a millisecond read more than 0.9 s after it was written could pass as the
+/// clock; the 256-in-a-row frame still catches a writer that keeps writing.
+///
+/// A heartbeat past the last update vouches for the position of the one before it (not its
+/// own, which the next may show to be a withheld update); one at or before it, for itself.
+struct WithheldUpdateWatch {
+    enum Verdict: Equatable {
+        /// Every update at or before the position (if any) was sent.
+        case vouches(UInt64?)
+        /// KT read an update it did not send.
+        case withheld
+    }
+
+    private(set) var lastUpdate: UInt64
+    private var lastHeartbeat: UInt64?
+
+    init(after position: UInt64) {
+        lastUpdate = position
+    }
+
+    mutating func update(_ timestamp: UInt64) {
+        lastUpdate = max(lastUpdate, timestamp)
+    }
+
+    mutating func heartbeat(_ timestamp: UInt64) -> Verdict {
+        defer { lastHeartbeat = timestamp }
+        if timestamp <= lastUpdate { return .vouches(timestamp) }
+        if timestamp % 1_000_000 != 0 || timestamp == lastHeartbeat { return .withheld }
+        if let previous = lastHeartbeat, previous < timestamp { return .vouches(previous) }
+        return .vouches(nil)
     }
 }

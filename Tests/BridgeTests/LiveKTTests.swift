@@ -103,6 +103,30 @@ final class LiveKTTests: XCTestCase {
         XCTAssertTrue(String(decoding: r.stderr, as: UTF8.self).contains("--sid 7"), String(decoding: r.stderr, as: UTF8.self))
     }
 
+    /// A --sid equal to the KT server's own, with a few writes (far fewer than the 256 in a
+    /// row after which KT says so in an empty frame): KT withholds them, and its heartbeats
+    /// tell. The bridge stops before its checkpoint passes them, so a bridge started with
+    /// a right --sid brings them all (the checkpoint had moved past them for good).
+    func testASidEqualToTheServersStopsTheBridgeBeforeAFewWithheldWritesAreLost() async throws {
+        let kt = try FakeKTProcess(logDir: tmp, sid: 7)
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let wrong = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "7",
+                                                     "--initial-copy", "never", "--batch-interval", "100ms", "--log-format", "text"], logDir: tmp)
+        for i in 0..<3 { kt.set("withheld-\(i)", "v\(i)") }
+        try await QSTesting.waitFor("the bridge to stop", timeout: .seconds(20)) { !wrong.isRunning }
+        wrong.process.waitUntilExit()
+        XCTAssertNotEqual(wrong.process.terminationStatus, 0)
+        XCTAssertTrue(wrong.log.contains("--sid 7"), wrong.log)
+        let (right, _) = try bridge(kt, root)
+        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        for i in 0..<3 {
+            let arrived = await waitFor(c, "withheld-\(i)", "v\(i)")
+            XCTAssertTrue(arrived, right.log)
+        }
+        XCTAssertEqual(try right.stop(), 0)
+        await c.close()
+    }
+
     func testThreeLiveBridgesWithOneSourceIDUnderAWorkloadAreHarmless() async throws {
         let kt = try FakeKTProcess(logDir: tmp)
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)

@@ -1,0 +1,35 @@
+@testable import QSKTFeed
+import XCTest
+
+/// KT's idle heartbeats tell a withheld update (one whose origin sid is the client's) from
+/// its clock: the stamps below are those ktserver's `do_bin_replication` gives.
+final class WithheldUpdateWatchTests: XCTestCase {
+    let ms: UInt64 = 1_000_000
+
+    func testClockHeartbeatsVouchForTheOneBeforeAndUpdatesForThemselves() {
+        var w = WithheldUpdateWatch(after: 1000 * ms)
+        // Idle: the clock, a second behind, in whole milliseconds; each vouches for the one before.
+        XCTAssertEqual(w.heartbeat(2000 * ms), .vouches(nil))
+        XCTAssertEqual(w.heartbeat(2100 * ms), .vouches(2000 * ms))
+        // An update sent, then the heartbeat stamped with it (rts, less than a second old).
+        w.update(3000 * ms + 4)
+        XCTAssertEqual(w.heartbeat(3000 * ms + 4), .vouches(3000 * ms + 4))
+        XCTAssertEqual(w.heartbeat(3000 * ms + 4), .vouches(3000 * ms + 4), "the same stamp again is the update sent")
+        // A heartbeat behind the position (the clock after a restart) vouches for nothing new.
+        XCTAssertEqual(w.heartbeat(2500 * ms), .vouches(2500 * ms))
+    }
+
+    func testAStampWithACounterPastTheLastUpdateIsAWithheldUpdate() {
+        var w = WithheldUpdateWatch(after: 1000 * ms)
+        w.update(2000 * ms)
+        XCTAssertEqual(w.heartbeat(2000 * ms + 3), .withheld)
+    }
+
+    func testTheSameWholeMillisecondTwicePastTheLastUpdateIsAWithheldUpdate() {
+        var w = WithheldUpdateWatch(after: 1000 * ms)
+        // The first slot of a millisecond cannot be told from the clock at once: it vouches
+        // for nothing, and the next heartbeat (the clock would have moved on) tells.
+        XCTAssertEqual(w.heartbeat(5000 * ms), .vouches(nil))
+        XCTAssertEqual(w.heartbeat(5000 * ms), .withheld)
+    }
+}
