@@ -1,4 +1,8 @@
+import Foundation
+import KTFormats
+import NIOCore
 @testable import QSKTFeed
+import QSTesting
 import XCTest
 
 /// KT's idle heartbeats tell a withheld update (one whose origin sid is the client's) from
@@ -31,5 +35,30 @@ final class WithheldUpdateWatchTests: XCTestCase {
         // for nothing, and the next heartbeat (the clock would have moved on) tells.
         XCTAssertEqual(w.heartbeat(5000 * ms), .vouches(nil))
         XCTAssertEqual(w.heartbeat(5000 * ms), .withheld)
+    }
+
+    /// The streams a real ktserver sent a client of another sid (sid 99 against the
+    /// server's 7): no heartbeat is taken for a withheld update.
+    func testRealKTStreamsShowNoWithheldUpdate() throws {
+        for name in ["basic", "medium"] {
+            var buffer = ByteBuffer(bytes: try Data(contentsOf: try KTFixture(name).stream))
+            var decoder = ReplicationFrameDecoder()
+            var watch = WithheldUpdateWatch(after: 0)
+            var heartbeats = 0, updates = 0
+            while let frame = try decoder.decode(buffer: &buffer) {
+                switch frame {
+                case let .update(ts, _):
+                    watch.update(ts)
+                    updates += 1
+                case let .heartbeat(ts):
+                    heartbeats += 1
+                    XCTAssertNotEqual(watch.heartbeat(ts), .withheld, "\(name): heartbeat \(heartbeats) at \(ts)")
+                default:
+                    break
+                }
+            }
+            XCTAssertGreaterThan(heartbeats, 0, name)
+            XCTAssertGreaterThan(updates, 900, name)
+        }
     }
 }
