@@ -322,7 +322,10 @@ public struct StartError: Error, CustomStringConvertible {
 extension ListenError {
     /// The flag that gave this listener its address (the daemons name their listeners
     /// `write`, `admin`, `memcached`, `kt-http`; fakekt's is `kt`).
-    public var flag: String {
+    public var flag: String { Self.flag(for: listener, endpoint: endpoint) }
+
+    /// The flag that gives the listener `listener` the address `endpoint`.
+    public static func flag(for listener: String, endpoint: Endpoint) -> String {
         let unix: Bool
         if case .unix = endpoint { unix = true } else { unix = false }
         switch listener {

@@ -478,16 +478,19 @@ actor Batcher {
                 throw FeedError.stop("root checkpoint for \(sourceID) went back from \(confirmed) to \(current): refusing to guess; restart the bridge to resume from the root's checkpoint")
             }
             if current != b.new {
+                let metadata: Logger.Metadata = ["source-id": "\(sourceID)", "expected": "\(b.expected)", "current": "\(current)"]
                 if lostAnswers.contains(current) {
-                    logger.info("a batch sent before, whose answer was lost, had committed; going on from it",
-                                metadata: ["source-id": "\(sourceID)", "expected": "\(b.expected)", "current": "\(current)"])
+                    logger.info("a batch sent before, whose answer was lost, had committed; going on from it", metadata: metadata)
+                } else if current < b.expected {
+                    // Chained after a batch that was not applied as sent (it met a conflict
+                    // itself): sent again from the root's checkpoint with the rest.
+                    logger.debug("a batch sent after one that was not applied as sent; sending again from the root's checkpoint", metadata: metadata)
                 } else {
-                    logger.info("conflict: another writer applied this source further; skipping what it applied",
-                                metadata: ["source-id": "\(sourceID)", "expected": "\(b.expected)", "current": "\(current)"])
+                    logger.info("conflict: another writer applied this source further; skipping what it applied", metadata: metadata)
                 }
                 resync = true
             }
-            drop(through: current)
+            metrics.duplicatesSkipped.increment(by: drop(through: current))
             confirmed = current
         default:
             resync = true
@@ -523,7 +526,9 @@ actor Batcher {
         freshness.note(pending: pending.count)
     }
 
-    private func drop(through position: UInt64) {
+    /// Drops the changes at or before `position` (applied); returns how many.
+    @discardableResult
+    private func drop(through position: UInt64) -> Int {
         var n = 0
         for c in pending {
             guard c.position <= position else { break }
@@ -538,6 +543,7 @@ actor Batcher {
         }
         pending.removeFirst(n)
         sent = max(0, sent - n)
+        return n
     }
 
     /// Lag: now minus the source time of the last applied position; when everything read

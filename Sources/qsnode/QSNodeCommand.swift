@@ -226,6 +226,7 @@ struct QSNodeCommand: AsyncParsableCommand {
                            metadata: ["address": "\(listenEndpoint)"])
         }
         // One process per data directory: a second one would serve writes with the same node id.
+        let made = !FileManager.default.fileExists(atPath: data)
         let lock: DirectoryLock
         do {
             lock = try DirectoryLock(directory: data)
@@ -234,8 +235,14 @@ struct QSNodeCommand: AsyncParsableCommand {
             throw StartError("--data \(data): \(error)")
         }
         // Every address is checked before the store is created or a snapshot downloaded (a
-        // second node on this directory was told so by the lock, before its ports).
-        try service.checkListenersAvailable([("write", [listenEndpoint] + (unix.isEmpty ? [] : [.unix(path: unix)]))] + reads.listeners)
+        // second node on this directory was told so by the lock, before its ports); a data
+        // directory the lock made is taken away again.
+        do {
+            try service.checkListenersAvailable([("write", [listenEndpoint] + (unix.isEmpty ? [] : [.unix(path: unix)]))] + reads.listeners)
+        } catch {
+            if made { try? FileManager.default.removeItem(atPath: data) }
+            throw error
+        }
         // The admin server starts first and keeps its address for the process's life: while
         // an empty replica bootstraps (minutes for a large store) it already answers
         // /healthz, /metrics and /readyz (503, saying how far the bootstrap is), and it stops

@@ -77,8 +77,17 @@ final class DaemonBasicsTests: XCTestCase {
             XCTAssertTrue(err.contains("Error: \(c.flag) "), "\(c): \(err)")
             XCTAssertTrue(err.contains("cannot listen: Address already in use;"), "\(c): \(err)")
             XCTAssertFalse(err.contains("bind(descriptor"), err)
-            XCTAssertFalse(FileManager.default.fileExists(atPath: data.appendingPathComponent("data.mdb").path), "\(c): a store was made")
-            XCTAssertFalse(FileManager.default.fileExists(atPath: data.appendingPathComponent("CURRENT").path), "\(c): a store was made")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: data.path), "\(c): the data directory was made")
+        }
+        // One address on two flags of one daemon: named as such (it read as "another process").
+        for (args, flags) in [(["--listen", "127.0.0.1:47990", "--admin", "127.0.0.1:47990"], "--listen 127.0.0.1:47990 and --admin 127.0.0.1:47990"),
+                              (["--listen", "127.0.0.1:0", "--unix", socket + ".2", "--kt-http-unix", socket + ".2"], "--unix unix:\(socket).2 and --kt-http-unix")] {
+            let data = tmp.appendingPathComponent("shared-\(args[1])")
+            let r = try Harness.run("qsnode", ["--role", "root", "--data", data.path] + args)
+            let err = String(decoding: r.stderr, as: UTF8.self)
+            XCTAssertEqual(r.status, 64, err)
+            XCTAssertTrue(err.contains("\(flags)") && err.contains("are one address: give each listener its own"), err)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: data.path), err)
         }
         XCTAssertEqual(first.metric("qs_snapshots_served_total"), 0, "no snapshot was taken for the replica")
         let c = try await QSClient.connect(host: "127.0.0.1", port: first.port)
