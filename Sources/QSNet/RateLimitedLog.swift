@@ -12,8 +12,13 @@ public final class RateLimitedLog: Sendable {
     static let maxPeers = 4096
     private let peers = NIOLockedValueBox([String: (last: NIODeadline, suppressed: Int)]())
 
-    public init(window: TimeAmount = .seconds(10)) {
+    /// Whether a peer's budget is its host's (every connection of one client shares it), or
+    /// its whole address (one budget each for upstreams that share a host).
+    let byHost: Bool
+
+    public init(window: TimeAmount = .seconds(10), byHost: Bool = true) {
         self.window = window
+        self.byHost = byHost
     }
 
     /// Logs `message` at warning level for `peer` unless a line for that peer went out
@@ -24,7 +29,7 @@ public final class RateLimitedLog: Sendable {
 
     public func log(_ logger: Logger, _ level: Logger.Level, _ message: @autoclosure () -> Logger.Message, peer: String,
                     metadata: Logger.Metadata = [:]) {
-        let key = Self.host(of: peer)
+        let key = byHost ? Self.host(of: peer) : peer
         let now = NIODeadline.now()
         let suppressed: Int? = peers.withLockedValue { peers in
             if let seen = peers[key], now - seen.last < window {

@@ -471,6 +471,8 @@ public struct UpstreamStatus: Sendable {
     /// This node's head as last applied.
     public var head: UInt64 = 0
     public var nowNs: UInt64 = 0
+    /// Why the last upstream was left (stale, gone, refused), until one is followed again.
+    public var leftBecause: String?
 
     public init() {}
 

@@ -27,6 +27,8 @@ public struct ReplicaMetrics: Sendable {
     public let diskFullWaits = Counter(label: "qs_replica_disk_full_waits_total")
     public let repairs = Counter(label: "qs_replica_repairs_total")
     public let rebootstraps = Counter(label: "qs_replica_rebootstraps_total")
+    public let subscriptions = Counter(label: "qs_replica_subscriptions_total")
+    public let upstreamsLeft = Counter(label: "qs_replica_upstreams_left_total")
 
     public init() {}
 }
@@ -45,6 +47,9 @@ public final class ReplicaService: Service, Sendable {
     let upstreamToken: [UInt8]
     let logger: Logger
     public let metrics = ReplicaMetrics()
+    /// One line a minute an upstream for each: a stale upstream is left and tried again
+    /// every second or two.
+    private let leaving = RateLimitedLog(window: .seconds(60), byHost: false), subscribing = RateLimitedLog(window: .seconds(60), byHost: false)
     private let upstreamList: NIOLockedValueBox<[Endpoint]>
     /// What the follower remembers between attempts (see `Memory`).
     private let memory = NIOLockedValueBox(Memory())
@@ -226,7 +231,9 @@ public final class ReplicaService: Service, Sendable {
             } catch {
                 if Task.isCancelled { return }
                 storageFailure = WriteFailure.classify(error)
-                logger.warning("leaving upstream", metadata: ["upstream": "\(up)", "reason": "\(error)"])
+                core.updateUpstream { $0.leftBecause = "\(error)" }
+                metrics.upstreamsLeft.increment()
+                leaving.warning(logger, "leaving upstream", peer: up.description, metadata: ["upstream": "\(up)", "reason": "\(error)"])
             }
             core.updateUpstream { $0.subscribed = false }
             if let storageFailure {
@@ -262,7 +269,8 @@ public final class ReplicaService: Service, Sendable {
         try await channel.executeThenClose { inbound, outbound in
             let head = try await core.store.head()
             try await outbound.write(Request.subscribe(fromIndex: head.index, hash: head.hash, token: self.upstreamToken).frame())
-            self.logger.info("subscribing", metadata: ["upstream": "\(up)", "from": "\(head.index)"])
+            self.metrics.subscriptions.increment()
+            self.subscribing.log(self.logger, .info, "subscribing", peer: up.description, metadata: ["upstream": "\(up)", "from": "\(head.index)"])
             // A store installed before the node started (or reopened) reports its head now,
             // not at the first entry applied.
             self.metrics.head.record(Double(head.index))
@@ -277,6 +285,7 @@ public final class ReplicaService: Service, Sendable {
                     self.metrics.entriesApplied.increment(by: list.count)
                     core.updateUpstream {
                         $0.subscribed = true
+                        $0.leftBecause = nil
                         $0.head = newHead.index
                         // The upstream holds at least what it sent: heard now.
                         $0.upstreamHead = max($0.upstreamHead, newHead.index)
@@ -299,6 +308,7 @@ public final class ReplicaService: Service, Sendable {
                     let now = wallClockNanoseconds()
                     let age = now > rootTime ? Double(now - rootTime) / 1e9 : 0
                     if age > self.staleAfter.seconds { throw FollowEnd.stale(age) }
+                    core.updateUpstream { $0.leftBecause = nil }
                     if self.hasWorkBesidesFollowing() { throw FollowEnd.interrupted }
                 case let .error(code, message):
                     throw FollowEnd.refused(ErrorCode(rawValue: code), message)

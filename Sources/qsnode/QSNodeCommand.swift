@@ -407,7 +407,9 @@ struct QSNodeCommand: AsyncParsableCommand {
     /// `/metrics` read it).
     static func readiness(_ s: UpstreamStatus, readyLag: Double) -> Readiness {
         let upstream = s.upstream ?? "?"
-        guard s.subscribed else { return Readiness(ready: false, detail: "replica: not subscribed to an upstream (trying \(upstream))") }
+        guard s.subscribed else {
+            return Readiness(ready: false, detail: "replica: not subscribed to an upstream (trying \(upstream)\(s.leftBecause.map { "; left it last: \($0)" } ?? ""))")
+        }
         guard let age = s.rootAgeSeconds else { return Readiness(ready: false, detail: "replica: subscribed to \(upstream), no word from the root yet") }
         guard age <= readyLag else {
             return Readiness(ready: false, detail: String(format: "replica: too stale to serve: the root's last word is %.1f s old, more than --ready-lag %.1f s (subscribed to %@)",

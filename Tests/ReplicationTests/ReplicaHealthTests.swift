@@ -73,7 +73,8 @@ final class ReplicaHealthTests: XCTestCase {
     func testAStaleReplicaSaysSoInReadyz() async throws {
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
         let first = try ReplicaNode(data: tmp.appendingPathComponent("r1"), upstreams: [root.address], logDir: tmp)
-        let second = try ReplicaNode(data: tmp.appendingPathComponent("r2"), upstreams: [first.address], logDir: tmp)
+        let second = try ReplicaNode(data: tmp.appendingPathComponent("r2"), upstreams: [first.address], logDir: tmp,
+                                     extraArgs: ["--stale-after", "8s", "--log-format", "text"])
         try await waitFor("the second replica ready", timeout: .seconds(20)) {
             httpGet(port: second.adminPort, path: "/readyz")?.status == 200
         }
@@ -85,6 +86,18 @@ final class ReplicaHealthTests: XCTestCase {
             return r.body.contains("too stale to serve: the root's last word is") && r.body.contains("more than --ready-lag")
                 && r.body.contains("subscribed to \(first.address)")
         }
+        // Past --stale-after it leaves that upstream again and again: /readyz says why, and the
+        // log says so once a minute, not at every try.
+        try await waitFor("the second replica's /readyz naming why it left its upstream", timeout: .seconds(20), pollEvery: .milliseconds(100)) {
+            guard let r = httpGet(port: second.adminPort, path: "/readyz"), r.status == 503 else { return false }
+            return r.body.contains("not subscribed to an upstream (trying \(first.address); left it last: the root's freshest word through this upstream is")
+        }
+        // Five seconds of tries (one every second or two), logged once.
+        let trying = ContinuousClock.now
+        try await waitFor("five seconds of tries", timeout: .seconds(10), pollEvery: .milliseconds(200)) { ContinuousClock.now - trying > .seconds(5) }
+        XCTAssertEqual(second.daemon.log.components(separatedBy: "leaving upstream").count - 1, 1, second.daemon.log)
+        XCTAssertLessThanOrEqual(second.daemon.log.components(separatedBy: "subscribing").count - 1, 2, second.daemon.log)
+        XCTAssertGreaterThan(try XCTUnwrap(second.metric("qs_replica_upstreams_left_total")), 2, "each leave is counted")
     }
 
     /// A replica pointed at a root of another history that is shorter than its own (a
