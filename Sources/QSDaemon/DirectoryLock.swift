@@ -20,7 +20,7 @@ public final class DirectoryLock: Sendable {
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {
-            throw ConfigError("cannot create the data directory \(directory): \(error)")
+            throw ConfigError("cannot create the data directory \(directory): \(fileErrorText(error))")
         }
         path = directory + "/" + Self.fileName
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)

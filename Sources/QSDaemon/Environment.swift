@@ -83,7 +83,7 @@ public enum QSEnv {
         return "a valid value"
     }
 
-    private static func range<I: FixedWidthInteger>(_: I.Type) -> String { "a whole number from \(I.min) to \(I.max)" }
+    private static func range<I: FixedWidthInteger>(_: I.Type) -> String { I.isSigned ? "a whole number" : "a whole number from 0 to \(I.max)" }
 
     struct Refusal: Sendable, Hashable {
         var variable: String
@@ -102,12 +102,16 @@ public enum QSEnv {
     /// say), for `explaining`; a flag that two commands give different types is left out.
     private static let explainers = NIOLockedValueBox<[String: [String: @Sendable (String) -> String?]]>([:])
 
-    private static func explain<T: ExpressibleByArgument>(_ flag: String, _ type: T.Type) {
+    /// Registers why a value of `type` given to `flag` is refused, for `explaining`: flags
+    /// whose defaults are not read through `value`/`optional` (fakekt's) call it themselves.
+    public static func explain<T: ExpressibleByArgument>(_ flag: String, _ type: T.Type) {
         let why: @Sendable (String) -> String?
         if let described = type as? any DescribedArgument.Type {
             why = { described.refusal(of: $0, flag: flag) }
         } else if let integer = type as? any FixedWidthInteger.Type {
             why = integerRefusal(integer)
+        } else if type is Double.Type {
+            why = { Double($0) == nil ? "give a number, as in 30 or 0.5" : nil }
         } else {
             return
         }
@@ -122,7 +126,15 @@ public enum QSEnv {
     }
 
     static func integerRefusal<I: FixedWidthInteger>(_: I.Type) -> @Sendable (String) -> String? {
-        { I($0) == nil ? "give a whole number from \(I.min) to \(I.max)" : nil }
+        { argument in
+            guard I(argument) == nil else { return nil }
+            let digits = argument.hasPrefix("-") || argument.hasPrefix("+") ? argument.dropFirst() : Substring(argument)
+            let number = !digits.isEmpty && digits.allSatisfy { $0.isASCII && $0.isNumber }
+            guard I.isSigned else { return "give a whole number from 0 to \(I.max)" }
+            // A signed flag's own range is its validate's (most take positive numbers only).
+            guard number else { return "give a whole number" }
+            return argument.hasPrefix("-") ? "too small a number" : "too large a number (at most \(I.max))"
+        }
     }
 
     /// ArgumentParser's "The value 'X' is invalid for '--flag <v>'" with why, where the
@@ -144,12 +156,13 @@ public enum QSEnv {
     static func missingValue(_ message: String, arguments: [String]) -> String? {
         guard let start = message.range(of: "Missing value for '") else { return nil }
         let flag = String(message[start.upperBound...].prefix { $0 != " " && $0 != "'" })
+        let line = message[start.lowerBound...].prefix { $0 != "\n" }
+        let help = message.split(separator: "\n").first { $0.hasPrefix("Help:") }.map { "\n\($0)" } ?? ""
+        if arguments.contains(flag + "=") { return "\(line): it is empty\(help)" }
         guard let i = arguments.firstIndex(of: flag), i + 1 < arguments.count else { return nil }
         let next = arguments[i + 1]
         guard next.hasPrefix("-"), next.count > 1, next.dropFirst().first.map({ $0.isNumber || $0 == "." }) == true else { return nil }
-        let line = message[start.lowerBound...].prefix { $0 != "\n" }
-        let help = message.split(separator: "\n").first { $0.hasPrefix("Help:") }.map { "\n\($0)" } ?? ""
-        return "\(line): '\(next)' after it was read as a flag, as a value starting with '-' is; give it as \(flag)=\(next)\(help)"
+        return "\(line): the '\(next)' after it was taken for a flag, as anything starting with '-' is (\(flag)=\(next) passes it as a value)\(help)"
     }
 
     private static func refuse(_ name: String, flag: String?, value: String, expected: String) {
@@ -193,7 +206,9 @@ public enum QSEnv {
         for a in arguments.dropFirst() {
             if a == "--" { break }
             guard a.hasPrefix("--"), a.count > 2 else { continue }
-            let name = String(a.prefix { $0 != "=" })
+            // --x and --no-x are one flag (ArgumentParser's inversions): the last one wins.
+            var name = String(a.prefix { $0 != "=" })
+            if name.hasPrefix("--no-") { name = "--" + name.dropFirst(5) }
             if counts[name] == nil { order.append(name) }
             counts[name, default: 0] += 1
         }

@@ -113,6 +113,17 @@ public struct ServiceOptions: ParsableArguments, Sendable {
         var all = others
         if let admin = adminEndpoint() { all.append(("admin", [admin])) }
         try Self.refuseSharedAddresses(all)
+        if !readyFile.isEmpty {
+            // Found now, not once the store is made and the listeners are up.
+            let directory = URL(fileURLWithPath: readyFile).deletingLastPathComponent().path
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+                throw StartError("--ready-file \(readyFile): its directory \(directory) does not exist: make it or give another path")
+            }
+            guard access(directory, W_OK) == 0 else {
+                throw StartError("--ready-file \(readyFile): its directory \(directory) is not writable by this user")
+            }
+        }
         for (listener, endpoints) in all { try Listener.checkAvailable(listener: listener, endpoints: endpoints) }
     }
 

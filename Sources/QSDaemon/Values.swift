@@ -29,6 +29,7 @@ public struct Interval: ExpressibleByArgument, DescribedArgument, Sendable, Equa
     public static let expectation = "a duration such as 500ms, 10s or 5m"
     public static func refusal(of argument: String) -> String? {
         let t = argument.trimmingCharacters(in: .whitespaces)
+        if t.isEmpty { return "it is empty" }
         if t.hasPrefix("-") { return "a duration cannot be negative" }
         if let n = Double(t.prefix { $0.isNumber || $0 == "." }), !t.isEmpty, t.first?.isNumber == true || t.first == "." {
             let unit = t.drop { $0.isNumber || $0 == "." }
@@ -60,6 +61,16 @@ public struct ByteSize: ExpressibleByArgument, DescribedArgument, Sendable, Equa
     }
 
     public static let expectation = "a size such as 4096, 64KiB or 8GiB"
+    public static func refusal(of argument: String) -> String? {
+        let t = argument.trimmingCharacters(in: .whitespaces)
+        if t.isEmpty { return "it is empty" }
+        if t.hasPrefix("-") { return "a size cannot be negative" }
+        let number = t.prefix { $0.isNumber }, unit = t.dropFirst(number.count)
+        if number.isEmpty { return "it starts with no number" }
+        if !unit.isEmpty, parseByteSize("1" + unit) == nil { return "'\(unit)' is not a unit: use B, KiB, MiB, GiB, TiB (or KB, MB, GB)" }
+        if parseByteSize(t) == nil { return "too large" }
+        return nil
+    }
     public var defaultValueDescription: String { description }
 }
 

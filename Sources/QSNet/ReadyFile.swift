@@ -80,7 +80,7 @@ public struct ReadyFile: Service {
             }
         } catch {
             try? FileManager.default.removeItem(at: temp)
-            throw ConfigError("--ready-file \(path) cannot be written: \(error); check that its directory exists and is writable")
+            throw ConfigError("--ready-file \(path) cannot be written: \(fileErrorText(error)); check that its directory exists and is writable")
         }
     }
 

@@ -102,7 +102,7 @@ public actor WriteQueue: Service {
 
         /// What the write was not committed within: qsrest's stop or --commit-timeout.
         static func when(_ why: String) -> String {
-            why == stoppingReason ? "before qsrest stopped" : "within --commit-timeout"
+            why == stoppingReason ? "before qsrest stopped (--shutdown-timeout)" : "within --commit-timeout"
         }
     }
 
@@ -291,8 +291,9 @@ public actor WriteQueue: Service {
                 return
             } catch {
                 // No root answered: nothing of the next batch was sent.
-                giveUp(takeBatch(), sent: false, why: whyNotCommitted(error, otherwise: "\(error)"),
-                       what: "the root's position could not be read within --commit-timeout")
+                let why = whyNotCommitted(error, otherwise: "\(error)")
+                giveUp(takeBatch(), sent: false, why: why,
+                       what: "the root's position could not be read " + Refusal.when(why))
                 return
             }
         }
@@ -325,8 +326,8 @@ public actor WriteQueue: Service {
                     return false
                 }
                 if wasSent { abandoned.insert(new) }
-                giveUp(batch, sent: wasSent, why: whyNotCommitted(timeout, otherwise: "no answer from the root"),
-                       what: "a batch was not committed within --commit-timeout")
+                let why = whyNotCommitted(timeout, otherwise: "no answer from the root")
+                giveUp(batch, sent: wasSent, why: why, what: "a batch was not committed " + Refusal.when(why))
                 return
             } catch let refusal as RootRefusal where refusal.code == .frameTooLarge {
                 // The batch's own size, not the root's state: /readyz stays as it was.

@@ -103,8 +103,18 @@ struct FakeKTCommand: AsyncParsableCommand {
             FileHandle.standardError.write(Data("fakekt: the ktserver option \(bad) is not supported by fakekt\n".utf8))
             Foundation.exit(64)
         }
+        // Why a number is refused, for ArgumentParser's "is invalid" (it says no why).
+        for flag in ["-port", "-th", "-fault-close-after", "-fault-delay-ms", "-fault-corrupt-frame", "-fault-cut-frame",
+                     "-fault-refuse-count", "-fault-refuse-ms"] { QSEnv.explain(flag, Int.self) }
+        QSEnv.explain("-sid", UInt16.self)
+        for flag in ["-tout", "-bgsi", "-asi", "-uasi"] { QSEnv.explain(flag, Double.self) }
         do {
             try await execute(parseAsRoot(args))
+        } catch let error where !(error is CleanExit) {
+            if let explained = QSEnv.explaining(fullMessage(for: error), arguments: CommandLine.arguments) {
+                exitReporting(ValidationError(explained))
+            }
+            exitReporting(error)
         } catch {
             exitReporting(error)
         }
@@ -138,6 +148,7 @@ struct FakeKTCommand: AsyncParsableCommand {
             throw ValidationError("-host (or QS_FAKEKT_HOST) '\(c.host)' holds a port: give the host alone and the port with -port, as in -host \(c.host.split(separator: ":")[0]) -port \(p)")
         }
         c.timeout = tout ?? Self.env("TOUT", Double.self) ?? 30
+        guard c.timeout >= 0 else { throw ValidationError("-tout (or QS_FAKEKT_TOUT) \(c.timeout) cannot be negative: give seconds, as in 30") }
         c.threads = max(1, min(16, th ?? Self.env("TH", Int.self) ?? 2))
         c.ulogDirectory = ulog ?? Self.env("ULOG")
         if let u = ulim ?? Self.env("ULIM") {

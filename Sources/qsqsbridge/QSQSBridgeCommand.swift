@@ -35,7 +35,10 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
     @OptionGroup var service: ServiceOptions
 
     func validate() throws {
-        guard source.value != nil else { throw ValidationError("--source is required: qs://HOST:PORT or capture:FILE (or set QS_SOURCE)") }
+        guard let spec = source.value else { throw ValidationError("--source is required: qs://HOST:PORT or capture:FILE (or set QS_SOURCE)") }
+        if case let .node(node) = spec.kind, bridge.root.endpoints.contains(node) {
+            throw ValidationError("--source \(spec) is also in --root \(bridge.root): a mirror reads one node and writes another")
+        }
     }
 
     func run() async throws {
@@ -86,7 +89,9 @@ struct QSSource: ExpressibleByArgument, DescribedArgument, CustomStringConvertib
 
     static func refusal(of argument: String) -> String? {
         if argument.hasPrefix("qs://") {
-            return (try? Endpoint(parsing: String(argument.dropFirst(5)))) == nil ? "qs:// takes the source node's HOST:PORT, as in qs://10.0.0.1:7400" : nil
+            let address = String(argument.dropFirst(5))
+            if address.contains(":"), let why = endpointRefusal(address) { return "qs://\(address): \(why)" }
+            return (try? Endpoint(parsing: address)) == nil ? "qs:// takes the source node's HOST:PORT, as in qs://10.0.0.1:7400" : nil
         }
         if argument == "capture:" { return "capture: needs a path after the colon" }
         if argument.hasPrefix("kt://") { return "a KT source is qsktbridge's; qsqsbridge reads a QS node (qs://HOST:PORT)" }

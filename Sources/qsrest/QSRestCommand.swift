@@ -92,8 +92,8 @@ struct QSRestCommand: AsyncParsableCommand {
         guard usageMaxAge.duration >= .zero else { throw ValidationError("--usage-max-age must be 0 (always scan) or more, e.g. 60s") }
         guard batchMaxOps > 0 else { throw ValidationError("--batch-max-ops must be positive") }
         try validateRootStaleAfter(rootStaleAfter)
-        guard batchMaxBytes.bytes > 0, maxPendingBytes.bytes > 0, maxBody.bytes > 0 else {
-            throw ValidationError("--batch-max-bytes, --max-pending-bytes and --max-body must be more than 0")
+        for (flag, size) in [("--batch-max-bytes", batchMaxBytes), ("--max-pending-bytes", maxPendingBytes), ("--max-body", maxBody)] where size.bytes <= 0 {
+            throw ValidationError("\(flag) must be more than 0, e.g. 1MiB")
         }
     }
 

@@ -153,6 +153,12 @@ final class QsctlTests: XCTestCase {
             ("qsnode", ["--kt-http", "unix:/tmp/k.sock"], 64, "give its socket path to --kt-http-unix"),
             ("qsktbridge", ["--source", ""], 64, "it is empty"),
             ("qsktbridge", ["--source", "kt://unix:/tmp/kt.sock"], 64, "KT's replication is TCP only"),
+            ("qsnode", ["--map-size", "5XB"], 64, "'XB' is not a unit"),
+            ("qsnode", ["--max-frame-bytes=-1"], 64, "a size cannot be negative"),
+            ("qsnode", ["--max-connections", "99999999999999999999"], 64, "too large a number"),
+            ("qsqsbridge", ["--source", "qs://127.0.0.1:70000"], 64, "port '70000' is not a number from 0 to 65535"),
+            ("fakekt", ["-sid", "70000"], 64, "give a whole number from 0 to 65535"),
+            ("fakekt", ["-port", "abc"], 64, "give a whole number"),
             ("qsctl", ["--node", "127.0.0.1:1", "feed", "show", "--db", "99999", "x"], 2, "give a whole number from 0 to 65535"),
         ]
         for c in cases {
@@ -169,11 +175,17 @@ final class QsctlTests: XCTestCase {
         // A value starting with '-' is read as a flag: the message says so.
         let dash = try Harness.run("qsnode", ["--idle-timeout", "-5s"])
         XCTAssertEqual(dash.status, 64)
-        XCTAssertTrue(String(decoding: dash.stderr, as: UTF8.self).contains("'-5s' after it was read as a flag"), String(decoding: dash.stderr, as: UTF8.self))
+        XCTAssertTrue(String(decoding: dash.stderr, as: UTF8.self).contains("the '-5s' after it was taken for a flag"), String(decoding: dash.stderr, as: UTF8.self))
         let emptySource = try Harness.run("qsktbridge", [], env: ["QS_SOURCE": ""])
         XCTAssertEqual(emptySource.status, 64)
         XCTAssertTrue(String(decoding: emptySource.stderr, as: UTF8.self).contains("it is set but empty"), String(decoding: emptySource.stderr, as: UTF8.self))
-        for (args, why) in [(["-port", "99999"], "is not a port: give 0 to 65535"), (["-host", "127.0.0.1:5000"], "holds a port: give the host alone")] {
+        let same = try Harness.run("qsqsbridge", ["--source", "qs://127.0.0.1:7400", "--root", "127.0.0.1:7400"])
+        XCTAssertEqual(same.status, 64)
+        XCTAssertTrue(String(decoding: same.stderr, as: UTF8.self).contains("is also in --root"), String(decoding: same.stderr, as: UTF8.self))
+        let clear = try Harness.run("qsktbridge", ["--allow-clear", "--no-allow-clear", "--help"])
+        XCTAssertTrue(String(decoding: clear.stderr, as: UTF8.self).contains("--allow-clear is given 2 times"), String(decoding: clear.stderr, as: UTF8.self))
+        for (args, why) in [(["-port", "99999"], "is not a port: give 0 to 65535"), (["-host", "127.0.0.1:5000"], "holds a port: give the host alone"),
+                            (["-tout=-5"], "cannot be negative")] {
             let r = try Harness.run("fakekt", args)
             XCTAssertEqual(r.status, 64, "\(args)")
             XCTAssertTrue(String(decoding: r.stderr, as: UTF8.self).contains(why), String(decoding: r.stderr, as: UTF8.self))
