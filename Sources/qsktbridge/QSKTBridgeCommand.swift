@@ -70,6 +70,21 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
         guard maxMessageBytes.bytes > 0 else { throw ValidationError("--max-message-bytes must be more than 0, e.g. 64MiB") }
         if let conflict = KTMapping(prefixes: dbMap.prefixes, allowClear: allowClear).clearConflict() { throw ValidationError(conflict) }
         guard (1...10_000).contains(copyPage) else { throw ValidationError("--copy-page must be 1 to 10000, e.g. 1000") }
+        // A file source that is not there fails now, not after the root is asked and the
+        // KT-sources check has spoken of replaying a whole log.
+        var isDirectory: ObjCBool = false
+        switch source.value?.kind {
+        case let .ulog(dir)?:
+            guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDirectory), isDirectory.boolValue else {
+                throw ValidationError("--source ulog:\(dir): no such directory: give KT's update-log directory (its -ulog)")
+            }
+        case let .capture(file)?:
+            guard FileManager.default.fileExists(atPath: file, isDirectory: &isDirectory), !isDirectory.boolValue else {
+                throw ValidationError("--source capture:\(file): no such file: give a recording made by qsctl record")
+            }
+        default:
+            break
+        }
         if initialCopy == .always {
             guard let spec = source.value, case .kt = spec.kind else {
                 throw ValidationError("--initial-copy always needs a kt://HOST:PORT source: the copy reads KT through its HTTP RPC")

@@ -179,6 +179,11 @@ final class QsctlTests: XCTestCase {
         let emptySource = try Harness.run("qsktbridge", [], env: ["QS_SOURCE": ""])
         XCTAssertEqual(emptySource.status, 64)
         XCTAssertTrue(String(decoding: emptySource.stderr, as: UTF8.self).contains("it is set but empty"), String(decoding: emptySource.stderr, as: UTF8.self))
+        for (source, why) in [("ulog:/nonexistent", "no such directory"), ("capture:/nonexistent", "no such file")] {
+            let r = try Harness.run("qsktbridge", ["--source", source])
+            XCTAssertEqual(r.status, 64)
+            XCTAssertTrue(String(decoding: r.stderr, as: UTF8.self).contains(why), String(decoding: r.stderr, as: UTF8.self))
+        }
         let same = try Harness.run("qsqsbridge", ["--source", "qs://127.0.0.1:7400", "--root", "127.0.0.1:7400"])
         XCTAssertEqual(same.status, 64)
         XCTAssertTrue(String(decoding: same.stderr, as: UTF8.self).contains("is also in --root"), String(decoding: same.stderr, as: UTF8.self))
