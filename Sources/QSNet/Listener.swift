@@ -270,6 +270,15 @@ extension Listener {
         }
     }
 
+    /// Why `endpoint`'s host name does not resolve (nil when it does, or for a Unix path).
+    public static func unresolved(_ endpoint: Endpoint) -> String? {
+        guard case let .tcp(host, port) = endpoint else { return nil }
+        do { _ = try SocketAddress.makeAddressResolvingHost(host, port: port) } catch {
+            return ListenError(listener: "", endpoint: endpoint, underlying: error).reason
+        }
+        return nil
+    }
+
     struct ProbeRefusal: Error, CustomStringConvertible {
         let description: String
         init(_ description: String) { self.description = description }

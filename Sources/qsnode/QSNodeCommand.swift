@@ -181,6 +181,10 @@ struct QSNodeCommand: AsyncParsableCommand {
             // (root is the default), which would otherwise start writable, following nothing.
             throw ValidationError("--upstream / --upstream-file (or QS_UPSTREAM / QS_UPSTREAM_FILE) name what a replica follows, but this node's role is root (--role, QS_ROLE; root is the default): add --role replica to make it a replica, or drop the upstream to run a root")
         }
+        // A name that does not resolve is that, before it is "not loopback".
+        if !listen.endpoint.isLocalOnly, let why = Listener.unresolved(listen.endpoint) {
+            throw ValidationError("--listen \(listen): \(why)")
+        }
         // Replication and admin actions are open to whoever reaches them without a token.
         if !listen.endpoint.isLocalOnly && replicationTokenFile.isEmpty {
             throw ValidationError("--listen \(listen) is not loopback and no --replication-token-file is set: anyone who reaches it could subscribe to the log or take a snapshot. Give --replication-token-file FILE (or QS_REPLICATION_TOKEN_FILE; replicas present it with --upstream-token-file), or listen on 127.0.0.1")

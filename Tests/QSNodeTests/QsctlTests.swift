@@ -184,6 +184,10 @@ final class QsctlTests: XCTestCase {
             XCTAssertEqual(r.status, 64)
             XCTAssertTrue(String(decoding: r.stderr, as: UTF8.self).contains(why), String(decoding: r.stderr, as: UTF8.self))
         }
+        let unresolved = try Harness.run("qsnode", ["--data", "/nonexistent/d", "--listen", "nosuchhost.invalid:7400"])
+        XCTAssertEqual(unresolved.status, 64)
+        XCTAssertTrue(String(decoding: unresolved.stderr, as: UTF8.self).contains("the host name 'nosuchhost.invalid' does not resolve"),
+                      String(decoding: unresolved.stderr, as: UTF8.self))
         let same = try Harness.run("qsqsbridge", ["--source", "qs://127.0.0.1:7400", "--root", "127.0.0.1:7400"])
         XCTAssertEqual(same.status, 64)
         XCTAssertTrue(String(decoding: same.stderr, as: UTF8.self).contains("is also in --root"), String(decoding: same.stderr, as: UTF8.self))
