@@ -11,12 +11,18 @@ import Glibc
 public final class DirectoryLock: Sendable {
     public let path: String
     let fd: Int32
+    /// The directory, and whether this lock made it (it did not exist).
+    let directory: String
+    public let madeDirectory: Bool
 
     public static let fileName = "qsnode.lock"
 
     /// Takes the lock, creating the directory if missing; throws naming the directory
     /// and the process holding it.
     public init(directory: String) throws {
+        self.directory = directory
+        var isDirectory: ObjCBool = false
+        madeDirectory = !FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory)
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {
@@ -44,6 +50,15 @@ public final class DirectoryLock: Sendable {
         let pid = Array("\(getpid())\n".utf8)
         _ = ftruncate(fd, 0)
         _ = pwrite(fd, pid, pid.count, 0)
+    }
+
+    /// For a start that fails before anything is made: a directory this lock made, holding
+    /// nothing but the lock file, is taken away (never anything else: `rmdir` refuses a
+    /// directory with other files in it).
+    public func removeIfMadeEmpty() {
+        guard madeDirectory else { return }
+        unlink(path)
+        rmdir(directory)
     }
 
     deinit { close(fd) }

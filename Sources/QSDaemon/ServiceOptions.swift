@@ -132,24 +132,12 @@ public struct ServiceOptions: ParsableArguments, Sendable {
     static func refuseSharedAddresses(_ listeners: [(listener: String, endpoints: [Endpoint])]) throws {
         let flat = listeners.flatMap { l in l.endpoints.map { (flag: ListenError.flag(for: l.listener, endpoint: $0), endpoint: $0) } }
         for (i, a) in flat.enumerated() {
-            for b in flat[(i + 1)...] where Self.overlap(a.endpoint, b.endpoint) {
+            for b in flat[(i + 1)...] where Listener.collide(a.endpoint, b.endpoint) {
                 throw ValidationError("\(a.flag) \(a.endpoint) and \(b.flag) \(b.endpoint) are one address: give each listener its own")
             }
         }
     }
 
-    static func overlap(_ a: Endpoint, _ b: Endpoint) -> Bool {
-        switch (a, b) {
-        case let (.unix(p), .unix(q)):
-            return URL(fileURLWithPath: p).standardizedFileURL.path == URL(fileURLWithPath: q).standardizedFileURL.path
-        case let (.tcp(h, p), .tcp(k, q)):
-            guard p == q, p != 0 else { return false }
-            let any: Set<String> = ["0.0.0.0", "::", ""]
-            return h == k || any.contains(h) || any.contains(k)
-        default:
-            return false
-        }
-    }
 
     /// Sets up logging and metrics for the process (call once, first thing in `run`).
     public func bootstrap(label: String) -> (Logger, PrometheusCollectorRegistry) {

@@ -96,8 +96,14 @@ public struct KTReplicationSource: FeedSource {
 /// slot of a millisecond read more than 0.9 s after it was written could pass as the
 /// clock; the 256-in-a-row frame still catches a writer that keeps writing.
 ///
-/// A heartbeat past the last update vouches for the position of the one before it (not its
-/// own, which the next may show to be a withheld update); one at or before it, for itself.
+/// A heartbeat past the last update vouches for a second below the older of its own stamp
+/// and the one before it, never for its own stamp: a whole-millisecond stamp may be a
+/// withheld update that a later heartbeat tells apart (two withheld writes a heartbeat
+/// apart each look like the clock once), and every withheld update KT read before a
+/// heartbeat keeps the stamps at or above it for a second. A chain of withheld writes
+/// longer than that, each the first of its millisecond and one or more every heartbeat,
+/// can still pass under the checkpoint before it is told apart (KT's empty frame after 256
+/// stops it). One at or before the last update vouches for itself.
 struct WithheldUpdateWatch {
     enum Verdict: Equatable {
         /// Every update at or before the position (if any) was sent.
@@ -121,7 +127,8 @@ struct WithheldUpdateWatch {
         defer { lastHeartbeat = timestamp }
         if timestamp <= lastUpdate { return .vouches(timestamp) }
         if timestamp % 1_000_000 != 0 || timestamp == lastHeartbeat { return .withheld }
-        if let previous = lastHeartbeat, previous < timestamp { return .vouches(previous) }
-        return .vouches(nil)
+        guard let previous = lastHeartbeat, previous < timestamp else { return .vouches(nil) }
+        let margin: UInt64 = 1_000 * 1_000_000
+        return previous > margin ? .vouches(previous - margin) : .vouches(nil)
     }
 }

@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -258,12 +259,17 @@ extension Listener {
             var st = stat()
             if lstat(path, &st) == 0 {
                 guard st.st_mode & S_IFMT == S_IFSOCK else { throw ProbeRefusal("the path exists and is not a socket: remove it or give another path") }
-                let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+                // Non-blocking: a hung owner with a full backlog must not hang this start.
+                let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
                 guard fd >= 0 else { throw IOError(errnoCode: errno, reason: "socket") }
                 defer { close(fd) }
                 let rc = address.withSockAddr { sa, len in connect(fd, sa, socklen_t(len)) }
-                if rc == 0 { throw IOError(errnoCode: EADDRINUSE, reason: "connect") }
-                return  // a socket nobody accepts on: left over, the listener replaces it
+                let e = errno
+                // Only a refusal says nobody listens: the socket is left over and the
+                // listener replaces it. Anything else (accepted, a full backlog, another
+                // user's socket) is somebody's.
+                if rc != 0, e == ECONNREFUSED { return }
+                throw IOError(errnoCode: rc == 0 || e == EAGAIN || e == EINPROGRESS ? EADDRINUSE : e, reason: "connect")
             }
             close(try ListeningSocket.bind(address, family: AF_UNIX))
             unlink(path)
@@ -277,6 +283,29 @@ extension Listener {
             return ListenError(listener: "", endpoint: endpoint, underlying: error).reason
         }
         return nil
+    }
+
+    /// Whether two listen addresses would collide: one Unix path, or one port where the
+    /// addresses resolve alike or one is a wildcard covering the other (0.0.0.0 covers IPv4;
+    /// :: covers both, as Linux binds it by default).
+    public static func collide(_ a: Endpoint, _ b: Endpoint) -> Bool {
+        switch (a, b) {
+        case let (.unix(p), .unix(q)):
+            return URL(fileURLWithPath: p).standardizedFileURL.path == URL(fileURLWithPath: q).standardizedFileURL.path
+        case let (.tcp(h, p), .tcp(k, q)):
+            guard p == q, p != 0 else { return false }
+            guard let x = try? SocketAddress.makeAddressResolvingHost(h, port: p),
+                  let y = try? SocketAddress.makeAddressResolvingHost(k, port: q) else { return h == k }
+            let xv6 = x.protocol == .inet6, yv6 = y.protocol == .inet6
+            let xIP = x.ipAddress ?? h, yIP = y.ipAddress ?? k
+            func wildcard(_ ip: String) -> Bool { ip == "0.0.0.0" || ip == "::" }
+            if xIP == yIP { return true }
+            if xIP == "::" || yIP == "::" { return true }
+            if wildcard(xIP) || wildcard(yIP) { return xv6 == yv6 }
+            return false
+        default:
+            return false
+        }
     }
 
     struct ProbeRefusal: Error, CustomStringConvertible {

@@ -230,7 +230,6 @@ struct QSNodeCommand: AsyncParsableCommand {
                            metadata: ["address": "\(listenEndpoint)"])
         }
         // One process per data directory: a second one would serve writes with the same node id.
-        let made = !FileManager.default.fileExists(atPath: data)
         let lock: DirectoryLock
         do {
             lock = try DirectoryLock(directory: data)
@@ -244,7 +243,7 @@ struct QSNodeCommand: AsyncParsableCommand {
         do {
             try service.checkListenersAvailable([("write", [listenEndpoint] + (unix.isEmpty ? [] : [.unix(path: unix)]))] + reads.listeners)
         } catch {
-            if made { try? FileManager.default.removeItem(atPath: data) }
+            lock.removeIfMadeEmpty()
             throw error
         }
         // The admin server starts first and keeps its address for the process's life: while

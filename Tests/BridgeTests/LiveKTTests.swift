@@ -111,14 +111,28 @@ final class LiveKTTests: XCTestCase {
         let kt = try FakeKTProcess(logDir: tmp, sid: 7)
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
         let wrong = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "7",
-                                                     "--initial-copy", "never", "--batch-interval", "100ms", "--log-format", "text"], logDir: tmp)
-        for i in 0..<3 { kt.set("withheld-\(i)", "v\(i)") }
+                                                     "--initial-copy", "never", "--batch-interval", "100ms", "--log-format", "text"],
+                                      logDir: tmp, ready: true)
+        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let id = "kt:127.0.0.1:\(kt.port)"
+        // Idle KT's heartbeats move the checkpoint first: a right bridge resumes from it, so
+        // the writes arrive below only if the checkpoint never passed them.
+        try await QSTesting.waitFor("the idle bridge's checkpoint moved by heartbeats", timeout: .seconds(20)) {
+            ((try? await c.checkpoint(sourceID: id)) ?? nil ?? 0) > 0
+        }
+        // A few writes a heartbeat or two apart, each likely the first of its millisecond
+        // (the case a stamp with a counter does not tell at once).
+        for i in 0..<3 {
+            kt.set("withheld-\(i)", "v\(i)")
+            try await Task.sleep(for: .milliseconds(250))
+        }
         try await QSTesting.waitFor("the bridge to stop", timeout: .seconds(20)) { !wrong.isRunning }
         wrong.process.waitUntilExit()
         XCTAssertNotEqual(wrong.process.terminationStatus, 0)
         XCTAssertTrue(wrong.log.contains("--sid 7"), wrong.log)
+        let stoppedAt = try await c.checkpoint(sourceID: id) ?? 0
+        XCTAssertGreaterThan(stoppedAt, 0)
         let (right, _) = try bridge(kt, root)
-        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
         for i in 0..<3 {
             let arrived = await waitFor(c, "withheld-\(i)", "v\(i)")
             XCTAssertTrue(arrived, right.log)

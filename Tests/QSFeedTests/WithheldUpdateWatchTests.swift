@@ -12,9 +12,10 @@ final class WithheldUpdateWatchTests: XCTestCase {
 
     func testClockHeartbeatsVouchForTheOneBeforeAndUpdatesForThemselves() {
         var w = WithheldUpdateWatch(after: 1000 * ms)
-        // Idle: the clock, a second behind, in whole milliseconds; each vouches for the one before.
+        // Idle: the clock, a second behind, in whole milliseconds; each vouches for a second
+        // below the one before.
         XCTAssertEqual(w.heartbeat(2000 * ms), .vouches(nil))
-        XCTAssertEqual(w.heartbeat(2100 * ms), .vouches(2000 * ms))
+        XCTAssertEqual(w.heartbeat(2100 * ms), .vouches(1000 * ms))
         // An update sent, then the heartbeat stamped with it (rts, less than a second old).
         w.update(3000 * ms + 4)
         XCTAssertEqual(w.heartbeat(3000 * ms + 4), .vouches(3000 * ms + 4))
@@ -27,6 +28,19 @@ final class WithheldUpdateWatchTests: XCTestCase {
         var w = WithheldUpdateWatch(after: 1000 * ms)
         w.update(2000 * ms)
         XCTAssertEqual(w.heartbeat(2000 * ms + 3), .withheld)
+    }
+
+    /// Two withheld writes a heartbeat apart, each the first of its millisecond: each looks
+    /// like the clock once; nothing vouched reaches either before the repeat tells.
+    func testTwoWithheldWritesAHeartbeatApartAreNeverVouchedFor() {
+        var w = WithheldUpdateWatch(after: 1000 * ms)
+        var vouched: UInt64 = 0
+        for stamp in [2000 * ms, 2100 * ms, 2250 * ms] {  // the clock, withheld w, withheld w'
+            guard case let .vouches(v) = w.heartbeat(stamp) else { return XCTFail("told apart too early") }
+            vouched = max(vouched, v ?? 0)
+        }
+        XCTAssertEqual(w.heartbeat(2250 * ms), .withheld)
+        XCTAssertLessThan(vouched, 2100 * ms, "the first withheld write stays above the checkpoint")
     }
 
     func testTheSameWholeMillisecondTwicePastTheLastUpdateIsAWithheldUpdate() {

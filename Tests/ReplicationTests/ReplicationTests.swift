@@ -119,7 +119,7 @@ final class ReplicationTests: XCTestCase {
         XCTAssertTrue(a.daemon.log.contains("subscribing from=5 upstream=\(m.address)") || a.daemon.log.contains("upstream=\(m.address)"))
         // B's head can reach A's (by bootstrap) just before B logs its subscription.
         XCTAssertTrue(Harness.waitUntil { b.daemon.log.contains("subscribing") }, b.daemon.log)
-        let subscribingBefore = b.metric("qs_replica_subscriptions_total")
+        let subscribingBefore = try XCTUnwrap(b.metric("qs_replica_subscriptions_total"))
         // A loses its upstream.
         try m.daemon.stop(signal: SIGKILL)
         try await write(w, 7, prefix: "after")
@@ -127,8 +127,8 @@ final class ReplicationTests: XCTestCase {
         try await waitForHead(a.port, head)
         try await waitForHead(b.port, head)
         XCTAssertTrue(a.daemon.log.contains("upstream=\(root.address)"), a.daemon.log)
-        XCTAssertEqual(b.metric("qs_replica_subscriptions_total"), subscribingBefore, "B never re-subscribed:\n\(b.daemon.log)")
-        XCTAssertEqual(b.metric("qs_replica_upstreams_left_total"), 0, b.daemon.log)
+        XCTAssertEqual(try XCTUnwrap(b.metric("qs_replica_subscriptions_total")), subscribingBefore, "B never re-subscribed:\n\(b.daemon.log)")
+        XCTAssertEqual(try XCTUnwrap(b.metric("qs_replica_upstreams_left_total")), 0, b.daemon.log)
         XCTAssertEqual(a.metric("qs_replication_subscribers"), 1, "B stayed connected to A")
         await w.close()
     }
