@@ -61,7 +61,7 @@ public struct KTReplicationClient: Sendable {
             switch self {
             case let .refused(s): return "\(s) refused replication: the KT server runs without an update log (start ktserver with -ulog DIR)"
             case let .sidClash(s, sid, ts):
-                return "\(s) skipped updates whose origin sid equals the --sid \(sid) presented to it (at timestamp \(ts)): those changes would be missing. Give a --sid that differs from the KT server's own -sid and from every writer's"
+                return "\(s) skipped updates whose origin sid equals the --sid \(sid) presented to it (at timestamp \(ts)): those changes would be missing. Give a --sid that differs from the KT server's own -sid and from every writer's (if it already does, KT withheld an update-log entry it could not parse: check its log)"
             case let .damaged(s, reason): return "\(s): \(reason)"
             case let .closed(s): return "\(s) closed the replication connection"
             case let .tooLarge(s, reason): return "\(s): \(reason); raise --max-message-bytes to read it"
