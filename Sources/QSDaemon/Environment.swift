@@ -355,6 +355,15 @@ extension ListenError {
     }
 
     public var messageNamingFlag: String {
-        "\(flag) \(endpoint): cannot listen: \(reason); \(hint)"
+        "\(flag)\(Self.fromVariable(flag)) \(endpoint): cannot listen: \(reason); \(hint)"
+    }
+
+    /// " (from QS_X)" when `flag` was not on the command line and its variable is set: the
+    /// address came from the environment.
+    static func fromVariable(_ flag: String, arguments: [String] = CommandLine.arguments,
+                             environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        guard flag.hasPrefix("--"), !arguments.contains(where: { $0 == flag || $0.hasPrefix(flag + "=") }) else { return "" }
+        let variable = "QS_" + flag.dropFirst(2).uppercased().replacingOccurrences(of: "-", with: "_")
+        return environment[variable].map { $0.isEmpty ? "" : " (from \(variable))" } ?? ""
     }
 }

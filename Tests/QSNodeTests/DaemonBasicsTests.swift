@@ -79,6 +79,11 @@ final class DaemonBasicsTests: XCTestCase {
             XCTAssertFalse(err.contains("bind(descriptor"), err)
             XCTAssertFalse(FileManager.default.fileExists(atPath: data.path), "\(c): the data directory was made")
         }
+        // An address from the environment is named with its variable.
+        let fromEnv = try Harness.run("qsnode", ["--role", "root", "--data", tmp.appendingPathComponent("env").path], env: ["QS_LISTEN": first.address])
+        XCTAssertEqual(fromEnv.status, 1)
+        XCTAssertTrue(String(decoding: fromEnv.stderr, as: UTF8.self).contains("--listen (from QS_LISTEN) \(first.address): cannot listen"),
+                      String(decoding: fromEnv.stderr, as: UTF8.self))
         // One address on two flags of one daemon: named as such (it read as "another process").
         for (args, flags) in [(["--listen", "127.0.0.1:47990", "--admin", "127.0.0.1:47990"], "--listen 127.0.0.1:47990 and --admin 127.0.0.1:47990"),
                               (["--listen", "127.0.0.1:0", "--unix", socket + ".2", "--kt-http-unix", socket + ".2"], "--unix unix:\(socket).2 and --kt-http-unix")] {
