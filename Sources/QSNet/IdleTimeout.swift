@@ -23,6 +23,9 @@ public final class IdleTimeout: ChannelDuplexHandler, RemovableChannelHandler {
     let onTimeout: (@Sendable () -> Void)?
     /// Set while a read is wanted and nothing has come since.
     private var deadline: Scheduled<Void>?
+    /// Which arming a scheduled expiry belongs to: one cancelled too late to stop it (picked
+    /// up in the same loop tick as a re-arm) finds the generation moved on and does nothing.
+    private var generation = 0
 
     init(readTimeout: TimeAmount, error: (any Error & Sendable)?, onTimeout: (@Sendable () -> Void)? = nil) {
         self.readTimeout = readTimeout
@@ -32,10 +35,11 @@ public final class IdleTimeout: ChannelDuplexHandler, RemovableChannelHandler {
 
     public func read(context: ChannelHandlerContext) {
         if deadline == nil {
-            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+            generation += 1
+            let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop), armed = generation
             deadline = context.eventLoop.scheduleTask(in: readTimeout) {
                 let (handler, context) = bound.value
-                handler.expired(context: context)
+                handler.expired(context: context, generation: armed)
             }
         }
         context.read()
@@ -58,10 +62,11 @@ public final class IdleTimeout: ChannelDuplexHandler, RemovableChannelHandler {
     private func disarm() {
         deadline?.cancel()
         deadline = nil
+        generation += 1
     }
 
-    private func expired(context: ChannelHandlerContext) {
-        guard deadline != nil else { return }
+    private func expired(context: ChannelHandlerContext, generation armed: Int) {
+        guard deadline != nil, armed == generation else { return }
         deadline = nil
         onTimeout?()
         if let error { context.fireErrorCaught(error) }
