@@ -39,7 +39,7 @@ public enum QSEnv {
         explain(flag ?? flagName(for: name), T.self)
         guard let text = typed(name, flag: flag, acceptsEmpty: T(argument: "") != nil, expected: expected(T.self)) else { return def }
         if let v = T(argument: text) { return v }
-        refuse(name, flag: flag, value: text, expected: expected(T.self, refusing: text))
+        refuse(name, flag: flag, value: text, expected: expected(T.self, refusing: text, flag: flag ?? flagName(for: name)))
         return def
     }
 
@@ -48,7 +48,7 @@ public enum QSEnv {
         explain(flag ?? flagName(for: name), T.self)
         guard let text = typed(name, flag: flag, acceptsEmpty: T(argument: "") != nil, expected: expected(T.self)) else { return nil }
         if let v = T(argument: text) { return v }
-        refuse(name, flag: flag, value: text, expected: expected(T.self, refusing: text))
+        refuse(name, flag: flag, value: text, expected: expected(T.self, refusing: text, flag: flag ?? flagName(for: name)))
         return nil
     }
 
@@ -65,8 +65,8 @@ public enum QSEnv {
     }
 
     /// Why `argument` is refused as a `T`, or what a `T` looks like.
-    static func expected<T: ExpressibleByArgument>(_ type: T.Type, refusing argument: String) -> String {
-        if let described = type as? any DescribedArgument.Type, let why = described.refusal(of: argument) {
+    static func expected<T: ExpressibleByArgument>(_ type: T.Type, refusing argument: String, flag: String) -> String {
+        if let described = type as? any DescribedArgument.Type, let why = described.refusal(of: argument, flag: flag) {
             // An integer's reason is its range, which the expectation says already.
             return described.expectation.contains(why.replacingOccurrences(of: "give ", with: "")) ? described.expectation : "\(described.expectation) (\(why))"
         }
@@ -120,7 +120,10 @@ public enum QSEnv {
 
     /// Why `argument` is refused as a `T` given to `flag`, where the type can say.
     public static func refusal<T>(_ type: T.Type, of argument: String, flag: String) -> String? {
-        if let described = type as? any DescribedArgument.Type { return described.refusal(of: argument, flag: flag) }
+        // No flag known: the type's own words (a reason naming a flag needs one).
+        if let described = type as? any DescribedArgument.Type {
+            return flag.isEmpty ? described.refusal(of: argument) : described.refusal(of: argument, flag: flag)
+        }
         if let integer = type as? any FixedWidthInteger.Type { return integerRefusal(integer)(argument) }
         return nil
     }

@@ -176,6 +176,11 @@ final class QsctlTests: XCTestCase {
         let dash = try Harness.run("qsnode", ["--idle-timeout", "-5s"])
         XCTAssertEqual(dash.status, 64)
         XCTAssertTrue(String(decoding: dash.stderr, as: UTF8.self).contains("the '-5s' after it was taken for a flag"), String(decoding: dash.stderr, as: UTF8.self))
+        // A variable's refusal names the flag its reason needs (it said "-unix").
+        let unixEnv = try Harness.run("qsnode", ["--data", "/nonexistent/d"], env: ["QS_MEMCACHED": "unix:/tmp/m.sock"])
+        XCTAssertEqual(unixEnv.status, 64)
+        XCTAssertTrue(String(decoding: unixEnv.stderr, as: UTF8.self).contains("give its socket path to --memcached-unix"),
+                      String(decoding: unixEnv.stderr, as: UTF8.self))
         let emptySource = try Harness.run("qsktbridge", [], env: ["QS_SOURCE": ""])
         XCTAssertEqual(emptySource.status, 64)
         XCTAssertTrue(String(decoding: emptySource.stderr, as: UTF8.self).contains("it is set but empty"), String(decoding: emptySource.stderr, as: UTF8.self))
