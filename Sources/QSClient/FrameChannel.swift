@@ -41,8 +41,13 @@ private func openStreamChannel<Decoder: NIOSingleStepByteToMessageDecoder>(
                                                                   configuration: .init(backPressureStrategy: .init(lowWatermark: 2, highWatermark: 8)))
         }
     }
-    if let unixPath {
-        return try await bootstrap.connect(unixDomainSocketPath: unixPath, channelInitializer: initializer)
+    // Connection failures in an operator's words, as a client's (not NIO's type dumps).
+    do {
+        if let unixPath {
+            return try await bootstrap.connect(unixDomainSocketPath: unixPath, channelInitializer: initializer)
+        }
+        return try await bootstrap.connect(host: host ?? "127.0.0.1", port: port, channelInitializer: initializer)
+    } catch {
+        throw ClientError.connection(error)
     }
-    return try await bootstrap.connect(host: host ?? "127.0.0.1", port: port, channelInitializer: initializer)
 }

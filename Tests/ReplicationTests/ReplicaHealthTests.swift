@@ -52,6 +52,10 @@ final class ReplicaHealthTests: XCTestCase {
         }
         let s = try await signals(replica)
         XCTAssertTrue(s.readyBody.contains("not subscribed"), s.readyBody)
+        // Why, in words: not NIO's "SingleConnectionFailure(…)" dump.
+        try await waitFor("/readyz saying why the upstream was left", timeout: .seconds(10), pollEvery: .milliseconds(100)) {
+            httpGet(port: replica.adminPort, path: "/readyz")?.body.contains("left it last: the connection to the node failed: Connection refused") == true
+        }
         XCTAssertEqual(s.statusUpstream, root.address)
         let first = try XCTUnwrap(s.metricRootAge)
         try await waitFor("qs_replica_root_age_seconds to grow by 2 s past \(first)", timeout: .seconds(10), pollEvery: .milliseconds(100)) {
