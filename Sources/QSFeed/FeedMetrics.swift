@@ -8,7 +8,10 @@ public struct FeedMetrics: Sendable {
     public let opsSent = Counter(label: "qs_bridge_ops_sent_total")
     public let bytesSent = Counter(label: "qs_bridge_bytes_sent_total")
     public let identicalDropped = Counter(label: "qs_bridge_identical_writes_dropped_total")
+    /// Root and source reconnections together (kept as it was for existing queries);
+    /// `rootReconnects` the root's alone, `sourceErrors` the source's.
     public let reconnects = Counter(label: "qs_bridge_reconnects_total")
+    public let rootReconnects = Counter(label: "qs_bridge_root_reconnects_total")
     public let conflicts = Counter(label: "qs_bridge_conflicts_total")
     public let rootErrors = Counter(label: "qs_bridge_root_errors_total")
     public let sourceErrors = Counter(label: "qs_bridge_source_errors_total")

@@ -322,6 +322,7 @@ public actor RootWriter {
     private func drop(_ why: String, moveTo: Int? = nil, byNode: Bool = false) async {
         if let current {
             metrics.reconnects.increment()
+            metrics.rootReconnects.increment()
             droppedGeneration = byNode ? nil : (generation, why)
             await current.close()
             if endpoints.count > 1 {

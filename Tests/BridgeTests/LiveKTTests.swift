@@ -239,6 +239,7 @@ final class LiveKTTests: XCTestCase {
             }
             if fault[0] == "-fault-refuse-count" {
                 XCTAssertGreaterThanOrEqual(metricValue(port: admin, "qs_bridge_reconnects_total") ?? 0, 1, b.log)
+                XCTAssertEqual(metricValue(port: admin, "qs_bridge_root_reconnects_total"), 0, "the source's reconnections, not the root's: \(b.log)")
             }
             set("after", "fault")
             let after = await waitFor(c, "after", "fault", timeout: .seconds(60))

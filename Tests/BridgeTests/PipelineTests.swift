@@ -101,6 +101,8 @@ final class PipelineTests: XCTestCase {
         try await holdTwoBatches(&s)
         s.proxy.fault = .reset
         try await waitFor("the bridge lost its connection", timeout: .seconds(10)) { s.metric(s.bridge, "qs_bridge_reconnects_total") >= 1 }
+        XCTAssertGreaterThanOrEqual(s.metric(s.bridge, "qs_bridge_root_reconnects_total"), 1, "the root's connection was the one cut")
+        XCTAssertEqual(s.metric(s.bridge, "qs_bridge_source_errors_total"), 0, "KT's connection was not cut")
         s.proxy.fault = .none
         s.writeKT(10)
         try await waitFor("the root equal to KT after the cut", timeout: .seconds(30), pollEvery: .milliseconds(20)) { await s.equalToKT() }
