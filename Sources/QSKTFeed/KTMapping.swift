@@ -74,6 +74,8 @@ public struct KTMetrics: Sendable {
     public let clears = Counter(label: "qs_bridge_kt_clears_total")
     public let skippedBySID = Counter(label: "qs_bridge_kt_sid_skipped_frames_total")
     public let corruptFrames = Counter(label: "qs_bridge_corrupt_frames_total")
+    public let logReads = Counter(label: "qs_bridge_kt_log_reads_total")
+    public let logReadFailures = Counter(label: "qs_bridge_kt_log_read_failures_total")
 
     public init() {}
 }

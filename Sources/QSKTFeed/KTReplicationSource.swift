@@ -3,6 +3,7 @@ import NIOCore
 import NIOPosix
 import QSFeed
 import QSModel
+import QSNet
 
 /// Live replication from a KT server through `KTReplicationClient`: each update frame
 /// becomes a feed change, each heartbeat a feed heartbeat. While the bridge waits on the
@@ -16,11 +17,18 @@ public struct KTReplicationSource: FeedSource {
     public var heartbeatInterval: Duration? { .seconds(1) }
     public var silenceTimeout: Duration? { client.timeout }
     public var sid: UInt16 { client.sid }
+    /// KT's HTTP RPC on the same port, where the update log's newest timestamp is read
+    /// (`WithheldUpdateWatch`); nil: the heartbeats' stamps alone tell withheld updates.
+    let logRPC: KTRPCClient?
+    private let logWarnings = RateLimitedLog(window: .seconds(300))
 
     public init(host: String, port: Int, sid: UInt16, translator: KTTranslator, timeout: Duration = .seconds(10),
-                maxMessageBytes: Int = 64 << 20, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
+                maxMessageBytes: Int = 64 << 20, readsLog: Bool = true,
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         client = KTReplicationClient(host: host, port: port, sid: sid, timeout: timeout, maxMessageBytes: maxMessageBytes, group: group)
         self.translator = translator
+        // A reading holds the replication stream while it waits: a short timeout.
+        logRPC = readsLog ? KTRPCClient(host: host, port: port, timeout: min(timeout, .seconds(5)), maxAnswerBytes: 16 << 20) : nil
     }
 
     /// Checks that KT accepts a replication connection (it runs with an update log) without
@@ -39,8 +47,36 @@ public struct KTReplicationSource: FeedSource {
     }
 
     public func run(after position: UInt64, deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {
+        try await stream(after: position, check: logRPC.map(KTLogCheck.init(rpc:)), deliver)
+    }
+
+    /// One reading of the update log's newest timestamp for `watch`, counted; a failure is
+    /// logged (at most every five minutes) and leaves the heartbeats to vouch on their own.
+    private func readLog(_ check: KTLogCheck, covering: UInt64, _ watch: inout WithheldUpdateWatch,
+                         _ schedule: inout KTLogCheckSchedule) async {
+        translator.metrics.logReads.increment()
+        do {
+            let newest = try await check.newestLogged()
+            watch.logRead(newest: newest, covering: covering)
+            if let unsent = watch.unsent {
+                translator.logger.debug("KT's update log holds an update past the last one it sent; the checkpoint waits for it",
+                                        metadata: ["logged": "\(unsent)", "last-sent": "\(watch.lastUpdate)"])
+            }
+            schedule.done(at: .now, ok: true)
+        } catch {
+            translator.metrics.logReadFailures.increment()
+            schedule.done(at: .now, ok: false)
+            logWarnings.warning(translator.logger,
+                                "cannot read the newest timestamp of KT's update log (ulog_list at \(check.rpc.name)): \(error); until it can, KT's heartbeat stamps alone tell an update it withheld (see --sid)",
+                                peer: check.rpc.name)
+        }
+    }
+
+    private func stream(after position: UInt64, check: KTLogCheck?,
+                        _ deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {
         let translator = self.translator
         var watch = WithheldUpdateWatch(after: position)
+        var schedule = KTLogCheckSchedule()
         do {
             // The frames of one read go to the consumer as one run of changes (a heartbeat
             // keeps its place after the changes before it); those read before an error
@@ -51,8 +87,17 @@ public struct KTReplicationSource: FeedSource {
                         switch frame {
                         case let .heartbeat(ts):
                             try await run.deliver(deliver)
-                            guard case let .vouches(vouched) = watch.heartbeat(ts) else {
-                                throw KTReplicationClient.Failure.sidClash(server: client.name, sid: client.sid, timestamp: ts)
+                            guard case let .vouches(proposed) = watch.heartbeat(ts) else {
+                                throw KTReplicationClient.Failure.sidClash(server: client.name, sid: client.sid, timestamp: watch.unsent ?? ts)
+                            }
+                            var vouched = proposed
+                            if let check {
+                                if let covering = watch.wantsLogRead, schedule.due(at: .now) {
+                                    await readLog(check, covering: covering, &watch, &schedule)
+                                }
+                                // Without a working reading the stamps decide, unless the log
+                                // already showed an update past the last one sent.
+                                if !schedule.failing || watch.unsent != nil { vouched = watch.limited(proposed) }
                             }
                             try await deliver(.heartbeat(sourceTimeNs: KTTranslator.heartbeatWallTimeNs(ts), position: vouched))
                         case let .update(ts, message):
@@ -82,28 +127,37 @@ public struct KTReplicationSource: FeedSource {
     }
 }
 
-/// Tells from KT's heartbeats that it read an update it did not send: one whose origin sid
-/// equals the client's (KT withholds those; its empty update frame says so only after 256
-/// in a row, and a few withheld writes would otherwise pass under a heartbeat's position,
-/// lost for good).
+/// Tells from KT's heartbeats, and from its update log's newest timestamp where it can read
+/// it, that KT read an update it did not send: one whose origin sid equals the client's (KT
+/// withholds those; its empty update frame says so only after 256 in a row, and a few
+/// withheld writes would otherwise pass under a heartbeat's position, lost for good).
 ///
 /// An idle heartbeat is stamped `max(clock_pure − 1 s, rts)`, where `clock_pure` is KT's
 /// wall clock in whole milliseconds (a multiple of 1,000,000) and `rts` the newest
 /// timestamp its reader has read, sent or withheld. A heartbeat stamped after the last
 /// update sent is therefore either the clock (a whole millisecond, moving on by 0.1 s or
 /// more from one heartbeat to the next) or an update withheld: a stamp with a counter
-/// part, or the same stamp twice in a row, is the latter. A withheld update in the first
-/// slot of a millisecond read more than 0.9 s after it was written could pass as the
-/// clock; the 256-in-a-row frame still catches a writer that keeps writing.
+/// part, or the same stamp twice in a row, is the latter.
 ///
-/// A heartbeat past the last update vouches for a second below the older of its own stamp
-/// and the one before it, never for its own stamp: a whole-millisecond stamp may be a
-/// withheld update that a later heartbeat tells apart (two withheld writes a heartbeat
+/// A heartbeat past the last update proposes to vouch for a second below the older of its
+/// own stamp and the one before it, never for its own stamp: a whole-millisecond stamp may
+/// be a withheld update that a later heartbeat tells apart (two withheld writes a heartbeat
 /// apart each look like the clock once), and every withheld update KT read before a
-/// heartbeat keeps the stamps at or above it for a second. A chain of withheld writes
-/// longer than that, each the first of its millisecond and one or more every heartbeat,
-/// can still pass under the checkpoint before it is told apart (KT's empty frame after 256
-/// stops it). One at or before the last update vouches for itself.
+/// heartbeat keeps the stamps at or above it for a second.
+///
+/// What the stamps cannot tell is a withheld write KT's reader reached more than a second
+/// after it was written: the stamps are then the clock. That happens only while the reader
+/// is behind: after a connect (a bridge catching up) or a stall (the bridge not reading, so
+/// KT's reader waited on a heartbeat's answer). While heartbeats come steadily (stamps less
+/// than `steadyGap` apart) the reader idles at the end of its log and reads each write
+/// within a heartbeat of it, and the stamps tell. So after the first heartbeat of a
+/// connection or of a gap, a proposal past the last update goes through only once KT's
+/// update log, read after that heartbeat (`ulog_list`: the newest timestamp flushed to it),
+/// holds nothing past the last update sent (`logRead`, `limited`). A logged timestamp past
+/// it holds the position at the last update (`unsent`) until an update reaches it, and a
+/// heartbeat stamped `unsentMargin` after it (KT's reader, idle at the end of its log, had
+/// read it long before) is a withheld update. Where the log cannot be read, the stamps
+/// alone decide.
 struct WithheldUpdateWatch {
     enum Verdict: Equatable {
         /// Every update at or before the position (if any) was sent.
@@ -112,8 +166,25 @@ struct WithheldUpdateWatch {
         case withheld
     }
 
+    /// KT flushes its log every 0.1 s, and a heartbeat's stamp is at least its clock less a
+    /// second: one stamped this long after a logged update was sent after KT's reader read it.
+    static let unsentMargin: UInt64 = 5_000 * 1_000_000
+    /// Idle heartbeats come every 0.1 s and a round trip; stamps further apart than this
+    /// mean KT's reader waited (the bridge stalled, or KT did).
+    static let steadyGap: UInt64 = 500 * 1_000_000
+
     private(set) var lastUpdate: UInt64
     private var lastHeartbeat: UInt64?
+    /// A timestamp KT's update log held past `lastUpdate` when it was read, while no update
+    /// sent has reached it.
+    private(set) var unsent: UInt64?
+    /// Since the first heartbeat of the connection or of a gap, no reading of the update log
+    /// has been made: proposals past `max(logged, lastUpdate)` wait for one.
+    private(set) var needsLogRead = true
+    /// How far past `lastUpdate` the update log's readings vouch.
+    private var logged: UInt64 = 0
+    /// What the last heartbeat proposed to vouch for.
+    private var proposed: UInt64?
 
     init(after position: UInt64) {
         lastUpdate = position
@@ -121,14 +192,45 @@ struct WithheldUpdateWatch {
 
     mutating func update(_ timestamp: UInt64) {
         lastUpdate = max(lastUpdate, timestamp)
+        if let unsent, lastUpdate >= unsent { self.unsent = nil }
     }
 
+    /// The heartbeats' own verdict (a proposal, for `limited` to bound by the log).
     mutating func heartbeat(_ timestamp: UInt64) -> Verdict {
         defer { lastHeartbeat = timestamp }
+        proposed = nil
+        if let unsent, unsent <= UInt64.max - Self.unsentMargin, timestamp >= unsent + Self.unsentMargin { return .withheld }
+        if let previous = lastHeartbeat, timestamp > previous, timestamp - previous > Self.steadyGap { needsLogRead = true }
         if timestamp <= lastUpdate { return .vouches(timestamp) }
         if timestamp % 1_000_000 != 0 || timestamp == lastHeartbeat { return .withheld }
         guard let previous = lastHeartbeat, previous < timestamp else { return .vouches(nil) }
         let margin: UInt64 = 1_000 * 1_000_000
-        return previous > margin ? .vouches(previous - margin) : .vouches(nil)
+        guard previous > margin else { return .vouches(nil) }
+        proposed = previous - margin
+        return .vouches(previous - margin)
+    }
+
+    /// What a reading of the update log would let the last heartbeat vouch for that it may
+    /// not yet (nil: nothing).
+    var wantsLogRead: UInt64? {
+        guard needsLogRead, let proposed, unsent == nil, proposed > max(logged, lastUpdate) else { return nil }
+        return proposed
+    }
+
+    /// The update log's newest timestamp, read after the heartbeat that proposed `covering`:
+    /// nothing logged past the last update lets the steady heartbeats vouch from there on.
+    mutating func logRead(newest: UInt64, covering: UInt64) {
+        if newest > lastUpdate {
+            if unsent == nil { unsent = newest }
+        } else {
+            logged = max(logged, covering)
+            needsLogRead = false
+        }
+    }
+
+    /// A heartbeat's vouch bounded by what the update log's readings vouch for.
+    func limited(_ vouched: UInt64?) -> UInt64? {
+        guard let vouched, vouched > lastUpdate, needsLogRead || unsent != nil else { return vouched }
+        return min(vouched, max(logged, lastUpdate))
     }
 }

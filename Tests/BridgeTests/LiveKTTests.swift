@@ -141,6 +141,75 @@ final class LiveKTTests: XCTestCase {
         await c.close()
     }
 
+    /// A bridge restarted with a --sid equal to the KT server's own catches up over a few
+    /// writes made while it was down: KT's reader reaches them more than a second after they
+    /// were written, so its heartbeats are stamped with its clock and tell nothing. KT's
+    /// update log does (`ulog_list`): the checkpoint stays below them, the bridge stops
+    /// naming --sid, and a bridge with a right --sid brings them.
+    func testASidEqualToTheServersStopsABridgeCatchingUpOverOldWithheldWrites() async throws {
+        let kt = try FakeKTProcess(logDir: tmp, sid: 7)
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let id = "kt:127.0.0.1:\(kt.port)"
+        let (first, admin) = try bridge(kt, root)
+        try await QSTesting.waitFor("the idle bridge's checkpoint moved by heartbeats", timeout: .seconds(20)) {
+            ((try? await c.checkpoint(sourceID: id)) ?? nil ?? 0) > 0
+        }
+        XCTAssertEqual(try first.stop(), 0, first.log)
+        _ = admin
+        let writtenAt = ContinuousClock.now
+        for i in 0..<3 { kt.set("while-down-\(i)", "v\(i)") }
+        // The fault's shape: the writes are more than a second old when the bridge comes back.
+        try await Task.sleep(until: writtenAt + .milliseconds(1500))
+        let wrong = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "7",
+                                                     "--initial-copy", "never", "--batch-interval", "100ms", "--log-format", "text",
+                                                     "--admin", "127.0.0.1:0"],
+                                      logDir: tmp, ready: true)
+        try await assertStopsThenARightSidBrings(wrong, kt, root, c, keys: (0..<3).map { "while-down-\($0)" })
+    }
+
+    /// A running bridge with KT's own sid stalls (stopped here; a back-pressured reader is
+    /// the same to KT, whose reader waits on a heartbeat's answer) while a few writes land:
+    /// KT's reader reaches them late and stamps its heartbeats with the clock. The gap
+    /// between the stamps asks KT's update log, and the bridge stops before its checkpoint
+    /// passes them.
+    func testASidEqualToTheServersStopsABridgeThatStalledOverWithheldWrites() async throws {
+        let kt = try FakeKTProcess(logDir: tmp, sid: 7)
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let id = "kt:127.0.0.1:\(kt.port)"
+        let wrong = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "7",
+                                                     "--initial-copy", "never", "--batch-interval", "100ms", "--log-format", "text"],
+                                      logDir: tmp, ready: true)
+        try await QSTesting.waitFor("the idle bridge's checkpoint moved by heartbeats", timeout: .seconds(20)) {
+            ((try? await c.checkpoint(sourceID: id)) ?? nil ?? 0) > 0
+        }
+        kill(wrong.pid, SIGSTOP)
+        let stoppedAt = ContinuousClock.now
+        for i in 0..<2 { kt.set("stalled-\(i)", "v\(i)") }
+        // The fault's length: the writes are more than a second old when the bridge reads on.
+        try await Task.sleep(until: stoppedAt + .milliseconds(2500))
+        kill(wrong.pid, SIGCONT)
+        try await assertStopsThenARightSidBrings(wrong, kt, root, c, keys: (0..<2).map { "stalled-\($0)" })
+    }
+
+    /// `wrong` (--sid 7, KT's own) stops naming --sid, and a bridge with a right sid brings
+    /// `keys` (each written with value `v<n>`): the checkpoint had not passed them.
+    private func assertStopsThenARightSidBrings(_ wrong: DaemonProcess, _ kt: FakeKTProcess, _ root: RootNode, _ c: QSClient,
+                                                keys: [String]) async throws {
+        try await QSTesting.waitFor("the bridge to stop", timeout: .seconds(30)) { !wrong.isRunning }
+        wrong.process.waitUntilExit()
+        XCTAssertNotEqual(wrong.process.terminationStatus, 0)
+        XCTAssertTrue(wrong.log.contains("--sid 7"), wrong.log)
+        let (right, _) = try bridge(kt, root)
+        for (i, key) in keys.enumerated() {
+            let arrived = await waitFor(c, key, "v\(i)")
+            XCTAssertTrue(arrived, "the checkpoint passed a withheld write: \(right.log)")
+        }
+        XCTAssertEqual(try right.stop(), 0)
+        await c.close()
+    }
+
     func testThreeLiveBridgesWithOneSourceIDUnderAWorkloadAreHarmless() async throws {
         let kt = try FakeKTProcess(logDir: tmp)
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)

@@ -51,6 +51,72 @@ final class WithheldUpdateWatchTests: XCTestCase {
         XCTAssertEqual(w.heartbeat(5000 * ms), .withheld)
     }
 
+    /// After a connect, a heartbeat's proposal past the last update goes through only as far
+    /// as a reading of KT's update log vouches (one made after it, finding nothing logged
+    /// past the update); then steady heartbeats vouch on their own, until a gap between two
+    /// stamps (KT's reader waited) asks for another reading.
+    func testTheUpdateLogVouchesAfterAConnectAndAfterAGap() {
+        var w = WithheldUpdateWatch(after: 1000 * ms)
+        XCTAssertEqual(w.heartbeat(3000 * ms), .vouches(nil))
+        XCTAssertEqual(w.heartbeat(3100 * ms), .vouches(2000 * ms))
+        XCTAssertEqual(w.wantsLogRead, 2000 * ms)
+        XCTAssertEqual(w.limited(2000 * ms), 1000 * ms, "unread, the proposal stops at the last update")
+        w.logRead(newest: 900 * ms, covering: 2000 * ms)
+        XCTAssertNil(w.wantsLogRead)
+        XCTAssertEqual(w.limited(2000 * ms), 2000 * ms)
+        // Steady heartbeats: the stamps tell.
+        XCTAssertEqual(w.heartbeat(3200 * ms), .vouches(2100 * ms))
+        XCTAssertNil(w.wantsLogRead)
+        XCTAssertEqual(w.limited(2100 * ms), 2100 * ms)
+        // A second without a heartbeat: a withheld write may have been read late.
+        XCTAssertEqual(w.heartbeat(4300 * ms), .vouches(2200 * ms))
+        XCTAssertEqual(w.wantsLogRead, 2200 * ms)
+        XCTAssertEqual(w.limited(2200 * ms), 2000 * ms, "held at what the last reading vouched for")
+        // A heartbeat at or before the last update vouches for itself, read or not.
+        XCTAssertEqual(w.limited(500 * ms), 500 * ms)
+    }
+
+    /// Writes withheld long before KT's reader reached them (a bridge catching up): the
+    /// stamps are the clock, and only the log tells. The position stays at the last update,
+    /// and a heartbeat stamped well after the logged write is a withheld update.
+    func testAnUnsentLoggedUpdateHoldsThePositionThenIsTakenForWithheld() {
+        var w = WithheldUpdateWatch(after: 1000 * ms)
+        XCTAssertEqual(w.heartbeat(4000 * ms), .vouches(nil))
+        XCTAssertEqual(w.heartbeat(4100 * ms), .vouches(3000 * ms))
+        w.logRead(newest: 2000 * ms, covering: 3000 * ms)
+        XCTAssertEqual(w.unsent, 2000 * ms)
+        XCTAssertEqual(w.limited(3000 * ms), 1000 * ms, "held at the last update sent")
+        XCTAssertNil(w.wantsLogRead, "nothing to read while an update is known unsent")
+        var stamp = 4100 * ms
+        while stamp + 100 * ms < 2000 * ms + WithheldUpdateWatch.unsentMargin {
+            stamp += 100 * ms
+            guard case let .vouches(v) = w.heartbeat(stamp) else { return XCTFail("withheld too early, at \(stamp)") }
+            XCTAssertEqual(w.limited(v), 1000 * ms)
+        }
+        XCTAssertEqual(w.heartbeat(stamp + 100 * ms), .withheld)
+    }
+
+    /// An update logged but not yet sent when the log was read (it was on its way) clears
+    /// the hold when it arrives.
+    func testALoggedUpdateThatArrivesClearsTheHold() {
+        var w = WithheldUpdateWatch(after: 1000 * ms)
+        _ = w.heartbeat(4000 * ms)
+        _ = w.heartbeat(4100 * ms)
+        w.logRead(newest: 4150 * ms + 2, covering: 3000 * ms)
+        XCTAssertEqual(w.limited(3000 * ms), 1000 * ms)
+        w.update(4150 * ms + 2)
+        XCTAssertNil(w.unsent)
+        XCTAssertEqual(w.heartbeat(10_000 * ms), .vouches(3100 * ms), "past the margin, nothing is unsent any more")
+    }
+
+    func testTheNewestTimestampOfAnUlogListAnswer() throws {
+        let answer = KTRPCAnswer(status: 200, columns: [Array("/kt/ulog/0000000001.ulog".utf8): Array("104857612:1700000000000000003".utf8),
+                                                         Array("/kt/ulog/0000000002.ulog".utf8): Array("17:1700000005000000000".utf8)])
+        XCTAssertEqual(try KTLogCheck.newest(of: answer), 1_700_000_005_000_000_000)
+        XCTAssertEqual(try KTLogCheck.newest(of: KTRPCAnswer(status: 200, columns: [:])), 0)
+        XCTAssertThrowsError(try KTLogCheck.newest(of: KTRPCAnswer(status: 200, columns: [Array("x".utf8): Array("12".utf8)])))
+    }
+
     /// The streams a real ktserver sent a client of another sid (sid 99 against the
     /// server's 7): no heartbeat is taken for a withheld update.
     func testRealKTStreamsShowNoWithheldUpdate() throws {
