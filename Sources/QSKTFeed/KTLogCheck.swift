@@ -1,16 +1,20 @@
 import KTFormats
+import NIOConcurrencyHelpers
+import NIOCore
 
 /// Reads the newest timestamp in KT's update log through its HTTP RPC (`ulog_list`: each
-/// file's header holds the newest timestamp flushed to it), one connection a reading:
-/// readings are rare (`WithheldUpdateWatch` asks after a connect or a stall, not while
-/// heartbeats come steadily), and ktserver closes an idle keep-alive connection after a
-/// few seconds anyway.
+/// file's header holds the newest timestamp flushed to it), one connection a reading, to
+/// the address the replication stream connected to (a name that resolves to several KT
+/// servers must not answer for another one). Readings are needed after a connect or a
+/// stall (`WithheldUpdateWatch`), not while heartbeats come steadily.
 struct KTLogCheck: Sendable {
     let rpc: KTRPCClient
+    let schedule: NIOLockedValueBox<KTLogCheckSchedule>
 
-    /// The newest timestamp of KT's update log (0 when it has none).
-    func newestLogged() async throws -> UInt64 {
-        try await rpc.withConnection { try await Self.newest($0) }
+    /// The newest timestamp of KT's update log; a listing with no file is refused (KT
+    /// replicating has one at least).
+    func newestLogged(at address: SocketAddress?) async throws -> UInt64 {
+        try await rpc.withConnection(to: address) { try await Self.newest($0) }
     }
 
     /// One `ulog_list` call: the largest of the files' `size:timestamp` columns.
@@ -21,6 +25,7 @@ struct KTLogCheck: Sendable {
     }
 
     static func newest(of answer: KTRPCAnswer) throws -> UInt64 {
+        guard !answer.columns.isEmpty else { throw KTRPCError.unexpected("ulog_list listed no update-log file") }
         var newest: UInt64 = 0
         for value in answer.columns.values {
             guard let colon = value.lastIndex(of: UInt8(ascii: ":")),
@@ -33,23 +38,27 @@ struct KTLogCheck: Sendable {
     }
 }
 
-/// When the replication reader asks KT's update log next: once a second while heartbeats
-/// propose to vouch past the last update, and after a failure only every `retryAfter`.
-struct KTLogCheckSchedule {
+/// When the update log is read next, across a source's connections: at most once a
+/// second, and after a failure, or a reading slower than `slow` (it holds the stream, and
+/// a held stream asks for another), only every `retryAfter`.
+struct KTLogCheckSchedule: Sendable {
     static let interval: Duration = .seconds(1)
     static let retryAfter: Duration = .seconds(30)
+    static let slow: Duration = .seconds(1)
 
     private var last: ContinuousClock.Instant?
-    /// The last read failed: heartbeats vouch on their own until one works.
+    private var wait: Duration = .zero
+    /// The last reading failed: heartbeats vouch on their own until one works.
     private(set) var failing = false
 
     func due(at now: ContinuousClock.Instant) -> Bool {
         guard let last else { return true }
-        return now - last >= (failing ? Self.retryAfter : Self.interval)
+        return now - last >= wait
     }
 
-    mutating func done(at now: ContinuousClock.Instant, ok: Bool) {
+    mutating func done(at now: ContinuousClock.Instant, took: Duration, ok: Bool) {
         last = now
         failing = !ok
+        wait = !ok || took > Self.slow ? Self.retryAfter : Self.interval
     }
 }

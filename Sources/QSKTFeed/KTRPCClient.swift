@@ -38,24 +38,29 @@ public struct KTRPCClient: Sendable {
     public let timeout: Duration
     /// The largest answer accepted (a record's value plus its columns).
     public let maxAnswerBytes: Int
+    public let connectTimeout: Duration
 
     public var name: String { "kt://\(host):\(port)" }
 
-    public init(host: String, port: Int, timeout: Duration = .seconds(10), maxAnswerBytes: Int = 256 << 20) {
+    public init(host: String, port: Int, timeout: Duration = .seconds(10), maxAnswerBytes: Int = 256 << 20,
+                connectTimeout: Duration = .seconds(5)) {
         self.host = host
         self.port = port
         self.timeout = timeout
         self.maxAnswerBytes = maxAnswerBytes
+        self.connectTimeout = connectTimeout
     }
 
-    /// The connection `body` calls through; closed when `body` returns or throws.
-    public func withConnection<T: Sendable>(_ body: (KTRPCConnection) async throws -> T) async throws -> T {
+    /// The connection `body` calls through (to `address` when given, the server `host`
+    /// resolved to for another connection); closed when `body` returns or throws.
+    public func withConnection<T: Sendable>(to address: SocketAddress? = nil,
+                                            _ body: (KTRPCConnection) async throws -> T) async throws -> T {
         let readTimeout = TimeAmount.nanoseconds(Int64(timeout.seconds * 1e9))
         let answers = KTRPCAnswers(), limit = maxAnswerBytes
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connectTimeout(.seconds(5))
+        let bootstrap = ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connectTimeout(.nanoseconds(Int64(connectTimeout.seconds * 1e9)))
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
-            .connect(host: host, port: port) { channel in
+        let initializer: @Sendable (any Channel) -> EventLoopFuture<NIOAsyncChannel<KTRPCAnswerReady, HTTPClientRequestPart>> = { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let ops = channel.pipeline.syncOperations
                     try IdleTimeout.install(readTimeout: readTimeout, in: ops, error: KTRPCError.timeout)
@@ -64,6 +69,12 @@ public struct KTRPCClient: Sendable {
                     return try NIOAsyncChannel<KTRPCAnswerReady, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
                 }
             }
+        let channel: NIOAsyncChannel<KTRPCAnswerReady, HTTPClientRequestPart>
+        if let address {
+            channel = try await bootstrap.connect(to: address, channelInitializer: initializer)
+        } else {
+            channel = try await bootstrap.connect(host: host, port: port, channelInitializer: initializer)
+        }
         let host = self.host, port = self.port
         return try await channel.executeThenClose { inbound, outbound in
             let connection = KTRPCConnection(host: host, port: port, answers: answers, inbound: inbound.makeAsyncIterator(), outbound: outbound)

@@ -1,4 +1,5 @@
 import KTFormats
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import QSBytes
@@ -49,6 +50,9 @@ public struct KTReplicationClient: Sendable {
         case refused(server: String)
         /// An empty update frame: KT skipped updates whose origin sid equals ours.
         case sidClash(server: String, sid: UInt16, timestamp: UInt64)
+        /// KT read an update it did not send, as its heartbeats or its update log tell
+        /// (`WithheldUpdateWatch`): `evidence` says which.
+        case withheld(server: String, sid: UInt16, timestamp: UInt64, evidence: String)
         /// A frame that cannot be decoded (bad magic, oversized message).
         case damaged(server: String, reason: String)
         /// The server closed the connection.
@@ -62,6 +66,8 @@ public struct KTReplicationClient: Sendable {
             case let .refused(s): return "\(s) refused replication: the KT server runs without an update log (start ktserver with -ulog DIR)"
             case let .sidClash(s, sid, ts):
                 return "\(s) skipped updates whose origin sid equals the --sid \(sid) presented to it (at timestamp \(ts)): those changes would be missing. Give a --sid that differs from the KT server's own -sid and from every writer's (if it already does, KT withheld an update-log entry it could not parse: check its log)"
+            case let .withheld(s, sid, ts, evidence):
+                return "\(s) read an update it did not send (timestamp \(ts)), as \(evidence) show: its origin sid equals the --sid \(sid) presented to it, and such changes would be missing. Give a --sid that differs from the KT server's own -sid and from every writer's (if it already does, KT could not read or parse that update-log entry: check its log)"
             case let .damaged(s, reason): return "\(s): \(reason)"
             case let .closed(s): return "\(s) closed the replication connection"
             case let .tooLarge(s, reason): return "\(s): \(reason); raise --max-message-bytes to read it"
@@ -85,7 +91,8 @@ public struct KTReplicationClient: Sendable {
     /// read (an answer only tells KT the connection is alive); a run never holds a
     /// frame after a sid clash. While `run` is busy nothing more is read once the
     /// channel's buffer is full.
-    public func streamRuns(after timestamp: UInt64, _ run: ([ReplicationFrame]) async throws -> Void) async throws {
+    public func streamRuns(after timestamp: UInt64, link: ReplicationLink? = nil,
+                           _ run: ([ReplicationFrame]) async throws -> Void) async throws {
         let maxMessageBytes = self.maxMessageBytes
         let readTimeout = TimeAmount.nanoseconds(Int64(timeout.seconds * 1e9))
         let channel = try await ClientBootstrap(group: group)
@@ -93,11 +100,12 @@ public struct KTReplicationClient: Sendable {
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .connect(host: host, port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    link?.connected(to: channel.remoteAddress)
                     let ops = channel.pipeline.syncOperations
                     try IdleTimeout.install(readTimeout: readTimeout, in: ops, error: ReadTimeout())
                     try ops.addHandler(ByteToMessageHandler(ReplicationFrameDecoder(maxMessageBytes: maxMessageBytes),
                                                              maximumBufferSize: maxMessageBytes + 13))
-                    try ops.addHandler(HeartbeatAnswers())
+                    try ops.addHandler(HeartbeatAnswers(link: link))
                     try ops.addHandler(FrameRuns())
                     return try NIOAsyncChannel<[ReplicationFrame], ByteBuffer>(
                         wrappingChannelSynchronously: channel,
@@ -146,16 +154,46 @@ public struct KTReplicationClient: Sendable {
     }
 }
 
+/// What a replication connection's pipeline tells its consumer beside the frames: the
+/// server's address it connected to, and how many times frames stopped coming for longer
+/// than `gap` (KT's reader, cycling idle, sends a heartbeat every 0.1 s and a round trip;
+/// a longer wait means it was held, by a consumer that stopped reading or by KT itself).
+/// Both are written on the event loop, before the frames they concern are passed on.
+public final class ReplicationLink: Sendable {
+    public static let gap: TimeAmount = .milliseconds(500)
+    private let state = NIOLockedValueBox<(address: SocketAddress?, gaps: Int)>((nil, 0))
+
+    public init() {}
+
+    public var address: SocketAddress? { state.withLockedValue { $0.address } }
+    public var gaps: Int { state.withLockedValue { $0.gaps } }
+
+    func connected(to address: SocketAddress?) { state.withLockedValue { $0.address = address } }
+    func sawGap() { state.withLockedValue { $0.gaps += 1 } }
+}
+
 /// Answers each heartbeat as it is read with one `0xB1`, the answers of one read of the
-/// socket in one write at the read's end.
+/// socket in one write at the read's end; notes in `link` a frame read more than
+/// `ReplicationLink.gap` after the one before it.
 final class HeartbeatAnswers: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ReplicationFrame
     typealias InboundOut = ReplicationFrame
     typealias OutboundOut = ByteBuffer
 
     private var owed = 0
+    private let link: ReplicationLink?
+    private var lastFrame: NIODeadline?
+
+    init(link: ReplicationLink?) {
+        self.link = link
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if let link {
+            let now = NIODeadline.now()
+            if let last = lastFrame, now - last > ReplicationLink.gap { link.sawGap() }
+            lastFrame = now
+        }
         if case .heartbeat = unwrapInboundIn(data) { owed += 1 }
         context.fireChannelRead(data)
     }

@@ -1,4 +1,5 @@
 import KTFormats
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import QSFeed
@@ -20,6 +21,8 @@ public struct KTReplicationSource: FeedSource {
     /// KT's HTTP RPC on the same port, where the update log's newest timestamp is read
     /// (`WithheldUpdateWatch`); nil: the heartbeats' stamps alone tell withheld updates.
     let logRPC: KTRPCClient?
+    /// When the update log is read next, across the connections of this source.
+    let logSchedule = NIOLockedValueBox(KTLogCheckSchedule())
     private let logWarnings = RateLimitedLog(window: .seconds(300))
 
     public init(host: String, port: Int, sid: UInt16, translator: KTTranslator, timeout: Duration = .seconds(10),
@@ -28,7 +31,8 @@ public struct KTReplicationSource: FeedSource {
         client = KTReplicationClient(host: host, port: port, sid: sid, timeout: timeout, maxMessageBytes: maxMessageBytes, group: group)
         self.translator = translator
         // A reading holds the replication stream while it waits: a short timeout.
-        logRPC = readsLog ? KTRPCClient(host: host, port: port, timeout: min(timeout, .seconds(5)), maxAnswerBytes: 16 << 20) : nil
+        logRPC = readsLog ? KTRPCClient(host: host, port: port, timeout: min(timeout, .seconds(3)), maxAnswerBytes: 16 << 20,
+                                        connectTimeout: min(timeout, .seconds(3))) : nil
     }
 
     /// Checks that KT accepts a replication connection (it runs with an update log) without
@@ -47,27 +51,31 @@ public struct KTReplicationSource: FeedSource {
     }
 
     public func run(after position: UInt64, deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {
-        try await stream(after: position, check: logRPC.map(KTLogCheck.init(rpc:)), deliver)
+        try await stream(after: position, check: logRPC.map { KTLogCheck(rpc: $0, schedule: logSchedule) }, deliver)
     }
 
     /// One reading of the update log's newest timestamp for `watch`, counted; a failure is
-    /// logged (at most every five minutes) and leaves the heartbeats to vouch on their own.
-    private func readLog(_ check: KTLogCheck, covering: UInt64, _ watch: inout WithheldUpdateWatch,
-                         _ schedule: inout KTLogCheckSchedule) async {
+    /// logged (at most every five minutes) and leaves the heartbeats to vouch on their own. A
+    /// reading cut off by the task's cancellation (the bridge stopping) is thrown: what it
+    /// would have vouched for is not known.
+    private func readLog(_ check: KTLogCheck, covering: UInt64, at address: SocketAddress?,
+                         _ watch: inout WithheldUpdateWatch) async throws {
         translator.metrics.logReads.increment()
+        let started = ContinuousClock.now
         do {
-            let newest = try await check.newestLogged()
+            let newest = try await check.newestLogged(at: address)
             watch.logRead(newest: newest, covering: covering)
             if let unsent = watch.unsent {
                 translator.logger.debug("KT's update log holds an update past the last one it sent; the checkpoint waits for it",
                                         metadata: ["logged": "\(unsent)", "last-sent": "\(watch.lastUpdate)"])
             }
-            schedule.done(at: .now, ok: true)
+            check.schedule.withLockedValue { $0.done(at: .now, took: .now - started, ok: true) }
         } catch {
+            if error is CancellationError || Task.isCancelled { throw CancellationError() }
             translator.metrics.logReadFailures.increment()
-            schedule.done(at: .now, ok: false)
+            check.schedule.withLockedValue { $0.done(at: .now, took: .now - started, ok: false) }
             logWarnings.warning(translator.logger,
-                                "cannot read the newest timestamp of KT's update log (ulog_list at \(check.rpc.name)): \(error); until it can, KT's heartbeat stamps alone tell an update it withheld (see --sid)",
+                                "cannot read the newest timestamp of KT's update log (ulog_list at \(check.rpc.name)): \(error); until it can (tried again every \(KTLogCheckSchedule.retryAfter)), KT's heartbeat stamps alone tell an update it withheld (see --sid)",
                                 peer: check.rpc.name)
         }
     }
@@ -76,28 +84,40 @@ public struct KTReplicationSource: FeedSource {
                         _ deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {
         let translator = self.translator
         var watch = WithheldUpdateWatch(after: position)
-        var schedule = KTLogCheckSchedule()
+        let link = ReplicationLink()
+        var gapsSeen = 0
         do {
             // The frames of one read go to the consumer as one run of changes (a heartbeat
             // keeps its place after the changes before it); those read before an error
             // are delivered before it is thrown.
-            try await client.streamRuns(after: position) { frames in
+            try await client.streamRuns(after: position, link: link) { frames in
                 try await ChangeRun.reading(maxChanges: frames.count, deliver) { run in
                     for frame in frames {
                         switch frame {
                         case let .heartbeat(ts):
                             try await run.deliver(deliver)
-                            guard case let .vouches(proposed) = watch.heartbeat(ts) else {
-                                throw KTReplicationClient.Failure.sidClash(server: client.name, sid: client.sid, timestamp: watch.unsent ?? ts)
+                            // Frames stopped coming for a while before this one: KT's reader
+                            // was held and may have read a withheld write late.
+                            let gaps = link.gaps
+                            if gaps != gapsSeen {
+                                gapsSeen = gaps
+                                watch.readerWasHeld()
+                            }
+                            let proposed: UInt64?
+                            switch watch.heartbeat(ts) {
+                            case let .vouches(v): proposed = v
+                            case let .withheld(evidence):
+                                throw KTReplicationClient.Failure.withheld(server: client.name, sid: client.sid,
+                                                                           timestamp: evidence.timestamp ?? ts, evidence: evidence.description)
                             }
                             var vouched = proposed
                             if let check {
-                                if let covering = watch.wantsLogRead, schedule.due(at: .now) {
-                                    await readLog(check, covering: covering, &watch, &schedule)
+                                if let covering = watch.wantsLogRead, check.schedule.withLockedValue({ $0.due(at: .now) }) {
+                                    try await readLog(check, covering: covering, at: link.address, &watch)
                                 }
                                 // Without a working reading the stamps decide, unless the log
                                 // already showed an update past the last one sent.
-                                if !schedule.failing || watch.unsent != nil { vouched = watch.limited(proposed) }
+                                if !check.schedule.withLockedValue({ $0.failing }) || watch.unsent != nil { vouched = watch.limited(proposed) }
                             }
                             try await deliver(.heartbeat(sourceTimeNs: KTTranslator.heartbeatWallTimeNs(ts), position: vouched))
                         case let .update(ts, message):
@@ -112,7 +132,7 @@ public struct KTReplicationSource: FeedSource {
             }
         } catch let failure as KTReplicationClient.Failure {
             switch failure {
-            case .refused, .tooLarge:
+            case .refused, .tooLarge, .withheld:
                 throw FeedError.stop("\(failure)")
             case .sidClash:
                 translator.metrics.skippedBySID.increment()
@@ -147,14 +167,15 @@ public struct KTReplicationSource: FeedSource {
 ///
 /// What the stamps cannot tell is a withheld write KT's reader reached more than a second
 /// after it was written: the stamps are then the clock. That happens only while the reader
-/// is behind: after a connect (a bridge catching up) or a stall (the bridge not reading, so
-/// KT's reader waited on a heartbeat's answer). While heartbeats come steadily (stamps less
-/// than `steadyGap` apart) the reader idles at the end of its log and reads each write
-/// within a heartbeat of it, and the stamps tell. So after the first heartbeat of a
-/// connection or of a gap, a proposal past the last update goes through only once KT's
-/// update log, read after that heartbeat (`ulog_list`: the newest timestamp flushed to it),
-/// holds nothing past the last update sent (`logRead`, `limited`). A logged timestamp past
-/// it holds the position at the last update (`unsent`) until an update reaches it, and a
+/// is behind: after a connect (a bridge catching up) or after it was held (a bridge that
+/// stopped reading leaves KT's reader waiting on a heartbeat's answer; KT itself stalled).
+/// While frames come steadily (`ReplicationLink.gap` at most between two, as the connection's
+/// pipeline sees them arrive) the reader cycles at the end of its log, reads each write
+/// within a heartbeat of it, and the stamps tell. So after a connect or a gap
+/// (`readerWasHeld`), a proposal past the last update goes through only once KT's update
+/// log, read after that heartbeat (`ulog_list`: the newest timestamp flushed to it), holds
+/// nothing past the last update sent (`logRead`, `limited`). A logged timestamp past it
+/// holds the position at the last update (`unsent`) until an update reaches it, and a
 /// heartbeat stamped `unsentMargin` after it (KT's reader, idle at the end of its log, had
 /// read it long before) is a withheld update. Where the log cannot be read, the stamps
 /// alone decide.
@@ -163,16 +184,32 @@ struct WithheldUpdateWatch {
         /// Every update at or before the position (if any) was sent.
         case vouches(UInt64?)
         /// KT read an update it did not send.
-        case withheld
+        case withheld(Evidence)
+    }
+
+    /// What told a withheld update.
+    enum Evidence: Equatable, CustomStringConvertible {
+        /// A heartbeat stamp with a counter part, or the same stamp twice.
+        case stamps
+        /// The update log held this timestamp, never sent, long before a heartbeat.
+        case log(UInt64)
+
+        var timestamp: UInt64? {
+            if case let .log(ts) = self { return ts }
+            return nil
+        }
+
+        var description: String {
+            switch self {
+            case .stamps: return "its heartbeat stamps"
+            case .log: return "its update log (ulog_list) and heartbeat stamps"
+            }
+        }
     }
 
     /// KT flushes its log every 0.1 s, and a heartbeat's stamp is at least its clock less a
     /// second: one stamped this long after a logged update was sent after KT's reader read it.
     static let unsentMargin: UInt64 = 5_000 * 1_000_000
-    /// Idle heartbeats come every 0.1 s and a round trip; stamps further apart than this
-    /// mean KT's reader waited (the bridge stalled, or KT did).
-    static let steadyGap: UInt64 = 500 * 1_000_000
-
     private(set) var lastUpdate: UInt64
     private var lastHeartbeat: UInt64?
     /// A timestamp KT's update log held past `lastUpdate` when it was read, while no update
@@ -199,15 +236,21 @@ struct WithheldUpdateWatch {
     mutating func heartbeat(_ timestamp: UInt64) -> Verdict {
         defer { lastHeartbeat = timestamp }
         proposed = nil
-        if let unsent, unsent <= UInt64.max - Self.unsentMargin, timestamp >= unsent + Self.unsentMargin { return .withheld }
-        if let previous = lastHeartbeat, timestamp > previous, timestamp - previous > Self.steadyGap { needsLogRead = true }
+        if let unsent, unsent <= UInt64.max - Self.unsentMargin, timestamp >= unsent + Self.unsentMargin {
+            return .withheld(.log(unsent))
+        }
         if timestamp <= lastUpdate { return .vouches(timestamp) }
-        if timestamp % 1_000_000 != 0 || timestamp == lastHeartbeat { return .withheld }
+        if timestamp % 1_000_000 != 0 || timestamp == lastHeartbeat { return .withheld(.stamps) }
         guard let previous = lastHeartbeat, previous < timestamp else { return .vouches(nil) }
         let margin: UInt64 = 1_000 * 1_000_000
         guard previous > margin else { return .vouches(nil) }
         proposed = previous - margin
         return .vouches(previous - margin)
+    }
+
+    /// Frames stopped coming for a while (`ReplicationLink.gap`): KT's reader was held.
+    mutating func readerWasHeld() {
+        needsLogRead = true
     }
 
     /// What a reading of the update log would let the last heartbeat vouch for that it may

@@ -56,7 +56,7 @@ public struct KTRecorder: Sendable {
                 return try session.finish(stoppedBy: stop.reason, complete: true)
             } catch let failure as KTReplicationClient.Failure {
                 switch failure {
-                case .refused, .sidClash, .tooLarge:
+                case .refused, .sidClash, .withheld, .tooLarge:
                     _ = try session.finish(stoppedBy: "error", complete: false)
                     throw RecordingError("\(failure)")
                 case .damaged, .closed:

@@ -186,14 +186,18 @@ final class LiveKTTests: XCTestCase {
         }
         kill(wrong.pid, SIGSTOP)
         let stoppedAt = ContinuousClock.now
-        for i in 0..<2 { kt.set("stalled-\(i)", "v\(i)") }
+        for i in 0..<2 {
+            kt.set("stalled-\(i)", "v\(i)")
+            // Not in one millisecond: a stamp with a counter part would tell without the log.
+            try await Task.sleep(for: .milliseconds(5))
+        }
         // The fault's length: the writes are more than a second old when the bridge reads on.
         try await Task.sleep(until: stoppedAt + .milliseconds(2500))
         kill(wrong.pid, SIGCONT)
         try await assertStopsThenARightSidBrings(wrong, kt, root, c, keys: (0..<2).map { "stalled-\($0)" })
     }
 
-    /// `wrong` (--sid 7, KT's own) stops naming --sid, and a bridge with a right sid brings
+    /// `wrong` (--sid 7, KT's own) stops naming --sid and the update log, and a bridge with a right sid brings
     /// `keys` (each written with value `v<n>`): the checkpoint had not passed them.
     private func assertStopsThenARightSidBrings(_ wrong: DaemonProcess, _ kt: FakeKTProcess, _ root: RootNode, _ c: QSClient,
                                                 keys: [String]) async throws {
@@ -201,6 +205,7 @@ final class LiveKTTests: XCTestCase {
         wrong.process.waitUntilExit()
         XCTAssertNotEqual(wrong.process.terminationStatus, 0)
         XCTAssertTrue(wrong.log.contains("--sid 7"), wrong.log)
+        XCTAssertTrue(wrong.log.contains("its update log (ulog_list)"), "told by the update log, not the stamps: \(wrong.log)")
         let (right, _) = try bridge(kt, root)
         for (i, key) in keys.enumerated() {
             let arrived = await waitFor(c, key, "v\(i)")

@@ -27,7 +27,7 @@ final class WithheldUpdateWatchTests: XCTestCase {
     func testAStampWithACounterPastTheLastUpdateIsAWithheldUpdate() {
         var w = WithheldUpdateWatch(after: 1000 * ms)
         w.update(2000 * ms)
-        XCTAssertEqual(w.heartbeat(2000 * ms + 3), .withheld)
+        XCTAssertEqual(w.heartbeat(2000 * ms + 3), .withheld(.stamps))
     }
 
     /// Two withheld writes a heartbeat apart, each the first of its millisecond: each looks
@@ -39,7 +39,7 @@ final class WithheldUpdateWatchTests: XCTestCase {
             guard case let .vouches(v) = w.heartbeat(stamp) else { return XCTFail("told apart too early") }
             vouched = max(vouched, v ?? 0)
         }
-        XCTAssertEqual(w.heartbeat(2250 * ms), .withheld)
+        XCTAssertEqual(w.heartbeat(2250 * ms), .withheld(.stamps))
         XCTAssertLessThan(vouched, 2100 * ms, "the first withheld write stays above the checkpoint")
     }
 
@@ -48,13 +48,13 @@ final class WithheldUpdateWatchTests: XCTestCase {
         // The first slot of a millisecond cannot be told from the clock at once: it vouches
         // for nothing, and the next heartbeat (the clock would have moved on) tells.
         XCTAssertEqual(w.heartbeat(5000 * ms), .vouches(nil))
-        XCTAssertEqual(w.heartbeat(5000 * ms), .withheld)
+        XCTAssertEqual(w.heartbeat(5000 * ms), .withheld(.stamps))
     }
 
     /// After a connect, a heartbeat's proposal past the last update goes through only as far
     /// as a reading of KT's update log vouches (one made after it, finding nothing logged
-    /// past the update); then steady heartbeats vouch on their own, until a gap between two
-    /// stamps (KT's reader waited) asks for another reading.
+    /// past the update); then steady heartbeats vouch on their own, until KT's reader was
+    /// held (frames stopped coming for a while) and another reading is needed.
     func testTheUpdateLogVouchesAfterAConnectAndAfterAGap() {
         var w = WithheldUpdateWatch(after: 1000 * ms)
         XCTAssertEqual(w.heartbeat(3000 * ms), .vouches(nil))
@@ -68,10 +68,18 @@ final class WithheldUpdateWatchTests: XCTestCase {
         XCTAssertEqual(w.heartbeat(3200 * ms), .vouches(2100 * ms))
         XCTAssertNil(w.wantsLogRead)
         XCTAssertEqual(w.limited(2100 * ms), 2100 * ms)
-        // A second without a heartbeat: a withheld write may have been read late.
-        XCTAssertEqual(w.heartbeat(4300 * ms), .vouches(2200 * ms))
-        XCTAssertEqual(w.wantsLogRead, 2200 * ms)
-        XCTAssertEqual(w.limited(2200 * ms), 2000 * ms, "held at what the last reading vouched for")
+        // An update's stamp a second above the clock's is no gap.
+        w.update(3250 * ms + 1)
+        XCTAssertEqual(w.heartbeat(3250 * ms + 1), .vouches(3250 * ms + 1))
+        XCTAssertEqual(w.heartbeat(3300 * ms), .vouches(2250 * ms + 1))
+        XCTAssertNil(w.wantsLogRead)
+        XCTAssertEqual(w.heartbeat(4300 * ms), .vouches(2300 * ms))
+        XCTAssertEqual(w.limited(4200 * ms), 4200 * ms)
+        // Frames stopped coming for a while: a withheld write may have been read late.
+        w.readerWasHeld()
+        XCTAssertEqual(w.heartbeat(4400 * ms), .vouches(3300 * ms))
+        XCTAssertEqual(w.wantsLogRead, 3300 * ms)
+        XCTAssertEqual(w.limited(3300 * ms), 3250 * ms + 1, "held at the last update, what the readings vouched for is below it")
         // A heartbeat at or before the last update vouches for itself, read or not.
         XCTAssertEqual(w.limited(500 * ms), 500 * ms)
     }
@@ -93,7 +101,7 @@ final class WithheldUpdateWatchTests: XCTestCase {
             guard case let .vouches(v) = w.heartbeat(stamp) else { return XCTFail("withheld too early, at \(stamp)") }
             XCTAssertEqual(w.limited(v), 1000 * ms)
         }
-        XCTAssertEqual(w.heartbeat(stamp + 100 * ms), .withheld)
+        XCTAssertEqual(w.heartbeat(stamp + 100 * ms), .withheld(.log(2000 * ms)))
     }
 
     /// An update logged but not yet sent when the log was read (it was on its way) clears
@@ -109,11 +117,28 @@ final class WithheldUpdateWatchTests: XCTestCase {
         XCTAssertEqual(w.heartbeat(10_000 * ms), .vouches(3100 * ms), "past the margin, nothing is unsent any more")
     }
 
+    /// A reading failed or slow waits `retryAfter`; one that worked, `interval`.
+    func testTheUpdateLogIsReadAgainAfterASecondOrAfterThirtyWhenItFailedOrWasSlow() {
+        var s = KTLogCheckSchedule()
+        let t0 = ContinuousClock.now
+        XCTAssertTrue(s.due(at: t0))
+        s.done(at: t0, took: .milliseconds(3), ok: true)
+        XCTAssertFalse(s.due(at: t0 + .milliseconds(900)))
+        XCTAssertTrue(s.due(at: t0 + .seconds(1)))
+        s.done(at: t0, took: .milliseconds(3), ok: false)
+        XCTAssertTrue(s.failing)
+        XCTAssertFalse(s.due(at: t0 + .seconds(29)))
+        XCTAssertTrue(s.due(at: t0 + .seconds(30)))
+        s.done(at: t0, took: .seconds(2), ok: true)
+        XCTAssertFalse(s.failing)
+        XCTAssertFalse(s.due(at: t0 + .seconds(29)), "a slow reading holds the stream: not again soon")
+    }
+
     func testTheNewestTimestampOfAnUlogListAnswer() throws {
         let answer = KTRPCAnswer(status: 200, columns: [Array("/kt/ulog/0000000001.ulog".utf8): Array("104857612:1700000000000000003".utf8),
                                                          Array("/kt/ulog/0000000002.ulog".utf8): Array("17:1700000005000000000".utf8)])
         XCTAssertEqual(try KTLogCheck.newest(of: answer), 1_700_000_005_000_000_000)
-        XCTAssertEqual(try KTLogCheck.newest(of: KTRPCAnswer(status: 200, columns: [:])), 0)
+        XCTAssertThrowsError(try KTLogCheck.newest(of: KTRPCAnswer(status: 200, columns: [:])), "no file listed is no reading")
         XCTAssertThrowsError(try KTLogCheck.newest(of: KTRPCAnswer(status: 200, columns: [Array("x".utf8): Array("12".utf8)])))
     }
 
@@ -132,7 +157,7 @@ final class WithheldUpdateWatchTests: XCTestCase {
                     updates += 1
                 case let .heartbeat(ts):
                     heartbeats += 1
-                    XCTAssertNotEqual(watch.heartbeat(ts), .withheld, "\(name): heartbeat \(heartbeats) at \(ts)")
+                    if case .withheld = watch.heartbeat(ts) { XCTFail("\(name): heartbeat \(heartbeats) at \(ts)") }
                 default:
                     break
                 }
