@@ -163,6 +163,9 @@ public final class KTInitialCopy: FeedPreparation {
                     throw FeedError.stop("the root's initial-copy cursor for source id \(sourceID) cannot be read (\(error)): it was written by another version; restart with --initial-copy always to copy again")
                 }
             } else if mode == .never {
+                if let checkpoint, checkpoint > 0, !SourcePosition.isKTTimestamp(checkpoint) {
+                    throw FeedError.stop("the root's checkpoint for source id \(sourceID) is \(checkpoint), an initial copy's batch count, not a KT position: replaying the update log from there would miss what the copy had not reached. Restart with --initial-copy auto to copy again")
+                }
                 return
             } else if let checkpoint, checkpoint > 0, !SourcePosition.isKTTimestamp(checkpoint) {
                 // A copy's batch count without its cursor: a root that mirrored a copy made

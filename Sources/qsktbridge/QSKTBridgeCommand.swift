@@ -110,7 +110,8 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
         case let .kt(host, port):
             let src = KTReplicationSource(host: host, port: port, sid: sid, translator: translator,
                                           timeout: sourceTimeout.duration, maxMessageBytes: maxMessage)
-            let copy = initialCopy == .never ? nil : KTInitialCopy(
+            // Made for `never` too: it refuses a root that holds an unfinished copy.
+            let copy = KTInitialCopy(
                 client: KTRPCClient(host: host, port: port, timeout: sourceTimeout.duration),
                 mapping: mapping, mode: initialCopy, pageSize: copyPage, rate: copyRate.rate,
                 maxBatchOps: bridge.batchMaxOps, maxBatchBytes: bridge.batchMaxBytes.bytes, logger: logger,
@@ -118,7 +119,7 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
             // A copy starts from no checkpoint itself: the warning about other KT sources
             // concerns replaying the log from 0, which only `never` does.
             try await serve(FeedConsumer(source: src, sourceID: id, root: writer, limits: limits, metrics: metrics, logger: logger,
-                                         onFirstStart: copy == nil ? firstStart : nil, preparation: copy), registry, logger)
+                                         onFirstStart: initialCopy == .never ? firstStart : nil, preparation: copy), registry, logger)
         case let .ulog(dir):
             let src = KTULogSource(directory: dir, translator: translator, once: bridge.once)
             try await serve(FeedConsumer(source: src, sourceID: id, root: writer, limits: limits, metrics: metrics, logger: logger, onFirstStart: firstStart), registry, logger)

@@ -88,6 +88,16 @@ final class InitialCopyTests: XCTestCase {
                 XCTAssertFalse(b.log.contains("initial copy starting"), "a restarted copy resumes, it does not start again:\n\(b.log)")
             }
         }
+        // `--initial-copy never` over the unfinished copy is refused (it replayed the log from
+        // the copy's batch count, the records not yet copied lost).
+        let before = (try? await client.checkpoint(sourceID: "kt")) ?? 0
+        let never = try Harness.run("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--db-map", "0=,1=aux/",
+                                                   "--source-id", "kt", "--sid", "99", "--initial-copy", "never"])
+        let refusal = String(decoding: never.stderr, as: UTF8.self)
+        XCTAssertNotEqual(never.status, 0, refusal)
+        XCTAssertTrue(refusal.contains("unfinished initial copy") && refusal.contains("--initial-copy auto"), refusal)
+        let after = (try? await client.checkpoint(sourceID: "kt")) ?? 0
+        XCTAssertEqual(after, before, "the refused bridge wrote nothing")
         // A duplicate bridge joins the third run; then the copy finishes and the feed follows.
         let third = try bridge(kt, root)
         let duplicate = try bridge(kt, root)
