@@ -70,7 +70,12 @@ public struct RootRefusal: Error, Sendable, CustomStringConvertible {
 /// (`not-writable`, or a cluster member that is not following the cluster's log), or it
 /// is stale (its head stands still while another address's has gone past it), the writer
 /// moves to the next address that answers (`qs_bridge_root_failovers_total`, a log line
-/// naming both addresses and the reason). A call whose answer was lost is sent again to
+/// naming both addresses and the reason), provided that address holds every source id this
+/// writer wrote at least where the root it leaves was known to (`check(continuity:)`): an
+/// empty root listed before it mirrors the other, or one of another history, is passed
+/// over, so no acknowledged write lands where the fleet's root never sees it. (A process
+/// started while its first address is down knows no position yet and takes the next
+/// that answers.) A call whose answer was lost is sent again to
 /// the next address: compare-and-swap on the source's position resolves it (a batch
 /// already committed answers `conflict(current: new)`), so nothing is applied twice.
 ///
@@ -106,6 +111,9 @@ public actor RootWriter {
     private var lastUsed: Int?
     /// Why the address in use was left, for the failover's log line.
     private var leaving: String?
+    /// The newest position of each source id a root this writer used was known to hold
+    /// (`confirm`): an address it moves to that holds less is not a copy of that root.
+    private var confirmed: [String: UInt64] = [:]
     /// The head of the address in use, and since when it has stood still.
     private var headSeen: (index: UInt64, since: ContinuousClock.Instant)?
     private let inUse: [Gauge]
@@ -221,6 +229,7 @@ public actor RootWriter {
         } else {
             let connect = self.connect, hello = Request.hello(token: token, client: greeting)
             let endpoints = self.endpoints, start = position, tokenOrigin = self.tokenOrigin
+            let confirmed = self.confirmed, lastUsed = self.lastUsed
             attempt = Task {
                 var passedOver = [String]()
                 var last: (any Error)?
@@ -231,6 +240,9 @@ public actor RootWriter {
                         do {
                             try Self.check(hello: try await c.send(hello, timeout: .seconds(10)), endpoint: endpoint,
                                            tokenOrigin: tokenOrigin, alternatives: endpoints.count > 1)
+                            if let lastUsed, lastUsed != i {
+                                try await Self.check(continuity: c, endpoint: endpoint, from: endpoints[lastUsed], confirmed: confirmed)
+                            }
                         } catch {
                             await c.close()
                             throw error
@@ -289,6 +301,21 @@ public actor RootWriter {
             throw ClientError.server(code: code, message: message)
         default:
             return
+        }
+    }
+
+    /// A root this writer moves to must hold every source id at least where the root it
+    /// leaves was known to: one behind (an empty root listed before it is a mirror, a root
+    /// of another history) would take writes the fleet's root never sees, and acknowledged
+    /// writes would live only there. Passed over (a `ClientError`) with the positions.
+    static func check(continuity c: any RootConnection, endpoint: Endpoint, from previous: Endpoint,
+                      confirmed: [String: UInt64]) async throws {
+        for (sourceID, position) in confirmed.sorted(by: { $0.key < $1.key }) {
+            let theirs = try await c.checkpoint(sourceID: sourceID)
+            guard let theirs, theirs >= position else {
+                throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
+                    "holds source id \(sourceID) at \(theirs.map(String.init) ?? "no checkpoint"), behind the \(position) this writer saw at \(previous): not a copy of it, so not moved to (a root listed in --root must mirror the one before it, qsqsbridge --mode compatible, before it can take over)")
+            }
         }
     }
 
@@ -474,6 +501,7 @@ public actor RootWriter {
         let what: String
         let answer: PendingAnswer
         let generation: Int
+        let request: Request
     }
 
     /// Sends a batch or an append without waiting for its answer, connecting first (with
@@ -488,7 +516,7 @@ public actor RootWriter {
                 let c = try await connection()
                 inFlight += 1
                 startWaiting()
-                return Sent(what: what, answer: c.start(request, timeout: Self.callTimeout), generation: generation)
+                return Sent(what: what, answer: c.start(request, timeout: Self.callTimeout), generation: generation, request: request)
             } catch {
                 try await failed(what, error)
             }
@@ -505,6 +533,7 @@ public actor RootWriter {
         defer { inFlight -= 1 }
         do {
             let r = try Self.writeAnswer(try await sent.answer.wait())
+            confirm(sent.request, r)
             answered()
             link.withLockedValue { $0.lastCallFailure = nil }
             return r
@@ -528,7 +557,30 @@ public actor RootWriter {
     }
 
     public func checkpoint(sourceID: String) async throws -> UInt64? {
-        try await perform("get-checkpoint") { try await $0.checkpoint(sourceID: sourceID) }
+        let position = try await perform("get-checkpoint") { try await $0.checkpoint(sourceID: sourceID) }
+        confirm(sourceID, position)
+        return position
+    }
+
+    /// Notes a position the root in use holds for a source id (a write applied, a conflict's
+    /// current position, a checkpoint read): a root this writer moves to must hold as much.
+    private func confirm(_ sourceID: String, _ position: UInt64?) {
+        guard let position, position > confirmed[sourceID] ?? 0 else { return }
+        confirmed[sourceID] = position
+    }
+
+    private func confirm(_ request: Request, _ response: Response) {
+        let sourceID: String, new: UInt64
+        switch request {
+        case let .batch(b): (sourceID, new) = (b.sourceID, b.new)
+        case let .writes(w): (sourceID, new) = (w.sourceID, w.new)
+        default: return
+        }
+        switch response {
+        case .applied, .written: confirm(sourceID, new)
+        case let .conflict(current): confirm(sourceID, current)
+        default: break
+        }
     }
 
     /// A compare-and-swap batch: `applied` or `conflict` (a batch without a copy cursor
@@ -550,7 +602,7 @@ public actor RootWriter {
                        sending: NIOLockedValueBox<SendState>? = nil) async throws -> Response {
         let request = Request.writes(.init(token: token, sourceID: sourceID, expected: expected, new: new, writes: writes))
         let endpoints = self.endpoints
-        return try await perform("writes") { client in
+        let r = try await perform("writes") { client in
             if let sending {
                 let go = sending.withLockedValue { state -> Bool in
                     guard state != .abandoned else { return false }
@@ -570,6 +622,8 @@ public actor RootWriter {
             default: throw ClientError.unexpected("\(r)")
             }
         }
+        confirm(request, r)
+        return r
     }
 
     /// An initial copy's batch: a compare-and-swap batch like `batch` that also stores
@@ -578,9 +632,11 @@ public actor RootWriter {
                           copyCursor: [UInt8]?) async throws -> Response {
         let request = Request.batch(.init(token: token, sourceID: sourceID, expected: expected, new: new,
                                           operations: operations, copyCursor: copyCursor))
-        return try await perform("batch") { client in
+        let r = try await perform("batch") { client in
             try Self.writeAnswer(try await client.send(request, timeout: Self.callTimeout))
         }
+        confirm(request, r)
+        return r
     }
 
     /// The cursor of the source's unfinished initial copy, nil when none is in progress.

@@ -531,6 +531,39 @@ final class QSRestProcessTests: XCTestCase {
         _ = try? mirror.stop()
     }
 
+    /// qsrest given `--root L,N` where N is an empty root, not yet a mirror of L: when L dies,
+    /// N holds none of qsrest's writes, so qsrest does not move there (it wrote the
+    /// producers' writes into N, 177 acknowledged writes only there, and stayed after L
+    /// came back). Its /readyz says why; once L is back the writes go on there, every one
+    /// answered 200 at L and none at N.
+    func testQsrestDoesNotMoveToARootThatHoldsNoneOfItsWrites() async throws {
+        let data = tmp.appendingPathComponent("L")
+        let socket = tmp.appendingPathComponent("L.sock").path
+        var legacy = try RootNode(data: data, logDir: tmp, extraArgs: ["--unix", socket])
+        let empty = try RootNode(data: tmp.appendingPathComponent("N"), logDir: tmp)
+        let (rest, port, admin) = try startRest(root: "unix:\(socket),\(empty.address)", acl: try writeACL())
+        let producers = Producers(count: 2, port: port)
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { producers.acked.count >= 30 }, rest.log)
+        try legacy.daemon.stop(signal: SIGKILL)
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(30)) {
+            let ready = httpGet(port: admin, path: "/readyz")
+            return ready?.status == 503 && ready?.body.contains("not a copy of it") == true
+        }, httpGet(port: admin, path: "/readyz")?.body ?? rest.log)
+        legacy = try RootNode(data: data, logDir: tmp, extraArgs: ["--unix", socket])
+        let before = producers.acked.count
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(30)) { producers.acked.count >= before + 30 }, rest.log)
+        producers.stop()
+        try await assertAccounted(producers, at: legacy.port)
+        let n = try await QSClient.connect(host: "127.0.0.1", port: empty.port)
+        let onN = try await n.checkpoint(sourceID: "qsrest:test")
+        XCTAssertNil(onN, "nothing of qsrest's at N")
+        let nHead = try await n.head().index
+        XCTAssertEqual(nHead, 0, "N took no write")
+        await n.close()
+        XCTAssertEqual(metricValue(port: admin, "qs_bridge_root_failovers_total"), 0, rest.log)
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
     /// Every key answered 200 is at the root on `port`; none answered with an error is.
     func assertAccounted(_ producers: Producers, at port: Int, file: StaticString = #filePath, line: UInt = #line) async throws {
         let client = try await QSClient.connect(host: "127.0.0.1", port: port)
