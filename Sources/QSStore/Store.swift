@@ -59,7 +59,7 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
         case let .brokenChain(i):
             return "hash chain broken at log index \(i)"
         case .compatibleOnly:
-            return "this root is a compatible mirror (it has accepted compatible appends or was demoted: it mirrors another root's log entry for entry) and takes no other writes: write to the root it mirrors, or promote it with qsctl promote"
+            return "this root is a compatible mirror (it has accepted compatible appends or was demoted: it mirrors another root's log entry for entry) and takes no other writes: write to the root it mirrors (after a cut-over, the root it was cut over to); to give this one the writes, run qsctl cutover --from THAT_ROOT --to THIS_ROOT"
         case .promoted:
             return "this root was promoted (qsctl promote): it takes writes and mirrors no other root; stop the qsqsbridge feeding it, or demote it (qsctl demote) to mirror again"
         case .readOnlyTransaction:

@@ -22,12 +22,14 @@ struct Promote: AsyncParsableCommand {
             from this machine only. The node logs the change. Prefer 'qsctl cutover', \\
             which first demotes the old root and makes sure the mirror holds its head. A \\
             mirror a live qsqsbridge still feeds is refused (exit 2) without --force: its \\
-            source root most likely still takes writes, and two roots would fork the history.
+            source root most likely still takes writes, and two roots would fork the history. \\
+            So is a mirror nothing feeds (a root demoted by a cut-over: the root it handed its \\
+            writes to takes them), unless --force.
             """)
 
     @ParentCommand var parent: Qsctl
 
-    @Flag(help: "Promote even while a qsqsbridge still feeds the mirror (its source root is gone for good). (env: QS_CTL_PROMOTE_FORCE)")
+    @Flag(help: "Promote even while a qsqsbridge still feeds the mirror, or a demoted root nothing feeds (the root that took the writes is gone for good, or you are undoing a demote). (env: QS_CTL_PROMOTE_FORCE)")
     var force: Bool = QSEnv.flag("QS_CTL_PROMOTE_FORCE", flag: "--force")
 
     func run() async throws {
@@ -42,7 +44,16 @@ struct Promote: AsyncParsableCommand {
         let options = parent.options
         let status = try await options.withClient { try await $0.status() }
         let s = (try? JSONSerialization.jsonObject(with: Data(status.utf8))) as? [String: Any]
-        guard let mirror = s?["mirror"] as? [String: Any], mirror["following"] as? Bool == true else { return }
+        let node = options.node
+        guard let mirror = s?["mirror"] as? [String: Any], mirror["following"] as? Bool == true else {
+            // A mirror nothing feeds: a demoted root (a cut-over handed its writes to another
+            // root), or a mirror whose bridge stopped. Which root took the writes is unknown.
+            if s?["write_role"] as? String == "mirror" {
+                fail("\(node) is a compatible mirror (demoted, or fed by a qsqsbridge that has stopped) and no qsqsbridge feeds it now: the root it handed its writes to, or mirrored, most likely still takes them, and promoting \(node) would make two roots whose histories fork. To give \(node) the writes, run 'qsctl cutover --from THAT_ROOT --to \(node)' (it demotes that root first and waits for \(node) to hold its head). If no other root took the writes (you are undoing a demote) or that root is gone for good, run again with --force. Nothing changed")
+                throw Exit.usage
+            }
+            return
+        }
         let clients = (mirror["followed_by"] as? [[String: Any]] ?? []).compactMap { $0["client"] as? String }
         let sources = clients.compactMap { client in
             client.split(separator: " ").first { $0.hasPrefix("source=qs://") }.flatMap { Address(argument: String($0.dropFirst(12))) }
@@ -62,7 +73,6 @@ struct Promote: AsyncParsableCommand {
                 silent.append("\(source) (\(o.describe(error)))")
             }
         }
-        let node = options.node
         if !writable.isEmpty {
             fail("\(node) is a compatible mirror that a qsqsbridge still feeds from \(writable.joined(separator: ", ")), which still takes writes: promoting \(node) would make two roots whose histories fork. Run 'qsctl cutover --from \(writable[0]) --to \(node)' (it demotes the source first and waits for the mirror to hold its head). Nothing changed")
             throw Exit.usage

@@ -152,6 +152,13 @@ final class CutoverTests: XCTestCase {
         let role = await writeRole(nc)
         XCTAssertEqual(role, "promoted")
         _ = try? mirror.stop()
+        // The demoted legacy root, nothing feeding it: promoting it back would fork the history
+        // N now continues. Refused, nothing changed.
+        let back = try qsctl(["--node", legacy.address, "promote"])
+        XCTAssertEqual(back.status, 2, back.err)
+        XCTAssertTrue(back.err.contains("two roots whose histories fork") && back.err.contains("qsctl cutover --from THAT_ROOT --to \(legacy.address)"), back.err)
+        let legacyRole = await writeRole(lc)
+        XCTAssertEqual(legacyRole, "mirror")
         for c in [lc, nc] { await c.close() }
     }
 

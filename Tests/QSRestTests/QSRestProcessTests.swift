@@ -494,7 +494,8 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertTrue(ready?.body.contains("takes no writes") ?? false, ready?.body ?? "no answer")
         let ackedWhileDemoted = producers.acked.count
         XCTAssertTrue(Harness.waitUntil(timeout: .seconds(5)) { producers.refused.count >= 40 })
-        let promote = try Harness.run("qsctl", ["--node", root.address, "promote"])
+        // Undoing a demote: no other root took the writes (qsctl needs --force to be told).
+        let promote = try Harness.run("qsctl", ["--node", root.address, "promote", "--force"])
         XCTAssertEqual(promote.status, 0, String(decoding: promote.stderr, as: UTF8.self))
         XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { producers.acked.count >= ackedWhileDemoted + 50 }, rest.log)
         producers.stop()
