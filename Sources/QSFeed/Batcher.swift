@@ -486,6 +486,7 @@ actor Batcher {
                     // itself): sent again from the root's checkpoint with the rest.
                     logger.debug("a batch sent after one that was not applied as sent; sending again from the root's checkpoint", metadata: metadata)
                 } else {
+                    if limits.mode == .compatible { try await checkSameHistory(through: min(b.new, current)) }
                     logger.info("conflict: another writer applied this source further; skipping what it applied", metadata: metadata)
                 }
                 resync = true
@@ -501,6 +502,26 @@ actor Batcher {
         metrics.checkpoint.record(Double(confirmed))
         notePending()
         updateLag()
+    }
+
+    /// A compatible append met a target ahead of it: another mirror of the same source
+    /// appended those entries, or the target took other writes (a root of another history,
+    /// which would take every append as a conflict and be skipped forever). The target's
+    /// entry at `index` must be the source's: the hashes chain, so one equal hash vouches
+    /// for every entry before it.
+    private func checkSameHistory(through index: UInt64) async throws {
+        guard let ours = pending.first(where: { $0.position == index })?.entry?.hash else { return }
+        let theirs: [UInt8]?
+        do {
+            theirs = try await root.entryHash(at: index)
+        } catch let error as FeedError {
+            throw error
+        } catch {
+            return  // unknown now; the next conflict asks again
+        }
+        guard let theirs, theirs != ours else { return }
+        resync = true
+        throw FeedError.stop("the target root has another history than the source: its entry \(index) is not the source's (it took other writes, or mirrored another root); appending would skip the source's entries forever. Mirror into an empty root or one that mirrored this source (qsctl rebootstrap, or a new data directory)")
     }
 
     /// The root refused batch `b` as too large (`frame-too-large`): what is buffered is sent

@@ -54,6 +54,10 @@ public struct QSLogSource: FeedSource {
             if position > 0 {
                 guard let e = try await client.entries(from: position, count: 1).first, e.index == position else {
                     let first = try await client.entries(from: 1, count: 1).first?.index ?? 0
+                    let head = try await client.head().index
+                    if position > head {
+                        throw FeedError.stop("the target's position \(position) is past \(name)'s head \(head): the target holds entries the source never had (it took other writes, or mirrored another root), another history. Mirror into an empty root or one that mirrored this source")
+                    }
                     throw FeedError.stop("\(name) no longer retains entry \(position) (it keeps entries from \(first)): the target cannot resume from it; bootstrap the target from a snapshot of the source or raise the source's --log-retention")
                 }
                 hash = e.hash

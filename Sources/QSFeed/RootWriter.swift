@@ -639,6 +639,18 @@ public actor RootWriter {
         return r
     }
 
+    /// The hash of the root's log entry at `index` (nil: it holds none there).
+    public func entryHash(at index: UInt64) async throws -> [UInt8]? {
+        try await perform("read-log") { client in
+            let r = try await client.send(.readLog(from: index, count: 1), timeout: Self.callTimeout)
+            switch r {
+            case let .entries(list): return list.first { $0.index == index }?.hash
+            case let .error(code, message): throw ClientError.server(code: code, message: message)
+            default: throw ClientError.unexpected("\(r)")
+            }
+        }
+    }
+
     /// The cursor of the source's unfinished initial copy, nil when none is in progress.
     public func copyCursor(sourceID: String) async throws -> [UInt8]? {
         try await perform("get-copy-cursor") { client in

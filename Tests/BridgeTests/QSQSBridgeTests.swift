@@ -64,6 +64,44 @@ final class QSQSBridgeTests: XCTestCase {
         await tc.close()
     }
 
+    /// A compatible mirror into a root that takes writes of its own (a qsrest writing into
+    /// it): every append meets a target ahead of it. That is not another mirror's work (its
+    /// entries are not the source's), so the bridge stops saying so, rather than skip the
+    /// source's entries forever while /readyz says "catching up". A target ahead of the
+    /// source's head is told the same, not "no longer retains".
+    func testCompatibleModeIntoARootOfAnotherHistoryStops() async throws {
+        let (src, sc) = try await sourceRoot(entries: 400)
+        let target = try RootNode(data: tmp.appendingPathComponent("target"), logDir: tmp)
+        let tc = try await QSClient.connect(host: "127.0.0.1", port: target.port)
+        _ = try await tc.write([.set(key: Array("own".utf8), value: [1], expiry: nil)], sourceID: "other")
+        let stop = StopFlag()
+        let writer = Task {
+            var i = 0
+            while !stop.isSet {
+                i += 1
+                _ = try? await tc.write([.set(key: Array("own\(i % 10)".utf8), value: Array("\(i)".utf8), expiry: nil)], sourceID: "other")
+            }
+        }
+        let args = ["--source", "qs://\(src.address)", "--root", target.address, "--mode", "compatible", "--batch-max-ops", "7",
+                    "--log-format", "text"]
+        let b = try DaemonProcess("qsqsbridge", args, logDir: tmp)
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(30)) { !b.isRunning }, b.log)
+        b.process.waitUntilExit()
+        XCTAssertNotEqual(b.process.terminationStatus, 0, b.log)
+        XCTAssertTrue(b.log.contains("another history"), b.log)
+        XCTAssertFalse(b.log.contains("skipping what it applied"), "the target's own entries taken for another mirror's: \(b.log)")
+        stop.set()
+        await writer.value
+        // Past the source's head.
+        for i in 0..<400 { _ = try await tc.write([.set(key: Array("more\(i)".utf8), value: [1], expiry: nil)], sourceID: "other") }
+        let ahead = try Harness.run("qsqsbridge", args)
+        let said = String(decoding: ahead.stderr, as: UTF8.self)
+        XCTAssertNotEqual(ahead.status, 0, said)
+        XCTAssertTrue(said.contains("past") && said.contains("another history"), said)
+        await sc.close()
+        await tc.close()
+    }
+
     func testBatchedModeAppliesWithCompareAndSwapOnTheSourceIndex() async throws {
         let (src, sc) = try await sourceRoot(entries: 120)
         let target = try RootNode(data: tmp.appendingPathComponent("target"), logDir: tmp)
