@@ -126,20 +126,27 @@ struct Verify: AsyncParsableCommand {
                 keys += da.count
                 if da.count != db.count || da.hash != db.hash || db.more {
                     differingRanges += 1
-                    let ra = try await a.rangeRecords(after: cursor, through: upper, limit: rangeSize, asOf: instant)
+                    // Both sides read to `upper` (a range that grew since its digest is not cut
+                    // short on one side), and each key found different is read again on both
+                    // before it is listed: under writes the two range reads are moments apart,
+                    // and a key equal on both nodes is no difference.
+                    let ra = try await a.rangeRecords(after: cursor, through: upper, limit: rangeSize &* 4, asOf: instant)
                     let rb = try await b.rangeRecords(after: cursor, through: upper, limit: rangeSize &* 4, asOf: instant)
                     var mapB = [[UInt8]: Record]()
                     for r in rb { mapB[r.key] = r.record }
+                    var candidates = [[UInt8]]()
                     for r in ra {
                         let other = mapB.removeValue(forKey: r.key)
-                        if other != r.record {
-                            differences += 1
-                            difference(r.key, r.record, other)
-                        }
+                        if other != r.record { candidates.append(r.key) }
                     }
-                    for (k, v) in mapB.sorted(by: { $0.key.lexicographicallyPrecedes($1.key) }) {
-                        differences += 1
-                        difference(k, nil, v)
+                    candidates += mapB.keys
+                    for k in candidates.sorted(by: { $0.lexicographicallyPrecedes($1) }) {
+                        let x = try await a.get(k).flatMap { $0.isExpired(at: instant) ? nil : $0 }
+                        let y = try await b.get(k).flatMap { $0.isExpired(at: instant) ? nil : $0 }
+                        if x != y {
+                            differences += 1
+                            difference(k, x, y)
+                        }
                     }
                 }
                 if isatty(2) == 1 { FileHandle.standardError.write(Data("\rverified \(keys) keys in \(ranges) ranges".utf8)) }

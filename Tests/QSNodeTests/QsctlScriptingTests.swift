@@ -32,6 +32,25 @@ final class QsctlScriptingTests: XCTestCase {
         XCTAssertFalse(err.contains("Fatal error"))
     }
 
+    /// `verify --against` lists each key whose record differs, and only those: a value
+    /// changed, a key on one side only, either side; keys equal on both are not listed.
+    func testVerifyAgainstListsEachDifferingKeyAndNoOther() throws {
+        let a = try RootNode(data: tmp.appendingPathComponent("a"), logDir: tmp)
+        let b = try RootNode(data: tmp.appendingPathComponent("b"), logDir: tmp)
+        for i in 0..<60 {
+            XCTAssertEqual(try qsctl(a.address, ["put", "k\(i)", "v\(i)"]).status, 0)
+            XCTAssertEqual(try qsctl(b.address, ["put", "k\(i)", i == 42 ? "changed" : "v\(i)"]).status, 0)
+        }
+        XCTAssertEqual(try qsctl(a.address, ["put", "only-a", "x"]).status, 0)
+        XCTAssertEqual(try qsctl(b.address, ["put", "only-b", "y"]).status, 0)
+        let r = try qsctl(a.address, ["verify", "--against", b.address, "--range-size", "8"])
+        XCTAssertEqual(r.status, 1, r.err)
+        let listed = r.out.split(separator: "\n").map { String($0.split(separator: "\t").first ?? "") }.sorted()
+        XCTAssertEqual(listed, ["k42", "only-a", "only-b"], r.out)
+        // The three keys, and the heads (told on stderr: the logs part).
+        XCTAssertTrue(r.err.contains("heads diverged") && r.err.contains(" 4 differences"), r.err)
+    }
+
     func testOutputJSONEverywhere() throws {
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
         let node = root.address
