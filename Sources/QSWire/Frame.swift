@@ -31,13 +31,25 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
         self.maxFrameBytes = maxFrameBytes
     }
 
+    /// Why a frame length is refused; a length whose four bytes are printable text (`HTTP`,
+    /// `GET `, `POST`) is the peer speaking another protocol, and the reason says so.
+    public static func tooLarge(_ n: Int, limit: Int) -> String {
+        let bytes = (0..<4).map { UInt8(truncatingIfNeeded: n >> (24 - 8 * $0)) }
+        if bytes.allSatisfy({ (0x20...0x7E).contains($0) }) {
+            let text = String(decoding: bytes, as: UTF8.self)
+            let what = text.hasPrefix("HTTP") || ["GET ", "POST", "PUT ", "HEAD"].contains(text) ? "HTTP" : "text"
+            return "the peer speaks \(what) (its first bytes are '\(text)'), not the QS write protocol: is the address an admin, KT HTTP or memcached port instead of a node's write port (--listen)?"
+        }
+        return "frame of \(n) bytes exceeds the limit of \(limit) bytes"
+    }
+
     public mutating func decode(buffer: inout ByteBuffer) throws(DecodeError) -> Frame? {
         let limit = maxFrameBytes
         guard let (frame, length) = try ByteReader.prefix(of: buffer.readableBytesView, base: consumed, { r throws(DecodeError) in
             let start = r.offset
             let n = Int(try r.readU32("frame length"))
             if n > limit {
-                throw DecodeError(offset: start, reason: "frame of \(n) bytes exceeds the limit of \(limit) bytes", kind: .tooLarge)
+                throw DecodeError(offset: start, reason: FrameDecoder.tooLarge(n, limit: limit), kind: .tooLarge)
             }
             if n == 0 { throw DecodeError(offset: start, reason: "frame of length 0 has no type byte") }
             let type = try r.readU8("frame type")

@@ -81,7 +81,7 @@ public struct SnapshotStreamDecoder: NIOSingleStepByteToMessageDecoder, Sendable
             }
             if Int(length) > frames.maxFrameBytes {
                 throw DecodeError(offset: frames.consumed,
-                                  reason: "frame of \(length) bytes exceeds the limit of \(frames.maxFrameBytes) bytes", kind: .tooLarge)
+                                  reason: FrameDecoder.tooLarge(Int(length), limit: frames.maxFrameBytes), kind: .tooLarge)
             }
             buffer.moveReaderIndex(forwardBy: EncodedSnapshotChunk.headerBytes)
             chunkStart = frames.consumed

@@ -28,6 +28,21 @@ final class WireTests: XCTestCase {
         XCTAssertThrowsError(try decoder.decode(buffer: &empty))
     }
 
+    /// An HTTP port given for a write port: the "length" is the bytes `HTTP` (1213486160),
+    /// and the refusal says what the peer speaks instead of a frame size.
+    func testAPeerSpeakingHTTPIsNamedNotMeasured() throws {
+        for text in ["HTTP/1.1 400 Bad Request\r\n\r\n", "GET / HTTP/1.1\r\n\r\n"] {
+            var decoder = FrameDecoder()
+            var buffer = ByteBuffer(string: text)
+            XCTAssertThrowsError(try decoder.decode(buffer: &buffer)) { error in
+                let reason = (error as? DecodeError)?.reason ?? "\(error)"
+                XCTAssertTrue(reason.contains("speaks HTTP") && reason.contains("write port"), reason)
+                XCTAssertFalse(reason.contains("bytes exceeds"), reason)
+            }
+        }
+        XCTAssertEqual(FrameDecoder.tooLarge(70_000_000, limit: 1024), "frame of 70000000 bytes exceeds the limit of 1024 bytes")
+    }
+
     func testRequestsRoundTrip() throws {
         let requests: [Request] = [
             .batch(.init(token: [1, 2], sourceID: "kt:host:1978", expected: 5, new: 9,
