@@ -186,6 +186,7 @@ public final class ReplicaService: Service, Sendable {
                     } catch StoreError.snapshotDiverged(let mine, let theirs) {
                         let error = StoreError.snapshotDiverged(mine: mine, theirs: theirs)
                         memory.withLockedValue { _ = $0.refused.insert(up.description) }
+                        core.updateUpstream { $0.leftBecause = "\(up)'s snapshot is another history (qsctl rebootstrap --from \(up) replaces this store with it)" }
                         metrics.diverged.increment()
                         logger.error("upstream's snapshot is another history: refused, not fetched again; moving on (qsctl rebootstrap --from \(up) replaces this store with it)",
                                      metadata: ["upstream": "\(up)", "detail": "\(error)"])
@@ -199,6 +200,7 @@ public final class ReplicaService: Service, Sendable {
                     }
                 }
             } catch FollowEnd.refused(.diverged, let message) {
+                core.updateUpstream { $0.leftBecause = "\(up) has another history (qsctl rebootstrap --from \(up) replaces this store with it)" }
                 metrics.diverged.increment()
                 logger.error("upstream has another history: refused, moving on", metadata: ["upstream": "\(up)", "detail": "\(message)"])
             } catch FollowEnd.refused(.behind, let message) {
@@ -209,6 +211,7 @@ public final class ReplicaService: Service, Sendable {
                 var mine: [UInt8]?
                 if let theirs { mine = (try? await core.store.hash(at: theirs.index)) ?? nil }
                 if let theirs, let mine, mine != theirs.hash {
+                    core.updateUpstream { $0.leftBecause = "\(up) has another history (qsctl rebootstrap --from \(up) replaces this store with it)" }
                     metrics.diverged.increment()
                     logger.error("upstream has another history: its head differs from this replica's entry at the same index, so it is not merely behind; refused, moving on (qsctl rebootstrap --from \(up) replaces this store with it)",
                                  metadata: ["upstream": "\(up)", "index": "\(theirs.index)", "theirs": "\(hexString(theirs.hash))", "mine": "\(hexString(mine))"])

@@ -133,6 +133,10 @@ final class ReplicaHealthTests: XCTestCase {
         }
         XCTAssertTrue(replica.daemon.log.contains("upstream has another history: its head differs"), replica.daemon.log)
         XCTAssertFalse(replica.daemon.log.contains("upstream is behind this replica"), replica.daemon.log)
+        // /readyz says why it is not subscribed, not only "trying".
+        let ready = httpGet(port: replica.adminPort, path: "/readyz")
+        XCTAssertEqual(ready?.status, 503)
+        XCTAssertTrue(ready?.body.contains("has another history (qsctl rebootstrap --from") ?? false, ready?.body ?? "no answer")
     }
 
     func testPostUpstreamRewritesTheUpstreamFileAndCountsTheMove() async throws {
