@@ -72,13 +72,19 @@ struct Status: AsyncParsableCommand {
 
 struct Wait: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Wait until a root has applied a source up to a position (a cut-over barrier).",
+        abstract: "Wait until a root has applied a source up to a position (a cut-over barrier), or until a node holds another's head.",
         discussion: """
             Exits 0 once checkpoint(SOURCE_ID) ≥ the position, 5 when --timeout passes first, 1 at \
             once when the root has no checkpoint of that name (the known ids are listed). A KT \
             bridge moves its checkpoint on KT's heartbeats too (KT's clock minus 1 s), so \
             '--until now' completes about a second and a batch interval later even when KT is \
             quiet.
+
+            With --head-of OTHER instead: reads OTHER's head once, then exits 0 once the node's \
+            log holds that entry (same index, same chained hash: the node is a copy of OTHER up \
+            to there, as a mirror or a replica of it becomes), 5 when --timeout passes first, 1 \
+            when the node holds another entry at that index (another history: it never will). \
+            Under writes OTHER moves on meanwhile; the wait is for where it was.
             """)
 
     @ParentCommand var parent: Qsctl
@@ -87,18 +93,27 @@ struct Wait: AsyncParsableCommand {
     var sourceID: String = QSEnv.string("QS_CTL_WAIT_SOURCE_ID") ?? ""
     @Option(help: ArgumentHelp("The position to reach: now, an RFC 3339 time or a KT timestamp (KT sources), index:N (QS log sources); a bare small number is refused as ambiguous. (env: QS_CTL_WAIT_UNTIL)", valueName: "position"))
     var until: String = QSEnv.string("QS_CTL_WAIT_UNTIL") ?? ""
+    @Option(help: ArgumentHelp("Instead of --source-id and --until: wait until the node holds the head this node has now (index and chained hash). (env: QS_CTL_WAIT_HEAD_OF)", valueName: "host:port"))
+    var headOf: OrNone<Address> = QSEnv.value("QS_CTL_WAIT_HEAD_OF", .none, flag: "--head-of")
     @Option(help: ArgumentHelp("Give up after this long, e.g. 30s. (env: QS_CTL_WAIT_TIMEOUT)", valueName: "duration"))
     var timeout: Interval = QSEnv.value("QS_CTL_WAIT_TIMEOUT", Interval(.seconds(60)), flag: "--timeout")
     @Option(help: outputHelp("QS_CTL_WAIT_OUTPUT", "table prints the position reached; json {source_id, reached}."))
     var output: OutputFormat = QSEnv.value("QS_CTL_WAIT_OUTPUT", OutputFormat.table, flag: "--output")
 
     func validate() throws {
-        guard !sourceID.isEmpty else { throw ValidationError("--source-id is required") }
+        if headOf.value != nil {
+            guard sourceID.isEmpty && until.isEmpty else {
+                throw ValidationError("give either --head-of HOST:PORT or --source-id with --until, not both")
+            }
+            return
+        }
+        guard !sourceID.isEmpty else { throw ValidationError("--source-id is required (or --head-of HOST:PORT to wait for another node's head)") }
         guard !until.isEmpty else { throw ValidationError("--until is required: \(WaitTarget.forms)") }
         do { _ = try WaitTarget(parsing: until) } catch { throw ValidationError("\(error)") }
     }
 
     func run() async throws {
+        if let other = headOf.value { return try await waitForHead(of: other) }
         let target = try WaitTarget(parsing: until)
         let position = target.position()
         let deadline = ContinuousClock.now + timeout.duration
@@ -117,8 +132,7 @@ struct Wait: AsyncParsableCommand {
                     last = try await client.checkpoint(sourceID: sourceID) ?? last
                 }
                 guard SourcePosition.isKTTimestamp(last) else {
-                    fail("timed out after \(timeout): \(sourceID) is still in its initial copy (\(last) batches); see the bridge's qs_bridge_copy_* metrics for its progress and ETA")
-                    throw timedOutExit
+                    throw timedOut("\(sourceID) is still in its initial copy (\(last) batches); see the bridge's qs_bridge_copy_* metrics for its progress and ETA")
                 }
             }
             if SourcePosition.isKTTimestamp(last) != target.isTimestamp {
@@ -133,18 +147,63 @@ struct Wait: AsyncParsableCommand {
             }
             return last
         }
-        guard reached >= position else {
-            fail("timed out after \(timeout): \(sourceID) is at \(reached), not yet \(position) (--until \(target))")
-            throw timedOutExit
-        }
+        guard reached >= position else { throw timedOut("\(sourceID) is at \(reached), not yet \(position) (--until \(target))") }
+        report(json: "{\"source_id\":\(jsonString(sourceID)),\"reached\":\(reached),\"until\":\(jsonString(target.description)),\"position\":\(position)}",
+               table: "\(sourceID) reached \(reached) (--until \(target) = \(position))")
+    }
+
+    func timedOut(_ what: String) -> ExitCode {
+        fail("timed out after \(timeout): " + what)
+        return timedOutExit
+    }
+
+    func report(json: String, table: String) {
         var out = Output(output, listing: false)
-        out.item(json: "{\"source_id\":\(jsonString(sourceID)),\"reached\":\(reached),\"until\":\(jsonString(target.description)),\"position\":\(position)}",
-                 table: "\(sourceID) reached \(reached) (--until \(target) = \(position))")
+        out.item(json: json, table: table)
         out.finish()
     }
 }
 
 extension Wait {
+    /// `--head-of OTHER`: OTHER's head now, then the node's log until it holds that entry.
+    func waitForHead(of other: Address) async throws {
+        var o = options  // its --request-timeout too; reads need no write token
+        o.node = other
+        o.writeTokenFile = ""
+        let target = try await o.withClient { try await $0.head() }
+        let deadline = ContinuousClock.now + timeout.duration
+        let reached = try await options.withClient { client -> Head? in
+            while true {
+                let head = try await client.head()
+                if head.index >= target.index {
+                    let hash: [UInt8]?
+                    if head.index == target.index || target.index == 0 {
+                        hash = head.index == target.index ? head.hash : target.hash
+                    } else {
+                        let e = try await client.entries(from: target.index, count: 1).first
+                        hash = e?.index == target.index ? e?.hash : nil
+                    }
+                    guard let hash else {
+                        fail("\(options.node) is at \(head.index) and no longer retains entry \(target.index) to compare with \(other)'s head: compare with qsctl verify --against")
+                        throw Exit.notFound
+                    }
+                    guard hash == target.hash else {
+                        fail("\(options.node) holds another entry at index \(target.index) than \(other) (hash \(hexString(hash)), not \(hexString(target.hash))): another history, it will never hold \(other)'s head")
+                        throw Exit.notFound
+                    }
+                    return head
+                }
+                if ContinuousClock.now >= deadline { return nil }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+        guard let reached else {
+            throw timedOut("\(options.node) has not reached \(other)'s head (index \(target.index)); is something feeding it (its mirror bridge, its upstream)?")
+        }
+        report(json: "{\"head_of\":\(jsonString(other.description)),\"index\":\(target.index),\"hash\":\"\(hexString(target.hash))\",\"node_index\":\(reached.index)}",
+               table: "\(options.node) holds \(other)'s head: index \(target.index), hash \(hexString(target.hash)) (its own head is at \(reached.index))")
+    }
+
     /// Whether the source's initial copy is in progress (the node holds its copy cursor).
     func copying(_ client: QSClient) async throws -> Bool {
         guard case let .value(record) = try await client.send(.getCopyCursor(sourceID: sourceID), timeout: .seconds(30)) else { return false }

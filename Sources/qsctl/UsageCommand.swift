@@ -34,7 +34,7 @@ struct UsageCommand: AsyncParsableCommand {
     func run() async throws {
         let list: ACL
         do {
-            list = try ACL(parsing: try String(contentsOfFile: acl, encoding: .utf8), origin: acl)
+            list = try ACL.load(path: acl)
         } catch {
             fail("\(error)")
             throw Exit.usage

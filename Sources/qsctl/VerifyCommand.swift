@@ -4,6 +4,7 @@ import QSBytes
 import QSClient
 import QSDaemon
 import QSNet
+import QSRest
 import QSModel
 import QSWire
 
@@ -20,7 +21,8 @@ struct Verify: AsyncParsableCommand {
             Against KT: every KT record is looked up in QS and every QS key under a mapped prefix \
             in KT. Both stream, so keyspaces larger than memory work; expiry is judged at one \
             instant (--at), and against KT a record that expires while it is being compared \
-            (KT and the node each judge by their own clock) is not a difference. In table \
+            (KT and the node each judge by their own clock) is not a difference; once producers \
+            write through qsrest, --exclude-acl leaves their prefixes out. In table \
             output keys and values are escaped to printable text \
             (\\xNN for other bytes); in json/jsonl they are base64, and the heads and the \
             summary are objects of their own ("kind": "heads", "difference", "summary").
@@ -34,6 +36,8 @@ struct Verify: AsyncParsableCommand {
     var kt: OrNone<TCPAddress> = QSEnv.value("QS_CTL_VERIFY_KT", .none, flag: "--kt")
     @Option(help: ArgumentHelp("With --kt: KT database index → QS key prefix, as qsktbridge's. (env: QS_CTL_VERIFY_DB_MAP)", valueName: "map"))
     var dbMap: KTDBMap = QSEnv.value("QS_CTL_VERIFY_DB_MAP", KTDBMap.single, flag: "--db-map")
+    @Option(help: ArgumentHelp("With --kt: leave out the QS keys under the prefixes of this qsrest ACL's producers, on both sides: producers that write through qsrest no longer write to KT, so KT's copy of their keys is stale by design. (env: QS_CTL_VERIFY_EXCLUDE_ACL)", valueName: "file"))
+    var excludeAcl: String = QSEnv.string("QS_CTL_VERIFY_EXCLUDE_ACL") ?? ""
     @Option(help: ArgumentHelp("Judge expiry at this instant (epoch seconds); 0, the default, for now. (env: QS_CTL_VERIFY_AT)", valueName: "epoch"))
     var at: UInt64 = QSEnv.value("QS_CTL_VERIFY_AT", UInt64(0), flag: "--at")
     @Option(help: ArgumentHelp("Records per compared range. (env: QS_CTL_VERIFY_RANGE_SIZE)", valueName: "n"))
@@ -46,6 +50,9 @@ struct Verify: AsyncParsableCommand {
     func validate() throws {
         guard (against.value == nil) != (kt.value == nil) else { throw ValidationError("give exactly one of --against HOST:PORT or --kt HOST:PORT") }
         guard rangeSize > 0 else { throw ValidationError("--range-size must be positive") }
+        if !excludeAcl.isEmpty && kt.value == nil {
+            throw ValidationError("--exclude-acl applies to --kt only: two QS nodes are compared whole")
+        }
     }
 
     func run() async throws {
@@ -54,7 +61,16 @@ struct Verify: AsyncParsableCommand {
         if let against = against.value {
             differences = try await verifyNodes(against, instant)
         } else if let kt = kt.value {
-            differences = try await KTVerifier(node: options, kt: kt.endpoint, prefixes: dbMap.prefixes, instant: instant, output: output).run()
+            var verifier = KTVerifier(node: options, kt: kt.endpoint, prefixes: dbMap.prefixes, instant: instant, output: output)
+            if !excludeAcl.isEmpty {
+                do {
+                    verifier.excluded = try ACL.load(path: excludeAcl).producers.flatMap(\.prefixes)
+                } catch {
+                    fail("--exclude-acl: \(error)")
+                    throw Exit.usage
+                }
+            }
+            differences = try await verifier.run()
         } else {
             throw ValidationError("give exactly one of --against HOST:PORT or --kt HOST:PORT")
         }

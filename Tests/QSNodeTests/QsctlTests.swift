@@ -16,7 +16,11 @@ final class QsctlTests: XCTestCase {
     }
 
     func qsctl(_ node: RootNode, _ args: [String], env: [String: String] = [:]) throws -> (Int32, String, String) {
-        let r = try Harness.run("qsctl", ["--node", node.address] + args, env: env)
+        try qsctl(node.address, args, env: env)
+    }
+
+    func qsctl(_ address: String, _ args: [String], env: [String: String] = [:]) throws -> (Int32, String, String) {
+        let r = try Harness.run("qsctl", ["--node", address] + args, env: env)
         return (r.status, String(decoding: r.stdout, as: UTF8.self), String(decoding: r.stderr, as: UTF8.self))
     }
 
@@ -81,6 +85,74 @@ final class QsctlTests: XCTestCase {
         XCTAssertEqual(try qsctl(node, ["--base64", "put", "AAEC/w==", "CQoN"]).0, 0)
         r = try qsctl(node, ["--base64", "get", "AAEC/w==", "--output", "json"])
         XCTAssertEqual(r.1, "{\"key\":\"AAEC/w==\",\"value\":\"CQoN\",\"xt\":null}\n")
+    }
+
+    /// Once producers write through qsrest, KT's copy of their keys is stale by design and
+    /// `verify --kt` listed them for ever (the runbook's section 5 went red for good):
+    /// `--exclude-acl` leaves the ACL's producers' prefixes out on both sides, nothing else.
+    func testVerifyKTLeavesOutTheProducersOfAnACL() throws {
+        let kt = try FakeKTProcess(logDir: tmp)
+        let node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp)
+        kt.set("shared", "1")
+        kt.set("dns/old", "kt-only")          // stale in KT: the producer moved
+        XCTAssertEqual(try qsctl(node, ["put", "shared", "1"]).0, 0)
+        XCTAssertEqual(try qsctl(node, ["put", "dns/new", "qs-only"]).0, 0)  // written through qsrest
+        let acl = tmp.appendingPathComponent("acl.toml")
+        try Data("[producers.dns]\ntoken_sha256 = \"\(String(repeating: "ab", count: 32))\"\nprefixes = [\"dns/\"]\n".utf8).write(to: acl)
+
+        var r = try qsctl(node, ["verify", "--kt", kt.address, "--db-map", "0="])
+        XCTAssertEqual(r.0, 1, r.2)
+        XCTAssertTrue(r.1.contains("dns/old") && r.1.contains("dns/new"), r.1)
+        r = try qsctl(node, ["verify", "--kt", kt.address, "--db-map", "0=", "--exclude-acl", acl.path])
+        XCTAssertEqual(r.0, 0, r.1 + r.2)
+        XCTAssertTrue(r.2.contains("checked 1 KT records; 0 differences; 1 KT records under the producers' prefixes"), r.2)
+        // Anything else still counts.
+        kt.set("other", "kt-only")
+        r = try qsctl(node, ["verify", "--kt", kt.address, "--db-map", "0="], env: ["QS_CTL_VERIFY_EXCLUDE_ACL": acl.path])
+        XCTAssertEqual(r.0, 1, r.2)
+        XCTAssertTrue(r.1.contains("other") && !r.1.contains("dns/"), r.1)
+        // A file that is not there is a usage error naming it; with --against it is refused.
+        r = try qsctl(node, ["verify", "--kt", kt.address, "--exclude-acl", tmp.appendingPathComponent("nope").path])
+        XCTAssertEqual(r.0, 2, r.2)
+        XCTAssertTrue(r.2.contains("nope: no such file"), r.2)
+        XCTAssertEqual(try qsctl(node, ["verify", "--against", node.address, "--exclude-acl", acl.path]).0, 2)
+    }
+
+    /// `qsctl wait --head-of OTHER`: a bounded wait for "N holds L's head" (the runbook's
+    /// sections 1, 7 and 8 looped on `qsctl head` without a deadline). A copy gets there; a
+    /// node nothing feeds times out (5); a root of another history is told at once (1).
+    func testWaitForAnotherNodesHead() throws {
+        let a = try RootNode(data: tmp.appendingPathComponent("a"), logDir: tmp)
+        let other = try RootNode(data: tmp.appendingPathComponent("b"), logDir: tmp)
+        for i in 0..<3 {
+            XCTAssertEqual(try qsctl(a, ["put", "k\(i)", "a\(i)"]).0, 0)
+            XCTAssertEqual(try qsctl(other, ["put", "k\(i)", "b\(i)"]).0, 0)
+        }
+        let replica = try ReplicaNode(data: tmp.appendingPathComponent("r"), upstreams: [a.address], logDir: tmp)
+        var r = try qsctl(replica.address, ["wait", "--head-of", a.address, "--timeout", "30s"])
+        XCTAssertEqual(r.0, 0, r.2)
+        XCTAssertTrue(r.1.contains("holds \(a.address)'s head: index 3"), r.1)
+
+        // Same index, another hash: another history, said at once rather than at the timeout.
+        r = try qsctl(other, ["wait", "--head-of", a.address, "--timeout", "60s"])
+        XCTAssertEqual(r.0, 1, r.2)
+        XCTAssertTrue(r.2.contains("another history"), r.2)
+        // A node behind that nothing feeds: exit 5 at the timeout, saying so.
+        XCTAssertEqual(try qsctl(a, ["put", "k3", "a3"]).0, 0)
+        XCTAssertEqual(try qsctl(a, ["put", "k4", "a4"]).0, 0)
+        r = try qsctl(other, ["wait", "--head-of", a.address, "--timeout", "300ms"])
+        XCTAssertEqual(r.0, 5, r.2)
+        XCTAssertTrue(r.2.contains("has not reached \(a.address)'s head (index 5)"), r.2)
+        // Past the head with another entry there: another history too.
+        for i in 3..<8 { XCTAssertEqual(try qsctl(other, ["put", "k\(i)", "b\(i)"]).0, 0) }
+        r = try qsctl(other, ["wait", "--head-of", a.address, "--timeout", "60s", "--output", "json"])
+        XCTAssertEqual(r.0, 1, r.2)
+        // The replica follows: it holds the new head too (its own may be further).
+        r = try qsctl(replica.address, ["wait", "--head-of", a.address, "--timeout", "30s", "--output", "json"])
+        XCTAssertEqual(r.0, 0, r.2)
+        XCTAssertTrue(r.1.hasPrefix("{\"head_of\":\"\(a.address)\",\"index\":5,"), r.1)
+        // Mixed forms are refused as usage.
+        XCTAssertEqual(try qsctl(a, ["wait", "--head-of", a.address, "--source-id", "x", "--until", "now"]).0, 2)
     }
 
     func testEnvironmentFallbacksConfigureTheNodeAndQsctl() throws {
