@@ -66,10 +66,11 @@ public struct BridgeOptions: ParsableArguments, Sendable {
 
     /// The bridge's writer to `--root` (failing over along its list), introducing itself as `client` (what it is and reads,
     /// shown in the root's status); a refused token stops it at start-up naming its file.
-    public func rootWriter(client: String, logger: Logger, metrics: FeedMetrics) throws -> RootWriter {
+    /// `sourceID`: the id its batches carry (nil for a compatible mirror's appends).
+    public func rootWriter(client: String, sourceID: String?, logger: Logger, metrics: FeedMetrics) throws -> RootWriter {
         let origin = writeTokenFile.isEmpty ? "an empty write token (no --write-token-file)" : "the token in --write-token-file \(writeTokenFile)"
         return RootWriter(endpoints: root.endpoints, token: try token(), logger: logger, metrics: metrics, client: client, tokenOrigin: origin,
-                          staleAfter: rootStaleAfter.duration)
+                          staleAfter: rootStaleAfter.duration, sourceID: sourceID)
     }
 }
 

@@ -66,7 +66,7 @@ func bridgeReadiness<S>(_ s: FeedConsumer<S>.Status, root: Endpoint, readyLag: D
     if let preparing = s.preparing { return Readiness(ready: false, detail: preparing) }
     guard s.sourceConnected else {
         let silent = s.sourceSilent ? s.sourceSilentSeconds.map { String(format: " (it has sent nothing for %.1f s; connecting again)", $0) } ?? "" : ""
-        return Readiness(ready: false, detail: "not connected to the source" + silent)
+        return Readiness(ready: false, detail: "not connected to the source" + (s.sourceError.map { ": \($0)" } ?? "") + silent)
     }
     guard let cp = s.checkpoint else { return Readiness(ready: false, detail: "no answer from the root yet") }
 

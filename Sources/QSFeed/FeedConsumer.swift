@@ -38,10 +38,15 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
     /// Whether an event is being handed on (it waits while the root applies a batch, and
     /// the source is not read meanwhile): that wait is the root's, not the source's silence.
     let delivering = Atomic<Bool>(false)
+    /// Whether `Status.sourceError` holds a failure the source has not delivered since.
+    let sourceFailed = Atomic<Bool>(false)
 
     /// The bridge's state as of now: what `/readyz` and the scrape read.
     public struct Status: Sendable {
         public var sourceConnected = false
+        /// The source's last failure (connection refused, reset, timed out), until it
+        /// delivers again: what `/readyz` names while the bridge reconnects.
+        public var sourceError: String?
         public var checkpoint: UInt64?
         public var finished = false
         /// Whether the root answers (a keepalive runs every second while nothing is written).
@@ -164,6 +169,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
                         return
                     }
                     metrics.sourceErrors.increment()
+                    state.withLockedValue { $0.sourceError = "\(error)" }
                     let delay = backoff.next()
                     logger.warning("preparing to read the source failed; trying again", metadata: ["error": "\(error)", "retry-in": "\(delay)"])
                     try await Task.sleep(for: delay)
@@ -199,6 +205,8 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
                 }
                 metrics.sourceErrors.increment()
                 metrics.reconnects.increment()
+                state.withLockedValue { $0.sourceError = "\(error)" }
+                sourceFailed.store(true, ordering: .relaxed)
                 failuresInARow += 1
                 let delay = backoff.next()
                 logger.warning("source failed; resuming from the root's checkpoint",
@@ -234,6 +242,10 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
                         try await source.run(after: start) { event in
                             // Heard: silence reads 0 while the event is handed on, and counts from its end.
                             self.delivering.store(true, ordering: .relaxed)
+                            if self.sourceFailed.load(ordering: .relaxed) {
+                                self.sourceFailed.store(false, ordering: .relaxed)
+                                self.state.withLockedValue { $0.sourceError = nil }
+                            }
                             defer {
                                 self.lastHeardNs.store(wallClockNanoseconds(), ordering: .relaxed)
                                 self.delivering.store(false, ordering: .relaxed)

@@ -114,6 +114,10 @@ public actor RootWriter {
     /// The newest position of each source id a root this writer used was known to hold
     /// (`confirm`): an address it moves to that holds less is not a copy of that root.
     private var confirmed: [String: UInt64] = [:]
+    /// The source id this writer writes under (nil: a compatible mirror's appends, which
+    /// the chained hashes check): an address it moves to before it has seen a position of
+    /// it must show it carries this writer's history (`check(carries:)`).
+    let sourceID: String?
     /// The head of the address in use, and since when it has stood still.
     private var headSeen: (index: UInt64, since: ContinuousClock.Instant)?
     private let inUse: [Gauge]
@@ -187,9 +191,9 @@ public actor RootWriter {
     /// A writer to the root at `endpoints` (several: failover in that order), over `QSClient`.
     public init(endpoints: [Endpoint], token: [UInt8], logger: Logger, metrics: FeedMetrics,
                 client: String = "bridge", tokenOrigin: String = "the write token", staleAfter: Duration = RootWriter.staleAfter,
-                unretried: Set<ErrorCode> = []) {
+                unretried: Set<ErrorCode> = [], sourceID: String? = nil) {
         self.init(endpoints: endpoints, token: token, logger: logger, metrics: metrics, client: client, tokenOrigin: tokenOrigin,
-                  staleAfter: staleAfter, unretried: unretried) { endpoint in
+                  staleAfter: staleAfter, unretried: unretried, sourceID: sourceID) { endpoint in
             switch endpoint {
             case let .tcp(host, port): try await QSClient.connect(host: host, port: port, token: token)
             case let .unix(path): try await QSClient.connect(unixPath: path, token: token)
@@ -200,10 +204,11 @@ public actor RootWriter {
     /// A writer whose connections to each address come from `connect`.
     public init(endpoints: [Endpoint], token: [UInt8], logger: Logger, metrics: FeedMetrics,
                 client: String = "bridge", tokenOrigin: String = "the write token", staleAfter: Duration = RootWriter.staleAfter,
-                unretried: Set<ErrorCode> = [],
+                unretried: Set<ErrorCode> = [], sourceID: String? = nil,
                 connect: @escaping @Sendable (Endpoint) async throws -> any RootConnection) {
         precondition(!endpoints.isEmpty, "a root writer needs at least one address")
         self.unretried = unretried
+        self.sourceID = sourceID
         self.endpoints = endpoints
         self.token = token
         self.logger = logger
@@ -229,7 +234,7 @@ public actor RootWriter {
         } else {
             let connect = self.connect, hello = Request.hello(token: token, client: greeting)
             let endpoints = self.endpoints, start = position, tokenOrigin = self.tokenOrigin
-            let confirmed = self.confirmed, lastUsed = self.lastUsed
+            let confirmed = self.confirmed, lastUsed = self.lastUsed, sourceID = self.sourceID
             attempt = Task {
                 var passedOver = [String]()
                 var last: (any Error)?
@@ -242,6 +247,13 @@ public actor RootWriter {
                                            tokenOrigin: tokenOrigin, alternatives: endpoints.count > 1)
                             if let lastUsed, lastUsed != i {
                                 try await Self.check(continuity: c, endpoint: endpoint, from: endpoints[lastUsed], confirmed: confirmed)
+                            }
+                            // Moving off an address before any position of this writer's
+                            // source id was seen (a process started while its first address
+                            // is down, or a new source id): nothing to compare with, so the
+                            // address must show it carries the history.
+                            if i != (lastUsed ?? 0), let sourceID, confirmed[sourceID] == nil {
+                                try await Self.check(carries: c, endpoint: endpoint, from: endpoints[lastUsed ?? 0], sourceID: sourceID)
                             }
                         } catch {
                             await c.close()
@@ -317,6 +329,23 @@ public actor RootWriter {
                     "holds source id \(sourceID) at \(theirs.map(String.init) ?? "no checkpoint"), behind the \(position) this writer saw at \(previous): not a copy of it, so not moved to (a root listed in --root must mirror the one before it, qsqsbridge --mode compatible, before it can take over)")
             }
         }
+    }
+
+    /// An address a writer moves to without having seen a position of `sourceID` at the
+    /// one it leaves is taken only if it carries that history: it holds a checkpoint of
+    /// `sourceID` (a copy of a root this source wrote to, or a cluster member), it was
+    /// promoted (a cut-over gave it the writes), or it is a member of a root cluster (one
+    /// log through etcd). An empty root, or one of another history, is passed over (a
+    /// `ClientError`): it would take writes the fleet's root never sees.
+    static func check(carries c: any RootConnection, endpoint: Endpoint, from previous: Endpoint, sourceID: String) async throws {
+        if try await c.checkpoint(sourceID: sourceID) != nil { return }
+        if case let .status(json) = try await c.send(.status, timeout: .seconds(10)),
+           let s = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
+           s["write_role"] as? String == "promoted" || s["cluster"] != nil {
+            return
+        }
+        throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
+            "holds no checkpoint of source id \(sourceID) and is neither a promoted root nor a root cluster member, while this writer has seen no position at \(previous) (it did not answer): not known to be a copy of it, so not moved to (list in --root only roots that mirror the one before it; the writer goes on at \(previous) once it answers)")
     }
 
     private func setLink(connected: Bool, error: String?) {

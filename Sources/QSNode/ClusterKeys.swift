@@ -13,8 +13,11 @@ import ServiceLifecycle
 /// The keys a root cluster keeps in etcd, all under `/qs/NAME/` (docs/ha.md).
 public struct ClusterKeys: Sendable {
     public let prefix: [UInt8]
+    /// The cluster's name (`--cluster`).
+    public let cluster: String
 
     public init(cluster: String) {
+        self.cluster = cluster
         prefix = Array("/qs/\(cluster)/".utf8)
     }
 

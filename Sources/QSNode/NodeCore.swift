@@ -127,6 +127,9 @@ public final class NodeCore: Sendable {
             "sources": sources,
             "subscribers": watcher.subscriberCount,
         ]
+        // A root cluster's member says so: a writer whose first --root address does not
+        // answer takes another member (one log through etcd) without having seen a position.
+        if let cluster { out["cluster"] = cluster.keys.cluster }
         if writable {
             let t = rootTimeNs
             if t > 0 { out["root_age_seconds"] = nowNs > t ? Double(nowNs - t) / 1e9 : 0 }

@@ -101,7 +101,7 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
         let mapping = KTMapping(prefixes: dbMap.prefixes, onUnmapped: onUnmapped, onUndecodable: onUndecodable, allowClear: allowClear)
         let translator = KTTranslator(mapping: mapping, logger: logger)
         let metrics = FeedMetrics()
-        let writer = try bridge.rootWriter(client: "qsktbridge source=\(spec) source-id=\(id)", logger: logger, metrics: metrics)
+        let writer = try bridge.rootWriter(client: "qsktbridge source=\(spec) source-id=\(id)", sourceID: id, logger: logger, metrics: metrics)
         let limits = bridge.limits(mode: .batched)
         let maxMessage = maxMessageBytes.bytes
         logger.info("bridge starting", metadata: ["source": "\(spec)", "source-id": "\(id)", "root": "\(bridge.root)",

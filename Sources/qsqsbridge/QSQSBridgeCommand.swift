@@ -47,7 +47,8 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
         guard let spec = source.value else { throw ValidationError("--source is required") }
         let metrics = FeedMetrics()
         let id = bridge.sourceID.isEmpty ? spec.defaultSourceID : bridge.sourceID
-        let writer = try bridge.rootWriter(client: "qsqsbridge mode=\(mode) source=\(spec) source-id=\(id)", logger: logger, metrics: metrics)
+        let writer = try bridge.rootWriter(client: "qsqsbridge mode=\(mode) source=\(spec) source-id=\(id)",
+                                           sourceID: mode == .compatible ? nil : id, logger: logger, metrics: metrics)
         logger.info("bridge starting", metadata: ["source": "\(spec)", "mode": "\(mode)", "source-id": "\(id)", "root": "\(bridge.root)"])
         switch spec.kind {
         case let .capture(path):

@@ -118,7 +118,7 @@ struct QSRestCommand: AsyncParsableCommand {
         let roots = root.endpoints
         let writer = RootWriter(endpoints: roots, token: token, logger: logger, metrics: feedMetrics,
                                 client: "qsrest source-id=\(id)", tokenOrigin: origin, staleAfter: rootStaleAfter.duration,
-                                unretried: [.storageFull, .diskFull])
+                                unretried: [.storageFull, .diskFull], sourceID: id)
         let metrics = RestMetrics()
         let queue = WriteQueue(sourceID: id, root: writer,
                                limits: .init(interval: batchInterval.duration, maxWrites: batchMaxOps, maxBytes: batchMaxBytes.bytes,

@@ -147,10 +147,8 @@ final class BridgeHealthTests: XCTestCase {
         XCTAssertEqual(root.metric("qs_auth_failures_total{interface=\"write\"}"), 1)
     }
 
-    /// A KT that hangs (SIGSTOP: it keeps its connections and accepts new ones) is named as
-    /// silent, not as "catching up": it heartbeats every second when idle, and the bridge
-    /// counts the silence across its reconnections; once KT speaks again the bridge is ready.
-    func testAHungKTIsNamedSilentNotCatchingUp() async throws {
+    /// A fakekt, a root and a KT bridge between them, ready; the bridge's admin port.
+    func readyKTBridge() async throws -> (FakeKTProcess, RootNode, DaemonProcess, Int) {
         let kt = try FakeKTProcess(logDir: tmp)
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
         let bridge = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "99",
@@ -158,6 +156,15 @@ final class BridgeHealthTests: XCTestCase {
                                        logDir: tmp, ready: true)
         let admin = try bridge.port("admin")
         try await waitFor("the bridge ready", timeout: .seconds(20)) { httpGet(port: admin, path: "/readyz")?.status == 200 }
+        return (kt, root, bridge, admin)
+    }
+
+    /// A KT that hangs (SIGSTOP: it keeps its connections and accepts new ones) is named as
+    /// silent, not as "catching up": it heartbeats every second when idle, and the bridge
+    /// counts the silence across its reconnections; once KT speaks again the bridge is ready.
+    func testAHungKTIsNamedSilentNotCatchingUp() async throws {
+        let (kt, root, bridge, admin) = try await readyKTBridge()
+        defer { withExtendedLifetime((root, bridge)) {} }
         // The lag (--ready-lag, 5 s) passes when KT has been silent for 4 s or more, past
         // the two heartbeats that make a source silent.
         XCTAssertLessThan(try XCTUnwrap(metricValue(port: admin, "qs_bridge_source_silent_seconds")), 2.5, "KT heartbeats every second")
@@ -180,6 +187,20 @@ final class BridgeHealthTests: XCTestCase {
         resumed = true
         try await waitFor("the bridge ready again", timeout: .seconds(30)) { httpGet(port: admin, path: "/readyz")?.status == 200 }
         XCTAssertLessThan(try XCTUnwrap(metricValue(port: admin, "qs_bridge_source_silent_seconds")), 2.5)
+    }
+
+    /// A KT that is gone (its port refuses connections) is named by the failure, not as a
+    /// source that hangs or a network that drops its traffic ("has sent nothing, not even a
+    /// heartbeat" sent the operator to look for a hung process).
+    func testADeadKTIsNamedByItsConnectionFailure() async throws {
+        let (kt, root, bridge, admin) = try await readyKTBridge()
+        defer { withExtendedLifetime((root, bridge)) {} }
+        try kt.daemon.stop(signal: SIGKILL)
+        try await waitFor("/readyz 503 naming the refused connection", timeout: .seconds(20), pollEvery: .milliseconds(100)) {
+            guard let r = httpGet(port: admin, path: "/readyz"), r.status == 503 else { return false }
+            XCTAssertFalse(r.body.contains("not even a heartbeat"), r.body)
+            return r.body.hasPrefix("not connected to the source: ") && r.body.contains("Connection refused")
+        }
     }
 
     /// A mirror bridge's lag is computed when scraped: it grows while its source root is dead,

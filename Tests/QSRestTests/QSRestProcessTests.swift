@@ -565,6 +565,61 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try rest.stop(), 0)
     }
 
+    /// The same at a process's first connection: qsrest started while L (its first
+    /// address) is down has seen no position to compare N with, and took the empty N at
+    /// once. Now it takes an address past the first only if it carries the writer's history
+    /// (its checkpoint, a promotion, a cluster): it waits for L, /readyz says why, and the
+    /// producers' writes go to L once it answers. A promoted N (L gone, the cut-over done by
+    /// hand) is taken by a fresh process.
+    func testQsrestStartedWhileItsFirstRootIsDownDoesNotTakeAnEmptyRoot() async throws {
+        let data = tmp.appendingPathComponent("L")
+        let socket = tmp.appendingPathComponent("L.sock").path
+        let empty = try RootNode(data: tmp.appendingPathComponent("N"), logDir: tmp)
+        let (rest, port, admin) = try startRest(root: "unix:\(socket),\(empty.address)", acl: try writeACL(),
+                                                extra: ["--commit-timeout", "2s"])
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(30)) {
+            let ready = httpGet(port: admin, path: "/readyz")
+            return ready?.status == 503 && ready?.body.contains("not known to be a copy of it") == true
+        }, httpGet(port: admin, path: "/readyz")?.body ?? rest.log)
+        let refused = httpPost(port: port, path: "/rpc/set", contentType: "application/x-www-form-urlencoded",
+                               body: Array("key=dns%2Fearly&value=1".utf8), headers: [("Authorization", "Bearer dns-token")])
+        XCTAssertEqual(refused?.status, 503, "nothing is acknowledged while no root is known: \(refused?.body ?? "")")
+        let n = try await QSClient.connect(host: "127.0.0.1", port: empty.port)
+        let nHead = try await n.head().index
+        XCTAssertEqual(nHead, 0, "N took no write")
+
+        let legacy = try RootNode(data: data, logDir: tmp, extraArgs: ["--unix", socket])
+        let producers = Producers(count: 2, port: port)
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(30)) { producers.acked.count >= 30 }, rest.log)
+        producers.stop()
+        try await assertAccounted(producers, at: legacy.port)
+        let nHeadAfter = try await n.head().index
+        XCTAssertEqual(nHeadAfter, 0, "N took no write")
+        XCTAssertEqual(metricValue(port: admin, "qs_bridge_root_failovers_total"), 0, rest.log)
+        XCTAssertEqual(try rest.stop(), 0)
+
+        // N made a copy of L and promoted (L gone for good): a fresh qsrest takes it.
+        let mirror = try DaemonProcess("qsqsbridge", ["--source", "qs://\(legacy.address)", "--root", empty.address, "--mode", "compatible",
+                                                      "--batch-interval", "50ms", "--log-format", "text"], logDir: tmp)
+        let l = try await QSClient.connect(unixPath: socket)
+        let lHead = try await l.head()
+        await l.close()
+        let mirrored = await Harness.eventually(timeout: .seconds(30)) { (try? await n.head()) == lHead }
+        XCTAssertTrue(mirrored, mirror.log)
+        try legacy.daemon.stop(signal: SIGKILL)
+        _ = try? mirror.stop()
+        let promote = try Harness.run("qsctl", ["--node", empty.address, "promote", "--force"])
+        XCTAssertEqual(promote.status, 0, String(decoding: promote.stderr, as: UTF8.self))
+        let (again, port2, admin2) = try startRest(root: "unix:\(socket),\(empty.address)", acl: try writeACL())
+        let more = Producers(count: 1, port: port2)
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(30)) { more.acked.count >= 10 }, again.log)
+        more.stop()
+        try await assertAccounted(more, at: empty.port)
+        XCTAssertEqual(httpGet(port: admin2, path: "/readyz")?.status, 200)
+        await n.close()
+        XCTAssertEqual(try again.stop(), 0)
+    }
+
     /// Every key answered 200 is at the root on `port`; none answered with an error is.
     func assertAccounted(_ producers: Producers, at port: Int, file: StaticString = #filePath, line: UInt = #line) async throws {
         let client = try await QSClient.connect(host: "127.0.0.1", port: port)
