@@ -180,6 +180,16 @@ final class RootClusterTests: XCTestCase {
         XCTAssertTrue(caughtUp, "bridge did not catch up: \(bridge.log.suffix(3000))")
         try bridge.stop()
 
+        // A writer of a new source id started while the first member is still down has no
+        // position to compare the next member with: the member says it is one of a root
+        // cluster (one log through etcd), so the writer takes it.
+        let fresh = try Harness.run("qsqsbridge", ["--source", "qs://\(source.address)", "--root", members.map(\.address).joined(separator: ","),
+                                                   "--mode", "batched", "--source-id", "fresh", "--once", "--batch-interval", "20ms",
+                                                   "--log-format", "text"], killAfter: .seconds(60))
+        XCTAssertEqual(fresh.status, 0, String(decoding: fresh.stderr.suffix(3000), as: UTF8.self))
+        let freshCheckpoint = try await m1.checkpoint(sourceID: "fresh")
+        XCTAssertEqual(freshCheckpoint, sourceHead)
+
         // The killed member comes back on its data and catches up from etcd.
         members[0] = try RootNode(data: members[0].data, logDir: tmp, extraArgs: members[0].extraArgs)
         let clients = try await members.asyncMap { try await QSClient.connect(host: "127.0.0.1", port: $0.port) }
