@@ -139,8 +139,12 @@ public final class NodeCore: Sendable {
             // The distance as last heard: a replica cut off keeps its last figure, and
             // `heard_seconds_ago` (when the upstream's head last came, by this node's clock)
             // says how old it is.
-            var up: [String: Any] = ["subscribed": u.subscribed, "head": u.upstreamHead, "lag_entries": u.lagEntries]
-            if u.upstreamHeardNs > 0 { up["heard_seconds_ago"] = nowNs > u.upstreamHeardNs ? Double(nowNs - u.upstreamHeardNs) / 1e9 : 0 }
+            // Nothing heard yet from this upstream (just moved to it, or refused): its head
+            // and the distance are unknown (null), not the last upstream's.
+            let heard = u.upstreamHeardNs > 0
+            var up: [String: Any] = ["subscribed": u.subscribed, "head": heard ? u.upstreamHead : NSNull(),
+                                     "lag_entries": heard ? u.lagEntries : NSNull()]
+            if heard { up["heard_seconds_ago"] = nowNs > u.upstreamHeardNs ? Double(nowNs - u.upstreamHeardNs) / 1e9 : 0 }
             if let a = u.upstream { up["address"] = a }
             out["upstream"] = up
         }

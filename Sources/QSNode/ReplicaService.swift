@@ -152,9 +152,17 @@ public final class ReplicaService: Service, Sendable {
                 metrics.switches.increment()
                 logger.notice("moving upstream", metadata: ["from": "\(previous)", "to": "\(up)"])
             }
+            let moved = previous != up
             previous = up
             current = up
-            core.updateUpstream { $0.upstream = up.description }
+            core.updateUpstream {
+                $0.upstream = up.description
+                // The head heard from the upstream left says nothing of this one.
+                if moved {
+                    $0.upstreamHead = 0
+                    $0.upstreamHeardNs = 0
+                }
+            }
             var moveOn = true
             var storageFailure: WriteFailure?
             do {
@@ -217,6 +225,10 @@ public final class ReplicaService: Service, Sendable {
                                  metadata: ["upstream": "\(up)", "index": "\(theirs.index)", "theirs": "\(hexString(theirs.hash))", "mine": "\(hexString(mine))"])
                 } else {
                     let compared = theirs == nil ? "its head could not be read" : mine == nil ? "this replica no longer retains the entry at its head to compare" : "same history"
+                    let ours = (try? await core.store.head().index).map { ", this replica's \($0)" } ?? ""
+                    core.updateUpstream {
+                        $0.leftBecause = "\(up) is behind this replica (its head \(theirs.map { String($0.index) } ?? "unknown")\(ours)): it is taken once it has caught up (is whatever feeds it running?)"
+                    }
                     logger.warning("upstream is behind this replica: moving on", metadata: ["upstream": "\(up)", "detail": "\(message)", "history": "\(compared)"])
                 }
             } catch is CancellationError {

@@ -269,6 +269,10 @@ struct Cutover: AsyncParsableCommand {
             fail("\(from) is a \(oldRole == "mirror" ? "compatible mirror" : "replica"), not the root taking writes: nothing changed")
             throw Exit.usage
         }
+        guard newRole != "replica" else {
+            fail("\(to) is a replica (it follows an upstream and takes no writes), not a root that can take over: start a root (qsnode --role root) on empty data, feed it with qsqsbridge --source qs://\(from) --root NEW_ROOT --mode compatible, and cut over to that root; nothing changed")
+            throw Exit.usage
+        }
         guard newRole == "mirror" else {
             fail("\(to) is not a compatible mirror (it is \(newRole)): start qsqsbridge --source qs://\(from) --root \(to) --mode compatible first; nothing changed")
             throw Exit.usage

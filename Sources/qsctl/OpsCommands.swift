@@ -44,7 +44,8 @@ struct Status: AsyncParsableCommand {
             // The upstream's head is what it last said: a silent upstream (stopped, cut off)
             // says nothing new, so "behind 0" is only as fresh as the root word.
             let heard = (u["heard_seconds_ago"] as? Double).flatMap { $0 > 5 ? String(format: " (as last heard, %.0f s ago)", $0) : nil } ?? ""
-            printLine("upstream \(u["address"] ?? "?")  subscribed \((u["subscribed"] as? Bool) == true ? "yes" : "no")  upstream head \(u["head"] ?? "?")  behind \(u["lag_entries"] ?? "?") entries\(heard)")
+            let known = { (v: Any?) in v.flatMap { $0 is NSNull ? nil : "\($0)" } ?? "unknown" }
+            printLine("upstream \(u["address"] ?? "?")  subscribed \((u["subscribed"] as? Bool) == true ? "yes" : "no")  upstream head \(known(u["head"]))  behind \(known(u["lag_entries"])) entries\(heard)")
         }
         if let m = s["mirror"] as? [String: Any] {
             let by = (m["followed_by"] as? [[String: Any]] ?? []).map { "\($0["client"] ?? "?") from \($0["peer"] ?? "?")" }

@@ -118,6 +118,19 @@ final class QsctlTests: XCTestCase {
         XCTAssertEqual(try qsctl(node, ["verify", "--against", node.address, "--exclude-acl", acl.path]).0, 2)
     }
 
+    /// `cutover --to` a replica told the operator to point a mirror bridge at the replica,
+    /// which takes no writes: it now says to start a root and mirror into that.
+    func testCutoverToAReplicaSaysWhatCanTakeOver() throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        XCTAssertEqual(try qsctl(root, ["put", "k", "v"]).0, 0)
+        let replica = try ReplicaNode(data: tmp.appendingPathComponent("r"), upstreams: [root.address], logDir: tmp)
+        let r = try Harness.run("qsctl", ["cutover", "--from", root.address, "--to", replica.address, "--timeout", "5s"])
+        let err = String(decoding: r.stderr, as: UTF8.self)
+        XCTAssertEqual(r.status, 2, err)
+        XCTAssertTrue(err.contains("is a replica") && err.contains("qsnode --role root") && !err.contains("--root \(replica.address)"), err)
+        XCTAssertEqual(try qsctl(root, ["put", "k2", "v"]).0, 0, "the root still takes writes: nothing changed")
+    }
+
     /// `qsctl wait --head-of OTHER`: a bounded wait for "N holds L's head" (the runbook's
     /// sections 1, 7 and 8 looped on `qsctl head` without a deadline). A copy gets there; a
     /// node nothing feeds times out (5); a root of another history is told at once (1).

@@ -38,6 +38,35 @@ final class ReplicaHealthTests: XCTestCase {
                        metricSubscribed: node.metric("qs_replica_subscribed"), metricRootAge: node.metric("qs_replica_root_age_seconds"))
     }
 
+    /// A replica moved to a node behind it (a mirror that stopped short of the root) is
+    /// not subscribed: its status showed the old upstream's head as the new one's ("behind
+    /// 0 entries") and /readyz said only "trying X". Now the head is unknown until the new
+    /// upstream speaks, and /readyz says the upstream is behind and by how much.
+    func testAMoveToAnUpstreamBehindTheReplicaIsNamed() async throws {
+        let legacy = try RootNode(data: tmp.appendingPathComponent("L"), logDir: tmp)
+        let new = try RootNode(data: tmp.appendingPathComponent("N"), logDir: tmp)
+        for i in 0..<3 { XCTAssertEqual(try Harness.run("qsctl", ["--node", legacy.address, "put", "k\(i)", "v"]).status, 0) }
+        let mirror = try Harness.run("qsqsbridge", ["--source", "qs://\(legacy.address)", "--root", new.address, "--mode", "compatible", "--once"],
+                                     killAfter: .seconds(60))
+        XCTAssertEqual(mirror.status, 0, String(decoding: mirror.stderr, as: UTF8.self))
+        for i in 3..<5 { XCTAssertEqual(try Harness.run("qsctl", ["--node", legacy.address, "put", "k\(i)", "v"]).status, 0) }
+        let replica = try ReplicaNode(data: tmp.appendingPathComponent("r"), upstreams: [legacy.address], logDir: tmp)
+        try await waitFor("the replica at L's head", timeout: .seconds(20)) { replica.metric("qs_replica_head_index") == 5 }
+        let moved = httpPost(port: replica.adminPort, path: "/upstream", contentType: "text/plain", body: Array(new.address.utf8))
+        XCTAssertEqual(moved?.status, 200, moved?.body ?? "")
+        try await waitFor("/readyz naming the upstream behind", timeout: .seconds(20), pollEvery: .milliseconds(100)) {
+            httpGet(port: replica.adminPort, path: "/readyz")?.body.contains("\(new.address) is behind this replica (its head 3, this replica's 5)") == true
+        }
+        let c = try await QSClient.connect(host: "127.0.0.1", port: replica.port)
+        let status = try JSONSerialization.jsonObject(with: Data(try await c.status().utf8)) as? [String: Any] ?? [:]
+        await c.close()
+        let upstream = try XCTUnwrap(status["upstream"] as? [String: Any])
+        XCTAssertEqual(upstream["address"] as? String, new.address)
+        XCTAssertTrue(upstream["head"] is NSNull, "nothing heard from N: \(upstream)")
+        let table = String(decoding: try Harness.run("qsctl", ["--node", replica.address, "status"]).stdout, as: UTF8.self)
+        XCTAssertTrue(table.contains("upstream head unknown  behind unknown entries"), table)
+    }
+
     func testRootAgeGrowsWhileTheUpstreamIsDeadAndEverySignalAgrees() async throws {
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
         let replica = try ReplicaNode(data: tmp.appendingPathComponent("r"), upstreams: [root.address], logDir: tmp)
