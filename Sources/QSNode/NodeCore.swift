@@ -104,6 +104,10 @@ public final class NodeCore: Sendable {
             return (try txn.head(), try txn.logWindow(), cps, try txn.identity(), try txn.writeRole(), copying)
         }
         let nowNs = wallClockNanoseconds()
+        // Which KT sources have a writer on this node: a lag that grows with none says the
+        // bridge is down or the source retired (a mirror's and a cluster member's writers
+        // are elsewhere, so they say nothing of it).
+        let writing = writable && writeRole != .mirror && cluster == nil ? writers.sourceIDs : nil
         var sources = [[String: Any]]()
         for (sid, cp) in checkpoints.sorted(by: { $0.key < $1.key }) {
             var s: [String: Any] = ["source_id": sid, "checkpoint": cp]
@@ -114,6 +118,7 @@ public final class NodeCore: Sendable {
                 let t = (cp / 1_000_000) * 1_000_000
                 s["source_time_ns"] = t
                 s["lag_seconds"] = nowNs > t ? Double(nowNs - t) / 1e9 : 0
+                if let writing { s["writer_connected"] = writing.contains(sid) }
             }
             sources.append(s)
         }

@@ -60,6 +60,14 @@ public final class Writers: Sendable {
         return out
     }
 
+    /// The source ids the connected writers introduced themselves with (`source-id=` in
+    /// their hello's client string).
+    var sourceIDs: Set<String> {
+        Set(list.compactMap { w in
+            w.client.split(separator: " ").first { $0.hasPrefix("source-id=") }.map { String($0.dropFirst("source-id=".count)) }
+        })
+    }
+
     func json(nowNs: UInt64) -> [[String: Any]] {
         list.map { w in
             var o: [String: Any] = ["peer": w.peer, "client": w.client, "connected_seconds": age(w.sinceNs, nowNs),

@@ -63,7 +63,8 @@ struct Status: AsyncParsableCommand {
                 let lag = (src["lag_seconds"] as? Double).map { String(format: "%.1f s", $0) } ?? "-"
                 // A source still in its initial copy has a checkpoint that is the copy's cursor,
                 // not a feed position: its lag says nothing yet about how current the data is.
-                let copying = (src["initial_copy"] as? Bool) == true ? "  (initial copy in progress)" : ""
+                let copying = (src["initial_copy"] as? Bool) == true ? "  (initial copy in progress)"
+                    : (src["writer_connected"] as? Bool) == false ? "  (no writer connected: its bridge is down, or the source is retired)" : ""
                 printLine("\(src["source_id"] ?? "?")".padding(toLength: 40, withPad: " ", startingAt: 0) + " "
                           + "\(src["checkpoint"] ?? "?")".padding(toLength: 21, withPad: " ", startingAt: 0) + " " + lag + copying)
             }

@@ -203,6 +203,25 @@ final class BridgeHealthTests: XCTestCase {
         }
     }
 
+    /// A KT source whose bridge has gone (stopped, or the source retired after its producers
+    /// moved) shows a lag that grows for ever in `qsctl status`: the root says whether a
+    /// writer of that source id is connected, and the table says what no writer means.
+    func testStatusSaysWhetherAKTSourceHasAWriter() async throws {
+        let (_, root, bridge, _) = try await readyKTBridge()
+        func source() throws -> [String: Any]? {
+            let r = try Harness.run("qsctl", ["--node", root.address, "status", "--output", "json"])
+            let s = try JSONSerialization.jsonObject(with: r.stdout) as? [String: Any]
+            return (s?["sources"] as? [[String: Any]])?.first { ($0["source_id"] as? String)?.hasPrefix("kt:") == true }
+        }
+        XCTAssertEqual(try source()?["writer_connected"] as? Bool, true)
+        XCTAssertEqual(try bridge.stop(), 0)
+        try await waitFor("the root to see the bridge gone", timeout: .seconds(10), pollEvery: .milliseconds(100)) {
+            try source()?["writer_connected"] as? Bool == false
+        }
+        let table = String(decoding: try Harness.run("qsctl", ["--node", root.address, "status"]).stdout, as: UTF8.self)
+        XCTAssertTrue(table.contains("(no writer connected: its bridge is down, or the source is retired)"), table)
+    }
+
     /// A mirror bridge's lag is computed when scraped: it grows while its source root is dead,
     /// and so does the root age of the mirror's replicas (the mirror passes on its source
     /// root's time; its own clock would tell them all is well).
