@@ -328,6 +328,8 @@ def test_runbook_runs_as_written(fakekt):
         reaped = {name: code for name, code, _ in runner.finished}
         assert reaped.get("NODE_L") == 0, "L stopped cleanly when it was retired"
         assert reaped.get("KTBRIDGE_L") == 0, "the KT bridge flushed its last batch and exited 0 (section 9)"
+        retired = qsctl("--node", env["L"], "status").stdout
+        assert "no writer connected: its bridge is down, or the source is retired" in retired, retired
         mirrors = [read(log) for name, _, log in runner.finished if name == "MIRROR_N"]
         assert mirrors and "this root was promoted" in mirrors[0], "N's first mirror bridge stopped at the cut-over"
         print("\n".join(runner.transcript))
