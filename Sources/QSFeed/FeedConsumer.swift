@@ -170,6 +170,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
                     }
                     metrics.sourceErrors.increment()
                     state.withLockedValue { $0.sourceError = "\(error)" }
+                    sourceFailed.store(true, ordering: .relaxed)
                     let delay = backoff.next()
                     logger.warning("preparing to read the source failed; trying again", metadata: ["error": "\(error)", "retry-in": "\(delay)"])
                     try await Task.sleep(for: delay)

@@ -121,6 +121,7 @@ public actor RootWriter {
     /// The head of the address in use, and since when it has stood still.
     private var headSeen: (index: UInt64, since: ContinuousClock.Instant)?
     private let inUse: [Gauge]
+    private let passedOverLog = RateLimitedLog(window: .seconds(30), byHost: false)
     /// See `RootWriter.staleAfter`.
     let staleAfter: Duration
     /// Node errors thrown to the caller as `RootRefusal` instead of retried: a bridge waits
@@ -238,13 +239,19 @@ public actor RootWriter {
             attempt = Task {
                 var passedOver = [String]()
                 var last: (any Error)?
+                // The first address passed over that answered but takes no writes (a
+                // mirror, a demoted root), with its head: a root whose log holds that head
+                // carries the history it mirrors.
+                var anchor: (endpoint: Endpoint, head: Head)?
                 for step in 0..<endpoints.count {
                     let i = (start + step) % endpoints.count, endpoint = endpoints[i]
                     do {
                         let c = try await connect(endpoint)
+                        var introduced = false
                         do {
                             try Self.check(hello: try await c.send(hello, timeout: .seconds(10)), endpoint: endpoint,
                                            tokenOrigin: tokenOrigin, alternatives: endpoints.count > 1)
+                            introduced = true
                             if let lastUsed, lastUsed != i {
                                 try await Self.check(continuity: c, endpoint: endpoint, from: endpoints[lastUsed], confirmed: confirmed)
                             }
@@ -253,9 +260,20 @@ public actor RootWriter {
                             // is down, or a new source id): nothing to compare with, so the
                             // address must show it carries the history.
                             if i != (lastUsed ?? 0), let sourceID, confirmed[sourceID] == nil {
-                                try await Self.check(carries: c, endpoint: endpoint, from: endpoints[lastUsed ?? 0], sourceID: sourceID)
+                                let from = endpoints[lastUsed ?? 0]
+                                // The address left may answer (a mirror refusing the writes, a
+                                // stale root): its head is then what the next must hold.
+                                if anchor == nil, let previous = try? await connect(from) {
+                                    if let head = try? await previous.head(), head.index > 0 { anchor = (from, head) }
+                                    await previous.close()
+                                }
+                                try await Self.check(carries: c, endpoint: endpoint, from: from, sourceID: sourceID, anchor: anchor)
                             }
                         } catch {
+                            if !introduced, anchor == nil, case let ClientError.server(code, _) = error,
+                               code == ErrorCode.notWritable.rawValue, let head = try? await c.head(), head.index > 0 {
+                                anchor = (endpoint, head)
+                            }
                             await c.close()
                             throw error
                         }
@@ -268,7 +286,7 @@ public actor RootWriter {
                     }
                 }
                 if endpoints.count == 1, let last { throw last }
-                throw ClientError.connectionFailed("no root address answered: " + passedOver.joined(separator: "; "))
+                throw ClientError.connectionFailed("no root address takes this writer's writes: " + passedOver.joined(separator: "; "))
             }
             connecting = attempt
         }
@@ -283,6 +301,9 @@ public actor RootWriter {
             metrics.failovers.increment()
             logger.notice("root failover: moved to another root address",
                           metadata: ["from": "\(endpoints[previous])", "to": "\(to)", "reason": "\(why)"])
+        } else if !made.passedOver.isEmpty {
+            passedOverLog.warning(logger, "root addresses passed over", peer: "\(to)",
+                                  metadata: ["to": "\(to)", "passed-over": "\(made.passedOver.joined(separator: "; "))"])
         }
         leaving = nil
         position = made.index
@@ -337,12 +358,27 @@ public actor RootWriter {
     /// promoted (a cut-over gave it the writes), or it is a member of a root cluster (one
     /// log through etcd). An empty root, or one of another history, is passed over (a
     /// `ClientError`): it would take writes the fleet's root never sees.
-    static func check(carries c: any RootConnection, endpoint: Endpoint, from previous: Endpoint, sourceID: String) async throws {
+    /// `anchor`: an address passed over that answered but takes no writes, with its head:
+    /// a root whose log holds that head (a mirror's source, a cut-over's new root) carries
+    /// the history too.
+    static func check(carries c: any RootConnection, endpoint: Endpoint, from previous: Endpoint, sourceID: String,
+                      anchor: (endpoint: Endpoint, head: Head)? = nil) async throws {
         if try await c.checkpoint(sourceID: sourceID) != nil { return }
         if case let .status(json) = try await c.send(.status, timeout: .seconds(10)),
            let s = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
            s["write_role"] as? String == "promoted" || s["cluster"] != nil {
             return
+        }
+        if let anchor {
+            let head = try await c.head()
+            if head.index == anchor.head.index, head.hash == anchor.head.hash { return }
+            if head.index > anchor.head.index,
+               case let .entries(list) = try await c.send(.readLog(from: anchor.head.index, count: 1), timeout: .seconds(10)),
+               list.first(where: { $0.index == anchor.head.index })?.hash == anchor.head.hash {
+                return
+            }
+            throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
+                "holds no checkpoint of source id \(sourceID), is neither a promoted root nor a root cluster member, and does not hold the head of \(anchor.endpoint) (index \(anchor.head.index)), which takes no writes: not known to be a copy of it, so not moved to (list in --root only roots that mirror one another)")
         }
         throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
             "holds no checkpoint of source id \(sourceID) and is neither a promoted root nor a root cluster member, while this writer has seen no position at \(previous) (it did not answer): not known to be a copy of it, so not moved to (list in --root only roots that mirror the one before it; the writer goes on at \(previous) once it answers)")

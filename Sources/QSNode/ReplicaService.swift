@@ -86,7 +86,9 @@ public final class ReplicaService: Service, Sendable {
     public func refreshGauges() {
         let s = status
         if let age = s.rootAgeSeconds { metrics.rootAge.record(age) }
-        metrics.lagEntries.record(Double(s.lagEntries))
+        // Nothing heard from the upstream moved to: the last figure stays (0 would say
+        // "caught up" while the replica sits on an upstream that refuses it).
+        if s.upstreamHeardNs > 0 { metrics.lagEntries.record(Double(s.lagEntries)) }
         metrics.subscribed.record(s.subscribed ? 1 : 0)
     }
     public var upstreams: [Endpoint] { upstreamList.withLockedValue { $0 } }

@@ -110,6 +110,11 @@ public struct ACL: Sendable, Equatable {
                     guard let h = Self.hex(hex), h.count == 32 else {
                         throw fail(entry.line, "token_sha256 must be 64 hex digits (the SHA-256 of the token: printf %s TOKEN | sha256sum)")
                     }
+                    // An empty token would let anyone in as this producer (an unset
+                    // shell variable hashed is the usual way to get it).
+                    guard hex.lowercased() != "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" else {
+                        throw fail(entry.line, "token_sha256 is the SHA-256 of an empty token (was the token's variable unset when it was hashed?): give the producer a token of its own")
+                    }
                     hash = h
                 case let ("prefixes", .array(items)):
                     var list = [[UInt8]]()

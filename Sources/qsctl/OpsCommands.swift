@@ -85,7 +85,8 @@ struct Wait: AsyncParsableCommand {
             With --head-of OTHER instead: reads OTHER's head once, then exits 0 once the node's \
             log holds that entry (same index, same chained hash: the node is a copy of OTHER up \
             to there, as a mirror or a replica of it becomes), 5 when --timeout passes first, 1 \
-            when the node holds another entry at that index (another history: it never will). \
+            when the node holds another entry at that index (another history: it never will) or \
+            no longer retains that index to compare (compare with verify --against). \
             Under writes OTHER moves on meanwhile; the wait is for where it was.
             """)
 
@@ -95,11 +96,11 @@ struct Wait: AsyncParsableCommand {
     var sourceID: String = QSEnv.string("QS_CTL_WAIT_SOURCE_ID") ?? ""
     @Option(help: ArgumentHelp("The position to reach: now, an RFC 3339 time or a KT timestamp (KT sources), index:N (QS log sources); a bare small number is refused as ambiguous. (env: QS_CTL_WAIT_UNTIL)", valueName: "position"))
     var until: String = QSEnv.string("QS_CTL_WAIT_UNTIL") ?? ""
-    @Option(help: ArgumentHelp("Instead of --source-id and --until: wait until the node holds the head this node has now (index and chained hash). (env: QS_CTL_WAIT_HEAD_OF)", valueName: "host:port"))
+    @Option(help: ArgumentHelp("Instead of --source-id and --until: wait until the node holds the head that node (HOST:PORT) has now (index and chained hash). (env: QS_CTL_WAIT_HEAD_OF)", valueName: "host:port"))
     var headOf: OrNone<Address> = QSEnv.value("QS_CTL_WAIT_HEAD_OF", .none, flag: "--head-of")
     @Option(help: ArgumentHelp("Give up after this long, e.g. 30s. (env: QS_CTL_WAIT_TIMEOUT)", valueName: "duration"))
     var timeout: Interval = QSEnv.value("QS_CTL_WAIT_TIMEOUT", Interval(.seconds(60)), flag: "--timeout")
-    @Option(help: outputHelp("QS_CTL_WAIT_OUTPUT", "table prints the position reached; json {source_id, reached}."))
+    @Option(help: outputHelp("QS_CTL_WAIT_OUTPUT", "table prints the position reached; json {source_id, reached, until, position}, or with --head-of {head_of, index, hash, node_index}."))
     var output: OutputFormat = QSEnv.value("QS_CTL_WAIT_OUTPUT", OutputFormat.table, flag: "--output")
 
     func validate() throws {

@@ -50,7 +50,8 @@ struct Verify: AsyncParsableCommand {
     func validate() throws {
         guard (against.value == nil) != (kt.value == nil) else { throw ValidationError("give exactly one of --against HOST:PORT or --kt HOST:PORT") }
         guard rangeSize > 0 else { throw ValidationError("--range-size must be positive") }
-        if !excludeAcl.isEmpty && kt.value == nil {
+        // From the environment it is meant for --kt runs: --against ignores it.
+        if !excludeAcl.isEmpty && kt.value == nil && QSEnv.string("QS_CTL_VERIFY_EXCLUDE_ACL") != excludeAcl {
             throw ValidationError("--exclude-acl applies to --kt only: two QS nodes are compared whole")
         }
     }
@@ -65,6 +66,10 @@ struct Verify: AsyncParsableCommand {
             if !excludeAcl.isEmpty {
                 do {
                     verifier.excluded = try ACL.load(path: excludeAcl).producers.flatMap(\.prefixes)
+                    for (db, prefix) in dbMap.prefixes.sorted(by: { $0.key < $1.key })
+                    where verifier.excluded.contains(where: { prefix.starts(with: $0) }) {
+                        fail("warning: --exclude-acl covers all of KT database \(db) (QS prefix '\(String(decoding: prefix, as: UTF8.self))'): nothing of it is compared")
+                    }
                 } catch {
                     fail("--exclude-acl: \(error)")
                     throw Exit.usage

@@ -51,6 +51,9 @@ final class ACLAndWriteTests: XCTestCase {
         let h = sha256Hex("t")
         XCTAssertEqual(error("[producers.a]\ntoken_sha256 = \"abc\"\nprefixes = [\"a/\"]\n"),
                        "acl.toml: line 2: token_sha256 must be 64 hex digits (the SHA-256 of the token: printf %s TOKEN | sha256sum)")
+        // The hash of an empty token (an unset variable hashed) would let anyone in.
+        XCTAssertEqual(error("[producers.a]\ntoken_sha256 = \"\(sha256Hex(""))\"\nprefixes = [\"a/\"]\n"),
+                       "acl.toml: line 2: token_sha256 is the SHA-256 of an empty token (was the token's variable unset when it was hashed?): give the producer a token of its own")
         XCTAssertEqual(error("[producers.a]\ntoken_sha256 = \"\(h)\"\nprefixes = [\"a/\"]\nquota = 3\n"),
                        "acl.toml: line 4: unknown key 'quota' (known: token_sha256, prefixes, writes_per_second, bytes_per_second, shared)")
         XCTAssertEqual(error("\n[producers.a]\ntoken_sha256 = \"\(h)\"\nprefixes = [\"a/\"\n"),

@@ -620,6 +620,43 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try again.stop(), 0)
     }
 
+    /// `--root N,L` with N a mirror of L (the order after a cut-over, given before it) and a
+    /// new source id: N answers but takes no writes, and L, which holds N's head, carries
+    /// the history although it holds no checkpoint of the new id and was never promoted.
+    /// The rule above refused L, and every write timed out against the mirror.
+    func testANewWriterPassesOverAMirrorToTheRootItMirrors() async throws {
+        let legacy = try RootNode(data: tmp.appendingPathComponent("L"), logDir: tmp)
+        let new = try RootNode(data: tmp.appendingPathComponent("N"), logDir: tmp)
+        XCTAssertEqual(try Harness.run("qsctl", ["--node", legacy.address, "put", "seed", "1"]).status, 0)
+        let mirror = try Harness.run("qsqsbridge", ["--source", "qs://\(legacy.address)", "--root", new.address, "--mode", "compatible", "--once"],
+                                     killAfter: .seconds(60))
+        XCTAssertEqual(mirror.status, 0, String(decoding: mirror.stderr, as: UTF8.self))
+        let (rest, port, admin) = try startRest(root: "\(new.address),\(legacy.address)", acl: try writeACL())
+        let producers = Producers(count: 1, port: port)
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(30)) { producers.acked.count >= 10 }, rest.log)
+        producers.stop()
+        try await assertAccounted(producers, at: legacy.port)
+        XCTAssertEqual(metricValue(port: admin, "qs_bridge_root_in_use{address=\"\(legacy.address)\"}"), 1)
+        XCTAssertEqual(try rest.stop(), 0)
+
+        // An empty root listed after the mirror holds none of its history: passed over.
+        let empty = try RootNode(data: tmp.appendingPathComponent("E"), logDir: tmp)
+        let (other, otherPort, otherAdmin) = try startRest(root: "\(new.address),\(empty.address)", acl: try writeACL(),
+                                                           extra: ["--source-id", "qsrest:other", "--commit-timeout", "2s"])
+        let refused = httpPost(port: otherPort, path: "/rpc/set", contentType: "application/x-www-form-urlencoded",
+                               body: Array("key=dns%2Fx&value=1".utf8), headers: [("Authorization", "Bearer dns-token")])
+        XCTAssertEqual(refused?.status, 503, refused?.body ?? "")
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(30)) {
+            other.log.contains("root addresses passed over") && other.log.contains("does not hold the head of \(new.address)")
+        }, other.log)
+        XCTAssertEqual(httpGet(port: otherAdmin, path: "/readyz")?.status, 503)
+        let e = try await QSClient.connect(host: "127.0.0.1", port: empty.port)
+        let emptyHead = try await e.head().index
+        await e.close()
+        XCTAssertEqual(emptyHead, 0, "the empty root took no write")
+        XCTAssertEqual(try other.stop(), 0)
+    }
+
     /// Every key answered 200 is at the root on `port`; none answered with an error is.
     func assertAccounted(_ producers: Producers, at port: Int, file: StaticString = #filePath, line: UInt = #line) async throws {
         let client = try await QSClient.connect(host: "127.0.0.1", port: port)

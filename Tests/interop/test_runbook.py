@@ -154,7 +154,9 @@ class Runner:
             return self.start(daemon.group("name"), daemon.group("cmd"))
         if export:
             name = export.group("name")
-            out = self.bash(line + '; printf %s "$' + name + '"')
+            # On a line of its own: the export's line may end in a comment.
+            out = self.bash(line + '\nprintf %s "$' + name + '"')
+            assert out, "%s is empty after: %s" % (name, line)
             self.env[name] = out
             return out
         out = self.bash(line)
