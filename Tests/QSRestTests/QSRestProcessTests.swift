@@ -610,11 +610,7 @@ final class QSRestProcessTests: XCTestCase {
         _ = try? mirror.stop()
         let promote = try Harness.run("qsctl", ["--node", empty.address, "promote", "--force"])
         XCTAssertEqual(promote.status, 0, String(decoding: promote.stderr, as: UTF8.self))
-        let (again, port2, admin2) = try startRest(root: "unix:\(socket),\(empty.address)", acl: try writeACL())
-        let more = Producers(count: 1, port: port2)
-        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(30)) { more.acked.count >= 10 }, again.log)
-        more.stop()
-        try await assertAccounted(more, at: empty.port)
+        let (again, admin2) = try await writeThrough(root: "unix:\(socket),\(empty.address)", landingAt: empty.port)
         XCTAssertEqual(httpGet(port: admin2, path: "/readyz")?.status, 200)
         await n.close()
         XCTAssertEqual(try again.stop(), 0)
@@ -631,11 +627,7 @@ final class QSRestProcessTests: XCTestCase {
         let mirror = try Harness.run("qsqsbridge", ["--source", "qs://\(legacy.address)", "--root", new.address, "--mode", "compatible", "--once"],
                                      killAfter: .seconds(60))
         XCTAssertEqual(mirror.status, 0, String(decoding: mirror.stderr, as: UTF8.self))
-        let (rest, port, admin) = try startRest(root: "\(new.address),\(legacy.address)", acl: try writeACL())
-        let producers = Producers(count: 1, port: port)
-        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(30)) { producers.acked.count >= 10 }, rest.log)
-        producers.stop()
-        try await assertAccounted(producers, at: legacy.port)
+        let (rest, admin) = try await writeThrough(root: "\(new.address),\(legacy.address)", landingAt: legacy.port)
         XCTAssertEqual(metricValue(port: admin, "qs_bridge_root_in_use{address=\"\(legacy.address)\"}"), 1)
         XCTAssertEqual(try rest.stop(), 0)
 
@@ -655,6 +647,17 @@ final class QSRestProcessTests: XCTestCase {
         await e.close()
         XCTAssertEqual(emptyHead, 0, "the empty root took no write")
         XCTAssertEqual(try other.stop(), 0)
+    }
+
+    /// A qsrest on `root` taking a producer's writes until ten are acknowledged, each then
+    /// found at the root on `port`; the qsrest and its admin port.
+    func writeThrough(root: String, landingAt port: Int) async throws -> (DaemonProcess, Int) {
+        let (rest, restPort, admin) = try startRest(root: root, acl: try writeACL())
+        let producers = Producers(count: 1, port: restPort)
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(30)) { producers.acked.count >= 10 }, rest.log)
+        producers.stop()
+        try await assertAccounted(producers, at: port)
+        return (rest, admin)
     }
 
     /// Every key answered 200 is at the root on `port`; none answered with an error is.
