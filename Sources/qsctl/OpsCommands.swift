@@ -85,7 +85,8 @@ struct Wait: AsyncParsableCommand {
             With --head-of OTHER instead: reads OTHER's head once, then exits 0 once the node's \
             log holds that entry (same index, same chained hash: the node is a copy of OTHER up \
             to there, as a mirror or a replica of it becomes), 5 when --timeout passes first, 1 \
-            when the node holds another entry at that index (another history: it never will) or \
+            when the node holds another entry at that index or its own head is not in OTHER's \
+            log (another history: it never will) or \
             no longer retains that index to compare (compare with verify --against). \
             Under writes OTHER moves on meanwhile; the wait is for where it was.
             """)
@@ -173,7 +174,19 @@ extension Wait {
         var o = options  // its --request-timeout too; reads need no write token
         o.node = other
         o.writeTokenFile = ""
-        let target = try await o.withClient { try await $0.head() }
+        let start = try await options.withClient { try await $0.head() }
+        // A node behind OTHER whose head is not in OTHER's log is of another history: said
+        // now, not at the timeout.
+        let (target, theirsAtStart) = try await o.withClient { other -> (Head, [UInt8]?) in
+            let head = try await other.head()
+            guard start.index > 0, start.index < head.index else { return (head, nil) }
+            let e = try await other.entries(from: start.index, count: 1).first
+            return (head, e?.index == start.index ? e?.hash : nil)
+        }
+        if let theirsAtStart, theirsAtStart != start.hash {
+            fail("\(options.node)'s head (index \(start.index), hash \(hexString(start.hash))) is not in \(other)'s log (\(hexString(theirsAtStart)) there): another history, it will never hold \(other)'s head")
+            throw Exit.notFound
+        }
         let deadline = ContinuousClock.now + timeout.duration
         let reached = try await options.withClient { client -> Head? in
             while true {

@@ -150,12 +150,21 @@ final class QsctlTests: XCTestCase {
         r = try qsctl(other, ["wait", "--head-of", a.address, "--timeout", "60s"])
         XCTAssertEqual(r.0, 1, r.2)
         XCTAssertTrue(r.2.contains("another history"), r.2)
-        // A node behind that nothing feeds: exit 5 at the timeout, saying so.
+        // Behind, and of another history: said at once too.
         XCTAssertEqual(try qsctl(a, ["put", "k3", "a3"]).0, 0)
         XCTAssertEqual(try qsctl(a, ["put", "k4", "a4"]).0, 0)
-        r = try qsctl(other, ["wait", "--head-of", a.address, "--timeout", "300ms"])
+        r = try qsctl(other, ["wait", "--head-of", a.address, "--timeout", "60s"])
+        XCTAssertEqual(r.0, 1, r.2)
+        XCTAssertTrue(r.2.contains("is not in \(a.address)'s log"), r.2)
+        // A copy behind that nothing feeds: exit 5 at the timeout, saying so.
+        let stopped = try RootNode(data: tmp.appendingPathComponent("c"), logDir: tmp)
+        let copy = try Harness.run("qsqsbridge", ["--source", "qs://\(a.address)", "--root", stopped.address, "--mode", "compatible", "--once"],
+                                   killAfter: .seconds(60))
+        XCTAssertEqual(copy.status, 0, String(decoding: copy.stderr, as: UTF8.self))
+        XCTAssertEqual(try qsctl(a, ["put", "k5", "a5"]).0, 0)
+        r = try qsctl(stopped, ["wait", "--head-of", a.address, "--timeout", "300ms"])
         XCTAssertEqual(r.0, 5, r.2)
-        XCTAssertTrue(r.2.contains("has not reached \(a.address)'s head (index 5)"), r.2)
+        XCTAssertTrue(r.2.contains("has not reached \(a.address)'s head (index 6)"), r.2)
         // Past the head with another entry there: another history too.
         for i in 3..<8 { XCTAssertEqual(try qsctl(other, ["put", "k\(i)", "b\(i)"]).0, 0) }
         r = try qsctl(other, ["wait", "--head-of", a.address, "--timeout", "60s", "--output", "json"])
@@ -163,7 +172,7 @@ final class QsctlTests: XCTestCase {
         // The replica follows: it holds the new head too (its own may be further).
         r = try qsctl(replica.address, ["wait", "--head-of", a.address, "--timeout", "30s", "--output", "json"])
         XCTAssertEqual(r.0, 0, r.2)
-        XCTAssertTrue(r.1.hasPrefix("{\"head_of\":\"\(a.address)\",\"index\":5,"), r.1)
+        XCTAssertTrue(r.1.hasPrefix("{\"head_of\":\"\(a.address)\",\"index\":6,"), r.1)
         // Mixed forms are refused as usage.
         XCTAssertEqual(try qsctl(a, ["wait", "--head-of", a.address, "--source-id", "x", "--until", "now"]).0, 2)
     }
