@@ -370,13 +370,7 @@ public actor RootWriter {
             return
         }
         if let anchor {
-            let head = try await c.head()
-            if head.index == anchor.head.index, head.hash == anchor.head.hash { return }
-            if head.index > anchor.head.index,
-               case let .entries(list) = try await c.send(.readLog(from: anchor.head.index, count: 1), timeout: .seconds(10)),
-               list.first(where: { $0.index == anchor.head.index })?.hash == anchor.head.hash {
-                return
-            }
+            if try await entryHash(on: c, at: anchor.head.index) == anchor.head.hash { return }
             throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
                 "holds no checkpoint of source id \(sourceID), is neither a promoted root nor a root cluster member, and does not hold the head of \(anchor.endpoint) (index \(anchor.head.index)), which takes no writes: not known to be a copy of it, so not moved to (list in --root only roots that mirror one another)")
         }
@@ -706,13 +700,17 @@ public actor RootWriter {
 
     /// The hash of the root's log entry at `index` (nil: it holds none there).
     public func entryHash(at index: UInt64) async throws -> [UInt8]? {
-        try await perform("read-log") { client in
-            let r = try await client.send(.readLog(from: index, count: 1), timeout: Self.callTimeout)
-            switch r {
-            case let .entries(list): return list.first { $0.index == index }?.hash
-            case let .error(code, message): throw ClientError.server(code: code, message: message)
-            default: throw ClientError.unexpected("\(r)")
-            }
+        try await perform("read-log") { try await Self.entryHash(on: $0, at: index) }
+    }
+
+    /// The chained hash of the entry at `index` in the log of the root behind `c`, nil when
+    /// it does not hold that entry (not yet, or trimmed).
+    static func entryHash(on c: any RootConnection, at index: UInt64) async throws -> [UInt8]? {
+        let r = try await c.send(.readLog(from: index, count: 1), timeout: callTimeout)
+        switch r {
+        case let .entries(list): return list.first { $0.index == index }?.hash
+        case let .error(code, message): throw ClientError.server(code: code, message: message)
+        default: throw ClientError.unexpected("\(r)")
         }
     }
 

@@ -174,44 +174,30 @@ extension Wait {
         var o = options  // its --request-timeout too; reads need no write token
         o.node = other
         o.writeTokenFile = ""
-        let start = try await options.withClient { try await $0.head() }
-        // A node behind OTHER whose head is not in OTHER's log is of another history: said
-        // now, not at the timeout.
-        let (target, theirsAtStart) = try await o.withClient { other -> (Head, [UInt8]?) in
-            let head = try await other.head()
-            guard start.index > 0, start.index < head.index else { return (head, nil) }
-            let e = try await other.entries(from: start.index, count: 1).first
-            return (head, e?.index == start.index ? e?.hash : nil)
-        }
-        if let theirsAtStart, theirsAtStart != start.hash {
-            fail("\(options.node)'s head (index \(start.index), hash \(hexString(start.hash))) is not in \(other)'s log (\(hexString(theirsAtStart)) there): another history, it will never hold \(other)'s head")
-            throw Exit.notFound
-        }
         let deadline = ContinuousClock.now + timeout.duration
-        let reached = try await options.withClient { client -> Head? in
-            while true {
-                let head = try await client.head()
-                if head.index >= target.index {
-                    let hash: [UInt8]?
-                    if head.index == target.index || target.index == 0 {
-                        hash = head.index == target.index ? head.hash : target.hash
-                    } else {
-                        let e = try await client.entries(from: target.index, count: 1).first
-                        hash = e?.index == target.index ? e?.hash : nil
-                    }
-                    guard let hash else {
-                        fail("\(options.node) is at \(head.index) and no longer retains entry \(target.index) to compare with \(other)'s head: compare with qsctl verify --against")
+        let (target, reached) = try await o.withClient { theirs in
+            let target = try await theirs.head()
+            return (target, try await options.withClient { client -> Head? in
+                while true {
+                    // Verify's comparison of two heads: the node's entry at OTHER's head once
+                    // it is past it, OTHER's entry at the node's head while it is behind.
+                    let head = try await client.head()
+                    switch try await Verify.relation(client, head, theirs, target) {
+                    case .equal, .ahead:
+                        return head
+                    case .behind:
+                        break
+                    case .diverged:
+                        fail("\(options.node) (head \(head.index), \(hexString(head.hash))) and \(other) (head \(target.index), \(hexString(target.hash))) are of another history: it will never hold \(other)'s head")
+                        throw Exit.notFound
+                    case .unknown:
+                        fail("\(options.node) is at \(head.index) and the longer log no longer retains the shorter head's index to compare with \(other)'s head \(target.index): compare with qsctl verify --against")
                         throw Exit.notFound
                     }
-                    guard hash == target.hash else {
-                        fail("\(options.node) holds another entry at index \(target.index) than \(other) (hash \(hexString(hash)), not \(hexString(target.hash))): another history, it will never hold \(other)'s head")
-                        throw Exit.notFound
-                    }
-                    return head
+                    if ContinuousClock.now >= deadline { return nil }
+                    try await Task.sleep(for: .milliseconds(100))
                 }
-                if ContinuousClock.now >= deadline { return nil }
-                try await Task.sleep(for: .milliseconds(100))
-            }
+            })
         }
         guard let reached else {
             throw timedOut("\(options.node) has not reached \(other)'s head (index \(target.index)); is something feeding it (its mirror bridge, its upstream)?")
