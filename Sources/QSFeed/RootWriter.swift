@@ -114,6 +114,12 @@ public actor RootWriter {
     /// The newest position of each source id a root this writer used was known to hold
     /// (`confirm`): an address it moves to that holds less is not a copy of that root.
     private var confirmed: [String: UInt64] = [:]
+    /// Counts the changes to `confirmed`: an attempt checks against the map as it was when
+    /// it started, so one that raised meanwhile (an answer on the old connection processed
+    /// while the attempt ran) makes its choice of a new address void (`connection()`).
+    private var confirmedVersion = 0
+    /// The `confirmedVersion` the attempt in `connecting` checks against.
+    private var connectingVersion = 0
     /// The source id this writer writes under (nil: a compatible mirror's appends, which
     /// the chained hashes check): an address it moves to before it has seen a position of
     /// it must show it carries this writer's history (`check(carries:)`).
@@ -229,9 +235,9 @@ public actor RootWriter {
     /// use, and takes the first that accepts the hello.
     private func connection() async throws -> any RootConnection {
         if let current { return current }
-        let attempt: Task<Connected, any Error>
+        let attempt: Task<Connected, any Error>, version: Int
         if let connecting {
-            attempt = connecting
+            (attempt, version) = (connecting, connectingVersion)
         } else {
             let connect = self.connect, hello = Request.hello(token: token, client: greeting)
             let endpoints = self.endpoints, start = position, tokenOrigin = self.tokenOrigin
@@ -289,10 +295,23 @@ public actor RootWriter {
                 throw ClientError.connectionFailed("no root address takes this writer's writes: " + passedOver.joined(separator: "; "))
             }
             connecting = attempt
+            (connectingVersion, version) = (confirmedVersion, confirmedVersion)
         }
-        defer { connecting = nil }
+        defer { if connecting == attempt { connecting = nil } }
         let made = try await attempt.value
         if let current { return current }
+        // A position confirmed while the attempt ran (an answer on the old connection) was
+        // not in the map its checks used: a new address is checked again against it. Every
+        // caller sharing the attempt comes here; each closes the connection (idempotent)
+        // and joins the one new attempt.
+        if let lastUsed, lastUsed != made.index, version != confirmedVersion {
+            let stale = made.connection
+            Task { await stale.close() }
+            if connecting == attempt { connecting = nil }
+            logger.debug("root address chosen against positions since confirmed: checking again",
+                         metadata: ["to": "\(endpoints[made.index])"])
+            return try await connection()
+        }
         current = made.connection
         generation += 1
         let to = endpoints[made.index]
@@ -626,6 +645,7 @@ public actor RootWriter {
     private func confirm(_ sourceID: String, _ position: UInt64?) {
         guard let position, position > confirmed[sourceID] ?? 0 else { return }
         confirmed[sourceID] = position
+        confirmedVersion += 1
     }
 
     private func confirm(_ request: Request, _ response: Response) {

@@ -27,9 +27,11 @@ public final class RateLimitedLog: Sendable {
         log(logger, .warning, message(), peer: peer, metadata: metadata)
     }
 
+    /// `kind`: lines of different kinds from one peer have budgets of their own (e.g. the
+    /// client a writer names in its hello: a bridge and qsrest on one host).
     public func log(_ logger: Logger, _ level: Logger.Level, _ message: @autoclosure () -> Logger.Message, peer: String,
-                    metadata: Logger.Metadata = [:]) {
-        let key = byHost ? Self.host(of: peer) : peer
+                    kind: String? = nil, metadata: Logger.Metadata = [:]) {
+        let key = (byHost ? Self.host(of: peer) : peer) + (kind.map { "\u{0} \($0)" } ?? "")
         let now = NIODeadline.now()
         let suppressed: Int? = peers.withLockedValue { peers in
             if let seen = peers[key], now - seen.last < window {

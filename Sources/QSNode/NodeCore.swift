@@ -23,6 +23,7 @@ public final class NodeCore: Sendable {
     let logger: Logger
     /// Warnings about what peers send, at most one per peer every 10 s (the rest counted).
     let badInput = RateLimitedLog()
+    let helloLog = RateLimitedLog(window: .seconds(60))
     /// Whether this node takes writes (a root) or only replicates (a replica).
     public let writable: Bool
     /// Wakes subscription streams when the log grows.
@@ -254,7 +255,9 @@ public final class NodeCore: Sendable {
             switch request {
             case let .hello(_, client):
                 writers.hello(peer: peer, client: client)
-                logger.info("writer connected", metadata: ["peer": "\(peer)", "client": "\(client)"])
+                // Once a minute per host and client: a writer that checks this node and
+                // passes it over (not a copy of the root it writes to) says hello each retry.
+                helloLog.log(logger, .info, "writer connected", peer: peer, kind: client, metadata: ["client": "\(client)"])
                 // A cluster member that does not follow the cluster's log (etcd unreachable
                 // or without quorum, behind etcd's window) cannot commit: a writer with
                 // other members' addresses moves on to one of them.

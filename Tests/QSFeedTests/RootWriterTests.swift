@@ -4,6 +4,7 @@ import QSModel
 import QSNet
 import QSTesting
 import QSWire
+import NIOConcurrencyHelpers
 import XCTest
 
 /// The root writer against a scripted root: what it retries, what stops the bridge.
@@ -165,6 +166,63 @@ final class RootFailoverTests: XCTestCase {
         XCTAssertEqual(w.endpoint, .unix(path: "root1"))
         XCTAssertEqual(a.snapshot.checkpointReads, 0)
         XCTAssertEqual(b.snapshot.checkpointReads, 1)
+    }
+
+    /// An answer on the old connection processed while the writer was connecting to the
+    /// next address (its checks already run against the positions known when it started)
+    /// voids that choice: the address is checked again, and one behind the answer's
+    /// position is passed over.
+    func testAPositionConfirmedWhileConnectingIsCheckedAgainst() async throws {
+        let a = ScriptedRoot(), b = ScriptedRoot()
+        a.setCheckpoint("s", 3)
+        b.setCheckpoint("s", 3)
+        let bConnects = NIOLockedValueBox(0)
+        let gate = NIOLockedValueBox<(held: Bool, waiting: CheckedContinuation<Void, Never>?)>((false, nil))
+        let endpoints: [Endpoint] = [.unix(path: "root0"), .unix(path: "root1")]
+        let w = RootWriter(endpoints: endpoints, token: [7], logger: quietLogger, metrics: FeedMetrics(), staleAfter: .seconds(60)) { endpoint in
+            guard endpoint == endpoints[1] else { return try a.connect() }
+            bConnects.withLockedValue { $0 += 1 }
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let held = gate.withLockedValue { g in
+                    guard g.held else { return false }
+                    g.waiting = c
+                    return true
+                }
+                if !held { c.resume() }
+            }
+            return try b.connect()
+        }
+        _ = try await w.checkpoint(sourceID: "s")
+        a.holdBatches()
+        let sent = try await w.send("batch", .batch(.init(token: [7], sourceID: "s", expected: 3, new: 4, operations: [.delete(key: [1])])))
+        try await waitFor("the batch held at a") { a.snapshot.heldBatches == 1 }
+        // A call fails for the connection's sake: the writer drops it and connects to b,
+        // whose connection waits at the gate.
+        gate.withLockedValue { $0.held = true }
+        let failures = NIOLockedValueBox(0)
+        let call = Task {
+            try await w.perform("probe") { c -> UInt64? in
+                if failures.withLockedValue({ $0 += 1; return $0 }) == 1 { throw ClientError.connectionFailed("scripted drop") }
+                return try await c.checkpoint(sourceID: "s")
+            }
+        }
+        addTeardownBlock {
+            call.cancel()
+            _ = try? await call.value
+        }
+        try await waitFor("the connection to b waiting") { gate.withLockedValue { $0.waiting != nil } }
+        // Meanwhile a applies the batch and its answer is processed: a holds 4, b only 3.
+        a.releaseBatches()
+        let answer = try await within(.seconds(10), "the batch's answer") { try await w.answer(sent) }
+        XCTAssertEqual(answer, .applied(logIndex: 1, kept: 1, dropped: 0))
+        a.goDown()
+        gate.withLockedValue { g in
+            g.held = false
+            g.waiting?.resume()
+            g.waiting = nil
+        }
+        try await waitFor("b checked again") { bConnects.withLockedValue { $0 } >= 2 }
+        XCTAssertFalse(w.connected, "b holds s at 3, behind the 4 a answered: it must not take the writes")
     }
 
     func testLeavesAnAddressWhoseHeadStandsStillWhileAnothersMoves() async throws {
