@@ -257,6 +257,10 @@ public actor RootWriter {
                         do {
                             try Self.check(hello: try await c.send(hello, timeout: .seconds(10)), endpoint: endpoint,
                                            tokenOrigin: tokenOrigin, alternatives: endpoints.count > 1)
+                            // A compatible mirror says hello to its mirror bridge and refuses
+                            // every other write: a writer of its own passes it over now (with
+                            // its head as the anchor) rather than at its first write.
+                            if sourceID != nil { try await Self.check(mirror: c) }
                             introduced = true
                             if let lastUsed, lastUsed != i {
                                 try await Self.check(continuity: c, endpoint: endpoint, from: endpoints[lastUsed], confirmed: confirmed)
@@ -269,11 +273,15 @@ public actor RootWriter {
                                 let from = endpoints[lastUsed ?? 0]
                                 // The address left may answer (a mirror refusing the writes, a
                                 // stale root): its head is then what the next must hold.
+                                var fromEmpty = false
                                 if anchor == nil, let previous = try? await connect(from) {
-                                    if let head = try? await previous.head(), head.index > 0 { anchor = (from, head) }
+                                    if let head = try? await previous.head() {
+                                        if head.index > 0 { anchor = (from, head) } else { fromEmpty = true }
+                                    }
                                     await previous.close()
                                 }
-                                try await Self.check(carries: c, endpoint: endpoint, from: from, sourceID: sourceID, anchor: anchor)
+                                try await Self.check(carries: c, endpoint: endpoint, from: from, sourceID: sourceID, anchor: anchor,
+                                                     fromEmpty: fromEmpty)
                             }
                         } catch {
                             if !introduced, anchor == nil, case let ClientError.server(code, _) = error,
@@ -356,6 +364,21 @@ public actor RootWriter {
         }
     }
 
+    /// The node's status (`qsctl status`'s JSON), nil when it answers something else.
+    static func status(of c: any RootConnection) async throws -> [String: Any]? {
+        guard case let .status(json) = try await c.send(.status, timeout: .seconds(10)) else { return nil }
+        return try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
+    }
+
+    /// A root whose write role is `mirror` (demoted, or fed by `qsqsbridge --mode
+    /// compatible`) takes only its mirror bridge's appends: passed over (a `ClientError`,
+    /// retried when it is the only address: a cut-over undone gives the writes back).
+    static func check(mirror c: any RootConnection) async throws {
+        guard try await status(of: c)?["write_role"] as? String == "mirror" else { return }
+        throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
+            "takes no writes: a compatible mirror (write_role mirror), it takes only its mirror bridge's appends; write to the root it mirrors, or cut over to it (qsctl cutover)")
+    }
+
     /// A root this writer moves to must hold every source id at least where the root it
     /// leaves was known to: one behind (an empty root listed before it is a mirror, a root
     /// of another history) would take writes the fleet's root never sees, and acknowledged
@@ -380,12 +403,11 @@ public actor RootWriter {
     /// `anchor`: an address passed over that answered but takes no writes, with its head:
     /// a root whose log holds that head (a mirror's source, a cut-over's new root) carries
     /// the history too.
+    /// `fromEmpty`: `previous` answered with an empty log (nothing to compare with).
     static func check(carries c: any RootConnection, endpoint: Endpoint, from previous: Endpoint, sourceID: String,
-                      anchor: (endpoint: Endpoint, head: Head)? = nil) async throws {
+                      anchor: (endpoint: Endpoint, head: Head)? = nil, fromEmpty: Bool = false) async throws {
         if try await c.checkpoint(sourceID: sourceID) != nil { return }
-        if case let .status(json) = try await c.send(.status, timeout: .seconds(10)),
-           let s = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
-           s["write_role"] as? String == "promoted" || s["cluster"] != nil {
+        if let s = try await status(of: c), s["write_role"] as? String == "promoted" || s["cluster"] != nil {
             return
         }
         if let anchor {
@@ -394,7 +416,7 @@ public actor RootWriter {
                 "holds no checkpoint of source id \(sourceID), is neither a promoted root nor a root cluster member, and does not hold the head of \(anchor.endpoint) (index \(anchor.head.index)), which takes no writes: not known to be a copy of it, so not moved to (list in --root only roots that mirror one another)")
         }
         throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
-            "holds no checkpoint of source id \(sourceID) and is neither a promoted root nor a root cluster member, while this writer has seen no position at \(previous) (it did not answer): not known to be a copy of it, so not moved to (list in --root only roots that mirror the one before it; the writer goes on at \(previous) once it answers)")
+            "holds no checkpoint of source id \(sourceID) and is neither a promoted root nor a root cluster member, while this writer has seen no position at \(previous) (\(fromEmpty ? "its log is empty: nothing to compare with" : "it did not answer")): not known to be a copy of it, so not moved to (list in --root only roots that mirror the one before it; the writer goes on at \(previous) once it answers)")
     }
 
     private func setLink(connected: Bool, error: String?) {

@@ -116,9 +116,10 @@ final class RootWriterTests: XCTestCase {
 /// A root writer given several addresses (`--root A,B`): it moves on when the one in use
 /// dies, says it takes no writes, or stands still while another goes ahead.
 final class RootFailoverTests: XCTestCase {
-    func writer(_ roots: [ScriptedRoot], staleAfter: Duration = .seconds(60)) -> RootWriter {
+    func writer(_ roots: [ScriptedRoot], staleAfter: Duration = .seconds(60), sourceID: String? = nil) -> RootWriter {
         let endpoints = roots.indices.map { Endpoint.unix(path: "root\($0)") }
-        return RootWriter(endpoints: endpoints, token: [7], logger: quietLogger, metrics: FeedMetrics(), staleAfter: staleAfter) { endpoint in
+        return RootWriter(endpoints: endpoints, token: [7], logger: quietLogger, metrics: FeedMetrics(), staleAfter: staleAfter,
+                          sourceID: sourceID) { endpoint in
             guard let i = endpoints.firstIndex(of: endpoint) else { throw ClientError.connectionFailed("unknown \(endpoint)") }
             return try roots[i].connect()
         }
@@ -223,6 +224,35 @@ final class RootFailoverTests: XCTestCase {
         }
         try await waitFor("b checked again") { bConnects.withLockedValue { $0 } >= 2 }
         XCTAssertFalse(w.connected, "b holds s at 3, behind the 4 a answered: it must not take the writes")
+    }
+
+    /// A compatible mirror accepts hello (its mirror bridge's) but no other write: a writer
+    /// of its own passes it over at once, with its head as the anchor the next address must
+    /// hold; alone in --root it is retried, and taken once promoted.
+    func testPassesOverACompatibleMirrorAtOnce() async throws {
+        let mirror = ScriptedRoot(), next = ScriptedRoot()
+        mirror.state.withLockedValue {
+            $0.statusJSON = #"{"write_role":"mirror"}"#
+            $0.checkpoints["s"] = 3
+        }
+        next.setCheckpoint("s", 3)
+        let w = writer([mirror, next], sourceID: "s")
+        let cp = try await w.checkpoint(sourceID: "s")
+        XCTAssertEqual(cp, 3)
+        XCTAssertEqual(w.endpoint, .unix(path: "root1"))
+        XCTAssertEqual(mirror.snapshot.checkpointReads, 0, "nothing asked of the mirror but its status and head")
+
+        let alone = writer([mirror], sourceID: "s")
+        let call = Task { try await alone.checkpoint(sourceID: "s") }
+        addTeardownBlock {
+            call.cancel()
+            _ = try? await call.value
+        }
+        try await waitFor("the mirror refused twice") { mirror.snapshot.connectAttempts >= 3 }
+        XCTAssertFalse(alone.connected)
+        mirror.state.withLockedValue { $0.statusJSON = #"{"write_role":"promoted"}"# }
+        let promoted = try await within(.seconds(10), "checkpoint once promoted") { try await call.value }
+        XCTAssertEqual(promoted, 3)
     }
 
     func testLeavesAnAddressWhoseHeadStandsStillWhileAnothersMoves() async throws {

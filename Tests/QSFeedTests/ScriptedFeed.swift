@@ -42,6 +42,8 @@ final class ScriptedRoot: Sendable {
         var loseNextAnswer = false
         /// What hello is answered (default: the head).
         var helloAnswer: Response?
+        /// What status is answered (default: unsupported, as a node older than it).
+        var statusJSON: String?
         var nextAnswer: Response?
     }
 
@@ -136,6 +138,8 @@ final class ScriptedRoot: Sendable {
                 return .checkpoint(s.checkpoints[sid])
             case .head:
                 return .head(Head(index: s.headIndex, hash: [UInt8](repeating: 0, count: 32), commitTimeNs: 0))
+            case .status where s.statusJSON != nil:
+                return .status(s.statusJSON!)
             case let .batch(b):
                 let current = s.checkpoints[b.sourceID] ?? 0
                 guard current == b.expected else {

@@ -158,6 +158,41 @@ final class WriteProtocolHandlerTests: XCTestCase {
         XCTAssertEqual(role4, .mirror)
     }
 
+    /// A compatible mirror bridge whose source is still empty probes its target with empty
+    /// appends: an empty target is a mirror from then on (a writer pointed at it is refused,
+    /// rather than forking it from the history it is to carry); a root with entries is not
+    /// changed by a probe.
+    func testAnEmptyRootProbedByAMirrorBecomesAMirror() async throws {
+        let empty = try node(token: token)
+        var channel = try await connection(to: empty)
+        try await send([.append(token: token, entries: PackedEntries([]), sourceTimeNs: 1), batch(0, 1, [.delete(key: [1])], token: token)], to: channel)
+        let probed = try await answers(2, from: channel)
+        XCTAssertEqual(probed.first, .applied(logIndex: nil, kept: 0, dropped: 0))
+        XCTAssertEqual(errorCode(probed.last), .notWritable, "\(probed)")
+        let role1 = try await empty.core.store.writeRole()
+        XCTAssertEqual(role1, .mirror)
+
+        let written = try node(token: token, data: "data2")
+        channel = try await connection(to: written)
+        try await send([batch(0, 1, [.set(key: [1], value: [1], expiry: nil)], token: token),
+                        .append(token: token, entries: PackedEntries([]), sourceTimeNs: 1),
+                        batch(1, 2, [.set(key: [2], value: [2], expiry: nil)], token: token)], to: channel)
+        let later = try await answers(3, from: channel)
+        XCTAssertEqual(later, [.applied(logIndex: 1, kept: 1, dropped: 0), .applied(logIndex: 1, kept: 0, dropped: 0),
+                               .applied(logIndex: 2, kept: 1, dropped: 0)])
+        let role2 = try await written.core.store.writeRole()
+        XCTAssertEqual(role2, .open)
+
+        // No entry yet, but a writer's checkpoint (a quiet KT's heartbeats): not changed either.
+        let checkpointed = try node(token: token, data: "data3")
+        channel = try await connection(to: checkpointed)
+        try await send([batch(0, 5, [], token: token), .append(token: token, entries: PackedEntries([]), sourceTimeNs: 1)], to: channel)
+        let quiet = try await answers(2, from: channel)
+        XCTAssertEqual(quiet.last, .applied(logIndex: nil, kept: 0, dropped: 0), "\(quiet)")
+        let role3 = try await checkpointed.core.store.writeRole()
+        XCTAssertEqual(role3, .open)
+    }
+
     func testCASConflictAnswersTheCurrentCheckpoint() async throws {
         let node = try node()
         let channel = try await connection(to: node)

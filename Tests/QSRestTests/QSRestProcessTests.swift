@@ -639,9 +639,13 @@ final class QSRestProcessTests: XCTestCase {
                                body: Array("key=dns%2Fx&value=1".utf8), headers: [("Authorization", "Bearer dns-token")])
         XCTAssertEqual(refused?.status, 503, refused?.body ?? "")
         XCTAssertTrue(Harness.waitUntil(timeout: .seconds(30)) {
-            other.log.contains("root addresses passed over") && other.log.contains("does not hold the head of \(new.address)")
+            other.log.contains("no root address takes this writer's writes") && other.log.contains("does not hold the head of \(new.address)")
         }, other.log)
-        XCTAssertEqual(httpGet(port: otherAdmin, path: "/readyz")?.status, 503)
+        // Both reasons, the mirror's and the empty root's, where the operator looks first.
+        let ready = httpGet(port: otherAdmin, path: "/readyz")
+        XCTAssertEqual(ready?.status, 503)
+        XCTAssertTrue(ready?.body.contains("a compatible mirror (write_role mirror)") == true, ready?.body ?? "")
+        XCTAssertTrue(ready?.body.contains("does not hold the head of \(new.address)") == true, ready?.body ?? "")
         let e = try await QSClient.connect(host: "127.0.0.1", port: empty.port)
         let emptyHead = try await e.head().index
         await e.close()
