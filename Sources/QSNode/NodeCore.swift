@@ -321,13 +321,16 @@ public final class NodeCore: Sendable {
             case let .append(_, entries, sourceTime) where entries.isEmpty:
                 // A mirror bridge's probe while its source is quiet: does this root still
                 // take appends? Nothing is written; the source root's time is noted.
-                var (role, head) = try await store.read { txn in (try txn.writeRole(), try txn.head()) }
+                var (role, head, empty) = try await store.read { txn in
+                    let head = try txn.head()
+                    return (try txn.writeRole(), head, head.index == 0 ? try txn.checkpoints().isEmpty : false)
+                }
                 if role == .promoted { return .error(.unsupported, "\(StoreError.promoted)") }
                 // An empty root (no entry, no checkpoint) a compatible mirror feeds, its
                 // source empty so far, is a mirror from the first probe as from the first
                 // entry: until then a writer could take it for a root and fork it from the
                 // history it is to carry.
-                if role == .open, head.index == 0, cluster == nil,
+                if role == .open, empty, cluster == nil,
                    try await store.write({ txn -> Bool in
                        guard try txn.writeRole() == .open, try txn.head().index == 0, try txn.checkpoints().isEmpty else { return false }
                        try txn.setWriteRole(.mirror)
