@@ -5,8 +5,9 @@ import NIOCore
 /// Reads the newest timestamp in KT's update log through its HTTP RPC (`ulog_list`: each
 /// file's header holds the newest timestamp flushed to it), one connection a reading, to
 /// the address the replication stream connected to (a name that resolves to several KT
-/// servers must not answer for another one). Readings are needed after a connect or a
-/// stall (`WithheldUpdateWatch`), not while heartbeats come steadily.
+/// servers must not answer for another one). A reading is needed whenever a heartbeat would
+/// vouch past what the last one covered, beyond the last update sent (`WithheldUpdateWatch`):
+/// about once a second while KT sends heartbeats and no update.
 struct KTLogCheck: Sendable {
     let rpc: KTRPCClient
     let schedule: NIOLockedValueBox<KTLogCheckSchedule>

@@ -105,7 +105,7 @@ public struct KTReplicationClient: Sendable {
                     try IdleTimeout.install(readTimeout: readTimeout, in: ops, error: ReadTimeout())
                     try ops.addHandler(ByteToMessageHandler(ReplicationFrameDecoder(maxMessageBytes: maxMessageBytes),
                                                              maximumBufferSize: maxMessageBytes + 13))
-                    try ops.addHandler(HeartbeatAnswers(link: link))
+                    try ops.addHandler(HeartbeatAnswers())
                     try ops.addHandler(FrameRuns())
                     return try NIOAsyncChannel<[ReplicationFrame], ByteBuffer>(
                         wrappingChannelSynchronously: channel,
@@ -155,45 +155,27 @@ public struct KTReplicationClient: Sendable {
 }
 
 /// What a replication connection's pipeline tells its consumer beside the frames: the
-/// server's address it connected to, and how many times frames stopped coming for longer
-/// than `gap` (KT's reader, cycling idle, sends a heartbeat every 0.1 s and a round trip;
-/// a longer wait means it was held, by a consumer that stopped reading or by KT itself).
-/// Both are written on the event loop, before the frames they concern are passed on.
+/// server's address it connected to, written on the event loop before any frame is passed on.
 public final class ReplicationLink: Sendable {
-    public static let gap: TimeAmount = .milliseconds(500)
-    private let state = NIOLockedValueBox<(address: SocketAddress?, gaps: Int)>((nil, 0))
+    private let state = NIOLockedValueBox<SocketAddress?>(nil)
 
     public init() {}
 
-    public var address: SocketAddress? { state.withLockedValue { $0.address } }
-    public var gaps: Int { state.withLockedValue { $0.gaps } }
+    public var address: SocketAddress? { state.withLockedValue { $0 } }
 
-    func connected(to address: SocketAddress?) { state.withLockedValue { $0.address = address } }
-    func sawGap() { state.withLockedValue { $0.gaps += 1 } }
+    func connected(to address: SocketAddress?) { state.withLockedValue { $0 = address } }
 }
 
 /// Answers each heartbeat as it is read with one `0xB1`, the answers of one read of the
-/// socket in one write at the read's end; notes in `link` a frame read more than
-/// `ReplicationLink.gap` after the one before it.
+/// socket in one write at the read's end.
 final class HeartbeatAnswers: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ReplicationFrame
     typealias InboundOut = ReplicationFrame
     typealias OutboundOut = ByteBuffer
 
     private var owed = 0
-    private let link: ReplicationLink?
-    private var lastFrame: NIODeadline?
-
-    init(link: ReplicationLink?) {
-        self.link = link
-    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if let link {
-            let now = NIODeadline.now()
-            if let last = lastFrame, now - last > ReplicationLink.gap { link.sawGap() }
-            lastFrame = now
-        }
         if case .heartbeat = unwrapInboundIn(data) { owed += 1 }
         context.fireChannelRead(data)
     }

@@ -85,7 +85,6 @@ public struct KTReplicationSource: FeedSource {
         let translator = self.translator
         var watch = WithheldUpdateWatch(after: position)
         let link = ReplicationLink()
-        var gapsSeen = 0
         do {
             // The frames of one read go to the consumer as one run of changes (a heartbeat
             // keeps its place after the changes before it); those read before an error
@@ -96,13 +95,6 @@ public struct KTReplicationSource: FeedSource {
                         switch frame {
                         case let .heartbeat(ts):
                             try await run.deliver(deliver)
-                            // Frames stopped coming for a while before this one: KT's reader
-                            // was held and may have read a withheld write late.
-                            let gaps = link.gaps
-                            if gaps != gapsSeen {
-                                gapsSeen = gaps
-                                watch.readerWasHeld()
-                            }
                             let proposed: UInt64?
                             switch watch.heartbeat(ts) {
                             case let .vouches(v): proposed = v
@@ -149,36 +141,31 @@ public struct KTReplicationSource: FeedSource {
 
 /// Tells from KT's heartbeats, and from its update log's newest timestamp where it can read
 /// it, that KT read an update it did not send: one whose origin sid equals the client's (KT
-/// withholds those; its empty update frame says so only after 256 in a row, and a few
-/// withheld writes would otherwise pass under a heartbeat's position, lost for good).
+/// withholds those; its empty update frame says so only after 256 in a row, and withheld
+/// writes would otherwise pass under a heartbeat's position, lost for good).
 ///
 /// An idle heartbeat is stamped `max(clock_pure − 1 s, rts)`, where `clock_pure` is KT's
 /// wall clock in whole milliseconds (a multiple of 1,000,000) and `rts` the newest
 /// timestamp its reader has read, sent or withheld. A heartbeat stamped after the last
 /// update sent is therefore either the clock (a whole millisecond, moving on by 0.1 s or
 /// more from one heartbeat to the next) or an update withheld: a stamp with a counter
-/// part, or the same stamp twice in a row, is the latter.
+/// part, or the same stamp twice in a row, is the latter, and stops the bridge at once.
 ///
 /// A heartbeat past the last update proposes to vouch for a second below the older of its
-/// own stamp and the one before it, never for its own stamp: a whole-millisecond stamp may
-/// be a withheld update that a later heartbeat tells apart (two withheld writes a heartbeat
-/// apart each look like the clock once), and every withheld update KT read before a
-/// heartbeat keeps the stamps at or above it for a second.
-///
-/// What the stamps cannot tell is a withheld write KT's reader reached more than a second
-/// after it was written: the stamps are then the clock. That happens only while the reader
-/// is behind: after a connect (a bridge catching up) or after it was held (a bridge that
-/// stopped reading leaves KT's reader waiting on a heartbeat's answer; KT itself stalled).
-/// While frames come steadily (`ReplicationLink.gap` at most between two, as the connection's
-/// pipeline sees them arrive) the reader cycles at the end of its log, reads each write
-/// within a heartbeat of it, and the stamps tell. So after a connect or a gap
-/// (`readerWasHeld`), a proposal past the last update goes through only once KT's update
-/// log, read after that heartbeat (`ulog_list`: the newest timestamp flushed to it), holds
-/// nothing past the last update sent (`logRead`, `limited`). A logged timestamp past it
-/// holds the position at the last update (`unsent`) until an update reaches it, and a
-/// heartbeat stamped `unsentMargin` after it (KT's reader, idle at the end of its log, had
-/// read it long before) is a withheld update. Where the log cannot be read, the stamps
-/// alone decide.
+/// own stamp and the one before it, never for its own stamp (a whole-millisecond stamp may
+/// be a withheld update that a later heartbeat tells apart). What the stamps cannot tell
+/// is a withheld write that is each time the newest: writes withheld at least one a
+/// heartbeat (0.1 s and a round trip) stamp every heartbeat with a new whole millisecond,
+/// and a write KT's reader reached more than a second after it was written (a bridge
+/// catching up, a reader held) leaves the stamps on the clock. So a proposal past the last
+/// update goes through only as far as a reading of KT's update log made after it vouches
+/// (`ulog_list`: the newest timestamp flushed to it; `logRead`, `limited`): one finding
+/// nothing past the last update sent vouches for the proposal it was made for, and later
+/// proposals wait for the next (about one a second, `KTLogCheckSchedule`). A logged
+/// timestamp past it holds the position at the last update (`unsent`) until an update
+/// reaches it, and a heartbeat stamped `unsentMargin` after it (KT's reader, at the end
+/// of its log, had read it long before) is a withheld update. Where the log cannot be
+/// read, the stamps alone decide.
 struct WithheldUpdateWatch {
     enum Verdict: Equatable {
         /// Every update at or before the position (if any) was sent.
@@ -215,10 +202,8 @@ struct WithheldUpdateWatch {
     /// A timestamp KT's update log held past `lastUpdate` when it was read, while no update
     /// sent has reached it.
     private(set) var unsent: UInt64?
-    /// Since the first heartbeat of the connection or of a gap, no reading of the update log
-    /// has been made: proposals past `max(logged, lastUpdate)` wait for one.
-    private(set) var needsLogRead = true
-    /// How far past `lastUpdate` the update log's readings vouch.
+    /// How far past `lastUpdate` the update log's readings vouch: proposals past
+    /// `max(logged, lastUpdate)` wait for another.
     private var logged: UInt64 = 0
     /// What the last heartbeat proposed to vouch for.
     private var proposed: UInt64?
@@ -248,32 +233,26 @@ struct WithheldUpdateWatch {
         return .vouches(previous - margin)
     }
 
-    /// Frames stopped coming for a while (`ReplicationLink.gap`): KT's reader was held.
-    mutating func readerWasHeld() {
-        needsLogRead = true
-    }
-
     /// What a reading of the update log would let the last heartbeat vouch for that it may
     /// not yet (nil: nothing).
     var wantsLogRead: UInt64? {
-        guard needsLogRead, let proposed, unsent == nil, proposed > max(logged, lastUpdate) else { return nil }
+        guard let proposed, unsent == nil, proposed > max(logged, lastUpdate) else { return nil }
         return proposed
     }
 
     /// The update log's newest timestamp, read after the heartbeat that proposed `covering`:
-    /// nothing logged past the last update lets the steady heartbeats vouch from there on.
+    /// nothing logged past the last update vouches for `covering`.
     mutating func logRead(newest: UInt64, covering: UInt64) {
         if newest > lastUpdate {
             if unsent == nil { unsent = newest }
         } else {
             logged = max(logged, covering)
-            needsLogRead = false
         }
     }
 
     /// A heartbeat's vouch bounded by what the update log's readings vouch for.
     func limited(_ vouched: UInt64?) -> UInt64? {
-        guard let vouched, vouched > lastUpdate, needsLogRead || unsent != nil else { return vouched }
+        guard let vouched, vouched > lastUpdate else { return vouched }
         return min(vouched, max(logged, lastUpdate))
     }
 }

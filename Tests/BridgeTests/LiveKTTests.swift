@@ -170,20 +170,10 @@ final class LiveKTTests: XCTestCase {
 
     /// A running bridge with KT's own sid stalls (stopped here; a back-pressured reader is
     /// the same to KT, whose reader waits on a heartbeat's answer) while a few writes land:
-    /// KT's reader reaches them late and stamps its heartbeats with the clock. The gap
-    /// between the stamps asks KT's update log, and the bridge stops before its checkpoint
-    /// passes them.
+    /// KT's reader reaches them late and stamps its heartbeats with the clock. KT's update
+    /// log tells, and the bridge stops before its checkpoint passes them.
     func testASidEqualToTheServersStopsABridgeThatStalledOverWithheldWrites() async throws {
-        let kt = try FakeKTProcess(logDir: tmp, sid: 7)
-        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
-        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
-        let id = "kt:127.0.0.1:\(kt.port)"
-        let wrong = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "7",
-                                                     "--initial-copy", "never", "--batch-interval", "100ms", "--log-format", "text"],
-                                      logDir: tmp, ready: true)
-        try await QSTesting.waitFor("the idle bridge's checkpoint moved by heartbeats", timeout: .seconds(20)) {
-            ((try? await c.checkpoint(sourceID: id)) ?? nil ?? 0) > 0
-        }
+        let (kt, root, c, wrong) = try await idleBridgeWithTheServersSid()
         kill(wrong.pid, SIGSTOP)
         let stoppedAt = ContinuousClock.now
         for i in 0..<2 {
@@ -197,20 +187,62 @@ final class LiveKTTests: XCTestCase {
         try await assertStopsThenARightSidBrings(wrong, kt, root, c, keys: (0..<2).map { "stalled-\($0)" })
     }
 
-    /// `wrong` (--sid 7, KT's own) stops naming --sid and the update log, and a bridge with a right sid brings
+    /// A running bridge with KT's own sid while writes come steadily, one every few
+    /// heartbeats' worth of time (fewer than the 256 in a row after which KT says so): each
+    /// heartbeat is stamped with a newer withheld write, a whole millisecond never repeated,
+    /// which the stamps cannot tell from the clock. KT's update log, read about once a second
+    /// whenever a heartbeat would vouch past the last update sent, tells: the checkpoint
+    /// stays below the first of them, and a bridge with a right --sid brings every one.
+    func testASidEqualToTheServersStopsABridgeUnderSteadyWritesBeforeItsCheckpointPassesAny() async throws {
+        let (kt, root, c, wrong) = try await idleBridgeWithTheServersSid()
+        // Idle for a few seconds more: the update log has been read and found nothing past
+        // the last update, the case in which the heartbeats once vouched on their own.
+        let idleSince = ContinuousClock.now
+        try await Task.sleep(until: idleSince + .seconds(3))
+        var keys = [String]()
+        for i in 0..<120 where wrong.isRunning {
+            keys.append("steady-\(i)")
+            kt.set("steady-\(i)", "v\(i)")
+            try await Task.sleep(for: .milliseconds(30))
+        }
+        try await assertStopsThenARightSidBrings(wrong, kt, root, c, keys: keys, toldByTheLog: false)
+    }
+
+    /// A root and a fake KT (sid 7) with a bridge presenting KT's own sid, idle until the
+    /// heartbeats moved its checkpoint.
+    private func idleBridgeWithTheServersSid() async throws -> (FakeKTProcess, RootNode, QSClient, DaemonProcess) {
+        let kt = try FakeKTProcess(logDir: tmp, sid: 7)
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let id = "kt:127.0.0.1:\(kt.port)"
+        let wrong = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "7",
+                                                     "--initial-copy", "never", "--batch-interval", "100ms", "--log-format", "text"],
+                                      logDir: tmp, ready: true)
+        try await QSTesting.waitFor("the idle bridge's checkpoint moved by heartbeats", timeout: .seconds(20)) {
+            ((try? await c.checkpoint(sourceID: id)) ?? nil ?? 0) > 0
+        }
+        return (kt, root, c, wrong)
+    }
+
+    /// `wrong` (--sid 7, KT's own) stops naming --sid (and the update log, if `toldByTheLog`), and a bridge with a right sid brings
     /// `keys` (each written with value `v<n>`): the checkpoint had not passed them.
     private func assertStopsThenARightSidBrings(_ wrong: DaemonProcess, _ kt: FakeKTProcess, _ root: RootNode, _ c: QSClient,
-                                                keys: [String]) async throws {
+                                                keys: [String], toldByTheLog: Bool = true) async throws {
         try await QSTesting.waitFor("the bridge to stop", timeout: .seconds(30)) { !wrong.isRunning }
         wrong.process.waitUntilExit()
         XCTAssertNotEqual(wrong.process.terminationStatus, 0)
         XCTAssertTrue(wrong.log.contains("--sid 7"), wrong.log)
-        XCTAssertTrue(wrong.log.contains("its update log (ulog_list)"), "told by the update log, not the stamps: \(wrong.log)")
-        let (right, _) = try bridge(kt, root)
-        for (i, key) in keys.enumerated() {
-            let arrived = await waitFor(c, key, "v\(i)")
-            XCTAssertTrue(arrived, "the checkpoint passed a withheld write: \(right.log)")
+        if toldByTheLog {
+            XCTAssertTrue(wrong.log.contains("its update log (ulog_list)"), "told by the update log, not the stamps: \(wrong.log)")
         }
+        let (right, _) = try bridge(kt, root)
+        // Updates apply in KT's order: once the last is there, every one the checkpoint had
+        // not passed is too.
+        let last = await waitFor(c, keys[keys.count - 1], "v\(keys.count - 1)")
+        XCTAssertTrue(last, right.log)
+        let state = try await dumpState(c)
+        let missing = keys.enumerated().filter { state[Array($0.element.utf8)]?.value != Array("v\($0.offset)".utf8) }.map(\.element)
+        XCTAssertEqual(missing, [], "the checkpoint passed withheld writes: \(right.log)")
         XCTAssertEqual(try right.stop(), 0)
         await c.close()
     }

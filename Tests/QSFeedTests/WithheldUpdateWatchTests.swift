@@ -51,11 +51,11 @@ final class WithheldUpdateWatchTests: XCTestCase {
         XCTAssertEqual(w.heartbeat(5000 * ms), .withheld(.stamps))
     }
 
-    /// After a connect, a heartbeat's proposal past the last update goes through only as far
-    /// as a reading of KT's update log vouches (one made after it, finding nothing logged
-    /// past the update); then steady heartbeats vouch on their own, until KT's reader was
-    /// held (frames stopped coming for a while) and another reading is needed.
-    func testTheUpdateLogVouchesAfterAConnectAndAfterAGap() {
+    /// A heartbeat's proposal past the last update goes through only as far as a reading of
+    /// KT's update log made after it vouches (one finding nothing logged past the update),
+    /// after a connect as much as while heartbeats come steadily: each proposal past what
+    /// the last reading covered waits for the next.
+    func testTheUpdateLogVouchesForEachProposalPastTheLastUpdate() {
         var w = WithheldUpdateWatch(after: 1000 * ms)
         XCTAssertEqual(w.heartbeat(3000 * ms), .vouches(nil))
         XCTAssertEqual(w.heartbeat(3100 * ms), .vouches(2000 * ms))
@@ -64,24 +64,52 @@ final class WithheldUpdateWatchTests: XCTestCase {
         w.logRead(newest: 900 * ms, covering: 2000 * ms)
         XCTAssertNil(w.wantsLogRead)
         XCTAssertEqual(w.limited(2000 * ms), 2000 * ms)
-        // Steady heartbeats: the stamps tell.
+        // Steady heartbeats: the next proposal waits for another reading.
         XCTAssertEqual(w.heartbeat(3200 * ms), .vouches(2100 * ms))
-        XCTAssertNil(w.wantsLogRead)
-        XCTAssertEqual(w.limited(2100 * ms), 2100 * ms)
-        // An update's stamp a second above the clock's is no gap.
+        XCTAssertEqual(w.wantsLogRead, 2100 * ms)
+        XCTAssertEqual(w.limited(2100 * ms), 2000 * ms, "held at what the last reading covered")
+        // An update's stamp a second above the clock's.
         w.update(3250 * ms + 1)
         XCTAssertEqual(w.heartbeat(3250 * ms + 1), .vouches(3250 * ms + 1))
+        XCTAssertNil(w.wantsLogRead, "at or before the last update: nothing to read")
         XCTAssertEqual(w.heartbeat(3300 * ms), .vouches(2250 * ms + 1))
         XCTAssertNil(w.wantsLogRead)
-        XCTAssertEqual(w.heartbeat(4300 * ms), .vouches(2300 * ms))
-        XCTAssertEqual(w.limited(4200 * ms), 4200 * ms)
-        // Frames stopped coming for a while: a withheld write may have been read late.
-        w.readerWasHeld()
-        XCTAssertEqual(w.heartbeat(4400 * ms), .vouches(3300 * ms))
-        XCTAssertEqual(w.wantsLogRead, 3300 * ms)
-        XCTAssertEqual(w.limited(3300 * ms), 3250 * ms + 1, "held at the last update, what the readings vouched for is below it")
+        XCTAssertEqual(w.heartbeat(4400 * ms), .vouches(2300 * ms))
+        XCTAssertNil(w.wantsLogRead)
+        XCTAssertEqual(w.heartbeat(4500 * ms), .vouches(3400 * ms))
+        XCTAssertEqual(w.wantsLogRead, 3400 * ms)
+        XCTAssertEqual(w.limited(3400 * ms), 3250 * ms + 1, "held at the last update, what the readings vouched for is below it")
+        w.logRead(newest: 3250 * ms + 1, covering: 3400 * ms)
+        XCTAssertEqual(w.limited(3400 * ms), 3400 * ms)
         // A heartbeat at or before the last update vouches for itself, read or not.
         XCTAssertEqual(w.limited(500 * ms), 500 * ms)
+    }
+
+    /// Writes withheld at least one a heartbeat: each heartbeat is stamped with the newest,
+    /// a new whole millisecond, which the stamps cannot tell from the clock. The reading
+    /// after the first proposal past the last update finds them, and the position stays at
+    /// the last update sent.
+    func testSteadyWithheldWritesAreFoundByTheNextReadingAndNeverVouchedFor() {
+        var w = WithheldUpdateWatch(after: 1000 * ms)
+        XCTAssertEqual(w.heartbeat(4000 * ms), .vouches(nil))
+        XCTAssertEqual(w.heartbeat(4100 * ms), .vouches(3000 * ms))
+        w.logRead(newest: 900 * ms, covering: 3000 * ms)
+        // Withheld writes from 5000 ms on, one every 80 ms: each heartbeat is the newest.
+        var vouched: UInt64 = 0
+        var stamp = 5000 * ms
+        var read = false
+        for _ in 0..<20 {
+            guard case let .vouches(v) = w.heartbeat(stamp) else { return XCTFail("told apart by the stamps at \(stamp)") }
+            if let covering = w.wantsLogRead, !read {
+                w.logRead(newest: stamp, covering: covering)
+                read = true
+            }
+            vouched = max(vouched, w.limited(v) ?? 0)
+            stamp += 80 * ms
+        }
+        XCTAssertTrue(read)
+        XCTAssertEqual(w.unsent, 5000 * ms)
+        XCTAssertLessThan(vouched, 5000 * ms, "no withheld write under the position")
     }
 
     /// Writes withheld long before KT's reader reached them (a bridge catching up): the
