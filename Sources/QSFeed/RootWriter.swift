@@ -73,11 +73,14 @@ public struct RootRefusal: Error, Sendable, CustomStringConvertible {
 /// naming both addresses and the reason), provided that address holds every source id this
 /// writer wrote at least where the root it leaves was known to (`check(continuity:)`): an
 /// empty root listed before it mirrors the other, or one of another history, is passed
-/// over, so no acknowledged write lands where the fleet's root never sees it. (A process
-/// started while its first address is down knows no position yet and takes the next
-/// that answers.) A call whose answer was lost is sent again to
-/// the next address: compare-and-swap on the source's position resolves it (a batch
-/// already committed answers `conflict(current: new)`), so nothing is applied twice.
+/// over, so no acknowledged write lands where the fleet's root never sees it. A compatible
+/// mirror is passed over at connection (`check(mirror:)`). A writer that has seen no
+/// position of its source id yet (started while its first address is down or is a mirror)
+/// takes another address only if it shows it carries the history (`check(carries:)`: a
+/// checkpoint of the source id, promoted, a cluster member, the head of a mirror passed
+/// over, or the root a mirror passed over follows). A call whose answer was lost is sent
+/// again to the next address: compare-and-swap on the source's position resolves it (a
+/// batch already committed answers `conflict(current: new)`), so nothing is applied twice.
 ///
 /// Every new connection starts with `hello`, so a wrong write token (or a root that is a
 /// replica) stops the bridge at start-up rather than at its first write; while nothing is
@@ -249,6 +252,8 @@ public actor RootWriter {
                 // mirror, a demoted root), with its head: a root whose log holds that head
                 // carries the history it mirrors.
                 var anchor: (endpoint: Endpoint, head: Head)?
+                // The roots the mirrors passed over follow (their live mirror bridges' sources).
+                var mirrored = [Endpoint]()
                 for step in 0..<endpoints.count {
                     let i = (start + step) % endpoints.count, endpoint = endpoints[i]
                     do {
@@ -260,7 +265,7 @@ public actor RootWriter {
                             // A compatible mirror says hello to its mirror bridge and refuses
                             // every other write: a writer of its own passes it over now (with
                             // its head as the anchor) rather than at its first write.
-                            if sourceID != nil { try await Self.check(mirror: c) }
+                            if sourceID != nil { try await Self.check(mirror: c, following: &mirrored) }
                             introduced = true
                             if let lastUsed, lastUsed != i {
                                 try await Self.check(continuity: c, endpoint: endpoint, from: endpoints[lastUsed], confirmed: confirmed)
@@ -281,7 +286,7 @@ public actor RootWriter {
                                     await previous.close()
                                 }
                                 try await Self.check(carries: c, endpoint: endpoint, from: from, sourceID: sourceID, anchor: anchor,
-                                                     fromEmpty: fromEmpty)
+                                                     mirrored: mirrored, fromEmpty: fromEmpty)
                             }
                         } catch {
                             if !introduced, anchor == nil, case let ClientError.server(code, _) = error,
@@ -367,14 +372,17 @@ public actor RootWriter {
     /// The node's status (`qsctl status`'s JSON), nil when it answers something else.
     static func status(of c: any RootConnection) async throws -> [String: Any]? {
         guard case let .status(json) = try await c.send(.status, timeout: .seconds(10)) else { return nil }
-        return try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any]
+        return NodeStatus.parse(json)
     }
 
     /// A root whose write role is `mirror` (demoted, or fed by `qsqsbridge --mode
     /// compatible`) takes only its mirror bridge's appends: passed over (a `ClientError`,
-    /// retried when it is the only address: a cut-over undone gives the writes back).
-    static func check(mirror c: any RootConnection) async throws {
-        guard try await status(of: c)?["write_role"] as? String == "mirror" else { return }
+    /// retried when it is the only address, as a batch refused by a root demoted in use is:
+    /// a cut-over undone gives the writes back). The roots its live mirror bridges read are
+    /// added to `following`: they carry its history.
+    static func check(mirror c: any RootConnection, following: inout [Endpoint]) async throws {
+        guard let s = try await status(of: c), NodeStatus.isMirror(s) else { return }
+        following += NodeStatus.mirroredSources(s)
         throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
             "takes no writes: a compatible mirror (write_role mirror), it takes only its mirror bridge's appends; write to the root it mirrors, or cut over to it (qsctl cutover)")
     }
@@ -403,13 +411,16 @@ public actor RootWriter {
     /// `anchor`: an address passed over that answered but takes no writes, with its head:
     /// a root whose log holds that head (a mirror's source, a cut-over's new root) carries
     /// the history too.
+    /// `mirrored`: the roots that compatible mirrors passed over follow (their bridges'
+    /// `--source`): such a root is where those mirrors' history is written, empty or not.
     /// `fromEmpty`: `previous` answered with an empty log (nothing to compare with).
     static func check(carries c: any RootConnection, endpoint: Endpoint, from previous: Endpoint, sourceID: String,
-                      anchor: (endpoint: Endpoint, head: Head)? = nil, fromEmpty: Bool = false) async throws {
+                      anchor: (endpoint: Endpoint, head: Head)? = nil, mirrored: [Endpoint] = [], fromEmpty: Bool = false) async throws {
         if try await c.checkpoint(sourceID: sourceID) != nil { return }
         if let s = try await status(of: c), s["write_role"] as? String == "promoted" || s["cluster"] != nil {
             return
         }
+        if mirrored.contains(endpoint) { return }
         if let anchor {
             if try await entryHash(on: c, at: anchor.head.index) == anchor.head.hash { return }
             throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
@@ -520,7 +531,11 @@ public actor RootWriter {
 
     /// Runs `call` against the root, retrying on connection failures with backoff. Node
     /// errors that retrying cannot cure (unauthorized, invalid request) stop the bridge.
-    public func perform<T: Sendable>(_ what: String, _ call: @Sendable (any RootConnection) async throws -> T) async throws -> T {
+    /// `refusedAtOnce`: a single root address that takes no writes (demoted, a compatible
+    /// mirror) fails the call with `FeedError.stop` rather than retrying it, at connection
+    /// and in the call alike: qsrest answers its batch 503 at once and tries the next.
+    public func perform<T: Sendable>(_ what: String, refusedAtOnce: Bool = false,
+                                     _ call: @Sendable (any RootConnection) async throws -> T) async throws -> T {
         var backoff = Backoff()
         while true {
             try Task.checkCancellation()
@@ -536,6 +551,12 @@ public actor RootWriter {
                 link.withLockedValue { $0.lastCallFailure = nil }
                 return answer
             } catch {
+                var error = error
+                if refusedAtOnce, endpoints.count == 1, case let ClientError.server(code, message) = error,
+                   ErrorCode(rawValue: code) == .notWritable {
+                    let why = message.hasPrefix("takes no writes: ") ? String(message.dropFirst(17)) : message
+                    error = FeedError.stop("the root at \(endpoints[0]) takes no writes: \(why); point --root at the writable root")
+                }
                 try await failed(what, error, generation: on)
             }
             try await Task.sleep(for: backoff.next())
@@ -656,8 +677,8 @@ public actor RootWriter {
         }
     }
 
-    public func checkpoint(sourceID: String) async throws -> UInt64? {
-        let position = try await perform("get-checkpoint") { try await $0.checkpoint(sourceID: sourceID) }
+    public func checkpoint(sourceID: String, refusedAtOnce: Bool = false) async throws -> UInt64? {
+        let position = try await perform("get-checkpoint", refusedAtOnce: refusedAtOnce) { try await $0.checkpoint(sourceID: sourceID) }
         confirm(sourceID, position)
         return position
     }
@@ -702,8 +723,7 @@ public actor RootWriter {
     public func writes(sourceID: String, expected: UInt64, new: UInt64, writes: [ConditionalWrite],
                        sending: NIOLockedValueBox<SendState>? = nil) async throws -> Response {
         let request = Request.writes(.init(token: token, sourceID: sourceID, expected: expected, new: new, writes: writes))
-        let endpoints = self.endpoints
-        let r = try await perform("writes") { client in
+        let r = try await perform("writes", refusedAtOnce: true) { client in
             if let sending {
                 let go = sending.withLockedValue { state -> Bool in
                     guard state != .abandoned else { return false }
@@ -716,9 +736,6 @@ public actor RootWriter {
             switch r {
             case .written, .conflict: return r
             case let .error(code, message):
-                if ErrorCode(rawValue: code) == .notWritable, endpoints.count == 1 {
-                    throw FeedError.stop("the root takes no writes: \(message); point --root at the writable root")
-                }
                 throw ClientError.server(code: code, message: message)
             default: throw ClientError.unexpected("\(r)")
             }

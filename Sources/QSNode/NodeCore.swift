@@ -337,7 +337,7 @@ public final class NodeCore: Sendable {
                        return true
                    }) {
                     role = .mirror
-                    logger.notice("became a compatible mirror: an empty root probed by a compatible mirror bridge; it refuses other writes (qsctl promote makes it a writable root)",
+                    logger.notice("became a compatible mirror: an empty root probed by a compatible mirror bridge; it refuses other writes (if it is the root meant to take the writes, that bridge points the wrong way: stop it, then run qsctl promote --force on this node)",
                                   metadata: ["peer": "\(peer)"])
                 }
                 if role == .mirror {

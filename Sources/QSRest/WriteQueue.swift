@@ -283,11 +283,19 @@ public actor WriteQueue: Service {
         let deadline = (pending.first?.arrived ?? start) + limits.commitTimeout
         if confirmed == nil {
             do {
+                // A single root address that takes no writes answers at once, as a batch does.
                 let cp = try await Self.within(deadline, stop: stopSignal) { [root, sourceID] in
-                    try await root.checkpoint(sourceID: sourceID) ?? 0
+                    try await root.checkpoint(sourceID: sourceID, refusedAtOnce: true) ?? 0
                 }
                 if confirmed == nil { setConfirmed(cp) }
             } catch is CancellationError {
+                return
+            } catch let error as FeedError {
+                // The only root address takes no writes: answered at once, as a batch is.
+                let batch = takeBatch()
+                logger.error("the root's position could not be read; the batch's requests get an error",
+                             metadata: ["source-id": "\(sourceID)", "requests": "\(batch.count)", "error": "\(error)"])
+                fail(batch, "\(error)")
                 return
             } catch {
                 // No root answered: nothing of the next batch was sent.

@@ -43,21 +43,18 @@ struct Promote: AsyncParsableCommand {
     func refuseWhileTheSourceTakesWrites() async throws {
         let options = parent.options
         let status = try await options.withClient { try await $0.status() }
-        let s = (try? JSONSerialization.jsonObject(with: Data(status.utf8))) as? [String: Any]
+        let s = NodeStatus.parse(status)
         let node = options.node
-        guard let mirror = s?["mirror"] as? [String: Any], mirror["following"] as? Bool == true else {
+        guard (s?["mirror"] as? [String: Any])?["following"] as? Bool == true else {
             // A mirror nothing feeds: a demoted root (a cut-over handed its writes to another
             // root), or a mirror whose bridge stopped. Which root took the writes is unknown.
-            if s?["write_role"] as? String == "mirror" {
+            if let s, NodeStatus.isMirror(s) {
                 fail("\(node) is a compatible mirror (demoted, or fed by a qsqsbridge that has stopped) and no qsqsbridge feeds it now: the root it handed its writes to, or mirrored, most likely still takes them, and promoting \(node) would make two roots whose histories fork. To give \(node) the writes, run 'qsctl cutover --from THAT_ROOT --to \(node)' (it demotes that root first and waits for \(node) to hold its head). If no other root took the writes (you are undoing a demote) or that root is gone for good, run again with --force. Nothing changed")
                 throw Exit.usage
             }
             return
         }
-        let clients = (mirror["followed_by"] as? [[String: Any]] ?? []).compactMap { $0["client"] as? String }
-        let sources = clients.compactMap { client in
-            client.split(separator: " ").first { $0.hasPrefix("source=qs://") }.flatMap { Address(argument: String($0.dropFirst(12))) }
-        }
+        let sources = NodeStatus.mirroredSources(s ?? [:]).map(Address.init)
         var writable = [String](), silent = [String]()
         for source in sources {
             var o = options

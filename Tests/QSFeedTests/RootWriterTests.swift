@@ -242,17 +242,57 @@ final class RootFailoverTests: XCTestCase {
         XCTAssertEqual(w.endpoint, .unix(path: "root1"))
         XCTAssertEqual(mirror.snapshot.checkpointReads, 0, "nothing asked of the mirror but its status and head")
 
+        // The only address: retried (a batch refused by a root demoted in use is too), and
+        // taken once promoted; a call that asks to be refused at once (qsrest's writes) is.
         let alone = writer([mirror], sourceID: "s")
+        do {
+            _ = try await within(.seconds(10), "a single mirror address refused at once") {
+                try await alone.perform("writes", refusedAtOnce: true) { _ in 0 }
+            }
+            XCTFail("a mirror took a writer's call")
+        } catch let FeedError.stop(why) {
+            XCTAssertTrue(why.contains("compatible mirror") && why.contains("point --root"), why)
+        }
+        let before = mirror.snapshot.connectAttempts
         let call = Task { try await alone.checkpoint(sourceID: "s") }
         addTeardownBlock {
             call.cancel()
             _ = try? await call.value
         }
-        try await waitFor("the mirror refused twice") { mirror.snapshot.connectAttempts >= 3 }
+        try await waitFor("the mirror refused twice more") { mirror.snapshot.connectAttempts >= before + 2 }
         XCTAssertFalse(alone.connected)
         mirror.state.withLockedValue { $0.statusJSON = #"{"write_role":"promoted"}"# }
         let promoted = try await within(.seconds(10), "checkpoint once promoted") { try await call.value }
         XCTAssertEqual(promoted, 3)
+    }
+
+    /// `--root N,L` where N is an empty compatible mirror of L and L is empty too (a new
+    /// fleet, nothing written yet): nothing to compare heads with, but N's mirror bridge
+    /// reads L (its hello's `source=`), so L carries N's history and is taken. A node too old
+    /// to report `write_role` is told a mirror by `compatible_mirror`.
+    func testTakesTheRootAnEmptyMirrorFollows() async throws {
+        let mirror = ScriptedRoot(), followed = ScriptedRoot()
+        mirror.state.withLockedValue {
+            $0.statusJSON = #"{"compatible_mirror":true,"mirror":{"following":true,"followed_by":[{"peer":"x","client":"qsqsbridge mode=compatible source=qs://unix:root1 source-id=qs:unix:root1"}]}}"#
+        }
+        let w = writer([mirror, followed], sourceID: "s")
+        let cp = try await within(.seconds(10), "the followed root taken") { try await w.checkpoint(sourceID: "s") }
+        XCTAssertNil(cp)
+        XCTAssertEqual(w.endpoint, .unix(path: "root1"))
+
+        // A mirror that follows another root: the empty root is not known to carry it.
+        let other = ScriptedRoot(), empty = ScriptedRoot()
+        other.state.withLockedValue {
+            $0.statusJSON = #"{"write_role":"mirror","mirror":{"following":true,"followed_by":[{"peer":"x","client":"qsqsbridge mode=compatible source=qs://10.0.0.9:7400 source-id=a"}]}}"#
+        }
+        let refused = writer([other, empty], sourceID: "s")
+        let call = Task { try await refused.checkpoint(sourceID: "s") }
+        addTeardownBlock {
+            call.cancel()
+            _ = try? await call.value
+        }
+        try await waitFor("the empty root refused") { refused.link.withLockedValue { $0.lastError ?? "" }.contains("nothing to compare with") }
+        XCTAssertFalse(refused.connected)
     }
 
     func testLeavesAnAddressWhoseHeadStandsStillWhileAnothersMoves() async throws {

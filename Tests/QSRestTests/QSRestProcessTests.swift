@@ -478,6 +478,27 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try rest.stop(), 0)
     }
 
+    /// qsrest started against a single root address that takes no writes (a root demoted
+    /// by a cut-over, a compatible mirror): its producers are answered 503 at once, naming
+    /// it, as when the root is demoted while in use, not after --commit-timeout; promoted
+    /// again, writes go through.
+    func testASingleRootThatTakesNoWritesIsAnswered503AtOnce() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let demote = try Harness.run("qsctl", ["--node", root.address, "demote"])
+        XCTAssertEqual(demote.status, 0, String(decoding: demote.stderr, as: UTF8.self))
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL(), extra: ["--commit-timeout", "60s"])
+        let refused = try curl(["-u", "dns:dns-token", "--max-time", "20", "-X", "PUT", "--data-binary", "x", "http://127.0.0.1:\(port)/dns%2Fk"])
+        XCTAssertEqual(refused.status, 503, refused.body)
+        XCTAssertTrue(refused.body.contains("compatible%20mirror") && refused.body.contains("nothing%20was%20acknowledged"), refused.body)
+        let ready = httpGet(port: admin, path: "/readyz")
+        XCTAssertEqual(ready?.status, 503)
+        XCTAssertTrue(ready?.body.contains("compatible mirror") ?? false, ready?.body ?? "no answer")
+        let promote = try Harness.run("qsctl", ["--node", root.address, "promote", "--force"])
+        XCTAssertEqual(promote.status, 0, String(decoding: promote.stderr, as: UTF8.self))
+        XCTAssertEqual(try curl(["-u", "dns:dns-token", "--max-time", "20", "-X", "PUT", "--data-binary", "x", "http://127.0.0.1:\(port)/dns%2Fk"]).status, 201)
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
     /// The root demoted while producers write: every request gets an error (never a false
     /// success), /readyz says why, and nothing acknowledged is lost; promoted again, writes
     /// go through again on their own.
