@@ -348,88 +348,6 @@ public actor RootWriter {
         return made.connection
     }
 
-    /// The root's answer to hello: its head when the token is accepted. A root that does
-    /// not know hello (older than it) is taken as it is: its first write checks the token.
-    /// A node that takes no writes stops the bridge when it is the only address, and is
-    /// passed over (a `ClientError`) when there are others; one that cannot take writes
-    /// now (a cluster member not following its log: `storage-error`) is passed over.
-    static func check(hello answer: Response, endpoint: Endpoint, tokenOrigin: String, alternatives: Bool = false) throws {
-        guard case let .error(code, message) = answer else { return }
-        switch ErrorCode(rawValue: code) {
-        case .unauthorized:
-            throw FeedError.stop("the root at \(endpoint) refused \(tokenOrigin): \(message); put the root's token (its --write-token-file) in it")
-        case .notWritable where alternatives:
-            throw ClientError.server(code: code, message: "takes no writes: \(message)")
-        case .notWritable:
-            throw FeedError.stop("\(endpoint) takes no writes: \(message); point --root at the root")
-        case .storageError, .shuttingDown:
-            throw ClientError.server(code: code, message: message)
-        default:
-            return
-        }
-    }
-
-    /// The node's status (`qsctl status`'s JSON), nil when it answers something else.
-    static func status(of c: any RootConnection) async throws -> [String: Any]? {
-        guard case let .status(json) = try await c.send(.status, timeout: .seconds(10)) else { return nil }
-        return NodeStatus.parse(json)
-    }
-
-    /// A root whose write role is `mirror` (demoted, or fed by `qsqsbridge --mode
-    /// compatible`) takes only its mirror bridge's appends: passed over (a `ClientError`,
-    /// retried when it is the only address, as a batch refused by a root demoted in use is:
-    /// a cut-over undone gives the writes back). The roots its live mirror bridges read are
-    /// added to `following`: they carry its history.
-    static func check(mirror c: any RootConnection, following: inout [Endpoint]) async throws {
-        guard let s = try await status(of: c), NodeStatus.isMirror(s) else { return }
-        following += NodeStatus.mirroredSources(s)
-        throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
-            "takes no writes: a compatible mirror (write_role mirror), it takes only its mirror bridge's appends; write to the root it mirrors, or cut over to it (qsctl cutover)")
-    }
-
-    /// A root this writer moves to must hold every source id at least where the root it
-    /// leaves was known to: one behind (an empty root listed before it is a mirror, a root
-    /// of another history) would take writes the fleet's root never sees, and acknowledged
-    /// writes would live only there. Passed over (a `ClientError`) with the positions.
-    static func check(continuity c: any RootConnection, endpoint: Endpoint, from previous: Endpoint,
-                      confirmed: [String: UInt64]) async throws {
-        for (sourceID, position) in confirmed.sorted(by: { $0.key < $1.key }) {
-            let theirs = try await c.checkpoint(sourceID: sourceID)
-            guard let theirs, theirs >= position else {
-                throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
-                    "holds source id \(sourceID) at \(theirs.map(String.init) ?? "no checkpoint"), behind the \(position) this writer saw at \(previous): not a copy of it, so not moved to (a root listed in --root must mirror the one before it, qsqsbridge --mode compatible, before it can take over)")
-            }
-        }
-    }
-
-    /// An address a writer moves to without having seen a position of `sourceID` at the
-    /// one it leaves is taken only if it carries that history: it holds a checkpoint of
-    /// `sourceID` (a copy of a root this source wrote to, or a cluster member), it was
-    /// promoted (a cut-over gave it the writes), or it is a member of a root cluster (one
-    /// log through etcd). An empty root, or one of another history, is passed over (a
-    /// `ClientError`): it would take writes the fleet's root never sees.
-    /// `anchor`: an address passed over that answered but takes no writes, with its head:
-    /// a root whose log holds that head (a mirror's source, a cut-over's new root) carries
-    /// the history too.
-    /// `mirrored`: the roots that compatible mirrors passed over follow (their bridges'
-    /// `--source`): such a root is where those mirrors' history is written, empty or not.
-    /// `fromEmpty`: `previous` answered with an empty log (nothing to compare with).
-    static func check(carries c: any RootConnection, endpoint: Endpoint, from previous: Endpoint, sourceID: String,
-                      anchor: (endpoint: Endpoint, head: Head)? = nil, mirrored: [Endpoint] = [], fromEmpty: Bool = false) async throws {
-        if try await c.checkpoint(sourceID: sourceID) != nil { return }
-        if let s = try await status(of: c), s["write_role"] as? String == "promoted" || s["cluster"] != nil {
-            return
-        }
-        if mirrored.contains(endpoint) { return }
-        if let anchor {
-            if try await entryHash(on: c, at: anchor.head.index) == anchor.head.hash { return }
-            throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
-                "holds no checkpoint of source id \(sourceID), is neither a promoted root nor a root cluster member, and does not hold the head of \(anchor.endpoint) (index \(anchor.head.index)), which takes no writes: not known to be a copy of it, so not moved to (list in --root only roots that mirror one another)")
-        }
-        throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
-            "holds no checkpoint of source id \(sourceID) and is neither a promoted root nor a root cluster member, while this writer has seen no position at \(previous) (\(fromEmpty ? "its log is empty: nothing to compare with" : "it did not answer")): not known to be a copy of it, so not moved to (list in --root only roots that mirror the one before it; the writer goes on at \(previous) once it answers)")
-    }
-
     private func setLink(connected: Bool, error: String?) {
         link.withLockedValue {
             $0.connected = connected
@@ -760,17 +678,6 @@ public actor RootWriter {
     /// The hash of the root's log entry at `index` (nil: it holds none there).
     public func entryHash(at index: UInt64) async throws -> [UInt8]? {
         try await perform("read-log") { try await Self.entryHash(on: $0, at: index) }
-    }
-
-    /// The chained hash of the entry at `index` in the log of the root behind `c`, nil when
-    /// it does not hold that entry (not yet, or trimmed).
-    static func entryHash(on c: any RootConnection, at index: UInt64) async throws -> [UInt8]? {
-        let r = try await c.send(.readLog(from: index, count: 1), timeout: callTimeout)
-        switch r {
-        case let .entries(list): return list.first { $0.index == index }?.hash
-        case let .error(code, message): throw ClientError.server(code: code, message: message)
-        default: throw ClientError.unexpected("\(r)")
-        }
     }
 
     /// The cursor of the source's unfinished initial copy, nil when none is in progress.
