@@ -38,11 +38,14 @@ extension RootWriter {
     /// A root whose write role is `mirror` (demoted, or fed by `qsqsbridge --mode
     /// compatible`) takes only its mirror bridge's appends: passed over (a `ClientError`,
     /// retried when it is the only address, as a batch refused by a root demoted in use is:
-    /// a cut-over undone gives the writes back). The roots its live mirror bridges read are
-    /// added to `following`: they carry its history.
+    /// a cut-over undone gives the writes back). When it is empty, the roots its live mirror
+    /// bridges read are added to `following`: an empty history is carried by any of them.
+    /// A mirror that holds entries is not taken at its word (a bridge's `--source` is
+    /// resolved where the bridge runs, and a bridge stays listed while it only keeps the
+    /// connection alive): its head is the anchor the next address must hold.
     static func check(mirror c: any RootConnection, following: inout [Endpoint]) async throws {
         guard let s = try await status(of: c), NodeStatus.isMirror(s) else { return }
-        following += NodeStatus.mirroredSources(s)
+        if try await c.head().index == 0 { following += NodeStatus.mirroredSources(s) }
         throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
             "takes no writes: a compatible mirror (write_role mirror), it takes only its mirror bridge's appends; write to the root it mirrors, or cut over to it (qsctl cutover)")
     }
@@ -71,8 +74,8 @@ extension RootWriter {
     /// `anchor`: an address passed over that answered but takes no writes, with its head:
     /// a root whose log holds that head (a mirror's source, a cut-over's new root) carries
     /// the history too.
-    /// `mirrored`: the roots that compatible mirrors passed over follow (their bridges'
-    /// `--source`): such a root is where those mirrors' history is written, empty or not.
+    /// `mirrored`: the roots that empty compatible mirrors passed over follow (their
+    /// bridges' `--source`): nothing to hold, so such a root carries their history.
     /// `fromEmpty`: `previous` answered with an empty log (nothing to compare with).
     static func check(carries c: any RootConnection, endpoint: Endpoint, from previous: Endpoint, sourceID: String,
                       anchor: (endpoint: Endpoint, head: Head)? = nil, mirrored: [Endpoint] = [], fromEmpty: Bool = false) async throws {

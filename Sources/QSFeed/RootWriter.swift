@@ -451,10 +451,15 @@ public actor RootWriter {
     /// errors that retrying cannot cure (unauthorized, invalid request) stop the bridge.
     /// `refusedAtOnce`: a single root address that takes no writes (demoted, a compatible
     /// mirror) fails the call with `FeedError.stop` rather than retrying it, at connection
-    /// and in the call alike: qsrest answers its batch 503 at once and tries the next.
+    /// and in the call alike: qsrest answers its batch 503 at once, "nothing was
+    /// acknowledged", and tries the next. Not after a try that may have been applied (its
+    /// answer lost): that one is retried, and its caller's deadline says "outcome unknown".
     public func perform<T: Sendable>(_ what: String, refusedAtOnce: Bool = false,
                                      _ call: @Sendable (any RootConnection) async throws -> T) async throws -> T {
         var backoff = Backoff()
+        // A try whose call went out and got no node answer (a lost answer, a timeout) may
+        // have been applied: a refusal after it is not "nothing applied", so it is retried.
+        var maybeApplied = false
         while true {
             try Task.checkCancellation()
             var on: Int?
@@ -470,10 +475,13 @@ public actor RootWriter {
                 return answer
             } catch {
                 var error = error
-                if refusedAtOnce, endpoints.count == 1, case let ClientError.server(code, message) = error,
+                if refusedAtOnce, !maybeApplied, endpoints.count == 1, case let ClientError.server(code, message) = error,
                    ErrorCode(rawValue: code) == .notWritable {
                     let why = message.hasPrefix("takes no writes: ") ? String(message.dropFirst(17)) : message
                     error = FeedError.stop("the root at \(endpoints[0]) takes no writes: \(why); point --root at the writable root")
+                }
+                if on != nil, !(error is FeedError) {
+                    if case .server = error as? ClientError {} else { maybeApplied = true }
                 }
                 try await failed(what, error, generation: on)
             }

@@ -293,6 +293,55 @@ final class RootFailoverTests: XCTestCase {
         }
         try await waitFor("the empty root refused") { refused.link.withLockedValue { $0.lastError ?? "" }.contains("nothing to compare with") }
         XCTAssertFalse(refused.connected)
+
+        // A mirror that holds entries is not taken at its word: the root it names must hold
+        // its head (here an empty root came up at that address), or it is not taken.
+        let full = ScriptedRoot(), impostor = ScriptedRoot()
+        full.state.withLockedValue {
+            $0.headIndex = 3
+            $0.statusJSON = #"{"write_role":"mirror","mirror":{"following":true,"followed_by":[{"peer":"x","client":"qsqsbridge mode=compatible source=qs://unix:root1 source-id=qs:unix:root1"}]}}"#
+        }
+        let anchored = writer([full, impostor], sourceID: "s")
+        let before = impostor.snapshot.connectAttempts
+        let tried = Task { try await anchored.checkpoint(sourceID: "s") }
+        addTeardownBlock {
+            tried.cancel()
+            _ = try? await tried.value
+        }
+        try await waitFor("the impostor tried twice") { impostor.snapshot.connectAttempts >= before + 2 }
+        XCTAssertFalse(anchored.connected, "a root that does not hold the mirror's head was taken")
+    }
+
+    /// qsrest's calls fail at once on a single root that takes no writes ("nothing was
+    /// acknowledged"), but not after a try whose answer was lost: that try may have been
+    /// applied, so the call is retried (its caller's deadline answers "outcome unknown").
+    func testARefusalAfterALostAnswerIsRetriedNotCalledNothingApplied() async throws {
+        let root = ScriptedRoot()
+        let w = writer([root], sourceID: "s")
+        let tries = NIOLockedValueBox(0)
+        let call = Task {
+            try await w.perform("writes", refusedAtOnce: true) { _ -> Int in
+                let n = tries.withLockedValue { $0 += 1; return $0 }
+                if n == 1 {
+                    // Applied, the answer lost, and the root demoted before the retry.
+                    root.state.withLockedValue {
+                        $0.statusJSON = #"{"write_role":"mirror"}"#
+                        $0.generation += 1
+                    }
+                    throw ClientError.connectionClosed
+                }
+                return n
+            }
+        }
+        addTeardownBlock {
+            call.cancel()
+            _ = try? await call.value
+        }
+        let before = root.snapshot.connectAttempts
+        try await waitFor("the demoted root refused the retry twice") { root.snapshot.connectAttempts >= before + 3 }
+        root.state.withLockedValue { $0.statusJSON = #"{"write_role":"promoted"}"# }
+        let n = try await within(.seconds(10), "the call once promoted") { try await call.value }
+        XCTAssertEqual(n, 2)
     }
 
     func testLeavesAnAddressWhoseHeadStandsStillWhileAnothersMoves() async throws {
