@@ -116,6 +116,20 @@ final class RootWriterTests: XCTestCase {
 /// A root writer given several addresses (`--root A,B`): it moves on when the one in use
 /// dies, says it takes no writes, or stands still while another goes ahead.
 final class RootFailoverTests: XCTestCase {
+    /// Starts `w`'s checkpoint read (cancelled at teardown) and waits until `root` was tried
+    /// twice more while `w` stays unconnected: the writer keeps passing `root` over.
+    func keepsRefusing(_ w: RootWriter, _ root: ScriptedRoot, _ what: String) async throws -> Task<UInt64?, any Error> {
+        let before = root.snapshot.connectAttempts
+        let call = Task { try await w.checkpoint(sourceID: "s") }
+        addTeardownBlock {
+            call.cancel()
+            _ = try? await call.value
+        }
+        try await waitFor("\(what) tried twice more") { root.snapshot.connectAttempts >= before + 2 }
+        XCTAssertFalse(w.connected, "\(what) was taken")
+        return call
+    }
+
     func writer(_ roots: [ScriptedRoot], staleAfter: Duration = .seconds(60), sourceID: String? = nil) -> RootWriter {
         let endpoints = roots.indices.map { Endpoint.unix(path: "root\($0)") }
         return RootWriter(endpoints: endpoints, token: [7], logger: quietLogger, metrics: FeedMetrics(), staleAfter: staleAfter,
@@ -253,14 +267,7 @@ final class RootFailoverTests: XCTestCase {
         } catch let FeedError.stop(why) {
             XCTAssertTrue(why.contains("compatible mirror") && why.contains("point --root"), why)
         }
-        let before = mirror.snapshot.connectAttempts
-        let call = Task { try await alone.checkpoint(sourceID: "s") }
-        addTeardownBlock {
-            call.cancel()
-            _ = try? await call.value
-        }
-        try await waitFor("the mirror refused twice more") { mirror.snapshot.connectAttempts >= before + 2 }
-        XCTAssertFalse(alone.connected)
+        let call = try await keepsRefusing(alone, mirror, "the mirror")
         mirror.state.withLockedValue { $0.statusJSON = #"{"write_role":"promoted"}"# }
         let promoted = try await within(.seconds(10), "checkpoint once promoted") { try await call.value }
         XCTAssertEqual(promoted, 3)
@@ -302,14 +309,7 @@ final class RootFailoverTests: XCTestCase {
             $0.statusJSON = #"{"write_role":"mirror","mirror":{"following":true,"followed_by":[{"peer":"x","client":"qsqsbridge mode=compatible source=qs://unix:root1 source-id=qs:unix:root1"}]}}"#
         }
         let anchored = writer([full, impostor], sourceID: "s")
-        let before = impostor.snapshot.connectAttempts
-        let tried = Task { try await anchored.checkpoint(sourceID: "s") }
-        addTeardownBlock {
-            tried.cancel()
-            _ = try? await tried.value
-        }
-        try await waitFor("the impostor tried twice") { impostor.snapshot.connectAttempts >= before + 2 }
-        XCTAssertFalse(anchored.connected, "a root that does not hold the mirror's head was taken")
+        _ = try await keepsRefusing(anchored, impostor, "a root that does not hold the mirror's head")
     }
 
     /// qsrest's calls fail at once on a single root that takes no writes ("nothing was
