@@ -42,9 +42,12 @@ extension RootWriter {
     /// bridges read are added to `following`: an empty history is carried by any of them.
     /// A mirror that holds entries is not taken at its word (a bridge's `--source` is
     /// resolved where the bridge runs, and a bridge stays listed while it only keeps the
-    /// connection alive): its head is the anchor the next address must hold.
-    static func check(mirror c: any RootConnection, following: inout [Endpoint]) async throws {
-        guard let s = try await status(of: c), NodeStatus.isMirror(s) else { return }
+    /// connection alive): its head is the anchor the next address must hold. Returns the
+    /// Status read (nil: the node answers none).
+    @discardableResult
+    static func check(mirror c: any RootConnection, following: inout [Endpoint]) async throws -> [String: Any]? {
+        guard let s = try await status(of: c) else { return nil }
+        guard NodeStatus.isMirror(s) else { return s }
         if try await c.head().index == 0 { following += NodeStatus.mirroredSources(s) }
         throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
             "takes no writes: a compatible mirror (write_role mirror), it takes only its mirror bridge's appends; write to the root it mirrors, or cut over to it (qsctl cutover)")
@@ -76,11 +79,13 @@ extension RootWriter {
     /// the history too.
     /// `mirrored`: the roots that empty compatible mirrors passed over follow (their
     /// bridges' `--source`): nothing to hold, so such a root carries their history.
+    /// `status`: the address's Status, as `check(mirror:)` read it.
     /// `fromEmpty`: `previous` answered with an empty log (nothing to compare with).
-    static func check(carries c: any RootConnection, endpoint: Endpoint, from previous: Endpoint, sourceID: String,
-                      anchor: (endpoint: Endpoint, head: Head)? = nil, mirrored: [Endpoint] = [], fromEmpty: Bool = false) async throws {
+    static func check(carries c: any RootConnection, status: [String: Any]?, endpoint: Endpoint, from previous: Endpoint,
+                      sourceID: String, anchor: (endpoint: Endpoint, head: Head)? = nil, mirrored: [Endpoint] = [],
+                      fromEmpty: Bool = false) async throws {
         if try await c.checkpoint(sourceID: sourceID) != nil { return }
-        if let s = try await status(of: c), s["write_role"] as? String == "promoted" || s["cluster"] != nil {
+        if let s = status, s["write_role"] as? String == "promoted" || s["cluster"] != nil {
             return
         }
         if mirrored.contains(endpoint) { return }

@@ -78,7 +78,7 @@ public struct RootRefusal: Error, Sendable, CustomStringConvertible {
 /// position of its source id yet (started while its first address is down or is a mirror)
 /// takes another address only if it shows it carries the history (`check(carries:)`: a
 /// checkpoint of the source id, promoted, a cluster member, the head of a mirror passed
-/// over, or the root a mirror passed over follows). A call whose answer was lost is sent
+/// over, or the root an empty mirror passed over follows). A call whose answer was lost is sent
 /// again to the next address: compare-and-swap on the source's position resolves it (a
 /// batch already committed answers `conflict(current: new)`), so nothing is applied twice.
 ///
@@ -265,7 +265,9 @@ public actor RootWriter {
                             // A compatible mirror says hello to its mirror bridge and refuses
                             // every other write: a writer of its own passes it over now (with
                             // its head as the anchor) rather than at its first write.
-                            if sourceID != nil { try await Self.check(mirror: c, following: &mirrored) }
+                            // Its Status, read once for this check and the carries check below.
+                            var status: [String: Any]?
+                            if sourceID != nil { status = try await Self.check(mirror: c, following: &mirrored) }
                             introduced = true
                             if let lastUsed, lastUsed != i {
                                 try await Self.check(continuity: c, endpoint: endpoint, from: endpoints[lastUsed], confirmed: confirmed)
@@ -285,7 +287,7 @@ public actor RootWriter {
                                     }
                                     await previous.close()
                                 }
-                                try await Self.check(carries: c, endpoint: endpoint, from: from, sourceID: sourceID, anchor: anchor,
+                                try await Self.check(carries: c, status: status, endpoint: endpoint, from: from, sourceID: sourceID, anchor: anchor,
                                                      mirrored: mirrored, fromEmpty: fromEmpty)
                             }
                         } catch {
@@ -720,7 +722,7 @@ public actor RootWriter {
             guard case let .status(json) = r else { throw ClientError.unexpected("\(r)") }
             return json
         }
-        guard let object = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
+        guard let object = NodeStatus.parse(json),
               let sources = object["sources"] as? [[String: Any]] else {
             throw FeedError.stop("the root's status does not list its sources")
         }

@@ -64,7 +64,7 @@ struct Promote: AsyncParsableCommand {
                 let client = try await QSClient.connect(to: source.endpoint, token: token, requestTimeout: options.requestTimeAmount)
                 defer { Task { await client.close() } }
                 let json = try await client.status()
-                let role = ((try? JSONSerialization.jsonObject(with: Data(json.utf8))) as? [String: Any])?["write_role"] as? String
+                let role = NodeStatus.parse(json)?["write_role"] as? String
                 if role == "open" || role == "promoted" { writable.append("\(source)") }
             } catch {
                 silent.append("\(source) (\(o.describe(error)))")
