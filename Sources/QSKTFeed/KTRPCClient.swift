@@ -34,7 +34,8 @@ public struct KTRPCCall: Sendable {
 public struct KTRPCClient: Sendable {
     public let host: String
     public let port: Int
-    /// With no byte of an answer for this long, the connection is given up.
+    /// With an answer owed and no byte of it for this long, the connection is given up (a
+    /// connection that owes none is never idle: `AnswerTimeout`).
     public let timeout: Duration
     /// The largest answer accepted (a record's value plus its columns).
     public let maxAnswerBytes: Int
@@ -63,8 +64,8 @@ public struct KTRPCClient: Sendable {
         let initializer: @Sendable (any Channel) -> EventLoopFuture<NIOAsyncChannel<KTRPCAnswerReady, HTTPClientRequestPart>> = { channel in
                 channel.eventLoop.makeCompletedFuture {
                     let ops = channel.pipeline.syncOperations
-                    try IdleTimeout.install(readTimeout: readTimeout, in: ops, error: KTRPCError.timeout)
                     try ops.addHTTPClientHandlers()
+                    try ops.addHandler(AnswerTimeout(timeout: readTimeout))
                     try ops.addHandler(KTRPCAnswerAssembler(answers: answers, limit: limit))
                     return try NIOAsyncChannel<KTRPCAnswerReady, HTTPClientRequestPart>(wrappingChannelSynchronously: channel)
                 }
@@ -150,6 +151,70 @@ public final class KTRPCConnection {
     private func readAnswer() async throws -> KTRPCAnswer {
         guard try await inbound.next() != nil, let answer = answers.take() else { throw KTRPCError.closed }
         return answer
+    }
+}
+
+/// A KT RPC connection's timeout: closes it (firing `KTRPCError.timeout` first) when an
+/// answer is owed and nothing of it came for `timeout`. A connection that owes no answer
+/// is never idle, so one kept open between calls (the update log read about once a
+/// second) stays open; KT closes it when it is idle past its own timeout.
+final class AnswerTimeout: ChannelDuplexHandler {
+    typealias InboundIn = HTTPClientResponsePart
+    typealias InboundOut = HTTPClientResponsePart
+    typealias OutboundIn = HTTPClientRequestPart
+    typealias OutboundOut = HTTPClientRequestPart
+
+    let timeout: TimeAmount
+    /// Requests written whose answers have not ended.
+    private var owed = 0
+    private var deadline: Scheduled<Void>?
+    /// Which arming a scheduled expiry belongs to (one cancelled too late finds it moved on).
+    private var generation = 0
+
+    init(timeout: TimeAmount) {
+        self.timeout = timeout
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        if case .end = unwrapOutboundIn(data) {
+            owed += 1
+            if deadline == nil { arm(context) }
+        }
+        context.write(data, promise: promise)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .end = unwrapInboundIn(data) { owed -= 1 }
+        disarm()
+        if owed > 0 { arm(context) }
+        context.fireChannelRead(data)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        disarm()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        disarm()
+    }
+
+    private func arm(_ context: ChannelHandlerContext) {
+        generation += 1
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop), armed = generation
+        deadline = context.eventLoop.scheduleTask(in: timeout) {
+            let (handler, context) = bound.value
+            guard handler.deadline != nil, armed == handler.generation else { return }
+            handler.deadline = nil
+            context.fireErrorCaught(KTRPCError.timeout)
+            context.close(promise: nil)
+        }
+    }
+
+    private func disarm() {
+        deadline?.cancel()
+        deadline = nil
+        generation += 1
     }
 }
 

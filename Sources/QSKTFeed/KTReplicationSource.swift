@@ -51,7 +51,14 @@ public struct KTReplicationSource: FeedSource {
     }
 
     public func run(after position: UInt64, deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {
-        try await stream(after: position, check: logRPC.map { KTLogCheck(rpc: $0, schedule: logSchedule) }, deliver)
+        guard let logRPC else { return try await stream(after: position, check: nil, deliver) }
+        // The update log's connection lives as long as this stream, served beside it.
+        let check = KTLogCheck(rpc: logRPC, schedule: logSchedule, connection: KTLogConnection(rpc: logRPC))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await check.connection.serve() }
+            defer { check.connection.finish() }
+            try await stream(after: position, check: check, deliver)
+        }
     }
 
     /// One reading of the update log's newest timestamp for `watch`, counted; a failure is

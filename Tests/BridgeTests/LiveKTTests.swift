@@ -19,8 +19,8 @@ final class LiveKTTests: XCTestCase {
 
     /// These tests are about the feed: no initial copy (InitialCopyTests covers it; during a
     /// copy, records appear in key order, not in KT's order).
-    func bridge(_ kt: FakeKTProcess, _ root: RootNode, extra: [String] = []) throws -> (DaemonProcess, Int) {
-        let d = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--db-map", "0=,1=aux/", "--initial-copy", "never",
+    func bridge(_ kt: FakeKTProcess, _ root: RootNode, source: String? = nil, extra: [String] = []) throws -> (DaemonProcess, Int) {
+        let d = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(source ?? kt.address)", "--db-map", "0=,1=aux/", "--initial-copy", "never",
                                                  "--sid", "99", "--batch-interval", "100ms", "--admin", "127.0.0.1:0",
                                                  "--log-format", "text"] + extra, logDir: tmp, ready: true)
         return (d, try d.port("admin"))
@@ -245,6 +245,30 @@ final class LiveKTTests: XCTestCase {
         XCTAssertEqual(missing, [], "the checkpoint passed withheld writes: \(right.log)")
         XCTAssertEqual(try right.stop(), 0)
         await c.close()
+    }
+
+    /// An idle bridge reads KT's update log about once a second, all on one connection kept
+    /// open beside the replication stream (a connection a reading was churn on KT); a kept
+    /// connection KT closed (idle past its `-tout`) is opened again without a failed reading.
+    func testUpdateLogReadingsShareOneKeptConnectionAndOneKTClosedIsOpenedAgain() async throws {
+        for (tout, shared) in [("30", true), ("0.4", false)] {
+            let kt = try FakeKTProcess(logDir: tmp, faults: ["-tout", tout])
+            let proxy = try FaultProxy(upstreamPort: kt.port)
+            defer { proxy.close() }
+            let root = try RootNode(data: tmp.appendingPathComponent("root-\(tout)"), logDir: tmp)
+            let (b, admin) = try bridge(kt, root, source: proxy.address)
+            func reads() -> Double { metricValue(port: admin, "qs_bridge_kt_log_reads_total") ?? 0 }
+            XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { reads() >= 5 }, "-tout \(tout): \(reads()) readings; \(b.log)")
+            XCTAssertEqual(metricValue(port: admin, "qs_bridge_kt_log_read_failures_total"), 0,
+                           "-tout \(tout): a connection KT closed is opened again for the same reading: \(b.log)")
+            if shared {
+                XCTAssertEqual(proxy.connectionsAccepted, 2, "the replication stream and one connection for \(reads()) readings")
+            } else {
+                XCTAssertGreaterThan(proxy.connectionsAccepted, 3, "KT closed the kept connection between readings")
+            }
+            XCTAssertEqual(httpGet(port: admin, path: "/readyz")?.status, 200, b.log)
+            XCTAssertEqual(try b.stop(), 0, b.log)
+        }
     }
 
     func testThreeLiveBridgesWithOneSourceIDUnderAWorkloadAreHarmless() async throws {
