@@ -184,7 +184,7 @@ final class AnswerTimeout: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .end = unwrapInboundIn(data) { owed -= 1 }
+        if case .end = unwrapInboundIn(data) { owed = max(0, owed - 1) }  // an answer never asked for owes nothing
         disarm()
         if owed > 0 { arm(context) }
         context.fireChannelRead(data)
