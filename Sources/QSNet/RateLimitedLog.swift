@@ -3,7 +3,8 @@ import NIOConcurrencyHelpers
 import NIOCore
 
 /// Warning lines about what peers send (bad frames, malformed requests, refused
-/// connections), at most one per peer per `window`: the lines a peer caused in between
+/// connections), or about any cause that can repeat per request, at most one per peer (or
+/// cause) per `window`: the lines a peer caused in between
 /// are counted and the next line it causes says how many were left out (`suppressed`).
 /// A peer flooding garbage costs a line every `window`, not a line per request.
 public final class RateLimitedLog: Sendable {
@@ -31,7 +32,16 @@ public final class RateLimitedLog: Sendable {
     /// client a writer names in its hello: a bridge and qsrest on one host).
     public func log(_ logger: Logger, _ level: Logger.Level, _ message: @autoclosure () -> Logger.Message, peer: String,
                     kind: String? = nil, metadata: Logger.Metadata = [:]) {
-        let key = (byHost ? Self.host(of: peer) : peer) + (kind.map { "\u{0} \($0)" } ?? "")
+        var m = metadata
+        m["peer"] = "\(peer)"
+        log(logger, level, message(), budget: (byHost ? Self.host(of: peer) : peer) + (kind.map { "\u{0} \($0)" } ?? ""), metadata: m)
+    }
+
+    /// Logs `message` unless a line with the same `budget` went out within the window; then
+    /// it only counts. For lines whose cause is not a peer (a root that does not commit,
+    /// a producer over its quota from any of its hosts): the budget names the cause.
+    public func log(_ logger: Logger, _ level: Logger.Level, _ message: @autoclosure () -> Logger.Message, budget key: String,
+                    metadata: Logger.Metadata = [:]) {
         let now = NIODeadline.now()
         let suppressed: Int? = peers.withLockedValue { peers in
             if let seen = peers[key], now - seen.last < window {
@@ -48,7 +58,6 @@ public final class RateLimitedLog: Sendable {
         }
         guard let suppressed else { return }
         var m = metadata
-        m["peer"] = "\(peer)"
         if suppressed > 0 { m["suppressed"] = "\(suppressed)" }
         logger.log(level: level, message(), metadata: m)
     }

@@ -155,7 +155,7 @@ final class KTHTTPSession: Sendable {
 
     /// The reply to a request whose read failed.
     func failure(_ error: any Error, uri: String, peer: String) -> KTReply {
-        logger.error("KT HTTP request failed", metadata: ["peer": "\(peer)", "uri": "\(uri.prefix(200))", "error": "\(error)"])
+        metrics.readFailed(logger, "KT HTTP request failed", metadata: ["peer": "\(peer)", "uri": "\(uri.prefix(200))", "error": "\(error)"])
         return KTReply(map: [Array("ERROR".utf8): Array("internal error: \(error)".utf8)], status: 500, kind: "error")
     }
 

@@ -134,7 +134,7 @@ struct MemcachedSession: Sendable {
             }
         } catch {
             out.moveWriterIndex(to: start)
-            logger.error("memcached get failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
+            metrics.readFailed(logger, "memcached get failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
             out.writeString("SERVER_ERROR storage error\r\n")
             return
         }

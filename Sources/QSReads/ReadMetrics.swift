@@ -18,6 +18,10 @@ public struct ReadMetrics: Sendable {
     let active = ActiveConnections()
     /// Bad-input warnings, at most one per peer every 10 s (the rest counted in the next).
     let badInputLog = RateLimitedLog()
+    /// Reads that failed (a damaged record, a store error), at most a line every 10 s for the
+    /// interface whoever asked (a hot damaged key is asked at any rate; the store tells each
+    /// damage found once, `qs_store_corruption_detected_total` counts every one).
+    let readFailureLog = RateLimitedLog()
 
     public init(interface: String) {
         self.interface = interface
@@ -26,6 +30,11 @@ public struct ReadMetrics: Sendable {
         connections = Meter(label: "qs_\(interface)_connections")
         hits = Counter(label: "qs_\(interface)_key_hits_total")
         misses = Counter(label: "qs_\(interface)_key_misses_total")
+    }
+
+    /// Logs a failed read (rate-limited, see `readFailureLog`).
+    func readFailed(_ logger: Logger, _ message: @autoclosure () -> Logger.Message, metadata: Logger.Metadata) {
+        readFailureLog.log(logger, .error, message(), budget: "read failed", metadata: metadata)
     }
 
     func opened() {

@@ -177,6 +177,10 @@ struct RequestHandler: Sendable {
     /// next one counting the rest (every refusal is counted in the metrics): no or a
     /// refused credential, a bad request, a key outside the keyspace, the binary protocol.
     let authLog = RateLimitedLog(), badLog = RateLimitedLog(), keyspaceLog = RateLimitedLog(), binaryLog = RateLimitedLog()
+    /// Lines a request can repeat at any rate, each at most every 10 s for its cause (the
+    /// next one counting the rest; the metrics count every one): a producer over its quota
+    /// (per producer), writes the root did not commit (one budget: the cause is the root's).
+    let quotaLog = RateLimitedLog(), commitLog = RateLimitedLog()
 
     typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
 
@@ -285,12 +289,14 @@ struct RequestHandler: Sendable {
                 try? await Task.sleep(for: d)
             case let .refuse(after):
                 m.refusedQuota.increment()
-                logger.notice("write refused: over quota", metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "retry-after": "\(after)"])
+                quotaLog.log(logger, .notice, "write refused: over quota", budget: "over \(producer.name)",
+                             metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "retry-after": "\(after)"])
                 return .error(429, "producer \(producer.name) is over its quota (writes_per_second/bytes_per_second); retry after \(after) s")
                     .adding(("Retry-After", "\(after)"))
             case let .neverFits(why):
                 m.refusedQuota.increment()
-                logger.notice("write refused: larger than the quota allows one request", metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "reason": "\(why)"])
+                quotaLog.log(logger, .notice, "write refused: larger than the quota allows one request", budget: "fits \(producer.name)",
+                             metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "reason": "\(why)"])
                 return .error(413, "producer \(producer.name)'s quota: \(why); nothing of this request was written")
             }
             do {
@@ -307,11 +313,13 @@ struct RequestHandler: Sendable {
                 return .error(413, "\(refusal); nothing was acknowledged")
             } catch let refusal as WriteQueue.Refusal where refusal.isNotCommitted {
                 m.failed.increment()
-                logger.error("write not committed in time", metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "procedure": "\(procedure)", "error": "\(refusal)"])
+                commitLog.log(logger, .error, "write not committed in time", budget: "not committed",
+                              metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "procedure": "\(procedure)", "error": "\(refusal)"])
                 return .error(503, "\(refusal)").adding(("Retry-After", "1"))
             } catch {
                 m.failed.increment()
-                logger.error("write failed", metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "procedure": "\(procedure)", "error": "\(error)"])
+                commitLog.log(logger, .error, "write failed", budget: "failed",
+                              metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "procedure": "\(procedure)", "error": "\(error)"])
                 return .error(503, "\(error); nothing was acknowledged: retry").adding(("Retry-After", "1"))
             }
         }

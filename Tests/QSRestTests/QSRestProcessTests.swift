@@ -266,6 +266,42 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try rest.stop(), 0)
     }
 
+    /// Refusals a producer can repeat at any rate (over its quota, a root that commits
+    /// nothing) are each counted but logged at most once a window for their cause, the next
+    /// line carrying how many were left out: a root outage under a producer fleet's load, or
+    /// one producer hammering past its quota, cannot flood the log with a line a request.
+    func testRepeatedRefusalsAreCountedEachAndLoggedOnceAWindow() async throws {
+        let acl = try writeACL(Self.aclText + """
+
+            [producers.slow]
+            token_sha256 = "\(sha256Hex("slow-token"))"
+            prefixes = ["slow/"]
+            writes_per_second = 1
+            """)
+        let socket = tmp.appendingPathComponent("root.sock").path
+        let (rest, port, admin) = try startRest(root: "unix:\(socket)", acl: acl,
+                                                extra: ["--commit-timeout", "1s", "--quota-max-delay", "0s"])
+        let base = "http://127.0.0.1:\(port)"
+        func parallel(_ user: String, _ prefix: String, _ n: Int) throws -> [Int] {
+            let r = try Harness.run("/usr/bin/curl", ["-s", "-o", "/dev/null", "-Z", "--parallel-max", "\(n)", "--max-time", "30",
+                                                      "-w", "%{http_code}\n", "-u", user]
+                                    + (0..<n).map { "\(base)/rpc/set?key=\(prefix)%2Fk\($0)&value=1" })
+            return String(decoding: r.stdout, as: UTF8.self).split(separator: "\n").compactMap { Int($0) }
+        }
+        let outage = try parallel("dns:dns-token", "dns", 8)
+        XCTAssertEqual(outage, Array(repeating: 503, count: 8), "no root: every write answered 503")
+        let quota = try parallel("slow:slow-token", "slow", 8)
+        XCTAssertEqual(quota.count, 8)
+        XCTAssertGreaterThanOrEqual(quota.filter { $0 == 429 }.count, 6, "one write a second: the rest over quota: \(quota)")
+        let metrics = httpGet(port: admin, path: "/metrics")?.body ?? ""
+        XCTAssertEqual(metricValue(in: metrics, "qs_rest_failed_total{producer=\"dns\"}"), 8, metrics)
+        let log = rest.log
+        func lines(_ text: String) -> Int { log.components(separatedBy: "\n").filter { $0.contains(text) }.count }
+        XCTAssertEqual(lines("write not committed in time"), 1, log)
+        XCTAssertEqual(lines("write refused: over quota"), 1, log)
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
     /// A root that stops answering with a batch in flight: the request is answered 503
     /// within --commit-timeout, saying whether its batch was sent ("outcome unknown") or not
     /// ("not applied"); once the root answers again the write is there at most once, and

@@ -82,7 +82,8 @@ final class NodeIntegrityTests: XCTestCase {
         let data = try await damagedReplica(of: root)
         let nowhere = try RefusingPort()
         let token = try tokenFile()
-        let a = try ReplicaNode(data: data, upstreams: [nowhere.address], logDir: tmp, extraArgs: ["--admin-token-file", token])
+        let a = try ReplicaNode(data: data, upstreams: [nowhere.address], logDir: tmp,
+                                extraArgs: ["--admin-token-file", token, "--memcached", "127.0.0.1:0"])
         // The repair fails (the upstream is unreachable) and is not tried again.
         XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { (a.metric("qs_replica_upstreams_left_total") ?? 0) > 3 }, a.daemon.log)
         XCTAssertEqual(a.metric("qs_replica_repairs_total"), 1)
@@ -97,6 +98,23 @@ final class NodeIntegrityTests: XCTestCase {
         } catch {
             XCTAssertTrue("\(error)".contains("damaged"), "\(error)")
         }
+        // Asked again and again (a hot key), it is refused and counted each time, logged
+        // once: readers cannot flood the log with a line a request.
+        let detected = a.metric("qs_store_corruption_detected_total") ?? 0
+        let fd = try XCTUnwrap(Harness.connectLoopback(port: try a.daemon.port("memcached")))
+        for _ in 0..<50 {
+            _ = Array("get k3\r\n".utf8).withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+            var reply = [UInt8](), buffer = [UInt8](repeating: 0, count: 512)
+            while reply.last != UInt8(ascii: "\n") {
+                let n = recv(fd, &buffer, buffer.count, 0)
+                guard n > 0 else { break }
+                reply += buffer[0..<n]
+            }
+            XCTAssertEqual(String(decoding: reply, as: UTF8.self), "SERVER_ERROR storage error\r\n")
+        }
+        close(fd)
+        XCTAssertEqual(a.metric("qs_store_corruption_detected_total"), detected + 50)
+        XCTAssertEqual(a.daemon.log.components(separatedBy: "memcached get failed").count - 1, 1, a.daemon.log)
         // The operator's rebootstrap, with the admin token.
         let bare = try Harness.run("qsctl", ["rebootstrap", "--admin", "127.0.0.1:\(a.adminPort)", "--from", root.address])
         XCTAssertEqual(bare.status, 3, String(decoding: bare.stderr, as: UTF8.self))
