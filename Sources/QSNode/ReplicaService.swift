@@ -259,7 +259,7 @@ public final class ReplicaService: Service, Sendable {
                 metrics.diskFullWaits.increment()
                 logger.error("\(storageFailure.rawValue): waiting before trying again", metadata: [
                     "upstream": "\(up)", "retry-in": "\(delay)", "remedy": "\(storageFailure.remedy)"])
-                try await Task.sleep(for: delay)
+                try await waitForRoom(delay, watching: up)
                 continue
             }
             roomBackoff.reset()
@@ -418,6 +418,26 @@ public final class ReplicaService: Service, Sendable {
             }
             throw error
         }
+    }
+
+    /// Waits `delay` for room on the disk, reading the upstream's head every few seconds
+    /// meanwhile: the lag (`qs_replica_lag_entries`, `qsctl status`) says how far the
+    /// upstream moved on while nothing could be applied, not the figure heard when it
+    /// stopped. The root's word is not renewed by it (the root's age keeps growing).
+    private func waitForRoom(_ delay: Duration, watching up: Endpoint) async throws {
+        let until = ContinuousClock.now + delay
+        repeat {
+            if let theirs = try? await upstreamHead(up) {
+                let mine = try? await core.store.head().index
+                core.updateUpstream {
+                    $0.upstreamHead = theirs.index
+                    $0.upstreamHeardNs = wallClockNanoseconds()
+                    if let mine { $0.head = mine }
+                }
+                refreshGauges()
+            }
+            try await Task.sleep(for: min(.seconds(5), until - .now))
+        } while ContinuousClock.now < until
     }
 
     /// The upstream's head, asked on a connection of its own (a `head` takes no token).

@@ -115,6 +115,10 @@ final class DiskFullTests: XCTestCase {
         XCTAssertEqual(ready.status, 503)
         XCTAssertTrue(ready.body.contains("disk full"), ready.body)
         XCTAssertTrue(replica.daemon.log.contains("a snapshot of"), replica.daemon.log)
+        // While it waits, its lag is the upstream's head now, not a figure from before.
+        try await waitFor("the lag read from the upstream while waiting", timeout: .seconds(10), pollEvery: .milliseconds(100)) {
+            replica.metric("qs_replica_lag_entries") == Double(head.index)
+        }
         // It waits (5 s first) instead of fetching again every second.
         try await Task.sleep(for: .seconds(3))
         XCTAssertEqual(replica.metric("qs_replica_disk_full_waits_total"), 1)
