@@ -27,6 +27,8 @@ final class KTHTTPSession: Sendable {
     let handovers = Counter(label: "qs_kt_http_handovers_total")
     /// One KT database, unprefixed (`KTDatabaseMap.single`): a key is the stored key.
     let plainKeys: Bool
+    /// Scans on the store's reader threads, at most two at once (of four by default).
+    let scans = ScanGate(limit: 2)
 
     init(store: Store, procedures: KTProcedures, rest: KTRESTRead, metrics: ReadMetrics, logger: Logger, maxBodyBytes: Int) {
         self.store = store
@@ -295,7 +297,7 @@ final class KTHTTPHandler: ChannelInboundHandler {
                 let store = session.store, session = self.session, peer = self.peer
                 let promise = context.eventLoop.makePromise(of: KTReply.self)
                 promise.completeWithTask {
-                    do { return try await store.read(work) } catch { return session.failure(error, uri: h.uri, peer: peer) }
+                    do { return try await session.scans.run { try await store.read(work) } } catch { return session.failure(error, uri: h.uri, peer: peer) }
                 }
                 promise.futureResult.assumeIsolated().whenSuccess { r in
                     self.respond(context, r, to: h, keepAlive: h.isKeepAlive)

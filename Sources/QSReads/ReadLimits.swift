@@ -33,3 +33,30 @@ extension StoreTransaction {
         }
     }
 }
+
+/// How many scan requests (match_prefix, match_regex, status, report) run on the store's
+/// reader threads at once; the others wait here, off those threads. However many clients
+/// scan, the rest of the reader threads stay free for the node's own reads (a replica's
+/// upstream handling, a root's checkpoint and status reads): before, sixteen slow
+/// `match_regex` requests on a root's KT port held all four and stopped its writes.
+actor ScanGate {
+    let limit: Int
+    private var running = 0
+    private var waiting: [CheckedContinuation<Void, Never>] = []
+
+    init(limit: Int) {
+        self.limit = max(1, limit)
+    }
+
+    func run<T: Sendable>(_ body: @Sendable () async throws -> T) async rethrows -> T {
+        while running >= limit {
+            await withCheckedContinuation { waiting.append($0) }
+        }
+        running += 1
+        defer {
+            running -= 1
+            if !waiting.isEmpty { waiting.removeFirst().resume() }
+        }
+        return try await body()
+    }
+}

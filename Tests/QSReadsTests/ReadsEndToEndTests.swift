@@ -84,6 +84,25 @@ final class ReadsEndToEndTests: XCTestCase {
         XCTAssertNotNil(head.headers["x-kt-xt"])
     }
 
+    /// match_regex takes POSIX extended expressions, as KT's does (`kc::Regex`: regcomp),
+    /// matched without backtracking: `(a+)+$` over a key of 40 `a`s and a `!` (hours of CPU
+    /// for a backtracking matcher, which let one read client hold the reader threads)
+    /// answers like any other scan.
+    func testMatchRegexIsPOSIXAndNeverBacktracks() async throws {
+        let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
+        _ = try await client.write([.set(key: Array((String(repeating: "a", count: 40) + "!").utf8), value: [1], expiry: nil),
+                                    .set(key: Array("aaa".utf8), value: [1], expiry: nil)])
+        await client.close()
+        let evil = try XCTUnwrap(kt("GET", "/rpc/match_regex?regex=%28a%2B%29%2B%24"))
+        XCTAssertEqual(evil.status, 200)
+        let lines = Set(String(decoding: evil.body, as: UTF8.self).split(separator: "\n").map { $0.split(separator: "\t")[0] })
+        XCTAssertEqual(lines, ["_aaa", "_m/a", "num"], String(decoding: evil.body, as: UTF8.self))
+        // POSIX bracket classes, which ICU's syntax lacked.
+        let posix = try XCTUnwrap(kt("GET", "/rpc/match_regex?regex=%5E%5B%5B%3Aalpha%3A%5D%5D%2B%24"))
+        XCTAssertTrue(String(decoding: posix.body, as: UTF8.self).contains("_aaa\t"), String(decoding: posix.body, as: UTF8.self))
+        XCTAssertTrue(String(decoding: posix.body, as: UTF8.self).contains("num\t1"), String(decoding: posix.body, as: UTF8.self))
+    }
+
     func testSimpleReadsStayOnTheFastPathAndOthersAreHandedOver() throws {
         XCTAssertEqual(kt("GET", "/m%2Fa")?.body, Array("abc".utf8) + [0, 0, 0, 5])
         XCTAssertEqual(kt("GET", "/rpc/get?key=k&DB=aux.kct")?.body, Array("value\tin aux\n".utf8))
