@@ -15,16 +15,17 @@ struct Promote: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Turn a compatible mirror into a writable root that continues the same log.",
         discussion: """
-            The node keeps its log, keyspace and per-source checkpoints (they travelled with the \\
-            mirrored entries), so a bridge pointed at it resumes where it stopped on the old root. \\
-            It then refuses compatible appends: a qsqsbridge still feeding it stops. Carries the \\
-            node's admin token (--admin-token-file); a node without one takes role changes \\
-            from this machine only. The node logs the change. Prefer 'qsctl cutover', \\
-            which first demotes the old root and makes sure the mirror holds its head. A \\
-            mirror a live qsqsbridge still feeds is refused (exit 2) without --force: its \\
-            source root most likely still takes writes, and two roots would fork the history. \\
-            So is a mirror nothing feeds (a root demoted by a cut-over: the root it handed its \\
-            writes to takes them), unless --force.
+            The node keeps its log, keyspace and per-source checkpoints (they travelled with the \
+            mirrored entries), so a bridge pointed at it resumes where it stopped on the old root. \
+            It then refuses compatible appends: a qsqsbridge still feeding it stops. Carries the \
+            node's admin token (--admin-token-file); a node without one takes role changes \
+            from this machine only. The node logs the change. Prefer 'qsctl cutover', \
+            which first demotes the old root and makes sure the mirror holds its head. A \
+            mirror a live qsqsbridge still feeds is refused (exit 2) without --force: its \
+            source root most likely still takes writes, and two roots would fork the history; \
+            once that source is demoted, the mirror is promoted only holding its head (index and \
+            hash: every write the source acknowledged). So is a mirror nothing feeds (a root \
+            demoted by a cut-over: the root it handed its writes to takes them), unless --force.
             """)
 
     @ParentCommand var parent: Qsctl
@@ -55,7 +56,8 @@ struct Promote: AsyncParsableCommand {
             return
         }
         let sources = NodeStatus.mirroredSources(s ?? [:]).map(Address.init)
-        var writable = [String](), silent = [String]()
+        let mine = try await options.withClient { try await $0.head() }
+        var writable = [String](), silent = [String](), ahead = [(source: String, head: Head)]()
         for source in sources {
             var o = options
             o.node = source
@@ -65,13 +67,26 @@ struct Promote: AsyncParsableCommand {
                 defer { Task { await client.close() } }
                 let json = try await client.status()
                 let role = NodeStatus.parse(json)?["write_role"] as? String
-                if role == "open" || role == "promoted" { writable.append("\(source)") }
+                if role == "open" || role == "promoted" {
+                    writable.append("\(source)")
+                } else {
+                    // Demoted: the mirror takes its place only holding all it acknowledged.
+                    let theirs = try await client.head()
+                    if theirs.index != mine.index || theirs.hash != mine.hash { ahead.append(("\(source)", theirs)) }
+                }
             } catch {
                 silent.append("\(source) (\(o.describe(error)))")
             }
         }
         if !writable.isEmpty {
             fail("\(node) is a compatible mirror that a qsqsbridge still feeds from \(writable.joined(separator: ", ")), which still takes writes: promoting \(node) would make two roots whose histories fork. Run 'qsctl cutover --from \(writable[0]) --to \(node)' (it demotes the source first and waits for the mirror to hold its head). Nothing changed")
+            throw Exit.usage
+        }
+        if let (source, theirs) = ahead.first {
+            let why = theirs.index > mine.index
+                ? "its source \(source), demoted, holds index \(theirs.index) and \(node) only \(mine.index): promoting it now would lose the \(theirs.index - mine.index) entries between (writes \(source) acknowledged) and fork the two histories"
+                : "its source \(source), demoted, holds index \(theirs.index) (hash \(hexString(theirs.hash).prefix(16))) and \(node) index \(mine.index) (hash \(hexString(mine.hash).prefix(16))): not the same history"
+            fail("\(node) is a compatible mirror that a qsqsbridge still feeds, and \(why). Wait until it holds \(source)'s head ('qsctl --node \(node) wait --head-of \(source)'), then promote it. Nothing changed")
             throw Exit.usage
         }
         if !silent.isEmpty || sources.isEmpty {
@@ -86,10 +101,10 @@ struct Demote: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Turn a root into a compatible mirror continuing its own head.",
         discussion: """
-            The node then refuses batches (bridges writing to it wait and retry) and takes \\
-            compatible appends that continue its head: 'qsqsbridge --source qs://NEW --root \\
-            THIS --mode compatible' keeps it in step with the new root, and replicas can move \\
-            back to it. Prints the head it was demoted at. Carries the admin token \\
+            The node then refuses batches (bridges writing to it wait and retry) and takes \
+            compatible appends that continue its head: 'qsqsbridge --source qs://NEW --root \
+            THIS --mode compatible' keeps it in step with the new root, and replicas can move \
+            back to it. Prints the head it was demoted at. Carries the admin token \
             (--admin-token-file), as promote does; the node logs the change.
             """)
 
@@ -118,13 +133,13 @@ struct Cutover: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Move the writes from root --from to its compatible mirror --to: demote, wait for the mirror to hold the head, promote.",
         discussion: """
-            Checks that --to is a compatible mirror holding a prefix of --from's log, demotes \\
-            --from (it stops taking batches; its head is final), waits until --to holds that \\
-            head (same index, same chained hash), then promotes --to. If --to does not get \\
-            there within --timeout, --from is promoted back and the command exits 5: nothing \\
-            changed but a pause in writes. Exit 0: --to takes the writes; point the bridges at \\
-            it, and feed --from from it (qsqsbridge --source qs://TO --root FROM --mode \\
-            compatible) to keep the way back open. --admin-token-file must hold the admin \\
+            Checks that --to is a compatible mirror holding a prefix of --from's log, demotes \
+            --from (it stops taking batches; its head is final), waits until --to holds that \
+            head (same index, same chained hash), then promotes --to. If --to does not get \
+            there within --timeout, --from is promoted back and the command exits 5: nothing \
+            changed but a pause in writes. Exit 0: --to takes the writes; point the bridges at \
+            it, and feed --from from it (qsqsbridge --source qs://TO --root FROM --mode \
+            compatible) to keep the way back open. --admin-token-file must hold the admin \
             token of both roots (or run it on their machine when they have none).
             """)
 

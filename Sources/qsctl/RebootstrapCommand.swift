@@ -12,11 +12,11 @@ struct Rebootstrap: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Replace a replica's whole store with another node's snapshot, whatever its history.",
         discussion: """
-            A replica never trades its history away by itself: it refuses a snapshot whose log \\
-            does not contain its own head (counted in qs_replica_diverged_total). This is the \\
-            explicit action that does it: POST /rebootstrap on the replica's admin port, with \\
-            the admin token (--admin-token-file); the replica logs it, installs FROM's snapshot \\
-            within seconds and counts it in qs_replica_rebootstraps_total. If FROM is not in \\
+            A replica never trades its history away by itself: it refuses a snapshot whose log \
+            does not contain its own head (counted in qs_replica_diverged_total). This is the \
+            explicit action that does it: POST /rebootstrap on the replica's admin port, with \
+            the admin token (--admin-token-file); the replica logs it, installs FROM's snapshot \
+            within seconds and counts it in qs_replica_rebootstraps_total. If FROM is not in \
             the replica's upstream list, move the replica there too (POST /upstream).
             """)
 

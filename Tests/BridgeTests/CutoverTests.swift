@@ -142,9 +142,23 @@ final class CutoverTests: XCTestCase {
         XCTAssertTrue(refused.err.contains("still takes writes") && refused.err.contains("qsctl cutover --from \(legacy.address)"), refused.err)
         let stillMirror = await writeRole(nc)
         XCTAssertEqual(stillMirror, "mirror")
+        // The mirror's bridge stalled while L took writes, then L demoted: N does not hold
+        // what L acknowledged, and promoting it would lose them and fork. Refused.
+        kill(mirror.pid, SIGSTOP)
+        var stalled = true
+        defer { if stalled { kill(mirror.pid, SIGCONT) } }
+        let put = try qsctl(["--node", legacy.address, "put", "acknowledged", "1"])
+        XCTAssertEqual(put.status, 0, put.err)
         let demoted = try qsctl(["--node", legacy.address, "demote"])
         XCTAssertEqual(demoted.status, 0, demoted.err)
         let head = try await lc.head()
+        let behind = try qsctl(["--node", new.address, "promote"])
+        XCTAssertEqual(behind.status, 2, behind.err)
+        XCTAssertTrue(behind.err.contains("holds index \(head.index)") && behind.err.contains("wait --head-of \(legacy.address)"), behind.err)
+        let stillBehind = await writeRole(nc)
+        XCTAssertEqual(stillBehind, "mirror")
+        kill(mirror.pid, SIGCONT)
+        stalled = false
         let held = await Harness.eventually(timeout: .seconds(30)) { (try? await nc.head()) == head }
         XCTAssertTrue(held)
         let promoted = try qsctl(["--node", new.address, "promote"])
