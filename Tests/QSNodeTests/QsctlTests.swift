@@ -278,7 +278,10 @@ final class QsctlTests: XCTestCase {
         let emptySource = try Harness.run("qsktbridge", [], env: ["QS_SOURCE": ""])
         XCTAssertEqual(emptySource.status, 64)
         XCTAssertTrue(String(decoding: emptySource.stderr, as: UTF8.self).contains("it is set but empty"), String(decoding: emptySource.stderr, as: UTF8.self))
-        for (source, why) in [("ulog:/nonexistent", "no such directory"), ("capture:/nonexistent", "no such file")] {
+        // A path of this test's own, absent for sure (a /nonexistent some other process made
+        // would let the bridge start and run).
+        let absent = tmp.appendingPathComponent("absent").path
+        for (source, why) in [("ulog:\(absent)", "no such directory"), ("capture:\(absent)", "no such file")] {
             let r = try Harness.run("qsktbridge", ["--source", source])
             XCTAssertEqual(r.status, 64)
             XCTAssertTrue(String(decoding: r.stderr, as: UTF8.self).contains(why), String(decoding: r.stderr, as: UTF8.self))
