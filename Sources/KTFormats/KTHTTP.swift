@@ -30,23 +30,6 @@ public struct KTRPCParameters: Sendable {
     }
 }
 
-/// HTTP dates as KT's `X-Kt-Xt` header carries them.
-public enum KTHTTPDate {
-    /// Parses an RFC 1123 date or a decimal number of epoch seconds.
-    public static func parse(_ s: String) -> Int64? {
-        let t = s.trimmingCharacters(in: .whitespaces)
-        if let n = Int64(t) { return n }
-        let f = DateFormatter()
-        f.locale = Locale(identifier: "en_US_POSIX")
-        f.timeZone = TimeZone(identifier: "GMT")
-        for format in ["EEE, dd MMM yyyy HH:mm:ss zzz", "yyyy-MM-dd'T'HH:mm:ssZ"] {
-            f.dateFormat = format
-            if let d = f.date(from: t) { return Int64(d.timeIntervalSince1970) }
-        }
-        return nil
-    }
-}
-
 /// HTTP reason phrases as KT's server writes them (450 is KT's own), with those qsrest adds.
 public enum KTHTTPStatus {
     public static func reason(_ code: Int) -> String {

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import QSFeed
+import QSModel
 import QSNet
 
 /// The options every bridge shares: where the root is, which checkpoint, how to batch.
@@ -52,6 +53,7 @@ public struct BridgeOptions: ParsableArguments, Sendable {
             throw ValidationError("--batches-in-flight \(batchesInFlight) (or QS_BATCHES_IN_FLIGHT) must be between 1 and \(Self.maxBatchesInFlight): 2 keeps the root busy while the bridge prepares the next batch, 1 waits for each answer")
         }
         try validateRootStaleAfter(rootStaleAfter)
+        try validateSourceID(sourceID, flag: "--source-id")
     }
 
     public func limits(mode: WriteMode) -> BatchLimits {
@@ -72,6 +74,13 @@ public struct BridgeOptions: ParsableArguments, Sendable {
         return RootWriter(endpoints: root.endpoints, token: try token(), logger: logger, metrics: metrics, client: client, tokenOrigin: origin,
                           staleAfter: rootStaleAfter.duration, sourceID: sourceID)
     }
+}
+
+/// Refuses a `--source-id` the root could not keep a checkpoint under (qsktbridge,
+/// qsqsbridge, qsrest); empty means the default, derived at start.
+public func validateSourceID(_ id: String, flag: String) throws {
+    guard !id.isEmpty, let why = Origin.problem(sourceID: id) else { return }
+    throw ValidationError("\(flag) (or QS_SOURCE_ID) is \(why): the root keeps checkpoints under ids of 1 to \(Origin.maxSourceIDBytes) bytes; give a shorter one")
 }
 
 /// Refuses a `--root-stale-after` too short to tell a stale root from a busy one

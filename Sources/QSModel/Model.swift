@@ -110,11 +110,12 @@ public struct Record: Sendable, Equatable {
         self.expiry = expiry
     }
 
-    /// True when the record has expired at `now` (epoch seconds): KT hides a record whose
-    /// expiration time is not after the current time.
+    /// True when the record has expired at `now` (epoch seconds): KT hides a record once the
+    /// current time is past its expiration time (kttimeddb.h: `ct > xt`), so a record is
+    /// still read through the second it expires at.
     public func isExpired(at now: UInt64) -> Bool {
         guard let expiry else { return false }
-        return expiry <= now
+        return expiry < now
     }
 }
 
@@ -126,6 +127,17 @@ public struct Origin: Sendable, Equatable {
     public init(sourceID: String, position: UInt64) {
         self.sourceID = sourceID
         self.position = position
+    }
+
+    /// The longest source id a root keeps a checkpoint under, in UTF-8 bytes (docs/protocol.md).
+    public static let maxSourceIDBytes = 255
+
+    /// Why `sourceID` cannot name a checkpoint (empty, or longer than `maxSourceIDBytes`), nil when it can.
+    public static func problem(sourceID: String) -> String? {
+        let n = sourceID.utf8.count
+        if n == 0 { return "empty" }
+        if n > maxSourceIDBytes { return "\(n) bytes, the limit is \(maxSourceIDBytes)" }
+        return nil
     }
 }
 

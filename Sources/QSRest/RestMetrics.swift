@@ -7,6 +7,7 @@ public final class RestMetrics: Sendable {
     public let batches = Counter(label: "qs_rest_batches_committed_total")
     public let batchesFailed = Counter(label: "qs_rest_batches_failed_total")
     public let conflicts = Counter(label: "qs_rest_conflicts_total")
+    public let rootWentBack = Counter(label: "qs_rest_root_went_back_total")
     public let batchSeconds = Timer(label: "qs_rest_batch_commit_seconds")
     public let pendingWrites = Gauge(label: "qs_rest_pending_writes")
     public let busy = Counter(label: "qs_rest_busy_refusals_total")

@@ -35,10 +35,12 @@ public struct RestServer: ListeningService {
     public let listener: Listener
     let handler: RequestHandler
 
+    /// - Parameter limits: the producer port's idle timeout and connection caps
+    ///   (`--idle-timeout`, `--max-connections`, `--max-connections-per-peer`).
     public init(endpoints: [Endpoint], access: Access, queue: WriteQueue, writes: KTWrites, metrics: RestMetrics,
-                logger: Logger, configuration: Configuration = Configuration(),
+                logger: Logger, configuration: Configuration = Configuration(), limits: ConnectionLimits = ConnectionLimits(),
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
-        listener = Listener(name: "rest", endpoints: endpoints, drain: .requests, group: group, logger: logger)
+        listener = Listener(name: "rest", endpoints: endpoints, drain: .requests, limits: limits, group: group, logger: logger)
         handler = RequestHandler(access: access, queue: queue, writes: writes, metrics: metrics, logger: logger,
                                  configuration: configuration)
     }
@@ -139,9 +141,20 @@ public final class Access: Sendable {
 
     /// Reads `path` and puts it in force; on an error the ACL in force stays and the error
     /// is returned (for the log).
+    /// Reads the ACL a server can serve with: one naming no producer (an empty or
+    /// comment-only file) is refused, at start and on reload alike, since every request
+    /// would be refused 401 while `/readyz` said ready.
+    public static func load(path: String) throws -> ACL {
+        let acl = try ACL.load(path: path)
+        guard !acl.producers.isEmpty else {
+            throw ACL.LoadError(description: "\(path) names no producer: add a [producers.NAME] table for each producer (docs/operations.md)")
+        }
+        return acl
+    }
+
     public func reload(path: String) -> Result<ACL, any Error> {
         do {
-            let acl = try ACL.load(path: path)
+            let acl = try Self.load(path: path)
             replace(acl)
             metrics.aclReloads.increment()
             return .success(acl)
@@ -308,6 +321,9 @@ struct RequestHandler: Sendable {
             } catch WriteQueue.Refusal.busy {
                 m.refusedQuota.increment()
                 return .error(503, "\(WriteQueue.Refusal.busy)").adding(("Retry-After", "1"))
+            } catch let refusal as WriteQueue.Refusal where refusal.isHalted {
+                m.failed.increment()
+                return .error(503, "\(refusal)")
             } catch let refusal as WriteQueue.Refusal where refusal.isTooLarge {
                 m.failed.increment()
                 return .error(413, "\(refusal); nothing was acknowledged")

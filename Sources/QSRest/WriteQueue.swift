@@ -17,9 +17,13 @@ import ServiceLifecycle
 /// - `conflict(current)` with `current` the batch's own new position: the batch was
 ///   committed and its answer lost (the connection broke and `RootWriter` sent it again);
 ///   its requests are answered as committed with outcomes unknown.
-/// - `conflict` otherwise: another writer moved this source id (two qsrest instances with
-///   one --source-id, which is a misconfiguration and logged); nothing of the batch was
-///   applied, so it is sent again from the root's position.
+/// - `conflict` past the expected position: another writer moved this source id (two
+///   qsrest instances with one --source-id, which is a misconfiguration and logged);
+///   nothing of the batch was applied, so it is sent again from the root's position.
+/// - `conflict` before the expected position: the root no longer holds writes it
+///   confirmed (a store restored from a backup or wiped, another root at its address). No
+///   writer can move a checkpoint back, so qsrest halts: every write is refused and
+///   `/readyz` says why until an operator restarts it (`halted`).
 /// - an error that retrying cannot cure: every request of the batch gets it, never a
 ///   false success. Connection failures are retried by `RootWriter` while requests wait.
 public actor WriteQueue: Service {
@@ -75,6 +79,13 @@ public actor WriteQueue: Service {
         /// The root refused the batch as larger than its frame limit: sending it again
         /// cannot help, and it says nothing about the root's health.
         case tooLarge(String)
+        /// The root lost writes it had confirmed: qsrest writes nothing more until restarted.
+        case halted
+
+        var isHalted: Bool {
+            if case .halted = self { return true }
+            return false
+        }
 
         var isTooLarge: Bool {
             if case .tooLarge = self { return true }
@@ -93,6 +104,8 @@ public actor WriteQueue: Service {
             case let .notCommitted(false, why): return "not applied: no root took the batch holding this write \(Self.when(why)) (\(why)); retry"
             case let .notCommitted(true, why): return "outcome unknown: the batch holding this write was sent to the root and not answered \(Self.when(why)) (\(why)); it may still be applied: read the key before retrying a write that is not idempotent (increment, append, add)"
             case .stopping: return "qsrest is shutting down and could not commit this write"
+            // Under 256 bytes, so that KT's reply encoding leaves it readable.
+            case .halted: return "qsrest has stopped writing: the root lost writes it had confirmed (qsrest's log and /readyz say more); nothing of this request was written"
             case let .tooLarge(why): return "the batch holding this write is larger than the root takes in one frame (\(why)): send smaller writes, or lower qsrest's --batch-max-bytes below the root's --max-frame-bytes"
             }
         }
@@ -165,6 +178,9 @@ public actor WriteQueue: Service {
     /// Why the last batch failed, nil once one commits: `/readyz` says it (a demoted root,
     /// a root refusing the token) until writes go through again.
     public nonisolated let lastFailure = NIOLockedValueBox<(why: String, at: ContinuousClock.Instant)?>(nil)
+    /// Why qsrest writes nothing more (the root lost writes it had confirmed), nil while it
+    /// writes: `/readyz` says it; only a restart clears it.
+    public nonisolated let halted = NIOLockedValueBox<String?>(nil)
     /// Since when the batch at the root has waited for its commit (nil: none is there):
     /// `/readyz` says so once it is longer than `RootWriter.patience` (a root out of room
     /// that the writer keeps retrying, a hung root), while its requests wait.
@@ -190,6 +206,7 @@ public actor WriteQueue: Service {
     /// Queues `writes` for the next batch and waits until it is committed.
     public func submit(_ writes: [ConditionalWrite]) async throws -> Answer {
         guard !stopped, !stopSignal.fired else { throw Refusal.stopping }
+        guard halted.withLockedValue({ $0 }) == nil else { throw Refusal.halted }
         let bytes = writes.reduce(0) { $0 + $1.payloadBytes }
         guard pendingBytes + bytes <= limits.maxPendingBytes || pending.isEmpty else {
             metrics.busy.increment()
@@ -278,6 +295,10 @@ public actor WriteQueue: Service {
 
     private func flushOne() async {
         let start = ContinuousClock.now
+        if halted.withLockedValue({ $0 }) != nil {
+            for p in takeBatch() { p.reply.resume(throwing: Refusal.halted) }
+            return
+        }
         // The oldest request waiting sets the deadline: --commit-timeout is how long a write
         // waits, including behind a batch the root did not answer.
         let deadline = (pending.first?.arrived ?? start) + limits.commitTimeout
@@ -373,6 +394,17 @@ public actor WriteQueue: Service {
                                metadata: ["source-id": "\(sourceID)", "position": "\(current)"])
                 from = current
                 setConfirmed(current)
+            case let .conflict(current) where current < from:
+                // No writer can move a checkpoint back: the root lost what it confirmed.
+                let why = "the root at \(root.endpoint) has lost writes qsrest had acknowledged: its checkpoint for \(sourceID) is at \(current), before \(from), the position it last confirmed (a store restored from a backup or wiped, or another root at this address). qsrest writes nothing more: re-send what the producers wrote since, or restore the root, then restart qsrest to write on from the root's position"
+                logger.critical("the root's checkpoint for this source went back; writes are refused until qsrest is restarted",
+                                metadata: ["source-id": "\(sourceID)", "confirmed": "\(from)", "current": "\(current)", "reason": "\(why)"])
+                metrics.rootWentBack.increment()
+                metrics.batchesFailed.increment()
+                halted.withLockedValue { $0 = why }
+                for p in batch { p.reply.resume(throwing: Refusal.halted) }
+                while !pending.isEmpty { for p in takeBatch() { p.reply.resume(throwing: Refusal.halted) } }
+                return
             case let .conflict(current):
                 metrics.conflicts.increment()
                 logger.error("another writer moved this source id at the root: give every qsrest its own --source-id; sending the batch again from the root's position",

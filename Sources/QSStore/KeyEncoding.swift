@@ -233,8 +233,9 @@ public struct RecordView {
     public let expiry: UInt64?
     public let value: UnsafeRawBufferPointer
 
+    /// As `Record.isExpired(at:)`: past its expiry second, as KT.
     public func isExpired(at now: UInt64) -> Bool {
         guard let expiry else { return false }
-        return expiry <= now
+        return expiry < now
     }
 }

@@ -141,7 +141,7 @@ public final class Store: Sendable {
     static let modeKey = Array("mode".utf8)
     static let compatibleMode = Array("compatible".utf8)
     static let promotedMode = Array("promoted".utf8)
-    public static let maxSourceIDBytes = 255
+    public static let maxSourceIDBytes = Origin.maxSourceIDBytes
     /// The engine of a new store opened without naming one: `QS_STORE_ENGINE` when set
     /// (`lmdb` or `rocksdb`: how the test suites run against each engine), else LMDB.
     public static let defaultEngine: EngineKind = {
@@ -357,9 +357,7 @@ public final class Store: Sendable {
     }
 
     static func validate(sourceID: String) throws {
-        let n = sourceID.utf8.count
-        guard n > 0 else { throw StoreError.invalidSourceID("empty") }
-        guard n <= maxSourceIDBytes else { throw StoreError.invalidSourceID("\(n) bytes, the limit is \(maxSourceIDBytes)") }
+        if let why = Origin.problem(sourceID: sourceID) { throw StoreError.invalidSourceID(why) }
     }
 
     static func encodeU64(_ v: UInt64) -> [UInt8] {

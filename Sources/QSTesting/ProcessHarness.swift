@@ -89,6 +89,14 @@ public enum Harness {
         return fd
     }
 
+    /// Whether the server closed `fd` (a read would return end of stream or an error),
+    /// without waiting or taking a byte.
+    public static func isClosedByServer(_ fd: Int32) -> Bool {
+        var byte: UInt8 = 0
+        let n = recv(fd, &byte, 1, Int32(MSG_DONTWAIT | MSG_PEEK))
+        return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+    }
+
     /// True when something accepts TCP connections on 127.0.0.1:`port`.
     public static func isListening(port: Int) -> Bool {
         guard let fd = connectLoopback(port: port) else { return false }

@@ -92,6 +92,7 @@ struct QSRestCommand: AsyncParsableCommand {
         guard usageMaxAge.duration >= .zero else { throw ValidationError("--usage-max-age must be 0 (always scan) or more, e.g. 60s") }
         guard batchMaxOps > 0 else { throw ValidationError("--batch-max-ops must be positive") }
         try validateRootStaleAfter(rootStaleAfter)
+        try validateSourceID(sourceID, flag: "--source-id")
         for (flag, size) in [("--batch-max-bytes", batchMaxBytes), ("--max-pending-bytes", maxPendingBytes), ("--max-body", maxBody)] where size.bytes <= 0 {
             throw ValidationError("\(flag) must be more than 0, e.g. 1MiB")
         }
@@ -102,11 +103,7 @@ struct QSRestCommand: AsyncParsableCommand {
         try service.checkListenersAvailable([("rest", [listen.endpoint])])
         let initial: ACL
         do {
-            initial = try ACL.load(path: acl)
-            // Every request would be refused 401 while /readyz said ready.
-            guard !initial.producers.isEmpty else {
-                throw ACL.LoadError(description: "\(acl) names no producer: add a [producers.NAME] table for each producer (docs/operations.md)")
-            }
+            initial = try Access.load(path: acl)
         } catch {
             logger.critical("cannot load the ACL", metadata: ["acl": "\(acl)", "error": "\(error)"])
             throw ExitCode(1)
@@ -128,7 +125,8 @@ struct QSRestCommand: AsyncParsableCommand {
         let access = Access(initial, maxQuotaDelay: quotaMaxDelay.duration, metrics: metrics)
         let server = RestServer(endpoints: [listen.endpoint], access: access, queue: queue,
                                 writes: KTWrites(databases: dbMap.prefixes), metrics: metrics, logger: logger,
-                                configuration: .init(maxBodyBytes: maxBody.bytes, maxQuotaDelay: quotaMaxDelay.duration))
+                                configuration: .init(maxBodyBytes: maxBody.bytes, maxQuotaDelay: quotaMaxDelay.duration),
+                                limits: service.connectionLimits)
         logger.info("qsrest starting", metadata: ["roots": "\(root)", "source-id": "\(id)", "producers": "\(initial.producers.map(\.name))"])
         // The queue is listed first so it stops last: the server drains (its requests wait
         // for their batches) before the queue's final flush.
@@ -147,6 +145,7 @@ struct QSRestCommand: AsyncParsableCommand {
                 let link = writer.link.withLockedValue { $0 }
                 feedMetrics.rootConnected.record(link.connected && link.stall() == nil ? 1 : 0)
             }, readiness: {
+                if let halted = queue.halted.withLockedValue({ $0 }) { return Readiness(ready: false, detail: halted) }
                 // The present state first: a root gone since the last batch failed reads as
                 // not connected, with that failure after it.
                 let link = writer.link.withLockedValue { $0 }

@@ -261,6 +261,14 @@ final class QsctlTests: XCTestCase {
             XCTAssertEqual(r.status, c.status, err)
             XCTAssertTrue(err.contains("is invalid for") && err.contains(c.why), err)
         }
+        // A source id the root cannot keep a checkpoint under is refused at start, not by
+        // every batch after it.
+        for (command, args) in [("qsktbridge", ["--source", "kt://a:1"]), ("qsqsbridge", ["--source", "qs://127.0.0.1:1"]), ("qsrest", ["--acl", "/dev/null"])] {
+            let r = try Harness.run(command, args + ["--source-id", String(repeating: "é", count: 128)])
+            let err = String(decoding: r.stderr, as: UTF8.self)
+            XCTAssertEqual(r.status, 64, err)
+            XCTAssertTrue(err.contains("--source-id (or QS_SOURCE_ID) is 256 bytes, the limit is 255"), err)
+        }
         // A flag given twice: the last is used, with a word.
         let twice = try Harness.run("qsnode", ["--log-level", "info", "--log-level=debug", "--help"])
         XCTAssertEqual(twice.status, 0)

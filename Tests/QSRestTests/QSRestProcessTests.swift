@@ -120,6 +120,34 @@ final class QSRestProcessTests: XCTestCase {
         kill(rest.pid, SIGHUP)
         XCTAssertTrue(Harness.waitUntil { metricValue(port: admin, "qs_rest_acl_reloads_total{result=\"ok\"}") == 1 })
         XCTAssertEqual(try curl(["-u", "waf:waf-token", "\(base)/rpc/set?key=cfg%2F1&value=1"]).status, 200)
+        // A comment-only file names no producer: refused as it is at start (every producer
+        // would get 401 while /readyz said ready), the ACL in force stays.
+        try Data("# producers moved to another file\n".utf8).write(to: acl)
+        kill(rest.pid, SIGHUP)
+        XCTAssertTrue(Harness.waitUntil { metricValue(port: admin, "qs_rest_acl_reloads_total{result=\"error\"}") == 2 }, rest.log)
+        XCTAssertTrue(rest.log.contains("names no producer"), rest.log)
+        XCTAssertEqual(try curl(["-u", "waf:waf-token", "\(base)/rpc/set?key=cfg%2F2&value=1"]).status, 200)
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
+    /// The producer port holds to --max-connections-per-peer and --idle-timeout as every
+    /// other listener does: one peer cannot fill the process's descriptors with idle
+    /// connections, and the admin port stays reachable.
+    func testTheProducerPortHoldsToTheConnectionLimits() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL(),
+                                                extra: ["--max-connections-per-peer", "3", "--idle-timeout", "1s"])
+        var held = [Int32]()
+        defer { for fd in held { close(fd) } }
+        for _ in 0..<4 { held.append(try XCTUnwrap(Harness.connectLoopback(port: port))) }
+        // The fourth from the same peer is closed at once, counted.
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(5)) { Harness.isClosedByServer(held[3]) }, "a fourth connection from one peer stayed open")
+        XCTAssertEqual(metricValue(port: admin, "qs_connections_refused_total{listener=\"rest\",reason=\"per-peer\"}"), 1, rest.log)
+        // The three idle ones are closed after the idle timeout.
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(10)) { held.prefix(3).allSatisfy(Harness.isClosedByServer) },
+                      "an idle producer connection outlived --idle-timeout 1s")
+        // And a producer gets through afterwards.
+        XCTAssertEqual(try curl(["-u", "dns:dns-token", "http://127.0.0.1:\(port)/rpc/set?key=dns%2Fa&value=1"]).status, 200)
         XCTAssertEqual(try rest.stop(), 0)
     }
 
@@ -154,6 +182,43 @@ final class QSRestProcessTests: XCTestCase {
         }
         XCTAssertEqual(missing, [], "acknowledged writes missing at the root")
         XCTAssertGreaterThan(acked.count, 150)
+        await client.close()
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
+    /// A root that lost qsrest's acknowledged writes (an empty store at the same address)
+    /// is not taken for a duplicate --source-id: qsrest halts, refuses every write, says why
+    /// in /readyz and the log, counts it; a restart writes on from the root's position.
+    func testARootThatLostAcknowledgedWritesHaltsQsrestUntilItIsRestarted() async throws {
+        let socket = tmp.appendingPathComponent("root.sock").path
+        var root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--unix", socket])
+        let acl = try writeACL()
+        var (rest, port, admin) = try startRest(root: "unix:\(socket)", acl: acl)
+        let dns = ["-u", "dns:dns-token"]
+        XCTAssertEqual(try curl(dns + ["http://127.0.0.1:\(port)/rpc/set?key=dns%2Fbefore&value=1"]).status, 200)
+        // Another, empty root at the same address.
+        try root.daemon.stop(signal: SIGKILL)
+        root = try RootNode(data: tmp.appendingPathComponent("other"), logDir: tmp, extraArgs: ["--unix", socket])
+        let refused = try curl(dns + ["http://127.0.0.1:\(port)/rpc/set?key=dns%2Fafter&value=1"])
+        XCTAssertEqual(refused.status, 503, refused.body)
+        XCTAssertTrue(refused.body.contains("qsrest has stopped writing"), refused.body)
+        XCTAssertTrue(rest.log.contains("went back"), rest.log)
+        XCTAssertEqual(metricValue(port: admin, "qs_rest_root_went_back_total"), 1)
+        XCTAssertEqual(metricValue(port: admin, "qs_rest_conflicts_total"), 0)
+        let ready = try XCTUnwrap(httpGet(port: admin, path: "/readyz"))
+        XCTAssertEqual(ready.status, 503)
+        XCTAssertTrue(ready.body.contains("has lost writes qsrest had acknowledged"), ready.body)
+        // Later writes too, though the root takes writes.
+        XCTAssertEqual(try curl(dns + ["http://127.0.0.1:\(port)/rpc/set?key=dns%2Flater&value=1"]).status, 503)
+        let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let after = try await client.get(Array("dns/after".utf8))
+        XCTAssertNil(after)
+        // The operator restarts it: it writes on from the root's position.
+        XCTAssertEqual(try rest.stop(), 0)
+        (rest, port, admin) = try startRest(root: "unix:\(socket)", acl: acl)
+        XCTAssertEqual(try curl(dns + ["http://127.0.0.1:\(port)/rpc/set?key=dns%2Fafter&value=2"]).status, 200)
+        let written = try await client.get(Array("dns/after".utf8))
+        XCTAssertEqual(written?.value, Array("2".utf8))
         await client.close()
         XCTAssertEqual(try rest.stop(), 0)
     }

@@ -312,14 +312,15 @@ final class StoreTests: XCTestCase {
         var seen = [[UInt8]]()
         var cursor: [UInt8]?
         repeat {
-            let page = try await store.scan(after: cursor, limit: 333, now: 100)
+            let page = try await store.scan(after: cursor, limit: 333, now: 101)
             XCTAssertLessThanOrEqual(page.records.count, 333)
             seen += page.records.map(\.key)
             cursor = page.next
         } while cursor != nil
         XCTAssertEqual(seen.count, 2250)
         XCTAssertEqual(seen, seen.sorted { $0.lexicographicallyPrecedes($1) })
-        await equal(try await store.scan(limit: 5000, now: 99).records.count, 2500, "not yet expired at 99")
+        // As KT (kttimeddb.h, `ct > xt`): a record is read through the second it expires at.
+        await equal(try await store.scan(limit: 5000, now: 100).records.count, 2500, "not yet expired at 100, its expiry second")
     }
 
     func testChainVerifiesAndSurvivesReopen() async throws {
