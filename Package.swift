@@ -327,7 +327,7 @@ let package = Package(
         .testTarget(
             name: "QSReadsTests",
             dependencies: [
-                "KTFormats", "QSClient", "QSModel", "QSNet", "QSReads", "QSStore", "QSTesting",
+                "KTFormats", "QSClient", "QSModel", "QSNet", "QSReads", "QSStore", "QSTesting", "QSWire",
                 nio("NIOCore"), nio("NIOHTTP1"), nio("NIOTestUtils"), nio("NIOEmbedded"), log,
             ],
             swiftSettings: swiftSettings

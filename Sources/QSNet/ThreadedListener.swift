@@ -21,10 +21,23 @@ public protocol ThreadedProtocol: Sendable {
     func makeWorker() -> Worker
     func open(peer: String) -> Connection
     /// Answers the whole requests in `input` into `out` (left unread: a request not yet
-    /// whole); `flush` writes `out` when it grows large. False: close once `out` is written.
+    /// whole); `flush` writes `out` when it grows large and says whether to go on: false
+    /// (the socket takes no more now) stops answering, the requests left stay in `input`
+    /// (`.paused`), answered once the socket took the replies before them.
     func received(_ input: inout ByteBuffer, connection: inout Connection, into out: inout ByteBuffer,
-                  worker: Worker, flush: (inout ByteBuffer) -> Bool) -> Bool
+                  worker: Worker, flush: (inout ByteBuffer) -> Bool) -> Answering
     func closed(_ connection: Connection)
+}
+
+/// What answering the requests of a read came to.
+public enum Answering: Sendable, Equatable {
+    /// Every whole request answered.
+    case open
+    /// Stopped because the peer does not take the replies: the whole requests left wait,
+    /// unread, until it has taken them (no request is answered past a reply not taken).
+    case paused
+    /// Close once what was answered is written.
+    case close
 }
 
 /// Tuning of a threaded listener.
@@ -195,6 +208,9 @@ final class ThreadedConnection<P: ThreadedProtocol>: @unchecked Sendable {
     var lastWrite: NIODeadline
     /// Close once `pendingOut` is written (`quit`, a line too long).
     var closeAfterWrite = false
+    /// Whole requests in `input` not answered yet: answering stopped at a reply the socket
+    /// did not take (`Answering.paused`); they are answered before anything more is read.
+    var unanswered = false
 
     init(fd: Int32, peer: String, peerIP: String?, state: P.Connection) {
         self.fd = fd
@@ -587,57 +603,18 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         // Draining: what has arrived is answered (one read without waiting), then it closes.
         let draining = stopped.load(ordering: .relaxed)
         c.input.reserveCapacity(minimumWritableBytes: 4096)
+        if c.unanswered {
+            // The replies before them are taken: the requests waiting are answered, nothing read.
+            c.unanswered = false
+            return answer(c, worker: worker, out: &out, draining: draining, read: false)
+        }
         me.quietSince.store(c.lastRead.uptimeNanoseconds, ordering: .relaxed)
         let n = c.input.withUnsafeMutableWritableBytes { recv(c.fd, $0.baseAddress, $0.count, draining ? Int32(MSG_DONTWAIT) : 0) }
         me.quietSince.store(0, ordering: .relaxed)
         if n > 0 {
             c.input.moveWriterIndex(forwardBy: n)
             c.lastRead = .now()
-            let before = c.input.readerIndex
-            var broken = false, full = false
-            let open = proto.received(&c.input, connection: &c.state, into: &out, worker: worker) { buffer in
-                // Written as far as the socket takes it now; the rest waits in the buffer
-                // (and once the socket is full, everything after it until the read is done).
-                guard !full else { return true }
-                switch self.writeSome(c.fd, &buffer) {
-                case .broken: broken = true
-                case .blocked: full = true
-                case .done: break
-                }
-                return !broken
-            }
-            if broken { return .close(nil) }
-            if c.input.readableBytes == 0 {
-                c.input.clear()
-                c.partialSince = nil
-            } else {
-                // What is left began in this read if a request before it was whole.
-                if c.partialSince == nil || c.input.readerIndex != before { c.partialSince = c.lastRead }
-                c.input.discardReadBytes()
-            }
-            if out.readableBytes > 0 {
-                switch writeSome(c.fd, &out) {
-                case .broken:
-                    return .close(nil)
-                case .blocked:
-                    // The peer does not take the replies now: the thread is given back and
-                    // the connection waits for the socket to be writable, reading nothing.
-                    c.pendingOut = out
-                    c.lastWrite = .now()
-                    c.closeAfterWrite = !open
-                    out = ByteBufferAllocator().buffer(capacity: 4096)
-                    return .parkForWrite
-                case .done:
-                    break
-                }
-            }
-            // A reply buffer grown large is not kept for the thread's life.
-            if out.capacity > Self.keptOutputBytes { out = ByteBufferAllocator().buffer(capacity: 4096) }
-            if !open || draining { return .close(nil) }
-            if timeout.nanoseconds > 0, let since = c.partialSince, c.lastRead - since >= timeout { return .close(.requestTimeout) }
-            // Others wait for a thread and none is free: this one goes to the back.
-            if waiting.load(ordering: .relaxed) > 0 { return .park }
-            return nil
+            return answer(c, worker: worker, out: &out, draining: draining, read: true)
         }
         if n == 0 || draining { return .close(nil) }
         switch errno {
@@ -656,6 +633,58 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         default:
             return .close(nil)
         }
+    }
+
+    /// Answers the whole requests in the connection's input (`read`: bytes just read), and
+    /// writes the replies as far as the socket takes them; nil: go on reading.
+    private func answer(_ c: Conn, worker: P.Worker, out: inout ByteBuffer, draining: Bool, read: Bool) -> Outcome? {
+        let before = c.input.readerIndex
+        var broken = false
+        let answered = proto.received(&c.input, connection: &c.state, into: &out, worker: worker) { buffer in
+            // Written as far as the socket takes it now; once it takes no more, answering
+            // stops and the rest waits (in `out`, then `pendingOut`).
+            switch self.writeSome(c.fd, &buffer) {
+            case .broken: broken = true; return false
+            case .blocked: return false
+            case .done: return true
+            }
+        }
+        if broken { return .close(nil) }
+        if answered == .paused {
+            c.unanswered = true
+        } else if c.input.readableBytes == 0 {
+            c.input.clear()
+            c.partialSince = nil
+        } else {
+            // What is left began in this read if a request before it was whole.
+            if read && (c.partialSince == nil || c.input.readerIndex != before) { c.partialSince = c.lastRead }
+            c.input.discardReadBytes()
+        }
+        let open = answered != .close
+        if out.readableBytes > 0 {
+            switch writeSome(c.fd, &out) {
+            case .broken:
+                return .close(nil)
+            case .blocked:
+                // The peer does not take the replies now: the thread is given back and
+                // the connection waits for the socket to be writable, reading nothing.
+                c.pendingOut = out
+                c.lastWrite = .now()
+                c.closeAfterWrite = !open
+                out = ByteBufferAllocator().buffer(capacity: 4096)
+                return .parkForWrite
+            case .done:
+                break
+            }
+        }
+        // A reply buffer grown large is not kept for the thread's life.
+        if out.capacity > Self.keptOutputBytes { out = ByteBufferAllocator().buffer(capacity: 4096) }
+        if !open || draining { return .close(nil) }
+        if c.unanswered { return nil }
+        if timeout.nanoseconds > 0, let since = c.partialSince, c.lastRead - since >= timeout { return .close(.requestTimeout) }
+        // Others wait for a thread and none is free: this one goes to the back.
+        if waiting.load(ordering: .relaxed) > 0 { return .park }
+        return nil
     }
 
     /// Reply bytes a thread keeps room for between requests.

@@ -10,7 +10,10 @@ import QSWire
 /// checks the write token, runs the request (its store work on the store's threads, never
 /// on the event loop) and answers in order. Requests are handled
 /// one at a time per connection; reading pauses while `maxQueued` frames wait, so a client
-/// that pipelines faster than the store commits cannot grow the node's memory.
+/// that pipelines faster than the store commits cannot grow the node's memory, and no
+/// request is run while the socket does not take the answers before it, so a client that
+/// pipelines reads (`Get` of large values) and reads no answer holds one answer past the
+/// channel's high-water mark, not one per request.
 final class WriteProtocolHandler: ChannelDuplexHandler {
     typealias InboundIn = Frame
     typealias OutboundIn = Frame
@@ -67,6 +70,11 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
         processNext(context: context)
     }
 
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable && stream == nil { processNext(context: context) }
+        context.fireChannelWritabilityChanged()
+    }
+
     func read(context: ChannelHandlerContext) {
         if queue.count >= maxQueued {
             readPending = true
@@ -77,10 +85,13 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
 
     private func processNext(context: ChannelHandlerContext) {
         guard !busy, !closing, !inactive else { return }
-        guard let decoded = queue.popFirst() else {
+        guard !queue.isEmpty else {
             if quiescing { context.close(promise: nil) }
             return
         }
+        // Resumed by `channelWritabilityChanged` once the peer takes what was answered.
+        guard context.channel.isWritable else { return }
+        let decoded = queue.removeFirst()
         if readPending && queue.count < maxQueued {
             readPending = false
             context.read()

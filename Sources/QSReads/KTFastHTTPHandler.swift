@@ -23,8 +23,8 @@ import QSStore
 /// Before the hand-over it drains itself (the listener's drain is handed to the
 /// pipeline): it answers every request in the socket read that brought it, so on
 /// graceful shutdown it reads no more and closes once what it answered is sent; after,
-/// NIO's pipeline handler drains. It stops reading while the socket does not take the
-/// replies, as `MemcachedHandler` does.
+/// NIO's pipeline handler drains. While the socket does not take the replies it answers no
+/// more requests and reads no more, as `MemcachedHandler` does (`held`).
 final class KTFastHTTPHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
@@ -39,6 +39,9 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
     private var closing = false
     /// A read was asked for while the socket did not take the replies.
     private var readHeld = false
+    /// Requests not answered because the socket did not take the replies before them
+    /// (and bytes read after them): answered when the channel is writable again.
+    private var held: ByteBuffer?
 
     init(session: KTHTTPSession, peer: String, slot: ReadSlot) {
         self.session = session
@@ -62,6 +65,17 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
         }
         guard !closing else { return }
         var input = unwrapInboundIn(data)
+        if var waiting = held {
+            waiting.writeBuffer(&input)
+            held = waiting
+            return
+        }
+        answerRequests(&input, context: context)
+    }
+
+    /// Answers the requests of `input` in order, stopping (`held`) when a write leaves the
+    /// channel not writable; at the first request it does not take whole it hands over.
+    private func answerRequests(_ input: inout ByteBuffer, context: ChannelHandlerContext) {
         while !closing && input.readableBytes > 0 {
             let parsed = input.withUnsafeReadableBytes { KTFastRequest.parse($0) }
             guard case let .request(request) = parsed else {
@@ -75,6 +89,10 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
                 writeOut(context, thenClose: true)
             } else if out.readableBytes >= MemcachedSession.flushBytes {
                 writeOut(context)
+                if !context.channel.isWritable && input.readableBytes > 0 {
+                    held = input
+                    return
+                }
             }
         }
     }
@@ -134,7 +152,7 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if handedOver || context.channel.isWritable {
+        if handedOver || (context.channel.isWritable && held == nil) {
             context.read()
         } else {
             readHeld = true
@@ -142,7 +160,12 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if readHeld && context.channel.isWritable {
+        if !handedOver && !closing && context.channel.isWritable, var input = held {
+            held = nil
+            answerRequests(&input, context: context)
+            if !handedOver { writeOut(context) }
+        }
+        if readHeld && context.channel.isWritable && held == nil && !handedOver {
             readHeld = false
             context.read()
         }
@@ -167,6 +190,7 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
         }
         guard !closing else { return }
         closing = true
+        held = nil
         writeOut(context, thenClose: true)
     }
 

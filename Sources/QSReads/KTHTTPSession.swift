@@ -258,6 +258,12 @@ final class KTHTTPHandler: ChannelInboundHandler {
     private var head: HTTPRequestHead?
     private var body = ByteBuffer()
     private var tooLarge = false
+    /// A whole request not answered yet because the socket did not take the replies before
+    /// it: answered when the channel is writable again. NIO's pipeline handler gives the next
+    /// request only after this one's answer, and reads nothing while it holds one, so a
+    /// client that sends requests and reads no replies costs the replies past the high-water
+    /// mark, not a reply to each request.
+    private var waiting: HTTPRequestHead?
 
     init(session: KTHTTPSession, peer: String, slot: ReadSlot) {
         self.session = session
@@ -280,28 +286,45 @@ final class KTHTTPHandler: ChannelInboundHandler {
         case .end:
             guard let h = head else { return }
             head = nil
-            if tooLarge {
-                respond(context, KTReply(status: 413, body: Array("413 Request Entity Too Large (request entity too large)\n".utf8),
-                                         kind: "bad", badReason: "request body over \(session.maxBodyBytes) bytes"),
-                        to: h, keepAlive: false)
+            guard context.channel.isWritable else {
+                waiting = h
                 return
             }
-            if body.readableBytes == 0, answerInPlace(context, h) { return }
-            let (inline, work) = session.plan(h.method, uri: Array(h.uri.utf8)[...], contentType: h.headers.first(name: "content-type"),
-                                              body: Array(body.readableBytesView))
-            if inline {
-                let r: KTReply
-                do { r = try session.store.readInline(in: slot, work) } catch { r = session.failure(error, uri: h.uri, peer: peer) }
-                respond(context, r, to: h, keepAlive: h.isKeepAlive)
-            } else {
-                let store = session.store, session = self.session, peer = self.peer
-                let promise = context.eventLoop.makePromise(of: KTReply.self)
-                promise.completeWithTask {
-                    do { return try await session.scans.run { try await store.read(work) } } catch { return session.failure(error, uri: h.uri, peer: peer) }
-                }
-                promise.futureResult.assumeIsolated().whenSuccess { r in
-                    self.respond(context, r, to: h, keepAlive: h.isKeepAlive)
-                }
+            answer(context, h)
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, let h = waiting {
+            waiting = nil
+            answer(context, h)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Answers the request whose head is `h` and whose body is `body`.
+    private func answer(_ context: ChannelHandlerContext, _ h: HTTPRequestHead) {
+        if tooLarge {
+            respond(context, KTReply(status: 413, body: Array("413 Request Entity Too Large (request entity too large)\n".utf8),
+                                     kind: "bad", badReason: "request body over \(session.maxBodyBytes) bytes"),
+                    to: h, keepAlive: false)
+            return
+        }
+        if body.readableBytes == 0, answerInPlace(context, h) { return }
+        let (inline, work) = session.plan(h.method, uri: Array(h.uri.utf8)[...], contentType: h.headers.first(name: "content-type"),
+                                          body: Array(body.readableBytesView))
+        if inline {
+            let r: KTReply
+            do { r = try session.store.readInline(in: slot, work) } catch { r = session.failure(error, uri: h.uri, peer: peer) }
+            respond(context, r, to: h, keepAlive: h.isKeepAlive)
+        } else {
+            let store = session.store, session = self.session, peer = self.peer
+            let promise = context.eventLoop.makePromise(of: KTReply.self)
+            promise.completeWithTask {
+                do { return try await session.scans.run { try await store.read(work) } } catch { return session.failure(error, uri: h.uri, peer: peer) }
+            }
+            promise.futureResult.assumeIsolated().whenSuccess { r in
+                self.respond(context, r, to: h, keepAlive: h.isKeepAlive)
             }
         }
     }

@@ -82,8 +82,10 @@ public struct MemcachedServer: ListeningService {
 /// the socket read is done (or when it holds `flushBytes`), so pipelined commands share a
 /// write, without a promise. Commands are answered in order. On graceful shutdown it reads
 /// no more and closes once what it answered is sent (it has no request in flight between
-/// socket reads). It stops reading while the socket does not take the
-/// replies (as NIO's `BackPressureHandler`), and holds at most one incomplete line.
+/// socket reads). While the socket does not take the replies it answers no more lines
+/// and reads no more (as NIO's `BackPressureHandler`): a client that sends many requests and
+/// reads none costs the node the replies past the channel's high-water mark and the
+/// unanswered bytes of one socket read, never the replies to everything it sent.
 final class MemcachedHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias OutboundIn = ByteBuffer
@@ -94,8 +96,12 @@ final class MemcachedHandler: ChannelDuplexHandler {
     /// The event loop's read transaction, renewed for each `get`.
     private let slot: ReadSlot
     private var framing: MemcachedFraming
-    /// The bytes of a line not yet whole.
+    /// The bytes not answered yet: a line not yet whole, or (`paused`) whole lines waiting
+    /// for the socket to take the replies before them.
     private var pending: ByteBuffer?
+    /// Answering stopped because the socket did not take the replies: `pending` holds
+    /// whole lines, answered when the channel is writable again.
+    private var paused = false
     private var out = ByteBuffer()
     private var closing = false
     /// A read was asked for while the socket did not take the replies.
@@ -140,17 +146,35 @@ final class MemcachedHandler: ChannelDuplexHandler {
             held.writeBuffer(&input)
             input = held
         }
-        let watch = self.watch
-        let open = session.answerLines(&input, framing: &framing, into: &out, peer: peer, slot: slot) { out in
-            if context.writeReplies(&out, thenClose: false) { watch.answered() }
-            return true
+        // Bytes of a read already under way while answering is paused wait behind the rest.
+        guard !paused else {
+            pending = input
+            return
         }
-        if !open {
+        answer(&input, context: context)
+    }
+
+    /// Answers the whole lines of `input`, stopping (`paused`) when a write leaves the
+    /// channel not writable; what is not answered stays in `pending`.
+    private func answer(_ input: inout ByteBuffer, context: ChannelHandlerContext) {
+        let watch = self.watch
+        let outcome = session.answerLines(&input, framing: &framing, into: &out, peer: peer, slot: slot) { out in
+            if context.writeReplies(&out, thenClose: false) { watch.answered() }
+            // Writability events come within the write: `writable` is the channel's now.
+            return self.writable
+        }
+        switch outcome {
+        case .close:
             closing = true
             writeOut(context, thenClose: true)
-        } else if input.readableBytes > 0 {
-            input.discardReadBytes()
+        case .paused:
+            paused = true
             pending = input
+        case .open:
+            if input.readableBytes > 0 {
+                input.discardReadBytes()
+                pending = input
+            }
         }
     }
 
@@ -160,7 +184,7 @@ final class MemcachedHandler: ChannelDuplexHandler {
     }
 
     func read(context: ChannelHandlerContext) {
-        if writable {
+        if writable && !paused {
             context.read()
         } else {
             readHeld = true
@@ -170,7 +194,13 @@ final class MemcachedHandler: ChannelDuplexHandler {
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         watch.writabilityChanged(context)
         writable = context.channel.isWritable
-        if readHeld && writable {
+        if paused && writable && !closing, var input = pending {
+            paused = false
+            pending = nil
+            answer(&input, context: context)
+            writeOut(context)
+        }
+        if readHeld && writable && !paused {
             readHeld = false
             context.read()
         }
@@ -206,27 +236,28 @@ extension MemcachedSession {
     static let flushBytes = 64 << 10
 
     /// Answers the whole lines of `input` into `out`, in order (a line not yet whole stays
-    /// in `input`); `flush` writes `out` whenever it holds `flushBytes` (false: the
-    /// connection broke). False when the connection is to close once `out` is written.
-    /// (The event-loop handler's and the reader threads' one loop.)
+    /// in `input`); `flush` writes `out` whenever it holds `flushBytes` and says whether to
+    /// go on (false: the socket does not take more now, or the connection broke): then the
+    /// lines not answered stay in `input` (`.paused`). `.close`: the connection is to close
+    /// once `out` is written. (The event-loop handler's and the reader threads' one loop.)
     @inline(__always)
     func answerLines(_ input: inout ByteBuffer, framing: inout MemcachedFraming, into out: inout ByteBuffer,
-                     peer: String, slot: ReadSlot, flush: (inout ByteBuffer) -> Bool) -> Bool {
+                     peer: String, slot: ReadSlot, flush: (inout ByteBuffer) -> Bool) -> Answering {
         while let next = framing.next(&input) {
             switch next {
             case let .failure(command):
                 _ = answer(command, into: &out, peer: peer, slot: slot)
-                return false
+                return .close
             case let .line(start, count):
                 let (open, skip) = input.withBytes(at: start, count: count) { line in
                     answer(line: line, into: &out, peer: peer, slot: slot)
                 }
                 framing.skip = skip
-                if !open { return false }
+                if !open { return .close }
             }
-            if out.readableBytes >= Self.flushBytes && !flush(&out) { return false }
+            if out.readableBytes >= Self.flushBytes && !flush(&out) { return .paused }
         }
-        return true
+        return .open
     }
 }
 
@@ -250,7 +281,7 @@ struct MemcachedThreads: ThreadedProtocol {
     }
 
     func received(_ input: inout ByteBuffer, connection: inout Connection, into out: inout ByteBuffer,
-                  worker: ReadSlot, flush: (inout ByteBuffer) -> Bool) -> Bool {
+                  worker: ReadSlot, flush: (inout ByteBuffer) -> Bool) -> Answering {
         session.answerLines(&input, framing: &connection.framing, into: &out, peer: connection.peer, slot: worker, flush: flush)
     }
 

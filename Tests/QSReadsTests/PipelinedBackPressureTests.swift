@@ -1,0 +1,119 @@
+import Foundation
+import QSClient
+import QSTesting
+import QSWire
+import XCTest
+
+/// A client that sends many requests for a large value in one write and reads no reply: the
+/// node answers as far as the socket takes the replies and then waits, on every port that
+/// answers reads (memcached on the event loops and on reader threads, KT HTTP's fast path and
+/// NIO's, the write port's `Get`); once the client reads, every reply comes, in order.
+/// Unbounded, each of these cost the node a reply per request: 300 gets of a 1 MiB value
+/// were 300 MB within a second.
+final class PipelinedBackPressureTests: XCTestCase {
+    var tmp: URL!
+    var node: RootNode!
+    static let valueBytes = 1 << 20
+    static let requests = 200
+
+    override func setUp() async throws {
+        tmp = try Harness.tempDir("backpressure")
+    }
+
+    override func tearDown() async throws {
+        if let node { _ = try? node.daemon.stop() }
+        try? FileManager.default.removeItem(at: tmp)
+    }
+
+    func start(_ extra: [String] = []) async throws {
+        node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp,
+                            extraArgs: ["--memcached", "127.0.0.1:0", "--kt-http", "127.0.0.1:0"] + extra)
+        let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
+        let value = [UInt8](repeating: UInt8(ascii: "v"), count: Self.valueBytes)
+        _ = try await client.write([.set(key: Array("big".utf8), value: value, expiry: nil)], sourceID: "t")
+        await client.close()
+    }
+
+    /// The node's resident memory, bytes.
+    func rss() throws -> Int {
+        let status = try String(contentsOfFile: "/proc/\(node.daemon.pid)/status", encoding: .utf8)
+        let line = try XCTUnwrap(status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") })
+        return try XCTUnwrap(Int(line.split(separator: " ", omittingEmptySubsequences: true)[1])) * 1024
+    }
+
+    /// Sends `request` `Self.requests` times in one go on a connection with a small receive
+    /// buffer, reads nothing while the node is watched for 3 s (the answered count from
+    /// `served` and its memory), then reads every reply: at least `replyBytes` each.
+    func check(port: Int, request: [UInt8], replyBytes: Int, served: () -> Double?,
+               file: StaticString = #filePath, line: UInt = #line) throws {
+        let fd = try XCTUnwrap(Harness.connectLoopback(port: port))
+        defer { close(fd) }
+        var small: Int32 = 64 << 10
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+        let before = try rss()
+        let servedBefore = served() ?? 0
+        let all = Array([[UInt8]](repeating: request, count: Self.requests).joined())
+        var sent = 0
+        while sent < all.count {
+            let n = all[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            XCTAssertGreaterThan(n, 0, "send failed: errno \(errno)", file: file, line: line)
+            guard n > 0 else { return }
+            sent += n
+        }
+        // Watched, not waited on: a node without back-pressure answers everything well
+        // within this window (and the watch ends as soon as it has).
+        var peak = before, answered = 0.0
+        let end = ContinuousClock.now + .seconds(3)
+        while ContinuousClock.now < end {
+            peak = max(peak, try rss())
+            answered = (served() ?? 0) - servedBefore
+            if answered >= Double(Self.requests) { break }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        XCTAssertLessThan(answered, Double(Self.requests) / 3, "requests answered while the client read nothing", file: file, line: line)
+        XCTAssertLessThan(peak - before, 100 << 20, "the node grew by \((peak - before) >> 20) MiB for a client that reads nothing",
+                          file: file, line: line)
+        // The client reads: every reply comes.
+        var received = 0
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        var tv = timeval(tv_sec: 30, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        while received < Self.requests * replyBytes {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard n > 0 else { break }
+            received += n
+        }
+        XCTAssertGreaterThanOrEqual(received, Self.requests * replyBytes, "replies missing once the client read", file: file, line: line)
+    }
+
+    func testMemcachedKTHTTPAndTheWritePortAnswerNoFasterThanTheClientReads() async throws {
+        try await start()
+        let mc = try node.daemon.port("memcached"), kt = try node.daemon.port("kt-http")
+        try check(port: mc, request: Array("get big\r\n".utf8), replyBytes: Self.valueBytes) {
+            node.metric("qs_memcached_requests_total{command=\"get\"}")
+        }
+        // KT's fast path (GET /KEY), and NIO's pipeline (a request the fast path hands over:
+        // a POST with a body).
+        try check(port: kt, request: Array("GET /big HTTP/1.1\r\nHost: x\r\n\r\n".utf8), replyBytes: Self.valueBytes) {
+            node.metric("qs_kt_http_requests_total{command=\"rest_get\"}")
+        }
+        let post = Array("POST /rpc/get HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\nkey=big".utf8)
+        try check(port: kt, request: post, replyBytes: Self.valueBytes) {
+            node.metric("qs_kt_http_requests_total{command=\"get\"}")
+        }
+        // The write port's frame: length (type and payload, big endian), type, payload.
+        let get = Request.get(key: Array("big".utf8)).frame()
+        let length = UInt32(1 + get.payload.count)
+        let frame = withUnsafeBytes(of: length.bigEndian) { Array($0) } + [get.type] + get.payload
+        try check(port: node.port, request: frame, replyBytes: Self.valueBytes) {
+            node.metric("qs_requests_total{type=\"get\"}")
+        }
+    }
+
+    func testMemcachedOnReaderThreadsAnswersNoFasterThanTheClientReads() async throws {
+        try await start(["--memcached-threads", "2"])
+        try check(port: try node.daemon.port("memcached"), request: Array("get big\r\n".utf8), replyBytes: Self.valueBytes) {
+            node.metric("qs_memcached_requests_total{command=\"get\"}")
+        }
+    }
+}
