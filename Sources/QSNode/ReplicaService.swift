@@ -47,9 +47,12 @@ public final class ReplicaService: Service, Sendable {
     let upstreamToken: [UInt8]
     let logger: Logger
     public let metrics = ReplicaMetrics()
+    /// When this service was made (ns since the epoch): the root age before any word of the root.
+    private let startedNs = wallClockNanoseconds()
     /// One line a minute an upstream for each: a stale upstream is left and tried again
     /// every second or two.
     private let leaving = RateLimitedLog(window: .seconds(60), byHost: false), subscribing = RateLimitedLog(window: .seconds(60), byHost: false)
+    private let skewed = RateLimitedLog(window: .seconds(60), byHost: false)
     private let upstreamList: NIOLockedValueBox<[Endpoint]>
     /// What the follower remembers between attempts (see `Memory`).
     private let memory = NIOLockedValueBox(Memory())
@@ -85,7 +88,8 @@ public final class ReplicaService: Service, Sendable {
     /// subscribed), right before a scrape.
     public func refreshGauges() {
         let s = status
-        if let age = s.rootAgeSeconds { metrics.rootAge.record(age) }
+        // Before any word of the root, the time since the replica started: 0 would say fresh.
+        metrics.rootAge.record(s.rootAgeSeconds ?? (s.nowNs > startedNs ? Double(s.nowNs - startedNs) / 1e9 : 0))
         // Nothing heard from the upstream moved to: the last figure stays (0 would say
         // "caught up" while the replica sits on an upstream that refuses it).
         if s.upstreamHeardNs > 0 { metrics.lagEntries.record(Double(s.lagEntries)) }
@@ -291,6 +295,7 @@ public final class ReplicaService: Service, Sendable {
             // A store installed before the node started (or reopened) reports its head now,
             // not at the first entry applied.
             self.metrics.head.record(Double(head.index))
+            var rootWord = RootWord(since: wallClockNanoseconds())
             for try await frame in inbound {
                 guard self.upstreams.contains(up) else { throw FollowEnd.delisted }
                 // Entries are applied from the frame's bytes as they are (`PackedEntries`).
@@ -313,17 +318,22 @@ public final class ReplicaService: Service, Sendable {
                 switch try Response.decode(frame) {
                 case let .heartbeat(upHead, rootTime):
                     let mine = try await core.store.head().index
+                    let now = wallClockNanoseconds()
+                    let word = rootWord.heard(rootTime, now: now)
+                    if rootTime > now + 1_000_000_000 {
+                        self.skewed.log(self.logger, .warning, "the root time this upstream sends is ahead of this node's clock: taken as this node's time when it advances, never as it is (check both clocks)",
+                                        peer: up.description, metadata: ["upstream": "\(up)", "ahead-seconds": "\((rootTime - now) / 1_000_000_000)"])
+                    }
                     core.updateUpstream {
                         $0.subscribed = true
                         $0.upstreamHead = upHead
-                        $0.upstreamHeardNs = wallClockNanoseconds()
+                        $0.upstreamHeardNs = now
                         $0.head = mine
-                        $0.rootTimeNs = max($0.rootTimeNs, rootTime)
+                        if let word { $0.rootTimeNs = max($0.rootTimeNs, word) }
                     }
                     self.refreshGauges()
                     // Staleness is judged on this upstream's own word, not the freshest ever seen.
-                    let now = wallClockNanoseconds()
-                    let age = now > rootTime ? Double(now - rootTime) / 1e9 : 0
+                    let age = rootWord.age(now: now)
                     if age > self.staleAfter.seconds { throw FollowEnd.stale(age) }
                     core.updateUpstream { $0.leftBecause = nil }
                     if self.hasWorkBesidesFollowing() { throw FollowEnd.interrupted }
@@ -334,6 +344,44 @@ public final class ReplicaService: Service, Sendable {
                 }
             }
             throw FollowEnd.closed
+        }
+    }
+
+    /// The root's word through one subscription, never ahead of this node's clock. A root
+    /// time at or before now is the time the root last spoke; one ahead of now (a clock
+    /// ahead of this node's, or a hostile or broken upstream) says only that the root spoke
+    /// since the last heartbeat when it has advanced, and is then taken as now: so a time
+    /// in the future, frozen or not, never makes a dead root look fresh, here or in the
+    /// heartbeats this node sends its own subscribers.
+    struct RootWord {
+        /// When the subscription began (this node's clock): the age's start until a word counts.
+        let since: UInt64
+        /// The highest root time this subscription sent, as sent.
+        private(set) var sent: UInt64 = 0
+        /// The root's last word as this node takes it (ns since the epoch), 0 when none yet.
+        private(set) var word: UInt64 = 0
+
+        init(since: UInt64) { self.since = since }
+
+        /// Takes a heartbeat's root time; returns the word it gives, nil when it gives none.
+        mutating func heard(_ rootTime: UInt64, now: UInt64) -> UInt64? {
+            defer { sent = max(sent, rootTime) }
+            let taken: UInt64
+            if rootTime <= now {
+                taken = rootTime
+            } else if sent > 0 && rootTime > sent {
+                taken = now
+            } else {
+                return nil
+            }
+            word = max(word, taken)
+            return word
+        }
+
+        /// Seconds since the root's last word through this subscription (since it began when none yet).
+        func age(now: UInt64) -> Double {
+            let from = word > 0 ? word : since
+            return now > from ? Double(now - from) / 1e9 : 0
         }
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import QSClient
 import QSTesting
+import QSWire
 import XCTest
 
 /// A replica's signals come from one status value: `qsctl status`, `/readyz` and
@@ -36,6 +37,36 @@ final class ReplicaHealthTests: XCTestCase {
                        statusUpstream: upstream?["address"] as? String,
                        ready: ready?.status, readyBody: ready?.body ?? "",
                        metricSubscribed: node.metric("qs_replica_subscribed"), metricRootAge: node.metric("qs_replica_root_age_seconds"))
+    }
+
+    /// An upstream whose root time is an hour ahead of this machine's clock and never moves
+    /// (a root whose clock was ahead and then died, a broken or hostile upstream): the
+    /// replica's root age grows from its own clock, /readyz turns 503 past --ready-lag, and it
+    /// leaves the upstream past --stale-after. Before, the future time was kept as the root's
+    /// word: "root word 0.0 s old" and ready for the hour of the skew, in every replica below.
+    func testARootTimeAheadOfTheClockThatStandsStillDoesNotLookFresh() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        XCTAssertEqual(try Harness.run("qsctl", ["--node", root.address, "put", "k", "v"]).status, 0)
+        let data = tmp.appendingPathComponent("r")
+        var replica = try ReplicaNode(data: data, upstreams: [root.address], logDir: tmp)
+        try await waitFor("the replica at the root's head", timeout: .seconds(20)) { replica.metric("qs_replica_head_index") == 1 }
+        XCTAssertEqual(try replica.daemon.stop(), 0)
+        let fake = try FutureRootUpstream(head: 1, rootTimeNs: UInt64(Date().timeIntervalSince1970 * 1e9) + 3_600_000_000_000)
+        defer { fake.stop() }
+        replica = try ReplicaNode(data: data, upstreams: ["127.0.0.1:\(fake.port)"], logDir: tmp,
+                                  extraArgs: ["--ready-lag", "2s", "--stale-after", "6s"])
+        try await waitFor("heartbeats from the fake upstream", timeout: .seconds(20), pollEvery: .milliseconds(100)) { fake.heartbeats > 3 }
+        try await waitFor("the root age past --ready-lag", timeout: .seconds(20), pollEvery: .milliseconds(100)) {
+            (replica.metric("qs_replica_root_age_seconds") ?? 0) > 2.5
+        }
+        let ready = try XCTUnwrap(httpGet(port: replica.adminPort, path: "/readyz"))
+        XCTAssertEqual(ready.status, 503, ready.body)
+        let left = await Harness.eventually(timeout: .seconds(20), pollEvery: .milliseconds(100)) {
+            replica.daemon.log.contains("leaving upstream")
+        }
+        XCTAssertTrue(left, replica.daemon.log)
+        XCTAssertTrue(replica.daemon.log.contains("ahead of this node's clock"), replica.daemon.log)
+        XCTAssertEqual(try replica.daemon.stop(), 0)
     }
 
     /// A replica moved to a node behind it (a mirror that stopped short of the root) is
@@ -195,5 +226,57 @@ final class ReplicaHealthTests: XCTestCase {
             let s = try await self.signals(replica)
             return s.statusSubscribed == true && s.statusUpstream == b.address
         }
+    }
+}
+
+/// A write-port upstream that answers every connection with heartbeats only: head `head`,
+/// root time `rootTimeNs`, every 100 ms, whatever the subscriber asked.
+final class FutureRootUpstream: @unchecked Sendable {
+    let port: Int
+    private let listener: Int32
+    private let lock = NSLock()
+    private var count = 0
+    private var stopped = false
+    private var clients: [Int32] = []
+
+    var heartbeats: Int { lock.withLock { count } }
+
+    init(head: UInt64, rootTimeNs: UInt64) throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+        } && listen(fd, 8) == 0
+        guard ok else { close(fd); throw HarnessError("cannot listen: errno \(errno)") }
+        listener = fd
+        port = Int(UInt16(bigEndian: addr.sin_port))
+        let beat = Response.heartbeat(head: head, rootTimeNs: rootTimeNs).frame()
+        let bytes = withUnsafeBytes(of: UInt32(1 + beat.payload.count).bigEndian) { Array($0) } + [beat.type] + beat.payload
+        Thread.detachNewThread { [self] in
+            while true {
+                let c = accept(fd, nil, nil)
+                guard c >= 0 else { return }
+                lock.withLock { clients.append(c) }
+                Thread.detachNewThread { [self] in
+                    while !lock.withLock({ stopped }) {
+                        guard bytes.withUnsafeBytes({ send(c, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == bytes.count else { break }
+                        lock.withLock { count += 1 }
+                        Thread.sleep(forTimeInterval: 0.1)
+                    }
+                }
+            }
+        }
+    }
+
+    func stop() {
+        lock.withLock {
+            stopped = true
+            for c in clients { shutdown(c, Int32(SHUT_RDWR)) }
+        }
+        shutdown(listener, Int32(SHUT_RDWR))
+        close(listener)
     }
 }
