@@ -308,7 +308,7 @@ let package = Package(
         // Bridges as real processes: exactly-once, replays, live KT, rollback drill.
         .testTarget(
             name: "BridgeTests",
-            dependencies: ["QSClient", "QSModel", "QSStore", "QSTesting"],
+            dependencies: ["QSClient", "QSModel", "QSStore", "QSTesting", "QSWire"],
             swiftSettings: swiftSettings
         ),
         // qsctl record and feed against live KT and QS feeds and fixtures.

@@ -89,6 +89,25 @@ public enum Harness {
         return fd
     }
 
+    /// A TCP socket listening on 127.0.0.1 at a port the kernel picks, for a test's own
+    /// peer (a fake upstream, a fake node): the socket and the port. The caller closes it.
+    public static func listenLoopback(backlog: Int32 = 8) throws -> (fd: Int32, port: Int) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let ok = fd >= 0 && withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+        } && listen(fd, backlog) == 0
+        guard ok else {
+            let error = errno
+            if fd >= 0 { close(fd) }
+            throw HarnessError("cannot listen on a loopback port: errno \(error)")
+        }
+        return (fd, Int(UInt16(bigEndian: addr.sin_port)))
+    }
+
     /// Whether the server closed `fd` (a read would return end of stream or an error),
     /// without waiting or taking a byte.
     public static func isClosedByServer(_ fd: Int32) -> Bool {

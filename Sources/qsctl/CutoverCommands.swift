@@ -185,13 +185,14 @@ struct Cutover: AsyncParsableCommand {
         let final: Head
         do {
             final = try await old.changeRole(.demote, adminToken: admin)
-        } catch ClientError.server(let code, let message) {
-            fail("demoting \(fromAddress) was refused, nothing changed: \(ClientError.server(code: code, message: message))")
+        } catch let refusal as ClientError where !Self.outcomeUnknown(refusal) {
+            fail("demoting \(fromAddress) was refused, nothing changed: \(refusal)")
             throw Exit.serverError
         } catch {
-            // No answer: the demote may have happened. Ask, and undo it if it did.
-            fail("demoting \(fromAddress) got no answer (\(parent.options.describe(error, fromAddress))); finding out whether it happened")
-            try await undo(old, fromAddress, admin, request, ifRole: "mirror", otherwise: "nothing changed")
+            // No answer, or a cluster whose etcd did not confirm: the demote may have
+            // happened, or may still. Promoting it again settles it either way.
+            fail("demoting \(fromAddress): the outcome is unknown (\(parent.options.describe(error, fromAddress))); promoting it again so that it takes writes whatever happened")
+            try await restore(old, fromAddress, admin, request)
             throw Exit.serverError
         }
         fail("\(fromAddress) demoted at index \(final.index) hash \(hexString(final.hash)); waiting for \(toAddress) to hold it")
@@ -212,23 +213,30 @@ struct Cutover: AsyncParsableCommand {
                 let head = try await new.changeRole(.promote, adminToken: admin)
                 printDone(head)
                 return
-            } catch ClientError.server(let code, let message) {
-                fail("promoting \(toAddress) was refused: \(ClientError.server(code: code, message: message))")
+            } catch let refusal as ClientError where !Self.outcomeUnknown(refusal) {
+                fail("promoting \(toAddress) was refused: \(refusal)")
             } catch {
-                // No answer: the promote may have happened, and promoting the old root back
-                // then would leave two roots taking writes. Ask first.
-                fail("promoting \(toAddress) got no answer (\(parent.options.describe(error, toAddress))); finding out whether it happened")
-                switch try? await writeRole(new, timeout: request) {
-                case "mirror"?:
-                    break // not promoted: undo below
-                case "promoted"?, "open"?:
-                    let head = (try? await new.head(timeout: request)) ?? final
-                    printDone(head)
-                    return
-                default:
-                    fail("NO ROOT TAKES WRITES: \(fromAddress) is demoted and \(toAddress) does not answer, so whether it was promoted is unknown. Run 'qsctl --node \(toAddress) status' once it answers: if it takes writes, it is the new root; if it is a mirror, run 'qsctl --node \(fromAddress) promote'. Never promote both.")
-                    throw Exit.serverError
+                // No answer, or a cluster whose etcd did not confirm: the promote may have
+                // happened, or may still (an etcd transaction that timed out can commit
+                // later), and promoting the old root back then would leave two roots taking
+                // writes. Demoting the new root again settles it: once that is answered it
+                // is a mirror for good (a late promote compares the role's revision, which
+                // the demote moved).
+                fail("promoting \(toAddress): the outcome is unknown (\(parent.options.describe(error, toAddress))); demoting it again before \(fromAddress) takes the writes back")
+                do {
+                    _ = try await new.changeRole(.demote, adminToken: admin, timeout: request)
+                } catch {
+                    switch try? await writeRole(new, timeout: request) {
+                    case "promoted"?, "open"?:
+                        let head = (try? await new.head(timeout: request)) ?? final
+                        printDone(head)
+                        return
+                    default:
+                        fail("NO ROOT TAKES WRITES: \(fromAddress) is demoted and whether \(toAddress) was promoted is unknown (it could not be demoted again: \(parent.options.describe(error, toAddress))). Run 'qsctl --node \(toAddress) status' once it answers: if it takes writes, it is the new root; if it is a mirror, run 'qsctl --node \(toAddress) demote' and then 'qsctl --node \(fromAddress) promote --force'. Never promote both.")
+                        throw Exit.serverError
+                    }
                 }
+                fail("\(toAddress) demoted again: it is a mirror")
             }
         } else if reached.index >= final.index {
             fail("\(toAddress) reached index \(reached.index) with hash \(hexString(reached.hash)), not \(fromAddress)'s head \(final.index) hash \(hexString(final.hash)): it does not mirror \(fromAddress)")
@@ -239,37 +247,36 @@ struct Cutover: AsyncParsableCommand {
         do {
             _ = try await old.changeRole(.promote, adminToken: admin, timeout: request)
         } catch {
-            fail("UNDO FAILED, NO ROOT TAKES WRITES: \(fromAddress) is still demoted (\(parent.options.describe(error, fromAddress))). Run: qsctl --node \(fromAddress) promote")
+            fail("UNDO FAILED, NO ROOT TAKES WRITES: \(fromAddress) is still demoted (\(parent.options.describe(error, fromAddress))). Once it answers, run: qsctl --node \(fromAddress) promote --force (\(toAddress) is a mirror: it was never promoted)")
             throw Exit.serverError
         }
         fail("cut-over undone: \(fromAddress) takes writes again, \(toAddress) is still a mirror")
         throw timedOutExit
     }
 
+    /// Whether a failed role change may still have happened: no answer, or a cluster whose
+    /// etcd did not confirm the change (`storage-error`); any other answer is a refusal that
+    /// changed nothing.
+    static func outcomeUnknown(_ error: ClientError) -> Bool {
+        guard case let .server(code, _) = error else { return true }
+        return ErrorCode(rawValue: code) == .storageError
+    }
+
+    /// After a demote whose outcome is unknown: promotes the node again and says where it
+    /// stands (a promote of a root that takes writes changes nothing).
+    func restore(_ client: QSClient, _ address: Address, _ admin: [UInt8]?, _ request: TimeAmount) async throws {
+        do {
+            _ = try await client.changeRole(.promote, adminToken: admin, timeout: request)
+        } catch {
+            fail("UNDO FAILED, NO ROOT MAY TAKE WRITES: \(address) could not be promoted again (\(parent.options.describe(error, address))). Once it answers, run 'qsctl --node \(address) status'; if it says mirror, run 'qsctl --node \(address) promote --force'")
+            return
+        }
+        fail("\(address) takes writes (promoted again); nothing else changed")
+    }
+
     func printDone(_ head: Head) {
         guard let fromAddress = from.value, let toAddress = to.value else { return }
         printLine("cut-over done: \(toAddress) is the writable root at index \(head.index) hash \(hexString(head.hash)); \(fromAddress) is a compatible mirror. Point the bridges at \(toAddress) and feed \(fromAddress) with: qsqsbridge --source qs://\(toAddress) --root \(fromAddress) --mode compatible")
-    }
-
-    /// After a role change that got no answer: when `client` now has `ifRole`, the change
-    /// happened and is undone (the node promoted back); when it has another role, it did
-    /// not happen (`otherwise` says so); when the node still does not answer, the operator
-    /// is told what to check.
-    func undo(_ client: QSClient, _ address: Address, _ admin: [UInt8]?, _ request: TimeAmount,
-              ifRole: String, otherwise: String) async throws {
-        switch try? await writeRole(client, timeout: request) {
-        case ifRole?:
-            do {
-                _ = try await client.changeRole(.promote, adminToken: admin, timeout: request)
-                fail("\(address) had been demoted; promoted back: it takes writes again, nothing else changed")
-            } catch {
-                fail("UNDO FAILED, NO ROOT TAKES WRITES: \(address) is demoted (\(parent.options.describe(error, address))). Run: qsctl --node \(address) promote")
-            }
-        case _?:
-            fail("\(address) was not demoted: \(otherwise)")
-        case nil:
-            fail("\(address) does not answer: it may have been demoted. Once it answers, run 'qsctl --node \(address) status'; if it says mirror, run 'qsctl --node \(address) promote'")
-        }
     }
 
     /// Refuses a cut-over that cannot succeed, before anything changes: `to` must be a

@@ -204,7 +204,7 @@ struct QSNodeCommand: AsyncParsableCommand {
                 throw ValidationError("--cluster '\(cluster)': use letters, digits, '-', '_' and '.' only")
             }
             do { _ = try etcdURLs.map(EtcdClient.parse) } catch { throw ValidationError("--etcd: \(error)") }
-            guard etcdTimeout.duration > .zero else { throw ValidationError("--etcd-timeout must be more than 0, e.g. 5s") }
+            guard etcdTimeout.duration >= .milliseconds(100) else { throw ValidationError("--etcd-timeout \(etcdTimeout) (or QS_ETCD_TIMEOUT) is shorter than an etcd commit can take (a quorum fsync): give 100ms or more, e.g. 5s") }
             guard etcdLogWindow > 0 else { throw ValidationError("--etcd-log-window must be at least 1 entry, e.g. 10000") }
         } else if clusterPeers.value != nil {
             throw ValidationError("--cluster-peers names a root cluster member's peers: use it with --etcd and --cluster")

@@ -2,6 +2,7 @@ import Foundation
 import QSClient
 import QSModel
 import QSTesting
+import QSWire
 import XCTest
 
 /// The new root takes over and hands back, under a live KT workload: `qsctl cutover`
@@ -104,6 +105,30 @@ final class CutoverTests: XCTestCase {
         let roleN = await writeRole(nc)
         XCTAssertEqual(roleN, "mirror", "N was never promoted")
         for c in [lc, nc] { await c.close() }
+    }
+
+    /// A cluster's promote whose etcd transaction is not confirmed (no quorum in time, a
+    /// lost answer) may still commit: the node answers storage-error "may still take
+    /// effect". Before, the cut-over took that for a refusal and promoted the old root back
+    /// while the new one became writable: two roots. Now it demotes the new root again
+    /// first (answered: a mirror for good), and only then gives the writes back.
+    func testAPromoteWhoseOutcomeIsUnknownIsSettledBeforeTheOldRootTakesWritesBack() async throws {
+        let legacy = try root("L")
+        for i in 0..<3 { XCTAssertEqual(try qsctl(["--node", legacy.address, "put", "k\(i)", "v"]).status, 0) }
+        let lc = try await QSClient.connect(host: "127.0.0.1", port: legacy.port)
+        let fake = try UncertainMirror(head: try await lc.head())
+        defer { fake.stop() }
+        let r = try Harness.run("qsctl", ["--write-token-file", token.path, "--request-timeout", "2s",
+                                          "cutover", "--from", legacy.address, "--to", "127.0.0.1:\(fake.port)", "--timeout", "5s"],
+                                killAfter: .seconds(60))
+        let err = String(decoding: r.stderr, as: UTF8.self)
+        XCTAssertEqual(r.status, 5, err)
+        XCTAssertTrue(err.contains("the outcome is unknown") && err.contains("demoting it again"), err)
+        XCTAssertTrue(err.contains("cut-over undone"), err)
+        XCTAssertEqual(fake.role, "mirror", "the new root stays a mirror")
+        let role = await writeRole(lc)
+        XCTAssertEqual(role, "promoted", "L takes writes again")
+        await lc.close()
     }
 
     /// A mirror that does not answer before anything changes: the cut-over gives up after
@@ -295,4 +320,64 @@ final class CutoverTests: XCTestCase {
         XCTAssertEqual(try mirror.stop(), 0, mirror.log)
         XCTAssertEqual(try bridge.stop(), 0, bridge.log)
     }
+}
+
+/// A compatible mirror as qsctl sees one over the write protocol, holding `head`, whose
+/// promote answers as a cluster member's does when etcd did not confirm the transaction
+/// (storage-error "may still take effect") although it took effect: its role becomes
+/// promoted. A demote is answered and makes it a mirror again.
+final class UncertainMirror: @unchecked Sendable {
+    private var peer: LoopbackPeer!
+    private let lock = NSLock()
+    private var currentRole = "mirror"
+
+    var port: Int { peer.port }
+    var role: String { lock.withLock { currentRole } }
+
+    init(head: Head) throws {
+        peer = try LoopbackPeer { [weak self] c in
+            while let self, let request = self.readFrame(c) {
+                let f = self.respond(request, head: head).frame()
+                guard LoopbackPeer.send(c, withUnsafeBytes(of: UInt32(1 + f.payload.count).bigEndian) { Array($0) } + [f.type] + f.payload) else { return }
+            }
+        }
+    }
+
+    private func respond(_ frame: Frame, head: Head) -> Response {
+        switch try? Request.decode(frame) {
+        case .status?:
+            return .status("{\"write_role\": \"\(role)\"}")
+        case .head?:
+            return .head(head)
+        case let .changeRole(_, change)?:
+            return lock.withLock {
+                if change == .promote {
+                    currentRole = "promoted"
+                    return .error(code: ErrorCode.storageError.rawValue, message: "the root cluster's etcd did not commit the role change (no quorum, or unreachable?): request timed out; it may still take effect")
+                }
+                currentRole = "mirror"
+                return .head(head)
+            }
+        default:
+            return .error(code: ErrorCode.invalidRequest.rawValue, message: "not served by this test's mirror")
+        }
+    }
+
+    private func readFrame(_ fd: Int32) -> Frame? {
+        func read(_ n: Int) -> [UInt8]? {
+            var out = [UInt8](repeating: 0, count: n), got = 0
+            while got < n {
+                let r = out[got...].withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                guard r > 0 else { return nil }
+                got += r
+            }
+            return out
+        }
+        guard let len = read(4) else { return nil }
+        let n = Int(len.reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
+        guard n >= 1, let body = read(n) else { return nil }
+        return Frame(type: body[0], payload: Array(body[1...]))
+    }
+
+    func stop() { peer.stop() }
 }

@@ -269,6 +269,10 @@ final class QsctlTests: XCTestCase {
             XCTAssertEqual(r.status, 64, err)
             XCTAssertTrue(err.contains("--source-id (or QS_SOURCE_ID) is 256 bytes, the limit is 255"), err)
         }
+        let etcd = try Harness.run("qsnode", ["--data", data, "--etcd", "http://127.0.0.1:1", "--cluster", "c", "--etcd-timeout", "8ms"])
+        XCTAssertEqual(etcd.status, 64)
+        XCTAssertTrue(String(decoding: etcd.stderr, as: UTF8.self).contains("--etcd-timeout 8ms (or QS_ETCD_TIMEOUT) is shorter than an etcd commit can take"),
+                      String(decoding: etcd.stderr, as: UTF8.self))
         // A flag given twice: the last is used, with a word.
         let twice = try Harness.run("qsnode", ["--log-level", "info", "--log-level=debug", "--help"])
         XCTAssertEqual(twice.status, 0)

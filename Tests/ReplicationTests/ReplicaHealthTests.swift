@@ -1,4 +1,5 @@
 import Foundation
+import NIOConcurrencyHelpers
 import QSClient
 import QSTesting
 import QSWire
@@ -232,51 +233,23 @@ final class ReplicaHealthTests: XCTestCase {
 /// A write-port upstream that answers every connection with heartbeats only: head `head`,
 /// root time `rootTimeNs`, every 100 ms, whatever the subscriber asked.
 final class FutureRootUpstream: @unchecked Sendable {
-    let port: Int
-    private let listener: Int32
-    private let lock = NSLock()
-    private var count = 0
-    private var stopped = false
-    private var clients: [Int32] = []
+    private var peer: LoopbackPeer!
+    private let sent = NIOLockedValueBox(0)
 
-    var heartbeats: Int { lock.withLock { count } }
+    var port: Int { peer.port }
+    var heartbeats: Int { sent.withLockedValue { $0 } }
 
     init(head: UInt64, rootTimeNs: UInt64) throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
-        } && listen(fd, 8) == 0
-        guard ok else { close(fd); throw HarnessError("cannot listen: errno \(errno)") }
-        listener = fd
-        port = Int(UInt16(bigEndian: addr.sin_port))
         let beat = Response.heartbeat(head: head, rootTimeNs: rootTimeNs).frame()
         let bytes = withUnsafeBytes(of: UInt32(1 + beat.payload.count).bigEndian) { Array($0) } + [beat.type] + beat.payload
-        Thread.detachNewThread { [self] in
-            while true {
-                let c = accept(fd, nil, nil)
-                guard c >= 0 else { return }
-                lock.withLock { clients.append(c) }
-                Thread.detachNewThread { [self] in
-                    while !lock.withLock({ stopped }) {
-                        guard bytes.withUnsafeBytes({ send(c, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == bytes.count else { break }
-                        lock.withLock { count += 1 }
-                        Thread.sleep(forTimeInterval: 0.1)
-                    }
-                }
+        let sent = self.sent
+        peer = try LoopbackPeer { [weak self] c in
+            while let self, !self.peer.isStopped, LoopbackPeer.send(c, bytes) {
+                sent.withLockedValue { $0 += 1 }
+                Thread.sleep(forTimeInterval: 0.1)
             }
         }
     }
 
-    func stop() {
-        lock.withLock {
-            stopped = true
-            for c in clients { shutdown(c, Int32(SHUT_RDWR)) }
-        }
-        shutdown(listener, Int32(SHUT_RDWR))
-        close(listener)
-    }
+    func stop() { peer.stop() }
 }
