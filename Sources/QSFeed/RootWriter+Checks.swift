@@ -57,14 +57,46 @@ extension RootWriter {
     /// leaves was known to: one behind (an empty root listed before it is a mirror, a root
     /// of another history) would take writes the fleet's root never sees, and acknowledged
     /// writes would live only there. Passed over (a `ClientError`) with the positions.
+    ///
+    /// Except where the only difference is what travels in no log entry: when the root left
+    /// answered with its head and takes no writes (`anchor`: a root demoted by a cut-over,
+    /// its head final) and this one holds that head (same index, same chained hash), every
+    /// entry of the history is here, and a checkpoint behind was moved at the root left
+    /// without an entry (a quiet source's heartbeats). The same move is made here, under
+    /// compare-and-swap (and with the source's initial-copy cursor as this root holds it),
+    /// and the writer goes on. Before, a bridge given `--root OLD,NEW` stopped writing for
+    /// good after a clean cut-over whenever its source had been quiet for a second.
     static func check(continuity c: any RootConnection, endpoint: Endpoint, from previous: Endpoint,
-                      confirmed: [String: UInt64]) async throws {
+                      confirmed: [String: UInt64], anchor: (endpoint: Endpoint, head: Head)? = nil, token: [UInt8] = []) async throws {
         for (sourceID, position) in confirmed.sorted(by: { $0.key < $1.key }) {
             let theirs = try await c.checkpoint(sourceID: sourceID)
-            guard let theirs, theirs >= position else {
-                throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
-                    "holds source id \(sourceID) at \(theirs.map(String.init) ?? "no checkpoint"), behind the \(position) this writer saw at \(previous): not a copy of it, so not moved to (a root listed in --root must mirror the one before it, qsqsbridge --mode compatible, before it can take over)")
+            if let theirs, theirs >= position { continue }
+            if let anchor, anchor.endpoint == previous, try await entryHash(on: c, at: anchor.head.index) == anchor.head.hash {
+                let cursor = try await copyCursor(on: c, sourceID: sourceID)
+                let r = try await c.send(.batch(.init(token: token, sourceID: sourceID, expected: theirs ?? 0, new: position,
+                                                      operations: [], copyCursor: cursor)), timeout: callTimeout)
+                switch r {
+                case .applied:
+                    continue
+                case let .conflict(current) where current >= position:
+                    continue
+                default:
+                    throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
+                        "holds \(previous)'s head but source id \(sourceID) at \(theirs.map(String.init) ?? "no checkpoint"), behind the \(position) this writer saw there, and moving it there was answered \(r): not moved to")
+                }
             }
+            throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
+                "holds source id \(sourceID) at \(theirs.map(String.init) ?? "no checkpoint"), behind the \(position) this writer saw at \(previous): not a copy of it, so not moved to (a root listed in --root must mirror the one before it, qsqsbridge --mode compatible, before it can take over)")
+        }
+    }
+
+    /// The cursor of `sourceID`'s unfinished initial copy at the root behind `c`, nil when none.
+    static func copyCursor(on c: any RootConnection, sourceID: String) async throws -> [UInt8]? {
+        let r = try await c.send(.getCopyCursor(sourceID: sourceID), timeout: callTimeout)
+        switch r {
+        case let .value(record): return record?.value
+        case let .error(code, message): throw ClientError.server(code: code, message: message)
+        default: throw ClientError.unexpected("\(r)")
         }
     }
 

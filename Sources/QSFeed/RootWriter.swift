@@ -243,7 +243,7 @@ public actor RootWriter {
             (attempt, version) = (connecting, connectingVersion)
         } else {
             let connect = self.connect, hello = Request.hello(token: token, client: greeting)
-            let endpoints = self.endpoints, start = position, tokenOrigin = self.tokenOrigin
+            let endpoints = self.endpoints, start = position, tokenOrigin = self.tokenOrigin, token = self.token
             let confirmed = self.confirmed, lastUsed = self.lastUsed, sourceID = self.sourceID
             attempt = Task {
                 var passedOver = [String]()
@@ -270,7 +270,19 @@ public actor RootWriter {
                             if sourceID != nil { status = try await Self.check(mirror: c, following: &mirrored) }
                             introduced = true
                             if let lastUsed, lastUsed != i {
-                                try await Self.check(continuity: c, endpoint: endpoint, from: endpoints[lastUsed], confirmed: confirmed)
+                                let from = endpoints[lastUsed]
+                                // The address left, when this attempt did not try it first: a
+                                // root that takes no writes now (demoted) has a final head.
+                                var left = anchor?.endpoint == from ? anchor : nil
+                                if left == nil, let previous = try? await connect(from) {
+                                    if let s = try? await Self.status(of: previous), NodeStatus.isMirror(s),
+                                       let head = try? await previous.head(), head.index > 0 {
+                                        left = (from, head)
+                                    }
+                                    await previous.close()
+                                }
+                                try await Self.check(continuity: c, endpoint: endpoint, from: from, confirmed: confirmed,
+                                                     anchor: left, token: token)
                             }
                             // Moving off an address before any position of this writer's
                             // source id was seen (a process started while its first address
@@ -693,12 +705,7 @@ public actor RootWriter {
     /// The cursor of the source's unfinished initial copy, nil when none is in progress.
     public func copyCursor(sourceID: String) async throws -> [UInt8]? {
         try await perform("get-copy-cursor") { client in
-            let r = try await client.send(.getCopyCursor(sourceID: sourceID), timeout: .seconds(30))
-            switch r {
-            case let .value(record): return record?.value
-            case let .error(code, message): throw ClientError.server(code: code, message: message)
-            default: throw ClientError.unexpected("\(r)")
-            }
+            try await Self.copyCursor(on: client, sourceID: sourceID)
         }
     }
 

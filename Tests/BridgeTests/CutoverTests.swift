@@ -201,6 +201,42 @@ final class CutoverTests: XCTestCase {
         for c in [lc, nc] { await c.close() }
     }
 
+    /// A bridge given `--root L,N` while KT is quiet: KT's heartbeats move the bridge's
+    /// checkpoint at L without a log entry, so N (L's mirror, holding L's head) holds an
+    /// older one. After a clean cut-over the bridge makes the same move at N and writes on
+    /// there. Before, it passed N over as "not a copy" and wrote nothing until restarted.
+    func testABridgeGivenBothRootsWritesOnAfterACutoverWhileItsSourceWasQuiet() async throws {
+        let kt = try FakeKTProcess(logDir: tmp)
+        let sourceID = "kt:127.0.0.1:\(kt.port)"
+        let legacy = try root("L"), new = try root("N")
+        let bridge = try DaemonProcess("qsktbridge", ["--root", "\(legacy.address),\(new.address)", "--source", "kt://127.0.0.1:\(kt.port)",
+                                                     "--sid", "99", "--write-token-file", token.path, "--batch-interval", "100ms",
+                                                     "--shutdown-timeout", "3s", "--log-format", "text"], logDir: tmp)
+        let mirror = try mirrorBridge(from: legacy, to: new)
+        let lc = try await QSClient.connect(host: "127.0.0.1", port: legacy.port)
+        let nc = try await QSClient.connect(host: "127.0.0.1", port: new.port)
+        for i in 0..<5 { kt.set("k\(i)", "v\(i)") }
+        // KT quiet: its heartbeats move L's checkpoint past the last entry N mirrored.
+        let quiet = await Harness.eventually(timeout: .seconds(30), pollEvery: .milliseconds(100)) {
+            guard let l = try? await lc.head(), l.index > 0, (try? await nc.head()) == l,
+                  let cpL = try? await lc.checkpoint(sourceID: sourceID), let cpN = try? await nc.checkpoint(sourceID: sourceID) else { return false }
+            return cpL > cpN
+        }
+        XCTAssertTrue(quiet, "L's checkpoint moved without an entry:\n\(bridge.log)")
+        let cut = try qsctl(["cutover", "--from", legacy.address, "--to", new.address, "--timeout", "30s"])
+        XCTAssertEqual(cut.status, 0, cut.out + cut.err)
+        kt.set("after", "cutover")
+        let written = await Harness.eventually(timeout: .seconds(30), pollEvery: .milliseconds(100)) {
+            (try? await nc.get(Array("after".utf8)))?.value == Array("cutover".utf8)
+        }
+        XCTAssertTrue(written, "the bridge writes on at N after the cut-over:\n\(bridge.log)")
+        XCTAssertTrue(bridge.log.contains("root failover"), bridge.log)
+        // The mirror bridge stopped at the promotion (N refuses compatible appends).
+        _ = try? mirror.stop()
+        XCTAssertEqual(try bridge.stop(), 0, bridge.log)
+        for c in [lc, nc] { await c.close() }
+    }
+
     func testCutoverAndHandBackUnderALiveKTWorkload() async throws {
         let kt = try FakeKTProcess(logDir: tmp)
         let sourceID = "kt:127.0.0.1:\(kt.port)"
