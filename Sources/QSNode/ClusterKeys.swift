@@ -97,6 +97,8 @@ public enum ClusterError: Error, Sendable, CustomStringConvertible {
     case behind(String)
     /// Committed in etcd, but this member has not applied it in time.
     case notApplied(String)
+    /// A log entry larger than etcd takes in one request: sending it again cannot help.
+    case tooLarge(String)
 
     public var description: String {
         switch self {
@@ -104,6 +106,7 @@ public enum ClusterError: Error, Sendable, CustomStringConvertible {
         case let .diverged(m): return "diverged: \(m)"
         case let .behind(m): return "behind the cluster's retained log: \(m)"
         case let .notApplied(m): return m
+        case let .tooLarge(m): return m
         }
     }
 }

@@ -23,6 +23,9 @@ public final class ClusterMember: Service, Sendable {
     let nodeID: String
     /// `log/` keys kept in etcd behind the head (and behind every member's applied index).
     let window: UInt64
+    /// The most bytes etcd takes in one request (etcd's `--max-request-bytes`): a log entry
+    /// must fit one transaction with its keys.
+    let maxRequestBytes: Int
     /// How long this member's `applied/` key outlives its last write (`--etcd-applied-ttl`).
     let appliedTTL: Duration
     /// The other members' write addresses: a member behind etcd's window catches up from
@@ -50,8 +53,10 @@ public final class ClusterMember: Service, Sendable {
     let snapshotCatchUps: Counter
 
     public init(etcd: EtcdClient, cluster: String, store: Store, watcher: LogWatcher, nodeID: String,
-                window: UInt64, appliedTTL: Duration = ClusterMember.appliedTTL, peers: [Endpoint] = [], peerToken: [UInt8] = [], logger: Logger,
+                window: UInt64, appliedTTL: Duration = ClusterMember.appliedTTL, peers: [Endpoint] = [], peerToken: [UInt8] = [],
+                maxRequestBytes: Int = ClusterMember.etcdMaxRequestBytes, logger: Logger,
                 factory: any MetricsFactory = MetricsSystem.factory) {
+        self.maxRequestBytes = maxRequestBytes
         self.peers = peers
         self.peerToken = peerToken
         snapshotCatchUps = Counter(label: "qs_cluster_snapshot_catchups_total", factory: factory)
@@ -175,6 +180,7 @@ public final class ClusterMember: Service, Sendable {
                 continue
             }
             if skipWithoutEntry && p.entry == nil { return p.outcome }
+            if let e = p.entry { try checkFits(entryBytes: e.hash.count + e.bytes.count, what: "the batch's log entry") }
             var success: [EtcdOp] = [.put(key: cpKey, value: ClusterKeys.u64Bytes(new))]
             if let e = p.entry {
                 success = [.put(key: keys.log(e.index), value: e.hash + e.bytes), .put(key: keys.head, value: p.head.encoded())] + success
@@ -206,10 +212,22 @@ public final class ClusterMember: Service, Sendable {
         throw ClusterError.notApplied("the batch lost 1000 rounds to other members' commits; nothing of it was committed: retry")
     }
 
-    /// The most entries, and bytes of them, one append's etcd transaction carries (etcd's
-    /// defaults: 128 operations, 1.5 MiB a request).
+    /// The most entries one append's etcd transaction carries (etcd's default: 128
+    /// operations a transaction); its bytes are bounded by `maxRequestBytes`.
     static let appendChunkEntries = 100
-    static let appendChunkBytes = 1 << 20
+
+    /// etcd's default `--max-request-bytes`.
+    public static let etcdMaxRequestBytes = 1_572_864
+    /// Room a transaction needs besides its entries' bytes (keys, the head, checkpoints,
+    /// compares, framing).
+    static let requestOverhead = 64 << 10
+
+    /// Refuses, before etcd is asked, what etcd would refuse as too large: the same request
+    /// would be refused on every try, and the writer would wait on it for good.
+    func checkFits(entryBytes: Int, what: String) throws {
+        guard entryBytes + Self.requestOverhead > maxRequestBytes else { return }
+        throw ClusterError.tooLarge("\(what) is \(entryBytes) bytes: more than the root cluster's etcd takes in one request (\(maxRequestBytes) bytes, --etcd-max-request-bytes, etcd's --max-request-bytes, less \(Self.requestOverhead) for the transaction's keys); send smaller batches or values, or raise etcd's --max-request-bytes and this member's --etcd-max-request-bytes together")
+    }
 
     /// A compatible append (`qsqsbridge --mode compatible` into the cluster): the source's
     /// entries, byte for byte. Each chunk is checked at this member's head with the store's
@@ -224,11 +242,14 @@ public final class ClusterMember: Service, Sendable {
         var rest = entries[...]
         while !rest.isEmpty {
             var n = 0, bytes = 0
+            let budget = maxRequestBytes - Self.requestOverhead
             for e in rest {
-                guard n < Self.appendChunkEntries, n == 0 || bytes + e.bytes.count <= Self.appendChunkBytes else { break }
+                let size = e.hash.count + e.bytes.count
+                guard n < Self.appendChunkEntries, n == 0 || bytes + size <= budget else { break }
                 n += 1
-                bytes += e.bytes.count
+                bytes += size
             }
+            if n == 1, let e = rest.first { try checkFits(entryBytes: e.hash.count + e.bytes.count, what: "log entry \(e.index)") }
             head = try await appendChunk(Array(rest.prefix(n)), sourceTimeNs: sourceTimeNs)
             rest = rest.dropFirst(n)
         }

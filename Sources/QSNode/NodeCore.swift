@@ -462,6 +462,11 @@ public final class NodeCore: Sendable {
             // Sent, but no answer or an error answer ("leader changed", "request timed
             // out"): etcd may still have committed it.
             return .error(.storageError, "the root cluster's etcd did not confirm the commit (no quorum, or unreachable?): \(error); the write is not acknowledged and may or may not have been committed: resume from the checkpoint")
+        } catch let ClusterError.tooLarge(why) {
+            // The batch's own size, not the cluster's health: the writer sends less.
+            metrics.invalidRequests.increment()
+            badInput.warning(logger, "batch refused: larger than the cluster's etcd takes", peer: peer, metadata: ["request": "\(request.name)", "error": "\(why)"])
+            return .error(.frameTooLarge, why)
         } catch let error as ClusterError {
             metrics.storageErrors.increment()
             logger.error("cluster commit failed", metadata: ["request": "\(request.name)", "error": "\(error)", "peer": "\(peer)"])

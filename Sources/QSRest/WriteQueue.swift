@@ -142,6 +142,9 @@ public actor WriteQueue: Service {
     /// Positions of batches given up after `commitTimeout` that had been sent: one of them
     /// found committed later is not another writer.
     private var abandoned: Set<UInt64> = []
+    /// The most requests a batch takes after the root refused a larger one as too large
+    /// (nil: the limits alone).
+    private var splitLimit: Int?
     /// Fired `stopWithin` after graceful shutdown began: every wait on the root ends then.
     let stopSignal = StopSignal()
 
@@ -358,6 +361,17 @@ public actor WriteQueue: Service {
                 let why = whyNotCommitted(timeout, otherwise: "no answer from the root")
                 giveUp(batch, sent: wasSent, why: why, what: "a batch was not committed " + Refusal.when(why))
                 return
+            } catch let refusal as RootRefusal where refusal.code == .frameTooLarge && batch.count > 1 {
+                // Too large together (a root cluster takes what fits one etcd request): its
+                // requests are sent again at once in batches of half as many, none answered yet.
+                splitLimit = batch.count / 2
+                logger.info("the root refused a batch as too large; sending its requests in smaller batches",
+                            metadata: ["source-id": "\(sourceID)", "requests": "\(batch.count)", "bytes": "\(bytes)", "error": "\(refusal.message)"])
+                pending.insert(contentsOf: batch, at: 0)
+                pendingWrites += batch.reduce(0) { $0 + max($1.writes.count, 1) }
+                pendingBytes += bytes
+                await flushOne()
+                return
             } catch let refusal as RootRefusal where refusal.code == .frameTooLarge {
                 // The batch's own size, not the root's state: /readyz stays as it was.
                 logger.error("batch refused by the root as too large; its requests get 413", metadata: ["source-id": "\(sourceID)", "writes": "\(all.count)", "bytes": "\(bytes)"])
@@ -373,6 +387,8 @@ public actor WriteQueue: Service {
             switch answer {
             case let .written(_, outcomes) where outcomes.count == all.count:
                 setConfirmed(new)
+                // Batches grow back to the limits after a split, doubling.
+                splitLimit = splitLimit.flatMap { $0 * 2 >= limits.maxWrites ? nil : $0 * 2 }
                 metrics.batches.increment()
                 metrics.batchSeconds.recordSeconds((ContinuousClock.now - start).seconds)
                 var at = 0
@@ -443,7 +459,7 @@ public actor WriteQueue: Service {
         var count = 0, writes = 0, bytes = 0
         for p in pending {
             let w = max(p.writes.count, 1)
-            if count > 0 && (writes + w > limits.maxWrites || bytes + p.bytes > limits.maxBytes) { break }
+            if count > 0 && (writes + w > limits.maxWrites || bytes + p.bytes > limits.maxBytes || count >= splitLimit ?? .max) { break }
             count += 1; writes += w; bytes += p.bytes
         }
         let batch = Array(pending.prefix(count))

@@ -153,6 +153,9 @@ struct QSNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("With --etcd: how long an etcd request may take before the write is refused as not committed (outcome unknown). (env: QS_ETCD_TIMEOUT)", valueName: "duration"))
     var etcdTimeout: Interval = QSEnv.value("QS_ETCD_TIMEOUT", Interval(.seconds(5)))
 
+    @Option(help: ArgumentHelp("With --etcd: the most bytes the etcd cluster takes in one request (its --max-request-bytes, 1.5 MiB by default): a batch whose log entry does not fit one etcd transaction is refused as too large (bridges send it in smaller batches; a single change that large is refused by name) instead of being retried for good. (env: QS_ETCD_MAX_REQUEST_BYTES)", valueName: "size"))
+    var etcdMaxRequestBytes: ByteSize = QSEnv.value("QS_ETCD_MAX_REQUEST_BYTES", ByteSize(ClusterMember.etcdMaxRequestBytes))
+
     @Option(help: ArgumentHelp("With --etcd: log entries kept in etcd behind the head (and behind every member's applied index); a member further behind catches up from a snapshot. (env: QS_ETCD_LOG_WINDOW)", valueName: "entries"))
     var etcdLogWindow: UInt64 = QSEnv.value("QS_ETCD_LOG_WINDOW", 10_000)
 
@@ -205,6 +208,7 @@ struct QSNodeCommand: AsyncParsableCommand {
             }
             do { _ = try etcdURLs.map(EtcdClient.parse) } catch { throw ValidationError("--etcd: \(error)") }
             guard etcdTimeout.duration >= .milliseconds(100) else { throw ValidationError("--etcd-timeout \(etcdTimeout) (or QS_ETCD_TIMEOUT) is shorter than an etcd commit can take (a quorum fsync): give 100ms or more, e.g. 5s") }
+            guard etcdMaxRequestBytes.bytes >= 256 << 10 else { throw ValidationError("--etcd-max-request-bytes \(etcdMaxRequestBytes) is less than 256KiB: give the etcd cluster's --max-request-bytes (1.5MiB by default)") }
             guard etcdLogWindow > 0 else { throw ValidationError("--etcd-log-window must be at least 1 entry, e.g. 10000") }
         } else if clusterPeers.value != nil {
             throw ValidationError("--cluster-peers names a root cluster member's peers: use it with --etcd and --cluster")
@@ -315,7 +319,8 @@ struct QSNodeCommand: AsyncParsableCommand {
         let watcher = LogWatcher()
         let member = etcd.isEmpty ? nil : ClusterMember(etcd: try EtcdClient(urls: etcdURLs, timeout: etcdTimeout.duration), cluster: cluster,
                                                         store: store, watcher: watcher, nodeID: nodeID, window: etcdLogWindow, appliedTTL: etcdAppliedTTL.duration,
-                                                        peers: clusterPeers.value?.endpoints ?? [], peerToken: upstreamToken, logger: logger)
+                                                        peers: clusterPeers.value?.endpoints ?? [], peerToken: upstreamToken,
+                                                        maxRequestBytes: etcdMaxRequestBytes.bytes, logger: logger)
         let core = NodeCore(store: store, token: token, replicationToken: replicationToken,
                             adminToken: try service.adminToken(), writable: role == .root, watcher: watcher,
                             cluster: member, logger: logger)
