@@ -71,7 +71,7 @@ public struct BridgeOptions: ParsableArguments, Sendable {
     /// `sourceID`: the id its batches carry (nil for a compatible mirror's appends).
     public func rootWriter(client: String, sourceID: String?, logger: Logger, metrics: FeedMetrics) throws -> RootWriter {
         let origin = writeTokenFile.isEmpty ? "an empty write token (no --write-token-file)" : "the token in --write-token-file \(writeTokenFile)"
-        return RootWriter(endpoints: root.endpoints, token: try token(), logger: logger, metrics: metrics, client: client, tokenOrigin: origin,
+        return RootWriter(endpoints: root.endpoints, token: try token(), logger: logger, metrics: metrics.root, client: client, tokenOrigin: origin,
                           staleAfter: rootStaleAfter.duration, sourceID: sourceID)
     }
 }

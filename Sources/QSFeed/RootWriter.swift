@@ -91,7 +91,7 @@ public actor RootWriter {
     public nonisolated let endpoints: [Endpoint]
     let token: [UInt8]
     let logger: Logger
-    let metrics: FeedMetrics
+    let metrics: RootLinkMetrics
     let connect: @Sendable (Endpoint) async throws -> any RootConnection
     /// What the bridge says it is in its hello (shown in the root's status).
     let greeting: String
@@ -199,7 +199,7 @@ public actor RootWriter {
     public nonisolated var endpoint: Endpoint { link.withLockedValue { $0.root } }
 
     /// A writer to the root at `endpoints` (several: failover in that order), over `QSClient`.
-    public init(endpoints: [Endpoint], token: [UInt8], logger: Logger, metrics: FeedMetrics,
+    public init(endpoints: [Endpoint], token: [UInt8], logger: Logger, metrics: RootLinkMetrics,
                 client: String = "bridge", tokenOrigin: String = "the write token", staleAfter: Duration = RootWriter.staleAfter,
                 unretried: Set<ErrorCode> = [], sourceID: String? = nil) {
         self.init(endpoints: endpoints, token: token, logger: logger, metrics: metrics, client: client, tokenOrigin: tokenOrigin,
@@ -212,7 +212,7 @@ public actor RootWriter {
     }
 
     /// A writer whose connections to each address come from `connect`.
-    public init(endpoints: [Endpoint], token: [UInt8], logger: Logger, metrics: FeedMetrics,
+    public init(endpoints: [Endpoint], token: [UInt8], logger: Logger, metrics: RootLinkMetrics,
                 client: String = "bridge", tokenOrigin: String = "the write token", staleAfter: Duration = RootWriter.staleAfter,
                 unretried: Set<ErrorCode> = [], sourceID: String? = nil,
                 connect: @escaping @Sendable (Endpoint) async throws -> any RootConnection) {

@@ -111,9 +111,9 @@ struct QSRestCommand: AsyncParsableCommand {
         let id = sourceID.isEmpty ? "qsrest:\(ProcessInfo.processInfo.hostName):\(listen)" : sourceID
         let token = try TokenFile.optional(writeTokenFile, flag: "--write-token-file") ?? []
         let origin = writeTokenFile.isEmpty ? "an empty write token (no --write-token-file)" : "the token in --write-token-file \(writeTokenFile)"
-        let feedMetrics = FeedMetrics()
+        let rootMetrics = RootLinkMetrics()
         let roots = root.endpoints
-        let writer = RootWriter(endpoints: roots, token: token, logger: logger, metrics: feedMetrics,
+        let writer = RootWriter(endpoints: roots, token: token, logger: logger, metrics: rootMetrics,
                                 client: "qsrest source-id=\(id)", tokenOrigin: origin, staleAfter: rootStaleAfter.duration,
                                 unretried: [.storageFull, .diskFull], sourceID: id)
         let metrics = RestMetrics()
@@ -143,7 +143,7 @@ struct QSRestCommand: AsyncParsableCommand {
                 // As a bridge's: 0 also while a call has waited past the root's patience (a
                 // root hung with batches in flight keeps its connection).
                 let link = writer.link.withLockedValue { $0 }
-                feedMetrics.rootConnected.record(link.connected && link.stall() == nil ? 1 : 0)
+                rootMetrics.rootConnected.record(link.connected && link.stall() == nil ? 1 : 0)
             }, readiness: {
                 if let halted = queue.halted.withLockedValue({ $0 }) { return Readiness(ready: false, detail: halted) }
                 // The present state first: a root gone since the last batch failed reads as

@@ -132,7 +132,7 @@ final class RootFailoverTests: XCTestCase {
 
     func writer(_ roots: [ScriptedRoot], staleAfter: Duration = .seconds(60), sourceID: String? = nil) -> RootWriter {
         let endpoints = roots.indices.map { Endpoint.unix(path: "root\($0)") }
-        return RootWriter(endpoints: endpoints, token: [7], logger: quietLogger, metrics: FeedMetrics(), staleAfter: staleAfter,
+        return RootWriter(endpoints: endpoints, token: [7], logger: quietLogger, metrics: RootLinkMetrics(), staleAfter: staleAfter,
                           sourceID: sourceID) { endpoint in
             guard let i = endpoints.firstIndex(of: endpoint) else { throw ClientError.connectionFailed("unknown \(endpoint)") }
             return try roots[i].connect()
@@ -194,7 +194,7 @@ final class RootFailoverTests: XCTestCase {
         let bConnects = NIOLockedValueBox(0)
         let gate = NIOLockedValueBox<(held: Bool, waiting: CheckedContinuation<Void, Never>?)>((false, nil))
         let endpoints: [Endpoint] = [.unix(path: "root0"), .unix(path: "root1")]
-        let w = RootWriter(endpoints: endpoints, token: [7], logger: quietLogger, metrics: FeedMetrics(), staleAfter: .seconds(60)) { endpoint in
+        let w = RootWriter(endpoints: endpoints, token: [7], logger: quietLogger, metrics: RootLinkMetrics(), staleAfter: .seconds(60)) { endpoint in
             guard endpoint == endpoints[1] else { return try a.connect() }
             bConnects.withLockedValue { $0 += 1 }
             await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in

@@ -64,7 +64,7 @@ final class ScriptedRoot: Sendable {
     }
 
     func writer(metrics: FeedMetrics = FeedMetrics()) -> RootWriter {
-        RootWriter(endpoints: [.unix(path: "scripted-root")], token: [7], logger: quietLogger, metrics: metrics) { [self] _ in
+        RootWriter(endpoints: [.unix(path: "scripted-root")], token: [7], logger: quietLogger, metrics: metrics.root) { [self] _ in
             try connect()
         }
     }

@@ -95,6 +95,11 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(metricValue(port: admin, "qs_rest_refused_total{producer=\"dns\",reason=\"keyspace\"}"), 1)
         XCTAssertEqual(metricValue(port: admin, "qs_rest_auth_failures_total"), 2)
         XCTAssertTrue(rest.log.contains("outside the producer's keyspace"), rest.log)
+        // qsrest exports its root link's metrics, not the bridges' feed metrics it would
+        // never move (they stayed 0 while it committed).
+        XCTAssertEqual(metricValue(port: admin, "qs_bridge_root_connected"), 1)
+        XCTAssertNil(metricValue(port: admin, "qs_bridge_checkpoint_position"))
+        XCTAssertNil(metricValue(port: admin, "qs_bridge_batches_applied_total"))
         await client.close()
         XCTAssertEqual(try rest.stop(), 0)
     }
