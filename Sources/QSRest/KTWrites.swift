@@ -23,7 +23,15 @@ public struct RestReply: Sendable {
         return RestReply(status: status, headers: [("Content-Type", type)], body: body)
     }
 
-    static func error(_ status: Int, _ message: String) -> RestReply { fields(status, ["ERROR": message]) }
+    /// KT's `ERROR` reply. qsrest's own explanations (what failed, what to do) run past the
+    /// 255 bytes beyond which KT's rule URL-encodes a column, which producers' logs and curl
+    /// show as %-soup: printable, they go as they are (a TSV reader takes a column of any
+    /// length; ukt decodes either).
+    static func error(_ status: Int, _ message: String) -> RestReply {
+        let bytes = Array(message.utf8)
+        guard bytes.count > 255, !bytes.contains(where: { $0 < 0x20 || $0 == 0x7F }) else { return fields(status, ["ERROR": message]) }
+        return RestReply(status: status, headers: [("Content-Type", KTTSV.contentType(nil))], body: Array("ERROR\t".utf8) + bytes + [0x0A])
+    }
 
     /// A plain-text reply (REST and qsrest's own errors).
     static func text(_ status: Int, _ message: String, headers: [(String, String)] = []) -> RestReply {

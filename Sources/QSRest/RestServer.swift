@@ -212,8 +212,12 @@ struct RequestHandler: Sendable {
                     try await write(.text(413, "request body over \(configuration.maxBodyBytes) bytes (--max-body)"), head: h, keepAlive: false, outbound: outbound)
                 } answer: { h, body in
                     let reply = await answer(h, body: body, peer: peer)
-                    try await write(reply, head: h, keepAlive: h.isKeepAlive, outbound: outbound)
-                    return h.isKeepAlive
+                    // Shutting down, the connection closes after this answer: it says so, and
+                    // a keep-alive producer opens a new one (to another instance) instead of
+                    // sending its next request into a closed socket.
+                    let keepAlive = h.isKeepAlive && drain?.isQuiescing != true
+                    try await write(reply, head: h, keepAlive: keepAlive, outbound: outbound)
+                    return keepAlive
                 }
             }
         } catch let error as HTTPParserError {
