@@ -40,6 +40,7 @@ public struct AdminServer: ListeningService {
     let reports: [String: AdminReport]
     let actionGate: TokenGate?
     let beforeScrape: @Sendable () -> Void
+    let logger: Logger
 
     public init(endpoint: Endpoint, registry: PrometheusCollectorRegistry, logger: Logger,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, limits: ConnectionLimits = ConnectionLimits(),
@@ -52,6 +53,7 @@ public struct AdminServer: ListeningService {
         self.reports = reports
         self.actionGate = actionGate
         self.beforeScrape = beforeScrape
+        self.logger = logger
         // NIO's HTTP server pipeline drains on the listener's quiesce event: an idle
         // connection closes, a request in flight gets its answer first.
         listener = Listener(name: "admin", endpoints: [endpoint], drain: .pipeline, limits: limits, group: group, logger: logger)
@@ -63,11 +65,11 @@ public struct AdminServer: ListeningService {
         let actions = self.actions
         let reports = self.reports
         let gate = self.actionGate
-        let beforeScrape = self.beforeScrape
+        let beforeScrape = self.beforeScrape, logger = self.logger
         try await listener.run { channel in
             try channel.pipeline.syncOperations.configureHTTPServerPipeline()
             try channel.pipeline.syncOperations.addHandler(AdminHandler(registry: registry, readiness: readiness, actions: actions, reports: reports, gate: gate,
-                                                                        beforeScrape: beforeScrape))
+                                                                        beforeScrape: beforeScrape, logger: logger))
         }
     }
 }
@@ -82,12 +84,15 @@ final class AdminHandler: ChannelInboundHandler {
     let reports: [String: AdminReport]
     let gate: TokenGate?
     let beforeScrape: @Sendable () -> Void
+    let logger: Logger
     private var head: HTTPRequestHead?
     private var requestBody = [UInt8]()
     static let maxBody = 64 << 10
+    static let browserLog = RateLimitedLog(window: .seconds(10))
 
     init(registry: PrometheusCollectorRegistry, readiness: @escaping @Sendable () -> Readiness, actions: [String: AdminAction],
-         reports: [String: AdminReport] = [:], gate: TokenGate?, beforeScrape: @escaping @Sendable () -> Void) {
+         reports: [String: AdminReport] = [:], gate: TokenGate?, beforeScrape: @escaping @Sendable () -> Void, logger: Logger) {
+        self.logger = logger
         self.registry = registry
         self.readiness = readiness
         self.actions = actions
@@ -136,12 +141,21 @@ final class AdminHandler: ChannelInboundHandler {
             (status, type, body) = (.ok, "text/plain; version=0.0.4", registry.emitToBuffer())
         case let (.POST, p) where actions[p] != nil, let (.GET, p) where reports[p] != nil:
             let peer = context.remoteAddress?.peerDescription ?? "unknown"
+            // A browser's request (it names its page's origin): a page the operator opens
+            // must not reach a node's actions, token or none (a cross-origin POST of text
+            // needs no consent from the server). qsctl and curl send no Origin.
+            if let origin = head.headers.first(name: "origin") ?? head.headers.first(name: "sec-fetch-site") {
+                Self.browserLog.warning(logger, "admin request from a browser refused", peer: peer, metadata: ["path": "\(p)", "origin": "\(origin)"])
+                (status, type, body) = (.forbidden, "text/plain", Array("refused: a browser's request (Origin or Sec-Fetch-Site: \(origin)); admin actions and reports take requests from qsctl or curl only\n".utf8))
+                break
+            }
             if let refusal = gate?.check(Self.bearer(head.headers), peer: peer) {
                 (status, type, body) = (.unauthorized, "text/plain", Array((refusal + ", as 'Authorization: Bearer TOKEN'\n").utf8))
                 break
             }
             if let action = actions[p], head.method == .POST {
                 let r = action(String(decoding: requestBody, as: UTF8.self))
+                logger.notice("admin action", metadata: ["path": "\(p)", "peer": "\(peer)", "ok": "\(r.ok)", "answer": "\(r.message)"])
                 (status, type, body) = (r.ok ? .ok : .badRequest, "text/plain", Array((r.message + "\n").utf8))
                 break
             }

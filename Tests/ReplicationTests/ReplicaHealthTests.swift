@@ -211,8 +211,16 @@ final class ReplicaHealthTests: XCTestCase {
             let s = try await self.signals(replica)
             return s.statusSubscribed == true && s.statusUpstream == a.address
         }
+        // A browser's cross-origin POST (a page the operator has open) reaches the admin
+        // port too: refused, named in the log, nothing changed.
+        let browser = try XCTUnwrap(httpPost(port: replica.adminPort, path: "/upstream", contentType: "text/plain", body: Array(b.address.utf8),
+                                             headers: [("Origin", "http://evil.example")]))
+        XCTAssertEqual(browser.status, 403, browser.body)
+        XCTAssertTrue(replica.daemon.log.contains("admin request from a browser refused"), replica.daemon.log)
+        XCTAssertEqual(try String(contentsOf: file, encoding: .utf8).split(separator: "\n").filter { !$0.hasPrefix("#") }, [Substring(a.address)])
         let posted = try XCTUnwrap(httpPost(port: replica.adminPort, path: "/upstream", contentType: "text/plain", body: Array(b.address.utf8)))
         XCTAssertEqual(posted.status, 200, posted.body)
+        XCTAssertTrue(replica.daemon.log.contains("admin action"), replica.daemon.log)
         let written = try String(contentsOf: file, encoding: .utf8)
         XCTAssertEqual(written.split(separator: "\n").filter { !$0.hasPrefix("#") }, [Substring(b.address)])
         try await waitFor("subscribed to B", timeout: .seconds(20)) {
