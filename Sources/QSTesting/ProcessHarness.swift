@@ -358,6 +358,10 @@ public final class RootNode: @unchecked Sendable {
     public let extraArgs: [String]
     /// The address it listens on (`namespace`'s when it runs in one).
     public let host: String
+    /// The write token its writers present: empty on loopback, where it takes writes
+    /// without one; in a network namespace, the one token of its writes, replication and
+    /// admin actions.
+    public let token: [UInt8]
 
     /// Starts on port 0. A test that restarts a node behind an address a client must keep
     /// gives it a Unix socket too (`extraArgs: ["--unix", path]`), never a TCP port to reuse.
@@ -367,13 +371,16 @@ public final class RootNode: @unchecked Sendable {
         self.extraArgs = extraArgs
         host = namespace?.address ?? "127.0.0.1"
         var tokens = [String]()
+        var token = [UInt8]()
         if namespace != nil {
             // Listening on another address than loopback, qsnode wants tokens on its admin
-            // actions and its replication streams (neither is used by reads and writes).
+            // actions, its replication streams and its writes: one for all, `token`.
             let file = logDir.appendingPathComponent("token-\(UUID().uuidString.prefix(8))")
-            try Data(UUID().uuidString.utf8).write(to: file)
-            tokens = ["--admin-token-file", file.path, "--replication-token-file", file.path]
+            token = Array(UUID().uuidString.utf8)
+            try Data(token).write(to: file)
+            tokens = ["--admin-token-file", file.path, "--replication-token-file", file.path, "--write-token-file", file.path]
         }
+        self.token = token
         daemon = try DaemonProcess("qsnode", ["--role", "root", "--data", data.path, "--listen", "\(host):0",
                                               "--admin", "\(host):0"] + tokens + extraArgs, env: env, logDir: logDir, ready: true,
                                    launcher: namespace?.launcher ?? [])

@@ -192,6 +192,9 @@ struct QSNodeCommand: AsyncParsableCommand {
         if !listen.endpoint.isLocalOnly && replicationTokenFile.isEmpty {
             throw ValidationError("--listen \(listen) is not loopback and no --replication-token-file is set: anyone who reaches it could subscribe to the log or take a snapshot. Give --replication-token-file FILE (or QS_REPLICATION_TOKEN_FILE; replicas present it with --upstream-token-file), or listen on 127.0.0.1")
         }
+        if !listen.endpoint.isLocalOnly && role == .root && writeTokenFile.isEmpty {
+            throw ValidationError("--listen \(listen) is not loopback and no --write-token-file is set: anyone who reaches this root could write to it. Give --write-token-file FILE (or QS_WRITE_TOKEN_FILE; bridges, qsrest and qsctl present it with their --write-token-file), or listen on 127.0.0.1")
+        }
         guard expiryPurgeBatch >= 0 else { throw ValidationError("--expiry-purge-batch must be 0 (off) or more, e.g. 1000") }
         guard expiryPurgeInterval.duration > .zero else { throw ValidationError("--expiry-purge-interval must be more than 0, e.g. 1s") }
         guard staleAfter.duration > .zero else { throw ValidationError("--stale-after must be more than 0, e.g. 30s") }
@@ -229,10 +232,6 @@ struct QSNodeCommand: AsyncParsableCommand {
         let token = try TokenFile.optional(writeTokenFile, flag: "--write-token-file", minimumBytes: 16)
         let replicationToken = try TokenFile.optional(replicationTokenFile, flag: "--replication-token-file", minimumBytes: 16)
         let upstreamToken = try TokenFile.optional(upstreamTokenFile, flag: "--upstream-token-file") ?? []
-        if token == nil && role == .root && !listenEndpoint.isLocalOnly {
-            logger.warning("write port is not loopback and no --write-token-file is set: anyone who reaches it can write",
-                           metadata: ["address": "\(listenEndpoint)"])
-        }
         // One process per data directory: a second one would serve writes with the same node id.
         let lock: DirectoryLock
         do {

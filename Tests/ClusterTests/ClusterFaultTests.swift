@@ -7,9 +7,9 @@ import QSWire
 import XCTest
 
 /// `client`, or a new connection to `host`:`port` when there is none (the last one failed).
-private func reconnected(_ client: inout QSClient?, host: String = "127.0.0.1", port: Int) async throws -> QSClient {
+private func reconnected(_ client: inout QSClient?, host: String = "127.0.0.1", port: Int, token: [UInt8] = []) async throws -> QSClient {
     if let client { return client }
-    let c = try await QSClient.connect(host: host, port: port)
+    let c = try await QSClient.connect(host: host, port: port, token: token)
     client = c
     return c
 }
@@ -64,13 +64,13 @@ final class ClusterFaultTests: XCTestCase {
         let refused = Position()
         var task: Task<UInt64, Never>!
 
-        init(host: String = "127.0.0.1", port: Int, sourceID: String) {
+        init(host: String = "127.0.0.1", port: Int, sourceID: String, token: [UInt8] = []) {
             task = Task {
                 var position: UInt64 = 0
                 var client: QSClient?
                 while !self.stop.isSet {
                     do {
-                        let c = try await reconnected(&client, host: host, port: port)
+                        let c = try await reconnected(&client, host: host, port: port, token: token)
                         let r = try await c.batch(sourceID: sourceID, expected: position, new: position + 1,
                                                   operations: [.set(key: Array("\(sourceID)\(position + 1)".utf8), value: Array("x".utf8), expiry: nil)])
                         switch r {
@@ -296,7 +296,7 @@ final class ClusterFaultTests: XCTestCase {
         for m in [m0, m1, m2] {
             try await waitFor("member \(m.address) ready", timeout: .seconds(20)) { m.readyz()?.status == 200 }
         }
-        let w0 = DirectWriter(host: m0.host, port: m0.port, sourceID: "w0")
+        let w0 = DirectWriter(host: m0.host, port: m0.port, sourceID: "w0", token: m0.token)
         let w1 = DirectWriter(port: m1.port, sourceID: "w1")
         try await waitFor("both writers to start", timeout: .seconds(20)) { w0.acknowledged.current >= 5 && w1.acknowledged.current >= 5 }
 
@@ -307,7 +307,7 @@ final class ClusterFaultTests: XCTestCase {
         let detail = m0.readyz()?.body ?? ""
         // Nothing is acknowledged from here on: a batch of its own is refused, the writer's
         // acknowledged position stands while the other writer goes on 20 positions.
-        let c0 = try await QSClient.connect(host: m0.host, port: m0.port)
+        let c0 = try await QSClient.connect(host: m0.host, port: m0.port, token: m0.token)
         do {
             let r = try await c0.batch(sourceID: "z", expected: 0, new: 1, operations: [.set(key: Array("z".utf8), value: Array("z".utf8), expiry: nil)])
             XCTFail("a partitioned member acknowledged \(r)")

@@ -96,6 +96,13 @@ final class AccessTokenTests: XCTestCase {
         XCTAssertTrue(err.contains("--replication-token-file"), err)
         XCTAssertFalse(FileManager.default.fileExists(atPath: data + "/data.mdb"), "refused before opening the store")
 
+        // A root's writes likewise: a root beyond loopback needs a write token.
+        let replicationOnly = try file("replication", Self.replicationToken)
+        r = try Harness.run("qsnode", ["--data", data, "--listen", "0.0.0.0:0", "--replication-token-file", replicationOnly])
+        err = String(decoding: r.stderr, as: UTF8.self)
+        XCTAssertEqual(r.status, 64, err)
+        XCTAssertTrue(err.contains("no --write-token-file is set: anyone who reaches this root could write to it"), err)
+
         r = try Harness.run("qsnode", ["--data", data, "--admin", "0.0.0.0:0"])
         err = String(decoding: r.stderr, as: UTF8.self)
         XCTAssertEqual(r.status, 64, err)
@@ -107,9 +114,9 @@ final class AccessTokenTests: XCTestCase {
         XCTAssertTrue(err.contains("--admin-token-file"), err)
 
         // With the tokens it starts on every address.
-        let replication = try file("replication", Self.replicationToken), admin = try file("admin", Self.adminToken)
+        let replication = replicationOnly, admin = try file("admin", Self.adminToken), write = try file("write", "write-token-0123456789abcdef")
         let node = try DaemonProcess("qsnode", ["--data", data, "--listen", "0.0.0.0:0", "--admin", "0.0.0.0:0",
-                                                "--replication-token-file", replication, "--admin-token-file", admin],
+                                                "--replication-token-file", replication, "--admin-token-file", admin, "--write-token-file", write],
                                      logDir: tmp, ready: true)
         XCTAssertEqual(httpGet(port: try node.port("admin"), path: "/healthz")?.status, 200)
         XCTAssertEqual(try node.stop(), 0)
