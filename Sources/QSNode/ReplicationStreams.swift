@@ -11,6 +11,9 @@ enum ReplicationStreams {
     /// Streams entries after `from` as they are committed, with a heartbeat every second
     /// carrying this node's head and the time of the root's freshest word. Each write
     /// waits for the socket to take it, so a slow subscriber slows only its own stream.
+    /// The most entry bytes a subscription frame carries (an entry larger than this goes alone).
+    static let frameBytes = 1 << 20
+
     static func subscription(channel: Channel, core: NodeCore, from: UInt64, logger: Logger, peer: String) async {
         core.metrics.subscribers.increment()
         defer { core.metrics.subscribers.decrement() }
@@ -30,8 +33,10 @@ enum ReplicationStreams {
         do {
             while channel.isActive && !Task.isCancelled {
                 let from = next
-                // The entries as the frame carries them, written from the log's pages.
-                let batch = try await core.store.packedEntries(from: from, count: 1000)
+                // The entries as the frame carries them, written from the log's pages; at
+                // most `frameBytes` a frame, so a subscriber that does not read holds one
+                // such frame (and its copy in the socket's buffer), not megabytes.
+                let batch = try await core.store.packedEntries(from: from, count: 1000, maxBytes: frameBytes)
                 var first: UInt64?, last: UInt64?
                 batch.forEach { index, _, _ in
                     if first == nil { first = index }

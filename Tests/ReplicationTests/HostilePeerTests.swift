@@ -187,5 +187,43 @@ final class HostilePeerTests: XCTestCase {
         XCTAssertTrue(root.daemon.log.contains("took none of the bytes sent to it"), root.daemon.log)
     }
 
+    /// Subscribers that never read cost the upstream a frame each (at most 1 MiB of
+    /// entries, in the socket's outbound buffer), not the log read ahead: 20 of them on a
+    /// root with 24 MiB of log. Before, each held ~8.5 MB (4 MiB frames, copied twice), so
+    /// a few hundred silent subscribers took a root to the OOM killer.
+    func testSubscribersThatNeverReadCostAFrameEach() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let value = incompressibleBytes(256 << 10)
+        for i in 0..<96 { _ = try await client.write([.set(key: Array("big\(i)".utf8), value: value + [UInt8(i)], expiry: nil)], sourceID: "t") }
+        await client.close()
+        func rss() throws -> Int {
+            let status = try String(contentsOfFile: "/proc/\(root.daemon.pid)/status", encoding: .utf8)
+            // Its own memory: the log's pages it read are the file's, mapped (RssFile).
+            let line = try XCTUnwrap(status.split(separator: "\n").first { $0.hasPrefix("RssAnon:") })
+            return try XCTUnwrap(Int(line.split(separator: " ")[1])) * 1024
+        }
+        let before = try rss()
+        let request = Request.subscribe(fromIndex: 0, hash: [UInt8](repeating: 0, count: 32), token: []).frame()
+        let bytes = Self.bigEndian32(UInt32(1 + request.payload.count)) + [request.type] + request.payload
+        for _ in 0..<20 {
+            let fd = try XCTUnwrap(connect(port: root.port, from: "127.0.0.2", receiveBuffer: 4096))
+            _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+        }
+        try await waitFor("20 subscribers streaming", timeout: .seconds(20), pollEvery: .milliseconds(50)) {
+            root.metric("qs_replication_subscribers") == 20
+        }
+        // Each has had its first frame made and stuck in its socket: the streamed count
+        // stands still once every subscriber is blocked.
+        var streamed = -1.0
+        try await waitFor("every subscriber blocked on its socket", timeout: .seconds(20), pollEvery: .milliseconds(500)) {
+            let now = root.metric("qs_replication_entries_sent_total") ?? 0
+            defer { streamed = now }
+            return now == streamed
+        }
+        let grown = try rss() - before
+        XCTAssertLessThan(grown, 80 << 20, "20 silent subscribers cost the root \(grown >> 20) MiB")
+    }
+
     static func bigEndian32(_ v: UInt32) -> [UInt8] { [UInt8(v >> 24), UInt8(v >> 16 & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF)] }
 }
