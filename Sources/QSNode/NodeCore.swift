@@ -96,6 +96,13 @@ public final class NodeCore: Sendable {
         }
     }
 
+    /// Records `qs_write_role` from the store (before a scrape): `replica`, or a root's
+    /// open, promoted or mirror (a cluster member's, the cluster's as applied).
+    public func recordWriteRole() {
+        guard writable else { return metrics.recordWriteRole("replica") }
+        if let role = try? store.readInline({ try $0.writeRole() }) { metrics.recordWriteRole(role.rawValue) }
+    }
+
     /// The node's status as JSON: role, head, log window, checkpoints with their lag where
     /// the position is a KT timestamp, upstream and freshness.
     func statusJSON() async throws -> String {

@@ -21,6 +21,9 @@ public struct NodeMetrics: Sendable {
     public let snapshotResumes: Counter
     public let snapshotResumesRefused: Counter
     public let entriesStreamed: Counter
+    /// `qs_write_role{role}`: 1 for the node's write role now, 0 for the others.
+    let writeRoles: [String: Gauge]
+    static let writeRoleNames = ["open", "promoted", "mirror", "replica"]
     let factory: any MetricsFactory
     /// `qs_requests_total{type}` per request type, made once: no registry lookup per request.
     let requestCounters: [String: Counter]
@@ -49,9 +52,17 @@ public struct NodeMetrics: Sendable {
         snapshotResumes = Counter(label: "qs_snapshot_resumes_total", factory: factory)
         snapshotResumesRefused = Counter(label: "qs_snapshot_resumes_refused_total", factory: factory)
         entriesStreamed = Counter(label: "qs_replication_entries_sent_total", factory: factory)
+        writeRoles = Dictionary(uniqueKeysWithValues: Self.writeRoleNames.map {
+            ($0, Gauge(label: "qs_write_role", dimensions: [("role", $0)], factory: factory))
+        })
         requestCounters = Dictionary(uniqueKeysWithValues: Self.requestTypes.map {
             ($0, Counter(label: "qs_requests_total", dimensions: [("type", $0)], factory: factory))
         })
+    }
+
+    /// Marks `role` (one of `writeRoleNames`) as the node's write role now.
+    public func recordWriteRole(_ role: String) {
+        for (name, gauge) in writeRoles { gauge.record(name == role ? 1 : 0) }
     }
 
     /// The counter of requests of `type`.

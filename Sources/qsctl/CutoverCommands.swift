@@ -297,6 +297,21 @@ struct Cutover: AsyncParsableCommand {
             throw Exit.usage
         }
         let newHead = try await Unanswered.naming(to) { try await new.head() }
+        // A mirror nothing feeds cannot reach the head the demote will fix, unless it holds
+        // it already: the cut-over would only stop the writes and undo itself. A bridge
+        // just started may not have said hello yet: waited for, within --timeout.
+        let deadline = ContinuousClock.now + timeout.duration
+        while true {
+            let fed = try await Unanswered.naming(to) { try await NodeStatus.parse(new.status()).map { ($0["mirror"] as? [String: Any])?["following"] as? Bool == true } } ?? false
+            if fed { break }
+            let (theirs, mine) = (try await Unanswered.naming(from) { try await old.head() }, try await Unanswered.naming(to) { try await new.head() })
+            if theirs == mine { break }
+            guard ContinuousClock.now < deadline else {
+                fail("\(to) is a compatible mirror that no qsqsbridge feeds (waited \(timeout), --timeout), and it does not hold \(from)'s head: it could not catch up once \(from) is demoted. Start 'qsqsbridge --source qs://\(from) --root \(to) --mode compatible' first; nothing changed")
+                throw Exit.usage
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
         guard newHead.index > 0 else { return }
         let there = try await Unanswered.naming(from) { try await old.entries(from: newHead.index, count: 1).first }
         guard let there, there.index == newHead.index else {

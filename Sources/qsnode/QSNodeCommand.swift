@@ -391,7 +391,10 @@ struct QSNodeCommand: AsyncParsableCommand {
                 }
                 guard let replica else { return Readiness(ready: true, detail: "root: store open") }
                 return Self.readiness(replica.status, readyLag: readyLag)
-            }, beforeScrape: { replica?.refreshGauges() }, actions: actions,
+            }, beforeScrape: {
+                replica?.refreshGauges()
+                core.recordWriteRole()
+            }, actions: actions,
             unavailable: "is not offered by a \(role.rawValue)")
         }
         try await service.serviceGroup(services.map { .init(service: $0) }, logger: logger, reload: reload,

@@ -80,8 +80,10 @@ final class CutoverTests: XCTestCase {
     /// writes again, and it says so. Before, it waited for N's answer for a minute a call.
     func testCutoverWhoseMirrorHangsEndsInTimeAndIsUndone() async throws {
         let (legacy, new, mirror, lc, nc) = try await mirroredPair()
-        // N holds L's head, but the mirror bridge stops: L's next entry never reaches N.
-        XCTAssertEqual(try mirror.stop(), 0, mirror.log)
+        // N holds L's head, but the mirror bridge hangs (its connection stays, so N still
+        // counts as fed): L's next entry never reaches N.
+        kill(mirror.pid, SIGSTOP)
+        defer { kill(mirror.pid, SIGCONT) }
         let put = try qsctl(["--node", legacy.address, "put", "after", "stop"])
         XCTAssertEqual(put.status, 0, put.err)
         // N answers the cut-over's checks, then hangs: SIGSTOP once the demote is logged.
@@ -266,13 +268,26 @@ final class CutoverTests: XCTestCase {
         let named = try await lc.checkpoint(sourceID: sourceID)
         XCTAssertNotNil(named, "a localhost bridge names its source by address:\n\(bridge.log)")
 
-        // A cut-over whose mirror cannot catch up is undone: stop the mirror, let L move on.
+        // A cut-over to a mirror nothing feeds is refused before anything changes: stop the
+        // mirror, let L move on.
         XCTAssertEqual(try mirror.stop(), 0, mirror.log)
         let stalled = try await nc.head().index
         _ = await Harness.eventually(timeout: .seconds(20)) { ((try? await lc.head().index) ?? 0) > stalled + 2 }
+        let unfed = try qsctl(["cutover", "--from", legacy.address, "--to", new.address, "--timeout", "1s"])
+        XCTAssertEqual(unfed.status, 2, unfed.out + unfed.err)
+        XCTAssertTrue(unfed.err.contains("no qsqsbridge feeds") && unfed.err.contains("nothing changed"), unfed.err)
+        let stillOpen = await writeRole(lc)
+        XCTAssertEqual(stillOpen, "open")
+        // One whose mirror cannot catch up in time (its bridge hangs) is undone.
+        mirror = try mirrorBridge(from: legacy, to: new)
+        _ = await Harness.eventually(timeout: .seconds(20)) { (try? await nc.head().index) ?? 0 > stalled }
+        kill(mirror.pid, SIGSTOP)
+        _ = await Harness.eventually(timeout: .seconds(20)) { ((try? await lc.head().index) ?? 0) > ((try? await nc.head().index) ?? 0) + 2 }
         let undone = try qsctl(["cutover", "--from", legacy.address, "--to", new.address, "--timeout", "1s"])
+        kill(mirror.pid, SIGCONT)
         XCTAssertEqual(undone.status, 5, undone.out + undone.err)
         XCTAssertTrue(undone.err.contains("cut-over undone"), undone.err)
+        _ = try? mirror.stop()
         let roleNCMirror = await writeRole(nc)
         XCTAssertEqual(roleNCMirror, "mirror")
         let afterUndo = try await lc.head().index
@@ -290,6 +305,11 @@ final class CutoverTests: XCTestCase {
         XCTAssertEqual(roleLCMirror, "mirror")
         let roleNCPromoted = await writeRole(nc)
         XCTAssertEqual(roleNCPromoted, "promoted")
+        // The roles are metrics too: one root of the two takes writes.
+        XCTAssertEqual(legacy.metric("qs_write_role{role=\"mirror\"}"), 1)
+        XCTAssertEqual(legacy.metric("qs_write_role{role=\"promoted\"}"), 0)
+        XCTAssertEqual(new.metric("qs_write_role{role=\"promoted\"}"), 1)
+        XCTAssertEqual(replica.metric("qs_write_role{role=\"replica\"}"), 1)
         // The checkpoint travelled with the entries: the bridge on N starts where L's stopped.
         let cpL = try await lc.checkpoint(sourceID: sourceID)
         let cpN = try await nc.checkpoint(sourceID: sourceID)

@@ -142,8 +142,16 @@ final class ClusterCutoverTests: XCTestCase {
         }
         let writing = await Harness.eventually(timeout: .seconds(10)) { ((try? await writer.checkpoint(sourceID: "app")) ?? nil ?? 0) >= 185 }
         XCTAssertTrue(writing, "the writer through member 0 did not get going")
+        // The cut-over refuses a mirror nothing feeds (its bridge not yet connected).
+        let fed = await Harness.eventually(timeout: .seconds(20)) {
+            guard let json = try? await lc.status(), let s = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else { return false }
+            return (s["mirror"] as? [String: Any])?["following"] as? Bool == true
+        }
+        XCTAssertTrue(fed, "L's mirror bridge never connected: \(toLegacy.log.suffix(2000))")
         let back = try qsctl(["cutover", "--from", addresses[1], "--to", legacy.address, "--timeout", "20s"])
         XCTAssertEqual(back.status, 0, back.out)
+        // A failed cut-over leaves the cluster writable: the writer is stopped rather than waited for.
+        if back.status != 0 { onward.cancel() }
         let (last, stoppedBy) = await onward.value
         XCTAssertTrue(stoppedBy.contains("not-writable"), "the writer through member 0 stopped with: \(stoppedBy)")
         for c in mc {
