@@ -182,6 +182,11 @@ struct Cutover: AsyncParsableCommand {
         // most --timeout in all: a node that stops answering ends the cut-over, undone,
         // instead of hanging it with the old root demoted.
         let request = parent.options.requestTimeAmount
+        // From the demote on, SIGINT and SIGTERM do not cut the cut-over short (no root would
+        // take writes): they end the wait for the mirror, and the old root is promoted back
+        // before qsctl exits (130).
+        let interrupted = Interruption()
+        defer { interrupted.stop() }
         let final: Head
         do {
             final = try await old.changeRole(.demote, adminToken: admin)
@@ -204,11 +209,13 @@ struct Cutover: AsyncParsableCommand {
             return .nanoseconds(min(ns, request.nanoseconds))
         }
         var reached = (try? await new.head(timeout: bounded())) ?? .empty
-        while reached != final && reached.index <= final.index && ContinuousClock.now < deadline {
+        while reached != final && reached.index <= final.index && ContinuousClock.now < deadline && !interrupted.happened {
             try? await Task.sleep(for: .milliseconds(50))
             reached = (try? await new.head(timeout: bounded())) ?? reached
         }
-        if reached.index == final.index && reached.hash == final.hash {
+        if interrupted.happened {
+            fail("interrupted (\(interrupted.name)): undoing the cut-over before exiting")
+        } else if reached.index == final.index && reached.hash == final.hash {
             do {
                 let head = try await new.changeRole(.promote, adminToken: admin)
                 printDone(head)
@@ -251,7 +258,7 @@ struct Cutover: AsyncParsableCommand {
             throw Exit.serverError
         }
         fail("cut-over undone: \(fromAddress) takes writes again, \(toAddress) is still a mirror")
-        throw timedOutExit
+        throw interrupted.happened ? ExitCode(130) : timedOutExit
     }
 
     /// Whether a failed role change may still have happened: no answer, or a cluster whose
@@ -338,5 +345,35 @@ struct Unanswered: Error {
 
     static func naming<T>(_ address: Address, _ body: () async throws -> T) async throws -> T {
         do { return try await body() } catch { throw Unanswered(address: address, error: error) }
+    }
+}
+
+/// SIGINT and SIGTERM caught while it lives (`stop` gives them back their default): the
+/// cut-over asks `happened` and finishes safely instead of dying half-way.
+final class Interruption: @unchecked Sendable {
+    private let lock = NSLock()
+    private var caught: Int32?
+    private var sources: [any DispatchSourceSignal] = []
+
+    init() {
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { [weak self] in
+                self?.lock.withLock { if self?.caught == nil { self?.caught = sig } }
+                fail("\(sig == SIGINT ? "SIGINT" : "SIGTERM"): finishing the cut-over safely (the old root is promoted back unless the new one already took the writes)")
+            }
+            source.resume()
+            sources.append(source)
+        }
+    }
+
+    var happened: Bool { lock.withLock { caught != nil } }
+    var name: String { lock.withLock { caught == SIGINT ? "SIGINT" : "SIGTERM" } }
+
+    func stop() {
+        for s in sources { s.cancel() }
+        signal(SIGINT, SIG_DFL)
+        signal(SIGTERM, SIG_DFL)
     }
 }

@@ -133,6 +133,33 @@ final class CutoverTests: XCTestCase {
         await lc.close()
     }
 
+    /// SIGINT (or SIGTERM) while the cut-over waits for the mirror, L demoted: qsctl does not
+    /// die with no root taking writes; it promotes L back, says so and exits 130. Before,
+    /// SIGINT was ignored and SIGTERM killed it half-way.
+    func testAnInterruptedCutoverIsUndoneBeforeQsctlExits() async throws {
+        let (legacy, new, mirror, lc, nc) = try await mirroredPair()
+        kill(mirror.pid, SIGSTOP)
+        defer { kill(mirror.pid, SIGCONT) }
+        XCTAssertEqual(try qsctl(["--node", legacy.address, "put", "after", "stop"]).status, 0)
+        let interrupter = Thread {
+            _ = Harness.waitUntil(timeout: .seconds(30)) { legacy.daemon.log.contains("demoted") }
+            _ = try? Harness.run("/usr/bin/pkill", ["-INT", "-f", "cutover --from \(legacy.address) --to \(new.address)"])
+        }
+        interrupter.start()
+        let started = ContinuousClock.now
+        let r = try Harness.run("qsctl", ["--write-token-file", token.path, "cutover", "--from", legacy.address, "--to", new.address,
+                                          "--timeout", "120s"], killAfter: .seconds(60))
+        let err = String(decoding: r.stderr, as: UTF8.self)
+        XCTAssertEqual(r.status, 130, err)
+        XCTAssertLessThan(ContinuousClock.now - started, .seconds(30), "ended at the interrupt, not --timeout")
+        XCTAssertTrue(err.contains("SIGINT") && err.contains("cut-over undone"), err)
+        let role = await writeRole(lc)
+        XCTAssertEqual(role, "promoted", "L takes writes again")
+        let roleN = await writeRole(nc)
+        XCTAssertEqual(roleN, "mirror")
+        for c in [lc, nc] { await c.close() }
+    }
+
     /// A mirror that does not answer before anything changes: the cut-over gives up after
     /// the request timeout, exit 3, and L was never demoted. qsctl's other commands end the
     /// same way against a hung node, naming the flag.
