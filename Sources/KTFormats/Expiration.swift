@@ -27,25 +27,24 @@ public enum KTExpiration {
         now > xt
     }
 
-    /// Parses a decimal `xt` parameter the way KT's `atoi` does: optional sign, leading
-    /// digits, anything after them ignored; no digits gives 0.
+    /// Parses a decimal parameter (`xt`, `num`, …) the way KT's `kc::atoi` does: leading
+    /// whitespace (any byte from 0x01 to 0x20), an optional sign, leading digits, anything
+    /// after them ignored; no digits gives 0. Past 64 bits it wraps, as KT's does (an
+    /// `increment` of `num=99999999999999999999` adds 7766279631452241919 there too).
     public static func parseInteger<S: Sequence>(_ text: S) -> Int64 where S.Element == UInt8 {
         var iterator = text.makeIterator()
         var negative = false
         var value: Int64 = 0
         var current = iterator.next()
-        while let c = current, c == 0x20 || c == 0x09 { current = iterator.next() }
+        while let c = current, c > 0, c <= 0x20 { current = iterator.next() }
         if let c = current, c == 0x2D || c == 0x2B {
             negative = c == 0x2D
             current = iterator.next()
         }
         while let c = current, c >= 0x30, c <= 0x39 {
-            let (m, o1) = value.multipliedReportingOverflow(by: 10)
-            let (a, o2) = m.addingReportingOverflow(Int64(c - 0x30))
-            if o1 || o2 { return negative ? Int64.min : Int64.max }
-            value = a
+            value = value &* 10 &+ Int64(c - 0x30)
             current = iterator.next()
         }
-        return negative ? -value : value
+        return negative ? 0 &- value : value
     }
 }

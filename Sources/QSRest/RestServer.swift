@@ -201,6 +201,13 @@ struct RequestHandler: Sendable {
         do {
             try await connection.executeThenClose { inbound, outbound in
                 try await HTTPRequests.serve(inbound, maxBodyBytes: configuration.maxBodyBytes, drain: drain) { h in
+                    // A HEAD request with a body is refused, written nowhere, as KT refuses it.
+                    if h.method == .HEAD, let n = h.headers.first(name: "content-length").flatMap(Int.init), n > 0 {
+                        metrics.badRequests.increment()
+                        badLog.warning(logger, "request refused: HEAD with a body", peer: peer)
+                        try await write(RestReply(status: 400), head: h, keepAlive: false, outbound: outbound)
+                        return true
+                    }
                     // No producer, no body: a request without a valid credential is answered
                     // from its head, and its body is dropped as it arrives, never held.
                     guard case let .failure(refusal) = authenticate(h, peer: peer) else { return false }

@@ -91,7 +91,8 @@ public func httpRequest(unixPath: String, method: String = "GET", path: String, 
     return readHTTPResponse(fd)
 }
 
-func readHTTPResponse(_ fd: Int32) -> (status: Int, body: String)? {
+/// Reads an HTTP response from `fd` until the peer closes it: its status and body.
+public func readHTTPResponse(_ fd: Int32) -> (status: Int, body: String)? {
     var data = [UInt8]()
     var buf = [UInt8](repeating: 0, count: 65536)
     while true {

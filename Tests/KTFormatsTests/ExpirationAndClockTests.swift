@@ -23,6 +23,11 @@ final class ExpirationAndClockTests: XCTestCase {
         XCTAssertEqual(KTExpiration.parseInteger(Array("600".utf8)), 600)
         XCTAssertEqual(KTExpiration.parseInteger(Array("-1x".utf8)), -1)
         XCTAssertEqual(KTExpiration.parseInteger(Array("abc".utf8)), 0)
+        // As a real ktserver answers /rpc/increment with these `num`s on a new key: past 64
+        // bits the digits wrap; any control byte before them is whitespace.
+        XCTAssertEqual(KTExpiration.parseInteger(Array("99999999999999999999".utf8)), 7_766_279_631_452_241_919)
+        XCTAssertEqual(KTExpiration.parseInteger(Array("-99999999999999999999".utf8)), -7_766_279_631_452_241_919)
+        XCTAssertEqual(KTExpiration.parseInteger([0x0B, 0x0C] + Array("-12".utf8)), -12)
     }
 
     func testClockIsUniqueAndIncreasing() {

@@ -88,6 +88,16 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertTrue(outside.body.contains("outside producer dns's keyspace (dns/)"), outside.body)
         XCTAssertEqual(try curl(["\(base)/rpc/set?key=dns%2Fx&value=1"]).status, 401)
         XCTAssertEqual(try curl(["-u", "waf:dns-token", "\(base)/rpc/set?key=dns%2Fx&value=1"]).status, 401)
+        // HEAD with a body: 400 and nothing written, as KT answers it (HEAD with the write in
+        // its query is a write, as in KT).
+        let fd = try XCTUnwrap(Harness.connectLoopback(port: port))
+        let head = Array("HEAD /rpc/set HTTP/1.1\r\nHost: x\r\nAuthorization: Basic \(Data("dns:dns-token".utf8).base64EncodedString())\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 19\r\n\r\nkey=dns%2Fhd&value=1".utf8)
+        _ = head.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+        let answer = readHTTPResponse(fd)
+        close(fd)
+        XCTAssertEqual(answer?.status, 400)
+        let hd = try await client.get(Array("dns/hd".utf8))
+        XCTAssertNil(hd)
 
         let state = try await client.scan(prefix: [], limit: 100)
         let got = Dictionary(uniqueKeysWithValues: state.records.map { (String(decoding: $0.key, as: UTF8.self), $0.record.value) })
