@@ -25,6 +25,10 @@ public enum Endpoint: Sendable, Equatable, CustomStringConvertible {
         if let scheme = host.range(of: "://") {
             throw ConfigError("'\(text)': an address takes no scheme ('\(host[..<scheme.upperBound])'): give HOST:PORT, as in \(String(host[scheme.upperBound...])):\(text[text.index(after: colon)...])")
         }
+        // A list where one address goes (`qs://A,B`): the host would be "A,B's host".
+        if host.contains(",") {
+            throw ConfigError("'\(text)' names several addresses (a comma): this takes one HOST:PORT")
+        }
         let portText = text[text.index(after: colon)...]
         guard let port = Int(portText), (0...65535).contains(port) else {
             throw ConfigError("'\(text)': port '\(portText)' is not a number from 0 to 65535")

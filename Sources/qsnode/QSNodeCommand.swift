@@ -178,7 +178,15 @@ struct QSNodeCommand: AsyncParsableCommand {
             guard upstream.value != nil || !upstreamFile.isEmpty else {
                 throw ValidationError("--role replica needs --upstream HOST:PORT[,HOST:PORT…] or --upstream-file FILE (or QS_UPSTREAM / QS_UPSTREAM_FILE)")
             }
-            _ = try upstreamEndpoints()
+            for up in try upstreamEndpoints() {
+                // Itself: it would subscribe to its own log, once a second, for ever.
+                if up == listen.endpoint || (!unix.isEmpty && up == .unix(path: unix)) {
+                    throw ValidationError("upstream \(up) is this replica's own address (--listen / --unix): give the address of the node it follows")
+                }
+                if case let .tcp(_, port) = up, port == 0 {
+                    throw ValidationError("upstream \(up) has port 0: give the port the upstream listens on (its --listen)")
+                }
+            }
         } else if upstream.value != nil || !upstreamFile.isEmpty {
             // A replica's flags on a root: most likely a replica whose --role was left out
             // (root is the default), which would otherwise start writable, following nothing.

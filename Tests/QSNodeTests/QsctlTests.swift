@@ -269,6 +269,16 @@ final class QsctlTests: XCTestCase {
             XCTAssertEqual(r.status, 64, err)
             XCTAssertTrue(err.contains("--source-id (or QS_SOURCE_ID) is 256 bytes, the limit is 255"), err)
         }
+        // One address where one goes; a replica's upstream is not itself, nor port 0.
+        for (command, args, why) in [("qsqsbridge", ["--source", "qs://127.0.0.1:1,127.0.0.1:2"], "names several addresses (a comma)"),
+                                     ("qsnode", ["--data", data, "--role", "replica", "--listen", "127.0.0.1:7499", "--upstream", "127.0.0.1:7499"],
+                                      "is this replica's own address"),
+                                     ("qsnode", ["--data", data, "--role", "replica", "--upstream", "127.0.0.1:0"], "has port 0")] {
+            let r = try Harness.run(command, args)
+            let err = String(decoding: r.stderr, as: UTF8.self)
+            XCTAssertEqual(r.status, 64, err)
+            XCTAssertTrue(err.contains(why), err)
+        }
         let etcd = try Harness.run("qsnode", ["--data", data, "--etcd", "http://127.0.0.1:1", "--cluster", "c", "--etcd-timeout", "8ms"])
         XCTAssertEqual(etcd.status, 64)
         XCTAssertTrue(String(decoding: etcd.stderr, as: UTF8.self).contains("--etcd-timeout 8ms (or QS_ETCD_TIMEOUT) is shorter than an etcd commit can take"),
