@@ -90,6 +90,21 @@ extension RootWriter {
         }
     }
 
+    /// Passes `endpoint` over (a `ClientError`) when another of `endpoints` holds a
+    /// checkpoint of `sourceID`: that one carries the source's history, this one not.
+    static func check(noneElsewhere sourceID: String, at endpoint: Endpoint, among endpoints: [Endpoint],
+                      connect: @Sendable (Endpoint) async throws -> any RootConnection) async throws {
+        for other in endpoints where other != endpoint {
+            guard let c = try? await connect(other) else { continue }
+            let theirs = try? await c.checkpoint(sourceID: sourceID)
+            await c.close()
+            if let position = theirs ?? nil {
+                throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
+                    "holds no checkpoint of source id \(sourceID) while \(other), also listed in --root, holds it at \(position): not the root this source writes to, so not written to (list in --root only the root and the roots that mirror it)")
+            }
+        }
+    }
+
     /// The cursor of `sourceID`'s unfinished initial copy at the root behind `c`, nil when none.
     static func copyCursor(on c: any RootConnection, sourceID: String) async throws -> [UInt8]? {
         let r = try await c.send(.getCopyCursor(sourceID: sourceID), timeout: callTimeout)

@@ -269,6 +269,14 @@ public actor RootWriter {
                             var status: [String: Any]?
                             if sourceID != nil { status = try await Self.check(mirror: c, following: &mirrored) }
                             introduced = true
+                            // At start, before any address was written to: one that holds no
+                            // checkpoint of this source while another listed address does is not
+                            // the root this source writes to (an empty root listed first, a new
+                            // root not yet mirroring): the whole source would go into it.
+                            if lastUsed == nil, endpoints.count > 1, let sourceID, confirmed[sourceID] == nil,
+                               try await c.checkpoint(sourceID: sourceID) == nil {
+                                try await Self.check(noneElsewhere: sourceID, at: endpoint, among: endpoints, connect: connect)
+                            }
                             if let lastUsed, lastUsed != i {
                                 let from = endpoints[lastUsed]
                                 // The address left, when this attempt did not try it first: a

@@ -266,6 +266,32 @@ final class CutoverTests: XCTestCase {
         for c in [lc, nc] { await c.close() }
     }
 
+    /// A bridge started with `--root A,B` where A is an empty root and B holds the source's
+    /// checkpoint: it writes to B from B's checkpoint, and nothing into A. Before, it took A
+    /// (first, answering) and copied the whole source into it.
+    func testABridgeStartedWithAnEmptyRootFirstWritesToTheRootThatHoldsItsSource() async throws {
+        let kt = try FakeKTProcess(logDir: tmp)
+        let empty = try root("A"), holder = try root("B")
+        for i in 0..<5 { kt.set("k\(i)", "v\(i)") }
+        let first = try ktBridge(kt, host: "127.0.0.1", root: holder)
+        let hc = try await QSClient.connect(host: "127.0.0.1", port: holder.port)
+        let copied = await Harness.eventually(timeout: .seconds(30)) { (try? await hc.get(Array("k4".utf8)))?.value == Array("v4".utf8) }
+        XCTAssertTrue(copied, first.log)
+        XCTAssertEqual(try first.stop(), 0, first.log)
+        let bridge = try DaemonProcess("qsktbridge", ["--root", "\(empty.address),\(holder.address)", "--source", "kt://127.0.0.1:\(kt.port)",
+                                                     "--db-map", "0=,1=aux/", "--sid", "99", "--write-token-file", token.path,
+                                                     "--batch-interval", "100ms", "--shutdown-timeout", "3s", "--log-format", "text"], logDir: tmp)
+        kt.set("later", "x")
+        let written = await Harness.eventually(timeout: .seconds(30)) { (try? await hc.get(Array("later".utf8)))?.value == Array("x".utf8) }
+        XCTAssertTrue(written, bridge.log)
+        let ec = try await QSClient.connect(host: "127.0.0.1", port: empty.port)
+        let emptyHead = try await ec.head().index
+        XCTAssertEqual(emptyHead, 0, "the empty root took the source:\n\(bridge.log)")
+        XCTAssertTrue(bridge.log.contains("not the root this source writes to"), bridge.log)
+        XCTAssertEqual(try bridge.stop(), 0, bridge.log)
+        for c in [hc, ec] { await c.close() }
+    }
+
     func testCutoverAndHandBackUnderALiveKTWorkload() async throws {
         let kt = try FakeKTProcess(logDir: tmp)
         let sourceID = "kt:127.0.0.1:\(kt.port)"

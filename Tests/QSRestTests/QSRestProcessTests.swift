@@ -608,7 +608,7 @@ final class QSRestProcessTests: XCTestCase {
         let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL(), extra: ["--commit-timeout", "60s"])
         let refused = try curl(["-u", "dns:dns-token", "--max-time", "20", "-X", "PUT", "--data-binary", "x", "http://127.0.0.1:\(port)/dns%2Fk"])
         XCTAssertEqual(refused.status, 503, refused.body)
-        XCTAssertTrue(refused.body.contains("compatible%20mirror") && refused.body.contains("nothing%20was%20acknowledged"), refused.body)
+        XCTAssertTrue(refused.body.contains("compatible mirror") && refused.body.contains("nothing was acknowledged"), refused.body)
         let ready = httpGet(port: admin, path: "/readyz")
         XCTAssertEqual(ready?.status, 503)
         XCTAssertTrue(ready?.body.contains("compatible mirror") ?? false, ready?.body ?? "no answer")
