@@ -38,6 +38,9 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     init(timeout: TimeAmount, drain: RequestDrain?, onClose: @escaping (CloseReason, ChannelHandlerContext) -> Void) {
         watch = ConnectionWatch(timeout: timeout, reportsErrors: true, onClose: onClose)
         self.drain = drain
+        // A request whole and being answered (a qsrest write waiting for its commit) is
+        // neither an idle peer nor a trickling one.
+        if let drain { watch.answering = { drain.isAnswering } }
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -99,6 +102,8 @@ public final class ConnectionWatch {
     private var idleChecks: Bool
     private var timer: Scheduled<Void>?
     private var writeTimer: Scheduled<Void>?
+    /// Whether a whole request is being answered: the timeouts wait for its answer.
+    var answering: (() -> Bool)?
 
     init(timeout: TimeAmount, reportsErrors: Bool, onClose: @escaping (CloseReason, ChannelHandlerContext) -> Void) {
         self.timeout = timeout
@@ -134,11 +139,14 @@ public final class ConnectionWatch {
         pendingSince = nil
     }
 
-    /// The channel's writability changed: the write timer starts or stops.
+    /// The channel's writability changed: the write timer starts or stops. Writable again,
+    /// the peer took replies: it is not idle, whether or not it sends (a client reading the
+    /// answers to requests it pipelined, held back until it does).
     public func writabilityChanged(_ context: ChannelHandlerContext) {
         if context.channel.isWritable {
             writeTimer?.cancel()
             writeTimer = nil
+            if idleChecks { lastRead = .now() }
         } else if writeTimer == nil, timeout.nanoseconds > 0 {
             let bound = NIOLoopBound((context, self), eventLoop: context.eventLoop)
             writeTimer = context.eventLoop.scheduleTask(in: timeout) {
@@ -170,6 +178,12 @@ public final class ConnectionWatch {
         let due = (pendingSince ?? lastRead) + timeout
         if due > .now() {
             arm(context, at: due)
+            return
+        }
+        if answering?() == true {
+            pendingSince = nil
+            lastRead = .now()
+            arm(context, at: lastRead + timeout)
             return
         }
         if pendingSince != nil {

@@ -55,6 +55,7 @@ public enum HTTPRequests {
                     try await tooLarge(h)
                     return
                 }
+                drain?.answering()
                 let keepAlive = try await answer(h, Array(body.readableBytesView))
                 drain?.end()
                 if !keepAlive { return }

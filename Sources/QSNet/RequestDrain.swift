@@ -23,6 +23,8 @@ public final class RequestDrain: Sendable {
 
     private struct State {
         var inFlight = 0
+        /// Of those, whole and being answered.
+        var answering = 0
         var quiescing = false
         /// The pipeline drains itself (NIO's HTTP server pipeline): the quiesce event goes to it.
         var pipelineDrains = false
@@ -38,15 +40,25 @@ public final class RequestDrain: Sendable {
     /// True once shutdown has begun: the connection closes after its current request.
     public var isQuiescing: Bool { state.withLockedValue { $0.quiescing } }
 
-    /// A request has arrived.
+    /// A request has arrived (its head; its body may still be coming).
     public func begin() {
         state.withLockedValue { $0.inFlight += 1 }
     }
+
+    /// The request that began is whole and being answered: the connection's idle timeout
+    /// and request deadline wait for its answer.
+    public func answering() {
+        state.withLockedValue { $0.answering = min($0.answering + 1, $0.inFlight) }
+    }
+
+    /// Whether a whole request is being answered.
+    public var isAnswering: Bool { state.withLockedValue { $0.answering > 0 } }
 
     /// The request's answer is written; closes the connection if shutdown has begun.
     public func end() {
         let close = state.withLockedValue { s in
             s.inFlight = max(0, s.inFlight - 1)
+            s.answering = min(s.answering, s.inFlight)
             return s.quiescing && s.inFlight == 0
         }
         if close { channel.close(promise: nil) }
@@ -55,6 +67,7 @@ public final class RequestDrain: Sendable {
     /// Runs one request (reading it from the store, writing its answer) as in flight.
     public func request<T>(_ body: () async throws -> T) async rethrows -> T {
         begin()
+        answering()
         defer { end() }
         return try await body()
     }

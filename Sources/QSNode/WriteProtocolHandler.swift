@@ -71,12 +71,20 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable && stream == nil { processNext(context: context) }
+        if context.channel.isWritable && stream == nil {
+            processNext(context: context)
+            if readPending && queue.count < maxQueued {
+                readPending = false
+                context.read()
+            }
+        }
         context.fireChannelWritabilityChanged()
     }
 
     func read(context: ChannelHandlerContext) {
-        if queue.count >= maxQueued {
+        // Nothing more is read while the answers before are not taken (a frame can be 64 MiB)
+        // or `maxQueued` frames wait; a stream only writes.
+        if queue.count >= maxQueued || (stream == nil && !context.channel.isWritable) {
             readPending = true
         } else {
             context.read()

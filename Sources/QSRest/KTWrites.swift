@@ -193,10 +193,10 @@ public struct KTWrites: Sendable {
             if let h = xtHeader, let t = KTHTTPDate.parse(h), t > 0, t < KTExpiration.never { xt = UInt64(t) }
             let kind: ConditionalWrite.Kind
             switch mode?.lowercased() {
-            case nil, "set": kind = .set
             case "add": kind = .add
             case "replace": kind = .replace
-            case let m?: return .immediate(.text(400, "unknown X-Kt-Mode '\(m.prefix(20))': set, add or replace"), procedure: "rest_put", bad: "REST: unknown mode")
+            // KT takes any other mode (none, "set", a typo) as set.
+            default: kind = .set
             }
             let failure = kind == .add ? KTErrorText.duplicate : KTErrorText.noRecord
             return .writes([ConditionalWrite(kind, key: key, value: body, expiry: xt)], procedure: "rest_put") { a in

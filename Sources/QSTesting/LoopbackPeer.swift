@@ -30,11 +30,15 @@ public final class LoopbackPeer: @unchecked Sendable {
     /// Whether `stop` was called: a serving loop ends when it is.
     public var isStopped: Bool { lock.withLock { stopped } }
 
+    /// Shuts the connections down and closes the listening socket; once only.
     public func stop() {
-        lock.withLock {
+        let first = lock.withLock { () -> Bool in
+            guard !stopped else { return false }
             stopped = true
             for c in clients { shutdown(c, Int32(SHUT_RDWR)) }
+            return true
         }
+        guard first else { return }
         shutdown(listener, Int32(SHUT_RDWR))
         close(listener)
     }

@@ -197,7 +197,10 @@ struct Cutover: AsyncParsableCommand {
             // No answer, or a cluster whose etcd did not confirm: the demote may have
             // happened, or may still. Promoting it again settles it either way.
             fail("demoting \(fromAddress): the outcome is unknown (\(parent.options.describe(error, fromAddress))); promoting it again so that it takes writes whatever happened")
-            try await restore(old, fromAddress, admin, request)
+            // On a connection of its own: the one that lost the answer may be closed.
+            let fresh = try? await fromOptions.connect()
+            try await restore(fresh ?? old, fromAddress, admin, request)
+            await fresh?.close()
             throw Exit.serverError
         }
         fail("\(fromAddress) demoted at index \(final.index) hash \(hexString(final.hash)); waiting for \(toAddress) to hold it")
@@ -230,12 +233,16 @@ struct Cutover: AsyncParsableCommand {
                 // is a mirror for good (a late promote compares the role's revision, which
                 // the demote moved).
                 fail("promoting \(toAddress): the outcome is unknown (\(parent.options.describe(error, toAddress))); demoting it again before \(fromAddress) takes the writes back")
+                // On a connection of its own: the one that lost the answer may be closed.
+                let fresh = try? await toOptions.connect()
+                defer { if let fresh { Task { await fresh.close() } } }
+                let fence = fresh ?? new
                 do {
-                    _ = try await new.changeRole(.demote, adminToken: admin, timeout: request)
+                    _ = try await fence.changeRole(.demote, adminToken: admin, timeout: request)
                 } catch {
-                    switch try? await writeRole(new, timeout: request) {
+                    switch try? await writeRole(fence, timeout: request) {
                     case "promoted"?, "open"?:
-                        let head = (try? await new.head(timeout: request)) ?? final
+                        let head = (try? await fence.head(timeout: request)) ?? final
                         printDone(head)
                         return
                     default:

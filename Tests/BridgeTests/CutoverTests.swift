@@ -130,6 +130,22 @@ final class CutoverTests: XCTestCase {
         XCTAssertEqual(fake.role, "mirror", "the new root stays a mirror")
         let role = await writeRole(lc)
         XCTAssertEqual(role, "promoted", "L takes writes again")
+        fake.stop()
+
+        // The promote's answer lost with its connection: the new root is demoted again on a
+        // connection of its own (before, the dead one was used: "NO ROOT TAKES WRITES", exit
+        // 3, with the new root in fact writable and nothing settled).
+        let closing = try UncertainMirror(head: try await lc.head(), closesOnPromote: true)
+        defer { closing.stop() }
+        let lost = try Harness.run("qsctl", ["--write-token-file", token.path, "--request-timeout", "2s",
+                                             "cutover", "--from", legacy.address, "--to", "127.0.0.1:\(closing.port)", "--timeout", "5s"],
+                                   killAfter: .seconds(60))
+        let lostErr = String(decoding: lost.stderr, as: UTF8.self)
+        XCTAssertEqual(lost.status, 5, lostErr)
+        XCTAssertTrue(lostErr.contains("cut-over undone"), lostErr)
+        XCTAssertEqual(closing.role, "mirror", "the new root stays a mirror")
+        let again = await writeRole(lc)
+        XCTAssertEqual(again, "promoted", "L takes writes again")
         await lc.close()
     }
 
@@ -443,9 +459,16 @@ final class UncertainMirror: @unchecked Sendable {
     var port: Int { peer.port }
     var role: String { lock.withLock { currentRole } }
 
-    init(head: Head) throws {
+    /// `closesOnPromote`: the promote takes effect and its connection is closed unanswered
+    /// (an answer lost with the connection) instead of answered storage-error.
+    init(head: Head, closesOnPromote: Bool = false) throws {
         peer = try LoopbackPeer { [weak self] c in
             while let self, let request = self.readFrame(c) {
+                if closesOnPromote, case .changeRole(_, .promote)? = try? Request.decode(request) {
+                    _ = self.respond(request, head: head)
+                    shutdown(c, Int32(SHUT_RDWR))
+                    return
+                }
                 let f = self.respond(request, head: head).frame()
                 guard LoopbackPeer.send(c, withUnsafeBytes(of: UInt32(1 + f.payload.count).bigEndian) { Array($0) } + [f.type] + f.payload) else { return }
             }

@@ -15,6 +15,11 @@ final class PipelinedBackPressureTests: XCTestCase {
     var node: RootNode!
     static let valueBytes = 1 << 20
     static let requests = 200
+    /// The write port's `Get big` frame: length (type and payload, big endian), type, payload.
+    static let getFrame: [UInt8] = {
+        let get = Request.get(key: Array("big".utf8)).frame()
+        return withUnsafeBytes(of: UInt32(1 + get.payload.count).bigEndian) { Array($0) } + [get.type] + get.payload
+    }()
 
     override func setUp() async throws {
         tmp = try Harness.tempDir("backpressure")
@@ -101,12 +106,36 @@ final class PipelinedBackPressureTests: XCTestCase {
         try check(port: kt, request: post, replyBytes: Self.valueBytes) {
             node.metric("qs_kt_http_requests_total{command=\"get\"}")
         }
-        // The write port's frame: length (type and payload, big endian), type, payload.
-        let get = Request.get(key: Array("big".utf8)).frame()
-        let length = UInt32(1 + get.payload.count)
-        let frame = withUnsafeBytes(of: length.bigEndian) { Array($0) } + [get.type] + get.payload
-        try check(port: node.port, request: frame, replyBytes: Self.valueBytes) {
+        try check(port: node.port, request: Self.getFrame, replyBytes: Self.valueBytes) {
             node.metric("qs_requests_total{type=\"get\"}")
+        }
+    }
+
+    /// A client that pipelines and then reads its replies slowly is not idle while it reads:
+    /// every reply comes though taking them lasts longer than --idle-timeout (before, the
+    /// held requests counted as silence and the connection was cut mid-value).
+    func testAClientReadingItsRepliesSlowlyGetsThemAllPastTheIdleTimeout() async throws {
+        try await start(["--idle-timeout", "2s"])
+        for (port, request) in [(try node.daemon.port("memcached"), Array("get big\r\n".utf8)), (node.port, Self.getFrame)] {
+            let fd = try XCTUnwrap(Harness.connectLoopback(port: port))
+            defer { close(fd) }
+            var small: Int32 = 64 << 10
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+            let count = 12
+            let all = Array([[UInt8]](repeating: request, count: count).joined())
+            XCTAssertEqual(all.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }, all.count)
+            // About 1.3 MB/s: the 12 MiB take some 10 s, five idle timeouts.
+            var received = 0
+            var buffer = [UInt8](repeating: 0, count: 128 << 10)
+            var tv = timeval(tv_sec: 10, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            while received < count * Self.valueBytes {
+                let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                guard n > 0 else { break }
+                received += n
+                usleep(100_000)
+            }
+            XCTAssertGreaterThanOrEqual(received, count * Self.valueBytes, "port \(port): the connection ended while its replies were being read")
         }
     }
 

@@ -388,7 +388,10 @@ final class QSRestProcessTests: XCTestCase {
     /// not at all when the answer said "not applied".
     func testAHungRootGetsAnHonestAnswerWithinTheCommitTimeout() async throws {
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
-        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL(), extra: ["--commit-timeout", "1s"])
+        // An idle timeout shorter than the commit timeout: a whole request waiting for its
+        // commit is neither idle nor trickling, and is answered (before, its connection was
+        // closed unanswered at the idle timeout).
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL(), extra: ["--commit-timeout", "3s", "--idle-timeout", "1s"])
         let base = "http://127.0.0.1:\(port)"
         XCTAssertEqual(try curl(["-u", "dns:dns-token", "\(base)/rpc/set?key=dns%2Fwarm&value=1"]).status, 200)
         kill(root.daemon.pid, SIGSTOP)
@@ -465,7 +468,10 @@ final class QSRestProcessTests: XCTestCase {
     /// failed reads first as not connected, with that failure after it.
     func testReasonsNameWhatHappenedToTheRoot() async throws {
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
-        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL(), extra: ["--commit-timeout", "1s"])
+        // An idle timeout shorter than the commit timeout: a whole request waiting for its
+        // commit is neither idle nor trickling, and is answered (before, its connection was
+        // closed unanswered at the idle timeout).
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL(), extra: ["--commit-timeout", "3s", "--idle-timeout", "1s"])
         let base = "http://127.0.0.1:\(port)"
         XCTAssertEqual(try curl(["-u", "dns:dns-token", "\(base)/rpc/set?key=dns%2Fwarm&value=1"]).status, 200)
         kill(root.daemon.pid, SIGSTOP)
