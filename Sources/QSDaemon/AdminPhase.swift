@@ -14,6 +14,8 @@ public final class AdminPhase: Sendable {
     }
 
     private let current: NIOLockedValueBox<Current>
+    /// Set when graceful shutdown begins: `/readyz` says so at once, whatever the phase.
+    private let stopping = NIOLockedValueBox(false)
 
     /// Starts in a phase that is not ready, saying `detail` on `/readyz` and, for actions,
     /// that they wait for the daemon to start.
@@ -30,7 +32,16 @@ public final class AdminPhase: Sendable {
     }
 
     public func readiness() -> Readiness {
-        current.withLockedValue { $0.readiness }()
+        if stopping.withLockedValue({ $0 }) {
+            return Readiness(ready: false, detail: "stopping (SIGTERM or SIGINT): draining, taking nothing new")
+        }
+        return current.withLockedValue { $0.readiness }()
+    }
+
+    /// Graceful shutdown has begun: `/readyz` turns 503 now, before the listeners drain (a
+    /// balancer sends nothing more while requests in flight finish).
+    public func beginStopping() {
+        stopping.withLockedValue { $0 = true }
     }
 
     public func beforeScrape() {

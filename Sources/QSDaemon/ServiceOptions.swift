@@ -97,8 +97,10 @@ public struct ServiceOptions: ParsableArguments, Sendable {
     /// services can be built (a replica bootstrapping its empty store): `first` (the admin
     /// server) starts at once and stops last; `body` builds and runs the rest, as a group
     /// made with `serviceGroup(…, nested: true)`.
-    public func phasedGroup(first: [any Service], body: @escaping @Sendable () async throws -> Void, logger: Logger) -> ServiceGroup {
-        let services = first.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) } + [.init(service: BodyService(body: body))]
+    public func phasedGroup(first: [any Service], phase: AdminPhase? = nil, body: @escaping @Sendable () async throws -> Void,
+                            logger: Logger) -> ServiceGroup {
+        let services = first.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) }
+            + [.init(service: BodyService(body: body, stopping: { phase?.beginStopping() }))]
         var config = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
         config.maximumGracefulShutdownDuration = shutdownTimeout.duration
         return ServiceGroup(configuration: config)
@@ -164,5 +166,9 @@ public struct ServiceOptions: ParsableArguments, Sendable {
 /// A service that runs a closure (a daemon's phases, in `ServiceOptions.phasedGroup`).
 struct BodyService: Service {
     let body: @Sendable () async throws -> Void
-    func run() async throws { try await body() }
+    /// Told when graceful shutdown begins (the body is the first service told).
+    let stopping: @Sendable () -> Void
+    func run() async throws {
+        try await withGracefulShutdownHandler { try await body() } onGracefulShutdown: { stopping() }
+    }
 }

@@ -268,7 +268,7 @@ struct QSNodeCommand: AsyncParsableCommand {
                         actionGate: try service.adminGate(logger: logger),
                         beforeScrape: { phase.beforeScrape() }) { phase.readiness() }
         }
-        let group = service.phasedGroup(first: admin.map { [$0] } ?? [], body: {
+        let group = service.phasedGroup(first: admin.map { [$0] } ?? [], phase: phase, body: {
             try await self.serve(phase: phase, admin: admin, tokens: (token, replicationToken, upstreamToken), logger: logger)
         }, logger: logger)
         try await group.run()

@@ -139,6 +139,25 @@ final class PipelinedBackPressureTests: XCTestCase {
         }
     }
 
+    /// While a node drains on SIGTERM (here a client that does not read holds its
+    /// connection open), `/readyz` says it is stopping at once: a balancer sends nothing
+    /// more. Before, it said ready until the listeners had drained.
+    func testReadyzSaysStoppingAsSoonAsTheDrainBegins() async throws {
+        try await start(["--shutdown-timeout", "20s"])
+        let fd = try XCTUnwrap(Harness.connectLoopback(port: try node.daemon.port("memcached")))
+        defer { close(fd) }
+        var small: Int32 = 64 << 10
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+        let all = Array([[UInt8]](repeating: Array("get big\r\n".utf8), count: 50).joined())
+        XCTAssertEqual(all.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }, all.count)
+        XCTAssertEqual(node.readyz()?.status, 200)
+        kill(node.daemon.pid, SIGTERM)
+        try await waitFor("/readyz 503 'stopping' while the node drains", timeout: .seconds(5), pollEvery: .milliseconds(50)) {
+            node.readyz().map { $0.status == 503 && $0.body.contains("stopping") } ?? false
+        }
+        XCTAssertTrue(node.daemon.isRunning, "the node is still draining")
+    }
+
     func testMemcachedOnReaderThreadsAnswersNoFasterThanTheClientReads() async throws {
         try await start(["--memcached-threads", "2"])
         try check(port: try node.daemon.port("memcached"), request: Array("get big\r\n".utf8), replyBytes: Self.valueBytes) {
