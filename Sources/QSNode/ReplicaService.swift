@@ -53,6 +53,9 @@ public final class ReplicaService: Service, Sendable {
     /// every second or two.
     private let leaving = RateLimitedLog(window: .seconds(60), byHost: false), subscribing = RateLimitedLog(window: .seconds(60), byHost: false)
     private let skewed = RateLimitedLog(window: .seconds(60), byHost: false)
+    /// An upstream refused as another history or as behind is tried again every second or
+    /// so (it may be fixed): said once a minute per upstream, counted every time.
+    private let refusedLog = RateLimitedLog(window: .seconds(60), byHost: false)
     private let upstreamList: NIOLockedValueBox<[Endpoint]>
     /// What the follower remembers between attempts (see `Memory`).
     private let memory = NIOLockedValueBox(Memory())
@@ -216,7 +219,8 @@ public final class ReplicaService: Service, Sendable {
             } catch FollowEnd.refused(.diverged, let message) {
                 core.updateUpstream { $0.leftBecause = "\(up) has another history (qsctl rebootstrap --from \(up) replaces this store with it)" }
                 metrics.diverged.increment()
-                logger.error("upstream has another history: refused, moving on", metadata: ["upstream": "\(up)", "detail": "\(message)"])
+                refusedLog.log(logger, .error, "upstream has another history: refused, moving on", peer: up.description,
+                               metadata: ["upstream": "\(up)", "detail": "\(message)"])
             } catch FollowEnd.refused(.behind, let message) {
                 // This replica is ahead of the upstream: the upstream is behind, or it is
                 // another history altogether (a foreign or forked root), which "behind"
@@ -227,15 +231,17 @@ public final class ReplicaService: Service, Sendable {
                 if let theirs, let mine, mine != theirs.hash {
                     core.updateUpstream { $0.leftBecause = "\(up) has another history (qsctl rebootstrap --from \(up) replaces this store with it)" }
                     metrics.diverged.increment()
-                    logger.error("upstream has another history: its head differs from this replica's entry at the same index, so it is not merely behind; refused, moving on (qsctl rebootstrap --from \(up) replaces this store with it)",
-                                 metadata: ["upstream": "\(up)", "index": "\(theirs.index)", "theirs": "\(hexString(theirs.hash))", "mine": "\(hexString(mine))"])
+                    refusedLog.log(logger, .error, "upstream has another history: its head differs from this replica's entry at the same index, so it is not merely behind; refused, moving on (qsctl rebootstrap --from \(up) replaces this store with it)",
+                                   peer: up.description,
+                                   metadata: ["upstream": "\(up)", "index": "\(theirs.index)", "theirs": "\(hexString(theirs.hash))", "mine": "\(hexString(mine))"])
                 } else {
                     let compared = theirs == nil ? "its head could not be read" : mine == nil ? "this replica no longer retains the entry at its head to compare" : "same history"
                     let ours = (try? await core.store.head().index).map { ", this replica's \($0)" } ?? ""
                     core.updateUpstream {
                         $0.leftBecause = "\(up) is behind this replica (its head \(theirs.map { String($0.index) } ?? "unknown")\(ours)): it is taken once it has caught up (is whatever feeds it running?)"
                     }
-                    logger.warning("upstream is behind this replica: moving on", metadata: ["upstream": "\(up)", "detail": "\(message)", "history": "\(compared)"])
+                    refusedLog.log(logger, .warning, "upstream is behind this replica: moving on", peer: up.description,
+                                   metadata: ["upstream": "\(up)", "detail": "\(message)", "history": "\(compared)"])
                 }
             } catch is CancellationError {
                 return
