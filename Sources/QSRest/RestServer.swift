@@ -62,7 +62,9 @@ public struct RestServer: ListeningService {
                     try ops.addHandler(BinaryRefusal())
                     return .binary(first)
                 }
-                try ops.configureHTTPServerPipeline(withErrorHandling: true)
+                // No pipelining assistance: the connection reads ahead of its answers itself
+                // (`serve`) and writes them in request order.
+                try ops.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: true)
                 return .http(try NIOAsyncChannel(wrappingChannelSynchronously: channel))
             })
             return promise.futureResult
@@ -197,36 +199,112 @@ struct RequestHandler: Sendable {
 
     typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
 
+    /// A connection's requests are read, checked and queued in the order they came while
+    /// the answers of earlier ones wait for their batch, so requests a producer pipelines
+    /// join one batch (applied in the order sent); one task writes the answers in that
+    /// order. At most `maxAhead` requests (and `maxAheadBytes` of their writes, one always)
+    /// wait for their answers on a connection: past that, reading waits.
+    static let maxAhead = 64
+    static let maxAheadBytes = 32 << 20
+
+    /// An answer on its way, written in request order.
+    struct Pending: Sendable {
+        let reply: Task<RestReply, Never>
+        let head: HTTPRequestHead
+        let keepAlive: Bool
+        let bytes: Int
+        /// Marked in flight (and answering) on the connection's drain until written.
+        let inFlight: Bool
+    }
+
+    /// The writer's word that the connection closes after what it wrote.
+    struct Closing: Error {}
+
     func serve(_ connection: Connection, peer: String, drain: RequestDrain?) async {
         do {
             try await connection.executeThenClose { inbound, outbound in
-                try await HTTPRequests.serve(inbound, maxBodyBytes: configuration.maxBodyBytes, drain: drain) { h in
-                    // A HEAD request with a body is refused, written nowhere, as KT refuses it.
-                    if h.method == .HEAD, let n = h.headers.first(name: "content-length").flatMap(Int.init), n > 0 {
-                        metrics.badRequests.increment()
-                        badLog.warning(logger, "request refused: HEAD with a body", peer: peer)
-                        try await write(RestReply(status: 400), head: h, keepAlive: false, outbound: outbound)
-                        return true
+                let (answers, queued) = AsyncStream.makeStream(of: Pending.self)
+                let (written, freed) = AsyncStream.makeStream(of: Int.self)
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        defer { freed.finish() }
+                        for await p in answers {
+                            let reply = await p.reply.value
+                            // Shutting down, the connection closes after this answer: it says so, and
+                            // a keep-alive producer opens a new one (to another instance) instead of
+                            // sending its next request into a closed socket.
+                            let keepAlive = p.keepAlive && drain?.isQuiescing != true
+                            try await write(reply, head: p.head, keepAlive: keepAlive, outbound: outbound)
+                            if p.inFlight { drain?.end() }
+                            freed.yield(p.bytes)
+                            if !keepAlive { throw Closing() }
+                        }
                     }
-                    // No producer, no body: a request without a valid credential is answered
-                    // from its head, and its body is dropped as it arrives, never held.
-                    guard case let .failure(refusal) = authenticate(h, peer: peer) else { return false }
-                    try await write(refusal.reply, head: h, keepAlive: false, outbound: outbound)
-                    return true
-                } tooLarge: { h in
-                    metrics.badRequests.increment()
-                    badLog.warning(logger, "request refused: body too large", peer: peer, metadata: ["limit": "\(configuration.maxBodyBytes)"])
-                    try await write(.text(413, "request body over \(configuration.maxBodyBytes) bytes (--max-body)"), head: h, keepAlive: false, outbound: outbound)
-                } answer: { h, body in
-                    let reply = await answer(h, body: body, peer: peer)
-                    // Shutting down, the connection closes after this answer: it says so, and
-                    // a keep-alive producer opens a new one (to another instance) instead of
-                    // sending its next request into a closed socket.
-                    let keepAlive = h.isKeepAlive && drain?.isQuiescing != true
-                    try await write(reply, head: h, keepAlive: keepAlive, outbound: outbound)
-                    return keepAlive
+                    var waiting = 0, waitingBytes = 0
+                    var taken = written.makeAsyncIterator()
+                    func enqueue(_ head: HTTPRequestHead, keepAlive: Bool, bytes: Int = 0, inFlight: Bool = false,
+                                 _ make: @escaping @Sendable () async -> RestReply) async {
+                        while waiting > 0 && (waiting >= Self.maxAhead || waitingBytes + bytes > Self.maxAheadBytes) {
+                            guard let n = await taken.next() else { break }
+                            waiting -= 1
+                            waitingBytes -= n
+                        }
+                        waiting += 1
+                        waitingBytes += bytes
+                        queued.yield(Pending(reply: Task { await make() }, head: head, keepAlive: keepAlive, bytes: bytes, inFlight: inFlight))
+                    }
+                    do {
+                        try await HTTPRequests.serve(inbound, maxBodyBytes: configuration.maxBodyBytes, drain: drain) { h in
+                            // A HEAD request with a body is refused, written nowhere, as KT refuses it.
+                            if h.method == .HEAD, let n = h.headers.first(name: "content-length").flatMap(Int.init), n > 0 {
+                                metrics.badRequests.increment()
+                                badLog.warning(logger, "request refused: HEAD with a body", peer: peer)
+                                await enqueue(h, keepAlive: false) { RestReply(status: 400) }
+                                return true
+                            }
+                            // No producer, no body: a request without a valid credential is answered
+                            // from its head, and its body is dropped as it arrives, never held.
+                            guard case let .failure(refusal) = authenticate(h, peer: peer) else { return false }
+                            await enqueue(h, keepAlive: false) { refusal.reply }
+                            return true
+                        } tooLarge: { h in
+                            metrics.badRequests.increment()
+                            badLog.warning(logger, "request refused: body too large", peer: peer, metadata: ["limit": "\(configuration.maxBodyBytes)"])
+                            let limit = configuration.maxBodyBytes
+                            await enqueue(h, keepAlive: false) { .text(413, "request body over \(limit) bytes (--max-body)") }
+                        } answer: { h, body in
+                            // In flight, and answering, until its answer is written (the loop
+                            // marks it only until this returns): a graceful stop and the idle
+                            // timeout wait for it.
+                            drain?.begin()
+                            drain?.answering()
+                            switch await prepare(h, body: body, peer: peer) {
+                            case let .reply(reply):
+                                await enqueue(h, keepAlive: h.isKeepAlive, inFlight: true) { reply }
+                            case let .writes(w):
+                                // Queued here, in the order the requests came; answered apart.
+                                let ticket: Result<WriteQueue.Ticket, any Error>
+                                do { ticket = .success(try await queue.enqueue(w.list)) } catch { ticket = .failure(error) }
+                                await enqueue(h, keepAlive: h.isKeepAlive, bytes: w.bytes, inFlight: true) {
+                                    switch ticket {
+                                    case let .success(t):
+                                        do { return conclude(w, .success(try await t.answer)) } catch { return conclude(w, .failure(error)) }
+                                    case let .failure(error):
+                                        return conclude(w, .failure(error))
+                                    }
+                                }
+                            }
+                            return h.isKeepAlive
+                        }
+                    } catch {
+                        queued.finish()
+                        throw error
+                    }
+                    queued.finish()
+                    try await group.waitForAll()
                 }
             }
+        } catch is Closing {
         } catch let error as HTTPParserError {
             metrics.badRequests.increment()
             badLog.warning(logger, "bad request: unparsable HTTP", peer: peer, metadata: ["error": "\(error)"])
@@ -267,12 +345,32 @@ struct RequestHandler: Sendable {
         return .success(producer)
     }
 
-    func answer(_ head: HTTPRequestHead, body: [UInt8], peer: String) async -> RestReply {
+    /// What a request comes to before the root: an answer now, or writes to queue.
+    enum Prepared {
+        case reply(RestReply)
+        case writes(PreparedWrites)
+    }
+
+    /// A request's writes, checked (credential, keyspace, quota), to queue; `conclude`
+    /// makes the answer from what the queue answered.
+    struct PreparedWrites: Sendable {
+        let list: [ConditionalWrite]
+        let bytes: Int
+        let procedure: String
+        let producer: String
+        let peer: String
+        let start: ContinuousClock.Instant
+        let reply: @Sendable (WriteQueue.Answer) -> RestReply
+    }
+
+    /// Checks a whole request (credential, procedure, keyspace, quota: a request past its
+    /// soft quota waits here) and says what it comes to.
+    func prepare(_ head: HTTPRequestHead, body: [UInt8], peer: String) async -> Prepared {
         let start = ContinuousClock.now
         let producer: ACL.Producer
         switch authenticate(head, peer: peer) {
         case let .success(p): producer = p
-        case let .failure(refusal): return refusal.reply  // the ACL changed since the head (a reload)
+        case let .failure(refusal): return .reply(refusal.reply)  // the ACL changed since the head (a reload)
         }
         let m = metrics.producer(producer.name)
         m.requests.increment()
@@ -295,7 +393,7 @@ struct RequestHandler: Sendable {
                 metrics.badRequests.increment()
                 badLog.warning(logger, "bad request", peer: peer, metadata: ["producer": "\(producer.name)", "procedure": "\(procedure)", "reason": "\(bad)"])
             }
-            return reply
+            return .reply(reply)
         case let .writes(list, procedure, reply):
             if let outside = list.first(where: { !producer.may(write: $0.key) }) {
                 m.refusedKeyspace.increment()
@@ -303,7 +401,7 @@ struct RequestHandler: Sendable {
                 let allowed = producer.prefixes.map { String(decoding: $0, as: UTF8.self) }.joined(separator: ", ")
                 keyspaceLog.warning(logger, "write refused: outside the producer's keyspace", peer: peer,
                                 metadata: ["producer": "\(producer.name)", "procedure": "\(procedure)", "key": "\(key)"])
-                return .error(403, "key '\(key)' is outside producer \(producer.name)'s keyspace (\(allowed)); nothing of this request was written")
+                return .reply(.error(403, "key '\(key)' is outside producer \(producer.name)'s keyspace (\(allowed)); nothing of this request was written"))
             }
             let bytes = list.reduce(0) { $0 + $1.payloadBytes }
             switch access.take(producer: producer.name, writes: max(list.count, 1), bytes: bytes) {
@@ -315,40 +413,47 @@ struct RequestHandler: Sendable {
                 m.refusedQuota.increment()
                 quotaLog.log(logger, .notice, "write refused: over quota", budget: "over \(producer.name)",
                              metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "retry-after": "\(after)"])
-                return .error(429, "producer \(producer.name) is over its quota (writes_per_second/bytes_per_second); retry after \(after) s")
-                    .adding(("Retry-After", "\(after)"))
+                return .reply(.error(429, "producer \(producer.name) is over its quota (writes_per_second/bytes_per_second); retry after \(after) s")
+                    .adding(("Retry-After", "\(after)")))
             case let .neverFits(why):
                 m.refusedQuota.increment()
                 quotaLog.log(logger, .notice, "write refused: larger than the quota allows one request", budget: "fits \(producer.name)",
                              metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "reason": "\(why)"])
-                return .error(413, "producer \(producer.name)'s quota: \(why); nothing of this request was written")
+                return .reply(.error(413, "producer \(producer.name)'s quota: \(why); nothing of this request was written"))
             }
-            do {
-                let answer = try await queue.submit(list)
-                m.writes.increment(by: list.count)
-                m.bytes.increment(by: bytes)
-                m.latency.recordSeconds((ContinuousClock.now - start).seconds)
-                return reply(answer)
-            } catch WriteQueue.Refusal.busy {
-                m.refusedQuota.increment()
-                return .error(503, "\(WriteQueue.Refusal.busy)").adding(("Retry-After", "1"))
-            } catch let refusal as WriteQueue.Refusal where refusal.isHalted {
-                m.failed.increment()
-                return .error(503, "\(refusal)")
-            } catch let refusal as WriteQueue.Refusal where refusal.isTooLarge {
-                m.failed.increment()
-                return .error(413, "\(refusal); nothing was acknowledged")
-            } catch let refusal as WriteQueue.Refusal where refusal.isNotCommitted {
-                m.failed.increment()
-                commitLog.log(logger, .error, "write not committed in time", budget: "not committed",
-                              metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "procedure": "\(procedure)", "error": "\(refusal)"])
-                return .error(503, "\(refusal)").adding(("Retry-After", "1"))
-            } catch {
-                m.failed.increment()
-                commitLog.log(logger, .error, "write failed", budget: "failed",
-                              metadata: ["peer": "\(peer)", "producer": "\(producer.name)", "procedure": "\(procedure)", "error": "\(error)"])
-                return .error(503, "\(error); nothing was acknowledged: retry").adding(("Retry-After", "1"))
-            }
+            return .writes(PreparedWrites(list: list, bytes: bytes, procedure: procedure, producer: producer.name, peer: peer, start: start, reply: reply))
+        }
+    }
+
+    /// The answer to prepared writes from what the queue answered.
+    func conclude(_ w: PreparedWrites, _ result: Result<WriteQueue.Answer, any Error>) -> RestReply {
+        let m = metrics.producer(w.producer)
+        let (producer, procedure, peer) = (w.producer, w.procedure, w.peer)
+        do {
+            let answer = try result.get()
+            m.writes.increment(by: w.list.count)
+            m.bytes.increment(by: w.bytes)
+            m.latency.recordSeconds((ContinuousClock.now - w.start).seconds)
+            return w.reply(answer)
+        } catch WriteQueue.Refusal.busy {
+            m.refusedQuota.increment()
+            return .error(503, "\(WriteQueue.Refusal.busy)").adding(("Retry-After", "1"))
+        } catch let refusal as WriteQueue.Refusal where refusal.isHalted {
+            m.failed.increment()
+            return .error(503, "\(refusal)")
+        } catch let refusal as WriteQueue.Refusal where refusal.isTooLarge {
+            m.failed.increment()
+            return .error(413, "\(refusal); nothing was acknowledged")
+        } catch let refusal as WriteQueue.Refusal where refusal.isNotCommitted {
+            m.failed.increment()
+            commitLog.log(logger, .error, "write not committed in time", budget: "not committed",
+                          metadata: ["peer": "\(peer)", "producer": "\(producer)", "procedure": "\(procedure)", "error": "\(refusal)"])
+            return .error(503, "\(refusal)").adding(("Retry-After", "1"))
+        } catch {
+            m.failed.increment()
+            commitLog.log(logger, .error, "write failed", budget: "failed",
+                          metadata: ["peer": "\(peer)", "producer": "\(producer)", "procedure": "\(procedure)", "error": "\(error)"])
+            return .error(503, "\(error); nothing was acknowledged: retry").adding(("Retry-After", "1"))
         }
     }
 

@@ -122,7 +122,7 @@ public actor WriteQueue: Service {
     struct Pending {
         var writes: [ConditionalWrite]
         var bytes: Int
-        var reply: CheckedContinuation<Answer, any Error>
+        var reply: Ticket
         /// When the request was queued: it is answered within `commitTimeout` of this.
         var arrived: ContinuousClock.Instant = .now
     }
@@ -208,6 +208,14 @@ public actor WriteQueue: Service {
 
     /// Queues `writes` for the next batch and waits until it is committed.
     public func submit(_ writes: [ConditionalWrite]) async throws -> Answer {
+        try await enqueue(writes).answer
+    }
+
+    /// Queues `writes` for the next batch, behind everything queued before this call, and
+    /// returns the ticket its answer comes on: a connection's pipelined requests, queued one
+    /// after another by the connection's reader, are applied in the order they were sent,
+    /// while their answers are awaited apart.
+    public func enqueue(_ writes: [ConditionalWrite]) throws -> Ticket {
         guard !stopped, !stopSignal.fired else { throw Refusal.stopping }
         guard halted.withLockedValue({ $0 }) == nil else { throw Refusal.halted }
         let bytes = writes.reduce(0) { $0 + $1.payloadBytes }
@@ -215,13 +223,49 @@ public actor WriteQueue: Service {
             metrics.busy.increment()
             throw Refusal.busy
         }
-        return try await withCheckedThrowingContinuation { reply in
-            pending.append(Pending(writes: writes, bytes: bytes, reply: reply))
-            pendingWrites += max(writes.count, 1)
-            pendingBytes += bytes
-            metrics.pendingWrites.record(Double(pendingWrites))
-            if pendingWrites >= limits.maxWrites || pendingBytes >= limits.maxBytes {
-                Task { await self.flush() }
+        let ticket = Ticket()
+        pending.append(Pending(writes: writes, bytes: bytes, reply: ticket))
+        pendingWrites += max(writes.count, 1)
+        pendingBytes += bytes
+        metrics.pendingWrites.record(Double(pendingWrites))
+        if pendingWrites >= limits.maxWrites || pendingBytes >= limits.maxBytes {
+            Task { await self.flush() }
+        }
+        return ticket
+    }
+
+    /// The answer of one queued request (`enqueue`): given once, awaited once.
+    public final class Ticket: Sendable {
+        private enum State {
+            case waiting(CheckedContinuation<Answer, any Error>?)
+            case done(Result<Answer, any Error>)
+        }
+
+        private let state = NIOLockedValueBox(State.waiting(nil))
+
+        func resume(returning answer: Answer) { finish(.success(answer)) }
+        func resume(throwing error: any Error) { finish(.failure(error)) }
+
+        private func finish(_ result: Result<Answer, any Error>) {
+            let waiter = state.withLockedValue { s -> CheckedContinuation<Answer, any Error>? in
+                guard case let .waiting(c) = s else { return nil }
+                s = .done(result)
+                return c
+            }
+            waiter?.resume(with: result)
+        }
+
+        /// Waits until the request's batch is committed (or refused).
+        public var answer: Answer {
+            get async throws {
+                try await withCheckedThrowingContinuation { c in
+                    let ready = state.withLockedValue { s -> Result<Answer, any Error>? in
+                        if case let .done(r) = s { return r }
+                        s = .waiting(c)
+                        return nil
+                    }
+                    if let ready { c.resume(with: ready) }
+                }
             }
         }
     }

@@ -145,6 +145,40 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try rest.stop(), 0)
     }
 
+    /// 300 sets pipelined on one keep-alive connection, several to one key: they join a
+    /// batch or two (not one batch interval each: 150 s at 500 ms), are applied in the order
+    /// sent (the last value stays), and every answer comes, in order.
+    func testPipelinedRequestsJoinOneBatchInTheOrderSent() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL(), extra: ["--batch-interval", "500ms"])
+        let credential = Data("dns:dns-token".utf8).base64EncodedString()
+        var burst = [UInt8]()
+        for i in 0..<300 {
+            burst += Array("GET /rpc/set?key=dns%2Fp\(i % 10)&value=\(i) HTTP/1.1\r\nHost: x\r\nAuthorization: Basic \(credential)\r\n\r\n".utf8)
+        }
+        let fd = try XCTUnwrap(Harness.connectLoopback(port: port))
+        defer { close(fd) }
+        XCTAssertEqual(burst.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }, burst.count)
+        var text = ""
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        var tv = timeval(tv_sec: 20, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        while text.components(separatedBy: "HTTP/1.1 ").count - 1 < 300 {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard n > 0 else { break }
+            text += String(decoding: buffer[..<n], as: UTF8.self)
+        }
+        XCTAssertEqual(text.components(separatedBy: "HTTP/1.1 200 OK").count - 1, 300, rest.log)
+        XCTAssertLessThanOrEqual(metricValue(port: admin, "qs_rest_batches_committed_total") ?? .infinity, 10)
+        let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        for k in 0..<10 {
+            let got = try await client.get(Array("dns/p\(k)".utf8))
+            XCTAssertEqual(got?.value, Array("\(290 + k)".utf8), "dns/p\(k): the last value sent stays")
+        }
+        await client.close()
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
     /// The producer port holds to --max-connections-per-peer and --idle-timeout as every
     /// other listener does: one peer cannot fill the process's descriptors with idle
     /// connections, and the admin port stays reachable.
