@@ -102,7 +102,7 @@ let package = Package(
         // what a root cluster's members commit and follow the log through.
         .target(
             name: "QSEtcd",
-            dependencies: [nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"), nio("NIOConcurrencyHelpers")],
+            dependencies: [nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"), nio("NIOConcurrencyHelpers"), log],
             swiftSettings: swiftSettings
         ),
         // The node: root write handler, replication server and client, log trimming.

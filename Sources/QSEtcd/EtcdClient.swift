@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 
@@ -16,6 +17,10 @@ public enum EtcdError: Error, Sendable, CustomStringConvertible {
     case malformed(String)
     /// A watch was cancelled by etcd because its start revision was compacted away.
     case compacted(revision: Int64)
+    /// etcd refused the request for its credentials (none presented while etcd has
+    /// authentication on, a token etcd no longer knows, a wrong password, a user lacking
+    /// permission): etcd did not execute it.
+    case unauthenticated(String)
 
     public var description: String {
         switch self {
@@ -25,6 +30,7 @@ public enum EtcdError: Error, Sendable, CustomStringConvertible {
         case let .server(status, m): return "etcd refused the request (HTTP \(status)): \(m)"
         case let .malformed(m): return "etcd's answer is not understood: \(m)"
         case let .compacted(r): return "etcd compacted its history up to revision \(r)"
+        case let .unauthenticated(m): return "etcd refused this member's credentials: \(m)"
         }
     }
 }
@@ -112,12 +118,31 @@ public struct EtcdWatchEvent: Sendable {
     public var kv: EtcdKV
 }
 
+/// A user of etcd's authentication (`etcdctl user add`, `role grant-permission`,
+/// `auth enable`) and its password.
+public struct EtcdCredentials: Sendable {
+    public var user: String
+    public var password: String
+
+    public init(user: String, password: String) {
+        self.user = user
+        self.password = password
+    }
+}
+
 /// A client of etcd's v3 API through its JSON gateway (`/v3/kv/txn`, `/v3/kv/range`,
 /// `/v3/watch`; keys and values base64). Each request opens a connection to the URL that
 /// answered last, or the next that accepts one; a URL whose answer did not come in time is
 /// left for the next one (a stopped etcd process still accepts connections). A request
 /// that was sent is never sent again by this client (its outcome may be unknown: the caller
-/// resolves it through what it compared).
+/// resolves it through what it compared), with one exception: a request etcd refused for
+/// its token (expired, or issued before a permission changed) was not executed, and is
+/// sent once more with a new token.
+///
+/// With `credentials`, the client authenticates (`/v3/auth/authenticate`) before its first
+/// request and whenever etcd refuses its token, and presents the token in `Authorization`.
+/// An etcd whose authentication is off answers that it is: the client then sends no token
+/// (and says so once), until etcd asks for one.
 public final class EtcdClient: Sendable {
     public struct Endpoint: Sendable, CustomStringConvertible {
         public var host: String
@@ -131,12 +156,42 @@ public final class EtcdClient: Sendable {
     /// The endpoint that answered last: tried first next time.
     private let preferred = NIOLockedValueBox(0)
 
+    /// The user this client authenticates as (nil: it presents no credentials).
+    public let credentials: EtcdCredentials?
+    let logger: Logger
+
+    /// What the client knows of etcd's authentication.
+    enum Authentication: Sendable, Equatable {
+        /// Not asked yet (or the token was refused): authenticate before the next request.
+        case unknown
+        case token(String)
+        /// etcd answered that its authentication is off: requests go without a token.
+        case off
+    }
+    private let authentication = NIOLockedValueBox(Authentication.unknown)
+    /// Tokens etcd gave this client.
+    private let tokensIssued = NIOLockedValueBox(0)
+    /// Whether etcd executed the last request answered without a token (nil: none
+    /// answered yet): then whoever reaches etcd's client port can write the cluster's keys.
+    private let openAnswer = NIOLockedValueBox<Bool?>(nil)
+
     /// `urls`: `http://host:port` (or `host:port`) of the etcd members' client ports.
-    public init(urls: [String], timeout: Duration = .seconds(5)) throws {
+    public init(urls: [String], timeout: Duration = .seconds(5), credentials: EtcdCredentials? = nil,
+                logger: Logger = Logger(label: "qs.etcd")) throws {
         endpoints = try urls.map(Self.parse)
         guard !endpoints.isEmpty else { throw EtcdError.unreachable("no etcd URL given") }
         self.timeout = timeout
+        self.credentials = credentials
+        self.logger = logger
     }
+
+    /// The tokens etcd has given this client so far.
+    public var tokens: Int { tokensIssued.withLockedValue { $0 } }
+
+    /// True when etcd's last answer executed a request that carried no token (no
+    /// credentials given, or etcd's authentication off): anyone who reaches its client port
+    /// could have sent it. False when the last answer was to a token; nil before any answer.
+    public var answersWithoutCredentials: Bool? { openAnswer.withLockedValue { $0 } }
 
     /// Parses `http://host:port` or `host:port`.
     public static func parse(_ url: String) throws -> Endpoint {
@@ -197,13 +252,26 @@ public final class EtcdClient: Sendable {
         let body: [String: Any] = ["create_request": ["key": EtcdJSON.b64(key), "range_end": EtcdJSON.b64(end),
                                                       "start_revision": "\(revision)"]]
         let bytes = try EtcdJSON.encode(body)
+        let used = try await authentication(renewing: nil)
+        do {
+            try await watch(body: bytes, token: used.token, quietLimit: quietLimit, onEvents: onEvents)
+        } catch let EtcdError.unauthenticated(why) where Self.isTokenRefusal(why) {
+            // The next request (the caller's catch-up) authenticates again.
+            authentication.withLockedValue { if $0 == used { $0 = .unknown } }
+            throw EtcdError.unauthenticated(why)
+        }
+    }
+
+    private func watch(body bytes: [UInt8], token: String?, quietLimit: Duration?,
+                       onEvents: @escaping @Sendable (_ revision: Int64, _ events: [EtcdWatchEvent]) async throws -> Bool) async throws {
         let (channel, endpoint, index) = try await connect()
+        let refusal = { @Sendable (why: String) in self.refusal(why) }
         guard let quietLimit else {
-            return try await Self.watch(channel, endpoint: endpoint, body: bytes, lastMessage: nil, onEvents: onEvents)
+            return try await Self.watch(channel, endpoint: endpoint, body: bytes, token: token, lastMessage: nil, refusal: refusal, onEvents: onEvents)
         }
         let lastMessage = LastMessage()
         try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await Self.watch(channel, endpoint: endpoint, body: bytes, lastMessage: lastMessage, onEvents: onEvents) }
+            group.addTask { try await Self.watch(channel, endpoint: endpoint, body: bytes, token: token, lastMessage: lastMessage, refusal: refusal, onEvents: onEvents) }
             group.addTask {
                 while true {
                     try await Task.sleep(for: .milliseconds(250))
@@ -219,10 +287,11 @@ public final class EtcdClient: Sendable {
         }
     }
 
-    private static func watch(_ channel: EtcdHTTP.Channel, endpoint: Endpoint, body: [UInt8], lastMessage: LastMessage?,
+    private static func watch(_ channel: EtcdHTTP.Channel, endpoint: Endpoint, body: [UInt8], token: String?, lastMessage: LastMessage?,
+                              refusal: @Sendable (String) -> String?,
                               onEvents: @Sendable (_ revision: Int64, _ events: [EtcdWatchEvent]) async throws -> Bool) async throws {
         var buffer = [UInt8]()
-        let status = try await EtcdHTTP.post(channel, host: endpoint.host, path: "/v3/watch", body: body) { piece in
+        let status = try await EtcdHTTP.post(channel, host: endpoint.host, path: "/v3/watch", body: body, authorization: token) { piece in
             lastMessage?.touch()
             buffer += piece.readableBytesView
             while let nl = buffer.firstIndex(of: UInt8(ascii: "\n")) {
@@ -232,13 +301,17 @@ public final class EtcdClient: Sendable {
                     throw EtcdError.malformed("watch message: \(String(decoding: line.prefix(200), as: UTF8.self))")
                 }
                 if let error = object["error"] as? [String: Any] {
-                    throw EtcdError.server(status: 200, message: error["message"] as? String ?? "\(error)")
+                    let message = error["message"] as? String ?? "\(error)"
+                    if let refused = refusal(message) { throw EtcdError.unauthenticated("\(endpoint)/v3/watch: \(refused)") }
+                    throw EtcdError.server(status: 200, message: message)
                 }
                 guard let result = object["result"] as? [String: Any] else { continue }
                 if result["canceled"] as? Bool == true {
                     let compacted = EtcdJSON.int(result["compact_revision"])
                     if compacted > 0 { throw EtcdError.compacted(revision: compacted) }
-                    throw EtcdError.connectionLost("etcd cancelled the watch: \(result["cancel_reason"] as? String ?? "no reason given")")
+                    let reason = result["cancel_reason"] as? String ?? "no reason given"
+                    if let refused = refusal(reason) { throw EtcdError.unauthenticated("\(endpoint)/v3/watch: \(refused)") }
+                    throw EtcdError.connectionLost("etcd cancelled the watch: \(reason)")
                 }
                 let events = result["events"] as? [[String: Any]] ?? []
                 guard !events.isEmpty else { continue }
@@ -289,16 +362,103 @@ public final class EtcdClient: Sendable {
     }
 
     /// POSTs `body` to `path` on the first endpoint that accepts a connection, within the
-    /// client's timeout, and returns the answer's JSON object.
+    /// client's timeout, and returns the answer's JSON object. A request refused for its
+    /// token (not executed) goes once more with a new one.
     private func call(_ path: String, _ body: [String: Any]) async throws -> [String: Any] {
         let bytes = try EtcdJSON.encode(body)
+        let used = try await authentication(renewing: nil)
+        do {
+            return try await exchange(path, bytes, token: used.token)
+        } catch let EtcdError.unauthenticated(why) where credentials != nil && Self.isTokenRefusal(why) {
+            return try await exchange(path, bytes, token: try await authentication(renewing: used).token)
+        }
+    }
+
+    // MARK: authentication
+
+    /// Authenticates now (with credentials): throws `unauthenticated` when etcd refuses the
+    /// user or its password, `unreachable` when no etcd answers.
+    public func authenticateNow() async throws {
+        _ = try await authentication(renewing: authentication.withLockedValue { $0 })
+    }
+
+    /// What to present: the token known (or none), or — before the first request, or when
+    /// `renewing` is what etcd just refused — what authenticating says now.
+    private func authentication(renewing refused: Authentication?) async throws -> Authentication {
+        guard let credentials else { return .unknown }
+        let known = authentication.withLockedValue { $0 }
+        if known != .unknown && known != refused { return known }
+        let before = known
+        let now = try await authenticate(credentials)
+        authentication.withLockedValue { $0 = now }
+        switch now {
+        case .token:
+            let n = tokensIssued.withLockedValue { $0 += 1; return $0 }
+            if n == 1 || before == .off {
+                logger.info("authenticated to etcd", metadata: ["etcd-user": "\(credentials.user)"])
+            } else {
+                logger.debug("etcd token renewed", metadata: ["etcd-user": "\(credentials.user)", "tokens": "\(n)"])
+            }
+        case .off where before != .off:
+            logger.warning("etcd's authentication is off: this member's etcd credentials are not used, and whoever reaches etcd's client port can change the cluster (etcdctl auth enable turns it on; docs/ha.md)",
+                           metadata: ["etcd-user": "\(credentials.user)"])
+        default: break
+        }
+        return now
+    }
+
+    private func authenticate(_ credentials: EtcdCredentials) async throws -> Authentication {
+        let body = try EtcdJSON.encode(["name": credentials.user, "password": credentials.password])
+        let json: [String: Any]
+        do {
+            json = try await exchange("/v3/auth/authenticate", body, token: nil)
+        } catch let EtcdError.server(_, message) where message.contains("authentication is not enabled") {
+            return .off
+        } catch let EtcdError.outcomeUnknown(why) {
+            // Nothing of the request it was for was sent.
+            throw EtcdError.unreachable("authenticating as '\(credentials.user)': \(why)")
+        }
+        guard let token = json["token"] as? String, !token.isEmpty else {
+            throw EtcdError.malformed("/v3/auth/authenticate answered without a token")
+        }
+        return .token(token)
+    }
+
+    /// Why etcd refused a request for its credentials, in the operator's terms; nil when
+    /// `message` (etcd's error) is not such a refusal.
+    func refusal(_ message: String) -> String? {
+        let user = credentials.map { "'\($0.user)'" } ?? "(none)"
+        if message.contains("user name is empty") {
+            return credentials == nil
+                ? "\(message): etcd's authentication is on and this member presents no credentials; give --etcd-user and --etcd-password-file (QS_ETCD_USER, QS_ETCD_PASSWORD_FILE), a user whose role may read and write the cluster's prefix /qs/NAME/ (docs/ha.md)"
+                : "\(message): etcd asks for a token (its authentication was turned on)"
+        }
+        if message.contains("invalid auth token") { return "\(message): etcd no longer knows the token (expired, or etcd restarted)" }
+        if message.contains("revision of auth store is old") { return "\(message): etcd's users or roles changed since the token was issued" }
+        if message.contains("authentication failed") {
+            return "\(message): etcd refused user \(user) and its password; check --etcd-user and --etcd-password-file (QS_ETCD_USER, QS_ETCD_PASSWORD_FILE)"
+        }
+        if message.contains("permission denied") {
+            return "\(message): etcd user \(user) may not do this; grant its role read and write on the cluster's prefix: etcdctl role grant-permission ROLE --prefix=true readwrite /qs/NAME/ (docs/ha.md)"
+        }
+        return nil
+    }
+
+    /// A refusal of the token itself (not of the user or its permissions): etcd did not
+    /// execute the request, and a new token may pass.
+    static func isTokenRefusal(_ why: String) -> Bool {
+        why.contains("user name is empty") || why.contains("invalid auth token") || why.contains("revision of auth store is old")
+    }
+
+    /// One request and its answer, presenting `token`.
+    private func exchange(_ path: String, _ bytes: [UInt8], token: String?) async throws -> [String: Any] {
         let (channel, endpoint, index) = try await connect()
         let timeout = self.timeout
         let (status, answer) = try await withThrowingTaskGroup(of: (HTTPStatusCode, [UInt8])?.self) { group in
             group.addTask {
                 var answer = [UInt8]()
                 do {
-                    let status = try await EtcdHTTP.post(channel, host: endpoint.host, path: path, body: bytes) { piece in
+                    let status = try await EtcdHTTP.post(channel, host: endpoint.host, path: path, body: bytes, authorization: token) { piece in
                         answer += piece.readableBytesView
                         return true
                     }
@@ -327,8 +487,10 @@ public final class EtcdClient: Sendable {
         }
         guard status == 200 else {
             let message = object["error"] as? String ?? object["message"] as? String ?? "\(object)"
+            if let refused = refusal(message) { throw EtcdError.unauthenticated("\(endpoint)\(path): \(refused)") }
             throw EtcdError.server(status: Int(status), message: "\(endpoint)\(path): \(message)")
         }
+        if path != "/v3/auth/authenticate" { openAnswer.withLockedValue { $0 = token == nil } }
         return object
     }
 
@@ -339,6 +501,14 @@ public final class EtcdClient: Sendable {
 }
 
 typealias HTTPStatusCode = UInt
+
+extension EtcdClient.Authentication {
+    /// The token to present (none before authenticating, or with etcd's authentication off).
+    var token: String? {
+        if case let .token(t) = self { return t }
+        return nil
+    }
+}
 
 /// When a watch last received anything.
 final class LastMessage: Sendable {

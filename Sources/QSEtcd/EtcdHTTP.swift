@@ -23,11 +23,13 @@ enum EtcdHTTP {
 
     /// Sends one POST of `body` to `path` and calls `onBody` with each piece of the answer's
     /// body; returns the status once the answer ends (or `onBody` returns false).
-    static func post(_ channel: Channel, host: String, path: String, body: [UInt8],
+    /// `authorization`: the token etcd gave for the client's credentials.
+    static func post(_ channel: Channel, host: String, path: String, body: [UInt8], authorization: String?,
                      onBody: (ByteBuffer) async throws -> Bool) async throws -> HTTPResponseStatus {
         try await channel.executeThenClose { inbound, outbound in
             var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path)
             head.headers.add(name: "Host", value: host)
+            if let authorization { head.headers.add(name: "Authorization", value: authorization) }
             head.headers.add(name: "Content-Type", value: "application/json")
             head.headers.add(name: "Content-Length", value: "\(body.count)")
             head.headers.add(name: "Connection", value: "close")

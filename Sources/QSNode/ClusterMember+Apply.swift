@@ -48,7 +48,12 @@ extension ClusterMember {
                 if Task.isCancelled { return }
                 etcdErrors.increment()
                 state.withLockedValue { $0 = (false, "not following etcd: \(error)") }
-                logger.warning("cluster log: lost etcd, catching up again", metadata: ["error": "\(error)"])
+                if case EtcdError.unauthenticated = error {
+                    etcdLog.log(logger, .error, "cluster log: etcd refuses this member's credentials; it serves what it has and takes no writes until etcd takes them",
+                                budget: "credentials", metadata: ["error": "\(error)"])
+                } else {
+                    etcdLog.log(logger, .warning, "cluster log: lost etcd, catching up again", budget: "lost", metadata: ["error": "\(error)"])
+                }
             }
             try? await Task.sleep(for: .milliseconds(500))
         }

@@ -51,6 +51,12 @@ public final class ClusterMember: Service, Sendable {
     let appliedIndex: Gauge
 
     let snapshotCatchUps: Counter
+    /// 1 while etcd executes this member's requests without credentials.
+    let etcdOpen: Gauge
+    let etcdTokens: Counter
+    private let etcdTokensCounted = NIOLockedValueBox(0)
+    /// "lost etcd" and credential refusals, once per cause a minute.
+    let etcdLog = RateLimitedLog(window: .seconds(60))
 
     public init(etcd: EtcdClient, cluster: String, store: Store, watcher: LogWatcher, nodeID: String,
                 window: UInt64, appliedTTL: Duration = ClusterMember.appliedTTL, peers: [Endpoint] = [], peerToken: [UInt8] = [],
@@ -73,6 +79,8 @@ public final class ClusterMember: Service, Sendable {
         etcdErrors = Counter(label: "qs_cluster_etcd_errors_total", factory: factory)
         commitSeconds = Metrics.Timer(label: "qs_cluster_commit_seconds", preferredDisplayUnit: .seconds, factory: factory)
         appliedIndex = Gauge(label: "qs_cluster_applied_index", factory: factory)
+        etcdOpen = Gauge(label: "qs_cluster_etcd_open", factory: factory)
+        etcdTokens = Counter(label: "qs_cluster_etcd_tokens_total", factory: factory)
         lag = NIOLockedValueBox(ApplyLag(limits: .init(grace: Self.appliedInterval / 4, quietLimit: Self.appliedInterval,
                                                        behindLimit: etcd.timeout, leftAfter: Self.watchQuietLimit(etcd.timeout))))
     }
@@ -112,6 +120,18 @@ public final class ClusterMember: Service, Sendable {
     }
 
     public var revision: Int64 { appliedRevision.withLockedValue { $0 } }
+
+    /// Before a scrape: whether etcd takes this member's requests without credentials, and
+    /// the tokens it gave since the last scrape.
+    public func refreshGauges() {
+        if let open = etcd.answersWithoutCredentials { etcdOpen.record(open ? 1 : 0) }
+        let tokens = etcd.tokens
+        let new = etcdTokensCounted.withLockedValue { counted in
+            defer { counted = tokens }
+            return tokens - counted
+        }
+        if new > 0 { etcdTokens.increment(by: Int64(new)) }
+    }
 
     // MARK: committing
 

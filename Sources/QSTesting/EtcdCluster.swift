@@ -28,6 +28,8 @@ public final class EtcdCluster: @unchecked Sendable {
     /// Addresses besides loopback every member takes clients on (a network namespace's
     /// host side), with the same client port.
     let alsoListenOn: [String]
+    /// More flags for every member (e.g. `--auth-token-ttl`).
+    let extraArgs: [String]
 
     /// The members' client URLs, comma separated (qsnode's `--etcd`).
     public var urls: String { members.map(\.clientURL).joined(separator: ",") }
@@ -40,8 +42,9 @@ public final class EtcdCluster: @unchecked Sendable {
 
     /// Starts `size` members in `dir` and waits until the cluster has a leader. Each takes
     /// clients on loopback and on each address of `alsoListenOn` (which must exist).
-    public init(size: Int = 3, dir: URL, logDir: URL, alsoListenOn: [String] = []) throws {
+    public init(size: Int = 3, dir: URL, logDir: URL, alsoListenOn: [String] = [], extraArgs: [String] = []) throws {
         self.alsoListenOn = alsoListenOn
+        self.extraArgs = extraArgs
         let ports = try Self.freePorts(2 * size)
         members = (0..<size).map { i in
             Member(name: "e\(i)", clientPort: ports[2 * i], peerPort: ports[2 * i + 1], data: dir.appendingPathComponent("etcd\(i)"))
@@ -69,7 +72,7 @@ public final class EtcdCluster: @unchecked Sendable {
             "--heartbeat-interval", "50", "--election-timeout", "500",
             "--auto-compaction-mode", "revision", "--auto-compaction-retention", "1000",
             "--log-level", "warn",
-        ]
+        ] + extraArgs
         let binary = URL(fileURLWithPath: Self.binary)
         let p = try DaemonProcess(binary.lastPathComponent, args, logDir: logDir, binDir: binary.deletingLastPathComponent())
         processes[i] = p
@@ -136,6 +139,40 @@ public final class EtcdCluster: @unchecked Sendable {
     public func firstLogIndex(cluster: String) -> UInt64 {
         guard let first = keys("/qs/\(cluster)/log/", limit: 1).first else { return 0 }
         return UInt64(first.key.suffix(16), radix: 16) ?? 0
+    }
+
+    /// Adds etcd user `name` with a role of its own that may read and write every key
+    /// starting with `prefix` (a root cluster's `/qs/NAME/`). Before `enableAuthentication`.
+    public func addUser(_ name: String, password: String, readWrite prefix: String) throws {
+        let role = "\(name)-role"
+        var end = Array(prefix.utf8)
+        end[end.count - 1] += 1
+        try admin("/v3/auth/user/add", ["name": name, "password": password])
+        try admin("/v3/auth/role/add", ["name": role])
+        try admin("/v3/auth/role/grant", ["name": role, "perm": ["permType": "READWRITE", "key": Data(prefix.utf8).base64EncodedString(),
+                                                                 "range_end": Data(end).base64EncodedString()]])
+        try admin("/v3/auth/user/grant", ["user": name, "role": role])
+    }
+
+    /// Turns etcd's authentication on, with user `root` (the root role) and `rootPassword`:
+    /// from then on etcd takes no request without a user's token (`keys` and the other
+    /// reads of this class no longer answer).
+    public func enableAuthentication(rootPassword: String) throws {
+        try admin("/v3/auth/user/add", ["name": "root", "password": rootPassword])
+        try admin("/v3/auth/user/grant", ["user": "root", "role": "root"])
+        try admin("/v3/auth/enable", [:])
+    }
+
+    /// An administrative request to the first running member that answers; throws with
+    /// etcd's error when it refuses.
+    private func admin(_ path: String, _ body: [String: Any]) throws {
+        let json = String(decoding: try JSONSerialization.data(withJSONObject: body), as: UTF8.self)
+        for (i, m) in members.enumerated() where processes[i]?.isRunning == true && !paused.contains(i) {
+            guard let answer = Self.post(port: m.clientPort, path: path, body: json) else { continue }
+            if let error = answer["error"] { throw HarnessError("etcd \(path) refused: \(error)") }
+            return
+        }
+        throw HarnessError("no etcd member answered \(path)")
     }
 
     /// Stops every member.

@@ -150,6 +150,12 @@ struct QSNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("With --etcd: the root cluster's name, the prefix /qs/NAME/ of its keys in etcd; every member of one cluster gives the same. (env: QS_CLUSTER)", valueName: "name"))
     var cluster: String = QSEnv.string("QS_CLUSTER") ?? ""
 
+    @Option(help: ArgumentHelp("With --etcd: the etcd user this member authenticates as (etcd's authentication: a user whose role may read and write /qs/NAME/, docs/ha.md); needs --etcd-password-file. Without it the member presents no credentials, and etcd must take requests from anyone who reaches it. (env: QS_ETCD_USER)", valueName: "name"))
+    var etcdUser: String = QSEnv.string("QS_ETCD_USER") ?? ""
+
+    @Option(help: ArgumentHelp("With --etcd-user: a file holding that user's etcd password (trailing newlines dropped). (env: QS_ETCD_PASSWORD_FILE)", valueName: "file"))
+    var etcdPasswordFile: String = QSEnv.string("QS_ETCD_PASSWORD_FILE") ?? ""
+
     @Option(help: ArgumentHelp("With --etcd: how long an etcd request may take before the write is refused as not committed (outcome unknown). (env: QS_ETCD_TIMEOUT)", valueName: "duration"))
     var etcdTimeout: Interval = QSEnv.value("QS_ETCD_TIMEOUT", Interval(.seconds(5)))
 
@@ -221,8 +227,11 @@ struct QSNodeCommand: AsyncParsableCommand {
             guard etcdTimeout.duration >= .milliseconds(100) else { throw ValidationError("--etcd-timeout \(etcdTimeout) (or QS_ETCD_TIMEOUT) is shorter than an etcd commit can take (a quorum fsync): give 100ms or more, e.g. 5s") }
             guard etcdMaxRequestBytes.bytes >= 256 << 10 else { throw ValidationError("--etcd-max-request-bytes \(etcdMaxRequestBytes) is less than 256KiB: give the etcd cluster's --max-request-bytes (1.5MiB by default)") }
             guard etcdLogWindow > 0 else { throw ValidationError("--etcd-log-window must be at least 1 entry, e.g. 10000") }
+            _ = try etcdCredentials()
         } else if clusterPeers.value != nil {
             throw ValidationError("--cluster-peers names a root cluster member's peers: use it with --etcd and --cluster")
+        } else if !etcdUser.isEmpty || !etcdPasswordFile.isEmpty {
+            throw ValidationError("--etcd-user and --etcd-password-file (or QS_ETCD_USER, QS_ETCD_PASSWORD_FILE) are a root cluster member's etcd credentials: use them with --etcd and --cluster")
         }
         guard logRetention > 0 else { throw ValidationError("--log-retention must be at least 1 entry") }
         guard rocksdbBlockCache.bytes >= 1 << 20, rocksdbWriteBuffer.bytes >= 1 << 20 else {
@@ -232,6 +241,19 @@ struct QSNodeCommand: AsyncParsableCommand {
         guard maxFrameBytes.bytes >= 1024 else {
             throw ValidationError("--max-frame-bytes must be at least 1KiB, e.g. 64MiB")
         }
+    }
+
+    /// The etcd user and password (`--etcd-user`, `--etcd-password-file`), nil when none is given.
+    func etcdCredentials() throws -> EtcdCredentials? {
+        guard !etcdUser.isEmpty || !etcdPasswordFile.isEmpty else { return nil }
+        guard !etcdUser.isEmpty, !etcdPasswordFile.isEmpty else {
+            throw ValidationError("--etcd-user and --etcd-password-file (or QS_ETCD_USER, QS_ETCD_PASSWORD_FILE) go together: give the etcd user and the file holding its password")
+        }
+        let bytes = try TokenFile.read(etcdPasswordFile, flag: "--etcd-password-file")
+        guard let password = String(validating: bytes, as: UTF8.self) else {
+            throw ValidationError("--etcd-password-file \(etcdPasswordFile) is not UTF-8 text: etcd passwords are text")
+        }
+        return EtcdCredentials(user: etcdUser, password: password)
     }
 
     func run() async throws {
@@ -324,10 +346,22 @@ struct QSNodeCommand: AsyncParsableCommand {
         logger.info("store open", metadata: ["data": "\(data)", "head-index": "\(head.index)",
                                              "head-hash": "\(hexString(head.hash))", "node-id": "\(nodeID)"])
         let watcher = LogWatcher()
-        let member = etcd.isEmpty ? nil : ClusterMember(etcd: try EtcdClient(urls: etcdURLs, timeout: etcdTimeout.duration), cluster: cluster,
+        let etcdClient = etcd.isEmpty ? nil : try EtcdClient(urls: etcdURLs, timeout: etcdTimeout.duration, credentials: try etcdCredentials(), logger: logger)
+        if let etcdClient, let credentials = etcdClient.credentials {
+            // A wrong password or unknown user stops the start; etcd out of reach does not
+            // (the member keeps trying, /readyz says why).
+            do {
+                try await etcdClient.authenticateNow()
+            } catch let EtcdError.unauthenticated(why) {
+                throw StartError("--etcd-user \(credentials.user): \(why)")
+            } catch {
+                logger.warning("etcd not reached to authenticate; the member keeps trying", metadata: ["error": "\(error)"])
+            }
+        }
+        let member = etcdClient.map { etcdClient in ClusterMember(etcd: etcdClient, cluster: cluster,
                                                         store: store, watcher: watcher, nodeID: nodeID, window: etcdLogWindow, appliedTTL: etcdAppliedTTL.duration,
                                                         peers: clusterPeers.value?.endpoints ?? [], peerToken: upstreamToken,
-                                                        maxRequestBytes: etcdMaxRequestBytes.bytes, logger: logger)
+                                                        maxRequestBytes: etcdMaxRequestBytes.bytes, logger: logger) }
         let core = NodeCore(store: store, token: token, replicationToken: replicationToken,
                             adminToken: try service.adminToken(), writable: role == .root, watcher: watcher,
                             cluster: member, logger: logger)
@@ -401,6 +435,7 @@ struct QSNodeCommand: AsyncParsableCommand {
                 return Self.readiness(replica.status, readyLag: readyLag)
             }, beforeScrape: {
                 replica?.refreshGauges()
+                member?.refreshGauges()
                 core.recordWriteRole()
             }, actions: actions,
             unavailable: "is not offered by a \(role.rawValue)")
