@@ -31,6 +31,13 @@ public final class TokenGate: Sendable {
     /// Whether a token is required.
     public var isClosed: Bool { token != nil }
 
+    /// Whether `presented` is the token (constant time; nothing counted or logged), nil
+    /// when no token is required.
+    public var admits: (@Sendable ([UInt8]) -> Bool)? {
+        guard let token else { return nil }
+        return { constantTimeEqual(token, $0) }
+    }
+
     /// nil when `presented` passes (or no token is required); else the refusal, for the peer.
     public func check(_ presented: [UInt8], peer: String) -> String? {
         guard let token else { return nil }

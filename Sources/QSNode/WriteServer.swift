@@ -32,10 +32,12 @@ public struct WriteServer: ListeningService {
 
     /// One connection's pipeline: frames bounded at `maxFrameBytes` (a longer declared
     /// length is refused with `frame-too-large` as soon as it arrives, and NIO bounds the
-    /// buffer behind that), then the handler.
+    /// buffer behind that), and frames over 1 MiB only for writes carrying the write token
+    /// (checked when it arrives, before the rest is buffered), then the handler.
     public static func configure(_ channel: any Channel, core: NodeCore, maxFrameBytes: Int, logger: Logger) throws {
         let ops = channel.pipeline.syncOperations
-        try ops.addHandler(FrameDecoder.handler(maxFrameBytes: maxFrameBytes))
+        let large = FrameDecoder.LargeFrames(writable: core.writable, admits: core.writeGate.admits)
+        try ops.addHandler(FrameDecoder.handler(maxFrameBytes: maxFrameBytes, largeFrames: large))
         try ops.addHandler(MessageToByteHandler(FrameEncoder()))
         try ops.addHandler(WriteProtocolHandler(core: core, logger: logger))
     }

@@ -24,11 +24,60 @@ public let defaultMaxFrameBytes = 64 << 20
 public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
     public typealias InboundOut = Frame
     public let maxFrameBytes: Int
+    /// A server's rule for frames longer than `LargeFrames.openBytes` (nil: none).
+    public let largeFrames: LargeFrames?
     /// Bytes consumed so far: the stream offset of the next frame.
     public internal(set) var consumed = 0
+    /// The offset of the large frame `largeFrames` admitted (its token checked once).
+    private var admittedAt = -1
 
-    public init(maxFrameBytes: Int = defaultMaxFrameBytes) {
+    /// Who may send a server frames longer than `openBytes`, checked as soon as the frame's
+    /// first bytes arrive and before the rest is buffered: only a write (batch, conditional
+    /// writes, compatible append) whose token `admits` — any client can otherwise make the
+    /// server hold `maxFrameBytes` per connection before anything is checked.
+    public struct LargeFrames: Sendable {
+        public static let defaultOpenBytes = 1 << 20
+        public let openBytes: Int
+        /// The node takes writes at all (a replica refuses them whatever their size).
+        public let writable: Bool
+        /// The write token's check (constant time); nil: writes need no token (the node
+        /// listens on loopback or a Unix socket only).
+        public let admits: (@Sendable ([UInt8]) -> Bool)?
+
+        public init(openBytes: Int = defaultOpenBytes, writable: Bool, admits: (@Sendable ([UInt8]) -> Bool)?) {
+            self.openBytes = openBytes
+            self.writable = writable
+            self.admits = admits
+        }
+
+        /// Why a frame of `length` bytes starting with `head` (the bytes arrived so far,
+        /// from its type byte on) is refused; nil when admitted; `undecided` when more of
+        /// its head must arrive first.
+        func check(length: Int, head: ByteBufferView) -> Verdict {
+            guard length > openBytes else { return .admitted }
+            let what = "a frame of \(length) bytes, over the \(openBytes) bytes any client may send"
+            guard writable else { return .refused("\(what): this node takes no writes, and no other request is that long") }
+            guard let type = head.first else { return .undecided }
+            let writes: Set<UInt8> = [Request.Tag.batch.rawValue, Request.Tag.writes.rawValue, Request.Tag.append.rawValue]
+            guard writes.contains(type) else { return .refused("\(what), is not a write: only batches, conditional writes and appends may be longer") }
+            guard let admits else { return .admitted }
+            guard head.count >= 5 else { return .undecided }
+            let i = head.startIndex
+            let n = (0..<4).reduce(0) { $0 << 8 | Int(head[head.index(i, offsetBy: 1 + $1)]) }
+            // The token's length first: a hostile length is refused before it is awaited.
+            guard n <= 4096 else { return .refused("\(what), without this node's write token (--write-token-file)") }
+            guard head.count >= 5 + n else { return .undecided }
+            let start = head.index(i, offsetBy: 5)
+            let token = Array(head[start..<head.index(start, offsetBy: n)])
+            return admits(token) ? .admitted : .refused("\(what), without this node's write token (--write-token-file)")
+        }
+
+        enum Verdict: Equatable { case admitted, undecided, refused(String) }
+    }
+
+    public init(maxFrameBytes: Int = defaultMaxFrameBytes, largeFrames: LargeFrames? = nil) {
         self.maxFrameBytes = maxFrameBytes
+        self.largeFrames = largeFrames
     }
 
     /// Why a frame length is refused; a length whose four bytes are printable text (`HTTP`,
@@ -45,6 +94,15 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
 
     public mutating func decode(buffer: inout ByteBuffer) throws(DecodeError) -> Frame? {
         let limit = maxFrameBytes
+        if let largeFrames, admittedAt != consumed, buffer.readableBytes >= 4,
+           let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self).map(Int.init), length <= limit {
+            let view = buffer.readableBytesView
+            switch largeFrames.check(length: length, head: view[view.index(view.startIndex, offsetBy: 4)...]) {
+            case .admitted: admittedAt = consumed
+            case .undecided: return nil
+            case let .refused(why): throw DecodeError(offset: consumed, reason: why, kind: .tooLarge)
+            }
+        }
         guard let (frame, length) = try ByteReader.prefix(of: buffer.readableBytesView, base: consumed, { r throws(DecodeError) in
             let start = r.offset
             let n = Int(try r.readU32("frame length"))
@@ -75,8 +133,8 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
 
     /// A connection's frame decoder: frames of at most `maxFrameBytes`, its buffer bounded
     /// by NIO at `maximumBufferSize`.
-    public static func handler(maxFrameBytes: Int) -> ByteToMessageHandler<FrameDecoder> {
-        let decoder = FrameDecoder(maxFrameBytes: maxFrameBytes)
+    public static func handler(maxFrameBytes: Int, largeFrames: LargeFrames? = nil) -> ByteToMessageHandler<FrameDecoder> {
+        let decoder = FrameDecoder(maxFrameBytes: maxFrameBytes, largeFrames: largeFrames)
         return ByteToMessageHandler(decoder, maximumBufferSize: decoder.maximumBufferSize)
     }
 }

@@ -129,7 +129,7 @@ struct QSNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("LMDB map size: the most the store can hold, e.g. 8GiB. (env: QS_MAP_SIZE)", valueName: "size"))
     var mapSize: ByteSize = QSEnv.value("QS_MAP_SIZE", ByteSize(8 << 30))
 
-    @Option(help: ArgumentHelp("Largest protocol frame accepted, e.g. 64MiB; larger frames are refused. (env: QS_MAX_FRAME_BYTES)", valueName: "size"))
+    @Option(help: ArgumentHelp("Largest protocol frame accepted, e.g. 64MiB; larger frames are refused. Past 1MiB only writes are taken, and on a node with --write-token-file only those carrying the token, checked before the rest of the frame is read (docs/protocol.md). (env: QS_MAX_FRAME_BYTES)", valueName: "size"))
     var maxFrameBytes: ByteSize = QSEnv.value("QS_MAX_FRAME_BYTES", ByteSize(64 << 20))
 
     @Option(help: ArgumentHelp("A replica's upstream nodes, HOST:PORT[,HOST:PORT…], in order of preference. (env: QS_UPSTREAM)", valueName: "list"))

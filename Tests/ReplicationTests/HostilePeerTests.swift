@@ -109,6 +109,59 @@ final class HostilePeerTests: XCTestCase {
         await next.close()
     }
 
+    /// What the server sent on `fd` until it closed it; nil when it did not close within `timeout`.
+    func readUntilClosed(_ fd: Int32, timeout: Duration = .seconds(10)) async throws -> [UInt8]? {
+        var got = [UInt8]()
+        var closed = false
+        try? await waitFor("the server closed the connection", timeout: timeout, pollEvery: .milliseconds(20)) {
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let n = recv(fd, &chunk, chunk.count, Int32(MSG_DONTWAIT))
+                if n > 0 { got += chunk[..<n]; continue }
+                closed = n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)
+                return closed
+            }
+        }
+        return closed ? got : nil
+    }
+
+    /// A frame up to --max-frame-bytes (64 MiB) is held in memory until it is whole: any
+    /// client could make a node hold that much per connection before its token was looked
+    /// at. Past 1 MiB a frame must be a write carrying the write token, checked as soon as
+    /// the token arrives; it is refused before the rest is read.
+    func testAFrameOver1MiBWithoutTheWriteTokenIsRefusedBeforeItsBodyArrives() async throws {
+        let token = Array("0123456789abcdef-write".utf8)
+        let tokenFile = tmp.appendingPathComponent("write-token")
+        try Data(token).write(to: tokenFile)
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--write-token-file", tokenFile.path])
+        func header(_ length: Int, _ type: UInt8) -> [UInt8] { withUnsafeBytes(of: UInt32(length).bigEndian, Array.init) + [type] }
+
+        // A batch announcing 32 MiB with a wrong token of the right length: refused, named,
+        // once the token is in (the 32 MiB never come).
+        let wrong = try XCTUnwrap(connect(port: root.port, from: "127.0.0.2"))
+        let forged = header(32 << 20, 0x01) + withUnsafeBytes(of: UInt32(token.count).bigEndian, Array.init) + [UInt8](repeating: 0x41, count: token.count)
+        _ = forged.withUnsafeBytes { send(wrong, $0.baseAddress, $0.count, 0) }
+        let refusal = try await readUntilClosed(wrong)
+        let text = String(decoding: try XCTUnwrap(refusal, "no answer to the first bytes of a 32 MiB frame without the token"), as: UTF8.self)
+        XCTAssertTrue(text.contains("without this node's write token"), text)
+
+        // A get announcing 2 MiB (a key that long): refused after its type byte.
+        let get = try XCTUnwrap(connect(port: root.port, from: "127.0.0.3"))
+        _ = header(2 << 20, 0x05).withUnsafeBytes { send(get, $0.baseAddress, $0.count, 0) }
+        let answer = try await readUntilClosed(get)
+        let notWrite = String(decoding: try XCTUnwrap(answer), as: UTF8.self)
+        XCTAssertTrue(notWrite.contains("is not a write"), notWrite)
+        XCTAssertEqual(root.metric("qs_bad_frames_total"), 2)
+
+        // A 2 MiB batch with the token is taken.
+        let client = try await QSClient.connect(host: "127.0.0.1", port: root.port, token: token)
+        let big = [UInt8](repeating: 0x62, count: 2 << 20)
+        _ = try await client.write([.set(key: Array("big".utf8), value: big, expiry: nil)], sourceID: "t")
+        let back = try await client.get(Array("big".utf8))
+        XCTAssertEqual(back?.value.count, big.count)
+        await client.close()
+    }
+
     func testAConnectionThatNeverSendsAWholeRequestIsClosedAfterTheIdleTimeout() async throws {
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--idle-timeout", "1s"])
         let fd = try XCTUnwrap(connect(port: root.port, from: "127.0.0.2"))
