@@ -171,13 +171,33 @@ public final class Store: Sendable {
     /// replica's bootstrap, `Store.bootstrapEmpty`, checked before it was moved into the
     /// data directory whose lock the node holds): the open's check of the newest entries
     /// is skipped when the store stands at that head, and runs as always otherwise.
+    /// Creates `path` and its parents where missing; throws `io` naming `what` and the
+    /// system's reason (a parent that is not a directory, a read-only or special filesystem).
+    static func makeDirectory(_ path: String, what: String) throws {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
+            guard isDirectory.boolValue else { throw StoreError.io("\(what) \(path) is a file, not a directory: give a directory") }
+            return
+        }
+        var missing = [String]()
+        var p = path
+        while !p.isEmpty, p != "/", !FileManager.default.fileExists(atPath: p) {
+            missing.append(p)
+            p = (p as NSString).deletingLastPathComponent
+        }
+        for dir in missing.reversed() where mkdir(dir, 0o755) != 0 && errno != EEXIST {
+            let reason = String(cString: strerror(errno))
+            throw StoreError.io("\(what) \(path) cannot be created (mkdir \(dir): \(reason)): give a directory on a writable filesystem")
+        }
+    }
+
     public init(directory: String, mapSize: Int = 8 << 30, readOnly: Bool = false, noSync: Bool = false,
                 readers: Int = 4, stagingDirectory: String? = nil, engine kind: EngineKind? = nil,
                 rocksDB: RocksDBOptions = .init(), chainCheckedAt: Head? = nil) throws {
         if !readOnly {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            try Self.makeDirectory(directory, what: "the data directory")
             if let stagingDirectory, !stagingDirectory.isEmpty {
-                try FileManager.default.createDirectory(atPath: stagingDirectory, withIntermediateDirectories: true)
+                try Self.makeDirectory(stagingDirectory, what: "the staging directory")
             }
         }
         self.stagingDirectory = stagingDirectory.flatMap { $0.isEmpty ? nil : $0 } ?? directory

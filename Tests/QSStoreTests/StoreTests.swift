@@ -63,6 +63,23 @@ final class StoreTests: XCTestCase {
         .set(key: Array(k.utf8), value: Array(v.utf8), expiry: x)
     }
 
+    /// A directory that cannot be made is named with the system's reason, not as a
+    /// Foundation error ("NSCocoaErrorDomain Code=4").
+    func testADirectoryThatCannotBeMadeIsNamedWithTheReason() throws {
+        let other = dir.appendingPathComponent("other").path
+        XCTAssertThrowsError(try Store(directory: other, mapSize: 64 << 20, stagingDirectory: "/proc/qs-staging")) { error in
+            XCTAssertTrue("\(error)".contains("the staging directory /proc/qs-staging cannot be created (mkdir /proc/qs-staging:"), "\(error)")
+        }
+        let file = dir.appendingPathComponent("a-file")
+        XCTAssertTrue(FileManager.default.createFile(atPath: file.path, contents: Data()))
+        XCTAssertThrowsError(try Store(directory: file.appendingPathComponent("data").path, mapSize: 64 << 20)) { error in
+            XCTAssertTrue("\(error)".contains("Not a directory"), "\(error)")
+        }
+        XCTAssertThrowsError(try Store(directory: file.path, mapSize: 64 << 20)) { error in
+            XCTAssertTrue("\(error)".contains("is a file, not a directory"), "\(error)")
+        }
+    }
+
     func testBatchAppliesAndStoresCheckpointAndOneLogEntry() async throws {
         let r = try await store.applyBatch(sourceID: "kt:a", expected: 0, new: 100, operations: [set("a", "1"), set("b", "2")], now: 5)
         XCTAssertEqual(r, .applied(logIndex: 1, kept: 2, dropped: 0))
