@@ -220,6 +220,9 @@ struct QSNodeCommand: AsyncParsableCommand {
             guard etcdAppliedTTL.duration >= ClusterMember.appliedInterval + .seconds(1), etcdAppliedTTL.duration.components.attoseconds == 0 else {
                 throw ValidationError("--etcd-applied-ttl \(etcdAppliedTTL) (or QS_ETCD_APPLIED_TTL) must be whole seconds and at least 3s, e.g. 10s: the member rewrites its applied/ key every 2 s, and etcd's leases count in seconds")
             }
+            guard etcdAppliedTTL.duration <= .seconds(86_400) else {
+                throw ValidationError("--etcd-applied-ttl \(etcdAppliedTTL) (or QS_ETCD_APPLIED_TTL) is over a day: a member stopped for good would hold etcd's log window open that long (etcd keeping every entry since), e.g. 10s; a member back after longer catches up from a peer's snapshot")
+            }
             guard cluster.utf8.allSatisfy({ $0 < 0x80 && (Character(UnicodeScalar($0)).isLetter || Character(UnicodeScalar($0)).isNumber || $0 == UInt8(ascii: "-") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ".")) }) else {
                 throw ValidationError("--cluster '\(cluster)': use letters, digits, '-', '_' and '.' only")
             }

@@ -283,6 +283,16 @@ final class QsctlTests: XCTestCase {
         XCTAssertEqual(etcd.status, 64)
         XCTAssertTrue(String(decoding: etcd.stderr, as: UTF8.self).contains("--etcd-timeout 8ms (or QS_ETCD_TIMEOUT) is shorter than an etcd commit can take"),
                       String(decoding: etcd.stderr, as: UTF8.self))
+        let ttl = try Harness.run("qsnode", ["--data", data, "--etcd", "http://127.0.0.1:1", "--cluster", "c"], env: ["QS_ETCD_APPLIED_TTL": "26280h"])
+        XCTAssertEqual(ttl.status, 64)
+        XCTAssertTrue(String(decoding: ttl.stderr, as: UTF8.self).contains("(or QS_ETCD_APPLIED_TTL) is over a day"), String(decoding: ttl.stderr, as: UTF8.self))
+        // Credentials go together, and only with --etcd.
+        let user = try Harness.run("qsnode", ["--data", data, "--etcd", "http://127.0.0.1:1", "--cluster", "c", "--etcd-user", "qs"])
+        XCTAssertEqual(user.status, 64)
+        XCTAssertTrue(String(decoding: user.stderr, as: UTF8.self).contains("go together"), String(decoding: user.stderr, as: UTF8.self))
+        let stray = try Harness.run("qsnode", ["--data", data], env: ["QS_ETCD_USER": "qs"])
+        XCTAssertEqual(stray.status, 64)
+        XCTAssertTrue(String(decoding: stray.stderr, as: UTF8.self).contains("use them with --etcd and --cluster"), String(decoding: stray.stderr, as: UTF8.self))
         // A flag given twice: the last is used, with a word.
         let twice = try Harness.run("qsnode", ["--log-level", "info", "--log-level=debug", "--help"])
         XCTAssertEqual(twice.status, 0)
