@@ -312,3 +312,20 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
         state.withLockedValue { $0.checkpoint = cp }
     }
 }
+
+/// A `FeedConsumer.onFirstStart` for a bridge whose source id has no checkpoint at the
+/// root: when the root holds checkpoints of other sources of the same kind (`sameKind`),
+/// the bridge is probably reading a source already migrated under another id (another
+/// spelling or address of it, another member of its cluster, an id given by hand), and
+/// starting from position 0 replays its whole log over newer values: readers see old
+/// values come back until it has caught up. It says so loudly, naming the ids, and carries on.
+public func warnWhenOtherSources(sourceID: String, kind: String, replays: String,
+                                 sameKind: @escaping @Sendable (String, UInt64) -> Bool) -> @Sendable (RootWriter, Logger) async -> Void {
+    { root, logger in
+        guard let all = try? await root.checkpoints() else { return }
+        let others = all.filter { $0.key != sourceID && sameKind($0.key, $0.value) }.keys.sorted()
+        guard !others.isEmpty else { return }
+        logger.error("the root has no checkpoint for this source id but holds other \(kind) checkpoints: starting from position 0 replays \(replays) over newer values. If this source is one of those under another name, stop this bridge and restart it with --source-id set to that id",
+                     metadata: ["source-id": "\(sourceID)", "other-source-ids": "\(others.joined(separator: ","))"])
+    }
+}

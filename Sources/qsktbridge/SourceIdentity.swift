@@ -29,12 +29,8 @@ extension KTSource {
 /// address, an id given by hand), and starting from position 0 would replay KT's whole
 /// log over newer values. It says so loudly, naming the ids, and carries on.
 func warnWhenOtherKTSources(sourceID: String) -> @Sendable (RootWriter, Logger) async -> Void {
-    { root, logger in
-        guard let all = try? await root.checkpoints() else { return }
-        // qsrest's positions are wall-clock times too; its default ids say what they are.
-        let others = all.filter { $0.key != sourceID && !$0.key.hasPrefix("qsrest:") && SourcePosition.isKTTimestamp($0.value) }.keys.sorted()
-        guard !others.isEmpty else { return }
-        logger.error("the root has no checkpoint for this source id but holds other KT sources' checkpoints: starting from position 0 replays this KT's whole update log. If this KT is one of those sources under another name, stop this bridge and restart it with --source-id set to that id",
-                     metadata: ["source-id": "\(sourceID)", "other-kt-source-ids": "\(others.joined(separator: ","))"])
+    // qsrest's positions are wall-clock times too; its default ids say what they are.
+    warnWhenOtherSources(sourceID: sourceID, kind: "KT sources'", replays: "this KT's whole update log") { id, position in
+        !id.hasPrefix("qsrest:") && SourcePosition.isKTTimestamp(position)
     }
 }

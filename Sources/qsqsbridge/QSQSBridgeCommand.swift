@@ -56,10 +56,18 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
                                         limits: bridge.limits(mode: mode), metrics: metrics, logger: logger)
             try await runBridge(consumer: consumer, service: service, registry: registry, logger: logger)
         case let .node(endpoint):
+            // Batched, the checkpoint is a position in the source's log under this id: an id
+            // new to a root that holds other QS sources' (the source moved, or is another
+            // member of its cluster or a replica of it) replays the whole log.
+            let firstStart = mode == .batched
+                ? warnWhenOtherSources(sourceID: id, kind: "QS sources'", replays: "the source's whole log") { other, _ in
+                    (other.hasPrefix("qs:") && other != "qs:expiry" /* a root's own purge */) || other.hasPrefix("capture:")
+                }
+                : nil
             let consumer = FeedConsumer(source: QSLogSource(endpoint: endpoint, stopAtHead: bridge.once,
                                                                   token: try TokenFile.optional(sourceTokenFile, flag: "--source-token-file") ?? [],
                                                                   decodeOperations: mode == .batched), sourceID: id, root: writer,
-                                        limits: bridge.limits(mode: mode), metrics: metrics, logger: logger)
+                                        limits: bridge.limits(mode: mode), metrics: metrics, logger: logger, onFirstStart: firstStart)
             try await runBridge(consumer: consumer, service: service, registry: registry, logger: logger)
         }
     }

@@ -125,6 +125,28 @@ final class QSQSBridgeTests: XCTestCase {
         await tc.close()
     }
 
+    /// Batched, a bridge's checkpoint is a position in its source's log under its source id,
+    /// by default the source's address as written. The same source reached by another
+    /// address (moved, another member of its cluster, another spelling) starts from 0 and
+    /// replays the whole log over newer values: the bridge says so, naming the ids.
+    func testABatchedBridgeWhoseSourceIdIsNewToARootHoldingOtherQSSourcesSaysItReplays() async throws {
+        let (src, sc) = try await sourceRoot(entries: 20)
+        let target = try RootNode(data: tmp.appendingPathComponent("target"), logDir: tmp)
+        let first = try Harness.run("qsqsbridge", ["--source", "qs://\(src.address)", "--root", target.address, "--mode", "batched", "--once"])
+        XCTAssertEqual(first.status, 0, String(decoding: first.stderr, as: UTF8.self))
+        XCTAssertFalse(String(decoding: first.stderr, as: UTF8.self).contains("holds other QS sources' checkpoints"))
+        let again = try Harness.run("qsqsbridge", ["--source", "qs://localhost:\(src.port)", "--root", target.address, "--mode", "batched", "--once"])
+        XCTAssertEqual(again.status, 0, String(decoding: again.stderr, as: UTF8.self))
+        let log = String(decoding: again.stderr, as: UTF8.self)
+        XCTAssertTrue(log.contains("holds other QS sources' checkpoints") && log.contains("qs:\(src.address)"), log)
+        // Named explicitly, the id already there carries on without a word.
+        let named = try Harness.run("qsqsbridge", ["--source", "qs://localhost:\(src.port)", "--root", target.address, "--mode", "batched",
+                                                   "--source-id", "qs:\(src.address)", "--once"])
+        XCTAssertEqual(named.status, 0, String(decoding: named.stderr, as: UTF8.self))
+        XCTAssertFalse(String(decoding: named.stderr, as: UTF8.self).contains("holds other QS sources' checkpoints"))
+        await sc.close()
+    }
+
     func testARecordedQSFeedReplaysThroughQsqsbridgeEntryForEntry() async throws {
         let (src, sc) = try await sourceRoot(entries: 60)
         let file = tmp.appendingPathComponent("qs.cap")
