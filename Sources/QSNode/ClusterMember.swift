@@ -424,12 +424,27 @@ public final class ClusterMember: Service, Sendable {
         roleState.withLockedValue { $0.role } == .mirror ? sourceTimeState.withLockedValue { $0.applied } : lastWordNs
     }
 
-    /// The source root's time applied from etcd, and the last this member put there.
-    private let sourceTimeState = NIOLockedValueBox<(applied: UInt64, put: UInt64)>((0, 0))
+    /// The source root's time applied from etcd, the last this member put there, and when
+    /// (by this member's clock) the applied time last advanced.
+    private let sourceTimeState = NIOLockedValueBox<(applied: UInt64, put: UInt64, advancedAtNs: UInt64)>((0, 0, 0))
 
     func applySourceTime(_ kv: EtcdKV) throws {
         let t = try ClusterKeys.u64(kv.value, "source time")
-        sourceTimeState.withLockedValue { $0.applied = max($0.applied, t) }
+        let now = wallClockNanoseconds()
+        sourceTimeState.withLockedValue {
+            if t > $0.applied { $0.advancedAtNs = now }
+            $0.applied = max($0.applied, t)
+        }
+    }
+
+    /// Seconds since a mirror bridge writing to any member last moved the source's time
+    /// (`source-time`, put by its appends and by its probes while the source is quiet),
+    /// by this member's clock; nil when it never did since this member started. A
+    /// bridge writing to another member feeds this one as much.
+    public func sourceFedAge(nowNs: UInt64) -> Double? {
+        let at = sourceTimeState.withLockedValue { $0.advancedAtNs }
+        guard at > 0 else { return nil }
+        return nowNs > at ? Double(nowNs - at) / 1e9 : 0
     }
 
     /// A quiet mirror bridge's probe passes on its source root's time: put in etcd for

@@ -162,7 +162,17 @@ public final class NodeCore: Sendable {
             out["upstream"] = up
         }
         out["writers"] = writers.json(nowNs: nowNs)
-        if writeRole == .mirror { out["mirror"] = writers.mirrorStatus(nowNs: nowNs) }
+        if writeRole == .mirror {
+            var mirror = writers.mirrorStatus(nowNs: nowNs)
+            // A cluster's mirror bridge writes to one member; the others learn of it
+            // through etcd (the source time it moves), and are fed as much.
+            if let cluster, mirror["following"] as? Bool != true, let age = cluster.sourceFedAge(nowNs: nowNs), age <= Writers.liveSeconds {
+                mirror["following"] = true
+                mirror["through_cluster"] = true
+                mirror["source_time_moved_seconds_ago"] = age
+            }
+            out["mirror"] = mirror
+        }
         // What /readyz says about the store's writes, so the two never disagree: a root
         // whose disk is full keeps its write role but commits nothing.
         if let failing = store.writeHealth.failing {

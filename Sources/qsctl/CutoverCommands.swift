@@ -90,7 +90,10 @@ struct Promote: AsyncParsableCommand {
             throw Exit.usage
         }
         if !silent.isEmpty || sources.isEmpty {
-            let what = silent.isEmpty ? "a source it does not name" : silent.joined(separator: ", ")
+            let through = (s?["mirror"] as? [String: Any])?["through_cluster"] as? Bool == true
+            let what = !silent.isEmpty ? silent.joined(separator: ", ")
+                : through ? "the bridge writes to another member of this cluster, which names it (promote through that member, or use 'qsctl cutover --from SOURCE --to \(node)')"
+                : "a source it does not name"
             fail("\(node) is a compatible mirror that a qsqsbridge still feeds, and whether its source takes writes is unknown: \(what). If that root is gone for good, run again with --force; otherwise demote it first ('qsctl --node SOURCE demote') or use 'qsctl cutover'. Nothing changed")
             throw Exit.usage
         }

@@ -49,7 +49,8 @@ struct Status: AsyncParsableCommand {
         }
         if let m = s["mirror"] as? [String: Any] {
             let by = (m["followed_by"] as? [[String: Any]] ?? []).map { "\($0["client"] ?? "?") from \($0["peer"] ?? "?")" }
-            printLine("mirror   following \((m["following"] as? Bool) == true ? "yes: " + by.joined(separator: "; ") : "no (no compatible bridge connected)")"
+            let through = (m["through_cluster"] as? Bool) == true ? "a compatible bridge writing to another member of the cluster" : nil
+            printLine("mirror   following \((m["following"] as? Bool) == true ? "yes: " + (through ?? by.joined(separator: "; ")) : "no (no compatible bridge connected)")"
                       + ((m["last_append_age_seconds"] as? Double).map { String(format: "; last append %.1f s ago", $0) } ?? ""))
         }
         for w in s["writers"] as? [[String: Any]] ?? [] {

@@ -112,6 +112,16 @@ final class ClusterCutoverTests: XCTestCase {
         }
         // A mirror refuses batches, on every member.
         await assertRefused(mc[1], expected: 150, "a mirroring cluster")
+        // The bridge writes to member 0; member 1 is fed as much (through etcd) and says so,
+        // so a cut-over or a status through either member sees a mirror that is followed.
+        let fedThroughCluster = await Harness.eventually(timeout: .seconds(10)) {
+            guard let json = try? await mc[1].status(), let s = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
+                  let mirror = s["mirror"] as? [String: Any] else { return false }
+            return mirror["following"] as? Bool == true && mirror["through_cluster"] as? Bool == true
+        }
+        XCTAssertTrue(fedThroughCluster, "member 1 does not say the cluster's mirror bridge feeds it")
+        let status = try qsctl(["--node", addresses[1], "status"])
+        XCTAssertTrue(status.out.contains("following yes: a compatible bridge writing to another member"), status.out)
 
         // 2. Cut-over: L demoted, the cluster promoted (through member 0); member 1 says so too.
         let cut = try qsctl(["cutover", "--from", legacy.address, "--to", addresses[0], "--timeout", "20s"])
