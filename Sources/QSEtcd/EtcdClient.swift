@@ -123,10 +123,24 @@ public struct EtcdWatchEvent: Sendable {
 public struct EtcdCredentials: Sendable {
     public var user: String
     public var password: String
+    /// The file the password came from: read again at each authentication, so a password
+    /// rotated in etcd and in the file is taken without a restart.
+    public var passwordFile: String?
 
-    public init(user: String, password: String) {
+    public init(user: String, password: String, passwordFile: String? = nil) {
         self.user = user
         self.password = password
+        self.passwordFile = passwordFile
+    }
+
+    /// The password as the file holds it now (trailing newlines and spaces dropped), or the
+    /// one given when there is no file or it cannot be read.
+    var currentPassword: String {
+        guard let passwordFile, let data = FileManager.default.contents(atPath: passwordFile) else { return password }
+        var bytes = [UInt8](data)
+        while let last = bytes.last, last == 10 || last == 13 || last == 32 { bytes.removeLast() }
+        guard !bytes.isEmpty, let text = String(validating: bytes, as: UTF8.self) else { return password }
+        return text
     }
 }
 
@@ -168,9 +182,22 @@ public final class EtcdClient: Sendable {
         /// etcd answered that its authentication is off: requests go without a token.
         case off
     }
-    private let authentication = NIOLockedValueBox(Authentication.unknown)
-    /// Tokens etcd gave this client.
+    /// The authentication in use, the one under way (every request refused for the same
+    /// token waits for the one renewal), and etcd's last refusal of the user or password
+    /// (said again without asking etcd until `retryAt`: each authentication costs etcd a
+    /// bcrypt, and a member with a stale password would otherwise cost it one a request).
+    private struct AuthenticationState {
+        var current = Authentication.unknown
+        var renewal: Task<Authentication, any Error>?
+        var refusal: (message: String, retryAt: ContinuousClock.Instant, delay: Duration)?
+    }
+    private let authentication = NIOLockedValueBox(AuthenticationState())
+    /// How long a refused user or password is said again before etcd is asked again: it
+    /// doubles from the first to the last.
+    static let refusalRetry: (first: Duration, last: Duration) = (.seconds(1), .seconds(30))
+    /// Tokens etcd gave this client, and authentications etcd refused (user or password).
     private let tokensIssued = NIOLockedValueBox(0)
+    private let refusedAuthentications = NIOLockedValueBox(0)
     /// Whether etcd executed the last request answered without a token (nil: none
     /// answered yet): then whoever reaches etcd's client port can write the cluster's keys.
     private let openAnswer = NIOLockedValueBox<Bool?>(nil)
@@ -187,6 +214,8 @@ public final class EtcdClient: Sendable {
 
     /// The tokens etcd has given this client so far.
     public var tokens: Int { tokensIssued.withLockedValue { $0 } }
+    /// The authentications etcd refused so far (a wrong user or password).
+    public var authenticationsRefused: Int { refusedAuthentications.withLockedValue { $0 } }
 
     /// True when etcd's last answer executed a request that carried no token (no
     /// credentials given, or etcd's authentication off): anyone who reaches its client port
@@ -257,7 +286,7 @@ public final class EtcdClient: Sendable {
             try await watch(body: bytes, token: used.token, quietLimit: quietLimit, onEvents: onEvents)
         } catch let EtcdError.unauthenticated(why) where Self.isTokenRefusal(why) {
             // The next request (the caller's catch-up) authenticates again.
-            authentication.withLockedValue { if $0 == used { $0 = .unknown } }
+            authentication.withLockedValue { if $0.current == used { $0.current = .unknown } }
             throw EtcdError.unauthenticated(why)
         }
     }
@@ -379,22 +408,57 @@ public final class EtcdClient: Sendable {
     /// Authenticates now (with credentials): throws `unauthenticated` when etcd refuses the
     /// user or its password, `unreachable` when no etcd answers.
     public func authenticateNow() async throws {
-        _ = try await authentication(renewing: authentication.withLockedValue { $0 })
+        _ = try await authentication(renewing: authentication.withLockedValue { $0.current })
     }
 
     /// What to present: the token known (or none), or — before the first request, or when
-    /// `renewing` is what etcd just refused — what authenticating says now.
+    /// `renewing` is what etcd just refused — what authenticating says now (one renewal at
+    /// a time; a refused user or password is said again without asking etcd for a while).
     private func authentication(renewing refused: Authentication?) async throws -> Authentication {
         guard let credentials else { return .unknown }
-        let known = authentication.withLockedValue { $0 }
-        if known != .unknown && known != refused { return known }
-        let before = known
-        let now = try await authenticate(credentials)
-        authentication.withLockedValue { $0 = now }
+        enum Step { case use(Authentication), wait(Task<Authentication, any Error>), refuse(String) }
+        let step = authentication.withLockedValue { s -> Step in
+            if s.current != .unknown && s.current != refused { return .use(s.current) }
+            if let renewal = s.renewal { return .wait(renewal) }
+            if let r = s.refusal, ContinuousClock.now < r.retryAt { return .refuse(r.message) }
+            let before = s.current
+            let renewal = Task { try await self.renew(credentials, before: before) }
+            s.renewal = renewal
+            return .wait(renewal)
+        }
+        switch step {
+        case let .use(known): return known
+        case let .refuse(message): throw EtcdError.unauthenticated(message)
+        case let .wait(renewal): return try await renewal.value
+        }
+    }
+
+    /// One authentication, its outcome kept for every request.
+    private func renew(_ credentials: EtcdCredentials, before: Authentication) async throws -> Authentication {
+        let now: Authentication
+        do {
+            now = try await authenticate(credentials)
+        } catch let EtcdError.unauthenticated(message) {
+            refusedAuthentications.withLockedValue { $0 += 1 }
+            // The token held is dead too (etcd refused it, or it belongs to a password
+            // since changed): none is presented until etcd takes the credentials again.
+            authentication.withLockedValue { s in
+                let delay = s.refusal.map { min($0.delay * 2, Self.refusalRetry.last) } ?? Self.refusalRetry.first
+                s = AuthenticationState(current: .unknown, renewal: nil, refusal: (message, .now + delay, delay))
+            }
+            throw EtcdError.unauthenticated(message)
+        } catch {
+            authentication.withLockedValue { $0.renewal = nil }
+            throw error
+        }
+        let wasRefused = authentication.withLockedValue { s -> Bool in
+            defer { s = AuthenticationState(current: now, renewal: nil, refusal: nil) }
+            return s.refusal != nil
+        }
         switch now {
         case .token:
             let n = tokensIssued.withLockedValue { $0 += 1; return $0 }
-            if n == 1 || before == .off {
+            if n == 1 || before == .off || wasRefused {
                 logger.info("authenticated to etcd", metadata: ["etcd-user": "\(credentials.user)"])
             } else {
                 logger.debug("etcd token renewed", metadata: ["etcd-user": "\(credentials.user)", "tokens": "\(n)"])
@@ -408,7 +472,7 @@ public final class EtcdClient: Sendable {
     }
 
     private func authenticate(_ credentials: EtcdCredentials) async throws -> Authentication {
-        let body = try EtcdJSON.encode(["name": credentials.user, "password": credentials.password])
+        let body = try EtcdJSON.encode(["name": credentials.user, "password": credentials.currentPassword])
         let json: [String: Any]
         do {
             json = try await exchange("/v3/auth/authenticate", body, token: nil)
@@ -487,7 +551,11 @@ public final class EtcdClient: Sendable {
         }
         guard status == 200 else {
             let message = object["error"] as? String ?? object["message"] as? String ?? "\(object)"
-            if let refused = refusal(message) { throw EtcdError.unauthenticated("\(endpoint)\(path): \(refused)") }
+            if let refused = refusal(message) {
+                // etcd executes nothing without a token now.
+                if token == nil, path != "/v3/auth/authenticate" { openAnswer.withLockedValue { $0 = false } }
+                throw EtcdError.unauthenticated("\(endpoint)\(path): \(refused)")
+            }
             throw EtcdError.server(status: Int(status), message: "\(endpoint)\(path): \(message)")
         }
         if path != "/v3/auth/authenticate" { openAnswer.withLockedValue { $0 = token == nil } }

@@ -55,7 +55,7 @@ extension ClusterMember {
             } catch let error as EtcdError {
                 lag.withLockedValue { $0.appliedWriteFailed() }
                 quorum.withLockedValue { $0 = "\(error)" }
-                logger.warning("etcd did not commit this member's applied index", metadata: ["error": "\(error)"])
+                etcdLog.log(logger, .warning, "etcd did not commit this member's applied index", budget: "applied", metadata: ["error": "\(error)"])
             } catch {
                 logger.debug("cluster log compaction skipped", metadata: ["error": "\(error)"])
             }

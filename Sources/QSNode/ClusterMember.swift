@@ -54,7 +54,8 @@ public final class ClusterMember: Service, Sendable {
     /// 1 while etcd executes this member's requests without credentials.
     let etcdOpen: Gauge
     let etcdTokens: Counter
-    private let etcdTokensCounted = NIOLockedValueBox(0)
+    let etcdAuthRefusals: Counter
+    private let etcdCounted = NIOLockedValueBox((tokens: 0, refusals: 0))
     /// "lost etcd" and credential refusals, once per cause a minute.
     let etcdLog = RateLimitedLog(window: .seconds(60))
 
@@ -81,6 +82,7 @@ public final class ClusterMember: Service, Sendable {
         appliedIndex = Gauge(label: "qs_cluster_applied_index", factory: factory)
         etcdOpen = Gauge(label: "qs_cluster_etcd_open", factory: factory)
         etcdTokens = Counter(label: "qs_cluster_etcd_tokens_total", factory: factory)
+        etcdAuthRefusals = Counter(label: "qs_cluster_etcd_auth_refusals_total", factory: factory)
         lag = NIOLockedValueBox(ApplyLag(limits: .init(grace: Self.appliedInterval / 4, quietLimit: Self.appliedInterval,
                                                        behindLimit: etcd.timeout, leftAfter: Self.watchQuietLimit(etcd.timeout))))
     }
@@ -125,12 +127,13 @@ public final class ClusterMember: Service, Sendable {
     /// the tokens it gave since the last scrape.
     public func refreshGauges() {
         if let open = etcd.answersWithoutCredentials { etcdOpen.record(open ? 1 : 0) }
-        let tokens = etcd.tokens
-        let new = etcdTokensCounted.withLockedValue { counted in
-            defer { counted = tokens }
-            return tokens - counted
+        let now = (tokens: etcd.tokens, refusals: etcd.authenticationsRefused)
+        let new = etcdCounted.withLockedValue { counted in
+            defer { counted = now }
+            return (tokens: now.tokens - counted.tokens, refusals: now.refusals - counted.refusals)
         }
-        if new > 0 { etcdTokens.increment(by: Int64(new)) }
+        if new.tokens > 0 { etcdTokens.increment(by: Int64(new.tokens)) }
+        if new.refusals > 0 { etcdAuthRefusals.increment(by: Int64(new.refusals)) }
     }
 
     // MARK: committing

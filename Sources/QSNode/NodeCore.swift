@@ -24,6 +24,8 @@ public final class NodeCore: Sendable {
     /// Warnings about what peers send, at most one per peer every 10 s (the rest counted).
     let badInput = RateLimitedLog()
     let helloLog = RateLimitedLog(window: .seconds(60))
+    /// A cluster member's commits etcd did not make: once a minute per kind of failure.
+    let etcdLog = RateLimitedLog(window: .seconds(60))
     /// Whether this node takes writes (a root) or only replicates (a replica).
     public let writable: Bool
     /// Wakes subscription streams when the log grows.
@@ -469,7 +471,16 @@ public final class NodeCore: Sendable {
             return .error(.invalidRequest, "\(error)")
         } catch let error as EtcdError {
             metrics.storageErrors.increment()
-            logger.error("etcd did not commit", metadata: ["request": "\(request.name)", "error": "\(error)", "peer": "\(peer)"])
+            // Once a minute per kind of failure: every writer's request meets the same etcd.
+            let kind: String = if case .unauthenticated = error { "credentials" } else { "commit" }
+            etcdLog.log(logger, .error, "etcd did not commit", budget: kind, metadata: ["request": "\(request.name)", "error": "\(error)", "peer": "\(peer)"])
+            if case .unauthenticated = error {
+                // Refused for the member's credentials: etcd executed nothing.
+                if case .changeRole = request {
+                    return .error(.notWritable, "the role change was not made: the root cluster's etcd refused this member's credentials: \(error)")
+                }
+                return .error(.storageError, "not committed: the root cluster's etcd refused this member's credentials (\(error)); the write is not acknowledged: resume from the checkpoint once the member's credentials are set right")
+            }
             if case .changeRole = request {
                 return .error(.storageError, "the root cluster's etcd did not commit the role change (no quorum, or unreachable?): \(error); it may still take effect: read write_role in qsctl status once etcd answers, and run the command again if it did not change")
             }

@@ -163,12 +163,22 @@ public final class EtcdCluster: @unchecked Sendable {
         try admin("/v3/auth/enable", [:])
     }
 
+    /// Gives etcd user `user` a new password, as `root` (after `enableAuthentication`).
+    public func changePassword(of user: String, to password: String, rootPassword: String) throws {
+        let auth = String(decoding: try JSONSerialization.data(withJSONObject: ["name": "root", "password": rootPassword]), as: UTF8.self)
+        guard let m = members.indices.first(where: { processes[$0]?.isRunning == true && !paused.contains($0) }).map({ members[$0] }),
+              let answer = Self.post(port: m.clientPort, path: "/v3/auth/authenticate", body: auth), let token = answer["token"] as? String else {
+            throw HarnessError("etcd did not authenticate root")
+        }
+        try admin("/v3/auth/user/changepw", ["name": user, "password": password], token: token)
+    }
+
     /// An administrative request to the first running member that answers; throws with
     /// etcd's error when it refuses.
-    private func admin(_ path: String, _ body: [String: Any]) throws {
+    private func admin(_ path: String, _ body: [String: Any], token: String? = nil) throws {
         let json = String(decoding: try JSONSerialization.data(withJSONObject: body), as: UTF8.self)
         for (i, m) in members.enumerated() where processes[i]?.isRunning == true && !paused.contains(i) {
-            guard let answer = Self.post(port: m.clientPort, path: path, body: json) else { continue }
+            guard let answer = Self.post(port: m.clientPort, path: path, body: json, token: token) else { continue }
             if let error = answer["error"] { throw HarnessError("etcd \(path) refused: \(error)") }
             return
         }
@@ -184,8 +194,9 @@ public final class EtcdCluster: @unchecked Sendable {
 
     /// A POST to the JSON gateway of the member on `port` (through curl, which the project's
     /// machines have), its JSON answer; nil when it does not answer.
-    static func post(port: Int, path: String, body: String) -> [String: Any]? {
-        guard let r = try? Harness.run("/usr/bin/curl", ["-s", "-m", "2", "-X", "POST", "http://127.0.0.1:\(port)\(path)", "-d", body]),
+    static func post(port: Int, path: String, body: String, token: String? = nil) -> [String: Any]? {
+        let auth = token.map { ["-H", "Authorization: \($0)"] } ?? []
+        guard let r = try? Harness.run("/usr/bin/curl", ["-s", "-m", "2", "-X", "POST", "http://127.0.0.1:\(port)\(path)", "-d", body] + auth),
               r.status == 0 else { return nil }
         return (try? JSONSerialization.jsonObject(with: r.stdout)) as? [String: Any]
     }

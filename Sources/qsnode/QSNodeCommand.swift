@@ -256,7 +256,7 @@ struct QSNodeCommand: AsyncParsableCommand {
         guard let password = String(validating: bytes, as: UTF8.self) else {
             throw ValidationError("--etcd-password-file \(etcdPasswordFile) is not UTF-8 text: etcd passwords are text")
         }
-        return EtcdCredentials(user: etcdUser, password: password)
+        return EtcdCredentials(user: etcdUser, password: password, passwordFile: etcdPasswordFile)
     }
 
     func run() async throws {

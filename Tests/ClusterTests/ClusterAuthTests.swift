@@ -2,6 +2,7 @@ import Foundation
 import QSClient
 import QSModel
 import QSTesting
+import QSWire
 import XCTest
 
 /// etcd's client port is a root cluster's control plane: whoever may write there may put
@@ -60,6 +61,34 @@ final class ClusterAuthTests: XCTestCase {
         XCTAssertEqual(k3?.value, Array("v3".utf8))
         XCTAssertEqual(member.readyz()?.status, 200)
         XCTAssertEqual(member.metric("qs_cluster_etcd_errors_total"), errors, member.daemon.log)
+
+        // The password changed in etcd, not yet in the file: writes are refused at once as
+        // not committed, naming the credentials, and etcd is not asked to authenticate for
+        // each of them (a bcrypt each: one member would load etcd for the whole cluster).
+        try etcd.changePassword(of: "qs-a", to: "b-secret", rootPassword: "root-secret")
+        var refused = 0
+        for i in 0..<20 {
+            do {
+                _ = try await client.write([.set(key: Array("r\(i)".utf8), value: [1], expiry: nil)], sourceID: "t", attempts: 1)
+            } catch let ClientError.server(code, message) {
+                XCTAssertEqual(ErrorCode(rawValue: code), .storageError)
+                XCTAssertTrue(message.contains("not committed") && message.contains("credentials"), message)
+                refused += 1
+            }
+        }
+        XCTAssertGreaterThanOrEqual(refused, 19, member.daemon.log)
+        XCTAssertLessThanOrEqual(member.metric("qs_cluster_etcd_auth_refusals_total") ?? 99, 6, member.daemon.log)
+        // Not ready from the member's next applied/ write (every 2 s), which etcd refuses too.
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(10)) { member.readyz()?.body.contains("credentials") == true },
+                      "\(member.readyz().map { "\($0)" } ?? "no answer")")
+        XCTAssertEqual(member.readyz()?.status, 503)
+        // The new password in the file: taken at the next try, without a restart.
+        try Data("b-secret\n".utf8).write(to: password)
+        let recovered = await Harness.eventually(timeout: .seconds(40), pollEvery: .milliseconds(250)) {
+            (try? await client.write([.set(key: Array("k4".utf8), value: Array("v4".utf8), expiry: nil)], sourceID: "t", attempts: 1)) != nil
+        }
+        XCTAssertTrue(recovered, member.daemon.log)
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(10)) { member.readyz()?.status == 200 }, member.daemon.log)
         await client.close()
 
         // A member without credentials: not ready, and /readyz names the flags to give.
