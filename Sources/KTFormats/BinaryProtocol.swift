@@ -189,14 +189,48 @@ extension ByteReader {
 /// arrives. Errors name the offset from the start of the request.
 public struct KTBinaryRequestDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
     public typealias InboundOut = KTBinaryRequest
-    public init() {}
+    /// A server that answers only `get_bulk` (a read node): every other request is decoded
+    /// from its magic and flags alone, with no records, keys or arguments — it is refused
+    /// and the connection closed, so a large write is refused before it is read (and not
+    /// parsed again at each arriving piece).
+    public let getBulkOnly: Bool
+
+    public init(getBulkOnly: Bool = false) {
+        self.getBulkOnly = getBulkOnly
+    }
+
+    /// A request was refused early: what follows it is discarded (the connection closes).
+    private var discarding = false
 
     public mutating func decode(buffer: inout ByteBuffer) throws(DecodeError) -> KTBinaryRequest? {
-        try Self.next(&buffer)
+        if discarding {
+            buffer.moveReaderIndex(to: buffer.writerIndex)
+            return nil
+        }
+        if getBulkOnly, let refused = try Self.refusedEarly(&buffer) {
+            discarding = true
+            buffer.moveReaderIndex(to: buffer.writerIndex)
+            return refused
+        }
+        return try Self.next(&buffer)
     }
 
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws(DecodeError) -> KTBinaryRequest? {
-        try Self.next(&buffer)
+        try decode(buffer: &buffer)
+    }
+
+    /// A request other than `get_bulk`, from its first five bytes (what follows is
+    /// discarded: the connection closes after the refusal); nil for `get_bulk` or before
+    /// five bytes.
+    static func refusedEarly(_ buffer: inout ByteBuffer) throws(DecodeError) -> KTBinaryRequest? {
+        guard let magic = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self), magic != KTBinaryMagic.getBulk,
+              let flags = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt32.self) else { return nil }
+        switch magic {
+        case KTBinaryMagic.setBulk: return .setBulk(flags: flags, records: [])
+        case KTBinaryMagic.removeBulk: return .removeBulk(flags: flags, keys: [])
+        case KTBinaryMagic.playScript: return .playScript(flags: flags, name: [], arguments: [])
+        default: return nil  // replication's header is small; an unknown magic is refused by `next`
+        }
     }
 
     /// Takes one whole request off `buffer`, or returns `nil` (consuming nothing).

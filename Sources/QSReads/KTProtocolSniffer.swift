@@ -24,7 +24,7 @@ extension KTConnection {
         let sniffer = ProtocolSniffer(promise: promise) { first, channel -> KTConnection in
             let ops = channel.pipeline.syncOperations
             if first >= 0x80 {
-                try ops.addHandler(ByteToMessageHandler(KTBinaryRequestDecoder(), maximumBufferSize: maxBinaryBytes))
+                try ops.addHandler(ByteToMessageHandler(KTBinaryRequestDecoder(getBulkOnly: true), maximumBufferSize: maxBinaryBytes))
                 return .binary(try NIOAsyncChannel(wrappingChannelSynchronously: channel))
             }
             // The HTTP handlers drain the connection themselves (the fast path, then NIO's

@@ -35,5 +35,11 @@ final class KTBinaryLimitTests: XCTestCase {
         let refused = KTBinaryRequest.setBulk(flags: 0, records: []).encoded()
         XCTAssertEqual(RawSocket.exchange(port: port, small + refused),
                        KTBinaryResponse.getBulk(records: []).encoded() + [KTBinaryMagic.error])
+
+        // A set_bulk far over the limit: refused from its first bytes (a read node takes no
+        // writes), not held until the limit closes the connection without a word.
+        let huge = KTBinaryRequest.setBulk(flags: 0, records: [KTBinaryRecord(db: 0, key: Array("k".utf8), value: [UInt8](repeating: 0x62, count: 8192),
+                                                                             expiration: KTExpiration.never)]).encoded()
+        XCTAssertEqual(RawSocket.exchange(port: port, Array(huge.prefix(2048))), [KTBinaryMagic.error])
     }
 }
