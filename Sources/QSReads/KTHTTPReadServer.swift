@@ -22,13 +22,17 @@ public struct KTHTTPReadServer: ListeningService {
         /// Largest request body accepted, and largest binary-protocol request buffered (KT's
         /// own limit is far larger; QS caps memory).
         public var maxBodyBytes: Int
+        /// The most bytes of bodies still arriving that all connections hold together: a
+        /// body that would pass it is answered 503 and its connection closed.
+        public var maxPendingBytes: Int
         public var clock: ReadClock
 
         public init(databases: KTDatabaseMap = .single, scanLimits: ScanLimits = ScanLimits(),
-                    maxBodyBytes: Int = 32 << 20, clock: @escaping ReadClock = { wallClockSeconds() }) {
+                    maxBodyBytes: Int = 32 << 20, maxPendingBytes: Int = 256 << 20, clock: @escaping ReadClock = { wallClockSeconds() }) {
             self.databases = databases
             self.scanLimits = scanLimits
             self.maxBodyBytes = maxBodyBytes
+            self.maxPendingBytes = maxPendingBytes
             self.clock = clock
         }
     }
@@ -49,10 +53,14 @@ public struct KTHTTPReadServer: ListeningService {
                                       connections: { metrics.active.count })
         session = KTHTTPSession(store: store, procedures: procedures,
                                 rest: KTRESTRead(databases: configuration.databases, clock: configuration.clock),
-                                metrics: metrics, logger: logger, maxBodyBytes: configuration.maxBodyBytes)
+                                metrics: metrics, logger: logger, maxBodyBytes: configuration.maxBodyBytes,
+                                pending: PendingBytes(limit: configuration.maxPendingBytes))
         binary = KTBinarySession(store: store, databases: configuration.databases, clock: configuration.clock,
                                  maxRequestBytes: configuration.maxBodyBytes, metrics: metrics, logger: logger)
     }
+
+    /// Bytes of request bodies still arriving that the listener's connections hold now.
+    public var pendingBodyBytes: Int { session.pending.inUse }
 
     public func run() async throws {
         let session = self.session, binary = self.binary, maxBodyBytes = self.maxBodyBytes

@@ -20,6 +20,8 @@ final class KTHTTPSession: Sendable {
     let metrics: ReadMetrics
     let logger: Logger
     let maxBodyBytes: Int
+    /// Bodies arriving on every connection of the listener, together.
+    let pending: PendingBytes
     let counters: KindCounters
     /// The counters of the requests `answerInPlace` answers, resolved once.
     let restGetCounter, restHeadCounter, rpcGetCounter: Counter
@@ -30,7 +32,9 @@ final class KTHTTPSession: Sendable {
     /// Scans on the store's reader threads, at most two at once (of four by default).
     let scans = ScanGate(limit: 2)
 
-    init(store: Store, procedures: KTProcedures, rest: KTRESTRead, metrics: ReadMetrics, logger: Logger, maxBodyBytes: Int) {
+    init(store: Store, procedures: KTProcedures, rest: KTRESTRead, metrics: ReadMetrics, logger: Logger, maxBodyBytes: Int,
+         pending: PendingBytes) {
+        self.pending = pending
         self.store = store
         self.procedures = procedures
         self.rest = rest
@@ -258,6 +262,10 @@ final class KTHTTPHandler: ChannelInboundHandler {
     private var head: HTTPRequestHead?
     private var body = ByteBuffer()
     private var tooLarge = false
+    /// The listener's budget for arriving bodies was spent when this body came (503).
+    private var overBudget = false
+    /// Bytes of `session.pending` this connection's body holds.
+    private var reserved = 0
     /// A whole request not answered yet because the socket did not take the replies before
     /// it: answered when the channel is writable again. NIO's pipeline handler gives the next
     /// request only after this one's answer, and reads nothing while it holds one, so a
@@ -275,13 +283,25 @@ final class KTHTTPHandler: ChannelInboundHandler {
         switch unwrapInboundIn(data) {
         case let .head(h):
             head = h
-            body.clear()
+            releaseBody()
             tooLarge = false
+            overBudget = false
         case var .body(chunk):
             if body.readableBytes + chunk.readableBytes > session.maxBodyBytes {
                 tooLarge = true
-            } else if !tooLarge {
-                body.writeBuffer(&chunk)
+            } else if !tooLarge && !overBudget {
+                if session.pending.reserve(chunk.readableBytes) {
+                    reserved += chunk.readableBytes
+                    body.writeBuffer(&chunk)
+                } else {
+                    // Answered now, not once the rest has come: the connection closes.
+                    overBudget = true
+                    releaseBody()
+                    if let h = head {
+                        head = nil
+                        refuseOverBudget(context, h)
+                    }
+                }
             }
         case .end:
             guard let h = head else { return }
@@ -302,17 +322,40 @@ final class KTHTTPHandler: ChannelInboundHandler {
         context.fireChannelWritabilityChanged()
     }
 
+    func handlerRemoved(context: ChannelHandlerContext) {
+        releaseBody()
+    }
+
+    /// 503 for a body the listener's budget had no room for; the connection closes.
+    private func refuseOverBudget(_ context: ChannelHandlerContext, _ h: HTTPRequestHead) {
+        respond(context, KTReply(status: 503, body: Array("503 Service Unavailable (the request bodies arriving on this port hold all it keeps for them; try again)\n".utf8),
+                                 kind: "bad", badReason: "request bodies arriving on the port together over --kt-max-pending-bytes (\(session.pending.limit) bytes)"),
+                to: h, keepAlive: false)
+    }
+
+    /// Gives the body's bytes back to the listener's budget.
+    private func releaseBody() {
+        session.pending.release(reserved)
+        reserved = 0
+        body.clear()
+    }
+
     /// Answers the request whose head is `h` and whose body is `body`.
     private func answer(_ context: ChannelHandlerContext, _ h: HTTPRequestHead) {
+        // The body is taken (and its bytes given back) before anything is written: writing
+        // the answer's end can bring the next pipelined request into this handler at once,
+        // with a body of its own.
+        let requestBody = Array(body.readableBytesView)
+        releaseBody()
         if tooLarge {
             respond(context, KTReply(status: 413, body: Array("413 Request Entity Too Large (request entity too large)\n".utf8),
                                      kind: "bad", badReason: "request body over \(session.maxBodyBytes) bytes"),
                     to: h, keepAlive: false)
             return
         }
-        if body.readableBytes == 0, answerInPlace(context, h) { return }
+        if requestBody.isEmpty, answerInPlace(context, h) { return }
         let (inline, work) = session.plan(h.method, uri: Array(h.uri.utf8)[...], contentType: h.headers.first(name: "content-type"),
-                                          body: Array(body.readableBytesView))
+                                          body: requestBody)
         if inline {
             let r: KTReply
             do { r = try session.store.readInline(in: slot, work) } catch { r = session.failure(error, uri: h.uri, peer: peer) }

@@ -22,6 +22,9 @@ struct ReadOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Serve KT's HTTP RPC and RESTful reads on this Unix socket path; none when unset. (env: QS_KT_HTTP_UNIX)", valueName: "path"))
     var ktHttpUnix: String = QSEnv.string("QS_KT_HTTP_UNIX") ?? ""
 
+    @Option(help: ArgumentHelp("The most bytes of KT HTTP request bodies still arriving that the KT port's connections hold together, e.g. 256MiB: a body that would pass it is answered 503 and its connection closed (one body is at most 32MiB). (env: QS_KT_MAX_PENDING_BYTES)", valueName: "size"))
+    var ktMaxPendingBytes: ByteSize = QSEnv.value("QS_KT_MAX_PENDING_BYTES", ByteSize(256 << 20))
+
     @Option(help: ArgumentHelp("KT databases as key prefixes, INDEX[:NAME]=PREFIX,…, e.g. 0=,1:aux.kct=aux/; database 0 is what memcached reads. (env: QS_KT_DB_MAP)", valueName: "map"))
     var ktDbMap: KTDatabaseMapOption = QSEnv.value("QS_KT_DB_MAP", KTDatabaseMapOption(map: .single))
 
@@ -36,6 +39,9 @@ struct ReadOptions: ParsableArguments {
     func validate() throws {
         guard (0...Self.maxMemcachedThreads).contains(memcachedThreads) else {
             throw ValidationError("--memcached-threads \(memcachedThreads) (or QS_MEMCACHED_THREADS) must be 0 (serve on the event loops) to \(Self.maxMemcachedThreads), e.g. 32")
+        }
+        guard ktMaxPendingBytes.bytes >= 1 << 20 else {
+            throw ValidationError("--kt-max-pending-bytes \(ktMaxPendingBytes) (or QS_KT_MAX_PENDING_BYTES) must be at least 1MiB, e.g. 256MiB")
         }
     }
 
@@ -56,7 +62,7 @@ struct ReadOptions: ParsableArguments {
         let kt = endpoints(ktHttp, ktHttpUnix)
         if !kt.isEmpty {
             out.append(KTHTTPReadServer(store: store, endpoints: kt, logger: logger,
-                                        configuration: .init(databases: map), connections: limits))
+                                        configuration: .init(databases: map, maxPendingBytes: ktMaxPendingBytes.bytes), connections: limits))
         }
         return out
     }

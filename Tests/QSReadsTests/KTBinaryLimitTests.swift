@@ -42,4 +42,64 @@ final class KTBinaryLimitTests: XCTestCase {
                                                                              expiration: KTExpiration.never)]).encoded()
         XCTAssertEqual(RawSocket.exchange(port: port, Array(huge.prefix(2048))), [KTBinaryMagic.error])
     }
+
+    /// Each body is capped (`maxBodyBytes`), and the bodies arriving on all connections
+    /// together are held to one budget (`maxPendingBytes`): many clients each sending an
+    /// allowed body slowly could otherwise make the node hold their sum.
+    func testBodiesArrivingTogetherAreHeldToTheListenersBudget() async throws {
+        let tmp = try Harness.tempDir("kt-pending")
+        defer { try? FileManager.default.removeItem(at: tmp) }
+        let store = try Store(directory: tmp.appendingPathComponent("data").path, mapSize: 64 << 20)
+        var logger = Logger(label: "reads-test")
+        logger.logLevel = .error
+        let kt = KTHTTPReadServer(store: store, endpoints: [.tcp(host: "127.0.0.1", port: 0)], logger: logger,
+                                  configuration: .init(maxBodyBytes: 1 << 20, maxPendingBytes: 1 << 20))
+        let running = try await InProcessServices([kt], logger: logger)
+        addTeardownBlock { try await running.stop() }
+        let port = try await kt.listener.port()
+
+        // A body of 700,000 bytes, 600,000 of them sent: held.
+        let keys = Array(String(repeating: "_k\t\n", count: 175_000).utf8)
+        let head = Array("POST /rpc/get_bulk HTTP/1.1\r\nHost: x\r\nContent-Type: text/tab-separated-values\r\nContent-Length: \(keys.count)\r\nConnection: close\r\n\r\n".utf8)
+        let first = try XCTUnwrap(Harness.connectLoopback(port: port))
+        defer { close(first) }
+        XCTAssertTrue(sendAll(first, head + keys.prefix(600_000)))
+        try await waitFor("the first body's bytes held") { kt.pendingBodyBytes == 600_000 }
+        // A second, the same: past the budget once 448,576 more bytes have come: 503, closed.
+        // (It sends no more than the byte that passes it, so the server has read all of it
+        // when it closes, and the answer is not lost to a reset.)
+        let second = try XCTUnwrap(Harness.connectLoopback(port: port))
+        defer { close(second) }
+        XCTAssertTrue(sendAll(second, head + keys.prefix(448_577)))
+        let refused = readUntilClosed(second)
+        XCTAssertEqual(RawHTTPResponse(refused)?.status, 503, String(decoding: refused, as: UTF8.self))
+        // The first finishes and is answered; then the budget is free for another whole body.
+        XCTAssertTrue(sendAll(first, Array(keys.dropFirst(600_000))))
+        XCTAssertEqual(RawHTTPResponse(readUntilClosed(first))?.status, 200)
+        try await waitFor("the budget given back") { kt.pendingBodyBytes == 0 }
+        let third = RawSocket.exchange(port: port, head + keys)
+        XCTAssertEqual(RawHTTPResponse(third)?.status, 200, String(decoding: third.prefix(200), as: UTF8.self))
+    }
+
+    private func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n <= 0 { return false }
+            sent += n
+        }
+        return true
+    }
+
+    private func readUntilClosed(_ fd: Int32) -> [UInt8] {
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var out = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { return out }
+            out += buf[0..<n]
+        }
+    }
 }
