@@ -12,6 +12,9 @@ public struct DecodeError: Error, Sendable, Equatable, CustomStringConvertible {
         case tooLarge
         /// A magic byte, tag, length or field that the format does not allow.
         case malformed
+        /// Well formed, but refused by the reader from its first bytes, with the protocol's
+        /// error code to answer (a frame too long for a peer without the write token).
+        case refused(code: UInt16)
     }
 
     public let kind: Kind

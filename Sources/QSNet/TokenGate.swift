@@ -31,6 +31,9 @@ public final class TokenGate: Sendable {
     /// Whether a token is required.
     public var isClosed: Bool { token != nil }
 
+    /// The token's length (0 when none is required).
+    public var tokenLength: Int { token?.count ?? 0 }
+
     /// Whether `presented` is the token (constant time; nothing counted or logged), nil
     /// when no token is required.
     public var admits: (@Sendable ([UInt8]) -> Bool)? {

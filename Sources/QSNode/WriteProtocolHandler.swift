@@ -206,8 +206,18 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if closing { return }
-        if let frameError = error as? DecodeError {
-            let code: ErrorCode = frameError.kind == .tooLarge ? .frameTooLarge : .malformed
+        if let frameError = error as? DecodeError, case let .refused(raw) = frameError.kind, let code = ErrorCode(rawValue: raw), code != .frameTooLarge {
+            // A large frame refused from its first bytes: a write without the token (an
+            // authentication failure, counted and logged as one) or to a replica.
+            if code == .unauthorized {
+                core.writeGate.refuse(peer: peer, why: "wrong or missing write token on a frame over 1 MiB")
+            } else {
+                core.badInput.warning(logger, "write refused", peer: peer, metadata: ["reason": "\(frameError.reason)"])
+            }
+            queue.removeAll()
+            reply(context: context, .error(code, frameError.reason), thenClose: true)
+        } else if let frameError = error as? DecodeError {
+            let code: ErrorCode = frameError.kind == .tooLarge || frameError.kind == .refused(code: ErrorCode.frameTooLarge.rawValue) ? .frameTooLarge : .malformed
             refuse(context: context, code: code, message: "\(frameError)", error: error)
         } else if error is ByteToMessageDecoderError.PayloadTooLargeError {
             refuse(context: context, code: .frameTooLarge, message: "more bytes than the largest frame without a whole frame", error: error)

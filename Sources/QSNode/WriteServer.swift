@@ -36,7 +36,7 @@ public struct WriteServer: ListeningService {
     /// (checked when it arrives, before the rest is buffered), then the handler.
     public static func configure(_ channel: any Channel, core: NodeCore, maxFrameBytes: Int, logger: Logger) throws {
         let ops = channel.pipeline.syncOperations
-        let large = FrameDecoder.LargeFrames(writable: core.writable, admits: core.writeGate.admits)
+        let large = FrameDecoder.LargeFrames(writable: core.writable, admits: core.writeGate.admits, tokenLength: core.writeGate.tokenLength)
         try ops.addHandler(FrameDecoder.handler(maxFrameBytes: maxFrameBytes, largeFrames: large))
         try ops.addHandler(MessageToByteHandler(FrameEncoder()))
         try ops.addHandler(WriteProtocolHandler(core: core, logger: logger))

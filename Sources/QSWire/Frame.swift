@@ -40,14 +40,16 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
         public let openBytes: Int
         /// The node takes writes at all (a replica refuses them whatever their size).
         public let writable: Bool
-        /// The write token's check (constant time); nil: writes need no token (the node
-        /// listens on loopback or a Unix socket only).
+        /// The write token's check (constant time) and its length; nil: writes need no
+        /// token (the node listens on loopback or a Unix socket only).
         public let admits: (@Sendable ([UInt8]) -> Bool)?
+        public let tokenLength: Int
 
-        public init(openBytes: Int = defaultOpenBytes, writable: Bool, admits: (@Sendable ([UInt8]) -> Bool)?) {
+        public init(openBytes: Int = defaultOpenBytes, writable: Bool, admits: (@Sendable ([UInt8]) -> Bool)?, tokenLength: Int = 0) {
             self.openBytes = openBytes
             self.writable = writable
             self.admits = admits
+            self.tokenLength = tokenLength
         }
 
         /// Why a frame of `length` bytes starting with `head` (the bytes arrived so far,
@@ -56,23 +58,26 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
         func check(length: Int, head: ByteBufferView) -> Verdict {
             guard length > openBytes else { return .admitted }
             let what = "a frame of \(length) bytes, over the \(openBytes) bytes any client may send"
-            guard writable else { return .refused("\(what): this node takes no writes, and no other request is that long") }
             guard let type = head.first else { return .undecided }
             let writes: Set<UInt8> = [Request.Tag.batch.rawValue, Request.Tag.writes.rawValue, Request.Tag.append.rawValue]
-            guard writes.contains(type) else { return .refused("\(what), is not a write: only batches, conditional writes and appends may be longer") }
+            guard writes.contains(type) else {
+                return .refused("\(what), is not a write: only batches, conditional writes and appends may be longer", .frameTooLarge)
+            }
+            guard writable else { return .refused("this node is a replica and takes no writes: write to the root", .notWritable) }
             guard let admits else { return .admitted }
+            let unauthorized = Verdict.refused("wrong write token (\(what)): this node requires the token from its --write-token-file on every write", .unauthorized)
             guard head.count >= 5 else { return .undecided }
             let i = head.startIndex
             let n = (0..<4).reduce(0) { $0 << 8 | Int(head[head.index(i, offsetBy: 1 + $1)]) }
-            // The token's length first: a hostile length is refused before it is awaited.
-            guard n <= 4096 else { return .refused("\(what), without this node's write token (--write-token-file)") }
+            // The token's length first: another length is refused before it is awaited.
+            guard n == tokenLength else { return unauthorized }
             guard head.count >= 5 + n else { return .undecided }
             let start = head.index(i, offsetBy: 5)
             let token = Array(head[start..<head.index(start, offsetBy: n)])
-            return admits(token) ? .admitted : .refused("\(what), without this node's write token (--write-token-file)")
+            return admits(token) ? .admitted : unauthorized
         }
 
-        enum Verdict: Equatable { case admitted, undecided, refused(String) }
+        enum Verdict: Equatable { case admitted, undecided, refused(String, ErrorCode) }
     }
 
     public init(maxFrameBytes: Int = defaultMaxFrameBytes, largeFrames: LargeFrames? = nil) {
@@ -100,7 +105,7 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
             switch largeFrames.check(length: length, head: view[view.index(view.startIndex, offsetBy: 4)...]) {
             case .admitted: admittedAt = consumed
             case .undecided: return nil
-            case let .refused(why): throw DecodeError(offset: consumed, reason: why, kind: .tooLarge)
+            case let .refused(why, code): throw DecodeError(offset: consumed, reason: why, kind: .refused(code: code.rawValue))
             }
         }
         guard let (frame, length) = try ByteReader.prefix(of: buffer.readableBytesView, base: consumed, { r throws(DecodeError) in

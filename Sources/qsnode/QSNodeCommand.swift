@@ -153,7 +153,7 @@ struct QSNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("With --etcd: the etcd user this member authenticates as (etcd's authentication: a user whose role may read and write /qs/NAME/, docs/ha.md); needs --etcd-password-file. Without it the member presents no credentials, and etcd must take requests from anyone who reaches it. (env: QS_ETCD_USER)", valueName: "name"))
     var etcdUser: String = QSEnv.string("QS_ETCD_USER") ?? ""
 
-    @Option(help: ArgumentHelp("With --etcd-user: a file holding that user's etcd password (trailing newlines dropped). (env: QS_ETCD_PASSWORD_FILE)", valueName: "file"))
+    @Option(help: ArgumentHelp("With --etcd-user: a file holding that user's etcd password (trailing newlines and spaces dropped), read again at each authentication (a rotated password is taken without a restart). (env: QS_ETCD_PASSWORD_FILE)", valueName: "file"))
     var etcdPasswordFile: String = QSEnv.string("QS_ETCD_PASSWORD_FILE") ?? ""
 
     @Option(help: ArgumentHelp("With --etcd: how long an etcd request may take before the write is refused as not committed (outcome unknown). (env: QS_ETCD_TIMEOUT)", valueName: "duration"))

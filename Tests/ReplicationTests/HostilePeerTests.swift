@@ -143,7 +143,13 @@ final class HostilePeerTests: XCTestCase {
         _ = forged.withUnsafeBytes { send(wrong, $0.baseAddress, $0.count, 0) }
         let refusal = try await readUntilClosed(wrong)
         let text = String(decoding: try XCTUnwrap(refusal, "no answer to the first bytes of a 32 MiB frame without the token"), as: UTF8.self)
-        XCTAssertTrue(text.contains("without this node's write token"), text)
+        XCTAssertTrue(text.contains("wrong write token"), text)
+        XCTAssertEqual(root.metric("qs_auth_failures_total{interface=\"write\"}"), 1)
+        // A token of another length (here over 4 KiB) is refused before it is awaited.
+        let long = try XCTUnwrap(connect(port: root.port, from: "127.0.0.4"))
+        _ = (header(32 << 20, 0x01) + withUnsafeBytes(of: UInt32(5000).bigEndian, Array.init)).withUnsafeBytes { send(long, $0.baseAddress, $0.count, 0) }
+        let longAnswer = try await readUntilClosed(long)
+        XCTAssertTrue(String(decoding: try XCTUnwrap(longAnswer), as: UTF8.self).contains("wrong write token"))
 
         // A get announcing 2 MiB (a key that long): refused after its type byte.
         let get = try XCTUnwrap(connect(port: root.port, from: "127.0.0.3"))
@@ -151,7 +157,8 @@ final class HostilePeerTests: XCTestCase {
         let answer = try await readUntilClosed(get)
         let notWrite = String(decoding: try XCTUnwrap(answer), as: UTF8.self)
         XCTAssertTrue(notWrite.contains("is not a write"), notWrite)
-        XCTAssertEqual(root.metric("qs_bad_frames_total"), 2)
+        XCTAssertEqual(root.metric("qs_bad_frames_total"), 1)
+        XCTAssertEqual(root.metric("qs_auth_failures_total{interface=\"write\"}"), 2)
 
         // A 2 MiB batch with the token is taken.
         let client = try await QSClient.connect(host: "127.0.0.1", port: root.port, token: token)
@@ -160,6 +167,15 @@ final class HostilePeerTests: XCTestCase {
         let back = try await client.get(Array("big".utf8))
         XCTAssertEqual(back?.value.count, big.count)
         await client.close()
+
+        // A token over 4 KiB (the file sets no upper bound) admits large writes as well.
+        let longToken = [UInt8](repeating: 0x74, count: 5068)
+        let longFile = tmp.appendingPathComponent("long-token")
+        try Data(longToken).write(to: longFile)
+        let other = try RootNode(data: tmp.appendingPathComponent("other"), logDir: tmp, extraArgs: ["--write-token-file", longFile.path])
+        let oc = try await QSClient.connect(host: "127.0.0.1", port: other.port, token: longToken)
+        _ = try await oc.write([.set(key: Array("big".utf8), value: big, expiry: nil)], sourceID: "t")
+        await oc.close()
     }
 
     func testAConnectionThatNeverSendsAWholeRequestIsClosedAfterTheIdleTimeout() async throws {
