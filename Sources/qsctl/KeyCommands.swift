@@ -13,7 +13,9 @@ struct Put: AsyncParsableCommand {
     @ParentCommand var parent: Qsctl
     var options: NodeOptions { parent.options }
     @Argument(help: "The key.") var key: String
-    @Argument(help: "The value.") var value: String
+    @Argument(help: "The value (or --value-file).") var value: String?
+    @Option(help: ArgumentHelp("Read the value from this file, its bytes as they are ('-': standard input), instead of the VALUE argument: for values too large or too binary for a command line. (env: QS_CTL_PUT_VALUE_FILE)", valueName: "file"))
+    var valueFile: String = QSEnv.string("QS_CTL_PUT_VALUE_FILE") ?? ""
     @Option(help: ArgumentHelp("Expiration time in epoch seconds (KT's xt); 0, the default, for none. (env: QS_CTL_PUT_EXPIRES)", valueName: "epoch"))
     var expires: UInt64 = QSEnv.value("QS_CTL_PUT_EXPIRES", UInt64(0), flag: "--expires")
     @Option(help: ArgumentHelp("Source id the write is recorded under. (env: QS_CTL_PUT_SOURCE_ID)", valueName: "id"))
@@ -21,8 +23,24 @@ struct Put: AsyncParsableCommand {
     @Option(help: outputHelp("QS_CTL_PUT_OUTPUT", "table prints ok and the log index; json {\"index\": n or null, \"changed\": bool}."))
     var output: OutputFormat = QSEnv.value("QS_CTL_PUT_OUTPUT", OutputFormat.table, flag: "--output")
 
+    func validate() throws {
+        guard (value == nil) != valueFile.isEmpty else {
+            throw ValidationError(value == nil ? "give the VALUE, or --value-file FILE ('-' for standard input)" : "give either VALUE or --value-file (QS_CTL_PUT_VALUE_FILE), not both")
+        }
+    }
+
+    /// The value: the argument (decoded as --base64 says), or the file's bytes as they are.
+    func valueBytes() throws -> [UInt8] {
+        if let value { return try options.bytes(value, "VALUE") }
+        if valueFile == "-" { return Array(FileHandle.standardInput.readDataToEndOfFile()) }
+        guard let data = FileManager.default.contents(atPath: valueFile) else {
+            throw ValidationError("--value-file \(valueFile) cannot be read: check the path and permissions")
+        }
+        return Array(data)
+    }
+
     func run() async throws {
-        let op = Mutation.set(key: try options.bytes(key, "KEY"), value: try options.bytes(value, "VALUE"), expiry: expires == 0 ? nil : expires)
+        let op = Mutation.set(key: try options.bytes(key, "KEY"), value: try valueBytes(), expiry: expires == 0 ? nil : expires)
         try await options.withClient { client in
             let r = try await client.write([op], sourceID: sourceID)
             if case let .applied(index, _, dropped) = r {

@@ -85,6 +85,24 @@ final class QsctlTests: XCTestCase {
         XCTAssertEqual(try qsctl(node, ["--base64", "put", "AAEC/w==", "CQoN"]).0, 0)
         r = try qsctl(node, ["--base64", "get", "AAEC/w==", "--output", "json"])
         XCTAssertEqual(r.1, "{\"key\":\"AAEC/w==\",\"value\":\"CQoN\",\"xt\":null}\n")
+        // A value too large for a command line, from a file and from standard input.
+        let big = Data((0..<(2 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+        let file = tmp.appendingPathComponent("value")
+        try big.write(to: file)
+        XCTAssertEqual(try qsctl(node, ["put", "big", "--value-file", file.path]).0, 0)
+        let stdin = try Harness.run("qsctl", ["--node", node.address, "put", "piped", "--value-file", "-"], stdin: Data("from stdin".utf8))
+        XCTAssertEqual(stdin.status, 0, String(decoding: stdin.stderr, as: UTF8.self))
+        let both = try qsctl(node, ["put", "k", "v", "--value-file", file.path])
+        XCTAssertEqual(both.0, 2)
+        XCTAssertTrue(both.2.contains("not both"), both.2)
+        let none = try qsctl(node, ["put", "k"])
+        XCTAssertEqual(none.0, 2)
+        XCTAssertTrue(none.2.contains("--value-file FILE"), none.2)
+        for (key, value) in [("big", big), ("piped", Data("from stdin".utf8))] {
+            let got = try qsctl(node, ["--base64", "get", Data(key.utf8).base64EncodedString(), "--output", "json"])
+            let json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(got.1.utf8)) as? [String: Any])
+            XCTAssertEqual((json["value"] as? String).flatMap { Data(base64Encoded: $0) }, value, key)
+        }
     }
 
     /// Once producers write through qsrest, KT's copy of their keys is stale by design and
