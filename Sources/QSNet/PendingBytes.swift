@@ -1,3 +1,4 @@
+import Metrics
 import NIOConcurrencyHelpers
 
 /// The bytes a listener's connections hold for requests not yet whole (bodies still
@@ -8,23 +9,32 @@ import NIOConcurrencyHelpers
 public final class PendingBytes: Sendable {
     public let limit: Int
     private let used = NIOLockedValueBox(0)
+    /// The bytes held, as they change.
+    private let gauge: Gauge?
 
-    public init(limit: Int) {
+    public init(limit: Int, gauge: Gauge? = nil) {
         self.limit = limit
+        self.gauge = gauge
     }
 
     /// Takes `n` bytes of the budget; false (nothing taken) when that would pass the limit.
     public func reserve(_ n: Int) -> Bool {
-        used.withLockedValue { used in
-            guard used + n <= limit else { return false }
+        let now: Int? = used.withLockedValue { used in
+            guard used + n <= limit else { return nil }
             used += n
-            return true
+            return used
         }
+        if let now { gauge?.record(now) }
+        return now != nil
     }
 
     public func release(_ n: Int) {
         guard n > 0 else { return }
-        used.withLockedValue { $0 = max(0, $0 - n) }
+        let now = used.withLockedValue { used in
+            used = max(0, used - n)
+            return used
+        }
+        gauge?.record(now)
     }
 
     /// Bytes held now.

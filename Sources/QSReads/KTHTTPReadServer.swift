@@ -1,6 +1,7 @@
 import Foundation
 import KTFormats
 import Logging
+import Metrics
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -54,7 +55,7 @@ public struct KTHTTPReadServer: ListeningService {
         session = KTHTTPSession(store: store, procedures: procedures,
                                 rest: KTRESTRead(databases: configuration.databases, clock: configuration.clock),
                                 metrics: metrics, logger: logger, maxBodyBytes: configuration.maxBodyBytes,
-                                pending: PendingBytes(limit: configuration.maxPendingBytes))
+                                pending: PendingBytes(limit: configuration.maxPendingBytes, gauge: Gauge(label: "qs_kt_http_pending_body_bytes")))
         binary = KTBinarySession(store: store, databases: configuration.databases, clock: configuration.clock,
                                  maxRequestBytes: configuration.maxBodyBytes, metrics: metrics, logger: logger)
     }
