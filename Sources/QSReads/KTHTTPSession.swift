@@ -286,6 +286,12 @@ final class KTHTTPHandler: ChannelInboundHandler {
             releaseBody()
             tooLarge = false
             overBudget = false
+            // A declared length over the limit is answered now, not once it has all come.
+            if let declared = h.headers.first(name: "content-length").flatMap(Int.init), declared > session.maxBodyBytes {
+                tooLarge = true
+                head = nil
+                answer(context, h)
+            }
         case var .body(chunk):
             if body.readableBytes + chunk.readableBytes > session.maxBodyBytes {
                 tooLarge = true

@@ -79,6 +79,10 @@ final class KTBinaryLimitTests: XCTestCase {
         try await waitFor("the budget given back") { kt.pendingBodyBytes == 0 }
         let third = RawSocket.exchange(port: port, head + keys)
         XCTAssertEqual(RawHTTPResponse(third)?.status, 200, String(decoding: third.prefix(200), as: UTF8.self))
+
+        // A declared length over the body limit: 413 from the head, before any of the body.
+        let declared = RawSocket.exchange(port: port, Array("POST /rpc/get_bulk HTTP/1.1\r\nHost: x\r\nContent-Length: \(2 << 20)\r\n\r\n".utf8))
+        XCTAssertEqual(RawHTTPResponse(declared)?.status, 413, String(decoding: declared.prefix(200), as: UTF8.self))
     }
 
     private func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
