@@ -201,18 +201,54 @@ public struct KTBinaryRequestDecoder: NIOSingleStepByteToMessageDecoder, Sendabl
 
     /// A request was refused early: what follows it is discarded (the connection closes).
     private var discarding = false
+    /// How far the `get_bulk` arriving has been walked: the offset (from the reader index)
+    /// of its next key and the keys left. A request declares no total length, so without
+    /// this each arriving piece would parse it again from the start (and allocate every key
+    /// again): quadratic in the request's size.
+    private var walked: (offset: Int, keysLeft: UInt32)?
 
     public mutating func decode(buffer: inout ByteBuffer) throws(DecodeError) -> KTBinaryRequest? {
         if discarding {
             buffer.moveReaderIndex(to: buffer.writerIndex)
             return nil
         }
-        if getBulkOnly, let refused = try Self.refusedEarly(&buffer) {
-            discarding = true
-            buffer.moveReaderIndex(to: buffer.writerIndex)
-            return refused
+        if getBulkOnly {
+            if let refused = try Self.refusedEarly(&buffer) {
+                discarding = true
+                buffer.moveReaderIndex(to: buffer.writerIndex)
+                return refused
+            }
+            if buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) == KTBinaryMagic.getBulk {
+                guard try walkGetBulk(buffer) else { return nil }
+                walked = nil
+            }
         }
         return try Self.next(&buffer)
+    }
+
+    /// Walks the `get_bulk` at the buffer's reader index from where the last call stopped,
+    /// without allocating: true once it is whole (then parsed once), false while more must
+    /// come. A key over KT's limit is refused as soon as its size arrives.
+    private mutating func walkGetBulk(_ buffer: ByteBuffer) throws(DecodeError) -> Bool {
+        let base = buffer.readerIndex, end = buffer.writerIndex
+        var (offset, left) = walked ?? (0, 0)
+        if walked == nil {
+            // magic, flags, key count
+            guard end - base >= 9, let count = buffer.getInteger(at: base + 5, as: UInt32.self) else { return false }
+            (offset, left) = (9, count)
+        }
+        defer { walked = (offset, left) }
+        while left > 0 {
+            // db:u16 ksiz:u32 key
+            guard end - base - offset >= 6, let ksiz = buffer.getInteger(at: base + offset + 2, as: UInt32.self) else { return false }
+            guard ksiz <= KTBinaryMagic.dataMaxSize else {
+                throw DecodeError(offset: offset + 2, reason: "key size \(ksiz) over \(KTBinaryMagic.dataMaxSize)", kind: .tooLarge)
+            }
+            guard end - base - offset - 6 >= Int(ksiz) else { return false }
+            offset += 6 + Int(ksiz)
+            left -= 1
+        }
+        return true
     }
 
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws(DecodeError) -> KTBinaryRequest? {
