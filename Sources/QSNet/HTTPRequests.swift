@@ -28,7 +28,9 @@ public enum HTTPRequests {
             case let .head(h):
                 drain?.begin()
                 head = h
-                body.clear()
+                // A cleared buffer keeps its capacity: an idle connection would hold its
+                // largest body.
+                if body.capacity > 64 << 10 { body = ByteBuffer() } else { body.clear() }
                 over = false
                 answered = false
                 if try await refuse(h) {
@@ -56,7 +58,9 @@ public enum HTTPRequests {
                     return
                 }
                 drain?.answering()
-                let keepAlive = try await answer(h, Array(body.readableBytesView))
+                let bytes = Array(body.readableBytesView)
+                if body.capacity > 64 << 10 { body = ByteBuffer() } else { body.clear() }
+                let keepAlive = try await answer(h, bytes)
                 drain?.end()
                 if !keepAlive { return }
             }

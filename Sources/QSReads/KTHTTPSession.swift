@@ -339,11 +339,12 @@ final class KTHTTPHandler: ChannelInboundHandler {
                 to: h, keepAlive: false)
     }
 
-    /// Gives the body's bytes back to the listener's budget.
+    /// Gives the body's bytes back to the listener's budget, and its memory back too (a
+    /// cleared buffer keeps its capacity: an idle connection would hold its largest body).
     private func releaseBody() {
         session.pending.release(reserved)
         reserved = 0
-        body.clear()
+        if body.capacity > 64 << 10 { body = ByteBuffer() } else { body.clear() }
     }
 
     /// Answers the request whose head is `h` and whose body is `body`.
