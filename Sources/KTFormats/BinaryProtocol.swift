@@ -194,9 +194,27 @@ public struct KTBinaryRequestDecoder: NIOSingleStepByteToMessageDecoder, Sendabl
     /// and the connection closed, so a large write is refused before it is read (and not
     /// parsed again at each arriving piece).
     public let getBulkOnly: Bool
+    /// The listener's budget for requests still arriving (with `getBulkOnly`): the bytes of
+    /// a `get_bulk` held are reserved as they come (refused: the decoder throws), and given
+    /// back once it is whole.
+    public let budget: Budget?
 
-    public init(getBulkOnly: Bool = false) {
+    /// One connection's share of a listener's budget.
+    public struct Budget: Sendable {
+        /// Takes `n` more bytes; false when the budget has no room.
+        public let reserve: @Sendable (Int) -> Bool
+        /// Gives back everything this connection holds.
+        public let releaseAll: @Sendable () -> Void
+
+        public init(reserve: @escaping @Sendable (Int) -> Bool, releaseAll: @escaping @Sendable () -> Void) {
+            self.reserve = reserve
+            self.releaseAll = releaseAll
+        }
+    }
+
+    public init(getBulkOnly: Bool = false, budget: Budget? = nil) {
         self.getBulkOnly = getBulkOnly
+        self.budget = budget
     }
 
     /// A request was refused early: what follows it is discarded (the connection closes).
@@ -206,6 +224,8 @@ public struct KTBinaryRequestDecoder: NIOSingleStepByteToMessageDecoder, Sendabl
     /// this each arriving piece would parse it again from the start (and allocate every key
     /// again): quadratic in the request's size.
     private var walked: (offset: Int, keysLeft: UInt32)?
+    /// Bytes of the request arriving reserved from `budget`.
+    private var reserved = 0
 
     public mutating func decode(buffer: inout ByteBuffer) throws(DecodeError) -> KTBinaryRequest? {
         if discarding {
@@ -219,8 +239,19 @@ public struct KTBinaryRequestDecoder: NIOSingleStepByteToMessageDecoder, Sendabl
                 return refused
             }
             if buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) == KTBinaryMagic.getBulk {
+                if let budget, buffer.readableBytes > reserved {
+                    // Everything held for it so far, a key still arriving included.
+                    guard budget.reserve(buffer.readableBytes - reserved) else {
+                        throw DecodeError(offset: 0, reason: "the binary requests arriving on this port together hold all it keeps for them (--kt-max-pending-bytes)", kind: .tooLarge)
+                    }
+                    reserved = buffer.readableBytes
+                }
                 guard try walkGetBulk(buffer) else { return nil }
                 walked = nil
+                if reserved > 0 {
+                    budget?.releaseAll()
+                    reserved = 0
+                }
             }
         }
         return try Self.next(&buffer)

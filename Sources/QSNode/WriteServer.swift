@@ -38,7 +38,7 @@ public struct WriteServer: ListeningService {
         let ops = channel.pipeline.syncOperations
         let large = FrameDecoder.LargeFrames(writable: core.writable, admits: core.writeGate.admits, tokenLength: core.writeGate.tokenLength)
         try ops.addHandler(FrameDecoder.handler(maxFrameBytes: maxFrameBytes, largeFrames: large))
-        try ops.addHandler(MessageToByteHandler(FrameEncoder()))
+        try ops.addHandler(FrameWriter())
         try ops.addHandler(WriteProtocolHandler(core: core, logger: logger))
     }
 }

@@ -68,15 +68,16 @@ public struct KTHTTPReadServer: ListeningService {
         let slots = LoopReadSlots(store: session.store)
         try await listener.run { channel in
             let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
-            return try KTConnection.sniff(channel, maxBinaryBytes: maxBodyBytes) { channel in
+            return try KTConnection.sniff(channel, maxBinaryBytes: maxBodyBytes, pending: session.pending) { channel in
                 try channel.pipeline.syncOperations.addHandler(KTFastHTTPHandler(session: session, peer: peer, slot: slots.slot(for: channel.eventLoop)))
             }
         } handle: { accepted in
             // A client that connects and sends nothing is closed on shutdown (idle) or
             // cancellation (the listener closes the channel), which fails the sniff. HTTP
             // is answered by the pipeline; the connection's task waits for it to close.
-            if case let .binary(connection)? = try? await accepted.connection.get() {
+            if case let .binary(connection, share)? = try? await accepted.connection.get() {
                 await binary.run(connection, peer: accepted.peer, drain: accepted.drain)
+                share.releaseAll()
             }
         }
     }

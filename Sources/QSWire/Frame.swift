@@ -144,6 +144,25 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
     }
 }
 
+/// Writes each frame into a buffer of its own, with its length prefix, for a server: NIO's
+/// `MessageToByteHandler` keeps one buffer for the connection's life, with the capacity of
+/// the largest frame it ever wrote (a reply to a get of a large value: anyone's to ask).
+public final class FrameWriter: ChannelOutboundHandler, RemovableChannelHandler {
+    public typealias OutboundIn = Frame
+    public typealias OutboundOut = ByteBuffer
+
+    public init() {}
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let frame = unwrapOutboundIn(data)
+        var out = context.channel.allocator.buffer(capacity: 5 + frame.payload.count)
+        out.writeInteger(UInt32(1 + frame.payload.count))
+        out.writeInteger(frame.type)
+        out.writeBytes(frame.payload)
+        context.write(wrapOutboundOut(out), promise: promise)
+    }
+}
+
 /// Writes frames with their length prefix.
 public struct FrameEncoder: MessageToByteEncoder {
     public typealias OutboundIn = Frame

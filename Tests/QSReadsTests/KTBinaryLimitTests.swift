@@ -80,6 +80,17 @@ final class KTBinaryLimitTests: XCTestCase {
         let third = RawSocket.exchange(port: port, head + keys)
         XCTAssertEqual(RawHTTPResponse(third)?.status, 200, String(decoding: third.prefix(200), as: UTF8.self))
 
+        // A binary get_bulk still arriving counts against the same budget (a key of 900,000
+        // bytes, 800,000 of them sent), and gives it back when its connection closes.
+        let binary = try XCTUnwrap(Harness.connectLoopback(port: port))
+        let keyHead: [UInt8] = [0xBA, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0] + withUnsafeBytes(of: UInt32(900_000).bigEndian, Array.init)
+        XCTAssertTrue(sendAll(binary, keyHead + [UInt8](repeating: 0x61, count: 800_000)))
+        try await waitFor("the binary request's bytes held") { kt.pendingBodyBytes == 800_015 }
+        let squeezed = RawSocket.exchange(port: port, Array("POST /rpc/get_bulk HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\nConnection: close\r\n\r\n".utf8) + keys.prefix(248_562))
+        XCTAssertEqual(RawHTTPResponse(squeezed)?.status, 503, String(decoding: squeezed.prefix(200), as: UTF8.self))
+        close(binary)
+        try await waitFor("the binary request's bytes given back") { kt.pendingBodyBytes == 0 }
+
         // A declared length over the body limit: 413 from the head, before any of the body.
         let declared = RawSocket.exchange(port: port, Array("POST /rpc/get_bulk HTTP/1.1\r\nHost: x\r\nContent-Length: \(2 << 20)\r\n\r\n".utf8))
         XCTAssertEqual(RawHTTPResponse(declared)?.status, 413, String(decoding: declared.prefix(200), as: UTF8.self))
