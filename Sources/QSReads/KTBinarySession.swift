@@ -51,7 +51,10 @@ struct KTBinarySession: Sendable {
     private func read(_ keys: [KTBinaryKey], _ txn: borrowing StoreTransaction) throws -> [KTBinaryRecord] {
         let now = clock()
         var out = [KTBinaryRecord]()
-        for k in keys {
+        // Each key once, as `/rpc/get_bulk` answers: one key named many times in a small
+        // request would otherwise build a reply of gigabytes from a large value.
+        var seen = Set<KTBinaryKey>()
+        for k in keys where seen.insert(k).inserted {
             guard let db = databases.database(index: Int(k.db)) else { continue }
             let full = db.prefix + k.key
             guard databases.owns(db, key: full), let r = try txn.get(full), !r.isExpired(at: now) else { continue }

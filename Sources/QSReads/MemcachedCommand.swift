@@ -22,11 +22,17 @@ public struct MemcachedLimits: Sendable {
     /// Largest data block of a (refused) storage command that is skipped to stay in sync;
     /// larger ones close the connection.
     public var maxDataBytes: Int
+    /// Largest reply of one multi-key `get` (past its first value): one key named many
+    /// times on an 8 KiB line would otherwise build a reply of gigabytes from a large
+    /// value. Past it the reply is memcached's own "SERVER_ERROR out of memory writing get
+    /// response".
+    public var maxReplyBytes: Int
 
-    public init(maxLineBytes: Int = 8192, maxKeyBytes: Int = 8192, maxDataBytes: Int = 1 << 30) {
+    public init(maxLineBytes: Int = 8192, maxKeyBytes: Int = 8192, maxDataBytes: Int = 1 << 30, maxReplyBytes: Int = 64 << 20) {
         self.maxLineBytes = maxLineBytes
         self.maxKeyBytes = maxKeyBytes
         self.maxDataBytes = maxDataBytes
+        self.maxReplyBytes = maxReplyBytes
     }
 }
 

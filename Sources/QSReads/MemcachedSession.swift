@@ -120,6 +120,7 @@ struct MemcachedSession: Sendable {
         let withCAS = get.withCAS, format = config.valueFormat
         // Written after the last key, or dropped for a storage error.
         let start = out.writerIndex
+        let maxReply = config.limits.maxReplyBytes
         var hits = 0, asked = 0
         do {
             try store.readInline(in: slot) { txn in
@@ -129,9 +130,15 @@ struct MemcachedSession: Sendable {
                         guard let record, !record.isExpired(at: now) else { return }
                         hits += 1
                         Self.writeValue(key: key, record: record, withCAS: withCAS, format: format, into: &out)
+                        if hits > 1, out.writerIndex - start > maxReply { throw ReplyTooLarge() }
                     }
                 }
             }
+        } catch is ReplyTooLarge {
+            out.moveWriterIndex(to: start)
+            metrics.bad(logger, peer: peer, reason: "get reply over \(maxReply) bytes (\(asked) keys read, \(hits) found)")
+            out.writeString("SERVER_ERROR out of memory writing get response\r\n")
+            return
         } catch {
             out.moveWriterIndex(to: start)
             metrics.readFailed(logger, "memcached get failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
@@ -202,3 +209,6 @@ struct MemcachedSession: Sendable {
     }
 
 }
+
+/// A multi-key `get` whose reply passed `MemcachedLimits.maxReplyBytes`.
+struct ReplyTooLarge: Error {}

@@ -1,4 +1,5 @@
 import Foundation
+import KTFormats
 import QSClient
 import QSTesting
 import QSWire
@@ -145,6 +146,26 @@ final class PipelinedBackPressureTests: XCTestCase {
         let grown = try rss() - before
         for c in clients { await c.close() }
         XCTAssertLessThan(grown, 50 << 20, "100 idle connections hold \(grown >> 20) MiB after replies of 1 MiB each")
+    }
+
+    /// One key named many times in one small request: memcached's multi-key `get` stops at
+    /// `maxReplyBytes` (64 MiB) with memcached's own error, KT's binary `get_bulk` answers
+    /// each key once (as `/rpc/get_bulk` does). Before, 100 × a 1 MiB key built a 100 MiB
+    /// reply from a 400-byte line (seen by helper-73: 533 MB from 1.8 KB, 1.6 GB of RSS).
+    func testOneKeyNamedManyTimesDoesNotMultiplyTheReply() async throws {
+        try await start()
+        let mc = try node.daemon.port("memcached"), kt = try node.daemon.port("kt-http")
+        let many = "get " + Array(repeating: "big", count: 100).joined(separator: " ") + "\r\n"
+        let refused = RawSocket.exchange(port: mc, Array((many + "get big big\r\nquit\r\n").utf8))
+        let text = String(decoding: refused.prefix(60), as: UTF8.self)
+        XCTAssertTrue(text.hasPrefix("SERVER_ERROR out of memory writing get response\r\n"), text)
+        // Two of it are answered whole, after the refusal, on the same connection.
+        XCTAssertEqual(refused.count, 49 + 2 * ("VALUE big 0 1048576\r\n".utf8.count + Self.valueBytes + 2) + "END\r\n".utf8.count, "the get of two came back whole")
+
+        let keys = [KTBinaryKey](repeating: KTBinaryKey(db: 0, key: Array("big".utf8)), count: 200)
+        let bulk = RawSocket.exchange(port: kt, KTBinaryRequest.getBulk(flags: 0, keys: keys).encoded() + KTBinaryRequest.setBulk(flags: 0, records: []).encoded())
+        let one = KTBinaryRecord(db: 0, key: Array("big".utf8), value: [UInt8](repeating: UInt8(ascii: "v"), count: Self.valueBytes), expiration: KTExpiration.never)
+        XCTAssertEqual(bulk.count, KTBinaryResponse.getBulk(records: [one]).encoded().count + 1, "one record, then the refusal of the set_bulk")
     }
 
     func testMemcachedKTHTTPAndTheWritePortAnswerNoFasterThanTheClientReads() async throws {
