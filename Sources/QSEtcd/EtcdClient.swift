@@ -472,6 +472,10 @@ public final class EtcdClient: Sendable {
     }
 
     private func authenticate(_ credentials: EtcdCredentials) async throws -> Authentication {
+        if let file = credentials.passwordFile, !FileManager.default.isReadableFile(atPath: file) {
+            logger.warning("the etcd password file cannot be read: authenticating with the password read at start",
+                           metadata: ["etcd-password-file": "\(file)"])
+        }
         let body = try EtcdJSON.encode(["name": credentials.user, "password": credentials.currentPassword])
         let json: [String: Any]
         do {

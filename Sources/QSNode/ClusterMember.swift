@@ -96,6 +96,7 @@ public final class ClusterMember: Service, Sendable {
         let s = state.withLockedValue { $0 }
         guard s.following else { return s }
         if let lost = quorum.withLockedValue({ $0 }) {
+            if lost.contains("refused this member's credentials") { return (false, lost) }
             return (false, "etcd did not commit this member's last write (no quorum?): \(lost)")
         }
         if let problem = lagProblem() { return (false, problem) }
@@ -306,7 +307,10 @@ public final class ClusterMember: Service, Sendable {
             }
             success += checkpoints.map { .put(key: keys.checkpoint($0.key), value: ClusterKeys.u64Bytes($0.value)) }
             if role != .mirror { success.append(.put(key: keys.role, value: Array(WriteRole.mirror.rawValue.utf8))) }
-            if sourceTimeNs > 0 { success.append(.put(key: keys.sourceTime, value: ClusterKeys.u64Bytes(sourceTimeNs))) }
+            if sourceTimeNs > 0 {
+                success.append(.put(key: keys.sourceTime, value: ClusterKeys.u64Bytes(sourceTimeNs)))
+                sourceTimeState.withLockedValue { $0.put = max($0.put, sourceTimeNs) }
+            }
             let base = prepared.base
             let r = try await counted {
                 try await self.etcd.txn(compare: [
@@ -435,12 +439,13 @@ public final class ClusterMember: Service, Sendable {
         let t = try ClusterKeys.u64(kv.value, "source time")
         let now = wallClockNanoseconds()
         sourceTimeState.withLockedValue {
-            if t > $0.applied { $0.advancedAtNs = now }
+            // Moved by a bridge writing to another member: not this member's own puts.
+            if t > $0.applied && t > $0.put { $0.advancedAtNs = now }
             $0.applied = max($0.applied, t)
         }
     }
 
-    /// Seconds since a mirror bridge writing to any member last moved the source's time
+    /// Seconds since a mirror bridge writing to another member last moved the source's time
     /// (`source-time`, put by its appends and by its probes while the source is quiet),
     /// by this member's clock; nil when it never did since this member started. A
     /// bridge writing to another member feeds this one as much.

@@ -286,8 +286,10 @@ final class KTHTTPHandler: ChannelInboundHandler {
             releaseBody()
             tooLarge = false
             overBudget = false
-            // A declared length over the limit is answered now, not once it has all come.
-            if let declared = h.headers.first(name: "content-length").flatMap(Int.init), declared > session.maxBodyBytes {
+            // A declared length over the limit (or over the whole budget for arriving
+            // bodies, which it could never get) is answered now, not once it has all come.
+            if let declared = h.headers.first(name: "content-length").flatMap(Int.init),
+               declared > min(session.maxBodyBytes, session.pending.limit) {
                 tooLarge = true
                 head = nil
                 answer(context, h)
@@ -356,7 +358,7 @@ final class KTHTTPHandler: ChannelInboundHandler {
         releaseBody()
         if tooLarge {
             respond(context, KTReply(status: 413, body: Array("413 Request Entity Too Large (request entity too large)\n".utf8),
-                                     kind: "bad", badReason: "request body over \(session.maxBodyBytes) bytes"),
+                                     kind: "bad", badReason: "request body over \(min(session.maxBodyBytes, session.pending.limit)) bytes"),
                     to: h, keepAlive: false)
             return
         }
