@@ -180,6 +180,11 @@ public final class NodeCore: Sendable {
         if let failing = store.writeHealth.failing {
             out["writes_failing"] = ["failure": failing.failure.rawValue, "message": failing.message,
                                      "since_ns": failing.sinceNs, "remedy": failing.failure.remedy]
+        } else if let cluster, case let s = cluster.status, !s.following {
+            // A cluster member that does not follow etcd (cut off, no quorum, its
+            // credentials refused) commits nothing, whatever its write role says.
+            out["writes_failing"] = ["failure": "root cluster", "message": s.detail,
+                                     "remedy": "the member takes no writes until it follows etcd again (its /readyz says the same; docs/ha.md)"]
         }
         let data = try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys])
         return String(decoding: data, as: UTF8.self)

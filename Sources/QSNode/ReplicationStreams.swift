@@ -143,13 +143,13 @@ enum ReplicationStreams {
     }
 
     /// Writes `frame`, a frame encoded already (`EncodedSnapshotChunk`), as it is: from the
-    /// place of the channel's `FrameEncoder` in the pipeline, so it goes on to the socket
+    /// place of the channel's `FrameWriter` in the pipeline, so it goes on to the socket
     /// past the encoder, in order with the frames written before it.
     static func writeEncoded(_ frame: ByteBuffer, on channel: Channel) -> EventLoopFuture<Void> {
         channel.eventLoop.flatSubmit {
             let promise = channel.eventLoop.makePromise(of: Void.self)
             do {
-                let encoder = try channel.pipeline.syncOperations.context(handlerType: MessageToByteHandler<FrameEncoder>.self)
+                let encoder = try channel.pipeline.syncOperations.context(handlerType: FrameWriter.self)
                 encoder.writeAndFlush(NIOAny(frame), promise: promise)
             } catch {
                 promise.fail(error)

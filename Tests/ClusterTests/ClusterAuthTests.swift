@@ -82,6 +82,9 @@ final class ClusterAuthTests: XCTestCase {
         XCTAssertTrue(Harness.waitUntil(timeout: .seconds(10)) { member.readyz()?.body.contains("credentials") == true },
                       "\(member.readyz().map { "\($0)" } ?? "no answer")")
         XCTAssertEqual(member.readyz()?.status, 503)
+        let status = try Harness.run("qsctl", ["--node", member.address, "status"])
+        let statusText = String(decoding: status.stdout, as: UTF8.self)
+        XCTAssertTrue(statusText.contains("writes   FAILING") && statusText.contains("credentials"), statusText)
         // The new password in the file: taken at the next try, without a restart.
         try Data("b-secret\n".utf8).write(to: password)
         let recovered = await Harness.eventually(timeout: .seconds(40), pollEvery: .milliseconds(250)) {
