@@ -28,9 +28,7 @@ public enum HTTPRequests {
             case let .head(h):
                 drain?.begin()
                 head = h
-                // A cleared buffer keeps its capacity: an idle connection would hold its
-                // largest body.
-                if body.capacity > 64 << 10 { body = ByteBuffer() } else { body.clear() }
+                body.clearReleasingLargeStorage()
                 over = false
                 answered = false
                 if try await refuse(h) {
@@ -59,7 +57,7 @@ public enum HTTPRequests {
                 }
                 drain?.answering()
                 let bytes = Array(body.readableBytesView)
-                if body.capacity > 64 << 10 { body = ByteBuffer() } else { body.clear() }
+                body.clearReleasingLargeStorage()
                 let keepAlive = try await answer(h, bytes)
                 drain?.end()
                 if !keepAlive { return }

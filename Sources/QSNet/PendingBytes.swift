@@ -1,5 +1,6 @@
 import Metrics
 import NIOConcurrencyHelpers
+import NIOCore
 
 /// The bytes a listener's connections hold for requests not yet whole (bodies still
 /// arriving), against one budget: reserved as they arrive, released once the request is
@@ -39,4 +40,13 @@ public final class PendingBytes: Sendable {
 
     /// Bytes held now.
     public var inUse: Int { used.withLockedValue { $0 } }
+}
+
+extension ByteBuffer {
+    /// Empties a buffer that gathers request bodies, letting go of its storage once it grew
+    /// past 64 KiB: a cleared buffer keeps its capacity, so an idle connection would hold
+    /// the largest body it ever received.
+    public mutating func clearReleasingLargeStorage() {
+        if capacity > 64 << 10 { self = ByteBuffer() } else { clear() }
+    }
 }

@@ -341,12 +341,11 @@ final class KTHTTPHandler: ChannelInboundHandler {
                 to: h, keepAlive: false)
     }
 
-    /// Gives the body's bytes back to the listener's budget, and its memory back too (a
-    /// cleared buffer keeps its capacity: an idle connection would hold its largest body).
+    /// Gives the body's bytes back to the listener's budget, and its memory back too.
     private func releaseBody() {
         session.pending.release(reserved)
         reserved = 0
-        if body.capacity > 64 << 10 { body = ByteBuffer() } else { body.clear() }
+        body.clearReleasingLargeStorage()
     }
 
     /// Answers the request whose head is `h` and whose body is `body`.
