@@ -72,22 +72,29 @@ public final class QSClient: Sendable {
         self.requestTimeout = requestTimeout
     }
 
-    /// Connects to `HOST:PORT` or `unix:PATH` (the address syntax of `Endpoint`).
-    public static func connect(host: String, port: Int, token: [UInt8] = [],
+    /// Connects to `HOST:PORT`. `readToken` (nil: `token`) is presented at once (`auth`)
+    /// when it is not empty and `host` is not loopback: a node answers reads from another
+    /// machine only on a connection that presented one of its tokens. A writer whose first
+    /// request is a `hello` (which proves the write token) passes `[]`.
+    public static func connect(host: String, port: Int, token: [UInt8] = [], readToken: [UInt8]? = nil,
                                maxFrameBytes: Int = defaultMaxFrameBytes,
                                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                                timeout: TimeAmount = .seconds(5),
                                requestTimeout: TimeAmount = .seconds(60)) async throws -> QSClient {
-        let channel: Channel
-        do {
-            channel = try await bootstrap(group: group, maxFrameBytes: maxFrameBytes, timeout: timeout)
-                .connect(host: host, port: port).get()
-        } catch {
-            throw ClientError.connection(error)
+        let local = Endpoint.tcp(host: host, port: port).isLocalOnly
+        return try await authenticated(readToken ?? token, local: local) {
+            let channel: Channel
+            do {
+                channel = try await bootstrap(group: group, maxFrameBytes: maxFrameBytes, timeout: timeout)
+                    .connect(host: host, port: port).get()
+            } catch {
+                throw ClientError.connection(error)
+            }
+            return QSClient(channel: channel, token: token, requestTimeout: requestTimeout)
         }
-        return QSClient(channel: channel, token: token, requestTimeout: requestTimeout)
     }
 
+    /// Connects to a Unix socket (a local peer: no token is presented for reads).
     public static func connect(unixPath: String, token: [UInt8] = [],
                                maxFrameBytes: Int = defaultMaxFrameBytes,
                                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
@@ -102,12 +109,43 @@ public final class QSClient: Sendable {
         return QSClient(channel: channel, token: token, requestTimeout: requestTimeout)
     }
 
-    /// Connects to `endpoint`, TCP or a Unix socket.
-    public static func connect(to endpoint: Endpoint, token: [UInt8] = [],
+    /// Connects to `endpoint`, TCP or a Unix socket; `readToken` as for `connect(host:port:)`.
+    public static func connect(to endpoint: Endpoint, token: [UInt8] = [], readToken: [UInt8]? = nil,
                                requestTimeout: TimeAmount = .seconds(60)) async throws -> QSClient {
         switch endpoint {
-        case let .tcp(host, port): return try await connect(host: host, port: port, token: token, requestTimeout: requestTimeout)
+        case let .tcp(host, port):
+            return try await connect(host: host, port: port, token: token, readToken: readToken, requestTimeout: requestTimeout)
         case let .unix(path): return try await connect(unixPath: path, token: token, requestTimeout: requestTimeout)
+        }
+    }
+
+    /// A connection from `make` that has presented `readToken` (`auth`), unless it is empty
+    /// or the node is on this machine. A node older than `auth` refuses it as malformed and
+    /// closes the connection; it answers reads without a token, so a new connection is made
+    /// and used as it is. A refused token is thrown (`ClientError.server`, `unauthorized`).
+    static func authenticated(_ readToken: [UInt8], local: Bool,
+                              _ make: () async throws -> QSClient) async throws -> QSClient {
+        let client = try await make()
+        guard !readToken.isEmpty, !local else { return client }
+        let answer: Response
+        do {
+            answer = try await client.send(.auth(token: readToken))
+        } catch {
+            await client.close()
+            throw error
+        }
+        switch answer {
+        case .head:
+            return client
+        case let .error(code, _) where ErrorCode(rawValue: code) == .malformed:
+            await client.close()
+            return try await make()
+        case let .error(code, message):
+            await client.close()
+            throw ClientError.server(code: code, message: message)
+        default:
+            await client.close()
+            throw ClientError.unexpected("\(answer) to auth")
         }
     }
 

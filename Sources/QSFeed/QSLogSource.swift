@@ -29,6 +29,13 @@ public struct QSLogSource: FeedSource {
         self.decodeOperations = decodeOperations
     }
 
+    /// A source that refuses the bridge's token (or its reads without one: a source on
+    /// another machine) stops the bridge, saying which flag to give; other errors as they are.
+    static func stopIfRefused(_ error: any Error, _ name: String) -> any Error {
+        guard case let ClientError.server(code, message) = error, ErrorCode(rawValue: code) == .unauthorized else { return error }
+        return FeedError.stop("\(name) refused the bridge's reads: \(message); give the bridge --source-token-file with the source's replication token (its --replication-token-file)")
+    }
+
     struct Closed: Error, CustomStringConvertible {
         var description: String { "the source node closed the log stream" }
     }
@@ -39,13 +46,18 @@ public struct QSLogSource: FeedSource {
     public func run(after position: UInt64, deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {
         let client: QSClient
         var subscription: LogSubscription
-        switch endpoint {
-        case let .tcp(host, port):
-            client = try await QSClient.connect(host: host, port: port)
-            subscription = LogSubscription(host: host, port: port)
-        case let .unix(path):
-            client = try await QSClient.connect(unixPath: path)
-            subscription = LogSubscription(unixPath: path)
+        do {
+            switch endpoint {
+            case let .tcp(host, port):
+                // The replication token also lets this connection read from another machine.
+                client = try await QSClient.connect(host: host, port: port, readToken: token)
+                subscription = LogSubscription(host: host, port: port)
+            case let .unix(path):
+                client = try await QSClient.connect(unixPath: path)
+                subscription = LogSubscription(unixPath: path)
+            }
+        } catch {
+            throw Self.stopIfRefused(error, name)
         }
         subscription.token = token
         var hash = Head.empty.hash
@@ -65,7 +77,7 @@ public struct QSLogSource: FeedSource {
             stopAt = stopAtHead ? try await client.head().index : nil
         } catch {
             await client.close()
-            throw error
+            throw Self.stopIfRefused(error, name)
         }
         await client.close()
         if let stopAt, stopAt <= position { return }

@@ -205,7 +205,8 @@ public actor RootWriter {
         self.init(endpoints: endpoints, token: token, logger: logger, metrics: metrics, client: client, tokenOrigin: tokenOrigin,
                   staleAfter: staleAfter, unretried: unretried, sourceID: sourceID) { endpoint in
             switch endpoint {
-            case let .tcp(host, port): try await QSClient.connect(host: host, port: port, token: token)
+            // The hello proves the write token: it authenticates the connection's reads too.
+            case let .tcp(host, port): try await QSClient.connect(host: host, port: port, token: token, readToken: [])
             case let .unix(path): try await QSClient.connect(unixPath: path, token: token)
             }
         }

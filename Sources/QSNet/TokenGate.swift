@@ -10,7 +10,8 @@ import QSBytes
 /// since, so a peer hammering with a wrong token cannot flood the log.
 public final class TokenGate: Sendable {
     public let interface: String
-    let token: [UInt8]?
+    /// The tokens that pass (the read gate takes any of a node's tokens); empty: open.
+    let tokens: [[UInt8]]
     let flag: String
     let failures: Counter
     let logger: Logger
@@ -18,10 +19,16 @@ public final class TokenGate: Sendable {
     private let logState = NIOLockedValueBox<(last: ContinuousClock.Instant?, unlogged: Int)>((nil, 0))
 
     /// `token` nil: the gate is open (the interface binds loopback only, see `Endpoint.isLocalOnly`).
-    public init(guarding interface: String, token: [UInt8]?, flag: String, logger: Logger,
+    public convenience init(guarding interface: String, token: [UInt8]?, flag: String, logger: Logger,
+                            factory: any MetricsFactory = MetricsSystem.factory, logEvery: Duration = .seconds(10)) {
+        self.init(guarding: interface, tokens: token.map { [$0] } ?? [], flag: flag, logger: logger, factory: factory, logEvery: logEvery)
+    }
+
+    /// A gate any of `tokens` passes (none: open).
+    public init(guarding interface: String, tokens: [[UInt8]], flag: String, logger: Logger,
                 factory: any MetricsFactory = MetricsSystem.factory, logEvery: Duration = .seconds(10)) {
         self.interface = interface
-        self.token = token
+        self.tokens = tokens
         self.flag = flag
         self.logger = logger
         self.logEvery = logEvery
@@ -29,22 +36,31 @@ public final class TokenGate: Sendable {
     }
 
     /// Whether a token is required.
-    public var isClosed: Bool { token != nil }
+    public var isClosed: Bool { !tokens.isEmpty }
 
-    /// The token's length (0 when none is required).
-    public var tokenLength: Int { token?.count ?? 0 }
+    /// The token's length (0 when none is required; a gate of one token).
+    public var tokenLength: Int { tokens.first?.count ?? 0 }
 
     /// Whether `presented` is the token (constant time; nothing counted or logged), nil
     /// when no token is required.
     public var admits: (@Sendable ([UInt8]) -> Bool)? {
-        guard let token else { return nil }
-        return { constantTimeEqual(token, $0) }
+        guard isClosed else { return nil }
+        let tokens = self.tokens
+        return { presented in Self.matches(tokens, presented) }
+    }
+
+    /// Whether `presented` is one of `tokens`: each compared in constant time, all of them
+    /// always (which one matched does not show in the time taken).
+    static func matches(_ tokens: [[UInt8]], _ presented: [UInt8]) -> Bool {
+        var found = false
+        for t in tokens where constantTimeEqual(t, presented) { found = true }
+        return found
     }
 
     /// nil when `presented` passes (or no token is required); else the refusal, for the peer.
     public func check(_ presented: [UInt8], peer: String) -> String? {
-        guard let token else { return nil }
-        if constantTimeEqual(token, presented) { return nil }
+        guard isClosed else { return nil }
+        if Self.matches(tokens, presented) { return nil }
         let why = presented.isEmpty ? "missing \(interface) token" : "wrong \(interface) token"
         refuse(peer: peer, why: why)
         return "\(why): this node requires the token from its \(flag)"

@@ -25,6 +25,9 @@ public struct ClusterKeys: Sendable {
     public var logPrefix: [UInt8] { prefix + Array("log/".utf8) }
     public var checkpointPrefix: [UInt8] { prefix + Array("cp/".utf8) }
     public var appliedPrefix: [UInt8] { prefix + Array("applied/".utf8) }
+    /// `claims/<nodeID>`: the process that holds a node id (a nonce and what it is), so a
+    /// second process with the same id — a member's data directory copied — is told apart.
+    public var claimPrefix: [UInt8] { prefix + Array("claims/".utf8) }
     /// The cluster's write role (`mirror`, `promoted`; absent: `open`), compared by every write.
     public var role: [UInt8] { prefix + Array("role".utf8) }
     /// A mirroring cluster's source root's freshest word (ns since the epoch, u64), put with
@@ -40,6 +43,7 @@ public struct ClusterKeys: Sendable {
 
     public func checkpoint(_ sourceID: String) -> [UInt8] { checkpointPrefix + Array(sourceID.utf8) }
     public func applied(_ nodeID: String) -> [UInt8] { appliedPrefix + Array(nodeID.utf8) }
+    public func claim(_ nodeID: String) -> [UInt8] { claimPrefix + Array(nodeID.utf8) }
 
     /// The index of a `log/` key, nil for any other key.
     func logIndex(_ key: [UInt8]) -> UInt64? {

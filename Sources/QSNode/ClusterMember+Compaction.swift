@@ -35,6 +35,8 @@ extension ClusterMember {
                 // its TTL no longer holds the window open, and catches up from a peer's
                 // snapshot when it returns behind it.
                 let lease = try await etcd.grantLease(ttl: appliedTTL)
+                // Another live process with this node id: its applied/ key is left to it.
+                guard try await claimNodeID(lease: lease) else { continue }
                 let r = try await etcd.txn(compare: [], success: [
                     .putLeased(key: keys.applied(nodeID), value: ClusterKeys.u64Bytes(local.index), lease: lease),
                     .range(key: keys.appliedPrefix, end: etcdPrefixEnd(keys.appliedPrefix), limit: 0),
@@ -60,5 +62,43 @@ extension ClusterMember {
                 logger.debug("cluster log compaction skipped", metadata: ["error": "\(error)"])
             }
         }
+    }
+
+    /// Renews this process's claim on its node id (`claims/<id>`, on `lease`), or takes it
+    /// when nobody holds it. False while another live process holds it — its claim renewed
+    /// since this member last read it: a data directory copied from a member carries that
+    /// member's id, and two processes writing one `applied/` key would let compaction pass
+    /// the one behind. A claim left by this member's previous run is not renewed and ends
+    /// with its lease (at most `--etcd-applied-ttl`); meanwhile the member goes on as usual.
+    func claimNodeID(lease: Int64) async throws -> Bool {
+        let key = keys.claim(nodeID)
+        let r = try await etcd.txn(compare: [.value(key: key, equals: claimValue)],
+                                   success: [.putLeased(key: key, value: claimValue, lease: lease)],
+                                   failure: [.range(key: key, end: nil, limit: 1)])
+        guard !r.succeeded, let theirs = r.ranges.first?.first else {
+            if !r.succeeded {
+                _ = try await etcd.txn(compare: [.absent(key: key)], success: [.putLeased(key: key, value: claimValue, lease: lease)], failure: [])
+            }
+            if let was = duplicate.withLockedValue({ d -> String? in defer { d = (nil, nil) }; return d.holder }) {
+                logger.notice("cluster: the other process with this member's node id is gone; this member takes its place again",
+                              metadata: ["node-id": "\(nodeID)", "was": "\(was)"])
+            }
+            return true
+        }
+        let holder: String? = duplicate.withLockedValue { d in
+            defer { d.seen = theirs }
+            if let seen = d.seen, seen.value == theirs.value {
+                if seen.modRevision != theirs.modRevision {
+                    d.holder = String(decoding: theirs.value.drop { $0 != UInt8(ascii: " ") }.dropFirst(), as: UTF8.self)
+                }
+            } else {
+                d.holder = nil
+            }
+            return d.holder
+        }
+        guard let holder else { return true }
+        etcdLog.log(logger, .error, "cluster: another live process holds this member's node id (its data directory was copied from a member): this member takes no writes and leaves the id's applied/ key to it; start it again with an empty --data",
+                    budget: "duplicate", metadata: ["node-id": "\(nodeID)", "holder": "\(holder)"])
+        return false
     }
 }

@@ -58,11 +58,22 @@ public final class ClusterMember: Service, Sendable {
     private let etcdCounted = NIOLockedValueBox((tokens: 0, refusals: 0))
     /// "lost etcd" and credential refusals, once per cause a minute.
     let etcdLog = RateLimitedLog(window: .seconds(60))
+    /// This process's claim on its node id (`claims/<id>`): a random nonce, then what the
+    /// process is (`instance`: host, pid, write address).
+    let claimValue: [UInt8]
+    /// Another process's claim on this member's node id as last read, and what it is once
+    /// seen renewed (a live process: this member's data directory was copied from it).
+    let duplicate = NIOLockedValueBox<(seen: EtcdKV?, holder: String?)>((nil, nil))
+    /// 1 while another live process holds this member's node id.
+    let nodeIDConflict: Gauge
 
     public init(etcd: EtcdClient, cluster: String, store: Store, watcher: LogWatcher, nodeID: String,
                 window: UInt64, appliedTTL: Duration = ClusterMember.appliedTTL, peers: [Endpoint] = [], peerToken: [UInt8] = [],
-                maxRequestBytes: Int = ClusterMember.etcdMaxRequestBytes, logger: Logger,
+                maxRequestBytes: Int = ClusterMember.etcdMaxRequestBytes, instance: String = "", logger: Logger,
                 factory: any MetricsFactory = MetricsSystem.factory) {
+        var nonce = SystemRandomNumberGenerator()
+        claimValue = Array((String(nonce.next(), radix: 16) + " " + instance).utf8)
+        nodeIDConflict = Gauge(label: "qs_cluster_node_id_conflict", factory: factory)
         self.maxRequestBytes = maxRequestBytes
         self.peers = peers
         self.peerToken = peerToken
@@ -93,6 +104,9 @@ public final class ClusterMember: Service, Sendable {
 
     /// Whether the member follows the cluster's log and etcd has a quorum, for `/readyz`.
     public var status: (following: Bool, detail: String) {
+        if let holder = duplicate.withLockedValue({ $0.holder }) {
+            return (false, "another live process holds this member's node id \(nodeID) in etcd (\(holder)): this member's data directory was copied from that member's. Stop this process, move its --data aside and start it with an empty directory: it takes a snapshot from a peer and an id of its own")
+        }
         let s = state.withLockedValue { $0 }
         guard s.following else { return s }
         if let lost = quorum.withLockedValue({ $0 }) {
@@ -128,6 +142,7 @@ public final class ClusterMember: Service, Sendable {
     /// the tokens it gave since the last scrape.
     public func refreshGauges() {
         if let open = etcd.answersWithoutCredentials { etcdOpen.record(open ? 1 : 0) }
+        nodeIDConflict.record(duplicate.withLockedValue { $0.holder } == nil ? 0 : 1)
         let now = (tokens: etcd.tokens, refusals: etcd.authenticationsRefused)
         let new = etcdCounted.withLockedValue { counted in
             defer { counted = now }

@@ -20,6 +20,10 @@ public final class NodeCore: Sendable {
     /// Role changes (promote, demote): the admin token (`--admin-token-file`). Without one,
     /// they are taken from local peers only (loopback, Unix socket), with the write token.
     let adminGate: TokenGate
+    /// Reads from another machine (get, scan, log, head, status, checkpoints, digests): a
+    /// connection presents any of the node's tokens once (`auth`, or a write, hello or role
+    /// change that passes its own gate). Open when the node has no token (loopback only).
+    let readGate: TokenGate
     let logger: Logger
     /// Warnings about what peers send, at most one per peer every 10 s (the rest counted).
     let badInput = RateLimitedLog()
@@ -71,6 +75,9 @@ public final class NodeCore: Sendable {
                                     logger: logger, factory: metrics.factory)
         adminGate = TokenGate(guarding: "admin", token: adminToken, flag: "--admin-token-file to promote or demote it (qsctl --admin-token-file)",
                               logger: logger, factory: metrics.factory)
+        readGate = TokenGate(guarding: "read", tokens: [token, replicationToken, adminToken].compactMap { $0 },
+                             flag: "--write-token-file, --replication-token-file or --admin-token-file (any of them) to read from another machine (qsctl --read-token-file)",
+                             logger: logger, factory: metrics.factory)
         self.writable = writable
         self.metrics = metrics
         self.logger = logger
@@ -244,10 +251,34 @@ public final class NodeCore: Sendable {
         }
     }
 
-    /// Checks a write's, a replication stream's or a role change's token in constant time
-    /// (refusals are counted and logged by the gate); nil when the request may run.
-    /// `local`: the peer is on this machine (loopback or a Unix socket).
-    public func authorize(_ request: Request, peer: String, local: Bool) -> Response? {
+    /// Whether a connection from a peer may read before it has presented a token: a peer
+    /// on this machine, or any peer of a node without tokens (it listens on loopback only).
+    public func readsOpen(local: Bool) -> Bool { local || !readGate.isClosed }
+
+    /// Whether `request`, once authorized, proved that the peer holds one of the node's
+    /// tokens (its connection may then read).
+    public func provesToken(_ request: Request) -> Bool {
+        switch request {
+        case .auth: return readGate.isClosed
+        case .changeRole: return adminGate.isClosed || writeGate.isClosed
+        default: return request.isWrite ? writeGate.isClosed : request.isReplication && replicationGate.isClosed
+        }
+    }
+
+    /// Checks a write's, a replication stream's, a role change's or an `auth`'s token in
+    /// constant time, and that a read comes from a connection that may read (`readsAllowed`:
+    /// `readsOpen`, or a token presented before); refusals are counted and logged by the
+    /// gate. nil when the request may run. `local`: the peer is on this machine (loopback
+    /// or a Unix socket).
+    public func authorize(_ request: Request, peer: String, local: Bool, readsAllowed: Bool) -> Response? {
+        if case .auth = request {
+            guard let refusal = readGate.check(request.token, peer: peer) else { return nil }
+            return .error(.unauthorized, refusal)
+        }
+        if !readsAllowed && !request.isWrite && !request.isReplication {
+            readGate.refuse(peer: peer, why: "\(request.name) from another machine on a connection without a token")
+            return .error(.unauthorized, "this node answers reads from another machine only on a connection that presented one of its tokens (its --write-token-file, --replication-token-file or --admin-token-file): give qsctl --read-token-file FILE (QS_CTL_READ_TOKEN_FILE), or read on the node's own machine")
+        }
         if request.isWrite && !writable {
             if case .changeRole = request {
                 return .error(.notWritable, "this node is a replica (qsnode --role replica): only a root can be promoted or demoted; a new root is a qsnode --role root fed by qsqsbridge --mode compatible")
@@ -403,6 +434,8 @@ public final class NodeCore: Sendable {
                 return .digest(count: d.count, hash: d.hash, last: d.last, more: d.more)
             case .status:
                 return .status(try await statusJSON())
+            case .auth:
+                return .head(try await store.head())
             case let .rangeRecords(after, through, limit, asOf):
                 let list = try await store.records(after: after.isEmpty ? nil : after, through: through.isEmpty ? nil : through,
                                              now: asOf == 0 ? wallClockSeconds() : asOf, limit: Int(min(max(limit, 1), Self.maxRecordsPerPage)))

@@ -29,7 +29,7 @@ public struct NodeMetrics: Sendable {
     let requestCounters: [String: Counter]
     static let requestTypes = ["batch", "get-checkpoint", "head", "read-log", "get", "scan", "subscribe", "snapshot",
                                "append", "digest", "status", "range-records", "hello", "promote", "demote",
-                               "get-copy-cursor"]
+                               "get-copy-cursor", "writes", "auth"]
 
     /// Metrics made by `factory`: the process's bootstrapped one, or a test's own.
     public init(factory: any MetricsFactory = MetricsSystem.factory) {

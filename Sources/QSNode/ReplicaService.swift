@@ -494,9 +494,10 @@ public final class ReplicaService: Service, Sendable {
         } while ContinuousClock.now < until
     }
 
-    /// The upstream's head, asked on a connection of its own (a `head` takes no token).
+    /// The upstream's head, asked on a connection of its own (presenting the replication
+    /// token: an upstream on another machine answers reads only then).
     private func upstreamHead(_ up: Endpoint) async throws -> Head {
-        let client = try await QSClient.connect(to: up, requestTimeout: .seconds(5))
+        let client = try await QSClient.connect(to: up, readToken: upstreamToken, requestTimeout: .seconds(5))
         defer { Task { await client.close() } }
         return try await client.head()
     }

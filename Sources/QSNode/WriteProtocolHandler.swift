@@ -33,6 +33,9 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     private var inactive = false
     private var peer = "unknown"
     private var peerIsLocal = false
+    /// Whether this connection may read: a local peer, a node without tokens, or a token
+    /// presented (`auth`, or a write, hello or role change that passed its gate).
+    private var readsAllowed = false
     /// Set once the connection carries a subscription or a snapshot.
     private var stream: Task<Void, Never>?
 
@@ -44,6 +47,7 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     func channelActive(context: ChannelHandlerContext) {
         peer = context.remoteAddress?.peerDescription ?? context.channel.localAddress?.peerDescription ?? "unknown"
         peerIsLocal = (context.remoteAddress ?? context.channel.localAddress)?.isLocal ?? false
+        readsAllowed = core.readsOpen(local: peerIsLocal)
         core.metrics.connections.increment()
         context.fireChannelActive()
     }
@@ -111,10 +115,11 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
             refuse(context: context, code: .malformed, message: "malformed request: \(error)", error: error)
             return
         }
-        if let denial = core.authorize(request, peer: peer, local: peerIsLocal) {
+        if let denial = core.authorize(request, peer: peer, local: peerIsLocal, readsAllowed: readsAllowed) {
             reply(context: context, denial, thenClose: true)
             return
         }
+        if !readsAllowed && core.provesToken(request) { readsAllowed = true }
         switch request {
         case let .subscribe(from, hash, _):
             startSubscription(context: context, from: from, hash: hash)

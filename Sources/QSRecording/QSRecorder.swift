@@ -32,7 +32,7 @@ public struct QSRecorder: Sendable {
         if index == 0 { return (0, Head.empty.hash) }
         let client: QSClient
         do {
-            client = try await QSClient.connect(host: subscription.host, port: subscription.port)
+            client = try await QSClient.connect(host: subscription.host, port: subscription.port, readToken: subscription.token)
         } catch {
             throw RecordingError("cannot connect to \(subscription.name): \(error)")
         }

@@ -58,6 +58,11 @@ public enum Request: Sendable, Equatable {
     /// Where a source's unfinished initial copy stands (`Batch.copyCursor`), answered with
     /// a Value holding the cursor bytes (absent: no copy in progress).
     case getCopyCursor(sourceID: String)
+    /// A reader presents one of the node's tokens (write, replication or admin): the
+    /// connection may then read (get, scan, log, head, status, checkpoints, digests) from
+    /// another machine. Answered with the node's Head, or `unauthorized` and the connection
+    /// closes. A peer on the node's machine reads without it.
+    case auth(token: [UInt8])
 
     /// What `changeRole` asks of a root.
     public enum RoleChange: UInt8, Sendable, Equatable {
@@ -121,7 +126,7 @@ public enum Request: Sendable, Equatable {
     enum Tag: UInt8 {
         case batch = 0x01, getCheckpoint = 0x02, head = 0x03, readLog = 0x04, get = 0x05, scan = 0x06, writes = 0x07
         case subscribe = 0x10, snapshot = 0x11, append = 0x12, digest = 0x13, status = 0x14, rangeRecords = 0x15
-        case hello = 0x20
+        case hello = 0x20, auth = 0x21
         case changeRole = 0x16, getCopyCursor = 0x17, snapshotFrom = 0x18
     }
 
@@ -151,6 +156,7 @@ public enum Request: Sendable, Equatable {
         case let .subscribe(_, _, token), let .snapshot(token), let .snapshotFrom(token, _): return token
         case let .hello(token, _): return token
         case let .changeRole(token, _): return token
+        case let .auth(token): return token
         default: return []
         }
     }
@@ -172,6 +178,7 @@ public enum Request: Sendable, Equatable {
         case .status: return "status"
         case .rangeRecords: return "range-records"
         case .hello: return "hello"
+        case .auth: return "auth"
         case let .changeRole(_, change): return change == .promote ? "promote" : "demote"
         }
     }
@@ -259,6 +266,9 @@ public enum Request: Sendable, Equatable {
             tag = .hello
             w.writeBlob32(token)
             w.writeString16(client)
+        case let .auth(token):
+            tag = .auth
+            w.writeBlob32(token)
         case let .changeRole(token, change):
             tag = .changeRole
             w.writeBlob32(token)
@@ -329,6 +339,8 @@ public enum Request: Sendable, Equatable {
                                 limit: try r.readU32("limit"), asOf: try r.readU64("as-of time"))
         case .hello:
             req = .hello(token: try r.readBlob32("token"), client: try r.readString16("client"))
+        case .auth:
+            req = .auth(token: try r.readBlob32("token"))
         case .changeRole:
             let token = try r.readBlob32("token")
             let raw = try r.readU8("role change")

@@ -62,8 +62,8 @@ struct Promote: AsyncParsableCommand {
             var o = options
             o.node = source
             do {
-                let token = (try? TokenFile.optional(options.writeTokenFile, flag: "--write-token-file")) ?? []
-                let client = try await QSClient.connect(to: source.endpoint, token: token, requestTimeout: options.requestTimeAmount)
+                let (token, read) = try options.tokens()
+                let client = try await QSClient.connect(to: source.endpoint, token: token, readToken: read, requestTimeout: options.requestTimeAmount)
                 defer { Task { await client.close() } }
                 let json = try await client.status()
                 let role = NodeStatus.parse(json)?["write_role"] as? String

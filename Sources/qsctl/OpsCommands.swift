@@ -172,9 +172,8 @@ struct Wait: AsyncParsableCommand {
 extension Wait {
     /// `--head-of OTHER`: OTHER's head now, then the node's log until it holds that entry.
     func waitForHead(of other: Address) async throws {
-        var o = options  // its --request-timeout too; reads need no write token
+        var o = options  // its --request-timeout and tokens too
         o.node = other
-        o.writeTokenFile = ""
         let deadline = ContinuousClock.now + timeout.duration
         let (target, reached) = try await o.withClient { theirs in
             let target = try await theirs.head()

@@ -4,6 +4,7 @@ import Foundation
 import QSClient
 import QSDaemon
 import QSNet
+import QSWire
 
 /// Exit codes (also in `qsctl --help` and docs/operations.md): 0 found/ok, 1 not found or
 /// a difference, 2 usage, 3 server or connection error, 4 a damaged recording, 5 `wait`
@@ -51,7 +52,7 @@ struct Qsctl: AsyncParsableCommand {
     }
 }
 
-/// Options every subcommand shares: which node, the write token and the admin token.
+/// Options every subcommand shares: which node, the write, admin and read tokens.
 struct NodeOptions: ParsableArguments {
     @Option(help: ArgumentHelp("The node's write-protocol address, HOST:PORT or unix:PATH. (env: QS_CTL_NODE)", valueName: "host:port"))
     var node: Address = QSEnv.value("QS_CTL_NODE", Address(.tcp(host: "127.0.0.1", port: 7400)), flag: "--node")
@@ -61,6 +62,9 @@ struct NodeOptions: ParsableArguments {
 
     @Option(help: ArgumentHelp("File holding the node's admin token (its --admin-token-file), for promote, demote and cutover. (env: QS_CTL_ADMIN_TOKEN_FILE)", valueName: "file"))
     var adminTokenFile: String = QSEnv.string("QS_CTL_ADMIN_TOKEN_FILE") ?? ""
+
+    @Option(help: ArgumentHelp("File holding one of the node's tokens (its --write-token-file, --replication-token-file or --admin-token-file), presented once per connection to read from another machine; the replication token reads every node, replicas included. Default: the write token file, else the admin token file. Not needed on the node's own machine. (env: QS_CTL_READ_TOKEN_FILE)", valueName: "file"))
+    var readTokenFile: String = QSEnv.string("QS_CTL_READ_TOKEN_FILE") ?? ""
 
     @Flag(inversion: .prefixedNo, help: "Keys, values and prefixes given on the command line are base64 (for binary data). (env: QS_CTL_BASE64)")
     var base64: Bool = QSEnv.flag("QS_CTL_BASE64", flag: "--base64")
@@ -92,20 +96,35 @@ struct NodeOptions: ParsableArguments {
         }
     }
 
-    func connect() async throws -> QSClient {
-        let token: [UInt8]
+    /// The write token (empty without --write-token-file) and the token presented for
+    /// reads: --read-token-file, else the write token, else the admin token.
+    func tokens() throws -> (write: [UInt8], read: [UInt8]) {
         do {
-            token = try TokenFile.optional(writeTokenFile, flag: "--write-token-file") ?? []
+            let write = try TokenFile.optional(writeTokenFile, flag: "--write-token-file") ?? []
+            if let read = try TokenFile.optional(readTokenFile, flag: "--read-token-file") { return (write, read) }
+            return (write, write.isEmpty ? try TokenFile.optional(adminTokenFile, flag: "--admin-token-file") ?? [] : write)
         } catch {
             fail("\(error)")
             throw Exit.usage
         }
+    }
+
+    func connect() async throws -> QSClient {
+        let (token, read) = try tokens()
         do {
-            return try await QSClient.connect(to: node.endpoint, token: token, requestTimeout: requestTimeAmount)
+            return try await QSClient.connect(to: node.endpoint, token: token, readToken: read, requestTimeout: requestTimeAmount)
+        } catch let ClientError.server(code, message) where ErrorCode(rawValue: code) == .unauthorized {
+            fail("node \(node) refused the token qsctl presented to read (\(readTokenOrigin)): \(message)")
+            throw Exit.serverError
         } catch {
             fail("cannot connect to node \(node): \(error)")
             throw Exit.serverError
         }
+    }
+
+    /// Which file the read token came from, for an error message.
+    var readTokenOrigin: String {
+        !readTokenFile.isEmpty ? "--read-token-file" : !writeTokenFile.isEmpty ? "--write-token-file" : "--admin-token-file"
     }
 
     /// Runs `body` with a connection; node errors exit 3 with the node's message.

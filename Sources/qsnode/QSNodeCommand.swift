@@ -364,7 +364,9 @@ struct QSNodeCommand: AsyncParsableCommand {
         let member = etcdClient.map { etcdClient in ClusterMember(etcd: etcdClient, cluster: cluster,
                                                         store: store, watcher: watcher, nodeID: nodeID, window: etcdLogWindow, appliedTTL: etcdAppliedTTL.duration,
                                                         peers: clusterPeers.value?.endpoints ?? [], peerToken: upstreamToken,
-                                                        maxRequestBytes: etcdMaxRequestBytes.bytes, logger: logger) }
+                                                        maxRequestBytes: etcdMaxRequestBytes.bytes,
+                                                        instance: "host \(ProcessInfo.processInfo.hostName) pid \(getpid()) listen \(listen) data \(data)",
+                                                        logger: logger) }
         let core = NodeCore(store: store, token: token, replicationToken: replicationToken,
                             adminToken: try service.adminToken(), writable: role == .root, watcher: watcher,
                             cluster: member, logger: logger)

@@ -28,7 +28,7 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("compatible (entry for entry, same indexes and hashes) or batched. (env: QS_MODE)", valueName: "mode"))
     var mode: WriteMode = QSEnv.value("QS_MODE", .compatible)
 
-    @Option(help: ArgumentHelp("File holding the source node's replication token (its --replication-token-file). (env: QS_SOURCE_TOKEN_FILE)", valueName: "file"))
+    @Option(help: ArgumentHelp("File holding the source node's replication token (its --replication-token-file): to subscribe to its log, and to read it from another machine. (env: QS_SOURCE_TOKEN_FILE)", valueName: "file"))
     var sourceTokenFile: String = QSEnv.string("QS_SOURCE_TOKEN_FILE") ?? ""
 
     @OptionGroup var bridge: BridgeOptions

@@ -34,9 +34,11 @@ final class ClusterFaultTests: XCTestCase {
         (0..<etcd.members.count).map { etcd.members[(first + $0) % etcd.members.count].clientURL }.joined(separator: ",")
     }
 
-    func verify(_ node: String, against others: [String], line: UInt = #line) throws {
+    /// `qsctl verify` of `node` against each of `others`; `readToken`: the tokens' file a
+    /// node on another address (a network namespace's) wants for reads.
+    func verify(_ node: String, against others: [String], readToken: String? = nil, line: UInt = #line) throws {
         for other in others {
-            let r = try Harness.run("qsctl", ["--node", node, "verify", "--against", other])
+            let r = try Harness.run("qsctl", ["--node", node, "verify", "--against", other] + (readToken.map { ["--read-token-file", $0] } ?? []))
             XCTAssertEqual(r.status, 0, "verify \(node) against \(other): \(String(decoding: r.stdout + r.stderr, as: UTF8.self))", line: line)
         }
     }
@@ -341,7 +343,10 @@ final class ClusterFaultTests: XCTestCase {
         for c in [c0, c2] {
             try await waitFor("every member at \(head.index)", timeout: .seconds(10)) { (try? await c.head()) == head }
         }
-        try verify(m1.address, against: [m0.address, m2.address])
+        // m0 is on another address: qsctl reads it with its token.
+        let tokenFile = tmp.appendingPathComponent("m0-token")
+        try Data(m0.token).write(to: tokenFile)
+        try verify(m1.address, against: [m0.address, m2.address], readToken: tokenFile.path)
         // Nothing lost or applied twice: each writer's positions 1…last once (a last batch
         // whose answer was lost is there once too: the checkpoint says so).
         for (source, acknowledged) in [("w0", last0), ("w1", last1)] {

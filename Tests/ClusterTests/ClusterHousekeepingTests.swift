@@ -23,6 +23,54 @@ final class ClusterHousekeepingTests: XCTestCase {
                      extraArgs: ["--etcd", etcd.urls, "--cluster", "t", "--etcd-timeout", "3s", "--log-format", "text"] + extra)
     }
 
+    /// A member whose data directory was copied from another's carries its node id: the
+    /// second process to claim the id in etcd sees the first's claim renewed, takes no
+    /// writes and says why (readyz, status, a metric, the log) instead of sharing the id's
+    /// `applied/` key; it takes the id once the other is gone. A member restarted at once
+    /// (its last run's claim still in etcd, unrenewed) is not taken for a copy.
+    func testAMemberCopiedFromAnotherSaysSoAndLeavesTheNodeIDToIt() async throws {
+        let etcd = try EtcdCluster(size: 1, dir: tmp, logDir: tmp)
+        defer { etcd.stop() }
+        let ttl = ["--etcd-applied-ttl", "4s"]
+        var original = try member("m0", etcd: etcd, ttl)
+        try await waitFor("m0 ready", timeout: .seconds(20)) { original.readyz()?.status == 200 }
+        let c = try await QSClient.connect(host: "127.0.0.1", port: original.port)
+        _ = try await c.write([.set(key: Array("k".utf8), value: Array("v".utf8), expiry: nil)], sourceID: "t")
+        await c.close()
+        try await waitFor("m0's claim on its node id", timeout: .seconds(20)) { etcd.keys("/qs/t/claims/").count == 1 }
+
+        XCTAssertEqual(try original.daemon.stop(), 0)
+        try FileManager.default.copyItem(at: tmp.appendingPathComponent("m0"), to: tmp.appendingPathComponent("m1"))
+        // Restarted within its claim's lease: the old claim is not renewed, so not a copy.
+        original = try member("m0", etcd: etcd, ttl)
+        try await waitFor("m0 ready again", timeout: .seconds(20)) { original.readyz()?.status == 200 }
+        try await waitFor("m0's own claim", timeout: .seconds(20)) {
+            etcd.keys("/qs/t/claims/").first.map { String(decoding: $0.value, as: UTF8.self).contains("pid \(original.daemon.pid) ") } == true
+        }
+        let copy = try member("m1", etcd: etcd, ttl)
+        try await waitFor("the copy to say so", timeout: .seconds(20)) {
+            copy.readyz()?.body.contains("another live process holds this member's node id") == true
+        }
+        XCTAssertEqual(copy.readyz()?.status, 503)
+        XCTAssertTrue(copy.readyz()?.body.contains("pid \(original.daemon.pid) ") == true, copy.readyz()?.body ?? "")
+        XCTAssertEqual(copy.metric("qs_cluster_node_id_conflict"), 1)
+        XCTAssertTrue(copy.daemon.log.contains("start it again with an empty --data"), copy.daemon.log)
+        let status = try Harness.run("qsctl", ["--node", copy.address, "status"])
+        XCTAssertTrue(String(decoding: status.stdout, as: UTF8.self).contains("FAILING"), String(decoding: status.stdout, as: UTF8.self))
+        let hello = try await QSClient.connect(host: "127.0.0.1", port: copy.port)
+        let refused = try await hello.send(.hello(token: [], client: "test"))
+        await hello.close()
+        guard case let .error(code, _) = refused, ErrorCode(rawValue: code) == .storageError else { return XCTFail("a writer is turned away: \(refused)") }
+        XCTAssertEqual(original.readyz()?.status, 200, "the first holder goes on")
+        XCTAssertEqual(original.metric("qs_cluster_node_id_conflict"), 0)
+        XCTAssertFalse(original.daemon.log.contains("another live process"), original.daemon.log)
+
+        XCTAssertEqual(try original.daemon.stop(), 0)
+        try await waitFor("the copy to take the id once the other is gone", timeout: .seconds(30)) { copy.readyz()?.status == 200 }
+        XCTAssertEqual(copy.metric("qs_cluster_node_id_conflict"), 0)
+        XCTAssertTrue(copy.daemon.log.contains("takes its place again"), copy.daemon.log)
+    }
+
     /// Three members purge at once (every 100 ms): the expired records leave every member's
     /// store through entries of `qs:expiry` committed in etcd, each record deleted once,
     /// each purge position once; records written again before the purge, and records without

@@ -126,6 +126,66 @@ final class WriteProtocolHandlerTests: XCTestCase {
         XCTAssertEqual(node.metrics.counterTotal(label: "qs_ops_applied_total"), 2)
     }
 
+    /// Reads from another machine need one of the node's tokens, presented once per
+    /// connection (`auth`, or a hello that passed the write gate); a local peer reads
+    /// without one, and a node without tokens answers anyone.
+    func testReadsFromAnotherMachineNeedOneOfTheNodesTokens() async throws {
+        let admin = Array("admin-token-0123456789".utf8), replication = Array("replication-token-0123".utf8)
+        let store = try Store(directory: tmp.appendingPathComponent("guarded").path, mapSize: 64 << 20)
+        let metrics = TestMetrics()
+        let core = NodeCore(store: store, token: token, replicationToken: replication, adminToken: admin,
+                            metrics: NodeMetrics(factory: metrics), logger: Logger(label: "handler-test") { _ in SwiftLogNoOpLogHandler() })
+        let guarded = Node(core: core, metrics: metrics)
+        func readFailures() -> Int64 { metrics.counterTotal(label: "qs_auth_failures_total", dimensions: [("interface", "read")]) }
+        var channel = try await connection(to: guarded)
+        try await send([batch(0, 1, [.set(key: [1], value: [10], expiry: nil)], token: token)], to: channel)
+        _ = try await answers(1, from: channel)
+
+        for read in [Request.get(key: [1]), .head, .status, .readLog(from: 1, count: 1), .getCheckpoint(sourceID: "src"),
+                     .scan(prefix: [], cursor: [], limit: 10, asOf: 0), .digest(after: [], through: [], limit: 10, asOf: 0)] {
+            channel = try await connection(to: guarded, from: "10.1.2.3")
+            try await send([read], to: channel)
+            let refused = try await answers(1, from: channel)
+            XCTAssertEqual(errorCode(refused.first), .unauthorized, "\(read.name) from another machine without a token")
+            try await waitClosed(channel)
+        }
+        XCTAssertEqual(readFailures(), 7)
+
+        channel = try await connection(to: guarded, from: "10.1.2.3")
+        try await send([.auth(token: Array("not-a-token".utf8))], to: channel)
+        let wrong = try await answers(1, from: channel)
+        XCTAssertEqual(errorCode(wrong.first), .unauthorized, "a wrong token")
+        try await waitClosed(channel)
+        XCTAssertEqual(readFailures(), 8)
+
+        for presented in [token, replication, admin] {
+            channel = try await connection(to: guarded, from: "10.1.2.3")
+            try await send([.auth(token: presented), .get(key: [1]), .getCheckpoint(sourceID: "src")], to: channel)
+            let read = try await answers(3, from: channel)
+            guard case .head = read.first else { return XCTFail("auth with one of the node's tokens: \(read)") }
+            XCTAssertEqual(Array(read.dropFirst()), [.value(Record(value: [10], expiry: nil)), .checkpoint(1)])
+        }
+        channel = try await connection(to: guarded, from: "10.1.2.3")
+        try await send([.hello(token: token, client: "bridge"), .getCheckpoint(sourceID: "src")], to: channel)
+        let afterHello = try await answers(2, from: channel)
+        XCTAssertEqual(afterHello.last, .checkpoint(1), "a hello that passed proves the write token")
+        channel = try await connection(to: guarded, from: "10.1.2.3")
+        try await send([.hello(token: replication, client: "bridge")], to: channel)
+        let notWrite = try await answers(1, from: channel)
+        XCTAssertEqual(errorCode(notWrite.first), .unauthorized, "the replication token is not the write token")
+        XCTAssertEqual(readFailures(), 8, "counted by the write gate")
+
+        channel = try await connection(to: guarded, from: "::1")
+        try await send([.get(key: [1])], to: channel)
+        let local = try await answers(1, from: channel)
+        XCTAssertEqual(local, [.value(Record(value: [10], expiry: nil))], "a local peer reads without a token")
+
+        let open = try node(data: "open")
+        channel = try await connection(to: open, from: "10.1.2.3")
+        try await send([.head], to: channel)
+        guard case .head = try await answers(1, from: channel).first else { return XCTFail("a node without tokens answers anyone") }
+    }
+
     /// Promote and demote take the admin token when the node has one (the write token is
     /// not enough); without one, only a local peer may change the role.
     func testRoleChangesTakeTheAdminTokenOrALocalPeer() async throws {

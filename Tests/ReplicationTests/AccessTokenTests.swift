@@ -122,6 +122,68 @@ final class AccessTokenTests: XCTestCase {
         XCTAssertEqual(try node.stop(), 0)
     }
 
+    /// A node beyond loopback answers reads from another machine (qsctl, a replica's head
+    /// reads, a mirror bridge reading the source's log) only on connections that presented
+    /// one of its tokens; each tool presents the token it holds, and says which flag to give
+    /// when it holds none.
+    func testReadsFromAnotherMachinePresentATokenAndAreRefusedWithout() async throws {
+        if let why = NetworkNamespace.unavailable { throw XCTSkip(why) }
+        let ns = try NetworkNamespace()
+        defer { ns.close() }
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, namespace: ns)
+        let token = try file("token", String(decoding: root.token, as: UTF8.self)), wrong = try file("wrong", "not-a-token-of-this-node")
+        func qsctl(_ args: [String], env: [String: String] = [:]) throws -> (status: Int32, out: String, err: String) {
+            let r = try Harness.run("qsctl", ["--node", root.address] + args, env: env)
+            return (r.status, String(decoding: r.stdout, as: UTF8.self), String(decoding: r.stderr, as: UTF8.self))
+        }
+        func readRefusals() -> Double {
+            root.metric("qs_auth_failures_total{interface=\"read\"}") ?? -1
+        }
+        var r = try qsctl(["--write-token-file", token, "put", "k", "v1"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertEqual(readRefusals(), 0, "a writer's token lets its connection read")
+
+        r = try qsctl(["get", "k"])
+        XCTAssertEqual(r.status, 3, "a read from another machine without a token: \(r)")
+        XCTAssertTrue(r.err.contains("--read-token-file"), r.err)
+        XCTAssertEqual(readRefusals(), 1)
+        r = try qsctl(["--read-token-file", wrong, "status"])
+        XCTAssertEqual(r.status, 3, "\(r)")
+        XCTAssertTrue(r.err.contains("refused the token qsctl presented to read (--read-token-file)") && r.err.contains("wrong read token"), r.err)
+        XCTAssertEqual(readRefusals(), 2)
+        r = try qsctl(["--read-token-file", token, "get", "k"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertEqual(r.out, "v1")
+        r = try qsctl(["get", "k"], env: ["QS_CTL_READ_TOKEN_FILE": token])
+        XCTAssertEqual(r.status, 0, r.err)
+        r = try qsctl(["--admin-token-file", token, "head"])
+        XCTAssertEqual(r.status, 0, "the admin token reads too: \(r)")
+        XCTAssertTrue(root.daemon.log.contains("read refused"), root.daemon.log)
+
+        // A replica on the host follows with its replication token (its head reads present it).
+        let replica = try ReplicaNode(data: tmp.appendingPathComponent("replica"), upstreams: [root.address], logDir: tmp,
+                                      extraArgs: ["--upstream-token-file", token])
+        let followed = await Harness.eventually(timeout: .seconds(20)) {
+            replica.metric("qs_replica_head_index") == 1
+        }
+        XCTAssertTrue(followed, "replica log:\n\(replica.daemon.log)")
+
+        // A batched mirror bridge reads the source's log with --source-token-file; without
+        // it, it stops at once saying so.
+        let target = try RootNode(data: tmp.appendingPathComponent("target"), logDir: tmp)
+        let bare = try Harness.run("qsqsbridge", ["--source", "qs://\(root.address)", "--root", target.address, "--mode", "batched", "--once"])
+        let bareErr = String(decoding: bare.stderr, as: UTF8.self)
+        XCTAssertNotEqual(bare.status, 0, bareErr)
+        XCTAssertTrue(bareErr.contains("--source-token-file"), bareErr)
+        let mirrored = try Harness.run("qsqsbridge", ["--source", "qs://\(root.address)", "--root", target.address, "--mode", "batched", "--once",
+                                                      "--source-token-file", token])
+        XCTAssertEqual(mirrored.status, 0, String(decoding: mirrored.stderr, as: UTF8.self))
+        let c = try await QSClient.connect(host: "127.0.0.1", port: target.port)
+        let copied = try await c.get(Array("k".utf8))
+        await c.close()
+        XCTAssertEqual(copied?.value, Array("v1".utf8))
+    }
+
     /// POST with `Authorization: Bearer TOKEN`.
     func adminPost(_ port: Int, _ path: String, _ body: [UInt8], bearer: String) -> (status: Int, body: String)? {
         httpPost(port: port, path: path, contentType: "text/plain", body: body, headers: [("Authorization", "Bearer \(bearer)")])
