@@ -290,6 +290,10 @@ public final class DaemonProcess: @unchecked Sendable {
             throw HarnessError("\(name) did not exit within \(timeout) after signal \(signal); log:\n\(log)")
         }
         process.waitUntilExit()
+        if process.terminationReason == .uncaughtSignal && process.terminationStatus != signal {
+            // A crash (not the signal sent): whatever the test asserts, its log is kept here.
+            FileHandle.standardError.write(Data("\(name) (pid \(pid)) died of signal \(process.terminationStatus), not the \(signal) sent; its log's end:\n\(log.suffix(8000))\n".utf8))
+        }
         return process.terminationStatus
     }
 
