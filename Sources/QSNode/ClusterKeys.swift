@@ -28,6 +28,9 @@ public struct ClusterKeys: Sendable {
     /// `claims/<nodeID>`: the process that holds a node id (a nonce and what it is), so a
     /// second process with the same id — a member's data directory copied — is told apart.
     public var claimPrefix: [UInt8] { prefix + Array("claims/".utf8) }
+    /// `clock/<nodeID>`: the member's wall clock (ns since the epoch, u64) at its last
+    /// `applied/` write: the purge judges expiry by the slowest live member's clock.
+    public var clockPrefix: [UInt8] { prefix + Array("clock/".utf8) }
     /// The cluster's write role (`mirror`, `promoted`; absent: `open`), compared by every write.
     public var role: [UInt8] { prefix + Array("role".utf8) }
     /// A mirroring cluster's source root's freshest word (ns since the epoch, u64), put with
@@ -44,6 +47,7 @@ public struct ClusterKeys: Sendable {
     public func checkpoint(_ sourceID: String) -> [UInt8] { checkpointPrefix + Array(sourceID.utf8) }
     public func applied(_ nodeID: String) -> [UInt8] { appliedPrefix + Array(nodeID.utf8) }
     public func claim(_ nodeID: String) -> [UInt8] { claimPrefix + Array(nodeID.utf8) }
+    public func clock(_ nodeID: String) -> [UInt8] { clockPrefix + Array(nodeID.utf8) }
 
     /// The index of a `log/` key, nil for any other key.
     func logIndex(_ key: [UInt8]) -> UInt64? {

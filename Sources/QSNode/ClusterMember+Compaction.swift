@@ -37,17 +37,21 @@ extension ClusterMember {
                 let lease = try await etcd.grantLease(ttl: appliedTTL)
                 // Another live process with this node id: its applied/ key is left to it.
                 guard try await claimNodeID(lease: lease) else { continue }
+                let clock = wallClockNanoseconds()
                 let r = try await etcd.txn(compare: [], success: [
                     .putLeased(key: keys.applied(nodeID), value: ClusterKeys.u64Bytes(local.index), lease: lease),
                     .range(key: keys.appliedPrefix, end: etcdPrefixEnd(keys.appliedPrefix), limit: 0),
                     .range(key: keys.head, end: nil, limit: 1),
+                    .putLeased(key: keys.clock(nodeID), value: ClusterKeys.u64Bytes(clock), lease: lease),
+                    .range(key: keys.clockPrefix, end: etcdPrefixEnd(keys.clockPrefix), limit: 0),
                 ], failure: [])
+                if r.ranges.count == 5 { noteClocks(r.ranges[4], own: clock) }
                 // Known before the quorum flag goes, so /readyz has no moment of 200 while
                 // the watch has yet to deliver it.
                 noteCommitted(r.revision, appliedWrite: true)
                 quorum.withLockedValue { $0 = nil }
                 heard()
-                guard r.ranges.count == 3, let headKV = r.ranges[2].first else { continue }
+                guard r.ranges.count == 5, let headKV = r.ranges[2].first else { continue }
                 let clusterHead = try ClusterKeys.head(headKV.value)
                 let lowest = try r.ranges[1].map { try ClusterKeys.u64($0.value, "applied index") }.min() ?? local.index
                 let keepFrom = min(lowest + 1, clusterHead.index > window ? clusterHead.index - window + 1 : 1)
@@ -62,6 +66,22 @@ extension ClusterMember {
                 logger.debug("cluster log compaction skipped", metadata: ["error": "\(error)"])
             }
         }
+    }
+
+    /// The members' clocks as their last `clock/` writes said (each written at most one
+    /// `applied/` interval ago, so each is behind that member's clock now): the slowest,
+    /// and never ahead of this member's, is what the purge judges expiry by.
+    func noteClocks(_ kvs: [EtcdKV], own: UInt64) {
+        let slowest = kvs.compactMap { try? ClusterKeys.u64($0.value, "clock") }.min() ?? own
+        purgeClock.withLockedValue { $0 = min(slowest, own) }
+    }
+
+    /// The time the expiry purge judges records by (seconds since the epoch): the slowest
+    /// live member's clock as last written (`clock/`), this member's own when later; nil
+    /// before the first `applied/` write. Members purge by their own clocks otherwise, and
+    /// the fastest one would delete records the others still serve.
+    public var purgeNowSeconds: UInt64? {
+        purgeClock.withLockedValue { $0 }.map { min($0 / 1_000_000_000, wallClockSeconds()) }
     }
 
     /// Renews this process's claim on its node id (`claims/<id>`, on `lease`), or takes it

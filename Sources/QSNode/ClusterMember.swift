@@ -66,6 +66,8 @@ public final class ClusterMember: Service, Sendable {
     let duplicate = NIOLockedValueBox<(seen: EtcdKV?, holder: String?)>((nil, nil))
     /// 1 while another live process holds this member's node id.
     let nodeIDConflict: Gauge
+    /// The slowest member's clock (ns) as read at the last `applied/` write (`purgeNowSeconds`).
+    let purgeClock = NIOLockedValueBox<UInt64?>(nil)
 
     public init(etcd: EtcdClient, cluster: String, store: Store, watcher: LogWatcher, nodeID: String,
                 window: UInt64, appliedTTL: Duration = ClusterMember.appliedTTL, peers: [Endpoint] = [], peerToken: [UInt8] = [],
@@ -179,8 +181,12 @@ public final class ClusterMember: Service, Sendable {
     /// log and a record written again meanwhile is never deleted. Members purge at once
     /// without harm: the first commit wins, the others find nothing left at the new head.
     /// Nothing is committed when nothing has expired.
-    public func purgeExpired(after: [UInt8]?, scanLimit: Int, maxDeletes: Int, now: UInt64,
+    public func purgeExpired(after: [UInt8]?, scanLimit: Int, maxDeletes: Int, now ownNow: UInt64,
                              sourceID: String) async throws -> StoreTransaction.PurgeStep {
+        // Judged by the slowest member's clock: a member whose clock runs ahead does not
+        // delete what the others still serve. Nothing before the clocks are known.
+        guard let clusterNow = purgeNowSeconds else { return StoreTransaction.PurgeStep(purged: 0, logIndex: nil, next: nil) }
+        let now = min(ownNow, clusterNow)
         let expected = try await store.checkpoint(sourceID: sourceID) ?? 0
         var step = StoreTransaction.PurgeStep(purged: 0, logIndex: nil, next: after)
         let outcome = try await commit(sourceID: sourceID, expected: expected, new: expected + 1, skipWithoutEntry: true) {

@@ -141,6 +141,16 @@ public final class EtcdCluster: @unchecked Sendable {
         return UInt64(first.key.suffix(16), radix: 16) ?? 0
     }
 
+    /// Puts `key` = `value` (no lease), as another writer of the cluster's keys would.
+    public func put(_ key: String, _ value: [UInt8]) throws {
+        try admin("/v3/kv/put", ["key": Data(key.utf8).base64EncodedString(), "value": Data(value).base64EncodedString()])
+    }
+
+    /// Deletes `key`.
+    public func delete(_ key: String) throws {
+        try admin("/v3/kv/deleterange", ["key": Data(key.utf8).base64EncodedString()])
+    }
+
     /// Adds etcd user `name` with a role of its own that may read and write every key
     /// starting with `prefix` (a root cluster's `/qs/NAME/`). Before `enableAuthentication`.
     public func addUser(_ name: String, password: String, readWrite prefix: String) throws {

@@ -23,6 +23,39 @@ final class ClusterHousekeepingTests: XCTestCase {
                      extraArgs: ["--etcd", etcd.urls, "--cluster", "t", "--etcd-timeout", "3s", "--log-format", "text"] + extra)
     }
 
+    /// The purge judges expiry by the slowest member's clock (each member's `clock/` key):
+    /// with a member whose clock says an hour ago, records expired a minute ago by this
+    /// member's clock stay until that member is gone; records expired two hours ago go.
+    func testThePurgeJudgesExpiryByTheSlowestMembersClock() async throws {
+        let etcd = try EtcdCluster(size: 1, dir: tmp, logDir: tmp)
+        defer { etcd.stop() }
+        let m = try member("m0", etcd: etcd, ["--expiry-purge-interval", "50ms"])
+        try await waitFor("m0 ready", timeout: .seconds(20)) { m.readyz()?.status == 200 }
+        let now = UInt64(Date().timeIntervalSince1970)
+        let slow = (now - 3600) * 1_000_000_000
+        try etcd.put("/qs/t/clock/slow-member", (0..<8).map { UInt8(truncatingIfNeeded: slow >> (56 - 8 * $0)) })
+        // The member reads every clock/ key with its own clock/ write (every 2 s): two of
+        // its writes after the put, and it has read the slow one.
+        let put = UInt64(Date().timeIntervalSince1970 * 1e9)
+        try await waitFor("the slow clock read", timeout: .seconds(10)) {
+            etcd.keys("/qs/t/clock/").contains { kv in
+                !kv.key.hasSuffix("slow-member") && kv.value.count == 8 && kv.value.reduce(UInt64(0)) { $0 << 8 | UInt64($1) } > put + 2_100_000_000
+            }
+        }
+        let c = try await QSClient.connect(host: "127.0.0.1", port: m.port)
+        var ops: [Mutation] = (0..<5).map { .set(key: Array("old\($0)".utf8), value: Array("x".utf8), expiry: now - 7200) }
+        ops += (0..<7).map { .set(key: Array("recent\($0)".utf8), value: Array("x".utf8), expiry: now - 60) }
+        _ = try await c.write(ops, sourceID: "t")
+        // One purge step looks at all twelve (it scans up to ten times its batch): the five
+        // go, the seven stay (by this member's clock alone all twelve would go at once).
+        try await waitFor("the records expired by every clock purged, and only those", timeout: .seconds(20)) {
+            m.metric("qs_expired_purged_total") == 5
+        }
+        try etcd.delete("/qs/t/clock/slow-member")
+        try await waitFor("the rest purged once the slow member is gone", timeout: .seconds(20)) { m.metric("qs_expired_purged_total") == 12 }
+        await c.close()
+    }
+
     /// A member whose data directory was copied from another's carries its node id: the
     /// second process to claim the id in etcd sees the first's claim renewed, takes no
     /// writes and says why (readyz, status, a metric, the log) instead of sharing the id's
