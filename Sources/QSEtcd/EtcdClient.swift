@@ -265,7 +265,15 @@ public final class EtcdClient: Sendable {
     /// Keys from `key` up to `end` excluded (nil: `key` alone), at most `limit` (0: all),
     /// and the store's revision they were read at.
     public func range(_ key: [UInt8], end: [UInt8]? = nil, limit: Int = 0) async throws -> (kvs: [EtcdKV], revision: Int64) {
-        let json = try await call("/v3/kv/range", EtcdOp.rangeBody(key: key, end: end, limit: limit))
+        let body = EtcdOp.rangeBody(key: key, end: end, limit: limit)
+        let json: [String: Any]
+        do {
+            json = try await call("/v3/kv/range", body)
+        } catch EtcdError.outcomeUnknown {
+            // A read changes nothing: one that met a member dying (its connection closed
+            // under it, or no answer) is asked once more, of the next member.
+            json = try await call("/v3/kv/range", body)
+        }
         return (try (json["kvs"] as? [[String: Any]] ?? []).map(EtcdKV.init(json:)), try Self.revision(json))
     }
 

@@ -36,11 +36,11 @@ public final class NodeCore: Sendable {
     public let watcher: LogWatcher
     /// What a replica knows of its upstream and of the root's freshest word: the one value
     /// `status`, `/readyz` and the scrape all read.
-    private let following = NIOLockedValueBox(UpstreamStatus())
+    let following = NIOLockedValueBox(UpstreamStatus())
     /// A root that mirrors another (write role `mirror`): the source root's freshest word
     /// its mirror bridge passed on with its appends — the root's time its replicas see, so
     /// they age when the source root dies even though this node is alive.
-    private let mirroring = NIOLockedValueBox<(active: Bool, sourceTimeNs: UInt64)>((false, 0))
+    let mirroring = NIOLockedValueBox<(active: Bool, sourceTimeNs: UInt64)>((false, 0))
     /// Snapshots are made one at a time.
     let snapshots = SnapshotQueue()
     /// The writers (bridges) connected, as their hello introduced them.
@@ -112,91 +112,6 @@ public final class NodeCore: Sendable {
         if let role = try? store.readInline({ try $0.writeRole() }) { metrics.recordWriteRole(role.rawValue) }
     }
 
-    /// The node's status as JSON: role, head, log window, checkpoints with their lag where
-    /// the position is a KT timestamp, upstream and freshness.
-    func statusJSON() async throws -> String {
-        let (head, window, checkpoints, nodeID, writeRole, copying) = try await store.read { txn in
-            let cps = try txn.checkpoints()
-            let copying = Set(try cps.keys.filter { try txn.copyCursor(sourceID: $0) != nil })
-            return (try txn.head(), try txn.logWindow(), cps, try txn.identity(), try txn.writeRole(), copying)
-        }
-        let nowNs = wallClockNanoseconds()
-        // Which KT sources have a writer on this node: a lag that grows with none says the
-        // bridge is down or the source retired (a mirror's and a cluster member's writers
-        // are elsewhere, so they say nothing of it).
-        let writing = writable && writeRole != .mirror && cluster == nil ? writers.sourceIDs : nil
-        var sources = [[String: Any]]()
-        for (sid, cp) in checkpoints.sorted(by: { $0.key < $1.key }) {
-            var s: [String: Any] = ["source_id": sid, "checkpoint": cp]
-            // An initial copy in progress: the checkpoint counts its pages, not a source position.
-            if copying.contains(sid) { s["initial_copy"] = true }
-            // KT timestamps are milliseconds × 10^6 plus a counter: a wall time.
-            if SourcePosition.isKTTimestamp(cp), !copying.contains(sid) {
-                let t = (cp / 1_000_000) * 1_000_000
-                s["source_time_ns"] = t
-                s["lag_seconds"] = nowNs > t ? Double(nowNs - t) / 1e9 : 0
-                if let writing { s["writer_connected"] = writing.contains(sid) }
-            }
-            sources.append(s)
-        }
-        var out: [String: Any] = [
-            "node_id": nodeID,
-            "role": writable ? "root" : "replica",
-            "head": ["index": head.index, "hash": hexString(head.hash), "commit_time_ns": head.commitTimeNs],
-            "log_first_index": window.firstIndex,
-            "compatible_mirror": writeRole == .mirror,
-            "write_role": writable ? writeRole.rawValue : "replica",
-            "sources": sources,
-            "subscribers": watcher.subscriberCount,
-        ]
-        // A root cluster's member says so: a writer whose first --root address does not
-        // answer takes another member (one log through etcd) without having seen a position.
-        if let cluster { out["cluster"] = cluster.keys.cluster }
-        if writable {
-            let t = rootTimeNs
-            if t > 0 { out["root_age_seconds"] = nowNs > t ? Double(nowNs - t) / 1e9 : 0 }
-        } else {
-            let u = upstreamStatus
-            if let age = u.rootAgeSeconds { out["root_age_seconds"] = age }
-            // The distance as last heard: a replica cut off keeps its last figure, and
-            // `heard_seconds_ago` (when the upstream's head last came, by this node's clock)
-            // says how old it is.
-            // Nothing heard yet from this upstream (just moved to it, or refused): its head
-            // and the distance are unknown (null), not the last upstream's.
-            let heard = u.upstreamHeardNs > 0
-            var up: [String: Any] = ["subscribed": u.subscribed, "head": heard ? u.upstreamHead : NSNull(),
-                                     "lag_entries": heard ? u.lagEntries : NSNull()]
-            if heard { up["heard_seconds_ago"] = nowNs > u.upstreamHeardNs ? Double(nowNs - u.upstreamHeardNs) / 1e9 : 0 }
-            if let a = u.upstream { up["address"] = a }
-            out["upstream"] = up
-        }
-        out["writers"] = writers.json(nowNs: nowNs)
-        if writeRole == .mirror {
-            var mirror = writers.mirrorStatus(nowNs: nowNs)
-            // A cluster's mirror bridge writes to one member; the others learn of it
-            // through etcd (the source time it moves), and are fed as much.
-            if let cluster, mirror["following"] as? Bool != true, let age = cluster.sourceFedAge(nowNs: nowNs), age <= Writers.liveSeconds {
-                mirror["following"] = true
-                mirror["through_cluster"] = true
-                mirror["source_time_moved_seconds_ago"] = age
-            }
-            out["mirror"] = mirror
-        }
-        // What /readyz says about the store's writes, so the two never disagree: a root
-        // whose disk is full keeps its write role but commits nothing.
-        if let failing = store.writeHealth.failing {
-            out["writes_failing"] = ["failure": failing.failure.rawValue, "message": failing.message,
-                                     "since_ns": failing.sinceNs, "remedy": failing.failure.remedy]
-        } else if let cluster, case let s = cluster.status, !s.following {
-            // A cluster member that does not follow etcd (cut off, no quorum, its
-            // credentials refused) commits nothing, whatever its write role says.
-            out["writes_failing"] = ["failure": "root cluster", "message": s.detail,
-                                     "remedy": "the member takes no writes until it follows etcd again (its /readyz says the same; docs/ha.md)"]
-        }
-        let data = try JSONSerialization.data(withJSONObject: out, options: [.sortedKeys])
-        return String(decoding: data, as: UTF8.self)
-    }
-
     /// An operator's promote or demote: logged with the peer and the head it happened at.
     func changeRole(_ change: Request.RoleChange, peer: String) async throws -> Response {
         let target: WriteRole = change == .promote ? .promoted : .mirror
@@ -249,56 +164,6 @@ public final class NodeCore: Sendable {
         } catch {
             return .error(.storageError, "cannot check the subscription: \(error)")
         }
-    }
-
-    /// Whether a connection from a peer may read before it has presented a token: a peer
-    /// on this machine, or any peer of a node without tokens (it listens on loopback only).
-    public func readsOpen(local: Bool) -> Bool { local || !readGate.isClosed }
-
-    /// Whether `request`, once authorized, proved that the peer holds one of the node's
-    /// tokens (its connection may then read).
-    public func provesToken(_ request: Request) -> Bool {
-        switch request {
-        case .auth: return readGate.isClosed
-        case .changeRole: return adminGate.isClosed || writeGate.isClosed
-        default: return request.isWrite ? writeGate.isClosed : request.isReplication && replicationGate.isClosed
-        }
-    }
-
-    /// Checks a write's, a replication stream's, a role change's or an `auth`'s token in
-    /// constant time, and that a read comes from a connection that may read (`readsAllowed`:
-    /// `readsOpen`, or a token presented before); refusals are counted and logged by the
-    /// gate. nil when the request may run. `local`: the peer is on this machine (loopback
-    /// or a Unix socket).
-    public func authorize(_ request: Request, peer: String, local: Bool, readsAllowed: Bool) -> Response? {
-        if case .auth = request {
-            guard let refusal = readGate.check(request.token, peer: peer) else { return nil }
-            return .error(.unauthorized, refusal)
-        }
-        if !readsAllowed && !request.isWrite && !request.isReplication {
-            readGate.refuse(peer: peer, why: "\(request.name) from another machine on a connection without a token")
-            return .error(.unauthorized, "this node answers reads from another machine only on a connection that presented one of its tokens (its --write-token-file, --replication-token-file or --admin-token-file): give qsctl --read-token-file FILE (QS_CTL_READ_TOKEN_FILE), or read on the node's own machine")
-        }
-        if request.isWrite && !writable {
-            if case .changeRole = request {
-                return .error(.notWritable, "this node is a replica (qsnode --role replica): only a root can be promoted or demoted; a new root is a qsnode --role root fed by qsqsbridge --mode compatible")
-            }
-            badInput.warning(logger, "write refused", peer: peer, metadata: ["request": "\(request.name)", "reason": "not writable"])
-            return .error(.notWritable, "this node is a replica and takes no writes: write to the root")
-        }
-        if case .changeRole = request {
-            if adminGate.isClosed {
-                guard let refusal = adminGate.check(request.token, peer: peer) else { return nil }
-                return .error(.unauthorized, refusal)
-            }
-            guard local else {
-                adminGate.refuse(peer: peer, why: "role change from a remote peer")
-                return .error(.unauthorized, "this node has no --admin-token-file: it takes promote and demote from this machine only (loopback or its --unix socket). Run qsctl on the node, or give the node --admin-token-file and qsctl the same file")
-            }
-        }
-        let gate = request.isWrite ? writeGate : request.isReplication ? replicationGate : nil
-        guard let gate, let refusal = gate.check(request.token, peer: peer) else { return nil }
-        return .error(.unauthorized, refusal)
     }
 
     /// Executes an authorized, decoded request. Never throws: failures become error
@@ -555,35 +420,4 @@ public final class NodeCore: Sendable {
             return .error(.storageError, "storage error, nothing was written: \(error)")
         }
     }
-}
-
-/// What a replica knows of its upstream and of the root's freshest word. `status`,
-/// `/readyz` and `/metrics` read this one value, so they agree at every moment; the ages
-/// are computed from `nowNs`, the time the value was read.
-public struct UpstreamStatus: Sendable {
-    /// The upstream being followed (or tried).
-    public var upstream: String?
-    /// Whether a subscription is open and streaming.
-    public var subscribed = false
-    /// The upstream's head as of its last heartbeat.
-    public var upstreamHead: UInt64 = 0
-    /// When that heartbeat arrived, by this node's clock (ns since the epoch), 0 if none yet.
-    public var upstreamHeardNs: UInt64 = 0
-    /// The root's freshest word through the upstream (ns since the epoch), 0 if none yet.
-    public var rootTimeNs: UInt64 = 0
-    /// This node's head as last applied.
-    public var head: UInt64 = 0
-    public var nowNs: UInt64 = 0
-    /// Why the last upstream was left (stale, gone, refused), until one is followed again.
-    public var leftBecause: String?
-
-    public init() {}
-
-    /// How old the root's freshest word is: it grows while the upstream is silent or gone.
-    public var rootAgeSeconds: Double? {
-        guard rootTimeNs > 0 else { return nil }
-        return nowNs > rootTimeNs ? Double(nowNs - rootTimeNs) / 1e9 : 0
-    }
-
-    public var lagEntries: UInt64 { upstreamHead > head ? upstreamHead - head : 0 }
 }

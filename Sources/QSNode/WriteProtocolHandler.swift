@@ -115,7 +115,8 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
             refuse(context: context, code: .malformed, message: "malformed request: \(error)", error: error)
             return
         }
-        if let denial = core.authorize(request, peer: peer, local: peerIsLocal, readsAllowed: readsAllowed) {
+        if let denial = core.authorize(request, peer: peer, local: peerIsLocal, readsAllowed: readsAllowed,
+                                       address: context.channel.localAddress?.peerDescription ?? "") {
             reply(context: context, denial, thenClose: true)
             return
         }

@@ -111,9 +111,8 @@ struct Verify: AsyncParsableCommand {
     func headJSON(_ h: Head) -> String { "{\"index\":\(h.index),\"hash\":\"\(hexString(h.hash))\"}" }
 
     func verifyNodes(_ against: Address, _ instant: UInt64) async throws -> Int {
-        var other = options  // its --request-timeout too
+        var other = options  // its --request-timeout and tokens too
         other.node = against
-        other.writeTokenFile = ""
         let b = try await other.connect()
         var out = Output(output, listing: true)
         defer { out.finish() }

@@ -167,6 +167,13 @@ final class AccessTokenTests: XCTestCase {
             replica.metric("qs_replica_head_index") == 1
         }
         XCTAssertTrue(followed, "replica log:\n\(replica.daemon.log)")
+        // verify reads both nodes with the token it has (the replica, local, needs none);
+        // without one, the refusal names the node that refused.
+        var v = try Harness.run("qsctl", ["--node", replica.address, "--write-token-file", token, "verify", "--against", root.address])
+        XCTAssertEqual(v.status, 0, String(decoding: v.stdout + v.stderr, as: UTF8.self))
+        v = try Harness.run("qsctl", ["--node", replica.address, "verify", "--against", root.address])
+        XCTAssertEqual(v.status, 3)
+        XCTAssertTrue(String(decoding: v.stderr, as: UTF8.self).contains("this node (\(root.address))"), String(decoding: v.stderr, as: UTF8.self))
 
         // A batched mirror bridge reads the source's log with --source-token-file; without
         // it, it stops at once saying so.
