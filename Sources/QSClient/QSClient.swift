@@ -73,16 +73,19 @@ public final class QSClient: Sendable {
     }
 
     /// Connects to `HOST:PORT`. `readToken` (nil: `token`) is presented at once (`auth`)
-    /// when it is not empty and `host` is not loopback: a node answers reads from another
-    /// machine only on a connection that presented one of its tokens. A writer whose first
-    /// request is a `hello` (which proves the write token) passes `[]`.
+    /// when it is not empty, whatever the address: a node answers reads from another
+    /// machine only on a connection that presented one of its tokens, and what the node
+    /// sees (a loopback forwarder's address is not) decides, not what was dialled. A node
+    /// refusing it is thrown (`ClientError.server`, `unauthorized`); with `refusalThrows`
+    /// false the connection is made again without it (a writer whose hello then says why:
+    /// a replica takes no writes, the write token is wrong).
     public static func connect(host: String, port: Int, token: [UInt8] = [], readToken: [UInt8]? = nil,
+                               refusalThrows: Bool = true,
                                maxFrameBytes: Int = defaultMaxFrameBytes,
                                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                                timeout: TimeAmount = .seconds(5),
                                requestTimeout: TimeAmount = .seconds(60)) async throws -> QSClient {
-        let local = Endpoint.tcp(host: host, port: port).isLocalOnly
-        return try await authenticated(readToken ?? token, local: local) {
+        try await authenticated(readToken ?? token, refusalThrows: refusalThrows) {
             let channel: Channel
             do {
                 channel = try await bootstrap(group: group, maxFrameBytes: maxFrameBytes, timeout: timeout)
@@ -110,23 +113,25 @@ public final class QSClient: Sendable {
     }
 
     /// Connects to `endpoint`, TCP or a Unix socket; `readToken` as for `connect(host:port:)`.
-    public static func connect(to endpoint: Endpoint, token: [UInt8] = [], readToken: [UInt8]? = nil,
+    public static func connect(to endpoint: Endpoint, token: [UInt8] = [], readToken: [UInt8]? = nil, refusalThrows: Bool = true,
                                requestTimeout: TimeAmount = .seconds(60)) async throws -> QSClient {
         switch endpoint {
         case let .tcp(host, port):
-            return try await connect(host: host, port: port, token: token, readToken: readToken, requestTimeout: requestTimeout)
+            return try await connect(host: host, port: port, token: token, readToken: readToken, refusalThrows: refusalThrows,
+                                     requestTimeout: requestTimeout)
         case let .unix(path): return try await connect(unixPath: path, token: token, requestTimeout: requestTimeout)
         }
     }
 
-    /// A connection from `make` that has presented `readToken` (`auth`), unless it is empty
-    /// or the node is on this machine. A node older than `auth` refuses it as malformed and
-    /// closes the connection; it answers reads without a token, so a new connection is made
-    /// and used as it is. A refused token is thrown (`ClientError.server`, `unauthorized`).
-    static func authenticated(_ readToken: [UInt8], local: Bool,
+    /// A connection from `make` that has presented `readToken` (`auth`), unless it is empty.
+    /// A node older than `auth` refuses it as malformed and closes the connection; it
+    /// answers reads without a token, so a new connection is made and used as it is. A
+    /// refused token is thrown (`ClientError.server`, `unauthorized`), or with
+    /// `refusalThrows` false a new connection is made without it.
+    static func authenticated(_ readToken: [UInt8], refusalThrows: Bool = true,
                               _ make: () async throws -> QSClient) async throws -> QSClient {
         let client = try await make()
-        guard !readToken.isEmpty, !local else { return client }
+        guard !readToken.isEmpty else { return client }
         let answer: Response
         do {
             answer = try await client.send(.auth(token: readToken))
@@ -138,6 +143,9 @@ public final class QSClient: Sendable {
         case .head:
             return client
         case let .error(code, _) where ErrorCode(rawValue: code) == .malformed:
+            await client.close()
+            return try await make()
+        case let .error(code, _) where ErrorCode(rawValue: code) == .unauthorized && !refusalThrows:
             await client.close()
             return try await make()
         case let .error(code, message):

@@ -205,8 +205,9 @@ public actor RootWriter {
         self.init(endpoints: endpoints, token: token, logger: logger, metrics: metrics, client: client, tokenOrigin: tokenOrigin,
                   staleAfter: staleAfter, unretried: unretried, sourceID: sourceID) { endpoint in
             switch endpoint {
-            // The hello proves the write token: it authenticates the connection's reads too.
-            case let .tcp(host, port): try await QSClient.connect(host: host, port: port, token: token, readToken: [])
+            // The write token opens the connection's reads (the checks read other listed
+            // roots without a hello); a node that refuses it is told so by the hello.
+            case let .tcp(host, port): try await QSClient.connect(host: host, port: port, token: token, refusalThrows: false)
             case let .unix(path): try await QSClient.connect(unixPath: path, token: token)
             }
         }

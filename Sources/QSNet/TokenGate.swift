@@ -12,7 +12,7 @@ public final class TokenGate: Sendable {
     public let interface: String
     /// The tokens that pass (the read gate takes any of a node's tokens); empty: open.
     let tokens: [[UInt8]]
-    let flag: String
+    public let flag: String
     let failures: Counter
     let logger: Logger
     let logEvery: Duration

@@ -26,12 +26,15 @@ extension NodeCore {
     /// (a client reading two nodes, as `qsctl verify`, is told which one refused).
     public func authorize(_ request: Request, peer: String, local: Bool, readsAllowed: Bool, address: String = "") -> Response? {
         if case .auth = request {
+            // A peer on this machine reads without a token: its auth is not judged (a
+            // client presents the token it has whatever it dialled, e.g. a forwarder).
+            if local { return nil }
             guard let refusal = readGate.check(request.token, peer: peer) else { return nil }
             return .error(.unauthorized, refusal)
         }
         if !readsAllowed && !request.isWrite && !request.isReplication {
             readGate.refuse(peer: peer, why: "\(request.name) from another machine on a connection without a token")
-            return .error(.unauthorized, "this node\(address.isEmpty ? "" : " (\(address))") answers reads from another machine only on a connection that presented one of its tokens (its --write-token-file, --replication-token-file or --admin-token-file): give qsctl --read-token-file FILE (QS_CTL_READ_TOKEN_FILE), or read on the node's own machine")
+            return .error(.unauthorized, "this node\(address.isEmpty ? "" : " (\(address))") answers reads from another machine only on a connection that presented one of its tokens (\(readGate.flag)): qsctl presents --read-token-file (QS_CTL_READ_TOKEN_FILE), a bridge or recorder its --source-token-file, a replica its --upstream-token-file; or read over loopback or the node's --unix socket")
         }
         if request.isWrite && !writable {
             if case .changeRole = request {

@@ -75,8 +75,10 @@ public final class NodeCore: Sendable {
                                     logger: logger, factory: metrics.factory)
         adminGate = TokenGate(guarding: "admin", token: adminToken, flag: "--admin-token-file to promote or demote it (qsctl --admin-token-file)",
                               logger: logger, factory: metrics.factory)
-        readGate = TokenGate(guarding: "read", tokens: [token, replicationToken, adminToken].compactMap { $0 },
-                             flag: "--write-token-file, --replication-token-file or --admin-token-file (any of them) to read from another machine (qsctl --read-token-file)",
+        let held = [(token, "--write-token-file"), (replicationToken, "--replication-token-file"), (adminToken, "--admin-token-file")]
+            .filter { $0.0 != nil }
+        readGate = TokenGate(guarding: "read", tokens: held.compactMap(\.0),
+                             flag: held.map(\.1).joined(separator: " or ") + (held.count > 1 ? " (any of them)" : "") + " to read from another machine",
                              logger: logger, factory: metrics.factory)
         self.writable = writable
         self.metrics = metrics

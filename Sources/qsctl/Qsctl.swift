@@ -63,7 +63,7 @@ struct NodeOptions: ParsableArguments {
     @Option(help: ArgumentHelp("File holding the node's admin token (its --admin-token-file), for promote, demote and cutover. (env: QS_CTL_ADMIN_TOKEN_FILE)", valueName: "file"))
     var adminTokenFile: String = QSEnv.string("QS_CTL_ADMIN_TOKEN_FILE") ?? ""
 
-    @Option(help: ArgumentHelp("File holding one of the node's tokens (its --write-token-file, --replication-token-file or --admin-token-file), presented once per connection to read from another machine; the replication token reads every node, replicas included. Default: the write token file, else the admin token file. Not needed on the node's own machine. (env: QS_CTL_READ_TOKEN_FILE)", valueName: "file"))
+    @Option(help: ArgumentHelp("File holding one of the node's tokens (its --write-token-file, --replication-token-file or --admin-token-file), presented once per connection to read from another machine; the replication token reads every node, replicas included. Default: the write token file, else the admin token file. Presented whatever the address (a loopback forwarder's too); over loopback or a Unix socket the node reads without it. (env: QS_CTL_READ_TOKEN_FILE)", valueName: "file"))
     var readTokenFile: String = QSEnv.string("QS_CTL_READ_TOKEN_FILE") ?? ""
 
     @Flag(inversion: .prefixedNo, help: "Keys, values and prefixes given on the command line are base64 (for binary data). (env: QS_CTL_BASE64)")

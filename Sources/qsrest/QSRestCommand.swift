@@ -72,6 +72,9 @@ struct QSRestCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The node the admin port's GET /usage scans (a replica keeps the scan off the root), HOST:PORT or unix:PATH; none: the --root list, the first that answers. (env: QS_USAGE_NODE)", valueName: "host:port"))
     var usageNode: OrNone<Address> = QSEnv.value("QS_USAGE_NODE", .none)
 
+    @Option(help: ArgumentHelp("File holding a token of --usage-node (a replica's is its --replication-token-file), presented to read it from another machine; default: the write token. (env: QS_USAGE_NODE_TOKEN_FILE)", valueName: "file"))
+    var usageNodeTokenFile: String = QSEnv.string("QS_USAGE_NODE_TOKEN_FILE") ?? ""
+
     @Option(help: ArgumentHelp("GET /usage serves a report this young without scanning again (?fresh=1 scans anyway), e.g. 60s. (env: QS_USAGE_MAX_AGE)", valueName: "duration"))
     var usageMaxAge: Interval = QSEnv.value("QS_USAGE_MAX_AGE", Interval(.seconds(60)))
 
@@ -135,7 +138,8 @@ struct QSRestCommand: AsyncParsableCommand {
             .init(service: server, failureTerminationBehavior: .gracefullyShutdownGroup),
         ]
         if let adminEndpoint = service.adminEndpoint() {
-            let usage = UsageReporter(nodes: usageNode.value.map { [$0.endpoint] } ?? roots, token: token, maxAge: usageMaxAge.duration)
+            let readToken = try TokenFile.optional(usageNodeTokenFile, flag: "--usage-node-token-file") ?? token
+            let usage = UsageReporter(nodes: usageNode.value.map { [$0.endpoint] } ?? roots, token: readToken, maxAge: usageMaxAge.duration)
             let reports: [String: AdminReport] = ["/usage": { query in await usage.answer(query: query, acl: access.acl) }]
             services.append(.init(service: AdminServer(endpoint: adminEndpoint, registry: registry, logger: logger, limits: service.connectionLimits,
                                                        reports: reports, actionGate: try service.adminGate(logger: logger),

@@ -160,6 +160,13 @@ final class AccessTokenTests: XCTestCase {
         XCTAssertEqual(r.status, 0, "the admin token reads too: \(r)")
         XCTAssertTrue(root.daemon.log.contains("read refused"), root.daemon.log)
 
+        // Through a loopback forwarder (ssh -L, kubectl port-forward) the node sees a peer
+        // on another machine: the token goes whatever address was dialled.
+        let forwarder = try FaultProxy(upstreamHost: ns.address, upstreamPort: root.port)
+        defer { forwarder.close() }
+        let forwarded = try Harness.run("qsctl", ["--node", "127.0.0.1:\(forwarder.port)", "--read-token-file", token, "get", "k"])
+        XCTAssertEqual(forwarded.status, 0, String(decoding: forwarded.stderr, as: UTF8.self))
+
         // A replica on the host follows with its replication token (its head reads present it).
         let replica = try ReplicaNode(data: tmp.appendingPathComponent("replica"), upstreams: [root.address], logDir: tmp,
                                       extraArgs: ["--upstream-token-file", token])
@@ -189,6 +196,42 @@ final class AccessTokenTests: XCTestCase {
         let copied = try await c.get(Array("k".utf8))
         await c.close()
         XCTAssertEqual(copied?.value, Array("v1".utf8))
+    }
+
+    /// A writer given several roots reads the others before writing (which holds its
+    /// source's checkpoint, whose head is ahead): across machines those reads present its
+    /// write token, so an empty root listed first is still passed over, not written the
+    /// whole source.
+    func testAWriterReadsTheOtherListedRootsWithItsToken() async throws {
+        if let why = NetworkNamespace.unavailable { throw XCTSkip(why) }
+        let ns = try NetworkNamespace()
+        defer { ns.close() }
+        let old = try RootNode(data: tmp.appendingPathComponent("old"), logDir: tmp, namespace: ns)
+        let token = try file("token", String(decoding: old.token, as: UTF8.self))
+        let new = try DaemonProcess("qsnode", ["--role", "root", "--data", tmp.appendingPathComponent("new").path, "--listen", "\(ns.address):0",
+                                               "--admin", "\(ns.address):0", "--write-token-file", token, "--replication-token-file", token,
+                                               "--admin-token-file", token], logDir: tmp, ready: true, launcher: ns.launcher)
+        let newAddress = "\(ns.address):\(try new.port("write"))"
+        let source = try RootNode(data: tmp.appendingPathComponent("source"), logDir: tmp)
+        let sc = try await QSClient.connect(host: "127.0.0.1", port: source.port)
+        _ = try await sc.write([.set(key: Array("a".utf8), value: Array("1".utf8), expiry: nil)], sourceID: "w")
+        func bridge(_ roots: String) throws -> (Int32, String) {
+            let r = try Harness.run("qsqsbridge", ["--source", "qs://\(source.address)", "--root", roots, "--write-token-file", token,
+                                                   "--mode", "batched", "--source-id", "S", "--once", "--log-format", "text"])
+            return (r.status, String(decoding: r.stdout + r.stderr, as: UTF8.self))
+        }
+        var run = try bridge(old.address)
+        XCTAssertEqual(run.0, 0, run.1)
+        _ = try await sc.write([.set(key: Array("b".utf8), value: Array("2".utf8), expiry: nil)], sourceID: "w")
+        run = try bridge("\(newAddress),\(old.address)")
+        XCTAssertEqual(run.0, 0, run.1)
+        XCTAssertTrue(run.1.contains("holds no checkpoint of source id S"), run.1)
+        let oc = try await QSClient.connect(host: ns.address, port: old.port, token: old.token)
+        let nc = try await QSClient.connect(host: ns.address, port: try new.port("write"), token: old.token)
+        let atOld = try await oc.checkpoint(sourceID: "S"), atNew = try await nc.checkpoint(sourceID: "S")
+        XCTAssertEqual(atOld, 2, "the root that holds the source goes on")
+        XCTAssertNil(atNew, "the empty root listed first is passed over")
+        await oc.close(); await nc.close(); await sc.close()
     }
 
     /// POST with `Authorization: Bearer TOKEN`.
