@@ -128,21 +128,29 @@ public final class QSClient: Sendable {
     /// answers reads without a token, so a new connection is made and used as it is. A
     /// refused token is thrown (`ClientError.server`, `unauthorized`), or with
     /// `refusalThrows` false a new connection is made without it.
+    /// How long a connection waits for its auth's answer before it is used anyway.
+    static let authWait: TimeAmount = .seconds(1)
+
     static func authenticated(_ readToken: [UInt8], refusalThrows: Bool = true,
                               _ make: () async throws -> QSClient) async throws -> QSClient {
         let client = try await make()
         guard !readToken.isEmpty else { return client }
-        let answer: Response
-        do {
-            answer = try await client.send(.auth(token: readToken))
-        } catch {
-            await client.close()
-            throw error
-        }
+        // The answer is waited for a moment, not a request's timeout: a node that is slow or
+        // hung is then met by the requests that follow (pipelined behind the auth, answered
+        // in order), as before there was an auth, and their own timeouts say so.
+        let pending = client.start(.auth(token: readToken))
+        let loop = client.channel.eventLoop
+        let first = loop.makePromise(of: Frame?.self)
+        pending.whenComplete { if case let .success(frame) = $0 { first.succeed(frame) } else { first.succeed(nil) } }
+        let waited = loop.scheduleTask(in: authWait) { first.succeed(nil) }
+        let frame = try await first.futureResult.get()
+        waited.cancel()
+        guard let frame, let answer = try? Response.decode(frame) else { return client }
         switch answer {
         case .head:
             return client
-        case let .error(code, _) where ErrorCode(rawValue: code) == .malformed:
+        case let .error(code, _) where [.malformed, .invalidRequest, .unsupported].contains(ErrorCode(rawValue: code)):
+            // A node that predates auth (or answers it as something it does not serve).
             await client.close()
             return try await make()
         case let .error(code, _) where ErrorCode(rawValue: code) == .unauthorized && !refusalThrows:

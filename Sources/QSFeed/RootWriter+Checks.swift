@@ -98,12 +98,8 @@ extension RootWriter {
             guard let c = try? await connect(other) else { continue }
             let answer = try? await c.send(.getCheckpoint(sourceID: sourceID), timeout: callTimeout)
             await c.close()
-            // A listed root that refuses this writer's reads cannot say it holds nothing:
-            // passed over rather than taken as empty (its token differs from this writer's).
-            if case let .error(code, message) = answer, ErrorCode(rawValue: code) == .unauthorized {
-                throw ClientError.server(code: code, message:
-                    "cannot tell whether \(other), also listed in --root, holds source id \(sourceID): it refused this writer's reads (\(message)); every address in --root must take the same write token")
-            }
+            // One that refuses this writer's token (a replica, a root of another token) is
+            // not a root it writes to, as one that does not answer: skipped.
             if case let .checkpoint(position) = answer, let position {
                 throw ClientError.server(code: ErrorCode.notWritable.rawValue, message:
                     "holds no checkpoint of source id \(sourceID) while \(other), also listed in --root, holds it at \(position): not the root this source writes to, so not written to (list in --root only the root and the roots that mirror it)")
