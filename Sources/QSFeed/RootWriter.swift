@@ -302,15 +302,21 @@ public actor RootWriter {
                                 let from = endpoints[lastUsed ?? 0]
                                 // The address left may answer (a mirror refusing the writes, a
                                 // stale root): its head is then what the next must hold.
-                                var fromEmpty = false
+                                var fromEmpty = false, fromRefuses = false
                                 if anchor == nil, let previous = try? await connect(from) {
-                                    if let head = try? await previous.head() {
+                                    do {
+                                        let head = try await previous.head()
                                         if head.index > 0 { anchor = (from, head) } else { fromEmpty = true }
-                                    }
+                                    } catch let ClientError.server(code, _) where code == ErrorCode.unauthorized.rawValue {
+                                        // It refuses this writer's token: never a root it writes to.
+                                        fromRefuses = true
+                                    } catch {}
                                     await previous.close()
                                 }
-                                try await Self.check(carries: c, status: status, endpoint: endpoint, from: from, sourceID: sourceID, anchor: anchor,
-                                                     mirrored: mirrored, fromEmpty: fromEmpty)
+                                if !fromRefuses {
+                                    try await Self.check(carries: c, status: status, endpoint: endpoint, from: from, sourceID: sourceID,
+                                                         anchor: anchor, mirrored: mirrored, fromEmpty: fromEmpty)
+                                }
                             }
                         } catch {
                             if !introduced, anchor == nil, case let ClientError.server(code, _) = error,

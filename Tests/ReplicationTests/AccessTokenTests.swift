@@ -231,6 +231,23 @@ final class AccessTokenTests: XCTestCase {
         let atOld = try await oc.checkpoint(sourceID: "S"), atNew = try await nc.checkpoint(sourceID: "S")
         XCTAssertEqual(atOld, 2, "the root that holds the source goes on")
         XCTAssertNil(atNew, "the empty root listed first is passed over")
+
+        // A replica listed in --root (it refuses the write token: its own tokens differ): a
+        // new source id is not held up by it, before or after the root.
+        let own = try file("replica-token", "replica-token-0123456789abcdef")
+        let replica = try DaemonProcess("qsnode", ["--role", "replica", "--data", tmp.appendingPathComponent("replica").path,
+                                                   "--upstream", old.address, "--upstream-token-file", token,
+                                                   "--listen", "\(ns.address):0", "--admin", "\(ns.address):0",
+                                                   "--replication-token-file", own, "--admin-token-file", own],
+                                       logDir: tmp, ready: true, launcher: ns.launcher)
+        let replicaAddress = "\(ns.address):\(try replica.port("write"))"
+        for (id, roots) in [("R1", "\(replicaAddress),\(old.address)"), ("R2", "\(old.address),\(replicaAddress)")] {
+            let r = try Harness.run("qsqsbridge", ["--source", "qs://\(source.address)", "--root", roots, "--write-token-file", token,
+                                                   "--mode", "batched", "--source-id", id, "--once", "--log-format", "text"], killAfter: .seconds(60))
+            XCTAssertEqual(r.status, 0, "--root \(roots): " + String(decoding: r.stdout + r.stderr, as: UTF8.self))
+            let cp = try await oc.checkpoint(sourceID: id)
+            XCTAssertEqual(cp, 2, "source id \(id) written to the root")
+        }
         await oc.close(); await nc.close(); await sc.close()
     }
 
