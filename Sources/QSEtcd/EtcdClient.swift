@@ -328,7 +328,8 @@ public final class EtcdClient: Sendable {
                               refusal: @Sendable (String) -> String?,
                               onEvents: @Sendable (_ revision: Int64, _ events: [EtcdWatchEvent]) async throws -> Bool) async throws {
         var buffer = [UInt8]()
-        let status = try await EtcdHTTP.post(channel, host: endpoint.host, path: "/v3/watch", body: body, authorization: token) { piece in
+        let status = try await EtcdHTTP.post(channel, host: endpoint.host, path: "/v3/watch", body: body, authorization: token,
+                                             notSent: { EtcdError.connectionLost("\(endpoint)/v3/watch: \($0)") }) { piece in
             lastMessage?.touch()
             buffer += piece.readableBytesView
             while let nl = buffer.firstIndex(of: UInt8(ascii: "\n")) {
@@ -405,9 +406,23 @@ public final class EtcdClient: Sendable {
         let bytes = try EtcdJSON.encode(body)
         let used = try await authentication(renewing: nil)
         do {
-            return try await exchange(path, bytes, token: used.token)
+            return try await exchangeSent(path, bytes, token: used.token)
         } catch let EtcdError.unauthenticated(why) where credentials != nil && Self.isTokenRefusal(why) {
-            return try await exchange(path, bytes, token: try await authentication(renewing: used).token)
+            return try await exchangeSent(path, bytes, token: try await authentication(renewing: used).token)
+        }
+    }
+
+    /// `exchange`, sent once more (to the next member) when its connection closed before
+    /// the request left: etcd did not get it. A second such failure is `unreachable`.
+    private func exchangeSent(_ path: String, _ bytes: [UInt8], token: String?) async throws -> [String: Any] {
+        do {
+            return try await exchange(path, bytes, token: token)
+        } catch is NotSent {
+            do {
+                return try await exchange(path, bytes, token: token)
+            } catch let again as NotSent {
+                throw EtcdError.unreachable("\(path): \(again)")
+            }
         }
     }
 
@@ -487,7 +502,7 @@ public final class EtcdClient: Sendable {
         let body = try EtcdJSON.encode(["name": credentials.user, "password": credentials.currentPassword])
         let json: [String: Any]
         do {
-            json = try await exchange("/v3/auth/authenticate", body, token: nil)
+            json = try await exchangeSent("/v3/auth/authenticate", body, token: nil)
         } catch let EtcdError.server(_, message) where message.contains("authentication is not enabled") {
             return .off
         } catch let EtcdError.outcomeUnknown(why) {
@@ -539,6 +554,9 @@ public final class EtcdClient: Sendable {
                         return true
                     }
                     return (HTTPStatusCode(status.code), answer)
+                } catch let error as NotSent {
+                    self.avoid(index)
+                    throw error
                 } catch {
                     self.avoid(index)
                     throw EtcdError.outcomeUnknown("\(endpoint)\(path): \(error)")

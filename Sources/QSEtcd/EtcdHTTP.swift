@@ -24,7 +24,10 @@ enum EtcdHTTP {
     /// Sends one POST of `body` to `path` and calls `onBody` with each piece of the answer's
     /// body; returns the status once the answer ends (or `onBody` returns false).
     /// `authorization`: the token etcd gave for the client's credentials.
+    /// `notSent`: what to throw when the connection closed before the request left
+    /// (default `NotSent`).
     static func post(_ channel: Channel, host: String, path: String, body: [UInt8], authorization: String?,
+                     notSent: @Sendable (NotSent) -> any Error = { $0 },
                      onBody: (ByteBuffer) async throws -> Bool) async throws -> HTTPResponseStatus {
         try await channel.executeThenClose { inbound, outbound in
             var head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path)
@@ -33,8 +36,13 @@ enum EtcdHTTP {
             head.headers.add(name: "Content-Type", value: "application/json")
             head.headers.add(name: "Content-Length", value: "\(body.count)")
             head.headers.add(name: "Connection", value: "close")
-            try await outbound.write(.head(head))
-            try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body))))
+            do {
+                try await outbound.write(.head(head))
+                try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: body))))
+            } catch {
+                // The connection closed before the whole request left: etcd has not got it.
+                throw notSent(NotSent(underlying: error))
+            }
             try await outbound.write(.end(nil))
             var status = HTTPResponseStatus.ok
             for try await part in inbound {
@@ -47,6 +55,13 @@ enum EtcdHTTP {
             throw EtcdError.connectionLost("the answer ended before it was complete")
         }
     }
+}
+
+/// A request whose connection closed before all of it was written (a member closing or
+/// dying just after accepting): etcd cannot have executed it, so it may go again.
+struct NotSent: Error, CustomStringConvertible {
+    let underlying: any Error
+    var description: String { "the connection closed before the request was sent: \(underlying)" }
 }
 
 /// An answer's parts as they cross from the event loop to the reading task: the head is
