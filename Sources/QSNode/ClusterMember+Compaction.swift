@@ -71,9 +71,26 @@ extension ClusterMember {
     /// The members' clocks as their last `clock/` writes said (each written at most one
     /// `applied/` interval ago, so each is behind that member's clock now): the slowest,
     /// and never ahead of this member's, is what the purge judges expiry by.
+    /// While no other member's clock is there (they stopped, or are cut off), the skew last
+    /// seen (this clock minus the slowest other) still counts: a member whose clock runs
+    /// ahead, left alone, does not purge early.
     func noteClocks(_ kvs: [EtcdKV], own: UInt64) {
-        let slowest = kvs.compactMap { try? ClusterKeys.u64($0.value, "clock") }.min() ?? own
-        purgeClock.withLockedValue { $0 = min(slowest, own) }
+        let mine = keys.clock(nodeID)
+        let others = kvs.filter { $0.key != mine }.compactMap { kv in
+            (try? ClusterKeys.u64(kv.value, "clock")).map { (id: String(decoding: kv.key.dropFirst(keys.clockPrefix.count), as: UTF8.self), ns: $0) }
+        }
+        let slowest = others.min { $0.ns < $1.ns }
+        let (clock, skew) = purgeClock.withLockedValue { c -> (UInt64, UInt64) in
+            if let slowest { c.skew = own > slowest.ns ? own - slowest.ns : 0 }
+            c.ns = own - min(c.skew, own)
+            c.slowestMember = slowest.map(\.id) ?? c.slowestMember
+            return (c.ns, c.skew)
+        }
+        if skew > 60_000_000_000 {
+            etcdLog.log(logger, .warning, "cluster: the expiry purge runs behind this member's clock: another member's clock is behind it",
+                        budget: "purge-clock", metadata: ["behind-seconds": "\(skew / 1_000_000_000)", "member": "\(slowest?.id ?? "(last seen)")",
+                                                         "purge-clock-ns": "\(clock)"])
+        }
     }
 
     /// The time the expiry purge judges records by (seconds since the epoch): the slowest
@@ -81,7 +98,19 @@ extension ClusterMember {
     /// before the first `applied/` write. Members purge by their own clocks otherwise, and
     /// the fastest one would delete records the others still serve.
     public var purgeNowSeconds: UInt64? {
-        purgeClock.withLockedValue { $0 }.map { min($0 / 1_000_000_000, wallClockSeconds()) }
+        purgeClock.withLockedValue { $0.ns == 0 ? nil : min($0.ns / 1_000_000_000, wallClockSeconds()) }
+    }
+
+    /// Which member on disk a claim is (its host and data directory: the part before " | ").
+    static func claimant(_ value: [UInt8]) -> ArraySlice<UInt8> {
+        let rest = value.drop { $0 != UInt8(ascii: " ") }.dropFirst()
+        return rest.firstRange(of: Array(" | ".utf8)).map { rest[..<$0.lowerBound] } ?? rest
+    }
+
+    /// A claim's description for the operator: printable, at most 300 characters.
+    static func describe(claim value: [UInt8]) -> String {
+        let text = value.drop { $0 != UInt8(ascii: " ") }.dropFirst().prefix(300).map { $0 >= 0x20 && $0 < 0x7F ? Character(UnicodeScalar($0)) : "?" }
+        return String(text) + (value.count > 300 ? "…" : "")
     }
 
     /// Renews this process's claim on its node id (`claims/<id>`, on `lease`), or takes it
@@ -95,6 +124,17 @@ extension ClusterMember {
         let r = try await etcd.txn(compare: [.value(key: key, equals: claimValue)],
                                    success: [.putLeased(key: key, value: claimValue, lease: lease)],
                                    failure: [.range(key: key, end: nil, limit: 1)])
+        // This member's previous run (same host, same data directory; another pid), seen
+        // unrenewed since the last read (a live process with the same host name and path —
+        // containers, cloned machines — renews it and is told apart as any other): taken
+        // over then, before a copy waiting for the id's end could take it.
+        if !r.succeeded, let theirs = r.ranges.first?.first, Self.claimant(theirs.value) == Self.claimant(claimValue),
+           duplicate.withLockedValue({ $0.seen?.modRevision == theirs.modRevision && $0.seen?.value == theirs.value }),
+           try await etcd.txn(compare: [.value(key: key, equals: theirs.value)],
+                              success: [.putLeased(key: key, value: claimValue, lease: lease)], failure: []).succeeded {
+            duplicate.withLockedValue { $0 = (nil, nil) }
+            return true
+        }
         guard !r.succeeded, let theirs = r.ranges.first?.first else {
             if !r.succeeded {
                 _ = try await etcd.txn(compare: [.absent(key: key)], success: [.putLeased(key: key, value: claimValue, lease: lease)], failure: [])
@@ -107,13 +147,9 @@ extension ClusterMember {
         }
         let holder: String? = duplicate.withLockedValue { d in
             defer { d.seen = theirs }
-            if let seen = d.seen, seen.value == theirs.value {
-                if seen.modRevision != theirs.modRevision {
-                    d.holder = String(decoding: theirs.value.drop { $0 != UInt8(ascii: " ") }.dropFirst(), as: UTF8.self)
-                }
-            } else {
-                d.holder = nil
-            }
+            // Written since it was last read (renewed, or claimed anew): a live process.
+            // Seen for the first time, or unchanged: not known to be live yet.
+            if let seen = d.seen, seen.modRevision != theirs.modRevision { d.holder = Self.describe(claim: theirs.value) }
             return d.holder
         }
         guard let holder else { return true }

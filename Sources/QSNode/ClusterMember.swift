@@ -67,7 +67,9 @@ public final class ClusterMember: Service, Sendable {
     /// 1 while another live process holds this member's node id.
     let nodeIDConflict: Gauge
     /// The slowest member's clock (ns) as read at the last `applied/` write (`purgeNowSeconds`).
-    let purgeClock = NIOLockedValueBox<UInt64?>(nil)
+    let purgeClock = NIOLockedValueBox<(ns: UInt64, skew: UInt64, slowestMember: String?)>((0, 0, nil))
+    /// How far the purge's clock is behind this member's (s), at a scrape.
+    let purgeClockBehind: Gauge
 
     public init(etcd: EtcdClient, cluster: String, store: Store, watcher: LogWatcher, nodeID: String,
                 window: UInt64, appliedTTL: Duration = ClusterMember.appliedTTL, peers: [Endpoint] = [], peerToken: [UInt8] = [],
@@ -76,6 +78,7 @@ public final class ClusterMember: Service, Sendable {
         var nonce = SystemRandomNumberGenerator()
         claimValue = Array((String(nonce.next(), radix: 16) + " " + instance).utf8)
         nodeIDConflict = Gauge(label: "qs_cluster_node_id_conflict", factory: factory)
+        purgeClockBehind = Gauge(label: "qs_cluster_purge_clock_behind_seconds", factory: factory)
         self.maxRequestBytes = maxRequestBytes
         self.peers = peers
         self.peerToken = peerToken
@@ -107,7 +110,7 @@ public final class ClusterMember: Service, Sendable {
     /// Whether the member follows the cluster's log and etcd has a quorum, for `/readyz`.
     public var status: (following: Bool, detail: String) {
         if let holder = duplicate.withLockedValue({ $0.holder }) {
-            return (false, "another live process holds this member's node id \(nodeID) in etcd (\(holder)): this member's data directory was copied from that member's. Stop this process, move its --data aside and start it with an empty directory: it takes a snapshot from a peer and an id of its own")
+            return (false, "another live process holds this member's node id \(nodeID) in etcd (\(holder)); this one is \(Self.describe(claim: claimValue)): two data directories carry one node id, one copied from the other. Stop the copy, move its --data aside and start it with an empty directory: it takes a snapshot from a peer and an id of its own")
         }
         let s = state.withLockedValue { $0 }
         guard s.following else { return s }
@@ -145,6 +148,7 @@ public final class ClusterMember: Service, Sendable {
     public func refreshGauges() {
         if let open = etcd.answersWithoutCredentials { etcdOpen.record(open ? 1 : 0) }
         nodeIDConflict.record(duplicate.withLockedValue { $0.holder } == nil ? 0 : 1)
+        if let purge = purgeNowSeconds { purgeClockBehind.record(Double(wallClockSeconds() &- min(purge, wallClockSeconds()))) }
         let now = (tokens: etcd.tokens, refusals: etcd.authenticationsRefused)
         let new = etcdCounted.withLockedValue { counted in
             defer { counted = now }

@@ -365,7 +365,7 @@ struct QSNodeCommand: AsyncParsableCommand {
                                                         store: store, watcher: watcher, nodeID: nodeID, window: etcdLogWindow, appliedTTL: etcdAppliedTTL.duration,
                                                         peers: clusterPeers.value?.endpoints ?? [], peerToken: upstreamToken,
                                                         maxRequestBytes: etcdMaxRequestBytes.bytes,
-                                                        instance: "host \(ProcessInfo.processInfo.hostName) pid \(getpid()) listen \(listen) data \(data)",
+                                                        instance: "host \(ProcessInfo.processInfo.hostName) data \(data) | pid \(getpid()) listen \(listen)",
                                                         logger: logger) }
         let core = NodeCore(store: store, token: token, replicationToken: replicationToken,
                             adminToken: try service.adminToken(), writable: role == .root, watcher: watcher,
