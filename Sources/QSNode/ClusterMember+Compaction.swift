@@ -26,8 +26,11 @@ extension ClusterMember {
     /// Every few seconds: says how far this member has applied, and deletes the `log/`
     /// keys every member has applied and that are older than the window.
     func compactUntilCancelled() async {
+        // The first round at once: readiness waits for the node id's claim (`duplicate`).
+        var first = true
         while !Task.isCancelled {
-            try? await Task.sleep(for: Self.appliedInterval)
+            if !first { try? await Task.sleep(for: Self.appliedInterval) }
+            first = false
             guard state.withLockedValue({ $0.following }) else { continue }
             do {
                 let local = try await store.head()
@@ -132,14 +135,14 @@ extension ClusterMember {
            duplicate.withLockedValue({ $0.seen?.modRevision == theirs.modRevision && $0.seen?.value == theirs.value }),
            try await etcd.txn(compare: [.value(key: key, equals: theirs.value)],
                               success: [.putLeased(key: key, value: claimValue, lease: lease)], failure: []).succeeded {
-            duplicate.withLockedValue { $0 = (nil, nil) }
+            duplicate.withLockedValue { $0 = (nil, nil, false) }
             return true
         }
         guard !r.succeeded, let theirs = r.ranges.first?.first else {
             if !r.succeeded {
                 _ = try await etcd.txn(compare: [.absent(key: key)], success: [.putLeased(key: key, value: claimValue, lease: lease)], failure: [])
             }
-            if let was = duplicate.withLockedValue({ d -> String? in defer { d = (nil, nil) }; return d.holder }) {
+            if let was = duplicate.withLockedValue({ d -> String? in defer { d = (nil, nil, false) }; return d.holder }) {
                 logger.notice("cluster: the other process with this member's node id is gone; this member takes its place again",
                               metadata: ["node-id": "\(nodeID)", "was": "\(was)"])
             }
@@ -148,8 +151,12 @@ extension ClusterMember {
         let holder: String? = duplicate.withLockedValue { d in
             defer { d.seen = theirs }
             // Written since it was last read (renewed, or claimed anew): a live process.
-            // Seen for the first time, or unchanged: not known to be live yet.
-            if let seen = d.seen, seen.modRevision != theirs.modRevision { d.holder = Self.describe(claim: theirs.value) }
+            // Seen for the first time, or unchanged: not known to be live yet (judged at
+            // the next read, the member not ready meanwhile).
+            if let seen = d.seen {
+                if seen.modRevision != theirs.modRevision { d.holder = Self.describe(claim: theirs.value) }
+                d.judging = false
+            }
             return d.holder
         }
         guard let holder else { return true }

@@ -63,7 +63,10 @@ public final class ClusterMember: Service, Sendable {
     let claimValue: [UInt8]
     /// Another process's claim on this member's node id as last read, and what it is once
     /// seen renewed (a live process: this member's data directory was copied from it).
-    let duplicate = NIOLockedValueBox<(seen: EtcdKV?, holder: String?)>((nil, nil))
+    /// `judging` until the claim is known to be this process's, nobody's, or another's read
+    /// twice (renewed between: a live holder; not: a stale claim): `/readyz` says not ready
+    /// meanwhile, so a copy never answers ready before it is found out.
+    let duplicate = NIOLockedValueBox<(seen: EtcdKV?, holder: String?, judging: Bool)>((nil, nil, true))
     /// 1 while another live process holds this member's node id.
     let nodeIDConflict: Gauge
     /// The slowest member's clock (ns) as read at the last `applied/` write (`purgeNowSeconds`).
@@ -114,6 +117,12 @@ public final class ClusterMember: Service, Sendable {
         }
         let s = state.withLockedValue { $0 }
         guard s.following else { return s }
+        if let seen = duplicate.withLockedValue({ $0.judging ? $0.seen : nil }) {
+            return (false, "another process's claim on this member's node id \(nodeID) is in etcd (\(Self.describe(claim: seen.value))); waiting one renewal interval (\(Self.appliedInterval)) to see whether that process is alive")
+        }
+        if duplicate.withLockedValue({ $0.judging }) {
+            return (false, "checking in etcd that no other process holds this member's node id \(nodeID)")
+        }
         if let lost = quorum.withLockedValue({ $0 }) {
             if lost.contains("refused this member's credentials") { return (false, lost) }
             return (false, "etcd did not commit this member's last write (no quorum?): \(lost)")

@@ -86,9 +86,14 @@ final class ClusterHousekeepingTests: XCTestCase {
             etcd.keys("/qs/t/claims/").first.map { String(decoding: $0.value, as: UTF8.self).contains("pid \(original.daemon.pid) ") } == true
         }
         let copy = try member("m1", etcd: etcd, ttl)
-        try await waitFor("the copy to say so", timeout: .seconds(20)) {
-            copy.readyz()?.body.contains("another live process holds this member's node id") == true
+        // Never ready meanwhile: the claim is judged (read twice) before /readyz says 200.
+        var answeredReady = false
+        try await waitFor("the copy to say so", timeout: .seconds(20), pollEvery: .milliseconds(20)) {
+            let r = copy.readyz()
+            if r?.status == 200 { answeredReady = true }
+            return r?.body.contains("another live process holds this member's node id") == true
         }
+        XCTAssertFalse(answeredReady, "the copy answered ready before it was found out")
         XCTAssertEqual(copy.readyz()?.status, 503)
         XCTAssertTrue(copy.readyz()?.body.contains("pid \(original.daemon.pid) ") == true, copy.readyz()?.body ?? "")
         XCTAssertEqual(copy.metric("qs_cluster_node_id_conflict"), 1)
