@@ -354,7 +354,7 @@ let package = Package(
             name: "QSNodeTests",
             dependencies: [
                 "QSClient", "QSModel", "QSNet", "QSNode", "QSStore", "QSTesting", "QSWire",
-                nio("NIOCore"), nio("NIOConcurrencyHelpers"), nio("NIOEmbedded"), nio("NIOPosix"), log,
+                nio("NIOCore"), nio("NIOConcurrencyHelpers"), nio("NIOEmbedded"), nio("NIOPosix"), log, metrics,
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ],
             swiftSettings: swiftSettings

@@ -1,13 +1,13 @@
 import Logging
 import Metrics
-import NIOConcurrencyHelpers
 import QSBytes
 
 /// One interface's token (the write port's writes, its replication streams, the admin
 /// port's actions): what a peer presents is compared in constant time; a refusal is
 /// counted in `qs_auth_failures_total{interface=…}` (the series made once, here) and
-/// logged with the peer — one line per `logEvery` at most, saying how many were refused
-/// since, so a peer hammering with a wrong token cannot flood the log.
+/// logged with the peer — one line per peer host per `logEvery` at most, the next saying how
+/// many were left out (`suppressed`), so a peer hammering with a wrong token cannot flood the
+/// log nor hide another peer's refusals.
 public final class TokenGate: Sendable {
     public let interface: String
     /// The tokens that pass (the read gate takes any of a node's tokens); empty: open.
@@ -15,8 +15,7 @@ public final class TokenGate: Sendable {
     public let flag: String
     let failures: Counter
     let logger: Logger
-    let logEvery: Duration
-    private let logState = NIOLockedValueBox<(last: ContinuousClock.Instant?, unlogged: Int)>((nil, 0))
+    let log: RateLimitedLog
 
     /// `token` nil: the gate is open (the interface binds loopback only, see `Endpoint.isLocalOnly`).
     public convenience init(guarding interface: String, token: [UInt8]?, flag: String, logger: Logger,
@@ -31,7 +30,8 @@ public final class TokenGate: Sendable {
         self.tokens = tokens
         self.flag = flag
         self.logger = logger
-        self.logEvery = logEvery
+        let (seconds, attoseconds) = logEvery.components
+        log = RateLimitedLog(window: .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000))
         failures = Counter(label: "qs_auth_failures_total", dimensions: [("interface", interface)], factory: factory)
     }
 
@@ -66,21 +66,9 @@ public final class TokenGate: Sendable {
         return "\(why): this node requires the token from its \(flag)"
     }
 
-    /// Counts a refusal and logs it (rate-limited) with the peer and the reason.
+    /// Counts a refusal and logs it (rate-limited per peer host) with the peer and the reason.
     public func refuse(peer: String, why: String) {
         failures.increment()
-        let now = ContinuousClock.now
-        let unlogged: Int? = logState.withLockedValue { s in
-            if let last = s.last, now - last < logEvery {
-                s.unlogged += 1
-                return nil
-            }
-            defer { s = (now, 0) }
-            return s.unlogged
-        }
-        if let unlogged {
-            logger.warning("\(interface) refused", metadata: ["peer": "\(peer)", "reason": "\(why)",
-                                                              "refused-unlogged-before": "\(unlogged)"])
-        }
+        log.warning(logger, "\(interface) refused", peer: peer, metadata: ["reason": "\(why)"])
     }
 }

@@ -34,7 +34,7 @@ extension NodeCore {
         }
         if !readsAllowed && !request.isWrite && !request.isReplication {
             readGate.refuse(peer: peer, why: "\(request.name) from another machine on a connection without a token")
-            return .error(.unauthorized, "this node\(address.isEmpty ? "" : " (\(address))") answers reads from another machine only on a connection that presented one of its tokens (its \(readGate.flag.replacingOccurrences(of: " to read from another machine", with: ""))): qsctl presents --read-token-file (QS_CTL_READ_TOKEN_FILE), a bridge or recorder its --source-token-file, a replica its --upstream-token-file; or read over loopback or the node's --unix socket")
+            return .error(.unauthorized, "this node\(address.isEmpty ? "" : " (\(address))") answers reads from another machine only on a connection that presented one of its tokens (its \(readGate.flag.replacingOccurrences(of: " to read from another machine", with: ""))): qsctl presents --read-token-file (QS_CTL_READ_TOKEN_FILE), a bridge or recorder its --source-token-file, a replica its --upstream-token-file, qsrest its --usage-node-token-file; or read on the node's own machine (its loopback or --unix socket; a forwarder or tunnel from another machine counts as that machine)")
         }
         if request.isWrite && !writable {
             if case .changeRole = request {

@@ -109,6 +109,6 @@ extension UsageReporter {
 public struct UsageUnavailable: Error, CustomStringConvertible {
     public let failures: [String]
     public var description: String {
-        "no node could be scanned for usage (\(failures.joined(separator: "; "))); check --usage-node or --root"
+        "no node could be scanned for usage (\(failures.joined(separator: "; "))); check --usage-node or --root, and for a refusal --usage-node-token-file (QS_USAGE_NODE_TOKEN_FILE: a token of that node, a replica's --replication-token-file)"
     }
 }

@@ -157,6 +157,12 @@ public enum Harness {
         if let engine = mine["QS_STORE_ENGINE"], !engine.isEmpty, (name as NSString).lastPathComponent == "qsnode" {
             environment["QS_ENGINE"] = engine
         }
+        // A crash's backtrace names every thread's frames (a crash at shutdown is about the
+        // others), without the registers and image list that would push them out of the
+        // log's end a failing test prints.
+        if environment["SWIFT_BACKTRACE"] == nil {
+            environment["SWIFT_BACKTRACE"] = "enable=yes,interactive=no,threads=all,registers=none,images=none"
+        }
         environment.merge(env) { _, new in new }
         return environment
     }
@@ -292,7 +298,13 @@ public final class DaemonProcess: @unchecked Sendable {
         process.waitUntilExit()
         if process.terminationReason == .uncaughtSignal && process.terminationStatus != signal {
             // A crash (not the signal sent): whatever the test asserts, its log is kept here.
-            FileHandle.standardError.write(Data("\(name) (pid \(pid)) died of signal \(process.terminationStatus), not the \(signal) sent; its log's end:\n\(log.suffix(8000))\n".utf8))
+            // From the backtrace's start when there is one.
+            let text = log, crashed = text.range(of: "Program crashed")?.lowerBound
+            let shown = crashed.map { at -> String in
+                let from = text.index(at, offsetBy: -2000, limitedBy: text.startIndex) ?? text.startIndex
+                return String(text[from...].prefix(40_000))
+            } ?? String(text.suffix(8000))
+            FileHandle.standardError.write(Data("\(name) (pid \(pid)) died of signal \(process.terminationStatus), not the \(signal) sent; its log:\n\(shown)\n".utf8))
         }
         return process.terminationStatus
     }

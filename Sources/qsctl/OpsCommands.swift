@@ -100,6 +100,8 @@ struct Wait: AsyncParsableCommand {
     var until: String = QSEnv.string("QS_CTL_WAIT_UNTIL") ?? ""
     @Option(help: ArgumentHelp("Instead of --source-id and --until: wait until the node holds the head that node (HOST:PORT) has now (index and chained hash). (env: QS_CTL_WAIT_HEAD_OF)", valueName: "host:port"))
     var headOf: OrNone<Address> = QSEnv.value("QS_CTL_WAIT_HEAD_OF", .none, flag: "--head-of")
+    @Option(help: ArgumentHelp("With --head-of: file holding one of that node's tokens, presented to read it from another machine (two roots of a cutover may have different tokens); default: the token qsctl reads --node with. (env: QS_CTL_WAIT_HEAD_OF_TOKEN_FILE)", valueName: "file"))
+    var headOfTokenFile: String = QSEnv.string("QS_CTL_WAIT_HEAD_OF_TOKEN_FILE") ?? ""
     @Option(help: ArgumentHelp("Give up after this long, e.g. 30s. (env: QS_CTL_WAIT_TIMEOUT)", valueName: "duration"))
     var timeout: Interval = QSEnv.value("QS_CTL_WAIT_TIMEOUT", Interval(.seconds(60)), flag: "--timeout")
     @Option(help: outputHelp("QS_CTL_WAIT_OUTPUT", "table prints the position reached; json {source_id, reached, until, position}, or with --head-of {head_of, index, hash, node_index}."))
@@ -111,6 +113,10 @@ struct Wait: AsyncParsableCommand {
                 throw ValidationError("give either --head-of HOST:PORT or --source-id with --until, not both")
             }
             return
+        }
+        // From the environment it may be meant for --head-of runs only: ignored without.
+        if !headOfTokenFile.isEmpty && QSEnv.string("QS_CTL_WAIT_HEAD_OF_TOKEN_FILE") != headOfTokenFile {
+            throw ValidationError("--head-of-token-file applies to --head-of only: --source-id reads --node with its --read-token-file")
         }
         guard !sourceID.isEmpty else { throw ValidationError("--source-id is required (or --head-of HOST:PORT to wait for another node's head)") }
         guard !until.isEmpty else { throw ValidationError("--until is required: \(WaitTarget.forms)") }
@@ -172,8 +178,7 @@ struct Wait: AsyncParsableCommand {
 extension Wait {
     /// `--head-of OTHER`: OTHER's head now, then the node's log until it holds that entry.
     func waitForHead(of other: Address) async throws {
-        var o = options  // its --request-timeout and tokens too
-        o.node = other
+        let o = options.reading(other, tokenFile: headOfTokenFile, flag: "--head-of-token-file")
         let deadline = ContinuousClock.now + timeout.duration
         let (target, reached) = try await o.withClient { theirs in
             let target = try await theirs.head()

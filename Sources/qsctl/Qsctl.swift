@@ -66,6 +66,9 @@ struct NodeOptions: ParsableArguments {
     @Option(help: ArgumentHelp("File holding one of the node's tokens (its --write-token-file, --replication-token-file or --admin-token-file), presented once per connection to read from another machine; the replication token reads every node, replicas included. Default: the write token file, else the admin token file. Presented whatever the address (a loopback forwarder's too); over loopback or a Unix socket the node reads without it. (env: QS_CTL_READ_TOKEN_FILE)", valueName: "file"))
     var readTokenFile: String = QSEnv.string("QS_CTL_READ_TOKEN_FILE") ?? ""
 
+    /// The flag the read token came from when it is not --read-token-file's (`reading`).
+    var otherTokenFlag: String?
+
     @Flag(inversion: .prefixedNo, help: "Keys, values and prefixes given on the command line are base64 (for binary data). (env: QS_CTL_BASE64)")
     var base64: Bool = QSEnv.flag("QS_CTL_BASE64", flag: "--base64")
 
@@ -101,7 +104,7 @@ struct NodeOptions: ParsableArguments {
     func tokens() throws -> (write: [UInt8], read: [UInt8]) {
         do {
             let write = try TokenFile.optional(writeTokenFile, flag: "--write-token-file") ?? []
-            if let read = try TokenFile.optional(readTokenFile, flag: "--read-token-file") { return (write, read) }
+            if let read = try TokenFile.optional(readTokenFile, flag: otherTokenFlag ?? "--read-token-file") { return (write, read) }
             return (write, write.isEmpty ? try TokenFile.optional(adminTokenFile, flag: "--admin-token-file") ?? [] : write)
         } catch {
             fail("\(error)")
@@ -124,7 +127,21 @@ struct NodeOptions: ParsableArguments {
 
     /// Which file the read token came from, for an error message.
     var readTokenOrigin: String {
-        !readTokenFile.isEmpty ? "--read-token-file" : !writeTokenFile.isEmpty ? "--write-token-file" : "--admin-token-file"
+        if let otherTokenFlag { return otherTokenFlag }
+        return !readTokenFile.isEmpty ? "--read-token-file" : !writeTokenFile.isEmpty ? "--write-token-file" : "--admin-token-file"
+    }
+
+    /// These options for reading another node (verify --against, wait --head-of): its
+    /// --request-timeout and tokens, with `tokenFile` (given as `flag`) as the read token
+    /// when it is given.
+    func reading(_ other: Address, tokenFile: String, flag: String) -> NodeOptions {
+        var o = self
+        o.node = other
+        if !tokenFile.isEmpty {
+            o.readTokenFile = tokenFile
+            o.otherTokenFlag = flag
+        }
+        return o
     }
 
     /// Runs `body` with a connection; node errors exit 3 with the node's message.

@@ -32,6 +32,8 @@ struct Verify: AsyncParsableCommand {
     var options: NodeOptions { parent.options }
     @Option(help: ArgumentHelp("The other node, HOST:PORT. (env: QS_CTL_VERIFY_AGAINST)", valueName: "host:port"))
     var against: OrNone<Address> = QSEnv.value("QS_CTL_VERIFY_AGAINST", .none, flag: "--against")
+    @Option(help: ArgumentHelp("With --against: file holding one of that node's tokens, presented to read it from another machine (two roots of a cutover may have different tokens); default: the token qsctl reads --node with. (env: QS_CTL_VERIFY_AGAINST_TOKEN_FILE)", valueName: "file"))
+    var againstTokenFile: String = QSEnv.string("QS_CTL_VERIFY_AGAINST_TOKEN_FILE") ?? ""
     @Option(help: ArgumentHelp("A KT server's HTTP address, HOST:PORT. (env: QS_CTL_VERIFY_KT)", valueName: "host:port"))
     var kt: OrNone<TCPAddress> = QSEnv.value("QS_CTL_VERIFY_KT", .none, flag: "--kt")
     @Option(help: ArgumentHelp("With --kt: KT database index → QS key prefix, as qsktbridge's. (env: QS_CTL_VERIFY_DB_MAP)", valueName: "map"))
@@ -53,6 +55,9 @@ struct Verify: AsyncParsableCommand {
         // From the environment it is meant for --kt runs: --against ignores it.
         if !excludeAcl.isEmpty && kt.value == nil && QSEnv.string("QS_CTL_VERIFY_EXCLUDE_ACL") != excludeAcl {
             throw ValidationError("--exclude-acl applies to --kt only: two QS nodes are compared whole")
+        }
+        if !againstTokenFile.isEmpty && against.value == nil && QSEnv.string("QS_CTL_VERIFY_AGAINST_TOKEN_FILE") != againstTokenFile {
+            throw ValidationError("--against-token-file applies to --against only: KT is read over its HTTP port without a token")
         }
     }
 
@@ -111,8 +116,7 @@ struct Verify: AsyncParsableCommand {
     func headJSON(_ h: Head) -> String { "{\"index\":\(h.index),\"hash\":\"\(hexString(h.hash))\"}" }
 
     func verifyNodes(_ against: Address, _ instant: UInt64) async throws -> Int {
-        var other = options  // its --request-timeout and tokens too
-        other.node = against
+        let other = options.reading(against, tokenFile: againstTokenFile, flag: "--against-token-file")
         let b = try await other.connect()
         var out = Output(output, listing: true)
         defer { out.finish() }

@@ -1,4 +1,5 @@
 import Logging
+import Metrics
 import NIOConcurrencyHelpers
 import QSNet
 import XCTest
@@ -41,5 +42,19 @@ final class RateLimitedLogTests: XCTestCase {
         let last = try XCTUnwrap(lines.lines.withLockedValue { $0.last })
         XCTAssertEqual("\(last.metadata["peer"]!)", "10.0.0.1:50020")
         XCTAssertEqual("\(last.metadata["suppressed"]!)", "4")
+    }
+
+    /// A token gate's refusals: every one counted, one line per peer host a window, so a
+    /// peer hammering with a wrong token does not hide another peer's refusal.
+    func testATokenGateLogsEachPeerHostsRefusals() {
+        let lines = Lines()
+        let gate = TokenGate(guarding: "read", token: Array("secret".utf8), flag: "--write-token-file", logger: lines.logger,
+                             factory: NOOPMetricsHandler.instance, logEvery: .seconds(60))
+        for port in 40000..<40100 { XCTAssertNotNil(gate.check(Array("guess".utf8), peer: "10.0.0.9:\(port)")) }
+        XCTAssertNotNil(gate.check([], peer: "10.0.0.7:41000"))
+        XCTAssertNil(gate.check(Array("secret".utf8), peer: "10.0.0.8:41001"))
+        let logged = lines.lines.withLockedValue { $0.map { ("\($0.metadata["peer"]!)", "\($0.metadata["reason"]!)") } }
+        XCTAssertEqual(logged.map(\.0), ["10.0.0.9:40000", "10.0.0.7:41000"])
+        XCTAssertEqual(logged.map(\.1), ["wrong read token", "missing read token"])
     }
 }

@@ -181,6 +181,20 @@ final class AccessTokenTests: XCTestCase {
         v = try Harness.run("qsctl", ["--node", replica.address, "verify", "--against", root.address])
         XCTAssertEqual(v.status, 3)
         XCTAssertTrue(String(decoding: v.stderr, as: UTF8.self).contains("this node (\(root.address))"), String(decoding: v.stderr, as: UTF8.self))
+        // Two nodes of different tokens: the other's is given on its own (the replica, local,
+        // takes any; the root refuses the read token given for --node).
+        v = try Harness.run("qsctl", ["--node", replica.address, "--read-token-file", wrong, "verify", "--against", root.address])
+        XCTAssertEqual(v.status, 3)
+        XCTAssertTrue(String(decoding: v.stderr, as: UTF8.self).contains("(--read-token-file)"), String(decoding: v.stderr, as: UTF8.self))
+        v = try Harness.run("qsctl", ["--node", replica.address, "--read-token-file", wrong, "verify", "--against", root.address,
+                                      "--against-token-file", token])
+        XCTAssertEqual(v.status, 0, String(decoding: v.stdout + v.stderr, as: UTF8.self))
+        v = try Harness.run("qsctl", ["--node", replica.address, "verify", "--against", root.address, "--against-token-file", wrong])
+        XCTAssertEqual(v.status, 3)
+        XCTAssertTrue(String(decoding: v.stderr, as: UTF8.self).contains("(--against-token-file)"), String(decoding: v.stderr, as: UTF8.self))
+        v = try Harness.run("qsctl", ["--node", replica.address, "wait", "--head-of", root.address, "--timeout", "20s"],
+                            env: ["QS_CTL_WAIT_HEAD_OF_TOKEN_FILE": token])
+        XCTAssertEqual(v.status, 0, String(decoding: v.stdout + v.stderr, as: UTF8.self))
 
         // A batched mirror bridge reads the source's log with --source-token-file; without
         // it, it stops at once saying so.
