@@ -29,6 +29,16 @@ public final class PendingBytes: Sendable {
         return now != nil
     }
 
+    /// Takes `n` bytes whatever the limit (what is already built and sent).
+    public func force(_ n: Int) {
+        guard n > 0 else { return }
+        let now = used.withLockedValue { used in
+            used += n
+            return used
+        }
+        gauge?.record(now)
+    }
+
     public func release(_ n: Int) {
         guard n > 0 else { return }
         let now = used.withLockedValue { used in

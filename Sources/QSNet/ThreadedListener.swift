@@ -27,6 +27,12 @@ public protocol ThreadedProtocol: Sendable {
     func received(_ input: inout ByteBuffer, connection: inout Connection, into out: inout ByteBuffer,
                   worker: Worker, flush: (inout ByteBuffer) -> Bool) -> Answering
     func closed(_ connection: Connection)
+    /// The budget a reply waiting for its socket is held against (`ReplyMemory`), if any.
+    var replyMemory: ReplyMemory? { get }
+}
+
+extension ThreadedProtocol {
+    public var replyMemory: ReplyMemory? { nil }
 }
 
 /// What answering the requests of a read came to.
@@ -203,7 +209,21 @@ final class ThreadedConnection<P: ThreadedProtocol>: @unchecked Sendable {
     var partialSince: NIODeadline?
     /// Replies the socket did not take yet: the connection waits for it to be writable
     /// (parked for `EPOLLOUT`) and reads nothing meanwhile.
-    var pendingOut: ByteBuffer?
+    var pendingOut: ByteBuffer? {
+        didSet {
+            // A large reply waiting for the socket is held against the read ports' budget.
+            guard let memory else { return }
+            let now = pendingOut.map { $0.readableBytes >= ReplyMemory.largeReply ? $0.readableBytes : 0 } ?? 0
+            if now != held {
+                memory.release(held)
+                memory.hold(now)
+                held = now
+            }
+        }
+    }
+    let memory: ReplyMemory?
+    /// Bytes of `pendingOut` held against `memory`.
+    private var held = 0
     /// When the socket last took bytes of `pendingOut` (the write timeout's start).
     var lastWrite: NIODeadline
     /// Close once `pendingOut` is written (`quit`, a line too long).
@@ -212,7 +232,8 @@ final class ThreadedConnection<P: ThreadedProtocol>: @unchecked Sendable {
     /// did not take (`Answering.paused`); they are answered before anything more is read.
     var unanswered = false
 
-    init(fd: Int32, peer: String, peerIP: String?, state: P.Connection) {
+    init(fd: Int32, peer: String, peerIP: String?, state: P.Connection, memory: ReplyMemory?) {
+        self.memory = memory
         self.fd = fd
         self.peer = peer
         self.peerIP = peerIP
@@ -449,7 +470,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             Self.setTimeout(fd, SO_RCVTIMEO, serving.parkAfter)
             if timeout.nanoseconds > 0 { Self.setTimeout(fd, SO_SNDTIMEO, timeout) }
             // Parked until it sends: a connection that sends nothing holds no thread.
-            park(Conn(fd: fd, peer: peer, peerIP: peerIP, state: proto.open(peer: peer)))
+            park(Conn(fd: fd, peer: peer, peerIP: peerIP, state: proto.open(peer: peer), memory: proto.replyMemory))
         }
     }
 
@@ -792,6 +813,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             }
         }
         proto.closed(c.state)
+        c.pendingOut = nil
         discardUnread(c.fd)
         Glibc.close(c.fd)
         counter.release(peer: c.peerIP)

@@ -17,6 +17,8 @@ struct KTBinarySession: Sendable {
     let maxRequestBytes: Int
     let metrics: ReadMetrics
     let logger: Logger
+    /// The read ports' budget for large replies not yet read.
+    let replyMemory: ReplyMemory
 
     func run(_ connection: NIOAsyncChannel<KTBinaryRequest, ByteBuffer>, peer: String, drain: RequestDrain?) async {
         do {
@@ -32,6 +34,16 @@ struct KTBinarySession: Sendable {
                     metrics.requests("bin_get_bulk").increment()
                     let records = try await store.read { txn in try read(keys, txn) }
                     if flags & KTBinaryMagic.noReplyFlag == 0 {
+                        let bytes = records.reduce(0) { $0 + $1.key.count + $1.value.count + 18 }
+                        guard replyMemory.admits(bytes) else {
+                            // KT's error reply (it has no "try again"); the connection stays.
+                            metrics.refusedForMemory(logger, peer: peer, bytes: bytes, memory: replyMemory)
+                            try await outbound.write(ByteBuffer(bytes: KTBinaryResponse.error.encoded()))
+                            continue
+                        }
+                        let large = bytes >= ReplyMemory.largeReply
+                        if large { replyMemory.hold(bytes) }
+                        defer { if large { replyMemory.release(bytes) } }
                         try await outbound.write(ByteBuffer(bytes: KTBinaryResponse.getBulk(records: records).encoded()))
                     }
                 }

@@ -118,7 +118,7 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
             r = session.failure(error, uri: String(decoding: uri, as: UTF8.self), peer: peer)
         }
         session.account(r, peer: peer, uri: { String(decoding: uri, as: UTF8.self) })
-        KTHTTPSession.write(r, minorVersion: minor, isHead: isHead, keepAlive: keepAlive, into: &out)
+        KTHTTPSession.write(session.fitted(r, isHead: isHead, peer: peer), minorVersion: minor, isHead: isHead, keepAlive: keepAlive, into: &out)
     }
 
     /// From here on NIO's HTTP pipeline reads the connection: what was answered is
@@ -196,6 +196,6 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
 
     /// Writes what was answered (and closes after it, `thenClose`), as `MemcachedHandler`.
     private func writeOut(_ context: ChannelHandlerContext, thenClose: Bool = false) {
-        _ = context.writeReplies(&out, thenClose: thenClose)
+        _ = context.writeReplies(&out, thenClose: thenClose, memory: session.replyMemory)
     }
 }

@@ -27,6 +27,8 @@ public struct KTHTTPReadServer: ListeningService {
         /// body that would pass it is answered 503 and its connection closed.
         public var maxPendingBytes: Int
         public var clock: ReadClock
+        /// The read ports' budget for large replies not yet read (`ReplyMemory`).
+        public var replyMemory = ReplyMemory(limit: ReplyMemory.defaultLimit)
 
         public init(databases: KTDatabaseMap = .single, scanLimits: ScanLimits = ScanLimits(),
                     maxBodyBytes: Int = 32 << 20, maxPendingBytes: Int = 256 << 20, clock: @escaping ReadClock = { wallClockSeconds() }) {
@@ -55,9 +57,11 @@ public struct KTHTTPReadServer: ListeningService {
         session = KTHTTPSession(store: store, procedures: procedures,
                                 rest: KTRESTRead(databases: configuration.databases, clock: configuration.clock),
                                 metrics: metrics, logger: logger, maxBodyBytes: configuration.maxBodyBytes,
-                                pending: PendingBytes(limit: configuration.maxPendingBytes, gauge: Gauge(label: "qs_kt_http_pending_body_bytes")))
+                                pending: PendingBytes(limit: configuration.maxPendingBytes, gauge: Gauge(label: "qs_kt_http_pending_body_bytes")),
+                                replyMemory: configuration.replyMemory)
         binary = KTBinarySession(store: store, databases: configuration.databases, clock: configuration.clock,
-                                 maxRequestBytes: configuration.maxBodyBytes, metrics: metrics, logger: logger)
+                                 maxRequestBytes: configuration.maxBodyBytes, metrics: metrics, logger: logger,
+                                 replyMemory: configuration.replyMemory)
     }
 
     /// Bytes of request bodies still arriving that the listener's connections hold now.

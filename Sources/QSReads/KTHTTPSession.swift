@@ -32,9 +32,13 @@ final class KTHTTPSession: Sendable {
     /// Scans on the store's reader threads, at most two at once (of four by default).
     let scans = ScanGate(limit: 2)
 
+    /// The read ports' budget for large replies not yet read.
+    let replyMemory: ReplyMemory
+
     init(store: Store, procedures: KTProcedures, rest: KTRESTRead, metrics: ReadMetrics, logger: Logger, maxBodyBytes: Int,
-         pending: PendingBytes) {
+         pending: PendingBytes, replyMemory: ReplyMemory) {
         self.pending = pending
+        self.replyMemory = replyMemory
         self.store = store
         self.procedures = procedures
         self.rest = rest
@@ -79,6 +83,9 @@ final class KTHTTPSession: Sendable {
             return (try? store.readInline(in: slot) { txn in
                 try txn.withRecord(bytes: key) { record -> Bool in
                     guard let record, record.expiry == nil else { return false }
+                    // A large value the reply budget has no room for now: the general
+                    // path answers 503 (`fitted`).
+                    guard kind == .restHead || replyMemory.admits(record.value.count) else { return false }
                     switch kind {
                     case .restGet:
                         head(&out, record.value.count, nil)
@@ -160,6 +167,16 @@ final class KTHTTPSession: Sendable {
     static let rpcPrefix = Array("/rpc/".utf8)
 
     /// The reply to a request whose read failed.
+    /// `r`, or 503 when its body is a large reply the read ports' budget has no room for
+    /// now (`ReplyMemory`): counted and logged, the client told to try again.
+    func fitted(_ r: KTReply, isHead: Bool, peer: String) -> KTReply {
+        if isHead || replyMemory.admits(r.body.count) { return r }
+        metrics.refusedForMemory(logger, peer: peer, bytes: r.body.count, memory: replyMemory)
+        return KTReply(status: 503, headers: [("Retry-After", "1")],
+                       body: Array("503 Service Unavailable (replies not yet read by their clients hold all this node keeps for them; try again)\n".utf8),
+                       kind: r.kind)
+    }
+
     func failure(_ error: any Error, uri: String, peer: String) -> KTReply {
         metrics.readFailed(logger, "KT HTTP request failed", metadata: ["peer": "\(peer)", "uri": "\(uri.prefix(200))", "error": "\(error)"])
         return KTReply(map: [Array("ERROR".utf8): Array("internal error: \(error)".utf8)], status: 500, kind: "error")
@@ -409,6 +426,7 @@ final class KTHTTPHandler: ChannelInboundHandler {
 
     private func respond(_ context: ChannelHandlerContext, _ r: KTReply, to h: HTTPRequestHead, keepAlive: Bool) {
         session.account(r, peer: peer, uri: { h.uri })
+        let r = session.fitted(r, isHead: h.method == .HEAD, peer: peer)
         var buffer: ByteBuffer?
         if h.method != .HEAD && !r.body.isEmpty {
             buffer = context.channel.allocator.buffer(capacity: r.body.count)
@@ -420,7 +438,17 @@ final class KTHTTPHandler: ChannelInboundHandler {
     /// Writes a response and flushes it once (closing the connection after it unless kept alive).
     private func send(_ context: ChannelHandlerContext, _ head: HTTPResponseHead, body: ByteBuffer?, keepAlive: Bool) {
         context.write(wrapOutboundOut(.head(head)), promise: nil)
-        if let body { context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil) }
+        if let body {
+            let bytes = body.readableBytes
+            if bytes >= ReplyMemory.largeReply {
+                // Held until the socket has taken it (`ReplyMemory`).
+                let memory = session.replyMemory
+                memory.hold(bytes)
+                context.write(wrapOutboundOut(.body(.byteBuffer(body)))).whenComplete { _ in memory.release(bytes) }
+            } else {
+                context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
+            }
+        }
         if keepAlive {
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         } else {

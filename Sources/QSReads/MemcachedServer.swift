@@ -26,6 +26,8 @@ public struct MemcachedServer: ListeningService {
         public var threads: Int
         /// How long a connection on a reader thread may send nothing before it is parked.
         public var parkAfter: TimeAmount = ThreadedServing.defaultParkAfter
+        /// The read ports' budget for large replies not yet read (`ReplyMemory`).
+        public var replyMemory = ReplyMemory(limit: ReplyMemory.defaultLimit)
 
         public init(databases: KTDatabaseMap = .single, database: Int = 0,
                     valueFormat: MemcachedValueFormat = MemcachedValueFormat(),
@@ -159,7 +161,7 @@ final class MemcachedHandler: ChannelDuplexHandler {
     private func answer(_ input: inout ByteBuffer, context: ChannelHandlerContext) {
         let watch = self.watch
         let outcome = session.answerLines(&input, framing: &framing, into: &out, peer: peer, slot: slot) { out in
-            if context.writeReplies(&out, thenClose: false) { watch.answered() }
+            if context.writeReplies(&out, thenClose: false, memory: self.session.config.replyMemory) { watch.answered() }
             // Writability events come within the write: `writable` is the channel's now.
             return self.writable
         }
@@ -227,7 +229,7 @@ final class MemcachedHandler: ChannelDuplexHandler {
 
     /// Writes what was answered (and closes after it, `thenClose`).
     private func writeOut(_ context: ChannelHandlerContext, thenClose: Bool = false) {
-        if context.writeReplies(&out, thenClose: thenClose) { watch.answered() }
+        if context.writeReplies(&out, thenClose: thenClose, memory: session.config.replyMemory) { watch.answered() }
     }
 }
 
@@ -286,25 +288,6 @@ struct MemcachedThreads: ThreadedProtocol {
     }
 
     func closed(_ connection: Connection) { session.metrics.closed() }
-}
 
-extension ChannelHandlerContext {
-    /// Writes and flushes the replies gathered in `out` (and closes the channel after them,
-    /// `thenClose`), then starts `out` over; false when there was nothing to do. Without a
-    /// close there is no promise: nothing waits for the write. (memcached's and the KT fast
-    /// path's one way out.)
-    @inline(__always)
-    func writeReplies(_ out: inout ByteBuffer, thenClose: Bool) -> Bool {
-        guard out.readableBytes > 0 || thenClose else { return false }
-        if thenClose {
-            let channel = self.channel
-            writeAndFlush(NIOAny(out)).whenComplete { _ in channel.close(promise: nil) }
-        } else {
-            writeAndFlush(NIOAny(out), promise: nil)
-        }
-        // Written already unless the socket is full: then the buffer stays with the write
-        // and `clear` starts a new one.
-        out.clear()
-        return true
-    }
+    var replyMemory: ReplyMemory? { session.config.replyMemory }
 }

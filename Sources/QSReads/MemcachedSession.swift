@@ -120,7 +120,7 @@ struct MemcachedSession: Sendable {
         let withCAS = get.withCAS, format = config.valueFormat
         // Written after the last key, or dropped for a storage error.
         let start = out.writerIndex
-        let maxReply = config.limits.maxReplyBytes
+        let maxReply = config.limits.maxReplyBytes, memory = config.replyMemory
         var hits = 0, asked = 0
         do {
             try store.readInline(in: slot) { txn in
@@ -129,6 +129,8 @@ struct MemcachedSession: Sendable {
                     try lookup(key, in: db, txn) { record in
                         guard let record, !record.isExpired(at: now) else { return }
                         hits += 1
+                        if record.value.count >= ReplyMemory.largeReply,
+                           !memory.admits(out.writerIndex - start + record.value.count) { throw ReplyMemoryFull(bytes: out.writerIndex - start + record.value.count) }
                         Self.writeValue(key: key, record: record, withCAS: withCAS, format: format, into: &out)
                         if hits > 1, out.writerIndex - start > maxReply { throw ReplyTooLarge() }
                     }
@@ -137,6 +139,11 @@ struct MemcachedSession: Sendable {
         } catch is ReplyTooLarge {
             out.moveWriterIndex(to: start)
             metrics.bad(logger, peer: peer, reason: "get reply over \(maxReply) bytes (\(asked) keys read, \(hits) found)")
+            out.writeString("SERVER_ERROR out of memory writing get response\r\n")
+            return
+        } catch let full as ReplyMemoryFull {
+            out.moveWriterIndex(to: start)
+            metrics.refusedForMemory(logger, peer: peer, bytes: full.bytes, memory: memory)
             out.writeString("SERVER_ERROR out of memory writing get response\r\n")
             return
         } catch {
@@ -212,3 +219,8 @@ struct MemcachedSession: Sendable {
 
 /// A multi-key `get` whose reply passed `MemcachedLimits.maxReplyBytes`.
 struct ReplyTooLarge: Error {}
+
+/// A `get` whose large values the read ports' reply budget has no room for now (`ReplyMemory`).
+struct ReplyMemoryFull: Error {
+    let bytes: Int
+}

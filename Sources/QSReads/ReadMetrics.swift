@@ -14,6 +14,9 @@ public struct ReadMetrics: Sendable {
     public let connections: Meter
     public let hits: Counter
     public let misses: Counter
+    /// `qs_read_reply_memory_refusals_total{interface}`: large replies refused because the
+    /// read ports' reply budget was full (`ReplyMemory`).
+    public let memoryRefusals: Counter
     /// Open connections, for the interfaces' own status replies.
     let active = ActiveConnections()
     /// Bad-input warnings, at most one per peer every 10 s (the rest counted in the next).
@@ -30,6 +33,16 @@ public struct ReadMetrics: Sendable {
         connections = Meter(label: "qs_\(interface)_connections")
         hits = Counter(label: "qs_\(interface)_key_hits_total")
         misses = Counter(label: "qs_\(interface)_key_misses_total")
+        memoryRefusals = Counter(label: "qs_read_reply_memory_refusals_total", dimensions: [("interface", interface)])
+    }
+
+    /// A large reply refused because the replies not yet read hold the whole budget: counted,
+    /// and a warning at most every 10 s for the interface (the cause is every client's).
+    func refusedForMemory(_ logger: Logger, peer: String, bytes: Int, memory: ReplyMemory) {
+        memoryRefusals.increment()
+        readFailureLog.log(logger, .warning, "\(interface): a large reply refused: replies not yet read by their clients hold the whole --read-reply-memory",
+                           budget: "reply memory", metadata: ["peer": "\(peer)", "reply-bytes": "\(bytes)",
+                                                              "held-bytes": "\(memory.inUse)", "limit-bytes": "\(memory.limit)"])
     }
 
     /// Logs a failed read (rate-limited, see `readFailureLog`).

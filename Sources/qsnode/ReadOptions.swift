@@ -25,6 +25,9 @@ struct ReadOptions: ParsableArguments {
     @Option(help: ArgumentHelp("The most bytes of KT HTTP request bodies still arriving that the KT port's connections hold together, e.g. 256MiB: a body that would pass it is answered 503 and its connection closed (one body is at most 32MiB). (env: QS_KT_MAX_PENDING_BYTES)", valueName: "size"))
     var ktMaxPendingBytes: ByteSize = QSEnv.value("QS_KT_MAX_PENDING_BYTES", ByteSize(256 << 20))
 
+    @Option(help: ArgumentHelp("The most bytes of large replies (64KiB or more) that clients of the read ports have not read yet, held together, e.g. 256MiB: a get whose large reply would pass it is refused (memcached SERVER_ERROR out of memory writing get response, KT HTTP 503 with Retry-After, KT binary's error reply), counted in qs_read_reply_memory_refusals_total, and the client may try again. One reply larger than this is still served while nothing else is held. (env: QS_READ_REPLY_MEMORY)", valueName: "size"))
+    var readReplyMemory: ByteSize = QSEnv.value("QS_READ_REPLY_MEMORY", ByteSize(ReplyMemory.defaultLimit))
+
     @Option(help: ArgumentHelp("KT databases as key prefixes, INDEX[:NAME]=PREFIX,…, e.g. 0=,1:aux.kct=aux/; database 0 is what memcached reads. (env: QS_KT_DB_MAP)", valueName: "map"))
     var ktDbMap: KTDatabaseMapOption = QSEnv.value("QS_KT_DB_MAP", KTDatabaseMapOption(map: .single))
 
@@ -40,6 +43,9 @@ struct ReadOptions: ParsableArguments {
         guard (0...Self.maxMemcachedThreads).contains(memcachedThreads) else {
             throw ValidationError("--memcached-threads \(memcachedThreads) (or QS_MEMCACHED_THREADS) must be 0 (serve on the event loops) to \(Self.maxMemcachedThreads), e.g. 32")
         }
+        guard readReplyMemory.bytes >= 1 << 20 else {
+            throw ValidationError("--read-reply-memory \(readReplyMemory) (or QS_READ_REPLY_MEMORY) must be at least 1MiB, e.g. 256MiB")
+        }
         guard ktMaxPendingBytes.bytes >= 1 << 20 else {
             throw ValidationError("--kt-max-pending-bytes \(ktMaxPendingBytes) (or QS_KT_MAX_PENDING_BYTES) must be at least 1MiB, e.g. 256MiB")
         }
@@ -49,10 +55,13 @@ struct ReadOptions: ParsableArguments {
     func services(store: Store, limits: ConnectionLimits, logger: Logger) throws -> [any Service] {
         let map = ktDbMap.map
         var out = [any Service]()
+        // One budget for every read port: what matters is the node's memory.
+        let replies = ReplyMemory.exported(limit: readReplyMemory.bytes)
         let mc = endpoints(memcached, memcachedUnix)
         if !mc.isEmpty {
-            let config = MemcachedServer.Configuration(databases: map, valueFormat: .init(flagsInValue: memcachedFlagsInValue),
+            var config = MemcachedServer.Configuration(databases: map, valueFormat: .init(flagsInValue: memcachedFlagsInValue),
                                                        threads: memcachedThreads)
+            config.replyMemory = replies
             logger.notice(memcachedFlagsInValue
                 ? "memcached: values end with 4 bytes of flags (KT's plug-in with opts=f); a value without them is served short"
                 : "memcached: values served whole with flags 0 (KT's plug-in without opts=f); --memcached-flags-in-value true if KT ran with opts=f",
@@ -61,8 +70,9 @@ struct ReadOptions: ParsableArguments {
         }
         let kt = endpoints(ktHttp, ktHttpUnix)
         if !kt.isEmpty {
-            out.append(KTHTTPReadServer(store: store, endpoints: kt, logger: logger,
-                                        configuration: .init(databases: map, maxPendingBytes: ktMaxPendingBytes.bytes), connections: limits))
+            var config = KTHTTPReadServer.Configuration(databases: map, maxPendingBytes: ktMaxPendingBytes.bytes)
+            config.replyMemory = replies
+            out.append(KTHTTPReadServer(store: store, endpoints: kt, logger: logger, configuration: config, connections: limits))
         }
         return out
     }

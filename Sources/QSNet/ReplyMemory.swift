@@ -1,0 +1,83 @@
+import Metrics
+import NIOCore
+
+/// The bytes of large read replies a node holds for clients that have not read them yet
+/// (values of `largeReply` bytes or more, written to a connection and not yet taken by its
+/// socket), against one budget shared by every read port. A reply that would pass it is
+/// refused when it is asked for (memcached `SERVER_ERROR out of memory writing get
+/// response`, KT HTTP 503, KT binary's error reply) instead of built: each connection holds
+/// at most one flush of replies past its high-water mark, but a crowd of connections each
+/// asking for a large value and reading nothing held value × connections (100 connections
+/// and a 20 MB value: 2 GB). One reply larger than the whole budget is still served while
+/// nothing else is held, so no value is unservable. Smaller replies are not counted: the
+/// connection cap and the high-water mark bound them.
+public final class ReplyMemory: Sendable {
+    /// Replies of at least this many bytes are counted (the flush size of the read ports).
+    public static let largeReply = 64 << 10
+    /// `--read-reply-memory`'s default.
+    public static let defaultLimit = 256 << 20
+
+    let held: PendingBytes
+    public var limit: Int { held.limit }
+    /// Bytes held now.
+    public var inUse: Int { held.inUse }
+
+    public init(limit: Int, gauge: Gauge? = nil) {
+        held = PendingBytes(limit: limit, gauge: gauge)
+    }
+
+    /// A node's one budget, its bytes held exported as `qs_read_reply_bytes_held`.
+    public static func exported(limit: Int) -> ReplyMemory {
+        ReplyMemory(limit: limit, gauge: Gauge(label: "qs_read_reply_bytes_held"))
+    }
+
+    /// Whether a reply of `bytes` may be built now: small ones always, large ones while
+    /// the budget has room for them, or nothing else is held.
+    @inline(__always)
+    public func admits(_ bytes: Int) -> Bool {
+        bytes < Self.largeReply || held.admitsAlone(bytes)
+    }
+
+    /// Counts `bytes` written to a connection as held until `release`.
+    public func hold(_ bytes: Int) { held.force(bytes) }
+
+    public func release(_ bytes: Int) { held.release(bytes) }
+}
+
+extension PendingBytes {
+    /// Whether `n` more fit, or nothing is held.
+    func admitsAlone(_ n: Int) -> Bool {
+        let used = inUse
+        return used == 0 || used + n <= limit
+    }
+}
+
+extension ChannelHandlerContext {
+    /// Writes and flushes the replies gathered in `out` (and closes the channel after them,
+    /// `thenClose`), then starts `out` over; false when there was nothing to do. Without a
+    /// close there is no promise unless the write is large: then `memory` holds its bytes
+    /// until the socket has taken them. (memcached's and the KT fast path's one way out.)
+    @inline(__always)
+    public func writeReplies(_ out: inout ByteBuffer, thenClose: Bool, memory: ReplyMemory) -> Bool {
+        let bytes = out.readableBytes
+        guard bytes > 0 || thenClose else { return false }
+        if bytes >= ReplyMemory.largeReply {
+            memory.hold(bytes)
+            let channel = self.channel
+            writeAndFlush(NIOAny(out)).whenComplete { _ in
+                memory.release(bytes)
+                if thenClose { channel.close(promise: nil) }
+            }
+        } else if thenClose {
+            let channel = self.channel
+            writeAndFlush(NIOAny(out)).whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            writeAndFlush(NIOAny(out), promise: nil)
+        }
+        // Written already unless the socket is full: then the buffer stays with the write
+        // and `clear` starts a new one. A large one is let go (a cleared buffer keeps its
+        // capacity: an idle connection would hold the largest reply it ever sent).
+        out.clearReleasingLargeStorage()
+        return true
+    }
+}

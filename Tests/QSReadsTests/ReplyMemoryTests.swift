@@ -1,0 +1,127 @@
+import Foundation
+import QSClient
+import QSTesting
+import XCTest
+
+/// Large replies that clients have not read are held against one budget for every read port
+/// (`--read-reply-memory`): past it a get of a large value is refused (memcached's own
+/// "out of memory" line, KT HTTP 503) instead of built, small ones are still served, and
+/// once the clients read, large values are served again. Without it, 100 connections
+/// asking for a 20 MB value and reading nothing held 2 GB of the node.
+final class ReplyMemoryTests: XCTestCase {
+    var tmp: URL!
+    var node: RootNode!
+    /// Larger than a loopback socket's buffers take at once, so a reply not read stays held.
+    static let hugeBytes = 12 << 20
+
+    override func setUp() async throws {
+        tmp = try Harness.tempDir("reply-memory")
+    }
+
+    override func tearDown() async throws {
+        if let node { _ = try? node.daemon.stop() }
+        try? FileManager.default.removeItem(at: tmp)
+    }
+
+    /// A connection with a small receive buffer that sent `request` and reads nothing yet.
+    func unread(port: Int, _ request: String) throws -> Int32 {
+        let fd = try XCTUnwrap(Harness.connectLoopback(port: port))
+        var small: Int32 = 64 << 10
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+        var tv = timeval(tv_sec: 20, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let bytes = Array(request.utf8)
+        XCTAssertEqual(bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }, bytes.count)
+        return fd
+    }
+
+    /// Reads from `fd` until the bytes end with `end` (or the connection ends or times out).
+    func read(_ fd: Int32, until end: String) -> [UInt8] {
+        let end = Array(end.utf8)
+        var got = [UInt8](), buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while !(got.count >= end.count && Array(got.suffix(end.count)) == end) {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard n > 0 else { break }
+            got += buffer[..<n]
+        }
+        return got
+    }
+
+    /// Reads from `fd` until `count` bytes came (or the connection ends or times out).
+    func read(_ fd: Int32, count: Int) -> [UInt8] {
+        var got = [UInt8](), buffer = [UInt8](repeating: 0, count: 1 << 20)
+        while got.count < count {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, min($0.count, count - got.count), 0) }
+            guard n > 0 else { break }
+            got += buffer[..<n]
+        }
+        return got
+    }
+
+    func held() -> Double { node.metric("qs_read_reply_bytes_held") ?? -1 }
+
+    func testLargeRepliesNotReadAreHeldToOneBudgetAcrossTheReadPorts() async throws {
+        node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp,
+                            extraArgs: ["--memcached", "127.0.0.1:0", "--kt-http", "127.0.0.1:0", "--read-reply-memory", "25MiB"])
+        let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
+        _ = try await client.write([.set(key: Array("huge".utf8), value: [UInt8](repeating: UInt8(ascii: "h"), count: Self.hugeBytes), expiry: nil),
+                                    .set(key: Array("small".utf8), value: Array("s".utf8), expiry: nil)], sourceID: "t")
+        await client.close()
+        let mc = try node.daemon.port("memcached"), kt = try node.daemon.port("kt-http")
+
+        // Two replies of 12 MiB (and their heads) fill the 25 MiB: each is held until its client reads it.
+        let first = try unread(port: mc, "get huge\r\n")
+        defer { close(first) }
+        try await waitFor("the first reply held", timeout: .seconds(20)) { held() >= Double(Self.hugeBytes) }
+        let second = try unread(port: kt, "GET /huge HTTP/1.1\r\nHost: x\r\n\r\n")
+        defer { close(second) }
+        try await waitFor("the second reply held", timeout: .seconds(20)) { held() >= Double(2 * Self.hugeBytes) }
+
+        // A third is refused on either port, and told why; a small value is still served.
+        let third = try unread(port: mc, "get huge\r\nget small\r\n")
+        defer { close(third) }
+        let refusal = String(decoding: read(third, until: "END\r\n"), as: UTF8.self)
+        XCTAssertEqual(refusal, "SERVER_ERROR out of memory writing get response\r\nVALUE small 0 1\r\ns\r\nEND\r\n")
+        let ktRefused = RawSocket.exchange(port: kt, Array("GET /huge HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8))
+        let ktText = String(decoding: ktRefused, as: UTF8.self)
+        XCTAssertTrue(ktText.hasPrefix("HTTP/1.1 503") && ktText.contains("Retry-After: 1"), ktText)
+        XCTAssertEqual(node.metric("qs_read_reply_memory_refusals_total{interface=\"memcached\"}"), 1)
+        XCTAssertEqual(node.metric("qs_read_reply_memory_refusals_total{interface=\"kt_http\"}"), 1)
+        XCTAssertTrue(node.daemon.log.contains("a large reply refused"), node.daemon.log)
+
+        // The clients read: the budget empties and a large value is served again.
+        XCTAssertEqual(read(first, until: "END\r\n").count, "VALUE huge 0 \(Self.hugeBytes)\r\n".utf8.count + Self.hugeBytes + 7)
+        let head = "HTTP/1.1 200 OK\r\nContent-Length: \(Self.hugeBytes)\r\n\r\n"
+        let reply = read(second, count: head.utf8.count + Self.hugeBytes)
+        XCTAssertEqual(String(decoding: reply.prefix(head.utf8.count), as: UTF8.self), head)
+        XCTAssertEqual(reply.count, head.utf8.count + Self.hugeBytes)
+        try await waitFor("the budget to empty", timeout: .seconds(20)) { held() == 0 }
+        let again = RawSocket.exchange(port: mc, Array("get huge\r\nquit\r\n".utf8))
+        XCTAssertEqual(again.count, "VALUE huge 0 \(Self.hugeBytes)\r\n".utf8.count + Self.hugeBytes + 7)
+    }
+
+    /// On reader threads (`--memcached-threads`) a reply the socket did not take waits with
+    /// its connection parked: held against the same budget until written.
+    func testRepliesWaitingOnReaderThreadsAreHeldToTheBudget() async throws {
+        node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp,
+                            extraArgs: ["--memcached", "127.0.0.1:0", "--memcached-threads", "2", "--read-reply-memory", "25MiB"])
+        let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
+        _ = try await client.write([.set(key: Array("huge".utf8), value: [UInt8](repeating: UInt8(ascii: "h"), count: Self.hugeBytes), expiry: nil)],
+                                   sourceID: "t")
+        await client.close()
+        let mc = try node.daemon.port("memcached")
+        let first = try unread(port: mc, "get huge\r\n")
+        defer { close(first) }
+        try await waitFor("the first reply held", timeout: .seconds(20)) { held() > 0 }
+        let second = try unread(port: mc, "get huge\r\n")
+        defer { close(second) }
+        try await waitFor("the second reply held", timeout: .seconds(20)) { held() > Double(Self.hugeBytes) }
+        let third = try unread(port: mc, "get huge\r\n")
+        defer { close(third) }
+        XCTAssertEqual(String(decoding: read(third, until: "\r\n"), as: UTF8.self), "SERVER_ERROR out of memory writing get response\r\n")
+        let reply = "VALUE huge 0 \(Self.hugeBytes)\r\n".utf8.count + Self.hugeBytes + 7
+        XCTAssertEqual(read(first, count: reply).count, reply)
+        XCTAssertEqual(read(second, count: reply).count, reply)
+        try await waitFor("the budget to empty", timeout: .seconds(20)) { held() == 0 }
+    }
+}
