@@ -328,7 +328,7 @@ let package = Package(
             name: "QSReadsTests",
             dependencies: [
                 "KTFormats", "QSClient", "QSModel", "QSNet", "QSReads", "QSStore", "QSTesting", "QSWire",
-                nio("NIOCore"), nio("NIOHTTP1"), nio("NIOTestUtils"), nio("NIOEmbedded"), log,
+                nio("NIOCore"), nio("NIOConcurrencyHelpers"), nio("NIOHTTP1"), nio("NIOTestUtils"), nio("NIOEmbedded"), log,
             ],
             swiftSettings: swiftSettings
         ),

@@ -20,32 +20,31 @@ public final class PendingBytes: Sendable {
 
     /// Takes `n` bytes of the budget; false (nothing taken) when that would pass the limit.
     public func reserve(_ n: Int) -> Bool {
-        let now: Int? = used.withLockedValue { used in
-            guard used + n <= limit else { return nil }
+        // The gauge recorded under the lock: a late record never leaves a stale figure.
+        used.withLockedValue { used in
+            guard used + n <= limit else { return false }
             used += n
-            return used
+            gauge?.record(used)
+            return true
         }
-        if let now { gauge?.record(now) }
-        return now != nil
     }
 
     /// Takes `n` bytes whatever the limit (what is already built and sent).
     public func force(_ n: Int) {
         guard n > 0 else { return }
-        let now = used.withLockedValue { used in
+        used.withLockedValue { used in
             used += n
-            return used
+            gauge?.record(used)
         }
-        gauge?.record(now)
     }
 
     public func release(_ n: Int) {
         guard n > 0 else { return }
-        let now = used.withLockedValue { used in
+        used.withLockedValue { used in
+            assert(used >= n, "released more bytes than were held")
             used = max(0, used - n)
-            return used
+            gauge?.record(used)
         }
-        gauge?.record(now)
     }
 
     /// Bytes held now.

@@ -14,6 +14,8 @@ import NIOCore
 public final class ReplyMemory: Sendable {
     /// Replies of at least this many bytes are counted (the flush size of the read ports).
     public static let largeReply = 64 << 10
+    /// A reply buffer larger than this is not kept for the connection's next replies.
+    public static let keptBufferBytes = 1 << 20
     /// `--read-reply-memory`'s default.
     public static let defaultLimit = 256 << 20
 
@@ -75,9 +77,31 @@ extension ChannelHandlerContext {
             writeAndFlush(NIOAny(out), promise: nil)
         }
         // Written already unless the socket is full: then the buffer stays with the write
-        // and `clear` starts a new one. A large one is let go (a cleared buffer keeps its
-        // capacity: an idle connection would hold the largest reply it ever sent).
-        out.clearReleasingLargeStorage()
+        // and `clear` starts a new one. One grown past 1 MiB is let go (a cleared buffer
+        // keeps its capacity: an idle connection would hold the largest reply it ever sent).
+        if out.capacity > ReplyMemory.keptBufferBytes { out = ByteBuffer() } else { out.clear() }
         return true
+    }
+}
+
+/// Counts the large buffers written through it against `memory` until the socket has taken
+/// them (the write's promise): for a connection whose replies come from a task (KT binary,
+/// through `NIOAsyncChannel`, whose writer returns before the socket takes the bytes). Put
+/// it nearest the socket.
+public final class ReplyMemoryCounter: ChannelOutboundHandler, RemovableChannelHandler {
+    public typealias OutboundIn = ByteBuffer
+    public typealias OutboundOut = ByteBuffer
+    let memory: ReplyMemory
+
+    public init(memory: ReplyMemory) { self.memory = memory }
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let bytes = unwrapOutboundIn(data).readableBytes
+        guard bytes >= ReplyMemory.largeReply else { return context.write(data, promise: promise) }
+        let memory = self.memory
+        memory.hold(bytes)
+        let written = promise ?? context.eventLoop.makePromise()
+        written.futureResult.whenComplete { _ in memory.release(bytes) }
+        context.write(data, promise: written)
     }
 }

@@ -36,14 +36,13 @@ struct KTBinarySession: Sendable {
                     if flags & KTBinaryMagic.noReplyFlag == 0 {
                         let bytes = records.reduce(0) { $0 + $1.key.count + $1.value.count + 18 }
                         guard replyMemory.admits(bytes) else {
-                            // KT's error reply (it has no "try again"); the connection stays.
+                            // KT's error reply, after which KT closes (its clients take it
+                            // as a hard error and connect again); the bytes it would have
+                            // been are counted by `ReplyMemoryCounter` in the pipeline.
                             metrics.refusedForMemory(logger, peer: peer, bytes: bytes, memory: replyMemory)
                             try await outbound.write(ByteBuffer(bytes: KTBinaryResponse.error.encoded()))
-                            continue
+                            return
                         }
-                        let large = bytes >= ReplyMemory.largeReply
-                        if large { replyMemory.hold(bytes) }
-                        defer { if large { replyMemory.release(bytes) } }
                         try await outbound.write(ByteBuffer(bytes: KTBinaryResponse.getBulk(records: records).encoded()))
                     }
                 }

@@ -102,10 +102,18 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
     private func answer(_ request: KTFastRequest, in bytes: UnsafeRawBufferPointer) {
         let target = UnsafeRawBufferPointer(rebasing: bytes[request.target])
         let minor = request.minorVersion, keepAlive = request.keepAlive
-        if let counter = session.answerInPlace(request.kind, target: target, slot: slot, into: &out, head: { out, length, type in
+        var refused = 0
+        if let counter = session.answerInPlace(request.kind, target: target, slot: slot, into: &out, refused: &refused, head: { out, length, type in
             KTHTTPSession.writeOKHead(minorVersion: minor, keepAlive: keepAlive, contentLength: length, contentType: type, into: &out)
         }) {
             counter.increment()
+            return
+        }
+        if refused > 0 {
+            // Refused unbuilt: the budget's 503, not the general path's whole reply.
+            let r = session.memoryRefusal(kind: KTHTTPSession.kindName(request.kind), bytes: refused, peer: peer)
+            session.account(r, peer: peer, uri: { String(decoding: target, as: UTF8.self) })
+            KTHTTPSession.write(r, minorVersion: minor, isHead: false, keepAlive: keepAlive, into: &out)
             return
         }
         let isHead = request.kind == .restHead

@@ -72,7 +72,7 @@ public struct KTHTTPReadServer: ListeningService {
         let slots = LoopReadSlots(store: session.store)
         try await listener.run { channel in
             let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
-            return try KTConnection.sniff(channel, maxBinaryBytes: maxBodyBytes, pending: session.pending) { channel in
+            return try KTConnection.sniff(channel, maxBinaryBytes: maxBodyBytes, pending: session.pending, replies: session.replyMemory) { channel in
                 try channel.pipeline.syncOperations.addHandler(KTFastHTTPHandler(session: session, peer: peer, slot: slots.slot(for: channel.eventLoop)))
             }
         } handle: { accepted in

@@ -62,8 +62,11 @@ final class KTHTTPSession: Sendable {
     /// writes what comes before the body into `out` (told the body's length and content
     /// type), then the value is copied from LMDB's map into `out` (column-encoded as KT
     /// would for `/rpc/get`). Anything else — another request, a missing or expiring
-    /// record — gives nil with `out` as it was, and the general path (`plan`) answers it.
+    /// record — gives nil with `out` as it was, and the general path (`plan`) answers it. A
+    /// value the read ports' reply budget has no room for now gives nil with its size in
+    /// `refused`: the caller answers `memoryRefusal` without building the reply.
     func answerInPlace(_ kind: KTFastRequest.Kind, target: UnsafeRawBufferPointer, slot: ReadSlot, into out: inout ByteBuffer,
+                       refused: inout Int,
                        head: (inout ByteBuffer, _ contentLength: Int, _ contentType: String?) -> Void) -> Counter? {
         guard plainKeys else { return nil }
         let encoded: UnsafeRawBufferPointer
@@ -83,9 +86,11 @@ final class KTHTTPSession: Sendable {
             return (try? store.readInline(in: slot) { txn in
                 try txn.withRecord(bytes: key) { record -> Bool in
                     guard let record, record.expiry == nil else { return false }
-                    // A large value the reply budget has no room for now: the general
-                    // path answers 503 (`fitted`).
-                    guard kind == .restHead || replyMemory.admits(record.value.count) else { return false }
+                    // A large value the reply budget has no room for now: refused unbuilt.
+                    guard kind == .restHead || replyMemory.admits(record.value.count) else {
+                        refused = record.value.count
+                        return false
+                    }
                     switch kind {
                     case .restGet:
                         head(&out, record.value.count, nil)
@@ -171,10 +176,24 @@ final class KTHTTPSession: Sendable {
     /// now (`ReplyMemory`): counted and logged, the client told to try again.
     func fitted(_ r: KTReply, isHead: Bool, peer: String) -> KTReply {
         if isHead || replyMemory.admits(r.body.count) { return r }
-        metrics.refusedForMemory(logger, peer: peer, bytes: r.body.count, memory: replyMemory)
+        return memoryRefusal(kind: r.kind, bytes: r.body.count, peer: peer)
+    }
+
+    /// 503 for a reply of `bytes` the read ports' budget has no room for: counted, logged.
+    func memoryRefusal(kind: String, bytes: Int, peer: String) -> KTReply {
+        metrics.refusedForMemory(logger, peer: peer, bytes: bytes, memory: replyMemory)
         return KTReply(status: 503, headers: [("Retry-After", "1")],
                        body: Array("503 Service Unavailable (replies not yet read by their clients hold all this node keeps for them; try again)\n".utf8),
-                       kind: r.kind)
+                       kind: kind)
+    }
+
+    /// The request kind `answerInPlace` counts a request as.
+    static func kindName(_ kind: KTFastRequest.Kind) -> String {
+        switch kind {
+        case .restGet: return "rest_get"
+        case .restHead: return "rest_head"
+        case .rpcGet: return "get"
+        }
     }
 
     func failure(_ error: any Error, uri: String, peer: String) -> KTReply {
@@ -402,15 +421,23 @@ final class KTHTTPHandler: ChannelInboundHandler {
         guard h.method == .GET || h.method == .HEAD else { return false }
         var uri = h.uri
         var body = context.channel.allocator.buffer(capacity: 0)
-        var length = 0
+        var length = 0, refused = 0
         var type: String?
+        var kind: KTFastRequest.Kind?
         let counter = uri.withUTF8 { u -> Counter? in
             let target = UnsafeRawBufferPointer(u)
-            guard let kind = KTFastRequest.kind(target: target, head: h.method == .HEAD) else { return nil }
-            return session.answerInPlace(kind, target: target, slot: slot, into: &body) { _, l, t in
+            kind = KTFastRequest.kind(target: target, head: h.method == .HEAD)
+            guard let kind else { return nil }
+            return session.answerInPlace(kind, target: target, slot: slot, into: &body, refused: &refused) { _, l, t in
                 length = l
                 type = t
             }
+        }
+        if refused > 0, let kind {
+            let r = session.memoryRefusal(kind: KTHTTPSession.kindName(kind), bytes: refused, peer: peer)
+            session.account(r, peer: peer, uri: { h.uri })
+            send(context, KTHTTPSession.responseHead(r, for: h, keepAlive: h.isKeepAlive), body: ByteBuffer(bytes: r.body), keepAlive: h.isKeepAlive)
+            return true
         }
         guard let counter else { return false }
         counter.increment()

@@ -50,7 +50,7 @@ extension KTConnection {
     /// requests decoded by `KTBinaryRequestDecoder` with at most `maxBinaryBytes` buffered
     /// (a larger request fails the connection with NIO's `PayloadTooLargeError`); anything
     /// else is HTTP, whose handler `http` adds.
-    static func sniff(_ channel: any Channel, maxBinaryBytes: Int, pending: PendingBytes,
+    static func sniff(_ channel: any Channel, maxBinaryBytes: Int, pending: PendingBytes, replies: ReplyMemory,
                       http: @escaping (any Channel) throws -> Void) throws -> EventLoopFuture<KTConnection> {
         let promise = channel.eventLoop.makePromise(of: KTConnection.self)
         let sniffer = ProtocolSniffer(promise: promise) { first, channel -> KTConnection in
@@ -58,6 +58,8 @@ extension KTConnection {
             if first >= 0x80 {
                 let share = KTBinaryShare(pending)
                 try ops.addHandler(ByteToMessageHandler(KTBinaryRequestDecoder(getBulkOnly: true, budget: share.budget), maximumBufferSize: maxBinaryBytes))
+                // Its replies are written from a task: counted here until the socket takes them.
+                try ops.addHandler(ReplyMemoryCounter(memory: replies), position: .first)
                 return .binary(try NIOAsyncChannel(wrappingChannelSynchronously: channel), share)
             }
             // The HTTP handlers drain the connection themselves (the fast path, then NIO's

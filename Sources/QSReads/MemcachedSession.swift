@@ -129,8 +129,10 @@ struct MemcachedSession: Sendable {
                     try lookup(key, in: db, txn) { record in
                         guard let record, !record.isExpired(at: now) else { return }
                         hits += 1
-                        if record.value.count >= ReplyMemory.largeReply,
-                           !memory.admits(out.writerIndex - start + record.value.count) { throw ReplyMemoryFull(bytes: out.writerIndex - start + record.value.count) }
+                        // The reply so far with this value: many values under 64 KiB make
+                        // a large reply too.
+                        let reply = out.writerIndex - start + record.value.count
+                        if reply >= ReplyMemory.largeReply, !memory.admits(reply) { throw ReplyMemoryFull(bytes: reply) }
                         Self.writeValue(key: key, record: record, withCAS: withCAS, format: format, into: &out)
                         if hits > 1, out.writerIndex - start > maxReply { throw ReplyTooLarge() }
                     }

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 import QSNet
 import QSTesting
@@ -13,11 +14,15 @@ final class ListenerDrainTests: XCTestCase {
         let listener: Listener
         let began: AsyncStream<Void>.Continuation
         let gate: AsyncStream<Void>
+        /// Connections the listener has taken from the kernel's queue (one not yet taken when
+        /// the listening socket closes is reset by the kernel, not drained).
+        let accepted = NIOLockedValueBox(0)
 
         func run() async throws {
-            let began = self.began, gate = self.gate
+            let began = self.began, gate = self.gate, accepted = self.accepted
             try await listener.run { channel in
-                try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                accepted.withLockedValue { $0 += 1 }
+                return try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
             } handle: { accepted in
                 try? await accepted.connection.executeThenClose { inbound, outbound in
                     for try await _ in inbound {
@@ -49,6 +54,10 @@ final class ListenerDrainTests: XCTestCase {
         busy.send("slow\n")
         var beganIterator = began.makeAsyncIterator()
         _ = await beganIterator.next()
+        // Both taken by the listener before shutdown begins (else the idle one may still be in
+        // the kernel's accept queue, and is reset with the listening socket: CI saw it).
+        let both = await Harness.eventually(timeout: .seconds(10)) { server.accepted.withLockedValue { $0 } == 2 }
+        XCTAssertTrue(both)
 
         async let stopped: Void = running.stop()
         // No new connections; the idle one is closed; the busy one stays until answered.

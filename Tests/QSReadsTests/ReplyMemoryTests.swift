@@ -1,5 +1,7 @@
 import Foundation
+import KTFormats
 import QSClient
+import QSModel
 import QSTesting
 import XCTest
 
@@ -123,5 +125,41 @@ final class ReplyMemoryTests: XCTestCase {
         XCTAssertEqual(read(first, count: reply).count, reply)
         XCTAssertEqual(read(second, count: reply).count, reply)
         try await waitFor("the budget to empty", timeout: .seconds(20)) { held() == 0 }
+    }
+
+    /// KT binary's replies are written from a task: held until the socket takes them, and a
+    /// get_bulk past the budget gets KT's error reply and the connection closes, as KT's.
+    /// Many values under 64 KiB in one memcached get make a large reply too.
+    func testBinaryRepliesAndManySmallValuesAreHeldToTheBudget() async throws {
+        node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp,
+                            extraArgs: ["--memcached", "127.0.0.1:0", "--kt-http", "127.0.0.1:0", "--read-reply-memory", "12400KiB"])
+        let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
+        var ops: [Mutation] = [.set(key: Array("huge".utf8), value: [UInt8](repeating: UInt8(ascii: "h"), count: Self.hugeBytes), expiry: nil)]
+        ops += (0..<10).map { .set(key: Array("m\($0)".utf8), value: [UInt8](repeating: UInt8(ascii: "m"), count: 40 << 10), expiry: nil) }
+        _ = try await client.write(ops, sourceID: "t")
+        await client.close()
+        let mc = try node.daemon.port("memcached"), kt = try node.daemon.port("kt-http")
+        let bulk = KTBinaryRequest.getBulk(flags: 0, keys: [KTBinaryKey(db: 0, key: Array("huge".utf8))]).encoded()
+
+        let first = try XCTUnwrap(Harness.connectLoopback(port: kt))
+        defer { close(first) }
+        var small: Int32 = 64 << 10
+        setsockopt(first, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+        XCTAssertEqual(bulk.withUnsafeBytes { send(first, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }, bulk.count)
+        try await waitFor("the binary reply held", timeout: .seconds(20)) { held() >= Double(Self.hugeBytes) }
+
+        let refused = RawSocket.exchange(port: kt, bulk)
+        XCTAssertEqual(refused, KTBinaryResponse.error.encoded(), "KT's error reply, then the connection closes")
+        XCTAssertEqual(node.metric("qs_read_reply_memory_refusals_total{interface=\"kt_http\"}"), 1)
+        // Ten values of 40 KiB: 400 KiB, past what is left; one of them is small and served.
+        let many = String(decoding: RawSocket.exchange(port: mc, Array("get m0 m1 m2 m3 m4 m5 m6 m7 m8 m9\r\nget m0\r\nquit\r\n".utf8)).prefix(80), as: UTF8.self)
+        XCTAssertTrue(many.hasPrefix("SERVER_ERROR out of memory writing get response\r\nVALUE m0 0 40960\r\n"), many)
+        XCTAssertEqual(node.metric("qs_read_reply_memory_refusals_total{interface=\"memcached\"}"), 1)
+
+        // Closing without reading gives the bytes back.
+        close(first)
+        try await waitFor("the budget to empty", timeout: .seconds(20)) { held() == 0 }
+        let again = RawSocket.exchange(port: mc, Array("get m0 m1 m2 m3 m4 m5 m6 m7 m8 m9\r\nquit\r\n".utf8))
+        XCTAssertEqual(again.count, 10 * ("VALUE m0 0 40960\r\n".utf8.count + (40 << 10) + 2) + 5)
     }
 }
