@@ -63,16 +63,14 @@ extension ChannelHandlerContext {
     public func writeReplies(_ out: inout ByteBuffer, thenClose: Bool, memory: ReplyMemory) -> Bool {
         let bytes = out.readableBytes
         guard bytes > 0 || thenClose else { return false }
-        if bytes >= ReplyMemory.largeReply {
-            memory.hold(bytes)
+        let large = bytes >= ReplyMemory.largeReply
+        if large || thenClose {
+            if large { memory.hold(bytes) }
             let channel = self.channel
             writeAndFlush(NIOAny(out)).whenComplete { _ in
-                memory.release(bytes)
+                if large { memory.release(bytes) }
                 if thenClose { channel.close(promise: nil) }
             }
-        } else if thenClose {
-            let channel = self.channel
-            writeAndFlush(NIOAny(out)).whenComplete { _ in channel.close(promise: nil) }
         } else {
             writeAndFlush(NIOAny(out), promise: nil)
         }
