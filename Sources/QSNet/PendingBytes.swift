@@ -20,9 +20,18 @@ public final class PendingBytes: Sendable {
 
     /// Takes `n` bytes of the budget; false (nothing taken) when that would pass the limit.
     public func reserve(_ n: Int) -> Bool {
+        reserve(n, alone: false)
+    }
+
+    /// As `reserve`, and `n` is taken whatever its size while nothing else is held.
+    public func reserveAlone(_ n: Int) -> Bool {
+        reserve(n, alone: true)
+    }
+
+    private func reserve(_ n: Int, alone: Bool) -> Bool {
         // The gauge recorded under the lock: a late record never leaves a stale figure.
         used.withLockedValue { used in
-            guard used + n <= limit else { return false }
+            guard used + n <= limit || (alone && used == 0) else { return false }
             used += n
             gauge?.record(used)
             return true

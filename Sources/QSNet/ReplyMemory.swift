@@ -5,7 +5,8 @@ import NIOCore
 /// (values of `largeReply` bytes or more, written to a connection and not yet taken by its
 /// socket), against one budget shared by every read port. A reply that would pass it is
 /// refused when it is asked for (memcached `SERVER_ERROR out of memory writing get
-/// response`, KT HTTP 503, KT binary's error reply) instead of built: each connection holds
+/// response`, KT HTTP 503, KT binary's error reply, the write port's reads `busy`) instead
+/// of built: each connection holds
 /// at most one flush of replies past its high-water mark, but a crowd of connections each
 /// asking for a large value and reading nothing held value × connections (100 connections
 /// and a 20 MB value: 2 GB). One reply larger than the whole budget is still served while
@@ -42,6 +43,11 @@ public final class ReplyMemory: Sendable {
 
     /// Counts `bytes` written to a connection as held until `release`.
     public func hold(_ bytes: Int) { held.force(bytes) }
+
+    /// Holds `bytes` if the budget has room for them (or nothing else is held), the check and
+    /// the hold in one step: for answers built off the event loops, many at once, each of
+    /// which must see the others'. False: nothing held.
+    public func tryHold(_ bytes: Int) -> Bool { held.reserveAlone(bytes) }
 
     public func release(_ bytes: Int) { held.release(bytes) }
 }

@@ -1,3 +1,4 @@
+import NIOConcurrencyHelpers
 import QSNet
 import QSWire
 
@@ -56,5 +57,66 @@ extension NodeCore {
         let gate = request.isWrite ? writeGate : request.isReplication ? replicationGate : nil
         guard let gate, let refusal = gate.check(request.token, peer: peer) else { return nil }
         return .error(.unauthorized, refusal)
+    }
+}
+
+/// The reply budget's bytes one read on the write port took while its answer was built
+/// (`NodeCore.handle`), handed on to the write that sends it (`NodeCore.answerFrame`).
+/// Taken before the answer is copied out of the store (a `Get`) or as soon as it is read
+/// (a log or a page of records): the write port runs its reads on the store's threads, any
+/// number at once, so an answer checked only once built let a crowd of connections each
+/// build a large one (100 `Get`s of a 20 MB value: 2.6 GB of the node).
+public final class AnswerReservation: Sendable {
+    let memory: ReplyMemory
+    private let bytes = NIOLockedValueBox(0)
+
+    public init(memory: ReplyMemory) { self.memory = memory }
+
+    /// Takes `n` bytes for the answer if it is large and the budget has room; false: the
+    /// answer is refused `busy`.
+    func take(_ n: Int) -> Bool {
+        guard n >= ReplyMemory.largeReply else { return true }
+        guard memory.tryHold(n) else { return false }
+        bytes.withLockedValue { $0 += n }
+        return true
+    }
+
+    /// The bytes taken so far.
+    public var taken: Int { bytes.withLockedValue { $0 } }
+}
+
+/// The write port's answers under the reply budget the read ports share.
+extension NodeCore {
+    /// `response` as the frame to write, and the bytes to hold against `replyMemory` until
+    /// the socket has taken it (0: not counted). `reserved`: what the read took while it was
+    /// built (`AnswerReservation`), now the frame's size. Otherwise a read's large answer (a
+    /// value, log entries, a page of records) the budget has no room for becomes `busy`. A
+    /// write's or a role change's answer is never refused (what it answers is done).
+    public func answerFrame(_ response: Response, peer: String, reserved: Int = 0) -> (frame: Frame, held: Int) {
+        let frame = response.frame()
+        let bytes = frame.payload.count + 5
+        if reserved > 0 {
+            if bytes > reserved { replyMemory.hold(bytes - reserved) } else { replyMemory.release(reserved - bytes) }
+            return (frame, bytes)
+        }
+        guard bytes >= ReplyMemory.largeReply else { return (frame, 0) }
+        switch response {
+        case .value, .entries, .page:
+            guard replyMemory.admits(bytes) else { return (busy(bytes: bytes, peer: peer).frame(), 0) }
+        default:
+            break
+        }
+        replyMemory.hold(bytes)
+        return (frame, bytes)
+    }
+
+    /// A read whose answer of `bytes` does not fit in the reply budget now: counted, logged
+    /// at most every 10 s, answered `busy`.
+    func busy(bytes: Int, peer: String) -> Response {
+        metrics.replyMemoryRefusals.increment()
+        replyMemoryLog.log(logger, .warning, "write port: a large read answer refused busy: replies not yet read by their clients hold the whole --read-reply-memory",
+                           budget: "reply memory", metadata: ["peer": "\(peer)", "reply-bytes": "\(bytes)",
+                                                              "held-bytes": "\(replyMemory.inUse)", "limit-bytes": "\(replyMemory.limit)"])
+        return .error(.busy, "busy: the answer's \(bytes) bytes do not fit in this node's --read-reply-memory (\(replyMemory.inUse) of \(replyMemory.limit) bytes held by replies its clients have not read yet); nothing changed: ask again shortly")
     }
 }

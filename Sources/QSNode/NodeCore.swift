@@ -47,6 +47,12 @@ public final class NodeCore: Sendable {
     public let writers = Writers()
     /// A root cluster's member (`--etcd`): batches commit through etcd, not into the store.
     public let cluster: ClusterMember?
+    /// The budget for large answers not yet read by their clients, shared with the read
+    /// ports (`--read-reply-memory`): a read on the write port whose answer would pass it is
+    /// refused `busy`.
+    public let replyMemory: ReplyMemory
+    /// Reads refused for `replyMemory`: a warning at most every 10 s (the cause is every client's).
+    let replyMemoryLog = RateLimitedLog()
 
     /// What a replica knows of its upstream, as of now.
     public var upstreamStatus: UpstreamStatus {
@@ -65,8 +71,10 @@ public final class NodeCore: Sendable {
 
     public init(store: Store, token: [UInt8]?, replicationToken: [UInt8]? = nil, adminToken: [UInt8]? = nil,
                 writable: Bool = true, metrics: NodeMetrics = NodeMetrics(), watcher: LogWatcher = LogWatcher(),
-                cluster: ClusterMember? = nil, logger: Logger) {
+                cluster: ClusterMember? = nil, replyMemory: ReplyMemory = ReplyMemory(limit: ReplyMemory.defaultLimit),
+                logger: Logger) {
         self.store = store
+        self.replyMemory = replyMemory
         self.watcher = watcher
         self.cluster = cluster
         writeGate = TokenGate(guarding: "write", token: token, flag: "--write-token-file on every write", logger: logger, factory: metrics.factory)
@@ -169,8 +177,9 @@ public final class NodeCore: Sendable {
     }
 
     /// Executes an authorized, decoded request. Never throws: failures become error
-    /// responses (and are counted and logged).
-    public func handle(_ request: Request, peer: String) async -> Response {
+    /// responses (and are counted and logged). `replies`: a read's large answer takes its
+    /// bytes of the reply budget there as it is built, or is answered `busy`.
+    public func handle(_ request: Request, peer: String, replies: AnswerReservation? = nil) async -> Response {
         metrics.request(request.name).increment()
         writers.touch(peer: peer)
         do {
@@ -229,14 +238,27 @@ public final class NodeCore: Sendable {
             case .head:
                 return .head(try await store.head())
             case let .readLog(from, count):
-                return .entries(try await store.entries(from: from, count: Int(min(count, Self.maxLogEntriesPerRead))))
+                let entries = try await store.entries(from: from, count: Int(min(count, Self.maxLogEntriesPerRead)))
+                let bytes = entries.reduce(0) { $0 + $1.bytes.count + 44 }
+                guard replies?.take(bytes) ?? true else { return busy(bytes: bytes, peer: peer) }
+                return .entries(entries)
             case let .get(key):
-                guard let record = try await store.get(key), !record.isExpired(at: wallClockSeconds()) else { return .value(nil) }
-                return .value(record)
+                let now = wallClockSeconds()
+                // The value's size is seen in place: a value the reply budget has no room
+                // for is never copied.
+                return try await store.read { txn in
+                    try txn.withRecord(key) { view -> Response in
+                        guard let view, !view.isExpired(at: now) else { return .value(nil) }
+                        guard replies?.take(view.value.count) ?? true else { return self.busy(bytes: view.value.count, peer: peer) }
+                        return .value(Record(value: Array(view.value), expiry: view.expiry))
+                    }
+                }
             case let .scan(prefix, cursor, limit, asOf):
                 let page = try await store.scan(prefix: prefix, after: cursor.isEmpty ? nil : cursor,
                                           limit: Int(min(max(limit, 1), Self.maxRecordsPerPage)),
                                           now: asOf == 0 ? wallClockSeconds() : asOf)
+                let bytes = Self.pageBytes(page.records.lazy.map { ($0.key, $0.record) })
+                guard replies?.take(bytes) ?? true else { return busy(bytes: bytes, peer: peer) }
                 return .page(records: page.records.map { .init(key: $0.key, record: $0.record) }, next: page.next)
             case .subscribe, .snapshot, .snapshotFrom:
                 return .error(.invalidRequest, "\(request.name) is a streaming request, handled by the connection")
@@ -306,11 +328,18 @@ public final class NodeCore: Sendable {
             case let .rangeRecords(after, through, limit, asOf):
                 let list = try await store.records(after: after.isEmpty ? nil : after, through: through.isEmpty ? nil : through,
                                              now: asOf == 0 ? wallClockSeconds() : asOf, limit: Int(min(max(limit, 1), Self.maxRecordsPerPage)))
+                let bytes = Self.pageBytes(list.lazy.map { ($0.key, $0.record) })
+                guard replies?.take(bytes) ?? true else { return busy(bytes: bytes, peer: peer) }
                 return .page(records: list.map { .init(key: $0.key, record: $0.record) }, next: nil)
             }
         } catch {
             return failure(error, request: request, peer: peer)
         }
+    }
+
+    /// About the bytes a page of records takes in its answer (keys, values, their lengths).
+    static func pageBytes(_ records: some Sequence<([UInt8], Record)>) -> Int {
+        records.reduce(0) { $0 + $1.0.count + $1.1.value.count + 17 }
     }
 
     /// A batch's answer, counted (and its log entry announced to subscribers).

@@ -13,7 +13,9 @@ import QSWire
 /// that pipelines faster than the store commits cannot grow the node's memory, and no
 /// request is run while the socket does not take the answers before it, so a client that
 /// pipelines reads (`Get` of large values) and reads no answer holds one answer past the
-/// channel's high-water mark, not one per request.
+/// channel's high-water mark, not one per request; and a read's large answer takes its
+/// bytes of the budget the read ports share (`--read-reply-memory`) as it is built, until
+/// the socket has taken it, so a crowd of such connections cannot hold answer × connections.
 final class WriteProtocolHandler: ChannelDuplexHandler {
     typealias InboundIn = Frame
     typealias OutboundIn = Frame
@@ -150,17 +152,18 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
         }) {
             return
         }
-        run(context: context, { await core.handle(request, peer: peer) }) { response in
+        let replies = AnswerReservation(memory: core.replyMemory)
+        run(context: context, { await core.handle(request, peer: peer, replies: replies) }) { response in
             // A hello handled after the connection closed registered a writer nobody will
             // remove (status listed such ghosts for good): forget it now.
             if self.inactive, case .hello = request { self.core.writers.gone(peer: self.peer) }
-            self.answered(context: context, response)
+            self.answered(context: context, response, reserved: replies.taken)
         }
     }
 
-    private func answered(context: ChannelHandlerContext, _ response: Response) {
+    private func answered(context: ChannelHandlerContext, _ response: Response, reserved: Int = 0) {
         busy = false
-        reply(context: context, response, thenClose: false)
+        reply(context: context, response, thenClose: false, reserved: reserved)
         processNext(context: context)
     }
 
@@ -191,14 +194,19 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
         promise.futureResult.assumeIsolated().whenSuccess(then)
     }
 
-    private func reply(context: ChannelHandlerContext, _ response: Response, thenClose: Bool) {
-        if thenClose {
-            closing = true
-            context.writeAndFlush(wrapOutboundOut(response.frame())).assumeIsolated().whenComplete { _ in
-                context.close(promise: nil)
-            }
-        } else {
-            context.writeAndFlush(wrapOutboundOut(response.frame()), promise: nil)
+    /// Writes `response`; a large one is held against the node's reply budget until the
+    /// socket has taken it (`NodeCore.answerFrame`).
+    private func reply(context: ChannelHandlerContext, _ response: Response, thenClose: Bool, reserved: Int = 0) {
+        let (frame, held) = core.answerFrame(response, peer: peer, reserved: reserved)
+        if thenClose { closing = true }
+        guard thenClose || held > 0 else {
+            context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
+            return
+        }
+        let memory = core.replyMemory
+        context.writeAndFlush(wrapOutboundOut(frame)).assumeIsolated().whenComplete { _ in
+            if held > 0 { memory.release(held) }
+            if thenClose { context.close(promise: nil) }
         }
     }
 

@@ -375,6 +375,10 @@ public enum ErrorCode: UInt16, Sendable, CustomStringConvertible {
     /// The filesystem holding the node's store has no room left (ENOSPC): nothing was
     /// written; the same request succeeds once there is room.
     case diskFull = 13
+    /// A read whose large answer the node has no room for now: the replies its clients have
+    /// not read yet hold the whole `--read-reply-memory`. Nothing changed; the same request
+    /// succeeds once they are read (or their connections close).
+    case busy = 14
     public var description: String {
         switch self {
         case .malformed: return "malformed"
@@ -390,6 +394,7 @@ public enum ErrorCode: UInt16, Sendable, CustomStringConvertible {
         case .behind: return "behind"
         case .notWritable: return "not-writable"
         case .diskFull: return "disk-full"
+        case .busy: return "busy"
         }
     }
 }

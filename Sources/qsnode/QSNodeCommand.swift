@@ -367,9 +367,10 @@ struct QSNodeCommand: AsyncParsableCommand {
                                                         maxRequestBytes: etcdMaxRequestBytes.bytes,
                                                         instance: "host \(ProcessInfo.processInfo.hostName) data \(data) | pid \(getpid()) listen \(listen)",
                                                         logger: logger) }
+        let replies = reads.replyBudget()
         let core = NodeCore(store: store, token: token, replicationToken: replicationToken,
                             adminToken: try service.adminToken(), writable: role == .root, watcher: watcher,
-                            cluster: member, logger: logger)
+                            cluster: member, replyMemory: replies, logger: logger)
         core.metrics.logHead.record(Double(head.index))
         try await core.loadWriteRole()
         var endpoints = [listen.endpoint]
@@ -397,7 +398,7 @@ struct QSNodeCommand: AsyncParsableCommand {
         var reload: (@Sendable () -> Void)?
         if let upstreams, !upstreamFile.isEmpty { reload = { upstreams.reload() } }
 
-        services += try reads.services(store: store, limits: service.connectionLimits, logger: logger)
+        services += try reads.services(store: store, replies: replies, limits: service.connectionLimits, logger: logger)
         let readyLag = service.readyLagSeconds
         do {
             var actions = [String: AdminAction]()

@@ -25,7 +25,7 @@ struct ReadOptions: ParsableArguments {
     @Option(help: ArgumentHelp("The most bytes of KT HTTP request bodies still arriving that the KT port's connections hold together, e.g. 256MiB: a body that would pass it is answered 503 and its connection closed (one body is at most 32MiB). (env: QS_KT_MAX_PENDING_BYTES)", valueName: "size"))
     var ktMaxPendingBytes: ByteSize = QSEnv.value("QS_KT_MAX_PENDING_BYTES", ByteSize(256 << 20))
 
-    @Option(help: ArgumentHelp("The most bytes of large replies (64KiB or more) that clients of the read ports have not read yet, held together, e.g. 256MiB: a get whose large reply would pass it is refused (memcached SERVER_ERROR out of memory writing get response, KT HTTP 503 with Retry-After, KT binary's error reply), counted in qs_read_reply_memory_refusals_total, and the client may try again. One reply larger than this is still served while nothing else is held. (env: QS_READ_REPLY_MEMORY)", valueName: "size"))
+    @Option(help: ArgumentHelp("The most bytes of large replies (64KiB or more) that clients of the read ports and of the write port's reads have not read yet, held together, e.g. 256MiB: a get whose large reply would pass it is refused (memcached SERVER_ERROR out of memory writing get response, KT HTTP 503 with Retry-After, KT binary's error reply, the write port's busy), counted in qs_read_reply_memory_refusals_total, and the client may try again. One reply larger than this is still served while nothing else is held. (env: QS_READ_REPLY_MEMORY)", valueName: "size"))
     var readReplyMemory: ByteSize = QSEnv.value("QS_READ_REPLY_MEMORY", ByteSize(ReplyMemory.defaultLimit))
 
     @Option(help: ArgumentHelp("KT databases as key prefixes, INDEX[:NAME]=PREFIX,…, e.g. 0=,1:aux.kct=aux/; database 0 is what memcached reads. (env: QS_KT_DB_MAP)", valueName: "map"))
@@ -51,12 +51,16 @@ struct ReadOptions: ParsableArguments {
         }
     }
 
-    /// The read servers the flags ask for.
-    func services(store: Store, limits: ConnectionLimits, logger: Logger) throws -> [any Service] {
+    /// The node's one budget for large replies not yet read, shared by every read port and
+    /// the write port's reads: what matters is the node's memory.
+    func replyBudget() -> ReplyMemory {
+        ReplyMemory.exported(limit: readReplyMemory.bytes)
+    }
+
+    /// The read servers the flags ask for, their large replies held against `replies`.
+    func services(store: Store, replies: ReplyMemory, limits: ConnectionLimits, logger: Logger) throws -> [any Service] {
         let map = ktDbMap.map
         var out = [any Service]()
-        // One budget for every read port: what matters is the node's memory.
-        let replies = ReplyMemory.exported(limit: readReplyMemory.bytes)
         let mc = endpoints(memcached, memcachedUnix)
         if !mc.isEmpty {
             var config = MemcachedServer.Configuration(databases: map, valueFormat: .init(flagsInValue: memcachedFlagsInValue),

@@ -3,6 +3,7 @@ import KTFormats
 import QSClient
 import QSModel
 import QSTesting
+import QSWire
 import XCTest
 
 /// Large replies that clients have not read are held against one budget for every read port
@@ -13,8 +14,15 @@ import XCTest
 final class ReplyMemoryTests: XCTestCase {
     var tmp: URL!
     var node: RootNode!
-    /// Larger than a loopback socket's buffers take at once, so a reply not read stays held.
-    static let hugeBytes = 12 << 20
+    /// Larger than a loopback socket's buffers take at once (the send buffer grows to
+    /// `tcp_wmem`'s maximum, 4 MiB on most hosts), so a reply not read stays held.
+    static let hugeBytes: Int = {
+        let text = (try? String(contentsOfFile: "/proc/sys/net/ipv4/tcp_wmem", encoding: .utf8)) ?? ""
+        let wmemMax = text.split(whereSeparator: \.isWhitespace).last.flatMap { Int($0) } ?? 4 << 20
+        return max(12 << 20, (3 * wmemMax + (1 << 20) - 1) & ~((1 << 20) - 1))
+    }()
+    /// A budget of `hugeBytes` × `values` and `extra` KiB more, as `--read-reply-memory` takes it.
+    static func budget(values: Int, extraKiB: Int) -> String { "\(values * (hugeBytes >> 10) + extraKiB)KiB" }
 
     override func setUp() async throws {
         tmp = try Harness.tempDir("reply-memory")
@@ -27,12 +35,15 @@ final class ReplyMemoryTests: XCTestCase {
 
     /// A connection with a small receive buffer that sent `request` and reads nothing yet.
     func unread(port: Int, _ request: String) throws -> Int32 {
+        try unread(port: port, bytes: Array(request.utf8))
+    }
+
+    func unread(port: Int, bytes: [UInt8]) throws -> Int32 {
         let fd = try XCTUnwrap(Harness.connectLoopback(port: port))
         var small: Int32 = 64 << 10
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
         var tv = timeval(tv_sec: 20, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        let bytes = Array(request.utf8)
         XCTAssertEqual(bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }, bytes.count)
         return fd
     }
@@ -64,14 +75,14 @@ final class ReplyMemoryTests: XCTestCase {
 
     func testLargeRepliesNotReadAreHeldToOneBudgetAcrossTheReadPorts() async throws {
         node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp,
-                            extraArgs: ["--memcached", "127.0.0.1:0", "--kt-http", "127.0.0.1:0", "--read-reply-memory", "25MiB"])
+                            extraArgs: ["--memcached", "127.0.0.1:0", "--kt-http", "127.0.0.1:0", "--read-reply-memory", Self.budget(values: 2, extraKiB: 1024)])
         let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
         _ = try await client.write([.set(key: Array("huge".utf8), value: [UInt8](repeating: UInt8(ascii: "h"), count: Self.hugeBytes), expiry: nil),
                                     .set(key: Array("small".utf8), value: Array("s".utf8), expiry: nil)], sourceID: "t")
         await client.close()
         let mc = try node.daemon.port("memcached"), kt = try node.daemon.port("kt-http")
 
-        // Two replies of 12 MiB (and their heads) fill the 25 MiB: each is held until its client reads it.
+        // Two huge replies (and their heads) fill the budget: each is held until its client reads it.
         let first = try unread(port: mc, "get huge\r\n")
         defer { close(first) }
         try await waitFor("the first reply held", timeout: .seconds(20)) { held() >= Double(Self.hugeBytes) }
@@ -106,7 +117,7 @@ final class ReplyMemoryTests: XCTestCase {
     /// its connection parked: held against the same budget until written.
     func testRepliesWaitingOnReaderThreadsAreHeldToTheBudget() async throws {
         node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp,
-                            extraArgs: ["--memcached", "127.0.0.1:0", "--memcached-threads", "2", "--read-reply-memory", "25MiB"])
+                            extraArgs: ["--memcached", "127.0.0.1:0", "--memcached-threads", "2", "--read-reply-memory", Self.budget(values: 2, extraKiB: 1024)])
         let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
         _ = try await client.write([.set(key: Array("huge".utf8), value: [UInt8](repeating: UInt8(ascii: "h"), count: Self.hugeBytes), expiry: nil)],
                                    sourceID: "t")
@@ -132,7 +143,7 @@ final class ReplyMemoryTests: XCTestCase {
     /// Many values under 64 KiB in one memcached get make a large reply too.
     func testBinaryRepliesAndManySmallValuesAreHeldToTheBudget() async throws {
         node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp,
-                            extraArgs: ["--memcached", "127.0.0.1:0", "--kt-http", "127.0.0.1:0", "--read-reply-memory", "12400KiB"])
+                            extraArgs: ["--memcached", "127.0.0.1:0", "--kt-http", "127.0.0.1:0", "--read-reply-memory", Self.budget(values: 1, extraKiB: 112)])
         let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
         var ops: [Mutation] = [.set(key: Array("huge".utf8), value: [UInt8](repeating: UInt8(ascii: "h"), count: Self.hugeBytes), expiry: nil)]
         ops += (0..<10).map { .set(key: Array("m\($0)".utf8), value: [UInt8](repeating: UInt8(ascii: "m"), count: 40 << 10), expiry: nil) }
@@ -156,10 +167,65 @@ final class ReplyMemoryTests: XCTestCase {
         XCTAssertTrue(many.hasPrefix("SERVER_ERROR out of memory writing get response\r\nVALUE m0 0 40960\r\n"), many)
         XCTAssertEqual(node.metric("qs_read_reply_memory_refusals_total{interface=\"memcached\"}"), 1)
 
-        // Closing without reading gives the bytes back.
-        close(first)
+        // Closing without reading gives the bytes back (shut down here: the deferred close
+        // must not close a descriptor number reused meanwhile).
+        shutdown(first, Int32(SHUT_RDWR))
         try await waitFor("the budget to empty", timeout: .seconds(20)) { held() == 0 }
         let again = RawSocket.exchange(port: mc, Array("get m0 m1 m2 m3 m4 m5 m6 m7 m8 m9\r\nquit\r\n".utf8))
         XCTAssertEqual(again.count, 10 * ("VALUE m0 0 40960\r\n".utf8.count + (40 << 10) + 2) + 5)
+    }
+
+    /// The write port's reads (`Get` from this machine, or on a connection that presented a
+    /// token) are held to the same budget: a crowd of connections asking for a large value and
+    /// reading nothing held value × connections there too. Past it a read is answered `busy`
+    /// (code 14), counted under `interface="write"`; a write is never refused for it.
+    func testWritePortReadsAreHeldToTheSameBudget() async throws {
+        node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp,
+                            extraArgs: ["--memcached", "127.0.0.1:0", "--read-reply-memory", Self.budget(values: 2, extraKiB: 1024)])
+        let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
+        _ = try await client.write([.set(key: Array("huge".utf8), value: [UInt8](repeating: UInt8(ascii: "h"), count: Self.hugeBytes), expiry: nil)],
+                                   sourceID: "t")
+        let frame = Request.get(key: Array("huge".utf8)).frame()
+        var get = [UInt8]()
+        withUnsafeBytes(of: UInt32(1 + frame.payload.count).bigEndian) { get += $0 }
+        get += [frame.type] + frame.payload
+
+        // One answer held on the write port, one on memcached: the budget is full.
+        let first = try unread(port: node.port, bytes: get)
+        defer { close(first) }
+        try await waitFor("the write port's answer held", timeout: .seconds(20)) { held() >= Double(Self.hugeBytes) }
+        let second = try unread(port: try node.daemon.port("memcached"), "get huge\r\n")
+        defer { close(second) }
+        try await waitFor("the memcached reply held", timeout: .seconds(20)) { held() >= Double(2 * Self.hugeBytes) }
+
+        // A third Get (or a Scan of it) is answered busy, and told why; a write is still answered.
+        do {
+            _ = try await client.get(Array("huge".utf8))
+            XCTFail("a Get past the budget was answered")
+        } catch let ClientError.server(code, message) {
+            XCTAssertEqual(ErrorCode(rawValue: code), .busy)
+            XCTAssertTrue(message.contains("--read-reply-memory"), message)
+        }
+        do {
+            _ = try await client.scan(prefix: Array("hu".utf8))
+            XCTFail("a Scan past the budget was answered")
+        } catch let ClientError.server(code, _) {
+            XCTAssertEqual(ErrorCode(rawValue: code), .busy)
+        }
+        XCTAssertEqual(node.metric("qs_read_reply_memory_refusals_total{interface=\"write\"}"), 2)
+        XCTAssertTrue(node.daemon.log.contains("write port: a large read answer refused busy"), node.daemon.log)
+        _ = try await client.write([.set(key: Array("small".utf8), value: Array("s".utf8), expiry: nil)], sourceID: "t2")
+        let smallValue = try await client.get(Array("small".utf8))?.value
+        XCTAssertEqual(smallValue, Array("s".utf8))
+
+        // The first client reads its answer whole; both go, the budget empties, Get is served.
+        let answer = read(first, count: 5 + Self.hugeBytes)
+        XCTAssertEqual(answer.count, 5 + Self.hugeBytes, "the held answer arrives once read")
+        XCTAssertEqual(answer[4], Response.value(nil).frame().type)
+        shutdown(second, Int32(SHUT_RDWR))
+        try await waitFor("the budget to empty", timeout: .seconds(20)) { held() == 0 }
+        let hugeValue = try await client.get(Array("huge".utf8))?.value
+        XCTAssertEqual(hugeValue?.count, Self.hugeBytes)
+        await client.close()
     }
 }
