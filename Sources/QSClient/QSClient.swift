@@ -181,8 +181,19 @@ public final class QSClient: Sendable {
 
     /// Sends one request and waits for its response (error responses are returned, not
     /// thrown; see the typed helpers for that); `timeout` nil is `requestTimeout`.
+    /// A read the node answers `busy` (its reply budget is full of answers other clients
+    /// have not read yet; nothing changed) is asked again after a pause (50 ms, doubling to
+    /// 1 s) until the request's timeout would pass: then the `busy` answer is returned.
     public func send(_ request: Request, timeout: TimeAmount? = nil) async throws -> Response {
-        try await Self.response(start(request, timeout: timeout))
+        let giveUp = ContinuousClock.now + .nanoseconds((timeout ?? requestTimeout).nanoseconds)
+        var pause = Duration.milliseconds(50)
+        while true {
+            let r = try await Self.response(start(request, timeout: timeout))
+            guard case let .error(code, _) = r, code == ErrorCode.busy.rawValue, !request.isWrite,
+                  ContinuousClock.now + pause < giveUp else { return r }
+            try await Task.sleep(for: pause)
+            pause = min(pause * 2, .seconds(1))
+        }
     }
 
     /// Sends `request` without waiting for its answer: requests started one after another

@@ -9,10 +9,12 @@ extension NodeCore {
     public func readsOpen(local: Bool) -> Bool { local || !readGate.isClosed }
 
     /// Whether `request`, once authorized, proved that the peer holds one of the node's
-    /// tokens (its connection may then read).
+    /// tokens (its connection may then read, and is trusted with the reply budget). A
+    /// local peer's `auth` is let through unjudged (`authorize`): its token is judged here,
+    /// silently.
     public func provesToken(_ request: Request) -> Bool {
         switch request {
-        case .auth: return readGate.isClosed
+        case .auth: return readGate.admits?(request.token) ?? false
         case .changeRole: return adminGate.isClosed || writeGate.isClosed
         default: return request.isWrite ? writeGate.isClosed : request.isReplication && replicationGate.isClosed
         }
@@ -66,17 +68,26 @@ extension NodeCore {
 /// (a log or a page of records): the write port runs its reads on the store's threads, any
 /// number at once, so an answer checked only once built let a crowd of connections each
 /// build a large one (100 `Get`s of a 20 MB value: 2.6 GB of the node).
+/// A connection that presented one of the node's tokens (a replica, a bridge, qsctl with
+/// its token) is counted, never refused: it is trusted not to flood, and a large read it
+/// needs (a bridge resuming at a large log entry) must not wait for a moment when nothing
+/// else is held.
 public final class AnswerReservation: Sendable {
     let memory: ReplyMemory
+    let refuses: Bool
     private let bytes = NIOLockedValueBox(0)
 
-    public init(memory: ReplyMemory) { self.memory = memory }
+    /// `refuses`: false for a connection that presented a token.
+    public init(memory: ReplyMemory, refuses: Bool = true) {
+        self.memory = memory
+        self.refuses = refuses
+    }
 
-    /// Takes `n` bytes for the answer if it is large and the budget has room; false: the
-    /// answer is refused `busy`.
+    /// Takes `n` bytes for the answer if it is large and the budget has room (or the
+    /// connection is trusted); false: the answer is refused `busy`.
     func take(_ n: Int) -> Bool {
         guard n >= ReplyMemory.largeReply else { return true }
-        guard memory.tryHold(n) else { return false }
+        if !refuses { memory.hold(n) } else if !memory.tryHold(n) { return false }
         bytes.withLockedValue { $0 += n }
         return true
     }
@@ -89,10 +100,9 @@ public final class AnswerReservation: Sendable {
 extension NodeCore {
     /// `response` as the frame to write, and the bytes to hold against `replyMemory` until
     /// the socket has taken it (0: not counted). `reserved`: what the read took while it was
-    /// built (`AnswerReservation`), now the frame's size. Otherwise a read's large answer (a
-    /// value, log entries, a page of records) the budget has no room for becomes `busy`. A
-    /// write's or a role change's answer is never refused (what it answers is done).
-    public func answerFrame(_ response: Response, peer: String, reserved: Int = 0) -> (frame: Frame, held: Int) {
+    /// built (`AnswerReservation`, where a read is refused), now the frame's size. Any other
+    /// large answer (a status, a copy cursor) is counted, never refused.
+    public func answerFrame(_ response: Response, reserved: Int = 0) -> (frame: Frame, held: Int) {
         let frame = response.frame()
         let bytes = frame.payload.count + 5
         if reserved > 0 {
@@ -100,12 +110,6 @@ extension NodeCore {
             return (frame, bytes)
         }
         guard bytes >= ReplyMemory.largeReply else { return (frame, 0) }
-        switch response {
-        case .value, .entries, .page:
-            guard replyMemory.admits(bytes) else { return (busy(bytes: bytes, peer: peer).frame(), 0) }
-        default:
-            break
-        }
         replyMemory.hold(bytes)
         return (frame, bytes)
     }

@@ -38,6 +38,9 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     /// Whether this connection may read: a local peer, a node without tokens, or a token
     /// presented (`auth`, or a write, hello or role change that passed its gate).
     private var readsAllowed = false
+    /// Whether this connection presented one of the node's tokens: its large reads are
+    /// counted against the reply budget, never refused (`AnswerReservation`).
+    private var tokenPresented = false
     /// Set once the connection carries a subscription or a snapshot.
     private var stream: Task<Void, Never>?
 
@@ -122,7 +125,7 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
             reply(context: context, denial, thenClose: true)
             return
         }
-        if !readsAllowed && core.provesToken(request) { readsAllowed = true }
+        if !tokenPresented && core.provesToken(request) { (readsAllowed, tokenPresented) = (true, true) }
         switch request {
         case let .subscribe(from, hash, _):
             startSubscription(context: context, from: from, hash: hash)
@@ -152,7 +155,7 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
         }) {
             return
         }
-        let replies = AnswerReservation(memory: core.replyMemory)
+        let replies = AnswerReservation(memory: core.replyMemory, refuses: !tokenPresented)
         run(context: context, { await core.handle(request, peer: peer, replies: replies) }) { response in
             // A hello handled after the connection closed registered a writer nobody will
             // remove (status listed such ghosts for good): forget it now.
@@ -197,7 +200,7 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     /// Writes `response`; a large one is held against the node's reply budget until the
     /// socket has taken it (`NodeCore.answerFrame`).
     private func reply(context: ChannelHandlerContext, _ response: Response, thenClose: Bool, reserved: Int = 0) {
-        let (frame, held) = core.answerFrame(response, peer: peer, reserved: reserved)
+        let (frame, held) = core.answerFrame(response, reserved: reserved)
         if thenClose { closing = true }
         guard thenClose || held > 0 else {
             context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
