@@ -65,6 +65,10 @@ public final class DecodingFileReader<Decoder: NIOSingleStepByteToMessageDecoder
     /// being written, or cut).
     public var unprocessedBytes: Int { buffer.readableBytes }
 
+    /// The open file's device and inode: a path that now names another file (replaced by a
+    /// rename, as `rsync` or `cp` then `mv` ship one) differs from it.
+    public var fileIdentity: FileIdentity? { FileIdentity(descriptor: handle.fileDescriptor) }
+
     /// The next message and its file offset; nil at the current end of the file. Throws
     /// `DecodeError` (offsets counted from the file's start) at a malformed message, after
     /// every whole message before it.
@@ -144,5 +148,25 @@ public final class DecodingFileReader<Decoder: NIOSingleStepByteToMessageDecoder
 
     public func close() {
         try? handle.close()
+    }
+}
+
+/// A file's device and inode.
+public struct FileIdentity: Equatable, Sendable {
+    public let device: UInt64
+    public let inode: UInt64
+
+    /// The file open on `descriptor`.
+    public init?(descriptor: Int32) {
+        var st = stat()
+        guard fstat(descriptor, &st) == 0 else { return nil }
+        (device, inode) = (UInt64(st.st_dev), UInt64(st.st_ino))
+    }
+
+    /// The file `path` names now, nil when there is none.
+    public init?(path: String) {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        (device, inode) = (UInt64(st.st_dev), UInt64(st.st_ino))
     }
 }

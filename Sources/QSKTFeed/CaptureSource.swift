@@ -4,8 +4,9 @@ import QSFeed
 
 /// A recorded KT replication stream (`stream.bin`: the acceptance byte, then update and
 /// heartbeat frames), read through `KTCaptureReader`. Every complete frame is delivered;
-/// a file cut inside a frame, or a damaged frame, stops with an error naming the byte
-/// offset, and the damaged frame is never applied.
+/// a file cut inside a frame, or a damaged frame (an update stamped out of order or far
+/// ahead: `KTTimestampOrder`), stops with an error naming the byte offset, and the damaged
+/// frame is never applied.
 public struct KTCaptureSource: FeedSource {
     public let path: String
     public let translator: KTTranslator
@@ -28,6 +29,7 @@ public struct KTCaptureSource: FeedSource {
         defer { reader.close() }
         // Updates go to the consumer in runs (one hop for many); the run is delivered
         // before a heartbeat, at the end, and before any error is thrown.
+        var order = KTTimestampOrder()
         try await ChangeRun.reading(deliver) { run in
             while true {
                 try Task.checkCancellation()
@@ -40,7 +42,7 @@ public struct KTCaptureSource: FeedSource {
                 }
                 // Consumed, so that a set's message reaches the translator unshared (its
                 // value keeps the message's storage).
-                guard let (_, frame) = consume next else { break }
+                guard let (offset, frame) = consume next else { break }
                 switch consume frame {
                 case .accepted: continue
                 case .refused: throw FeedError.stop("capture \(path) records a refused replication request (the server had no update log)")
@@ -48,6 +50,7 @@ public struct KTCaptureSource: FeedSource {
                     try await run.deliver(deliver)
                     try await deliver(.heartbeat(sourceTimeNs: KTTranslator.heartbeatWallTimeNs(ts)))
                 case let .update(ts, message):
+                    try order.check(ts, at: "capture \(path), the update at byte offset \(offset)", corrupt: translator.metrics.corruptFrames)
                     guard ts > position else { continue }
                     if run.append(try translator.change(timestamp: ts, message: message)) { try await run.deliver(deliver) }
                 }

@@ -3,22 +3,35 @@ import KTFormats
 import QSBytes
 import QSCaptures
 import QSFeed
+import QSModel
 
 /// A KT update-log directory (`NNNNNNNNNN.ulog` files): replays the records after the
 /// position in file order, then follows the directory as KT appends and rotates (or, with
 /// `once`, stops at its end). Files are read in chunks: memory does not grow with them.
+///
+/// What would lose records stops the bridge instead, naming the file: a record stamped out
+/// of KT's increasing order or far in the future (`KTTimestampOrder`), a file missing between
+/// two others, a first start on a directory whose first files were removed (it does not hold
+/// KT's whole history, and a ulog source cannot copy KT's records). A file replaced by a
+/// rename is read on from the same offset; the file being read removed with nothing numbered
+/// after it (KT restarted on an emptied directory, numbering from 1 again) is followed by
+/// the timestamps of the files there now. Caught up (at the end of the newest file), the
+/// source says so once a second, so the bridge's lag stays 0 while KT is quiet.
 public struct KTULogSource: FeedSource {
     public let directory: String
     public let translator: KTTranslator
     public let once: Bool
     public let pollInterval: Duration
+    public let maxMessageBytes: Int
     public var name: String { "ulog:\(directory)" }
 
-    public init(directory: String, translator: KTTranslator, once: Bool, pollInterval: Duration = .milliseconds(100)) {
+    public init(directory: String, translator: KTTranslator, once: Bool, pollInterval: Duration = .milliseconds(100),
+                maxMessageBytes: Int = Int(KTBinaryMagic.dataMaxSize)) {
         self.directory = directory
         self.translator = translator
         self.once = once
         self.pollInterval = pollInterval
+        self.maxMessageBytes = maxMessageBytes
     }
 
     /// The directory's ulog files, by number.
@@ -40,32 +53,57 @@ public struct KTULogSource: FeedSource {
         }
     }
 
+    /// How long a record may stay cut at the end of the newest file before it is logged.
+    static let stuckWarningAfter = Duration.seconds(10)
+
     private func follow(after position: UInt64, run: inout ChangeRun,
                         deliver: @escaping @Sendable (FeedEvent) async throws -> Void) async throws {
-        var current: UInt32?
+        var current: (number: UInt32, path: String)?
         var reader: ULogReader?
         var last = position
+        var order = KTTimestampOrder()
+        let logger = translator.logger, corrupt = translator.metrics.corruptFrames
+        var caughtUpSaid: ContinuousClock.Instant?
+        /// A record cut at the end of the newest file: where, since when, and whether it was logged.
+        var cut: (offset: Int, since: ContinuousClock.Instant, logged: Bool)?
+        if position == 0, let oldest = try files().first, oldest.number > 1 {
+            throw FeedError.stop("ulog directory \(directory) starts at \(ULogFile.fileName(number: oldest.number)), not 0000000001.ulog: KT's first update-log files were removed, so it does not hold KT's whole history, and a ulog source cannot copy KT's records. Migrate from the server itself (--source kt://HOST:PORT copies KT's records first, --initial-copy auto), or restore the removed files")
+        }
         while true {
             try Task.checkCancellation()
             let all = try files()
             if reader == nil {
-                // Start with the first file that may hold records after `last`: skip files
-                // whose (up-to-date) header says their newest record is at or before it.
-                var pick: (UInt32, String)?
-                for (i, f) in all.enumerated() {
-                    if let c = current, f.number <= c { continue }
-                    let isNewest = i == all.count - 1
-                    if !isNewest, let h = try? ULogReader.header(of: f.path), h.timestamp <= last { continue }
-                    pick = (f.number, f.path)
-                    break
+                let pick: (number: UInt32, path: String)?
+                if let c = current {
+                    // The next file after the one read to its end: KT numbers them one by one.
+                    pick = all.first { $0.number > c.number }
+                    if let p = pick, p.number != c.number &+ 1 {
+                        corrupt.increment()
+                        throw FeedError.stop("ulog file \(ULogFile.fileName(number: c.number &+ 1)) is missing from \(directory), between \(ULogFile.fileName(number: c.number)) and \(ULogFile.fileName(number: p.number)): the records it held would be lost. Every record before it was applied; restore the file (or migrate again from the server: --source kt://HOST:PORT)")
+                    }
+                } else {
+                    // Start with the first file that may hold records after `last`: skip files
+                    // whose up-to-date header (its size the file's) says their newest record
+                    // is at or before it. A header not rewritten since the last records (a
+                    // crash between the two) is not trusted: the file is read.
+                    pick = try all.enumerated().first { i, f in
+                        guard i < all.count - 1, let h = try? ULogReader.header(of: f.path) else { return true }
+                        return !(h.timestamp <= last && h.size == (try? ULogReader.size(of: f.path)))
+                    }?.element
                 }
-                if let (n, p) = pick {
-                    reader = try ULogReader(path: p)
-                    current = n
+                if let p = pick {
+                    if p.number == all.last?.number, (try? ULogReader.size(of: p.path)) ?? 0 < ULogFile.headerSize {
+                        // The newest file, created and not yet given its header (KT writes it
+                        // at its first flush; a full disk can leave it empty): waited for.
+                    } else {
+                        reader = try ULogReader(path: p.path, maxMessageBytes: maxMessageBytes)
+                        current = p
+                    }
                 }
             }
-            if let r = reader {
-                while let record = try r.next() {
+            if let r = reader, let c = current {
+                while let (at, record) = try r.next() {
+                    try order.check(record.timestamp, at: "ulog file \(r.path), the record at byte offset \(at)", corrupt: corrupt)
                     guard record.timestamp > last else { continue }
                     last = record.timestamp
                     if run.append(try translator.change(timestamp: record.timestamp, message: record.message)) {
@@ -75,18 +113,57 @@ public struct KTULogSource: FeedSource {
                 try await run.deliver(deliver)
                 reader = r
                 // At the end of this file: move on if a newer file exists.
-                if let c = current, all.contains(where: { $0.number > c }) {
+                if all.contains(where: { $0.number > c.number }) {
                     if r.partialBytes > 0 {
+                        corrupt.increment()
                         throw FeedError.stop("ulog file \(r.path) ends inside a record at byte offset \(r.offset) although a newer file exists: the file is damaged")
                     }
                     reader = nil
+                    cut = nil
                     continue
+                }
+                let now = FileIdentity(path: r.path)
+                if now == nil && !once {
+                    // Removed with nothing numbered after it: KT restarted on an emptied
+                    // directory (numbering from 1 again). Followed by timestamps from here.
+                    logger.warning("ulog file being read was removed and no file is numbered after it (KT restarted on an emptied update-log directory?): following the files there now by their timestamps; records KT logged into the removed file after the bridge read it are lost",
+                                   metadata: ["file": "\(r.path)", "offset": "\(r.offset)"])
+                    reader = nil
+                    current = nil
+                    cut = nil
+                    continue
+                }
+                if let now, let opened = r.identity, now != opened {
+                    // Replaced by a rename (rsync, cp then mv): the new file is read on from
+                    // the same place; a different file fails its next record's checks.
+                    logger.notice("ulog file replaced by another one (renamed over it): reading on from the same byte offset",
+                                  metadata: ["file": "\(r.path)", "offset": "\(r.offset)"])
+                    reader = try ULogReader(path: r.path, maxMessageBytes: maxMessageBytes, at: r.offset)
+                    continue
+                }
+                if r.partialBytes == 0 {
+                    cut = nil
+                    // Caught up: KT has logged nothing newer than what was read (as its own
+                    // heartbeats say over replication), so the lag is 0, not growing.
+                    let t = ContinuousClock.now
+                    if !once, caughtUpSaid.map({ t - $0 >= .seconds(1) }) ?? true {
+                        caughtUpSaid = t
+                        try await deliver(.heartbeat(sourceTimeNs: wallClockNanoseconds()))
+                    }
+                } else if let was = cut, was.offset == r.offset {
+                    if !was.logged, ContinuousClock.now - was.since >= Self.stuckWarningAfter {
+                        cut?.logged = true
+                        logger.warning("ulog's newest file has ended inside a record for 10 s (KT still writing a large record, or a damaged one: the bridge waits for it, and /readyz reports the lag)",
+                                       metadata: ["file": "\(r.path)", "offset": "\(r.offset)", "bytes-after": "\(r.partialBytes)"])
+                    }
+                } else {
+                    cut = (r.offset, .now, false)
                 }
             }
             if once {
                 if let r = reader, r.partialBytes > 0 {
-                    translator.logger.warning("ulog ends inside a record (still being written?); stopping before it",
-                                              metadata: ["file": "\(r.path)", "offset": "\(r.offset)"])
+                    logger.warning("ulog ends inside a record (still being written?); stopping before it",
+                                   metadata: ["file": "\(r.path)", "offset": "\(r.offset)"])
                 }
                 return
             }
@@ -101,24 +178,36 @@ public struct KTULogSource: FeedSource {
 struct ULogReader {
     let path: String
     let file: DecodingFileReader<ULogRecordDecoder>
+    /// The file opened (a path renamed over later names another).
+    let identity: FileIdentity?
 
     static func header(of path: String) throws -> ULogFile.Header {
-        guard let h = FileHandle(forReadingAtPath: path) else { throw FeedError.stop("cannot open ulog file \(path)") }
+        guard let h = FileHandle(forReadingAtPath: path) else {
+            throw FeedError.stop("cannot open ulog file \(path): \(String(cString: strerror(errno)))")
+        }
         defer { try? h.close() }
         let bytes = [UInt8](try h.read(upToCount: ULogFile.headerSize) ?? Data())
         do { return try ULogFile.Header(decoding: bytes) } catch { throw FeedError.stop("ulog file \(path) has a bad header: \(error)") }
     }
 
-    init(path: String, maxMessageBytes: Int = Int(KTBinaryMagic.dataMaxSize)) throws {
+    /// The file's size now.
+    static func size(of path: String) throws -> UInt64 {
+        let attributes = try FileManager.default.attributesOfItem(atPath: path)
+        return (attributes[.size] as? NSNumber)?.uint64Value ?? 0
+    }
+
+    /// Opens `path` at `offset` (a record's start; the first one's by default).
+    init(path: String, maxMessageBytes: Int = Int(KTBinaryMagic.dataMaxSize), at offset: Int = ULogFile.headerSize) throws {
         self.path = path
         _ = try Self.header(of: path)
         do {
             file = try DecodingFileReader(path: path, decoder: ULogRecordDecoder(maxMessageBytes: maxMessageBytes),
-                                          startOffset: ULogFile.headerSize,
+                                          startOffset: offset,
                                           maximumBufferSize: maxMessageBytes + ULogFile.recordOverhead)
         } catch {
-            throw FeedError.stop("cannot open ulog file \(path)")
+            throw FeedError.stop("cannot open ulog file \(path): \(error)")
         }
+        identity = file.fileIdentity
     }
 
     /// File offset of the next record.
@@ -126,9 +215,10 @@ struct ULogReader {
     /// Bytes after the last complete record.
     var partialBytes: Int { file.unprocessedBytes }
 
-    func next() throws -> ULogFile.Record? {
+    /// The next record and its byte offset in the file.
+    func next() throws -> (offset: Int, record: ULogFile.Record)? {
         do {
-            return try file.next()?.message
+            return try file.next().map { ($0.offset, $0.message) }
         } catch let error as DecodeError {
             throw FeedError.stop("ulog file \(path) is damaged: \(error)")
         }

@@ -121,7 +121,7 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
             try await serve(FeedConsumer(source: src, sourceID: id, root: writer, limits: limits, metrics: metrics, logger: logger,
                                          onFirstStart: initialCopy == .never ? firstStart : nil, preparation: copy), registry, logger)
         case let .ulog(dir):
-            let src = KTULogSource(directory: dir, translator: translator, once: bridge.once)
+            let src = KTULogSource(directory: dir, translator: translator, once: bridge.once, maxMessageBytes: maxMessage)
             try await serve(FeedConsumer(source: src, sourceID: id, root: writer, limits: limits, metrics: metrics, logger: logger, onFirstStart: firstStart), registry, logger)
         case let .capture(file):
             let src = KTCaptureSource(path: file, translator: translator, maxMessageBytes: maxMessage)
