@@ -504,16 +504,19 @@ public actor RootWriter {
                 link.withLockedValue { $0.lastCallFailure = nil }
                 return answer
             } catch {
-                var error = error
+                var error = error, refusedByNode = false
                 if refusedAtOnce, !maybeApplied, endpoints.count == 1, case let ClientError.server(code, message) = error,
                    ErrorCode(rawValue: code) == .notWritable {
                     let why = message.hasPrefix("takes no writes: ") ? String(message.dropFirst(17)) : message
                     error = FeedError.stop("the root at \(endpoints[0]) takes no writes: \(why); point --root at the writable root")
+                    // Still the node's refusal: it stands until a call succeeds (a keepalive
+                    // the demoted root answers does not cure it, and /readyz says so).
+                    refusedByNode = true
                 }
                 if on != nil, !(error is FeedError) {
                     if case .server = error as? ClientError {} else { maybeApplied = true }
                 }
-                try await failed(what, error, generation: on)
+                try await failed(what, error, generation: on, refusedByNode: refusedByNode)
             }
             try await Task.sleep(for: backoff.next())
         }
@@ -521,12 +524,13 @@ public actor RootWriter {
 
     /// What a failed call means. Throws what retrying cannot cure: `FeedError.stop` (a node
     /// error such as unauthorized or an invalid request), `RootRefusal` (frame-too-large: the
-    /// caller sends less), cancellation. Anything else is counted and logged, and the
+    /// caller sends less), cancellation (`refusedByNode`: a stop made of the node's refusal,
+    /// kept as one until a call succeeds). Anything else is counted and logged, and the
     /// connection is dropped (`generation`: the connection the call went on; nil, the
     /// current one) so the next call makes a new one. Returns the error as reported: a call
     /// whose answer was lost with a connection this writer closed names why it was closed.
     @discardableResult
-    private func failed(_ what: String, _ error: any Error, generation: Int? = nil) async throws -> any Error {
+    private func failed(_ what: String, _ error: any Error, generation: Int? = nil, refusedByNode: Bool = false) async throws -> any Error {
         let mine = generation.map { $0 == self.generation } ?? true
         var error = error
         let closedByNode = error as? ClientError == .connectionClosed
@@ -536,7 +540,7 @@ public actor RootWriter {
             error = ClientError.connectionFailed("closed here because \(dropped.why)")
         }
         if !(error is CancellationError) {
-            var byNode = false
+            var byNode = refusedByNode
             if case .server = error as? ClientError { byNode = true }
             link.withLockedValue {
                 $0.lastCallFailure = (.now, "\(error)")

@@ -14,6 +14,11 @@ public final class RestMetrics: Sendable {
     public let authFailures = Counter(label: "qs_rest_auth_failures_total")
     public let badRequests = Counter(label: "qs_rest_bad_requests_total")
     public let binaryRefused = Counter(label: "qs_rest_binary_refused_total")
+    /// Requests refused because the bodies arriving on all connections held all of
+    /// `--max-arriving-bytes`.
+    public let arrivingRefused = Counter(label: "qs_rest_arriving_bytes_refusals_total")
+    /// Bytes of request bodies arriving (read, not yet parsed and queued), all connections.
+    public let arrivingBytes = Gauge(label: "qs_rest_arriving_bytes")
     public let aclReloads = Counter(label: "qs_rest_acl_reloads_total", dimensions: [("result", "ok")])
     public let aclReloadFailures = Counter(label: "qs_rest_acl_reloads_total", dimensions: [("result", "error")])
 

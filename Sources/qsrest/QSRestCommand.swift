@@ -66,6 +66,9 @@ struct QSRestCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Largest request body accepted, e.g. 32MiB. (env: QS_MAX_BODY)", valueName: "size"))
     var maxBody: ByteSize = QSEnv.value("QS_MAX_BODY", ByteSize(32 << 20))
 
+    @Option(help: ArgumentHelp("The most bytes of request bodies still arriving (read, not yet parsed and queued) that all producer connections hold together, e.g. 256MiB: a body that would pass it is answered 503 with Retry-After at once and its connection closed, counted in qs_rest_arriving_bytes_refusals_total. --max-body bounds one body; this bounds them all. (env: QS_MAX_ARRIVING_BYTES)", valueName: "size"))
+    var maxArrivingBytes: ByteSize = QSEnv.value("QS_MAX_ARRIVING_BYTES", ByteSize(256 << 20))
+
     @Option(help: ArgumentHelp("The longest a request past its producer's soft quota is delayed; one that would wait longer is refused with 429 and Retry-After. (env: QS_QUOTA_MAX_DELAY)", valueName: "duration"))
     var quotaMaxDelay: Interval = QSEnv.value("QS_QUOTA_MAX_DELAY", Interval(.seconds(2)))
 
@@ -96,8 +99,11 @@ struct QSRestCommand: AsyncParsableCommand {
         guard batchMaxOps > 0 else { throw ValidationError("--batch-max-ops must be positive") }
         try validateRootStaleAfter(rootStaleAfter)
         try validateSourceID(sourceID, flag: "--source-id")
-        for (flag, size) in [("--batch-max-bytes", batchMaxBytes), ("--max-pending-bytes", maxPendingBytes), ("--max-body", maxBody)] where size.bytes <= 0 {
+        for (flag, size) in [("--batch-max-bytes", batchMaxBytes), ("--max-pending-bytes", maxPendingBytes), ("--max-body", maxBody), ("--max-arriving-bytes", maxArrivingBytes)] where size.bytes <= 0 {
             throw ValidationError("\(flag) must be more than 0, e.g. 1MiB")
+        }
+        guard maxArrivingBytes.bytes >= maxBody.bytes else {
+            throw ValidationError("--max-arriving-bytes \(maxArrivingBytes) (or QS_MAX_ARRIVING_BYTES) must be at least --max-body \(maxBody): a body as large as --max-body could never arrive")
         }
     }
 
@@ -128,7 +134,8 @@ struct QSRestCommand: AsyncParsableCommand {
         let access = Access(initial, maxQuotaDelay: quotaMaxDelay.duration, metrics: metrics)
         let server = RestServer(endpoints: [listen.endpoint], access: access, queue: queue,
                                 writes: KTWrites(databases: dbMap.prefixes), metrics: metrics, logger: logger,
-                                configuration: .init(maxBodyBytes: maxBody.bytes, maxQuotaDelay: quotaMaxDelay.duration),
+                                configuration: .init(maxBodyBytes: maxBody.bytes, maxQuotaDelay: quotaMaxDelay.duration,
+                                                     maxArrivingBytes: maxArrivingBytes.bytes),
                                 limits: service.connectionLimits)
         logger.info("qsrest starting", metadata: ["roots": "\(root)", "source-id": "\(id)", "producers": "\(initial.producers.map(\.name))"])
         // The queue is listed first so it stops last: the server drains (its requests wait

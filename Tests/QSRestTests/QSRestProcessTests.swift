@@ -658,6 +658,81 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try rest.stop(), 0)
     }
 
+    /// Bodies arriving on all connections together are held to --max-arriving-bytes: past it
+    /// a request is answered 503 at once (before the rest of its body), counted and logged;
+    /// once the other bodies go, writes go through. Without it, 60 producer connections
+    /// each sending a 30 MB body and holding back its last byte held 1.75 GB of qsrest.
+    func testBodiesArrivingOnAllConnectionsAreHeldToOneBudget() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL(),
+                                                extra: ["--max-body", "1MiB", "--max-arriving-bytes", "2MiB"])
+        let auth = "Authorization: Basic \(Data("dns:dns-token".utf8).base64EncodedString())\r\n"
+        /// A PUT of a 1 MiB body sent but for its last byte.
+        func holding(_ i: Int) throws -> Int32 {
+            let fd = try XCTUnwrap(Harness.connectLoopback(port: port))
+            let head = Array("PUT /dns%2Fheld\(i) HTTP/1.1\r\nHost: x\r\n\(auth)Content-Length: \(1 << 20)\r\n\r\n".utf8)
+            let body = [UInt8](repeating: 0x61, count: (1 << 20) - 1)
+            for part in [head, body] {
+                var sent = 0
+                while sent < part.count {
+                    let n = part[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                    XCTAssertGreaterThan(n, 0)
+                    if n <= 0 { break }
+                    sent += n
+                }
+            }
+            return fd
+        }
+        let first = try holding(1), second = try holding(2)
+        defer { close(first); close(second) }
+        try await waitFor("two bodies held", timeout: .seconds(20)) {
+            (metricValue(port: admin, "qs_rest_arriving_bytes") ?? 0) >= Double(2 * ((1 << 20) - 1))
+        }
+        let value = tmp.appendingPathComponent("value")
+        try Data(repeating: 0x62, count: 512 << 10).write(to: value)
+        let refused = try curl(["-u", "dns:dns-token", "--max-time", "20", "-X", "PUT", "--data-binary", "@\(value.path)",
+                                "http://127.0.0.1:\(port)/dns%2Fthird"])
+        XCTAssertEqual(refused.status, 503, refused.body)
+        XCTAssertTrue(refused.body.contains("--max-arriving-bytes"), refused.body)
+        XCTAssertEqual(metricValue(port: admin, "qs_rest_arriving_bytes_refusals_total"), 1)
+        XCTAssertTrue(rest.log.contains("request refused: the bodies arriving on all connections"), rest.log)
+        // The held bodies go (their connections shut): the budget is free again.
+        shutdown(first, Int32(SHUT_RDWR))
+        shutdown(second, Int32(SHUT_RDWR))
+        try await waitFor("the budget to empty", timeout: .seconds(20)) { metricValue(port: admin, "qs_rest_arriving_bytes") == 0 }
+        let ok = try curl(["-u", "dns:dns-token", "--max-time", "20", "-X", "PUT", "--data-binary", "@\(value.path)",
+                           "http://127.0.0.1:\(port)/dns%2Fthird"])
+        XCTAssertEqual(ok.status, 201, ok.body)
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
+    /// One write refused by a single root demoted since: /readyz stays 503 naming it while
+    /// the root answers qsrest's keepalives (it went back to 200 a second later, every write
+    /// still refused), until a write commits again.
+    func testADemotedRootKeepsReadinessFailingThoughItAnswers() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL())
+        XCTAssertEqual(try curl(["-u", "dns:dns-token", "http://127.0.0.1:\(port)/rpc/set?key=dns%2Fa&value=1"]).status, 200)
+        XCTAssertEqual(httpGet(port: admin, path: "/readyz")?.status, 200)
+        let demote = try Harness.run("qsctl", ["--node", root.address, "demote"])
+        XCTAssertEqual(demote.status, 0, String(decoding: demote.stderr, as: UTF8.self))
+        XCTAssertEqual(try curl(["-u", "dns:dns-token", "--max-time", "20", "http://127.0.0.1:\(port)/rpc/set?key=dns%2Fb&value=1"]).status, 503)
+        // Several keepalive rounds (one a second) answered by the demoted root.
+        let until = ContinuousClock.now + .seconds(4)
+        while ContinuousClock.now < until {
+            let ready = httpGet(port: admin, path: "/readyz")
+            XCTAssertEqual(ready?.status, 503, ready?.body ?? "no answer")
+            if ready?.status != 503 { break }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        XCTAssertTrue(httpGet(port: admin, path: "/readyz")?.body.contains("takes no writes") ?? false)
+        let promote = try Harness.run("qsctl", ["--node", root.address, "promote", "--force"])
+        XCTAssertEqual(promote.status, 0, String(decoding: promote.stderr, as: UTF8.self))
+        XCTAssertEqual(try curl(["-u", "dns:dns-token", "--max-time", "20", "http://127.0.0.1:\(port)/rpc/set?key=dns%2Fc&value=1"]).status, 200)
+        XCTAssertEqual(httpGet(port: admin, path: "/readyz")?.status, 200)
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
     /// The root demoted while producers write: every request gets an error (never a false
     /// success), /readyz says why, and nothing acknowledged is lost; promoted again, writes
     /// go through again on their own.
