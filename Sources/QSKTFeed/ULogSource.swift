@@ -141,6 +141,12 @@ public struct KTULogSource: FeedSource {
                     reader = try ULogReader(path: r.path, maxMessageBytes: maxMessageBytes, at: r.offset)
                     continue
                 }
+                if let size = try? ULogReader.size(of: r.path), size < UInt64(r.offset + r.partialBytes) {
+                    // KT's update logs only grow: a shorter file was cut (a wrong rotation
+                    // tool, a restore): what it held past its end is gone from it.
+                    corrupt.increment()
+                    throw FeedError.stop("ulog file \(r.path) was truncated: it now holds \(size) bytes, and \(r.offset + r.partialBytes) were read from it. KT's update logs only grow: restore the file, or if KT's log was reset, migrate again from the server (--source kt://HOST:PORT)")
+                }
                 if r.partialBytes == 0 {
                     cut = nil
                     // Caught up: KT has logged nothing newer than what was read (as its own

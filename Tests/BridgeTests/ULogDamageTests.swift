@@ -151,4 +151,22 @@ final class ULogDamageTests: XCTestCase {
         XCTAssertEqual(try bridge.stop(), 0)
         await c.close()
     }
+
+    /// A file truncated under the bridge (KT's logs only grow) stops it, naming the file and
+    /// its sizes, instead of waiting and then failing on whatever is written there next.
+    func testAFileTruncatedUnderTheBridgeStopsIt() async throws {
+        let dir = try copyULog("basic")
+        let bridge = try DaemonProcess("qsktbridge", ["--root", node.address, "--source", "ulog:\(dir.path)", "--db-map", "0=main/,1=aux/",
+                                                      "--source-id", "t", "--batch-interval", "50ms", "--log-format", "text"], logDir: tmp)
+        let c = try await QSClient.connect(host: "127.0.0.1", port: node.port)
+        let last = try ULogLast.timestamp(dir)
+        let caughtUp = await Harness.eventually(timeout: .seconds(30)) { (try? await c.checkpoint(sourceID: "t")) == last }
+        XCTAssertTrue(caughtUp, bridge.log)
+        await c.close()
+        let file = dir.appendingPathComponent("0000000002.ulog")
+        XCTAssertEqual(truncate(file.path, off_t(try records(file)[1].offset)), 0)
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { !bridge.isRunning }, bridge.log)
+        XCTAssertTrue(bridge.log.contains("0000000002.ulog was truncated"), bridge.log)
+        XCTAssertEqual(try bridge.stop(), 1)
+    }
 }
