@@ -154,6 +154,10 @@ public actor RootWriter {
         /// Whether that failure was the node's answer (an error response: out of room, not
         /// writable), which a keepalive's answer does not cure, rather than the connection's.
         public var lastCallFailureByNode = false
+        /// Whether that refusal was `not-writable` (a root demoted, a mirror): the keepalive
+        /// asks the node's write role, so a root promoted again clears it without a write
+        /// (behind a readiness-gated balancer none would come).
+        public var lastCallFailureNotWritable = false
         /// When the root last answered anything (a keepalive included).
         public var lastAnswerAt: ContinuousClock.Instant?
         /// The address in use, or the one tried first at the next connection.
@@ -462,7 +466,18 @@ public actor RootWriter {
             answered()
             // The root answers again: a call that failed for the connection's sake (a hang,
             // a restart) is cured; one the node refused is not, until a call succeeds.
-            link.withLockedValue { if !$0.lastCallFailureByNode { $0.lastCallFailure = nil } }
+            let notWritable = link.withLockedValue { link -> Bool in
+                if !link.lastCallFailureByNode { link.lastCallFailure = nil }
+                return link.lastCallFailure != nil && link.lastCallFailureNotWritable
+            }
+            if notWritable, let s = try? await Self.status(of: c), s["role"] as? String == "root", !NodeStatus.isMirror(s) {
+                // Promoted again (or the address now names a writable root): the refusal
+                // no longer stands.
+                link.withLockedValue {
+                    $0.lastCallFailure = nil
+                    $0.lastCallFailureNotWritable = false
+                }
+            }
             if let (fresher, why) = await stale(head: head.index), current != nil {
                 logger.warning("root stale", metadata: ["root": "\(endpoint)", "reason": "\(why)"])
                 await drop(why, moveTo: fresher)
@@ -540,11 +555,15 @@ public actor RootWriter {
             error = ClientError.connectionFailed("closed here because \(dropped.why)")
         }
         if !(error is CancellationError) {
-            var byNode = refusedByNode
-            if case .server = error as? ClientError { byNode = true }
+            var byNode = refusedByNode, notWritable = refusedByNode
+            if case let .server(code, _) = error as? ClientError {
+                byNode = true
+                notWritable = ErrorCode(rawValue: code) == .notWritable
+            }
             link.withLockedValue {
                 $0.lastCallFailure = (.now, "\(error)")
                 $0.lastCallFailureByNode = byNode
+                $0.lastCallFailureNotWritable = notWritable
             }
         }
         switch error {

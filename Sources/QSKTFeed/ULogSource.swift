@@ -62,10 +62,21 @@ public struct KTULogSource: FeedSource {
         var reader: ULogReader?
         var last = position
         var order = KTTimestampOrder()
+        /// A resume's first file whose predecessor was removed, until its first record is read.
+        var resumedPastRemoved: UInt32?
         let logger = translator.logger, corrupt = translator.metrics.corruptFrames
         var caughtUpSaid: ContinuousClock.Instant?
         /// A record cut at the end of the newest file: where, since when, and whether it was logged.
         var cut: (offset: Int, since: ContinuousClock.Instant, logged: Bool)?
+        /// The record read and not yet applied because its file's header does not cover it
+        /// yet (KT rewrites the header, size and newest timestamp, after each flush): held
+        /// until it does. A record the header covers must be stamped at or before the
+        /// header's timestamp; one stamped after it is damaged and never applied (a timestamp
+        /// damaged upward by less than a day was applied before the next record showed the
+        /// disorder, moving the checkpoint past every later record).
+        var held: (record: ULogFile.Record, at: Int, end: Int)?
+        /// The header of the file being read, as last read.
+        var header: ULogFile.Header?
         if position == 0, let oldest = try files().first, oldest.number > 1 {
             throw FeedError.stop("ulog directory \(directory) starts at \(ULogFile.fileName(number: oldest.number)), not 0000000001.ulog: KT's first update-log files were removed, so it does not hold KT's whole history, and a ulog source cannot copy KT's records. Migrate from the server itself (--source kt://HOST:PORT copies KT's records first, --initial-copy auto), or restore the removed files")
         }
@@ -97,13 +108,48 @@ public struct KTULogSource: FeedSource {
                         // at its first flush; a full disk can leave it empty): waited for.
                     } else {
                         reader = try ULogReader(path: p.path, maxMessageBytes: maxMessageBytes)
+                        // A resume whose file's predecessor was removed: its first record
+                        // tells whether anything after the checkpoint may have gone with it.
+                        if current == nil, last > 0, p.number > 1, !all.contains(where: { $0.number == p.number - 1 }) {
+                            resumedPastRemoved = p.number
+                        }
                         current = p
                     }
                 }
             }
             if let r = reader, let c = current {
-                while let (at, record) = try r.next() {
-                    try order.check(record.timestamp, at: "ulog file \(r.path), the record at byte offset \(at)", corrupt: corrupt)
+                while true {
+                    let next: (record: ULogFile.Record, at: Int, end: Int)
+                    if let h = held {
+                        next = h
+                    } else {
+                        guard let (at, record) = try r.next() else { break }
+                        next = (record, at, r.offset)
+                    }
+                    let (record, at) = (next.record, next.at)
+                    if held == nil {
+                        try order.check(record.timestamp, at: "ulog file \(r.path), the record at byte offset \(at)", corrupt: corrupt)
+                    }
+                    held = nil
+                    if header.map({ UInt64(next.end) > $0.size }) ?? true { header = try ULogReader.header(of: r.path) }
+                    guard let h = header, UInt64(next.end) <= h.size else {
+                        held = next
+                        break
+                    }
+                    guard record.timestamp <= h.timestamp else {
+                        corrupt.increment()
+                        throw FeedError.stop("ulog file \(r.path), the record at byte offset \(at): its timestamp \(record.timestamp) is after the newest its file's header vouches for (\(h.timestamp)), which KT writes after the record, so the record is damaged. Every record before it was applied, none from it on: repair or remove the damaged record, then start the bridge again")
+                    }
+                    if let n = resumedPastRemoved {
+                        resumedPastRemoved = nil
+                        if record.timestamp > last {
+                            // Files before it were removed and it starts after the checkpoint:
+                            // whether they held records after it cannot be told (a trim right
+                            // at the checkpoint looks the same as a loss).
+                            logger.warning("resuming at a ulog file whose predecessor was removed and whose first record is after the bridge's checkpoint: if the removed files held records after the checkpoint, they are lost (remove only files the bridge has applied: KT's ulog_remove with ts at or below the checkpoint)",
+                                           metadata: ["file": "\(ULogFile.fileName(number: n))", "checkpoint": "\(last)", "first-record": "\(record.timestamp)"])
+                        }
+                    }
                     guard record.timestamp > last else { continue }
                     last = record.timestamp
                     if run.append(try translator.change(timestamp: record.timestamp, message: record.message)) {
@@ -118,7 +164,14 @@ public struct KTULogSource: FeedSource {
                         corrupt.increment()
                         throw FeedError.stop("ulog file \(r.path) ends inside a record at byte offset \(r.offset) although a newer file exists: the file is damaged")
                     }
+                    if let h = held {
+                        // Its header is final now, and does not cover it: KT itself drops
+                        // such bytes when it opens the file.
+                        corrupt.increment()
+                        throw FeedError.stop("ulog file \(r.path) has a record at byte offset \(h.at) past the \(header?.size ?? 0) bytes its header vouches for although a newer file exists: the file is damaged (KT drops such records when it opens the file)")
+                    }
                     reader = nil
+                    header = nil
                     cut = nil
                     continue
                 }
@@ -130,6 +183,8 @@ public struct KTULogSource: FeedSource {
                                    metadata: ["file": "\(r.path)", "offset": "\(r.offset)"])
                     reader = nil
                     current = nil
+                    header = nil
+                    held = nil
                     cut = nil
                     continue
                 }
@@ -139,6 +194,7 @@ public struct KTULogSource: FeedSource {
                     logger.notice("ulog file replaced by another one (renamed over it): reading on from the same byte offset",
                                   metadata: ["file": "\(r.path)", "offset": "\(r.offset)"])
                     reader = try ULogReader(path: r.path, maxMessageBytes: maxMessageBytes, at: r.offset)
+                    header = nil
                     continue
                 }
                 if let size = try? ULogReader.size(of: r.path), size < UInt64(r.offset + r.partialBytes) {
@@ -147,7 +203,7 @@ public struct KTULogSource: FeedSource {
                     corrupt.increment()
                     throw FeedError.stop("ulog file \(r.path) was truncated: it now holds \(size) bytes, and \(r.offset + r.partialBytes) were read from it. KT's update logs only grow: restore the file, or if KT's log was reset, migrate again from the server (--source kt://HOST:PORT)")
                 }
-                if r.partialBytes == 0 {
+                if r.partialBytes == 0 && held == nil {
                     cut = nil
                     // Caught up: KT has logged nothing newer than what was read (as its own
                     // heartbeats say over replication), so the lag is 0, not growing.
@@ -156,18 +212,23 @@ public struct KTULogSource: FeedSource {
                         caughtUpSaid = t
                         try await deliver(.heartbeat(sourceTimeNs: wallClockNanoseconds()))
                     }
-                } else if let was = cut, was.offset == r.offset {
+                } else if let was = cut, was.offset == held?.at ?? r.offset {
                     if !was.logged, ContinuousClock.now - was.since >= Self.stuckWarningAfter {
                         cut?.logged = true
-                        logger.warning("ulog's newest file has ended inside a record for 10 s (KT still writing a large record, or a damaged one: the bridge waits for it, and /readyz reports the lag)",
-                                       metadata: ["file": "\(r.path)", "offset": "\(r.offset)", "bytes-after": "\(r.partialBytes)"])
+                        logger.warning(held == nil
+                            ? "ulog's newest file has ended inside a record for 10 s (KT still writing a large record, or a damaged one: the bridge waits for it, and /readyz reports the lag)"
+                            : "ulog's newest record has not been covered by its file's header for 10 s (KT rewrites the header after each flush: a KT that stopped mid-flush, or a damaged header; the bridge waits, and /readyz reports the lag)",
+                            metadata: ["file": "\(r.path)", "offset": "\(held?.at ?? r.offset)", "bytes-after": "\(r.partialBytes)"])
                     }
                 } else {
-                    cut = (r.offset, .now, false)
+                    cut = (held?.at ?? r.offset, .now, false)
                 }
             }
             if once {
-                if let r = reader, r.partialBytes > 0 {
+                if let r = reader, let h = held {
+                    logger.warning("ulog's last record is past the size its file's header vouches for (KT had not rewritten the header yet?); stopping before it",
+                                   metadata: ["file": "\(r.path)", "offset": "\(h.at)"])
+                } else if let r = reader, r.partialBytes > 0 {
                     logger.warning("ulog ends inside a record (still being written?); stopping before it",
                                    metadata: ["file": "\(r.path)", "offset": "\(r.offset)"])
                 }

@@ -97,6 +97,24 @@ final class ULogDamageTests: XCTestCase {
         XCTAssertEqual(ccp, before)
     }
 
+    /// A timestamp damaged upward by a little (here the last record of a file, +1 µs: no
+    /// later record is out of order with it) is caught by its file's header, which KT writes
+    /// after the record with the newest timestamp it logged: never applied.
+    func testATimestampAfterItsFilesHeaderStopsBeforeTheRecord() async throws {
+        let dir = try copyULog("medium")
+        let file = dir.appendingPathComponent("0000000002.ulog")
+        let recs = try records(file)
+        var bytes = [UInt8](try Data(contentsOf: file))
+        let bumped = recs[recs.count - 1].ts + 1000
+        for i in 0..<8 { bytes[recs[recs.count - 1].offset + 1 + i] = UInt8(truncatingIfNeeded: bumped >> (56 - 8 * UInt64(i))) }
+        try Data(bytes).write(to: file)
+        let r = try bridge("ulog:\(dir.path)", id: "h")
+        XCTAssertEqual(r.status, 1, r.err)
+        XCTAssertTrue(r.err.contains("the record at byte offset \(recs[recs.count - 1].offset)") && r.err.contains("header vouches for"), r.err)
+        let cp = try await checkpoint("h")
+        XCTAssertEqual(cp, recs[recs.count - 2].ts)
+    }
+
     func testAFileMissingBetweenTwoOthersStopsAtItsGap() async throws {
         let dir = try copyULog("medium")
         try FileManager.default.removeItem(at: dir.appendingPathComponent("0000000003.ulog"))

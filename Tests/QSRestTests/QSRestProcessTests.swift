@@ -726,10 +726,13 @@ final class QSRestProcessTests: XCTestCase {
             try await Task.sleep(for: .milliseconds(200))
         }
         XCTAssertTrue(httpGet(port: admin, path: "/readyz")?.body.contains("takes no writes") ?? false)
+        // Promoted again: ready without a write first (behind a readiness-gated balancer
+        // none would come), then writes go through.
         let promote = try Harness.run("qsctl", ["--node", root.address, "promote", "--force"])
         XCTAssertEqual(promote.status, 0, String(decoding: promote.stderr, as: UTF8.self))
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { httpGet(port: admin, path: "/readyz")?.status == 200 },
+                      httpGet(port: admin, path: "/readyz")?.body ?? "no answer")
         XCTAssertEqual(try curl(["-u", "dns:dns-token", "--max-time", "20", "http://127.0.0.1:\(port)/rpc/set?key=dns%2Fc&value=1"]).status, 200)
-        XCTAssertEqual(httpGet(port: admin, path: "/readyz")?.status, 200)
         XCTAssertEqual(try rest.stop(), 0)
     }
 
