@@ -4,9 +4,15 @@ import QSFeed
 
 /// A recorded KT replication stream (`stream.bin`: the acceptance byte, then update and
 /// heartbeat frames), read through `KTCaptureReader`. Every complete frame is delivered;
-/// a file cut inside a frame, or a damaged frame (an update stamped out of order or far
-/// ahead: `KTTimestampOrder`), stops with an error naming the byte offset, and the damaged
-/// frame is never applied.
+/// a file cut inside a frame, or a damaged frame, stops with an error naming the byte
+/// offset, and the damaged frame is never applied.
+///
+/// An update is applied only once the frame after it vouches for its timestamp: the next
+/// update (stamped after it: `KTTimestampOrder`) or a heartbeat (KT stamps a heartbeat at or
+/// after the last update it sent). A timestamp damaged upward, by any amount, is so caught
+/// before it moves the checkpoint past the records after it. Only an update the recording
+/// ends on (`qsctl record --count`, a recorder stopped mid-burst, a cut or damaged frame
+/// after it) has nothing to vouch for it: it is applied with the day-ahead bound alone.
 public struct KTCaptureSource: FeedSource {
     public let path: String
     public let translator: KTTranslator
@@ -27,17 +33,27 @@ public struct KTCaptureSource: FeedSource {
             throw FeedError.stop("\(error)")
         }
         defer { reader.close() }
+        let corrupt = translator.metrics.corruptFrames
         // Updates go to the consumer in runs (one hop for many); the run is delivered
         // before a heartbeat, at the end, and before any error is thrown.
         var order = KTTimestampOrder()
+        /// The newest update read after the position, until the frame after it vouches for it.
+        var held: (timestamp: UInt64, message: [UInt8], offset: Int)?
         try await ChangeRun.reading(deliver) { run in
+            func applyHeld() throws -> Bool {
+                guard let h = held.take() else { return false }
+                return run.append(try translator.change(timestamp: h.timestamp, message: h.message))
+            }
             while true {
                 try Task.checkCancellation()
                 let next: (offset: Int, frame: ReplicationFrame)?
                 do {
                     next = try reader.next()
                 } catch let damage as CaptureDamage {
-                    if !damage.truncated { translator.metrics.corruptFrames.increment() }
+                    // The recording ends at the damage: the update before it is its last,
+                    // as at a clean end.
+                    if try applyHeld() { try await run.deliver(deliver) }
+                    if !damage.truncated { corrupt.increment() }
                     throw FeedError.stop("\(damage); every complete frame before it was applied")
                 }
                 // Consumed, so that a set's message reaches the translator unshared (its
@@ -47,14 +63,32 @@ public struct KTCaptureSource: FeedSource {
                 case .accepted: continue
                 case .refused: throw FeedError.stop("capture \(path) records a refused replication request (the server had no update log)")
                 case let .heartbeat(ts):
+                    if let h = held, h.timestamp > ts {
+                        corrupt.increment()
+                        throw FeedError.stop("capture \(path), the update at byte offset \(h.offset): its timestamp \(h.timestamp) is after the heartbeat that follows it at byte offset \(offset) (\(ts)), and KT stamps a heartbeat at or after the last update it sent, so one of the two is damaged. Every update before it was applied, none from it on: repair or remove the damaged frame, then start the bridge again")
+                    }
+                    _ = try applyHeld()
                     try await run.deliver(deliver)
                     try await deliver(.heartbeat(sourceTimeNs: KTTranslator.heartbeatWallTimeNs(ts)))
                 case let .update(ts, message):
-                    try order.check(ts, at: "capture \(path), the update at byte offset \(offset)", corrupt: translator.metrics.corruptFrames)
+                    do {
+                        try order.checkNotAhead(ts, at: "capture \(path), the update at byte offset \(offset)", corrupt: corrupt)
+                    } catch {
+                        // Damaged alone: the update before it ends the run, as at a cut.
+                        if try applyHeld() { try await run.deliver(deliver) }
+                        throw error
+                    }
+                    try order.checkAfterPrevious(ts, at: "capture \(path), the update at byte offset \(offset)" + (held.map { " (or the one before it, at byte offset \($0.offset))" } ?? ""), corrupt: corrupt,
+                                                 applied: held.map { "Every update before the one at byte offset \($0.offset) was applied, none from it on" }
+                                                     ?? "Every update before it was applied, none from it on")
+                    // The update before it is vouched for: stamped before this one.
+                    if try applyHeld() { try await run.deliver(deliver) }
                     guard ts > position else { continue }
-                    if run.append(try translator.change(timestamp: ts, message: message)) { try await run.deliver(deliver) }
+                    held = (ts, message, offset)
                 }
             }
+            // The recording's last update: nothing after it to vouch for it.
+            if try applyHeld() { try await run.deliver(deliver) }
         }
     }
 }

@@ -18,13 +18,32 @@ struct KTTimestampOrder {
     /// Checks the next record's timestamp; `place` names where it is (file, byte offset).
     mutating func check(_ ts: UInt64, at place: @autoclosure () -> String, corrupt: Counter,
                         now: UInt64 = wallClockNanoseconds()) throws {
-        if let previous, ts <= previous {
-            corrupt.increment()
-            throw FeedError.stop("\(place()): its timestamp \(ts) is not after the record before it (\(previous)); KT stamps its records in increasing order, so one of them is damaged. Every record before it was applied, none from it on: repair or remove the damaged record, then start the bridge again")
-        }
+        try checkNotAhead(ts, at: place(), corrupt: corrupt, now: now)
+        try checkAfterPrevious(ts, at: place(), corrupt: corrupt)
+    }
+
+    /// Takes `ts` as the record before the next one again (records read after it were dropped
+    /// unapplied, and are read anew).
+    mutating func rewind(to ts: UInt64?) {
+        previous = ts
+    }
+
+    /// A record stamped more than a day ahead of this machine's clock is damaged (it alone).
+    func checkNotAhead(_ ts: UInt64, at place: @autoclosure () -> String, corrupt: Counter,
+                       now: UInt64 = wallClockNanoseconds()) throws {
         if ts > now &+ Self.maxAheadNs {
             corrupt.increment()
             throw FeedError.stop("\(place()): its timestamp \(ts) is \((ts - now) / 3_600_000_000_000) hours ahead of this machine's clock, so the record is damaged (or KT's clock is that far ahead: set it right). Every record before it was applied, none from it on")
+        }
+    }
+
+    /// A record not stamped after the one before it: one of the two is damaged. `applied`
+    /// says what was applied of them (by default, the record before it).
+    mutating func checkAfterPrevious(_ ts: UInt64, at place: @autoclosure () -> String, corrupt: Counter,
+                                     applied: @autoclosure () -> String = "Every record before it was applied, none from it on") throws {
+        if let previous, ts <= previous {
+            corrupt.increment()
+            throw FeedError.stop("\(place()): its timestamp \(ts) is not after the record before it (\(previous)); KT stamps its records in increasing order, so one of them is damaged. \(applied()): repair or remove the damaged record, then start the bridge again")
         }
         previous = ts
     }

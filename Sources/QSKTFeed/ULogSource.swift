@@ -77,6 +77,11 @@ public struct KTULogSource: FeedSource {
         var held: (record: ULogFile.Record, at: Int, end: Int)?
         /// The header of the file being read, as last read.
         var header: ULogFile.Header?
+        /// The timestamp of the last record its header covered (applied, or skipped as at or
+        /// before the position).
+        var passed: UInt64?
+        /// The timestamp of the first record of the file being read, once read.
+        var firstStamp: UInt64?
         if position == 0, let oldest = try files().first, oldest.number > 1 {
             throw FeedError.stop("ulog directory \(directory) starts at \(ULogFile.fileName(number: oldest.number)), not 0000000001.ulog: KT's first update-log files were removed, so it does not hold KT's whole history, and a ulog source cannot copy KT's records. Migrate from the server itself (--source kt://HOST:PORT copies KT's records first, --initial-copy auto), or restore the removed files")
         }
@@ -108,6 +113,7 @@ public struct KTULogSource: FeedSource {
                         // at its first flush; a full disk can leave it empty): waited for.
                     } else {
                         reader = try ULogReader(path: p.path, maxMessageBytes: maxMessageBytes)
+                        firstStamp = nil
                         // A resume whose file's predecessor was removed: its first record
                         // tells whether anything after the checkpoint may have gone with it.
                         if current == nil, last > 0, p.number > 1, !all.contains(where: { $0.number == p.number - 1 }) {
@@ -124,6 +130,7 @@ public struct KTULogSource: FeedSource {
                         next = h
                     } else {
                         guard let (at, record) = try r.next() else { break }
+                        if at == ULogFile.headerSize { firstStamp = record.timestamp }
                         next = (record, at, r.offset)
                     }
                     let (record, at) = (next.record, next.at)
@@ -140,6 +147,7 @@ public struct KTULogSource: FeedSource {
                         corrupt.increment()
                         throw FeedError.stop("ulog file \(r.path), the record at byte offset \(at): its timestamp \(record.timestamp) is after the newest its file's header vouches for (\(h.timestamp)), which KT writes after the record, so the record is damaged. Every record before it was applied, none from it on: repair or remove the damaged record, then start the bridge again")
                     }
+                    passed = record.timestamp
                     if let n = resumedPastRemoved {
                         resumedPastRemoved = nil
                         if record.timestamp > last {
@@ -175,11 +183,32 @@ public struct KTULogSource: FeedSource {
                     cut = nil
                     continue
                 }
+                // The file being read gone from under its name: removed with nothing numbered
+                // after it, or replaced by a rename with another file (another first record).
+                // Either is KT restarted on an emptied directory (numbering from 1 again):
+                // followed by timestamps from here. A copy of the same file renamed over it
+                // (rsync, cp then mv: the same first record) is read on from the same place.
+                var gone: String?
                 let now = FileIdentity(path: r.path)
                 if now == nil && !once {
-                    // Removed with nothing numbered after it: KT restarted on an emptied
-                    // directory (numbering from 1 again). Followed by timestamps from here.
-                    logger.warning("ulog file being read was removed and no file is numbered after it (KT restarted on an emptied update-log directory?): following the files there now by their timestamps; records KT logged into the removed file after the bridge read it are lost",
+                    gone = "was removed and no file is numbered after it"
+                } else if let now, let opened = r.identity, now != opened {
+                    switch ULogReader.firstRecordStamp(of: r.path, maxMessageBytes: maxMessageBytes) {
+                    case nil:
+                        // Not a whole first record yet (a new file KT has not flushed to): waited for.
+                        break
+                    case let first? where firstStamp == nil || first == firstStamp:
+                        logger.notice("ulog file replaced by a copy of it (renamed over it): reading on from the same byte offset",
+                                      metadata: ["file": "\(r.path)", "offset": "\(r.offset)"])
+                        reader = try ULogReader(path: r.path, maxMessageBytes: maxMessageBytes, at: r.offset)
+                        header = nil
+                        continue
+                    case let first?:
+                        gone = "was replaced by another file, whose first record (\(first)) is not the one read (\(firstStamp ?? 0)),"
+                    }
+                }
+                if let gone {
+                    logger.warning("ulog file being read \(gone) (KT restarted on an emptied update-log directory?): following the files there now by their timestamps; records KT logged into the old file after the bridge read it are lost",
                                    metadata: ["file": "\(r.path)", "offset": "\(r.offset)"])
                     reader = nil
                     current = nil
@@ -188,16 +217,21 @@ public struct KTULogSource: FeedSource {
                     cut = nil
                     continue
                 }
-                if let now, let opened = r.identity, now != opened {
-                    // Replaced by a rename (rsync, cp then mv): the new file is read on from
-                    // the same place; a different file fails its next record's checks.
-                    logger.notice("ulog file replaced by another one (renamed over it): reading on from the same byte offset",
-                                  metadata: ["file": "\(r.path)", "offset": "\(r.offset)"])
-                    reader = try ULogReader(path: r.path, maxMessageBytes: maxMessageBytes, at: r.offset)
-                    header = nil
-                    continue
-                }
                 if let size = try? ULogReader.size(of: r.path), size < UInt64(r.offset + r.partialBytes) {
+                    let applied = held?.at ?? r.offset
+                    if size >= UInt64(applied) {
+                        // Only bytes no header covered are gone, none applied: KT drops them
+                        // when it opens the file (restarted after a crash between a record's
+                        // write and its header's). Read on from the last applied record's end.
+                        logger.notice("ulog file shrank to what its header covers (KT restarted after a crash drops the bytes past it): nothing applied was lost, reading on from the end of the last applied record",
+                                      metadata: ["file": "\(r.path)", "size": "\(size)", "offset": "\(applied)"])
+                        reader = try ULogReader(path: r.path, maxMessageBytes: maxMessageBytes, at: applied)
+                        order.rewind(to: passed)
+                        header = nil
+                        held = nil
+                        cut = nil
+                        continue
+                    }
                     // KT's update logs only grow: a shorter file was cut (a wrong rotation
                     // tool, a restore): what it held past its end is gone from it.
                     corrupt.increment()
@@ -261,6 +295,14 @@ struct ULogReader {
     static func size(of path: String) throws -> UInt64 {
         let attributes = try FileManager.default.attributesOfItem(atPath: path)
         return (attributes[.size] as? NSNumber)?.uint64Value ?? 0
+    }
+
+    /// The timestamp of the file's first record; nil while the file holds no whole header
+    /// and first record (or cannot be read).
+    static func firstRecordStamp(of path: String, maxMessageBytes: Int) -> UInt64? {
+        guard let r = try? ULogReader(path: path, maxMessageBytes: maxMessageBytes) else { return nil }
+        defer { r.file.close() }
+        return (try? r.next())??.record.timestamp
     }
 
     /// Opens `path` at `offset` (a record's start; the first one's by default).

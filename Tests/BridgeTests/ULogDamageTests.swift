@@ -48,6 +48,12 @@ final class ULogDamageTests: XCTestCase {
         return (r.status, String(decoding: r.stderr, as: UTF8.self))
     }
 
+    /// A bridge following a ulog directory (no --once), its batches 50 ms apart.
+    func following(_ dir: URL, id: String) throws -> DaemonProcess {
+        try DaemonProcess("qsktbridge", ["--root", node.address, "--source", "ulog:\(dir.path)", "--db-map", "0=main/,1=aux/", "--allow-clear",
+                                         "--source-id", id, "--batch-interval", "50ms", "--log-format", "text"], logDir: tmp)
+    }
+
     func checkpoint(_ id: String) async throws -> UInt64? {
         let c = try await QSClient.connect(host: "127.0.0.1", port: node.port)
         defer { Task { await c.close() } }
@@ -115,6 +121,67 @@ final class ULogDamageTests: XCTestCase {
         XCTAssertEqual(cp, recs[recs.count - 2].ts)
     }
 
+    /// The frames of a capture: kind (0xB1 update, 0xB0 heartbeat), byte offset, timestamp.
+    func frames(_ stream: [UInt8]) -> [(magic: UInt8, offset: Int, ts: UInt64)] {
+        var out = [(magic: UInt8, offset: Int, ts: UInt64)](), pos = 1
+        while pos + 9 <= stream.count {
+            var ts: UInt64 = 0
+            for i in 1...8 { ts = ts << 8 | UInt64(stream[pos + i]) }
+            out.append((stream[pos], pos, ts))
+            if stream[pos] == 0xB0 { pos += 9; continue }
+            var size = 0
+            for i in 9...12 { size = size << 8 | Int(stream[pos + i]) }
+            pos += 13 + size
+        }
+        return out
+    }
+
+    func stamp(_ bytes: inout [UInt8], at offset: Int, _ ts: UInt64) {
+        for i in 0..<8 { bytes[offset + 1 + i] = UInt8(truncatingIfNeeded: ts >> (56 - 8 * UInt64(i))) }
+    }
+
+    /// A capture update damaged upward by a little (no day-ahead bound catches it) is held
+    /// until the frame after it vouches for it: the next update, stamped before it, or the
+    /// heartbeat after it, stamped before it, stops the bridge before the damaged update.
+    func testACaptureUpdateDamagedUpwardALittleStopsBeforeIt() async throws {
+        let stream = [UInt8](try Data(contentsOf: try KTFixture("medium").stream))
+        let all = frames(stream)
+        // An update followed by another: bumped past the next one's timestamp.
+        let u = try XCTUnwrap(all.indices.first { $0 > 400 && all[$0].magic == 0xB1 && all[$0 + 1].magic == 0xB1 && all[$0 - 1].magic == 0xB1 })
+        var bumped = stream
+        stamp(&bumped, at: all[u].offset, all[u + 1].ts + 1000)
+        let first = tmp.appendingPathComponent("bumped.bin")
+        try Data(bumped).write(to: first)
+        let r = try bridge("capture:\(first.path)", id: "b1")
+        XCTAssertEqual(r.status, 1, r.err)
+        XCTAssertTrue(r.err.contains("the update at byte offset \(all[u + 1].offset) (or the one before it, at byte offset \(all[u].offset))")
+                      && r.err.contains("Every update before the one at byte offset \(all[u].offset) was applied"), r.err)
+        let cp = try await checkpoint("b1")
+        XCTAssertEqual(cp, all[u - 1].ts, "the damaged update never applied")
+
+        // An update followed by a heartbeat (not the recording's last; the basic fixture has
+        // one such): bumped past the heartbeat.
+        let basic = [UInt8](try Data(contentsOf: try KTFixture("basic").stream))
+        let hb = frames(basic)
+        let h = try XCTUnwrap(hb.indices.first { $0 > 0 && hb[$0].magic == 0xB1 && hb[$0 - 1].magic == 0xB1 && hb[$0 + 1].magic == 0xB0
+            && hb[($0 + 1)...].contains { $0.magic == 0xB1 } })
+        bumped = basic
+        stamp(&bumped, at: hb[h].offset, hb[h + 1].ts + 1000)
+        let second = tmp.appendingPathComponent("bumped2.bin")
+        try Data(bumped).write(to: second)
+        let r2 = try bridge("capture:\(second.path)", id: "b2")
+        XCTAssertEqual(r2.status, 1, r2.err)
+        XCTAssertTrue(r2.err.contains("the update at byte offset \(hb[h].offset)") && r2.err.contains("after the heartbeat that follows it"), r2.err)
+        let cp2 = try await checkpoint("b2")
+        XCTAssertEqual(cp2, hb[h - 1].ts, "the damaged update never applied")
+
+        // Undamaged, the whole recording is applied, its last update too.
+        let r3 = try bridge("capture:\(try KTFixture("medium").stream.path)", id: "b3")
+        XCTAssertEqual(r3.status, 0, r3.err)
+        let cp3 = try await checkpoint("b3")
+        XCTAssertEqual(cp3, all.last { $0.magic == 0xB1 }?.ts)
+    }
+
     func testAFileMissingBetweenTwoOthersStopsAtItsGap() async throws {
         let dir = try copyULog("medium")
         try FileManager.default.removeItem(at: dir.appendingPathComponent("0000000003.ulog"))
@@ -155,8 +222,7 @@ final class ULogDamageTests: XCTestCase {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let file = dir.appendingPathComponent("0000000001.ulog")
         try Data(whole.prefix(half)).write(to: file)
-        let bridge = try DaemonProcess("qsktbridge", ["--root", node.address, "--source", "ulog:\(dir.path)", "--db-map", "0=,1=aux/",
-                                                      "--source-id", "r", "--batch-interval", "50ms", "--log-format", "text"], logDir: tmp)
+        let bridge = try following(dir, id: "r")
         let c = try await QSClient.connect(host: "127.0.0.1", port: node.port)
         let first = await Harness.eventually(timeout: .seconds(30)) { (try? await c.checkpoint(sourceID: "r")) == recs[recs.count / 2 - 1].ts }
         XCTAssertTrue(first, bridge.log)
@@ -165,7 +231,75 @@ final class ULogDamageTests: XCTestCase {
         XCTAssertEqual(rename(staged.path, file.path), 0)
         let all = await Harness.eventually(timeout: .seconds(30)) { (try? await c.checkpoint(sourceID: "r")) == recs.last?.ts }
         XCTAssertTrue(all, bridge.log)
-        XCTAssertTrue(bridge.log.contains("replaced by another one"), bridge.log)
+        XCTAssertTrue(bridge.log.contains("replaced by a copy of it"), bridge.log)
+        XCTAssertEqual(try bridge.stop(), 0)
+        await c.close()
+    }
+
+    /// The file being read replaced under its name by a file that starts with another record
+    /// (KT restarted on an emptied directory and created 0000000001.ulog again before the
+    /// bridge looked): followed by timestamps, not read on from the old file's offset (which
+    /// fell inside the new file's records).
+    func testAFileReplacedByAnotherUnderItsNameIsFollowedByTimestamps() async throws {
+        let fixture = try KTFixture("medium").ulog
+        let one = [UInt8](try Data(contentsOf: fixture.appendingPathComponent("0000000001.ulog")))
+        let recs = try records(fixture.appendingPathComponent("0000000001.ulog"))
+        let half = recs[recs.count / 2].offset
+        let dir = tmp.appendingPathComponent("restarted")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let file = dir.appendingPathComponent("0000000001.ulog")
+        try Data(one.prefix(half)).write(to: file)
+        let bridge = try following(dir, id: "n")
+        let c = try await QSClient.connect(host: "127.0.0.1", port: node.port)
+        let first = await Harness.eventually(timeout: .seconds(30)) { (try? await c.checkpoint(sourceID: "n")) == recs[recs.count / 2 - 1].ts }
+        XCTAssertTrue(first, bridge.log)
+        // Another file (later records, KT's second file) renamed over the one being read.
+        let staged = dir.appendingPathComponent(".new.tmp")
+        try FileManager.default.copyItem(at: fixture.appendingPathComponent("0000000002.ulog"), to: staged)
+        XCTAssertEqual(rename(staged.path, file.path), 0)
+        let newLast = try records(file).last?.ts
+        let all = await Harness.eventually(timeout: .seconds(30)) { (try? await c.checkpoint(sourceID: "n")) == newLast }
+        XCTAssertTrue(all, bridge.log)
+        XCTAssertTrue(bridge.log.contains("was replaced by another file, whose first record"), bridge.log)
+        XCTAssertTrue(bridge.isRunning, bridge.log)
+        XCTAssertEqual(try bridge.stop(), 0)
+        await c.close()
+    }
+
+    /// KT restarted after a crash between a record's write and its header's drops the bytes
+    /// past the header (`ulog` open): the bridge never applied them (a record is applied once
+    /// the header covers it), so it reads on from the last applied record, no stop.
+    func testBytesPastTheHeaderDroppedByKTAreReadOnNotTakenForATruncation() async throws {
+        let fixture = try KTFixture("basic").ulog.appendingPathComponent("0000000001.ulog")
+        let whole = [UInt8](try Data(contentsOf: fixture))
+        let recs = try records(fixture)
+        let k = recs.count / 2
+        let dir = tmp.appendingPathComponent("crashed")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let file = dir.appendingPathComponent("0000000001.ulog")
+        // Records up to k+2 written, the header rewritten last after record k-1.
+        func header(size: Int, ts: UInt64) -> [UInt8] {
+            [0xA0] + (0..<8).map { UInt8(truncatingIfNeeded: UInt64(size) >> (56 - 8 * UInt64($0))) }
+                   + (0..<8).map { UInt8(truncatingIfNeeded: ts >> (56 - 8 * UInt64($0))) }
+        }
+        try Data(header(size: recs[k].offset, ts: recs[k - 1].ts) + whole[17..<recs[k + 3].offset]).write(to: file)
+        let bridge = try following(dir, id: "k")
+        let c = try await QSClient.connect(host: "127.0.0.1", port: node.port)
+        // The run holding k-1 is delivered once record k has been read and held.
+        let first = await Harness.eventually(timeout: .seconds(30)) { (try? await c.checkpoint(sourceID: "k")) == recs[k - 1].ts }
+        XCTAssertTrue(first, bridge.log)
+        // KT restarts: drops what its header does not cover, then logs on.
+        XCTAssertEqual(truncate(file.path, off_t(recs[k].offset)), 0)
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { bridge.log.contains("shrank to what its header covers") }, bridge.log)
+        let h = try FileHandle(forWritingTo: file)
+        try h.seekToEnd()
+        try h.write(contentsOf: Data(whole[recs[k].offset...]))
+        try h.seek(toOffset: 0)
+        try h.write(contentsOf: Data(header(size: whole.count, ts: recs[recs.count - 1].ts)))
+        try h.close()
+        let all = await Harness.eventually(timeout: .seconds(30)) { (try? await c.checkpoint(sourceID: "k")) == recs.last?.ts }
+        XCTAssertTrue(all, bridge.log)
+        XCTAssertTrue(bridge.isRunning, bridge.log)
         XCTAssertEqual(try bridge.stop(), 0)
         await c.close()
     }
@@ -174,8 +308,7 @@ final class ULogDamageTests: XCTestCase {
     /// its sizes, instead of waiting and then failing on whatever is written there next.
     func testAFileTruncatedUnderTheBridgeStopsIt() async throws {
         let dir = try copyULog("basic")
-        let bridge = try DaemonProcess("qsktbridge", ["--root", node.address, "--source", "ulog:\(dir.path)", "--db-map", "0=main/,1=aux/",
-                                                      "--source-id", "t", "--batch-interval", "50ms", "--log-format", "text"], logDir: tmp)
+        let bridge = try following(dir, id: "t")
         let c = try await QSClient.connect(host: "127.0.0.1", port: node.port)
         let last = try ULogLast.timestamp(dir)
         let caughtUp = await Harness.eventually(timeout: .seconds(30)) { (try? await c.checkpoint(sourceID: "t")) == last }
