@@ -219,10 +219,20 @@ public final class QSClient: Sendable {
     }
 
     /// The answer to a request `start` sent (error responses are returned, not thrown).
+    /// A cancelled task stops waiting at once (`CancellationError`): a node that does not
+    /// answer held a shutting-down bridge for the whole request timeout. The request's
+    /// outcome is then unknown; its answer, if one comes, is read and dropped.
     public static func response(_ pending: EventLoopFuture<Frame>) async throws -> Response {
         let frame: Frame
         do {
-            frame = try await pending.get()
+            let waited = pending.eventLoop.makePromise(of: Frame.self)
+            pending.cascade(to: waited)
+            // A promise completed twice keeps its first result: the answer or the cancellation.
+            frame = try await withTaskCancellationHandler {
+                try await waited.futureResult.get()
+            } onCancel: {
+                waited.fail(CancellationError())
+            }
         } catch is NIOExtrasErrors.ClosedBeforeReceivingResponse {
             throw ClientError.connectionClosed
         } catch let error as ChannelError {

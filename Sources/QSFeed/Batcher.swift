@@ -175,12 +175,14 @@ actor Batcher {
             }
         case let .change(change):
             try await add(change)
+            notePending()
         case let .changes(list):
             // Counted once for the run, not at every change.
             metrics.changesRead.increment(by: list.count)
             for change in list {
                 if try buffer(change) { try await sendWhileFull() }
             }
+            notePending()
         }
     }
 
@@ -206,8 +208,9 @@ actor Batcher {
         pendingBytes += change.payloadBytes
         lastRead = change.position
         pending.append(consume change)
-        // The pending count is told when it leaves 0 (the wait for the root starts) and at
-        // every batch sent or answered, not at every change.
+        // The pending count is told when it leaves 0 (the wait for the root starts), after
+        // each delivery from the source (a run of changes) and at every batch sent or
+        // answered, not at every change.
         if pending.count == 1 { notePending() }
         return full
     }

@@ -702,6 +702,8 @@ public actor RootWriter {
     public func writes(sourceID: String, expected: UInt64, new: UInt64, writes: [ConditionalWrite],
                        sending: NIOLockedValueBox<SendState>? = nil) async throws -> Response {
         let request = Request.writes(.init(token: token, sourceID: sourceID, expected: expected, new: new, writes: writes))
+        // Whether a try went out and got no answer: it may have been applied.
+        let unanswered = NIOLockedValueBox(false)
         let r = try await perform("writes", refusedAtOnce: true) { client in
             if let sending {
                 let go = sending.withLockedValue { state -> Bool in
@@ -711,10 +713,23 @@ public actor RootWriter {
                 }
                 guard go else { throw CancellationError() }
             }
-            let r = try await client.send(request, timeout: Self.callTimeout)
+            let r: Response
+            do {
+                r = try await client.send(request, timeout: Self.callTimeout)
+            } catch {
+                unanswered.withLockedValue { $0 = true }
+                throw error
+            }
             switch r {
             case .written, .conflict: return r
             case let .error(code, message):
+                // A node that takes no writes refuses before it does anything: if every try
+                // so far was answered so, nothing is applied (after a cut-over to a node
+                // listed in --root that is now a replica, a caller giving up said "outcome
+                // unknown").
+                if let sending, ErrorCode(rawValue: code) == .notWritable, !unanswered.withLockedValue({ $0 }) {
+                    sending.withLockedValue { if $0 == .sent { $0 = .notSent } }
+                }
                 throw ClientError.server(code: code, message: message)
             default: throw ClientError.unexpected("\(r)")
             }

@@ -12,18 +12,20 @@ import NIOHTTP1
 /// body whose `Content-Length` is over the limit, answered by `tooLarge` at once: nothing
 /// is held for a request that will be refused (qsrest: no credential, no buffered body).
 ///
-/// `pending`: the budget the listener's connections hold their arriving bodies against,
-/// together (each body's bytes from their arrival until `answer` returns): a body that
-/// would pass it is answered by `overBudget` at once, the rest of it dropped, and the
-/// connection closes. Without it, N connections each sending an allowed body held N ×
-/// `maxBodyBytes` (qsrest, 60 producers' connections and 30 MB bodies: 1.75 GB).
+/// `pending`: the budget a request's body is held against, asked of each request after
+/// `refuse` has seen its head (the listener's connections together, or a producer's share
+/// of that: `PendingBytes.parent`), from the body's arrival until `answer` returns: a body
+/// that would pass it is answered by `overBudget` (told which budget refused) at once, the
+/// rest of it dropped, and the connection closes. Without it, N connections each sending
+/// an allowed body held N × `maxBodyBytes` (qsrest, 60 producers' connections and 30 MB
+/// bodies: 1.75 GB).
 public enum HTTPRequests {
     public static func serve(
         _ inbound: NIOAsyncChannelInboundStream<HTTPServerRequestPart>, maxBodyBytes: Int, drain: RequestDrain?,
-        pending: PendingBytes? = nil,
+        pending: (HTTPRequestHead) -> PendingBytes? = { _ in nil },
         refuse: (HTTPRequestHead) async throws -> Bool = { _ in false },
         tooLarge: (HTTPRequestHead) async throws -> Void,
-        overBudget: (HTTPRequestHead) async throws -> Void = { _ in },
+        overBudget: (HTTPRequestHead, PendingBytes) async throws -> Void = { _, _ in },
         answer: (HTTPRequestHead, [UInt8]) async throws -> Bool
     ) async throws {
         var head: HTTPRequestHead?
@@ -31,9 +33,10 @@ public enum HTTPRequests {
         var over = false
         /// This request was answered from its head; its body is dropped.
         var answered = false
-        /// Bytes of `body` held against `pending`.
+        /// The budget of the request being read, and the bytes of `body` held against it.
+        var budget: PendingBytes?
         var reserved = 0
-        defer { pending?.release(reserved) }
+        defer { budget?.release(reserved) }
         for try await part in inbound {
             switch part {
             case let .head(h):
@@ -42,25 +45,28 @@ public enum HTTPRequests {
                 body.clearReleasingLargeStorage()
                 over = false
                 answered = false
+                budget = nil
                 if try await refuse(h) {
                     answered = true
                 } else if let declared = h.headers.first(name: "content-length").flatMap(Int.init), declared > maxBodyBytes {
                     try await tooLarge(h)
                     answered = true
+                } else {
+                    budget = pending(h)
                 }
             case var .body(chunk):
                 if answered { continue }
                 if body.readableBytes + chunk.readableBytes > maxBodyBytes {
                     over = true
                 } else if !over {
-                    if let pending {
-                        guard pending.reserve(chunk.readableBytes) else {
+                    if let b = budget {
+                        if let refusedBy = b.take(chunk.readableBytes) {
                             // Answered now, not once the rest has come: the connection closes.
-                            pending.release(reserved)
+                            b.release(reserved)
                             reserved = 0
                             body.clearReleasingLargeStorage()
                             answered = true
-                            if let h = head { try await overBudget(h) }
+                            if let h = head { try await overBudget(h, refusedBy) }
                             continue
                         }
                         reserved += chunk.readableBytes
@@ -83,7 +89,7 @@ public enum HTTPRequests {
                 body.clearReleasingLargeStorage()
                 let keepAlive = try await answer(h, bytes)
                 // Parsed and queued (the queue holds its writes against its own budget).
-                pending?.release(reserved)
+                budget?.release(reserved)
                 reserved = 0
                 drain?.end()
                 if !keepAlive { return }

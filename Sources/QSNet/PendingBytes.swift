@@ -7,25 +7,43 @@ import NIOCore
 /// answered or its connection closes. Each connection's own cap (a body limit) bounds one
 /// request; this bounds them all together, so a crowd of clients each sending an allowed
 /// body at once cannot hold more than `limit` between them.
+///
+/// A budget with a `parent` is a share of it (one producer's part of what all connections
+/// may hold): bytes are taken from both or from neither, and given back to both.
 public final class PendingBytes: Sendable {
     public let limit: Int
     private let used = NIOLockedValueBox(0)
     /// The bytes held, as they change.
     private let gauge: Gauge?
+    /// The budget this one is a share of.
+    public let parent: PendingBytes?
 
-    public init(limit: Int, gauge: Gauge? = nil) {
+    public init(limit: Int, gauge: Gauge? = nil, parent: PendingBytes? = nil) {
         self.limit = limit
         self.gauge = gauge
+        self.parent = parent
     }
 
     /// Takes `n` bytes of the budget; false (nothing taken) when that would pass the limit.
     public func reserve(_ n: Int) -> Bool {
-        reserve(n, alone: false)
+        take(n) == nil
     }
 
     /// As `reserve`, and `n` is taken whatever its size while nothing else is held.
     public func reserveAlone(_ n: Int) -> Bool {
         reserve(n, alone: true)
+    }
+
+    /// Takes `n` bytes of this budget and its parent's; nil when taken, or else the budget
+    /// that refused them (the parent first, when both would: the whole is what is full),
+    /// nothing taken from either.
+    public func take(_ n: Int) -> PendingBytes? {
+        if let parent, let refused = parent.take(n) { return refused }
+        guard reserve(n, alone: false) else {
+            parent?.release(n)
+            return self
+        }
+        return nil
     }
 
     private func reserve(_ n: Int, alone: Bool) -> Bool {
@@ -45,10 +63,16 @@ public final class PendingBytes: Sendable {
             used += n
             gauge?.record(used)
         }
+        parent?.force(n)
     }
 
     public func release(_ n: Int) {
         guard n > 0 else { return }
+        releaseOwn(n)
+        parent?.release(n)
+    }
+
+    private func releaseOwn(_ n: Int) {
         used.withLockedValue { used in
             assert(used >= n, "released more bytes than were held")
             used = max(0, used - n)

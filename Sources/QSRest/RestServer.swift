@@ -29,11 +29,23 @@ public struct RestServer: ListeningService {
         /// The bytes of request bodies arriving on all connections together
         /// (`--max-arriving-bytes`): a body that would pass it is answered 503 at once.
         public var maxArrivingBytes: Int
+        /// Each producer's share of it (`--max-arriving-bytes-per-producer`).
+        public var maxArrivingBytesPerProducer: Int
 
-        public init(maxBodyBytes: Int = 32 << 20, maxQuotaDelay: Duration = .seconds(2), maxArrivingBytes: Int = 256 << 20) {
+        /// `maxArrivingBytesPerProducer` nil: `defaultShare`.
+        public init(maxBodyBytes: Int = 32 << 20, maxQuotaDelay: Duration = .seconds(2), maxArrivingBytes: Int = 256 << 20,
+                    maxArrivingBytesPerProducer: Int? = nil) {
             self.maxBodyBytes = maxBodyBytes
             self.maxQuotaDelay = maxQuotaDelay
             self.maxArrivingBytes = maxArrivingBytes
+            self.maxArrivingBytesPerProducer = maxArrivingBytesPerProducer
+                ?? Self.defaultShare(maxArrivingBytes: maxArrivingBytes, maxBodyBytes: maxBodyBytes)
+        }
+
+        /// A producer's share by default: half of what all connections may hold, and at
+        /// least one body of `--max-body` (never more than the whole).
+        public static func defaultShare(maxArrivingBytes: Int, maxBodyBytes: Int) -> Int {
+            min(maxArrivingBytes, max(maxArrivingBytes / 2, maxBodyBytes))
         }
     }
 
@@ -48,7 +60,8 @@ public struct RestServer: ListeningService {
         listener = Listener(name: "rest", endpoints: endpoints, drain: .requests, limits: limits, group: group, logger: logger)
         handler = RequestHandler(access: access, queue: queue, writes: writes, metrics: metrics, logger: logger,
                                  configuration: configuration,
-                                 arriving: PendingBytes(limit: configuration.maxArrivingBytes, gauge: metrics.arrivingBytes))
+                                 arriving: ArrivingBytes(limit: configuration.maxArrivingBytes, perProducer: configuration.maxArrivingBytesPerProducer,
+                                                         gauge: metrics.arrivingBytes))
     }
 
     /// What a connection's first byte said it speaks.
@@ -206,8 +219,9 @@ struct RequestHandler: Sendable {
     let arrivingLog = RateLimitedLog()
     /// The bytes of request bodies arriving on all connections together, against
     /// `configuration.maxArrivingBytes`: each connection's cap (`--max-body`) bounds one body,
-    /// this bounds them all (60 connections sending 30 MB bodies held 1.75 GB).
-    let arriving: PendingBytes
+    /// this bounds them all (60 connections sending 30 MB bodies held 1.75 GB); each
+    /// producer's against its share of it, so one producer's slow uploads cannot hold it all.
+    let arriving: ArrivingBytes
 
     typealias Connection = NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>
 
@@ -268,7 +282,10 @@ struct RequestHandler: Sendable {
                         queued.yield(Pending(reply: Task { await make() }, head: head, keepAlive: keepAlive, bytes: bytes, inFlight: inFlight))
                     }
                     do {
-                        try await HTTPRequests.serve(inbound, maxBodyBytes: configuration.maxBodyBytes, drain: drain, pending: arriving) { h in
+                        // The producer of the request being read (`refuse` sees its head first):
+                        // its body is held against the producer's share of `arriving`.
+                        var share: PendingBytes?, producerName = ""
+                        try await HTTPRequests.serve(inbound, maxBodyBytes: configuration.maxBodyBytes, drain: drain, pending: { _ in share }) { h in
                             // A HEAD request with a body is refused, written nowhere, as KT refuses it.
                             if h.method == .HEAD, let n = h.headers.first(name: "content-length").flatMap(Int.init), n > 0 {
                                 metrics.badRequests.increment()
@@ -278,20 +295,29 @@ struct RequestHandler: Sendable {
                             }
                             // No producer, no body: a request without a valid credential is answered
                             // from its head, and its body is dropped as it arrives, never held.
-                            guard case let .failure(refusal) = authenticate(h, peer: peer) else { return false }
-                            await enqueue(h, keepAlive: false) { refusal.reply }
-                            return true
+                            switch authenticate(h, peer: peer) {
+                            case let .success(producer):
+                                share = arriving.share(of: producer.name)
+                                producerName = producer.name
+                                return false
+                            case let .failure(refusal):
+                                await enqueue(h, keepAlive: false) { refusal.reply }
+                                return true
+                            }
                         } tooLarge: { h in
                             metrics.badRequests.increment()
                             badLog.warning(logger, "request refused: body too large", peer: peer, metadata: ["limit": "\(configuration.maxBodyBytes)"])
                             let limit = configuration.maxBodyBytes
                             await enqueue(h, keepAlive: false) { .text(413, "request body over \(limit) bytes (--max-body)") }
-                        } overBudget: { h in
+                        } overBudget: { h, refusedBy in
                             metrics.arrivingRefused.increment()
-                            arrivingLog.log(logger, .warning, "request refused: the bodies arriving on all connections hold all of --max-arriving-bytes",
-                                            budget: "arriving bytes", metadata: ["peer": "\(peer)", "limit-bytes": "\(configuration.maxArrivingBytes)"])
+                            let all = refusedBy.parent == nil
+                            let what = all ? "the bodies arriving on all connections hold all of --max-arriving-bytes"
+                                : "the producer's bodies arriving on its connections hold all of its share, --max-arriving-bytes-per-producer"
+                            arrivingLog.log(logger, .warning, "request refused: \(what)", budget: all ? "arriving bytes" : "arriving bytes of a producer",
+                                            metadata: ["peer": "\(peer)", "producer": "\(producerName)", "limit-bytes": "\(refusedBy.limit)"])
                             await enqueue(h, keepAlive: false) {
-                                RestReply.error(503, "the request bodies arriving on all connections hold all of --max-arriving-bytes; nothing of this request was written: try again")
+                                RestReply.error(503, "\(what); nothing of this request was written: try again")
                                     .adding(("Retry-After", "1"))
                             }
                         } answer: { h, body in

@@ -69,6 +69,9 @@ struct QSRestCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The most bytes of request bodies still arriving (read, not yet parsed and queued) that all producer connections hold together, e.g. 256MiB: a body that would pass it is answered 503 with Retry-After at once and its connection closed, counted in qs_rest_arriving_bytes_refusals_total. --max-body bounds one body; this bounds them all. (env: QS_MAX_ARRIVING_BYTES)", valueName: "size"))
     var maxArrivingBytes: ByteSize = QSEnv.value("QS_MAX_ARRIVING_BYTES", ByteSize(256 << 20))
 
+    @Option(help: ArgumentHelp("Each producer's share of --max-arriving-bytes: the most bytes of its bodies still arriving that one producer's connections hold together, e.g. 128MiB, so one producer's slow uploads cannot take the whole budget from the others; a body that would pass it is answered 503 with Retry-After at once. At least --max-body, at most --max-arriving-bytes. Default: half of --max-arriving-bytes, at least --max-body. (env: QS_MAX_ARRIVING_BYTES_PER_PRODUCER)", valueName: "size"))
+    var maxArrivingBytesPerProducer: ByteSize? = QSEnv.optional("QS_MAX_ARRIVING_BYTES_PER_PRODUCER")
+
     @Option(help: ArgumentHelp("The longest a request past its producer's soft quota is delayed; one that would wait longer is refused with 429 and Retry-After. (env: QS_QUOTA_MAX_DELAY)", valueName: "duration"))
     var quotaMaxDelay: Interval = QSEnv.value("QS_QUOTA_MAX_DELAY", Interval(.seconds(2)))
 
@@ -105,6 +108,11 @@ struct QSRestCommand: AsyncParsableCommand {
         guard maxArrivingBytes.bytes >= maxBody.bytes else {
             throw ValidationError("--max-arriving-bytes \(maxArrivingBytes) (or QS_MAX_ARRIVING_BYTES) must be at least --max-body \(maxBody): a body as large as --max-body could never arrive")
         }
+        if let share = maxArrivingBytesPerProducer {
+            guard share.bytes >= maxBody.bytes, share.bytes <= maxArrivingBytes.bytes else {
+                throw ValidationError("--max-arriving-bytes-per-producer \(share) (or QS_MAX_ARRIVING_BYTES_PER_PRODUCER) must be at least --max-body \(maxBody) (a body as large as --max-body could never arrive) and at most --max-arriving-bytes \(maxArrivingBytes) (the budget it is a share of)")
+            }
+        }
     }
 
     func run() async throws {
@@ -135,7 +143,8 @@ struct QSRestCommand: AsyncParsableCommand {
         let server = RestServer(endpoints: [listen.endpoint], access: access, queue: queue,
                                 writes: KTWrites(databases: dbMap.prefixes), metrics: metrics, logger: logger,
                                 configuration: .init(maxBodyBytes: maxBody.bytes, maxQuotaDelay: quotaMaxDelay.duration,
-                                                     maxArrivingBytes: maxArrivingBytes.bytes),
+                                                     maxArrivingBytes: maxArrivingBytes.bytes,
+                                                     maxArrivingBytesPerProducer: maxArrivingBytesPerProducer?.bytes),
                                 limits: service.connectionLimits)
         logger.info("qsrest starting", metadata: ["roots": "\(root)", "source-id": "\(id)", "producers": "\(initial.producers.map(\.name))"])
         // The queue is listed first so it stops last: the server drains (its requests wait

@@ -36,6 +36,28 @@ final class BridgeHealthTests: XCTestCase {
         XCTAssertTrue(bridge.isRunning, "the bridge keeps retrying the root")
     }
 
+    /// qs_bridge_pending_changes counts every change read and not yet applied while a long
+    /// batch interval gathers them (it read 1 with 3,000 pending: told only when the count
+    /// left 0 and at each batch).
+    func testPendingChangesCountsWhatALongBatchIntervalGathers() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let dir = tmp.appendingPathComponent("ulog")
+        try FileManager.default.copyItem(at: try KTFixture("basic").ulog, to: dir)
+        let bridge = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "ulog:\(dir.path)", "--db-map", "0=main/,1=aux/",
+                                                      "--allow-clear", "--source-id", "p", "--batch-interval", "60s", "--admin", "127.0.0.1:0", "--log-format", "text"],
+                                       logDir: tmp, ready: true)
+        let admin = try bridge.port("admin")
+        // The basic fixture's update log holds 903 records, one change each.
+        try await waitFor("903 changes pending", timeout: .seconds(20)) {
+            metricValue(port: admin, "qs_bridge_pending_changes") == 903
+        }
+        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let applied = try await c.checkpoint(sourceID: "p")
+        XCTAssertNil(applied, "nothing applied before the batch interval")
+        await c.close()
+        _ = try bridge.stop()
+    }
+
     /// A root that keeps its connections but stops answering (here: SIGSTOP, as a hung
     /// process or a stalled disk would) is noticed while a batch waits for it, long before
     /// the batch's own timeout; once it answers again the bridge is ready again.
@@ -93,6 +115,23 @@ final class BridgeHealthTests: XCTestCase {
                 && metricValue(port: admin, "qs_bridge_root_connected") == 1
         }
         XCTAssertEqual(try bridge.stop(), 0, bridge.log)
+    }
+
+    /// SIGTERM while a batch waits for a hung root: the bridge exits 75 once
+    /// --shutdown-timeout has passed (the wait for the answer did not heed the cancellation
+    /// and held it for the whole 15 s call timeout).
+    func testShutdownTimeoutIsHeldToWhileABatchWaitsForAHungRoot() async throws {
+        let (kt, root, bridge, admin) = try await startWithOneWriteApplied(["--shutdown-timeout", "1s"])
+        kill(root.daemon.pid, SIGSTOP)
+        defer { kill(root.daemon.pid, SIGCONT) }
+        kt.set("during", "2")
+        try await waitFor("the batch waiting for the hung root", timeout: .seconds(8)) {
+            httpGet(port: admin, path: "/readyz")?.body.contains("connected but not answering") ?? false
+        }
+        let term = ContinuousClock.now
+        XCTAssertEqual(try bridge.stop(), 75, bridge.log)
+        XCTAssertLessThan(ContinuousClock.now - term, .seconds(10), "within --shutdown-timeout, not the call timeout (15 s)")
+        XCTAssertTrue(bridge.log.contains("shutdown timeout passed before the pending batch reached the root"), bridge.log)
     }
 
     /// A root hung for longer than the source timeout does not cost the KT connection:

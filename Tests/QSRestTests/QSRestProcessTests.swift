@@ -658,33 +658,50 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try rest.stop(), 0)
     }
 
-    /// Bodies arriving on all connections together are held to --max-arriving-bytes: past it
-    /// a request is answered 503 at once (before the rest of its body), counted and logged;
-    /// once the other bodies go, writes go through. Without it, 60 producer connections
-    /// each sending a 30 MB body and holding back its last byte held 1.75 GB of qsrest.
-    func testBodiesArrivingOnAllConnectionsAreHeldToOneBudget() async throws {
-        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
-        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL(),
-                                                extra: ["--max-body", "1MiB", "--max-arriving-bytes", "2MiB"])
-        let auth = "Authorization: Basic \(Data("dns:dns-token".utf8).base64EncodedString())\r\n"
-        /// A PUT of a 1 MiB body sent but for its last byte.
-        func holding(_ i: Int) throws -> Int32 {
-            let fd = try XCTUnwrap(Harness.connectLoopback(port: port))
-            let head = Array("PUT /dns%2Fheld\(i) HTTP/1.1\r\nHost: x\r\n\(auth)Content-Length: \(1 << 20)\r\n\r\n".utf8)
-            let body = [UInt8](repeating: 0x61, count: (1 << 20) - 1)
-            for part in [head, body] {
-                var sent = 0
-                while sent < part.count {
-                    let n = part[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                    XCTAssertGreaterThan(n, 0)
-                    if n <= 0 { break }
-                    sent += n
-                }
+    /// A PUT of a 1 MiB body to `key` sent as `producer` but for its last byte: the
+    /// connection, to close.
+    func holdingBody(port: Int, key: String, producer: String = "dns") throws -> Int32 {
+        let auth = "Authorization: Basic \(Data("\(producer):\(producer)-token".utf8).base64EncodedString())\r\n"
+        let fd = try XCTUnwrap(Harness.connectLoopback(port: port))
+        let head = Array("PUT /\(key) HTTP/1.1\r\nHost: x\r\n\(auth)Content-Length: \(1 << 20)\r\n\r\n".utf8)
+        let body = [UInt8](repeating: 0x61, count: (1 << 20) - 1)
+        for part in [head, body] {
+            var sent = 0
+            while sent < part.count {
+                let n = part[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                XCTAssertGreaterThan(n, 0)
+                if n <= 0 { break }
+                sent += n
             }
-            return fd
         }
-        let first = try holding(1), second = try holding(2)
-        defer { close(first); close(second) }
+        return fd
+    }
+
+    /// One producer's bodies arriving are held to its share of --max-arriving-bytes (half by
+    /// default): past it that producer is answered 503 at once, while another producer's
+    /// writes go through (eight slow uploads of one producer took the whole budget).
+    func testOneProducersArrivingBodiesAreHeldToItsShare() async throws {
+        let t = try await thirdBodyWhileTwoAreHeld(["--max-body", "1MiB", "--max-arriving-bytes", "4MiB"])
+        XCTAssertEqual(t.refused.status, 503, t.refused.body)
+        XCTAssertTrue(t.refused.body.contains("--max-arriving-bytes-per-producer"), t.refused.body)
+        XCTAssertEqual(metricValue(port: t.admin, "qs_rest_arriving_bytes_refusals_total"), 1)
+        XCTAssertTrue(t.rest.log.contains("producer=dns"), t.rest.log)
+        let other = try curl(["-u", "waf:waf-token", "--max-time", "20", "-X", "PUT", "--data-binary", "@\(t.value.path)",
+                              "http://127.0.0.1:\(t.port)/waf%2Fx"])
+        XCTAssertEqual(other.status, 201, other.body)
+        for fd in t.held { shutdown(fd, Int32(SHUT_RDWR)) }
+        XCTAssertEqual(try t.rest.stop(), 0)
+    }
+
+    /// qsrest (with `extra`) and producer dns holding two 1 MiB bodies but for their last
+    /// byte: the answer to a third body of dns (512 KiB, the bytes in `value`); the root is
+    /// returned to be kept (it stops when let go).
+    func thirdBodyWhileTwoAreHeld(_ extra: [String]) async throws
+        -> (root: RootNode, rest: DaemonProcess, port: Int, admin: Int, held: [Int32], refused: (status: Int, body: String), value: URL) {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL(), extra: extra)
+        let held = [try holdingBody(port: port, key: "dns%2Fheld1"), try holdingBody(port: port, key: "dns%2Fheld2")]
+        addTeardownBlock { for fd in held { close(fd) } }
         try await waitFor("two bodies held", timeout: .seconds(20)) {
             (metricValue(port: admin, "qs_rest_arriving_bytes") ?? 0) >= Double(2 * ((1 << 20) - 1))
         }
@@ -692,18 +709,26 @@ final class QSRestProcessTests: XCTestCase {
         try Data(repeating: 0x62, count: 512 << 10).write(to: value)
         let refused = try curl(["-u", "dns:dns-token", "--max-time", "20", "-X", "PUT", "--data-binary", "@\(value.path)",
                                 "http://127.0.0.1:\(port)/dns%2Fthird"])
-        XCTAssertEqual(refused.status, 503, refused.body)
-        XCTAssertTrue(refused.body.contains("--max-arriving-bytes"), refused.body)
-        XCTAssertEqual(metricValue(port: admin, "qs_rest_arriving_bytes_refusals_total"), 1)
-        XCTAssertTrue(rest.log.contains("request refused: the bodies arriving on all connections"), rest.log)
+        return (root, rest, port, admin, held, refused, value)
+    }
+
+    /// Bodies arriving on all connections together are held to --max-arriving-bytes: past it
+    /// a request is answered 503 at once (before the rest of its body), counted and logged;
+    /// once the other bodies go, writes go through. Without it, 60 producer connections
+    /// each sending a 30 MB body and holding back its last byte held 1.75 GB of qsrest.
+    func testBodiesArrivingOnAllConnectionsAreHeldToOneBudget() async throws {
+        let t = try await thirdBodyWhileTwoAreHeld(["--max-body", "1MiB", "--max-arriving-bytes", "2MiB", "--max-arriving-bytes-per-producer", "2MiB"])
+        XCTAssertEqual(t.refused.status, 503, t.refused.body)
+        XCTAssertTrue(t.refused.body.contains("--max-arriving-bytes"), t.refused.body)
+        XCTAssertEqual(metricValue(port: t.admin, "qs_rest_arriving_bytes_refusals_total"), 1)
+        XCTAssertTrue(t.rest.log.contains("request refused: the bodies arriving on all connections"), t.rest.log)
         // The held bodies go (their connections shut): the budget is free again.
-        shutdown(first, Int32(SHUT_RDWR))
-        shutdown(second, Int32(SHUT_RDWR))
-        try await waitFor("the budget to empty", timeout: .seconds(20)) { metricValue(port: admin, "qs_rest_arriving_bytes") == 0 }
-        let ok = try curl(["-u", "dns:dns-token", "--max-time", "20", "-X", "PUT", "--data-binary", "@\(value.path)",
-                           "http://127.0.0.1:\(port)/dns%2Fthird"])
+        for fd in t.held { shutdown(fd, Int32(SHUT_RDWR)) }
+        try await waitFor("the budget to empty", timeout: .seconds(20)) { metricValue(port: t.admin, "qs_rest_arriving_bytes") == 0 }
+        let ok = try curl(["-u", "dns:dns-token", "--max-time", "20", "-X", "PUT", "--data-binary", "@\(t.value.path)",
+                           "http://127.0.0.1:\(t.port)/dns%2Fthird"])
         XCTAssertEqual(ok.status, 201, ok.body)
-        XCTAssertEqual(try rest.stop(), 0)
+        XCTAssertEqual(try t.rest.stop(), 0)
     }
 
     /// One write refused by a single root demoted since: /readyz stays 503 naming it while
@@ -733,6 +758,24 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { httpGet(port: admin, path: "/readyz")?.status == 200 },
                       httpGet(port: admin, path: "/readyz")?.body ?? "no answer")
         XCTAssertEqual(try curl(["-u", "dns:dns-token", "--max-time", "20", "http://127.0.0.1:\(port)/rpc/set?key=dns%2Fc&value=1"]).status, 200)
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
+    /// Every root listed in --root refusing writes as not writable (a cut-over left only
+    /// demoted roots and replicas there): a write given up at --commit-timeout is answered
+    /// "not applied", as nothing was (it said "outcome unknown … may still be applied").
+    func testWritesRefusedByEveryListedRootAreAnsweredNotApplied() async throws {
+        let a = try RootNode(data: tmp.appendingPathComponent("a"), logDir: tmp)
+        let b = try RootNode(data: tmp.appendingPathComponent("b"), logDir: tmp)
+        let (rest, port, _) = try startRest(root: "\(a.address),\(b.address)", acl: try writeACL(), extra: ["--commit-timeout", "3s"])
+        XCTAssertEqual(try curl(["-u", "dns:dns-token", "http://127.0.0.1:\(port)/rpc/set?key=dns%2Fa&value=1"]).status, 200)
+        for node in [a, b] {
+            let demote = try Harness.run("qsctl", ["--node", node.address, "demote"])
+            XCTAssertEqual(demote.status, 0, String(decoding: demote.stderr, as: UTF8.self))
+        }
+        let refused = try curl(["-u", "dns:dns-token", "--max-time", "20", "http://127.0.0.1:\(port)/rpc/set?key=dns%2Fb&value=1"])
+        XCTAssertEqual(refused.status, 503, refused.body)
+        XCTAssertTrue(refused.body.contains("not applied") && !refused.body.contains("outcome unknown"), refused.body + rest.log)
         XCTAssertEqual(try rest.stop(), 0)
     }
 
