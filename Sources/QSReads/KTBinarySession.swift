@@ -32,19 +32,21 @@ struct KTBinarySession: Sendable {
                         return
                     }
                     metrics.requests("bin_get_bulk").increment()
-                    let records = try await store.read { txn in try read(keys, txn) }
-                    if flags & KTBinaryMagic.noReplyFlag == 0 {
-                        let bytes = records.reduce(0) { $0 + $1.key.count + $1.value.count + 18 }
-                        guard replyMemory.admits(bytes) else {
-                            // KT's error reply, after which KT closes (its clients take it
-                            // as a hard error and connect again); the bytes it would have
-                            // been are counted by `ReplyMemoryCounter` in the pipeline.
-                            metrics.refusedForMemory(logger, peer: peer, bytes: bytes, memory: replyMemory)
-                            try await outbound.write(ByteBuffer(bytes: KTBinaryResponse.error.encoded()))
-                            return
-                        }
-                        try await outbound.write(ByteBuffer(bytes: KTBinaryResponse.getBulk(records: records).encoded()))
+                    // No reply asked for: nothing to read (KT answers nothing either).
+                    guard flags & KTBinaryMagic.noReplyFlag == 0 else { continue }
+                    let records: [KTBinaryRecord]
+                    do {
+                        records = try await store.read { txn in try read(keys, txn) }
+                    } catch let large as KTReplyTooLarge {
+                        // KT's error reply, after which KT closes (its clients take it as a
+                        // hard error and connect again). Found while the records were
+                        // gathered: they were not all read and held first.
+                        metrics.refusedForMemory(logger, peer: peer, bytes: large.bytes, memory: replyMemory)
+                        try await outbound.write(ByteBuffer(bytes: KTBinaryResponse.error.encoded()))
+                        return
                     }
+                    // The bytes written are counted by `ReplyMemoryCounter` in the pipeline.
+                    try await outbound.write(ByteBuffer(bytes: KTBinaryResponse.getBulk(records: records).encoded()))
                 }
             }
         } catch let error as DecodeError {
@@ -61,7 +63,7 @@ struct KTBinarySession: Sendable {
     /// The live records among `keys`, in request order, with KT's stored expiration times.
     private func read(_ keys: [KTBinaryKey], _ txn: borrowing StoreTransaction) throws -> [KTBinaryRecord] {
         let now = clock()
-        var out = [KTBinaryRecord]()
+        var out = [KTBinaryRecord](), bytes = 0
         // Each key once, as `/rpc/get_bulk` answers: one key named many times in a small
         // request would otherwise build a reply of gigabytes from a large value.
         var seen = Set<KTBinaryKey>()
@@ -70,6 +72,9 @@ struct KTBinarySession: Sendable {
             let full = db.prefix + k.key
             guard databases.owns(db, key: full), let r = try txn.get(full), !r.isExpired(at: now) else { continue }
             let xt = r.expiry.map { Int64(clamping: $0) } ?? KTExpiration.never
+            // The reply's size so far, asked of the budget before the value is kept.
+            bytes += k.key.count + r.value.count + 18
+            guard replyMemory.admitsGathered(bytes, values: out.count + 1) else { throw KTReplyTooLarge(bytes: bytes, kind: "bin_get_bulk") }
             out.append(KTBinaryRecord(db: k.db, key: k.key, value: r.value, expiration: xt))
         }
         return out

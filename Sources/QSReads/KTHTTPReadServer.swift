@@ -51,9 +51,10 @@ public struct KTHTTPReadServer: ListeningService {
         maxBodyBytes = configuration.maxBodyBytes
         listener = Listener(name: "kt-http", endpoints: endpoints, drain: .requests, limits: connections, group: group, logger: logger)
         let metrics = ReadMetrics(interface: "kt_http")
+        let replyMemory = configuration.replyMemory
         let procedures = KTProcedures(databases: configuration.databases, clock: configuration.clock,
                                       limits: configuration.scanLimits, started: Date(),
-                                      connections: { metrics.active.count })
+                                      connections: { metrics.active.count }, replyFits: { replyMemory.admitsGathered($0, values: $1) })
         session = KTHTTPSession(store: store, procedures: procedures,
                                 rest: KTRESTRead(databases: configuration.databases, clock: configuration.clock),
                                 metrics: metrics, logger: logger, maxBodyBytes: configuration.maxBodyBytes,

@@ -197,6 +197,7 @@ final class KTHTTPSession: Sendable {
     }
 
     func failure(_ error: any Error, uri: String, peer: String) -> KTReply {
+        if let large = error as? KTReplyTooLarge { return memoryRefusal(kind: large.kind, bytes: large.bytes, peer: peer) }
         metrics.readFailed(logger, "KT HTTP request failed", metadata: ["peer": "\(peer)", "uri": "\(uri.prefix(200))", "error": "\(error)"])
         return KTReply(map: [Array("ERROR".utf8): Array("internal error: \(error)".utf8)], status: 500, kind: "error")
     }

@@ -6,6 +6,13 @@ import KTFormats
 import QSModel
 import QSStore
 
+/// A reply the read ports' budget has no room for now (`ReplyMemory`), found while it was
+/// being gathered: `bytes` so far. Answered as the budget's refusal, never built whole.
+struct KTReplyTooLarge: Error {
+    let bytes: Int
+    let kind: String
+}
+
 /// KT's RPC read procedures over a QS store, each in one read transaction (on the store's
 /// reader threads). Replies are KT's: a TSV map in the encoding KT would pick, status
 /// 200/400/450/501.
@@ -15,6 +22,10 @@ struct KTProcedures: Sendable {
     let limits: ScanLimits
     let started: Date
     let connections: @Sendable () -> Int
+    /// Whether a reply of so many bytes and values may be gathered now
+    /// (`ReplyMemory.admitsGathered`): `get_bulk` asks as it gathers values, and stops at the
+    /// first that would not fit.
+    var replyFits: @Sendable (_ bytes: Int, _ values: Int) -> Bool = { _, _ in true }
 
     /// KT procedures that write: refused on a read-only node (501, like any procedure this
     /// server does not implement).
@@ -57,9 +68,14 @@ struct KTProcedures: Sendable {
             return KTReply(map: out, status: 200, kind: name)
         case "get_bulk":
             var out: [[UInt8]: [UInt8]] = [:]
-            var found = 0
+            var found = 0, bytes = 0
             for (k, _) in params.values where k.first == UInt8(ascii: "_") {
                 if let record = try lookup(db, Array(k.dropFirst()), now: now, txn) {
+                    // The reply's size so far, checked before the value is kept: many large
+                    // values named in one small request were all gathered (and encoded)
+                    // before the reply budget was asked.
+                    bytes += k.count + record.value.count + 2
+                    guard replyFits(bytes, found + 1) else { throw KTReplyTooLarge(bytes: bytes, kind: name) }
                     out[k] = record.value
                     found += 1
                 }

@@ -130,9 +130,10 @@ struct MemcachedSession: Sendable {
                         guard let record, !record.isExpired(at: now) else { return }
                         hits += 1
                         // The reply so far with this value: many values under 64 KiB make
-                        // a large reply too.
+                        // a large reply too, and several values only while the budget has
+                        // room for all of them (`admitsGathered`).
                         let reply = out.writerIndex - start + record.value.count
-                        if reply >= ReplyMemory.largeReply, !memory.admits(reply) { throw ReplyMemoryFull(bytes: reply) }
+                        if reply >= ReplyMemory.largeReply, !memory.admitsGathered(reply, values: hits) { throw ReplyMemoryFull(bytes: reply) }
                         Self.writeValue(key: key, record: record, withCAS: withCAS, format: format, into: &out)
                         if hits > 1, out.writerIndex - start > maxReply { throw ReplyTooLarge() }
                     }

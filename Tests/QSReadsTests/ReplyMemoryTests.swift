@@ -189,6 +189,41 @@ final class ReplyMemoryTests: XCTestCase {
         XCTAssertEqual(again.count, 10 * ("VALUE m0 0 40960\r\n".utf8.count + (40 << 10) + 2) + 5)
     }
 
+    /// A get_bulk (KT HTTP and binary) naming many values, each allowed, that together are
+    /// far past the reply budget is refused as the values are gathered, not once all of them
+    /// were read and encoded: with the node's heap limited to less than their sum
+    /// (RLIMIT_DATA, set on the running node), it answers the refusal and stays up. Before,
+    /// one small request built the whole reply first (160 MB here; gigabytes with more keys).
+    func testAGetBulkPastTheBudgetIsRefusedBeforeItsValuesAreGathered() async throws {
+        node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp,
+                            extraArgs: ["--kt-http", "127.0.0.1:0", "--read-reply-memory", "8MiB"])
+        let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
+        let value = [UInt8](repeating: UInt8(ascii: "v"), count: 4 << 20)
+        for batch in 0..<5 {
+            _ = try await client.write((0..<8).map { .set(key: Array("b\(batch * 8 + $0)".utf8), value: value, expiry: nil) }, sourceID: "t")
+        }
+        await client.close()
+        let kt = try node.daemon.port("kt-http")
+        // The heap may grow by 96 MiB from here: less than the 160 MiB the values make.
+        let status = try String(contentsOfFile: "/proc/\(node.daemon.pid)/status", encoding: .utf8)
+        let line = try XCTUnwrap(status.split(separator: "\n").first { $0.hasPrefix("VmData:") })
+        let data = try XCTUnwrap(Int(line.split(separator: " ")[1])) * 1024
+        let limit = try Harness.run("/usr/bin/prlimit", ["--pid", "\(node.daemon.pid)", "--data=\(data + (96 << 20)):unlimited"])
+        XCTAssertEqual(limit.status, 0, String(decoding: limit.stderr, as: UTF8.self))
+
+        let keys = (0..<40).map { "_b\($0)\t\n" }.joined()
+        let http = "POST /rpc/get_bulk HTTP/1.1\r\nHost: x\r\nContent-Type: text/tab-separated-values\r\nContent-Length: \(keys.utf8.count)\r\nConnection: close\r\n\r\n\(keys)"
+        let answer = String(decoding: RawSocket.exchange(port: kt, Array(http.utf8)).prefix(40), as: UTF8.self)
+        XCTAssertTrue(answer.hasPrefix("HTTP/1.1 503"), answer)
+        let bulk = KTBinaryRequest.getBulk(flags: 0, keys: (0..<40).map { KTBinaryKey(db: 0, key: Array("b\($0)".utf8)) }).encoded()
+        XCTAssertEqual(RawSocket.exchange(port: kt, bulk), KTBinaryResponse.error.encoded())
+        XCTAssertEqual(node.metric("qs_read_reply_memory_refusals_total{interface=\"kt_http\"}"), 2)
+        XCTAssertTrue(node.daemon.isRunning, node.daemon.log)
+        // A get_bulk that fits is served.
+        let one = KTBinaryRequest.getBulk(flags: 0, keys: [KTBinaryKey(db: 0, key: Array("b0".utf8))]).encoded()
+        XCTAssertEqual(RawSocket.exchange(port: kt, one).count, 5 + 18 + 2 + (4 << 20))
+    }
+
     /// The write port's reads (`Get` from this machine, or on a connection that presented a
     /// token) are held to the same budget: a crowd of connections asking for a large value and
     /// reading nothing held value × connections there too. Past it a read is answered `busy`
