@@ -450,7 +450,10 @@ actor Batcher {
             resync = true
             throw error
         } catch is CancellationError {
+            // The wait ended, not the batch: it may still be applied (a conflict at its end
+            // is then this bridge's own, not another writer's).
             inFlight.removeFirst()
+            lostAnswers.insert(b.new)
             resync = true
             throw CancellationError()
         } catch {

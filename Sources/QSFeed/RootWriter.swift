@@ -188,6 +188,11 @@ public actor RootWriter {
     /// did apply answers `conflict` at its own position). A sound root applies the largest
     /// batch in well under a second.
     public static let callTimeout: TimeAmount = .seconds(15)
+    /// Error answers a node gives before it does anything with a write: a try answered so
+    /// applied nothing. Any other answer (a root cluster's storage-error may follow a commit
+    /// in etcd), like no answer, may have been applied.
+    static let refusedBeforeAnything: Set<ErrorCode> = [.malformed, .frameTooLarge, .unauthorized, .invalidRequest, .unsupported,
+                                                       .notWritable, .storageFull, .diskFull]
 
     /// How long a call may wait for the root before the root counts as not answering.
     public static let patience: Duration = .seconds(4)
@@ -344,8 +349,18 @@ public actor RootWriter {
             connecting = attempt
             (connectingVersion, version) = (confirmedVersion, confirmedVersion)
         }
-        defer { if connecting == attempt { connecting = nil } }
-        let made = try await attempt.value
+        let made: Connected
+        do {
+            made = try await attempt.valueUnlessCancelled()
+        } catch is CancellationError where Task.isCancelled {
+            // This caller stops waiting (the process stopping): the attempt runs on, and
+            // the next caller joins it instead of opening another connection.
+            throw CancellationError()
+        } catch {
+            if connecting == attempt { connecting = nil }
+            throw error
+        }
+        if connecting == attempt { connecting = nil }
         if let current { return current }
         // A position confirmed while the attempt ran (an answer on the old connection) was
         // not in the map its checks used: a new address is checked again against it. Every
@@ -529,7 +544,8 @@ public actor RootWriter {
                     refusedByNode = true
                 }
                 if on != nil, !(error is FeedError) {
-                    if case .server = error as? ClientError {} else { maybeApplied = true }
+                    if case let .server(code, _) = error as? ClientError,
+                       let known = ErrorCode(rawValue: code), Self.refusedBeforeAnything.contains(known) {} else { maybeApplied = true }
                 }
                 try await failed(what, error, generation: on, refusedByNode: refusedByNode)
             }
@@ -585,6 +601,11 @@ public actor RootWriter {
             metrics.rootErrors.increment()
             logger.warning("root call failed, retrying", metadata: ["call": "\(what)", "error": "\(error)", "root": "\(endpoint)"])
         case is CancellationError:
+            // A call given up while the root owed an answer longer than `patience` (qsrest's
+            // commit deadline cancels its write before the call's own timeout): the
+            // connection is dropped as a timeout would have dropped it, so the next call
+            // connects again and can move to another address.
+            if mine, let stall = link.withLockedValue({ $0.stall() }) { await drop(stall) }
             throw CancellationError()
         case let error as FeedError:
             throw error
@@ -702,8 +723,10 @@ public actor RootWriter {
     public func writes(sourceID: String, expected: UInt64, new: UInt64, writes: [ConditionalWrite],
                        sending: NIOLockedValueBox<SendState>? = nil) async throws -> Response {
         let request = Request.writes(.init(token: token, sourceID: sourceID, expected: expected, new: new, writes: writes))
-        // Whether a try went out and got no answer: it may have been applied.
-        let unanswered = NIOLockedValueBox(false)
+        // Whether a try may have been applied: it went out and got no answer, or an error
+        // answer that does not say nothing was done (a root cluster's storage-error may
+        // follow a commit in etcd).
+        let mayBeApplied = NIOLockedValueBox(false)
         let r = try await perform("writes", refusedAtOnce: true) { client in
             if let sending {
                 let go = sending.withLockedValue { state -> Bool in
@@ -717,17 +740,22 @@ public actor RootWriter {
             do {
                 r = try await client.send(request, timeout: Self.callTimeout)
             } catch {
-                unanswered.withLockedValue { $0 = true }
+                mayBeApplied.withLockedValue { $0 = true }
                 throw error
             }
             switch r {
             case .written, .conflict: return r
             case let .error(code, message):
-                // A node that takes no writes refuses before it does anything: if every try
-                // so far was answered so, nothing is applied (after a cut-over to a node
-                // listed in --root that is now a replica, a caller giving up said "outcome
-                // unknown").
-                if let sending, ErrorCode(rawValue: code) == .notWritable, !unanswered.withLockedValue({ $0 }) {
+                // Refused before anything was done (a node that takes no writes, ...): if
+                // every try so far was answered so, nothing is applied (after a cut-over to a
+                // node listed in --root that is now a replica, a caller giving up said
+                // "outcome unknown").
+                let nothingDone = ErrorCode(rawValue: code).map { Self.refusedBeforeAnything.contains($0) } ?? false
+                let applied = mayBeApplied.withLockedValue { may in
+                    if !nothingDone { may = true }
+                    return may
+                }
+                if let sending, !applied {
                     sending.withLockedValue { if $0 == .sent { $0 = .notSent } }
                 }
                 throw ClientError.server(code: code, message: message)

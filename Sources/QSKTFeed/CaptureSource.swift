@@ -7,10 +7,12 @@ import QSFeed
 /// a file cut inside a frame, or a damaged frame, stops with an error naming the byte
 /// offset, and the damaged frame is never applied.
 ///
-/// An update is applied only once the frame after it vouches for its timestamp: the next
-/// update (stamped after it: `KTTimestampOrder`) or a heartbeat (KT stamps a heartbeat at or
-/// after the last update it sent). A timestamp damaged upward, by any amount, is so caught
-/// before it moves the checkpoint past the records after it. Only an update the recording
+/// An update is applied only once a frame after it vouches for its timestamp: the next
+/// update (stamped after it: `KTTimestampOrder`) or a heartbeat at or after it (KT stamps a
+/// heartbeat at or after the last update it sent on the connection; a heartbeat more than
+/// `heartbeatBelowUpdateNs` below it shows damage). A timestamp damaged upward is so caught
+/// before it moves the checkpoint past the records after it, unless by less than the gap to
+/// the frame after it. Only an update the recording
 /// ends on (`qsctl record --count`, a recorder stopped mid-burst, a cut or damaged frame
 /// after it) has nothing to vouch for it: it is applied with the day-ahead bound alone.
 public struct KTCaptureSource: FeedSource {
@@ -18,6 +20,12 @@ public struct KTCaptureSource: FeedSource {
     public let translator: KTTranslator
     public let maxMessageBytes: Int
     public var name: String { "capture:\(path)" }
+    /// How far below the update before it a heartbeat may be stamped. KT stamps a heartbeat
+    /// `max(its clock − 1 s, the last update sent on that connection)`: on one connection at
+    /// or after the update, but a recorder that connected again resumes in the same file, and
+    /// the new connection's first heartbeat may be up to 1 s below the update recorded before
+    /// (its clock has only moved on since). Further below, one of the two is damaged.
+    static let heartbeatBelowUpdateNs: UInt64 = 2_000_000_000
 
     public init(path: String, translator: KTTranslator, maxMessageBytes: Int = 64 << 20) {
         self.path = path
@@ -63,11 +71,16 @@ public struct KTCaptureSource: FeedSource {
                 case .accepted: continue
                 case .refused: throw FeedError.stop("capture \(path) records a refused replication request (the server had no update log)")
                 case let .heartbeat(ts):
-                    if let h = held, h.timestamp > ts {
-                        corrupt.increment()
-                        throw FeedError.stop("capture \(path), the update at byte offset \(h.offset): its timestamp \(h.timestamp) is after the heartbeat that follows it at byte offset \(offset) (\(ts)), and KT stamps a heartbeat at or after the last update it sent, so one of the two is damaged. Every update before it was applied, none from it on: repair or remove the damaged frame, then start the bridge again")
+                    if let h = held {
+                        if h.timestamp > ts &+ Self.heartbeatBelowUpdateNs {
+                            corrupt.increment()
+                            throw FeedError.stop("capture \(path), the update at byte offset \(h.offset): its timestamp \(h.timestamp) is more than \(Self.heartbeatBelowUpdateNs / 1_000_000_000) s after the heartbeat that follows it at byte offset \(offset) (\(ts)), and KT stamps a heartbeat at its clock less 1 s or later, so one of the two is damaged. Every update before it was applied, none from it on: repair or remove the damaged frame, then start the bridge again")
+                        }
+                        // At or after it, the heartbeat vouches for it; a little below (a
+                        // recorder's new connection: KT's floor is per connection), the next
+                        // update will.
+                        if h.timestamp <= ts { _ = try applyHeld() }
                     }
-                    _ = try applyHeld()
                     try await run.deliver(deliver)
                     try await deliver(.heartbeat(sourceTimeNs: KTTranslator.heartbeatWallTimeNs(ts)))
                 case let .update(ts, message):

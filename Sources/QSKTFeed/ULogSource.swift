@@ -80,6 +80,8 @@ public struct KTULogSource: FeedSource {
         /// The timestamp of the last record its header covered (applied, or skipped as at or
         /// before the position).
         var passed: UInt64?
+        /// A file renamed over the one being read, seen without a whole first record (logged once).
+        var replacementSeen: FileIdentity?
         /// The timestamp of the first record of the file being read, once read.
         var firstStamp: UInt64?
         if position == 0, let oldest = try files().first, oldest.number > 1 {
@@ -123,21 +125,24 @@ public struct KTULogSource: FeedSource {
                     }
                 }
             }
-            if let r = reader, let c = current {
+            if var r = reader, let c = current {
                 while true {
-                    let next: (record: ULogFile.Record, at: Int, end: Int)
                     if let h = held {
-                        next = h
-                    } else {
-                        guard let (at, record) = try r.next() else { break }
-                        if at == ULogFile.headerSize { firstStamp = record.timestamp }
-                        next = (record, at, r.offset)
+                        // Covered by the header now: read again from the file, with what
+                        // follows it. Bytes no header covered may have been dropped and
+                        // written anew meanwhile (KT restarted after a crash drops them), so
+                        // what was read of them is not trusted.
+                        header = try ULogReader.header(of: r.path)
+                        guard let hd = header, UInt64(h.end) <= hd.size else { break }
+                        r = try ULogReader(path: r.path, maxMessageBytes: maxMessageBytes, at: h.at)
+                        reader = r
+                        held = nil
+                        order.rewind(to: passed)
                     }
-                    let (record, at) = (next.record, next.at)
-                    if held == nil {
-                        try order.check(record.timestamp, at: "ulog file \(r.path), the record at byte offset \(at)", corrupt: corrupt)
-                    }
-                    held = nil
+                    guard let (at, record) = try r.next() else { break }
+                    if at == ULogFile.headerSize { firstStamp = record.timestamp }
+                    let next = (record: record, at: at, end: r.offset)
+                    try order.check(record.timestamp, at: "ulog file \(r.path), the record at byte offset \(at)", corrupt: corrupt)
                     if header.map({ UInt64(next.end) > $0.size }) ?? true { header = try ULogReader.header(of: r.path) }
                     guard let h = header, UInt64(next.end) <= h.size else {
                         held = next
@@ -183,79 +188,91 @@ public struct KTULogSource: FeedSource {
                     cut = nil
                     continue
                 }
-                // The file being read gone from under its name: removed with nothing numbered
-                // after it, or replaced by a rename with another file (another first record).
-                // Either is KT restarted on an emptied directory (numbering from 1 again):
-                // followed by timestamps from here. A copy of the same file renamed over it
-                // (rsync, cp then mv: the same first record) is read on from the same place.
-                var gone: String?
-                let now = FileIdentity(path: r.path)
-                if now == nil && !once {
-                    gone = "was removed and no file is numbered after it"
-                } else if let now, let opened = r.identity, now != opened {
-                    switch ULogReader.firstRecordStamp(of: r.path, maxMessageBytes: maxMessageBytes) {
-                    case nil:
-                        // Not a whole first record yet (a new file KT has not flushed to): waited for.
-                        break
-                    case let first? where firstStamp == nil || first == firstStamp:
-                        logger.notice("ulog file replaced by a copy of it (renamed over it): reading on from the same byte offset",
-                                      metadata: ["file": "\(r.path)", "offset": "\(r.offset)"])
-                        reader = try ULogReader(path: r.path, maxMessageBytes: maxMessageBytes, at: r.offset)
-                        header = nil
-                        continue
-                    case let first?:
-                        gone = "was replaced by another file, whose first record (\(first)) is not the one read (\(firstStamp ?? 0)),"
+                // Labeled: a file not ready to be judged skips the checks until the next poll.
+                checks: do {
+                    // The file being read gone from under its name: removed with nothing numbered
+                    // after it, or replaced by a rename with another file (another first record).
+                    // Either is KT restarted on an emptied directory (numbering from 1 again):
+                    // followed by timestamps from here. A copy of the same file renamed over it
+                    // (rsync, cp then mv: the same first record) is read on from the same place.
+                    var gone: String?
+                    let now = FileIdentity(path: r.path)
+                    if now == nil && !once {
+                        gone = "was removed and no file is numbered after it"
+                    } else if let now, let opened = r.identity, now != opened {
+                        switch ULogReader.firstRecordStamp(of: r.path, maxMessageBytes: maxMessageBytes) {
+                        case nil:
+                            // Not a whole first record yet (a new file KT has not flushed to):
+                            // waited for, before its size is held against what was read.
+                            if replacementSeen != now {
+                                replacementSeen = now
+                                logger.notice("ulog file being read was replaced by a file with no whole record yet: waiting for its first record, to tell a copy of it from a new file (KT restarted on an emptied directory?)",
+                                              metadata: ["file": "\(r.path)", "offset": "\(r.offset)"])
+                            }
+                            break checks
+                        case let first? where firstStamp == nil || first == firstStamp:
+                            logger.notice("ulog file replaced by a copy of it (renamed over it): reading on from the same byte offset",
+                                          metadata: ["file": "\(r.path)", "offset": "\(r.offset)"])
+                            reader = try ULogReader(path: r.path, maxMessageBytes: maxMessageBytes, at: r.offset)
+                            header = nil
+                            continue
+                        case let first?:
+                            gone = "was replaced by another file, whose first record (\(first)) is not the one read (\(firstStamp ?? 0)),"
+                        }
                     }
-                }
-                if let gone {
-                    logger.warning("ulog file being read \(gone) (KT restarted on an emptied update-log directory?): following the files there now by their timestamps; records KT logged into the old file after the bridge read it are lost",
-                                   metadata: ["file": "\(r.path)", "offset": "\(r.offset)"])
-                    reader = nil
-                    current = nil
-                    header = nil
-                    held = nil
-                    cut = nil
-                    continue
-                }
-                if let size = try? ULogReader.size(of: r.path), size < UInt64(r.offset + r.partialBytes) {
-                    let applied = held?.at ?? r.offset
-                    if size >= UInt64(applied) {
-                        // Only bytes no header covered are gone, none applied: KT drops them
-                        // when it opens the file (restarted after a crash between a record's
-                        // write and its header's). Read on from the last applied record's end.
-                        logger.notice("ulog file shrank to what its header covers (KT restarted after a crash drops the bytes past it): nothing applied was lost, reading on from the end of the last applied record",
-                                      metadata: ["file": "\(r.path)", "size": "\(size)", "offset": "\(applied)"])
-                        reader = try ULogReader(path: r.path, maxMessageBytes: maxMessageBytes, at: applied)
-                        order.rewind(to: passed)
+                    if let gone {
+                        logger.warning("ulog file being read \(gone) (KT restarted on an emptied update-log directory?): following the files there now by their timestamps; records KT logged into the old file after the bridge read it are lost",
+                                       metadata: ["file": "\(r.path)", "offset": "\(r.offset)"])
+                        reader = nil
+                        current = nil
                         header = nil
                         held = nil
                         cut = nil
                         continue
                     }
-                    // KT's update logs only grow: a shorter file was cut (a wrong rotation
-                    // tool, a restore): what it held past its end is gone from it.
-                    corrupt.increment()
-                    throw FeedError.stop("ulog file \(r.path) was truncated: it now holds \(size) bytes, and \(r.offset + r.partialBytes) were read from it. KT's update logs only grow: restore the file, or if KT's log was reset, migrate again from the server (--source kt://HOST:PORT)")
-                }
-                if r.partialBytes == 0 && held == nil {
-                    cut = nil
-                    // Caught up: KT has logged nothing newer than what was read (as its own
-                    // heartbeats say over replication), so the lag is 0, not growing.
-                    let t = ContinuousClock.now
-                    if !once, caughtUpSaid.map({ t - $0 >= .seconds(1) }) ?? true {
-                        caughtUpSaid = t
-                        try await deliver(.heartbeat(sourceTimeNs: wallClockNanoseconds()))
+                    if let size = try? ULogReader.size(of: r.path), size < UInt64(r.offset + r.partialBytes) {
+                        let applied = held?.at ?? r.offset
+                        // KT drops only what its header does not cover: a file cut below its
+                        // own header's size was cut by something else.
+                        let covered = (try? ULogReader.header(of: r.path))?.size ?? .max
+                        if size >= UInt64(applied), size >= covered {
+                            // Only bytes no header covered are gone, none applied: KT drops them
+                            // when it opens the file (restarted after a crash between a record's
+                            // write and its header's). Read on from the last applied record's end.
+                            logger.notice("ulog file shrank to what its header covers (KT restarted after a crash drops the bytes past it): nothing applied was lost, reading on from the end of the last applied record",
+                                          metadata: ["file": "\(r.path)", "size": "\(size)", "offset": "\(applied)"])
+                            reader = try ULogReader(path: r.path, maxMessageBytes: maxMessageBytes, at: applied)
+                            order.rewind(to: passed)
+                            header = nil
+                            held = nil
+                            cut = nil
+                            continue
+                        }
+                        // KT's update logs only grow: a shorter file was cut (a wrong rotation
+                        // tool, a restore): what it held past its end is gone from it.
+                        corrupt.increment()
+                        throw FeedError.stop("ulog file \(r.path) was truncated: it now holds \(size) bytes, and \(r.offset + r.partialBytes) were read from it. KT's update logs only grow: restore the file, or if KT's log was reset, migrate again from the server (--source kt://HOST:PORT)")
                     }
-                } else if let was = cut, was.offset == held?.at ?? r.offset {
-                    if !was.logged, ContinuousClock.now - was.since >= Self.stuckWarningAfter {
-                        cut?.logged = true
-                        logger.warning(held == nil
-                            ? "ulog's newest file has ended inside a record for 10 s (KT still writing a large record, or a damaged one: the bridge waits for it, and /readyz reports the lag)"
-                            : "ulog's newest record has not been covered by its file's header for 10 s (KT rewrites the header after each flush: a KT that stopped mid-flush, or a damaged header; the bridge waits, and /readyz reports the lag)",
-                            metadata: ["file": "\(r.path)", "offset": "\(held?.at ?? r.offset)", "bytes-after": "\(r.partialBytes)"])
+                    if r.partialBytes == 0 && held == nil {
+                        cut = nil
+                        // Caught up: KT has logged nothing newer than what was read (as its own
+                        // heartbeats say over replication), so the lag is 0, not growing.
+                        let t = ContinuousClock.now
+                        if !once, caughtUpSaid.map({ t - $0 >= .seconds(1) }) ?? true {
+                            caughtUpSaid = t
+                            try await deliver(.heartbeat(sourceTimeNs: wallClockNanoseconds()))
+                        }
+                    } else if let was = cut, was.offset == held?.at ?? r.offset {
+                        if !was.logged, ContinuousClock.now - was.since >= Self.stuckWarningAfter {
+                            cut?.logged = true
+                            logger.warning(held == nil
+                                ? "ulog's newest file has ended inside a record for 10 s (KT still writing a large record, or a damaged one: the bridge waits for it, and /readyz reports the lag)"
+                                : "ulog's newest record has not been covered by its file's header for 10 s (KT rewrites the header after each flush: a KT that stopped mid-flush, or a damaged header; the bridge waits, and /readyz reports the lag)",
+                                metadata: ["file": "\(r.path)", "offset": "\(held?.at ?? r.offset)", "bytes-after": "\(r.partialBytes)"])
+                        }
+                    } else {
+                        cut = (held?.at ?? r.offset, .now, false)
                     }
-                } else {
-                    cut = (held?.at ?? r.offset, .now, false)
                 }
             }
             if once {

@@ -35,13 +35,17 @@ public final class PendingBytes: Sendable {
     }
 
     /// Takes `n` bytes of this budget and its parent's; nil when taken, or else the budget
-    /// that refused them (the parent first, when both would: the whole is what is full),
-    /// nothing taken from either.
+    /// that refused them (the parent, when both would: the whole is what is full), nothing
+    /// taken from either. This one is asked first: a share refusing never holds the whole's
+    /// bytes, even for a moment, against another share.
     public func take(_ n: Int) -> PendingBytes? {
-        if let parent, let refused = parent.take(n) { return refused }
         guard reserve(n, alone: false) else {
-            parent?.release(n)
+            if let parent, parent.inUse + n > parent.limit { return parent }
             return self
+        }
+        if let parent, let refused = parent.take(n) {
+            releaseOwn(n)
+            return refused
         }
         return nil
     }

@@ -1,6 +1,7 @@
 import Logging
 import NIOCore
 import NIOPosix
+import QSClient
 import QSModel
 import QSNet
 import QSStore
@@ -12,22 +13,29 @@ import NIOConcurrencyHelpers
 /// instead of being received and then copied record by record into an open store in one
 /// transaction (which writes it twice and holds its dirty pages in memory).
 public enum EmptyReplicaBootstrap {
-    /// Tries the upstreams in turn until one gives a checked snapshot. A transfer cut off
-    /// is tried again (resuming what arrived) for as long as attempts make progress; a
-    /// snapshot that failed its checks (digest, head, hash chain) is counted
-    /// (`qs_replica_bootstraps_refused_total`) and fetched again whole; after three rounds
-    /// over the list without progress it gives up. Returns the head the data
-    /// directory now stands at, or nil when no snapshot was installed: the node then opens
-    /// its empty store and its follower bootstraps as a non-empty one would (resuming the
-    /// same partial file).
+    /// Tries the upstreams in turn until one gives a checked snapshot, for as long as it
+    /// takes: a transfer cut off is tried again (resuming what arrived), an upstream down or
+    /// refusing is tried again after a pause (200 ms doubling to 30 s, back to the start
+    /// after progress), a snapshot that failed its checks (digest, head, hash chain) is
+    /// counted (`qs_replica_bootstraps_refused_total`) and fetched again whole, and a
+    /// filesystem without room for it is waited on (`qs_replica_disk_full_waits_total`). It
+    /// gave up after three rounds without progress (about a second with no upstream up) and
+    /// opened the empty store: its ports then answered misses, the copy went the slow way
+    /// for good (the store's whole size written twice, its pages held in memory), and on a
+    /// full disk LMDB's first write crashed the node (SIGBUS). Returns the head the data
+    /// directory now stands at, or nil when it was cancelled (the node stopping: what
+    /// arrived is kept) or the snapshot is a RocksDB checkpoint (installed once the store
+    /// is open).
     public static func run(data: String, staging: String, upstreams: [Endpoint], token: [UInt8], metrics: ReplicaMetrics,
                            progress: EmptyBootstrapProgress = EmptyBootstrapProgress(),
                            group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) async -> Head? {
         guard !upstreams.isEmpty else { return nil }
         var idleRounds = 0
-        var backoff = Backoff(initial: .milliseconds(200), cap: .seconds(2))
-        while idleRounds < 3 && !Task.isCancelled {
-            var progressed = false
+        var backoff = Backoff(initial: .milliseconds(200), cap: .seconds(30))
+        // As the follower waits for room: 5 s doubling to 5 min.
+        var roomBackoff = Backoff(initial: .seconds(5), cap: .seconds(300))
+        while !Task.isCancelled {
+            var progressed = false, roomWaited = false
             for up in upstreams {
                 let started = ContinuousClock.now
                 logger.info("bootstrap of the empty store: requesting a snapshot", metadata: ["upstream": "\(up)", "data": "\(data)"])
@@ -68,9 +76,20 @@ public enum EmptyReplicaBootstrap {
                     // Not progress: an upstream whose snapshots keep failing is given up
                     // after three rounds, and its follower backs off as it does.
                     continue
+                } catch let error as StoreError where error.isDiskFull {
+                    // No room for it yet: waited on (what arrived is kept), not given up to
+                    // an open store that would need room for two copies. Every upstream would
+                    // meet the same disk: this one is asked again after the wait.
+                    let delay = roomBackoff.next()
+                    metrics.diskFullWaits.increment()
+                    logger.error("bootstrap of the empty store: no room for the snapshot; waiting before trying again (what arrived is kept)",
+                                 metadata: ["upstream": "\(up)", "error": "\(error)", "retry-in": "\(delay)"])
+                    progress.failed("\(error)")
+                    await waitForRoom(delay, watching: up, token: token, metrics: metrics)
+                    roomWaited = true
+                    break
                 } catch let error as StoreError {
-                    // No room, or a file this node cannot write: the follower deals with it
-                    // (backoff, disk-full waits) once the store is open.
+                    // A file this node cannot write: opening the store says so.
                     logger.error("bootstrap of the empty store failed", metadata: ["upstream": "\(up)", "error": "\(error)"])
                     progress.failed("\(error)")
                     return nil
@@ -81,17 +100,35 @@ public enum EmptyReplicaBootstrap {
                 }
                 if tally.total > 0 { progressed = true }
             }
+            if roomWaited { continue }
+            roomBackoff.reset()
             if progressed {
                 idleRounds = 0
                 backoff.reset()
             } else {
                 idleRounds += 1
             }
+            if idleRounds == 3 {
+                logger.warning("no upstream gave a snapshot yet: the store stays closed (its ports too) and the upstreams are asked again, at most 30 s apart",
+                               metadata: ["upstreams": "\(upstreams.map(\.description).joined(separator: ","))"])
+            }
             try? await Task.sleep(for: backoff.next())
         }
-        logger.notice("no upstream gave a snapshot: opening the empty store; its follower bootstraps it",
-                      metadata: ["upstreams": "\(upstreams.map(\.description).joined(separator: ","))"])
         return nil
+    }
+
+    /// Waits `delay` for room, reading the upstream's head every 5 s meanwhile: the lag
+    /// (`qs_replica_lag_entries`, from an empty store: the upstream's head) says how far
+    /// the replica is behind while it cannot take a snapshot.
+    static func waitForRoom(_ delay: Duration, watching up: Endpoint, token: [UInt8], metrics: ReplicaMetrics) async {
+        let until = ContinuousClock.now + delay
+        repeat {
+            if let client = try? await QSClient.connect(to: up, readToken: token, requestTimeout: .seconds(5)) {
+                if let theirs = try? await client.head() { metrics.lagEntries.record(Double(theirs.index)) }
+                await client.close()
+            }
+            try? await Task.sleep(for: min(.seconds(5), until - .now))
+        } while ContinuousClock.now < until && !Task.isCancelled
     }
 
     /// Refuses a snapshot of `size` bytes when the data directory's filesystem lacks room

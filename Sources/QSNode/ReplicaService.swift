@@ -29,6 +29,7 @@ public struct ReplicaMetrics: Sendable {
     public let rebootstraps = Counter(label: "qs_replica_rebootstraps_total")
     public let subscriptions = Counter(label: "qs_replica_subscriptions_total")
     public let upstreamsLeft = Counter(label: "qs_replica_upstreams_left_total")
+    public let damagedEntries = Counter(label: "qs_replica_damaged_entries_total")
 
     public init() {}
 }
@@ -114,6 +115,8 @@ public final class ReplicaService: Service, Sendable {
         case delisted
         case interrupted
         case backingOff(String)
+        /// Entries the upstream sent that this node cannot append (`AppendError`).
+        case damaged(String)
 
         var description: String {
             switch self {
@@ -123,6 +126,7 @@ public final class ReplicaService: Service, Sendable {
             case .delisted: return "upstream no longer in the list"
             case .interrupted: return "a repair or an operator's rebootstrap comes first"
             case let .backingOff(why): return why
+            case let .damaged(why): return why
             }
         }
     }
@@ -306,7 +310,18 @@ public final class ReplicaService: Service, Sendable {
                 guard self.upstreams.contains(up) else { throw FollowEnd.delisted }
                 // Entries are applied from the frame's bytes as they are (`PackedEntries`).
                 if let list = try Response.packedEntries(frame) {
-                    let newHead = try await core.store.appendEntries(list)
+                    let newHead: Head
+                    do {
+                        newHead = try await core.store.appendEntries(list)
+                    } catch let error as AppendError {
+                        // The subscription checked the hash this node and the upstream share
+                        // at its head: an entry after it that does not continue that chain
+                        // (or does not decode, or skips an index) was damaged on the way or
+                        // by the upstream, not a history of its own. Nothing of the frame
+                        // was applied; the next subscription asks again from the head.
+                        self.metrics.damagedEntries.increment()
+                        throw FollowEnd.damaged("\(error.damageDescription): damaged on the way or by the upstream (the subscription checked the history this node shares with it); nothing of it was applied, and it is asked for again")
+                    }
                     core.watcher.publish()
                     core.metrics.logHead.record(Double(newHead.index))
                     self.metrics.head.record(Double(newHead.index))

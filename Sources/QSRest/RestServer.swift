@@ -42,10 +42,10 @@ public struct RestServer: ListeningService {
                 ?? Self.defaultShare(maxArrivingBytes: maxArrivingBytes, maxBodyBytes: maxBodyBytes)
         }
 
-        /// A producer's share by default: half of what all connections may hold, and at
-        /// least one body of `--max-body` (never more than the whole).
+        /// A producer's share by default: all of what all connections may hold but one body
+        /// of `--max-body`, so another producer's body always fits, and at least one body.
         public static func defaultShare(maxArrivingBytes: Int, maxBodyBytes: Int) -> Int {
-            min(maxArrivingBytes, max(maxArrivingBytes / 2, maxBodyBytes))
+            max(maxBodyBytes, maxArrivingBytes - maxBodyBytes)
         }
     }
 
@@ -314,7 +314,7 @@ struct RequestHandler: Sendable {
                             let all = refusedBy.parent == nil
                             let what = all ? "the bodies arriving on all connections hold all of --max-arriving-bytes"
                                 : "the producer's bodies arriving on its connections hold all of its share, --max-arriving-bytes-per-producer"
-                            arrivingLog.log(logger, .warning, "request refused: \(what)", budget: all ? "arriving bytes" : "arriving bytes of a producer",
+                            arrivingLog.log(logger, .warning, "request refused: \(what)", budget: all ? "arriving bytes" : "arriving bytes of \(producerName)",
                                             metadata: ["peer": "\(peer)", "producer": "\(producerName)", "limit-bytes": "\(refusedBy.limit)"])
                             await enqueue(h, keepAlive: false) {
                                 RestReply.error(503, "\(what); nothing of this request was written: try again")

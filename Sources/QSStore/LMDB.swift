@@ -52,6 +52,9 @@ public final class LMDBEnvironment: @unchecked Sendable {
         }
     }
 
+    /// Free bytes a new environment's files need before LMDB is let to create them.
+    static let roomToCreate: UInt64 = 1 << 20
+
     /// Opens (creating if needed) the environment in directory `path`.
     public init(path: String, options: Options = .init()) throws {
         var handle: OpaquePointer?
@@ -64,6 +67,15 @@ public final class LMDBEnvironment: @unchecked Sendable {
             var flags = UInt32(MDB_NOTLS)
             if options.readOnly { flags |= UInt32(MDB_RDONLY) }
             if options.noSync { flags |= UInt32(MDB_NOSYNC) }
+            // LMDB writes a new lock file through a shared mapping: with no room for its
+            // pages the write is a SIGBUS, not an error (a replica started on a full disk
+            // crashed so). Refused here instead, as a full disk.
+            if !options.readOnly, !FileManager.default.fileExists(atPath: path + "/lock.mdb") {
+                var fs = statvfs()
+                if statvfs(path, &fs) == 0, UInt64(fs.f_bavail) * UInt64(fs.f_frsize) < Self.roomToCreate {
+                    throw LMDBError(code: ENOSPC, operation: "mdb_env_open(\(path)): creating its lock file (less than \(Self.roomToCreate >> 20) MiB free)")
+                }
+            }
             try LMDBError.check(mdb_env_open(handle, path, flags, 0o644), "mdb_env_open(\(path))")
             try Self.checkFileLength(handle, path: path)
         } catch {

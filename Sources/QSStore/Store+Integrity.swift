@@ -72,6 +72,12 @@ extension StoreError {
         if case .snapshotMismatch = self { return true }
         return isDamage
     }
+
+    /// The filesystem had no room for what was to be written (ENOSPC).
+    public var isDiskFull: Bool {
+        if case .diskFull = self { return true }
+        return false
+    }
 }
 
 /// What `Store.check()` found, in words.

@@ -18,6 +18,16 @@ public enum AppendError: Error, Sendable, Equatable, CustomStringConvertible {
         case let .undecodable(index, reason): return "entry \(index) does not decode: \(reason)"
         }
     }
+
+    /// What it says of entries that followed a subscription's checked start: damage, not
+    /// another history.
+    public var damageDescription: String {
+        switch self {
+        case let .notNext(head, got): return "an entry from the upstream (\(got)) does not follow this node's head \(head)"
+        case let .diverged(index): return "entry \(index) from the upstream does not continue the hash chain"
+        case let .undecodable(index, reason): return "entry \(index) from the upstream does not decode (\(reason))"
+        }
+    }
 }
 
 /// The retained part of the log: entries from `firstIndex` to the head.

@@ -376,10 +376,13 @@ extension Store {
         do {
             announced = try await receive(writer)
         } catch {
-            // A transfer cut off keeps what arrived of a named snapshot, to be resumed.
+            // A transfer cut off keeps what arrived of a named snapshot, to be resumed: named
+            // by this attempt, or by an earlier one whose bytes this attempt never reached
+            // (an upstream refusing connections for a moment, a restart before its answer,
+            // no room for it yet: they were deleted, and the transfer started over).
             _ = await writer.close(sync: false)
             _ = try? await threads.run {
-                if !writer.state().named { cleanUp() }
+                if !writer.state().named && PartialSnapshotID.read(dir + "/snapshot-id") == nil { cleanUp() }
             }
             throw error
         }

@@ -69,8 +69,13 @@ struct QSRestCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The most bytes of request bodies still arriving (read, not yet parsed and queued) that all producer connections hold together, e.g. 256MiB: a body that would pass it is answered 503 with Retry-After at once and its connection closed, counted in qs_rest_arriving_bytes_refusals_total. --max-body bounds one body; this bounds them all. (env: QS_MAX_ARRIVING_BYTES)", valueName: "size"))
     var maxArrivingBytes: ByteSize = QSEnv.value("QS_MAX_ARRIVING_BYTES", ByteSize(256 << 20))
 
-    @Option(help: ArgumentHelp("Each producer's share of --max-arriving-bytes: the most bytes of its bodies still arriving that one producer's connections hold together, e.g. 128MiB, so one producer's slow uploads cannot take the whole budget from the others; a body that would pass it is answered 503 with Retry-After at once. At least --max-body, at most --max-arriving-bytes. Default: half of --max-arriving-bytes, at least --max-body. (env: QS_MAX_ARRIVING_BYTES_PER_PRODUCER)", valueName: "size"))
-    var maxArrivingBytesPerProducer: ByteSize? = QSEnv.optional("QS_MAX_ARRIVING_BYTES_PER_PRODUCER")
+    @Option(name: .customLong("max-arriving-bytes-per-producer"), help: ArgumentHelp("Each producer's share of --max-arriving-bytes: the most bytes of its bodies still arriving that one producer's connections hold together, e.g. 128MiB, so one producer's slow uploads cannot take the whole budget from the others; a body that would pass it is answered 503 with Retry-After at once. At least --max-body, at most --max-arriving-bytes. Default: --max-arriving-bytes less one --max-body (so another producer's body always fits), at least --max-body. (env: QS_MAX_ARRIVING_BYTES_PER_PRODUCER)", valueName: "size"))
+    var maxArrivingBytesPerProducerOption: ByteSize?
+
+    /// `--max-arriving-bytes-per-producer`, else its variable; nil: the default share.
+    var maxArrivingBytesPerProducer: ByteSize? {
+        maxArrivingBytesPerProducerOption ?? QSEnv.optional("QS_MAX_ARRIVING_BYTES_PER_PRODUCER", flag: "--max-arriving-bytes-per-producer")
+    }
 
     @Option(help: ArgumentHelp("The longest a request past its producer's soft quota is delayed; one that would wait longer is refused with 429 and Retry-After. (env: QS_QUOTA_MAX_DELAY)", valueName: "duration"))
     var quotaMaxDelay: Interval = QSEnv.value("QS_QUOTA_MAX_DELAY", Interval(.seconds(2)))

@@ -160,20 +160,32 @@ final class ULogDamageTests: XCTestCase {
         XCTAssertEqual(cp, all[u - 1].ts, "the damaged update never applied")
 
         // An update followed by a heartbeat (not the recording's last; the basic fixture has
-        // one such): bumped past the heartbeat.
+        // one such): bumped 5 s past the heartbeat (KT stamps one at most 1 s below the last
+        // update, on a recorder's new connection).
         let basic = [UInt8](try Data(contentsOf: try KTFixture("basic").stream))
         let hb = frames(basic)
         let h = try XCTUnwrap(hb.indices.first { $0 > 0 && hb[$0].magic == 0xB1 && hb[$0 - 1].magic == 0xB1 && hb[$0 + 1].magic == 0xB0
             && hb[($0 + 1)...].contains { $0.magic == 0xB1 } })
         bumped = basic
-        stamp(&bumped, at: hb[h].offset, hb[h + 1].ts + 1000)
+        stamp(&bumped, at: hb[h].offset, hb[h + 1].ts + 5_000_000_000)
         let second = tmp.appendingPathComponent("bumped2.bin")
         try Data(bumped).write(to: second)
         let r2 = try bridge("capture:\(second.path)", id: "b2")
         XCTAssertEqual(r2.status, 1, r2.err)
-        XCTAssertTrue(r2.err.contains("the update at byte offset \(hb[h].offset)") && r2.err.contains("after the heartbeat that follows it"), r2.err)
+        XCTAssertTrue(r2.err.contains("the update at byte offset \(hb[h].offset)") && r2.err.contains("s after the heartbeat that follows it"), r2.err)
         let cp2 = try await checkpoint("b2")
         XCTAssertEqual(cp2, hb[h - 1].ts, "the damaged update never applied")
+
+        // A heartbeat a little below the update before it (a recorder's new connection): held
+        // on until the next update vouches for it, not taken for damage.
+        var lower = basic
+        stamp(&lower, at: hb[h + 1].offset, hb[h].ts - 500_000_000)
+        let third = tmp.appendingPathComponent("reconnected.bin")
+        try Data(lower).write(to: third)
+        let r4 = try bridge("capture:\(third.path)", id: "b4")
+        XCTAssertEqual(r4.status, 0, r4.err)
+        let cp4 = try await checkpoint("b4")
+        XCTAssertEqual(cp4, hb.last { $0.magic == 0xB1 }?.ts)
 
         // Undamaged, the whole recording is applied, its last update too.
         let r3 = try bridge("capture:\(try KTFixture("medium").stream.path)", id: "b3")
@@ -253,7 +265,13 @@ final class ULogDamageTests: XCTestCase {
         let c = try await QSClient.connect(host: "127.0.0.1", port: node.port)
         let first = await Harness.eventually(timeout: .seconds(30)) { (try? await c.checkpoint(sourceID: "n")) == recs[recs.count / 2 - 1].ts }
         XCTAssertTrue(first, bridge.log)
-        // Another file (later records, KT's second file) renamed over the one being read.
+        // First a file KT has not flushed to yet (empty) renamed over it: waited for, not
+        // taken for a truncation of the old one.
+        FileManager.default.createFile(atPath: dir.appendingPathComponent(".empty.tmp").path, contents: Data())
+        XCTAssertEqual(rename(dir.appendingPathComponent(".empty.tmp").path, file.path), 0)
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { bridge.log.contains("replaced by a file with no whole record yet") }, bridge.log)
+        XCTAssertTrue(bridge.isRunning, bridge.log)
+        // Then another file (later records, KT's second file) renamed over the one being read.
         let staged = dir.appendingPathComponent(".new.tmp")
         try FileManager.default.copyItem(at: fixture.appendingPathComponent("0000000002.ulog"), to: staged)
         XCTAssertEqual(rename(staged.path, file.path), 0)
@@ -278,10 +296,6 @@ final class ULogDamageTests: XCTestCase {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let file = dir.appendingPathComponent("0000000001.ulog")
         // Records up to k+2 written, the header rewritten last after record k-1.
-        func header(size: Int, ts: UInt64) -> [UInt8] {
-            [0xA0] + (0..<8).map { UInt8(truncatingIfNeeded: UInt64(size) >> (56 - 8 * UInt64($0))) }
-                   + (0..<8).map { UInt8(truncatingIfNeeded: ts >> (56 - 8 * UInt64($0))) }
-        }
         try Data(header(size: recs[k].offset, ts: recs[k - 1].ts) + whole[17..<recs[k + 3].offset]).write(to: file)
         let bridge = try following(dir, id: "k")
         let c = try await QSClient.connect(host: "127.0.0.1", port: node.port)
@@ -298,6 +312,44 @@ final class ULogDamageTests: XCTestCase {
         try h.write(contentsOf: Data(header(size: whole.count, ts: recs[recs.count - 1].ts)))
         try h.close()
         let all = await Harness.eventually(timeout: .seconds(30)) { (try? await c.checkpoint(sourceID: "k")) == recs.last?.ts }
+        XCTAssertTrue(all, bridge.log)
+        XCTAssertTrue(bridge.isRunning, bridge.log)
+        XCTAssertEqual(try bridge.stop(), 0)
+        await c.close()
+    }
+
+    /// A ulog file header: the file's size and the newest timestamp.
+    func header(size: Int, ts: UInt64) -> [UInt8] {
+        [0xA0] + (0..<8).map { UInt8(truncatingIfNeeded: UInt64(size) >> (56 - 8 * UInt64($0))) }
+               + (0..<8).map { UInt8(truncatingIfNeeded: ts >> (56 - 8 * UInt64($0))) }
+    }
+
+    /// The bytes no header covered, read and held, dropped by KT and written over with other
+    /// records before the bridge looked again (no shrink seen): once the header covers that
+    /// place, it is read again from the file. The held record was applied from memory, and
+    /// reading went on from the old offset, inside the new records ("bad magic").
+    func testBytesPastTheHeaderWrittenOverAreReadAgainOnceCovered() async throws {
+        let fixture = try KTFixture("basic").ulog.appendingPathComponent("0000000001.ulog")
+        let whole = [UInt8](try Data(contentsOf: fixture))
+        let recs = try records(fixture)
+        let k = recs.count / 2
+        let dir = tmp.appendingPathComponent("overwritten")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let file = dir.appendingPathComponent("0000000001.ulog")
+        try Data(header(size: recs[k].offset, ts: recs[k - 1].ts) + whole[17..<recs[k + 3].offset]).write(to: file)
+        let bridge = try following(dir, id: "o")
+        let c = try await QSClient.connect(host: "127.0.0.1", port: node.port)
+        let first = await Harness.eventually(timeout: .seconds(30)) { (try? await c.checkpoint(sourceID: "o")) == recs[k - 1].ts }
+        XCTAssertTrue(first, bridge.log)
+        // KT restarted: records k…k+4 gone, k+5…k+40 written where k was, then the header.
+        let fd = open(file.path, O_WRONLY)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        let later = Array(whole[recs[k + 5].offset..<recs[k + 41].offset])
+        XCTAssertEqual(later.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, off_t(recs[k].offset)) }, later.count)
+        let newHeader = header(size: recs[k].offset + later.count, ts: recs[k + 40].ts)
+        XCTAssertEqual(newHeader.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }, newHeader.count)
+        close(fd)
+        let all = await Harness.eventually(timeout: .seconds(30)) { (try? await c.checkpoint(sourceID: "o")) == recs[k + 40].ts }
         XCTAssertTrue(all, bridge.log)
         XCTAssertTrue(bridge.isRunning, bridge.log)
         XCTAssertEqual(try bridge.stop(), 0)

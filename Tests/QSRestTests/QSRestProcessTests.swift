@@ -677,11 +677,12 @@ final class QSRestProcessTests: XCTestCase {
         return fd
     }
 
-    /// One producer's bodies arriving are held to its share of --max-arriving-bytes (half by
-    /// default): past it that producer is answered 503 at once, while another producer's
-    /// writes go through (eight slow uploads of one producer took the whole budget).
+    /// One producer's bodies arriving are held to its share of --max-arriving-bytes (all of
+    /// it but one --max-body by default): past it that producer is answered 503 at once,
+    /// while another producer's writes go through (eight slow uploads of one producer took
+    /// the whole budget).
     func testOneProducersArrivingBodiesAreHeldToItsShare() async throws {
-        let t = try await thirdBodyWhileTwoAreHeld(["--max-body", "1MiB", "--max-arriving-bytes", "4MiB"])
+        let t = try await thirdBodyWhileTwoAreHeld(["--max-body", "1MiB", "--max-arriving-bytes", "3MiB"])
         XCTAssertEqual(t.refused.status, 503, t.refused.body)
         XCTAssertTrue(t.refused.body.contains("--max-arriving-bytes-per-producer"), t.refused.body)
         XCTAssertEqual(metricValue(port: t.admin, "qs_rest_arriving_bytes_refusals_total"), 1)

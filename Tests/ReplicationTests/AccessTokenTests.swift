@@ -33,10 +33,17 @@ final class AccessTokenTests: XCTestCase {
         let head = try await c.head()
         await c.close()
 
-        let stranger = try ReplicaNode(data: tmp.appendingPathComponent("stranger"), upstreams: [root.address], logDir: tmp)
+        // Empty replicas: refused, they keep asking with their store closed (no ready file:
+        // only the admin port, a Unix socket here, is up).
+        func emptyReplica(_ name: String, _ extra: [String] = []) throws -> (daemon: DaemonProcess, admin: String) {
+            let admin = tmp.appendingPathComponent("\(name).sock").path
+            let d = try DaemonProcess("qsnode", ["--role", "replica", "--data", tmp.appendingPathComponent(name).path, "--listen", "127.0.0.1:0",
+                                                 "--upstream", root.address, "--admin", "unix:" + admin, "--log-format", "text"] + extra, logDir: tmp)
+            return (d, admin)
+        }
+        let stranger = try emptyReplica("stranger")
         let wrong = try file("wrong", "not-the-replication-token")
-        let impostor = try ReplicaNode(data: tmp.appendingPathComponent("impostor"), upstreams: [root.address], logDir: tmp,
-                                       extraArgs: ["--upstream-token-file", wrong])
+        let impostor = try emptyReplica("impostor", ["--upstream-token-file", wrong])
         let refused = await Harness.eventually(timeout: .seconds(15)) {
             (root.metric("qs_auth_failures_total{interface=\"replication\"}") ?? 0) >= 2
         }
@@ -49,8 +56,10 @@ final class AccessTokenTests: XCTestCase {
         XCTAssertTrue(strangerLogged, stranger.daemon.log)
         let impostorLogged = await Harness.eventually(timeout: .seconds(5)) { impostor.daemon.log.contains("wrong replication token") }
         XCTAssertTrue(impostorLogged, impostor.daemon.log)
-        XCTAssertEqual(stranger.metric("qs_replica_head_index") ?? 0, 0, "nothing replicated without the token")
-        XCTAssertEqual(httpGet(port: stranger.adminPort, path: "/readyz")?.status, 503)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: tmp.appendingPathComponent("stranger/data.mdb").path), "nothing replicated without the token")
+        let ready = httpRequest(unixPath: stranger.admin, path: "/readyz")
+        XCTAssertEqual(ready?.status, 503)
+        XCTAssertTrue(ready?.body.contains("missing replication token") ?? false, ready?.body ?? "no answer")
 
         let member = try ReplicaNode(data: tmp.appendingPathComponent("member"), upstreams: [root.address], logDir: tmp,
                                      extraArgs: ["--upstream-token-file", token])

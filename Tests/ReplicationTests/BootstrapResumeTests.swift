@@ -23,7 +23,7 @@ final class BootstrapResumeTests: XCTestCase {
     /// behind it whose bootstrap is reset once about 3 MB have passed; `whileCut` runs
     /// while the wire is down. Returns the replica (ready once its bootstrap is installed),
     /// the bytes that passed after the wire came back, and the snapshot's size.
-    func bootstrapCutOnce(whileCut: (QSClient) async throws -> Void) async throws
+    func bootstrapCutOnce(whileCut: (QSClient, FaultProxy) async throws -> Void) async throws
         -> (root: RootNode, replica: ReplicaNode, w: QSClient, afterCut: Int, size: Int) {
         let (root, w) = try await rootWith8MB()
         let proxy = try FaultProxy(upstreamPort: root.port)
@@ -36,7 +36,7 @@ final class BootstrapResumeTests: XCTestCase {
         }
         proxy.fault = .reset
         try await waitFor("the cut connection closed", timeout: .seconds(5), pollEvery: .milliseconds(5)) { proxy.openConnections == 0 }
-        try await whileCut(w)
+        try await whileCut(w, proxy)
         let atCut = proxy.bytesForwarded
         proxy.fault = .none
         let replica = try await starting.value
@@ -73,7 +73,7 @@ final class BootstrapResumeTests: XCTestCase {
 
     func testABootstrapResetHalfWayResumesFromTheBytesItHolds() async throws {
         try XCTSkipIf(ProcessInfo.processInfo.environment["QS_STORE_ENGINE"] == "rocksdb", "LMDB only: a RocksDB upstream's snapshots are not resumable")
-        let (root, replica, w, afterCut, size) = try await bootstrapCutOnce { _ in }
+        let (root, replica, w, afterCut, size) = try await bootstrapCutOnce { _, _ in }
         XCTAssertGreaterThan(size, 6 << 20)
         XCTAssertLessThan(afterCut, size - (2 << 20), "after the cut only the rest of the snapshot was fetched")
         XCTAssertEqual(replica.metric("qs_replica_bootstraps_resumed_total"), 1)
@@ -83,9 +83,32 @@ final class BootstrapResumeTests: XCTestCase {
         await w.close()
     }
 
+    /// An upstream that refuses connections for a while (a root restarting) after a cut:
+    /// every attempt meanwhile fails before the snapshot starts. The bytes held are kept
+    /// (they were deleted by the first such attempt) and the empty replica keeps asking
+    /// (it gave up after about a second and opened its empty store, whose follower then
+    /// fetched the whole snapshot again the slow way), then resumes and installs it before
+    /// its store opens.
+    func testABootstrapResumesAfterItsUpstreamRefusedConnectionsForAWhile() async throws {
+        try XCTSkipIf(ProcessInfo.processInfo.environment["QS_STORE_ENGINE"] == "rocksdb", "LMDB only: a RocksDB upstream's snapshots are not resumable")
+        let (root, replica, w, afterCut, size) = try await bootstrapCutOnce { _, proxy in
+            // Refused (each connection closed as accepted) across several of the replica's tries.
+            let before = proxy.connectionsAccepted
+            try await waitFor("five connections refused", timeout: .seconds(30), pollEvery: .milliseconds(20)) {
+                proxy.connectionsAccepted >= before + 5
+            }
+        }
+        XCTAssertLessThan(afterCut, size - (2 << 20), "after the outage only the rest of the snapshot was fetched")
+        XCTAssertEqual(replica.metric("qs_replica_bootstraps_resumed_total"), 1)
+        XCTAssertEqual(root.metric("qs_snapshot_resumes_total"), 1)
+        XCTAssertTrue(replica.daemon.log.contains("into=the data directory, before the store opened"), replica.daemon.log)
+        try await assertSameAsRoot(w, replica)
+        await w.close()
+    }
+
     func testABootstrapWhoseUpstreamMovedOnStartsOverCleanly() async throws {
         try XCTSkipIf(ProcessInfo.processInfo.environment["QS_STORE_ENGINE"] == "rocksdb", "LMDB only: a RocksDB upstream's snapshots are not resumable")
-        let (root, replica, w, afterCut, size) = try await bootstrapCutOnce { w in
+        let (root, replica, w, afterCut, size) = try await bootstrapCutOnce { w, _ in
             _ = try await w.write([.set(key: Array("written-while-cut".utf8), value: [1], expiry: nil)], sourceID: "t")
         }
         XCTAssertGreaterThanOrEqual(afterCut, size, "the whole new snapshot was fetched")
