@@ -117,6 +117,8 @@ public final class ReplicaService: Service, Sendable {
         case backingOff(String)
         /// Entries the upstream sent that this node cannot append (`AppendError`).
         case damaged(String)
+        /// No heartbeat (and no whole frame of any kind since) for so many seconds.
+        case silent(Double)
 
         var description: String {
             switch self {
@@ -127,6 +129,7 @@ public final class ReplicaService: Service, Sendable {
             case .interrupted: return "a repair or an operator's rebootstrap comes first"
             case let .backingOff(why): return why
             case let .damaged(why): return why
+            case let .silent(seconds): return "the upstream sent no heartbeat for \(Int(seconds)) s while this node waited (it sends one every second): hung, trickling, or not a QS node"
             }
         }
     }
@@ -306,65 +309,124 @@ public final class ReplicaService: Service, Sendable {
             // not at the first entry applied.
             self.metrics.head.record(Double(head.index))
             var rootWord = RootWord(since: wallClockNanoseconds())
-            for try await frame in inbound {
-                guard self.upstreams.contains(up) else { throw FollowEnd.delisted }
-                // Entries are applied from the frame's bytes as they are (`PackedEntries`).
-                if let list = try Response.packedEntries(frame) {
-                    let newHead: Head
-                    do {
-                        newHead = try await core.store.appendEntries(list)
-                    } catch let error as AppendError {
-                        // The subscription checked the hash this node and the upstream share
-                        // at its head: an entry after it that does not continue that chain
-                        // (or does not decode, or skips an index) was damaged on the way or
-                        // by the upstream, not a history of its own. Nothing of the frame
-                        // was applied; the next subscription asks again from the head.
-                        self.metrics.damagedEntries.increment()
-                        throw FollowEnd.damaged("\(error.damageDescription): damaged on the way or by the upstream (the subscription checked the history this node shares with it); nothing of it was applied, and it is asked for again")
+            // Judged on a timer while this node waits for a frame, not only when a heartbeat
+            // arrives: an upstream trickling a byte every few seconds (never a whole frame)
+            // or sending empty entries frames and no heartbeat kept the replica for good,
+            // though a healthy upstream heartbeats every second when idle.
+            let watch = NIOLockedValueBox(SubscriptionWatch(wordFromNs: rootWord.since))
+            let staleAfter = self.staleAfter
+            let watchdog = Task { [channel] in
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .seconds(1))
+                    let verdict = watch.withLockedValue { $0.judge(staleAfter: staleAfter) }
+                    if let verdict {
+                        watch.withLockedValue { $0.verdict = verdict }
+                        channel.channel.close(promise: nil)
+                        return
                     }
-                    core.watcher.publish()
-                    core.metrics.logHead.record(Double(newHead.index))
-                    self.metrics.head.record(Double(newHead.index))
-                    self.metrics.entriesApplied.increment(by: list.count)
-                    core.updateUpstream {
-                        $0.subscribed = true
-                        $0.leftBecause = nil
-                        $0.head = newHead.index
-                        // The upstream holds at least what it sent: heard now.
-                        $0.upstreamHead = max($0.upstreamHead, newHead.index)
-                        $0.upstreamHeardNs = wallClockNanoseconds()
-                    }
-                    continue
-                }
-                switch try Response.decode(frame) {
-                case let .heartbeat(upHead, rootTime):
-                    let mine = try await core.store.head().index
-                    let now = wallClockNanoseconds()
-                    let word = rootWord.heard(rootTime, now: now)
-                    if rootTime > now + 1_000_000_000 {
-                        self.skewed.log(self.logger, .warning, "the root time this upstream sends is ahead of this node's clock: taken as this node's time when it advances, never as it is (check both clocks)",
-                                        peer: up.description, metadata: ["upstream": "\(up)", "ahead-seconds": "\((rootTime - now) / 1_000_000_000)"])
-                    }
-                    core.updateUpstream {
-                        $0.subscribed = true
-                        $0.upstreamHead = upHead
-                        $0.upstreamHeardNs = now
-                        $0.head = mine
-                        if let word { $0.rootTimeNs = max($0.rootTimeNs, word) }
-                    }
-                    self.refreshGauges()
-                    // Staleness is judged on this upstream's own word, not the freshest ever seen.
-                    let age = rootWord.age(now: now)
-                    if age > self.staleAfter.seconds { throw FollowEnd.stale(age) }
-                    core.updateUpstream { $0.leftBecause = nil }
-                    if self.hasWorkBesidesFollowing() { throw FollowEnd.interrupted }
-                case let .error(code, message):
-                    throw FollowEnd.refused(ErrorCode(rawValue: code), message)
-                default:
-                    throw FollowEnd.refused(nil, "unexpected frame on a subscription")
                 }
             }
+            defer { watchdog.cancel() }
+            watch.withLockedValue { $0.waitingSince = .now }
+            do {
+                for try await frame in inbound {
+                    watch.withLockedValue { $0.waitingSince = nil }
+                    defer { watch.withLockedValue { $0.waitingSince = .now } }
+                    guard self.upstreams.contains(up) else { throw FollowEnd.delisted }
+                    // Entries are applied from the frame's bytes as they are (`PackedEntries`).
+                    if let list = try Response.packedEntries(frame) {
+                        let newHead: Head
+                        do {
+                            newHead = try await core.store.appendEntries(list)
+                        } catch let error as AppendError {
+                            // The subscription checked the hash this node and the upstream share
+                            // at its head: an entry after it that does not continue that chain
+                            // (or does not decode, or skips an index) was damaged on the way or
+                            // by the upstream, not a history of its own. Nothing of the frame
+                            // was applied; the next subscription asks again from the head.
+                            self.metrics.damagedEntries.increment()
+                            throw FollowEnd.damaged("\(error.damageDescription): damaged on the way or by the upstream (the subscription checked the history this node shares with it); nothing of it was applied, and it is asked for again")
+                        }
+                        core.watcher.publish()
+                        core.metrics.logHead.record(Double(newHead.index))
+                        self.metrics.head.record(Double(newHead.index))
+                        self.metrics.entriesApplied.increment(by: list.count)
+                        core.updateUpstream {
+                            $0.subscribed = true
+                            $0.leftBecause = nil
+                            $0.head = newHead.index
+                            // The upstream holds at least what it sent: heard now.
+                            $0.upstreamHead = max($0.upstreamHead, newHead.index)
+                            $0.upstreamHeardNs = wallClockNanoseconds()
+                        }
+                        continue
+                    }
+                    switch try Response.decode(frame) {
+                    case let .heartbeat(upHead, rootTime):
+                        let mine = try await core.store.head().index
+                        let now = wallClockNanoseconds()
+                        let word = rootWord.heard(rootTime, now: now)
+                        if rootTime > now + 1_000_000_000 {
+                            self.skewed.log(self.logger, .warning, "the root time this upstream sends is ahead of this node's clock: taken as this node's time when it advances, never as it is (check both clocks)",
+                                            peer: up.description, metadata: ["upstream": "\(up)", "ahead-seconds": "\((rootTime - now) / 1_000_000_000)"])
+                        }
+                        core.updateUpstream {
+                            $0.subscribed = true
+                            $0.upstreamHead = upHead
+                            $0.upstreamHeardNs = now
+                            $0.head = mine
+                            if let word { $0.rootTimeNs = max($0.rootTimeNs, word) }
+                        }
+                        watch.withLockedValue {
+                            $0.lastHeartbeat = .now
+                            if let word { $0.wordFromNs = word }
+                        }
+                        self.refreshGauges()
+                        // Staleness is judged on this upstream's own word, not the freshest ever seen.
+                        let age = rootWord.age(now: now)
+                        if age > self.staleAfter.seconds { throw FollowEnd.stale(age) }
+                        core.updateUpstream { $0.leftBecause = nil }
+                        if self.hasWorkBesidesFollowing() { throw FollowEnd.interrupted }
+                    case let .error(code, message):
+                        throw FollowEnd.refused(ErrorCode(rawValue: code), message)
+                    default:
+                        throw FollowEnd.refused(nil, "unexpected frame on a subscription")
+                    }
+                }
+            } catch {
+                // Closed by the watchdog: its verdict, not what the cut frame says.
+                if let verdict = watch.withLockedValue({ $0.verdict }) { throw verdict }
+                throw error
+            }
+            if let verdict = watch.withLockedValue({ $0.verdict }) { throw verdict }
             throw FollowEnd.closed
+        }
+    }
+
+    /// What a subscription's watchdog judges from, while the follower waits for a frame.
+    struct SubscriptionWatch: Sendable {
+        /// Since when the follower waits for the next frame (nil while it applies one).
+        var waitingSince: ContinuousClock.Instant?
+        var lastHeartbeat = ContinuousClock.now
+        /// The root's last word through this subscription (or its start), ns since the epoch.
+        var wordFromNs: UInt64
+        /// Why the watchdog closed the subscription.
+        var verdict: FollowEnd?
+
+        /// How long a waiting follower lets an upstream go without a heartbeat (it sends one
+        /// every second when idle).
+        static let heartbeatPatience: Duration = .seconds(5)
+
+        init(wordFromNs: UInt64) { self.wordFromNs = wordFromNs }
+
+        func judge(staleAfter: Duration, now: UInt64 = wallClockNanoseconds()) -> FollowEnd? {
+            guard let since = waitingSince else { return nil }
+            let waited = ContinuousClock.now - max(since, lastHeartbeat)
+            if waited > Self.heartbeatPatience {
+                return .silent(waited.seconds)
+            }
+            let age = now > wordFromNs ? Double(now - wordFromNs) / 1e9 : 0
+            return age > staleAfter.seconds ? .stale(age) : nil
         }
     }
 

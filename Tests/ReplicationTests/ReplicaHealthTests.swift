@@ -133,6 +133,31 @@ final class ReplicaHealthTests: XCTestCase {
 
     }
 
+    /// An upstream that trickles (a byte a second: never a whole heartbeat for 20 s, yet
+    /// never 5 s without a byte) is left once the replica has waited 5 s without a heartbeat,
+    /// and the next upstream followed; it stayed on it (until the queued heartbeats, older
+    /// and older, showed it stale a minute later).
+    func testAnUpstreamThatTricklesIsLeftWithinSecondsForTheNext() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        _ = try await c.write([.set(key: Array("k".utf8), value: Array("v".utf8), expiry: nil)], sourceID: "t")
+        await c.close()
+        let proxy = try FaultProxy(upstreamPort: root.port)
+        let replica = try ReplicaNode(data: tmp.appendingPathComponent("replica"), upstreams: [proxy.address, root.address], logDir: tmp)
+        try await waitFor("the replica following through the proxy", timeout: .seconds(20), pollEvery: .milliseconds(50)) {
+            replica.metric("qs_replica_subscribed") == 1 && replica.metric("qs_replica_head_index") == 1
+        }
+        proxy.fault = .bandwidth(bytesPerSecond: 1)
+        let left = await Harness.eventually(timeout: .seconds(20)) {
+            replica.daemon.log.contains("sent no heartbeat for") && (replica.metric("qs_replica_upstream_switches_total") ?? 0) >= 1
+        }
+        XCTAssertTrue(left, replica.daemon.log)
+        try await waitFor("following the root directly", timeout: .seconds(20), pollEvery: .milliseconds(100)) {
+            httpGet(port: replica.adminPort, path: "/readyz")?.status == 200
+        }
+        proxy.close()
+    }
+
     /// A replica of a replica whose root is gone stays subscribed while the root's word
     /// ages: its /readyz says it is too stale, not the words it says when ready.
     func testAStaleReplicaSaysSoInReadyz() async throws {
