@@ -364,6 +364,11 @@ public final class ReplicaService: Service, Sendable {
                     switch try Response.decode(frame) {
                     case let .heartbeat(upHead, rootTime):
                         let mine = try await core.store.head().index
+                        // It sent entries up to this node's head at least (the subscription
+                        // began at it): a head below is a lie or another log, never lag 0.
+                        if upHead < mine {
+                            throw FollowEnd.refused(.behind, "the upstream's heartbeat says its head is \(upHead), below this node's \(mine), which it streamed or subscribed from")
+                        }
                         let now = wallClockNanoseconds()
                         let word = rootWord.heard(rootTime, now: now)
                         if rootTime > now + 1_000_000_000 {

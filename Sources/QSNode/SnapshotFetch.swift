@@ -52,6 +52,8 @@ func receiveSnapshot(from up: Endpoint, token: [UInt8], group: any EventLoopGrou
             let started = ContinuousClock.now
             var lastReport = started
             var toldWaiting = false
+            /// Begun with SnapshotStart: it must end with SnapshotDone (the digest).
+            var resumable = false
             /// Writes bytes of the snapshot to the file, from the socket's buffer.
             func took(_ bytes: some SnapshotBytes, count: Int) async throws {
                 guard let total = begin?.size else { throw ReplicaService.FollowEnd.refused(nil, "a snapshot chunk before its start") }
@@ -100,6 +102,7 @@ func receiveSnapshot(from up: Endpoint, token: [UInt8], group: any EventLoopGrou
                     }
                     try checkRoom(size)
                     try await file.begin(index: index, hash: hash, size: size, offset: offset)
+                    resumable = true
                     begin = (index, hash, size, offset)
                     tally?.began(size: size, offset: offset)
                     received = offset
@@ -124,6 +127,11 @@ func receiveSnapshot(from up: Endpoint, token: [UInt8], group: any EventLoopGrou
                     try await file.expect(digest: digest)
                     return begin
                 case .snapshotEnd:
+                    // The resumable exchange (SnapshotStart) ends with SnapshotDone and the
+                    // digest of the whole: an end without it would skip the digest check.
+                    guard !resumable else {
+                        throw ReplicaService.FollowEnd.refused(nil, "a snapshot begun with SnapshotStart ended without its digest (SnapshotEnd instead of SnapshotDone)")
+                    }
                     guard let begin, received == begin.size else {
                         throw ReplicaService.FollowEnd.refused(nil, "snapshot ended after \(received) bytes, announced \(begin?.size ?? 0)")
                     }
