@@ -93,6 +93,21 @@ public enum EmptyReplicaBootstrap {
                     logger.error("bootstrap of the empty store failed", metadata: ["upstream": "\(up)", "error": "\(error)"])
                     progress.failed("\(error)")
                     return nil
+                } catch let error as ReplicaService.FollowEnd {
+                    if Task.isCancelled { return nil }
+                    // The upstream broke the exchange (a snapshot longer or shorter than it
+                    // announced, an end without its digest):
+                    // refused, not progress, so it is asked again only after the pause (it
+                    // was retried seven times a second).
+                    if case .refused(nil, _) = error {
+                        metrics.bootstrapsRefused.increment()
+                        logger.error("bootstrap of the empty store: the upstream's snapshot was refused", metadata: ["upstream": "\(up)", "error": "\(error)"])
+                    } else {
+                        // The upstream's own refusal (a token it does not take, ...).
+                        logger.warning("bootstrap of the empty store: the upstream refused", metadata: ["upstream": "\(up)", "error": "\(error)"])
+                    }
+                    progress.failed("\(error)")
+                    continue
                 } catch {
                     if Task.isCancelled { return nil }
                     logger.warning("bootstrap of the empty store cut off", metadata: ["upstream": "\(up)", "error": "\(error)"])
