@@ -133,6 +133,37 @@ final class ReplicaHealthTests: XCTestCase {
 
     }
 
+    /// An entry damaged on the way (a byte of its value inverted past TCP's checksum) does
+    /// not continue the chain the subscription checked: counted as damage, never applied,
+    /// asked for again (it was logged as "the histories diverged", and counted nowhere).
+    func testAnEntryDamagedOnTheWayIsCountedAsDamageAndFetchedAgain() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let proxy = try FaultProxy(upstreamPort: root.port)
+        // Inside the value of the one large entry: the subscription sends only heartbeats before it.
+        proxy.fault = .flipByte(at: 100_000)
+        let replica = try ReplicaNode(data: tmp.appendingPathComponent("replica"), upstreams: [proxy.address], logDir: tmp)
+        try await waitFor("the replica subscribed", timeout: .seconds(20), pollEvery: .milliseconds(50)) {
+            replica.metric("qs_replica_subscribed") == 1
+        }
+        let value = incompressibleBytes(200 << 10)
+        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        _ = try await c.write([.set(key: Array("big".utf8), value: value, expiry: nil)], sourceID: "t")
+        let head = try await c.head()
+        await c.close()
+        try await waitFor("the entry applied whole after the damaged copy was refused", timeout: .seconds(30), pollEvery: .milliseconds(50)) {
+            replica.metric("qs_replica_head_index") == Double(head.index)
+        }
+        XCTAssertTrue(proxy.hasFlipped)
+        XCTAssertEqual(replica.metric("qs_replica_damaged_entries_total"), 1)
+        XCTAssertTrue(replica.daemon.log.contains("damaged on the way or by the upstream"), replica.daemon.log)
+        XCTAssertFalse(replica.daemon.log.contains("histories diverged"), replica.daemon.log)
+        let r = try await QSClient.connect(host: "127.0.0.1", port: replica.port)
+        let got = try await r.get(Array("big".utf8))
+        XCTAssertEqual(got?.value, value)
+        await r.close()
+        proxy.close()
+    }
+
     /// An upstream that trickles (a byte a second: never a whole heartbeat for 20 s, yet
     /// never 5 s without a byte) is left once the replica has waited 5 s without a heartbeat,
     /// and the next upstream followed; it stayed on it (until the queued heartbeats, older
