@@ -353,8 +353,11 @@ public actor RootWriter {
         do {
             made = try await attempt.valueUnlessCancelled()
         } catch is CancellationError where Task.isCancelled {
-            // This caller stops waiting (the process stopping): the attempt runs on, and
-            // the next caller joins it instead of opening another connection.
+            // This caller stops waiting (the process stopping, a write given up at its
+            // deadline): the attempt runs on, finished by a task of its own that takes its
+            // connection (the keepalive skips while an attempt runs, so nothing else would,
+            // and /readyz said "not connected" until a write came).
+            Task { _ = try? await self.connection() }
             throw CancellationError()
         } catch {
             if connecting == attempt { connecting = nil }

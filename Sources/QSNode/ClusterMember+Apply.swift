@@ -69,7 +69,7 @@ extension ClusterMember {
                 let mine = try await store.head()
                 let head = try await store.installSnapshot(continuing: mine.index > 0 ? mine : nil) { file in
                     let begin = try await receiveSnapshot(from: peer, token: self.peerToken, group: MultiThreadedEventLoopGroup.singleton,
-                                                          into: file, checkRoom: { try checkSnapshotRoom(self.store, for: $0) }, logger: self.logger)
+                                                          into: file, checkRoom: { try checkSnapshotRoom(self.store, for: $0, held: $1) }, logger: self.logger)
                     return Head(index: begin.index, hash: begin.hash, commitTimeNs: 0)
                 }
                 snapshotCatchUps.increment()

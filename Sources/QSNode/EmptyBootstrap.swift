@@ -26,16 +26,18 @@ public enum EmptyReplicaBootstrap {
     /// directory now stands at, or nil when it was cancelled (the node stopping: what
     /// arrived is kept) or the snapshot is a RocksDB checkpoint (installed once the store
     /// is open).
-    public static func run(data: String, staging: String, upstreams: [Endpoint], token: [UInt8], metrics: ReplicaMetrics,
+    public static func run(data: String, staging: String, upstreams list: @Sendable () -> [Endpoint], token: [UInt8], metrics: ReplicaMetrics,
                            progress: EmptyBootstrapProgress = EmptyBootstrapProgress(),
                            group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) async -> Head? {
-        guard !upstreams.isEmpty else { return nil }
+        guard !list().isEmpty else { return nil }
         var idleRounds = 0
         var backoff = Backoff(initial: .milliseconds(200), cap: .seconds(30))
         // As the follower waits for room: 5 s doubling to 5 min.
         var roomBackoff = Backoff(initial: .seconds(5), cap: .seconds(300))
         while !Task.isCancelled {
             var progressed = false, roomWaited = false
+            // Read again each round: an edited --upstream-file is followed without a restart.
+            let upstreams = list()
             for up in upstreams {
                 let started = ContinuousClock.now
                 logger.info("bootstrap of the empty store: requesting a snapshot", metadata: ["upstream": "\(up)", "data": "\(data)"])
@@ -46,7 +48,7 @@ public enum EmptyReplicaBootstrap {
                 do {
                     let head = try await Store.bootstrapEmpty(directory: data, staging: staging) { file in
                         let begin = try await receiveSnapshot(from: up, token: token, group: group, into: file,
-                                                              checkRoom: { try checkRoom(data: data, staging: staging, size: $0) },
+                                                              checkRoom: { try checkRoom(data: data, staging: staging, size: $0, held: $1) },
                                                               logger: logger, tally: tally)
                         size = begin.size
                         resumedFrom = begin.resumedFrom
@@ -148,8 +150,9 @@ public enum EmptyReplicaBootstrap {
 
     /// Refuses a snapshot of `size` bytes when the data directory's filesystem lacks room
     /// for it and a margin (a tenth, at least 1 MiB).
-    static func checkRoom(data: String, staging: String, size: UInt64) throws {
-        let need = size + max(size / 10, 1 << 20)
+    static func checkRoom(data: String, staging: String, size: UInt64, held: UInt64 = 0) throws {
+        let whole = size + max(size / 10, 1 << 20)
+        let need = whole - min(held, whole)
         if let free = Store.freeBytes(at: staging), free < need {
             throw StoreError.diskFull("a snapshot of \(size) bytes needs about \(need) bytes free in \(staging), which has \(free)")
         }

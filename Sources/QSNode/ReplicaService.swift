@@ -292,13 +292,14 @@ public final class ReplicaService: Service, Sendable {
         }
     }
 
-    private func connect(_ up: Endpoint) async throws -> NIOAsyncChannel<Frame, Frame> {
-        try await openFrameChannel(to: up, group: group)
+    private func connect(_ up: Endpoint, arrivals: ByteArrivals? = nil) async throws -> NIOAsyncChannel<Frame, Frame> {
+        try await openFrameChannel(to: up, arrivals: arrivals, group: group)
     }
 
     /// Subscribes from this node's head and applies what the upstream streams.
     private func follow(_ up: Endpoint) async throws {
-        let channel = try await connect(up)
+        let arrivals = ByteArrivals()
+        let channel = try await connect(up, arrivals: arrivals)
         let core = self.core
         try await channel.executeThenClose { inbound, outbound in
             let head = try await core.store.head()
@@ -318,9 +319,15 @@ public final class ReplicaService: Service, Sendable {
             let watchdog = Task { [channel] in
                 while !Task.isCancelled {
                     try? await Task.sleep(for: .seconds(1))
-                    let verdict = watch.withLockedValue { $0.judge(staleAfter: staleAfter) }
-                    if let verdict {
-                        watch.withLockedValue { $0.verdict = verdict }
+                    let received = arrivals.received
+                    // Judged and recorded in one step, only while the follower still waits.
+                    let verdict = watch.withLockedValue { w -> FollowEnd? in
+                        w.note(received: received)
+                        guard let v = w.judge(staleAfter: staleAfter) else { return nil }
+                        w.verdict = v
+                        return v
+                    }
+                    if verdict != nil {
                         channel.channel.close(promise: nil)
                         return
                     }
@@ -398,6 +405,9 @@ public final class ReplicaService: Service, Sendable {
                         throw FollowEnd.refused(nil, "unexpected frame on a subscription")
                     }
                 }
+            } catch let own as FollowEnd {
+                // The loop's own reason (a refusal, a repair first) comes before the watchdog's.
+                throw own
             } catch {
                 // Closed by the watchdog: its verdict, not what the cut frame says.
                 if let verdict = watch.withLockedValue({ $0.verdict }) { throw verdict }
@@ -409,6 +419,8 @@ public final class ReplicaService: Service, Sendable {
     }
 
     /// What a subscription's watchdog judges from, while the follower waits for a frame.
+    /// Nothing is judged while bytes still arrive at a useful rate: a large frame on a slow
+    /// link (a 2 MB entry at 200 KB/s) is not silence, and its heartbeat comes after it.
     struct SubscriptionWatch: Sendable {
         /// Since when the follower waits for the next frame (nil while it applies one).
         var waitingSince: ContinuousClock.Instant?
@@ -417,16 +429,30 @@ public final class ReplicaService: Service, Sendable {
         var wordFromNs: UInt64
         /// Why the watchdog closed the subscription.
         var verdict: FollowEnd?
+        /// Bytes received, as last noted, and since when bytes have come slower than
+        /// `flowingBytesPerSecond` (nil while they flow).
+        var received: UInt64 = 0
+        var slowSince: ContinuousClock.Instant? = .now
 
         /// How long a waiting follower lets an upstream go without a heartbeat (it sends one
-        /// every second when idle).
+        /// every second when idle) once bytes no longer flow.
         static let heartbeatPatience: Duration = .seconds(5)
+        /// The byte rate below which a frame is not taken as arriving (a trickle: a byte a
+        /// second never completes a heartbeat).
+        static let flowingBytesPerSecond: UInt64 = 1024
 
         init(wordFromNs: UInt64) { self.wordFromNs = wordFromNs }
 
+        /// Notes the bytes received by now (called about once a second).
+        mutating func note(received now: UInt64) {
+            let flowing = now &- received >= Self.flowingBytesPerSecond
+            received = now
+            if flowing { slowSince = nil } else if slowSince == nil { slowSince = .now }
+        }
+
         func judge(staleAfter: Duration, now: UInt64 = wallClockNanoseconds()) -> FollowEnd? {
-            guard let since = waitingSince else { return nil }
-            let waited = ContinuousClock.now - max(since, lastHeartbeat)
+            guard let since = waitingSince, let slow = slowSince else { return nil }
+            let waited = ContinuousClock.now - max(since, lastHeartbeat, slow)
             if waited > Self.heartbeatPatience {
                 return .silent(waited.seconds)
             }
@@ -477,8 +503,8 @@ public final class ReplicaService: Service, Sendable {
     /// room for it and a margin (a tenth, at least 1 MiB) twice over: once staged (in
     /// `--staging-dir`), once installed in the data directory. The error is a disk-full
     /// one, so the loop waits instead of fetching the snapshot again every second.
-    func checkRoom(for size: UInt64) throws {
-        try checkSnapshotRoom(core.store, for: size)
+    func checkRoom(for size: UInt64, held: UInt64) throws {
+        try checkSnapshotRoom(core.store, for: size, held: held)
     }
 
     /// Whether the follower must stop following to repair the store or carry out an
@@ -591,7 +617,7 @@ public final class ReplicaService: Service, Sendable {
         var transferred = started
         let head = try await core.store.installSnapshot(continuing: continuing) { file in
             let begin = try await receiveSnapshot(from: up, token: self.upstreamToken, group: self.group, into: file,
-                                                  checkRoom: { try self.checkRoom(for: $0) }, logger: self.logger,
+                                                  checkRoom: { try self.checkRoom(for: $0, held: $1) }, logger: self.logger,
                                                   tally: SnapshotTally(self.metrics.bootstrapBytes))
             announcedBytes = begin.size
             resumedFrom = begin.resumedFrom

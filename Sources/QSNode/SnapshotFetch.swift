@@ -8,10 +8,10 @@ import QSWire
 import NIOConcurrencyHelpers
 
 /// A frame channel to `up` (TCP or Unix socket).
-func openFrameChannel(to up: Endpoint, group: any EventLoopGroup) async throws -> NIOAsyncChannel<Frame, Frame> {
+func openFrameChannel(to up: Endpoint, arrivals: ByteArrivals? = nil, group: any EventLoopGroup) async throws -> NIOAsyncChannel<Frame, Frame> {
     switch up {
-    case let .tcp(host, port): return try await openFrameChannel(host: host, port: port, unixPath: nil, group: group)
-    case let .unix(path): return try await openFrameChannel(host: nil, port: 0, unixPath: path, group: group)
+    case let .tcp(host, port): return try await openFrameChannel(host: host, port: port, unixPath: nil, arrivals: arrivals, group: group)
+    case let .unix(path): return try await openFrameChannel(host: nil, port: 0, unixPath: path, arrivals: arrivals, group: group)
     }
 }
 
@@ -34,7 +34,7 @@ func openSnapshotChannel(to up: Endpoint, maxReadBytes: Int, group: any EventLoo
 /// and a root cluster member's catch-up from a peer (`Store.installSnapshot` checks and
 /// installs what it received).
 func receiveSnapshot(from up: Endpoint, token: [UInt8], group: any EventLoopGroup, into file: SnapshotWriter,
-                     checkRoom: @Sendable (UInt64) throws -> Void, logger: Logger,
+                     checkRoom: @Sendable (_ size: UInt64, _ held: UInt64) throws -> Void, logger: Logger,
                      tally: SnapshotTally? = nil) async throws -> (index: UInt64, hash: [UInt8], size: UInt64, resumedFrom: UInt64) {
     let held = await file.held()
     if let held {
@@ -100,14 +100,18 @@ func receiveSnapshot(from up: Endpoint, token: [UInt8], group: any EventLoopGrou
                         logger.notice("snapshot: the upstream cannot resume the one held: starting over", metadata: [
                             "from": "\(up)", "reason": "\(why)", "dropped-bytes": "\(held.offset)"])
                     }
-                    try checkRoom(size)
+                    // The bytes held are in the room asked for: kept when resumed, given back
+                    // when started over (a partial kept across attempts held room for good).
+                    try checkRoom(size, held?.offset ?? 0)
                     try await file.begin(index: index, hash: hash, size: size, offset: offset)
                     resumable = true
                     begin = (index, hash, size, offset)
                     tally?.began(size: size, offset: offset)
                     received = offset
                 case let .snapshotBegin(index, hash, size):
-                    try checkRoom(size)
+                    // The bytes held are in the room asked for: kept when resumed, given back
+                    // when started over (a partial kept across attempts held room for good).
+                    try checkRoom(size, held?.offset ?? 0)
                     try await file.begin(index: index, hash: hash, size: size, offset: 0)
                     begin = (index, hash, size, 0)
                     tally?.began(size: size, offset: 0)
@@ -194,10 +198,11 @@ final class SnapshotTally: Sendable {
 /// room for it and a margin (a tenth, at least 1 MiB) twice over: once staged (in
 /// `--staging-dir`), once installed in the data directory. The error is a disk-full
 /// one, so the caller waits instead of fetching the snapshot again every second.
-func checkSnapshotRoom(_ store: Store, for size: UInt64) throws {
+func checkSnapshotRoom(_ store: Store, for size: UInt64, held: UInt64 = 0) throws {
     let one = size + max(size / 10, 1 << 20)
-    let places = store.stagingDirectory == store.directory ? [(store.directory, 2 * one)]
-        : [(store.stagingDirectory, one), (store.directory, one)]
+    let staged = one - min(held, one)
+    let places = store.stagingDirectory == store.directory ? [(store.directory, staged + one)]
+        : [(store.stagingDirectory, staged), (store.directory, one)]
     for (dir, need) in places {
         guard let free = Store.freeBytes(at: dir), free < need else { continue }
         let error = StoreError.diskFull("a snapshot of \(size) bytes needs about \(need) bytes free in \(dir), which has \(free)")

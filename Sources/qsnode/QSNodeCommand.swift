@@ -316,7 +316,19 @@ struct QSNodeCommand: AsyncParsableCommand {
             let unavailable = "is not available while the empty store bootstraps: wait until /readyz says the store is open, or stop the node and restart it with other --upstream addresses"
             phase.enter(readiness: { Readiness(ready: false, detail: "replica: " + progress.detail + "; reads and writes start once it is installed") },
                         unavailable: unavailable)
-            let upstreams = try upstreamEndpoints()
+            let initial = try upstreamEndpoints()
+            // The list is read again at each round (an edited --upstream-file is taken
+            // without a restart), and SIGHUP, the documented reload, must not kill the node
+            // meanwhile (its default action; the reload service starts with the store).
+            signal(SIGHUP, SIG_IGN)
+            let file = upstreamFile, logger = logger
+            let upstreams: @Sendable () -> [Endpoint] = {
+                guard !file.isEmpty else { return initial }
+                do { return try UpstreamReloader.read(file) } catch {
+                    logger.error("cannot read --upstream-file: keeping the list read before", metadata: ["file": "\(file)", "error": "\(error)"])
+                    return initial
+                }
+            }
             bootstrapped = await cancelWhenGracefulShutdown {
                 await EmptyReplicaBootstrap.run(data: data, staging: staging, upstreams: upstreams, token: upstreamToken,
                                                 metrics: ReplicaMetrics(), progress: progress, logger: logger)

@@ -195,6 +195,8 @@ final class ReplyMemoryTests: XCTestCase {
     /// (RLIMIT_DATA, set on the running node), it answers the refusal and stays up. Before,
     /// one small request built the whole reply first (160 MB here; gigabytes with more keys).
     func testAGetBulkPastTheBudgetIsRefusedBeforeItsValuesAreGathered() async throws {
+        try XCTSkipIf(ProcessInfo.processInfo.environment["QS_STORE_ENGINE"] == "rocksdb",
+                      "LMDB only: the heap limit leaves no room for RocksDB's own memtables and cache; the gathering is the same code on both engines")
         node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp,
                             extraArgs: ["--kt-http", "127.0.0.1:0", "--read-reply-memory", "8MiB"])
         let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)

@@ -133,6 +133,28 @@ final class ReplicaHealthTests: XCTestCase {
 
     }
 
+    /// A large entry on a slow link (2 MB at 200 KB/s: ten seconds for one frame, its
+    /// heartbeat after it) is not silence: the watchdog judges only once bytes stop flowing
+    /// (it cut the subscription every 5 s, and the replica never got past the entry).
+    func testALargeEntryOnASlowLinkIsNotTakenForSilence() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let proxy = try FaultProxy(upstreamPort: root.port)
+        let replica = try ReplicaNode(data: tmp.appendingPathComponent("replica"), upstreams: [proxy.address], logDir: tmp)
+        try await waitFor("the replica subscribed", timeout: .seconds(20), pollEvery: .milliseconds(50)) {
+            replica.metric("qs_replica_subscribed") == 1
+        }
+        proxy.fault = .bandwidth(bytesPerSecond: 200_000)
+        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        _ = try await c.write([.set(key: Array("big".utf8), value: incompressibleBytes(2 << 20), expiry: nil)], sourceID: "t")
+        let head = try await c.head()
+        await c.close()
+        try await waitFor("the large entry applied through the slow link", timeout: .seconds(60), pollEvery: .milliseconds(100)) {
+            replica.metric("qs_replica_head_index") == Double(head.index)
+        }
+        XCTAssertFalse(replica.daemon.log.contains("sent no heartbeat"), replica.daemon.log)
+        proxy.close()
+    }
+
     /// An entry damaged on the way (a byte of its value inverted past TCP's checksum) does
     /// not continue the chain the subscription checked: counted as damage, never applied,
     /// asked for again (it was logged as "the histories diverged", and counted nowhere).
