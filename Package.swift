@@ -94,7 +94,7 @@ let package = Package(
             name: "QSClient",
             dependencies: [
                 "QSBytes", "QSModel", "QSNet", "QSWire",
-                nio("NIOCore"), nio("NIOPosix"), .product(name: "NIOExtras", package: "swift-nio-extras"),
+                nio("NIOConcurrencyHelpers"), nio("NIOCore"), nio("NIOPosix"), .product(name: "NIOExtras", package: "swift-nio-extras"),
             ],
             swiftSettings: swiftSettings
         ),
