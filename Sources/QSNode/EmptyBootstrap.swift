@@ -91,7 +91,8 @@ public enum EmptyReplicaBootstrap {
                     roomWaited = true
                     break
                 } catch let error as StoreError {
-                    // A file this node cannot write: opening the store says so.
+                    // A file this node cannot write (an I/O error, a rename that fails): the
+                    // one case that still opens the store, whose own open says what is wrong.
                     logger.error("bootstrap of the empty store failed", metadata: ["upstream": "\(up)", "error": "\(error)"])
                     progress.failed("\(error)")
                     return nil
@@ -112,7 +113,10 @@ public enum EmptyReplicaBootstrap {
                     continue
                 } catch {
                     if Task.isCancelled { return nil }
-                    logger.warning("bootstrap of the empty store cut off", metadata: ["upstream": "\(up)", "error": "\(error)"])
+                    // Cut off with bytes received, or no snapshot at all (not reached, closed first).
+                    logger.warning(tally.total > 0 ? "bootstrap of the empty store cut off (what arrived is kept)"
+                                                   : "bootstrap of the empty store: no snapshot from this upstream",
+                                   metadata: ["upstream": "\(up)", "error": "\(error)"])
                     progress.failed("\(error)")
                 }
                 if tally.total > 0 { progressed = true }
