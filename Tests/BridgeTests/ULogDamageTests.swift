@@ -288,20 +288,7 @@ final class ULogDamageTests: XCTestCase {
     /// past the header (`ulog` open): the bridge never applied them (a record is applied once
     /// the header covers it), so it reads on from the last applied record, no stop.
     func testBytesPastTheHeaderDroppedByKTAreReadOnNotTakenForATruncation() async throws {
-        let fixture = try KTFixture("basic").ulog.appendingPathComponent("0000000001.ulog")
-        let whole = [UInt8](try Data(contentsOf: fixture))
-        let recs = try records(fixture)
-        let k = recs.count / 2
-        let dir = tmp.appendingPathComponent("crashed")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let file = dir.appendingPathComponent("0000000001.ulog")
-        // Records up to k+2 written, the header rewritten last after record k-1.
-        try Data(header(size: recs[k].offset, ts: recs[k - 1].ts) + whole[17..<recs[k + 3].offset]).write(to: file)
-        let bridge = try following(dir, id: "k")
-        let c = try await QSClient.connect(host: "127.0.0.1", port: node.port)
-        // The run holding k-1 is delivered once record k has been read and held.
-        let first = await Harness.eventually(timeout: .seconds(30)) { (try? await c.checkpoint(sourceID: "k")) == recs[k - 1].ts }
-        XCTAssertTrue(first, bridge.log)
+        let (whole, recs, k, file, bridge, c) = try await holdingPastTheHeader("crashed", id: "k")
         // KT restarts: drops what its header does not cover, then logs on.
         XCTAssertEqual(truncate(file.path, off_t(recs[k].offset)), 0)
         XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { bridge.log.contains("shrank to what its header covers") }, bridge.log)
@@ -318,6 +305,27 @@ final class ULogDamageTests: XCTestCase {
         await c.close()
     }
 
+    /// A ulog directory `name` holding the basic fixture's first file with records up to
+    /// k+2 written and the header rewritten last after record k-1 (k: the middle record),
+    /// followed by a bridge `id` that has applied through k-1 (the run holding k-1 is
+    /// delivered once record k has been read and held).
+    func holdingPastTheHeader(_ name: String, id: String) async throws
+        -> (whole: [UInt8], recs: [(offset: Int, ts: UInt64)], k: Int, file: URL, bridge: DaemonProcess, client: QSClient) {
+        let fixture = try KTFixture("basic").ulog.appendingPathComponent("0000000001.ulog")
+        let whole = [UInt8](try Data(contentsOf: fixture))
+        let recs = try records(fixture)
+        let k = recs.count / 2
+        let dir = tmp.appendingPathComponent(name)
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let file = dir.appendingPathComponent("0000000001.ulog")
+        try Data(header(size: recs[k].offset, ts: recs[k - 1].ts) + whole[17..<recs[k + 3].offset]).write(to: file)
+        let bridge = try following(dir, id: id)
+        let c = try await QSClient.connect(host: "127.0.0.1", port: node.port)
+        let first = await Harness.eventually(timeout: .seconds(30)) { (try? await c.checkpoint(sourceID: id)) == recs[k - 1].ts }
+        XCTAssertTrue(first, bridge.log)
+        return (whole, recs, k, file, bridge, c)
+    }
+
     /// A ulog file header: the file's size and the newest timestamp.
     func header(size: Int, ts: UInt64) -> [UInt8] {
         [0xA0] + (0..<8).map { UInt8(truncatingIfNeeded: UInt64(size) >> (56 - 8 * UInt64($0))) }
@@ -329,18 +337,7 @@ final class ULogDamageTests: XCTestCase {
     /// place, it is read again from the file. The held record was applied from memory, and
     /// reading went on from the old offset, inside the new records ("bad magic").
     func testBytesPastTheHeaderWrittenOverAreReadAgainOnceCovered() async throws {
-        let fixture = try KTFixture("basic").ulog.appendingPathComponent("0000000001.ulog")
-        let whole = [UInt8](try Data(contentsOf: fixture))
-        let recs = try records(fixture)
-        let k = recs.count / 2
-        let dir = tmp.appendingPathComponent("overwritten")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        let file = dir.appendingPathComponent("0000000001.ulog")
-        try Data(header(size: recs[k].offset, ts: recs[k - 1].ts) + whole[17..<recs[k + 3].offset]).write(to: file)
-        let bridge = try following(dir, id: "o")
-        let c = try await QSClient.connect(host: "127.0.0.1", port: node.port)
-        let first = await Harness.eventually(timeout: .seconds(30)) { (try? await c.checkpoint(sourceID: "o")) == recs[k - 1].ts }
-        XCTAssertTrue(first, bridge.log)
+        let (whole, recs, k, file, bridge, c) = try await holdingPastTheHeader("overwritten", id: "o")
         // KT restarted: records k…k+4 gone, k+5…k+40 written where k was, then the header.
         let fd = open(file.path, O_WRONLY)
         XCTAssertGreaterThanOrEqual(fd, 0)
