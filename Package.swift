@@ -264,7 +264,7 @@ let package = Package(
         // Test helpers: start real processes on loopback and wait for readiness.
         .target(
             name: "QSTesting",
-            dependencies: ["QSClient", "QSModel", "QSNet", log, lifecycle("ServiceLifecycle")],
+            dependencies: ["QSClient", "QSModel", "QSNet", "QSWire", log, lifecycle("ServiceLifecycle")],
             swiftSettings: swiftSettings
         ),
         // The store against real LMDB: batches, log, checkpoints, threads.

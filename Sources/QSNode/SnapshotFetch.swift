@@ -75,6 +75,13 @@ func receiveSnapshot(from up: Endpoint, token: [UInt8], group: any EventLoopGrou
                     ])
                 }
             }
+            /// No store's snapshot is empty (an LMDB environment holds its meta pages, a
+            /// RocksDB checkpoint its manifest): one announced so would fail later, as an
+            /// LMDB open's "Bad file descriptor".
+            func refuseEmpty(_ size: UInt64) throws {
+                guard size == 0 else { return }
+                throw ReplicaService.FollowEnd.refused(nil, "the upstream announced an empty snapshot (0 bytes): no store's snapshot is empty, so it is not a QS node's")
+            }
             for try await part in inbound {
                 let frame: Frame
                 switch part {
@@ -87,6 +94,7 @@ func receiveSnapshot(from up: Endpoint, token: [UInt8], group: any EventLoopGrou
                 }
                 switch try Response.decode(frame) {
                 case let .snapshotStart(index, hash, size, offset):
+                    try refuseEmpty(size)
                     if offset > 0 {
                         guard let held, held.index == index, held.hash == hash, held.size == size, held.offset == offset else {
                             throw ReplicaService.FollowEnd.refused(nil, "the upstream resumed at \(offset) bytes a snapshot that is not the one held")
@@ -109,6 +117,7 @@ func receiveSnapshot(from up: Endpoint, token: [UInt8], group: any EventLoopGrou
                     tally?.began(size: size, offset: offset)
                     received = offset
                 case let .snapshotBegin(index, hash, size):
+                    try refuseEmpty(size)
                     // The bytes held are in the room asked for: kept when resumed, given back
                     // when started over (a partial kept across attempts held room for good).
                     try checkRoom(size, held?.offset ?? 0)

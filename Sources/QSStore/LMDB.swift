@@ -67,10 +67,11 @@ public final class LMDBEnvironment: @unchecked Sendable {
             var flags = UInt32(MDB_NOTLS)
             if options.readOnly { flags |= UInt32(MDB_RDONLY) }
             if options.noSync { flags |= UInt32(MDB_NOSYNC) }
-            // LMDB writes a new lock file through a shared mapping: with no room for its
-            // pages the write is a SIGBUS, not an error (a replica started on a full disk
-            // crashed so). Refused here instead, as a full disk.
-            if !options.readOnly, !FileManager.default.fileExists(atPath: path + "/lock.mdb") {
+            // LMDB writes a new lock file through a shared mapping, read-only opens too (a
+            // received snapshot's check, `qsnode check`): with no room for its pages the
+            // write is a SIGBUS, not an error (a replica started on a full disk crashed
+            // so). Refused here instead, as a full disk.
+            if !FileManager.default.fileExists(atPath: path + "/lock.mdb") {
                 var fs = statvfs()
                 if statvfs(path, &fs) == 0, UInt64(fs.f_bavail) * UInt64(fs.f_frsize) < Self.roomToCreate {
                     throw LMDBError(code: ENOSPC, operation: "mdb_env_open(\(path)): creating its lock file (less than \(Self.roomToCreate >> 20) MiB free)")

@@ -467,11 +467,13 @@ public func httpGet(host: String, port: Int, path: String) -> (status: Int, body
     return readHTTPResponse(fd)
 }
 
-/// A flag one thread sets and others read (to stop a workload thread).
+/// A flag one thread sets (and clears) and others read (to stop a workload thread, to
+/// switch a proxy's fault).
 public final class StopFlag: @unchecked Sendable {
     private let lock = NSLock()
     private var value = false
     public init() {}
     public var isSet: Bool { lock.withLock { value } }
     public func set() { lock.withLock { value = true } }
+    public func clear() { lock.withLock { value = false } }
 }
