@@ -118,20 +118,13 @@ public struct QSCaptureReader {
         case let .heartbeat(head, rootTime):
             return .heartbeat(head: head, rootTimeNs: rootTime)
         case let .entries(list):
-            var index = lastIndex, hash = lastHash
-            for e in list {
-                guard e.index == index + 1 else {
-                    throw CaptureDamage(path: path, offset: start, reason: "entry \(e.index) where \(index + 1) was expected", truncated: false)
-                }
-                let h = ChainHash.next(previous: hash, entry: e.bytes)
-                guard h == e.hash else {
-                    throw CaptureDamage(path: path, offset: start, reason: "entry \(e.index): the chained hash does not continue the log (corrupt entry)", truncated: false)
-                }
-                index = e.index
-                hash = h
+            // The whole frame or nothing: the chain moves only past a frame that continues it.
+            var chain = ChainFollower(index: lastIndex, hash: lastHash)
+            if let broken = chain.follow(list).broken {
+                throw CaptureDamage(path: path, offset: start, reason: broken, truncated: false)
             }
-            lastIndex = index
-            lastHash = hash
+            lastIndex = chain.index
+            lastHash = chain.hash
             return .entries(list)
         default:
             throw CaptureDamage(path: path, offset: start, reason: "frame type 0x\(String(frame.type, radix: 16)) is not an Entries or Heartbeat response", truncated: false)

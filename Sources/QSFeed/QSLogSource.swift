@@ -1,3 +1,4 @@
+import Metrics
 import QSCaptures
 import QSClient
 import QSModel
@@ -21,13 +22,17 @@ public struct QSLogSource: FeedSource {
     /// A QS node heartbeats every second on a log subscription with nothing new.
     public var heartbeatInterval: Duration? { .seconds(1) }
     public var silenceTimeout: Duration? { .nanoseconds(LogSubscription.defaultReadTimeout.nanoseconds) }
+    /// Entries refused as damaged: not continuing the source's hash chain, or not decoding.
+    let corruptFrames: Counter
 
     public init(endpoint: Endpoint, stopAtHead: Bool = false, token: [UInt8] = [], decodeOperations: Bool = true) {
         self.endpoint = endpoint
         self.stopAtHead = stopAtHead
         self.token = token
         self.decodeOperations = decodeOperations
+        corruptFrames = Counter(label: "qs_bridge_corrupt_frames_total")
     }
+
 
     /// A source that refuses the bridge's token (or its reads without one: a source on
     /// another machine) stops the bridge, saying which flag to give; other errors as they are.
@@ -81,15 +86,27 @@ public struct QSLogSource: FeedSource {
         }
         await client.close()
         if let stopAt, stopAt <= position { return }
-        let name = self.name, decodeOperations = self.decodeOperations
+        let name = self.name, decodeOperations = self.decodeOperations, corrupt = corruptFrames
+        // Every entry must continue the source's hash chain from here (the subscription
+        // checked it at the position): batched mode would apply one damaged on the way as it
+        // came, compatible mode's target would refuse it as another history.
+        var chain = ChainFollower(index: position, hash: hash)
         do {
             try await subscription.stream(after: position, hash: hash) { _, response in
                 switch response {
                 case let .entries(list):
-                    let reached = try await LogEntryChange.deliver(list, decodeOperations: decodeOperations, stopAt: stopAt, deliver) { e, error in
-                        FeedError.corrupt("\(name): entry \(e.index) does not decode: \(error)")
+                    // What continues the chain is delivered; the rest is fetched again.
+                    let (continuing, broken) = chain.follow(list)
+                    let reached = try await LogEntryChange.deliver(Array(list.prefix(continuing)), decodeOperations: decodeOperations,
+                                                                   stopAt: stopAt, deliver) { e, error in
+                        corrupt.increment()
+                        return FeedError.corrupt("\(name): entry \(e.index) does not decode: \(error)")
                     }
                     if reached { throw ReachedHead() }
+                    if let broken {
+                        corrupt.increment()
+                        throw FeedError.corrupt("\(name): \(broken); not applied, fetched again from the checkpoint")
+                    }
                 case let .heartbeat(_, rootTime):
                     try await deliver(.heartbeat(sourceTimeNs: rootTime))
                 default:

@@ -149,6 +149,37 @@ public enum ChainHash {
     }
 }
 
+/// A log's hash chain followed entry by entry as it arrives (a bridge's subscription, a
+/// capture replayed): each entry must come at the next index and hash, with the hash
+/// before it, to its own hash. An entry damaged on the way (a byte inverted past TCP's
+/// checksum) or an index skipped or repeated does not continue it.
+public struct ChainFollower: Sendable {
+    /// The last entry followed (the start: the index and hash the chain was taken up at).
+    public private(set) var index: UInt64
+    public private(set) var hash: [UInt8]
+
+    public init(index: UInt64, hash: [UInt8]) {
+        self.index = index
+        self.hash = hash
+    }
+
+    /// Follows `list` as far as it continues the chain: how many of its entries it
+    /// followed and, when one does not continue it, why (in words naming the entry).
+    public mutating func follow(_ list: [StoredEntry]) -> (continuing: Int, broken: String?) {
+        for (n, e) in list.enumerated() {
+            guard e.index == index + 1 else {
+                return (n, "entry \(e.index) where \(index + 1) was expected (an index skipped or repeated)")
+            }
+            guard ChainHash.next(previous: hash, entry: e.bytes) == e.hash else {
+                return (n, "entry \(e.index): the chained hash does not continue the log (its bytes are not those hashed: damaged)")
+            }
+            index = e.index
+            hash = e.hash
+        }
+        return (list.count, nil)
+    }
+}
+
 /// An entry as read back from the log: its index, chained hash and stored bytes.
 public struct StoredEntry: Sendable, Equatable {
     public var index: UInt64

@@ -163,3 +163,52 @@ final class QSQSBridgeTests: XCTestCase {
         await sc.close()
     }
 }
+
+/// Damage on the wire between a source and its bridge (a byte inverted past TCP's
+/// checksum, `FaultProxy.flipByte`) is caught by the source's hash chain, which the bridge
+/// checks on every entry: the entry is never applied, is counted, and is fetched again,
+/// so the target holds the source's records, in either mode.
+final class QSQSBridgeDamageTests: XCTestCase {
+    var tmp: URL!
+
+    override func setUpWithError() throws {
+        tmp = try Harness.tempDir("qsqs-damage")
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: tmp)
+    }
+
+    func mirrorsThroughADamagedWire(mode: String) async throws {
+        let src = try RootNode(data: tmp.appendingPathComponent("src"), logDir: tmp)
+        let sc = try await QSClient.connect(host: "127.0.0.1", port: src.port)
+        // One entry of about 100 KB, nearly all value bytes.
+        _ = try await sc.write((0..<50).map { .set(key: Array("k\($0)".utf8), value: [UInt8](repeating: 0x41, count: 2000), expiry: nil) },
+                               sourceID: "writer")
+        _ = try await sc.write([.set(key: Array("after".utf8), value: [1], expiry: nil)], sourceID: "writer")
+        let target = try RootNode(data: tmp.appendingPathComponent("target"), logDir: tmp)
+        let tc = try await QSClient.connect(host: "127.0.0.1", port: target.port)
+        let proxy = try FaultProxy(upstreamPort: src.port)
+        proxy.fault = .flipByte(at: 60_000)
+        let r = try Harness.run("qsqsbridge", ["--source", "qs://\(proxy.address)", "--root", target.address, "--mode", mode,
+                                               "--source-id", "legacy", "--once", "--log-format", "text"])
+        let log = String(decoding: r.stderr, as: UTF8.self)
+        XCTAssertEqual(r.status, 0, log)
+        XCTAssertTrue(proxy.hasFlipped)
+        XCTAssertTrue(log.contains("the chained hash does not continue the log") && log.contains("fetched again from the checkpoint"), log)
+        let (got, want) = (try await dumpState(tc), try await dumpState(sc))
+        XCTAssertEqual(got.count, want.count)
+        XCTAssertTrue(got == want, "the target holds the source's records, none damaged")
+        proxy.close()
+        await sc.close()
+        await tc.close()
+    }
+
+    func testBatchedModeRefusesAnEntryDamagedOnTheWayAndFetchesItAgain() async throws {
+        try await mirrorsThroughADamagedWire(mode: "batched")
+    }
+
+    func testCompatibleModeRefusesAnEntryDamagedOnTheWayAndFetchesItAgain() async throws {
+        try await mirrorsThroughADamagedWire(mode: "compatible")
+    }
+}
