@@ -75,7 +75,7 @@ let package = Package(
         // The QS write and replication protocol: frames and messages, pure codecs.
         .target(
             name: "QSWire",
-            dependencies: ["QSBytes", "QSModel", nio("NIOCore")],
+            dependencies: ["CXXHash", "QSBytes", "QSModel", nio("NIOCore")],
             swiftSettings: swiftSettings
         ),
         // Networking basics: endpoints, backoff, the one listener (graceful drain, protocol

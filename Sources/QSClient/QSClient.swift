@@ -65,11 +65,44 @@ public final class QSClient: Sendable {
     /// a node that stops answering (stopped, overloaded, cut off) fails the call with
     /// `ClientError.timedOut` after this long.
     public let requestTimeout: TimeAmount
+    /// Whether writes (and hello) go in the checked envelope (`CheckedFrames`): the node
+    /// answered a checked probe when the connection was made (`connect(checkedWrites:)`).
+    public let checksWrites: Bool
 
-    init(channel: Channel, token: [UInt8], requestTimeout: TimeAmount = .seconds(60)) {
+    init(channel: Channel, token: [UInt8], requestTimeout: TimeAmount = .seconds(60), checksWrites: Bool = false) {
         self.channel = channel
         self.token = token
         self.requestTimeout = requestTimeout
+        self.checksWrites = checksWrites
+    }
+
+    /// How long a writer's connection waits for the answer to its checked probe before it
+    /// is used with plain frames (a hung node: its later answer is read and dropped).
+    static let probeWait: TimeAmount = .seconds(1)
+
+    /// A connection from `make` whose writes go checked (`CheckedFrames`) when the node
+    /// knows the envelope: a `head` in one is sent first. A node older than the envelope
+    /// answers it `malformed` ("unknown request type 0x30") and closes the connection:
+    /// a new one is made and used with plain frames. Any other answer (the head, a refusal
+    /// of the read) comes from a node that decoded the envelope (after a refusal, which may
+    /// have closed the connection, a new one is made and used checked).
+    static func checking(_ make: () async throws -> QSClient) async throws -> QSClient {
+        let client = try await make()
+        guard let frame = try await client.answer(to: CheckedFrames.wrap(Request.head.frame()), within: probeWait) else {
+            // No answer in time (or the connection failed): plain frames, as before the envelope.
+            return client
+        }
+        if case let .error(code, message)? = try? Response.decode(frame) {
+            await client.close()
+            let again = try await make()
+            if code == ErrorCode.malformed.rawValue, message.contains("unknown request type 0x\(hexString([CheckedFrames.tag]))") {
+                return again
+            }
+            // Another refusal (a read refused without a token closes the connection): the
+            // node decoded the envelope; a new connection says what the hello is answered.
+            return QSClient(channel: again.channel, token: again.token, requestTimeout: again.requestTimeout, checksWrites: true)
+        }
+        return QSClient(channel: client.channel, token: client.token, requestTimeout: client.requestTimeout, checksWrites: true)
     }
 
     /// Connects to `HOST:PORT`. `readToken` (nil: `token`) is presented at once (`auth`)
@@ -79,47 +112,56 @@ public final class QSClient: Sendable {
     /// refusing it is thrown (`ClientError.server`, `unauthorized`); with `refusalThrows`
     /// false the connection is made again without it (a writer whose hello then says why:
     /// a replica takes no writes, the write token is wrong).
+    /// With `checkedWrites`, the connection's writes go checked when the node knows the
+    /// envelope (`checking`).
     public static func connect(host: String, port: Int, token: [UInt8] = [], readToken: [UInt8]? = nil,
-                               refusalThrows: Bool = true,
+                               refusalThrows: Bool = true, checkedWrites: Bool = false,
                                maxFrameBytes: Int = defaultMaxFrameBytes,
                                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                                timeout: TimeAmount = .seconds(5),
                                requestTimeout: TimeAmount = .seconds(60)) async throws -> QSClient {
-        try await authenticated(readToken ?? token, refusalThrows: refusalThrows) {
+        let make = {
+            try await authenticated(readToken ?? token, refusalThrows: refusalThrows) {
+                let channel: Channel
+                do {
+                    channel = try await bootstrap(group: group, maxFrameBytes: maxFrameBytes, timeout: timeout)
+                        .connect(host: host, port: port).get()
+                } catch {
+                    throw ClientError.connection(error)
+                }
+                return QSClient(channel: channel, token: token, requestTimeout: requestTimeout)
+            }
+        }
+        return checkedWrites ? try await checking(make) : try await make()
+    }
+
+    /// Connects to a Unix socket (a local peer: no token is presented for reads);
+    /// `checkedWrites` as for `connect(host:port:)`.
+    public static func connect(unixPath: String, token: [UInt8] = [], checkedWrites: Bool = false,
+                               maxFrameBytes: Int = defaultMaxFrameBytes,
+                               group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+                               requestTimeout: TimeAmount = .seconds(60)) async throws -> QSClient {
+        let make = {
             let channel: Channel
             do {
-                channel = try await bootstrap(group: group, maxFrameBytes: maxFrameBytes, timeout: timeout)
-                    .connect(host: host, port: port).get()
+                channel = try await bootstrap(group: group, maxFrameBytes: maxFrameBytes, timeout: .seconds(5))
+                    .connect(unixDomainSocketPath: unixPath).get()
             } catch {
                 throw ClientError.connection(error)
             }
             return QSClient(channel: channel, token: token, requestTimeout: requestTimeout)
         }
-    }
-
-    /// Connects to a Unix socket (a local peer: no token is presented for reads).
-    public static func connect(unixPath: String, token: [UInt8] = [],
-                               maxFrameBytes: Int = defaultMaxFrameBytes,
-                               group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-                               requestTimeout: TimeAmount = .seconds(60)) async throws -> QSClient {
-        let channel: Channel
-        do {
-            channel = try await bootstrap(group: group, maxFrameBytes: maxFrameBytes, timeout: .seconds(5))
-                .connect(unixDomainSocketPath: unixPath).get()
-        } catch {
-            throw ClientError.connection(error)
-        }
-        return QSClient(channel: channel, token: token, requestTimeout: requestTimeout)
+        return checkedWrites ? try await checking(make) : try await make()
     }
 
     /// Connects to `endpoint`, TCP or a Unix socket; `readToken` as for `connect(host:port:)`.
     public static func connect(to endpoint: Endpoint, token: [UInt8] = [], readToken: [UInt8]? = nil, refusalThrows: Bool = true,
-                               requestTimeout: TimeAmount = .seconds(60)) async throws -> QSClient {
+                               checkedWrites: Bool = false, requestTimeout: TimeAmount = .seconds(60)) async throws -> QSClient {
         switch endpoint {
         case let .tcp(host, port):
             return try await connect(host: host, port: port, token: token, readToken: readToken, refusalThrows: refusalThrows,
-                                     requestTimeout: requestTimeout)
-        case let .unix(path): return try await connect(unixPath: path, token: token, requestTimeout: requestTimeout)
+                                     checkedWrites: checkedWrites, requestTimeout: requestTimeout)
+        case let .unix(path): return try await connect(unixPath: path, token: token, checkedWrites: checkedWrites, requestTimeout: requestTimeout)
         }
     }
 
@@ -131,6 +173,19 @@ public final class QSClient: Sendable {
     /// How long a connection waits for its auth's answer before it is used anyway.
     static let authWait: TimeAmount = .seconds(1)
 
+    /// Sends `frame` and waits `within` for its answer, a moment rather than a request's
+    /// timeout: nil when none came by then (the answer, if one comes, is read and dropped:
+    /// the requests pipelined behind it are answered in order) or the connection failed.
+    func answer(to frame: Frame, within: TimeAmount) async throws -> Frame? {
+        let pending = start(frame: frame)
+        let loop = channel.eventLoop
+        let first = loop.makePromise(of: Frame?.self)
+        pending.whenComplete { if case let .success(frame) = $0 { first.succeed(frame) } else { first.succeed(nil) } }
+        let waited = loop.scheduleTask(in: within) { first.succeed(nil) }
+        defer { waited.cancel() }
+        return try await first.futureResult.get()
+    }
+
     static func authenticated(_ readToken: [UInt8], refusalThrows: Bool = true,
                               _ make: () async throws -> QSClient) async throws -> QSClient {
         let client = try await make()
@@ -138,14 +193,8 @@ public final class QSClient: Sendable {
         // The answer is waited for a moment, not a request's timeout: a node that is slow or
         // hung is then met by the requests that follow (pipelined behind the auth, answered
         // in order), as before there was an auth, and their own timeouts say so.
-        let pending = client.start(.auth(token: readToken))
-        let loop = client.channel.eventLoop
-        let first = loop.makePromise(of: Frame?.self)
-        pending.whenComplete { if case let .success(frame) = $0 { first.succeed(frame) } else { first.succeed(nil) } }
-        let waited = loop.scheduleTask(in: authWait) { first.succeed(nil) }
-        let frame = try await first.futureResult.get()
-        waited.cancel()
-        guard let frame, let answer = try? Response.decode(frame) else { return client }
+        guard let frame = try await client.answer(to: Request.auth(token: readToken).frame(), within: authWait),
+              let answer = try? Response.decode(frame) else { return client }
         switch answer {
         case .head:
             return client
@@ -206,6 +255,7 @@ public final class QSClient: Sendable {
     /// `start` for a request already encoded (`Request.frame()`): a pipelined writer can
     /// encode its next batch while the one before is in flight, off the path that waits.
     public func start(frame: Frame, timeout: TimeAmount? = nil) -> EventLoopFuture<Frame> {
+        let frame = checksWrites && CheckedFrames.wraps(frame.type) ? CheckedFrames.wrap(frame) : frame
         let timeout = timeout ?? requestTimeout
         let promise = channel.eventLoop.makePromise(of: Frame.self)
         // A write that fails (the connection closed meanwhile) fails the request too, and a

@@ -192,7 +192,7 @@ public actor RootWriter {
     /// applied nothing. Any other answer (a root cluster's storage-error may follow a commit
     /// in etcd), like no answer, may have been applied.
     static let refusedBeforeAnything: Set<ErrorCode> = [.malformed, .frameTooLarge, .unauthorized, .invalidRequest, .unsupported,
-                                                       .notWritable, .storageFull, .diskFull]
+                                                       .notWritable, .storageFull, .diskFull, .damaged]
 
     /// How long a call may wait for the root before the root counts as not answering.
     public static let patience: Duration = .seconds(4)
@@ -216,8 +216,9 @@ public actor RootWriter {
             switch endpoint {
             // The write token opens the connection's reads (the checks read other listed
             // roots without a hello); a node that refuses it is told so by the hello.
-            case let .tcp(host, port): try await QSClient.connect(host: host, port: port, token: token, refusalThrows: false)
-            case let .unix(path): try await QSClient.connect(unixPath: path, token: token)
+            // Writes go checked (`CheckedFrames`) to a node that knows the envelope.
+            case let .tcp(host, port): try await QSClient.connect(host: host, port: port, token: token, refusalThrows: false, checkedWrites: true)
+            case let .unix(path): try await QSClient.connect(unixPath: path, token: token, checkedWrites: true)
             }
         }
     }

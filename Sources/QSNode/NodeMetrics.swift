@@ -7,6 +7,8 @@ public struct NodeMetrics: Sendable {
     public let identicalDropped: Counter
     public let conflicts: Counter
     public let badFrames: Counter
+    /// Checked frames whose bytes did not match their checksum (damaged on the way).
+    public let damagedFrames: Counter
     public let storageErrors: Counter
     public let invalidRequests: Counter
     public let logHead: Gauge
@@ -42,6 +44,7 @@ public struct NodeMetrics: Sendable {
         identicalDropped = Counter(label: "qs_identical_writes_dropped_total", factory: factory)
         conflicts = Counter(label: "qs_conflicts_total", factory: factory)
         badFrames = Counter(label: "qs_bad_frames_total", factory: factory)
+        damagedFrames = Counter(label: "qs_damaged_frames_total", factory: factory)
         storageErrors = Counter(label: "qs_storage_errors_total", factory: factory)
         invalidRequests = Counter(label: "qs_invalid_requests_total", factory: factory)
         logHead = Gauge(label: "qs_log_head_index", factory: factory)

@@ -116,6 +116,13 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
         let request: Request
         do {
             request = try decoded.get()
+        } catch let error as DecodeError where error.kind == .refused(code: ErrorCode.damaged.rawValue) {
+            // A checked write damaged on the way: nothing applied, the writer sends it again.
+            core.metrics.damagedFrames.increment()
+            core.badInput.warning(logger, "damaged frame (its checksum does not match), closing connection", peer: peer, metadata: ["error": "\(error)"])
+            queue.removeAll()
+            reply(context: context, .error(.damaged, error.reason), thenClose: true)
+            return
         } catch {
             refuse(context: context, code: .malformed, message: "malformed request: \(error)", error: error)
             return

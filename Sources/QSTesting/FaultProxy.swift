@@ -32,6 +32,9 @@ public final class FaultProxy: @unchecked Sendable {
         /// on a connection arrives inverted, once in the proxy's life (the first connection
         /// to get that far): damage in transit that TCP's checksum missed.
         case flipByte(at: Int)
+        /// As `flipByte`, in what the client sends: the byte at this offset of a
+        /// connection's bytes to the upstream arrives inverted, once in the proxy's life.
+        case flipSentByte(at: Int)
         /// The upstream's answers wait in the proxy (none lost) until the fault is lifted;
         /// what the client sends passes: a server whose answers are slow to come back, so a
         /// test can see what a client sends before it has an answer.
@@ -47,6 +50,7 @@ public final class FaultProxy: @unchecked Sendable {
             case .blackhole: return "blackhole"
             case let .bandwidth(rate): return "bandwidth \(rate) B/s"
             case let .flipByte(at): return "byte \(at) from the upstream flipped, once"
+            case let .flipSentByte(at): return "byte \(at) to the upstream flipped, once"
             case .holdReplies: return "hold replies"
             }
         }
@@ -189,7 +193,7 @@ public final class FaultProxy: @unchecked Sendable {
 
     fileprivate func delivered(_ n: Int) { lock.withLock { forwarded += n } }
 
-    /// Whether a `flipByte` fault may flip its byte now (true once).
+    /// Whether a `flipByte` or `flipSentByte` fault may flip its byte now (true once).
     fileprivate func takeFlip() -> Bool {
         lock.withLock {
             defer { flipped = true }
@@ -197,7 +201,7 @@ public final class FaultProxy: @unchecked Sendable {
         }
     }
 
-    /// Whether the `flipByte` fault has flipped its byte.
+    /// Whether the `flipByte` or `flipSentByte` fault has flipped its byte.
     public var hasFlipped: Bool { lock.withLock { flipped } }
 
     /// One connection: both directions, on one thread.
@@ -288,6 +292,10 @@ public final class FaultProxy: @unchecked Sendable {
                     if n > 0 {
                         let at = ContinuousClock.now
                         if i == 0 {
+                            if case let .flipSentByte(offset) = fault, (up.read..<up.read + n).contains(offset), proxy.takeFlip() {
+                                buffer[offset - up.read] ^= 0xFF
+                            }
+                            up.read += n
                             up.lastDue = max(up.lastDue, at + delay)
                             up.queue.append((up.lastDue, Array(buffer[0..<n])))
                         } else {

@@ -71,14 +71,9 @@ public final class FrameRewriteProxy: @unchecked Sendable {
             shutdown(upstream, Int32(SHUT_RDWR))
         }
         // The node's frames, one by one, through `rewrite`.
-        while let frame = Self.readFrame(upstream) {
+        while let frame = LoopbackPeer.readFrame(upstream) {
             for out in rewrite(number, frame) {
-                var bytes = [UInt8]()
-                bytes.reserveCapacity(5 + out.payload.count)
-                let length = UInt32(1 + out.payload.count)
-                bytes += [UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF), out.type]
-                bytes += out.payload
-                guard LoopbackPeer.send(client, bytes) else { break }
+                guard LoopbackPeer.send(client, frame: out) else { break }
             }
         }
         shutdown(client, Int32(SHUT_RDWR))
@@ -86,24 +81,5 @@ public final class FrameRewriteProxy: @unchecked Sendable {
         close(client)
         close(upstream)
         lock.withLock { upstreamSockets.removeAll { $0 == upstream } }
-    }
-
-    /// One whole frame from `fd`, nil at its end or an error.
-    private static func readFrame(_ fd: Int32) -> Frame? {
-        guard let header = readExactly(fd, 5) else { return nil }
-        let length = Int(header[0]) << 24 | Int(header[1]) << 16 | Int(header[2]) << 8 | Int(header[3])
-        guard length >= 1, let payload = readExactly(fd, length - 1) else { return nil }
-        return Frame(type: header[4], payload: payload)
-    }
-
-    private static func readExactly(_ fd: Int32, _ count: Int) -> [UInt8]? {
-        var bytes = [UInt8](repeating: 0, count: count)
-        var got = 0
-        while got < count {
-            let n = bytes.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, count - got, 0) }
-            guard n > 0 else { return nil }
-            got += n
-        }
-        return bytes
     }
 }

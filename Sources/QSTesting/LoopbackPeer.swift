@@ -1,4 +1,5 @@
 import Foundation
+import QSWire
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -46,5 +47,33 @@ public final class LoopbackPeer: @unchecked Sendable {
     /// Sends all of `bytes`; false when the connection broke.
     public static func send(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
         bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } == bytes.count
+    }
+
+    /// Sends a QS protocol frame with its length prefix; false when the connection broke.
+    public static func send(_ fd: Int32, frame: Frame) -> Bool {
+        let length = UInt32(1 + frame.payload.count)
+        var bytes = [UInt8(length >> 24), UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF), frame.type]
+        bytes += frame.payload
+        return send(fd, bytes)
+    }
+
+    /// One whole QS protocol frame from `fd`, nil at its end or an error.
+    public static func readFrame(_ fd: Int32) -> Frame? {
+        guard let header = readExactly(fd, 5) else { return nil }
+        let length = Int(header[0]) << 24 | Int(header[1]) << 16 | Int(header[2]) << 8 | Int(header[3])
+        guard length >= 1, let payload = readExactly(fd, length - 1) else { return nil }
+        return Frame(type: header[4], payload: payload)
+    }
+
+    /// Exactly `count` bytes from `fd`, nil when it ends or fails first.
+    public static func readExactly(_ fd: Int32, _ count: Int) -> [UInt8]? {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var got = 0
+        while got < count {
+            let n = bytes.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + got, count - got, 0) }
+            guard n > 0 else { return nil }
+            got += n
+        }
+        return bytes
     }
 }

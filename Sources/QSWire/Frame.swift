@@ -58,7 +58,15 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
         func check(length: Int, head: ByteBufferView) -> Verdict {
             guard length > openBytes else { return .admitted }
             let what = "a frame of \(length) bytes, over the \(openBytes) bytes any client may send"
-            guard let type = head.first else { return .undecided }
+            guard var type = head.first else { return .undecided }
+            // Where the request's payload (its token first) starts: after the type byte, or
+            // in a checked envelope after its header (the inner type, the checksum).
+            var payload = 1
+            if type == CheckedFrames.tag {
+                guard head.count >= 2 else { return .undecided }
+                type = head[head.index(after: head.startIndex)]
+                payload = 1 + CheckedFrames.headerBytes
+            }
             let writes: Set<UInt8> = [Request.Tag.batch.rawValue, Request.Tag.writes.rawValue, Request.Tag.append.rawValue]
             guard writes.contains(type) else {
                 return .refused("\(what), is not a write: only batches, conditional writes and appends may be longer", .frameTooLarge)
@@ -66,13 +74,13 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
             guard writable else { return .refused("this node is a replica and takes no writes: write to the root", .notWritable) }
             guard let admits else { return .admitted }
             let unauthorized = Verdict.refused("wrong write token (\(what)): this node requires the token from its --write-token-file on every write", .unauthorized)
-            guard head.count >= 5 else { return .undecided }
+            guard head.count >= payload + 4 else { return .undecided }
             let i = head.startIndex
-            let n = (0..<4).reduce(0) { $0 << 8 | Int(head[head.index(i, offsetBy: 1 + $1)]) }
+            let n = (0..<4).reduce(0) { $0 << 8 | Int(head[head.index(i, offsetBy: payload + $1)]) }
             // The token's length first: another length is refused before it is awaited.
             guard n == tokenLength else { return unauthorized }
-            guard head.count >= 5 + n else { return .undecided }
-            let start = head.index(i, offsetBy: 5)
+            guard head.count >= payload + 4 + n else { return .undecided }
+            let start = head.index(i, offsetBy: payload + 4)
             let token = Array(head[start..<head.index(start, offsetBy: n)])
             return admits(token) ? .admitted : unauthorized
         }

@@ -278,6 +278,8 @@ public enum Request: Sendable, Equatable {
     }
 
     public static func decode(_ frame: Frame) throws -> Request {
+        // A writer's request in its checked envelope: checked, then decoded as it is.
+        if frame.type == CheckedFrames.tag { return try decode(CheckedFrames.unwrap(frame)) }
         guard let tag = Tag(rawValue: frame.type) else {
             throw DecodeError(offset: 4, reason: "unknown request type 0x\(hexString([frame.type]))")
         }
@@ -379,6 +381,9 @@ public enum ErrorCode: UInt16, Sendable, CustomStringConvertible {
     /// not read yet hold the whole `--read-reply-memory`. Nothing changed; the same request
     /// succeeds once they are read (or their connections close).
     case busy = 14
+    /// A checked frame whose bytes do not match its checksum (damaged on the way):
+    /// nothing was applied; the same request, sent again, is.
+    case damaged = 15
     public var description: String {
         switch self {
         case .malformed: return "malformed"
@@ -395,6 +400,7 @@ public enum ErrorCode: UInt16, Sendable, CustomStringConvertible {
         case .notWritable: return "not-writable"
         case .diskFull: return "disk-full"
         case .busy: return "busy"
+        case .damaged: return "damaged"
         }
     }
 }

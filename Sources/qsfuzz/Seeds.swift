@@ -206,6 +206,11 @@ struct Seeds {
             add(.qsRequest, [f.type] + f.payload)
             stream += QSCapture.bytes(of: f)
         }
+        // Writes as writers send them: in the checked envelope.
+        for r in requests where CheckedFrames.wraps(r.frame().type) {
+            let f = CheckedFrames.wrap(r.frame())
+            add(.qsRequest, [f.type] + f.payload)
+        }
         for r in responses {
             let f = r.frame()
             add(.qsResponse, [f.type] + f.payload)

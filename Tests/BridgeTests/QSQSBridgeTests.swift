@@ -179,36 +179,56 @@ final class QSQSBridgeDamageTests: XCTestCase {
         try? FileManager.default.removeItem(at: tmp)
     }
 
-    func mirrorsThroughADamagedWire(mode: String) async throws {
-        let src = try RootNode(data: tmp.appendingPathComponent("src"), logDir: tmp)
+    /// A bridge in `mode` from a source holding one entry of about 100 KB (nearly all value
+    /// bytes) and a small one, with one byte inverted on the wire: `toRoot` between the
+    /// bridge and the target root, else between the source and the bridge. The target ends
+    /// with the source's records; returns the bridge's log and the target.
+    func mirrorsThroughADamagedWire(mode: String, toRoot: Bool = false) async throws -> (log: String, target: RootNode) {
+        let dir = tmp.appendingPathComponent(mode + (toRoot ? "-to-root" : ""))
+        let src = try RootNode(data: dir.appendingPathComponent("src"), logDir: tmp)
         let sc = try await QSClient.connect(host: "127.0.0.1", port: src.port)
-        // One entry of about 100 KB, nearly all value bytes.
         _ = try await sc.write((0..<50).map { .set(key: Array("k\($0)".utf8), value: [UInt8](repeating: 0x41, count: 2000), expiry: nil) },
                                sourceID: "writer")
         _ = try await sc.write([.set(key: Array("after".utf8), value: [1], expiry: nil)], sourceID: "writer")
-        let target = try RootNode(data: tmp.appendingPathComponent("target"), logDir: tmp)
+        let target = try RootNode(data: dir.appendingPathComponent("target"), logDir: tmp)
         let tc = try await QSClient.connect(host: "127.0.0.1", port: target.port)
-        let proxy = try FaultProxy(upstreamPort: src.port)
-        proxy.fault = .flipByte(at: 60_000)
-        let r = try Harness.run("qsqsbridge", ["--source", "qs://\(proxy.address)", "--root", target.address, "--mode", mode,
+        let proxy = try FaultProxy(upstreamPort: toRoot ? target.port : src.port)
+        proxy.fault = toRoot ? .flipSentByte(at: 60_000) : .flipByte(at: 60_000)
+        let (source, root) = toRoot ? (src.address, proxy.address) : (proxy.address, target.address)
+        let r = try Harness.run("qsqsbridge", ["--source", "qs://\(source)", "--root", root, "--mode", mode,
                                                "--source-id", "legacy", "--once", "--log-format", "text"])
         let log = String(decoding: r.stderr, as: UTF8.self)
         XCTAssertEqual(r.status, 0, log)
         XCTAssertTrue(proxy.hasFlipped)
-        XCTAssertTrue(log.contains("the chained hash does not continue the log") && log.contains("fetched again from the checkpoint"), log)
         let (got, want) = (try await dumpState(tc), try await dumpState(sc))
         XCTAssertEqual(got.count, want.count)
         XCTAssertTrue(got == want, "the target holds the source's records, none damaged")
         proxy.close()
         await sc.close()
         await tc.close()
+        return (log, target)
     }
 
     func testBatchedModeRefusesAnEntryDamagedOnTheWayAndFetchesItAgain() async throws {
-        try await mirrorsThroughADamagedWire(mode: "batched")
+        let (log, _) = try await mirrorsThroughADamagedWire(mode: "batched")
+        XCTAssertTrue(log.contains("the chained hash does not continue the log") && log.contains("fetched again from the checkpoint"), log)
     }
 
     func testCompatibleModeRefusesAnEntryDamagedOnTheWayAndFetchesItAgain() async throws {
-        try await mirrorsThroughADamagedWire(mode: "compatible")
+        let (log, _) = try await mirrorsThroughADamagedWire(mode: "compatible")
+        XCTAssertTrue(log.contains("the chained hash does not continue the log") && log.contains("fetched again from the checkpoint"), log)
+    }
+
+    /// The same damage between the bridge and its root: the writes go in checked frames
+    /// (`CheckedFrames`), so the root refuses the damaged one (`damaged`, counted in
+    /// qs_damaged_frames_total) before it applies anything, and the bridge sends it again.
+    /// Batched, the damaged batch was applied as it came; compatible, the root refused the
+    /// appended entry as another history and the bridge stopped.
+    func testABatchDamagedOnTheWayToTheRootIsRefusedAndSentAgain() async throws {
+        for mode in ["batched", "compatible"] {
+            let (log, target) = try await mirrorsThroughADamagedWire(mode: mode, toRoot: true)
+            XCTAssertTrue(log.contains("damaged on the way"), log)
+            XCTAssertEqual(target.metric("qs_damaged_frames_total"), 1, mode)
+        }
     }
 }
