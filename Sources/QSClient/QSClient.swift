@@ -66,7 +66,7 @@ public final class QSClient: Sendable {
     /// `ClientError.timedOut` after this long.
     public let requestTimeout: TimeAmount
     /// Whether writes (and hello) go in the checked envelope (`CheckedFrames`): the node
-    /// answered a checked probe when the connection was made (`connect(checkedWrites:)`).
+    /// takes them (`connect(writeChecking:)`).
     public let checksWrites: Bool
 
     init(channel: Channel, token: [UInt8], requestTimeout: TimeAmount = .seconds(60), checksWrites: Bool = false) {
@@ -74,6 +74,23 @@ public final class QSClient: Sendable {
         self.token = token
         self.requestTimeout = requestTimeout
         self.checksWrites = checksWrites
+    }
+
+    /// Whether a connection's writes go checked (`CheckedFrames`): not, after a probe of
+    /// the node (`checking`), or without one (the node is known to take them).
+    public enum WriteChecking: Sendable, Equatable {
+        case plain, probe, checked
+    }
+
+    /// A connection from `make`, its writes checked as `mode` says.
+    static func made(_ mode: WriteChecking, _ make: () async throws -> QSClient) async throws -> QSClient {
+        switch mode {
+        case .plain: return try await make()
+        case .probe: return try await checking(make)
+        case .checked:
+            let c = try await make()
+            return QSClient(channel: c.channel, token: c.token, requestTimeout: c.requestTimeout, checksWrites: true)
+        }
     }
 
     /// How long a writer's connection waits for the answer to its checked probe before it
@@ -95,7 +112,7 @@ public final class QSClient: Sendable {
         if case let .error(code, message)? = try? Response.decode(frame) {
             await client.close()
             let again = try await make()
-            if code == ErrorCode.malformed.rawValue, message.contains("unknown request type 0x\(hexString([CheckedFrames.tag]))") {
+            if code == ErrorCode.malformed.rawValue, message.contains(CheckedFrames.unknownToNode) {
                 return again
             }
             // Another refusal (a read refused without a token closes the connection): the
@@ -112,10 +129,9 @@ public final class QSClient: Sendable {
     /// refusing it is thrown (`ClientError.server`, `unauthorized`); with `refusalThrows`
     /// false the connection is made again without it (a writer whose hello then says why:
     /// a replica takes no writes, the write token is wrong).
-    /// With `checkedWrites`, the connection's writes go checked when the node knows the
-    /// envelope (`checking`).
+    /// `writeChecking`: whether the connection's writes go checked (`WriteChecking`).
     public static func connect(host: String, port: Int, token: [UInt8] = [], readToken: [UInt8]? = nil,
-                               refusalThrows: Bool = true, checkedWrites: Bool = false,
+                               refusalThrows: Bool = true, writeChecking: WriteChecking = .plain,
                                maxFrameBytes: Int = defaultMaxFrameBytes,
                                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                                timeout: TimeAmount = .seconds(5),
@@ -132,12 +148,12 @@ public final class QSClient: Sendable {
                 return QSClient(channel: channel, token: token, requestTimeout: requestTimeout)
             }
         }
-        return checkedWrites ? try await checking(make) : try await make()
+        return try await made(writeChecking, make)
     }
 
     /// Connects to a Unix socket (a local peer: no token is presented for reads);
-    /// `checkedWrites` as for `connect(host:port:)`.
-    public static func connect(unixPath: String, token: [UInt8] = [], checkedWrites: Bool = false,
+    /// `writeChecking` as for `connect(host:port:)`.
+    public static func connect(unixPath: String, token: [UInt8] = [], writeChecking: WriteChecking = .plain,
                                maxFrameBytes: Int = defaultMaxFrameBytes,
                                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
                                requestTimeout: TimeAmount = .seconds(60)) async throws -> QSClient {
@@ -151,17 +167,17 @@ public final class QSClient: Sendable {
             }
             return QSClient(channel: channel, token: token, requestTimeout: requestTimeout)
         }
-        return checkedWrites ? try await checking(make) : try await make()
+        return try await made(writeChecking, make)
     }
 
     /// Connects to `endpoint`, TCP or a Unix socket; `readToken` as for `connect(host:port:)`.
     public static func connect(to endpoint: Endpoint, token: [UInt8] = [], readToken: [UInt8]? = nil, refusalThrows: Bool = true,
-                               checkedWrites: Bool = false, requestTimeout: TimeAmount = .seconds(60)) async throws -> QSClient {
+                               writeChecking: WriteChecking = .plain, requestTimeout: TimeAmount = .seconds(60)) async throws -> QSClient {
         switch endpoint {
         case let .tcp(host, port):
             return try await connect(host: host, port: port, token: token, readToken: readToken, refusalThrows: refusalThrows,
-                                     checkedWrites: checkedWrites, requestTimeout: requestTimeout)
-        case let .unix(path): return try await connect(unixPath: path, token: token, checkedWrites: checkedWrites, requestTimeout: requestTimeout)
+                                     writeChecking: writeChecking, requestTimeout: requestTimeout)
+        case let .unix(path): return try await connect(unixPath: path, token: token, writeChecking: writeChecking, requestTimeout: requestTimeout)
         }
     }
 

@@ -99,8 +99,10 @@ public struct QSLogSource: FeedSource {
                     let (continuing, broken) = chain.follow(list)
                     let reached = try await LogEntryChange.deliver(Array(list.prefix(continuing)), decodeOperations: decodeOperations,
                                                                    stopAt: stopAt, deliver) { e, error in
+                        // Its bytes are the source's (they continue its chain): fetching it
+                        // again gives the same entry, so the bridge stops, as a capture's does.
                         corrupt.increment()
-                        return FeedError.corrupt("\(name): entry \(e.index) does not decode: \(error)")
+                        return FeedError.stop("\(name): entry \(e.index) does not decode: \(error); its bytes are the source's own (they continue its hash chain), so it cannot be mirrored: check the source (qsnode check) and the versions of the two")
                     }
                     if reached { throw ReachedHead() }
                     if let broken {

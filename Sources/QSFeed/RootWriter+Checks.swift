@@ -22,7 +22,8 @@ extension RootWriter {
             throw ClientError.server(code: code, message: "takes no writes: \(message)")
         case .notWritable:
             throw FeedError.stop("\(endpoint) takes no writes: \(message); point --root at the root")
-        case .storageError, .shuttingDown:
+        case .storageError, .shuttingDown, .damaged:
+            // Damaged on the way: the node closed the connection; the next one says hello again.
             throw ClientError.server(code: code, message: message)
         default:
             return

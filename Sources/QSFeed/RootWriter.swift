@@ -133,6 +133,18 @@ public actor RootWriter {
     private let passedOverLog = RateLimitedLog(window: .seconds(30), byHost: false)
     /// See `RootWriter.staleAfter`.
     let staleAfter: Duration
+    /// Refusals a call met once and did not believe yet (`doubtedOnce`): cleared by the
+    /// next call that succeeds (a keepalive does not count).
+    private var doubted = Set<UInt16>()
+    /// Refusals a node makes of a write from bytes it judges before any checksum can be
+    /// (the frame's header, a large write's type and token: docs/protocol.md, "Checked
+    /// frames"): one damaged on the way is refused as one of these. The first is not
+    /// believed: the call goes again on a new connection, and only the same refusal again
+    /// stops the writer (or, too large, makes it send less). A change refused "too large"
+    /// was skipped with --on-oversized skip, a wrong token stopped the bridge.
+    static let doubtedOnce: Set<ErrorCode> = [.unauthorized, .invalidRequest, .unsupported, .malformed, .frameTooLarge]
+    /// Whether each address takes checked frames, as its last probe found (`WriteChecking`).
+    nonisolated let checking: WriteChecking
     /// Node errors thrown to the caller as `RootRefusal` instead of retried: a bridge waits
     /// out a root that is out of room (nothing is lost, the feed waits), while qsrest,
     /// whose producers wait with open requests, answers them instead (`storage-full`,
@@ -211,24 +223,32 @@ public actor RootWriter {
     public init(endpoints: [Endpoint], token: [UInt8], logger: Logger, metrics: RootLinkMetrics,
                 client: String = "bridge", tokenOrigin: String = "the write token", staleAfter: Duration = RootWriter.staleAfter,
                 unretried: Set<ErrorCode> = [], sourceID: String? = nil) {
+        let checking = WriteChecking()
         self.init(endpoints: endpoints, token: token, logger: logger, metrics: metrics, client: client, tokenOrigin: tokenOrigin,
-                  staleAfter: staleAfter, unretried: unretried, sourceID: sourceID) { endpoint in
+                  staleAfter: staleAfter, unretried: unretried, sourceID: sourceID, checking: checking) { endpoint in
+            // Writes go checked (`CheckedFrames`) to a node that knows the envelope; an
+            // address is probed once in a while, not at every connection (a node older than
+            // the envelope counts each probe as a bad frame).
+            let mode = checking.mode(for: endpoint)
+            let c: QSClient
             switch endpoint {
             // The write token opens the connection's reads (the checks read other listed
             // roots without a hello); a node that refuses it is told so by the hello.
-            // Writes go checked (`CheckedFrames`) to a node that knows the envelope.
-            case let .tcp(host, port): try await QSClient.connect(host: host, port: port, token: token, refusalThrows: false, checkedWrites: true)
-            case let .unix(path): try await QSClient.connect(unixPath: path, token: token, checkedWrites: true)
+            case let .tcp(host, port): c = try await QSClient.connect(host: host, port: port, token: token, refusalThrows: false, writeChecking: mode)
+            case let .unix(path): c = try await QSClient.connect(unixPath: path, token: token, writeChecking: mode)
             }
+            if mode == .probe { checking.note(endpoint, checked: c.checksWrites) }
+            return c
         }
     }
 
     /// A writer whose connections to each address come from `connect`.
     public init(endpoints: [Endpoint], token: [UInt8], logger: Logger, metrics: RootLinkMetrics,
                 client: String = "bridge", tokenOrigin: String = "the write token", staleAfter: Duration = RootWriter.staleAfter,
-                unretried: Set<ErrorCode> = [], sourceID: String? = nil,
+                unretried: Set<ErrorCode> = [], sourceID: String? = nil, checking: WriteChecking = WriteChecking(),
                 connect: @escaping @Sendable (Endpoint) async throws -> any RootConnection) {
         precondition(!endpoints.isEmpty, "a root writer needs at least one address")
+        self.checking = checking
         self.unretried = unretried
         self.sourceID = sourceID
         self.endpoints = endpoints
@@ -535,6 +555,7 @@ public actor RootWriter {
                 startWaiting()
                 let answer = try await call(c)
                 answered()
+                doubted.removeAll()
                 link.withLockedValue { $0.lastCallFailure = nil }
                 return answer
             } catch {
@@ -584,6 +605,21 @@ public actor RootWriter {
                 $0.lastCallFailure = (.now, "\(error)")
                 $0.lastCallFailureByNode = byNode
                 $0.lastCallFailureNotWritable = notWritable
+            }
+        }
+        if case let .server(code, message)? = error as? ClientError, let known = ErrorCode(rawValue: code) {
+            if message.contains(CheckedFrames.unknownToNode) {
+                // A node older than the envelope at this address now (a downgrade): probed
+                // again at the next connection, which then writes plain frames.
+                checking.forget(endpoint)
+            }
+            if Self.doubtedOnce.contains(known), !doubted.contains(code) {
+                doubted.insert(code)
+                metrics.rootErrors.increment()
+                logger.warning("root refused a call; sending it again on a new connection before believing it (damaged on the way?)",
+                               metadata: ["call": "\(what)", "error": "\(error)", "root": "\(endpoint)"])
+                if mine { await drop("\(error)") }
+                return error
             }
         }
         switch error {
@@ -660,6 +696,7 @@ public actor RootWriter {
             let r = try Self.writeAnswer(try await sent.answer.wait())
             confirm(sent.request, r)
             answered()
+            doubted.removeAll()
             link.withLockedValue { $0.lastCallFailure = nil }
             return r
         } catch {
@@ -835,4 +872,29 @@ public actor RootWriter {
     }
 
     public func close() async { await drop("this process is stopping") }
+}
+
+/// What a writer's probes found of each address: whether it takes checked frames
+/// (`CheckedFrames`), remembered for ten minutes, so a connection made meanwhile (every
+/// check of a listed root, a reconnect) is not probed again. A node older than the
+/// envelope counts each probe in its `qs_bad_frames_total` and logs it; an address that
+/// answers a checked write "unknown request type" (a downgrade) is forgotten at once.
+public final class WriteChecking: Sendable {
+    private let known = NIOLockedValueBox([String: (checked: Bool, at: ContinuousClock.Instant)]())
+    static let remembered: Duration = .seconds(600)
+
+    public init() {}
+
+    func mode(for endpoint: Endpoint, now: ContinuousClock.Instant = .now) -> QSClient.WriteChecking {
+        guard let k = known.withLockedValue({ $0[endpoint.description] }), now - k.at < Self.remembered else { return .probe }
+        return k.checked ? .checked : .plain
+    }
+
+    func note(_ endpoint: Endpoint, checked: Bool, now: ContinuousClock.Instant = .now) {
+        known.withLockedValue { $0[endpoint.description] = (checked, now) }
+    }
+
+    func forget(_ endpoint: Endpoint) {
+        _ = known.withLockedValue { $0.removeValue(forKey: endpoint.description) }
+    }
 }

@@ -15,6 +15,8 @@ public enum CheckedFrames {
     public static let tag: UInt8 = 0x30
     /// The envelope's own bytes before the inner payload: the inner type and the checksum.
     public static let headerBytes = 9
+    /// How a node older than the envelope names it when it refuses it (`malformed`).
+    public static let unknownToNode = "unknown request type 0x30"
 
     /// Whether a writer wraps requests of this frame type: the writes, and the hello that
     /// tells it whether the node checks them.

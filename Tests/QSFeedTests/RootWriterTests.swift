@@ -48,18 +48,40 @@ final class RootWriterTests: XCTestCase {
         XCTAssertEqual(root.snapshot.failedCalls, 1)
     }
 
+    /// Refusals retrying cannot cure stop the bridge once a second connection gives them
+    /// again: the first may be a write damaged where the node judges it before any checksum
+    /// can (a large write's token or type, the frame's header).
     func testErrorsRetryingCannotCureStopTheBridge() async throws {
         for code in [ErrorCode.unauthorized, .invalidRequest, .unsupported, .malformed] {
             let root = ScriptedRoot()
-            root.state.withLockedValue { $0.nextAnswer = .error(code: code.rawValue, message: "scripted \(code)") }
+            root.state.withLockedValue {
+                $0.nextAnswer = .error(code: code.rawValue, message: "scripted \(code)")
+                $0.nextAnswerTimes = 2
+            }
             let writer = root.writer()
             do {
-                _ = try await writer.batch(sourceID: "s", expected: 0, new: 1, operations: [])
+                _ = try await within(.seconds(10), "batch") { try await writer.batch(sourceID: "s", expected: 0, new: 1, operations: []) }
                 XCTFail("\(code) did not stop the bridge")
             } catch let error as FeedError {
                 XCTAssertEqual(error, .stop("root refused batch: scripted \(code)"))
             }
-            XCTAssertEqual(root.snapshot.batches.count, 1, "\(code) sent once, not retried")
+            XCTAssertEqual(root.snapshot.batches.count, 2, "\(code) sent again once on a new connection, then believed")
+            XCTAssertEqual(root.snapshot.connectAttempts, 2)
+        }
+    }
+
+    /// The same refusal once, then not: the write was damaged on the way, and is applied.
+    func testARefusalGivenOnceIsSentAgainOnANewConnection() async throws {
+        for code in [ErrorCode.unauthorized, .invalidRequest, .unsupported, .malformed, .frameTooLarge] {
+            let root = ScriptedRoot()
+            root.state.withLockedValue { $0.nextAnswer = .error(code: code.rawValue, message: "scripted \(code)") }
+            let writer = root.writer()
+            let answer = try await within(.seconds(10), "batch") {
+                try await writer.batch(sourceID: "s", expected: 0, new: 1, operations: [.delete(key: [1])])
+            }
+            XCTAssertEqual(answer, .applied(logIndex: 1, kept: 1, dropped: 0), "\(code)")
+            XCTAssertEqual(root.snapshot.batches.count, 2, "\(code)")
+            XCTAssertEqual(root.snapshot.connectAttempts, 2, "\(code)")
         }
     }
 
@@ -357,5 +379,38 @@ final class RootFailoverTests: XCTestCase {
         await w.keepalive(idle: .zero)
         XCTAssertTrue(w.connected)
         XCTAssertEqual(w.endpoint, .unix(path: "root1"))
+    }
+}
+
+/// A writer's probe for checked frames (`CheckedFrames`) against a node older than the
+/// envelope, which answers it as an unknown request type, counts it as a bad frame and
+/// closes: the address is probed once, not at every connection the writer makes.
+final class WriteCheckingTests: XCTestCase {
+    func testANodeOlderThanTheEnvelopeIsProbedOnceNotAtEveryConnection() async throws {
+        let probes = NIOLockedValueBox(0), connections = NIOLockedValueBox(0)
+        let head = Response.head(Head(index: 3, hash: [UInt8](repeating: 1, count: 32), commitTimeNs: 0))
+        // Closes after each answer but hello's, so every call makes a new connection.
+        let old = try LoopbackPeer { fd in
+            connections.withLockedValue { $0 += 1 }
+            while let frame = LoopbackPeer.readFrame(fd) {
+                if frame.type == CheckedFrames.tag {
+                    probes.withLockedValue { $0 += 1 }
+                    _ = LoopbackPeer.send(fd, frame: Response.error(.malformed, "malformed request: \(CheckedFrames.unknownToNode)").frame())
+                    break
+                }
+                _ = LoopbackPeer.send(fd, frame: head.frame())
+                if frame.type != Request.hello(token: [], client: "").frame().type { break }
+            }
+            close(fd)
+        }
+        defer { old.stop() }
+        let writer = RootWriter(endpoints: [.tcp(host: "127.0.0.1", port: old.port)], token: [], logger: quietLogger, metrics: RootLinkMetrics())
+        for _ in 0..<3 {
+            let h = try await within(.seconds(20), "head") { try await writer.head() }
+            XCTAssertEqual(h.index, 3)
+        }
+        XCTAssertGreaterThanOrEqual(connections.withLockedValue { $0 }, 4, "the calls made connections of their own")
+        XCTAssertEqual(probes.withLockedValue { $0 }, 1, "probed once")
+        await writer.close()
     }
 }

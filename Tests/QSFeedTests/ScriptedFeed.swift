@@ -45,6 +45,8 @@ final class ScriptedRoot: Sendable {
         /// What status is answered (default: unsupported, as a node older than it).
         var statusJSON: String?
         var nextAnswer: Response?
+        /// How many calls in a row get `nextAnswer` (each answers it once by default).
+        var nextAnswerTimes = 1
     }
 
     let state = NIOLockedValueBox(State())
@@ -126,7 +128,11 @@ final class ScriptedRoot: Sendable {
                 return .head(Head(index: s.headIndex, hash: [UInt8](repeating: 0, count: 32), commitTimeNs: 0))
             }
             if let scripted = s.nextAnswer {
-                s.nextAnswer = nil
+                s.nextAnswerTimes -= 1
+                if s.nextAnswerTimes <= 0 {
+                    s.nextAnswer = nil
+                    s.nextAnswerTimes = 1
+                }
                 if case let .batch(b) = request {
                     s.batches.append(SentBatch(expected: b.expected, new: b.new, operations: b.operations, answer: scripted))
                 }

@@ -20,7 +20,7 @@ final class CheckedWritesTests: XCTestCase {
 
     func testAWriterChecksItsWritesToANodeThatKnowsTheEnvelope() async throws {
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
-        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port, checkedWrites: true)
+        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port, writeChecking: .probe)
         XCTAssertTrue(c.checksWrites)
         _ = try await c.write([.set(key: Array("k".utf8), value: [1], expiry: nil)], sourceID: "t")
         let value = try await c.get(Array("k".utf8))?.value
@@ -49,7 +49,7 @@ final class CheckedWritesTests: XCTestCase {
             close(fd)
         }
         defer { old.stop() }
-        let c = try await QSClient.connect(host: "127.0.0.1", port: old.port, checkedWrites: true)
+        let c = try await QSClient.connect(host: "127.0.0.1", port: old.port, writeChecking: .probe)
         XCTAssertFalse(c.checksWrites)
         let index = try await c.head().index
         XCTAssertEqual(index, 3)
