@@ -20,9 +20,11 @@ public enum CheckedFrames {
 
     /// Whether a writer wraps requests of this frame type: the writes, and the hello that
     /// tells it whether the node checks them.
-    public static func wraps(_ type: UInt8) -> Bool {
-        [Request.Tag.batch.rawValue, Request.Tag.writes.rawValue, Request.Tag.append.rawValue, Request.Tag.hello.rawValue].contains(type)
-    }
+    public static func wraps(_ type: UInt8) -> Bool { wrapped.contains(type) }
+
+    /// Built once: `wraps` is asked for every frame a client sends.
+    private static let wrapped: Set<UInt8> = [Request.Tag.batch.rawValue, Request.Tag.writes.rawValue,
+                                              Request.Tag.append.rawValue, Request.Tag.hello.rawValue]
 
     /// The checksum of a request's payload, seeded with its type.
     public static func checksum(type: UInt8, payload: [UInt8]) -> UInt64 {
