@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the XCTest suites once. A test that fails is a bug to fix, not a run to repeat:
-# there is no rerun. A run that hangs is stopped after 15 minutes (QS_TEST_TIMEOUT seconds)
+# there is no rerun. A part that hangs is stopped after 15 minutes (QS_TEST_TIMEOUT seconds)
 # and counts as failed.
 #
 # Without arguments: every suite on LMDB, the default engine, then the store's, the node's,
@@ -9,6 +9,17 @@
 # takes for a store it creates; docs/storage.md "Engines"). Left out of the second run, to
 # keep make test short: the bridges' initial-copy, wire-fault and soak tests (they are about
 # KT's cursor, the network and kills, and the other bridge tests write through both engines).
+#
+# The suites spend most of their time waiting (for processes to start, for deadlines, for
+# etcd): one run after the other used about a quarter of a 2-core machine and took 25 minutes.
+# So the four parts below run as two lanes at once (QS_TEST_JOBS, default 2; 1 runs them one
+# after the other), each part a run of the test bundle itself (`swift test` holds the build
+# directory's lock, so two of it cannot run at once). Every line a part prints goes to the
+# output as it comes, prefixed with the part's name; each part's whole output is also kept in
+# .build/test-logs/<part>.log. The tests never share a port, a directory or a namespace (port
+# 0, temporary directories, random /30s), so they run side by side as they would beside any
+# other work.
+#
 # With arguments: one run of `swift test` with them (make soak, scripts/tsan.sh).
 set -uo pipefail
 SWIFT=${SWIFT:-swift}
@@ -16,14 +27,68 @@ limit=${QS_TEST_TIMEOUT:-900}
 if [ "$#" -gt 0 ]; then
     exec timeout -k 10 "$limit" "$SWIFT" test --skip-build --disable-swift-testing "$@"
 fi
-# The LMDB run in two parts, each under its own timeout: the whole of it came to more than
-# 900 s on this project's 2-core machine (the root cluster's tests alone take minutes).
-timeout -k 10 "$limit" "$SWIFT" test --skip-build --disable-swift-testing --skip 'ClusterTests'
-first=$?
-timeout -k 10 "$limit" "$SWIFT" test --skip-build --disable-swift-testing --filter 'ClusterTests'
-cluster=$?
-QS_STORE_ENGINE=rocksdb timeout -k 10 "$limit" "$SWIFT" test --skip-build --disable-swift-testing \
-    --filter 'QSStoreTests|QSNodeTests|ReplicationTests|BridgeTests|QSReadsTests' \
-    --skip 'BridgeTests.InitialCopyTests|BridgeTests.WireFaultTests|BridgeTests.SoakTests'
-second=$?
-[ "$first" -eq 0 ] && [ "$cluster" -eq 0 ] && [ "$second" -eq 0 ]
+jobs=${QS_TEST_JOBS:-2}
+case "$jobs" in
+    1|2) ;;
+    *) echo "QS_TEST_JOBS must be 1 or 2 (lanes of test parts at once), not '$jobs'" >&2; exit 2 ;;
+esac
+case "$limit" in
+    ''|*[!0-9]*|0) echo "QS_TEST_TIMEOUT must be a whole number of seconds above 0, not '$limit'" >&2; exit 2 ;;
+esac
+
+bin=$("$SWIFT" build --show-bin-path) || exit 1
+bundle=$(ls -d "$bin"/*PackageTests.xctest 2>/dev/null | head -1)
+if [ -z "$bundle" ]; then
+    echo "no test bundle in $bin: build the tests first (swift build --build-tests)" >&2
+    exit 1
+fi
+logs=.build/test-logs
+mkdir -p "$logs"
+
+# Each test's specifier is Module.Class/method; the parts are chosen by module and class.
+classes=$("$bundle" --list-tests | grep -E '^[A-Za-z0-9_]+\.[A-Za-z0-9_]+/' | cut -d/ -f1 | sort -u)
+if [ -z "$classes" ]; then
+    echo "$bundle listed no tests" >&2
+    exit 1
+fi
+pick() { grep -E "$1" <<<"$classes" | grep -vE "${2:-^$}" | paste -sd, -; }
+lmdb_bridges=$(pick '^(BridgeTests|QSRestTests)\.')
+lmdb_others=$(pick '.' '^(BridgeTests|QSRestTests|ClusterTests)\.')
+lmdb_cluster=$(pick '^ClusterTests\.')
+rocksdb=$(pick '^(QSStoreTests|QSNodeTests|ReplicationTests|BridgeTests|QSReadsTests)\.' \
+    '^BridgeTests\.(InitialCopyTests|WireFaultTests|SoakTests)$')
+
+# part NAME ENGINE SPECIFIERS: one run of the bundle; its status in $logs/NAME.status. ENGINE
+# empty leaves QS_STORE_ENGINE as it is (unset: LMDB, and the mixed-engine tests run).
+part() {
+    local name=$1 engine=$2 specs=$3 start=$SECONDS rc
+    local vars=()
+    [ -n "$engine" ] && vars=("QS_STORE_ENGINE=$engine")
+    echo "[$name] started"
+    env "${vars[@]}" timeout -k 10 "$limit" "$bundle" "$specs" 2>&1 \
+        | tee "$logs/$name.log" | sed -u "s/^/[$name] /"
+    rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 124 ] && echo "[$name] stopped after $limit s (QS_TEST_TIMEOUT): a test hung; its last 'started' line above names it"
+    echo "[$name] exit $rc after $((SECONDS - start)) s"
+    echo "$rc $((SECONDS - start))" > "$logs/$name.status"
+}
+rm -f "$logs"/*.status
+lane1() { part lmdb-bridges "" "$lmdb_bridges"; part lmdb-others "" "$lmdb_others"; }
+lane2() { part lmdb-cluster "" "$lmdb_cluster"; part rocksdb rocksdb "$rocksdb"; }
+if [ "$jobs" -eq 1 ]; then
+    lane1; lane2
+else
+    lane1 & first=$!
+    lane2 & second=$!
+    wait "$first" "$second"
+fi
+
+failed=0
+echo "swift-test.sh: the parts, their exit status and time:"
+for name in lmdb-bridges lmdb-others lmdb-cluster rocksdb; do
+    read -r rc secs < "$logs/$name.status" 2>/dev/null || { rc=missing; secs=?; }
+    summary=$(grep -E "^[[:space:]]+Executed [0-9]+ tests?," "$logs/$name.log" 2>/dev/null | tail -1 | sed 's/^[[:space:]]*//')
+    echo "  $name: exit $rc, $secs s: ${summary:-no summary (see $logs/$name.log)}"
+    [ "$rc" = 0 ] || failed=1
+done
+exit "$failed"

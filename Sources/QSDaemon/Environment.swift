@@ -177,7 +177,7 @@ public enum QSEnv {
 
     /// Variables read outside the flags' defaults (the test harness's and the store's
     /// engine override for test runs): never reported as unknown.
-    static let readElsewhere: Set<String> = ["QS_STORE_ENGINE", "QS_BIN_DIR", "QS_TEST_SANITIZER", "QS_TEST_TIMEOUT",
+    static let readElsewhere: Set<String> = ["QS_STORE_ENGINE", "QS_BIN_DIR", "QS_TEST_SANITIZER", "QS_TEST_TIMEOUT", "QS_TEST_JOBS",
                                              "QS_ETCD_BIN", "QS_FUZZ_TARGET"]
 
     /// The `QS_*` variables set in the environment that no flag of `command` (and of its
