@@ -67,8 +67,7 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
                 type = head[head.index(after: head.startIndex)]
                 payload = 1 + CheckedFrames.headerBytes
             }
-            let writes: Set<UInt8> = [Request.Tag.batch.rawValue, Request.Tag.writes.rawValue, Request.Tag.append.rawValue]
-            guard writes.contains(type) else {
+            guard Self.writeTypes.contains(type) else {
                 return .refused("\(what), is not a write: only batches, conditional writes and appends may be longer", .frameTooLarge)
             }
             guard writable else { return .refused("this node is a replica and takes no writes: write to the root", .notWritable) }
@@ -86,6 +85,10 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
         }
 
         enum Verdict: Equatable { case admitted, undecided, refused(String, ErrorCode) }
+
+        /// The requests that may be longer than `openBytes` (bare or as a checked envelope's
+        /// inner type): batches, conditional writes, compatible appends.
+        public static let writeTypes: Set<UInt8> = [Request.Tag.batch.rawValue, Request.Tag.writes.rawValue, Request.Tag.append.rawValue]
     }
 
     public init(maxFrameBytes: Int = defaultMaxFrameBytes, largeFrames: LargeFrames? = nil) {

@@ -217,6 +217,18 @@ struct Seeds {
             stream += QSCapture.bytes(of: f)
         }
         add(.qsFrames, Array(stream.prefix(FuzzTarget.maxInputBytes)))
+        // The large-frame rule: every request bare and in the envelope (the writes with the
+        // node's token, another token, none), each its own input (the first refusal ends a
+        // stream), and the writes one after the other.
+        var writes: [UInt8] = []
+        let other = Request.batch(Request.Batch(token: Array("x".utf8), sourceID: "kt:basic", expected: 1, new: 2, operations: Array(ops.prefix(2))))
+        for r in requests + [other] {
+            for f in [r.frame(), CheckedFrames.wrap(r.frame())] {
+                add(.qsLargeFrames, QSCapture.bytes(of: f))
+                if case .batch = r, r != other { writes += QSCapture.bytes(of: f) }
+            }
+        }
+        add(.qsLargeFrames, Array(writes.prefix(FuzzTarget.maxInputBytes)))
         // A QS capture: its header, then entries and heartbeat frames as a subscription sends them.
         var capture = QSCapture.header(fromIndex: 0, hash: [UInt8](repeating: 0, count: 32))
         for chunk in stride(from: 0, to: stored.count, by: 2) {

@@ -22,6 +22,7 @@ enum FuzzTarget: String, CaseIterable {
     case ktHTTPRequest = "kt-http-request"
     case memcached
     case qsFrames = "qs-frames"
+    case qsLargeFrames = "qs-large-frames"
     case qsRequest = "qs-request"
     case qsResponse = "qs-response"
     case capture
@@ -75,6 +76,8 @@ enum FuzzTarget: String, CaseIterable {
             let frames = decodeAnySplit(FrameDecoder(maxFrameBytes: 1 << 20), bytes, name)
             for frame in frames.messages { Self.qsMessage(frame, name) }
             Self.snapshotStream(bytes, frames, name)
+        case .qsLargeFrames:
+            Self.largeFrames(bytes, name)
         case .qsRequest, .qsResponse:
             guard let type = bytes.first else { return }
             let tag = self == .qsRequest ? type & 0x7F : type | 0x80
@@ -84,6 +87,36 @@ enum FuzzTarget: String, CaseIterable {
         case .logEntry:
             guard let entry = try? LogEntry.decode(bytes) else { return }
             check((try? LogEntry.decode(entry.encoded())) == entry, name, "an entry does not decode back from its encoding")
+        }
+    }
+
+    /// The write token the `qs-large-frames` target's node requires, and the length past
+    /// which its frames are large (small, so fuzzed frames are).
+    static let largeFrameToken = Array("t".utf8)
+    static let largeFrameOpenBytes = 16
+
+    /// A write server's decoder with its rule for large frames (`FrameDecoder.LargeFrames`,
+    /// judged from a frame's first bytes before it is buffered, also inside the checked
+    /// envelope): the same frames and the same refusal however the stream is split, and
+    /// every frame it lets through over `openBytes` is a batch, conditional writes or an
+    /// append, bare or in the envelope, whose token is the node's.
+    private static func largeFrames(_ bytes: [UInt8], _ name: String) {
+        let token = largeFrameToken
+        let rule = FrameDecoder.LargeFrames(openBytes: largeFrameOpenBytes, writable: true, admits: { $0 == token },
+                                            tokenLength: token.count)
+        for frame in decodeAnySplit(FrameDecoder(maxFrameBytes: 1 << 20, largeFrames: rule), bytes, name).messages
+        where 1 + frame.payload.count > largeFrameOpenBytes {
+            var type = frame.type
+            var payload = frame.payload[...]
+            if type == CheckedFrames.tag {
+                check(payload.count >= CheckedFrames.headerBytes, name, "a large envelope shorter than its header was let through")
+                type = payload.first ?? 0
+                payload = payload.dropFirst(CheckedFrames.headerBytes)
+            }
+            check(FrameDecoder.LargeFrames.writeTypes.contains(type), name, "a large frame of type \(type) was let through: only writes may be large")
+            let length = payload.prefix(4).reduce(0) { $0 << 8 | Int($1) }
+            check(payload.count >= 4 + token.count && length == token.count && Array(payload.dropFirst(4).prefix(token.count)) == token,
+                  name, "a large write without the node's token was let through")
         }
     }
 
