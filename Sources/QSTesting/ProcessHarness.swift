@@ -41,6 +41,24 @@ public enum Harness {
         return url
     }
 
+    /// A test's temporary directory at its end: removed after a test that passed; after one
+    /// that failed kept, and the last `lines` lines of each log in it (the daemons' and
+    /// etcd's, `*.log`) printed, so a failure seen only in CI's output (a rare hang cut at
+    /// its deadline) carries what the processes said.
+    public static func cleanUp(_ dir: URL, failed: Bool, lines: Int = 60) {
+        guard failed else {
+            try? FileManager.default.removeItem(at: dir)
+            return
+        }
+        let logs = ((try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []).filter { $0.hasSuffix(".log") }.sorted()
+        print("the failed test's directory is kept: \(dir.path) (\(logs.count) logs; the last \(lines) lines of each follow)")
+        for name in logs {
+            guard let data = FileManager.default.contents(atPath: dir.appendingPathComponent(name).path) else { continue }
+            let tail = String(decoding: data, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).suffix(lines)
+            print("--- \(name)\n" + tail.joined(separator: "\n"))
+        }
+    }
+
     /// A socket connected to 127.0.0.1:`port`, nil when nothing accepts there. The caller
     /// closes it.
     /// A connected Unix stream socket to `path`, nil when nothing listens there.

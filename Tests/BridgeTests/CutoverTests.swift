@@ -21,7 +21,7 @@ final class CutoverTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func qsctl(_ args: [String]) throws -> (status: Int32, out: String, err: String) {

@@ -16,7 +16,7 @@ final class ExactlyOnceTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func bridgeArgs(_ node: RootNode, _ fx: KTFixture) -> [String] {

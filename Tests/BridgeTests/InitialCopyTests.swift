@@ -18,7 +18,7 @@ final class InitialCopyTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     /// `count` records in `db` through set_bulk, 1,000 per call: `k<i>` → `v<i>`.

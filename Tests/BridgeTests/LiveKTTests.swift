@@ -14,7 +14,7 @@ final class LiveKTTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     /// These tests are about the feed: no initial copy (InitialCopyTests covers it; during a

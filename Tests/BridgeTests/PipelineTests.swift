@@ -16,7 +16,7 @@ final class PipelineTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     /// KT, a root, a proxy in front of the root and a bridge writing through it in batches of

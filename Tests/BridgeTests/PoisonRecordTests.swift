@@ -15,7 +15,7 @@ final class PoisonRecordTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     static let base: UInt64 = 1_764_000_000_000_000_000

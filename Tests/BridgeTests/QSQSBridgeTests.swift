@@ -14,7 +14,7 @@ final class QSQSBridgeTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     /// A source root with `n` entries of mixed operations.
@@ -176,7 +176,7 @@ final class QSQSBridgeDamageTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     /// A bridge in `mode` from a source holding one entry of about 100 KB (nearly all value

@@ -18,7 +18,7 @@ final class ReplayTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func replay(_ fixture: String, source: (KTFixture) -> String, dbMap: String, prefixes: [Int: String], extra: [String] = []) async throws {

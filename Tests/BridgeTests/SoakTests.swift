@@ -24,7 +24,7 @@ final class SoakTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func testKillLoopsUnderALiveWorkloadLoseNothingAndApplyNothingTwice() async throws {

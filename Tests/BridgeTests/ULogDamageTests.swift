@@ -18,7 +18,7 @@ final class ULogDamageTests: XCTestCase {
 
     override func tearDown() async throws {
         if let node { _ = try? node.daemon.stop() }
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     /// A copy of a fixture's ulog directory to damage.

@@ -18,7 +18,7 @@ final class ClusterAuthTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func testAMemberAuthenticatesToEtcdRenewsItsTokenAndNamesRefusedCredentials() async throws {

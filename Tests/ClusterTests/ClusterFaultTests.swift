@@ -25,7 +25,7 @@ final class ClusterFaultTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     /// `etcd`'s client URLs starting with member `first`'s: each root member prefers "its"

@@ -15,7 +15,7 @@ final class ClusterHousekeepingTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func member(_ name: String, etcd: EtcdCluster, _ extra: [String] = []) throws -> RootNode {

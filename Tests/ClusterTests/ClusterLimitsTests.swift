@@ -19,7 +19,7 @@ final class ClusterLimitsTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func testABatchLargerThanEtcdTakesIsRefusedAndTheClusterWritesOn() async throws {

@@ -16,7 +16,7 @@ final class RootClusterTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func member(_ i: Int, etcd: EtcdCluster) throws -> RootNode {

@@ -14,7 +14,7 @@ final class KTRPCClientTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func testACursorWalkInPipelinedPagesReadsEveryRecordInOrder() async throws {

@@ -13,7 +13,7 @@ final class DaemonBasicsTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func testSIGHUPKeepsEveryDaemonRunning() async throws {

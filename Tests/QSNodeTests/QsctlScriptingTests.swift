@@ -11,7 +11,7 @@ final class QsctlScriptingTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func qsctl(_ node: String, _ args: [String]) throws -> (status: Int32, out: String, err: String) {

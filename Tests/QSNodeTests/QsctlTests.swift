@@ -12,7 +12,7 @@ final class QsctlTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func qsctl(_ node: RootNode, _ args: [String], env: [String: String] = [:]) throws -> (Int32, String, String) {

@@ -12,7 +12,7 @@ final class ReadyFileTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func testQsnodeListsEveryListenerWithItsRealAddress() throws {

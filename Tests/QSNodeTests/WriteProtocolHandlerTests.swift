@@ -22,7 +22,7 @@ final class WriteProtocolHandlerTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     /// A root's request handling over a fresh store, with metrics the test can read.

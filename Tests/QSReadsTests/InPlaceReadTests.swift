@@ -25,7 +25,7 @@ final class InPlaceReadTests: XCTestCase {
 
     override func tearDown() async throws {
         await reads.stop()
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func set(_ key: String, _ value: String, expiry: UInt64? = nil) async throws {

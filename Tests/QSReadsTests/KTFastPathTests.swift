@@ -131,7 +131,7 @@ final class KTFastPathTests: XCTestCase {
     }
 
     override func tearDown() async throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     /// Requests the fast path answers, each kept alive, covering hits, misses, expiry,

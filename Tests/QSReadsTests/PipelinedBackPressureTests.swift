@@ -28,7 +28,7 @@ final class PipelinedBackPressureTests: XCTestCase {
 
     override func tearDown() async throws {
         if let node { _ = try? node.daemon.stop() }
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func start(_ extra: [String] = []) async throws {

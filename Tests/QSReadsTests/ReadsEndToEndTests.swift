@@ -37,7 +37,7 @@ final class ReadsEndToEndTests: XCTestCase {
 
     override func tearDown() async throws {
         if let node { XCTAssertEqual(try node.daemon.stop(), 0, node.daemon.log) }
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func mc(_ text: String, unix: Bool = false) -> String {

@@ -30,7 +30,7 @@ final class ReplyMemoryTests: XCTestCase {
 
     override func tearDown() async throws {
         if let node { _ = try? node.daemon.stop() }
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     /// A connection with a small receive buffer that sent `request` and reads nothing yet.

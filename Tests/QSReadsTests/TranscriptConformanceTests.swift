@@ -27,7 +27,7 @@ final class TranscriptConformanceTests: XCTestCase {
 
     override func tearDown() async throws {
         await reads.stop()
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func apply(_ ops: [Mutation]) async throws {

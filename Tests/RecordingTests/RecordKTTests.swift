@@ -15,7 +15,7 @@ final class RecordKTTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func recorder(_ kt: FakeKTProcess, _ out: URL, _ args: [String]) throws -> DaemonProcess {

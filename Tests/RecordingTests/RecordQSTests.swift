@@ -16,7 +16,7 @@ final class RecordQSTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     static func readAll(_ path: URL) throws -> (entries: [StoredEntry], heartbeats: Int, reader: QSCaptureReader) {

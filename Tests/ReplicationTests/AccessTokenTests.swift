@@ -16,7 +16,7 @@ final class AccessTokenTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func file(_ name: String, _ text: String) throws -> String {

@@ -16,7 +16,7 @@ final class BootstrapResumeTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     /// A root holding about 8 MB, a proxy letting 2 MB/s through, and an empty replica

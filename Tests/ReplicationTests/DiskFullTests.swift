@@ -20,7 +20,7 @@ final class DiskFullTests: XCTestCase {
 
     override func tearDownWithError() throws {
         for m in mounts.reversed() { _ = try? Harness.run("/usr/bin/umount", ["-l", m.path]) }
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     /// A tmpfs of `size` at a new directory; skips the test where mounting is not allowed.

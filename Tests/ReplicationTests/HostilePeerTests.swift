@@ -19,7 +19,7 @@ final class HostilePeerTests: XCTestCase {
 
     override func tearDownWithError() throws {
         for fd in sockets { close(fd) }
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     /// A TCP connection to 127.0.0.1:`port` from `source` (another loopback address is

@@ -16,7 +16,7 @@ final class HostileUpstreamTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     /// What the proxy does to the frames it passes, switched by the test as it runs.

@@ -16,7 +16,7 @@ final class NodeIntegrityTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func client(_ port: Int) async throws -> QSClient {

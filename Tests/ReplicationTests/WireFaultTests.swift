@@ -15,7 +15,7 @@ final class WireFaultTests: XCTestCase {
     }
 
     override func tearDownWithError() throws {
-        try? FileManager.default.removeItem(at: tmp)
+        Harness.cleanUp(tmp, failed: (testRun?.totalFailureCount ?? 0) > 0)
     }
 
     func testReplicaToUpstreamThroughEveryFaultEndsWithTheRootsHistory() async throws {
