@@ -91,4 +91,9 @@ for name in lmdb-bridges lmdb-others lmdb-cluster rocksdb; do
     echo "  $name: exit $rc, $secs s: ${summary:-no summary (see $logs/$name.log)}"
     [ "$rc" = 0 ] || failed=1
 done
+# The slowest tests, to keep an eye on make test's time (CI's budget is 30 minutes).
+echo "swift-test.sh: the ten slowest tests (seconds, part):"
+for name in lmdb-bridges lmdb-others lmdb-cluster rocksdb; do
+    sed -nE "s/^Test Case '([^']+)' passed \(([0-9.]+) seconds\)/\2 \1 ($name)/p" "$logs/$name.log" 2>/dev/null
+done | sort -rn | head -10 | sed 's/^/  /'
 exit "$failed"
