@@ -21,9 +21,11 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
     let logger: Logger
     /// Position to start from when the root has no checkpoint for this source.
     let initialPosition: UInt64
-    /// Run once when the root holds no checkpoint for this source, before reading from
-    /// `initialPosition` (a KT bridge warns when the root holds other KT sources).
-    let onFirstStart: (@Sendable (RootWriter, Logger) async -> Void)?
+    /// Run once when the root holds no checkpoint for this source, before anything is
+    /// written for it (an initial copy, a replay from `initialPosition`): a KT bridge stops
+    /// there when the root holds other KT sources' checkpoints (`FeedError.stop`), a batched
+    /// QS bridge warns.
+    let onFirstStart: (@Sendable (RootWriter, Logger) async throws -> Void)?
     /// Run before each (re)start of the reading (a KT bridge's initial copy).
     let preparation: (any FeedPreparation)?
     let state = NIOLockedValueBox(Status())
@@ -95,7 +97,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
 
     public init(source: Source, sourceID: String, root: RootWriter, limits: BatchLimits = BatchLimits(),
                 initialPosition: UInt64 = 0, metrics: FeedMetrics = FeedMetrics(), logger: Logger,
-                onFirstStart: (@Sendable (RootWriter, Logger) async -> Void)? = nil,
+                onFirstStart: (@Sendable (RootWriter, Logger) async throws -> Void)? = nil,
                 preparation: (any FeedPreparation)? = nil) {
         self.onFirstStart = onFirstStart
         self.preparation = preparation
@@ -156,6 +158,16 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
     private func consume() async throws {
         var backoff = Backoff()
         var failuresInARow = 0
+        if let onFirstStart, try await root.position(sourceID: sourceID, mode: limits.mode) == nil {
+            // Before the preparation: an initial copy writes the source's records over the
+            // root's as surely as a replay from 0 does.
+            do {
+                try await onFirstStart(root, logger)
+            } catch let stop as FeedError {
+                logger.error("bridge stopped", metadata: ["reason": "\(stop)"])
+                throw stop
+            }
+        }
         while true {
             if let preparation {
                 do {
@@ -178,7 +190,6 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
                 }
             }
             let known = try await root.position(sourceID: sourceID, mode: limits.mode)
-            if known == nil, let onFirstStart { await onFirstStart(root, logger) }
             let start = known ?? initialPosition
             let batcher = Batcher(sourceID: sourceID, confirmed: start, limits: limits, root: root, logger: logger,
                                   metrics: metrics, freshness: freshness)
@@ -318,14 +329,21 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
 /// the bridge is probably reading a source already migrated under another id (another
 /// spelling or address of it, another member of its cluster, an id given by hand), and
 /// starting from position 0 replays its whole log over newer values: readers see old
-/// values come back until it has caught up. It says so loudly, naming the ids, and carries on.
-public func warnWhenOtherSources(sourceID: String, kind: String, replays: String,
-                                 sameKind: @escaping @Sendable (String, UInt64) -> Bool) -> @Sendable (RootWriter, Logger) async -> Void {
+/// values come back until it has caught up. It says so loudly, naming the ids; with
+/// `refuse` (`overrideFlag` names the flag that allows it) it stops the bridge instead
+/// (`FeedError.stop`), before anything is written.
+public func warnWhenOtherSources(sourceID: String, kind: String, replays: String, refuse overrideFlag: String? = nil,
+                                 sameKind: @escaping @Sendable (String, UInt64) -> Bool) -> @Sendable (RootWriter, Logger) async throws -> Void {
     { root, logger in
         guard let all = try? await root.checkpoints() else { return }
         let others = all.filter { $0.key != sourceID && sameKind($0.key, $0.value) }.keys.sorted()
         guard !others.isEmpty else { return }
-        logger.error("the root has no checkpoint for this source id but holds other \(kind) checkpoints: starting from position 0 replays \(replays) over newer values. If this source is one of those under another name, stop this bridge and restart it with --source-id set to that id",
-                     metadata: ["source-id": "\(sourceID)", "other-source-ids": "\(others.joined(separator: ","))"])
+        let what = "the root has no checkpoint for source id \(sourceID) but holds other \(kind) checkpoints (\(others.joined(separator: ", "))): starting from position 0 replays \(replays) over newer values"
+        guard let overrideFlag else {
+            logger.error("\(what). If this source is one of those under another name, stop this bridge and restart it with --source-id set to that id",
+                         metadata: ["source-id": "\(sourceID)", "other-source-ids": "\(others.joined(separator: ","))"])
+            return
+        }
+        throw FeedError.stop("\(what), and nothing was written. If this source is one of those under another name (another spelling of its address, an id given by hand), start the bridge with --source-id set to that id; if it really is another source for this root, start it with \(overrideFlag)")
     }
 }

@@ -108,6 +108,11 @@ public actor RootWriter {
     private var connecting: Task<Connected, any Error>?
     private var inFlight = 0
     private var lastAnswer = ContinuousClock.now
+    /// When the keepalive last asked the root's write role (`roleCheckInterval`).
+    private var roleChecked = ContinuousClock.now
+    /// How often an idle writer of its own (a source id: qsrest, the bridges in batched
+    /// mode) asks whether its root still takes writes.
+    static let roleCheckInterval: Duration = .seconds(5)
     /// The address in use (or tried first at the next connection).
     private var position = 0
     /// The address of the last connection made (nil before the first).
@@ -515,6 +520,21 @@ public actor RootWriter {
                 link.withLockedValue {
                     $0.lastCallFailure = nil
                     $0.lastCallFailureNotWritable = false
+                }
+            }
+            // An idle writer learned of a demotion only at its next write: qsrest with no
+            // producer writing said ready for a root that took no writes. A writer of its own
+            // asks the root's write role now and then, and leaves a root that takes none
+            // (the next connection passes it over, or fails saying why: not connected).
+            // A compatible mirror's own writer (no source id) writes to a mirror by design.
+            if sourceID != nil, ContinuousClock.now - roleChecked >= Self.roleCheckInterval {
+                roleChecked = .now
+                if let s = try? await Self.status(of: c), s["role"] as? String != "root" || NodeStatus.isMirror(s) {
+                    let what = NodeStatus.isMirror(s) ? "a compatible mirror (demoted, or mirroring another root)" : "not a root"
+                    let why = "the root at \(endpoint) takes no writes now: it is \(what)"
+                    logger.warning("root takes no writes", metadata: ["root": "\(endpoint)", "reason": "\(why)"])
+                    await drop(why)
+                    return
                 }
             }
             if let (fresher, why) = await stale(head: head.index), current != nil {

@@ -45,6 +45,8 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
 
     @Flag(inversion: .prefixedNo, help: "Apply KT clears (they delete every key under the database's prefix); without it a clear stops the bridge. (env: QS_ALLOW_CLEAR)")
     var allowClear: Bool = QSEnv.flag("QS_ALLOW_CLEAR")
+    @Flag(inversion: .prefixedNo, help: "Start under a source id the root has no checkpoint for although it holds other KT sources' or qsrest's checkpoints (this KT really is another source for the root). Without it such a first start stops before writing anything: the usual cause is a KT already migrated under another id (another spelling of its address, a --source-id typo), whose copy or replay would put its older values back over newer ones. (env: QS_ALLOW_NEW_SOURCE_ID)")
+    var allowNewSourceId: Bool = QSEnv.flag("QS_ALLOW_NEW_SOURCE_ID")
 
     @Option(help: ArgumentHelp("Re-make the KT connection after this long without a frame or heartbeat while the bridge is reading (time spent waiting on the root does not count). (env: QS_SOURCE_TIMEOUT)", valueName: "duration"))
     var sourceTimeout: Interval = QSEnv.value("QS_SOURCE_TIMEOUT", Interval(.seconds(10)))
@@ -97,7 +99,7 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
         try service.checkListenersAvailable()
         guard let spec = source.value else { throw ValidationError("--source is required") }
         let id = bridge.sourceID.isEmpty ? await spec.resolvedSourceID(logger: logger) : bridge.sourceID
-        let firstStart = warnWhenOtherKTSources(sourceID: id)
+        let firstStart = otherKTSourcesCheck(sourceID: id, allowed: allowNewSourceId)
         let mapping = KTMapping(prefixes: dbMap.prefixes, onUnmapped: onUnmapped, onUndecodable: onUndecodable, allowClear: allowClear)
         let translator = KTTranslator(mapping: mapping, logger: logger)
         let metrics = FeedMetrics()
@@ -116,10 +118,10 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
                 mapping: mapping, mode: initialCopy, pageSize: copyPage, rate: copyRate.rate,
                 maxBatchOps: bridge.batchMaxOps, maxBatchBytes: bridge.batchMaxBytes.bytes, logger: logger,
                 probeFeed: { try await src.probe() })
-            // A copy starts from no checkpoint itself: the warning about other KT sources
-            // concerns replaying the log from 0, which only `never` does.
+            // The check of other KT sources runs before the copy: a copy writes KT's records
+            // over the root's as a replay from 0 does.
             try await serve(FeedConsumer(source: src, sourceID: id, root: writer, limits: limits, metrics: metrics, logger: logger,
-                                         onFirstStart: initialCopy == .never ? firstStart : nil, preparation: copy), registry, logger)
+                                         onFirstStart: firstStart, preparation: copy), registry, logger)
         case let .ulog(dir):
             let src = KTULogSource(directory: dir, translator: translator, once: bridge.once, maxMessageBytes: maxMessage)
             try await serve(FeedConsumer(source: src, sourceID: id, root: writer, limits: limits, metrics: metrics, logger: logger, onFirstStart: firstStart), registry, logger)

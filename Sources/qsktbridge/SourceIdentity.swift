@@ -24,13 +24,18 @@ extension KTSource {
 }
 
 /// What a KT bridge does when the root has no checkpoint for its source id: if the root
-/// holds checkpoints of other KT sources (positions that are KT timestamps), the bridge
-/// is probably reading a KT already migrated under another id (another spelling of its
-/// address, an id given by hand), and starting from position 0 would replay KT's whole
-/// log over newer values. It says so loudly, naming the ids, and carries on.
-func warnWhenOtherKTSources(sourceID: String) -> @Sendable (RootWriter, Logger) async -> Void {
-    // qsrest's positions are wall-clock times too; its default ids say what they are.
-    warnWhenOtherSources(sourceID: sourceID, kind: "KT sources'", replays: "this KT's whole update log") { id, position in
-        !id.hasPrefix("qsrest:") && SourcePosition.isKTTimestamp(position)
+/// holds checkpoints of other KT sources (positions that are KT timestamps, qsrest's
+/// included), the bridge is probably reading a KT already migrated under another id
+/// (another spelling of its address, an id given by hand), and its initial copy or a replay
+/// from 0 would put KT's older values back over newer ones (qsrest's writes after the
+/// producers moved). It stops before writing anything, naming the ids, unless
+/// `--allow-new-source-id` says this KT really is another source for the root (then it
+/// warns and carries on).
+func otherKTSourcesCheck(sourceID: String, allowed: Bool) -> @Sendable (RootWriter, Logger) async throws -> Void {
+    // qsrest's positions are wall-clock times too, and KT's values copied over its newer
+    // writes are the same loss: its checkpoints count.
+    warnWhenOtherSources(sourceID: sourceID, kind: "KT or qsrest sources'", replays: "this KT's records and update log",
+                         refuse: allowed ? nil : "--allow-new-source-id") { id, position in
+        SourcePosition.isKTTimestamp(position)
     }
 }

@@ -130,6 +130,48 @@ final class InitialCopyTests: XCTestCase {
 
     /// The copy cursor travels with the copy's log entries: a bridge moved to a compatible
     /// mirror of its root (a cut-over in the middle of a copy) resumes the copy there.
+    /// A KT already migrated, started again under another source id (a typo, another
+    /// spelling of its address) after its producers moved to qsrest: its initial copy would
+    /// put KT's older values back over qsrest's newer ones. It stops before writing anything,
+    /// naming the ids the root holds; `--allow-new-source-id` (another KT for this root) lets
+    /// it start.
+    func testABridgeUnderANewSourceIdStopsBeforeCopyingOverNewerWrites() async throws {
+        let kt = try FakeKTProcess(logDir: tmp)
+        kt.set("dns/x", "old-from-kt")
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let first = try bridge(kt, root)
+        let copied = await Harness.eventually(timeout: .seconds(30)) {
+            let cp = (try? await c.checkpoint(sourceID: "kt")) ?? 0
+            let value = (try? await c.get(Array("dns/x".utf8)))?.value
+            return cp >= Self.floor && value == Array("old-from-kt".utf8)
+        }
+        XCTAssertTrue(copied, first.log)
+        try first.stop()
+        // qsrest's write (its position a wall time, as qsrest's are).
+        let r = try await c.batch(sourceID: "qsrest-1", expected: 0, new: wallClockNanoseconds(),
+                                  operations: [.set(key: Array("dns/x".utf8), value: Array("new-from-qsrest".utf8), expiry: nil)])
+        guard case .applied = r else { return XCTFail("qsrest's write: \(r)") }
+        let args = ["--root", root.address, "--source", "kt://\(kt.address)", "--db-map", "0=,1=aux/", "--source-id", "kt:kt-master:1978",
+                    "--sid", "99", "--batch-interval", "100ms", "--log-format", "text"]
+        let stopped = try Harness.run("qsktbridge", args, killAfter: .seconds(30))
+        let err = String(decoding: stopped.stderr, as: UTF8.self)
+        XCTAssertEqual(stopped.status, 1, err)
+        XCTAssertTrue(err.contains("has no checkpoint for source id kt:kt-master:1978 but holds other KT or qsrest sources' checkpoints (kt, qsrest-1)")
+                      && err.contains("--allow-new-source-id"), err)
+        let after = try await c.get(Array("dns/x".utf8))
+        XCTAssertEqual(after?.value, Array("new-from-qsrest".utf8), "the stopped bridge wrote KT's older value")
+        let none = try await c.checkpoint(sourceID: "kt:kt-master:1978")
+        XCTAssertNil(none, "nothing written under the new id")
+        // Allowed: it starts (and logs the other ids).
+        let allowed = try DaemonProcess("qsktbridge", args + ["--allow-new-source-id", "--admin", "127.0.0.1:0"], logDir: tmp, ready: true)
+        let started = await Harness.eventually(timeout: .seconds(30)) { ((try? await c.checkpoint(sourceID: "kt:kt-master:1978")) ?? 0) >= Self.floor }
+        XCTAssertTrue(started, allowed.log)
+        XCTAssertTrue(allowed.log.contains("other-source-ids=kt,qsrest-1"), allowed.log)
+        try allowed.stop()
+        await c.close()
+    }
+
     func testACopyMovedToACompatibleMirrorResumesThere() async throws {
         let kt = try FakeKTProcess(logDir: tmp)
         load(kt, db: 0, count: 4000)

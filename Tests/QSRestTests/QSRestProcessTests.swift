@@ -732,16 +732,46 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try t.rest.stop(), 0)
     }
 
-    /// One write refused by a single root demoted since: /readyz stays 503 naming it while
-    /// the root answers qsrest's keepalives (it went back to 200 a second later, every write
-    /// still refused), until a write commits again.
-    func testADemotedRootKeepsReadinessFailingThoughItAnswers() async throws {
+    /// A root, qsrest on it with one write committed and /readyz 200, then the root demoted.
+    func demotedAfterAWrite() throws -> (RootNode, DaemonProcess, Int, Int) {
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
         let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL())
         XCTAssertEqual(try curl(["-u", "dns:dns-token", "http://127.0.0.1:\(port)/rpc/set?key=dns%2Fa&value=1"]).status, 200)
         XCTAssertEqual(httpGet(port: admin, path: "/readyz")?.status, 200)
         let demote = try Harness.run("qsctl", ["--node", root.address, "demote"])
         XCTAssertEqual(demote.status, 0, String(decoding: demote.stderr, as: UTF8.self))
+        return (root, rest, port, admin)
+    }
+
+    /// The root promoted again: /readyz 200 without a write first (behind a readiness-gated
+    /// balancer none would come), then a write to `dns/KEY` goes through; qsrest stopped.
+    func promotedReadyAndWritten(_ root: RootNode, _ rest: DaemonProcess, port: Int, admin: Int, key: String) throws {
+        let promote = try Harness.run("qsctl", ["--node", root.address, "promote", "--force"])
+        XCTAssertEqual(promote.status, 0, String(decoding: promote.stderr, as: UTF8.self))
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { httpGet(port: admin, path: "/readyz")?.status == 200 },
+                      httpGet(port: admin, path: "/readyz")?.body ?? "no answer")
+        XCTAssertEqual(try curl(["-u", "dns:dns-token", "--max-time", "20", "http://127.0.0.1:\(port)/rpc/set?key=dns%2F\(key)&value=1"]).status, 200)
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
+    /// A root demoted while no producer writes: qsrest learned of it only at the next write
+    /// and said ready meanwhile (200 for as long as nobody wrote). Its keepalive asks the
+    /// root's write role every few seconds: /readyz says 503 naming it, and 200 again once
+    /// the root is promoted, still without a write.
+    func testAnIdleQsrestSaysNotReadyWhenItsRootIsDemotedWithoutAWrite() async throws {
+        let (root, rest, port, admin) = try demotedAfterAWrite()
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { httpGet(port: admin, path: "/readyz")?.status == 503 },
+                      httpGet(port: admin, path: "/readyz")?.body ?? "no answer")
+        let body = httpGet(port: admin, path: "/readyz")?.body ?? ""
+        XCTAssertTrue(body.contains("takes no writes now: it is a compatible mirror"), body)
+        try promotedReadyAndWritten(root, rest, port: port, admin: admin, key: "b")
+    }
+
+    /// One write refused by a single root demoted since: /readyz stays 503 naming it while
+    /// the root answers qsrest's keepalives (it went back to 200 a second later, every write
+    /// still refused), until a write commits again.
+    func testADemotedRootKeepsReadinessFailingThoughItAnswers() async throws {
+        let (root, rest, port, admin) = try demotedAfterAWrite()
         XCTAssertEqual(try curl(["-u", "dns:dns-token", "--max-time", "20", "http://127.0.0.1:\(port)/rpc/set?key=dns%2Fb&value=1"]).status, 503)
         // Several keepalive rounds (one a second) answered by the demoted root.
         let until = ContinuousClock.now + .seconds(4)
@@ -754,12 +784,7 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertTrue(httpGet(port: admin, path: "/readyz")?.body.contains("takes no writes") ?? false)
         // Promoted again: ready without a write first (behind a readiness-gated balancer
         // none would come), then writes go through.
-        let promote = try Harness.run("qsctl", ["--node", root.address, "promote", "--force"])
-        XCTAssertEqual(promote.status, 0, String(decoding: promote.stderr, as: UTF8.self))
-        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { httpGet(port: admin, path: "/readyz")?.status == 200 },
-                      httpGet(port: admin, path: "/readyz")?.body ?? "no answer")
-        XCTAssertEqual(try curl(["-u", "dns:dns-token", "--max-time", "20", "http://127.0.0.1:\(port)/rpc/set?key=dns%2Fc&value=1"]).status, 200)
-        XCTAssertEqual(try rest.stop(), 0)
+        try promotedReadyAndWritten(root, rest, port: port, admin: admin, key: "c")
     }
 
     /// Every root listed in --root refusing writes as not writable (a cut-over left only
