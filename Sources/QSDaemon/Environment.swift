@@ -195,6 +195,9 @@ public enum QSEnv {
         visit(command)
         let known = read.withLockedValue { $0 }.union(readElsewhere)
         return environment.keys.filter { $0.hasPrefix("QS_") && !known.contains($0) }.sorted().map { name in
+            // A secret's variable names the file that holds it: QS_WRITE_TOKEN for
+            // QS_WRITE_TOKEN_FILE (the value itself given) is too far for the edit distance.
+            if known.contains(name + "_FILE") { return (name, name + "_FILE") }
             let close = known.map { ($0, editDistance($0, name)) }.filter { $0.1 <= 2 }.min { $0.1 < $1.1 }
             return (name, close?.0)
         }

@@ -61,7 +61,7 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
         case .compatibleOnly:
             return "this root is a compatible mirror (it has accepted compatible appends or was demoted: it mirrors another root's log entry for entry) and takes no other writes: write to the root it mirrors (after a cut-over, the root it was cut over to); to give this one the writes, run qsctl cutover --from THAT_ROOT --to THIS_ROOT"
         case .promoted:
-            return "this root was promoted (qsctl promote): it takes writes and mirrors no other root; stop the qsqsbridge feeding it, or demote it (qsctl demote) to mirror again"
+            return "this root was promoted (qsctl promote): it takes writes and mirrors no other root; stop the qsqsbridge feeding it (if this root took the writes in a cut-over, feed the old root from it instead: docs/runbook.md, section 6); demote it (qsctl demote) only if it should mirror again and takes no writes anyone needs"
         case .readOnlyTransaction:
             return "a write was asked of a read transaction: use store.write { } for writes"
         case .closed:

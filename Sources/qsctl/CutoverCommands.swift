@@ -302,6 +302,17 @@ struct Cutover: AsyncParsableCommand {
         let oldRole = try await Unanswered.naming(from) { try await writeRole(old) }
         let newRole = try await Unanswered.naming(to) { try await writeRole(new) }
         guard oldRole != "mirror", oldRole != "replica" else {
+            if oldRole == "mirror", newRole == "mirror" {
+                // Both mirrors: nothing takes writes (a cut-over killed between its demote
+                // and its promote, or its undo). Say which one to promote.
+                let (oldHead, newHead) = (try await Unanswered.naming(from) { try await old.head() },
+                                          try await Unanswered.naming(to) { try await new.head() })
+                let which = newHead == oldHead
+                    ? "\(to) holds \(from)'s head (index \(oldHead.index)): finish the cut-over with 'qsctl --node \(to) promote', or undo it with 'qsctl --node \(from) promote --force'"
+                    : "\(to) does not hold \(from)'s head (index \(newHead.index) against \(oldHead.index)): undo the cut-over with 'qsctl --node \(from) promote --force' (or wait until \(to) holds it: 'qsctl --node \(to) wait --head-of \(from)', then 'qsctl --node \(to) promote')"
+                fail("NO ROOT TAKES WRITES: \(from) and \(to) are both compatible mirrors (a cut-over interrupted between its demote and its promote?). \(which); nothing changed")
+                throw Exit.usage
+            }
             fail("\(from) is a \(oldRole == "mirror" ? "compatible mirror" : "replica"), not the root taking writes: nothing changed")
             throw Exit.usage
         }

@@ -140,7 +140,7 @@ struct Verify: AsyncParsableCommand {
             fail(said)
             if output != .table { out.item(json: "{\"kind\":\"heads\",\"relation\":\"\(relation)\",\"node\":\(headJSON(ha)),\"other\":\(headJSON(hb))}", table: "") }
             var cursor = [UInt8]()
-            var keys: UInt64 = 0, ranges = 0, differingRanges = 0
+            var keys: UInt64 = 0, ranges = 0, differingRanges = 0, keysDiffering = 0
             let started = ContinuousClock.now
             while true {
                 let da = try await a.digest(after: cursor, through: [], limit: rangeSize, asOf: instant)
@@ -169,6 +169,7 @@ struct Verify: AsyncParsableCommand {
                         let y = try await b.get(k).flatMap { $0.isExpired(at: instant) ? nil : $0 }
                         if x != y {
                             differences += 1
+                            keysDiffering += 1
                             difference(k, x, y)
                         }
                     }
@@ -184,10 +185,13 @@ struct Verify: AsyncParsableCommand {
             }
             let secs = max((ContinuousClock.now - started).seconds, 0.001)
             if isatty(2) == 1 { FileHandle.standardError.write(Data("\n".utf8)) }
-            fail(String(format: "compared %llu keys in %d ranges (%.0f keys/s); %d ranges differ; %d differences",
-                        keys, ranges, Double(keys) / secs, differingRanges, differences))
+            // The keys listed, and the heads apart from them (one difference more when they
+            // are not equal: the summary counted it among the keys').
+            let heads = differences > keysDiffering ? "; and the heads differ (above)" : ""
+            fail(String(format: "compared %llu keys in %d ranges (%.0f keys/s); %d ranges differ; %d keys differ",
+                        keys, ranges, Double(keys) / secs, differingRanges, keysDiffering) + heads)
             if output != .table {
-                out.item(json: "{\"kind\":\"summary\",\"keys\":\(keys),\"ranges\":\(ranges),\"differing_ranges\":\(differingRanges),\"differences\":\(differences)}", table: "")
+                out.item(json: "{\"kind\":\"summary\",\"keys\":\(keys),\"ranges\":\(ranges),\"differing_ranges\":\(differingRanges),\"keys_differing\":\(keysDiffering),\"differences\":\(differences)}", table: "")
             }
             await b.close()
             return differences
