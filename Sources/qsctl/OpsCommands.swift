@@ -58,10 +58,15 @@ struct Status: AsyncParsableCommand {
         }
         let sources = s["sources"] as? [[String: Any]] ?? []
         if !sources.isEmpty {
+            // A replica's or a mirror's checkpoints move only with the log entries it holds:
+            // a quiet source's heartbeats move the writable root's checkpoint alone (no
+            // entry), so the column there is the age of the newest change, not a lag.
+            let takesWrites = s["role"] as? String == "root" && !NodeStatus.isMirror(s)
             printLine("")
-            printLine("SOURCE".padding(toLength: 40, withPad: " ", startingAt: 0) + " CHECKPOINT".padding(toLength: 22, withPad: " ", startingAt: 0) + " LAG")
+            printLine("SOURCE".padding(toLength: 40, withPad: " ", startingAt: 0) + " CHECKPOINT".padding(toLength: 22, withPad: " ", startingAt: 0)
+                      + (takesWrites ? " LAG" : " LAST CHANGE (a quiet source moves only the writable root's checkpoint; how current this node is: freshness above)"))
             for src in sources {
-                let lag = (src["lag_seconds"] as? Double).map { String(format: "%.1f s", $0) } ?? "-"
+                let lag = (src["lag_seconds"] as? Double).map { String(format: takesWrites ? "%.1f s" : "%.1f s ago", $0) } ?? "-"
                 // A source still in its initial copy has a checkpoint that is the copy's cursor,
                 // not a feed position: its lag says nothing yet about how current the data is.
                 let copying = (src["initial_copy"] as? Bool) == true ? "  (initial copy in progress)"
