@@ -55,6 +55,10 @@ public final class Listener: Sendable {
         self.logger = logger
     }
 
+    /// The addresses bound now, without waiting: `endpoints` until `run` has bound them
+    /// (a port 0 then stays 0).
+    public var boundNow: [Endpoint] { bound.now ?? endpoints }
+
     /// The addresses bound, in the order of `endpoints`, with the real port where port 0
     /// was asked for. Waits until `run` has bound them all; throws what binding threw.
     public var addresses: [Endpoint] {
@@ -392,6 +396,14 @@ final class BoundAddresses: Sendable {
     }
 
     private let state = NIOLockedValueBox(State.waiting([:], next: 0))
+
+    /// The addresses bound, nil until they are (or when binding failed).
+    var now: [Endpoint]? {
+        state.withLockedValue { s in
+            guard case let .done(.success(addresses)) = s else { return nil }
+            return addresses
+        }
+    }
 
     func succeed(_ addresses: [Endpoint]) { complete(.success(addresses)) }
     func fail(_ error: any Error) { complete(.failure(error)) }

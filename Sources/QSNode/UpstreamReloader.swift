@@ -11,11 +11,25 @@ public struct UpstreamReloader: Sendable {
     let path: String
     let replica: ReplicaService
     let logger: Logger
+    /// This node's own addresses (its write listener's, as bound: `--listen`, `--unix`):
+    /// refused in a new list, as at start.
+    let own: @Sendable () -> [Endpoint]
 
-    public init(path: String, replica: ReplicaService, logger: Logger) {
+    public init(path: String, replica: ReplicaService, own: @escaping @Sendable () -> [Endpoint] = { [] }, logger: Logger) {
         self.path = path
         self.replica = replica
+        self.own = own
         self.logger = logger
+    }
+
+    /// A list naming this node itself is refused: it would subscribe to its own log and say
+    /// "subscribed, behind 0 entries" until its root word went stale.
+    func checked(_ list: [Endpoint]) throws -> [Endpoint] {
+        let mine = own()
+        if let me = list.first(where: { mine.contains($0) }) {
+            throw ConfigError("upstream \(me) is this replica's own address (--listen / --unix): give the address of the node it follows")
+        }
+        return list
     }
 
     /// Parses a list of `HOST:PORT` separated by commas, spaces or new lines (`#` starts
@@ -34,7 +48,7 @@ public struct UpstreamReloader: Sendable {
     /// Re-reads the file (SIGHUP); a file that does not parse leaves the list as it was.
     public func reload() {
         do {
-            replica.setUpstreams(try Self.read(path))
+            replica.setUpstreams(try checked(Self.read(path)))
         } catch {
             logger.error("SIGHUP: upstream list not changed", metadata: ["file": "\(path)", "error": "\(error)"])
         }
@@ -44,7 +58,7 @@ public struct UpstreamReloader: Sendable {
     /// to the file first when there is one, so the file and the running list agree.
     @discardableResult
     public func apply(_ text: String) throws -> [Endpoint] {
-        let list = try Self.parse(text)
+        let list = try checked(Self.parse(text))
         if !path.isEmpty {
             let body = "# written by POST /upstream\n" + list.map(\.description).joined(separator: "\n") + "\n"
             do {

@@ -387,8 +387,9 @@ struct QSNodeCommand: AsyncParsableCommand {
         try await core.loadWriteRole()
         var endpoints = [listen.endpoint]
         if !unix.isEmpty { endpoints.append(.unix(path: unix)) }
+        let writeServer = WriteServer(core: core, endpoints: endpoints, maxFrameBytes: maxFrameBytes.bytes, limits: service.connectionLimits, logger: logger)
         var services: [any Service] = [
-            WriteServer(core: core, endpoints: endpoints, maxFrameBytes: maxFrameBytes.bytes, limits: service.connectionLimits, logger: logger),
+            writeServer,
             LogTrimmer(store: store, retain: logRetention, logger: logger),
             StoreUsageGauges(store: store),
         ]
@@ -404,7 +405,8 @@ struct QSNodeCommand: AsyncParsableCommand {
             ? ReplicaService(core: core, upstreams: try upstreamEndpoints(), staleAfter: staleAfter.duration,
                              upstreamToken: upstreamToken, logger: logger)
             : nil
-        let upstreams = replica.map { UpstreamReloader(path: upstreamFile, replica: $0, logger: logger) }
+        let writeListener = writeServer.listener
+        let upstreams = replica.map { UpstreamReloader(path: upstreamFile, replica: $0, own: { writeListener.boundNow }, logger: logger) }
         if let replica { services.append(replica) }
         // SIGHUP re-reads --upstream-file; without one there is nothing to reload.
         var reload: (@Sendable () -> Void)?

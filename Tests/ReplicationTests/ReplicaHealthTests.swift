@@ -84,6 +84,11 @@ final class ReplicaHealthTests: XCTestCase {
         for i in 3..<5 { XCTAssertEqual(try Harness.run("qsctl", ["--node", legacy.address, "put", "k\(i)", "v"]).status, 0) }
         let replica = try ReplicaNode(data: tmp.appendingPathComponent("r"), upstreams: [legacy.address], logDir: tmp)
         try await waitFor("the replica at L's head", timeout: .seconds(20)) { replica.metric("qs_replica_head_index") == 5 }
+        // Its own address (bound on port 0): refused, as at start; it subscribed to itself
+        // and said "subscribed yes, behind 0 entries".
+        let itself = httpPost(port: replica.adminPort, path: "/upstream", contentType: "text/plain", body: Array(replica.address.utf8))
+        XCTAssertNotEqual(itself?.status, 200, itself?.body ?? "")
+        XCTAssertTrue(itself?.body.contains("upstream \(replica.address) is this replica's own address") == true, itself?.body ?? "")
         let moved = httpPost(port: replica.adminPort, path: "/upstream", contentType: "text/plain", body: Array(new.address.utf8))
         XCTAssertEqual(moved?.status, 200, moved?.body ?? "")
         try await waitFor("/readyz naming the upstream behind", timeout: .seconds(20), pollEvery: .milliseconds(100)) {
