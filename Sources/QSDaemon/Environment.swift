@@ -180,6 +180,9 @@ public enum QSEnv {
     static let readElsewhere: Set<String> = ["QS_STORE_ENGINE", "QS_BIN_DIR", "QS_TEST_SANITIZER", "QS_TEST_TIMEOUT", "QS_TEST_JOBS",
                                              "QS_ETCD_BIN", "QS_FUZZ_TARGET"]
 
+    /// The prefixes of the executables whose variables carry their own namespace.
+    static let otherNamespaces: Set<String> = ["QS_CTL_", "QS_FAKEKT_"]
+
     /// The `QS_*` variables set in the environment that no flag of `command` (and of its
     /// subcommands) reads, each with the name it most likely meant: a misspelled variable
     /// would otherwise be ignored without a word (`QS_MEMCACHE` starting a node with no
@@ -194,7 +197,15 @@ public enum QSEnv {
         }
         visit(command)
         let known = read.withLockedValue { $0 }.union(readElsewhere)
-        return environment.keys.filter { $0.hasPrefix("QS_") && !known.contains($0) }.sorted().map { name in
+        // Another executable's own namespace (qsctl's QS_CTL_*, fakekt's QS_FAKEKT_*) is not
+        // this one's typo: the runbook exports qsctl's variables in the shell that starts the
+        // daemons, and a warning about each at every start taught operators to skip them.
+        // A command that reads variables of that namespace still has its typos named.
+        let ownNamespaces = otherNamespaces.filter { p in known.contains { $0.hasPrefix(p) } }
+        let elsewhere = otherNamespaces.subtracting(ownNamespaces)
+        return environment.keys.filter { name in
+            name.hasPrefix("QS_") && !known.contains(name) && !elsewhere.contains { name.hasPrefix($0) }
+        }.sorted().map { name in
             // A secret's variable names the file that holds it: QS_WRITE_TOKEN for
             // QS_WRITE_TOKEN_FILE (the value itself given) is too far for the edit distance.
             if known.contains(name + "_FILE") { return (name, name + "_FILE") }

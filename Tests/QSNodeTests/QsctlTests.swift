@@ -235,13 +235,16 @@ final class QsctlTests: XCTestCase {
         XCTAssertTrue(String(decoding: upstream.stderr, as: UTF8.self).contains("add --role replica"),
                       String(decoding: upstream.stderr, as: UTF8.self))
         XCTAssertFalse(FileManager.default.fileExists(atPath: data + "/data.mdb"), "refused before the store is made")
-        let typo = try Harness.run("qsnode", ["--help"], env: ["QS_MEMCACHE": "127.0.0.1:0", "QS_STORE_ENGINE": "lmdb", "QS_WRITE_TOKEN": "secret"])
+        let typo = try Harness.run("qsnode", ["--help"], env: ["QS_MEMCACHE": "127.0.0.1:0", "QS_STORE_ENGINE": "lmdb", "QS_WRITE_TOKEN": "secret",
+                                                              "QS_CTL_WRITE_TOKEN_FILE": "/x", "QS_CTL_NODE": "127.0.0.1:1"])
         let warned = String(decoding: typo.stderr, as: UTF8.self)
         XCTAssertEqual(typo.status, 0)
         XCTAssertTrue(warned.contains("QS_MEMCACHE is set but qsnode reads no such variable; did you mean QS_MEMCACHED?"), warned)
         // A secret given itself where its file is read: too far for the edit distance.
         XCTAssertTrue(warned.contains("QS_WRITE_TOKEN is set but qsnode reads no such variable; did you mean QS_WRITE_TOKEN_FILE?"), warned)
         XCTAssertFalse(warned.contains("QS_STORE_ENGINE"), warned)
+        // qsctl's own namespace, exported in the shell that starts the daemons: not a typo.
+        XCTAssertFalse(warned.contains("QS_CTL_"), warned)
         // qsctl knows every subcommand's variables: another subcommand's is not unknown, and
         // its bad value does not stop this one.
         let ctl = try Harness.run("qsctl", ["--node", "127.0.0.1:1", "head"], env: ["QS_CTL_CUTOVER_TIMEOUT": "soon", "QS_CTL_NOD": "x"])
