@@ -45,7 +45,7 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
 
     @Flag(inversion: .prefixedNo, help: "Apply KT clears (they delete every key under the database's prefix); without it a clear stops the bridge. (env: QS_ALLOW_CLEAR)")
     var allowClear: Bool = QSEnv.flag("QS_ALLOW_CLEAR")
-    @Flag(inversion: .prefixedNo, help: "Start under a source id the root has no checkpoint for although it holds other KT sources' or qsrest's checkpoints (this KT really is another source for the root). Without it such a first start stops before writing anything: the usual cause is a KT already migrated under another id (another spelling of its address, a --source-id typo), whose copy or replay would put its older values back over newer ones. (env: QS_ALLOW_NEW_SOURCE_ID)")
+    @Flag(inversion: .prefixedNo, help: "Start under a source id the root has no checkpoint for although it holds other KT sources' or qsrest's checkpoints (this KT really is another source for the root). Without it such a first start of a live KT (kt://) stops before writing anything: the usual cause is a KT already migrated under another id (another spelling of its address, a --source-id typo), whose copy or replay would put its older values back over newer ones; a ulog directory or a capture only warns. (env: QS_ALLOW_NEW_SOURCE_ID)")
     var allowNewSourceId: Bool = QSEnv.flag("QS_ALLOW_NEW_SOURCE_ID")
 
     @Option(help: ArgumentHelp("Re-make the KT connection after this long without a frame or heartbeat while the bridge is reading (time spent waiting on the root does not count). (env: QS_SOURCE_TIMEOUT)", valueName: "duration"))
@@ -99,7 +99,10 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
         try service.checkListenersAvailable()
         guard let spec = source.value else { throw ValidationError("--source is required") }
         let id = bridge.sourceID.isEmpty ? await spec.resolvedSourceID(logger: logger) : bridge.sourceID
-        let firstStart = otherKTSourcesCheck(sourceID: id, allowed: allowNewSourceId)
+        // A live KT's first start stops there (its copy writes KT's records over the root's);
+        // a ulog directory or a capture (replays, most often into a fresh root in CI, several
+        // into one in tests) warns, as before.
+        let firstStart = otherKTSourcesCheck(sourceID: id, allowed: allowNewSourceId || !spec.isLive)
         let mapping = KTMapping(prefixes: dbMap.prefixes, onUnmapped: onUnmapped, onUndecodable: onUndecodable, allowClear: allowClear)
         let translator = KTTranslator(mapping: mapping, logger: logger)
         let metrics = FeedMetrics()
@@ -172,6 +175,12 @@ struct KTSource: ExpressibleByArgument, DescribedArgument, CustomStringConvertib
         }
         if argument == "ulog:" || argument == "capture:" { return "\(argument) needs a path after the colon" }
         return "'\(argument)' names no source kind: start it with kt://, ulog: or capture:"
+    }
+
+    /// A live KT server (`kt://`), not a ulog directory or a capture.
+    var isLive: Bool {
+        if case .kt = kind { return true }
+        return false
     }
 
     /// The checkpoint name when --source-id is not given.

@@ -28,9 +28,9 @@ extension KTSource {
 /// included), the bridge is probably reading a KT already migrated under another id
 /// (another spelling of its address, an id given by hand), and its initial copy or a replay
 /// from 0 would put KT's older values back over newer ones (qsrest's writes after the
-/// producers moved). It stops before writing anything, naming the ids, unless
-/// `--allow-new-source-id` says this KT really is another source for the root (then it
-/// warns and carries on).
+/// producers moved). A live KT's bridge stops before writing anything, naming the ids,
+/// unless `--allow-new-source-id` says this KT really is another source for the root (then
+/// it warns and carries on, as a ulog directory's or a capture's replay does).
 func otherKTSourcesCheck(sourceID: String, allowed: Bool) -> @Sendable (RootWriter, Logger) async throws -> Void {
     // qsrest's positions are wall-clock times too, and KT's values copied over its newer
     // writes are the same loss: its checkpoints count.
