@@ -31,11 +31,15 @@ extension KTSource {
 /// producers moved). A live KT's bridge stops before writing anything, naming the ids,
 /// unless `--allow-new-source-id` says this KT really is another source for the root (then
 /// it warns and carries on, as a ulog directory's or a capture's replay does).
+///
+/// The stop counts the live sources' checkpoints only: a capture's or a ulog directory's is
+/// a recording of a KT, which the live KT is at least as new as (record in production,
+/// replay in CI, then bridge the server itself), so copying it loses nothing.
 func otherKTSourcesCheck(sourceID: String, allowed: Bool) -> @Sendable (RootWriter, Logger) async throws -> Void {
     // qsrest's positions are wall-clock times too, and KT's values copied over its newer
     // writes are the same loss: its checkpoints count.
     warnWhenOtherSources(sourceID: sourceID, kind: "KT or qsrest sources'", replays: "this KT's records and update log",
                          refuse: allowed ? nil : "--allow-new-source-id") { id, position in
-        SourcePosition.isKTTimestamp(position)
+        SourcePosition.isKTTimestamp(position) && (allowed || !(id.hasPrefix("capture:") || id.hasPrefix("ulog:")))
     }
 }
