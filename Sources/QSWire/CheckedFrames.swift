@@ -23,8 +23,7 @@ public enum CheckedFrames {
     public static func wraps(_ type: UInt8) -> Bool { wrapped.contains(type) }
 
     /// Built once: `wraps` is asked for every frame a client sends.
-    private static let wrapped: Set<UInt8> = [Request.Tag.batch.rawValue, Request.Tag.writes.rawValue,
-                                              Request.Tag.append.rawValue, Request.Tag.hello.rawValue]
+    private static let wrapped = FrameDecoder.LargeFrames.writeTypes.union([Request.Tag.hello.rawValue])
 
     /// The checksum of a request's payload, seeded with its type.
     public static func checksum(type: UInt8, payload: [UInt8]) -> UInt64 {
