@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import QSFeed
 import QSKTFeed
 
 /// `--db-map`: KT database index → QS key prefix.
@@ -31,6 +32,20 @@ extension KTPolicy: ExpressibleByArgument {}
 extension KTDBMap {
     /// Database 0 only, unprefixed.
     public static let single = KTDBMap(prefixes: [0: []], description: "0=")
+
+    /// The map in one spelling whatever the order it was given in: `0=,1=aux/`.
+    public var canonical: String {
+        prefixes.sorted { $0.key < $1.key }.map { "\($0.key)=\(String(decoding: $0.value, as: UTF8.self))" }.joined(separator: ",")
+    }
+
+    /// The source descriptor a KT bridge records at its root (`db-map 0=,1=aux/`), so a
+    /// restart with another map stops unless `changed` (`--db-map-changed`).
+    public func descriptor(changed: Bool) -> RootWriter.Descriptor {
+        RootWriter.Descriptor(text: "db-map " + canonical, replace: changed) { held in
+            let map = held.hasPrefix("db-map ") ? String(held.dropFirst(7)) : held
+            return "this bridge was started with another --db-map than the one that wrote this source (a typo?), and would write KT's records under other prefixes than their keys already at the root. Start it with --db-map '\(map)' (or QS_DB_MAP); if the mapping changes on purpose (the keys written under the old prefixes stay), start it once with --db-map-changed (QS_DB_MAP_CHANGED=1)"
+        }
+    }
 }
 
 extension InitialCopyMode: ExpressibleByArgument {}

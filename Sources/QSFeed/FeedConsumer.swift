@@ -155,25 +155,30 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
         }
     }
 
+    /// `consumeSource()`, with a stop logged once whatever step met it (a root refusing
+    /// this writer at its first call, as the source or the preparation).
     private func consume() async throws {
+        do {
+            try await consumeSource()
+        } catch let stop as FeedError {
+            logger.error("bridge stopped", metadata: ["reason": "\(stop)"])
+            throw stop
+        }
+    }
+
+    private func consumeSource() async throws {
         var backoff = Backoff()
         var failuresInARow = 0
         if let onFirstStart, try await root.position(sourceID: sourceID, mode: limits.mode) == nil {
             // Before the preparation: an initial copy writes the source's records over the
             // root's as surely as a replay from 0 does.
-            do {
-                try await onFirstStart(root, logger)
-            } catch let stop as FeedError {
-                logger.error("bridge stopped", metadata: ["reason": "\(stop)"])
-                throw stop
-            }
+            try await onFirstStart(root, logger)
         }
         while true {
             if let preparation {
                 do {
                     try await cancelWhenGracefulShutdown { try await preparation.prepare(root: self.root, sourceID: self.sourceID) }
                 } catch let stop as FeedError {
-                    logger.error("bridge stopped", metadata: ["reason": "\(stop)"])
                     throw stop
                 } catch {
                     if error is CancellationError || Task.isCancelled || Task.isShuttingDownGracefully {
@@ -211,10 +216,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
                 logger.info("stopped reading on shutdown; pending batch flushed", metadata: ["checkpoint": "\(reached)", "read-up-to": "\(readUpTo)"])
                 return
             case let .failed(error):
-                if let stop = error as? FeedError, case .stop = stop {
-                    logger.error("bridge stopped", metadata: ["reason": "\(stop)"])
-                    throw stop
-                }
+                if let stop = error as? FeedError, case .stop = stop { throw stop }
                 metrics.sourceErrors.increment()
                 metrics.reconnects.increment()
                 state.withLockedValue { $0.sourceError = "\(error)" }

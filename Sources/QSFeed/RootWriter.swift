@@ -100,7 +100,7 @@ public actor RootWriter {
     private var current: (any RootConnection)?
     /// Counts the connections made, so the failure of a call sent on an older one does not
     /// close a newer one.
-    private var generation = 0
+    var generation = 0
     /// Why this writer dropped the connection of that generation: a call whose answer was
     /// lost with it reports this reason, not "the node closed the connection" (a keepalive
     /// that gave up on a silent root closed it, not the root).
@@ -132,6 +132,14 @@ public actor RootWriter {
     /// the chained hashes check): an address it moves to before it has seen a position of
     /// it must show it carries this writer's history (`check(carries:)`).
     let sourceID: String?
+    /// The source descriptor this writer records at its root (`record(descriptor:)`), nil
+    /// when it records none (qsrest, compatible mirrors).
+    var descriptor: Descriptor?
+    /// The connection (by generation) on which the descriptor is still to be recorded
+    /// before the first write: the root holds none for the source, or another one to replace.
+    var descriptorDue: (generation: Int, previous: String?)?
+    /// Addresses already said not to record descriptors (warned once each).
+    var descriptorUnrecordedWarned = Set<String>()
     /// The head of the address in use, and since when it has stood still.
     private var headSeen: (index: UInt64, since: ContinuousClock.Instant)?
     private let inUse: [Gauge]
@@ -196,6 +204,8 @@ public actor RootWriter {
         let connection: any RootConnection
         /// Why the addresses tried before it were passed over.
         let passedOver: [String]
+        /// What the root holds of this writer's descriptor (nil: it records none).
+        var descriptor: DescriptorAtRoot?
     }
 
     /// How long a write call (batch, append, writes) waits for its answer before the
@@ -281,7 +291,7 @@ public actor RootWriter {
         } else {
             let connect = self.connect, hello = Request.hello(token: token, client: greeting)
             let endpoints = self.endpoints, start = position, tokenOrigin = self.tokenOrigin, token = self.token
-            let confirmed = self.confirmed, lastUsed = self.lastUsed, sourceID = self.sourceID
+            let confirmed = self.confirmed, lastUsed = self.lastUsed, sourceID = self.sourceID, descriptor = self.descriptor
             attempt = Task {
                 var passedOver = [String]()
                 var last: (any Error)?
@@ -296,6 +306,7 @@ public actor RootWriter {
                     do {
                         let c = try await connect(endpoint)
                         var introduced = false
+                        var held: DescriptorAtRoot?
                         do {
                             try Self.check(hello: try await c.send(hello, timeout: .seconds(10)), endpoint: endpoint,
                                            tokenOrigin: tokenOrigin, alternatives: endpoints.count > 1)
@@ -305,6 +316,11 @@ public actor RootWriter {
                             // Its Status, read once for this check and the carries check below.
                             var status: [String: Any]?
                             if sourceID != nil { status = try await Self.check(mirror: c, following: &mirrored) }
+                            // Another mapping than the one the root recorded for this source
+                            // id stops the writer here, before it writes anything.
+                            if let descriptor, let sourceID {
+                                held = try Self.check(descriptor: descriptor, sourceID: sourceID, status: status, endpoint: endpoint)
+                            }
                             introduced = true
                             // At start, before any address was written to: one that holds no
                             // checkpoint of this source while another listed address does is not
@@ -361,7 +377,7 @@ public actor RootWriter {
                             await c.close()
                             throw error
                         }
-                        return Connected(index: i, connection: c, passedOver: passedOver)
+                        return Connected(index: i, connection: c, passedOver: passedOver, descriptor: held)
                     } catch let error as FeedError {
                         throw error
                     } catch {
@@ -419,6 +435,7 @@ public actor RootWriter {
         position = made.index
         lastUsed = made.index
         headSeen = nil
+        noteDescriptor(made.descriptor, at: to)
         link.withLockedValue { $0.root = to }
         for (i, g) in inUse.enumerated() { g.record(i == position ? 1 : 0) }
         setLink(connected: true, error: nil)
@@ -558,7 +575,7 @@ public actor RootWriter {
     /// and in the call alike: qsrest answers its batch 503 at once, "nothing was
     /// acknowledged", and tries the next. Not after a try that may have been applied (its
     /// answer lost): that one is retried, and its caller's deadline says "outcome unknown".
-    public func perform<T: Sendable>(_ what: String, refusedAtOnce: Bool = false,
+    public func perform<T: Sendable>(_ what: String, refusedAtOnce: Bool = false, writes: Bool = false,
                                      _ call: @Sendable (any RootConnection) async throws -> T) async throws -> T {
         var backoff = Backoff()
         // A try whose call went out and got no node answer (a lost answer, a timeout) may
@@ -572,6 +589,7 @@ public actor RootWriter {
                 defer { inFlight -= 1 }
                 let c = try await connection()
                 on = generation
+                if writes { try await recordDescriptorIfDue(on: c) }
                 startWaiting()
                 let answer = try await call(c)
                 answered()
@@ -695,6 +713,7 @@ public actor RootWriter {
             try Task.checkCancellation()
             do {
                 let c = try await connection()
+                try await recordDescriptorIfDue(on: c)
                 inFlight += 1
                 startWaiting()
                 return Sent(what: what, answer: c.start(request, timeout: Self.callTimeout), generation: generation, request: request)
@@ -833,7 +852,7 @@ public actor RootWriter {
                           copyCursor: [UInt8]?) async throws -> Response {
         let request = Request.batch(.init(token: token, sourceID: sourceID, expected: expected, new: new,
                                           operations: operations, copyCursor: copyCursor))
-        let r = try await perform("batch") { client in
+        let r = try await perform("batch", writes: true) { client in
             try Self.writeAnswer(try await client.send(request, timeout: Self.callTimeout))
         }
         confirm(request, r)

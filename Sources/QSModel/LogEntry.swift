@@ -8,10 +8,16 @@ import QSBytes
 /// version 2, an initial copy's batch, adds the copy cursor stored beside the checkpoint:
 /// `version:u8=2 … ops:list copyCursor:blob32`. An entry is written as version 1 unless it
 /// carries a cursor, so logs without initial copies are byte for byte what they were.
+/// Version 3 records a source's descriptor (`SourceDescriptor`: how its writer maps what
+/// it reads into keys) and changes nothing else: `version:u8=3 … ops:list(empty)
+/// descriptor:string16`; its position is the source's checkpoint when it was recorded (0:
+/// none), for the reader only: applying it moves no checkpoint and no copy cursor.
 public struct LogEntry: Sendable, Equatable {
     public static let version: UInt8 = 1
     /// The version of an entry that carries an initial copy's cursor.
     public static let copyVersion: UInt8 = 2
+    /// The version of an entry that records a source's descriptor.
+    public static let descriptorVersion: UInt8 = 3
 
     public var commitTimeNs: UInt64
     public var origin: Origin
@@ -19,6 +25,8 @@ public struct LogEntry: Sendable, Equatable {
     /// The source's initial-copy cursor after this entry (`meta cc/<sourceID>`); nil: the
     /// entry's batch carried none, which removes the source's cursor.
     public var copyCursor: [UInt8]?
+    /// The source's descriptor this entry records (version 3: no operations, no cursor).
+    public var descriptor: String?
 
     public init(commitTimeNs: UInt64, origin: Origin, operations: [Mutation], copyCursor: [UInt8]? = nil) {
         self.commitTimeNs = commitTimeNs
@@ -27,19 +35,50 @@ public struct LogEntry: Sendable, Equatable {
         self.copyCursor = copyCursor
     }
 
+    /// The entry recording `descriptor` for `origin.sourceID`.
+    public init(commitTimeNs: UInt64, origin: Origin, descriptor: String) {
+        self.init(commitTimeNs: commitTimeNs, origin: origin, operations: [])
+        self.descriptor = descriptor
+    }
+
+    /// Whether applying this entry moves its source's checkpoint (and copy cursor) to its
+    /// origin: every entry but a descriptor's.
+    public var movesCheckpoint: Bool { descriptor == nil }
+
     public func encoded() -> [UInt8] {
         [UInt8](encodedCount: encodedCount) { encode(into: &$0) }
     }
 
     /// The bytes `encoded()` returns.
     public var encodedCount: Int {
-        Self.encodedCount(origin: origin, operations: operations, copyCursor: copyCursor)
+        if let descriptor { return Self.descriptorEncodedCount(origin: origin, descriptor: descriptor) }
+        return Self.encodedCount(origin: origin, operations: operations, copyCursor: copyCursor)
     }
 
     /// Writes the entry's bytes into memory sized by `encodedCount` (the page LMDB reserved
     /// for it, so a root's batch is encoded once, in place).
     public func encode(into w: inout RawByteWriter) {
-        Self.encode(commitTimeNs: commitTimeNs, origin: origin, operations: operations, copyCursor: copyCursor, into: &w)
+        if let descriptor {
+            Self.encode(commitTimeNs: commitTimeNs, origin: origin, descriptor: descriptor, into: &w)
+        } else {
+            Self.encode(commitTimeNs: commitTimeNs, origin: origin, operations: operations, copyCursor: copyCursor, into: &w)
+        }
+    }
+
+    /// The bytes of the entry recording `descriptor`.
+    public static func descriptorEncodedCount(origin: Origin, descriptor: String) -> Int {
+        1 + 8 + RawByteWriter.string16Count(origin.sourceID) + 8 + [Mutation]().encodedListCount
+            + RawByteWriter.string16Count(descriptor)
+    }
+
+    /// Writes the entry recording `descriptor` (version 3, an empty operation list).
+    public static func encode(commitTimeNs: UInt64, origin: Origin, descriptor: String, into w: inout RawByteWriter) {
+        w.writeU8(descriptorVersion)
+        w.writeU64(commitTimeNs)
+        w.writeString16(origin.sourceID)
+        w.writeU64(origin.position)
+        [Mutation]().encodeList(into: &w)
+        w.writeString16(descriptor)
     }
 
     /// The bytes of the entry these parts make, its operations decoded or packed.
@@ -61,7 +100,9 @@ public struct LogEntry: Sendable, Equatable {
 
     public static func decode(_ bytes: [UInt8]) throws -> LogEntry {
         let p = try decodePacked(bytes)
-        return LogEntry(commitTimeNs: p.commitTimeNs, origin: p.origin, operations: p.operations.mutations, copyCursor: p.copyCursor)
+        var entry = LogEntry(commitTimeNs: p.commitTimeNs, origin: p.origin, operations: p.operations.mutations, copyCursor: p.copyCursor)
+        entry.descriptor = p.descriptor
+        return entry
     }
 
     /// An entry with its operations left as its bytes hold them (read in place): what a
@@ -71,6 +112,11 @@ public struct LogEntry: Sendable, Equatable {
         public var origin: Origin
         public var operations: PackedMutations
         public var copyCursor: [UInt8]?
+        /// The source's descriptor a version-3 entry records.
+        public var descriptor: String?
+
+        /// See `LogEntry.movesCheckpoint`.
+        public var movesCheckpoint: Bool { descriptor == nil }
     }
 
     /// Decodes an entry as `decode` does (the same checks and errors) but leaves its
@@ -82,14 +128,27 @@ public struct LogEntry: Sendable, Equatable {
     public static func decodePacked(_ bytes: ArraySlice<UInt8>) throws -> Packed {
         var r = ByteReader(bytes)
         let v = try r.readU8("entry version")
-        guard v == version || v == copyVersion else { throw DecodeError(offset: 0, reason: "unsupported log entry version \(v)") }
+        try checkVersion(v)
         let t = try r.readU64("commit time")
         let sid = try r.readString16("source id")
         let pos = try r.readU64("position")
+        let opsAt = r.consumed
         let ops = try PackedMutations.read(from: &r)
         let cursor = v == copyVersion ? try r.readBlob32("copy cursor") : nil
+        var descriptor: String?
+        if v == descriptorVersion {
+            guard ops.count == 0 else { throw DecodeError(offset: opsAt, reason: "a descriptor entry (version 3) holds \(ops.count) operations; it holds none") }
+            descriptor = try r.readString16("source descriptor")
+        }
         try r.expectEnd("log entry")
-        return Packed(commitTimeNs: t, origin: Origin(sourceID: sid, position: pos), operations: ops, copyCursor: cursor)
+        return Packed(commitTimeNs: t, origin: Origin(sourceID: sid, position: pos), operations: ops, copyCursor: cursor,
+                      descriptor: descriptor)
+    }
+
+    static func checkVersion(_ v: UInt8) throws {
+        guard v == version || v == copyVersion || v == descriptorVersion else {
+            throw DecodeError(offset: 0, reason: "unsupported log entry version \(v)")
+        }
     }
 }
 
@@ -102,7 +161,7 @@ extension LogEntry {
     public static func summary(of bytes: [UInt8]) throws -> (commitTimeNs: UInt64, operations: Int, operationBytes: Int) {
         var r = ByteReader(bytes)
         let v = try r.readU8("entry version")
-        guard v == version || v == copyVersion else { throw DecodeError(offset: 0, reason: "unsupported log entry version \(v)") }
+        try checkVersion(v)
         let t = try r.readU64("commit time")
         let idLength = Int(try r.readU16("source id length"))
         let idStart = r.consumed
@@ -112,8 +171,13 @@ extension LogEntry {
             throw DecodeError(offset: idStart, reason: "source id is not valid UTF-8")
         }
         _ = try r.readU64("position")
+        let opsAt = r.consumed
         let (count, payload) = try Mutation.skipList(from: &r)
         if v == copyVersion { try r.skip(Int(try r.readU32("copy cursor length")), "copy cursor") }
+        if v == descriptorVersion {
+            guard count == 0 else { throw DecodeError(offset: opsAt, reason: "a descriptor entry (version 3) holds \(count) operations; it holds none") }
+            _ = try r.readString16("source descriptor")
+        }
         try r.expectEnd("log entry")
         return (t, count, payload)
     }

@@ -158,3 +158,22 @@ public struct Head: Sendable, Equatable {
 
     public static let empty = Head(index: 0, hash: [UInt8](repeating: 0, count: 32), commitTimeNs: 0)
 }
+
+/// What a source's writer records at the root beside its checkpoint: how it maps what it
+/// reads into keys (`qsktbridge`'s `--db-map`, as `db-map 0=,1=aux/`), so a writer started
+/// again under the same source id with another mapping is refused before it writes keys
+/// where the source's earlier keys are not (docs/protocol.md "Source descriptors"). Text,
+/// compared byte for byte.
+public enum SourceDescriptor {
+    /// The longest descriptor a root keeps, in UTF-8 bytes.
+    public static let maxBytes = 4096
+
+    /// Why `descriptor` cannot be recorded (empty, too long, a control character), nil when it can.
+    public static func problem(_ descriptor: String) -> String? {
+        let n = descriptor.utf8.count
+        if n == 0 { return "empty" }
+        if n > maxBytes { return "\(n) bytes, the limit is \(maxBytes)" }
+        if descriptor.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) { return "it holds a control character" }
+        return nil
+    }
+}

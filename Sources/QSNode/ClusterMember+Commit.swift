@@ -181,8 +181,9 @@ extension ClusterMember {
             success.append(.put(key: keys.head, value: prepared.head.encoded()))
             var checkpoints = [String: UInt64]()
             for e in entries {
-                let origin = try LogEntry.decode(e.bytes).origin
-                checkpoints[origin.sourceID] = origin.position
+                let entry = try LogEntry.decode(e.bytes)
+                // A descriptor's entry moves no checkpoint (docs/protocol.md).
+                if entry.movesCheckpoint { checkpoints[entry.origin.sourceID] = entry.origin.position }
             }
             success += checkpoints.map { .put(key: keys.checkpoint($0.key), value: ClusterKeys.u64Bytes($0.value)) }
             if role != .mirror { success.append(.put(key: keys.role, value: Array(WriteRole.mirror.rawValue.utf8))) }

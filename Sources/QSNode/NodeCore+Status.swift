@@ -15,10 +15,10 @@ extension NodeCore {
     /// The node's status as JSON: role, head, log window, checkpoints with their lag where
     /// the position is a KT timestamp, upstream and freshness.
     func statusJSON() async throws -> String {
-        let (head, window, checkpoints, nodeID, writeRole, copying) = try await store.read { txn in
+        let (head, window, checkpoints, nodeID, writeRole, copying, descriptors) = try await store.read { txn in
             let cps = try txn.checkpoints()
             let copying = Set(try cps.keys.filter { try txn.copyCursor(sourceID: $0) != nil })
-            return (try txn.head(), try txn.logWindow(), cps, try txn.identity(), try txn.writeRole(), copying)
+            return (try txn.head(), try txn.logWindow(), cps, try txn.identity(), try txn.writeRole(), copying, try txn.descriptors())
         }
         let nowNs = wallClockNanoseconds()
         // Which KT sources have a writer on this node: a lag that grows with none says the
@@ -52,6 +52,9 @@ extension NodeCore {
         // A root cluster's member says so: a writer whose first --root address does not
         // answer takes another member (one log through etcd) without having seen a position.
         if let cluster { out["cluster"] = cluster.keys.cluster }
+        // Each source's recorded descriptor (its writer's mapping); the key itself tells a
+        // writer this node records them (`Request.setDescriptor`): not a cluster member.
+        if cluster == nil { out["source_descriptors"] = descriptors }
         if writable {
             let t = rootTimeNs
             if t > 0 { out["root_age_seconds"] = nowNs > t ? Double(nowNs - t) / 1e9 : 0 }

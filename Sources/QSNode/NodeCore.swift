@@ -30,6 +30,8 @@ public final class NodeCore: Sendable {
     let helloLog = RateLimitedLog(window: .seconds(60))
     /// A cluster member's commits etcd did not make: once a minute per kind of failure.
     let etcdLog = RateLimitedLog(window: .seconds(60))
+    /// Writers refused for another source descriptor: each retries at its reconnections.
+    let descriptorLog = RateLimitedLog(window: .seconds(60))
     /// Whether this node takes writes (a root) or only replicates (a replica).
     public let writable: Bool
     /// Wakes subscription streams when the log grows.
@@ -235,6 +237,8 @@ public final class NodeCore: Sendable {
                 return .checkpoint(try await store.checkpoint(sourceID: sid))
             case let .getCopyCursor(sid):
                 return .value(try await store.copyCursor(sourceID: sid).map { Record(value: $0, expiry: nil) })
+            case let .setDescriptor(_, sid, descriptor, replace):
+                return try await setDescriptor(sourceID: sid, descriptor: descriptor, replace: replace, peer: peer)
             case .head:
                 return .head(try await store.head())
             case let .readLog(from, count):
@@ -361,6 +365,32 @@ public final class NodeCore: Sendable {
                                                       "current": "\(current)", "peer": "\(peer)"])
             return .conflict(current: current)
         }
+    }
+
+    /// Records a source's descriptor (`Request.setDescriptor`); answers the descriptor the
+    /// root holds after it. A root cluster does not record them (its status does not offer
+    /// them, so writers do not ask).
+    private func setDescriptor(sourceID: String, descriptor: String, replace: Bool, peer: String) async throws -> Response {
+        if cluster != nil {
+            return .error(.unsupported, "a root cluster does not record source descriptors: the writer's mapping is not checked here")
+        }
+        let held: String
+        switch try await store.setDescriptor(sourceID: sourceID, descriptor: descriptor, replace: replace) {
+        case .unchanged:
+            held = descriptor
+        case let .recorded(index, previous):
+            held = descriptor
+            metrics.logHead.record(Double(index))
+            watcher.publish()
+            logger.notice(previous == nil ? "source descriptor recorded" : "source descriptor replaced",
+                          metadata: ["source-id": "\(sourceID)", "descriptor": "\(descriptor)", "previous": "\(previous ?? "none")",
+                                     "log-index": "\(index)", "peer": "\(peer)"])
+        case let .differs(stored):
+            held = stored
+            descriptorLog.warning(logger, "source descriptor refused: the root holds another for this source id (the writer stops)",
+                                  peer: peer, metadata: ["source-id": "\(sourceID)", "held": "\(stored)", "offered": "\(descriptor)"])
+        }
+        return .value(Record(value: Array(held.utf8), expiry: nil))
     }
 
     /// Takes a batch for a single root (not a cluster member) straight to the store's writer

@@ -170,7 +170,7 @@ extension StoreTransaction {
                 }
                 do {
                     let entry = try LogEntry.decode(bytes)
-                    lastLogged[entry.origin.sourceID] = entry.origin.position
+                    if entry.movesCheckpoint { lastLogged[entry.origin.sourceID] = entry.origin.position }
                 } catch {
                     throw StoreError.corrupt("log entry \(index) matches its hash but does not decode: \(error)")
                 }

@@ -83,6 +83,8 @@ extension StoreTransaction {
         // Each origin's checkpoint (and initial-copy cursor) as of its last entry here:
         // stored once a source, after the entries, in this same transaction.
         var positions = [String: (position: UInt64, copyCursor: [UInt8]?)]()
+        // Each source's descriptor as its last version-3 entry here recorded it.
+        var descriptors = [String: String]()
         try withKeyspaceWriter { writer in
             try walk { index, hash, bytes in
                 guard index == head.index + 1 else { throw AppendError.notNext(head: head.index, got: index) }
@@ -100,10 +102,16 @@ extension StoreTransaction {
                 head = Head(index: index, hash: computed, commitTimeNs: entry.commitTimeNs)
                 // The origin's checkpoint (and initial-copy cursor) moves with the entry, so a
                 // replica's or a mirror's checkpoints equal its root's.
-                positions[entry.origin.sourceID] = (entry.origin.position, entry.copyCursor)
+                // A descriptor's entry moves neither (its position is only what it was).
+                if let descriptor = entry.descriptor {
+                    descriptors[entry.origin.sourceID] = descriptor
+                } else {
+                    positions[entry.origin.sourceID] = (entry.origin.position, entry.copyCursor)
+                }
             }
         }
         for (sourceID, p) in positions { try storePosition(sourceID: sourceID, position: p.position, copyCursor: p.copyCursor) }
+        for (sourceID, d) in descriptors { try txn.put(meta, Store.descriptorPrefix + Array(sourceID.utf8), Array(d.utf8)) }
         try store.writeHead(head, txn)
         return head
     }

@@ -22,6 +22,8 @@ public enum WritesOutcome: Sendable, Equatable {
 public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
     case invalidPositions(expected: UInt64, new: UInt64)
     case invalidSourceID(String)
+    /// A source descriptor the root does not keep (`SourceDescriptor.problem`).
+    case invalidDescriptor(String)
     case corrupt(String)
     case brokenChain(index: UInt64)
     /// A batch sent to a root that mirrors another root's log (compatible mode).
@@ -54,6 +56,8 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
             return "new position \(n) must be greater than expected position \(e)"
         case let .invalidSourceID(why):
             return "invalid source id: \(why)"
+        case let .invalidDescriptor(why):
+            return "invalid source descriptor: \(why)"
         case let .corrupt(why):
             return "corrupt store: \(why)"
         case let .brokenChain(i):
@@ -138,6 +142,9 @@ public final class Store: Sendable {
     static let checkpointPrefix = Array("cp/".utf8)
     /// `cc/<sourceID>`: an unfinished initial copy's cursor (`Request.Batch.copyCursor`).
     static let copyCursorPrefix = Array("cc/".utf8)
+    /// `sd/<sourceID>`: the source's descriptor (`SourceDescriptor`), as its last version-3
+    /// log entry recorded it.
+    static let descriptorPrefix = Array("sd/".utf8)
     static let modeKey = Array("mode".utf8)
     static let compatibleMode = Array("compatible".utf8)
     static let promotedMode = Array("promoted".utf8)

@@ -37,6 +37,22 @@ public struct StoreTransaction: ~Copyable {
         try txn.get(meta, Store.copyCursorPrefix + Array(sourceID.utf8))
     }
 
+    /// The source's descriptor as recorded (`setDescriptor`), nil when none is.
+    public func descriptor(sourceID: String) throws -> String? {
+        try txn.get(meta, Store.descriptorPrefix + Array(sourceID.utf8)).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// Every source's recorded descriptor.
+    public func descriptors() throws -> [String: String] {
+        var out = [String: String]()
+        try txn.forEach(meta, from: Store.descriptorPrefix) { k, v in
+            guard k.starts(with: Store.descriptorPrefix) else { return false }
+            out[String(decoding: k.dropFirst(Store.descriptorPrefix.count), as: UTF8.self)] = String(decoding: v, as: UTF8.self)
+            return true
+        }
+        return out
+    }
+
     /// Every source's checkpoint.
     public func checkpoints() throws -> [String: UInt64] {
         var out = [String: UInt64]()
@@ -353,6 +369,38 @@ public struct StoreTransaction: ~Copyable {
         if let copyCursor { try txn.put(meta, ccKey, copyCursor) } else { _ = try txn.delete(meta, ccKey) }
     }
 
+    /// What `setDescriptor` did.
+    public enum DescriptorOutcome: Sendable, Equatable {
+        /// The root held this descriptor already: nothing written.
+        case unchanged
+        /// Recorded by the log entry at `logIndex`; `previous`: what it replaced (nil: none).
+        case recorded(logIndex: UInt64, previous: String?)
+        /// The root holds another descriptor and `replace` was not asked: nothing written.
+        case differs(stored: String)
+    }
+
+    /// Records `descriptor` for `sourceID` (`meta sd/<sourceID>` and a version-3 log entry,
+    /// so replicas and mirrors hold it too) when the root holds none, or another and
+    /// `replace` is asked. The source's checkpoint and copy cursor are not touched (a
+    /// source with no checkpoint still has none: its writer's first start is still one).
+    public func setDescriptor(sourceID: String, descriptor: String, replace: Bool,
+                              now: UInt64 = wallClockNanoseconds()) throws -> DescriptorOutcome {
+        try requireWritable()
+        try Store.validate(sourceID: sourceID)
+        if let why = SourceDescriptor.problem(descriptor) { throw StoreError.invalidDescriptor(why) }
+        if try txn.get(meta, Store.modeKey) == Store.compatibleMode { throw StoreError.compatibleOnly }
+        let stored = try self.descriptor(sourceID: sourceID)
+        if stored == descriptor { return .unchanged }
+        if let stored, !replace { return .differs(stored: stored) }
+        let origin = Origin(sourceID: sourceID, position: try checkpoint(sourceID: sourceID) ?? 0)
+        let entry = LogEntry(commitTimeNs: 0, origin: origin, descriptor: descriptor)
+        let index = try appendEntry(count: entry.encodedCount, now: now) { commitTimeNs, w in
+            LogEntry.encode(commitTimeNs: commitTimeNs, origin: origin, descriptor: descriptor, into: &w)
+        }
+        try txn.put(meta, Store.descriptorPrefix + Array(sourceID.utf8), Array(descriptor.utf8))
+        return .recorded(logIndex: index, previous: stored)
+    }
+
     /// What one step of the expiry purge did.
     public struct PurgeStep: Sendable, Equatable {
         /// Records deleted (each one expired at `now`).
@@ -407,18 +455,24 @@ public struct StoreTransaction: ~Copyable {
 
     /// Appends an entry after the head with a commit time no earlier than the head's.
     private func appendEntry(origin: Origin, operations: some MutationList, copyCursor: [UInt8]?, now: UInt64) throws -> UInt64 {
+        try appendEntry(count: LogEntry.encodedCount(origin: origin, operations: operations, copyCursor: copyCursor), now: now) { t, w in
+            LogEntry.encode(commitTimeNs: t, origin: origin, operations: operations, copyCursor: copyCursor, into: &w)
+        }
+    }
+
+    /// Appends the entry of `count` bytes `encode` writes (given its commit time).
+    private func appendEntry(count: Int, now: UInt64, _ encode: (UInt64, inout RawByteWriter) -> Void) throws -> UInt64 {
         let head = try head()
         let commitTimeNs = max(now, head.commitTimeNs)
         let index = head.index + 1
         let hashCount = head.hash.count
         var hash = [UInt8]()
-        let count = LogEntry.encodedCount(origin: origin, operations: operations, copyCursor: copyCursor)
         // `hash ‖ bytes`: the entry is encoded straight into the page LMDB reserves and
         // hashed there (no array of it, no joined copy).
         try txn.put(log, Store.encodeU64(index), reserving: hashCount + count, append: true) { out in
             let body = UnsafeMutableRawBufferPointer(rebasing: out[hashCount...])
             var w = RawByteWriter(body)
-            LogEntry.encode(commitTimeNs: commitTimeNs, origin: origin, operations: operations, copyCursor: copyCursor, into: &w)
+            encode(commitTimeNs, &w)
             precondition(w.remaining == 0, "a log entry announced \(body.count) bytes and wrote \(w.offset)")
             hash = ChainHash.next(previous: head.hash, entry: UnsafeRawBufferPointer(body))
             precondition(hash.count == hashCount, "a chained hash of \(hash.count) bytes after one of \(hashCount)")
@@ -596,4 +650,12 @@ extension Store {
 
     /// The source's unfinished initial copy's cursor, if a copy is in progress.
     public func copyCursor(sourceID: String) async throws -> [UInt8]? { try await read { try $0.copyCursor(sourceID: sourceID) } }
+
+    /// See `StoreTransaction.setDescriptor`.
+    public func setDescriptor(sourceID: String, descriptor: String, replace: Bool) async throws -> StoreTransaction.DescriptorOutcome {
+        try await write { try $0.setDescriptor(sourceID: sourceID, descriptor: descriptor, replace: replace) }
+    }
+
+    /// Every source's recorded descriptor.
+    public func descriptors() async throws -> [String: String] { try await read { try $0.descriptors() } }
 }

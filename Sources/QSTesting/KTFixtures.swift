@@ -75,7 +75,7 @@ public func walkLog(_ client: QSClient, _ visit: (_ index: UInt64, _ entry: LogE
 public func verifyLog(_ client: QSClient, sourceID: String) async throws -> [UInt64] {
     var positions = [UInt64]()
     try await walkLog(client) { index, entry in
-        guard entry.origin.sourceID == sourceID else { return }
+        guard entry.origin.sourceID == sourceID, entry.movesCheckpoint else { return }
         if let last = positions.last, entry.origin.position <= last {
             throw HarnessError("position \(entry.origin.position) of \(sourceID) applied after \(last) (index \(index))")
         }

@@ -63,6 +63,13 @@ public enum Request: Sendable, Equatable {
     /// another machine. Answered with the node's Head, or `unauthorized` and the connection
     /// closes. A peer on the node's machine reads without it.
     case auth(token: [UInt8])
+    /// A writer records its source's descriptor (`SourceDescriptor`: how it maps what it
+    /// reads into keys) at the root: stored when the root holds none, or another and
+    /// `replace` is set, with a version-3 log entry; another one held and `replace` not set
+    /// changes nothing. Answered with a Value holding the descriptor the root holds after
+    /// the request (so another one than sent: refused). Nodes that predate it refuse it as
+    /// malformed; a writer asks only a root whose status lists `source_descriptors`.
+    case setDescriptor(token: [UInt8], sourceID: String, descriptor: String, replace: Bool)
 
     /// What `changeRole` asks of a root.
     public enum RoleChange: UInt8, Sendable, Equatable {
@@ -127,13 +134,13 @@ public enum Request: Sendable, Equatable {
         case batch = 0x01, getCheckpoint = 0x02, head = 0x03, readLog = 0x04, get = 0x05, scan = 0x06, writes = 0x07
         case subscribe = 0x10, snapshot = 0x11, append = 0x12, digest = 0x13, status = 0x14, rangeRecords = 0x15
         case hello = 0x20, auth = 0x21
-        case changeRole = 0x16, getCopyCursor = 0x17, snapshotFrom = 0x18
+        case changeRole = 0x16, getCopyCursor = 0x17, snapshotFrom = 0x18, setDescriptor = 0x19
     }
 
     /// True for requests that change state (and so must carry the write token).
     public var isWrite: Bool {
         switch self {
-        case .batch, .writes, .append, .hello, .changeRole: return true
+        case .batch, .writes, .append, .hello, .changeRole, .setDescriptor: return true
         default: return false
         }
     }
@@ -156,6 +163,7 @@ public enum Request: Sendable, Equatable {
         case let .subscribe(_, _, token), let .snapshot(token), let .snapshotFrom(token, _): return token
         case let .hello(token, _): return token
         case let .changeRole(token, _): return token
+        case let .setDescriptor(token, _, _, _): return token
         case let .auth(token): return token
         default: return []
         }
@@ -180,6 +188,7 @@ public enum Request: Sendable, Equatable {
         case .hello: return "hello"
         case .auth: return "auth"
         case let .changeRole(_, change): return change == .promote ? "promote" : "demote"
+        case .setDescriptor: return "set-descriptor"
         }
     }
 
@@ -273,6 +282,12 @@ public enum Request: Sendable, Equatable {
             tag = .changeRole
             w.writeBlob32(token)
             w.writeU8(change.rawValue)
+        case let .setDescriptor(token, sid, descriptor, replace):
+            tag = .setDescriptor
+            w.writeBlob32(token)
+            w.writeString16(sid)
+            w.writeString16(descriptor)
+            w.writeU8(replace ? 1 : 0)
         }
         return Frame(type: tag.rawValue, payload: w.bytes)
     }
@@ -350,6 +365,13 @@ public enum Request: Sendable, Equatable {
                 throw DecodeError(offset: 4, reason: "unknown role change \(raw): 1 promote, 2 demote")
             }
             req = .changeRole(token: token, change: change)
+        case .setDescriptor:
+            let token = try r.readBlob32("token")
+            let sid = try r.readString16("source id")
+            let descriptor = try r.readString16("source descriptor")
+            let raw = try r.readU8("replace")
+            guard raw <= 1 else { throw DecodeError(offset: 4, reason: "replace is \(raw): 0 or 1") }
+            req = .setDescriptor(token: token, sourceID: sid, descriptor: descriptor, replace: raw == 1)
         }
         try r.expectEnd("\(req.name) request")
         return req

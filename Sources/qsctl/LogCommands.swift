@@ -73,14 +73,15 @@ struct Log: AsyncParsableCommand {
                             line += ",\"commit_time_ns\":\(entry.commitTimeNs),\"source_id\":\(jsonString(entry.origin.sourceID))"
                             line += ",\"position\":\(entry.origin.position),\"ops\":[" + entry.operations.map(operationJSON).joined(separator: ",") + "]"
                             if let cursor = entry.copyCursor { line += ",\"copy_cursor\":\"\(b64(cursor))\"" }
+                            if let descriptor = entry.descriptor { line += ",\"descriptor\":\(jsonString(descriptor))" }
                         } else {
                             line += ",\"undecodable\":\"\(b64(e.bytes))\""
                         }
                         return line + "}"
                     }(), table: {
                         guard let entry else { return "\(e.index)\t\(hexString(e.hash))\tundecodable" }
-                        return "\(e.index)\t\(hexString(e.hash))\t\(printable(Array(entry.origin.sourceID.utf8)))@\(entry.origin.position)\t"
-                            + entry.operations.map(operationTable).joined(separator: "; ")
+                        let what = entry.descriptor.map { "descriptor recorded: \($0)" } ?? entry.operations.map(operationTable).joined(separator: "; ")
+                        return "\(e.index)\t\(hexString(e.hash))\t\(printable(Array(entry.origin.sourceID.utf8)))@\(entry.origin.position)\t" + what
                     }())
                     next = e.index + 1
                     left -= 1

@@ -75,6 +75,15 @@ struct Status: AsyncParsableCommand {
                           + "\(src["checkpoint"] ?? "?")".padding(toLength: 21, withPad: " ", startingAt: 0) + " " + lag + copying)
             }
         }
+        // How each source's writer maps what it reads into keys, as recorded at the root.
+        let descriptors = (s["source_descriptors"] as? [String: Any] ?? [:]).compactMapValues { $0 as? String }
+        if !descriptors.isEmpty {
+            printLine("")
+            printLine("SOURCE".padding(toLength: 40, withPad: " ", startingAt: 0) + " MAPPING (recorded by its writer)")
+            for (id, d) in descriptors.sorted(by: { $0.key < $1.key }) {
+                printLine(id.padding(toLength: 40, withPad: " ", startingAt: 0) + " " + d)
+            }
+        }
     }
 }
 

@@ -179,6 +179,11 @@ struct Seeds {
             hash = ChainHash.next(previous: hash, entry: bytes)
             stored.append(StoredEntry(index: UInt64(i + 1), hash: hash, bytes: bytes))
         }
+        // A source's descriptor (version 3) and an initial copy's batch (version 2).
+        add(.logEntry, LogEntry(commitTimeNs: 1_700_000_000_000_000_000, origin: Origin(sourceID: "kt:basic", position: 0),
+                                descriptor: "db-map 0=,1=aux/").encoded())
+        add(.logEntry, LogEntry(commitTimeNs: 1_700_000_000_000_000_000, origin: Origin(sourceID: "kt:basic", position: 1),
+                                operations: Array(ops.prefix(2)), copyCursor: [1, 2, 3]).encoded())
         let key = stored.isEmpty ? Array("k".utf8) : Array("zone:1/rule:1".utf8)
         let requests: [Request] = [
             .batch(Request.Batch(token: Array("t".utf8), sourceID: "kt:basic", expected: 1, new: 2, operations: Array(ops.prefix(6)))),
@@ -189,6 +194,7 @@ struct Seeds {
             .digest(after: [], through: key, limit: 1000, asOf: 0), .status,
             .rangeRecords(after: [], through: [], limit: 10, asOf: 0), .hello(token: [], client: "qsfuzz"),
             .changeRole(token: [], change: .promote),
+            .setDescriptor(token: Array("t".utf8), sourceID: "kt:basic", descriptor: "db-map 0=", replace: false),
         ]
         let head = Head(index: UInt64(stored.count), hash: hash, commitTimeNs: 1)
         let responses: [Response] = [

@@ -85,7 +85,13 @@ enum FuzzTarget: String, CaseIterable {
         case .capture:
             Self.capture(bytes, name)
         case .logEntry:
-            guard let entry = try? LogEntry.decode(bytes) else { return }
+            // A compatible mirror forwards what `summary` accepts: exactly what `decode` does.
+            let summary = try? LogEntry.summary(of: bytes)
+            guard let entry = try? LogEntry.decode(bytes) else {
+                check(summary == nil, name, "summary accepts an entry decode refuses")
+                return
+            }
+            check(summary?.operations == entry.operations.count, name, "summary refuses (or miscounts) an entry decode accepts")
             check((try? LogEntry.decode(entry.encoded())) == entry, name, "an entry does not decode back from its encoding")
         }
     }

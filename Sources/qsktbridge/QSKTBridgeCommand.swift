@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import QSFeed
+import QSModel
 import QSKTFeed
 import QSDaemon
 import QSNet
@@ -37,6 +38,9 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("KT database index → QS key prefix, as INDEX=PREFIX,…; default: database 0 only, unprefixed. (env: QS_DB_MAP)", valueName: "map"))
     var dbMap: KTDBMap = QSEnv.value("QS_DB_MAP", KTDBMap.single)
 
+    @Flag(inversion: .prefixedNo, help: "The --db-map differs on purpose from the one the root recorded for this source id: record this one (for one start; the keys written under the old prefixes stay as they are). Without it a bridge whose --db-map differs stops before writing anything: a typo would put KT's records under other prefixes than their keys already at the root. (env: QS_DB_MAP_CHANGED)")
+    var dbMapChanged: Bool = QSEnv.flag("QS_DB_MAP_CHANGED")
+
     @Option(help: ArgumentHelp("An update for a database --db-map does not map: stop the bridge, or count, log and skip it. (env: QS_ON_UNMAPPED)", valueName: "stop|count"))
     var onUnmapped: KTPolicy = QSEnv.value("QS_ON_UNMAPPED", .stop)
 
@@ -71,6 +75,9 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
         guard sourceTimeout.duration > .zero else { throw ValidationError("--source-timeout must be more than 0, e.g. 10s") }
         guard maxMessageBytes.bytes > 0 else { throw ValidationError("--max-message-bytes must be more than 0, e.g. 64MiB") }
         if let conflict = KTMapping(prefixes: dbMap.prefixes, allowClear: allowClear).clearConflict() { throw ValidationError(conflict) }
+        if let why = SourceDescriptor.problem(dbMap.descriptor(changed: false).text) {
+            throw ValidationError("--db-map (or QS_DB_MAP) is too long to be recorded at the root (\(why)): give shorter prefixes")
+        }
         guard (1...10_000).contains(copyPage) else { throw ValidationError("--copy-page must be 1 to 10000, e.g. 1000") }
         // A file source that is not there fails now, not after the root is asked and the
         // KT-sources check has spoken of replaying a whole log.
@@ -107,6 +114,7 @@ struct QSKTBridgeCommand: AsyncParsableCommand {
         let translator = KTTranslator(mapping: mapping, logger: logger)
         let metrics = FeedMetrics()
         let writer = try bridge.rootWriter(client: "qsktbridge source=\(spec) source-id=\(id)", sourceID: id, logger: logger, metrics: metrics)
+        await writer.record(dbMap.descriptor(changed: dbMapChanged))
         let limits = bridge.limits(mode: .batched)
         let maxMessage = maxMessageBytes.bytes
         logger.info("bridge starting", metadata: ["source": "\(spec)", "source-id": "\(id)", "root": "\(bridge.root)",

@@ -172,6 +172,76 @@ final class InitialCopyTests: XCTestCase {
         await c.close()
     }
 
+    /// The source descriptors the node at `c` lists in its status.
+    func descriptors(_ c: QSClient) async throws -> [String: String] {
+        let json = try await c.status()
+        let object = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+        return try XCTUnwrap(object["source_descriptors"] as? [String: String], json)
+    }
+
+    func testABridgeRestartedWithAnotherDBMapStopsBeforeWritingUnlessTheChangeIsMeant() async throws {
+        let kt = try FakeKTProcess(logDir: tmp)
+        kt.set("k", "v1", db: 1)
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let replica = try ReplicaNode(data: tmp.appendingPathComponent("replica"), upstreams: [root.address], logDir: tmp)
+        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let rc = try await QSClient.connect(host: "127.0.0.1", port: replica.port)
+        let first = try bridge(kt, root)
+        let copied = await Harness.eventually(timeout: .seconds(30)) {
+            let cp = (try? await c.checkpoint(sourceID: "kt")) ?? 0
+            let value = try? await c.get(Array("aux/k".utf8))
+            return cp >= Self.floor && value != nil
+        }
+        XCTAssertTrue(copied, first.log)
+        try first.stop()
+        let recorded = try await descriptors(c)
+        XCTAssertEqual(recorded, ["kt": "db-map 0=,1=aux/"])
+        // Replicas hold it too (it travels in the log).
+        let replicated = await Harness.eventually(timeout: .seconds(30)) { (try? await self.descriptors(rc)) == recorded }
+        XCTAssertTrue(replicated, replica.daemon.log)
+
+        // The same map in another order is the same map.
+        let reordered = try bridge(kt, root, ["--db-map", "1=aux/,0="])
+        kt.set("k", "v2", db: 1)
+        let followed = await Harness.eventually(timeout: .seconds(30)) { (try? await c.get(Array("aux/k".utf8)))?.value == Array("v2".utf8) }
+        XCTAssertTrue(followed, reordered.log)
+        try reordered.stop()
+
+        // A typo (no trailing slash): stopped before writing anything.
+        let head = try await c.head()
+        kt.set("k", "v3", db: 1)
+        let typo = ["--root", root.address, "--source", "kt://\(kt.address)", "--db-map", "0=,1=aux", "--source-id", "kt", "--sid", "99",
+                    "--batch-interval", "100ms", "--log-format", "text"]
+        let stopped = try Harness.run("qsktbridge", typo, killAfter: .seconds(30))
+        let err = String(decoding: stopped.stderr, as: UTF8.self)
+        XCTAssertEqual(stopped.status, 1, err)
+        XCTAssertTrue(err.contains("recorded source id kt as 'db-map 0=,1=aux/', and this writer's is 'db-map 0=,1=aux'")
+                      && err.contains("--db-map '0=,1=aux/'") && err.contains("--db-map-changed") && err.contains("bridge stopped"), err)
+        let after = try await c.head()
+        XCTAssertEqual(after, head, "the stopped bridge wrote")
+        let unprefixed = try await c.get(Array("auxk".utf8))
+        XCTAssertNil(unprefixed)
+
+        // Meant: recorded, and the bridge writes under the new map.
+        let changed = try DaemonProcess("qsktbridge", typo + ["--db-map-changed", "--admin", "127.0.0.1:0"], logDir: tmp, ready: true)
+        kt.set("k", "v4", db: 1)
+        let moved = await Harness.eventually(timeout: .seconds(30)) { (try? await c.get(Array("auxk".utf8)))?.value == Array("v4".utf8) }
+        XCTAssertTrue(moved, changed.log)
+        XCTAssertTrue(changed.log.contains("source descriptor replaced at the root"), changed.log)
+        try changed.stop()
+        let now = try await descriptors(c)
+        XCTAssertEqual(now, ["kt": "db-map 0=,1=aux"])
+        let follows = await Harness.eventually(timeout: .seconds(30)) { (try? await self.descriptors(rc)) == now }
+        XCTAssertTrue(follows, replica.daemon.log)
+        // The replica's log and checkpoints are its root's: nothing applied twice.
+        _ = try await verifyLog(rc, sourceID: "kt")
+        let rootCheckpoint = try await c.checkpoint(sourceID: "kt")
+        let sameCheckpoint = await Harness.eventually(timeout: .seconds(30)) { (try? await rc.checkpoint(sourceID: "kt")) == rootCheckpoint }
+        XCTAssertTrue(sameCheckpoint, replica.daemon.log)
+        await c.close()
+        await rc.close()
+    }
+
     func testACopyMovedToACompatibleMirrorResumesThere() async throws {
         let kt = try FakeKTProcess(logDir: tmp)
         load(kt, db: 0, count: 4000)

@@ -335,6 +335,32 @@ final class WriteProtocolHandlerTests: XCTestCase {
         XCTAssertEqual(withToken, [.checkpoint(nil), .applied(logIndex: 1, kept: 1, dropped: 0)])
     }
 
+    /// A source descriptor is a write: refused without the write token (nothing recorded),
+    /// recorded with it, and another one is answered with the one held, unchanged.
+    func testASourceDescriptorTakesTheWriteTokenAndIsComparedOnceRecorded() async throws {
+        let node = try node(token: token)
+        for sent in [Array("wrong".utf8), []] {
+            let channel = try await connection(to: node)
+            try await send([.setDescriptor(token: sent, sourceID: "src", descriptor: "db-map 0=", replace: false)], to: channel)
+            let answer = try await answers(1, from: channel)
+            XCTAssertEqual(errorCode(answer.first), .unauthorized)
+            try await waitClosed(channel)
+        }
+        let descriptors = try await node.core.store.descriptors()
+        XCTAssertEqual(descriptors, [:], "nothing recorded without the token")
+        let channel = try await connection(to: node)
+        try await send([.setDescriptor(token: token, sourceID: "src", descriptor: "db-map 0=", replace: false),
+                        .setDescriptor(token: token, sourceID: "src", descriptor: "db-map 0=a/", replace: false),
+                        .head], to: channel)
+        let answered = try await answers(3, from: channel)
+        XCTAssertEqual(Array(answered.prefix(2)), [.value(Record(value: Array("db-map 0=".utf8), expiry: nil)),
+                                                   .value(Record(value: Array("db-map 0=".utf8), expiry: nil))])
+        guard case let .head(head) = answered.last else { return XCTFail("\(answered)") }
+        XCTAssertEqual(head.index, 1, "one entry: the first descriptor's")
+        let status = try await node.core.statusJSON()
+        XCTAssertTrue(status.contains(#""source_descriptors":{"src":"db-map 0="}"#), status)
+    }
+
     /// A writer's hello checks the token at once: the head with the right one, a refusal
     /// and a close with a wrong one.
     func testHelloChecksTheTokenBeforeAnyWrite() async throws {

@@ -293,6 +293,52 @@ final class StoreTests: XCTestCase {
         try await replica.verifyChain()
     }
 
+    /// A source's descriptor: recorded once (a log entry), compared after, replaced only when
+    /// asked; it moves no checkpoint and no copy cursor, at the root or where its entry is
+    /// applied, and the store checks sound with it.
+    func testADescriptorIsRecordedComparedAndReplacedWithoutMovingTheCheckpoint() async throws {
+        let root = store!
+        await equal(try await root.setDescriptor(sourceID: "kt", descriptor: "db-map 0=", replace: false),
+                    .recorded(logIndex: 1, previous: nil))
+        await equal(try await root.checkpoint(sourceID: "kt"), nil, "a source with no checkpoint still has none: its first start is one")
+        await equal(try await root.setDescriptor(sourceID: "kt", descriptor: "db-map 0=", replace: false), .unchanged)
+        await equal(try await root.setDescriptor(sourceID: "kt", descriptor: "db-map 0=x/", replace: false),
+                    .differs(stored: "db-map 0="))
+        await equal(try await root.head().index, 1, "nothing written for the same or a refused descriptor")
+        _ = try await root.applyBatch(sourceID: "kt", expected: 0, new: 10, operations: [set("a", "1")], copyCursor: [7])
+        await equal(try await root.setDescriptor(sourceID: "kt", descriptor: "db-map 0=x/", replace: true),
+                    .recorded(logIndex: 3, previous: "db-map 0="))
+        await equal(try await root.checkpoint(sourceID: "kt"), 10)
+        await equal(try await root.copyCursor(sourceID: "kt"), [7], "the copy goes on")
+        await equal(try await root.descriptors(), ["kt": "db-map 0=x/"])
+        for bad in ["", "a\nb", String(repeating: "x", count: SourceDescriptor.maxBytes + 1)] {
+            do {
+                _ = try await root.setDescriptor(sourceID: "kt", descriptor: bad, replace: true)
+                XCTFail("recorded a descriptor of \(bad.utf8.count) bytes")
+            } catch let StoreError.invalidDescriptor(why) {
+                XCTAssertFalse(why.isEmpty)
+            }
+        }
+
+        let replica = try await Store.open(directory: dir.appendingPathComponent("replica").path, mapSize: 64 << 20)
+        // Entry by entry, so each is the last of its source in its transaction.
+        for e in try await root.entries(from: 1, count: 10) { _ = try await replica.appendEntries([e]) }
+        let rootHead = try await root.head()
+        await equal(try await replica.head(), rootHead)
+        await equal(try await replica.descriptors(), ["kt": "db-map 0=x/"])
+        await equal(try await replica.checkpoint(sourceID: "kt"), 10)
+        await equal(try await replica.copyCursor(sourceID: "kt"), [7])
+        // All in one: the same.
+        let other = try await Store.open(directory: dir.appendingPathComponent("other").path, mapSize: 64 << 20)
+        _ = try await other.appendEntries(try await root.entries(from: 1, count: 10))
+        await equal(try await other.descriptors(), ["kt": "db-map 0=x/"])
+        await equal(try await other.checkpoint(sourceID: "kt"), 10)
+        for s in [root, replica, other] {
+            let report = try await s.check()
+            XCTAssertTrue(report.sound, "\(report.problems)")
+        }
+    }
+
     func testLongKeysAreStoredWholeAndDistinct() async throws {
         XCTAssertEqual(store.maxKeySize, 511)
         let base = [UInt8](repeating: 0x61, count: 600)

@@ -40,6 +40,24 @@ final class LogEntryBytesTests: XCTestCase {
         XCTAssertEqual(try LogEntry.decode(expected), e)
     }
 
+    func testVersion3RecordsADescriptorAndNothingElse() throws {
+        let e = LogEntry(commitTimeNs: 7, origin: Origin(sourceID: "s", position: 5), descriptor: "db-map 0=")
+        let expected: [UInt8] = [3] + be(7, 8) + be(1, 2) + Array("s".utf8) + be(5, 8) + be(0, 4) + be(9, 2) + Array("db-map 0=".utf8)
+        XCTAssertEqual(e.encoded(), expected)
+        XCTAssertEqual(e.encodedCount, expected.count)
+        let decoded = try LogEntry.decode(expected)
+        XCTAssertEqual(decoded, e)
+        XCTAssertFalse(decoded.movesCheckpoint)
+        XCTAssertEqual(try LogEntry.summary(of: expected).operations, 0)
+        // With operations, or without its descriptor: refused by both readers.
+        let withOps: [UInt8] = [3] + be(7, 8) + be(1, 2) + Array("s".utf8) + be(5, 8) + expectedOps + be(9, 2) + Array("db-map 0=".utf8)
+        XCTAssertThrowsError(try LogEntry.decode(withOps))
+        XCTAssertThrowsError(try LogEntry.summary(of: withOps))
+        XCTAssertThrowsError(try LogEntry.decode(Array(expected.dropLast(11))))
+        XCTAssertThrowsError(try LogEntry.summary(of: Array(expected.dropLast(11))))
+        XCTAssertThrowsError(try LogEntry.decode([4] + expected.dropFirst()), "no version 4")
+    }
+
     func testTheWriteProtocolsListIsTheSameBytes() {
         var w = ByteWriter()
         w.writeU8(0xEE) // something before: the list is appended, not written over

@@ -53,8 +53,14 @@ final class WireTests: XCTestCase {
             .changeRole(token: [9, 9], change: .promote), .changeRole(token: [], change: .demote),
             .append(token: [1], entries: PackedEntries([StoredEntry(index: 4, hash: [UInt8](repeating: 2, count: 32), bytes: [5, 6])]), sourceTimeNs: 1_700_000_000_000_000_000),
             .append(token: [], entries: PackedEntries([]), sourceTimeNs: 0),
+            .setDescriptor(token: [3], sourceID: "kt", descriptor: "db-map 0=,1=aux/", replace: false),
+            .setDescriptor(token: [], sourceID: "kt", descriptor: "db-map 0=", replace: true),
         ]
         for r in requests { XCTAssertEqual(try Request.decode(r.frame()), r) }
+        XCTAssertEqual(Request.setDescriptor(token: [1], sourceID: "s", descriptor: "d", replace: true).frame(),
+                       Frame(type: 0x19, payload: [0, 0, 0, 1, 1, 0, 1, 0x73, 0, 1, 0x64, 1]))
+        XCTAssertThrowsError(try Request.decode(Frame(type: 0x19, payload: [0, 0, 0, 0, 0, 1, 0x73, 0, 1, 0x64, 2])), "replace is 0 or 1")
+        XCTAssertTrue(Request.setDescriptor(token: [], sourceID: "s", descriptor: "d", replace: false).isWrite, "carries the write token")
         XCTAssertEqual(Request.changeRole(token: [1], change: .demote).frame().payload, [0, 0, 0, 1, 1, 2])
         XCTAssertThrowsError(try Request.decode(Frame(type: 0x16, payload: [0, 0, 0, 0, 3])), "an unknown role change is refused")
         XCTAssertTrue(Request.changeRole(token: [], change: .promote).isWrite, "carries the write token")

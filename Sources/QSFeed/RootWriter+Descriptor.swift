@@ -1,0 +1,112 @@
+import Logging
+import QSClient
+import QSModel
+import QSNet
+import QSWire
+
+/// Source descriptors (docs/protocol.md, "Source descriptors"): a writer of its own source
+/// (a KT bridge) records how it maps what it reads into keys at its root, and is stopped
+/// at a root that holds another one for its source id, before it writes anything: a
+/// bridge started again with another `--db-map` (a typo) would otherwise write the same KT
+/// database under another prefix, silently.
+extension RootWriter {
+    /// What a writer records, and what it says when the root holds another.
+    public struct Descriptor: Sendable {
+        /// The descriptor (`SourceDescriptor`), compared byte for byte.
+        public var text: String
+        /// Record it over another one the root holds: the mapping changes on purpose.
+        public var replace: Bool
+        /// The stop's words (the cause and the remedy, in the writer's flags) given the
+        /// descriptor the root holds.
+        public var refusal: @Sendable (_ held: String) -> String
+
+        public init(text: String, replace: Bool, refusal: @escaping @Sendable (_ held: String) -> String) {
+            self.text = text
+            self.replace = replace
+            self.refusal = refusal
+        }
+    }
+
+    /// What a root's status says of this writer's descriptor.
+    enum DescriptorAtRoot: Sendable, Equatable {
+        /// It holds this one.
+        case matches
+        /// It holds none (`previous` nil), or another this writer replaces: recorded before
+        /// the connection's first write.
+        case due(previous: String?)
+    }
+
+    /// Makes this writer record `descriptor` at every root it connects to and stop at one
+    /// that holds another for its source id (unless `descriptor.replace`). Before the first
+    /// call: the first connection checks it.
+    public func record(_ descriptor: Descriptor) {
+        precondition(sourceID != nil, "a source descriptor belongs to a writer of its own source id")
+        if let why = SourceDescriptor.problem(descriptor.text) { preconditionFailure("a source descriptor that is \(why)") }
+        self.descriptor = descriptor
+    }
+
+    /// Judges the descriptor a root's status lists for `sourceID`. nil: the root records
+    /// none (older than descriptors, or a root cluster member). Throws `FeedError.stop`
+    /// when it holds another one and the writer does not replace it.
+    static func check(descriptor: Descriptor, sourceID: String, status: [String: Any]?, endpoint: Endpoint) throws -> DescriptorAtRoot? {
+        guard let listed = status?["source_descriptors"] as? [String: Any] else { return nil }
+        guard let held = listed[sourceID] as? String else { return .due(previous: nil) }
+        if held == descriptor.text { return .matches }
+        if descriptor.replace { return .due(previous: held) }
+        throw FeedError.stop(refusal(descriptor, held: held, endpoint: endpoint, sourceID: sourceID))
+    }
+
+    static func refusal(_ descriptor: Descriptor, held: String, endpoint: Endpoint, sourceID: String) -> String {
+        "the root at \(endpoint) recorded source id \(sourceID) as '\(held)', and this writer's is '\(descriptor.text)': " + descriptor.refusal(held)
+    }
+
+    /// Notes what the connection just made found (`connection()`).
+    func noteDescriptor(_ held: DescriptorAtRoot?, at endpoint: Endpoint) {
+        guard let descriptor else { return }
+        switch held {
+        case nil:
+            descriptorDue = nil
+            if descriptorUnrecordedWarned.insert(endpoint.description).inserted {
+                logger.warning("the root does not record source descriptors (a node older than this writer, or a root cluster member): this writer's mapping is not checked against the one its source was written with",
+                               metadata: ["root": "\(endpoint)", "descriptor": "\(descriptor.text)"])
+            }
+        case .matches:
+            descriptorDue = nil
+            if descriptor.replace, descriptorUnrecordedWarned.insert("matches " + endpoint.description).inserted {
+                logger.warning("this writer was told to replace its source descriptor, and the root already holds it: drop the flag, or a later start with a mistaken mapping will replace it too",
+                               metadata: ["root": "\(endpoint)", "descriptor": "\(descriptor.text)"])
+            }
+        case let .due(previous):
+            descriptorDue = (generation, previous)
+        }
+    }
+
+    /// Records the descriptor on `c` when the connection is due to (before its first
+    /// write). Throws `FeedError.stop` when the root answers that it holds another one (a
+    /// writer with another mapping recorded its own first).
+    func recordDescriptorIfDue(on c: any RootConnection) async throws {
+        guard let descriptor, let sourceID, let due = descriptorDue, due.generation == generation else { return }
+        let at = endpoint
+        let r = try await c.send(.setDescriptor(token: token, sourceID: sourceID, descriptor: descriptor.text, replace: descriptor.replace),
+                                 timeout: Self.callTimeout)
+        switch r {
+        case let .value(record):
+            let held = String(decoding: record?.value ?? [], as: UTF8.self)
+            guard held == descriptor.text else {
+                throw FeedError.stop(Self.refusal(descriptor, held: held, endpoint: at, sourceID: sourceID))
+            }
+            if descriptorDue?.generation == due.generation { descriptorDue = nil }
+            if let previous = due.previous {
+                logger.notice("source descriptor replaced at the root: the keys written under the old mapping stay as they are",
+                              metadata: ["root": "\(at)", "source-id": "\(sourceID)", "descriptor": "\(descriptor.text)", "previous": "\(previous)"])
+            } else {
+                logger.info("source descriptor recorded at the root",
+                            metadata: ["root": "\(at)", "source-id": "\(sourceID)", "descriptor": "\(descriptor.text)"])
+            }
+        case let .error(code, message):
+            throw ClientError.server(code: code, message: message)
+        default:
+            throw ClientError.unexpected("\(r)")
+        }
+    }
+}
