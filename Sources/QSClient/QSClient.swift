@@ -68,6 +68,8 @@ public final class QSClient: Sendable {
     /// Whether writes (and hello) go in the checked envelope (`CheckedFrames`): the node
     /// takes them (`connect(writeChecking:)`).
     public let checksWrites: Bool
+    /// The node's end of the connection, as the socket has it (numeric).
+    public var remoteAddress: SocketAddress? { channel.remoteAddress }
 
     init(channel: Channel, token: [UInt8], requestTimeout: TimeAmount = .seconds(60), checksWrites: Bool = false) {
         self.channel = channel

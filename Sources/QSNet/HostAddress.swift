@@ -25,6 +25,55 @@ public enum HostAddress {
         return v6.first.flatMap { text($0, family: AF_INET6) }
     }
 
+    /// Whether a connection whose far end is `ip`:`port` (as the socket says, numeric)
+    /// reached one of `own`, the addresses this process listens on as bound: the same port,
+    /// and the same address, or any address of this machine where `own` is a wildcard
+    /// (`0.0.0.0`, `::`). So a node given itself under another spelling (a host name, the
+    /// machine's own address, `localhost`) tells once connected, whatever the spelling.
+    public static func reachesOwn(ip: String, port: Int, own: [Endpoint]) -> Bool {
+        var ip = ip
+        if ip.lowercased().hasPrefix("::ffff:"), ip.contains(".") { ip = String(ip.dropFirst(7)) }
+        var local: Set<String>?
+        for case let .tcp(host, p) in own where p == port && p != 0 {
+            if host == "0.0.0.0" || host == "::" || host.isEmpty {
+                if ip.hasPrefix("127.") || ip == "::1" { return true }
+                if local == nil { local = machineAddresses() }
+                if local!.contains(ip) { return true }
+            } else if host == ip || (host.lowercased() == "localhost" && (ip.hasPrefix("127.") || ip == "::1")) {
+                return true
+            }
+        }
+        return false
+    }
+
+    /// The addresses of this machine's interfaces, numeric (getifaddrs).
+    static func machineAddresses() -> Set<String> {
+        var first: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&first) == 0 else { return [] }
+        defer { freeifaddrs(first) }
+        var out = Set<String>()
+        var next = first
+        while let i = next {
+            if let addr = i.pointee.ifa_addr {
+                switch Int32(addr.pointee.sa_family) {
+                case AF_INET:
+                    addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { p in
+                        var a = p.pointee.sin_addr
+                        if let t = text(withUnsafeBytes(of: &a) { Array($0) }, family: AF_INET) { out.insert(t) }
+                    }
+                case AF_INET6:
+                    addr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p in
+                        var a = p.pointee.sin6_addr
+                        if let t = text(withUnsafeBytes(of: &a) { Array($0) }, family: AF_INET6) { out.insert(t) }
+                    }
+                default: break
+                }
+            }
+            next = i.pointee.ifa_next
+        }
+        return out
+    }
+
     struct Resolved {
         var v4: Bool
         var bytes: [UInt8]

@@ -44,6 +44,9 @@ public final class ReplicaService: Service, Sendable {
     let core: NodeCore
     let group: any EventLoopGroup
     let staleAfter: Duration
+    /// This node's own write addresses as bound: an upstream that turns out to be one of
+    /// them (another spelling of itself) is left (`selfReached`).
+    let own: @Sendable () -> [Endpoint]
     /// Presented to every upstream on subscribe and snapshot (`--upstream-token-file`).
     let upstreamToken: [UInt8]
     let logger: Logger
@@ -76,8 +79,10 @@ public final class ReplicaService: Service, Sendable {
     }
 
     public init(core: NodeCore, upstreams: [Endpoint], staleAfter: Duration, upstreamToken: [UInt8] = [],
-                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) {
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, own: @escaping @Sendable () -> [Endpoint] = { [] },
+                logger: Logger) {
         self.core = core
+        self.own = own
         self.upstreamToken = upstreamToken
         self.group = group
         self.staleAfter = staleAfter
@@ -194,8 +199,13 @@ public final class ReplicaService: Service, Sendable {
                 }
                 // An empty store takes a snapshot rather than the whole log, unless the
                 // upstream is empty too (its snapshot holds nothing: following it is enough).
-                if try await core.store.head().index == 0, (try? await upstreamHead(up))?.index != 0 {
-                    try await bootstrap(from: up, continuing: nil)
+                if try await core.store.head().index == 0 {
+                    // Itself (another spelling of its own address) is left here, before a
+                    // snapshot is asked of it; another failure to read the head is the
+                    // snapshot's to report.
+                    var theirs: Head?
+                    do { theirs = try await upstreamHead(up) } catch let error as ConfigError { throw error } catch {}
+                    if theirs?.index != 0 { try await bootstrap(from: up, continuing: nil) }
                 }
                 try await follow(up)
             } catch FollowEnd.refused(.needsBootstrap, let message) {
@@ -296,10 +306,30 @@ public final class ReplicaService: Service, Sendable {
         try await openFrameChannel(to: up, arrivals: arrivals, group: group)
     }
 
+    /// The listener of this node's a connection to `remote` reached, nil when another's.
+    func selfReached(_ remote: SocketAddress) -> String? {
+        let own = self.own()
+        if let path = remote.pathname {
+            return own.contains(.unix(path: path)) ? "unix:\(path)" : nil
+        }
+        guard let ip = remote.ipAddress, let port = remote.port, HostAddress.reachesOwn(ip: ip, port: port, own: own) else { return nil }
+        return remote.peerDescription
+    }
+
+    func itselfError(_ up: Endpoint, _ listener: String) -> ConfigError {
+        ConfigError("upstream \(up) is this replica itself (the connection reached its own write listener, \(listener)): give the address of the node it follows (POST /upstream, --upstream-file)")
+    }
+
     /// Subscribes from this node's head and applies what the upstream streams.
     private func follow(_ up: Endpoint) async throws {
         let arrivals = ByteArrivals()
         let channel = try await connect(up, arrivals: arrivals)
+        // Itself under another spelling (a host name, the machine's address with a wildcard
+        // --listen, localhost): it would follow its own log and say "subscribed, behind 0".
+        if let remote = channel.channel.remoteAddress, let itself = selfReached(remote) {
+            try? await channel.channel.close()
+            throw itselfError(up, itself)
+        }
         let core = self.core
         try await channel.executeThenClose { inbound, outbound in
             let head = try await core.store.head()
@@ -607,6 +637,7 @@ public final class ReplicaService: Service, Sendable {
     private func upstreamHead(_ up: Endpoint) async throws -> Head {
         let client = try await QSClient.connect(to: up, readToken: upstreamToken, requestTimeout: .seconds(5))
         defer { Task { await client.close() } }
+        if let remote = client.remoteAddress, let itself = selfReached(remote) { throw itselfError(up, itself) }
         return try await client.head()
     }
 

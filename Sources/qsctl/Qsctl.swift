@@ -162,7 +162,7 @@ struct NodeOptions: ParsableArguments {
     /// about a timeout.
     func describe(_ error: any Error, _ address: Address? = nil) -> String {
         guard let e = error as? ClientError, e == .timedOut else { return "\(error)" }
-        return "node \(address ?? node) did not answer within \(requestTimeout) (--request-timeout): it is stopped, overloaded or cut off; check its process and /healthz"
+        return "node \(address ?? node) did not answer within \(requestTimeout) (--request-timeout): it is stopped, overloaded or cut off (check its process and /healthz), or the address is not a node's write port (--listen): a memcached port, for one, waits for a line's end and never answers"
     }
 }
 

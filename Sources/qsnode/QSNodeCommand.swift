@@ -403,7 +403,7 @@ struct QSNodeCommand: AsyncParsableCommand {
         }
         let replica: ReplicaService? = role == .replica
             ? ReplicaService(core: core, upstreams: try upstreamEndpoints(), staleAfter: staleAfter.duration,
-                             upstreamToken: upstreamToken, logger: logger)
+                             upstreamToken: upstreamToken, own: { [writeListener = writeServer.listener] in writeListener.boundNow }, logger: logger)
             : nil
         let writeListener = writeServer.listener
         let upstreams = replica.map { UpstreamReloader(path: upstreamFile, replica: $0, own: { writeListener.boundNow }, logger: logger) }

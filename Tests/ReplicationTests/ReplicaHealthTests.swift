@@ -89,6 +89,15 @@ final class ReplicaHealthTests: XCTestCase {
         let itself = httpPost(port: replica.adminPort, path: "/upstream", contentType: "text/plain", body: Array(replica.address.utf8))
         XCTAssertNotEqual(itself?.status, 200, itself?.body ?? "")
         XCTAssertTrue(itself?.body.contains("upstream \(replica.address) is this replica's own address") == true, itself?.body ?? "")
+        // Itself under another spelling: taken as a list, left once connected (the far end
+        // is its own listener), and /readyz says so.
+        let spelled = "localhost:\(replica.port)"
+        let other = httpPost(port: replica.adminPort, path: "/upstream", contentType: "text/plain", body: Array(spelled.utf8))
+        XCTAssertEqual(other?.status, 200, other?.body ?? "")
+        try await waitFor("/readyz naming the upstream as the replica itself", timeout: .seconds(20), pollEvery: .milliseconds(100)) {
+            httpGet(port: replica.adminPort, path: "/readyz")?.body.contains("upstream \(spelled) is this replica itself") == true
+        }
+        XCTAssertNotEqual(httpGet(port: replica.adminPort, path: "/readyz")?.status, 200)
         let moved = httpPost(port: replica.adminPort, path: "/upstream", contentType: "text/plain", body: Array(new.address.utf8))
         XCTAssertEqual(moved?.status, 200, moved?.body ?? "")
         try await waitFor("/readyz naming the upstream behind", timeout: .seconds(20), pollEvery: .milliseconds(100)) {
