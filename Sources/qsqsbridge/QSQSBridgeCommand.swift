@@ -31,6 +31,9 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("File holding the source node's replication token (its --replication-token-file): to subscribe to its log, and to read it from another machine. (env: QS_SOURCE_TOKEN_FILE)", valueName: "file"))
     var sourceTokenFile: String = QSEnv.string("QS_SOURCE_TOKEN_FILE") ?? ""
 
+    @Flag(inversion: .prefixedNo, help: "Batched: start under a source id the root has no checkpoint for although it holds other QS sources' checkpoints (this node really is another source for the root). Without it such a first start from a node stops before writing anything: the usual cause is the same source already mirrored under another id (another spelling of its address, another member of its cluster, a replica of it), whose whole log would be replayed over newer values; a capture only warns. (env: QS_ALLOW_NEW_SOURCE_ID)")
+    var allowNewSourceId: Bool = QSEnv.flag("QS_ALLOW_NEW_SOURCE_ID")
+
     @OptionGroup var bridge: BridgeOptions
     @OptionGroup var service: ServiceOptions
 
@@ -59,9 +62,13 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
             // Batched, the checkpoint is a position in the source's log under this id: an id
             // new to a root that holds other QS sources' (the source moved, or is another
             // member of its cluster or a replica of it) replays the whole log.
+            // It stops there, unless told this node is another source; a capture's
+            // checkpoint (a recording the node is at least as new as) only warns.
+            let allowed = allowNewSourceId
             let firstStart = mode == .batched
-                ? warnWhenOtherSources(sourceID: id, kind: "QS sources'", replays: "the source's whole log") { other, _ in
-                    (other.hasPrefix("qs:") && other != "qs:expiry" /* a root's own purge */) || other.hasPrefix("capture:")
+                ? warnWhenOtherSources(sourceID: id, kind: "QS sources'", replays: "the source's whole log",
+                                       refuse: allowed ? nil : "--allow-new-source-id") { other, _ in
+                    (other.hasPrefix("qs:") && other != "qs:expiry" /* a root's own purge */) || (allowed && other.hasPrefix("capture:"))
                 }
                 : nil
             let consumer = FeedConsumer(source: QSLogSource(endpoint: endpoint, stopAtHead: bridge.once,

@@ -128,17 +128,31 @@ final class QSQSBridgeTests: XCTestCase {
     /// Batched, a bridge's checkpoint is a position in its source's log under its source id,
     /// by default the source's address as written. The same source reached by another
     /// address (moved, another member of its cluster, another spelling) starts from 0 and
-    /// replays the whole log over newer values: the bridge says so, naming the ids.
-    func testABatchedBridgeWhoseSourceIdIsNewToARootHoldingOtherQSSourcesSaysItReplays() async throws {
+    /// replays the whole log over newer values: the bridge stops before writing anything,
+    /// naming the ids, unless told the node is another source (then it says so and goes on).
+    func testABatchedBridgeWhoseSourceIdIsNewToARootHoldingOtherQSSourcesStops() async throws {
         let (src, sc) = try await sourceRoot(entries: 20)
         let target = try RootNode(data: tmp.appendingPathComponent("target"), logDir: tmp)
+        let tc = try await QSClient.connect(host: "127.0.0.1", port: target.port)
         let first = try Harness.run("qsqsbridge", ["--source", "qs://\(src.address)", "--root", target.address, "--mode", "batched", "--once"])
         XCTAssertEqual(first.status, 0, String(decoding: first.stderr, as: UTF8.self))
         XCTAssertFalse(String(decoding: first.stderr, as: UTF8.self).contains("holds other QS sources' checkpoints"))
-        let again = try Harness.run("qsqsbridge", ["--source", "qs://localhost:\(src.port)", "--root", target.address, "--mode", "batched", "--once"])
+        let head = try await tc.head()
+        let stopped = try Harness.run("qsqsbridge", ["--source", "qs://localhost:\(src.port)", "--root", target.address, "--mode", "batched", "--once"])
+        let err = String(decoding: stopped.stderr, as: UTF8.self)
+        XCTAssertEqual(stopped.status, 1, err)
+        XCTAssertTrue(err.contains("holds other QS sources' checkpoints (qs:\(src.address))") && err.contains("nothing was written")
+                      && err.contains("--allow-new-source-id"), err)
+        let after = try await tc.head()
+        XCTAssertEqual(after, head, "the stopped bridge wrote")
+        let none = try await tc.checkpoint(sourceID: "qs:localhost:\(src.port)")
+        XCTAssertNil(none)
+        let again = try Harness.run("qsqsbridge", ["--source", "qs://localhost:\(src.port)", "--root", target.address, "--mode", "batched", "--once",
+                                                   "--allow-new-source-id"])
         XCTAssertEqual(again.status, 0, String(decoding: again.stderr, as: UTF8.self))
         let log = String(decoding: again.stderr, as: UTF8.self)
         XCTAssertTrue(log.contains("holds other QS sources' checkpoints") && log.contains("qs:\(src.address)"), log)
+        await tc.close()
         // Named explicitly, the id already there carries on without a word.
         let named = try Harness.run("qsqsbridge", ["--source", "qs://localhost:\(src.port)", "--root", target.address, "--mode", "batched",
                                                    "--source-id", "qs:\(src.address)", "--once"])
