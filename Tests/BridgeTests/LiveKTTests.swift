@@ -98,7 +98,7 @@ final class LiveKTTests: XCTestCase {
         let kt = try FakeKTProcess(logDir: tmp, sid: 7)
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
         for i in 0..<300 { kt.set("k\(i)", "v") }
-        let r = try Harness.run("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "7", "--initial-copy", "never"])
+        let r = try Harness.run("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "7", "--db-map", "0=,1=aux/", "--initial-copy", "never"])
         XCTAssertNotEqual(r.status, 0)
         XCTAssertTrue(String(decoding: r.stderr, as: UTF8.self).contains("--sid 7"), String(decoding: r.stderr, as: UTF8.self))
     }
@@ -110,7 +110,7 @@ final class LiveKTTests: XCTestCase {
     func testASidEqualToTheServersStopsTheBridgeBeforeAFewWithheldWritesAreLost() async throws {
         let kt = try FakeKTProcess(logDir: tmp, sid: 7)
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
-        let wrong = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "7",
+        let wrong = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "7", "--db-map", "0=,1=aux/",
                                                      "--initial-copy", "never", "--batch-interval", "100ms", "--log-format", "text"],
                                       logDir: tmp, ready: true)
         let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
@@ -161,7 +161,7 @@ final class LiveKTTests: XCTestCase {
         for i in 0..<3 { kt.set("while-down-\(i)", "v\(i)") }
         // The fault's shape: the writes are more than a second old when the bridge comes back.
         try await Task.sleep(until: writtenAt + .milliseconds(1500))
-        let wrong = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "7",
+        let wrong = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "7", "--db-map", "0=,1=aux/",
                                                      "--initial-copy", "never", "--batch-interval", "100ms", "--log-format", "text",
                                                      "--admin", "127.0.0.1:0"],
                                       logDir: tmp, ready: true)
@@ -215,7 +215,7 @@ final class LiveKTTests: XCTestCase {
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
         let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
         let id = "kt:127.0.0.1:\(kt.port)"
-        let wrong = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "7",
+        let wrong = try DaemonProcess("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--sid", "7", "--db-map", "0=,1=aux/",
                                                      "--initial-copy", "never", "--batch-interval", "100ms", "--log-format", "text"],
                                       logDir: tmp, ready: true)
         try await QSTesting.waitFor("the idle bridge's checkpoint moved by heartbeats", timeout: .seconds(20)) {
