@@ -317,7 +317,8 @@ struct SoakLog {
         var lastPosition: UInt64 = 0
         var lastSequence = [[UInt8]: Int]()
         try await walkLog(client) { _, entry in
-            guard entry.origin.sourceID == sourceID else { return }
+            // A descriptor's entry (the bridge's --db-map, recorded once) is no position.
+            guard entry.origin.sourceID == sourceID, entry.movesCheckpoint else { return }
             out.entries += 1
             if entry.origin.position <= lastPosition { out.positionsAgain += 1 }
             lastPosition = max(lastPosition, entry.origin.position)
