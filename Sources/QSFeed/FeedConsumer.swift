@@ -334,7 +334,7 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
 /// values come back until it has caught up. It says so loudly, naming the ids; with
 /// `refuse` (`overrideFlag` names the flag that allows it) it stops the bridge instead
 /// (`FeedError.stop`), before anything is written.
-public func warnWhenOtherSources(sourceID: String, kind: String, replays: String, refuse overrideFlag: String? = nil,
+public func checkOtherSources(sourceID: String, kind: String, replays: String, refuse overrideFlag: String? = nil,
                                  sameKind: @escaping @Sendable (String, UInt64) -> Bool) -> @Sendable (RootWriter, Logger) async throws -> Void {
     { root, logger in
         guard let all = try? await root.checkpoints() else { return }

@@ -38,7 +38,7 @@ extension KTSource {
 func otherKTSourcesCheck(sourceID: String, allowed: Bool) -> @Sendable (RootWriter, Logger) async throws -> Void {
     // qsrest's positions are wall-clock times too, and KT's values copied over its newer
     // writes are the same loss: its checkpoints count.
-    warnWhenOtherSources(sourceID: sourceID, kind: "KT or qsrest sources'", replays: "this KT's records and update log",
+    checkOtherSources(sourceID: sourceID, kind: "KT or qsrest sources'", replays: "this KT's records and update log",
                          refuse: allowed ? nil : "--allow-new-source-id") { id, position in
         SourcePosition.isKTTimestamp(position) && (allowed || !(id.hasPrefix("capture:") || id.hasPrefix("ulog:")))
     }

@@ -66,7 +66,7 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
             // checkpoint (a recording the node is at least as new as) only warns.
             let allowed = allowNewSourceId
             let firstStart = mode == .batched
-                ? warnWhenOtherSources(sourceID: id, kind: "QS sources'", replays: "the source's whole log",
+                ? checkOtherSources(sourceID: id, kind: "QS sources'", replays: "the source's whole log",
                                        refuse: allowed ? nil : "--allow-new-source-id") { other, _ in
                     (other.hasPrefix("qs:") && other != "qs:expiry" /* a root's own purge */) || (allowed && other.hasPrefix("capture:"))
                 }
