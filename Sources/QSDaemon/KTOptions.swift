@@ -41,10 +41,15 @@ extension KTDBMap {
     /// The source descriptor a KT bridge records at its root (`db-map 0=,1=aux/`), so a
     /// restart with another map stops unless `changed` (`--db-map-changed`).
     public func descriptor(changed: Bool) -> RootWriter.Descriptor {
-        RootWriter.Descriptor(text: "db-map " + canonical, replace: changed) { held in
+        let prefixes = self.prefixes
+        return RootWriter.Descriptor(text: "db-map " + canonical, replace: changed, refusal: { held in
             let map = held.hasPrefix("db-map ") ? String(held.dropFirst(7)) : held
-            return "this bridge was started with another --db-map than the one that wrote this source (a typo?), and would write KT's records under other prefixes than their keys already at the root. Start it with --db-map '\(map)' (or QS_DB_MAP); if the mapping changes on purpose (the keys written under the old prefixes stay), start it once with --db-map-changed (QS_DB_MAP_CHANGED=1)"
-        }
+            return "this bridge was started with another --db-map than the one that wrote this source (a typo?), and would write KT's records under other prefixes than their keys already at the root. Start it with --db-map '\(map)' (or QS_DB_MAP), adding databases if need be; if the mapping changes on purpose (the keys written under the old prefixes stay), start it once with --db-map-changed (QS_DB_MAP_CHANGED=1)"
+        }, extends: { held in
+            // Every database mapped before keeps its prefix, and one or more are added.
+            guard held.hasPrefix("db-map "), let before = try? KTMapping.parseDBMap(String(held.dropFirst(7))) else { return false }
+            return prefixes.count > before.count && before.allSatisfy { prefixes[$0.key] == $0.value }
+        })
     }
 }
 

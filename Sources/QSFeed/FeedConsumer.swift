@@ -326,26 +326,37 @@ public final class FeedConsumer<Source: FeedSource>: Service, Sendable {
     }
 }
 
+/// What `checkOtherSources` makes of another source id the root holds.
+public enum OtherSource: Sendable {
+    /// A source this one may well be under another name: the bridge stops (unless allowed).
+    case stops
+    /// A source whose replay this one's start may go over (a recording): said, not stopped.
+    case warns
+}
+
 /// A `FeedConsumer.onFirstStart` for a bridge whose source id has no checkpoint at the
-/// root: when the root holds checkpoints of other sources of the same kind (`sameKind`),
+/// root: when the root holds checkpoints of other sources of the same kind (`classify`),
 /// the bridge is probably reading a source already migrated under another id (another
 /// spelling or address of it, another member of its cluster, an id given by hand), and
 /// starting from position 0 replays its whole log over newer values: readers see old
 /// values come back until it has caught up. It says so loudly, naming the ids; with
-/// `refuse` (`overrideFlag` names the flag that allows it) it stops the bridge instead
-/// (`FeedError.stop`), before anything is written.
+/// `refuse` (`overrideFlag` names the flag that allows it) an id classified `.stops` stops
+/// the bridge instead (`FeedError.stop`), before anything is written.
 public func checkOtherSources(sourceID: String, kind: String, replays: String, refuse overrideFlag: String? = nil,
-                                 sameKind: @escaping @Sendable (String, UInt64) -> Bool) -> @Sendable (RootWriter, Logger) async throws -> Void {
+                              classify: @escaping @Sendable (String, UInt64) -> OtherSource?) -> @Sendable (RootWriter, Logger) async throws -> Void {
     { root, logger in
         guard let all = try? await root.checkpoints() else { return }
-        let others = all.filter { $0.key != sourceID && sameKind($0.key, $0.value) }.keys.sorted()
+        var others = [String: OtherSource]()
+        for (id, position) in all where id != sourceID { others[id] = classify(id, position) }
         guard !others.isEmpty else { return }
-        let what = "the root has no checkpoint for source id \(sourceID) but holds other \(kind) checkpoints (\(others.joined(separator: ", "))): starting from position 0 replays \(replays) over newer values"
-        guard let overrideFlag else {
-            logger.error("\(what). If this source is one of those under another name, stop this bridge and restart it with --source-id set to that id",
-                         metadata: ["source-id": "\(sourceID)", "other-source-ids": "\(others.joined(separator: ","))"])
-            return
+        let stopping = others.filter { if case .stops = $0.value { true } else { false } }.keys.sorted()
+        if let overrideFlag, !stopping.isEmpty {
+            let what = "the root has no checkpoint for source id \(sourceID) but holds other \(kind) checkpoints (\(stopping.joined(separator: ", "))): starting from position 0 replays \(replays) over newer values"
+            throw FeedError.stop("\(what), and nothing was written. If this source is one of those under another name (another spelling of its address, an id given by hand), start the bridge with --source-id set to that id; if it really is another source for this root, start it with \(overrideFlag)")
         }
-        throw FeedError.stop("\(what), and nothing was written. If this source is one of those under another name (another spelling of its address, an id given by hand), start the bridge with --source-id set to that id; if it really is another source for this root, start it with \(overrideFlag)")
+        let listed = others.keys.sorted()
+        let what = "the root has no checkpoint for source id \(sourceID) but holds other \(kind) checkpoints (\(listed.joined(separator: ", "))): starting from position 0 replays \(replays) over newer values"
+        logger.error("\(what). If this source is one of those under another name, stop this bridge and restart it with --source-id set to that id",
+                     metadata: ["source-id": "\(sourceID)", "other-source-ids": "\(listed.joined(separator: ","))"])
     }
 }

@@ -30,10 +30,18 @@ extension RootWriter {
         }
     }
 
-    /// The node's status (`qsctl status`'s JSON), nil when it answers something else.
+    /// The node's status (`qsctl status`'s JSON), nil when it answers something else (a
+    /// node that does not know the request). An error it answers a status with (its store
+    /// failing to read, shutting down) is thrown: what the status would have said (a
+    /// mirror, the source descriptors it records) is not known, so the address is not taken.
     static func status(of c: any RootConnection) async throws -> [String: Any]? {
-        guard case let .status(json) = try await c.send(.status, timeout: .seconds(10)) else { return nil }
-        return NodeStatus.parse(json)
+        let r = try await c.send(.status, timeout: .seconds(10))
+        switch r {
+        case let .status(json): return NodeStatus.parse(json)
+        case let .error(code, message) where ![.malformed, .invalidRequest, .unsupported].contains(ErrorCode(rawValue: code)):
+            throw ClientError.server(code: code, message: "its status could not be read: \(message)")
+        default: return nil
+        }
     }
 
     /// A root whose write role is `mirror` (demoted, or fed by `qsqsbridge --mode

@@ -19,11 +19,17 @@ extension RootWriter {
         /// The stop's words (the cause and the remedy, in the writer's flags) given the
         /// descriptor the root holds.
         public var refusal: @Sendable (_ held: String) -> String
+        /// Whether this descriptor only adds to the one the root holds (a KT database
+        /// mapped that was not, every mapped one as it was): recorded over it without being
+        /// told to, since no key already written changes place.
+        public var extends: @Sendable (_ held: String) -> Bool
 
-        public init(text: String, replace: Bool, refusal: @escaping @Sendable (_ held: String) -> String) {
+        public init(text: String, replace: Bool, refusal: @escaping @Sendable (_ held: String) -> String,
+                    extends: @escaping @Sendable (_ held: String) -> Bool = { _ in false }) {
             self.text = text
             self.replace = replace
             self.refusal = refusal
+            self.extends = extends
         }
     }
 
@@ -52,7 +58,7 @@ extension RootWriter {
         guard let listed = status?["source_descriptors"] as? [String: Any] else { return nil }
         guard let held = listed[sourceID] as? String else { return .due(previous: nil) }
         if held == descriptor.text { return .matches }
-        if descriptor.replace { return .due(previous: held) }
+        if descriptor.replace || descriptor.extends(held) { return .due(previous: held) }
         throw FeedError.stop(refusal(descriptor, held: held, endpoint: endpoint, sourceID: sourceID))
     }
 
@@ -72,7 +78,8 @@ extension RootWriter {
             }
         case .matches:
             descriptorDue = nil
-            if descriptor.replace, descriptorUnrecordedWarned.insert("matches " + endpoint.description).inserted {
+            // Not when this process recorded it (a reconnection after its own replacement).
+            if descriptor.replace, !descriptorRecordedHere, descriptorUnrecordedWarned.insert("matches " + endpoint.description).inserted {
                 logger.warning("this writer was told to replace its source descriptor, and the root already holds it: drop the flag, or a later start with a mistaken mapping will replace it too",
                                metadata: ["root": "\(endpoint)", "descriptor": "\(descriptor.text)"])
             }
@@ -87,7 +94,8 @@ extension RootWriter {
     func recordDescriptorIfDue(on c: any RootConnection) async throws {
         guard let descriptor, let sourceID, let due = descriptorDue, due.generation == generation else { return }
         let at = endpoint
-        let r = try await c.send(.setDescriptor(token: token, sourceID: sourceID, descriptor: descriptor.text, replace: descriptor.replace),
+        // Over another one only when told to, or when this one only adds to it (`due.previous`).
+        let r = try await c.send(.setDescriptor(token: token, sourceID: sourceID, descriptor: descriptor.text, replace: due.previous != nil),
                                  timeout: Self.callTimeout)
         switch r {
         case let .value(record):
@@ -96,7 +104,11 @@ extension RootWriter {
                 throw FeedError.stop(Self.refusal(descriptor, held: held, endpoint: at, sourceID: sourceID))
             }
             if descriptorDue?.generation == due.generation { descriptorDue = nil }
-            if let previous = due.previous {
+            descriptorRecordedHere = true
+            if let previous = due.previous, !descriptor.replace {
+                logger.notice("source descriptor extended at the root: what it maps was mapped as it was, and more is mapped now",
+                              metadata: ["root": "\(at)", "source-id": "\(sourceID)", "descriptor": "\(descriptor.text)", "previous": "\(previous)"])
+            } else if let previous = due.previous {
                 logger.notice("source descriptor replaced at the root: the keys written under the old mapping stay as they are",
                               metadata: ["root": "\(at)", "source-id": "\(sourceID)", "descriptor": "\(descriptor.text)", "previous": "\(previous)"])
             } else {
@@ -104,7 +116,7 @@ extension RootWriter {
                             metadata: ["root": "\(at)", "source-id": "\(sourceID)", "descriptor": "\(descriptor.text)"])
             }
         case let .error(code, message):
-            throw ClientError.server(code: code, message: message)
+            throw ClientError.server(code: code, message: "recording source id \(sourceID)'s descriptor: \(message)")
         default:
             throw ClientError.unexpected("\(r)")
         }

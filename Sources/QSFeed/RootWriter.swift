@@ -140,6 +140,8 @@ public actor RootWriter {
     var descriptorDue: (generation: Int, previous: String?)?
     /// Addresses already said not to record descriptors (warned once each).
     var descriptorUnrecordedWarned = Set<String>()
+    /// Whether this process has recorded its descriptor at a root.
+    var descriptorRecordedHere = false
     /// The head of the address in use, and since when it has stood still.
     private var headSeen: (index: UInt64, since: ContinuousClock.Instant)?
     private let inUse: [Gauge]

@@ -71,10 +71,15 @@ public final class NodeCore: Sendable {
     public static let maxLogEntriesPerRead: UInt32 = 10_000
     public static let maxRecordsPerPage: UInt32 = 10_000
 
+    /// One of the node's own tokens (replication, write or admin), nil when it has none:
+    /// what it presents to an address that may be itself (`ReplicaService`), to read its id.
+    public let ownToken: [UInt8]?
+
     public init(store: Store, token: [UInt8]?, replicationToken: [UInt8]? = nil, adminToken: [UInt8]? = nil,
                 writable: Bool = true, metrics: NodeMetrics = NodeMetrics(), watcher: LogWatcher = LogWatcher(),
                 cluster: ClusterMember? = nil, replyMemory: ReplyMemory = ReplyMemory(limit: ReplyMemory.defaultLimit),
                 logger: Logger) {
+        ownToken = replicationToken ?? token ?? adminToken
         self.store = store
         self.replyMemory = replyMemory
         self.watcher = watcher

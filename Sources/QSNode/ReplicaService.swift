@@ -316,6 +316,19 @@ public final class ReplicaService: Service, Sendable {
         return remote.peerDescription
     }
 
+    /// Whether `up`, whose connection reached `remote`, is this node: the far end is one of
+    /// its listener's addresses (`selfReached`, no I/O), confirmed by the node id that
+    /// address answers with, read with one of this node's own tokens (an address of this
+    /// machine may forward elsewhere: a Kubernetes service address under IPVS sits on a
+    /// local interface). Nil when it is another node, or does not answer as this one.
+    func itself(_ up: Endpoint, remote: SocketAddress) async -> String? {
+        guard let listener = selfReached(remote), let mine = try? await core.store.identity(),
+              let client = try? await QSClient.connect(to: up, readToken: core.ownToken, requestTimeout: .seconds(2)) else { return nil }
+        defer { Task { await client.close() } }
+        guard let json = try? await client.status(), NodeStatus.parse(json)?["node_id"] as? String == mine else { return nil }
+        return listener
+    }
+
     func itselfError(_ up: Endpoint, _ listener: String) -> ConfigError {
         ConfigError("upstream \(up) is this replica itself (the connection reached its own write listener, \(listener)): give the address of the node it follows (POST /upstream, --upstream-file)")
     }
@@ -326,7 +339,7 @@ public final class ReplicaService: Service, Sendable {
         let channel = try await connect(up, arrivals: arrivals)
         // Itself under another spelling (a host name, the machine's address with a wildcard
         // --listen, localhost): it would follow its own log and say "subscribed, behind 0".
-        if let remote = channel.channel.remoteAddress, let itself = selfReached(remote) {
+        if let remote = channel.channel.remoteAddress, let itself = await itself(up, remote: remote) {
             try? await channel.channel.close()
             throw itselfError(up, itself)
         }
@@ -637,7 +650,7 @@ public final class ReplicaService: Service, Sendable {
     private func upstreamHead(_ up: Endpoint) async throws -> Head {
         let client = try await QSClient.connect(to: up, readToken: upstreamToken, requestTimeout: .seconds(5))
         defer { Task { await client.close() } }
-        if let remote = client.remoteAddress, let itself = selfReached(remote) { throw itselfError(up, itself) }
+        if let remote = client.remoteAddress, let itself = await itself(up, remote: remote) { throw itselfError(up, itself) }
         return try await client.head()
     }
 

@@ -24,6 +24,8 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
     case invalidSourceID(String)
     /// A source descriptor the root does not keep (`SourceDescriptor.problem`).
     case invalidDescriptor(String)
+    /// A source's descriptor replaced while its initial copy is unfinished.
+    case copyUnfinished(sourceID: String)
     case corrupt(String)
     case brokenChain(index: UInt64)
     /// A batch sent to a root that mirrors another root's log (compatible mode).
@@ -58,6 +60,8 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
             return "invalid source id: \(why)"
         case let .invalidDescriptor(why):
             return "invalid source descriptor: \(why)"
+        case let .copyUnfinished(sourceID):
+            return "source id \(sourceID)'s initial copy is unfinished (its cursor is at the root), and what it copied so far is under the recorded mapping: finish the copy with the mapping it started with, then change it"
         case let .corrupt(why):
             return "corrupt store: \(why)"
         case let .brokenChain(i):

@@ -392,6 +392,9 @@ public struct StoreTransaction: ~Copyable {
         let stored = try self.descriptor(sourceID: sourceID)
         if stored == descriptor { return .unchanged }
         if let stored, !replace { return .differs(stored: stored) }
+        // The copy's records so far are under the recorded mapping, its cursor on: the rest
+        // would go elsewhere.
+        if stored != nil, try copyCursor(sourceID: sourceID) != nil { throw StoreError.copyUnfinished(sourceID: sourceID) }
         let origin = Origin(sourceID: sourceID, position: try checkpoint(sourceID: sourceID) ?? 0)
         let entry = LogEntry(commitTimeNs: 0, origin: origin, descriptor: descriptor)
         let index = try appendEntry(count: entry.encodedCount, now: now) { commitTimeNs, w in

@@ -18,12 +18,12 @@ public enum CheckedFrames {
     /// How a node older than the envelope names it when it refuses it (`malformed`).
     public static let unknownToNode = "unknown request type 0x30"
 
-    /// Whether a writer wraps requests of this frame type: the writes, and the hello that
-    /// tells it whether the node checks them.
+    /// Whether a writer wraps requests of this frame type: the writes, a source's
+    /// descriptor, and the hello that tells it whether the node checks them.
     public static func wraps(_ type: UInt8) -> Bool { wrapped.contains(type) }
 
     /// Built once: `wraps` is asked for every frame a client sends.
-    private static let wrapped = FrameDecoder.LargeFrames.writeTypes.union([Request.Tag.hello.rawValue])
+    private static let wrapped = FrameDecoder.LargeFrames.writeTypes.union([Request.Tag.hello.rawValue, Request.Tag.setDescriptor.rawValue])
 
     /// The checksum of a request's payload, seeded with its type.
     public static func checksum(type: UInt8, payload: [UInt8]) -> UInt64 {

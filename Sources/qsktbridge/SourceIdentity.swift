@@ -39,7 +39,10 @@ func otherKTSourcesCheck(sourceID: String, allowed: Bool) -> @Sendable (RootWrit
     // qsrest's positions are wall-clock times too, and KT's values copied over its newer
     // writes are the same loss: its checkpoints count.
     checkOtherSources(sourceID: sourceID, kind: "KT or qsrest sources'", replays: "this KT's records and update log",
-                         refuse: allowed ? nil : "--allow-new-source-id") { id, position in
-        SourcePosition.isKTTimestamp(position) && (allowed || !(id.hasPrefix("capture:") || id.hasPrefix("ulog:")))
+                      refuse: allowed ? nil : "--allow-new-source-id") { id, position in
+        guard SourcePosition.isKTTimestamp(position) else { return nil }
+        // A live KT's copy puts its current values over a recording's replay: nothing to say.
+        if !allowed, id.hasPrefix("capture:") || id.hasPrefix("ulog:") { return nil }
+        return .stops
     }
 }

@@ -63,12 +63,13 @@ struct QSQSBridgeCommand: AsyncParsableCommand {
             // new to a root that holds other QS sources' (the source moved, or is another
             // member of its cluster or a replica of it) replays the whole log.
             // It stops there, unless told this node is another source; a capture's
-            // checkpoint (a recording the node is at least as new as) only warns.
-            let allowed = allowNewSourceId
+            // checkpoint (a recording, whose replay this node's whole log goes over again)
+            // is said, not stopped at.
             let firstStart = mode == .batched
                 ? checkOtherSources(sourceID: id, kind: "QS sources'", replays: "the source's whole log",
-                                       refuse: allowed ? nil : "--allow-new-source-id") { other, _ in
-                    (other.hasPrefix("qs:") && other != "qs:expiry" /* a root's own purge */) || (allowed && other.hasPrefix("capture:"))
+                                    refuse: allowNewSourceId ? nil : "--allow-new-source-id") { other, _ -> OtherSource? in
+                    if other.hasPrefix("qs:") && other != "qs:expiry" /* a root's own purge */ { return .stops }
+                    return other.hasPrefix("capture:") ? .warns : nil
                 }
                 : nil
             let consumer = FeedConsumer(source: QSLogSource(endpoint: endpoint, stopAtHead: bridge.once,

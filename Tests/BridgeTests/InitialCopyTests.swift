@@ -242,6 +242,34 @@ final class InitialCopyTests: XCTestCase {
         await rc.close()
     }
 
+    /// A map that only adds databases (each mapped one keeps its prefix) moves no key
+    /// already written: recorded without the flag; one that drops or moves one stops.
+    func testADBMapThatOnlyAddsDatabasesIsRecordedWithoutTheFlag() async throws {
+        let kt = try FakeKTProcess(logDir: tmp)
+        kt.set("k", "v1")
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let c = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let first = try bridge(kt, root, ["--db-map", "0="])
+        let copied = await Harness.eventually(timeout: .seconds(30)) { ((try? await c.checkpoint(sourceID: "kt")) ?? 0) >= Self.floor }
+        XCTAssertTrue(copied, first.log)
+        try first.stop()
+        kt.set("k", "v2", db: 1)
+        let added = try bridge(kt, root, ["--db-map", "0=,1=aux/"])
+        let followed = await Harness.eventually(timeout: .seconds(30)) { (try? await c.get(Array("aux/k".utf8)))?.value == Array("v2".utf8) }
+        XCTAssertTrue(followed, added.log)
+        XCTAssertTrue(added.log.contains("source descriptor extended at the root"), added.log)
+        try added.stop()
+        let recorded = try await descriptors(c)
+        XCTAssertEqual(recorded, ["kt": "db-map 0=,1=aux/"])
+        // Dropping database 1 again is no extension: stopped.
+        let dropped = try Harness.run("qsktbridge", ["--root", root.address, "--source", "kt://\(kt.address)", "--db-map", "0=", "--source-id", "kt",
+                                                     "--sid", "99", "--log-format", "text"], killAfter: .seconds(30))
+        let err = String(decoding: dropped.stderr, as: UTF8.self)
+        XCTAssertEqual(dropped.status, 1, err)
+        XCTAssertTrue(err.contains("recorded source id kt as 'db-map 0=,1=aux/'"), err)
+        await c.close()
+    }
+
     func testACopyMovedToACompatibleMirrorResumesThere() async throws {
         let kt = try FakeKTProcess(logDir: tmp)
         load(kt, db: 0, count: 4000)

@@ -161,14 +161,34 @@ final class QSQSBridgeTests: XCTestCase {
         await sc.close()
     }
 
-    func testARecordedQSFeedReplaysThroughQsqsbridgeEntryForEntry() async throws {
-        let (src, sc) = try await sourceRoot(entries: 60)
+    /// A new root holding a replay of `src`'s first `entries` entries, recorded with `qsctl
+    /// record` and replayed by `qsqsbridge --mode MODE`.
+    func replayedRecording(of src: RootNode, entries: Int, mode: String) throws -> RootNode {
         let file = tmp.appendingPathComponent("qs.cap")
-        let rec = try Harness.run("qsctl", ["record", "--source", "qs://\(src.address)", "--out", file.path, "--from", "0", "--until-ts", "60"])
+        let rec = try Harness.run("qsctl", ["record", "--source", "qs://\(src.address)", "--out", file.path, "--from", "0", "--until-ts", "\(entries)"])
         XCTAssertEqual(rec.status, 0, String(decoding: rec.stderr, as: UTF8.self))
         let target = try RootNode(data: tmp.appendingPathComponent("target"), logDir: tmp)
-        let r = try Harness.run("qsqsbridge", ["--source", "capture:\(file.path)", "--root", target.address, "--mode", "compatible"])
+        let r = try Harness.run("qsqsbridge", ["--source", "capture:\(file.path)", "--root", target.address, "--mode", mode])
         XCTAssertEqual(r.status, 0, String(decoding: r.stderr, as: UTF8.self))
+        return target
+    }
+
+    /// A recording of the node replayed into the root first (record in production, replay
+    /// in CI, then bridge the node itself): the node's start says its log goes over the
+    /// replay's, and is not stopped.
+    func testABatchedBridgeAfterAReplayOfARecordingSaysSoAndGoesOn() async throws {
+        let (src, sc) = try await sourceRoot(entries: 20)
+        let target = try replayedRecording(of: src, entries: 20, mode: "batched")
+        let live = try Harness.run("qsqsbridge", ["--source", "qs://\(src.address)", "--root", target.address, "--mode", "batched", "--once"])
+        let log = String(decoding: live.stderr, as: UTF8.self)
+        XCTAssertEqual(live.status, 0, log)
+        XCTAssertTrue(log.contains("holds other QS sources' checkpoints (capture:"), log)
+        await sc.close()
+    }
+
+    func testARecordedQSFeedReplaysThroughQsqsbridgeEntryForEntry() async throws {
+        let (src, sc) = try await sourceRoot(entries: 60)
+        let target = try replayedRecording(of: src, entries: 60, mode: "compatible")
         let tc = try await QSClient.connect(host: "127.0.0.1", port: target.port)
         let th = try await tc.head()
         let sh = try await sc.head()
