@@ -388,6 +388,11 @@ public final class ReplicaService: Service, Sendable {
                         let newHead: Head
                         do {
                             newHead = try await core.store.appendEntries(list)
+                        } catch let error as AppendError where error.isNewerFormat {
+                            // Its chained hash held: the upstream wrote it, in a format newer
+                            // than this build's. Every try meets it again.
+                            self.metrics.damagedEntries.increment()
+                            throw FollowEnd.damaged("\(error.damageDescription): the upstream writes log entries newer than this node reads; upgrade this node (replicas and mirrors before their roots and bridges: docs/protocol.md, \"Log entries\")")
                         } catch let error as AppendError {
                             // The subscription checked the hash this node and the upstream share
                             // at its head: an entry after it that does not continue that chain

@@ -15,8 +15,16 @@ public enum AppendError: Error, Sendable, Equatable, CustomStringConvertible {
         switch self {
         case let .notNext(head, got): return "entry \(got) does not follow the head \(head)"
         case let .diverged(index): return "entry \(index) does not continue this log's hash chain: the histories diverged"
-        case let .undecodable(index, reason): return "entry \(index) does not decode: \(reason)"
+        case let .undecodable(index, reason):
+            return "entry \(index) does not decode: \(reason)" + (isNewerFormat ? " (written by a newer node: upgrade this one, docs/protocol.md \"Log entries\")" : "")
         }
+    }
+
+    /// An entry of a version this build does not read (written by a newer node, e.g. a
+    /// source's descriptor, version 3): not damage, and the same on every try.
+    public var isNewerFormat: Bool {
+        if case let .undecodable(_, reason) = self { return reason.contains("unsupported log entry version") }
+        return false
     }
 
     /// What it says of entries that followed a subscription's checked start: damage, not

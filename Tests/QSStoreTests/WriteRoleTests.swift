@@ -171,5 +171,18 @@ final class WriteRoleTests: XCTestCase {
             let head = try await c.head()
             XCTAssertEqual(head.index, 0, "a refused list leaves nothing applied")
         }
+        // An entry of a version this build does not read, its hash chained (a newer node
+        // wrote it): said so, with the remedy.
+        var newer = first
+        newer[0].bytes = [99] + first[0].bytes.dropFirst()
+        newer[0].hash = ChainHash.next(previous: [UInt8](repeating: 0, count: 32), entry: newer[0].bytes)
+        do {
+            _ = try await c.appendEntries(Array(newer.prefix(1)))
+            XCTFail("applied an entry of version 99")
+        } catch let error as AppendError {
+            XCTAssertTrue(error.isNewerFormat)
+            XCTAssertTrue("\(error)".contains("written by a newer node: upgrade this one"), "\(error)")
+        }
+        XCTAssertFalse(AppendError.undecodable(index: 1, reason: "truncated").isNewerFormat)
     }
 }
