@@ -752,7 +752,7 @@ public actor RootWriter {
         case .applied, .conflict: return r
         case let .error(code, message):
             if ErrorCode(rawValue: code) == .diverged {
-                throw FeedError.stop("the target root has another history than the source: \(message)")
+                throw FeedError.stop("the target root has another history than the source: \(message) (it took other writes, or mirrored another root). Mirror into an empty root or one that mirrored this source (qsctl rebootstrap, or a new data directory)")
             }
             throw ClientError.server(code: code, message: message)
         default: throw ClientError.unexpected("\(r)")
