@@ -392,6 +392,7 @@ public final class NodeCore: Sendable {
                                      "log-index": "\(index)", "peer": "\(peer)"])
         case let .differs(stored):
             held = stored
+            metrics.descriptorRefusals.increment()
             descriptorLog.warning(logger, "source descriptor refused: the root holds another for this source id (the writer stops)",
                                   peer: peer, metadata: ["source-id": "\(sourceID)", "held": "\(stored)", "offered": "\(descriptor)"])
         }

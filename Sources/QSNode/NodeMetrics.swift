@@ -6,6 +6,9 @@ public struct NodeMetrics: Sendable {
     public let opsApplied: Counter
     public let identicalDropped: Counter
     public let conflicts: Counter
+    /// Source descriptors refused: the root holds another for the source id (a writer
+    /// started with another mapping, `SetDescriptor`).
+    public let descriptorRefusals: Counter
     public let badFrames: Counter
     /// Checked frames whose bytes did not match their checksum (damaged on the way).
     public let damagedFrames: Counter
@@ -43,6 +46,7 @@ public struct NodeMetrics: Sendable {
         opsApplied = Counter(label: "qs_ops_applied_total", factory: factory)
         identicalDropped = Counter(label: "qs_identical_writes_dropped_total", factory: factory)
         conflicts = Counter(label: "qs_conflicts_total", factory: factory)
+        descriptorRefusals = Counter(label: "qs_source_descriptor_refusals_total", factory: factory)
         badFrames = Counter(label: "qs_bad_frames_total", factory: factory)
         damagedFrames = Counter(label: "qs_damaged_frames_total", factory: factory)
         storageErrors = Counter(label: "qs_storage_errors_total", factory: factory)

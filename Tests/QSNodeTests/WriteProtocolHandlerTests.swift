@@ -357,6 +357,7 @@ final class WriteProtocolHandlerTests: XCTestCase {
                                                    .value(Record(value: Array("db-map 0=".utf8), expiry: nil))])
         guard case let .head(head) = answered.last else { return XCTFail("\(answered)") }
         XCTAssertEqual(head.index, 1, "one entry: the first descriptor's")
+        XCTAssertEqual(node.metrics.counterTotal(label: "qs_source_descriptor_refusals_total"), 1, "the other one refused, counted")
         let status = try await node.core.statusJSON()
         XCTAssertTrue(status.contains(#""source_descriptors":{"src":"db-map 0="}"#), status)
     }
