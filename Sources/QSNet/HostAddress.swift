@@ -46,6 +46,25 @@ public enum HostAddress {
         return false
     }
 
+    /// Whether `upstream` names the listener `own` by a loopback spelling (`localhost`,
+    /// 127.x, `::1`) of an address it accepts on (loopback, or a wildcard): the same
+    /// listener whatever the machine, judged without a connection (a node that is not
+    /// listening yet, or a list checked before it is taken). Loopback addresses are never
+    /// forwarded elsewhere, unlike a machine's other addresses.
+    public static func namesByLoopback(_ upstream: Endpoint, own: Endpoint) -> Bool {
+        guard case let .tcp(host, port) = upstream, case let .tcp(ownHost, ownPort) = own, port == ownPort, port != 0 else { return false }
+        let up = host.lowercased(), mine = ownHost.lowercased()
+        // The loopback addresses each spelling reaches: `localhost` is 127.0.0.1 or ::1.
+        func v4(_ h: String) -> Bool { h.hasPrefix("127.") }
+        switch mine {
+        case "0.0.0.0", "": return v4(up) || up == "localhost"
+        case "::": return v4(up) || up == "::1" || up == "localhost"
+        case "localhost": return up == "localhost" || up == "127.0.0.1" || up == "::1"
+        case "127.0.0.1", "::1": return up == mine || up == "localhost"
+        default: return v4(mine) && up == mine
+        }
+    }
+
     /// The addresses of this machine's interfaces, numeric (getifaddrs).
     static func machineAddresses() -> Set<String> {
         var first: UnsafeMutablePointer<ifaddrs>?

@@ -26,7 +26,7 @@ public struct UpstreamReloader: Sendable {
     /// "subscribed, behind 0 entries" until its root word went stale.
     func checked(_ list: [Endpoint]) throws -> [Endpoint] {
         let mine = own()
-        if let me = list.first(where: { mine.contains($0) }) {
+        if let me = list.first(where: { up in mine.contains(up) || mine.contains { HostAddress.namesByLoopback(up, own: $0) } }) {
             throw ConfigError("upstream \(me) is this replica's own address (--listen / --unix): give the address of the node it follows")
         }
         return list

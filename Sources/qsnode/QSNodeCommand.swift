@@ -186,7 +186,7 @@ struct QSNodeCommand: AsyncParsableCommand {
             }
             for up in try upstreamEndpoints() {
                 // Itself: it would subscribe to its own log, once a second, for ever.
-                if up == listen.endpoint || (!unix.isEmpty && up == .unix(path: unix)) {
+                if up == listen.endpoint || (!unix.isEmpty && up == .unix(path: unix)) || HostAddress.namesByLoopback(up, own: listen.endpoint) {
                     throw ValidationError("upstream \(up) is this replica's own address (--listen / --unix): give the address of the node it follows")
                 }
                 if case let .tcp(_, port) = up, port == 0 {

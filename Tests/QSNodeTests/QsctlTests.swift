@@ -296,6 +296,9 @@ final class QsctlTests: XCTestCase {
         for (command, args, why) in [("qsqsbridge", ["--source", "qs://127.0.0.1:1,127.0.0.1:2"], "names several addresses (a comma)"),
                                      ("qsnode", ["--data", data, "--role", "replica", "--listen", "127.0.0.1:7499", "--upstream", "127.0.0.1:7499"],
                                       "is this replica's own address"),
+                                     // localhost for a wildcard listener: itself too, told before it listens.
+                                     ("qsnode", ["--data", data, "--role", "replica", "--listen", "0.0.0.0:7499", "--replication-token-file", "/dev/null",
+                                                 "--upstream", "localhost:7499"], "upstream localhost:7499 is this replica's own address"),
                                      ("qsnode", ["--data", data, "--role", "replica", "--upstream", "127.0.0.1:0"], "has port 0")] {
             let r = try Harness.run(command, args)
             let err = String(decoding: r.stderr, as: UTF8.self)

@@ -89,9 +89,15 @@ final class ReplicaHealthTests: XCTestCase {
         let itself = httpPost(port: replica.adminPort, path: "/upstream", contentType: "text/plain", body: Array(replica.address.utf8))
         XCTAssertNotEqual(itself?.status, 200, itself?.body ?? "")
         XCTAssertTrue(itself?.body.contains("upstream \(replica.address) is this replica's own address") == true, itself?.body ?? "")
-        // Itself under another spelling: taken as a list, left once connected (the far end
-        // is its own listener), and /readyz says so.
-        let spelled = "localhost:\(replica.port)"
+        // localhost for 127.0.0.1: refused as the list is taken (no connection needed, so an
+        // empty replica, not listening yet, is told too).
+        let local = httpPost(port: replica.adminPort, path: "/upstream", contentType: "text/plain", body: Array("localhost:\(replica.port)".utf8))
+        XCTAssertNotEqual(local?.status, 200, local?.body ?? "")
+        XCTAssertTrue(local?.body.contains("upstream localhost:\(replica.port) is this replica's own address") == true, local?.body ?? "")
+        // Itself under a spelling no list check knows (an IPv4-mapped IPv6 address, as a
+        // host name or the machine's address would be): taken, left once connected (the far
+        // end is its own listener and answers with its node id), and /readyz says so.
+        let spelled = "[::ffff:127.0.0.1]:\(replica.port)"
         let other = httpPost(port: replica.adminPort, path: "/upstream", contentType: "text/plain", body: Array(spelled.utf8))
         XCTAssertEqual(other?.status, 200, other?.body ?? "")
         try await waitFor("/readyz naming the upstream as the replica itself", timeout: .seconds(20), pollEvery: .milliseconds(100)) {
