@@ -73,24 +73,28 @@ public enum HostAddress {
         var out = Set<String>()
         var next = first
         while let i = next {
-            if let addr = i.pointee.ifa_addr {
-                switch Int32(addr.pointee.sa_family) {
-                case AF_INET:
-                    addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { p in
-                        var a = p.pointee.sin_addr
-                        if let t = text(withUnsafeBytes(of: &a) { Array($0) }, family: AF_INET) { out.insert(t) }
-                    }
-                case AF_INET6:
-                    addr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p in
-                        var a = p.pointee.sin6_addr
-                        if let t = text(withUnsafeBytes(of: &a) { Array($0) }, family: AF_INET6) { out.insert(t) }
-                    }
-                default: break
-                }
-            }
+            if let a = i.pointee.ifa_addr.flatMap(address), let t = text(a.bytes, family: a.v4 ? AF_INET : AF_INET6) { out.insert(t) }
             next = i.pointee.ifa_next
         }
         return out
+    }
+
+    /// The IPv4 or IPv6 address a socket address holds, nil for another family.
+    static func address(_ addr: UnsafeMutablePointer<sockaddr>) -> Resolved? {
+        switch Int32(addr.pointee.sa_family) {
+        case AF_INET:
+            return addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { p in
+                var a = p.pointee.sin_addr
+                return Resolved(v4: true, bytes: withUnsafeBytes(of: &a) { Array($0) })
+            }
+        case AF_INET6:
+            return addr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p in
+                var a = p.pointee.sin6_addr
+                return Resolved(v4: false, bytes: withUnsafeBytes(of: &a) { Array($0) })
+            }
+        default:
+            return nil
+        }
     }
 
     struct Resolved {
@@ -113,21 +117,7 @@ public enum HostAddress {
         var out = [Resolved]()
         var next: UnsafeMutablePointer<addrinfo>? = first
         while let info = next {
-            if let addr = info.pointee.ai_addr {
-                switch Int32(info.pointee.ai_family) {
-                case AF_INET:
-                    addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { p in
-                        var a = p.pointee.sin_addr
-                        out.append(Resolved(v4: true, bytes: withUnsafeBytes(of: &a) { Array($0) }))
-                    }
-                case AF_INET6:
-                    addr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p in
-                        var a = p.pointee.sin6_addr
-                        out.append(Resolved(v4: false, bytes: withUnsafeBytes(of: &a) { Array($0) }))
-                    }
-                default: break
-                }
-            }
+            if let a = info.pointee.ai_addr.flatMap(address) { out.append(a) }
             next = info.pointee.ai_next
         }
         return out
