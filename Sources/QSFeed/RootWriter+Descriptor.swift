@@ -52,8 +52,9 @@ extension RootWriter {
     }
 
     /// Judges the descriptor a root's status lists for `sourceID`. nil: the root records
-    /// none (older than descriptors, or a root cluster member). Throws `FeedError.stop`
-    /// when it holds another one and the writer does not replace it.
+    /// none (a node older than descriptors, or a root cluster member older than their
+    /// commit through etcd). Throws `FeedError.stop` when it holds another one and the
+    /// writer does not replace it.
     static func check(descriptor: Descriptor, sourceID: String, status: [String: Any]?, endpoint: Endpoint) throws -> DescriptorAtRoot? {
         guard let listed = status?["source_descriptors"] as? [String: Any] else { return nil }
         guard let held = listed[sourceID] as? String else { return .due(previous: nil) }
@@ -73,7 +74,7 @@ extension RootWriter {
         case nil:
             descriptorDue = nil
             if descriptorUnrecordedWarned.insert(endpoint.description).inserted {
-                logger.warning("the root does not record source descriptors (a node older than this writer, or a root cluster member): this writer's mapping is not checked against the one its source was written with",
+                logger.warning("the root does not record source descriptors (a node older than this writer): this writer's mapping is not checked against the one its source was written with",
                                metadata: ["root": "\(endpoint)", "descriptor": "\(descriptor.text)"])
             }
         case .matches:

@@ -59,6 +59,40 @@ extension ClusterMember {
         return step
     }
 
+    /// Records a source's descriptor for the whole cluster (`Request.setDescriptor`): judged
+    /// at the cluster's head (this member first applies up to etcd's head, so a member that
+    /// lags does not answer from an older descriptor), and when it records, its version-3
+    /// entry is committed through one etcd transaction comparing the head it follows and the
+    /// write role, like a batch's but moving no checkpoint. Members that commit at once: the
+    /// first wins, the others judge again at the new head (then `unchanged` or `differs`).
+    public func setDescriptor(sourceID: String, descriptor: String, replace: Bool) async throws -> StoreTransaction.DescriptorOutcome {
+        let start = ContinuousClock.now
+        let (kvs, _) = try await counted { try await self.etcd.range(self.keys.head) }
+        try await waitApplied(kvs.first?.modRevision ?? 0)
+        for _ in 0..<1000 {
+            try Task.checkCancellation()
+            let roleRevision = roleState.withLockedValue { $0.revision }
+            let p = try await store.prepareDescriptor(sourceID: sourceID, descriptor: descriptor, replace: replace)
+            guard let e = p.entry else { return p.outcome }
+            try checkFits(entryBytes: e.hash.count + e.bytes.count, what: "the descriptor's log entry")
+            let r = try await counted {
+                try await self.etcd.txn(compare: [self.keys.headIs(p.base), .modRevision(key: self.keys.role, equals: roleRevision)],
+                                        success: [.put(key: self.keys.log(e.index), value: e.hash + e.bytes),
+                                                  .put(key: self.keys.head, value: p.head.encoded())],
+                                        failure: [.range(key: self.keys.head, end: nil, limit: 1), .range(key: self.keys.role, end: nil, limit: 1)])
+            }
+            if r.succeeded {
+                try await committed(at: r.revision, resume: "ask the root's status whether it holds the descriptor")
+                commitSeconds.recordSeconds((ContinuousClock.now - start).seconds)
+                return p.outcome
+            }
+            // Another member committed first, or the role changed: apply that, judge again.
+            commitRetries.increment()
+            try await waitApplied(r.ranges.flatMap { $0.map(\.modRevision) }.max() ?? 0)
+        }
+        throw ClusterError.notApplied("the descriptor lost 1000 rounds to other members' commits; it was not recorded: retry")
+    }
+
     /// `skipWithoutEntry`: a prepared batch that appends no entry commits nothing (the
     /// purge, which moves no checkpoint when nothing expired).
     private func commit<Outcome: CASOutcome>(sourceID: String, expected: UInt64, new: UInt64, skipWithoutEntry: Bool = false,

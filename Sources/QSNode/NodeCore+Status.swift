@@ -53,8 +53,9 @@ extension NodeCore {
         // answer takes another member (one log through etcd) without having seen a position.
         if let cluster { out["cluster"] = cluster.keys.cluster }
         // Each source's recorded descriptor (its writer's mapping); the key itself tells a
-        // writer this node records them (`Request.setDescriptor`): not a cluster member.
-        if cluster == nil { out["source_descriptors"] = descriptors }
+        // writer this node records them (`Request.setDescriptor`). A cluster member lists
+        // them as it has applied the cluster's log; `setDescriptor` judges at etcd's head.
+        out["source_descriptors"] = descriptors
         if writable {
             let t = rootTimeNs
             if t > 0 { out["root_age_seconds"] = nowNs > t ? Double(nowNs - t) / 1e9 : 0 }

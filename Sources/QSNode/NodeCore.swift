@@ -373,14 +373,16 @@ public final class NodeCore: Sendable {
     }
 
     /// Records a source's descriptor (`Request.setDescriptor`); answers the descriptor the
-    /// root holds after it. A root cluster does not record them (its status does not offer
-    /// them, so writers do not ask).
+    /// root holds after it. A root cluster's member records it for the whole cluster,
+    /// through etcd (`ClusterMember.setDescriptor`).
     private func setDescriptor(sourceID: String, descriptor: String, replace: Bool, peer: String) async throws -> Response {
-        if cluster != nil {
-            return .error(.unsupported, "a root cluster does not record source descriptors: the writer's mapping is not checked here")
-        }
         let held: String
-        switch try await store.setDescriptor(sourceID: sourceID, descriptor: descriptor, replace: replace) {
+        let outcome = if let cluster {
+            try await cluster.setDescriptor(sourceID: sourceID, descriptor: descriptor, replace: replace)
+        } else {
+            try await store.setDescriptor(sourceID: sourceID, descriptor: descriptor, replace: replace)
+        }
+        switch outcome {
         case .unchanged:
             held = descriptor
         case let .recorded(index, previous):

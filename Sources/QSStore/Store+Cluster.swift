@@ -121,6 +121,21 @@ extension Store {
         }
     }
 
+    /// Works out what `setDescriptor` would do at the current head, rolled back like
+    /// `prepareBatch`: the outcome, and when it records, the version-3 entry a root cluster
+    /// member commits through etcd with the heads before and after it.
+    public func prepareDescriptor(sourceID: String, descriptor: String, replace: Bool,
+                                  now: UInt64 = wallClockNanoseconds()) async throws -> (base: Head, outcome: StoreTransaction.DescriptorOutcome, entry: StoredEntry?, head: Head) {
+        try await rolledBack { txn in
+            let base = try txn.head()
+            let outcome = try txn.setDescriptor(sourceID: sourceID, descriptor: descriptor, replace: replace, now: now)
+            guard case let .recorded(index, _) = outcome else { return (base, outcome, nil, base) }
+            let entry = try txn.entries(from: index, count: 1).first
+            guard entry?.index == index else { throw StoreError.corrupt("the entry just appended at \(index) is not there") }
+            return (base, outcome, entry, try txn.head())
+        }
+    }
+
     private func prepare<Outcome: CASOutcome>(_ apply: @escaping @Sendable (borrowing StoreTransaction) throws -> Outcome) async throws -> Prepared<Outcome> {
         try await rolledBack { txn in
             let base = try txn.head()
