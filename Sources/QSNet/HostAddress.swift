@@ -46,6 +46,21 @@ public enum HostAddress {
         return false
     }
 
+    /// The address of this machine's that `host`:`port` resolves to where `own` listens (or
+    /// will: a listener not bound yet is judged as configured), as `reachesOwn` judges a
+    /// connection's far end; nil when none. Resolves on NIO's blocking-I/O thread pool.
+    /// For a connection to `host` that found nothing listening: a node that has not bound
+    /// its listener yet (an empty replica bootstrapping) given itself by a host name or the
+    /// machine's own address.
+    public static func ownAddress(host: String, port: Int, own: [Endpoint]) async -> String? {
+        let resolved = (try? await NIOThreadPool.singleton.runIfActive { Self.resolve(host) }) ?? []
+        for r in resolved {
+            guard let ip = text(r.bytes, family: r.v4 ? AF_INET : AF_INET6) else { continue }
+            if reachesOwn(ip: ip, port: port, own: own) { return ip }
+        }
+        return nil
+    }
+
     /// Whether `upstream` names the listener `own` by a loopback spelling (`localhost`,
     /// 127.x, `::1`) of an address it accepts on (loopback, or a wildcard): the same
     /// listener whatever the machine, judged without a connection (a node that is not

@@ -26,8 +26,11 @@ public enum EmptyReplicaBootstrap {
     /// directory now stands at, or nil when it was cancelled (the node stopping: what
     /// arrived is kept) or the snapshot is a RocksDB checkpoint (installed once the store
     /// is open).
+    /// `own`: the node's write addresses as configured (it does not listen yet), so an
+    /// upstream that names them under a host name or the machine's address is said to be
+    /// itself rather than refusing connections.
     public static func run(data: String, staging: String, upstreams list: @Sendable () -> [Endpoint], token: [UInt8], metrics: ReplicaMetrics,
-                           progress: EmptyBootstrapProgress = EmptyBootstrapProgress(),
+                           own: [Endpoint] = [], progress: EmptyBootstrapProgress = EmptyBootstrapProgress(),
                            group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, logger: Logger) async -> Head? {
         guard !list().isEmpty else { return nil }
         var idleRounds = 0
@@ -113,6 +116,7 @@ public enum EmptyReplicaBootstrap {
                     continue
                 } catch {
                     if Task.isCancelled { return nil }
+                    let error = await ReplicaService.unlistenedSelf(up, error, own: own) ?? error
                     // Cut off with bytes received, or no snapshot at all (not reached, closed first).
                     logger.warning(tally.total > 0 ? "bootstrap of the empty store cut off (what arrived is kept)"
                                                    : "bootstrap of the empty store: no snapshot from this upstream",

@@ -274,6 +274,7 @@ public final class ReplicaService: Service, Sendable {
                 continue
             } catch {
                 if Task.isCancelled { return }
+                let error = await unlistenedSelf(up, error) ?? error
                 storageFailure = WriteFailure.classify(error)
                 core.updateUpstream { $0.leftBecause = "\(error)" }
                 metrics.upstreamsLeft.increment()
@@ -327,6 +328,34 @@ public final class ReplicaService: Service, Sendable {
         defer { Task { await client.close() } }
         guard let json = try? await client.status(), NodeStatus.parse(json)?["node_id"] as? String == mine else { return nil }
         return listener
+    }
+
+    /// `error` in words naming the cause when `up` could not be connected to because it is
+    /// this replica before it listens: an empty replica bootstraps before it binds its
+    /// listener, so itself given by a host name or the machine's address is refused, not
+    /// reached (`itself` tells once connected). Nil for any other failure or upstream.
+    func unlistenedSelf(_ up: Endpoint, _ error: any Error) async -> ConfigError? {
+        await Self.unlistenedSelf(up, error, own: own())
+    }
+
+    /// As `unlistenedSelf(_:_:)`, given the node's own write addresses (as configured when
+    /// not bound yet): also for the empty replica's first bootstrap, before the node runs.
+    static func unlistenedSelf(_ up: Endpoint, _ error: any Error, own: [Endpoint]) async -> ConfigError? {
+        guard case let .tcp(host, port) = up, refused(error),
+              let ip = await HostAddress.ownAddress(host: host, port: port, own: own) else { return nil }
+        return ConfigError("upstream \(up) is this replica itself: it names this machine's address \(ip) and this replica's own port \(port), where nothing listens until the replica has bootstrapped (the connection was refused); give the address of the node it follows (--upstream-file, read again each round, or POST /upstream once the store is open)")
+    }
+
+    /// Whether a connection failed because nothing listens at the address (as NIO or
+    /// `QSClient` reports it).
+    static func refused(_ error: any Error) -> Bool {
+        switch error {
+        case let e as IOError: return e.errnoCode == ECONNREFUSED
+        case let e as NIOConnectionError:
+            return !e.connectionErrors.isEmpty && e.connectionErrors.allSatisfy { ($0.error as? IOError)?.errnoCode == ECONNREFUSED }
+        case let ClientError.connectionFailed(why): return why == String(cString: strerror(ECONNREFUSED))
+        default: return false
+        }
     }
 
     func itselfError(_ up: Endpoint, _ listener: String) -> ConfigError {

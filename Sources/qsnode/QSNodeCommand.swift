@@ -331,7 +331,8 @@ struct QSNodeCommand: AsyncParsableCommand {
             }
             bootstrapped = await cancelWhenGracefulShutdown {
                 await EmptyReplicaBootstrap.run(data: data, staging: staging, upstreams: upstreams, token: upstreamToken,
-                                                metrics: ReplicaMetrics(), progress: progress, logger: logger)
+                                                metrics: ReplicaMetrics(), own: [listen.endpoint] + (unix.isEmpty ? [] : [.unix(path: unix)]),
+                                                progress: progress, logger: logger)
             }
             if Task.isShuttingDownGracefully {
                 logger.info("stopped during the bootstrap of the empty store; what arrived is kept for the next start to resume",

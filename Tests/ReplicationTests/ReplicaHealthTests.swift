@@ -119,6 +119,42 @@ final class ReplicaHealthTests: XCTestCase {
         XCTAssertTrue(table.contains("upstream head unknown  behind unknown entries"), table)
     }
 
+    /// An empty replica bootstraps before it listens, so itself under a spelling no list
+    /// check knows (an IPv4-mapped address here, as a host name or the machine's address
+    /// would be) refuses the connection instead of answering with its node id: the refusal
+    /// at an address and port of its own listener is named as itself, and an edited
+    /// --upstream-file then takes it to its root.
+    func testAnEmptyReplicaGivenItselfUnderAnotherSpellingSaysSoWhileItBootstraps() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let w = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        _ = try await w.write([.set(key: Array("k".utf8), value: Array("v".utf8), expiry: nil)], sourceID: "w")
+        // A free port for the replica: connections to it are refused until it binds it.
+        let held = try RefusingPort()
+        held.close()
+        let spelled = "[::ffff:127.0.0.1]:\(held.port)"
+        let file = tmp.appendingPathComponent("upstreams")
+        try Data(spelled.utf8).write(to: file)
+        let socket = tmp.appendingPathComponent("admin.sock").path
+        let node = try DaemonProcess("qsnode", ["--role", "replica", "--data", tmp.appendingPathComponent("r").path,
+                                                "--listen", "127.0.0.1:\(held.port)", "--upstream-file", file.path,
+                                                "--admin", "unix:" + socket, "--log-format", "text"], logDir: tmp)
+        try await waitFor("/readyz naming the upstream as the replica itself", timeout: .seconds(20), pollEvery: .milliseconds(50)) {
+            let r = httpRequest(unixPath: socket, path: "/readyz")
+            return r?.status == 503 && r?.body.contains("upstream \(spelled) is this replica itself: it names this machine's address") == true
+                && r?.body.contains("own port \(held.port), where nothing listens until the replica has bootstrapped") == true
+        }
+        try Data(root.address.utf8).write(to: file)
+        try await waitFor("the replica bootstrapped from its root", timeout: .seconds(30), pollEvery: .milliseconds(50)) {
+            httpRequest(unixPath: socket, path: "/readyz")?.status == 200
+        }
+        let r = try await QSClient.connect(host: "127.0.0.1", port: held.port)
+        let value = try await r.get(Array("k".utf8))
+        XCTAssertEqual(value?.value, Array("v".utf8))
+        await r.close()
+        await w.close()
+        try node.stop()
+    }
+
     func testRootAgeGrowsWhileTheUpstreamIsDeadAndEverySignalAgrees() async throws {
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
         let replica = try ReplicaNode(data: tmp.appendingPathComponent("r"), upstreams: [root.address], logDir: tmp)
