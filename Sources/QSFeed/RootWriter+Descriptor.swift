@@ -37,9 +37,12 @@ extension RootWriter {
     enum DescriptorAtRoot: Sendable, Equatable {
         /// It holds this one.
         case matches
-        /// It holds none (`previous` nil), or another this writer replaces: recorded before
-        /// the connection's first write.
-        case due(previous: String?)
+        /// To be recorded, or confirmed, before the connection's first write (the root's
+        /// answer to SetDescriptor is judged then); `listed`: what the status listed. A
+        /// single root listed none, or another this writer replaces or extends; a root
+        /// cluster's member lists what it has applied, which may lag the cluster: its
+        /// listing is never judged alone.
+        case due(listed: String?)
     }
 
     /// Makes this writer record `descriptor` at every root it connects to and stop at one
@@ -57,9 +60,13 @@ extension RootWriter {
     /// writer does not replace it.
     static func check(descriptor: Descriptor, sourceID: String, status: [String: Any]?, endpoint: Endpoint) throws -> DescriptorAtRoot? {
         guard let listed = status?["source_descriptors"] as? [String: Any] else { return nil }
-        guard let held = listed[sourceID] as? String else { return .due(previous: nil) }
+        let held = listed[sourceID] as? String
+        // A cluster member judges at the cluster's head when asked (SetDescriptor): what it
+        // lists may be older (another member recorded since), either way.
+        if status?["cluster"] is String { return .due(listed: held) }
+        guard let held else { return .due(listed: nil) }
         if held == descriptor.text { return .matches }
-        if descriptor.replace || descriptor.extends(held) { return .due(previous: held) }
+        if descriptor.replace || descriptor.extends(held) { return .due(listed: held) }
         throw FeedError.stop(refusal(descriptor, held: held, endpoint: endpoint, sourceID: sourceID))
     }
 
@@ -79,43 +86,67 @@ extension RootWriter {
             }
         case .matches:
             descriptorDue = nil
-            // Not when this process recorded it (a reconnection after its own replacement).
-            if descriptor.replace, !descriptorRecordedHere, descriptorUnrecordedWarned.insert("matches " + endpoint.description).inserted {
-                logger.warning("this writer was told to replace its source descriptor, and the root already holds it: drop the flag, or a later start with a mistaken mapping will replace it too",
-                               metadata: ["root": "\(endpoint)", "descriptor": "\(descriptor.text)"])
-            }
-        case let .due(previous):
-            descriptorDue = (generation, previous)
+            warnIfToldToReplace(descriptor, at: endpoint)
+        case let .due(listed):
+            descriptorDue = (generation, listed)
+        }
+    }
+
+    /// Told to replace a descriptor the root already holds: the flag is to be dropped. Not
+    /// when this process recorded it (a reconnection after its own replacement).
+    private func warnIfToldToReplace(_ descriptor: Descriptor, at endpoint: Endpoint) {
+        if descriptor.replace, !descriptorRecordedHere, descriptorUnrecordedWarned.insert("matches " + endpoint.description).inserted {
+            logger.warning("this writer was told to replace its source descriptor, and the root already holds it: drop the flag, or a later start with a mistaken mapping will replace it too",
+                           metadata: ["root": "\(endpoint)", "descriptor": "\(descriptor.text)"])
         }
     }
 
     /// Records the descriptor on `c` when the connection is due to (before its first
-    /// write). Throws `FeedError.stop` when the root answers that it holds another one (a
-    /// writer with another mapping recorded its own first).
+    /// write). It is first offered without replacing anything: the answer is what the root
+    /// holds, judged at its head (a cluster's, whatever its member's status listed). Another
+    /// one held is replaced only when this writer was told to or only adds to it, judged
+    /// against that answer; otherwise it throws `FeedError.stop` (a writer with another
+    /// mapping recorded its own first, or the member's status was behind the cluster).
     func recordDescriptorIfDue(on c: any RootConnection) async throws {
         guard let descriptor, let sourceID, let due = descriptorDue, due.generation == generation else { return }
         let at = endpoint
-        // Over another one only when told to, or when this one only adds to it (`due.previous`).
-        let r = try await c.send(.setDescriptor(token: token, sourceID: sourceID, descriptor: descriptor.text, replace: due.previous != nil),
-                                 timeout: Self.callTimeout)
-        switch r {
-        case let .value(record):
-            let held = String(decoding: record?.value ?? [], as: UTF8.self)
+        var held = try await offer(descriptor, sourceID: sourceID, replace: false, on: c)
+        var previous: String?
+        if held != descriptor.text {
+            guard descriptor.replace || descriptor.extends(held) else {
+                throw FeedError.stop(Self.refusal(descriptor, held: held, endpoint: at, sourceID: sourceID))
+            }
+            previous = held
+            held = try await offer(descriptor, sourceID: sourceID, replace: true, on: c)
             guard held == descriptor.text else {
                 throw FeedError.stop(Self.refusal(descriptor, held: held, endpoint: at, sourceID: sourceID))
             }
-            if descriptorDue?.generation == due.generation { descriptorDue = nil }
-            descriptorRecordedHere = true
-            if let previous = due.previous, !descriptor.replace {
-                logger.notice("source descriptor extended at the root: what it maps was mapped as it was, and more is mapped now",
-                              metadata: ["root": "\(at)", "source-id": "\(sourceID)", "descriptor": "\(descriptor.text)", "previous": "\(previous)"])
-            } else if let previous = due.previous {
-                logger.notice("source descriptor replaced at the root: the keys written under the old mapping stay as they are",
-                              metadata: ["root": "\(at)", "source-id": "\(sourceID)", "descriptor": "\(descriptor.text)", "previous": "\(previous)"])
-            } else {
-                logger.info("source descriptor recorded at the root",
-                            metadata: ["root": "\(at)", "source-id": "\(sourceID)", "descriptor": "\(descriptor.text)"])
-            }
+        }
+        if descriptorDue?.generation == due.generation { descriptorDue = nil }
+        let metadata: Logger.Metadata = ["root": "\(at)", "source-id": "\(sourceID)", "descriptor": "\(descriptor.text)"]
+        if let previous, !descriptor.replace {
+            logger.notice("source descriptor extended at the root: what it maps was mapped as it was, and more is mapped now",
+                          metadata: metadata.merging(["previous": "\(previous)"]) { $1 })
+        } else if let previous {
+            logger.notice("source descriptor replaced at the root: the keys written under the old mapping stay as they are",
+                          metadata: metadata.merging(["previous": "\(previous)"]) { $1 })
+        } else if due.listed == descriptor.text {
+            // A cluster member listed it and the cluster holds it: nothing recorded.
+            warnIfToldToReplace(descriptor, at: at)
+            return
+        } else {
+            logger.info("source descriptor recorded at the root", metadata: metadata)
+        }
+        descriptorRecordedHere = true
+    }
+
+    /// Sends SetDescriptor; returns the descriptor the root holds afterwards.
+    private func offer(_ descriptor: Descriptor, sourceID: String, replace: Bool, on c: any RootConnection) async throws -> String {
+        let r = try await c.send(.setDescriptor(token: token, sourceID: sourceID, descriptor: descriptor.text, replace: replace),
+                                 timeout: Self.callTimeout)
+        switch r {
+        case let .value(record):
+            return String(decoding: record?.value ?? [], as: UTF8.self)
         case let .error(code, message):
             throw ClientError.server(code: code, message: "recording source id \(sourceID)'s descriptor: \(message)")
         default:

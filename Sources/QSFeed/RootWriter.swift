@@ -135,9 +135,10 @@ public actor RootWriter {
     /// The source descriptor this writer records at its root (`record(descriptor:)`), nil
     /// when it records none (qsrest, compatible mirrors).
     var descriptor: Descriptor?
-    /// The connection (by generation) on which the descriptor is still to be recorded
-    /// before the first write: the root holds none for the source, or another one to replace.
-    var descriptorDue: (generation: Int, previous: String?)?
+    /// The connection (by generation) on which the descriptor is still to be recorded or
+    /// confirmed before the first write, with what the root's status listed
+    /// (`DescriptorAtRoot.due`).
+    var descriptorDue: (generation: Int, listed: String?)?
     /// Addresses already said not to record descriptors (warned once each).
     var descriptorUnrecordedWarned = Set<String>()
     /// Whether this process has recorded its descriptor at a root.

@@ -60,15 +60,24 @@ extension ClusterMember {
     }
 
     /// Records a source's descriptor for the whole cluster (`Request.setDescriptor`): judged
-    /// at the cluster's head (this member first applies up to etcd's head, so a member that
-    /// lags does not answer from an older descriptor), and when it records, its version-3
+    /// at the cluster's head (this member first applies up to etcd's head, role and the
+    /// source's checkpoint, so a member that lags does not answer from an older descriptor
+    /// or role), and when it records, its version-3
     /// entry is committed through one etcd transaction comparing the head it follows and the
     /// write role, like a batch's but moving no checkpoint. Members that commit at once: the
     /// first wins, the others judge again at the new head (then `unchanged` or `differs`).
     public func setDescriptor(sourceID: String, descriptor: String, replace: Bool) async throws -> StoreTransaction.DescriptorOutcome {
         let start = ContinuousClock.now
-        let (kvs, _) = try await counted { try await self.etcd.range(self.keys.head) }
-        try await waitApplied(kvs.first?.modRevision ?? 0)
+        // The cluster's head, role and the source's checkpoint, read at one revision: the
+        // entry is judged under the role it will be compared with, and carries the
+        // checkpoint as it stands (a batch of identical writes moves only the checkpoint).
+        let now = try await counted {
+            try await self.etcd.txn(compare: [], success: [.range(key: self.keys.head, end: nil, limit: 1),
+                                                           .range(key: self.keys.role, end: nil, limit: 1),
+                                                           .range(key: self.keys.checkpoint(sourceID), end: nil, limit: 1)],
+                                    failure: [])
+        }
+        try await waitApplied(now.ranges.flatMap { $0.map(\.modRevision) }.max() ?? 0)
         for _ in 0..<1000 {
             try Task.checkCancellation()
             let roleRevision = roleState.withLockedValue { $0.revision }

@@ -453,6 +453,9 @@ public final class NodeCore: Sendable {
                 }
                 return .error(.storageError, "not committed: the root cluster's etcd refused this member's credentials (\(error)); the write is not acknowledged: resume from the checkpoint once the member's credentials are set right")
             }
+            if case .setDescriptor = request {
+                return .error(.storageError, "the root cluster's etcd did not answer (no quorum, or unreachable?): \(error); the source descriptor may or may not be recorded: the writer offers it again before its next write")
+            }
             if case .changeRole = request {
                 return .error(.storageError, "the root cluster's etcd did not commit the role change (no quorum, or unreachable?): \(error); it may still take effect: read write_role in qsctl status once etcd answers, and run the command again if it did not change")
             }

@@ -313,8 +313,10 @@ public final class FaultProxy: @unchecked Sendable {
                         return finish(reset: true)
                     }
                 }
-                // Writes.
-                for i in 0..<2 where !(holding && i == 1) {
+                // Writes. Held as the fault stands now, not as it stood before the poll: what
+                // the upstream sent after `holdReplies` was set waits, whenever it came.
+                let holdNow = holding || proxy.state().0 == .holdReplies
+                for i in 0..<2 where !(holdNow && i == 1) {
                     var d = i == 0 ? up : down
                     if !send(&d, rate: rate) { return finish(reset: true) }
                     if d.ended && d.queue.isEmpty && !d.endSent {

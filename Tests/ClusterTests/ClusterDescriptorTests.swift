@@ -108,4 +108,68 @@ final class ClusterDescriptorTests: XCTestCase {
         await c0.close()
         await c1.close()
     }
+
+    /// A member that lags the cluster lists an older descriptor in its status than the
+    /// cluster holds: a bridge there is judged by the cluster's head, not by that listing.
+    /// Its old map (which the listing matches) and a map that only extends the listing
+    /// (not the cluster's) both stop before writing anything.
+    func testABridgeAtALaggingMemberIsJudgedAtTheClustersHead() async throws {
+        let etcd = try EtcdCluster(dir: tmp, logDir: tmp)
+        defer { etcd.stop() }
+        // Member 1 reaches etcd through a proxy that can hold etcd's answers (its watch too).
+        let proxy = try FaultProxy(upstreamPort: etcd.members[0].clientPort)
+        defer { proxy.close() }
+        let m0 = try RootNode(data: tmp.appendingPathComponent("m0"), logDir: tmp,
+                              extraArgs: ["--etcd", etcd.urls, "--cluster", "t", "--etcd-timeout", "10s", "--log-format", "text"])
+        let m1 = try RootNode(data: tmp.appendingPathComponent("m1"), logDir: tmp,
+                              extraArgs: ["--etcd", "http://\(proxy.address)", "--cluster", "t", "--etcd-timeout", "10s", "--log-format", "text"])
+        for m in [m0, m1] {
+            XCTAssertTrue(Harness.waitUntil(timeout: .seconds(20)) { httpGet(port: m.adminPort, path: "/readyz")?.status == 200 },
+                          "member not following: \(m.daemon.log)")
+        }
+        let c0 = try await QSClient.connect(host: "127.0.0.1", port: m0.port)
+        let c1 = try await QSClient.connect(host: "127.0.0.1", port: m1.port)
+        let kt = try FakeKTProcess(logDir: tmp)
+        kt.set("k", "v1", db: 1)
+        let first = try DaemonProcess("qsktbridge", bridgeArgs(kt, root: m0.address, map: "0=,1=aux/") + ["--admin", "127.0.0.1:0"],
+                                      logDir: tmp, ready: true)
+        let written = await Harness.eventually(timeout: .seconds(30)) { (try? await c0.get(Array("aux/k".utf8)))?.value == Array("v1".utf8) }
+        XCTAssertTrue(written, first.log)
+        try first.stop()
+        kt.set("k", "v2", db: 1)
+
+        let listed = await Harness.eventually(timeout: .seconds(20)) { (try? await self.descriptors(c1))?["kt"] == "db-map 0=,1=aux/" }
+        XCTAssertTrue(listed, m1.daemon.log)
+
+        for (round, map) in ["0=,1=aux/", "0=,1=aux/,2=x/"].enumerated() {
+            // Member 1 stops hearing from etcd; the map changes on purpose through member 0.
+            proxy.fault = .holdReplies
+            let changedTo = round == 0 ? "db-map 0=,1=new/" : "db-map 0=,1=newer/"
+            let replaced = try await c0.send(.setDescriptor(token: m0.token, sourceID: "kt", descriptor: changedTo, replace: true))
+            XCTAssertEqual(replaced, .value(Record(value: Array(changedTo.utf8), expiry: nil)))
+            let head = try await c0.head()
+            let stale = try await descriptors(c1)
+            XCTAssertEqual(stale["kt"], "db-map 0=,1=aux/", "member 1 is not behind: nothing tested")
+            let checkpointReads = m1.metric("qs_requests_total{type=\"get-checkpoint\"}") ?? 0
+            let bridge = try DaemonProcess("qsktbridge", bridgeArgs(kt, root: m1.address, map: map), logDir: tmp)
+            // Past the member's status (read before the checkpoint): etcd's answers flow again.
+            try await waitFor("the bridge past member 1's status", timeout: .seconds(30)) {
+                (m1.metric("qs_requests_total{type=\"get-checkpoint\"}") ?? 0) > checkpointReads
+            }
+            proxy.fault = .none
+            XCTAssertTrue(Harness.waitUntil(timeout: .seconds(60)) { !bridge.isRunning }, "the bridge did not stop: \(bridge.log)")
+            let status = try bridge.stop()
+            XCTAssertEqual(status, 1, bridge.log)
+            XCTAssertTrue(bridge.log.contains("recorded source id kt as '\(changedTo)', and this writer's is 'db-map \(map)'"), bridge.log)
+            let after = try await c0.head()
+            XCTAssertEqual(after, head, "a bridge with another map than the cluster's wrote")
+            // Back to the first map for the next round, as member 1 lists it once caught up.
+            let back = try await c0.send(.setDescriptor(token: m0.token, sourceID: "kt", descriptor: "db-map 0=,1=aux/", replace: true))
+            XCTAssertEqual(back, .value(Record(value: Array("db-map 0=,1=aux/".utf8), expiry: nil)))
+            let caughtUp = await Harness.eventually(timeout: .seconds(30)) { (try? await self.descriptors(c1))?["kt"] == "db-map 0=,1=aux/" }
+            XCTAssertTrue(caughtUp, m1.daemon.log)
+        }
+        await c0.close()
+        await c1.close()
+    }
 }

@@ -138,12 +138,18 @@ final class ReplicaHealthTests: XCTestCase {
         let node = try DaemonProcess("qsnode", ["--role", "replica", "--data", tmp.appendingPathComponent("r").path,
                                                 "--listen", "127.0.0.1:\(held.port)", "--upstream-file", file.path,
                                                 "--admin", "unix:" + socket, "--log-format", "text"], logDir: tmp)
+        // A RocksDB replica opens its store and listens first (its bootstrap comes after):
+        // the connected check names it.
+        let listensFirst = ProcessInfo.processInfo.environment["QS_STORE_ENGINE"] == "rocksdb"
         try await waitFor("/readyz naming the upstream as the replica itself", timeout: .seconds(20), pollEvery: .milliseconds(50)) {
-            let r = httpRequest(unixPath: socket, path: "/readyz")
-            return r?.status == 503 && r?.body.contains("upstream \(spelled) is this replica itself: it names this machine's address") == true
-                && r?.body.contains("own port \(held.port), where nothing listens until the replica has bootstrapped") == true
+            guard let r = httpRequest(unixPath: socket, path: "/readyz"), r.status == 503 else { return false }
+            return listensFirst ? r.body.contains("upstream \(spelled) is this replica itself (the connection reached its own write listener")
+                : r.body.contains("upstream \(spelled) is this replica itself: it names this machine's address")
+                    && r.body.contains("own port \(held.port), where nothing listens until the replica has bootstrapped")
         }
         try Data(root.address.utf8).write(to: file)
+        // Read each round while the empty store bootstraps; a running node on SIGHUP.
+        if listensFirst { kill(node.pid, SIGHUP) }
         try await waitFor("the replica bootstrapped from its root", timeout: .seconds(30), pollEvery: .milliseconds(50)) {
             httpRequest(unixPath: socket, path: "/readyz")?.status == 200
         }
