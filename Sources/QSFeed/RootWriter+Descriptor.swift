@@ -33,16 +33,17 @@ extension RootWriter {
         }
     }
 
-    /// What a root's status says of this writer's descriptor.
+    /// What a root says of this writer's descriptor.
     enum DescriptorAtRoot: Sendable, Equatable {
         /// It holds this one.
         case matches
-        /// To be recorded, or confirmed, before the connection's first write (the root's
-        /// answer to SetDescriptor is judged then); `listed`: what the status listed. A
-        /// single root listed none, or another this writer replaces or extends; a root
-        /// cluster's member lists what it has applied, which may lag the cluster: its
-        /// listing is never judged alone.
-        case due(listed: String?)
+        /// It holds none (`previous` nil), or another this writer replaces or extends:
+        /// recorded before the connection's first write.
+        case due(previous: String?)
+        /// A root cluster's member: its status lists what it has applied, which may lag the
+        /// cluster, so it is asked (`query`), and the answer, the cluster's at its head, is
+        /// judged instead.
+        case ask
     }
 
     /// Makes this writer record `descriptor` at every root it connects to and stop at one
@@ -57,17 +58,27 @@ extension RootWriter {
     /// Judges the descriptor a root's status lists for `sourceID`. nil: the root records
     /// none (a node older than descriptors, or a root cluster member older than their
     /// commit through etcd). Throws `FeedError.stop` when it holds another one and the
-    /// writer does not replace it.
+    /// writer does not replace or extend it.
     static func check(descriptor: Descriptor, sourceID: String, status: [String: Any]?, endpoint: Endpoint) throws -> DescriptorAtRoot? {
         guard let listed = status?["source_descriptors"] as? [String: Any] else { return nil }
-        let held = listed[sourceID] as? String
-        // A cluster member judges at the cluster's head when asked (SetDescriptor): what it
-        // lists may be older (another member recorded since), either way.
-        if status?["cluster"] is String { return .due(listed: held) }
-        guard let held else { return .due(listed: nil) }
+        if status?["cluster"] is String { return .ask }
+        return try judge(descriptor: descriptor, held: listed[sourceID] as? String, sourceID: sourceID, endpoint: endpoint)
+    }
+
+    /// Judges `held`, the descriptor a root holds for `sourceID` (nil: none).
+    static func judge(descriptor: Descriptor, held: String?, sourceID: String, endpoint: Endpoint) throws -> DescriptorAtRoot {
+        guard let held else { return .due(previous: nil) }
         if held == descriptor.text { return .matches }
-        if descriptor.replace || descriptor.extends(held) { return .due(listed: held) }
+        if descriptor.replace || descriptor.extends(held) { return .due(previous: held) }
         throw FeedError.stop(refusal(descriptor, held: held, endpoint: endpoint, sourceID: sourceID))
+    }
+
+    /// Asks the root on `c` which descriptor it holds for `sourceID` (SetDescriptor with an
+    /// empty descriptor, which records nothing; a cluster member answers at the cluster's
+    /// head) and judges it.
+    func ask(descriptor: Descriptor, sourceID: String, on c: any RootConnection, endpoint: Endpoint) async throws -> DescriptorAtRoot {
+        let held = try await offer("", sourceID: sourceID, replace: false, on: c)
+        return try Self.judge(descriptor: descriptor, held: held, sourceID: sourceID, endpoint: endpoint)
     }
 
     static func refusal(_ descriptor: Descriptor, held: String, endpoint: Endpoint, sourceID: String) -> String {
@@ -87,8 +98,10 @@ extension RootWriter {
         case .matches:
             descriptorDue = nil
             warnIfToldToReplace(descriptor, at: endpoint)
-        case let .due(listed):
-            descriptorDue = (generation, listed)
+        case let .due(previous):
+            descriptorDue = (generation, previous)
+        case .ask:
+            preconditionFailure("a cluster member's descriptor is asked for before the connection is noted")
         }
     }
 
@@ -102,51 +115,38 @@ extension RootWriter {
     }
 
     /// Records the descriptor on `c` when the connection is due to (before its first
-    /// write). It is first offered without replacing anything: the answer is what the root
-    /// holds, judged at its head (a cluster's, whatever its member's status listed). Another
-    /// one held is replaced only when this writer was told to or only adds to it, judged
-    /// against that answer; otherwise it throws `FeedError.stop` (a writer with another
-    /// mapping recorded its own first, or the member's status was behind the cluster).
+    /// write). Throws `FeedError.stop` when the root answers that it holds another one (a
+    /// writer with another mapping recorded its own first).
     func recordDescriptorIfDue(on c: any RootConnection) async throws {
         guard let descriptor, let sourceID, let due = descriptorDue, due.generation == generation else { return }
         let at = endpoint
-        var held = try await offer(descriptor, sourceID: sourceID, replace: false, on: c)
-        var previous: String?
-        if held != descriptor.text {
-            guard descriptor.replace || descriptor.extends(held) else {
-                throw FeedError.stop(Self.refusal(descriptor, held: held, endpoint: at, sourceID: sourceID))
-            }
-            previous = held
-            held = try await offer(descriptor, sourceID: sourceID, replace: true, on: c)
-            guard held == descriptor.text else {
-                throw FeedError.stop(Self.refusal(descriptor, held: held, endpoint: at, sourceID: sourceID))
-            }
+        // Over another one only when told to, or when this one only adds to it (`due.previous`).
+        let held = try await offer(descriptor.text, sourceID: sourceID, replace: due.previous != nil, on: c)
+        guard held == descriptor.text else {
+            throw FeedError.stop(Self.refusal(descriptor, held: held ?? "", endpoint: at, sourceID: sourceID))
         }
         if descriptorDue?.generation == due.generation { descriptorDue = nil }
+        descriptorRecordedHere = true
         let metadata: Logger.Metadata = ["root": "\(at)", "source-id": "\(sourceID)", "descriptor": "\(descriptor.text)"]
-        if let previous, !descriptor.replace {
+        if let previous = due.previous, !descriptor.replace {
             logger.notice("source descriptor extended at the root: what it maps was mapped as it was, and more is mapped now",
                           metadata: metadata.merging(["previous": "\(previous)"]) { $1 })
-        } else if let previous {
+        } else if let previous = due.previous {
             logger.notice("source descriptor replaced at the root: the keys written under the old mapping stay as they are",
                           metadata: metadata.merging(["previous": "\(previous)"]) { $1 })
-        } else if due.listed == descriptor.text {
-            // A cluster member listed it and the cluster holds it: nothing recorded.
-            warnIfToldToReplace(descriptor, at: at)
-            return
         } else {
             logger.info("source descriptor recorded at the root", metadata: metadata)
         }
-        descriptorRecordedHere = true
     }
 
-    /// Sends SetDescriptor; returns the descriptor the root holds afterwards.
-    private func offer(_ descriptor: Descriptor, sourceID: String, replace: Bool, on c: any RootConnection) async throws -> String {
-        let r = try await c.send(.setDescriptor(token: token, sourceID: sourceID, descriptor: descriptor.text, replace: replace),
+    /// Sends SetDescriptor; returns the descriptor the root holds afterwards (nil: none,
+    /// only when asked with an empty one).
+    private func offer(_ text: String, sourceID: String, replace: Bool, on c: any RootConnection) async throws -> String? {
+        let r = try await c.send(.setDescriptor(token: token, sourceID: sourceID, descriptor: text, replace: replace),
                                  timeout: Self.callTimeout)
         switch r {
         case let .value(record):
-            return String(decoding: record?.value ?? [], as: UTF8.self)
+            return record.map { String(decoding: $0.value, as: UTF8.self) }
         case let .error(code, message):
             throw ClientError.server(code: code, message: "recording source id \(sourceID)'s descriptor: \(message)")
         default:

@@ -135,10 +135,9 @@ public actor RootWriter {
     /// The source descriptor this writer records at its root (`record(descriptor:)`), nil
     /// when it records none (qsrest, compatible mirrors).
     var descriptor: Descriptor?
-    /// The connection (by generation) on which the descriptor is still to be recorded or
-    /// confirmed before the first write, with what the root's status listed
-    /// (`DescriptorAtRoot.due`).
-    var descriptorDue: (generation: Int, listed: String?)?
+    /// The connection (by generation) on which the descriptor is still to be recorded
+    /// before the first write: the root holds none for the source, or another one to replace.
+    var descriptorDue: (generation: Int, previous: String?)?
     /// Addresses already said not to record descriptors (warned once each).
     var descriptorUnrecordedWarned = Set<String>()
     /// Whether this process has recorded its descriptor at a root.
@@ -323,6 +322,7 @@ public actor RootWriter {
                             // id stops the writer here, before it writes anything.
                             if let descriptor, let sourceID {
                                 held = try Self.check(descriptor: descriptor, sourceID: sourceID, status: status, endpoint: endpoint)
+                                if held == .ask { held = try await ask(descriptor: descriptor, sourceID: sourceID, on: c, endpoint: endpoint) }
                             }
                             introduced = true
                             // At start, before any address was written to: one that holds no

@@ -68,16 +68,7 @@ extension ClusterMember {
     /// first wins, the others judge again at the new head (then `unchanged` or `differs`).
     public func setDescriptor(sourceID: String, descriptor: String, replace: Bool) async throws -> StoreTransaction.DescriptorOutcome {
         let start = ContinuousClock.now
-        // The cluster's head, role and the source's checkpoint, read at one revision: the
-        // entry is judged under the role it will be compared with, and carries the
-        // checkpoint as it stands (a batch of identical writes moves only the checkpoint).
-        let now = try await counted {
-            try await self.etcd.txn(compare: [], success: [.range(key: self.keys.head, end: nil, limit: 1),
-                                                           .range(key: self.keys.role, end: nil, limit: 1),
-                                                           .range(key: self.keys.checkpoint(sourceID), end: nil, limit: 1)],
-                                    failure: [])
-        }
-        try await waitApplied(now.ranges.flatMap { $0.map(\.modRevision) }.max() ?? 0)
+        try await applyCurrent(sourceID: sourceID)
         for _ in 0..<1000 {
             try Task.checkCancellation()
             let roleRevision = roleState.withLockedValue { $0.revision }
@@ -100,6 +91,28 @@ extension ClusterMember {
             try await waitApplied(r.ranges.flatMap { $0.map(\.modRevision) }.max() ?? 0)
         }
         throw ClusterError.notApplied("the descriptor lost 1000 rounds to other members' commits; it was not recorded: retry")
+    }
+
+    /// The descriptor the cluster holds for `sourceID` at etcd's head (nil: none), read
+    /// from this member's store once it has applied up to there: a writer asks it rather
+    /// than trust a status listing that may lag.
+    public func descriptor(sourceID: String) async throws -> String? {
+        try await applyCurrent(sourceID: sourceID)
+        return try await store.descriptor(sourceID: sourceID)
+    }
+
+    /// Applies up to the cluster's head, role and `sourceID`'s checkpoint, read at one
+    /// revision: a descriptor is then judged under the role its commit will be compared
+    /// with, and its entry carries the checkpoint as it stands (a batch of identical writes
+    /// moves only the checkpoint).
+    private func applyCurrent(sourceID: String) async throws {
+        let now = try await counted {
+            try await self.etcd.txn(compare: [], success: [.range(key: self.keys.head, end: nil, limit: 1),
+                                                           .range(key: self.keys.role, end: nil, limit: 1),
+                                                           .range(key: self.keys.checkpoint(sourceID), end: nil, limit: 1)],
+                                    failure: [])
+        }
+        try await waitApplied(now.ranges.flatMap { $0.map(\.modRevision) }.max() ?? 0)
     }
 
     /// `skipWithoutEntry`: a prepared batch that appends no entry commits nothing (the

@@ -376,6 +376,11 @@ public final class NodeCore: Sendable {
     /// root holds after it. A root cluster's member records it for the whole cluster,
     /// through etcd (`ClusterMember.setDescriptor`).
     private func setDescriptor(sourceID: String, descriptor: String, replace: Bool, peer: String) async throws -> Response {
+        // Empty: a writer asks which one is held (a cluster's at its head), recording nothing.
+        if descriptor.isEmpty {
+            let held = if let cluster { try await cluster.descriptor(sourceID: sourceID) } else { try await store.descriptor(sourceID: sourceID) }
+            return .value(held.map { Record(value: Array($0.utf8), expiry: nil) })
+        }
         let held: String
         let outcome = if let cluster {
             try await cluster.setDescriptor(sourceID: sourceID, descriptor: descriptor, replace: replace)

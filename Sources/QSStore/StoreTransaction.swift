@@ -661,4 +661,10 @@ extension Store {
 
     /// Every source's recorded descriptor.
     public func descriptors() async throws -> [String: String] { try await read { try $0.descriptors() } }
+
+    /// The source's recorded descriptor, nil when none is.
+    public func descriptor(sourceID: String) async throws -> String? {
+        try Store.validate(sourceID: sourceID)
+        return try await read { try $0.descriptor(sourceID: sourceID) }
+    }
 }

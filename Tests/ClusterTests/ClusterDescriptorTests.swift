@@ -88,6 +88,16 @@ final class ClusterDescriptorTests: XCTestCase {
             let now = await Harness.eventually(timeout: .seconds(20)) { (try? await self.descriptors(c)) == ["kt": "db-map 0=,1=aux"] }
             XCTAssertTrue(now)
         }
+        // A map that only adds a database is recorded without the flag, and no member
+        // counts a refusal for it (the bridge asks first, then offers it as an extension).
+        let refusals = members.map { $0.metric("qs_source_descriptor_refusals_total") ?? 0 }
+        let extended = try DaemonProcess("qsktbridge", bridgeArgs(kt, root: members[0].address, map: "0=,1=aux,2=x/") + ["--admin", "127.0.0.1:0"],
+                                         logDir: tmp, ready: true)
+        let recordedExtension = await Harness.eventually(timeout: .seconds(30)) { (try? await self.descriptors(c1)) == ["kt": "db-map 0=,1=aux,2=x/"] }
+        XCTAssertTrue(recordedExtension, extended.log)
+        XCTAssertTrue(Harness.waitUntil(timeout: .seconds(10)) { extended.log.contains("source descriptor extended at the root") }, extended.log)
+        try extended.stop()
+        XCTAssertEqual(members.map { $0.metric("qs_source_descriptor_refusals_total") ?? 0 }, refusals)
         // Two writers of a new source id with different maps, at two members at once: one
         // records, both are answered with the one the cluster holds.
         let t0 = members[0].token, t1 = members[1].token
@@ -103,7 +113,7 @@ final class ClusterDescriptorTests: XCTestCase {
             let entry = try LogEntry.decode(e.bytes)
             return entry.descriptor.map { "\(entry.origin.sourceID) \($0)" }
         }
-        XCTAssertEqual(recorded.filter { $0.hasPrefix("kt ") }, ["kt db-map 0=,1=aux/", "kt db-map 0=,1=aux"])
+        XCTAssertEqual(recorded.filter { $0.hasPrefix("kt ") }, ["kt db-map 0=,1=aux/", "kt db-map 0=,1=aux", "kt db-map 0=,1=aux,2=x/"])
         XCTAssertEqual(recorded.filter { $0.hasPrefix("race ") }.count, 1, "\(recorded)")
         await c0.close()
         await c1.close()
@@ -150,11 +160,12 @@ final class ClusterDescriptorTests: XCTestCase {
             let head = try await c0.head()
             let stale = try await descriptors(c1)
             XCTAssertEqual(stale["kt"], "db-map 0=,1=aux/", "member 1 is not behind: nothing tested")
-            let checkpointReads = m1.metric("qs_requests_total{type=\"get-checkpoint\"}") ?? 0
+            let asked = m1.metric("qs_requests_total{type=\"set-descriptor\"}") ?? 0
             let bridge = try DaemonProcess("qsktbridge", bridgeArgs(kt, root: m1.address, map: map), logDir: tmp)
-            // Past the member's status (read before the checkpoint): etcd's answers flow again.
-            try await waitFor("the bridge past member 1's status", timeout: .seconds(30)) {
-                (m1.metric("qs_requests_total{type=\"get-checkpoint\"}") ?? 0) > checkpointReads
+            // The bridge has read member 1's status and asks it which descriptor the cluster
+            // holds: etcd's answers flow again.
+            try await waitFor("the bridge asking member 1", timeout: .seconds(30)) {
+                (m1.metric("qs_requests_total{type=\"set-descriptor\"}") ?? 0) > asked
             }
             proxy.fault = .none
             XCTAssertTrue(Harness.waitUntil(timeout: .seconds(60)) { !bridge.isRunning }, "the bridge did not stop: \(bridge.log)")

@@ -349,11 +349,16 @@ final class WriteProtocolHandlerTests: XCTestCase {
         let descriptors = try await node.core.store.descriptors()
         XCTAssertEqual(descriptors, [:], "nothing recorded without the token")
         let channel = try await connection(to: node)
-        try await send([.setDescriptor(token: token, sourceID: "src", descriptor: "db-map 0=", replace: false),
+        // An empty descriptor asks which one is held, recording nothing.
+        try await send([.setDescriptor(token: token, sourceID: "src", descriptor: "", replace: false),
+                        .setDescriptor(token: token, sourceID: "src", descriptor: "db-map 0=", replace: false),
                         .setDescriptor(token: token, sourceID: "src", descriptor: "db-map 0=a/", replace: false),
+                        .setDescriptor(token: token, sourceID: "src", descriptor: "", replace: true),
                         .head], to: channel)
-        let answered = try await answers(3, from: channel)
-        XCTAssertEqual(Array(answered.prefix(2)), [.value(Record(value: Array("db-map 0=".utf8), expiry: nil)),
+        let answered = try await answers(5, from: channel)
+        XCTAssertEqual(Array(answered.prefix(4)), [.value(nil),
+                                                   .value(Record(value: Array("db-map 0=".utf8), expiry: nil)),
+                                                   .value(Record(value: Array("db-map 0=".utf8), expiry: nil)),
                                                    .value(Record(value: Array("db-map 0=".utf8), expiry: nil))])
         guard case let .head(head) = answered.last else { return XCTFail("\(answered)") }
         XCTAssertEqual(head.index, 1, "one entry: the first descriptor's")
