@@ -65,6 +65,11 @@ final class PipelineTests: XCTestCase {
         s.writeKT(10)
         // The bridge's first write records its --db-map (entry 1), then its first batch.
         try await waitFor("the first batch applied", timeout: .seconds(20), pollEvery: .milliseconds(5)) { try await s.head() == 2 }
+        // And its answer taken by the bridge: one still on its way when the answers are held
+        // would keep a place of the bridge's two in flight.
+        try await waitFor("the first batch's answer at the bridge", timeout: .seconds(20), pollEvery: .milliseconds(5)) {
+            s.metric(s.bridge, "qs_bridge_batches_applied_total") >= 1
+        }
         return s
     }
 
