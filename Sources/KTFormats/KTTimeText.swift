@@ -17,7 +17,8 @@ import Darwin
 /// - RFC 1123 dates (`Sat, 05 Dec 2026 10:00:00 GMT`, `+0900` offsets, a few zone names).
 ///
 /// Anything else is nil (KT's `INT64MIN`). Field values out of range are normalised as
-/// `timegm` does; numbers wrap as KT's `atoi` does.
+/// `timegm` does; numbers wrap as KT's `atoi` does, and so does all arithmetic on them
+/// (a producer's header is outside input: `2026-9223372036854775808` trapped).
 public enum KTHTTPDate {
     public static func parse(_ text: String) -> Int64? {
         var bytes = Array(text.utf8)
@@ -136,10 +137,10 @@ private struct TimeText {
     /// `YYYY-MM-DDThh:mm:ss[.frac][±hh:mm]` (or with `/` and a space), any prefix of it.
     func dated(_ s: Int, separator: UInt8, beforeTime: UInt8) -> Int64 {
         var f = Fields()
-        f.year = atoi(s) - 1900
+        f.year = atoi(s) &- 1900
         guard let p1 = strchr(s, separator), p1 - s == 4 else { return f.gmtime() }
         var rp = p1 + 1
-        f.month = atoi(rp) - 1
+        f.month = atoi(rp) &- 1
         guard let p2 = strchr(rp, separator), p2 - s == 7 else { return f.gmtime() }
         rp = p2 + 1
         f.day = atoi(rp)
@@ -180,7 +181,7 @@ private struct TimeText {
         if f.month >= 0 { crp += 3 }
         while self[crp] == 0x20 { crp += 1 }
         f.year = Int64(Int32(truncatingIfNeeded: atoi(crp)))
-        if f.year >= 1969 { f.year -= 1900 }
+        if f.year >= 1969 { f.year &-= 1900 }
         while isDigit(crp) { crp += 1 }
         while self[crp] == 0x20 { crp += 1 }
         guard f.day > 0 && f.month >= 0 && f.year >= 0 else { return nil }
@@ -191,10 +192,10 @@ private struct TimeText {
             f.second = Int64(Int32(truncatingIfNeeded: atoi(crp + 6)))
             if clen >= 14 && self[crp + 8] == 0x20 && (self[crp + 9] == 0x2B || self[crp + 9] == 0x2D) {
                 let digits = (10...13).map { Int64(self[crp + $0]) - 0x30 }
-                let offset = (digits[0] * 36_000 + digits[1] * 3_600 + digits[2] * 600 + digits[3] * 60) * (self[crp + 9] == 0x2B ? 1 : -1)
-                f.second = Int64(Int32(truncatingIfNeeded: f.second - offset))
+                let offset = (digits[0] &* 36_000 &+ digits[1] &* 3_600 &+ digits[2] &* 600 &+ digits[3] &* 60) &* (self[crp + 9] == 0x2B ? 1 : -1)
+                f.second = Int64(Int32(truncatingIfNeeded: f.second &- offset))
             } else if clen > 9, let zone = Self.zones.first(where: { equals(crp + 9, $0.0) }) {
-                f.second -= zone.1 * 3_600
+                f.second &-= zone.1 &* 3_600
             }
         }
         return f.gmtime()

@@ -31,6 +31,17 @@ struct Seeds {
         }
         updates(messages)
         qs(messages)
+        times()
+    }
+
+    /// `X-Kt-Xt` texts of every form KT reads, and numbers at the edges of 64 bits.
+    private mutating func times() {
+        for text in ["1700000000", "30", "5m", "1d", "0x6553F100", "2026-12-05T10:00:00+09:00", "2026-12-05", "2026/12/05 10:00:00",
+                     "Sat, 05 Dec 2026 10:00:00 GMT", "05 Dec 2026 10:00:00 +0900", "Sat, 05 Dec 2026 10:00:00 PST",
+                     "2026-9223372036854775808", "-9223372036854775808-12-05T10:00:00", "2026-12-05T10:00:00-99:99",
+                     "9223372036854775807d", "05 Dec -9223372036854775808 10:00:00"] {
+            add(.ktTime, Array(text.utf8))
+        }
     }
 
     func write(to out: String) throws -> [(FuzzTarget, Int)] {

@@ -27,6 +27,7 @@ enum FuzzTarget: String, CaseIterable {
     case qsResponse = "qs-response"
     case capture
     case logEntry = "log-entry"
+    case ktTime = "kt-time"
 
     /// Input lengths the targets are run with (`-max_len`): the longest seed is cut there.
     static let maxInputBytes = 4096
@@ -84,6 +85,9 @@ enum FuzzTarget: String, CaseIterable {
             Self.qsMessage(Frame(type: tag, payload: Array(bytes.dropFirst())), name)
         case .capture:
             Self.capture(bytes, name)
+        case .ktTime:
+            // A producer's `X-Kt-Xt` (qsrest, fakekt): any bytes, no trap.
+            _ = KTHTTPDate.parse(String(decoding: bytes, as: UTF8.self))
         case .logEntry:
             // A compatible mirror forwards what `summary` accepts: exactly what `decode` does.
             let summary = try? LogEntry.summary(of: bytes)

@@ -76,4 +76,19 @@ final class KTTimeTextTests: XCTestCase {
         XCTAssertNil(KTHTTPDate.parse(""))
         XCTAssertNil(KTHTTPDate.parse("junk"))
     }
+
+    /// Numbers at the edges of 64 bits in every field wrap as KT's do, never trap: one
+    /// producer's header must not stop the process serving every producer.
+    func testFieldsAtTheEdgesOf64BitsWrapInsteadOfTrapping() {
+        let edges = ["9223372036854775807", "-9223372036854775808", "9223372036854775808", "99999999999999999999"]
+        for n in edges {
+            for text in ["2026-\(n)", "2026-12-\(n)", "\(n)-12-05", "2026-12-05T\(n)", "2026-12-05T10:\(n)", "2026-12-05T10:00:\(n)",
+                         "2026-12-05T10:00:00+\(n)", "05 Dec \(n) 10:00:00 GMT", "\(n) Dec 2026", "\(n)d", "\(n)h", "0x\(n)ffffffff",
+                         "2026/\(n)/05 10:00:00", "Sat, 05 Dec 2026 \(n):00:00 PST"] {
+                _ = KTHTTPDate.parse(text)
+            }
+        }
+        // What the trap hid: the month wraps as KT's int arithmetic does, a time is read.
+        XCTAssertNotNil(KTHTTPDate.parse("2026-9223372036854775808"))
+    }
 }
