@@ -96,8 +96,13 @@ public struct ConditionalWrite: Sendable, Equatable {
         }
     }
 
-    /// Bytes of key and value (for size caps and metrics).
-    public var payloadBytes: Int { key.count + value.count }
+    /// Bytes of key, value and a compare-and-swap's old value (for size caps, quotas and
+    /// metrics): each is held until the write commits and travels in its batch. (A `cas`
+    /// of a 1 MB old value counted 20 bytes and passed every byte cap.)
+    public var payloadBytes: Int {
+        if case let .cas(old?, _) = kind { return key.count + value.count + old.count }
+        return key.count + value.count
+    }
 
     // MARK: bytes
 

@@ -160,4 +160,16 @@ final class ACLAndWriteTests: XCTestCase {
         XCTAssertTrue(why.contains("needs 21 writes") && why.contains("at most 20"), why)
         XCTAssertEqual(q.take(writes: 20, bytes: 0, now: t0 + .seconds(10)), .delay(.seconds(1)))
     }
+
+    /// A compare-and-swap's old value is held and sent like its new one: counted in the
+    /// bytes every cap and quota sees.
+    func testACompareAndSwapsOldValueCountsInItsBytes() {
+        let old = [UInt8](repeating: 7, count: 1 << 20)
+        XCTAssertEqual(ConditionalWrite(.cas(old: old, remove: false), key: [1, 2], value: [3]).payloadBytes, 3 + (1 << 20))
+        XCTAssertEqual(ConditionalWrite(.cas(old: old, remove: true), key: [1, 2], value: []).payloadBytes, 2 + (1 << 20))
+        XCTAssertEqual(ConditionalWrite(.cas(old: nil, remove: false), key: [1, 2], value: [3]).payloadBytes, 3)
+        var q = Quota(writesPerSecond: nil, bytesPerSecond: 1000, maxDelay: .seconds(1), now: .now)
+        let cas = ConditionalWrite(.cas(old: old, remove: false), key: [1], value: [1])
+        guard case .neverFits = q.take(writes: 1, bytes: cas.payloadBytes, now: .now) else { return XCTFail("a 1 MB old value passed a 1000 B/s quota") }
+    }
 }
