@@ -45,7 +45,9 @@ enum TOMLSubset {
     static func parse(_ text: String) throws -> [Table] {
         var tables = [Table(name: [], line: 0, entries: [:], order: [])]
         var seen = Set<[String]>()
-        for (i, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        // "\r\n" is one Character in Swift: split on it too, or a line saved with CRLF ran
+        // into the next one (a CRLF comment line swallowed the key after it, silently).
+        for (i, raw) in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }).enumerated() {
             let line = i + 1
             var s = Substring(raw)
             if s.last == "\r" { s = s.dropLast() }

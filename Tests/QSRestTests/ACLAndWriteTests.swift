@@ -37,6 +37,14 @@ final class ACLAndWriteTests: XCTestCase {
         XCTAssertNil(acl.authenticate(user: nil, token: Array("nope".utf8)))
         XCTAssertTrue(acl.producers[1].may(write: Array("rules/x".utf8)))
         XCTAssertFalse(acl.producers[1].may(write: Array("dns/x".utf8)))
+        // Saved with Windows line endings, whole or in part: the same ACL, line for line.
+        for crlf in [text.replacingOccurrences(of: "\n", with: "\r\n"),
+                     text.replacingOccurrences(of: "# optional soft quota\n", with: "# optional soft quota\r\n")] {
+            let again = try ACL(parsing: crlf)
+            XCTAssertEqual(again.producers.map(\.name), ["dns", "waf"])
+            XCTAssertEqual(again.producers[0].writesPerSecond, 5000)
+            XCTAssertEqual(again.producers[0].bytesPerSecond, 10_000_000)
+        }
     }
 
     func testErrorsNameTheLine() {
@@ -48,6 +56,7 @@ final class ACLAndWriteTests: XCTestCase {
                 return "\(error)"
             }
         }
+        XCTAssertTrue(error("[producers.x]\r\nprefixes = 3\r\n").hasPrefix("acl.toml: line 2:"), "a CRLF file's line numbers: \(error("[producers.x]\r\nprefixes = 3\r\n"))")
         let h = sha256Hex("t")
         XCTAssertEqual(error("[producers.a]\ntoken_sha256 = \"abc\"\nprefixes = [\"a/\"]\n"),
                        "acl.toml: line 2: token_sha256 must be 64 hex digits (the SHA-256 of the token: printf %s TOKEN | sha256sum)")
