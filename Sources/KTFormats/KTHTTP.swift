@@ -22,6 +22,49 @@ public struct KTRPCParameters: Sendable {
 
     public subscript(_ name: String) -> [UInt8]? { values[Array(name.utf8)] }
 
+    /// At least as many as the records (`underscored`) a body holds, counted in one pass
+    /// over its bytes without decoding or building anything: the entries whose name can
+    /// start with `_` as it is encoded (base64 names starting with `X`, since `_` is
+    /// 0x5F). A bulk request over a producer's quota is refused on this before it is parsed
+    /// (a parse builds about 27 bytes per body byte).
+    public static func recordBound(contentType: String?, body: [UInt8]) -> Int {
+        guard let contentType else { return 0 }
+        func mayBeUnderscore(_ at: Int, _ encoding: KTColumnEncoding?) -> Bool {
+            guard at < body.count else { return false }
+            let b = body[at]
+            func escaped(_ mark: UInt8) -> Bool {
+                b == mark && at + 2 < body.count && body[at + 1] == 0x35 && (body[at + 2] | 0x20) == 0x66
+            }
+            switch encoding {
+            case nil: return b == 0x5F
+            case .base64?: return b == 0x58
+            case .quotedPrintable?: return b == 0x5F || escaped(0x3D)
+            case .url?: return b == 0x5F || escaped(0x25)
+            }
+        }
+        var n = 0
+        switch KTTSV.bodyKind(contentType: contentType) {
+        case .other: return 0
+        case .form:
+            var start = true
+            for i in body.indices {
+                let b = body[i]
+                if b == 0x26 || b == 0x3B { start = true; continue }
+                if start && b > 0 && b <= 0x20 { continue }
+                if start && mayBeUnderscore(i, .url) { n += 1 }
+                start = false
+            }
+        case let .tsv(encoding):
+            var i = 0
+            while i < body.count {
+                if mayBeUnderscore(i, encoding) { n += 1 }
+                guard let nl = body[i...].firstIndex(of: 0x0A) else { break }
+                i = nl + 1
+            }
+        }
+        return n
+    }
+
     /// Entries whose name starts with `_` (the bulk procedures' records), the `_` dropped,
     /// in key order.
     public var underscored: [(key: [UInt8], value: [UInt8])] {

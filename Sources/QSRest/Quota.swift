@@ -50,16 +50,23 @@ public struct Quota: Sendable {
         case neverFits(String)
     }
 
+    /// Why a request of `n` writes and `size` bytes can never pass, whatever the buckets
+    /// hold (a full bucket and the longest delay would not cover it); nil when it can.
+    public func neverFits(writes n: Int, bytes size: Int) -> String? {
+        for (bucket, need, unit) in [(writes, Double(n), "writes"), (bytes, Double(size), "bytes")] {
+            guard let bucket, need > bucket.burst + bucket.rate * maxDelay else { continue }
+            let most = Int(bucket.burst + bucket.rate * maxDelay)
+            return "this request needs \(Int(need)) \(unit) and one request can have at most \(most) (the quota's one-second burst plus --quota-max-delay at its rate): split it"
+        }
+        return nil
+    }
+
     /// Takes `writes` writes and `bytes` bytes from the buckets, or says to refuse (taking
     /// nothing). Tokens may go negative: a delayed request has spent them in advance.
     public mutating func take(writes n: Int, bytes size: Int, now: ContinuousClock.Instant = .now) -> Decision {
         writes?.refill(now)
         bytes?.refill(now)
-        for (bucket, need, unit) in [(writes, Double(n), "writes"), (bytes, Double(size), "bytes")] {
-            guard let bucket, need > bucket.burst + bucket.rate * maxDelay else { continue }
-            let most = Int(bucket.burst + bucket.rate * maxDelay)
-            return .neverFits("this request needs \(Int(need)) \(unit) and one request can have at most \(most) (the quota's one-second burst plus --quota-max-delay at its rate): split it")
-        }
+        if let why = neverFits(writes: n, bytes: size) { return .neverFits(why) }
         let wait = max(writes?.wait(for: Double(n)) ?? 0, bytes?.wait(for: Double(size)) ?? 0)
         if wait > maxDelay {
             return .refuse(retryAfter: max(1, Int((wait - maxDelay).rounded(.up))))

@@ -40,3 +40,32 @@ final class TSVTests: XCTestCase {
         XCTAssertEqual(binary.contentType, "text/tab-separated-values; colenc=B")
     }
 }
+
+/// The record bound a bulk request is judged on before its parse.
+final class RecordBoundTests: XCTestCase {
+    func testTheBoundIsTheRecordCountForEveryEncodingAndNeverBelowIt() {
+        var rng = SystemRandomNumberGenerator()
+        for encoding in [nil] + KTColumnEncoding.allCases.map(Optional.some) {
+            for _ in 0..<50 {
+                var body = [UInt8]()
+                // Records, other parameters, and names that only look like records when encoded.
+                for _ in 0..<Int.random(in: 0..<40, using: &rng) {
+                    let kind = Int.random(in: 0..<4, using: &rng)
+                    let name: [UInt8] = kind == 0 ? Array("DB".utf8) : kind == 1 ? Array("X\u{5F}y".utf8)
+                        : [0x5F] + (0..<Int.random(in: 0..<6, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                    let value = (0..<Int.random(in: 0..<6, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                    body += (encoding?.encode(name) ?? name) + [0x09] + (encoding?.encode(value) ?? value) + [0x0A]
+                }
+                let contentType = "text/tab-separated-values" + (encoding.map { "; colenc=\(Character(UnicodeScalar($0.rawValue)))" } ?? "")
+                let parsed = KTRPCParameters(query: nil, contentType: contentType, body: body).underscored.count
+                XCTAssertGreaterThanOrEqual(KTRPCParameters.recordBound(contentType: contentType, body: body), parsed, "\(String(describing: encoding))")
+            }
+        }
+        let tsv = Array("_a\t1\n_b\t2\nDB\t0\n_c\t3\n".utf8)
+        XCTAssertEqual(KTRPCParameters.recordBound(contentType: "text/tab-separated-values", body: tsv), 3)
+        let form = Array("_a=1&%5Fb=2;DB=0& _c=3&x=_".utf8)
+        XCTAssertEqual(KTRPCParameters.recordBound(contentType: "application/x-www-form-urlencoded", body: form), 3)
+        XCTAssertEqual(KTRPCParameters(query: nil, contentType: "application/x-www-form-urlencoded", body: form).underscored.count, 3)
+        XCTAssertEqual(KTRPCParameters.recordBound(contentType: nil, body: tsv), 0)
+    }
+}
