@@ -187,6 +187,8 @@ public actor RootWriter {
         public var lastCallFailureNotWritable = false
         /// When the root last answered anything (a keepalive included).
         public var lastAnswerAt: ContinuousClock.Instant?
+        /// When the connection in use was made (nil: none yet).
+        public var connectedAt: ContinuousClock.Instant?
         /// The address in use, or the one tried first at the next connection.
         public var root: Endpoint
 
@@ -448,6 +450,7 @@ public actor RootWriter {
 
     private func setLink(connected: Bool, error: String?) {
         link.withLockedValue {
+            if connected && !$0.connected { $0.connectedAt = .now }
             $0.connected = connected
             if let error { $0.lastError = error } else if connected { $0.lastError = nil }
             if !connected { $0.waitingSince = nil }

@@ -179,6 +179,10 @@ struct QSRestCommand: AsyncParsableCommand {
                 // readiness-gated balancer no write would come to clear it.
                 let lastBatch = queue.lastFailure.withLockedValue({ $0 }).flatMap { failure -> String? in
                     if link.lastCallFailure == nil, let answered = link.lastAnswerAt, answered > failure.at { return nil }
+                    // Nor one the node refused (out of room) before a connection made since:
+                    // the root restarted (fixed, most likely) or another took over; the next
+                    // write tells again.
+                    if link.connected, let since = link.connectedAt, since > failure.at { return nil }
                     return "the last batch failed, its writes were answered 503 and none since committed: \(failure.why)"
                 }
                 guard link.connected else {

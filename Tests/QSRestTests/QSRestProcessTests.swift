@@ -637,6 +637,33 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try rest.stop(), 0)
     }
 
+    /// A root out of room restarted with room (a larger --map-size): /readyz says ready once
+    /// qsrest has connected to it again, without a write (behind a readiness-gated balancer
+    /// none would come); the next write commits.
+    func testReadinessComesBackWhenARootOutOfRoomIsRestartedWithRoom() async throws {
+        try XCTSkipIf(ProcessInfo.processInfo.environment["QS_STORE_ENGINE"] == "rocksdb", "LMDB only: --map-size bounds an LMDB store")
+        let socket = tmp.appendingPathComponent("root.sock").path
+        var root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--map-size", "4MiB", "--unix", socket])
+        let (rest, port, admin) = try startRest(root: "unix:" + socket, acl: try writeACL())
+        let value = tmp.appendingPathComponent("value")
+        try Data((0..<700_000).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 13) }).write(to: value)
+        var refused: (status: Int, body: String)?
+        for i in 0..<12 {
+            let r = try curl(["-u", "dns:dns-token", "--max-time", "30", "-X", "PUT", "--data-binary", "@\(value.path)",
+                              "http://127.0.0.1:\(port)/dns%2Fk\(i)"])
+            if r.status != 201 { refused = r; break }
+        }
+        XCTAssertEqual(refused?.status, 503, refused?.body ?? "the store never filled")
+        XCTAssertEqual(httpGet(port: admin, path: "/readyz")?.status, 503)
+        try root.daemon.stop()
+        root = try RootNode(data: root.data, logDir: tmp, extraArgs: ["--map-size", "64MiB", "--unix", socket])
+        let ready = await Harness.eventually(timeout: .seconds(30)) { httpGet(port: admin, path: "/readyz")?.status == 200 }
+        XCTAssertTrue(ready, httpGet(port: admin, path: "/readyz")?.body ?? "no answer")
+        XCTAssertEqual(try curl(["-u", "dns:dns-token", "--max-time", "30", "-X", "PUT", "--data-binary", "@\(value.path)",
+                                 "http://127.0.0.1:\(port)/dns%2Fbig"]).status, 201)
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
     /// qsrest started against a single root address that takes no writes (a root demoted
     /// by a cut-over, a compatible mirror): its producers are answered 503 at once, naming
     /// it, as when the root is demoted while in use, not after --commit-timeout; promoted
