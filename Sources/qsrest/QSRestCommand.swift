@@ -77,7 +77,7 @@ struct QSRestCommand: AsyncParsableCommand {
         maxArrivingBytesPerProducerOption ?? QSEnv.optional("QS_MAX_ARRIVING_BYTES_PER_PRODUCER", flag: "--max-arriving-bytes-per-producer")
     }
 
-    @Option(help: ArgumentHelp("The longest a request past its producer's soft quota is delayed; one that would wait longer is refused with 429 and Retry-After. (env: QS_QUOTA_MAX_DELAY)", valueName: "duration"))
+    @Option(help: ArgumentHelp("The longest a request past its producer's soft quota is delayed; one that would wait longer is refused with 429 and Retry-After. 0 to --commit-timeout. (env: QS_QUOTA_MAX_DELAY)", valueName: "duration"))
     var quotaMaxDelay: Interval = QSEnv.value("QS_QUOTA_MAX_DELAY", Interval(.seconds(2)))
 
     @Option(help: ArgumentHelp("The node the admin port's GET /usage scans (a replica keeps the scan off the root), HOST:PORT or unix:PATH; none: the --root list, the first that answers. (env: QS_USAGE_NODE)", valueName: "host:port"))
@@ -102,6 +102,11 @@ struct QSRestCommand: AsyncParsableCommand {
         // from its arrival: a shorter commit timeout would answer writes 503 with the root fine.
         guard commitTimeout.duration > batchInterval.duration * 2 else {
             throw ValidationError("--commit-timeout (\(commitTimeout)) must be more than twice --batch-interval (\(batchInterval)): a write waits up to a batch interval before its batch is sent; e.g. --commit-timeout 20s")
+        }
+        // A delay is a request held open: past the commit timeout it would be answered 503
+        // anyway (and a huge one overflowed the delay's arithmetic).
+        guard quotaMaxDelay.duration >= .zero, quotaMaxDelay.duration <= commitTimeout.duration else {
+            throw ValidationError("--quota-max-delay \(quotaMaxDelay) (or QS_QUOTA_MAX_DELAY) must be 0 (refuse at once) to --commit-timeout (\(commitTimeout)): a request delayed longer would be answered 503 by its commit timeout; e.g. 2s")
         }
         guard usageMaxAge.duration >= .zero else { throw ValidationError("--usage-max-age must be 0 (always scan) or more, e.g. 60s") }
         guard batchMaxOps > 0 else { throw ValidationError("--batch-max-ops must be positive") }
