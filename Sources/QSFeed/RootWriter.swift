@@ -189,6 +189,10 @@ public actor RootWriter {
         public var lastAnswerAt: ContinuousClock.Instant?
         /// When the connection in use was made (nil: none yet).
         public var connectedAt: ContinuousClock.Instant?
+        /// Why the root no longer holds a position it confirmed to this writer (its
+        /// checkpoint for the writer's source id went back: restored from a backup, wiped,
+        /// another root at the address), as the idle check found it; nil while it holds.
+        public var positionLost: String?
         /// The address in use, or the one tried first at the next connection.
         public var root: Endpoint
 
@@ -550,7 +554,7 @@ public actor RootWriter {
             // asks the root's write role now and then, and leaves a root that takes none
             // (the next connection passes it over, or fails saying why: not connected).
             // A compatible mirror's own writer (no source id) writes to a mirror by design.
-            if sourceID != nil, ContinuousClock.now - roleChecked >= Self.roleCheckInterval {
+            if let sourceID, ContinuousClock.now - roleChecked >= Self.roleCheckInterval {
                 roleChecked = .now
                 if let s = try? await Self.status(of: c), s["role"] as? String != "root" || NodeStatus.isMirror(s) {
                     let what = NodeStatus.isMirror(s) ? "a compatible mirror (demoted, or mirroring another root)" : "not a root"
@@ -558,6 +562,22 @@ public actor RootWriter {
                     logger.warning("root takes no writes", metadata: ["root": "\(endpoint)", "reason": "\(why)"])
                     await drop(why)
                     return
+                }
+                // And that it still holds what it confirmed (read before its checkpoint: a
+                // write confirmed meanwhile only moves both on). An idle qsrest said ready
+                // for a root wiped or restored from a backup until its next write.
+                // (No checkpoint at all is position 0: a wiped root.)
+                // A failed read says nothing (not `try?`: its nil would read as "none").
+                var read: (answered: Bool, position: UInt64?) = (false, nil)
+                if confirmed[sourceID] != nil {
+                    do { read = (true, try await c.checkpoint(sourceID: sourceID)) } catch {}
+                }
+                if let held = confirmed[sourceID], read.answered, let answer = Optional(read.position), answer ?? 0 < held {
+                    let why = "the root at \(endpoint) has lost writes it confirmed: its checkpoint for \(sourceID) is at \(answer ?? 0), before \(held), which it confirmed to this writer (a store restored from a backup or wiped, or another root at this address)"
+                    if link.withLockedValue({ $0.positionLost }) == nil {
+                        logger.critical("the root's checkpoint for this source went back", metadata: ["root": "\(endpoint)", "reason": "\(why)"])
+                    }
+                    link.withLockedValue { $0.positionLost = why }
                 }
             }
             if let (fresher, why) = await stale(head: head.index), current != nil {

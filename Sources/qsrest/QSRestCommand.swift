@@ -176,6 +176,10 @@ struct QSRestCommand: AsyncParsableCommand {
                 rootMetrics.rootConnected.record(link.connected && link.stall() == nil ? 1 : 0)
             }, readiness: {
                 if let halted = queue.halted.withLockedValue({ $0 }) { return Readiness(ready: false, detail: halted) }
+                // Found by the idle check; the next write halts qsrest on it.
+                if let lost = writer.link.withLockedValue({ $0.positionLost }) {
+                    return Readiness(ready: false, detail: lost + "; qsrest's next write halts it: re-send what the producers wrote since, or restore the root, then restart qsrest")
+                }
                 // The present state first: a root gone since the last batch failed reads as
                 // not connected, with that failure after it.
                 let link = writer.link.withLockedValue { $0 }

@@ -664,6 +664,25 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try rest.stop(), 0)
     }
 
+    /// A root that comes back without the writes it confirmed (wiped, restored from a
+    /// backup) is named by /readyz while qsrest is idle, before any producer's write
+    /// meets it (which then halts qsrest, as before).
+    func testAnIdleQsrestSaysSoWhenItsRootComesBackWithoutItsWrites() async throws {
+        let socket = tmp.appendingPathComponent("root.sock").path
+        var root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--unix", socket])
+        let (rest, port, admin) = try startRest(root: "unix:" + socket, acl: try writeACL())
+        XCTAssertEqual(try curl(["-u", "dns:dns-token", "http://127.0.0.1:\(port)/rpc/set?key=dns%2Fa&value=1"]).status, 200)
+        try root.daemon.stop()
+        root = try RootNode(data: tmp.appendingPathComponent("wiped"), logDir: tmp, extraArgs: ["--unix", socket])
+        try await waitFor("/readyz naming the lost writes", timeout: .seconds(30), pollEvery: .milliseconds(100)) {
+            guard let r = httpGet(port: admin, path: "/readyz") else { return false }
+            return r.status == 503 && r.body.contains("has lost writes it confirmed")
+        }
+        let refused = try curl(["-u", "dns:dns-token", "http://127.0.0.1:\(port)/rpc/set?key=dns%2Fb&value=1"])
+        XCTAssertEqual(refused.status, 503, refused.body)
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
     /// qsrest started against a single root address that takes no writes (a root demoted
     /// by a cut-over, a compatible mirror): its producers are answered 503 at once, naming
     /// it, as when the root is demoted while in use, not after --commit-timeout; promoted
