@@ -41,7 +41,7 @@ extension RootWriter {
         /// recorded before the connection's first write.
         case due(previous: String?)
         /// A root cluster's member: its status lists what it has applied, which may lag the
-        /// cluster, so it is asked (`query`), and the answer, the cluster's at its head, is
+        /// cluster, so it is asked (`ask`), and the answer, the cluster's at its head, is
         /// judged instead.
         case ask
     }
@@ -148,7 +148,7 @@ extension RootWriter {
         case let .value(record):
             return record.map { String(decoding: $0.value, as: UTF8.self) }
         case let .error(code, message):
-            throw ClientError.server(code: code, message: "recording source id \(sourceID)'s descriptor: \(message)")
+            throw ClientError.server(code: code, message: "\(text.isEmpty ? "asking" : "recording") source id \(sourceID)'s descriptor: \(message)")
         default:
             throw ClientError.unexpected("\(r)")
         }
