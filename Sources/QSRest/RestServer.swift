@@ -331,13 +331,16 @@ struct RequestHandler: Sendable {
                             // timeout wait for it.
                             drain?.begin()
                             drain?.answering()
+                            // Its commit timeout counts from here, the whole request arrived:
+                            // its parse and a quota's delay are part of its wait.
+                            let arrived = ContinuousClock.now
                             switch await prepare(h, body: body, peer: peer) {
                             case let .reply(reply):
                                 await enqueue(h, keepAlive: h.isKeepAlive, inFlight: true) { reply }
                             case let .writes(w):
                                 // Queued here, in the order the requests came; answered apart.
                                 let ticket: Result<WriteQueue.Ticket, any Error>
-                                do { ticket = .success(try await queue.enqueue(w.list)) } catch { ticket = .failure(error) }
+                                do { ticket = .success(try await queue.enqueue(w.list, arrived: arrived)) } catch { ticket = .failure(error) }
                                 await enqueue(h, keepAlive: h.isKeepAlive, bytes: w.bytes, inFlight: true) {
                                     switch ticket {
                                     case let .success(t):

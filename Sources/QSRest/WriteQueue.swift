@@ -123,7 +123,8 @@ public actor WriteQueue: Service {
         var writes: [ConditionalWrite]
         var bytes: Int
         var reply: Ticket
-        /// When the request was queued: it is answered within `commitTimeout` of this.
+        /// When the whole request had arrived (before its parse and any quota delay): it is
+        /// answered within `commitTimeout` of this.
         var arrived: ContinuousClock.Instant = .now
     }
 
@@ -215,7 +216,9 @@ public actor WriteQueue: Service {
     /// returns the ticket its answer comes on: a connection's pipelined requests, queued one
     /// after another by the connection's reader, are applied in the order they were sent,
     /// while their answers are awaited apart.
-    public func enqueue(_ writes: [ConditionalWrite]) throws -> Ticket {
+    /// `arrived`: when the whole request had arrived (its commit timeout counts from then;
+    /// a 3 M-record set_bulk's parse took longer than the timeout, uncounted).
+    public func enqueue(_ writes: [ConditionalWrite], arrived: ContinuousClock.Instant = .now) throws -> Ticket {
         guard !stopped, !stopSignal.fired else { throw Refusal.stopping }
         guard halted.withLockedValue({ $0 }) == nil else { throw Refusal.halted }
         let bytes = writes.reduce(0) { $0 + $1.payloadBytes }
@@ -224,7 +227,7 @@ public actor WriteQueue: Service {
             throw Refusal.busy
         }
         let ticket = Ticket()
-        pending.append(Pending(writes: writes, bytes: bytes, reply: ticket))
+        pending.append(Pending(writes: writes, bytes: bytes, reply: ticket, arrived: min(arrived, .now)))
         pendingWrites += max(writes.count, 1)
         pendingBytes += bytes
         metrics.pendingWrites.record(Double(pendingWrites))
