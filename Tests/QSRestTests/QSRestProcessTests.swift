@@ -612,6 +612,20 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try rest.stop(), 0)
     }
 
+    /// PUTs 700 KB values (incompressible) through qsrest on `port` until one is not
+    /// answered 201 (a root with a small --map-size fills); returns the value's file and
+    /// that answer (nil: the store never filled).
+    func fillUntilRefused(port: Int) throws -> (value: URL, refused: (status: Int, body: String)?) {
+        let value = tmp.appendingPathComponent("value")
+        try Data((0..<700_000).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 13) }).write(to: value)
+        for i in 0..<12 {
+            let r = try curl(["-u", "dns:dns-token", "--max-time", "30", "-X", "PUT", "--data-binary", "@\(value.path)",
+                              "http://127.0.0.1:\(port)/dns%2Fk\(i)"])
+            if r.status != 201 { return (value, r) }
+        }
+        return (value, nil)
+    }
+
     /// A root out of room answers every try with storage-full (nothing written): qsrest
     /// answers the batch's requests 503 at once, naming it, and /readyz says so, instead of
     /// retrying while its producers wait for a minute; a write that fits goes through.
@@ -619,14 +633,7 @@ final class QSRestProcessTests: XCTestCase {
         try XCTSkipIf(ProcessInfo.processInfo.environment["QS_STORE_ENGINE"] == "rocksdb", "LMDB only: --map-size bounds an LMDB store")
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--map-size", "4MiB"])
         let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL())
-        let value = tmp.appendingPathComponent("value")
-        try Data((0..<700_000).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 13) }).write(to: value)
-        var refused: (status: Int, body: String)?
-        for i in 0..<12 {
-            let r = try curl(["-u", "dns:dns-token", "--max-time", "30", "-X", "PUT", "--data-binary", "@\(value.path)",
-                              "http://127.0.0.1:\(port)/dns%2Fk\(i)"])
-            if r.status != 201 { refused = r; break }
-        }
+        let (_, refused) = try fillUntilRefused(port: port)
         XCTAssertEqual(refused?.status, 503, refused?.body ?? "the store never filled")
         XCTAssertTrue(refused?.body.contains("storage-full") == true, refused?.body ?? "")
         let unready = httpGet(port: admin, path: "/readyz")
@@ -645,14 +652,7 @@ final class QSRestProcessTests: XCTestCase {
         let socket = tmp.appendingPathComponent("root.sock").path
         var root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp, extraArgs: ["--map-size", "4MiB", "--unix", socket])
         let (rest, port, admin) = try startRest(root: "unix:" + socket, acl: try writeACL())
-        let value = tmp.appendingPathComponent("value")
-        try Data((0..<700_000).map { UInt8(truncatingIfNeeded: $0 &* 2_654_435_761 >> 13) }).write(to: value)
-        var refused: (status: Int, body: String)?
-        for i in 0..<12 {
-            let r = try curl(["-u", "dns:dns-token", "--max-time", "30", "-X", "PUT", "--data-binary", "@\(value.path)",
-                              "http://127.0.0.1:\(port)/dns%2Fk\(i)"])
-            if r.status != 201 { refused = r; break }
-        }
+        let (value, refused) = try fillUntilRefused(port: port)
         XCTAssertEqual(refused?.status, 503, refused?.body ?? "the store never filled")
         XCTAssertEqual(httpGet(port: admin, path: "/readyz")?.status, 503)
         try root.daemon.stop()
