@@ -20,6 +20,8 @@ struct BusyReadBench {
     let valueBytes: Int
     let scratch: String
     let binDir: URL
+    /// The replicas' read flags (`ReadBench.readFlags`).
+    var readFlags: [String] = []
 
     struct Phase: Codable {
         var name: String
@@ -65,7 +67,8 @@ struct BusyReadBench {
             }
             try await store.sync()
         }
-        let reads = ReadBench(keys: keys, catchUpEntries: 0, valueBytes: valueBytes, seconds: seconds, scratch: scratch, binDir: binDir)
+        let reads = ReadBench(keys: keys, catchUpEntries: 0, valueBytes: valueBytes, seconds: seconds, scratch: scratch, binDir: binDir,
+                              readFlags: readFlags)
         let root = try startDaemon(binDir, scratch, "qsnode", ["--data", rootDir, "--listen", "127.0.0.1:0", "--log-level", "warning"])
         defer { _ = try? root.stop() }
         let rootPort = try root.port("write")

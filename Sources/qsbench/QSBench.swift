@@ -89,6 +89,9 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Updates/s the root takes while reads-busy measures the replica applying them. (env: QS_BENCH_BUSY_RATE)", valueName: "n"))
     var busyRate: Int = QSEnv.value("QS_BENCH_BUSY_RATE", 10_000, flag: "--busy-rate")
 
+    @Option(help: ArgumentHelp("The replicas' --memcached-threads in reads, reads-busy and scale (0: memcached on the event loops); unset: the node's default. (env: QS_BENCH_MEMCACHED_THREADS)", valueName: "n"))
+    var memcachedThreads: Int? = QSEnv.optional("QS_BENCH_MEMCACHED_THREADS", as: Int.self, flag: "--memcached-threads")
+
     @Option(help: ArgumentHelp("Seconds of each read load in reads and reads-busy (each load runs --rounds times; the median is reported). (env: QS_BENCH_LOAD_SECONDS)", valueName: "s"))
     var loadSeconds: Double = QSEnv.value("QS_BENCH_LOAD_SECONDS", 5.0, flag: "--load-seconds")
 
@@ -107,6 +110,11 @@ struct QSBench: AsyncParsableCommand {
         let workloads = writeKeys.value?.workloads ?? (target == nil ? [.new, .overwrite] : [.new])
         let writes = runSuites.contains("root-write") || runSuites.contains("writes")
         guard (1...64).contains(writeWindow) else { throw ValidationError("--write-window must be 1 to 64, got \(writeWindow)") }
+        if let t = memcachedThreads, !(0...128).contains(t) {
+            throw ValidationError("--memcached-threads (or QS_BENCH_MEMCACHED_THREADS) must be 0 (the event loops) to 128, got \(t)")
+        }
+        let readFlags = memcachedThreads.map { ["--memcached-threads", "\($0)"] } ?? []
+        let servedOn = memcachedThreads.map { $0 == 0 ? "on the event loops" : "on \($0) reader threads" } ?? "as the node's default serves it"
         if runSuites.contains("scale"), valueBytes < 8 {
             throw ValidationError("the scale suite measures root updates, whose values are made their own in their first 8 bytes: it needs --value-bytes of at least 8 (got \(valueBytes))")
         }
@@ -157,8 +165,8 @@ struct QSBench: AsyncParsableCommand {
             let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let r = try await ReadBench(keys: 100_000, catchUpEntries: min(mirrorEntries, 200_000), valueBytes: valueBytes, seconds: loadSeconds,
-                                        scratch: scratch, binDir: bin, rounds: rounds).run()
-            print("reads on a replica (\(r.keys) keys of \(valueBytes) B) next to a real memcached, same run, median of \(rounds) rounds of \(loadSeconds) s:")
+                                        scratch: scratch, binDir: bin, rounds: rounds, readFlags: readFlags).run()
+            print("reads on a replica (\(r.keys) keys of \(valueBytes) B; memcached \(servedOn)) next to a real memcached, same run, median of \(rounds) rounds of \(loadSeconds) s:")
             for (i, q) in r.memcachedReplica.enumerated() {
                 let m = r.memcachedReal[i], k = r.ktHTTPReplica[i]
                 print(String(format: "  %d conn: memcached get %.0f/s (p50 %.0f µs, p99 %.0f µs) vs real memcached %.0f/s (p50 %.0f, p99 %.0f): ratio %.2f; KT HTTP GET %.0f/s (p50 %.0f, p99 %.0f): ratio %.2f",
@@ -202,7 +210,7 @@ struct QSBench: AsyncParsableCommand {
         if runSuites.contains("reads-busy") {
             let bin = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
             let r = try await BusyReadBench(keys: 100_000, rate: busyRate, rounds: rounds, seconds: loadSeconds, valueBytes: valueBytes,
-                                            scratch: scratch, binDir: bin).run()
+                                            scratch: scratch, binDir: bin, readFlags: readFlags).run()
             print("memcached get at 8 connections on a busy replica (\(r.keys) keys), median of \(rounds) loads of \(loadSeconds) s, ratio to idle:")
             print("  phase          get/s     p99 µs  ratio  work")
             for p in r.phases {
@@ -265,7 +273,7 @@ struct QSBench: AsyncParsableCommand {
                 throw ValidationError("--scale-keys needs key counts of at least 1000, e.g. 100000,1000000,5000000")
             }
             let r = try await ScaleBench(keyCounts: counts, valueBytes: valueBytes, seconds: loadSeconds, writeDuration: d, rounds: rounds,
-                                         scratch: scratch, binDir: bin).run()
+                                         scratch: scratch, binDir: bin, readFlags: readFlags).run()
             r.printTable()
             try writeJSON(r, "scale-latest.json")
         }

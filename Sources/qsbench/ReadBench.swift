@@ -16,6 +16,9 @@ struct ReadBench {
     let binDir: URL
     /// Rounds of each load (the median is reported).
     var rounds = 1
+    /// Flags every replica serving memcached is started with besides its listeners
+    /// (`--memcached-threads N`; none: the node's default).
+    var readFlags: [String] = []
 
     struct Load: Codable {
         var connections: Int
@@ -54,6 +57,8 @@ struct ReadBench {
         var fileCopyMBPerSec: Double
         var environmentBytes: Int
         var replicaPeakAnonBytes: Int
+        /// The replica's read flags besides its listeners (none: the node's defaults).
+        var replicaReadFlags: [String]
     }
 
     func key(_ i: Int) -> String { benchKey(i) }
@@ -145,12 +150,14 @@ struct ReadBench {
         return Result(keys: keys, memcachedReplica: mcQS, memcachedReal: mcReal, ktHTTPReplica: ktQS,
                       ktRPCGetReplica: rpcQS, memcachedMultiReplica: multiQS, memcachedMultiReal: multiReal,
                       catchUpEntriesPerSec: Double(catchUpEntries - 1) / catchUp, bootstrapMBPerSec: Double(envBytes) / 1e6 / bootSeconds,
-                      fileCopyMBPerSec: copyRate, environmentBytes: envBytes, replicaPeakAnonBytes: anon)
+                      fileCopyMBPerSec: copyRate, environmentBytes: envBytes, replicaPeakAnonBytes: anon,
+                      replicaReadFlags: readFlags)
     }
 
     /// Starts a replica and returns once it stands at `head`, with the seconds that took.
     func replica(_ dir: String, upstream: Int, until head: Head, extra: [String] = []) async throws -> (DaemonProcess, Double) {
-        try await startReplica(binDir, scratch, dir, upstream: upstream, until: head, extra: extra)
+        try await startReplica(binDir, scratch, dir, upstream: upstream, until: head,
+                               extra: extra + (extra.contains("--memcached") ? readFlags : []))
     }
 
     func fillMemcached(port: Int, value: [UInt8]) throws {

@@ -17,6 +17,8 @@ struct ScaleBench {
     let rounds: Int
     let scratch: String
     let binDir: URL
+    /// The replicas' read flags (`ReadBench.readFlags`).
+    var readFlags: [String] = []
 
     struct Row: Codable {
         var keys: Int
@@ -71,7 +73,7 @@ struct ScaleBench {
             let dir = scratch + "/scale-\(keys)"
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
             let r = try await ReadBench(keys: keys, catchUpEntries: min(keys, 200_000), valueBytes: valueBytes, seconds: seconds,
-                                        scratch: dir, binDir: binDir, rounds: rounds).run()
+                                        scratch: dir, binDir: binDir, rounds: rounds, readFlags: readFlags).run()
             try? FileManager.default.removeItem(atPath: dir)
             FileHandle.standardError.write(Data("scale: \(keys) keys: root writes\n".utf8))
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)

@@ -34,8 +34,12 @@ struct ReadOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Whether stored values end with 4 bytes of memcached flags, as KT's memcached plug-in with opts=f wrote them: true or false. Default false, as KT's plug-in without opts=f: values are served whole with flags 0. (env: QS_MEMCACHED_FLAGS_IN_VALUE)", valueName: "bool"))
     var memcachedFlagsInValue: Bool = QSEnv.flag("QS_MEMCACHED_FLAGS_IN_VALUE", default: false)
 
-    @Option(help: ArgumentHelp("Threads that answer memcached connections: each serves one busy connection with blocking reads (a get costs a read and a write, no epoll wait or thread hop), and a connection quiet for 200 ms waits on one epoll thread until it sends again; past this many busy connections they take turns. 0: serve memcached on the event loops like the other listeners. At most \(Self.maxMemcachedThreads) (each holds one of LMDB's reader slots). (env: QS_MEMCACHED_THREADS)", valueName: "n"))
-    var memcachedThreads: Int = QSEnv.value("QS_MEMCACHED_THREADS", 0)
+    @Option(help: ArgumentHelp("Threads that answer memcached connections: each serves one busy connection with blocking reads (a get costs a read and a write, no epoll wait or thread hop), and a connection quiet for 200 ms waits on one epoll thread until it sends again; past this many busy connections they take turns. Threads are made as connections need them. 0: serve memcached on the event loops like the other listeners. At most \(Self.maxMemcachedThreads) (each holds one of LMDB's reader slots). (env: QS_MEMCACHED_THREADS)", valueName: "n"))
+    var memcachedThreads: Int = QSEnv.value("QS_MEMCACHED_THREADS", Self.defaultMemcachedThreads)
+
+    /// Reader threads answer memcached by default: half the instructions of a `get` on the
+    /// event loops and one system call fewer (docs/benchmarks.md, "Thirty-fourth session").
+    static let defaultMemcachedThreads = 32
 
     static let maxMemcachedThreads = 128
 

@@ -88,8 +88,12 @@ final class ReplyMemoryTests: XCTestCase {
     }
 
     func testLargeRepliesNotReadAreHeldToOneBudgetAcrossTheReadPorts() async throws {
+        // memcached on the event loops holds a whole reply until it is written (on reader
+        // threads, the default, only what the socket has not taken:
+        // testRepliesWaitingOnReaderThreadsAreHeldToTheBudget).
         node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp,
-                            extraArgs: ["--memcached", "127.0.0.1:0", "--kt-http", "127.0.0.1:0", "--read-reply-memory", Self.budget(values: 2, extraKiB: 1024)])
+                            extraArgs: ["--memcached", "127.0.0.1:0", "--memcached-threads", "0", "--kt-http", "127.0.0.1:0",
+                                        "--read-reply-memory", Self.budget(values: 2, extraKiB: 1024)])
         let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
         _ = try await client.write([.set(key: Array("huge".utf8), value: [UInt8](repeating: UInt8(ascii: "h"), count: Self.hugeBytes), expiry: nil),
                                     .set(key: Array("small".utf8), value: Array("s".utf8), expiry: nil)], sourceID: "t")
@@ -231,8 +235,10 @@ final class ReplyMemoryTests: XCTestCase {
     /// reading nothing held value × connections there too. Past it a read is answered `busy`
     /// (code 14), counted under `interface="write"`; a write is never refused for it.
     func testWritePortReadsAreHeldToTheSameBudget() async throws {
+        // memcached on the event loops: a whole reply held until written (as above).
         node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp,
-                            extraArgs: ["--memcached", "127.0.0.1:0", "--read-reply-memory", Self.budget(values: 2, extraKiB: 1024)])
+                            extraArgs: ["--memcached", "127.0.0.1:0", "--memcached-threads", "0",
+                                        "--read-reply-memory", Self.budget(values: 2, extraKiB: 1024)])
         let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
 
         // One answer held on the write port, one on memcached: the budget is full.
