@@ -43,14 +43,15 @@ public enum KTColumnEncoding: UInt8, Sendable, CaseIterable {
     public func encode(_ bytes: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) -> Int {
         switch self {
         case .base64: return Base64.encode(bytes, into: out)
-        case .quotedPrintable: return Self.escape(bytes, into: out, marker: UInt8(ascii: "="), hex: Self.hexUpper, keep: { !Self.quotes($0) })
-        case .url: return Self.escape(bytes, into: out, marker: UInt8(ascii: "%"), hex: Self.hexLower, keep: Self.isURLSafe)
+        case .quotedPrintable: return Self.escape(bytes, into: out, marker: UInt8(ascii: "="), upper: true, keep: { !Self.quotes($0) })
+        case .url: return Self.escape(bytes, into: out, marker: UInt8(ascii: "%"), upper: false, keep: Self.isURLSafe)
         }
     }
 
     /// Quoted-printable's and URL encoding's shape: a byte kept, or `marker` and two hex digits.
+    @inline(__always)
     private static func escape(_ bytes: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer, marker: UInt8,
-                               hex: [UInt8], keep: (UInt8) -> Bool) -> Int {
+                               upper: Bool, keep: (UInt8) -> Bool) -> Int {
         var n = 0
         for c in bytes {
             if keep(c) {
@@ -58,8 +59,8 @@ public enum KTColumnEncoding: UInt8, Sendable, CaseIterable {
                 n += 1
             } else {
                 out[n] = marker
-                out[n + 1] = hex[Int(c >> 4)]
-                out[n + 2] = hex[Int(c & 0x0F)]
+                out[n + 1] = hexDigit(c >> 4, upper: upper)
+                out[n + 2] = hexDigit(c & 0x0F, upper: upper)
                 n += 3
             }
         }
@@ -78,26 +79,34 @@ public enum KTColumnEncoding: UInt8, Sendable, CaseIterable {
         }
     }
 
-    static let hexUpper = Array("0123456789ABCDEF".utf8)
-    static let hexLower = Array("0123456789abcdef".utf8)
+    /// The hex digit of `v` (0…15): `0-9A-F`, or `0-9a-f` when not `upper`. (Arithmetic,
+    /// not a table: a global array costs a lazy-initialisation check and a retain per use.)
+    @inline(__always)
+    static func hexDigit(_ v: UInt8, upper: Bool) -> UInt8 {
+        v < 10 ? 0x30 &+ v : (upper ? 0x37 : 0x57) &+ v
+    }
+
+    /// Whether bit `c` is set in the 128-bit set `low` (bytes 0…63) and `high` (64…127);
+    /// no byte from 128 on is in it.
+    @inline(__always)
+    static func inSet(_ c: UInt8, low: UInt64, high: UInt64) -> Bool {
+        c < 64 ? (low >> UInt64(c)) & 1 != 0 : c < 128 && (high >> UInt64(c &- 64)) & 1 != 0
+    }
 
     /// Whether URL encoding leaves `c` as it is (Kyoto Cabinet's `urlencode`: letters,
     /// digits and `_-.~`; a `*` is sent as `%2a`).
+    @inline(__always)
     static func isURLSafe(_ c: UInt8) -> Bool {
-        switch c {
-        case 0x41...0x5A, 0x61...0x7A, 0x30...0x39: return true
-        case UInt8(ascii: "_"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "~"): return true
-        default: return false
-        }
+        // `A-Z a-z 0-9 _ - . ~` as bits (ColumnEncodingTests checks the sets byte by byte).
+        inSet(c, low: 0x03FF_6000_0000_0000, high: 0x47FF_FFFE_87FF_FFFE)
     }
 
     /// Whether KT's estimate of a reply's URL-encoded length (`checkmapenc`) counts `c` as
     /// one byte: letters, digits and `_-.!~*'()`, a wider set than `urlencode` leaves alone.
+    @inline(__always)
     static func countsAsURLSafe(_ c: UInt8) -> Bool {
-        switch c {
-        case UInt8(ascii: "!"), UInt8(ascii: "*"), UInt8(ascii: "'"), UInt8(ascii: "("), UInt8(ascii: ")"): return true
-        default: return isURLSafe(c)
-        }
+        // `isURLSafe`'s set and `! * ' ( )`.
+        inSet(c, low: 0x03FF_6782_0000_0000, high: 0x47FF_FFFE_87FF_FFFE)
     }
 
     public static func urlEncode(_ bytes: [UInt8]) -> [UInt8] { Self.url.encode(bytes) }
@@ -179,23 +188,35 @@ public enum KTColumnEncoding: UInt8, Sendable, CaseIterable {
 
 /// Standard base64 with padding; decoding skips characters outside the alphabet.
 public enum Base64 {
-    static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+    /// The alphabet in the binary's constant data (a global array would cost a lazy-
+    /// initialisation check and a retain per use).
+    static let alphabet: StaticString = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
 
     public static func encode(_ bytes: [UInt8]) -> [UInt8] { KTColumnEncoding.base64.encode(bytes) }
 
     /// Encodes `bytes` into `out` (at least `(bytes.count + 2) / 3 * 4` bytes): the number
     /// of bytes written.
     static func encode(_ bytes: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) -> Int {
+        let a = alphabet.utf8Start
+        let count = bytes.count, whole = count - count % 3
         var i = 0, n = 0
-        while i < bytes.count {
-            let b0 = bytes[i]
-            let b1: UInt8 = i + 1 < bytes.count ? bytes[i + 1] : 0
-            let b2: UInt8 = i + 2 < bytes.count ? bytes[i + 2] : 0
-            out[n] = alphabet[Int(b0 >> 2)]
-            out[n + 1] = alphabet[Int((b0 & 0x03) << 4 | b1 >> 4)]
-            out[n + 2] = i + 1 < bytes.count ? alphabet[Int((b1 & 0x0F) << 2 | b2 >> 6)] : UInt8(ascii: "=")
-            out[n + 3] = i + 2 < bytes.count ? alphabet[Int(b2 & 0x3F)] : UInt8(ascii: "=")
+        precondition(out.count >= (count + 2) / 3 * 4, "Base64.encode: the output is too small")
+        while i < whole {
+            let b0 = bytes[i], b1 = bytes[i + 1], b2 = bytes[i + 2]
+            out[n] = a[Int(b0 >> 2)]
+            out[n + 1] = a[Int((b0 & 0x03) << 4 | b1 >> 4)]
+            out[n + 2] = a[Int((b1 & 0x0F) << 2 | b2 >> 6)]
+            out[n + 3] = a[Int(b2 & 0x3F)]
             i += 3
+            n += 4
+        }
+        if i < count {
+            let b0 = bytes[i]
+            let b1: UInt8 = i + 1 < count ? bytes[i + 1] : 0
+            out[n] = a[Int(b0 >> 2)]
+            out[n + 1] = a[Int((b0 & 0x03) << 4 | b1 >> 4)]
+            out[n + 2] = i + 1 < count ? a[Int((b1 & 0x0F) << 2)] : UInt8(ascii: "=")
+            out[n + 3] = UInt8(ascii: "=")
             n += 4
         }
         return n

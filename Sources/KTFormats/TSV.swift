@@ -95,10 +95,14 @@ public enum KTTSV {
                 binary = true
             }
             base64Length += size * 6 / 4 + 3
-            for c in bytes.prefix(size) {
-                if c < 0x20 || c == 0x7F { binary = true }
-                urlLength += (KTColumnEncoding.countsAsURLSafe(c) ? 1 : 3)
+            var escaped = 0, control = false
+            for i in 0..<size {
+                let c = bytes[i]
+                control = control || c < 0x20 || c == 0x7F
+                escaped &+= KTColumnEncoding.countsAsURLSafe(c) ? 0 : 1
             }
+            if control { binary = true }
+            urlLength += size + 2 * escaped
         }
 
         /// The encoding KT picks for the columns accounted for.

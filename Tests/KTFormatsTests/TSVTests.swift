@@ -1,3 +1,4 @@
+import Foundation
 import KTFormats
 import XCTest
 
@@ -38,6 +39,69 @@ final class TSVTests: XCTestCase {
         XCTAssertEqual(high.contentType, "text/tab-separated-values")
         let binary = KTTSV.reply([Array("value".utf8): [UInt8](repeating: 0x01, count: 40)])
         XCTAssertEqual(binary.contentType, "text/tab-separated-values; colenc=B")
+    }
+}
+
+/// The column encodings against references written plainly: the byte sets spelled out,
+/// base64 as Foundation writes it, KT's length estimate (`checkmapenc`) byte by byte.
+final class ColumnEncodingTests: XCTestCase {
+    static let urlSafe = Set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.~".utf8)
+
+    func testURLEncodingKeepsExactlyLettersDigitsAndUnderscoreDashDotTilde() {
+        for c in 0...255 {
+            let encoded = KTColumnEncoding.url.encode([UInt8(c)])
+            let expected = Self.urlSafe.contains(UInt8(c)) ? [UInt8(c)] : Array(String(format: "%%%02x", c).utf8)
+            XCTAssertEqual(encoded, expected, "byte \(c)")
+        }
+    }
+
+    func testQuotedPrintableAndHexDigits() {
+        for c in 0...255 {
+            let encoded = KTColumnEncoding.quotedPrintable.encode([UInt8(c)])
+            let quoted = c == 0x3D || c < 0x20 || c > 0x7E
+            XCTAssertEqual(encoded, quoted ? Array(String(format: "=%02X", c).utf8) : [UInt8(c)], "byte \(c)")
+        }
+    }
+
+    func testBase64MatchesFoundationAtEveryLengthAndByte() {
+        var rng = SystemRandomNumberGenerator()
+        for length in 0...64 {
+            let bytes = (0..<length).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            XCTAssertEqual(String(decoding: KTColumnEncoding.base64.encode(bytes), as: UTF8.self), Data(bytes).base64EncodedString(), "length \(length)")
+        }
+        let all = Array(UInt8(0)...UInt8(255))
+        XCTAssertEqual(String(decoding: KTColumnEncoding.base64.encode(all), as: UTF8.self), Data(all).base64EncodedString())
+    }
+
+    /// KT's estimate as `checkmapenc` writes it: at most 255 bytes of each column looked
+    /// at, base64 `size * 6 / 4 + 3`, URL 1 for `isalnum` and `_-.!~*'()`, 3 otherwise;
+    /// binary for a control byte or a column over 255 bytes.
+    func testTheEncodingEstimateIsKTs() {
+        let urlCounted = Self.urlSafe.union("!*'()".utf8)
+        func reference(_ columns: [[UInt8]]) -> KTColumnEncoding? {
+            var binary = false, base64 = 0, url = 0
+            for column in columns {
+                var size = column.count
+                if size > 255 { size = 255; binary = true }
+                base64 += size * 6 / 4 + 3
+                for c in column.prefix(size) {
+                    if c < 0x20 || c == 0x7F { binary = true }
+                    url += urlCounted.contains(c) ? 1 : 3
+                }
+            }
+            return binary ? (base64 < url ? .base64 : .url) : nil
+        }
+        var rng = SystemRandomNumberGenerator()
+        let alphabets: [[UInt8]] = [Array(0...255), Array("ab!*'()~%\t\n".utf8), Array("abcdefgh\u{01}".utf8), Array(0x20...0x7F)]
+        for round in 0..<2_000 {
+            let alphabet = alphabets[round % alphabets.count]
+            let columns = (0..<Int.random(in: 1...4, using: &rng)).map { _ in
+                (0..<Int.random(in: 0...300, using: &rng)).map { _ in alphabet.randomElement(using: &rng)! }
+            }
+            var estimate = KTTSV.EncodingEstimate()
+            for column in columns { column.withUnsafeBytes { estimate.account($0) } }
+            XCTAssertEqual(estimate.encoding, reference(columns), "columns \(columns)")
+        }
     }
 }
 
