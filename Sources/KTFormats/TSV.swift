@@ -86,7 +86,9 @@ public enum KTTSV {
         private var base64Length = 0
         private var urlLength = 0
 
-        public init() {}
+        public init() {
+            assert(Self.classes.utf8CodeUnitCount == 256, "one class for each byte value")
+        }
 
         public mutating func account(_ bytes: UnsafeRawBufferPointer) {
             var size = bytes.count
@@ -95,15 +97,27 @@ public enum KTTSV {
                 binary = true
             }
             base64Length += size * 6 / 4 + 3
-            var escaped = 0, control = false
+            // Each byte's class from a table in constant data: bit 0 URL-escaped (not
+            // `countsAsURLSafe`), bit 1 a control byte.
+            let table = Self.classes.utf8Start
+            var escaped = 0, control: UInt8 = 0
             for i in 0..<size {
-                let c = bytes[i]
-                control = control || c < 0x20 || c == 0x7F
-                escaped &+= KTColumnEncoding.countsAsURLSafe(c) ? 0 : 1
+                let k = table[Int(bytes[i])] &- 0x30
+                escaped &+= Int(k & 1)
+                control |= k
             }
-            if control { binary = true }
+            if control & 2 != 0 { binary = true }
             urlLength += size + 2 * escaped
         }
+
+        /// Byte classes as ASCII digits, one per byte value: 1 URL-escaped, 2 control, 3
+        /// both, 0 neither (`ColumnEncodingTests` checks it against KT's definitions).
+        static let classes: StaticString = """
+            3333333333333333333333333333333310111110000110010000000000111111\
+            1000000000000000000000000001111010000000000000000000000000011103\
+            1111111111111111111111111111111111111111111111111111111111111111\
+            1111111111111111111111111111111111111111111111111111111111111111
+            """
 
         /// The encoding KT picks for the columns accounted for.
         public var encoding: KTColumnEncoding? {
