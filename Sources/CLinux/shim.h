@@ -43,3 +43,12 @@ static inline int qs_unblock_interrupt_signal(void) {
 // pthread_setname_np(3) (glibc 2.12): the thread's name as `ps -L`, top and /proc show it
 // (at most 15 bytes and the terminator).
 extern int pthread_setname_np(pthread_t thread, const char *name);
+
+// The calling thread's nice value (Linux keeps one per thread: setpriority(2) on its
+// thread id; gettid is glibc 2.30). 0 when set, -1 with errno otherwise.
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static inline int qs_set_thread_nice(int nice) {
+    return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), nice);
+}

@@ -1,3 +1,4 @@
+import CLinux
 import CXXHash
 import Foundation
 import QSModel
@@ -60,6 +61,9 @@ final class CopyStream: @unchecked Sendable {
     private var failure: (any Error)?
     private var closed = false
 
+    /// The copy thread's nice value (0 is the node's own; 19 the lowest).
+    static let copyNice: Int32 = 10
+
     init(environment: LMDBEnvironment) throws {
         var fds: [Int32] = [0, 0]
         guard pipe(&fds) == 0 else { throw StoreError.io("cannot make a pipe for a snapshot: errno \(errno)") }
@@ -75,6 +79,10 @@ final class CopyStream: @unchecked Sendable {
             sigemptyset(&set)
             sigaddset(&set, SIGPIPE)
             pthread_sigmask(SIG_BLOCK, &set, nil)
+            // The copy yields the CPU to the node's reads: a snapshot served to another
+            // replica must not slow this one's readers (issue 12 point 2). On Linux a
+            // thread's nice value is its own (`setpriority` on its thread id).
+            _ = qs_set_thread_nice(Self.copyNice)
             var error: (any Error)?
             do { try environment.copy(toFileDescriptor: writeFD, compact: true) } catch let e { error = e }
             close(writeFD)
