@@ -98,6 +98,15 @@ for name in lmdb-bridges lmdb-others lmdb-cluster rocksdb; do
     echo "  $name: exit $rc, $secs s: ${summary:-no summary (see $logs/$name.log)}"
     [ "$rc" = 0 ] || failed=1
 done
+# The failed tests and the lines that say why, so the end of the output is enough to start
+# from (a part's whole log is in $logs/<part>.log).
+if [ "$failed" -ne 0 ]; then
+    echo "swift-test.sh: the failed tests (part) and their failure lines:"
+    for name in lmdb-bridges lmdb-others lmdb-cluster rocksdb; do
+        sed -nE "s/^Test Case '([^']+)' failed \(([0-9.]+) seconds\)/\1 after \2 s ($name)/p" "$logs/$name.log" 2>/dev/null
+        grep -E ": error: " "$logs/$name.log" 2>/dev/null | head -20 | cut -c1-400 | sed "s/^/    [$name] /"
+    done | sed 's/^/  /'
+fi
 # The slowest tests, to keep an eye on make test's time (CI's budget is 30 minutes).
 echo "swift-test.sh: the ten slowest tests (seconds, part):"
 for name in lmdb-bridges lmdb-others lmdb-cluster rocksdb; do

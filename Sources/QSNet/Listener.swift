@@ -36,6 +36,8 @@ public final class Listener: Sendable {
     let group: any EventLoopGroup
     let logger: Logger
     let bound = BoundAddresses()
+    /// The listener's one rate limit on its refusal and request-deadline log lines.
+    let refusals = RateLimitedLog()
 
     /// - Parameters:
     ///   - name: what the listener serves (`write`, `memcached`, `kt-http`, `admin`, `kt`):
@@ -145,7 +147,7 @@ public final class Listener: Sendable {
         try await run(configure: configure) { (_: AcceptedConnection<Void>) in }
     }
 
-    private static func serve<Connection>(_ accepted: AcceptedConnection<Connection>,
+    static func serve<Connection>(_ accepted: AcceptedConnection<Connection>,
                                           _ handle: @Sendable (AcceptedConnection<Connection>) async -> Void) async {
         let channel = accepted.channel
         await withTaskCancellationHandler {
@@ -161,10 +163,8 @@ public final class Listener: Sendable {
     private func bind<Connection: Sendable>(_ endpoint: Endpoint, configure: Configure<Connection>)
         async throws -> (server: NIOAsyncChannel<AcceptedConnection<Connection>, Never>, quiesce: ServerQuiescingHelper) {
         let quiesce = ServerQuiescingHelper(group: group)
-        let idleTimeout = limits.idleTimeout, style = drainStyle, counter = self.counter
-        let refusals = RateLimitedLog(), logger = self.logger
-        let name = self.name
-        let initializer: @Sendable (any Channel) -> EventLoopFuture<AcceptedConnection<Connection>> = { channel in
+        let counter = self.counter, refusals = self.refusals, logger = self.logger, name = self.name
+        let initializer: @Sendable (any Channel) -> EventLoopFuture<AcceptedConnection<Connection>> = { [self] channel in
             // Caps first: a refused connection is closed before anything is set up for it.
             let peerIP = channel.remoteAddress?.ipAddress
             if let refusal = counter.admit(peer: peerIP) {
@@ -174,34 +174,7 @@ public final class Listener: Sendable {
                 return channel.eventLoop.makeFailedFuture(ConnectionRefused(reason: refusal))
             }
             channel.closeFuture.whenComplete { _ in counter.release(peer: peerIP) }
-            let set = channel.eventLoop.makeCompletedFuture {
-                let ops = channel.pipeline.syncOperations
-                var drain: RequestDrain?
-                if case .requests = style { drain = RequestDrain(channel: channel) }
-                let onClose: (CloseReason, ChannelHandlerContext) -> Void = { reason, _ in
-                    counter.closed(reason)
-                    if reason == .requestTimeout {
-                        refusals.warning(logger, "\(name) closed a connection: no whole request within --idle-timeout of its first byte",
-                                         peer: peerIP ?? "unix", metadata: ["listener": "\(name)", "reason": "\(reason.rawValue)"])
-                    }
-                }
-                let connection: Connection
-                switch configure {
-                case let .guarded(configure):
-                    if idleTimeout.nanoseconds > 0 || drain != nil {
-                        try ops.addHandler(ConnectionGuard(timeout: max(idleTimeout, .zero), drain: drain, onClose: onClose),
-                                           name: ConnectionGuard.handlerName)
-                    }
-                    connection = try configure(channel)
-                case let .watched(configure):
-                    connection = try configure(channel, ConnectionWatch(timeout: max(idleTimeout, .zero), reportsErrors: false, onClose: onClose))
-                }
-                let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
-                return AcceptedConnection(connection: connection, peer: peer, drain: drain, channel: channel)
-            }
-            // A connection that could not be set up is closed (and its place given back).
-            set.whenFailure { _ in channel.close(promise: nil) }
-            return set
+            return setUp(channel, peerIP: peerIP, configure: configure)
         }
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: Int32(clamping: backlog))
@@ -227,6 +200,48 @@ public final class Listener: Sendable {
         } catch {
             throw ListenError(listener: name, endpoint: endpoint, underlying: error)
         }
+    }
+}
+
+extension Listener {
+    /// A connection's pipeline as the listener sets it up once it is admitted (and its place
+    /// is given back when it closes): the guard with the idle timeout, request deadline and
+    /// write timeout (or, `.watched`, the watch for `configure`'s handler to drive), the
+    /// drain of `.requests` listeners, the counting and logging of closes, then
+    /// `configure`'s handlers. Accepted connections and those a threaded listener hands to
+    /// the event loops (`ThreadedHandOver`) are set up alike. A connection that could not
+    /// be set up is closed.
+    func setUp<Connection: Sendable>(_ channel: any Channel, peerIP: String?, configure: Configure<Connection>)
+        -> EventLoopFuture<AcceptedConnection<Connection>> {
+        let idleTimeout = limits.idleTimeout, style = drainStyle, counter = self.counter
+        let refusals = self.refusals, logger = self.logger, name = self.name
+        let set = channel.eventLoop.makeCompletedFuture {
+            let ops = channel.pipeline.syncOperations
+            var drain: RequestDrain?
+            if case .requests = style { drain = RequestDrain(channel: channel) }
+            let onClose: (CloseReason, ChannelHandlerContext) -> Void = { reason, _ in
+                counter.closed(reason)
+                if reason == .requestTimeout {
+                    refusals.warning(logger, "\(name) closed a connection: no whole request within --idle-timeout of its first byte",
+                                     peer: peerIP ?? "unix", metadata: ["listener": "\(name)", "reason": "\(reason.rawValue)"])
+                }
+            }
+            let connection: Connection
+            switch configure {
+            case let .guarded(configure):
+                if idleTimeout.nanoseconds > 0 || drain != nil {
+                    try ops.addHandler(ConnectionGuard(timeout: max(idleTimeout, .zero), drain: drain, onClose: onClose),
+                                       name: ConnectionGuard.handlerName)
+                }
+                connection = try configure(channel)
+            case let .watched(configure):
+                connection = try configure(channel, ConnectionWatch(timeout: max(idleTimeout, .zero), reportsErrors: false, onClose: onClose))
+            }
+            let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
+            return AcceptedConnection(connection: connection, peer: peer, drain: drain, channel: channel)
+        }
+        set.whenFailure { _ in channel.close(promise: nil) }
+        return set
     }
 }
 

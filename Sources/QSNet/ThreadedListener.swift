@@ -29,10 +29,21 @@ public protocol ThreadedProtocol: Sendable {
     func closed(_ connection: Connection)
     /// The budget a reply waiting for its socket is held against (`ReplyMemory`), if any.
     var replyMemory: ReplyMemory? { get }
+
+    /// What the event loops are told of a connection `received` handed over
+    /// (`Answering.handOver`).
+    associatedtype HandOff: Sendable = Void
+    /// The connection leaves the threads for the event loops (instead of `closed`): what
+    /// the pipeline set up for it there needs to know.
+    func handOff(_ connection: Connection) -> HandOff
 }
 
 extension ThreadedProtocol {
     public var replyMemory: ReplyMemory? { nil }
+}
+
+extension ThreadedProtocol where HandOff == Void {
+    public func handOff(_ connection: Connection) { closed(connection) }
 }
 
 /// What answering the requests of a read came to.
@@ -44,6 +55,12 @@ public enum Answering: Sendable, Equatable {
     case paused
     /// Close once what was answered is written.
     case close
+    /// The rest of the connection is the event loops': the replies answered are written
+    /// first, then the bytes left in the input (from the request the protocol does not
+    /// take on a thread) go to the pipeline the listener sets up there
+    /// (`Listener.runThreaded(_:serving:handedOver:handle:)`), as if the socket had just
+    /// read them.
+    case handOver
 }
 
 /// Tuning of a threaded listener.
@@ -77,6 +94,27 @@ extension Listener {
     /// the event-loop listener: on shutdown no connection is accepted or read any more, and
     /// each closes once what it answered is written.
     public func runThreaded<P: ThreadedProtocol>(_ proto: P, serving: ThreadedServing) async throws {
+        try await runThreaded(proto, serving: serving, handOver: nil as ThreadedHandOver<P.HandOff, Void>?) { _ in }
+    }
+
+    /// As `runThreaded(_:serving:)`, for a protocol whose threads answer the common requests
+    /// and hand the connection to the event loops at the first they do not
+    /// (`Answering.handOver`): there the connection is set up as an accepted one would be
+    /// (`configure`, given what `ThreadedProtocol.handOff` says of it, with the listener's
+    /// guard, drain and counting), the replies the thread answered are written first, the
+    /// bytes it did not take are read as if they had just arrived, and `handle` runs as the
+    /// connection's task. The connection keeps its place under the listener's caps until
+    /// it closes there, and the graceful drain reaches it there too.
+    public func runThreaded<P: ThreadedProtocol, Connection: Sendable>(
+        _ proto: P, serving: ThreadedServing,
+        handedOver configure: @escaping @Sendable (any Channel, P.HandOff) throws -> Connection,
+        handle: @escaping @Sendable (AcceptedConnection<Connection>) async -> Void) async throws {
+        try await runThreaded(proto, serving: serving, handOver: ThreadedHandOver(listener: self, configure: configure), handle: handle)
+    }
+
+    private func runThreaded<P: ThreadedProtocol, Connection: Sendable>(
+        _ proto: P, serving: ThreadedServing, handOver: ThreadedHandOver<P.HandOff, Connection>?,
+        handle: @escaping @Sendable (AcceptedConnection<Connection>) async -> Void) async throws {
         let name = self.name, logger = self.logger, backlog = self.backlog
         let sockets: [ListeningSocket]
         do {
@@ -85,9 +123,13 @@ extension Listener {
             bound.fail(error)
             throw error
         }
+        var adopt: (@Sendable (HandedOver<P.HandOff>) -> Void)?
+        if let handOver {
+            adopt = { (h: HandedOver<P.HandOff>) in handOver.adopt(h) }
+        }
         let server: ThreadedServer<P>
         do {
-            server = try ThreadedServer(listener: self, proto: proto, sockets: sockets, serving: serving)
+            server = try ThreadedServer(listener: self, proto: proto, sockets: sockets, serving: serving, adopt: adopt)
         } catch {
             for s in sockets { s.close() }
             bound.fail(error)
@@ -99,14 +141,25 @@ extension Listener {
         bound.succeed(sockets.map(\.address))
         await withTaskCancellationHandler {
             await withGracefulShutdownHandler {
-                await server.run()
+                await withDiscardingTaskGroup { connections in
+                    connections.addTask {
+                        await server.run()
+                        handOver?.threadsFinished()
+                    }
+                    guard let handOver else { return }
+                    for await accepted in handOver.accepted {
+                        connections.addTask { await Listener.serve(accepted, handle) }
+                    }
+                }
             } onGracefulShutdown: {
                 logger.info("\(name) draining: no new connections, finishing requests in flight",
                             metadata: ["listener": "\(name)"])
                 server.stop(abort: false)
+                handOver?.stop(abort: false)
             }
         } onCancel: {
             server.stop(abort: true)
+            handOver?.stop(abort: true)
         }
         logger.info("\(name) stopped", metadata: ["listener": "\(name)"])
     }
@@ -306,8 +359,14 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
     /// `state.stopping`, read without the lock after each request.
     private let stopped = Atomic<Bool>(false)
 
-    init(listener: Listener, proto: P, sockets: [ListeningSocket], serving: ThreadedServing) throws {
+    /// Takes a connection handed to the event loops (`Answering.handOver`); nil: the
+    /// protocol hands none over (one that does is closed).
+    private let adopt: (@Sendable (HandedOver<P.HandOff>) -> Void)?
+
+    init(listener: Listener, proto: P, sockets: [ListeningSocket], serving: ThreadedServing,
+         adopt: (@Sendable (HandedOver<P.HandOff>) -> Void)? = nil) throws {
         self.proto = proto
+        self.adopt = adopt
         self.serving = serving
         self.sockets = sockets
         listenerName = listener.name
@@ -596,6 +655,8 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         case park
         case parkForWrite
         case close(CloseReason?)
+        /// To the event loops, with the replies the socket did not take yet.
+        case handOver(owed: ByteBuffer)
     }
 
     private func serve(_ c: Conn, worker: P.Worker, me: ThreadedWorker, out: inout ByteBuffer) {
@@ -613,6 +674,9 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             case let .close(reason)?:
                 lock.withLock { _ = state.active.removeValue(forKey: c.fd) }
                 closeAndFinish(c, reason: reason)
+                return
+            case let .handOver(owed)?:
+                handOver(c, owed: owed)
                 return
             }
         }
@@ -671,6 +735,26 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             }
         }
         if broken { return .close(nil) }
+        if answered == .handOver {
+            guard adopt != nil else {
+                logger.error("\(listenerName): the protocol handed a connection over with no event-loop pipeline to take it; closed",
+                             metadata: ["listener": "\(listenerName)", "peer": "\(c.peer)"])
+                return .close(nil)
+            }
+            var owed = ByteBuffer()
+            if out.readableBytes > 0 {
+                switch writeSome(c.fd, &out) {
+                case .broken:
+                    return .close(nil)
+                case .blocked:
+                    owed = out
+                    out = ByteBufferAllocator().buffer(capacity: 4096)
+                case .done:
+                    break
+                }
+            }
+            return .handOver(owed: owed)
+        }
         if answered == .paused {
             c.unanswered = true
         } else if c.input.readableBytes == 0 {
@@ -771,6 +855,24 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             }
         }
         return true
+    }
+
+    /// Gives `c` to the event loops (`adopt`): out of this server's books (its place under
+    /// the listener's caps goes with it), off the epoll, its state handed off, its unread
+    /// bytes and unwritten replies passed on.
+    private func handOver(_ c: Conn, owed: ByteBuffer) {
+        let done = lock.withLock { () -> CheckedContinuation<Void, Never>? in
+            state.active.removeValue(forKey: c.fd)
+            if c.registered { epoll_ctl(epoll, EPOLL_CTL_DEL, c.fd, nil) }
+            return finishIfDone()
+        }
+        c.registered = false
+        let off = proto.handOff(c.state)
+        var leftover = c.input
+        c.input = ByteBuffer()
+        if leftover.readableBytes == 0 { leftover = ByteBuffer() }
+        adopt?(HandedOver(fd: c.fd, peerIP: c.peerIP, handOff: off, leftover: leftover, owed: owed))
+        done?.resume()
     }
 
     /// Hands `c` to the epoll thread until it is readable (or, `forWrite`, writable).

@@ -82,7 +82,7 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
                 handOver(context, rest: input)
                 return
             }
-            input.withUnsafeReadableBytes { answer(request, in: $0) }
+            input.withUnsafeReadableBytes { session.answer(request, in: $0, slot: slot, peer: peer, into: &out) }
             input.moveReaderIndex(forwardBy: request.length)
             if !request.keepAlive {
                 closing = true
@@ -95,38 +95,6 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
                 }
             }
         }
-    }
-
-    /// One request, its reply into `out`: in place when `answerInPlace` takes it, else the
-    /// general path's reply (`plan`, read inline: both kinds are bounded lookups).
-    private func answer(_ request: KTFastRequest, in bytes: UnsafeRawBufferPointer) {
-        let target = UnsafeRawBufferPointer(rebasing: bytes[request.target])
-        let minor = request.minorVersion, keepAlive = request.keepAlive
-        var refused = 0
-        if let counter = session.answerInPlace(request.kind, target: target, slot: slot, into: &out, refused: &refused, head: { out, length, type in
-            KTHTTPSession.writeOKHead(minorVersion: minor, keepAlive: keepAlive, contentLength: length, contentType: type, into: &out)
-        }) {
-            counter.increment()
-            return
-        }
-        if refused > 0 {
-            // Refused unbuilt: the budget's 503, not the general path's whole reply.
-            let r = session.memoryRefusal(kind: KTHTTPSession.kindName(request.kind), bytes: refused, peer: peer)
-            session.account(r, peer: peer, uri: { String(decoding: target, as: UTF8.self) })
-            KTHTTPSession.write(r, minorVersion: minor, isHead: false, keepAlive: keepAlive, into: &out)
-            return
-        }
-        let isHead = request.kind == .restHead
-        let uri = Array(target)[...]
-        let (_, work) = session.plan(isHead ? .HEAD : .GET, uri: uri, contentType: nil, body: [])
-        let r: KTReply
-        do {
-            r = try session.store.readInline(in: slot, work)
-        } catch {
-            r = session.failure(error, uri: String(decoding: uri, as: UTF8.self), peer: peer)
-        }
-        session.account(r, peer: peer, uri: { String(decoding: uri, as: UTF8.self) })
-        KTHTTPSession.write(session.fitted(r, isHead: isHead, peer: peer), minorVersion: minor, isHead: isHead, keepAlive: keepAlive, into: &out)
     }
 
     /// From here on NIO's HTTP pipeline reads the connection: what was answered is
@@ -205,5 +173,41 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
     /// Writes what was answered (and closes after it, `thenClose`), as `MemcachedHandler`.
     private func writeOut(_ context: ChannelHandlerContext, thenClose: Bool = false) {
         _ = context.writeReplies(&out, thenClose: thenClose, memory: session.replyMemory)
+    }
+}
+
+extension KTHTTPSession {
+    /// One request the fast path takes (`KTFastRequest`), its reply into `out`: in place
+    /// when `answerInPlace` takes it, else the general path's reply (`plan`, read inline:
+    /// both kinds are bounded lookups). The event loops' `KTFastHTTPHandler` and the
+    /// reader threads' `KTThreads` answer with it.
+    func answer(_ request: KTFastRequest, in bytes: UnsafeRawBufferPointer, slot: ReadSlot, peer: String, into out: inout ByteBuffer) {
+        let target = UnsafeRawBufferPointer(rebasing: bytes[request.target])
+        let minor = request.minorVersion, keepAlive = request.keepAlive
+        var refused = 0
+        if let counter = answerInPlace(request.kind, target: target, slot: slot, into: &out, refused: &refused, head: { out, length, type in
+            KTHTTPSession.writeOKHead(minorVersion: minor, keepAlive: keepAlive, contentLength: length, contentType: type, into: &out)
+        }) {
+            counter.increment()
+            return
+        }
+        if refused > 0 {
+            // Refused unbuilt: the budget's 503, not the general path's whole reply.
+            let r = memoryRefusal(kind: KTHTTPSession.kindName(request.kind), bytes: refused, peer: peer)
+            account(r, peer: peer, uri: { String(decoding: target, as: UTF8.self) })
+            KTHTTPSession.write(r, minorVersion: minor, isHead: false, keepAlive: keepAlive, into: &out)
+            return
+        }
+        let isHead = request.kind == .restHead
+        let uri = Array(target)[...]
+        let (_, work) = plan(isHead ? .HEAD : .GET, uri: uri, contentType: nil, body: [])
+        let r: KTReply
+        do {
+            r = try store.readInline(in: slot, work)
+        } catch {
+            r = failure(error, uri: String(decoding: uri, as: UTF8.self), peer: peer)
+        }
+        account(r, peer: peer, uri: { String(decoding: uri, as: UTF8.self) })
+        KTHTTPSession.write(fitted(r, isHead: isHead, peer: peer), minorVersion: minor, isHead: isHead, keepAlive: keepAlive, into: &out)
     }
 }

@@ -29,6 +29,12 @@ public struct KTHTTPReadServer: ListeningService {
         public var clock: ReadClock
         /// The read ports' budget for large replies not yet read (`ReplyMemory`).
         public var replyMemory = ReplyMemory(limit: ReplyMemory.defaultLimit)
+        /// Threads that answer the simple reads (`KTFastRequest`) with blocking socket
+        /// reads (`Listener.runThreaded`), handing a connection to the event loops at its
+        /// first other request; 0 serves every connection on the event loops.
+        public var threads = 0
+        /// How long a connection on a thread may be quiet before it gives the thread back.
+        public var parkAfter: TimeAmount = ThreadedServing.defaultParkAfter
 
         public init(databases: KTDatabaseMap = .single, scanLimits: ScanLimits = ScanLimits(),
                     maxBodyBytes: Int = 32 << 20, maxPendingBytes: Int = 256 << 20, clock: @escaping ReadClock = { wallClockSeconds() }) {
@@ -44,11 +50,13 @@ public struct KTHTTPReadServer: ListeningService {
     let session: KTHTTPSession
     let binary: KTBinarySession
     let maxBodyBytes: Int
+    let threads: ThreadedServing
 
     public init(store: Store, endpoints: [Endpoint], logger: Logger,
                 configuration: Configuration = Configuration(), connections: ConnectionLimits = ConnectionLimits(),
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         maxBodyBytes = configuration.maxBodyBytes
+        threads = ThreadedServing(threads: configuration.threads, parkAfter: configuration.parkAfter)
         listener = Listener(name: "kt-http", endpoints: endpoints, drain: .requests, limits: connections, group: group, logger: logger)
         let metrics = ReadMetrics(interface: "kt_http")
         let replyMemory = configuration.replyMemory
@@ -71,19 +79,87 @@ public struct KTHTTPReadServer: ListeningService {
     public func run() async throws {
         let session = self.session, binary = self.binary, maxBodyBytes = self.maxBodyBytes
         let slots = LoopReadSlots(store: session.store)
-        try await listener.run { channel in
+        // A connection's pipeline on the event loops: sniffed by its first byte (KT's
+        // binary protocol or HTTP), unless it already spoke HTTP on a reader thread.
+        let configure: @Sendable (any Channel, _ spokeHTTP: Bool) throws -> EventLoopFuture<KTConnection> = { channel, spokeHTTP in
             let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
-            return try KTConnection.sniff(channel, maxBinaryBytes: maxBodyBytes, pending: session.pending, replies: session.replyMemory) { channel in
+            let http: (any Channel) throws -> Void = { channel in
                 try channel.pipeline.syncOperations.addHandler(KTFastHTTPHandler(session: session, peer: peer, slot: slots.slot(for: channel.eventLoop)))
             }
-        } handle: { accepted in
-            // A client that connects and sends nothing is closed on shutdown (idle) or
-            // cancellation (the listener closes the channel), which fails the sniff. HTTP
-            // is answered by the pipeline; the connection's task waits for it to close.
+            guard !spokeHTTP else {
+                RequestDrain.installed(in: channel.pipeline.syncOperations)?.handOverToPipeline()
+                try http(channel)
+                return channel.eventLoop.makeSucceededFuture(.http)
+            }
+            return try KTConnection.sniff(channel, maxBinaryBytes: maxBodyBytes, pending: session.pending, replies: session.replyMemory, http: http)
+        }
+        // A client that connects and sends nothing is closed on shutdown (idle) or
+        // cancellation (the listener closes the channel), which fails the sniff. HTTP is
+        // answered by the pipeline; the connection's task waits for it to close.
+        let handle: @Sendable (AcceptedConnection<EventLoopFuture<KTConnection>>) async -> Void = { accepted in
             if case let .binary(connection, share)? = try? await accepted.connection.get() {
                 await binary.run(connection, peer: accepted.peer, drain: accepted.drain)
                 share.releaseAll()
             }
         }
+        if threads.threads > 0 {
+            try await listener.runThreaded(KTThreads(session: session), serving: threads, handedOver: configure, handle: handle)
+        } else {
+            try await listener.run(configure: { try configure($0, false) }, handle: handle)
+        }
     }
+}
+
+/// KT's port on a threaded listener (`--kt-http-threads`): each reader thread answers the
+/// simple reads (`KTFastRequest`: `GET`/`HEAD /KEY`, `GET /rpc/get?…`) with its own read
+/// transaction, the replies the event loops' fast path writes (`KTHTTPSession.answer`); at
+/// the first request it does not take (KT's binary protocol, a body, another procedure)
+/// the connection goes to the event loops, whose pipeline answers the rest
+/// (`Answering.handOver`). A head not yet whole waits for its bytes on the thread, under
+/// the listener's request deadline.
+struct KTThreads: ThreadedProtocol {
+    let session: KTHTTPSession
+
+    struct Connection {
+        let peer: String
+        /// A request was answered here: the event loops take the connection as HTTP,
+        /// without sniffing its next byte (KT sniffs only a connection's first).
+        var spokeHTTP = false
+    }
+
+    func makeWorker() -> ReadSlot { session.store.makeReadSlot() }
+
+    func open(peer: String) -> Connection {
+        session.metrics.opened()
+        return Connection(peer: peer)
+    }
+
+    func received(_ input: inout ByteBuffer, connection: inout Connection, into out: inout ByteBuffer,
+                  worker: ReadSlot, flush: (inout ByteBuffer) -> Bool) -> Answering {
+        while input.readableBytes > 0 {
+            switch input.withUnsafeReadableBytes({ KTFastRequest.parse($0) }) {
+            case .incomplete:
+                return .open
+            case .handOver:
+                return .handOver
+            case let .request(request):
+                connection.spokeHTTP = true
+                input.withUnsafeReadableBytes { session.answer(request, in: $0, slot: worker, peer: connection.peer, into: &out) }
+                input.moveReaderIndex(forwardBy: request.length)
+                if !request.keepAlive { return .close }
+                if out.readableBytes >= MemcachedSession.flushBytes && !flush(&out) { return .paused }
+            }
+        }
+        return .open
+    }
+
+    func closed(_ connection: Connection) { session.metrics.closed() }
+
+    /// The pipeline on the event loops counts the connection as open again.
+    func handOff(_ connection: Connection) -> Bool {
+        session.metrics.closed()
+        return connection.spokeHTTP
+    }
+
+    var replyMemory: ReplyMemory? { session.replyMemory }
 }

@@ -172,7 +172,8 @@ final class MemcachedHandler: ChannelDuplexHandler {
         case .paused:
             paused = true
             pending = input
-        case .open:
+        case .open, .handOver:
+            // (`answerLines` hands nothing over: memcached is answered whole on either side.)
             if input.readableBytes > 0 {
                 input.discardReadBytes()
                 pending = input

@@ -92,6 +92,9 @@ struct QSBench: AsyncParsableCommand {
     @Option(help: ArgumentHelp("The replicas' --memcached-threads in reads, reads-busy and scale (0: memcached on the event loops); unset: the node's default. (env: QS_BENCH_MEMCACHED_THREADS)", valueName: "n"))
     var memcachedThreads: Int? = QSEnv.optional("QS_BENCH_MEMCACHED_THREADS", as: Int.self, flag: "--memcached-threads")
 
+    @Option(help: ArgumentHelp("The replicas' --kt-http-threads in reads, reads-busy and scale (0: KT HTTP on the event loops); unset: the node's default. (env: QS_BENCH_KT_HTTP_THREADS)", valueName: "n"))
+    var ktHttpThreads: Int? = QSEnv.optional("QS_BENCH_KT_HTTP_THREADS", as: Int.self, flag: "--kt-http-threads")
+
     @Option(help: ArgumentHelp("Seconds of each read load in reads and reads-busy (each load runs --rounds times; the median is reported). (env: QS_BENCH_LOAD_SECONDS)", valueName: "s"))
     var loadSeconds: Double = QSEnv.value("QS_BENCH_LOAD_SECONDS", 5.0, flag: "--load-seconds")
 
@@ -113,8 +116,12 @@ struct QSBench: AsyncParsableCommand {
         if let t = memcachedThreads, !(0...128).contains(t) {
             throw ValidationError("--memcached-threads (or QS_BENCH_MEMCACHED_THREADS) must be 0 (the event loops) to 128, got \(t)")
         }
-        let readFlags = memcachedThreads.map { ["--memcached-threads", "\($0)"] } ?? []
-        let servedOn = memcachedThreads.map { $0 == 0 ? "on the event loops" : "on \($0) reader threads" } ?? "as the node's default serves it"
+        if let t = ktHttpThreads, !(0...128).contains(t) {
+            throw ValidationError("--kt-http-threads (or QS_BENCH_KT_HTTP_THREADS) must be 0 (the event loops) to 128, got \(t)")
+        }
+        let readFlags = (memcachedThreads.map { ["--memcached-threads", "\($0)"] } ?? []) + (ktHttpThreads.map { ["--kt-http-threads", "\($0)"] } ?? [])
+        func on(_ threads: Int?) -> String { threads.map { $0 == 0 ? "on the event loops" : "on \($0) reader threads" } ?? "as the node's default serves it" }
+        let servedOn = "memcached \(on(memcachedThreads)), KT HTTP \(on(ktHttpThreads))"
         if runSuites.contains("scale"), valueBytes < 8 {
             throw ValidationError("the scale suite measures root updates, whose values are made their own in their first 8 bytes: it needs --value-bytes of at least 8 (got \(valueBytes))")
         }
@@ -166,7 +173,7 @@ struct QSBench: AsyncParsableCommand {
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let r = try await ReadBench(keys: 100_000, catchUpEntries: min(mirrorEntries, 200_000), valueBytes: valueBytes, seconds: loadSeconds,
                                         scratch: scratch, binDir: bin, rounds: rounds, readFlags: readFlags).run()
-            print("reads on a replica (\(r.keys) keys of \(valueBytes) B; memcached \(servedOn)) next to a real memcached, same run, median of \(rounds) rounds of \(loadSeconds) s:")
+            print("reads on a replica (\(r.keys) keys of \(valueBytes) B; \(servedOn)) next to a real memcached, same run, median of \(rounds) rounds of \(loadSeconds) s:")
             for (i, q) in r.memcachedReplica.enumerated() {
                 let m = r.memcachedReal[i], k = r.ktHTTPReplica[i]
                 print(String(format: "  %d conn: memcached get %.0f/s (p50 %.0f µs, p99 %.0f µs) vs real memcached %.0f/s (p50 %.0f, p99 %.0f): ratio %.2f; KT HTTP GET %.0f/s (p50 %.0f, p99 %.0f): ratio %.2f",

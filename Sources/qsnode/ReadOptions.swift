@@ -37,6 +37,9 @@ struct ReadOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Threads that answer memcached connections: each serves one busy connection with blocking reads (a get costs a read and a write, no epoll wait or thread hop), and a connection quiet for 200 ms waits on one epoll thread until it sends again; past this many busy connections they take turns. Threads are made as connections need them. 0: serve memcached on the event loops like the other listeners. At most \(Self.maxMemcachedThreads) (each holds one of LMDB's reader slots). (env: QS_MEMCACHED_THREADS)", valueName: "n"))
     var memcachedThreads: Int = QSEnv.value("QS_MEMCACHED_THREADS", Self.defaultMemcachedThreads)
 
+    @Option(help: ArgumentHelp("Threads that answer KT HTTP's simple reads (GET or HEAD /KEY, GET /rpc/get) as --memcached-threads answers memcached; a connection's first other request (a body, another procedure, KT's binary protocol) moves it to the event loops for good. 0: serve KT HTTP on the event loops. At most \(Self.maxMemcachedThreads). (env: QS_KT_HTTP_THREADS)", valueName: "n"))
+    var ktHttpThreads: Int = QSEnv.value("QS_KT_HTTP_THREADS", Self.defaultMemcachedThreads)
+
     /// Reader threads answer memcached by default: half the instructions of a `get` on the
     /// event loops and one system call fewer (docs/benchmarks.md, "Thirty-fourth session").
     static let defaultMemcachedThreads = 32
@@ -46,6 +49,9 @@ struct ReadOptions: ParsableArguments {
     func validate() throws {
         guard (0...Self.maxMemcachedThreads).contains(memcachedThreads) else {
             throw ValidationError("--memcached-threads \(memcachedThreads) (or QS_MEMCACHED_THREADS) must be 0 (serve on the event loops) to \(Self.maxMemcachedThreads), e.g. 32")
+        }
+        guard (0...Self.maxMemcachedThreads).contains(ktHttpThreads) else {
+            throw ValidationError("--kt-http-threads \(ktHttpThreads) (or QS_KT_HTTP_THREADS) must be 0 (serve on the event loops) to \(Self.maxMemcachedThreads), e.g. 32")
         }
         guard readReplyMemory.bytes >= 1 << 20 else {
             throw ValidationError("--read-reply-memory \(readReplyMemory) (or QS_READ_REPLY_MEMORY) must be at least 1MiB, e.g. 256MiB")
@@ -80,6 +86,7 @@ struct ReadOptions: ParsableArguments {
         if !kt.isEmpty {
             var config = KTHTTPReadServer.Configuration(databases: map, maxPendingBytes: ktMaxPendingBytes.bytes)
             config.replyMemory = replies
+            config.threads = ktHttpThreads
             out.append(KTHTTPReadServer(store: store, endpoints: kt, logger: logger, configuration: config, connections: limits))
         }
         return out

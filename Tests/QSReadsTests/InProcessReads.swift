@@ -13,6 +13,8 @@ final class InProcessReads: Sendable {
     /// The same memcached server on reader threads (`--memcached-threads`): tests compare both.
     let memcachedThreadedPort: Int
     let ktPort: Int
+    /// The same KT HTTP server on reader threads (`--kt-http-threads`): tests compare both.
+    let ktThreadedPort: Int
     let memcachedSocket: String
     let ktSocket: String
     private let running: InProcessServices
@@ -32,10 +34,15 @@ final class InProcessReads: Sendable {
                                                             clock: clock, threads: 2))
         let kt = KTHTTPReadServer(store: store, endpoints: [.tcp(host: "127.0.0.1", port: 0), .unix(path: ktSocket)],
                                   logger: logger, configuration: .init(databases: databases, clock: clock))
-        running = try await InProcessServices([mc, threaded, kt], logger: logger)
+        var ktThreadsConfiguration = KTHTTPReadServer.Configuration(databases: databases, clock: clock)
+        ktThreadsConfiguration.threads = 2
+        let ktThreaded = KTHTTPReadServer(store: store, endpoints: [.tcp(host: "127.0.0.1", port: 0)], logger: logger,
+                                          configuration: ktThreadsConfiguration)
+        running = try await InProcessServices([mc, threaded, kt, ktThreaded], logger: logger)
         memcachedPort = try await mc.listener.port()
         memcachedThreadedPort = try await threaded.listener.port()
         ktPort = try await kt.listener.port()
+        ktThreadedPort = try await ktThreaded.listener.port()
     }
 
     func stop() async {

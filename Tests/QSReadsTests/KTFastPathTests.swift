@@ -216,10 +216,18 @@ final class KTFastPathTests: XCTestCase {
             let reads = try await InProcessReads(store: store, directory: directory, databases: databases, clock: { Self.now })
             let fast = try closedLoop(port: reads.ktPort, first: nil)
             let slow = try closedLoop(port: reads.ktPort, first: Self.slowFirst)
+            // On reader threads (`KTThreads`), and on threads until the first request hands over.
+            let threaded = try closedLoop(port: reads.ktThreadedPort, first: nil)
+            let handedOver = try closedLoop(port: reads.ktThreadedPort, first: Self.slowFirst)
             await reads.stop()
             XCTAssertEqual(fast.count, slow.count)
+            XCTAssertEqual(threaded.count, slow.count)
+            XCTAssertEqual(handedOver.count, slow.count)
             for (i, (f, s)) in zip(fast, slow).enumerated() {
-                XCTAssertEqual(f, s, "\(databases) request \((Self.reads + [Self.last])[i].debugDescription)")
+                let what = "\(databases) request \((Self.reads + [Self.last])[i].debugDescription)"
+                XCTAssertEqual(f, s, what)
+                XCTAssertEqual(threaded[i], s, "on threads: \(what)")
+                XCTAssertEqual(handedOver[i], s, "handed over from threads: \(what)")
             }
             // A few answers spelled out, so both paths being wrong alike would show.
             XCTAssertEqual(fast[0], "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
@@ -246,6 +254,16 @@ final class KTFastPathTests: XCTestCase {
 
     func testPipelinedFastSlowFastAnsweredInOrderAndSplitRequestsAnswered() async throws {
         let reads = try await InProcessReads(store: store, directory: tmp, clock: { Self.now })
+        for port in [reads.ktPort, reads.ktThreadedPort] {
+            try pipelinedFastSlowFast(port: port)
+        }
+        await reads.stop()
+    }
+
+    /// On the event loops, and on reader threads (which hand the connection over at its
+    /// first slow request, its unanswered bytes with it).
+    func pipelinedFastSlowFast(port: Int) throws {
+        let on = "port \(port)"
         let get = "GET /k%2F1 HTTP/1.1\r\n\r\n"
         let echo = "POST /rpc/echo HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\n\r\na=b"
         let close = "GET /rpc/get?key=k%2F1 HTTP/1.1\r\nConnection: close\r\n\r\n"
@@ -254,45 +272,60 @@ final class KTFastPathTests: XCTestCase {
         let closeReply = "HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: text/tab-separated-values\r\nConnection: close\r\n\r\nvalue\tfirst\n"
 
         // fast, fast, slow, fast in one write: the slow one hands the rest over.
-        let pipelined = try XCTUnwrap(TestClient(port: reads.ktPort))
+        let pipelined = try XCTUnwrap(TestClient(port: port))
         pipelined.send(get + get + echo + get + close)
-        XCTAssertEqual(pipelined.readToEOF(), getReply + getReply + echoReply + getReply + closeReply)
+        XCTAssertEqual(pipelined.readToEOF(), getReply + getReply + echoReply + getReply + closeReply, on)
 
         // Replies larger than the output buffer's flush mark, pipelined.
-        let big = try XCTUnwrap(TestClient(port: reads.ktPort))
+        let big = try XCTUnwrap(TestClient(port: port))
         big.send(String(repeating: "GET /big HTTP/1.1\r\n\r\n", count: 3) + close)
         let bigReply = "HTTP/1.1 200 OK\r\nContent-Length: 70000\r\n\r\n" + String(repeating: "b", count: 70_000)
-        XCTAssertEqual(big.readToEOF(), String(repeating: bigReply, count: 3) + closeReply)
+        XCTAssertEqual(big.readToEOF(), String(repeating: bigReply, count: 3) + closeReply, on)
+        // A slow request behind replies the socket has not taken: handed over with them.
+        let behind = try XCTUnwrap(TestClient(port: port))
+        behind.send(String(repeating: "GET /big HTTP/1.1\r\n\r\n", count: 40) + echo + close)
+        XCTAssertEqual(behind.readToEOF(), String(repeating: bigReply, count: 40) + echoReply + closeReply, on)
 
         // Byte by byte: the first byte is no whole request, NIO's pipeline reads the rest.
-        let trickled = try XCTUnwrap(TestClient(port: reads.ktPort))
+        let trickled = try XCTUnwrap(TestClient(port: port))
         for byte in (get + close).utf8 { trickled.send(String(UnicodeScalar(byte))) }
-        XCTAssertEqual(trickled.readToEOF(), getReply + closeReply)
+        XCTAssertEqual(trickled.readToEOF(), getReply + closeReply, on)
 
         // A head split in the middle after whole requests: those answered first.
-        let split = try XCTUnwrap(TestClient(port: reads.ktPort))
+        let split = try XCTUnwrap(TestClient(port: port))
         var pending = [UInt8]()
         split.send(get + get + "GET /rpc/get?ke")
-        XCTAssertEqual(response(split, head: false, pending: &pending), getReply)
-        XCTAssertEqual(response(split, head: false, pending: &pending), getReply)
+        XCTAssertEqual(response(split, head: false, pending: &pending), getReply, on)
+        XCTAssertEqual(response(split, head: false, pending: &pending), getReply, on)
         split.send("y=k%2F1 HTTP/1.1\r\nConnection: close\r\n\r\n")
-        XCTAssertEqual(String(decoding: pending, as: UTF8.self) + (split.readToEOF() ?? "<timeout>"), closeReply)
-        await reads.stop()
+        XCTAssertEqual(String(decoding: pending, as: UTF8.self) + (split.readToEOF() ?? "<timeout>"), closeReply, on)
     }
 
     func testGracefulShutdownClosesIdleConnectionsOnBothPaths() async throws {
         let reads = try await InProcessReads(store: store, directory: tmp, clock: { Self.now })
-        var pending = [UInt8]()
-        let fast = try XCTUnwrap(TestClient(port: reads.ktPort))
-        fast.send("GET /k%2F1 HTTP/1.1\r\n\r\n")
-        XCTAssertEqual(response(fast, head: false, pending: &pending), "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
-        let slow = try XCTUnwrap(TestClient(port: reads.ktPort))
-        slow.send(Self.slowFirst)
-        XCTAssertEqual(response(slow, head: false, pending: &pending), Self.voidReply)
-        // Both idle: the shutdown closes them (before the hand-over the fast path drains
-        // itself, after it NIO's pipeline handler) and returns.
+        var clients = [(TestClient, String)]()
+        for port in [reads.ktPort, reads.ktThreadedPort] {
+            var pending = [UInt8]()
+            let fast = try XCTUnwrap(TestClient(port: port))
+            fast.send("GET /k%2F1 HTTP/1.1\r\n\r\n")
+            XCTAssertEqual(response(fast, head: false, pending: &pending), "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+            let slow = try XCTUnwrap(TestClient(port: port))
+            slow.send(Self.slowFirst)
+            XCTAssertEqual(response(slow, head: false, pending: &pending), Self.voidReply)
+            // Fast, then handed over: on threads the connection moved to the event loops.
+            let both = try XCTUnwrap(TestClient(port: port))
+            both.send("GET /k%2F1 HTTP/1.1\r\n\r\n")
+            XCTAssertEqual(response(both, head: false, pending: &pending), "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+            both.send(Self.slowFirst)
+            XCTAssertEqual(response(both, head: false, pending: &pending), Self.voidReply)
+            clients += [(fast, "the fast path's idle connection (port \(port))"), (slow, "a handed-over idle connection (port \(port))"),
+                        (both, "a connection answered fast, then handed over (port \(port))")]
+        }
+        // All idle: the shutdown closes them (before the hand-over the fast path or the
+        // thread drains itself, after it NIO's pipeline handler) and returns.
         await reads.stop()
-        XCTAssertEqual(fast.readToEOF(), "", "the fast path's idle connection is closed on shutdown")
-        XCTAssertEqual(slow.readToEOF(), "", "a handed-over idle connection is closed on shutdown")
+        for (client, what) in clients {
+            XCTAssertEqual(client.readToEOF(), "", "\(what) is closed on shutdown")
+        }
     }
 }

@@ -88,11 +88,12 @@ final class ReplyMemoryTests: XCTestCase {
     }
 
     func testLargeRepliesNotReadAreHeldToOneBudgetAcrossTheReadPorts() async throws {
-        // memcached on the event loops holds a whole reply until it is written (on reader
-        // threads, the default, only what the socket has not taken:
+        // memcached and KT HTTP on the event loops hold a whole reply until it is written (on
+        // reader threads, the default, only what the socket has not taken:
         // testRepliesWaitingOnReaderThreadsAreHeldToTheBudget).
         node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp,
-                            extraArgs: ["--memcached", "127.0.0.1:0", "--memcached-threads", "0", "--kt-http", "127.0.0.1:0",
+                            extraArgs: ["--memcached", "127.0.0.1:0", "--memcached-threads", "0",
+                                        "--kt-http", "127.0.0.1:0", "--kt-http-threads", "0",
                                         "--read-reply-memory", Self.budget(values: 2, extraKiB: 1024)])
         let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
         _ = try await client.write([.set(key: Array("huge".utf8), value: [UInt8](repeating: UInt8(ascii: "h"), count: Self.hugeBytes), expiry: nil),
@@ -131,29 +132,41 @@ final class ReplyMemoryTests: XCTestCase {
         XCTAssertEqual(again.count, "VALUE huge 0 \(Self.hugeBytes)\r\n".utf8.count + Self.hugeBytes + 7)
     }
 
-    /// On reader threads (`--memcached-threads`) a reply the socket did not take waits with
-    /// its connection parked: held against the same budget until written.
+    /// On reader threads (`--memcached-threads`, `--kt-http-threads`) a reply the socket did
+    /// not take waits with its connection parked: held against the same budget until written.
     func testRepliesWaitingOnReaderThreadsAreHeldToTheBudget() async throws {
         node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp,
-                            extraArgs: ["--memcached", "127.0.0.1:0", "--memcached-threads", "2", "--read-reply-memory", Self.budget(values: 2, extraKiB: 1024)])
+                            extraArgs: ["--memcached", "127.0.0.1:0", "--memcached-threads", "2",
+                                        "--kt-http", "127.0.0.1:0", "--kt-http-threads", "2",
+                                        "--read-reply-memory", Self.budget(values: 2, extraKiB: 1024)])
         let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
         _ = try await client.write([.set(key: Array("huge".utf8), value: [UInt8](repeating: UInt8(ascii: "h"), count: Self.hugeBytes), expiry: nil)],
                                    sourceID: "t")
         await client.close()
-        let mc = try node.daemon.port("memcached")
-        let first = try unread(port: mc, "get huge\r\n")
-        defer { close(first) }
-        try await waitFor("the first reply held", timeout: .seconds(20)) { held() > 0 }
-        let second = try unread(port: mc, "get huge\r\n")
-        defer { close(second) }
-        try await waitFor("the second reply held", timeout: .seconds(20)) { held() > Double(Self.hugeBytes) }
-        let third = try unread(port: mc, "get huge\r\n")
-        defer { close(third) }
-        XCTAssertEqual(String(decoding: read(third, until: "\r\n"), as: UTF8.self), "SERVER_ERROR out of memory writing get response\r\n")
-        let reply = "VALUE huge 0 \(Self.hugeBytes)\r\n".utf8.count + Self.hugeBytes + 7
-        XCTAssertEqual(read(first, count: reply).count, reply)
-        XCTAssertEqual(read(second, count: reply).count, reply)
-        try await waitFor("the budget to empty", timeout: .seconds(20)) { held() == 0 }
+        let mc = try node.daemon.port("memcached"), kt = try node.daemon.port("kt-http")
+        let mcReply = "VALUE huge 0 \(Self.hugeBytes)\r\n".utf8.count + Self.hugeBytes + 7
+        let ktReply = "HTTP/1.1 200 OK\r\nContent-Length: \(Self.hugeBytes)\r\n\r\n".utf8.count + Self.hugeBytes
+        // (The refused request ends its connection, so the refusal is read to its end.)
+        for (port, request, last, reply, refusal) in [
+            (mc, "get huge\r\n", "get huge\r\nquit\r\n", mcReply, "SERVER_ERROR out of memory writing get response\r\n"),
+            (kt, "GET /huge HTTP/1.1\r\n\r\n", "GET /huge HTTP/1.1\r\nConnection: close\r\n\r\n", ktReply, "HTTP/1.1 503 Service Unavailable\r\n"),
+        ] {
+            let first = try unread(port: port, request)
+            defer { close(first) }
+            try await waitFor("the first reply held (port \(port))", timeout: .seconds(20)) { held() > 0 }
+            let second = try unread(port: port, request)
+            defer { close(second) }
+            try await waitFor("the second reply held (port \(port))", timeout: .seconds(20)) { held() > Double(Self.hugeBytes) }
+            let third = try unread(port: port, last)
+            defer { close(third) }
+            let refused = String(decoding: read(third, count: 1 << 20), as: UTF8.self)
+            XCTAssertTrue(refused.hasPrefix(refusal), "port \(port): \(refused)")
+            XCTAssertEqual(read(first, count: reply).count, reply)
+            XCTAssertEqual(read(second, count: reply).count, reply)
+            try await waitFor("the budget to empty (port \(port))", timeout: .seconds(20)) { held() == 0 }
+        }
+        XCTAssertEqual(node.metric("qs_read_reply_memory_refusals_total{interface=\"memcached\"}"), 1)
+        XCTAssertEqual(node.metric("qs_read_reply_memory_refusals_total{interface=\"kt_http\"}"), 1)
     }
 
     /// KT binary's replies are written from a task: held until the socket takes them, and a

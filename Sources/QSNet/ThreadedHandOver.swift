@@ -1,0 +1,143 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// A connection a reader thread gives to the event loops (`Answering.handOver`): its socket,
+/// what the protocol says of it, the bytes read and not answered, and the replies answered
+/// and not yet taken by the socket.
+struct HandedOver<HandOff: Sendable>: Sendable {
+    let fd: Int32
+    let peerIP: String?
+    let handOff: HandOff
+    let leftover: ByteBuffer
+    let owed: ByteBuffer
+}
+
+/// The event-loop side of a threaded listener whose protocol hands connections over: each
+/// socket becomes a NIO channel set up as the listener sets up an accepted connection
+/// (`Listener.setUp`: guard, drain, counting, then `configure`), the replies owed are
+/// written first, the bytes left are fired into the pipeline as a read, and then it reads
+/// the socket itself. The channels are kept until they close, for the drain: on graceful
+/// shutdown each is told to quiesce (as the event-loop listener's children are), on
+/// cancellation closed; one handed over after that is told at once.
+final class ThreadedHandOver<HandOff: Sendable, Connection: Sendable>: Sendable {
+    private let listener: Listener
+    private let configure: @Sendable (any Channel, HandOff) throws -> Connection
+    /// The connections set up, for `runThreaded` to run `handle` on.
+    let accepted: AsyncStream<AcceptedConnection<Connection>>
+    private let continuation: AsyncStream<AcceptedConnection<Connection>>.Continuation
+
+    private struct State {
+        var channels: [ObjectIdentifier: any Channel] = [:]
+        /// Hand-overs whose channel is not set up yet.
+        var pending = 0
+        var threadsDone = false
+        var stopping = false
+        var aborting = false
+    }
+    private let state = NIOLockedValueBox(State())
+
+    init(listener: Listener, configure: @escaping @Sendable (any Channel, HandOff) throws -> Connection) {
+        self.listener = listener
+        self.configure = configure
+        (accepted, continuation) = AsyncStream.makeStream(of: AcceptedConnection<Connection>.self)
+    }
+
+    /// Called on the reader thread that hands `h` over.
+    func adopt(_ h: HandedOver<HandOff>) {
+        state.withLockedValue { $0.pending += 1 }
+        let listener = self.listener, configure = self.configure, counter = listener.counter
+        let peerIP = h.peerIP, handOff = h.handOff
+        // Set once the bootstrap's initializer runs: from then on the channel owns the
+        // socket and gives the listener's place back when it closes.
+        let made = NIOLockedValueBox<AcceptedConnection<Connection>?>(nil)
+        let owned = NIOLockedValueBox(false)
+        ClientBootstrap(group: listener.group)
+            .channelOption(.autoRead, value: false)
+            .channelInitializer { channel in
+                owned.withLockedValue { $0 = true }
+                channel.closeFuture.whenComplete { _ in counter.release(peer: peerIP) }
+                return listener.setUp(channel, peerIP: peerIP, configure: .guarded { try configure($0, handOff) })
+                    .map { accepted in made.withLockedValue { $0 = accepted } }
+            }
+            .withConnectedSocket(h.fd)
+            .whenComplete { [self] result in
+                switch result {
+                case let .success(channel):
+                    if h.owed.readableBytes > 0 { channel.writeAndFlush(h.owed, promise: nil) }
+                    if h.leftover.readableBytes > 0 {
+                        channel.pipeline.syncOperations.fireChannelRead(NIOAny(h.leftover))
+                        channel.pipeline.syncOperations.fireChannelReadComplete()
+                    }
+                    channel.setOption(.autoRead, value: true).whenFailure { _ in channel.close(promise: nil) }
+                    if let accepted = made.withLockedValue({ $0 }) { kept(accepted) }
+                case let .failure(error):
+                    if !owned.withLockedValue({ $0 }) {
+                        // NIO never took the socket: it is closed here, its place given back.
+                        Glibc.close(h.fd)
+                        counter.release(peer: peerIP)
+                    }
+                    listener.logger.debug("\(listener.name): a connection handed to the event loops could not be set up",
+                                          metadata: ["listener": "\(listener.name)", "error": "\(error)"])
+                }
+                settled()
+            }
+    }
+
+    /// Keeps `accepted`'s channel for the drain (told at once when it began) and gives it
+    /// to `runThreaded`.
+    private func kept(_ accepted: AcceptedConnection<Connection>) {
+        let channel = accepted.channel, id = ObjectIdentifier(channel)
+        let (stopping, aborting) = state.withLockedValue { s in
+            s.channels[id] = channel
+            return (s.stopping, s.aborting)
+        }
+        channel.closeFuture.whenComplete { [self] _ in
+            _ = state.withLockedValue { $0.channels.removeValue(forKey: id) }
+        }
+        if aborting {
+            channel.close(promise: nil)
+        } else if stopping {
+            channel.pipeline.syncOperations.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+        }
+        continuation.yield(accepted)
+    }
+
+    private func settled() {
+        let finish = state.withLockedValue { s in
+            s.pending -= 1
+            return s.threadsDone && s.pending == 0
+        }
+        if finish { continuation.finish() }
+    }
+
+    /// The threads are done (none hands anything over any more): the stream ends once the
+    /// hand-overs under way are set up.
+    func threadsFinished() {
+        let finish = state.withLockedValue { s in
+            s.threadsDone = true
+            return s.pending == 0
+        }
+        if finish { continuation.finish() }
+    }
+
+    /// Graceful (`abort` false): every channel handed over finishes what it has in flight
+    /// and closes; abort: every one closes now.
+    func stop(abort: Bool) {
+        let channels = state.withLockedValue { s in
+            s.stopping = true
+            if abort { s.aborting = true }
+            return Array(s.channels.values)
+        }
+        for channel in channels {
+            if abort {
+                channel.close(promise: nil)
+            } else {
+                channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
+            }
+        }
+    }
+}
