@@ -14,6 +14,8 @@ struct HandedOver<HandOff: Sendable>: Sendable {
     let handOff: HandOff
     let leftover: ByteBuffer
     let owed: ByteBuffer
+    /// The budget `owed` stays held against until written, as it was on the thread.
+    let memory: ReplyMemory?
 }
 
 /// The event-loop side of a threaded listener whose protocol hands connections over: each
@@ -55,11 +57,19 @@ final class ThreadedHandOver<HandOff: Sendable, Connection: Sendable>: Sendable 
         // socket and gives the listener's place back when it closes.
         let made = NIOLockedValueBox<AcceptedConnection<Connection>?>(nil)
         let owned = NIOLockedValueBox(false)
+        // (No options of its own: the bootstrap's one default, TCP_NODELAY, is set on the
+        // socket already, so the only failure before the initializer is the channel's
+        // making, which leaves the descriptor to us.)
         ClientBootstrap(group: listener.group)
-            .channelOption(.autoRead, value: false)
             .channelInitializer { channel in
                 owned.withLockedValue { $0 = true }
                 channel.closeFuture.whenComplete { _ in counter.release(peer: peerIP) }
+                // Nothing read from the socket before the bytes the thread left are in.
+                do {
+                    try channel.syncOptions?.setOption(.autoRead, value: false)
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
                 return listener.setUp(channel, peerIP: peerIP, configure: .guarded { try configure($0, handOff) })
                     .map { accepted in made.withLockedValue { $0 = accepted } }
             }
@@ -67,7 +77,12 @@ final class ThreadedHandOver<HandOff: Sendable, Connection: Sendable>: Sendable 
             .whenComplete { [self] result in
                 switch result {
                 case let .success(channel):
-                    if h.owed.readableBytes > 0 { channel.writeAndFlush(h.owed, promise: nil) }
+                    let owedBytes = h.owed.readableBytes
+                    if owedBytes > 0 {
+                        let large = owedBytes >= ReplyMemory.largeReply ? h.memory : nil
+                        large?.hold(owedBytes)
+                        channel.writeAndFlush(h.owed).whenComplete { _ in large?.release(owedBytes) }
+                    }
                     if h.leftover.readableBytes > 0 {
                         channel.pipeline.syncOperations.fireChannelRead(NIOAny(h.leftover))
                         channel.pipeline.syncOperations.fireChannelReadComplete()

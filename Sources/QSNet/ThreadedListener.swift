@@ -735,7 +735,10 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             }
         }
         if broken { return .close(nil) }
-        if answered == .handOver {
+        // Draining, a connection is not handed over: its socket's reading side is shut
+        // (`stop`), which the event loops would take for the peer's end and close it with
+        // replies unwritten. What was answered is written and it closes, as any here.
+        if answered == .handOver && !draining {
             guard adopt != nil else {
                 logger.error("\(listenerName): the protocol handed a connection over with no event-loop pipeline to take it; closed",
                              metadata: ["listener": "\(listenerName)", "peer": "\(c.peer)"])
@@ -753,6 +756,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                     break
                 }
             }
+            if out.capacity > Self.keptOutputBytes { out = ByteBufferAllocator().buffer(capacity: 4096) }
             return .handOver(owed: owed)
         }
         if answered == .paused {
@@ -765,7 +769,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             if read && (c.partialSince == nil || c.input.readerIndex != before) { c.partialSince = c.lastRead }
             c.input.discardReadBytes()
         }
-        let open = answered != .close
+        let open = answered == .open || answered == .paused
         if out.readableBytes > 0 {
             switch writeSome(c.fd, &out) {
             case .broken:
@@ -860,19 +864,27 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
     /// Gives `c` to the event loops (`adopt`): out of this server's books (its place under
     /// the listener's caps goes with it), off the epoll, its state handed off, its unread
     /// bytes and unwritten replies passed on.
+    /// Draining began meanwhile (its `shutdown` may have reached the socket): the replies
+    /// are written and it closes instead.
     private func handOver(_ c: Conn, owed: ByteBuffer) {
-        let done = lock.withLock { () -> CheckedContinuation<Void, Never>? in
+        let handing = lock.withLock { () -> Bool in
             state.active.removeValue(forKey: c.fd)
+            if state.stopping { return false }
             if c.registered { epoll_ctl(epoll, EPOLL_CTL_DEL, c.fd, nil) }
-            return finishIfDone()
+            return true
+        }
+        guard handing else {
+            var owed = owed
+            _ = blockingWrite(c.fd, &owed)
+            closeAndFinish(c, reason: nil)
+            return
         }
         c.registered = false
         let off = proto.handOff(c.state)
         var leftover = c.input
         c.input = ByteBuffer()
         if leftover.readableBytes == 0 { leftover = ByteBuffer() }
-        adopt?(HandedOver(fd: c.fd, peerIP: c.peerIP, handOff: off, leftover: leftover, owed: owed))
-        done?.resume()
+        adopt?(HandedOver(fd: c.fd, peerIP: c.peerIP, handOff: off, leftover: leftover, owed: owed, memory: proto.replyMemory))
     }
 
     /// Hands `c` to the epoll thread until it is readable (or, `forWrite`, writable).

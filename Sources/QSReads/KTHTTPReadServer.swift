@@ -123,16 +123,15 @@ struct KTThreads: ThreadedProtocol {
     struct Connection {
         let peer: String
         /// A request was answered here: the event loops take the connection as HTTP,
-        /// without sniffing its next byte (KT sniffs only a connection's first).
+        /// without sniffing its next byte (KT sniffs only a connection's first). Counted
+        /// as a KT HTTP connection from then on, as the event loops count one once its
+        /// first byte says HTTP (a binary one is not).
         var spokeHTTP = false
     }
 
     func makeWorker() -> ReadSlot { session.store.makeReadSlot() }
 
-    func open(peer: String) -> Connection {
-        session.metrics.opened()
-        return Connection(peer: peer)
-    }
+    func open(peer: String) -> Connection { Connection(peer: peer) }
 
     func received(_ input: inout ByteBuffer, connection: inout Connection, into out: inout ByteBuffer,
                   worker: ReadSlot, flush: (inout ByteBuffer) -> Bool) -> Answering {
@@ -143,7 +142,10 @@ struct KTThreads: ThreadedProtocol {
             case .handOver:
                 return .handOver
             case let .request(request):
-                connection.spokeHTTP = true
+                if !connection.spokeHTTP {
+                    connection.spokeHTTP = true
+                    session.metrics.opened()
+                }
                 input.withUnsafeReadableBytes { session.answer(request, in: $0, slot: worker, peer: connection.peer, into: &out) }
                 input.moveReaderIndex(forwardBy: request.length)
                 if !request.keepAlive { return .close }
@@ -153,11 +155,13 @@ struct KTThreads: ThreadedProtocol {
         return .open
     }
 
-    func closed(_ connection: Connection) { session.metrics.closed() }
+    func closed(_ connection: Connection) {
+        if connection.spokeHTTP { session.metrics.closed() }
+    }
 
-    /// The pipeline on the event loops counts the connection as open again.
+    /// The pipeline on the event loops counts the connection (again) if it is HTTP.
     func handOff(_ connection: Connection) -> Bool {
-        session.metrics.closed()
+        closed(connection)
         return connection.spokeHTTP
     }
 

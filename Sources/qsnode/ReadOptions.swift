@@ -34,10 +34,10 @@ struct ReadOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Whether stored values end with 4 bytes of memcached flags, as KT's memcached plug-in with opts=f wrote them: true or false. Default false, as KT's plug-in without opts=f: values are served whole with flags 0. (env: QS_MEMCACHED_FLAGS_IN_VALUE)", valueName: "bool"))
     var memcachedFlagsInValue: Bool = QSEnv.flag("QS_MEMCACHED_FLAGS_IN_VALUE", default: false)
 
-    @Option(help: ArgumentHelp("Threads that answer memcached connections: each serves one busy connection with blocking reads (a get costs a read and a write, no epoll wait or thread hop), and a connection quiet for 200 ms waits on one epoll thread until it sends again; past this many busy connections they take turns. Threads are made as connections need them. 0: serve memcached on the event loops like the other listeners. At most \(Self.maxMemcachedThreads) (each holds one of LMDB's reader slots). (env: QS_MEMCACHED_THREADS)", valueName: "n"))
+    @Option(help: ArgumentHelp("Threads that answer memcached connections: each serves one busy connection with blocking reads (a get costs a read and a write, no epoll wait or thread hop), and a connection quiet for 200 ms waits on one epoll thread until it sends again; past this many busy connections they take turns. Threads are made as connections need them. 0: serve memcached on the event loops like the other listeners. At most \(Self.maxMemcachedThreads), with --kt-http-threads (each holds one of LMDB's reader slots). (env: QS_MEMCACHED_THREADS)", valueName: "n"))
     var memcachedThreads: Int = QSEnv.value("QS_MEMCACHED_THREADS", Self.defaultMemcachedThreads)
 
-    @Option(help: ArgumentHelp("Threads that answer KT HTTP's simple reads (GET or HEAD /KEY, GET /rpc/get) as --memcached-threads answers memcached; a connection's first other request (a body, another procedure, KT's binary protocol) moves it to the event loops for good. 0: serve KT HTTP on the event loops. At most \(Self.maxMemcachedThreads). (env: QS_KT_HTTP_THREADS)", valueName: "n"))
+    @Option(help: ArgumentHelp("Threads that answer KT HTTP's simple reads (GET or HEAD /KEY, GET /rpc/get) as --memcached-threads answers memcached; a connection's first other request (a body, another procedure, KT's binary protocol) moves it to the event loops for good. 0: serve KT HTTP on the event loops. At most \(Self.maxMemcachedThreads), with --memcached-threads. (env: QS_KT_HTTP_THREADS)", valueName: "n"))
     var ktHttpThreads: Int = QSEnv.value("QS_KT_HTTP_THREADS", Self.defaultMemcachedThreads)
 
     /// Reader threads answer memcached by default: half the instructions of a `get` on the
@@ -52,6 +52,11 @@ struct ReadOptions: ParsableArguments {
         }
         guard (0...Self.maxMemcachedThreads).contains(ktHttpThreads) else {
             throw ValidationError("--kt-http-threads \(ktHttpThreads) (or QS_KT_HTTP_THREADS) must be 0 (serve on the event loops) to \(Self.maxMemcachedThreads), e.g. 32")
+        }
+        // Each reader thread holds one of LMDB's 256 reader slots for its life; the event
+        // loops, the write port's reads, scans and snapshots need theirs too.
+        guard memcachedThreads + ktHttpThreads <= Self.maxMemcachedThreads else {
+            throw ValidationError("--memcached-threads \(memcachedThreads) and --kt-http-threads \(ktHttpThreads) (or QS_MEMCACHED_THREADS, QS_KT_HTTP_THREADS) come to \(memcachedThreads + ktHttpThreads) reader threads, more than \(Self.maxMemcachedThreads) together (each holds one of the store's reader slots): lower one, e.g. 32 each")
         }
         guard readReplyMemory.bytes >= 1 << 20 else {
             throw ValidationError("--read-reply-memory \(readReplyMemory) (or QS_READ_REPLY_MEMORY) must be at least 1MiB, e.g. 256MiB")
