@@ -131,6 +131,9 @@ def main():
     doc = open(DOC).read()
     if BEGIN not in doc or END not in doc:
         sys.exit("docs/architecture.md has no %s … %s block" % (BEGIN, END))
+    if doc.count(BEGIN) != 1 or doc.count(END) != 1:
+        sys.exit("docs/architecture.md holds the %s … %s block %d times: the document is doubled, keep one copy"
+                 % (BEGIN, END, doc.count(BEGIN)))
     new = doc[:doc.index(BEGIN) + len(BEGIN)] + "\n" + table(pkg) + "\n" + doc[doc.index(END):]
     errors = problems(pkg)
     if check:
