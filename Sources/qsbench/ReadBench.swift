@@ -239,24 +239,34 @@ func closedLoop(port: Int, connections: Int, seconds: Double, requests: Requests
     func pct(_ p: Double) -> Double { latencies.isEmpty ? 0 : latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] }
     var load = ReadBench.Load(connections: connections, opsPerSec: Double(latencies.count) / seconds, p50Micros: pct(0.5), p99Micros: pct(0.99))
     if let before = cpuBefore, let after = cpuAfter, !latencies.isEmpty {
-        load.serverCPUMicros = Double(after &- before) / 1000 / Double(latencies.count)
+        load.serverCPUMicros = Double(threadsCPUSpent(from: before, to: after)) / 1000 / Double(latencies.count)
     }
     return load
 }
 
-/// The on-CPU nanoseconds of every thread `pid` has now (the first field of each
-/// `/proc/PID/task/TID/schedstat`): finer than `/proc/PID/stat`'s clock ticks, so a few
-/// seconds of load give a per-request figure. A thread that ends between two readings
-/// takes its time with it; the servers measured keep theirs.
-func threadsCPUNanoseconds(pid: Int32) -> UInt64 {
+/// The on-CPU nanoseconds of each thread `pid` has now, by thread id (the first field of
+/// each `/proc/PID/task/TID/schedstat`): finer than `/proc/PID/stat`'s clock ticks, so a few
+/// seconds of load give a per-request figure.
+func threadsCPUNanoseconds(pid: Int32) -> [String: UInt64] {
     let dir = "/proc/\(pid)/task"
-    var total: UInt64 = 0
+    var out = [String: UInt64]()
     for tid in (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? [] {
         guard let text = try? String(contentsOfFile: "\(dir)/\(tid)/schedstat", encoding: .utf8),
               let first = text.split(separator: " ").first, let ns = UInt64(first) else { continue }
-        total &+= ns
+        out[tid] = ns
     }
-    return total
+    return out
+}
+
+/// The CPU time the threads of `after` spent since `before`: a thread made in between counts
+/// whole, one that ended in between takes its time since `before` with it (a node's idle
+/// reader threads end after 10 s: the difference of two sums went below zero then and
+/// printed a figure of 10^10 µs).
+func threadsCPUSpent(from before: [String: UInt64], to after: [String: UInt64]) -> UInt64 {
+    after.reduce(0) { total, thread in
+        let was = before[thread.key] ?? 0
+        return total + (thread.value >= was ? thread.value - was : 0)
+    }
 }
 
 /// Each key's request, made once.
