@@ -195,7 +195,7 @@ let package = Package(
         .target(
             name: "QSDaemon",
             dependencies: [
-                "QSFeed", "QSKTFeed", "QSModel", "QSNet",
+                "CLinux", "QSFeed", "QSKTFeed", "QSModel", "QSNet",
                 nio("NIOConcurrencyHelpers"), nio("NIOCore"), nio("NIOPosix"), nio("NIOHTTP1"),
                 argumentParser, log, metrics, .product(name: "Prometheus", package: "swift-prometheus"),
                 lifecycle("ServiceLifecycle"), lifecycle("UnixSignals"),
