@@ -446,23 +446,24 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                     listening = false
                     for s in sockets { s.close() }
                 }
-                // Parked connections close; one still owed replies gets them first, in
-                // blocking writes bounded by the send timeout (held as active meanwhile, so
-                // an abort shuts it down).
+                // Parked connections close; those still owed replies get them first, all
+                // at once (`drainOwed`), each bounded by the idle timeout (held as active
+                // meanwhile, so an abort shuts them down).
                 let parked = lock.withLock { () -> [Conn] in
                     let all = Array(state.parked.values)
                     state.parked.removeAll()
                     for c in all where c.pendingOut != nil { state.active[c.fd] = c }
                     return all
                 }
+                var owing = [Int32: Conn]()
                 for c in parked {
-                    if var pending = c.pendingOut {
-                        c.pendingOut = nil
-                        _ = blockingWrite(c.fd, &pending)
-                        lock.withLock { _ = state.active.removeValue(forKey: c.fd) }
+                    if c.pendingOut != nil {
+                        owing[c.fd] = c
+                    } else {
+                        close(c, reason: nil)
                     }
-                    close(c, reason: nil)
                 }
+                drainOwed(owing, events: &events)
                 let done = lock.withLock { () -> CheckedContinuation<Void, Never>? in
                     state.epollDone = true
                     return finishIfDone()
@@ -487,6 +488,65 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             if timeout.nanoseconds > 0 && now - lastSweep >= .milliseconds(500) {
                 lastSweep = now
                 sweep(now)
+            }
+        }
+    }
+
+    /// The drain's last writes: every connection owed replies is written as its socket
+    /// takes them, side by side (a peer reading slowly holds back only itself), and closed
+    /// once written, once broken, or once it took nothing for the idle timeout
+    /// (`write-timeout`). They were written one after the other in blocking writes, so a few
+    /// slow readers held the shutdown for the idle timeout each.
+    private func drainOwed(_ connections: [Int32: Conn], events: inout [epoll_event]) {
+        var owing = connections
+        func finish(_ c: Conn, _ reason: CloseReason?) {
+            owing[c.fd] = nil
+            c.pendingOut = nil
+            lock.withLock { _ = state.active.removeValue(forKey: c.fd) }
+            close(c, reason: reason)
+        }
+        func arm(_ c: Conn) -> Bool {
+            var ev = epoll_event()
+            ev.events = EPOLLOUT.rawValue | EPOLLONESHOT.rawValue
+            ev.data.u64 = UInt64(UInt32(bitPattern: c.fd))
+            let rc = epoll_ctl(epoll, c.registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, c.fd, &ev)
+            if rc == 0 { c.registered = true }
+            return rc == 0
+        }
+        // What each socket takes now; the rest waits for it to be writable.
+        for c in Array(owing.values) {
+            guard var pending = c.pendingOut else { continue }
+            switch writeSome(c.fd, &pending) {
+            case .done, .broken: finish(c, nil)
+            case .blocked:
+                c.pendingOut = pending
+                if !arm(c) { finish(c, nil) }
+            }
+        }
+        while !owing.isEmpty {
+            let n = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, Int32($0.count), 100) }
+            for i in 0..<max(Int(n), 0) {
+                let fd = Int32(truncatingIfNeeded: events[i].data.u64)
+                if fd == wake {
+                    var v: UInt64 = 0
+                    _ = read(wake, &v, 8)
+                    continue
+                }
+                guard let c = owing[fd], var pending = c.pendingOut else { continue }
+                let before = pending.readableBytes
+                let result = writeSome(c.fd, &pending)
+                if pending.readableBytes < before { c.lastWrite = .now() }
+                switch result {
+                case .done, .broken: finish(c, nil)
+                case .blocked:
+                    c.pendingOut = pending
+                    if !arm(c) { finish(c, nil) }
+                }
+            }
+            let now = NIODeadline.now()
+            let aborting = lock.withLock { state.aborting }
+            for c in Array(owing.values) where aborting || (timeout.nanoseconds > 0 && now - c.lastWrite >= timeout) {
+                finish(c, aborting ? nil : .writeTimeout)
             }
         }
     }

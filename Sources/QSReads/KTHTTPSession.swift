@@ -309,6 +309,9 @@ final class KTHTTPHandler: ChannelInboundHandler {
     /// client that sends requests and reads no replies costs the replies past the high-water
     /// mark, not a reply to each request.
     private var waiting: HTTPRequestHead?
+    /// The drain reached this connection: NIO's pipeline handler closes it after the request
+    /// in flight, and a parse error's 400 is no longer written.
+    private var quiescing = false
 
     init(session: KTHTTPSession, peer: String, slot: ReadSlot) {
         self.session = session
@@ -484,15 +487,30 @@ final class KTHTTPHandler: ChannelInboundHandler {
         }
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is ChannelShouldQuiesceEvent { quiescing = true }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if let error = error as? HTTPParserError {
             session.counters["bad"].increment()
             session.metrics.bad(session.logger, peer: peer, reason: "unparsable HTTP: \(error)")
+            // Not once the connection ended (the decoder's error for a request cut off by
+            // the peer or by the drain's close) or the drain began: NIO's pipeline handler has
+            // closed or is closing it, and a write then is a write after its last.
+            guard context.channel.isActive && !quiescing else {
+                context.close(promise: nil)
+                return
+            }
             // What NIO's HTTPServerProtocolErrorHandler answers (no response is under way:
-            // the pipeline handler delivers a parse error after the responses before it).
+            // the pipeline handler delivers a parse error after the responses before it),
+            // and closed once it is written: closed at once, the replies before it that the
+            // socket had not taken yet would be lost.
             let headers = HTTPHeaders([("Connection", "close"), ("Content-Length", "0")])
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            return
         } else {
             session.logger.debug("KT HTTP connection ended with an error", metadata: ["peer": "\(peer)", "error": "\(error)"])
         }

@@ -285,6 +285,12 @@ final class KTFastPathTests: XCTestCase {
         let behind = try XCTUnwrap(TestClient(port: port))
         behind.send(String(repeating: "GET /big HTTP/1.1\r\n\r\n", count: 40) + echo + close)
         XCTAssertEqual(behind.readToEOF(), String(repeating: bigReply, count: 40) + echoReply + closeReply, on)
+        // A request NIO's decoder cannot parse behind replies the socket has not taken: they
+        // are all written, then the 400, then the connection closes.
+        let garbage = try XCTUnwrap(TestClient(port: port))
+        garbage.send(String(repeating: "GET /big HTTP/1.1\r\n\r\n", count: 40) + "GARBAGE\r\n\r\n")
+        XCTAssertEqual(garbage.readToEOF(), String(repeating: bigReply, count: 40)
+            + "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", on)
 
         // Byte by byte: the first byte is no whole request, NIO's pipeline reads the rest.
         let trickled = try XCTUnwrap(TestClient(port: port))

@@ -23,12 +23,16 @@ final class KTThreadsTests: XCTestCase {
         if let tmp { try? FileManager.default.removeItem(at: tmp) }
     }
 
-    /// A KT port on `threads` reader threads over a store holding `k1` = `v1`.
+    /// A KT port on `threads` reader threads over a store holding `k1` = `v1` and `big` =
+    /// 256 KiB of `b`.
     private func start(threads: Int, limits: ConnectionLimits = ConnectionLimits()) async throws -> Int {
+        if let running { try await running.stop() }
+        if let tmp { try? FileManager.default.removeItem(at: tmp) }
         tmp = try Harness.tempDir("kt-threads")
         let store = try await Store.open(directory: tmp.appendingPathComponent("data").path, noSync: true)
         _ = try await store.applyBatch(sourceID: "test", expected: 0, new: 1,
-                                       operations: [.set(key: Array("k1".utf8), value: Array("v1".utf8), expiry: nil)])
+                                       operations: [.set(key: Array("k1".utf8), value: Array("v1".utf8), expiry: nil),
+                                                    .set(key: Array("big".utf8), value: Array(repeating: 0x62, count: 256 << 10), expiry: nil)])
         var logger = Logger(label: "kt-threads-test")
         logger.logLevel = .error
         var configuration = KTHTTPReadServer.Configuration()
@@ -104,6 +108,45 @@ final class KTThreadsTests: XCTestCase {
             guard let c = TestClient(port: port) else { return false }
             c.send(Self.get)
             return c.read(count: Self.getReply.utf8.count) == Self.getReply
+        }
+    }
+
+    /// A request NIO's HTTP decoder cannot parse, behind large replies the client has not
+    /// read yet, on a connection NIO's pipeline answers (handed over from a thread, or on
+    /// the event loops): the replies before it are all written, then the 400, then the
+    /// connection closes. (It closed at once, losing the replies the socket had not taken.)
+    func testAMalformedRequestBehindUnreadRepliesGetsThemAllThenA400() async throws {
+        for threads in [2, 0] {
+            let port = try await start(threads: threads)
+            let fd = try XCTUnwrap(Harness.connectLoopback(port: port))
+            defer { close(fd) }
+            var small: Int32 = 64 << 10
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+            var tv = timeval(tv_sec: 10, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            func send(_ text: String) { _ = Array(text.utf8).withUnsafeBytes { Foundation.send(fd, $0.baseAddress, $0.count, 0) } }
+            func read(upTo count: Int) -> [UInt8] {
+                var got = [UInt8](), buffer = [UInt8](repeating: 0, count: 1 << 16)
+                while got.count < count {
+                    let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, min($0.count, count - got.count), 0) }
+                    if n <= 0 { break }
+                    got += buffer[..<n]
+                }
+                return got
+            }
+            send(Self.slow)
+            XCTAssertEqual(String(decoding: read(upTo: Self.slowReply.utf8.count), as: UTF8.self), Self.slowReply)
+            send(String(repeating: "GET /big HTTP/1.1\r\n\r\n", count: 16) + "GARBAGE\r\n\r\n")
+            // The client reads nothing for a second: long enough for the node to reach the
+            // malformed request with most replies still unsent (a right answer does not
+            // depend on how long: the bytes are the same whenever they are read).
+            try await Task.sleep(for: .seconds(1))
+            let bigReply = Array("HTTP/1.1 200 OK\r\nContent-Length: \(256 << 10)\r\n\r\n".utf8) + [UInt8](repeating: 0x62, count: 256 << 10)
+            let badRequest = Array("HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".utf8)
+            let expected = Array([[UInt8]](repeating: bigReply, count: 16).joined()) + badRequest
+            let got = read(upTo: expected.count + 1)
+            XCTAssertEqual(got.count, expected.count, "threads \(threads): bytes before the close")
+            XCTAssertTrue(got == expected, "threads \(threads): the replies, then the 400")
         }
     }
 }

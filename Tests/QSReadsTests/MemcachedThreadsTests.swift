@@ -107,6 +107,31 @@ final class MemcachedThreadsTests: XCTestCase {
         XCTAssertTrue(all.elementsEqual(Array((one + one).utf8)), "the replies arrive whole and in order")
     }
 
+    /// Connections owed replies their peers do not read are written side by side when the
+    /// drain closes them, each bounded by the idle timeout: four such peers hold a graceful
+    /// shutdown for about one idle timeout, not four (they were written one after the other).
+    func testTheDrainWritesToPeersThatDoNotReadSideBySide() async throws {
+        let port = try await server(threads: 2, limits: ConnectionLimits(idleTimeout: .seconds(2)))
+        var clients = [TestClient]()
+        for _ in 0..<4 {
+            let client = try XCTUnwrap(TestClient(port: port))
+            client.send("get " + Array(repeating: "big", count: 8).joined(separator: " ") + "\r\n")
+            clients.append(client)
+        }
+        // Each has been answered as far as its socket takes (and parks owed the rest).
+        try await waitFor("every client's socket holding replies", timeout: .seconds(10)) {
+            clients.allSatisfy { client in
+                var available: Int32 = 0
+                return ioctl(client.fd, UInt(FIONREAD), &available) == 0 && available > 0
+            }
+        }
+        let stopping = ContinuousClock.now
+        try await running?.stop()
+        running = nil
+        let took = ContinuousClock.now - stopping
+        XCTAssertLessThan(took, .seconds(5), "four peers that read nothing held the drain for \(took) with a 2 s idle timeout")
+    }
+
     /// A client that keeps sending does not keep a graceful shutdown from ending: its
     /// connection closes after the answers to what it sent before the drain.
     func testTheDrainEndsWhileAClientKeepsSending() async throws {
