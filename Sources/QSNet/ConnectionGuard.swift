@@ -157,6 +157,16 @@ public final class ConnectionWatch {
         }
     }
 
+    /// The request pending began before its bytes reached this watch (a connection a reader
+    /// thread handed to the event loops in the middle of a request): its deadline counts
+    /// from `since`, as it did on the thread.
+    func requestBegan(at since: NIODeadline, _ context: ChannelHandlerContext) {
+        guard idleChecks, let pending = pendingSince, since < pending else { return }
+        pendingSince = since
+        timer?.cancel()
+        arm(context, at: since + timeout)
+    }
+
     func streaming() {
         idleChecks = false
         pendingSince = nil

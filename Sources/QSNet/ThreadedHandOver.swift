@@ -14,6 +14,9 @@ struct HandedOver<HandOff: Sendable>: Sendable {
     let handOff: HandOff
     let leftover: ByteBuffer
     let owed: ByteBuffer
+    /// When the request `leftover` starts with began, if before the read that handed it
+    /// over: its deadline carries over.
+    let requestSince: NIODeadline?
     /// The budget `owed` stays held against until written, as it was on the thread.
     let memory: ReplyMemory?
 }
@@ -86,6 +89,11 @@ final class ThreadedHandOver<HandOff: Sendable, Connection: Sendable>: Sendable 
                     if h.leftover.readableBytes > 0 {
                         channel.pipeline.syncOperations.fireChannelRead(NIOAny(h.leftover))
                         channel.pipeline.syncOperations.fireChannelReadComplete()
+                        if let since = h.requestSince,
+                           let context = try? channel.pipeline.syncOperations.context(name: ConnectionGuard.handlerName),
+                           let guarded = context.handler as? ConnectionGuard {
+                            guarded.watch.requestBegan(at: since, context)
+                        }
                     }
                     channel.setOption(.autoRead, value: true).whenFailure { _ in channel.close(promise: nil) }
                     if let accepted = made.withLockedValue({ $0 }) { kept(accepted) }

@@ -715,8 +715,9 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         case park
         case parkForWrite
         case close(CloseReason?)
-        /// To the event loops, with the replies the socket did not take yet.
-        case handOver(owed: ByteBuffer)
+        /// To the event loops, with the replies the socket did not take yet and when the
+        /// request left began (nil: in this read).
+        case handOver(owed: ByteBuffer, since: NIODeadline?)
     }
 
     private func serve(_ c: Conn, worker: P.Worker, me: ThreadedWorker, out: inout ByteBuffer) {
@@ -735,8 +736,8 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                 lock.withLock { _ = state.active.removeValue(forKey: c.fd) }
                 closeAndFinish(c, reason: reason)
                 return
-            case let .handOver(owed)?:
-                handOver(c, owed: owed)
+            case let .handOver(owed, since)?:
+                handOver(c, owed: owed, since: since)
                 return
             }
         }
@@ -817,7 +818,8 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                 }
             }
             if out.capacity > Self.keptOutputBytes { out = ByteBufferAllocator().buffer(capacity: 4096) }
-            return .handOver(owed: owed)
+            // The request left began in an earlier read unless one before it was answered now.
+            return .handOver(owed: owed, since: c.input.readerIndex == before ? c.partialSince : nil)
         }
         if answered == .paused {
             c.unanswered = true
@@ -926,7 +928,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
     /// bytes and unwritten replies passed on.
     /// Draining began meanwhile (its `shutdown` may have reached the socket): the replies
     /// are written and it closes instead.
-    private func handOver(_ c: Conn, owed: ByteBuffer) {
+    private func handOver(_ c: Conn, owed: ByteBuffer, since: NIODeadline?) {
         let handing = lock.withLock { () -> Bool in
             state.active.removeValue(forKey: c.fd)
             if state.stopping { return false }
@@ -944,7 +946,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         var leftover = c.input
         c.input = ByteBuffer()
         if leftover.readableBytes == 0 { leftover = ByteBuffer() }
-        adopt?(HandedOver(fd: c.fd, peerIP: c.peerIP, handOff: off, leftover: leftover, owed: owed, memory: proto.replyMemory))
+        adopt?(HandedOver(fd: c.fd, peerIP: c.peerIP, handOff: off, leftover: leftover, owed: owed, requestSince: since, memory: proto.replyMemory))
     }
 
     /// Hands `c` to the epoll thread until it is readable (or, `forWrite`, writable).

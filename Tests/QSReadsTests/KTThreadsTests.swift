@@ -149,6 +149,25 @@ final class KTThreadsTests: XCTestCase {
             XCTAssertTrue(got == expected, "threads \(threads): the replies, then the 400")
         }
     }
+
+    /// A head trickled on a thread until it is too long for the threads (8 KiB) is handed
+    /// over with its deadline: the connection closes one idle timeout after the head's first
+    /// byte, as on the event loops, not one after the hand-over.
+    func testARequestHandedOverInTheMiddleKeepsItsDeadline() async throws {
+        let port = try await start(threads: 2, limits: ConnectionLimits(idleTimeout: .seconds(3)))
+        let client = try XCTUnwrap(TestClient(port: port))
+        let start = ContinuousClock.now
+        client.send("GET /k1 HTTP/1.1\r\nX: " + String(repeating: "a", count: 4_000))
+        // 200 bytes every 100 ms: past 8 KiB (the hand-over) about 2.1 s in.
+        while !client.isClosedByServer, ContinuousClock.now - start < .seconds(10) {
+            try await Task.sleep(for: .milliseconds(100))
+            client.send(String(repeating: "a", count: 200))
+        }
+        let held = ContinuousClock.now - start
+        XCTAssertTrue(client.isClosedByServer, "the trickling peer still holds its connection after \(held)")
+        XCTAssertGreaterThan(held, .milliseconds(2_500), "closed before its deadline")
+        XCTAssertLessThan(held, .milliseconds(4_300), "the deadline restarted at the hand-over (it would close about 5.1 s in)")
+    }
 }
 
 extension TestClient {
