@@ -103,8 +103,8 @@ final class ThreadedHandOver<HandOff: Sendable, Connection: Sendable>: Sendable 
                         Glibc.close(h.fd)
                         counter.release(peer: peerIP)
                     }
-                    listener.logger.debug("\(listener.name): a connection handed to the event loops could not be set up",
-                                          metadata: ["listener": "\(listener.name)", "error": "\(error)"])
+                    listener.refusals.warning(listener.logger, "\(listener.name): a connection handed to the event loops could not be set up: closed",
+                                              peer: peerIP ?? "unix", metadata: ["listener": "\(listener.name)", "error": "\(error)"])
                 }
                 settled()
             }
