@@ -513,16 +513,20 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             if rc == 0 { c.registered = true }
             return rc == 0
         }
-        // What each socket takes now; the rest waits for it to be writable.
-        for c in Array(owing.values) {
-            guard var pending = c.pendingOut else { continue }
-            switch writeSome(c.fd, &pending) {
+        // What the socket takes now; the rest waits for it to be writable.
+        func step(_ c: Conn) {
+            guard var pending = c.pendingOut else { return }
+            let before = pending.readableBytes
+            let result = writeSome(c.fd, &pending)
+            if pending.readableBytes < before { c.lastWrite = .now() }
+            switch result {
             case .done, .broken: finish(c, nil)
             case .blocked:
                 c.pendingOut = pending
                 if !arm(c) { finish(c, nil) }
             }
         }
+        for c in Array(owing.values) { step(c) }
         while !owing.isEmpty {
             let n = events.withUnsafeMutableBufferPointer { epoll_wait(epoll, $0.baseAddress, Int32($0.count), 100) }
             for i in 0..<max(Int(n), 0) {
@@ -530,17 +534,8 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                 if fd == wake {
                     var v: UInt64 = 0
                     _ = read(wake, &v, 8)
-                    continue
-                }
-                guard let c = owing[fd], var pending = c.pendingOut else { continue }
-                let before = pending.readableBytes
-                let result = writeSome(c.fd, &pending)
-                if pending.readableBytes < before { c.lastWrite = .now() }
-                switch result {
-                case .done, .broken: finish(c, nil)
-                case .blocked:
-                    c.pendingOut = pending
-                    if !arm(c) { finish(c, nil) }
+                } else if let c = owing[fd] {
+                    step(c)
                 }
             }
             let now = NIODeadline.now()
