@@ -102,6 +102,13 @@ enum Engine: Sendable {
         case let .rocksdb(e): try e.sync()
         }
     }
+
+    /// Closes what must not be left open when the process exits (`Store.shutDown`): RocksDB's
+    /// DB and its background work. LMDB's environment has no threads and nothing to flush
+    /// (every commit is durable) and stays open until the engine is released.
+    func close() {
+        if case let .rocksdb(e) = self { e.close() }
+    }
 }
 
 /// LMDB behind the seam: one environment, a named database per table.

@@ -42,6 +42,8 @@ final class RocksDBEngine: @unchecked Sendable {
     /// build (and the C API of 7.8 has no `Resume`): the engine refuses every later write
     /// itself, with the same error, until the node is restarted (docs/storage.md, "Engines").
     private var failedWrite: RocksDBError?
+    /// Set by `close()` (guarded by `writeLock`).
+    private var closed = false
     let readOnly: Bool
     let directory: String
     /// Free bytes always kept beyond a batch's own needs: RocksDB's MANIFEST, info LOG,
@@ -115,9 +117,27 @@ final class RocksDBEngine: @unchecked Sendable {
         families = RocksDBFamilies(kv: handles[1], log: handles[2], meta: handles[3], trail: handles[4])
     }
 
-    deinit {
+    /// Cancels the background work (waiting for a flush or compaction running) and closes
+    /// the DB, once nothing reads or writes it any more (`Store.shutDown`). A process must not
+    /// exit with the DB open: librocksdb's static destructors then meet its background
+    /// threads and a store thread still in a write, and the process dies of SIGABRT
+    /// ("terminate called without an active exception", "pthread lock: Invalid argument")
+    /// instead of exiting 0. Writes after it fail (`StoreError.closed`).
+    func close() {
+        writeLock.lock()
+        defer { writeLock.unlock() }
+        guard !closed else { return }
+        closed = true
+        rocksdb_cancel_all_background_work(db, 1)
         for h in handles { rocksdb_column_family_handle_destroy(h) }
         rocksdb_close(db)
+    }
+
+    deinit {
+        if !closed {
+            for h in handles { rocksdb_column_family_handle_destroy(h) }
+            rocksdb_close(db)
+        }
         rocksdb_writeoptions_destroy(writeOptions)
         rocksdb_options_destroy(options)
         rocksdb_block_based_options_destroy(tableOptions)
@@ -142,6 +162,7 @@ final class RocksDBEngine: @unchecked Sendable {
         guard !readOnly else { throw StoreError.readOnlyTransaction }
         writeLock.lock()
         defer { writeLock.unlock() }
+        guard !closed else { throw StoreError.closed }
         if let failedWrite {
             throw RocksDBError(operation: failedWrite.operation,
                                message: failedWrite.message + " (earlier: this RocksDB store takes no writes until the node is restarted)")

@@ -34,8 +34,10 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
     case promoted
     /// A write asked of a read transaction.
     case readOnlyTransaction
-    /// The store's threads were stopped (the store is being released).
+    /// The store's threads were stopped (the store is being released), or it was closed.
     case closed
+    /// `Store.shutDown` found a thread of the store still busy after `seconds`.
+    case closeTimedOut(seconds: Double, busy: String)
     /// A received snapshot does not stand where its sender said it would.
     case snapshotMismatch(announced: Head, found: Head)
     /// A snapshot file could not be made, read or written (what, where and errno).
@@ -74,6 +76,8 @@ public enum StoreError: Error, Sendable, CustomStringConvertible, Equatable {
             return "a write was asked of a read transaction: use store.write { } for writes"
         case .closed:
             return "the store is closed: its threads were stopped"
+        case let .closeTimedOut(seconds, busy):
+            return String(format: "the store could not be closed: %@ was still busy after %.0f s; it is left open", busy, seconds)
         case let .snapshotMismatch(announced, found):
             return "the received snapshot stands at index \(found.index) (hash \(hexString(found.hash))) but its sender announced index \(announced.index) (hash \(hexString(announced.hash))): it was not installed; request another snapshot"
         case let .io(why):
@@ -323,6 +327,29 @@ public final class Store: Sendable {
         writer.stop()
         readers.stop()
         background.stop()
+    }
+
+    /// Closes the store at the end of a process, once nothing submits work to it any more:
+    /// takes no more jobs, lets those already queued finish (a write accepted is committed,
+    /// and told to its caller), and closes the engine (`Engine.close`; after it the store
+    /// answers `StoreError.closed`). Returns the head as closed (nil if it could not be
+    /// read). Waits for the store's threads at most `limit` seconds: a thread still busy
+    /// then (a snapshot written to a peer that stopped reading) leaves the engine open and
+    /// `close` throws `StoreError.closeTimedOut`.
+    @discardableResult
+    public func shutDown(waitingAtMost limit: Double = 5) async throws -> Head? {
+        try await StoreThreads.once("qs-store-close") { [self] in
+            let deadline = Date(timeIntervalSinceNow: limit)
+            guard writer.stopAndWait(until: deadline), background.stopAndWait(until: deadline) else {
+                throw StoreError.closeTimedOut(seconds: limit, busy: "the writer or background thread")
+            }
+            let head = try? readNow { try $0.head() }
+            guard readers.stopAndWait(until: deadline) else {
+                throw StoreError.closeTimedOut(seconds: limit, busy: "a reader thread")
+            }
+            engine.close()
+            return head
+        }
     }
 
     // MARK: closure-scoped transactions

@@ -18,6 +18,8 @@ final class StoreThreads: @unchecked Sendable {
     private var started = false
     private var stopping = false
     private var running = 0
+    /// Threads started and not yet ended.
+    private var alive = 0
 
     init(name: String, count: Int) {
         precondition(count > 0, "a store needs at least one thread per role")
@@ -74,6 +76,19 @@ final class StoreThreads: @unchecked Sendable {
         condition.unlock()
     }
 
+    /// `stop()`, then waits until every thread has ended (the jobs already queued done) or
+    /// `deadline` passed. Whether they all ended. Never called on one of these threads.
+    func stopAndWait(until deadline: Date) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        stopping = true
+        condition.broadcast()
+        while alive > 0 {
+            if !condition.wait(until: deadline) { return alive == 0 }
+        }
+        return true
+    }
+
     private func enqueue(_ job: @escaping () -> () -> Void) -> Bool {
         condition.lock()
         defer { condition.unlock() }
@@ -81,6 +96,7 @@ final class StoreThreads: @unchecked Sendable {
         jobs.append(job)
         if !started {
             started = true
+            alive = count
             for i in 0..<count {
                 let threadName = count == 1 ? name : "\(name)-\(i)"
                 let thread = Thread { [self] in
@@ -103,6 +119,8 @@ final class StoreThreads: @unchecked Sendable {
             condition.lock()
             while head == jobs.count && !stopping { condition.wait() }
             if head == jobs.count {
+                alive -= 1
+                condition.broadcast()
                 condition.unlock()
                 return
             }

@@ -461,12 +461,29 @@ struct QSNodeCommand: AsyncParsableCommand {
             }, actions: actions,
             unavailable: "is not offered by a \(role.rawValue)")
         }
-        try await service.serviceGroup(services.map { .init(service: $0) }, logger: logger, reload: reload,
-                                       nested: true, alsoListening: admin.map { [$0.listener] } ?? []).run()
+        var failure: (any Error)?
+        do {
+            try await service.serviceGroup(services.map { .init(service: $0) }, logger: logger, reload: reload,
+                                           nested: true, alsoListening: admin.map { [$0.listener] } ?? []).run()
+        } catch {
+            failure = error
+        }
         phase.enter(readiness: { Readiness(ready: false, detail: "\(role.rawValue): stopped, the store is closed") },
                     unavailable: "is not available: the node is stopping")
-        let finalHead = try await store.head()
-        logger.info("node stopped cleanly", metadata: ["head-index": "\(finalHead.index)"])
+        // Closed before the process exits, whether the services ended well or not: the
+        // writes already queued commit, and RocksDB's background work and DB are closed (its
+        // static destructors at exit would otherwise meet its live threads: SIGABRT instead
+        // of the exit status the node means).
+        let finalHead: Head?
+        do {
+            finalHead = try await store.shutDown()
+        } catch {
+            logger.warning("node stopped without closing its store", metadata: ["data": "\(data)", "error": "\(error)"])
+            if let failure { throw failure }
+            return
+        }
+        if let failure { throw failure }
+        logger.info("node stopped cleanly", metadata: ["head-index": "\(finalHead.map { "\($0.index)" } ?? "?")"])
     }
 
     /// `/readyz` while writes fail for want of room or of a working disk: the last write

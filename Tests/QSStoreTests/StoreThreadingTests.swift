@@ -178,6 +178,78 @@ final class StoreThreadingTests: XCTestCase {
             try await store.read { txn in try txn.applyBatch(sourceID: "s", expected: 1, new: 2, operations: []) }
         }) { XCTAssertEqual($0 as? StoreError, .readOnlyTransaction) }
     }
+
+    /// A write held open on the writer thread until the returned semaphore is signalled
+    /// (its batch: `s` 1 → 2, key `held`), once it has started.
+    func holdAWriteOpen(_ store: Store) throws -> (release: DispatchSemaphore, write: Task<Head, any Error>) {
+        let entered = DispatchSemaphore(value: 0)
+        let release = DispatchSemaphore(value: 0)
+        let write = Task {
+            try await store.write { txn in
+                _ = try txn.applyBatch(sourceID: "s", expected: 1, new: 2, operations: [setting("held", "1")])
+                entered.signal()
+                release.wait()
+                return try txn.head()
+            }
+        }
+        XCTAssertEqual(entered.wait(timeout: .now() + 10), .success, "the write transaction did not start")
+        return (release, write)
+    }
+
+    /// `shutDown` (the end of a node's process) lets the writes already queued commit, and
+    /// their callers hear so, before it closes the engine; the head it returns has them;
+    /// later work is refused.
+    func testShutDownCommitsTheWritesAlreadyQueuedThenRefusesMore() throws {
+        let store = self.store!
+        _ = try result(of: "seed") { try await store.applyBatch(sourceID: "s", expected: 0, new: 1, operations: [setting("a", "1")]) }
+        let held = try holdAWriteOpen(store)
+        let queued = NIOLockedValueBox<Result<BatchOutcome, any Error>?>(nil)
+        store.applyBatch(sourceID: "s", expected: 2, new: 3, operations: PackedMutations([setting("queued", "1")])) { r in
+            queued.withLockedValue { $0 = r }
+        }
+        try waitUntil("the batch queued behind the held write") { store.queuedWrites == 1 }
+        let shutDown = Task { try await store.shutDown() }
+        held.release.signal()
+        XCTAssertEqual(try result(of: "shutDown") { try await shutDown.value }?.index, 3)
+        XCTAssertEqual(try result(of: "the held write") { try await held.write.value }.index, 2)
+        let outcome = try XCTUnwrap(queued.withLockedValue { $0 }, "the queued batch's caller was told nothing")
+        XCTAssertEqual(try outcome.get(), .applied(logIndex: 3, kept: 1, dropped: 0))
+        XCTAssertThrowsError(try result(of: "a write after shutDown") {
+            try await store.applyBatch(sourceID: "s", expected: 3, new: 4, operations: [setting("late", "1")])
+        }) { XCTAssertEqual($0 as? StoreError, .closed) }
+        XCTAssertThrowsError(try result(of: "a read after shutDown") { try await store.head() }) {
+            XCTAssertEqual($0 as? StoreError, .closed)
+        }
+    }
+
+    /// A RocksDB store is closed by `shutDown`, not only when the last reference goes (which
+    /// a process's exit never waits for): its directory lock is released at once.
+    func testShutDownClosesARocksDBStore() throws {
+        let path = dir.path + "-rocksdb"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let store = try Store(directory: path, engine: .rocksdb)
+        _ = try result(of: "a write") { try await store.applyBatch(sourceID: "s", expected: 0, new: 1, operations: [setting("a", "1")]) }
+        XCTAssertThrowsError(try Store(directory: path, engine: .rocksdb), "RocksDB's lock lets a second open through")
+        XCTAssertEqual(try result(of: "shutDown") { try await store.shutDown() }?.index, 1)
+        let again = try Store(directory: path, engine: .rocksdb)
+        XCTAssertNotNil(try result(of: "the key after reopening") { try await again.get(Array("a".utf8)) })
+        withExtendedLifetime(store) {}
+    }
+
+    /// A thread still busy after the limit: `shutDown` says so and leaves the engine open
+    /// (the busy write still commits).
+    func testShutDownGivesUpOnABusyThreadAfterItsLimit() throws {
+        let store = self.store!
+        _ = try result(of: "seed") { try await store.applyBatch(sourceID: "s", expected: 0, new: 1, operations: [setting("a", "1")]) }
+        let held = try holdAWriteOpen(store)
+        XCTAssertThrowsError(try result(of: "shutDown") { try await store.shutDown(waitingAtMost: 0.3) }) {
+            guard case let .closeTimedOut(seconds, busy)? = $0 as? StoreError else { return XCTFail("\($0)") }
+            XCTAssertEqual(seconds, 0.3)
+            XCTAssertTrue(busy.contains("writer"), busy)
+        }
+        held.release.signal()
+        XCTAssertEqual(try result(of: "the held write") { try await held.write.value }.index, 2)
+    }
 }
 
 private func setting(_ k: String, _ v: String) -> Mutation {
