@@ -72,10 +72,19 @@ public struct ThreadedServing: Sendable, Equatable {
     public var parkAfter: TimeAmount
 
     public static let defaultParkAfter = TimeAmount.milliseconds(200)
+    /// A parked connection whose request comes at least this long after its last bytes is
+    /// answered by the epoll thread itself (one read that does not wait, its answers, parked
+    /// again: one wake-up a request, as on an event loop, where a hop to a worker and the
+    /// worker's wait cost two or three); sooner, it goes to a worker's blocking reads. Nil:
+    /// always a worker.
+    public var inlineAfter: TimeAmount?
 
-    public init(threads: Int, parkAfter: TimeAmount = defaultParkAfter) {
+    public static let defaultInlineAfter = TimeAmount.milliseconds(1)
+
+    public init(threads: Int, parkAfter: TimeAmount = defaultParkAfter, inlineAfter: TimeAmount? = defaultInlineAfter) {
         self.threads = threads
         self.parkAfter = parkAfter
+        self.inlineAfter = inlineAfter
     }
 }
 
@@ -430,6 +439,9 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
 
     private func epollLoop() {
         var events = [epoll_event](repeating: epoll_event(), count: 64)
+        // What the epoll thread answers quiet connections with, made at the first.
+        var inlineWorker: (worker: P.Worker, me: ThreadedWorker)?
+        var inlineOut = ByteBufferAllocator().buffer(capacity: 4096)
         var lastSweep = NIODeadline.now()
         var listening = true
         while true {
@@ -479,8 +491,22 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                 } else if let s = sockets.first(where: { $0.fd == fd }) {
                     accept(on: s)
                 } else {
-                    let c = lock.withLock { state.parked.removeValue(forKey: fd) }
-                    if let c { enqueue(c) }
+                    let now = NIODeadline.now()
+                    let taken = lock.withLock { () -> (Conn, inline: Bool)? in
+                        guard let c = state.parked.removeValue(forKey: fd) else { return nil }
+                        // Quiet (its last bytes `serving.inlineAfter` ago or more) and owed
+                        // nothing: answered here (`ThreadedServing.inlineAfter`).
+                        let inline = serving.inlineAfter.map { c.pendingOut == nil && !c.unanswered && now - c.lastRead >= $0 } ?? false
+                        if inline { state.active[c.fd] = c }
+                        return (c, inline)
+                    }
+                    guard let (c, inline) = taken else { continue }
+                    if inline {
+                        if inlineWorker == nil { inlineWorker = (proto.makeWorker(), ThreadedWorker(thread: pthread_self())) }
+                        serve(c, worker: inlineWorker!.worker, me: inlineWorker!.me, out: &inlineOut, wait: false)
+                    } else {
+                        enqueue(c)
+                    }
                 }
             }
             if waiting.load(ordering: .relaxed) > 0 { interruptQuietest() }
@@ -715,12 +741,17 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         case handOver(owed: ByteBuffer, since: NIODeadline?)
     }
 
-    private func serve(_ c: Conn, worker: P.Worker, me: ThreadedWorker, out: inout ByteBuffer) {
+    /// Serves `c` until it parks, closes or is handed over. `wait` false (the epoll thread
+    /// answering a quiet connection inline): one read that does not wait and its answers,
+    /// then it parks again.
+    private func serve(_ c: Conn, worker: P.Worker, me: ThreadedWorker, out: inout ByteBuffer, wait: Bool = true) {
         while true {
-            let outcome = step(c, worker: worker, me: me, out: &out)
+            let outcome = step(c, worker: worker, me: me, out: &out, wait: wait)
             switch outcome {
             case nil:
-                continue
+                if wait { continue }
+                park(c)
+                return
             case .park?:
                 park(c)
                 return
@@ -739,7 +770,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
     }
 
     /// One read and its answers (or, when replies are owed, a write); nil: go on reading.
-    private func step(_ c: Conn, worker: P.Worker, me: ThreadedWorker, out: inout ByteBuffer) -> Outcome? {
+    private func step(_ c: Conn, worker: P.Worker, me: ThreadedWorker, out: inout ByteBuffer, wait: Bool) -> Outcome? {
         if c.pendingOut != nil { return resumeWrite(c) }
         // Draining: what has arrived is answered (one read without waiting), then it closes.
         let draining = stopped.load(ordering: .relaxed)
@@ -750,7 +781,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             return answer(c, worker: worker, out: &out, draining: draining, read: false)
         }
         me.quietSince.store(c.lastRead.uptimeNanoseconds, ordering: .relaxed)
-        let n = c.input.withUnsafeMutableWritableBytes { recv(c.fd, $0.baseAddress, $0.count, draining ? Int32(MSG_DONTWAIT) : 0) }
+        let n = c.input.withUnsafeMutableWritableBytes { recv(c.fd, $0.baseAddress, $0.count, draining || !wait ? Int32(MSG_DONTWAIT) : 0) }
         me.quietSince.store(0, ordering: .relaxed)
         if n > 0 {
             c.input.moveWriterIndex(forwardBy: n)
@@ -758,6 +789,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             return answer(c, worker: worker, out: &out, draining: draining, read: true)
         }
         if n == 0 || draining { return .close(nil) }
+        if !wait && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) { return .park }
         switch errno {
         case EINTR:
             // Interrupted because another connection waits for a thread: this quiet one parks.

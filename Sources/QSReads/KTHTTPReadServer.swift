@@ -35,6 +35,8 @@ public struct KTHTTPReadServer: ListeningService {
         public var threads = 0
         /// How long a connection on a thread may be quiet before it gives the thread back.
         public var parkAfter: TimeAmount = ThreadedServing.defaultParkAfter
+        /// `ThreadedServing.inlineAfter`.
+        public var inlineAfter: TimeAmount? = ThreadedServing.defaultInlineAfter
 
         public init(databases: KTDatabaseMap = .single, scanLimits: ScanLimits = ScanLimits(),
                     maxBodyBytes: Int = 32 << 20, maxPendingBytes: Int = 256 << 20, clock: @escaping ReadClock = { wallClockSeconds() }) {
@@ -56,7 +58,7 @@ public struct KTHTTPReadServer: ListeningService {
                 configuration: Configuration = Configuration(), connections: ConnectionLimits = ConnectionLimits(),
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         maxBodyBytes = configuration.maxBodyBytes
-        threads = ThreadedServing(threads: configuration.threads, parkAfter: configuration.parkAfter)
+        threads = ThreadedServing(threads: configuration.threads, parkAfter: configuration.parkAfter, inlineAfter: configuration.inlineAfter)
         listener = Listener(name: "kt-http", endpoints: endpoints, drain: .requests, limits: connections, group: group, logger: logger)
         let metrics = ReadMetrics(interface: "kt_http")
         let replyMemory = configuration.replyMemory

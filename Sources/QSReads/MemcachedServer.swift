@@ -26,6 +26,8 @@ public struct MemcachedServer: ListeningService {
         public var threads: Int
         /// How long a connection on a reader thread may send nothing before it is parked.
         public var parkAfter: TimeAmount = ThreadedServing.defaultParkAfter
+        /// `ThreadedServing.inlineAfter`.
+        public var inlineAfter: TimeAmount? = ThreadedServing.defaultInlineAfter
         /// The read ports' budget for large replies not yet read (`ReplyMemory`).
         public var replyMemory = ReplyMemory(limit: ReplyMemory.defaultLimit)
 
@@ -52,7 +54,7 @@ public struct MemcachedServer: ListeningService {
                 configuration: Configuration = Configuration(), connections: ConnectionLimits = ConnectionLimits(),
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         limits = configuration.limits
-        threads = ThreadedServing(threads: configuration.threads, parkAfter: configuration.parkAfter)
+        threads = ThreadedServing(threads: configuration.threads, parkAfter: configuration.parkAfter, inlineAfter: configuration.inlineAfter)
         // The handler answers every request within the socket read that brought it, so it
         // drains itself: on shutdown it closes once what it wrote is sent.
         listener = Listener(name: "memcached", endpoints: endpoints, drain: .pipeline, limits: connections, group: group, logger: logger)

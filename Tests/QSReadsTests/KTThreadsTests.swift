@@ -25,7 +25,7 @@ final class KTThreadsTests: XCTestCase {
 
     /// A KT port on `threads` reader threads over a store holding `k1` = `v1` and `big` =
     /// 256 KiB of `b`.
-    private func start(threads: Int, limits: ConnectionLimits = ConnectionLimits()) async throws -> Int {
+    private func start(threads: Int, limits: ConnectionLimits = ConnectionLimits(), inlineAfter: TimeAmount? = nil) async throws -> Int {
         if let running { try await running.stop() }
         if let tmp { try? FileManager.default.removeItem(at: tmp) }
         tmp = try Harness.tempDir("kt-threads")
@@ -37,6 +37,9 @@ final class KTThreadsTests: XCTestCase {
         logger.logLevel = .error
         var configuration = KTHTTPReadServer.Configuration()
         configuration.threads = threads
+        // Unless a test says otherwise, on a worker whatever the pace (the tests look at the
+        // worker's thread and drain).
+        configuration.inlineAfter = inlineAfter
         server = KTHTTPReadServer(store: store, endpoints: [.tcp(host: "127.0.0.1", port: 0)], logger: logger,
                                   configuration: configuration, connections: limits)
         running = try await InProcessServices([server], logger: logger)
@@ -75,6 +78,34 @@ final class KTThreadsTests: XCTestCase {
             .compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8) }
             .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
         XCTAssertTrue(names.contains("kt-http-read"), "\(names)")
+    }
+
+    /// Every request of a parked connection answered by the epoll thread itself
+    /// (`inlineAfter` zero): the fast ones there, and the first other one hands the
+    /// connection over from there, counted once, answered on the event loops after.
+    func testAConnectionAnsweredOnTheEpollThreadIsHandedOverToo() async throws {
+        let port = try await start(threads: 2, inlineAfter: .zero)
+        let a = try XCTUnwrap(TestClient(port: port))
+        exchange(a, Self.get, expecting: Self.getReply)
+        exchange(a, Self.get + Self.get, expecting: Self.getReply + Self.getReply)
+        XCTAssertEqual(server.session.metrics.active.count, 1)
+        exchange(a, Self.slow, expecting: Self.slowReply)
+        exchange(a, Self.get, expecting: Self.getReply)
+        XCTAssertEqual(server.session.metrics.active.count, 1, "the hand-over neither loses nor doubles the connection")
+        let names = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")
+            .compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8) }
+            .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        XCTAssertFalse(names.contains("kt-http-read"), "answered by a worker: \(names)")
+        // A binary request from a parked connection: handed over from the epoll thread too.
+        let b = try XCTUnwrap(TestClient(port: port))
+        b.sendBytes([0xBA, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 2] + Array("k1".utf8))
+        let reply: [UInt8] = [0xBA, 0, 0, 0, 1, 0, 0, 0, 0, 0, 2, 0, 0, 0, 2] + [0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]
+            + Array("k1v1".utf8)
+        XCTAssertEqual(b.readBytes(count: reply.count), reply)
+        a.send("GET /k1 HTTP/1.1\r\nConnection: close\r\n\r\n")
+        XCTAssertEqual(a.readToEOF(), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nv1")
+        // (A binary connection is not counted among the KT HTTP connections.)
+        try await waitFor("the closed connection uncounted", timeout: .seconds(10)) { self.server.session.metrics.active.count == 0 }
     }
 
     /// KT's binary protocol on the threaded port: its first byte hands the connection over,

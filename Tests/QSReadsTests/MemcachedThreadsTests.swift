@@ -23,7 +23,8 @@ final class MemcachedThreadsTests: XCTestCase {
     /// A server on `threads` reader threads over a store holding `k0`…`k99` = `v0`…`v99` and
     /// `big` = 1 MiB of `b`.
     private func server(threads: Int, limits: ConnectionLimits = ConnectionLimits(),
-                        parkAfter: TimeAmount = ThreadedServing.defaultParkAfter) async throws -> Int {
+                        parkAfter: TimeAmount = ThreadedServing.defaultParkAfter,
+                        inlineAfter: TimeAmount? = ThreadedServing.defaultInlineAfter) async throws -> Int {
         tmp = try Harness.tempDir("mc-threads")
         let store = try await Store.open(directory: tmp.appendingPathComponent("data").path, noSync: true)
         _ = try await store.applyBatch(sourceID: "test", expected: 0, new: 1, operations: (0..<100).map {
@@ -33,6 +34,7 @@ final class MemcachedThreadsTests: XCTestCase {
         logger.logLevel = .error
         var configuration = MemcachedServer.Configuration(valueFormat: .init(flagsInValue: false), threads: threads)
         configuration.parkAfter = parkAfter
+        configuration.inlineAfter = inlineAfter
         let server = MemcachedServer(store: store, endpoints: [.tcp(host: "127.0.0.1", port: 0)], logger: logger,
                                      configuration: configuration, connections: limits)
         running = try await InProcessServices([server], logger: logger)
@@ -68,7 +70,7 @@ final class MemcachedThreadsTests: XCTestCase {
     /// minute before parking here): a third connection's request is still answered, the
     /// quiet ones interrupted and parked for it, and they are answered again afterwards.
     func testQuietConnectionsOnEveryThreadDoNotHoldOffANewOne() async throws {
-        let port = try await server(threads: 2, parkAfter: .seconds(60))
+        let port = try await server(threads: 2, parkAfter: .seconds(60), inlineAfter: nil)
         let quiet = [try XCTUnwrap(TestClient(port: port)), try XCTUnwrap(TestClient(port: port))]
         for client in quiet {
             client.send("get k1\r\n")
@@ -105,6 +107,35 @@ final class MemcachedThreadsTests: XCTestCase {
         }
         XCTAssertEqual(all.count, 2 * one.utf8.count)
         XCTAssertTrue(all.elementsEqual(Array((one + one).utf8)), "the replies arrive whole and in order")
+    }
+
+    /// The reader threads now alive in this process.
+    private func readThreads() throws -> Int {
+        try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")
+            .compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8) }
+            .filter { $0.trimmingCharacters(in: .whitespacesAndNewlines) == "memcached-read" }.count
+    }
+
+    /// A connection that sends now and then is answered by the epoll thread itself (one
+    /// wake-up a request, no worker), and one that sends again at once gets a worker's
+    /// blocking reads. (The pauses are the workload: quiet is what is tested.)
+    func testQuietRequestsAreAnsweredOnTheEpollThreadAndABusyConnectionGetsAThread() async throws {
+        let port = try await server(threads: 2, inlineAfter: .milliseconds(200))
+        XCTAssertEqual(try readThreads(), 0)
+        let clients = [try XCTUnwrap(TestClient(port: port)), try XCTUnwrap(TestClient(port: port))]
+        for round in 0..<3 {
+            try await Task.sleep(for: .milliseconds(250))
+            for client in clients {
+                client.send("get k\(round)\r\n")
+                XCTAssertEqual(client.read(until: "END\r\n"), "VALUE k\(round) 0 2\r\nv\(round)\r\nEND\r\n")
+            }
+        }
+        XCTAssertEqual(try readThreads(), 0, "quiet requests were handed to a worker")
+        for i in 0..<50 {
+            clients[0].send("get k\(i)\r\n")
+            XCTAssertEqual(clients[0].read(until: "END\r\n"), "VALUE k\(i) 0 \("v\(i)".utf8.count)\r\nv\(i)\r\nEND\r\n")
+        }
+        XCTAssertEqual(try readThreads(), 1, "a busy connection is served by a worker")
     }
 
     /// Connections owed replies their peers do not read are written side by side when the
@@ -237,7 +268,7 @@ final class MemcachedThreadsTests: XCTestCase {
 
     /// The threads carry the listener's name where `ps -L` and /proc show it.
     func testTheThreadsAreNamedInProc() async throws {
-        let port = try await server(threads: 2)
+        let port = try await server(threads: 2, inlineAfter: nil)
         let client = try XCTUnwrap(TestClient(port: port))
         client.send("get k1\r\n")
         XCTAssertEqual(client.read(until: "END\r\n"), "VALUE k1 0 2\r\nv1\r\nEND\r\n")
