@@ -293,6 +293,9 @@ final class ThreadedConnection<P: ThreadedProtocol>: @unchecked Sendable {
     /// Whole requests in `input` not answered yet: answering stopped at a reply the socket
     /// did not take (`Answering.paused`); they are answered before anything more is read.
     var unanswered = false
+    /// Its answers once took the epoll thread `inlineBudget` or more: a worker answers it
+    /// from then on, however quiet it is.
+    var heavy = false
 
     init(fd: Int32, peer: String, peerIP: String?, state: P.Connection, memory: ReplyMemory?) {
         self.memory = memory
@@ -437,6 +440,12 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
 
     // MARK: the epoll thread: accepts, parked connections, idle timeouts, the drain
 
+    /// The most time the epoll thread spends answering parked connections itself in one
+    /// batch of events (the rest of the batch goes to workers), and the time one answer may
+    /// take before its connection goes to workers from then on (`ThreadedConnection.heavy`):
+    /// accepts, timeouts and the other parked connections wait while it answers.
+    static var inlineBudget: TimeAmount { .milliseconds(1) }
+
     private func epollLoop() {
         var events = [epoll_event](repeating: epoll_event(), count: 64)
         // What the epoll thread answers quiet connections with, made at the first.
@@ -483,6 +492,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                 done?.resume()
                 return
             }
+            let batchStart = NIODeadline.now()
             for i in 0..<max(Int(n), 0) {
                 let fd = Int32(truncatingIfNeeded: events[i].data.u64)
                 if fd == wake {
@@ -493,10 +503,15 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                 } else {
                     let now = NIODeadline.now()
                     let taken = lock.withLock { () -> (Conn, inline: Bool)? in
-                        guard let c = state.parked.removeValue(forKey: fd) else { return nil }
-                        // Quiet (its last bytes `serving.inlineAfter` ago or more) and owed
-                        // nothing: answered here (`ThreadedServing.inlineAfter`).
-                        let inline = serving.inlineAfter.map { c.pendingOut == nil && !c.unanswered && now - c.lastRead >= $0 } ?? false
+                        // Draining since this batch began: left parked for the drain, next
+                        // in this loop, which writes what it owes and closes it.
+                        guard !state.stopping, let c = state.parked.removeValue(forKey: fd) else { return nil }
+                        // Quiet (its last bytes `serving.inlineAfter` ago or more), owed
+                        // nothing, not one whose answers took long here before, and this
+                        // thread not yet `inlineBudget` into this batch: answered here
+                        // (`ThreadedServing.inlineAfter`); else a worker takes it.
+                        let inline = !c.heavy && now - batchStart < Self.inlineBudget
+                            && (serving.inlineAfter.map { c.pendingOut == nil && !c.unanswered && now - c.lastRead >= $0 } ?? false)
                         if inline { state.active[c.fd] = c }
                         return (c, inline)
                     }
@@ -504,6 +519,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                     if inline {
                         if inlineWorker == nil { inlineWorker = (proto.makeWorker(), ThreadedWorker(thread: pthread_self())) }
                         serve(c, worker: inlineWorker!.worker, me: inlineWorker!.me, out: &inlineOut, wait: false)
+                        if NIODeadline.now() - now >= Self.inlineBudget { c.heavy = true }
                     } else {
                         enqueue(c)
                     }
@@ -745,25 +761,33 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
     /// answering a quiet connection inline): one read that does not wait and its answers,
     /// then it parks again.
     private func serve(_ c: Conn, worker: P.Worker, me: ThreadedWorker, out: inout ByteBuffer, wait: Bool = true) {
+        let onEpollThread = !wait
         while true {
             let outcome = step(c, worker: worker, me: me, out: &out, wait: wait)
             switch outcome {
             case nil:
                 if wait { continue }
-                park(c)
+                if c.unanswered {
+                    // Requests left unanswered behind a reply the socket has taken since:
+                    // nothing will come to wake it for them, so a worker answers them.
+                    lock.withLock { _ = state.active.removeValue(forKey: c.fd) }
+                    enqueue(c)
+                } else {
+                    park(c, onEpollThread: true)
+                }
                 return
             case .park?:
-                park(c)
+                park(c, onEpollThread: onEpollThread)
                 return
             case .parkForWrite?:
-                park(c, forWrite: true)
+                park(c, forWrite: true, onEpollThread: onEpollThread)
                 return
             case let .close(reason)?:
                 lock.withLock { _ = state.active.removeValue(forKey: c.fd) }
                 closeAndFinish(c, reason: reason)
                 return
             case let .handOver(owed, since)?:
-                handOver(c, owed: owed, since: since)
+                handOver(c, owed: owed, since: since, onEpollThread: onEpollThread)
                 return
             }
         }
@@ -955,13 +979,21 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
     /// bytes and unwritten replies passed on.
     /// Draining began meanwhile (its `shutdown` may have reached the socket): the replies
     /// are written and it closes instead.
-    private func handOver(_ c: Conn, owed: ByteBuffer, since: NIODeadline?) {
-        let handing = lock.withLock { () -> Bool in
+    private func handOver(_ c: Conn, owed: ByteBuffer, since: NIODeadline?, onEpollThread: Bool = false) {
+        let handing = lock.withLock { () -> Bool? in
             state.active.removeValue(forKey: c.fd)
-            if state.stopping { return false }
+            if state.stopping {
+                // On the epoll thread, a blocking write would hold up the whole drain: the
+                // connection joins the parked ones the drain is about to write to and close.
+                guard onEpollThread else { return false }
+                if owed.readableBytes > 0 { c.pendingOut = owed }
+                state.parked[c.fd] = c
+                return nil
+            }
             if c.registered { epoll_ctl(epoll, EPOLL_CTL_DEL, c.fd, nil) }
             return true
         }
+        guard let handing else { return }
         guard handing else {
             var owed = owed
             _ = blockingWrite(c.fd, &owed)
@@ -977,12 +1009,18 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
     }
 
     /// Hands `c` to the epoll thread until it is readable (or, `forWrite`, writable).
-    private func park(_ c: Conn, forWrite: Bool = false) {
+    /// `onEpollThread`: called by the epoll thread itself, which, once draining, leaves it
+    /// to its drain (next in its loop) instead of writing what it owes in a blocking write.
+    private func park(_ c: Conn, forWrite: Bool = false, onEpollThread: Bool = false) {
         // A parked connection holds no buffer unless it holds part of a request.
         if c.input.readableBytes == 0 && c.input.capacity > 0 { c.input = ByteBuffer() }
         let closeNow = lock.withLock { () -> Bool in
             state.active.removeValue(forKey: c.fd)
-            if state.stopping { return true }
+            if state.stopping {
+                guard onEpollThread else { return true }
+                state.parked[c.fd] = c
+                return false
+            }
             state.parked[c.fd] = c
             var ev = epoll_event()
             // (Not `EPOLLRDHUP` while owed replies: a peer that shut its side down but still
