@@ -517,8 +517,9 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                     }
                     guard let (c, inline) = taken else { continue }
                     if inline {
-                        if inlineWorker == nil { inlineWorker = (proto.makeWorker(), ThreadedWorker(thread: pthread_self())) }
-                        serve(c, worker: inlineWorker!.worker, me: inlineWorker!.me, out: &inlineOut, wait: false)
+                        let w = inlineWorker ?? (proto.makeWorker(), ThreadedWorker(thread: pthread_self()))
+                        inlineWorker = w
+                        serve(c, worker: w.worker, me: w.me, out: &inlineOut, wait: false)
                         if NIODeadline.now() - now >= Self.inlineBudget { c.heavy = true }
                     } else {
                         enqueue(c)

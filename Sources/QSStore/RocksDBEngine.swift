@@ -134,10 +134,7 @@ final class RocksDBEngine: @unchecked Sendable {
     }
 
     deinit {
-        if !closed {
-            for h in handles { rocksdb_column_family_handle_destroy(h) }
-            rocksdb_close(db)
-        }
+        close()
         rocksdb_writeoptions_destroy(writeOptions)
         rocksdb_options_destroy(options)
         rocksdb_block_based_options_destroy(tableOptions)

@@ -335,7 +335,7 @@ public final class Store: Sendable {
     /// answers `StoreError.closed`). Returns the head as closed (nil if it could not be
     /// read). Waits for the store's threads at most `limit` seconds: a thread still busy
     /// then (a snapshot written to a peer that stopped reading) leaves the engine open and
-    /// `close` throws `StoreError.closeTimedOut`.
+    /// `shutDown` throws `StoreError.closeTimedOut`.
     @discardableResult
     public func shutDown(waitingAtMost limit: Double = 5) async throws -> Head? {
         try await StoreThreads.once("qs-store-close") { [self] in

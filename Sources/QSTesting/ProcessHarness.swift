@@ -5,6 +5,13 @@ import QSNet
 /// port 0 (the real ports come from their ready files), wait for them with deadlines, stop
 /// them with a signal.
 public enum Harness {
+    /// The names of this process's threads now (`/proc/self/task/*/comm`), as `ps -L` shows them.
+    public static func threadNames() throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")
+            .compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8) }
+            .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+    }
+
     /// Directory holding the built executables: `QS_BIN_DIR`, else the directory of the
     /// running test bundle (SwiftPM puts both in the same build folder).
     public static var binDir: URL {

@@ -74,9 +74,7 @@ final class KTThreadsTests: XCTestCase {
         XCTAssertEqual(a.readToEOF(), "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nv1")
         try await waitFor("the closed connection uncounted", timeout: .seconds(10)) { self.server.session.metrics.active.count == 1 }
 
-        let names = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")
-            .compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8) }
-            .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        let names = try Harness.threadNames()
         XCTAssertTrue(names.contains("kt-http-read"), "\(names)")
     }
 
@@ -92,9 +90,7 @@ final class KTThreadsTests: XCTestCase {
         exchange(a, Self.slow, expecting: Self.slowReply)
         exchange(a, Self.get, expecting: Self.getReply)
         XCTAssertEqual(server.session.metrics.active.count, 1, "the hand-over neither loses nor doubles the connection")
-        let names = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")
-            .compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8) }
-            .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        let names = try Harness.threadNames()
         XCTAssertFalse(names.contains("kt-http-read"), "answered by a worker: \(names)")
         // A binary request from a parked connection: handed over from the epoll thread too.
         let b = try XCTUnwrap(TestClient(port: port))

@@ -111,9 +111,7 @@ final class MemcachedThreadsTests: XCTestCase {
 
     /// The reader threads now alive in this process.
     private func readThreads() throws -> Int {
-        try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")
-            .compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8) }
-            .filter { $0.trimmingCharacters(in: .whitespacesAndNewlines) == "memcached-read" }.count
+        try Harness.threadNames().filter { $0 == "memcached-read" }.count
     }
 
     /// A connection that sends now and then is answered by the epoll thread itself (one
@@ -272,9 +270,7 @@ final class MemcachedThreadsTests: XCTestCase {
         let client = try XCTUnwrap(TestClient(port: port))
         client.send("get k1\r\n")
         XCTAssertEqual(client.read(until: "END\r\n"), "VALUE k1 0 2\r\nv1\r\nEND\r\n")
-        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")
-        let names = tasks.compactMap { try? String(contentsOfFile: "/proc/self/task/\($0)/comm", encoding: .utf8) }
-            .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        let names = try Harness.threadNames()
         XCTAssertTrue(names.contains("memcached-epoll"), "\(names)")
         XCTAssertTrue(names.contains("memcached-read"), "\(names)")
     }
