@@ -5,7 +5,9 @@ import NIOCore
 /// instead of five (docs/benchmarks.md, "Reads"):
 ///
 /// - **Idle timeout.** A connection that has received nothing for `timeout` is closed,
-///   one that never sends a whole request too.
+///   one that never sends a whole request too. With a drain, a whole request being
+///   answered is not idle however long its answer takes, and the clock restarts at the
+///   answer, so a keep-alive peer has the whole timeout to send its next request.
 /// - **Request deadline.** From the first byte received while no request is pending an
 ///   answer, something must be written back within `timeout`, or the connection is closed:
 ///   the idle timeout alone restarts at every byte, so a peer trickling one byte per
@@ -40,7 +42,10 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         self.drain = drain
         // A request whole and being answered (a qsrest write waiting for its commit) is
         // neither an idle peer nor a trickling one.
-        if let drain { watch.answering = { drain.isAnswering } }
+        if let drain {
+            watch.answering = { drain.isAnswering }
+            watch.idleFromAnswers = true
+        }
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -96,6 +101,7 @@ public final class ConnectionWatch {
     let reportsErrors: Bool
     /// Told why, on the event loop, just before the watch closes the connection.
     let onClose: (CloseReason, ChannelHandlerContext) -> Void
+    /// Bytes last received (or, `idleFromAnswers`, an answer last written).
     private var lastRead = NIODeadline.now()
     /// When the request pending an answer began (its first byte), nil when none is.
     private var pendingSince: NIODeadline?
@@ -104,6 +110,9 @@ public final class ConnectionWatch {
     private var writeTimer: Scheduled<Void>?
     /// Whether a whole request is being answered: the timeouts wait for its answer.
     var answering: (() -> Bool)?
+    /// The idle clock restarts at each answer written, not only at bytes received (a peer
+    /// whose answer took longer than the timeout is not closed just after it).
+    var idleFromAnswers = false
 
     init(timeout: TimeAmount, reportsErrors: Bool, onClose: @escaping (CloseReason, ChannelHandlerContext) -> Void) {
         self.timeout = timeout
@@ -137,6 +146,7 @@ public final class ConnectionWatch {
     @inline(__always)
     public func answered() {
         pendingSince = nil
+        if idleFromAnswers && idleChecks { lastRead = .now() }
     }
 
     /// The channel's writability changed: the write timer starts or stops. Writable again,

@@ -1,11 +1,12 @@
 import NIOCore
 import NIOHTTP1
 
-/// The request loop of an HTTP connection served as an async sequence (the KT read port,
-/// qsrest): requests in order, each body gathered up to `maxBodyBytes`, each marked in
-/// flight on `drain` from its head to its answer (graceful shutdown closes the connection
-/// after it). A body over the limit is answered by `tooLarge` and the connection closed;
-/// otherwise `answer` writes the reply (`true`: keep the connection open).
+/// The request loop of an HTTP connection served as an async sequence (qsrest): requests
+/// in order, each body gathered up to `maxBodyBytes`. Each request is marked in flight on
+/// the connection's drain by `HTTPRequestMarks` in the pipeline, not here (graceful shutdown
+/// and the idle timeout wait for its answer). A body over the limit is answered by
+/// `tooLarge` and the connection closed; otherwise `answer` replies (`true`: keep the
+/// connection open).
 ///
 /// `refuse` sees each request's head before its body: when it answers (and returns true),
 /// the body is read and dropped, not gathered, and the connection closes after it. So is a
@@ -21,7 +22,7 @@ import NIOHTTP1
 /// bodies: 1.75 GB).
 public enum HTTPRequests {
     public static func serve(
-        _ inbound: NIOAsyncChannelInboundStream<HTTPServerRequestPart>, maxBodyBytes: Int, drain: RequestDrain?,
+        _ inbound: NIOAsyncChannelInboundStream<HTTPServerRequestPart>, maxBodyBytes: Int,
         pending: (HTTPRequestHead) -> PendingBytes? = { _ in nil },
         refuse: (HTTPRequestHead) async throws -> Bool = { _ in false },
         tooLarge: (HTTPRequestHead) async throws -> Void,
@@ -40,7 +41,6 @@ public enum HTTPRequests {
         for try await part in inbound {
             switch part {
             case let .head(h):
-                drain?.begin()
                 head = h
                 body.clearReleasingLargeStorage()
                 over = false
@@ -76,24 +76,69 @@ public enum HTTPRequests {
             case .end:
                 guard let h = head else { continue }
                 head = nil
-                if answered {
-                    drain?.end()
-                    return
-                }
+                if answered { return }
                 if over {
                     try await tooLarge(h)
                     return
                 }
-                drain?.answering()
                 let bytes = Array(body.readableBytesView)
                 body.clearReleasingLargeStorage()
                 let keepAlive = try await answer(h, bytes)
                 // Parsed and queued (the queue holds its writes against its own budget).
                 budget?.release(reserved)
                 reserved = 0
-                drain?.end()
                 if !keepAlive { return }
             }
         }
+    }
+}
+
+/// Marks each HTTP request on its connection's `RequestDrain` as the pipeline sees it, on
+/// the event loop that also runs the connection's timeouts: in flight from its head,
+/// answering once whole (its `.end` decoded), done once its answer's `.end` is written to
+/// the socket. Placed after the HTTP server pipeline's handlers, before the connection's
+/// async channel.
+///
+/// Marked by the task reading the requests instead (as before), a whole request waited
+/// unmarked until that task came to it, and an answer was unmarked once handed to the
+/// channel's writer, before the event loop wrote it: an idle timeout falling in either gap
+/// (a loaded machine, a timeout shorter than a commit's wait) closed a connection whose
+/// answer was on its way (qsrest: curl got no answer to a write its log says was answered).
+public final class HTTPRequestMarks: ChannelDuplexHandler, RemovableChannelHandler {
+    public typealias InboundIn = HTTPServerRequestPart
+    public typealias InboundOut = HTTPServerRequestPart
+    public typealias OutboundIn = HTTPServerResponsePart
+    public typealias OutboundOut = HTTPServerResponsePart
+
+    private let drain: RequestDrain
+
+    public init(drain: RequestDrain) {
+        self.drain = drain
+    }
+
+    /// Adds the marks for a connection a `.requests` listener accepted (nothing without a drain).
+    public static func add(to pipeline: ChannelPipeline.SynchronousOperations) throws {
+        if let drain = RequestDrain.installed(in: pipeline) { try pipeline.addHandler(HTTPRequestMarks(drain: drain)) }
+    }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head: drain.begin()
+        case .end: drain.answering()
+        case .body: break
+        }
+        context.fireChannelRead(data)
+    }
+
+    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        guard case .end = unwrapOutboundIn(data) else {
+            context.write(data, promise: promise)
+            return
+        }
+        // Done once written (or failed): a close when draining comes after the bytes.
+        let written = promise ?? context.eventLoop.makePromise()
+        let drain = self.drain
+        written.futureResult.whenComplete { _ in drain.end() }
+        context.write(data, promise: written)
     }
 }

@@ -84,6 +84,7 @@ public struct RestServer: ListeningService {
                 // No pipelining assistance: the connection reads ahead of its answers itself
                 // (`serve`) and writes them in request order.
                 try ops.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: true)
+                try HTTPRequestMarks.add(to: ops)
                 return .http(try NIOAsyncChannel(wrappingChannelSynchronously: channel))
             })
             return promise.futureResult
@@ -246,8 +247,6 @@ struct RequestHandler: Sendable {
         let head: HTTPRequestHead
         let keepAlive: Bool
         let bytes: Int
-        /// Marked in flight (and answering) on the connection's drain until written.
-        let inFlight: Bool
     }
 
     /// The writer's word that the connection closes after what it wrote.
@@ -268,14 +267,13 @@ struct RequestHandler: Sendable {
                             // sending its next request into a closed socket.
                             let keepAlive = p.keepAlive && drain?.isQuiescing != true
                             try await write(reply, head: p.head, keepAlive: keepAlive, outbound: outbound)
-                            if p.inFlight { drain?.end() }
                             freed.yield(p.bytes)
                             if !keepAlive { throw Closing() }
                         }
                     }
                     var waiting = 0, waitingBytes = 0
                     var taken = written.makeAsyncIterator()
-                    func enqueue(_ head: HTTPRequestHead, keepAlive: Bool, bytes: Int = 0, inFlight: Bool = false,
+                    func enqueue(_ head: HTTPRequestHead, keepAlive: Bool, bytes: Int = 0,
                                  _ make: @escaping @Sendable () async -> RestReply) async {
                         while waiting > 0 && (waiting >= Self.maxAhead || waitingBytes + bytes > Self.maxAheadBytes) {
                             guard let n = await taken.next() else { break }
@@ -284,13 +282,13 @@ struct RequestHandler: Sendable {
                         }
                         waiting += 1
                         waitingBytes += bytes
-                        queued.yield(Pending(reply: Task { await make() }, head: head, keepAlive: keepAlive, bytes: bytes, inFlight: inFlight))
+                        queued.yield(Pending(reply: Task { await make() }, head: head, keepAlive: keepAlive, bytes: bytes))
                     }
                     do {
                         // The producer of the request being read (`refuse` sees its head first):
                         // its body is held against the producer's share of `arriving`.
                         var share: PendingBytes?, producerName = ""
-                        try await HTTPRequests.serve(inbound, maxBodyBytes: configuration.maxBodyBytes, drain: drain, pending: { _ in share }) { h in
+                        try await HTTPRequests.serve(inbound, maxBodyBytes: configuration.maxBodyBytes, pending: { _ in share }) { h in
                             // A HEAD request with a body is refused, written nowhere, as KT refuses it.
                             if h.method == .HEAD, let n = h.headers.first(name: "content-length").flatMap(Int.init), n > 0 {
                                 metrics.badRequests.increment()
@@ -326,22 +324,19 @@ struct RequestHandler: Sendable {
                                     .adding(("Retry-After", "1"))
                             }
                         } answer: { h, body in
-                            // In flight, and answering, until its answer is written (the loop
-                            // marks it only until this returns): a graceful stop and the idle
-                            // timeout wait for it.
-                            drain?.begin()
-                            drain?.answering()
+                            // In flight, and answering, until its answer is written
+                            // (`HTTPRequestMarks`): a graceful stop and the idle timeout wait for it.
                             // Its commit timeout counts from here, the whole request arrived:
                             // its parse and a quota's delay are part of its wait.
                             let arrived = ContinuousClock.now
                             switch await prepare(h, body: body, peer: peer) {
                             case let .reply(reply):
-                                await enqueue(h, keepAlive: h.isKeepAlive, inFlight: true) { reply }
+                                await enqueue(h, keepAlive: h.isKeepAlive) { reply }
                             case let .writes(w):
                                 // Queued here, in the order the requests came; answered apart.
                                 let ticket: Result<WriteQueue.Ticket, any Error>
                                 do { ticket = .success(try await queue.enqueue(w.list, arrived: arrived)) } catch { ticket = .failure(error) }
-                                await enqueue(h, keepAlive: h.isKeepAlive, bytes: w.bytes, inFlight: true) {
+                                await enqueue(h, keepAlive: h.isKeepAlive, bytes: w.bytes) {
                                     switch ticket {
                                     case let .success(t):
                                         do { return conclude(w, .success(try await t.answer)) } catch { return conclude(w, .failure(error)) }

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
+import NIOHTTP1
 import QSNet
 import QSTesting
 import XCTest
@@ -67,6 +68,75 @@ final class ListenerDrainTests: XCTestCase {
         gateContinuation.yield()
         XCTAssertEqual(busy.readToEOF(), "done\n", "the request in flight gets its answer, then the connection closes")
         try await stopped
+    }
+}
+
+extension ListenerDrainTests {
+    /// An HTTP server whose task comes to a connection's requests only once the test opens
+    /// the gate (a loaded machine's late task, a write waiting for its commit).
+    struct LateHTTPServer: ListeningService {
+        let listener: Listener
+        let drains: AsyncStream<RequestDrain>.Continuation
+        /// Done once the test opens the gate (awaited by every connection's task).
+        let gate: Task<Void, Never>
+
+        func run() async throws {
+            let drains = self.drains, gate = self.gate
+            try await listener.run { channel in
+                let ops = channel.pipeline.syncOperations
+                try ops.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: true)
+                try HTTPRequestMarks.add(to: ops)
+                return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
+            } handle: { accepted in
+                if let drain = accepted.drain { drains.yield(drain) }
+                await gate.value
+                try? await accepted.connection.executeThenClose { inbound, outbound in
+                    for try await part in inbound {
+                        guard case .end = part else { continue }
+                        try await outbound.write(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: ["Content-Length": "5"])))
+                        try await outbound.write(.body(.byteBuffer(ByteBuffer(string: "done\n"))))
+                        try await outbound.write(.end(nil))
+                    }
+                }
+            }
+        }
+    }
+
+    /// A whole HTTP request is being answered from the moment the pipeline has it, however
+    /// late the task serving the connection comes to it, until its answer is written: the
+    /// idle timeout never closes a connection whose answer is on its way, and restarts at
+    /// the answer. (Marked by the task, the request was idle until the task came to it, and
+    /// done once handed to the writer: qsrest's curl got no answer under load.)
+    func testAWholeRequestIsNotIdleUntilItsAnswerIsWritten() async throws {
+        var logger = Logger(label: "late-http-test")
+        logger.logLevel = .error
+        let (drains, drainsContinuation) = AsyncStream<RequestDrain>.makeStream()
+        let (opened, open) = AsyncStream<Void>.makeStream()
+        let gate = Task { for await _ in opened { break } }
+        let server = LateHTTPServer(listener: Listener(name: "late", endpoints: [.tcp(host: "127.0.0.1", port: 0)], drain: .requests,
+                                                       limits: ConnectionLimits(idleTimeout: .milliseconds(300)), logger: logger),
+                                    drains: drainsContinuation, gate: gate)
+        let running = try await InProcessServices([server], logger: logger)
+        let port = try await server.listener.port()
+
+        let busy = try XCTUnwrap(TestClient(port: port))
+        busy.send("GET /k HTTP/1.1\r\nHost: x\r\n\r\n")
+        var drainsIterator = drains.makeAsyncIterator()
+        let first = await drainsIterator.next()
+        let drain = try XCTUnwrap(first)
+        let marked = await Harness.eventually(timeout: .seconds(10)) { drain.isAnswering }
+        XCTAssertTrue(marked, "the whole request is marked by the pipeline, before its task reads it")
+        // Two idle connections opened after it, one after the other, closed by the idle
+        // timeout: the busy connection's own timeout has passed by then.
+        for _ in 0..<2 {
+            let idle = try XCTUnwrap(TestClient(port: port))
+            XCTAssertEqual(idle.readToEOF(), "", "an idle connection is closed by the idle timeout")
+        }
+        open.yield()
+        let answer = busy.readToEOF() ?? "(no end within 10 s)"
+        XCTAssertTrue(answer.hasPrefix("HTTP/1.1 200 OK") && answer.hasSuffix("done\n"), "the answer reaches the peer, then the idle timeout closes: \(answer)")
+        XCTAssertFalse(drain.isAnswering)
+        try await running.stop()
     }
 }
 
