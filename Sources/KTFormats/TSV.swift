@@ -31,35 +31,51 @@ public enum KTTSV {
     /// Lines without a tab are skipped; a trailing CR is dropped.
     public static func parse(_ body: [UInt8], encoding: KTColumnEncoding?) -> [(name: [UInt8], value: [UInt8])] {
         var out: [(name: [UInt8], value: [UInt8])] = []
-        for rawLine in body.split(separator: 0x0A, omittingEmptySubsequences: true) {
-            var line = rawLine
+        forEachPair(body, encoding: encoding) { out.append(($0, $1)) }
+        return out
+    }
+
+    /// `parse`, one line at a time, building nothing but each line's two columns (a
+    /// million-record body held a million slices, then a million pairs, before its map).
+    public static func forEachPair(_ body: [UInt8], encoding: KTColumnEncoding?, _ pair: ([UInt8], [UInt8]) -> Void) {
+        var start = body.startIndex
+        while start < body.endIndex {
+            let end = body[start...].firstIndex(of: 0x0A) ?? body.endIndex
+            var line = body[start..<end]
+            start = end + 1
             if line.last == 0x0D { line = line.dropLast() }
             guard let tab = line.firstIndex(of: 0x09) else { continue }
-            let name = Array(line[line.startIndex..<tab])
-            let value = Array(line[line.index(after: tab)...])
+            let name = line[line.startIndex..<tab], value = line[line.index(after: tab)...]
             if let encoding {
-                out.append((encoding.decode(name), encoding.decode(value)))
+                pair(encoding.decode(Array(name)), encoding.decode(Array(value)))
             } else {
-                out.append((name, value))
+                pair(Array(name), Array(value))
             }
         }
-        return out
     }
 
     /// Parses `a=b&c=d` (or `;`-separated) form data, URL-decoding names and values.
     public static func parseForm<C: Collection>(_ text: C) -> [(name: [UInt8], value: [UInt8])] where C.Element == UInt8 {
         var out: [(name: [UInt8], value: [UInt8])] = []
-        for var field in Array(text).split(whereSeparator: { $0 == UInt8(ascii: "&") || $0 == UInt8(ascii: ";") }) {
+        forEachFormPair(text) { out.append(($0, $1)) }
+        return out
+    }
+
+    /// `parseForm`, one field at a time.
+    public static func forEachFormPair<C: Collection>(_ text: C, _ pair: ([UInt8], [UInt8]) -> Void) where C.Element == UInt8 {
+        var rest = text[...]
+        while !rest.isEmpty {
+            let end = rest.firstIndex { $0 == UInt8(ascii: "&") || $0 == UInt8(ascii: ";") } ?? rest.endIndex
+            var field = rest[rest.startIndex..<end]
+            rest = end == rest.endIndex ? rest[end...] : rest[rest.index(after: end)...]
             while let f = field.first, f > 0, f <= 0x20 { field = field.dropFirst() }
             guard !field.isEmpty else { continue }
             if let eq = field.firstIndex(of: UInt8(ascii: "=")) {
-                out.append((KTColumnEncoding.urlDecode(field[field.startIndex..<eq]),
-                            KTColumnEncoding.urlDecode(field[field.index(after: eq)...])))
+                pair(KTColumnEncoding.urlDecode(field[field.startIndex..<eq]), KTColumnEncoding.urlDecode(field[field.index(after: eq)...]))
             } else {
-                out.append((KTColumnEncoding.urlDecode(field), []))
+                pair(KTColumnEncoding.urlDecode(field), [])
             }
         }
-        return out
     }
 
     /// Whether a reply holding `bytes` gets a column encoding (`bestEncoding` is not nil):

@@ -104,6 +104,14 @@ public struct ConditionalWrite: Sendable, Equatable {
         return key.count + value.count
     }
 
+    /// What the write holds in memory while it waits (its payload, itself, its arrays'
+    /// headers and their rounding): what bounds a queue of writes by its memory, where a
+    /// million writes of a few bytes each held over 100 MB that `payloadBytes` did not show.
+    public var heldBytes: Int { payloadBytes + Self.heldOverhead }
+
+    /// The memory a write holds beyond its payload bytes.
+    public static let heldOverhead = MemoryLayout<ConditionalWrite>.stride + 2 * 32 + 2 * 16
+
     // MARK: bytes
 
     /// `kind:u8 flags:u8 [xt:u64] key:blob32 value:blob32` then, for cas,

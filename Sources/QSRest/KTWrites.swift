@@ -144,17 +144,21 @@ public struct KTWrites: Sendable {
                 Self.single(a, name) { Self.plain($0, failure: KTErrorText.noRecord) }
             }
         case "set_bulk":
-            let records = p.underscored
-            let writes = records.map { ConditionalWrite(.set, key: base + $0.key, value: $0.value, expiry: xt) }
-            return .writes(writes, procedure: name) { _ in .fields(200, ["num": "\(records.count)"]) }
+            let writes = p.records({ ConditionalWrite(.set, key: base + $0, value: $1, expiry: xt) }, by: Self.byKey)
+            let count = writes.count
+            return .writes(writes, procedure: name) { _ in .fields(200, ["num": "\(count)"]) }
         default: // remove_bulk
-            let writes = p.underscored.map { ConditionalWrite(.remove, key: base + $0.key) }
+            let writes = p.records({ k, _ in ConditionalWrite(.remove, key: base + k) }, by: Self.byKey)
             return .writes(writes, procedure: name) { a in
                 guard case let .committed(outcomes) = a else { return Self.unknownOutcome(name) }
                 return .fields(200, ["num": "\(outcomes.filter { $0 == .done }.count)"])
             }
         }
     }
+
+    /// A bulk request's writes in key order, as KT applies its records (their keys share
+    /// the database's prefix).
+    static func byKey(_ a: ConditionalWrite, _ b: ConditionalWrite) -> Bool { a.key.lexicographicallyPrecedes(b.key) }
 
     /// Success (200) when the write was done, else 450 with KT's `failure` text.
     static func plain(_ outcome: ConditionalWrite.Outcome, failure: String) -> RestReply {

@@ -14,10 +14,12 @@ public final class RestMetrics: Sendable {
     public let authFailures = Counter(label: "qs_rest_auth_failures_total")
     public let badRequests = Counter(label: "qs_rest_bad_requests_total")
     public let binaryRefused = Counter(label: "qs_rest_binary_refused_total")
-    /// Requests refused because the bodies arriving on all connections held all of
-    /// `--max-arriving-bytes`.
+    /// Requests refused because the bodies arriving (and parses running) on all
+    /// connections held all of `--max-arriving-bytes` or the producer's share, or whose
+    /// parse alone would pass the share.
     public let arrivingRefused = Counter(label: "qs_rest_arriving_bytes_refusals_total")
-    /// Bytes of request bodies arriving (read, not yet parsed and queued), all connections.
+    /// Bytes of request bodies arriving (read, not yet parsed and queued), and what their
+    /// parses are estimated to build while they run, all connections.
     public let arrivingBytes = Gauge(label: "qs_rest_arriving_bytes")
     public let aclReloads = Counter(label: "qs_rest_acl_reloads_total", dimensions: [("result", "ok")])
     public let aclReloadFailures = Counter(label: "qs_rest_acl_reloads_total", dimensions: [("result", "error")])

@@ -31,7 +31,8 @@ public actor WriteQueue: Service {
         public var interval: Duration
         public var maxWrites: Int
         public var maxBytes: Int
-        /// Writes waiting for a batch beyond which new requests are refused (503).
+        /// The memory of writes waiting for a batch (`ConditionalWrite.heldBytes`) beyond
+        /// which new requests are refused (503); one request is always taken by an empty queue.
         public var maxPendingBytes: Int
         /// How long a request may wait for its commit at the root, from its arrival, before
         /// it is answered 503 (not applied when its batch was never sent, outcome unknown
@@ -99,7 +100,7 @@ public actor WriteQueue: Service {
 
         public var description: String {
             switch self {
-            case .busy: return "too many writes are waiting for the root; retry later"
+            case .busy: return "the writes waiting for the root hold all of --max-pending-bytes (their keys and values and \(ConditionalWrite.heldOverhead) bytes each besides); retry later"
             case let .failed(why): return "the batch holding this write failed: \(why)"
             case let .notCommitted(false, why): return "not applied: no root took the batch holding this write \(Self.when(why)) (\(why)); retry"
             case let .notCommitted(true, why): return "outcome unknown: the batch holding this write was sent to the root and not answered \(Self.when(why)) (\(why)); it may still be applied: read the key before retrying a write that is not idempotent (increment, append, add)"
@@ -222,7 +223,10 @@ public actor WriteQueue: Service {
         guard !stopped, !stopSignal.fired else { throw Refusal.stopping }
         guard halted.withLockedValue({ $0 }) == nil else { throw Refusal.halted }
         let bytes = writes.reduce(0) { $0 + $1.payloadBytes }
-        guard pendingBytes + bytes <= limits.maxPendingBytes || pending.isEmpty else {
+        // Counted as held in memory (`heldBytes`), not by payload alone: a producer's
+        // million one-byte sets are 100 MB waiting, not 1 MB.
+        let held = pendingBytes + bytes + (pendingWrites + max(writes.count, 1)) * ConditionalWrite.heldOverhead
+        guard held <= limits.maxPendingBytes || pending.isEmpty else {
             metrics.busy.increment()
             throw Refusal.busy
         }

@@ -60,13 +60,13 @@ struct QSRestCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Flush sooner once a batch holds this many bytes, e.g. 16MiB. (env: QS_BATCH_MAX_BYTES)", valueName: "size"))
     var batchMaxBytes: ByteSize = QSEnv.value("QS_BATCH_MAX_BYTES", ByteSize(16 << 20))
 
-    @Option(help: ArgumentHelp("Bytes of writes waiting for the root beyond which requests are refused with 503 and Retry-After, e.g. 256MiB. (env: QS_MAX_PENDING_BYTES)", valueName: "size"))
+    @Option(help: ArgumentHelp("The memory of writes waiting for the root (their keys and values, and about 150 bytes each besides) beyond which requests are refused with 503 and Retry-After, e.g. 256MiB; a request is always taken when none wait. (env: QS_MAX_PENDING_BYTES)", valueName: "size"))
     var maxPendingBytes: ByteSize = QSEnv.value("QS_MAX_PENDING_BYTES", ByteSize(256 << 20))
 
     @Option(help: ArgumentHelp("Largest request body accepted, e.g. 32MiB. (env: QS_MAX_BODY)", valueName: "size"))
     var maxBody: ByteSize = QSEnv.value("QS_MAX_BODY", ByteSize(32 << 20))
 
-    @Option(help: ArgumentHelp("The most bytes of request bodies still arriving (read, not yet parsed and queued) that all producer connections hold together, e.g. 256MiB: a body that would pass it is answered 503 with Retry-After at once and its connection closed, counted in qs_rest_arriving_bytes_refusals_total. --max-body bounds one body; this bounds them all. (env: QS_MAX_ARRIVING_BYTES)", valueName: "size"))
+    @Option(help: ArgumentHelp("The most bytes of request bodies still arriving (read, not yet parsed and queued), and of what their parses build (estimated from their lines: about 340 bytes a line or field), that all producer connections hold together, e.g. 256MiB: a body that would pass it is answered 503 with Retry-After at once and its connection closed, a request whose parse alone would pass its producer's share 413, counted in qs_rest_arriving_bytes_refusals_total. --max-body bounds one body; this bounds them all. (env: QS_MAX_ARRIVING_BYTES)", valueName: "size"))
     var maxArrivingBytes: ByteSize = QSEnv.value("QS_MAX_ARRIVING_BYTES", ByteSize(256 << 20))
 
     @Option(name: .customLong("max-arriving-bytes-per-producer"), help: ArgumentHelp("Each producer's share of --max-arriving-bytes: the most bytes of its bodies still arriving that one producer's connections hold together, e.g. 128MiB, so one producer's slow uploads cannot take the whole budget from the others; a body that would pass it is answered 503 with Retry-After at once. At least --max-body, at most --max-arriving-bytes. Default: --max-arriving-bytes less one --max-body (so another producer's body always fits), at least --max-body. (env: QS_MAX_ARRIVING_BYTES_PER_PRODUCER)", valueName: "size"))

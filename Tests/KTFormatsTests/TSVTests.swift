@@ -121,8 +121,9 @@ final class RecordBoundTests: XCTestCase {
                     body += (encoding?.encode(name) ?? name) + [0x09] + (encoding?.encode(value) ?? value) + [0x0A]
                 }
                 let contentType = "text/tab-separated-values" + (encoding.map { "; colenc=\(Character(UnicodeScalar($0.rawValue)))" } ?? "")
-                let parsed = KTRPCParameters(query: nil, contentType: contentType, body: body).underscored.count
-                XCTAssertGreaterThanOrEqual(KTRPCParameters.recordBound(contentType: contentType, body: body), parsed, "\(String(describing: encoding))")
+                let params = KTRPCParameters(query: nil, contentType: contentType, body: body)
+                XCTAssertGreaterThanOrEqual(KTRPCParameters.recordBound(contentType: contentType, body: body), params.underscored.count, "\(String(describing: encoding))")
+                XCTAssertGreaterThanOrEqual(KTRPCParameters.entryBound(query: nil, contentType: contentType, body: body), params.values.count, "\(String(describing: encoding))")
             }
         }
         let tsv = Array("_a\t1\n_b\t2\nDB\t0\n_c\t3\n".utf8)
@@ -131,5 +132,10 @@ final class RecordBoundTests: XCTestCase {
         XCTAssertEqual(KTRPCParameters.recordBound(contentType: "application/x-www-form-urlencoded", body: form), 3)
         XCTAssertEqual(KTRPCParameters(query: nil, contentType: "application/x-www-form-urlencoded", body: form).underscored.count, 3)
         XCTAssertEqual(KTRPCParameters.recordBound(contentType: nil, body: tsv), 0)
+        // Every entry a parse can build, records or not (what qsrest holds its parse against).
+        XCTAssertEqual(KTRPCParameters.entryBound(query: nil, contentType: "text/tab-separated-values", body: tsv), 5)
+        XCTAssertEqual(KTRPCParameters.entryBound(query: Array("a=1&b=2".utf8)[...], contentType: "application/x-www-form-urlencoded", body: form), 7)
+        XCTAssertEqual(KTRPCParameters.entryBound(query: Array("a=1".utf8)[...], contentType: nil, body: tsv), 1)
+        XCTAssertEqual(KTRPCParameters.entryBound(query: nil, contentType: "application/octet-stream", body: tsv), 0)
     }
 }

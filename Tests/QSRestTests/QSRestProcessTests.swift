@@ -778,6 +778,83 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try t.rest.stop(), 0)
     }
 
+    /// A set_bulk body of `records` short records (`dns/<n>` set to empty), as a file for curl.
+    func shortRecords(_ records: Int, name: String) throws -> URL {
+        var body = [UInt8]()
+        for i in 0..<records { body += Array("_dns/\(String(i, radix: 16))\t\n".utf8) }
+        let url = tmp.appendingPathComponent(name)
+        try Data(body).write(to: url)
+        return url
+    }
+
+    /// What a request's parse builds is held against the arriving bytes while it runs: a
+    /// body of short records (about 30 times its bytes built: 30 MB of 2.5 M records took
+    /// qsrest to 813 MB) that could never fit its producer's share is refused 413 before its
+    /// parse, saying how many would fit; a body that fits goes through and is released.
+    func testAParseIsHeldAgainstTheArrivingBytes() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL(),
+                                                extra: ["--max-body", "4MiB", "--max-arriving-bytes", "16MiB"])
+        let base = "http://127.0.0.1:\(port)/rpc/set_bulk"
+        let tsv = ["-H", "Content-Type: text/tab-separated-values"]
+        // 200,000 records (~2 MB): far more than 12 MiB, the producer's share, when parsed.
+        let big = try curl(["-u", "dns:dns-token", "--max-time", "30"] + tsv + ["--data-binary", "@\(try shortRecords(200_000, name: "big.tsv").path)", base])
+        XCTAssertEqual(big.status, 413, big.body)
+        XCTAssertTrue(big.body.contains("send fewer records a request") && big.body.contains("--max-arriving-bytes-per-producer"), big.body)
+        XCTAssertEqual(metricValue(port: admin, "qs_rest_arriving_bytes_refusals_total"), 1)
+        XCTAssertTrue(rest.log.contains("its parse would build more than the arriving budget holds"), rest.log)
+        // 10,000 fit, are written, and what was held for them is given back.
+        let fits = try curl(["-u", "dns:dns-token", "--max-time", "30"] + tsv + ["--data-binary", "@\(try shortRecords(10_000, name: "fits.tsv").path)", base])
+        XCTAssertEqual(fits.status, 200, fits.body)
+        XCTAssertTrue(fits.body.contains("num\t10000"), fits.body)
+        try await waitFor("the arriving bytes given back", timeout: .seconds(10)) { metricValue(port: admin, "qs_rest_arriving_bytes") == 0 }
+        let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let last = try await client.get(Array("dns/\(String(9_999, radix: 16))".utf8))
+        XCTAssertEqual(last?.value, [])
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
+    /// --max-pending-bytes counts what waiting writes hold in memory, not their payload
+    /// alone: behind 20,000 short writes waiting for a batch (180 KB of keys, 3 MB held;
+    /// another 20,000 in the batch sent to a stopped root), one more write is refused 503
+    /// at a 1 MiB limit; all are committed once the root goes on.
+    func testPendingWritesAreCountedByWhatTheyHold() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL(),
+                                                extra: ["--max-pending-bytes", "1MiB", "--commit-timeout", "60s", "--batch-max-ops", "100000"])
+        XCTAssertEqual(try curl(["-u", "dns:dns-token", "http://127.0.0.1:\(port)/rpc/set?key=dns%2Fwarm&value=1"]).status, 200)
+        kill(root.daemon.pid, SIGSTOP)
+        var stopped = true
+        defer { if stopped { kill(root.daemon.pid, SIGCONT) } }
+        let records = try shortRecords(20_000, name: "short.tsv")
+        let bulk = { @Sendable in
+            Task.detached {
+                try Harness.run("/usr/bin/curl", ["-s", "-w", "\n%{http_code}", "-u", "dns:dns-token", "--max-time", "60",
+                                                  "-H", "Content-Type: text/tab-separated-values", "--data-binary", "@\(records.path)",
+                                                  "http://127.0.0.1:\(port)/rpc/set_bulk"]).stdout
+            }
+        }
+        // The first is sent to the stopped root; the second waits behind it.
+        let sent = bulk()
+        // "has waited": the batch holding it was sent, and has waited over 4 s for the root.
+        try await waitFor("the first bulk sent", timeout: .seconds(30), pollEvery: .milliseconds(100)) {
+            httpGet(port: admin, path: "/readyz")?.body.contains("has waited") == true
+        }
+        let waiting = bulk()
+        try await waitFor("the second bulk waiting", timeout: .seconds(30)) { (metricValue(port: admin, "qs_rest_pending_writes") ?? 0) >= 20_000 }
+        let refused = try curl(["-u", "dns:dns-token", "--max-time", "30", "http://127.0.0.1:\(port)/rpc/set?key=dns%2Fmore&value=1"])
+        XCTAssertEqual(refused.status, 503, refused.body)
+        XCTAssertTrue(refused.body.contains("--max-pending-bytes"), refused.body)
+        XCTAssertEqual(metricValue(port: admin, "qs_rest_busy_refusals_total"), 1)
+        kill(root.daemon.pid, SIGCONT)
+        stopped = false
+        for task in [sent, waiting] {
+            let answer = String(decoding: try await task.value, as: UTF8.self)
+            XCTAssertTrue(answer.hasSuffix("200") && answer.contains("num\t20000"), answer)
+        }
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
     /// A root, qsrest on it with one write committed and /readyz 200, then the root demoted.
     func demotedAfterAWrite() throws -> (RootNode, DaemonProcess, Int, Int) {
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
