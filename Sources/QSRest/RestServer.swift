@@ -416,15 +416,16 @@ struct RequestHandler: Sendable {
 
     /// Checks a whole request (credential, procedure, keyspace, quota: a request past its
     /// soft quota waits here) and says what it comes to.
-    /// The memory a parse of an RPC request builds, at most: each entry's map slot, name
-    /// and value, and its write (`ConditionalWrite.heldBytes`), and a copy of the bytes.
+    /// The memory a parse of an RPC request builds, at most: its map
+    /// (`KTRPCParameters.parseBytes`) and a write for each entry (`ConditionalWrite.heldBytes`).
     /// Measured (release build, qsrest's peak RSS): a 30 MB `set_bulk` of 2.5 M short
     /// records took 813 MB before the parse was streamed, 686 MB after (about 250 bytes a
-    /// record beyond the body, the batch sent to the root included); this estimates 893 MB.
-    static func parseBytes(entries: Int, body: Int) -> Int {
-        entries * Self.parseBytesPerEntry + body
+    /// record beyond the body, the batch sent to the root included); this estimates 730 MB.
+    static func parseBytes(query: ArraySlice<UInt8>?, contentType: String?, body: [UInt8]) -> (entries: Int, bytes: Int) {
+        let (entries, bytes) = KTRPCParameters.parseBytes(query: query, contentType: contentType, body: body)
+        return (entries, bytes + entries * ConditionalWrite.heldOverhead)
     }
-    static let parseBytesPerEntry = 192 + ConditionalWrite.heldOverhead
+    static let parseBytesPerEntry = KTRPCParameters.parseBytesPerEntry + ConditionalWrite.heldOverhead
 
     /// `budget`: what the request's body was held against as it arrived (its producer's
     /// share of the arriving bytes); its parse is held against it too while it runs.
@@ -458,8 +459,7 @@ struct RequestHandler: Sendable {
         var held = 0
         defer { budget?.release(held) }
         if path.starts(with: rpcPrefix), let budget {
-            let entries = KTRPCParameters.entryBound(query: query, contentType: head.headers.first(name: "content-type"), body: body)
-            let need = Self.parseBytes(entries: entries, body: body.count)
+            let (entries, need) = Self.parseBytes(query: query, contentType: head.headers.first(name: "content-type"), body: body)
             let most = min(budget.limit, budget.parent?.limit ?? .max)
             // The body's own bytes are held against the same budget until the request is queued.
             if need + body.count > most {

@@ -22,7 +22,7 @@ struct ReadOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Serve KT's HTTP RPC and RESTful reads on this Unix socket path; none when unset. (env: QS_KT_HTTP_UNIX)", valueName: "path"))
     var ktHttpUnix: String = QSEnv.string("QS_KT_HTTP_UNIX") ?? ""
 
-    @Option(help: ArgumentHelp("The most bytes of KT HTTP request bodies still arriving that the KT port's connections hold together, e.g. 256MiB: a body that would pass it is answered 503 and its connection closed (one body is at most 32MiB). (env: QS_KT_MAX_PENDING_BYTES)", valueName: "size"))
+    @Option(help: ArgumentHelp("The most bytes of KT HTTP request bodies still arriving, and of what their parses build (estimated from their lines: about 130 bytes a line besides the body), that the KT port's connections hold together, e.g. 256MiB: a body that would pass it is answered 503 and its connection closed, a request whose parse would pass it alone 413 (one body is at most 32MiB). (env: QS_KT_MAX_PENDING_BYTES)", valueName: "size"))
     var ktMaxPendingBytes: ByteSize = QSEnv.value("QS_KT_MAX_PENDING_BYTES", ByteSize(256 << 20))
 
     @Option(help: ArgumentHelp("The most bytes of large replies (64KiB or more) that clients of the read ports and of the write port's reads have not read yet, held together, e.g. 256MiB: a get whose large reply would pass it is refused (memcached SERVER_ERROR out of memory writing get response, KT HTTP 503 with Retry-After, KT binary's error reply, the write port's busy to a connection without a token), counted in qs_read_reply_memory_refusals_total, and the client may try again. One reply larger than this is still served while nothing else is held. (env: QS_READ_REPLY_MEMORY)", valueName: "size"))

@@ -58,8 +58,9 @@ final class KTBinaryLimitTests: XCTestCase {
         addTeardownBlock { try await running.stop() }
         let port = try await kt.listener.port()
 
-        // A body of 700,000 bytes, 600,000 of them sent: held.
-        let keys = Array(String(repeating: "_k\t\n", count: 175_000).utf8)
+        // A body of 700,000 bytes, 600,000 of them sent: held. (700 keys of 997 bytes: its
+        // parse, held too once it has all come, fits the budget.)
+        let keys = Array(String(repeating: "_" + String(repeating: "k", count: 997) + "\t\n", count: 700).utf8)
         let head = Array("POST /rpc/get_bulk HTTP/1.1\r\nHost: x\r\nContent-Type: text/tab-separated-values\r\nContent-Length: \(keys.count)\r\nConnection: close\r\n\r\n".utf8)
         let first = try XCTUnwrap(Harness.connectLoopback(port: port))
         defer { close(first) }
@@ -94,6 +95,39 @@ final class KTBinaryLimitTests: XCTestCase {
         // A declared length over the body limit: 413 from the head, before any of the body.
         let declared = RawSocket.exchange(port: port, Array("POST /rpc/get_bulk HTTP/1.1\r\nHost: x\r\nContent-Length: \(2 << 20)\r\n\r\n".utf8))
         XCTAssertEqual(RawHTTPResponse(declared)?.status, 413, String(decoding: declared.prefix(200), as: UTF8.self))
+    }
+
+    /// What a body's parse builds is held against the same budget while it runs, estimated
+    /// from its lines: a get_bulk of many short keys whose parse could never fit is refused
+    /// 413 (counted as a bad request), one that fits is answered and gives the budget back.
+    /// (Eight 30 MB get_bulks of short keys took a node from 40 MB to 680 MB, unheld.)
+    func testABodysParseIsHeldAgainstTheBudget() async throws {
+        let tmp = try Harness.tempDir("kt-parse")
+        defer { try? FileManager.default.removeItem(at: tmp) }
+        let store = try Store(directory: tmp.appendingPathComponent("data").path, mapSize: 64 << 20)
+        var logger = Logger(label: "reads-test")
+        logger.logLevel = .error
+        let kt = KTHTTPReadServer(store: store, endpoints: [.tcp(host: "127.0.0.1", port: 0)], logger: logger,
+                                  configuration: .init(maxBodyBytes: 1 << 20, maxPendingBytes: 1 << 20))
+        let running = try await InProcessServices([kt], logger: logger)
+        addTeardownBlock { try await running.stop() }
+        let port = try await kt.listener.port()
+        func getBulk(_ lines: Int, pad: Int = 0) -> [UInt8] {
+            var body = [UInt8]()
+            for i in 0..<lines { body += Array("_k\(String(repeating: "p", count: pad))\(i)\t\n".utf8) }
+            return Array("POST /rpc/get_bulk HTTP/1.1\r\nHost: x\r\nContent-Type: text/tab-separated-values\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n".utf8) + body
+        }
+        // 10,000 keys: 89 KB of body, over 1 MiB parsed.
+        let refused = RawSocket.exchange(port: port, getBulk(10_000))
+        XCTAssertEqual(RawHTTPResponse(refused)?.status, 413, String(decoding: refused.prefix(300), as: UTF8.self))
+        XCTAssertTrue(String(decoding: refused, as: UTF8.self).contains("--kt-max-pending-bytes"), String(decoding: refused.prefix(300), as: UTF8.self))
+        // 1,000 keys fit; the budget is given back after the answer, also for a body parsed
+        // off the event loop (2,500 keys of 33 bytes or more: over 64 KiB).
+        for (lines, pad) in [(1_000, 0), (2_500, 30)] {
+            let answered = RawSocket.exchange(port: port, getBulk(lines, pad: pad))
+            XCTAssertEqual(RawHTTPResponse(answered)?.status, 200, String(decoding: answered.prefix(300), as: UTF8.self))
+            try await waitFor("the budget given back") { kt.pendingBodyBytes == 0 }
+        }
     }
 
     private func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
