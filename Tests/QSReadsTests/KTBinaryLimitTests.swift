@@ -47,16 +47,7 @@ final class KTBinaryLimitTests: XCTestCase {
     /// together are held to one budget (`maxPendingBytes`): many clients each sending an
     /// allowed body slowly could otherwise make the node hold their sum.
     func testBodiesArrivingTogetherAreHeldToTheListenersBudget() async throws {
-        let tmp = try Harness.tempDir("kt-pending")
-        defer { try? FileManager.default.removeItem(at: tmp) }
-        let store = try Store(directory: tmp.appendingPathComponent("data").path, mapSize: 64 << 20)
-        var logger = Logger(label: "reads-test")
-        logger.logLevel = .error
-        let kt = KTHTTPReadServer(store: store, endpoints: [.tcp(host: "127.0.0.1", port: 0)], logger: logger,
-                                  configuration: .init(maxBodyBytes: 1 << 20, maxPendingBytes: 1 << 20))
-        let running = try await InProcessServices([kt], logger: logger)
-        addTeardownBlock { try await running.stop() }
-        let port = try await kt.listener.port()
+        let (kt, port) = try await serverWithAOneMiBBudget("kt-pending")
 
         // A body of 700,000 bytes, 600,000 of them sent: held. (700 keys of 997 bytes: its
         // parse, held too once it has all come, fits the budget.)
@@ -102,16 +93,7 @@ final class KTBinaryLimitTests: XCTestCase {
     /// 413 (counted as a bad request), one that fits is answered and gives the budget back.
     /// (Eight 30 MB get_bulks of short keys took a node from 40 MB to 680 MB, unheld.)
     func testABodysParseIsHeldAgainstTheBudget() async throws {
-        let tmp = try Harness.tempDir("kt-parse")
-        defer { try? FileManager.default.removeItem(at: tmp) }
-        let store = try Store(directory: tmp.appendingPathComponent("data").path, mapSize: 64 << 20)
-        var logger = Logger(label: "reads-test")
-        logger.logLevel = .error
-        let kt = KTHTTPReadServer(store: store, endpoints: [.tcp(host: "127.0.0.1", port: 0)], logger: logger,
-                                  configuration: .init(maxBodyBytes: 1 << 20, maxPendingBytes: 1 << 20))
-        let running = try await InProcessServices([kt], logger: logger)
-        addTeardownBlock { try await running.stop() }
-        let port = try await kt.listener.port()
+        let (kt, port) = try await serverWithAOneMiBBudget("kt-parse")
         func getBulk(_ lines: Int, pad: Int = 0) -> [UInt8] {
             var body = [UInt8]()
             for i in 0..<lines { body += Array("_k\(String(repeating: "p", count: pad))\(i)\t\n".utf8) }
@@ -128,6 +110,21 @@ final class KTBinaryLimitTests: XCTestCase {
             XCTAssertEqual(RawHTTPResponse(answered)?.status, 200, String(decoding: answered.prefix(300), as: UTF8.self))
             try await waitFor("the budget given back") { kt.pendingBodyBytes == 0 }
         }
+    }
+
+    /// A KT read port on an empty store, each body and all of them together held to 1 MiB;
+    /// stopped at the test's end.
+    private func serverWithAOneMiBBudget(_ name: String) async throws -> (KTHTTPReadServer, Int) {
+        let tmp = try Harness.tempDir(name)
+        addTeardownBlock { try? FileManager.default.removeItem(at: tmp) }
+        let store = try Store(directory: tmp.appendingPathComponent("data").path, mapSize: 64 << 20)
+        var logger = Logger(label: "reads-test")
+        logger.logLevel = .error
+        let kt = KTHTTPReadServer(store: store, endpoints: [.tcp(host: "127.0.0.1", port: 0)], logger: logger,
+                                  configuration: .init(maxBodyBytes: 1 << 20, maxPendingBytes: 1 << 20))
+        let running = try await InProcessServices([kt], logger: logger)
+        addTeardownBlock { try await running.stop() }
+        return (kt, try await kt.listener.port())
     }
 
     private func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
