@@ -87,6 +87,10 @@ struct KTProcedures: Sendable {
             return try match(db, prefix: prefix, max: params["max"], now: now, kind: name, txn) { _ in true }
         default: // match_regex
             guard let pattern = params["regex"] else { return invalid(name) }
+            if let why = POSIXRegex.refusal(pattern) {
+                return reply(450, ["ERROR": "DB: 8: logical inconsistency: compilation failed (refused: \(why))"], kind: name,
+                             bad: "regular expression refused: \(why)")
+            }
             guard let regex = POSIXRegex(pattern) else {
                 return reply(450, ["ERROR": "DB: 8: logical inconsistency: compilation failed"], kind: name,
                              bad: "invalid regular expression")
@@ -191,8 +195,112 @@ extension KTReply {
 /// `(a+)+$` costs a key's length times the pattern's, not an exponential time: a read
 /// client cannot hold the node's reader threads with one request (an ICU expression took
 /// 12 s of CPU for it on one key).
+///
+/// Two things glibc allows cost without bound, and are refused before `regcomp`
+/// (`refusal`): a bounded repetition is compiled as that many copies, in memory that grows
+/// with the square of the bound (two 90-byte requests of `a{1,20000}` took a node to 8 GB),
+/// and a back-reference needs backtracking (`(.*)…\1` held both scan slots for 80 s).
 final class POSIXRegex {
     private var compiled = regex_t()
+
+    /// The most a pattern may be: bytes, one repetition's bound, and the atoms it stands for
+    /// once every bounded repetition is counted as that many copies (nested ones multiply).
+    static let maxPatternBytes = 1024
+    static let maxBound = 255
+    static let maxExpandedAtoms = 1024
+
+    /// Why `pattern` is refused before it is compiled, nil when it is not: longer than
+    /// `maxPatternBytes`, a back-reference, a repetition bound over `maxBound`, or more than
+    /// `maxExpandedAtoms` atoms once repetitions are expanded.
+    static func refusal(_ pattern: [UInt8]) -> String? {
+        guard pattern.count <= maxPatternBytes else { return "a pattern longer than \(maxPatternBytes) bytes" }
+        // Atoms of each open group's current branch and of its finished branches; the
+        // last atom (or group) of the current branch, for a quantifier to multiply.
+        var stack: [(total: Int, branch: Int, last: Int)] = [(0, 0, 0)]
+        var i = 0
+        func add(_ n: Int) {
+            stack[stack.count - 1].branch += n
+            stack[stack.count - 1].last = n
+        }
+        while i < pattern.count {
+            let c = pattern[i]
+            switch c {
+            case UInt8(ascii: "\\"):
+                if i + 1 < pattern.count, (UInt8(ascii: "1")...UInt8(ascii: "9")).contains(pattern[i + 1]) {
+                    return "a back-reference (\\\(Character(UnicodeScalar(pattern[i + 1]))))"
+                }
+                i += 2
+                add(1)
+                continue
+            case UInt8(ascii: "["):
+                // A bracket expression is one atom: skip to its closing `]` (one right
+                // after `[` or `[^` is a member, as are `[:…:]`, `[=…=]`, `[.….]`).
+                var j = i + 1
+                if j < pattern.count, pattern[j] == UInt8(ascii: "^") { j += 1 }
+                if j < pattern.count, pattern[j] == UInt8(ascii: "]") { j += 1 }
+                while j < pattern.count, pattern[j] != UInt8(ascii: "]") {
+                    if pattern[j] == UInt8(ascii: "["), j + 1 < pattern.count, [UInt8(ascii: ":"), UInt8(ascii: "="), UInt8(ascii: ".")].contains(pattern[j + 1]) {
+                        let close = pattern[j + 1]
+                        j += 2
+                        while j + 1 < pattern.count, !(pattern[j] == close && pattern[j + 1] == UInt8(ascii: "]")) { j += 1 }
+                        j += 2
+                    } else {
+                        j += 1
+                    }
+                }
+                i = j + 1
+                add(1)
+                continue
+            case UInt8(ascii: "("):
+                stack.append((0, 0, 0))
+            case UInt8(ascii: ")") where stack.count > 1:
+                let group = stack.removeLast()
+                add(group.total + group.branch)
+            case UInt8(ascii: "|"):
+                stack[stack.count - 1].total += stack[stack.count - 1].branch
+                stack[stack.count - 1].branch = 0
+                stack[stack.count - 1].last = 0
+            case UInt8(ascii: "{"):
+                // `{n}`, `{n,}`, `{n,m}`: the last atom counted as that many copies.
+                var j = i + 1, bounds = [Int](), n = 0, digits = 0
+                while j < pattern.count, pattern[j] != UInt8(ascii: "}") {
+                    let d = pattern[j]
+                    if d == UInt8(ascii: ",") {
+                        bounds.append(digits > 0 ? n : 0)
+                        n = 0
+                        digits = 0
+                    } else if (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(d) {
+                        n = min(n * 10 + Int(d - 0x30), 1 << 20)
+                        digits += 1
+                    } else {
+                        break
+                    }
+                    j += 1
+                }
+                guard j < pattern.count, pattern[j] == UInt8(ascii: "}") else { add(1); break }
+                if digits > 0 { bounds.append(n) }
+                let bound = bounds.max() ?? 0
+                if bound > maxBound { return "a repetition bound of \(bound), over \(maxBound)" }
+                let last = stack[stack.count - 1].last
+                // `{n,}` is n copies and a star: one more.
+                let copies = max(bound, 1) + (bounds.count == 1 && pattern[j - 1] == UInt8(ascii: ",") ? 1 : 0)
+                stack[stack.count - 1].branch += last * (copies - 1)
+                stack[stack.count - 1].last = last * copies
+                i = j + 1
+                continue
+            case UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "?"), UInt8(ascii: "^"), UInt8(ascii: "$"):
+                break
+            default:
+                add(1)
+            }
+            let expanded = stack.reduce(0) { $0 + $1.total + $1.branch }
+            if expanded > maxExpandedAtoms { return "more than \(maxExpandedAtoms) atoms once its repetitions are expanded" }
+            i += 1
+        }
+        let expanded = stack.reduce(0) { $0 + $1.total + $1.branch }
+        if expanded > maxExpandedAtoms { return "more than \(maxExpandedAtoms) atoms once its repetitions are expanded" }
+        return nil
+    }
 
     init?(_ pattern: [UInt8]) {
         guard !pattern.contains(0) else { return nil }

@@ -103,6 +103,30 @@ final class ReadsEndToEndTests: XCTestCase {
         XCTAssertTrue(String(decoding: posix.body, as: UTF8.self).contains("num\t1"), String(decoding: posix.body, as: UTF8.self))
     }
 
+    /// What glibc's `regcomp`/`regexec` would do without bound is refused before it is
+    /// compiled, with KT's 450 naming why, counted as a bad request: a repetition bound over
+    /// 255 (`a{1,20000}`: 4 GB a request), nested bounds multiplying past 1,024 atoms, a
+    /// back-reference (backtracking: 80 s of two cores for one scan), a pattern over 1 KiB.
+    /// Bounds and classes within the limits still match.
+    func testMatchRegexRefusesWhatWouldCompileOrMatchWithoutBound() async throws {
+        let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
+        _ = try await client.write([.set(key: Array("aaa".utf8), value: [1], expiry: nil)])
+        await client.close()
+        let before = node.metric("qs_kt_http_bad_requests_total") ?? 0
+        for (pattern, why) in [("a%7B1%2C20000%7D", "a repetition bound of 20000"),
+                               ("%28a%7B1%2C200%7D%29%7B1%2C200%7D", "atoms once its repetitions are expanded"),
+                               ("%28.%2A%29%5C1", "a back-reference"),
+                               (String(repeating: "a", count: 1025), "longer than 1024 bytes")] {
+            let r = try XCTUnwrap(kt("GET", "/rpc/match_regex?regex=\(pattern)"))
+            XCTAssertEqual(r.status, 450, pattern)
+            XCTAssertTrue(String(decoding: r.body, as: UTF8.self).contains(why), String(decoding: r.body, as: UTF8.self))
+        }
+        XCTAssertTrue(Harness.waitUntil { (self.node.metric("qs_kt_http_bad_requests_total") ?? 0) >= before + 4 })
+        let within = try XCTUnwrap(kt("GET", "/rpc/match_regex?regex=%5Ea%7B3%7D%24"))
+        XCTAssertEqual(within.status, 200)
+        XCTAssertTrue(String(decoding: within.body, as: UTF8.self).contains("_aaa\t"), String(decoding: within.body, as: UTF8.self))
+    }
+
     func testSimpleReadsStayOnTheFastPathAndOthersAreHandedOver() throws {
         XCTAssertEqual(kt("GET", "/m%2Fa")?.body, Array("abc".utf8) + [0, 0, 0, 5])
         XCTAssertEqual(kt("GET", "/rpc/get?key=k&DB=aux.kct")?.body, Array("value\tin aux\n".utf8))
