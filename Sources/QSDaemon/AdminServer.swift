@@ -87,6 +87,12 @@ final class AdminHandler: ChannelInboundHandler {
     let logger: Logger
     private var head: HTTPRequestHead?
     private var requestBody = [UInt8]()
+    /// A whole request not answered yet because the peer had not taken the answers before
+    /// it: answered when the channel is writable again. NIO's pipeline handler gives the
+    /// next request only after this one's answer and reads nothing meanwhile, so a peer
+    /// that pipelines `GET /metrics` and reads nothing costs the answers past the
+    /// high-water mark, not one a request (one connection took a node to 7.7 GB in 20 s).
+    private var waiting: HTTPRequestHead?
     static let maxBody = 64 << 10
     static let browserLog = RateLimitedLog(window: .seconds(10))
 
@@ -121,9 +127,23 @@ final class AdminHandler: ChannelInboundHandler {
                 requestBody += bytes
             }
         case .end:
-            if let head { respond(context: context, head) }
+            if let head {
+                if context.channel.isWritable {
+                    respond(context: context, head)
+                } else {
+                    waiting = head
+                }
+            }
             head = nil
         }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, let h = waiting {
+            waiting = nil
+            respond(context: context, h)
+        }
+        context.fireChannelWritabilityChanged()
     }
 
     private func respond(context: ChannelHandlerContext, _ head: HTTPRequestHead) {

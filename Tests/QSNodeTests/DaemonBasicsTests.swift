@@ -121,6 +121,55 @@ final class DaemonBasicsTests: XCTestCase {
         XCTAssertTrue(root.daemon.log.contains("version=\(version)"), root.daemon.log)
     }
 
+    /// The admin port answers a pipelining peer only as fast as it reads: 3,000 `GET
+    /// /metrics` sent at once by a peer that reads nothing cost the node a few answers, not
+    /// 3,000 of them in memory (one such connection took a node to 7.7 GB in 20 s), and the
+    /// peer then gets its answers as it reads.
+    func testTheAdminPortReadsNoFasterThanAPipeliningPeerTakesItsAnswers() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let answer = try XCTUnwrap(httpGet(port: root.adminPort, path: "/metrics")).body.utf8.count
+        func rssAnon() -> Int {
+            let status = (try? String(contentsOfFile: "/proc/\(root.daemon.pid)/status", encoding: .utf8)) ?? ""
+            let line = status.split(separator: "\n").first { $0.hasPrefix("RssAnon:") } ?? ""
+            return (Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0) << 10
+        }
+        let before = rssAnon()
+        let fd = try XCTUnwrap(Harness.connectLoopback(port: root.adminPort))
+        defer { close(fd) }
+        var small: Int32 = 4 << 10
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+        let requests = Array([[UInt8]](repeating: Array("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".utf8), count: 3_000).joined())
+        var sent = 0
+        while sent < requests.count {
+            let n = requests[sent...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard n > 0 else { break }
+            sent += n
+        }
+        XCTAssertEqual(sent, requests.count)
+        // Answered into memory, the 3,000 would hold 3,000 × the answer within a second or
+        // two; held back, the node's memory does not move by a tenth of that.
+        let grew = Harness.waitUntil(timeout: .seconds(3)) { rssAnon() - before > 300 * answer }
+        XCTAssertFalse(grew, "RssAnon grew by \(rssAnon() - before) bytes (answers of \(answer) bytes)")
+        XCTAssertEqual(httpGet(port: root.adminPort, path: "/healthz")?.status, 200, "the node answers others meanwhile")
+        // The peer reads: the answers come, in order.
+        var large: Int32 = 1 << 20
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &large, socklen_t(MemoryLayout<Int32>.size))
+        var tv = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        var answers = 0, tail = [UInt8]()
+        let marker = Array("HTTP/1.1 200 OK".utf8)
+        while answers < 20 {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard n > 0 else { break }
+            let chunk = tail + buffer[0..<n]
+            var i = chunk.startIndex
+            while let r = chunk[i...].firstRange(of: marker) { answers += 1; i = r.upperBound }
+            tail = Array(chunk.suffix(marker.count - 1))
+        }
+        XCTAssertGreaterThanOrEqual(answers, 20)
+    }
+
     func testMemcachedServesWholeValuesByDefaultAndLogsTheMode() async throws {
         let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp,
                                 extraArgs: ["--memcached", "127.0.0.1:0", "--log-format", "text"])
