@@ -58,7 +58,12 @@ public final class RequestDrain: Sendable {
     public func end() {
         let close = state.withLockedValue { s in
             s.inFlight = max(0, s.inFlight - 1)
-            s.answering = min(s.answering, s.inFlight)
+            // Answers go in request order, and whole requests are the oldest in flight: the
+            // one answered was one of them, unless it was refused from its head (then none
+            // is answering, and the clamp keeps it so). A pipelined request still arriving
+            // behind it stays not answering (it was: the timeouts never closed a connection
+            // whose next request never came whole).
+            s.answering = max(0, min(s.answering - 1, s.inFlight))
             return s.quiescing && s.inFlight == 0
         }
         if close { channel.close(promise: nil) }

@@ -416,7 +416,9 @@ final class KTHTTPHandler: ChannelInboundHandler {
         var held = 0
         if !requestBody.isEmpty, uri.starts(with: KTHTTPSession.rpcPrefix) {
             let q = uri.firstIndex(of: UInt8(ascii: "?"))
-            let (entries, need) = KTRPCParameters.parseBytes(query: q.map { uri[uri.index(after: $0)...] }, contentType: contentType, body: requestBody)
+            // The body's copy this request holds through its parse and work, and what the parse builds.
+            let (entries, parse) = KTRPCParameters.parseBytes(query: q.map { uri[uri.index(after: $0)...] }, contentType: contentType, body: requestBody)
+            let need = parse + requestBody.count
             if need > session.pending.limit {
                 respond(context, KTReply(status: 413, body: Array("413 Request Entity Too Large (a request of \(entries) lines or fields: its parse would hold more than this port keeps for request bodies, --kt-max-pending-bytes; send fewer keys a request)\n".utf8),
                                          kind: "bad", badReason: "a request whose parse (\(entries) entries, about \(need) bytes) would pass --kt-max-pending-bytes (\(session.pending.limit) bytes)"),

@@ -140,6 +140,32 @@ extension ListenerDrainTests {
     }
 }
 
+extension ListenerDrainTests {
+    /// A whole request answered, and a pipelined one behind it whose body never comes:
+    /// once the first is answered the second is not being answered, so the request
+    /// deadline closes the connection (before, it counted as answering forever, and the
+    /// connection, and a graceful stop, waited on it).
+    func testARequestStillArrivingBehindAnAnsweredOneIsNotAnswering() async throws {
+        var logger = Logger(label: "late-http-test")
+        logger.logLevel = .error
+        let (drains, drainsContinuation) = AsyncStream<RequestDrain>.makeStream()
+        let server = LateHTTPServer(listener: Listener(name: "late", endpoints: [.tcp(host: "127.0.0.1", port: 0)], drain: .requests,
+                                                       limits: ConnectionLimits(idleTimeout: .milliseconds(300)), logger: logger),
+                                    drains: drainsContinuation, gate: Task {})
+        let running = try await InProcessServices([server], logger: logger)
+        let port = try await server.listener.port()
+        let client = try XCTUnwrap(TestClient(port: port))
+        client.send("GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+        var drainsIterator = drains.makeAsyncIterator()
+        let first = await drainsIterator.next()
+        let drain = try XCTUnwrap(first)
+        let answer = client.readToEOF() ?? "(no end within 10 s)"
+        XCTAssertTrue(answer.hasPrefix("HTTP/1.1 200 OK") && answer.hasSuffix("done\n"), "the first answered, then closed at the second's deadline: \(answer)")
+        XCTAssertFalse(drain.isAnswering)
+        try await running.stop()
+    }
+}
+
 /// A blocking loopback client with a receive deadline.
 final class TestClient: @unchecked Sendable {
     let fd: Int32
