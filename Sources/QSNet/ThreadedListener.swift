@@ -81,10 +81,20 @@ public struct ThreadedServing: Sendable, Equatable {
 
     public static let defaultInlineAfter = TimeAmount.milliseconds(1)
 
-    public init(threads: Int, parkAfter: TimeAmount = defaultParkAfter, inlineAfter: TimeAmount? = defaultInlineAfter) {
+    /// The most time the epoll thread spends answering parked connections itself in one
+    /// batch of events (the rest of the batch goes to workers), and the time one answer may
+    /// take before its connection goes to workers from then on (`ThreadedConnection.heavy`):
+    /// accepts, timeouts and the other parked connections wait while it answers.
+    public var inlineBudget: TimeAmount
+
+    public static let defaultInlineBudget = TimeAmount.milliseconds(1)
+
+    public init(threads: Int, parkAfter: TimeAmount = defaultParkAfter, inlineAfter: TimeAmount? = defaultInlineAfter,
+                inlineBudget: TimeAmount = defaultInlineBudget) {
         self.threads = threads
         self.parkAfter = parkAfter
         self.inlineAfter = inlineAfter
+        self.inlineBudget = inlineBudget
     }
 }
 
@@ -440,12 +450,6 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
 
     // MARK: the epoll thread: accepts, parked connections, idle timeouts, the drain
 
-    /// The most time the epoll thread spends answering parked connections itself in one
-    /// batch of events (the rest of the batch goes to workers), and the time one answer may
-    /// take before its connection goes to workers from then on (`ThreadedConnection.heavy`):
-    /// accepts, timeouts and the other parked connections wait while it answers.
-    static var inlineBudget: TimeAmount { .milliseconds(1) }
-
     private func epollLoop() {
         var events = [epoll_event](repeating: epoll_event(), count: 64)
         // What the epoll thread answers quiet connections with, made at the first.
@@ -510,7 +514,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                         // nothing, not one whose answers took long here before, and this
                         // thread not yet `inlineBudget` into this batch: answered here
                         // (`ThreadedServing.inlineAfter`); else a worker takes it.
-                        let inline = !c.heavy && now - batchStart < Self.inlineBudget
+                        let inline = !c.heavy && now - batchStart < serving.inlineBudget
                             && (serving.inlineAfter.map { c.pendingOut == nil && !c.unanswered && now - c.lastRead >= $0 } ?? false)
                         if inline { state.active[c.fd] = c }
                         return (c, inline)
@@ -520,7 +524,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                         let w = inlineWorker ?? (proto.makeWorker(), ThreadedWorker(thread: pthread_self()))
                         inlineWorker = w
                         serve(c, worker: w.worker, me: w.me, out: &inlineOut, wait: false)
-                        if NIODeadline.now() - now >= Self.inlineBudget { c.heavy = true }
+                        if NIODeadline.now() - now >= serving.inlineBudget { c.heavy = true }
                     } else {
                         enqueue(c)
                     }

@@ -37,6 +37,8 @@ public struct KTHTTPReadServer: ListeningService {
         public var parkAfter: TimeAmount = ThreadedServing.defaultParkAfter
         /// `ThreadedServing.inlineAfter`.
         public var inlineAfter: TimeAmount? = ThreadedServing.defaultInlineAfter
+        /// `ThreadedServing.inlineBudget`.
+        public var inlineBudget = ThreadedServing.defaultInlineBudget
 
         public init(databases: KTDatabaseMap = .single, scanLimits: ScanLimits = ScanLimits(),
                     maxBodyBytes: Int = 32 << 20, maxPendingBytes: Int = 256 << 20, clock: @escaping ReadClock = { wallClockSeconds() }) {
@@ -58,7 +60,8 @@ public struct KTHTTPReadServer: ListeningService {
                 configuration: Configuration = Configuration(), connections: ConnectionLimits = ConnectionLimits(),
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         maxBodyBytes = configuration.maxBodyBytes
-        threads = ThreadedServing(threads: configuration.threads, parkAfter: configuration.parkAfter, inlineAfter: configuration.inlineAfter)
+        threads = ThreadedServing(threads: configuration.threads, parkAfter: configuration.parkAfter, inlineAfter: configuration.inlineAfter,
+                                  inlineBudget: configuration.inlineBudget)
         listener = Listener(name: "kt-http", endpoints: endpoints, drain: .requests, limits: connections, group: group, logger: logger)
         let metrics = ReadMetrics(interface: "kt_http")
         let replyMemory = configuration.replyMemory

@@ -28,6 +28,8 @@ public struct MemcachedServer: ListeningService {
         public var parkAfter: TimeAmount = ThreadedServing.defaultParkAfter
         /// `ThreadedServing.inlineAfter`.
         public var inlineAfter: TimeAmount? = ThreadedServing.defaultInlineAfter
+        /// `ThreadedServing.inlineBudget`.
+        public var inlineBudget = ThreadedServing.defaultInlineBudget
         /// The read ports' budget for large replies not yet read (`ReplyMemory`).
         public var replyMemory = ReplyMemory(limit: ReplyMemory.defaultLimit)
 
@@ -54,7 +56,8 @@ public struct MemcachedServer: ListeningService {
                 configuration: Configuration = Configuration(), connections: ConnectionLimits = ConnectionLimits(),
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) {
         limits = configuration.limits
-        threads = ThreadedServing(threads: configuration.threads, parkAfter: configuration.parkAfter, inlineAfter: configuration.inlineAfter)
+        threads = ThreadedServing(threads: configuration.threads, parkAfter: configuration.parkAfter, inlineAfter: configuration.inlineAfter,
+                                  inlineBudget: configuration.inlineBudget)
         // The handler answers every request within the socket read that brought it, so it
         // drains itself: on shutdown it closes once what it wrote is sent.
         listener = Listener(name: "memcached", endpoints: endpoints, drain: .pipeline, limits: connections, group: group, logger: logger)

@@ -102,22 +102,27 @@ extension ListenerDrainTests {
         }
     }
 
+    /// A `LateHTTPServer` with a 300 ms idle timeout, its port, and the drains of its
+    /// connections as they come.
+    func startLate(gate: Task<Void, Never>) async throws -> (InProcessServices, Int, AsyncStream<RequestDrain>) {
+        var logger = Logger(label: "late-http-test")
+        logger.logLevel = .error
+        let (drains, drainsContinuation) = AsyncStream<RequestDrain>.makeStream()
+        let server = LateHTTPServer(listener: Listener(name: "late", endpoints: [.tcp(host: "127.0.0.1", port: 0)], drain: .requests,
+                                                       limits: ConnectionLimits(idleTimeout: .milliseconds(300)), logger: logger),
+                                    drains: drainsContinuation, gate: gate)
+        let running = try await InProcessServices([server], logger: logger)
+        return (running, try await server.listener.port(), drains)
+    }
+
     /// A whole HTTP request is being answered from the moment the pipeline has it, however
     /// late the task serving the connection comes to it, until its answer is written: the
     /// idle timeout never closes a connection whose answer is on its way, and restarts at
     /// the answer. (Marked by the task, the request was idle until the task came to it, and
     /// done once handed to the writer: qsrest's curl got no answer under load.)
     func testAWholeRequestIsNotIdleUntilItsAnswerIsWritten() async throws {
-        var logger = Logger(label: "late-http-test")
-        logger.logLevel = .error
-        let (drains, drainsContinuation) = AsyncStream<RequestDrain>.makeStream()
         let (opened, open) = AsyncStream<Void>.makeStream()
-        let gate = Task { for await _ in opened { break } }
-        let server = LateHTTPServer(listener: Listener(name: "late", endpoints: [.tcp(host: "127.0.0.1", port: 0)], drain: .requests,
-                                                       limits: ConnectionLimits(idleTimeout: .milliseconds(300)), logger: logger),
-                                    drains: drainsContinuation, gate: gate)
-        let running = try await InProcessServices([server], logger: logger)
-        let port = try await server.listener.port()
+        let (running, port, drains) = try await startLate(gate: Task { for await _ in opened { break } })
 
         let busy = try XCTUnwrap(TestClient(port: port))
         busy.send("GET /k HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -146,14 +151,7 @@ extension ListenerDrainTests {
     /// deadline closes the connection (before, it counted as answering forever, and the
     /// connection, and a graceful stop, waited on it).
     func testARequestStillArrivingBehindAnAnsweredOneIsNotAnswering() async throws {
-        var logger = Logger(label: "late-http-test")
-        logger.logLevel = .error
-        let (drains, drainsContinuation) = AsyncStream<RequestDrain>.makeStream()
-        let server = LateHTTPServer(listener: Listener(name: "late", endpoints: [.tcp(host: "127.0.0.1", port: 0)], drain: .requests,
-                                                       limits: ConnectionLimits(idleTimeout: .milliseconds(300)), logger: logger),
-                                    drains: drainsContinuation, gate: Task {})
-        let running = try await InProcessServices([server], logger: logger)
-        let port = try await server.listener.port()
+        let (running, port, drains) = try await startLate(gate: Task {})
         let client = try XCTUnwrap(TestClient(port: port))
         client.send("GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
         var drainsIterator = drains.makeAsyncIterator()
