@@ -83,7 +83,9 @@ public struct RestServer: ListeningService {
                 }
                 // No pipelining assistance: the connection reads ahead of its answers itself
                 // (`serve`) and writes them in request order.
-                try ops.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: true)
+                // No error handling by NIO: an unparsable request is answered 400 by `serve`,
+                // after the answers owed to the requests before it.
+                try ops.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: false)
                 try HTTPRequestMarks.add(to: ops)
                 return .http(try NIOAsyncChannel(wrappingChannelSynchronously: channel))
             })
@@ -349,6 +351,16 @@ struct RequestHandler: Sendable {
                             }
                             return h.isKeepAlive
                         }
+                    } catch let error as HTTPParserError {
+                        // Unparsable HTTP behind requests already read: their answers are written
+                        // first, then the 400, then the close. (NIO's error handler wrote its 400
+                        // at once, in the place of an answer owed: a write applied read as refused,
+                        // and a producer retrying an increment applied it twice.)
+                        metrics.badRequests.increment()
+                        badLog.warning(logger, "bad request: unparsable HTTP", peer: peer, metadata: ["error": "\(error)"])
+                        await enqueue(HTTPRequestHead(version: .http1_1, method: .GET, uri: "/"), keepAlive: false) {
+                            .text(400, "unparsable HTTP (\(error)): the requests before it were answered above; the connection closes")
+                        }
                     } catch {
                         queued.finish()
                         throw error
@@ -358,9 +370,6 @@ struct RequestHandler: Sendable {
                 }
             }
         } catch is Closing {
-        } catch let error as HTTPParserError {
-            metrics.badRequests.increment()
-            badLog.warning(logger, "bad request: unparsable HTTP", peer: peer, metadata: ["error": "\(error)"])
         } catch {
             logger.debug("connection ended with an error", metadata: ["peer": "\(peer)", "error": "\(error)"])
         }

@@ -179,6 +179,38 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try rest.stop(), 0)
     }
 
+    /// Unparsable bytes behind a pipelined write: the write's answer comes first (it was
+    /// applied), then a 400 for the bytes, then the close. (NIO's error handler answered 400
+    /// at once in the write's place: a producer read the applied write as refused.)
+    func testUnparsableBytesBehindAWriteAreAnsweredAfterIt() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL())
+        let credential = Data("dns:dns-token".utf8).base64EncodedString()
+        let bytes = Array("POST /rpc/set?key=dns%2Fg&value=applied HTTP/1.1\r\nHost: x\r\nAuthorization: Basic \(credential)\r\nContent-Length: 0\r\n\r\n".utf8)
+            + [0x01, 0x02] + Array(" NOT HTTP\r\n\r\n".utf8)
+        let fd = try XCTUnwrap(Harness.connectLoopback(port: port))
+        defer { close(fd) }
+        XCTAssertEqual(bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }, bytes.count)
+        var tv = timeval(tv_sec: 20, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var text = ""
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            guard n > 0 else { break }
+            text += String(decoding: buffer[..<n], as: UTF8.self)
+        }
+        let answers = text.components(separatedBy: "HTTP/1.1 ").dropFirst().map { String($0.prefix(3)) }
+        XCTAssertEqual(answers, ["200", "400"], text)
+        XCTAssertTrue(text.contains("Connection: close"), text)
+        let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        let got = try await client.get(Array("dns/g".utf8))
+        XCTAssertEqual(got?.value, Array("applied".utf8))
+        await client.close()
+        XCTAssertEqual(metricValue(port: admin, "qs_rest_bad_requests_total"), 1)
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
     /// The producer port holds to --max-connections-per-peer and --idle-timeout as every
     /// other listener does: one peer cannot fill the process's descriptors with idle
     /// connections, and the admin port stays reachable.
