@@ -186,110 +186,28 @@ extension ByteReader {
 /// Server side: decodes whole binary requests. A request declares no total length, so a
 /// listener bounds it with `ByteToMessageHandler(KTBinaryRequestDecoder(), maximumBufferSize:)`;
 /// a key, value or name over KT's own limit (`dataMaxSize`) is refused as soon as its size
-/// arrives. Errors name the offset from the start of the request.
+/// arrives. Errors name the offset from the start of the request. (A read node's KT port
+/// decodes with its own decoder, which walks a `get_bulk` as it arrives and leaves its keys
+/// unparsed: `KTBinaryReadDecoder` in QSReads.)
 public struct KTBinaryRequestDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
     public typealias InboundOut = KTBinaryRequest
-    /// A server that answers only `get_bulk` (a read node): every other request is decoded
-    /// from its magic and flags alone, with no records, keys or arguments — it is refused
-    /// and the connection closed, so a large write is refused before it is read (and not
-    /// parsed again at each arriving piece).
-    public let getBulkOnly: Bool
-    /// The listener's budget for requests still arriving (with `getBulkOnly`): the bytes of
-    /// a `get_bulk` held are reserved as they come (refused: the decoder throws), and given
-    /// back once it is whole.
-    public let budget: Budget?
 
-    /// One connection's share of a listener's budget.
-    public struct Budget: Sendable {
-        /// Takes `n` more bytes; false when the budget has no room.
-        public let reserve: @Sendable (Int) -> Bool
-        /// Gives back everything this connection holds.
-        public let releaseAll: @Sendable () -> Void
-
-        public init(reserve: @escaping @Sendable (Int) -> Bool, releaseAll: @escaping @Sendable () -> Void) {
-            self.reserve = reserve
-            self.releaseAll = releaseAll
-        }
-    }
-
-    public init(getBulkOnly: Bool = false, budget: Budget? = nil) {
-        self.getBulkOnly = getBulkOnly
-        self.budget = budget
-    }
-
-    /// A request was refused early: what follows it is discarded (the connection closes).
-    private var discarding = false
-    /// How far the `get_bulk` arriving has been walked: the offset (from the reader index)
-    /// of its next key and the keys left. A request declares no total length, so without
-    /// this each arriving piece would parse it again from the start (and allocate every key
-    /// again): quadratic in the request's size.
-    private var walked: (offset: Int, keysLeft: UInt32)?
-    /// Bytes of the request arriving reserved from `budget`.
-    private var reserved = 0
+    public init() {}
 
     public mutating func decode(buffer: inout ByteBuffer) throws(DecodeError) -> KTBinaryRequest? {
-        if discarding {
-            buffer.moveReaderIndex(to: buffer.writerIndex)
-            return nil
-        }
-        if getBulkOnly {
-            if let refused = try Self.refusedEarly(&buffer) {
-                discarding = true
-                buffer.moveReaderIndex(to: buffer.writerIndex)
-                return refused
-            }
-            if buffer.getInteger(at: buffer.readerIndex, as: UInt8.self) == KTBinaryMagic.getBulk {
-                if let budget, buffer.readableBytes > reserved {
-                    // Everything held for it so far, a key still arriving included.
-                    guard budget.reserve(buffer.readableBytes - reserved) else {
-                        throw DecodeError(offset: 0, reason: "the binary requests arriving on this port together hold all it keeps for them (--kt-max-pending-bytes)", kind: .tooLarge)
-                    }
-                    reserved = buffer.readableBytes
-                }
-                guard try walkGetBulk(buffer) else { return nil }
-                walked = nil
-                if reserved > 0 {
-                    budget?.releaseAll()
-                    reserved = 0
-                }
-            }
-        }
-        return try Self.next(&buffer)
-    }
-
-    /// Walks the `get_bulk` at the buffer's reader index from where the last call stopped,
-    /// without allocating: true once it is whole (then parsed once), false while more must
-    /// come. A key over KT's limit is refused as soon as its size arrives.
-    private mutating func walkGetBulk(_ buffer: ByteBuffer) throws(DecodeError) -> Bool {
-        let base = buffer.readerIndex, end = buffer.writerIndex
-        var (offset, left) = walked ?? (0, 0)
-        if walked == nil {
-            // magic, flags, key count
-            guard end - base >= 9, let count = buffer.getInteger(at: base + 5, as: UInt32.self) else { return false }
-            (offset, left) = (9, count)
-        }
-        defer { walked = (offset, left) }
-        while left > 0 {
-            // db:u16 ksiz:u32 key
-            guard end - base - offset >= 6, let ksiz = buffer.getInteger(at: base + offset + 2, as: UInt32.self) else { return false }
-            guard ksiz <= KTBinaryMagic.dataMaxSize else {
-                throw DecodeError(offset: offset + 2, reason: "key size \(ksiz) over \(KTBinaryMagic.dataMaxSize)", kind: .tooLarge)
-            }
-            guard end - base - offset - 6 >= Int(ksiz) else { return false }
-            offset += 6 + Int(ksiz)
-            left -= 1
-        }
-        return true
+        try Self.next(&buffer)
     }
 
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws(DecodeError) -> KTBinaryRequest? {
-        try decode(buffer: &buffer)
+        try Self.next(&buffer)
     }
 
     /// A request other than `get_bulk`, from its first five bytes (what follows is
     /// discarded: the connection closes after the refusal); nil for `get_bulk` or before
-    /// five bytes.
-    static func refusedEarly(_ buffer: inout ByteBuffer) throws(DecodeError) -> KTBinaryRequest? {
+    /// five bytes. For a server that answers only `get_bulk` (a read node): every other
+    /// request is known from its magic and flags alone, with no records, keys or arguments,
+    /// so a large write is refused before it is read.
+    public static func refusedEarly(_ buffer: ByteBuffer) throws(DecodeError) -> KTBinaryRequest? {
         guard let magic = buffer.getInteger(at: buffer.readerIndex, as: UInt8.self), magic != KTBinaryMagic.getBulk,
               let flags = buffer.getInteger(at: buffer.readerIndex + 1, as: UInt32.self) else { return nil }
         switch magic {

@@ -58,7 +58,53 @@ public final class ReplyMemory: Sendable {
     /// which must see the others'. False: nothing held.
     public func tryHold(_ bytes: Int) -> Bool { held.reserveAlone(bytes) }
 
+    /// `admitsGathered` and the hold in one step: `bytes` more of a reply gathered of
+    /// `values` values so far held if its first value (whatever its size, while nothing else
+    /// is held) or if the budget has room. For replies gathered off the event loops, many at
+    /// once, each of which must see the others' (checked only, four reader threads each
+    /// gathered up to the whole budget). False: nothing held.
+    public func tryHoldGathered(_ bytes: Int, values: Int) -> Bool {
+        values <= 1 ? held.reserveAlone(bytes) : held.reserve(bytes)
+    }
+
     public func release(_ bytes: Int) { held.release(bytes) }
+}
+
+/// A reply gathered value by value (KT's `get_bulk`), its bytes held against a
+/// `ReplyMemory` as it grows once it is large: the check and the hold in one step as each
+/// value is added (`tryHoldGathered`). Whoever gathers gives the hold back (`release`) once
+/// the reply is written, or refused.
+public struct GatheredReply: Sendable {
+    public let memory: ReplyMemory
+    /// The reply's bytes so far (what it starts with, then each value's share).
+    public private(set) var bytes: Int
+    public private(set) var values = 0
+    /// What is held of `memory` now: `bytes` once the reply is large, 0 before.
+    public private(set) var held = 0
+
+    public init(memory: ReplyMemory, startingAt bytes: Int = 0) {
+        self.memory = memory
+        self.bytes = bytes
+    }
+
+    /// Adds a value of `n` bytes (with what frames it); false when the budget has no room
+    /// for the reply grown so (nothing more held: the reply is to be refused).
+    public mutating func add(_ n: Int) -> Bool {
+        let total = bytes + n
+        if total >= ReplyMemory.largeReply {
+            guard memory.tryHoldGathered(total - held, values: values + 1) else { return false }
+            held = total
+        }
+        bytes = total
+        values += 1
+        return true
+    }
+
+    /// Gives back what is held.
+    public mutating func release() {
+        memory.release(held)
+        held = 0
+    }
 }
 
 extension PendingBytes {
@@ -94,27 +140,5 @@ extension ChannelHandlerContext {
         // keeps its capacity: an idle connection would hold the largest reply it ever sent).
         if out.capacity > ReplyMemory.keptBufferBytes { out = ByteBuffer() } else { out.clear() }
         return true
-    }
-}
-
-/// Counts the large buffers written through it against `memory` until the socket has taken
-/// them (the write's promise): for a connection whose replies come from a task (KT binary,
-/// through `NIOAsyncChannel`, whose writer returns before the socket takes the bytes). Put
-/// it nearest the socket.
-public final class ReplyMemoryCounter: ChannelOutboundHandler, RemovableChannelHandler {
-    public typealias OutboundIn = ByteBuffer
-    public typealias OutboundOut = ByteBuffer
-    let memory: ReplyMemory
-
-    public init(memory: ReplyMemory) { self.memory = memory }
-
-    public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let bytes = unwrapOutboundIn(data).readableBytes
-        guard bytes >= ReplyMemory.largeReply else { return context.write(data, promise: promise) }
-        let memory = self.memory
-        memory.hold(bytes)
-        let written = promise ?? context.eventLoop.makePromise()
-        written.futureResult.whenComplete { _ in memory.release(bytes) }
-        context.write(data, promise: written)
     }
 }

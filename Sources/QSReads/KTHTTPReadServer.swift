@@ -64,10 +64,10 @@ public struct KTHTTPReadServer: ListeningService {
                                   inlineBudget: configuration.inlineBudget)
         listener = Listener(name: "kt-http", endpoints: endpoints, drain: .requests, limits: connections, group: group, logger: logger)
         let metrics = ReadMetrics(interface: "kt_http")
-        let replyMemory = configuration.replyMemory
-        let procedures = KTProcedures(databases: configuration.databases, clock: configuration.clock,
+        var procedures = KTProcedures(databases: configuration.databases, clock: configuration.clock,
                                       limits: configuration.scanLimits, started: Date(),
-                                      connections: { metrics.active.count }, replyFits: { replyMemory.admitsGathered($0, values: $1) })
+                                      connections: { metrics.active.count })
+        procedures.replyMemory = configuration.replyMemory
         session = KTHTTPSession(store: store, procedures: procedures,
                                 rest: KTRESTRead(databases: configuration.databases, clock: configuration.clock),
                                 metrics: metrics, logger: logger, maxBodyBytes: configuration.maxBodyBytes,
@@ -75,7 +75,7 @@ public struct KTHTTPReadServer: ListeningService {
                                 replyMemory: configuration.replyMemory)
         binary = KTBinarySession(store: store, databases: configuration.databases, clock: configuration.clock,
                                  maxRequestBytes: configuration.maxBodyBytes, metrics: metrics, logger: logger,
-                                 replyMemory: configuration.replyMemory)
+                                 replyMemory: configuration.replyMemory, scans: session.scans)
     }
 
     /// Bytes of request bodies still arriving that the listener's connections hold now.
@@ -96,14 +96,14 @@ public struct KTHTTPReadServer: ListeningService {
                 try http(channel)
                 return channel.eventLoop.makeSucceededFuture(.http)
             }
-            return try KTConnection.sniff(channel, maxBinaryBytes: maxBodyBytes, pending: session.pending, replies: session.replyMemory, http: http)
+            return try KTConnection.sniff(channel, maxBinaryBytes: maxBodyBytes, pending: session.pending, http: http)
         }
         // A client that connects and sends nothing is closed on shutdown (idle) or
         // cancellation (the listener closes the channel), which fails the sniff. HTTP is
         // answered by the pipeline; the connection's task waits for it to close.
         let handle: @Sendable (AcceptedConnection<EventLoopFuture<KTConnection>>) async -> Void = { accepted in
             if case let .binary(connection, share)? = try? await accepted.connection.get() {
-                await binary.run(connection, peer: accepted.peer, drain: accepted.drain)
+                await binary.run(connection, share: share, peer: accepted.peer, drain: accepted.drain)
                 share.releaseAll()
             }
         }

@@ -148,7 +148,9 @@ final class KTHTTPSession: Sendable {
     /// One request's work in a read transaction, and whether it runs inline.
     typealias Work = @Sendable (borrowing StoreTransaction) throws -> KTReply
 
-    func plan(_ method: HTTPMethod, uri: ArraySlice<UInt8>, contentType: String?, body: [UInt8]) -> (inline: Bool, work: Work) {
+    /// `offloaded`: the request is answered off the event loops whatever it is (its inline
+    /// work threw `KTReplyNotInline`).
+    func plan(_ method: HTTPMethod, uri: ArraySlice<UInt8>, contentType: String?, body: [UInt8], offloaded: Bool = false) -> (inline: Bool, work: Work) {
         let q = uri.firstIndex(of: UInt8(ascii: "?"))
         let path = q.map { uri[..<$0] } ?? uri
         let query = q.map { uri[uri.index(after: $0)...] }
@@ -161,8 +163,11 @@ final class KTHTTPSession: Sendable {
                 return (false, { txn in try procedures.call(name, KTRPCParameters(query: query, contentType: contentType, body: body), in: txn) })
             }
             let params = KTRPCParameters(query: query, contentType: contentType, body: body)
-            return (Self.inlineProcedures.contains(name) || !KTProcedures.reads.contains(name),
-                    { txn in try procedures.call(name, params, in: txn) })
+            if !offloaded, Self.inlineProcedures.contains(name) || !KTProcedures.reads.contains(name) {
+                let inline = procedures.inline
+                return (true, { txn in try inline.call(name, params, in: txn) })
+            }
+            return (false, { txn in try procedures.call(name, params, in: txn) })
         }
         let method: KTRESTRead.Method = switch method {
         case .GET: .get
@@ -182,8 +187,21 @@ final class KTHTTPSession: Sendable {
     /// `r`, or 503 when its body is a large reply the read ports' budget has no room for
     /// now (`ReplyMemory`): counted and logged, the client told to try again.
     func fitted(_ r: KTReply, isHead: Bool, peer: String) -> KTReply {
-        if isHead || replyMemory.admits(r.body.count) { return r }
+        if isHead || r.held > 0 || replyMemory.admits(r.body.count) { return r }
         return memoryRefusal(kind: r.kind, bytes: r.body.count, peer: peer)
+    }
+
+    /// The bytes of the reply budget to hold for a body of `bytes` about to be written,
+    /// until the socket has taken it: the whole body if it is large, from `held` (what its
+    /// reply took as it was gathered, `KTReply.held`), the difference taken or given back
+    /// now; 0 (and `held` given back) for one that is not.
+    func heldBody(_ bytes: Int, from held: Int) -> Int {
+        guard bytes >= ReplyMemory.largeReply else {
+            replyMemory.release(held)
+            return 0
+        }
+        if bytes > held { replyMemory.hold(bytes - held) } else { replyMemory.release(held - bytes) }
+        return bytes
     }
 
     /// 503 for a reply of `bytes` the read ports' budget has no room for: counted, logged.
@@ -434,14 +452,21 @@ final class KTHTTPHandler: ChannelInboundHandler {
             }
             held = need
         }
-        let (inline, work) = session.plan(h.method, uri: uri, contentType: contentType, body: requestBody)
+        var (inline, work) = session.plan(h.method, uri: uri, contentType: contentType, body: requestBody)
         if inline {
-            let r: KTReply
-            do { r = try session.store.readInline(in: slot, work) } catch { r = session.failure(error, uri: h.uri, peer: peer) }
-            session.pending.release(held)
-            respond(context, r, to: h, keepAlive: h.isKeepAlive)
-        } else {
-            let store = session.store, session = self.session, peer = self.peer, held = held
+            var r: KTReply?
+            do { r = try session.store.readInline(in: slot, work) } catch is KTReplyNotInline {
+                // Its reply grows large: answered off the loop.
+                work = session.plan(h.method, uri: uri, contentType: contentType, body: requestBody, offloaded: true).work
+            } catch { r = session.failure(error, uri: h.uri, peer: peer) }
+            if let r {
+                session.pending.release(held)
+                respond(context, r, to: h, keepAlive: h.isKeepAlive)
+                return
+            }
+        }
+        do {
+            let store = session.store, session = self.session, peer = self.peer, held = held, work = work
             let promise = context.eventLoop.makePromise(of: KTReply.self)
             promise.completeWithTask {
                 defer { session.pending.release(held) }
@@ -496,18 +521,18 @@ final class KTHTTPHandler: ChannelInboundHandler {
             buffer = context.channel.allocator.buffer(capacity: r.body.count)
             buffer?.writeBytes(r.body)
         }
-        send(context, KTHTTPSession.responseHead(r, for: h, keepAlive: keepAlive), body: buffer, keepAlive: keepAlive)
+        send(context, KTHTTPSession.responseHead(r, for: h, keepAlive: keepAlive), body: buffer, held: r.held, keepAlive: keepAlive)
     }
 
-    /// Writes a response and flushes it once (closing the connection after it unless kept alive).
-    private func send(_ context: ChannelHandlerContext, _ head: HTTPResponseHead, body: ByteBuffer?, keepAlive: Bool) {
+    /// Writes a response and flushes it once (closing the connection after it unless kept
+    /// alive). `held`: what the reply took of the reply budget as it was gathered.
+    private func send(_ context: ChannelHandlerContext, _ head: HTTPResponseHead, body: ByteBuffer?, held: Int = 0, keepAlive: Bool) {
         context.write(wrapOutboundOut(.head(head)), promise: nil)
+        let bytes = session.heldBody(body?.readableBytes ?? 0, from: held)
         if let body {
-            let bytes = body.readableBytes
-            if bytes >= ReplyMemory.largeReply {
+            if bytes > 0 {
                 // Held until the socket has taken it (`ReplyMemory`).
                 let memory = session.replyMemory
-                memory.hold(bytes)
                 context.write(wrapOutboundOut(.body(.byteBuffer(body)))).whenComplete { _ in memory.release(bytes) }
             } else {
                 context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)

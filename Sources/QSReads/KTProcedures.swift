@@ -4,6 +4,7 @@ import Glibc
 #endif
 import KTFormats
 import QSModel
+import QSNet
 import QSStore
 
 /// A reply the read ports' budget has no room for now (`ReplyMemory`), found while it was
@@ -12,6 +13,11 @@ struct KTReplyTooLarge: Error {
     let bytes: Int
     let kind: String
 }
+
+/// A reply that would grow past what is answered on an event loop
+/// (`KTProcedures.inlineReplyLimit`), found while it was gathered (nothing held): the
+/// request is to be answered off the loops.
+struct KTReplyNotInline: Error {}
 
 /// KT's RPC read procedures over a QS store, each in one read transaction (on the store's
 /// reader threads). Replies are KT's: a TSV map in the encoding KT would pick, status
@@ -22,10 +28,21 @@ struct KTProcedures: Sendable {
     let limits: ScanLimits
     let started: Date
     let connections: @Sendable () -> Int
-    /// Whether a reply of so many bytes and values may be gathered now
-    /// (`ReplyMemory.admitsGathered`): `get_bulk` asks as it gathers values, and stops at the
-    /// first that would not fit.
-    var replyFits: @Sendable (_ bytes: Int, _ values: Int) -> Bool = { _, _ in true }
+    /// The read ports' reply budget: `get_bulk` holds its reply against it as it gathers
+    /// values (`GatheredReply`), and stops at the first that would not fit; the hold goes
+    /// with the reply (`KTReply.held`) to whoever writes it.
+    var replyMemory = ReplyMemory(limit: .max)
+    /// Set where requests are answered inline on an event loop: a `get_bulk` whose reply
+    /// would grow past it throws `KTReplyNotInline` (many large values gathered inline held
+    /// both loops for seconds).
+    var inlineReplyLimit: Int?
+
+    /// These procedures as answered inline on an event loop.
+    var inline: KTProcedures {
+        var p = self
+        p.inlineReplyLimit = ReplyMemory.largeReply
+        return p
+    }
 
     /// KT procedures that write: refused on a read-only node (501, like any procedure this
     /// server does not implement).
@@ -68,20 +85,27 @@ struct KTProcedures: Sendable {
             return KTReply(map: out, status: 200, kind: name)
         case "get_bulk":
             var out: [[UInt8]: [UInt8]] = [:]
-            var found = 0, bytes = 0
-            for (k, _) in params.values where k.first == UInt8(ascii: "_") {
-                if let record = try lookup(db, Array(k.dropFirst()), now: now, txn) {
-                    // The reply's size so far, checked before the value is kept: many large
-                    // values named in one small request were all gathered (and encoded)
-                    // before the reply budget was asked.
-                    bytes += k.count + record.value.count + 2
-                    guard replyFits(bytes, found + 1) else { throw KTReplyTooLarge(bytes: bytes, kind: name) }
+            var reply = GatheredReply(memory: replyMemory)
+            do {
+                for (k, _) in params.values where k.first == UInt8(ascii: "_") {
+                    guard let record = try lookup(db, Array(k.dropFirst()), now: now, txn) else { continue }
+                    // The reply grown by this value, asked of the budget (and held) before
+                    // the value is kept: many large values named in one small request were
+                    // all gathered (and encoded) before the budget was asked, and requests
+                    // gathering at once each saw none of the others'.
+                    let n = k.count + record.value.count + 2
+                    if let limit = inlineReplyLimit, reply.bytes + n > limit { throw KTReplyNotInline() }
+                    guard reply.add(n) else { throw KTReplyTooLarge(bytes: reply.bytes + n, kind: name) }
                     out[k] = record.value
-                    found += 1
                 }
+            } catch {
+                reply.release()
+                throw error
             }
-            out[Array("num".utf8)] = Array("\(found)".utf8)
-            return KTReply(map: out, status: 200, kind: name)
+            out[Array("num".utf8)] = Array("\(reply.values)".utf8)
+            var r = KTReply(map: out, status: 200, kind: name)
+            r.held = reply.held
+            return r
         case "match_prefix":
             guard let prefix = params["prefix"] else { return invalid(name) }
             return try match(db, prefix: prefix, max: params["max"], now: now, kind: name, txn) { _ in true }

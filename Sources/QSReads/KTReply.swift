@@ -9,6 +9,10 @@ struct KTReply: Sendable {
     var badReason: String?
     /// Set for refused writes: the procedure or method.
     var refusedWrite: String?
+    /// What the reply holds of the read ports' reply budget, taken as it was gathered
+    /// (`GatheredReply`): whoever writes it holds the body's bytes from there until the
+    /// socket has taken them (`KTHTTPSession.heldBody`), or gives this back.
+    var held = 0
 
     init(status: Int, headers: [(String, String)] = [], body: [UInt8] = [], kind: String,
          badReason: String? = nil, refusedWrite: String? = nil) {

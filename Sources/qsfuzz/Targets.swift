@@ -61,6 +61,22 @@ enum FuzzTarget: String, CaseIterable {
                 var again = ByteBuffer(bytes: request.encoded())
                 check((try? KTBinaryRequestDecoder.next(&again)) == request, name, "a request does not decode back from its encoding")
             }
+            // A read node's decoder (get_bulk walked as it arrives, its keys left unparsed):
+            // each get_bulk's keys walk to the general decoder's parse, each key once.
+            for case let .getBulk(flags, count, keys, _) in decodeAnySplit(KTBinaryReadDecoder(), bytes, name).messages {
+                var whole = ByteBuffer(integer: KTBinaryMagic.getBulk)
+                whole.writeInteger(flags)
+                whole.writeInteger(count)
+                whole.writeImmutableBuffer(keys)
+                guard case let .getBulk(_, parsed)? = try? KTBinaryRequestDecoder.next(&whole) else {
+                    check(false, name, "a get_bulk the read decoder took whole does not parse")
+                    continue
+                }
+                var once: [KTBinaryKey] = [], seen = Set<KTBinaryKey>(), walked: [KTBinaryKey] = []
+                for k in parsed where seen.insert(k).inserted { once.append(k) }
+                KTBinaryKeys(keys: keys, count: count).forEachOnce { db, key in walked.append(KTBinaryKey(db: db, key: Array(key))) }
+                check(walked == once, name, "a get_bulk's keys walk to other keys than its parse")
+            }
         case .ktBinaryResponse:
             for response in decodeAnySplit(KTBinaryResponseDecoder(), bytes, name).messages {
                 var again = ByteBuffer(bytes: response.encoded())

@@ -29,23 +29,6 @@ final class BinaryProtocolTests: XCTestCase {
         try ByteToMessageDecoderVerifier.verifyDecoder(inputOutputPairs: [(input, requests)], decoderFactory: { KTBinaryRequestDecoder() })
     }
 
-    /// A read node's decoder: get_bulk requests (walked as they arrive, parsed once whole)
-    /// decode the same on every split of the input, several in a row included.
-    func testGetBulkOnlyDecoderOnEverySplit() throws {
-        let requests: [KTBinaryRequest] = [
-            .getBulk(flags: 0, keys: [KTBinaryKey(db: 1, key: Array("key".utf8)), KTBinaryKey(db: 0, key: []), KTBinaryKey(db: 3, key: [7, 8, 9])]),
-            .getBulk(flags: 1, keys: []),
-            .getBulk(flags: 0, keys: [KTBinaryKey(db: 0, key: Array("another".utf8))]),
-        ]
-        var input = ByteBuffer()
-        for r in requests { input.writeBytes(r.encoded()) }
-        try ByteToMessageDecoderVerifier.verifyDecoder(inputOutputPairs: [(input, requests)], decoderFactory: { KTBinaryRequestDecoder(getBulkOnly: true) })
-        // A key over KT's limit is refused from its size, before its bytes.
-        var decoder = KTBinaryRequestDecoder(getBulkOnly: true)
-        var buffer = ByteBuffer(bytes: [0xBA, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF])
-        XCTAssertThrowsError(try decoder.decode(buffer: &buffer))
-    }
-
     func testResponseDecoderOnEverySplit() throws {
         let responses: [KTBinaryResponse] = [
             .setBulk(hits: 2), .removeBulk(hits: 0), .getBulk(records: records),

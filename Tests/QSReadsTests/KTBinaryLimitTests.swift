@@ -1,8 +1,9 @@
 import Foundation
 import KTFormats
 import Logging
+import NIOCore
 import QSNet
-import QSReads
+@testable import QSReads
 import QSStore
 import QSTesting
 import XCTest
@@ -112,16 +113,79 @@ final class KTBinaryLimitTests: XCTestCase {
         }
     }
 
+    /// A binary get_bulk holds its bytes and what answering it builds (`keyBytes` a key)
+    /// against the port's budget until its answer is written, not only while it arrives:
+    /// held only while arriving, requests of millions of short keys made a node hold
+    /// gigabytes of parsed keys. One that could never fit is refused with KT's error reply.
+    func testABinaryGetBulkHoldsTheBudgetUntilItsAnswerIsTaken() async throws {
+        let replies = ReplyMemory(limit: 256 << 20)
+        let (kt, port) = try await serverWithAOneMiBBudget("kt-bin-hold", replies: replies) { store in
+            _ = try await store.applyBatch(sourceID: "test", expected: 0, new: 1, operations: (0..<2).map {
+                .set(key: Array("v\($0)".utf8), value: [UInt8](repeating: 0x61 + UInt8($0), count: 8 << 20), expiry: nil)
+            })
+        }
+        // Two values of 8 MiB and 1,000 missing keys, the client reading nothing: the
+        // reply (16 MiB, more than the sockets take) waits, and the request stays held.
+        var keys = (0..<2).map { KTBinaryKey(db: 0, key: Array("v\($0)".utf8)) }
+        keys += (0..<1000).map { KTBinaryKey(db: 0, key: Array("missing\($0)".utf8)) }
+        let request = KTBinaryRequest.getBulk(flags: 0, keys: keys).encoded()
+        let held = request.count + keys.count * KTBinaryReadDecoder.keyBytes
+        let fd = try XCTUnwrap(Harness.connectLoopback(port: port))
+        defer { close(fd) }
+        XCTAssertTrue(sendAll(fd, request))
+        try await waitFor("the reply written, not taken") { replies.inUse >= 16 << 20 }
+        XCTAssertEqual(kt.pendingBodyBytes, held, "held until the answer is taken")
+        // Read: the answer is whole, then everything is given back.
+        let answer = readUntilClosed(fd, atMost: 5 + 2 * (18 + 2 + (8 << 20)))
+        var buffer = ByteBuffer(bytes: answer)
+        guard case let .getBulk(records)? = try KTBinaryResponseDecoder.next(&buffer) else { return XCTFail("no get_bulk reply: \(answer.prefix(16))") }
+        XCTAssertEqual(records.map(\.key), [Array("v0".utf8), Array("v1".utf8)])
+        XCTAssertEqual(records.map(\.value.count), [8 << 20, 8 << 20])
+        try await waitFor("the budgets given back") { kt.pendingBodyBytes == 0 && replies.inUse == 0 }
+
+        // 30,000 one-byte keys: 210 KB sent, over 1 MiB to answer: refused with 0xBF.
+        let many = KTBinaryRequest.getBulk(flags: 0, keys: (0..<30_000).map { KTBinaryKey(db: 0, key: [UInt8(truncatingIfNeeded: $0)]) }).encoded()
+        XCTAssertEqual(RawSocket.exchange(port: port, many), [KTBinaryMagic.error])
+        try await waitFor("the refused request's bytes given back") { kt.pendingBodyBytes == 0 }
+    }
+
+    /// A get_bulk naming large values in a small body (answered inline on the event loop
+    /// while its reply is small) is answered off the loop once its reply grows, whole, and
+    /// holds the reply budget until its client has taken it.
+    func testAnHTTPGetBulkOfLargeValuesIsAnsweredWhole() async throws {
+        let replies = ReplyMemory(limit: 256 << 20)
+        let (_, port) = try await serverWithAOneMiBBudget("kt-http-large", replies: replies) { store in
+            _ = try await store.applyBatch(sourceID: "test", expected: 0, new: 1, operations: (0..<3).map {
+                .set(key: Array("v\($0)".utf8), value: [UInt8](repeating: 0x61 + UInt8($0), count: 100_000), expiry: nil)
+            })
+        }
+        let body = "_v0\t\n_v1\t\n_v2\t\n_missing\t\n"
+        let answer = RawSocket.exchange(port: port, Array("POST /rpc/get_bulk HTTP/1.1\r\nHost: x\r\nContent-Type: text/tab-separated-values\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8))
+        let reply = try XCTUnwrap(RawHTTPResponse(answer))
+        XCTAssertEqual(reply.status, 200)
+        var found: [String: Int] = [:]
+        for line in reply.body.split(separator: UInt8(ascii: "\n")) {
+            let columns = line.split(separator: UInt8(ascii: "\t"), omittingEmptySubsequences: false)
+            found[String(decoding: columns[0], as: UTF8.self)] = columns.count > 1 ? columns[1].count : -1
+        }
+        XCTAssertEqual(found, ["_v0": 100_000, "_v1": 100_000, "_v2": 100_000, "num": 1], "\(found)")
+        try await waitFor("the reply budget given back") { replies.inUse == 0 }
+    }
+
     /// A KT read port on an empty store, each body and all of them together held to 1 MiB;
     /// stopped at the test's end.
-    private func serverWithAOneMiBBudget(_ name: String) async throws -> (KTHTTPReadServer, Int) {
+    private func serverWithAOneMiBBudget(_ name: String, replies: ReplyMemory = ReplyMemory(limit: ReplyMemory.defaultLimit),
+                                         _ fill: (Store) async throws -> Void = { _ in }) async throws -> (KTHTTPReadServer, Int) {
         let tmp = try Harness.tempDir(name)
         addTeardownBlock { try? FileManager.default.removeItem(at: tmp) }
         let store = try Store(directory: tmp.appendingPathComponent("data").path, mapSize: 64 << 20)
+        try await fill(store)
         var logger = Logger(label: "reads-test")
         logger.logLevel = .error
+        var configuration = KTHTTPReadServer.Configuration(maxBodyBytes: 1 << 20, maxPendingBytes: 1 << 20)
+        configuration.replyMemory = replies
         let kt = KTHTTPReadServer(store: store, endpoints: [.tcp(host: "127.0.0.1", port: 0)], logger: logger,
-                                  configuration: .init(maxBodyBytes: 1 << 20, maxPendingBytes: 1 << 20))
+                                  configuration: configuration)
         let running = try await InProcessServices([kt], logger: logger)
         addTeardownBlock { try await running.stop() }
         return (kt, try await kt.listener.port())
@@ -137,15 +201,17 @@ final class KTBinaryLimitTests: XCTestCase {
         return true
     }
 
-    private func readUntilClosed(_ fd: Int32) -> [UInt8] {
+    /// What `fd` reads until its peer closes it, or `atMost` bytes have come.
+    private func readUntilClosed(_ fd: Int32, atMost: Int = .max) -> [UInt8] {
         var tv = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         var out = [UInt8]()
         var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        while out.count < atMost {
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, min($0.count, atMost - out.count), 0) }
             if n <= 0 { return out }
             out += buf[0..<n]
         }
+        return out
     }
 }
