@@ -29,6 +29,9 @@ public struct NodeMetrics: Sendable {
     /// `qs_read_reply_memory_refusals_total{interface="write"}`: large read answers on the
     /// write port refused because replies not yet read held all of `--read-reply-memory`.
     public let replyMemoryRefusals: Counter
+    /// Frames refused because those arriving from connections without a token held the
+    /// whole `--max-arriving-frame-bytes`.
+    public let arrivingRefusals: Counter
     /// `qs_write_role{role}`: 1 for the node's write role now, 0 for the others.
     let writeRoles: [String: Gauge]
     static let writeRoleNames = ["open", "promoted", "mirror", "replica"]
@@ -63,6 +66,7 @@ public struct NodeMetrics: Sendable {
         snapshotResumesRefused = Counter(label: "qs_snapshot_resumes_refused_total", factory: factory)
         entriesStreamed = Counter(label: "qs_replication_entries_sent_total", factory: factory)
         replyMemoryRefusals = Counter(label: "qs_read_reply_memory_refusals_total", dimensions: [("interface", "write")], factory: factory)
+        arrivingRefusals = Counter(label: "qs_write_arriving_frame_refusals_total", factory: factory)
         writeRoles = Dictionary(uniqueKeysWithValues: Self.writeRoleNames.map {
             ($0, Gauge(label: "qs_write_role", dimensions: [("role", $0)], factory: factory))
         })

@@ -44,9 +44,14 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     /// Set once the connection carries a subscription or a snapshot.
     private var stream: Task<Void, Never>?
 
-    init(core: NodeCore, logger: Logger) {
+    /// The connection's share of the port's budget for frames still arriving: nothing it
+    /// sends is held once it has presented a token.
+    private let arriving: ArrivingFrames?
+
+    init(core: NodeCore, logger: Logger, arriving: ArrivingFrames? = nil) {
         self.core = core
         self.logger = logger
+        self.arriving = arriving
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -132,7 +137,10 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
             reply(context: context, denial, thenClose: true)
             return
         }
-        if !tokenPresented && core.provesToken(request) { (readsAllowed, tokenPresented) = (true, true) }
+        if !tokenPresented && core.provesToken(request) {
+            (readsAllowed, tokenPresented) = (true, true)
+            arriving?.trust()
+        }
         switch request {
         case let .subscribe(from, hash, _):
             startSubscription(context: context, from: from, hash: hash)
@@ -235,6 +243,11 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
             // authentication failure, counted and logged as one) or to a replica.
             if code == .unauthorized {
                 core.writeGate.refuse(peer: peer, why: "wrong or missing write token on a frame over 1 MiB")
+            } else if code == .busy {
+                // The port's budget for frames arriving without a token is full.
+                core.metrics.arrivingRefusals.increment()
+                core.badInput.warning(logger, "frame refused: the frames arriving without a token hold all --max-arriving-frame-bytes", peer: peer,
+                                      metadata: ["held-bytes": "\(arriving?.held ?? 0)"])
             } else {
                 core.badInput.warning(logger, "write refused", peer: peer, metadata: ["reason": "\(frameError.reason)"])
             }

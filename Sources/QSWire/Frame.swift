@@ -28,8 +28,11 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
     public let largeFrames: LargeFrames?
     /// Bytes consumed so far: the stream offset of the next frame.
     public internal(set) var consumed = 0
-    /// The offset of the large frame `largeFrames` admitted (its token checked once).
+    /// The offset of the frame `largeFrames` admitted (its token checked once).
     private var admittedAt = -1
+    /// The offset of the frame over `openBytes` it admitted (a write, by its token where
+    /// the node has one): its bytes are not held against `arriving`.
+    private var largeAt = -1
 
     /// Who may send a server frames longer than `openBytes`, checked as soon as the frame's
     /// first bytes arrive and before the rest is buffered: only a write (batch, conditional
@@ -91,9 +94,13 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
         public static let writeTypes: Set<UInt8> = [Request.Tag.batch.rawValue, Request.Tag.writes.rawValue, Request.Tag.append.rawValue]
     }
 
-    public init(maxFrameBytes: Int = defaultMaxFrameBytes, largeFrames: LargeFrames? = nil) {
+    /// One connection's share of a server's budget for frames still arriving (nil: none).
+    public let arriving: ArrivingFrames?
+
+    public init(maxFrameBytes: Int = defaultMaxFrameBytes, largeFrames: LargeFrames? = nil, arriving: ArrivingFrames? = nil) {
         self.maxFrameBytes = maxFrameBytes
         self.largeFrames = largeFrames
+        self.arriving = arriving
     }
 
     /// Why a frame length is refused; a length whose four bytes are printable text (`HTTP`,
@@ -114,7 +121,9 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
            let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self).map(Int.init), length <= limit {
             let view = buffer.readableBytesView
             switch largeFrames.check(length: length, head: view[view.index(view.startIndex, offsetBy: 4)...]) {
-            case .admitted: admittedAt = consumed
+            case .admitted:
+                admittedAt = consumed
+                if length > largeFrames.openBytes { largeAt = consumed }
             case .undecided: return nil
             case let .refused(why, code): throw DecodeError(offset: consumed, reason: why, kind: .refused(code: code.rawValue))
             }
@@ -128,7 +137,15 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
             if n == 0 { throw DecodeError(offset: start, reason: "frame of length 0 has no type byte") }
             let type = try r.readU8("frame type")
             return Frame(type: type, payload: try r.readBytes(n - 1, "frame payload"))
-        }) else { return nil }
+        }) else {
+            // Not whole: its bytes so far held, unless a token admitted it.
+            if let arriving, !arriving.hold(largeAt == consumed ? 0 : buffer.readableBytes) {
+                throw DecodeError(offset: consumed, reason: "busy: the frames arriving on this node's write port from connections that presented no token hold all it keeps for them (\(arriving.limit) bytes, --max-arriving-frame-bytes); try again shortly",
+                                  kind: .refused(code: ErrorCode.busy.rawValue))
+            }
+            return nil
+        }
+        arriving?.hold(0)
         buffer.moveReaderIndex(forwardBy: length)
         consumed += length
         return frame
@@ -149,10 +166,60 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
 
     /// A connection's frame decoder: frames of at most `maxFrameBytes`, its buffer bounded
     /// by NIO at `maximumBufferSize`.
-    public static func handler(maxFrameBytes: Int, largeFrames: LargeFrames? = nil) -> ByteToMessageHandler<FrameDecoder> {
-        let decoder = FrameDecoder(maxFrameBytes: maxFrameBytes, largeFrames: largeFrames)
+    public static func handler(maxFrameBytes: Int, largeFrames: LargeFrames? = nil, arriving: ArrivingFrames? = nil) -> ByteToMessageHandler<FrameDecoder> {
+        let decoder = FrameDecoder(maxFrameBytes: maxFrameBytes, largeFrames: largeFrames, arriving: arriving)
         return ByteToMessageHandler(decoder, maximumBufferSize: decoder.maximumBufferSize)
     }
+}
+
+/// One connection's share of a server's budget for the bytes of frames still arriving
+/// (`--max-arriving-frame-bytes`): a frame not yet whole holds what has come of it, until it
+/// is whole or the connection ends (`releaseAll`). A write admitted by its token before the
+/// rest of it is read (`FrameDecoder.LargeFrames`) holds nothing, and neither does anything
+/// a connection sends once it has presented one of the node's tokens (`trusted`). Without
+/// it, a thousand connections each sending 1 MiB less a byte, no token needed, made a node
+/// hold a gigabyte; only the connection caps bounded it (about 11 GB).
+///
+/// Used on its connection's event loop only (its decoder and handler, and the close).
+public final class ArrivingFrames: @unchecked Sendable {
+    private let take: @Sendable (Int) -> Bool
+    private let give: @Sendable (Int) -> Void
+    /// The whole budget's size, for the refusal's message.
+    public let limit: Int
+    /// Bytes this connection holds now.
+    public private(set) var held = 0
+    /// The connection presented one of the node's tokens: what it sends holds nothing.
+    public private(set) var trusted = false
+
+    /// `take` takes bytes of the budget (false: no room, nothing taken), `give` gives them back.
+    public init(limit: Int, take: @escaping @Sendable (Int) -> Bool, give: @escaping @Sendable (Int) -> Void) {
+        self.limit = limit
+        self.take = take
+        self.give = give
+    }
+
+    /// Holds `bytes` in all (more or fewer than now); false when more do not fit (what is
+    /// held stays).
+    @discardableResult
+    public func hold(_ bytes: Int) -> Bool {
+        let bytes = trusted ? 0 : bytes
+        if bytes > held {
+            guard take(bytes - held) else { return false }
+        } else if bytes < held {
+            give(held - bytes)
+        }
+        held = bytes
+        return true
+    }
+
+    /// The connection presented a token: nothing it sends is held from now on.
+    public func trust() {
+        hold(0)
+        trusted = true
+    }
+
+    /// Gives back everything (the connection ended).
+    public func releaseAll() { hold(0) }
 }
 
 /// Writes each frame into a buffer of its own, with its length prefix, for a server: NIO's

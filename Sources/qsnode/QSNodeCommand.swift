@@ -132,6 +132,9 @@ struct QSNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Largest protocol frame accepted, e.g. 64MiB; larger frames are refused. Past 1MiB only writes are taken, and on a node with --write-token-file only those carrying the token, checked before the rest of the frame is read (docs/protocol.md). (env: QS_MAX_FRAME_BYTES)", valueName: "size"))
     var maxFrameBytes: ByteSize = QSEnv.value("QS_MAX_FRAME_BYTES", ByteSize(64 << 20))
 
+    @Option(help: ArgumentHelp("The most bytes of write-port frames still arriving that connections which have presented no token hold together, e.g. 64MiB; a frame that would pass it is refused busy and its connection closed. Writes admitted by their token (frames over 1MiB) and connections that presented a token are not counted. (env: QS_MAX_ARRIVING_FRAME_BYTES)", valueName: "size"))
+    var maxArrivingFrameBytes: ByteSize = QSEnv.value("QS_MAX_ARRIVING_FRAME_BYTES", ByteSize(WriteServer.defaultMaxArrivingBytes))
+
     @Option(help: ArgumentHelp("A replica's upstream nodes, HOST:PORT[,HOST:PORT…], in order of preference. (env: QS_UPSTREAM)", valueName: "list"))
     var upstream: OrNone<AddressList> = QSEnv.value("QS_UPSTREAM", .none)
 
@@ -243,6 +246,9 @@ struct QSNodeCommand: AsyncParsableCommand {
         guard mapSize.bytes >= 1 << 20 else { throw ValidationError("--map-size must be at least 1MiB, e.g. 8GiB") }
         guard maxFrameBytes.bytes >= 1024 else {
             throw ValidationError("--max-frame-bytes must be at least 1KiB, e.g. 64MiB")
+        }
+        guard maxArrivingFrameBytes.bytes >= 2 << 20 else {
+            throw ValidationError("--max-arriving-frame-bytes \(maxArrivingFrameBytes) (or QS_MAX_ARRIVING_FRAME_BYTES) must be at least 2MiB (a frame of 1MiB, the most any client may send, and more), e.g. 64MiB")
         }
     }
 
@@ -388,7 +394,8 @@ struct QSNodeCommand: AsyncParsableCommand {
         try await core.loadWriteRole()
         var endpoints = [listen.endpoint]
         if !unix.isEmpty { endpoints.append(.unix(path: unix)) }
-        let writeServer = WriteServer(core: core, endpoints: endpoints, maxFrameBytes: maxFrameBytes.bytes, limits: service.connectionLimits, logger: logger)
+        let writeServer = WriteServer(core: core, endpoints: endpoints, maxFrameBytes: maxFrameBytes.bytes,
+                                      maxArrivingBytes: maxArrivingFrameBytes.bytes, limits: service.connectionLimits, logger: logger)
         var services: [any Service] = [
             writeServer,
             LogTrimmer(store: store, retain: logRetention, logger: logger),

@@ -5,6 +5,7 @@ import NIOCore
 import NIOEmbedded
 import NIOPosix
 import QSModel
+import QSNet
 import QSStore
 import QSTesting
 import QSWire
@@ -42,11 +43,12 @@ final class WriteProtocolHandlerTests: XCTestCase {
     }
 
     /// A connected channel with the write server's pipeline, for `maxFrameBytes`.
-    func connection(to node: Node, maxFrameBytes: Int = 1 << 20, from peer: String = "127.0.0.1") async throws -> NIOAsyncTestingChannel {
+    func connection(to node: Node, maxFrameBytes: Int = 1 << 20, from peer: String = "127.0.0.1",
+                    arriving: PendingBytes? = nil) async throws -> NIOAsyncTestingChannel {
         let core = node.core
         let channel = try await NIOAsyncTestingChannel { channel in
             let logger = Logger(label: "handler-test") { _ in SwiftLogNoOpLogHandler() }
-            try WriteServer.configure(channel, core: core, maxFrameBytes: maxFrameBytes, logger: logger)
+            try WriteServer.configure(channel, core: core, maxFrameBytes: maxFrameBytes, arriving: arriving, logger: logger)
         }
         try await channel.connect(to: SocketAddress(ipAddress: peer, port: 4000)).get()
         addTeardownBlock { _ = try? await channel.finish(acceptAlreadyClosed: true) }
@@ -333,6 +335,61 @@ final class WriteProtocolHandlerTests: XCTestCase {
         try await send([.getCheckpoint(sourceID: "src"), batch(0, 1, [.set(key: [1], value: [1], expiry: nil)], token: token)], to: channel)
         let withToken = try await answers(2, from: channel)
         XCTAssertEqual(withToken, [.checkpoint(nil), .applied(logIndex: 1, kept: 1, dropped: 0)])
+    }
+
+    /// The bytes of frames still arriving from connections without a token are held to one
+    /// budget (`--max-arriving-frame-bytes`): past it a frame is refused busy, counted, and
+    /// its connection closed; a connection that presented a token, and a write admitted by
+    /// its token, hold nothing; a connection's bytes are given back when it closes. (A
+    /// thousand connections each sending 1 MiB less a byte, no token needed, made a node
+    /// hold a gigabyte.)
+    func testFramesArrivingWithoutATokenAreHeldToOneBudget() async throws {
+        let node = try node(token: token)
+        let budget = PendingBytes(limit: 2 << 20)
+        /// The first `n` bytes of a frame declaring 1 MiB (a get: any client may send it).
+        func partial(_ n: Int) -> ByteBuffer {
+            var b = ByteBuffer()
+            b.writeInteger(UInt32(1 << 20))
+            b.writeInteger(Request.get(key: []).frame().type)
+            b.writeBytes([UInt8](repeating: 0x61, count: n - 5))
+            return b
+        }
+        let first = try await connection(to: node, from: "10.0.0.1", arriving: budget)
+        try await first.writeInbound(partial(1_000_000))
+        XCTAssertEqual(budget.inUse, 1_000_000)
+        let second = try await connection(to: node, from: "10.0.0.2", arriving: budget)
+        try await second.writeInbound(partial(1_000_000))
+        try await second.writeInbound(ByteBuffer(bytes: [UInt8](repeating: 0x61, count: 40_000)))
+        XCTAssertEqual(budget.inUse, 2_040_000)
+        // A third passes it: refused busy, counted, closed; what it held given back.
+        let third = try await connection(to: node, from: "10.0.0.3", arriving: budget)
+        try await third.writeInbound(partial(100_000))
+        let refused = try await answers(1, from: third)
+        XCTAssertEqual(errorCode(refused.first), .busy)
+        try await waitClosed(third)
+        XCTAssertEqual(node.metrics.counterTotal(label: "qs_write_arriving_frame_refusals_total"), 1)
+        XCTAssertEqual(budget.inUse, 2_040_000)
+
+        // A connection that presented the token holds nothing, and is not refused.
+        let trusted = try await connection(to: node, from: "10.0.0.4", arriving: budget)
+        try await send([.auth(token: token)], to: trusted)
+        _ = try await answers(1, from: trusted)
+        try await trusted.writeInbound(partial(1_000_000))
+        XCTAssertEqual(budget.inUse, 2_040_000)
+        XCTAssertTrue(trusted.isActive)
+        // Nor does a write over 1 MiB admitted by its token, on a connection without one.
+        let writer = try await connection(to: node, maxFrameBytes: 4 << 20, from: "10.0.0.5", arriving: budget)
+        var write = bytes([batch(0, 1, [.set(key: [1], value: [UInt8](repeating: 1, count: 2 << 20), expiry: nil)], token: token)])
+        try await writer.writeInbound(write.readSlice(length: 1_500_000)!)
+        XCTAssertEqual(budget.inUse, 2_040_000)
+        try await writer.writeInbound(write)
+        let applied = try await answers(1, from: writer)
+        XCTAssertEqual(applied, [.applied(logIndex: 1, kept: 1, dropped: 0)])
+
+        // Closing gives a connection's bytes back.
+        try await first.close()
+        try await second.close()
+        XCTAssertEqual(budget.inUse, 0)
     }
 
     /// A source descriptor is a write: refused without the write token (nothing recorded),
