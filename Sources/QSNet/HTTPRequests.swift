@@ -104,6 +104,15 @@ public enum HTTPRequests {
 /// channel's writer, before the event loop wrote it: an idle timeout falling in either gap
 /// (a loaded machine, a timeout shorter than a commit's wait) closed a connection whose
 /// answer was on its way (qsrest: curl got no answer to a write its log says was answered).
+///
+/// Graceful shutdown: the requests begun before it are the ones owed an answer. A request
+/// whose head comes after it is not passed on, nor is anything behind it, so the task never
+/// reads it and nothing of it is applied; its peer sees the connection close without its
+/// answer and sends it again. The last answer owed gets `Connection: close`, the answers
+/// before it are written as they were, and the drain closes the connection once the last
+/// is written. (qsrest closed after the first answer written in the stop: requests
+/// pipelined behind it, already applied, went unanswered, and a producer sending an
+/// unanswered `increment` again applied it twice.)
 public final class HTTPRequestMarks: ChannelDuplexHandler, RemovableChannelHandler {
     public typealias InboundIn = HTTPServerRequestPart
     public typealias InboundOut = HTTPServerRequestPart
@@ -111,6 +120,10 @@ public final class HTTPRequestMarks: ChannelDuplexHandler, RemovableChannelHandl
     public typealias OutboundOut = HTTPServerResponsePart
 
     private let drain: RequestDrain
+    /// Requests passed on whose answers' heads are not written yet.
+    private var owed = 0
+    /// Shutdown had begun when a request's head came: it and everything after it are dropped.
+    private var closedToRequests = false
 
     public init(drain: RequestDrain) {
         self.drain = drain
@@ -122,23 +135,48 @@ public final class HTTPRequestMarks: ChannelDuplexHandler, RemovableChannelHandl
     }
 
     public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head: drain.begin()
+        let part = unwrapInboundIn(data)
+        // The drain learns of shutdown on this event loop: a head decoded after it is new.
+        if case .head = part, !closedToRequests, drain.isQuiescing { closedToRequests = true }
+        guard !closedToRequests else { return }
+        switch part {
+        case .head:
+            owed += 1
+            drain.begin()
         case .end: drain.answering()
         case .body: break
         }
         context.fireChannelRead(data)
     }
 
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // Bytes that do not parse among those dropped are owed no answer (the task would
+        // answer them 400, after the last answer owed).
+        if closedToRequests, error is HTTPParserError || error is ByteToMessageDecoderError { return }
+        context.fireErrorCaught(error)
+    }
+
     public func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        guard case .end = unwrapOutboundIn(data) else {
+        switch unwrapOutboundIn(data) {
+        case var .head(head):
+            owed = max(0, owed - 1)
+            // The last answer of a connection shutting down says so: a keep-alive producer
+            // opens a new connection (to another instance) for its next request instead of
+            // sending it into one that closes.
+            if owed == 0, head.isKeepAlive, drain.isQuiescing {
+                head.headers.replaceOrAdd(name: "Connection", value: "close")
+                context.write(wrapOutboundOut(.head(head)), promise: promise)
+            } else {
+                context.write(data, promise: promise)
+            }
+        case .body:
             context.write(data, promise: promise)
-            return
+        case .end:
+            // Done once written (or failed): a close when draining comes after the bytes.
+            let written = promise ?? context.eventLoop.makePromise()
+            let drain = self.drain
+            written.futureResult.whenComplete { _ in drain.end() }
+            context.write(data, promise: written)
         }
-        // Done once written (or failed): a close when draining comes after the bytes.
-        let written = promise ?? context.eventLoop.makePromise()
-        let drain = self.drain
-        written.futureResult.whenComplete { _ in drain.end() }
-        context.write(data, promise: written)
     }
 }

@@ -95,7 +95,7 @@ public struct RestServer: ListeningService {
             // shutdown): there is nothing to answer.
             switch try? await accepted.connection.get() {
             case let .http(connection)?:
-                await handler.serve(connection, peer: accepted.peer, drain: accepted.drain)
+                await handler.serve(connection, peer: accepted.peer)
             case let .binary(magic)?:
                 handler.refuseBinary(magic: magic, peer: accepted.peer)
             case nil:
@@ -254,7 +254,7 @@ struct RequestHandler: Sendable {
     /// The writer's word that the connection closes after what it wrote.
     struct Closing: Error {}
 
-    func serve(_ connection: Connection, peer: String, drain: RequestDrain?) async {
+    func serve(_ connection: Connection, peer: String) async {
         do {
             try await connection.executeThenClose { inbound, outbound in
                 let (answers, queued) = AsyncStream.makeStream(of: Pending.self)
@@ -264,13 +264,12 @@ struct RequestHandler: Sendable {
                         defer { freed.finish() }
                         for await p in answers {
                             let reply = await p.reply.value
-                            // Shutting down, the connection closes after this answer: it says so, and
-                            // a keep-alive producer opens a new one (to another instance) instead of
-                            // sending its next request into a closed socket.
-                            let keepAlive = p.keepAlive && drain?.isQuiescing != true
-                            try await write(reply, head: p.head, keepAlive: keepAlive, outbound: outbound)
+                            // Shutting down, the pipeline's marks (`HTTPRequestMarks`) pass on no
+                            // request begun after it, say `Connection: close` on the last answer
+                            // owed and close the connection once it is written.
+                            try await write(reply, head: p.head, keepAlive: p.keepAlive, outbound: outbound)
                             freed.yield(p.bytes)
-                            if !keepAlive { throw Closing() }
+                            if !p.keepAlive { throw Closing() }
                         }
                     }
                     var waiting = 0, waitingBytes = 0
@@ -596,9 +595,12 @@ struct RequestHandler: Sendable {
         for (n, v) in r.headers { headers.add(name: n, value: v) }
         if !keepAlive { headers.add(name: "Connection", value: "close") }
         let status = HTTPResponseStatus(statusCode: r.status, reasonPhrase: KTHTTPStatus.reason(r.status))
-        try await outbound.write(.head(HTTPResponseHead(version: head.version, status: status, headers: headers)))
-        if !r.body.isEmpty { try await outbound.write(.body(.byteBuffer(ByteBuffer(bytes: r.body)))) }
-        try await outbound.write(.end(nil))
+        var parts: [HTTPServerResponsePart] = [.head(HTTPResponseHead(version: head.version, status: status, headers: headers))]
+        if !r.body.isEmpty { parts.append(.body(.byteBuffer(ByteBuffer(bytes: r.body)))) }
+        parts.append(.end(nil))
+        // One hop to the event loop: a graceful stop comes before the whole answer or after
+        // it, never between its head (where the marks decide `Connection: close`) and its end.
+        try await outbound.write(contentsOf: parts)
     }
 }
 

@@ -79,12 +79,15 @@ extension ListenerDrainTests {
         let drains: AsyncStream<RequestDrain>.Continuation
         /// Done once the test opens the gate (awaited by every connection's task).
         let gate: Task<Void, Never>
+        /// Request heads decoded, before the marks see them.
+        let heads: NIOLockedValueBox<Int>
 
         func run() async throws {
-            let drains = self.drains, gate = self.gate
+            let drains = self.drains, gate = self.gate, heads = self.heads
             try await listener.run { channel in
                 let ops = channel.pipeline.syncOperations
                 try ops.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: true)
+                try ops.addHandler(HeadCounter(heads: heads))
                 try HTTPRequestMarks.add(to: ops)
                 return try NIOAsyncChannel<HTTPServerRequestPart, HTTPServerResponsePart>(wrappingChannelSynchronously: channel)
             } handle: { accepted in
@@ -102,15 +105,32 @@ extension ListenerDrainTests {
         }
     }
 
+    /// Counts the request heads the HTTP decoder passes on.
+    final class HeadCounter: ChannelInboundHandler {
+        typealias InboundIn = HTTPServerRequestPart
+        typealias InboundOut = HTTPServerRequestPart
+        let heads: NIOLockedValueBox<Int>
+
+        init(heads: NIOLockedValueBox<Int>) {
+            self.heads = heads
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            if case .head = unwrapInboundIn(data) { heads.withLockedValue { $0 += 1 } }
+            context.fireChannelRead(data)
+        }
+    }
+
     /// A `LateHTTPServer` with a 300 ms idle timeout, its port, and the drains of its
-    /// connections as they come.
-    func startLate(gate: Task<Void, Never>) async throws -> (InProcessServices, Int, AsyncStream<RequestDrain>) {
+    /// connections as they come; `heads` counts the request heads its connections decode.
+    func startLate(gate: Task<Void, Never>, heads: NIOLockedValueBox<Int> = NIOLockedValueBox(0))
+        async throws -> (InProcessServices, Int, AsyncStream<RequestDrain>) {
         var logger = Logger(label: "late-http-test")
         logger.logLevel = .error
         let (drains, drainsContinuation) = AsyncStream<RequestDrain>.makeStream()
         let server = LateHTTPServer(listener: Listener(name: "late", endpoints: [.tcp(host: "127.0.0.1", port: 0)], drain: .requests,
                                                        limits: ConnectionLimits(idleTimeout: .milliseconds(300)), logger: logger),
-                                    drains: drainsContinuation, gate: gate)
+                                    drains: drainsContinuation, gate: gate, heads: heads)
         let running = try await InProcessServices([server], logger: logger)
         return (running, try await server.listener.port(), drains)
     }
@@ -161,6 +181,38 @@ extension ListenerDrainTests {
         XCTAssertTrue(answer.hasPrefix("HTTP/1.1 200 OK") && answer.hasSuffix("done\n"), "the first answered, then closed at the second's deadline: \(answer)")
         XCTAssertFalse(drain.isAnswering)
         try await running.stop()
+    }
+}
+
+extension ListenerDrainTests {
+    /// Graceful shutdown with pipelined requests decoded but not yet answered: each is
+    /// answered, in order, only the last saying `Connection: close`, then the connection
+    /// closes; a request whose head is decoded after shutdown began never reaches the
+    /// connection's task. (Before, the task took it, and qsrest applied it unanswered.)
+    func testAStopAnswersTheRequestsTakenAndPassesOnNoMore() async throws {
+        let (opened, open) = AsyncStream<Void>.makeStream()
+        let heads = NIOLockedValueBox(0)
+        let (running, port, drains) = try await startLate(gate: Task { for await _ in opened { break } }, heads: heads)
+        let client = try XCTUnwrap(TestClient(port: port))
+        client.send(String(repeating: "GET /k HTTP/1.1\r\nHost: x\r\n\r\n", count: 3))
+        var drainsIterator = drains.makeAsyncIterator()
+        let first = await drainsIterator.next()
+        let drain = try XCTUnwrap(first)
+        let decoded = await Harness.eventually(timeout: .seconds(10)) { heads.withLockedValue { $0 } == 3 }
+        XCTAssertTrue(decoded)
+
+        async let stopped: Void = running.stop()
+        let quiescing = await Harness.eventually(timeout: .seconds(10)) { drain.isQuiescing }
+        XCTAssertTrue(quiescing)
+        client.send("GET /late HTTP/1.1\r\nHost: x\r\n\r\n")
+        let late = await Harness.eventually(timeout: .seconds(10)) { heads.withLockedValue { $0 } == 4 }
+        XCTAssertTrue(late, "the request sent after the stop began is decoded (and dropped)")
+        open.yield()
+        let text = client.readToEOF() ?? "(no end within 10 s)"
+        let answers = text.components(separatedBy: "HTTP/1.1 ").dropFirst()
+        XCTAssertEqual(answers.map { $0.hasPrefix("200 OK") }, [true, true, true], text)
+        XCTAssertEqual(answers.map { $0.contains("Connection: close") }, [false, false, true], text)
+        try await stopped
     }
 }
 

@@ -211,6 +211,94 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try rest.stop(), 0)
     }
 
+    /// A graceful stop while increments pipelined on two connections wait for their batch:
+    /// each connection answers every request it had taken, in order, only the last answer
+    /// saying `Connection: close`, then closes; increments sent on it once the stop has begun
+    /// are not taken, so not applied. A producer that sends again what got no answer applies
+    /// each increment once. (Before, the first answer after the signal said close and the
+    /// rest were never written though their increments were applied; the connection stayed
+    /// open until --shutdown-timeout, taking and applying what came after.) One connection is
+    /// read only once qsrest has exited: the stop does not wait for a peer to read.
+    func testAStopAnswersEveryRequestTakenThenClosesAndTakesNoMore() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        // A long batch interval: the requests wait for their batch when the stop begins. A
+        // shutdown timeout well past the deadline below: a connection left open shows as such.
+        let (rest, port, admin) = try startRest(root: root.address, acl: try writeACL(),
+                                                extra: ["--batch-interval", "2s", "--shutdown-timeout", "40s"])
+        let credential = Data("dns:dns-token".utf8).base64EncodedString()
+        let n = 20
+        func increments(_ key: String) -> [UInt8] {
+            Array(String(repeating: "POST /rpc/increment?key=dns%2F\(key)&num=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Basic \(credential)\r\nContent-Length: 0\r\n\r\n",
+                         count: n).utf8)
+        }
+        let read = try XCTUnwrap(Harness.connectLoopback(port: port)), unread = try XCTUnwrap(Harness.connectLoopback(port: port))
+        defer { close(read); close(unread) }
+        for (fd, key) in [(read, "taken"), (unread, "unread")] {
+            let burst = increments(key)
+            XCTAssertEqual(burst.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }, burst.count)
+        }
+        try await waitFor("both bursts taken", timeout: .seconds(20), pollEvery: .milliseconds(10)) {
+            metricValue(port: admin, "qs_rest_requests_total{producer=\"dns\"}") == Double(2 * n)
+        }
+        kill(rest.pid, SIGTERM)
+        let signalled = ContinuousClock.now
+        try await waitFor("the producer port closed", timeout: .seconds(20), pollEvery: .milliseconds(10)) { !Harness.isListening(port: port) }
+        // The connection may be closed already (its answers written): the bytes are then
+        // refused, which is as good.
+        let late = increments("late")
+        _ = late.withUnsafeBytes { send(read, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        let (text, closed) = Self.readUntilClosed(read, within: .seconds(15))
+        XCTAssertTrue(closed, "the connection was still open 15 s after the signal; it got: \(text)")
+        XCTAssertEqual(try rest.stop(signal: 0, timeout: .seconds(60)), 0, "exits once every answer is written: \(rest.log)")
+        XCTAssertLessThan(ContinuousClock.now - signalled, .seconds(15), "qsrest stopped within 15 s of the signal")
+        let (unreadText, unreadClosed) = Self.readUntilClosed(unread, within: .seconds(5))
+        XCTAssertTrue(unreadClosed)
+
+        func answers(_ text: String) -> [(status: Int, closes: Bool)] {
+            text.components(separatedBy: "HTTP/1.1 ").dropFirst().map { (Int($0.prefix(3)) ?? 0, $0.contains("Connection: close")) }
+        }
+        let got = answers(text), gotUnread = answers(unreadText)
+        for (what, a, all) in [("read", got, text), ("unread", gotUnread, unreadText)] {
+            XCTAssertGreaterThanOrEqual(a.count, n, "\(what): every request taken before the stop is answered: \(all)")
+            XCTAssertEqual(a.filter { $0.status != 200 }.count, 0, "\(what): \(all)")
+            XCTAssertEqual(a.map(\.closes), Array(repeating: false, count: max(a.count - 1, 0)) + [true],
+                           "\(what): only the last answer says the connection closes: \(all)")
+        }
+        // Applied exactly as answered: the late increments are answered only if they were
+        // taken before the stop reached the connection (a race the stop may lose), and applied
+        // only then.
+        let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        func counter(_ key: String) async throws -> Int {
+            guard let r = try await client.get(Array("dns/\(key)".utf8)) else { return 0 }
+            return r.value.reduce(0) { $0 << 8 | Int($1) }
+        }
+        let taken = try await counter("taken"), unreadApplied = try await counter("unread"), lateApplied = try await counter("late")
+        await client.close()
+        XCTAssertEqual(taken, min(got.count, n), "increments applied on the read connection, answered \(min(got.count, n))")
+        XCTAssertEqual(lateApplied, max(got.count - n, 0), "increments sent after the stop began: applied \(lateApplied), answered \(max(got.count - n, 0))")
+        XCTAssertEqual(unreadApplied, gotUnread.count, "increments applied on the unread connection, answered \(gotUnread.count)")
+    }
+
+    /// What a connection receives until the server closes it (`closed`), or until `timeout`
+    /// passes first. A reset after the server's close (bytes sent into a closed connection)
+    /// reads as closed too: what came before it was read.
+    static func readUntilClosed(_ fd: Int32, within timeout: Duration) -> (text: String, closed: Bool) {
+        var tv = timeval(tv_sec: 0, tv_usec: 200_000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let deadline = ContinuousClock.now + timeout
+        var bytes = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while ContinuousClock.now < deadline {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n > 0 {
+                bytes += buffer[..<n]
+            } else if n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                return (String(decoding: bytes, as: UTF8.self), true)
+            }
+        }
+        return (String(decoding: bytes, as: UTF8.self), false)
+    }
+
     /// The producer port holds to --max-connections-per-peer and --idle-timeout as every
     /// other listener does: one peer cannot fill the process's descriptors with idle
     /// connections, and the admin port stays reachable.
