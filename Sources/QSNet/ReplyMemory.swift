@@ -41,15 +41,6 @@ public final class ReplyMemory: Sendable {
         bytes < Self.largeReply || held.admitsAlone(bytes)
     }
 
-    /// Whether a reply gathered of several values (KT's `get_bulk`), `bytes` so far with
-    /// `values` of them, may grow so: its first value as `admits` says (no single value is
-    /// unservable), the whole only while the budget has room for it. One small request
-    /// naming many large values built a reply of any size while nothing else was held.
-    @inline(__always)
-    public func admitsGathered(_ bytes: Int, values: Int) -> Bool {
-        bytes < Self.largeReply || (values <= 1 ? held.admitsAlone(bytes) : held.inUse + bytes <= held.limit)
-    }
-
     /// Counts `bytes` written to a connection as held until `release`.
     public func hold(_ bytes: Int) { held.force(bytes) }
 
@@ -58,11 +49,12 @@ public final class ReplyMemory: Sendable {
     /// which must see the others'. False: nothing held.
     public func tryHold(_ bytes: Int) -> Bool { held.reserveAlone(bytes) }
 
-    /// `admitsGathered` and the hold in one step: `bytes` more of a reply gathered of
-    /// `values` values so far held if its first value (whatever its size, while nothing else
-    /// is held) or if the budget has room. For replies gathered off the event loops, many at
-    /// once, each of which must see the others' (checked only, four reader threads each
-    /// gathered up to the whole budget). False: nothing held.
+    /// Holds `bytes` more of a reply gathered of several values (KT's `get_bulk`, a
+    /// multi-key memcached `get`), `values` of them so far: its first value whatever its
+    /// size while nothing else is held (no single value is unservable), more only while the
+    /// budget has room; the check and the hold in one step, so replies built at once (reader
+    /// threads, event loops, the store's threads) each see the others'. Checked only, four
+    /// reader threads each gathered up to the whole budget. False: nothing held.
     public func tryHoldGathered(_ bytes: Int, values: Int) -> Bool {
         values <= 1 ? held.reserveAlone(bytes) : held.reserve(bytes)
     }
@@ -102,6 +94,7 @@ public struct GatheredReply: Sendable {
 
     /// Gives back what is held.
     public mutating func release() {
+        guard held > 0 else { return }
         memory.release(held)
         held = 0
     }

@@ -283,9 +283,19 @@ final class ThreadedConnection<P: ThreadedProtocol>: @unchecked Sendable {
     /// (parked for `EPOLLOUT`) and reads nothing meanwhile.
     var pendingOut: ByteBuffer? {
         didSet {
-            // A large reply waiting for the socket is held against the read ports' budget.
+            // A reply partly taken keeps the memory of all of it, the part taken included:
+            // once that part is the larger (and over 1 MiB), the rest moves to a buffer of its
+            // own. (Sixty-four connections each taking part of a 4 MiB reply held 21 MiB by
+            // this count, with 264 MiB of the node's memory.)
+            if var p = pendingOut, p.readerIndex >= ReplyMemory.keptBufferBytes, p.readerIndex >= p.readableBytes {
+                var rest = ByteBufferAllocator().buffer(capacity: p.readableBytes)
+                rest.writeBuffer(&p)
+                pendingOut = rest
+            }
+            // A large reply waiting for the socket is held against the read ports' budget:
+            // the bytes its buffer holds, taken or not.
             guard let memory else { return }
-            let now = pendingOut.map { $0.readableBytes >= ReplyMemory.largeReply ? $0.readableBytes : 0 } ?? 0
+            let now = pendingOut.map { $0.writerIndex >= ReplyMemory.largeReply ? $0.writerIndex : 0 } ?? 0
             if now != held {
                 memory.release(held)
                 memory.hold(now)

@@ -81,13 +81,18 @@ final class KTHTTPSession: Sendable {
             guard !encoded.contains(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") }) else { return nil }
         }
         let start = out.writerIndex
+        // A large value is held while its reply is built, the check and the hold in one
+        // step (reader threads each checked without the others'), given back once built:
+        // the writer holds what the socket does not take at once.
+        var building = GatheredReply(memory: replyMemory)
+        defer { building.release() }
         let found = withUnsafeTemporaryAllocation(byteCount: encoded.count, alignment: 1) { space -> Bool in
             let key = UnsafeRawBufferPointer(rebasing: space[..<KTColumnEncoding.urlDecode(encoded, into: space)])
             return (try? store.readInline(in: slot) { txn in
                 try txn.withRecord(bytes: key) { record -> Bool in
                     guard let record, record.expiry == nil else { return false }
                     // A large value the reply budget has no room for now: refused unbuilt.
-                    guard kind == .restHead || replyMemory.admits(record.value.count) else {
+                    guard kind == .restHead || building.add(record.value.count) else {
                         refused = record.value.count
                         return false
                     }

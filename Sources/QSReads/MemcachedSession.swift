@@ -122,6 +122,13 @@ struct MemcachedSession: Sendable {
         let start = out.writerIndex
         let maxReply = config.limits.maxReplyBytes, memory = config.replyMemory
         var hits = 0, asked = 0
+        // Held while it is built, the check and the hold in one step (`tryHoldGathered`):
+        // reader threads and event loops building large replies at once each checked the
+        // budget without the others' (540-690 MiB held against 256 MiB). Given back once
+        // built: the writer holds what the socket does not take at once (`writeReplies`,
+        // the threads' `pendingOut`).
+        var building = GatheredReply(memory: memory)
+        defer { building.release() }
         do {
             try store.readInline(in: slot) { txn in
                 try get.forEachKey { key in
@@ -131,9 +138,9 @@ struct MemcachedSession: Sendable {
                         hits += 1
                         // The reply so far with this value: many values under 64 KiB make
                         // a large reply too, and several values only while the budget has
-                        // room for all of them (`admitsGathered`).
+                        // room for all of them (`tryHoldGathered`).
                         let reply = out.writerIndex - start + record.value.count
-                        if reply >= ReplyMemory.largeReply, !memory.admitsGathered(reply, values: hits) { throw ReplyMemoryFull(bytes: reply) }
+                        guard building.add(reply - building.bytes) else { throw ReplyMemoryFull(bytes: reply) }
                         Self.writeValue(key: key, record: record, withCAS: withCAS, format: format, into: &out)
                         if hits > 1, out.writerIndex - start > maxReply { throw ReplyTooLarge() }
                     }
