@@ -160,15 +160,20 @@ final class KTHTTPSession: Sendable {
         let path = q.map { uri[..<$0] } ?? uri
         let query = q.map { uri[uri.index(after: $0)...] }
         let procedures = self.procedures, rest = self.rest
-        if path.starts(with: Self.rpcPrefix) {
-            let name = String(decoding: KTColumnEncoding.urlDecode(path.dropFirst(Self.rpcPrefix.count)), as: UTF8.self)
+        if let name = Self.procedure(uri) {
+            guard KTProcedures.reads.contains(name) else {
+                // Refused by its name (501, a write or unknown): its body is not parsed (a
+                // 30 MB set_bulk sent to a read node was parsed among the scans first).
+                let none = KTRPCParameters(query: nil, contentType: nil, body: [])
+                return (true, { txn in try procedures.call(name, none, in: txn) })
+            }
             // A large body is parsed where its work runs, off the event loop, among the
             // scans (a 30 MB get_bulk's parse held its loop, and every connection on it, 2 s).
             if body.count >= Self.offloadedBodyBytes {
                 return (false, { txn in try procedures.call(name, KTRPCParameters(query: query, contentType: contentType, body: body), in: txn) })
             }
             let params = KTRPCParameters(query: query, contentType: contentType, body: body)
-            if !offloaded, Self.inlineProcedures.contains(name) || !KTProcedures.reads.contains(name) {
+            if !offloaded, Self.inlineProcedures.contains(name) {
                 let inline = procedures.inline
                 return (true, { txn in try inline.call(name, params, in: txn) })
             }
@@ -185,6 +190,13 @@ final class KTHTTPSession: Sendable {
     }
 
     static let rpcPrefix = Array("/rpc/".utf8)
+
+    /// The RPC procedure `uri` names (`/rpc/NAME?…`, URL-decoded), nil for any other path.
+    static func procedure(_ uri: ArraySlice<UInt8>) -> String? {
+        let path = uri.firstIndex(of: UInt8(ascii: "?")).map { uri[..<$0] } ?? uri
+        guard path.starts(with: rpcPrefix) else { return nil }
+        return String(decoding: KTColumnEncoding.urlDecode(path.dropFirst(rpcPrefix.count)), as: UTF8.self)
+    }
     /// Bodies of this many bytes or more are parsed off the event loop (`plan`).
     static let offloadedBodyBytes = 64 << 10
 
@@ -437,7 +449,7 @@ final class KTHTTPHandler: ChannelInboundHandler {
         // against the port's budget for bodies until the request is answered: unheld, eight
         // 30 MB get_bulks of short keys took a node from 40 MB to 680 MB on two cores.
         var held = 0
-        if !requestBody.isEmpty, uri.starts(with: KTHTTPSession.rpcPrefix) {
+        if !requestBody.isEmpty, let name = KTHTTPSession.procedure(uri), KTProcedures.reads.contains(name) {
             let q = uri.firstIndex(of: UInt8(ascii: "?"))
             // The body's copy this request holds through its parse and work, and what the parse builds.
             let (entries, parse) = KTRPCParameters.parseBytes(query: q.map { uri[uri.index(after: $0)...] }, contentType: contentType, body: requestBody)

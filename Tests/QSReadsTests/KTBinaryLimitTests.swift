@@ -104,6 +104,11 @@ final class KTBinaryLimitTests: XCTestCase {
         let refused = RawSocket.exchange(port: port, getBulk(10_000))
         XCTAssertEqual(RawHTTPResponse(refused)?.status, 413, String(decoding: refused.prefix(300), as: UTF8.self))
         XCTAssertTrue(String(decoding: refused, as: UTF8.self).contains("--kt-max-pending-bytes"), String(decoding: refused.prefix(300), as: UTF8.self))
+        // A write procedure is refused by its name (501), its body not parsed nor held for a
+        // parse: the same 10,000 lines as a set_bulk.
+        let write = RawSocket.exchange(port: port, Array(String(decoding: getBulk(10_000), as: UTF8.self).replacingOccurrences(of: "/rpc/get_bulk", with: "/rpc/set_bulk").utf8))
+        XCTAssertEqual(RawHTTPResponse(write)?.status, 501, String(decoding: write.prefix(300), as: UTF8.self))
+        XCTAssertTrue(String(decoding: write, as: UTF8.self).contains("read-only"), String(decoding: write.prefix(300), as: UTF8.self))
         // 1,000 keys fit; the budget is given back after the answer, also for a body parsed
         // off the event loop (2,500 keys of 33 bytes or more: over 64 KiB).
         for (lines, pad) in [(1_000, 0), (2_500, 30)] {
