@@ -1,3 +1,5 @@
+import NIOCore
+
 /// KT's HTTP RPC bodies: tab-separated `name<TAB>value` lines, optionally with every column
 /// encoded (`text/tab-separated-values; colenc=B|Q|U`). Parameters form a map: a repeated
 /// name keeps its last value; replies list names in byte order.
@@ -178,6 +180,32 @@ public enum KTTSV {
     /// Encodes a reply map the way KT does: sorted, with the best encoding. KT encodes its
     /// reply map into a new map (`tsvmapencode`), so an encoded reply is in the order of the
     /// encoded names: in URL encoding `%e3%82%ad` comes before `ab`.
+    /// `reply`'s bytes written straight into a buffer of their size: each value copied once,
+    /// encoded as it is written (a reply of large values was encoded into new pairs, then
+    /// serialized, then copied again: up to seven times its values' bytes at once).
+    public static func replyBuffer(_ map: [[UInt8]: [UInt8]]) -> (contentType: String, body: ByteBuffer) {
+        let pairs = sorted(map)
+        let encoding = bestEncoding(for: pairs)
+        // The names encoded (they are short), in the order of the encoded names, as KT writes them.
+        let rows = encoding.map { e in pairs.map { (name: e.encode($0.key), value: $0.value) }.sorted { $0.name.lexicographicallyPrecedes($1.name) } }
+            ?? pairs.map { (name: $0.key, value: $0.value) }
+        func valueCount(_ v: [UInt8]) -> Int { encoding.map { e in v.withUnsafeBytes { e.encodedCount($0) } } ?? v.count }
+        var size = 0
+        for r in rows { size += r.name.count + 2 + valueCount(r.value) }
+        var out = ByteBufferAllocator().buffer(capacity: size)
+        for r in rows {
+            out.writeBytes(r.name)
+            out.writeInteger(UInt8(0x09))
+            if let encoding {
+                out.writeWithUnsafeMutableBytes(minimumWritableBytes: valueCount(r.value)) { dst in r.value.withUnsafeBytes { encoding.encode($0, into: dst) } }
+            } else {
+                out.writeBytes(r.value)
+            }
+            out.writeInteger(UInt8(0x0A))
+        }
+        return (contentType(encoding), out)
+    }
+
     public static func reply(_ map: [[UInt8]: [UInt8]]) -> (contentType: String, body: [UInt8]) {
         let pairs = sorted(map)
         guard let encoding = bestEncoding(for: pairs) else { return (contentType(nil), serialize(pairs, encoding: nil)) }

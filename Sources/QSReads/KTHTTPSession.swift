@@ -204,8 +204,8 @@ final class KTHTTPSession: Sendable {
     /// `r`, or 503 when its body is a large reply the read ports' budget has no room for
     /// now (`ReplyMemory`): counted and logged, the client told to try again.
     func fitted(_ r: KTReply, isHead: Bool, peer: String) -> KTReply {
-        if isHead || r.held > 0 || replyMemory.admits(r.body.count) { return r }
-        return memoryRefusal(kind: r.kind, bytes: r.body.count, peer: peer)
+        if isHead || r.held > 0 || replyMemory.admits(r.body.readableBytes) { return r }
+        return memoryRefusal(kind: r.kind, bytes: r.body.readableBytes, peer: peer)
     }
 
     /// The bytes of the reply budget to hold for a body of `bytes` about to be written,
@@ -269,7 +269,7 @@ final class KTHTTPSession: Sendable {
     /// The response's headers, in the order they are written.
     static func responseHeaders(_ r: KTReply, isHead: Bool, keepAlive: Bool) -> [(String, String)] {
         var headers = [(String, String)]()
-        if !isHead { headers.append(("Content-Length", String(r.body.count))) }
+        if !isHead { headers.append(("Content-Length", String(r.body.readableBytes))) }
         headers += r.headers
         if isHead && !headers.contains(where: { $0.0.lowercased() == "content-length" }) { headers.append(("Content-Length", "0")) }
         if !keepAlive { headers.append(("Connection", "close")) }
@@ -292,7 +292,7 @@ final class KTHTTPSession: Sendable {
             out.writeStaticString("\r\n")
         }
         out.writeStaticString("\r\n")
-        if !isHead { out.writeBytes(r.body) }
+        if !isHead { out.writeImmutableBuffer(r.body) }
     }
 
     /// The head of an in-place 200 reply (for the fast path), as `write` would make it.
@@ -515,7 +515,7 @@ final class KTHTTPHandler: ChannelInboundHandler {
         if refused > 0, let kind {
             let r = session.memoryRefusal(kind: KTHTTPSession.kindName(kind), bytes: refused, peer: peer)
             session.account(r, peer: peer, uri: { h.uri })
-            send(context, KTHTTPSession.responseHead(r, for: h, keepAlive: h.isKeepAlive), body: ByteBuffer(bytes: r.body), keepAlive: h.isKeepAlive)
+            send(context, KTHTTPSession.responseHead(r, for: h, keepAlive: h.isKeepAlive), body: r.body, keepAlive: h.isKeepAlive)
             return true
         }
         guard let counter else { return false }
@@ -533,12 +533,8 @@ final class KTHTTPHandler: ChannelInboundHandler {
     private func respond(_ context: ChannelHandlerContext, _ r: KTReply, to h: HTTPRequestHead, keepAlive: Bool) {
         session.account(r, peer: peer, uri: { h.uri })
         let r = session.fitted(r, isHead: h.method == .HEAD, peer: peer)
-        var buffer: ByteBuffer?
-        if h.method != .HEAD && !r.body.isEmpty {
-            buffer = context.channel.allocator.buffer(capacity: r.body.count)
-            buffer?.writeBytes(r.body)
-        }
-        send(context, KTHTTPSession.responseHead(r, for: h, keepAlive: keepAlive), body: buffer, held: r.held, keepAlive: keepAlive)
+        let body = h.method != .HEAD && r.body.readableBytes > 0 ? r.body : nil
+        send(context, KTHTTPSession.responseHead(r, for: h, keepAlive: keepAlive), body: body, held: r.held, keepAlive: keepAlive)
     }
 
     /// Writes a response and flushes it once (closing the connection after it unless kept

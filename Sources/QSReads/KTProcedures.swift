@@ -208,8 +208,8 @@ struct KTProcedures: Sendable {
 extension KTReply {
     /// A TSV reply as KT encodes it: names in byte order, the column encoding it picks.
     init(map: [[UInt8]: [UInt8]], status: Int, kind: String) {
-        let (type, body) = KTTSV.reply(map)
-        self.init(status: status, headers: [("Content-Type", type)], body: body, kind: kind)
+        let (type, body) = KTTSV.replyBuffer(map)
+        self.init(status: status, headers: [("Content-Type", type)], buffer: body, kind: kind)
     }
 }
 

@@ -1,8 +1,11 @@
+import NIOCore
+
 /// What the KT HTTP interface answers: a status, extra headers and a body.
 struct KTReply: Sendable {
     var status: Int
     var headers: [(String, String)]
-    var body: [UInt8]
+    /// Written to the socket as it is (a large reply is not copied again on its way).
+    var body: ByteBuffer
     /// What kind of request it was, for the request counter (a fixed set of names).
     var kind: String
     /// Set for requests counted as bad: the reason, for the log line.
@@ -16,9 +19,14 @@ struct KTReply: Sendable {
 
     init(status: Int, headers: [(String, String)] = [], body: [UInt8] = [], kind: String,
          badReason: String? = nil, refusedWrite: String? = nil) {
+        self.init(status: status, headers: headers, buffer: ByteBuffer(bytes: body), kind: kind, badReason: badReason, refusedWrite: refusedWrite)
+    }
+
+    init(status: Int, headers: [(String, String)] = [], buffer: ByteBuffer, kind: String,
+         badReason: String? = nil, refusedWrite: String? = nil) {
         self.status = status
         self.headers = headers
-        self.body = body
+        self.body = buffer
         self.kind = kind
         self.badReason = badReason
         self.refusedWrite = refusedWrite

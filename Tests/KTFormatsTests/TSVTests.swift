@@ -1,8 +1,28 @@
 import Foundation
 import KTFormats
+import NIOCore
 import XCTest
 
 final class TSVTests: XCTestCase {
+    /// The reply written straight into a buffer is byte for byte the serialized one, in
+    /// every encoding KT would pick (names ordered by their encoded form).
+    func testAReplyWrittenIntoABufferIsTheSerializedOne() {
+        var rng = SystemRandomNumberGenerator()
+        let alphabets: [[UInt8]] = [Array("abcdefghij".utf8), Array("ab c=&%\t".utf8), Array(0...255)]
+        for round in 0..<600 {
+            let alphabet = alphabets[round % alphabets.count]
+            var map: [[UInt8]: [UInt8]] = [:]
+            for _ in 0..<Int.random(in: 0...12, using: &rng) {
+                let key = (0..<Int.random(in: 0...6, using: &rng)).map { _ in alphabet.randomElement(using: &rng)! }
+                map[key] = (0..<Int.random(in: 0...(round % 7 == 0 ? 3000 : 40), using: &rng)).map { _ in alphabet.randomElement(using: &rng)! }
+            }
+            let (type, body) = KTTSV.reply(map)
+            let (bufferType, buffer) = KTTSV.replyBuffer(map)
+            XCTAssertEqual(bufferType, type)
+            XCTAssertEqual(Array(buffer.readableBytesView), body, "\(map)")
+        }
+    }
+
     func testColumnEncodingsRoundTrip() {
         let samples: [[UInt8]] = [[], Array("plain".utf8), [0, 9, 10, 13, 0x3D, 0x25, 0x2B, 0x20, 0x7F, 0x80, 0xFF], Array(0...255)]
         for e in KTColumnEncoding.allCases {
