@@ -62,11 +62,17 @@ struct KTBinarySession: Sendable {
                         let answer: [ByteBuffer]
                         do {
                             let keys = KTBinaryKeys(keys: keys, count: count)
+                            // Stops once its connection has closed (checked every 4,096 keys).
+                            let abandoned: @Sendable () -> Bool = { !channel.isActive }
                             let read: @Sendable () async throws -> ([ByteBuffer], GatheredReply) = { [self] in
-                                try await store.read { txn in try gather(keys, txn) }
+                                if abandoned() { throw KTRequestAbandoned() }
+                                return try await store.read { txn in try gather(keys, abandoned: abandoned, txn) }
                             }
                             (answer, reply) = keys.keys.readableBytes >= Self.scannedBytes || count >= Self.scannedKeys
                                 ? try await scans.run(read) : try await read()
+                        } catch is KTRequestAbandoned {
+                            metrics.requests("abandoned").increment()
+                            return
                         } catch let large as KTReplyTooLarge {
                             // KT's error reply, after which KT closes (its clients take it as a
                             // hard error and connect again). Found while the records were
@@ -100,7 +106,7 @@ struct KTBinarySession: Sendable {
     /// budget. Parts of at least `partBytes` (a larger record in one of its own size): a
     /// reply grown in one buffer doubled it at each step, up to twice what the budget held.
     /// Throws `KTReplyTooLarge`, nothing held, when the budget has no room for it.
-    private func gather(_ keys: KTBinaryKeys, _ txn: borrowing StoreTransaction) throws -> ([ByteBuffer], GatheredReply) {
+    func gather(_ keys: KTBinaryKeys, abandoned: () -> Bool, _ txn: borrowing StoreTransaction) throws -> ([ByteBuffer], GatheredReply) {
         let now = clock()
         var reply = GatheredReply(memory: replyMemory, startingAt: 5)
         var parts: [ByteBuffer] = []
@@ -108,8 +114,11 @@ struct KTBinarySession: Sendable {
         out.writeInteger(KTBinaryMagic.getBulk)
         out.writeInteger(UInt32(0))
         var full: [UInt8] = []
+        var walked = 0
         do {
             try keys.forEachOnce { dbIndex, key in
+                walked += 1
+                if walked & 4095 == 0, abandoned() { throw KTRequestAbandoned() }
                 guard let db = databases.database(index: Int(dbIndex)) else { return }
                 full.removeAll(keepingCapacity: true)
                 full += db.prefix

@@ -45,7 +45,7 @@ final class KTHTTPSession: Sendable {
         self.metrics = metrics
         self.logger = logger
         self.maxBodyBytes = maxBodyBytes
-        counters = KindCounters(metrics, kinds: KTProcedures.reads.union(["write", "unknown", "bad", "error", "rest", "rest_get", "rest_head"]))
+        counters = KindCounters(metrics, kinds: KTProcedures.reads.union(["write", "unknown", "bad", "error", "rest", "rest_get", "rest_head", "abandoned"]))
         restGetCounter = counters["rest_get"]
         restHeadCounter = counters["rest_head"]
         rpcGetCounter = counters["get"]
@@ -155,11 +155,18 @@ final class KTHTTPSession: Sendable {
 
     /// `offloaded`: the request is answered off the event loops whatever it is (its inline
     /// work threw `KTReplyNotInline`).
-    func plan(_ method: HTTPMethod, uri: ArraySlice<UInt8>, contentType: String?, body: [UInt8], offloaded: Bool = false) -> (inline: Bool, work: Work) {
+    /// `abandoned`: whether the client is gone, for the work that runs off the loops.
+    func plan(_ method: HTTPMethod, uri: ArraySlice<UInt8>, contentType: String?, body: [UInt8], offloaded: Bool = false,
+              abandoned: @escaping @Sendable () -> Bool = { false }) -> (inline: Bool, work: Work) {
         let q = uri.firstIndex(of: UInt8(ascii: "?"))
         let path = q.map { uri[..<$0] } ?? uri
         let query = q.map { uri[uri.index(after: $0)...] }
-        let procedures = self.procedures, rest = self.rest
+        let procedures = {
+            var p = self.procedures
+            p.abandoned = abandoned
+            return p
+        }()
+        let rest = self.rest
         if let name = Self.procedure(uri) {
             guard KTProcedures.reads.contains(name) else {
                 // Refused by its name (501, a write or unknown): its body is not parsed (a
@@ -240,6 +247,8 @@ final class KTHTTPSession: Sendable {
 
     func failure(_ error: any Error, uri: String, peer: String) -> KTReply {
         if let large = error as? KTReplyTooLarge { return memoryRefusal(kind: large.kind, bytes: large.bytes, peer: peer) }
+        // Its client is gone: nothing will read the answer.
+        if error is KTRequestAbandoned { return KTReply(status: 503, kind: "abandoned") }
         metrics.readFailed(logger, "KT HTTP request failed", metadata: ["peer": "\(peer)", "uri": "\(uri.prefix(200))", "error": "\(error)"])
         return KTReply(map: [Array("ERROR".utf8): Array("internal error: \(error)".utf8)], status: 500, kind: "error")
     }
@@ -469,12 +478,15 @@ final class KTHTTPHandler: ChannelInboundHandler {
             }
             held = need
         }
-        var (inline, work) = session.plan(h.method, uri: uri, contentType: contentType, body: requestBody)
+        // Work off the loops stops between pages once its connection has closed.
+        let channel = context.channel
+        let abandoned: @Sendable () -> Bool = { !channel.isActive }
+        var (inline, work) = session.plan(h.method, uri: uri, contentType: contentType, body: requestBody, abandoned: abandoned)
         if inline {
             var r: KTReply?
             do { r = try session.store.readInline(in: slot, work) } catch is KTReplyNotInline {
                 // Its reply grows large: answered off the loop.
-                work = session.plan(h.method, uri: uri, contentType: contentType, body: requestBody, offloaded: true).work
+                work = session.plan(h.method, uri: uri, contentType: contentType, body: requestBody, offloaded: true, abandoned: abandoned).work
             } catch { r = session.failure(error, uri: h.uri, peer: peer) }
             if let r {
                 session.pending.release(held)
@@ -487,7 +499,13 @@ final class KTHTTPHandler: ChannelInboundHandler {
             let promise = context.eventLoop.makePromise(of: KTReply.self)
             promise.completeWithTask {
                 defer { session.pending.release(held) }
-                do { return try await session.scans.run { try await store.read(work) } } catch { return session.failure(error, uri: h.uri, peer: peer) }
+                do {
+                    return try await session.scans.run {
+                        // Its client left while it waited for its turn: not run.
+                        if abandoned() { throw KTRequestAbandoned() }
+                        return try await store.read(work)
+                    }
+                } catch { return session.failure(error, uri: h.uri, peer: peer) }
             }
             promise.futureResult.assumeIsolated().whenSuccess { r in
                 self.respond(context, r, to: h, keepAlive: h.isKeepAlive)

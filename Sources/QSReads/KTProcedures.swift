@@ -37,6 +37,10 @@ struct KTProcedures: Sendable {
     /// both loops for seconds).
     var inlineReplyLimit: Int?
 
+    /// Whether the request's client is gone (its connection closed): scans stop between
+    /// pages (`KTRequestAbandoned`).
+    var abandoned: @Sendable () -> Bool = { false }
+
     /// These procedures as answered inline on an event loop.
     var inline: KTProcedures {
         var p = self
@@ -143,7 +147,7 @@ struct KTProcedures: Sendable {
         var out: [[UInt8]: [UInt8]] = [:]
         var n = 0
         if cap > 0 {
-            try txn.forEachRecord(prefix: db.prefix + prefix, now: now, pageSize: limits.pageSize) { full, _ in
+            try txn.forEachRecord(prefix: db.prefix + prefix, now: now, pageSize: limits.pageSize, abandoned: abandoned) { full, _ in
                 guard databases.owns(db, key: full) else { return true }
                 let key = Array(full.dropFirst(db.prefix.count))
                 guard accept(key) else { return true }
@@ -160,7 +164,7 @@ struct KTProcedures: Sendable {
     /// count, as they do in KT until its vacuum expunges them.
     private func totals(_ db: KTDatabaseMap.Database, _ txn: borrowing StoreTransaction) throws -> (count: Int, size: Int) {
         var count = 0, size = 0
-        try txn.forEachRecord(prefix: db.prefix, now: nil, pageSize: limits.pageSize) { full, record in
+        try txn.forEachRecord(prefix: db.prefix, now: nil, pageSize: limits.pageSize, abandoned: abandoned) { full, record in
             if databases.owns(db, key: full) {
                 count += 1
                 size += full.count - db.prefix.count + record.value.count

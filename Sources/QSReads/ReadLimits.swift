@@ -19,13 +19,20 @@ public struct ScanLimits: Sendable {
     }
 }
 
+/// A scan whose client has gone (its connection closed): stopped between pages, its reply
+/// never built. Scans of the whole store carried on for their full length after their
+/// connection closed, holding a scan slot, and delayed a graceful stop.
+struct KTRequestAbandoned: Error {}
+
 extension StoreTransaction {
     /// Visits every record under `prefix` page by page (bounded memory) until `visit`
-    /// returns false. Expired records are skipped when `now` is given.
-    func forEachRecord(prefix: [UInt8], now: UInt64?, pageSize: Int,
+    /// returns false. Expired records are skipped when `now` is given. Before each page,
+    /// `abandoned` says whether the client is gone (throws `KTRequestAbandoned`).
+    func forEachRecord(prefix: [UInt8], now: UInt64?, pageSize: Int, abandoned: () -> Bool = { false },
                        _ visit: ([UInt8], Record) throws -> Bool) throws {
         var after: [UInt8]?
         while true {
+            if abandoned() { throw KTRequestAbandoned() }
             let page = try scan(prefix: prefix, after: after, limit: pageSize, maxBytes: 4 << 20, now: now)
             for r in page.records where try !visit(r.key, r.record) { return }
             guard let next = page.next else { return }
