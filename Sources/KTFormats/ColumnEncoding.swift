@@ -161,7 +161,10 @@ public enum KTColumnEncoding: UInt8, Sendable, CaseIterable {
     }
 
     static func quoteDecode(_ t: [UInt8]) -> [UInt8] {
+        // At most the text's length: reserved once (grown by doubling, a large column held
+        // up to twice what the request's budget counted for it).
         var out: [UInt8] = []
+        out.reserveCapacity(t.count)
         var i = 0
         while i < t.count {
             let c = t[i]
@@ -234,7 +237,9 @@ public enum Base64 {
     }
 
     public static func decode<C: Collection>(_ text: C) -> [UInt8] where C.Element == UInt8 {
+        // At most three bytes for every four characters: reserved once (see `quoteDecode`).
         var out: [UInt8] = []
+        out.reserveCapacity(text.count / 4 * 3 + 3)
         var acc: UInt32 = 0
         var bits = 0
         for c in text {
