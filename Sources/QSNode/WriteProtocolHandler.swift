@@ -41,6 +41,8 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     /// Whether this connection presented one of the node's tokens: its large reads are
     /// counted against the reply budget, never refused (`AnswerReservation`).
     private var tokenPresented = false
+    /// Set once the decoder refused a frame: its answer waits in `queue` behind those owed.
+    private var refusedFrame = false
     /// Set once the connection carries a subscription or a snapshot.
     private var stream: Task<Void, Never>?
 
@@ -127,6 +129,9 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
             core.badInput.warning(logger, "damaged frame (its checksum does not match), closing connection", peer: peer, metadata: ["error": "\(error)"])
             queue.removeAll()
             reply(context: context, .error(.damaged, error.reason), thenClose: true)
+            return
+        } catch let refusal as FrameRefusal {
+            refuseFrame(context: context, refusal.error)
             return
         } catch {
             refuse(context: context, code: .malformed, message: "malformed request: \(error)", error: error)
@@ -238,6 +243,23 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
         if closing { return }
+        if stream == nil, error is DecodeError || error is ByteToMessageDecoderError {
+            // Answered in its turn, after the requests decoded before it: a refusal written at
+            // once took the place of an answer still owed (a write applied read as refused,
+            // busy because other connections filled the budget for arriving frames). Nothing
+            // after it is decoded (what still comes is the decoder's to drop).
+            guard !refusedFrame else { return }
+            refusedFrame = true
+            queue.append(.failure(FrameRefusal(error: error)))
+            processNext(context: context)
+            return
+        }
+        refuseFrame(context: context, error)
+    }
+
+    /// The answer to a frame the decoder refused (`errorCaught`): an error reply where the
+    /// protocol allows, a counter, a log line, close.
+    private func refuseFrame(context: ChannelHandlerContext, _ error: any Error) {
         if let frameError = error as? DecodeError, case let .refused(raw) = frameError.kind, let code = ErrorCode(rawValue: raw), code != .frameTooLarge {
             // A large frame refused from its first bytes: a write without the token (an
             // authentication failure, counted and logged as one) or to a replica.
@@ -279,6 +301,11 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
         }
         context.fireUserInboundEventTriggered(event)
     }
+}
+
+/// A frame the decoder refused, queued to be answered in its turn.
+struct FrameRefusal: Error {
+    let error: any Error
 }
 
 struct DecodeErrorNote: Error, CustomStringConvertible {

@@ -60,7 +60,14 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
         /// its head must arrive first.
         func check(length: Int, head: ByteBufferView) -> Verdict {
             guard length > openBytes else { return .admitted }
-            let what = "a frame of \(length) bytes, over the \(openBytes) bytes any client may send"
+            return write(head: head, what: "a frame of \(length) bytes, over the \(openBytes) bytes any client may send")
+        }
+
+        /// Whether the frame starting with `head` is a write this node takes from whoever
+        /// sends it: a batch, conditional writes or an append, to a node that takes writes,
+        /// carrying its write token (any, on a node without one); `what` names the frame in
+        /// a refusal.
+        func write(head: ByteBufferView, what: String) -> Verdict {
             guard var type = head.first else { return .undecided }
             // Where the request's payload (its token first) starts: after the type byte, or
             // in a checked envelope after its header (the inner type, the checksum).
@@ -138,8 +145,9 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
             let type = try r.readU8("frame type")
             return Frame(type: type, payload: try r.readBytes(n - 1, "frame payload"))
         }) else {
-            // Not whole: its bytes so far held, unless a token admitted it.
-            if let arriving, !arriving.hold(largeAt == consumed ? 0 : buffer.readableBytes) {
+            // Not whole: its bytes so far held, unless a token admitted it (one over
+            // `openBytes` when its head came, or a write carrying the token now).
+            if let arriving, !arriving.hold(largeAt == consumed || carriesWriteToken(buffer) ? 0 : buffer.readableBytes) {
                 throw DecodeError(offset: consumed, reason: "busy: the frames arriving on this node's write port from connections that presented no token hold all it keeps for them (\(arriving.limit) bytes, --max-arriving-frame-bytes); try again shortly",
                                   kind: .refused(code: ErrorCode.busy.rawValue))
             }
@@ -149,6 +157,15 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
         buffer.moveReaderIndex(forwardBy: length)
         consumed += length
         return frame
+    }
+
+    /// Whether the frame arriving at the buffer's reader index is a write carrying the
+    /// node's write token (or any write, on a node without one): a writer's frames are not
+    /// held against `arriving`, its first included, before its connection is trusted.
+    private func carriesWriteToken(_ buffer: ByteBuffer) -> Bool {
+        guard let largeFrames, arriving?.trusted == false, buffer.readableBytes > 4 else { return false }
+        let view = buffer.readableBytesView
+        return largeFrames.write(head: view[view.index(view.startIndex, offsetBy: 4)...], what: "") == .admitted
     }
 
     public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws(DecodeError) -> Frame? {
@@ -174,9 +191,10 @@ public struct FrameDecoder: NIOSingleStepByteToMessageDecoder, Sendable {
 
 /// One connection's share of a server's budget for the bytes of frames still arriving
 /// (`--max-arriving-frame-bytes`): a frame not yet whole holds what has come of it, until it
-/// is whole or the connection ends (`releaseAll`). A write admitted by its token before the
-/// rest of it is read (`FrameDecoder.LargeFrames`) holds nothing, and neither does anything
-/// a connection sends once it has presented one of the node's tokens (`trusted`). Without
+/// is whole or the connection ends (`releaseAll`). A write carrying the node's write token
+/// (any write, on a node without one: `FrameDecoder.LargeFrames.write`), judged from its
+/// first bytes, holds nothing, and neither does anything a connection sends once it has
+/// presented one of the node's tokens (`trusted`). Without
 /// it, a thousand connections each sending 1 MiB less a byte, no token needed, made a node
 /// hold a gigabyte; only the connection caps bounded it (about 11 GB).
 ///

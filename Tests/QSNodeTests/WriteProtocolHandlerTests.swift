@@ -392,6 +392,48 @@ final class WriteProtocolHandlerTests: XCTestCase {
         XCTAssertEqual(budget.inUse, 0)
     }
 
+    /// A frame refused while requests before it on the connection are still owed their
+    /// answers is answered in its turn, after them: written at once, `busy` (other
+    /// connections filling the arriving budget) took the place of an applied batch's answer.
+    func testARefusedFrameIsAnsweredAfterTheRequestsBeforeIt() async throws {
+        let node = try node()
+        let budget = PendingBytes(limit: 2 << 20)
+        XCTAssertTrue(budget.reserve(2 << 20), "other connections hold the whole budget")
+        let channel = try await connection(to: node, arriving: budget)
+        // A whole batch, then the first 100 bytes of a 1,000-byte get, in one read.
+        var input = bytes([batch(0, 1, [.set(key: [1], value: [1], expiry: nil)])])
+        input.writeInteger(UInt32(1000))
+        input.writeInteger(Request.get(key: []).frame().type)
+        input.writeBytes([UInt8](repeating: 0x61, count: 95))
+        try await channel.writeInbound(input)
+        let answers = try await answers(2, from: channel)
+        XCTAssertEqual(answers.first, .applied(logIndex: 1, kept: 1, dropped: 0))
+        XCTAssertEqual(errorCode(answers.last), .busy)
+        try await waitClosed(channel)
+    }
+
+    /// A write carrying the write token holds nothing of the arriving budget from its first
+    /// bytes, before its connection is trusted (a frame under 1 MiB arriving in pieces was
+    /// held, and refused busy while connections without a token filled the budget).
+    func testAWriteCarryingTheTokenIsNotHeldBeforeItsConnectionIsTrusted() async throws {
+        let node = try node(token: token)
+        let budget = PendingBytes(limit: 2 << 20)
+        XCTAssertTrue(budget.reserve(2 << 20), "connections without a token hold the whole budget")
+        let writer = try await connection(to: node, from: "10.0.0.9", arriving: budget)
+        var write = bytes([batch(0, 1, [.set(key: [1], value: [UInt8](repeating: 1, count: 200_000), expiry: nil)], token: token)])
+        try await writer.writeInbound(write.readSlice(length: 100_000)!)
+        XCTAssertEqual(budget.inUse, 2 << 20)
+        try await writer.writeInbound(write)
+        let applied = try await answers(1, from: writer)
+        XCTAssertEqual(applied, [.applied(logIndex: 1, kept: 1, dropped: 0)])
+        // One with a wrong token is held (and here refused busy).
+        let other = try await connection(to: node, from: "10.0.0.10", arriving: budget)
+        var wrong = bytes([batch(1, 2, [.set(key: [2], value: [UInt8](repeating: 1, count: 200_000), expiry: nil)], token: Array("wrong!".utf8))])
+        try await other.writeInbound(wrong.readSlice(length: 100_000)!)
+        let refused = try await answers(1, from: other)
+        XCTAssertEqual(errorCode(refused.first), .busy)
+    }
+
     /// A source descriptor is a write: refused without the write token (nothing recorded),
     /// recorded with it, and another one is answered with the one held, unchanged.
     func testASourceDescriptorTakesTheWriteTokenAndIsComparedOnceRecorded() async throws {
