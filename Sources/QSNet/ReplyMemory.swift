@@ -41,6 +41,15 @@ public final class ReplyMemory: Sendable {
         bytes < Self.largeReply || held.admitsAlone(bytes)
     }
 
+    /// Whether a reply gathered of several values (a multi-key memcached `get`), `bytes` so
+    /// far with `values` of them, may grow so: its first value as `admits` says (no single
+    /// value is unservable), the whole only while the budget has room for it. Checked only:
+    /// for replies built where their writer holds them right after (`tryHoldGathered` holds).
+    @inline(__always)
+    public func admitsGathered(_ bytes: Int, values: Int) -> Bool {
+        bytes < Self.largeReply || (values <= 1 ? held.admitsAlone(bytes) : held.inUse + bytes <= held.limit)
+    }
+
     /// Counts `bytes` written to a connection as held until `release`.
     public func hold(_ bytes: Int) { held.force(bytes) }
 

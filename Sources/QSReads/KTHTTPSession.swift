@@ -81,24 +81,17 @@ final class KTHTTPSession: Sendable {
             guard !encoded.contains(where: { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "?") }) else { return nil }
         }
         let start = out.writerIndex
-        // A large value is held while its reply is built, the check and the hold in one
-        // step (reader threads each checked without the others'), given back once built:
-        // the writer holds what the socket does not take at once. (Counted inline, as
-        // memcached's `get`: nothing but a comparison for a small value.)
-        var held = 0
-        defer { if held > 0 { replyMemory.release(held) } }
         let found = withUnsafeTemporaryAllocation(byteCount: encoded.count, alignment: 1) { space -> Bool in
             let key = UnsafeRawBufferPointer(rebasing: space[..<KTColumnEncoding.urlDecode(encoded, into: space)])
             return (try? store.readInline(in: slot) { txn in
                 try txn.withRecord(bytes: key) { record -> Bool in
                     guard let record, record.expiry == nil else { return false }
                     // A large value the reply budget has no room for now: refused unbuilt.
-                    if kind != .restHead, record.value.count >= ReplyMemory.largeReply {
-                        guard replyMemory.tryHold(record.value.count) else {
-                            refused = record.value.count
-                            return false
-                        }
-                        held = record.value.count
+                    // A large value the reply budget has no room for now: refused unbuilt
+                    // (checked; the writer holds what the socket does not take at once).
+                    guard kind == .restHead || replyMemory.admits(record.value.count) else {
+                        refused = record.value.count
+                        return false
                     }
                     switch kind {
                     case .restGet:

@@ -122,14 +122,6 @@ struct MemcachedSession: Sendable {
         let start = out.writerIndex
         let maxReply = config.limits.maxReplyBytes, memory = config.replyMemory
         var hits = 0, asked = 0
-        // Held while it is built, the check and the hold in one step (`tryHoldGathered`):
-        // reader threads and event loops building large replies at once each checked the
-        // budget without the others' (540-690 MiB held against 256 MiB). Given back once
-        // built: the writer holds what the socket does not take at once (`writeReplies`,
-        // the threads' `pendingOut`). (Counted here rather than by a `GatheredReply`: a
-        // hundred instructions a get less, nothing but a comparison while the reply is small.)
-        var held = 0
-        defer { if held > 0 { memory.release(held) } }
         do {
             try store.readInline(in: slot) { txn in
                 try get.forEachKey { key in
@@ -139,12 +131,12 @@ struct MemcachedSession: Sendable {
                         hits += 1
                         // The reply so far with this value: many values under 64 KiB make
                         // a large reply too, and several values only while the budget has
-                        // room for all of them (`tryHoldGathered`).
+                        // room for all of them. Checked, not held: the writer holds what the
+                        // socket does not take at once (`writeReplies`, the threads'
+                        // `pendingOut`). (Held while built, it was given back before the
+                        // writer held it: a request in that gap passed the budget.)
                         let reply = out.writerIndex - start + record.value.count
-                        if reply >= ReplyMemory.largeReply {
-                            guard memory.tryHoldGathered(reply - held, values: hits) else { throw ReplyMemoryFull(bytes: reply) }
-                            held = reply
-                        }
+                        if reply >= ReplyMemory.largeReply, !memory.admitsGathered(reply, values: hits) { throw ReplyMemoryFull(bytes: reply) }
                         Self.writeValue(key: key, record: record, withCAS: withCAS, format: format, into: &out)
                         if hits > 1, out.writerIndex - start > maxReply { throw ReplyTooLarge() }
                     }
