@@ -58,12 +58,12 @@ public final class ReplyMemory: Sendable {
     /// which must see the others'. False: nothing held.
     public func tryHold(_ bytes: Int) -> Bool { held.reserveAlone(bytes) }
 
-    /// Holds `bytes` more of a reply gathered of several values (KT's `get_bulk`, a
-    /// multi-key memcached `get`), `values` of them so far: its first value whatever its
-    /// size while nothing else is held (no single value is unservable), more only while the
-    /// budget has room; the check and the hold in one step, so replies built at once (reader
-    /// threads, event loops, the store's threads) each see the others'. Checked only, four
-    /// reader threads each gathered up to the whole budget. False: nothing held.
+    /// Holds `bytes` more of a reply gathered of several values (KT's `get_bulk`, through
+    /// `GatheredReply`), `values` of them so far: its first value whatever its size while
+    /// nothing else is held (no single value is unservable), more only while the budget has
+    /// room; the check and the hold in one step, so replies gathered at once on the store's
+    /// threads each see the others' (checked only, four of them each gathered up to the
+    /// whole budget). The hold stays until the reply is written. False: nothing held.
     public func tryHoldGathered(_ bytes: Int, values: Int) -> Bool {
         values <= 1 ? held.reserveAlone(bytes) : held.reserve(bytes)
     }
