@@ -34,22 +34,6 @@ public final class ReplyMemory: Sendable {
         ReplyMemory(limit: limit, gauge: Gauge(label: "qs_read_reply_bytes_held"))
     }
 
-    /// Whether a reply of `bytes` may be built now: small ones always, large ones while
-    /// the budget has room for them, or nothing else is held.
-    @inline(__always)
-    public func admits(_ bytes: Int) -> Bool {
-        bytes < Self.largeReply || held.admitsAlone(bytes)
-    }
-
-    /// Whether a reply gathered of several values (a multi-key memcached `get`), `bytes` so
-    /// far with `values` of them, may grow so: its first value as `admits` says (no single
-    /// value is unservable), the whole only while the budget has room for it. Checked only:
-    /// for replies built where their writer holds them right after (`tryHoldGathered` holds).
-    @inline(__always)
-    public func admitsGathered(_ bytes: Int, values: Int) -> Bool {
-        bytes < Self.largeReply || (values <= 1 ? held.admitsAlone(bytes) : held.inUse + bytes <= held.limit)
-    }
-
     /// Counts `bytes` written to a connection as held until `release`.
     public func hold(_ bytes: Int) { held.force(bytes) }
 
@@ -59,16 +43,25 @@ public final class ReplyMemory: Sendable {
     public func tryHold(_ bytes: Int) -> Bool { held.reserveAlone(bytes) }
 
     /// Holds `bytes` more of a reply gathered of several values (KT's `get_bulk`, through
-    /// `GatheredReply`), `values` of them so far: its first value whatever its size while
-    /// nothing else is held (no single value is unservable), more only while the budget has
-    /// room; the check and the hold in one step, so replies gathered at once on the store's
-    /// threads each see the others' (checked only, four of them each gathered up to the
-    /// whole budget). The hold stays until the reply is written. False: nothing held.
+    /// `GatheredReply`; a multi-key memcached `get`), `values` of them so far: its first
+    /// value whatever its size while nothing else is held (no single value is unservable),
+    /// more only while the budget has room; the check and the hold in one step, so replies
+    /// built at once on many threads each see the others' (checked only, each could pass
+    /// the budget while the others were being built). The hold stays until the reply is
+    /// written. False: nothing held.
     public func tryHoldGathered(_ bytes: Int, values: Int) -> Bool {
         values <= 1 ? held.reserveAlone(bytes) : held.reserve(bytes)
     }
 
     public func release(_ bytes: Int) { held.release(bytes) }
+
+    /// What is held for a reply goes from `from` bytes to `to`: the difference taken or
+    /// given back, never both (a hold handed on from whoever built a reply to whoever
+    /// writes it is never given back in between, where another reply could pass the check).
+    @inline(__always)
+    public func change(from: Int, to: Int) {
+        if to > from { held.force(to - from) } else if from > to { held.release(from - to) }
+    }
 }
 
 /// A reply gathered value by value (KT's `get_bulk`), its bytes held against a
@@ -109,26 +102,25 @@ public struct GatheredReply: Sendable {
     }
 }
 
-extension PendingBytes {
-    /// Whether `n` more fit, or nothing is held.
-    func admitsAlone(_ n: Int) -> Bool {
-        let used = inUse
-        return used == 0 || used + n <= limit
-    }
-}
-
 extension ChannelHandlerContext {
     /// Writes and flushes the replies gathered in `out` (and closes the channel after them,
-    /// `thenClose`), then starts `out` over; false when there was nothing to do. Without a
-    /// close there is no promise unless the write is large: then `memory` holds its bytes
-    /// until the socket has taken them. (memcached's and the KT fast path's one way out.)
+    /// `thenClose`), then starts `out` over; false when there was nothing to do. `held`:
+    /// what `out`'s replies took of `memory` as they were built (`ReplyMemory.tryHold…`),
+    /// handed on to the write and 0 after. Without a close there is no promise unless the
+    /// write is large: then `memory` holds its bytes until the socket has taken them.
+    /// (memcached's and the KT fast path's one way out.)
     @inline(__always)
-    public func writeReplies(_ out: inout ByteBuffer, thenClose: Bool, memory: ReplyMemory) -> Bool {
+    public func writeReplies(_ out: inout ByteBuffer, held: inout Int, thenClose: Bool, memory: ReplyMemory) -> Bool {
         let bytes = out.readableBytes
-        guard bytes > 0 || thenClose else { return false }
+        guard bytes > 0 || thenClose else {
+            memory.change(from: held, to: 0)
+            held = 0
+            return false
+        }
         let large = bytes >= ReplyMemory.largeReply
+        if large || held > 0 { memory.change(from: held, to: large ? bytes : 0) }
+        held = 0
         if large || thenClose {
-            if large { memory.hold(bytes) }
             let channel = self.channel
             writeAndFlush(NIOAny(out)).whenComplete { _ in
                 if large { memory.release(bytes) }

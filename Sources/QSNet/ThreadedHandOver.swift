@@ -19,6 +19,9 @@ struct HandedOver<HandOff: Sendable>: Sendable {
     let requestSince: NIODeadline?
     /// The budget `owed` stays held against until written, as it was on the thread.
     let memory: ReplyMemory?
+    /// What of `memory` the thread held for `owed` (its replies, held as they were built):
+    /// the hold goes on as the channel's write's, never given back in between.
+    let held: Int
 }
 
 /// The event-loop side of a threaded listener whose protocol hands connections over: each
@@ -81,10 +84,11 @@ final class ThreadedHandOver<HandOff: Sendable, Connection: Sendable>: Sendable 
                 switch result {
                 case let .success(channel):
                     let owedBytes = h.owed.readableBytes
+                    let large = owedBytes >= ReplyMemory.largeReply ? owedBytes : 0
+                    h.memory?.change(from: h.held, to: large)
                     if owedBytes > 0 {
-                        let large = owedBytes >= ReplyMemory.largeReply ? h.memory : nil
-                        large?.hold(owedBytes)
-                        channel.writeAndFlush(h.owed).whenComplete { _ in large?.release(owedBytes) }
+                        let memory = h.memory
+                        channel.writeAndFlush(h.owed).whenComplete { _ in memory?.release(large) }
                     }
                     if h.leftover.readableBytes > 0 {
                         channel.pipeline.syncOperations.fireChannelRead(NIOAny(h.leftover))
@@ -98,6 +102,7 @@ final class ThreadedHandOver<HandOff: Sendable, Connection: Sendable>: Sendable 
                     channel.setOption(.autoRead, value: true).whenFailure { _ in channel.close(promise: nil) }
                     if let accepted = made.withLockedValue({ $0 }) { kept(accepted) }
                 case let .failure(error):
+                    h.memory?.release(h.held)
                     if !owned.withLockedValue({ $0 }) {
                         // NIO never took the socket: it is closed here, its place given back.
                         Glibc.close(h.fd)

@@ -23,9 +23,12 @@ public protocol ThreadedProtocol: Sendable {
     /// Answers the whole requests in `input` into `out` (left unread: a request not yet
     /// whole); `flush` writes `out` when it grows large and says whether to go on: false
     /// (the socket takes no more now) stops answering, the requests left stay in `input`
-    /// (`.paused`), answered once the socket took the replies before them.
-    func received(_ input: inout ByteBuffer, connection: inout Connection, into out: inout ByteBuffer,
-                  worker: Worker, flush: (inout ByteBuffer) -> Bool) -> Answering
+    /// (`.paused`), answered once the socket took the replies before them. `held`: what
+    /// `out`'s replies hold of `replyMemory`, taken as they are built (the check and the
+    /// hold in one step) and handed on with `out`: to `flush`, then to the listener, which
+    /// gives it back once the socket has taken them or keeps it for what waits.
+    func received(_ input: inout ByteBuffer, connection: inout Connection, into out: inout ByteBuffer, held: inout Int,
+                  worker: Worker, flush: (inout ByteBuffer, inout Int) -> Bool) -> Answering
     func closed(_ connection: Connection)
     /// The budget a reply waiting for its socket is held against (`ReplyMemory`), if any.
     var replyMemory: ReplyMemory? { get }
@@ -293,12 +296,12 @@ final class ThreadedConnection<P: ThreadedProtocol>: @unchecked Sendable {
                 pendingOut = rest
             }
             // A large reply waiting for the socket is held against the read ports' budget:
-            // the bytes its buffer holds, taken or not.
+            // the bytes its buffer holds, taken or not (the difference taken or given
+            // back: never all given back and taken again, where another could pass).
             guard let memory else { return }
             let now = pendingOut.map { $0.writerIndex >= ReplyMemory.largeReply ? $0.writerIndex : 0 } ?? 0
             if now != held {
-                memory.release(held)
-                memory.hold(now)
+                memory.change(from: held, to: now)
                 held = now
             }
         }
@@ -306,6 +309,14 @@ final class ThreadedConnection<P: ThreadedProtocol>: @unchecked Sendable {
     let memory: ReplyMemory?
     /// Bytes of `pendingOut` held against `memory`.
     private var held = 0
+
+    /// Replies the socket did not take, and what of `memory` they took as they were built
+    /// (`ThreadedProtocol.received`'s `held`): that hold becomes `pendingOut`'s.
+    func owe(_ out: ByteBuffer, held built: Int) {
+        precondition(pendingOut == nil, "replies owed while others still wait")
+        held = built
+        pendingOut = out
+    }
     /// When the socket last took bytes of `pendingOut` (the write timeout's start).
     var lastWrite: NIODeadline
     /// Close once `pendingOut` is written (`quit`, a line too long).
@@ -769,7 +780,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         case close(CloseReason?)
         /// To the event loops, with the replies the socket did not take yet and when the
         /// request left began (nil: in this read).
-        case handOver(owed: ByteBuffer, since: NIODeadline?)
+        case handOver(owed: ByteBuffer, held: Int, since: NIODeadline?)
     }
 
     /// Serves `c` until it parks, closes or is handed over. `wait` false (the epoll thread
@@ -801,8 +812,8 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                 lock.withLock { _ = state.active.removeValue(forKey: c.fd) }
                 closeAndFinish(c, reason: reason)
                 return
-            case let .handOver(owed, since)?:
-                handOver(c, owed: owed, since: since, onEpollThread: onEpollThread)
+            case let .handOver(owed, held, since)?:
+                handOver(c, owed: owed, held: held, since: since, onEpollThread: onEpollThread)
                 return
             }
         }
@@ -852,13 +863,21 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
     private func answer(_ c: Conn, worker: P.Worker, out: inout ByteBuffer, draining: Bool, read: Bool) -> Outcome? {
         let before = c.input.readerIndex
         var broken = false
-        let answered = proto.received(&c.input, connection: &c.state, into: &out, worker: worker) { buffer in
+        // What `out`'s replies hold of the reply budget, taken as they were built: given back
+        // once the socket has taken them (here, at any way out), or handed on with what waits.
+        var held = 0
+        let memory = c.memory
+        defer { memory?.release(held) }
+        let answered = proto.received(&c.input, connection: &c.state, into: &out, held: &held, worker: worker) { buffer, held in
             // Written as far as the socket takes it now; once it takes no more, answering
             // stops and the rest waits (in `out`, then `pendingOut`).
             switch self.writeSome(c.fd, &buffer) {
             case .broken: broken = true; return false
             case .blocked: return false
-            case .done: return true
+            case .done:
+                memory?.release(held)
+                held = 0
+                return true
             }
         }
         if broken { return .close(nil) }
@@ -871,13 +890,15 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                              metadata: ["listener": "\(listenerName)", "peer": "\(c.peer)"])
                 return .close(nil)
             }
-            var owed = ByteBuffer()
+            var owed = ByteBuffer(), owedHeld = 0
             if out.readableBytes > 0 {
                 switch writeSome(c.fd, &out) {
                 case .broken:
                     return .close(nil)
                 case .blocked:
                     owed = out
+                    owedHeld = held
+                    held = 0
                     out = ByteBufferAllocator().buffer(capacity: 4096)
                 case .done:
                     break
@@ -885,7 +906,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             }
             if out.capacity > Self.keptOutputBytes { out = ByteBufferAllocator().buffer(capacity: 4096) }
             // The request left began in an earlier read unless one before it was answered now.
-            return .handOver(owed: owed, since: c.input.readerIndex == before ? c.partialSince : nil)
+            return .handOver(owed: owed, held: owedHeld, since: c.input.readerIndex == before ? c.partialSince : nil)
         }
         if answered == .paused {
             c.unanswered = true
@@ -905,7 +926,8 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             case .blocked:
                 // The peer does not take the replies now: the thread is given back and
                 // the connection waits for the socket to be writable, reading nothing.
-                c.pendingOut = out
+                c.owe(out, held: held)
+                held = 0
                 c.lastWrite = .now()
                 c.closeAfterWrite = !open
                 out = ByteBufferAllocator().buffer(capacity: 4096)
@@ -994,14 +1016,15 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
     /// bytes and unwritten replies passed on.
     /// Draining began meanwhile (its `shutdown` may have reached the socket): the replies
     /// are written and it closes instead.
-    private func handOver(_ c: Conn, owed: ByteBuffer, since: NIODeadline?, onEpollThread: Bool = false) {
+    /// `held`: what of the reply budget `owed`'s replies took as they were built.
+    private func handOver(_ c: Conn, owed: ByteBuffer, held: Int, since: NIODeadline?, onEpollThread: Bool = false) {
         let handing = lock.withLock { () -> Bool? in
             state.active.removeValue(forKey: c.fd)
             if state.stopping {
                 // On the epoll thread, a blocking write would hold up the whole drain: the
                 // connection joins the parked ones the drain is about to write to and close.
                 guard onEpollThread else { return false }
-                if owed.readableBytes > 0 { c.pendingOut = owed }
+                if owed.readableBytes > 0 { c.owe(owed, held: held) } else { c.memory?.release(held) }
                 state.parked[c.fd] = c
                 return nil
             }
@@ -1012,6 +1035,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         guard handing else {
             var owed = owed
             _ = blockingWrite(c.fd, &owed)
+            c.memory?.release(held)
             closeAndFinish(c, reason: nil)
             return
         }
@@ -1020,7 +1044,8 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         var leftover = c.input
         c.input = ByteBuffer()
         if leftover.readableBytes == 0 { leftover = ByteBuffer() }
-        adopt?(HandedOver(fd: c.fd, peerIP: c.peerIP, handOff: off, leftover: leftover, owed: owed, requestSince: since, memory: proto.replyMemory))
+        adopt?(HandedOver(fd: c.fd, peerIP: c.peerIP, handOff: off, leftover: leftover, owed: owed, requestSince: since,
+                               memory: proto.replyMemory, held: held))
     }
 
     /// Hands `c` to the epoll thread until it is readable (or, `forWrite`, writable).

@@ -35,6 +35,8 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
     private let peer: String
     private let slot: ReadSlot
     private var out = ByteBuffer()
+    /// What `out`'s replies hold of the reply budget, handed on when it is written.
+    private var outHeld = 0
     private var handedOver = false
     private var closing = false
     /// A read was asked for while the socket did not take the replies.
@@ -56,6 +58,9 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         session.metrics.closed()
+        // Replies answered and never written (the connection ended first): their hold goes.
+        session.replyMemory.change(from: outHeld, to: 0)
+        outHeld = 0
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -82,7 +87,7 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
                 handOver(context, rest: input)
                 return
             }
-            input.withUnsafeReadableBytes { session.answer(request, in: $0, slot: slot, peer: peer, into: &out) }
+            input.withUnsafeReadableBytes { session.answer(request, in: $0, slot: slot, peer: peer, into: &out, held: &outHeld) }
             input.moveReaderIndex(forwardBy: request.length)
             if !request.keepAlive {
                 closing = true
@@ -172,7 +177,7 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
 
     /// Writes what was answered (and closes after it, `thenClose`), as `MemcachedHandler`.
     private func writeOut(_ context: ChannelHandlerContext, thenClose: Bool = false) {
-        _ = context.writeReplies(&out, thenClose: thenClose, memory: session.replyMemory)
+        _ = context.writeReplies(&out, held: &outHeld, thenClose: thenClose, memory: session.replyMemory)
     }
 }
 
@@ -181,11 +186,14 @@ extension KTHTTPSession {
     /// when `answerInPlace` takes it, else the general path's reply (`plan`, read inline:
     /// both kinds are bounded lookups). The event loops' `KTFastHTTPHandler` and the
     /// reader threads' `KTThreads` answer with it.
-    func answer(_ request: KTFastRequest, in bytes: UnsafeRawBufferPointer, slot: ReadSlot, peer: String, into out: inout ByteBuffer) {
+    /// `held`: what `out`'s replies hold of the reply budget (a large reply is held as it is
+    /// built), handed on with `out` to whoever writes it.
+    func answer(_ request: KTFastRequest, in bytes: UnsafeRawBufferPointer, slot: ReadSlot, peer: String,
+                into out: inout ByteBuffer, held: inout Int) {
         let target = UnsafeRawBufferPointer(rebasing: bytes[request.target])
         let minor = request.minorVersion, keepAlive = request.keepAlive
         var refused = 0
-        if let counter = answerInPlace(request.kind, target: target, slot: slot, into: &out, refused: &refused, head: { out, length, type in
+        if let counter = answerInPlace(request.kind, target: target, slot: slot, into: &out, held: &held, refused: &refused, head: { out, length, type in
             KTHTTPSession.writeOKHead(minorVersion: minor, keepAlive: keepAlive, contentLength: length, contentType: type, into: &out)
         }) {
             counter.increment()
@@ -208,6 +216,9 @@ extension KTHTTPSession {
             r = failure(error, uri: String(decoding: uri, as: UTF8.self), peer: peer)
         }
         account(r, peer: peer, uri: { String(decoding: uri, as: UTF8.self) })
-        KTHTTPSession.write(fitted(r, isHead: isHead, peer: peer), minorVersion: minor, isHead: isHead, keepAlive: keepAlive, into: &out)
+        let reply = fitted(r, isHead: isHead, peer: peer)
+        KTHTTPSession.write(reply, minorVersion: minor, isHead: isHead, keepAlive: keepAlive, into: &out)
+        // Its body now in `out`, the reply's hold is `out`'s (none for a HEAD: no body).
+        held += reply.held
     }
 }

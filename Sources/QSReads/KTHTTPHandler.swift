@@ -190,14 +190,14 @@ final class KTHTTPHandler: ChannelInboundHandler {
         guard h.method == .GET || h.method == .HEAD else { return false }
         var uri = h.uri
         var body = context.channel.allocator.buffer(capacity: 0)
-        var length = 0, refused = 0
+        var length = 0, refused = 0, held = 0
         var type: String?
         var kind: KTFastRequest.Kind?
         let counter = uri.withUTF8 { u -> Counter? in
             let target = UnsafeRawBufferPointer(u)
             kind = KTFastRequest.kind(target: target, head: h.method == .HEAD)
             guard let kind else { return nil }
-            return session.answerInPlace(kind, target: target, slot: slot, into: &body, refused: &refused) { _, l, t in
+            return session.answerInPlace(kind, target: target, slot: slot, into: &body, held: &held, refused: &refused) { _, l, t in
                 length = l
                 type = t
             }
@@ -208,7 +208,10 @@ final class KTHTTPHandler: ChannelInboundHandler {
             send(context, KTHTTPSession.responseHead(r, for: h, keepAlive: h.isKeepAlive), body: r.body, keepAlive: h.isKeepAlive)
             return true
         }
-        guard let counter else { return false }
+        guard let counter else {
+            session.replyMemory.release(held)
+            return false
+        }
         counter.increment()
         var headers = HTTPHeaders()
         headers.add(name: "Content-Length", value: String(length))
@@ -216,7 +219,7 @@ final class KTHTTPHandler: ChannelInboundHandler {
         let keepAlive = h.isKeepAlive
         if !keepAlive { headers.add(name: "Connection", value: "close") }
         send(context, HTTPResponseHead(version: h.version, status: .ok, headers: headers),
-             body: body.readableBytes > 0 ? body : nil, keepAlive: keepAlive)
+             body: body.readableBytes > 0 ? body : nil, held: held, keepAlive: keepAlive)
         return true
     }
 

@@ -138,8 +138,8 @@ struct KTThreads: ThreadedProtocol {
 
     func open(peer: String) -> Connection { Connection(peer: peer) }
 
-    func received(_ input: inout ByteBuffer, connection: inout Connection, into out: inout ByteBuffer,
-                  worker: ReadSlot, flush: (inout ByteBuffer) -> Bool) -> Answering {
+    func received(_ input: inout ByteBuffer, connection: inout Connection, into out: inout ByteBuffer, held: inout Int,
+                  worker: ReadSlot, flush: (inout ByteBuffer, inout Int) -> Bool) -> Answering {
         while input.readableBytes > 0 {
             switch input.withUnsafeReadableBytes({ KTFastRequest.parse($0) }) {
             case .incomplete:
@@ -151,10 +151,10 @@ struct KTThreads: ThreadedProtocol {
                     connection.spokeHTTP = true
                     session.metrics.opened()
                 }
-                input.withUnsafeReadableBytes { session.answer(request, in: $0, slot: worker, peer: connection.peer, into: &out) }
+                input.withUnsafeReadableBytes { session.answer(request, in: $0, slot: worker, peer: connection.peer, into: &out, held: &held) }
                 input.moveReaderIndex(forwardBy: request.length)
                 if !request.keepAlive { return .close }
-                if out.readableBytes >= MemcachedSession.flushBytes && !flush(&out) { return .paused }
+                if out.readableBytes >= MemcachedSession.flushBytes && !flush(&out, &held) { return .paused }
             }
         }
         return .open

@@ -66,7 +66,7 @@ final class KTHTTPSession: Sendable {
     /// value the read ports' reply budget has no room for now gives nil with its size in
     /// `refused`: the caller answers `memoryRefusal` without building the reply.
     func answerInPlace(_ kind: KTFastRequest.Kind, target: UnsafeRawBufferPointer, slot: ReadSlot, into out: inout ByteBuffer,
-                       refused: inout Int,
+                       held: inout Int, refused: inout Int,
                        head: (inout ByteBuffer, _ contentLength: Int, _ contentType: String?) -> Void) -> Counter? {
         guard plainKeys else { return nil }
         let encoded: UnsafeRawBufferPointer
@@ -86,12 +86,15 @@ final class KTHTTPSession: Sendable {
             return (try? store.readInline(in: slot) { txn in
                 try txn.withRecord(bytes: key) { record -> Bool in
                     guard let record, record.expiry == nil else { return false }
-                    // A large value the reply budget has no room for now: refused unbuilt.
-                    // A large value the reply budget has no room for now: refused unbuilt
-                    // (checked; the writer holds what the socket does not take at once).
-                    guard kind == .restHead || replyMemory.admits(record.value.count) else {
-                        refused = record.value.count
-                        return false
+                    // A large value is held against the reply budget before it is built
+                    // (`held`: `out`'s hold, handed on to its writer); one the budget has no
+                    // room for now is refused unbuilt.
+                    if kind != .restHead && record.value.count >= ReplyMemory.largeReply {
+                        guard replyMemory.tryHold(record.value.count) else {
+                            refused = record.value.count
+                            return false
+                        }
+                        held += record.value.count
                     }
                     switch kind {
                     case .restGet:
@@ -205,11 +208,17 @@ final class KTHTTPSession: Sendable {
     static let offloadedBodyBytes = 64 << 10
 
     /// The reply to a request whose read failed.
-    /// `r`, or 503 when its body is a large reply the read ports' budget has no room for
-    /// now (`ReplyMemory`): counted and logged, the client told to try again.
+    /// `r`, its large body held against the read ports' budget (`KTReply.held`, the check
+    /// and the hold in one step: whoever writes it takes the hold on), or 503 when the
+    /// budget has no room for it now (`ReplyMemory`): counted and logged, the client told
+    /// to try again.
     func fitted(_ r: KTReply, isHead: Bool, peer: String) -> KTReply {
-        if isHead || r.held > 0 || replyMemory.admits(r.body.readableBytes) { return r }
-        return memoryRefusal(kind: r.kind, bytes: r.body.readableBytes, peer: peer)
+        let bytes = r.body.readableBytes
+        if isHead || r.held > 0 || bytes < ReplyMemory.largeReply { return r }
+        guard replyMemory.tryHold(bytes) else { return memoryRefusal(kind: r.kind, bytes: bytes, peer: peer) }
+        var held = r
+        held.held = bytes
+        return held
     }
 
     /// The bytes of the reply budget to hold for a body of `bytes` about to be written,

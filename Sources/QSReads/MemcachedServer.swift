@@ -110,6 +110,8 @@ final class MemcachedHandler: ChannelDuplexHandler {
     /// whole lines, answered when the channel is writable again.
     private var paused = false
     private var out = ByteBuffer()
+    /// What `out`'s replies hold of the reply budget, handed on when it is written.
+    private var outHeld = 0
     private var closing = false
     /// A read was asked for while the socket did not take the replies.
     private var readHeld = false
@@ -137,6 +139,9 @@ final class MemcachedHandler: ChannelDuplexHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         watch.removed()
         session.metrics.closed()
+        // Replies answered and never written (the connection ended first): their hold goes.
+        session.config.replyMemory.change(from: outHeld, to: 0)
+        outHeld = 0
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -165,8 +170,8 @@ final class MemcachedHandler: ChannelDuplexHandler {
     /// channel not writable; what is not answered stays in `pending`.
     private func answer(_ input: inout ByteBuffer, context: ChannelHandlerContext) {
         let watch = self.watch
-        let outcome = session.answerLines(&input, framing: &framing, into: &out, peer: peer, slot: slot) { out in
-            if context.writeReplies(&out, thenClose: false, memory: self.session.config.replyMemory) { watch.answered() }
+        let outcome = session.answerLines(&input, framing: &framing, into: &out, held: &outHeld, peer: peer, slot: slot) { out, held in
+            if context.writeReplies(&out, held: &held, thenClose: false, memory: self.session.config.replyMemory) { watch.answered() }
             // Writability events come within the write: `writable` is the channel's now.
             return self.writable
         }
@@ -235,7 +240,7 @@ final class MemcachedHandler: ChannelDuplexHandler {
 
     /// Writes what was answered (and closes after it, `thenClose`).
     private func writeOut(_ context: ChannelHandlerContext, thenClose: Bool = false) {
-        if context.writeReplies(&out, thenClose: thenClose, memory: session.config.replyMemory) { watch.answered() }
+        if context.writeReplies(&out, held: &outHeld, thenClose: thenClose, memory: session.config.replyMemory) { watch.answered() }
     }
 }
 
@@ -247,23 +252,25 @@ extension MemcachedSession {
     /// in `input`); `flush` writes `out` whenever it holds `flushBytes` and says whether to
     /// go on (false: the socket does not take more now, or the connection broke): then the
     /// lines not answered stay in `input` (`.paused`). `.close`: the connection is to close
-    /// once `out` is written. (The event-loop handler's and the reader threads' one loop.)
+    /// once `out` is written. `held`: what `out`'s replies hold of the reply budget, handed
+    /// on with `out` to `flush` and to whoever writes it after. (The event-loop handler's
+    /// and the reader threads' one loop.)
     @inline(__always)
-    func answerLines(_ input: inout ByteBuffer, framing: inout MemcachedFraming, into out: inout ByteBuffer,
-                     peer: String, slot: ReadSlot, flush: (inout ByteBuffer) -> Bool) -> Answering {
+    func answerLines(_ input: inout ByteBuffer, framing: inout MemcachedFraming, into out: inout ByteBuffer, held: inout Int,
+                     peer: String, slot: ReadSlot, flush: (inout ByteBuffer, inout Int) -> Bool) -> Answering {
         while let next = framing.next(&input) {
             switch next {
             case let .failure(command):
-                _ = answer(command, into: &out, peer: peer, slot: slot)
+                _ = answer(command, into: &out, held: &held, peer: peer, slot: slot)
                 return .close
             case let .line(start, count):
                 let (open, skip) = input.withBytes(at: start, count: count) { line in
-                    answer(line: line, into: &out, peer: peer, slot: slot)
+                    answer(line: line, into: &out, held: &held, peer: peer, slot: slot)
                 }
                 framing.skip = skip
                 if !open { return .close }
             }
-            if out.readableBytes >= Self.flushBytes && !flush(&out) { return .paused }
+            if out.readableBytes >= Self.flushBytes && !flush(&out, &held) { return .paused }
         }
         return .open
     }
@@ -288,9 +295,9 @@ struct MemcachedThreads: ThreadedProtocol {
         return Connection(framing: MemcachedFraming(limits: limits), peer: peer)
     }
 
-    func received(_ input: inout ByteBuffer, connection: inout Connection, into out: inout ByteBuffer,
-                  worker: ReadSlot, flush: (inout ByteBuffer) -> Bool) -> Answering {
-        session.answerLines(&input, framing: &connection.framing, into: &out, peer: connection.peer, slot: worker, flush: flush)
+    func received(_ input: inout ByteBuffer, connection: inout Connection, into out: inout ByteBuffer, held: inout Int,
+                  worker: ReadSlot, flush: (inout ByteBuffer, inout Int) -> Bool) -> Answering {
+        session.answerLines(&input, framing: &connection.framing, into: &out, held: &held, peer: connection.peer, slot: worker, flush: flush)
     }
 
     func closed(_ connection: Connection) { session.metrics.closed() }

@@ -61,7 +61,8 @@ struct MemcachedSession: Sendable {
     }
 
     /// Answers one command into `out`; false when the connection is to be closed after it.
-    func answer(_ command: MemcachedCommand, into out: inout ByteBuffer, peer: String, slot: ReadSlot) -> Bool {
+    /// `held`: what `out`'s replies hold of the reply budget (`answer(get:)`).
+    func answer(_ command: MemcachedCommand, into out: inout ByteBuffer, held: inout Int, peer: String, slot: ReadSlot) -> Bool {
         switch command {
         case let .get(keys, withCAS):
             // Commands arrive here from `MemcachedDecoder`'s callers; the server answers
@@ -69,7 +70,7 @@ struct MemcachedSession: Sendable {
             var line = Array((withCAS ? "gets" : "get").utf8)
             for key in keys { line.append(0x20); line += key }
             line.withUnsafeBytes { bytes in
-                if let get = MemcachedLineParser.Get(bytes) { answer(get: get, into: &out, peer: peer, slot: slot) }
+                if let get = MemcachedLineParser.Get(bytes) { answer(get: get, into: &out, held: &held, peer: peer, slot: slot) }
             }
         case .version:
             counters.version.increment()
@@ -99,18 +100,21 @@ struct MemcachedSession: Sendable {
     /// Answers one command line (without its line ending) into `out`: a `get` in place,
     /// anything else through `MemcachedLineParser`; returns whether the connection stays
     /// open and how many data bytes (of a refused storage command) follow the line.
-    func answer(line: UnsafeRawBufferPointer, into out: inout ByteBuffer, peer: String, slot: ReadSlot) -> (open: Bool, skip: Int) {
+    func answer(line: UnsafeRawBufferPointer, into out: inout ByteBuffer, held: inout Int, peer: String, slot: ReadSlot) -> (open: Bool, skip: Int) {
         if let get = MemcachedLineParser.Get(line), get.refusal(config.limits) == nil {
-            answer(get: get, into: &out, peer: peer, slot: slot)
+            answer(get: get, into: &out, held: &held, peer: peer, slot: slot)
             return (true, 0)
         }
         let (command, skip) = MemcachedLineParser.parse(line, limits: config.limits)
-        return (answer(command, into: &out, peer: peer, slot: slot), skip)
+        return (answer(command, into: &out, held: &held, peer: peer, slot: slot), skip)
     }
 
     /// `get`/`gets`: every key read in one read transaction (the event loop's `slot`), each
-    /// value written from LMDB's map straight into `out`, then `END`.
-    func answer(get: MemcachedLineParser.Get, into out: inout ByteBuffer, peer: String, slot: ReadSlot) {
+    /// value written from LMDB's map straight into `out`, then `END`. A large reply is held
+    /// against the reply budget as it is built (the check and the hold in one step), and
+    /// the hold added to `held`, what `out`'s replies hold: whoever writes `out` takes it on
+    /// (`writeReplies`, the threads' `pendingOut`) without giving it back in between.
+    func answer(get: MemcachedLineParser.Get, into out: inout ByteBuffer, held: inout Int, peer: String, slot: ReadSlot) {
         (get.withCAS ? counters.gets : counters.get).increment()
         guard let db = database else {
             out.writeString("SERVER_ERROR no such database\r\n")
@@ -122,6 +126,8 @@ struct MemcachedSession: Sendable {
         let start = out.writerIndex
         let maxReply = config.limits.maxReplyBytes, memory = config.replyMemory
         var hits = 0, asked = 0
+        // What this reply holds of the budget so far (0 until it is large).
+        var mine = 0
         do {
             try store.readInline(in: slot) { txn in
                 try get.forEachKey { key in
@@ -131,28 +137,32 @@ struct MemcachedSession: Sendable {
                         hits += 1
                         // The reply so far with this value: many values under 64 KiB make
                         // a large reply too, and several values only while the budget has
-                        // room for all of them. Checked, not held: the writer holds what the
-                        // socket does not take at once (`writeReplies`, the threads'
-                        // `pendingOut`). (Held while built, it was given back before the
-                        // writer held it: a request in that gap passed the budget.)
+                        // room for all of them. Held before it is built, so replies built at
+                        // once on other threads see it (checked only, each could pass).
                         let reply = out.writerIndex - start + record.value.count
-                        if reply >= ReplyMemory.largeReply, !memory.admitsGathered(reply, values: hits) { throw ReplyMemoryFull(bytes: reply) }
+                        if reply >= ReplyMemory.largeReply {
+                            guard memory.tryHoldGathered(reply - mine, values: hits) else { throw ReplyMemoryFull(bytes: reply) }
+                            mine = reply
+                        }
                         Self.writeValue(key: key, record: record, withCAS: withCAS, format: format, into: &out)
                         if hits > 1, out.writerIndex - start > maxReply { throw ReplyTooLarge() }
                     }
                 }
             }
         } catch is ReplyTooLarge {
+            memory.release(mine)
             out.moveWriterIndex(to: start)
             metrics.bad(logger, peer: peer, reason: "get reply over \(maxReply) bytes (\(asked) keys read, \(hits) found)")
             out.writeString("SERVER_ERROR out of memory writing get response\r\n")
             return
         } catch let full as ReplyMemoryFull {
+            memory.release(mine)
             out.moveWriterIndex(to: start)
             metrics.refusedForMemory(logger, peer: peer, bytes: full.bytes, memory: memory)
             out.writeString("SERVER_ERROR out of memory writing get response\r\n")
             return
         } catch {
+            memory.release(mine)
             out.moveWriterIndex(to: start)
             metrics.readFailed(logger, "memcached get failed", metadata: ["peer": "\(peer)", "error": "\(error)"])
             out.writeString("SERVER_ERROR storage error\r\n")
@@ -161,6 +171,7 @@ struct MemcachedSession: Sendable {
         if hits > 0 { metrics.hits.increment(by: Int64(hits)) }
         if hits < asked { metrics.misses.increment(by: Int64(asked - hits)) }
         stats.count(gets: asked, hits: hits)
+        held += mine
         out.writeString("END\r\n")
     }
 

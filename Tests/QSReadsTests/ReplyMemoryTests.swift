@@ -87,6 +87,20 @@ final class ReplyMemoryTests: XCTestCase {
         return fd
     }
 
+    /// Starts `node`, a root with memcached and KT HTTP on `threads` reader threads each and a
+    /// budget of two huge values, holding one (`huge`); its memcached and KT HTTP ports.
+    func rootHoldingHuge(threads: String, data: String) async throws -> (Int, Int) {
+        node = try RootNode(data: tmp.appendingPathComponent(data), logDir: tmp,
+                            extraArgs: ["--memcached", "127.0.0.1:0", "--memcached-threads", threads,
+                                        "--kt-http", "127.0.0.1:0", "--kt-http-threads", threads,
+                                        "--read-reply-memory", Self.budget(values: 2, extraKiB: 1024)])
+        let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
+        _ = try await client.write([.set(key: Array("huge".utf8), value: [UInt8](repeating: UInt8(ascii: "h"), count: Self.hugeBytes), expiry: nil)],
+                                   sourceID: "t")
+        await client.close()
+        return (try node.daemon.port("memcached"), try node.daemon.port("kt-http"))
+    }
+
     func testLargeRepliesNotReadAreHeldToOneBudgetAcrossTheReadPorts() async throws {
         // memcached and KT HTTP on the event loops hold a whole reply until it is written (on
         // reader threads, the default, only what the socket has not taken:
@@ -135,15 +149,7 @@ final class ReplyMemoryTests: XCTestCase {
     /// On reader threads (`--memcached-threads`, `--kt-http-threads`) a reply the socket did
     /// not take waits with its connection parked: held against the same budget until written.
     func testRepliesWaitingOnReaderThreadsAreHeldToTheBudget() async throws {
-        node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp,
-                            extraArgs: ["--memcached", "127.0.0.1:0", "--memcached-threads", "2",
-                                        "--kt-http", "127.0.0.1:0", "--kt-http-threads", "2",
-                                        "--read-reply-memory", Self.budget(values: 2, extraKiB: 1024)])
-        let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
-        _ = try await client.write([.set(key: Array("huge".utf8), value: [UInt8](repeating: UInt8(ascii: "h"), count: Self.hugeBytes), expiry: nil)],
-                                   sourceID: "t")
-        await client.close()
-        let mc = try node.daemon.port("memcached"), kt = try node.daemon.port("kt-http")
+        let (mc, kt) = try await rootHoldingHuge(threads: "2", data: "data")
         let mcReply = "VALUE huge 0 \(Self.hugeBytes)\r\n".utf8.count + Self.hugeBytes + 7
         let ktReply = "HTTP/1.1 200 OK\r\nContent-Length: \(Self.hugeBytes)\r\n\r\n".utf8.count + Self.hugeBytes
         // (The refused request ends its connection, so the refusal is read to its end.)
@@ -168,6 +174,42 @@ final class ReplyMemoryTests: XCTestCase {
         }
         XCTAssertEqual(node.metric("qs_read_reply_memory_refusals_total{interface=\"memcached\"}"), 1)
         XCTAssertEqual(node.metric("qs_read_reply_memory_refusals_total{interface=\"kt_http\"}"), 1)
+    }
+
+    /// Large replies asked for at once, on reader threads and on the event loops, are each
+    /// held as they are built (the check and the hold in one step, the hold handed on to
+    /// whoever writes the reply): checked, then held by their writer, each thread building
+    /// one could pass the budget meanwhile (541 MiB held against 256 with 32 connections
+    /// asking for 60 MiB each). Twelve connections ask at once, reading nothing: exactly as
+    /// many as the budget takes are answered, the rest refused.
+    func testLargeRepliesAskedForAtOnceAreHeldToTheBudget() async throws {
+        for threads in ["4", "0"] {
+            let (mc, kt) = try await rootHoldingHuge(threads: threads, data: "data-\(threads)")
+            let limit = Double(2 * Self.hugeBytes + (1 << 20))
+            for (port, request, answered, interface) in [(mc, "get huge\r\n", "VALUE huge 0", "memcached"),
+                                                         (kt, "GET /huge HTTP/1.1\r\n\r\n", "HTTP/1.1 200", "kt_http")] {
+                do {
+                    let fds = try (0..<12).map { _ in try unread(port: port, request) }
+                    defer { fds.forEach { close($0) } }
+                    let refusals = "qs_read_reply_memory_refusals_total{interface=\"\(interface)\"}"
+                    // Every one refused or its reply held (the replies are larger than the
+                    // sockets take), then: as many held as the budget takes.
+                    var refused = 0.0, replies = 0.0
+                    try await waitFor("each of twelve refused or held (\(interface), threads \(threads))", timeout: .seconds(30)) {
+                        refused = node.metric(refusals) ?? -1
+                        replies = (held() / Double(Self.hugeBytes)).rounded(.down)
+                        return refused + replies == 12
+                    }
+                    XCTAssertEqual(refused, 10, "\(interface), threads \(threads): \(replies) replies held, \(held()) bytes")
+                    XCTAssertLessThanOrEqual(held(), limit, "\(interface), threads \(threads)")
+                    let firsts = fds.map { String(decoding: read($0, count: answered.utf8.count), as: UTF8.self) }
+                    XCTAssertEqual(firsts.filter { $0 == answered }.count, 2, "\(interface), threads \(threads): \(firsts)")
+                }
+                try await waitFor("the budget to empty (\(interface), threads \(threads))", timeout: .seconds(20)) { held() == 0 }
+            }
+            _ = try node.daemon.stop()
+            node = nil
+        }
     }
 
     /// KT binary's replies are written from a task: held until the socket takes them, and a
