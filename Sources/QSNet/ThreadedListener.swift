@@ -867,7 +867,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         // once the socket has taken them (here, at any way out), or handed on with what waits.
         var held = 0
         let memory = c.memory
-        defer { memory?.release(held) }
+        defer { if held > 0 { memory?.release(held) } }
         let answered = proto.received(&c.input, connection: &c.state, into: &out, held: &held, worker: worker) { buffer, held in
             // Written as far as the socket takes it now; once it takes no more, answering
             // stops and the rest waits (in `out`, then `pendingOut`).
