@@ -72,6 +72,7 @@ final class ThreadedHandOver<HandOff: Sendable, Connection: Sendable>: Sendable 
                 channel.closeFuture.whenComplete { _ in counter.release(peer: peerIP) }
                 // Nothing read from the socket before the bytes the thread left are in.
                 do {
+                    try channel.pipeline.syncOperations.addHandler(HandedOverStart(h), position: .first)
                     try channel.syncOptions?.setOption(.autoRead, value: false)
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
@@ -83,27 +84,15 @@ final class ThreadedHandOver<HandOff: Sendable, Connection: Sendable>: Sendable 
             .whenComplete { [self] result in
                 switch result {
                 case let .success(channel):
-                    let owedBytes = h.owed.readableBytes
-                    let large = owedBytes >= ReplyMemory.largeReply ? owedBytes : 0
-                    h.memory?.change(from: h.held, to: large)
-                    if owedBytes > 0 {
-                        let memory = h.memory
-                        channel.writeAndFlush(h.owed).whenComplete { _ in memory?.release(large) }
-                    }
-                    if h.leftover.readableBytes > 0 {
-                        channel.pipeline.syncOperations.fireChannelRead(NIOAny(h.leftover))
-                        channel.pipeline.syncOperations.fireChannelReadComplete()
-                        if let since = h.requestSince,
-                           let context = try? channel.pipeline.syncOperations.context(name: ConnectionGuard.handlerName),
-                           let guarded = context.handler as? ConnectionGuard {
-                            guarded.watch.requestBegan(at: since, context)
-                        }
-                    }
+                    // (The replies owed and the bytes left went in as it became active:
+                    // `HandedOverStart`.)
                     channel.setOption(.autoRead, value: true).whenFailure { _ in channel.close(promise: nil) }
                     if let accepted = made.withLockedValue({ $0 }) { kept(accepted) }
                 case let .failure(error):
-                    h.memory?.release(h.held)
                     if !owned.withLockedValue({ $0 }) {
+                        // (Once it is, `HandedOverStart` holds the replies owed, and gives
+                        // their hold back when the channel goes without becoming active.)
+                        h.memory?.release(h.held)
                         // NIO never took the socket: it is closed here, its place given back.
                         Glibc.close(h.fd)
                         counter.release(peer: peerIP)
@@ -166,6 +155,53 @@ final class ThreadedHandOver<HandOff: Sendable, Connection: Sendable>: Sendable 
             } else {
                 channel.pipeline.fireUserInboundEventTriggered(ChannelShouldQuiesceEvent())
             }
+        }
+    }
+}
+
+/// First in a handed-over connection's pipeline until the channel is active; then, before
+/// the event loop reads anything of the socket (the client's end included, which it may
+/// have sent right after the request the thread left: seen first, it would close the
+/// channel or end its input before that request), writes the replies owed and passes the
+/// bytes left on as a read, and leaves. Holds the replies' part of the reply budget
+/// (`HandedOver.held`) until the socket has taken them, or gives it back if the channel
+/// goes without becoming active.
+private final class HandedOverStart<HandOff: Sendable>: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = NIOAny
+    private var h: HandedOver<HandOff>?
+
+    init(_ h: HandedOver<HandOff>) {
+        self.h = h
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.fireChannelActive()
+        guard let h else { return }
+        self.h = nil
+        let channel = context.channel, ops = context.pipeline.syncOperations
+        let owedBytes = h.owed.readableBytes
+        let large = owedBytes >= ReplyMemory.largeReply ? owedBytes : 0
+        h.memory?.change(from: h.held, to: large)
+        if owedBytes > 0 {
+            let memory = h.memory
+            channel.writeAndFlush(h.owed).whenComplete { _ in memory?.release(large) }
+        }
+        if h.leftover.readableBytes > 0 {
+            ops.fireChannelRead(NIOAny(h.leftover))
+            ops.fireChannelReadComplete()
+            if let since = h.requestSince,
+               let guardContext = try? ops.context(name: ConnectionGuard.handlerName),
+               let guarded = guardContext.handler as? ConnectionGuard {
+                guarded.watch.requestBegan(at: since, guardContext)
+            }
+        }
+        ops.removeHandler(self, promise: nil)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        if let h {
+            self.h = nil
+            h.memory?.release(h.held)
         }
     }
 }

@@ -38,12 +38,17 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
     /// What `out`'s replies hold of the reply budget, handed on when it is written.
     private var outHeld = 0
     private var handedOver = false
+    /// The handed-over connection's state for its work off the loops: the drain is told
+    /// here (NIO's pipeline handler, after this one, does not pass its event on).
+    private var ends: KTConnectionEnds?
     private var closing = false
     /// A read was asked for while the socket did not take the replies.
     private var readHeld = false
     /// Requests not answered because the socket did not take the replies before them
     /// (and bytes read after them): answered when the channel is writable again.
     private var held: ByteBuffer?
+    /// The client sent its end while requests were `held`: it closes once they are answered.
+    private var inputEnded = false
 
     init(session: KTHTTPSession, peer: String, slot: ReadSlot) {
         self.session = session
@@ -114,7 +119,13 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
             // every request's path (`KTHTTPHandler` answers a parse error with 400 itself
             // and writes only headers it made).
             try ops.configureHTTPServerPipeline(withErrorHandling: false, withOutboundHeaderValidation: false)
-            try ops.addHandler(KTHTTPHandler(session: session, peer: peer, slot: slot))
+            let ends = KTConnectionEnds()
+            self.ends = ends
+            try ops.addHandler(KTHTTPHandler(session: session, peer: peer, slot: slot, ends: ends))
+            // A client's end (half-closed after its requests) is `KTHTTPHandler`'s to act on:
+            // the requests before it are answered first, as ktserver answers them. (Set
+            // before this on a connection a reader thread handed over.)
+            try context.channel.syncOptions?.setOption(ChannelOptions.allowRemoteHalfClosure, value: true)
         } catch {
             session.logger.error("KT HTTP: could not set up the HTTP pipeline", metadata: ["peer": "\(peer)", "error": "\(error)"])
             context.close(promise: nil)
@@ -144,7 +155,10 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
         if !handedOver && !closing && context.channel.isWritable, var input = held {
             held = nil
             answerRequests(&input, context: context)
-            if !handedOver { writeOut(context) }
+            if !handedOver {
+                if inputEnded && held == nil { closing = true }
+                writeOut(context, thenClose: closing)
+            }
         }
         if readHeld && context.channel.isWritable && held == nil && !handedOver {
             readHeld = false
@@ -165,7 +179,20 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
     /// Graceful shutdown: before the hand-over no request is half read, so the connection
     /// closes once what was answered is sent; after it, NIO's pipeline handler drains.
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if !handedOver, let end = event as? ChannelEvent, end == .inputClosed {
+            // The client's end (the channel allows half-closure: `KTHTTPReadServer`), before
+            // anything went to NIO's pipeline: what it sent is answered, then it closes.
+            guard !closing else { return }
+            if held == nil {
+                closing = true
+                writeOut(context, thenClose: true)
+            } else {
+                inputEnded = true
+            }
+            return
+        }
         guard !handedOver, event is ChannelShouldQuiesceEvent else {
+            if event is ChannelShouldQuiesceEvent { ends?.stopping.store(true, ordering: .relaxed) }
             context.fireUserInboundEventTriggered(event)
             return
         }

@@ -5,12 +5,19 @@ import NIOCore
 import NIOHTTP1
 import QSNet
 import QSStore
+import Synchronization
 
 /// One KT HTTP connection once `KTFastHTTPHandler` has handed it over, behind NIO's HTTP
 /// server pipeline (which keeps pipelined
 /// requests in order: the next request arrives once this one's response has ended, and
 /// drains the connection on shutdown). Bodies are capped at `maxBodyBytes` (413 and close
 /// beyond); a request that does not parse is answered 400 and the connection closed.
+///
+/// A client that sends its end after its requests (half-closes: `printf … | nc -N`, an
+/// HTTP/1.0 script) is answered them, as ktserver answers, then the connection closes (the
+/// channel allows remote half-closure). A client that closes looks the same on the wire, so
+/// work off the loops for a connection whose input ended stops (`KTRequestAbandoned`) only
+/// while other scans wait for a slot or the node is stopping: uncontended, it is answered.
 final class KTHTTPHandler: ChannelInboundHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
@@ -32,14 +39,21 @@ final class KTHTTPHandler: ChannelInboundHandler {
     /// client that sends requests and reads no replies costs the replies past the high-water
     /// mark, not a reply to each request.
     private var waiting: HTTPRequestHead?
-    /// The drain reached this connection: NIO's pipeline handler closes it after the request
-    /// in flight, and a parse error's 400 is no longer written.
-    private var quiescing = false
+    /// A request is being answered (from its whole arrival until its response is written).
+    private var answering = false
+    /// The client sent its end: the request being answered is the last, then it closes.
+    private var inputEnded = false
+    /// `inputEnded`, and whether the drain reached the connection (told by
+    /// `KTFastHTTPHandler`: NIO's pipeline handler keeps the event; it closes the connection
+    /// after the request in flight, and a parse error's 400 is no longer written), for the
+    /// work off the loops (`abandoned`).
+    private let ends: KTConnectionEnds
 
-    init(session: KTHTTPSession, peer: String, slot: ReadSlot) {
+    init(session: KTHTTPSession, peer: String, slot: ReadSlot, ends: KTConnectionEnds) {
         self.session = session
         self.peer = peer
         self.slot = slot
+        self.ends = ends
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -113,6 +127,7 @@ final class KTHTTPHandler: ChannelInboundHandler {
 
     /// Answers the request whose head is `h` and whose body is `body`.
     private func answer(_ context: ChannelHandlerContext, _ h: HTTPRequestHead) {
+        answering = true
         // The body is taken (and its bytes given back) before anything is written: writing
         // the answer's end can bring the next pipelined request into this handler at once,
         // with a body of its own.
@@ -150,9 +165,10 @@ final class KTHTTPHandler: ChannelInboundHandler {
             }
             held = need
         }
-        // Work off the loops stops between pages once its connection has closed.
-        let channel = context.channel
-        let abandoned: @Sendable () -> Bool = { !channel.isActive }
+        // Work off the loops stops between pages once its connection has closed, or its
+        // input ended while other scans wait or the node stops.
+        let channel = context.channel, ends = self.ends, scans = session.scans
+        let abandoned: @Sendable () -> Bool = { !channel.isActive || ends.yields(to: scans) }
         var (inline, work) = session.plan(h.method, uri: uri, contentType: contentType, body: requestBody, abandoned: abandoned)
         if inline {
             var r: KTReply?
@@ -216,7 +232,7 @@ final class KTHTTPHandler: ChannelInboundHandler {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Length", value: String(length))
         if let type { headers.add(name: "Content-Type", value: type) }
-        let keepAlive = h.isKeepAlive
+        let keepAlive = h.isKeepAlive && !inputEnded
         if !keepAlive { headers.add(name: "Connection", value: "close") }
         send(context, HTTPResponseHead(version: h.version, status: .ok, headers: headers),
              body: body.readableBytes > 0 ? body : nil, held: held, keepAlive: keepAlive)
@@ -224,6 +240,7 @@ final class KTHTTPHandler: ChannelInboundHandler {
     }
 
     private func respond(_ context: ChannelHandlerContext, _ r: KTReply, to h: HTTPRequestHead, keepAlive: Bool) {
+        let keepAlive = keepAlive && !inputEnded
         session.account(r, peer: peer, uri: { h.uri })
         let r = session.fitted(r, isHead: h.method == .HEAD, peer: peer)
         let body = h.method != .HEAD && r.body.readableBytes > 0 ? r.body : nil
@@ -233,6 +250,7 @@ final class KTHTTPHandler: ChannelInboundHandler {
     /// Writes a response and flushes it once (closing the connection after it unless kept
     /// alive). `held`: what the reply took of the reply budget as it was gathered.
     private func send(_ context: ChannelHandlerContext, _ head: HTTPResponseHead, body: ByteBuffer?, held: Int = 0, keepAlive: Bool) {
+        answering = false
         context.write(wrapOutboundOut(.head(head)), promise: nil)
         let bytes = session.heldBody(body?.readableBytes ?? 0, from: held)
         if let body {
@@ -252,7 +270,13 @@ final class KTHTTPHandler: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is ChannelShouldQuiesceEvent { quiescing = true }
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            // (NIO's pipeline handler passes it on after the requests that came before it.)
+            inputEnded = true
+            ends.inputEnded.store(true, ordering: .relaxed)
+            if !answering && waiting == nil { context.close(promise: nil) }
+            return
+        }
         context.fireUserInboundEventTriggered(event)
     }
 
@@ -263,7 +287,7 @@ final class KTHTTPHandler: ChannelInboundHandler {
             // Not once the connection ended (the decoder's error for a request cut off by
             // the peer or by the drain's close) or the drain began: NIO's pipeline handler has
             // closed or is closing it, and a write then is a write after its last.
-            guard context.channel.isActive && !quiescing else {
+            guard context.channel.isActive && !ends.stopping.load(ordering: .relaxed) else {
                 context.close(promise: nil)
                 return
             }
@@ -279,5 +303,21 @@ final class KTHTTPHandler: ChannelInboundHandler {
             session.logger.debug("KT HTTP connection ended with an error", metadata: ["peer": "\(peer)", "error": "\(error)"])
         }
         context.close(promise: nil)
+    }
+}
+
+/// What work off the event loops asks of its KT HTTP connection (`KTHTTPHandler`), from
+/// any thread.
+final class KTConnectionEnds: Sendable {
+    /// The client sent its end (half-closed; a client that closed looks the same).
+    let inputEnded = Atomic<Bool>(false)
+    /// The drain reached the connection (NIO's pipeline handler keeps the event to itself:
+    /// `KTFastHTTPHandler`, before it, sets this).
+    let stopping = Atomic<Bool>(false)
+
+    /// Whether work for a connection whose input ended gives way: other scans wait for a
+    /// slot (`scans`), or the node is stopping.
+    func yields(to scans: ScanGate) -> Bool {
+        inputEnded.load(ordering: .relaxed) && (stopping.load(ordering: .relaxed) || scans.isContended)
     }
 }

@@ -93,6 +93,10 @@ public struct KTHTTPReadServer: ListeningService {
             }
             guard !spokeHTTP else {
                 RequestDrain.installed(in: channel.pipeline.syncOperations)?.handOverToPipeline()
+                // Before the channel is active: a client that sent its end after the request
+                // the thread handed over is answered it (its end may be seen before that
+                // request is, and would otherwise close the channel first).
+                try channel.syncOptions?.setOption(ChannelOptions.allowRemoteHalfClosure, value: true)
                 try http(channel)
                 return channel.eventLoop.makeSucceededFuture(.http)
             }

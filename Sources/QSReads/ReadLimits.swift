@@ -1,5 +1,6 @@
 import QSModel
 import QSStore
+import Synchronization
 
 /// The read servers' clock: epoch seconds, against which expiry is judged.
 public typealias ReadClock = @Sendable () -> UInt64
@@ -50,14 +51,21 @@ actor ScanGate {
     let limit: Int
     private var running = 0
     private var waiting: [CheckedContinuation<Void, Never>] = []
+    /// `waiting.count`, for `isContended` from any thread.
+    private nonisolated let waiters = Atomic<Int>(0)
 
     init(limit: Int) {
         self.limit = max(1, limit)
     }
 
+    /// Whether scans wait for a slot now (read without waiting for the gate).
+    nonisolated var isContended: Bool { waiters.load(ordering: .relaxed) > 0 }
+
     func run<T: Sendable>(_ body: @Sendable () async throws -> T) async rethrows -> T {
         while running >= limit {
+            waiters.add(1, ordering: .relaxed)
             await withCheckedContinuation { waiting.append($0) }
+            waiters.subtract(1, ordering: .relaxed)
         }
         running += 1
         defer {

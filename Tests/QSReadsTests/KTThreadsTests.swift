@@ -57,6 +57,32 @@ final class KTThreadsTests: XCTestCase {
         XCTAssertEqual(client.read(count: reply.utf8.count), reply, file: file, line: line)
     }
 
+    /// A client that sends its end right after its requests (`printf … | nc -N`, an HTTP/1.0
+    /// script) is answered them, as ktserver answers, on reader threads and on the event
+    /// loops, whatever the request: before, only what the fast path took was (its end closed
+    /// the channel first, or a thread's hand-over lost the request to it).
+    func testAClientThatSendsItsEndAfterItsRequestsIsAnsweredThem() async throws {
+        for threads in [2, 0] {
+            let port = try await start(threads: threads)
+            for round in 0..<5 {
+                for (request, reply) in [
+                    ("GET /k1 HTTP/1.0\r\n\r\n", "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nv1"),
+                    ("GET /rpc/void HTTP/1.0\r\n\r\n", "HTTP/1.0 200 OK\r\nContent-Length: 0\r\nContent-Type: text/tab-separated-values\r\n\r\n"),
+                    (Self.slow, Self.slowReply),
+                    ("GET /rpc/match_prefix?prefix=k HTTP/1.0\r\n\r\n", "HTTP/1.0 200 OK\r\nContent-Length: 12\r\nContent-Type: text/tab-separated-values\r\n\r\n_k1\t0\nnum\t1\n"),
+                    (Self.get + Self.slow + Self.get, Self.getReply + Self.slowReply + Self.getReply),
+                ] {
+                    // (Whether a reply says `Connection: close` depends on whether the
+                    // client's end was seen before it was written; the replies are compared
+                    // without it.)
+                    let got = String(decoding: RawSocket.exchangeHalfClosed(port: port, Array(request.utf8)), as: UTF8.self)
+                    XCTAssertEqual(got.replacingOccurrences(of: "Connection: close\r\n", with: ""), reply,
+                                   "threads \(threads), round \(round): \(request)")
+                }
+            }
+        }
+    }
+
     /// A fast request on a thread, then one handed over, then fast ones again on the event
     /// loops: all answered, and the connection is counted once throughout.
     func testAConnectionMovesToTheEventLoopsAndIsCountedOnce() async throws {

@@ -27,11 +27,19 @@ enum RawSocket {
         return exchange(fd: fd, bytes)
     }
 
-    private static func exchange(fd: Int32, _ bytes: [UInt8]) -> [UInt8] {
+    /// As `exchange`, the socket's sending side shut once the request is sent (`printf … |
+    /// nc -N`): the server sees the client's end right behind its request.
+    static func exchangeHalfClosed(port: Int, _ bytes: [UInt8]) -> [UInt8] {
+        guard let fd = Harness.connectLoopback(port: port) else { return [] }
+        return exchange(fd: fd, bytes, halfClose: true)
+    }
+
+    private static func exchange(fd: Int32, _ bytes: [UInt8], halfClose: Bool = false) -> [UInt8] {
         defer { close(fd) }
         var tv = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        if halfClose { shutdown(fd, Int32(SHUT_WR)) }
         var out = [UInt8]()
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
