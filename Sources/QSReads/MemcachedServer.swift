@@ -77,6 +77,10 @@ public struct MemcachedServer: ListeningService {
         try await listener.run(watched: { channel, watch in
             let peer = channel.remoteAddress?.peerDescription ?? channel.localAddress?.peerDescription ?? "unknown"
             let ops = channel.pipeline.syncOperations
+            // A client's end after its commands (`printf … | nc -N`) is the handler's to act
+            // on: what came before it is answered and written whole, then it closes, as
+            // memcached does (closed on the end, a reply the socket had not taken was cut).
+            try channel.syncOptions?.setOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             try ops.addHandler(MemcachedHandler(session: session, limits: limits, peer: peer,
                                                 slot: slots.slot(for: channel.eventLoop), watch: watch))
         })
@@ -115,6 +119,9 @@ final class MemcachedHandler: ChannelDuplexHandler {
     private var closing = false
     /// A read was asked for while the socket did not take the replies.
     private var readHeld = false
+    /// The client sent its end while answering was paused: it closes once the lines
+    /// waiting are answered.
+    private var inputEnded = false
     /// The channel's writability as its events said (asking the channel is an atomic load
     /// and a few calls per read).
     private var writable = true
@@ -211,7 +218,13 @@ final class MemcachedHandler: ChannelDuplexHandler {
             paused = false
             pending = nil
             answer(&input, context: context)
-            writeOut(context)
+            if inputEnded && !paused && !closing {
+                closing = true
+                pending = nil
+                writeOut(context, thenClose: true)
+            } else {
+                writeOut(context)
+            }
         }
         if readHeld && writable && !paused {
             readHeld = false
@@ -228,6 +241,20 @@ final class MemcachedHandler: ChannelDuplexHandler {
     /// Graceful shutdown: no more requests are read; the connection closes once what was
     /// answered is sent (an empty write completes after every write before it).
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let end = event as? ChannelEvent, end == .inputClosed {
+            // The client's end: the lines before it are answered (those waiting for the
+            // socket once it takes the replies before them), a line not whole is dropped,
+            // and the connection closes once the replies are written.
+            guard !closing else { return }
+            if paused {
+                inputEnded = true
+            } else {
+                closing = true
+                pending = nil
+                writeOut(context, thenClose: true)
+            }
+            return
+        }
         guard event is ChannelShouldQuiesceEvent else {
             context.fireUserInboundEventTriggered(event)
             return

@@ -111,6 +111,27 @@ final class MemcachedThreadsTests: XCTestCase {
         XCTAssertTrue(all.elementsEqual(Array((one + one).utf8)), "the replies arrive whole and in order")
     }
 
+    /// A client that sends its end right after its commands (`printf … | nc -N`) gets every
+    /// reply whole, then the connection closes, as memcached does, on reader threads and on
+    /// the event loops (there its end closed the channel, cutting a reply the socket had not
+    /// taken: 4.3–4.9 MB of an 8.4 MB reply).
+    func testAClientThatSendsItsEndAfterItsCommandsGetsEveryReplyWhole() async throws {
+        for threads in [1, 0] {
+            let port = try await server(threads: threads)
+            // 20 MiB of replies, more than the socket buffers hold: answering pauses with
+            // lines waiting when the end arrives.
+            let line = "get " + Array(repeating: "big", count: 4).joined(separator: " ") + "\r\n"
+            let got = RawSocket.exchangeHalfClosed(port: port, Array((String(repeating: line, count: 5) + "get k9\r\n").utf8))
+            let one = (0..<4).map { _ in "VALUE big 0 \(1 << 20)\r\n" + String(repeating: "b", count: 1 << 20) + "\r\n" }.joined() + "END\r\n"
+            let all = String(repeating: one, count: 5) + "VALUE k9 0 2\r\nv9\r\nEND\r\n"
+            XCTAssertEqual(got.count, all.utf8.count, "threads \(threads)")
+            XCTAssertTrue(got.elementsEqual(Array(all.utf8)), "threads \(threads): the replies arrive whole and in order")
+            try await running?.stop()
+            running = nil
+            if let tmp { try? FileManager.default.removeItem(at: tmp) }
+        }
+    }
+
     /// The reader threads now alive in this process.
     private func readThreads() throws -> Int {
         try Harness.threadNames().filter { $0 == "memcached-read" }.count
