@@ -34,7 +34,10 @@ struct KTBinarySession: Sendable {
     static let scannedBytes = 64 << 10
     static let scannedKeys = 1024
 
-    func run(_ connection: NIOAsyncChannel<KTBinaryRead, ByteBuffer>, share: KTBinaryShare, peer: String, drain: RequestDrain?) async {
+    /// `ends`: whether the client sent its end (its requests before it are answered, then
+    /// the connection closes) or the drain reached it.
+    func run(_ connection: NIOAsyncChannel<KTBinaryRead, ByteBuffer>, share: KTBinaryShare, ends: KTConnectionEnds,
+             peer: String, drain: RequestDrain?) async {
         let channel = connection.channel
         do {
             try await connection.executeThenClose { inbound, _ in
@@ -62,8 +65,10 @@ struct KTBinarySession: Sendable {
                         let answer: [ByteBuffer]
                         do {
                             let keys = KTBinaryKeys(keys: keys, count: count)
-                            // Stops once its connection has closed (checked every 4,096 keys).
-                            let abandoned: @Sendable () -> Bool = { !channel.isActive }
+                            // Stops once its connection has closed, or its input ended while
+                            // other scans wait or the node stops (checked every 4,096 keys).
+                            let scans = self.scans
+                            let abandoned: @Sendable () -> Bool = { !channel.isActive || ends.yields(to: scans) }
                             let read: @Sendable () async throws -> ([ByteBuffer], GatheredReply) = { [self] in
                                 if abandoned() { throw KTRequestAbandoned() }
                                 return try await store.read { txn in try gather(keys, abandoned: abandoned, txn) }

@@ -106,8 +106,8 @@ public struct KTHTTPReadServer: ListeningService {
         // cancellation (the listener closes the channel), which fails the sniff. HTTP is
         // answered by the pipeline; the connection's task waits for it to close.
         let handle: @Sendable (AcceptedConnection<EventLoopFuture<KTConnection>>) async -> Void = { accepted in
-            if case let .binary(connection, share)? = try? await accepted.connection.get() {
-                await binary.run(connection, share: share, peer: accepted.peer, drain: accepted.drain)
+            if case let .binary(connection, share, ends)? = try? await accepted.connection.get() {
+                await binary.run(connection, share: share, ends: ends, peer: accepted.peer, drain: accepted.drain)
                 share.releaseAll()
             }
         }

@@ -10,7 +10,9 @@ enum KTConnection: Sendable {
     case http
     /// KT's binary protocol (first byte ≥ 0x80, e.g. 0xBA get_bulk), which KT serves on its
     /// HTTP port too and which clients such as ukt use for get and get_bulk.
-    case binary(NIOAsyncChannel<KTBinaryRead, ByteBuffer>, KTBinaryShare)
+    /// `KTConnectionEnds`: whether the client sent its end (the channel allows half-closure:
+    /// the requests before it are answered, as ktserver answers them).
+    case binary(NIOAsyncChannel<KTBinaryRead, ByteBuffer>, KTBinaryShare, KTConnectionEnds)
 }
 
 extension KTConnection {
@@ -25,9 +27,11 @@ extension KTConnection {
         let sniffer = ProtocolSniffer(promise: promise) { first, channel -> KTConnection in
             let ops = channel.pipeline.syncOperations
             if first >= 0x80 {
-                let share = KTBinaryShare(pending)
+                let share = KTBinaryShare(pending), ends = KTConnectionEnds()
+                try channel.syncOptions?.setOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+                try ops.addHandler(InputEndWatch(ends))
                 try ops.addHandler(ByteToMessageHandler(KTBinaryReadDecoder(share: share), maximumBufferSize: maxBinaryBytes))
-                return .binary(try NIOAsyncChannel(wrappingChannelSynchronously: channel), share)
+                return .binary(try NIOAsyncChannel(wrappingChannelSynchronously: channel), share, ends)
             }
             // The HTTP handlers drain the connection themselves (the fast path, then NIO's
             // pipeline handler once it has the connection): the listener's drain is
@@ -38,5 +42,24 @@ extension KTConnection {
         }
         try channel.pipeline.syncOperations.addHandler(sniffer)
         return promise.futureResult
+    }
+}
+
+/// Notes a binary connection's end (`ChannelEvent.inputClosed`) for the work of its
+/// requests off the loops, and passes it on: the session answers the requests before it,
+/// then closes. (The drain is the connection's `RequestDrain`'s: a request in flight is
+/// answered, then it closes.)
+private final class InputEndWatch: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    private let ends: KTConnectionEnds
+
+    init(_ ends: KTConnectionEnds) {
+        self.ends = ends
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let end = event as? ChannelEvent, end == .inputClosed { ends.inputEnded.store(true, ordering: .relaxed) }
+        context.fireUserInboundEventTriggered(event)
     }
 }

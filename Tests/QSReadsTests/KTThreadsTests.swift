@@ -59,8 +59,8 @@ final class KTThreadsTests: XCTestCase {
 
     /// A client that sends its end right after its requests (`printf … | nc -N`, an HTTP/1.0
     /// script) is answered them, as ktserver answers, on reader threads and on the event
-    /// loops, whatever the request: before, only what the fast path took was (its end closed
-    /// the channel first, or a thread's hand-over lost the request to it).
+    /// loops, whatever the request, HTTP or binary: before, only what the HTTP fast path took
+    /// was (its end closed the channel first, or a thread's hand-over lost the request to it).
     func testAClientThatSendsItsEndAfterItsRequestsIsAnsweredThem() async throws {
         for threads in [2, 0] {
             let port = try await start(threads: threads)
@@ -79,6 +79,13 @@ final class KTThreadsTests: XCTestCase {
                     XCTAssertEqual(got.replacingOccurrences(of: "Connection: close\r\n", with: ""), reply,
                                    "threads \(threads), round \(round): \(request)")
                 }
+                // KT's binary protocol likewise: two get_bulks of `big` (256 KiB each) and
+                // `k1`, the end right behind them (before, the end closed the channel: nothing).
+                let bulk: [UInt8] = [0xBA, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 3] + Array("big".utf8) + [0, 0, 0, 0, 0, 2] + Array("k1".utf8)
+                let one: [UInt8] = [0xBA, 0, 0, 0, 2] + [0, 0, 0, 0, 0, 3, 0, 4, 0, 0] + [0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF] + Array("big".utf8)
+                    + [UInt8](repeating: 0x62, count: 256 << 10)
+                    + [0, 0, 0, 0, 0, 2, 0, 0, 0, 2] + [0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF] + Array("k1v1".utf8)
+                XCTAssertEqual(RawSocket.exchangeHalfClosed(port: port, bulk + bulk), one + one, "threads \(threads), round \(round): binary")
             }
         }
     }
