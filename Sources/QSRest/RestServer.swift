@@ -87,6 +87,11 @@ public struct RestServer: ListeningService {
                 // after the answers owed to the requests before it.
                 try ops.configureHTTPServerPipeline(withPipeliningAssistance: false, withErrorHandling: false)
                 try HTTPRequestMarks.add(to: ops)
+                // A producer that sends its end right after its requests (`printf … | nc -N`,
+                // an HTTP/1.0 script) is answered them, as KT answers: its end finishes the
+                // requests read (`serve`), their answers are written, then it closes. (Its end
+                // closed the channel: writes applied, never acknowledged.)
+                try channel.syncOptions?.setOption(ChannelOptions.allowRemoteHalfClosure, value: true)
                 return .http(try NIOAsyncChannel(wrappingChannelSynchronously: channel))
             })
             return promise.futureResult

@@ -211,6 +211,47 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try rest.stop(), 0)
     }
 
+    /// A producer that sends its end right after its requests (`printf … | nc -N`, an
+    /// HTTP/1.0 script) is answered each once its write is committed, then the connection
+    /// closes, as KT answers. (Its end closed the connection: the writes were applied and
+    /// never acknowledged.) A body its end cuts short is answered 400 and writes nothing.
+    func testAProducerThatSendsItsEndAfterItsRequestsIsAnsweredThem() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let (rest, port, _) = try startRest(root: root.address, acl: try writeACL())
+        let auth = "Authorization: Basic \(Data("dns:dns-token".utf8).base64EncodedString())\r\n"
+        for (request, statuses) in [
+            ("GET /rpc/set?key=dns%2Fh1&value=one HTTP/1.0\r\n\(auth)\r\n", ["200"]),
+            ("PUT /dns%2Fh2 HTTP/1.1\r\n\(auth)Content-Length: 3\r\n\r\ntwoPUT /dns%2Fh3 HTTP/1.1\r\n\(auth)Content-Length: 5\r\n\r\nthree", ["201", "201"]),
+            ("PUT /dns%2Fh4 HTTP/1.1\r\n\(auth)Content-Length: 9\r\n\r\ncut", ["400"]),
+        ] {
+            let fd = try XCTUnwrap(Harness.connectLoopback(port: port))
+            defer { close(fd) }
+            var tv = timeval(tv_sec: 20, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            let bytes = Array(request.utf8)
+            XCTAssertEqual(bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }, bytes.count)
+            shutdown(fd, Int32(SHUT_WR))
+            var text = ""
+            var buffer = [UInt8](repeating: 0, count: 1 << 16)
+            while true {
+                let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                guard n > 0 else { break }
+                text += String(decoding: buffer[..<n], as: UTF8.self)
+            }
+            let answers = text.components(separatedBy: "HTTP/1.").dropFirst().map { String($0.dropFirst(2).prefix(3)) }
+            XCTAssertEqual(answers, statuses, text)
+        }
+        let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
+        for (key, value) in [("dns/h1", "one"), ("dns/h2", "two"), ("dns/h3", "three")] {
+            let got = try await client.get(Array(key.utf8))
+            XCTAssertEqual(got?.value, Array(value.utf8), key)
+        }
+        let cut = try await client.get(Array("dns/h4".utf8))
+        XCTAssertNil(cut)
+        await client.close()
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
     /// A graceful stop while increments pipelined on two connections wait for their batch:
     /// each connection answers every request it had taken, in order, only the last answer
     /// saying `Connection: close`, then closes; increments sent on it once the stop has begun
