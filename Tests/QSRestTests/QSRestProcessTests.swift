@@ -191,15 +191,7 @@ final class QSRestProcessTests: XCTestCase {
         let fd = try XCTUnwrap(Harness.connectLoopback(port: port))
         defer { close(fd) }
         XCTAssertEqual(bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }, bytes.count)
-        var tv = timeval(tv_sec: 20, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var text = ""
-        var buffer = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            guard n > 0 else { break }
-            text += String(decoding: buffer[..<n], as: UTF8.self)
-        }
+        let text = Self.readUntilClosed(fd, within: .seconds(20)).text
         let answers = text.components(separatedBy: "HTTP/1.1 ").dropFirst().map { String($0.prefix(3)) }
         XCTAssertEqual(answers, ["200", "400"], text)
         XCTAssertTrue(text.contains("Connection: close"), text)
@@ -226,18 +218,10 @@ final class QSRestProcessTests: XCTestCase {
         ] {
             let fd = try XCTUnwrap(Harness.connectLoopback(port: port))
             defer { close(fd) }
-            var tv = timeval(tv_sec: 20, tv_usec: 0)
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
             let bytes = Array(request.utf8)
             XCTAssertEqual(bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }, bytes.count)
             shutdown(fd, Int32(SHUT_WR))
-            var text = ""
-            var buffer = [UInt8](repeating: 0, count: 1 << 16)
-            while true {
-                let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-                guard n > 0 else { break }
-                text += String(decoding: buffer[..<n], as: UTF8.self)
-            }
+            let text = Self.readUntilClosed(fd, within: .seconds(20)).text
             let answers = text.components(separatedBy: "HTTP/1.").dropFirst().map { String($0.dropFirst(2).prefix(3)) }
             XCTAssertEqual(answers, statuses, text)
         }
