@@ -128,6 +128,10 @@ enum MemcachedLineParser {
 
         /// The reply for a key over the limit, nil when every key is within it.
         func refusal(_ limits: MemcachedLimits) -> MemcachedCommand? {
+            // No key can be longer than the keys' part of the line: with the default limits
+            // (a line of 8,192 bytes, a key of as many) never, and the keys are not walked
+            // twice (a tenth of a 10-key `get`'s own instructions went here).
+            guard line.count - keysFrom > limits.maxKeyBytes else { return nil }
             var first = 0
             forEachKey { if first == 0 && $0.count > limits.maxKeyBytes { first = $0.count } }
             guard first > 0 else { return nil }
