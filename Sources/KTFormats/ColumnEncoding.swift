@@ -29,6 +29,15 @@ public enum KTColumnEncoding: UInt8, Sendable, CaseIterable {
         }
     }
 
+    /// The most bytes `bytes` can take in a reply, whichever encoding (or none) its reply
+    /// gets: for holding a reply's bytes before its encoding is known (`KTTSV`'s choice looks
+    /// at each column's first 255 bytes only, so a long value can be written URL-encoded at
+    /// three times its size).
+    public static func mostEncodedCount(_ bytes: UnsafeRawBufferPointer) -> Int {
+        // (A reply is written as it is, base64 or URL-encoded: `EncodingEstimate.encoding`.)
+        max(bytes.count, url.encodedCount(bytes), base64.encodedCount(bytes))
+    }
+
     /// How many bytes `bytes` take encoded.
     public func encodedCount(_ bytes: UnsafeRawBufferPointer) -> Int {
         switch self {

@@ -875,7 +875,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             case .broken: broken = true; return false
             case .blocked: return false
             case .done:
-                memory?.release(held)
+                if held > 0 { memory?.release(held) }
                 held = 0
                 return true
             }

@@ -89,12 +89,16 @@ final class KTHTTPSession: Sendable {
                     // A large value is held against the reply budget before it is built
                     // (`held`: `out`'s hold, handed on to its writer); one the budget has no
                     // room for now is refused unbuilt.
-                    if kind != .restHead && record.value.count >= ReplyMemory.largeReply {
-                        guard replyMemory.tryHold(record.value.count) else {
-                            refused = record.value.count
+                    // `/rpc/get`'s body is the value's column encoded (up to three times
+                    // its size): its size as written is held.
+                    let body = kind == .rpcGet && record.value.count >= ReplyMemory.largeReply / 3
+                        ? Self.valueReplyCount(record.value) : record.value.count
+                    if kind != .restHead && body >= ReplyMemory.largeReply {
+                        guard replyMemory.tryHold(body) else {
+                            refused = body
                             return false
                         }
-                        held += record.value.count
+                        held += body
                     }
                     switch kind {
                     case .restGet:
@@ -123,6 +127,15 @@ final class KTHTTPSession: Sendable {
     /// `/rpc/get`'s reply of a record without an expiry, as `KTTSV.reply` makes it of
     /// `["value": value]`, written in place: `value<TAB>VALUE<LF>`, both columns encoded
     /// when KT would.
+    /// The body `writeValueReply` writes for `value`, in bytes.
+    static func valueReplyCount(_ value: UnsafeRawBufferPointer) -> Int {
+        var estimate = KTTSV.EncodingEstimate()
+        valueName.withUnsafeBytes { estimate.account($0) }
+        estimate.account(value)
+        guard let encoding = estimate.encoding else { return valueName.count + value.count + 2 }
+        return valueName.withUnsafeBytes { encoding.encodedCount($0) } + encoding.encodedCount(value) + 2
+    }
+
     static func writeValueReply(_ value: UnsafeRawBufferPointer, into out: inout ByteBuffer,
                                 head: (inout ByteBuffer, Int, String?) -> Void) {
         var estimate = KTTSV.EncodingEstimate()

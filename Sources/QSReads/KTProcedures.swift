@@ -97,7 +97,10 @@ struct KTProcedures: Sendable {
                     // the value is kept: many large values named in one small request were
                     // all gathered (and encoded) before the budget was asked, and requests
                     // gathering at once each saw none of the others'.
-                    let n = k.count + record.value.count + 2
+                    // (As many bytes as its key and value can take encoded: the reply's
+                    // encoding is known only once every value is in.)
+                    let n = k.withUnsafeBytes { KTColumnEncoding.mostEncodedCount($0) }
+                        + record.value.withUnsafeBytes { KTColumnEncoding.mostEncodedCount($0) } + 2
                     if let limit = inlineReplyLimit, reply.bytes + n > limit { throw KTReplyNotInline() }
                     guard reply.add(n) else { throw KTReplyTooLarge(bytes: reply.bytes + n, kind: name) }
                     out[k] = record.value

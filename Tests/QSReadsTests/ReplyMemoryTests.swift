@@ -212,6 +212,45 @@ final class ReplyMemoryTests: XCTestCase {
         }
     }
 
+    /// `/rpc/get` and `/rpc/get_bulk` write a value column-encoded, URL-encoding chosen from its
+    /// first 255 bytes: a value that starts plain and goes on in bytes URL escapes is written at
+    /// three times its size. What is held (before it is built) is the reply as written, not the
+    /// value: a second such reply that the value's size would have let in is refused. (Before,
+    /// the value's size was held and the writer took the rest unchecked: 1.13× the budget with
+    /// one such reply waiting, limit + 2 × the largest value in turn.)
+    func testEncodedRepliesAreHeldAtTheSizeTheyAreWritten() async throws {
+        let raw = Self.hugeBytes / 3
+        let value = [UInt8](repeating: UInt8(ascii: "a"), count: 255) + [UInt8](repeating: 0xFF, count: raw - 255)
+        let written = 6 + 255 + 3 * (raw - 255) + 1
+        for threads in ["2", "0"] {
+            node = try RootNode(data: tmp.appendingPathComponent("data-\(threads)"), logDir: tmp,
+                                extraArgs: ["--kt-http", "127.0.0.1:0", "--kt-http-threads", threads,
+                                            "--read-reply-memory", "\(3 * (Self.hugeBytes >> 10) / 2)KiB"])
+            let client = try await QSClient.connect(host: "127.0.0.1", port: node.port)
+            _ = try await client.write([.set(key: Array("enc".utf8), value: value, expiry: nil)], sourceID: "t")
+            await client.close()
+            let kt = try node.daemon.port("kt-http")
+            let first = try unread(port: kt, "GET /rpc/get?key=enc HTTP/1.1\r\n\r\n")
+            var firstOpen = true
+            defer { if firstOpen { close(first) } }
+            try await waitFor("the first reply held at its written size (threads \(threads))", timeout: .seconds(20)) {
+                held() >= Double(written)
+            }
+            for request in ["GET /rpc/get?key=enc HTTP/1.1\r\nConnection: close\r\n\r\n",
+                            "GET /rpc/get_bulk?_enc= HTTP/1.1\r\nConnection: close\r\n\r\n"] {
+                let reply = String(decoding: RawSocket.exchange(port: kt, Array(request.utf8)).prefix(40), as: UTF8.self)
+                XCTAssertTrue(reply.hasPrefix("HTTP/1.1 503"), "threads \(threads), \(request): \(reply)")
+            }
+            XCTAssertLessThanOrEqual(held(), Double(3 * Self.hugeBytes / 2), "threads \(threads)")
+            XCTAssertEqual(node.metric("qs_read_reply_memory_refusals_total{interface=\"kt_http\"}"), 2, "threads \(threads)")
+            // (Closed first: a stop writes what a connection is owed, within its timeout.)
+            close(first)
+            firstOpen = false
+            _ = try node.daemon.stop()
+            node = nil
+        }
+    }
+
     /// KT binary's replies are written from a task: held until the socket takes them, and a
     /// get_bulk past the budget gets KT's error reply and the connection closes, as KT's.
     /// Many values under 64 KiB in one memcached get make a large reply too.
