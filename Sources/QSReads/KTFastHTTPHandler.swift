@@ -64,7 +64,7 @@ final class KTFastHTTPHandler: ChannelDuplexHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         session.metrics.closed()
         // Replies answered and never written (the connection ended first): their hold goes.
-        session.replyMemory.change(from: outHeld, to: 0)
+        session.replyMemory.release(outHeld)
         outHeld = 0
     }
 

@@ -41,9 +41,8 @@ final class KTHTTPHandler: ChannelInboundHandler {
     private var waiting: HTTPRequestHead?
     /// A request is being answered (from its whole arrival until its response is written).
     private var answering = false
-    /// The client sent its end: the request being answered is the last, then it closes.
-    private var inputEnded = false
-    /// `inputEnded`, and whether the drain reached the connection (told by
+    /// Whether the client sent its end (the request being answered is then the last), and
+    /// whether the drain reached the connection (told by
     /// `KTFastHTTPHandler`: NIO's pipeline handler keeps the event; it closes the connection
     /// after the request in flight, and a parse error's 400 is no longer written), for the
     /// work off the loops (`abandoned`).
@@ -232,7 +231,7 @@ final class KTHTTPHandler: ChannelInboundHandler {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Length", value: String(length))
         if let type { headers.add(name: "Content-Type", value: type) }
-        let keepAlive = h.isKeepAlive && !inputEnded
+        let keepAlive = h.isKeepAlive && !ends.inputEnded.load(ordering: .relaxed)
         if !keepAlive { headers.add(name: "Connection", value: "close") }
         send(context, HTTPResponseHead(version: h.version, status: .ok, headers: headers),
              body: body.readableBytes > 0 ? body : nil, held: held, keepAlive: keepAlive)
@@ -240,7 +239,7 @@ final class KTHTTPHandler: ChannelInboundHandler {
     }
 
     private func respond(_ context: ChannelHandlerContext, _ r: KTReply, to h: HTTPRequestHead, keepAlive: Bool) {
-        let keepAlive = keepAlive && !inputEnded
+        let keepAlive = keepAlive && !ends.inputEnded.load(ordering: .relaxed)
         session.account(r, peer: peer, uri: { h.uri })
         let r = session.fitted(r, isHead: h.method == .HEAD, peer: peer)
         let body = h.method != .HEAD && r.body.readableBytes > 0 ? r.body : nil
@@ -272,7 +271,6 @@ final class KTHTTPHandler: ChannelInboundHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
             // (NIO's pipeline handler passes it on after the requests that came before it.)
-            inputEnded = true
             ends.inputEnded.store(true, ordering: .relaxed)
             if !answering && waiting == nil { context.close(promise: nil) }
             return

@@ -147,7 +147,7 @@ final class MemcachedHandler: ChannelDuplexHandler {
         watch.removed()
         session.metrics.closed()
         // Replies answered and never written (the connection ended first): their hold goes.
-        session.config.replyMemory.change(from: outHeld, to: 0)
+        session.config.replyMemory.release(outHeld)
         outHeld = 0
     }
 
