@@ -218,10 +218,10 @@ extension KTHTTPSession {
     func answer(_ request: KTFastRequest, in bytes: UnsafeRawBufferPointer, slot: ReadSlot, peer: String,
                 into out: inout ByteBuffer, held: inout Int) {
         let target = UnsafeRawBufferPointer(rebasing: bytes[request.target])
-        let minor = request.minorVersion, keepAlive = request.keepAlive
+        let keepAlive = request.keepAlive
         var refused = 0
         if let counter = answerInPlace(request.kind, target: target, slot: slot, into: &out, held: &held, refused: &refused, head: { out, length, type in
-            KTHTTPSession.writeOKHead(minorVersion: minor, keepAlive: keepAlive, contentLength: length, contentType: type, into: &out)
+            KTHTTPSession.writeOKHead(keepAlive: keepAlive, contentLength: length, contentType: type, into: &out)
         }) {
             counter.increment()
             return
@@ -230,7 +230,7 @@ extension KTHTTPSession {
             // Refused unbuilt: the budget's 503, not the general path's whole reply.
             let r = memoryRefusal(kind: KTHTTPSession.kindName(request.kind), bytes: refused, peer: peer)
             account(r, peer: peer, uri: { String(decoding: target, as: UTF8.self) })
-            KTHTTPSession.write(r, minorVersion: minor, isHead: false, keepAlive: keepAlive, into: &out)
+            KTHTTPSession.write(r, isHead: false, keepAlive: keepAlive, into: &out)
             return
         }
         let isHead = request.kind == .restHead
@@ -244,7 +244,7 @@ extension KTHTTPSession {
         }
         account(r, peer: peer, uri: { String(decoding: uri, as: UTF8.self) })
         let reply = fitted(r, isHead: isHead, peer: peer)
-        KTHTTPSession.write(reply, minorVersion: minor, isHead: isHead, keepAlive: keepAlive, into: &out)
+        KTHTTPSession.write(reply, isHead: isHead, keepAlive: keepAlive, into: &out)
         // Its body now in `out`, the reply's hold is `out`'s (none for a HEAD: no body).
         held += reply.held
     }

@@ -233,7 +233,7 @@ final class KTHTTPHandler: ChannelInboundHandler {
         if let type { headers.add(name: "Content-Type", value: type) }
         let keepAlive = h.isKeepAlive && !ends.inputEnded.load(ordering: .relaxed)
         if !keepAlive { headers.add(name: "Connection", value: "close") }
-        send(context, HTTPResponseHead(version: h.version, status: .ok, headers: headers),
+        send(context, HTTPResponseHead(version: .http1_1, status: .ok, headers: headers),
              body: body.readableBytes > 0 ? body : nil, held: held, keepAlive: keepAlive)
         return true
     }

@@ -284,9 +284,12 @@ final class KTHTTPSession: Sendable {
         }
     }
 
-    /// The response's head: KT's status line and headers.
+    /// The response's head: KT's status line and headers. The status line says `HTTP/1.1`
+    /// whatever the request's version, as ktserver writes it (kthttp.h's `send_result`), and
+    /// as RFC 9110 §6.2 asks (a server sends its own version); an HTTP/1.0 request is still
+    /// answered with `Connection: close` unless it asked for keep-alive.
     static func responseHead(_ r: KTReply, for head: HTTPRequestHead, keepAlive: Bool) -> HTTPResponseHead {
-        HTTPResponseHead(version: head.version, status: status(r),
+        HTTPResponseHead(version: .http1_1, status: status(r),
                          headers: HTTPHeaders(responseHeaders(r, isHead: head.method == .HEAD, keepAlive: keepAlive)))
     }
 
@@ -306,9 +309,9 @@ final class KTHTTPSession: Sendable {
 
     /// The whole response (for the fast path), in the bytes NIO's `HTTPResponseEncoder`
     /// writes for `responseHead` and the body.
-    static func write(_ r: KTReply, minorVersion: UInt8, isHead: Bool, keepAlive: Bool, into out: inout ByteBuffer) {
+    static func write(_ r: KTReply, isHead: Bool, keepAlive: Bool, into out: inout ByteBuffer) {
         let status = status(r)
-        out.writeStaticString(minorVersion == 0 ? "HTTP/1.0 " : "HTTP/1.1 ")
+        out.writeStaticString("HTTP/1.1 ")
         out.writeDecimal(UInt64(status.code))
         out.writeInteger(UInt8(ascii: " "))
         out.writeString(status.reasonPhrase)
@@ -324,9 +327,8 @@ final class KTHTTPSession: Sendable {
     }
 
     /// The head of an in-place 200 reply (for the fast path), as `write` would make it.
-    static func writeOKHead(minorVersion: UInt8, keepAlive: Bool, contentLength: Int, contentType: String?,
-                            into out: inout ByteBuffer) {
-        out.writeStaticString(minorVersion == 0 ? "HTTP/1.0 200 OK\r\nContent-Length: " : "HTTP/1.1 200 OK\r\nContent-Length: ")
+    static func writeOKHead(keepAlive: Bool, contentLength: Int, contentType: String?, into out: inout ByteBuffer) {
+        out.writeStaticString("HTTP/1.1 200 OK\r\nContent-Length: ")
         out.writeDecimal(UInt64(contentLength))
         if let contentType {
             out.writeStaticString("\r\nContent-Type: ")

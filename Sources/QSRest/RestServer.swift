@@ -393,7 +393,7 @@ struct RequestHandler: Sendable {
         for (n, v) in r.headers { headers.add(name: n, value: v) }
         if !keepAlive { headers.add(name: "Connection", value: "close") }
         let status = HTTPResponseStatus(statusCode: r.status, reasonPhrase: KTHTTPStatus.reason(r.status))
-        var parts: [HTTPServerResponsePart] = [.head(HTTPResponseHead(version: head.version, status: status, headers: headers))]
+        var parts: [HTTPServerResponsePart] = [.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))]
         if !r.body.isEmpty { parts.append(.body(.byteBuffer(ByteBuffer(bytes: r.body)))) }
         parts.append(.end(nil))
         // One hop to the event loop: a graceful stop comes before the whole answer or after

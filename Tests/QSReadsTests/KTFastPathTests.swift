@@ -240,8 +240,8 @@ final class KTFastPathTests: XCTestCase {
             XCTAssertTrue(fast[15].contains("colenc="), fast[15])
             XCTAssertTrue(fast[17].hasPrefix("HTTP/1.1 450 Logical Inconsistency\r\n"), fast[17])
             XCTAssertTrue(fast[21].hasPrefix("HTTP/1.1 400 Bad Request\r\n"), fast[21])
-            XCTAssertTrue(fast[23].hasPrefix("HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n"), fast[23])
-            XCTAssertEqual(fast.last, "HTTP/1.0 200 OK\r\nContent-Length: 12\r\nContent-Type: text/tab-separated-values\r\nConnection: close\r\n\r\nvalue\tfirst\n")
+            XCTAssertTrue(fast[23].hasPrefix("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"), fast[23])
+            XCTAssertEqual(fast.last, "HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: text/tab-separated-values\r\nConnection: close\r\n\r\nvalue\tfirst\n")
             if databases == .single {
                 XCTAssertTrue(fast[10].hasPrefix("HTTP/1.1 400 "), "no database 1 here: \(fast[10])")
             } else {

@@ -66,10 +66,10 @@ final class KTThreadsTests: XCTestCase {
             let port = try await start(threads: threads)
             for round in 0..<5 {
                 for (request, reply) in [
-                    ("GET /k1 HTTP/1.0\r\n\r\n", "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nv1"),
-                    ("GET /rpc/void HTTP/1.0\r\n\r\n", "HTTP/1.0 200 OK\r\nContent-Length: 0\r\nContent-Type: text/tab-separated-values\r\n\r\n"),
+                    ("GET /k1 HTTP/1.0\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nv1"),
+                    ("GET /rpc/void HTTP/1.0\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nContent-Type: text/tab-separated-values\r\n\r\n"),
                     (Self.slow, Self.slowReply),
-                    ("GET /rpc/match_prefix?prefix=k HTTP/1.0\r\n\r\n", "HTTP/1.0 200 OK\r\nContent-Length: 12\r\nContent-Type: text/tab-separated-values\r\n\r\n_k1\t0\nnum\t1\n"),
+                    ("GET /rpc/match_prefix?prefix=k HTTP/1.0\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: text/tab-separated-values\r\n\r\n_k1\t0\nnum\t1\n"),
                     (Self.get + Self.slow + Self.get, Self.getReply + Self.slowReply + Self.getReply),
                 ] {
                     // (Whether a reply says `Connection: close` depends on whether the

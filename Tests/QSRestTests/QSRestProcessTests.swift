@@ -224,6 +224,7 @@ final class QSRestProcessTests: XCTestCase {
             let text = Self.readUntilClosed(fd, within: .seconds(20)).text
             let answers = text.components(separatedBy: "HTTP/1.").dropFirst().map { String($0.dropFirst(2).prefix(3)) }
             XCTAssertEqual(answers, statuses, text)
+            XCTAssertTrue(text.hasPrefix("HTTP/1.1 "), "ktserver's status line says HTTP/1.1 whatever the request's: \(text)")
         }
         let client = try await QSClient.connect(host: "127.0.0.1", port: root.port)
         for (key, value) in [("dns/h1", "one"), ("dns/h2", "two"), ("dns/h3", "three")] {
