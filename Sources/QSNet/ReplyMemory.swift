@@ -104,7 +104,7 @@ public struct GatheredReply: Sendable {
 
 extension ChannelHandlerContext {
     /// Writes and flushes the replies gathered in `out` (and closes the channel after them,
-    /// `thenClose`), then starts `out` over; false when there was nothing to do. `held`:
+    /// `thenClose`, lingering: `LingeringClose`), then starts `out` over; false when there was nothing to do. `held`:
     /// what `out`'s replies took of `memory` as they were built (`ReplyMemory.tryHold…`),
     /// handed on to the write and 0 after. Without a close there is no promise unless the
     /// write is large: then `memory` holds its bytes until the socket has taken them.
@@ -121,11 +121,10 @@ extension ChannelHandlerContext {
         if large || held > 0 { memory.change(from: held, to: large ? bytes : 0) }
         held = 0
         if large || thenClose {
-            let channel = self.channel
-            writeAndFlush(NIOAny(out)).whenComplete { _ in
-                if large { memory.release(bytes) }
-                if thenClose { channel.close(promise: nil) }
-            }
+            // (With nothing to write, an empty write still completes after the writes before it.)
+            let written = writeAndFlush(NIOAny(out))
+            if large { written.whenComplete { _ in memory.release(bytes) } }
+            if thenClose { LingeringClose.close(self, after: written) }
         } else {
             writeAndFlush(NIOAny(out), promise: nil)
         }

@@ -321,6 +321,9 @@ final class ThreadedConnection<P: ThreadedProtocol>: @unchecked Sendable {
     var lastWrite: NIODeadline
     /// Close once `pendingOut` is written (`quit`, a line too long).
     var closeAfterWrite = false
+    /// Lingering until then at most (`LingeringClose`): answered for the last time, its
+    /// output shut, what the peer still sends read and dropped until its end.
+    var lingerEnds: NIODeadline?
     /// Whole requests in `input` not answered yet: answering stopped at a reply the socket
     /// did not take (`Answering.paused`); they are answered before anything more is read.
     var unanswered = false
@@ -535,13 +538,21 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                         // nothing, not one whose answers took long here before, and this
                         // thread not yet `inlineBudget` into this batch: answered here
                         // (`ThreadedServing.inlineAfter`); else a worker takes it.
-                        let inline = !c.heavy && now - batchStart < serving.inlineBudget
+                        let inline = c.lingerEnds == nil && !c.heavy && now - batchStart < serving.inlineBudget
                             && (serving.inlineAfter.map { c.pendingOut == nil && !c.unanswered && now - c.lastRead >= $0 } ?? false)
                         if inline { state.active[c.fd] = c }
                         return (c, inline)
                     }
                     guard let (c, inline) = taken else { continue }
-                    if inline {
+                    if c.lingerEnds != nil {
+                        // Lingering: what came is dropped here; it closes at the peer's end.
+                        if discardUnread(c.fd) {
+                            closeAndFinish(c, reason: nil)
+                        } else {
+                            c.lastRead = now
+                            park(c, onEpollThread: true)
+                        }
+                    } else if inline {
                         let w = inlineWorker ?? (proto.makeWorker(), ThreadedWorker(thread: pthread_self()))
                         inlineWorker = w
                         serve(c, worker: w.worker, me: w.me, out: &inlineOut, wait: false)
@@ -553,7 +564,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             }
             if waiting.load(ordering: .relaxed) > 0 { interruptQuietest() }
             let now = NIODeadline.now()
-            if timeout.nanoseconds > 0 && now - lastSweep >= .milliseconds(500) {
+            if now - lastSweep >= .milliseconds(500) {
                 lastSweep = now
                 sweep(now)
             }
@@ -656,12 +667,19 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         }
     }
 
-    /// Closes parked connections past the idle timeout (or with a request not whole within it).
+    /// Closes parked connections past the idle timeout (or with a request not whole within
+    /// it), and lingering ones past theirs.
     private func sweep(_ now: NIODeadline) {
-        let expired = lock.withLock { () -> [(Conn, CloseReason)] in
-            var out = [(Conn, CloseReason)]()
+        let expired = lock.withLock { () -> [(Conn, CloseReason?)] in
+            var out = [(Conn, CloseReason?)]()
             for (fd, c) in state.parked {
-                if c.pendingOut != nil {
+                if let ends = c.lingerEnds {
+                    // Lingering (`LingeringClose`): ends at its deadline or the peer's quiet.
+                    guard now >= ends || now - c.lastRead >= LingeringClose.idle else { continue }
+                    out.append((c, nil))
+                } else if timeout.nanoseconds <= 0 {
+                    continue
+                } else if c.pendingOut != nil {
                     guard now - c.lastWrite >= timeout else { continue }
                     out.append((c, .writeTimeout))
                 } else if let since = c.partialSince, now - since >= timeout {
@@ -778,6 +796,9 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         case park
         case parkForWrite
         case close(CloseReason?)
+        /// Answered for the last time (the protocol closes it: `quit`, a line too long):
+        /// closed lingering, as `LingeringClose` closes a channel.
+        case linger
         /// To the event loops, with the replies the socket did not take yet and when the
         /// request left began (nil: in this read).
         case handOver(owed: ByteBuffer, held: Int, since: NIODeadline?)
@@ -811,6 +832,19 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             case let .close(reason)?:
                 lock.withLock { _ = state.active.removeValue(forKey: c.fd) }
                 closeAndFinish(c, reason: reason)
+                return
+            case .linger?:
+                // Its output shut after the last answer (written: the socket took it all);
+                // what the peer still sends is dropped on the epoll thread until its end.
+                shutdown(c.fd, Int32(SHUT_WR))
+                if discardUnread(c.fd) {
+                    lock.withLock { _ = state.active.removeValue(forKey: c.fd) }
+                    closeAndFinish(c, reason: nil)
+                } else {
+                    c.lastRead = .now()
+                    c.lingerEnds = c.lastRead + LingeringClose.most
+                    park(c, onEpollThread: onEpollThread)
+                }
                 return
             case let .handOver(owed, held, since)?:
                 handOver(c, owed: owed, held: held, since: since, onEpollThread: onEpollThread)
@@ -938,7 +972,8 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         }
         // A reply buffer grown large is not kept for the thread's life.
         if out.capacity > Self.keptOutputBytes { out = ByteBufferAllocator().buffer(capacity: 4096) }
-        if !open || draining { return .close(nil) }
+        if draining { return .close(nil) }
+        if !open { return .linger }
         if c.unanswered { return nil }
         if timeout.nanoseconds > 0, let since = c.partialSince, c.lastRead - since >= timeout { return .close(.requestTimeout) }
         // Others wait for a thread and none is free: this one goes to the back.
@@ -970,7 +1005,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
             return .parkForWrite
         case .done:
             c.pendingOut = nil
-            return c.closeAfterWrite ? .close(nil) : nil
+            return c.closeAfterWrite ? .linger : nil
         }
     }
 
@@ -1103,15 +1138,19 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
     /// Reads and drops what the peer sent and nobody will read (a request after a `quit`, the
     /// rest of a line too long), at most 256 KiB and without waiting: closed with unread bytes,
     /// the socket would answer with a reset, and the peer could lose the reply it has not
-    /// read yet; emptied, it ends with a FIN after the reply, as on the event loops.
-    private func discardUnread(_ fd: Int32) {
+    /// read yet; emptied, it ends with a FIN after the reply, as on the event loops. True
+    /// when the peer's end (or an error) came: nothing more will.
+    @discardableResult
+    private func discardUnread(_ fd: Int32) -> Bool {
         withUnsafeTemporaryAllocation(byteCount: 16 << 10, alignment: 1) { scratch in
             var total = 0
             while total < 256 << 10 {
                 let n = recv(fd, scratch.baseAddress, scratch.count, Int32(MSG_DONTWAIT))
-                if n <= 0 { break }
+                if n == 0 { return true }
+                if n < 0 { return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR }
                 total += n
             }
+            return false
         }
     }
 

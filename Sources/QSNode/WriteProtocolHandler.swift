@@ -221,15 +221,20 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     /// socket has taken it (`NodeCore.answerFrame`).
     private func reply(context: ChannelHandlerContext, _ response: Response, thenClose: Bool, reserved: Int = 0) {
         let (frame, held) = core.answerFrame(response, reserved: reserved)
-        if thenClose { closing = true }
         guard thenClose || held > 0 else {
             context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
             return
         }
-        let memory = core.replyMemory
-        context.writeAndFlush(wrapOutboundOut(frame)).assumeIsolated().whenComplete { _ in
-            if held > 0 { memory.release(held) }
-            if thenClose { context.close(promise: nil) }
+        let written = context.writeAndFlush(wrapOutboundOut(frame))
+        if held > 0 {
+            let memory = core.replyMemory
+            written.whenComplete { _ in memory.release(held) }
+        }
+        if thenClose {
+            closing = true
+            // A peer still sending (a frame over the limit, the rest of a refused one) reads
+            // the refusal and then its end, not a reset.
+            LingeringClose.close(context, after: written)
         }
     }
 

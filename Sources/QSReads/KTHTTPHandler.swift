@@ -264,7 +264,7 @@ final class KTHTTPHandler: ChannelInboundHandler {
         if keepAlive {
             context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
         } else {
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            LingeringClose.close(context, after: context.writeAndFlush(wrapOutboundOut(.end(nil))))
         }
     }
 
@@ -295,7 +295,7 @@ final class KTHTTPHandler: ChannelInboundHandler {
             // socket had not taken yet would be lost.
             let headers = HTTPHeaders([("Connection", "close"), ("Content-Length", "0")])
             context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .badRequest, headers: headers))), promise: nil)
-            context.writeAndFlush(wrapOutboundOut(.end(nil))).assumeIsolated().whenComplete { _ in context.close(promise: nil) }
+            LingeringClose.close(context, after: context.writeAndFlush(wrapOutboundOut(.end(nil))))
             return
         } else {
             session.logger.debug("KT HTTP connection ended with an error", metadata: ["peer": "\(peer)", "error": "\(error)"])

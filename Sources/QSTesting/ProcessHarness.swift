@@ -96,6 +96,51 @@ public enum Harness {
         connectTCP(host: "127.0.0.1", port: port)
     }
 
+    /// A client that writes its whole request before it reads a byte (Python's
+    /// `http.client`, most blocking clients): `head`, then `filler` bytes of `0x6B`, sent in
+    /// blocking writes; then it reads until the server's end (at most 20 s). `sendError`:
+    /// the errno a write failed with (a reset or a broken pipe: the server closed with bytes
+    /// unread), nil when every byte went.
+    public static func sendWholeThenRead(port: Int, head: [UInt8], filler: Int) -> (sendError: Int32?, reply: [UInt8]) {
+        guard let fd = connectLoopback(port: port) else { return (ECONNREFUSED, []) }
+        defer { close(fd) }
+        var tv = timeval(tv_sec: 20, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        var sendError: Int32?
+        func sendAll(_ bytes: [UInt8]) -> Bool {
+            var at = 0
+            while at < bytes.count {
+                let n = bytes[at...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else {
+                    sendError = errno
+                    return false
+                }
+                at += n
+            }
+            return true
+        }
+        if sendAll(head) {
+            let chunk = [UInt8](repeating: 0x6B, count: 64 << 10)
+            var left = filler
+            while left > 0, sendAll(Array(chunk.prefix(left))) { left -= min(left, chunk.count) }
+        }
+        return (sendError, readToEnd(fd))
+    }
+
+    /// What `fd` gives until its end (or an error, or its receive timeout).
+    public static func readToEnd(_ fd: Int32) -> [UInt8] {
+        var out = [UInt8]()
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        return out
+    }
+
     /// A socket connected to `host` (an IPv4 address):`port`, nil when nothing accepts there.
     /// The caller closes it.
     public static func connectTCP(host: String, port: Int) -> Int32? {

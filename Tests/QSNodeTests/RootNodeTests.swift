@@ -30,19 +30,24 @@ final class RootNodeTests: XCTestCase {
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         shutdown(fd, Int32(SHUT_WR))
-        var out = [UInt8]()
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n <= 0 { break }
-            out += buf[0..<n]
-        }
-        return out
+        return Harness.readToEnd(fd)
     }
 
     func errorCode(in reply: [UInt8]) -> UInt16? {
         guard reply.count >= 7, reply[4] == 0xEF else { return nil }
         return UInt16(reply[5]) << 8 | UInt16(reply[6])
+    }
+
+    /// A peer that writes a whole frame over the limit (24 MiB of it) before it reads gets the
+    /// refusal that says why: the node reads and drops the rest after answering, its output
+    /// shut, until the peer's end (`LingeringClose`). Closed at once, the bytes still coming
+    /// were answered with a reset and the peer's write failed before it read a byte.
+    func testAPeerThatWritesAWholeFrameOverTheLimitBeforeReadingGetsTheRefusal() async throws {
+        let node = try RootNode(data: tmp.appendingPathComponent("data"), logDir: tmp)
+        let (sendError, reply) = Harness.sendWholeThenRead(port: node.port, head: [0x7F, 0x00, 0x00, 0x00, 0x01], filler: 24 << 20)
+        XCTAssertNil(sendError.map { String(cString: strerror($0)) }, "the peer's write failed")
+        XCTAssertEqual(errorCode(in: reply), ErrorCode.frameTooLarge.rawValue, "\(reply.prefix(100))")
+        XCTAssertTrue(String(decoding: reply, as: UTF8.self).contains("exceeds the limit"), "\(reply.prefix(100))")
     }
 
     func testGarbageGetsAnErrorAndTheNodeKeepsServingOthers() async throws {

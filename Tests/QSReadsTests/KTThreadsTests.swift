@@ -90,6 +90,24 @@ final class KTThreadsTests: XCTestCase {
         }
     }
 
+    /// A client that writes its whole request before it reads (Python's `http.client`) gets
+    /// the 413 for a body over the limit (40 MiB declared, 32 MiB the most), whether the
+    /// connection began on a reader thread or on the event loops: the node reads and drops
+    /// the body after answering, its output shut, until the client's end (`LingeringClose`).
+    /// Closed at once, the body still coming was answered with a reset, and the client's
+    /// write failed ("connection reset by peer") 4 MB in, the 413 unread.
+    func testAClientThatWritesABodyOverTheLimitBeforeReadingGetsThe413() async throws {
+        for threads in [2, 0] {
+            let port = try await start(threads: threads)
+            let head = Array("POST /rpc/get_bulk HTTP/1.1\r\nContent-Length: \(40 << 20)\r\n\r\n".utf8)
+            let (sendError, reply) = Harness.sendWholeThenRead(port: port, head: head, filler: 40 << 20)
+            XCTAssertNil(sendError.map { String(cString: strerror($0)) }, "threads \(threads): the client's write failed")
+            let response = RawHTTPResponse(reply)
+            XCTAssertEqual(response?.status, 413, "threads \(threads): \(String(decoding: reply.prefix(200), as: UTF8.self))")
+            XCTAssertEqual(response?.headers["connection"], "close", "threads \(threads)")
+        }
+    }
+
     /// A fast request on a thread, then one handed over, then fast ones again on the event
     /// loops: all answered, and the connection is counted once throughout.
     func testAConnectionMovesToTheEventLoopsAndIsCountedOnce() async throws {

@@ -274,6 +274,22 @@ final class MemcachedThreadsTests: XCTestCase {
         XCTAssertEqual(client.readToEOF(), "CLIENT_ERROR line too long\r\n")
     }
 
+    /// A client that writes a whole line too long (24 MiB) before it reads gets the refusal,
+    /// on the threads and on the event loops: the node reads and drops the rest of the line
+    /// after answering, its output shut, until the client's end (`LingeringClose`). Closed
+    /// at once, the bytes still coming were answered with a reset: the client's write failed
+    /// ("connection reset by peer") 3–4 MB in, before it read the answer.
+    func testAClientThatWritesAWholeLineTooLongBeforeReadingGetsTheRefusal() async throws {
+        for threads in [2, 0] {
+            let port = try await server(threads: threads)
+            let (sendError, reply) = Harness.sendWholeThenRead(port: port, head: Array("get ".utf8), filler: 24 << 20)
+            XCTAssertNil(sendError.map { String(cString: strerror($0)) }, "threads \(threads): the client's write failed")
+            XCTAssertEqual(String(decoding: reply, as: UTF8.self), "CLIENT_ERROR line too long\r\n", "threads \(threads)")
+            try await running?.stop()
+            running = nil
+        }
+    }
+
     /// A binary-protocol request (magic 0x80, no newline to wait for) is answered and closed
     /// at once, on the threads and on the event loops alike: its client waited for its own
     /// timeout.
