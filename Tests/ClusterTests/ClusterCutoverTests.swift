@@ -38,6 +38,22 @@ final class ClusterCutoverTests: XCTestCase {
         return s["write_role"] as? String
     }
 
+    /// Every member says `role`: the one the change went through at once (a member answers
+    /// a role change once it has applied it), the others once they have applied it from
+    /// etcd's watch (docs/ha.md: a member's status may show the old role for that moment).
+    func assertRoles(_ members: [QSClient], _ role: String, changedThrough: Int, file: StaticString = #filePath, line: UInt = #line) async {
+        for (i, c) in members.enumerated() {
+            if i == changedThrough {
+                let now = await writeRole(c)
+                XCTAssertEqual(now, role, "member \(i), the role changed through it", file: file, line: line)
+            } else {
+                let applied = await Harness.eventually(timeout: .seconds(10)) { await self.writeRole(c) == role }
+                let now = await writeRole(c)
+                XCTAssertTrue(applied, "member \(i) says \(now ?? "nothing"), not \(role), 10 s on", file: file, line: line)
+            }
+        }
+    }
+
     /// Writes position `p` of source "app" (expecting `p - 1`) and returns where the source
     /// stands after it. A batch whose outcome is unknown (etcd did not answer in time, say,
     /// on a loaded machine) is resolved through the checkpoint, as a bridge resolves it, and
@@ -126,10 +142,7 @@ final class ClusterCutoverTests: XCTestCase {
         // 2. Cut-over: L demoted, the cluster promoted (through member 0); member 1 says so too.
         let cut = try qsctl(["cutover", "--from", legacy.address, "--to", addresses[0], "--timeout", "20s"])
         XCTAssertEqual(cut.status, 0, cut.out)
-        for c in mc {
-            let role = await writeRole(c)
-            XCTAssertEqual(role, "promoted")
-        }
+        await assertRoles(mc, "promoted", changedThrough: 0)
         // The mirror bridge into the cluster stops by itself ("this root was promoted").
         XCTAssertTrue(Harness.waitUntil(timeout: .seconds(10)) { !toCluster.isRunning }, "mirror into the promoted cluster still runs: \(toCluster.log.suffix(2000))")
 
@@ -164,10 +177,7 @@ final class ClusterCutoverTests: XCTestCase {
         if back.status != 0 { onward.cancel() }
         let (last, stoppedBy) = await onward.value
         XCTAssertTrue(stoppedBy.contains("not-writable"), "the writer through member 0 stopped with: \(stoppedBy)")
-        for c in mc {
-            let role = await writeRole(c)
-            XCTAssertEqual(role, "mirror")
-        }
+        await assertRoles(mc, "mirror", changedThrough: 1)
         XCTAssertTrue(Harness.waitUntil(timeout: .seconds(10)) { !toLegacy.isRunning }, "mirror into the promoted L still runs")
         let legacyCP = try await lc.checkpoint(sourceID: "app")
         XCTAssertEqual(legacyCP, last, "L holds every write the cluster acknowledged, and nothing after")
