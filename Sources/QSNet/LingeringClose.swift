@@ -48,17 +48,27 @@ public final class LingeringClose: ChannelInboundHandler, RemovableChannelHandle
     /// the event loop.
     public static func close(_ context: ChannelHandlerContext, after written: EventLoopFuture<Void>,
                              idle: TimeAmount = idle, most: TimeAmount = most) {
-        context.eventLoop.assertInEventLoop()
-        let channel = context.channel, ops = context.pipeline.syncOperations
+        close(context.channel, after: written, idle: idle, most: most)
+    }
+
+    /// As `close(_:after:)`, for a channel whose handlers do not hand out their writes'
+    /// futures (an async channel's writer): nil `written` is every write queued so far (an
+    /// empty write from the first handler, which no other handler sees, completes after them).
+    public static func close(_ channel: any Channel, after written: EventLoopFuture<Void>?,
+                             idle: TimeAmount = idle, most: TimeAmount = most) {
+        channel.eventLoop.assertInEventLoop()
+        let ops = channel.pipeline.syncOperations
         guard (try? ops.handler(type: LingeringClose.self)) == nil else { return }
         let handler = LingeringClose(idle: idle, most: most)
+        let marked: EventLoopFuture<Void>
         do {
             try ops.addHandler(handler, position: .first)
+            marked = try written ?? ops.context(handler: handler).writeAndFlush(NIOAny(ByteBuffer()))
         } catch {
             channel.close(promise: nil)
             return
         }
-        written.assumeIsolated().whenComplete { result in
+        marked.assumeIsolated().whenComplete { result in
             guard case .success = result, channel.isActive else {
                 channel.close(promise: nil)
                 return

@@ -274,7 +274,15 @@ struct RequestHandler: Sendable {
                             // owed and close the connection once it is written.
                             try await write(reply, head: p.head, keepAlive: p.keepAlive, outbound: outbound)
                             freed.yield(p.bytes)
-                            if !p.keepAlive { throw Closing() }
+                            if !p.keepAlive {
+                                // Closed lingering (`LingeringClose`): a producer still sending
+                                // (the rest of an unparsable request) reads the answer and then
+                                // its end, not a reset; the reads stop reaching `inbound`.
+                                let channel = connection.channel
+                                channel.eventLoop.execute { LingeringClose.close(channel, after: nil) }
+                                try? await channel.closeFuture.get()
+                                throw Closing()
+                            }
                         }
                     }
                     var waiting = 0, waitingBytes = 0

@@ -237,6 +237,24 @@ final class QSRestProcessTests: XCTestCase {
         XCTAssertEqual(try rest.stop(), 0)
     }
 
+    /// A producer that writes a whole unparsable request (20 MiB after a bad chunk size)
+    /// before it reads gets the 400 that says why: qsrest reads and drops the rest after
+    /// answering, its output shut, until the producer's end (`LingeringClose`). Closed at
+    /// once, the bytes still coming were answered with a reset, and the producer's write
+    /// failed 5–7 MB in. (A body over --max-body is read to its end before the 413 already.)
+    func testAProducerThatWritesAWholeUnparsableRequestBeforeReadingGetsThe400() async throws {
+        let root = try RootNode(data: tmp.appendingPathComponent("root"), logDir: tmp)
+        let (rest, port, _) = try startRest(root: root.address, acl: try writeACL())
+        let auth = "Authorization: Basic \(Data("dns:dns-token".utf8).base64EncodedString())\r\n"
+        let head = Array("PUT /dns%2Fh1 HTTP/1.1\r\n\(auth)Transfer-Encoding: chunked\r\n\r\nzz\r\n".utf8)
+        let (sendError, reply) = Harness.sendWholeThenRead(port: port, head: head, filler: 20 << 20)
+        XCTAssertNil(sendError.map { String(cString: strerror($0)) }, "the producer's write failed")
+        let text = String(decoding: reply, as: UTF8.self)
+        XCTAssertTrue(text.hasPrefix("HTTP/1.1 400 "), text)
+        XCTAssertTrue(text.contains("unparsable HTTP"), text)
+        XCTAssertEqual(try rest.stop(), 0)
+    }
+
     /// A graceful stop while increments pipelined on two connections wait for their batch:
     /// each connection answers every request it had taken, in order, only the last answer
     /// saying `Connection: close`, then closes; increments sent on it once the stop has begun
