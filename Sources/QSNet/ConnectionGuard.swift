@@ -177,7 +177,9 @@ public final class ConnectionWatch {
         arm(context, at: since + timeout)
     }
 
-    func streaming() {
+    /// Idleness and request deadlines off from now on (a stream that only sends, or a
+    /// connection closing lingering: `LingeringClose`); the write timeout stays.
+    public func streaming() {
         idleChecks = false
         pendingSince = nil
         timer?.cancel()

@@ -88,6 +88,11 @@ public final class LingeringClose: ChannelInboundHandler, RemovableChannelHandle
 
     public func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        // The linger keeps its own clocks: the guard, which no longer sees what is read,
+        // would take a peer still sending for an idle one (and count it so). Its write
+        // timeout stays, for the last answer. (memcached's handler keeps its watch itself
+        // and turns it off as it closes.)
+        IdleTimeout.remove(from: context.pipeline.syncOperations)
         // Reads from here go straight to the socket: handlers further on that hold reads
         // back (a response under way, back-pressure) no longer decide.
         context.read()

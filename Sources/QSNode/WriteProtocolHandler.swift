@@ -221,6 +221,9 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
     /// socket has taken it (`NodeCore.answerFrame`).
     private func reply(context: ChannelHandlerContext, _ response: Response, thenClose: Bool, reserved: Int = 0) {
         let (frame, held) = core.answerFrame(response, reserved: reserved)
+        // Set before the write: a write failing at once (a reset peer) fires events back into
+        // this handler, which must not start the next request queued.
+        if thenClose { closing = true }
         guard thenClose || held > 0 else {
             context.writeAndFlush(wrapOutboundOut(frame), promise: nil)
             return
@@ -231,7 +234,6 @@ final class WriteProtocolHandler: ChannelDuplexHandler {
             written.whenComplete { _ in memory.release(held) }
         }
         if thenClose {
-            closing = true
             // A peer still sending (a frame over the limit, the rest of a refused one) reads
             // the refusal and then its end, not a reset.
             LingeringClose.close(context, after: written)

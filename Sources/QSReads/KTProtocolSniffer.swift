@@ -37,6 +37,10 @@ extension KTConnection {
             // pipeline handler once it has the connection): the listener's drain is
             // handed over to them.
             RequestDrain.installed(in: ops)?.handOverToPipeline()
+            // A client's end (a half-close right after its requests) is the HTTP handlers'
+            // to act on: what came before it is answered whole, then the connection closes.
+            // (Without it NIO closed the channel at the end: a 6 MiB answer was cut at 3 MB.)
+            try channel.syncOptions?.setOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             try http(channel)
             return .http
         }

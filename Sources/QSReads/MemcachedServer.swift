@@ -268,6 +268,9 @@ final class MemcachedHandler: ChannelDuplexHandler {
     /// Writes what was answered (and closes after it, `thenClose`).
     private func writeOut(_ context: ChannelHandlerContext, thenClose: Bool = false) {
         if context.writeReplies(&out, held: &outHeld, thenClose: thenClose, memory: session.config.replyMemory) { watch.answered() }
+        // Closing lingering (`LingeringClose`): what the peer still sends is no request, and
+        // its quiet then is the linger's to time, not the idle timeout's.
+        if thenClose { watch.streaming() }
     }
 }
 
