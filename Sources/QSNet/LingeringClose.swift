@@ -86,6 +86,13 @@ public final class LingeringClose: ChannelInboundHandler, RemovableChannelHandle
         }
     }
 
+    /// Closes an async channel lingering from its task (`close(channel, after: nil)`: after
+    /// the writes queued so far) and returns once it has closed.
+    public static func closeAndWait(_ channel: any Channel) async {
+        channel.eventLoop.execute { close(channel, after: nil) }
+        try? await channel.closeFuture.get()
+    }
+
     public func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         // The linger keeps its own clocks: the guard, which no longer sees what is read,

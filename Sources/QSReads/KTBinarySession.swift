@@ -35,7 +35,9 @@ struct KTBinarySession: Sendable {
     static let scannedKeys = 1024
 
     /// `ends`: whether the client sent its end (its requests before it are answered, then
-    /// the connection closes) or the drain reached it.
+    /// the connection closes) or the drain reached it. The error reply 0xBF closes the
+    /// connection lingering (`LingeringClose`): a client still writing its request (a large
+    /// `set_bulk` sent to a read-only node) reads the error, not a reset.
     func run(_ connection: NIOAsyncChannel<KTBinaryRead, ByteBuffer>, share: KTBinaryShare, ends: KTConnectionEnds,
              peer: String, drain: RequestDrain?) async {
         let channel = connection.channel
@@ -48,6 +50,7 @@ struct KTBinarySession: Sendable {
                     case .refused(let refused):
                         refuse(refused, peer: peer)
                         try await channel.writeAndFlush(Self.errorReply)
+                        await LingeringClose.closeAndWait(channel)
                         return
                     case .overBudget(let bytes, let whole):
                         metrics.requests("bad").increment()
@@ -55,6 +58,7 @@ struct KTBinarySession: Sendable {
                                     ? "binary get_bulk: answering it would hold about \(bytes) bytes, more than the port keeps for requests (--kt-max-pending-bytes); send fewer keys a request"
                                     : "binary get_bulk: the requests on this port hold all it keeps for them now (--kt-max-pending-bytes)")
                         try await channel.writeAndFlush(Self.errorReply)
+                        await LingeringClose.closeAndWait(channel)
                         return
                     case let .getBulk(flags, count, keys, held):
                         defer { share.release(held) }
@@ -84,6 +88,7 @@ struct KTBinarySession: Sendable {
                             // gathered: they were not all read and held first.
                             metrics.refusedForMemory(logger, peer: peer, bytes: large.bytes, memory: replyMemory)
                             try await channel.writeAndFlush(Self.errorReply)
+                            await LingeringClose.closeAndWait(channel)
                             return
                         }
                         defer { reply.release() }

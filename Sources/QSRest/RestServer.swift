@@ -278,9 +278,7 @@ struct RequestHandler: Sendable {
                                 // Closed lingering (`LingeringClose`): a producer still sending
                                 // (the rest of an unparsable request) reads the answer and then
                                 // its end, not a reset; the reads stop reaching `inbound`.
-                                let channel = connection.channel
-                                channel.eventLoop.execute { LingeringClose.close(channel, after: nil) }
-                                try? await channel.closeFuture.get()
+                                await LingeringClose.closeAndWait(connection.channel)
                                 throw Closing()
                             }
                         }

@@ -115,6 +115,22 @@ final class KTThreadsTests: XCTestCase {
         }
     }
 
+    /// A KT binary client that writes a whole `set_bulk` (a write sent to a read-only node:
+    /// refused from its first five bytes) of 30 MiB before it reads gets the error reply
+    /// 0xBF, not a reset: the node drops the rest, its output shut, until the client's end.
+    func testAClientThatWritesAWholeBinaryWriteBeforeReadingGetsTheErrorReply() async throws {
+        for threads in [2, 0] {
+            let port = try await start(threads: threads)
+            // set_bulk (0xB8), flags 0, one record: db 0, key "k", a 30 MiB value, xt.
+            let value = 30 << 20
+            let head: [UInt8] = [0xB8, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1]
+                + withUnsafeBytes(of: UInt32(value).bigEndian, Array.init) + [0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF] + Array("k".utf8)
+            let (sendError, reply) = Harness.sendWholeThenRead(port: port, head: head, filler: value)
+            XCTAssertNil(sendError.map { String(cString: strerror($0)) }, "threads \(threads): the client's write failed")
+            XCTAssertEqual(reply, [0xBF], "threads \(threads)")
+        }
+    }
+
     /// A fast request on a thread, then one handed over, then fast ones again on the event
     /// loops: all answered, and the connection is counted once throughout.
     func testAConnectionMovesToTheEventLoopsAndIsCountedOnce() async throws {
