@@ -43,58 +43,69 @@ struct KTBinarySession: Sendable {
         let channel = connection.channel
         do {
             try await connection.executeThenClose { inbound, _ in
-                for try await request in inbound {
-                    drain?.begin()
-                    defer { drain?.end() }
-                    switch request {
-                    case .refused(let refused):
-                        refuse(refused, peer: peer)
-                        try await channel.writeAndFlush(Self.errorReply)
-                        await LingeringClose.closeAndWait(channel)
-                        return
-                    case .overBudget(let bytes, let whole):
-                        metrics.requests("bad").increment()
-                        metrics.bad(logger, peer: peer, reason: whole
-                                    ? "binary get_bulk: answering it would hold about \(bytes) bytes, more than the port keeps for requests (--kt-max-pending-bytes); send fewer keys a request"
-                                    : "binary get_bulk: the requests on this port hold all it keeps for them now (--kt-max-pending-bytes)")
-                        try await channel.writeAndFlush(Self.errorReply)
-                        await LingeringClose.closeAndWait(channel)
-                        return
-                    case let .getBulk(flags, count, keys, held):
-                        defer { share.release(held) }
-                        metrics.requests("bin_get_bulk").increment()
-                        // No reply asked for: nothing to read (KT answers nothing either).
-                        guard flags & KTBinaryMagic.noReplyFlag == 0 else { continue }
-                        var reply: GatheredReply
-                        let answer: [ByteBuffer]
-                        do {
-                            let keys = KTBinaryKeys(keys: keys, count: count)
-                            // Stops once its connection has closed, or its input ended while
-                            // other scans wait or the node stops (checked every 4,096 keys).
-                            let scans = self.scans
-                            let abandoned: @Sendable () -> Bool = { !channel.isActive || ends.yields(to: scans) }
-                            let read: @Sendable () async throws -> ([ByteBuffer], GatheredReply) = { [self] in
-                                if abandoned() { throw KTRequestAbandoned() }
-                                return try await store.read { txn in try gather(keys, abandoned: abandoned, txn) }
-                            }
-                            (answer, reply) = keys.keys.readableBytes >= Self.scannedBytes || count >= Self.scannedKeys
-                                ? try await scans.run(read) : try await read()
-                        } catch is KTRequestAbandoned {
-                            metrics.requests("abandoned").increment()
-                            return
-                        } catch let large as KTReplyTooLarge {
-                            // KT's error reply, after which KT closes (its clients take it as a
-                            // hard error and connect again). Found while the records were
-                            // gathered: they were not all read and held first.
-                            metrics.refusedForMemory(logger, peer: peer, bytes: large.bytes, memory: replyMemory)
+                do {
+                    for try await request in inbound {
+                        drain?.begin()
+                        defer { drain?.end() }
+                        switch request {
+                        case .refused(let refused):
+                            refuse(refused, peer: peer)
                             try await channel.writeAndFlush(Self.errorReply)
                             await LingeringClose.closeAndWait(channel)
                             return
+                        case .overBudget(let bytes, let whole):
+                            metrics.requests("bad").increment()
+                            metrics.bad(logger, peer: peer, reason: whole
+                                        ? "binary get_bulk: answering it would hold about \(bytes) bytes, more than the port keeps for requests (--kt-max-pending-bytes); send fewer keys a request"
+                                        : "binary get_bulk: the requests on this port hold all it keeps for them now (--kt-max-pending-bytes)")
+                            try await channel.writeAndFlush(Self.errorReply)
+                            await LingeringClose.closeAndWait(channel)
+                            return
+                        case let .getBulk(flags, count, keys, held):
+                            defer { share.release(held) }
+                            metrics.requests("bin_get_bulk").increment()
+                            // No reply asked for: nothing to read (KT answers nothing either).
+                            guard flags & KTBinaryMagic.noReplyFlag == 0 else { continue }
+                            var reply: GatheredReply
+                            let answer: [ByteBuffer]
+                            do {
+                                let keys = KTBinaryKeys(keys: keys, count: count)
+                                // Stops once its connection has closed, or its input ended while
+                                // other scans wait or the node stops (checked every 4,096 keys).
+                                let scans = self.scans
+                                let abandoned: @Sendable () -> Bool = { !channel.isActive || ends.yields(to: scans) }
+                                let read: @Sendable () async throws -> ([ByteBuffer], GatheredReply) = { [self] in
+                                    if abandoned() { throw KTRequestAbandoned() }
+                                    return try await store.read { txn in try gather(keys, abandoned: abandoned, txn) }
+                                }
+                                (answer, reply) = keys.keys.readableBytes >= Self.scannedBytes || count >= Self.scannedKeys
+                                    ? try await scans.run(read) : try await read()
+                            } catch is KTRequestAbandoned {
+                                metrics.requests("abandoned").increment()
+                                return
+                            } catch let large as KTReplyTooLarge {
+                                // KT's error reply, after which KT closes (its clients take it as a
+                                // hard error and connect again). Found while the records were
+                                // gathered: they were not all read and held first.
+                                metrics.refusedForMemory(logger, peer: peer, bytes: large.bytes, memory: replyMemory)
+                                try await channel.writeAndFlush(Self.errorReply)
+                                await LingeringClose.closeAndWait(channel)
+                                return
+                            }
+                            defer { reply.release() }
+                            for part in answer.dropLast() { channel.write(part, promise: nil) }
+                            try await channel.writeAndFlush(answer[answer.count - 1])
                         }
-                        defer { reply.release() }
-                        for part in answer.dropLast() { channel.write(part, promise: nil) }
-                        try await channel.writeAndFlush(answer[answer.count - 1])
                     }
+                } catch let tooLarge as ByteToMessageDecoderError.PayloadTooLargeError {
+                    // KT's error reply (ktserver takes any size: it has no words of its own for
+                    // this), then the connection closes lingering, so a client still writing
+                    // the request reads it. Counted below.
+                    if channel.isActive {
+                        try? await channel.writeAndFlush(Self.errorReply)
+                        await LingeringClose.closeAndWait(channel)
+                    }
+                    throw tooLarge
                 }
             }
         } catch let error as DecodeError {

@@ -23,12 +23,13 @@ final class KTBinaryLimitTests: XCTestCase {
         addTeardownBlock { try await running.stop() }
         let port = try await kt.listener.port()
 
-        // A get_bulk whose one key is larger than the limit, cut one byte past it: no answer,
-        // and the server closes at once (a server still waiting for the rest would keep the
-        // connection open until the socket's 10 s receive timeout).
+        // A get_bulk whose one key is larger than the limit, cut one byte past it: the error
+        // reply 0xBF, and the server ends the connection at once (its side shut: a server
+        // still waiting for the rest would keep it open until the socket's 10 s receive
+        // timeout).
         let big = KTBinaryRequest.getBulk(flags: 0, keys: [KTBinaryKey(db: 0, key: [UInt8](repeating: 0x61, count: 4096))]).encoded()
         let started = ContinuousClock.now
-        XCTAssertEqual(RawSocket.exchange(port: port, Array(big.prefix(1025))), [])
+        XCTAssertEqual(RawSocket.exchange(port: port, Array(big.prefix(1025))), [KTBinaryMagic.error])
         XCTAssertLessThan(ContinuousClock.now - started, .seconds(5), "closed by the server, not by the receive timeout")
 
         // Within the limit: answered (nothing stored), then a set_bulk is refused with 0xBF and closes.

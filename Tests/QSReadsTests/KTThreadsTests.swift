@@ -117,7 +117,8 @@ final class KTThreadsTests: XCTestCase {
 
     /// A KT binary client that writes a whole `set_bulk` (a write sent to a read-only node:
     /// refused from its first five bytes) of 30 MiB before it reads gets the error reply
-    /// 0xBF, not a reset: the node drops the rest, its output shut, until the client's end.
+    /// 0xBF, not a reset: the node drops the rest, its output shut, until the client's end;
+    /// a `get_bulk` over the connection's limit likewise.
     func testAClientThatWritesAWholeBinaryWriteBeforeReadingGetsTheErrorReply() async throws {
         for threads in [2, 0] {
             let port = try await start(threads: threads)
@@ -128,6 +129,13 @@ final class KTThreadsTests: XCTestCase {
             let (sendError, reply) = Harness.sendWholeThenRead(port: port, head: head, filler: value)
             XCTAssertNil(sendError.map { String(cString: strerror($0)) }, "threads \(threads): the client's write failed")
             XCTAssertEqual(reply, [0xBF], "threads \(threads)")
+            // A get_bulk larger than a connection holds (a 40 MiB key, 32 MiB the most): the
+            // error reply too (before, closed without a word, by a reset).
+            let key = 40 << 20
+            let bulk: [UInt8] = [0xBA, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0] + withUnsafeBytes(of: UInt32(key).bigEndian, Array.init)
+            let (bulkError, bulkReply) = Harness.sendWholeThenRead(port: port, head: bulk, filler: key)
+            XCTAssertNil(bulkError.map { String(cString: strerror($0)) }, "threads \(threads): the get_bulk's write failed")
+            XCTAssertEqual(bulkReply, [0xBF], "threads \(threads): get_bulk over the limit")
         }
     }
 
