@@ -68,6 +68,9 @@ public final class LingeringClose: ChannelInboundHandler, RemovableChannelHandle
             channel.close(promise: nil)
             return
         }
+        // A graceful stop that reached the connection before this handler did (the drain
+        // saw it, with the last request still in flight): no lingering after the answers.
+        if RequestDrain.installed(in: ops)?.isQuiescing == true { handler.end() }
         marked.assumeIsolated().whenComplete { result in
             guard case .success = result, channel.isActive else {
                 channel.close(promise: nil)
@@ -87,9 +90,15 @@ public final class LingeringClose: ChannelInboundHandler, RemovableChannelHandle
     }
 
     /// Closes an async channel lingering from its task (`close(channel, after: nil)`: after
-    /// the writes queued so far) and returns once it has closed.
-    public static func closeAndWait(_ channel: any Channel) async {
-        channel.eventLoop.execute { close(channel, after: nil) }
+    /// the writes queued so far) and returns once it has closed. `lingering` runs on the
+    /// event loop once the handler is in, when nothing more reaches the protocol's
+    /// handlers: what the connection holds for requests it will no longer read can be
+    /// given back then, not 2–30 s later.
+    public static func closeAndWait(_ channel: any Channel, lingering: (@Sendable () -> Void)? = nil) async {
+        channel.eventLoop.execute {
+            close(channel, after: nil)
+            lingering?()
+        }
         try? await channel.closeFuture.get()
     }
 

@@ -37,7 +37,9 @@ struct KTBinarySession: Sendable {
     /// `ends`: whether the client sent its end (its requests before it are answered, then
     /// the connection closes) or the drain reached it. The error reply 0xBF closes the
     /// connection lingering (`LingeringClose`): a client still writing its request (a large
-    /// `set_bulk` sent to a read-only node) reads the error, not a reset.
+    /// `set_bulk` sent to a read-only node) reads the error, not a reset. Its share of the
+    /// port's budget is given back as the linger begins (held until the linger's end, one
+    /// client sending a byte every 2 s kept the port's other `get_bulk`s and bodies refused).
     func run(_ connection: NIOAsyncChannel<KTBinaryRead, ByteBuffer>, share: KTBinaryShare, ends: KTConnectionEnds,
              peer: String, drain: RequestDrain?) async {
         let channel = connection.channel
@@ -51,7 +53,7 @@ struct KTBinarySession: Sendable {
                         case .refused(let refused):
                             refuse(refused, peer: peer)
                             try await channel.writeAndFlush(Self.errorReply)
-                            await LingeringClose.closeAndWait(channel)
+                            await LingeringClose.closeAndWait(channel, lingering: { share.releaseAll() })
                             return
                         case .overBudget(let bytes, let whole):
                             metrics.requests("bad").increment()
@@ -59,7 +61,7 @@ struct KTBinarySession: Sendable {
                                         ? "binary get_bulk: answering it would hold about \(bytes) bytes, more than the port keeps for requests (--kt-max-pending-bytes); send fewer keys a request"
                                         : "binary get_bulk: the requests on this port hold all it keeps for them now (--kt-max-pending-bytes)")
                             try await channel.writeAndFlush(Self.errorReply)
-                            await LingeringClose.closeAndWait(channel)
+                            await LingeringClose.closeAndWait(channel, lingering: { share.releaseAll() })
                             return
                         case let .getBulk(flags, count, keys, held):
                             defer { share.release(held) }
@@ -89,7 +91,7 @@ struct KTBinarySession: Sendable {
                                 // gathered: they were not all read and held first.
                                 metrics.refusedForMemory(logger, peer: peer, bytes: large.bytes, memory: replyMemory)
                                 try await channel.writeAndFlush(Self.errorReply)
-                                await LingeringClose.closeAndWait(channel)
+                                await LingeringClose.closeAndWait(channel, lingering: { share.releaseAll() })
                                 return
                             }
                             defer { reply.release() }
@@ -103,7 +105,7 @@ struct KTBinarySession: Sendable {
                     // the request reads it. Counted below.
                     if channel.isActive {
                         try? await channel.writeAndFlush(Self.errorReply)
-                        await LingeringClose.closeAndWait(channel)
+                        await LingeringClose.closeAndWait(channel, lingering: { share.releaseAll() })
                     }
                     throw tooLarge
                 }

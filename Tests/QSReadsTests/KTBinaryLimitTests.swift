@@ -180,6 +180,36 @@ final class KTBinaryLimitTests: XCTestCase {
 
     /// A KT read port on an empty store, each body and all of them together held to 1 MiB;
     /// stopped at the test's end.
+    /// A binary request refused 0xBF for the budget gives its bytes back as its connection
+    /// starts to linger (`LingeringClose`), not when the linger ends: a client that keeps
+    /// sending a byte now and then would otherwise hold the port's budget for 30 s, every
+    /// other `get_bulk` and KT HTTP body refused meanwhile.
+    func testARefusedBinaryRequestGivesTheBudgetBackAsItsConnectionLingers() async throws {
+        let (kt, port) = try await serverWithAOneMiBBudget("kt-linger-budget")
+        let a = try XCTUnwrap(Harness.connectLoopback(port: port))
+        defer { close(a) }
+        // A get_bulk announcing one key of 8 MiB, 1.5 MiB of it sent: past the 1 MiB budget.
+        let head: [UInt8] = [0xBA, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0] + withUnsafeBytes(of: UInt32(8 << 20).bigEndian, Array.init)
+        XCTAssertTrue(sendAll(a, head + [UInt8](repeating: 0x79, count: 3 << 19)))
+        XCTAssertEqual(readUntilClosed(a, atMost: 1), [KTBinaryMagic.error])
+        // It lingers while its client keeps sending (a byte every 0.2 s: never 2 s quiet).
+        let trickle = Task.detached {
+            while !Task.isCancelled {
+                var byte: UInt8 = 0x7A
+                guard send(a, &byte, 1, Int32(MSG_NOSIGNAL)) == 1 else { return }
+                try? await Task.sleep(for: .milliseconds(200))
+            }
+        }
+        defer { trickle.cancel() }
+        try await waitFor("the refused request's bytes given back while its connection lingers", timeout: .seconds(10)) {
+            kt.pendingBodyBytes == 0
+        }
+        // Another client's get_bulk of 200 KB is answered meanwhile (then a set_bulk, refused, closes it).
+        let keys = (0..<100).map { KTBinaryKey(db: 0, key: Array(String(format: "k%05d", $0).utf8) + [UInt8](repeating: 0x78, count: 2000)) }
+        let answered = RawSocket.exchange(port: port, KTBinaryRequest.getBulk(flags: 0, keys: keys).encoded() + KTBinaryRequest.setBulk(flags: 0, records: []).encoded())
+        XCTAssertEqual(answered, KTBinaryResponse.getBulk(records: []).encoded() + [KTBinaryMagic.error])
+    }
+
     private func serverWithAOneMiBBudget(_ name: String, replies: ReplyMemory = ReplyMemory(limit: ReplyMemory.defaultLimit),
                                          _ fill: (Store) async throws -> Void = { _ in }) async throws -> (KTHTTPReadServer, Int) {
         let tmp = try Harness.tempDir(name)
