@@ -545,13 +545,7 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                     }
                     guard let (c, inline) = taken else { continue }
                     if c.lingerEnds != nil {
-                        // Lingering: what came is dropped here; it closes at the peer's end.
-                        if discardUnread(c.fd) {
-                            closeAndFinish(c, reason: nil)
-                        } else {
-                            c.lastRead = now
-                            park(c, onEpollThread: true)
-                        }
+                        dropLingering(c, onEpollThread: true)
                     } else if inline {
                         let w = inlineWorker ?? (proto.makeWorker(), ThreadedWorker(thread: pthread_self()))
                         inlineWorker = w
@@ -837,14 +831,8 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
                 // Its output shut after the last answer (written: the socket took it all);
                 // what the peer still sends is dropped on the epoll thread until its end.
                 shutdown(c.fd, Int32(SHUT_WR))
-                if discardUnread(c.fd) {
-                    lock.withLock { _ = state.active.removeValue(forKey: c.fd) }
-                    closeAndFinish(c, reason: nil)
-                } else {
-                    c.lastRead = .now()
-                    c.lingerEnds = c.lastRead + LingeringClose.most
-                    park(c, onEpollThread: onEpollThread)
-                }
+                c.lingerEnds = .now() + LingeringClose.most
+                dropLingering(c, onEpollThread: onEpollThread)
                 return
             case let .handOver(owed, held, since)?:
                 handOver(c, owed: owed, held: held, since: since, onEpollThread: onEpollThread)
@@ -1133,6 +1121,18 @@ final class ThreadedServer<P: ThreadedProtocol>: @unchecked Sendable {
         discardUnread(c.fd)
         Glibc.close(c.fd)
         counter.release(peer: c.peerIP)
+    }
+
+    /// A lingering connection (`Conn.lingerEnds`): what came is dropped; closed at the peer's
+    /// end, else parked with the epoll thread until more comes (or the sweep ends it).
+    private func dropLingering(_ c: Conn, onEpollThread: Bool) {
+        if discardUnread(c.fd) {
+            lock.withLock { _ = state.active.removeValue(forKey: c.fd) }
+            closeAndFinish(c, reason: nil)
+        } else {
+            c.lastRead = .now()
+            park(c, onEpollThread: onEpollThread)
+        }
     }
 
     /// Reads and drops what the peer sent and nobody will read (a request after a `quit`, the
