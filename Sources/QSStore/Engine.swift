@@ -105,9 +105,12 @@ enum Engine: Sendable {
 
     /// Closes what must not be left open when the process exits (`Store.shutDown`): RocksDB's
     /// DB and its background work. LMDB's environment has no threads and nothing to flush
-    /// (every commit is durable) and stays open until the engine is released.
-    func close() {
-        if case let .rocksdb(e) = self { e.close() }
+    /// (every commit is durable) and stays open until the engine is released. Returns false
+    /// when a read on another thread (`readInline`) was still inside after `wait` seconds:
+    /// the DB is then left open.
+    func close(wait: Double) -> Bool {
+        if case let .rocksdb(e) = self { return e.close(wait: wait) }
+        return true
     }
 }
 

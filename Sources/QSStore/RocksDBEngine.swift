@@ -1,6 +1,8 @@
 import CRocksDB
 import Foundation
 import Glibc
+import NIOConcurrencyHelpers
+import Synchronization
 
 /// The column families of the store's tables.
 struct RocksDBFamilies {
@@ -44,6 +46,10 @@ final class RocksDBEngine: @unchecked Sendable {
     private var failedWrite: RocksDBError?
     /// Set by `close()` (guarded by `writeLock`).
     private var closed = false
+    /// Every call into the DB but a write (which `writeLock` covers) holds the gate while it
+    /// runs: `close()` shuts it and waits for those inside, so a read, checkpoint or metrics
+    /// scrape never meets a closed DB (it gets `StoreError.closed` instead).
+    private let gate = EngineGate()
     let readOnly: Bool
     let directory: String
     /// Free bytes always kept beyond a batch's own needs: RocksDB's MANIFEST, info LOG,
@@ -56,7 +62,11 @@ final class RocksDBEngine: @unchecked Sendable {
     }
 
     /// Opens (creating when not `readOnly`) the DB in `directory` and its column families.
+    /// Refused (`StoreError.closed`) once the process is exiting (`RocksDBExit`).
     init(directory: String, readOnly: Bool, noSync: Bool, options tuning: RocksDBOptions) throws {
+        guard RocksDBExit.opening() else { throw StoreError.closed }
+        var registered = false
+        defer { if !registered { RocksDBExit.left() } }
         let cache = rocksdb_cache_create_lru(tuning.blockCacheBytes)!
         let tableOptions = rocksdb_block_based_options_create()!
         rocksdb_block_based_options_set_block_cache(tableOptions, cache)
@@ -115,6 +125,8 @@ final class RocksDBEngine: @unchecked Sendable {
         self.directory = directory
         self.tuning = tuning
         families = RocksDBFamilies(kv: handles[1], log: handles[2], meta: handles[3], trail: handles[4])
+        registered = true
+        RocksDBExit.opened(self)
     }
 
     /// Cancels the background work (waiting for a flush or compaction running) and closes
@@ -122,18 +134,27 @@ final class RocksDBEngine: @unchecked Sendable {
     /// exit with the DB open: librocksdb's static destructors then meet its background
     /// threads and a store thread still in a write, and the process dies of SIGABRT
     /// ("terminate called without an active exception", "pthread lock: Invalid argument")
-    /// instead of exiting 0. Writes after it fail (`StoreError.closed`).
-    func close() {
+    /// instead of exiting 0; `RocksDBExit` closes what is still open as the process exits.
+    /// Writes and reads after it fail (`StoreError.closed`). Returns whether the DB is closed:
+    /// not when a read still inside after `wait` seconds (the DB is then left open).
+    @discardableResult
+    func close(wait: Double = 5) -> Bool {
         writeLock.lock()
         defer { writeLock.unlock() }
-        guard !closed else { return }
+        guard !closed else { return true }
+        guard gate.shut(waiting: wait) else { return false }
         closed = true
         rocksdb_cancel_all_background_work(db, 1)
         for h in handles { rocksdb_column_family_handle_destroy(h) }
         rocksdb_close(db)
+        return true
     }
 
     deinit {
+        // At the process's exit (`RocksDBExit`), librocksdb's own state may be going: the
+        // DB was closed there, and the options and cache are left to the exit.
+        guard RocksDBExit.releasing(self) else { return }
+        defer { RocksDBExit.left() }
         close()
         rocksdb_writeoptions_destroy(writeOptions)
         rocksdb_options_destroy(options)
@@ -141,8 +162,20 @@ final class RocksDBEngine: @unchecked Sendable {
         rocksdb_cache_destroy(cache)
     }
 
+    /// Runs `body` inside the gate: `StoreError.closed` once `close()` began.
+    @inline(__always)
+    private func inside<T>(_ body: () throws -> T) throws -> T {
+        guard gate.enter() else { throw StoreError.closed }
+        defer { gate.leave() }
+        return try body()
+    }
+
     /// Runs `body` on a snapshot of the DB (every table seen at one sequence number).
     func read<T>(_ body: (RocksDBTransaction) throws -> T) throws -> T {
+        try inside { try readInside(body) }
+    }
+
+    private func readInside<T>(_ body: (RocksDBTransaction) throws -> T) throws -> T {
         let snapshot = rocksdb_create_snapshot(db)
         let ro = rocksdb_readoptions_create()
         rocksdb_readoptions_set_snapshot(ro, snapshot)
@@ -199,7 +232,7 @@ final class RocksDBEngine: @unchecked Sendable {
         guard let free = Store.freeBytes(at: directory) else { return }
         var size = 0
         _ = rocksdb_writebatch_wi_data(batch, &size)
-        let need = 2 * UInt64(size) + UInt64(property("rocksdb.cur-size-all-mem-tables")) + Self.reservedBytes
+        let need = 2 * UInt64(size) + UInt64(propertyInside("rocksdb.cur-size-all-mem-tables")) + Self.reservedBytes
         guard free < need else { return }
         throw StoreError.diskFull("a batch of \(size) bytes needs about \(need) bytes free in \(directory) (the batch twice, the memtables to flush, 1 MiB for RocksDB's own files), which has \(free); RocksDB is not given a write it may not have room for")
     }
@@ -207,6 +240,10 @@ final class RocksDBEngine: @unchecked Sendable {
     /// A checkpoint of the DB in `directory` (which must not exist): hard links to its
     /// SST files and copies of the rest, a consistent point in time.
     func checkpoint(into directory: String) throws {
+        try inside { try checkpointInside(into: directory) }
+    }
+
+    private func checkpointInside(into directory: String) throws {
         var err: UnsafeMutablePointer<CChar>?
         let cp = rocksdb_checkpoint_object_create(db, &err)
         try RocksDBError.check(err, "checkpoint_object_create")
@@ -217,13 +254,19 @@ final class RocksDBEngine: @unchecked Sendable {
 
     /// Flushes the WAL to disk (after `noSync` writes).
     func sync() throws {
-        var err: UnsafeMutablePointer<CChar>?
-        rocksdb_flush_wal(db, 1, &err)
-        try RocksDBError.check(err, "flush_wal")
+        try inside {
+            var err: UnsafeMutablePointer<CChar>?
+            rocksdb_flush_wal(db, 1, &err)
+            try RocksDBError.check(err, "flush_wal")
+        }
     }
 
     /// Flushes every memtable (waiting for it) and compacts every table.
     func flushAndCompact() throws {
+        try inside { try flushAndCompactInside() }
+    }
+
+    private func flushAndCompactInside() throws {
         let fo = rocksdb_flushoptions_create()
         defer { rocksdb_flushoptions_destroy(fo) }
         rocksdb_flushoptions_set_wait(fo, 1)
@@ -235,8 +278,12 @@ final class RocksDBEngine: @unchecked Sendable {
         for h in handles { rocksdb_compact_range_cf(db, h, nil, 0, nil, 0) }
     }
 
-    /// An integer property summed over the tables.
+    /// An integer property summed over the tables (0 once closed).
     func property(_ name: String) -> Int {
+        (try? inside { propertyInside(name) }) ?? 0
+    }
+
+    private func propertyInside(_ name: String) -> Int {
         var total = 0
         for h in handles {
             var v: UInt64 = 0
@@ -262,5 +309,116 @@ final class RocksDBEngine: @unchecked Sendable {
                             memtableBytes: property("rocksdb.cur-size-all-mem-tables"), memtableBudgetBytes: tuning.memtableBudgetBytes,
                             tableReadersBytes: property("rocksdb.estimate-table-readers-mem"),
                             sstBytes: property("rocksdb.total-sst-files-size"), walBytes: wal)
+    }
+}
+
+/// Counts the calls inside an engine and shuts them out: the low bits count those inside,
+/// the top bit says shut. Two atomic operations a call, no lock on the read path.
+final class EngineGate: Sendable {
+    private static let shutBit = 1 << 62
+    private let state = Atomic<Int>(0)
+
+    /// Whether the caller may go in (then it must `leave()`).
+    @inline(__always)
+    func enter() -> Bool {
+        let now = state.add(1, ordering: .acquiring).newValue
+        guard now & Self.shutBit == 0 else {
+            state.subtract(1, ordering: .releasing)
+            return false
+        }
+        return true
+    }
+
+    @inline(__always)
+    func leave() {
+        state.subtract(1, ordering: .releasing)
+    }
+
+    /// Shuts the gate and waits (up to `seconds`) for every caller inside to leave; reopens
+    /// it and answers false when one is still inside then.
+    func shut(waiting seconds: Double) -> Bool {
+        state.bitwiseOr(Self.shutBit, ordering: .acquiringAndReleasing)
+        let deadline = DispatchTime.now().uptimeNanoseconds &+ UInt64(max(seconds, 0) * 1e9)
+        while state.load(ordering: .acquiring) & ~Self.shutBit != 0 {
+            guard DispatchTime.now().uptimeNanoseconds < deadline else {
+                state.bitwiseAnd(~Self.shutBit, ordering: .acquiringAndReleasing)
+                return false
+            }
+            usleep(200)
+        }
+        return true
+    }
+}
+
+/// Closes every RocksDB engine still open as the process exits. librocksdb's static
+/// destructors run at `exit` (the XCTest runner's after its last test, a tool's after
+/// `main`): an engine still open then (a store never shut down, or released by a task
+/// ending as the process exits) met them in its background threads, a store thread's call
+/// or its own `deinit`, and the process died of SIGABRT ("pthread lock: Invalid argument")
+/// instead of its exit status. The handler runs before the library's destructors (see
+/// `opened`); engines released or opened after it leave the library alone.
+enum RocksDBExit {
+    private struct Open {
+        weak var engine: RocksDBEngine?
+    }
+
+    private struct State {
+        var open: [ObjectIdentifier: Open] = [:]
+        var exiting = false
+        /// Engines opening, or closing and freeing themselves in their `deinit`, right now.
+        var busy = 0
+    }
+
+    private static let state = NIOLockedValueBox(State())
+
+    /// Called before an engine opens its DB: false once the process is exiting (the open is
+    /// refused); when true, `opened` or `left` follows.
+    static func opening() -> Bool {
+        state.withLockedValue { state in
+            guard !state.exiting else { return false }
+            state.busy += 1
+            return true
+        }
+    }
+
+    /// An engine opened: closed by the exit handler if still open then. The handler is
+    /// registered again after every open: librocksdb registers the destructors of its
+    /// function-local statics as it first uses them (the first open does most), and exit
+    /// handlers run last registered first, so the latest registration runs before them all
+    /// (the others find nothing left to do).
+    static func opened(_ engine: RocksDBEngine) {
+        state.withLockedValue { state in
+            state.open[ObjectIdentifier(engine)] = Open(engine: engine)
+            state.busy -= 1
+        }
+        atexit { RocksDBExit.closeAll() }
+    }
+
+    /// Called by an engine's `deinit`: whether it may close and free itself (false once the
+    /// process is exiting); when true, `left` follows once done.
+    static func releasing(_ engine: RocksDBEngine) -> Bool {
+        state.withLockedValue { state in
+            state.open[ObjectIdentifier(engine)] = nil
+            guard !state.exiting else { return false }
+            state.busy += 1
+            return true
+        }
+    }
+
+    static func left() {
+        state.withLockedValue { $0.busy -= 1 }
+    }
+
+    /// The exit handler: no engine opens or frees itself from now on; those opening or
+    /// freeing themselves finish (up to two seconds), then every engine still open is closed
+    /// (a write in progress finishes first; a read gets up to a second).
+    static func closeAll() {
+        state.withLockedValue { $0.exiting = true }
+        let deadline = DispatchTime.now().uptimeNanoseconds &+ 2_000_000_000
+        while state.withLockedValue({ $0.busy }) > 0, DispatchTime.now().uptimeNanoseconds < deadline {
+            usleep(200)
+        }
+        let engines = state.withLockedValue { $0.open.values.compactMap(\.engine) }
+        for engine in engines { engine.close(wait: 1) }
     }
 }

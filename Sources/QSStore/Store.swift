@@ -347,7 +347,9 @@ public final class Store: Sendable {
             guard readers.stopAndWait(until: deadline) else {
                 throw StoreError.closeTimedOut(seconds: limit, busy: "a reader thread")
             }
-            engine.close()
+            guard engine.close(wait: max(deadline.timeIntervalSinceNow, 0.1)) else {
+                throw StoreError.closeTimedOut(seconds: limit, busy: "a read on a caller's thread")
+            }
             return head
         }
     }
