@@ -151,11 +151,12 @@ final class RocksDBEngine: @unchecked Sendable {
     }
 
     deinit {
-        // At the process's exit (`RocksDBExit`), librocksdb's own state may be going: the
-        // DB was closed there, and the options and cache are left to the exit.
+        // Once the exit handler is done (`RocksDBExit`), librocksdb's own state may be
+        // going: the DB was closed there, and the options and cache are left to the exit, as
+        // they are when the DB could not be closed.
         guard RocksDBExit.releasing(self) else { return }
         defer { RocksDBExit.left() }
-        close()
+        guard close() else { return }
         rocksdb_writeoptions_destroy(writeOptions)
         rocksdb_options_destroy(options)
         rocksdb_block_based_options_destroy(tableOptions)
@@ -364,7 +365,10 @@ enum RocksDBExit {
 
     private struct State {
         var open: [ObjectIdentifier: Open] = [:]
+        /// Set as the handler begins: no open from then on.
         var exiting = false
+        /// Set as the handler ends: an engine released from then on leaves the library alone.
+        var done = false
         /// Engines opening, or closing and freeing themselves in their `deinit`, right now.
         var busy = 0
     }
@@ -395,11 +399,12 @@ enum RocksDBExit {
     }
 
     /// Called by an engine's `deinit`: whether it may close and free itself (false once the
-    /// process is exiting); when true, `left` follows once done.
+    /// exit handler is done; while it runs, it waits for the engine); when true, `left`
+    /// follows once done.
     static func releasing(_ engine: RocksDBEngine) -> Bool {
         state.withLockedValue { state in
             state.open[ObjectIdentifier(engine)] = nil
-            guard !state.exiting else { return false }
+            guard !state.done else { return false }
             state.busy += 1
             return true
         }
@@ -409,16 +414,27 @@ enum RocksDBExit {
         state.withLockedValue { $0.busy -= 1 }
     }
 
-    /// The exit handler: no engine opens or frees itself from now on; those opening or
-    /// freeing themselves finish (up to two seconds), then every engine still open is closed
-    /// (a write in progress finishes first; a read gets up to a second).
+    /// The exit handler (registered once per open; the first to run does the work): no
+    /// engine opens from now on; those opening finish (up to two seconds), every engine still
+    /// open is closed (a write in progress finishes first; a read gets up to a second), and
+    /// engines closing themselves in their `deinit` meanwhile finish (up to two seconds).
     static func closeAll() {
-        state.withLockedValue { $0.exiting = true }
-        let deadline = DispatchTime.now().uptimeNanoseconds &+ 2_000_000_000
+        let first = state.withLockedValue { state -> Bool in
+            defer { state.exiting = true }
+            return !state.exiting
+        }
+        guard first else { return }
+        waitForBusy(seconds: 2)
+        let engines = state.withLockedValue { $0.open.values.compactMap(\.engine) }
+        for engine in engines { engine.close(wait: 1) }
+        waitForBusy(seconds: 2)
+        state.withLockedValue { $0.done = true }
+    }
+
+    private static func waitForBusy(seconds: Double) {
+        let deadline = DispatchTime.now().uptimeNanoseconds &+ UInt64(seconds * 1e9)
         while state.withLockedValue({ $0.busy }) > 0, DispatchTime.now().uptimeNanoseconds < deadline {
             usleep(200)
         }
-        let engines = state.withLockedValue { $0.open.values.compactMap(\.engine) }
-        for engine in engines { engine.close(wait: 1) }
     }
 }
