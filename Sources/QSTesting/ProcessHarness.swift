@@ -12,6 +12,14 @@ public enum Harness {
             .map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
     }
 
+    /// Waits (10 s) until no thread of this process bears `name`. A listener's threads end
+    /// just after its `stop` returns (each leaves its loop, then the system takes a moment to
+    /// end it), so a test that counts a listener's threads by name waits for those of the
+    /// test before it first.
+    public static func waitUntilNoThread(named name: String) async throws {
+        try await waitFor("the threads named \(name) of an earlier listener to end") { try !threadNames().contains(name) }
+    }
+
     /// Directory holding the built executables: `QS_BIN_DIR`, else the directory of the
     /// running test bundle (SwiftPM puts both in the same build folder).
     public static var binDir: URL {

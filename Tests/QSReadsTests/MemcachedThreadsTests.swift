@@ -143,6 +143,7 @@ final class MemcachedThreadsTests: XCTestCase {
     /// thread's budget a batch is a second here: on a loaded machine, a preempted epoll
     /// thread passed 1 ms and handed a quiet request to a worker, as it should there.)
     func testQuietRequestsAreAnsweredOnTheEpollThreadAndABusyConnectionGetsAThread() async throws {
+        try await Harness.waitUntilNoThread(named: "memcached-read")
         let port = try await server(threads: 2, inlineAfter: .milliseconds(200), inlineBudget: .seconds(1))
         XCTAssertEqual(try readThreads(), 0)
         let clients = [try XCTUnwrap(TestClient(port: port)), try XCTUnwrap(TestClient(port: port))]
