@@ -21,8 +21,27 @@ public enum NodeStatus {
     public static func mirroredSources(_ status: [String: Any]) -> [Endpoint] {
         guard let mirror = status["mirror"] as? [String: Any] else { return [] }
         let clients = (mirror["followed_by"] as? [[String: Any]] ?? []).compactMap { $0["client"] as? String }
-        return clients.compactMap { client in
-            client.split(separator: " ").first { $0.hasPrefix("source=qs://") }.flatMap { try? Endpoint(parsing: String($0.dropFirst(12))) }
-        }
+        return unique(clients.compactMap(source(ofClient:)))
+    }
+
+    /// Every root a compatible mirror is known to have followed: its live bridges' sources,
+    /// those of bridges still connected but silent (stopped, hung), and those its bridges
+    /// named since the node started (`mirror.sources_seen`), even once gone.
+    public static func knownSources(_ status: [String: Any]) -> [Endpoint] {
+        let mirror = status["mirror"] as? [String: Any] ?? [:]
+        let connected = (status["writers"] as? [[String: Any]] ?? []).compactMap { $0["client"] as? String }
+            .filter { $0.contains("mode=compatible") }.compactMap(source(ofClient:))
+        let seen = (mirror["sources_seen"] as? [String] ?? []).filter { $0.hasPrefix("qs://") }
+            .compactMap { try? Endpoint(parsing: String($0.dropFirst("qs://".count))) }
+        return unique(mirroredSources(status) + connected + seen)
+    }
+
+    private static func source(ofClient client: String) -> Endpoint? {
+        client.split(separator: " ").first { $0.hasPrefix("source=qs://") }.flatMap { try? Endpoint(parsing: String($0.dropFirst(12))) }
+    }
+
+    private static func unique(_ endpoints: [Endpoint]) -> [Endpoint] {
+        var seen = Set<String>()
+        return endpoints.filter { seen.insert("\($0)").inserted }
     }
 }

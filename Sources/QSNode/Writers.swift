@@ -15,9 +15,19 @@ public final class Writers: Sendable {
 
         /// A `qsqsbridge --mode compatible` (its hello says so).
         public var compatible: Bool { client.contains("mode=compatible") }
+        /// The root it reads, as its hello names it (`source=qs://HOST:PORT`): `qs://HOST:PORT`.
+        public var source: String? {
+            client.split(separator: " ").first { $0.hasPrefix("source=qs://") }.map { String($0.dropFirst("source=".count)) }
+        }
     }
 
     private let table = NIOLockedValueBox<[String: Writer]>([:])
+    /// The roots compatible bridges said they read (`source=` in their hello) since the node
+    /// started, newest last, at most `seenLimit`: a mirror whose bridge stopped or went
+    /// silent still names the root it followed, which `qsctl promote` asks before it turns
+    /// the mirror into a root.
+    private let seen = NIOLockedValueBox<[String]>([])
+    static let seenLimit = 8
     /// The last compatible append any writer made (ns since the epoch), 0 if none.
     private let lastAppend = NIOLockedValueBox<UInt64>(0)
 
@@ -25,7 +35,15 @@ public final class Writers: Sendable {
 
     func hello(peer: String, client: String) {
         let now = wallClockNanoseconds()
-        table.withLockedValue { $0[peer] = Writer(peer: peer, client: client, sinceNs: now, lastRequestNs: now) }
+        let writer = Writer(peer: peer, client: client, sinceNs: now, lastRequestNs: now)
+        table.withLockedValue { $0[peer] = writer }
+        if writer.compatible, let source = writer.source {
+            seen.withLockedValue { seen in
+                seen.removeAll { $0 == source }
+                seen.append(source)
+                if seen.count > Self.seenLimit { seen.removeFirst(seen.count - Self.seenLimit) }
+            }
+        }
     }
 
     /// A request from `peer`: refreshes its last word if it said hello.
@@ -54,7 +72,8 @@ public final class Writers: Sendable {
     /// dead one look alike from here (the bridge's own `/readyz` tells them apart).
     func mirrorStatus(nowNs: UInt64) -> [String: Any] {
         let live = list.filter { $0.compatible && age($0.lastRequestNs, nowNs) <= Self.liveSeconds }
-        var out: [String: Any] = ["following": !live.isEmpty, "followed_by": live.map { ["peer": $0.peer, "client": $0.client] }]
+        var out: [String: Any] = ["following": !live.isEmpty, "followed_by": live.map { ["peer": $0.peer, "client": $0.client] },
+                                  "sources_seen": seen.withLockedValue { $0 }]
         let last = lastAppendNs
         if last > 0 { out["last_append_age_seconds"] = age(last, nowNs) }
         return out

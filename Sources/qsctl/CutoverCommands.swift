@@ -20,44 +20,46 @@ struct Promote: AsyncParsableCommand {
             It then refuses compatible appends: a qsqsbridge still feeding it stops. Carries the \
             node's admin token (--admin-token-file); a node without one takes role changes \
             from this machine only. The node logs the change. Prefer 'qsctl cutover', \
-            which first demotes the old root and makes sure the mirror holds its head. A \
-            mirror a live qsqsbridge still feeds is refused (exit 2) without --force: its \
-            source root most likely still takes writes, and two roots would fork the history; \
-            once that source is demoted, the mirror is promoted only holding its head (index and \
-            hash: every write the source acknowledged). So is a mirror nothing feeds (a root \
-            demoted by a cut-over: the root it handed its writes to takes them), unless --force.
+            which first demotes the old root and makes sure the mirror holds its head. Before \
+            promoting a mirror, qsctl asks the roots its qsqsbridges read (live, silent, or seen \
+            since the node started). Refused (exit 2) even with --force: a source that answers \
+            and takes writes (two roots would fork the history), or one that answers, demoted, \
+            holding entries the mirror lacks (writes it acknowledged would be lost). Refused \
+            without --force: a source that does not answer, one on another history, and a \
+            mirror nothing feeds (a root demoted by a cut-over: the root it handed its writes to \
+            takes them). A mirror a live qsqsbridge feeds from a demoted source is promoted once \
+            it holds that source's head (index and hash: every write the source acknowledged).
             """)
 
     @ParentCommand var parent: Qsctl
 
-    @Flag(help: "Promote even while a qsqsbridge still feeds the mirror, or a demoted root nothing feeds (the root that took the writes is gone for good, or you are undoing a demote). (env: QS_CTL_PROMOTE_FORCE)")
+    @Flag(help: "Promote a mirror whose source does not answer (gone for good), one on another history, or a demoted root nothing feeds (you are undoing a demote). Never overrides a source that answers and takes writes or holds entries the mirror lacks. (env: QS_CTL_PROMOTE_FORCE)")
     var force: Bool = QSEnv.flag("QS_CTL_PROMOTE_FORCE", flag: "--force")
 
     func run() async throws {
-        if !force { try await refuseWhileTheSourceTakesWrites() }
+        try await checkTheSources()
         try await changeRole(.promote, parent.options, becomes: "a writable root")
     }
 
-    /// A mirror that a live compatible bridge feeds is promoted only when the root that
-    /// bridge reads from (its hello names it: `source=qs://HOST:PORT`) answers that it no
-    /// longer takes writes (demoted, as `cutover` and the runbook's manual steps do first).
-    func refuseWhileTheSourceTakesWrites() async throws {
+    /// What a compatible mirror's source roots say before it becomes a root. The sources
+    /// are those its bridges name in their hellos: live ones, connected but silent ones, and
+    /// those seen since the node started (`NodeStatus.knownSources`). Refused whatever
+    /// --force says: a source that answers and takes writes (two roots would fork), or one
+    /// that answers, demoted, holding entries the mirror lacks (writes it acknowledged
+    /// would be lost). Without --force, also refused: a source that does not answer, one on
+    /// another history, and a mirror nothing feeds (the root its source handed the writes to
+    /// is unknown); a live bridge's demoted source holding exactly the mirror's head is what
+    /// `cutover` waits for, and the promote goes ahead.
+    func checkTheSources() async throws {
         let options = parent.options
         let status = try await options.withClient { try await $0.status() }
-        let s = NodeStatus.parse(status)
+        let s = NodeStatus.parse(status) ?? [:]
         let node = options.node
-        guard (s?["mirror"] as? [String: Any])?["following"] as? Bool == true else {
-            // A mirror nothing feeds: a demoted root (a cut-over handed its writes to another
-            // root), or a mirror whose bridge stopped. Which root took the writes is unknown.
-            if let s, NodeStatus.isMirror(s) {
-                fail("\(node) is a compatible mirror (demoted, or fed by a qsqsbridge that has stopped) and no qsqsbridge feeds it now: the root it handed its writes to, or mirrored, most likely still takes them, and promoting \(node) would make two roots whose histories fork. To give \(node) the writes, run 'qsctl cutover --from THAT_ROOT --to \(node)' (it demotes that root first and waits for \(node) to hold its head). If no other root took the writes (you are undoing a demote) or that root is gone for good, run again with --force. Nothing changed")
-                throw Exit.usage
-            }
-            return
-        }
-        let sources = NodeStatus.mirroredSources(s ?? [:]).map(Address.init)
+        guard NodeStatus.isMirror(s) else { return }
+        let following = (s["mirror"] as? [String: Any])?["following"] as? Bool == true
+        let sources = NodeStatus.knownSources(s).map(Address.init)
         let mine = try await options.withClient { try await $0.head() }
-        var writable = [String](), silent = [String](), ahead = [(source: String, head: Head)]()
+        var writable = [String](), silent = [String](), longer = [(source: String, head: Head)](), other = [(source: String, head: Head)]()
         for source in sources {
             var o = options
             o.node = source
@@ -72,31 +74,48 @@ struct Promote: AsyncParsableCommand {
                 } else {
                     // Demoted: the mirror takes its place only holding all it acknowledged.
                     let theirs = try await client.head()
-                    if theirs.index != mine.index || theirs.hash != mine.hash { ahead.append(("\(source)", theirs)) }
+                    if theirs.index > mine.index {
+                        longer.append(("\(source)", theirs))
+                    } else if theirs.index != mine.index || theirs.hash != mine.hash {
+                        other.append(("\(source)", theirs))
+                    }
                 }
             } catch {
                 silent.append("\(source) (\(o.describe(error)))")
             }
         }
+        let feeds = following ? "that a qsqsbridge still feeds" : "that no qsqsbridge feeds now"
+        let dropping = "--force does not override a root that answers: if that root is to be dropped for good, stop it first. Nothing changed"
         if !writable.isEmpty {
-            fail("\(node) is a compatible mirror that a qsqsbridge still feeds from \(writable.joined(separator: ", ")), which still takes writes: promoting \(node) would make two roots whose histories fork. Run 'qsctl cutover --from \(writable[0]) --to \(node)' (it demotes the source first and waits for the mirror to hold its head). Nothing changed")
+            fail("\(node) is a compatible mirror \(feeds), and its source \(writable.joined(separator: ", ")) still takes writes: promoting \(node) would make two roots whose histories fork. Run 'qsctl cutover --from \(writable[0]) --to \(node)' (it demotes the source first and waits for the mirror to hold its head). \(dropping)")
             throw Exit.usage
         }
-        if let (source, theirs) = ahead.first {
-            let why = theirs.index > mine.index
-                ? "its source \(source), demoted, holds index \(theirs.index) and \(node) only \(mine.index): promoting it now would lose the \(theirs.index - mine.index) entries between (writes \(source) acknowledged) and fork the two histories"
-                : "its source \(source), demoted, holds index \(theirs.index) (hash \(hexString(theirs.hash).prefix(16))) and \(node) index \(mine.index) (hash \(hexString(mine.hash).prefix(16))): not the same history"
-            fail("\(node) is a compatible mirror that a qsqsbridge still feeds, and \(why). Wait until it holds \(source)'s head ('qsctl --node \(node) wait --head-of \(source)'), then promote it. Nothing changed")
+        if let (source, theirs) = longer.first {
+            fail("\(node) is a compatible mirror \(feeds), and its source \(source), demoted, holds index \(theirs.index) and \(node) only \(mine.index): promoting \(node) now would lose the \(theirs.index - mine.index) entries between (writes \(source) acknowledged) and fork the two histories. Wait until it holds \(source)'s head ('qsctl --node \(node) wait --head-of \(source)'; a 'qsqsbridge --source qs://\(source) --root \(node) --mode compatible' must feed it), then promote it; or give the writes back to \(source) ('qsctl --node \(source) promote --force'). \(dropping)")
             throw Exit.usage
         }
-        if !silent.isEmpty || sources.isEmpty {
-            let through = (s?["mirror"] as? [String: Any])?["through_cluster"] as? Bool == true
-            let what = !silent.isEmpty ? silent.joined(separator: ", ")
-                : through ? "the bridge writes to another member of this cluster, which names it (promote through that member, or use 'qsctl cutover --from SOURCE --to \(node)')"
+        if force { return }
+        if let (source, theirs) = other.first {
+            fail("\(node) is a compatible mirror \(feeds), and its source \(source), demoted, holds index \(theirs.index) (hash \(hexString(theirs.hash).prefix(16))) and \(node) index \(mine.index) (hash \(hexString(mine.hash).prefix(16))): not the same history. Find which root holds the writes ('qsctl --node ROOT status' of each) before promoting either; if \(node) is the one, run again with --force. Nothing changed")
+            throw Exit.usage
+        }
+        if !silent.isEmpty {
+            fail("\(node) is a compatible mirror \(feeds), and whether its source takes writes is unknown: \(silent.joined(separator: ", ")). If that root is gone for good, run again with --force; otherwise demote it first ('qsctl --node SOURCE demote') or use 'qsctl cutover'. Nothing changed")
+            throw Exit.usage
+        }
+        if following {
+            if !sources.isEmpty { return }
+            let through = (s["mirror"] as? [String: Any])?["through_cluster"] as? Bool == true
+            let what = through ? "the bridge writes to another member of this cluster, which names it (promote through that member, or use 'qsctl cutover --from SOURCE --to \(node)')"
                 : "a source it does not name"
             fail("\(node) is a compatible mirror that a qsqsbridge still feeds, and whether its source takes writes is unknown: \(what). If that root is gone for good, run again with --force; otherwise demote it first ('qsctl --node SOURCE demote') or use 'qsctl cutover'. Nothing changed")
             throw Exit.usage
         }
+        // A mirror nothing feeds: a demoted root (a cut-over handed its writes to another
+        // root), or a mirror whose bridge stopped. Where the writes went is unknown.
+        let known = sources.isEmpty ? "" : " (its source \(sources.map { "\($0)" }.joined(separator: ", ")) is demoted and holds \(node)'s head, but which root it handed its writes to is unknown)"
+        fail("\(node) is a compatible mirror (demoted, or fed by a qsqsbridge that has stopped) and no qsqsbridge feeds it now\(known): the root it handed its writes to, or mirrored, most likely still takes them, and promoting \(node) would make two roots whose histories fork. To give \(node) the writes, run 'qsctl cutover --from THAT_ROOT --to \(node)' (it demotes that root first and waits for \(node) to hold its head). If no other root took the writes (you are undoing a demote of \(node)) or that root is gone for good, run again with --force. Nothing changed")
+        throw Exit.usage
     }
 }
 

@@ -203,8 +203,9 @@ final class CutoverTests: XCTestCase {
     }
 
     /// `qsctl promote` of a mirror whose bridge still reads from a root taking writes would
-    /// make two roots whose histories fork: refused (exit 2), nothing changed. Once that
-    /// root is demoted (the manual cut-over), the same command promotes.
+    /// make two roots whose histories fork: refused (exit 2), nothing changed. A demoted
+    /// source holding entries the mirror lacks: refused, even with --force. Once the mirror
+    /// holds the demoted root's head (the manual cut-over), the same command promotes.
     func testPromoteOfAMirrorWhoseSourceStillTakesWritesIsRefused() async throws {
         let (legacy, new, mirror, lc, nc) = try await mirroredPair()
         let refused = try qsctl(["--node", new.address, "promote"])
@@ -225,6 +226,11 @@ final class CutoverTests: XCTestCase {
         let behind = try qsctl(["--node", new.address, "promote"])
         XCTAssertEqual(behind.status, 2, behind.err)
         XCTAssertTrue(behind.err.contains("holds index \(head.index)") && behind.err.contains("wait --head-of \(legacy.address)"), behind.err)
+        // Forced too: L answers holding entries N lacks (--force is for a source gone for
+        // good); before, --force promoted N at once and L's acknowledged writes were lost.
+        let forced = try qsctl(["--node", new.address, "promote", "--force"])
+        XCTAssertEqual(forced.status, 2, forced.err)
+        XCTAssertTrue(forced.err.contains("holds index \(head.index)") && forced.err.contains("--force does not override"), forced.err)
         let stillBehind = await writeRole(nc)
         XCTAssertEqual(stillBehind, "mirror")
         kill(mirror.pid, SIGCONT)

@@ -298,8 +298,16 @@ final class InitialCopyTests: XCTestCase {
         XCTAssertTrue(String(decoding: table.stdout, as: UTF8.self).contains("(initial copy in progress)"),
                       "the table says so too:\n" + String(decoding: table.stdout, as: UTF8.self))
         try mirror.stop()
-        // The mirror's bridge is stopped: nothing tells qsctl where the writes went, so it
-        // takes --force (this test's legacy root takes no writes meanwhile).
+        // The mirror's bridge is stopped and L still answers as a writable root: no promote,
+        // not even forced (two roots); once L is demoted (it took no writes meanwhile), N
+        // holds its head and is promoted (still only forced: nothing feeds N, so where L's
+        // writes went is not known to qsctl).
+        let twoRoots = try Harness.run("qsctl", ["--node", new.address, "promote", "--force"])
+        XCTAssertEqual(twoRoots.status, 2, String(decoding: twoRoots.stdout + twoRoots.stderr, as: UTF8.self))
+        XCTAssertTrue(String(decoding: twoRoots.stderr, as: UTF8.self).contains("still takes writes"),
+                      String(decoding: twoRoots.stderr, as: UTF8.self))
+        let demote = try Harness.run("qsctl", ["--node", legacy.address, "demote"])
+        XCTAssertEqual(demote.status, 0, String(decoding: demote.stderr, as: UTF8.self))
         let promote = try Harness.run("qsctl", ["--node", new.address, "promote", "--force"])
         XCTAssertEqual(promote.status, 0, String(decoding: promote.stdout + promote.stderr, as: UTF8.self))
 
