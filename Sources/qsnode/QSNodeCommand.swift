@@ -98,6 +98,9 @@ struct QSNodeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("A replica: file holding the upstreams' replication token, presented on subscribe and snapshot (a root cluster member presents it to --cluster-peers for a snapshot). (env: QS_UPSTREAM_TOKEN_FILE)", valueName: "file"))
     var upstreamTokenFile: String = QSEnv.string("QS_UPSTREAM_TOKEN_FILE") ?? ""
 
+    @Flag(help: ArgumentHelp("A root: start as a compatible mirror. An empty store (no log entry, no checkpoint) is made one before any listener opens, so nothing but a compatible qsqsbridge writes to it: how a root whose data is gone comes back to follow the new root (docs/runbook.md, section 8) without a stale writer taking it for a root meanwhile. A store that is a mirror already (a demoted root) stays one; a writable store holding entries is refused (demote it with qsctl demote instead). Not with --etcd: a cluster's role is in etcd. (env: QS_MIRROR)"))
+    var mirror: Bool = QSEnv.flag("QS_MIRROR", flag: "--mirror")
+
     @Option(help: ArgumentHelp("Where bootstraps being received are written (room for a whole copy of the store; a transfer cut off is kept there and resumed) and a RocksDB node's snapshots for replicas are staged (an LMDB node streams its copy without a file); default: inside --data. (env: QS_STAGING_DIR)", valueName: "dir"))
     var stagingDir: String = QSEnv.string("QS_STAGING_DIR") ?? ""
 
@@ -215,6 +218,12 @@ struct QSNodeCommand: AsyncParsableCommand {
         guard expiryPurgeBatch >= 0 else { throw ValidationError("--expiry-purge-batch must be 0 (off) or more, e.g. 1000") }
         guard expiryPurgeInterval.duration > .zero else { throw ValidationError("--expiry-purge-interval must be more than 0, e.g. 1s") }
         guard staleAfter.duration > .zero else { throw ValidationError("--stale-after must be more than 0, e.g. 30s") }
+        if mirror {
+            guard role == .root else { throw ValidationError("--mirror starts a root as a compatible mirror: use it with --role root (a replica follows --upstream, it is no root)") }
+            guard etcd.isEmpty, cluster.isEmpty else {
+                throw ValidationError("--mirror does not go with --etcd/--cluster: a root cluster's role is in etcd; make the cluster a mirror with qsctl demote through a member")
+            }
+        }
         if !etcd.isEmpty || !cluster.isEmpty {
             guard role == .root else { throw ValidationError("--etcd and --cluster make a root cluster member: use them with --role root") }
             guard !etcd.isEmpty, !cluster.isEmpty else {
@@ -364,6 +373,7 @@ struct QSNodeCommand: AsyncParsableCommand {
         if role == .root, let problem = store.integrity.problem {
             throw StartError("--data \(data): the store is damaged (\(problem)); a root does not serve a damaged store. Run qsnode check --data \(data) to see everything that is wrong, then restore the directory from a copy or make this node a replica of a sound root")
         }
+        if mirror { try await startAsMirror(store, logger: logger) }
         let (head, nodeID) = try await store.read { txn in (try txn.head(), try txn.identity()) }
         logger.info("store open", metadata: ["data": "\(data)", "head-index": "\(head.index)",
                                              "head-hash": "\(hexString(head.hash))", "node-id": "\(nodeID)"])
@@ -491,6 +501,27 @@ struct QSNodeCommand: AsyncParsableCommand {
         }
         if let failure { throw failure }
         logger.info("node stopped cleanly", metadata: ["head-index": "\(finalHead.map { "\($0.index)" } ?? "?")"])
+    }
+
+    /// `--mirror`: an empty store becomes a compatible mirror before any listener opens; a
+    /// mirror stays one; a writable store holding entries or checkpoints is refused, since
+    /// demoting it at a start could strand writes a writer still needs (qsctl demote says
+    /// where it stands when it changes).
+    func startAsMirror(_ store: Store, logger: Logger) async throws {
+        let outcome = try await store.write { txn -> (WriteRole, Head, Bool) in
+            let role = try txn.writeRole(), head = try txn.head()
+            let empty = try head.index == 0 && txn.checkpoints().isEmpty
+            if role != .mirror && empty { try txn.setWriteRole(.mirror) }
+            return (role, head, empty)
+        }
+        switch outcome {
+        case (.mirror, let head, _):
+            logger.info("a compatible mirror already (--mirror)", metadata: ["head-index": "\(head.index)"])
+        case (_, _, true):
+            logger.notice("started as a compatible mirror (--mirror): an empty store; it takes compatible appends only, until qsctl promote")
+        case let (role, head, _):
+            throw StartError("--mirror: --data \(data) is a writable root (\(role.rawValue)) at index \(head.index) with checkpoints or entries: it is not made a mirror at a start, since writers may still need what it took. Start it without --mirror, then run 'qsctl --node \(listen) demote' once no writer needs it (or, if its data is to be dropped, start on an empty --data)")
+        }
     }
 
     /// `/readyz` while writes fail for want of room or of a working disk: the last write

@@ -252,6 +252,48 @@ final class CutoverTests: XCTestCase {
         for c in [lc, nc] { await c.close() }
     }
 
+    /// `qsnode --mirror` on an empty --data (the runbook's way back for a root whose data is
+    /// gone): a mirror before any listener opens, so a stale writer (qsctl put here, a KT
+    /// bridge whose unit still names it) is refused from the first write, where an empty
+    /// root took it; the mirror bridge then fills it and it is promoted once it holds the
+    /// demoted source's head. A writable root with entries is refused --mirror, naming what
+    /// to do; so is --mirror on a replica.
+    func testARootStartedWithMirrorOnEmptyDataTakesOnlyTheMirrorBridge() async throws {
+        let source = try root("N")
+        for i in 0..<5 { XCTAssertEqual(try qsctl(["--node", source.address, "put", "k\(i)", "v\(i)"]).status, 0) }
+        let back = try RootNode(data: tmp.appendingPathComponent("L"), logDir: tmp, extraArgs: ["--write-token-file", token.path, "--mirror"])
+        let stale = try qsctl(["--node", back.address, "put", "stale", "1"])
+        XCTAssertEqual(stale.status, 3, stale.err)
+        XCTAssertTrue(stale.err.contains("compatible mirror"), stale.err)
+        let lc = try await QSClient.connect(host: "127.0.0.1", port: back.port)
+        let nc = try await QSClient.connect(host: "127.0.0.1", port: source.port)
+        let role = await writeRole(lc)
+        XCTAssertEqual(role, "mirror")
+        let mirror = try mirrorBridge(from: source, to: back)
+        XCTAssertEqual(try qsctl(["--node", source.address, "demote"]).status, 0)
+        let head = try await nc.head()
+        let held = await Harness.eventually(timeout: .seconds(30)) { (try? await lc.head()) == head }
+        XCTAssertTrue(held, mirror.log)
+        let promoted = try qsctl(["--node", back.address, "promote"])
+        XCTAssertEqual(promoted.status, 0, promoted.err)
+        _ = try? mirror.stop()
+        XCTAssertEqual(try qsctl(["--node", back.address, "put", "after", "1"]).status, 0)
+        for c in [lc, nc] { await c.close() }
+
+        // A writable root holding entries: not demoted by a start flag.
+        let writable = tmp.appendingPathComponent("W")
+        let w = try root("W")
+        XCTAssertEqual(try qsctl(["--node", w.address, "put", "k", "v"]).status, 0)
+        try w.daemon.stop()
+        let refused = try Harness.run("qsnode", ["--data", writable.path, "--listen", "127.0.0.1:0", "--mirror"], killAfter: .seconds(30))
+        let said = String(decoding: refused.stderr, as: UTF8.self)
+        XCTAssertNotEqual(refused.status, 0, said)
+        XCTAssertTrue(said.contains("--mirror: --data \(writable.path) is a writable root (open) at index 1") && said.contains("demote"), said)
+        let replica = try Harness.run("qsnode", ["--role", "replica", "--upstream", source.address, "--data", tmp.appendingPathComponent("R").path, "--mirror"], killAfter: .seconds(30))
+        XCTAssertEqual(replica.status, 64, String(decoding: replica.stderr, as: UTF8.self))
+        XCTAssertTrue(String(decoding: replica.stderr, as: UTF8.self).contains("use it with --role root"))
+    }
+
     /// A bridge given `--root L,N` while KT is quiet: KT's heartbeats move the bridge's
     /// checkpoint at L without a log entry, so N (L's mirror, holding L's head) holds an
     /// older one. After a clean cut-over the bridge makes the same move at N and writes on

@@ -250,7 +250,7 @@ def test_runbook_runs_as_written(fakekt):
     kt = "127.0.0.1:%d" % fakekt["port"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("QS_")}
     env.update(PATH=BIN_DIR + os.pathsep + os.environ.get("PATH", ""), TOKENS=tokens, DATA=data, KT=kt,
-               ADMIN="127.0.0.1:0", L="127.0.0.1:0", KTBRIDGE_ADMIN="127.0.0.1:0", QSREST="127.0.0.1:0",
+               ADMIN="127.0.0.1:0", L="127.0.0.1:0", L_ADMIN="127.0.0.1:0", KTBRIDGE_ADMIN="127.0.0.1:0", QSREST="127.0.0.1:0",
                QSREST_ADMIN="127.0.0.1:0", ACL=os.path.join(work, "qsrest-acl.toml"),
                QS_BATCH_INTERVAL="100ms", QS_SHUTDOWN_TIMEOUT="3s")
     runner = Runner(work, env)
