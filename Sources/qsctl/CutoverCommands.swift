@@ -159,7 +159,9 @@ struct Cutover: AsyncParsableCommand {
             --from (it stops taking batches; its head is final), waits until --to holds that \
             head (same index, same chained hash), then promotes --to. If --to does not get \
             there within --timeout, --from is promoted back and the command exits 5: nothing \
-            changed but a pause in writes. Exit 0: --to takes the writes; point the bridges at \
+            changed but a pause in writes. Exit 2: nothing changed (the roles are not right, or \
+            a node could not be reached or did not answer before the demote). Exit 3: no root \
+            may take writes (the message says what to run). Exit 0: --to takes the writes; point the bridges at \
             it, and feed --from from it (qsqsbridge --source qs://TO --root FROM --mode \
             compatible) to keep the way back open. --admin-token-file must hold the admin \
             token of both roots (or run it on their machine when they have none).
@@ -187,8 +189,23 @@ struct Cutover: AsyncParsableCommand {
         fromOptions.node = fromAddress
         toOptions.node = toAddress
         let admin = try parent.options.adminToken()
-        let old = try await fromOptions.connect()
-        let new = try await toOptions.connect()
+        // Before the demote nothing has changed: a node that cannot be reached or does not
+        // answer ends the cut-over with exit 2, as a refusal does (3 is kept for "no root
+        // takes writes" and a failed undo).
+        let old: QSClient, new: QSClient
+        do {
+            old = try await fromOptions.connect()
+        } catch {
+            fail("nothing changed: the cut-over did not start")
+            throw Exit.usage
+        }
+        do {
+            new = try await toOptions.connect()
+        } catch {
+            await old.close()
+            fail("nothing changed: the cut-over did not start")
+            throw Exit.usage
+        }
         defer { Task { await old.close(); await new.close() } }
         do {
             try await checkReady(old: old, new: new, from: fromAddress, to: toAddress)
@@ -197,7 +214,7 @@ struct Cutover: AsyncParsableCommand {
         } catch {
             let (address, cause) = (error as? Unanswered).map { ($0.address, $0.error) } ?? (nil, error)
             fail("nothing changed: \(parent.options.describe(cause, address))")
-            throw Exit.serverError
+            throw Exit.usage
         }
 
         // Every call below waits at most --request-timeout, and the wait for the mirror at

@@ -120,7 +120,7 @@ struct NodeOptions: ParsableArguments {
             fail("node \(node) refused the token qsctl presented to read (\(readTokenOrigin)): \(message)")
             throw Exit.serverError
         } catch {
-            fail("cannot connect to node \(node): \(error)")
+            fail("cannot connect to node \(node): \(describe(error))")
             throw Exit.serverError
         }
     }
@@ -160,7 +160,22 @@ struct NodeOptions: ParsableArguments {
 
     /// An error of a call to `address` (default: --node), in words that say what to do
     /// about a timeout.
+    /// The peer closed the connection before any answer: the client's own words for it
+    /// (`ClientError.connection` keeps NIO's text for a closed channel).
+    static func closedWithoutAnswer(_ error: any Error) -> Bool {
+        switch error {
+        case let e as ChannelError: return e == .ioOnClosedChannel || e == .eof || e == .alreadyClosed
+        case ClientError.connectionClosed: return true
+        case let ClientError.connectionFailed(why):
+            return [ChannelError.ioOnClosedChannel, .eof, .alreadyClosed].contains { "\($0)" == why }
+        default: return false
+        }
+    }
+
     func describe(_ error: any Error, _ address: Address? = nil) -> String {
+        if Self.closedWithoutAnswer(error) {
+            return "node \(address ?? node) closed the connection without an answer (\(error)): the address is most likely not a node's write port (--listen) but a KT, admin or other HTTP port, which closes on the QS protocol's first frame; or the node stopped"
+        }
         guard let e = error as? ClientError, e == .timedOut else { return "\(error)" }
         return "node \(address ?? node) did not answer within \(requestTimeout) (--request-timeout): it is stopped, overloaded or cut off (check its process and /healthz), or the address is not a node's write port (--listen): a memcached port, for one, waits for a line's end and never answers"
     }

@@ -177,7 +177,9 @@ final class CutoverTests: XCTestCase {
     }
 
     /// A mirror that does not answer before anything changes: the cut-over gives up after
-    /// the request timeout, exit 3, and L was never demoted. qsctl's other commands end the
+    /// the request timeout, exit 2 (nothing changed, as the runbook says; it was 3, the
+    /// code of "no root takes writes"), and L was never demoted. A --to that is no node
+    /// (nothing listening, or a KT port) likewise, naming what the address is likely to be. qsctl's other commands end the
     /// same way against a hung node, naming the flag.
     func testCutoverToAHungMirrorChangesNothing() async throws {
         let (legacy, new, mirror, lc, nc) = try await mirroredPair()
@@ -187,8 +189,15 @@ final class CutoverTests: XCTestCase {
                                           "cutover", "--from", legacy.address, "--to", new.address, "--timeout", "3s"],
                                 killAfter: .seconds(60))
         let err = String(decoding: r.stderr, as: UTF8.self)
-        XCTAssertEqual(r.status, 3, err)
+        XCTAssertEqual(r.status, 2, err)
         XCTAssertTrue(err.contains("nothing changed") && err.contains("--request-timeout"), err)
+        let kt = try FakeKTProcess(logDir: tmp)
+        let toKT = try qsctl(["--request-timeout", "5s", "cutover", "--from", legacy.address, "--to", "127.0.0.1:\(kt.port)", "--timeout", "3s"])
+        XCTAssertEqual(toKT.status, 2, toKT.err)
+        XCTAssertTrue(toKT.err.contains("nothing changed") && toKT.err.contains("not a node's write port"), toKT.err)
+        let nobody = try qsctl(["cutover", "--from", legacy.address, "--to", "127.0.0.1:1", "--timeout", "3s"])
+        XCTAssertEqual(nobody.status, 2, nobody.err)
+        XCTAssertTrue(nobody.err.contains("cannot connect to node 127.0.0.1:1") && nobody.err.contains("nothing changed"), nobody.err)
         let role = await writeRole(lc)
         XCTAssertEqual(role, "open")
         let head = try Harness.run("qsctl", ["--node", new.address, "--request-timeout", "1s", "head"], killAfter: .seconds(60))
