@@ -87,7 +87,7 @@ struct Promote: AsyncParsableCommand {
         let feeds = following ? "that a qsqsbridge still feeds" : "that no qsqsbridge feeds now"
         let dropping = "--force does not override a root that answers: if that root is to be dropped for good, stop it first. Nothing changed"
         if !writable.isEmpty {
-            fail("\(node) is a compatible mirror \(feeds), and its source \(writable.joined(separator: ", ")) still takes writes: promoting \(node) would make two roots whose histories fork. Run 'qsctl cutover --from \(writable[0]) --to \(node)' (it demotes the source first and waits for the mirror to hold its head). \(dropping)")
+            fail("\(node) is a compatible mirror \(feeds), and its source \(writable.joined(separator: ", ")) still takes writes: promoting \(node) would make two roots whose histories fork. Run \(following ? "" : "its qsqsbridge again ('qsqsbridge --source qs://\(writable[0]) --root \(node) --mode compatible'), then ")'qsctl cutover --from \(writable[0]) --to \(node)' (it demotes the source first and waits for the mirror to hold its head). \(dropping)")
             throw Exit.usage
         }
         if let (source, theirs) = longer.first {

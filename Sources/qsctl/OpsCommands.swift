@@ -50,8 +50,17 @@ struct Status: AsyncParsableCommand {
         if let m = s["mirror"] as? [String: Any] {
             let by = (m["followed_by"] as? [[String: Any]] ?? []).map { "\($0["client"] ?? "?") from \($0["peer"] ?? "?")" }
             let through = (m["through_cluster"] as? Bool) == true ? "a compatible bridge writing to another member of the cluster" : nil
-            printLine("mirror   following \((m["following"] as? Bool) == true ? "yes: " + (through ?? by.joined(separator: "; ")) : "no (no compatible bridge connected)")"
+            // Not following with a compatible bridge still connected: it has been silent for
+            // more than 5 s (stopped, hung, or cut off from its source's answers).
+            let silent = (s["writers"] as? [[String: Any]] ?? []).filter { ($0["client"] as? String)?.contains("mode=compatible") == true }
+                .map { w in "\(w["client"] ?? "?") from \(w["peer"] ?? "?")" + ((w["last_request_age_seconds"] as? Double).map { String(format: ", silent %.0f s", $0) } ?? "") }
+            let not = silent.isEmpty ? "no (no compatible bridge connected)"
+                : "no (a compatible bridge is connected but silent: stopped or hung? " + silent.joined(separator: "; ") + ")"
+            printLine("mirror   following \((m["following"] as? Bool) == true ? "yes: " + (through ?? by.joined(separator: "; ")) : not)"
                       + ((m["last_append_age_seconds"] as? Double).map { String(format: "; last append %.1f s ago", $0) } ?? ""))
+            if let seen = m["sources_seen"] as? [String], !seen.isEmpty {
+                printLine("mirror   sources seen since the node started: \(seen.joined(separator: ", "))")
+            }
         }
         for w in s["writers"] as? [[String: Any]] ?? [] {
             printLine("writer   \(w["peer"] ?? "?")  \(w["client"] ?? "?")")

@@ -242,6 +242,14 @@ final class CutoverTests: XCTestCase {
         XCTAssertTrue(forced.err.contains("holds index \(head.index)") && forced.err.contains("--force does not override"), forced.err)
         let stillBehind = await writeRole(nc)
         XCTAssertEqual(stillBehind, "mirror")
+        // qsctl status says the stopped bridge is connected but silent, not that none is.
+        var table = ""
+        let silent = Harness.waitUntil(timeout: .seconds(20), pollEvery: .milliseconds(250)) {
+            table = (try? self.qsctl(["--node", new.address, "status"]).out) ?? ""
+            return table.contains("following no (a compatible bridge is connected but silent")
+        }
+        XCTAssertTrue(silent, table)
+        XCTAssertTrue(table.contains("sources seen since the node started: qs://\(legacy.address)"), table)
         kill(mirror.pid, SIGCONT)
         stalled = false
         let held = await Harness.eventually(timeout: .seconds(30)) { (try? await nc.head()) == head }
