@@ -349,6 +349,10 @@ struct Cutover: AsyncParsableCommand {
                 fail("NO ROOT TAKES WRITES: \(from) and \(to) are both compatible mirrors (a cut-over interrupted between its demote and its promote?). \(which); nothing changed")
                 throw Exit.usage
             }
+            if oldRole == "mirror", newRole == "open" || newRole == "promoted" {
+                fail("\(from) is a compatible mirror and \(to) takes writes: this cut-over looks done already (to give the writes back, feed \(from) from \(to) and run 'qsctl cutover --from \(to) --to \(from)'); nothing changed")
+                throw Exit.usage
+            }
             fail("\(from) is a \(oldRole == "mirror" ? "compatible mirror" : "replica"), not the root taking writes: nothing changed")
             throw Exit.usage
         }

@@ -295,6 +295,10 @@ final class CutoverTests: XCTestCase {
         XCTAssertEqual(promoted.status, 0, promoted.err)
         _ = try? mirror.stop()
         XCTAssertEqual(try qsctl(["--node", back.address, "put", "after", "1"]).status, 0)
+        // The same cut-over run again: said to be done already, nothing changed.
+        let again = try qsctl(["cutover", "--from", source.address, "--to", back.address, "--timeout", "3s"])
+        XCTAssertEqual(again.status, 2, again.err)
+        XCTAssertTrue(again.err.contains("looks done already"), again.err)
         for c in [lc, nc] { await c.close() }
 
         // A writable root holding entries: not demoted by a start flag.
