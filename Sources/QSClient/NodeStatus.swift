@@ -31,13 +31,22 @@ public enum NodeStatus {
         let mirror = status["mirror"] as? [String: Any] ?? [:]
         let connected = (status["writers"] as? [[String: Any]] ?? []).compactMap { $0["client"] as? String }
             .filter { $0.contains("mode=compatible") }.compactMap(source(ofClient:))
-        let seen = (mirror["sources_seen"] as? [String] ?? []).filter { $0.hasPrefix("qs://") }
-            .compactMap { try? Endpoint(parsing: String($0.dropFirst("qs://".count))) }
+        let seen = (mirror["sources_seen"] as? [String] ?? []).compactMap(endpoint(ofSource:))
         return unique(mirroredSources(status) + connected + seen)
     }
 
+    /// The root a bridge's hello says it reads (`source=qs://HOST:PORT` in its client
+    /// string), as `qs://HOST:PORT`.
+    public static func sourceAddress(ofClient client: String) -> String? {
+        client.split(separator: " ").first { $0.hasPrefix("source=qs://") }.map { String($0.dropFirst("source=".count)) }
+    }
+
     private static func source(ofClient client: String) -> Endpoint? {
-        client.split(separator: " ").first { $0.hasPrefix("source=qs://") }.flatMap { try? Endpoint(parsing: String($0.dropFirst(12))) }
+        sourceAddress(ofClient: client).flatMap(endpoint(ofSource:))
+    }
+
+    private static func endpoint(ofSource address: String) -> Endpoint? {
+        address.hasPrefix("qs://") ? try? Endpoint(parsing: String(address.dropFirst("qs://".count))) : nil
     }
 
     private static func unique(_ endpoints: [Endpoint]) -> [Endpoint] {

@@ -1,4 +1,5 @@
 import NIOConcurrencyHelpers
+import QSClient
 import QSModel
 
 /// The writers connected to a node that introduced themselves with `hello` (bridges):
@@ -16,9 +17,7 @@ public final class Writers: Sendable {
         /// A `qsqsbridge --mode compatible` (its hello says so).
         public var compatible: Bool { client.contains("mode=compatible") }
         /// The root it reads, as its hello names it (`source=qs://HOST:PORT`): `qs://HOST:PORT`.
-        public var source: String? {
-            client.split(separator: " ").first { $0.hasPrefix("source=qs://") }.map { String($0.dropFirst("source=".count)) }
-        }
+        public var source: String? { NodeStatus.sourceAddress(ofClient: client) }
     }
 
     private let table = NIOLockedValueBox<[String: Writer]>([:])

@@ -163,20 +163,17 @@ final class RocksDBEngine: @unchecked Sendable {
         rocksdb_cache_destroy(cache)
     }
 
-    /// Runs `body` inside the gate: `StoreError.closed` once `close()` began.
+    /// Goes through the gate (the caller leaves it with `gate.leave()`): `StoreError.closed`
+    /// once `close()` began.
     @inline(__always)
-    private func inside<T>(_ body: () throws -> T) throws -> T {
+    private func enter() throws {
         guard gate.enter() else { throw StoreError.closed }
-        defer { gate.leave() }
-        return try body()
     }
 
     /// Runs `body` on a snapshot of the DB (every table seen at one sequence number).
     func read<T>(_ body: (RocksDBTransaction) throws -> T) throws -> T {
-        try inside { try readInside(body) }
-    }
-
-    private func readInside<T>(_ body: (RocksDBTransaction) throws -> T) throws -> T {
+        try enter()
+        defer { gate.leave() }
         let snapshot = rocksdb_create_snapshot(db)
         let ro = rocksdb_readoptions_create()
         rocksdb_readoptions_set_snapshot(ro, snapshot)
@@ -241,10 +238,8 @@ final class RocksDBEngine: @unchecked Sendable {
     /// A checkpoint of the DB in `directory` (which must not exist): hard links to its
     /// SST files and copies of the rest, a consistent point in time.
     func checkpoint(into directory: String) throws {
-        try inside { try checkpointInside(into: directory) }
-    }
-
-    private func checkpointInside(into directory: String) throws {
+        try enter()
+        defer { gate.leave() }
         var err: UnsafeMutablePointer<CChar>?
         let cp = rocksdb_checkpoint_object_create(db, &err)
         try RocksDBError.check(err, "checkpoint_object_create")
@@ -255,19 +250,17 @@ final class RocksDBEngine: @unchecked Sendable {
 
     /// Flushes the WAL to disk (after `noSync` writes).
     func sync() throws {
-        try inside {
-            var err: UnsafeMutablePointer<CChar>?
-            rocksdb_flush_wal(db, 1, &err)
-            try RocksDBError.check(err, "flush_wal")
-        }
+        try enter()
+        defer { gate.leave() }
+        var err: UnsafeMutablePointer<CChar>?
+        rocksdb_flush_wal(db, 1, &err)
+        try RocksDBError.check(err, "flush_wal")
     }
 
     /// Flushes every memtable (waiting for it) and compacts every table.
     func flushAndCompact() throws {
-        try inside { try flushAndCompactInside() }
-    }
-
-    private func flushAndCompactInside() throws {
+        try enter()
+        defer { gate.leave() }
         let fo = rocksdb_flushoptions_create()
         defer { rocksdb_flushoptions_destroy(fo) }
         rocksdb_flushoptions_set_wait(fo, 1)
@@ -281,7 +274,9 @@ final class RocksDBEngine: @unchecked Sendable {
 
     /// An integer property summed over the tables (0 once closed).
     func property(_ name: String) -> Int {
-        (try? inside { propertyInside(name) }) ?? 0
+        guard gate.enter() else { return 0 }
+        defer { gate.leave() }
+        return propertyInside(name)
     }
 
     private func propertyInside(_ name: String) -> Int {
