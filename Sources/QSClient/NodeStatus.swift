@@ -26,7 +26,7 @@ public enum NodeStatus {
 
     /// Every root a compatible mirror is known to have followed: its live bridges' sources,
     /// those of bridges still connected but silent (stopped, hung), and those its bridges
-    /// named since the node started (`mirror.sources_seen`), even once gone.
+    /// ever named (`mirror.sources_seen`, kept across restarts), even once gone.
     public static func knownSources(_ status: [String: Any]) -> [Endpoint] {
         let mirror = status["mirror"] as? [String: Any] ?? [:]
         let connected = (status["writers"] as? [[String: Any]] ?? []).compactMap { $0["client"] as? String }

@@ -111,8 +111,9 @@ public final class NodeCore: Sendable {
     /// Reads the write role from the store (at start): a mirror's root time is its
     /// source's until an append says more.
     public func loadWriteRole() async throws {
-        let role = try await store.writeRole()
+        let (role, seen) = try await store.read { (try $0.writeRole(), try $0.mirrorSourcesSeen()) }
         mirroring.withLockedValue { $0.active = role == .mirror }
+        writers.restore(seen: seen)
     }
 
     private func noteMirroring(_ active: Bool, sourceTimeNs: UInt64) {
@@ -192,7 +193,16 @@ public final class NodeCore: Sendable {
         do {
             switch request {
             case let .hello(_, client):
-                writers.hello(peer: peer, client: client)
+                if let seen = writers.hello(peer: peer, client: client), writable {
+                    // Kept for the next start (a forced promote after a restart still asks
+                    // them); a failure here loses only that.
+                    do {
+                        try await store.write { try $0.setMirrorSourcesSeen(seen) }
+                    } catch {
+                        helloLog.log(logger, .warning, "cannot keep the sources seen in the store", peer: peer, kind: "sources-seen",
+                                     metadata: ["error": "\(error)"])
+                    }
+                }
                 // Once a minute per host and client: a writer that checks this node and
                 // passes it over (not a copy of the root it writes to) says hello each retry.
                 helloLog.log(logger, .info, "writer connected", peer: peer, kind: client, metadata: ["client": "\(client)"])

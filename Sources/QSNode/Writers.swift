@@ -21,10 +21,10 @@ public final class Writers: Sendable {
     }
 
     private let table = NIOLockedValueBox<[String: Writer]>([:])
-    /// The roots compatible bridges said they read (`source=` in their hello) since the node
-    /// started, newest last, at most `seenLimit`: a mirror whose bridge stopped or went
-    /// silent still names the root it followed, which `qsctl promote` asks before it turns
-    /// the mirror into a root.
+    /// The roots compatible bridges said they read (`source=` in their hello), newest last,
+    /// at most `seenLimit`, kept in the store (`StoreTransaction.mirrorSourcesSeen`) so a
+    /// restart forgets none: a mirror whose bridge stopped or went silent still names the
+    /// root it followed, which `qsctl promote` asks before it turns the mirror into a root.
     private let seen = NIOLockedValueBox<[String]>([])
     static let seenLimit = 8
     /// The last compatible append any writer made (ns since the epoch), 0 if none.
@@ -32,16 +32,24 @@ public final class Writers: Sendable {
 
     public init() {}
 
-    func hello(peer: String, client: String) {
+    /// The sources seen before the node started, as the store kept them.
+    func restore(seen list: [String]) {
+        seen.withLockedValue { $0 = Array(list.suffix(Self.seenLimit)) }
+    }
+
+    /// A writer's hello. Returns the sources seen when the hello changed them (a compatible
+    /// bridge naming a source not last in the list), for the caller to keep in the store.
+    func hello(peer: String, client: String) -> [String]? {
         let now = wallClockNanoseconds()
         let writer = Writer(peer: peer, client: client, sinceNs: now, lastRequestNs: now)
         table.withLockedValue { $0[peer] = writer }
-        if writer.compatible, let source = writer.source {
-            seen.withLockedValue { seen in
-                seen.removeAll { $0 == source }
-                seen.append(source)
-                if seen.count > Self.seenLimit { seen.removeFirst(seen.count - Self.seenLimit) }
-            }
+        guard writer.compatible, let source = writer.source else { return nil }
+        return seen.withLockedValue { seen in
+            guard seen.last != source else { return nil }
+            seen.removeAll { $0 == source }
+            seen.append(source)
+            if seen.count > Self.seenLimit { seen.removeFirst(seen.count - Self.seenLimit) }
+            return seen
         }
     }
 

@@ -153,6 +153,20 @@ extension StoreTransaction {
         return try head()
     }
 
+    /// The roots compatible bridges said they read into this store (`source=` in their
+    /// hello), newest last: kept across restarts so that `qsctl promote` asks a mirror's
+    /// sources even when no bridge is connected. Metadata only: not in the log.
+    public func mirrorSourcesSeen() throws -> [String] {
+        guard let raw = try txn.get(meta, Store.mirrorSourcesKey) else { return [] }
+        return String(decoding: raw, as: UTF8.self).split(separator: "\n").map(String.init)
+    }
+
+    /// Replaces the list `mirrorSourcesSeen` reads.
+    public func setMirrorSourcesSeen(_ sources: [String]) throws {
+        try requireWritable()
+        try txn.put(meta, Store.mirrorSourcesKey, Array(sources.joined(separator: "\n").utf8))
+    }
+
     /// The retained window of the log.
     public func logWindow() throws -> LogWindow {
         guard let raw = try txn.get(meta, Store.logStartKey) else {

@@ -154,6 +154,9 @@ public final class Store: Sendable {
     /// log entry recorded it.
     static let descriptorPrefix = Array("sd/".utf8)
     static let modeKey = Array("mode".utf8)
+    /// `ms`: the roots compatible bridges said they read into this store, newline-separated,
+    /// newest last (`StoreTransaction.mirrorSourcesSeen`).
+    static let mirrorSourcesKey = Array("ms".utf8)
     static let compatibleMode = Array("compatible".utf8)
     static let promotedMode = Array("promoted".utf8)
     public static let maxSourceIDBytes = Origin.maxSourceIDBytes

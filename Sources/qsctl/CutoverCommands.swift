@@ -22,7 +22,7 @@ struct Promote: AsyncParsableCommand {
             from this machine only. The node logs the change. Prefer 'qsctl cutover', \
             which first demotes the old root and makes sure the mirror holds its head. Before \
             promoting a mirror, qsctl asks the roots its qsqsbridges read (live, silent, or seen \
-            since the node started). Refused (exit 2) even with --force: a source that answers \
+            before, kept across restarts). Refused (exit 2) even with --force: a source that answers \
             and takes writes (two roots would fork the history), or one that answers, demoted, \
             holding entries the mirror lacks (writes it acknowledged would be lost). Refused \
             without --force: a source that does not answer, one on another history, and a \
@@ -43,7 +43,7 @@ struct Promote: AsyncParsableCommand {
 
     /// What a compatible mirror's source roots say before it becomes a root. The sources
     /// are those its bridges name in their hellos: live ones, connected but silent ones, and
-    /// those seen since the node started (`NodeStatus.knownSources`). Refused whatever
+    /// those seen before, kept in the store across restarts (`NodeStatus.knownSources`). Refused whatever
     /// --force says: a source that answers and takes writes (two roots would fork), or one
     /// that answers, demoted, holding entries the mirror lacks (writes it acknowledged
     /// would be lost). Without --force, also refused: a source that does not answer, one on
@@ -250,10 +250,23 @@ struct Cutover: AsyncParsableCommand {
             let ns = max(Int64(left.seconds * 1e9), 100_000_000)
             return .nanoseconds(min(ns, request.nanoseconds))
         }
-        var reached = (try? await new.head(timeout: bounded())) ?? .empty
+        // The last poll's failure, if it failed: a mirror killed or hung during the wait is
+        // reported as not answering, not as slow.
+        var unanswered: (any Error)?
+        func poll(_ last: Head) async -> Head {
+            do {
+                let head = try await new.head(timeout: bounded())
+                unanswered = nil
+                return head
+            } catch {
+                unanswered = error
+                return last
+            }
+        }
+        var reached = await poll(.empty)
         while reached != final && reached.index <= final.index && ContinuousClock.now < deadline && !interrupted.happened {
             try? await Task.sleep(for: .milliseconds(50))
-            reached = (try? await new.head(timeout: bounded())) ?? reached
+            reached = await poll(reached)
         }
         if interrupted.happened {
             fail("interrupted (\(interrupted.name)): undoing the cut-over before exiting")
@@ -293,6 +306,8 @@ struct Cutover: AsyncParsableCommand {
             }
         } else if reached.index >= final.index {
             fail("\(toAddress) reached index \(reached.index) with hash \(hexString(reached.hash)), not \(fromAddress)'s head \(final.index) hash \(hexString(final.hash)): it does not mirror \(fromAddress)")
+        } else if let unanswered {
+            fail("\(toAddress) stopped answering while \(fromAddress) waited for it (\(parent.options.describe(unanswered, toAddress))); it last held index \(reached.index) of \(final.index)")
         } else {
             fail("\(toAddress) did not reach \(fromAddress)'s head \(final.index) within \(timeout) (it is at \(reached.index)): check the qsqsbridge feeding it (its log, qs_bridge_lag_seconds) and that \(toAddress) answers")
         }
@@ -303,7 +318,9 @@ struct Cutover: AsyncParsableCommand {
             fail("UNDO FAILED, NO ROOT TAKES WRITES: \(fromAddress) is still demoted (\(parent.options.describe(error, fromAddress))). Once it answers, run: qsctl --node \(fromAddress) promote --force (\(toAddress) is a mirror: it was never promoted)")
             throw Exit.serverError
         }
-        fail("cut-over undone: \(fromAddress) takes writes again, \(toAddress) is still a mirror")
+        fail(unanswered == nil
+            ? "cut-over undone: \(fromAddress) takes writes again, \(toAddress) is still a mirror"
+            : "cut-over undone: \(fromAddress) takes writes again; \(toAddress) was never promoted (once it answers it is a mirror)")
         throw interrupted.happened ? ExitCode(130) : timedOutExit
     }
 

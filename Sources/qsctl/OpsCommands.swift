@@ -59,7 +59,7 @@ struct Status: AsyncParsableCommand {
             printLine("mirror   following \((m["following"] as? Bool) == true ? "yes: " + (through ?? by.joined(separator: "; ")) : not)"
                       + ((m["last_append_age_seconds"] as? Double).map { String(format: "; last append %.1f s ago", $0) } ?? ""))
             if let seen = m["sources_seen"] as? [String], !seen.isEmpty {
-                printLine("mirror   sources seen since the node started: \(seen.joined(separator: ", "))")
+                printLine("mirror   sources seen: \(seen.joined(separator: ", "))")
             }
         }
         for w in s["writers"] as? [[String: Any]] ?? [] {
