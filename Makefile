@@ -9,7 +9,7 @@ SWIFT ?= swift
 APT_PACKAGES := liblmdb-dev librocksdb-dev libxxhash-dev lmdb-utils libcurl4-openssl-dev pkg-config python3 python3-pip python3-yaml memcached curl etcd-server etcd-client iproute2 iptables
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: deps interop-deps interop build release test fuzz soak tsan container-test container-test-source container-memory operations-doc demo bench replay clean
+.PHONY: deps interop-deps interop build release test test-interop fuzz soak tsan container-test container-test-source container-memory operations-doc demo bench replay clean
 
 # A recorded feed to replay: a capture file, a ulog directory or a fixture directory.
 FEED ?= Fixtures/kt/basic
@@ -42,14 +42,19 @@ interop-deps:
 	@$(PYTHON) -c "import ukt, pymemcache, pytest" 2>/dev/null || $(PYTHON) -m pip install --quiet $(PIP_PACKAGES) \
 		|| $(PYTHON) -m pip install --quiet --break-system-packages $(PIP_PACKAGES)
 
+# The XCTest suites, and beside them (--also: parts of the same two lanes) the fuzz seeds,
+# the Python interop and deploy tests, two replays and the container test.
 test: deps interop-deps
 	$(SWIFT) build --build-tests
-	SWIFT=$(SWIFT) ./scripts/swift-test.sh
+	SWIFT=$(SWIFT) ./scripts/swift-test.sh --also interop "$(MAKE) --no-print-directory test-interop" \
+		--also container "./scripts/container-test.sh .build/debug"
+
+# The part of make test that is not XCTest or the container (built already).
+test-interop:
 	.build/debug/qsfuzz seeds Fixtures .fuzz/seeds >/dev/null && .build/debug/qsfuzz mutate .fuzz/seeds 3000
 	QS_BIN_DIR=.build/debug $(PYTHON) -m pytest -q Tests/interop Tests/deploy
 	./scripts/replay.sh .build/debug Fixtures/kt/basic 0=,1=aux/
 	./scripts/replay.sh .build/debug Fixtures/kt/medium 0=main/,1=aux/ --allow-clear
-	./scripts/container-test.sh .build/debug
 
 # Builds the container image's runtime stage with this host's executables and runs it with
 # podman (root needed; skips with a message where podman cannot run). See docs/operations.md.

@@ -140,10 +140,32 @@ done
 check "the health check fails when nothing answers" equals "$(run "$IMAGE" sh -c 'qs-healthcheck 127.0.0.1:1 2>/dev/null && echo passed || echo failed')" "failed"
 check "the root filesystem is read-only" equals "$(run "$IMAGE" sh -c 'touch /usr/local/bin/x 2>/dev/null && echo writable || echo read-only')" "read-only"
 
-free_port() { python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])"; }
-ROOT_PORT=$(free_port); ROOT_ADMIN=$(free_port); BRIDGE_ADMIN=$(free_port); KT_PORT=$(free_port); LIVE_ADMIN=$(free_port)
-ROOT2_PORT=$(free_port); ROOT2_ADMIN=$(free_port); QSBRIDGE_ADMIN=$(free_port)
-REST_PORT=$(free_port); REST_ADMIN=$(free_port)
+# N distinct ports below the kernel's ephemeral range, free now: make test runs this beside
+# the XCTest suites, whose listeners (port 0) and connections take ports from that range, so
+# a port chosen there could be taken again before its container binds it.
+free_ports() {
+  python3 - "$1" <<'PY'
+import random, socket, sys
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+ports = []
+for port in random.sample(range(10000, max(low, 10100)), 2000):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        ports.append(port)
+    except OSError:
+        pass
+    finally:
+        s.close()
+    if len(ports) == int(sys.argv[1]):
+        break
+else:
+    raise SystemExit("not enough free ports below the ephemeral range")
+print(" ".join(map(str, ports)))
+PY
+}
+PORTS=$(free_ports 10) || fail "choosing ports"
+read -r ROOT_PORT ROOT_ADMIN BRIDGE_ADMIN KT_PORT LIVE_ADMIN ROOT2_PORT ROOT2_ADMIN QSBRIDGE_ADMIN REST_PORT REST_ADMIN <<<"$PORTS"
 head -c 24 /dev/urandom | base64 >"$WORK/token"
 chown 10001:10001 "$WORK/token"; chmod 0400 "$WORK/token"
 TOKEN=(-v "$WORK/token:/run/secrets/qs-write-token:ro" -e QS_WRITE_TOKEN_FILE=/run/secrets/qs-write-token)

@@ -7,26 +7,45 @@
 # replication's, the bridges' and the read servers' tests a second time on RocksDB
 # (QS_STORE_ENGINE, which the harness passes to the nodes it starts as QS_ENGINE and Store
 # takes for a store it creates; docs/storage.md "Engines"). Left out of the second run, to
-# keep make test short: the bridges' initial-copy, wire-fault and soak tests (they are about
-# KT's cursor, the network and kills, and the other bridge tests write through both engines).
+# keep make test short, the classes whose subject is not the store: the bridges'
+# initial-copy, wire-fault, soak and health tests (KT's cursor, the network, kills, the
+# bridge's signals; the other bridge tests write through both engines); the read ports'
+# codecs, threads, timeouts and back pressure (which thread answers and when, not what the
+# store returns: the conformance, in-place, scan and end-to-end read tests run on both);
+# replication's health signals, hostile peers and access tokens; qsctl's exit codes,
+# configuration mistakes and help.
 #
 # The suites spend most of their time waiting (for processes to start, for deadlines, for
-# etcd): one run after the other used about a quarter of a 2-core machine and took 25 minutes.
-# So the four parts below run as two lanes at once (QS_TEST_JOBS, default 2; 1 runs them one
-# after the other), each part a run of the test bundle itself (`swift test` holds the build
-# directory's lock, so two of it cannot run at once). Every line a part prints goes to the
-# output as it comes, prefixed with the part's name; each part's whole output is also kept in
-# .build/test-logs/<part>.log. The tests never share a port, a directory or a namespace (port
-# 0, temporary directories, random /30s), so they run side by side as they would beside any
-# other work.
+# etcd): one run after the other used about a quarter of a 2-core machine. So the parts run
+# in two lanes at once (QS_TEST_JOBS, default 2; 1 runs them one after the other), each part
+# a run of the test bundle itself (`swift test` holds the build directory's lock, so two of
+# it cannot run at once). The parts wait in a queue, longest first, and a lane that finishes
+# one takes the next, so neither lane idles while the other has two parts to go. Every line a
+# part prints goes to the output as it comes, prefixed with the part's name; each part's
+# whole output is also kept in .build/test-logs/<part>.log. The tests never share a port, a
+# directory or a namespace (port 0, temporary directories, random /30s), so they run side by
+# side as they would beside any other work.
 #
-# With arguments: one run of `swift test` with them (make soak, scripts/tsan.sh).
+# --also NAME COMMAND (repeatable, first): one more part, a shell command (make test's
+# Python, replay and container tests), queued after the XCTest parts; its exit status is its
+# result and its last line its summary.
+#
+# With other arguments: one run of `swift test` with them (make soak, scripts/tsan.sh).
 set -uo pipefail
 SWIFT=${SWIFT:-swift}
 limit=${QS_TEST_TIMEOUT:-900}
 case "$limit" in
     ''|*[!0-9]*|0) echo "QS_TEST_TIMEOUT must be a whole number of seconds above 0, not '$limit'" >&2; exit 2 ;;
 esac
+also_names=() also_commands=()
+while [ "${1:-}" = "--also" ]; do
+    if [ "$#" -lt 3 ] || [ -z "$2" ] || [ -z "$3" ]; then
+        echo "--also needs a part's name and its command, e.g. --also interop 'make test-interop'" >&2
+        exit 2
+    fi
+    also_names+=("$2"); also_commands+=("$3")
+    shift 3
+done
 if [ "$#" -gt 0 ]; then
     exec timeout -k 10 "$limit" "$SWIFT" test --skip-build --disable-swift-testing "$@"
 fi
@@ -56,7 +75,7 @@ lmdb_bridges=$(pick '^(BridgeTests|QSRestTests)\.')
 lmdb_others=$(pick '.' '^(BridgeTests|QSRestTests|ClusterTests)\.')
 lmdb_cluster=$(pick '^ClusterTests\.')
 rocksdb=$(pick '^(QSStoreTests|QSNodeTests|ReplicationTests|BridgeTests|QSReadsTests)\.' \
-    '^BridgeTests\.(InitialCopyTests|WireFaultTests|SoakTests)$')
+    '^(BridgeTests\.(InitialCopyTests|WireFaultTests|SoakTests|BridgeHealthTests)|QSReadsTests\.(PipelinedBackPressureTests|MemcachedCodecTests|KTBinaryReadDecoderTests|KTDatabaseMapTests|ListenerDrainTests|MemcachedTimeoutTests|KTThreadsTests|MemcachedThreadsTests|ScanGateTests)|QSNodeTests\.(QsctlTests|RateLimitedLogTests|RootWordTests|ApplyLagTests|CheckedWritesTests)|ReplicationTests\.(ReplicaHealthTests|HostilePeerTests|AccessTokenTests))$')
 
 # part NAME ENGINE SPECIFIERS: one run of the bundle; its status in $logs/NAME.status. ENGINE
 # empty leaves QS_STORE_ENGINE as it is (unset: LMDB, and the mixed-engine tests run).
@@ -79,22 +98,58 @@ part() {
     echo "[$name] exit $rc after $((SECONDS - start)) s"
     echo "$rc $((SECONDS - start))" > "$logs/$name.status"
 }
-rm -f "$logs"/*.status
-lane1() { part lmdb-bridges "" "$lmdb_bridges"; part lmdb-others "" "$lmdb_others"; }
-lane2() { part lmdb-cluster "" "$lmdb_cluster"; part rocksdb rocksdb "$rocksdb"; }
+
+# command_part NAME COMMAND: an --also part.
+command_part() {
+    local name=$1 command=$2 start=$SECONDS rc
+    echo "[$name] started: $command"
+    timeout -k 10 "$limit" bash -c "$command" < /dev/null 2>&1 | tee "$logs/$name.log" | sed -u "s/^/[$name] /"
+    rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 124 ] && echo "[$name] stopped after $limit s (QS_TEST_TIMEOUT)"
+    echo "[$name] exit $rc after $((SECONDS - start)) s"
+    echo "$rc $((SECONDS - start))" > "$logs/$name.status"
+}
+
+# The queue, longest part first (as measured on a 2-core machine: lmdb-others ~400 s,
+# lmdb-bridges ~375, rocksdb ~260, lmdb-cluster ~210, then the --also parts). A lane takes a
+# part by making its claim directory (mkdir is atomic), so each part runs once.
+names=(lmdb-others lmdb-bridges rocksdb lmdb-cluster "${also_names[@]}")
+run_part() {
+    case "$1" in
+        lmdb-others) part lmdb-others "" "$lmdb_others" ;;
+        lmdb-bridges) part lmdb-bridges "" "$lmdb_bridges" ;;
+        rocksdb) part rocksdb rocksdb "$rocksdb" ;;
+        lmdb-cluster) part lmdb-cluster "" "$lmdb_cluster" ;;
+        *)
+            local i
+            for i in "${!also_names[@]}"; do
+                [ "${also_names[$i]}" = "$1" ] && command_part "$1" "${also_commands[$i]}"
+            done
+            ;;
+    esac
+}
+rm -rf "$logs"/*.status "$logs"/claims
+mkdir -p "$logs/claims"
+lane() {
+    local name
+    for name in "${names[@]}"; do
+        mkdir "$logs/claims/$name" 2>/dev/null && run_part "$name"
+    done
+}
 if [ "$jobs" -eq 1 ]; then
-    lane1; lane2
+    lane
 else
-    lane1 & first=$!
-    lane2 & second=$!
+    lane & first=$!
+    lane & second=$!
     wait "$first" "$second"
 fi
 
 failed=0
 echo "swift-test.sh: the parts, their exit status and time:"
-for name in lmdb-bridges lmdb-others lmdb-cluster rocksdb; do
+for name in "${names[@]}"; do
     read -r rc secs < "$logs/$name.status" 2>/dev/null || { rc=missing; secs=?; }
     summary=$(grep -E "^[[:space:]]+Executed [0-9]+ tests?," "$logs/$name.log" 2>/dev/null | tail -1 | sed 's/^[[:space:]]*//')
+    [ -z "$summary" ] && summary=$(grep -v '^[[:space:]]*$' "$logs/$name.log" 2>/dev/null | tail -1 | cut -c1-200)
     echo "  $name: exit $rc, $secs s: ${summary:-no summary (see $logs/$name.log)}"
     [ "$rc" = 0 ] || failed=1
 done
@@ -102,9 +157,14 @@ done
 # from (a part's whole log is in $logs/<part>.log).
 if [ "$failed" -ne 0 ]; then
     echo "swift-test.sh: the failed tests (part) and their failure lines:"
-    for name in lmdb-bridges lmdb-others lmdb-cluster rocksdb; do
+    for name in "${names[@]}"; do
+        read -r rc _ < "$logs/$name.status" 2>/dev/null || rc=missing
+        [ "$rc" = 0 ] && continue
         sed -nE "s/^Test Case '([^']+)' failed \(([0-9.]+) seconds\)/\1 after \2 s ($name)/p" "$logs/$name.log" 2>/dev/null
         grep -E ": error: " "$logs/$name.log" 2>/dev/null | head -20 | cut -c1-400 | sed "s/^/    [$name] /"
+        # An --also part's output has no XCTest lines: its last lines say what failed.
+        grep -qE "^Test Suite " "$logs/$name.log" 2>/dev/null \
+            || { echo "$name: its last lines:"; tail -n 15 "$logs/$name.log" 2>/dev/null | cut -c1-400 | sed "s/^/    [$name] /"; }
     done | sed 's/^/  /'
 fi
 # The slowest tests, to keep an eye on make test's time (CI's budget is 30 minutes).
