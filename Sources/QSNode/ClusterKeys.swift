@@ -37,6 +37,10 @@ public struct ClusterKeys: Sendable {
     /// the appends and a quiet mirror bridge's probes: every member's replicas judge the
     /// source by it, as a single mirror's do.
     public var sourceTime: [UInt8] { prefix + Array("source-time".utf8) }
+    /// The roots compatible mirror bridges said they read, through any member (their hellos'
+    /// `source=`), newline-separated, newest last, at most `Writers.seenLimit`: every
+    /// member's status lists them, so `qsctl promote` through any member asks them.
+    public var sourcesSeen: [UInt8] { prefix + Array("sources-seen".utf8) }
 
     /// `log/` and the index in 16 lower-case hex digits, so keys sort by index.
     public func log(_ index: UInt64) -> [UInt8] {

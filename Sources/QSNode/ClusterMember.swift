@@ -282,6 +282,36 @@ public final class ClusterMember: Service, Sendable {
         }
     }
 
+    /// The roots mirror bridges said they read through any member, as etcd holds them
+    /// (`ClusterKeys.sourcesSeen`), newest last.
+    public var sourcesSeen: [String] { sourcesSeenState.withLockedValue { $0 } }
+    let sourcesSeenState = NIOLockedValueBox<[String]>([])
+
+    func applySourcesSeen(_ kv: EtcdKV) {
+        let list = Writers.decodeSeen(kv.value)
+        sourcesSeenState.withLockedValue { $0 = list }
+    }
+
+    /// A compatible bridge's hello through this member named `source`: made the newest of
+    /// the cluster's list in etcd (compared on the key's revision, read again if another
+    /// member changed it meanwhile).
+    public func noteSourceSeen(_ source: String) async throws {
+        for _ in 0..<5 {
+            let read = try await counted {
+                try await self.etcd.txn(compare: [], success: [.range(key: self.keys.sourcesSeen, end: nil, limit: 1)], failure: [])
+            }
+            let kv = read.ranges.first?.first
+            let current = kv.map { Writers.decodeSeen($0.value) } ?? []
+            guard current.last != source else { return }
+            let next = Writers.adding(source, to: current)
+            let unchanged: EtcdCompare = kv.map { .modRevision(key: keys.sourcesSeen, equals: $0.modRevision) } ?? .absent(key: keys.sourcesSeen)
+            let written = try await counted {
+                try await self.etcd.txn(compare: [unchanged], success: [.put(key: self.keys.sourcesSeen, value: Writers.encodeSeen(next))], failure: [])
+            }
+            if written.succeeded { return }
+        }
+    }
+
     /// Seconds since a mirror bridge writing to another member last moved the source's time
     /// (`source-time`, put by its appends and by its probes while the source is quiet),
     /// by this member's clock; nil when it never did since this member started. A

@@ -100,6 +100,24 @@ public final class NodeCore: Sendable {
         self.logger = logger
     }
 
+    /// Keeps the sources compatible bridges named for the next start (a forced promote
+    /// after a restart still asks them): `changed`, this node's list when the hello changed
+    /// it, in the store; a cluster member's bridge's source in etcd, for every member. A
+    /// failure loses only that, logged.
+    private func keepSourcesSeen(changed: [String]?, client: String, peer: String) async {
+        do {
+            if let cluster {
+                guard let source = Writers.compatibleSource(ofClient: client), cluster.sourcesSeen.last != source else { return }
+                try await cluster.noteSourceSeen(source)
+            } else if let changed {
+                try await store.write { try $0.setMirrorSourcesSeen(changed) }
+            }
+        } catch {
+            helloLog.log(logger, .warning, "cannot keep the roots mirror bridges read (for qsctl promote's checks)", peer: peer,
+                         kind: "sources-seen", metadata: ["error": "\(error)"])
+        }
+    }
+
     /// Time of the root's freshest word this node has (ns since the epoch).
     public var rootTimeNs: UInt64 {
         guard writable else { return following.withLockedValue { $0.rootTimeNs } }
@@ -193,16 +211,7 @@ public final class NodeCore: Sendable {
         do {
             switch request {
             case let .hello(_, client):
-                if let seen = writers.hello(peer: peer, client: client), writable {
-                    // Kept for the next start (a forced promote after a restart still asks
-                    // them); a failure here loses only that.
-                    do {
-                        try await store.write { try $0.setMirrorSourcesSeen(seen) }
-                    } catch {
-                        helloLog.log(logger, .warning, "cannot keep the sources seen in the store", peer: peer, kind: "sources-seen",
-                                     metadata: ["error": "\(error)"])
-                    }
-                }
+                let changed = writers.hello(peer: peer, client: client)
                 // Once a minute per host and client: a writer that checks this node and
                 // passes it over (not a copy of the root it writes to) says hello each retry.
                 helloLog.log(logger, .info, "writer connected", peer: peer, kind: client, metadata: ["client": "\(client)"])
@@ -212,6 +221,7 @@ public final class NodeCore: Sendable {
                 if let cluster, case let (false, why) = cluster.status {
                     return .error(.storageError, "this root cluster member cannot take writes now: \(why)")
                 }
+                if writable { await keepSourcesSeen(changed: changed, client: client, peer: peer) }
                 return .head(try await store.head())
             case let .batch(b):
                 let start = ContinuousClock.now

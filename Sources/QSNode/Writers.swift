@@ -20,6 +20,11 @@ public final class Writers: Sendable {
         public var source: String? { NodeStatus.sourceAddress(ofClient: client) }
     }
 
+    /// The root a compatible bridge's hello (`client`) names, nil for any other writer.
+    static func compatibleSource(ofClient client: String) -> String? {
+        client.contains("mode=compatible") ? NodeStatus.sourceAddress(ofClient: client) : nil
+    }
+
     private let table = NIOLockedValueBox<[String: Writer]>([:])
     /// The roots compatible bridges said they read (`source=` in their hello), newest last,
     /// at most `seenLimit`, kept in the store (`StoreTransaction.mirrorSourcesSeen`) so a
@@ -39,18 +44,36 @@ public final class Writers: Sendable {
 
     /// A writer's hello. Returns the sources seen when the hello changed them (a compatible
     /// bridge naming a source not last in the list), for the caller to keep in the store.
+    @discardableResult
     func hello(peer: String, client: String) -> [String]? {
         let now = wallClockNanoseconds()
         let writer = Writer(peer: peer, client: client, sinceNs: now, lastRequestNs: now)
         table.withLockedValue { $0[peer] = writer }
-        guard writer.compatible, let source = writer.source else { return nil }
+        guard let source = Self.compatibleSource(ofClient: client) else { return nil }
         return seen.withLockedValue { seen in
             guard seen.last != source else { return nil }
-            seen.removeAll { $0 == source }
-            seen.append(source)
-            if seen.count > Self.seenLimit { seen.removeFirst(seen.count - Self.seenLimit) }
+            seen = Self.adding(source, to: seen)
             return seen
         }
+    }
+
+    /// `list` with `source` moved or added last, at most `seenLimit` long.
+    static func adding(_ source: String, to list: [String]) -> [String] {
+        var out = list.filter { $0 != source }
+        out.append(source)
+        return Array(out.suffix(seenLimit))
+    }
+
+    /// A list of sources seen as the store and etcd keep it: newline-separated.
+    static func encodeSeen(_ list: [String]) -> [UInt8] { Array(list.joined(separator: "\n").utf8) }
+    static func decodeSeen(_ bytes: [UInt8]) -> [String] {
+        String(decoding: bytes, as: UTF8.self).split(separator: "\n").map(String.init)
+    }
+
+    /// The sources seen: this node's and, for a cluster member, `others` (the cluster's),
+    /// each once, newest last.
+    func seenWith(_ others: [String]) -> [String] {
+        seen.withLockedValue { mine in others.filter { !mine.contains($0) } + mine }
     }
 
     /// A request from `peer`: refreshes its last word if it said hello.

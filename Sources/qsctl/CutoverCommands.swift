@@ -91,7 +91,7 @@ struct Promote: AsyncParsableCommand {
             throw Exit.usage
         }
         if let (source, theirs) = longer.first {
-            fail("\(node) is a compatible mirror \(feeds), and its source \(source), demoted, holds index \(theirs.index) and \(node) only \(mine.index): promoting \(node) now would lose the \(theirs.index - mine.index) entries between (writes \(source) acknowledged) and fork the two histories. Wait until it holds \(source)'s head ('qsctl --node \(node) wait --head-of \(source)'; a 'qsqsbridge --source qs://\(source) --root \(node) --mode compatible' must feed it), then promote it; or give the writes back to \(source) ('qsctl --node \(source) promote --force'). \(dropping)")
+            fail("\(node) is a compatible mirror \(feeds), and its source \(source), demoted, holds index \(theirs.index) and \(node) only \(mine.index): promoting \(node) now would lose the \(theirs.index - mine.index == 1 ? "entry" : "\(theirs.index - mine.index) entries") between (writes \(source) acknowledged) and fork the two histories. Wait until it holds \(source)'s head ('qsctl --node \(node) wait --head-of \(source)'; a 'qsqsbridge --source qs://\(source) --root \(node) --mode compatible' must feed it), then promote it; or give the writes back to \(source) ('qsctl --node \(source) promote --force'). \(dropping)")
             throw Exit.usage
         }
         if force { return }

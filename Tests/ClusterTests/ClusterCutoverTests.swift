@@ -138,6 +138,22 @@ final class ClusterCutoverTests: XCTestCase {
         XCTAssertTrue(fedThroughCluster, "member 1 does not say the cluster's mirror bridge feeds it")
         let status = try qsctl(["--node", addresses[1], "status"])
         XCTAssertTrue(status.out.contains("following yes: a compatible bridge writing to another member"), status.out)
+        // Every member names the root the bridge reads (kept in etcd), so a forced promote
+        // through the member it does not write to still asks L: with the bridge stopped and
+        // L demoted holding an entry the cluster lacks, refused. Before, that member knew
+        // no source and --force promoted it, losing the entry.
+        XCTAssertTrue(status.out.contains("sources seen: qs://\(legacy.address)"), status.out)
+        XCTAssertEqual(try toCluster.stop(), 0, String(toCluster.log.suffix(2000)))
+        try await write(lc, from: 150, through: 151)
+        XCTAssertEqual(try qsctl(["--node", legacy.address, "demote"]).status, 0)
+        let forced = try qsctl(["--node", addresses[1], "promote", "--force"])
+        XCTAssertEqual(forced.status, 2, forced.out)
+        XCTAssertTrue(forced.out.contains("holds index 151") && forced.out.contains("--force does not override"), forced.out)
+        await assertRoles(mc, "mirror", changedThrough: 1)
+        // L takes the writes again (it was only demoted), the bridge feeds the cluster again.
+        XCTAssertEqual(try qsctl(["--node", legacy.address, "promote", "--force"]).status, 0)
+        toCluster = try mirror(from: legacy.address, to: addresses)
+        await assertEqualHeads(mc, try await lc.head(), "mirroring L again")
 
         // 2. Cut-over: L demoted, the cluster promoted (through member 0); member 1 says so too.
         let cut = try qsctl(["cutover", "--from", legacy.address, "--to", addresses[0], "--timeout", "20s"])
@@ -148,8 +164,8 @@ final class ClusterCutoverTests: XCTestCase {
 
         // 3. Writes through the other member, from the checkpoint that travelled with the entries.
         let cp = try await mc[1].checkpoint(sourceID: "app")
-        XCTAssertEqual(cp, 150)
-        try await write(mc[1], from: 150, through: 180)
+        XCTAssertEqual(cp, 151)
+        try await write(mc[1], from: 151, through: 180)
 
         // 4. Hand back, while a writer goes on through member 0: L, demoted, mirrors the
         //    cluster; cut over from member 1 to L. The demote (one etcd put through member 1)
