@@ -142,13 +142,14 @@ check "the root filesystem is read-only" equals "$(run "$IMAGE" sh -c 'touch /us
 
 # N distinct ports below the kernel's ephemeral range, free now: make test runs this beside
 # the XCTest suites, whose listeners (port 0) and connections take ports from that range, so
-# a port chosen there could be taken again before its container binds it.
+# a port chosen there could be taken again before its container binds it. From 20000 up:
+# the tests' etcd members take theirs from 10000–19999 (Sources/QSTesting/EtcdCluster.swift).
 free_ports() {
   python3 - "$1" <<'PY'
 import random, socket, sys
 low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
 ports = []
-for port in random.sample(range(10000, max(low, 10100)), 2000):
+for port in random.sample(range(20000, max(low, 22100)), 2000):
     s = socket.socket()
     try:
         s.bind(("127.0.0.1", port))

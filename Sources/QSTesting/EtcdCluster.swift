@@ -211,10 +211,13 @@ public final class EtcdCluster: @unchecked Sendable {
         return (try? JSONSerialization.jsonObject(with: r.stdout)) as? [String: Any]
     }
 
-    /// `n` distinct loopback ports free right now: each bound to port 0 by the kernel and held
-    /// until all are known.
+    /// `n` distinct loopback ports free right now, from 10000–19999: below the kernel's
+    /// ephemeral range, so no test's port-0 listener or outgoing connection takes one
+    /// between now and the member's start, or while a killed member is down before its
+    /// restart on the same ports (the two lanes of make test run beside these tests).
+    /// scripts/container-test.sh takes its ports from 20000 up to that range.
     static func freePorts(_ n: Int) throws -> [Int] {
-        let held = try (0..<n).map { _ in try RefusingPort() }
+        let held = try RefusingPort.held(n, in: 10000..<min(20000, RefusingPort.ephemeralLow))
         defer { held.forEach { $0.close() } }
         return held.map(\.port)
     }

@@ -406,13 +406,15 @@ public final class RefusingPort {
     public let port: Int
     private var fd: Int32
 
-    public init() throws {
+    /// `port` 0: one the kernel picks (from its ephemeral range); another: that one, or
+    /// nil if it is taken.
+    public init?(port wanted: Int) throws {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw HarnessError("socket() failed: errno \(errno)") }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = 0
+        addr.sin_port = UInt16(wanted).bigEndian
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
         let bound = withUnsafeMutablePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
@@ -420,10 +422,41 @@ public final class RefusingPort {
         guard bound else {
             let error = errno
             Foundation.close(fd)
-            throw HarnessError("binding a loopback socket to port 0 failed: errno \(error)")
+            if wanted != 0 && error == EADDRINUSE { return nil }
+            throw HarnessError("binding a loopback socket to port \(wanted) failed: errno \(error)")
         }
         self.fd = fd
         port = Int(UInt16(bigEndian: addr.sin_port))
+    }
+
+    public convenience init() throws {
+        guard let taken = try Self(port: 0) else { throw HarnessError("binding a loopback socket to port 0 failed") }
+        self.init(holding: taken)
+    }
+
+    private init(holding other: RefusingPort) {
+        fd = other.fd
+        port = other.port
+        other.fd = -1
+    }
+
+    /// `count` distinct free ports in `range`, each held until the values are closed:
+    /// for daemons whose ports must be named before they start and kept across their
+    /// restarts (etcd's). A range below the kernel's ephemeral range (`ephemeralLow`) is
+    /// one no listener on port 0 and no outgoing connection takes meanwhile.
+    public static func held(_ count: Int, in range: Range<Int>) throws -> [RefusingPort] {
+        var out = [RefusingPort]()
+        for port in range.shuffled() {
+            if let p = try RefusingPort(port: port) { out.append(p) }
+            if out.count == count { return out }
+        }
+        throw HarnessError("fewer than \(count) free loopback ports in \(range.lowerBound)..<\(range.upperBound)")
+    }
+
+    /// The lowest port of the kernel's ephemeral range (`ip_local_port_range`), 32768 if unreadable.
+    public static var ephemeralLow: Int {
+        (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8))
+            .flatMap { $0.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } } ?? 32768
     }
 
     /// `127.0.0.1:PORT`.
