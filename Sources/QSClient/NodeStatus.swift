@@ -41,6 +41,12 @@ public enum NodeStatus {
         client.split(separator: " ").first { $0.hasPrefix("source=qs://") }.map { String($0.dropFirst("source=".count)) }
     }
 
+    /// Whether `address` is a source as a compatible bridge names it: `qs://` and a valid
+    /// HOST:PORT.
+    public static func isSourceAddress(_ address: String) -> Bool {
+        !address.contains(where: \.isWhitespace) && endpoint(ofSource: address) != nil
+    }
+
     private static func source(ofClient client: String) -> Endpoint? {
         sourceAddress(ofClient: client).flatMap(endpoint(ofSource:))
     }

@@ -101,8 +101,8 @@ extension ClusterMember {
                 .range(key: keys.sourcesSeen, end: nil, limit: 1),
             ], failure: [])
             guard r.ranges.count == 6 else { throw EtcdError.malformed("catch-up read: \(r.ranges.count) answers, expected 6") }
-            if let kv = r.ranges[4].first { try applySourceTime(kv) }
-            if let kv = r.ranges[5].first { applySourcesSeen(kv) }
+            if let kv = r.ranges[4].first { try applySourceTime(kv, moved: false) }
+            applySourcesSeen(r.ranges[5].first?.value, revision: r.ranges[5].first?.modRevision ?? r.revision)
             let clusterHead = try r.ranges[0].first.map { try ClusterKeys.head($0.value) } ?? .empty
             if clusterHead.index < local.index || (clusterHead.index == local.index && clusterHead.hash != local.hash) {
                 throw ClusterError.diverged("this member's store stands at index \(local.index) (hash \(hexString(local.hash))), the cluster's head is \(clusterHead.index) (hash \(hexString(clusterHead.hash))): start the member on an empty --data, or on a copy of a member's")
@@ -144,7 +144,9 @@ extension ClusterMember {
                 role = (e.kind == .put ? try ClusterKeys.role(e.kv.value) : .open, e.kind == .put ? e.kv.modRevision : 0)
             }
             for e in events where e.kind == .put && e.kv.key == self.keys.sourceTime { try self.applySourceTime(e.kv) }
-            for e in events where e.kind == .put && e.kv.key == self.keys.sourcesSeen { self.applySourcesSeen(e.kv) }
+            for e in events where e.kv.key == self.keys.sourcesSeen {
+                self.applySourcesSeen(e.kind == .put ? e.kv.value : nil, revision: e.kind == .put ? e.kv.modRevision : rev)
+            }
             for e in events where e.kind == .put {
                 if let i = self.keys.logIndex(e.kv.key) {
                     entries.append(try self.keys.entry(index: i, value: e.kv.value))

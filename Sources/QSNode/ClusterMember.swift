@@ -192,6 +192,9 @@ public final class ClusterMember: Service, Sendable {
                                             // A demoted cluster was the root a moment ago: its replicas'
                                             // root time is now until appends say more.
                                             + (target == .mirror ? [.put(key: self.keys.sourceTime, value: ClusterKeys.u64Bytes(wallClockNanoseconds()))] : [])
+                                            // A promoted cluster's earlier sources were checked by
+                                            // this promote: a later mirroring names its own.
+                                            + (target == .promoted ? [.deleteRange(key: self.keys.sourcesSeen, end: etcdPrefixEnd(self.keys.sourcesSeen))] : [])
                                             + [.range(key: self.keys.head, end: nil, limit: 1)],
                                         failure: [])
             }
@@ -272,44 +275,53 @@ public final class ClusterMember: Service, Sendable {
     /// (by this member's clock) the applied time last advanced.
     let sourceTimeState = NIOLockedValueBox<(applied: UInt64, put: UInt64, advancedAtNs: UInt64)>((0, 0, 0))
 
-    func applySourceTime(_ kv: EtcdKV) throws {
+    /// `moved`: a put the watch delivered (the source's time moving now); the catch-up's
+    /// read at start is only where it stands (a member just restarted is not fed by it).
+    func applySourceTime(_ kv: EtcdKV, moved: Bool = true) throws {
         let t = try ClusterKeys.u64(kv.value, "source time")
         let now = wallClockNanoseconds()
         sourceTimeState.withLockedValue {
             // Moved by a bridge writing to another member: not this member's own puts.
-            if t > $0.applied && t > $0.put { $0.advancedAtNs = now }
+            if moved && t > $0.applied && t > $0.put { $0.advancedAtNs = now }
             $0.applied = max($0.applied, t)
         }
     }
 
     /// The roots mirror bridges said they read through any member, as etcd holds them
     /// (`ClusterKeys.sourcesSeen`), newest last.
-    public var sourcesSeen: [String] { sourcesSeenState.withLockedValue { $0 } }
-    let sourcesSeenState = NIOLockedValueBox<[String]>([])
+    public var sourcesSeen: [String] { sourcesSeenState.withLockedValue { $0.list } }
+    /// The list as applied or written by this member, and the key's revision then (0: absent).
+    let sourcesSeenState = NIOLockedValueBox<(list: [String], revision: Int64)>(([], 0))
 
-    func applySourcesSeen(_ kv: EtcdKV) {
-        let list = Writers.decodeSeen(kv.value)
-        sourcesSeenState.withLockedValue { $0 = list }
+    /// A put of `sources-seen` (its value) or a delete (nil) from the watch or the catch-up.
+    func applySourcesSeen(_ value: [UInt8]?, revision: Int64) {
+        let list = value.map(Writers.decodeSeen) ?? []
+        sourcesSeenState.withLockedValue { if revision >= $0.revision { $0 = (list, revision) } }
     }
 
     /// A compatible bridge's hello through this member named `source`: made the newest of
-    /// the cluster's list in etcd (compared on the key's revision, read again if another
-    /// member changed it meanwhile).
+    /// the cluster's list in etcd, in one transaction compared on the key's revision as this
+    /// member knows it (read again and retried when another member changed it meanwhile).
+    /// Throws when etcd does not take it: the hello is refused and the bridge tries again.
     public func noteSourceSeen(_ source: String) async throws {
+        var (current, revision) = sourcesSeenState.withLockedValue { $0 }
         for _ in 0..<5 {
-            let read = try await counted {
-                try await self.etcd.txn(compare: [], success: [.range(key: self.keys.sourcesSeen, end: nil, limit: 1)], failure: [])
-            }
-            let kv = read.ranges.first?.first
-            let current = kv.map { Writers.decodeSeen($0.value) } ?? []
             guard current.last != source else { return }
             let next = Writers.adding(source, to: current)
-            let unchanged: EtcdCompare = kv.map { .modRevision(key: keys.sourcesSeen, equals: $0.modRevision) } ?? .absent(key: keys.sourcesSeen)
-            let written = try await counted {
-                try await self.etcd.txn(compare: [unchanged], success: [.put(key: self.keys.sourcesSeen, value: Writers.encodeSeen(next))], failure: [])
+            let unchanged: EtcdCompare = revision > 0 ? .modRevision(key: keys.sourcesSeen, equals: revision) : .absent(key: keys.sourcesSeen)
+            let r = try await counted {
+                try await self.etcd.txn(compare: [unchanged], success: [.put(key: self.keys.sourcesSeen, value: Writers.encodeSeen(next))],
+                                        failure: [.range(key: self.keys.sourcesSeen, end: nil, limit: 1)])
             }
-            if written.succeeded { return }
+            if r.succeeded {
+                applySourcesSeen(Writers.encodeSeen(next), revision: r.revision)
+                return
+            }
+            let kv = r.ranges.first?.first
+            (current, revision) = (kv.map { Writers.decodeSeen($0.value) } ?? [], kv?.modRevision ?? 0)
+            applySourcesSeen(kv?.value, revision: revision)
         }
+        throw ClusterError.notApplied("the cluster's list of the roots mirror bridges read (sources-seen in etcd) changed under five attempts to add \(source)")
     }
 
     /// Seconds since a mirror bridge writing to another member last moved the source's time

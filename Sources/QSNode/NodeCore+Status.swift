@@ -79,7 +79,7 @@ extension NodeCore {
             var mirror = writers.mirrorStatus(nowNs: nowNs)
             // A cluster's mirror bridge writes to one member; the others learn of it
             // through etcd (the source time it moves), and are fed as much.
-            if let cluster { mirror["sources_seen"] = writers.seenWith(cluster.sourcesSeen) }
+            mirror["sources_seen"] = sourcesSeen()
             if let cluster, mirror["following"] as? Bool != true, let age = cluster.sourceFedAge(nowNs: nowNs), age <= Writers.liveSeconds {
                 mirror["following"] = true
                 mirror["through_cluster"] = true

@@ -100,22 +100,30 @@ public final class NodeCore: Sendable {
         self.logger = logger
     }
 
-    /// Keeps the sources compatible bridges named for the next start (a forced promote
-    /// after a restart still asks them): `changed`, this node's list when the hello changed
-    /// it, in the store; a cluster member's bridge's source in etcd, for every member. A
-    /// failure loses only that, logged.
-    private func keepSourcesSeen(changed: [String]?, client: String, peer: String) async {
-        do {
-            if let cluster {
-                guard let source = Writers.compatibleSource(ofClient: client), cluster.sourcesSeen.last != source else { return }
-                try await cluster.noteSourceSeen(source)
-            } else if let changed {
-                try await store.write { try $0.setMirrorSourcesSeen(changed) }
+    /// Records the root a compatible bridge's hello names (`client`'s `source=`) before the
+    /// bridge writes anything: in the store (`StoreTransaction.mirrorSourcesSeen`), a
+    /// cluster member's in etcd for every member. So a mirror fed by a bridge always names
+    /// the root it reads, across restarts, and `qsctl promote` asks it. Throws when it
+    /// cannot be recorded: the hello is refused (`storage-error`) and the bridge tries again.
+    private func recordSource(ofClient client: String) async throws {
+        guard writable, let source = Writers.compatibleSource(ofClient: client) else { return }
+        if let cluster {
+            guard cluster.sourcesSeen.last != source else { return }
+            try await cluster.noteSourceSeen(source)
+        } else {
+            guard try store.readInline({ try $0.mirrorSourcesSeen() }).last != source else { return }
+            try await store.write { txn in
+                let current = try txn.mirrorSourcesSeen()
+                let next = Writers.adding(source, to: current)
+                if next != current { try txn.setMirrorSourcesSeen(next) }
             }
-        } catch {
-            helloLog.log(logger, .warning, "cannot keep the roots mirror bridges read (for qsctl promote's checks)", peer: peer,
-                         kind: "sources-seen", metadata: ["error": "\(error)"])
         }
+    }
+
+    /// The roots compatible bridges named, newest last: a cluster's from etcd, a single
+    /// root's from its store.
+    func sourcesSeen() -> [String] {
+        cluster?.sourcesSeen ?? (try? store.readInline { try $0.mirrorSourcesSeen() }) ?? []
     }
 
     /// Time of the root's freshest word this node has (ns since the epoch).
@@ -129,9 +137,8 @@ public final class NodeCore: Sendable {
     /// Reads the write role from the store (at start): a mirror's root time is its
     /// source's until an append says more.
     public func loadWriteRole() async throws {
-        let (role, seen) = try await store.read { (try $0.writeRole(), try $0.mirrorSourcesSeen()) }
+        let role = try await store.writeRole()
         mirroring.withLockedValue { $0.active = role == .mirror }
-        writers.restore(seen: seen)
     }
 
     private func noteMirroring(_ active: Bool, sourceTimeNs: UInt64) {
@@ -211,7 +218,7 @@ public final class NodeCore: Sendable {
         do {
             switch request {
             case let .hello(_, client):
-                let changed = writers.hello(peer: peer, client: client)
+                writers.hello(peer: peer, client: client)
                 // Once a minute per host and client: a writer that checks this node and
                 // passes it over (not a copy of the root it writes to) says hello each retry.
                 helloLog.log(logger, .info, "writer connected", peer: peer, kind: client, metadata: ["client": "\(client)"])
@@ -221,7 +228,13 @@ public final class NodeCore: Sendable {
                 if let cluster, case let (false, why) = cluster.status {
                     return .error(.storageError, "this root cluster member cannot take writes now: \(why)")
                 }
-                if writable { await keepSourcesSeen(changed: changed, client: client, peer: peer) }
+                do {
+                    try await recordSource(ofClient: client)
+                } catch {
+                    helloLog.log(logger, .warning, "a compatible bridge's hello refused: the root it reads could not be recorded", peer: peer,
+                                 kind: "sources-seen", metadata: ["error": "\(error)"])
+                    return .error(.storageError, "this root cannot record the root this bridge reads (qsctl promote asks it): \(error)")
+                }
                 return .head(try await store.head())
             case let .batch(b):
                 let start = ContinuousClock.now

@@ -20,41 +20,27 @@ public final class Writers: Sendable {
         public var source: String? { NodeStatus.sourceAddress(ofClient: client) }
     }
 
-    /// The root a compatible bridge's hello (`client`) names, nil for any other writer.
-    static func compatibleSource(ofClient client: String) -> String? {
-        client.contains("mode=compatible") ? NodeStatus.sourceAddress(ofClient: client) : nil
-    }
-
     private let table = NIOLockedValueBox<[String: Writer]>([:])
-    /// The roots compatible bridges said they read (`source=` in their hello), newest last,
-    /// at most `seenLimit`, kept in the store (`StoreTransaction.mirrorSourcesSeen`) so a
-    /// restart forgets none: a mirror whose bridge stopped or went silent still names the
-    /// root it followed, which `qsctl promote` asks before it turns the mirror into a root.
-    private let seen = NIOLockedValueBox<[String]>([])
-    static let seenLimit = 8
+    /// How many sources seen a node keeps (`StoreTransaction.mirrorSourcesSeen`, a
+    /// cluster's `ClusterKeys.sourcesSeen`), newest last.
+    static let seenLimit = 32
     /// The last compatible append any writer made (ns since the epoch), 0 if none.
     private let lastAppend = NIOLockedValueBox<UInt64>(0)
 
     public init() {}
 
-    /// The sources seen before the node started, as the store kept them.
-    func restore(seen list: [String]) {
-        seen.withLockedValue { $0 = Array(list.suffix(Self.seenLimit)) }
+    /// A writer's hello.
+    func hello(peer: String, client: String) {
+        let now = wallClockNanoseconds()
+        table.withLockedValue { $0[peer] = Writer(peer: peer, client: client, sinceNs: now, lastRequestNs: now) }
     }
 
-    /// A writer's hello. Returns the sources seen when the hello changed them (a compatible
-    /// bridge naming a source not last in the list), for the caller to keep in the store.
-    @discardableResult
-    func hello(peer: String, client: String) -> [String]? {
-        let now = wallClockNanoseconds()
-        let writer = Writer(peer: peer, client: client, sinceNs: now, lastRequestNs: now)
-        table.withLockedValue { $0[peer] = writer }
-        guard let source = Self.compatibleSource(ofClient: client) else { return nil }
-        return seen.withLockedValue { seen in
-            guard seen.last != source else { return nil }
-            seen = Self.adding(source, to: seen)
-            return seen
-        }
+    /// The root a compatible bridge's hello (`client`) names as its source
+    /// (`source=qs://HOST:PORT`, a valid address), nil for any other writer.
+    static func compatibleSource(ofClient client: String) -> String? {
+        guard client.contains("mode=compatible"), let source = NodeStatus.sourceAddress(ofClient: client),
+              NodeStatus.isSourceAddress(source) else { return nil }
+        return source
     }
 
     /// `list` with `source` moved or added last, at most `seenLimit` long.
@@ -64,16 +50,11 @@ public final class Writers: Sendable {
         return Array(out.suffix(seenLimit))
     }
 
-    /// A list of sources seen as the store and etcd keep it: newline-separated.
+    /// A list of sources seen as etcd keeps it: newline-separated (a source is a valid
+    /// `qs://HOST:PORT`: no newline).
     static func encodeSeen(_ list: [String]) -> [UInt8] { Array(list.joined(separator: "\n").utf8) }
     static func decodeSeen(_ bytes: [UInt8]) -> [String] {
         String(decoding: bytes, as: UTF8.self).split(separator: "\n").map(String.init)
-    }
-
-    /// The sources seen: this node's and, for a cluster member, `others` (the cluster's),
-    /// each once, newest last.
-    func seenWith(_ others: [String]) -> [String] {
-        seen.withLockedValue { mine in others.filter { !mine.contains($0) } + mine }
     }
 
     /// A request from `peer`: refreshes its last word if it said hello.
@@ -102,8 +83,7 @@ public final class Writers: Sendable {
     /// dead one look alike from here (the bridge's own `/readyz` tells them apart).
     func mirrorStatus(nowNs: UInt64) -> [String: Any] {
         let live = list.filter { $0.compatible && age($0.lastRequestNs, nowNs) <= Self.liveSeconds }
-        var out: [String: Any] = ["following": !live.isEmpty, "followed_by": live.map { ["peer": $0.peer, "client": $0.client] },
-                                  "sources_seen": seen.withLockedValue { $0 }]
+        var out: [String: Any] = ["following": !live.isEmpty, "followed_by": live.map { ["peer": $0.peer, "client": $0.client] }]
         let last = lastAppendNs
         if last > 0 { out["last_append_age_seconds"] = age(last, nowNs) }
         return out

@@ -148,7 +148,11 @@ extension StoreTransaction {
         switch role {
         case .open: _ = try txn.delete(meta, Store.modeKey)
         case .mirror: try txn.put(meta, Store.modeKey, Store.compatibleMode)
-        case .promoted: try txn.put(meta, Store.modeKey, Store.promotedMode)
+        case .promoted:
+            try txn.put(meta, Store.modeKey, Store.promotedMode)
+            // The sources this mirror followed were checked by this promote: a later
+            // mirroring names its own.
+            _ = try txn.delete(meta, Store.mirrorSourcesKey)
         }
         return try head()
     }

@@ -22,9 +22,11 @@ struct Promote: AsyncParsableCommand {
             from this machine only. The node logs the change. Prefer 'qsctl cutover', \
             which first demotes the old root and makes sure the mirror holds its head. Before \
             promoting a mirror, qsctl asks the roots its qsqsbridges read (live, silent, or seen \
-            before, kept across restarts). Refused (exit 2) even with --force: a source that answers \
-            and takes writes (two roots would fork the history), or one that answers, demoted, \
-            holding entries the mirror lacks (writes it acknowledged would be lost). Refused \
+            since it was last promoted, kept across restarts), and what each is fed from in \
+            turn (a replica's upstream, a mirror's sources; four hops). Refused (exit 2) even \
+            with --force: a source that answers and takes writes (two roots would fork the \
+            history), one that answers holding entries the mirror lacks (writes it \
+            acknowledged would be lost), or one that answers but refuses qsctl's token. Refused \
             without --force: a source that does not answer, one on another history, and a \
             mirror nothing feeds (a root demoted by a cut-over: the root it handed its writes to \
             takes them). A mirror a live qsqsbridge feeds from a demoted source is promoted once \
@@ -59,44 +61,37 @@ struct Promote: AsyncParsableCommand {
         let following = (s["mirror"] as? [String: Any])?["following"] as? Bool == true
         let sources = NodeStatus.knownSources(s).map(Address.init)
         let mine = try await options.withClient { try await $0.head() }
-        var writable = [String](), silent = [String](), longer = [(source: String, head: Head)](), other = [(source: String, head: Head)]()
-        for source in sources {
-            var o = options
-            o.node = source
-            do {
-                let (token, read) = try options.tokens()
-                let client = try await QSClient.connect(to: source.endpoint, token: token, readToken: read, requestTimeout: options.requestTimeAmount)
-                defer { Task { await client.close() } }
-                let json = try await client.status()
-                let role = NodeStatus.parse(json)?["write_role"] as? String
-                if role == "open" || role == "promoted" {
-                    writable.append("\(source)")
-                } else {
-                    // Demoted: the mirror takes its place only holding all it acknowledged.
-                    let theirs = try await client.head()
-                    if theirs.index > mine.index {
-                        longer.append(("\(source)", theirs))
-                    } else if theirs.index != mine.index || theirs.hash != mine.hash {
-                        other.append(("\(source)", theirs))
-                    }
-                }
-            } catch {
-                silent.append("\(source) (\(o.describe(error)))")
+        // Each finding: the node's address (for the commands suggested) and how it was
+        // reached (for the words: "A (through B)" when fed through another node).
+        var writable = [(address: String, name: String)](), silent = [String](), refusing = [String]()
+        var longer = [(address: String, name: String, head: Head)](), other = [(address: String, name: String, head: Head)]()
+        for answer in await Self.ask(sources, options: options, mine: mine) {
+            switch answer.finding {
+            case .writable: writable.append((answer.address, answer.name))
+            case let .longer(head): longer.append((answer.address, answer.name, head))
+            case let .other(head): other.append((answer.address, answer.name, head))
+            case let .silent(why): silent.append("\(answer.name) (\(why))")
+            case let .refused(why): refusing.append("\(answer.name) (\(why))")
+            case .holdsNoMore: break
             }
         }
         let feeds = following ? "that a qsqsbridge still feeds" : "that no qsqsbridge feeds now"
         let dropping = "--force does not override a root that answers: if that root is to be dropped for good, stop it first. Nothing changed"
-        if !writable.isEmpty {
-            fail("\(node) is a compatible mirror \(feeds), and its source \(writable.joined(separator: ", ")) still takes writes: promoting \(node) would make two roots whose histories fork. Run \(following ? "" : "its qsqsbridge again ('qsqsbridge --source qs://\(writable[0]) --root \(node) --mode compatible'), then ")'qsctl cutover --from \(writable[0]) --to \(node)' (it demotes the source first and waits for the mirror to hold its head). \(dropping)")
+        if !refusing.isEmpty {
+            fail("\(node) is a compatible mirror \(feeds), and its source \(refusing.joined(separator: ", ")) answers but refuses the token qsctl presented, so whether it takes writes cannot be checked. Give qsctl a token it takes (--read-token-file, or --write-token-file) and run again. --force does not override a root that answers. Nothing changed")
             throw Exit.usage
         }
-        if let (source, theirs) = longer.first {
-            fail("\(node) is a compatible mirror \(feeds), and its source \(source), demoted, holds index \(theirs.index) and \(node) only \(mine.index): promoting \(node) now would lose the \(theirs.index - mine.index == 1 ? "entry" : "\(theirs.index - mine.index) entries") between (writes \(source) acknowledged) and fork the two histories. Wait until it holds \(source)'s head ('qsctl --node \(node) wait --head-of \(source)'; a 'qsqsbridge --source qs://\(source) --root \(node) --mode compatible' must feed it), then promote it; or give the writes back to \(source) ('qsctl --node \(source) promote --force'). \(dropping)")
+        if !writable.isEmpty {
+            fail("\(node) is a compatible mirror \(feeds), and its source \(writable.map(\.name).joined(separator: ", ")) still takes writes: promoting \(node) would make two roots whose histories fork. Run \(following ? "" : "its qsqsbridge again ('qsqsbridge --source qs://\(writable[0].address) --root \(node) --mode compatible'), then ")'qsctl cutover --from \(writable[0].address) --to \(node)' (it demotes the source first and waits for the mirror to hold its head). \(dropping)")
+            throw Exit.usage
+        }
+        if let (source, name, theirs) = longer.first {
+            fail("\(node) is a compatible mirror \(feeds), and its source \(name)\(name == source ? ", demoted," : ",") holds index \(theirs.index) and \(node) only \(mine.index): promoting \(node) now would lose the \(theirs.index - mine.index == 1 ? "entry" : "\(theirs.index - mine.index) entries") between (writes \(source) acknowledged) and fork the two histories. Wait until it holds \(source)'s head ('qsctl --node \(node) wait --head-of \(source)'; a 'qsqsbridge --source qs://\(source) --root \(node) --mode compatible' must feed it), then promote it; or give the writes back to \(source) ('qsctl --node \(source) promote --force'). \(dropping)")
             throw Exit.usage
         }
         if force { return }
-        if let (source, theirs) = other.first {
-            fail("\(node) is a compatible mirror \(feeds), and its source \(source), demoted, holds index \(theirs.index) (hash \(hexString(theirs.hash).prefix(16))) and \(node) index \(mine.index) (hash \(hexString(mine.hash).prefix(16))): not the same history. Find which root holds the writes ('qsctl --node ROOT status' of each) before promoting either; if \(node) is the one, run again with --force. Nothing changed")
+        if let (source, name, theirs) = other.first {
+            fail("\(node) is a compatible mirror \(feeds), and its source \(name)\(name == source ? ", demoted," : ",") holds index \(theirs.index) (hash \(hexString(theirs.hash).prefix(16))) and \(node) index \(mine.index) (hash \(hexString(mine.hash).prefix(16))): not the same history. Find which root holds the writes ('qsctl --node ROOT status' of each) before promoting either; if \(node) is the one, run again with --force. Nothing changed")
             throw Exit.usage
         }
         if !silent.isEmpty {
@@ -116,6 +111,97 @@ struct Promote: AsyncParsableCommand {
         let known = sources.isEmpty ? "" : " (its source \(sources.map { "\($0)" }.joined(separator: ", ")) is demoted and holds \(node)'s head, but which root it handed its writes to is unknown)"
         fail("\(node) is a compatible mirror (demoted, or fed by a qsqsbridge that has stopped) and no qsqsbridge feeds it now\(known): the root it handed its writes to, or mirrored, most likely still takes them, and promoting \(node) would make two roots whose histories fork. To give \(node) the writes, run 'qsctl cutover --from THAT_ROOT --to \(node)' (it demotes that root first and waits for \(node) to hold its head). If no other root took the writes (you are undoing a demote of \(node)) or that root is gone for good, run again with --force. Nothing changed")
         throw Exit.usage
+    }
+}
+
+extension Promote {
+    enum Finding: Sendable {
+        /// Takes writes: promoting the mirror would make two roots.
+        case writable
+        /// Holds entries past the mirror's head on its history (or any, on another).
+        case longer(Head)
+        /// Another history than the mirror's, not longer.
+        case other(Head)
+        /// Could not be asked.
+        case silent(String)
+        /// Answers but refuses qsctl's token.
+        case refused(String)
+        /// Holds no more than the mirror (a demoted source at its head, a replica behind it).
+        case holdsNoMore
+    }
+
+    struct Answer: Sendable {
+        /// The node's address, and with the chain it was reached through.
+        var address: String
+        var name: String
+        var finding: Finding
+    }
+
+    /// Asks every node in `sources`, and what each is fed from in turn — a mirror's own
+    /// sources (live, silent or seen), a replica's upstream — up to four hops, each node
+    /// once, the nodes of one hop at once. A mirror fed from another mirror or from a
+    /// replica is as much a copy of the root at the chain's end as of its first hop: that
+    /// root taking writes, or holding more, is what promoting would fork from.
+    static func ask(_ sources: [Address], options: NodeOptions, mine: Head) async -> [Answer] {
+        var answers = [Answer]()
+        var seen = Set(sources.map { "\($0)" } + ["\(options.node)"])
+        var hop = sources.map { (address: $0, via: [String]()) }
+        for _ in 0..<4 where !hop.isEmpty {
+            let results = await withTaskGroup(of: (Answer, [Address], [String]).self) { group in
+                for (address, via) in hop {
+                    group.addTask {
+                        let name = via.isEmpty ? "\(address)" : "\(address) (through \(via.joined(separator: ", then ")))"
+                        let (finding, next) = await askOne(address, options: options, mine: mine)
+                        return (Answer(address: "\(address)", name: name, finding: finding), next, via + ["\(address)"])
+                    }
+                }
+                var out = [(Answer, [Address], [String])]()
+                for await r in group { out.append(r) }
+                return out
+            }
+            hop = []
+            for (answer, next, via) in results {
+                answers.append(answer)
+                for address in next where seen.insert("\(address)").inserted { hop.append((address, via)) }
+            }
+        }
+        return answers
+    }
+
+    /// What `address` says and what it is fed from.
+    static func askOne(_ address: Address, options: NodeOptions, mine: Head) async -> (Finding, [Address]) {
+        var o = options
+        o.node = address
+        do {
+            let (token, read) = try options.tokens()
+            let client = try await QSClient.connect(to: address.endpoint, token: token, readToken: read, requestTimeout: options.requestTimeAmount)
+            defer { Task { await client.close() } }
+            let status = NodeStatus.parse(try await client.status()) ?? [:]
+            let role = status["write_role"] as? String
+            if role == "open" || role == "promoted" { return (.writable, []) }
+            let theirs = try await client.head()
+            let next: [Address]
+            if role == "replica" {
+                next = ((status["upstream"] as? [String: Any])?["address"] as? String).flatMap { Address(argument: $0) }.map { [$0] } ?? []
+            } else {
+                next = NodeStatus.knownSources(status).map(Address.init)
+            }
+            // Demoted, or a copy on the way: the mirror takes its place only holding all it holds.
+            if theirs.index > mine.index { return (.longer(theirs), next) }
+            if theirs.index == mine.index && theirs.hash == mine.hash { return (.holdsNoMore, next) }
+            if role == "replica" && theirs.index < mine.index {
+                // A replica on the way, behind: the same history if its head is in the
+                // mirror's log.
+                if let at = try? await options.withClient({ try await $0.entries(from: theirs.index, count: 1).first }), at.hash == theirs.hash {
+                    return (.holdsNoMore, next)
+                }
+            }
+            return (.other(theirs), next)
+        } catch let ClientError.server(code, message) where ErrorCode(rawValue: code) == .unauthorized {
+            return (.refused(message), [])
+        } catch {
+            return (.silent(o.describe(error)), [])
+        }
     }
 }
 
@@ -250,19 +336,29 @@ struct Cutover: AsyncParsableCommand {
             let ns = max(Int64(left.seconds * 1e9), 100_000_000)
             return .nanoseconds(min(ns, request.nanoseconds))
         }
-        // The last poll's failure, if it failed: a mirror killed or hung during the wait is
-        // reported as not answering, not as slow.
+        // The last poll's failure while no answer came for a whole --request-timeout: a
+        // mirror killed or hung during the wait is reported as not answering, not as slow.
+        // A mirror restarted during the wait is asked again on a new connection.
+        var mirror = new
         var unanswered: (any Error)?
+        var lastAnswer = ContinuousClock.now
+        let (writeToken, readToken) = try parent.options.tokens()
         func poll(_ last: Head) async -> Head {
             do {
-                let head = try await new.head(timeout: bounded())
-                unanswered = nil
+                let head = try await mirror.head(timeout: bounded())
+                (unanswered, lastAnswer) = (nil, ContinuousClock.now)
                 return head
             } catch {
-                unanswered = error
+                if ContinuousClock.now - lastAnswer >= .nanoseconds(request.nanoseconds) { unanswered = error }
+                if ContinuousClock.now < deadline, let fresh = try? await QSClient.connect(to: toAddress.endpoint, token: writeToken, readToken: readToken, requestTimeout: bounded()) {
+                    let stale = mirror
+                    mirror = fresh
+                    Task { await stale.close() }
+                }
                 return last
             }
         }
+        defer { let last = mirror; Task { await last.close() } }
         var reached = await poll(.empty)
         while reached != final && reached.index <= final.index && ContinuousClock.now < deadline && !interrupted.happened {
             try? await Task.sleep(for: .milliseconds(50))
@@ -272,7 +368,7 @@ struct Cutover: AsyncParsableCommand {
             fail("interrupted (\(interrupted.name)): undoing the cut-over before exiting")
         } else if reached.index == final.index && reached.hash == final.hash {
             do {
-                let head = try await new.changeRole(.promote, adminToken: admin)
+                let head = try await mirror.changeRole(.promote, adminToken: admin)
                 printDone(head)
                 return
             } catch let refusal as ClientError where !Self.outcomeUnknown(refusal) {
@@ -288,7 +384,7 @@ struct Cutover: AsyncParsableCommand {
                 // On a connection of its own: the one that lost the answer may be closed.
                 let fresh = try? await toOptions.connect()
                 defer { if let fresh { Task { await fresh.close() } } }
-                let fence = fresh ?? new
+                let fence = fresh ?? mirror
                 do {
                     _ = try await fence.changeRole(.demote, adminToken: admin, timeout: request)
                 } catch {
@@ -307,7 +403,7 @@ struct Cutover: AsyncParsableCommand {
         } else if reached.index >= final.index {
             fail("\(toAddress) reached index \(reached.index) with hash \(hexString(reached.hash)), not \(fromAddress)'s head \(final.index) hash \(hexString(final.hash)): it does not mirror \(fromAddress)")
         } else if let unanswered {
-            fail("\(toAddress) stopped answering while \(fromAddress) waited for it (\(parent.options.describe(unanswered, toAddress))); it last held index \(reached.index) of \(final.index)")
+            fail("\(toAddress) stopped answering while \(fromAddress) waited for it (\(unanswered)); it last held index \(reached.index) of \(final.index)")
         } else {
             fail("\(toAddress) did not reach \(fromAddress)'s head \(final.index) within \(timeout) (it is at \(reached.index)): check the qsqsbridge feeding it (its log, qs_bridge_lag_seconds) and that \(toAddress) answers")
         }

@@ -40,7 +40,11 @@ final class CutoverTests: XCTestCase {
     }
 
     func mirrorBridge(from source: RootNode, to target: RootNode) throws -> DaemonProcess {
-        try DaemonProcess("qsqsbridge", ["--source", "qs://\(source.address)", "--root", target.address, "--mode", "compatible",
+        try mirrorBridge(from: source.address, to: target)
+    }
+
+    func mirrorBridge(from source: String, to target: RootNode) throws -> DaemonProcess {
+        try DaemonProcess("qsqsbridge", ["--source", "qs://\(source)", "--root", target.address, "--mode", "compatible",
                                          "--write-token-file", token.path, "--batch-interval", "100ms", "--log-format", "text"], logDir: tmp)
     }
 
@@ -294,6 +298,36 @@ final class CutoverTests: XCTestCase {
         let role = await writeRole(rc)
         XCTAssertEqual(role, "mirror")
         for c in [lc, rc] { await c.close() }
+    }
+
+    /// A mirror fed through another node — a replica of the root, or a mirror of it — is a
+    /// copy of that root as much: promote asks what each source is fed from in turn and
+    /// refuses (even with --force) while the root at the chain's end takes writes, naming
+    /// the chain. Before, it asked the first hop only (a replica, a mirror: neither takes
+    /// writes, both at the same head) and promoted: two roots.
+    func testPromoteFollowsAChainOfCopiesToTheRootThatTakesWrites() async throws {
+        let legacy = try root("L")
+        for i in 0..<3 { XCTAssertEqual(try qsctl(["--node", legacy.address, "put", "k\(i)", "v\(i)"]).status, 0) }
+        let replica = try ReplicaNode(data: tmp.appendingPathComponent("R"), upstreams: [legacy.address], logDir: tmp)
+        let viaReplica = try root("N"), middle = try root("M"), viaMirror = try root("O")
+        let bridges = try [mirrorBridge(from: replica.address, to: viaReplica),
+                           mirrorBridge(from: legacy, to: middle), mirrorBridge(from: middle, to: viaMirror)]
+        defer { bridges.forEach { _ = try? $0.stop() } }
+        let head = try await QSClient.connect(host: "127.0.0.1", port: legacy.port).head()
+        for node in [viaReplica, viaMirror] {
+            let c = try await QSClient.connect(host: "127.0.0.1", port: node.port)
+            let held = await Harness.eventually(timeout: .seconds(30)) { (try? await c.head()) == head }
+            XCTAssertTrue(held, "\(node.address) did not reach L's head")
+            await c.close()
+        }
+        for (node, hop) in [(viaReplica, replica.address), (viaMirror, middle.address)] {
+            for args in [["promote"], ["promote", "--force"]] {
+                let r = try qsctl(["--node", node.address] + args)
+                XCTAssertEqual(r.status, 2, r.err)
+                XCTAssertTrue(r.err.contains("its source \(legacy.address) (through \(hop)) still takes writes")
+                              && r.err.contains("'qsctl cutover --from \(legacy.address) --to \(node.address)'"), r.err)
+            }
+        }
     }
 
     /// `qsnode --mirror` on an empty --data (the runbook's way back for a root whose data is
