@@ -46,8 +46,11 @@ interop-deps:
 # the Python interop and deploy tests, two replays and the container test.
 test: deps interop-deps
 	$(SWIFT) build --build-tests
-	SWIFT=$(SWIFT) ./scripts/swift-test.sh --also interop "$(MAKE) --no-print-directory test-interop" \
+	SWIFT=$(SWIFT) ./scripts/swift-test.sh --also interop "$(SUBMAKE) --no-print-directory test-interop" \
 		--also container "./scripts/container-test.sh .build/debug"
+
+# make itself, named through a variable of its own so that `make -n test` only prints.
+SUBMAKE = $(MAKE)
 
 # The part of make test that is not XCTest or the container (built already).
 test-interop:

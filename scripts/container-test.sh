@@ -148,12 +148,15 @@ free_ports() {
   python3 - "$1" <<'PY'
 import random, socket, sys
 low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+# A machine whose ephemeral range starts below 22000 has no such ports: the kernel's then.
+candidates = random.sample(range(20000, low), 2000) if low >= 22000 else [0] * 2000
 ports = []
-for port in random.sample(range(20000, max(low, 22100)), 2000):
+for port in candidates:
     s = socket.socket()
     try:
         s.bind(("127.0.0.1", port))
-        ports.append(port)
+        if s.getsockname()[1] not in ports:
+            ports.append(s.getsockname()[1])
     except OSError:
         pass
     finally:

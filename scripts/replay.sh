@@ -29,15 +29,24 @@ AT=${AT:-}
 meta="$dir/meta.json"; [ -f "$FEED.meta.json" ] && meta="$FEED.meta.json"
 if [ -z "$AT" ] && [ -f "$meta" ]; then AT=$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['recorded_at'])" "$meta"); fi
 
-PORT=$(python3 -c "import socket;s=socket.socket();s.bind(('127.0.0.1',0));print(s.getsockname()[1])")
 status=0
 for src in "${sources[@]}"; do
   rm -rf "$WORK/root"
   # No expiry purge: the dump is compared at the recording's instant, and the purge would
   # (rightly) delete records that expired since.
-  "$BIN/qsnode" --data "$WORK/root" --listen 127.0.0.1:$PORT --expiry-purge-batch 0 --log-level warning 2>"$WORK/node.log" &
+  # On port 0, the port read from its ready file (written once it listens): a port chosen
+  # beforehand could be taken by another process before the node binds it (make test runs
+  # this beside the XCTest suites).
+  rm -f "$WORK/ready.json"
+  "$BIN/qsnode" --data "$WORK/root" --listen 127.0.0.1:0 --ready-file "$WORK/ready.json" --expiry-purge-batch 0 \
+    --log-level warning 2>"$WORK/node.log" &
   NODE_PID=$!
-  for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.05; done
+  for _ in $(seq 1 400); do [ -s "$WORK/ready.json" ] && break; kill -0 $NODE_PID 2>/dev/null || break; sleep 0.05; done
+  PORT=$(python3 -c "import json,sys
+for l in json.load(open(sys.argv[1]))['listeners']:
+    if l['name'] == 'write': print(l['address'].rsplit(':', 1)[1]); break" "$WORK/ready.json" 2>/dev/null) \
+    || { echo "replay: the node did not get ready:" >&2; cat "$WORK/node.log" >&2; exit 1; }
+  [ -n "$PORT" ] || { echo "replay: the node's ready file names no write port" >&2; cat "$WORK/node.log" >&2; exit 1; }
   echo "== replay $src (db map $DB_MAP)"
   "$BIN/qsktbridge" --root 127.0.0.1:$PORT --source "$src" --once --db-map "$DB_MAP" --source-id replay --log-format text "$@"
   "$BIN/qsctl" --node 127.0.0.1:$PORT dump --output jsonl ${AT:+--at $AT} > "$WORK/dump.jsonl"
