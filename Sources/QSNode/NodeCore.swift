@@ -107,11 +107,14 @@ public final class NodeCore: Sendable {
     /// cannot be recorded: the hello is refused (`storage-error`) and the bridge tries again.
     private func recordSource(ofClient client: String) async throws {
         guard writable, let source = Writers.compatibleSource(ofClient: client) else { return }
+        // A promoted root refuses compatible appends: nothing to record (the list is what
+        // its next promote asks, once a demote made it a mirror again).
         if let cluster {
-            guard cluster.sourcesSeen.last != source else { return }
+            guard cluster.roleState.withLockedValue({ $0.role }) != .promoted, cluster.sourcesSeen.last != source else { return }
             try await cluster.noteSourceSeen(source)
         } else {
-            guard try store.readInline({ try $0.mirrorSourcesSeen() }).last != source else { return }
+            let (role, seen) = try store.readInline { (try $0.writeRole(), try $0.mirrorSourcesSeen()) }
+            guard role != .promoted, seen.last != source else { return }
             try await store.write { txn in
                 let current = try txn.mirrorSourcesSeen()
                 let next = Writers.adding(source, to: current)
