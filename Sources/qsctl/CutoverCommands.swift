@@ -90,8 +90,8 @@ struct Promote: AsyncParsableCommand {
             throw Exit.usage
         }
         if force { return }
-        if let (source, name, theirs) = other.first {
-            fail("\(node) is a compatible mirror \(feeds), and its source \(name)\(name == source ? ", demoted," : ",") holds index \(theirs.index) (hash \(hexString(theirs.hash).prefix(16))) and \(node) index \(mine.index) (hash \(hexString(mine.hash).prefix(16))): not the same history. Find which root holds the writes ('qsctl --node ROOT status' of each) before promoting either; if \(node) is the one, run again with --force. Nothing changed")
+        if let (_, name, theirs) = other.first {
+            fail("\(node) is a compatible mirror \(feeds), and its source \(name) holds index \(theirs.index) (hash \(hexString(theirs.hash).prefix(16))) and \(node) index \(mine.index) (hash \(hexString(mine.hash).prefix(16))): not the same history. Find which root holds the writes ('qsctl --node ROOT status' of each) before promoting either; if \(node) is the one, run again with --force. Nothing changed")
             throw Exit.usage
         }
         if !silent.isEmpty {
@@ -178,8 +178,18 @@ extension Promote {
             defer { Task { await client.close() } }
             let status = NodeStatus.parse(try await client.status()) ?? [:]
             let role = status["write_role"] as? String
-            if role == "open" || role == "promoted" { return (.writable, []) }
             let theirs = try await client.head()
+            if role == "open" || role == "promoted" {
+                // A root on another history (its entry at the mirror's head differs) is not
+                // this mirror's source: an address reused by another fleet's root, say.
+                // Asked like one on another history (--force passes it), not as a second
+                // root of this history.
+                if mine.index > 0, theirs.index >= mine.index,
+                   let at = try? await client.entries(from: mine.index, count: 1).first, at.index == mine.index, at.hash != mine.hash {
+                    return (.other(theirs), [])
+                }
+                return (.writable, [])
+            }
             let next: [Address]
             if role == "replica" {
                 next = ((status["upstream"] as? [String: Any])?["address"] as? String).flatMap { Address(argument: $0) }.map { [$0] } ?? []

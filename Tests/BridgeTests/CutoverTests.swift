@@ -330,6 +330,31 @@ final class CutoverTests: XCTestCase {
         }
     }
 
+    /// A source address now answered by a writable root of another history (its entry at
+    /// the mirror's head differs: an address reused, a bridge pointed at the wrong root)
+    /// is not taken for a second root of this history: refused without --force, as another
+    /// history is, and passed with it. Before, it was refused for good, even with --force.
+    func testAWritableRootOfAnotherHistoryAtASourcesAddressIsNotTakenForTheSource() async throws {
+        let (legacy, new, mirror, lc, nc) = try await mirroredPair()
+        XCTAssertEqual(try mirror.stop(), 0, mirror.log)
+        XCTAssertEqual(try qsctl(["--node", legacy.address, "demote"]).status, 0)
+        let stranger = try root("X")
+        for i in 0..<8 { XCTAssertEqual(try qsctl(["--node", stranger.address, "put", "x\(i)", "\(i)"]).status, 0) }
+        // A bridge from X says hello (X is recorded), then stops: N holds another history.
+        let wrong = try mirrorBridge(from: stranger, to: new)
+        let recorded = Harness.waitUntil(timeout: .seconds(20), pollEvery: .milliseconds(100)) {
+            ((try? self.qsctl(["--node", new.address, "status"]).out) ?? "").contains("qs://\(stranger.address)")
+        }
+        XCTAssertTrue(recorded, wrong.log)
+        _ = try? wrong.stop()
+        let plain = try qsctl(["--node", new.address, "promote"])
+        XCTAssertEqual(plain.status, 2, plain.err)
+        XCTAssertTrue(plain.err.contains("its source \(stranger.address) holds index 8") && plain.err.contains("not the same history"), plain.err)
+        let forced = try qsctl(["--node", new.address, "promote", "--force"])
+        XCTAssertEqual(forced.status, 0, forced.err)
+        for c in [lc, nc] { await c.close() }
+    }
+
     /// `qsnode --mirror` on an empty --data (the runbook's way back for a root whose data is
     /// gone): a mirror before any listener opens, so a stale writer (qsctl put here, a KT
     /// bridge whose unit still names it) is refused from the first write, where an empty
