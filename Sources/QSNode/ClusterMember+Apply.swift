@@ -103,6 +103,7 @@ extension ClusterMember {
             guard r.ranges.count == 6 else { throw EtcdError.malformed("catch-up read: \(r.ranges.count) answers, expected 6") }
             if let kv = r.ranges[4].first { try applySourceTime(kv, moved: false) }
             applySourcesSeen(r.ranges[5].first?.value, revision: r.ranges[5].first?.modRevision ?? r.revision)
+            sourcesSeenLoaded.withLockedValue { $0 = true }
             let clusterHead = try r.ranges[0].first.map { try ClusterKeys.head($0.value) } ?? .empty
             if clusterHead.index < local.index || (clusterHead.index == local.index && clusterHead.hash != local.hash) {
                 throw ClusterError.diverged("this member's store stands at index \(local.index) (hash \(hexString(local.hash))), the cluster's head is \(clusterHead.index) (hash \(hexString(clusterHead.hash))): start the member on an empty --data, or on a copy of a member's")

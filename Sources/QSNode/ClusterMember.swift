@@ -288,8 +288,10 @@ public final class ClusterMember: Service, Sendable {
     }
 
     /// The roots mirror bridges said they read through any member, as etcd holds them
-    /// (`ClusterKeys.sourcesSeen`), newest last.
-    public var sourcesSeen: [String] { sourcesSeenState.withLockedValue { $0.list } }
+    /// (`ClusterKeys.sourcesSeen`), newest last; nil until this member has read them from
+    /// etcd (its catch-up at start): an empty list would say no source is known.
+    public var sourcesSeen: [String]? { sourcesSeenLoaded.withLockedValue { $0 } ? sourcesSeenState.withLockedValue { $0.list } : nil }
+    let sourcesSeenLoaded = NIOLockedValueBox(false)
     /// The list as applied or written by this member, and the key's revision then (0: absent).
     let sourcesSeenState = NIOLockedValueBox<(list: [String], revision: Int64)>(([], 0))
 
@@ -304,6 +306,9 @@ public final class ClusterMember: Service, Sendable {
     /// member knows it (read again and retried when another member changed it meanwhile).
     /// Throws when etcd does not take it: the hello is refused and the bridge tries again.
     public func noteSourceSeen(_ source: String) async throws {
+        guard sourcesSeenLoaded.withLockedValue({ $0 }) else {
+            throw ClusterError.notApplied("this member has not read the cluster's list of the roots mirror bridges read from etcd yet (it is catching up)")
+        }
         var (current, revision) = sourcesSeenState.withLockedValue { $0 }
         for _ in 0..<5 {
             guard current.last != source else { return }

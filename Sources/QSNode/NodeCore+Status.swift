@@ -79,7 +79,9 @@ extension NodeCore {
             var mirror = writers.mirrorStatus(nowNs: nowNs)
             // A cluster's mirror bridge writes to one member; the others learn of it
             // through etcd (the source time it moves), and are fed as much.
-            mirror["sources_seen"] = sourcesSeen()
+            // Unknown (a cluster member not yet caught up with etcd, a store that cannot be
+            // read): said, so that promote does not take it for "no source known".
+            if let seen = sourcesSeen() { mirror["sources_seen"] = seen } else { mirror["sources_seen_unknown"] = true }
             if let cluster, mirror["following"] as? Bool != true, let age = cluster.sourceFedAge(nowNs: nowNs), age <= Writers.liveSeconds {
                 mirror["following"] = true
                 mirror["through_cluster"] = true

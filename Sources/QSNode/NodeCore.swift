@@ -110,7 +110,7 @@ public final class NodeCore: Sendable {
         // A promoted root refuses compatible appends: nothing to record (the list is what
         // its next promote asks, once a demote made it a mirror again).
         if let cluster {
-            guard cluster.roleState.withLockedValue({ $0.role }) != .promoted, cluster.sourcesSeen.last != source else { return }
+            guard cluster.roleState.withLockedValue({ $0.role }) != .promoted, cluster.sourcesSeen?.last != source else { return }
             try await cluster.noteSourceSeen(source)
         } else {
             let (role, seen) = try store.readInline { (try $0.writeRole(), try $0.mirrorSourcesSeen()) }
@@ -123,10 +123,11 @@ public final class NodeCore: Sendable {
         }
     }
 
-    /// The roots compatible bridges named, newest last: a cluster's from etcd, a single
-    /// root's from its store.
-    func sourcesSeen() -> [String] {
-        cluster?.sourcesSeen ?? (try? store.readInline { try $0.mirrorSourcesSeen() }) ?? []
+    /// The roots compatible bridges named, newest last: a cluster's from etcd (nil until
+    /// the member has read them), a single root's from its store (nil if it cannot be read).
+    func sourcesSeen() -> [String]? {
+        if let cluster { return cluster.sourcesSeen }
+        return try? store.readInline { try $0.mirrorSourcesSeen() }
     }
 
     /// Time of the root's freshest word this node has (ns since the epoch).

@@ -58,6 +58,10 @@ struct Promote: AsyncParsableCommand {
         let s = NodeStatus.parse(status) ?? [:]
         let node = options.node
         guard NodeStatus.isMirror(s) else { return }
+        if (s["mirror"] as? [String: Any])?["sources_seen_unknown"] as? Bool == true {
+            fail("\(node) is a compatible mirror that cannot say yet which roots its qsqsbridges read (a root cluster member still catching up with etcd, or a store it cannot read): whether promoting it would fork cannot be checked. Run again once 'qsctl --node \(node) status' lists them (--force does not override this). Nothing changed")
+            throw Exit.usage
+        }
         let following = (s["mirror"] as? [String: Any])?["following"] as? Bool == true
         let sources = NodeStatus.knownSources(s).map(Address.init)
         let mine = try await options.withClient { try await $0.head() }
@@ -165,6 +169,12 @@ extension Promote {
                 for address in next where seen.insert("\(address)").inserted { hop.append((address, via)) }
             }
         }
+        // Fed through more than four copies: the nodes beyond are not asked, and count as
+        // sources that do not answer (--force passes them, as the operator decides).
+        for (address, via) in hop {
+            answers.append(Answer(address: "\(address)", name: "\(address) (through \(via.joined(separator: ", then ")))",
+                                  finding: .silent("not asked: more than four copies away")))
+        }
         return answers
     }
 
@@ -179,13 +189,19 @@ extension Promote {
             let status = NodeStatus.parse(try await client.status()) ?? [:]
             let role = status["write_role"] as? String
             let theirs = try await client.head()
+            // A node whose entry at the mirror's head differs, or that is behind the mirror
+            // and takes writes, is on another history: not this mirror's source (an address
+            // reused by another fleet's root, a bridge pointed at the wrong root). Asked like
+            // one (--force passes it), not as a second root of this history or as one
+            // holding writes the mirror lacks. One whose entry is not retained counts as the
+            // same history.
+            var otherHistory = false
+            if mine.index > 0, theirs.index > mine.index,
+               let at = try? await client.entries(from: mine.index, count: 1).first, at.index == mine.index, at.hash != mine.hash {
+                otherHistory = true
+            }
             if role == "open" || role == "promoted" {
-                // A root on another history (its entry at the mirror's head differs) is not
-                // this mirror's source: an address reused by another fleet's root, say.
-                // Asked like one on another history (--force passes it), not as a second
-                // root of this history.
-                if mine.index > 0, theirs.index >= mine.index,
-                   let at = try? await client.entries(from: mine.index, count: 1).first, at.index == mine.index, at.hash != mine.hash {
+                if otherHistory || theirs.index < mine.index || (theirs.index == mine.index && theirs.hash != mine.hash) {
                     return (.other(theirs), [])
                 }
                 return (.writable, [])
@@ -197,7 +213,7 @@ extension Promote {
                 next = NodeStatus.knownSources(status).map(Address.init)
             }
             // Demoted, or a copy on the way: the mirror takes its place only holding all it holds.
-            if theirs.index > mine.index { return (.longer(theirs), next) }
+            if theirs.index > mine.index { return (otherHistory ? .other(theirs) : .longer(theirs), next) }
             if theirs.index == mine.index && theirs.hash == mine.hash { return (.holdsNoMore, next) }
             if role == "replica" && theirs.index < mine.index {
                 // A replica on the way, behind: the same history if its head is in the

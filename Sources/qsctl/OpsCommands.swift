@@ -60,6 +60,8 @@ struct Status: AsyncParsableCommand {
                       + ((m["last_append_age_seconds"] as? Double).map { String(format: "; last append %.1f s ago", $0) } ?? ""))
             if let seen = m["sources_seen"] as? [String], !seen.isEmpty {
                 printLine("mirror   sources seen: \(seen.joined(separator: ", "))")
+            } else if m["sources_seen_unknown"] as? Bool == true {
+                printLine("mirror   sources seen: not known yet (a cluster member catching up with etcd; promote waits for them)")
             }
         }
         for w in s["writers"] as? [[String: Any]] ?? [] {
