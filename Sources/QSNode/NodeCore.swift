@@ -106,7 +106,7 @@ public final class NodeCore: Sendable {
     /// the root it reads, across restarts, and `qsctl promote` asks it. Throws when it
     /// cannot be recorded: the hello is refused (`storage-error`) and the bridge tries again.
     private func recordSource(ofClient client: String) async throws {
-        guard writable, let source = Writers.compatibleSource(ofClient: client) else { return }
+        guard writable, let source = Writers.recordedSource(ofClient: client) else { return }
         // A promoted root refuses compatible appends: nothing to record (the list is what
         // its next promote asks, once a demote made it a mirror again).
         if let cluster {

@@ -43,6 +43,16 @@ public final class Writers: Sendable {
         return source
     }
 
+    /// The root a hello asks this node to record as one it follows: a compatible bridge's
+    /// source, or the root a cut-over handed this node's writes to (`qsctl cutover`'s hello
+    /// to the demoted root, `handed-to=qs://HOST:PORT`), nil for any other writer.
+    static func recordedSource(ofClient client: String) -> String? {
+        if let source = compatibleSource(ofClient: client) { return source }
+        guard let to = client.split(separator: " ").first(where: { $0.hasPrefix("handed-to=qs://") }).map({ String($0.dropFirst("handed-to=".count)) }),
+              NodeStatus.isSourceAddress(to) else { return nil }
+        return to
+    }
+
     /// `list` with `source` moved or added last, at most `seenLimit` long.
     static func adding(_ source: String, to list: [String]) -> [String] {
         var out = list.filter { $0 != source }

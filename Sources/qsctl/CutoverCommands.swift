@@ -395,6 +395,7 @@ struct Cutover: AsyncParsableCommand {
         } else if reached.index == final.index && reached.hash == final.hash {
             do {
                 let head = try await mirror.changeRole(.promote, adminToken: admin)
+                await recordHandover(old, from: fromAddress, to: toAddress)
                 printDone(head)
                 return
             } catch let refusal as ClientError where !Self.outcomeUnknown(refusal) {
@@ -417,6 +418,7 @@ struct Cutover: AsyncParsableCommand {
                     switch try? await writeRole(fence, timeout: request) {
                     case "promoted"?, "open"?:
                         let head = (try? await fence.head(timeout: request)) ?? final
+                        await recordHandover(old, from: fromAddress, to: toAddress)
                         printDone(head)
                         return
                     default:
@@ -444,6 +446,20 @@ struct Cutover: AsyncParsableCommand {
             ? "cut-over undone: \(fromAddress) takes writes again, \(toAddress) is still a mirror"
             : "cut-over undone: \(fromAddress) takes writes again; \(toAddress) was never promoted (once it answers it is a mirror)")
         throw interrupted.happened ? ExitCode(130) : timedOutExit
+    }
+
+    /// Tells the demoted root where its writes went (a hello naming `handed-to=qs://TO`,
+    /// which it records with the sources its mirror bridges name): a mirror fed from it is
+    /// then refused a promote while TO takes writes (it asks what its source is fed from).
+    /// A failure only weakens that check: said, not fatal.
+    func recordHandover(_ old: QSClient, from: Address, to: Address) async {
+        let token = (try? parent.options.tokens().write) ?? []
+        do {
+            let answer = try await old.send(.hello(token: token, client: "qsctl cutover handed-to=qs://\(to)"), timeout: parent.options.requestTimeAmount)
+            if case let .error(_, message) = answer { throw ClientError.unexpected(message) }
+        } catch {
+            fail("note: \(from) could not record that its writes went to \(to) (\(error)): a mirror fed from \(from) is not refused a promote by it; feed \(from) from \(to) (runbook section 6), which records it")
+        }
     }
 
     /// Whether a failed role change may still have happened: no answer, or a cluster whose

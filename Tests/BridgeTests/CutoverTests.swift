@@ -330,6 +330,32 @@ final class CutoverTests: XCTestCase {
         }
     }
 
+    /// Two mirrors of L; the cut-over hands L's writes to one (N). The other (O) is still
+    /// fed from L, demoted, at its head: the cut-over told L where its writes went, so a
+    /// promote of O asks N through L and is refused (even with --force) while N takes
+    /// writes. Before, L "held no more" and O was promoted: two roots.
+    func testAPromoteOfAnotherMirrorOfARootHandedOverIsRefused() async throws {
+        let (legacy, new, mirror, lc, nc) = try await mirroredPair()
+        let other = try root("O")
+        let toOther = try mirrorBridge(from: legacy, to: other)
+        defer { _ = try? toOther.stop(); _ = try? mirror.stop() }
+        let oc = try await QSClient.connect(host: "127.0.0.1", port: other.port)
+        let head = try await lc.head()
+        let held = await Harness.eventually(timeout: .seconds(30)) { (try? await oc.head()) == head }
+        XCTAssertTrue(held, toOther.log)
+        let cut = try qsctl(["cutover", "--from", legacy.address, "--to", new.address, "--timeout", "20s"])
+        XCTAssertEqual(cut.status, 0, cut.err)
+        XCTAssertEqual(try qsctl(["--node", new.address, "put", "after", "cutover"]).status, 0)
+        for args in [["promote"], ["promote", "--force"]] {
+            let r = try qsctl(["--node", other.address] + args)
+            XCTAssertEqual(r.status, 2, r.err)
+            XCTAssertTrue(r.err.contains("its source \(new.address) (through \(legacy.address)) still takes writes"), r.err)
+        }
+        let role = await writeRole(oc)
+        XCTAssertEqual(role, "mirror")
+        for c in [lc, nc, oc] { await c.close() }
+    }
+
     /// A source address now answered by a writable root of another history (its entry at
     /// the mirror's head differs: an address reused, a bridge pointed at the wrong root)
     /// is not taken for a second root of this history: refused without --force, as another
