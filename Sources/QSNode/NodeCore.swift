@@ -164,6 +164,12 @@ public final class NodeCore: Sendable {
         let target: WriteRole = change == .promote ? .promoted : .mirror
         let before: WriteRole, head: Head
         if let cluster {
+            // A member that does not follow etcd (catching up, cut off) says a stale role and
+            // no sources in its status: what qsctl promote checks before it promotes could not
+            // be checked through it. Refused, nothing changed; a demote goes through.
+            if change == .promote, case let (false, why) = cluster.status {
+                return .error(.notWritable, "this root cluster member does not follow etcd now (\(why)): what promote checks first cannot be read through it; promote through a member that follows etcd, or once this one does (its /readyz 200)")
+            }
             // A cluster member changes the whole cluster's role, in etcd.
             (before, head) = try await cluster.changeRole(to: target)
         } else {

@@ -23,7 +23,7 @@ struct Promote: AsyncParsableCommand {
             which first demotes the old root and makes sure the mirror holds its head. Before \
             promoting a mirror, qsctl asks the roots its qsqsbridges read (live, silent, or seen \
             since it was last promoted, kept across restarts), and what each is fed from in \
-            turn (a replica's upstream, a mirror's sources; four hops). Refused (exit 2) even \
+            turn (a replica's upstream, a mirror's sources; 16 hops). Refused (exit 2) even \
             with --force: a source that answers and takes writes (two roots would fork the \
             history), one that answers holding entries the mirror lacks (writes it \
             acknowledged would be lost), or one that answers but refuses qsctl's token. Refused \
@@ -82,7 +82,7 @@ struct Promote: AsyncParsableCommand {
         let feeds = following ? "that a qsqsbridge still feeds" : "that no qsqsbridge feeds now"
         let dropping = "--force does not override a root that answers: if that root is to be dropped for good, stop it first. Nothing changed"
         if !refusing.isEmpty {
-            fail("\(node) is a compatible mirror \(feeds), and its source \(refusing.joined(separator: ", ")) answers but refuses the token qsctl presented, so whether it takes writes cannot be checked. Give qsctl a token it takes (--read-token-file, or --write-token-file) and run again. --force does not override a root that answers. Nothing changed")
+            fail("\(node) is a compatible mirror \(feeds), and its source \(refusing.joined(separator: ", ")) answers but cannot be checked, so whether it takes writes is unknown. Give qsctl a token it takes (--read-token-file, or --write-token-file), or wait until it lists the roots it reads ('qsctl status'), and run again. --force does not override a node that answers. Nothing changed")
             throw Exit.usage
         }
         if !writable.isEmpty {
@@ -142,15 +142,18 @@ extension Promote {
     }
 
     /// Asks every node in `sources`, and what each is fed from in turn — a mirror's own
-    /// sources (live, silent or seen), a replica's upstream — up to four hops, each node
+    /// sources (live, silent or seen), a replica's upstream — up to `maxHops` hops, each node
     /// once, the nodes of one hop at once. A mirror fed from another mirror or from a
     /// replica is as much a copy of the root at the chain's end as of its first hop: that
     /// root taking writes, or holding more, is what promoting would fork from.
+    /// How far `ask` follows a chain of copies: each node is asked once, so a cycle ends.
+    static let maxHops = 16
+
     static func ask(_ sources: [Address], options: NodeOptions, mine: Head) async -> [Answer] {
         var answers = [Answer]()
         var seen = Set(sources.map { "\($0)" } + ["\(options.node)"])
         var hop = sources.map { (address: $0, via: [String]()) }
-        for _ in 0..<4 where !hop.isEmpty {
+        for _ in 0..<Self.maxHops where !hop.isEmpty {
             let results = await withTaskGroup(of: (Answer, [Address], [String]).self) { group in
                 for (address, via) in hop {
                     group.addTask {
@@ -169,11 +172,11 @@ extension Promote {
                 for address in next where seen.insert("\(address)").inserted { hop.append((address, via)) }
             }
         }
-        // Fed through more than four copies: the nodes beyond are not asked, and count as
-        // sources that do not answer (--force passes them, as the operator decides).
+        // Fed through more than `maxHops` copies: the nodes beyond are not asked, and count
+        // as sources that do not answer (--force passes them, as the operator decides).
         for (address, via) in hop {
             answers.append(Answer(address: "\(address)", name: "\(address) (through \(via.joined(separator: ", then ")))",
-                                  finding: .silent("not asked: more than four copies away")))
+                                  finding: .silent("not asked: more than \(Self.maxHops) copies away")))
         }
         return answers
     }
@@ -188,6 +191,9 @@ extension Promote {
             defer { Task { await client.close() } }
             let status = NodeStatus.parse(try await client.status()) ?? [:]
             let role = status["write_role"] as? String
+            if (status["mirror"] as? [String: Any])?["sources_seen_unknown"] as? Bool == true {
+                return (.refused("it cannot say yet which roots it reads: a cluster member catching up with etcd"), [])
+            }
             let theirs = try await client.head()
             // A node whose entry at the mirror's head differs, or that is behind the mirror
             // and takes writes, is on another history: not this mirror's source (an address
